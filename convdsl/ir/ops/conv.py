@@ -1,0 +1,241 @@
+"""Convolutions: conv1d/2d/3d (groups, depthwise, dilation, stride, padding
+modes zeros/same/circular/reflect/replicate) and transposed convolution."""
+from __future__ import annotations
+
+import math
+
+from ...errors import CDLTypeError, ShapeError
+from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n
+from ..types import TensorType, dim_add, dim_floordiv, dim_mul
+
+PAD_MODES = ("zeros", "circular", "reflect", "replicate")
+
+
+def _positive(op: str, name: str, vals: tuple[int, ...]) -> None:
+    if any(v <= 0 for v in vals):
+        raise CDLTypeError(f"{op}: {name} must be positive", got=str(list(vals)))
+
+
+def conv_padding(attrs: dict, spatial: list, nd: int) -> list[tuple[int, int]]:
+    """Per spatial dim (before, after) padding.  'same' keeps ceil(in/stride)
+    (TensorFlow's rule; for stride 1 this is PyTorch's padding='same')."""
+    k = tuple_n(attrs["k"], nd, "k")
+    s = tuple_n(attrs["stride"], nd, "stride")
+    d = tuple_n(attrs["dilation"], nd, "dilation")
+    pad = attrs["pad"]
+    if pad == "valid":
+        return [(0, 0)] * nd
+    if pad == "same":
+        out = []
+        for i in range(nd):
+            size = spatial[i]
+            eff = d[i] * (k[i] - 1) + 1
+            if isinstance(size, int):
+                o = -(-size // s[i])
+                total = max((o - 1) * s[i] + eff - size, 0)
+            elif s[i] == 1:
+                total = eff - 1
+            else:
+                raise ShapeError("pad=same with stride > 1 needs a static spatial size", got=str(size))
+            out.append((total // 2, total - total // 2))
+        return out
+    if isinstance(pad, int):
+        if pad < 0:
+            raise CDLTypeError("pad must be >= 0", got=str(pad))
+        return [(pad, pad)] * nd
+    pad = tuple(pad)
+    if len(pad) == nd:
+        pairs = [(p, p) for p in pad]
+    elif len(pad) == 2 * nd:  # (before0, after0, before1, after1, ...)
+        pairs = [(pad[2 * i], pad[2 * i + 1]) for i in range(nd)]
+    else:
+        raise CDLTypeError(f"pad needs 1, {nd} or {2 * nd} values", got=str(list(pad)))
+    if any(p < 0 for pr in pairs for p in pr):
+        raise CDLTypeError("pad must be >= 0", got=str(list(pad)))
+    return pairs
+
+
+def _conv_out(size, lo, hi, k, s, d):
+    eff = d * (k - 1) + 1
+    return dim_add(dim_floordiv(dim_add(size, lo + hi - eff), s), 1) if not isinstance(size, int) else (size + lo + hi - eff) // s + 1
+
+
+def make_conv(nd: int) -> OpDef:
+    name = f"conv{nd}d"
+
+    def normalize(attrs: dict, ins: list[TensorType]) -> dict:
+        expect_rank(name, ins[0], nd + 2)
+        cin = ins[0].shape[1]
+        if not isinstance(cin, int):
+            raise ShapeError(f"{name} needs a static channel count", got=str(ins[0]))
+        if attrs["groups"] == "depthwise":
+            attrs["groups"] = cin
+        if attrs["out"] is None:
+            attrs["out"] = cin
+        return attrs
+
+    def infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+        x = ins[0]
+        cin, out, groups = x.shape[1], attrs["out"], attrs["groups"]
+        k = tuple_n(attrs["k"], nd, "k")
+        s = tuple_n(attrs["stride"], nd, "stride")
+        d = tuple_n(attrs["dilation"], nd, "dilation")
+        _positive(name, "k", k)
+        _positive(name, "stride", s)
+        _positive(name, "dilation", d)
+        if out <= 0 or groups <= 0:
+            raise CDLTypeError(f"{name}: out channels and groups must be positive", got=f"out={out}, groups={groups}")
+        if cin % groups or out % groups:
+            raise ShapeError(f"{name}: groups={groups} must divide in channels ({cin}) and out channels ({out})",
+                             expected=f"channels divisible by {groups}", got=f"in={cin}, out={out}")
+        pads = conv_padding(attrs, list(x.shape[2:]), nd)
+        if attrs["pad_mode"] != "zeros":
+            for (lo, hi), size in zip(pads, x.shape[2:]):
+                if isinstance(size, int) and attrs["pad_mode"] == "reflect" and max(lo, hi) >= size:
+                    raise ShapeError(f"{name}: reflect padding {max(lo, hi)} must be smaller than the input size {size}")
+        spatial = []
+        for i in range(nd):
+            size = x.shape[2 + i]
+            o = _conv_out(size, pads[i][0], pads[i][1], k[i], s[i], d[i])
+            if isinstance(o, int) and o <= 0:
+                raise ShapeError(f"{name}: input {x} is too small for kernel {k[i]} (dilation {d[i]}, padding {pads[i]})",
+                                 got=str(x))
+            spatial.append(o)
+        return [TensorType((x.shape[0], out, *spatial), x.dtype)]
+
+    def params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        cin, out, groups = ins[0].shape[1], attrs["out"], attrs["groups"]
+        k = tuple_n(attrs["k"], nd, "k")
+        fan_in = cin // groups * math.prod(k)
+        bound = 1.0 / math.sqrt(fan_in)
+        p = {"weight": ParamSpec((out, cin // groups, *k), _init(attrs, bound))}
+        if attrs["bias"]:
+            p["bias"] = ParamSpec((out,), Init("uniform", (-bound, bound)))
+        return _trainable(p, attrs)
+
+    def cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+        cin, groups = ins[0].shape[1], attrs["groups"]
+        k = tuple_n(attrs["k"], nd, "k")
+        macs = outs[0].numel() * (cin // groups) * math.prod(k)
+        return Cost(macs, 2 * macs + (outs[0].numel() if attrs["bias"] else 0))
+
+    return OpDef(
+        name=name,
+        group="convolution",
+        attrs=(
+            Attr("out", "int", None, doc="output channels (default: input channels)"),
+            Attr("k", "ints", 3, doc="kernel size"),
+            Attr("stride", "ints", 1),
+            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid"),
+            Attr("dilation", "ints", 1),
+            Attr("groups", "int|sym", 1, choices=("depthwise",), doc="int or depthwise (= in channels)"),
+            Attr("bias", "bool", True),
+            Attr("pad_mode", "sym", "zeros", choices=PAD_MODES),
+            Attr("init", "sym", "default", choices=("default", "orthogonal", "gabor", "zeros"),
+                 doc="weight initializer"),
+            Attr("trainable", "bool", True, doc="false: a fixed filter bank"),
+        ),
+        infer=infer,
+        params=params,
+        cost=cost,
+        normalize=normalize,
+        doc=f"{nd}-D convolution over [N, C, {', '.join('DHW'[3 - nd:])}]; in-channels inferred.",
+        example=f"conv{nd}d(64, 3, stride=2, pad=1)" if nd != 1 else "conv1d(64, 5, pad=same)",
+        shape_rule="out = floor((in + pad_lo + pad_hi - dilation*(k-1) - 1) / stride) + 1",
+    )
+
+
+def _init(attrs: dict, bound: float) -> Init:
+    kind = attrs.get("init", "default")
+    if kind == "orthogonal":
+        return Init("orthogonal", (1.0,))
+    if kind == "gabor":
+        return Init("gabor", ())
+    if kind == "zeros":
+        return Init("zeros")
+    return Init("uniform", (-bound, bound))
+
+
+def _trainable(spec_map: dict[str, ParamSpec], attrs: dict) -> dict[str, ParamSpec]:
+    if attrs.get("trainable", True):
+        return spec_map
+    return {k: ParamSpec(v.shape, v.init, v.dtype, v.buffer, False) for k, v in spec_map.items()}
+
+
+def make_conv_transpose(nd: int) -> OpDef:
+    name = f"conv_transpose{nd}d"
+
+    def normalize(attrs: dict, ins: list[TensorType]) -> dict:
+        expect_rank(name, ins[0], nd + 2)
+        if not isinstance(ins[0].shape[1], int):
+            raise ShapeError(f"{name} needs a static channel count", got=str(ins[0]))
+        if attrs["out"] is None:
+            attrs["out"] = ins[0].shape[1]
+        return attrs
+
+    def infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+        x = ins[0]
+        cin, out, groups = x.shape[1], attrs["out"], attrs["groups"]
+        k = tuple_n(attrs["k"], nd, "k")
+        s = tuple_n(attrs["stride"], nd, "stride")
+        d = tuple_n(attrs["dilation"], nd, "dilation")
+        p = tuple_n(attrs["pad"], nd, "pad")
+        op_ = tuple_n(attrs["output_pad"], nd, "output_pad")
+        _positive(name, "k", k)
+        _positive(name, "stride", s)
+        _positive(name, "dilation", d)
+        if out <= 0 or groups <= 0 or cin % groups or out % groups:
+            raise ShapeError(f"{name}: groups={groups} must divide in ({cin}) and out ({out}) channels")
+        if any(o >= max(si, di) for o, si, di in zip(op_, s, d)):
+            raise CDLTypeError(f"{name}: output_pad must be smaller than stride or dilation")
+        spatial = []
+        for i in range(nd):
+            size = x.shape[2 + i]
+            extra = -2 * p[i] + d[i] * (k[i] - 1) + op_[i] + 1
+            o = (size - 1) * s[i] + extra if isinstance(size, int) else dim_add(dim_mul(dim_add(size, -1), s[i]), extra)
+            if isinstance(o, int) and o <= 0:
+                raise ShapeError(f"{name}: output would be empty", got=str(x))
+            spatial.append(o)
+        return [TensorType((x.shape[0], out, *spatial), x.dtype)]
+
+    def params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        cin, out, groups = ins[0].shape[1], attrs["out"], attrs["groups"]
+        k = tuple_n(attrs["k"], nd, "k")
+        # PyTorch computes fan_in from weight.size(1) = out/groups for transposed convs
+        fan_in = out // groups * math.prod(k)
+        bound = 1.0 / math.sqrt(fan_in)
+        p = {"weight": ParamSpec((cin, out // groups, *k), Init("uniform", (-bound, bound)))}
+        if attrs["bias"]:
+            p["bias"] = ParamSpec((out,), Init("uniform", (-bound, bound)))
+        return p
+
+    def cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+        cin, out, groups = ins[0].shape[1], attrs["out"], attrs["groups"]
+        k = tuple_n(attrs["k"], nd, "k")
+        macs = ins[0].numel() * (out // groups) * math.prod(k)
+        return Cost(macs, 2 * macs)
+
+    return OpDef(
+        name=name,
+        group="convolution",
+        attrs=(
+            Attr("out", "int", None),
+            Attr("k", "ints", 2),
+            Attr("stride", "ints", 1),
+            Attr("pad", "ints", 0),
+            Attr("output_pad", "ints", 0),
+            Attr("dilation", "ints", 1),
+            Attr("groups", "int", 1),
+            Attr("bias", "bool", True),
+        ),
+        infer=infer,
+        params=params,
+        cost=cost,
+        normalize=normalize,
+        doc=f"{nd}-D transposed convolution (fractionally strided); in-channels inferred.",
+        example=f"conv_transpose{nd}d(64, 2, stride=2)",
+        shape_rule="out = (in - 1)*stride - 2*pad + dilation*(k-1) + output_pad + 1",
+    )
+
+
+OPS = [make_conv(1), make_conv(2), make_conv(3), make_conv_transpose(1), make_conv_transpose(2), make_conv_transpose(3)]

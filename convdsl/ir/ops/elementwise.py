@@ -1,0 +1,97 @@
+"""Activations and elementwise arithmetic (with NumPy-style broadcasting)."""
+from __future__ import annotations
+
+from ...errors import ShapeError
+from ..optable import Attr, Cost, OpDef, elementwise_cost
+from ..types import TensorType
+
+
+def same_type(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    return [ins[0]]
+
+
+def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: int = 1) -> OpDef:
+    def cost(a, ins, outs):
+        return Cost(0, flops_per * outs[0].numel())
+
+    return OpDef(name=name, group="activation", attrs=attrs, infer=same_type, cost=cost, doc=doc,
+                 example=f"x | {name}", shape_rule="out = in")
+
+
+def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
+    ra, rb = list(a.shape), list(b.shape)
+    n = max(len(ra), len(rb))
+    ra = [1] * (n - len(ra)) + ra
+    rb = [1] * (n - len(rb)) + rb
+    out = []
+    for x, y in zip(ra, rb):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ShapeError(f"{op}: shapes do not broadcast", expected="equal sizes or 1 in each dim",
+                             got=f"{a} and {b}", hint="check channels and spatial sizes of both inputs")
+    if a.dtype != b.dtype:
+        raise ShapeError(f"{op}: dtypes differ", got=f"{a.dtype} and {b.dtype}")
+    return TensorType(tuple(out), a.dtype)
+
+
+def _binary(name: str, sym: str) -> OpDef:
+    return OpDef(
+        name=name, group="arithmetic", attrs=(), inputs=(2, 2),
+        infer=lambda a, ins: [broadcast(name, ins[0], ins[1])],
+        doc=f"elementwise a {sym} b with broadcasting; also written `a {sym} b`.",
+        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)",
+    )
+
+
+def _nary_add(attrs, ins):
+    out = ins[0]
+    for t in ins[1:]:
+        out = broadcast("add", out, t)
+    return [out]
+
+
+def _matmul(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    a, b = ins
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError("matmul needs inputs of rank >= 2", got=f"{a} and {b}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError("matmul: inner dimensions differ", expected=f"b.shape[-2] == {a.shape[-1]}", got=f"{a} @ {b}")
+    batch = broadcast("matmul", TensorType(a.shape[:-2], a.dtype), TensorType(b.shape[:-2], b.dtype))
+    return [TensorType((*batch.shape, a.shape[-2], b.shape[-1]), a.dtype)]
+
+
+def _matmul_cost(attrs, ins, outs):
+    macs = outs[0].numel() * ins[0].shape[-1]
+    return Cost(macs, 2 * macs)
+
+
+OPS = [
+    _activation("identity", "passes its input through unchanged", flops_per=0),
+    _activation("relu", "max(x, 0)"),
+    _activation("relu6", "min(max(x, 0), 6)"),
+    _activation("leaky_relu", "x if x > 0 else slope*x", (Attr("slope", "float", 0.01),)),
+    _activation("gelu", "Gaussian error linear unit (exact erf form; approximate=tanh optional)",
+                (Attr("approximate", "sym", "none", choices=("none", "tanh")),), flops_per=8),
+    _activation("silu", "x * sigmoid(x) (swish)", flops_per=4),
+    _activation("sigmoid", "1 / (1 + exp(-x))", flops_per=4),
+    _activation("tanh", "hyperbolic tangent", flops_per=4),
+    _activation("hardswish", "x * relu6(x + 3) / 6", flops_per=4),
+    _activation("hardsigmoid", "relu6(x + 3) / 6", flops_per=3),
+    _activation("neg", "-x; also written `-x`"),
+    OpDef(name="affine", group="arithmetic",
+          attrs=(Attr("scale", "float", 1.0), Attr("shift", "float", 0.0)),
+          infer=same_type, doc="x * scale + shift; what `x * 0.5` or `x + 1` become",
+          example="affine(x, scale=0.5)", shape_rule="out = in"),
+    OpDef(name="add", group="arithmetic", attrs=(), inputs=(2, None), infer=_nary_add,
+          doc="elementwise sum of two or more tensors with broadcasting; also written `a + b`.",
+          example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)"),
+    _binary("sub", "-"),
+    _binary("mul", "*"),
+    _binary("div", "/"),
+    OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
+          doc="batched matrix product over the last two dims; also written `a @ b`.",
+          example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]"),
+]

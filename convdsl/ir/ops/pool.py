@@ -1,0 +1,4 @@
+"""Pooling (the ops helper extends this file)."""
+from __future__ import annotations
+
+OPS: list = []

@@ -1,0 +1,255 @@
+"""The op table's vocabulary: what one op definition consists of.
+
+Each op is defined exactly once (see ``convdsl/ir/ops/``) as an ``OpDef``:
+its attribute schema, shape rule, parameter shapes with initializers, and
+cost.  Backends keep their own lowering tables keyed by ``OpDef.name``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..errors import CDLTypeError, ShapeError, did_you_mean
+from .types import TensorType
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One hyper-parameter of an op.
+
+    ``kind`` is one or more of: int, float, bool, ints (int or list of ints),
+    sym (a bare word from ``choices``), str, floats, any — joined by ``|``.
+    """
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    choices: tuple[str, ...] | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Init:
+    """How a parameter is initialized (matches PyTorch's per-layer defaults)."""
+
+    kind: str  # uniform | normal | trunc_normal | ones | zeros | const | orthogonal | gabor | arange ...
+    args: tuple = ()
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    shape: tuple[int, ...]
+    init: Init
+    dtype: str = "f32"
+    buffer: bool = False  # running statistics and other non-trainable state
+    trainable: bool = True
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int = 0
+    flops: int = 0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.macs + other.macs, self.flops + other.flops)
+
+
+Attrs = Mapping[str, Any]
+InferFn = Callable[[Attrs, list[TensorType]], list[TensorType]]
+ParamsFn = Callable[[Attrs, list[TensorType]], dict[str, ParamSpec]]
+CostFn = Callable[[Attrs, list[TensorType], list[TensorType]], Cost]
+NormalizeFn = Callable[[dict, list[TensorType]], dict]
+
+
+def no_params(attrs: Attrs, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    return {}
+
+
+def elementwise_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    return Cost(0, sum(o.numel() for o in outs))
+
+
+def zero_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    return Cost(0, 0)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    group: str
+    attrs: tuple[Attr, ...]
+    infer: InferFn
+    inputs: tuple[int, int | None] = (1, 1)  # (min, max); max None = variadic
+    params: ParamsFn = no_params
+    cost: CostFn = elementwise_cost
+    normalize: NormalizeFn | None = None  # resolves defaults that depend on inputs
+    doc: str = ""
+    example: str = ""
+    input_names: tuple[str, ...] = ("x",)
+    shape_rule: str = ""  # human-readable shape rule for docs
+
+    def attr(self, name: str) -> Attr | None:
+        for a in self.attrs:
+            if a.name == name:
+                return a
+        return None
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A bare word used as a value (``pad=same``); carries its span for errors."""
+
+    name: str
+    span: Any = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _coerce(kind: str, value: Any, attr: Attr) -> tuple[bool, Any]:
+    if kind == "any":
+        return True, value
+    if kind == "int":
+        return (True, value) if _is_int(value) else (False, None)
+    if kind == "float":
+        if _is_int(value) or isinstance(value, float):
+            return True, float(value)
+        return False, None
+    if kind == "bool":
+        return (True, value) if isinstance(value, bool) else (False, None)
+    if kind == "ints":
+        if _is_int(value):
+            return True, value
+        if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
+            return True, tuple(value)
+        return False, None
+    if kind == "floats":
+        if isinstance(value, (list, tuple)) and all(_is_int(v) or isinstance(v, float) for v in value):
+            return True, tuple(float(v) for v in value)
+        return False, None
+    if kind == "sym":
+        name = value.name if isinstance(value, Symbol) else value if isinstance(value, str) else None
+        if name is None:
+            return False, None
+        if attr.choices is not None and name not in attr.choices:
+            return False, None
+        return True, name
+    if kind == "str":
+        return (True, value) if isinstance(value, str) else (False, None)
+    raise ValueError(f"unknown attr kind {kind!r}")
+
+
+KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "ints": "an integer or a list of integers",
+              "sym": "one of the words", "str": "a string", "floats": "a list of numbers", "any": "a value"}
+
+
+def describe_kind(attr: Attr) -> str:
+    parts = []
+    for k in attr.kind.split("|"):
+        if k == "sym" and attr.choices:
+            parts.append(" / ".join(attr.choices))
+        else:
+            parts.append(KIND_WORDS.get(k, k))
+    return " or ".join(parts)
+
+
+def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Match positional and keyword hyper-parameters to ``op.attrs``.
+
+    Raises ``CDLTypeError`` (without a span; the caller adds it).
+    """
+    out: dict[str, Any] = {}
+    if len(args) > len(op.attrs):
+        raise CDLTypeError(
+            f"{op.name} takes at most {len(op.attrs)} hyper-parameters, got {len(args)}",
+            expected=", ".join(a.name for a in op.attrs) or "no hyper-parameters",
+            got=f"{len(args)} positional values",
+        )
+    for a, v in zip(op.attrs, args):
+        out[a.name] = v
+    names = {a.name for a in op.attrs}
+    for k, v in kwargs.items():
+        if k not in names:
+            raise CDLTypeError(
+                f"{op.name} has no hyper-parameter '{k}'",
+                expected=", ".join(a.name for a in op.attrs) or "no hyper-parameters",
+                got=k,
+                hint=did_you_mean(k, names),
+            )
+        if k in out:
+            raise CDLTypeError(f"{op.name}: '{k}' given twice (positionally and by keyword)")
+        out[k] = v
+    result: dict[str, Any] = {}
+    for a in op.attrs:
+        if a.name not in out:
+            if a.default is REQUIRED:
+                raise CDLTypeError(
+                    f"{op.name} needs '{a.name}'",
+                    expected=f"{a.name}: {describe_kind(a)}",
+                    got="nothing",
+                    hint=f"write {op.example}" if op.example else None,
+                )
+            result[a.name] = a.default
+            continue
+        v = out[a.name]
+        for kind in a.kind.split("|"):
+            ok, coerced = _coerce(kind, v, a)
+            if ok:
+                result[a.name] = coerced
+                break
+        else:
+            hint = None
+            word = v.name if isinstance(v, Symbol) else v if isinstance(v, str) else None
+            if word is not None and a.choices:
+                hint = did_you_mean(word, a.choices) or f"valid words: {', '.join(a.choices)}"
+            raise CDLTypeError(
+                f"bad value for {op.name}({a.name}=...)",
+                expected=describe_kind(a),
+                got=format_value(v),
+                hint=hint,
+            )
+    return result
+
+
+def format_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Symbol):
+        return v.name
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def expect_rank(op: str, t: TensorType, *ranks: int, what: str = "input") -> None:
+    if t.rank not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(
+            f"{op} needs a rank-{want} {what}",
+            expected=f"rank {want}",
+            got=f"{t} (rank {t.rank})",
+        )
+
+
+def tuple_n(v: Any, n: int, name: str = "value") -> tuple[int, ...]:
+    """Expand an int or check a list to n entries (kernel sizes, strides...)."""
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(v)
+    if len(v) != n:
+        raise CDLTypeError(f"{name} needs {n} values here", expected=f"{n} integers", got=format_value(v))
+    return v

@@ -1,0 +1,920 @@
+"""AST -> graph IR.
+
+Elaboration runs the program's hyper-parameter code (arithmetic, loops,
+conditionals, block calls) and emits one graph node per op application, with
+its checked output types, parameters and source span.  Nothing is left of
+the hyper-parameter language in the graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ..errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
+                      UsageError, did_you_mean)
+from ..ir.graph import Graph, Value
+from ..ir.ops import OPS
+from ..ir.optable import OpDef, Symbol, bind_attrs
+from ..ir.types import TensorType, bind_dim
+from . import ast
+from .parser import parse
+from .values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
+
+DEFAULT_MAX_BYTES = 16 * 1024**3  # one tensor, or all parameters together
+MAX_BLOCK_DEPTH = 64
+MAX_LOOP_ITERATIONS = 1_000_000
+MAX_NODES = 1_000_000
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+class _Return(Exception):
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+
+@dataclass
+class Module:
+    """One parsed .cdl file and its top-level names."""
+
+    program: ast.Program
+    path: str
+    names: dict[str, Any] = field(default_factory=dict)  # blocks, defs, consts, imports
+
+    def lookup(self, name: str) -> Any:
+        return self.names.get(name, _MISSING)
+
+
+_MISSING = object()
+
+
+@dataclass
+class Frame:
+    """A block body or network body being executed."""
+
+    module: Module
+    locals: dict[str, Any]
+    scope: list[str]
+    block: str
+
+
+@dataclass
+class Options:
+    choices: Mapping[str, Any] | None = None  # choice key -> index (int) or value; "first" picks the first option
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # network hyper-parameters
+    bind: Mapping[str, int] = field(default_factory=dict)  # concrete symbolic dims for size checks
+    max_bytes: int = DEFAULT_MAX_BYTES
+    seed: int = 0
+    first_choice: bool = False
+
+
+class Elaborator:
+    def __init__(self, options: Options | None = None, loader: Callable[[str], str] | None = None) -> None:
+        self.opts = options or Options()
+        self.loader = loader or (lambda p: Path(p).read_text())
+        self.graph = Graph()
+        self.depth = 0
+        self.call_stack: list[tuple[str, Span | None]] = []
+        self.counters: dict[str, dict[str, int]] = {}
+        self.used_scopes: set[str] = set()
+        self.param_bytes = 0
+        self.modules: dict[str, Module] = {}
+        self.importing: list[str] = []
+        self.choices_seen: dict[str, ast.Choice] = {}
+
+    # ---- modules and imports ----------------------------------------------
+    def load_module(self, program: ast.Program, path: str) -> Module:
+        mod = Module(program, path)
+        self.modules[path] = mod
+        self.importing.append(path)
+        try:
+            for item in program.items:
+                if isinstance(item, ast.Import):
+                    self._import(mod, item)
+            for item in program.items:
+                if isinstance(item, ast.BlockDef):
+                    self._define(mod, item.name, BlockLayer(item, mod, span=item.span), item.span)
+                elif isinstance(item, ast.FuncDef):
+                    self._define(mod, item.name, FuncRef(item, mod), item.span)
+            for item in program.items:
+                if isinstance(item, ast.ConstDef):
+                    frame = Frame(mod, {}, [], "")
+                    self._define(mod, item.name, self.eval(item.value, frame), item.span)
+        finally:
+            self.importing.pop()
+        return mod
+
+    def _define(self, mod: Module, name: str, value: Any, span: Span | None) -> None:
+        if name in OPS:
+            raise CDLNameError(f"'{name}' is a built-in op and cannot be redefined", span,
+                               hint=f"choose another name, e.g. my_{name}")
+        prev = mod.names.get(name)
+        if prev is not None and getattr(prev, "module", None) is mod and not isinstance(prev, Namespace):
+            raise CDLNameError(f"'{name}' is defined twice in this file", span)
+        mod.names[name] = value
+
+    def _import(self, mod: Module, item: ast.Import) -> None:
+        base = Path(mod.path).parent if not mod.path.startswith("<") else Path.cwd()
+        target = (base / item.path).resolve()
+        key = str(target)
+        if key in self.importing:
+            raise CDLNameError(f"circular import of {item.path!r}", item.span,
+                               notes=["import chain: " + " -> ".join(self.importing + [key])])
+        if key not in self.modules:
+            try:
+                text = self.loader(key)
+            except OSError as e:
+                raise CDLNameError(f"cannot import {item.path!r}: {e.strerror or e}", item.span,
+                                   hint=f"paths are relative to {base}") from None
+            self.load_module(parse(text, key), key)
+        imported = self.modules[key]
+        if item.alias:
+            mod.names[item.alias] = Namespace(item.alias, imported.names)
+        else:
+            for name, value in imported.names.items():
+                if not isinstance(value, Namespace):
+                    mod.names.setdefault(name, value)
+
+    # ---- networks -----------------------------------------------------------
+    def elaborate_network(self, mod: Module, net: ast.NetworkDef) -> Graph:
+        g = self.graph
+        g.name = net.name
+        g.source_file = mod.path
+        frame = Frame(mod, {}, [], net.name)
+        known = {p.name for p in net.params}
+        for k in self.opts.overrides:
+            if k not in known:
+                raise UsageError(f"network {net.name} has no parameter '{k}'",
+                                 hint=did_you_mean(k, known) or f"its parameters: {', '.join(sorted(known))}")
+        for p in net.params:
+            if isinstance(p, ast.InputParam):
+                t = TensorType(tuple(p.dims), p.dtype)
+                self._check_size(t, p.span, "input")
+                nid = g.add_node(p.name, "input", [], {"name": p.name}, [t], span=p.span)
+                frame.locals[p.name] = Tensor(Value(nid), t)
+                for d in p.dims:
+                    if isinstance(d, str):
+                        g.symbols.setdefault(d, self.opts.bind.get(d, 1))
+            elif p.name in self.opts.overrides:
+                frame.locals[p.name] = self.opts.overrides[p.name]
+            elif p.default is not None:
+                frame.locals[p.name] = self.eval(p.default, frame)
+            else:
+                raise CDLNameError(f"network parameter '{p.name}' has no value", p.span,
+                                   hint=f"give it a default ({p.name}=...) or pass --set {p.name}=...")
+        outputs = self.run_body(net.body, frame, net.span)
+        if not outputs:
+            raise CDLTypeError(f"network {net.name} returns nothing", net.span, hint="end the body with: return x")
+        for i, (v, expr) in enumerate(outputs):
+            if not isinstance(v, Tensor):
+                raise CDLTypeError("a network must return tensors", expr.span, expected="a tensor", got=describe(v))
+            g.outputs.append(v.value)
+            name = expr.id if isinstance(expr, ast.Name) and expr.id not in g.output_names else f"out{i}" if i else "out"
+            g.output_names.append(name)
+        g.params.seed = self.opts.seed
+        return g
+
+    def run_body(self, body: list[ast.Stmt], frame: Frame, span: Span | None) -> list[tuple[Any, ast.Expr]]:
+        try:
+            self.exec_block(body, frame)
+        except _Return as r:
+            return r.values
+        return []
+
+    # ---- statements -----------------------------------------------------------
+    def exec_block(self, body: list[ast.Stmt], frame: Frame) -> None:
+        for stmt in body:
+            self.exec(stmt, frame)
+
+    def exec(self, stmt: ast.Stmt, frame: Frame) -> None:
+        if isinstance(stmt, ast.Assign):
+            value = self.eval(stmt.value, frame)
+            self.assign(stmt.targets, value, frame, stmt.span)
+        elif isinstance(stmt, ast.Return):
+            values = [(self.eval(e, frame), e) for e in stmt.values]
+            if len(values) == 1 and isinstance(values[0][0], tuple):
+                values = [(v, stmt.values[0]) for v in values[0][0]]
+            raise _Return(values)
+        elif isinstance(stmt, ast.For):
+            seq = self.eval(stmt.iter, frame)
+            if not isinstance(seq, (list, tuple, range)):
+                raise CDLTypeError("'for' needs a list or range", stmt.iter.span, expected="a list", got=describe(seq))
+            if len(seq) > MAX_LOOP_ITERATIONS:
+                raise ResourceError(f"loop of {len(seq):,} iterations", stmt.iter.span)
+            for item in seq:
+                self.assign(stmt.targets, item, frame, stmt.span)
+                self.exec_block(stmt.body, frame)
+        elif isinstance(stmt, ast.Repeat):
+            n = self.eval(stmt.count, frame)
+            if not _is_int(n) or n < 0:
+                raise CDLTypeError("'repeat' needs a non-negative integer", stmt.count.span,
+                                   expected="an integer >= 0", got=describe(n))
+            if n > MAX_LOOP_ITERATIONS:
+                raise ResourceError(f"repeat of {n:,} iterations", stmt.count.span)
+            for _ in range(n):
+                self.exec_block(stmt.body, frame)
+        elif isinstance(stmt, ast.If):
+            for cond, body in stmt.branches:
+                if self.truth(self.eval(cond, frame), cond):
+                    self.exec_block(body, frame)
+                    return
+            if stmt.orelse is not None:
+                self.exec_block(stmt.orelse, frame)
+        elif isinstance(stmt, ast.Assert):
+            if not self.truth(self.eval(stmt.cond, frame), stmt.cond):
+                raise CDLTypeError(stmt.message or "assertion failed", stmt.span)
+        else:  # pragma: no cover - grammar has no other statements
+            raise CDLTypeError(f"unknown statement {type(stmt).__name__}", getattr(stmt, "span", None))
+
+    def assign(self, targets: list[str], value: Any, frame: Frame, span: Span | None) -> None:
+        for t in targets:
+            if t in OPS or t in BUILTINS:
+                raise CDLNameError(f"'{t}' is a built-in name and cannot be assigned", span,
+                                   hint=f"choose another name, e.g. {t}_out")
+        if len(targets) == 1:
+            frame.locals[targets[0]] = value
+            return
+        if not isinstance(value, (list, tuple)) or len(value) != len(targets):
+            n = len(value) if isinstance(value, (list, tuple)) else 1
+            raise CDLTypeError(f"cannot unpack {describe(value)} into {len(targets)} names", span,
+                               expected=f"{len(targets)} values", got=f"{n}")
+        for t, v in zip(targets, value):
+            frame.locals[t] = v
+
+    def truth(self, v: Any, expr: ast.Expr) -> bool:
+        if isinstance(v, (bool, int, float)) or v is None:
+            return bool(v)
+        if isinstance(v, Symbol):
+            raise self.unknown_name(v.name, v.span or expr.span, None)
+        raise CDLTypeError("a condition must be a boolean or number", expr.span, got=describe(v))
+
+    # ---- expressions ------------------------------------------------------------
+    def eval(self, e: ast.Expr, frame: Frame, label: str | None = None) -> Any:
+        method = getattr(self, "eval_" + type(e).__name__)
+        return method(e, frame, label) if label is not None else method(e, frame)
+
+    def eval_Num(self, e: ast.Num, frame: Frame) -> Any:
+        return e.value
+
+    def eval_Str(self, e: ast.Str, frame: Frame) -> Any:
+        return e.value
+
+    def eval_Const(self, e: ast.Const, frame: Frame) -> Any:
+        return e.value
+
+    def eval_ListExpr(self, e: ast.ListExpr, frame: Frame) -> Any:
+        return [self.eval(x, frame) for x in e.items]
+
+    def eval_TupleExpr(self, e: ast.TupleExpr, frame: Frame) -> Any:
+        return tuple(self.eval(x, frame) for x in e.items)
+
+    def eval_Name(self, e: ast.Name, frame: Frame, label: str | None = None) -> Any:
+        v = self.lookup(e.id, frame)
+        if v is _MISSING:
+            return Symbol(e.id, e.span)
+        if label is not None:
+            if isinstance(v, (OpLayer, BlockLayer, SeqLayer)):
+                return v.with_label(label)
+            raise CDLTypeError("only layers and applications can be named with 'as'", e.span, got=describe(v))
+        return v
+
+    def lookup(self, name: str, frame: Frame) -> Any:
+        if name in frame.locals:
+            return frame.locals[name]
+        v = frame.module.lookup(name)
+        if v is not _MISSING:
+            return v
+        op = OPS.get(name)
+        if op is not None:
+            return OpLayer(op)
+        if name in BUILTINS:
+            return BUILTINS[name]
+        return _MISSING
+
+    def unknown_name(self, name: str, span: Span | None, frame: Frame | None) -> CDLNameError:
+        pool: list[str] = list(OPS) + list(BUILTINS)
+        if frame is not None:
+            pool += list(frame.locals) + list(frame.module.names)
+        return CDLNameError(f"unknown name '{name}'", span, hint=did_you_mean(name, pool))
+
+    def _need(self, v: Any, frame: Frame, span: Span | None) -> Any:
+        """Reject unbound bare words wherever a real value is required."""
+        if isinstance(v, Symbol):
+            raise self.unknown_name(v.name, v.span or span, frame)
+        return v
+
+    def eval_Choice(self, e: ast.Choice, frame: Frame) -> Any:
+        self.choices_seen[e.key] = e
+        sel = self.opts.choices or {}
+        if e.key in sel:
+            pick = sel[e.key]
+            opts = [self.eval(o, frame) for o in e.options]
+            if _is_int(pick) and 0 <= pick < len(opts):
+                return opts[pick]
+            for o in opts:
+                if o == pick:
+                    return o
+            raise ChoiceError(f"choice '{e.key}' has no option {pick!r}", e.span,
+                              expected=", ".join(_fmt(o) for o in opts))
+        if self.opts.first_choice:
+            return self.eval(e.options[0], frame)
+        raise ChoiceError(
+            "this program is a search space: choice(...) is not resolved", e.span,
+            expected="a plain program", got=f"choice with {len(e.options)} options",
+            hint=f"fix it with --choose {e.key}=INDEX, or explore it with `convdsl search`",
+        )
+
+    def eval_Index(self, e: ast.Index, frame: Frame) -> Any:
+        obj = self._need(self.eval(e.obj, frame), frame, e.obj.span)
+        idx = self._need(self.eval(e.index, frame), frame, e.index.span)
+        if isinstance(obj, Tensor):
+            raise CDLTypeError("tensors cannot be indexed in CDL", e.span,
+                               hint="use split(...), reshape(...) or permute(...) ops")
+        if not isinstance(obj, (list, tuple)):
+            raise CDLTypeError("only lists can be indexed", e.obj.span, got=describe(obj))
+        if not _is_int(idx):
+            raise CDLTypeError("a list index must be an integer", e.index.span, got=describe(idx))
+        if not -len(obj) <= idx < len(obj):
+            raise CDLTypeError(f"index {idx} out of range for a list of {len(obj)}", e.index.span)
+        return obj[idx]
+
+    def eval_Attribute(self, e: ast.Attribute, frame: Frame) -> Any:
+        obj = self._need(self.eval(e.obj, frame), frame, e.obj.span)
+        if isinstance(obj, Namespace):
+            if e.name not in obj.names:
+                raise CDLNameError(f"module '{obj.name}' has no '{e.name}'", e.span,
+                                   hint=did_you_mean(e.name, obj.names))
+            return obj.names[e.name]
+        if isinstance(obj, Tensor):
+            t = obj.type
+            props = {"shape": list(t.shape), "rank": t.rank, "dtype": t.dtype,
+                     "channels": t.shape[1] if t.rank >= 2 else None}
+            if e.name in props and props[e.name] is not None:
+                return props[e.name]
+            raise CDLNameError(f"a tensor has no property '{e.name}'", e.span, hint=did_you_mean(e.name, props))
+        raise CDLTypeError(f"{describe(obj)} has no property '{e.name}'", e.span)
+
+    def eval_Neg(self, e: ast.Neg, frame: Frame) -> Any:
+        v = self._need(self.eval(e.operand, frame), frame, e.operand.span)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return -v
+        if isinstance(v, Tensor):
+            return self.apply_op(OPS["neg"], [v], {}, None, e.span, frame)
+        raise CDLTypeError("'-' needs a number or tensor", e.span, got=describe(v))
+
+    def eval_Not(self, e: ast.Not, frame: Frame) -> Any:
+        return not self.truth(self.eval(e.operand, frame), e.operand)
+
+    def eval_BoolOp(self, e: ast.BoolOp, frame: Frame) -> Any:
+        for sub in e.values:
+            v = self.truth(self.eval(sub, frame), sub)
+            if e.op == "or" and v:
+                return True
+            if e.op == "and" and not v:
+                return False
+        return e.op == "and"
+
+    def eval_Compare(self, e: ast.Compare, frame: Frame) -> Any:
+        left = self._need(self.eval(e.first, frame), frame, e.first.span)
+        for op, rexpr in e.rest:
+            right = self._need(self.eval(rexpr, frame), frame, rexpr.span)
+            if op in ("<", ">", "<=", ">=") and not (_is_num(left) and _is_num(right)):
+                raise CDLTypeError(f"'{op}' compares numbers", e.span, got=f"{describe(left)} and {describe(right)}")
+            if isinstance(left, Tensor) or isinstance(right, Tensor):
+                raise CDLTypeError("tensors cannot be compared at elaboration time", e.span,
+                                   hint="compare their shapes: channels(x) == 64")
+            ok = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+                  ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}[op](left, right)
+            if not ok:
+                return False
+            left = right
+        return True
+
+    def eval_IfExp(self, e: ast.IfExp, frame: Frame, label: str | None = None) -> Any:
+        branch = e.then if self.truth(self.eval(e.cond, frame), e.cond) else e.orelse
+        return self.eval(branch, frame, label)
+
+    def eval_Pow(self, e: ast.Pow, frame: Frame) -> Any:
+        a = self._need(self.eval(e.base, frame), frame, e.base.span)
+        b = self._need(self.eval(e.exp, frame), frame, e.exp.span)
+        if not (_is_num(a) and _is_num(b)):
+            raise CDLTypeError("'**' needs numbers", e.span, got=f"{describe(a)} and {describe(b)}")
+        if _is_int(b) and b > 4096 or abs(a) > 1e6 and b > 64:
+            raise ResourceError("exponent too large", e.exp.span)
+        try:
+            return a**b
+        except (OverflowError, ZeroDivisionError) as ex:
+            raise CDLTypeError(f"'**' failed: {ex}", e.span) from None
+
+    def eval_Arith(self, e: ast.Arith, frame: Frame) -> Any:
+        acc = self._need(self.eval(e.first, frame), frame, e.first.span)
+        for op, rexpr in e.rest:
+            right = self._need(self.eval(rexpr, frame), frame, rexpr.span)
+            acc = self.binop(op, acc, right, e.span, rexpr.span, frame)
+        return acc
+
+    def binop(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None, frame: Frame) -> Any:
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+                scalar = b if isinstance(a, Tensor) else a
+                if _is_num(scalar) and op in ("*", "+", "-", "/"):
+                    t = a if isinstance(a, Tensor) else b
+                    if op == "-" and not isinstance(a, Tensor):  # c - x
+                        return self.apply_op(OPS["affine"], [t], {"scale": -1.0, "shift": float(scalar)}, None, span, frame)
+                    scale = float(scalar) if op == "*" else 1.0 / float(scalar) if op == "/" else 1.0
+                    shift = float(scalar) if op == "+" else -float(scalar) if op == "-" else 0.0
+                    if op == "/" and not isinstance(a, Tensor):
+                        raise CDLTypeError("cannot divide a number by a tensor", span)
+                    if op == "/" and scalar == 0:
+                        raise CDLTypeError("division by zero", rspan)
+                    return self.apply_op(OPS["affine"], [t], {"scale": scale, "shift": shift}, None, span, frame)
+                raise CDLTypeError(f"'{op}' between a tensor and {describe(scalar)}", span,
+                                   hint="tensor arithmetic takes two tensors or a tensor and a number")
+            opname = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}.get(op)
+            if opname is None:
+                raise CDLTypeError(f"'{op}' is not defined for tensors", span, hint="tensors support + - * / @")
+            return self.apply_op(OPS[opname], [a, b], {}, None, span, frame)
+        if op == "+" and isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return list(a) + list(b)
+        if op == "+" and isinstance(a, str) and isinstance(b, str):
+            return a + b
+        if op == "*" and isinstance(a, (list, tuple)) and _is_int(b):
+            if len(a) * b > MAX_LOOP_ITERATIONS:
+                raise ResourceError("list too long", span)
+            return list(a) * b
+        if not (_is_num(a) and _is_num(b)):
+            raise CDLTypeError(f"'{op}' needs numbers", span, got=f"{describe(a)} and {describe(b)}")
+        try:
+            if op == "+":
+                return a + b
+            if op == "-":
+                return a - b
+            if op == "*":
+                return a * b
+            if op == "/":
+                return a / b
+            if op == "//":
+                return a // b
+            if op == "%":
+                return a % b
+        except ZeroDivisionError:
+            raise CDLTypeError("division by zero", rspan) from None
+        raise CDLTypeError(f"'{op}' is not defined for numbers", span, hint="'@' multiplies tensors")
+
+    # ---- layers, calls and pipes -------------------------------------------------------
+    def eval_Labeled(self, e: ast.Labeled, frame: Frame, outer: str | None = None) -> Any:
+        label = self.label_text(e.label, frame)
+        if outer:
+            label = f"{outer}.{label}"
+        inner = e.expr
+        if isinstance(inner, (ast.Call, ast.Name, ast.Labeled, ast.IfExp)):
+            return self.eval(inner, frame, label)
+        # any other expression: elaborate it inside a scope called `label`
+        frame.scope.append(label)
+        self._claim_scope(frame, e.label.span)
+        try:
+            v = self.eval(inner, frame)
+        finally:
+            frame.scope.pop()
+        if isinstance(v, (OpLayer, BlockLayer, SeqLayer)):
+            return v.with_label(label)
+        return v
+
+    def label_text(self, label: ast.Label, frame: Frame) -> str:
+        parts = []
+        for p in label.parts:
+            if isinstance(p, str):
+                parts.append(p)
+            else:
+                v = self._need(self.eval(p, frame), frame, label.span)
+                if not (_is_int(v) or isinstance(v, str)):
+                    raise CDLTypeError("label parts must be integers or strings", label.span, got=describe(v))
+                parts.append(str(v))
+        text = "".join(parts)
+        if not _LABEL_RE.match(text):
+            raise CDLNameError(f"bad instance name {text!r}", label.span,
+                               expected="letters, digits and '_', dotted: conv1, layer1.0",
+                               got=repr(text))
+        return text
+
+    def eval_Call(self, e: ast.Call, frame: Frame, label: str | None = None) -> Any:
+        func = self.eval(e.func, frame)
+        if isinstance(func, Symbol):
+            raise self.unknown_name(func.name, e.func.span, frame)
+        args = [self.eval(a, frame) for a in e.args]
+        kwargs = {k.name: self.eval(k.value, frame) for k in e.kwargs}
+        if isinstance(func, Builtin):
+            if label is not None:
+                raise CDLTypeError(f"'{func.name}' is a function, not a layer; it cannot be named", e.span)
+            for a, ax in zip(args, e.args):
+                self._need(a, frame, ax.span)
+            for k in e.kwargs:
+                self._need(kwargs[k.name], frame, k.value.span)
+            try:
+                return func.fn(self, e, *args, **kwargs)
+            except ConvDSLError as err:
+                raise err.with_span(e.span)
+            except TypeError as err:
+                raise CDLTypeError(f"bad arguments to {func.name}(): {err}", e.span, hint=func.usage) from None
+        if isinstance(func, FuncRef):
+            return self.call_func(func, args, kwargs, e, frame)
+        if not isinstance(func, (OpLayer, BlockLayer, SeqLayer)):
+            raise CDLTypeError(f"{describe(func)} cannot be called", e.func.span)
+        # leading tensors are inputs; the rest are hyper-parameters
+        inputs: list[Tensor] = []
+        rest = list(args)
+        while rest and (isinstance(rest[0], Tensor) or _is_tensor_tuple(rest[0])):
+            first = rest.pop(0)
+            inputs.extend(first if isinstance(first, tuple) else [first])
+        for a, ax in zip(rest, e.args[len(args) - len(rest):]):
+            if isinstance(a, Tensor) or _is_tensor_tuple(a):
+                raise CDLTypeError("tensor inputs must come before hyper-parameters", ax.span,
+                                   hint=f"write {func.name}(x, ...) or x | {func.name}(...)")
+        if isinstance(func, SeqLayer) and (rest or kwargs):
+            raise CDLTypeError("a pipeline of layers takes no hyper-parameters", e.span)
+        layer = func.with_args(rest, kwargs, e.span) if (rest or kwargs) else func
+        layer = layer.with_label(label)
+        if not inputs:
+            if isinstance(layer, OpLayer):
+                self._validate_op_args(layer, e.span)
+            return layer
+        return self.apply(layer, inputs, e.span, frame)
+
+    def _validate_op_args(self, layer: OpLayer, span: Span | None) -> None:
+        """Catch misspelled or extra hyper-parameters where they are written, before any input arrives."""
+        names = {a.name for a in layer.op.attrs}
+        for k, _ in layer.kwargs:
+            if k not in names:
+                raise CDLTypeError(f"{layer.op.name} has no hyper-parameter '{k}'", span,
+                                   expected=", ".join(sorted(names)) or "no hyper-parameters", got=k,
+                                   hint=did_you_mean(k, names))
+        if len(layer.args) > len(layer.op.attrs):
+            raise CDLTypeError(f"{layer.op.name} takes at most {len(layer.op.attrs)} hyper-parameters", span,
+                               got=f"{len(layer.args)}")
+
+    def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame) -> Any:
+        local = self.bind_params(func.func.params, args, kwargs, func.module, func.func.name, e.span)
+        self._enter(func.func.name, e.span)
+        try:
+            return self.eval(func.func.body, Frame(func.module, local, frame.scope, frame.block))
+        finally:
+            self._leave()
+
+    def eval_Pipe(self, e: ast.Pipe, frame: Frame) -> Any:
+        cur = self.eval(e.stages[0], frame)
+        if isinstance(cur, Symbol):
+            raise self.unknown_name(cur.name, e.stages[0].span, frame)
+        if isinstance(cur, (OpLayer, BlockLayer, SeqLayer)):
+            layers = [cur] + [self.eval_stage(s, frame) for s in e.stages[1:]]
+            return SeqLayer(tuple(layers), span=e.span)
+        if isinstance(cur, list) and cur and all(isinstance(x, Tensor) for x in cur):
+            cur = tuple(cur)
+        if not (isinstance(cur, Tensor) or _is_tensor_tuple(cur)):
+            raise CDLTypeError("a pipe starts with a tensor (or a layer)", e.stages[0].span, got=describe(cur))
+        for s in e.stages[1:]:
+            layer = self.eval_stage(s, frame)
+            cur = self.apply(layer, list(cur) if isinstance(cur, tuple) else [cur], s.span, frame)
+        return cur
+
+    def eval_stage(self, s: ast.Expr, frame: Frame) -> Layer:
+        v = self.eval(s, frame)
+        if isinstance(v, Symbol):
+            raise self.unknown_name(v.name, s.span, frame)
+        if not isinstance(v, (OpLayer, BlockLayer, SeqLayer)):
+            raise CDLTypeError("each stage after '|' must be a layer", s.span, expected="an op or block, e.g. relu or conv2d(64, 3)",
+                               got=describe(v))
+        if isinstance(v, OpLayer):
+            self._validate_op_args(v, s.span)
+        return v
+
+    def apply(self, layer: Layer, inputs: list[Tensor], span: Span | None, frame: Frame) -> Any:
+        if isinstance(layer, OpLayer):
+            try:
+                attrs = bind_attrs(layer.op, list(layer.args), dict(layer.kwargs))
+            except ConvDSLError as err:
+                raise err.with_span(layer.span or span)
+            return self.apply_op(layer.op, inputs, attrs, layer.label, layer.span or span, frame)
+        if isinstance(layer, SeqLayer):
+            if layer.label:
+                frame.scope.append(layer.label)
+                self._claim_scope(frame, span)
+            try:
+                cur: Any = inputs if len(inputs) > 1 else inputs[0]
+                for sub in layer.layers:
+                    cur = self.apply(sub, list(cur) if isinstance(cur, tuple) else [cur], sub.span or span, frame)
+                return cur
+            finally:
+                if layer.label:
+                    frame.scope.pop()
+        return self.apply_block(layer, inputs, span, frame)
+
+    def apply_block(self, layer: BlockLayer, inputs: list[Tensor], span: Span | None, frame: Frame) -> Any:
+        block = layer.block
+        n_in = 1 if block.inputs is None else len(block.inputs)
+        if len(inputs) != n_in:
+            raise CDLTypeError(f"block {block.name} takes {n_in} input tensor(s), got {len(inputs)}", span,
+                               notes=[f"{block.name} is defined at {block.span}"])
+        local = self.bind_params(block.params, list(layer.args), dict(layer.kwargs), layer.module, block.name,
+                                 layer.span or span)
+        name = layer.label or self.auto_name(frame, block.name)
+        self._enter(block.name, span)
+        scope = frame.scope + name.split(".")
+        sub = Frame(layer.module, local, scope, block.name)
+        self._claim_scope(sub, span)
+        try:
+            if block.inputs is None:
+                body = self.eval(block.body, sub)
+                if isinstance(body, Symbol):
+                    raise self.unknown_name(body.name, block.body.span, sub)
+                if not isinstance(body, (OpLayer, BlockLayer, SeqLayer)):
+                    raise CDLTypeError(f"the body of block {block.name} must be a layer pipeline",
+                                       block.body.span, got=describe(body))
+                return self.apply(body, inputs, span, sub)
+            for nm, t in zip(block.inputs, inputs):
+                local[nm] = t
+            outs = self.run_body(block.body, sub, block.span)
+            if not outs:
+                raise CDLTypeError(f"block {block.name} returns nothing", block.span, hint="end it with: return y")
+            for v, ex in outs:
+                if not (isinstance(v, Tensor)):
+                    raise CDLTypeError(f"block {block.name} must return tensors", ex.span, got=describe(v))
+            vals = [v for v, _ in outs]
+            return vals[0] if len(vals) == 1 else tuple(vals)
+        finally:
+            self._leave()
+
+    def bind_params(self, params: list[ast.Param], args: list, kwargs: dict, module: Module, what: str,
+                    span: Span | None) -> dict[str, Any]:
+        if len(args) > len(params):
+            raise CDLTypeError(f"{what} takes at most {len(params)} hyper-parameters, got {len(args)}", span,
+                               expected=", ".join(p.name for p in params) or "none")
+        names = [p.name for p in params]
+        for k in kwargs:
+            if k not in names:
+                raise CDLTypeError(f"{what} has no parameter '{k}'", span, expected=", ".join(names) or "none",
+                                   got=k, hint=did_you_mean(k, names))
+        local: dict[str, Any] = {}
+        frame = Frame(module, local, [], what)
+        for i, p in enumerate(params):
+            if i < len(args):
+                if p.name in kwargs:
+                    raise CDLTypeError(f"{what}: '{p.name}' given twice", span)
+                local[p.name] = args[i]
+            elif p.name in kwargs:
+                local[p.name] = kwargs[p.name]
+            elif p.default is not None:
+                local[p.name] = self.eval(p.default, frame)
+            else:
+                raise CDLTypeError(f"{what} needs '{p.name}'", span, expected=f"{what}({', '.join(names)})",
+                                   got="no value for " + p.name)
+        return local
+
+    def _enter(self, name: str, span: Span | None) -> None:
+        self.depth += 1
+        self.call_stack.append((name, span))
+        if self.depth > MAX_BLOCK_DEPTH:
+            chain = " -> ".join(n for n, _ in self.call_stack[:6]) + " -> ..."
+            raise ResourceError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (recursion?)", span,
+                                notes=[f"call chain: {chain}"], hint="a recursive block needs a depth parameter that reaches a base case")
+
+    def _leave(self) -> None:
+        self.depth -= 1
+        self.call_stack.pop()
+
+    # ---- naming -------------------------------------------------------------------
+    def auto_name(self, frame: Frame, base: str) -> str:
+        key = ".".join(frame.scope)
+        counts = self.counters.setdefault(key, {})
+        n = counts.get(base, 0)
+        while True:
+            name = base if n == 0 else f"{base}_{n}"
+            n += 1
+            full = f"{key}.{name}" if key else name
+            if full not in self.graph and full not in self.used_scopes:
+                counts[base] = n
+                return name
+
+    def _claim_scope(self, frame: Frame, span: Span | None) -> None:
+        path = ".".join(frame.scope)
+        if path in self.graph:
+            raise CDLNameError(f"instance name '{path}' is already used", span, hint="give this instance another name with 'as'")
+        self.used_scopes.add(path)
+
+    # ---- ops --------------------------------------------------------------------
+    def apply_op(self, op: OpDef, inputs: list[Tensor], attrs: dict, label: str | None, span: Span | None,
+                 frame: Frame) -> Any:
+        lo, hi = op.inputs
+        if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+            raise CDLTypeError(f"{op.name} takes {want} input tensor(s), got {len(inputs)}", span,
+                               hint=f"example: {op.example}" if op.example else None)
+        in_types = [t.type for t in inputs]
+        try:
+            if op.normalize is not None:
+                attrs = op.normalize(dict(attrs), in_types)
+            out_types = op.infer(attrs, in_types)
+            specs = op.params(attrs, in_types)
+        except ConvDSLError as err:
+            raise err.with_span(span)
+        except (ValueError, ZeroDivisionError, OverflowError, IndexError, TypeError) as err:
+            raise ShapeError(f"{op.name}: invalid hyper-parameters for these inputs ({err})", span,
+                             got=", ".join(str(t) for t in in_types)) from None
+        for t in out_types:
+            if any(isinstance(d, int) and d <= 0 for d in t.shape):
+                raise ShapeError(f"{op.name} would produce an empty tensor {t}", span,
+                                 got="inputs " + ", ".join(str(x) for x in in_types),
+                                 hint="the input is too small for this kernel/stride, or a size is zero")
+            self._check_size(t, span, f"output of {op.name}")
+        for spec in specs.values():
+            nbytes = math.prod(spec.shape) * 4
+            self.param_bytes += nbytes
+        if self.param_bytes > self.opts.max_bytes:
+            raise ResourceError(f"parameters would take {_gib(self.param_bytes)}, over the limit of {_gib(self.opts.max_bytes)}",
+                                span, hint="raise the limit with --max-memory, or shrink the network")
+        if len(self.graph) >= MAX_NODES:
+            raise ResourceError(f"more than {MAX_NODES:,} nodes", span)
+        name = label or self.auto_name(frame, op.name)
+        nid = ".".join(frame.scope + [name])
+        if nid in self.graph or (label and nid in self.used_scopes):
+            raise CDLNameError(f"instance name '{nid}' is already used", span, hint="each 'as' name must be unique in its block")
+        params = {local: f"{nid}.{local}" for local in specs}
+        self.graph.add_node(nid, op.name, [t.value for t in inputs], attrs, out_types, params=params, span=span,
+                            scope=".".join(frame.scope), block=frame.block)
+        for local, spec in specs.items():
+            self.graph.params.declare(params[local], spec)
+        outs = tuple(Tensor(Value(nid, i), t) for i, t in enumerate(out_types))
+        return outs[0] if len(outs) == 1 else outs
+
+    def _check_size(self, t: TensorType, span: Span | None, what: str) -> None:
+        try:
+            nbytes = t.nbytes(self.opts.bind)
+        except Exception:  # a symbolic expression we cannot evaluate
+            return
+        if nbytes > self.opts.max_bytes:
+            raise ResourceError(f"{what} {t} would take {_gib(nbytes)}, over the limit of {_gib(self.opts.max_bytes)}",
+                                span, hint="raise the limit with --max-memory, or use smaller sizes")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:,.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.1f} MiB"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_tensor_tuple(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, Tensor) for x in v)
+
+
+def _fmt(v: Any) -> str:
+    from ..ir.optable import format_value
+
+    return format_value(v)
+
+
+# ---- built-in functions (elaboration time) ------------------------------------------
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    fn: Callable[..., Any]
+    usage: str = ""
+
+
+def _tensor_arg(name: str, x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise CDLTypeError(f"{name}() needs a tensor", got=describe(x))
+    return x
+
+
+def _channels(el, e, x):
+    t = _tensor_arg("channels", x).type
+    if t.rank < 2:
+        raise ShapeError("channels() needs a tensor of rank >= 2 (channels-first)", got=str(t))
+    return t.shape[1]
+
+
+def _dim(el, e, x, i):
+    t = _tensor_arg("dim", x).type
+    if not _is_int(i) or not -t.rank <= i < t.rank:
+        raise CDLTypeError(f"dim index out of range for {t}", got=describe(i))
+    return t.shape[i]
+
+
+def _range(el, e, *a):
+    if not all(_is_int(x) for x in a) or not 1 <= len(a) <= 3:
+        raise CDLTypeError("range() takes 1 to 3 integers", got=", ".join(describe(x) for x in a))
+    r = range(*a)
+    if len(r) > MAX_LOOP_ITERATIONS:
+        raise ResourceError(f"range of {len(r):,} items")
+    return list(r)
+
+
+def _make_divisible(el, e, v, divisor=8, min_value=None):
+    """torchvision's _make_divisible: round v to a multiple of divisor, never below 90% of v."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def _seq(name):
+    def check(x):
+        if not isinstance(x, (list, tuple)):
+            raise CDLTypeError(f"{name}() needs a list", got=describe(x))
+        return x
+    return check
+
+
+def _num(name, x):
+    if not _is_num(x):
+        raise CDLTypeError(f"{name}() needs a number", got=describe(x))
+    return x
+
+
+BUILTINS: dict[str, Builtin] = {
+    b.name: b
+    for b in [
+        Builtin("channels", _channels, "channels(x) -> size of dim 1"),
+        Builtin("dim", _dim, "dim(x, i) -> size of dim i"),
+        Builtin("rank", lambda el, e, x: _tensor_arg("rank", x).type.rank, "rank(x)"),
+        Builtin("shape", lambda el, e, x: list(_tensor_arg("shape", x).type.shape), "shape(x) -> list"),
+        Builtin("range", _range, "range(n), range(a, b), range(a, b, step)"),
+        Builtin("len", lambda el, e, x: len(_seq("len")(x)), "len(list)"),
+        Builtin("enumerate", lambda el, e, x, start=0: [[i + start, v] for i, v in enumerate(_seq("enumerate")(x))], "enumerate(list)"),
+        Builtin("zip", lambda el, e, *xs: [list(t) for t in zip(*[_seq("zip")(x) for x in xs])], "zip(a, b)"),
+        Builtin("reversed", lambda el, e, x: list(reversed(_seq("reversed")(x))), "reversed(list)"),
+        Builtin("sum", lambda el, e, x: sum(_num("sum", v) for v in _seq("sum")(x)), "sum(list)"),
+        Builtin("min", lambda el, e, *a: min(_num("min", v) for v in (a[0] if len(a) == 1 and isinstance(a[0], (list, tuple)) else a)), "min(a, b, ...)"),
+        Builtin("max", lambda el, e, *a: max(_num("max", v) for v in (a[0] if len(a) == 1 and isinstance(a[0], (list, tuple)) else a)), "max(a, b, ...)"),
+        Builtin("abs", lambda el, e, x: abs(_num("abs", x)), "abs(x)"),
+        Builtin("int", lambda el, e, x: int(_num("int", x)), "int(x) truncates"),
+        Builtin("float", lambda el, e, x: float(_num("float", x)), "float(x)"),
+        Builtin("round", lambda el, e, x: int(round(_num("round", x))), "round(x)"),
+        Builtin("ceil", lambda el, e, x: math.ceil(_num("ceil", x)), "ceil(x)"),
+        Builtin("floor", lambda el, e, x: math.floor(_num("floor", x)), "floor(x)"),
+        Builtin("sqrt", lambda el, e, x: math.sqrt(_num("sqrt", x)) if x >= 0 else (_ for _ in ()).throw(CDLTypeError("sqrt of a negative number")), "sqrt(x)"),
+        Builtin("log2", lambda el, e, x: math.log2(x) if _num("log2", x) > 0 else (_ for _ in ()).throw(CDLTypeError("log2 of a non-positive number")), "log2(x)"),
+        Builtin("str", lambda el, e, x: str(x), "str(x)"),
+        Builtin("make_divisible", _make_divisible, "make_divisible(v, divisor=8)"),
+    ]
+}
+
+
+# ---- entry points -------------------------------------------------------------------
+def load_program(text: str, file: str = "<string>", options: Options | None = None,
+                 loader: Callable[[str], str] | None = None) -> tuple[Elaborator, Module]:
+    el = Elaborator(options, loader)
+    path = file if file.startswith("<") else str(Path(file).resolve())
+    program = parse(text, file)
+    mod = el.load_module(program, path)
+    return el, mod
+
+
+def pick_network(mod: Module, name: str | None) -> ast.NetworkDef:
+    nets = mod.program.networks()
+    if not nets:
+        raise UsageError(f"{mod.program.file} defines no network", hint="add: network name(x: f32[N, 3, 32, 32]) { ... }")
+    if name is None:
+        if len(nets) > 1:
+            raise UsageError(f"{mod.program.file} defines several networks: {', '.join(n.name for n in nets)}",
+                             hint="pick one with --network NAME")
+        return nets[0]
+    for n in nets:
+        if n.name == name:
+            return n
+    raise UsageError(f"no network '{name}' in {mod.program.file}", hint=did_you_mean(name, [n.name for n in nets]))
+
+
+def elaborate(text: str, file: str = "<string>", network: str | None = None, options: Options | None = None) -> Graph:
+    """Source text -> verified graph IR of one network."""
+    el, mod = load_program(text, file, options)
+    net = pick_network(mod, network)
+    try:
+        g = el.elaborate_network(mod, net)
+    except RecursionError:
+        raise ResourceError("program nests too deeply to elaborate", net.span) from None
+    g.source_hash = hashlib.sha256(text.encode()).hexdigest()
+    g.meta["choices"] = sorted(el.choices_seen)
+    return g
+
+
+def elaborate_file(path: str | os.PathLike, network: str | None = None, options: Options | None = None) -> Graph:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text") from None
+    return elaborate(text, str(p), network, options)

@@ -1,0 +1,227 @@
+"""Source text -> parse tree -> AST.
+
+The grammar lives in ``grammar/cdl.lark`` (shipped as ``convdsl.grammar``).
+A small postlexer decides which newlines end statements, so programs read
+like Python without significant indentation.  Raw lark errors are turned into
+``CDLSyntaxError`` with a caret and the tokens that were expected.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import Iterator
+
+from lark import Lark, Token
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from ..errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
+from . import ast
+
+MAX_NESTING = 64  # brackets deeper than this are refused before parsing
+MAX_SOURCE = 4 * 1024 * 1024  # bytes
+
+# tokens after which a newline never ends a statement
+_CONTINUE_AFTER = {"LPAR", "LSQB", "LBRACE", "COMMA", "VBAR", "EQUAL", "ADDOP", "MULOP", "COMPOP", "COLON",
+                   "MORETHAN", "LESSTHAN", "AND", "OR", "NOT", "IF", "ELSE", "IN", "AS", "RETURN", "_NL", "__ANY"}
+# tokens before which a newline is dropped (the line continues the previous one)
+_CONTINUE_BEFORE = {"VBAR", "ELSE", "ELIF", "RBRACE"}
+
+_PRETTY = {
+    "_NL": "end of line", "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
+    "COMMA": "','", "VBAR": "'|'", "EQUAL": "'='", "COLON": "':'", "DOT": "'.'", "ADDOP": "'+' or '-'",
+    "MULOP": "'*', '/', '//', '%' or '@'", "COMPOP": "a comparison", "MINUS": "'-'", "$END": "end of file",
+    "__ANON_0": "'**'", "STAR": "'*'", "DBLSTAR": "'**'",
+}
+
+
+class _Postlexer:
+    """Drop the newlines that do not end a statement; count bracket depth."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        depth = 0
+        prev: Token | None = None
+        pending: Token | None = None  # a newline waiting to see the next token
+        for tok in stream:
+            t = tok.type
+            if t == "_NL":
+                if depth > 0 or prev is None or prev.type in _CONTINUE_AFTER:
+                    continue
+                pending = pending or tok
+                continue
+            if pending is not None:
+                if t in _CONTINUE_BEFORE and t != "RBRACE":
+                    pass  # '| stage' / 'else' / 'elif' on the next line continues
+                else:
+                    yield pending
+                    prev = pending
+                pending = None
+            if t == "RBRACE" and prev is not None and prev.type not in ("_NL", "LBRACE"):
+                yield Token.new_borrow_pos("_NL", "\n", tok)
+            if t in ("LPAR", "LSQB", "LBRACE"):
+                depth += 1 if t != "LBRACE" else 0
+                if depth > MAX_NESTING:
+                    raise ResourceError(
+                        f"brackets nested more than {MAX_NESTING} deep",
+                        Span(self.file, tok.line, tok.column),
+                        hint="split the expression into named values",
+                    )
+            elif t in ("RPAR", "RSQB"):
+                depth = max(0, depth - 1)
+            yield tok
+            prev = tok
+        if prev is not None and prev.type != "_NL":
+            yield Token("_NL", "\n", line=prev.end_line or prev.line, column=(prev.end_column or prev.column))
+
+
+def grammar_text() -> str:
+    return resources.files("convdsl.grammar").joinpath("cdl.lark").read_text()
+
+
+@functools.lru_cache(maxsize=None)
+def _lark() -> Lark:
+    return Lark(
+        grammar_text(),
+        parser="lalr",
+        lexer="basic",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        postlex=_Postlexer("<cdl>"),
+        cache=True,
+    )
+
+
+def _expected(tokens: set[str] | frozenset[str]) -> str:
+    words = sorted({_PRETTY.get(t, f"'{t.lower()}'" if t.isupper() and len(t) < 9 else t) for t in tokens})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return ", ".join(words)
+
+
+def _parse_tree(text: str, file: str):
+    parser = _lark()
+    parser.options.postlex.file = file  # type: ignore[union-attr]
+    comments: list[tuple[int, int, str]] = []
+    try:
+        tree = parser.parse(text, on_error=None)
+    except UnexpectedCharacters as e:
+        ch = text[e.pos_in_stream] if e.pos_in_stream is not None and e.pos_in_stream < len(text) else "?"
+        hint = "strings use double quotes" if ch == "'" else "comments start with '#'" if ch in "/;" else None
+        raise CDLSyntaxError(f"unexpected character {ch!r}", Span(file, e.line, e.column),
+                             expected=_expected(e.allowed or set()) or None, hint=hint) from None
+    except UnexpectedToken as e:
+        tok = e.token
+        got = "end of line" if tok.type == "_NL" else "end of file" if tok.type == "$END" else repr(str(tok))
+        hint = _token_hint(e)
+        line = tok.line if tok.line is not None else 1
+        col = tok.column if tok.column is not None else 1
+        raise CDLSyntaxError(f"unexpected {got}", Span(file, line, col, tok.end_line, tok.end_column),
+                             expected=_expected(e.accepts or e.expected), got=got, hint=hint) from None
+    except UnexpectedEOF as e:
+        lines = text.splitlines() or [""]
+        raise CDLSyntaxError("unexpected end of file", Span(file, len(lines), len(lines[-1]) + 1),
+                             expected=_expected(set(e.expected))) from None
+    except UnexpectedInput as e:  # pragma: no cover - other lark errors
+        raise CDLSyntaxError(str(e).splitlines()[0], Span(file, getattr(e, "line", 1), getattr(e, "column", 1))) from None
+    return tree, comments
+
+
+def _token_hint(e: UnexpectedToken) -> str | None:
+    tok = e.token
+    accepts = e.accepts or e.expected
+    if tok.type == "EQUAL" and "COMPOP" in accepts:
+        return "use '==' to compare"
+    if tok.type == "_NL" and "RPAR" in accepts:
+        return "a '(' is not closed"
+    if tok.type == "RBRACE":
+        return "a statement is incomplete before '}'"
+    if tok.type == "LBRACE" and "EQUAL" in accepts:
+        return "blocks with a body name their inputs: block f(c)(x) { ... }"
+    if str(tok) in ("elif", "else"):
+        return f"'{tok}' must follow the '}}' of an if"
+    return None
+
+
+def parse(text: str, file: str = "<string>") -> ast.Program:
+    """Parse CDL source text into an ``ast.Program``."""
+    if len(text) > MAX_SOURCE:
+        raise ResourceError(f"source is larger than {MAX_SOURCE // 1024 // 1024} MiB", Span(file, 1, 1))
+    remember_source(file, text)
+    comments = _comments(text)
+    tree, _ = _parse_tree(text, file)
+    builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
+    try:
+        program = builder.transform(tree)
+    except VisitError as e:
+        if isinstance(e.orig_exc, ConvDSLError):
+            raise e.orig_exc from None
+        raise
+    except RecursionError:
+        raise ResourceError("program nested too deeply to parse", Span(file, 1, 1)) from None
+    program.comments = comments
+    return program
+
+
+def parse_expr(text: str, span: Span | None = None, file: str = "<string>") -> ast.Expr:
+    """Parse one expression (used for the ``{expr}`` parts of labels)."""
+    if "\n" in text:
+        raise CDLSyntaxError("a label expression must fit on one line", span)
+    try:
+        tree, _ = _parse_tree("_ = " + text, span.file if span else file)
+    except CDLSyntaxError as e:
+        e.span = span or e.span
+        raise
+    builder = ast.ASTBuilder(span.file if span else file, None)
+    program = builder.transform(tree)
+    if len(program.items) != 1 or not isinstance(program.items[0], ast.ConstDef):
+        raise CDLSyntaxError(f"not an expression: {text!r}", span)
+    expr = program.items[0].value
+    _respan(expr, span)
+    return expr
+
+
+def _respan(node, span) -> None:
+    """Give an expression parsed from inside a string the string's span."""
+    if span is None or not hasattr(node, "__dataclass_fields__"):
+        return
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if hasattr(n, "span"):
+            n.span = span
+        for f in getattr(n, "__dataclass_fields__", {}):
+            v = getattr(n, f)
+            items = v if isinstance(v, list) else [v]
+            for it in items:
+                if isinstance(it, tuple):
+                    stack.extend(x for x in it if hasattr(x, "__dataclass_fields__"))
+                elif hasattr(it, "__dataclass_fields__"):
+                    stack.append(it)
+
+
+def _comments(text: str) -> list[tuple[int, int, str]]:
+    """(line, column, text) of every comment: scanned here because the lexer
+    drops them; strings are skipped so a '#' inside quotes is not a comment."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        in_str = False
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if in_str:
+                if c == "\\":
+                    i += 1
+                elif c == '"':
+                    in_str = False
+            elif c == '"':
+                in_str = True
+            elif c == "#":
+                out.append((lineno, i + 1, line[i:].rstrip()))
+                break
+            i += 1
+    return out
