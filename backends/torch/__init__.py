@@ -1,0 +1,5 @@
+"""PyTorch backend: readable generated source + in-memory nn.Module."""
+from .codegen import build_module, generate, load_source, state_dict_of
+from .lowering import TORCH_LOWERINGS, TorchLowering
+
+__all__ = ["build_module", "generate", "load_source", "state_dict_of", "TORCH_LOWERINGS", "TorchLowering"]

@@ -1,0 +1,260 @@
+"""Graph IR -> readable PyTorch source (jinja2), and the in-memory module.
+
+The in-memory ``nn.Module`` is built from the very source written to disk, so
+the Python API and the standalone file cannot disagree.  Names are made the
+way torch.fx's ``_Namespace`` makes them: unique, never a keyword, builtin or
+a name the generated code itself uses.
+"""
+from __future__ import annotations
+
+import builtins
+import inspect
+import keyword
+import linecache
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from torch import nn
+
+import convdsl
+from convdsl.ir.graph import Graph, Node, Value
+
+from .lowering import lowering_for
+from .runtime import HELPERS
+
+_RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "Scope",
+                                                        "load_safetensors", "load"}
+_MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module))
+
+
+class Namespace:
+    """Unique, safe Python identifiers derived from arbitrary names."""
+
+    def __init__(self, reserved: set[str] | None = None) -> None:
+        self.used = set(_RESERVED) | set(reserved or ())
+
+    def make(self, base: str) -> str:
+        name = re.sub(r"\W", "_", base)
+        if not name or name[0].isdigit():
+            name = "v_" + name
+        name = re.sub(r"__+", "_", name)
+        if name.startswith("_"):
+            name = "v" + name
+        candidate, i = name, 1
+        while candidate in self.used or keyword.iskeyword(candidate):
+            candidate = f"{name}_{i}"
+            i += 1
+        self.used.add(candidate)
+        return candidate
+
+
+def class_name_for(network: str) -> str:
+    parts = re.split(r"[^A-Za-z0-9]+", network)
+    name = "".join(p[:1].upper() + p[1:] for p in parts if p) or "Network"
+    if name[0].isdigit():
+        name = "Net" + name
+    return name if name not in _RESERVED else name + "Net"
+
+
+def _safe_attr(seg: str) -> bool:
+    return seg.isidentifier() and not keyword.iskeyword(seg) and seg not in _MODULE_ATTRS and not seg.startswith("_")
+
+
+def module_ref(path: str) -> str:
+    """Source that reaches the submodule at dotted ``path`` from ``self``."""
+    ref = "self"
+    for i, seg in enumerate(path.split(".")):
+        if _safe_attr(seg):
+            ref += f".{seg}"
+        elif i == 0:
+            ref += f"._modules[{seg!r}]"
+        else:
+            ref += f"[{seg!r}]"
+    return ref
+
+
+@dataclass
+class Generated:
+    source: str
+    class_name: str
+    helpers: list[str] = field(default_factory=list)
+
+
+@lru_cache(maxsize=1)
+def _template():
+    env = Environment(loader=PackageLoader("convdsl.backends.torch", "templates"), undefined=StrictUndefined,
+                      keep_trailing_newline=True, autoescape=False)
+    return env.get_template("module.py.j2")
+
+
+def generate(graph: Graph) -> Generated:
+    """Render the network as one standalone Python module that imports only torch."""
+    ns = Namespace()
+    class_name = class_name_for(graph.name)
+    ns.used.add(class_name)
+    var: dict[Value, str] = {}
+    args: list[str] = []
+    for nid in graph.inputs:
+        name = ns.make(nid)
+        var[Value(nid, 0)] = name
+        args.append(name)
+    protected = set(args)
+    outputs = set(graph.outputs)
+
+    init_lines: list[str] = []
+    forward_lines: list[str] = []
+    helpers: list[str] = ["load_safetensors"]
+    containers: set[str] = set()
+    bases: dict[str, str] = {}  # variable -> the scope it was named after
+
+    for node in graph.nodes():
+        if node.op == "input":
+            continue
+        low = lowering_for(node)
+        in_vals = graph.inputs_of(node.id)
+        in_types = [graph.type_of(v) for v in in_vals]
+        in_names = [var[v] for v in in_vals]
+        for h in low.helpers:
+            if h not in helpers:
+                helpers.append(h)
+        mod_ref = None
+        if low.module is not None:
+            ctor = low.module(node, in_types)
+            if ctor is not None:
+                mod_ref = module_ref(node.id)
+                init_lines.extend(_containers(node.id, containers))
+                init_lines.append(_assign_module(node.id, ctor))
+        expr = low.call(node, in_types, mod_ref, in_names)
+        n_out = len(node.types)
+        if node.op == "identity":  # no line: the output is another name for the input
+            var[Value(node.id, 0)] = in_names[0]
+            protected.add(in_names[0])
+            continue
+        base = node.scope.replace(".", "_") if node.scope else "x"
+        if n_out == 1:
+            target = _reuse(graph, node, in_vals, var, protected, outputs, bases, base)
+            if target is None:
+                target = ns.make(base)
+                bases[target] = base
+            var[Value(node.id, 0)] = target
+            forward_lines.append(f"{target} = {expr}")
+        else:
+            targets = [ns.make(f"{base}_{i}") for i in range(n_out)]
+            for i, t in enumerate(targets):
+                var[Value(node.id, i)] = t
+            forward_lines.append(f"{', '.join(targets)} = {expr}")
+    if "Scope" in {l.split("=")[-1].strip().rstrip("()") for l in init_lines}:
+        helpers.insert(0, "Scope")
+    rets = [var[v] for v in graph.outputs]
+    returns = rets[0] if len(rets) == 1 else "(" + ", ".join(rets) + ")"
+    sig_in = ", ".join(f"{n}: {graph.node(i).type}" for n, i in zip(args, graph.inputs))
+    sig_out = ", ".join(str(t) for t in graph.output_types())
+    source = _template().render(
+        version=convdsl.__version__,
+        source=_display_path(graph.source_file),
+        network=graph.name,
+        n_params=graph.params.count(),
+        helpers=[inspect.getsource(HELPERS[h]).rstrip() for h in helpers],
+        class_name=class_name,
+        signature=f"({sig_in}) -> {sig_out}",
+        init_lines=init_lines or ["pass"],
+        args=args,
+        forward_lines=forward_lines,
+        returns=returns,
+    )
+    return Generated(source, class_name, helpers)
+
+
+def _display_path(path: str | None) -> str:
+    if not path:
+        return "<string>"
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else os.path.basename(path)
+    except ValueError:
+        return os.path.basename(path)
+
+
+def _containers(path: str, made: set[str]) -> list[str]:
+    lines = []
+    segs = path.split(".")
+    for i in range(1, len(segs)):
+        prefix = ".".join(segs[:i])
+        if prefix not in made:
+            made.add(prefix)
+            lines.append(_assign_module(prefix, "Scope()"))
+    return lines
+
+
+def _assign_module(path: str, ctor: str) -> str:
+    segs = path.split(".")
+    parent = module_ref(".".join(segs[:-1])) if len(segs) > 1 else "self"
+    last = segs[-1]
+    if _safe_attr(last):
+        return f"{parent}.{last} = {ctor}"
+    if parent == "self":
+        return f"self.add_module({last!r}, {ctor})"
+    return f"{parent}[{last!r}] = {ctor}"
+
+
+def _reuse(graph: Graph, node: Node, in_vals: list[Value], var: dict[Value, str], protected: set[str],
+           outputs: set[Value], bases: dict[str, str], base: str) -> str | None:
+    """Reuse the input's variable when this node is its only reader and in the
+    same block instance (x = f(x)), so chains read like hand-written code and
+    dead tensors are freed early."""
+    if not in_vals:
+        return None
+    v = in_vals[0]
+    name = var[v]
+    if name in protected or v in outputs or bases.get(name) != base:
+        return None
+    if len(graph.users(v)) != 1:
+        return None
+    return name
+
+
+# ---- building and running ----------------------------------------------------------
+_counter = 0
+
+
+def load_source(gen: Generated, filename: str | None = None) -> type:
+    """Compile generated source into a fresh namespace and return the module class.
+
+    The text comes from ``generate`` (sanitized identifiers, repr'd literals), never
+    from user input, the same way torch.fx materializes its GraphModules."""
+    global _counter
+    _counter += 1
+    filename = filename or f"<convdsl-generated-{_counter}>"
+    linecache.cache[filename] = (len(gen.source), None, gen.source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": f"convdsl_generated_{_counter}", "__file__": filename}
+    exec(compile(gen.source, filename, "exec"), namespace)  # noqa: S102 - generated code, see docstring
+    return namespace[gen.class_name]
+
+
+def state_dict_of(graph: Graph) -> dict[str, torch.Tensor]:
+    """The graph's parameters as torch tensors (sharing memory with the store)."""
+    out = {}
+    for name, arr in graph.params.items():
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        out[name] = torch.from_numpy(arr)
+    return out
+
+
+def build_module(graph: Graph, gen: Generated | None = None) -> nn.Module:
+    """The network as an ``nn.Module`` in eval mode, holding the graph's parameters."""
+    gen = gen or generate(graph)
+    cls = load_source(gen)
+    with torch.device("meta"):
+        model = cls()
+    model.load_state_dict(state_dict_of(graph), strict=True, assign=True)
+    model.source = gen.source  # type: ignore[attr-defined]
+    return model.eval()
