@@ -1,0 +1,104 @@
+"""Graph IR -> CDL text.
+
+Any graph (fresh from the front end, or after pruning or mutation) prints as
+a flat ``network`` with one statement per node.  Every node keeps its id as
+an instance label, so parameter names (and so weights files) survive the
+round trip: ``elaborate(print_graph(g))`` rebuilds the same graph.
+"""
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Any
+
+from .graph import Graph, Value
+from .ops import OPS
+from .optable import REQUIRED, OpDef
+
+KEYWORDS = {"import", "block", "network", "def", "return", "for", "in", "repeat", "if", "elif", "else", "assert",
+            "and", "or", "not", "as", "true", "false", "none", "choice"}
+
+
+def format_attr(v: Any, sym: bool) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return v if sym and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(format_attr(x, sym) for x in v) + "]"
+    raise TypeError(f"cannot print attribute value {v!r}")
+
+
+def format_call(op: OpDef, attrs: dict[str, Any], args: list[str]) -> str:
+    """``op(args..., hyper-params)`` with defaults left out; required ones positional."""
+    parts = list(args)
+    keyword_mode = False
+    for a in op.attrs:
+        v = attrs.get(a.name, a.default)
+        if a.default is not REQUIRED and v == a.default and type(v) is type(a.default):
+            keyword_mode = True
+            continue
+        text = format_attr(v, "sym" in a.kind.split("|"))
+        if not keyword_mode and len(parts) - len(args) < 2:
+            parts.append(text)
+        else:
+            keyword_mode = True
+            parts.append(f"{a.name}={text}")
+    return f"{op.name}({', '.join(parts)})"
+
+
+class _Names:
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def make(self, base: str) -> str:
+        name = re.sub(r"\W", "_", base)
+        if not name or name[0].isdigit():
+            name = "v" + name
+        if name in OPS or name in KEYWORDS or keyword.iskeyword(name) or _is_builtin(name):
+            name += "_"
+        candidate, i = name, 1
+        while candidate in self.used:
+            candidate = f"{name}_{i}"
+            i += 1
+        self.used.add(candidate)
+        return candidate
+
+
+def _is_builtin(name: str) -> bool:
+    from ..lang.elaborate import BUILTINS
+
+    return name in BUILTINS
+
+
+def print_graph(graph: Graph, header: str | None = None) -> str:
+    names = _Names()
+    var: dict[Value, str] = {}
+    params = []
+    for nid in graph.inputs:
+        t = graph.node(nid).type
+        var[Value(nid)] = names.make(nid)
+        dims = ", ".join(str(d) for d in t.shape)
+        params.append(f"{var[Value(nid)]}: {t.dtype}[{dims}]")
+    lines = []
+    if header:
+        lines += [f"# {h}" for h in header.splitlines()]
+    lines.append(f"network {graph.name}({', '.join(params)}) {{")
+    for node in graph.nodes():
+        if node.op == "input":
+            continue
+        op = OPS[node.op]
+        args = [var[v] for v in graph.inputs_of(node.id)]
+        call = format_call(op, node.attrs, args)
+        label = node.id if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", node.id) else f'"{node.id}"'
+        targets = [names.make(node.id if len(node.types) == 1 else f"{node.id}_{i}") for i in range(len(node.types))]
+        for i, t in enumerate(targets):
+            var[Value(node.id, i)] = t
+        lines.append(f"    {', '.join(targets)} = {call} as {label}")
+    lines.append(f"    return {', '.join(var[v] for v in graph.outputs)}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
