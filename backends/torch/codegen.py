@@ -242,8 +242,7 @@ def state_dict_of(graph: Graph) -> dict[str, torch.Tensor]:
     """The graph's parameters as torch tensors (sharing memory with the store)."""
     out = {}
     for name, arr in graph.params.items():
-        arr = np.ascontiguousarray(arr)
-        if not arr.flags.writeable:
+        if not arr.flags.c_contiguous or not arr.flags.writeable:
             arr = arr.copy()
         out[name] = torch.from_numpy(arr)
     return out

@@ -25,6 +25,8 @@ from typing import Callable
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.conv import conv_padding
+from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.ops.shape import explicit_pads, split_sizes, squeeze_dims
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -163,6 +165,162 @@ def _gelu_call(node: Node, ins: list[TensorType], mod: str | None, args: list[st
     return f"F.gelu({args[0]})"
 
 
+# ---- pooling and resampling ----------------------------------------------------
+def _pool_call(kind: str, nd: int) -> CallFn:
+    def call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+        a = node.attrs
+        extra = {}
+        if a["stride"] is not None:
+            extra["stride"] = a["stride"]
+        if a["pad"] != 0:
+            extra["padding"] = a["pad"]
+        if kind == "max" and a["dilation"] != 1:
+            extra["dilation"] = a["dilation"]
+        if a["ceil_mode"]:
+            extra["ceil_mode"] = True
+        if kind == "avg" and not a["count_include_pad"]:
+            extra["count_include_pad"] = False
+        return f"F.{kind}_pool{nd}d({args[0]}, {_r(a['k'])}{_kw(**extra)})"
+
+    return call
+
+
+def _spatial_dims(t: TensorType) -> tuple[int, ...]:
+    return tuple(range(2, t.rank))
+
+
+def _global_call(reduce: str) -> CallFn:
+    def call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+        keep = node.attrs["keepdim"]
+        return f"{reduce}({args[0]}, dim={_r(_spatial_dims(ins[0]))}{_kw(keepdim=True) if keep else ''})"
+
+    return call
+
+
+def _mean_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    dims = normalize_dims("mean", node.attrs["dims"], ins[0].rank)
+    keep = _kw(keepdim=True) if node.attrs["keepdim"] else ""
+    return f"torch.mean({args[0]}, dim={_r(dims)}{keep})"
+
+
+def _upsample_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    extra = {"size": a["size"]} if a["size"] is not None else {"scale_factor": a["scale"]}
+    extra["mode"] = a["mode"]
+    if a["align_corners"]:
+        extra["align_corners"] = True
+    return f"F.interpolate({args[0]}{_kw(**extra)})"
+
+
+# ---- shape ----------------------------------------------------------------------
+def _flatten_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    start, end = node.attrs["start"], node.attrs["end"]
+    return f"torch.flatten({args[0]}, {start})" if end == -1 else f"torch.flatten({args[0]}, {start}, {end})"
+
+
+def _reshape_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    spec = node.attrs["shape"]
+    spec = (spec,) if isinstance(spec, int) else spec
+    x = ins[0]
+    parts = []
+    for i, v in enumerate(spec):
+        if v == 0:  # keep the input dim: a literal when static, read at run time when symbolic
+            parts.append(str(x.shape[i]) if isinstance(x.shape[i], int) else f"{args[0]}.shape[{i}]")
+        else:
+            parts.append(str(v))
+    return f"{args[0]}.reshape({', '.join(parts)})"
+
+
+def _permute_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    dims = node.attrs["dims"]
+    dims = (dims,) if isinstance(dims, int) else dims
+    return f"{args[0]}.permute({', '.join(str(d) for d in dims)})"
+
+
+def _squeeze_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    dims = squeeze_dims(node.attrs, ins[0])
+    if not dims:
+        return args[0]
+    return f"{args[0]}.squeeze({dims[0] if len(dims) == 1 else _r(dims)})"
+
+
+def _concat_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    return f"torch.cat([{', '.join(args)}], dim={node.attrs['dim']})"
+
+
+def _split_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    if len(split_sizes(a, ins[0])) == 1:  # one piece: the tensor itself
+        return args[0]
+    if a["chunks"] is not None:
+        return f"torch.chunk({args[0]}, {a['chunks']}, dim={a['dim']})"
+    return f"torch.split({args[0]}, {_r(a['sizes'])}, dim={a['dim']})"
+
+
+def _pad_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    pairs = explicit_pads(a["pad"], ins[0].rank - 2)
+    flat = tuple(p for lo_hi in reversed(pairs) for p in lo_hi)  # F.pad wants last dim first
+    if a["mode"] == "zeros":
+        return f"F.pad({args[0]}, {_r(flat)}{_kw(value=a['value']) if a['value'] != 0.0 else ''})"
+    return f"F.pad({args[0]}, {_r(flat)}, mode={a['mode']!r})"
+
+
+# ---- normalization ---------------------------------------------------------------
+def _ln_module(node: Node, ins: list[TensorType]) -> str:
+    a = node.attrs
+    shape = tuple(ins[0].shape[ins[0].rank - a["dims"]:])
+    extra = {}
+    if a["eps"] != 1e-5:
+        extra["eps"] = a["eps"]
+    if not a["affine"]:
+        extra["elementwise_affine"] = False
+    elif not a["bias"]:
+        extra["bias"] = False
+    return f"nn.LayerNorm({_r(shape[0] if len(shape) == 1 else shape)}{_kw(**extra)})"
+
+
+def _ln2d_module(node: Node, ins: list[TensorType]) -> str:
+    a = node.attrs
+    extra = {}
+    if a["eps"] != 1e-5:
+        extra["eps"] = a["eps"]
+    if not a["affine"]:
+        extra["elementwise_affine"] = False
+    return f"LayerNorm2d({ins[0].shape[1]}{_kw(**extra)})"
+
+
+def _gn_module(node: Node, ins: list[TensorType]) -> str:
+    a = node.attrs
+    extra = {}
+    if a["eps"] != 1e-5:
+        extra["eps"] = a["eps"]
+    if not a["affine"]:
+        extra["affine"] = False
+    return f"nn.GroupNorm({a['groups']}, {ins[0].shape[1]}{_kw(**extra)})"
+
+
+def _in_module(nd: int) -> ModuleFn:
+    def module(node: Node, ins: list[TensorType]) -> str:
+        a = node.attrs
+        extra = {}
+        if a["eps"] != 1e-5:
+            extra["eps"] = a["eps"]
+        if a["momentum"] != 0.1:
+            extra["momentum"] = a["momentum"]
+        if a["affine"]:
+            extra["affine"] = True
+        if a["track_running_stats"]:
+            extra["track_running_stats"] = True
+        return f"nn.InstanceNorm{nd}d({ins[0].shape[1]}{_kw(**extra)})"
+
+    return module
+
+
+def _dropout_module(node: Node, ins: list[TensorType]) -> str:
+    return f"nn.Dropout({node.attrs['p']!r})"
+
+
 TORCH_LOWERINGS: dict[str, TorchLowering] = {
     **{f"conv{n}d": TorchLowering(_conv_call(n), _conv_module(n)) for n in (1, 2, 3)},
     **{f"conv_transpose{n}d": TorchLowering(_module_call, _conv_t_module(n)) for n in (1, 2, 3)},
@@ -185,6 +343,33 @@ TORCH_LOWERINGS: dict[str, TorchLowering] = {
     "mul": TorchLowering(_fn("{a} * {b}")),
     "div": TorchLowering(_fn("{a} / {b}")),
     "matmul": TorchLowering(_fn("torch.matmul({a}, {b})")),
+    "softmax": TorchLowering(_fn("torch.softmax({x}, dim={dim})")),
+    "dropout": TorchLowering(_module_call, _dropout_module),
+    # normalization
+    "layernorm": TorchLowering(_module_call, _ln_module),
+    "layernorm2d": TorchLowering(_module_call, _ln2d_module, helpers=("LayerNorm2d",)),
+    "groupnorm": TorchLowering(_module_call, _gn_module),
+    **{f"instancenorm{n}d": TorchLowering(_module_call, _in_module(n)) for n in (1, 2, 3)},
+    # pooling and resampling
+    **{f"{k}pool{n}d": TorchLowering(_pool_call(k, n)) for k in ("max", "avg") for n in (1, 2, 3)},
+    "global_avgpool": TorchLowering(_global_call("torch.mean")),
+    "global_maxpool": TorchLowering(_global_call("torch.amax")),
+    **{f"adaptive_{k}pool{n}d": TorchLowering(_fn(f"F.adaptive_{k}_pool{n}d({{x}}, {{out}})"))
+       for k in ("avg", "max") for n in (1, 2, 3)},
+    "mean": TorchLowering(_mean_call),
+    "upsample": TorchLowering(_upsample_call),
+    # shape
+    "flatten": TorchLowering(_flatten_call),
+    "reshape": TorchLowering(_reshape_call),
+    "permute": TorchLowering(_permute_call),
+    "transpose": TorchLowering(_fn("{x}.transpose({dim0}, {dim1})")),
+    "squeeze": TorchLowering(_squeeze_call),
+    "unsqueeze": TorchLowering(_fn("{x}.unsqueeze({dim})")),
+    "concat": TorchLowering(_concat_call),
+    "split": TorchLowering(_split_call),
+    "pad": TorchLowering(_pad_call),
+    "pixel_shuffle": TorchLowering(_fn("F.pixel_shuffle({x}, {factor})")),
+    "pixel_unshuffle": TorchLowering(_fn("F.pixel_unshuffle({x}, {factor})")),
 }
 
 

@@ -18,6 +18,16 @@ class Scope(nn.ModuleDict):
     like ``layer1.0.conv1.weight``."""
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """Layer norm over the channels of [N, C, H, W] at each position (as in
+    torchvision's ConvNeXt); state_dict: weight, bias of shape [C]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
 def load_safetensors(path: str) -> dict:
     """Minimal reader for the safetensors format (header length, JSON header, raw data)."""
     import json
@@ -44,4 +54,4 @@ def load_safetensors(path: str) -> dict:
     return out
 
 
-HELPERS: dict[str, object] = {"Scope": Scope, "load_safetensors": load_safetensors}
+HELPERS: dict[str, object] = {"Scope": Scope, "LayerNorm2d": LayerNorm2d, "load_safetensors": load_safetensors}

@@ -1,0 +1,49 @@
+"""The Python API: text in, graph or module out."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UsageError, did_you_mean
+from .ir.graph import Graph
+from .ir.verify import verify
+from .ir.weights import load_weights
+from .lang.elaborate import Options, elaborate, elaborate_file
+
+# backend name -> module implementing build_module(graph); imported by name so the
+# core never imports a backend statically
+BACKENDS = {"torch": "convdsl.backends.torch"}
+
+
+def load_graph(source: str | os.PathLike, *, network: str | None = None, weights: str | os.PathLike | None = None,
+               overrides: Mapping[str, Any] | None = None, choices: Mapping[str, Any] | None = None,
+               bind: Mapping[str, int] | None = None, seed: int = 0, check: bool = True) -> Graph:
+    """A .cdl path (or CDL text containing a newline) -> verified graph IR."""
+    opts = Options(choices=choices, overrides=dict(overrides or {}), bind=dict(bind or {}), seed=seed)
+    text_given = isinstance(source, str) and "\n" in source
+    g = elaborate(source, "<string>", network, opts) if text_given else elaborate_file(source, network, opts)
+    if weights is not None:
+        load_weights(g, weights)
+    return verify(g) if check else g
+
+
+def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs: Any):
+    """Compile a program (path, text or graph) to a runnable module of ``backend``."""
+    g = source if isinstance(source, Graph) else load_graph(source, **kwargs)
+    mod = backend_module(backend)
+    return mod.build_module(g)
+
+
+def backend_module(name: str):
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend '{name}'", hint=did_you_mean(name, BACKENDS) or f"backends: {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def read_text(path: str | os.PathLike) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
