@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from torch import nn
 
 import convdsl
+from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
 
 from .lowering import lowering_for
@@ -29,7 +30,8 @@ from .runtime import HELPERS
 
 _RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "Scope",
                                                         "load_safetensors", "load"}
-_MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module))
+_MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module)) | {"training"}
+_PLAIN_MODULE, _PLAIN_SCOPE = nn.Module(), nn.ModuleDict()
 
 
 class Namespace:
@@ -126,6 +128,7 @@ def generate(graph: Graph) -> Generated:
         if low.module is not None:
             ctor = low.module(node, in_types)
             if ctor is not None:
+                _check_name(node.id, node)
                 mod_ref = module_ref(node.id)
                 init_lines.extend(_containers(node.id, containers))
                 init_lines.append(_assign_module(node.id, ctor))
@@ -191,6 +194,19 @@ def _containers(path: str, made: set[str]) -> list[str]:
             made.add(prefix)
             lines.append(_assign_module(prefix, "Scope()"))
     return lines
+
+
+def _check_name(path: str, node: Node) -> None:
+    """PyTorch cannot register a submodule whose name shadows a Module attribute."""
+    segs = path.split(".")
+    for i, seg in enumerate(segs):
+        holder = _PLAIN_MODULE if i == 0 else _PLAIN_SCOPE
+        if hasattr(holder, seg) or seg == "":
+            raise LoweringError(
+                f"instance name '{'.'.join(segs[:i + 1])}' cannot be a PyTorch submodule name "
+                f"('{seg}' is an attribute of torch.nn.{type(holder).__name__})", node.span,
+                hint="rename the instance with 'as', e.g. as " + (seg + "_"),
+            )
 
 
 def _assign_module(path: str, ctor: str) -> str:
