@@ -7,9 +7,9 @@ backend lowering table.
 from __future__ import annotations
 
 from ..optable import OpDef
-from . import conv, elementwise, linear, norm, pool, shape
+from . import attention, conv, elementwise, fft, linear, misc, norm, pool, shape, ssm
 
-_MODULES = (conv, linear, norm, elementwise, pool, shape)
+_MODULES = (conv, linear, norm, elementwise, pool, shape, attention, fft, ssm, misc)
 
 OPS: dict[str, OpDef] = {}
 for _m in _MODULES:

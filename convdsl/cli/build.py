@@ -1,0 +1,49 @@
+"""Commands that build and run: compile, run."""
+from __future__ import annotations
+
+import click
+
+from .common import _graph, main, program_options
+
+@main.command(name="compile")
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+@click.option("--backend", "-b", default="torch", show_default=True, help="Code generator: torch.")
+@click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, out, weights):
+    """Compile FILE to an artifact folder (generated code, weights, manifest)."""
+    from ..artifact import write_artifact
+
+    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    files = write_artifact(g, out, backend)
+    click.echo(f"compiled {g.name} ({g.params.count():,} params) with backend {backend} -> {out}/")
+    for f in files:
+        click.echo(f"  {f}")
+
+
+@main.command()
+@click.argument("target", type=click.Path())
+@program_options
+@click.option("--backend", "-b", default="torch", show_default=True, help="Backend when TARGET is a .cdl file.")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Weights when TARGET is a .cdl file.")
+@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False), help="Input .npy file(s), in order.")
+@click.option("--batch", default=1, show_default=True, help="Batch size of generated inputs (symbolic dims).")
+@click.option("--save", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
+def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, save):
+    """Run a compiled artifact folder (or a .cdl file) on inputs; print the outputs."""
+    from ..artifact import run_artifact_or_program
+
+    result = run_artifact_or_program(target, backend=backend, weights=weights, inputs=list(inputs), batch=batch,
+                                     graph_loader=lambda: _graph(target, network, sets, choose, bind, max_memory, seed,
+                                                                 weights=weights))
+    click.echo(f"ran {result['network']} on {result['backend']} in {result['ms']:.2f} ms")
+    for name, arr in result["outputs"].items():
+        flat = arr.reshape(-1)
+        preview = ", ".join(f"{v:.4f}" for v in flat[:5])
+        click.echo(f"  {name}: {list(arr.shape)} {arr.dtype} mean={arr.mean():.5f} std={arr.std():.5f} [{preview}{', ...' if flat.size > 5 else ''}]")
+    if save:
+        import numpy as np
+
+        np.save(save, next(iter(result["outputs"].values())))
+        click.echo(f"saved {save}")

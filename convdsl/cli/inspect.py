@@ -1,0 +1,103 @@
+"""Commands that look at a program: check, fmt, stats, graph, print."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from .common import _graph, _pairs, main, program_options
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+def check(file, network, sets, choose, bind, max_memory, seed):
+    """Parse, elaborate and shape-check FILE; print inputs, outputs, params, FLOPs."""
+    from ..ir.stats import layer_stats, summary
+
+    g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=False)
+    s = summary(g, None)
+    click.echo(f"{file}: network {g.name} OK")
+    for i in s["inputs"]:
+        click.echo(f"  input  {i['name']}: {i['dtype']}[{', '.join(map(str, i['shape']))}]")
+    for o in s["outputs"]:
+        click.echo(f"  output {o['name']}: {o['dtype']}[{', '.join(map(str, o['shape']))}]")
+    click.echo(f"  {len(layer_stats(g))} ops, {s['params']:,} params, {s['macs']:,} MACs, {s['flops']:,} FLOPs"
+               f" (at {', '.join(f'{k}={v}' for k, v in g.symbols.items()) or 'static shapes'})")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--write", "-w", is_flag=True, help="Rewrite the files in place.")
+@click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not formatted; change nothing.")
+def fmt(files, write, check_only):
+    """Print FILES in canonical format (gofmt-style)."""
+    from ..api import read_text
+    from ..lang.format import format_source
+
+    unformatted = []
+    for f in files:
+        text = read_text(f)
+        out = format_source(text, f)
+        if check_only:
+            if out != text:
+                unformatted.append(f)
+                click.echo(f"would reformat {f}", err=True)
+        elif write:
+            if out != text:
+                tmp = Path(f + ".convdsl-fmt.tmp")
+                tmp.write_text(out)
+                tmp.replace(f)
+                click.echo(f"formatted {f}", err=True)
+        else:
+            click.echo(out, nl=False)
+    if unformatted:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--by-block", is_flag=True, help="Group rows by top-level block instance, with subtotals.")
+def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block):
+    """Per-layer table: output shape, params, MACs/FLOPs, activation memory."""
+    from rich.console import Console
+
+    from ..ir.stats import layer_stats, render_table, to_json
+
+    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    rows = layer_stats(g, _pairs(bind, "--bind") or None)
+    if as_json:
+        click.echo(json.dumps(to_json(g, rows), indent=2))
+    else:
+        render_table(g, rows, Console(), by_block=by_block)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write .svg/.png/.pdf (Graphviz) or .dot.")
+def graph(file, network, sets, choose, bind, max_memory, seed, output):
+    """Draw the network (blocks as clusters). DOT text to stdout without -o."""
+    from ..ir.draw import render, to_dot
+
+    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    if output is None:
+        click.echo(to_dot(g))
+    else:
+        render(g, output)
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command(name="print")
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+def print_cmd(file, network, sets, choose, bind, max_memory, seed):
+    """Print the elaborated network as flat CDL (one statement per op)."""
+    from ..ir.printer import print_graph
+
+    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)

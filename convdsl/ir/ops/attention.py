@@ -1,0 +1,4 @@
+"""attention ops (being written)."""
+from __future__ import annotations
+
+OPS: list = []

@@ -1,0 +1,4 @@
+"""fft ops (being written)."""
+from __future__ import annotations
+
+OPS: list = []

@@ -1,0 +1,4 @@
+"""misc ops (being written)."""
+from __future__ import annotations
+
+OPS: list = []
