@@ -372,6 +372,12 @@ TORCH_LOWERINGS: dict[str, TorchLowering] = {
     "pixel_unshuffle": TorchLowering(_fn("F.pixel_unshuffle({x}, {factor})")),
 }
 
+# op families kept in their own files, merged here (dict merge, one table)
+from . import lower_attention, lower_fft, lower_misc, lower_ssm  # noqa: E402
+
+for _family in (lower_attention, lower_fft, lower_ssm, lower_misc):
+    TORCH_LOWERINGS.update(_family.LOWERINGS)
+
 
 def lowering_for(node: Node, target: str = "torch") -> TorchLowering:
     entry = TORCH_LOWERINGS.get(node.op)

@@ -1,7 +1,7 @@
 """Activations and elementwise arithmetic (with NumPy-style broadcasting)."""
 from __future__ import annotations
 
-from ...errors import ShapeError
+from ...errors import CDLTypeError, ShapeError
 from ..optable import Attr, Cost, OpDef, elementwise_cost
 from ..types import TensorType
 
@@ -68,6 +68,20 @@ def _matmul_cost(attrs, ins, outs):
     return Cost(macs, 2 * macs)
 
 
+def _softmax_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x, d = ins[0], attrs["dim"]
+    if not -x.rank <= d < x.rank:
+        raise ShapeError(f"softmax: dim {d} is out of range for a rank-{x.rank} input",
+                         expected=f"dim in [{-x.rank}, {x.rank - 1}]", got=str(d))
+    return [x]
+
+
+def _dropout_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    if not 0.0 <= attrs["p"] <= 1.0:
+        raise CDLTypeError("dropout: p is a probability", expected="0 <= p <= 1", got=str(attrs["p"]))
+    return [ins[0]]
+
+
 OPS = [
     _activation("identity", "passes its input through unchanged", flops_per=0),
     _activation("relu", "max(x, 0)"),
@@ -94,4 +108,11 @@ OPS = [
     OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
           doc="batched matrix product over the last two dims; also written `a @ b`.",
           example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]"),
+    OpDef(name="softmax", group="activation", attrs=(Attr("dim", "int", -1),), infer=_softmax_infer,
+          cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()),
+          doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in"),
+    OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing"),),
+          infer=_dropout_infer, cost=lambda a, ins, outs: Cost(0, 0),
+          doc="zeroes elements with probability p and rescales by 1/(1-p) while training; identity at inference.",
+          example="dropout(0.2)", shape_rule="out = in"),
 ]

@@ -1,7 +1,7 @@
 """Normalization layers."""
 from __future__ import annotations
 
-from ...errors import ShapeError
+from ...errors import CDLTypeError, ShapeError
 from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank
 from ..types import TensorType
 
@@ -35,4 +35,129 @@ def _bn(nd: int) -> OpDef:
                  example=f"x | {name}", shape_rule="out = in")
 
 
-OPS = [_bn(0), _bn(1), _bn(2), _bn(3)]
+def _affine_params(c: int, weight: bool, bias: bool) -> dict[str, ParamSpec]:
+    p = {}
+    if weight:
+        p["weight"] = ParamSpec((c,), Init("ones"))
+    if bias:
+        p["bias"] = ParamSpec((c,), Init("zeros"))
+    return p
+
+
+def _static_channels(op: str, x: TensorType, dim: int = 1) -> int:
+    c = x.shape[dim]
+    if not isinstance(c, int):
+        raise ShapeError(f"{op} needs a static channel count", got=str(x))
+    return c
+
+
+# ---- layer norm ---------------------------------------------------------------------
+def layernorm_shape(attrs: dict, x: TensorType) -> tuple[int, ...]:
+    """The trailing dims layernorm normalizes over (its weight shape)."""
+    n = attrs["dims"]
+    if n <= 0:
+        raise CDLTypeError("layernorm: dims counts trailing dims and must be positive", got=str(n))
+    if x.rank < n:
+        raise ShapeError(f"layernorm over the last {n} dims needs rank >= {n}", expected=f"rank >= {n}",
+                         got=f"{x} (rank {x.rank})")
+    shape = x.shape[x.rank - n:]
+    if not all(isinstance(d, int) for d in shape):
+        raise ShapeError("layernorm needs static sizes in the normalized dims", got=str(x),
+                         hint="normalize over fewer trailing dims (dims=1), or permute the symbolic dim forward")
+    return tuple(shape)
+
+
+def _ln_infer(attrs, ins):
+    layernorm_shape(attrs, ins[0])
+    return [ins[0]]
+
+
+def _ln_params(attrs, ins):
+    shape = layernorm_shape(attrs, ins[0])
+    p = {}
+    if attrs["affine"]:
+        p["weight"] = ParamSpec(shape, Init("ones"))
+        if attrs["bias"]:
+            p["bias"] = ParamSpec(shape, Init("zeros"))
+    return p
+
+
+def _ln2d_infer(attrs, ins):
+    expect_rank("layernorm2d", ins[0], 4)
+    _static_channels("layernorm2d", ins[0])
+    return [ins[0]]
+
+
+def _ln2d_params(attrs, ins):
+    c = ins[0].shape[1]
+    return _affine_params(c, attrs["affine"], attrs["affine"])
+
+
+# ---- group / instance norm -----------------------------------------------------------
+def _gn_infer(attrs, ins):
+    x, g = ins[0], attrs["groups"]
+    if x.rank < 2:
+        raise ShapeError("groupnorm needs [N, C, ...]", expected="rank >= 2", got=f"{x} (rank {x.rank})")
+    c = _static_channels("groupnorm", x)
+    if g <= 0:
+        raise CDLTypeError("groupnorm: groups must be positive", got=str(g))
+    if c % g:
+        raise ShapeError(f"groupnorm: {g} groups do not divide {c} channels", expected=f"channels divisible by {g}",
+                         got=str(x))
+    return [x]
+
+
+def _gn_params(attrs, ins):
+    return _affine_params(ins[0].shape[1], attrs["affine"], attrs["affine"])
+
+
+def _in(nd: int) -> OpDef:
+    name = f"instancenorm{nd}d"
+
+    def infer(attrs, ins):
+        expect_rank(name, ins[0], nd + 2)
+        _static_channels(name, ins[0])
+        return [ins[0]]
+
+    def params(attrs, ins):
+        c = ins[0].shape[1]
+        p = _affine_params(c, attrs["affine"], attrs["affine"])
+        if attrs["track_running_stats"]:
+            p["running_mean"] = ParamSpec((c,), Init("zeros"), buffer=True)
+            p["running_var"] = ParamSpec((c,), Init("ones"), buffer=True)
+            p["num_batches_tracked"] = ParamSpec((), Init("zeros"), dtype="i64", buffer=True)
+        return p
+
+    return OpDef(name=name, group="normalization",
+                 attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", False), Attr("momentum", "float", 0.1),
+                        Attr("track_running_stats", "bool", False)),
+                 infer=infer, params=params, cost=_norm_cost,
+                 doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent.",
+                 example=f"x | {name}", shape_rule="out = in")
+
+
+def _norm_cost(attrs, ins, outs):
+    return Cost(0, 5 * outs[0].numel())  # mean, variance, normalize, scale, shift
+
+
+OPS = [
+    _bn(0), _bn(1), _bn(2), _bn(3),
+    OpDef(name="layernorm", group="normalization",
+          attrs=(Attr("dims", "int", 1, doc="how many trailing dims to normalize over"), Attr("eps", "float", 1e-5),
+                 Attr("affine", "bool", True, doc="learned elementwise weight (and bias)"),
+                 Attr("bias", "bool", True, doc="learned bias (with affine)")),
+          infer=_ln_infer, params=_ln_params, cost=_norm_cost,
+          doc="layer normalization over the last `dims` dims (channels-last: [N, L, C] or [N, H, W, C]).",
+          example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]"),
+    OpDef(name="layernorm2d", group="normalization",
+          attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
+          infer=_ln2d_infer, params=_ln2d_params, cost=_norm_cost,
+          doc="channels-first layer normalization: normalizes over C of [N, C, H, W] at each position (ConvNeXt).",
+          example="x | layernorm2d", shape_rule="out = in; weight shape = [C]"),
+    OpDef(name="groupnorm", group="normalization",
+          attrs=(Attr("groups", "int", 32), Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
+          infer=_gn_infer, params=_gn_params, cost=_norm_cost,
+          doc="group normalization: channels split into groups, each normalized over (group channels, spatial).",
+          example="groupnorm(32)", shape_rule="out = in; groups divides C"),
+    _in(1), _in(2), _in(3),
+]

@@ -1,0 +1,246 @@
+"""Shape ops (flatten, reshape, permute, transpose, squeeze/unsqueeze, concat,
+split, pad, pixel_shuffle/unshuffle): shape rules against PyTorch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convdsl.errors import CDLTypeError, ShapeError
+from opcheck import infer1, run_infer
+
+
+@pytest.mark.parametrize("shape,start,end", [
+    ((2, 3, 4, 5), 1, -1), ((2, 3, 4, 5), 0, -1), ((2, 3, 4, 5), 2, 3), ((2, 3, 4, 5), 1, 2),
+    ((2, 3, 4, 5), -2, -1), ((7,), 0, -1), ((2, 3, 4, 5), 3, 3), ((2, 3, 1, 1), 1, -1),
+])
+def test_flatten_matches_torch(shape, start, end):
+    want = torch.flatten(torch.randn(shape), start, end).shape
+    assert infer1("flatten", shape, start, end) == tuple(want)
+
+
+def test_flatten_symbolic_and_errors():
+    assert infer1("flatten", ("N", 64, 1, 1)) == ("N", 64)
+    assert infer1("flatten", ("N", 8, 4, 4)) == ("N", 128)
+    assert infer1("flatten", ("N", "L", 4), 0, 1) == ("N*L", 4)
+    with pytest.raises(ShapeError, match="start comes after end"):
+        infer1("flatten", (2, 3, 4), 2, 1)
+    with pytest.raises(ShapeError, match="out of range"):
+        infer1("flatten", (2, 3), 2)
+
+
+@pytest.mark.parametrize("shape,spec", [
+    ((2, 8, 4, 4), [0, -1]), ((2, 8, 4, 4), [2, 2, 4, 16]), ((2, 8, 4, 4), [-1]), ((2, 8, 4, 4), [0, 0, 16]),
+    ((2, 12, 5), [0, 3, 4, 5]), ((2, 12, 5), [0, -1, 4, 5]), ((6,), [2, 3]), ((2, 3, 4), [0, 0, 0]),
+])
+def test_reshape_matches_torch(shape, spec):
+    x = torch.randn(shape)
+    torch_spec = [shape[i] if v == 0 else v for i, v in enumerate(spec)]
+    assert infer1("reshape", shape, spec) == tuple(x.reshape(torch_spec).shape)
+
+
+def test_reshape_symbolic_dims_pass_through():
+    assert infer1("reshape", ("N", 8, 4, 4), [0, -1]) == ("N", 128)
+    assert infer1("reshape", ("N", 8, 4, 4), [0, 2, 4, 16]) == ("N", 2, 4, 16)
+    assert infer1("reshape", ("N", 96), [0, 3, 32]) == ("N", 3, 32)
+    assert infer1("reshape", ("N", "L", 64), [-1, 64]) == ("N*L", 64)
+    assert infer1("reshape", ("N", "L", 64), [0, 0, 4, -1]) == ("N", "L", 4, 16)
+
+
+def test_reshape_errors():
+    with pytest.raises(ShapeError, match="cannot view"):
+        infer1("reshape", (2, 8, 4, 4), [0, 3, -1])
+    with pytest.raises(ShapeError, match="cannot view"):
+        infer1("reshape", (2, 8, 4, 4), [2, 100])
+    assert infer1("reshape", ("N", 8, 4, 4), [2, -1]) == (2, "N*64")  # valid for every N
+    with pytest.raises(ShapeError, match="cannot view"):
+        infer1("reshape", ("N", 8), [3, -1])  # only when 3 divides N
+    with pytest.raises(ShapeError, match="cannot view"):
+        infer1("reshape", ("N", 8), [0, 4, 4])
+    with pytest.raises(CDLTypeError, match="only one dim may be -1"):
+        infer1("reshape", (2, 8), [-1, -1])
+    with pytest.raises(CDLTypeError, match="positive"):
+        infer1("reshape", (2, 8), [0, -4])
+    with pytest.raises(ShapeError, match="keeps input dim 2"):
+        infer1("reshape", (2, 8), [1, 16, 0])
+
+
+@pytest.mark.parametrize("shape,dims", [((2, 3, 4, 5), [0, 2, 3, 1]), ((2, 3, 4, 5), [0, 3, 1, 2]),
+                                        ((2, 3, 4), [-1, 0, 1]), ((5,), [0])])
+def test_permute_matches_torch(shape, dims):
+    assert infer1("permute", shape, dims) == tuple(torch.randn(shape).permute(dims).shape)
+
+
+def test_permute_errors_and_symbolic():
+    assert infer1("permute", ("N", 3, "H", 8), [0, 2, 3, 1]) == ("N", "H", 8, 3)
+    with pytest.raises(ShapeError, match="one dim per input dim"):
+        infer1("permute", (2, 3, 4), [0, 1])
+    with pytest.raises(CDLTypeError, match="repeat"):
+        infer1("permute", (2, 3, 4), [0, 1, 1])
+    with pytest.raises(ShapeError, match="out of range"):
+        infer1("permute", (2, 3, 4), [0, 1, 3])
+
+
+@pytest.mark.parametrize("shape,a,b", [((2, 3, 4), 1, 2), ((2, 3, 4, 5), -1, -2), ((2, 3, 4), 0, 0), ((2, 3), 0, -1)])
+def test_transpose_matches_torch(shape, a, b):
+    assert infer1("transpose", shape, a, b) == tuple(torch.randn(shape).transpose(a, b).shape)
+
+
+def test_transpose_errors():
+    with pytest.raises(ShapeError, match="out of range"):
+        infer1("transpose", (2, 3), 1, 2)
+    with pytest.raises(CDLTypeError, match="needs 'dim1'"):
+        infer1("transpose", (2, 3), 1)
+
+
+@pytest.mark.parametrize("shape,dims", [((2, 3, 1, 1), [2, 3]), ((2, 3, 1, 1), None), ((1, 3, 1), 0),
+                                        ((2, 1, 4), -2), ((2, 3), None)])
+def test_squeeze_matches_torch(shape, dims):
+    x = torch.randn(shape)
+    if dims is None:
+        assert infer1("squeeze", shape) == tuple(x.squeeze().shape)
+    else:
+        want = x.squeeze(dims if isinstance(dims, int) else tuple(dims))
+        assert infer1("squeeze", shape, dims) == tuple(want.shape)
+
+
+def test_squeeze_symbolic_and_errors():
+    assert infer1("squeeze", ("N", 64, 1, 1)) == ("N", 64)  # a symbolic batch is never squeezed implicitly
+    with pytest.raises(ShapeError, match="not 1"):
+        infer1("squeeze", (2, 3, 1), 1)
+    with pytest.raises(ShapeError, match="not 1"):
+        infer1("squeeze", ("N", 3), 0)
+
+
+@pytest.mark.parametrize("shape,dim", [((2, 3), 0), ((2, 3), 2), ((2, 3), -1), ((2, 3), -3), ((4,), 1)])
+def test_unsqueeze_matches_torch(shape, dim):
+    assert infer1("unsqueeze", shape, dim) == tuple(torch.randn(shape).unsqueeze(dim).shape)
+
+
+def test_unsqueeze_errors():
+    with pytest.raises(ShapeError, match="out of range"):
+        infer1("unsqueeze", (2, 3), 3)
+
+
+@pytest.mark.parametrize("shapes,dim", [
+    ([(2, 3, 5, 5), (2, 4, 5, 5)], 1), ([(2, 3, 5, 5), (2, 3, 5, 5), (2, 1, 5, 5)], 1),
+    ([(2, 3, 5, 7), (2, 3, 5, 2)], -1), ([(1, 3), (4, 3)], 0), ([(2, 3, 4)], 1),
+])
+def test_concat_matches_torch(shapes, dim):
+    want = torch.cat([torch.randn(s) for s in shapes], dim=dim).shape
+    assert run_infer("concat", shapes, dim=dim) == [tuple(want)]
+
+
+def test_concat_symbolic():
+    assert run_infer("concat", [("N", 32, "H", "W"), ("N", 64, "H", "W")]) == [("N", 96, "H", "W")]
+    assert run_infer("concat", [("N", "L", 8), ("N", 4, 8)], dim=1) == [("N", "L+4", 8)]
+
+
+def test_concat_errors_name_the_dims():
+    with pytest.raises(ShapeError, match=r"dim 2: 9 vs 10.*dim 3: 11 vs 12"):
+        run_infer("concat", [(2, 8, 9, 11), (2, 4, 10, 12)])
+    with pytest.raises(ShapeError, match="input 2 differ in dim 0: 2 vs 3"):
+        run_infer("concat", [(2, 8, 9), (2, 4, 9), (3, 4, 9)])
+    with pytest.raises(ShapeError, match="rank"):
+        run_infer("concat", [(2, 8, 9, 11), (2, 8, 9)])
+    with pytest.raises(ShapeError, match="out of range"):
+        run_infer("concat", [(2, 8), (2, 8)], dim=2)
+    err = pytest.raises(ShapeError, run_infer, "concat", [(2, 8, 9, 11), (2, 4, 10, 11)]).value
+    assert err.hint and "concat dim" in err.hint
+
+
+@pytest.mark.parametrize("shape,kwargs,torch_fn", [
+    ((2, 64, 5, 5), dict(sizes=[16, 48]), lambda x: torch.split(x, [16, 48], dim=1)),
+    ((2, 64, 5, 5), dict(sizes=[16, 16, 32], dim=1), lambda x: torch.split(x, [16, 16, 32], dim=1)),
+    ((2, 10, 7), dict(sizes=3, dim=1), lambda x: torch.split(x, 3, dim=1)),
+    ((2, 10, 7), dict(sizes=5, dim=-1), lambda x: torch.split(x, 5, dim=-1)),
+    ((2, 64, 5, 5), dict(chunks=4), lambda x: torch.chunk(x, 4, dim=1)),
+    ((6, 3), dict(chunks=3, dim=0), lambda x: torch.chunk(x, 3, dim=0)),
+    ((2, 4, 5), dict(chunks=1), lambda x: torch.chunk(x, 1, dim=1)),
+])
+def test_split_matches_torch(shape, kwargs, torch_fn):
+    want = [tuple(t.shape) for t in torch_fn(torch.randn(shape))]
+    assert run_infer("split", [shape], **kwargs) == want
+
+
+def test_split_symbolic_and_errors():
+    assert run_infer("split", [("N", 64, "H", "W")], chunks=2) == [("N", 32, "H", "W")] * 2
+    with pytest.raises(ShapeError, match="add up"):
+        run_infer("split", [(2, 64)], sizes=[16, 32])
+    with pytest.raises(ShapeError, match="do not divide"):
+        run_infer("split", [(2, 10)], chunks=3)
+    with pytest.raises(CDLTypeError, match="exactly one"):
+        run_infer("split", [(2, 10)])
+    with pytest.raises(CDLTypeError, match="exactly one"):
+        run_infer("split", [(2, 10)], sizes=[5, 5], chunks=2)
+    with pytest.raises(ShapeError, match="static size"):
+        run_infer("split", [("N", 10)], chunks=2, dim=0)
+    with pytest.raises(CDLTypeError, match="positive"):
+        run_infer("split", [(2, 10)], chunks=0)
+
+
+def _torch_pad(shape, pad, mode, value=0.0):
+    nd = len(shape) - 2
+    if isinstance(pad, int):
+        pairs = [(pad, pad)] * nd
+    elif len(pad) == nd:
+        pairs = [(p, p) for p in pad]
+    else:
+        pairs = [(pad[2 * i], pad[2 * i + 1]) for i in range(nd)]
+    flat = tuple(p for pr in reversed(pairs) for p in pr)
+    mode = "constant" if mode == "zeros" else mode
+    kw = {"value": value} if mode == "constant" else {}
+    return F.pad(torch.randn(shape), flat, mode=mode, **kw)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("shape,pad", [
+    ((2, 3, 5, 7), 1), ((2, 3, 5, 7), [1, 2]), ((2, 3, 5, 7), [0, 1, 2, 3]), ((2, 3, 9), [4, 1]),
+    ((1, 2, 3, 4, 5), 2), ((2, 3, 5, 7), [4, 0, 0, 6]),
+])
+def test_pad_matches_torch(mode, shape, pad):
+    try:
+        want = tuple(_torch_pad(shape, pad, mode).shape)
+    except (RuntimeError, NotImplementedError):
+        want = None
+    try:
+        got = infer1("pad", shape, pad, mode=mode)
+    except ShapeError:
+        got = None
+    assert got == want
+
+
+def test_pad_symbolic_and_errors():
+    assert infer1("pad", ("N", 3, "H", 8), [0, 1, 0, 1]) == ("N", 3, "H+1", 9)
+    with pytest.raises(ShapeError, match="too large"):
+        infer1("pad", (2, 3, 4, 4), 4, mode="reflect")
+    with pytest.raises(CDLTypeError, match="1, 2 or 4 values"):
+        infer1("pad", (2, 3, 4, 4), [1, 2, 3])
+    with pytest.raises(CDLTypeError, match=">= 0"):
+        infer1("pad", (2, 3, 4, 4), -1)
+    with pytest.raises(ShapeError, match="rank"):
+        infer1("pad", (2, 3), 1)
+    with pytest.raises(ShapeError, match="rank 3 to 5"):
+        infer1("pad", (1, 1, 2, 3, 4, 5), 1, mode="reflect")
+
+
+@pytest.mark.parametrize("shape,r", [((2, 12, 5, 7), 2), ((1, 18, 3, 3), 3), ((2, 4, 5, 6), 1), ((8, 5, 7), 2)])
+def test_pixel_shuffle_matches_torch(shape, r):
+    assert infer1("pixel_shuffle", shape, r) == tuple(F.pixel_shuffle(torch.randn(shape), r).shape)
+
+
+@pytest.mark.parametrize("shape,r", [((2, 3, 10, 14), 2), ((1, 2, 9, 6), 3), ((3, 8, 4), 2)])
+def test_pixel_unshuffle_matches_torch(shape, r):
+    assert infer1("pixel_unshuffle", shape, r) == tuple(F.pixel_unshuffle(torch.randn(shape), r).shape)
+
+
+def test_pixel_shuffle_errors_and_symbolic():
+    assert infer1("pixel_shuffle", ("N", 12, "H", "W"), 2) == ("N", 3, "H*2", "W*2")
+    with pytest.raises(ShapeError, match="divisible by 4"):
+        infer1("pixel_shuffle", (2, 6, 5, 5), 2)
+    with pytest.raises(ShapeError, match="divisible by 2"):
+        infer1("pixel_unshuffle", (2, 6, 5, 4), 2)
+    with pytest.raises(ShapeError, match="rank >= 3"):
+        infer1("pixel_shuffle", (4, 4), 2)
+    with pytest.raises(CDLTypeError, match="positive"):
+        infer1("pixel_unshuffle", (2, 4, 4, 4), 0)
