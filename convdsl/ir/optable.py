@@ -119,6 +119,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _coerce(kind: str, value: Any, attr: Attr) -> tuple[bool, Any]:
+    if value is None and attr.default is None:
+        return True, None
     if kind == "any":
         return True, value
     if kind == "int":
@@ -141,6 +143,8 @@ def _coerce(kind: str, value: Any, attr: Attr) -> tuple[bool, Any]:
         return False, None
     if kind == "sym":
         name = value.name if isinstance(value, Symbol) else value if isinstance(value, str) else None
+        if name is None and _is_bare_layer(value):  # `mode=linear` names the word, not the op
+            name = value.name
         if name is None:
             return False, None
         if attr.choices is not None and name not in attr.choices:
@@ -223,10 +227,16 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
     return result
 
 
+def _is_bare_layer(v: Any) -> bool:
+    """An op or block value written as a bare word (no arguments, no label)."""
+    return hasattr(v, "args") and hasattr(v, "name") and not v.args and not getattr(v, "kwargs", ()) \
+        and getattr(v, "label", None) is None
+
+
 def format_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, Symbol):
+    if isinstance(v, Symbol) or _is_bare_layer(v):
         return v.name
     if isinstance(v, str):
         return repr(v)

@@ -53,12 +53,20 @@ def bind_dim(d: Dim, bind: Mapping[str, int] | None = None) -> int:
     bind = bind or {}
     if d in bind:
         return bind[d]
-    # a symbolic expression such as "N*4" or "(L+2)": evaluate with a tiny parser
-    return _eval_dim_expr(d, bind)
+    return _evaluate(_parse(d), bind)
 
 
-def _eval_dim_expr(text: str, bind: Mapping[str, int]) -> int:
-    tokens: list[str] = []
+# ---- symbolic dims --------------------------------------------------------
+# A symbolic dim is kept in a canonical affine form: const + sum(coef * atom),
+# where an atom is a symbol ("H"), a product of atoms ("H*W") or a floor
+# division that did not simplify ("(H-1)//2").  Canonical text makes equal
+# sizes compare equal: conv(pad=1, k=3) on H gives back exactly "H".
+
+_Lin = dict  # atom text -> coefficient; "" holds the constant
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
     i = 0
     while i < len(text):
         c = text[i]
@@ -68,82 +76,164 @@ def _eval_dim_expr(text: str, bind: Mapping[str, int]) -> int:
             j = i
             while j < len(text) and (text[j].isalnum() or text[j] == "_"):
                 j += 1
-            tokens.append(text[i:j])
+            out.append(text[i:j])
             i = j
         elif text.startswith("//", i):
-            tokens.append("//")
+            out.append("//")
             i += 2
-        else:
-            tokens.append(c)
+        elif c in "+-*()":
+            out.append(c)
             i += 1
+        else:
+            raise ValueError(f"bad symbolic dim {text!r}")
+    return out
+
+
+def _parse(text: str):
+    """Text -> nested tuples ('+', a, b) | ('*', a, b) | ('//', a, b) | ('neg', a) | int | str."""
+    toks = _tokens(text)
     pos = 0
 
-    def atom() -> int:
+    def peek() -> str | None:
+        return toks[pos] if pos < len(toks) else None
+
+    def atom():
         nonlocal pos
-        tok = tokens[pos]
+        tok = toks[pos]
         pos += 1
         if tok == "(":
             v = expr()
             pos += 1  # ')'
             return v
-        if tok.isdigit():
-            return int(tok)
-        return bind.get(tok, 1)
+        if tok == "-":
+            return ("neg", atom())
+        return int(tok) if tok.isdigit() else tok
 
-    def term() -> int:
+    def term():
         nonlocal pos
         v = atom()
-        while pos < len(tokens) and tokens[pos] in ("*", "//"):
-            op = tokens[pos]
+        while peek() in ("*", "//"):
+            op = toks[pos]
             pos += 1
-            r = atom()
-            v = v * r if op == "*" else v // max(r, 1)
+            v = (op, v, atom())
         return v
 
-    def expr() -> int:
+    def expr():
         nonlocal pos
         v = term()
-        while pos < len(tokens) and tokens[pos] in ("+", "-"):
-            op = tokens[pos]
+        while peek() in ("+", "-"):
+            op = toks[pos]
             pos += 1
             r = term()
-            v = v + r if op == "+" else v - r
+            v = ("+", v, r) if op == "+" else ("+", v, ("neg", r))
         return v
 
     return expr()
 
 
-def _wrap(d: Dim) -> str:
-    s = str(d)
-    return s if isinstance(d, int) or s.isidentifier() or s.startswith("(") else f"({s})"
+def _evaluate(node, bind: Mapping[str, int]) -> int:
+    if isinstance(node, int):
+        return node
+    if isinstance(node, str):
+        return bind.get(node, 1)
+    op = node[0]
+    if op == "neg":
+        return -_evaluate(node[1], bind)
+    a, b = _evaluate(node[1], bind), _evaluate(node[2], bind)
+    if op == "+":
+        return a + b
+    if op == "*":
+        return a * b
+    return a // b if b else 0
+
+
+def _lin(d: Dim) -> _Lin:
+    if isinstance(d, int):
+        return {"": d}
+    return _to_lin(_parse(d))
+
+
+def _to_lin(node) -> _Lin:
+    if isinstance(node, int):
+        return {"": node}
+    if isinstance(node, str):
+        return {node: 1}
+    op = node[0]
+    if op == "neg":
+        return {k: -v for k, v in _to_lin(node[1]).items()}
+    a, b = _to_lin(node[1]), _to_lin(node[2])
+    if op == "+":
+        return _lin_add(a, b)
+    if op == "*":
+        return _lin_mul(a, b)
+    return _lin_floordiv(a, b)
+
+
+def _const(x: _Lin) -> int | None:
+    return x.get("", 0) if all(k == "" for k in x) else None
+
+
+def _lin_add(a: _Lin, b: _Lin) -> _Lin:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + v
+    return {k: v for k, v in out.items() if v != 0 or k == ""}
+
+
+def _lin_mul(a: _Lin, b: _Lin) -> _Lin:
+    ca, cb = _const(a), _const(b)
+    if ca is not None:
+        return {k: v * ca for k, v in b.items() if v * ca != 0 or k == ""}
+    if cb is not None:
+        return {k: v * cb for k, v in a.items() if v * cb != 0 or k == ""}
+    return {f"({_text(a)})*({_text(b)})": 1, "": 0}
+
+
+def _lin_floordiv(a: _Lin, b: _Lin) -> _Lin:
+    cb = _const(b)
+    if cb is not None and cb != 0 and all(v % cb == 0 for v in a.values()):
+        return {k: v // cb for k, v in a.items()}
+    if cb == 1:
+        return a
+    return {f"({_text(a)})//{_text(b) if cb is not None else '(' + _text(b) + ')'}": 1, "": 0}
+
+
+def _text(x: _Lin) -> str:
+    parts = []
+    for k in sorted(k for k in x if k):
+        v = x[k]
+        if v == 0:
+            continue
+        term = k if abs(v) == 1 else f"{abs(v)}*{k}"
+        parts.append(("-" if v < 0 else "+") + term)
+    c = x.get("", 0)
+    if c or not parts:
+        parts.append(("-" if c < 0 else "+") + str(abs(c)))
+    text = "".join(parts)
+    return text[1:] if text.startswith("+") else text
+
+
+def _dim(x: _Lin) -> Dim:
+    c = _const(x)
+    return c if c is not None else _text(x)
 
 
 def dim_mul(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a * b
-    if a == 1:
-        return b
-    if b == 1:
-        return a
-    return f"{_wrap(a)}*{_wrap(b)}"
+    return _dim(_lin_mul(_lin(a), _lin(b)))
 
 
 def dim_add(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a + b
-    if b == 0:
-        return a
-    if a == 0:
-        return b
-    return f"{_wrap(a)}+{_wrap(b)}"
+    return _dim(_lin_add(_lin(a), _lin(b)))
 
 
 def dim_floordiv(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a // b
-    if b == 1:
-        return a
-    return f"{_wrap(a)}//{_wrap(b)}"
+    return _dim(_lin_floordiv(_lin(a), _lin(b)))
 
 
 def dims_prod(dims: Iterable[Dim]) -> Dim:
