@@ -74,7 +74,8 @@ def materialize(spec: ParamSpec, seed: int, name: str) -> np.ndarray:
     rng = _rng(seed, name)
     if kind == "uniform":
         lo, hi = args
-        return rng.uniform(lo, hi, size=shape).astype(dtype)
+        u = rng.random(size=shape, dtype=np.float32)  # draw in float32: 138M values in ~1 s
+        return (u * np.float32(hi - lo) + np.float32(lo)).astype(dtype, copy=False)
     if kind == "normal":
         mean, std = args
         return (mean + std * rng.standard_normal(size=shape, dtype=np.float32)).astype(dtype)
