@@ -1,0 +1,75 @@
+"""Every example program elaborates, passes verify(), has the output shape we
+expect, and its in-memory PyTorch module runs a forward pass on a batch of 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from convdsl.backends.torch import build_module
+from convdsl.ir.types import bind_dim
+from convdsl.ir.verify import verify
+from convdsl.lang.elaborate import elaborate_file, load_program
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+BATCH = 2
+
+# example -> (concrete sizes for its symbolic dims, expected output shape at those sizes)
+EXPECTED: dict[str, tuple[dict[str, int], tuple[int, ...]]] = {
+    "resnet18": ({"N": BATCH}, (BATCH, 1000)),
+    "resnet50": ({"N": BATCH}, (BATCH, 1000)),
+    "mobilenet_v2": ({"N": BATCH}, (BATCH, 1000)),
+    "vgg16": ({"N": BATCH}, (BATCH, 1000)),
+    "unet": ({"N": BATCH}, (BATCH, 2, 128, 128)),
+    "espcn": ({"N": BATCH, "H": 17, "W": 20}, (BATCH, 3, 51, 60)),  # x3 super-resolution
+    "deeplab_aspp": ({"N": BATCH}, (BATCH, 21, 224, 224)),
+    "digits_cnn": ({"N": BATCH}, (BATCH, 10)),
+    "digits_mobilenet": ({"N": BATCH}, (BATCH, 10)),
+}
+
+# known failures of the static shape check, with the reason (strict: they must flip when fixed)
+def _examples() -> list[str]:
+    return sorted(p.stem for p in EXAMPLES.glob("*.cdl"))
+
+
+def _graph(name: str):
+    return verify(elaborate_file(EXAMPLES / f"{name}.cdl"))
+
+
+def test_every_example_has_an_expectation():
+    assert _examples() == sorted(EXPECTED), "add new examples to EXPECTED"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("**/*.cdl")), ids=lambda p: str(p.relative_to(EXAMPLES)))
+def test_example_starts_with_a_comment(path: Path):
+    assert path.read_text().startswith("#"), "say what the example is and cite its paper"
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "blocks").glob("*.cdl")), ids=lambda p: p.name)
+def test_block_library_loads(path: Path):
+    _, mod = load_program(path.read_text(), str(path))
+    assert mod.names and not mod.program.networks()
+
+
+@pytest.mark.parametrize("name", [
+    n for n in sorted(EXPECTED)
+])
+def test_output_shape(name: str):
+    bind, shape = EXPECTED[name]
+    (out,) = _graph(name).output_types()
+    assert tuple(bind_dim(d, bind) for d in out.shape) == shape, str(out)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_forward_pass(name: str):
+    bind, shape = EXPECTED[name]
+    g = _graph(name)
+    assert g.params.count() > 0
+    module = build_module(g).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(*(bind_dim(d, bind) for d in t.shape), generator=gen) for t in g.input_types()]
+    with torch.no_grad():
+        y = module(*inputs)
+    assert tuple(y.shape) == shape
+    assert torch.isfinite(y).all()
