@@ -101,3 +101,17 @@ def print_cmd(file, network, sets, choose, bind, max_memory, seed):
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print docs/ops.md (generated from the op table).")
+def ops(markdown):
+    """List every op with its syntax (or the full reference with --markdown)."""
+    from ..ir.opdocs import render_markdown, signature
+    from ..ir.ops import OPS
+
+    if markdown:
+        click.echo(render_markdown(), nl=False)
+        return
+    for name in sorted(OPS):
+        click.echo(f"{signature(OPS[name]):60s} {OPS[name].group}")

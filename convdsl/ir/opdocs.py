@@ -1,0 +1,57 @@
+"""docs/ops.md, generated from the op table so it cannot drift.
+
+    convdsl ops --markdown > docs/ops.md     (a test checks the file is current)
+"""
+from __future__ import annotations
+
+from .ops import OPS
+from .optable import REQUIRED, OpDef, describe_kind, format_value
+
+GROUP_ORDER = ["convolution", "linear", "normalization", "activation", "arithmetic", "pooling", "shape",
+               "attention", "fft", "ssm"]
+
+
+def _default(a) -> str:
+    if a.default is None:
+        return "none"
+    if isinstance(a.default, str) and "sym" in a.kind.split("|"):
+        return a.default  # a bare word, as written in CDL
+    return format_value(a.default)
+
+
+def signature(op: OpDef) -> str:
+    parts = [a.name if a.default is REQUIRED else f"{a.name}={_default(a)}" for a in op.attrs]
+    return f"{op.name}({', '.join(parts)})"
+
+
+def render_markdown() -> str:
+    groups: dict[str, list[OpDef]] = {}
+    for op in OPS.values():
+        groups.setdefault(op.group, []).append(op)
+    order = [g for g in GROUP_ORDER if g in groups] + sorted(g for g in groups if g not in GROUP_ORDER)
+    out = ["# Ops", "",
+           "Generated from the op table (`convdsl/ir/ops/`) by `convdsl ops --markdown`; do not edit by hand.",
+           "Hyper-parameters are given positionally in the order shown, then by keyword. Input channels and",
+           "features are always inferred.", ""]
+    for g in order:
+        out.append(f"- [{g}](#{g.replace(' ', '-')}): " + ", ".join(f"`{o.name}`" for o in sorted(groups[g], key=lambda o: o.name)))
+    out.append("")
+    for g in order:
+        out += [f"## {g}", ""]
+        for op in sorted(groups[g], key=lambda o: o.name):
+            lo, hi = op.inputs
+            n_in = f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
+            out += [f"### `{op.name}`", "", op.doc or "", "",
+                    f"- syntax: `{signature(op)}`",
+                    f"- inputs: {n_in} ({', '.join(op.input_names)})"]
+            if op.shape_rule:
+                out.append(f"- shape: `{op.shape_rule}`")
+            if op.example:
+                out.append(f"- example: `{op.example}`")
+            if op.attrs:
+                out += ["", "| hyper-parameter | kind | default | meaning |", "| --- | --- | --- | --- |"]
+                for a in op.attrs:
+                    default = "required" if a.default is REQUIRED else _default(a)
+                    out.append(f"| `{a.name}` | {describe_kind(a)} | {default} | {a.doc} |")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
