@@ -28,8 +28,7 @@ from convdsl.ir.graph import Graph, Node, Value
 from .lowering import lowering_for
 from .runtime import HELPERS
 
-_RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "Scope",
-                                                        "load_safetensors", "load"}
+_RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "load"} | set(HELPERS)
 _MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module)) | {"training"}
 _PLAIN_MODULE, _PLAIN_SCOPE = nn.Module(), nn.ModuleDict()
 
