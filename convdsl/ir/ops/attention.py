@@ -1,4 +1,657 @@
-"""attention ops (being written)."""
+"""Attention and the transformer plumbing around it.
+
+Tokens are [N, L, C] unless an op says otherwise (window attention takes
+channels-last images [N, H, W, C] like torchvision's Swin; conv and halo
+attention take [N, C, H, W]).  Parameter names follow the PyTorch module each
+op is checked against, so those state_dicts load with no or a trivial renaming:
+
+- mhsa / cross_attention: ``torch.nn.MultiheadAttention`` (in_proj_weight,
+  in_proj_bias, out_proj.*; q/k/v_proj_weight when the widths differ)
+- window_attention: ``torchvision.models.swin_transformer.ShiftedWindowAttention``
+- conv_attention: the CvT reference (conv_proj_q.conv/bn, proj_q, ..., proj)
+- halo_attention: timm's HaloAttn (q, kv, pos_embed.height_rel/width_rel)
+- patch_embed: ``weight``/``bias`` of a Conv2d, so ``patch_embed(...) as conv_proj``
+  gives torchvision ViT's ``conv_proj.weight`` exactly
+- class_token / pos_embed / layer_scale: ``class_token``, ``pos_embedding`` and
+  ``layer_scale`` as in torchvision's ViT and ConvNeXt (prefixed by the node name)
+"""
 from __future__ import annotations
 
-OPS: list = []
+import math
+
+from ...errors import CDLTypeError, ShapeError, did_you_mean
+from ..optable import Attr, Cost, Init, OpDef, ParamSpec, Symbol, expect_rank, tuple_n, zero_cost
+from ..types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
+
+SOFTMAX_FLOPS = 5  # per attention logit: max, sub, exp, sum, div
+
+
+# ---- shared checks and formulas ------------------------------------------------------
+def _static(op: str, t: TensorType, axis: int, what: str) -> int:
+    d = t.shape[axis]
+    if not isinstance(d, int):
+        raise ShapeError(f"{op} needs a static {what}", expected=f"an integer {what}", got=str(t),
+                         hint="declare the input with a concrete size in that position")
+    return d
+
+
+def _tokens(op: str, t: TensorType, what: str = "input") -> int:
+    """Check a [N, L, C] token tensor; returns C."""
+    if t.rank != 3:
+        raise ShapeError(f"{op} needs tokens [N, L, C] as its {what}", expected="rank 3 [N, L, C]",
+                         got=f"{t} (rank {t.rank})",
+                         hint="images [N, C, H, W] become tokens with patch_embed, or flatten(2) | transpose(1, 2)")
+    return _static(op, t, 2, "channel count (last dim)")
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+
+
+def check_heads(op: str, width: int, heads: int, what: str = "channels") -> int:
+    """Head width ``width // heads``; a clear error when heads does not divide it."""
+    if heads <= 0:
+        raise CDLTypeError(f"{op}: heads must be positive", got=str(heads))
+    if width <= 0:
+        raise CDLTypeError(f"{op}: the attention width must be positive", got=str(width))
+    if width % heads:
+        raise ShapeError(f"{op}: {width} {what} cannot be split into {heads} heads",
+                         expected=f"{what} divisible by heads", got=f"{what}={width}, heads={heads}",
+                         hint=f"heads that divide {width}: {_divisors(width)}")
+    return width // heads
+
+
+def _check_dropout(op: str, attrs: dict, *names: str) -> None:
+    for name in names:
+        p = attrs[name]
+        if not 0.0 <= p < 1.0:
+            raise CDLTypeError(f"{op}: {name} is a probability", expected="0 <= p < 1", got=str(p))
+
+
+def _check_scale(op: str, attrs: dict) -> None:
+    s = attrs.get("scale")
+    if s is not None and not s > 0:
+        raise CDLTypeError(f"{op}: scale multiplies the logits and must be positive", got=str(s),
+                           hint="leave it out for 1/sqrt(head width)")
+
+
+def _same_dim(a, b) -> bool:
+    """Equal, or not decidable at elaboration time (a symbol on either side)."""
+    return a == b or not (isinstance(a, int) and isinstance(b, int))
+
+
+def _check_mask(op: str, m: TensorType, x: TensorType, lq, lk, heads: int) -> None:
+    """An additive float mask (or a bool mask, True = blocked) of [Lq, Lk] or [N*heads, Lq, Lk]."""
+    if m.dtype not in (x.dtype, "bool"):
+        raise ShapeError(f"{op}: the mask must be {x.dtype} (added to the logits) or bool (True = blocked)",
+                         got=str(m))
+    if m.rank == 2:
+        ok = _same_dim(m.shape[0], lq) and _same_dim(m.shape[1], lk)
+    elif m.rank == 3:
+        ok = (_same_dim(m.shape[0], dim_mul(x.shape[0], heads)) and _same_dim(m.shape[1], lq)
+              and _same_dim(m.shape[2], lk))
+    else:
+        ok = False
+    if not ok:
+        raise ShapeError(f"{op}: the mask does not fit the attention logits",
+                         expected=f"[{lq}, {lk}] or [{dim_mul(x.shape[0], heads)}, {lq}, {lk}]", got=str(m),
+                         hint="as for torch.nn.MultiheadAttention's attn_mask")
+
+
+def xavier(fan_out: int, fan_in: int) -> Init:
+    """torch.nn.init.xavier_uniform_ of a [fan_out, fan_in] matrix."""
+    b = math.sqrt(6.0 / (fan_in + fan_out))
+    return Init("uniform", (-b, b))
+
+
+def linear_init(fan_in: int) -> Init:
+    """nn.Linear / nn.Conv default (kaiming_uniform(a=sqrt 5) == U(+-1/sqrt(fan_in)))."""
+    b = 1.0 / math.sqrt(fan_in)
+    return Init("uniform", (-b, b))
+
+
+def _linear(prefix: str, fin: int, fout: int, bias: bool) -> dict[str, ParamSpec]:
+    p = {f"{prefix}.weight": ParamSpec((fout, fin), linear_init(fin))}
+    if bias:
+        p[f"{prefix}.bias"] = ParamSpec((fout,), linear_init(fin))
+    return p
+
+
+def attention_cost(n, lq, lk, dim: int, heads: int) -> Cost:
+    """QK^T and AV (``dim`` = heads * head width) plus the softmax."""
+    n, lq, lk = bind_dim(n), bind_dim(lq), bind_dim(lk)
+    macs = 2 * n * lq * lk * dim
+    return Cost(macs, 2 * macs + SOFTMAX_FLOPS * n * heads * lq * lk)
+
+
+def _proj_cost(tokens: int, fin: int, fout: int, bias: bool) -> Cost:
+    macs = tokens * fin * fout
+    return Cost(macs, 2 * macs + (tokens * fout if bias else 0))
+
+
+_HEADS = Attr("heads", "int", doc="number of attention heads; must divide the width")
+_QKV_BIAS = Attr("qkv_bias", "bool", True, doc="bias on the q/k/v projections")
+_PROJ_BIAS = Attr("proj_bias", "bool", True, doc="bias on the output projection")
+_DROPOUT = Attr("dropout", "float", 0.0, doc="dropout on the attention weights while training")
+_SCALE = Attr("scale", "float", None, doc="logit scale (default 1/sqrt(head width))")
+
+
+# ---- mhsa ---------------------------------------------------------------------------------
+def _mask_kind(op: str, attrs: dict) -> str | None:
+    m = attrs["mask"]
+    if m in (None, "none"):
+        return None
+    if m != "causal":
+        word = m.name if isinstance(m, Symbol) else m if isinstance(m, str) else ""
+        raise CDLTypeError(f"bad value for {op}(mask=...)", expected="none or causal", got=str(m),
+                           hint=did_you_mean(word, ("causal", "none"))
+                           or "an explicit mask is a second input: (x, m) | mhsa(heads=8)")
+    return m
+
+
+def _mhsa_normalize(attrs: dict, ins: list[TensorType]) -> dict:
+    c = _tokens("mhsa", ins[0])
+    if attrs["dim"] is None:
+        attrs["dim"] = c
+    attrs["mask"] = _mask_kind("mhsa", attrs)
+    if attrs["rel_pos"] and attrs["max_len"] is None:
+        attrs["max_len"] = _static("mhsa", ins[0], 1, "sequence length for rel_pos=true (or give max_len)")
+    return attrs
+
+
+def _mhsa_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    _tokens("mhsa", x)
+    dim = attrs["dim"]
+    check_heads("mhsa", dim, attrs["heads"], "channels" if dim == x.shape[2] else "attention channels (dim)")
+    _mask_kind("mhsa", attrs)
+    _check_dropout("mhsa", attrs, "dropout")
+    _check_scale("mhsa", attrs)
+    L = x.shape[1]
+    if attrs["rel_pos"]:
+        ml = attrs["max_len"]
+        if ml is None or ml <= 0:
+            raise CDLTypeError("mhsa: max_len must be a positive length", got=str(ml))
+        if isinstance(L, int) and L > ml:
+            raise ShapeError(f"mhsa: sequence length {L} exceeds max_len={ml} of the relative position table",
+                             got=str(x), hint=f"raise max_len to at least {L}")
+    elif attrs["max_len"] is not None:
+        raise CDLTypeError("mhsa: max_len only sizes the relative position table", hint="add rel_pos=true")
+    if len(ins) > 1:
+        _check_mask("mhsa", ins[1], x, L, L, attrs["heads"])
+    return [x.with_shape((x.shape[0], L, dim))]
+
+
+def _mhsa_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c, dim, heads = ins[0].shape[2], attrs["dim"], attrs["heads"]
+    p = {"in_proj_weight": ParamSpec((3 * dim, c), xavier(3 * dim, c))}
+    if attrs["qkv_bias"]:
+        p["in_proj_bias"] = ParamSpec((3 * dim,), Init("zeros"))
+    p["out_proj.weight"] = ParamSpec((dim, dim), linear_init(dim))
+    if attrs["proj_bias"]:
+        p["out_proj.bias"] = ParamSpec((dim,), Init("zeros"))
+    if attrs["rel_pos"]:
+        p["relative_position_bias_table"] = ParamSpec((2 * attrs["max_len"] - 1, heads), Init("trunc_normal", (0.02,)))
+    return p
+
+
+def _mhsa_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    x = ins[0]
+    n, L, c, dim = x.shape[0], x.shape[1], x.shape[2], attrs["dim"]
+    tokens = bind_dim(n) * bind_dim(L)
+    return (_proj_cost(tokens, c, 3 * dim, attrs["qkv_bias"]) + attention_cost(n, L, L, dim, attrs["heads"])
+            + _proj_cost(tokens, dim, dim, attrs["proj_bias"]))
+
+
+MHSA = OpDef(
+    name="mhsa", group="attention",
+    attrs=(
+        _HEADS,
+        Attr("dim", "int", None, doc="attention/output width (default: input channels)"),
+        _QKV_BIAS, _PROJ_BIAS, _DROPOUT,
+        Attr("mask", "sym|any", None, choices=("causal", "none"), doc="none or causal"),
+        Attr("rel_pos", "bool", False, doc="learned relative position bias per head (T5/Swin-style, 1-D)"),
+        Attr("max_len", "int", None, doc="longest sequence the relative position table covers (default L)"),
+        _SCALE,
+    ),
+    infer=_mhsa_infer, params=_mhsa_params, cost=_mhsa_cost, normalize=_mhsa_normalize, inputs=(1, 2),
+    input_names=("x", "mask"),
+    doc="multi-head self-attention over tokens [N, L, C] with a fused q/k/v projection "
+        "(torch.nn.MultiheadAttention's parameters; scaled_dot_product_attention). An optional second "
+        "input is an additive mask [L, L] or [N*heads, L, L] (bool: True = blocked).",
+    example="mhsa(heads=8)",
+    shape_rule="[N, L, C] -> [N, L, dim]; heads divides dim",
+)
+
+
+# ---- cross attention ------------------------------------------------------------------------
+def packed_cross(c: int, ck: int, dim: int) -> bool:
+    """torch.nn.MultiheadAttention packs q/k/v into in_proj_weight iff all widths are equal."""
+    return c == ck == dim
+
+
+def _cross_normalize(attrs: dict, ins: list[TensorType]) -> dict:
+    if attrs["dim"] is None:
+        attrs["dim"] = _tokens("cross_attention", ins[0], "query input")
+    return attrs
+
+
+def _cross_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x, ctx = ins[0], ins[1]
+    _tokens("cross_attention", x, "query input")
+    _tokens("cross_attention", ctx, "context input")
+    if not _same_dim(x.shape[0], ctx.shape[0]):
+        raise ShapeError("cross_attention: queries and context have different batch sizes", got=f"{x} and {ctx}")
+    if x.dtype != ctx.dtype:
+        raise ShapeError("cross_attention: dtypes differ", got=f"{x.dtype} and {ctx.dtype}")
+    dim = attrs["dim"]
+    check_heads("cross_attention", dim, attrs["heads"], "channels" if dim == x.shape[2] else "attention channels (dim)")
+    _check_dropout("cross_attention", attrs, "dropout")
+    _check_scale("cross_attention", attrs)
+    if len(ins) > 2:
+        _check_mask("cross_attention", ins[2], x, x.shape[1], ctx.shape[1], attrs["heads"])
+    return [x.with_shape((x.shape[0], x.shape[1], dim))]
+
+
+def _cross_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c, ck, dim = ins[0].shape[2], ins[1].shape[2], attrs["dim"]
+    if packed_cross(c, ck, dim):
+        p = {"in_proj_weight": ParamSpec((3 * dim, c), xavier(3 * dim, c))}
+    else:
+        p = {"q_proj_weight": ParamSpec((dim, c), xavier(dim, c)),
+             "k_proj_weight": ParamSpec((dim, ck), xavier(dim, ck)),
+             "v_proj_weight": ParamSpec((dim, ck), xavier(dim, ck))}
+    if attrs["qkv_bias"]:
+        p["in_proj_bias"] = ParamSpec((3 * dim,), Init("zeros"))
+    p["out_proj.weight"] = ParamSpec((dim, dim), linear_init(dim))
+    if attrs["proj_bias"]:
+        p["out_proj.bias"] = ParamSpec((dim,), Init("zeros"))
+    return p
+
+
+def _cross_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    x, ctx = ins[0], ins[1]
+    dim, b = attrs["dim"], attrs["qkv_bias"]
+    tq = bind_dim(x.shape[0]) * bind_dim(x.shape[1])
+    tk = bind_dim(ctx.shape[0]) * bind_dim(ctx.shape[1])
+    return (_proj_cost(tq, x.shape[2], dim, b) + _proj_cost(tk, ctx.shape[2], 2 * dim, b)
+            + attention_cost(x.shape[0], x.shape[1], ctx.shape[1], dim, attrs["heads"])
+            + _proj_cost(tq, dim, dim, attrs["proj_bias"]))
+
+
+CROSS = OpDef(
+    name="cross_attention", group="attention",
+    attrs=(_HEADS, Attr("dim", "int", None, doc="attention/output width (default: query channels)"),
+           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
+    infer=_cross_infer, params=_cross_params, cost=_cross_cost, normalize=_cross_normalize, inputs=(2, 3),
+    input_names=("x", "context", "mask"),
+    doc="multi-head attention of queries x [N, Lq, C] over a context [N, Lk, Ck] (keys and values); "
+        "parameters as torch.nn.MultiheadAttention(kdim=vdim=Ck). Optional third input: a mask [Lq, Lk].",
+    example="(x, memory) | cross_attention(heads=8)",
+    shape_rule="[N, Lq, C], [N, Lk, Ck] -> [N, Lq, dim]",
+)
+
+
+# ---- Swin window attention -----------------------------------------------------------------------
+def _window_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    op, x = "window_attention", ins[0]
+    if x.rank != 4:
+        raise ShapeError(f"{op} needs a channels-last image [N, H, W, C]", expected="rank 4", got=f"{x} (rank {x.rank})",
+                         hint="from [N, C, H, W] use permute([0, 2, 3, 1]), as torchvision's Swin does")
+    c = _static(op, x, 3, "channel count (last dim)")
+    check_heads(op, c, attrs["heads"])
+    win = tuple_n(attrs["window"], 2, "window")
+    shift = tuple_n(attrs["shift"], 2, "shift")
+    if min(win) <= 0:
+        raise CDLTypeError(f"{op}: window must be positive", got=str(list(win)))
+    for w, s in zip(win, shift):
+        if not 0 <= s < w:
+            raise CDLTypeError(f"{op}: shift must be in [0, window)", got=f"window={list(win)}, shift={list(shift)}",
+                               hint="Swin shifts by window // 2 in every other block")
+    _check_dropout(op, attrs, "dropout", "proj_dropout")
+    return [x]
+
+
+def _window_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c, heads = ins[0].shape[3], attrs["heads"]
+    wh, ww = tuple_n(attrs["window"], 2)
+    p = {**_linear("qkv", c, 3 * c, attrs["qkv_bias"]), **_linear("proj", c, c, attrs["proj_bias"])}
+    p["relative_position_bias_table"] = ParamSpec(((2 * wh - 1) * (2 * ww - 1), heads), Init("trunc_normal", (0.02,)))
+    return p
+
+
+def padded(size, w: int):
+    """A spatial size rounded up to a multiple of the window (torchvision pads bottom/right)."""
+    return -(-size // w) * w if isinstance(size, int) else dim_mul(dim_floordiv(dim_add(size, w - 1), w), w)
+
+
+def _window_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    n, h, w, c = ins[0].shape
+    wh, ww = tuple_n(attrs["window"], 2)
+    hp, wp = bind_dim(padded(h, wh)), bind_dim(padded(w, ww))
+    windows = bind_dim(n) * (hp // wh) * (wp // ww)
+    tokens = windows * wh * ww
+    return (_proj_cost(tokens, c, 3 * c, attrs["qkv_bias"]) + attention_cost(windows, wh * ww, wh * ww, c, attrs["heads"])
+            + _proj_cost(tokens, c, c, attrs["proj_bias"]))
+
+
+WINDOW = OpDef(
+    name="window_attention", group="attention",
+    attrs=(_HEADS, Attr("window", "ints", 7, doc="window size (int or [h, w])"),
+           Attr("shift", "ints", 0, doc="cyclic shift (Swin's shifted windows); 0 <= shift < window"),
+           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, Attr("proj_dropout", "float", 0.0, doc="dropout on the output")),
+    infer=_window_infer, params=_window_params, cost=_window_cost,
+    doc="Swin (shifted) window attention on channels-last [N, H, W, C], exactly torchvision's "
+        "ShiftedWindowAttention: zero-pad H, W to multiples of the window, cyclic shift with the "
+        "shifted-window mask (no shift along a side the window covers), relative position bias table "
+        "[(2wh-1)(2ww-1), heads].",
+    example="window_attention(heads=3, window=7, shift=3)",
+    shape_rule="[N, H, W, C] -> [N, H, W, C]; heads divides C",
+)
+
+
+# ---- CvT convolutional attention ------------------------------------------------------------------
+def conv_out(size, k: int, stride: int):
+    """Spatial size after a conv with padding k // 2 (CvT's projections)."""
+    pad = k // 2
+    if isinstance(size, int):
+        return (size + 2 * pad - k) // stride + 1
+    return dim_add(dim_floordiv(dim_add(size, 2 * pad - k), stride), 1)
+
+
+def _dw_bn(prefix: str, c: int, k: int) -> dict[str, ParamSpec]:
+    return {
+        f"{prefix}.conv.weight": ParamSpec((c, 1, k, k), linear_init(k * k)),
+        f"{prefix}.bn.weight": ParamSpec((c,), Init("ones")),
+        f"{prefix}.bn.bias": ParamSpec((c,), Init("zeros")),
+        f"{prefix}.bn.running_mean": ParamSpec((c,), Init("zeros"), buffer=True),
+        f"{prefix}.bn.running_var": ParamSpec((c,), Init("ones"), buffer=True),
+        f"{prefix}.bn.num_batches_tracked": ParamSpec((), Init("zeros"), dtype="i64", buffer=True),
+    }
+
+
+def _conv_attn_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    op, x = "conv_attention", ins[0]
+    expect_rank(op, x, 4, what="token map [N, C, H, W]")
+    c = _static(op, x, 1, "channel count")
+    check_heads(op, c, attrs["heads"])
+    k, sq, skv = attrs["k"], attrs["stride_q"], attrs["stride_kv"]
+    if k <= 0 or sq <= 0 or skv <= 0:
+        raise CDLTypeError(f"{op}: k and strides must be positive", got=f"k={k}, stride_q={sq}, stride_kv={skv}")
+    _check_dropout(op, attrs, "dropout")
+    _check_scale(op, attrs)
+    h, w = conv_out(x.shape[2], k, sq), conv_out(x.shape[3], k, sq)
+    for size in (conv_out(x.shape[2], k, skv), conv_out(x.shape[3], k, skv), h, w):
+        if isinstance(size, int) and size <= 0:
+            raise ShapeError(f"{op}: the token map is too small for k={k}", got=str(x))
+    return [x.with_shape((x.shape[0], c, h, w))]
+
+
+def _conv_attn_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c, k, b = ins[0].shape[1], attrs["k"], attrs["qkv_bias"]
+    p: dict[str, ParamSpec] = {}
+    for s in "qkv":
+        p.update(_dw_bn(f"conv_proj_{s}", c, k))
+    for s in "qkv":
+        p.update(_linear(f"proj_{s}", c, c, b))
+    p.update(_linear("proj", c, c, attrs["proj_bias"]))
+    return p
+
+
+def _conv_attn_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    n, c, h, w = ins[0].shape
+    k, skv = attrs["k"], attrs["stride_kv"]
+    lq = bind_dim(outs[0].shape[2]) * bind_dim(outs[0].shape[3])
+    lk = bind_dim(conv_out(h, k, skv)) * bind_dim(conv_out(w, k, skv))
+    nb = bind_dim(n)
+    dw = Cost(nb * (lq + 2 * lk) * c * k * k, 2 * nb * (lq + 2 * lk) * c * k * k + 4 * nb * (lq + 2 * lk) * c)
+    return (dw + _proj_cost(nb * lq, c, c, attrs["qkv_bias"]) + _proj_cost(nb * lk, c, 2 * c, attrs["qkv_bias"])
+            + attention_cost(n, lq, lk, c, attrs["heads"]) + _proj_cost(nb * lq, c, c, attrs["proj_bias"]))
+
+
+CONV_ATTENTION = OpDef(
+    name="conv_attention", group="attention",
+    attrs=(_HEADS, Attr("k", "int", 3, doc="depthwise projection kernel"),
+           Attr("stride_kv", "int", 2, doc="stride of the key/value projections (squeezes K, V)"),
+           Attr("stride_q", "int", 1, doc="stride of the query projection"),
+           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
+    infer=_conv_attn_infer, params=_conv_attn_params, cost=_conv_attn_cost,
+    doc="CvT convolutional attention on a token map [N, C, H, W]: q/k/v each from a depthwise conv "
+        "(padding k//2) + batchnorm, then a linear projection; multi-head attention; output projection. "
+        "Parameter names follow the CvT reference (conv_proj_q.conv/bn, proj_q, ..., proj). Note: CvT "
+        "scales logits by C**-0.5; pass scale= for that, the default is the head width's.",
+    example="conv_attention(heads=2, k=3, stride_kv=2)",
+    shape_rule="[N, C, H, W] -> [N, C, H', W'] (H' = H for stride_q=1); keys/values at stride_kv",
+)
+
+
+# ---- HaloNet blocked local attention ------------------------------------------------------------
+def _halo_normalize(attrs: dict, ins: list[TensorType]) -> dict:
+    expect_rank("halo_attention", ins[0], 4, what="image [N, C, H, W]")
+    if attrs["dim"] is None:
+        attrs["dim"] = _static("halo_attention", ins[0], 1, "channel count")
+    return attrs
+
+
+def _halo_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    op, x = "halo_attention", ins[0]
+    expect_rank(op, x, 4, what="image [N, C, H, W]")
+    _static(op, x, 1, "channel count")
+    dim, block, halo = attrs["dim"], attrs["block_size"], attrs["halo"]
+    check_heads(op, dim, attrs["heads"], "channels" if dim == x.shape[1] else "output channels (dim)")
+    if block <= 0 or halo < 0:
+        raise CDLTypeError(f"{op}: block_size must be positive and halo >= 0", got=f"block_size={block}, halo={halo}")
+    for size in x.shape[2:]:
+        if isinstance(size, int) and size % block:
+            raise ShapeError(f"{op}: spatial size {size} is not a multiple of block_size={block}", got=str(x),
+                             hint="pad the feature map or pick a block size that divides H and W")
+    return [x.with_shape((x.shape[0], dim, x.shape[2], x.shape[3]))]
+
+
+def _halo_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c, dim, heads = ins[0].shape[1], attrs["dim"], attrs["heads"]
+    win = attrs["block_size"] + 2 * attrs["halo"]
+    p = {"q.weight": ParamSpec((dim, c, 1, 1), linear_init(c))}
+    if attrs["qkv_bias"]:
+        p["q.bias"] = ParamSpec((dim,), linear_init(c))
+    p["kv.weight"] = ParamSpec((2 * dim, c, 1, 1), linear_init(c))
+    if attrs["qkv_bias"]:
+        p["kv.bias"] = ParamSpec((2 * dim,), linear_init(c))
+    rel = Init("trunc_normal", ((dim // heads) ** -0.5,))
+    p["pos_embed.height_rel"] = ParamSpec((2 * win - 1, dim // heads), rel)
+    p["pos_embed.width_rel"] = ParamSpec((2 * win - 1, dim // heads), rel)
+    return p
+
+
+def _halo_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    n, c, h, w = ins[0].shape
+    dim, block, win = attrs["dim"], attrs["block_size"], attrs["block_size"] + 2 * attrs["halo"]
+    pixels = bind_dim(n) * bind_dim(h) * bind_dim(w)
+    blocks = pixels // (block * block)
+    rel_macs = pixels * 2 * win * dim  # q . height_rel and q . width_rel
+    return (_proj_cost(pixels, c, 3 * dim, attrs["qkv_bias"]) + Cost(rel_macs, 2 * rel_macs)
+            + attention_cost(blocks, block * block, win * win, dim, attrs["heads"]))
+
+
+HALO = OpDef(
+    name="halo_attention", group="attention",
+    attrs=(_HEADS, Attr("block_size", "int", 8, doc="query block size (`block` is a CDL keyword); must divide H and W"),
+           Attr("halo", "int", 3, doc="extra context around each block (keys/values see block_size + 2*halo)"),
+           Attr("dim", "int", None, doc="output channels (default: input channels)"),
+           Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections")),
+    infer=_halo_infer, params=_halo_params, cost=_halo_cost, normalize=_halo_normalize,
+    doc="HaloNet blocked local self-attention on [N, C, H, W]: queries in block x block tiles attend to the "
+        "(block + 2*halo)^2 neighbourhood of their tile (zero-padded at borders), plus relative position logits "
+        "(height/width tables). Parameters as timm's HaloAttn (q, kv with per-head [k | v] channels, "
+        "pos_embed.height_rel/width_rel) when dim is a multiple of 8.",
+    example="halo_attention(heads=8, block_size=8, halo=3)",
+    shape_rule="[N, C, H, W] -> [N, dim, H, W]; block_size divides H and W",
+)
+
+
+# ---- tokens: patches, class token, positions ----------------------------------------------------
+def _patch_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    op, x = "patch_embed", ins[0]
+    expect_rank(op, x, 4, what="image [N, C, H, W]")
+    _static(op, x, 1, "channel count")
+    ph, pw = tuple_n(attrs["patch"], 2, "patch")
+    if ph <= 0 or pw <= 0 or attrs["dim"] <= 0:
+        raise CDLTypeError(f"{op}: dim and patch must be positive", got=f"dim={attrs['dim']}, patch={[ph, pw]}")
+    for size, p in ((x.shape[2], ph), (x.shape[3], pw)):
+        if isinstance(size, int) and size % p:
+            raise ShapeError(f"{op}: image size {size} is not a multiple of the patch size {p}", got=str(x),
+                             hint="pad or resize the image (torchvision's ViT requires divisibility too)")
+    L = dim_mul(dim_floordiv(x.shape[2], ph), dim_floordiv(x.shape[3], pw))
+    return [x.with_shape((x.shape[0], L, attrs["dim"]))]
+
+
+def _patch_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c, dim = ins[0].shape[1], attrs["dim"]
+    ph, pw = tuple_n(attrs["patch"], 2)
+    p = {"weight": ParamSpec((dim, c, ph, pw), linear_init(c * ph * pw))}
+    if attrs["bias"]:
+        p["bias"] = ParamSpec((dim,), linear_init(c * ph * pw))
+    return p
+
+
+def _patch_cost(attrs, ins, outs):
+    ph, pw = tuple_n(attrs["patch"], 2)
+    macs = outs[0].numel() * ins[0].shape[1] * ph * pw
+    return Cost(macs, 2 * macs + (outs[0].numel() if attrs["bias"] else 0))
+
+
+def _class_token_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    _tokens("class_token", x)
+    if attrs["tokens"] <= 0:
+        raise CDLTypeError("class_token: tokens must be positive", got=str(attrs["tokens"]))
+    return [x.with_shape((x.shape[0], dim_add(x.shape[1], attrs["tokens"]), x.shape[2]))]
+
+
+def _pos_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    c = _tokens("pos_embed", x)
+    if attrs["kind"] == "learned":
+        _static("pos_embed", x, 1, "sequence length for a learned table (kind=sinusoidal works for any L)")
+    elif c % 2:
+        raise ShapeError("pos_embed: a sinusoidal table needs an even channel count (sin/cos pairs)", got=str(x))
+    return [x]
+
+
+def _pos_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    if attrs["kind"] != "learned":
+        return {}
+    _, L, c = ins[0].shape
+    return {"pos_embedding": ParamSpec((1, L, c), Init("normal", (0.0, attrs["std"])))}
+
+
+def _layer_scale_shape(attrs: dict, x: TensorType) -> tuple[int, ...]:
+    if attrs["layout"] == "first":
+        expect_rank("layer_scale", x, *range(2, 9), what="[N, C, ...] input")
+        return (_static("layer_scale", x, 1, "channel count (dim 1, layout=first)"),) + (1,) * (x.rank - 2)
+    if x.rank < 1:
+        raise ShapeError("layer_scale needs at least one dimension", got=str(x))
+    return (_static("layer_scale", x, x.rank - 1, "channel count (last dim, layout=last)"),)
+
+
+def _layer_scale_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    _layer_scale_shape(attrs, ins[0])
+    return [ins[0]]
+
+
+def _drop_path_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    if not 0.0 <= attrs["p"] <= 1.0:
+        raise CDLTypeError("drop_path: p is a probability", expected="0 <= p <= 1", got=str(attrs["p"]))
+    if ins[0].rank < 1:
+        raise ShapeError("drop_path needs a batch dimension", got=str(ins[0]))
+    return [ins[0]]
+
+
+def select_dim(attrs: dict, x: TensorType) -> int:
+    d = attrs["dim"]
+    if not -x.rank <= d < x.rank:
+        raise ShapeError(f"select: dim {d} is out of range for a rank-{x.rank} input",
+                         expected=f"dim in [{-x.rank}, {x.rank - 1}]", got=str(d))
+    return d % x.rank
+
+
+def _select_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    d = select_dim(attrs, x)
+    size, i = x.shape[d], attrs["index"]
+    if isinstance(size, int) and not -size <= i < size:
+        raise ShapeError(f"select: index {i} is out of range for size {size} of dim {d}",
+                         expected=f"index in [{-size}, {size - 1}]", got=str(x))
+    return [x.with_shape(x.shape[:d] + x.shape[d + 1:])]
+
+
+PATCH_EMBED = OpDef(
+    name="patch_embed", group="attention",
+    attrs=(Attr("dim", "int", doc="embedding width"), Attr("patch", "ints", 16, doc="patch size (int or [h, w])"),
+           Attr("bias", "bool", True)),
+    infer=_patch_infer, params=_patch_params, cost=_patch_cost,
+    doc="non-overlapping patches -> tokens: a conv with kernel = stride = patch, then flatten(2) and "
+        "transpose(1, 2). Parameters `weight`, `bias` (a Conv2d's): name the node conv_proj to get "
+        "torchvision ViT's keys.",
+    example="patch_embed(768, 16) as conv_proj",
+    shape_rule="[N, C, H, W] -> [N, (H/p)*(W/p), dim]",
+)
+
+CLASS_TOKEN = OpDef(
+    name="class_token", group="attention",
+    attrs=(Attr("tokens", "int", 1, doc="how many learned tokens to prepend"),),
+    infer=_class_token_infer, cost=zero_cost,
+    params=lambda a, ins: {"class_token": ParamSpec((1, a["tokens"], ins[0].shape[2]), Init("zeros"))},
+    doc="prepends a learned token (parameter `class_token` [1, 1, C], zero-initialized as in torchvision's "
+        "ViT) to every sequence.",
+    example="class_token",
+    shape_rule="[N, L, C] -> [N, L+tokens, C]",
+)
+
+POS_EMBED = OpDef(
+    name="pos_embed", group="attention",
+    attrs=(Attr("kind", "sym", "learned", choices=("learned", "sinusoidal")),
+           Attr("std", "float", 0.02, doc="init std of a learned table (torchvision ViT: 0.02)")),
+    infer=_pos_infer, params=_pos_params,
+    doc="adds position embeddings to tokens: learned (parameter `pos_embedding` [1, L, C], like "
+        "torchvision ViT's encoder.pos_embedding) or the fixed sin/cos table of 'Attention Is All You Need' "
+        "(computed in forward, no state).",
+    example="pos_embed(learned)",
+    shape_rule="out = in",
+)
+
+LAYER_SCALE = OpDef(
+    name="layer_scale", group="attention",
+    attrs=(Attr("init", "float", 1e-6, doc="initial value of every scale"),
+           Attr("layout", "sym", "last", choices=("last", "first"),
+                doc="last: channels last, gamma [C]; first: [N, C, ...], gamma [C, 1, ...] (ConvNeXt)")),
+    infer=_layer_scale_infer,
+    params=lambda a, ins: {"layer_scale": ParamSpec(_layer_scale_shape(a, ins[0]), Init("const", (a["init"],)))},
+    doc="per-channel learned scale (CaiT/ConvNeXt); parameter `layer_scale`, [C] or [C, 1, 1] as in "
+        "torchvision's ConvNeXt block.",
+    example="layer_scale(1e-6, layout=first)",
+    shape_rule="out = in",
+)
+
+DROP_PATH = OpDef(
+    name="drop_path", group="regularization",
+    attrs=(Attr("p", "float", doc="probability of dropping the whole residual branch"),
+           Attr("mode", "sym", "row", choices=("row", "batch"))),
+    infer=_drop_path_infer, cost=zero_cost,
+    doc="stochastic depth (torchvision.ops.StochasticDepth): while training, zero each sample (row) or the "
+        "whole batch with probability p and scale survivors by 1/(1-p); identity at inference.",
+    example="drop_path(0.1)",
+    shape_rule="out = in",
+)
+
+SELECT = OpDef(
+    name="select", group="shape",
+    attrs=(Attr("index", "int", doc="position to take (negative counts from the end)"), Attr("dim", "int", 1)),
+    infer=_select_infer, cost=zero_cost,
+    doc="takes one slice along dim and drops that dim, e.g. the class token: x[:, 0].",
+    example="select(0)",
+    shape_rule="[N, L, C] -> [N, C] (dim removed)",
+)
+
+
+OPS = [MHSA, CROSS, WINDOW, CONV_ATTENTION, HALO, PATCH_EMBED, CLASS_TOKEN, POS_EMBED, LAYER_SCALE, DROP_PATH, SELECT]
