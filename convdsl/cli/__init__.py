@@ -4,7 +4,7 @@ Every ``ConvDSLError`` is printed as a compiler diagnostic (file:line:col,
 caret, expected/got, hint) and turned into its exit code; no traceback is
 shown for user mistakes.
 """
-from . import build, inspect  # noqa: F401  (each module adds its commands to `main`)
+from . import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
 from .common import main
 
 __all__ = ["main"]

@@ -1,0 +1,11 @@
+"""Training and evaluation on real data that needs no download (design section 8).
+
+``load_dataset`` gives a split classification dataset (``digits``, ``mnist1d``, a .npz file);
+``train`` fits a graph on it with the torch backend and writes the weights back into the graph;
+``evaluate`` reports the accuracy of the graph's current weights.
+"""
+from .data import BUILTIN, DataError, Dataset, check_fits, load_dataset
+from .trainer import OPTIMIZERS, EpochStats, TrainResult, evaluate, train
+
+__all__ = ["BUILTIN", "DataError", "Dataset", "check_fits", "load_dataset", "OPTIMIZERS", "EpochStats",
+           "TrainResult", "evaluate", "train"]
