@@ -26,6 +26,11 @@ EXPECTED: dict[str, tuple[dict[str, int], tuple[int, ...]]] = {
     "deeplab_aspp": ({"N": BATCH}, (BATCH, 21, 224, 224)),
     "digits_cnn": ({"N": BATCH}, (BATCH, 10)),
     "digits_mobilenet": ({"N": BATCH}, (BATCH, 10)),
+    "mobilenet_v3_large": ({"N": BATCH}, (BATCH, 1000)),
+    "efficientnet_b0": ({"N": BATCH}, (BATCH, 1000)),
+    "convnext_tiny": ({"N": BATCH}, (BATCH, 1000)),
+    "vit_b_16": ({"N": BATCH}, (BATCH, 1000)),
+    "swin_t": ({"N": BATCH}, (BATCH, 1000)),
 }
 
 # known failures of the static shape check, with the reason (strict: they must flip when fixed)
