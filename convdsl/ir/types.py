@@ -8,6 +8,7 @@ texts are equal.  Concrete sizes are obtained with ``bind``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -186,7 +187,21 @@ def _lin_mul(a: _Lin, b: _Lin) -> _Lin:
         return {k: v * ca for k, v in b.items() if v * ca != 0 or k == ""}
     if cb is not None:
         return {k: v * cb for k, v in a.items() if v * cb != 0 or k == ""}
+    fa, fb = _monomial(a), _monomial(b)
+    if fa is not None and fb is not None:  # c1*N * c2*L -> (c1*c2)*L*N, factors sorted
+        return {"*".join(sorted(fa[1] + fb[1])): fa[0] * fb[0], "": 0}
     return {f"({_text(a)})*({_text(b)})": 1, "": 0}
+
+
+_FACTORS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\*[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _monomial(x: _Lin) -> tuple[int, list[str]] | None:
+    """coef * a product of plain symbols, if x is one."""
+    terms = [(k, v) for k, v in x.items() if k and v]
+    if len(terms) != 1 or x.get("", 0) != 0 or not _FACTORS.fullmatch(terms[0][0]):
+        return None
+    return terms[0][1], terms[0][0].split("*")
 
 
 def _lin_floordiv(a: _Lin, b: _Lin) -> _Lin:
