@@ -17,13 +17,24 @@ def check(file, network, sets, choose, bind, max_memory, seed):
     """Parse, elaborate and shape-check FILE; print inputs, outputs, params, FLOPs."""
     from ..ir.stats import layer_stats, summary
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=False)
+    from ..errors import ChoiceError
+
+    space = None
+    try:
+        g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    except ChoiceError:
+        # a search space: check it with the first option of every open choice
+        g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
+        space = [k for k in g.meta.get("choices", []) if k not in dict(c.split("=", 1) for c in choose)]
     s = summary(g, None)
     click.echo(f"{file}: network {g.name} OK")
+    if space:
+        click.echo(f"  search space: {len(space)} open choice(s) ({', '.join(space[:8])}{', ...' if len(space) > 8 else ''});"
+                   " checked with the first option of each")
     for i in s["inputs"]:
-        click.echo(f"  input  {i['name']}: {i['dtype']}[{', '.join(map(str, i['shape']))}]")
+        click.echo(f"  input  {i['name']}: {i['dtype']}[{', '.join(map(str, i['symbolic_shape']))}]")
     for o in s["outputs"]:
-        click.echo(f"  output {o['name']}: {o['dtype']}[{', '.join(map(str, o['shape']))}]")
+        click.echo(f"  output {o['name']}: {o['dtype']}[{', '.join(map(str, o['symbolic_shape']))}]")
     click.echo(f"  {len(layer_stats(g))} ops, {s['params']:,} params, {s['macs']:,} MACs, {s['flops']:,} FLOPs"
                f" (at {', '.join(f'{k}={v}' for k, v in g.symbols.items()) or 'static shapes'})")
 
