@@ -39,8 +39,8 @@ def source_line(file: str, line: int) -> str | None:
     text = _SOURCES.get(file)
     if text is None:
         return None
-    lines = text.splitlines()
-    return lines[line - 1] if 0 < line <= len(lines) else None
+    lines = text.split("\n")  # the lexer counts '\n' only; splitlines() also splits at \f, \v, \x1c...
+    return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else None
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -91,12 +91,15 @@ class ConvDSLError(Exception):
             text = source_line(self.span.file, self.span.line)
             if text is not None:
                 gutter = f"{self.span.line:>4} | "
+                column = self.span.column or 1
                 out.append(gutter + text.rstrip("\n"))
                 width = 1
                 if self.span.end_line == self.span.line and self.span.end_column:
-                    width = max(1, self.span.end_column - self.span.column)
-                width = min(width, max(1, len(text) - self.span.column + 1))
-                out.append(" " * (len(gutter) + self.span.column - 1) + "^" * width)
+                    width = max(1, self.span.end_column - column)
+                width = min(width, max(1, len(text) - column + 1))
+                pad = "".join(c if c == "\t" else " " for c in text[: column - 1])  # keep tabs aligned
+                pad += " " * (column - 1 - len(pad))
+                out.append(" " * len(gutter) + pad + "^" * width)
         if self.expected is not None:
             out.append(f"  expected: {self.expected}")
         if self.got is not None:

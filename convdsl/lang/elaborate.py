@@ -29,6 +29,10 @@ DEFAULT_MAX_BYTES = 16 * 1024**3  # one tensor, or all parameters together
 MAX_BLOCK_DEPTH = 64
 MAX_LOOP_ITERATIONS = 1_000_000
 MAX_NODES = 1_000_000
+MAX_STEPS = 100_000  # loop iterations plus block/def calls over the whole elaboration (bounds time)
+MAX_INT_BITS = 4096  # hyper-parameter integers beyond 2**4096 are refused
+MAX_SEQ_LEN = MAX_LOOP_ITERATIONS  # longest list or string built at elaboration time
+MAX_SOURCE = 4 * 1024 * 1024  # bytes of one imported file
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 
 
@@ -75,16 +79,18 @@ class Options:
 class Elaborator:
     def __init__(self, options: Options | None = None, loader: Callable[[str], str] | None = None) -> None:
         self.opts = options or Options()
-        self.loader = loader or (lambda p: Path(p).read_text())
+        self.loader = loader or _read_source
         self.graph = Graph()
         self.depth = 0
         self.call_stack: list[tuple[str, Span | None]] = []
         self.counters: dict[str, dict[str, int]] = {}
         self.used_scopes: set[str] = set()
+        self.node_prefixes: set[str] = set()  # "a" and "a.b" for node "a.b.c": names an op node may not take
         self.param_bytes = 0
         self.modules: dict[str, Module] = {}
         self.importing: list[str] = []
         self.choices_seen: dict[str, ast.Choice] = {}
+        self.steps = 0
 
     # ---- modules and imports ----------------------------------------------
     def load_module(self, program: ast.Program, path: str) -> Module:
@@ -130,6 +136,9 @@ class Elaborator:
             except OSError as e:
                 raise CDLNameError(f"cannot import {item.path!r}: {e.strerror or e}", item.span,
                                    hint=f"paths are relative to {base}") from None
+            except UnicodeDecodeError:
+                raise CDLNameError(f"cannot import {item.path!r}: not UTF-8 text", item.span,
+                                   expected="a .cdl source file") from None
             self.load_module(parse(text, key), key)
         imported = self.modules[key]
         if item.alias:
@@ -146,6 +155,7 @@ class Elaborator:
         g.source_file = mod.path
         frame = Frame(mod, {}, [], net.name)
         known = {p.name for p in net.params}
+        _check_unique(net.params, f"network {net.name}")
         for k in self.opts.overrides:
             if k not in known:
                 raise UsageError(f"network {net.name} has no parameter '{k}'",
@@ -154,6 +164,9 @@ class Elaborator:
             if isinstance(p, ast.InputParam):
                 t = TensorType(tuple(p.dims), p.dtype)
                 self._check_size(t, p.span, "input")
+                if p.name in g:
+                    raise CDLNameError(f"input name '{p.name}' is already used by a node", p.span,
+                                       hint="declare the inputs before parameters whose defaults use layers")
                 nid = g.add_node(p.name, "input", [], {"name": p.name}, [t], span=p.span)
                 frame.locals[p.name] = Tensor(Value(nid), t)
                 for d in p.dims:
@@ -206,6 +219,7 @@ class Elaborator:
             if len(seq) > MAX_LOOP_ITERATIONS:
                 raise ResourceError(f"loop of {len(seq):,} iterations", stmt.iter.span)
             for item in seq:
+                self._step(stmt.iter.span)
                 self.assign(stmt.targets, item, frame, stmt.span)
                 self.exec_block(stmt.body, frame)
         elif isinstance(stmt, ast.Repeat):
@@ -216,6 +230,7 @@ class Elaborator:
             if n > MAX_LOOP_ITERATIONS:
                 raise ResourceError(f"repeat of {n:,} iterations", stmt.count.span)
             for _ in range(n):
+                self._step(stmt.count.span)
                 self.exec_block(stmt.body, frame)
         elif isinstance(stmt, ast.If):
             for cond, body in stmt.branches:
@@ -226,7 +241,8 @@ class Elaborator:
                 self.exec_block(stmt.orelse, frame)
         elif isinstance(stmt, ast.Assert):
             if not self.truth(self.eval(stmt.cond, frame), stmt.cond):
-                raise CDLTypeError(stmt.message or "assertion failed", stmt.span)
+                raise CDLTypeError(stmt.message or "assertion failed", stmt.cond.span or stmt.span,
+                                   hint=None if stmt.message else 'say why: assert cond, "message"')
         else:  # pragma: no cover - grammar has no other statements
             raise CDLTypeError(f"unknown statement {type(stmt).__name__}", getattr(stmt, "span", None))
 
@@ -299,7 +315,11 @@ class Elaborator:
         pool: list[str] = list(OPS) + list(BUILTINS)
         if frame is not None:
             pool += list(frame.locals) + list(frame.module.names)
-        return CDLNameError(f"unknown name '{name}'", span, hint=did_you_mean(name, pool))
+        hint = did_you_mean(name, pool)
+        if hint is None and frame is not None and frame.locals:
+            local = sorted(frame.locals)
+            hint = "names defined here: " + ", ".join(local[:8]) + (", ..." if len(local) > 8 else "")
+        return CDLNameError(f"unknown name '{name}'", span, hint=hint)
 
     def _need(self, v: Any, frame: Frame, span: Span | None) -> Any:
         """Reject unbound bare words wherever a real value is required."""
@@ -396,7 +416,9 @@ class Elaborator:
 
     def eval_IfExp(self, e: ast.IfExp, frame: Frame, label: str | None = None) -> Any:
         branch = e.then if self.truth(self.eval(e.cond, frame), e.cond) else e.orelse
-        return self.eval(branch, frame, label)
+        if label is None:
+            return self.eval(branch, frame)
+        return self._eval_named(branch, frame, label, e.span)
 
     def eval_Pow(self, e: ast.Pow, frame: Frame) -> Any:
         a = self._need(self.eval(e.base, frame), frame, e.base.span)
@@ -406,9 +428,13 @@ class Elaborator:
         if _is_int(b) and b > 4096 or abs(a) > 1e6 and b > 64:
             raise ResourceError("exponent too large", e.exp.span)
         try:
-            return a**b
+            r = a**b
         except (OverflowError, ZeroDivisionError) as ex:
             raise CDLTypeError(f"'**' failed: {ex}", e.span) from None
+        if isinstance(r, complex):
+            raise CDLTypeError("'**' of a negative number to a fractional power", e.span,
+                               got=f"{_fmt(a)} ** {_fmt(b)}", hint="the result would be complex")
+        return _check_number(r, e.span)
 
     def eval_Arith(self, e: ast.Arith, frame: Frame) -> Any:
         acc = self._need(self.eval(e.first, frame), frame, e.first.span)
@@ -439,8 +465,12 @@ class Elaborator:
                 raise CDLTypeError(f"'{op}' is not defined for tensors", span, hint="tensors support + - * / @")
             return self.apply_op(OPS[opname], [a, b], {}, None, span, frame)
         if op == "+" and isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) + len(b) > MAX_SEQ_LEN:
+                raise ResourceError("list too long", span)
             return list(a) + list(b)
         if op == "+" and isinstance(a, str) and isinstance(b, str):
+            if len(a) + len(b) > MAX_SEQ_LEN:
+                raise ResourceError("string too long", span)
             return a + b
         if op == "*" and isinstance(a, (list, tuple)) and _is_int(b):
             if len(a) * b > MAX_LOOP_ITERATIONS:
@@ -450,11 +480,11 @@ class Elaborator:
             raise CDLTypeError(f"'{op}' needs numbers", span, got=f"{describe(a)} and {describe(b)}")
         try:
             if op == "+":
-                return a + b
+                return _check_number(a + b, span)
             if op == "-":
-                return a - b
+                return _check_number(a - b, span)
             if op == "*":
-                return a * b
+                return _check_number(a * b, span)
             if op == "/":
                 return a / b
             if op == "//":
@@ -463,6 +493,8 @@ class Elaborator:
                 return a % b
         except ZeroDivisionError:
             raise CDLTypeError("division by zero", rspan) from None
+        except OverflowError:
+            raise ResourceError(f"'{op}' overflows: the numbers are too large", span) from None
         raise CDLTypeError(f"'{op}' is not defined for numbers", span, hint="'@' multiplies tensors")
 
     # ---- layers, calls and pipes -------------------------------------------------------
@@ -470,12 +502,15 @@ class Elaborator:
         label = self.label_text(e.label, frame)
         if outer:
             label = f"{outer}.{label}"
-        inner = e.expr
+        return self._eval_named(e.expr, frame, label, e.label.span)
+
+    def _eval_named(self, inner: ast.Expr, frame: Frame, label: str, span: Span | None) -> Any:
+        """``inner as label``: calls and layers take the name; any other
+        expression is elaborated inside a scope called ``label``."""
         if isinstance(inner, (ast.Call, ast.Name, ast.Labeled, ast.IfExp)):
             return self.eval(inner, frame, label)
-        # any other expression: elaborate it inside a scope called `label`
         frame.scope.append(label)
-        self._claim_scope(frame, e.label.span)
+        self._claim_scope(frame, span)
         try:
             v = self.eval(inner, frame)
         finally:
@@ -520,6 +555,9 @@ class Elaborator:
                 raise err.with_span(e.span)
             except TypeError as err:
                 raise CDLTypeError(f"bad arguments to {func.name}(): {err}", e.span, hint=func.usage) from None
+            except (ValueError, ArithmeticError) as err:  # min([]), int(inf), make_divisible(v, 0) ...
+                raise CDLTypeError(f"{func.name}() cannot take these values: {err}", e.span,
+                                   got=", ".join(describe(a) for a in args), hint=func.usage) from None
         if isinstance(func, FuncRef):
             return self.call_func(func, args, kwargs, e, frame)
         if not isinstance(func, (OpLayer, BlockLayer, SeqLayer)):
@@ -556,10 +594,18 @@ class Elaborator:
             raise CDLTypeError(f"{layer.op.name} takes at most {len(layer.op.attrs)} hyper-parameters", span,
                                got=f"{len(layer.args)}")
 
+    def _check_bare_words(self, layer: OpLayer, frame: Frame) -> None:
+        """A bare word given to a hyper-parameter that takes no words (``conv2d(widht)``)
+        is a misspelled name, not a bad value: say so, where it was written."""
+        given = list(zip(layer.op.attrs, layer.args)) + [(layer.op.attr(k), v) for k, v in layer.kwargs]
+        for attr, v in given:
+            if isinstance(v, Symbol) and attr is not None and not {"sym", "any"} & set(attr.kind.split("|")):
+                raise self.unknown_name(v.name, v.span or layer.span, frame)
+
     def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame) -> Any:
-        local = self.bind_params(func.func.params, args, kwargs, func.module, func.func.name, e.span)
         self._enter(func.func.name, e.span)
         try:
+            local = self.bind_params(func.func.params, args, kwargs, func.module, func.func.name, e.span)
             return self.eval(func.func.body, Frame(func.module, local, frame.scope, frame.block))
         finally:
             self._leave()
@@ -593,6 +639,7 @@ class Elaborator:
 
     def apply(self, layer: Layer, inputs: list[Tensor], span: Span | None, frame: Frame) -> Any:
         if isinstance(layer, OpLayer):
+            self._check_bare_words(layer, frame)
             try:
                 attrs = bind_attrs(layer.op, list(layer.args), dict(layer.kwargs))
             except ConvDSLError as err:
@@ -617,7 +664,9 @@ class Elaborator:
         n_in = 1 if block.inputs is None else len(block.inputs)
         if len(inputs) != n_in:
             raise CDLTypeError(f"block {block.name} takes {n_in} input tensor(s), got {len(inputs)}", span,
-                               notes=[f"{block.name} is defined at {block.span}"])
+                               expected=f"{n_in} ({', '.join(block.inputs)})" if block.inputs else f"{n_in}",
+                               got=f"{len(inputs)}", notes=[f"{block.name} is defined at {block.span}"],
+                               hint=f"pass them all: {block.name}({', '.join(block.inputs)})" if block.inputs else None)
         local = self.bind_params(block.params, list(layer.args), dict(layer.kwargs), layer.module, block.name,
                                  layer.span or span)
         name = layer.label or self.auto_name(frame, block.name)
@@ -652,6 +701,7 @@ class Elaborator:
         if len(args) > len(params):
             raise CDLTypeError(f"{what} takes at most {len(params)} hyper-parameters, got {len(args)}", span,
                                expected=", ".join(p.name for p in params) or "none")
+        _check_unique(params, what)
         names = [p.name for p in params]
         for k in kwargs:
             if k not in names:
@@ -673,7 +723,14 @@ class Elaborator:
                                    got="no value for " + p.name)
         return local
 
+    def _step(self, span: Span | None) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise ResourceError(f"elaboration takes more than {MAX_STEPS:,} steps (loop iterations and calls)", span,
+                                hint="loops or recursive calls multiply; shrink the counts")
+
     def _enter(self, name: str, span: Span | None) -> None:
+        self._step(span)
         self.depth += 1
         self.call_stack.append((name, span))
         if self.depth > MAX_BLOCK_DEPTH:
@@ -694,14 +751,27 @@ class Elaborator:
             name = base if n == 0 else f"{base}_{n}"
             n += 1
             full = f"{key}.{name}" if key else name
-            if full not in self.graph and full not in self.used_scopes:
+            if full not in self.graph and full not in self.used_scopes and full not in self.node_prefixes:
                 counts[base] = n
                 return name
+
+    def _node_above(self, path: str) -> str | None:
+        """An op node whose name is a proper dotted prefix of ``path`` (an op cannot also be a scope)."""
+        parts = path.split(".")
+        for i in range(1, len(parts)):
+            p = ".".join(parts[:i])
+            if p in self.graph:
+                return p
+        return None
 
     def _claim_scope(self, frame: Frame, span: Span | None) -> None:
         path = ".".join(frame.scope)
         if path in self.graph:
             raise CDLNameError(f"instance name '{path}' is already used", span, hint="give this instance another name with 'as'")
+        above = self._node_above(path)
+        if above is not None:
+            raise CDLNameError(f"instance name '{path}' is inside '{above}', which is an op or input, not a block",
+                               span, hint="give this instance another name with 'as'")
         self.used_scopes.add(path)
 
     # ---- ops --------------------------------------------------------------------
@@ -741,11 +811,19 @@ class Elaborator:
         nid = ".".join(frame.scope + [name])
         if nid in self.graph or (label and nid in self.used_scopes):
             raise CDLNameError(f"instance name '{nid}' is already used", span, hint="each 'as' name must be unique in its block")
+        above = self._node_above(nid)
+        if nid in self.node_prefixes or above is not None:
+            # an op instance is a leaf: "a" and "a.b" cannot both be ops (their state_dict keys would nest)
+            other = above or next(n for n in self.graph.g if n.startswith(nid + "."))
+            raise CDLNameError(f"instance name '{nid}' clashes with '{other}'", span,
+                               hint="an op cannot also be a scope of other instances; rename one of them with 'as'")
         params = {local: f"{nid}.{local}" for local in specs}
         self.graph.add_node(nid, op.name, [t.value for t in inputs], attrs, out_types, params=params, span=span,
                             scope=".".join(frame.scope), block=frame.block)
         for local, spec in specs.items():
             self.graph.params.declare(params[local], spec)
+        parts = nid.split(".")
+        self.node_prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
         outs = tuple(Tensor(Value(nid, i), t) for i, t in enumerate(out_types))
         return outs[0] if len(outs) == 1 else outs
 
@@ -765,6 +843,33 @@ def _gib(n: int) -> str:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_number(v: Any, span: Span | None) -> Any:
+    """Refuse integers so large that printing or multiplying them is the cost."""
+    if _is_int(v) and v.bit_length() > MAX_INT_BITS:
+        raise ResourceError(f"integer too large (over 2**{MAX_INT_BITS})", span,
+                            hint="hyper-parameters are sizes and counts; check the arithmetic")
+    return v
+
+
+def _check_unique(params: list, what: str) -> None:
+    seen: set[str] = set()
+    for p in params:
+        if p.name in seen:
+            raise CDLNameError(f"{what}: parameter '{p.name}' is declared twice", p.span,
+                               hint="give each parameter and input its own name")
+        seen.add(p.name)
+
+
+def _read_source(path: str) -> str:
+    """The default import loader: a regular UTF-8 file of bounded size (never a device or a pipe)."""
+    p = Path(path)
+    if not p.is_file():
+        raise OSError(f"{'a directory' if p.is_dir() else 'no such file' if not p.exists() else 'not a regular file'}")
+    if p.stat().st_size > MAX_SOURCE:
+        raise OSError(f"larger than {MAX_SOURCE // 1024 // 1024} MiB")
+    return p.read_text(encoding="utf-8")
 
 
 def _is_num(v: Any) -> bool:
@@ -812,9 +917,15 @@ def _dim(el, e, x, i):
 def _range(el, e, *a):
     if not all(_is_int(x) for x in a) or not 1 <= len(a) <= 3:
         raise CDLTypeError("range() takes 1 to 3 integers", got=", ".join(describe(x) for x in a))
+    if len(a) == 3 and a[2] == 0:
+        raise CDLTypeError("range() step must not be zero", got="0")
     r = range(*a)
-    if len(r) > MAX_LOOP_ITERATIONS:
-        raise ResourceError(f"range of {len(r):,} items")
+    try:
+        n = len(r)
+    except OverflowError:  # more items than a machine word counts
+        n = MAX_LOOP_ITERATIONS + 1
+    if n > MAX_LOOP_ITERATIONS:
+        raise ResourceError(f"range of more than {MAX_LOOP_ITERATIONS:,} items")
     return list(r)
 
 
@@ -877,7 +988,10 @@ def load_program(text: str, file: str = "<string>", options: Options | None = No
     el = Elaborator(options, loader)
     path = file if file.startswith("<") else str(Path(file).resolve())
     program = parse(text, file)
-    mod = el.load_module(program, path)
+    try:
+        mod = el.load_module(program, path)
+    except RecursionError:
+        raise ResourceError("program nests too deeply to elaborate", Span(file, 1, 1)) from None
     return el, mod
 
 

@@ -19,10 +19,13 @@ from . import ast
 
 MAX_NESTING = 64  # brackets deeper than this are refused before parsing
 MAX_SOURCE = 4 * 1024 * 1024  # bytes
+MAX_INT_DIGITS = 1000  # longer integer literals are refused (Python refuses str<->int past 4300)
 
 # tokens after which a newline never ends a statement
 _CONTINUE_AFTER = {"LPAR", "LSQB", "LBRACE", "COMMA", "VBAR", "EQUAL", "ADDOP", "MULOP", "COMPOP", "COLON",
                    "MORETHAN", "LESSTHAN", "AND", "OR", "NOT", "IF", "ELSE", "IN", "AS", "RETURN", "_NL", "__ANY"}
+# tokens that end an operand: a '-' after one of them subtracts
+_OPERAND_END = {"NAME", "INT", "FLOAT", "STRING", "RPAR", "RSQB", "TRUE", "FALSE", "NONE"}
 # tokens before which a newline is dropped (the line continues the previous one)
 _CONTINUE_BEFORE = {"VBAR", "ELSE", "ELIF", "RBRACE"}
 
@@ -42,15 +45,45 @@ class _Postlexer:
 
     def __init__(self, file: str) -> None:
         self.file = file
+        self.pow_type = "__ANON_0"  # lark's name for the "**" terminal; set by _lark()
+        self.open: list[Token] = []  # '(' and '[' not yet closed, for the hint of a syntax error
+
+    def _merge_pow(self, stream: Iterator[Token]) -> Iterator[Token]:
+        """Join two adjacent '*' into '**'.  The basic lexer tries MULOP's
+        alternatives before the longer "**" literal, so ``2**3`` arrives as
+        two MULOP tokens."""
+        star: Token | None = None
+        for tok in stream:
+            if star is not None:
+                if tok.type == "MULOP" and tok == "*" and tok.start_pos == star.end_pos:
+                    yield Token(self.pow_type, "**", star.start_pos, star.line, star.column,
+                                tok.end_line, tok.end_column, tok.end_pos)
+                    star = None
+                    continue
+                yield star
+                star = None
+            if tok.type == "MULOP" and tok == "*":
+                star = tok
+                continue
+            yield tok
+        if star is not None:
+            yield star
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        stream = self._merge_pow(stream)
+        self.open = []
         depth = 0
         prev: Token | None = None
         pending: Token | None = None  # a newline waiting to see the next token
         for tok in stream:
             t = tok.type
+            if t == "MINUS" and pending is None and prev is not None and prev.type in _OPERAND_END:
+                # lark types every '-' as the unary MINUS (the string literal wins over ADDOP's
+                # regexp); after an operand it is the binary operator
+                tok = Token.new_borrow_pos("ADDOP", "-", tok)
+                t = "ADDOP"
             if t == "_NL":
-                if depth > 0 or prev is None or prev.type in _CONTINUE_AFTER:
+                if depth > 0 or prev is None or prev.type in _CONTINUE_AFTER or prev.type == self.pow_type:
                     continue
                 pending = pending or tok
                 continue
@@ -63,8 +96,13 @@ class _Postlexer:
                 pending = None
             if t == "RBRACE" and prev is not None and prev.type not in ("_NL", "LBRACE"):
                 yield Token.new_borrow_pos("_NL", "\n", tok)
+            if t == "INT" and len(tok) > MAX_INT_DIGITS:
+                raise ResourceError(f"integer literal of {len(tok):,} digits", Span(self.file, tok.line, tok.column),
+                                    expected=f"at most {MAX_INT_DIGITS} digits")
             if t in ("LPAR", "LSQB", "LBRACE"):
-                depth += 1 if t != "LBRACE" else 0
+                if t != "LBRACE":
+                    depth += 1
+                    self.open.append(tok)
                 if depth > MAX_NESTING:
                     raise ResourceError(
                         f"brackets nested more than {MAX_NESTING} deep",
@@ -73,6 +111,8 @@ class _Postlexer:
                     )
             elif t in ("RPAR", "RSQB"):
                 depth = max(0, depth - 1)
+                if self.open:
+                    self.open.pop()
             yield tok
             prev = tok
         if prev is not None and prev.type != "_NL":
@@ -85,7 +125,7 @@ def grammar_text() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _lark() -> Lark:
-    return Lark(
+    parser = Lark(
         grammar_text(),
         parser="lalr",
         lexer="basic",
@@ -94,6 +134,9 @@ def _lark() -> Lark:
         postlex=_Postlexer("<cdl>"),
         cache=True,
     )
+    parser.options.postlex.pow_type = next(  # type: ignore[union-attr]
+        t.name for t in parser.terminals if t.pattern.value == "**")
+    return parser
 
 
 def _expected(tokens: set[str] | frozenset[str]) -> str:
@@ -113,17 +156,22 @@ def _parse_tree(text: str, file: str):
         ch = text[e.pos_in_stream] if e.pos_in_stream is not None and e.pos_in_stream < len(text) else "?"
         hint = "strings use double quotes" if ch == "'" else "comments start with '#'" if ch in "/;" else None
         raise CDLSyntaxError(f"unexpected character {ch!r}", Span(file, e.line, e.column),
-                             expected=_expected(e.allowed or set()) or None, hint=hint) from None
+                             expected="names, numbers, \"strings\", operators, brackets or # comments",
+                             got=repr(ch), hint=hint) from None
     except UnexpectedToken as e:
         tok = e.token
         got = "end of line" if tok.type == "_NL" else "end of file" if tok.type == "$END" else repr(str(tok))
         hint = _token_hint(e)
         line = tok.line if tok.line is not None else 1
         col = tok.column if tok.column is not None else 1
+        opened = parser.options.postlex.open  # type: ignore[union-attr]
+        if hint is None and opened and opened[-1].line != line:
+            b = opened[-1]
+            hint = f"the '{b}' at line {b.line}, column {b.column} is not closed"
         raise CDLSyntaxError(f"unexpected {got}", Span(file, line, col, tok.end_line, tok.end_column),
                              expected=_expected(e.accepts or e.expected), got=got, hint=hint) from None
     except UnexpectedEOF as e:
-        lines = text.splitlines() or [""]
+        lines = text.split("\n")
         raise CDLSyntaxError("unexpected end of file", Span(file, len(lines), len(lines[-1]) + 1),
                              expected=_expected(set(e.expected))) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark errors
@@ -155,16 +203,30 @@ def parse(text: str, file: str = "<string>") -> ast.Program:
     comments = _comments(text)
     tree, _ = _parse_tree(text, file)
     builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
-    try:
-        program = builder.transform(tree)
-    except VisitError as e:
-        if isinstance(e.orig_exc, ConvDSLError):
-            raise e.orig_exc from None
-        raise
-    except RecursionError:
-        raise ResourceError("program nested too deeply to parse", Span(file, 1, 1)) from None
+    program = _build(builder, tree, file)
     program.comments = comments
     return program
+
+
+_DEEP_HINT = "split deeply nested expressions or bodies into named values, defs or blocks"
+
+
+def _build(builder: ast.ASTBuilder, tree, file: str) -> ast.Program:
+    """Run the AST builder, re-raising the user error that lark wraps in
+    ``VisitError`` (twice over for a label expression parsed inside a label)."""
+    try:
+        return builder.transform(tree)
+    except VisitError as e:
+        orig: BaseException = e
+        while isinstance(orig, VisitError):
+            orig = orig.orig_exc
+        if isinstance(orig, ConvDSLError):
+            raise orig from None
+        if isinstance(orig, RecursionError):
+            raise ResourceError("program nested too deeply to parse", Span(file, 1, 1), hint=_DEEP_HINT) from None
+        raise
+    except RecursionError:
+        raise ResourceError("program nested too deeply to parse", Span(file, 1, 1), hint=_DEEP_HINT) from None
 
 
 def parse_expr(text: str, span: Span | None = None, file: str = "<string>") -> ast.Expr:
@@ -177,7 +239,7 @@ def parse_expr(text: str, span: Span | None = None, file: str = "<string>") -> a
         e.span = span or e.span
         raise
     builder = ast.ASTBuilder(span.file if span else file, None)
-    program = builder.transform(tree)
+    program = _build(builder, tree, span.file if span else file)
     if len(program.items) != 1 or not isinstance(program.items[0], ast.ConstDef):
         raise CDLSyntaxError(f"not an expression: {text!r}", span)
     expr = program.items[0].value
@@ -208,7 +270,7 @@ def _comments(text: str) -> list[tuple[int, int, str]]:
     """(line, column, text) of every comment: scanned here because the lexer
     drops them; strings are skipped so a '#' inside quotes is not a comment."""
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # lark's lines: splitlines() also breaks at \x1e, \u2028...
         in_str = False
         i = 0
         while i < len(line):

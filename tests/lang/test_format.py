@@ -371,8 +371,6 @@ def test_hash_inside_strings_is_not_a_comment() -> None:
 LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
-@pytest.mark.xfail(strict=True, reason="parser._comments scans str.splitlines() lines, so a '#' after "
-                   "\\x1e or \\u2028 inside a string is taken for a comment")
 @pytest.mark.parametrize("char", ["\x1e", "\u2028"])
 def test_hash_after_an_odd_line_break_inside_a_string(char: str) -> None:
     check(f'x = "{char}# not a comment"\n')
