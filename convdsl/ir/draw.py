@@ -114,12 +114,13 @@ def _label(title: str, subtitle: str, types: list[TensorType]) -> str:
 
 def _scope_tree(graph: Graph, ids: dict[str, str]) -> _Cluster:
     root = _Cluster("", graph.name)
+    blocks = graph.meta.get("scopes", {})  # scope -> block name, also for scopes holding only sub-blocks
     for node in graph.nodes():
         where = root
         parts = node.scope.split(".") if node.scope else []
         for i in range(len(parts)):
             scope = ".".join(parts[: i + 1])
-            where = where.children.setdefault(scope, _Cluster(scope))
+            where = where.children.setdefault(scope, _Cluster(scope, block=blocks.get(scope, "")))
         if node.scope and not where.block:
             where.block = node.block
         where.nodes.append(ids[node.id])

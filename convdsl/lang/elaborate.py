@@ -674,6 +674,7 @@ class Elaborator:
         scope = frame.scope + name.split(".")
         sub = Frame(layer.module, local, scope, block.name)
         self._claim_scope(sub, span)
+        self.graph.meta.setdefault("scopes", {})[".".join(scope)] = block.name  # for drawing block clusters
         try:
             if block.inputs is None:
                 body = self.eval(block.body, sub)
