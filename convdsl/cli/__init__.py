@@ -5,6 +5,7 @@ caret, expected/got, hint) and turned into its exit code; no traceback is
 shown for user mistakes.
 """
 from . import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
+from . import prune  # noqa: F401,E402  (the prune command)
 from .common import main
 
 __all__ = ["main"]

@@ -3,7 +3,32 @@ from __future__ import annotations
 
 import click
 
+from ..errors import UsageError
 from .common import _graph, main, program_options
+
+
+def optimize_options(f):
+    """--opt and --passes: graph rewrites applied after loading weights, before the backend."""
+    f = click.option("--passes", "passes", default=None, metavar="A,B,...",
+                     help="Passes to run by name, in order, after --opt (e.g. fold_bn,dce).")(f)
+    f = click.option("--opt", "opt", default=None, metavar="NAME",
+                     help="Optimization pipeline: O0 (none), O1 (no-op and dead-code removal), "
+                          "O2 (also BN folding, CSE, constant folding); an unknown name lists them all.")(f)
+    return f
+
+
+def _optimize(g, opt, passes):
+    from ..passes import run_passes
+
+    steps = [s for s in (opt, passes) if s]
+    if not steps:
+        return g
+    g = run_passes(g, ",".join(steps))
+    for rec in g.meta.get("passes", []):
+        (n0, n1), (p0, p1) = rec["nodes"], rec["params"]
+        click.echo(f"  {rec['pass']}: {n0} -> {n1} nodes, {p0:,} -> {p1:,} params", err=True)
+    return g
+
 
 @main.command(name="compile")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -11,11 +36,13 @@ from .common import _graph, main, program_options
 @click.option("--backend", "-b", default="torch", show_default=True, help="Code generator: torch.")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
-def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, out, weights):
+@optimize_options
+def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, out, weights, opt, passes):
     """Compile FILE to an artifact folder (generated code, weights, manifest)."""
     from ..artifact import write_artifact
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = _optimize(g, opt, passes)
     files = write_artifact(g, out, backend)
     click.echo(f"compiled {g.name} ({g.params.count():,} params) with backend {backend} -> {out}/")
     for f in files:
@@ -30,13 +57,21 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
 @click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False), help="Input .npy file(s), in order.")
 @click.option("--batch", default=1, show_default=True, help="Batch size of generated inputs (symbolic dims).")
 @click.option("--save", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
-def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, save):
+@optimize_options
+def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, save, opt, passes):
     """Run a compiled artifact folder (or a .cdl file) on inputs; print the outputs."""
+    from pathlib import Path
+
     from ..artifact import run_artifact_or_program
 
+    if (opt or passes) and Path(target).is_dir():
+        raise UsageError("--opt and --passes apply to a .cdl file; an artifact folder is already compiled",
+                         hint="give the options to `convdsl compile` instead")
+
     result = run_artifact_or_program(target, backend=backend, weights=weights, inputs=list(inputs), batch=batch,
-                                     graph_loader=lambda: _graph(target, network, sets, choose, bind, max_memory, seed,
-                                                                 weights=weights))
+                                     graph_loader=lambda: _optimize(
+                                         _graph(target, network, sets, choose, bind, max_memory, seed, weights=weights),
+                                         opt, passes))
     click.echo(f"ran {result['network']} on {result['backend']} in {result['ms']:.2f} ms")
     for name, arr in result["outputs"].items():
         flat = arr.reshape(-1)

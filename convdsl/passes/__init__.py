@@ -1,0 +1,128 @@
+"""Graph -> graph optimizations, and the named pipelines that order them.
+
+A pass is a plain function ``Graph -> Graph``: it works on ``graph.copy()``,
+returns the new graph and leaves its argument (and its parameter arrays)
+untouched.  Each pass lives in its own file whose docstring states its
+precondition and postcondition.  A pass that needs settings (a pruning
+ratio, calibration data) is still a ``Graph -> Graph`` function once they
+are bound, e.g. ``functools.partial(prune, ratio=0.5)``, and can be given to
+``run_passes`` directly, next to names.
+
+    g = run_passes(g, "O2")                      # a named pipeline
+    g = run_passes(g, "fold_bn,dce")             # passes by name
+    g = run_passes(g, ["fold_bn", my_pass], verify_each=True)
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+from ..errors import IRError, UsageError, did_you_mean
+from ..ir.graph import Graph
+from ..ir.verify import verify
+from .const_fold import const_fold
+from .cse import cse
+from .dce import dce
+from .fold_bn import fold_bn
+from .remove_identity import remove_identity
+
+Pass = Callable[[Graph], Graph]
+
+# Every pass by name (what --passes accepts).
+PASSES: dict[str, Pass] = {
+    "fold_bn": fold_bn,
+    "remove_identity": remove_identity,
+    "cse": cse,
+    "const_fold": const_fold,
+    "dce": dce,
+    # further passes (structured pruning, casts) are added here, one line each
+}
+
+# The optimization levels (what --opt accepts), in the order the passes run.
+PIPELINES: dict[str, list[str]] = {
+    # no rewriting: the graph as written
+    "O0": [],
+    # exact clean-ups: drop no-ops (dropout included: inference) and dead nodes
+    "O1": ["remove_identity", "dce"],
+    # inference optimizations: fold BN into convs first, so the clean-ups see the fused graph
+    "O2": ["fold_bn", "remove_identity", "cse", "const_fold", "dce"],
+}
+
+PassSpec = Union[str, Pass, Sequence[Union[str, Pass]]]
+
+
+def resolve(spec: PassSpec) -> list[tuple[str, Pass]]:
+    """(name, function) pairs for a pipeline name, a pass name, a comma-separated
+    list of them, or a sequence of names and functions."""
+    if isinstance(spec, str):
+        items: list[str | Pass] = [s.strip() for s in spec.split(",") if s.strip()]
+    elif callable(spec):
+        items = [spec]
+    else:
+        items = list(spec)
+    out: list[tuple[str, Pass]] = []
+    for item in items:
+        if callable(item):
+            out.append((pass_name(item), item))
+        elif item in PIPELINES:
+            out.extend((name, PASSES[name]) for name in PIPELINES[item])
+        elif item in PASSES:
+            out.append((item, PASSES[item]))
+        else:
+            raise unknown_name(str(item))
+    return out
+
+
+def run_passes(graph: Graph, passes: PassSpec, *, verify_each: bool = False) -> Graph:
+    """Run ``passes`` (see ``resolve``) in order on ``graph`` and return the result.
+
+    The result is always verified; with ``verify_each`` the input and the graph
+    after every pass are too, and a failure names the pass that broke it.
+    ``graph.meta["passes"]`` of the result records each pass with the node and
+    parameter counts before and after it.
+    """
+    steps = resolve(passes)
+    if verify_each:
+        _verify(graph, "in the graph given to run_passes, before any pass")
+    g = graph
+    for name, fn in steps:
+        before = (len(g), g.params.count())
+        out = fn(g)
+        if not isinstance(out, Graph):
+            raise TypeError(f"pass {name!r} returned {type(out).__name__}, not a Graph")
+        if out is g:
+            raise TypeError(f"pass {name!r} returned its input; passes work on graph.copy()")
+        record = {"pass": name, "nodes": [before[0], len(out)], "params": [before[1], out.params.count()]}
+        out.meta["passes"] = [*g.meta.get("passes", []), record]  # a new list: copies share meta values
+        if verify_each:
+            _verify(out, f"after pass '{name}'")
+        g = out
+    if steps and not verify_each:
+        _verify(g, f"after the passes {', '.join(n for n, _ in steps)} (verify_each=True names the one)")
+    return g
+
+
+def pass_name(fn: Pass) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return getattr(inner, "__name__", type(inner).__name__)
+
+
+def unknown_name(name: str) -> UsageError:
+    return UsageError(
+        f"unknown pass or pipeline '{name}'",
+        expected=f"a pipeline ({', '.join(PIPELINES)}) or passes ({', '.join(PASSES)})",
+        got=name,
+        hint=did_you_mean(name, [*PIPELINES, *PASSES]),
+    )
+
+
+def _verify(g: Graph, where: str) -> Graph:
+    """verify(g); a failure says where in the pipeline it was found."""
+    try:
+        return verify(g)
+    except IRError as e:
+        e.notes.append(f"found by verify() {where}")
+        raise
+
+
+__all__ = ["PASSES", "PIPELINES", "Pass", "resolve", "run_passes", "const_fold", "cse", "dce", "fold_bn",
+           "remove_identity"]
