@@ -373,10 +373,12 @@ TORCH_LOWERINGS: dict[str, TorchLowering] = {
 }
 
 # op families kept in their own files, merged here (dict merge, one table)
-from . import lower_attention, lower_fft, lower_misc, lower_ssm  # noqa: E402
+from . import lower_attention, lower_fft, lower_misc, lower_quant, lower_ssm  # noqa: E402
+from .runtime import HELPERS  # noqa: E402
 
-for _family in (lower_attention, lower_fft, lower_ssm, lower_misc):
+for _family in (lower_attention, lower_fft, lower_ssm, lower_misc, lower_quant):
     TORCH_LOWERINGS.update(_family.LOWERINGS)
+HELPERS.update(lower_quant.HELPERS)  # the quantized ops keep their runtime helpers beside their lowerings
 
 
 def lowering_for(node: Node, target: str = "torch") -> TorchLowering:

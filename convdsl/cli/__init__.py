@@ -6,6 +6,7 @@ shown for user mistakes.
 """
 from . import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
 from . import prune  # noqa: F401,E402  (the prune command)
+from . import quantize  # noqa: F401,E402  (the quantize command)
 from .common import main
 
 __all__ = ["main"]

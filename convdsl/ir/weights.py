@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import WeightsError, did_you_mean
 from .graph import Graph
+from .types import NUMPY_DTYPE
 
 
 def load_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> Graph:
@@ -48,7 +49,7 @@ def load_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> 
                            hint="was the file saved from a different program or width?")
     for name, arr in tensors.items():
         if name in expected:
-            want = np.dtype("int64") if expected[name].dtype == "i64" else np.dtype("float32")
+            want = np.dtype(NUMPY_DTYPE.get(expected[name].dtype, "float32"))  # int8 weights stay int8
             graph.params[name] = arr.astype(want, copy=False)
     return graph
 

@@ -23,6 +23,7 @@ from .const_fold import const_fold
 from .cse import cse
 from .dce import dce
 from .fold_bn import fold_bn
+from .quantize import quantize_int8
 from .remove_identity import remove_identity
 
 Pass = Callable[[Graph], Graph]
@@ -34,6 +35,7 @@ PASSES: dict[str, Pass] = {
     "cse": cse,
     "const_fold": const_fold,
     "dce": dce,
+    "quantize_int8": quantize_int8,  # calibration data from graph.meta["calibration"]
     # further passes (structured pruning, casts) are added here, one line each
 }
 
@@ -45,6 +47,8 @@ PIPELINES: dict[str, list[str]] = {
     "O1": ["remove_identity", "dce"],
     # inference optimizations: fold BN into convs first, so the clean-ups see the fused graph
     "O2": ["fold_bn", "remove_identity", "cse", "const_fold", "dce"],
+    # post-training int8 after O2's passes (convdsl/passes/quantize.py; needs calibration data)
+    "int8": ["fold_bn", "remove_identity", "cse", "const_fold", "dce", "quantize_int8", "dce"],
 }
 
 PassSpec = Union[str, Pass, Sequence[Union[str, Pass]]]

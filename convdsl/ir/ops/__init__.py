@@ -7,9 +7,9 @@ backend lowering table.
 from __future__ import annotations
 
 from ..optable import OpDef
-from . import attention, conv, elementwise, fft, linear, misc, norm, pool, shape, ssm
+from . import attention, conv, elementwise, fft, linear, misc, norm, pool, quant, shape, ssm
 
-_MODULES = (conv, linear, norm, elementwise, pool, shape, attention, fft, ssm, misc)
+_MODULES = (conv, linear, norm, elementwise, pool, shape, attention, fft, ssm, misc, quant)
 
 OPS: dict[str, OpDef] = {}
 for _m in _MODULES:

@@ -1,0 +1,186 @@
+"""Torch lowerings of the quantized ops (see lowering.py for the entry format).
+
+The torch backend *simulates* int8 exactly: tensors really are uint8/int8, the
+int32 accumulation of qconv/qlinear is done in float64 (every partial sum is an
+integer below 2**53, so float64 gives the exact integer whatever the summation
+order), and requantization follows convdsl/ir/ops/quant.py step by step in
+float32, so its results equal the TVM backend's real int8 kernels bit for bit.
+
+The helpers below are copied into generated files like those of runtime.py
+(they depend on torch, nn, F only); ``HELPERS`` is merged into runtime's table
+by lowering.py, next to ``LOWERINGS``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convdsl.ir.graph import Node
+from convdsl.ir.ops.conv import conv_padding
+from convdsl.ir.ops.quant import INT_DTYPES, QRANGE, f32, inverse_scale
+from convdsl.ir.optable import tuple_n
+from convdsl.ir.types import TORCH_DTYPE, TensorType
+
+from .lowering import CallFn, TorchLowering, _kw, _pool_call, _r
+
+
+# ---- helpers copied into generated code ---------------------------------------------------------
+def quantize_tensor(x: torch.Tensor, inv_scale: float, zero_point: int, qmin: int, qmax: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """float -> int8: clamp(round(x * inv_scale) + zero_point, qmin, qmax); torch.round rounds half to even."""
+    return torch.clamp(torch.round(x.float() * inv_scale) + zero_point, qmin, qmax).to(dtype)
+
+
+def dequantize_tensor(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """int8 -> float32: (q - zero_point) * scale."""
+    return (q.float() - zero_point) * scale
+
+
+class QuantizedLayer(nn.Module):
+    """Shared part of QConv and QLinear: int8 weights [out, ...] with float32 scales per output
+    channel, int32 bias; requantization of the exact accumulator (float64 holding int32 values):
+    float output: f32(acc) * m, m = f32(in_scale * w_scale);  int8 output:
+    clamp(round(f32(acc) * m) + out_zp, lo, qmax), m = f32(in_scale * w_scale / out_scale),
+    the multipliers computed in float64 and rounded once."""
+
+    RANGES = {"u8": (0, 255, torch.uint8), "i8": (-128, 127, torch.int8)}
+
+    def __init__(self, w_shape, bias=True, in_scale=1.0, in_zp=0, out_dtype="f32", out_scale=1.0, out_zp=0,
+                 relu=False):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(w_shape, dtype=torch.int8))
+        self.register_buffer("w_scale", torch.ones(w_shape[0]))
+        self.register_buffer("bias", torch.zeros(w_shape[0], dtype=torch.int32) if bias else None)
+        self.in_scale, self.in_zp, self.out_dtype = in_scale, in_zp, out_dtype
+        self.out_scale, self.out_zp, self.relu = out_scale, out_zp, relu
+
+    def requantize(self, acc: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        m = self.in_scale * self.w_scale.double()
+        if self.out_dtype != "f32":
+            m = m / self.out_scale
+        shape = [1] * acc.dim()
+        shape[channel_dim] = -1
+        y = acc.float() * m.float().view(shape)
+        if self.out_dtype == "f32":
+            return torch.relu(y) if self.relu else y
+        qmin, qmax, dtype = self.RANGES[self.out_dtype]
+        lo = max(qmin, self.out_zp) if self.relu else qmin
+        return torch.clamp(torch.round(y) + self.out_zp, lo, qmax).to(dtype)
+
+
+class QConv(QuantizedLayer):
+    """Quantized N-d convolution; ``pad`` is F.pad's flat tuple (last dim first) of zero padding in the
+    real domain, i.e. ``in_zp`` in the int8 domain."""
+
+    def __init__(self, nd, cin, out, k, stride=1, pad=(), dilation=1, groups=1, **kwargs):
+        k = (k,) * nd if isinstance(k, int) else tuple(k)
+        super().__init__((out, cin // groups, *k), **kwargs)
+        self.conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+        self.stride, self.pad, self.dilation, self.groups = stride, pad, dilation, groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xd = x.double() - self.in_zp
+        if any(self.pad):
+            xd = F.pad(xd, self.pad)
+        bias = None if self.bias is None else self.bias.double()
+        acc = self.conv(xd, self.weight.double(), bias, self.stride, 0, self.dilation, self.groups)
+        return self.requantize(acc, 1)
+
+
+class QLinear(QuantizedLayer):
+    """Quantized y = x W^T + b over the last dim."""
+
+    def __init__(self, fin, out, **kwargs):
+        super().__init__((out, fin), **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.double()
+        acc = F.linear(x.double() - self.in_zp, self.weight.double(), bias)
+        return self.requantize(acc, -1)
+
+
+HELPERS: dict[str, object] = {"quantize_tensor": quantize_tensor, "dequantize_tensor": dequantize_tensor,
+                              "QuantizedLayer": QuantizedLayer, "QConv": QConv, "QLinear": QLinear}
+
+
+# ---- lowerings --------------------------------------------------------------------------------------
+def _quantize(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    qmin, qmax = QRANGE[a["dtype"]]
+    return (f"quantize_tensor({args[0]}, {inverse_scale(a['scale'])!r}, {a['zero_point']}, {qmin}, {qmax}, "
+            f"torch.{TORCH_DTYPE[a['dtype']]})")
+
+
+def _dequantize(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    return f"dequantize_tensor({args[0]}, {f32(node.attrs['scale'])!r}, {node.attrs['zero_point']})"
+
+
+def _cast(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    return f"{args[0]}.to(torch.{TORCH_DTYPE[node.attrs['dtype']]})"
+
+
+def _out_kwargs(node: Node) -> dict:
+    a = node.attrs
+    kw = {"bias": False} if not a["bias"] else {}
+    kw.update(in_scale=a["in_scale"], in_zp=a["in_zp"])
+    if a["out_dtype"] != "f32":
+        kw.update(out_dtype=a["out_dtype"], out_scale=a["out_scale"], out_zp=a["out_zp"])
+    if a["relu"]:
+        kw["relu"] = True
+    return kw
+
+
+def _qconv_module(nd: int):
+    def module(node: Node, ins: list[TensorType]) -> str:
+        a = node.attrs
+        pads = conv_padding(a, list(ins[0].shape[2:]), nd)
+        flat = tuple(p for lo_hi in reversed(pads) for p in lo_hi)  # F.pad wants last dim first
+        extra = {}
+        for key in ("stride", "dilation"):
+            if a[key] != 1:
+                extra[key] = tuple_n(a[key], nd)
+        if any(flat):
+            extra["pad"] = flat
+        if a["groups"] != 1:
+            extra["groups"] = a["groups"]
+        k = tuple_n(a["k"], nd)
+        return (f"QConv({nd}, {ins[0].shape[1]}, {a['out']}, {_r(k if len(set(k)) > 1 else k[0])}"
+                f"{_kw(**extra, **_out_kwargs(node))})")
+
+    return module
+
+
+def _qlinear_module(node: Node, ins: list[TensorType]) -> str:
+    return f"QLinear({ins[0].shape[-1]}, {node.attrs['out']}{_kw(**_out_kwargs(node))})"
+
+
+def _module_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    return f"{mod}({args[0]})"
+
+
+def _int8_max_pool(nd: int) -> CallFn:
+    """Max-pooling of an int8 tensor (the quantize pass leaves it on int8): pooled as float, which is
+    exact, because CUDA has no uint8/int8 max-pool kernels; float tensors go the usual way."""
+    pool = _pool_call("max", nd)
+
+    def call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+        if ins[0].dtype not in INT_DTYPES:
+            return pool(node, ins, mod, args)
+        return f"{pool(node, ins, mod, [args[0] + '.float()'])}.to(torch.{TORCH_DTYPE[ins[0].dtype]})"
+
+    return call
+
+
+_LAYER_HELPERS = ("QuantizedLayer",)
+
+LOWERINGS: dict[str, TorchLowering] = {
+    "quantize": TorchLowering(_quantize, helpers=("quantize_tensor",)),
+    "dequantize": TorchLowering(_dequantize, helpers=("dequantize_tensor",)),
+    "cast": TorchLowering(_cast),
+    **{f"qconv{n}d": TorchLowering(_module_call, _qconv_module(n), helpers=(*_LAYER_HELPERS, "QConv"))
+       for n in (1, 2, 3)},
+    "qlinear": TorchLowering(_module_call, _qlinear_module, helpers=(*_LAYER_HELPERS, "QLinear")),
+    # overrides the base entries: int8 inputs pooled as float (see _int8_max_pool)
+    **{f"maxpool{n}d": TorchLowering(_int8_max_pool(n)) for n in (1, 2, 3)},
+}

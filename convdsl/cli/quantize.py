@@ -1,0 +1,111 @@
+"""The quantize command: a trained program -> an int8 (or fp16/bf16) program, its weights and a report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError
+from .common import _graph, main, program_options
+
+
+@main.command(name="quantize")
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@click.option("--calib", default=None, help="Calibration data: digits, mnist1d[:...] or a .npz (its training inputs).")
+@click.option("--calib-samples", default=512, show_default=True, help="Calibration inputs to run.")
+@click.option("--method", "-m", type=click.Choice(["minmax", "percentile", "mse"]), default="minmax",
+              show_default=True, help="How activation ranges are chosen.")
+@click.option("--percentile", default=99.99, show_default=True, help="Percentile kept by --method percentile.")
+@click.option("--keep-float", multiple=True, metavar="NODE", help="Keep NODE in float (id, fnmatch pattern or scope).")
+@click.option("--weight-bits", default=8, show_default=True, help="Weight precision (2-8, stored as int8).")
+@click.option("--act-dtype", type=click.Choice(["u8", "i8"]), default="u8", show_default=True,
+              help="Activation dtype (u8: asymmetric, x86's u8 x s8).")
+@click.option("--cast", "cast_to", type=click.Choice(["f16", "bf16"]), default=None,
+              help="Instead of int8: cast the network to f16 or bf16 (no calibration).")
+@click.option("--no-fold-bn", is_flag=True, help="Do not fold batchnorms into convs first.")
+@click.option("--data", "-d", default=None, help="Report accuracy before and after on this data's validation split.")
+@click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, calib, calib_samples, method,
+                 percentile, keep_float, weight_bits, act_dtype, cast_to, no_fold_bn, data, out):
+    """Quantize FILE; write OUT/<name>.cdl, OUT/weights.safetensors and OUT/report.{json,md}.
+
+    Post-training int8: batchnorms are folded, convs and linears get int8 weights (symmetric per
+    output channel) and int8 activations (per tensor, ranges from --calib), the rest stays float.
+    The program is printed as flat CDL with every scale written out; `check`, `compile`, `eval`
+    and `--weights` take it as it is."""
+    from ..ir.printer import print_graph
+    from ..ir.verify import verify
+    from ..ir.weights import save_weights
+    from ..passes import run_passes
+    from ..passes.cast import cast
+    from ..passes.quantize import calibration_batches, quantize
+    from .prune import with_scope_comments
+
+    if cast_to is None and not calib:
+        raise UsageError("int8 quantization needs calibration data", hint="add --calib digits (or --cast f16)")
+    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    folded = g if no_fold_bn else run_passes(g, "fold_bn,remove_identity,dce")
+    if cast_to:
+        q = cast(folded, cast_to)
+        what = f"cast to {cast_to}"
+        report: dict = {"cast": cast_to}
+    else:
+        batches = calibration_batches(calib, samples=calib_samples)  # the training split train/eval use
+        q = quantize(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
+                     weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile)
+        q = verify(q)
+        report = dict(q.meta["quantize"], calibration=calib)
+        what = (f"int8 ({method} calibration on {report['calibration_samples']} inputs of {calib}, "
+                f"{weight_bits}-bit weights, {act_dtype} activations)")
+    report["params_bytes"] = {"before": g.params.nbytes(), "after": q.params.nbytes()}
+    if data:
+        from ..train import evaluate, load_dataset
+
+        dataset = load_dataset(data, seed=0)
+        report["accuracy"] = {"float": evaluate(g, dataset)["accuracy"], "quantized": evaluate(q, dataset)["accuracy"]}
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(file).stem
+    header = f"{q.name}, {what} from {Path(file).name} by `convdsl quantize`.\nWeights: weights.safetensors beside this file."
+    (folder / f"{stem}.cdl").write_text(with_scope_comments(q, print_graph(q, header=header)))
+    save_weights(q, folder / "weights.safetensors", metadata={"quantized_from": Path(file).name, "how": what})
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.md").write_text(to_markdown(q.name, what, report))
+
+    click.echo(f"quantized {q.name}: {what}")
+    if "layers" in report:
+        click.echo(f"  {len(report['layers'])} layers in int8, {len(report['float'])} kept in float")
+        for nid, why in report["float"].items():
+            click.echo(f"    {nid}: {why}")
+    b = report["params_bytes"]
+    click.echo(f"  weights {b['before']:,} -> {b['after']:,} bytes")
+    if "accuracy" in report:
+        a = report["accuracy"]
+        click.echo(f"  accuracy on {data}: float {100 * a['float']:.2f}%, quantized {100 * a['quantized']:.2f}% "
+                   f"({100 * (a['quantized'] - a['float']):+.2f} points)")
+    for f in (f"{stem}.cdl", "weights.safetensors", "report.json", "report.md"):
+        click.echo(f"  {folder / f}")
+
+
+def to_markdown(name: str, what: str, report: dict) -> str:
+    lines = [f"# {name}: {what}", ""]
+    if "accuracy" in report:
+        a = report["accuracy"]
+        lines += [f"Accuracy: float {100 * a['float']:.2f}%, quantized {100 * a['quantized']:.2f}% "
+                  f"({100 * (a['quantized'] - a['float']):+.2f} points).", ""]
+    b = report["params_bytes"]
+    lines += [f"Weights: {b['before']:,} -> {b['after']:,} bytes.", ""]
+    if "layers" in report:
+        lines += ["| layer | op | input scale / zp | output | relu |", "|---|---|---|---|---|"]
+        for r in report["layers"]:
+            o = r["out"]
+            out = "f32" if o["dtype"] == "f32" else f"{o['dtype']} {o['scale']:.6g} / {o['zero_point']}"
+            lines.append(f"| {r['node']} | {r['op']} | {r['in']['scale']:.6g} / {r['in']['zero_point']} | {out} | "
+                         f"{'yes' if r['relu'] else ''} |")
+        if report["float"]:
+            lines += ["", "Kept in float:", ""] + [f"- {k}: {v}" for k, v in report["float"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,264 @@
+"""Quantized ops: int8 tensors in the IR, and fp16/bf16 casts.
+
+An int8 tensor is a ``u8`` or ``i8`` tensor ``q`` standing for the real values
+``(q - zero_point) * scale``; ``scale`` and ``zero_point`` are attributes of
+the op that makes or reads it, so the CDL text shows every quantization
+parameter.  The arithmetic is defined once, here, and every backend follows
+it to the bit (``round`` is round-half-to-even, as ``torch.round`` and
+LLVM's ``nearbyint``; all float arithmetic is IEEE float32 unless stated):
+
+- ``quantize``:   q = clamp(round(x * inv) + zp, qmin, qmax),  inv = f32(1 / scale)
+- ``dequantize``: x = (f32(q) - zp) * f32(scale)
+- ``qconv*d`` / ``qlinear``: int8 activations x int8 weights, int32 accumulation
+
+      acc[c] = sum (q_x - in_zp) * q_w[c] + bias[c]              (exact int32)
+      out_dtype=f32:     y = f32(acc) * m[c],  m = f32(in_scale * w_scale[c])
+      out_dtype=u8/i8:   q = clamp(round(f32(acc) * m[c]) + out_zp, lo, qmax),
+                         m = f32(in_scale * w_scale[c] / out_scale)           (m in float64, then rounded)
+
+  Zero padding pads the *real* input with 0, i.e. the int8 input with
+  ``in_zp``.  ``relu=true`` clamps at 0 (float output) or at ``out_zp``
+  (``lo = max(qmin, out_zp)``), which is exactly relu before quantizing.
+  Weights are symmetric per output channel (int8 in [-127, 127], zero point
+  0); ``bias`` is int32 in units of ``in_scale * w_scale[c]``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...errors import CDLTypeError, ShapeError
+from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n, zero_cost
+from ..types import TensorType
+from .conv import _conv_out, _positive, conv_padding
+
+INT_DTYPES = ("u8", "i8")
+QRANGE = {"u8": (0, 255), "i8": (-128, 127)}
+FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
+WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
+
+
+# ---- the arithmetic, shared by the passes and the backends --------------------------------------
+def inverse_scale(scale: float) -> float:
+    """f32(1 / scale): what ``quantize`` multiplies by (a float32 value, as a Python float)."""
+    return float(np.float32(1.0 / scale))
+
+
+def f32(v: float) -> float:
+    """``v`` rounded to float32 (as a Python float), the precision every scale is applied in."""
+    return float(np.float32(v))
+
+
+def requant_multiplier(in_scale: float, w_scale: np.ndarray, out_scale: float | None) -> np.ndarray:
+    """Per output channel: f32(in_scale * w_scale / out_scale) (f32(in_scale * w_scale) for a float
+    output), computed in float64 and rounded once.  The torch helpers do the same float64 steps."""
+    m = np.float64(in_scale) * np.asarray(w_scale, dtype=np.float32).astype(np.float64)
+    if out_scale is not None:
+        m = m / np.float64(out_scale)
+    return m.astype(np.float32)
+
+
+def qparams_for_range(lo: float, hi: float, dtype: str = "u8") -> tuple[float, int]:
+    """(scale, zero_point) mapping [min(lo, 0), max(hi, 0)] onto the dtype's range, so that
+    real 0 is exactly representable; the scale is a float32 value."""
+    qmin, qmax = QRANGE[dtype]
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"cannot quantize the range [{lo}, {hi}]")
+    if hi - lo <= 0.0:
+        return 1.0, (0 if dtype == "i8" else qmin)
+    scale = f32((hi - lo) / (qmax - qmin))
+    zp = int(np.clip(qmin - round(lo / scale), qmin, qmax))
+    return scale, zp
+
+
+def quantize_weight(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel (dim 0) quantization: (int8 weights, float32 scales).
+    ``bits`` < 8 uses the narrower range [-(2^(bits-1) - 1), 2^(bits-1) - 1], still stored as int8."""
+    qmax = 2 ** (bits - 1) - 1
+    w64 = np.asarray(w, dtype=np.float64)
+    amax = np.abs(w64.reshape(w64.shape[0], -1)).max(axis=1) if w64.size else np.zeros(w64.shape[0])
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)  # an all-zero channel keeps scale 1
+    s = scale.astype(np.float64).reshape((-1,) + (1,) * (w64.ndim - 1))
+    q = np.clip(np.round(w64 / s), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+def quantize_bias(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.ndarray:
+    """int32 bias in accumulator units (in_scale * w_scale[c]), rounded half to even, saturated."""
+    unit = np.float64(in_scale) * np.asarray(w_scale, dtype=np.float64)
+    q = np.round(np.asarray(b, dtype=np.float64) / unit)
+    info = np.iinfo(np.int32)
+    return np.clip(q, info.min, info.max).astype(np.int32)
+
+
+# ---- checks ---------------------------------------------------------------------------------------
+def _need_dtype(op: str, t: TensorType, allowed: tuple[str, ...], what: str) -> None:
+    if t.dtype not in allowed:
+        raise ShapeError(f"{op} needs {what} input", expected=" or ".join(allowed), got=str(t),
+                         hint="quantize it first: x | quantize(scale, zero_point)" if "u8" in allowed else None)
+
+
+def _check_qparams(op: str, scale: float, zp: int, dtype: str, what: str = "") -> None:
+    if not (scale > 0 and math.isfinite(scale)):
+        raise CDLTypeError(f"{op}: {what}scale must be a positive number", got=str(scale))
+    qmin, qmax = QRANGE[dtype]
+    if not qmin <= zp <= qmax:
+        raise CDLTypeError(f"{op}: {what}zero point {zp} is outside the {dtype} range", expected=f"{qmin}..{qmax}",
+                           got=str(zp))
+
+
+# ---- quantize / dequantize / cast ---------------------------------------------------------------
+def _quantize_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    _need_dtype("quantize", ins[0], FLOAT_DTYPES, "a float")
+    _check_qparams("quantize", attrs["scale"], attrs["zero_point"], attrs["dtype"])
+    return [TensorType(ins[0].shape, attrs["dtype"])]
+
+
+def _dequantize_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    _need_dtype("dequantize", ins[0], INT_DTYPES, "an int8 (u8/i8)")
+    _check_qparams("dequantize", attrs["scale"], attrs["zero_point"], ins[0].dtype)
+    return [TensorType(ins[0].shape, "f32")]
+
+
+def _cast_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    _need_dtype("cast", ins[0], FLOAT_DTYPES, "a float")
+    return [TensorType(ins[0].shape, attrs["dtype"])]
+
+
+_QATTRS = (Attr("scale", "float", doc="real value of one step"),
+           Attr("zero_point", "int", 0, doc="the integer that stands for real 0"))
+
+
+# ---- quantized convolution and linear -------------------------------------------------------------
+def _out_attrs() -> tuple[Attr, ...]:
+    return (
+        Attr("in_scale", "float", doc="scale of the int8 input"),
+        Attr("in_zp", "int", 0, doc="zero point of the int8 input"),
+        Attr("out_dtype", "sym", "f32", choices=("f32", "u8", "i8"), doc="f32: dequantized output; u8/i8: requantized"),
+        Attr("out_scale", "float", 1.0, doc="scale of an int8 output"),
+        Attr("out_zp", "int", 0, doc="zero point of an int8 output"),
+        Attr("relu", "bool", False, doc="fused relu (clamp at real 0)"),
+    )
+
+
+def _check_io(op: str, attrs: dict, x: TensorType) -> None:
+    _need_dtype(op, x, INT_DTYPES, "an int8 (u8/i8)")
+    _check_qparams(op, attrs["in_scale"], attrs["in_zp"], x.dtype, "input ")
+    if attrs["out_dtype"] != "f32":
+        _check_qparams(op, attrs["out_scale"], attrs["out_zp"], attrs["out_dtype"], "output ")
+
+
+def _qparams(out: int, w_shape: tuple[int, ...], bias: bool) -> dict[str, ParamSpec]:
+    p = {"weight": ParamSpec(w_shape, Init("zeros"), dtype="i8", trainable=False),
+         "w_scale": ParamSpec((out,), Init("ones"), trainable=False)}
+    if bias:
+        p["bias"] = ParamSpec((out,), Init("zeros"), dtype="i32", trainable=False)
+    return p
+
+
+def make_qconv(nd: int) -> OpDef:
+    name = f"qconv{nd}d"
+
+    def normalize(attrs: dict, ins: list[TensorType]) -> dict:
+        expect_rank(name, ins[0], nd + 2)
+        if not isinstance(ins[0].shape[1], int):
+            raise ShapeError(f"{name} needs a static channel count", got=str(ins[0]))
+        if attrs["groups"] == "depthwise":
+            attrs["groups"] = ins[0].shape[1]
+        return attrs
+
+    def infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+        x = ins[0]
+        _check_io(name, attrs, x)
+        cin, out, groups = x.shape[1], attrs["out"], attrs["groups"]
+        k, s, d = (tuple_n(attrs[a], nd, a) for a in ("k", "stride", "dilation"))
+        for a, v in (("k", k), ("stride", s), ("dilation", d)):
+            _positive(name, a, v)
+        if out <= 0 or groups <= 0 or cin % groups or out % groups:
+            raise ShapeError(f"{name}: groups={groups} must divide in ({cin}) and out ({out}) channels")
+        pads = conv_padding(attrs, list(x.shape[2:]), nd)
+        spatial = []
+        for i in range(nd):
+            o = _conv_out(x.shape[2 + i], pads[i][0], pads[i][1], k[i], s[i], d[i])
+            if isinstance(o, int) and o <= 0:
+                raise ShapeError(f"{name}: input {x} is too small for kernel {k[i]}", got=str(x))
+            spatial.append(o)
+        return [TensorType((x.shape[0], out, *spatial), attrs["out_dtype"])]
+
+    def params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+        cin, out, groups = ins[0].shape[1], attrs["out"], attrs["groups"]
+        return _qparams(out, (out, cin // groups, *tuple_n(attrs["k"], nd, "k")), attrs["bias"])
+
+    def cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+        macs = outs[0].numel() * (ins[0].shape[1] // attrs["groups"]) * math.prod(tuple_n(attrs["k"], nd, "k"))
+        return Cost(macs, 2 * macs + 3 * outs[0].numel())  # + bias, scale, round per output
+
+    return OpDef(
+        name=name,
+        group="quantization",
+        attrs=(
+            Attr("out", "int", doc="output channels"),
+            Attr("k", "ints", 3, doc="kernel size"),
+            Attr("stride", "ints", 1),
+            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid (zeros)"),
+            Attr("dilation", "ints", 1),
+            Attr("groups", "int|sym", 1, choices=("depthwise",)),
+            Attr("bias", "bool", True, doc="int32 bias"),
+            *_out_attrs(),
+        ),
+        infer=infer,
+        params=params,
+        cost=cost,
+        normalize=normalize,
+        doc=f"{nd}-D convolution of an int8 (u8/i8) tensor with int8 per-channel weights (`weight` i8, `w_scale` "
+            "f32 per output channel, `bias` i32), int32 accumulation, then a float output or requantization "
+            "to int8 (see convdsl/ir/ops/quant.py for the exact arithmetic).",
+        example=f"quantize(0.02, 128) | qconv{nd}d(64, 3, pad=1, in_scale=0.02, in_zp=128, out_dtype=u8, out_scale=0.05, "
+                "relu=true)",
+        shape_rule=f"as conv{nd}d; dtype = out_dtype",
+    )
+
+
+def _qlinear_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    _check_io("qlinear", attrs, x)
+    if x.rank < 1 or not isinstance(x.shape[-1], int):
+        raise ShapeError("qlinear needs a static last dimension", got=str(x))
+    if attrs["out"] <= 0:
+        raise ShapeError("qlinear: out features must be positive", got=str(attrs["out"]))
+    return [TensorType((*x.shape[:-1], attrs["out"]), attrs["out_dtype"])]
+
+
+def _qlinear_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    return _qparams(attrs["out"], (attrs["out"], ins[0].shape[-1]), attrs["bias"])
+
+
+def _qlinear_cost(attrs, ins, outs):
+    macs = outs[0].numel() * ins[0].shape[-1]
+    return Cost(macs, 2 * macs + 3 * outs[0].numel())
+
+
+OPS = [
+    OpDef(name="quantize", group="quantization",
+          attrs=(*_QATTRS, Attr("dtype", "sym", "u8", choices=INT_DTYPES)),
+          infer=_quantize_infer,
+          doc="float -> int8: q = clamp(round(x * f32(1/scale)) + zero_point) in the dtype's range, "
+              "rounding half to even.",
+          example="quantize(0.05, 128)", shape_rule="out = in; dtype = dtype"),
+    OpDef(name="dequantize", group="quantization", attrs=_QATTRS, infer=_dequantize_infer,
+          doc="int8 -> f32: x = (q - zero_point) * scale.",
+          example="quantize(0.05, 128) | dequantize(0.05, 128)", shape_rule="out = in; dtype = f32"),
+    OpDef(name="cast", group="quantization", attrs=(Attr("dtype", "sym", choices=FLOAT_DTYPES),),
+          infer=_cast_infer, cost=zero_cost,
+          doc="convert a float tensor to another float dtype (f32, f16, bf16, f64), rounding to nearest even.",
+          example="cast(f16)", shape_rule="out = in; dtype = dtype"),
+    make_qconv(1), make_qconv(2), make_qconv(3),
+    OpDef(name="qlinear", group="quantization",
+          attrs=(Attr("out", "int"), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
+          infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost,
+          doc="y = x W^T + b over the last dim with an int8 input, int8 per-row weights (`weight` i8, `w_scale` "
+              "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",
+          example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)", shape_rule="[..., in] -> [..., out]; dtype = out_dtype"),
+]

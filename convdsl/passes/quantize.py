@@ -1,0 +1,309 @@
+"""quantize: post-training int8 quantization of convolutions and linear layers.
+
+Precondition: ``verify(graph)`` passes; the graph holds trained float32
+weights and is used for inference.  Run ``fold_bn`` first (the ``int8``
+pipeline and ``convdsl quantize`` do), so that batchnorms are folded into the
+convs that get quantized.
+
+Postcondition: every conv1d/2d/3d (zero padding) and linear that reads a float
+tensor and is not kept in float by ``per_layer`` is a ``qconv*d``/``qlinear``
+with the same node id: int8 weights, symmetric per output channel
+(``<id>.weight`` i8, ``<id>.w_scale`` f32), int32 bias (``<id>.bias``), int8
+input, int32 accumulation, and a fused ``relu`` when its only reader was one.
+Its input is a ``quantize`` node (per-tensor, asymmetric, scale and zero point
+from calibration) or, when the producer is itself quantized, the producer's
+int8 output directly.  Its output is int8 (requantized with the calibrated
+range of the value) when some reader is quantized, and float32 otherwise;
+float readers of an int8 value read a ``dequantize`` of it.  Max-pooling and
+reshapes/permutes between quantized layers run on the int8 tensor (they commute
+with quantization).  Every other op, and every layer kept in float, is
+unchanged: quantize/dequantize nodes stand at the boundaries.  Graph inputs
+and outputs keep their dtypes.  ``graph.meta["quantize"]`` records what was
+done (per-layer scales, what stayed float and why).  The input graph is not
+modified.
+
+The arithmetic of the quantized ops is defined in ``convdsl/ir/ops/quant.py``;
+the torch backend simulates it exactly, the TVM backend runs it in int8.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import UsageError
+from ..ir.graph import Graph, Node, Value
+from ..ir.ops import OPS
+from ..ir.ops.quant import INT_DTYPES, qparams_for_range, quantize_bias, quantize_weight
+from ..ir.optable import Init, ParamSpec
+from ..ir.types import TensorType
+from .calibrate import METHODS, as_batches, observe
+from .rewrite import owners, sole_user
+
+QUANTIZABLE = {"conv1d": "qconv1d", "conv2d": "qconv2d", "conv3d": "qconv3d", "linear": "qlinear"}
+# ops that commute with per-tensor quantization: they run on the int8 tensor, keeping its scale
+PASSTHROUGH = frozenset({"maxpool1d", "maxpool2d", "maxpool3d", "flatten", "reshape", "permute", "transpose", "squeeze",
+                         "unsqueeze", "identity", "dropout"})
+_CONV_ATTRS = ("out", "k", "stride", "pad", "dilation", "groups", "bias")
+
+
+def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
+             weight_bits: int = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
+             threads: int | None = None) -> Graph:
+    """A copy of ``graph`` with its convs and linears in int8 (see the module docstring).
+
+    ``calib_batches``: calibration inputs (an array, a list of batches, or a list of tuples for
+    several inputs), run through the float graph on the torch backend.  ``method``: minmax,
+    percentile or mse.  ``per_layer``: {node id, fnmatch pattern or scope: "float" | "int8"};
+    the last matching entry wins.  ``weight_bits`` (2..8) narrows the weight range (still stored
+    as int8).  ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations."""
+    # conv(x, w) [-> relu]  =>  quantize(x) -> qconv(q_x, int8(w)) [-> dequantize]
+    if method not in METHODS:
+        raise UsageError(f"unknown calibration method '{method}'", hint=f"methods: {', '.join(METHODS)}")
+    if act_dtype not in INT_DTYPES:
+        raise UsageError(f"activations can be u8 or i8, not '{act_dtype}'")
+    if not 2 <= weight_bits <= 8:
+        raise UsageError(f"weight_bits must be between 2 and 8, got {weight_bits}")
+    g = graph.copy()
+    plan, kept = _plan(g, per_layer or {}, fuse_relu)
+    order = g.order()
+    out_of = {nid: Value(relu or nid) for nid, relu in plan.items()}  # the value each quantized layer replaces
+    wants_int = _int_wanted(g, order, plan, out_of)
+    observed = [g.inputs_of(nid)[0] for nid in plan] + [v for v in out_of.values() if v in wants_int]
+    batches = as_batches(calib_batches)
+    ranges, _ = observe(graph, observed, batches, method, percentile=percentile, dtype=act_dtype, threads=threads)
+
+    rw = _Rewriter(g, ranges, act_dtype)
+    layers = []
+    for nid in order:
+        if nid in plan:
+            layers.append(rw.layer(g.node(nid), plan[nid], out_of[nid] in wants_int, weight_bits))
+        elif nid in g and g.node(nid).op in PASSTHROUGH and Value(nid) in wants_int:
+            rw.passthrough(g.node(nid))
+    rw.drop_dead_dequantizes()
+    g.meta["quantize"] = {
+        "method": method, "percentile": percentile if method == "percentile" else None,
+        "weight_bits": weight_bits, "act_dtype": act_dtype, "calibration_batches": len(batches),
+        "calibration_samples": sum(len(b[0]) for b in batches),
+        "layers": layers, "float": kept,
+    }
+    return g
+
+
+# ---- planning ---------------------------------------------------------------------------------------
+def layer_setting(nid: str, per_layer: Mapping[str, str]) -> str:
+    """int8 or float for node ``nid``: the last per_layer entry that names it (id, pattern or scope)."""
+    setting = "int8"
+    for pattern, value in per_layer.items():
+        if value not in ("float", "int8"):
+            raise UsageError(f"per-layer setting for '{pattern}' must be float or int8, got {value!r}")
+        if nid == pattern or fnmatch.fnmatchcase(nid, pattern) or nid.startswith(pattern + "."):
+            setting = value
+    return setting
+
+
+def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict[str, str | None], dict[str, str]]:
+    """{layer to quantize: the relu fused into it (or None)}, and {layer kept in float: why}."""
+    plan: dict[str, str | None] = {}
+    kept: dict[str, str] = {}
+    matched = set()
+    for node in g.nodes():
+        if node.op not in QUANTIZABLE:
+            continue
+        for pattern in per_layer:
+            if node.id == pattern or fnmatch.fnmatchcase(node.id, pattern) or node.id.startswith(pattern + "."):
+                matched.add(pattern)
+        reason = _why_not(g, node, per_layer)
+        if reason:
+            kept[node.id] = reason
+            continue
+        relu = sole_user(g, Value(node.id)) if fuse_relu else None
+        plan[node.id] = relu if relu is not None and g.node(relu).op == "relu" else None
+    unknown = sorted(set(per_layer) - matched)
+    if unknown:
+        from ..errors import did_you_mean
+
+        names = [n.id for n in g.nodes() if n.op in QUANTIZABLE]
+        raise UsageError(f"per-layer config names no conv or linear layer: {', '.join(unknown)}",
+                         hint=did_you_mean(unknown[0], names) or f"layers: {', '.join(names[:12])}")
+    return plan, kept
+
+
+def _why_not(g: Graph, node: Node, per_layer: Mapping[str, str]) -> str | None:
+    if layer_setting(node.id, per_layer) == "float":
+        return "kept in float by the per-layer config"
+    x = g.in_types(node.id)[0]
+    if x.dtype != "f32":
+        return f"input is {x.dtype}, not f32"
+    if node.op != "linear" and node.attrs.get("pad_mode", "zeros") != "zeros":
+        return f"pad_mode={node.attrs['pad_mode']} (only zero padding is quantized)"
+    if any(owners(g, key) != [node.id] for key in node.params.values()):
+        return "its weights are shared with another node"
+    if any(key != f"{node.id}.{local}" for local, key in node.params.items()):
+        return "its parameters are not named <id>.<name>"
+    return None
+
+
+def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of: dict[str, Value]) -> set[Value]:
+    """Values (of the input graph) that some quantized layer reads, directly or through
+    passthrough ops: these are produced in int8 where their producer is quantized."""
+    wanted: set[Value] = set()
+    for nid in reversed(order):
+        node = g.node(nid)
+        for i in range(len(node.types)):
+            v = Value(nid, i)
+            for c, port in g.users(v):
+                if (c in plan and port == 0) or (g.node(c).op in PASSTHROUGH and Value(c) in wanted):
+                    wanted.add(v)
+    return wanted
+
+
+# ---- rewriting --------------------------------------------------------------------------------------
+class _Rewriter:
+    def __init__(self, g: Graph, ranges: dict[Value, tuple[float, float]], act_dtype: str) -> None:
+        self.g, self.ranges, self.act_dtype = g, ranges, act_dtype
+        self.int_of: dict[str, tuple[Value, float, int]] = {}  # dequantize node -> (int8 value, scale, zp)
+        self.quantized: dict[Value, tuple[Value, float, int]] = {}  # float value -> its quantize node
+        self.dequantizes: list[str] = []
+
+    def int8(self, x: Value) -> tuple[Value, float, int]:
+        """(int8 value, scale, zero point) standing for float value ``x``."""
+        if x.node in self.int_of:
+            return self.int_of[x.node]
+        if x not in self.quantized:
+            scale, zp = qparams_for_range(*self.ranges[x], self.act_dtype)
+            t = self.g.type_of(x)
+            q = self._add(f"{x.node}_quant", "quantize", [x], {"scale": scale, "zero_point": zp, "dtype": self.act_dtype},
+                          [TensorType(t.shape, self.act_dtype)], after=x.node)
+            self.quantized[x] = (Value(q), scale, zp)
+        return self.quantized[x]
+
+    def layer(self, node: Node, relu: str | None, int_out: bool, bits: int) -> dict:
+        g = self.g
+        x = g.inputs_of(node.id)[0]
+        q, in_scale, in_zp = self.int8(x)
+        attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_ATTRS if k in node.attrs}
+        attrs.update(in_scale=in_scale, in_zp=in_zp, out_dtype="f32", out_scale=1.0, out_zp=0, relu=relu is not None)
+        out_v = Value(relu or node.id)
+        if int_out:
+            out_scale, out_zp = qparams_for_range(*self.ranges[out_v], self.act_dtype)
+            attrs.update(out_dtype=self.act_dtype, out_scale=out_scale, out_zp=out_zp)
+        w, ws = quantize_weight(g.params[node.params["weight"]], bits)
+        arrays = {"weight": w, "w_scale": ws}
+        if node.attrs["bias"]:
+            arrays["bias"] = quantize_bias(g.params[node.params["bias"]], in_scale, ws)
+        qop = QUANTIZABLE[node.op]
+        new = self._swap(node, qop, [q], attrs, drop=[relu] if relu else [])
+        self._set_params(new, arrays)
+        if int_out:
+            self._dequantize_uses(new, attrs["out_scale"], attrs["out_zp"])
+        rec = {"node": node.id, "op": qop, "in": {"scale": in_scale, "zero_point": in_zp},
+               "out": ({"dtype": self.act_dtype, "scale": attrs["out_scale"], "zero_point": attrs["out_zp"]}
+                       if int_out else {"dtype": "f32"}),
+               "relu": relu is not None, "weight_bits": bits}
+        return rec
+
+    def passthrough(self, node: Node) -> None:
+        """max-pool / flatten / reshape ... on an int8 tensor: same op, same scale."""
+        x = self.g.inputs_of(node.id)[0]
+        if x.node not in self.int_of:
+            return
+        q, scale, zp = self.int_of[x.node]
+        new = self._swap(node, node.op, [q], dict(node.attrs))
+        self._dequantize_uses(new, scale, zp)
+
+    # -- graph edits ------------------------------------------------------------------------------
+    def _swap(self, node: Node, op: str, inputs: list[Value], attrs: dict, drop: Iterable[str] = ()) -> Node:
+        """Replace ``node`` (and the fused ``drop`` nodes after it) by one ``op`` node with the same id,
+        seq, scope and span; readers of the last replaced value read the new node."""
+        g = self.g
+        last = Value(list(drop)[-1] if drop else node.id)
+        readers = [(c, p) for c, p in g.users(last)]
+        outputs = [i for i, o in enumerate(g.outputs) if o == last]
+        for key in node.params.values():
+            g.params.remove(key)
+        for nid in [*drop, node.id]:
+            g.remove_node(nid)
+        opdef = OPS[op]
+        in_types = [g.type_of(v) for v in inputs]
+        if opdef.normalize is not None:
+            attrs = opdef.normalize(dict(attrs), in_types)
+        types = opdef.infer(attrs, in_types)
+        specs = opdef.params(attrs, in_types)
+        g.add_node(node.id, op, inputs, attrs, types, params={k: f"{node.id}.{k}" for k in specs}, span=node.span,
+                   scope=node.scope, block=node.block)
+        new = g.node(node.id)
+        new.seq = node.seq
+        for local, spec in specs.items():
+            g.params.declare(f"{node.id}.{local}", spec)
+        for c, p in readers:
+            g.g.add_edge(node.id, c, port=p, out=0)
+        for i in outputs:
+            g.outputs[i] = Value(node.id)
+        return new
+
+    def _set_params(self, node: Node, arrays: dict[str, np.ndarray]) -> None:
+        for local, arr in arrays.items():
+            key = node.params[local]
+            spec = self.g.params.specs[key]
+            self.g.params.set_spec(key, ParamSpec(tuple(arr.shape), Init("zeros"), spec.dtype, spec.buffer,
+                                                  spec.trainable))
+            self.g.params[key] = arr
+
+    def _dequantize_uses(self, node: Node, scale: float, zp: int) -> None:
+        """Readers of ``node``'s int8 output read a dequantize of it (quantized readers skip it)."""
+        g = self.g
+        v = Value(node.id)
+        readers = g.users(v)
+        is_out = g.is_output(v)
+        if not readers and not is_out:
+            return
+        t = node.type
+        d = self._add(f"{node.id}_dequant", "dequantize", [v], {"scale": scale, "zero_point": zp},
+                      [TensorType(t.shape, "f32")], after=node.id)
+        for c, p in readers:
+            for u, _, k, data in list(g.g.in_edges(c, keys=True, data=True)):
+                if u == node.id and data["port"] == p:
+                    g.g.remove_edge(u, c, k)
+            g.g.add_edge(d, c, port=p, out=0)
+        g.outputs = [Value(d) if o == v else o for o in g.outputs]
+        self.int_of[d] = (v, scale, zp)
+        self.dequantizes.append(d)
+
+    def _add(self, base: str, op: str, inputs: list[Value], attrs: dict, types: list, after: str) -> str:
+        g = self.g
+        prev = g.node(after)
+        nid = g.add_node(g.unique_id(base), op, inputs, attrs, types, scope=prev.scope, block=prev.block)
+        g.node(nid).seq = prev.seq + 0.5  # printed right after its producer (seq only breaks ties)
+        return nid
+
+    def drop_dead_dequantizes(self) -> None:
+        for d in self.dequantizes:
+            if d in self.g and not self.g.users(d) and not self.g.is_output(d):
+                self.g.remove_node(d)
+
+
+# ---- the int8 pipeline's pass ---------------------------------------------------------------------
+def quantize_int8(graph: Graph) -> Graph:
+    """``quantize`` as a plain ``Graph -> Graph`` pass for the ``int8`` pipeline: calibration data
+    from ``graph.meta["calibration"]`` (batches, or a dataset name such as ``"digits"`` whose
+    training split is used) and keyword options from ``graph.meta["quantize_options"]``."""
+    calib = graph.meta.get("calibration")
+    if calib is None:
+        raise UsageError("the int8 pipeline needs calibration data",
+                         hint='set graph.meta["calibration"] (batches or e.g. "digits"), run '
+                              "convdsl quantize net.cdl --calib digits, or pass "
+                              "functools.partial(quantize, calib_batches=...) to run_passes")
+    options = dict(graph.meta.get("quantize_options", {}))
+    if isinstance(calib, str):
+        calib = calibration_batches(calib, samples=options.pop("calib_samples", 512))
+    return quantize(graph, calib, **options)
+
+
+def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """The first ``samples`` training inputs of a dataset (``digits``, ``mnist1d``, a .npz), in batches."""
+    from ..train import load_dataset
+
+    x = load_dataset(spec, seed=seed).x_train[:samples]
+    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
