@@ -1,0 +1,109 @@
+"""Token mixers side by side: latency and peak memory vs sequence length, and
+FFT long convolution vs direct convolution vs kernel size.  One run:
+
+    python benchmarks/mixers.py [--quick] [--threads 2]
+
+Every mixer is a one-op CDL program compiled by convdsl's torch backend, so
+this measures what users get.  Each configuration runs in a fresh subprocess
+and reports its peak resident memory above the process baseline (after the
+model is built), so numbers include the mixer's temporaries.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+
+WIDTH = 64
+LENGTHS = [256, 1024, 4096, 16384]
+KERNELS = [7, 15, 31, 63, 127, 255, 511, 1024]
+
+PROGRAMS = {
+    "attention (mhsa, 4 heads)": "network m(x: f32[1, {L}, {C}]) {{\n    return x | mhsa(heads=4)\n}}",
+    "FFT mixing (global_filter, HxW=L)": "network m(x: f32[1, {C}, {S}, {S}]) {{\n    return x | global_filter()\n}}",
+    "FFT long conv (fft_conv, K=L)": "network m(x: f32[1, {C}, {L}]) {{\n    return x | fft_conv()\n}}",
+    "LTI SSM (s4d, state 64)": "network m(x: f32[1, {C}, {L}]) {{\n    return x | s4d(state=64)\n}}",
+    "selective scan (state 16)": "network m(x: f32[1, {C}, {L}]) {{\n    return x | selective_scan(state=16)\n}}",
+}
+
+CHILD = r"""
+import json, resource, statistics, sys, time
+import torch
+torch.set_num_threads({threads})
+from convdsl.lang.elaborate import elaborate
+from convdsl.backends.torch import build_module
+from convdsl.artifact import make_inputs
+g = elaborate({text!r})
+m = build_module(g)
+x = [torch.from_numpy(a) for a in make_inputs(g)]
+with torch.inference_mode():
+    m(*x)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    deadline = time.perf_counter() + {budget}
+    for _ in range({repeat}):
+        t0 = time.perf_counter(); m(*x); times.append(time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            break
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"ms": statistics.median(times) * 1e3, "peak_mib": peak / 1024, "extra_mib": (peak - base) / 1024}}))
+"""
+
+
+def measure(text: str, threads: int, repeat: int, budget: float, timeout: float) -> dict | None:
+    code = CHILD.format(text=text, threads=threads, repeat=repeat, budget=budget)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fmt(r: dict | None) -> str:
+    return f"{r['ms']:10.2f} ms {r['peak_mib']:8.0f} MiB" if r else f"{'timeout':>13} {'':>12}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer lengths and kernels")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    lengths = LENGTHS[:2] if args.quick else LENGTHS
+    kernels = KERNELS[::3] if args.quick else KERNELS
+    print(f"width {WIDTH}, batch 1, {args.threads} threads; median latency and peak RSS of the process\n")
+    print("1. mixers vs sequence length")
+    results: dict[str, dict[int, dict | None]] = {}
+    print(f"{'mixer':36s}" + "".join(f"{'L=' + str(L):>25s}" for L in lengths))
+    for name, tmpl in PROGRAMS.items():
+        row = {}
+        for L in lengths:
+            text = tmpl.format(L=L, C=WIDTH, S=int(math.isqrt(L)))
+            row[L] = measure(text, args.threads, repeat=5, budget=20.0, timeout=300)
+        results[name] = row
+        print(f"{name:36s}" + "".join(f"{fmt(row[L]):>25s}" for L in lengths), flush=True)
+    att = results["attention (mhsa, 4 heads)"]
+    L = lengths[-1]
+    print(f"\nat L={L:,}: speedup over attention")
+    for name, row in results.items():
+        if name.startswith("attention") or not row.get(L) or not att.get(L):
+            continue
+        print(f"   {name:36s} {att[L]['ms'] / row[L]['ms']:8.1f}x faster, memory {row[L]['peak_mib']:.0f} vs {att[L]['peak_mib']:.0f} MiB")
+
+    print("\n2. FFT long conv vs direct depthwise conv (L=4096, causal kernel of size K)")
+    print(f"{'K':>6s} {'direct conv1d':>25s} {'fft_conv':>25s} {'fft/direct':>11s}")
+    for k in kernels:
+        direct = measure(f"network m(x: f32[1, {WIDTH}, 4096]) {{\n    return x | conv1d({WIDTH}, {k}, groups=depthwise, pad=[{k - 1}, 0])\n}}",
+                         args.threads, 7, 10.0, 300)
+        fft = measure(f"network m(x: f32[1, {WIDTH}, 4096]) {{\n    return x | fft_conv(kernel_len={k})\n}}",
+                      args.threads, 7, 10.0, 300)
+        ratio = f"{fft['ms'] / direct['ms']:11.2f}" if fft and direct else ""
+        print(f"{k:>6d} {fmt(direct):>25s} {fmt(fft):>25s} {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
