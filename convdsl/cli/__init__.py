@@ -7,6 +7,8 @@ shown for user mistakes.
 from . import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
 from . import prune  # noqa: F401,E402  (the prune command)
 from . import quantize  # noqa: F401,E402  (the quantize command)
+from . import search  # noqa: F401,E402  (the search command)
+from . import verify  # noqa: F401,E402  (the verify command)
 from .common import main
 
 __all__ = ["main"]

@@ -1,0 +1,65 @@
+"""The pieces of convdsl.verify that the properties rely on: comparison, inputs,
+weights, regression files."""
+from __future__ import annotations
+
+import numpy as np
+
+from convdsl.api import load_graph
+from convdsl.verify import differential as D
+from convdsl.verify import regressions
+from convdsl.verify.draws import RandomDraw
+from convdsl.verify.inputs import EDGE_KINDS, kind_for_seed, make_inputs
+from convdsl.verify.programs import generate
+from convdsl.verify.properties import PROPERTIES
+from convdsl.verify.strategies import case_of
+
+F32 = D.TOLERANCES["f32"]
+
+
+def test_compare_scales_atol_by_the_output_magnitude() -> None:
+    ref = [np.array([1000.0, 0.0], np.float32)]
+    assert D.compare(ref, [np.array([1000.0, 0.009], np.float32)], F32).ok  # 0.009 <= 1e-5 * 1000
+    assert not D.compare(ref, [np.array([1000.0, 0.02], np.float32)], F32).ok
+
+
+def test_compare_non_finite_values_must_match() -> None:
+    nan, inf = np.float32("nan"), np.float32("inf")
+    ref = [np.array([nan, inf, 1.0], np.float32)]
+    assert D.compare(ref, [np.array([nan, inf, 1.0], np.float32)], D.EXACT).ok
+    assert not D.compare(ref, [np.array([nan, -inf, 1.0], np.float32)], F32).ok
+    assert not D.compare(ref, [np.array([1.0, inf, 1.0], np.float32)], F32).ok
+
+
+def test_compare_shapes_dtypes_and_counts() -> None:
+    a = np.zeros((2, 3), np.float32)
+    assert not D.compare([a], [a.reshape(3, 2)], F32).ok
+    assert not D.compare([a], [a.astype(np.float64)], F32).ok
+    assert not D.compare([a], [a, a], F32).ok
+
+
+def test_the_first_seeds_are_the_edge_cases() -> None:
+    assert [kind_for_seed(s) for s in range(len(EDGE_KINDS))] == list(EDGE_KINDS)
+    g = load_graph("network net(x: f32[N, 3, 4]) {\n    return x | relu\n}\n")
+    (zeros,) = make_inputs(g, 0, batch=5)
+    assert zeros.shape == (5, 3, 4) and not zeros.any()
+    (a,), (b,) = make_inputs(g, 9), make_inputs(g, 9)
+    assert (a == b).all() and a.dtype == np.float32
+
+
+def test_randomized_constants_change_batchnorm_statistics_only() -> None:
+    g = load_graph("network net(x: f32[N, 3, 4, 4]) {\n    return x | conv2d(4, 3) | batchnorm\n}\n")
+    r = D.randomize_constants(g, 1)
+    assert (r.params["batchnorm.running_var"] > 0).all()
+    assert not np.allclose(r.params["batchnorm.running_mean"], 0)
+    assert (r.params["conv2d.weight"] == g.params["conv2d.weight"]).all()
+    assert (g.params["batchnorm.running_mean"] == 0).all()  # the argument is untouched
+
+
+def test_regression_files_round_trip(tmp_path) -> None:
+    case = case_of(generate(RandomDraw(3)), seed=11, batch=3, kind="large", weights_seed=5)
+    path = regressions.save(case, tmp_path, "twin,passes", found_by="a test", error="boom\nline 2", xfail="why")
+    again, checks, xfail = regressions.load(path)
+    assert (again.seed, again.batch, again.kind, again.weights_seed) == (11, 3, "large", 5)
+    assert checks == ["twin", "passes"] and xfail == "why"
+    assert load_graph(again.text, network="net").output_types() == load_graph(case.text).output_types()
+    PROPERTIES["twin"](again)  # the twin network in the same file lines up with net

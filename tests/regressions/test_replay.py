@@ -1,0 +1,41 @@
+"""Replays every saved regression program (tests/regressions/*.cdl) with the checks its
+header names.  A file with an ``# xfail:`` line is a known bug outside convdsl.verify,
+kept (and reported) until it is fixed; when it starts passing, the xfail must go."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from convdsl.verify import regressions
+from convdsl.verify.differential import tvm_available
+from convdsl.verify.properties import PROPERTIES
+
+HERE = Path(__file__).resolve().parent
+FILES = sorted(HERE.glob("*.cdl"))
+DEFAULT = ["elaborate", "runs", "fmt", "reprint", "standalone", "twin", "passes", "prune", "export", "tvm", "quantize",
+           "cast"]
+
+
+def _params():
+    for path in FILES:
+        _, _, xfail = regressions.load(path)
+        marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
+        yield pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.mark.parametrize("path", list(_params()))
+def test_regression(path: Path) -> None:
+    case, checks, _ = regressions.load(path)
+    names = DEFAULT if checks == ["all"] else checks
+    for name in names:
+        if name in ("tvm", "quantize_tvm") and not tvm_available("tvm-llvm"):
+            continue
+        PROPERTIES[name](case)
+
+
+def test_regression_files_are_readable() -> None:
+    for path in FILES:
+        case, checks, _ = regressions.load(path)
+        assert all(c == "all" or c in PROPERTIES for c in checks), (path.name, checks)
+        assert "network" in case.text
