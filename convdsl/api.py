@@ -13,8 +13,13 @@ from .ir.weights import load_weights
 from .lang.elaborate import Options, elaborate, elaborate_file
 
 # backend name -> module implementing build_module(graph); imported by name so the
-# core never imports a backend statically
-BACKENDS = {"torch": "convdsl.backends.torch"}
+# core never imports a backend statically.  A module serving several names (one
+# per target) defines backend(name), which returns the object to use.
+BACKENDS = {
+    "torch": "convdsl.backends.torch",
+    "tvm-llvm": "convdsl.backends.tvm",
+    "tvm-cuda": "convdsl.backends.tvm",
+}
 
 
 def load_graph(source: str | os.PathLike, *, network: str | None = None, weights: str | os.PathLike | None = None,
@@ -36,10 +41,16 @@ def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs:
     return mod.build_module(g)
 
 
-def backend_module(name: str):
+def backend_module(name: Any):
+    """The backend for ``name``; a backend object already configured (e.g. TVM with a
+    target and tuning options) is returned as it is."""
+    if not isinstance(name, str):
+        return name
     if name not in BACKENDS:
         raise UsageError(f"unknown backend '{name}'", hint=did_you_mean(name, BACKENDS) or f"backends: {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    mod = importlib.import_module(BACKENDS[name])
+    factory = getattr(mod, "backend", None)
+    return factory(name) if factory is not None else mod
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -121,6 +121,7 @@ def load_inputs(paths: list[str], graph: Graph) -> list[np.ndarray]:
 
 def run_artifact_or_program(target: str, *, backend: str, weights: str | None, inputs: list[str], batch: int,
                             graph_loader: Callable[[], Graph]) -> dict[str, Any]:
+    manifest = None
     if Path(target).is_dir():
         graph, manifest = load_artifact_graph(target)
         backend = manifest["backend"]
@@ -128,7 +129,10 @@ def run_artifact_or_program(target: str, *, backend: str, weights: str | None, i
         graph = graph_loader()
     arrays = load_inputs(inputs, graph) if inputs else make_inputs(graph, batch)
     mod = backend_module(backend)
-    runner = mod.runner(graph)
+    # a backend with compiled files (TVM's library) loads them, checking target and versions;
+    # the others rebuild the network from network.cdl
+    load_runner = getattr(mod, "load_runner", None)
+    runner = load_runner(target, manifest) if manifest is not None and load_runner else mod.runner(graph)
     runner(arrays)  # warm-up
     t0 = time.perf_counter()
     outs = runner(arrays)

@@ -5,10 +5,11 @@ caret, expected/got, hint) and turned into its exit code; no traceback is
 shown for user mistakes.
 """
 from . import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
+from . import tvm  # noqa: F401,E402  (after build: extends `compile` with the TVM options)
 from . import prune  # noqa: F401,E402  (the prune command)
-from . import quantize  # noqa: F401,E402  (the quantize command)
 from . import search  # noqa: F401,E402  (the search command)
 from . import verify  # noqa: F401,E402  (the verify command)
+from . import quantize  # noqa: F401,E402  (the quantize command)
 from .common import main
 
 __all__ = ["main"]

@@ -1,0 +1,45 @@
+"""TVM backend: Relax IR built from the convdsl graph, compiled per target.
+
+Backend names: ``tvm-llvm`` (the host CPU) and ``tvm-cuda`` (cross-compiles
+without a GPU).  ``backend(name, ...)`` returns a configured ``TVMBackend``;
+the module-level functions are those of a default ``tvm-llvm`` backend.
+
+    import convdsl.backends.tvm as ctvm
+    be = ctvm.backend("tvm-llvm", tune=64)
+    be.write_artifact(graph, "out/")            # or: convdsl compile net.cdl -b tvm-llvm -o out/
+    run = ctvm.load("out/")                     # checks target and versions
+    y, = run([x])                               # NumPy arrays or torch tensors
+
+TVM itself is imported lazily (it takes seconds), so importing this package
+is cheap and ``convdsl --help`` stays fast.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import Module, TVMBackend, backend, load
+
+__all__ = ["TVMBackend", "Module", "backend", "load", "build_module", "runner", "load_runner", "TVM_LOWERINGS"]
+
+
+def build_module(graph) -> Module:
+    """Compile ``graph`` for the host CPU (``tvm-llvm``) into a callable module."""
+    return backend("tvm-llvm").build_module(graph)
+
+
+def runner(graph):
+    """(list of NumPy arrays) -> list of NumPy arrays, compiled for the host CPU."""
+    return backend("tvm-llvm").runner(graph)
+
+
+def load_runner(folder, manifest: dict[str, Any] | None = None):
+    """What ``convdsl run`` uses for an artifact folder: ``load`` with its checks."""
+    return load(folder, manifest)
+
+
+def __getattr__(name: str):
+    if name == "TVM_LOWERINGS":  # importing the table imports TVM
+        from .lowering import TVM_LOWERINGS
+
+        return TVM_LOWERINGS
+    raise AttributeError(name)

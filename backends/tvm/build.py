@@ -1,0 +1,130 @@
+"""Compile a convdsl graph with TVM: lower -> optimize -> schedule -> codegen.
+
+The whole order reads top to bottom in ``build``; each stage is a named list
+of Relax passes:
+
+1. ``lower_graph``: convdsl graph -> Relax (weights as constants).
+2. ``optimize_passes``: legalize every op to TIR, fold constants, fuse
+   elementwise epilogues into their producers.
+3. tuning (``--tune N``): MetaSchedule on the fused TIR functions that have no
+   record in the database yet.
+4. ``schedule_passes``: apply the database's best schedules; on GPUs, DLight's
+   default rules schedule what is left (unscheduled GPU code does not compile).
+5. ``codegen``: TVM's own dataflow lowering and VM finalization for the target.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from convdsl.ir.graph import Graph
+
+from .lowering import lower_graph
+from .targets import TargetSpec
+from .tuning import TuneReport, db_dir, open_database, tune
+
+
+@dataclass
+class BuildOptions:
+    tune: int = 0  # MetaSchedule trials per task; 0: no tuning
+    db: str | None = None  # database root (default: the user cache, or $CONVDSL_TUNING_DB)
+    use_db: bool = True  # apply records already in the database
+    progress: bool = True  # progress bar while tuning
+    bind: dict[str, int] = field(default_factory=dict)  # sizes of symbolic dims (default: graph.symbols)
+
+
+@dataclass
+class Built:
+    """A compiled network and how it was made."""
+
+    executable: Any  # relax.VMExecutable
+    spec: TargetSpec
+    seconds: dict[str, float]
+    scheduled: int  # TIR functions scheduled from the database (or by DLight on GPU)
+    functions: int  # TIR functions in the module
+    tuning: TuneReport | None = None
+    db: str | None = None
+
+
+def optimize_passes(spec: TargetSpec) -> list:
+    return [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def schedule_passes(spec: TargetSpec, with_db: bool) -> list:
+    passes = [relax.transform.MetaScheduleApplyDatabase()] if with_db else []
+    if spec.is_gpu:
+        from tvm.s_tir import dlight as dl
+
+        passes.append(dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback()))
+    return passes
+
+
+def codegen_passes(spec: TargetSpec) -> list:
+    backend = relax.backend.cuda.pipeline if spec.kind == "cuda" else relax.backend.cpu_generic.pipeline
+    target = spec.tvm_target()
+    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+
+
+def _count_scheduled(mod: tvm.IRModule) -> tuple[int, int]:
+    funcs = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    done = sum(1 for f in funcs if f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)))
+    return done, len(funcs)
+
+
+def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> Built:
+    opts = opts or BuildOptions()
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+
+    mod = lower_graph(graph, spec.backend, opts.bind)
+    seconds["lower"] = time.perf_counter() - t
+
+    target = spec.tvm_target()
+    t = time.perf_counter()
+    with target:
+        mod = tvm.transform.Sequential(optimize_passes(spec))(mod)
+    seconds["optimize"] = time.perf_counter() - t
+
+    db = report = folder = None
+    if opts.tune or (opts.use_db and _has_records(spec, opts.db)):
+        folder = str(db_dir(spec, opts.db))
+        db = open_database(spec, opts.db)
+    if opts.tune:
+        t = time.perf_counter()
+        report = tune(mod, spec, opts.tune, db, folder, progress=opts.progress)
+        seconds["tune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with target:
+        if db is not None:
+            with db:
+                mod = tvm.transform.Sequential(schedule_passes(spec, True))(mod)
+        else:
+            mod = tvm.transform.Sequential(schedule_passes(spec, False))(mod)
+    scheduled, functions = _count_scheduled(mod)
+    seconds["schedule"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
+    seconds["codegen"] = time.perf_counter() - t
+    seconds["total"] = sum(seconds.values())
+    return Built(ex, spec, seconds, scheduled, functions, report, folder)
+
+
+def _has_records(spec: TargetSpec, root: str | None) -> bool:
+    path = db_dir(spec, root) / "database_tuning_record.json"
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False

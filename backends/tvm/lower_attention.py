@@ -1,0 +1,325 @@
+"""TVM lowerings of the attention ops (see lowering.py for the entry format).
+
+Every variant reduces to ``attend``: logits = q k^T * scale (+ a bias), softmax,
+times v, as batched matmuls.  Whatever depends only on weights or shapes is
+computed here with NumPy: relative position biases gathered from their
+tables, Swin's shifted-window mask, sinusoidal position tables, batchnorm
+scale/shift of CvT's projections.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import relax
+
+from convdsl.ir.ops.attention import packed_cross, select_dim
+from convdsl.ir.optable import tuple_n
+
+R = relax.op
+
+
+# ---- the shared core ----------------------------------------------------------------------
+def linear(cx, x, weight: np.ndarray, bias: np.ndarray | None):
+    """x @ weight^T + bias (weight [out, in], transposed once here)."""
+    y = cx.emit(R.matmul(x, cx.const(np.ascontiguousarray(weight.T))))
+    return y if bias is None else cx.emit(R.add(y, cx.const(bias)))
+
+
+def attend(cx, q, k, v, scale: float, bias=None):
+    """softmax(q k^T * scale + bias) v over the last two dims (batched)."""
+    rank = q.ty.ndim
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    logits = cx.emit(R.matmul(q, cx.emit(R.permute_dims(k, perm))))
+    logits = cx.emit(R.multiply(logits, cx.const(scale)))
+    if bias is not None:
+        logits = cx.emit(R.add(logits, bias))
+    return cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))
+
+
+def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale, bias=None):
+    """Multi-head attention of queries xq [N, Lq, C] over xkv [N, Lk, Ck]; returns [N, Lq, dim]."""
+    (n, lq, _), (_, lk, _) = shapes
+    dim = wq.shape[0]
+    d = dim // heads
+    q = linear(cx, xq, wq, bq)
+    k = linear(cx, xkv, wk, bk)
+    v = linear(cx, xkv, wv, bv)
+    q = cx.emit(R.permute_dims(cx.emit(R.reshape(q, (n, lq, heads, d))), [0, 2, 1, 3]))
+    k = cx.emit(R.permute_dims(cx.emit(R.reshape(k, (n, lk, heads, d))), [0, 2, 1, 3]))
+    v = cx.emit(R.permute_dims(cx.emit(R.reshape(v, (n, lk, heads, d))), [0, 2, 1, 3]))
+    y = attend(cx, q, k, v, scale if scale is not None else 1.0 / math.sqrt(d), bias)  # [N, heads, Lq, d]
+    y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 2, 1, 3])), (n, lq, dim)))
+    return linear(cx, y, wo, bo)
+
+
+def _chunks(w: np.ndarray | None, parts: int = 3):
+    return (None,) * parts if w is None else tuple(np.split(w, parts, axis=0))
+
+
+def _opt(cx, name: str):
+    return cx.param(name) if cx.has_param(name) else None
+
+
+def _mask_bias(cx, mask, t, n: int, heads: int, lq: int, lk: int):
+    """An input mask -> additive bias broadcastable to [N, heads, Lq, Lk] (bool: True = blocked)."""
+    if t.dtype == "bool":
+        mask = cx.emit(R.where(mask, cx.const(-np.inf), cx.const(0.0)))
+    if t.rank == 3:  # [N*heads, Lq, Lk]
+        mask = cx.emit(R.reshape(mask, (n, heads, lq, lk)))
+    return mask
+
+
+def _rel_bias(table: np.ndarray, lq: int, lk: int, max_len: int) -> np.ndarray:
+    """table[i - j + max_len - 1, h] -> [heads, Lq, Lk]."""
+    offset = np.arange(lq)[:, None] - np.arange(lk)[None, :] + max_len - 1
+    return np.ascontiguousarray(table[offset].transpose(2, 0, 1))
+
+
+# ---- mhsa / cross attention -------------------------------------------------------------------
+def _mhsa(cx, node, args, ins):
+    a = node.attrs
+    n, length, c = cx.shape(ins[0])
+    heads = a["heads"]
+    wq, wk, wv = _chunks(cx.param("in_proj_weight"))
+    bq, bk, bv = _chunks(_opt(cx, "in_proj_bias"))
+    bias = None
+    if len(args) > 1:
+        bias = _mask_bias(cx, args[1], ins[1], n, heads, length, length)
+    if a["rel_pos"]:
+        rel = cx.const(_rel_bias(cx.param("relative_position_bias_table"), length, length, a["max_len"]))
+        bias = rel if bias is None else cx.emit(R.add(bias, rel))
+    if a["mask"] == "causal":  # -inf above the diagonal (top-left aligned, as is_causal)
+        causal = cx.const(np.triu(np.full((length, length), -np.inf), 1))
+        bias = causal if bias is None else cx.emit(R.add(bias, causal))
+    shapes = (cx.shape(ins[0]), cx.shape(ins[0]))
+    return mha(cx, node, args[0], args[0], shapes, wq, wk, wv, bq, bk, bv, cx.param("out_proj.weight"),
+               _opt(cx, "out_proj.bias"), heads, a["scale"], bias)
+
+
+def _cross_attention(cx, node, args, ins):
+    a = node.attrs
+    (n, lq, c), (_, lk, ck) = cx.shape(ins[0]), cx.shape(ins[1])
+    if packed_cross(c, ck, a["dim"]):
+        wq, wk, wv = _chunks(cx.param("in_proj_weight"))
+    else:
+        wq, wk, wv = cx.param("q_proj_weight"), cx.param("k_proj_weight"), cx.param("v_proj_weight")
+    bq, bk, bv = _chunks(_opt(cx, "in_proj_bias"))
+    bias = _mask_bias(cx, args[2], ins[2], n, a["heads"], lq, lk) if len(args) > 2 else None
+    return mha(cx, node, args[0], args[1], (cx.shape(ins[0]), cx.shape(ins[1])), wq, wk, wv, bq, bk, bv,
+               cx.param("out_proj.weight"), _opt(cx, "out_proj.bias"), a["heads"], a["scale"], bias)
+
+
+# ---- Swin window attention ---------------------------------------------------------------------
+def window_bias(table: np.ndarray, wh: int, ww: int) -> np.ndarray:
+    """[heads, T, T] relative position bias (T = wh*ww), as torchvision's relative_position_index."""
+    ys, xs = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")
+    ys, xs = ys.ravel(), xs.ravel()
+    index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
+    return table[index].transpose(2, 0, 1)
+
+
+def shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndarray:
+    """[windows, T, T]: -100 between tokens the cyclic shift brought together from different regions."""
+    region = np.zeros((hp, wp))
+    count = 0
+    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
+        for w in ((0, -ww), (-ww, -sw), (-sw, None)):
+            region[h[0]:h[1], w[0]:w[1]] = count
+            count += 1
+    region = region.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
+    diff = region[:, None, :] - region[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0)
+
+
+def _roll(cx, x, size: int, axis: int, shift: int):
+    """torch.roll(x, shift, axis) as a gather: out[i] = x[(i - shift) mod size]."""
+    idx = (np.arange(size) - shift) % size
+    return cx.emit(R.take(x, cx.const(idx, "int64"), axis=axis, mode="clip"))
+
+
+def _window_attention(cx, node, args, ins):
+    a = node.attrs
+    n, h, w, c = cx.shape(ins[0])
+    wh, ww = tuple_n(a["window"], 2)
+    heads = a["heads"]
+    d = c // heads
+    x = args[0]
+    ph, pw = (wh - h % wh) % wh, (ww - w % ww) % ww
+    if ph or pw:  # zero-pad bottom/right to whole windows
+        x = cx.emit(R.nn.pad(x, [0, 0, 0, ph, 0, pw, 0, 0]))
+    hp, wp = h + ph, w + pw
+    shift = tuple_n(a["shift"], 2)
+    sh = shift[0] if wh < hp else 0  # no shift along a side one window covers
+    sw = shift[1] if ww < wp else 0
+    if sh:
+        x = _roll(cx, x, hp, 1, -sh)
+    if sw:
+        x = _roll(cx, x, wp, 2, -sw)
+    nwin, t = (hp // wh) * (wp // ww), wh * ww
+    x = cx.emit(R.reshape(x, (n, hp // wh, wh, wp // ww, ww, c)))
+    x = cx.emit(R.reshape(cx.emit(R.permute_dims(x, [0, 1, 3, 2, 4, 5])), (n, nwin, t, c)))
+    qkv = linear(cx, x, cx.param("qkv.weight"), _opt(cx, "qkv.bias"))  # [N, nW, T, 3C]
+    qkv = cx.emit(R.reshape(qkv, (n, nwin, t, 3, heads, d)))
+    qkv = cx.emit(R.permute_dims(qkv, [3, 0, 1, 4, 2, 5]))  # [3, N, nW, heads, T, d]
+    parts = cx.emit(R.split(qkv, 3, axis=0))
+    q, k, v = (cx.emit(R.squeeze(cx.emit(relax.TupleGetItem(parts, i)), [0])) for i in range(3))
+    bias = window_bias(cx.param("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
+    if sh or sw:
+        bias = bias + shift_mask(hp, wp, wh, ww, sh, sw)[:, None]  # [nW, heads, T, T]
+    y = attend(cx, q, k, v, d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
+    y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 1, 3, 2, 4])), (n, nwin, t, c)))
+    y = linear(cx, y, cx.param("proj.weight"), _opt(cx, "proj.bias"))
+    y = cx.emit(R.reshape(y, (n, hp // wh, wp // ww, wh, ww, c)))
+    y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 1, 3, 2, 4, 5])), (n, hp, wp, c)))
+    if sh:
+        y = _roll(cx, y, hp, 1, sh)
+    if sw:
+        y = _roll(cx, y, wp, 2, sw)
+    if ph or pw:
+        y = cx.emit(R.strided_slice(y, [1, 2], [0, 0], [h, w]))
+    return y
+
+
+# ---- CvT convolutional attention ---------------------------------------------------------------
+def _dw_bn(cx, x, prefix: str, c: int, k: int, stride: int, eps: float = 1e-5):
+    """Depthwise conv (padding k//2, no bias) + inference batchnorm, folded to x*s + b after the conv."""
+    y = cx.emit(R.nn.conv2d(x, cx.const(cx.param(f"{prefix}.conv.weight")), strides=stride,
+                            padding=k // 2, groups=c))
+    var = cx.param(f"{prefix}.bn.running_var").astype(np.float64)
+    s = cx.param(f"{prefix}.bn.weight") / np.sqrt(var + eps)
+    b = cx.param(f"{prefix}.bn.bias") - cx.param(f"{prefix}.bn.running_mean") * s
+    y = cx.emit(R.multiply(y, cx.const(s.reshape(1, c, 1, 1))))
+    return cx.emit(R.add(y, cx.const(b.reshape(1, c, 1, 1))))
+
+
+def _tokens(cx, x, n: int, c: int):
+    """[N, C, H, W] -> [N, H*W, C]."""
+    return cx.emit(R.permute_dims(cx.emit(R.reshape(x, (n, c, -1))), [0, 2, 1]))
+
+
+def _conv_attention(cx, node, args, ins):
+    a = node.attrs
+    n, c, _, _ = cx.shape(ins[0])
+    _, _, ho, wo = cx.out_shape()
+    k, heads = a["k"], a["heads"]
+    d = c // heads
+    x = args[0]
+    q = _tokens(cx, _dw_bn(cx, x, "conv_proj_q", c, k, a["stride_q"]), n, c)
+    kk = _tokens(cx, _dw_bn(cx, x, "conv_proj_k", c, k, a["stride_kv"]), n, c)
+    v = _tokens(cx, _dw_bn(cx, x, "conv_proj_v", c, k, a["stride_kv"]), n, c)
+    q, kk, v = (linear(cx, t, cx.param(f"proj_{s}.weight"), _opt(cx, f"proj_{s}.bias"))
+                for t, s in ((q, "q"), (kk, "k"), (v, "v")))
+    q, kk, v = (cx.emit(R.permute_dims(cx.emit(R.reshape(t, (n, -1, heads, d))), [0, 2, 1, 3])) for t in (q, kk, v))
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    y = attend(cx, q, kk, v, scale)  # [N, heads, Lq, d]
+    y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 2, 1, 3])), (n, ho * wo, c)))
+    y = linear(cx, y, cx.param("proj.weight"), _opt(cx, "proj.bias"))
+    return R.reshape(cx.emit(R.permute_dims(y, [0, 2, 1])), (n, c, ho, wo))
+
+
+# ---- HaloNet ---------------------------------------------------------------------------------------
+def _conv1x1(cx, x, weight: np.ndarray, bias: np.ndarray | None):
+    y = cx.emit(R.nn.conv2d(x, cx.const(weight)))
+    return y if bias is None else cx.emit(R.add(y, cx.const(bias.reshape(1, -1, 1, 1))))
+
+
+def _halo_attention(cx, node, args, ins):
+    a = node.attrs
+    n, c, h, w = cx.shape(ins[0])
+    heads, b, halo, dim = a["heads"], a["block_size"], a["halo"], a["dim"]
+    win, d = b + 2 * halo, dim // heads
+    nh, nw = h // b, w // b
+    x = args[0]
+    # queries: [N, dim, H, W] -> [N, heads, blocks, b*b, d]
+    q = _conv1x1(cx, x, cx.param("q.weight"), _opt(cx, "q.bias"))
+    q = cx.emit(R.reshape(q, (n, heads, d, nh, b, nw, b)))
+    q = cx.emit(R.permute_dims(q, [0, 1, 3, 5, 4, 6, 2]))  # [N, heads, nh, nw, by, bx, d]
+    qb = cx.emit(R.reshape(q, (n, heads, nh * nw, b, b, d)))
+    q = cx.emit(R.reshape(q, (n, heads, nh * nw, b * b, d)))
+    # keys/values: zero-pad by halo, cut overlapping win x win windows at stride b (unfold as gathers)
+    kv = _conv1x1(cx, x, cx.param("kv.weight"), _opt(cx, "kv.bias"))
+    kv = cx.emit(R.nn.pad(kv, [0, 0, 0, 0, halo, halo, halo, halo]))
+    rows = (np.arange(nh)[:, None] * b + np.arange(win)[None, :]).ravel()
+    cols = (np.arange(nw)[:, None] * b + np.arange(win)[None, :]).ravel()
+    kv = cx.emit(R.take(kv, cx.const(rows, "int64"), axis=2, mode="clip"))  # [N, 2dim, nh*win, Wp]
+    kv = cx.emit(R.take(kv, cx.const(cols, "int64"), axis=3, mode="clip"))  # [N, 2dim, nh*win, nw*win]
+    kv = cx.emit(R.reshape(kv, (n, 2 * dim, nh, win, nw, win)))
+    kv = cx.emit(R.permute_dims(kv, [0, 1, 2, 4, 3, 5]))  # [N, 2dim, nh, nw, win, win]
+    kv = cx.emit(R.reshape(kv, (n, heads, 2 * d, nh * nw, win * win)))
+    kv = cx.emit(R.permute_dims(kv, [0, 1, 3, 4, 2]))  # [N, heads, blocks, win*win, 2d]
+    parts = cx.emit(R.split(kv, [d], axis=4))
+    k, v = cx.emit(relax.TupleGetItem(parts, 0)), cx.emit(relax.TupleGetItem(parts, 1))
+    # relative logits: q . height_rel[ky - qy + win - 1] and q . width_rel[kx - qx + win - 1]
+    offset = np.arange(win)[None, :] - np.arange(b)[:, None] + win - 1  # [b, win]
+    rh = cx.param("pos_embed.height_rel")[offset].transpose(0, 2, 1)  # [qy, d, ky]
+    rw = cx.param("pos_embed.width_rel")[offset].transpose(0, 2, 1)  # [qx, d, kx]
+    rel_h = cx.emit(R.matmul(qb, cx.const(rh)))  # [N, heads, blocks, qy, qx, ky]
+    qt = cx.emit(R.permute_dims(qb, [0, 1, 2, 4, 3, 5]))  # [..., qx, qy, d]
+    rel_w = cx.emit(R.permute_dims(cx.emit(R.matmul(qt, cx.const(rw))), [0, 1, 2, 4, 3, 5]))  # [..., qy, qx, kx]
+    rel = cx.emit(R.add(cx.emit(R.expand_dims(rel_h, 6)), cx.emit(R.expand_dims(rel_w, 5))))
+    rel = cx.emit(R.reshape(rel, (n, heads, nh * nw, b * b, win * win)))
+    y = attend(cx, q, k, v, 1.0 / math.sqrt(d), rel)  # [N, heads, blocks, b*b, d]
+    y = cx.emit(R.reshape(y, (n, heads, nh, nw, b, b, d)))
+    y = cx.emit(R.permute_dims(y, [0, 1, 6, 2, 4, 3, 5]))
+    return R.reshape(y, (n, dim, h, w))
+
+
+# ---- tokens ----------------------------------------------------------------------------------------
+def _patch_embed(cx, node, args, ins):
+    ph, pw = tuple_n(node.attrs["patch"], 2)
+    n, c, _, _ = cx.shape(ins[0])
+    y = cx.emit(R.nn.conv2d(args[0], cx.const(cx.param("weight")), strides=(ph, pw)))
+    if node.attrs["bias"]:
+        y = cx.emit(R.add(y, cx.const(cx.param("bias").reshape(1, -1, 1, 1))))
+    return _tokens(cx, y, n, node.attrs["dim"])
+
+
+def _class_token(cx, node, args, ins):
+    n, _, c = cx.shape(ins[0])
+    tok = cx.emit(R.broadcast_to(cx.const(cx.param("class_token")), (n, node.attrs["tokens"], c)))
+    return R.concat([tok, args[0]], axis=1)
+
+
+def sinusoid_table(length: int, c: int) -> np.ndarray:
+    """sin on even, cos on odd channels, in float32 as PositionEmbedding computes it."""
+    pos = np.arange(length, dtype=np.float32)[:, None]
+    freq = np.exp(np.arange(0, c, 2, dtype=np.float32) * np.float32(-math.log(10000.0) / c))
+    return np.stack([np.sin(pos * freq), np.cos(pos * freq)], axis=-1).reshape(length, c)
+
+
+def _pos_embed(cx, node, args, ins):
+    _, length, c = cx.shape(ins[0])
+    table = cx.param("pos_embedding") if node.attrs["kind"] == "learned" else sinusoid_table(length, c)
+    return R.add(args[0], cx.const(table))
+
+
+def _layer_scale(cx, node, args, ins):
+    return R.multiply(args[0], cx.const(cx.param("layer_scale")))
+
+
+def _select(cx, node, args, ins):
+    d = select_dim(node.attrs, ins[0])
+    size = cx.shape(ins[0])[d]
+    i = node.attrs["index"] % size
+    y = cx.emit(R.strided_slice(args[0], [d], [i], [i + 1]))
+    return R.squeeze(y, [d])
+
+
+def _identity(cx, node, args, ins):
+    return args[0]
+
+
+LOWERINGS = {
+    "mhsa": _mhsa,
+    "cross_attention": _cross_attention,
+    "window_attention": _window_attention,
+    "conv_attention": _conv_attention,
+    "halo_attention": _halo_attention,
+    "patch_embed": _patch_embed,
+    "class_token": _class_token,
+    "pos_embed": _pos_embed,
+    "layer_scale": _layer_scale,
+    "drop_path": _identity,  # inference
+    "select": _select,
+}

@@ -1,0 +1,211 @@
+"""Targets of the TVM backend: ``tvm-llvm`` (the host CPU) and ``tvm-cuda``.
+
+A target is a JSON-able dict as TVM takes it (``{"kind": "llvm", "mcpu":
+"icelake-server"}``); CUDA carries an llvm host.  The dict is what the
+manifest records and what a loaded artifact is checked against.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from convdsl.errors import UsageError
+
+TARGET_BACKENDS = ("tvm-llvm", "tvm-cuda")
+
+# /proc/cpuinfo flags -> LLVM CPU name, most specific first.  Server names are
+# chosen on purpose: a Sapphire Rapids host compiles as icelake-server, so the
+# artifact runs on any AVX-512 VNNI server (AMX is not used by convdsl).
+_X86_CPUS = (
+    ("icelake-server", ("avx512f", "avx512_vnni", "avx512_vbmi2", "avx512ifma")),
+    ("cascadelake", ("avx512f", "avx512_vnni")),
+    ("skylake-avx512", ("avx512f", "avx512bw", "avx512vl")),
+    ("haswell", ("avx2", "fma")),
+    ("sandybridge", ("avx",)),
+    ("x86-64", ()),
+)
+# the flags a binary built for that CPU may use: checked when an artifact is loaded
+REQUIRED_FLAGS = dict(_X86_CPUS)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """LLVM ``mcpu`` for this machine: from the CPU flags on x86, else LLVM's own guess."""
+    flags = cpu_flags()
+    if flags:
+        for name, need in _X86_CPUS:
+            if all(f in flags for f in need):
+                return name
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+@lru_cache(maxsize=1)
+def detected_cuda_arch() -> str | None:
+    """``sm_XY`` of the first visible GPU, or None without one."""
+    try:
+        import tvm
+
+        dev = tvm.cuda(0)
+        if dev.exist:
+            return "sm_" + str(dev.compute_version).replace(".", "")
+    except Exception:  # noqa: BLE001 - no CUDA runtime: no GPU
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return f"sm_{major}{minor}"
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One compilation target: the backend name and TVM's target dict."""
+
+    backend: str
+    config: dict[str, Any] = field(hash=False)
+
+    @property
+    def kind(self) -> str:
+        return self.config["kind"]
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind in ("cuda", "rocm", "vulkan", "metal", "opencl")
+
+    def tvm_target(self):
+        import tvm
+
+        cfg = dict(self.config)
+        host = cfg.pop("host", None)
+        try:
+            return tvm.target.Target(cfg, host=host) if host else tvm.target.Target(cfg)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise UsageError(f"TVM cannot make a target of {json.dumps(self.config)}: {str(e).splitlines()[0]}",
+                             hint="see TVM's target kinds (llvm, cuda, ...) and their options") from None
+
+    def device(self, index: int = 0):
+        import tvm
+
+        return tvm.device("cpu" if self.kind in ("llvm", "c") else self.kind, index)
+
+    def describe(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+    def key(self) -> str:
+        """Stable text that identifies the target in manifests and the tuning database."""
+        return self.describe()
+
+
+def make_target(backend: str, *, target_json: str | dict | None = None, arch: str | None = None) -> TargetSpec:
+    """The target of ``backend`` on this machine, or as given by ``target_json`` / ``arch``."""
+    if backend not in TARGET_BACKENDS:
+        from convdsl.errors import did_you_mean
+
+        raise UsageError(f"unknown TVM backend '{backend}'",
+                         hint=did_you_mean(backend, TARGET_BACKENDS) or f"TVM backends: {', '.join(TARGET_BACKENDS)}")
+    if target_json is not None:
+        config = _parse_json(target_json)
+    elif backend == "tvm-llvm":
+        config = {"kind": "llvm", "mcpu": host_cpu()}
+    else:
+        config = {"kind": "cuda", "arch": arch or detected_cuda_arch() or "sm_90", "host": {"kind": "llvm"}}
+    if arch is not None:
+        if backend != "tvm-cuda":
+            raise UsageError("--arch applies to tvm-cuda only", hint="for tvm-llvm give --target-json with an mcpu")
+        if not arch.startswith("sm_") or not arch[3:].rstrip("a").isdigit():
+            raise UsageError(f"bad CUDA architecture '{arch}'", expected="sm_XY, e.g. sm_80 or sm_90")
+        config = {**config, "arch": arch}
+    want_kind = "llvm" if backend == "tvm-llvm" else "cuda"
+    if config.get("kind") != want_kind:
+        raise UsageError(f"backend {backend} needs a target of kind '{want_kind}'", got=json.dumps(config),
+                         hint=f"use --backend tvm-{config.get('kind')} for that target" if config.get("kind") else None)
+    spec = TargetSpec(backend, config)
+    check_available(spec)
+    return spec
+
+
+def _parse_json(text: str | dict) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return dict(text)
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--target-json is not valid JSON ({e})", hint='e.g. {"kind": "llvm", "mcpu": "znver4"}') from None
+    if not isinstance(config, dict) or "kind" not in config:
+        raise UsageError("--target-json needs a JSON object with a \"kind\"", got=str(text))
+    return config
+
+
+def check_available(spec: TargetSpec) -> None:
+    """Fail early, with a reason, when this TVM build cannot compile for ``spec``."""
+    import tvm
+
+    if spec.kind == "llvm" or spec.config.get("host"):
+        if not tvm.get_global_func("target.build.llvm", allow_missing=True):
+            raise UsageError("this TVM build has no LLVM code generator", hint="install apache-tvm from PyPI (built with LLVM)")
+    if spec.kind == "cuda":
+        if not tvm.get_global_func("target.build.cuda", allow_missing=True):
+            raise UsageError("this TVM build cannot generate CUDA code (built without USE_CUDA)",
+                             hint="install a TVM build with CUDA, or use --backend tvm-llvm")
+        if shutil.which("nvcc") is None:
+            from tvm.support import nvcc
+
+            try:
+                nvcc.find_cuda_path()
+            except RuntimeError:
+                raise UsageError("tvm-cuda needs the CUDA compiler (nvcc) to build kernels; none was found",
+                                 hint="install the CUDA toolkit (no GPU is needed to cross-compile), "
+                                      "or put nvcc on PATH") from None
+    spec.tvm_target()  # TVM's own validation of the options
+
+
+def host_can_run(config: dict[str, Any]) -> str | None:
+    """Why this machine cannot run code built for ``config`` (None when it can)."""
+    if config.get("kind") == "llvm":
+        mcpu = config.get("mcpu")
+        need = REQUIRED_FLAGS.get(mcpu)
+        flags = cpu_flags()
+        if need is not None and flags:
+            missing = [f for f in need if f not in flags]
+            if missing:
+                return f"it was built for mcpu={mcpu}, and this CPU lacks {', '.join(missing)}"
+        return None
+    if config.get("kind") == "cuda":
+        arch = detected_cuda_arch()
+        if arch is None:
+            return "it was built for CUDA and no GPU is visible here"
+        want = str(config.get("arch", ""))
+        if want and not cubin_runs_on(want, arch):
+            return f"its kernels were built for {want}, and this GPU is {arch}"
+        return None
+    return None
+
+
+def cubin_runs_on(built: str, gpu: str) -> bool:
+    """CUDA binaries run on the same major architecture with an equal or newer minor
+    (``sm_90a`` only on sm_90)."""
+    b, g = built[3:], gpu[3:]
+    if b.endswith("a"):
+        return b[:-1] == g
+    return b[:-1] == g[:-1] and int(b[-1]) <= int(g[-1])

@@ -1,0 +1,164 @@
+"""TVM commands: options of `compile` for the tvm-* backends, `bench`, and `tvm info`.
+
+`compile --backend tvm-llvm|tvm-cuda` takes --target-json, --arch, --tune,
+--db and --no-db; they are attached to the compile command here, so that the
+TVM options live with the TVM backend's command line.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import click
+
+from ..errors import UsageError
+from .common import _graph, main, program_options
+
+TVM_OPTIONS = [
+    click.Option(["--target-json"], default=None, metavar="JSON",
+                 help='tvm-*: TVM target as JSON, e.g. \'{"kind": "llvm", "mcpu": "znver4"}\' (default: this machine).'),
+    click.Option(["--arch"], default=None, metavar="SM",
+                 help="tvm-cuda: GPU architecture, e.g. sm_80 (default: the visible GPU's, else sm_90)."),
+    click.Option(["--tune"], type=int, default=0, metavar="TRIALS",
+                 help="tvm-*: MetaSchedule trials per kernel not yet in the tuning database (0: no tuning)."),
+    click.Option(["--db"], default=None, metavar="DIR",
+                 help="tvm-*: tuning database folder (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning)."),
+    click.Option(["--no-db", "no_db"], is_flag=True, help="tvm-*: do not apply tuning records (fully untuned code)."),
+]
+_NAMES = ("target_json", "arch", "tune", "db", "no_db")
+
+
+def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True):
+    from ..backends.tvm import backend
+
+    if tune < 0:
+        raise UsageError("--tune counts trials and must be >= 0", got=str(tune))
+    if tune and no_db:
+        raise UsageError("--tune stores its results in the database; it cannot be combined with --no-db")
+    return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress)
+
+
+def _extend_compile() -> None:
+    """Add the TVM options to `convdsl compile`; they turn the backend name into a configured backend."""
+    cmd = main.commands["compile"]
+    cmd.params.extend(TVM_OPTIONS)
+    original = cmd.callback
+
+    @functools.wraps(original)
+    def callback(**kwargs):
+        opts = {k: kwargs.pop(k) for k in _NAMES}
+        backend = kwargs.get("backend")
+        if isinstance(backend, str) and backend.startswith("tvm-"):
+            kwargs["backend"] = tvm_backend(backend, **opts)
+        elif any(v for v in opts.values()):
+            given = ", ".join("--" + k.replace("_", "-") for k, v in opts.items() if v)
+            raise UsageError(f"only the TVM backends take {given}", hint="add --backend tvm-llvm or tvm-cuda")
+        return original(**kwargs)
+
+    cmd.callback = callback
+
+
+_extend_compile()
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{rows[0]['network']}, batch {rows[0]['batch']}", title_justify="left")
+    for col, just in (("backend", "left"), ("median ms", "right"), ("p10-p90 ms", "right"), ("spread", "right"),
+                      ("speedup vs torch", "right"), ("build s", "right"), ("note", "left")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        if r.get("median_ms") is None:
+            t.add_row(r["backend"], "-", "-", "-", "-", f"{r['compile_s']:.1f}", r["note"])
+            continue
+        sp = r.get("speedup_vs_torch")
+        t.add_row(r["backend"], f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['spread_pct']:.0f}%",
+                  f"{sp:.2f}x" if sp is not None else "-", f"{r['compile_s']:.1f}", r["note"])
+    Console(width=max(140, Console().width)).print(t)
+
+
+def _profile_tables(profs: dict, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    for backend, rows in profs.items():
+        total = sum(r["ms"] for r in rows)
+        t = Table(title=f"{backend}: time per kernel (one call, {total:.2f} ms in {len(rows)} kernels)",
+                  title_justify="left")
+        for col in ("kernel", "calls", "ms", "%"):
+            t.add_column(col, justify="left" if col == "kernel" else "right")
+        for r in rows[:top]:
+            t.add_row(r["kernel"], str(r["calls"]), f"{r['ms']:.3f}", f"{r['percent']:.1f}")
+        if len(rows) > top:
+            rest = rows[top:]
+            t.add_row(f"({len(rest)} more)", str(sum(r["calls"] for r in rest)), f"{sum(r['ms'] for r in rest):.3f}",
+                      f"{sum(r['percent'] for r in rest):.1f}")
+        Console().print(t)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+@click.option("--backends", default="torch,tvm-llvm", show_default=True, metavar="A,B,...",
+              help="torch, torch-compile, torch-cuda, tvm-llvm, tvm-llvm-tuned, tvm-cuda, tvm-cuda-tuned.")
+@click.option("--batch", default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@click.option("--repeat", default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
+@click.option("--warmup", default=3, show_default=True, help="Untimed calls per backend first.")
+@click.option("--tune", type=int, default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")
+@click.option("--db", default=None, metavar="DIR", help="Tuning database folder for the *-tuned backends.")
+@click.option("--profile", is_flag=True, help="Also print the time of each kernel of the TVM modules.")
+@click.option("--top", default=15, show_default=True, help="Kernels shown per profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects with backend, median_ms, ...).")
+def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
+          profile, top, as_json):
+    """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""
+    from ..artifact import make_inputs
+    from ..backends.tvm.bench import bench as run_bench, profiles, summarize
+
+    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    given = {b.split("=", 1)[0].strip() for b in bind}
+    g.symbols = {s: (v if s in given else batch) for s, v in g.symbols.items()}
+    arrays = make_inputs(g, batch, seed)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    log = (lambda s: click.echo(s, err=True))
+    entries = run_bench(g, names, arrays, repeat=repeat, warmup=warmup, tune=tune, db=db, progress=not as_json, log=log)
+    rows = summarize(entries, g, batch)
+    profs = profiles(entries) if profile else {}
+    if as_json:
+        out = rows if not profile else [dict(r, profile=profs.get(r["backend"])) for r in rows]
+        click.echo(json.dumps(out, indent=2))
+        return
+    _table(rows)
+    if profile:
+        _profile_tables(profs, top)
+
+
+@main.group()
+def tvm() -> None:
+    """TVM backend: targets and the tuning database."""
+
+
+@tvm.command()
+@click.option("--backend", "-b", default="tvm-llvm", show_default=True, help="tvm-llvm or tvm-cuda.")
+@click.option("--target-json", default=None, metavar="JSON", help="Target to describe instead of the default.")
+@click.option("--arch", default=None, metavar="SM", help="tvm-cuda: GPU architecture.")
+@click.option("--db", default=None, metavar="DIR", help="Tuning database root.")
+def info(backend, target_json, arch, db):
+    """Show the target a compile would use, the TVM version and the tuning database."""
+    from ..backends.tvm.backend import tvm_versions
+    from ..backends.tvm.targets import host_can_run, make_target
+    from ..backends.tvm.tuning import db_dir
+
+    spec = make_target(backend, target_json=target_json, arch=arch)
+    folder = db_dir(spec, db)
+    records = folder / "database_tuning_record.json"
+    n = sum(1 for _ in open(records)) if records.exists() else 0
+    why = host_can_run(spec.config)
+    click.echo(f"backend:   {backend}")
+    click.echo(f"target:    {spec.describe()}")
+    click.echo(f"runs here: {'yes' if not why else 'no (' + why + ')'}")
+    click.echo("versions:  " + ", ".join(f"{k} {v}" for k, v in tvm_versions().items()))
+    click.echo(f"database:  {folder} ({n} tuning records)")

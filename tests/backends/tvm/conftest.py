@@ -1,0 +1,91 @@
+"""Shared pieces of the TVM backend tests: skip without TVM, one-op programs,
+randomized weights, and a comparison with the torch backend on the same weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from convdsl.backends.torch import build_module as torch_module  # noqa: E402
+from convdsl.ir.graph import Graph  # noqa: E402
+from convdsl.ir.verify import verify  # noqa: E402
+from convdsl.lang.elaborate import Options, elaborate  # noqa: E402
+
+TOL = 1e-4  # float32: max |tvm - torch| <= TOL * max(1, max |torch|)
+
+
+class Quoted(str):
+    """A string attribute written as a CDL string literal, not a bare word."""
+
+
+def cdl_value(v) -> str:
+    if isinstance(v, Quoted):
+        return '"' + v + '"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(cdl_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return v  # a bare word (quote it in the test for string attributes)
+    return repr(v)
+
+
+def one_op(op: str, shapes, *args, dtypes=None, **kwargs) -> str:
+    """``network t(x0: f32[...], ...) { return (x0, ...) | op(args) }``."""
+    dtypes = dtypes or ["f32"] * len(shapes)
+    params = ", ".join(f"x{i}: {dt}[{', '.join(str(d) for d in s)}]" for i, (s, dt) in enumerate(zip(shapes, dtypes)))
+    src = "x0" if len(shapes) == 1 else "(" + ", ".join(f"x{i}" for i in range(len(shapes))) + ")"
+    argtext = ", ".join([cdl_value(a) for a in args] + [f"{k}={cdl_value(v)}" for k, v in kwargs.items()])
+    return f"network t({params}) {{\n    return {src} | {op}({argtext})\n}}\n"
+
+
+def graph_of(text: str, seed: int = 0, randomize: bool = True, **opts) -> Graph:
+    """Elaborate; float weights random normal (variances positive) so every weight's wiring shows."""
+    g = verify(elaborate(text, "<test>", options=Options(**opts)))
+    if randomize:
+        rng = np.random.default_rng(seed)
+        for name, arr in list(g.params.items()):
+            if arr.dtype.kind == "f":
+                w = rng.standard_normal(arr.shape).astype(arr.dtype)
+                g.params[name] = np.abs(w) + 0.5 if "var" in name else w
+    return g
+
+
+def random_inputs(g: Graph, seed: int = 0) -> list[np.ndarray]:
+    from convdsl.artifact import make_inputs
+
+    return make_inputs(g, 1, seed)
+
+
+def torch_outputs(g: Graph, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    model = torch_module(g).eval()
+    with torch.inference_mode():
+        out = model(*[torch.from_numpy(a) for a in arrays])
+    return [o.detach().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def assert_close(outs, refs, tol: float = TOL) -> None:
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape, (o.shape, r.shape)
+        scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
+        err = float(np.abs(o.astype(np.float64) - r.astype(np.float64)).max()) if r.size else 0.0
+        assert err <= tol * scale, f"max |tvm - torch| = {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def llvm_runner():
+    """Compile a graph for tvm-llvm once per session (keyed by its text and seed) -> runner."""
+    from convdsl.backends.tvm import backend
+
+    cache: dict = {}
+
+    def get(g: Graph, key):
+        if key not in cache:
+            cache[key] = backend("tvm-llvm", use_db=False).runner(g)
+        return cache[key]
+
+    return get

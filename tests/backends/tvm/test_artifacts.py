@@ -1,0 +1,132 @@
+"""Artifacts: compile -> folder (lib.so + manifest) -> load and run on NumPy or torch;
+`convdsl run` on the folder; refusal of artifacts built for another target or TVM."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from convdsl.artifact import write_artifact
+from convdsl.backends.tvm import backend, load
+from convdsl.cli import main
+from convdsl.errors import UsageError
+
+from .conftest import assert_close, graph_of, random_inputs, torch_outputs
+
+NET = """
+network small(x: f32[N, 3, 8, 8]) {
+    y = x | conv2d(8, 3, pad=1) | batchnorm | relu
+    z = y | maxpool2d(2) | global_avgpool(keepdim=false) | linear(5)
+    return z
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    g = graph_of(NET)
+    out = tmp_path_factory.mktemp("art") / "small"
+    files = write_artifact(g, out, backend("tvm-llvm", use_db=False))
+    return g, out, files
+
+
+def test_folder_and_manifest(artifact):
+    g, out, files = artifact
+    assert set(files) >= {"lib.so", "manifest.json", "network.cdl", "weights.safetensors"}
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["backend"] == "tvm-llvm"
+    assert m["tvm"]["target"]["kind"] == "llvm" and m["tvm"]["target"]["mcpu"]
+    assert m["tvm"]["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    assert m["tvm"]["outputs"][0]["shape"] == [1, 5]
+    assert m["versions"]["tvm"] and m["convdsl_version"] and "source_hash" in m
+    assert "conv2d" in m["ops"] and len(m["tvm"]["library_sha256"]) == 64
+
+
+def test_load_runs_numpy_and_torch(artifact):
+    g, out, _ = artifact
+    run = load(out)
+    xs = random_inputs(g)
+    ref = torch_outputs(g, xs)
+    assert_close(run(xs), ref)
+    # torch tensors in, torch tensors out (DLPack), aligned or not
+    t = torch.from_numpy(xs[0].copy())
+    y = run([t])[0]
+    assert isinstance(y, torch.Tensor)
+    assert_close([y.numpy()], ref)
+    unaligned = torch.empty(xs[0].size + 1)[1:].view(xs[0].shape)
+    unaligned.copy_(t)
+    assert_close([run([unaligned])[0].numpy()], ref)
+
+
+def test_wrong_input_shape_is_refused(artifact):
+    _, out, _ = artifact
+    with pytest.raises(UsageError, match="compiled for float32"):
+        load(out)([np.zeros((2, 3, 8, 8), np.float32)])
+
+
+def test_convdsl_run_on_the_folder(artifact, tmp_path):
+    g, out, _ = artifact
+    xs = random_inputs(g)
+    np.save(tmp_path / "x.npy", xs[0])
+    res = CliRunner().invoke(main, ["run", str(out), "--input", str(tmp_path / "x.npy"),
+                                    "--save", str(tmp_path / "y.npy")])
+    assert res.exit_code == 0, res.output
+    assert "tvm-llvm" in res.output
+    assert_close([np.load(tmp_path / "y.npy")], torch_outputs(g, xs))
+
+
+def _copy_with(out, tmp_path, edit):
+    dst = tmp_path / "edited"
+    shutil.copytree(out, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_other_tvm_version_is_refused(artifact, tmp_path):
+    _, out, _ = artifact
+    dst = _copy_with(out, tmp_path, lambda m: m["versions"].update(tvm="0.19.0"))
+    with pytest.raises(UsageError, match="compiled with TVM 0.19.0"):
+        load(dst)
+
+
+def test_other_target_is_refused(artifact, tmp_path):
+    _, out, _ = artifact
+    from convdsl.backends.tvm.targets import detected_cuda_arch
+
+    if detected_cuda_arch() is not None:
+        pytest.skip("a GPU is visible: a CUDA target would be runnable")
+    dst = _copy_with(out, tmp_path, lambda m: m["tvm"].update(target={"kind": "cuda", "arch": "sm_90"}))
+    with pytest.raises(UsageError, match="no GPU is visible"):
+        load(dst)
+
+
+def test_cpu_without_the_isa_is_refused(monkeypatch, artifact, tmp_path):
+    _, out, _ = artifact
+    from convdsl.backends.tvm import targets
+
+    monkeypatch.setattr(targets, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))
+    dst = _copy_with(out, tmp_path, lambda m: m["tvm"].update(target={"kind": "llvm", "mcpu": "icelake-server"}))
+    with pytest.raises(UsageError, match="lacks avx512f"):
+        load(dst)
+
+
+def test_changed_library_is_refused(artifact, tmp_path):
+    _, out, _ = artifact
+    dst = _copy_with(out, tmp_path, lambda m: None)
+    with open(dst / "lib.so", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(UsageError, match="checksum"):
+        load(dst)
+
+
+def test_torch_artifact_is_not_a_tvm_artifact(tmp_path):
+    g = graph_of(NET)
+    write_artifact(g, tmp_path / "t", "torch")
+    with pytest.raises(UsageError, match="not by TVM"):
+        load(tmp_path / "t")
