@@ -6,6 +6,11 @@ Hypothesis profiles, chosen with ``HYPOTHESIS_PROFILE`` (default ``ci``):
   default example count for ordinary property tests; the front-end fuzz tests
   (tests/lang/test_fuzz.py) scale themselves to thousands of examples.
 - ``thorough``: many more examples everywhere, for a long local or nightly run.
+
+The property suite on random programs (tests/properties/) also scales itself:
+each test sets its example count for ``ci`` (the whole suite in a few minutes
+on two cores) and for ``thorough`` (2,000 programs in test_all_properties); see
+tests/properties/helpers.py and docs/testing.md.
 """
 from __future__ import annotations
 

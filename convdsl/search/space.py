@@ -13,7 +13,6 @@ stable however the text is edited.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -24,7 +23,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import ConvDSLError, UsageError
 from ..ir.graph import Graph
-from ..ir.ops import OPS
 from ..ir.verify import verify
 from ..lang import ast
 from ..lang.elaborate import Options, load_program, pick_network
@@ -372,7 +370,3 @@ def elaborate_text(text: str, file: str, network: str | None, options: Options,
     g.source_hash = text_hash(text)
     g.meta["choices"] = sorted(el.choices_seen)
     return g, el
-
-
-def copy_program(program: ast.Program) -> ast.Program:
-    return copy.deepcopy(program)

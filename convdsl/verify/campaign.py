@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import regressions
 from .draws import RandomDraw
+from .inputs import KINDS
 from .programs import generate
 from .properties import PROPERTIES, Case, Unsupported
 
@@ -28,7 +29,7 @@ CHEAP = ["elaborate", "runs", "fmt", "reprint", "standalone", "twin", "passes", 
 
 
 def run(programs: int, out: Path, start: int = 0, tvm_every: int = 10, export_every: int = 10,
-        max_statements: int = 8) -> dict:
+        max_statements: int = 8, cycle_kinds: bool = False) -> dict:
     import torch
 
     from .differential import tvm_available
@@ -45,7 +46,8 @@ def run(programs: int, out: Path, start: int = 0, tvm_every: int = 10, export_ev
     t0 = time.time()
     for i in range(start, start + programs):
         p = generate(RandomDraw(i), max_statements)
-        case = Case(p.text, p.twin, seed=i, batch=1 + i % 3, weights_seed=i,
+        kind = KINDS[i % len(KINDS)] if cycle_kinds else None  # None: the seed picks (edge cases 0..6 only)
+        case = Case(p.text, p.twin, seed=i, batch=1 + i % 3, weights_seed=i, kind=kind,
                     expected_shapes=[t.shape for t in p.outputs])
         names = list(CHEAP)
         h = zlib.crc32(p.text.encode())
@@ -86,7 +88,7 @@ def run(programs: int, out: Path, start: int = 0, tvm_every: int = 10, export_ev
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         counts["programs"] += 1
-        summary = {"programs": counts["programs"], "first_program": start, "seconds": round(time.time() - t0),
+        summary = {"programs": counts["programs"], "first_program": start, "cycle_kinds": cycle_kinds, "seconds": round(time.time() - t0),
                    "tvm": tvm, "checks": dict(sorted(counts.items())),
                    "failures": [{"kind": k, "count": v, "first_program": first[k]} for k, v in failures.most_common()],
                    "unsupported": dict(unsupported.most_common()), "ops": dict(ops.most_common())}
@@ -111,8 +113,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tvm-every", type=int, default=10, help="run tvm-llvm on about 1 program in N (0: never)")
     ap.add_argument("--export-every", type=int, default=10, help="run torch.export on about 1 program in N")
     ap.add_argument("--max-statements", type=int, default=8)
+    ap.add_argument("--cycle-kinds", action="store_true",
+                    help="program i gets inputs of kind KINDS[i % 9] (zeros, large, offset ...), not by seed")
     a = ap.parse_args(argv)
-    s = run(a.programs, a.out, a.start, a.tvm_every, a.export_every, a.max_statements)
+    s = run(a.programs, a.out, a.start, a.tvm_every, a.export_every, a.max_statements, a.cycle_kinds)
     print(json.dumps({k: v for k, v in s.items() if k != "ops"}, indent=2))
 
 

@@ -1,8 +1,6 @@
 """Pareto ranking, regularized evolution and random search on made-up results."""
 from __future__ import annotations
 
-import random
-
 from convdsl.search.evolution import (RandomSearch, RegularizedEvolution, dominates, nondominated_ranks,
                                       pareto_front)
 from convdsl.search.space import SearchSpace
