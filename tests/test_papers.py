@@ -140,8 +140,10 @@ def test_check_and_stats_commands(name: str):
     assert totals["macs"] > 0 and totals["layers"] == len(json.loads(stats.output)["layers"])
 
 
-def test_search_space_is_refused_without_choices():
-    result = CliRunner().invoke(main, ["check", str(PAPERS / "nasnet_cell.cdl")])
+def test_search_space_is_checked_but_not_compiled_without_choices(tmp_path):
+    check = CliRunner().invoke(main, ["check", str(PAPERS / "nasnet_cell.cdl")])
+    assert check.exit_code == 0 and "search space: 20 open choice(s)" in check.output, check.output
+    result = CliRunner().invoke(main, ["compile", str(PAPERS / "nasnet_cell.cdl"), "-o", str(tmp_path / "out")])
     assert result.exit_code == 7 and "--choose b0.in_a=INDEX" in result.output
 
 
