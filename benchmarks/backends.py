@@ -49,6 +49,7 @@ def _ms(v) -> str:
 
 def render(results: dict[str, list[dict]], tune: int, load: tuple[float, float], seconds: float) -> str:
     lines = [HEADING, "",
+             "TVM details (pipeline, tuning, the H200 run of `benchmarks/gpu_check.py`) are in `docs/tvm.md`.", "",
              f"`python benchmarks/backends.py --tune {tune}` on {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, batch 1, {time.strftime('%Y-%m-%d')}; load average {load[0]:.1f} before, "
              f"{load[1]:.1f} after (a shared machine: compare rows of one table, measured round-robin in one run). "
@@ -74,14 +75,14 @@ def render(results: dict[str, list[dict]], tune: int, load: tuple[float, float],
 
 
 def write_section(text: str) -> None:
-    """Replace (or append) the Backends section; other sections stay as they are."""
+    """Replace the Backends section (a "## Backends..." heading), or append one; other sections stay."""
     old = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    start = old.find(HEADING + "\n")
+    start = old.find("\n" + HEADING)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         nxt = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
+        new = old[:start + 1] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
     DOC.write_text(new)
 
 

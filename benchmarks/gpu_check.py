@@ -187,10 +187,6 @@ def main() -> int:
     if not gpu:
         print("no GPU found: nothing to check (run this on a machine with an NVIDIA GPU)")
         return 0
-    import tvm.target._ffi_api as target_api
-
-    if not hasattr(target_api, "TargetCurrent"):  # TVM's runtime alone: no target scopes to ask
-        target_api.TargetCurrent = lambda allow_none=True: None
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     folders = sorted(f for f in Path(a.artifacts).iterdir() if (f / "manifest.json").exists())

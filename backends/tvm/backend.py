@@ -189,6 +189,10 @@ def ensure_device_runtime(kind: str) -> None:
 
     if kind != "cuda" or tvm.runtime.enabled("cuda"):
         return
+    import tvm.target._ffi_api as target_api
+
+    if not hasattr(target_api, "TargetCurrent"):  # runtime only: TVM's CUDA helpers ask for the current target
+        target_api.TargetCurrent = lambda allow_none=True: None
     lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
     if lib.exists():
         try:
