@@ -9,6 +9,7 @@
     properties.py    the properties as plain functions of one Case (tests and replay)
     regressions.py   failing programs saved as .cdl and read back
     report.py        the rich table of `convdsl verify`
+    campaign.py      long random runs that keep going after failures (python -m convdsl.verify.campaign)
 
 Importing this package imports neither torch nor hypothesis.
 """

@@ -177,9 +177,8 @@ def conv(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
                 pad_mode=Word(mode) if mode != "zeros" else None, **common_kw)
     # twin: explicit pad op, then an unpadded conv with groups spelled as a number
     flat_pairs = [p for pr in pads for p in pr]
-    pad_mode = {"zeros": "zeros", "circular": "circular", "reflect": "reflect", "replicate": "replicate"}[mode]
-    unpadded = call(op, out, k_arg, groups=g_alt, **common_kw)
-    alt = (call("pad", flat_pairs, mode=Word(pad_mode) if pad_mode != "zeros" else None) + " | " + unpadded
+    unpadded = call(op, out, k_arg, groups=g_alt, **common_kw)  # the pad op knows the same four modes
+    alt = (call("pad", flat_pairs, mode=Word(mode) if mode != "zeros" else None) + " | " + unpadded
            if any(flat_pairs) else unpadded)
     step = Step(text, kind, o_shape, alt, (op, "pad") if any(flat_pairs) else (op,))
     return with_batchnorm(d, step)
@@ -227,7 +226,11 @@ def norm(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
         alt = call(f"batchnorm{nd}d", eps=eps) if len(shape) > 2 else None  # batchnorm1d refuses [N, C]
         return Step(call("batchnorm", eps=eps), kind, shape, alt, ("batchnorm",))
     if i == 1 and kind in ("seq", "img", "vol"):
-        g = d.pick(divisors(shape[1]))
+        # one value per group fails in torch at batch 1 (tests/regressions/groupnorm_one_value_per_group.cdl)
+        groups = [g for g in divisors(shape[1]) if shape[1] // g * math.prod(shape[2:]) > 1]
+        if not groups:
+            return None
+        g = d.pick(groups)
         return Step(call("groupnorm", g, eps=eps, affine=None if d.flag(70) else False), kind, shape, None,
                     ("groupnorm",))
     if i == 2 and kind in SPATIAL and math.prod(shape[2:]) > 1:  # torch refuses 1 element (tests/regressions)
