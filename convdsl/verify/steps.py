@@ -151,10 +151,11 @@ def conv(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
         pads = [(flat[2 * i], flat[2 * i + 1]) for i in range(nd)] if pairs else [(p, p) for p in flat]
         pad_arg = flat
     mode = d.pick(["zeros", "zeros", "circular", "reflect", "replicate"])
+    # the op table's limits (PyTorch's): reflect pads < size, circular pads <= size (wraps at most once)
     if mode == "reflect" and any(max(lo, hi) >= sz for (lo, hi), sz in zip(pads, spatial)):
         mode = "zeros"
     if mode == "circular" and any(max(lo, hi) > sz for (lo, hi), sz in zip(pads, spatial)):
-        mode = "zeros"  # PyTorch refuses to wrap around more than once (see tests/regressions)
+        mode = "zeros"
     sizes = []
     for (lo, hi), sz, k in zip(pads, spatial, ks):
         eff = dil * (k - 1) + 1

@@ -1,6 +1,8 @@
 """Replays every saved regression program (tests/regressions/*.cdl) with the checks its
 header names.  A file with an ``# xfail:`` line is a known bug outside convdsl.verify,
-kept (and reported) until it is fixed; when it starts passing, the xfail must go."""
+kept (and reported) until it is fixed; when it starts passing, the xfail must go.  A file
+with an ``# expect-error:`` line is a program that must be refused at elaboration (a bug
+fixed by refusing it): the replay checks the error first, then runs its checks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +29,9 @@ def _params():
 @pytest.mark.parametrize("path", list(_params()))
 def test_regression(path: Path) -> None:
     case, checks, _ = regressions.load(path)
+    expected = regressions.header(path).get("expect-error")
+    if expected:
+        regressions.check_refused(case, expected)
     names = DEFAULT if checks == ["all"] else checks
     for name in names:
         if name in ("tvm", "quantize_tvm") and not tvm_available("tvm-llvm"):

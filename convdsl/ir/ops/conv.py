@@ -55,6 +55,22 @@ def conv_padding(attrs: dict, spatial: list, nd: int) -> list[tuple[int, int]]:
     return pairs
 
 
+# The widest padding each mode can make from a dim of ``size`` (PyTorch's limits: reflect
+# mirrors without repeating the edge, circular wraps around at most once); None: no limit.
+PAD_LIMITS = {"reflect": lambda size: size - 1, "circular": lambda size: size}
+
+
+def _check_pad_mode(op: str, mode: str, pad: int, size) -> None:
+    limit = PAD_LIMITS.get(mode)
+    if limit is None or not isinstance(size, int) or pad <= limit(size):
+        return
+    what = "smaller than" if mode == "reflect" else "at most"
+    raise ShapeError(f"{op}: {mode} padding {pad} must be {what} the input size {size}",
+                     expected=f"padding <= {limit(size)}", got=f"padding {pad} for a dim of size {size}",
+                     hint=f"{mode} padding {'mirrors' if mode == 'reflect' else 'wraps around'} the input at most "
+                          "once: pad less, or use pad_mode=zeros or replicate, which have no limit")
+
+
 def _conv_out(size, lo, hi, k, s, d):
     eff = d * (k - 1) + 1
     return dim_add(dim_floordiv(dim_add(size, lo + hi - eff), s), 1) if not isinstance(size, int) else (size + lo + hi - eff) // s + 1
@@ -89,10 +105,8 @@ def make_conv(nd: int) -> OpDef:
             raise ShapeError(f"{name}: groups={groups} must divide in channels ({cin}) and out channels ({out})",
                              expected=f"channels divisible by {groups}", got=f"in={cin}, out={out}")
         pads = conv_padding(attrs, list(x.shape[2:]), nd)
-        if attrs["pad_mode"] != "zeros":
-            for (lo, hi), size in zip(pads, x.shape[2:]):
-                if isinstance(size, int) and attrs["pad_mode"] == "reflect" and max(lo, hi) >= size:
-                    raise ShapeError(f"{name}: reflect padding {max(lo, hi)} must be smaller than the input size {size}")
+        for (lo, hi), size in zip(pads, x.shape[2:]):
+            _check_pad_mode(name, attrs["pad_mode"], max(lo, hi), size)
         spatial = []
         for i in range(nd):
             size = x.shape[2 + i]
