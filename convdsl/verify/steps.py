@@ -234,7 +234,7 @@ def norm(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
         g = d.pick(groups)
         return Step(call("groupnorm", g, eps=eps, affine=None if d.flag(70) else False), kind, shape, None,
                     ("groupnorm",))
-    if i == 2 and kind in SPATIAL and math.prod(shape[2:]) > 1:  # torch refuses 1 element (tests/regressions)
+    if i == 2 and kind in SPATIAL and math.prod(shape[2:]) > 1:  # the op table refuses one spatial element
         nd = SPATIAL[kind]
         return Step(call(f"instancenorm{nd}d", affine=d.flag() or None, eps=eps), kind, shape, None,
                     (f"instancenorm{nd}d",))

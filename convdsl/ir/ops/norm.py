@@ -1,6 +1,8 @@
 """Normalization layers."""
 from __future__ import annotations
 
+import math
+
 from ...errors import CDLTypeError, ShapeError
 from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank
 from ..types import TensorType
@@ -115,9 +117,18 @@ def _in(nd: int) -> OpDef:
     name = f"instancenorm{nd}d"
 
     def infer(attrs, ins):
-        expect_rank(name, ins[0], nd + 2)
-        _static_channels(name, ins[0])
-        return [ins[0]]
+        x = ins[0]
+        expect_rank(name, x, nd + 2)
+        _static_channels(name, x)
+        spatial = x.shape[2:]
+        if all(isinstance(d, int) for d in spatial) and math.prod(spatial) == 1:
+            # x - mean(x) = 0 over one element: the output would be the bias whatever the input,
+            # and torch refuses it ("Expected more than 1 spatial element when training")
+            raise ShapeError(f"{name} needs more than one spatial element to normalize over", got=str(x),
+                             expected=f"[N, C, {', '.join('DHW'[3 - nd:])}] with more than one spatial element",
+                             hint="over a single element the output is the bias whatever the input: normalize "
+                                  "before the pooling, or over the channels (groupnorm(1), layernorm2d)")
+        return [x]
 
     def params(attrs, ins):
         c = ins[0].shape[1]
@@ -132,8 +143,9 @@ def _in(nd: int) -> OpDef:
                  attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", False), Attr("momentum", "float", 0.1),
                         Attr("track_running_stats", "bool", False)),
                  infer=infer, params=params, cost=_norm_cost,
-                 doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent.",
-                 example=f"x | {name}", shape_rule="out = in")
+                 doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent "
+                     "(more than one element, as in PyTorch).",
+                 example=f"x | {name}", shape_rule="out = in; more than one spatial element")
 
 
 def _norm_cost(attrs, ins, outs):

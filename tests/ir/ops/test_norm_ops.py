@@ -102,6 +102,23 @@ def test_instancenorm_errors():
         infer1("instancenorm1d", ("N", "C", 5))
 
 
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("track", [False, True])
+def test_instancenorm_refuses_one_spatial_element_as_torch_does(nd, track):
+    """One spatial element (e.g. after global_avgpool): torch's instance norm refuses it (in eval
+    without running statistics, and whenever it trains), so the op table refuses it statically
+    (tests/regressions/instancenorm_single_element.cdl); a symbolic size is left to run time."""
+    shape = (2, 4) + (1,) * nd
+    m = getattr(nn, f"InstanceNorm{nd}d")(4, track_running_stats=track)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        m.train()(torch.randn(shape))
+    with pytest.raises(ShapeError, match="more than one spatial element") as info:
+        infer1(f"instancenorm{nd}d", shape, track_running_stats=track)
+    assert "groupnorm(1)" in info.value.hint
+    assert infer1(f"instancenorm{nd}d", (2, 4) + (1,) * (nd - 1) + (2,)) == (2, 4) + (1,) * (nd - 1) + (2,)
+    assert infer1(f"instancenorm{nd}d", (2, 4) + (1,) * (nd - 1) + ("L",))[-1] == "L"
+
+
 def test_softmax_and_dropout():
     assert infer1("softmax", ("N", 10)) == ("N", 10)
     assert infer1("softmax", (2, 3, 4), 1) == (2, 3, 4)
