@@ -123,7 +123,7 @@ def generate(graph: Graph) -> Generated:
         for h in low.helpers:
             if h not in helpers:
                 helpers.append(h)
-        mod_ref = None
+        mod_ref, ctor = None, None
         if low.module is not None:
             ctor = low.module(node, in_types)
             if ctor is not None:
@@ -132,6 +132,9 @@ def generate(graph: Graph) -> Generated:
                 init_lines.extend(_containers(node.id, containers))
                 init_lines.append(_assign_module(node.id, ctor))
         expr = low.call(node, in_types, mod_ref, in_names)
+        for h in low.helpers_if_named:  # helpers of special cases: copied only when the code names them
+            if h not in helpers and re.search(rf"\b{h}\b", f"{ctor or ''} {expr}"):
+                helpers.append(h)
         n_out = len(node.types)
         if node.op == "identity":  # no line: the output is another name for the input
             var[Value(node.id, 0)] = in_names[0]

@@ -12,13 +12,16 @@ the pieces into one readable module, which is also what the in-memory
   module reference (``self.layer1["0"].conv1``) or None, ``args`` the input
   variable names.  Multi-output ops return a tuple expression.
 - ``helpers``: names of classes/functions in ``runtime.py`` the generated file
-  must include (their source is copied in, so generated code imports only torch).
+  must include (their source is copied in, so generated code imports only torch);
+  ``helpers_if_named``: those included only when the node's code names them (a
+  special case's helper, e.g. ``GroupNormOneValue``).
 
 Only ``repr()`` of validated attribute values and sanitized identifiers ever
 reach the generated text: a .cdl author cannot inject code.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,6 +42,7 @@ class TorchLowering:
     call: CallFn
     module: ModuleFn | None = None
     helpers: tuple[str, ...] = ()
+    helpers_if_named: tuple[str, ...] = ()
 
 
 def _r(v) -> str:
@@ -290,6 +294,13 @@ def _ln2d_module(node: Node, ins: list[TensorType]) -> str:
     return f"LayerNorm2d({ins[0].shape[1]}{_kw(**extra)})"
 
 
+def one_value_per_group(node: Node, ins: list[TensorType]) -> bool:
+    """groupnorm whose groups hold one value each (channels/groups x static spatial size = 1)."""
+    spatial = ins[0].shape[2:]
+    return (ins[0].shape[1] == node.attrs["groups"] and all(isinstance(d, int) for d in spatial)
+            and math.prod(spatial) == 1)
+
+
 def _gn_module(node: Node, ins: list[TensorType]) -> str:
     a = node.attrs
     extra = {}
@@ -297,7 +308,9 @@ def _gn_module(node: Node, ins: list[TensorType]) -> str:
         extra["eps"] = a["eps"]
     if not a["affine"]:
         extra["affine"] = False
-    return f"nn.GroupNorm({a['groups']}, {ins[0].shape[1]}{_kw(**extra)})"
+    # one value per group: the output is the bias, computed without F.group_norm's batch-1 refusal
+    cls = "GroupNormOneValue" if one_value_per_group(node, ins) else "nn.GroupNorm"
+    return f"{cls}({a['groups']}, {ins[0].shape[1]}{_kw(**extra)})"
 
 
 def _in_module(nd: int) -> ModuleFn:
@@ -348,7 +361,7 @@ TORCH_LOWERINGS: dict[str, TorchLowering] = {
     # normalization
     "layernorm": TorchLowering(_module_call, _ln_module),
     "layernorm2d": TorchLowering(_module_call, _ln2d_module, helpers=("LayerNorm2d",)),
-    "groupnorm": TorchLowering(_module_call, _gn_module),
+    "groupnorm": TorchLowering(_module_call, _gn_module, helpers_if_named=("GroupNormOneValue",)),
     **{f"instancenorm{n}d": TorchLowering(_module_call, _in_module(n)) for n in (1, 2, 3)},
     # pooling and resampling
     **{f"{k}pool{n}d": TorchLowering(_pool_call(k, n)) for k in ("max", "avg") for n in (1, 2, 3)},

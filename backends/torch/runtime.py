@@ -28,6 +28,20 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+class GroupNormOneValue(nn.GroupNorm):
+    """Group norm where every group holds one value (channels/groups x spatial size = 1): each
+    value minus its group's mean is exactly 0, so the output is the bias (0 without affine; NaN
+    where the input is not finite).  F.group_norm refuses this shape at batch 1 ("Expected more
+    than 1 value per channel when training", even in eval) and rounds it at other batches."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x - x
+        if self.affine:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
 def load_safetensors(path: str) -> dict:
     """Minimal reader for the safetensors format (header length, JSON header, raw data)."""
     import json
@@ -54,7 +68,8 @@ def load_safetensors(path: str) -> dict:
     return out
 
 
-HELPERS: dict[str, object] = {"Scope": Scope, "LayerNorm2d": LayerNorm2d, "load_safetensors": load_safetensors}
+HELPERS: dict[str, object] = {"Scope": Scope, "LayerNorm2d": LayerNorm2d, "GroupNormOneValue": GroupNormOneValue,
+                              "load_safetensors": load_safetensors}
 
 
 # ---- attention (convdsl/ir/ops/attention.py) ---------------------------------------------
@@ -436,6 +451,24 @@ class LongConv1d(nn.Module):
         return y
 
 
+def cached_kernel(module: nn.Module, length: int, compute) -> torch.Tensor:
+    """compute(length), a kernel made from the module's own parameters, reused at inference.
+
+    Recomputed whenever gradients may flow (training, autograd, export tracing) or torch.compile
+    is tracing; otherwise kept until the length or a parameter changes (a new tensor or an
+    in-place update: its version counter; writes through ``.data`` are not seen)."""
+    params = tuple(module.parameters(recurse=False))
+    if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or torch.compiler.is_compiling():
+        return compute(length)
+    key = (length, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+    hit = module.__dict__.get("_kernel_cache")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    k = compute(length)
+    module.__dict__["_kernel_cache"] = (key, k)
+    return k
+
+
 class S4D(nn.Module):
     """S4D diagonal state-space layer, one SSM per channel of u[N, C, L].
 
@@ -472,7 +505,7 @@ class S4D(nn.Module):
         return 2 * torch.einsum("cn,cnl->cl", C, powers).real
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        k = self.kernel(u.shape[-1])
+        k = cached_kernel(self, u.shape[-1], self.kernel)
         y = fft_long_conv(u, k) + self.D[:, None] * u
         if self.bidirectional:  # the same SSM run backwards in time
             back = u.flip(-1)
@@ -528,7 +561,7 @@ class SGConv(nn.Module):
         return F.pad(k, (0, length - k.shape[-1]))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        k = self.kernel_for(u.shape[-1])
+        k = cached_kernel(self, u.shape[-1], self.kernel_for)
         y = fft_long_conv(u, k) + self.D[:, None] * u
         if self.bidirectional:  # the same filter run backwards in time
             back = u.flip(-1)
@@ -545,7 +578,7 @@ class SelectiveScan(nn.Module):
     state_dict: [conv1d.weight, conv1d.bias,] x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D."""
 
     def __init__(self, channels: int, state: int = 16, dt_rank: int = 1, d_conv: int = 0,
-                 bidirectional: bool = False, chunk: int = 32):
+                 bidirectional: bool = False, chunk: int = 8):
         super().__init__()
         self.state, self.dt_rank, self.bidirectional, self.chunk = state, dt_rank, bidirectional, chunk
         self.conv1d = nn.Conv1d(channels, channels, d_conv, padding=d_conv - 1, groups=channels) if d_conv else None
@@ -592,27 +625,34 @@ class SelectiveScan(nn.Module):
         return torch.stack(ys, dim=-1)
 
     @staticmethod
-    def scan_chunked(u, dt, A, B, C, chunk: int = 32) -> torch.Tensor:
+    def scan_chunked(u, dt, A, B, C, chunk: int = 8) -> torch.Tensor:
         """scan_steps() evaluated `chunk` steps at a time (memory ~ N*C*state*chunk**2).  Inside a chunk, with
         S_t = sum_{r<=t} dt_r A (running log-decay from the chunk start):
         h_t = exp(S_t) h_start + sum_{s<=t} exp(S_t - S_s) dt_s B_s u_s, a masked
-        [T, T] decay matrix (entries <= 1, so no overflow); only the chunks are sequential."""
+        [T, T] decay matrix (entries <= 1, so no overflow); only the chunks are sequential.
+        Short chunks are fastest on CPU: the decay matrix costs N*C*state*L*chunk exponentials."""
         h = u.new_zeros(*u.shape[:2], A.shape[-1])                           # [N, C, state]
+        xs = dt * u
+        dA = dt[..., None] * A[:, None]                                      # [N, C, L, state]
+        masks: dict[int, torch.Tensor] = {}
         ys = []
         for start in range(0, u.shape[-1], chunk):
-            x = (dt * u)[..., start:start + chunk]                           # [N, C, T]
+            x = xs[..., start:start + chunk]                                 # [N, C, T]
             b, c = B[:, start:start + chunk], C[:, start:start + chunk]        # [N, T, state]
-            S = torch.cumsum(dt[..., start:start + chunk, None] * A[:, None], dim=2)  # [N, C, T, state]
+            S = torch.cumsum(dA[:, :, start:start + chunk], dim=2)           # [N, C, T, state]
             T = x.shape[-1]
-            later = torch.ones(T, T, dtype=torch.bool, device=u.device).triu(1)  # s > t
-            decay = torch.exp((S[:, :, :, None] - S[:, :, None]).masked_fill(later[:, :, None], float("-inf")))
-            y = torch.einsum("zctsk,ztk,zsk,zcs->zct", decay, c, b, x)        # within the chunk
-            y = y + torch.einsum("zctk,ztk,zck->zct", torch.exp(S), c, h)     # carried-in state
-            h = torch.exp(S[:, :, -1]) * h + torch.einsum("zcsk,zsk,zcs->zck", decay[:, :, -1], b, x)
+            if T not in masks:
+                masks[T] = torch.ones(T, T, dtype=torch.bool, device=u.device).triu(1)[:, :, None]  # s > t
+            decay = (S[:, :, :, None] - S[:, :, None]).masked_fill(masks[T], float("-inf")).exp()  # [N, C, T, T, state]
+            pair = c[:, :, None, :] * b[:, None, :, :]                       # c_t * b_s: [N, T, T, state]
+            y = ((decay * pair[:, None]).sum(-1) @ x[..., None]).squeeze(-1)  # within the chunk
+            eS = S.exp()
+            y = y + (eS * h[:, :, None]).mul(c[:, None]).sum(-1)             # carried-in state
+            h = eS[:, :, -1] * h + (decay[:, :, -1] * b[:, None]).mul(x[..., None]).sum(-2)
             ys.append(y)
         return torch.cat(ys, dim=-1)
 
 
 HELPERS.update({"fft_long_conv": fft_long_conv, "GlobalFilter2d": GlobalFilter2d,
-                "AdaptiveFilter2d": AdaptiveFilter2d, "LongConv1d": LongConv1d, "S4D": S4D,
+                "AdaptiveFilter2d": AdaptiveFilter2d, "LongConv1d": LongConv1d, "S4D": S4D, "cached_kernel": cached_kernel,
                 "SGConv": SGConv, "SelectiveScan": SelectiveScan})

@@ -227,11 +227,7 @@ def norm(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
         alt = call(f"batchnorm{nd}d", eps=eps) if len(shape) > 2 else None  # batchnorm1d refuses [N, C]
         return Step(call("batchnorm", eps=eps), kind, shape, alt, ("batchnorm",))
     if i == 1 and kind in ("seq", "img", "vol"):
-        # one value per group fails in torch at batch 1 (tests/regressions/groupnorm_one_value_per_group.cdl)
-        groups = [g for g in divisors(shape[1]) if shape[1] // g * math.prod(shape[2:]) > 1]
-        if not groups:
-            return None
-        g = d.pick(groups)
+        g = d.pick(divisors(shape[1]))
         return Step(call("groupnorm", g, eps=eps, affine=None if d.flag(70) else False), kind, shape, None,
                     ("groupnorm",))
     if i == 2 and kind in SPATIAL and math.prod(shape[2:]) > 1:  # the op table refuses one spatial element

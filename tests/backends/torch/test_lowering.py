@@ -1,0 +1,62 @@
+"""Special cases of the torch lowering table (backends/torch/lowering.py), checked against
+PyTorch's own modules and a float64 reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convdsl.backends.torch import build_module, generate
+
+from ...helpers import graph_of
+
+
+def _groupnorm(shape: str, groups: int, affine: bool = True):
+    g = graph_of(f"network n(x: f32[{shape}]) {{\n    return x | groupnorm({groups}, affine={str(affine).lower()})\n}}")
+    if affine:
+        rng = np.random.default_rng(0)
+        for name in ("groupnorm.weight", "groupnorm.bias"):
+            g.params[name] = rng.standard_normal(g.params[name].shape).astype(np.float32)
+    return g
+
+
+@pytest.mark.parametrize("shape,groups", [("N, 8, 1, 1", 8), ("N, 6", 6), ("N, 4, 1", 4), ("N, 3, 1, 1, 1", 3)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_groupnorm_with_one_value_per_group_gives_the_bias_at_every_batch(shape, groups, affine):
+    """C/groups x spatial = 1: x - mean = 0, so the output is the bias exactly (0 without affine);
+    F.group_norm refuses batch 1 (tests/regressions/groupnorm_one_value_per_group.cdl)."""
+    g = _groupnorm(shape, groups, affine)
+    model = build_module(g)
+    assert "GroupNormOneValue" in model.source
+    bias = torch.from_numpy(g.params["groupnorm.bias"]) if affine else torch.zeros(groups)
+    dims = [int(d) for d in shape.split(", ")[1:]]
+    for batch in (1, 2, 3):
+        x = torch.randn(batch, *dims, dtype=torch.float64).float() * 100 + 300
+        with torch.no_grad():
+            y = model(x)
+        want = bias.view((1, -1) + (1,) * (len(dims) - 1)).expand_as(x)
+        torch.testing.assert_close(y, want, rtol=0, atol=0)
+        if batch > 1:  # torch's own kernel agrees, up to its rounding of x * rstd - mean * rstd
+            w = torch.from_numpy(g.params["groupnorm.weight"]) if affine else None
+            ref = F.group_norm(x.double(), groups, None if w is None else w.double(), bias.double() if affine else None)
+            torch.testing.assert_close(y.double(), ref, rtol=0, atol=1e-9)
+    x = torch.tensor([float("inf"), float("nan")] + [1.0] * (groups - 2)).view(1, groups, *dims[1:])
+    with torch.no_grad():
+        y = model(x)
+    assert torch.isnan(y[0, :2]).all() and torch.isfinite(y[0, 2:]).all()  # as F.group_norm: not finite in, NaN out
+
+
+def test_groupnorm_keeps_nn_groupnorm_otherwise():
+    for shape, groups in (("N, 8, 2, 1", 8), ("N, 8, 1, 1", 4), ("N, 8, L", 8)):
+        src = generate(_groupnorm(shape, groups)).source
+        assert "nn.GroupNorm(" in src and "GroupNormOneValue" not in src, shape
+
+
+def test_one_value_per_group_module_keeps_the_state_dict_and_exports(tmp_path):
+    g = _groupnorm("N, 8, 1, 1", 8)
+    model = build_module(g)
+    assert sorted(model.state_dict()) == ["groupnorm.bias", "groupnorm.weight"]
+    x = torch.randn(1, 8, 1, 1)
+    ep = torch.export.export(model, (x,))
+    torch.testing.assert_close(ep.module()(x), model(x))
