@@ -70,6 +70,36 @@ def test_s4d_convolution_equals_recurrence(state, L):
     np.testing.assert_allclose(run(m.op, x, "recurrent"), want, rtol=1e-4, atol=1e-4)  # the helper's scan
 
 
+@pytest.mark.parametrize("op", ["s4d(state=8)", "sgconv(kernel_dim=4)"])
+def test_kernel_is_reused_at_inference_until_a_parameter_changes(op):
+    g = graph(op, (2, 3, 33))
+    m = build_module(g).eval()
+    x = torch.randn(2, 3, 33)
+    calls = []
+    method = "kernel" if op.startswith("s4d") else "kernel_for"
+    compute = getattr(m.op, method)
+
+    def counting(length):
+        calls.append(length)
+        return compute(length)
+
+    object.__setattr__(m.op, method, counting)  # an instance attribute shadows the method
+    with torch.inference_mode():
+        first = m(x)
+        torch.testing.assert_close(m(x), first)
+    assert calls == [33]  # computed once for two calls
+    with torch.no_grad():
+        m(x[..., :20])  # another length: a new kernel
+        assert calls == [33, 20]
+        m.op.D.mul_(0.5)  # an in-place update: recomputed
+        changed = m(x)
+    assert calls == [33, 20, 33]
+    torch.testing.assert_close(changed, first - m.op.D[:, None] * x)  # D halved: D u drops by the new D u
+    m(x).sum().backward()  # with gradients: never cached, and gradients reach the parameters
+    assert calls[-1] == 33 and len(calls) == 4
+    assert all(p.grad is not None for p in m.op.parameters())
+
+
 def test_s4d_kernel_is_the_impulse_response():
     g = graph("s4d(state=6)", (1, 3, 25))
     m = build_module(g)
