@@ -17,13 +17,17 @@ def write_artifact(graph: Graph, out: Path) -> list[str]:
 
 
 def runner(graph: Graph):
-    """A callable (numpy arrays) -> numpy arrays running the in-memory module."""
+    """A callable (numpy arrays) -> numpy arrays running the in-memory module.  bf16, which NumPy
+    cannot hold, travels as float32 (converted for inputs declared bf16, and back for outputs)."""
     model = build_module(graph)
+    bf16 = [t.dtype == "bf16" for t in graph.input_types()]
 
     def run(arrays):
+        xs = [torch.from_numpy(a) for a in arrays]
+        xs = [x.to(torch.bfloat16) if i < len(bf16) and bf16[i] else x for i, x in enumerate(xs)]
         with torch.inference_mode():
-            out = model(*[torch.from_numpy(a) for a in arrays])
+            out = model(*xs)
         outs = out if isinstance(out, tuple) else (out,)
-        return [o.numpy() for o in outs]
+        return [(o.float() if o.dtype == torch.bfloat16 else o).numpy() for o in outs]
 
     return run

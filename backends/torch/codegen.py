@@ -24,6 +24,7 @@ from torch import nn
 import convdsl
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE
 
 from .lowering import lowering_for
 from .runtime import HELPERS
@@ -127,6 +128,7 @@ def generate(graph: Graph) -> Generated:
         if low.module is not None:
             ctor = low.module(node, in_types)
             if ctor is not None:
+                ctor += _dtype_suffix(graph, node)
                 _check_name(node.id, node)
                 mod_ref = module_ref(node.id)
                 init_lines.extend(_containers(node.id, containers))
@@ -173,6 +175,16 @@ def generate(graph: Graph) -> Generated:
         returns=returns,
     )
     return Generated(source, class_name, helpers)
+
+
+def _dtype_suffix(graph: Graph, node: Node) -> str:
+    """``.to(torch.float64)`` for a module whose float parameters are not f32 (an f64 network, a
+    graph the cast pass made f16/bf16): modules are built in f32, and ``.to`` converts their float
+    parameters and buffers only, as ``load_state_dict`` then expects."""
+    dtypes = {graph.params.specs[key].dtype for key in node.params.values()} & set(FLOAT_DTYPES)
+    if len(dtypes) != 1 or dtypes == {"f32"}:
+        return ""
+    return f".to(torch.{TORCH_DTYPE[dtypes.pop()]})"
 
 
 def _display_path(path: str | None) -> str:
@@ -257,12 +269,15 @@ def load_source(gen: Generated, filename: str | None = None) -> type:
 
 
 def state_dict_of(graph: Graph) -> dict[str, torch.Tensor]:
-    """The graph's parameters as torch tensors (sharing memory with the store)."""
+    """The graph's parameters as torch tensors of their declared dtypes (sharing memory with the
+    store, except bf16, which NumPy stores as float32 and is converted)."""
     out = {}
     for name, arr in graph.params.items():
         if not arr.flags.c_contiguous or not arr.flags.writeable:
             arr = arr.copy()
-        out[name] = torch.from_numpy(arr)
+        t = torch.from_numpy(arr)
+        want = getattr(torch, TORCH_DTYPE.get(graph.params.specs[name].dtype, "float32"))
+        out[name] = t if t.dtype == want else t.to(want)
     return out
 
 

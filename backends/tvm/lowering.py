@@ -35,7 +35,7 @@ from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.ops.conv import conv_padding
 from convdsl.ir.optable import tuple_n
-from convdsl.ir.types import TensorType, bind_dim
+from convdsl.ir.types import FLOAT_DTYPES, TensorType, bind_dim
 
 R = relax.op
 Expr = relax.Expr
@@ -67,8 +67,19 @@ class Lowerer:
     def has_param(self, name: str) -> bool:
         return name in self.node.params
 
-    def const(self, arr: np.ndarray | float, dtype: str = "float32") -> Expr:
+    def const(self, arr: np.ndarray | float, dtype: str | None = None) -> Expr:
+        """A constant; float by default, in the dtype the node computes in (``compute_dtype``)."""
+        dtype = dtype or self.compute_dtype()
         return relax.const(np.ascontiguousarray(np.asarray(arr, dtype=dtype)), dtype)
+
+    def compute_dtype(self) -> str:
+        """The TVM dtype of the node's first floating-point input (float32 when none is float):
+        what its weights and constants are stored in (an f64 network has f64 weights)."""
+        if self.node is not None:
+            for t in self.graph.in_types(self.node.id):
+                if t.dtype in FLOAT_DTYPES:
+                    return TVM_DTYPE[t.dtype]
+        return "float32"
 
     def emit(self, expr: Expr, hint: str = "") -> Expr:
         return self.bb.emit(expr, name_hint=hint or self._hint())

@@ -6,11 +6,11 @@ cost.  Backends keep their own lowering tables keyed by ``OpDef.name``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from ..errors import CDLTypeError, ShapeError, did_you_mean
-from .types import TensorType
+from .types import FLOAT_DTYPES, TensorType
 
 
 class _Required:
@@ -101,6 +101,16 @@ class OpDef:
             if a.name == name:
                 return a
         return None
+
+    def param_specs(self, attrs: dict, ins: list[TensorType]) -> dict[str, "ParamSpec"]:
+        """``params``, with the float parameters in the dtype the node computes in: that of its
+        first floating-point input (an f64 network has f64 weights; f32 when no input is float,
+        e.g. int8 or token ids).  Non-float parameters (counters, int8 weights) keep theirs."""
+        specs = self.params(attrs, ins)
+        dtype = next((t.dtype for t in ins if t.dtype in FLOAT_DTYPES), "f32")
+        if dtype == "f32":
+            return specs
+        return {k: replace(s, dtype=dtype) if s.dtype == "f32" else s for k, s in specs.items()}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 Dim = int | str
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i8", "u8", "i32", "i64", "bool")
+FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i8": 1, "u8": 1, "i32": 4, "i64": 8, "bool": 1}
 NUMPY_DTYPE = {"f32": "float32", "f16": "float16", "f64": "float64", "i8": "int8", "u8": "uint8",
                "i32": "int32", "i64": "int64", "bool": "bool", "bf16": "float32"}

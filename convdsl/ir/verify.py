@@ -54,7 +54,7 @@ def verify(graph: Graph) -> Graph:
         if list(expect) != list(node.types):
             raise IRError(f"node {nid!r} ({node.op}) records types {[str(t) for t in node.types]} "
                           f"but its inputs give {[str(t) for t in expect]}", where)
-        specs = op.params(node.attrs, ins)
+        specs = op.param_specs(node.attrs, ins)
         if set(specs) != set(node.params):
             raise IRError(f"node {nid!r} has params {sorted(node.params)}, op expects {sorted(specs)}", where)
         for local, key in node.params.items():

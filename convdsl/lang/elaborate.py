@@ -20,7 +20,7 @@ from ..errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, Res
 from ..ir.graph import Graph, Value
 from ..ir.ops import OPS
 from ..ir.optable import OpDef, Symbol, bind_attrs
-from ..ir.types import TensorType, bind_dim
+from ..ir.types import DTYPE_BYTES, TensorType, bind_dim
 from . import ast
 from .parser import parse
 from .values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
@@ -788,7 +788,7 @@ class Elaborator:
             if op.normalize is not None:
                 attrs = op.normalize(dict(attrs), in_types)
             out_types = op.infer(attrs, in_types)
-            specs = op.params(attrs, in_types)
+            specs = op.param_specs(attrs, in_types)
         except ConvDSLError as err:
             raise err.with_span(span)
         except (ValueError, ZeroDivisionError, OverflowError, IndexError, TypeError) as err:
@@ -801,7 +801,7 @@ class Elaborator:
                                  hint="the input is too small for this kernel/stride, or a size is zero")
             self._check_size(t, span, f"output of {op.name}")
         for spec in specs.values():
-            nbytes = math.prod(spec.shape) * 4
+            nbytes = math.prod(spec.shape) * DTYPE_BYTES.get(spec.dtype, 4)
             self.param_bytes += nbytes
         if self.param_bytes > self.opts.max_bytes:
             raise ResourceError(f"parameters would take {_gib(self.param_bytes)}, over the limit of {_gib(self.opts.max_bytes)}",

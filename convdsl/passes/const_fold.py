@@ -113,7 +113,7 @@ def _fold_constant(g: Graph, node: Node) -> bool:
         return False
     args = [g.params[g.node(v.node).params["weight"]].astype(np.float64) for v in ins]
     value = np.asarray(EVALUATORS[node.op](node, *args)).astype(NUMPY_DTYPE.get(node.type.dtype, "float32"))
-    spec = OPS[CONSTANT].params(attrs, [g.type_of(anchor)])["weight"]
+    spec = OPS[CONSTANT].param_specs(attrs, [g.type_of(anchor)])["weight"]
     node.op, node.attrs, node.params = CONSTANT, attrs, {"weight": key}
     g.params.declare(key, spec)
     g.params[key] = value

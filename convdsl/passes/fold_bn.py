@@ -82,7 +82,7 @@ def _fold(g: Graph, producer: Node, bn: Node) -> None:
     if "bias" not in producer.params:
         producer.attrs["bias"] = True
         key = _bias_key(producer)
-        spec = OPS[producer.op].params(producer.attrs, g.in_types(producer.id))["bias"]
+        spec = OPS[producer.op].param_specs(producer.attrs, g.in_types(producer.id))["bias"]
         p.declare(key, spec)
         producer.params["bias"] = key
     p[producer.params["bias"]] = new_bias

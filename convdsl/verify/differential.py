@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from ..ir.graph import Graph
+from ..ir.types import TORCH_DTYPE
 from .inputs import make_inputs
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -150,17 +151,23 @@ def torch_runner(graph: Graph) -> Runner:
     from convdsl.backends.torch import build_module
 
     model = build_module(graph)
-    return _torch_call(model)
+    return _torch_call(model, graph)
 
 
-def _torch_call(model) -> Runner:
+def _torch_call(model, graph: Optional[Graph] = None) -> Runner:
+    """numpy in, numpy out.  bf16, which NumPy cannot hold, travels as float32: inputs declared
+    bf16 (in ``graph``) are converted on the way in, bf16 outputs to float32 on the way out."""
     import torch
 
+    bf16 = [t.dtype == "bf16" for t in graph.input_types()] if graph is not None else []
+
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        xs = [torch.from_numpy(np.array(a)) for a in arrays]
+        xs = [x.to(torch.bfloat16) if i < len(bf16) and bf16[i] else x for i, x in enumerate(xs)]
         with torch.inference_mode():
-            out = model(*[torch.from_numpy(np.array(a)) for a in arrays])
+            out = model(*xs)
         outs = out if isinstance(out, tuple) else (out,)
-        return [o.detach().numpy().copy() for o in outs]
+        return [(o.float() if o.dtype == torch.bfloat16 else o).detach().numpy().copy() for o in outs]
 
     return run
 
@@ -181,7 +188,7 @@ def standalone_runner(graph: Graph, folder: Optional[str | Path] = None) -> Runn
     spec = importlib.util.spec_from_file_location(f"convdsl_verify_model_{next(_loaded)}", folder / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return _torch_call(module.load())
+    return _torch_call(module.load(), graph)
 
 
 def reprint_runner(graph: Graph) -> Runner:
@@ -234,9 +241,10 @@ def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:
     from convdsl.backends.torch import build_module
 
     model = build_module(graph)
-    args = tuple(torch.from_numpy(np.array(a)) for a in example)
+    args = tuple(torch.from_numpy(np.array(a)).to(getattr(torch, TORCH_DTYPE[t.dtype]))
+                 for a, t in zip(example, graph.input_types()))
     exported = torch.export.export(model, args)
-    return _torch_call(exported.module())
+    return _torch_call(exported.module(), graph)
 
 
 def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None) -> Runner:

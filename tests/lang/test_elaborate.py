@@ -406,6 +406,27 @@ def test_memory_limit_counts_parameters():
                   options=Options(max_bytes=1024**3))
 
 
+@pytest.mark.parametrize("dtype", ["f64", "f16", "bf16"])
+def test_parameters_follow_the_float_dtype_they_compute_in(dtype):
+    """An f64 network has f64 weights (tests/regressions/float64_input.cdl); so does the part of a
+    network after a cast; counters stay i64."""
+    g = elaborate(net("return x | conv2d(4, 3) | batchnorm", inputs=f"x: {dtype}[N, 3, 8, 8]"))
+    assert {n: s.dtype for n, s in g.params.specs.items() if "num_batches" not in n} == {
+        n: dtype for n in ("conv2d.weight", "conv2d.bias", "batchnorm.weight", "batchnorm.bias",
+                           "batchnorm.running_mean", "batchnorm.running_var")}
+    assert g.params.specs["batchnorm.num_batches_tracked"].dtype == "i64"
+    g = elaborate(net("return x | linear(4) as a | cast(f64) | linear(4) as b", inputs="x: f32[N, 3]"))
+    assert (g.params.specs["a.weight"].dtype, g.params.specs["b.weight"].dtype) == ("f32", "f64")
+    assert g.params["b.weight"].dtype == "float64"
+
+
+def test_memory_limit_counts_bytes_of_the_parameter_dtype():
+    limit = Options(max_bytes=6 * 1024**2)  # a 1024 x 1024 weight: 4 MiB in f32, 8 MiB in f64
+    elaborate(net("return x | linear(1024, bias=false)", inputs="x: f32[N, 1024]"), options=limit)
+    with pytest.raises(ResourceError, match="parameters"):
+        elaborate(net("return x | linear(1024, bias=false)", inputs="x: f64[N, 1024]"), options=limit)
+
+
 def test_duplicate_input_names_are_refused():
     # regression: the second input raised ValueError("duplicate node id") from the graph
     with pytest.raises(CDLNameError, match="declared twice"):

@@ -296,7 +296,7 @@ def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
 
     lid = g.unique_id(f"{node.id}_proj")
     attrs = {"out": len(ko), "bias": has_bias}
-    specs = OPS["linear"].params(attrs, node.types)
+    specs = OPS["linear"].param_specs(attrs, node.types)
     params = {local: f"{lid}.{local}" for local in specs}
     g.add_node(lid, "linear", [], attrs, OPS["linear"].infer(attrs, node.types), params=params, span=node.span,
                scope=node.scope, block=node.block)

@@ -120,3 +120,60 @@ def test_module_shares_the_graph_parameters():
     m = build_module(g)
     np.testing.assert_array_equal(m.state_dict()["fc.weight"].numpy(), g.params["fc.weight"])
     assert not m.training
+
+
+FLOAT_NET = """
+network net(x: {dtype}[N, 4, 8, 8]) {{
+    y = x | conv2d(8, 3, pad=1) | batchnorm | relu | groupnorm(2) | global_avgpool | flatten
+    return y | linear(5)
+}}
+"""
+
+
+def _reference(g, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The same network written by hand with torch modules built in ``dtype`` (the graph's weights)."""
+    p = {k: torch.from_numpy(np.asarray(v)).to(dtype) if v.dtype.kind == "f" else torch.from_numpy(v)
+         for k, v in g.params.items()}
+    y = torch.nn.functional.conv2d(x, p["conv2d.weight"], p["conv2d.bias"], padding=1)
+    y = torch.nn.functional.batch_norm(y, p["batchnorm.running_mean"], p["batchnorm.running_var"],
+                                       p["batchnorm.weight"], p["batchnorm.bias"])
+    y = torch.nn.functional.group_norm(torch.relu(y), 2, p["groupnorm.weight"], p["groupnorm.bias"])
+    return torch.nn.functional.linear(y.mean((2, 3)), p["linear.weight"], p["linear.bias"])
+
+
+@pytest.mark.parametrize("dtype,torch_dtype,tol", [("f64", torch.float64, 1e-12), ("f16", torch.float16, 2e-3),
+                                                   ("bf16", torch.bfloat16, 2e-2)])
+def test_float_inputs_other_than_f32_get_parameters_of_their_dtype(dtype, torch_dtype, tol, tmp_path):
+    """tests/regressions/float64_input.cdl: the parameters follow the input's float dtype, in the
+    IR (spec and array), the in-memory module and the standalone artifact."""
+    from convdsl.verify.differential import randomize_constants, standalone_runner
+
+    g = randomize_constants(graph_of(FLOAT_NET.format(dtype=dtype)), 1)
+    assert {g.params.specs[k].dtype for k in g.params.names()} == {dtype, "i64"}  # + num_batches_tracked
+    m = build_module(g)
+    assert f".to(torch.{str(torch_dtype).split('.')[1]})" in m.source
+    x64 = torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = x64.to(torch_dtype)
+    with torch.no_grad():
+        y = m(x)
+        want = _reference(g, x, torch_dtype)
+        exact = _reference(g, x.double(), torch.float64)  # the same weights and inputs, in float64
+    assert y.dtype == torch_dtype
+    torch.testing.assert_close(y, want, rtol=0, atol=tol * float(exact.abs().max()))
+    torch.testing.assert_close(y.double(), exact, rtol=0, atol=tol * 10 * float(exact.abs().max()))
+    standalone = standalone_runner(g, tmp_path / "art")([x.float().numpy() if dtype == "bf16" else x.numpy()])[0]
+    np.testing.assert_array_equal(standalone, y.float().numpy() if dtype == "bf16" else y.numpy())
+
+
+def test_f64_network_matches_numpy_float64():
+    g = graph_of("network net(x: f64[N, 6]) {\n    return x | linear(3) | tanh\n}")
+    x = np.random.default_rng(0).standard_normal((4, 6))
+    with torch.no_grad():
+        y = build_module(g)(torch.from_numpy(x)).numpy()
+    want = np.tanh(x @ g.params["linear.weight"].T + g.params["linear.bias"])
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, want, rtol=1e-13, atol=1e-15)
+
+
+def test_f32_modules_are_written_without_a_dtype():
+    assert ".to(torch." not in generate(graph_of(FLOAT_NET.format(dtype="f32"))).source
