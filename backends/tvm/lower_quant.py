@@ -1,23 +1,44 @@
 """TVM lowerings of the quantized ops (see lowering.py for the entry format).
 
-Real int8: ``qconv*d`` is a Relax convolution of the uint8/int8 input with the
-int8 weights and ``out_dtype="int32"`` (int32 accumulation), ``qlinear`` an
-int8 matmul with an int32 result.  The input zero point is handled the way
-int8 libraries do: the input is padded with ``in_zp`` (real zero) and the
-term ``in_zp * sum(w[c])`` is folded into the int32 bias, computed here once:
+Real int8.  On CPU targets (``tvm-llvm``) ``qconv2d``/``qconv1d`` with
+``groups=1`` and ``qlinear`` are one TE kernel in the layout of x86's VNNI
+instruction ``vpdpbusd`` (u8 x s8 -> s32, 4 products per int32 lane, 16 lanes):
+
+    pack:     xp[n, icb, h, w, c4]  = u8(x[n, 4 icb + c4, h - pad, w - pad])   (in_zp where padded)
+    conv:     acc[n, ob, oh, ow, o16] = sum xp[n, icb, oh s + kh d, ow s + kw d, c4] * W[ob, icb, kh, kw, o16, c4]
+    requant:  y[n, c, oh, ow] = requantize(acc[n, c / 16, oh, ow, c % 16] + bias'[c])
+
+The weights are packed here, at compile time, into ``OIHW[oc/16][ic/4][kh][kw][16][4]``
+blocks (channels zero-padded to multiples of 16 and 4).  The block annotations
+``convdsl.vnni`` (``pack``, ``conv``, ``requant``) are what
+``schedules/int8.py`` recognizes; it tensorizes the inner 16 x 4 dot product with
+TVM's ``dot_16x4_vnni`` intrinsic.  The kernel is marked output-elementwise
+fusable (``op_pattern`` = kOutEWiseFusable), so FuseOps appends the float ops
+that follow (residual add, relu, the next quantize) to its epilogue.  ``qlinear``
+is the same kernel as a 1x1 convolution of a [rows, K, 1, 1] input; ``qconv1d`` a
+convolution of height 1.  qconv3d, grouped convolutions and GPU targets use the
+plain Relax path below (``conv(..., out_dtype="int32")``).
+
+The input zero point is handled the way int8 libraries do: the input is padded
+with ``in_zp`` (real zero) and the term ``in_zp * sum(w[c])`` is folded into the
+int32 bias, computed here once:
 
     acc = conv(pad(q_x, in_zp), q_w) + (bias - in_zp * sum(q_w[c]))   ==   conv(q_x - in_zp, q_w) + bias
 
+An ``i8`` input is shifted to ``u8`` (x + 128, in_zp + 128: the same differences
+x - in_zp), since vpdpbusd multiplies unsigned by signed bytes.
+
 Requantization follows convdsl/ir/ops/quant.py in float32 (multiply by the
-per-channel multiplier, round half to even, add the zero point, clamp); after
-LegalizeOps and FuseOps it becomes the epilogue of the int8 kernel.  The
+per-channel multiplier, round half to even, add the zero point, clamp).  The
 multipliers come from ``requant_multiplier``, the same float64 steps as the
-torch simulation, so both backends agree bit for bit.
+torch simulation, and the int32 accumulator is exact, so both backends agree
+bit for bit.
 """
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+import tvm
+from tvm import relax, te
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.conv import conv_padding
@@ -30,6 +51,9 @@ from .lowering import TVM_DTYPE, Lowerer
 R = relax.op
 Expr = relax.Expr
 
+VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
+VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
+OUT_EWISE_FUSABLE = 4  # relax.OpPatternKind.kOutEWiseFusable
 _CONV = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -69,15 +93,101 @@ def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ..
     return R.astype(cx.emit(R.clip(y, lo, qmax)), TVM_DTYPE[a["out_dtype"]])
 
 
-def _int32_bias(cx: Lowerer, node: Node, w: np.ndarray) -> np.ndarray:
+def _int32_bias(cx: Lowerer, node: Node, w: np.ndarray, in_zp: int | None = None) -> np.ndarray:
     """bias - in_zp * sum(w[c]) (int64 arithmetic, checked to fit int32)."""
+    in_zp = node.attrs["in_zp"] if in_zp is None else in_zp
     wsum = w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
     b = cx.param("bias").astype(np.int64) if node.attrs["bias"] else np.zeros(w.shape[0], np.int64)
-    total = b - node.attrs["in_zp"] * wsum
+    total = b - in_zp * wsum
     info = np.iinfo(np.int32)
     if total.min(initial=0) < info.min or total.max(initial=0) > info.max:
         raise cx.error("the int32 bias (with the input zero point folded in) overflows int32")
     return total.astype(np.int32)
+
+
+# ---- the VNNI kernel (CPU) ----------------------------------------------------------------------------
+def pack_vnni_weight(w: np.ndarray) -> np.ndarray:
+    """int8 [O, C, KH, KW] -> [O/16, C/4, KH, KW, 16, 4] (zero-padded to whole blocks)."""
+    o, c, kh, kw = w.shape
+    ob, icb = -(-o // VNNI_OC), -(-c // VNNI_IC)
+    full = np.zeros((ob * VNNI_OC, icb * VNNI_IC, kh, kw), np.int8)
+    full[:o, :c] = w
+    blocks = full.reshape(ob, VNNI_OC, icb, VNNI_IC, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    return np.ascontiguousarray(blocks)
+
+
+def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, out_channels: int,
+                pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int], in_zp: int,
+                shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0, relu: bool = False) -> te.Tensor:
+    """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
+    w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
+    ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi]."""
+    n_, c_, h_, w_ = (int(d) for d in x.shape)
+    ob, icb, kh_, kw_ = (int(d) for d in w.shape[:4])
+    pt, pb, pl, pr = pads
+    (sh, sw), (dh, dw) = stride, dilation
+    hp, wp = h_ + pt + pb, w_ + pl + pr
+    oh_, ow_ = (hp - dh * (kh_ - 1) - 1) // sh + 1, (wp - dw * (kw_ - 1) - 1) // sw + 1
+    zp = tvm.tirx.const(in_zp, "uint8")
+
+    def pack(n, cb, h, ww, c4):
+        c, hh, wi = cb * VNNI_IC + c4, h - pt, ww - pl
+        v = x[n, c, hh, wi]
+        v = (v.astype("int32") + 128).astype("uint8") if shift else v
+        inside = tvm.tirx.all(c < c_, hh >= 0, hh < h_, wi >= 0, wi < w_)
+        return tvm.tirx.if_then_else(inside, v, zp)
+
+    xp = te.compute((n_, icb, hp, wp, VNNI_IC), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
+    rc = te.reduce_axis((0, icb), "icb")
+    rh = te.reduce_axis((0, kh_), "kh")
+    rw = te.reduce_axis((0, kw_), "kw")
+    r4 = te.reduce_axis((0, VNNI_IC), "c4")
+    acc = te.compute(
+        (n_, ob, oh_, ow_, VNNI_OC),
+        lambda n, o, i, j, o16: te.sum(
+            xp[n, rc, i * sh + rh * dh, j * sw + rw * dw, r4].astype("int32")
+            * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
+        name="vnni_conv", attrs={VNNI_ATTR: "conv"})
+
+    def requant(n, c, i, j):
+        y = (acc[n, c // VNNI_OC, i, j, c % VNNI_OC] + bias[c]).astype("float32") * mult[c]
+        if out_dtype == "float32":
+            return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else y
+        q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
+        q = tvm.tirx.max(tvm.tirx.min(q, tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32"))
+        return q.astype(out_dtype)
+
+    return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs={VNNI_ATTR: "requant"})
+
+
+def _use_vnni(cx: Lowerer, node: Node) -> bool:
+    return not cx.target.startswith("tvm-cuda") and node.attrs.get("groups", 1) == 1
+
+
+def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation) -> Expr:
+    """The VNNI kernel for x [N, C, H, W] and int8 weights [O, C, KH, KW]; returns [N, O, OH, OW]."""
+    a = node.attrs
+    shift = x_dtype == "i8"
+    in_zp = a["in_zp"] + (128 if shift else 0)
+    to_int = a["out_dtype"] != "f32"
+    m = requant_multiplier(a["in_scale"], cx.param("w_scale"), a["out_scale"] if to_int else None)
+    kw = dict(out_channels=w.shape[0], pads=pads, stride=stride, dilation=dilation, in_zp=in_zp, shift=shift,
+              out_dtype=TVM_DTYPE[a["out_dtype"]], relu=bool(a["relu"]))
+    if to_int:
+        qmin, qmax = QRANGE[a["out_dtype"]]
+        kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
+    y = cx.emit_te(vnni_conv2d, x, cx.const(pack_vnni_weight(w), "int8"), cx.const(_int32_bias(cx, node, w, in_zp), "int32"),
+                   cx.const(m, "float32"), **kw)
+    _mark_fusable(cx, y)
+    return y
+
+
+def _mark_fusable(cx: Lowerer, y: Expr) -> None:
+    """op_pattern = kOutEWiseFusable on the kernel just emitted: FuseOps then fuses the elementwise
+    ops after it into its epilogue (AnnotateTIROpPattern keeps a pattern that is already set)."""
+    gv = cx.bb.lookup_binding(y).args[0]
+    func = cx.bb.get()[gv]
+    cx.bb.update_func(gv, func.with_attr("op_pattern", OUT_EWISE_FUSABLE))
 
 
 def _qconv(nd: int):
@@ -85,10 +195,19 @@ def _qconv(nd: int):
         a = node.attrs
         x = args[0]
         pads = conv_padding(a, list(ins[0].shape[2:]), nd)
+        w = cx.param("weight").astype(np.int8)
+        if nd in (1, 2) and _use_vnni(cx, node):
+            stride, dilation = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
+            if nd == 1:  # a convolution of height 1
+                n, c, length = cx.shape(ins[0])
+                x = cx.emit(R.reshape(x, (n, c, 1, length)))
+                y = _vnni_layer(cx, node, x, ins[0].dtype, w[:, :, None, :], (0, 0, *pads[0]), (1, *stride),
+                                (1, *dilation))
+                return R.reshape(y, cx.out_shape())
+            return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), stride, dilation)
         if any(p for pr in pads for p in pr):  # real zero is in_zp in the int8 domain
             width = [0, 0, 0, 0] + [p for pr in pads for p in pr]
             x = cx.emit(R.nn.pad(x, width, pad_value=float(a["in_zp"])))
-        w = cx.param("weight").astype(np.int8)
         data_layout, kernel_layout = _LAYOUT[nd]
         acc = cx.emit(_CONV[nd](x, cx.const(w, "int8"), strides=tuple_n(a["stride"], nd), padding=(0,) * (2 * nd),
                                 dilation=tuple_n(a["dilation"], nd), groups=a["groups"], data_layout=data_layout,
@@ -103,6 +222,12 @@ def _qconv(nd: int):
 
 def _qlinear(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
     w = cx.param("weight").astype(np.int8)
+    if _use_vnni(cx, node):  # a 1x1 convolution of [rows, K, 1, 1]
+        shape = cx.shape(ins[0])
+        rows = int(np.prod(shape[:-1]))
+        x = cx.emit(R.reshape(args[0], (rows, shape[-1], 1, 1)))
+        y = _vnni_layer(cx, node, x, ins[0].dtype, w[:, :, None, None], (0, 0, 0, 0), (1, 1), (1, 1))
+        return R.reshape(y, cx.out_shape())
     acc = cx.emit(R.matmul(args[0], cx.const(np.ascontiguousarray(w.T), "int8"), out_dtype="int32"))
     bias = _int32_bias(cx, node, w)
     if bias.any():

@@ -1,0 +1,234 @@
+"""The schedule of convdsl's int8 kernel on x86: AVX-512 VNNI (``vpdpbusd``, u8 x s8 -> s32).
+
+``lower_quant.vnni_conv2d`` (qconv2d, qconv1d, qlinear on CPU) is a TE kernel of three
+blocks, each annotated ``convdsl.vnni``: ``pack`` (NCHW u8 -> NCHW[4c], padded with the
+zero point), ``conv`` (int32 accumulation, [N, OC/16, OH, OW, 16] over
+[IC/4, KH, KW, 4]) and ``requant`` (the epilogue, back to NCHW); FuseOps may have
+appended elementwise float ops (residual add, relu, the next quantize) after it.
+
+The schedule (no tuning):
+
+    parallel  n, oc/16 tiles, oh                   (one output row of a channel block per task)
+      for     ow tiles
+        init  acc[ob_t, ow_t, 16] = 0             (vectorized, stays in zmm registers)
+        for   ic/4, kh, kw
+          for ob_t, ow_t (unrolled)               register tile: ob_t x ow_t accumulators <= 15
+            vpdpbusd acc[ob, ow, 0:16] += bcast(x[4]) . W[16, 4]      (tensorized, ``dot_16x4_vnni``)
+        epilogue of the tile: + bias, * multiplier, round, clamp, zero point, fused float ops
+
+The accumulator tile (at most 15 x 64 bytes) is under LLVM's stack-allocation limit, so it
+becomes registers.  On AVX-512 CPUs without VNNI the same layout is tensorized with
+``dot_16x4_avx512`` (vpmaddubsw + vpmaddwd); elsewhere ``try_schedule`` declines.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
+MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
+
+
+def try_schedule(sch: s_tir.Schedule, target) -> bool:
+    """Schedule convdsl's VNNI int8 kernel (recognized by its ``convdsl.vnni`` block annotations)
+    and return True; return False, leaving ``sch`` untouched, for anything else."""
+    blocks = _annotated_blocks(sch)
+    if "conv" not in blocks:
+        return False
+    intrin = intrinsic_for(target)
+    if intrin is None:
+        return False
+    conv = sch.get_sblock(blocks["conv"])
+    requant = sch.get_sblock(blocks["requant"]) if "requant" in blocks else None
+    pack = sch.get_sblock(blocks["pack"]) if "pack" in blocks else None
+
+    _, n_ob, _, n_ow, _ = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
+    ow_t, ob_t = register_tile(n_ob, n_ow)
+
+    # the epilogue absorbs the elementwise ops FuseOps put after it (one reader each)
+    tail = _inline_consumers(sch, requant) if requant is not None else []
+
+    n, ob, oh, ow, o16, icb, kh, kw, c4 = sch.get_loops(conv)
+    obo, obi = sch.split(ob, [None, ob_t])
+    owo, owi = sch.split(ow, [None, ow_t])
+    sch.reorder(n, obo, oh, owo, icb, kh, kw, obi, owi, o16, c4)
+    if requant is not None:
+        sch.reverse_compute_at(requant, owo, preserve_unit_loops=True)
+    outer = sch.fuse(n, obo, oh)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(conv, icb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(o16, intrin)
+    sch.unroll(owi)
+    sch.unroll(obi)
+    if requant is not None:
+        _vectorize_epilogue(sch, requant)
+    if pack is not None:
+        _parallel_outer(sch, pack, 3)
+    for block in tail:  # readers the epilogue could not absorb: at least run in parallel
+        _parallel_outer(sch, block, 2)
+    return True
+
+
+def intrinsic_for(target) -> str | None:
+    """The 16x4 u8 x s8 dot-product intrinsic for ``target``: VNNI, else AVX-512BW, else None."""
+    if target is None or target.kind.name != "llvm":
+        return None
+    from tvm.target import codegen
+
+    if codegen.target_has_features("avx512vnni", target):
+        return register_vnni_intrinsic()
+    if codegen.target_has_features("avx512bw", target):
+        _register_x86_intrinsics()
+        return "dot_16x4_avx512"
+    return None
+
+
+VNNI_INTRIN = "convdsl_dot_16x4_vnni"
+
+
+def register_vnni_intrinsic() -> str:
+    """Register (once) the 16x4 u8 x s8 -> s32 dot product implemented with ``vpdpbusd``.
+
+    TVM's own ``dot_16x4_vnni`` passes the bytes as <16 x i32>; LLVM 20+ declares
+    ``llvm.x86.avx512.vpdpbusd.512`` on <64 x i8> operands, so that intrinsic no longer
+    compiles.  This one reinterprets the operands to the type the LLVM in use expects."""
+    if s_tir.TensorIntrin.get(VNNI_INTRIN, allow_missing=True) is not None:
+        return VNNI_INTRIN
+    from tvm.target import codegen
+    from tvm.script import tirx as T
+
+    from ..tuning import prime_inspect_cache
+
+    prime_inspect_cache()  # TVMScript's decorator inspects the stack
+    bytes_ = "int8x64" if codegen.llvm_version_major() >= 20 else "int32x16"
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(a, 16), dtype=bytes_),
+                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=bytes_),
+                dtype="int32x16")
+
+    s_tir.TensorIntrin.register(VNNI_INTRIN, desc, impl)
+    return VNNI_INTRIN
+
+
+def register_tile(n_ob: int, n_ow: int) -> tuple[int, int]:
+    """(ow_t, ob_t): the output-width tile (a divisor of OW, as wide as fits) and the number of
+    16-channel blocks sharing it, with ow_t * ob_t <= MAX_ACCUMULATORS."""
+    ow_t = max(d for d in range(1, min(n_ow, MAX_ACCUMULATORS) + 1) if n_ow % d == 0)
+    ob_t = max(d for d in range(1, n_ob + 1) if n_ob % d == 0 and d * ow_t <= MAX_ACCUMULATORS)
+    return ow_t, ob_t
+
+
+def schedule_module(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, int]:
+    """Apply ``try_schedule`` to every PrimFunc of ``mod`` (for tests and benchmarks until the
+    schedule dispatcher calls it); returns the module and how many functions it scheduled."""
+    done = 0
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and func.attrs.get("tirx.is_scheduled")):
+            continue
+        sch = s_tir.Schedule(func)
+        if try_schedule(sch, target):
+            mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            done += 1
+    return mod, done
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+def _annotated_blocks(sch: s_tir.Schedule) -> dict[str, str]:
+    """{annotation value: block name} of the blocks annotated ``convdsl.vnni`` (one kernel only)."""
+    found: dict[str, str] = {}
+    convs = 0
+    todo = list(sch.get_child_blocks(sch.get_sblock("root")))
+    while todo:
+        block = sch.get(todo.pop())
+        if VNNI_ATTR in block.annotations:
+            kind = str(block.annotations[VNNI_ATTR])
+            found.setdefault(kind, block.name_hint)
+            convs += kind == "conv"
+        todo.extend(sch.get_child_blocks(sch.get_sblock(block.name_hint)))
+    return found if convs == 1 else {}
+
+
+def _inline_consumers(sch: s_tir.Schedule, block) -> list:
+    """reverse_compute_inline the chain of single elementwise readers of ``block``; the readers
+    that cannot be inlined (several readers, a reduction) are returned, to be scheduled apart."""
+    rest = []
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            rest.extend(consumers)
+            break
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except s_tir.ScheduleError:
+            rest.extend(consumers)
+            break
+    seen, out = set(), []
+    while rest:  # everything downstream of what stayed apart
+        b = rest.pop()
+        name = sch.get(b).name_hint
+        if name not in seen:
+            seen.add(name)
+            out.append(b)
+            rest.extend(sch.get_consumers(b))
+    return out
+
+
+def _vectorize_epilogue(sch: s_tir.Schedule, block) -> None:
+    loops = sch.get_loops(block)
+    inner = loops[-1]
+    extent = sch.get(inner).extent
+    if isinstance(extent, tirx.IntImm) and 1 < extent.value <= 64:
+        try:
+            sch.vectorize(inner)
+        except s_tir.ScheduleError:
+            pass
+
+
+def _parallel_outer(sch: s_tir.Schedule, block, depth: int) -> None:
+    """Fuse the (up to) ``depth`` outer loops of a root-level block and run them in parallel."""
+    try:
+        loops = sch.get_loops(block)
+        if not loops:
+            return
+        sch.parallel(sch.fuse(*loops[:depth]) if len(loops) > 1 and depth > 1 else loops[0])
+    except s_tir.ScheduleError:
+        pass
+
+
+def _register_x86_intrinsics() -> None:
+    """Import only TVM's x86 tensor intrinsics (the whole package parses every family: ~30 s)."""
+    import sys
+
+    if "tvm.s_tir.tensor_intrin.x86" in sys.modules:
+        return
+    from ..targets import TargetSpec
+    from ..tuning import import_intrinsics, prime_inspect_cache
+
+    prime_inspect_cache()
+    import_intrinsics(TargetSpec("tvm-llvm", {"kind": "llvm"}))
+
+
+__all__ = ["try_schedule", "intrinsic_for", "register_tile", "schedule_module", "VNNI_ATTR"]
