@@ -4,12 +4,16 @@ The whole order reads top to bottom in ``build``; each stage is a named list
 of Relax passes:
 
 1. ``lower_graph``: convdsl graph -> Relax (weights as constants).
-2. ``optimize_passes``: legalize every op to TIR, fold constants, fuse
-   elementwise epilogues into their producers.
+2. ``optimize_passes``: on CPUs, convs and constant-weight matmuls to convdsl's
+   kernels in the blocked NCHW[x]c layout with pre-packed weights
+   (``schedules.layout_passes``); legalize every other op to TIR, fold constants,
+   fuse elementwise epilogues into their producers.
 3. tuning (``--tune N``): MetaSchedule on the fused TIR functions that have no
    record in the database yet.
-4. ``schedule_passes``: apply the database's best schedules; on GPUs, DLight's
-   default rules schedule what is left (unscheduled GPU code does not compile).
+4. ``schedule_passes``: apply the database's best schedules; what is left gets
+   convdsl's own schedules on CPUs (``schedules.ApplySchedules``: int8 VNNI,
+   conv NCHWc, GEMM, reductions, elementwise; no tuning) and DLight's default
+   rules on GPUs (unscheduled GPU code does not compile).
 5. ``codegen``: TVM's own dataflow lowering and VM finalization for the target.
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tvm import relax
 from convdsl.ir.graph import Graph
 
 from .lowering import lower_graph
+from .schedules import ApplySchedules, layout_passes
 from .targets import TargetSpec
 from .tuning import TuneReport, db_dir, open_database, tune
 
@@ -48,10 +53,11 @@ class Built:
     functions: int  # TIR functions in the module
     tuning: TuneReport | None = None
     db: str | None = None
+    own: int = 0  # TIR functions scheduled by convdsl's own CPU schedules (after the database)
 
 
 def optimize_passes(spec: TargetSpec) -> list:
-    return [
+    return layout_passes(spec) + [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -61,6 +67,7 @@ def optimize_passes(spec: TargetSpec) -> list:
 
 
 def schedule_passes(spec: TargetSpec, with_db: bool) -> list:
+    """Database first; then DLight (GPU) or convdsl's schedules (CPU) for the rest."""
     passes = [relax.transform.MetaScheduleApplyDatabase()] if with_db else []
     if spec.is_gpu:
         from tvm.s_tir import dlight as dl
@@ -113,13 +120,18 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
         else:
             mod = tvm.transform.Sequential(schedule_passes(spec, False))(mod)
     scheduled, functions = _count_scheduled(mod)
+    own = 0
+    if not spec.is_gpu:
+        with target:
+            mod = ApplySchedules(mod)
+        own = _count_scheduled(mod)[0] - scheduled
     seconds["schedule"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
     seconds["codegen"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
-    return Built(ex, spec, seconds, scheduled, functions, report, folder)
+    return Built(ex, spec, seconds, scheduled, functions, report, folder, own)
 
 
 def _has_records(spec: TargetSpec, root: str | None) -> bool:

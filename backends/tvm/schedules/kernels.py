@@ -1,0 +1,94 @@
+"""TE computes of the CPU kernels that convdsl schedules itself (``cpu.py``).
+
+Each compute names its main block with a ``convdsl.kernel`` annotation, which is how
+the schedule dispatcher recognizes it after FuseOps/FuseTIR merged epilogues into it:
+
+- ``conv2d_nchwc``: direct convolution in the blocked layout NCHW[ib]c x OIHW[ib]i[ob]o
+  -> NCHW[ob]c (NeoCPU's layout; the weight is packed once at compile time).
+- ``dwconv_nchwc``: depthwise convolution, NCHW[b]c x [C/b, KH, KW, b] -> NCHW[b]c.
+- ``dense_packed``: x[..., K] @ W, with W packed as [N/nb, K, nb] (nb lanes contiguous).
+- ``pack_nchwc`` / ``unpack_nchwc``: the layout transforms NCHW <-> NCHW[b]c.
+"""
+from __future__ import annotations
+
+from tvm import te, tirx
+
+KERNEL_ATTR = "convdsl.kernel"
+
+
+def _pad(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
+    if not (pt or pl or pb or pr):
+        return data
+    n, c, h, w, b = data.shape
+
+    def fn(i, j, y, x, k):
+        inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
+        return tirx.if_then_else(inside, data[i, j, y - pt, x - pl, k], tirx.const(0.0, data.dtype))
+
+    return te.compute((n, c, h + pt + pb, w + pl + pr, b), fn, name="pad_nchwc", attrs={KERNEL_ATTR: "pad"})
+
+
+def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
+    return (size + pad - ((k - 1) * dilation + 1)) // stride + 1
+
+
+def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
+    """data [N, C/ib, H, W, ib], kernel [O/ob, C/ib, KH, KW, ib, ob] -> [N, O/ob, OH, OW, ob]."""
+    n, _, h, w, _ = (int(v) for v in data.shape)
+    ocb, icb, kh, kw, ib, ob = (int(v) for v in kernel.shape)
+    (sh, sw), (dh, dw) = stride, dilation
+    pt, pl, pb, pr = padding
+    oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
+    xp = _pad(data, pt, pl, pb, pr)
+    rc = te.reduce_axis((0, icb), "ic_outer")
+    ry = te.reduce_axis((0, kh), "kh")
+    rx = te.reduce_axis((0, kw), "kw")
+    ri = te.reduce_axis((0, ib), "ic_inner")
+    return te.compute(
+        (n, ocb, oh, ow, ob),
+        lambda b, o, y, x, oc: te.sum(xp[b, rc, y * sh + ry * dh, x * sw + rx * dw, ri] * kernel[o, rc, ry, rx, ri, oc],
+                                      axis=[rc, ry, rx, ri]),
+        name="conv2d_nchwc", attrs={KERNEL_ATTR: "conv2d_nchwc"})
+
+
+def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
+    """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]."""
+    n, cb, h, w, b = (int(v) for v in data.shape)
+    _, kh, kw, _ = (int(v) for v in kernel.shape)
+    (sh, sw), (dh, dw) = stride, dilation
+    pt, pl, pb, pr = padding
+    oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
+    xp = _pad(data, pt, pl, pb, pr)
+    ry = te.reduce_axis((0, kh), "kh")
+    rx = te.reduce_axis((0, kw), "kw")
+    return te.compute(
+        (n, cb, oh, ow, b),
+        lambda i, c, y, x, k: te.sum(xp[i, c, y * sh + ry * dh, x * sw + rx * dw, k] * kernel[c, ry, rx, k], axis=[ry, rx]),
+        name="dwconv_nchwc", attrs={KERNEL_ATTR: "dwconv_nchwc"})
+
+
+def dense_packed(x: te.Tensor, w: te.Tensor) -> te.Tensor:
+    """x [..., K], w [N/nb, K, nb] -> [..., N]."""
+    nblk, k, nb = (int(v) for v in w.shape)
+    rk = te.reduce_axis((0, k), "k")
+    lead = list(x.shape[:-1])
+
+    def fn(*idx):
+        j = idx[-1]
+        return te.sum(x[tuple(idx[:-1]) + (rk,)] * w[j // nb, rk, j % nb], axis=rk)
+
+    return te.compute(lead + [nblk * nb], fn, name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+
+
+def pack_nchwc(x: te.Tensor, b: int) -> te.Tensor:
+    """[N, C, H, W] -> [N, C/b, H, W, b]."""
+    n, c, h, w = x.shape
+    return te.compute((n, c // b, h, w, b), lambda i, j, y, z, k: x[i, j * b + k, y, z], name="pack_nchwc",
+                      attrs={KERNEL_ATTR: "pack"})
+
+
+def unpack_nchwc(x: te.Tensor) -> te.Tensor:
+    """[N, C/b, H, W, b] -> [N, C, H, W]."""
+    n, cb, h, w, b = x.shape
+    return te.compute((n, cb * b, h, w), lambda i, j, y, z: x[i, j // b, y, z, j % b], name="unpack_nchwc",
+                      attrs={KERNEL_ATTR: "unpack"})

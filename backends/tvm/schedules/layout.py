@@ -1,0 +1,310 @@
+"""Blocked layout for CPU convolutions: a Relax rewrite before legalization.
+
+    conv2d(x, W)          NCHW x OIHW   =>  conv2d_nchwc(pack(x), W')   NCHW[ib]c x OIHW[ib]i[ob]o
+    depthwise conv2d      NCHW x OIHW   =>  dwconv_nchwc(pack(x), W')   NCHW[b]c  x [C/b, KH, KW, b]
+    matmul(x, W const)    [..,K] x [K,N] =>  dense_packed(x, W')         W' = [N/nb, K, nb]
+
+Weights are constants, so they are packed here, once, in NumPy.  The blocked
+layout propagates through what does not mix channels (elementwise ops with a
+per-channel or scalar constant, elementwise ops of two tensors with the same
+blocking, activations, max/avg/adaptive pooling, spatial mean), so a ResNet runs
+blocked from its first conv to its global pool; a value returns to NCHW (one
+``unpack_nchwc`` kernel, made once per value) only where an op that is not
+blocked reads it, and at the function's outputs.  This is NeoCPU's layout
+planning (USENIX ATC'19) in its simplest form: one block size per channel count
+(16 fp32 lanes of AVX-512 when the count allows it, else 8, 4), no search.
+
+Precondition: a Relax module from ``lower_graph`` (NCHW/OIHW convs with constant
+weights).  Postcondition: the same function; convs, depthwise convs and matmuls
+with a constant weight in float32 are ``call_tir`` of the ``kernels.py`` computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, topi
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from . import kernels
+
+_UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
+          "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",
+          "relax.sqrt", "relax.rsqrt", "relax.nn.relu6", "relax.erf", "relax.log"}
+_BINARY = {"relax.add", "relax.multiply", "relax.subtract", "relax.divide", "relax.maximum", "relax.minimum",
+           "relax.power"}
+
+
+def channel_block(c: int) -> int | None:
+    """Lanes of the channel block for ``c`` channels (None: leave it NCHW)."""
+    for b in (16, 8, 4):
+        if c % b == 0:
+            return b
+    return c if c < 16 else None
+
+
+def dense_block(n: int) -> int:
+    for b in (16, 8, 4, 2):
+        if n % b == 0:
+            return b
+    return 1
+
+
+def pack_conv_weight(w: np.ndarray, ib: int, ob: int) -> np.ndarray:
+    # OIHW -> [O/ob, I/ib, KH, KW, ib, ob]
+    o, i, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(o // ob, ob, i // ib, ib, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+
+
+def pack_dw_weight(w: np.ndarray, b: int) -> np.ndarray:
+    # [C, 1, KH, KW] -> [C/b, KH, KW, b]
+    c, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(c // b, b, kh, kw).transpose(0, 2, 3, 1))
+
+
+def pack_dense_weight(w: np.ndarray, nb: int) -> np.ndarray:
+    # [K, N] -> [N/nb, K, nb]
+    k, n = w.shape
+    return np.ascontiguousarray(w.reshape(k, n // nb, nb).transpose(1, 0, 2))
+
+
+def _shape(e: relax.Expr) -> list[int] | None:
+    t = e.ty
+    if not isinstance(t, relax.TensorType) or t.shape is None:
+        return None
+    try:
+        return [int(v) for v in t.shape.values]
+    except (TypeError, AttributeError):
+        return None
+
+
+def _dtype(e: relax.Expr) -> str | None:
+    t = e.ty
+    return str(t.dtype) if isinstance(t, relax.TensorType) else None
+
+
+_CONST = type(relax.const(np.zeros(1, "float32")))
+
+
+def _is_const(e: relax.Expr) -> bool:
+    return isinstance(e, _CONST) and hasattr(e.value, "numpy")
+
+
+def _f32_or_unset(dtype) -> bool:
+    return dtype is None or str(dtype) in ("", "float32", "void")
+
+
+def _ints(v) -> list[int]:
+    return [int(x) for x in v]
+
+
+@mutator
+class _Blocker(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.blocked: dict = {}  # new var -> block lanes
+        self.nchw: dict = {}  # blocked var -> its NCHW copy
+        self.packed: dict = {}  # (NCHW var, lanes) -> blocked copy
+        self._lanes: int | None = None  # block of the value being visited
+
+    # ---- layout transforms, made once per value ----
+    def to_nchw(self, e: relax.Expr) -> relax.Expr:
+        if not (isinstance(e, relax.Var) and e in self.blocked):
+            return e
+        if e not in self.nchw:
+            self.nchw[e] = self.builder_.emit(self.builder_.call_te(kernels.unpack_nchwc, e,
+                                                                    primfunc_name_hint="unpack_nchwc"))
+        return self.nchw[e]
+
+    def to_blocked(self, e: relax.Expr, b: int) -> relax.Expr:
+        if isinstance(e, relax.Var) and self.blocked.get(e) == b:
+            return e
+        e = self.to_nchw(e)
+        key = (e, b)
+        if key not in self.packed:
+            v = self.builder_.emit(self.builder_.call_te(kernels.pack_nchwc, e, b, primfunc_name_hint="pack_nchwc"))
+            self.blocked[v] = b
+            self.packed[key] = v
+        return self.packed[key]
+
+    def lanes(self, e: relax.Expr) -> int | None:
+        return self.blocked.get(e) if isinstance(e, relax.Var) else None
+
+    # ---- bindings ----
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        self._lanes = None
+        value = self.visit_expr(binding.value)
+        lanes = self._lanes
+        if isinstance(value, relax.Var) and value in self.blocked:
+            lanes = self.blocked[value]
+        elif isinstance(value, relax.Tuple):
+            value = relax.Tuple([self.to_nchw(f) for f in value.fields])
+        output = not isinstance(binding.var, relax.DataflowVar)
+        if output and lanes is not None:
+            value, lanes = self.to_nchw(value if isinstance(value, relax.Var) else self.builder_.emit(value)), None
+        if output:
+            new = self.builder_.emit_output(value, name_hint=binding.var.name)
+        elif isinstance(value, relax.Var):
+            new = value
+        else:
+            new = self.builder_.emit(value, name_hint=binding.var.name)
+        if lanes is not None:
+            self.blocked[new] = lanes
+        self.set_var_remap(binding.var, new)
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        args = [self.visit_expr(a) for a in call.args]
+        name = call.op.name if isinstance(call.op, tvm.ir.Op) else None
+        handler = {
+            "relax.nn.conv2d": self._conv2d,
+            "relax.matmul": self._matmul,
+            "relax.nn.max_pool2d": self._pool,
+            "relax.nn.avg_pool2d": self._pool,
+            "relax.nn.adaptive_avg_pool2d": self._adaptive_pool,
+            "relax.mean": self._mean,
+        }.get(name)
+        out = handler(call, args) if handler else None
+        if out is None and name in _UNARY and self.lanes(args[0]):
+            self._lanes = self.lanes(args[0])
+            out = relax.Call(call.op, args, call.attrs, call.ty_args)
+        if out is None and name in _BINARY:
+            out = self._binary(call, args)
+        if out is None:  # not blocked: every operand in NCHW
+            out = relax.Call(call.op, [self._nchw_arg(a) for a in args], call.attrs, call.ty_args)
+        return out
+
+    def _nchw_arg(self, a: relax.Expr) -> relax.Expr:
+        if isinstance(a, relax.Tuple):
+            return relax.Tuple([self.to_nchw(f) for f in a.fields])
+        return self.to_nchw(a)
+
+    # ---- ops ----
+    def _conv2d(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        a = call.attrs
+        x, w = args
+        if not _is_const(w) or str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" \
+                or str(a.out_layout) != "NCHW" or not _f32_or_unset(a.out_dtype) or _dtype(w) != "float32":
+            return None
+        lanes = self.lanes(x)
+        if lanes is None:
+            xs = _shape(x)
+        else:
+            s5 = _shape(x)
+            xs = [s5[0], s5[1] * s5[4], s5[2], s5[3]]
+        wt = w.value.numpy()
+        if xs is None or len(xs) != 4 or _dtype(x) != "float32":
+            return None
+        c, o, groups = xs[1], wt.shape[0], int(a.groups)
+        stride, dilation, padding = _ints(a.strides), _ints(a.dilation), _ints(a.padding)
+        if groups == 1:
+            ib = lanes or channel_block(c)
+            ob = channel_block(o)
+            if ib is None or ob is None:
+                return None
+            xb = self.to_blocked(x, ib)
+            wc = relax.const(pack_conv_weight(wt, ib, ob))
+            self._lanes = ob
+            return self.builder_.call_te(kernels.conv2d_nchwc, xb, wc, stride, padding, dilation,
+                                         primfunc_name_hint="conv2d_nchwc")
+        if groups == c == o and wt.shape[1] == 1:
+            b = lanes or channel_block(c)
+            if b is None:
+                return None
+            xb = self.to_blocked(x, b)
+            wc = relax.const(pack_dw_weight(wt, b))
+            self._lanes = b
+            return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation,
+                                         primfunc_name_hint="dwconv_nchwc")
+        return None
+
+    def _matmul(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        x, w = self.to_nchw(args[0]), args[1]
+        xs = _shape(x)
+        if not _is_const(w) or _dtype(w) != "float32" or _dtype(x) != "float32" or xs is None \
+                or len(xs) < 1 or len(_shape(w) or []) != 2 or not _f32_or_unset(call.attrs.out_dtype):
+            return None
+        wt = w.value.numpy()
+        if len(xs) == 1:
+            return None
+        return self.builder_.call_te(kernels.dense_packed, x, relax.const(pack_dense_weight(wt, dense_block(wt.shape[1]))),
+                                     primfunc_name_hint="dense_packed")
+
+    def _binary(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        la, lb = self.lanes(args[0]), self.lanes(args[1])
+        if la is None and lb is None:
+            return None
+        if la is not None and lb is not None:
+            if la != lb or _shape(args[0]) != _shape(args[1]):
+                return None
+            self._lanes = la
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
+        i = 0 if la is not None else 1
+        lanes, t, other = la or lb, args[i], args[1 - i]
+        if not _is_const(other):
+            return None
+        s5 = _shape(t)
+        c = s5[1] * s5[4]
+        arr = other.value.numpy()
+        if arr.ndim > 4:
+            return None
+        arr4 = arr.reshape((1,) * (4 - arr.ndim) + arr.shape)
+        if arr4.shape[1] == c:
+            n_, _, h_, w_ = arr4.shape
+            packed = arr4.reshape(n_, c // lanes, lanes, h_, w_).transpose(0, 1, 3, 4, 2)
+        elif arr4.shape[1] == 1:
+            packed = arr4[..., None]
+        else:
+            return None
+        if arr.size == 1:
+            packed = arr  # scalars broadcast in any layout
+        new = [None, None]
+        new[i], new[1 - i] = t, relax.const(np.ascontiguousarray(packed))
+        self._lanes = lanes
+        return relax.Call(call.op, new, call.attrs, call.ty_args)
+
+    def _pool(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        a = call.attrs
+        lanes = self.lanes(args[0])
+        if lanes is None or str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW":
+            return None
+        kind = "max" if call.op.name == "relax.nn.max_pool2d" else "avg"
+        self._lanes = lanes
+        return self.builder_.call_te(topi.nn.pool2d, args[0], kernel=_ints(a.pool_size), stride=_ints(a.strides),
+                                     dilation=_ints(a.dilation), padding=_ints(a.padding), pool_type=kind,
+                                     ceil_mode=bool(a.ceil_mode), layout=f"NCHW{lanes}c",
+                                     count_include_pad=bool(a.count_include_pad), primfunc_name_hint=f"{kind}_pool2d")
+
+    def _adaptive_pool(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        a = call.attrs
+        lanes = self.lanes(args[0])
+        if lanes is None or str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW":
+            return None
+        s5 = _shape(args[0])
+        size = _ints(a.output_size) if a.output_size is not None else s5[2:4]
+        if len(size) == 1:
+            size = size * 2
+        self._lanes = lanes
+        return self.builder_.call_te(topi.nn.adaptive_pool, args[0], size, "avg", layout=f"NCHW{lanes}c",
+                                     primfunc_name_hint="adaptive_avg_pool2d")
+
+    def _mean(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        a = call.attrs
+        lanes = self.lanes(args[0])
+        if lanes is None or a.axis is None or sorted(int(v) % 4 for v in a.axis) != [2, 3] or not a.keepdims:
+            return None
+        self._lanes = lanes
+        return relax.op.mean(args[0], axis=[2, 3], keepdims=True)
+
+
+def blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
+    """Rewrite ``main`` to the blocked layout (see the module docstring)."""
+    m = _Blocker(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            m.builder_.update_func(gv, m.visit_expr(func))
+    out = m.builder_.get()
+    return relax.transform.DeadCodeElimination()(out)
+
+
+@tvm.transform.module_pass(opt_level=0, name="ConvdslBlockedLayout")
+def BlockedLayout(mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: N802 - a pass, named like TVM's
+    return blocked_layout(mod)
