@@ -500,9 +500,12 @@ class S4D(nn.Module):
         dt = torch.exp(self.log_dt)[:, None]
         A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
         C = torch.complex(self.C[..., 0], self.C[..., 1]) * (torch.exp(dt * A) - 1) / A
-        steps = torch.arange(length, device=A.device, dtype=dt.dtype)
-        powers = torch.exp((dt * A)[..., None] * steps)                  # Vandermonde [C, N/2, L]
-        return 2 * torch.einsum("cn,cnl->cl", C, powers).real
+        pieces = []
+        for start in range(0, length, 2048):  # Vandermonde [C, N/2, 2048] at a time: memory stays O(C N)
+            steps = torch.arange(start, min(length, start + 2048), device=A.device, dtype=dt.dtype)
+            powers = torch.exp((dt * A)[..., None] * steps)
+            pieces.append(2 * torch.einsum("cn,cnl->cl", C, powers).real)
+        return torch.cat(pieces, dim=-1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         k = cached_kernel(self, u.shape[-1], self.kernel)

@@ -100,15 +100,18 @@ def test_kernel_is_reused_at_inference_until_a_parameter_changes(op):
     assert all(p.grad is not None for p in m.op.parameters())
 
 
-def test_s4d_kernel_is_the_impulse_response():
-    g = graph("s4d(state=6)", (1, 3, 25))
+@pytest.mark.parametrize("L", [25, 4100])  # 4100: the kernel is computed 2048 steps at a time
+def test_s4d_kernel_is_the_impulse_response(L):
+    g = graph("s4d(state=6, dt_min=0.0005, dt_max=0.002)", (1, 3, L))  # slow decay: a long kernel
     m = build_module(g)
-    k = m.op.kernel(25).detach().double().numpy()
-    impulse = np.zeros((1, 3, 25))
+    k = m.op.kernel(L).detach().double().numpy()
+    impulse = np.zeros((1, 3, L))
     impulse[..., 0] = 1.0
     response = s4d_recurrence(g, impulse)
     response[..., 0] -= param(g, "D")
     np.testing.assert_allclose(k, response[0], rtol=1e-4, atol=1e-5)
+    if L > 2048:  # the second piece is not negligible, so the comparison covers it
+        assert np.abs(response[0][:, 2048:]).max() > 1e-3
 
 
 def test_s4d_bidirectional_is_forward_plus_flipped():
