@@ -2,8 +2,8 @@
 
 Every int8 output must equal the torch simulation (convdsl/ir/ops/quant.py's exact
 arithmetic) within one quantization step; measured, they are bit-identical.  The
-kernels are scheduled by ``schedules.int8.schedule_module`` appended to the build's
-schedule passes (the dispatcher of ``schedules/`` calls ``try_schedule`` the same way).
+kernels are scheduled by build.py's own schedules (``schedules.ApplySchedules``), which
+try ``schedules.int8.try_schedule`` on every function first.
 """
 from __future__ import annotations
 
@@ -29,22 +29,27 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 VNNI_TARGET = {"kind": "llvm", "mcpu": "icelake-server"}
 
 
-@tvm.transform.module_pass(opt_level=0, name="ScheduleInt8")
-def _schedule_int8(mod, _ctx):
-    return int8.schedule_module(mod, tvm.target.Target.current())[0]
-
-
 @pytest.fixture
-def scheduled(monkeypatch):
-    """tvm-llvm builds whose int8 kernels go through ``int8.try_schedule``."""
-    passes = tvm_build.schedule_passes
-    monkeypatch.setattr(tvm_build, "schedule_passes", lambda spec, with_db: [*passes(spec, with_db), _schedule_int8])
+def scheduled():
+    """tvm-llvm builds (build.py's ``ApplySchedules`` calls ``int8.try_schedule`` first)."""
 
     def build(graph):
-        be = ctvm.backend("tvm-llvm", progress=False, use_db=False)
-        return be.build_module(graph)
+        return ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(graph)
 
     return build
+
+
+def vnni_kernels(graph) -> int:
+    """How many PrimFuncs of the built module contain the tensorized vpdpbusd."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(graph))
+        mod = tvm_build.ApplySchedules(tvm.transform.Sequential(tvm_build.schedule_passes(spec, False))(mod))
+    return sum("llvm.x86.avx512.vpdpbusd.512" in f.script() for _, f in mod.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc))
 
 
 def _random_int_params(g, seed=0):
@@ -100,9 +105,8 @@ def test_qconv2d_matches_torch_simulation(scheduled, case):
     shape, out, k, stride, pad, dilation, act, out_dtype, relu = CONV_CASES[case]
     g = _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu)
     x = (3 * np.random.default_rng(1).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
-    m = scheduled(g)
-    assert m.built.scheduled >= 1  # the int8 kernel went through try_schedule
-    got, want = m(x), _torch(g, x)
+    assert vnni_kernels(g) == 1  # the int8 kernel went through try_schedule
+    got, want = scheduled(g)(x), _torch(g, x)
     if out_dtype == "f32":
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
     else:
@@ -133,9 +137,11 @@ def test_qconv1d_matches_torch_simulation(scheduled):
     assert _steps(got, want) == 0
 
 
-def test_unscheduled_kernel_is_correct_too():
-    """Without the schedule (another CPU, or no dispatcher) the same kernel is plain loops: still exact."""
+def test_unscheduled_kernel_is_correct_too(monkeypatch):
+    """Without the schedule (a CPU without AVX-512) the same kernel is plain loops: still exact."""
+    monkeypatch.setattr(tvm_build, "ApplySchedules", lambda mod: mod)
     g = _qconv_program((5, 9, 9), 20, 3, 2, 1, 1, "u8", "u8", True)
+    assert vnni_kernels(g) == 0
     x = (3 * np.random.default_rng(4).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
     m = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
     assert _steps(m(x), _torch(g, x)) == 0
@@ -239,7 +245,6 @@ def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
     rng = np.random.default_rng(0)
     q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)])
     x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
-    m = scheduled(q)
-    assert m.built.scheduled >= 21  # every conv and the fc
-    got, want = m(x), _torch(q, x)
+    assert vnni_kernels(q) == 21  # 20 convs and the fc
+    got, want = scheduled(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
