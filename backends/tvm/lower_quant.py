@@ -15,8 +15,8 @@ blocks (channels zero-padded to multiples of 16 and 4).  The block annotations
 TVM's ``dot_16x4_vnni`` intrinsic.  The kernel is marked output-elementwise
 fusable (``op_pattern`` = kOutEWiseFusable), so FuseOps appends the float ops
 that follow (residual add, relu, the next quantize) to its epilogue.  ``qlinear``
-is the same kernel as a 1x1 convolution of a [rows, K, 1, 1] input; ``qconv1d`` a
-convolution of height 1.  qconv3d, grouped convolutions and GPU targets use the
+is the same kernel as a 1x1 convolution of [1, K, 1, rows] (rows share each weight
+load); ``qconv1d`` a convolution of height 1.  qconv3d, grouped convolutions and GPU targets use the
 plain Relax path below (``conv(..., out_dtype="int32")``).
 
 The input zero point is handled the way int8 libraries do: the input is padded
@@ -118,11 +118,22 @@ def pack_vnni_weight(w: np.ndarray) -> np.ndarray:
 
 def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, out_channels: int,
                 pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int], in_zp: int,
-                shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0, relu: bool = False) -> te.Tensor:
+                shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
+                relu: bool = False) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
-    ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi]."""
-    n_, c_, h_, w_ = (int(d) for d in x.shape)
+    ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
+
+    A 2-D x [rows, K] is a matrix product (qlinear): the 1x1 convolution of [1, K, 1, rows], rows
+    along the width so that the register tile shares each weight load among rows; the result is
+    [rows, O]."""
+    dense = len(x.shape) == 2
+    if dense:
+        (w_, c_), n_, h_ = (int(d) for d in x.shape), 1, 1
+        read = lambda n, c, h, j: x[j, c]  # noqa: E731
+    else:
+        n_, c_, h_, w_ = (int(d) for d in x.shape)
+        read = lambda n, c, h, j: x[n, c, h, j]  # noqa: E731
     ob, icb, kh_, kw_ = (int(d) for d in w.shape[:4])
     pt, pb, pl, pr = pads
     (sh, sw), (dh, dw) = stride, dilation
@@ -130,9 +141,9 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     oh_, ow_ = (hp - dh * (kh_ - 1) - 1) // sh + 1, (wp - dw * (kw_ - 1) - 1) // sw + 1
     zp = tvm.tirx.const(in_zp, "uint8")
 
-    def pack(n, cb, h, ww, c4):
-        c, hh, wi = cb * VNNI_IC + c4, h - pt, ww - pl
-        v = x[n, c, hh, wi]
+    def pack(n, cb, h, j, c4):
+        c, hh, wi = cb * VNNI_IC + c4, h - pt, j - pl
+        v = read(n, c, hh, wi)
         v = (v.astype("int32") + 128).astype("uint8") if shift else v
         inside = tvm.tirx.all(c < c_, hh >= 0, hh < h_, wi >= 0, wi < w_)
         return tvm.tirx.if_then_else(inside, v, zp)
@@ -157,7 +168,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         q = tvm.tirx.max(tvm.tirx.min(q, tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32"))
         return q.astype(out_dtype)
 
-    return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs={VNNI_ATTR: "requant"})
+    attrs = {VNNI_ATTR: "requant"}
+    if dense:
+        return te.compute((ow_, out_channels), lambda j, c: requant(0, c, 0, j), name="vnni_requant", attrs=attrs)
+    return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs=attrs)
 
 
 def _use_vnni(cx: Lowerer, node: Node) -> bool:
@@ -176,7 +190,8 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
     if to_int:
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
-    y = cx.emit_te(vnni_conv2d, x, cx.const(pack_vnni_weight(w), "int8"), cx.const(_int32_bias(cx, node, w, in_zp), "int32"),
+    bias = _int32_bias(cx, node, w, in_zp)
+    y = cx.emit_te(vnni_conv2d, x, cx.const(pack_vnni_weight(w), "int8"), cx.const(bias, "int32"),
                    cx.const(m, "float32"), **kw)
     _mark_fusable(cx, y)
     return y
@@ -222,10 +237,10 @@ def _qconv(nd: int):
 
 def _qlinear(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
     w = cx.param("weight").astype(np.int8)
-    if _use_vnni(cx, node):  # a 1x1 convolution of [rows, K, 1, 1]
+    if _use_vnni(cx, node):  # x [rows, K]: see vnni_conv2d
         shape = cx.shape(ins[0])
         rows = int(np.prod(shape[:-1]))
-        x = cx.emit(R.reshape(args[0], (rows, shape[-1], 1, 1)))
+        x = args[0] if len(shape) == 2 else cx.emit(R.reshape(args[0], (rows, shape[-1])))
         y = _vnni_layer(cx, node, x, ins[0].dtype, w[:, :, None, None], (0, 0, 0, 0), (1, 1), (1, 1))
         return R.reshape(y, cx.out_shape())
     acc = cx.emit(R.matmul(args[0], cx.const(np.ascontiguousarray(w.T), "int8"), out_dtype="int32"))
