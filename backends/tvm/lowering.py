@@ -175,11 +175,23 @@ def _conv_transpose(nd: int) -> LowerFn:
     def lower(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
         a = node.attrs
         p = tuple_n(a["pad"], nd)
+        s, opad = tuple_n(a["stride"], nd), tuple_n(a["output_pad"], nd)
+        lo, hi, extra = p, p, (0,) * nd
+        if any(o >= si for o, si in zip(opad, s)):
+            # TVM wants output_pad < stride; torch (and the op table) allow it up to the dilation.
+            # output_pad only extends the output at the end, so crop less there instead:
+            #   pad (p, p) + output_pad o  =>  pad (p, max(p - o, 0)), then o - p zero rows appended
+            # (rows no input reaches; the bias is added after)
+            hi = tuple(max(pi - o, 0) for pi, o in zip(p, opad))
+            extra = tuple(max(o - pi, 0) for pi, o in zip(p, opad))
+            opad = (0,) * nd
         data_layout, _ = _LAYOUT[nd]
         kernel_layout = "IO" + data_layout[2:]  # torch's [C_in, C_out/groups, *k]
-        y = _CONV_T[nd](args[0], cx.const(cx.param("weight")), strides=tuple_n(a["stride"], nd), padding=p + p,
-                        output_padding=tuple_n(a["output_pad"], nd), dilation=tuple_n(a["dilation"], nd),
+        y = _CONV_T[nd](args[0], cx.const(cx.param("weight")), strides=s, padding=lo + hi,
+                        output_padding=opad, dilation=tuple_n(a["dilation"], nd),
                         groups=a["groups"], data_layout=data_layout, kernel_layout=kernel_layout)
+        if any(extra):
+            y = R.nn.pad(cx.emit(y), [0, 0, 0, 0] + [w for e in extra for w in (0, e)])
         if a["bias"]:
             y = add_channel_bias(cx, cx.emit(y), cx.param("bias"), nd + 2)
         return y

@@ -23,6 +23,11 @@ C = (
     ("conv_transpose1d", [(2, 4, 5)], (6,), dict(k=2, stride=2, groups=2)),
     ("conv_transpose2d", [(2, 4, 5, 5)], (3,), dict(k=3, stride=2, pad=1, output_pad=1)),
     ("conv_transpose3d", [(1, 2, 3, 4, 4)], (3,), dict(k=2, stride=2)),
+    # stride <= output_pad < dilation, which TVM's conv*d_transpose refuses (output_pad < stride)
+    ("conv_transpose1d", [(2, 4, 8)], (4,), dict(k=2, output_pad=1, dilation=2)),
+    ("conv_transpose2d", [(2, 4, 5, 6)], (6,), dict(k=3, stride=[1, 2], pad=[2, 0], output_pad=[1, 1], dilation=2,
+                                                    groups=2)),
+    ("conv_transpose3d", [(1, 2, 3, 4, 4)], (3,), dict(k=2, pad=1, output_pad=2, dilation=3, bias=False)),
     ("linear", [(2, 7, 16)], (5,), {}),
     ("linear", [(3, 16)], (5,), dict(bias=False)),
     # activations and arithmetic
