@@ -34,12 +34,32 @@ def _batched(cx, x, ins: list[TensorType], nd: int, fn):
     return R.squeeze(y, [0])
 
 
+def windows_in_padding(sizes, outs, k, s, p, d) -> np.ndarray:
+    """[*outs] bool: the max-pool windows that cover no input element (only padding), which torch
+    reduces to -inf.  A window is empty when it is empty along one of its dims."""
+    empty = np.zeros(tuple(outs), dtype=bool)
+    for i, (size, out, ki, si, pi, di) in enumerate(zip(sizes, outs, k, s, p, d)):
+        taps = np.arange(out)[:, None] * si - pi + np.arange(ki)[None, :] * di  # input index of each tap
+        none = ~((taps >= 0) & (taps < size)).any(axis=1)
+        empty |= none.reshape((1,) * i + (out,) + (1,) * (len(outs) - i - 1))
+    return empty
+
+
 def _pool(kind: str, nd: int):
     def lower(cx, node: Node, args, ins):
         a = node.attrs
         k, s, p, d = pool_geometry(a, nd)
         if kind == "max":
             fn = lambda x: _MAX[nd](x, k, s, p + p, d, ceil_mode=a["ceil_mode"], layout=_LAYOUT[nd])  # noqa: E731
+            if any(pi > 0 and di > 1 for pi, di in zip(p, d)):
+                # a window may then lie entirely in the padding (with pad <= k/2, the op table's rule,
+                # an undilated window always covers an element): torch gives -inf there, TVM's pool
+                # the lowest finite float (its reduction's start value), so set those windows to -inf
+                empty = windows_in_padding(cx.shape(ins[0])[-nd:], cx.out_shape()[-nd:], k, s, p, d)
+                if empty.any():
+                    y = cx.emit(_batched(cx, args[0], ins, nd, fn))
+                    mask = empty.reshape((1,) * (ins[0].rank - nd) + empty.shape)
+                    return R.where(cx.const(mask, "bool"), cx.const(float("-inf")), y)
         else:
             fn = lambda x: _AVG[nd](x, k, s, p + p, (1,) * nd, ceil_mode=a["ceil_mode"],  # noqa: E731
                                      count_include_pad=a["count_include_pad"], layout=_LAYOUT[nd])

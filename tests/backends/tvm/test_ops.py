@@ -68,6 +68,7 @@ C = (
     ("maxpool2d", S4, (3,), dict(stride=2, pad=1, ceil_mode=True)),
     ("maxpool2d", S4, ([3, 2],), dict(stride=[1, 2], dilation=[2, 1])),
     ("maxpool3d", [(1, 2, 5, 6, 7)], (2,), dict(ceil_mode=True)),
+    ("maxpool2d", S4, (3,), dict(stride=2, pad=1, dilation=2, ceil_mode=True)),  # padded and dilated, all windows real
     ("avgpool1d", [(2, 3, 10)], (3,), dict(stride=2, pad=1, count_include_pad=False)),
     ("avgpool2d", S4, (3,), dict(stride=2, pad=1, ceil_mode=True)),
     ("avgpool2d", [(3, 9, 11)], (2,), {}),  # unbatched [C, H, W]
@@ -211,3 +212,19 @@ def test_group_and_instance_norm_do_not_cancel_on_a_large_mean(op, shape, args, 
     (ref,) = torch_outputs(g, xs)
     torch_err = float(np.abs(ref - want).max())
     assert float(np.abs(got - want).max()) <= max(2 * torch_err, 1e-4)
+
+@pytest.mark.parametrize("op,shape,kwargs", [
+    ("maxpool1d", (2, 2, 1), dict(k=2, stride=1, pad=1, ceil_mode=True, dilation=2)),
+    ("maxpool2d", (1, 3, 1, 5), dict(k=[2, 3], stride=1, pad=1, dilation=[2, 2])),
+    ("maxpool3d", (1, 1, 2, 1, 3), dict(k=2, stride=2, pad=1, dilation=3, ceil_mode=True)),
+])
+def test_max_pool_window_in_the_padding_is_minus_inf(op, shape, kwargs, llvm_runner):
+    """tests/regressions/tvm_maxpool_window_all_padding.cdl: torch gives -inf where a window covers
+    only padding; TVM's pool gave the lowest float (-3.4e38)."""
+    text = one_op(op, [shape], **kwargs)
+    g = graph_of(text)
+    xs = random_inputs(g)
+    (got,) = llvm_runner(g, text)(xs)
+    (ref,) = torch_outputs(g, xs)
+    assert np.isneginf(ref).any()
+    np.testing.assert_array_equal(got, ref)
