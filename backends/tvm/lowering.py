@@ -284,20 +284,36 @@ def _batchnorm(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType])
     return R.add(y, cx.const((b - mean * scale * w).reshape(shape)))
 
 
-def _affine_or(cx: Lowerer, name: str, shape: tuple[int, ...], fill: float) -> Expr:
-    return cx.const(cx.param(name) if cx.has_param(name) else np.full(shape, fill))
+def _affine_or(cx: Lowerer, name: str, shape: tuple[int, ...], fill: float,
+               as_shape: tuple[int, ...] | None = None) -> Expr:
+    arr = cx.param(name) if cx.has_param(name) else np.full(shape, fill)
+    return cx.const(arr if as_shape is None else arr.reshape(as_shape))
+
+
+def _layer_norm(cx: Lowerer, x: Expr, t: TensorType, axes: list[int], weight: Expr, bias: Expr, eps: float) -> Expr:
+    """Relax's layer_norm (float32 and float16 only); float64 in two passes, as ``normalize_groups``."""
+    if TVM_DTYPE[t.dtype] != "float64":
+        return R.nn.layer_norm(x, weight, bias, axes=axes, epsilon=eps)
+    d = cx.emit(R.subtract(x, cx.emit(R.mean(x, axis=axes, keepdims=True))))
+    var = cx.emit(R.mean(cx.emit(R.multiply(d, d)), axis=axes, keepdims=True))
+    y = cx.emit(R.multiply(d, cx.emit(R.rsqrt(cx.emit(R.add(var, cx.const(eps)))))))
+    return R.add(cx.emit(R.multiply(y, weight)), bias)
 
 
 def _layernorm(cx, node, args, ins):
     n = node.attrs["dims"]
     rank = ins[0].rank
     shape = ins[0].shape[rank - n:]
-    return R.nn.layer_norm(args[0], _affine_or(cx, "weight", shape, 1.0), _affine_or(cx, "bias", shape, 0.0),
-                           axes=list(range(rank - n, rank)), epsilon=node.attrs["eps"])
+    return _layer_norm(cx, args[0], ins[0], list(range(rank - n, rank)), _affine_or(cx, "weight", shape, 1.0),
+                       _affine_or(cx, "bias", shape, 0.0), node.attrs["eps"])
 
 
 def _layernorm2d(cx, node, args, ins):
     c = ins[0].shape[1]
+    if TVM_DTYPE[ins[0].dtype] == "float64":  # the affine part broadcasts over dim 1
+        shape = (c, 1, 1)
+        return _layer_norm(cx, args[0], ins[0], [1], _affine_or(cx, "weight", (c,), 1.0, shape),
+                           _affine_or(cx, "bias", (c,), 0.0, shape), node.attrs["eps"])
     return R.nn.layer_norm(args[0], _affine_or(cx, "weight", (c,), 1.0), _affine_or(cx, "bias", (c,), 0.0),
                            axes=[1], epsilon=node.attrs["eps"])
 

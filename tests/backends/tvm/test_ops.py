@@ -185,6 +185,7 @@ def test_every_op_has_a_lowering_and_a_case():
     missing = ops - {c[0] for c in C} - TESTED_ELSEWHERE
     assert not missing, f"ops without a TVM test case: {sorted(missing)}"
 
+
 def _offset_inputs(g, seed: int = 0) -> list[np.ndarray]:
     """300 + N(0, 1): a large mean against a unit spread (raw pixel values)."""
     rng = np.random.default_rng(seed)
@@ -213,6 +214,7 @@ def test_group_and_instance_norm_do_not_cancel_on_a_large_mean(op, shape, args, 
     torch_err = float(np.abs(ref - want).max())
     assert float(np.abs(got - want).max()) <= max(2 * torch_err, 1e-4)
 
+
 @pytest.mark.parametrize("op,shape,kwargs", [
     ("maxpool1d", (2, 2, 1), dict(k=2, stride=1, pad=1, ceil_mode=True, dilation=2)),
     ("maxpool2d", (1, 3, 1, 5), dict(k=[2, 3], stride=1, pad=1, dilation=[2, 2])),
@@ -228,3 +230,24 @@ def test_max_pool_window_in_the_padding_is_minus_inf(op, shape, kwargs, llvm_run
     (ref,) = torch_outputs(g, xs)
     assert np.isneginf(ref).any()
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("op,shapes,args,kwargs", [
+    ("conv2d", [(2, 3, 6, 6)], (4,), dict(k=3, pad=1)),
+    ("conv_transpose1d", [(2, 4, 8)], (4,), dict(k=2, output_pad=1, dilation=2)),
+    ("batchnorm", [(2, 4, 5, 5)], (), {}),
+    ("linear", [(2, 7, 16)], (5,), {}),
+    ("groupnorm", [(2, 6, 5, 4)], (3,), {}),
+    ("layernorm", [(2, 7, 16)], (), {}),
+    ("layernorm2d", [(2, 6, 5, 4)], (), {}),
+])
+def test_f64_networks_keep_f64_weights(op, shapes, args, kwargs, llvm_runner):
+    """tests/regressions/float64_input.cdl: weights and constants follow the node's dtype."""
+    text = one_op(op, shapes, *args, dtypes=["f64"], **kwargs)
+    g = graph_of(text)
+    xs = random_inputs(g)
+    assert xs[0].dtype == np.float64
+    outs = llvm_runner(g, text)(xs)
+    refs = torch_outputs(g, xs)
+    assert outs[0].dtype == np.float64
+    assert_close(outs, refs, tol=1e-10)
