@@ -16,9 +16,10 @@ The schedule (no tuning):
             vpdpbusd acc[ob, ow, 0:16] += bcast(x[4]) . W[16, 4]      (tensorized, ``dot_16x4_vnni``)
         epilogue of the tile: + bias, * multiplier, round, clamp, zero point, fused float ops
 
-The accumulator tile (at most 15 x 64 bytes) is under LLVM's stack-allocation limit, so it
-becomes registers.  On AVX-512 CPUs without VNNI the same layout is tensorized with
-``dot_16x4_avx512`` (vpmaddubsw + vpmaddwd); elsewhere ``try_schedule`` declines.
+The accumulator tile (at most 15 x 64 bytes) is under TVM's stack-allocation limit, so it
+is an alloca that LLVM keeps in zmm registers.  Without AVX-512 VNNI ``try_schedule``
+declines (the kernel then runs as plain loops, still exact): AVX-512BW's vpmaddubsw
+saturates pairs of products to int16, which would break the exact int32 arithmetic.
 """
 from __future__ import annotations
 
@@ -71,16 +72,16 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
 
 
 def intrinsic_for(target) -> str | None:
-    """The 16x4 u8 x s8 dot-product intrinsic for ``target``: VNNI, else AVX-512BW, else None."""
+    """The 16x4 u8 x s8 dot-product intrinsic for ``target``: VNNI's, else None."""
     if target is None or target.kind.name != "llvm":
         return None
     from tvm.target import codegen
 
     if codegen.target_has_features("avx512vnni", target):
         return register_vnni_intrinsic()
-    if codegen.target_has_features("avx512bw", target):
-        _register_x86_intrinsics()
-        return "dot_16x4_avx512"
+    # AVX-512 without VNNI (TVM's dot_16x4_avx512: vpmaddubsw + vpmaddwd) is not used: vpmaddubsw
+    # saturates each pair of u8 x s8 products to int16 (2 * 255 * 127 > 32767), so results could
+    # differ from the exact int32 sum the torch simulation defines
     return None
 
 
@@ -216,19 +217,6 @@ def _parallel_outer(sch: s_tir.Schedule, block, depth: int) -> None:
         sch.parallel(sch.fuse(*loops[:depth]) if len(loops) > 1 and depth > 1 else loops[0])
     except s_tir.ScheduleError:
         pass
-
-
-def _register_x86_intrinsics() -> None:
-    """Import only TVM's x86 tensor intrinsics (the whole package parses every family: ~30 s)."""
-    import sys
-
-    if "tvm.s_tir.tensor_intrin.x86" in sys.modules:
-        return
-    from ..targets import TargetSpec
-    from ..tuning import import_intrinsics, prime_inspect_cache
-
-    prime_inspect_cache()
-    import_intrinsics(TargetSpec("tvm-llvm", {"kind": "llvm"}))
 
 
 __all__ = ["try_schedule", "intrinsic_for", "register_tile", "schedule_module", "VNNI_ATTR"]
