@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     ap.add_argument("--export-every", type=int, default=10, help="run torch.export on about 1 program in N")
     ap.add_argument("--max-statements", type=int, default=8)
     ap.add_argument("--cycle-kinds", action="store_true",
-                    help="program i gets inputs of kind KINDS[i % 9] (zeros, large, offset ...), not by seed")
+                    help="program i gets inputs of kind KINDS[i %% 9] (zeros, large, offset ...), not by seed")
     a = ap.parse_args(argv)
     s = run(a.programs, a.out, a.start, a.tvm_every, a.export_every, a.max_statements, a.cycle_kinds)
     print(json.dumps({k: v for k, v in s.items() if k != "ops"}, indent=2))
