@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
+from . import tophub
 from .kernels import KERNEL_ATTR
 
 
@@ -160,7 +161,7 @@ def conv_tile(ow: int, ocb: int, hw: Hardware) -> tuple[int, int]:
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, o, y, x, oc, rc, ry, rx, ri = sch.get_loops(conv)
     ocb, ow = _extent(sch, o), _extent(sch, x)
-    rn, ov = conv_tile(ow, ocb, hw)
+    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw))
     epilogue = _inline_epilogue(sch, conv)
     pad = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
     if epilogue is not None:
@@ -188,7 +189,7 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
 def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, c, y, x, k, ry, rx = sch.get_loops(conv)
     ow = _extent(sch, x)
-    rn = max(d for d in _divisors(ow) if d <= hw.accumulators)
+    rn, = tophub.choose("dwconv_nchwc", sch, conv, hw, (max(d for d in _divisors(ow) if d <= hw.accumulators),))
     epilogue = _inline_epilogue(sch, conv)
     pad = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
     if epilogue is not None:
@@ -243,7 +244,7 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
     # rows: the last leading axis; batch axes stay outside
     batch, m = (lead[:-1], lead[-1]) if lead else ([], None)
     mm = _extent(sch, m) if m is not None else 1
-    rm, nv = gemm_tile(mm, nn // lanes, hw)
+    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, nn // lanes, hw), lanes=lanes)
     if epilogue is not None:
         sch.set_scope(block, 0, "local")
     no, nvl, nl = sch.split(n, [None, nv, lanes])

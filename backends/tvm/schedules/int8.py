@@ -26,6 +26,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from . import tophub
+
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
 
@@ -44,7 +46,7 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     pack = sch.get_sblock(blocks["pack"]) if "pack" in blocks else None
 
     _, n_ob, _, n_ow, _ = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
-    ow_t, ob_t = register_tile(n_ob, n_ow)
+    ow_t, ob_t = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
 
     # the epilogue absorbs the elementwise ops FuseOps put after it (one reader each)
     tail = _inline_consumers(sch, requant) if requant is not None else []
