@@ -4,7 +4,8 @@ Two steps in the pipeline of ``build.py``:
 
 - ``layout_passes`` (Relax, before legalization): convs, depthwise convs and constant-weight
   matmuls become convdsl's kernels in a blocked layout with pre-packed weights (``layout.py``,
-  computes in ``kernels.py``).
+  computes in ``kernels.py``); softmax, exp, erf, tanh and GELU become TVM's polynomial
+  forms, which vectorize (``fast_math.py``).
 - ``ApplySchedules`` (after the tuning database): every PrimFunc not scheduled yet gets, in
   order, the int8 helper's rule (``int8.try_schedule``, when that module exists), then the
   fp32 CPU rules (``cpu.py``); a scheduled function is marked ``tirx.is_scheduled``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import tvm
 
 from .cpu import schedule_func
+from .fast_math import FastMath
 from .layout import BlockedLayout, blocked_layout
 
 __all__ = ["ApplySchedules", "BlockedLayout", "blocked_layout", "layout_passes", "schedule_module", "is_scheduled"]
@@ -24,7 +26,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
 def layout_passes(spec) -> list:
-    return [] if spec.is_gpu else [BlockedLayout]
+    return [] if spec.is_gpu else [BlockedLayout, FastMath]
 
 
 def is_scheduled(func) -> bool:

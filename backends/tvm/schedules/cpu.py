@@ -16,8 +16,9 @@ that raises (``ScheduleError`` or ``_Skip``) when the function is not its shape:
   the last spatial axis contiguous in the right operand): a register-tiled GEMM,
   ``rm`` rows x ``nv`` vectors of columns, k between the parallel outer loops and the
   tile.
-- everything else: DLight's CPU reduction rule (softmax, layer norm) where it applies,
-  else every root block gets its leading spatial loops fused and parallel and its
+- row reductions (softmax, layer norm, pooling to one value): rows parallel, every block
+  computed inside its row, vectorized where the lanes divide the row;
+- everything else: every root block gets its leading spatial loops fused and parallel and its
   innermost spatial loop vectorized; pure elementwise chains are inlined first.
 
 Template parameters come from the shape and ``Hardware`` (vector lanes, register
@@ -143,17 +144,22 @@ def _tile_epilogue(sch: s_tir.Schedule, epilogue, loop, depth: int) -> None:
 
 # ---- conv2d NCHWc -----------------------------------------------------------------------
 def conv_tile(ow: int, ocb: int, hw: Hardware) -> tuple[int, int]:
-    """(rn, ov): output columns and channel blocks of the register tile.  Most FMAs per
-    operand load (rn*ov / (rn+ov)) within the accumulator budget, rn a divisor of ow."""
+    """(rn, ov): output columns and channel blocks of the register tile, rn a divisor of ow.
+
+    The most accumulators (rn*ov) with every operand in a register (rn*ov accumulators,
+    ov weight vectors, one broadcast input); wide over columns rather than channel
+    blocks (measured on ResNet-18's 56x56x64 conv: 7x4 and 14x2 tiles ~140 GFLOP/s, 4x4
+    ~90: each channel block is another weight stream), so 4 blocks only when the row
+    is too short to fill the registers otherwise."""
     best, best_score = (1, 1), -1.0
     for ov in (1, 2, 4):
         if ocb % ov:
             continue
         for rn in _divisors(ow):
-            if rn * ov > hw.accumulators:
+            if rn * ov + ov + 1 > hw.registers:
                 continue
-            score = rn * ov / (rn + ov)
-            if score > best_score + 1e-9:
+            score = rn * ov - (3 if ov == 4 else 0) + (0.5 if ov == 2 else 0)
+            if score > best_score:
                 best, best_score = (rn, ov), score
     return best
 
@@ -227,24 +233,35 @@ def gemm_tile(m: int, nvecs: int, hw: Hardware) -> tuple[int, int]:
 
 
 def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = None) -> None:
-    """A block with iterators (spatial..., n, k): C[..., m, n] += A[..., m, k] * B[k, n]."""
+    """A block with iterators (spatial..., m, n, k): C[..., m, n] += A[..., m, k] * B[..., k, n].
+
+    ``lanes`` given: the columns come packed in blocks of that many (dense_packed).  Else the
+    block is a plain einsum, padded (``pad_einsum``) to whole tiles when its rows or columns
+    do not divide (attention's 197 tokens), the padding copies computed apart."""
     kinds = _iter_kinds(sch, block)
     if not (kinds.endswith("SR") and kinds.count("R") == 1 and "O" not in kinds):
         raise _Skip(f"not a GEMM iteration space: {kinds}")
-    epilogue = _inline_epilogue(sch, block)
+    name = sch.get(block).name_hint
     loops = sch.get_loops(block)
     if len(loops) < 2:
         raise _Skip("too few loops")
     *lead, n, k = loops
     nn = _extent(sch, n)
-    if lanes is None:
-        lanes = next((v for v in (hw.lanes, 8, 4) if nn % v == 0), 1)
+    mm = _extent(sch, lead[-1]) if lead else 1
+    einsum = lanes is None
+    lanes = lanes or hw.lanes
+    rm, nv = gemm_tile(mm, -(-nn // lanes), hw)
+    if einsum and (nn % lanes or mm % rm):
+        sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes, 1])
+        block = sch.get_sblock(name)
+        *lead, n, k = sch.get_loops(block)
+        nn = _extent(sch, n)
     if nn % lanes:
         raise _Skip("columns not a multiple of the lanes")
+    copies = [b for b in _root_blocks(sch) if sch.get(b).name_hint != name]
+    epilogue = _inline_epilogue(sch, block)
     # rows: the last leading axis; batch axes stay outside
     batch, m = (lead[:-1], lead[-1]) if lead else ([], None)
-    mm = _extent(sch, m) if m is not None else 1
-    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, nn // lanes, hw), lanes=lanes)
     if epilogue is not None:
         sch.set_scope(block, 0, "local")
     no, nvl, nl = sch.split(n, [None, nv, lanes])
@@ -275,13 +292,20 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
     sch.unroll(iloops[-2])
     if mi is not None:
         sch.unroll(iloops[-3])
+    live = {sch.get(b).name_hint for b in _root_blocks(sch)}
+    for b in copies:  # operand padding copies (pad_einsum), still at the root
+        try:
+            if sch.get(b).name_hint in live and _is_elementwise_chain_member(sch, b):
+                _parallel_copy(sch, b, hw.lanes)
+        except Exception:  # noqa: BLE001 - inlined or moved meanwhile
+            pass
 
 
 def schedule_dense_packed(sch: s_tir.Schedule, block, hw: Hardware) -> None:
+    # [..., m, n, k]: the leading axes stay batch axes.  (Fusing them into the rows would
+    # give the tile a non-rectangular set of rows, and the epilogue computed at the tile
+    # would then cover rows of other tiles.)
     nb = int(sch.get(block).reads[1].source.shape[-1])
-    if len(sch.get_loops(block)) > 3:  # [..., m, n, k]: fold the batch axes into the rows
-        *lead, n, k = sch.get_loops(block)
-        sch.fuse(*lead)
     schedule_gemm(sch, block, hw, lanes=nb)
 
 
@@ -318,6 +342,43 @@ def schedule_generic(sch: s_tir.Schedule, hw: Hardware) -> None:
                 sch.parallel(fused)
         if spatial_only:
             _vectorize_inner(sch, b, hw.lanes)
+
+
+def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
+    """Row-wise reductions (softmax, layer norm, mean): every block shares the leading
+    spatial axes (the rows); those are fused and parallel on the last block, the other
+    blocks computed inside one row, and injective inner loops vectorized when the lanes
+    divide them (else left whole for LLVM's loop vectorizer: a predicated vector loop
+    would be scalarized)."""
+    blocks = _root_blocks(sch)
+    if len(blocks) < 2:
+        raise _Skip("one block")
+    kinds = [_iter_kinds(sch, b) for b in blocks]
+    if "R" in kinds[-1] or not any("R" in k for k in kinds) or any("O" in k or not k for k in kinds):
+        raise _Skip("not rows of reductions")
+    lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
+    if lead == 0:
+        raise _Skip("a block has no leading spatial axis")
+    last = blocks[-1]
+    loops = sch.get_loops(last)
+    if lead == len(loops):  # keep one inner loop in the row
+        lead -= 1
+    if lead == 0:
+        raise _Skip("nothing to parallelize")
+    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    sch.parallel(rows)
+    for b in reversed(blocks[:-1]):
+        sch.compute_at(b, rows, preserve_unit_loops=True)
+    for b in blocks:
+        inner = sch.get_loops(b)[-1]
+        n = _extent(sch, inner)
+        if "R" in _iter_kinds(sch, b) or n < 2:
+            continue
+        if n % hw.lanes == 0 and n > hw.lanes:
+            inner = sch.split(inner, [None, hw.lanes])[1]
+            sch.vectorize(inner)
+        elif n <= hw.lanes and n in (4, 8, 16):
+            sch.vectorize(inner)
 
 
 def schedule_matmul_like(sch: s_tir.Schedule, hw: Hardware) -> bool:
@@ -369,14 +430,11 @@ def schedule_func(func: tirx.PrimFunc, target) -> tirx.PrimFunc | None:
     except Exception:
         sch = s_tir.Schedule(func)
     try:
-        from tvm.s_tir import dlight as dl
-
-        with target:
-            out = dl.cpu.Reduction().apply(func, target, False)
-        if out is not None:
-            return out.mod["main"]
-    except Exception:  # noqa: BLE001 - DLight's rule did not fit
-        pass
+        schedule_rows(sch, hw)
+        return sch.mod["main"]
+    except Exception as e:  # noqa: BLE001 - not row reductions
+        _debug(func, "schedule_rows", e)
+        sch = s_tir.Schedule(func)
     try:
         schedule_generic(sch, hw)
         return sch.mod["main"]

@@ -1,0 +1,178 @@
+"""convdsl's own CPU schedules (backends/tvm/schedules): every scheduled kernel equals
+torch (float32, 1e-4 of the output's scale), and the module has the structure the
+schedules promise (blocked layout, scheduled conv/dense kernels, parallel + vector loops).
+
+The shapes are chosen to hit each branch of the layout pass and of the templates:
+channel blocks of 16, 8, 4 and "all channels" (3, 5, 7), register tiles that divide the
+output width or not, strides, padding, dilation, groups (left NCHW), depthwise, 1x1,
+fused epilogues (batchnorm, activation, residual add) and pooling in the blocked layout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .conftest import assert_close, graph_of, one_op, random_inputs, torch_outputs
+
+CONV = [
+    ([1, 16, 14, 14], 32, dict(k=3, pad=1)),
+    ([1, 16, 14, 14], 32, dict(k=1, stride=2, bias=False)),  # 1x1 strided: a GEMM over channels
+    ([1, 3, 32, 32], 16, dict(k=7, stride=2, pad=3)),  # stem: 3 input channels in one block
+    ([2, 24, 13, 13], 40, dict(k=3, pad="same")),  # blocks of 8, odd width, batch 2
+    ([1, 5, 11, 9], 7, dict(k=3, pad=[1, 2])),  # 5 and 7 channels: one block each
+    ([1, 12, 10, 10], 20, dict(k=3, dilation=2, pad=2)),  # blocks of 4, dilation
+    ([1, 32, 7, 7], 64, dict(k=3, stride=2, pad=1)),
+    ([1, 16, 9, 9], 32, dict(k=3, stride=2, pad=1, groups=2)),  # grouped: stays NCHW
+    ([1, 32, 12, 12], 32, dict(k=3, pad=1, groups="depthwise")),
+    ([1, 32, 12, 12], 32, dict(k=3, stride=2, pad=1, groups="depthwise", bias=False)),
+    ([1, 24, 15, 15], 24, dict(k=5, pad=2, groups="depthwise")),  # blocks of 8, 5x5
+    ([1, 20, 400, 3], 16, dict(k=1)),  # tall and narrow
+]
+
+
+@pytest.mark.parametrize("shape,out,kw", CONV, ids=[f"{s}->{o}-{kw}" for s, o, kw in CONV])
+def test_conv2d_matches_torch(shape, out, kw, llvm_runner):
+    g = graph_of(one_op("conv2d", [shape], out, **kw))
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("conv", str(shape), out, str(kw)))(xs), torch_outputs(g, xs))
+
+
+NETS = {
+    # conv + batchnorm + relu, residual add, max pool and global average pool, all blocked
+    "residual": """
+network t(x: f32[1, 8, 16, 16]) {
+    a = x | conv2d(32, 3, pad=1, bias=false) | batchnorm | relu | maxpool2d(3, stride=2, pad=1)
+    b = a | conv2d(32, 3, pad=1, bias=false) | batchnorm | relu | conv2d(32, 1) | batchnorm
+    return relu(a + b) | avgpool2d(2) | adaptive_avgpool2d(1) | flatten | linear(10)
+}
+""",
+    # MobileNet-V2-like: expand 1x1 (blocks of 8), depthwise, relu6, project, residual
+    "inverted": """
+network t(x: f32[1, 24, 14, 14]) {
+    y = x | conv2d(144, 1, bias=false) | batchnorm | relu6
+          | conv2d(144, 3, pad=1, groups=144, bias=false) | batchnorm | relu6
+          | conv2d(24, 1, bias=false) | batchnorm
+    return x + y
+}
+""",
+    # a conv output that leaves the blocked layout twice (flatten, and the network output)
+    "two_outputs": """
+network t(x: f32[1, 3, 12, 12]) {
+    y = x | conv2d(16, 3, pad=1) | sigmoid
+    return (y, y | flatten | linear(5) | gelu)
+}
+""",
+}
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_networks_match_torch(name, llvm_runner):
+    g = graph_of(NETS[name])
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("net", name))(xs), torch_outputs(g, xs))
+
+
+DENSE = [
+    ([1, 512], 1000, {}),  # classifier: GEMV, blocks of 8 columns
+    ([2, 7, 16], 5, {}),  # odd everything
+    ([1, 197, 64], 96, {}),  # ViT-like rows (197: the row tile does not divide them)
+    ([3, 16], 48, dict(bias=False)),
+]
+
+
+@pytest.mark.parametrize("shape,out,kw", DENSE, ids=[f"{s}->{o}" for s, o, kw in DENSE])
+def test_dense_matches_torch(shape, out, kw, llvm_runner):
+    g = graph_of(one_op("linear", [shape], out, **kw))
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("dense", str(shape), out, str(kw)))(xs), torch_outputs(g, xs))
+
+
+def test_dense_epilogue_matches_torch(llvm_runner):
+    g = graph_of("""
+network t(x: f32[1, 50, 32]) {
+    return x | linear(64) | gelu | linear(32) | layernorm | softmax
+}
+""")
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, "dense_epilogue")(xs), torch_outputs(g, xs))
+
+
+def test_batch_matmul_matches_torch(llvm_runner):
+    g = graph_of(one_op("matmul", [(2, 3, 20, 24), (2, 3, 24, 32)]))
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, "bmm")(xs), torch_outputs(g, xs))
+
+
+# ---- structure ------------------------------------------------------------------------------
+def _scheduled_module(text: str):
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules import schedule_module
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    target = spec.tvm_target()
+    mod = lower_graph(graph_of(text), "tvm-llvm", {})
+    with target:
+        mod = tvm.transform.Sequential(optimize_passes(spec))(mod)
+        return mod, schedule_module(mod, target)
+
+
+def test_conv_and_dense_kernels_are_scheduled():
+    import tvm
+
+    from convdsl.backends.tvm.schedules import is_scheduled
+
+    before, mod = _scheduled_module(NETS["residual"])
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    convs = [n for n in funcs if "conv2d_nchwc" in n]
+    assert len(convs) == 3 and any("dense_packed" in n for n in funcs), sorted(funcs)
+    # the blocked layout reaches the global pool: one layout transform in, one out
+    assert sum("pack_nchwc" in n and "unpack" not in n for n in funcs) == 1, sorted(funcs)
+    assert sum("unpack_nchwc" in n for n in funcs) == 1, sorted(funcs)
+    for name in convs + [n for n in funcs if "dense_packed" in n]:
+        f = funcs[name]
+        assert is_scheduled(f), name
+        text = f.script()
+        assert "T.parallel" in text and "T.vectorized" in text and "T.unroll" in text, name
+        assert 'scope="local"' in text, name  # the accumulator tile (kept in registers)
+    # epilogues (batchnorm, relu) fused into the conv kernels, not separate kernels
+    assert not any(n.startswith(("multiply", "add", "relu")) for n in funcs), sorted(funcs)
+    assert all(is_scheduled(f) for f in funcs.values()), [n for n, f in funcs.items() if not is_scheduled(f)]
+
+
+def test_build_counts_own_schedules():
+    from convdsl.backends.tvm import backend
+
+    built = backend("tvm-llvm", use_db=False).build(graph_of(NETS["inverted"]))
+    assert built.scheduled == 0  # nothing from a tuning database
+    assert built.own == built.functions > 0
+
+
+def test_register_tiles_fit_the_registers():
+    from convdsl.backends.tvm.schedules.cpu import Hardware, conv_tile, gemm_tile
+
+    avx512 = Hardware(16, 32)
+    for ow in (1, 7, 13, 14, 28, 56, 112, 200):
+        for ocb in (1, 2, 3, 4, 8, 32):
+            rn, ov = conv_tile(ow, ocb, avx512)
+            assert ow % rn == 0 and ocb % ov == 0 and rn * ov + ov + 1 <= 32
+    assert conv_tile(56, 4, avx512) == (14, 2)  # ResNet-18's 56x56x64 conv
+    assert conv_tile(7, 32, avx512) == (7, 2)  # 7x4 would leave no register for the input
+    for m in (1, 7, 197, 1024):
+        rm, nv = gemm_tile(m, 8, avx512)
+        assert rm * nv <= avx512.accumulators and 8 % nv == 0
+
+
+def test_layout_pass_packs_weights_once():
+    from convdsl.backends.tvm.schedules.layout import pack_conv_weight, pack_dense_weight, pack_dw_weight
+
+    w = np.arange(32 * 8 * 3 * 3, dtype=np.float32).reshape(32, 8, 3, 3)
+    p = pack_conv_weight(w, 4, 16)
+    assert p.shape == (2, 2, 3, 3, 4, 16)
+    assert p[1, 1, 2, 0, 3, 5] == w[16 + 5, 4 + 3, 2, 0]
+    d = np.arange(16 * 9, dtype=np.float32).reshape(16, 1, 3, 3)
+    assert pack_dw_weight(d, 8)[1, 2, 1, 3] == d[8 + 3, 0, 2, 1]
+    m = np.arange(6 * 32, dtype=np.float32).reshape(6, 32)
+    assert pack_dense_weight(m, 16)[1, 4, 2] == m[4, 16 + 2]
