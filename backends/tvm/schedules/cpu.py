@@ -250,7 +250,7 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
     mm = _extent(sch, lead[-1]) if lead else 1
     einsum = lanes is None
     lanes = lanes or hw.lanes
-    rm, nv = gemm_tile(mm, -(-nn // lanes), hw)
+    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw), lanes=lanes)
     if einsum and (nn % lanes or mm % rm):
         sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes, 1])
         block = sch.get_sblock(name)
