@@ -79,7 +79,9 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
     built = be.build(graph)
     compile_s = time.perf_counter() - t0
     info = None
-    note = f"{built.scheduled}/{built.functions} kernels from the tuning database" if tuned else "no schedules"
+    own = getattr(built, "own", 0)
+    note = (f"{built.scheduled}/{built.functions} kernels from the tuning database" if tuned
+            else f"{own}/{built.functions} kernels by convdsl's schedules" if own else "no schedules")
     if built.tuning is not None:
         r = built.tuning
         info = r.as_dict()
