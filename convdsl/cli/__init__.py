@@ -10,6 +10,7 @@ from . import prune  # noqa: F401,E402  (the prune command)
 from . import search  # noqa: F401,E402  (the search command)
 from . import verify  # noqa: F401,E402  (the verify command)
 from . import quantize  # noqa: F401,E402  (the quantize command)
+from . import tune  # noqa: F401,E402  (the tune command: template knobs)
 from .common import main
 
 __all__ = ["main"]

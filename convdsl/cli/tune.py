@@ -1,0 +1,52 @@
+"""`convdsl tune`: measure the knobs of convdsl's CPU templates for a network's kernels.
+
+Each distinct kernel workload of FILE (a conv, depthwise conv, GEMM or int8 conv, keyed by
+shape, strides, dtypes and ISA) is built with the knob settings nearest to the analytic model's,
+checked against the model's kernel, timed, and the fastest is recorded in the user's template
+database (``templates.json`` under $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning, or --db),
+which every later tvm-llvm build consults before the shipped database and the model.
+"""
+from __future__ import annotations
+
+import click
+
+from ..errors import UsageError
+from .common import _graph, main, program_options
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@program_options
+@click.option("--trials", type=int, default=8, show_default=True, help="Knob settings measured per workload.")
+@click.option("--rounds", type=int, default=7, show_default=True, help="Timing rounds (the minimum is kept).")
+@click.option("--target-json", default=None, metavar="JSON", help="TVM target as JSON (default: this machine).")
+@click.option("--db", default=None, metavar="DIR", help="Tuning root (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning).")
+@click.option("--force", is_flag=True, help="Tune workloads that already have a record too.")
+@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, target_json, db, force, weights):
+    """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
+    from rich.console import Console
+
+    from ..backends.tvm.schedules import template_tuner as tt, tophub
+    from ..backends.tvm.targets import check_available, host_can_run, make_target
+
+    if trials < 1 or rounds < 1:
+        raise UsageError("--trials and --rounds must be >= 1", got=f"{trials}, {rounds}")
+    spec = make_target("tvm-llvm", target_json=target_json)
+    check_available(spec)
+    why = host_can_run(spec.config)
+    if why:
+        raise UsageError(f"tuning measures kernels on this machine, which cannot run {spec.describe()}: {why}")
+    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    path = tophub.user_db_path(db)
+    results = tt.tune_network(g, spec, trials, db_file=path, rounds=rounds, force=force)
+    console = Console(width=max(140, Console().width))
+    console.print(tt.summary_table(results, f"{file}: template knobs ({spec.describe()})"))
+    tuned = [r for r in results if r.best_ms]
+    if tuned:
+        before = sum(r.analytic_ms for r in tuned)
+        after = sum(r.best_ms for r in tuned)
+        console.print(f"{len(tuned)} workloads tuned: {before:.3f} ms -> {after:.3f} ms of kernel time "
+                      f"({before / after:.2f}x; each workload once); records in {path}")
+    else:
+        console.print(f"nothing to tune: every workload has a record in {path} (--force tunes again)")

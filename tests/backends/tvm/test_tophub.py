@@ -1,0 +1,167 @@
+"""Template knobs by workload (backends/tvm/schedules/tophub.py, template_tuner.py, `convdsl tune`):
+stable keys, lookup order user > shipped > analytic, a recorded setting reaches the scheduled
+TIR and still computes the torch function, the tuner writes records, bad records are ignored."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from .conftest import assert_close, graph_of, one_op, random_inputs, torch_outputs
+
+CONV = one_op("conv2d", [[1, 16, 14, 14]], 32, k=3, pad=1)  # NCHW16c: 2 output blocks, ow 14
+
+
+@pytest.fixture()
+def dbs(tmp_path, monkeypatch):
+    """An empty user database root and an empty shipped folder, for this test only."""
+    from convdsl.backends.tvm.schedules import tophub
+
+    user = tmp_path / "user"
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setenv("CONVDSL_TUNING_DB", str(user))
+    monkeypatch.delenv(tophub.ENV, raising=False)
+    monkeypatch.setattr(tophub, "SHIPPED_DIR", shipped)
+    return tophub.user_db_path(), shipped / "llvm-test.json"
+
+
+def _spec():
+    from convdsl.backends.tvm.targets import make_target
+
+    return make_target("tvm-llvm")
+
+
+def _kernels(text: str):
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+
+    spec = _spec()
+    return tt.kernels(tt.optimized_module(graph_of(text), spec), spec.tvm_target())
+
+
+def _conv(text: str = CONV):
+    (k,) = [k for k in _kernels(text).values() if k.workload.kind == "conv2d_nchwc"]
+    return k
+
+
+def _write(path, records: dict) -> None:
+    from convdsl.backends.tvm.schedules import tophub
+
+    tophub.write_db(path, records, {"note": "test"})
+
+
+def test_keys_are_stable_and_name_the_shape():
+    a, b = _conv(), _conv()
+    assert a.workload.key == b.workload.key and a.workload.key.startswith("conv2d_nchwc:float32:")
+    assert "s1x1d1x1" in a.workload.key and "fused" not in a.workload.key  # not the function name
+    other = [_conv(one_op("conv2d", [[1, 16, 14, 14]], 32, k=3, pad=1, stride=2)),
+             _conv(one_op("conv2d", [[1, 16, 16, 16]], 32, k=3, pad=1)),
+             _conv(one_op("conv2d", [[1, 16, 14, 14]], 32, k=3, pad=2, dilation=2))]
+    keys = {a.workload.key} | {k.workload.key for k in other}
+    assert len(keys) == 4, keys
+    # the same conv with another fused epilogue is the same workload
+    relu = _conv("network t(x: f32[1, 16, 14, 14]) {\n    return x | conv2d(32, 3, pad=1) | relu\n}\n")
+    assert relu.workload.key == a.workload.key
+
+
+def test_lookup_order_user_then_shipped_then_analytic(dbs, monkeypatch):
+    from convdsl.backends.tvm.schedules import tophub
+
+    user, shipped = dbs
+    k = _conv()
+    wl = k.workload
+    assert tophub.lookup(wl) is None  # nothing recorded: the model decides
+    others = [c for c in tophub.space(wl) if c != k.analytic]
+    ship_knobs, user_knobs = others[0], others[1]
+    _write(shipped, {wl.key: {"knobs": dict(zip(tophub.KNOBS[wl.kind], ship_knobs))}})
+    assert tophub.lookup(wl) == (ship_knobs, "shipped")
+    _write(user, {wl.key: {"knobs": dict(zip(tophub.KNOBS[wl.kind], user_knobs))}})
+    assert tophub.lookup(wl) == (user_knobs, "user")
+    monkeypatch.setenv(tophub.ENV, "off")
+    assert tophub.lookup(wl) is None
+
+
+def _scheduled_conv_script(text: str) -> str:
+    import tvm
+
+    from convdsl.backends.tvm.schedules import schedule_module
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+
+    spec = _spec()
+    target = spec.tvm_target()
+    mod = tt.optimized_module(graph_of(text), spec)
+    with target:
+        mod = schedule_module(mod, target)
+    (f,) = [f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and "conv2d_nchwc" in gv.name_hint]
+    return f.script()
+
+
+def _unrolled(script: str) -> list[int]:
+    """Extents of the unrolled loops (the register tile's)."""
+    return [int(n) for n in re.findall(r"T\.unroll\((?:T\.int64\()?(\d+)", script)]
+
+
+def test_recorded_knobs_shape_the_build_and_match_torch(dbs):
+    from convdsl.backends.tvm import backend
+    from convdsl.backends.tvm.schedules import tophub
+
+    user, _ = dbs
+    k = _conv()
+    rn0, ov0 = k.analytic
+    knobs = (7, 1) if (rn0, ov0) != (7, 1) else (2, 2)
+    assert tophub.fits(k.workload, knobs)
+    _write(user, {k.workload.key: {"knobs": {"rn": knobs[0], "ov": knobs[1]}}})
+    text = _scheduled_conv_script(CONV)
+    # the register tile: the output columns and channel blocks loops of the tile are unrolled
+    unrolled = _unrolled(text)
+    assert knobs[0] in unrolled, unrolled
+    if knobs[0] != rn0:
+        assert rn0 not in unrolled or rn0 in (1, 2, knobs[1]), unrolled
+    g = graph_of(CONV)
+    xs = random_inputs(g)
+    assert_close(backend("tvm-llvm", use_db=False).runner(g)(xs), torch_outputs(g, xs))
+
+
+def test_tuner_writes_a_record(dbs, tmp_path):
+    from click.testing import CliRunner
+
+    from convdsl.backends.tvm.schedules import tophub
+    from convdsl.cli import main
+
+    user, _ = dbs
+    src = tmp_path / "conv.cdl"
+    src.write_text(CONV)
+    r = CliRunner().invoke(main, ["tune", str(src), "--trials", "3", "--rounds", "2"])
+    assert r.exit_code == 0, r.output
+    records = tophub.read_db(user)["records"]
+    k = _conv()
+    rec = records[k.workload.key]
+    best = tuple(rec["knobs"][n] for n in tophub.KNOBS["conv2d_nchwc"])
+    assert tophub.fits(k.workload, best) and rec["ms"] > 0 and rec["analytic_ms"] >= rec["ms"] * 0.999
+    assert tuple(rec["analytic"][n] for n in tophub.KNOBS["conv2d_nchwc"]) == k.analytic and rec["trials"] == 3
+    assert tophub.lookup(k.workload) == (best, "user")
+    again = CliRunner().invoke(main, ["tune", str(src), "--trials", "3"])  # a second run tunes nothing
+    assert again.exit_code == 0 and "nothing to tune" in again.output, again.output
+
+
+def test_bad_databases_are_ignored_with_a_warning(dbs):
+    from convdsl.backends.tvm.schedules import tophub
+
+    user, shipped = dbs
+    k = _conv()
+    wl = k.workload
+    user.parent.mkdir(parents=True, exist_ok=True)
+    user.write_text("{not json")
+    _write(shipped, {wl.key: {"knobs": {"rn": 5, "ov": 3}},  # 5 does not divide 14
+                     "conv2d_nchwc:float32:unknown": {"knobs": {"rn": 1, "ov": 1}}})
+    with pytest.warns(tophub.TophubWarning) as caught:
+        assert tophub.lookup(wl) is None
+    text = " ".join(str(w.message) for w in caught)
+    assert "templates.json" in text and "does not fit" in text
+    # the build goes on with the model's choice (each bad record warns once per process)
+    script = _scheduled_conv_script(CONV)
+    assert k.analytic[0] in _unrolled(script)
+    shipped.write_text(json.dumps({"format": tophub.FORMAT, "records": {wl.key: {"rn": 2}}}))
+    with pytest.warns(tophub.TophubWarning, match="ignoring the record"):
+        assert tophub.lookup(wl) is None
