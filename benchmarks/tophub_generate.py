@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--budget-s", type=float, default=1200.0, help="stop starting new networks after this")
+    ap.add_argument("--prior-seconds", type=float, default=0, help="tuning time of records already in --out")
     ap.add_argument("--out", default=None, help="database file (default: the shipped one for this ISA)")
     args = ap.parse_args()
 
@@ -44,6 +46,7 @@ def main() -> int:
     spec = make_target("tvm-llvm")
     console = Console(width=160)
     out = Path(args.out) if args.out else None
+    load = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     done = []
     for name in args.nets.split(","):
@@ -62,10 +65,11 @@ def main() -> int:
         done.append(name)
     header = {
         "produced_by": "benchmarks/tophub_generate.py (convdsl's template tuner)",
-        "cpu": tt.cpu_model(), "target": spec.describe(), "tvm": tvm.__version__,
+        "cpu": tt.cpu_model(), "cores": os.cpu_count(), "load_avg_at_start": load,
+        "target": spec.describe(), "tvm": tvm.__version__, "timing": "min over rounds, weights flushed from cache",
         "date": dt.date.today().isoformat(), "trials_per_workload": args.trials, "rounds": args.rounds,
         "networks": sorted(set(tophub.read_db(out)["header"].get("networks", [])) | set(done)) if out else done,
-        "batch": 1, "tuning_seconds": round(time.perf_counter() - t0),
+        "batch": 1, "tuning_seconds": round(time.perf_counter() - t0) + (args.prior_seconds or 0),
     }
     if out is not None:
         tophub.write_db(out, {}, header)

@@ -1,0 +1,80 @@
+"""End-to-end effect of the template database: analytic knobs vs database knobs, one run.
+
+    nice python benchmarks/tophub_e2e.py [--nets resnet18,mobilenet_v2] [--rounds 15]
+
+Builds each network twice for tvm-llvm (no MetaSchedule records): once with the analytic model
+alone (``tophub.forcing(ANALYTIC)``), once with the databases (the user's, then the shipped
+one; ``--shipped-only`` hides the user's), checks both against each other, and times them
+round-robin (a shuffled order per round, each sample enough calls for ~50 ms): median and
+minimum per call.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tophub_generate import NETS, ROOT  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="resnet18,mobilenet_v2")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--shipped-only", action="store_true", help="ignore the user's database")
+    args = ap.parse_args()
+    if args.shipped_only:
+        os.environ["CONVDSL_TUNING_DB"] = tempfile.mkdtemp(prefix="convdsl-empty-db-")
+
+    from convdsl.artifact import make_inputs
+    from convdsl.backends.tvm import backend
+    from convdsl.backends.tvm.schedules import tophub
+    from convdsl.cli.common import _graph
+
+    for name in args.nets.split(","):
+        path, sets = NETS[name]
+        g = _graph(str(ROOT / path), None, sets, (), (), None, 0)
+        xs = make_inputs(g, 1, 0)
+        with tophub.forcing(tophub.ANALYTIC), tophub.recording() as seen_a:
+            analytic = backend("tvm-llvm", use_db=False, progress=False).runner(g)
+        with tophub.recording() as seen_t:
+            tuned = backend("tvm-llvm", use_db=False, progress=False).runner(g)
+        changed = sum(a[2] != b[2] for a, b in zip(seen_a, seen_t))
+        ya, yt = analytic(xs)[0], tuned(xs)[0]
+        err = float(np.abs(ya - yt).max()) / max(1.0, float(np.abs(ya).max()))
+        runs = {"analytic": analytic, "database": tuned}
+        calls = {}
+        for k, f in runs.items():
+            t = time.perf_counter()
+            f(xs)
+            calls[k] = max(1, int(0.05 / (time.perf_counter() - t)))
+        samples = {k: [] for k in runs}
+        order = list(runs)
+        rng = random.Random(0)
+        for _ in range(args.rounds):
+            rng.shuffle(order)
+            for k in order:
+                t = time.perf_counter()
+                for _ in range(calls[k]):
+                    runs[k](xs)
+                samples[k].append((time.perf_counter() - t) / calls[k] * 1e3)
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        low = {k: min(v) for k, v in samples.items()}
+        print(f"{name}: {changed}/{len(seen_t)} template calls use database knobs; max rel diff {err:.1e}; "
+              f"analytic median {med['analytic']:.2f} ms (min {low['analytic']:.2f}), "
+              f"database median {med['database']:.2f} ms (min {low['database']:.2f}); "
+              f"speedup {med['analytic'] / med['database']:.3f}x median, {low['analytic'] / low['database']:.3f}x min",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
