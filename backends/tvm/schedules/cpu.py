@@ -223,7 +223,7 @@ def gemm_tile(m: int, nvecs: int, hw: Hardware) -> tuple[int, int]:
         if nvecs % nv:
             continue
         for rm in range(1, min(m, hw.accumulators) + 1):
-            if rm * nv > hw.accumulators:
+            if rm * nv + nv + 1 > hw.registers:  # accumulators + column vectors + one broadcast
                 continue
             waste = (-m) % rm / m  # padded rows of the last tile
             score = rm * nv / (rm + nv) * (1 - waste)
