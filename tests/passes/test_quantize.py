@@ -408,6 +408,20 @@ def test_cast_f16(trained, folded):
                                   torch.from_numpy(folded.params["fc.weight"]).bfloat16().float().numpy())
 
 
+def test_cast_f64_is_the_float64_network(folded):
+    from convdsl.verify.differential import torch_runner
+
+    d = verify(cast(folded, "f64"))
+    assert d.node("conv1").type.dtype == "f64" and d.params["conv1.weight"].dtype == np.float64
+    assert [str(t) for t in d.output_types()] == [str(t) for t in folded.output_types()]  # f32 outside
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    want = torch_runner(folded)([x])[0]
+    got = torch_runner(d)([x])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UsageError, match="f16, bf16, f64"):
+        cast(folded, "i8")
+
+
 def test_to_bf16_rounds_to_nearest_even():
     x = np.array([1.0, 1.00390625, 1.01171875, -3.14159, 1e-40, np.inf], np.float32)
     np.testing.assert_array_equal(to_bf16(x), torch.from_numpy(x).bfloat16().float().numpy())
