@@ -99,9 +99,38 @@ class Case:
 def _agree(case: Case, what: str, got: list[np.ndarray], tol: D.Tolerance) -> D.Comparison:
     c = D.compare(case.reference(), got, tol)
     if not c.ok:
+        exact = _no_worse_than_torch(case, got)
+        if exact is not None:
+            return D.Comparison(True, c.max_abs, c.max_rel, c.excess, exact)
         raise PropertyFailed(f"{what} differs from torch eager (input seed {case.seed}, batch {case.batch}, "
                              f"kind {case.kind or 'by seed'}): {c.why}; max abs error {c.max_abs:.3g}")
     return c
+
+
+def _no_worse_than_torch(case: Case, got: list[np.ndarray]) -> Optional[str]:
+    """When a float32 result is off from torch's float32 result, the float64 run of the same graph
+    decides: on an ill-conditioned input (a layer norm over two channels near 300, say) torch's own
+    error can exceed any fixed tolerance, and a backend at most twice as far from the exact result
+    as torch is not wrong.  None (fails) when it is further, or when no f64 run exists."""
+    g = case.graph()
+    if any(t.dtype != "f32" for t in g.output_types()):
+        return None
+    try:
+        from convdsl.passes.cast import cast
+
+        exact = D.torch_runner(cast(g, "f64"))(case.inputs())
+    except Exception:
+        return None
+    ref = case.reference()
+    for r, o, e in zip(ref, got, exact):
+        if r.shape != o.shape or not (np.isfinite(r) == np.isfinite(o)).all():
+            return None
+        fin = np.isfinite(r)
+        err_torch = np.abs(r[fin].astype(np.float64) - e[fin])
+        err_got = np.abs(o[fin].astype(np.float64) - e[fin])
+        if err_got.size and err_got.max() > 2 * err_torch.max() + 1e-6 * (1 + np.abs(e[fin]).max()):
+            return None
+    return "ill-conditioned: no further from the float64 result than torch"
 
 
 # ---- front end ------------------------------------------------------------------------

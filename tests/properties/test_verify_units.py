@@ -3,6 +3,7 @@ weights, regression files."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from convdsl.api import load_graph
 from convdsl.verify import differential as D
@@ -63,3 +64,32 @@ def test_regression_files_round_trip(tmp_path) -> None:
     assert checks == ["twin", "passes"] and xfail == "why"
     assert load_graph(again.text, network="net").output_types() == load_graph(case.text).output_types()
     PROPERTIES["twin"](again)  # the twin network in the same file lines up with net
+
+
+def test_an_ill_conditioned_difference_is_judged_against_the_float64_run() -> None:
+    from convdsl.passes.cast import cast
+    from convdsl.verify.properties import Case, PropertyFailed, _agree
+
+    # layernorm over 2 channels of 300 + N(0, 1): torch float32 itself is ~1e-3 off the exact result
+    text = "network net(x0: f32[N, 2, 8, 4]) {\n    return x0 | layernorm2d\n}\n"
+    case = Case(text, seed=6200, batch=3, kind="offset")
+    ref, x = case.reference()[0], case.inputs()
+    exact = D.torch_runner(cast(case.graph(), "f64"))(x)[0]
+    torch_err = np.abs(ref - exact).max()
+    assert torch_err > 1e-4  # the premise: beyond what the f32 tolerance allows at this scale
+    closer = (exact + 0.5 * (ref - exact)).astype(np.float32)  # half of torch's error
+    assert not D.compare([ref], [closer], F32).ok
+    _agree(case, "a backend", [closer], F32)  # no further from the exact result than torch: accepted
+    farther = (exact + 3 * (ref - exact)).astype(np.float32)
+    with pytest.raises(PropertyFailed, match="differs from torch eager"):
+        _agree(case, "a backend", [farther], F32)
+
+
+def test_a_real_difference_is_not_excused_by_the_float64_run() -> None:
+    from convdsl.verify.properties import Case, PropertyFailed, _agree
+
+    case = Case("network net(x0: f32[N, 3, 6]) {\n    return x0 | conv1d(4, 3, pad=1)\n}\n", seed=3)
+    got = case.reference()[0].copy()
+    got[0, 0, 0] += 0.01
+    with pytest.raises(PropertyFailed):
+        _agree(case, "a backend", [got], F32)
