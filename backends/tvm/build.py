@@ -29,6 +29,7 @@ from convdsl.ir.graph import Graph
 
 from .lowering import lower_graph
 from .schedules import ApplySchedules, layout_passes
+from .schedules.gpu import gpu_passes
 from .targets import TargetSpec
 from .tuning import TuneReport, db_dir, open_database, tune
 
@@ -57,7 +58,7 @@ class Built:
 
 
 def optimize_passes(spec: TargetSpec) -> list:
-    return layout_passes(spec) + [
+    return layout_passes(spec) + gpu_passes(spec) + [  # gpu_passes: [] on CPU targets
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
