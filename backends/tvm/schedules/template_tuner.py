@@ -211,8 +211,7 @@ def tune_network(graph, spec, trials: int, *, db_file: str | Path | None = None,
                for k, v in ks.items() if k not in todo]
     plans = {}
     for key, k in todo.items():
-        shipped = None if db_file is not None else _shipped(k.workload)
-        plans[key] = candidates(k.workload, k.analytic, trials, shipped)
+        plans[key] = candidates(k.workload, k.analytic, trials, _shipped(k.workload))
     with Progress(TextColumn("tuning {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=False) as ui:
         bar = ui.add_task(f"{len(todo)} workloads", total=sum(len(p) for p in plans.values()))
