@@ -67,15 +67,15 @@ def _table(rows: list[dict]) -> None:
 
     t = Table(title=f"{rows[0]['network']}, batch {rows[0]['batch']}", title_justify="left")
     for col, just in (("backend", "left"), ("median ms", "right"), ("p10-p90 ms", "right"), ("spread", "right"),
-                      ("speedup vs torch", "right"), ("build s", "right"), ("note", "left")):
+                      ("speedup vs torch", "right"), ("threads", "right"), ("build s", "right"), ("note", "left")):
         t.add_column(col, justify=just)
     for r in rows:
         if r.get("median_ms") is None:
-            t.add_row(r["backend"], "-", "-", "-", "-", f"{r['compile_s']:.1f}", r["note"])
+            t.add_row(r["backend"], "-", "-", "-", "-", str(r.get("threads") or "-"), f"{r['compile_s']:.1f}", r["note"])
             continue
         sp = r.get("speedup_vs_torch")
         t.add_row(r["backend"], f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['spread_pct']:.0f}%",
-                  f"{sp:.2f}x" if sp is not None else "-", f"{r['compile_s']:.1f}", r["note"])
+                  f"{sp:.2f}x" if sp is not None else "-", str(r.get("threads") or "-"), f"{r['compile_s']:.1f}", r["note"])
     Console(width=max(140, Console().width)).print(t)
 
 
@@ -112,9 +112,20 @@ def _profile_tables(profs: dict, top: int) -> None:
 @click.option("--profile", is_flag=True, help="Also print the time of each kernel of the TVM modules.")
 @click.option("--top", default=15, show_default=True, help="Kernels shown per profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects with backend, median_ms, ...).")
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
-          profile, top, as_json):
+          profile, top, as_json, threads):
     """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--threads")
+        import os
+
+        import torch
+
+        os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
+        torch.set_num_threads(threads)
     from ..artifact import make_inputs
     from ..backends.tvm.bench import bench as run_bench, profiles, summarize
 
@@ -126,6 +137,10 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     log = (lambda s: click.echo(s, err=True))
     entries = run_bench(g, names, arrays, repeat=repeat, warmup=warmup, tune=tune, db=db, progress=not as_json, log=log)
     rows = summarize(entries, g, batch)
+    import torch
+
+    for r in rows:  # what each library ran with, so that ratios can be read fairly
+        r["threads"] = torch.get_num_threads() if r["backend"].startswith("torch") else _tvm_threads()
     profs = profiles(entries) if profile else {}
     if as_json:
         out = rows if not profile else [dict(r, profile=profs.get(r["backend"])) for r in rows]
@@ -134,6 +149,20 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     _table(rows)
     if profile:
         _profile_tables(profs, top)
+
+
+def _tvm_threads() -> int | None:
+    """Threads of TVM's CPU thread pool (None when TVM is not loaded)."""
+    import sys
+
+    if "tvm" not in sys.modules:
+        return None
+    import tvm
+
+    try:
+        return int(tvm.get_global_func("runtime.NumThreads")())
+    except Exception:  # an older runtime without the query
+        return None
 
 
 @main.group()

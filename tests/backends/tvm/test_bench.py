@@ -1,0 +1,39 @@
+"""`convdsl bench`: one run over several backends, JSON rows, the kernel profile, and the
+thread count applied to torch and TVM alike."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "convdsl", "bench", str(ROOT / "examples" / "digits_cnn.cdl"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_bench_json_rows_profile_and_threads() -> None:
+    out = _bench("--backends", "torch,tvm-llvm", "--repeat", "3", "--warmup", "1", "--json", "--profile", "--threads", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r["backend"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == {"torch", "tvm-llvm"}
+    for r in rows.values():
+        assert r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and r["samples"] == 3
+        assert r["threads"] == 1  # both libraries ran on one thread
+    assert rows["torch"]["speedup_vs_torch"] == 1.0
+    assert rows["tvm-llvm"]["speedup_vs_torch"] == pytest.approx(rows["torch"]["median_ms"] / rows["tvm-llvm"]["median_ms"], rel=1e-2)
+    prof = rows["tvm-llvm"]["profile"]
+    assert prof and all(p["ms"] >= 0 for p in prof)
+    assert rows["torch"]["profile"] is None  # only TVM modules have kernels to profile
+
+
+def test_bench_refuses_an_unknown_backend_with_a_hint() -> None:
+    out = _bench("--backends", "torch,tvm-lvm", "--repeat", "1")
+    assert out.returncode != 0
+    assert "unknown benchmark backend 'tvm-lvm'" in out.stderr and "tvm-llvm" in out.stderr
+    assert "Traceback" not in out.stderr
