@@ -165,3 +165,20 @@ def test_bad_databases_are_ignored_with_a_warning(dbs):
     shipped.write_text(json.dumps({"format": tophub.FORMAT, "records": {wl.key: {"rn": 2}}}))
     with pytest.warns(tophub.TophubWarning, match="ignoring the record"):
         assert tophub.lookup(wl) is None
+
+
+def test_tuner_covers_the_int8_vnni_conv(dbs, tmp_path):
+    from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    if "avx512_vnni" not in cpu_flags():
+        pytest.skip("no AVX-512 VNNI here")
+    src = one_op("quantize(0.05, 125) | qconv2d", [[1, 16, 14, 14]], 64, 3, pad=1, in_scale=0.05, in_zp=125,
+                 out_dtype="u8", out_scale=0.2, out_zp=7, relu=True)
+    g = graph_of(src)
+    db = tmp_path / "int8.json"
+    results = tt.tune_network(g, _spec(), 3, db_file=db, rounds=2, progress=False)
+    (r,) = [r for r in results if r.kind == "int8_conv"]
+    assert r.key.endswith(":avx512vnni") and r.rejected == 0 and r.best_ms > 0
+    rec = tophub.read_db(db)["records"][r.key]
+    assert tuple(rec["knobs"][n] for n in tophub.KNOBS["int8_conv"]) == r.best
