@@ -298,5 +298,5 @@ def summary_table(results: list[Result], title: str):
         t.add_row(r.key.rsplit(":", 2)[0], str(len(r.functions)), fmt(r.analytic),
                   f"{r.analytic_ms:.3f}" if r.analytic_ms else "-", fmt(r.best) if r.best_ms else "-",
                   f"{r.best_ms:.3f}" if r.best_ms else "-", f"{r.speedup:.2f}x" if r.speedup else "-",
-                  str(r.tried), r.note + (f"{r.rejected} rejected" if r.rejected else ""))
+                  str(r.tried), "; ".join(x for x in (r.note, f"{r.rejected} rejected" if r.rejected else "") if x))
     return t
