@@ -18,6 +18,7 @@ of Relax passes:
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from tvm import relax
 from convdsl.ir.graph import Graph
 
 from .lowering import lower_graph
-from .schedules import ApplySchedules, layout_passes
+from .schedules import ApplySchedules, layout_passes, tophub
 from .schedules.gpu import gpu_passes
 from .targets import TargetSpec
 from .tuning import TuneReport, db_dir, open_database, tune
@@ -38,7 +39,7 @@ from .tuning import TuneReport, db_dir, open_database, tune
 class BuildOptions:
     tune: int = 0  # MetaSchedule trials per task; 0: no tuning
     db: str | None = None  # database root (default: the user cache, or $CONVDSL_TUNING_DB)
-    use_db: bool = True  # apply records already in the database
+    use_db: bool = True  # apply records already in the databases (MetaSchedule's, and the template knobs')
     progress: bool = True  # progress bar while tuning
     bind: dict[str, int] = field(default_factory=dict)  # sizes of symbolic dims (default: graph.symbols)
 
@@ -123,7 +124,9 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
     scheduled, functions = _count_scheduled(mod)
     own = 0
     if not spec.is_gpu:
-        with target:
+        # use_db=False is fully untuned: the templates' knobs come from the analytic model alone,
+        # not from the user's or the shipped template database (schedules/tophub.py)
+        with target, (contextlib.nullcontext() if opts.use_db else tophub.forcing(tophub.ANALYTIC)):
             mod = ApplySchedules(mod)
         own = _count_scheduled(mod)[0] - scheduled
     seconds["schedule"] = time.perf_counter() - t

@@ -23,7 +23,7 @@ TVM_OPTIONS = [
                  help="tvm-*: MetaSchedule trials per kernel not yet in the tuning database (0: no tuning)."),
     click.Option(["--db"], default=None, metavar="DIR",
                  help="tvm-*: tuning database folder (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning)."),
-    click.Option(["--no-db", "no_db"], is_flag=True, help="tvm-*: do not apply tuning records (fully untuned code)."),
+    click.Option(["--no-db", "no_db"], is_flag=True, help="tvm-*: apply no tuning records, neither MetaSchedule's nor the template knobs (fully untuned: the analytic model)."),
 ]
 _NAMES = ("target_json", "arch", "tune", "db", "no_db")
 

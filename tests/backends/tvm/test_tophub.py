@@ -120,7 +120,27 @@ def test_recorded_knobs_shape_the_build_and_match_torch(dbs):
         assert rn0 not in unrolled or rn0 in (1, 2, knobs[1]), unrolled
     g = graph_of(CONV)
     xs = random_inputs(g)
-    assert_close(backend("tvm-llvm", use_db=False).runner(g)(xs), torch_outputs(g, xs))
+    with tophub.recording() as seen:
+        run = backend("tvm-llvm").runner(g)
+    assert [chosen for wl, _, chosen in seen if wl.key == k.workload.key] == [knobs]  # the build used the record
+    assert_close(run(xs), torch_outputs(g, xs))
+
+
+def test_an_untuned_build_ignores_the_template_databases(dbs):
+    """use_db=False (`compile --no-db`, bench's untuned tvm-llvm row): the analytic model alone."""
+    from convdsl.backends.tvm import backend
+    from convdsl.backends.tvm.schedules import tophub
+
+    user, _ = dbs
+    k = _conv()
+    knobs = (7, 1) if k.analytic != (7, 1) else (2, 2)
+    _write(user, {k.workload.key: {"knobs": {"rn": knobs[0], "ov": knobs[1]}}})
+    g = graph_of(CONV)
+    with tophub.recording() as seen:
+        run = backend("tvm-llvm", use_db=False).runner(g)
+    assert [chosen for wl, _, chosen in seen if wl.key == k.workload.key] == [tuple(k.analytic)]
+    xs = random_inputs(g)
+    assert_close(run(xs), torch_outputs(g, xs))
 
 
 def test_tuner_writes_a_record(dbs, tmp_path):
