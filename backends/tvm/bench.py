@@ -80,8 +80,11 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
     compile_s = time.perf_counter() - t0
     info = None
     own = getattr(built, "own", 0)
-    note = (f"{built.scheduled}/{built.functions} kernels from the tuning database" if tuned
-            else f"{own}/{built.functions} kernels by convdsl's schedules" if own else "no schedules")
+    from_db = getattr(built, "templates_from_db", 0)
+    note = (f"{own}/{built.functions} kernels by convdsl's schedules" if own else "no schedules")
+    if tuned:
+        note += (f"; knobs of {from_db} template instances from the template database, "
+                 f"{built.scheduled} kernels from MetaSchedule's")
     if built.tuning is not None:
         r = built.tuning
         info = r.as_dict()

@@ -56,6 +56,7 @@ class Built:
     tuning: TuneReport | None = None
     db: str | None = None
     own: int = 0  # TIR functions scheduled by convdsl's own CPU schedules (after the database)
+    templates_from_db: int = 0  # template instances whose knobs came from the user's or the shipped database
 
 
 def optimize_passes(spec: TargetSpec) -> list:
@@ -122,20 +123,22 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
         else:
             mod = tvm.transform.Sequential(schedule_passes(spec, False))(mod)
     scheduled, functions = _count_scheduled(mod)
-    own = 0
+    own = templates_from_db = 0
     if not spec.is_gpu:
         # use_db=False is fully untuned: the templates' knobs come from the analytic model alone,
         # not from the user's or the shipped template database (schedules/tophub.py)
-        with target, (contextlib.nullcontext() if opts.use_db else tophub.forcing(tophub.ANALYTIC)):
+        with target, (contextlib.nullcontext() if opts.use_db else tophub.forcing(tophub.ANALYTIC)), \
+                tophub.recording() as seen:
             mod = ApplySchedules(mod)
         own = _count_scheduled(mod)[0] - scheduled
+        templates_from_db = sum(1 for wl, _, _ in seen if opts.use_db and tophub.lookup(wl) is not None)
     seconds["schedule"] = time.perf_counter() - t
 
     t = time.perf_counter()
     ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
     seconds["codegen"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
-    return Built(ex, spec, seconds, scheduled, functions, report, folder, own)
+    return Built(ex, spec, seconds, scheduled, functions, report, folder, own, templates_from_db)
 
 
 def _has_records(spec: TargetSpec, root: str | None) -> bool:

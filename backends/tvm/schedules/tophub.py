@@ -261,13 +261,17 @@ def forcing(knobs: dict[str, tuple[int, ...]] | str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def recording() -> Iterator[list]:
-    """Collect ``(workload, model's knobs, chosen knobs)`` of every ``choose`` call in the block."""
+    """Collect ``(workload, model's knobs, chosen knobs)`` of every ``choose`` call in the block.
+    Blocks nest: an enclosing recording also gets what an inner one saw."""
     seen: list = []
+    outer = _seen.get()
     token = _seen.set(seen)
     try:
         yield seen
     finally:
         _seen.reset(token)
+        if outer is not None:
+            outer.extend(seen)
 
 
 def choose(kind: str, sch, block, hw, default: tuple[int, ...], lanes: int = 0) -> tuple[int, ...]:
