@@ -15,9 +15,16 @@ is cheap and ``convdsl --help`` stays fast.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from .backend import Module, TVMBackend, backend, load
+# TVM's CPU thread pool defaults to its guess of *physical* cores, which is 1 on this kind of
+# 2-vCPU machine: every compiled network ran on half the machine. Unless the user set it, use
+# the cores this process may run on (read by TVM when its pool starts, on the first call).
+os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                              else os.cpu_count() or 1))
+
+from .backend import Module, TVMBackend, backend, load  # noqa: E402
 
 __all__ = ["TVMBackend", "Module", "backend", "load", "build_module", "runner", "load_runner", "TVM_LOWERINGS"]
 

@@ -37,3 +37,18 @@ def test_bench_refuses_an_unknown_backend_with_a_hint() -> None:
     assert out.returncode != 0
     assert "unknown benchmark backend 'tvm-lvm'" in out.stderr and "tvm-llvm" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_tvm_runs_on_every_core_available_unless_told_otherwise() -> None:
+    """TVM's own default is its guess of physical cores (1 on a 2-vCPU machine)."""
+    import os
+
+    code = ("import os, convdsl.backends.tvm, tvm; "
+            "print(tvm.get_global_func('runtime.NumThreads')(), len(os.sched_getaffinity(0)))")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    threads, cores = out.stdout.split()
+    assert threads == cores
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(env, TVM_NUM_THREADS="1"))
+    assert out.stdout.split()[0] == "1"  # the user's setting wins
