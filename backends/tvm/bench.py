@@ -4,8 +4,9 @@ Backends: ``torch`` (eager), ``torch-compile`` (``torch.compile``, inductor),
 ``torch-cuda``, ``tvm-llvm`` (untuned: no tuning database), ``tvm-llvm-tuned``
 (the database, plus ``tune`` MetaSchedule trials per task for what it lacks),
 and the same two for ``tvm-cuda``.  Each backend gets warm-up calls, then the
-backends are timed round-robin (one sample of each per round) so that drift of
-the machine hits all of them alike.  Reported: median, 10th/90th percentile,
+backends are timed in turns of consecutive samples (up to 4 blocks each, two untimed
+calls before every block), so that drift of the machine hits all of them alike while one
+backend's threads and caches do not land on the next one's samples.  Reported: median, 10th/90th percentile,
 spread = (p90 - p10) / median, and speedup = torch eager median / median.
 """
 from __future__ import annotations
@@ -136,13 +137,21 @@ def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat
         e.call()
         one = (time.perf_counter() - t0) * 1e3
         reps[e.backend] = max(1, int(min_ms / max(one, 1e-3)))
-    for _ in range(repeat):  # round-robin
+    # Blocks of consecutive samples, the backends taking turns block by block: one backend
+    # right after another is slowed (measured: torch eager 22 ms alone, 35 ms when sampled
+    # round-robin with torch.compile or TVM, whose worker threads and caches it then shares),
+    # while taking turns still spreads drift of the machine over all of them.
+    blocks = min(repeat, 4)
+    for b in range(blocks):
         for e in live:
             n = reps[e.backend]
-            t0 = time.perf_counter()
-            for _ in range(n):
+            for _ in range(2):  # untimed: the previous backend's threads settle
                 e.call()
-            e.samples.append((time.perf_counter() - t0) * 1e3 / n)
+            for _ in range(repeat // blocks + (1 if b < repeat % blocks else 0)):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    e.call()
+                e.samples.append((time.perf_counter() - t0) * 1e3 / n)
     return entries
 
 
