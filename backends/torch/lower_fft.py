@@ -47,5 +47,5 @@ def _fft_conv(node: Node, ins: list[TensorType]) -> str:
 LOWERINGS: dict[str, TorchLowering] = {
     "global_filter": TorchLowering(module_call, _global_filter, helpers=("GlobalFilter2d",)),
     "adaptive_filter": TorchLowering(module_call, _adaptive_filter, helpers=("AdaptiveFilter2d",)),
-    "fft_conv": TorchLowering(module_call, _fft_conv, helpers=("fft_long_conv", "LongConv1d")),
+    "fft_conv": TorchLowering(module_call, _fft_conv, helpers=("fast_fft_len", "fft_long_conv", "LongConv1d")),
 }

@@ -29,7 +29,7 @@ def _selective_scan(node: Node, ins: list[TensorType]) -> str:
 
 
 LOWERINGS: dict[str, TorchLowering] = {
-    "s4d": TorchLowering(module_call, _s4d, helpers=("fft_long_conv", "cached_kernel", "S4D")),
-    "sgconv": TorchLowering(module_call, _sgconv, helpers=("fft_long_conv", "cached_kernel", "SGConv")),
+    "s4d": TorchLowering(module_call, _s4d, helpers=("fast_fft_len", "fft_long_conv", "cached_kernel", "S4D")),
+    "sgconv": TorchLowering(module_call, _sgconv, helpers=("fast_fft_len", "fft_long_conv", "cached_kernel", "SGConv")),
     "selective_scan": TorchLowering(module_call, _selective_scan, helpers=("SelectiveScan",)),
 }

@@ -234,3 +234,17 @@ def test_costs_count_the_transforms():
     n = 32  # zero-padded to L + K
     assert cost.flops == (2 * 8 + 4) * fft_flops(n) + 6 * 8 * (n // 2 + 1)
     assert run_infer("global_filter", [(2, 4, 8, 8)])  # cost runs inside run_infer
+
+
+def test_fft_sizes_are_the_smallest_5_smooth_length_that_fits():
+    from convdsl.backends.torch.runtime import fast_fft_len
+
+    def smooth(m):
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in range(1, 3000):
+        m = fast_fft_len(n)
+        assert m >= n and smooth(m) and not any(smooth(j) for j in range(n, m)), n
