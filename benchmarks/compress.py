@@ -1,6 +1,6 @@
 """Compression in one run: accuracy where it is meaningful, speed where it is.
 
-    python benchmarks/compress.py [--epochs 8] [--finetune 4] [--quick]
+    python benchmarks/compress.py [--epochs 8] [--finetune 8] [--quick] [--accuracy-only]
 
 (a) digits-sized ResNet and MobileNet-style nets trained with convdsl's trainer:
     validation accuracy, params and MACs for baseline, fold_bn, pruned at
@@ -50,10 +50,11 @@ def accuracy_table(path: str, epochs: int, finetune: int) -> None:
     print(row("baseline", g, evaluate(g, data)["accuracy"], base))
     folded = run_passes(g, "fold_bn")
     print(row("fold_bn", folded, evaluate(folded, data)["accuracy"], base))
-    for r in RATIOS:
-        p = prune(g, ratio=r, criterion="l1", target="macs", round_to=1)
-        print(row(f"pruned {r:.0%} MACs (l1)", p, evaluate(p, data)["accuracy"], base))
-        train(p, data, finetune, seed=0, progress=False, lr=1e-3)
+    for r, criterion in [(r, "l1") for r in RATIOS] + [(0.5, "taylor")]:
+        kw = {"data": data} if criterion == "taylor" else {}
+        p = prune(g, ratio=r, criterion=criterion, target="macs", round_to=1, **kw)
+        print(row(f"pruned {r:.0%} MACs ({criterion})", p, evaluate(p, data)["accuracy"], base))
+        train(p, data, finetune, seed=0, progress=False)  # the trainer's defaults, as `convdsl prune --finetune-epochs`
         print(row(f"  + fine-tuned {finetune} epochs", p, evaluate(p, data)["accuracy"], base))
     try:
         from convdsl.passes.quantize import calibration_batches, quantize
@@ -145,7 +146,8 @@ def speed_table(path: str, quick: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--finetune", type=int, default=4)
+    ap.add_argument("--finetune", type=int, default=8)
+    ap.add_argument("--accuracy-only", action="store_true", help="part (a) only")
     ap.add_argument("--quick", action="store_true", help="fewer epochs, no TVM, torch speed only")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -155,6 +157,8 @@ def main() -> None:
     print("(a) accuracy on digits (8x8, 1,438 train / 359 validation images)")
     for path in ("examples/digits_cnn.cdl", "examples/digits_mobilenet.cdl"):
         accuracy_table(path, args.epochs, args.finetune)
+    if args.accuracy_only:
+        return
     print("\n(b) speed at 224x224 (random weights; speed does not depend on them)")
     for path in ("examples/resnet18.cdl", "examples/mobilenet_v2.cdl"):
         speed_table(path, args.quick)
