@@ -28,6 +28,9 @@ _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y.
               help="Regularized evolution, or random search (the baseline).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the search, the initializations and shuffling.")
 @click.option("--epochs", "-e", default=6, show_default=True, help="Training epochs per candidate.")
+@click.option("--seeds", default=1, show_default=True,
+              help="Training seeds per candidate (and reference): accuracy is their mean, which the noise of "
+                   "one short training run on a small validation set makes worth its cost.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the trainer's).")
 @click.option("--optimizer", default="adamw", show_default=True)
@@ -48,7 +51,7 @@ _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y.
               help="Start no evaluation after this many seconds; those running finish (continue with --resume).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budget, objective, backend, strategy,
-               seed, epochs, batch_size, lr, optimizer, weight_decay, population, tournament, max_params,
+               seed, epochs, seeds, batch_size, lr, optimizer, weight_decay, population, tournament, max_params,
                latency_clock, latency_batch, references, executor, address, workers, time_limit, progress):
     """Search the choices and the program of SPACE (a .cdl file with choice(...)).
 
@@ -85,7 +88,7 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
         config = SearchConfig(
             space_file=str(path), space_text=text, network=network, strategy=strategy, budget=budget or 60,
             seed=seed, objective=tuple(o.strip() for o in objective.split(",") if o.strip()), data=data,
-            val_fraction=val_fraction, split_seed=split_seed, epochs=epochs, batch_size=batch_size, lr=lr,
+            val_fraction=val_fraction, split_seed=split_seed, epochs=epochs, seeds=seeds, batch_size=batch_size, lr=lr,
             optimizer=optimizer, weight_decay=weight_decay, backend=backend, latency_batch=latency_batch,
             latency_clock=latency_clock, population=population, sample=tournament, lag=max(0, workers - 1),
             max_params=max_params, references=refs)
@@ -93,7 +96,7 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
         folder = Path(out)
     c = s.config
     click.echo(f"searching {c.space_file} ({s.space.size():,} choice combinations, {len(s.space.choices)} choices) "
-               f"by {c.strategy}: {c.budget} candidates, {c.epochs} epochs each on {s.dataset}, "
+               f"by {c.strategy}: {c.budget} candidates, {c.epochs} epochs x {c.seeds} seed(s) each on {s.dataset}, "
                f"objective {','.join(c.objective)}; {workers} {executor} worker(s); history in {folder}",
                err=True)
     display = SearchProgress(s, enabled=progress)

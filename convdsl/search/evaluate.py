@@ -55,7 +55,7 @@ def measure_latency(module: Any, shape: tuple[int, ...], repeats: int = 30, warm
 def evaluate_candidate(task: dict[str, Any]) -> dict[str, Any]:
     """Train and time one program; see the module docstring.
 
-    task keys: text, file, network, sources, data, split_seed, val_fraction, epochs, batch_size,
+    task keys: text, file, network, sources, data, split_seed, val_fraction, epochs, seeds, batch_size,
     lr, optimizer, weight_decay, seed, backend, latency_batch, latency_clock, threads."""
     t0 = time.perf_counter()
     out: dict[str, Any] = {"worker": f"{socket.gethostname()}:{os.getpid()}"}
@@ -95,13 +95,16 @@ def _run(task: dict[str, Any], threads: int) -> dict[str, Any]:
 
         return _read_source(path)
 
-    g, _ = elaborate_text(task["text"], task["file"], task.get("network"), Options(seed=task["seed"]), loader)
-    verify(g)
     dataset = _dataset(task["data"], task["split_seed"], task["val_fraction"])
+    runs = []  # one per training seed (initialization and shuffling): the first one's weights are kept
+    for seed in range(task["seed"], task["seed"] + int(task.get("seeds", 1))):
+        gs, _ = elaborate_text(task["text"], task["file"], task.get("network"), Options(seed=seed), loader)
+        verify(gs)
+        runs.append((gs, train(gs, dataset, task["epochs"], batch_size=task["batch_size"], lr=task.get("lr"),
+                               optimizer=task.get("optimizer", "adamw"), weight_decay=task.get("weight_decay", 5e-4),
+                               seed=seed, progress=False, threads=threads)))
+    g, result = runs[0]
     stats = summary(g)
-    result = train(g, dataset, task["epochs"], batch_size=task["batch_size"], lr=task.get("lr"),
-                   optimizer=task.get("optimizer", "adamw"), weight_decay=task.get("weight_decay", 5e-4),
-                   seed=task["seed"], progress=False, threads=threads)
     module = backend_module(task.get("backend", "torch")).build_module(g)
     if hasattr(module, "eval"):
         module.eval()
@@ -109,14 +112,15 @@ def _run(task: dict[str, Any], threads: int) -> dict[str, Any]:
     clock = task.get("latency_clock", "cpu")
     arrays = {n: a if a.flags.c_contiguous else a.copy() for n, a in g.params.items()}
     return {
-        "val_acc": result.val_accuracy,
-        "val_loss": result.val_loss,
+        "val_acc": sum(r.val_accuracy for _, r in runs) / len(runs),
+        "val_loss": sum(r.val_loss for _, r in runs) / len(runs),
+        "val_acc_seeds": [r.val_accuracy for _, r in runs],
         "params": g.params.count(),
         "macs": int(stats.get("macs", 0)),
         "latency_ms": lat["cpu_ms"] if clock == "cpu" else lat["wall_ms"],
         "latency_wall_ms": lat["wall_ms"],
         "latency_cpu_ms": lat["cpu_ms"],
-        "train_seconds": result.seconds,
+        "train_seconds": sum(r.seconds for _, r in runs),
         "history": [[e.epoch, e.train_loss, e.val_loss, e.val_acc] for e in result.history],
         "weights": save_bytes(arrays, metadata={"network": g.name}),
     }

@@ -39,6 +39,7 @@ class SearchConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     epochs: int = 6
+    seeds: int = 1  # training seeds per candidate; its accuracy is their mean
     batch_size: int = 64
     lr: float | None = None
     optimizer: str = "adamw"
@@ -59,8 +60,8 @@ class SearchConfig:
                 or any(c not in COSTS for c in self.objective[1:]):
             raise UsageError(f"unknown objective '{','.join(self.objective)}'",
                              hint="accuracy, or accuracy plus one cost: " + ", ".join(f"accuracy,{c}" for c in COSTS))
-        if self.budget < 1 or self.epochs < 1:
-            raise UsageError("--budget and --epochs must be positive")
+        if self.budget < 1 or self.epochs < 1 or self.seeds < 1:
+            raise UsageError("--budget, --epochs and --seeds must be positive")
         if self.latency_clock not in ("cpu", "wall"):
             raise UsageError(f"unknown latency clock '{self.latency_clock}'", hint="cpu or wall")
 
@@ -147,6 +148,7 @@ class Search:
         return {"text": row.text, "file": ref["file"] if ref else c.space_file,
                 "network": None if ref else c.network, "sources": c.sources,
                 "data": c.data, "split_seed": c.split_seed, "val_fraction": c.val_fraction, "epochs": c.epochs,
+                "seeds": c.seeds,
                 "batch_size": c.batch_size, "lr": c.lr, "optimizer": c.optimizer, "weight_decay": c.weight_decay,
                 "seed": c.seed, "backend": c.backend, "latency_batch": c.latency_batch,
                 "latency_clock": c.latency_clock, "threads": 1}

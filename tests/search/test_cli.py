@@ -116,3 +116,16 @@ def test_an_evaluation_is_deterministic(tmp_path):
     assert a["val_acc"] == b["val_acc"] and a["weights"] == b["weights"] and a["params"] == c.params
     bad = evaluate_candidate({**task, "text": "network n(x: f32[N, 3, 8, 8]) {\n    return x\n}\n"})
     assert bad["status"] == "failed" and "data error" in bad["error"]
+
+
+def test_several_training_seeds_average_the_accuracy(tmp_path):
+    space = SearchSpace(TINY, str(tmp_path / "tiny.cdl"))
+    c = space.check(space.initial())
+    task = {"text": c.text, "file": space.file, "network": None, "sources": {}, "data": "digits",
+            "split_seed": 0, "val_fraction": 0.2, "epochs": 1, "batch_size": 64, "seed": 3, "threads": 1}
+    one, two = evaluate_candidate(task), evaluate_candidate({**task, "seed": 4})
+    both = evaluate_candidate({**task, "seeds": 2})
+    assert both["status"] == "done", both.get("error")
+    assert both["val_acc_seeds"] == [one["val_acc"], two["val_acc"]]
+    assert both["val_acc"] == pytest.approx((one["val_acc"] + two["val_acc"]) / 2)
+    assert both["weights"] == one["weights"]  # the first seed's network is the one kept
