@@ -149,7 +149,9 @@ def _program_file(row: Row, config: SearchConfig, k: int, n: int, out: Path) -> 
     head = [
         f"# convdsl search: candidate #{row.id}, Pareto point {k} of {n} "
         f"({config.strategy}, seed {config.seed}, {config.budget} candidates)",
-        f"# validation accuracy {100 * row.val_acc:.2f}% on {config.data} after {config.epochs} epochs; "
+        f"# validation accuracy {100 * row.val_acc:.2f}% on {config.data} after {config.epochs} epochs"
+        + (f" (mean of training seeds {config.seed}-{config.seed + config.seeds - 1}; the weights are seed {config.seed}'s)"
+           if config.seeds > 1 else "") + "; "
         f"{row.params:,} params; {row.macs:,} MACs; latency {row.latency_ms:.3f} ms "
         f"({config.latency_clock}, {config.backend}, batch {config.latency_batch})",
         f"# weights: {k:02d}_c{row.id}.safetensors" + (f"; objective accuracy vs {cost}" if cost else ""),
