@@ -149,6 +149,8 @@ def generate(graph: Graph) -> Generated:
                 target = ns.make(base)
                 bases[target] = base
             var[Value(node.id, 0)] = target
+            if target == in_names[0]:
+                expr = _in_place(graph, node, in_vals, in_names, expr)
             forward_lines.append(f"{target} = {expr}")
         else:
             targets = [ns.make(f"{base}_{i}") for i in range(n_out)]
@@ -248,6 +250,28 @@ def _reuse(graph: Graph, node: Node, in_vals: list[Value], var: dict[Value, str]
     if len(graph.users(v)) != 1:
         return None
     return name
+
+
+# producers whose backward does not read their own output, so it may be overwritten in place
+# (what torchvision does with ReLU(inplace=True) and `out += identity`)
+_OUTPUT_NOT_SAVED = frozenset({"conv1d", "conv2d", "conv3d", "linear", "batchnorm", "batchnorm1d", "batchnorm2d",
+                               "batchnorm3d", "add"})
+
+
+def _in_place(graph: Graph, node: Node, in_vals: list[Value], in_names: list[str], expr: str) -> str:
+    """``torch.relu_(x)`` / ``x.add_(y)`` for a relu or add whose first input is read by nothing
+    else (the caller checked: its variable is reused) and comes from an op whose backward does
+    not need that output: the same numbers, one allocation less per layer."""
+    producer = graph.node(in_vals[0].node).op
+    if producer not in _OUTPUT_NOT_SAVED:
+        return expr
+    x = in_names[0]
+    if node.op == "relu" and expr == f"torch.relu({x})":
+        return f"torch.relu_({x})"
+    if node.op == "add" and len(in_vals) == 2 and graph.type_of(in_vals[0]) == node.types[0] \
+            and graph.type_of(in_vals[1]).dtype == node.types[0].dtype and expr == f"{x} + {in_names[1]}":
+        return f"{x}.add_({in_names[1]})"
+    return expr
 
 
 # ---- building and running ----------------------------------------------------------

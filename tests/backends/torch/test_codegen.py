@@ -177,3 +177,39 @@ def test_f64_network_matches_numpy_float64():
 
 def test_f32_modules_are_written_without_a_dtype():
     assert ".to(torch." not in generate(graph_of(FLOAT_NET.format(dtype="f32"))).source
+
+
+def test_relu_and_add_run_in_place_only_where_autograd_allows():
+    """A relu or add whose input comes from conv/batchnorm/add (whose backward does not read
+    their output) overwrites it, as torchvision's inplace ReLU and `out += identity` do; a relu
+    after relu or sigmoid (whose backward reads its output) does not.  Gradients equal the
+    out-of-place reference."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from convdsl.backends.torch.codegen import generate
+    from convdsl.lang.elaborate import elaborate
+
+    text = ("network t(x: f32[2, 3, 6, 6]) {\n"
+            "    t = x | conv2d(4, 1) as proj | batchnorm as bn2 | relu\n"
+            "    y = x | conv2d(4, 3, pad=1, bias=false) as conv | batchnorm as bn\n"
+            "    z = relu(y + t)\n"
+            "    return z | relu | sigmoid | relu\n"
+            "}\n")
+    g = elaborate(text)
+    src = generate(g).source
+    fwd = src[src.index("def forward"):]
+    assert fwd.count("torch.relu_(") == 2 and fwd.count(".add_(") == 1 and fwd.count("torch.relu(") == 2, fwd
+    m = build_module(g).train()
+    ref_conv, ref_bn, ref_proj, ref_bn2 = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), \
+        nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+    for ref, mine in ((ref_conv, m.conv), (ref_bn, m.bn), (ref_proj, m.proj), (ref_bn2, m.bn2)):
+        ref.load_state_dict(mine.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    out = m(x)
+    want = F.relu(torch.sigmoid(F.relu(F.relu(ref_bn(ref_conv(x)) + F.relu(ref_bn2(ref_proj(x)))))))
+    torch.testing.assert_close(out, want)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    torch.testing.assert_close(m.conv.weight.grad, ref_conv.weight.grad)
+    torch.testing.assert_close(m.proj.bias.grad, ref_proj.bias.grad)
