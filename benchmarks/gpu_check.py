@@ -16,9 +16,10 @@ float32); inputs are seeded random arrays of the shapes the artifact was
 compiled for (batch 1 and 32 by default).
 
 Pipelines (``--pipelines``, one artifact each, ``<net>-b<batch>-<pipeline>``):
-``default`` is what ``build.py`` does (DLight's default rules on the lowered graph);
-``gpu`` adds ``schedules.gpu.gpu_passes`` (convs as im2col + GEMM, depthwise as a
-spatial kernel) in float32, ``gpu-f16`` / ``gpu-bf16`` the same in 16-bit compute
+``default`` is what ``build.py`` does (since 2026-11-26 that includes ``gpu_passes`` with
+the $CONVDSL_GPU_PRECISION / $CONVDSL_GPU_CONV defaults, f32 and im2col; before, DLight's
+default rules alone); ``gpu`` is ``schedules.gpu.gpu_passes`` (convs as im2col + GEMM,
+depthwise as a spatial kernel) in float32 explicitly, ``gpu-f16`` / ``gpu-bf16`` the same in 16-bit compute
 (checked with a looser tolerance), ``gpu-implicit`` keeps DLight's implicit-GEMM
 convs.  Weights are constants inside ``lib.so``; ``--levels K`` rounds every float
 weight to K levels per tensor (the reference uses the same rounded weights), which
