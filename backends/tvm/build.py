@@ -131,7 +131,7 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
                 tophub.recording() as seen:
             mod = ApplySchedules(mod)
         own = _count_scheduled(mod)[0] - scheduled
-        templates_from_db = sum(1 for wl, _, _ in seen if opts.use_db and tophub.lookup(wl) is not None)
+        templates_from_db = sum(1 for *_, source in seen if source in ("user", "shipped"))
     seconds["schedule"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -94,7 +94,7 @@ def kernels(mod, target) -> dict[str, Kernel]:
             schedule_module(tvm.IRModule({"main": func}), target)
         if len(seen) != 1:
             continue
-        wl, analytic, _ = seen[0]
+        wl, analytic = seen[0][:2]
         k = found.setdefault(wl.key, Kernel(wl, analytic, func))
         k.functions.append(gv.name_hint)
     return found

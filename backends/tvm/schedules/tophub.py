@@ -261,7 +261,8 @@ def forcing(knobs: dict[str, tuple[int, ...]] | str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def recording() -> Iterator[list]:
-    """Collect ``(workload, model's knobs, chosen knobs)`` of every ``choose`` call in the block.
+    """Collect ``(workload, model's knobs, chosen knobs, source)`` of every ``choose`` call in the block
+    (source: "user" or "shipped" database, "forced", or "analytic").
     Blocks nest: an enclosing recording also gets what an inner one saw."""
     seen: list = []
     outer = _seen.get()
@@ -284,11 +285,10 @@ def choose(kind: str, sch, block, hw, default: tuple[int, ...], lanes: int = 0) 
         return default
     forced = _forced.get()
     if forced is not None:
-        chosen = forced.get(wl.key, default)
+        chosen, source = forced.get(wl.key, default), "forced"
     else:
-        hit = lookup(wl)
-        chosen = hit[0] if hit is not None else default
+        chosen, source = lookup(wl) or (default, ANALYTIC)
     seen = _seen.get()
     if seen is not None:
-        seen.append((wl, default, chosen))
+        seen.append((wl, default, chosen, source))
     return chosen

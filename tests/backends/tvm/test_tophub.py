@@ -122,7 +122,7 @@ def test_recorded_knobs_shape_the_build_and_match_torch(dbs):
     xs = random_inputs(g)
     with tophub.recording() as seen:
         run = backend("tvm-llvm").runner(g)
-    assert [chosen for wl, _, chosen in seen if wl.key == k.workload.key] == [knobs]  # the build used the record
+    assert [chosen for wl, _, chosen, _ in seen if wl.key == k.workload.key] == [knobs]  # the build used the record
     assert_close(run(xs), torch_outputs(g, xs))
 
 
@@ -138,7 +138,7 @@ def test_an_untuned_build_ignores_the_template_databases(dbs):
     g = graph_of(CONV)
     with tophub.recording() as seen:
         run = backend("tvm-llvm", use_db=False).runner(g)
-    assert [chosen for wl, _, chosen in seen if wl.key == k.workload.key] == [tuple(k.analytic)]
+    assert [chosen for wl, _, chosen, _ in seen if wl.key == k.workload.key] == [tuple(k.analytic)]
     xs = random_inputs(g)
     assert_close(run(xs), torch_outputs(g, xs))
 
