@@ -294,12 +294,12 @@ def prop_prune_keep(case: Case) -> None:
 
 
 # ---- other backends -------------------------------------------------------------------
-def prop_tvm(case: Case, name: str = "tvm-llvm") -> None:
+def _tvm_runner(graph: Graph, name: str, batch: int):
+    """D.tvm_runner, with an op TVM cannot lower reported as Unsupported and a known bug as KnownBug."""
     from convdsl.errors import LoweringError
 
-    g = case.graph()
     try:
-        run = D.tvm_runner(g, name, case.batch)
+        return D.tvm_runner(graph, name, batch)
     except LoweringError as e:
         if "has no lowering" in str(e):
             raise Unsupported(str(e).split("\n")[0]) from e
@@ -308,6 +308,11 @@ def prop_tvm(case: Case, name: str = "tvm-llvm") -> None:
         if _known(e):
             raise KnownBug(f"known bug, tests/regressions/{_known(e)}") from e
         raise
+
+
+def prop_tvm(case: Case, name: str = "tvm-llvm") -> None:
+    g = case.graph()
+    run = _tvm_runner(g, name, case.batch)
     _agree(case, name, run(case.inputs()), D.tolerance_for(g, D.FACTORS.get(name, 10.0)))
 
 
@@ -426,7 +431,7 @@ def _linear_map(node, x_type):
 
 def prop_quantize_tvm(case: Case, name: str = "tvm-llvm") -> None:
     """The int8 graph on TVM computes what the torch backend's simulation computes."""
-    from convdsl.errors import ConvDSLError, LoweringError
+    from convdsl.errors import ConvDSLError
 
     if quantize_pass() is None:
         return
@@ -435,16 +440,7 @@ def prop_quantize_tvm(case: Case, name: str = "tvm-llvm") -> None:
     except ConvDSLError:
         return
     ref = D.torch_runner(q)(case.inputs())
-    try:
-        run = D.tvm_runner(q, name, case.batch)
-    except LoweringError as e:
-        if "has no lowering" in str(e):
-            raise Unsupported(str(e).split("\n")[0]) from e
-        raise
-    except Exception as e:
-        if _known(e):
-            raise KnownBug(f"known bug, tests/regressions/{_known(e)}") from e
-        raise
+    run = _tvm_runner(q, name, case.batch)
     c = D.compare(ref, run(case.inputs()), D.tolerance_for(q, D.FACTORS.get(name, 10.0)))
     if not c.ok:
         raise PropertyFailed(f"int8 graph on {name} differs from its torch simulation: {c.why}")
