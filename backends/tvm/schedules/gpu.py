@@ -42,6 +42,8 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .layout import static_shape
+
 PRECISIONS = ("f32", "f16", "bf16")
 CONV_MODES = ("im2col", "implicit")
 MAX_DEPTHWISE_TAPS = 64  # beyond this (large kernels: 31x31) the unrolled sum is too long; TOPI keeps it
@@ -78,16 +80,6 @@ def gpu_passes(spec, precision: str | None = None, conv: str | None = None) -> l
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def _static_shape(e: relax.Expr) -> list[int] | None:
-    t = e.ty
-    if not isinstance(t, relax.TensorType) or t.shape is None:
-        return None
-    try:
-        return [int(v) for v in t.shape.values]
-    except (TypeError, AttributeError):
-        return None
-
-
 def _dtype(e: relax.Expr) -> str:
     return str(e.ty.dtype)
 
@@ -213,7 +205,7 @@ class _ConvToGemm(_Rewriter):
             return call
         nd, a = found
         x, wexpr = call.args
-        xs, ys = _static_shape(x), _static_shape(call)
+        xs, ys = static_shape(x), static_shape(call)
         w = _const_weight(wexpr, self.bindings)
         if xs is None or ys is None or w is None:
             return call
@@ -272,7 +264,7 @@ class _DepthwiseDirect(_Rewriter):
             return call
         nd, a = found
         x, wexpr = call.args
-        xs, ys = _static_shape(x), _static_shape(call)
+        xs, ys = static_shape(x), static_shape(call)
         w = _const_weight(wexpr, self.bindings)
         if xs is None or ys is None or w is None:
             return call

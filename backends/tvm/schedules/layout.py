@@ -67,7 +67,8 @@ def pack_dense_weight(w: np.ndarray, nb: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k, n // nb, nb).transpose(1, 0, 2))
 
 
-def _shape(e: relax.Expr) -> list[int] | None:
+def static_shape(e: relax.Expr) -> list[int] | None:
+    """The static shape of a Relax tensor expression, or None (unknown rank or symbolic dims)."""
     t = e.ty
     if not isinstance(t, relax.TensorType) or t.shape is None:
         return None
@@ -186,9 +187,9 @@ class _Blocker(PyExprMutator):
             return None
         lanes = self.lanes(x)
         if lanes is None:
-            xs = _shape(x)
+            xs = static_shape(x)
         else:
-            s5 = _shape(x)
+            s5 = static_shape(x)
             xs = [s5[0], s5[1] * s5[4], s5[2], s5[3]]
         wt = w.value.numpy()
         if xs is None or len(xs) != 4 or _dtype(x) != "float32":
@@ -218,9 +219,9 @@ class _Blocker(PyExprMutator):
 
     def _matmul(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
         x, w = self.to_nchw(args[0]), args[1]
-        xs = _shape(x)
+        xs = static_shape(x)
         if not _is_const(w) or _dtype(w) != "float32" or _dtype(x) != "float32" or xs is None \
-                or len(xs) < 1 or len(_shape(w) or []) != 2 or not _f32_or_unset(call.attrs.out_dtype):
+                or len(xs) < 1 or len(static_shape(w) or []) != 2 or not _f32_or_unset(call.attrs.out_dtype):
             return None
         wt = w.value.numpy()
         if len(xs) == 1:
@@ -233,7 +234,7 @@ class _Blocker(PyExprMutator):
         if la is None and lb is None:
             return None
         if la is not None and lb is not None:
-            if la != lb or _shape(args[0]) != _shape(args[1]):
+            if la != lb or static_shape(args[0]) != static_shape(args[1]):
                 return None
             self._lanes = la
             return relax.Call(call.op, args, call.attrs, call.ty_args)
@@ -241,7 +242,7 @@ class _Blocker(PyExprMutator):
         lanes, t, other = la or lb, args[i], args[1 - i]
         if not _is_const(other):
             return None
-        s5 = _shape(t)
+        s5 = static_shape(t)
         c = s5[1] * s5[4]
         arr = other.value.numpy()
         if arr.ndim > 4:
@@ -278,7 +279,7 @@ class _Blocker(PyExprMutator):
         lanes = self.lanes(args[0])
         if lanes is None or str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW":
             return None
-        s5 = _shape(args[0])
+        s5 = static_shape(args[0])
         size = _ints(a.output_size) if a.output_size is not None else s5[2:4]
         if len(size) == 1:
             size = size * 2
