@@ -195,20 +195,29 @@ class _Rewriter(PyExprMutator):
     def const(self, arr: np.ndarray, dtype: str) -> relax.Constant:
         return relax.const(np.ascontiguousarray(arr.astype(_np_dtype(dtype))), dtype)
 
-
-@mutator
-class _ConvToGemm(_Rewriter):
-    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
-        call = super().visit_call_(call)
+    def static_conv(self, call: relax.Expr):
+        """(nd, attrs, x, x's shape, the output's shape, the weight array) of a conv with static
+        shapes and a constant weight; None for anything else."""
         found = _conv_call(call)
-        if found is None or int(found[1].groups) != 1:
-            return call
+        if found is None:
+            return None
         nd, a = found
         x, wexpr = call.args
         xs, ys = static_shape(x), static_shape(call)
         w = _const_weight(wexpr, self.bindings)
         if xs is None or ys is None or w is None:
+            return None
+        return nd, a, x, xs, ys, w
+
+
+@mutator
+class _ConvToGemm(_Rewriter):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
+        call = super().visit_call_(call)
+        found = self.static_conv(call)
+        if found is None or int(found[1].groups) != 1:
             return call
+        nd, a, x, xs, ys, w = found
         strides, dils, lo, hi = _geometry(nd, a)
         ksize = list(w.shape[2:])
         out_dtype = _out_dtype(a, x)
@@ -259,15 +268,10 @@ def depthwise_direct(x: te.Tensor, w: te.Tensor, strides, dilations, pads_lo, ou
 class _DepthwiseDirect(_Rewriter):
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102
         call = super().visit_call_(call)
-        found = _conv_call(call)
+        found = self.static_conv(call)
         if found is None:
             return call
-        nd, a = found
-        x, wexpr = call.args
-        xs, ys = static_shape(x), static_shape(call)
-        w = _const_weight(wexpr, self.bindings)
-        if xs is None or ys is None or w is None:
-            return call
+        nd, a, x, xs, ys, w = found
         groups = int(a.groups)
         if groups == 1 or groups != xs[1] or w.shape[1] != 1 or math.prod(w.shape[2:]) > MAX_DEPTHWISE_TAPS:
             return call
