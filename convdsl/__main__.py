@@ -1,3 +1,3 @@
-from .cli import main
+from convdsl.cli import main
 
 main()

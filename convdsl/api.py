@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UsageError, did_you_mean
-from .ir.graph import Graph
-from .ir.verify import verify
-from .ir.weights import load_weights
-from .lang.elaborate import Options, elaborate, elaborate_file
+from convdsl.errors import UsageError, did_you_mean
+from convdsl.ir.graph import Graph
+from convdsl.ir.verify import verify
+from convdsl.ir.weights import load_weights
+from convdsl.lang.elaborate import Options, elaborate, elaborate_file
 
 # backend name -> module implementing build_module(graph); imported by name so the
 # core never imports a backend statically.  A module serving several names (one

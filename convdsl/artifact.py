@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
-from .api import backend_module
-from .errors import UsageError
-from .ir.graph import Graph
-from .ir.printer import print_graph
-from .ir.types import NUMPY_DTYPE, bind_dim
-from .ir.weights import save_weights
+from convdsl import __version__
+from convdsl.api import backend_module
+from convdsl.errors import UsageError
+from convdsl.ir.graph import Graph
+from convdsl.ir.printer import print_graph
+from convdsl.ir.types import NUMPY_DTYPE, bind_dim
+from convdsl.ir.weights import save_weights
 
 MANIFEST_VERSION = 1
 
@@ -80,9 +80,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_artifact_graph(folder: str | os.PathLike) -> tuple[Graph, dict[str, Any]]:
-    from .ir.verify import verify
-    from .ir.weights import load_weights
-    from .lang.elaborate import elaborate_file
+    from convdsl.ir.verify import verify
+    from convdsl.ir.weights import load_weights
+    from convdsl.lang.elaborate import elaborate_file
 
     manifest = read_manifest(folder)
     g = elaborate_file(Path(folder) / "network.cdl")

@@ -7,7 +7,7 @@ import torch
 
 from convdsl.ir.graph import Graph
 
-from .codegen import build_module, generate
+from convdsl.backends.torch.codegen import build_module, generate
 
 
 def write_artifact(graph: Graph, out: Path) -> list[str]:

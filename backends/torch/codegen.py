@@ -26,8 +26,8 @@ from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE
 
-from .lowering import lowering_for
-from .runtime import HELPERS
+from convdsl.backends.torch.lowering import lowering_for
+from convdsl.backends.torch.runtime import HELPERS
 
 _RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "load"} | set(HELPERS)
 _MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module)) | {"training"}

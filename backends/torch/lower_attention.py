@@ -10,7 +10,7 @@ from convdsl.ir.ops.attention import LAYER_SCALE, select_dim
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
-from .lowering import TorchLowering, _kw, _r
+from convdsl.backends.torch.lowering import TorchLowering, _kw, _r
 
 
 def _module_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:

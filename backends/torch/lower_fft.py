@@ -10,7 +10,7 @@ from convdsl.ir.ops import OPS
 from convdsl.ir.ops.fft import filter_size, image_dims
 from convdsl.ir.types import TensorType
 
-from .lowering import TorchLowering, _kw, _r
+from convdsl.backends.torch.lowering import TorchLowering, _kw, _r
 
 
 def changed(node: Node, names: tuple[str, ...]) -> dict:

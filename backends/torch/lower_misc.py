@@ -10,7 +10,7 @@ from convdsl.ir.ops.misc import dynamic_groups, flip_dims, rot90_dims
 from convdsl.ir.ops.pool import normalize_dims
 from convdsl.ir.types import TensorType
 
-from .lowering import TorchLowering, _kw, _r
+from convdsl.backends.torch.lowering import TorchLowering, _kw, _r
 
 
 def _rot90(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:

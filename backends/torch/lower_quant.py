@@ -22,7 +22,7 @@ from convdsl.ir.ops.quant import INT_DTYPES, QRANGE, f32, inverse_scale
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TORCH_DTYPE, TensorType
 
-from .lowering import CallFn, TorchLowering, _kw, _pool_call, _r
+from convdsl.backends.torch.lowering import CallFn, TorchLowering, _kw, _pool_call, _r
 
 
 # ---- helpers copied into generated code ---------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 from convdsl.ir.graph import Node
 from convdsl.ir.types import TensorType
 
-from .lower_fft import changed, module_call
-from .lowering import TorchLowering, _kw, _r
+from convdsl.backends.torch.lower_fft import changed, module_call
+from convdsl.backends.torch.lowering import TorchLowering, _kw, _r
 
 
 def _s4d(node: Node, ins: list[TensorType]) -> str:

@@ -386,8 +386,8 @@ TORCH_LOWERINGS: dict[str, TorchLowering] = {
 }
 
 # op families kept in their own files, merged here (dict merge, one table)
-from . import lower_attention, lower_fft, lower_misc, lower_quant, lower_ssm  # noqa: E402
-from .runtime import HELPERS  # noqa: E402
+from convdsl.backends.torch import lower_attention, lower_fft, lower_misc, lower_quant, lower_ssm  # noqa: E402
+from convdsl.backends.torch.runtime import HELPERS  # noqa: E402
 
 for _family in (lower_attention, lower_fft, lower_ssm, lower_misc, lower_quant):
     TORCH_LOWERINGS.update(_family.LOWERINGS)

@@ -24,7 +24,7 @@ from typing import Any
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                               else os.cpu_count() or 1))
 
-from .backend import Module, TVMBackend, backend, load  # noqa: E402
+from convdsl.backends.tvm.backend import Module, TVMBackend, backend, load  # noqa: E402
 
 __all__ = ["TVMBackend", "Module", "backend", "load", "build_module", "runner", "load_runner", "TVM_LOWERINGS"]
 
@@ -46,7 +46,7 @@ def load_runner(folder, manifest: dict[str, Any] | None = None):
 
 def __getattr__(name: str):
     if name == "TVM_LOWERINGS":  # importing the table imports TVM
-        from .lowering import TVM_LOWERINGS
+        from convdsl.backends.tvm.lowering import TVM_LOWERINGS
 
         return TVM_LOWERINGS
     raise AttributeError(name)

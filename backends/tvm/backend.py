@@ -14,7 +14,7 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
 from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 
-from .targets import TARGET_BACKENDS, TargetSpec, host_can_run, make_target
+from convdsl.backends.tvm.targets import TARGET_BACKENDS, TargetSpec, host_can_run, make_target
 
 LIBRARY = "lib.so"
 
@@ -76,14 +76,14 @@ class TVMBackend:
 
     # -- building -------------------------------------------------------------------
     def build(self, graph: Graph):
-        from .build import BuildOptions, build
+        from convdsl.backends.tvm.build import BuildOptions, build
 
         opts = BuildOptions(tune=self.tune, db=self.db, use_db=self.use_db, progress=self.progress)
         self.last_build = build(graph, self.spec, opts)
         return self.last_build
 
     def _runner_for(self, built, graph: Graph):
-        from .runtime import Runner
+        from convdsl.backends.tvm.runtime import Runner
 
         why = host_can_run(self.spec.config)
         if why:
@@ -210,7 +210,7 @@ def load(folder: str | os.PathLike, manifest: dict[str, Any] | None = None):
 
     from convdsl.artifact import read_manifest
 
-    from .runtime import Runner
+    from convdsl.backends.tvm.runtime import Runner
 
     manifest = manifest or read_manifest(folder)
     check_artifact(folder, manifest)  # first: a CUDA artifact on a machine without a GPU is a clear error

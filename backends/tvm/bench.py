@@ -70,8 +70,8 @@ def _torch_entry(graph: Graph, arrays: list[np.ndarray], name: str) -> Entry:
 
 
 def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db: str | None, progress: bool) -> Entry:
-    from .backend import TVMBackend
-    from .targets import host_can_run
+    from convdsl.backends.tvm.backend import TVMBackend
+    from convdsl.backends.tvm.targets import host_can_run
 
     base = name.removesuffix("-tuned")
     tuned = name.endswith("-tuned")
@@ -177,6 +177,6 @@ def summarize(entries: list[Entry], graph: Graph, batch: int) -> list[dict[str, 
 
 
 def profiles(entries: list[Entry], repeat: int = 3) -> dict[str, list[dict[str, Any]]]:
-    from .runtime import profile
+    from convdsl.backends.tvm.runtime import profile
 
     return {e.backend: profile(e.runner, e.args, repeat=repeat) for e in entries if e.runner is not None}

@@ -28,11 +28,11 @@ from tvm import relax
 
 from convdsl.ir.graph import Graph
 
-from .lowering import lower_graph
-from .schedules import ApplySchedules, layout_passes, tophub
-from .schedules.gpu import gpu_passes
-from .targets import TargetSpec
-from .tuning import TuneReport, db_dir, open_database, tune
+from convdsl.backends.tvm.lowering import lower_graph
+from convdsl.backends.tvm.schedules import ApplySchedules, layout_passes, tophub
+from convdsl.backends.tvm.schedules.gpu import gpu_passes
+from convdsl.backends.tvm.targets import TargetSpec
+from convdsl.backends.tvm.tuning import TuneReport, db_dir, open_database, tune
 
 
 @dataclass

@@ -13,7 +13,7 @@ from tvm import relax
 
 from convdsl.ir.ops.fft import filter_size
 
-from .dft import Complex, cmul, cmul_const, dft_axis, irfft, long_conv, rfft
+from convdsl.backends.tvm.dft import Complex, cmul, cmul_const, dft_axis, irfft, long_conv, rfft
 
 R = relax.op
 

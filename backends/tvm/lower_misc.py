@@ -9,7 +9,7 @@ from tvm import relax
 from convdsl.ir.ops.misc import dynamic_groups, flip_dims, rot90_dims
 from convdsl.ir.ops.pool import normalize_dims
 
-from .lowering import TVM_DTYPE
+from convdsl.backends.tvm.lowering import TVM_DTYPE
 
 R = relax.op
 

@@ -46,7 +46,7 @@ from convdsl.ir.ops.quant import QRANGE, f32, inverse_scale, requant_multiplier
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
-from .lowering import TVM_DTYPE, Lowerer
+from convdsl.backends.tvm.lowering import TVM_DTYPE, Lowerer
 
 R = relax.op
 Expr = relax.Expr

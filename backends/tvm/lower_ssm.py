@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
-from .dft import long_conv
-from .lower_pool import interp_matrix, nearest_index
+from convdsl.backends.tvm.dft import long_conv
+from convdsl.backends.tvm.lower_pool import interp_matrix, nearest_index
 
 R = relax.op
 

@@ -156,7 +156,7 @@ def _conv(nd: int) -> LowerFn:
         x = args[0]
         pads = conv_padding(a, list(ins[0].shape[2:]), nd)
         if a["pad_mode"] != "zeros" and any(p for pr in pads for p in pr):
-            from .lower_shape import pad_by_index  # circular / reflect / replicate as gathers
+            from convdsl.backends.tvm.lower_shape import pad_by_index  # circular / reflect / replicate as gathers
 
             x = pad_by_index(cx, x, ins[0], pads, a["pad_mode"])
             pads = [(0, 0)] * nd
@@ -399,7 +399,7 @@ TVM_LOWERINGS: dict[str, LowerFn] = {
 }
 
 # op families kept in their own files, merged here (dict merge, one table)
-from . import lower_attention, lower_fft, lower_misc, lower_pool, lower_quant, lower_shape, lower_ssm  # noqa: E402
+from convdsl.backends.tvm import lower_attention, lower_fft, lower_misc, lower_pool, lower_quant, lower_shape, lower_ssm  # noqa: E402
 
 for _family in (lower_pool, lower_shape, lower_attention, lower_fft, lower_ssm, lower_misc, lower_quant):
     TVM_LOWERINGS.update(_family.LOWERINGS)

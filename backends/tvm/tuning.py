@@ -32,7 +32,7 @@ from typing import Any
 
 from convdsl.errors import UsageError
 
-from .targets import TargetSpec, cpu_flags
+from convdsl.backends.tvm.targets import TargetSpec, cpu_flags
 
 DB_ENV = "CONVDSL_TUNING_DB"
 _PSEUDO_FILES = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<ast>", "<string>")

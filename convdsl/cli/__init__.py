@@ -4,13 +4,13 @@ Every ``ConvDSLError`` is printed as a compiler diagnostic (file:line:col,
 caret, expected/got, hint) and turned into its exit code; no traceback is
 shown for user mistakes.
 """
-from . import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
-from . import tvm  # noqa: F401,E402  (after build: extends `compile` with the TVM options)
-from . import prune  # noqa: F401,E402  (the prune command)
-from . import search  # noqa: F401,E402  (the search command)
-from . import verify  # noqa: F401,E402  (the verify command)
-from . import quantize  # noqa: F401,E402  (the quantize command)
-from . import tune  # noqa: F401,E402  (the tune command: template knobs)
-from .common import main
+from convdsl.cli import build, inspect, train  # noqa: F401  (each module adds its commands to `main`)
+from convdsl.cli import tvm  # noqa: F401,E402  (after build: extends `compile` with the TVM options)
+from convdsl.cli import prune  # noqa: F401,E402  (the prune command)
+from convdsl.cli import search  # noqa: F401,E402  (the search command)
+from convdsl.cli import verify  # noqa: F401,E402  (the verify command)
+from convdsl.cli import quantize  # noqa: F401,E402  (the quantize command)
+from convdsl.cli import tune  # noqa: F401,E402  (the tune command: template knobs)
+from convdsl.cli.common import main
 
 __all__ = ["main"]

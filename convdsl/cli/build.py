@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UsageError
-from .common import _graph, main, program_options
+from convdsl.errors import UsageError
+from convdsl.cli.common import _graph, main, program_options
 
 
 def optimize_options(f):
@@ -18,7 +18,7 @@ def optimize_options(f):
 
 
 def _optimize(g, opt, passes):
-    from ..passes import run_passes
+    from convdsl.passes import run_passes
 
     steps = [s for s in (opt, passes) if s]
     if not steps:
@@ -39,7 +39,7 @@ def _optimize(g, opt, passes):
 @optimize_options
 def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, out, weights, opt, passes):
     """Compile FILE to an artifact folder (generated code, weights, manifest)."""
-    from ..artifact import write_artifact
+    from convdsl.artifact import write_artifact
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     g = _optimize(g, opt, passes)
@@ -62,7 +62,7 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
     """Run a compiled artifact folder (or a .cdl file) on inputs; print the outputs."""
     from pathlib import Path
 
-    from ..artifact import run_artifact_or_program
+    from convdsl.artifact import run_artifact_or_program
 
     if (opt or passes) and Path(target).is_dir():
         raise UsageError("--opt and --passes apply to a .cdl file; an artifact folder is already compiled",

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..errors import ConvDSLError, UsageError
+from convdsl import __version__
+from convdsl.errors import ConvDSLError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -68,9 +68,9 @@ def program_options(f):
 
 
 def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False):
-    from ..ir.verify import verify
-    from ..ir.weights import load_weights
-    from ..lang.elaborate import DEFAULT_MAX_BYTES, Options, elaborate_file
+    from convdsl.ir.verify import verify
+    from convdsl.ir.weights import load_weights
+    from convdsl.lang.elaborate import DEFAULT_MAX_BYTES, Options, elaborate_file
 
     opts = Options(choices=_pairs(choose, "--choose") or None, overrides=_pairs(sets, "--set"),
                    bind={k: int(v) for k, v in _pairs(bind, "--bind").items()},

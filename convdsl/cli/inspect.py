@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
-from .common import _graph, _pairs, main, program_options
+from convdsl import __version__
+from convdsl.cli.common import _graph, _pairs, main, program_options
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
 def check(file, network, sets, choose, bind, max_memory, seed):
     """Parse, elaborate and shape-check FILE; print inputs, outputs, params, FLOPs."""
-    from ..ir.stats import layer_stats, summary
+    from convdsl.ir.stats import layer_stats, summary
 
-    from ..errors import ChoiceError
+    from convdsl.errors import ChoiceError
 
     space = None
     try:
@@ -45,8 +45,8 @@ def check(file, network, sets, choose, bind, max_memory, seed):
 @click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not formatted; change nothing.")
 def fmt(files, write, check_only):
     """Print FILES in canonical format (gofmt-style)."""
-    from ..api import read_text
-    from ..lang.format import format_source
+    from convdsl.api import read_text
+    from convdsl.lang.format import format_source
 
     unformatted = []
     for f in files:
@@ -77,7 +77,7 @@ def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block
     """Per-layer table: output shape, params, MACs/FLOPs, activation memory."""
     from rich.console import Console
 
-    from ..ir.stats import layer_stats, render_table, to_json
+    from convdsl.ir.stats import layer_stats, render_table, to_json
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
     rows = layer_stats(g, _pairs(bind, "--bind") or None)
@@ -93,7 +93,7 @@ def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write .svg/.png/.pdf (Graphviz) or .dot.")
 def graph(file, network, sets, choose, bind, max_memory, seed, output):
     """Draw the network (blocks as clusters). DOT text to stdout without -o."""
-    from ..ir.draw import render, to_dot
+    from convdsl.ir.draw import render, to_dot
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
     if output is None:
@@ -108,7 +108,7 @@ def graph(file, network, sets, choose, bind, max_memory, seed, output):
 @program_options
 def print_cmd(file, network, sets, choose, bind, max_memory, seed):
     """Print the elaborated network as flat CDL (one statement per op)."""
-    from ..ir.printer import print_graph
+    from convdsl.ir.printer import print_graph
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)
@@ -118,8 +118,8 @@ def print_cmd(file, network, sets, choose, bind, max_memory, seed):
 @click.option("--markdown", is_flag=True, help="Print docs/ops.md (generated from the op table).")
 def ops(markdown):
     """List every op with its syntax (or the full reference with --markdown)."""
-    from ..ir.opdocs import render_markdown, signature
-    from ..ir.ops import OPS
+    from convdsl.ir.opdocs import render_markdown, signature
+    from convdsl.ir.ops import OPS
 
     if markdown:
         click.echo(render_markdown(), nl=False)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from .common import _graph, main, program_options
+from convdsl.errors import UsageError
+from convdsl.cli.common import _graph, main, program_options
 
 
 @main.command(name="prune")
@@ -41,16 +41,16 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
     The new program is the pruned graph printed as flat CDL (one statement per op, the original
     instance names kept, so parameter names match the weights file, and a comment where each
     block instance starts); `convdsl check`, `compile` and `--weights` take it as it is."""
-    from ..ir.printer import print_graph
-    from ..ir.weights import save_weights
-    from ..passes.prune import DEFAULT_PROTECT, prune, to_markdown
+    from convdsl.ir.printer import print_graph
+    from convdsl.ir.weights import save_weights
+    from convdsl.passes.prune import DEFAULT_PROTECT, prune, to_markdown
 
     if finetune_epochs and not data:
         raise UsageError("--finetune-epochs needs --data", hint="e.g. --data digits")
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     dataset = None
     if data:
-        from ..train import check_fits, load_dataset
+        from convdsl.train import check_fits, load_dataset
 
         dataset = load_dataset(data, seed=0)
         if finetune_epochs:
@@ -61,7 +61,7 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
                   seed=seed)
     rep = small.meta["prune"]
     if dataset is not None and finetune_epochs:
-        from ..train import evaluate, train
+        from convdsl.train import evaluate, train
 
         acc = {"original": evaluate(g, dataset)["accuracy"], "pruned": evaluate(small, dataset)["accuracy"]}
         train(small, dataset, finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)

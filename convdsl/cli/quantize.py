@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from .common import _graph, main, program_options
+from convdsl.errors import UsageError
+from convdsl.cli.common import _graph, main, program_options
 
 
 @main.command(name="quantize")
@@ -36,13 +36,13 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     output channel) and int8 activations (per tensor, ranges from --calib), the rest stays float.
     The program is printed as flat CDL with every scale written out; `check`, `compile`, `eval`
     and `--weights` take it as it is."""
-    from ..ir.printer import print_graph
-    from ..ir.verify import verify
-    from ..ir.weights import save_weights
-    from ..passes import run_passes
-    from ..passes.cast import cast
-    from ..passes.quantize import calibration_batches, quantize
-    from .prune import with_scope_comments
+    from convdsl.ir.printer import print_graph
+    from convdsl.ir.verify import verify
+    from convdsl.ir.weights import save_weights
+    from convdsl.passes import run_passes
+    from convdsl.passes.cast import cast
+    from convdsl.passes.quantize import calibration_batches, quantize
+    from convdsl.cli.prune import with_scope_comments
 
     if cast_to is None and not calib:
         raise UsageError("int8 quantization needs calibration data", hint="add --calib digits (or --cast f16)")
@@ -62,7 +62,7 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
                 f"{weight_bits}-bit weights, {act_dtype} activations)")
     report["params_bytes"] = {"before": g.params.nbytes(), "after": q.params.nbytes()}
     if data:
-        from ..train import evaluate, load_dataset
+        from convdsl.train import evaluate, load_dataset
 
         dataset = load_dataset(data, seed=0)
         report["accuracy"] = {"float": evaluate(g, dataset)["accuracy"], "quantized": evaluate(q, dataset)["accuracy"]}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
-from .common import main
+from convdsl.errors import UsageError
+from convdsl.cli.common import main
 
 _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y."
 
@@ -62,8 +62,8 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
 
     The programs proposed depend only on --seed and on the workers given when the search
     started (with --objective accuracy,latency also on the measured times)."""
-    from ..search import Search, SearchConfig, make_executor, write_report
-    from ..search.progress import SearchProgress
+    from convdsl.search import Search, SearchConfig, make_executor, write_report
+    from convdsl.search.progress import SearchProgress
 
     workers = workers or len(os.sched_getaffinity(0))
     if resume:
@@ -157,8 +157,8 @@ def search_report_cmd(folders, cost_limit):
     from rich.console import Console
     from rich.table import Table
 
-    from ..search import Store, write_report
-    from ..search.report import compare
+    from convdsl.search import Store, write_report
+    from convdsl.search.report import compare
 
     for f in folders:
         store = Store(f)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import _graph, main, program_options
+from convdsl.cli.common import _graph, main, program_options
 
 _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y."
 
@@ -40,8 +40,8 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
     from rich.console import Console
     from rich.table import Table
 
-    from ..ir.weights import save_weights
-    from ..train import check_fits, load_dataset, train
+    from convdsl.ir.weights import save_weights
+    from convdsl.train import check_fits, load_dataset, train
 
     dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
@@ -71,7 +71,7 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
 def eval_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fraction, split_seed, weights, split,
              batch_size):
     """Report the accuracy of FILE with trained weights on a dataset split."""
-    from ..train import evaluate, load_dataset
+    from convdsl.train import evaluate, load_dataset
 
     dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UsageError
-from .common import _graph, main, program_options
+from convdsl.errors import UsageError
+from convdsl.cli.common import _graph, main, program_options
 
 
 @main.command()
@@ -27,8 +27,8 @@ def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, ta
     """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
     from rich.console import Console
 
-    from ..backends.tvm.schedules import template_tuner as tt, tophub
-    from ..backends.tvm.targets import check_available, host_can_run, make_target
+    from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
+    from convdsl.backends.tvm.targets import check_available, host_can_run, make_target
 
     if trials < 1 or rounds < 1:
         raise UsageError("--trials and --rounds must be >= 1", got=f"{trials}, {rounds}")

@@ -11,8 +11,8 @@ import json
 
 import click
 
-from ..errors import UsageError
-from .common import _graph, main, program_options
+from convdsl.errors import UsageError
+from convdsl.cli.common import _graph, main, program_options
 
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
@@ -29,7 +29,7 @@ _NAMES = ("target_json", "arch", "tune", "db", "no_db")
 
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True):
-    from ..backends.tvm import backend
+    from convdsl.backends.tvm import backend
 
     if tune < 0:
         raise UsageError("--tune counts trials and must be >= 0", got=str(tune))
@@ -126,8 +126,8 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
 
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         torch.set_num_threads(threads)
-    from ..artifact import make_inputs
-    from ..backends.tvm.bench import bench as run_bench, profiles, summarize
+    from convdsl.artifact import make_inputs
+    from convdsl.backends.tvm.bench import bench as run_bench, profiles, summarize
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     given = {b.split("=", 1)[0].strip() for b in bind}
@@ -177,9 +177,9 @@ def tvm() -> None:
 @click.option("--db", default=None, metavar="DIR", help="Tuning database root.")
 def info(backend, target_json, arch, db):
     """Show the target a compile would use, the TVM version and the tuning database."""
-    from ..backends.tvm.backend import tvm_versions
-    from ..backends.tvm.targets import host_can_run, make_target
-    from ..backends.tvm.tuning import db_dir
+    from convdsl.backends.tvm.backend import tvm_versions
+    from convdsl.backends.tvm.targets import host_can_run, make_target
+    from convdsl.backends.tvm.tuning import db_dir
 
     spec = make_target(backend, target_json=target_json, arch=arch)
     folder = db_dir(spec, db)

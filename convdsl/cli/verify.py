@@ -5,8 +5,8 @@ import sys
 
 import click
 
-from ..errors import UsageError
-from .common import _graph, main, program_options
+from convdsl.errors import UsageError
+from convdsl.cli.common import _graph, main, program_options
 
 KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-cuda")
 
@@ -35,14 +35,14 @@ def verify_cmd(file, network, sets, choose, bind, max_memory, seed, backends, op
 
     Prints one row per backend/pass: max abs/rel error over the inputs, the tolerance,
     the seed of the worst input and pass/fail.  Exits 1 when any disagrees."""
-    from ..verify import differential as D
-    from ..verify.report import render, to_json
+    from convdsl.verify import differential as D
+    from convdsl.verify.report import render, to_json
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else \
         ["torch"] + (["tvm-llvm"] if D.tvm_available("tvm-llvm") else [])
     for b in names:
         if b not in KNOWN:
-            from ..errors import did_you_mean
+            from convdsl.errors import did_you_mean
 
             raise UsageError(f"unknown backend '{b}' for verify", hint=did_you_mean(b, KNOWN)
                              or f"backends: {', '.join(KNOWN)}")

@@ -16,11 +16,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
-from .graph import Graph, Node
-from .ops import OPS
-from .optable import format_value
-from .types import TensorType
+from convdsl.errors import UsageError
+from convdsl.ir.graph import Graph, Node
+from convdsl.ir.ops import OPS
+from convdsl.ir.optable import format_value
+from convdsl.ir.types import TensorType
 
 # Fill color per OpDef.group; unknown groups fall back to DEFAULT_FILL.
 GROUP_COLORS: dict[str, str] = {

@@ -15,9 +15,9 @@ from typing import Any, Iterator, NamedTuple
 
 import networkx as nx
 
-from ..errors import Span
-from .params import ParamStore
-from .types import TensorType
+from convdsl.errors import Span
+from convdsl.ir.params import ParamStore
+from convdsl.ir.types import TensorType
 
 
 class Value(NamedTuple):

@@ -4,8 +4,8 @@
 """
 from __future__ import annotations
 
-from .ops import OPS
-from .optable import REQUIRED, OpDef, describe_kind, format_value
+from convdsl.ir.ops import OPS
+from convdsl.ir.optable import REQUIRED, OpDef, describe_kind, format_value
 
 GROUP_ORDER = ["convolution", "linear", "normalization", "activation", "arithmetic", "pooling", "shape",
                "attention", "fft", "ssm"]

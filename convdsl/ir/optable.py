@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-from ..errors import CDLTypeError, ShapeError, did_you_mean
-from .types import FLOAT_DTYPES, TensorType
+from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
+from convdsl.ir.types import FLOAT_DTYPES, TensorType
 
 
 class _Required:

@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .optable import Init, ParamSpec
-from .types import DTYPE_BYTES, NUMPY_DTYPE
+from convdsl.ir.optable import Init, ParamSpec
+from convdsl.ir.types import DTYPE_BYTES, NUMPY_DTYPE
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:

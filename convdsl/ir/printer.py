@@ -11,9 +11,9 @@ import keyword
 import re
 from typing import Any
 
-from .graph import Graph, Value
-from .ops import OPS
-from .optable import REQUIRED, OpDef
+from convdsl.ir.graph import Graph, Value
+from convdsl.ir.ops import OPS
+from convdsl.ir.optable import REQUIRED, OpDef
 
 KEYWORDS = {"import", "block", "network", "def", "return", "for", "in", "repeat", "if", "elif", "else", "assert",
             "and", "or", "not", "as", "true", "false", "none", "choice"}
@@ -70,7 +70,7 @@ class _Names:
 
 
 def _is_builtin(name: str) -> bool:
-    from ..lang.elaborate import BUILTINS
+    from convdsl.lang.elaborate import BUILTINS
 
     return name in BUILTINS
 

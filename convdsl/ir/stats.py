@@ -27,10 +27,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import IRError
-from .graph import Graph, Node
-from .ops import OPS
-from .types import DTYPE_BYTES, TensorType, bind_dim
+from convdsl.errors import IRError
+from convdsl.ir.graph import Graph, Node
+from convdsl.ir.ops import OPS
+from convdsl.ir.types import DTYPE_BYTES, TensorType, bind_dim
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ import math
 
 import networkx as nx
 
-from ..errors import IRError
-from .graph import Graph
-from .ops import OPS
+from convdsl.errors import IRError
+from convdsl.ir.graph import Graph
+from convdsl.ir.ops import OPS
 
 
 def verify(graph: Graph) -> Graph:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import WeightsError, did_you_mean
-from .graph import Graph
-from .types import NUMPY_DTYPE
+from convdsl.errors import WeightsError, did_you_mean
+from convdsl.ir.graph import Graph
+from convdsl.ir.types import NUMPY_DTYPE
 
 
 def load_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> Graph:

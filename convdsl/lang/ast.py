@@ -9,7 +9,7 @@ from typing import Any, Union
 
 from lark import Token, Transformer, v_args
 
-from ..errors import CDLSyntaxError, Span
+from convdsl.errors import CDLSyntaxError, Span
 
 
 def _span() -> Any:

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
+from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
                       UsageError, did_you_mean)
-from ..ir.graph import Graph, Value
-from ..ir.ops import OPS
-from ..ir.optable import OpDef, Symbol, bind_attrs
-from ..ir.types import DTYPE_BYTES, TensorType, bind_dim
-from . import ast
-from .parser import parse
-from .values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
+from convdsl.ir.graph import Graph, Value
+from convdsl.ir.ops import OPS
+from convdsl.ir.optable import OpDef, Symbol, bind_attrs
+from convdsl.ir.types import DTYPE_BYTES, TensorType, bind_dim
+from convdsl.lang import ast
+from convdsl.lang.parser import parse
+from convdsl.lang.values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
 
 DEFAULT_MAX_BYTES = 16 * 1024**3  # one tensor, or all parameters together
 MAX_BLOCK_DEPTH = 64
@@ -882,7 +882,7 @@ def _is_tensor_tuple(v: Any) -> bool:
 
 
 def _fmt(v: Any) -> str:
-    from ..ir.optable import format_value
+    from convdsl.ir.optable import format_value
 
     return format_value(v)
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Iterator, NamedTuple, Sequence, Union
 
-from . import ast
-from .parser import parse
+from convdsl.lang import ast
+from convdsl.lang.parser import parse
 
 INDENT = "    "
 MAX_WIDTH = 88

@@ -14,8 +14,8 @@ from typing import Iterator
 from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from ..errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
-from . import ast
+from convdsl.errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
+from convdsl.lang import ast
 
 MAX_NESTING = 64  # brackets deeper than this are refused before parsing
 MAX_SOURCE = 4 * 1024 * 1024  # bytes

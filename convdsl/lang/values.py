@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..ir.graph import Value
-from ..ir.optable import OpDef, Symbol
-from ..ir.types import TensorType
-from . import ast
+from convdsl.ir.graph import Value
+from convdsl.ir.optable import OpDef, Symbol
+from convdsl.ir.types import TensorType
+from convdsl.lang import ast
 
 __all__ = ["Tensor", "OpLayer", "BlockLayer", "SeqLayer", "Layer", "FuncRef", "Namespace", "Symbol", "describe"]
 

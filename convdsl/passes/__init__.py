@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, Union
 
-from ..errors import IRError, UsageError, did_you_mean
-from ..ir.graph import Graph
-from ..ir.verify import verify
-from .const_fold import const_fold
-from .cse import cse
-from .dce import dce
-from .fold_bn import fold_bn
-from .quantize import quantize_int8
-from .remove_identity import remove_identity
+from convdsl.errors import IRError, UsageError, did_you_mean
+from convdsl.ir.graph import Graph
+from convdsl.ir.verify import verify
+from convdsl.passes.const_fold import const_fold
+from convdsl.passes.cse import cse
+from convdsl.passes.dce import dce
+from convdsl.passes.fold_bn import fold_bn
+from convdsl.passes.quantize import quantize_int8
+from convdsl.passes.remove_identity import remove_identity
 
 Pass = Callable[[Graph], Graph]
 

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UsageError
-from ..ir.graph import Graph, Value
-from ..ir.ops.quant import QRANGE, qparams_for_range
+from convdsl.errors import UsageError
+from convdsl.ir.graph import Graph, Value
+from convdsl.ir.ops.quant import QRANGE, qparams_for_range
 
 METHODS = ("minmax", "percentile", "mse")
 
@@ -67,7 +67,7 @@ def observe(graph: Graph, values: Sequence[Value], batches: Iterable, method: st
     also the raw statistics."""
     import torch
 
-    from ..backends.torch import build_module
+    from convdsl.backends.torch import build_module
 
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}'", hint=f"methods: {', '.join(METHODS)}")

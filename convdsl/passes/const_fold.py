@@ -33,12 +33,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConvDSLError
-from ..ir.graph import Graph, Node
-from ..ir.ops import OPS
-from ..ir.ops.pool import normalize_dims
-from ..ir.types import NUMPY_DTYPE, TensorType
-from .rewrite import bypass, sole_user
+from convdsl.errors import ConvDSLError
+from convdsl.ir.graph import Graph, Node
+from convdsl.ir.ops import OPS
+from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.types import NUMPY_DTYPE, TensorType
+from convdsl.passes.rewrite import bypass, sole_user
 
 AFFINES = frozenset({"affine", "neg"})
 VIEWS = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Hashable
 
-from ..ir.graph import Graph, Node, Value
+from convdsl.ir.graph import Graph, Node, Value
 
 NEVER_MERGED = frozenset({"input", "dropout", "drop_path"})
 COMMUTATIVE = frozenset({"add", "mul"})  # two inputs only: a + b == b + a exactly, a + b + c is not c + b + a

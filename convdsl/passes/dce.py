@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..ir.graph import Graph
-from .rewrite import remove_nodes
+from convdsl.ir.graph import Graph
+from convdsl.passes.rewrite import remove_nodes
 
 
 def dce(graph: Graph) -> Graph:

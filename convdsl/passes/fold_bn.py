@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import Graph, Node, Value
-from ..ir.ops import OPS
-from .rewrite import owners, remove_nodes, sole_user
+from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.ops import OPS
+from convdsl.passes.rewrite import owners, remove_nodes, sole_user
 
 BATCHNORMS = frozenset({"batchnorm", "batchnorm1d", "batchnorm2d", "batchnorm3d"})
 CONVS = frozenset({"conv1d", "conv2d", "conv3d"})

@@ -32,14 +32,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import UsageError
-from ..ir.graph import Graph, Node, Value
-from ..ir.ops import OPS
-from ..ir.ops.quant import INT_DTYPES, qparams_for_range, quantize_bias, quantize_weight
-from ..ir.optable import Init, ParamSpec
-from ..ir.types import TensorType
-from .calibrate import METHODS, as_batches, observe
-from .rewrite import owners, sole_user
+from convdsl.errors import UsageError
+from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.ops import OPS
+from convdsl.ir.ops.quant import INT_DTYPES, qparams_for_range, quantize_bias, quantize_weight
+from convdsl.ir.optable import Init, ParamSpec
+from convdsl.ir.types import TensorType
+from convdsl.passes.calibrate import METHODS, as_batches, observe
+from convdsl.passes.rewrite import owners, sole_user
 
 QUANTIZABLE = {"conv1d": "qconv1d", "conv2d": "qconv2d", "conv3d": "qconv3d", "linear": "qlinear"}
 # ops that commute with per-tensor quantization: they run on the int8 tensor, keeping its scale
@@ -122,7 +122,7 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict
         plan[node.id] = relu if relu is not None and g.node(relu).op == "relu" else None
     unknown = sorted(set(per_layer) - matched)
     if unknown:
-        from ..errors import did_you_mean
+        from convdsl.errors import did_you_mean
 
         names = [n.id for n in g.nodes() if n.op in QUANTIZABLE]
         raise UsageError(f"per-layer config names no conv or linear layer: {', '.join(unknown)}",
@@ -303,7 +303,7 @@ def quantize_int8(graph: Graph) -> Graph:
 
 def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
     """The first ``samples`` training inputs of a dataset (``digits``, ``mnist1d``, a .npz), in batches."""
-    from ..train import load_dataset
+    from convdsl.train import load_dataset
 
     x = load_dataset(spec, seed=seed).x_train[:samples]
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]

@@ -19,10 +19,10 @@ Outputs are bit-for-bit those of the input graph (at inference).
 """
 from __future__ import annotations
 
-from ..ir.graph import Graph, Node
-from ..ir.ops.pool import normalize_dims
-from ..ir.types import TensorType
-from .rewrite import bypass
+from convdsl.ir.graph import Graph, Node
+from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.types import TensorType
+from convdsl.passes.rewrite import bypass
 
 ALWAYS = frozenset({"identity", "dropout", "drop_path"})
 SAME_TYPE_IS_IDENTITY = frozenset({"reshape", "flatten", "squeeze", "pad", "pixel_shuffle", "pixel_unshuffle",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..ir.graph import Graph, Value
+from convdsl.ir.graph import Graph, Value
 
 
 def sole_user(graph: Graph, v: Value) -> str | None:

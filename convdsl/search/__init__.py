@@ -7,13 +7,13 @@ baseline; ``runner`` the loop that stores every candidate in a SQLite history (`
 resumes after a crash; ``executors`` a local process pool or Ray; ``report`` the Pareto programs,
 summary and plot.  Data flows: space -> mutate -> evolution -> runner (executors, store) -> report.
 """
-from .evolution import RandomSearch, RegularizedEvolution, dominates, nondominated_ranks, pareto_front
-from .executors import LocalExecutor, RayExecutor, make_executor
-from .mutate import OPERATORS, mutate
-from .report import write_report
-from .runner import Search, SearchConfig
-from .space import Genotype, Rejected, SearchSpace
-from .store import Store
+from convdsl.search.evolution import RandomSearch, RegularizedEvolution, dominates, nondominated_ranks, pareto_front
+from convdsl.search.executors import LocalExecutor, RayExecutor, make_executor
+from convdsl.search.mutate import OPERATORS, mutate
+from convdsl.search.report import write_report
+from convdsl.search.runner import Search, SearchConfig
+from convdsl.search.space import Genotype, Rejected, SearchSpace
+from convdsl.search.store import Store
 
 __all__ = ["OPERATORS", "Genotype", "LocalExecutor", "RandomSearch", "RayExecutor", "RegularizedEvolution",
            "Rejected", "Search", "SearchConfig", "SearchSpace", "Store", "dominates", "make_executor", "mutate",

@@ -23,7 +23,7 @@ CLOCKS = ("cpu", "wall")
 
 @functools.lru_cache(maxsize=4)
 def _dataset(spec: str, split_seed: int, val_fraction: float):
-    from ..train import load_dataset
+    from convdsl.train import load_dataset
 
     return load_dataset(spec, seed=split_seed, val_fraction=val_fraction)
 
@@ -67,7 +67,7 @@ def evaluate_candidate(task: dict[str, Any]) -> dict[str, Any]:
         out.update(_run(task, threads))
         out["status"] = "done"
     except Exception as e:  # a failed candidate is a result, never a crash of the search
-        from ..errors import ConvDSLError
+        from convdsl.errors import ConvDSLError
 
         out["status"] = "failed"
         out["error"] = e.render() if isinstance(e, ConvDSLError) else \
@@ -79,19 +79,19 @@ def evaluate_candidate(task: dict[str, Any]) -> dict[str, Any]:
 def _run(task: dict[str, Any], threads: int) -> dict[str, Any]:
     from safetensors.numpy import save as save_bytes
 
-    from ..api import backend_module
-    from ..ir.stats import summary
-    from ..ir.verify import verify
-    from ..lang.elaborate import Options
-    from ..train import train
-    from .space import elaborate_text
+    from convdsl.api import backend_module
+    from convdsl.ir.stats import summary
+    from convdsl.ir.verify import verify
+    from convdsl.lang.elaborate import Options
+    from convdsl.train import train
+    from convdsl.search.space import elaborate_text
 
     sources: dict[str, str] = task.get("sources") or {}
 
     def loader(path: str) -> str:
         if path in sources:
             return sources[path]
-        from ..lang.elaborate import _read_source
+        from convdsl.lang.elaborate import _read_source
 
         return _read_source(path)
 

@@ -19,9 +19,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .mutate import OPERATORS, NoSite, mutate
-from .space import Checked, Genotype, Rejected, SearchSpace
-from .store import Row
+from convdsl.search.mutate import OPERATORS, NoSite, mutate
+from convdsl.search.space import Checked, Genotype, Rejected, SearchSpace
+from convdsl.search.store import Row
 
 STRATEGIES = ("evolution", "random")
 COSTS = ("latency", "params", "macs")
@@ -189,6 +189,6 @@ def make_strategy(name: str, space: SearchSpace, seed: int, objective: Sequence[
         return RegularizedEvolution(space, seed, objective, population, sample, lag)
     if name == "random":
         return RandomSearch(space, seed)
-    from ..errors import UsageError
+    from convdsl.errors import UsageError
 
     raise UsageError(f"unknown strategy '{name}'", hint="evolution or random")

@@ -12,8 +12,8 @@ import multiprocessing
 import os
 from typing import Any, Protocol
 
-from ..errors import UsageError
-from .evaluate import evaluate_candidate
+from convdsl.errors import UsageError
+from convdsl.search.evaluate import evaluate_candidate
 
 
 class Executor(Protocol):

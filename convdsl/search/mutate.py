@@ -26,10 +26,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..ir.ops import OPS
-from ..lang import ast
-from ..lang.parser import parse
-from .space import Genotype, SearchSpace, is_node, reachable, render
+from convdsl.ir.ops import OPS
+from convdsl.lang import ast
+from convdsl.lang.parser import parse
+from convdsl.search.space import Genotype, SearchSpace, is_node, reachable, render
 
 OPERATORS = ("change_choice", "swap_block", "scale_width", "scale_depth", "add_skip", "remove_skip")
 
@@ -227,7 +227,7 @@ def _is_layer(e: Any, layers: set[str]) -> bool:
 
 def choice_kinds(program: ast.Program) -> dict[str, str]:
     """``block`` for a choice among layers (a block type), else ``value``."""
-    from .space import choices_of
+    from convdsl.search.space import choices_of
 
     layers = set(OPS) | {i.name for i in program.items if isinstance(i, (ast.BlockDef, ast.FuncDef))}
     return {k: "block" if all(_is_layer(o, layers) for o in c.options) else "value"
@@ -274,7 +274,7 @@ def mutate(space: SearchSpace, parent: Genotype, rng: random.Random,
         old = selection[target]
         new = rng.choice([i for i in range(len(c.options)) if i != old])
         selection[target] = new
-        from ..lang.format import format_expr
+        from convdsl.lang.format import format_expr
 
         detail = f"{target}: {format_expr(c.options[old])} -> {format_expr(c.options[new])}"
         return Mutation(Genotype(parent.program, selection), op, detail)
@@ -297,6 +297,6 @@ def mutate(space: SearchSpace, parent: Genotype, rng: random.Random,
 
 
 def _choice(program: ast.Program, key: str) -> ast.Choice:
-    from .space import choices_of
+    from convdsl.search.space import choices_of
 
     return choices_of(program)[key]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .store import Row
+from convdsl.search.store import Row
 
 
 class SearchProgress:

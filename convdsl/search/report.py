@@ -14,13 +14,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..lang import ast
-from ..lang.format import format_expr
-from ..lang.parser import parse
-from .evolution import pareto_front
-from .runner import SearchConfig
-from .space import choices_of, render
-from .store import Row, Store, weights_path
+from convdsl.lang import ast
+from convdsl.lang.format import format_expr
+from convdsl.lang.parser import parse
+from convdsl.search.evolution import pareto_front
+from convdsl.search.runner import SearchConfig
+from convdsl.search.space import choices_of, render
+from convdsl.search.store import Row, Store, weights_path
 
 COST_LABEL = {"latency": "latency (ms)", "params": "parameters", "macs": "MACs"}
 

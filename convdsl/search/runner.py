@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
-from ..errors import UsageError
-from .evolution import COSTS, STRATEGIES, Strategy, make_strategy, pareto_front
-from .executors import Executor
-from .space import SearchSpace
-from .store import Store, write_weights
+from convdsl import __version__
+from convdsl.errors import UsageError
+from convdsl.search.evolution import COSTS, STRATEGIES, Strategy, make_strategy, pareto_front
+from convdsl.search.executors import Executor
+from convdsl.search.space import SearchSpace
+from convdsl.search.store import Store, write_weights
 
 MAX_ATTEMPTS = 3  # a candidate whose worker died this often is marked failed
 
@@ -88,7 +88,7 @@ class Search:
         self.folder = folder
         self.store = store
         self.config = config
-        from ..train import check_fits, load_dataset
+        from convdsl.train import check_fits, load_dataset
 
         self.dataset = load_dataset(config.data, seed=config.split_seed, val_fraction=config.val_fraction)
         self.space = SearchSpace(config.space_text, config.space_file, config.network, config.sources,

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from ..errors import ConvDSLError, UsageError
-from ..ir.graph import Graph
-from ..ir.verify import verify
-from ..lang import ast
-from ..lang.elaborate import Options, load_program, pick_network
-from ..lang.elaborate import _read_source as read_source
-from ..lang.format import format_program
-from ..lang.parser import parse
+from convdsl.errors import ConvDSLError, UsageError
+from convdsl.ir.graph import Graph
+from convdsl.ir.verify import verify
+from convdsl.lang import ast
+from convdsl.lang.elaborate import Options, load_program, pick_network
+from convdsl.lang.elaborate import _read_source as read_source
+from convdsl.lang.format import format_program
+from convdsl.lang.parser import parse
 
 Selection = dict[str, int]
 
@@ -225,7 +225,7 @@ class Rejected(Exception):
 
 
 def _stage_of(e: ConvDSLError) -> str:
-    from ..errors import CDLSyntaxError
+    from convdsl.errors import CDLSyntaxError
 
     return "syntax" if isinstance(e, CDLSyntaxError) else "elaborate"
 
@@ -313,10 +313,10 @@ class SearchSpace:
         params = g.params.count()
         if self.max_params is not None and params > self.max_params:
             raise Rejected("too_big", f"{params:,} parameters > --max-params {self.max_params:,}", text)
-        from ..ir.stats import summary
+        from convdsl.ir.stats import summary
 
         macs = int(summary(g).get("macs", 0))
-        from ..ir.printer import print_graph
+        from convdsl.ir.printer import print_graph
 
         return Checked(genotype, text, text_hash(bare), text_hash(print_graph(g)), params, macs,
                        active_choices(prog, genotype.selection), g)
@@ -359,7 +359,7 @@ def pick_network_name(program: ast.Program, name: str | None) -> str:
 def elaborate_text(text: str, file: str, network: str | None, options: Options,
                    loader: Callable[[str], str] | None = None) -> tuple[Graph, Any]:
     """``lang.elaborate.elaborate`` with an import loader: (graph, elaborator)."""
-    from ..errors import ResourceError
+    from convdsl.errors import ResourceError
 
     el, mod = load_program(text, file, options, loader)
     net = pick_network(mod, network)

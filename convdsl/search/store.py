@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import UsageError
+from convdsl.errors import UsageError
 
 DB_NAME = "search.sqlite"
 SCHEMA_VERSION = 1

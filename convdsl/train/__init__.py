@@ -4,8 +4,8 @@
 ``train`` fits a graph on it with the torch backend and writes the weights back into the graph;
 ``evaluate`` reports the accuracy of the graph's current weights.
 """
-from .data import BUILTIN, DataError, Dataset, check_fits, load_dataset
-from .trainer import OPTIMIZERS, EpochStats, TrainResult, evaluate, train
+from convdsl.train.data import BUILTIN, DataError, Dataset, check_fits, load_dataset
+from convdsl.train.trainer import OPTIMIZERS, EpochStats, TrainResult, evaluate, train
 
 __all__ = ["BUILTIN", "DataError", "Dataset", "check_fits", "load_dataset", "OPTIMIZERS", "EpochStats",
            "TrainResult", "evaluate", "train"]

@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import UsageError, did_you_mean
-from ..ir.graph import Graph
+from convdsl.errors import UsageError, did_you_mean
+from convdsl.ir.graph import Graph
 
 
 class DataError(UsageError):

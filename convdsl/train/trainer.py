@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UsageError, did_you_mean
-from ..ir.graph import Graph
-from .data import Dataset, check_fits
+from convdsl.errors import UsageError, did_you_mean
+from convdsl.ir.graph import Graph
+from convdsl.train.data import Dataset, check_fits
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 # ---- module <-> graph -----------------------------------------------------------------------
 def _trainable_module(graph: Graph) -> nn.Module:
     """The graph's module with its own copy of every tensor (build_module shares the store's memory)."""
-    from ..backends.torch import build_module
+    from convdsl.backends.torch import build_module
 
     model = build_module(graph)
     own = {name: t.detach().clone() for name, t in model.state_dict().items()}
@@ -269,7 +269,7 @@ def train(graph: Graph, dataset: Dataset, epochs: int, batch_size: int = 64, lr:
 def evaluate(graph: Graph, dataset: Dataset, split: str = "val", batch_size: int = 512,
              threads: int | None = 1) -> dict:
     """Accuracy and mean cross-entropy of the graph's current weights on one split."""
-    from ..backends.torch import build_module
+    from convdsl.backends.torch import build_module
 
     if split not in ("val", "train"):
         raise UsageError(f"unknown split '{split}'", hint="val or train")

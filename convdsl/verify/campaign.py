@@ -19,11 +19,11 @@ import time
 import zlib
 from pathlib import Path
 
-from . import regressions
-from .draws import RandomDraw
-from .inputs import KINDS
-from .programs import generate
-from .properties import PROPERTIES, Case, Unsupported
+from convdsl.verify import regressions
+from convdsl.verify.draws import RandomDraw
+from convdsl.verify.inputs import KINDS
+from convdsl.verify.programs import generate
+from convdsl.verify.properties import PROPERTIES, Case, Unsupported
 
 CHEAP = ["elaborate", "runs", "fmt", "reprint", "standalone", "twin", "passes", "prune", "quantize", "cast"]
 
@@ -32,7 +32,7 @@ def run(programs: int, out: Path, start: int = 0, tvm_every: int = 10, export_ev
         max_statements: int = 8, cycle_kinds: bool = False) -> dict:
     import torch
 
-    from .differential import tvm_available
+    from convdsl.verify.differential import tvm_available
 
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)

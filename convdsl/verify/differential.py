@@ -33,9 +33,9 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..ir.graph import Graph
-from ..ir.types import TORCH_DTYPE
-from .inputs import make_inputs
+from convdsl.ir.graph import Graph
+from convdsl.ir.types import TORCH_DTYPE
+from convdsl.verify.inputs import make_inputs
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 

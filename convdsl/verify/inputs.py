@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import Graph
-from ..ir.types import NUMPY_DTYPE, bind_dim
+from convdsl.ir.graph import Graph
+from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 
 EDGE_KINDS = ("zeros", "ones", "large", "negative", "tiny", "spiky", "offset")
 KINDS = ("normal", "uniform", *EDGE_KINDS)

@@ -35,8 +35,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .draws import Draw
-from .steps import SPATIAL, STEPS, WIDTHS, Shape, Step, activation, divisors, draw_step, fits, lit
+from convdsl.verify.draws import Draw
+from convdsl.verify.steps import SPATIAL, STEPS, WIDTHS, Shape, Step, activation, divisors, draw_step, fits, lit
 
 KINDS = ("img", "seq", "tok", "vec", "nhwc", "vol")
 
@@ -478,7 +478,7 @@ class Builder:
 
     def twice(self, a: Tensor) -> None:
         """The same parameter-free stage twice on one tensor, then combined: what cse merges."""
-        from .steps import flip_rot, pool, reduce
+        from convdsl.verify.steps import flip_rot, pool, reduce
 
         fn = self.d.pick([activation, pool, reduce, flip_rot])
         step = fn(self.d, a.kind, a.shape) or activation(self.d, a.kind, a.shape)
@@ -546,7 +546,7 @@ class Builder:
 
 def single_layer(d: Draw) -> Program:
     """``x | conv*d(...)`` or ``x | linear(...)``, then maybe relu: what one quantized layer is."""
-    from .steps import conv, linear
+    from convdsl.verify.steps import conv, linear
 
     kind = d.pick(["img", "seq", "vec", "tok", "vol"])
     shape = input_shape(d, kind)

@@ -32,9 +32,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..ir.graph import Graph
-from . import differential as D
-from .inputs import make_inputs
+from convdsl.ir.graph import Graph
+from convdsl.verify import differential as D
+from convdsl.verify.inputs import make_inputs
 
 # The passes that must not change outputs (beyond rounding): every pass registered
 # in convdsl.passes whose name says nothing of pruning or quantization.

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .properties import Case
+from convdsl.verify.properties import Case
 
 _HEADER = re.compile(r"#\s*([a-z-]+):\s*(.*)")
 FIELDS = ("checks", "seed", "batch", "kind", "weights-seed", "xfail", "expect-error", "error")
@@ -103,7 +103,7 @@ def check_refused(case: Case, expected: str) -> None:
     contains ``expected`` and that points at the source and gives a hint (``# expect-error:``)."""
     from convdsl.errors import ConvDSLError
 
-    from .properties import PropertyFailed
+    from convdsl.verify.properties import PropertyFailed
 
     try:
         case.graph()

@@ -15,8 +15,8 @@ import json
 import math
 from typing import Any
 
-from .differential import Report, Tolerance
-from .inputs import kind_for_seed
+from convdsl.verify.differential import Report, Tolerance
+from convdsl.verify.inputs import kind_for_seed
 
 
 def _num(x: float) -> str:

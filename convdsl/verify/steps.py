@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .draws import Draw
+from convdsl.verify.draws import Draw
 
 Shape = tuple  # ("N", int, ...)
 MAX_NUMEL = 3072  # per sample: keeps every program fast on a CPU

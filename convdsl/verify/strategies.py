@@ -22,11 +22,11 @@ from typing import Optional, Sequence
 
 from hypothesis import strategies as st
 
-from .draws import HypothesisDraw
-from .inputs import KINDS
-from .programs import KINDS as KINDS_OF_TENSORS
-from .programs import Program, generate, single_layer
-from .properties import Case
+from convdsl.verify.draws import HypothesisDraw
+from convdsl.verify.inputs import KINDS
+from convdsl.verify.programs import KINDS as KINDS_OF_TENSORS
+from convdsl.verify.programs import Program, generate, single_layer
+from convdsl.verify.properties import Case
 
 
 @st.composite

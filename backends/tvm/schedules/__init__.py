@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import tvm
 
-from .cpu import schedule_func
-from .fast_math import FastMath
-from .layout import BlockedLayout, blocked_layout
+from convdsl.backends.tvm.schedules.cpu import schedule_func
+from convdsl.backends.tvm.schedules.fast_math import FastMath
+from convdsl.backends.tvm.schedules.layout import BlockedLayout, blocked_layout
 
 __all__ = ["ApplySchedules", "BlockedLayout", "blocked_layout", "layout_passes", "schedule_module", "is_scheduled"]
 
@@ -35,7 +35,7 @@ def is_scheduled(func) -> bool:
 
 def _int8_rule():
     try:
-        from .int8 import try_schedule
+        from convdsl.backends.tvm.schedules.int8 import try_schedule
     except ImportError:
         return None
     return try_schedule

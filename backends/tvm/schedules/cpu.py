@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from . import tophub
-from .kernels import KERNEL_ATTR
+from convdsl.backends.tvm.schedules import tophub
+from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR
 
 
 class _Skip(Exception):

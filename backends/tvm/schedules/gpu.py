@@ -42,7 +42,7 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .layout import static_shape
+from convdsl.backends.tvm.schedules.layout import static_shape
 
 PRECISIONS = ("f32", "f16", "bf16")
 CONV_MODES = ("im2col", "implicit")

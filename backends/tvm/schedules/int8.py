@@ -26,7 +26,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from . import tophub
+from convdsl.backends.tvm.schedules import tophub
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
@@ -101,7 +101,7 @@ def register_vnni_intrinsic() -> str:
     from tvm.target import codegen
     from tvm.script import tirx as T
 
-    from ..tuning import prime_inspect_cache
+    from convdsl.backends.tvm.tuning import prime_inspect_cache
 
     prime_inspect_cache()  # TVMScript's decorator inspects the stack
     bytes_ = "int8x64" if codegen.llvm_version_major() >= 20 else "int32x16"

@@ -25,7 +25,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from . import kernels
+from convdsl.backends.tvm.schedules import kernels
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
           "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import tophub
+from convdsl.backends.tvm.schedules import tophub
 
 MIN_GAIN = 0.03  # a candidate replaces the model's choice only when at least 3% faster
 SAMPLE_S = 0.02  # one timing sample: enough calls for about this long
@@ -72,8 +72,8 @@ def optimized_module(graph, spec, bind: dict[str, int] | None = None):
     """The network as the build schedules it: lowered, laid out, legalized and fused."""
     import tvm
 
-    from ..build import optimize_passes
-    from ..lowering import lower_graph
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
 
     mod = lower_graph(graph, spec.backend, bind or {})
     with spec.tvm_target():
@@ -84,7 +84,7 @@ def kernels(mod, target) -> dict[str, Kernel]:
     """{workload key: Kernel} of every function whose template asks ``tophub.choose`` once."""
     import tvm
 
-    from . import is_scheduled, schedule_module
+    from convdsl.backends.tvm.schedules import is_scheduled, schedule_module
 
     found: dict[str, Kernel] = {}
     for gv, func in mod.functions.items():
@@ -119,7 +119,7 @@ def build_kernel(func, target, knobs: dict[str, tuple[int, ...]] | str):
     """The function scheduled under ``knobs`` (``tophub.forcing``) and compiled alone."""
     import tvm
 
-    from . import schedule_module
+    from convdsl.backends.tvm.schedules import schedule_module
 
     with target, tophub.forcing(knobs):
         mod = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
@@ -197,7 +197,7 @@ def tune_network(graph, spec, trials: int, *, db_file: str | Path | None = None,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if spec.is_gpu:
-        from ...errors import UsageError
+        from convdsl.backends.errors import UsageError
 
         raise UsageError("convdsl tune measures convdsl's CPU templates; GPU targets use DLight and --tune",
                          hint="use --backend tvm-llvm, or `convdsl compile --backend tvm-cuda --tune N`")

@@ -161,7 +161,7 @@ def space(wl: Workload) -> list[tuple[int, ...]]:
 
 # ---- databases --------------------------------------------------------------------------------------
 def user_db_path(root: str | os.PathLike | None = None) -> Path:
-    from ..tuning import db_root
+    from convdsl.backends.tvm.tuning import db_root
 
     return db_root(root) / USER_FILE
 

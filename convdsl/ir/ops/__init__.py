@@ -6,8 +6,8 @@ backend lowering table.
 """
 from __future__ import annotations
 
-from ..optable import OpDef
-from . import attention, conv, elementwise, fft, linear, misc, norm, pool, quant, shape, ssm
+from convdsl.ir.optable import OpDef
+from convdsl.ir.ops import attention, conv, elementwise, fft, linear, misc, norm, pool, quant, shape, ssm
 
 _MODULES = (conv, linear, norm, elementwise, pool, shape, attention, fft, ssm, misc, quant)
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CDLTypeError, ShapeError, did_you_mean
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec, Symbol, expect_rank, tuple_n, zero_cost
-from ..types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
+from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, Symbol, expect_rank, tuple_n, zero_cost
+from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
 
 SOFTMAX_FLOPS = 5  # per attention logit: max, sub, exp, sum, div
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n
-from ..types import TensorType, dim_add, dim_floordiv, dim_mul
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n
+from convdsl.ir.types import TensorType, dim_add, dim_floordiv, dim_mul
 
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
 

@@ -1,9 +1,9 @@
 """Activations and elementwise arithmetic (with NumPy-style broadcasting)."""
 from __future__ import annotations
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, OpDef, elementwise_cost
-from ..types import TensorType
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, OpDef, elementwise_cost
+from convdsl.ir.types import TensorType
 
 
 def same_type(attrs: dict, ins: list[TensorType]) -> list[TensorType]:

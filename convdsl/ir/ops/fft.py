@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank
-from ..types import Dim, TensorType, bind_dim
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank
+from convdsl.ir.types import Dim, TensorType, bind_dim
 
 LAYOUTS = ("nchw", "nhwc")
 

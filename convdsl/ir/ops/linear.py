@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec
-from ..types import TensorType
+from convdsl.errors import ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec
+from convdsl.ir.types import TensorType
 
 
 def _infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:

@@ -15,10 +15,10 @@
 """
 from __future__ import annotations
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, zero_cost
-from ..types import TensorType
-from .pool import normalize_dims
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, zero_cost
+from convdsl.ir.types import TensorType
+from convdsl.ir.ops.pool import normalize_dims
 
 
 def _static(op: str, t: TensorType, axis: int, what: str) -> int:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank
-from ..types import TensorType
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank
+from convdsl.ir.types import TensorType
 
 
 def _bn(nd: int) -> OpDef:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, OpDef, expect_rank, format_value, tuple_n
-from ..types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, OpDef, expect_rank, format_value, tuple_n
+from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 

@@ -28,10 +28,10 @@ import math
 
 import numpy as np
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n, zero_cost
-from ..types import TensorType
-from .conv import _conv_out, _positive, conv_padding
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n, zero_cost
+from convdsl.ir.types import TensorType
+from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
 
 INT_DTYPES = ("u8", "i8")
 QRANGE = {"u8": (0, 255), "i8": (-128, 127)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, OpDef, format_value, zero_cost
-from ..types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
-from .pool import normalize_dims
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, OpDef, format_value, zero_cost
+from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
+from convdsl.ir.ops.pool import normalize_dims
 
 
 def _shape(dims) -> str:

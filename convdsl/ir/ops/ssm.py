@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from ...errors import CDLTypeError, ShapeError
-from ..optable import Attr, Cost, Init, OpDef, ParamSpec
-from ..types import TensorType, bind_dim
-from .fft import long_conv_cost, seq_dims
+from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec
+from convdsl.ir.types import TensorType, bind_dim
+from convdsl.ir.ops.fft import long_conv_cost, seq_dims
 
 MAX_SCALES = 20  # SGConv's full kernel is kernel_dim * 2**(n_scales-1) taps
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from ...errors import UsageError
-from ...ir.graph import Graph
-from ...ir.stats import summary
-from .apply import Masks, PruneError, apply_masks
-from .criteria import CRITERIA, Scores, check_criterion, importance
-from .groups import Dependencies, Group, analyze
-from .masks import DEFAULT_PROTECT, protected_groups, select
-from .report import build_report, to_markdown
+from convdsl.errors import UsageError
+from convdsl.ir.graph import Graph
+from convdsl.ir.stats import summary
+from convdsl.passes.prune.apply import Masks, PruneError, apply_masks
+from convdsl.passes.prune.criteria import CRITERIA, Scores, check_criterion, importance
+from convdsl.passes.prune.groups import Dependencies, Group, analyze
+from convdsl.passes.prune.masks import DEFAULT_PROTECT, protected_groups, select
+from convdsl.passes.prune.report import build_report, to_markdown
 
 TARGETS = ("macs", "params", "channels")
 

@@ -14,12 +14,12 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import IRError, UsageError, did_you_mean
-from ...ir.graph import Graph, Node, Value
-from ...ir.ops import OPS
-from ...ir.ops.pool import normalize_dims
-from ...ir.verify import verify
-from .groups import Dependencies, Key, analyze, fingerprint
+from convdsl.errors import IRError, UsageError, did_you_mean
+from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.ops import OPS
+from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.verify import verify
+from convdsl.passes.prune.groups import Dependencies, Key, analyze, fingerprint
 
 Masks = dict[str, np.ndarray]
 

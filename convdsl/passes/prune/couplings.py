@@ -15,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from ...ir.graph import Graph, Node, Value
-from ...ir.ops.pool import normalize_dims
-from ...ir.ops.shape import split_sizes, squeeze_dims
-from ...ir.types import TensorType
-from .groups import Builder, Space
+from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.ops.shape import split_sizes, squeeze_dims
+from convdsl.ir.types import TensorType
+from convdsl.passes.prune.groups import Builder, Space
 
 Rule = Callable[[Builder, Node], None]
 MAX_FLAT = 1 << 22  # flattening more features than this per sample is left opaque

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import UsageError, did_you_mean
-from ...ir.graph import Graph, Node
-from .groups import Dependencies, Member
+from convdsl.errors import UsageError, did_you_mean
+from convdsl.ir.graph import Graph, Node
+from convdsl.passes.prune.groups import Dependencies, Member
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation")
 DATA_CRITERIA = ("taylor", "activation")
@@ -223,7 +223,7 @@ def calibrate(graph: Graph, members: list[Member], criterion: str, data: Any, sa
     import torch
     import torch.nn.functional as F
 
-    from ...api import backend_module
+    from convdsl.api import backend_module
 
     model = backend_module("torch").build_module(graph)
     stats = {m: _Stats() for m in members}

@@ -27,8 +27,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ...ir.graph import Graph, Node, Value
-from ...ir.types import TensorType
+from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.types import TensorType
 
 Key = Hashable  # a Value, or ("heads", node id) for a space inside one op
 
@@ -187,7 +187,7 @@ class Builder:
 
 def analyze(graph: Graph) -> Dependencies:
     """Channel spaces, units and groups of ``graph`` (which is not modified)."""
-    from .couplings import COUPLINGS, shared_params
+    from convdsl.passes.prune.couplings import COUPLINGS, shared_params
 
     b = Builder(graph)
     shared = shared_params(graph)

@@ -12,9 +12,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ...errors import UsageError
-from ...ir.graph import Graph
-from .groups import Dependencies, Group, lcm
+from convdsl.errors import UsageError
+from convdsl.ir.graph import Graph
+from convdsl.passes.prune.groups import Dependencies, Group, lcm
 
 DEFAULT_PROTECT = ("first", "last")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ...ir.graph import Graph, Value
-from ...ir.stats import layer_stats, summary
-from .groups import Dependencies
+from convdsl.ir.graph import Graph, Value
+from convdsl.ir.stats import layer_stats, summary
+from convdsl.passes.prune.groups import Dependencies
 
 FIXED = "(fixed)"
 
