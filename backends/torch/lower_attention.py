@@ -6,7 +6,8 @@ generated file), whose state_dict keys are the op's parameter names.
 from __future__ import annotations
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.attention import LAYER_SCALE, select_dim
+from convdsl.ir.ops.attention import LAYER_SCALE
+from convdsl.ir.ops.shape import select_dim
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 

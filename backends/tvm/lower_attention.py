@@ -13,7 +13,8 @@ import math
 import numpy as np
 from tvm import relax
 
-from convdsl.ir.ops.attention import packed_cross, select_dim
+from convdsl.ir.ops.attention import packed_cross
+from convdsl.ir.ops.shape import select_dim
 from convdsl.ir.optable import tuple_n
 
 R = relax.op

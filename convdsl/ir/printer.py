@@ -70,7 +70,7 @@ class _Names:
 
 
 def _is_builtin(name: str) -> bool:
-    from convdsl.lang.elaborate import BUILTINS
+    from convdsl.lang.builtins import BUILTINS
 
     return name in BUILTINS
 

@@ -16,9 +16,9 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from convdsl.errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
 from convdsl.lang import ast
+from convdsl.lang.limits import MAX_SOURCE
 
 MAX_NESTING = 64  # brackets deeper than this are refused before parsing
-MAX_SOURCE = 4 * 1024 * 1024  # bytes
 MAX_INT_DIGITS = 1000  # longer integer literals are refused (Python refuses str<->int past 4300)
 
 # tokens after which a newline never ends a statement

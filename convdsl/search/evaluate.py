@@ -91,9 +91,9 @@ def _run(task: dict[str, Any], threads: int) -> dict[str, Any]:
     def loader(path: str) -> str:
         if path in sources:
             return sources[path]
-        from convdsl.lang.elaborate import _read_source
+        from convdsl.lang.source import read_source
 
-        return _read_source(path)
+        return read_source(path)
 
     dataset = _dataset(task["data"], task["split_seed"], task["val_fraction"])
     runs = []  # one per training seed (initialization and shuffling): the first one's weights are kept

@@ -26,7 +26,7 @@ from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.lang import ast
 from convdsl.lang.elaborate import Options, load_program, pick_network
-from convdsl.lang.elaborate import _read_source as read_source
+from convdsl.lang.source import read_source
 from convdsl.lang.format import format_program
 from convdsl.lang.parser import parse
 

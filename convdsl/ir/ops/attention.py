@@ -559,32 +559,6 @@ def _layer_scale_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [ins[0]]
 
 
-def _drop_path_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
-    if not 0.0 <= attrs["p"] <= 1.0:
-        raise CDLTypeError("drop_path: p is a probability", expected="0 <= p <= 1", got=str(attrs["p"]))
-    if ins[0].rank < 1:
-        raise ShapeError("drop_path needs a batch dimension", got=str(ins[0]))
-    return [ins[0]]
-
-
-def select_dim(attrs: dict, x: TensorType) -> int:
-    d = attrs["dim"]
-    if not -x.rank <= d < x.rank:
-        raise ShapeError(f"select: dim {d} is out of range for a rank-{x.rank} input",
-                         expected=f"dim in [{-x.rank}, {x.rank - 1}]", got=str(d))
-    return d % x.rank
-
-
-def _select_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
-    x = ins[0]
-    d = select_dim(attrs, x)
-    size, i = x.shape[d], attrs["index"]
-    if isinstance(size, int) and not -size <= i < size:
-        raise ShapeError(f"select: index {i} is out of range for size {size} of dim {d}",
-                         expected=f"index in [{-size}, {size - 1}]", got=str(x))
-    return [x.with_shape(x.shape[:d] + x.shape[d + 1:])]
-
-
 PATCH_EMBED = OpDef(
     name="patch_embed", group="attention",
     attrs=(Attr("dim", "int", doc="embedding width"), Attr("patch", "ints", 16, doc="patch size (int or [h, w])"),
@@ -633,25 +607,6 @@ LAYER_SCALE = OpDef(
     shape_rule="out = in",
 )
 
-DROP_PATH = OpDef(
-    name="drop_path", group="regularization",
-    attrs=(Attr("p", "float", doc="probability of dropping the whole residual branch"),
-           Attr("mode", "sym", "row", choices=("row", "batch"))),
-    infer=_drop_path_infer, cost=zero_cost,
-    doc="stochastic depth (torchvision.ops.StochasticDepth): while training, zero each sample (row) or the "
-        "whole batch with probability p and scale survivors by 1/(1-p); identity at inference.",
-    example="drop_path(0.1)",
-    shape_rule="out = in",
-)
-
-SELECT = OpDef(
-    name="select", group="shape",
-    attrs=(Attr("index", "int", doc="position to take (negative counts from the end)"), Attr("dim", "int", 1)),
-    infer=_select_infer, cost=zero_cost,
-    doc="takes one slice along dim and drops that dim, e.g. the class token: x[:, 0].",
-    example="select(0)",
-    shape_rule="[N, L, C] -> [N, C] (dim removed)",
-)
 
 
-OPS = [MHSA, CROSS, WINDOW, CONV_ATTENTION, HALO, PATCH_EMBED, CLASS_TOKEN, POS_EMBED, LAYER_SCALE, DROP_PATH, SELECT]
+OPS = [MHSA, CROSS, WINDOW, CONV_ATTENTION, HALO, PATCH_EMBED, CLASS_TOKEN, POS_EMBED, LAYER_SCALE]

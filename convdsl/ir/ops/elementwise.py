@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, OpDef, elementwise_cost
+from convdsl.ir.optable import Attr, Cost, OpDef, elementwise_cost, zero_cost
 from convdsl.ir.types import TensorType
 
 
@@ -82,6 +82,26 @@ def _dropout_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [ins[0]]
 
 
+def _drop_path_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    if not 0.0 <= attrs["p"] <= 1.0:
+        raise CDLTypeError("drop_path: p is a probability", expected="0 <= p <= 1", got=str(attrs["p"]))
+    if ins[0].rank < 1:
+        raise ShapeError("drop_path needs a batch dimension", got=str(ins[0]))
+    return [ins[0]]
+
+
+DROP_PATH = OpDef(
+    name="drop_path", group="regularization",
+    attrs=(Attr("p", "float", doc="probability of dropping the whole residual branch"),
+           Attr("mode", "sym", "row", choices=("row", "batch"))),
+    infer=_drop_path_infer, cost=zero_cost,
+    doc="stochastic depth (torchvision.ops.StochasticDepth): while training, zero each sample (row) or the "
+        "whole batch with probability p and scale survivors by 1/(1-p); identity at inference.",
+    example="drop_path(0.1)",
+    shape_rule="out = in",
+)
+
+
 OPS = [
     _activation("identity", "passes its input through unchanged", flops_per=0),
     _activation("relu", "max(x, 0)"),
@@ -115,4 +135,5 @@ OPS = [
           infer=_dropout_infer, cost=lambda a, ins, outs: Cost(0, 0),
           doc="zeroes elements with probability p and rescales by 1/(1-p) while training; identity at inference.",
           example="dropout(0.2)", shape_rule="out = in"),
+    DROP_PATH,
 ]

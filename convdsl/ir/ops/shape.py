@@ -256,6 +256,34 @@ def _op(name: str, attrs: tuple[Attr, ...], infer, doc: str, example: str, rule:
                  shape_rule=rule, **kw)
 
 
+def select_dim(attrs: dict, x: TensorType) -> int:
+    d = attrs["dim"]
+    if not -x.rank <= d < x.rank:
+        raise ShapeError(f"select: dim {d} is out of range for a rank-{x.rank} input",
+                         expected=f"dim in [{-x.rank}, {x.rank - 1}]", got=str(d))
+    return d % x.rank
+
+
+def _select_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    d = select_dim(attrs, x)
+    size, i = x.shape[d], attrs["index"]
+    if isinstance(size, int) and not -size <= i < size:
+        raise ShapeError(f"select: index {i} is out of range for size {size} of dim {d}",
+                         expected=f"index in [{-size}, {size - 1}]", got=str(x))
+    return [x.with_shape(x.shape[:d] + x.shape[d + 1:])]
+
+
+SELECT = OpDef(
+    name="select", group="shape",
+    attrs=(Attr("index", "int", doc="position to take (negative counts from the end)"), Attr("dim", "int", 1)),
+    infer=_select_infer, cost=zero_cost,
+    doc="takes one slice along dim and drops that dim, e.g. the class token: x[:, 0].",
+    example="select(0)",
+    shape_rule="[N, L, C] -> [N, C] (dim removed)",
+)
+
+
 OPS = [
     _op("flatten", (Attr("start", "int", 1), Attr("end", "int", -1)), _flatten_infer,
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
@@ -290,4 +318,5 @@ OPS = [
     _op("pixel_unshuffle", (Attr("factor", "int"),), _pixel_unshuffle_infer,
         "inverse of pixel_shuffle: move space blocks into channels.", "pixel_unshuffle(2)",
         "[N, C, H*r, W*r] -> [N, C*r*r, H, W]"),
+    SELECT,
 ]
