@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from convdsl.errors import format_count
 from convdsl.ir.graph import Value
 from convdsl.ir.optable import OpDef, Symbol
 from convdsl.ir.types import TensorType
@@ -112,7 +113,7 @@ def describe(v: Any) -> str:
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, int):
-        return f"the integer {v}"
+        return f"the integer {v}" if abs(v) < 10**15 else f"the integer {format_count(v)}"
     if isinstance(v, float):
         return f"the number {v}"
     if isinstance(v, str):
