@@ -11,6 +11,7 @@ from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights
 from convdsl.lang.elaborate import Options, elaborate, elaborate_file
+from convdsl.lang.source import read_program
 
 # backend name -> module implementing build_module(graph); imported by name so the
 # core never imports a backend statically.  A module serving several names (one
@@ -54,7 +55,5 @@ def backend_module(name: Any):
 
 
 def read_text(path: str | os.PathLike) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    """The text of a .cdl file, read as every command reads its main file (``read_program``)."""
+    return read_program(path)

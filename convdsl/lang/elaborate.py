@@ -24,9 +24,9 @@ from convdsl.ir.types import DTYPE_BYTES, TensorType, bind_dim
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
 from convdsl.lang.builtins import BUILTINS, Builtin
-from convdsl.lang.limits import (DEFAULT_MAX_BYTES, MAX_BLOCK_DEPTH, MAX_INT_BITS, MAX_LOOP_ITERATIONS, MAX_NODES,
-                                 MAX_SEQ_LEN, MAX_STEPS)
-from convdsl.lang.source import read_source
+from convdsl.lang.limits import (DEFAULT_MAX_BYTES, MAX_BLOCK_DEPTH, MAX_IMPORT_DEPTH, MAX_INT_BITS,
+                                 MAX_LOOP_ITERATIONS, MAX_NODES, MAX_SEQ_LEN, MAX_STEPS)
+from convdsl.lang.source import bad_byte, read_program, read_source
 from convdsl.lang.values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -121,21 +121,26 @@ class Elaborator:
 
     def _import(self, mod: Module, item: ast.Import) -> None:
         base = Path(mod.path).parent if not mod.path.startswith("<") else Path.cwd()
-        target = (base / item.path).resolve()
-        key = str(target)
+        if "\0" in item.path:
+            raise CDLNameError(f"cannot import {item.path!r}: the path contains a NUL byte", item.span)
+        key = os.path.realpath(base / item.path)  # never raises on a symlink loop (the read does)
         if key in self.importing:
             raise CDLNameError(f"circular import of {item.path!r}", item.span,
                                notes=["import chain: " + " -> ".join(self.importing + [key])])
+        if len(self.importing) >= MAX_IMPORT_DEPTH:
+            raise ResourceError(f"imports nested more than {MAX_IMPORT_DEPTH} files deep", item.span,
+                                notes=["import chain: " + " -> ".join(self.importing[:4] + ["..."])])
         if key not in self.modules:
             try:
                 text = self.loader(key)
             except OSError as e:
                 raise CDLNameError(f"cannot import {item.path!r}: {e.strerror or e}", item.span,
                                    hint=f"paths are relative to {base}") from None
-            except UnicodeDecodeError:
-                raise CDLNameError(f"cannot import {item.path!r}: not UTF-8 text", item.span,
-                                   expected="a .cdl source file") from None
-            self.load_module(parse(text, key), key)
+            except UnicodeDecodeError as e:
+                line, column, what = bad_byte(e)
+                raise CDLNameError(f"cannot import {item.path!r}: not UTF-8 text ({what} at {key}:{line}:{column})",
+                                   item.span, expected="a .cdl source file in UTF-8") from None
+            self.load_module(self._parse_import(text, key, item), key)
         imported = self.modules[key]
         if item.alias:
             mod.names[item.alias] = Namespace(item.alias, imported.names)
@@ -143,6 +148,18 @@ class Elaborator:
             for name, value in imported.names.items():
                 if not isinstance(value, Namespace):
                     mod.names.setdefault(name, value)
+
+    def _parse_import(self, text: str, key: str, item: ast.Import) -> ast.Program:
+        """Parse an imported file.  It may be any file on the machine (``import "/etc/passwd"``):
+        until it has parsed as CDL, an error shows neither its lines nor the tokens it found,
+        only where the problem is and what CDL expected there."""
+        try:
+            return parse(text, key, show_lines=False)
+        except ConvDSLError as err:
+            where = f" at {err.span}" if err.span is not None else ""
+            raise type(err)(f"cannot import {item.path!r}: {err.kind}{where}", item.span, expected=err.expected,
+                            notes=["the imported file's text is not shown: it did not parse as CDL"],
+                            hint="if it is a .cdl file, `convdsl fmt FILE` shows the line") from None
 
     # ---- networks -----------------------------------------------------------
     def elaborate_network(self, mod: Module, net: ast.NetworkDef) -> Graph:
@@ -915,11 +932,4 @@ def elaborate(text: str, file: str = "<string>", network: str | None = None, opt
 
 
 def elaborate_file(path: str | os.PathLike, network: str | None = None, options: Options | None = None) -> Graph:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    return elaborate(text, str(p), network, options)
+    return elaborate(read_program(path), str(Path(path)), network, options)

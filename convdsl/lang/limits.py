@@ -2,6 +2,7 @@
 
 DEFAULT_MAX_BYTES = 16 * 1024**3  # one tensor, or all parameters together
 MAX_BLOCK_DEPTH = 64
+MAX_IMPORT_DEPTH = 64  # files importing files importing files...
 MAX_LOOP_ITERATIONS = 1_000_000
 MAX_NODES = 1_000_000
 MAX_STEPS = 100_000  # loop iterations plus block/def calls over the whole elaboration (bounds time)

@@ -195,16 +195,23 @@ def _token_hint(e: UnexpectedToken) -> str | None:
     return None
 
 
-def parse(text: str, file: str = "<string>") -> ast.Program:
-    """Parse CDL source text into an ``ast.Program``."""
+def parse(text: str, file: str = "<string>", *, show_lines: bool = True) -> ast.Program:
+    """Parse CDL source text into an ``ast.Program``.
+
+    Errors show the offending source line.  With ``show_lines=False`` (an imported file, which
+    could be any file on the machine) lines are shown only once the whole file parsed as CDL,
+    so an error never prints a line of a file that is not CDL."""
     if len(text) > MAX_SOURCE:
         raise ResourceError(f"source is larger than {MAX_SOURCE // 1024 // 1024} MiB", Span(file, 1, 1))
-    remember_source(file, text)
+    if show_lines:
+        remember_source(file, text)
     comments = _comments(text)
     tree, _ = _parse_tree(text, file)
     builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
     program = _build(builder, tree, file)
     program.comments = comments
+    if not show_lines:
+        remember_source(file, text)
     return program
 
 
