@@ -11,7 +11,7 @@ import functools
 from importlib import resources
 from typing import Iterator
 
-from lark import Lark, Token
+from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from convdsl.errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
@@ -19,6 +19,10 @@ from convdsl.lang import ast
 from convdsl.lang.limits import MAX_SOURCE
 
 MAX_NESTING = 64  # brackets deeper than this are refused before parsing
+# Statements and expressions nested deeper than this (parse-tree levels: `- - - x`, `not not p`,
+# `a ** b ** c`, `for` in `for`, ...) are refused after parsing, before any recursive walk: it
+# keeps the AST builder, the formatter and the elaborator far from Python's recursion limit.
+MAX_DEPTH = 200
 MAX_INT_DIGITS = 1000  # longer integer literals are refused (Python refuses str<->int past 4300)
 
 # tokens after which a newline never ends a statement
@@ -207,6 +211,7 @@ def parse(text: str, file: str = "<string>", *, show_lines: bool = True) -> ast.
         remember_source(file, text)
     comments = _comments(text)
     tree, _ = _parse_tree(text, file)
+    _check_depth(tree, file)
     builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
     program = _build(builder, tree, file)
     program.comments = comments
@@ -216,6 +221,33 @@ def parse(text: str, file: str = "<string>", *, show_lines: bool = True) -> ast.
 
 
 _DEEP_HINT = "split deeply nested expressions or bodies into named values, defs or blocks"
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Refuse a parse tree deeper than ``MAX_DEPTH``, at the first node past the limit (walked
+    with an explicit stack: this check itself never recurses)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            line, column = _position(node)
+            raise ResourceError(f"nested more than {MAX_DEPTH} levels deep", Span(file, line, column),
+                                hint=_DEEP_HINT)
+        stack.extend((c, depth + 1) for c in reversed(node.children) if isinstance(c, Tree))
+
+
+def _position(node: Tree) -> tuple[int, int]:
+    """Line and column where ``node`` starts (its first token when lark kept no position)."""
+    while True:
+        meta = node.meta
+        if not getattr(meta, "empty", True):
+            return meta.line, meta.column
+        first = next((c for c in node.children if c is not None), None)
+        if isinstance(first, Token):
+            return first.line or 1, first.column or 1
+        if not isinstance(first, Tree):
+            return 1, 1
+        node = first
 
 
 def _build(builder: ast.ASTBuilder, tree, file: str) -> ast.Program:
