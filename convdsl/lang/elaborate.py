@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
-                      UsageError, did_you_mean)
+                            UsageError, did_you_mean, format_bytes)
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import OpDef, Symbol, bind_attrs
@@ -459,20 +459,7 @@ class Elaborator:
     def binop(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None, frame: Frame) -> Any:
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
-                scalar = b if isinstance(a, Tensor) else a
-                if _is_num(scalar) and op in ("*", "+", "-", "/"):
-                    t = a if isinstance(a, Tensor) else b
-                    if op == "-" and not isinstance(a, Tensor):  # c - x
-                        return self.apply_op(OPS["affine"], [t], {"scale": -1.0, "shift": float(scalar)}, None, span, frame)
-                    scale = float(scalar) if op == "*" else 1.0 / float(scalar) if op == "/" else 1.0
-                    shift = float(scalar) if op == "+" else -float(scalar) if op == "-" else 0.0
-                    if op == "/" and not isinstance(a, Tensor):
-                        raise CDLTypeError("cannot divide a number by a tensor", span)
-                    if op == "/" and scalar == 0:
-                        raise CDLTypeError("division by zero", rspan)
-                    return self.apply_op(OPS["affine"], [t], {"scale": scale, "shift": shift}, None, span, frame)
-                raise CDLTypeError(f"'{op}' between a tensor and {describe(scalar)}", span,
-                                   hint="tensor arithmetic takes two tensors or a tensor and a number")
+                return self.tensor_scalar(op, a, b, span, rspan, frame)
             opname = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}.get(op)
             if opname is None:
                 raise CDLTypeError(f"'{op}' is not defined for tensors", span, hint="tensors support + - * / @")
@@ -509,6 +496,38 @@ class Elaborator:
         except OverflowError:
             raise ResourceError(f"'{op}' overflows: the numbers are too large", span) from None
         raise CDLTypeError(f"'{op}' is not defined for numbers", span, hint="'@' multiplies tensors")
+
+    def tensor_scalar(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None, frame: Frame) -> Any:
+        """``x * c``, ``x / c``, ``x + c``, ``x - c``, ``c * x``, ``c + x``, ``c - x``: one ``affine`` node
+        (scale, shift).  The number must be finite, and so must what the node computes with."""
+        tensor_left = isinstance(a, Tensor)
+        t, scalar = (a, b) if tensor_left else (b, a)
+        where = rspan if tensor_left else span
+        if not _is_num(scalar) or op not in ("*", "+", "-", "/"):
+            raise CDLTypeError(f"'{op}' between a tensor and {describe(scalar)}", span,
+                               expected="two tensors, or a tensor and a number with * / + -",
+                               hint="tensor arithmetic takes two tensors or a tensor and a number")
+        if op == "/" and not tensor_left:
+            raise CDLTypeError("cannot divide a number by a tensor", span, hint="a tensor can be divided by a number, not a number by a tensor")
+        if op == "/" and scalar == 0:
+            raise CDLTypeError("division of a tensor by zero", where, got="0")
+        try:
+            c = float(scalar)
+        except OverflowError:
+            c = math.inf
+        if op == "*":
+            scale, shift = c, 0.0
+        elif op == "/":
+            scale, shift = 1.0 / c, 0.0
+        elif op == "+":
+            scale, shift = 1.0, c
+        else:
+            scale, shift = (1.0, -c) if tensor_left else (-1.0, c)  # x - c, c - x
+        if not (math.isfinite(scale) and math.isfinite(shift)):
+            raise CDLTypeError(f"'{op}' of a tensor and {describe(scalar)}: the result is not a finite number", where,
+                               expected="a number whose scale or shift fits a float (|v| < 1.8e308, not 0 below 1e-308)",
+                               got=describe(scalar))
+        return self.apply_op(OPS["affine"], [t], {"scale": scale, "shift": shift}, None, span, frame)
 
     # ---- layers, calls and pipes -------------------------------------------------------
     def eval_Labeled(self, e: ast.Labeled, frame: Frame, outer: str | None = None) -> Any:
@@ -817,7 +836,7 @@ class Elaborator:
             nbytes = math.prod(spec.shape) * DTYPE_BYTES.get(spec.dtype, 4)
             self.param_bytes += nbytes
         if self.param_bytes > self.opts.max_bytes:
-            raise ResourceError(f"parameters would take {_gib(self.param_bytes)}, over the limit of {_gib(self.opts.max_bytes)}",
+            raise ResourceError(f"parameters would take {format_bytes(self.param_bytes)}, over the limit of {format_bytes(self.opts.max_bytes)}",
                                 span, hint="raise the limit with --max-memory, or shrink the network")
         if len(self.graph) >= MAX_NODES:
             raise ResourceError(f"more than {MAX_NODES:,} nodes", span)
@@ -847,12 +866,8 @@ class Elaborator:
         except Exception:  # a symbolic expression we cannot evaluate
             return
         if nbytes > self.opts.max_bytes:
-            raise ResourceError(f"{what} {t} would take {_gib(nbytes)}, over the limit of {_gib(self.opts.max_bytes)}",
+            raise ResourceError(f"{what} {t} would take {format_bytes(nbytes)}, over the limit of {format_bytes(self.opts.max_bytes)}",
                                 span, hint="raise the limit with --max-memory, or use smaller sizes")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:,.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.1f} MiB"
 
 
 def _is_int(v: Any) -> bool:
