@@ -67,6 +67,10 @@ InferFn = Callable[[Attrs, list[TensorType]], list[TensorType]]
 ParamsFn = Callable[[Attrs, list[TensorType]], dict[str, ParamSpec]]
 CostFn = Callable[[Attrs, list[TensorType], list[TensorType]], Cost]
 NormalizeFn = Callable[[dict, list[TensorType]], dict]
+# Peak bytes an op allocates at run time besides its outputs (attention logits, unfolded windows,
+# FFT buffers, index tables...), the most any backend needs.  Called on *bound* types (every dim
+# an int); the elaborator adds it to what --max-memory bounds.
+WorkspaceFn = Callable[[Attrs, list[TensorType], list[TensorType]], int]
 
 
 def no_params(attrs: Attrs, ins: list[TensorType]) -> dict[str, ParamSpec]:
@@ -79,6 +83,10 @@ def elementwise_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]
 
 def zero_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Cost:
     return Cost(0, 0)
+
+
+def no_workspace(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> int:
+    return 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class OpDef:
     example: str = ""
     input_names: tuple[str, ...] = ("x",)
     shape_rule: str = ""  # human-readable shape rule for docs
+    workspace: WorkspaceFn = no_workspace  # run-time bytes besides the outputs (see WorkspaceFn)
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:
