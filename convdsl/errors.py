@@ -63,6 +63,10 @@ def format_count(n: int | float) -> str:
 
 def format_bytes(n: int | float) -> str:
     """A byte count for a message: MiB below 1 GiB, GiB above; huge values abbreviated."""
+    if abs(n) < 1024:
+        return f"{n} bytes"
+    if abs(n) < 1024**2:
+        return f"{n / 1024:,.1f} KiB"
     if abs(n) < 1024**3:
         return f"{n / 1024**2:,.1f} MiB"
     gib = n / 1024**3 if abs(n) < 2**1000 else n // 1024**3  # int // int: no float overflow

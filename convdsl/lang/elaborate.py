@@ -89,6 +89,8 @@ class Elaborator:
         self.used_scopes: set[str] = set()
         self.node_prefixes: set[str] = set()  # "a" and "a.b" for node "a.b.c": names an op node may not take
         self.param_bytes = 0
+        self.tensor_bytes = 0  # every input and op output (see _check_memory)
+        self.workspace: tuple[int, str | None] = (0, None)  # the largest OpDef.workspace, and its op
         self.modules: dict[str, Module] = {}
         self.importing: list[str] = []
         self.choices_seen: dict[str, ast.Choice] = {}
@@ -208,7 +210,7 @@ class Elaborator:
             if isinstance(p, ast.InputParam):
                 t = TensorType(tuple(p.dims), p.dtype)
                 self._check_type(t, p.span, f"input {p.name}")
-                self._check_size(t, p.span, "input")
+                self._check_memory([t], 0, 0, p.span, f"input {p.name}")
                 if p.name in g:
                     raise CDLNameError(f"input name '{p.name}' is already used by a node", p.span,
                                        hint="declare the inputs before parameters whose defaults use layers")
@@ -901,13 +903,13 @@ class Elaborator:
                 raise ShapeError(f"{op.name} would produce an empty tensor {t}", span,
                                  got="inputs " + ", ".join(str(x) for x in in_types),
                                  hint="the input is too small for this kernel/stride, or a size is zero")
-            self._check_size(t, span, f"output of {op.name}")
-        for spec in specs.values():
-            nbytes = math.prod(spec.shape) * DTYPE_BYTES.get(spec.dtype, 4)
-            self.param_bytes += nbytes
-        if self.param_bytes > self.opts.max_bytes:
-            raise ResourceError(f"parameters would take {format_bytes(self.param_bytes)}, over the limit of {format_bytes(self.opts.max_bytes)}",
-                                span, hint="raise the limit with --max-memory, or shrink the network")
+        try:
+            workspace = op.workspace(attrs, [self._bound(t) for t in in_types], [self._bound(t) for t in out_types])
+        except (ValueError, ZeroDivisionError, OverflowError, IndexError, TypeError) as err:
+            raise ShapeError(f"{op.name}: invalid hyper-parameters for these inputs ({err})", span,
+                             got=", ".join(str(t) for t in in_types)) from None
+        param_bytes = sum(self._nbytes(TensorType(tuple(s.shape), s.dtype)) for s in specs.values())
+        self._check_memory(out_types, param_bytes, workspace, span, f"output of {op.name}", op.name)
         if len(self.graph) >= MAX_NODES:
             raise ResourceError(f"more than {MAX_NODES:,} nodes", span, expected=f"at most {MAX_NODES:,} ops in a network",
                                 hint="loops, recursion and repeated pipelines multiply")
@@ -946,14 +948,50 @@ class Elaborator:
                                  expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters",
                                  got=d[:60] + "...", hint="bind the symbol to a number (--bind) or simplify the shapes")
 
-    def _check_size(self, t: TensorType, span: Span | None, what: str) -> None:
-        try:
-            nbytes = t.nbytes(self.opts.bind)
-        except Exception:  # a symbolic expression we cannot evaluate
-            return
-        if nbytes > self.opts.max_bytes:
-            raise ResourceError(f"{what} {t} would take {format_bytes(nbytes)}, over the limit of {format_bytes(self.opts.max_bytes)}",
-                                span, hint="raise the limit with --max-memory, or use smaller sizes")
+    # ---- memory: what --max-memory bounds -------------------------------------------
+    # A run holds the parameters, at most every tensor the network computes (the torch backend
+    # keeps a value until its variable is reused or forward returns; TVM's planner never needs
+    # more than all of them), and the working memory of the one op running (attention logits,
+    # unfolded windows, FFT buffers: OpDef.workspace).  Their sum, with the symbols bound by
+    # --bind (1 otherwise), must stay under the limit; it is checked op by op, so the refusal
+    # points at the op that crosses it, and nothing is allocated before.
+    def _bound(self, t: TensorType) -> TensorType:
+        """``t`` with every dimension a concrete size (negative sizes count as 0)."""
+        return TensorType(tuple(max(0, bind_dim(d, self.opts.bind)) for d in t.shape), t.dtype)
+
+    def _nbytes(self, t: TensorType) -> int:
+        return math.prod(self._bound(t).shape) * DTYPE_BYTES.get(t.dtype, 4)
+
+    def _check_memory(self, types: list[TensorType], param_bytes: int, workspace: int, span: Span | None,
+                      what: str, op: str | None = None) -> None:
+        limit, hint = self.opts.max_bytes, "raise the limit with --max-memory, or use smaller sizes"
+        sizes = [self._nbytes(t) for t in types]
+        for t, nbytes in zip(types, sizes):
+            if nbytes > limit:
+                raise ResourceError(f"{what} {t} would take {format_bytes(nbytes)}, over the limit of {format_bytes(limit)}",
+                                    span, hint=hint)
+        if workspace > limit:
+            raise ResourceError(f"{op} would need {format_bytes(workspace)} of working memory at run time, over the limit "
+                                f"of {format_bytes(limit)}", span, notes=["besides its output: " + _WORKSPACE_NOTE], hint=hint)
+        self.param_bytes += param_bytes
+        if self.param_bytes > limit:
+            raise ResourceError(f"parameters would take {format_bytes(self.param_bytes)}, over the limit of {format_bytes(limit)}",
+                                span, hint="raise the limit with --max-memory, or shrink the network")
+        self.tensor_bytes += sum(sizes)
+        if workspace > self.workspace[0]:
+            self.workspace = (workspace, op)
+        total = self.param_bytes + self.tensor_bytes + self.workspace[0]
+        if total > limit:
+            ws, ws_op = self.workspace
+            raise ResourceError(
+                f"the network would need {format_bytes(total)} at run time, over the limit of {format_bytes(limit)}", span,
+                notes=[f"parameters {format_bytes(self.param_bytes)} + tensors {format_bytes(self.tensor_bytes)} "
+                       "(every input and op output so far: a run may hold them all)"
+                       + (f" + working memory of {ws_op} {format_bytes(ws)}" if ws else "")], hint=hint)
+
+
+_WORKSPACE_NOTE = ("attention logits, unfolded windows, FFT buffers and index tables that the op allocates "
+                   "while it runs (OpDef.workspace)")
 
 
 def _is_int(v: Any) -> bool:

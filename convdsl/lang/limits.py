@@ -5,7 +5,7 @@ hundred MB: ``MAX_WORK`` counts what the elaborator does (expressions evaluated,
 characters built, graph nodes made) whatever loops, recursion or aliasing produced it.
 """
 
-DEFAULT_MAX_BYTES = 16 * 1024**3  # one tensor, or all parameters together
+DEFAULT_MAX_BYTES = 16 * 1024**3  # --max-memory: parameters + every tensor + the largest op workspace
 MAX_BLOCK_DEPTH = 64
 MAX_IMPORT_DEPTH = 64  # files importing files importing files...
 MAX_LOOP_ITERATIONS = 1_000_000
