@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
-                            UsageError, did_you_mean, format_bytes, format_count)
+                            UsageError, did_you_mean, format_count)
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import OpDef, Symbol, bind_attrs
-from convdsl.ir.types import DTYPE_BYTES, TensorType, bind_dim
+from convdsl.ir.types import TensorType
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
 from convdsl.lang.builtins import BUILTINS, Builtin
+from convdsl.lang.memory import MemoryBudget
 from convdsl.lang.limits import (DEFAULT_MAX_BYTES, MAX_ATTR_ITEMS, MAX_BLOCK_DEPTH, MAX_DIM, MAX_DIM_TEXT,
                                  MAX_EVAL_DEPTH, MAX_IMPORT_DEPTH, MAX_INT_BITS, MAX_LOOP_ITERATIONS, MAX_NAME,
                                  MAX_NODES, MAX_RANK, MAX_SEQ_LEN, MAX_STEPS, MAX_VALUE_DEPTH, MAX_VALUE_SIZE,
@@ -88,9 +89,7 @@ class Elaborator:
         self.counters: dict[str, dict[str, int]] = {}
         self.used_scopes: set[str] = set()
         self.node_prefixes: set[str] = set()  # "a" and "a.b" for node "a.b.c": names an op node may not take
-        self.param_bytes = 0
-        self.tensor_bytes = 0  # every input and op output (see _check_memory)
-        self.workspace: tuple[int, str | None] = (0, None)  # the largest OpDef.workspace, and its op
+        self.memory = MemoryBudget(self.opts.max_bytes, self.opts.bind)  # what --max-memory bounds
         self.modules: dict[str, Module] = {}
         self.importing: list[str] = []
         self.choices_seen: dict[str, ast.Choice] = {}
@@ -210,7 +209,7 @@ class Elaborator:
             if isinstance(p, ast.InputParam):
                 t = TensorType(tuple(p.dims), p.dtype)
                 self._check_type(t, p.span, f"input {p.name}")
-                self._check_memory([t], 0, 0, p.span, f"input {p.name}")
+                self.memory.add([t], 0, 0, p.span, f"input {p.name}")
                 if p.name in g:
                     raise CDLNameError(f"input name '{p.name}' is already used by a node", p.span,
                                        hint="declare the inputs before parameters whose defaults use layers")
@@ -903,13 +902,14 @@ class Elaborator:
                 raise ShapeError(f"{op.name} would produce an empty tensor {t}", span,
                                  got="inputs " + ", ".join(str(x) for x in in_types),
                                  hint="the input is too small for this kernel/stride, or a size is zero")
+        mem = self.memory
         try:
-            workspace = op.workspace(attrs, [self._bound(t) for t in in_types], [self._bound(t) for t in out_types])
+            workspace = op.workspace(attrs, [mem.bound(t) for t in in_types], [mem.bound(t) for t in out_types])
         except (ValueError, ZeroDivisionError, OverflowError, IndexError, TypeError) as err:
             raise ShapeError(f"{op.name}: invalid hyper-parameters for these inputs ({err})", span,
                              got=", ".join(str(t) for t in in_types)) from None
-        param_bytes = sum(self._nbytes(TensorType(tuple(s.shape), s.dtype)) for s in specs.values())
-        self._check_memory(out_types, param_bytes, workspace, span, f"output of {op.name}", op.name)
+        param_bytes = sum(mem.nbytes(TensorType(tuple(s.shape), s.dtype)) for s in specs.values())
+        mem.add(out_types, param_bytes, workspace, span, f"output of {op.name}", op.name)
         if len(self.graph) >= MAX_NODES:
             raise ResourceError(f"more than {MAX_NODES:,} nodes", span, expected=f"at most {MAX_NODES:,} ops in a network",
                                 hint="loops, recursion and repeated pipelines multiply")
@@ -942,56 +942,11 @@ class Elaborator:
         for d in t.shape:
             if isinstance(d, int) and d > MAX_DIM:
                 raise ResourceError(f"{what} would have a dimension of {format_count(d)}", span,
-                                    expected=f"dimensions up to 2**62", hint="check the sizes and their arithmetic")
+                                    expected="dimensions up to 2**62", hint="check the sizes and their arithmetic")
             if isinstance(d, str) and len(d) > MAX_DIM_TEXT:
                 raise ShapeError(f"{what} would have a symbolic size of {len(d):,} characters", span,
                                  expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters",
                                  got=d[:60] + "...", hint="bind the symbol to a number (--bind) or simplify the shapes")
-
-    # ---- memory: what --max-memory bounds -------------------------------------------
-    # A run holds the parameters, at most every tensor the network computes (the torch backend
-    # keeps a value until its variable is reused or forward returns; TVM's planner never needs
-    # more than all of them), and the working memory of the one op running (attention logits,
-    # unfolded windows, FFT buffers: OpDef.workspace).  Their sum, with the symbols bound by
-    # --bind (1 otherwise), must stay under the limit; it is checked op by op, so the refusal
-    # points at the op that crosses it, and nothing is allocated before.
-    def _bound(self, t: TensorType) -> TensorType:
-        """``t`` with every dimension a concrete size (negative sizes count as 0)."""
-        return TensorType(tuple(max(0, bind_dim(d, self.opts.bind)) for d in t.shape), t.dtype)
-
-    def _nbytes(self, t: TensorType) -> int:
-        return math.prod(self._bound(t).shape) * DTYPE_BYTES.get(t.dtype, 4)
-
-    def _check_memory(self, types: list[TensorType], param_bytes: int, workspace: int, span: Span | None,
-                      what: str, op: str | None = None) -> None:
-        limit, hint = self.opts.max_bytes, "raise the limit with --max-memory, or use smaller sizes"
-        sizes = [self._nbytes(t) for t in types]
-        for t, nbytes in zip(types, sizes):
-            if nbytes > limit:
-                raise ResourceError(f"{what} {t} would take {format_bytes(nbytes)}, over the limit of {format_bytes(limit)}",
-                                    span, hint=hint)
-        if workspace > limit:
-            raise ResourceError(f"{op} would need {format_bytes(workspace)} of working memory at run time, over the limit "
-                                f"of {format_bytes(limit)}", span, notes=["besides its output: " + _WORKSPACE_NOTE], hint=hint)
-        self.param_bytes += param_bytes
-        if self.param_bytes > limit:
-            raise ResourceError(f"parameters would take {format_bytes(self.param_bytes)}, over the limit of {format_bytes(limit)}",
-                                span, hint="raise the limit with --max-memory, or shrink the network")
-        self.tensor_bytes += sum(sizes)
-        if workspace > self.workspace[0]:
-            self.workspace = (workspace, op)
-        total = self.param_bytes + self.tensor_bytes + self.workspace[0]
-        if total > limit:
-            ws, ws_op = self.workspace
-            raise ResourceError(
-                f"the network would need {format_bytes(total)} at run time, over the limit of {format_bytes(limit)}", span,
-                notes=[f"parameters {format_bytes(self.param_bytes)} + tensors {format_bytes(self.tensor_bytes)} "
-                       "(every input and op output so far: a run may hold them all)"
-                       + (f" + working memory of {ws_op} {format_bytes(ws)}" if ws else "")], hint=hint)
-
-
-_WORKSPACE_NOTE = ("attention logits, unfolded windows, FFT buffers and index tables that the op allocates "
-                   "while it runs (OpDef.workspace)")
 
 
 def _is_int(v: Any) -> bool:
