@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from convdsl import __version__
-from convdsl.cli.common import _graph, _pairs, main, program_options
+from convdsl.cli.common import _bind, _graph, main, program_options
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -80,7 +80,7 @@ def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block
     from convdsl.ir.stats import layer_stats, render_table, to_json
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
-    rows = layer_stats(g, _pairs(bind, "--bind") or None)
+    rows = layer_stats(g, _bind(bind) or None)
     if as_json:
         click.echo(json.dumps(to_json(g, rows), indent=2))
     else:

@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import Count, Number, _graph, main, program_options
 
 
 @main.command(name="prune")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
-@click.option("--ratio", "-r", default=0.5, show_default=True, help="Fraction of the target to remove.")
+@click.option("--ratio", "-r", type=Number(0.0, 1.0), default=0.5, show_default=True, help="Fraction of the target to remove.")
 @click.option("--target", type=click.Choice(["macs", "params", "channels"]), default="macs", show_default=True,
               help="What --ratio measures: MACs or parameters (the channel ratio is searched), or channels.")
 @click.option("--criterion", "-c", type=click.Choice(["l1", "l2", "bn_scale", "taylor", "activation"]),
@@ -23,15 +23,15 @@ from convdsl.cli.common import _graph, main, program_options
               help="Rank channels across all groups, or remove the same share from every group.")
 @click.option("--data", "-d", default=None,
               help="digits, mnist1d[:...] or a .npz (x, y): calibration for taylor/activation, and fine-tuning.")
-@click.option("--calib-samples", default=256, show_default=True, help="Samples the data criteria look at.")
-@click.option("--round-to", default=1, show_default=True, help="Keep channel counts multiples of this (e.g. 8).")
+@click.option("--calib-samples", type=Count(1, 10**7), default=256, show_default=True, help="Samples the data criteria look at.")
+@click.option("--round-to", type=Count(1, 2**16), default=1, show_default=True, help="Keep channel counts multiples of this (e.g. 8).")
 @click.option("--protect", multiple=True, metavar="NODE", help="Keep the output channels of NODE (fnmatch pattern).")
 @click.option("--prune-first-last", is_flag=True, help="Also prune the first and last layers (protected by default).")
-@click.option("--max-group-ratio", default=0.9, show_default=True, help="Most any one group may lose (global scope).")
-@click.option("--tolerance", default=0.005, show_default=True, help="How close the measured reduction must get.")
-@click.option("--finetune-epochs", default=0, show_default=True, help="Train the pruned network on --data after.")
-@click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the trainer's).")
-@click.option("--batch-size", "-b", default=64, show_default=True, help="Fine-tuning batch size.")
+@click.option("--max-group-ratio", type=Number(0.0, 1.0), default=0.9, show_default=True, help="Most any one group may lose (global scope).")
+@click.option("--tolerance", type=Number(0.0, 1.0, lo_open=True), default=0.005, show_default=True, help="How close the measured reduction must get.")
+@click.option("--finetune-epochs", type=Count(0, 10**4), default=0, show_default=True, help="Train the pruned network on --data after.")
+@click.option("--lr", type=Number(0.0, 10.0, lo_open=True), default=None, help="Fine-tuning learning rate (default: the trainer's).")
+@click.option("--batch-size", "-b", type=Count(1, 2**20), default=64, show_default=True, help="Fine-tuning batch size.")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, ratio, target, criterion, scope, data,
               calib_samples, round_to, protect, prune_first_last, max_group_ratio, tolerance, finetune_epochs, lr,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import Count, Number, _graph, main, program_options
 
 
 @main.command(name="quantize")
@@ -15,12 +15,12 @@ from convdsl.cli.common import _graph, main, program_options
 @program_options
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
 @click.option("--calib", default=None, help="Calibration data: digits, mnist1d[:...] or a .npz (its training inputs).")
-@click.option("--calib-samples", default=512, show_default=True, help="Calibration inputs to run.")
+@click.option("--calib-samples", type=Count(1, 10**7), default=512, show_default=True, help="Calibration inputs to run.")
 @click.option("--method", "-m", type=click.Choice(["minmax", "percentile", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen.")
-@click.option("--percentile", default=99.99, show_default=True, help="Percentile kept by --method percentile.")
+@click.option("--percentile", type=Number(0.0, 100.0, lo_open=True), default=99.99, show_default=True, help="Percentile kept by --method percentile.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep NODE in float (id, fnmatch pattern or scope).")
-@click.option("--weight-bits", default=8, show_default=True, help="Weight precision (2-8, stored as int8).")
+@click.option("--weight-bits", type=Count(2, 8), default=8, show_default=True, help="Weight precision (2-8, stored as int8).")
 @click.option("--act-dtype", type=click.Choice(["u8", "i8"]), default="u8", show_default=True,
               help="Activation dtype (u8: asymmetric, x86's u8 x s8).")
 @click.option("--cast", "cast_to", type=click.Choice(["f16", "bf16"]), default=None,

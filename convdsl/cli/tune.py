@@ -11,14 +11,14 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import Count, _graph, main, program_options
 
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--trials", type=int, default=8, show_default=True, help="Knob settings measured per workload.")
-@click.option("--rounds", type=int, default=7, show_default=True, help="Timing rounds (the minimum is kept).")
+@click.option("--trials", type=Count(1, 10**4), default=8, show_default=True, help="Knob settings measured per workload.")
+@click.option("--rounds", type=Count(1, 10**4), default=7, show_default=True, help="Timing rounds (the minimum is kept).")
 @click.option("--target-json", default=None, metavar="JSON", help="TVM target as JSON (default: this machine).")
 @click.option("--db", default=None, metavar="DIR", help="Tuning root (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning).")
 @click.option("--force", is_flag=True, help="Tune workloads that already have a record too.")

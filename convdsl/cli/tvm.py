@@ -12,14 +12,14 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import Count, _graph, main, program_options
 
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
                  help='tvm-*: TVM target as JSON, e.g. \'{"kind": "llvm", "mcpu": "znver4"}\' (default: this machine).'),
     click.Option(["--arch"], default=None, metavar="SM",
                  help="tvm-cuda: GPU architecture, e.g. sm_80 (default: the visible GPU's, else sm_90)."),
-    click.Option(["--tune"], type=int, default=0, metavar="TRIALS",
+    click.Option(["--tune"], type=Count(0, 10**6), default=0, metavar="TRIALS",
                  help="tvm-*: MetaSchedule trials per kernel not yet in the tuning database (0: no tuning)."),
     click.Option(["--db"], default=None, metavar="DIR",
                  help="tvm-*: tuning database folder (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning)."),
@@ -103,16 +103,16 @@ def _profile_tables(profs: dict, top: int) -> None:
 @program_options
 @click.option("--backends", default="torch,tvm-llvm", show_default=True, metavar="A,B,...",
               help="torch, torch-compile, torch-cuda, tvm-llvm, tvm-llvm-tuned, tvm-cuda, tvm-cuda-tuned.")
-@click.option("--batch", default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
+@click.option("--batch", type=Count(1, 2**20), default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
-@click.option("--repeat", default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
-@click.option("--warmup", default=3, show_default=True, help="Untimed calls per backend first.")
-@click.option("--tune", type=int, default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")
+@click.option("--repeat", type=Count(1, 10**6), default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
+@click.option("--warmup", type=Count(0, 10**6), default=3, show_default=True, help="Untimed calls per backend first.")
+@click.option("--tune", type=Count(0, 10**6), default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")
 @click.option("--db", default=None, metavar="DIR", help="Tuning database folder for the *-tuned backends.")
 @click.option("--profile", is_flag=True, help="Also print the time of each kernel of the TVM modules.")
-@click.option("--top", default=15, show_default=True, help="Kernels shown per profile.")
+@click.option("--top", type=Count(1, 10**6), default=15, show_default=True, help="Kernels shown per profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects with backend, median_ms, ...).")
-@click.option("--threads", type=int, default=None, metavar="N",
+@click.option("--threads", type=Count(1, 4096), default=None, metavar="N",
               help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
           profile, top, as_json, threads):
