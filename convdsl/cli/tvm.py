@@ -12,7 +12,7 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, main, program_options
+from convdsl.cli.common import Count, _graph, main, max_memory_bytes, program_options
 
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
@@ -127,11 +127,13 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         torch.set_num_threads(threads)
     from convdsl.artifact import make_inputs
+    from convdsl.lang.memory import check_memory
     from convdsl.backends.tvm.bench import bench as run_bench, profiles, summarize
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     given = {b.split("=", 1)[0].strip() for b in bind}
     g.symbols = {s: (v if s in given else batch) for s, v in g.symbols.items()}
+    check_memory(g, g.symbols, max_memory_bytes(max_memory))  # --max-memory at the --batch size too
     arrays = make_inputs(g, batch, seed)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     log = (lambda s: click.echo(s, err=True))
