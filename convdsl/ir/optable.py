@@ -6,11 +6,12 @@ cost.  Backends keep their own lowering tables keyed by ``OpDef.name``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
-from convdsl.ir.types import FLOAT_DTYPES, TensorType
+from convdsl.ir.types import DTYPE_BYTES, FLOAT_DTYPES, TensorType
 
 
 class _Required:
@@ -87,6 +88,24 @@ def zero_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Co
 
 def no_workspace(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> int:
     return 0
+
+
+def nbytes(t: TensorType) -> int:
+    """Bytes of a bound tensor type (every dim an int), for workspace functions."""
+    return math.prod(t.shape) * DTYPE_BYTES.get(t.dtype, 4)
+
+
+def work_bytes(t: TensorType) -> int:
+    """Bytes of one element as kernels compute it: f16/bf16 work in f32 on CPU, f64 stays f64."""
+    return max(4, DTYPE_BYTES.get(t.dtype, 4)) if t.dtype in FLOAT_DTYPES else 4
+
+
+def io_workspace(per_input: float = 0.0, per_output: float = 0.0) -> WorkspaceFn:
+    """A workspace of copies of the inputs and outputs: layout reorders (oneDNN's blocked formats,
+    TVM's NCHW[x]c), contiguous copies before a kernel, temporaries of composite ops."""
+    def workspace(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> int:
+        return int(per_input * sum(nbytes(t) for t in ins) + per_output * sum(nbytes(t) for t in outs))
+    return workspace
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,10 @@ def test_too_small_input_says_why():
 def test_memory_limit_is_an_option():
     src = body("return x | conv2d(64) | conv2d(64)")
     elaborate(src)
-    with pytest.raises(ResourceError, match="parameters would take") as info:
-        # the input (768 B), the first conv (9 KiB out, 7 KiB weights) fit; the second conv's 145 KiB of weights do not
-        elaborate(src, options=Options(max_bytes=20_000))
+    with pytest.raises(ResourceError, match="would need") as info:
+        # the input (768 B), the first conv (9 KiB out, 7 KiB weights, 26 KiB of layout copies) fit in 60 kB;
+        # the second conv's 145 KiB of weights (and their blocked copy) do not
+        elaborate(src, options=Options(max_bytes=60_000))
     assert (info.value.span.line, info.value.span.column) == (2, 29)
 
 
