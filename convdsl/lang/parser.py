@@ -24,6 +24,10 @@ MAX_NESTING = 64  # brackets deeper than this are refused before parsing
 # keeps the AST builder, the formatter and the elaborator far from Python's recursion limit.
 MAX_DEPTH = 200
 MAX_INT_DIGITS = 1000  # longer integer literals are refused (Python refuses str<->int past 4300)
+# Tokens of one source: lark's LALR parser with positions takes ~25-100 us a token, so a 4 MiB
+# file of "1, 1, 1, ..." (2 million tokens) parsed for minutes.  The largest example has under
+# 1,000 tokens; 100,000 parse in a few seconds.
+MAX_TOKENS = 100_000
 
 # tokens after which a newline never ends a statement
 _CONTINUE_AFTER = {"LPAR", "LSQB", "LBRACE", "COMMA", "VBAR", "EQUAL", "ADDOP", "MULOP", "COMPOP", "COLON",
@@ -79,8 +83,14 @@ class _Postlexer:
         depth = 0
         prev: Token | None = None
         pending: Token | None = None  # a newline waiting to see the next token
+        count = 0
         for tok in stream:
             t = tok.type
+            count += 1
+            if count > MAX_TOKENS:
+                raise ResourceError(f"source of more than {MAX_TOKENS:,} tokens", Span(self.file, tok.line, tok.column),
+                                    expected=f"at most {MAX_TOKENS:,} names, numbers and symbols in one file",
+                                    hint="split the program into files (import), or compute long lists with range()")
             if t == "MINUS" and pending is None and prev is not None and prev.type in _OPERAND_END:
                 # lark types every '-' as the unary MINUS (the string literal wins over ADDOP's
                 # regexp); after an operand it is the binary operator
