@@ -82,6 +82,10 @@ class Options:
 class Elaborator:
     def __init__(self, options: Options | None = None, loader: Callable[[str], str] | None = None) -> None:
         self.opts = options or Options()
+        for sym, size in self.opts.bind.items():  # the CLI checks --bind; the API's callers too
+            if not _is_int(size) or not 1 <= size <= MAX_DIM:
+                raise UsageError(f"symbol {sym} bound to {describe(size)}", expected="a whole size from 1 to 2**62",
+                                 hint="a size of 0 or less would take bytes off the memory check")
         self.loader = loader or read_source
         self.graph = Graph()
         self.depth = 0

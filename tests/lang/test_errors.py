@@ -169,3 +169,11 @@ def test_errors_in_imported_files_quote_that_file(tmp_path):
         elaborate(src, str(main))
     assert info.value.span.file == str(tmp_path / "lib.cdl")
     assert "   1 | block bad() = conv2d(8, 3, groups=5)" in info.value.render()
+
+
+@pytest.mark.parametrize("size", [-1, 0, 2**63, 1.5, True])
+def test_api_bindings_are_checked_like_bind_options(size):
+    """Options(bind=...) from the Python API: a size of 0 or less would make the memory check
+    count negative bytes (a way around --max-memory), a float or a bool is not a size."""
+    with pytest.raises(UsageError, match="bound to"):
+        elaborate("network n(x: f32[N, 4]) {\n  return x\n}\n", options=Options(bind={"N": size}))
