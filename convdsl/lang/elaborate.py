@@ -745,6 +745,9 @@ class Elaborator:
                 attrs = bind_attrs(layer.op, list(layer.args), dict(layer.kwargs))
             except ConvDSLError as err:
                 raise err.with_span(layer.span or span)
+            except OverflowError:  # an integer given where a float is taken, past float's range
+                raise CDLTypeError(f"{layer.op.name}: a hyper-parameter does not fit a float", layer.span or span,
+                                   expected="numbers within +-1.8e308") from None
             return self.apply_op(layer.op, inputs, attrs, layer.label, layer.span or span, frame)
         if isinstance(layer, SeqLayer):
             if layer.label:
