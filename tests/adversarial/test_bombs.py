@@ -67,6 +67,12 @@ BOMBS = {
     "repeat-a-trillion": (net("repeat 10 ** 12 {", "}", "return x"), 6, 2, None),
     "range-of-2**100": (net("a = range(2 ** 100)", "return x"), 6, 2, None),
     "integer-of-10000-bits": (net("a = 2 ** 4000 * 2 ** 4000", "return x"), 6, 2, None),
+    # op attributes whose values the op table loops over (found by fuzzing every attribute)
+    "heads-hint-over-2**62-divisors": ("network n(x: f32[N, 16, 64]) {\n  return x | mhsa(3, dim=2 ** 62)\n}\n",
+                                       5, 2, "heads"),
+    "scan-state-of-2**40": ("network n(x: f32[N, 16, 64]) {\n  return x | selective_scan(state=2 ** 40)\n}\n",
+                            5, 2, "state"),
+    "float-attribute-of-2**4000": (net("return x | leaky_relu(slope=2 ** 4000)"), 5, 2, "float"),
     # legal and large: finishes within the bounds
     "10000-relus-accepted": (net("repeat 10000 {", "  x = x | relu", "}", "return x"), 0, None, None),
 }

@@ -46,7 +46,7 @@ def _tokens(op: str, t: TensorType, what: str = "input") -> int:
 
 
 def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+    return ", ".join(str(d) for d in range(1, min(n, 64) + 1) if n % d == 0)  # not a loop to n: dim=2**62
 
 
 def check_heads(op: str, width: int, heads: int, what: str = "channels") -> int:

@@ -121,11 +121,17 @@ def _ss_normalize(attrs: dict, ins: list[TensorType]) -> dict:
     return attrs
 
 
+MAX_STATE = 65536  # A_log's initial values are a Python tuple of `state` logs: bounded before they are made
+
+
 def _ss_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     seq_dims("selective_scan", ins[0])
     for name in ("state", "dt_rank"):
         if attrs[name] <= 0:
             raise CDLTypeError(f"selective_scan: {name} must be positive", got=str(attrs[name]))
+    if attrs["state"] > MAX_STATE:
+        raise CDLTypeError(f"selective_scan: state is a size per channel (Mamba: 16), at most {MAX_STATE:,}",
+                           got=str(attrs["state"]))
     if attrs["d_conv"] < 0:
         raise CDLTypeError("selective_scan: d_conv counts conv taps (0 for no conv)", got=str(attrs["d_conv"]))
     _dt_range("selective_scan", attrs)
