@@ -89,13 +89,15 @@ def _literal(text: str, what: str = "--set") -> Any:
     return low
 
 
-def _json_list(low: str, text: str, what: str) -> list:
-    """A JSON list of numbers, strings, booleans, null and lists: nesting, integer digits and
-    non-finite numbers are checked before or while json reads it (it recurses, and reads
-    integers of any length)."""
+def safe_json(text: str, what: str) -> Any:
+    """JSON read without the ways it fails on hostile text: nesting past MAX_VALUE_DEPTH (json
+    recurses), integers over MAX_DIGITS (Python refuses str->int past 4,300), NaN and Infinity,
+    more than MAX_OPTION_TEXT characters.  ``UsageError`` naming the option otherwise."""
+    if len(text) > MAX_OPTION_TEXT:
+        raise UsageError(f"{what} value of {len(text):,} characters", expected=f"at most {MAX_OPTION_TEXT:,}")
     depth = most = 0
-    for c in low:
-        depth += (c == "[") - (c == "]")
+    for c in text:
+        depth += (c in "[{") - (c in "]}")
         most = max(most, depth)
     if most > MAX_VALUE_DEPTH:
         raise UsageError(f"{what}: lists nested {most} deep", expected=f"at most {MAX_VALUE_DEPTH}")
@@ -115,9 +117,22 @@ def _json_list(low: str, text: str, what: str) -> list:
         raise ValueError(f"{s} is not a finite number")
 
     try:
-        value = json.loads(low, parse_int=integer, parse_float=number, parse_constant=constant)
+        return json.loads(text, parse_int=integer, parse_float=number, parse_constant=constant)
     except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise UsageError(f"cannot read {clip(text, 80)!r} as a list ({clip(e, 120)})", hint="write e.g. [64,128]") from None
+        raise UsageError(f"{what}: cannot read {clip(text, 80)!r} as JSON ({clip(e, 120)})") from None
+
+
+def check_target_options(target_json: str | None, arch: str | None) -> None:
+    """--target-json and --arch of the TVM commands, checked before TVM reads them."""
+    if target_json is not None:
+        safe_json(target_json, "--target-json")
+    if arch is not None and not re.fullmatch(r"sm_\d{2,4}a?", arch):
+        raise UsageError(f"--arch {clip(arch, 40)}: not a CUDA architecture", expected="sm_XY, e.g. sm_80 or sm_90a")
+
+
+def _json_list(low: str, text: str, what: str) -> list:
+    """A JSON list of numbers, strings, booleans, null and lists (read by ``safe_json``)."""
+    value = safe_json(low, what)
     stack = [value]
     while stack:
         v = stack.pop()

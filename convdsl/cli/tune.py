@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, main, program_options
+from convdsl.cli.common import Count, _graph, check_target_options, main, program_options
 
 
 @main.command()
@@ -25,6 +25,7 @@ from convdsl.cli.common import Count, _graph, main, program_options
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
 def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, target_json, db, force, weights):
     """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
+    check_target_options(target_json, None)  # before TVM is loaded
     from rich.console import Console
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub

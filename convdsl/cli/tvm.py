@@ -12,7 +12,7 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, main, max_memory_bytes, program_options
+from convdsl.cli.common import Count, _graph, check_target_options, main, max_memory_bytes, program_options
 
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
@@ -29,6 +29,7 @@ _NAMES = ("target_json", "arch", "tune", "db", "no_db")
 
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True):
+    check_target_options(target_json, arch)  # before TVM is loaded
     from convdsl.backends.tvm import backend
 
     if tune < 0:
@@ -183,6 +184,7 @@ def info(backend, target_json, arch, db):
     from convdsl.backends.tvm.targets import host_can_run, make_target
     from convdsl.backends.tvm.tuning import db_dir
 
+    check_target_options(target_json, arch)
     spec = make_target(backend, target_json=target_json, arch=arch)
     folder = db_dir(spec, db)
     records = folder / "database_tuning_record.json"

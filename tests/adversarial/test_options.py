@@ -40,7 +40,7 @@ PROGRAM_OPTIONS = [
     ("set-list-5000-digits", ["--set", f"sizes=[{DIGITS_5000}]"], "digits"),
     ("set-list-40000-deep", ["--set", "sizes=" + DEEP_LIST], "nested"),
     ("set-list-object", ["--set", 'sizes=[{"a": 1}]'], "object"),
-    ("set-list-broken", ["--set", "sizes=[1, 2"], "as a list"),
+    ("set-list-broken", ["--set", "sizes=[1, 2"], "as JSON"),
     ("set-200000-characters", ["--set", "width=" + "a" * 200_000], "characters"),
     ("set-no-equals", ["--set", "width"], "NAME=VALUE"),
     ("set-unknown-parameter", ["--set", "depth=3"], "no parameter 'depth'"),
@@ -77,6 +77,13 @@ COMMAND_OPTIONS = [
     ("bench-repeat-negative", ["bench"], ["--repeat", "-1"], "--repeat"),
     ("bench-threads-0", ["bench"], ["--threads", "0"], "--threads"),
     ("compile-tune-negative", ["compile"], ["-o", "out", "--backend", "tvm-llvm", "--tune", "-5"], "--tune"),
+    ("compile-target-json-deep", ["compile"], ["-o", "out", "--backend", "tvm-llvm", "--target-json", DEEP_LIST],
+     "--target-json"),
+    ("compile-target-json-5000-digits", ["compile"], ["-o", "out", "--backend", "tvm-llvm", "--target-json",
+                                                      '{"kind": "llvm", "mcpu": ' + DIGITS_5000 + "}"], "digits"),
+    ("compile-arch-5000-digits", ["compile"], ["-o", "out", "--backend", "tvm-cuda", "--arch", "sm_" + DIGITS_5000],
+     "--arch"),
+    ("tune-target-json-nan", ["tune"], ["--target-json", '{"kind": "llvm", "x": NaN}'], "finite"),
 ]
 
 COMMANDS = ["check", "stats", "print", "compile"]  # every command that elaborates takes program_options
