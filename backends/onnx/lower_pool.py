@@ -38,10 +38,8 @@ def _pool(kind: str, nd: int):
 
 def _global(reduce: str):
     def export(cx, node, args, ins):
-        axes = list(range(2, ins[0].rank))
-        if node.attrs["keepdim"]:
-            return cx.op("GlobalAveragePool" if reduce == "ReduceMean" else "GlobalMaxPool", [args[0]])
-        return cx.op(reduce, [args[0]], axes=axes, keepdims=0)
+        # Global*Pool is what adaptive pooling to 1 exports as; the reduction keeps the two apart
+        return cx.op(reduce, [args[0]], axes=list(range(2, ins[0].rank)), keepdims=int(node.attrs["keepdim"]))
 
     return export
 

@@ -168,7 +168,7 @@ ONNX_EXPORTS: dict[str, ExportFn] = {
     "linear": _linear,
     # activations and arithmetic
     "identity": _identity,
-    "dropout": _identity,  # inference
+    "dropout": lambda cx, node, args, ins: cx.op("Dropout", [args[0], cx.scalar(node.attrs["p"], ins[0])]),
     "relu": _unary("Relu"),
     "relu6": _relu6,
     "leaky_relu": _leaky_relu,

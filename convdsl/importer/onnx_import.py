@@ -222,7 +222,13 @@ for _n, _o in (("Relu", "relu"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"), ("Har
     ONNX[_n] = _unary(_o)
 
 
-@onnx_op("Identity", "Dropout")
+@onnx_op("Dropout")
+def _dropout(cx: Ctx):
+    p = _scalar(cx.arg(1)) if len(cx.node.input) > 1 else cx.attrs.get("ratio", 0.5)
+    return cx.add("dropout", [cx.tensor(0)], {"p": _f32(p if p is not None else 0.5)})
+
+
+@onnx_op("Identity")
 def _identity(cx: Ctx):
     v = cx.arg(0)
     return Const(v.array, cx.node.output[0]) if isinstance(v, Const) else v
@@ -314,8 +320,18 @@ def _pool(kind: str):
 
 ONNX["MaxPool"] = _pool("max")
 ONNX["AveragePool"] = _pool("avg")
-ONNX["GlobalAveragePool"] = lambda cx: cx.add("global_avgpool", [cx.tensor(0)], {"keepdim": True})
-ONNX["GlobalMaxPool"] = lambda cx: cx.add("global_maxpool", [cx.tensor(0)], {"keepdim": True})
+
+
+def _global_pool(kind: str):
+    def fn(cx: Ctx):  # adaptive pooling to 1 (what torch.onnx writes for AdaptiveAvgPool2d(1))
+        x = cx.tensor(0)
+        return cx.add(f"adaptive_{kind}pool{cx.type(x).rank - 2}d", [x], {"out": 1})
+
+    return fn
+
+
+ONNX["GlobalAveragePool"] = _global_pool("avg")
+ONNX["GlobalMaxPool"] = _global_pool("max")
 
 
 def _axes(cx: Ctx, i: int = 1) -> list[int] | None:
@@ -330,6 +346,10 @@ def _reduce(cx: Ctx):
     x = cx.tensor(0)
     axes = _axes(cx) or list(range(cx.type(x).rank))
     keep = bool(cx.attrs.get("keepdims", 1))
+    rank = cx.type(x).rank
+    if cx.node.op_type in ("ReduceMean", "ReduceMax") and rank >= 3 and sorted(a % rank for a in axes) == \
+            list(range(2, rank)):  # every spatial dim: global pooling
+        return cx.add("global_avgpool" if cx.node.op_type == "ReduceMean" else "global_maxpool", [x], {"keepdim": keep})
     op = {"ReduceMean": "mean", "ReduceMax": "amax", "ReduceL2": "vector_norm"}[cx.node.op_type]
     return cx.add(op, [x], {"dims": axes[0] if len(axes) == 1 else tuple(axes), "keepdim": keep})
 
@@ -353,6 +373,9 @@ def _reshape(cx: Ctx):
     t = cx.type(x)
     if 0 not in spec and spec and not isinstance(t.shape[0], int) and spec[0] > 0:
         raise located(cx.origin, "a Reshape that fixes the symbolic batch has no convdsl mapping")
+    if len(spec) == 2 and spec[0] == 0 and t.rank > 2 and all(isinstance(d, int) for d in t.shape[1:]) and \
+            spec[1] in (-1, int(np.prod(t.shape[1:]))):  # [N, ...] -> [N, rest]
+        return cx.add("flatten", [x], {"start": 1, "end": -1})
     return cx.add("reshape", [x], {"shape": tuple(spec)})
 
 
