@@ -134,7 +134,7 @@ def _takes(fn, name: str) -> bool:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return name in params
 
 
 def _near(name: str, names) -> str | None:
