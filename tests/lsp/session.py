@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class Session:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.published: list[lsp.PublishDiagnosticsParams] = []
+        self.arrived: dict[tuple[str, int | None], float] = {}  # (uri, version) -> perf_counter() on receipt
         self.messages: list[str] = []  # window/showMessage and logMessage texts
         self.refreshes = 0
         self.cond = threading.Condition()
@@ -38,11 +40,20 @@ class Session:
     def _run(self, coro, timeout: float = TIMEOUT) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def _notify(self, send, params) -> None:
+        """Send a notification from the client's loop thread: the pipe's writer is not thread-safe,
+        and a write from this thread could interleave with the loop's answer to a server request."""
+        async def go() -> None:
+            send(params)
+
+        self._run(go())
+
     async def _start(self) -> LanguageClient:
         client = LanguageClient("convdsl-tests", "1")
 
         @client.feature(lsp.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
         def diagnostics(params: lsp.PublishDiagnosticsParams) -> None:
+            self.arrived.setdefault((params.uri, params.version), time.perf_counter())
             with self.cond:
                 self.published.append(params)
                 self.cond.notify_all()
@@ -73,7 +84,7 @@ class Session:
         await client.initialize_async(lsp.InitializeParams(
             capabilities=caps, root_uri=root_uri,
             workspace_folders=[lsp.WorkspaceFolder(root_uri, self.root.name)]))
-        client.initialized(lsp.InitializedParams())
+        client.initialized(lsp.InitializedParams())  # (on the loop thread: _start runs there)
         return client
 
     def close(self) -> None:
@@ -93,7 +104,7 @@ class Session:
         uri = from_fs_path(str(path.resolve()))
         text = path.read_text() if text is None else text
         self.versions[uri] = self.versions.get(uri, 0) + 1  # never reuse a version: waits match by version
-        self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
+        self._notify(self.client.text_document_did_open, lsp.DidOpenTextDocumentParams(
             lsp.TextDocumentItem(uri=uri, language_id="cdl", version=self.versions[uri], text=text)))
         return uri
 
@@ -101,7 +112,7 @@ class Session:
         """Replace the whole text; returns the new version."""
         self.versions[uri] += 1
         v = self.versions[uri]
-        self.client.text_document_did_change(lsp.DidChangeTextDocumentParams(
+        self._notify(self.client.text_document_did_change, lsp.DidChangeTextDocumentParams(
             lsp.VersionedTextDocumentIdentifier(uri=uri, version=v),
             [lsp.TextDocumentContentChangeWholeDocument(text=text)]))
         return v
@@ -111,13 +122,13 @@ class Session:
         self.versions[uri] += 1
         v = self.versions[uri]
         rng = lsp.Range(lsp.Position(line, col), lsp.Position(end_line, end_col))
-        self.client.text_document_did_change(lsp.DidChangeTextDocumentParams(
+        self._notify(self.client.text_document_did_change, lsp.DidChangeTextDocumentParams(
             lsp.VersionedTextDocumentIdentifier(uri=uri, version=v),
             [lsp.TextDocumentContentChangePartial(range=rng, text=text)]))
         return v
 
     def close_doc(self, uri: str) -> None:
-        self.client.text_document_did_close(lsp.DidCloseTextDocumentParams(lsp.TextDocumentIdentifier(uri)))
+        self._notify(self.client.text_document_did_close, lsp.DidCloseTextDocumentParams(lsp.TextDocumentIdentifier(uri)))
 
     def diagnostics(self, uri: str, version: int | None = None, timeout: float = TIMEOUT) -> list[lsp.Diagnostic]:
         """The diagnostics published for ``uri`` (for ``version``, when given): waits for them."""
