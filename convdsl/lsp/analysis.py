@@ -34,6 +34,7 @@ from convdsl.lang import ast
 from convdsl.lang.elaborate import Module, Options
 from convdsl.lang.parser import parse
 from convdsl.lang.source import read_source
+from convdsl.lsp.chunks import PieceCache
 from convdsl.lsp.index import FileIndex
 from convdsl.lsp.recording import Notes, RecordingElaborator, call_sites, pos
 from convdsl.lsp.tokens import Tok, lex
@@ -95,6 +96,7 @@ class ModuleCache:
     def __init__(self) -> None:
         self.entries: dict[str, tuple[dict[str, str], dict[str, Module]]] = {}  # import target -> (texts, modules)
         self.indexes: dict[str, tuple[str, FileIndex | None]] = {}  # path -> (text, index)
+        self.pieces = PieceCache()  # the open documents' items, parsed
 
     def modules_for(self, target: str, sources: Sources) -> dict[str, Module] | None:
         entry = self.entries.get(target)
@@ -145,9 +147,13 @@ class Analysis:
 def analyze(path: str, text: str, sources: Sources, cache: ModuleCache) -> Analysis:
     """Everything the editor shows about ``text`` (the buffer of ``path``, an absolute path)."""
     a = Analysis(path, text)
-    a.tokens = lex(text)
     failed: set[str] = set()  # names whose definition failed: "unknown name" errors about them are noise
-    a.program = _parse_recovering(a, failed)
+    pieces = cache.pieces.parse(text, path)
+    if pieces is not None:
+        a.program, a.tokens = pieces
+    else:
+        a.tokens = lex(text)
+        a.program = _parse_recovering(a, failed)
     if a.program is None:
         return a
     a.clean_parse = not a.problems

@@ -14,6 +14,7 @@ network body is the same symbol).
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -195,6 +196,8 @@ class FileIndex:
         body = it.body if isinstance(it, (ast.BlockDef, ast.NetworkDef)) and isinstance(it.body, list) else []
         for stmt in statements(body):
             self._stmt_targets(s, stmt, done)
+        for defs in s.locals.values():
+            defs.sort(key=lambda d: (d.tok.line, d.tok.column))
         self._classify(s, done)
 
     def _add_local(self, s: ItemScope, d: Def, j: int, done: set[int]) -> None:
@@ -260,11 +263,11 @@ class FileIndex:
     def resolve(self, name: str, scope: ItemScope | None, at: Tok | None = None) -> Def | None:
         """What ``name`` means inside ``scope`` (None: at top level) at token ``at``."""
         if scope is not None and name in scope.locals:
-            defs = scope.locals[name]
+            defs = scope.locals[name]  # in source order
             if at is None:
                 return defs[0]
-            before = [d for d in defs if (d.tok.line, d.tok.column) <= (at.line, at.column)]
-            return before[-1] if before else defs[0]
+            k = bisect_right(defs, (at.line, at.column), key=lambda d: (d.tok.line, d.tok.column))
+            return defs[k - 1] if k else defs[0]
         if self._visible is None:
             self._visible = self.visible()
         return self._visible.get(name)  # None: an op, a builtin or a bare word
