@@ -97,6 +97,7 @@ class ModuleCache:
         self.entries: dict[str, tuple[dict[str, str], dict[str, Module]]] = {}  # import target -> (texts, modules)
         self.indexes: dict[str, tuple[str, FileIndex | None]] = {}  # path -> (text, index)
         self.pieces = PieceCache()  # the open documents' items, parsed
+        self.networks: dict[tuple[str, str], tuple] = {}  # (file, network) -> (key, names used, replay)
 
     def modules_for(self, target: str, sources: Sources) -> dict[str, Module] | None:
         entry = self.entries.get(target)
@@ -141,6 +142,9 @@ class Analysis:
     networks: list[NetworkResult] = field(default_factory=list)
     modules: dict[str, Module] = field(default_factory=dict)
     module: Module | None = None  # this file, loaded
+    notes_of_last: Notes = field(default_factory=Notes)  # what the last network elaborated recorded
+    ops_of_last: dict[tuple, list[OpNote]] = field(default_factory=dict)
+    import_texts: dict[str, str] = field(default_factory=dict)  # every imported file read, and its text
     clean_parse: bool = False  # parsed without a syntax error (no item blanked out)
 
 
@@ -163,8 +167,59 @@ def analyze(path: str, text: str, sources: Sources, cache: ModuleCache) -> Analy
     if a.module is None:
         return a
     for net in a.program.networks():
-        _elaborate_network(a, net, sources, failed, imports_ok)
+        key = _network_key(a, net, failed, imports_ok)
+        hit = cache.networks.get((path, net.name))
+        if hit is not None and hit[0] is not None and hit[0] == key(hit[1]):
+            _replay(a, hit[2])
+            continue
+        before = len(a.problems), len(a.networks)
+        used = _elaborate_network(a, net, sources, failed, imports_ok)
+        cache.networks[(path, net.name)] = (key(used), used, _Replay(a, before))
     return a
+
+
+class _Replay:
+    """What elaborating one network added to an analysis, to add again while nothing it read changed."""
+
+    def __init__(self, a: Analysis, before: tuple[int, int]) -> None:
+        self.problems = a.problems[before[0]:]
+        self.networks = a.networks[before[1]:]
+        self.notes = a.notes_of_last  # set by _elaborate_network
+        self.ops = a.ops_of_last
+
+
+def _replay(a: Analysis, r: _Replay) -> None:
+    a.problems += r.problems
+    a.networks += r.networks
+    a.notes.merge(r.notes)
+    for k, v in r.ops.items():
+        a.ops.setdefault(k, []).extend(v)
+
+
+def _network_key(a: Analysis, net: ast.NetworkDef, failed: set[str], imports_ok: bool):
+    """A function of the names a network used -> everything its elaboration depends on: the text and
+    first line of the network and of every item of this file it looked up, all constants of the file
+    (they are evaluated on load), the imported modules (cached objects, replaced when their text changes),
+    and what the error reporting depends on."""
+    lines = a.text.split("\n")
+    items = {getattr(it, "name", None): it for it in a.program.items} if a.program else {}
+
+    def text_of(item) -> tuple[int, str]:
+        start = item.span.line
+        end = item.span.end_line if item.span.end_line else len(lines) + 1
+        return start, "\n".join(lines[start - 1:max(start, end - 1)])
+
+    consts = tuple(text_of(it) for it in items.values() if isinstance(it, ast.ConstDef))
+    imports = tuple(sorted(a.import_texts.items()))
+
+    def key(used: set[tuple[str, str]] | None):
+        if used is None:
+            return None
+        # a name looked up and not found here must stay not found: a new definition changes the result
+        mine = tuple(sorted((n, text_of(items[n]) if n in items else None) for f, n in used if f == a.path))
+        return (text_of(net), mine, consts, imports, tuple(sorted(failed)), imports_ok)
+
+    return key
 
 
 # ---- parsing -------------------------------------------------------------------------------
@@ -243,6 +298,7 @@ def _load_recovering(a: Analysis, sources: Sources, cache: ModuleCache, failed: 
         cached = cache.modules_for(target, sources)
         if cached is not None:
             a.modules.update(cached)
+            a.import_texts.update(cache.entries[target][0])
             continue
         reads: dict[str, str] = {}
         el = _elaborator(sources, a.modules, reads)
@@ -253,12 +309,14 @@ def _load_recovering(a: Analysis, sources: Sources, cache: ModuleCache, failed: 
             imports_ok = False
             continue
         except ConvDSLError as err:
+            a.import_texts.update(reads)
             _report(a, err, imp.span, failed, True)
             items.remove(imp)
             imports_ok = False
             continue
         loaded = {p: m for p, m in el.modules.items() if p != a.path}
         cache.entries[target] = (reads, loaded)
+        a.import_texts.update(reads)
         a.modules.update(loaded)
     for _ in range(len(items) + 1):
         el = _elaborator(sources, a.modules)
@@ -290,32 +348,44 @@ def _item_of(err: ConvDSLError, items: list, path: str):
 
 
 # ---- networks ------------------------------------------------------------------------------
-def _elaborate_network(a: Analysis, net: ast.NetworkDef, sources: Sources, failed: set[str], imports_ok: bool) -> None:
+def _elaborate_network(a: Analysis, net: ast.NetworkDef, sources: Sources, failed: set[str],
+                       imports_ok: bool) -> set[tuple[str, str]] | None:
+    """Elaborate one network into ``a``; returns the top-level names it looked up (None: do not cache)."""
     el = _elaborator(sources, a.modules)
     assert a.module is not None
+    a.notes_of_last, a.ops_of_last = el.notes, {}
     try:
         g = el.elaborate_network(a.module, net)
     except RecursionError:
         a.problems.append(Problem(a.path, net.span or Span(a.path, 1, 1),
                                   ConvDSLError("program nests too deeply to elaborate")))
-        return
+        return None
     except ConvDSLError as err:
         _report(a, err, net.span, failed, imports_ok)
+        _note_ops(a, el, {})  # what was built before the error still shows its types
         a.notes.merge(el.notes)
-        return
+        return el.used
     rows = layer_stats(g)
     by_id = {r.name: r for r in rows}
     for inst in el.notes.instances:
         inst.params = sum(by_id[n].params for n in inst.nodes if n in by_id)
         inst.macs = sum(by_id[n].macs for n in inst.nodes if n in by_id)
-    for key, ids in el.notes.op_nodes.items():
-        for nid in ids:
-            node = g.node(nid)
-            r = by_id.get(nid)
-            a.ops.setdefault(key, []).append(OpNote(nid, node.op, list(node.types), r.params if r else 0,
-                                                    r.macs if r else 0))
+    _note_ops(a, el, by_id)
     a.notes.merge(el.notes)
     a.networks.append(NetworkResult(net.name, g, rows, totals(rows)))
+    return el.used
+
+
+def _note_ops(a: Analysis, el: RecordingElaborator, by_id: dict[str, LayerStat]) -> None:
+    for key, ids in el.notes.op_nodes.items():
+        for nid in ids:
+            if nid not in el.graph:
+                continue
+            node = el.graph.node(nid)
+            r = by_id.get(nid)
+            note = OpNote(nid, node.op, list(node.types), r.params if r else 0, r.macs if r else 0)
+            a.ops.setdefault(key, []).append(note)
+            a.ops_of_last.setdefault(key, []).append(note)
 
 
 # ---- errors --------------------------------------------------------------------------------

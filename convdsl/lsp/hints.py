@@ -63,7 +63,7 @@ def _network(view: FileView, net: ast.NetworkDef, out: list) -> None:
 
 
 def _block(view: FileView, block: ast.BlockDef, out: list) -> None:
-    instances = view.instances_of(block)
+    instances = [i for i in view.instances_of(block) if i.params is not None]  # in networks that elaborated
     where = _header_end(view, block)
     if not instances or where is None:
         return

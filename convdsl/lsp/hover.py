@@ -169,6 +169,7 @@ def _instances(home: FileView, here: FileView, block: ast.BlockDef, occ: Occurre
     if not insts:
         insts = home.instances_of(block)
         what = "all instances"
+    insts = [i for i in insts if i.params is not None]  # in networks that elaborated
     if not insts:
         return ""
     total = cost_text(sum(i.params for i in insts), sum(i.macs for i in insts))

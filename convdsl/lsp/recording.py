@@ -41,8 +41,8 @@ class Instance:
     scope: str = ""  # instance path, e.g. "layer1.0"
     inputs: list[TensorType] = field(default_factory=list)
     outputs: list[TensorType] = field(default_factory=list)
-    params: int = 0  # filled from the statistics of its nodes once the network is elaborated
-    macs: int = 0
+    params: int | None = None  # from the statistics of its nodes, once its network elaborated without error
+    macs: int | None = None
 
 
 @dataclass
@@ -83,6 +83,12 @@ class RecordingElaborator(Elaborator):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.notes = Notes()
+        self.used: set[tuple[str, str]] = set()  # (module path, name): top-level names the program looked up
+
+    def lookup(self, name: str, frame) -> Any:
+        if name not in frame.locals:
+            self.used.add((frame.module.path, name))
+        return super().lookup(name, frame)
 
     def assign(self, targets: list[str], value: Any, frame, span: Span | None) -> None:
         super().assign(targets, value, frame, span)

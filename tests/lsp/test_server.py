@@ -301,3 +301,26 @@ def test_rename_a_block_and_a_value_within_the_file(session):
     a, b = elaborate(code, str(BLOCKS)), elaborate(orig, str(BLOCKS))
     assert a.output_types() == b.output_types() and a.params.count() == b.params.count()
     assert session.prepare_rename(uri, *find(text, "conv2d")) is None  # an op is not renamed
+
+
+def test_networks_are_elaborated_again_when_what_they_use_changes(tmp_path, session):
+    """Unchanged networks are reused between edits; a change to a block one uses, or a new definition
+    of a name it looked up, elaborates it again."""
+    text = ("block a(c) = conv2d(c, 3, pad=1)\nblock b(c) = conv2d(c, 1)\n\n"
+            "network one(x: f32[1, 3, 8, 8]) {\n    return x | a(4)\n}\n\n"
+            "network two(x: f32[1, 3, 8, 8]) {\n    return x | b(4) | c\n}\n")
+    uri = session.open(tmp_path / "reuse.cdl", text)
+    (d,) = session.diagnostics(uri, session.versions[uri])
+    assert "unknown name 'c'" in d.message
+
+    def header_hints():  # network headers are lines 3 and 7
+        return {h.position.line: h.label for h in session.hints(uri) if h.position.line in (3, 7)}
+
+    one = "112 params · 6.91 KMACs"  # conv 3x3, 3 -> 4 channels on 8x8: 4*3*9 + 4 params, 4*3*9*64 MACs
+    assert header_hints() == {3: one}  # 'two' fails: no totals
+    v = session.change(uri, text + "\nblock c() = relu\n")  # 'two' unchanged, but the name it missed exists now
+    assert session.diagnostics(uri, v) == []
+    assert header_hints() == {3: one, 7: "16 params · 768 MACs"}  # 4*3 + 4 params, 4*3*64 MACs
+    v = session.change(uri, text.replace("conv2d(c, 1)", "conv2d(c, 1, bias=false)") + "\nblock c() = relu\n")
+    assert session.diagnostics(uri, v) == []
+    assert header_hints() == {3: one, 7: "12 params · 768 MACs"}  # the block 'two' uses changed
