@@ -36,7 +36,7 @@ from convdsl.lang.parser import parse
 from convdsl.lang.source import read_source
 from convdsl.lsp.chunks import PieceCache
 from convdsl.lsp.index import FileIndex
-from convdsl.lsp.recording import Notes, RecordingElaborator, call_sites, pos
+from convdsl.lsp.recording import Notes, RecordingElaborator, call_sites
 from convdsl.lsp.tokens import Tok, lex
 
 MAX_SYNTAX_ERRORS = 8  # reparses after syntax errors, per analysis
@@ -421,10 +421,3 @@ def short_path(file: str, relative_to: str) -> str:
     except ValueError:
         return file
 
-
-# ---- lookups for the features -----------------------------------------------------------------
-def node_types(a: Analysis, key: tuple) -> list[OpNote]:
-    return a.ops.get(key, [])
-
-
-__all__ = ["Analysis", "ModuleCache", "NetworkResult", "OpNote", "Problem", "Sources", "analyze", "pos"]

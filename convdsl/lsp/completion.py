@@ -142,11 +142,11 @@ def _names(index: FileIndex | None, scope) -> list[lsp.CompletionItem]:
                 seen.add(name)
                 out.append(_def_item(d))
     for name, op in OPS.items():
+        doc = f"```cdl\n{op_signature(op)}\n```\n\n" + (f"example: `{op.example}`" if op.example else "")
         out.append(lsp.CompletionItem(
-            label=name, kind=lsp.CompletionItemKind.Function, detail=op_signature(op),
-            documentation=lsp.MarkupContent(lsp.MarkupKind.Markdown, op.doc + (f"\n\nexample: `{op.example}`"
-                                                                              if op.example else "")),
-            sort_text=f"2{name}"))
+            label=name, kind=lsp.CompletionItemKind.Function, detail=op.doc or op_signature(op),
+            label_details=lsp.CompletionItemLabelDetails(description=op.group),
+            documentation=lsp.MarkupContent(lsp.MarkupKind.Markdown, doc), sort_text=f"2{name}"))
     for name, b in BUILTINS.items():
         out.append(lsp.CompletionItem(label=name, kind=lsp.CompletionItemKind.Function, detail=b.usage,
                                       sort_text=f"3{name}"))

@@ -18,6 +18,7 @@ import pytest
 from lsprotocol import types as lsp
 from pygls.uris import from_fs_path
 
+from convdsl.ir.ops import OPS
 from convdsl.ir.stats import human_count
 from tests.lsp.session import Session, apply_edits
 
@@ -212,7 +213,9 @@ def test_completion_of_keyword_arguments_and_words(session):
     assert items["groups="].detail == "groups=1"
     assert "out=" in items and "k=" in items  # given positionally, still offered (the server does not guess)
     assert items["stride="].sort_text < items["relu"].sort_text
-    assert items["conv2d"].detail.startswith("conv2d(out=none") and "basic" in items and "bottleneck" in items
+    assert items["conv2d"].detail == OPS["conv2d"].doc  # the op table's doc
+    assert "conv2d(out=none, k=3" in items["conv2d"].documentation.value
+    assert "basic" in items and "bottleneck" in items  # blocks of the imported file
     assert items["x"].kind == items["y"].kind == lsp.CompletionItemKind.Variable
     v = session.change(uri, code.replace("conv2d(16, 3, ", "conv2d(16, 3, stride=2, pad="))
     session.diagnostics(uri, v)
