@@ -109,7 +109,7 @@ def _conv_access(b, variables, detect) -> str:
     """``s{sh}x{sw}d{dh}x{dw}`` from the data read ``x[..., y*sh + ry*dh, x*sw + rx*dw, ...]``."""
     y, x = variables[2], variables[3]  # (n, c, y, x, ...) in every conv template
     red = [v for v, iv in zip(variables, b.iter_vars) if int(iv.iter_type) == 2]
-    ry, rx = (red[1], red[2]) if len(red) == 4 else (red[0], red[1])  # (ic, kh, kw, ic) or (kh, kw)
+    ry, rx = (red[1], red[2]) if len(red) >= 4 else (red[0], red[1])  # (ic, kh, kw, ic[, pair]) or (kh, kw)
     for region in b.reads:
         mins = [r.min for r in region.region]
         if len(mins) < 4:
