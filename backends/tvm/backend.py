@@ -227,7 +227,9 @@ def load(folder: str | os.PathLike, manifest: dict[str, Any] | None = None):
     from convdsl.artifact import read_manifest
 
     from convdsl.backends.tvm.runtime import Runner
+    from convdsl.backends.tvm.targets import configure_thread_pool
 
+    configure_thread_pool()
     manifest = manifest or read_manifest(folder)
     check_artifact(folder, manifest)  # first: a CUDA artifact on a machine without a GPU is a clear error
     ensure_device_runtime(manifest.get("tvm", {}).get("target", {}).get("kind", "llvm"))

@@ -41,6 +41,22 @@ FEATURE_FLAGS = {"+avx512bf16": "avx512_bf16", "+amx-tile": "amx_tile", "+amx-bf
 PRECISIONS = ("f32", "bf16", "int8")
 
 
+# TVM's CPU thread pool, unless the user set these: workers not pinned to cores, and no spinning
+# while idle.  Pinned, spinning workers are what made tvm-llvm collapse when another process
+# used a core (benchmarks/contention.py: ResNet-18 on the shared 2-core machine 169 -> 39 ms,
+# and 640 -> 233 ms with one more busy process); the pool reads them when it starts.
+THREAD_POOL_DEFAULTS = {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
+
+
+def configure_thread_pool() -> None:
+    """Apply THREAD_POOL_DEFAULTS to this process where the environment does not set them (before
+    TVM's thread pool first runs: building a network already runs kernels, for constant folding)."""
+    import os
+
+    for key, value in THREAD_POOL_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     try:
@@ -185,6 +201,7 @@ def make_target(backend: str, *, target_json: str | dict | None = None, arch: st
                 precision: str = "f32") -> TargetSpec:
     """The target of ``backend`` on this machine, or as given by ``target_json`` / ``arch``; the host
     target gets the LLVM features ``precision`` needs (bf16: ``+avx512bf16``)."""
+    configure_thread_pool()
     if backend not in TARGET_BACKENDS:
         from convdsl.errors import did_you_mean
 
