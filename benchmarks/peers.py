@@ -451,11 +451,12 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
     return "\n".join(lines)
 
 
-def write_doc(section: str) -> None:
+def write_doc(section: str, heading: str = HEADING) -> None:
+    """Replace the ``heading`` section of docs/benchmarks.md (or append it)."""
     text = DOC.read_text()
-    if HEADING in text:
-        start = text.index(HEADING)
-        nxt = text.find("\n## ", start + len(HEADING))
+    if heading in text:
+        start = text.index(heading)
+        nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "\n")
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
