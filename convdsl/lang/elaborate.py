@@ -175,7 +175,7 @@ class Elaborator:
                 line, column, what = bad_byte(e)
                 raise CDLNameError(f"cannot import {item.path!r}: not UTF-8 text ({what} at {key}:{line}:{column})",
                                    item.span, expected="a .cdl source file in UTF-8") from None
-            self.load_module(self._parse_import(text, key, item), key)
+            self.load_module(parse(text, key) if key.endswith(".cdl") else self._parse_import(text, key, item), key)
         imported = self.modules[key]
         if item.alias:
             mod.names[item.alias] = Namespace(item.alias, imported.names)
@@ -186,9 +186,11 @@ class Elaborator:
                     mod.names.setdefault(name, value)
 
     def _parse_import(self, text: str, key: str, item: ast.Import) -> ast.Program:
-        """Parse an imported file.  It may be any file on the machine (``import "/etc/passwd"``):
-        until it has parsed as CDL, an error shows neither its lines nor the tokens it found,
-        only where the problem is and what CDL expected there."""
+        """Parse an imported file that is not named ``*.cdl`` (its real path, links resolved): it
+        may be any file on the machine (``import "/etc/passwd"``, ``/proc/self/environ``), so
+        until it has parsed as CDL an error shows neither its lines nor the tokens it found, only
+        where the problem is and what CDL expected there.  A ``.cdl`` file is a CDL source and
+        its errors show its lines, as the main file's do."""
         try:
             return parse(text, key, show_lines=False)
         except ConvDSLError as err:

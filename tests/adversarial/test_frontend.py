@@ -121,10 +121,15 @@ def corpus(d) -> dict[str, Spec]:
     if os.path.exists("/proc/cpuinfo"):
         f = importer("imp_cpuinfo.cdl", "/proc/cpuinfo")
         add("import-proc-cpuinfo-not-echoed", Case("check", f), 3, (f, 1, 1), absent=("processor", "vendor_id"))
-    # a CDL library with a mistake: located in the library once it parsed, with its line
-    bad_lib = write("bad_lib.cdl", "block cb(c) = conv2d(c, 3) | rleu\n")
-    uses_bad = write("uses_bad_lib.cdl", 'import "bad_lib.cdl"\n' + body("  return x | cb(4)"))
-    add("import-cdl-error-shows-its-line", Case("check", uses_bad), 4, (bad_lib, 1, 30), mentions="rleu")
+    # a file named *.cdl is a CDL source: its errors show its lines, as the main file's do
+    typo_lib = write("typo_lib.cdl", "block cb(c) = conv2d(c 3) | relu\n")
+    uses_typo = write("uses_typo_lib.cdl", 'import "typo_lib.cdl"\n' + body("  return x | cb(4)"))
+    add("import-cdl-syntax-error-shows-its-line", Case("check", uses_typo), 3, (typo_lib, 1, 24), mentions="conv2d(c 3)")
+    # ... and so does any other file once it has parsed as CDL
+    bad_lib = write("bad_lib.txt", "block cb(c) = conv2d(c, 3) | rleu\n")
+    uses_bad = write("uses_bad_lib.cdl", 'import "bad_lib.txt"\n' + body("  return x | cb(4)"))
+    add("import-parsed-file-error-shows-its-line", Case("check", uses_bad), 4, (bad_lib, 1, 30),
+        mentions="conv2d(c, 3) | rleu")
 
     # imports nested 70 files deep, and 5,000 imports of one file
     for i in range(70):
