@@ -90,7 +90,7 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
         text = read_space_file(space)
         refs = [{"name": Path(r).stem, "file": str(Path(r)), "text": read_space_file(r)} for r in references]
         config = SearchConfig(
-            space_file=str(Path(space)), space_text=text, network=network, strategy=strategy, budget=budget or 60,
+            space_file=str(Path(space)), space_text=text, network=network, strategy=strategy, budget=60 if budget is None else budget,
             seed=seed, objective=tuple(o.strip() for o in objective.split(",") if o.strip()), data=data,
             val_fraction=val_fraction, split_seed=split_seed, epochs=epochs, seeds=seeds, batch_size=batch_size, lr=lr,
             optimizer=optimizer, weight_decay=weight_decay, backend=backend, latency_batch=latency_batch,

@@ -26,16 +26,17 @@ from convdsl.search.files import remove_stale_temporaries
 from convdsl.search.history import HistoryError, short
 from convdsl.search.space import Rejected, SearchSpace
 from convdsl.search.store import Store, write_weights
+from convdsl.train.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
 
 MAX_ATTEMPTS = 3  # a candidate whose worker died this often is marked failed
 
 # bounds of the numeric settings (the command line and a stored history are held to the same);
 # (low, high), inclusive
 LIMITS: dict[str, tuple[int | float, int | float]] = {
-    "budget": (1, 1_000_000), "epochs": (1, 10_000), "seeds": (1, 1_000), "batch_size": (1, 65_536),
+    "budget": (1, 1_000_000), "epochs": (1, MAX_EPOCHS), "seeds": (1, 1_000), "batch_size": (1, MAX_BATCH_SIZE),
     "latency_batch": (1, 4_096), "population": (1, 100_000), "sample": (1, 100_000), "lag": (0, 4_096),
-    "seed": (0, 2**63 - 1), "split_seed": (0, 2**63 - 1), "max_params": (1, 2**62),
-    "weight_decay": (0.0, 1e6), "lr": (1e-12, 1e6),
+    "seed": (0, MAX_SEED), "split_seed": (0, MAX_SEED), "max_params": (1, 2**62),
+    "weight_decay": (0.0, MAX_WEIGHT_DECAY), "lr": (1e-12, MAX_LR),
 }
 
 
@@ -178,15 +179,17 @@ class Search:
         self.folder = folder
         self.store = store
         self.config = config
-        from convdsl.train import OPTIMIZERS, check_fits, load_dataset
+        from convdsl.train import check_fits, load_dataset
 
-        if config.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer '{config.optimizer}'", hint=" or ".join(OPTIMIZERS))
         self.dataset = load_dataset(config.data, seed=config.split_seed, val_fraction=config.val_fraction)
         self.space = SearchSpace(config.space_text, config.space_file, config.network, config.sources,
                                  config.max_params, fits=lambda g: check_fits(g, self.dataset))
         self.strategy: Strategy = make_strategy(config.strategy, self.space, config.seed, config.objective,
                                                 config.population, config.sample, config.lag)
+        from convdsl.train import OPTIMIZERS  # the trainer, and torch
+
+        if config.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer '{config.optimizer}'", hint=" or ".join(OPTIMIZERS))
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -195,6 +198,7 @@ class Search:
         whole (configuration and references in one transaction, ``Store.create``)."""
         config.validate()
         folder = Path(folder)
+        Store.check_free(folder)
         probe = SearchSpace(config.space_text, config.space_file, config.network, max_params=None)
         config.sources = dict(probe.sources)  # imported files travel with the history (and to workers)
         config.network = probe.network
@@ -211,6 +215,7 @@ class Search:
         store = Store(folder, lock=True)
         try:
             config = SearchConfig.from_history(store)
+            store.check_rows()
             budget = overrides.get("budget")
             if budget is not None:
                 proposed = store.count()

@@ -212,6 +212,18 @@ class Store:
             raise
         return store
 
+    @staticmethod
+    def check_free(folder: str | os.PathLike) -> None:
+        """Refuse at once a folder that holds a search or that a search is running on (``create``
+        checks again under the lock: this only spares loading data and torch to learn it)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            return
+        os.close(take_lock(folder))
+        path = folder / DB_NAME
+        if os.path.lexists(path) and classify(path) == "complete":
+            raise HistoryError(f"{folder} already holds a search", hint=f"continue it: convdsl search --resume {folder}")
+
     def _connect(self) -> None:
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)  # explicit transactions
@@ -368,6 +380,13 @@ class Store:
             counts = out.setdefault(r["operator"] or "sample", {})
             counts[r["reason"]] = counts.get(r["reason"], 0) + 1
         return out
+
+    def check_rows(self) -> None:
+        """Read every row once (each is checked as it is read): a damaged history is refused
+        before a search resumes on it, not halfway."""
+        self.rows()
+        self.events()
+        self.rejected()
 
     def integrity(self) -> str:
         return self._q("PRAGMA integrity_check")[0][0]

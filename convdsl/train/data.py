@@ -218,13 +218,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"dataset file {path} does not exist") from None
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise DataError(f"{path} is not a regular file", hint=_NPZ_HINT)
+    if st.st_size > MAX_DATA_BYTES + 2**20:
+        os.close(fd)
+        raise DataError(f"{path} is {st.st_size:,} bytes, more than the {MAX_DATA_BYTES >> 30} GiB a dataset may take")
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise DataError(f"{path} is not a regular file", hint=_NPZ_HINT)
-        if st.st_size > MAX_DATA_BYTES + 2**20:
-            raise DataError(f"{path} is {st.st_size:,} bytes, more than the {MAX_DATA_BYTES >> 30} GiB a dataset may take")
-        os.set_blocking(f.fileno(), True)
         try:
             head = f.read(6)
             if head.startswith(b"\x93NUMPY"):
