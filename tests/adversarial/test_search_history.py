@@ -4,7 +4,9 @@ bounded time and memory), and leave the history exactly as it was.  Links plante
 folder are never written through.
 
 The history damaged here is a real one (a search run in-process with made-up metrics, so no
-training), copied for each case."""
+training), copied for each case.  Every damage goes through the library (``Search.open`` and a
+run, ``write_report``, ``compare``); a fresh process of each command under the harness's caps
+runs one damage of each kind in CI and every damage with HYPOTHESIS_PROFILE=thorough."""
 from __future__ import annotations
 
 import hashlib
@@ -25,6 +27,7 @@ from tests.search.fakes import FakeExecutor
 from tests.search.spaces import TINY
 
 DB = "search.sqlite"
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +133,15 @@ DAMAGE = {
 }
 
 
-# search-report reads what --resume reads: one damage of each kind is enough for it (in CI time)
-REPORTED = ("random bytes", "truncated", "zero bytes", "foreign database", "configuration key missing",
-            "accuracy as text", "selection not JSON", "event detail not JSON", "a FIFO named search.sqlite")
-CASES = [(name, "resume") for name in DAMAGE] + [(name, "report") for name in REPORTED]
+# one damage of each kind for each command in CI time; every damage through both when thorough
+RESUMED = ("random bytes", "truncated", "zero bytes", "foreign database", "newer schema", "configuration not JSON",
+           "configuration nested 100000 deep", "configuration budget 10^30", "accuracy as text",
+           "epoch history nested deep", "program as bytes", "event detail not JSON", "a FIFO named search.sqlite",
+           "a link to /dev/zero")
+REPORTED = ("random bytes", "truncated", "configuration key missing", "selection not JSON", "rejected reason a blob",
+            "a FIFO named search.sqlite")
+CASES = [(name, "resume") for name in DAMAGE if THOROUGH or name in RESUMED] + \
+        [(name, "report") for name in DAMAGE if THOROUGH or name in REPORTED]
 
 
 @pytest.mark.parametrize("name, command", CASES)

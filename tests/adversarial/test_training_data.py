@@ -2,7 +2,11 @@
 allocating it (exit 2, no traceback, under a memory cap and a time limit, nothing written):
 unbounded dataset options, odd option strings, and .npz files an attacker would hand over (pipes,
 devices, zip bombs, pickles, labels that wrap negative, non-finite or non-numeric features,
-shapes that do not match, splits that come out empty)."""
+shapes that do not match, splits that come out empty).
+
+Every input is refused in-process (``load_dataset`` raises a DataError, exit code 2); a fresh
+`convdsl train` process under the harness's caps runs one input of each kind in CI and every
+input with HYPOTHESIS_PROFILE=thorough (each process start costs ~0.8 s of CPU)."""
 from __future__ import annotations
 
 import io
@@ -14,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from convdsl.train import DataError, load_dataset
 from tests.adversarial.harness import assert_only_changed, assert_refused, run_cli, tree_state
+
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+
+
+def _cli(names, every):
+    """The cases run as a `convdsl train` process: ``every`` in the thorough profile, else ``names``."""
+    return list(every) if THOROUGH else [n for n in every if n in names]
 
 NET = "network n(image: f32[N, 1, 8, 8], classes=10) {\n    return image | flatten | linear(classes)\n}\n"
 FAST = 20.0  # seconds: every refusal comes before any training (and before torch is imported)
@@ -57,19 +69,37 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("spec", list(SPECS), ids=lambda s: repr(s[:30]))
-def test_dataset_options_are_bounded_and_checked_before_generation(tmp_path, spec):
+def test_dataset_options_are_bounded_and_checked_before_generation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spec, says in SPECS.items():
+        with pytest.raises(DataError) as e:
+            load_dataset(spec)
+        assert e.value.exit_code == 2 and says in e.value.render() and len(e.value.render()) < 2_000, spec
+
+
+@pytest.mark.parametrize("spec", _cli({"mnist1d:samples=99999999999", "mnist1d:samples=" + "9" * 5000,
+                                       "mnist1d:samples=\uff11\uff12\uff13", "x" * 100_000}, SPECS),
+                         ids=lambda s: repr(s[:30]))
+def test_dataset_options_are_refused_by_the_command(tmp_path, spec):
     r = _train(tmp_path, spec)
     assert_refused(r, exit_code=2, mentions=SPECS[spec])
     assert len(r.output) < 2_000  # a huge value is not echoed whole
 
 
-@pytest.mark.parametrize("option, value, says", [
-    ("--val-fraction", "0", "validation fraction"), ("--val-fraction", "1", "validation fraction"),
-    ("--val-fraction", "nan", "validation fraction"), ("--val-fraction", "-inf", "validation fraction"),
-    ("--split-seed", "-1", "split seed"), ("--split-seed", str(2**64), "split seed"),
-])
-def test_split_settings_are_checked(tmp_path, option, value, says):
+SPLITS = [("--val-fraction", "0", "validation fraction"), ("--val-fraction", "1", "validation fraction"),
+          ("--val-fraction", "nan", "validation fraction"), ("--val-fraction", "-inf", "validation fraction"),
+          ("--split-seed", "-1", "split seed"), ("--split-seed", str(2**64), "split seed")]
+
+
+def test_split_settings_are_checked():
+    for option, value, says in SPLITS:
+        kw = {"val_fraction": float(value)} if option == "--val-fraction" else {"seed": int(value)}
+        with pytest.raises(DataError, match=says):
+            load_dataset("digits", **kw)
+
+
+@pytest.mark.parametrize("option, value, says", SPLITS if THOROUGH else [SPLITS[2], SPLITS[5]])
+def test_split_settings_are_refused_by_the_command(tmp_path, option, value, says):
     assert_refused(_train(tmp_path, "digits", option, value), exit_code=2, mentions=says)
 
 
@@ -162,8 +192,20 @@ NPZ = {
 }
 
 
-@pytest.mark.parametrize("name", list(NPZ))
-def test_a_hostile_npz_is_refused_before_it_is_read(tmp_path, name):
+def test_every_hostile_npz_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for k, (name, (make, says)) in enumerate(NPZ.items()):
+        (tmp_path / str(k)).mkdir()
+        spec = make(tmp_path / str(k) / "data.npz")
+        with pytest.raises(DataError) as e:
+            load_dataset(f"{k}/{spec}")
+        assert e.value.exit_code == 2 and says in e.value.render(), (name, e.value.render())
+
+
+@pytest.mark.parametrize("name", _cli({"a FIFO", "a link to /proc/self/environ", "a zip bomb header", "200 members",
+                                       "object arrays", "x of 1e300", "labels 2^63 (uint64)", "labels 1e300",
+                                       "one sample per class", "a folder"}, NPZ))
+def test_a_hostile_npz_is_refused_by_the_command(tmp_path, name):
     make, says = NPZ[name]
     spec = make(tmp_path / "data.npz")
     assert_refused(_train(tmp_path, spec), exit_code=2, mentions=says)
