@@ -10,7 +10,6 @@ against its column's type and meaning when it is read (``row_values``).  Anythin
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import stat
@@ -184,8 +183,8 @@ def row_values(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         for col in DONE_NEEDS:
             if out[col] is None:
                 raise bad(col, "is empty for a finished ('done') candidate")
-    if out["val_acc"] is not None and not math.isfinite(out["val_acc"]):
-        raise bad("val_acc", f"is {out['val_acc']}, expected a finite accuracy")
+    if out["val_acc"] is not None and not 0.0 <= out["val_acc"] <= 1.0:
+        raise bad("val_acc", f"is {out['val_acc']}, expected an accuracy from 0 to 1")
     out["selection"] = _json(out["selection"], lambda: bad("selection", "is not valid JSON"))
     if not isinstance(out["selection"], dict) or not all(isinstance(k, str) and _is(_INT, i)
                                                          for k, i in out["selection"].items()):

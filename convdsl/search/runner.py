@@ -224,6 +224,7 @@ class Search:
                 config.budget = budget
                 config.validate()
             s = cls(folder, config, store)
+            s._check_genotypes()
             if budget is not None:
                 store.set_meta(config=config.to_json())
         except BaseException:
@@ -231,6 +232,30 @@ class Search:
             raise
         remove_stale_temporaries(folder / "weights")
         return s
+
+    def _check_genotypes(self) -> None:
+        """Every stored candidate is a point of the space, as evolution will mutate it: its
+        program parses and its selection gives each of that program's choices an option it has."""
+        from convdsl.lang.parser import parse
+        from convdsl.search.space import choices_of
+
+        sizes: dict[str, dict[str, int]] = {}  # program text -> choice key -> options (mutants share texts)
+        for r in self.store.rows("kind = 'search'"):
+            if r.program not in sizes:
+                try:
+                    program = parse(r.program, self.config.space_file)
+                except ConvDSLError as e:
+                    raise HistoryError(f"{self.store.path}: candidate {r.id}: its stored program does not parse",
+                                       notes=[e.render()], hint="the file was left as it is: restore it from a copy") \
+                        from None
+                sizes[r.program] = {k: len(c.options) for k, c in choices_of(program).items()}
+            for key, n in sizes[r.program].items():
+                i = r.selection.get(key)
+                if i is None or not 0 <= i < n:
+                    what = f"has no option for choice '{key}'" if i is None else \
+                        f"gives choice '{key}' option {i}, which has {n} options"
+                    raise HistoryError(f"{self.store.path}: candidate {r.id}: its selection {what}",
+                                       hint="the file was left as it is: restore it from a copy")
 
     def _references(self) -> list[dict[str, Any]]:
         """Hand-written programs to compare with, trained and timed exactly as candidates are
