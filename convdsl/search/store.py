@@ -219,7 +219,8 @@ class Store:
         folder = Path(folder)
         if not folder.is_dir():
             return
-        os.close(take_lock(folder))
+        if os.path.lexists(folder / LOCK_NAME):  # nothing is created here: a refused search leaves no trace
+            os.close(take_lock(folder))
         path = folder / DB_NAME
         if os.path.lexists(path) and classify(path) == "complete":
             raise HistoryError(f"{folder} already holds a search", hint=f"continue it: convdsl search --resume {folder}")
@@ -318,7 +319,7 @@ class Store:
             cur = db.execute(
                 f"UPDATE candidates SET status = ?, finished = ?, worker = ?, error = ?, history = ?, {cols}"
                 " WHERE id = ? AND status = 'running'",
-                (status, time.time(), result.get("worker"), result.get("error"),
+                (status, time.time(), storable(result.get("worker")), storable(result.get("error")),
                  json.dumps(result.get("history")) if result.get("history") is not None else None, *vals, cid))
             return cur.rowcount == 1
 
@@ -402,18 +403,30 @@ def _insert(db: sqlite3.Connection, cid: int, *, program: str, selection: dict[s
     db.execute(
         "INSERT INTO candidates (id, kind, name, parent, operator, detail, program, selection, text, hash,"
         " graph_hash, active, status, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-        (cid, kind, name, parent, operator, detail, program, json.dumps(selection, sort_keys=True), text,
-         hash, graph_hash, json.dumps(active), now))
+        (cid, kind, storable(name), parent, storable(operator), storable(detail), program,
+         json.dumps(selection, sort_keys=True), text, hash, graph_hash, json.dumps(active), now))
     for r in rejected or []:
         db.execute("INSERT INTO rejected (candidate, parent, operator, reason, error, text, created)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (cid, r.get("parent"), r.get("operator"), r["reason"], r.get("error"), r.get("text"), now))
+                   (cid, r.get("parent"), storable(r.get("operator")), storable(r["reason"]), storable(r.get("error")),
+                    storable(r.get("text")), now))
     if cached is not None:
         cols = ", ".join(f"{m} = ?" for m in METRICS)
         db.execute(f"UPDATE candidates SET status = ?, cached_from = ?, finished = ?, started = ?,"
                    f" history = ?, error = ?, {cols} WHERE id = ?",
                    (cached.status, cached.id, now, now, json.dumps(cached.history), cached.error,
                     *[getattr(cached, m) for m in METRICS[:-1]], 0.0, cid))
+
+
+def storable(value: Any) -> Any:
+    """Text SQLite can store: a message that quotes a path with undecodable bytes (Python's lone
+    surrogates) keeps them as ``\\udcff`` escapes instead of failing the whole transaction."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def _build(path: Path, meta: dict[str, Any], candidates: list[dict[str, Any]]) -> None:
