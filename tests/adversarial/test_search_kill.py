@@ -10,7 +10,10 @@ report is written.  A search whose disk fills up (RLIMIT_FSIZE) stops with a cle
 error and resumes the same way."""
 from __future__ import annotations
 
+import os
 import resource
+
+import pytest
 
 from tests.adversarial.harness import assert_no_crash, assert_only_changed, assert_refused, run_cli, tree_state
 from tests.adversarial.searching import SEARCH_ARGS, candidates, kill_9, searches, space, wait_stopped  # noqa: F401
@@ -111,3 +114,15 @@ def test_a_full_disk_stops_the_search_cleanly_and_it_resumes(tmp_path, searches)
     rows = _finished_whole(tmp_path, budget)
     for cid, v in stored.items():
         assert rows[cid] == v
+
+
+@pytest.mark.skipif(os.environ.get("HYPOTHESIS_PROFILE") != "thorough", reason="starts a local Ray (~1 min): thorough")
+def test_kill_9_with_a_local_ray(tmp_path, searches):
+    """Ray's fate sharing kills its raylet, GCS and workers with the search; its two agents exit
+    by themselves about a minute later (Ray's shutdown), which the settle time allows for."""
+    pytest.importorskip("ray")
+    space(tmp_path)
+    proc, err = searches("tiny.cdl", "--out", "out", "--budget", "2", "--workers", "1", "--executor", "ray",
+                         *SEARCH_ARGS, cwd=tmp_path, stop_at="running:0")
+    wait_stopped(proc, err, "running:0", timeout=300)
+    assert kill_9(proc, settle=150) == []
