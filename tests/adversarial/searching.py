@@ -57,8 +57,9 @@ def searches():
             kill_session(proc)
 
 
-def wait_stopped(proc: subprocess.Popen, err: Path, point: str, timeout: float = 240.0) -> None:
-    """Until the search announces it is held at ``point``."""
+def wait_stopped(proc: subprocess.Popen, err: Path, point: str, timeout: float = 600.0) -> None:
+    """Until the search announces it is held at ``point`` (a few seconds on an idle machine; the
+    limit allows for a CI machine shared at load 30)."""
     mark = f"convdsl: stopped at {point} "
     deadline = time.monotonic() + timeout
     while mark not in err.read_text(errors="replace"):
