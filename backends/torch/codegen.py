@@ -168,7 +168,7 @@ def generate(graph: Graph) -> Generated:
         source=_display_path(graph.source_file),
         network=graph.name,
         n_params=graph.params.count(),
-        helpers=[inspect.getsource(HELPERS[h]).rstrip() for h in helpers],
+        helpers=[_helper_source(h) for h in helpers],
         class_name=class_name,
         signature=f"({sig_in}) -> {sig_out}",
         init_lines=init_lines or ["pass"],
@@ -177,6 +177,11 @@ def generate(graph: Graph) -> Generated:
         returns=returns,
     )
     return Generated(source, class_name, helpers)
+
+
+@lru_cache(maxsize=None)
+def _helper_source(name: str) -> str:
+    return inspect.getsource(HELPERS[name]).rstrip()  # inspect re-reads runtime.py on every call
 
 
 def _dtype_suffix(graph: Graph, node: Node) -> str:
