@@ -29,7 +29,7 @@ from convdsl.lang.limits import (DEFAULT_MAX_BYTES, MAX_BLOCK_DEPTH, MAX_INT_BIT
 from convdsl.lang.source import read_source
 from convdsl.lang.values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
 
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # fullmatch: "$" would let a final "\n" through
 
 
 class _Return(Exception):
@@ -526,7 +526,7 @@ class Elaborator:
                     raise CDLTypeError("label parts must be integers or strings", label.span, got=describe(v))
                 parts.append(str(v))
         text = "".join(parts)
-        if not _LABEL_RE.match(text):
+        if not _LABEL_RE.fullmatch(text):
             raise CDLNameError(f"bad instance name {text!r}", label.span,
                                expected="letters, digits and '_', dotted: conv1, layer1.0",
                                got=repr(text))
