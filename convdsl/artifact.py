@@ -1,5 +1,6 @@
 """Compiled artifacts: a folder with the backend's files, the weights, the
-network as flat CDL, and ``manifest.json``.
+network as flat CDL, and ``manifest.json``, written in a temporary sibling
+folder and moved into place when complete (``convdsl.outputs``).
 
 Running an artifact never executes code from the folder: the network is
 rebuilt from ``network.cdl`` and ``weights.safetensors`` (the generated
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +25,7 @@ from convdsl.ir.graph import Graph
 from convdsl.ir.printer import print_graph
 from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 from convdsl.ir.weights import save_weights
+from convdsl.outputs import staged_folder
 
 MANIFEST_VERSION = 1
 
@@ -51,17 +54,43 @@ def manifest_for(graph: Graph, backend: str, extra: dict[str, Any] | None = None
 
 
 def write_artifact(graph: Graph, out: str | os.PathLike, backend: str = "torch") -> list[str]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the artifact folder ``out`` all at once (replacing an earlier artifact there); the
+    names of its files."""
+    from safetensors import SafetensorError
+
     mod = backend_module(backend)
-    files = mod.write_artifact(graph, out)  # backend-specific files (model.py, lib.so, ...)
-    (out / "network.cdl").write_text(print_graph(graph, header=f"network {graph.name} as compiled by convdsl {__version__}"))
-    save_weights(graph, out / "weights.safetensors")
-    extra = getattr(mod, "manifest_extra", lambda g: {})(graph)
-    manifest = manifest_for(graph, backend, extra)
-    manifest["files"] = sorted(set(files) | {"network.cdl", "weights.safetensors", "manifest.json"})
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with staged_folder(out, replaceable=artifact_files) as tmp:
+        files = mod.write_artifact(graph, tmp)  # backend-specific files (model.py, lib.so, ...)
+        header = f"network {graph.name} as compiled by convdsl {__version__}"
+        (tmp / "network.cdl").write_text(print_graph(graph, header=header), encoding="utf-8")
+        try:
+            save_weights(graph, tmp / "weights.safetensors")
+        except SafetensorError as e:
+            raise UsageError(f"cannot write {os.fspath(out)}/weights.safetensors: {e}") from None
+        extra = getattr(mod, "manifest_extra", lambda g: {})(graph)
+        manifest = manifest_for(graph, str(backend), extra)
+        manifest["files"] = sorted(set(files) | {"network.cdl", "weights.safetensors", "manifest.json"})
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest["files"]
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def artifact_files(folder: Path) -> set[str] | None:
+    """The files an existing artifact folder may hold (those its manifest lists), or None when
+    ``folder`` does not look like one: what ``compile -o`` may replace."""
+    path = folder / "manifest.json"
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 1 << 20:
+            return None
+        files = json.loads(path.read_bytes().decode("utf-8")).get("files")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    names = set(files) if isinstance(files, (dict, list)) else set()
+    if not all(isinstance(n, str) and _FILE_NAME.fullmatch(n) for n in names):
+        return None
+    return names | {"manifest.json"}
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:

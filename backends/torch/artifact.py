@@ -12,7 +12,7 @@ from convdsl.backends.torch.codegen import build_module, generate
 
 def write_artifact(graph: Graph, out: Path) -> list[str]:
     """Backend files of a torch artifact: the standalone generated module."""
-    (out / "model.py").write_text(generate(graph).source)
+    (out / "model.py").write_text(generate(graph).source, encoding="utf-8")
     return ["model.py"]
 
 

@@ -105,7 +105,11 @@ class TVMBackend:
     # -- artifacts ------------------------------------------------------------------
     def write_artifact(self, graph: Graph, out: Path) -> list[str]:
         built = self.build(graph)
-        built.executable.export_library(str(Path(out) / LIBRARY))
+        try:
+            built.executable.export_library(str(Path(out) / LIBRARY))
+        except (RuntimeError, OSError) as e:  # TVM runs the C compiler: a full disk, a killed linker
+            raise UsageError(f"cannot write the compiled library {LIBRARY}: {str(e).strip().splitlines()[-1][:300]}",
+                             hint="is the disk full, or the output folder not writable?") from None
         self.library_sha256 = file_sha256(Path(out) / LIBRARY)
         return [LIBRARY]
 

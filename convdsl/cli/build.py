@@ -38,9 +38,14 @@ def _optimize(g, opt, passes):
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
 @optimize_options
 def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, out, weights, opt, passes):
-    """Compile FILE to an artifact folder (generated code, weights, manifest)."""
-    from convdsl.artifact import write_artifact
+    """Compile FILE to an artifact folder (generated code, weights, manifest).
 
+    The folder is written beside OUT and moved into place when complete; an existing OUT is
+    replaced only if it is an artifact folder (or empty)."""
+    from convdsl.artifact import artifact_files, write_artifact
+    from convdsl.outputs import output_folder
+
+    output_folder(out, artifact_files)  # refused now, not after building
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     g = _optimize(g, opt, passes)
     files = write_artifact(g, out, backend)
@@ -78,7 +83,29 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
         preview = ", ".join(f"{v:.4f}" for v in flat[:5])
         click.echo(f"  {name}: {list(arr.shape)} {arr.dtype} mean={arr.mean():.5f} std={arr.std():.5f} [{preview}{', ...' if flat.size > 5 else ''}]")
     if save:
-        import numpy as np
-
-        np.save(save, next(iter(result["outputs"].values())))
+        save_array(save, next(iter(result["outputs"].values())))
         click.echo(f"saved {save}")
+
+
+def save_array(path: str, arr) -> None:
+    """np.save to exactly ``path`` (no '.npy' added), written beside it and renamed into place."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from convdsl.outputs import current_umask
+
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, arr)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise UsageError(f"cannot save {path}: {e.strerror or e}") from None
