@@ -172,3 +172,9 @@ class UsageError(ConvDSLError):
 
     kind = "error"
     exit_code = 2
+
+
+class ArtifactError(UsageError):
+    """A compiled folder refused before anything in it is loaded: malformed, tampered, untrusted."""
+
+    kind = "artifact error"

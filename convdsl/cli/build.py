@@ -1,6 +1,8 @@
 """Commands that build and run: compile, run."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from convdsl.errors import UsageError
@@ -41,9 +43,12 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
     """Compile FILE to an artifact folder (generated code, weights, manifest).
 
     The folder is written beside OUT and moved into place when complete; an existing OUT is
-    replaced only if it is an artifact folder (or empty)."""
-    from convdsl.artifact import artifact_files, write_artifact
+    replaced only if it is an artifact folder (or empty).  The artifact's digest (the SHA-256 of
+    its manifest.json, which lists the SHA-256 of every file) is printed, and the folder is
+    signed with your artifact key (see `convdsl run --help`)."""
+    from convdsl.artifact import MANIFEST, artifact_files, file_hash, write_artifact
     from convdsl.outputs import output_folder
+    from convdsl.trust import SIGNATURE, key_path
 
     output_folder(out, artifact_files)  # refused now, not after building
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
@@ -52,21 +57,45 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
     click.echo(f"compiled {g.name} ({g.params.count():,} params) with backend {backend} -> {out}/")
     for f in files:
         click.echo(f"  {f}")
+    digest = file_hash(Path(out) / MANIFEST)
+    click.echo(f"artifact sha256: {digest}")
+    if SIGNATURE in files:
+        click.echo(f"signed with your artifact key ({key_path()})")
+    else:
+        click.echo("not signed (no artifact key could be made here): run it with --expect-sha256 " + digest)
 
 
-@main.command()
+RUN_HELP = """Run a compiled artifact folder (or a .cdl file) on inputs; print the outputs.
+
+\b
+Trust model of a folder (docs/artifacts.md), checked before anything in it is read or loaded:
+- manifest.json lists every file with its SHA-256; its own SHA-256 is the artifact digest,
+  printed by `convdsl compile`.  --expect-sha256 DIGEST refuses any other folder.
+- `compile` signs each folder with your artifact key ($CONVDSL_ARTIFACT_KEY, else
+  ~/.config/convdsl/artifact.key, made on first use, mode 0600); a folder signed with it
+  and changed afterwards is refused.
+- every listed file must be a regular file inside the folder (no '/', '..' or links) with the
+  listed size and SHA-256.
+- a TVM folder holds native code (lib.so): it is loaded only when pinned with --expect-sha256
+  or signed with your key, built by this TVM for this machine, and then from a private copy
+  of the checked bytes.  A torch folder holds no code that runs: the network is rebuilt from
+  network.cdl and weights.safetensors, never from model.py.
+"""
+
+
+@main.command(help=RUN_HELP)
 @click.argument("target", type=click.Path())
 @program_options
 @click.option("--backend", "-b", default="torch", show_default=True, help="Backend when TARGET is a .cdl file.")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Weights when TARGET is a .cdl file.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False), help="Input .npy file(s), in order.")
 @click.option("--batch", default=1, show_default=True, help="Batch size of generated inputs (symbolic dims).")
+@click.option("--expect-sha256", "expect_sha256", default=None, metavar="DIGEST",
+              help="Run the folder only if its artifact digest is DIGEST (as printed by convdsl compile).")
 @click.option("--save", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
 @optimize_options
-def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, save, opt, passes):
-    """Run a compiled artifact folder (or a .cdl file) on inputs; print the outputs."""
-    from pathlib import Path
-
+def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, expect_sha256, save,
+        opt, passes):
     from convdsl.artifact import run_artifact_or_program
 
     if (opt or passes) and Path(target).is_dir():
@@ -74,9 +103,14 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
                          hint="give the options to `convdsl compile` instead")
 
     result = run_artifact_or_program(target, backend=backend, weights=weights, inputs=list(inputs), batch=batch,
-                                     graph_loader=lambda: _optimize(
+                                     expect_sha256=expect_sha256, graph_loader=lambda: _optimize(
                                          _graph(target, network, sets, choose, bind, max_memory, seed, weights=weights),
                                          opt, passes))
+    art = result["artifact"]
+    if art is not None and art.trusted is None:
+        click.echo(f"note: {target} is not pinned, and {art.untrusted_because}: its files match its manifest, "
+                   "but nothing says who made it (no code from it runs: the network is rebuilt from network.cdl)",
+                   err=True)
     click.echo(f"ran {result['network']} on {result['backend']} in {result['ms']:.2f} ms")
     for name, arr in result["outputs"].items():
         flat = arr.reshape(-1)
