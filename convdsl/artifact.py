@@ -29,14 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
 from convdsl import __version__
 from convdsl.api import BACKENDS, backend_module
 from convdsl.errors import ArtifactError, ConvDSLError, UsageError
+from convdsl.inputs import make_inputs  # also imported from here by benchmarks and tests
 from convdsl.ir.graph import Graph
 from convdsl.ir.printer import print_graph
-from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 from convdsl.ir.weights import save_weights
 from convdsl.outputs import staged_folder
 from convdsl.trust import SIGNATURE, check_signature, digest_of, load_key, parse_digest, write_signature
@@ -325,14 +323,15 @@ def private_copy(art: Artifact, name: str) -> Iterator[Path]:
 def load_artifact_graph(folder: str | os.PathLike | Artifact, bind: dict[str, int] | None = None,
                         max_bytes: int | None = None, weights: bool = True) -> tuple[Graph, dict[str, Any]]:
     """The artifact's network (``network.cdl`` + ``weights.safetensors``) after ``open_artifact``'s
-    checks, with the sizes of ``bind`` for the memory checks."""
+    checks; with ``bind``, its inputs take those sizes as fixed dims (every shape rule and memory
+    check sees them)."""
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import load_weights
     from convdsl.lang.elaborate import DEFAULT_MAX_BYTES, Options, elaborate_file
 
     art = folder if isinstance(folder, Artifact) else open_artifact(folder)
     sizes = {**art.manifest["symbols"], **(bind or {})}
-    opts = Options(bind=sizes, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
+    opts = Options(bind=sizes, concrete=bind is not None, max_bytes=max_bytes or DEFAULT_MAX_BYTES)
     g = elaborate_file(art.path("network.cdl"), None, opts)
     if weights:
         load_weights(g, art.path("weights.safetensors"))
@@ -340,39 +339,22 @@ def load_artifact_graph(folder: str | os.PathLike | Artifact, bind: dict[str, in
 
 
 # ---- running --------------------------------------------------------------------------------
-def make_inputs(graph: Graph, batch: int = 1, seed: int = 0) -> list[np.ndarray]:
-    """Seeded random inputs with every symbolic dim set to ``batch``."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for t in graph.input_types():
-        shape = [bind_dim(d, {s: batch for s in graph.symbols}) for d in t.shape]
-        dtype = NUMPY_DTYPE.get(t.dtype, "float32")
-        if dtype.startswith("float"):
-            out.append(rng.standard_normal(shape).astype(dtype))
-        else:
-            out.append(rng.integers(0, 10, size=shape).astype(dtype))
-    return out
+GraphLoader = Callable[["dict[str, int] | None"], Graph]
 
 
-def load_inputs(paths: list[str], graph: Graph) -> list[np.ndarray]:
-    if len(paths) != len(graph.inputs):
-        raise UsageError(f"network {graph.name} takes {len(graph.inputs)} input(s), got {len(paths)} --input file(s)")
-    arrays = []
-    for p, t, name in zip(paths, graph.input_types(), graph.inputs):
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"cannot read {p} as a .npy array ({e})") from None
-        if arr.ndim != t.rank or any(isinstance(d, int) and d != s for d, s in zip(t.shape, arr.shape)):
-            raise UsageError(f"input '{name}' needs shape {t}, {p} has {list(arr.shape)}")
-        arrays.append(arr.astype(NUMPY_DTYPE.get(t.dtype, "float32"), copy=False))
-    return arrays
+def run_artifact_or_program(target: str, *, backend: str, inputs: list[str], batch: int | None,
+                            graph_loader: GraphLoader, bound: dict[str, int] | None = None,
+                            expect_sha256: str | None = None, max_bytes: int | None = None) -> dict[str, Any]:
+    """``convdsl run``: check the folder (or elaborate the file), find the sizes of the symbolic
+    dims (from the ``--input`` arrays, else ``--batch``, else as compiled), elaborate the network
+    again with its inputs fixed at those sizes (the elaborator's shape rules and memory checks,
+    before anything is allocated), then run it.  ``graph_loader(sizes)`` elaborates the .cdl file:
+    ``None`` for a first look at its inputs (no weights), sizes for the network that runs."""
+    from convdsl.inputs import load_inputs
+    from convdsl.lang.elaborate import DEFAULT_MAX_BYTES
 
-
-def run_artifact_or_program(target: str, *, backend: str, weights: str | None, inputs: list[str], batch: int,
-                            graph_loader: Callable[[], Graph], expect_sha256: str | None = None) -> dict[str, Any]:
-    """``convdsl run``: a folder passes ``open_artifact`` and its backend's ``check_artifact``
-    before anything in it is elaborated or loaded."""
+    max_bytes = max_bytes or DEFAULT_MAX_BYTES
+    bound = dict(bound or {})
     art = None
     if Path(target).is_dir():
         art = open_artifact(target, expect_sha256)
@@ -380,24 +362,35 @@ def run_artifact_or_program(target: str, *, backend: str, weights: str | None, i
         check = getattr(mod, "check_artifact", None)
         if check is not None:
             check(art)  # TVM: trusted, this TVM, this machine; torch: the files a torch folder has
-        graph, _ = load_artifact_graph(art)
-        backend = art.backend
+
+        def load(sizes):
+            return load_artifact_graph(art, sizes, max_bytes, weights=sizes is not None)[0]
     else:
         if expect_sha256 is not None:
             raise UsageError("--expect-sha256 checks a compiled folder; TARGET is a .cdl file")
-        graph = graph_loader()
-        mod = backend_module(backend)
-    arrays = load_inputs(inputs, graph) if inputs else make_inputs(graph, batch)
-    # a backend with compiled files (TVM's library) loads them, after its checks;
-    # the others rebuild the network from network.cdl
+        mod = None  # imported once the inputs are known good (torch takes seconds to import)
+        load = graph_loader
+    graph = load(None)
+    arrays = None
+    if inputs:
+        arrays, sizes = load_inputs(inputs, graph, max_bytes)
+        for s, n in sizes.items():
+            if s in bound and bound[s] != n:
+                raise UsageError(f"--bind {s}={bound[s]}, and the --input arrays have {s} = {n}",
+                                 hint="leave out --bind: the sizes come from the arrays")
+    else:
+        sizes = {s: (batch if batch is not None and s not in bound else v) for s, v in graph.symbols.items()}
+    graph = load(sizes)
+    arrays = arrays if arrays is not None else make_inputs(graph, None)
+    mod = mod or backend_module(backend)
     load_runner = getattr(mod, "load_runner", None)
-    runner = load_runner(art) if art is not None and load_runner else mod.runner(graph)
+    runner = load_runner(art) if art is not None and load_runner is not None else mod.runner(graph)
     runner(arrays)  # warm-up
     t0 = time.perf_counter()
     outs = runner(arrays)
     ms = (time.perf_counter() - t0) * 1e3
-    return {"network": graph.name, "backend": str(backend), "ms": ms, "outputs": dict(zip(graph.output_names, outs)),
-            "artifact": art}
+    return {"network": graph.name, "backend": art.backend if art else str(backend), "ms": ms,
+            "outputs": dict(zip(graph.output_names, outs)), "artifact": art}
 
 
 def file_hash(path: str | os.PathLike) -> str:

@@ -88,8 +88,10 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 @program_options
 @click.option("--backend", "-b", default="torch", show_default=True, help="Backend when TARGET is a .cdl file.")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Weights when TARGET is a .cdl file.")
-@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False), help="Input .npy file(s), in order.")
-@click.option("--batch", default=1, show_default=True, help="Batch size of generated inputs (symbolic dims).")
+@click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
+              help="Input .npy file(s), one per network input, in order; they give the sizes of symbolic dims.")
+@click.option("--batch", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="Size of every symbolic dim of generated inputs (default: 1, or as the folder was compiled).")
 @click.option("--expect-sha256", "expect_sha256", default=None, metavar="DIGEST",
               help="Run the folder only if its artifact digest is DIGEST (as printed by convdsl compile).")
 @click.option("--save", type=click.Path(dir_okay=False), help="Save the first output as .npy.")
@@ -97,15 +99,23 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, expect_sha256, save,
         opt, passes):
     from convdsl.artifact import run_artifact_or_program
+    from convdsl.cli.common import _bytes, _pairs
 
     if (opt or passes) and Path(target).is_dir():
         raise UsageError("--opt and --passes apply to a .cdl file; an artifact folder is already compiled",
                          hint="give the options to `convdsl compile` instead")
 
-    result = run_artifact_or_program(target, backend=backend, weights=weights, inputs=list(inputs), batch=batch,
-                                     expect_sha256=expect_sha256, graph_loader=lambda: _optimize(
-                                         _graph(target, network, sets, choose, bind, max_memory, seed, weights=weights),
-                                         opt, passes))
+    def load(sizes):
+        """The .cdl file's network: a first look (no weights, no passes), or at the sizes it runs at."""
+        if sizes is None:
+            return _graph(target, network, sets, choose, bind, max_memory, seed)
+        fixed = bind + tuple(f"{k}={v}" for k, v in sizes.items())
+        return _optimize(_graph(target, network, sets, choose, fixed, max_memory, seed, weights=weights,
+                                concrete=True), opt, passes)
+
+    result = run_artifact_or_program(target, backend=backend, inputs=list(inputs), batch=batch, graph_loader=load,
+                                     bound={k: int(v) for k, v in _pairs(bind, "--bind").items()},
+                                     expect_sha256=expect_sha256, max_bytes=_bytes(max_memory))
     art = result["artifact"]
     if art is not None and art.trusted is None:
         click.echo(f"note: {target} is not pinned, and {art.untrusted_because}: its files match its manifest, "

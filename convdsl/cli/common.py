@@ -67,14 +67,15 @@ def program_options(f):
     return f
 
 
-def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False):
+def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False, concrete=False):
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import load_weights
     from convdsl.lang.elaborate import DEFAULT_MAX_BYTES, Options, elaborate_file
 
     opts = Options(choices=_pairs(choose, "--choose") or None, overrides=_pairs(sets, "--set"),
                    bind={k: int(v) for k, v in _pairs(bind, "--bind").items()},
-                   max_bytes=_bytes(max_memory) or DEFAULT_MAX_BYTES, seed=seed, first_choice=first_choice)
+                   max_bytes=_bytes(max_memory) or DEFAULT_MAX_BYTES, seed=seed, first_choice=first_choice,
+                   concrete=concrete)
     g = elaborate_file(file, network, opts)
     if weights:
         load_weights(g, weights)

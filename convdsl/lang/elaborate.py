@@ -67,6 +67,7 @@ class Options:
     choices: Mapping[str, Any] | None = None  # choice key -> index (int) or value; "first" picks the first option
     overrides: Mapping[str, Any] = field(default_factory=dict)  # network hyper-parameters
     bind: Mapping[str, int] = field(default_factory=dict)  # concrete symbolic dims for size checks
+    concrete: bool = False  # inputs take the sizes in bind as fixed dims: every shape rule sees them (run on arrays)
     max_bytes: int = DEFAULT_MAX_BYTES
     seed: int = 0
     first_choice: bool = False
@@ -158,14 +159,15 @@ class Elaborator:
                                  hint=did_you_mean(k, known) or f"its parameters: {', '.join(sorted(known))}")
         for p in net.params:
             if isinstance(p, ast.InputParam):
-                t = TensorType(tuple(p.dims), p.dtype)
+                dims = tuple(self.opts.bind.get(d, d) if self.opts.concrete and isinstance(d, str) else d for d in p.dims)
+                t = TensorType(dims, p.dtype)
                 self._check_size(t, p.span, "input")
                 if p.name in g:
                     raise CDLNameError(f"input name '{p.name}' is already used by a node", p.span,
                                        hint="declare the inputs before parameters whose defaults use layers")
                 nid = g.add_node(p.name, "input", [], {"name": p.name}, [t], span=p.span)
                 frame.locals[p.name] = Tensor(Value(nid), t)
-                for d in p.dims:
+                for d in dims:
                     if isinstance(d, str):
                         g.symbols.setdefault(d, self.opts.bind.get(d, 1))
             elif p.name in self.opts.overrides:
