@@ -384,6 +384,18 @@ def test_a_listed_file_that_is_a_fifo_or_a_folder_is_refused(world, tmp_path):
             open_artifact(f)
 
 
+def test_an_odd_signature_file_is_refused(world, tmp_path):
+    for kind, make in [("fifo", lambda p: os.mkfifo(p)), ("huge", lambda p: p.write_text("x" * 10_000)),
+                       ("not JSON", lambda p: p.write_bytes(b"\xff" * 20)),
+                       ("wrong form", lambda p: p.write_text('{"algorithm": "none", "key_id": "", "hmac": ""}'))]:
+        f = tmp_path / kind.replace(" ", "_")
+        shutil.copytree(world["tvm"], f)
+        (f / SIGNATURE).unlink()
+        make(f / SIGNATURE)
+        with pytest.raises(ArtifactError):
+            open_artifact(f)
+
+
 def test_a_torch_folder_with_a_trojan_model_py_is_refused(world, tmp_path):
     """model.py is never executed by convdsl, and users import it: its hash is checked too."""
     f = tmp_path / "art"

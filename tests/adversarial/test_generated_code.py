@@ -199,6 +199,17 @@ def test_text_is_inert_in_a_comment_and_a_docstring_and_reads_back(s):
     assert len(module.body) == 1 and ast.get_docstring(module.body[0], clean=False) == s
 
 
+def test_identifiers_are_ascii_because_python_folds_the_others():
+    """Python reads identifiers after NFKC: a variable spelled with mathematical letters would be
+    ``torch`` itself.  Every identifier the generator makes is ASCII."""
+    from convdsl.backends.torch.codegen import Namespace, module_ref
+
+    fancy = "\U0001d42d\U0001d428\U0001d42b\U0001d41c\U0001d421"  # bold 'torch'
+    name = Namespace().make(fancy)
+    assert name.isascii() and name.isidentifier() and name != "torch"
+    assert module_ref(fancy) == f"self._modules[{fancy!r}]"
+
+
 # ---- the attack, end to end ------------------------------------------------------------------
 MEM_MB = 6144  # address space: torch alone maps ~3.5 GB of libraries (libtorch_cuda)
 NET = """network small(x: f32[N, 3, 8, 8]) {

@@ -87,6 +87,18 @@ def test_an_artifact_is_replaced_whole_and_a_foreign_folder_never(work):
     assert_only_changed(before, tree_state(work))
 
 
+def test_two_compiles_into_one_folder_at_once_leave_one_whole_artifact(work):
+    from convdsl.artifact import open_artifact
+
+    procs = [subprocess.Popen([sys.executable, "-m", "convdsl", "compile", src, "-o", "out"], cwd=work,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for src in ("net.cdl", "big.cdl")]
+    results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in procs]
+    assert all(rc in (0, 2) and "Traceback" not in err for rc, err in results), results
+    assert any(rc == 0 for rc, _ in results)
+    art = open_artifact(work / "out")  # whichever won: complete, every hash right
+    assert art.manifest["network"] in ("small", "big") and not leftovers(work)
+
+
 def test_a_link_to_an_artifact_stays_a_link(work):
     r = compile_(work, "net.cdl", "-o", "real")
     assert r.returncode == 0, r.output
