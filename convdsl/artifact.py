@@ -370,6 +370,9 @@ def run_artifact_or_program(target: str, *, backend: str, inputs: list[str], bat
             raise UsageError("--expect-sha256 checks a compiled folder; TARGET is a .cdl file")
         mod = None  # imported once the inputs are known good (torch takes seconds to import)
         load = graph_loader
+    if inputs and batch is not None:
+        raise UsageError("--batch sizes generated inputs; the --input arrays give their own sizes",
+                         hint="leave out --batch")
     graph = load(None)
     arrays = None
     if inputs:
@@ -379,7 +382,7 @@ def run_artifact_or_program(target: str, *, backend: str, inputs: list[str], bat
                 raise UsageError(f"--bind {s}={bound[s]}, and the --input arrays have {s} = {n}",
                                  hint="leave out --bind: the sizes come from the arrays")
     else:
-        sizes = {s: (batch if batch is not None and s not in bound else v) for s, v in graph.symbols.items()}
+        sizes = {s: bound.get(s, batch if batch is not None else v) for s, v in graph.symbols.items()}
     graph = load(sizes)
     arrays = arrays if arrays is not None else make_inputs(graph, None)
     mod = mod or backend_module(backend)

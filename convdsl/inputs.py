@@ -71,7 +71,7 @@ def read_header(path: str) -> NpyFile:
                 raise UsageError(f"{path} is a .npy file of format {version[0]}.{version[1]}",
                                  expected="format 1.0 or 2.0 (what numpy.save writes)")
             offset = f.tell()
-    except (ValueError, EOFError, OSError, SyntaxError) as e:
+    except (ValueError, TypeError, EOFError, OSError, SyntaxError) as e:  # numpy's header parser
         with open(path, "rb") as f:
             head = f.read(4)
         if head.startswith(b"PK"):

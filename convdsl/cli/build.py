@@ -114,7 +114,7 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
                                 concrete=True), opt, passes)
 
     result = run_artifact_or_program(target, backend=backend, inputs=list(inputs), batch=batch, graph_loader=load,
-                                     bound={k: int(v) for k, v in _pairs(bind, "--bind").items()},
+                                     bound=_sizes(_pairs(bind, "--bind")),
                                      expect_sha256=expect_sha256, max_bytes=_bytes(max_memory))
     art = result["artifact"]
     if art is not None and art.trusted is None:
@@ -129,6 +129,14 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
     if save:
         save_array(save, next(iter(result["outputs"].values())))
         click.echo(f"saved {save}")
+
+
+def _sizes(pairs: dict) -> dict[str, int]:
+    """--bind values as sizes: positive integers."""
+    for k, v in pairs.items():
+        if type(v) is not int or v < 1:
+            raise UsageError(f"--bind {k}=... takes a positive integer size", got=str(v)[:40])
+    return pairs
 
 
 def save_array(path: str, arr) -> None:

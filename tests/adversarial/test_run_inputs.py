@@ -44,6 +44,16 @@ def test_bad_batch_values_are_usage_errors(work, batch):
     assert_refused(run(work, "small.cdl", "--batch", batch), exit_code=2, mentions="--batch")
 
 
+@pytest.mark.parametrize("args", [["--bind", "N=abc"], ["--bind", "N=0"], ["--bind", "N=-1"], ["--bind", "N=1.5"]])
+def test_bad_bind_values_are_usage_errors(work, args):
+    assert_refused(run(work, "small.cdl", *args), exit_code=2, mentions="--bind N")
+
+
+def test_batch_and_input_together_are_refused(work):
+    x = save(work, "x.npy", np.zeros((2, 3, 8, 8), np.float32))
+    assert_refused(run(work, "small.cdl", "--input", x, "--batch", "4"), exit_code=2, mentions="--batch")
+
+
 def test_a_batch_over_the_memory_limit_is_refused_before_running(work):
     r = run(work, "small.cdl", "--batch", "5000", "--max-memory", "1MiB")
     assert_refused(r, exit_code=6, location="small.cdl:1:15")
