@@ -104,6 +104,8 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
     if (opt or passes) and Path(target).is_dir():
         raise UsageError("--opt and --passes apply to a .cdl file; an artifact folder is already compiled",
                          hint="give the options to `convdsl compile` instead")
+    if save:
+        _check_save(save)  # before running, not after
 
     def load(sizes):
         """The .cdl file's network: a first look (no weights, no passes), or at the sizes it runs at."""
@@ -137,6 +139,16 @@ def _sizes(pairs: dict) -> dict[str, int]:
         if type(v) is not int or v < 1:
             raise UsageError(f"--bind {k}=... takes a positive integer size", got=str(v)[:40])
     return pairs
+
+
+def _check_save(path: str) -> None:
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--save {path}: that is a folder", hint="give a file name, e.g. --save y.npy")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--save {path}: {folder} is not a folder you can write")
 
 
 def save_array(path: str, arr) -> None:
