@@ -6,7 +6,7 @@
 """
 __version__ = "0.1.0"
 
-from convdsl.api import compile, load_graph  # noqa: E402
+from convdsl.api import compile, import_model, load_graph  # noqa: E402
 from convdsl.errors import ConvDSLError  # noqa: E402
 
-__all__ = ["compile", "load_graph", "ConvDSLError", "__version__"]
+__all__ = ["compile", "import_model", "load_graph", "ConvDSLError", "__version__"]

@@ -19,6 +19,7 @@ BACKENDS = {
     "torch": "convdsl.backends.torch",
     "tvm-llvm": "convdsl.backends.tvm",
     "tvm-cuda": "convdsl.backends.tvm",
+    "onnx": "convdsl.backends.onnx",
 }
 
 
@@ -51,6 +52,15 @@ def backend_module(name: Any):
     mod = importlib.import_module(BACKENDS[name])
     factory = getattr(mod, "backend", None)
     return factory(name) if factory is not None else mod
+
+
+def import_model(module, example_inputs, name: str | None = None):
+    """A PyTorch ``nn.Module`` -> ``ImportResult`` (``.text``: the CDL program with blocks and loops,
+    ``.weights``: its parameters under the module's state_dict keys, ``.graph``: the verified graph),
+    traced with ``torch.export`` with a symbolic batch."""
+    from convdsl.importer import import_torch
+
+    return import_torch(module, tuple(example_inputs), name=name)
 
 
 def read_text(path: str | os.PathLike) -> str:
