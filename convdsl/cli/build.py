@@ -76,10 +76,10 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
   and changed afterwards is refused.
 - every listed file must be a regular file inside the folder (no '/', '..' or links) with the
   listed size and SHA-256.
-- a TVM folder holds native code (lib.so): it is loaded only when pinned with --expect-sha256
-  or signed with your key, built by this TVM for this machine, and then from a private copy
-  of the checked bytes.  A torch folder holds no code that runs: the network is rebuilt from
-  network.cdl and weights.safetensors, never from model.py.
+- a TVM folder holds native code (lib.so), an ONNX folder a model ONNX Runtime executes: they
+  run only when pinned with --expect-sha256 or signed with your key (TVM: built by this TVM for
+  this machine), from a private copy of the checked bytes.  A torch folder holds no code that
+  runs: the network is rebuilt from network.cdl and weights.safetensors, never from model.py.
 """
 
 

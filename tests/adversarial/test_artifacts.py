@@ -407,6 +407,20 @@ def test_a_torch_folder_with_a_trojan_model_py_is_refused(world, tmp_path):
     assert not (tmp_path / "LOADED").exists()
 
 
+def test_an_onnx_folder_runs_only_when_vouched_for(world, tmp_path):
+    """ONNX Runtime parses and executes model.onnx: signed (or pinned) runs, unsigned is refused."""
+    pytest.importorskip("onnxruntime")
+    from convdsl.api import load_graph
+
+    write_artifact(load_graph(NET), tmp_path / "onnx", "onnx")
+    r = run_cli("run", tmp_path / "onnx", cwd=tmp_path, mem_mb=MEM_MB)
+    assert_no_crash(r)
+    assert r.returncode == 0 and "ran small on onnx" in r.stdout, r.output
+    (tmp_path / "onnx" / SIGNATURE).unlink()
+    r = run_cli("run", tmp_path / "onnx", cwd=tmp_path, mem_mb=MEM_MB)
+    assert_refused(r, exit_code=2, mentions="nothing vouches for it")
+
+
 def test_an_unsigned_torch_folder_runs_with_a_note(world, tmp_path):
     """Data only (network.cdl, safetensors): nothing in it runs, so no pin is needed; the note says
     what was and was not established."""
