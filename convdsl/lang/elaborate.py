@@ -67,7 +67,7 @@ class Options:
     choices: Mapping[str, Any] | None = None  # choice key -> index (int) or value; "first" picks the first option
     overrides: Mapping[str, Any] = field(default_factory=dict)  # network hyper-parameters
     bind: Mapping[str, int] = field(default_factory=dict)  # concrete symbolic dims for size checks
-    concrete: bool = False  # inputs take the sizes in bind as fixed dims: every shape rule sees them (run on arrays)
+    concrete: bool = False  # inputs take the sizes in bind as fixed dims (symbols still recorded): shape rules see them
     max_bytes: int = DEFAULT_MAX_BYTES
     seed: int = 0
     first_choice: bool = False
@@ -167,7 +167,7 @@ class Elaborator:
                                        hint="declare the inputs before parameters whose defaults use layers")
                 nid = g.add_node(p.name, "input", [], {"name": p.name}, [t], span=p.span)
                 frame.locals[p.name] = Tensor(Value(nid), t)
-                for d in dims:
+                for d in p.dims:
                     if isinstance(d, str):
                         g.symbols.setdefault(d, self.opts.bind.get(d, 1))
             elif p.name in self.opts.overrides:
