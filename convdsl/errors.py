@@ -252,3 +252,9 @@ class TraceError(ConvDSLError):
 
     kind = "trace error"
     exit_code = 13
+
+
+class ArtifactError(UsageError):
+    """A compiled folder refused before anything in it is loaded: malformed, tampered, untrusted."""
+
+    kind = "artifact error"

@@ -215,14 +215,15 @@ def program_options(f):
     return f
 
 
-def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False):
+def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False, concrete=False):
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import load_weights
     from convdsl.lang.elaborate import Options, elaborate_file
 
     binding = _bind(bind)
     opts = Options(choices=_pairs(choose, "--choose") or None, overrides=_pairs(sets, "--set"), bind=binding,
-                   max_bytes=max_memory_bytes(max_memory), seed=seed, first_choice=first_choice)
+                   max_bytes=max_memory_bytes(max_memory), seed=seed, first_choice=first_choice,
+                   concrete=concrete)
     g = elaborate_file(file, network, opts)
     unknown = sorted(set(binding) - set(g.symbols))
     if unknown:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
+from convdsl.outputs import output_folder, staged_folder
 from convdsl.cli.common import Count, Number, _graph, main, program_options
 
 
@@ -47,6 +48,8 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
 
     if finetune_epochs and not data:
         raise UsageError("--finetune-epochs needs --data", hint="e.g. --data digits")
+    names = {f"{Path(file).stem}.cdl", "weights.safetensors", "report.json", "report.md"}
+    output_folder(out, lambda existing: names)  # refused now, not after pruning
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     dataset = None
     if data:
@@ -68,8 +71,6 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
         acc["fine-tuned"] = evaluate(small, dataset)["accuracy"]
         rep["accuracy"] = acc
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = Path(file).stem
     r = rep["reduction"]
     header = (f"{small.name}, pruned from {Path(file).name} by `convdsl prune` (criterion {criterion}, "
@@ -77,12 +78,13 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
               f"params {rep['before']['params']:,} -> {rep['after']['params']:,} (-{r['params']:.1%}), "
               f"MACs {rep['before']['macs']:,} -> {rep['after']['macs']:,} (-{r['macs']:.1%}).\n"
               f"Weights: weights.safetensors beside this file.")
-    (folder / f"{stem}.cdl").write_text(with_scope_comments(small, print_graph(small, header=header)))
-    save_weights(small, folder / "weights.safetensors",
-                 metadata={"pruned_from": Path(file).name, "criterion": criterion, "ratio": ratio, "target": target})
-    (folder / "report.json").write_text(json.dumps(rep, indent=2, default=_jsonable) + "\n")
-    (folder / "report.md").write_text(to_markdown(rep))
-
+    with staged_folder(out, replaceable=lambda existing: names) as tmp:  # all four files, or none
+        (tmp / f"{stem}.cdl").write_text(with_scope_comments(small, print_graph(small, header=header)), encoding="utf-8")
+        save_weights(small, tmp / "weights.safetensors",
+                     metadata={"pruned_from": Path(file).name, "criterion": criterion, "ratio": ratio, "target": target})
+        (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(to_markdown(rep), encoding="utf-8")
+    folder = Path(out)
     click.echo(f"pruned {small.name}: params {rep['before']['params']:,} -> {rep['after']['params']:,} "
                f"(-{r['params']:.1%}), MACs {rep['before']['macs']:,} -> {rep['after']['macs']:,} (-{r['macs']:.1%})")
     changed = [gr for gr in rep["groups"] if gr["channels"] and gr["channels"][0] != gr["channels"][1]]

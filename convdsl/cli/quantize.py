@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
+from convdsl.outputs import output_folder, staged_folder
 from convdsl.cli.common import Count, Number, _graph, main, program_options
 
 
@@ -46,6 +47,9 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
 
     if cast_to is None and not calib:
         raise UsageError("int8 quantization needs calibration data", hint="add --calib digits (or --cast f16)")
+    stem = Path(file).stem
+    names = {f"{stem}.cdl", "weights.safetensors", "report.json", "report.md"}
+    output_folder(out, lambda existing: names)  # refused now, not after calibrating
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     folded = g if no_fold_bn else run_passes(g, "fold_bn,remove_identity,dce")
     if cast_to:
@@ -68,13 +72,12 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
         report["accuracy"] = {"float": evaluate(g, dataset)["accuracy"], "quantized": evaluate(q, dataset)["accuracy"]}
 
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(file).stem
     header = f"{q.name}, {what} from {Path(file).name} by `convdsl quantize`.\nWeights: weights.safetensors beside this file."
-    (folder / f"{stem}.cdl").write_text(with_scope_comments(q, print_graph(q, header=header)))
-    save_weights(q, folder / "weights.safetensors", metadata={"quantized_from": Path(file).name, "how": what})
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.md").write_text(to_markdown(q.name, what, report))
+    with staged_folder(out, replaceable=lambda existing: names) as tmp:  # all four files, or none
+        (tmp / f"{stem}.cdl").write_text(with_scope_comments(q, print_graph(q, header=header)), encoding="utf-8")
+        save_weights(q, tmp / "weights.safetensors", metadata={"quantized_from": Path(file).name, "how": what})
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(to_markdown(q.name, what, report), encoding="utf-8")
 
     click.echo(f"quantized {q.name}: {what}")
     if "layers" in report:

@@ -74,6 +74,7 @@ class Options:
     choices: Mapping[str, Any] | None = None  # choice key -> index (int) or value; "first" picks the first option
     overrides: Mapping[str, Any] = field(default_factory=dict)  # network hyper-parameters
     bind: Mapping[str, int] = field(default_factory=dict)  # concrete symbolic dims for size checks
+    concrete: bool = False  # inputs take the sizes in bind as fixed dims (symbols still recorded): shape rules see them
     max_bytes: int = DEFAULT_MAX_BYTES
     seed: int = 0
     first_choice: bool = False
@@ -213,7 +214,8 @@ class Elaborator:
                                  hint=did_you_mean(k, known) or f"its parameters: {', '.join(sorted(known))}")
         for p in net.params:
             if isinstance(p, ast.InputParam):
-                t = TensorType(tuple(p.dims), p.dtype)
+                dims = tuple(self.opts.bind.get(d, d) if self.opts.concrete and isinstance(d, str) else d for d in p.dims)
+                t = TensorType(dims, p.dtype)
                 self._check_type(t, p.span, f"input {p.name}")
                 self.memory.add([t], 0, 0, p.span, f"input {p.name}")
                 if p.name in g:
