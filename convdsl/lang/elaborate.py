@@ -649,7 +649,7 @@ class Elaborator:
                 raise CDLTypeError(f"{func.name}() cannot take these values: {err}", e.span,
                                    got=", ".join(describe(a) for a in args), hint=func.usage) from None
         if isinstance(func, FuncRef):
-            return self.call_func(func, args, kwargs, e, frame)
+            return self.call_func(func, args, kwargs, e, frame, label)
         if not isinstance(func, (OpLayer, BlockLayer, SeqLayer)):
             raise CDLTypeError(f"{describe(func)} cannot be called", e.func.span)
         # leading tensors are inputs; the rest are hyper-parameters
@@ -696,13 +696,31 @@ class Elaborator:
             if isinstance(v, Symbol) and attr is not None and not {"sym", "any"} & set(attr.kind.split("|")):
                 raise self.unknown_name(v.name, v.span or layer.span, frame)
 
-    def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame) -> Any:
-        self._enter(func.func.name, e.span)
+    def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame,
+                  label: str | None = None) -> Any:
+        """Call a ``def``.  ``f(...) as name`` names what the def builds: a layer it returns takes the
+        name (an op is named, a pipeline becomes a scope), and ops it applies to tensors passed in
+        are built inside the scope ``name``.  A def that returns anything else cannot be named."""
+        fn = func.func
+        builds = any(isinstance(a, Tensor) or _is_tensor_tuple(a) for a in [*args, *kwargs.values()])
+        self._enter(fn.name, e.span)
         try:
-            local = self.bind_params(func.func.params, args, kwargs, func.module, func.func.name, e.span)
-            return self.eval(func.func.body, Frame(func.module, local, frame.scope, frame.block))
+            local = self.bind_params(fn.params, args, kwargs, func.module, fn.name, e.span)
+            if label is not None and builds:
+                scope = frame.scope + label.split(".")
+                sub = Frame(func.module, local, scope, frame.block)
+                self._claim_scope(sub, e.span)
+                return self.eval(fn.body, sub)
+            value = self.eval(fn.body, Frame(func.module, local, frame.scope, frame.block))
         finally:
             self._leave()
+        if label is None:
+            return value
+        if not isinstance(value, (OpLayer, BlockLayer, SeqLayer)):
+            raise CDLTypeError(f"'{fn.name}(...) as {label}': {fn.name} returns {describe(value)}, which has no "
+                               "parameters to name", e.span, expected="a def that returns a layer or builds ops",
+                               hint=f"drop 'as {label}'")
+        return value.with_label(label)
 
     def eval_Pipe(self, e: ast.Pipe, frame: Frame) -> Any:
         cur = self.eval(e.stages[0], frame)

@@ -443,3 +443,22 @@ def test_shape_errors_inside_blocks_point_at_the_op():
     with pytest.raises(ShapeError) as info:
         elaborate(src)
     assert info.value.span.line == 1
+
+
+# ---- issue 14: the language as a newcomer meets it ----------------------------------------
+def test_label_on_def_call_names_what_the_def_builds():
+    """Item 1: `x | bn() as "layers.1"` named the parameters batchnorm, batchnorm_1... silently."""
+    head = ("def bn() = batchnorm(momentum=0.1)\n"
+            "def conv_bn(c) = conv2d(c, 3, bias=false) as \"0\" | batchnorm as \"1\"\n"
+            "def gate(a, b) = a * sigmoid(b | conv2d(channels(a), 1))")
+    g = elaborate(net('y = x | bn() as "layers.1" | conv_bn(8) as stem\n'
+                      'return gate(y, y) as "se"', head=head))
+    assert sorted(g.params.specs) == [
+        "layers.1.bias", "layers.1.num_batches_tracked", "layers.1.running_mean", "layers.1.running_var",
+        "layers.1.weight", "se.conv2d.bias", "se.conv2d.weight", "stem.0.weight", "stem.1.bias",
+        "stem.1.num_batches_tracked", "stem.1.running_mean", "stem.1.running_var", "stem.1.weight"]
+
+
+def test_label_on_def_that_returns_a_number_is_refused():
+    with pytest.raises(CDLTypeError, match=r"half returns the integer 4, which has no parameters to name"):
+        elaborate(net("c = half(8) as h\nreturn x", head="def half(c) = c // 2"))
