@@ -36,7 +36,11 @@ from convdsl.lang.source import bad_byte, read_program, read_source
 from convdsl.lang.values import (BlockLayer, FuncRef, Layer, ListValue, Namespace, OpLayer, SeqLayer, Tensor, TupleValue,
                                  describe, measure)
 
-_LABEL_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # fullmatch: "$" would let a final "\n" through
+# An instance name is dotted segments; a segment may hold what a PyTorch state_dict key segment
+# holds in practice (RegNet's "block1-0", "fc:0", "a/b", "w[0]"): printable ASCII but '.',
+# white space, and the characters CDL strings and labels give a meaning ('"', '\\', '{', '}').
+_SEGMENT = r"[A-Za-z0-9_!#$%&'()*+,/:;<=>?@\[\]^`|~-]+"
+_LABEL_RE = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")  # fullmatch: "$" would let a final "\n" through
 
 
 class _Return(Exception):
@@ -622,7 +626,8 @@ class Elaborator:
                                expected=f"at most {MAX_NAME} characters")
         if not _LABEL_RE.fullmatch(text):
             raise CDLNameError(f"bad instance name {text!r}", label.span,
-                               expected="letters, digits and '_', dotted: conv1, layer1.0",
+                               expected="dotted segments of printable ASCII without spaces, quotes, backslashes or braces: "
+                                        "conv1, layer1.0, \"block1-0\"",
                                got=repr(text))
         return text
 
