@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, check_target_options, main, program_options
+from convdsl.cli.common import Count, _graph, check_target_options, main, program_options, weights_options
 
 
 @main.command()
@@ -22,7 +22,7 @@ from convdsl.cli.common import Count, _graph, check_target_options, main, progra
 @click.option("--target-json", default=None, metavar="JSON", help="TVM target as JSON (default: this machine).")
 @click.option("--db", default=None, metavar="DIR", help="Tuning root (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning).")
 @click.option("--force", is_flag=True, help="Tune workloads that already have a record too.")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, target_json, db, force, weights):
     """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
     check_target_options(target_json, None)  # before TVM is loaded

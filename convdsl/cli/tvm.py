@@ -12,7 +12,7 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, check_target_options, main, max_memory_bytes, program_options
+from convdsl.cli.common import Count, _graph, check_target_options, main, max_memory_bytes, program_options, weights_options
 
 PRECISIONS = ("f32", "bf16", "int8")  # backends/tvm/targets.py (not imported here: it would load TVM)
 
@@ -134,7 +134,7 @@ def _profile_tables(profs: dict, top: int) -> None:
 @click.option("--backends", default="torch,tvm-llvm", show_default=True, metavar="A,B,...",
               help="torch, torch-compile, torch-cuda, tvm-llvm, tvm-llvm-tuned, tvm-cuda, tvm-cuda-tuned.")
 @click.option("--batch", type=Count(1, 2**20), default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 @click.option("--repeat", type=Count(1, 10**6), default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
 @click.option("--warmup", type=Count(0, 10**6), default=3, show_default=True, help="Untimed calls per backend first.")
 @click.option("--tune", type=Count(0, 10**6), default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")
