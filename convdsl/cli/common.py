@@ -215,6 +215,21 @@ def program_options(f):
     return f
 
 
+PIPED_WIDTH = 100_000  # a table piped or redirected is as wide as its rows: never cut, never folded
+
+
+def stdout_console(**kwargs):
+    """The rich console every table of the CLI prints on: the terminal's width on a terminal; when
+    stdout is a pipe or a file, plain rows as wide as they need (rich would otherwise cut them to
+    80 columns: numbers ending mid-digit, names folded mid-word)."""
+    from rich.console import Console
+
+    console = Console(highlight=False, **kwargs)
+    if console.is_terminal:
+        return console
+    return Console(highlight=False, width=PIPED_WIDTH, soft_wrap=False, **kwargs)
+
+
 _WEIGHTS_META = "convdsl.weights"  # ctx.meta key: the --weights-map rules and --non-strict of this command
 
 

@@ -114,20 +114,29 @@ def write_in_place(path: str, text: str) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--by-block", is_flag=True, help="Group rows by top-level block instance, with subtotals.")
-def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block):
+@click.option("--format", "fmt_", type=click.Choice(["table", "tsv", "csv", "json"]), default="table", show_default=True,
+              help="table: for people (full width when piped); tsv/csv: one row per op with plain numbers; "
+                   "json: the whole report.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--by-block", is_flag=True, help="Group rows by top-level block instance, with subtotals (table).")
+def stats(file, network, sets, choose, bind, max_memory, seed, fmt_, as_json, by_block):
     """Per-layer table: output shape, params, MACs/FLOPs, activation memory."""
-    from rich.console import Console
-
-    from convdsl.ir.stats import layer_stats, render_table, to_json
+    from convdsl.cli.common import stdout_console
+    from convdsl.ir.stats import flat_rows, layer_stats, render_table, to_json
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
     rows = layer_stats(g, _bind(bind) or None)
-    if as_json:
+    if as_json or fmt_ == "json":
         click.echo(json.dumps(to_json(g, rows), indent=2))
+    elif fmt_ in ("tsv", "csv"):
+        import csv
+
+        table = flat_rows(rows)
+        writer = csv.writer(sys.stdout, delimiter="\t" if fmt_ == "tsv" else ",", lineterminator="\n")
+        writer.writerow(table[0].keys())
+        writer.writerows(r.values() for r in table)
     else:
-        render_table(g, rows, Console(), by_block=by_block)
+        render_table(g, rows, stdout_console(), by_block=by_block)
 
 
 @main.command()

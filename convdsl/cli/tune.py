@@ -26,7 +26,7 @@ from convdsl.cli.common import Count, _graph, check_target_options, main, progra
 def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, target_json, db, force, weights):
     """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
     check_target_options(target_json, None)  # before TVM is loaded
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
     from convdsl.backends.tvm.targets import check_available, host_can_run, make_target
@@ -41,7 +41,7 @@ def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, ta
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     path = tophub.user_db_path(db)
     results = tt.tune_network(g, spec, trials, db_file=path, rounds=rounds, force=force)
-    console = Console(width=max(140, Console().width))
+    console = stdout_console()
     console.print(tt.summary_table(results, f"{file}: template knobs ({spec.describe()})"))
     tuned = [r for r in results if r.best_ms]
     if tuned:

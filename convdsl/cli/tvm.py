@@ -92,7 +92,7 @@ _extend_run()
 
 
 def _table(rows: list[dict]) -> None:
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
     from rich.table import Table
 
     t = Table(title=f"{rows[0]['network']}, batch {rows[0]['batch']}", title_justify="left")
@@ -106,11 +106,11 @@ def _table(rows: list[dict]) -> None:
         sp = r.get("speedup_vs_torch")
         t.add_row(r["backend"], f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['spread_pct']:.0f}%",
                   f"{sp:.2f}x" if sp is not None else "-", str(r.get("threads") or "-"), f"{r['compile_s']:.1f}", r["note"])
-    Console(width=max(140, Console().width)).print(t)
+    stdout_console().print(t)
 
 
 def _profile_tables(profs: dict, top: int) -> None:
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
     from rich.table import Table
 
     for backend, rows in profs.items():
@@ -125,7 +125,7 @@ def _profile_tables(profs: dict, top: int) -> None:
             rest = rows[top:]
             t.add_row(f"({len(rest)} more)", str(sum(r["calls"] for r in rest)), f"{sum(r['ms'] for r in rest):.3f}",
                       f"{sum(r['percent'] for r in rest):.1f}")
-        Console().print(t)
+        stdout_console().print(t)
 
 
 @main.command()

@@ -58,10 +58,10 @@ def verify_cmd(file, network, sets, choose, bind, max_memory, seed, backends, op
     if as_json:
         click.echo(to_json(report))
     else:
-        from rich.console import Console
+        from convdsl.cli.common import stdout_console
 
         title = (f"verify {g.name} ({file}): {examples} input(s), batch {batch}, seeds 0..{examples - 1}; "
                  f"reference: {report.reference}")
-        render(report, Console(), title=title)
+        render(report, stdout_console(), title=title)
     if not report.ok:
         sys.exit(1)

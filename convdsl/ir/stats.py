@@ -176,6 +176,13 @@ def to_json(graph: Graph, rows: list[LayerStat], bind: Mapping[str, int] | None 
     return {**s, "layers": layers, "totals": tot}
 
 
+def flat_rows(rows: list[LayerStat]) -> list[dict[str, Any]]:
+    """One flat record per op for TSV/CSV: text and plain integers, no units, no separators."""
+    return [{"layer": r.name, "op": r.op, "block": r.block, "output_shape": format_shapes(r.shapes),
+             "dtype": ",".join(r.dtypes), "params": r.params, "buffers": r.buffers, "macs": r.macs, "flops": r.flops,
+             "act_bytes": r.act_bytes, "param_bytes": r.param_bytes} for r in rows]
+
+
 # -- formatting ----------------------------------------------------------------
 
 def human_bytes(n: int) -> str:
@@ -257,14 +264,14 @@ def render_table(graph: Graph, rows: list[LayerStat], console: Console | None = 
             elif i + 1 < len(groups):
                 table.add_section()
 
-    table.caption = (
+    line = (
         f"{tot['params']:,} params ({tot['trainable_params']:,} trainable, {tot['buffers']:,} buffer elements)"
         f" · {human_count(tot['macs'], 'MACs')} · {human_count(tot['flops'], 'FLOPs')}"
         f" · activations {human_bytes(tot['act_bytes'])} · weights {human_bytes(tot['param_bytes'])}"
     )
-    table.caption_justify = "left"
     if console is not None:
         console.print(table)
+        console.print(Text(line), soft_wrap=True)  # one line, never cut: a terminal wraps it, a pipe keeps it
     return table
 
 
