@@ -17,26 +17,40 @@ def check(file, network, sets, choose, bind, max_memory, seed):
     """Parse, elaborate and shape-check FILE; print inputs, outputs, params, FLOPs."""
     from convdsl.ir.stats import layer_stats, summary
 
-    from convdsl.errors import ChoiceError
-
-    space = None
-    try:
-        g = _graph(file, network, sets, choose, bind, max_memory, seed)
-    except ChoiceError:
-        # a search space: check it with the first option of every open choice
-        g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
-        space = [k for k in g.meta.get("choices", []) if k not in dict(c.split("=", 1) for c in choose)]
+    g, space = _looked_at(file, network, sets, choose, bind, max_memory, seed, quiet=True)
     s = summary(g, None)
     click.echo(f"{file}: network {g.name} OK")
     if space:
-        click.echo(f"  search space: {len(space)} open choice(s) ({', '.join(space[:8])}{', ...' if len(space) > 8 else ''});"
-                   " checked with the first option of each")
+        click.echo(f"  {_space_note(space)}")
     for i in s["inputs"]:
         click.echo(f"  input  {i['name']}: {i['dtype']}[{', '.join(map(str, i['symbolic_shape']))}]")
     for o in s["outputs"]:
         click.echo(f"  output {o['name']}: {o['dtype']}[{', '.join(map(str, o['symbolic_shape']))}]")
     click.echo(f"  {len(layer_stats(g))} ops, {s['params']:,} params, {s['macs']:,} MACs, {s['flops']:,} FLOPs"
                f" (at {', '.join(f'{k}={v}' for k, v in g.symbols.items()) or 'static shapes'})")
+
+
+def _looked_at(file, network, sets, choose, bind, max_memory, seed, quiet=False):
+    """The graph the commands that look at a program (check, stats, graph, print) show: a search
+    space is shown with the first option of every open choice, and they say so (on stderr, so
+    that what they print stays a table, a graph or a program); commands that build refuse it."""
+    from convdsl.errors import ChoiceError
+
+    try:
+        return _graph(file, network, sets, choose, bind, max_memory, seed), []
+    except ChoiceError:
+        g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
+        given = {c.split("=", 1)[0].strip() for c in choose}
+        space = [k for k in g.meta.get("choices", []) if k not in given]
+        if not quiet:
+            click.echo(f"note: {file}: {_space_note(space)}", err=True)
+        return g, space
+
+
+def _space_note(space: list[str]) -> str:
+    keys = ", ".join(space[:8]) + (", ..." if len(space) > 8 else "")
+    return (f"search space: {len(space)} open choice(s) ({keys}); shown with the first option of each "
+            "(--choose KEY=INDEX picks another)")
 
 
 @main.command()
@@ -124,7 +138,7 @@ def stats(file, network, sets, choose, bind, max_memory, seed, fmt_, as_json, by
     from convdsl.cli.common import stdout_console
     from convdsl.ir.stats import flat_rows, layer_stats, render_table, to_json
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     rows = layer_stats(g, _bind(bind) or None)
     if as_json or fmt_ == "json":
         click.echo(json.dumps(to_json(g, rows), indent=2))
@@ -147,7 +161,7 @@ def graph(file, network, sets, choose, bind, max_memory, seed, output):
     """Draw the network (blocks as clusters). DOT text to stdout without -o."""
     from convdsl.ir.draw import render, to_dot
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     if output is None:
         click.echo(to_dot(g))
     else:
@@ -162,7 +176,7 @@ def print_cmd(file, network, sets, choose, bind, max_memory, seed):
     """Print the elaborated network as flat CDL (one statement per op)."""
     from convdsl.ir.printer import print_graph
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)
 
 

@@ -38,3 +38,23 @@ def test_piped_stats_are_complete_in_every_format():
         assert [r["layer"] for r in rows] == [x["name"] for x in doc["layers"]]
         assert [int(r["flops"]) for r in rows] == [x["flops"] for x in doc["layers"]]
         assert sum(int(r["params"]) for r in rows) == t["params"]
+
+
+def test_every_command_that_looks_at_a_search_space_shows_its_first_options(tmp_path):
+    """Issue 14 item 13: `stats papers/nasnet_cell.cdl` exited 7 while `check` took the first
+    options.  Now check, stats, graph and print all show the first options and say so on stderr
+    (their stdout stays a table, a graph, a program); compile still refuses."""
+    f = f"{EXAMPLES}/papers/nasnet_cell.cdl"
+    runner = CliRunner()
+    doc = None
+    for cmd in (["check"], ["stats", "--format", "json"], ["graph"], ["print"]):
+        r = runner.invoke(main, [*cmd, f])
+        assert r.exit_code == 0, r.output
+        assert "search space: 20 open choice(s)" in r.output
+        if cmd[0] == "stats":
+            doc = json.loads(r.stdout)
+    chosen = json.loads(runner.invoke(main, ["stats", "--json", f, *(f"--choose={k}=0" for k in (
+        f"b{b}.{p}" for b in range(5) for p in ("in_a", "in_b", "op_a", "op_b")))]).stdout)
+    assert doc == chosen
+    r = runner.invoke(main, ["compile", f, "-o", str(tmp_path / "out")])
+    assert r.exit_code == 7 and "--choose b0.in_a=INDEX" in r.output
