@@ -72,7 +72,7 @@ CASES = [
     ("not-a-layer", body("return x | 3"), CDLTypeError, 2, 16, "an op or block", None),
     ("return-number", body("return 3"), CDLTypeError, 2, 12, "a tensor", None),
     ("repeat-negative", body("repeat -1 { x = x }", "return x"), CDLTypeError, 2, 12, "an integer >= 0", None),
-    ("bad-label", body('return x | relu as "a b"'), CDLNameError, 2, 24, "letters, digits", None),
+    ("bad-label", body('return x | relu as "a b"'), CDLNameError, 2, 24, "printable ASCII without spaces", None),
     ("unknown-dtype", "network n(x: q32[1]) {\n    return x\n}\n", CDLSyntaxError, 1, 14, "f32", None),
     ("duplicate-input", "network n(x: f32[1, 3],\n          x: f32[1, 3]) {\n    return x\n}\n", CDLNameError, 2, 11,
      None, "own name"),
