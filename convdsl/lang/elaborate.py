@@ -656,7 +656,7 @@ class Elaborator:
         if isinstance(func, FuncRef):
             return self.call_func(func, args, kwargs, e, frame, label)
         if not isinstance(func, (OpLayer, BlockLayer, SeqLayer)):
-            raise CDLTypeError(f"{describe(func)} cannot be called", e.func.span)
+            raise self._hidden(e.func, func) or CDLTypeError(f"{describe(func)} cannot be called", e.func.span)
         # leading tensors are inputs; the rest are hyper-parameters
         inputs: list[Tensor] = []
         rest = list(args)
@@ -680,6 +680,19 @@ class Elaborator:
                 self._validate_op_args(layer, e.span)
             return layer
         return self.apply(layer, inputs, e.span, frame)
+
+    def _hidden(self, e: ast.Expr, value: Any) -> CDLNameError | None:
+        """The error for a call or pipe stage whose name is a built-in function or op hidden by a
+        parameter, variable or constant of the same name (``network n(..., channels=[64, 128])``
+        then ``channels(x)``): it says which name hides which built-in, not just that a list
+        cannot be called."""
+        name = e.id if isinstance(e, ast.Name) else None
+        if name is None or not (name in BUILTINS or name in OPS):
+            return None
+        what = f"the built-in function {BUILTINS[name].usage or name}" if name in BUILTINS else f"the op {name}"
+        return CDLNameError(f"'{name}' here is {describe(value)}: a parameter, variable or constant named "
+                            f"'{name}' hides {what}", e.span,
+                            hint=f"rename the parameter or variable '{name}' (e.g. {name}_ or n_{name})")
 
     def _validate_op_args(self, layer: OpLayer, span: Span | None) -> None:
         """Catch misspelled or extra hyper-parameters where they are written, before any input arrives."""
@@ -755,6 +768,9 @@ class Elaborator:
         if isinstance(v, Symbol):
             raise self.unknown_name(v.name, s.span, frame)
         if not isinstance(v, (OpLayer, BlockLayer, SeqLayer)):
+            hidden = self._hidden(s, v)
+            if hidden is not None:
+                raise hidden
             raise CDLTypeError("each stage after '|' must be a layer", s.span, expected="an op or block, e.g. relu or conv2d(64, 3)",
                                got=describe(v))
         if isinstance(v, OpLayer):
