@@ -403,7 +403,12 @@ class ASTBuilder(Transformer):
         return list(c)
 
     def assign(self, meta, c):
-        return Assign(c[0], c[1], self._sp(meta))
+        values = [e for e in c[1:] if e is not None]
+        if len(values) == 1:
+            return Assign(c[0], values[0], self._sp(meta))
+        first, last = values[0].span, values[-1].span
+        span = Span(first.file, first.line, first.column, last.end_line, last.end_column) if first and last else None
+        return Assign(c[0], TupleExpr(values, span), self._sp(meta))
 
     def return_stmt(self, meta, c):
         return Return([e for e in c if e is not None], self._sp(meta))
