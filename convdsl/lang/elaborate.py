@@ -264,6 +264,8 @@ class Elaborator:
     def exec(self, stmt: ast.Stmt, frame: Frame) -> None:
         if isinstance(stmt, ast.Assign):
             value = self.eval(stmt.value, frame)
+            if stmt.index is not None:
+                value = self.replaced_item(stmt, value, frame)
             self.assign(stmt.targets, value, frame, stmt.span)
         elif isinstance(stmt, ast.Return):
             values = [(self.eval(e, frame), e) for e in stmt.values]
@@ -303,6 +305,24 @@ class Elaborator:
                                    hint=None if stmt.message else 'say why: assert cond, "message"')
         else:  # pragma: no cover - grammar has no other statements
             raise CDLTypeError(f"unknown statement {type(stmt).__name__}", getattr(stmt, "span", None))
+
+    def replaced_item(self, stmt: ast.Assign, value: Any, frame: Frame) -> ListValue:
+        """``l[i] = v``: a copy of the list ``l`` with item ``i`` replaced (lists are values: a list
+        bound elsewhere, a constant or a caller's argument, never changes)."""
+        name = stmt.targets[0]
+        old = self.lookup(name, frame)
+        if old is _MISSING:
+            raise self.unknown_name(name, stmt.span, frame)
+        if not isinstance(old, (list, tuple)) or isinstance(old, Tensor):
+            raise CDLTypeError(f"only a list's items can be assigned; '{name}' is {describe(old)}", stmt.span)
+        idx = self._need(self.eval(stmt.index, frame), frame, stmt.index.span)
+        if not _is_int(idx):
+            raise CDLTypeError("a list index must be an integer", stmt.index.span, got=describe(idx))
+        if not -len(old) <= idx < len(old):
+            raise CDLTypeError(f"index {idx} out of range for a list of {len(old)}", stmt.index.span)
+        new = list(old)
+        new[idx] = value
+        return self.sized(ListValue(new), stmt.span)
 
     def assign(self, targets: list[str], value: Any, frame: Frame, span: Span | None) -> None:
         for t in targets:
@@ -417,17 +437,33 @@ class Elaborator:
 
     def eval_Index(self, e: ast.Index, frame: Frame) -> Any:
         obj = self._need(self.eval(e.obj, frame), frame, e.obj.span)
-        idx = self._need(self.eval(e.index, frame), frame, e.index.span)
         if isinstance(obj, Tensor):
             raise CDLTypeError("tensors cannot be indexed in CDL", e.span,
                                hint="use split(...), reshape(...) or permute(...) ops")
         if not isinstance(obj, (list, tuple)):
             raise CDLTypeError("only lists can be indexed", e.obj.span, got=describe(obj))
+        if isinstance(e.index, ast.Slice):
+            part = obj[self.slice_of(e.index, frame)]
+            return self.sized(TupleValue(part) if isinstance(obj, tuple) else ListValue(part), e.span)
+        idx = self._need(self.eval(e.index, frame), frame, e.index.span)
         if not _is_int(idx):
             raise CDLTypeError("a list index must be an integer", e.index.span, got=describe(idx))
         if not -len(obj) <= idx < len(obj):
             raise CDLTypeError(f"index {idx} out of range for a list of {len(obj)}", e.index.span)
         return obj[idx]
+
+    def slice_of(self, sl: ast.Slice, frame: Frame) -> slice:
+        """``start:stop:step`` of a list, as Python slices (negative counts from the end)."""
+        parts = []
+        for part in (sl.start, sl.stop, sl.step):
+            v = None if part is None else self._need(self.eval(part, frame), frame, part.span)
+            if v is not None and not _is_int(v):
+                raise CDLTypeError("a slice takes integers", part.span, expected="l[start:stop:step] with integers",
+                                   got=describe(v))
+            parts.append(v)
+        if parts[2] == 0:
+            raise CDLTypeError("a slice step cannot be zero", sl.step.span)
+        return slice(*parts)
 
     def eval_Attribute(self, e: ast.Attribute, frame: Frame) -> Any:
         obj = self._need(self.eval(e.obj, frame), frame, e.obj.span)
@@ -716,9 +752,39 @@ class Elaborator:
 
     def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame,
                   label: str | None = None) -> Any:
-        """Call a ``def``.  ``f(...) as name`` names what the def builds: a layer it returns takes the
-        name (an op is named, a pipeline becomes a scope), and ops it applies to tensors passed in
-        are built inside the scope ``name``.  A def that returns anything else cannot be named."""
+        """Call a ``def``.  A def that returns a layer applies like an op or block: leading tensors
+        it has no parameters for are the layer's inputs (``bn2(y, 0.3)`` is ``y | bn2(0.3)``).
+        ``f(...) as name`` names what the def builds: a layer it returns takes the name (an op is
+        named, a pipeline becomes a scope), and ops it applies to tensors passed in are built
+        inside the scope ``name``.  A def that returns anything else cannot be named."""
+        fn = func.func
+        lead = 0
+        while lead < len(args) and (isinstance(args[lead], Tensor) or _is_tensor_tuple(args[lead])):
+            lead += 1
+        if lead and self._fills(fn.params, args[lead:], kwargs):
+            layer, _ = self._run_def(func, args[lead:], kwargs, e, frame, None)  # no tensors: builds nothing
+            if isinstance(layer, (OpLayer, BlockLayer, SeqLayer)):
+                inputs = [t for a in args[:lead] for t in (a if isinstance(a, tuple) else (a,))]
+                return self.apply(layer.with_label(label), inputs, e.span, frame)
+        value, scoped = self._run_def(func, args, kwargs, e, frame, label)
+        if label is None or scoped:
+            return value
+        if not isinstance(value, (OpLayer, BlockLayer, SeqLayer)):
+            raise CDLTypeError(f"'{fn.name}(...) as {label}': {fn.name} returns {describe(value)}, which has no "
+                               "parameters to name", e.span, expected="a def that returns a layer or builds ops",
+                               hint=f"drop 'as {label}'")
+        return value.with_label(label)
+
+    @staticmethod
+    def _fills(params: list[ast.Param], args: list, kwargs: dict) -> bool:
+        """Whether ``args`` and ``kwargs`` alone give every parameter without a default."""
+        if len(args) > len(params):
+            return False
+        return all(i < len(args) or p.name in kwargs or p.default is not None for i, p in enumerate(params))
+
+    def _run_def(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame,
+                 label: str | None) -> tuple[Any, bool]:
+        """The def's value, and whether it was built inside the scope ``label`` (tensors passed in)."""
         fn = func.func
         builds = any(isinstance(a, Tensor) or _is_tensor_tuple(a) for a in [*args, *kwargs.values()])
         self._enter(fn.name, e.span)
@@ -728,17 +794,10 @@ class Elaborator:
                 scope = frame.scope + label.split(".")
                 sub = Frame(func.module, local, scope, frame.block)
                 self._claim_scope(sub, e.span)
-                return self.eval(fn.body, sub)
-            value = self.eval(fn.body, Frame(func.module, local, frame.scope, frame.block))
+                return self.eval(fn.body, sub), True
+            return self.eval(fn.body, Frame(func.module, local, frame.scope, frame.block)), False
         finally:
             self._leave()
-        if label is None:
-            return value
-        if not isinstance(value, (OpLayer, BlockLayer, SeqLayer)):
-            raise CDLTypeError(f"'{fn.name}(...) as {label}': {fn.name} returns {describe(value)}, which has no "
-                               "parameters to name", e.span, expected="a def that returns a layer or builds ops",
-                               hint=f"drop 'as {label}'")
-        return value.with_label(label)
 
     def eval_Pipe(self, e: ast.Pipe, frame: Frame) -> Any:
         cur = self.eval(e.stages[0], frame)

@@ -110,6 +110,11 @@ def _fmt(e: ast.Expr) -> tuple[str, Prec]:
         case ast.Choice():
             name = [f"name={quote(e.name)}"] if e.name is not None else []
             return f"choice({', '.join([format_expr(o) for o in e.options] + name)})", Prec.POSTFIX
+        case ast.Index() if isinstance(e.index, ast.Slice):
+            sl = e.index
+            parts = [format_expr(p) if p is not None else "" for p in (sl.start, sl.stop, sl.step)]
+            text = ":".join(parts) if sl.step is not None else ":".join(parts[:2])
+            return f"{_wrap(e.obj, Prec.POSTFIX)}[{text}]", Prec.POSTFIX
         case ast.Index():
             return f"{_wrap(e.obj, Prec.POSTFIX)}[{format_expr(e.index)}]", Prec.POSTFIX
         case ast.Attribute():
@@ -452,6 +457,8 @@ class _Printer:
                 return self._valued(node, indent, f"def {node.name}({_params(node.params)}) = ", node.body)
             case ast.BlockDef():
                 return self._valued(node, indent, f"block {node.name}({_params(node.params)}) = ", node.body)
+            case ast.Assign() if node.index is not None:
+                return self._valued(node, indent, f"{node.targets[0]}[{format_expr(node.index)}] = ", node.value)
             case ast.Assign():
                 return self._valued(node, indent, f"{', '.join(node.targets)} = ", node.value)
             case ast.Return() if len(node.values) == 1:

@@ -462,3 +462,33 @@ def test_label_on_def_call_names_what_the_def_builds():
 def test_label_on_def_that_returns_a_number_is_refused():
     with pytest.raises(CDLTypeError, match=r"half returns the integer 4, which has no parameters to name"):
         elaborate(net("c = half(8) as h\nreturn x", head="def half(c) = c // 2"))
+
+
+def test_slices_item_assignment_and_a_def_applied_to_a_tensor():
+    """Issue 14 item 10: `depths[0:-1]` and `d[0] = 2` were syntax errors, and `bn2(y, 0.3)` said
+    'takes at most 1 hyper-parameters' although ops and blocks apply that way."""
+    head = "DEPTHS = [1, 2, 3, 4]\ndef bn2(m=0.1) = batchnorm(momentum=m)\ndef gate(a, b) = a * sigmoid(b)"
+    g = elaborate(net("d = DEPTHS[0:-1]\n"
+                      "d[0] = 2\n"
+                      'assert d == [2, 2, 3] and DEPTHS == [1, 2, 3, 4], "lists are values"\n'
+                      "assert DEPTHS[::-1] == [4, 3, 2, 1] and DEPTHS[1:] == [2, 3, 4] and DEPTHS[:] == DEPTHS\n"
+                      "for k in d[::2] { x = x | conv2d(k, 1) }\n"
+                      "parts = x | split(chunks=3)\n"
+                      "y = concat(parts[1:], dim=1)\n"
+                      "z = bn2(y, 0.3) as norm\n"
+                      "return gate(z, bn2(z)), bn2(parts[0])", head=head))
+    assert [g.params.specs[f"{n}.weight"].shape[0] for n in ("conv2d", "conv2d_1")] == [2, 3]
+    assert g.node("norm").attrs["momentum"] == 0.3 and g.node("norm").type.shape == ("N", 2, 16, 16)
+    assert [g.node(n).attrs["momentum"] for n in ("batchnorm", "batchnorm_1")] == [0.1, 0.1]
+    assert ops(g)[-2:] == ["mul", "batchnorm"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("l = [1, 2]\nl[2] = 0\nreturn x", "index 2 out of range for a list of 2"),
+    ("l = [1, 2]\nm = l[0:1.5]\nreturn x", "a slice takes integers"),
+    ("l = [1, 2]\nm = l[::0]\nreturn x", "a slice step cannot be zero"),
+    ("c = 3\nc[0] = 1\nreturn x", "only a list's items can be assigned; 'c' is the integer 3"),
+])
+def test_slice_and_item_assignment_errors(body, message):
+    with pytest.raises(CDLTypeError, match=message):
+        elaborate(net(body))
