@@ -244,7 +244,9 @@ class Elaborator:
             if not isinstance(v, Tensor):
                 raise CDLTypeError("a network must return tensors", expr.span, expected="a tensor", got=describe(v))
             g.outputs.append(v.value)
-            name = expr.id if isinstance(expr, ast.Name) and expr.id not in g.output_names else f"out{i}" if i else "out"
+            name = _written_name(expr)
+            if name is None or name in g.output_names:
+                name = f"out{i}" if i else "out"
             g.output_names.append(name)
         g.params.seed = self.opts.seed
         return g
@@ -1056,6 +1058,20 @@ class Elaborator:
                 raise ShapeError(f"{what} would have a symbolic size of {len(d):,} characters", span,
                                  expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters",
                                  got=d[:60] + "...", hint="bind the symbol to a number (--bind) or simplify the shapes")
+
+
+def _written_name(expr: ast.Expr) -> str | None:
+    """The name a returned expression has in the program: ``return logits`` -> logits; ``return
+    x | linear(10) as fc`` -> fc (a plain label on the last stage); None for anything else."""
+    if isinstance(expr, ast.Name):
+        return expr.id
+    if isinstance(expr, ast.Pipe):
+        expr = expr.stages[-1]
+    if isinstance(expr, ast.Labeled) and not expr.label.quoted and len(expr.label.parts) == 1:
+        part = expr.label.parts[0]
+        plain = isinstance(part, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part)
+        return part if plain and part not in OPS and part not in BUILTINS else None
+    return None
 
 
 def _is_int(v: Any) -> bool:

@@ -58,3 +58,23 @@ def test_every_command_that_looks_at_a_search_space_shows_its_first_options(tmp_
     assert doc == chosen
     r = runner.invoke(main, ["compile", f, "-o", str(tmp_path / "out")])
     assert r.exit_code == 7 and "--choose b0.in_a=INDEX" in r.output
+
+
+def test_outputs_have_the_names_the_program_gave_them_in_every_command(tmp_path):
+    """Issue 14 item 11: `check` and manifest.json said `logits`, `convdsl run` of the compiled
+    folder said `flatten_` (the node), and a returned expression was called `out`."""
+    f = tmp_path / "net.cdl"
+    f.write_text("network n(x: f32[N, 3, 8, 8]) {\n"
+                 "    logits = x | conv2d(4, 3) | flatten\n"
+                 "    return logits, x | global_avgpool(keepdim=false) | linear(2) as fc\n"
+                 "}\n")
+    runner = CliRunner()
+    check = runner.invoke(main, ["check", str(f)])
+    assert "output logits: f32[N, 144]" in check.output and "output fc: f32[N, 2]" in check.output
+    assert runner.invoke(main, ["compile", str(f), "-o", str(tmp_path / "out")]).exit_code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [o["name"] for o in manifest["outputs"]] == ["logits", "fc"]
+    for target in (f, tmp_path / "out"):
+        r = runner.invoke(main, ["run", str(target)])
+        assert r.exit_code == 0, r.output
+        assert [ln.split(":")[0].strip() for ln in r.output.splitlines()[1:]] == ["logits", "fc"]
