@@ -35,7 +35,9 @@ def _optimize(g, opt, passes):
 @main.command(name="compile")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--backend", "-b", default="torch", show_default=True, help="Code generator: torch.")
+@click.option("--backend", "-b", default="torch", show_default=True,
+              help="Code generator: torch (model.py), tvm-llvm (CPU lib.so), tvm-cuda (GPU lib.so; cross-compiles "
+                   "without a GPU), onnx (model.onnx).")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @weights_options("Trained weights (.safetensors).")
 @optimize_options
@@ -86,7 +88,8 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 @main.command(help=RUN_HELP)
 @click.argument("target", type=click.Path())
 @program_options
-@click.option("--backend", "-b", default="torch", show_default=True, help="Backend when TARGET is a .cdl file.")
+@click.option("--backend", "-b", default="torch", show_default=True,
+              help="Backend when TARGET is a .cdl file: torch, tvm-llvm, tvm-cuda, onnx.")
 @weights_options("Weights when TARGET is a .cdl file.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
               help="Input .npy file(s), one per network input, in order; they give the sizes of symbolic dims.")

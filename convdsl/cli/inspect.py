@@ -134,7 +134,20 @@ def write_in_place(path: str, text: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("--by-block", is_flag=True, help="Group rows by top-level block instance, with subtotals (table).")
 def stats(file, network, sets, choose, bind, max_memory, seed, fmt_, as_json, by_block):
-    """Per-layer table: output shape, params, MACs/FLOPs, activation memory."""
+    """Per-layer table: output shape, params, MACs/FLOPs, activation memory.
+
+    \b
+    params       parameter elements (trainable or frozen), never buffers (running statistics);
+                 a shared parameter counts once
+    MACs         multiply-accumulates of conv, linear, matmul and the matmuls inside attention
+                 ops (q·k and attention·v), at the --bind sizes (symbols 1 otherwise)
+    FLOPs        2 per MAC, plus the cost each other op declares in the op table (convdsl/ir/ops):
+                 e.g. an add or an activation 1 per element (some more), batchnorm 2, layernorm
+                 and groupnorm 5, an attention logit's softmax 5, a pooling window per output
+    act. memory  bytes of a layer's outputs; the total is the SUM over layers (what a training
+                 step keeps); the summary also gives the PEAK of one inference pass (tensors
+                 freed after their last reader, network order, no in-place reuse)
+    weights      bytes of parameters and buffers (the weights file)"""
     from convdsl.cli.common import stdout_console
     from convdsl.ir.stats import flat_rows, layer_stats, render_table, to_json
 

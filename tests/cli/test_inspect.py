@@ -32,7 +32,8 @@ def test_piped_stats_are_complete_in_every_format():
         assert cells[3:6] == [f"{n:,}" if n else "-" for n in (layer["params"], layer["macs"], layer["flops"])]
     t = doc["totals"]
     assert lines[-1] == (f"{t['params']:,} params ({t['trainable_params']:,} trainable, {t['buffers']:,} buffer "
-                         "elements) · 216.59 MMACs · 452.02 MFLOPs · activations 52.1 MiB · weights 21.0 MiB")
+                         "elements) · 216.59 MMACs · 452.02 MFLOPs · activations 52.1 MiB (sum), peak "
+                         f"{t['peak_act_bytes'] / 2**20:.1f} MiB (inference) · weights 21.0 MiB")
     for fmt, sep in (("tsv", "\t"), ("csv", ",")):
         rows = list(csv.DictReader(io.StringIO(_stats(f, "--format", fmt)), delimiter=sep))
         assert [r["layer"] for r in rows] == [x["name"] for x in doc["layers"]]
@@ -78,3 +79,18 @@ def test_outputs_have_the_names_the_program_gave_them_in_every_command(tmp_path)
         r = runner.invoke(main, ["run", str(target)])
         assert r.exit_code == 0, r.output
         assert [ln.split(":")[0].strip() for ln in r.output.splitlines()[1:]] == ["logits", "fc"]
+
+
+def test_help_says_what_stats_count_and_which_backends_compile():
+    """Issue 14 item 14: MACs/FLOPs and the activation sum were defined only in a module docstring,
+    and `compile --help` said 'Code generator: torch.'"""
+    stats = CliRunner().invoke(main, ["stats", "--help"]).output
+    for words in ("multiply-accumulates of conv, linear, matmul", "2 per MAC", "SUM over layers",
+                  "PEAK of one inference pass"):
+        assert words in " ".join(stats.split()), words
+    compile_help = " ".join(CliRunner().invoke(main, ["compile", "--help"]).output.split())
+    for backend in ("torch", "tvm-llvm", "tvm-cuda", "onnx"):
+        assert backend in compile_help.split("Code generator:")[1]
+    import convdsl
+
+    assert "weights" in convdsl.compile.__doc__ and "bind" in convdsl.compile.__doc__
