@@ -7,7 +7,7 @@ from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import Attr, OpDef, format_value, zero_cost
-from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
+from convdsl.ir.types import Dim, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.pool import normalize_dims
 
 
@@ -29,13 +29,15 @@ def _flatten_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 def _split_static(dims) -> tuple[int, Counter]:
-    """Static product and the multiset of symbolic dims."""
+    """The element count of ``dims`` as a number times a multiset of symbolic factors: a dim
+    that is a product (``4*N``, ``H*W``) contributes its number and its symbols, so sizes that
+    folded a window or the heads into the batch can be unfolded again; any other symbolic
+    dim (``(H-1)//2+1``) is one factor."""
     static, syms = 1, Counter()
     for d in dims:
-        if isinstance(d, int):
-            static *= d
-        else:
-            syms[d] += 1
+        coef, factors = dim_factors(d)
+        static *= coef
+        syms.update(factors)
     return static, syms
 
 
@@ -62,10 +64,13 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     in_static, in_syms = _split_static(x.shape)
     out_static, out_syms = _split_static(d for d in out if d is not None)
     left = in_syms - out_syms
+    given = dims_prod(d for d in out if d is not None)
     mismatch = ShapeError(f"reshape: cannot view {x} as {format_value(spec)}",
                           expected=f"{_shape(x.shape)} = {dims_prod(x.shape)} elements in all",
-                          got=_shape("-1" if d is None else d for d in out),
-                          hint="write 0 to keep an input dim (e.g. the batch) and -1 for the rest")
+                          got=_shape("-1" if d is None else d for d in out) + f": the other dims give {given}"
+                          + (" elements, which does not divide them" if None in out else " elements"),
+                          hint="write 0 to keep an input dim (e.g. the batch) and -1 for the rest; -1 may take "
+                               "a product of symbols and a number (4*N) but cannot split a symbol")
     if out_syms - in_syms:
         raise mismatch
     if None in out:
@@ -73,9 +78,10 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
             raise mismatch
         rest = []
         for d in x.shape:  # leftover symbols, in input order
-            if not isinstance(d, int) and left[d] > 0:
-                rest.append(d)
-                left[d] -= 1
+            for f in dim_factors(d)[1]:
+                if left[f] > 0:
+                    rest.append(f)
+                    left[f] -= 1
         fill = dims_prod([*rest, in_static // out_static])
         out = [fill if d is None else d for d in out]
     elif left or in_static != out_static:
