@@ -54,16 +54,26 @@ def _space_note(space: list[str]) -> str:
 
 
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--write", "-w", is_flag=True,
               help="Rewrite the files in place (atomically; mode kept; through a symbolic link to its file).")
 @click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not formatted; change nothing.")
 def fmt(files, write, check_only):
-    """Print FILES in canonical format (gofmt-style)."""
+    """Print FILES in canonical format (gofmt-style); a folder stands for every .cdl file in it.
+
+    The canonical layout: 4-space indents, lines of at most 100 columns where a break is defined:
+    a long pipe keeps the lines its stages were written on (a line still too long is filled
+    again), continuation lines put their '|' under the first one; a long network, block or def
+    signature wraps its parameters after the '('."""
+    from pathlib import Path
+
     from convdsl.lang.format import format_source
 
     unformatted = []
+    expanded = []
     for f in files:
+        expanded += sorted(str(p) for p in Path(f).rglob("*.cdl") if p.is_file()) if Path(f).is_dir() else [f]
+    for f in expanded:
         text = _read_cdl(f)
         out = format_source(text, f)
         if check_only:
