@@ -25,7 +25,6 @@ import sys
 from typing import Any
 
 from convdsl.errors import ConvDSLError, UsageError
-from convdsl.ir.display import attach_display
 
 _cells = 0  # numbers the cells' pseudo file names, so error locations say which cell
 
@@ -72,7 +71,7 @@ def _run(line: str, cell: str, namespace: dict | None, file: str) -> Any:
     if args.backend == "graph":
         result: Any = graph
     else:
-        result = attach_display(compile_graph(graph, args.backend), graph, args.backend)
+        result = compile_graph(graph, args.backend)  # shows its graph (convdsl.ir.display.attach_display)
     if namespace is not None:
         namespace[args.name or graph.name] = result
     if not args.quiet:
