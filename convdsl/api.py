@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from convdsl.errors import UsageError, did_you_mean
+from convdsl.ir.display import attach_display
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights
@@ -45,12 +46,14 @@ def load_graph(source: str | os.PathLike, *, network: str | None = None, weights
 
 def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs: Any):
     """Compile a program (path, text or graph) to a runnable module of ``backend`` (``torch``,
-    ``tvm-llvm``, ``tvm-cuda``, ``onnx``).  ``kwargs`` are ``load_graph``'s: ``network``,
-    ``weights`` (a .safetensors file), ``weights_map``, ``strict``, ``overrides``, ``choices``,
-    ``bind`` (symbolic dims, e.g. ``{"N": 8}``), ``seed``."""
+    ``tvm-llvm``, ``tvm-cuda``, ``onnx``); in a notebook the module shows its graph (picture and
+    statistics table).  ``kwargs`` are ``load_graph``'s: ``network``, ``weights`` (a .safetensors
+    file), ``weights_map``, ``strict``, ``overrides``, ``choices``, ``bind`` (symbolic dims, e.g.
+    ``{"N": 8}``), ``seed``."""
     g = source if isinstance(source, Graph) else load_graph(source, **kwargs)
     mod = backend_module(backend)
-    return mod.build_module(g)
+    name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+    return attach_display(mod.build_module(g), g, name)
 
 
 def backend_module(name: Any):
