@@ -45,6 +45,7 @@ class Domain:
     interval: str = "(-inf, inf)"
     min_len: int = 0
     max_len: int = MAX_LIST
+    name: str = ""  # how an error says it: "positive", "a probability"; default: "in <interval>"
     lo: float = field(init=False, repr=False, compare=False)
     hi: float = field(init=False, repr=False, compare=False)
     lo_closed: bool = field(init=False, repr=False, compare=False)
@@ -82,6 +83,14 @@ class Domain:
             return abs(v) <= FLOAT_MAX and self._in_interval(v)
         return True  # words and strings: their kind and choices decide
 
+    def why_not(self, v: Any) -> str:
+        """Why ``v`` (which ``admits`` refuses) is refused, to follow "<op>: <attr> ..."."""
+        if isinstance(v, float) and math.isnan(v):
+            return "cannot be NaN"
+        if isinstance(v, (int, float)) and not self._in_interval(v):
+            return f"must be {self.name or 'in ' + self.interval}"
+        return "is past what every backend holds (int32 integers, finite float32 numbers)"
+
     def describe(self, integer: bool) -> str:
         """What the domain admits, for an error message or the docs (``expected``)."""
         lo, hi = self.lo, self.hi
@@ -109,8 +118,8 @@ class Domain:
 
 
 ANY = Domain()
-POSITIVE = Domain("[1, inf)")  # sizes, strides, counts
-NON_NEGATIVE = Domain("[0, inf)")  # paddings, offsets
-PROBABILITY = Domain("[0, 1]")
-POSITIVE_REAL = Domain("(0, inf)")  # scales, epsilons, standard deviations
-NON_NEGATIVE_REAL = Domain("[0, inf)")
+POSITIVE = Domain("[1, inf)", name="positive")  # sizes, strides, counts
+NON_NEGATIVE = Domain("[0, inf)", name=">= 0")  # paddings, offsets
+PROBABILITY = Domain("[0, 1]", name="a probability (0 <= p <= 1)")
+POSITIVE_REAL = Domain("(0, inf)", name="positive")  # scales, standard deviations
+NON_NEGATIVE_REAL = Domain("[0, inf)", name=">= 0")

@@ -269,6 +269,9 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
     return result
 
 
+DOMAINS_HINT = "every hyper-parameter's domain is in docs/ops.md (`convdsl ops --markdown`)"
+
+
 def check_domain(op: OpDef, a: Attr, kind: str, value: Any) -> Any:
     """``value`` (already of ``kind``) if it lies in ``a``'s domain; CDLTypeError otherwise, saying
     the domain (expected) and the value (got).  Lists are checked entry by entry and by length."""
@@ -279,14 +282,15 @@ def check_domain(op: OpDef, a: Attr, kind: str, value: Any) -> Any:
     values = value if isinstance(value, tuple) else (value,)
     if isinstance(value, tuple) and not domain.min_len <= len(value) <= domain.max_len:
         n = domain.min_len if domain.min_len == domain.max_len else f"{domain.min_len} to {domain.max_len}"
-        raise CDLTypeError(f"{op.name}({a.name}=...) takes a list of {n} entries",
-                           expected=f"{n} entries", got=f"{len(value)} entries")
+        raise CDLTypeError(f"{op.name}: {a.name} takes a list of {n} entries",
+                           expected=f"{n} entries", got=f"{len(value)} entries", hint=DOMAINS_HINT)
     for v in values:
         if not domain.admits(v):
             what = domain.describe(integer)
-            raise CDLTypeError(f"{op.name}({a.name}=...) is out of its domain",
+            raise CDLTypeError(f"{op.name}: {a.name} {domain.why_not(v)}",
                                expected=what + (" (each entry)" if isinstance(value, tuple) else ""),
-                               got=format_count(v) if isinstance(v, int) else format_value(v), hint=a.doc or None)
+                               got=format_count(v) if isinstance(v, int) else format_value(v),
+                               hint=(f"{a.name}: {a.doc}; " if a.doc else "") + DOMAINS_HINT)
     return value
 
 

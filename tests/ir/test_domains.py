@@ -43,10 +43,19 @@ def test_describe_names_the_interval_in_the_attribute_kind():
     assert "3.4e38" in ANY.describe(integer=False)
 
 
+def test_the_message_says_which_rule_the_value_breaks():
+    d = Domain("[1, inf)", name="positive")
+    assert d.why_not(0) == "must be positive"
+    assert d.why_not(2**31).startswith("is past what every backend holds")
+    assert d.why_not(math.nan) == "cannot be NaN"
+    assert Domain("[0, 1)").why_not(1.0) == "must be in [0, 1)"
+
+
 def test_bind_attrs_refuses_a_value_outside_the_domain_with_the_domain_and_the_value():
     op = _op(Attr("eps", "float", 1e-5, domain=Domain("(0, inf)")), Attr("k", "ints", 3, domain=Domain("[1, inf)")))
     with pytest.raises(CDLTypeError) as e:
         bind_attrs(op, [], {"eps": -0.5})
+    assert e.value.message == "probe: eps must be in (0, inf)"
     assert e.value.expected == "a finite number in (0, inf), at most 3.4e38 in magnitude"
     assert e.value.got == "-0.5"
     with pytest.raises(CDLTypeError) as e:
