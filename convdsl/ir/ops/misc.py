@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import POSITIVE
 from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, io_workspace, nbytes,
                                 zero_cost)
 from convdsl.ir.types import TensorType
@@ -227,8 +228,8 @@ def _dynamic_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType
 
 DYNAMIC_FILTER = OpDef(
     name="dynamic_filter", group="convolution",
-    attrs=(Attr("k", "int", 3, doc="kernel size (odd; zero padding keeps H, W)"),
-           Attr("dilation", "int", 1)),
+    attrs=(Attr("k", "int", 3, doc="kernel size (odd; zero padding keeps H, W)", domain=POSITIVE),
+           Attr("dilation", "int", 1, domain=POSITIVE)),
     inputs=(2, 2), input_names=("x", "kernels"),
     infer=_dynamic_infer, cost=_dynamic_cost, workspace=_dynamic_workspace,
     doc="per-pixel filtering with predicted kernels (kernel-prediction networks; TVConv): "
@@ -271,7 +272,7 @@ def _param_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 PARAMETER = OpDef(
     name="parameter", group="arithmetic",
-    attrs=(Attr("shape", "ints", doc="the tensor's shape (no batch dim: broadcasting adds it)"),
+    attrs=(Attr("shape", "ints", doc="the tensor's shape (no batch dim: broadcasting adds it)", domain=POSITIVE),
            Attr("init", "sym", "normal", choices=PARAM_INITS),
            Attr("scale", "float", 0.02, doc="std (normal, trunc_normal: cut at 2 std), bound (uniform) "
                                              "or the value (const)")),

@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import NON_NEGATIVE, POSITIVE
 from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, io_workspace, tuple_n, zero_cost
 from convdsl.ir.types import TensorType
 from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
@@ -208,12 +209,13 @@ def make_qconv(nd: int) -> OpDef:
         name=name,
         group="quantization",
         attrs=(
-            Attr("out", "int", doc="output channels"),
-            Attr("k", "ints", 3, doc="kernel size"),
-            Attr("stride", "ints", 1),
-            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid (zeros)"),
-            Attr("dilation", "ints", 1),
-            Attr("groups", "int|sym", 1, choices=("depthwise",)),
+            Attr("out", "int", doc="output channels", domain=POSITIVE),
+            Attr("k", "ints", 3, doc="kernel size", domain=POSITIVE),
+            Attr("stride", "ints", 1, domain=POSITIVE),
+            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid (zeros)",
+                 domain=NON_NEGATIVE),
+            Attr("dilation", "ints", 1, domain=POSITIVE),
+            Attr("groups", "int|sym", 1, choices=("depthwise",), domain=POSITIVE),
             Attr("bias", "bool", True, doc="int32 bias"),
             *_out_attrs(),
         ),
@@ -274,7 +276,7 @@ OPS = [
           example="cast(f16)", shape_rule="out = in; dtype = dtype"),
     make_qconv(1), make_qconv(2), make_qconv(3),
     OpDef(name="qlinear", group="quantization",
-          attrs=(Attr("out", "int"), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
+          attrs=(Attr("out", "int", domain=POSITIVE), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
           infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost, workspace=_qlinear_workspace,
           doc="y = x W^T + b over the last dim with an int8 input, int8 per-row weights (`weight` i8, `w_scale` "
               "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",
