@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.domains import NON_NEGATIVE, POSITIVE
+from convdsl.ir.domains import NON_NEGATIVE, POSITIVE, Domain
 from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, io_workspace, tuple_n, zero_cost
 from convdsl.ir.types import TensorType
 from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
@@ -128,17 +128,22 @@ def _cast_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [TensorType(ins[0].shape, attrs["dtype"])]
 
 
-_QATTRS = (Attr("scale", "float", doc="real value of one step"),
+# A quantization step: positive, and with its inverse (what quantize multiplies by) and the products
+# of requantization inside float32 (1e-300 made 1/scale infinite, written as `inf` into model.py).
+SCALE = Domain("[1e-30, 1e30]", name="a positive step in [1e-30, 1e30]")
+
+
+_QATTRS = (Attr("scale", "float", doc="real value of one step", domain=SCALE),
            Attr("zero_point", "int", 0, doc="the integer that stands for real 0"))
 
 
 # ---- quantized convolution and linear -------------------------------------------------------------
 def _out_attrs() -> tuple[Attr, ...]:
     return (
-        Attr("in_scale", "float", doc="scale of the int8 input"),
+        Attr("in_scale", "float", doc="scale of the int8 input", domain=SCALE),
         Attr("in_zp", "int", 0, doc="zero point of the int8 input"),
         Attr("out_dtype", "sym", "f32", choices=("f32", "u8", "i8"), doc="f32: dequantized output; u8/i8: requantized"),
-        Attr("out_scale", "float", 1.0, doc="scale of an int8 output"),
+        Attr("out_scale", "float", 1.0, doc="scale of an int8 output", domain=SCALE),
         Attr("out_zp", "int", 0, doc="zero point of an int8 output"),
         Attr("relu", "bool", False, doc="fused relu (clamp at real 0)"),
     )
