@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
-from convdsl.ir.domains import NON_NEGATIVE, POSITIVE, PROBABILITY
+from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
 from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, Symbol, expect_rank, io_workspace, nbytes, tuple_n,
                                 work_bytes, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
@@ -667,7 +667,8 @@ CLASS_TOKEN = OpDef(
 POS_EMBED = OpDef(
     name="pos_embed", group="attention",
     attrs=(Attr("kind", "sym", "learned", choices=("learned", "sinusoidal")),
-           Attr("std", "float", 0.02, doc="init std of a learned table (torchvision ViT: 0.02)")),
+           Attr("std", "float", 0.02, doc="init std of a learned table (torchvision ViT: 0.02)",
+                domain=NON_NEGATIVE_REAL)),
     infer=_pos_infer, params=_pos_params,
     workspace=io_workspace(per_output=2),  # the sinusoidal table [L, C]: positions, frequencies, sin/cos pairs
     doc="adds position embeddings to tokens: learned (parameter `pos_embedding` [1, L, C], like "
