@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.domains import POSITIVE
+from convdsl.ir.domains import POSITIVE, Domain
 from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, io_workspace, nbytes,
                                 zero_cost)
 from convdsl.ir.types import TensorType
@@ -163,7 +163,8 @@ def _norm_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 VECTOR_NORM = OpDef(
     name="vector_norm", group="pooling",
-    attrs=(Attr("dims", "ints", doc="dim or list of dims the norm runs over"), Attr("p", "float", 2.0),
+    attrs=(Attr("dims", "ints", doc="dim or list of dims the norm runs over"),
+           Attr("p", "float", 2.0, doc="the order; inf: the largest |x|", domain=Domain("(0, inf]")),
            Attr("keepdim", "bool", False)),
     infer=_norm_infer, cost=lambda a, ins, outs: Cost(0, 2 * ins[0].numel()),
     workspace=io_workspace(per_input=2),  # |x| and |x|^p before the sum
