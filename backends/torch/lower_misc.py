@@ -48,7 +48,7 @@ def _vector_norm(node: Node, ins: list[TensorType], mod: str | None, args: list[
     a = node.attrs
     dims = normalize_dims("vector_norm", a["dims"], ins[0].rank)
     keep = _kw(keepdim=True) if a["keepdim"] else ""
-    return f"torch.linalg.vector_norm({args[0]}, {a['p']!r}, dim={_r(dims)}{keep})"
+    return f"torch.linalg.vector_norm({args[0]}, {_r(a['p'])}, dim={_r(dims)}{keep})"
 
 
 def _dynamic_filter(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:

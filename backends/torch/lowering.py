@@ -46,8 +46,14 @@ class TorchLowering:
 
 
 def _r(v) -> str:
-    """Python literal for an attribute value (ints, floats, bools, tuples, validated words)."""
+    """Python literal for an attribute value (ints, floats, bools, tuples, validated words).
+    An infinity a domain admits (vector_norm's ``p=inf``) is ``math.inf``: repr() writes ``inf``,
+    a name generated code does not define; NaN is in no domain."""
     if isinstance(v, float):
+        if math.isinf(v):
+            return "math.inf" if v > 0 else "-math.inf"
+        if math.isnan(v):
+            raise LoweringError("NaN reached the torch code generator", hint="no attribute domain admits NaN")
         return repr(v)
     if isinstance(v, (list, tuple)):
         return "(" + ", ".join(_r(x) for x in v) + ("," if len(v) == 1 else "") + ")"

@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
+from convdsl.errors import CDLTypeError, ShapeError, did_you_mean, format_count
+from convdsl.ir.domains import ANY, Domain
 from convdsl.ir.types import DTYPE_BYTES, FLOAT_DTYPES, TensorType
 
 
@@ -28,6 +29,8 @@ class Attr:
 
     ``kind`` is one or more of: int, float, bool, ints (int or list of ints),
     sym (a bare word from ``choices``), str, floats, any — joined by ``|``.
+    ``domain``: the numbers (and list lengths) every backend runs (convdsl/ir/domains.py);
+    None admits what every backend can hold (``domains.ANY``).
     """
 
     name: str
@@ -35,6 +38,7 @@ class Attr:
     default: Any = REQUIRED
     choices: tuple[str, ...] | None = None
     doc: str = ""
+    domain: Domain | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
         for kind in a.kind.split("|"):
             ok, coerced = _coerce(kind, v, a)
             if ok:
-                result[a.name] = coerced
+                result[a.name] = check_domain(op, a, kind, coerced)
                 break
         else:
             hint = None
@@ -263,6 +267,31 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
                 hint=hint,
             )
     return result
+
+
+DOMAINS_HINT = "every hyper-parameter's domain is in docs/ops.md (`convdsl ops --markdown`)"
+
+
+def check_domain(op: OpDef, a: Attr, kind: str, value: Any) -> Any:
+    """``value`` (already of ``kind``) if it lies in ``a``'s domain; CDLTypeError otherwise, saying
+    the domain (expected) and the value (got).  Lists are checked entry by entry and by length."""
+    if kind not in ("int", "float", "ints", "floats") or value is None:
+        return value
+    domain = a.domain or ANY
+    integer = kind in ("int", "ints")
+    values = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and not domain.min_len <= len(value) <= domain.max_len:
+        n = domain.min_len if domain.min_len == domain.max_len else f"{domain.min_len} to {domain.max_len}"
+        raise CDLTypeError(f"{op.name}: {a.name} takes a list of {n} entries",
+                           expected=f"{n} entries", got=f"{len(value)} entries", hint=DOMAINS_HINT)
+    for v in values:
+        if not domain.admits(v):
+            what = domain.describe(integer)
+            raise CDLTypeError(f"{op.name}: {a.name} {domain.why_not(v)}",
+                               expected=what + (" (each entry)" if isinstance(value, tuple) else ""),
+                               got=format_count(v) if isinstance(v, int) else format_value(v),
+                               hint=(f"{a.name}: {a.doc}; " if a.doc else "") + DOMAINS_HINT)
+    return value
 
 
 def _is_bare_layer(v: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import Domain, POSITIVE
 from convdsl.ir.optable import Attr, OpDef, format_value, zero_cost
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.pool import normalize_dims
@@ -294,7 +295,8 @@ OPS = [
     _op("flatten", (Attr("start", "int", 1), Attr("end", "int", -1)), _flatten_infer,
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
         "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]"),
-    _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred"),), _reshape_infer,
+    _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred",
+                          domain=Domain("[-1, inf)", name="positive, 0 (keep) or -1 (infer)")),), _reshape_infer,
         "view the same elements with a new shape.", "reshape([0, 16, -1])",
         "same number of elements; 0 copies the input dim at that position, -1 takes the rest"),
     _op("permute", (Attr("dims", "ints", doc="a permutation of the input dims"),), _permute_infer,
@@ -308,8 +310,9 @@ OPS = [
     _op("concat", (Attr("dim", "int", 1),), _concat_infer,
         "join tensors along dim; all other dims must match.", "(a, b) | concat", "sum of sizes along dim",
         inputs=(1, None), input_names=("a", "b")),
-    _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)"),
-                  Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)"),
+    _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)",
+                       domain=POSITIVE),
+                  Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)", domain=POSITIVE),
                   Attr("dim", "int", 1)), _split_infer,
         "cut a tensor along dim into several outputs.", "a, b = x | split([16, 48])",
         "one output per piece; sizes add up to in[dim]"),
@@ -318,10 +321,10 @@ OPS = [
                 Attr("value", "float", 0.0, doc="fill value for mode=zeros")), _pad_infer,
         "pad the spatial dims (2 and after) of [N, C, *spatial].", "pad([0, 1, 0, 1])",
         "out = in + before + after per spatial dim"),
-    _op("pixel_shuffle", (Attr("factor", "int"),), _pixel_shuffle_infer,
+    _op("pixel_shuffle", (Attr("factor", "int", domain=POSITIVE),), _pixel_shuffle_infer,
         "sub-pixel upsampling: move channel blocks into space.", "pixel_shuffle(2)",
         "[N, C*r*r, H, W] -> [N, C, H*r, W*r]"),
-    _op("pixel_unshuffle", (Attr("factor", "int"),), _pixel_unshuffle_infer,
+    _op("pixel_unshuffle", (Attr("factor", "int", domain=POSITIVE),), _pixel_unshuffle_infer,
         "inverse of pixel_shuffle: move space blocks into channels.", "pixel_unshuffle(2)",
         "[N, C, H*r, W*r] -> [N, C*r*r, H, W]"),
     SELECT,
