@@ -1,8 +1,11 @@
 """The op table's vocabulary: what one op definition consists of.
 
 Each op is defined exactly once (see ``convdsl/ir/ops/``) as an ``OpDef``:
-its attribute schema, shape rule, parameter shapes with initializers, and
-cost.  Backends keep their own lowering tables keyed by ``OpDef.name``.
+its attribute schema, shape rule, parameter shapes with initializers, cost,
+doc and example, and the properties passes read (``random``, ``commutative``,
+``identity_when``, ``out_channels``...) as data, so that no pass keeps a set of
+op names of its own.  Backends keep their lowering tables keyed by
+``OpDef.name`` (backends/registry.py).
 """
 from __future__ import annotations
 
@@ -67,6 +70,28 @@ InferFn = Callable[[Attrs, list[TensorType]], list[TensorType]]
 ParamsFn = Callable[[Attrs, list[TensorType]], dict[str, ParamSpec]]
 CostFn = Callable[[Attrs, list[TensorType], list[TensorType]], Cost]
 NormalizeFn = Callable[[dict, list[TensorType]], dict]
+IdentityFn = Callable[[Attrs, TensorType, TensorType], bool]  # (attrs, input type, output type)
+
+
+def always_identity(attrs: Attrs, x: TensorType, y: TensorType) -> bool:
+    """``identity_when`` of an op that returns its input at inference whatever its attributes."""
+    return True
+
+
+def identity_if_same_type(attrs: Attrs, x: TensorType, y: TensorType) -> bool:
+    """``identity_when`` of an op that moves no element when its output type is its input type."""
+    return x == y
+
+
+@dataclass(frozen=True)
+class OutChannels:
+    """The output channels of a producer (a conv, a linear...): the ``axis`` of its output that
+    carries them (-1: the last) and, per parameter holding one slice per output channel, the
+    axis of that slice.  Axis 1 of a ``weight`` is the grouped layout of transposed convolutions,
+    [in, out/groups, ...]: output channel g*(out/groups) + j is [group g's rows, j]."""
+
+    axis: int
+    params: Mapping[str, int]
 
 
 def no_params(attrs: Attrs, ins: list[TensorType]) -> dict[str, ParamSpec]:
@@ -95,6 +120,14 @@ class OpDef:
     example: str = ""
     input_names: tuple[str, ...] = ("x",)
     shape_rule: str = ""  # human-readable shape rule for docs
+    # -- properties passes read ---------------------------------------------------------------
+    random: bool = False  # draws random numbers while training (dropout): cse never merges two of them
+    commutative: bool = False  # op(a, b) == op(b, a) bit for bit with two inputs: cse sorts them
+    identity_when: IdentityFn | None = None  # True: returns its one input unchanged at inference (remove_identity)
+    out_channels: OutChannels | None = None  # a producer's output channels (fold_bn, quantize, prune's criteria)
+    folds_into_producer: bool = False  # inference batchnorm: fold_bn folds it into the conv/linear before it
+    int8: str | None = None  # the int8 op the quantize pass makes of it (conv2d -> qconv2d)
+    int8_passthrough: bool = False  # commutes with per-tensor quantization: runs on the int8 tensor (quantize)
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:

@@ -5,9 +5,10 @@ weights and is used for inference.  Run ``fold_bn`` first (the ``int8``
 pipeline and ``convdsl quantize`` do), so that batchnorms are folded into the
 convs that get quantized.
 
-Postcondition: every conv1d/2d/3d (zero padding) and linear that reads a float
-tensor and is not kept in float by ``per_layer`` is a ``qconv*d``/``qlinear``
-with the same node id: int8 weights, symmetric per output channel
+Postcondition: every conv1d/2d/3d (zero padding) and linear (the ops whose
+``int8`` in the op table names their quantized op) that reads a float tensor
+and is not kept in float by ``per_layer`` is a ``qconv*d``/``qlinear`` with
+the same node id: int8 weights, symmetric per output channel
 (``<id>.weight`` i8, ``<id>.w_scale`` f32), int32 bias (``<id>.bias``), int8
 input, int32 accumulation, and a fused ``relu`` when its only reader was one.
 Its input is a ``quantize`` node (per-tensor, asymmetric, scale and zero point
@@ -15,8 +16,8 @@ from calibration) or, when the producer is itself quantized, the producer's
 int8 output directly.  Its output is int8 (requantized with the calibrated
 range of the value) when some reader is quantized, and float32 otherwise;
 float readers of an int8 value read a ``dequantize`` of it.  Max-pooling and
-reshapes/permutes between quantized layers run on the int8 tensor (they commute
-with quantization).  Every other op, and every layer kept in float, is
+reshapes/permutes between quantized layers (ops marked ``int8_passthrough``)
+run on the int8 tensor (they commute with quantization).  Every other op, and every layer kept in float, is
 unchanged: quantize/dequantize nodes stand at the boundaries.  Graph inputs
 and outputs keep their dtypes.  ``graph.meta["quantize"]`` records what was
 done (per-layer scales, what stayed float and why).  The input graph is not
@@ -41,11 +42,14 @@ from convdsl.ir.types import TensorType
 from convdsl.passes.calibrate import METHODS, as_batches, observe
 from convdsl.passes.rewrite import owners, sole_user
 
-QUANTIZABLE = {"conv1d": "qconv1d", "conv2d": "qconv2d", "conv3d": "qconv3d", "linear": "qlinear"}
-# ops that commute with per-tensor quantization: they run on the int8 tensor, keeping its scale
-PASSTHROUGH = frozenset({"maxpool1d", "maxpool2d", "maxpool3d", "flatten", "reshape", "permute", "transpose", "squeeze",
-                         "unsqueeze", "identity", "dropout"})
-_CONV_ATTRS = ("out", "k", "stride", "pad", "dilation", "groups", "bias")
+
+def _quantizable(node: Node) -> bool:
+    return node.op in OPS and OPS[node.op].int8 is not None
+
+
+def _passthrough(node: Node) -> bool:
+    """Commutes with per-tensor quantization: runs on the int8 tensor, keeping its scale."""
+    return node.op in OPS and OPS[node.op].int8_passthrough
 
 
 def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
@@ -79,7 +83,7 @@ def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", pe
     for nid in order:
         if nid in plan:
             layers.append(rw.layer(g.node(nid), plan[nid], out_of[nid] in wants_int, weight_bits))
-        elif nid in g and g.node(nid).op in PASSTHROUGH and Value(nid) in wants_int:
+        elif nid in g and _passthrough(g.node(nid)) and Value(nid) in wants_int:
             rw.passthrough(g.node(nid))
     rw.drop_dead_dequantizes()
     g.meta["quantize"] = {
@@ -109,7 +113,7 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict
     kept: dict[str, str] = {}
     matched = set()
     for node in g.nodes():
-        if node.op not in QUANTIZABLE:
+        if not _quantizable(node):
             continue
         for pattern in per_layer:
             if node.id == pattern or fnmatch.fnmatchcase(node.id, pattern) or node.id.startswith(pattern + "."):
@@ -124,7 +128,7 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict
     if unknown:
         from convdsl.errors import did_you_mean
 
-        names = [n.id for n in g.nodes() if n.op in QUANTIZABLE]
+        names = [n.id for n in g.nodes() if _quantizable(n)]
         raise UsageError(f"per-layer config names no conv or linear layer: {', '.join(unknown)}",
                          hint=did_you_mean(unknown[0], names) or f"layers: {', '.join(names[:12])}")
     return plan, kept
@@ -154,7 +158,7 @@ def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of:
         for i in range(len(node.types)):
             v = Value(nid, i)
             for c, port in g.users(v):
-                if (c in plan and port == 0) or (g.node(c).op in PASSTHROUGH and Value(c) in wanted):
+                if (c in plan and port == 0) or (_passthrough(g.node(c)) and Value(c) in wanted):
                     wanted.add(v)
     return wanted
 
@@ -183,7 +187,8 @@ class _Rewriter:
         g = self.g
         x = g.inputs_of(node.id)[0]
         q, in_scale, in_zp = self.int8(x)
-        attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_ATTRS if k in node.attrs}
+        qop = OPS[node.op].int8
+        attrs: dict[str, Any] = {k: v for k, v in node.attrs.items() if OPS[qop].attr(k) is not None}
         attrs.update(in_scale=in_scale, in_zp=in_zp, out_dtype="f32", out_scale=1.0, out_zp=0, relu=relu is not None)
         out_v = Value(relu or node.id)
         if int_out:
@@ -193,7 +198,6 @@ class _Rewriter:
         arrays = {"weight": w, "w_scale": ws}
         if node.attrs["bias"]:
             arrays["bias"] = quantize_bias(g.params[node.params["bias"]], in_scale, ws)
-        qop = QUANTIZABLE[node.op]
         new = self._swap(node, qop, [q], attrs, drop=[relu] if relu else [])
         self._set_params(new, arrays)
         if int_out:

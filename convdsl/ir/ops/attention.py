@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, Symbol, expect_rank, tuple_n, zero_cost
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank, tuple_n, zero_cost
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
 
 SOFTMAX_FLOPS = 5  # per attention logit: max, sub, exp, sum, div
@@ -569,6 +569,7 @@ PATCH_EMBED = OpDef(
         "torchvision ViT's keys.",
     example="patch_embed(768, 16) as conv_proj",
     shape_rule="[N, C, H, W] -> [N, (H/p)*(W/p), dim]",
+    out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}),
 )
 
 CLASS_TOKEN = OpDef(

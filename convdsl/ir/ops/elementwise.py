@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, OpDef, elementwise_cost, zero_cost
+from convdsl.ir.optable import Attr, Cost, OpDef, always_identity, elementwise_cost, zero_cost
 from convdsl.ir.types import TensorType
 
 
@@ -10,12 +10,12 @@ def same_type(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [ins[0]]
 
 
-def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: int = 1) -> OpDef:
+def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: int = 1, **props) -> OpDef:
     def cost(a, ins, outs):
         return Cost(0, flops_per * outs[0].numel())
 
     return OpDef(name=name, group="activation", attrs=attrs, infer=same_type, cost=cost, doc=doc,
-                 example=f"x | {name}", shape_rule="out = in")
+                 example=f"x | {name}", shape_rule="out = in", **props)
 
 
 def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
@@ -37,12 +37,12 @@ def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
     return TensorType(tuple(out), a.dtype)
 
 
-def _binary(name: str, sym: str) -> OpDef:
+def _binary(name: str, sym: str, **props) -> OpDef:
     return OpDef(
         name=name, group="arithmetic", attrs=(), inputs=(2, 2),
         infer=lambda a, ins: [broadcast(name, ins[0], ins[1])],
         doc=f"elementwise a {sym} b with broadcasting; also written `a {sym} b`.",
-        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)",
+        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)", **props,
     )
 
 
@@ -99,11 +99,13 @@ DROP_PATH = OpDef(
         "whole batch with probability p and scale survivors by 1/(1-p); identity at inference.",
     example="drop_path(0.1)",
     shape_rule="out = in",
+    random=True, identity_when=always_identity,  # identity at inference
 )
 
 
 OPS = [
-    _activation("identity", "passes its input through unchanged", flops_per=0),
+    _activation("identity", "passes its input through unchanged", flops_per=0, identity_when=always_identity,
+                int8_passthrough=True),
     _activation("relu", "max(x, 0)"),
     _activation("relu6", "min(max(x, 0), 6)"),
     _activation("leaky_relu", "x if x > 0 else slope*x", (Attr("slope", "float", 0.01),)),
@@ -118,12 +120,14 @@ OPS = [
     OpDef(name="affine", group="arithmetic",
           attrs=(Attr("scale", "float", 1.0), Attr("shift", "float", 0.0)),
           infer=same_type, doc="x * scale + shift; what `x * 0.5` or `x + 1` become",
-          example="affine(x, scale=0.5)", shape_rule="out = in"),
+          example="affine(x, scale=0.5)", shape_rule="out = in",
+          identity_when=lambda a, x, y: x == y and a["scale"] == 1.0 and a["shift"] == 0.0),
     OpDef(name="add", group="arithmetic", attrs=(), inputs=(2, None), infer=_nary_add,
           doc="elementwise sum of two or more tensors with broadcasting; also written `a + b`.",
-          example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)"),
+          example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)",
+          commutative=True),
     _binary("sub", "-"),
-    _binary("mul", "*"),
+    _binary("mul", "*", commutative=True),
     _binary("div", "/"),
     OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
           doc="batched matrix product over the last two dims; also written `a @ b`.",
@@ -134,6 +138,7 @@ OPS = [
     OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing"),),
           infer=_dropout_infer, cost=lambda a, ins, outs: Cost(0, 0),
           doc="zeroes elements with probability p and rescales by 1/(1-p) while training; identity at inference.",
-          example="dropout(0.2)", shape_rule="out = in"),
+          example="dropout(0.2)", shape_rule="out = in",
+          random=True, identity_when=always_identity, int8_passthrough=True),
     DROP_PATH,
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, OutChannels, ParamSpec
 from convdsl.ir.types import TensorType
 
 
@@ -35,5 +35,6 @@ OPS = [
     OpDef(name="linear", group="linear", attrs=(Attr("out", "int"), Attr("bias", "bool", True)),
           infer=_infer, params=_params, cost=_cost,
           doc="y = x W^T + b over the last dim; in-features inferred.", example="linear(1000)",
-          shape_rule="[..., in] -> [..., out]"),
+          shape_rule="[..., in] -> [..., out]",
+          out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}), int8="qlinear"),
 ]

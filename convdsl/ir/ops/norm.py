@@ -34,7 +34,8 @@ def _bn(nd: int) -> OpDef:
                  infer=infer, params=params, cost=lambda a, i, o: Cost(0, 2 * o[0].numel()),
                  doc="batch normalization over dim 1 (inference uses running statistics)"
                      + ("" if nd else "; rank picks 1d/2d/3d"),
-                 example=f"x | {name}", shape_rule="out = in")
+                 example=f"x | {name}", shape_rule="out = in",
+                 folds_into_producer=True)
 
 
 def _affine_params(c: int, weight: bool, bias: bool) -> dict[str, ParamSpec]:

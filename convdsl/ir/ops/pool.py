@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, OpDef, expect_rank, format_value, tuple_n
+from convdsl.ir.optable import Attr, Cost, OpDef, expect_rank, format_value, identity_if_same_type, tuple_n
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -94,6 +94,7 @@ def make_pool(kind: str, nd: int) -> OpDef:
     what = "maximum" if is_max else "average"
     return OpDef(
         name=name, group="pooling", attrs=tuple(attrs), infer=infer, cost=cost,
+        int8_passthrough=is_max,  # max commutes with a monotone per-tensor quantization
         doc=f"{nd}-D {what} pooling over the last {nd} dim(s) of [N, C, {SPATIAL[nd]}].",
         example=f"{name}(3, stride=2, pad=1)" if is_max else f"{name}(2)",
         shape_rule="out = floor_or_ceil((in + 2*pad - dilation*(k-1) - 1) / stride) + 1"
@@ -232,5 +233,5 @@ OPS = [
           infer=_upsample_infer, cost=_upsample_cost,
           doc="resize the spatial dims of [N, C, *spatial] by interpolation (F.interpolate).",
           example="upsample(2, mode=bilinear)",
-          shape_rule="out = floor(in * scale), or size"),
+          shape_rule="out = floor(in * scale), or size", identity_when=identity_if_same_type),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, OpDef, format_value, zero_cost
+from convdsl.ir.optable import Attr, OpDef, format_value, identity_if_same_type, zero_cost
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.pool import normalize_dims
 
@@ -84,6 +84,20 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 # ---- permute / transpose / squeeze / unsqueeze --------------------------------
+def _permute_dims(attrs: dict, rank: int) -> tuple[int, ...]:
+    dims = (attrs["dims"],) if isinstance(attrs["dims"], int) else attrs["dims"]
+    return normalize_dims("permute", dims, rank)
+
+
+def _permute_is_identity(attrs: dict, x: TensorType, y: TensorType) -> bool:
+    return x == y and list(_permute_dims(attrs, x.rank)) == list(range(x.rank))
+
+
+def _transpose_is_identity(attrs: dict, x: TensorType, y: TensorType) -> bool:
+    return x == y and normalize_dims("transpose", attrs["dim0"], x.rank) == \
+        normalize_dims("transpose", attrs["dim1"], x.rank)
+
+
 def _permute_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     x = ins[0]
     dims = (attrs["dims"],) if isinstance(attrs["dims"], int) else attrs["dims"]
@@ -287,36 +301,42 @@ SELECT = OpDef(
 OPS = [
     _op("flatten", (Attr("start", "int", 1), Attr("end", "int", -1)), _flatten_infer,
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
-        "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]"),
+        "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]",
+        identity_when=identity_if_same_type, int8_passthrough=True),
     _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred"),), _reshape_infer,
         "view the same elements with a new shape.", "reshape([0, 16, -1])",
-        "same number of elements; 0 copies the input dim at that position, -1 takes the rest"),
+        "same number of elements; 0 copies the input dim at that position, -1 takes the rest",
+        identity_when=identity_if_same_type, int8_passthrough=True),
     _op("permute", (Attr("dims", "ints", doc="a permutation of the input dims"),), _permute_infer,
-        "reorder dims: out dim i is input dim dims[i].", "permute([0, 2, 3, 1])", "out[i] = in[dims[i]]"),
+        "reorder dims: out dim i is input dim dims[i].", "permute([0, 2, 3, 1])", "out[i] = in[dims[i]]",
+        identity_when=_permute_is_identity, int8_passthrough=True),
     _op("transpose", (Attr("dim0", "int"), Attr("dim1", "int")), _transpose_infer,
-        "swap two dims.", "transpose(1, 2)", "swap in[dim0] and in[dim1]"),
+        "swap two dims.", "transpose(1, 2)", "swap in[dim0] and in[dim1]",
+        identity_when=_transpose_is_identity, int8_passthrough=True),
     _op("squeeze", (Attr("dims", "ints", None, doc="dims of size 1 to drop (default: every static 1)"),),
-        _squeeze_infer, "drop dims of size 1.", "squeeze([2, 3])", "remove the given size-1 dims"),
+        _squeeze_infer, "drop dims of size 1.", "squeeze([2, 3])", "remove the given size-1 dims",
+        identity_when=identity_if_same_type, int8_passthrough=True),
     _op("unsqueeze", (Attr("dim", "int"),), _unsqueeze_infer,
-        "insert a dim of size 1 at position dim.", "unsqueeze(1)", "insert 1 at dim (dim in [-rank-1, rank])"),
+        "insert a dim of size 1 at position dim.", "unsqueeze(1)", "insert 1 at dim (dim in [-rank-1, rank])",
+        int8_passthrough=True),
     _op("concat", (Attr("dim", "int", 1),), _concat_infer,
         "join tensors along dim; all other dims must match.", "(a, b) | concat", "sum of sizes along dim",
-        inputs=(1, None), input_names=("a", "b")),
+        inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type),
     _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)"),
                   Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)"),
                   Attr("dim", "int", 1)), _split_infer,
         "cut a tensor along dim into several outputs.", "a, b = x | split([16, 48])",
-        "one output per piece; sizes add up to in[dim]"),
+        "one output per piece; sizes add up to in[dim]", identity_when=identity_if_same_type),
     _op("pad", (Attr("pad", "ints", doc="int, one per spatial dim, or (before, after) pairs in dim order"),
                 Attr("mode", "sym", "zeros", choices=PAD_MODES),
                 Attr("value", "float", 0.0, doc="fill value for mode=zeros")), _pad_infer,
         "pad the spatial dims (2 and after) of [N, C, *spatial].", "pad([0, 1, 0, 1])",
-        "out = in + before + after per spatial dim"),
+        "out = in + before + after per spatial dim", identity_when=identity_if_same_type),
     _op("pixel_shuffle", (Attr("factor", "int"),), _pixel_shuffle_infer,
         "sub-pixel upsampling: move channel blocks into space.", "pixel_shuffle(2)",
-        "[N, C*r*r, H, W] -> [N, C, H*r, W*r]"),
+        "[N, C*r*r, H, W] -> [N, C, H*r, W*r]", identity_when=identity_if_same_type),
     _op("pixel_unshuffle", (Attr("factor", "int"),), _pixel_unshuffle_infer,
         "inverse of pixel_shuffle: move space blocks into channels.", "pixel_unshuffle(2)",
-        "[N, C, H*r, W*r] -> [N, C*r*r, H, W]"),
+        "[N, C, H*r, W*r] -> [N, C*r*r, H, W]", identity_when=identity_if_same_type),
     SELECT,
 ]

@@ -43,13 +43,26 @@ import numpy as np
 
 from convdsl.errors import UsageError, did_you_mean
 from convdsl.ir.graph import Graph, Node
+from convdsl.ir.ops import OPS
 from convdsl.passes.prune.groups import Dependencies, Member
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation")
 DATA_CRITERIA = ("taylor", "activation")
-CONVS = {f"conv{nd}d" for nd in (1, 2, 3)}
-CONV_T = {f"conv_transpose{nd}d" for nd in (1, 2, 3)}
-OBSERVABLE = CONVS | CONV_T | {"linear", "patch_embed"}
+
+
+def _observable(node: Node) -> bool:
+    """A producer whose output channels the data criteria observe (``out_channels`` in the op table)."""
+    return OPS[node.op].out_channels is not None
+
+
+def _transposed(node: Node) -> bool:
+    """A transposed conv: its weight is [in, out/groups, k...] (``out_channels`` weight axis 1)."""
+    out = OPS[node.op].out_channels
+    return out is not None and out.params.get("weight") == 1
+
+
+def _channels_last(node: Node) -> bool:
+    return OPS[node.op].out_channels.axis == -1
 
 
 @dataclass
@@ -81,7 +94,7 @@ def importance(graph: Graph, deps: Dependencies, criterion: str = "l1", data: An
         contrib = {m: np.abs(graph.params[graph.node(m.node).params["weight"]]).astype(np.float64)
                    for m in deps_members(deps) if m.role == "norm"}
     else:
-        observed = [m for m in deps_members(deps) if m.role == "out" and graph.node(m.node).op in OBSERVABLE]
+        observed = [m for m in deps_members(deps) if m.role == "out" and _observable(graph.node(m.node))]
         contrib = calibrate(graph, observed, criterion, data, samples, batch_size, seed)
     fallback: dict[Member, np.ndarray] = {}
     by_group = {}
@@ -143,7 +156,7 @@ def weight_norms(graph: Graph, m: Member, criterion: str) -> np.ndarray:
     if node.op == "mhsa":
         return red(p[node.params["out_proj.weight"]], 0)
     w = p[node.params["weight"]]
-    if node.op in CONV_T:  # [in, out/G, k...] -> per output channel
+    if _transposed(node):  # [in, out/G, k...] -> per output channel
         G = node.attrs["groups"]
         blocks = w.reshape(G, w.shape[0] // G, w.shape[1], -1)
         return np.concatenate([red(np.moveaxis(b, 1, 0), 0) for b in blocks])
@@ -188,7 +201,7 @@ class _Stats:
 
 def _positions(node: Node, y):
     """Producer output -> [B, C, P] (channels, positions)."""
-    if node.op in ("linear", "patch_embed"):
+    if _channels_last(node):
         y = y.reshape(y.shape[0], -1, y.shape[-1]).transpose(1, 2)
     return y.reshape(y.shape[0], y.shape[1], -1)
 
@@ -198,13 +211,13 @@ def _input_moments(node: Node, mod, x):
     channels and the window p reads -> two [B, G, P] tensors."""
     import torch.nn.functional as F
 
-    if node.op == "linear":
+    if not hasattr(mod, "kernel_size"):  # a linear layer: features last, every output reads all of them
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         return x.mean(-1)[:, None], (x * x).mean(-1)[:, None]
-    G = mod.groups if node.op in CONVS | CONV_T else 1
+    G = getattr(mod, "groups", 1)
     xs = x.reshape(x.shape[0], G, -1, *x.shape[2:])
     m1, m2 = xs.mean(2), (xs * xs).mean(2)
-    if node.op in CONV_T:
+    if _transposed(node):
         return m1.flatten(2).mean(-1, keepdim=True), m2.flatten(2).mean(-1, keepdim=True)
     nd = x.dim() - 2
     pool = [F.avg_pool1d, F.avg_pool2d, F.avg_pool3d][nd - 1]
@@ -286,6 +299,6 @@ def calibrate(graph: Graph, members: list[Member], criterion: str, data: Any, sa
         ratio = (sd_y / (sd_x.repeat_interleave(C // G, 0) + 1e-12)).mean(-1)
         w = weight_norms(graph, m, "l1")
         rows = graph.params[node.params["weight"]]
-        per_row = rows.size / (rows.shape[0] if node.op not in CONV_T else C)
+        per_row = rows.size / (rows.shape[0] if not _transposed(node) else C)
         out_scores[m] = (w / per_row) * ratio.numpy()
     return out_scores
