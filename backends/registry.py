@@ -39,8 +39,8 @@ class Lowerings(OpTable[E]):
         super()._check_new(op)
         home = FAMILY[op]
         if home != self.family:
-            raise RegistryError(f"'{op}' is defined in convdsl/ir/ops/{home}.py: its {self.backend} lowering belongs in "
-                                f"backends/{self.backend}/lower_{home}.py, not lower_{self.family}.py")
+            raise RegistryError(f"'{op}' is defined in convdsl/ir/ops/{home}.py: its {self.backend} lowering "
+                                f"belongs in backends/{self.backend}/lower_{home}.py, not lower_{self.family}.py")
 
 
 class LoweringTable(Mapping[str, E]):
@@ -94,8 +94,9 @@ class LoweringTable(Mapping[str, E]):
         entry = self._entries.get(node.op)
         if entry is None:
             why = self.skipped.get(node.op)
+            message = f"op '{node.op}' has no lowering for the {target or self.backend} backend"
             raise LoweringError(
-                f"op '{node.op}' has no lowering for the {target or self.backend} backend" + (f": {why}" if why else ""),
+                message + (f": {why}" if why else ""),
                 node.span, hint="supported ops: " + ", ".join(sorted(self._entries)), notes=[f"node {node.id}"],
             )
         return entry

@@ -37,4 +37,5 @@ def _fft_conv(node: Node, ins: list[TensorType]) -> str:
 
 LOWERINGS.add("global_filter", TorchLowering(module_call, _global_filter, helpers=("GlobalFilter2d",)))
 LOWERINGS.add("adaptive_filter", TorchLowering(module_call, _adaptive_filter, helpers=("AdaptiveFilter2d",)))
-LOWERINGS.add("fft_conv", TorchLowering(module_call, _fft_conv, helpers=("fast_fft_len", "fft_long_conv", "LongConv1d")))
+LOWERINGS.add("fft_conv", TorchLowering(module_call, _fft_conv,
+                                        helpers=("fast_fft_len", "fft_long_conv", "LongConv1d")))

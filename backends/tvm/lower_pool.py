@@ -49,7 +49,8 @@ def _pool(kind: str, nd: int):
         a = node.attrs
         k, s, p, d = pool_geometry(a, nd)
         if kind == "max":
-            fn = lambda x: getattr(R.nn, f"max_pool{nd}d")(x, k, s, p + p, d, ceil_mode=a["ceil_mode"], layout=_LAYOUT[nd])  # noqa: E731
+            fn = lambda x: getattr(R.nn, f"max_pool{nd}d")(x, k, s, p + p, d, ceil_mode=a["ceil_mode"],  # noqa: E731
+                                                           layout=_LAYOUT[nd])
             if any(pi > 0 and di > 1 for pi, di in zip(p, d)):
                 # a window may then lie entirely in the padding (with pad <= k/2, the op table's rule,
                 # an undilated window always covers an element): torch gives -inf there, TVM's pool
@@ -60,8 +61,10 @@ def _pool(kind: str, nd: int):
                     mask = empty.reshape((1,) * (ins[0].rank - nd) + empty.shape)
                     return R.where(cx.const(mask, "bool"), cx.const(float("-inf")), y)
         else:
-            fn = lambda x: getattr(R.nn, f"avg_pool{nd}d")(x, k, s, p + p, (1,) * nd, ceil_mode=a["ceil_mode"],  # noqa: E731
-                                     count_include_pad=a["count_include_pad"], layout=_LAYOUT[nd])
+            fn = lambda x: getattr(R.nn, f"avg_pool{nd}d")(x, k, s, p + p, (1,) * nd,  # noqa: E731
+                                                           ceil_mode=a["ceil_mode"],
+                                                           count_include_pad=a["count_include_pad"],
+                                                           layout=_LAYOUT[nd])
         return _batched(cx, args[0], ins, nd, fn)
 
     return lower
@@ -78,7 +81,8 @@ def _adaptive(kind: str, nd: int):
     def lower(cx, node, args, ins):
         out = tuple_n(node.attrs["out"], nd)
         if kind == "avg":
-            return _batched(cx, args[0], ins, nd, lambda x: getattr(R.nn, f"adaptive_avg_pool{nd}d")(x, out, layout=_LAYOUT[nd]))
+            pool = getattr(R.nn, f"adaptive_avg_pool{nd}d")
+            return _batched(cx, args[0], ins, nd, lambda x: pool(x, out, layout=_LAYOUT[nd]))
         return _batched(cx, args[0], ins, nd,
                         lambda x: cx.emit_te(getattr(topi.nn, _ADAPTIVE_TE[nd]), x, out, "max", _LAYOUT[nd]))
 

@@ -83,6 +83,67 @@ def identity_if_same_type(attrs: Attrs, x: TensorType, y: TensorType) -> bool:
     return x == y
 
 
+AxisFn = Callable[[Attrs, int, TensorType], bool]  # (attrs, channel axis of input 0, its type)
+
+
+@dataclass(frozen=True)
+class Prune:
+    """How an op's channels relate to its input's, for structured pruning (convdsl/passes/prune).
+
+    - ``kind="keep"``: channel c of input 0 is channel c of every output, on the same axis,
+      when ``along(attrs, axis, input type)`` accepts the axis the channels lie on (None: any
+      axis; otherwise the op acts along the channels and they are pinned); each parameter in
+      ``params`` holds one slice per channel, along the given axis, and is sliced with it;
+      ``scale`` names the parameter whose magnitude scores a channel (the bn_scale criterion).
+    - ``kind="rule"``: a rule of its own, registered under the op's name in
+      convdsl/passes/prune/couplings.py (channel spaces) and apply.py (slicing).
+    - ``kind="opaque"``: not understood: the widths it reads and writes never change; ``why``
+      says why (documentation: shown by the completeness test).
+    """
+
+    kind: str
+    along: AxisFn | None = None
+    params: Mapping[str, int] = field(default_factory=dict)
+    scale: str | None = None
+    why: str = ""
+
+
+def keep_channels(along: AxisFn | None = None, params: Mapping[str, int] | None = None,
+                  scale: str | None = None) -> Prune:
+    return Prune("keep", along, dict(params or {}), scale)
+
+
+PRUNE_RULE = Prune("rule")
+
+
+def opaque(why: str) -> Prune:
+    return Prune("opaque", why=why)
+
+
+def on_axis(*axes: int) -> AxisFn:
+    """Channels pass when they lie on one of ``axes`` (of the input)."""
+    return lambda attrs, axis, t: axis in axes
+
+
+def before_axis(k: int) -> AxisFn:
+    """Channels pass when they lie before axis ``k`` (the op acts on dims k and after)."""
+    return lambda attrs, axis, t: axis < k
+
+
+def before_last(nd: int) -> AxisFn:
+    """Channels pass when they lie before the last ``nd`` dims (pooling over them)."""
+    return lambda attrs, axis, t: axis < t.rank - nd
+
+
+def off_attr(name: str) -> AxisFn:
+    """Channels pass when they lie on none of the dims the attribute ``name`` lists."""
+
+    def along(attrs: Attrs, axis: int, t: TensorType) -> bool:
+        return axis not in normalize_dims(name, attrs[name], t.rank)
+
+    return along
+
+
 @dataclass(frozen=True)
 class OutChannels:
     """The output channels of a producer (a conv, a linear...): the ``axis`` of its output that
@@ -128,6 +189,7 @@ class OpDef:
     folds_into_producer: bool = False  # inference batchnorm: fold_bn folds it into the conv/linear before it
     int8: str | None = None  # the int8 op the quantize pass makes of it (conv2d -> qconv2d)
     int8_passthrough: bool = False  # commutes with per-tensor quantization: runs on the int8 tensor (quantize)
+    prune: Prune | None = None  # how channels flow through it (passes/prune); None: not stated yet
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:
@@ -306,3 +368,17 @@ def tuple_n(v: Any, n: int, name: str = "value") -> tuple[int, ...]:
     if len(v) != n:
         raise CDLTypeError(f"{name} needs {n} values here", expected=f"{n} integers", got=format_value(v))
     return v
+
+
+def normalize_dims(op: str, dims, rank: int, what: str = "dim") -> tuple[int, ...]:
+    """Resolve negative dims against ``rank``; raise on out-of-range or repeats."""
+    vals = (dims,) if isinstance(dims, int) else tuple(dims)
+    out = []
+    for d in vals:
+        if not -rank <= d < rank:
+            raise ShapeError(f"{op}: {what} {d} is out of range for a rank-{rank} input",
+                             expected=f"{what} in [{-rank}, {rank - 1}]", got=str(d))
+        out.append(d % rank)
+    if len(set(out)) != len(out):
+        raise CDLTypeError(f"{op}: {what}s repeat", got=format_value(vals))
+    return tuple(out)

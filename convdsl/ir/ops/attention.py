@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank, tuple_n, zero_cost
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
+                                keep_channels, on_axis, opaque, tuple_n, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
 
 SOFTMAX_FLOPS = 5  # per attention logit: max, sub, exp, sum, div
@@ -221,6 +222,7 @@ MHSA = OpDef(
         "input is an additive mask [L, L] or [N*heads, L, L] (bool: True = blocked).",
     example="mhsa(heads=8)",
     shape_rule="[N, L, C] -> [N, L, dim]; heads divides dim",
+    prune=PRUNE_RULE,
 )
 
 
@@ -289,6 +291,7 @@ CROSS = OpDef(
         "parameters as torch.nn.MultiheadAttention(kdim=vdim=Ck). Optional third input: a mask [Lq, Lk].",
     example="(x, memory) | cross_attention(heads=8)",
     shape_rule="[N, Lq, C], [N, Lk, Ck] -> [N, Lq, dim]",
+    prune=opaque("queries and context share heads: not analyzed"),
 )
 
 
@@ -347,6 +350,7 @@ WINDOW = OpDef(
         "[(2wh-1)(2ww-1), heads].",
     example="window_attention(heads=3, window=7, shift=3)",
     shape_rule="[N, H, W, C] -> [N, H, W, C]; heads divides C",
+    prune=opaque("heads and windows: not analyzed"),
 )
 
 
@@ -422,6 +426,7 @@ CONV_ATTENTION = OpDef(
         "scales logits by C**-0.5; pass scale= for that, the default is the head width's.",
     example="conv_attention(heads=2, k=3, stride_kv=2)",
     shape_rule="[N, C, H, W] -> [N, C, H', W'] (H' = H for stride_q=1); keys/values at stride_kv",
+    prune=opaque("projections and heads inside the op: not analyzed"),
 )
 
 
@@ -486,6 +491,7 @@ HALO = OpDef(
         "pos_embed.height_rel/width_rel) when dim is a multiple of 8.",
     example="halo_attention(heads=8, block_size=8, halo=3)",
     shape_rule="[N, C, H, W] -> [N, dim, H, W]; block_size divides H and W",
+    prune=opaque("projections and heads inside the op: not analyzed"),
 )
 
 
@@ -554,6 +560,11 @@ def _layer_scale_shape(attrs: dict, x: TensorType) -> tuple[int, ...]:
     return (_static("layer_scale", x, x.rank - 1, "channel count (last dim, layout=last)"),)
 
 
+def _layer_scale_axis(attrs: dict, axis: int, x: TensorType) -> bool:
+    """The axis layer_scale's gamma runs along: dim 1 (layout=first) or the last."""
+    return axis == (1 if attrs["layout"] == "first" else x.rank - 1)
+
+
 def _layer_scale_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     _layer_scale_shape(attrs, ins[0])
     return [ins[0]]
@@ -570,6 +581,7 @@ PATCH_EMBED = OpDef(
     example="patch_embed(768, 16) as conv_proj",
     shape_rule="[N, C, H, W] -> [N, (H/p)*(W/p), dim]",
     out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}),
+    prune=PRUNE_RULE,
 )
 
 CLASS_TOKEN = OpDef(
@@ -581,6 +593,7 @@ CLASS_TOKEN = OpDef(
         "ViT) to every sequence.",
     example="class_token",
     shape_rule="[N, L, C] -> [N, L+tokens, C]",
+    prune=keep_channels(on_axis(2), {"class_token": 2}),
 )
 
 POS_EMBED = OpDef(
@@ -593,6 +606,7 @@ POS_EMBED = OpDef(
         "(computed in forward, no state).",
     example="pos_embed(learned)",
     shape_rule="out = in",
+    prune=PRUNE_RULE,
 )
 
 LAYER_SCALE = OpDef(
@@ -606,6 +620,7 @@ LAYER_SCALE = OpDef(
         "torchvision's ConvNeXt block.",
     example="layer_scale(1e-6, layout=first)",
     shape_rule="out = in",
+    prune=keep_channels(_layer_scale_axis, {"layer_scale": 0}),
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, OutChannels, ParamSpec, expect_rank, tuple_n
+from convdsl.ir.optable import PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, expect_rank, tuple_n
 from convdsl.ir.types import TensorType, dim_add, dim_floordiv, dim_mul
 
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -158,6 +158,7 @@ def make_conv(nd: int) -> OpDef:
         shape_rule="out = floor((in + pad_lo + pad_hi - dilation*(k-1) - 1) / stride) + 1",
         out_channels=OutChannels(axis=1, params={"weight": 0, "bias": 0}),
         int8=f"qconv{nd}d",
+        prune=PRUNE_RULE,
     )
 
 
@@ -252,6 +253,7 @@ def make_conv_transpose(nd: int) -> OpDef:
         example=f"conv_transpose{nd}d(64, 2, stride=2)",
         shape_rule="out = (in - 1)*stride - 2*pad + dilation*(k-1) + output_pad + 1",
         out_channels=OutChannels(axis=1, params={"weight": 1, "bias": 0}),  # weight [in, out/groups, k...]
+        prune=PRUNE_RULE,
     )
 
 

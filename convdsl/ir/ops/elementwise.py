@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, OpDef, always_identity, elementwise_cost, zero_cost
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, always_identity, keep_channels, off_attr, opaque,
+                                zero_cost)
 from convdsl.ir.types import TensorType
 
 
@@ -15,7 +16,7 @@ def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: in
         return Cost(0, flops_per * outs[0].numel())
 
     return OpDef(name=name, group="activation", attrs=attrs, infer=same_type, cost=cost, doc=doc,
-                 example=f"x | {name}", shape_rule="out = in", **props)
+                 example=f"x | {name}", shape_rule="out = in", prune=keep_channels(), **props)
 
 
 def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
@@ -42,7 +43,8 @@ def _binary(name: str, sym: str, **props) -> OpDef:
         name=name, group="arithmetic", attrs=(), inputs=(2, 2),
         infer=lambda a, ins: [broadcast(name, ins[0], ins[1])],
         doc=f"elementwise a {sym} b with broadcasting; also written `a {sym} b`.",
-        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)", **props,
+        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)",
+        prune=PRUNE_RULE, **props,  # couplings.join
     )
 
 
@@ -100,6 +102,7 @@ DROP_PATH = OpDef(
     example="drop_path(0.1)",
     shape_rule="out = in",
     random=True, identity_when=always_identity,  # identity at inference
+    prune=keep_channels(),
 )
 
 
@@ -121,24 +124,27 @@ OPS = [
           attrs=(Attr("scale", "float", 1.0), Attr("shift", "float", 0.0)),
           infer=same_type, doc="x * scale + shift; what `x * 0.5` or `x + 1` become",
           example="affine(x, scale=0.5)", shape_rule="out = in",
-          identity_when=lambda a, x, y: x == y and a["scale"] == 1.0 and a["shift"] == 0.0),
+          identity_when=lambda a, x, y: x == y and a["scale"] == 1.0 and a["shift"] == 0.0,
+          prune=keep_channels()),
     OpDef(name="add", group="arithmetic", attrs=(), inputs=(2, None), infer=_nary_add,
           doc="elementwise sum of two or more tensors with broadcasting; also written `a + b`.",
           example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)",
-          commutative=True),
+          commutative=True, prune=PRUNE_RULE),  # couplings.join
     _binary("sub", "-"),
     _binary("mul", "*", commutative=True),
     _binary("div", "/"),
     OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
           doc="batched matrix product over the last two dims; also written `a @ b`.",
-          example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]"),
+          example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]",
+          prune=opaque("which dims of the operands carry channels is not known")),
     OpDef(name="softmax", group="activation", attrs=(Attr("dim", "int", -1),), infer=_softmax_infer,
           cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()),
-          doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in"),
+          doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in",
+          prune=keep_channels(off_attr("dim"))),
     OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing"),),
           infer=_dropout_infer, cost=lambda a, ins, outs: Cost(0, 0),
           doc="zeroes elements with probability p and rescales by 1/(1-p) while training; identity at inference.",
           example="dropout(0.2)", shape_rule="out = in",
-          random=True, identity_when=always_identity, int8_passthrough=True),
+          random=True, identity_when=always_identity, int8_passthrough=True, prune=keep_channels()),
     DROP_PATH,
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, OutChannels, ParamSpec
+from convdsl.ir.optable import PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec
 from convdsl.ir.types import TensorType
 
 
@@ -36,5 +36,5 @@ OPS = [
           infer=_infer, params=_params, cost=_cost,
           doc="y = x W^T + b over the last dim; in-features inferred.", example="linear(1000)",
           shape_rule="[..., in] -> [..., out]",
-          out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}), int8="qlinear"),
+          out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}), int8="qlinear", prune=PRUNE_RULE),
 ]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, OpDef, expect_rank, format_value, identity_if_same_type, tuple_n
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, before_axis, before_last, expect_rank, format_value,
+                                identity_if_same_type, keep_channels, normalize_dims, tuple_n)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -95,6 +96,7 @@ def make_pool(kind: str, nd: int) -> OpDef:
     return OpDef(
         name=name, group="pooling", attrs=tuple(attrs), infer=infer, cost=cost,
         int8_passthrough=is_max,  # max commutes with a monotone per-tensor quantization
+        prune=keep_channels(before_last(nd)),
         doc=f"{nd}-D {what} pooling over the last {nd} dim(s) of [N, C, {SPATIAL[nd]}].",
         example=f"{name}(3, stride=2, pad=1)" if is_max else f"{name}(2)",
         shape_rule="out = floor_or_ceil((in + 2*pad - dilation*(k-1) - 1) / stride) + 1"
@@ -119,6 +121,7 @@ def _global(kind: str) -> OpDef:
         doc=f"{'average' if kind == 'avg' else 'maximum'} over all spatial dims (2 and after) of [N, C, ...].",
         example=f"x | {name} | flatten",
         shape_rule="[N, C, *spatial] -> [N, C, 1, ...] (keepdim) or [N, C]",
+        prune=keep_channels(before_axis(2)),
     )
 
 
@@ -138,21 +141,8 @@ def _adaptive(kind: str, nd: int) -> OpDef:
         doc=f"{nd}-D adaptive {'average' if kind == 'avg' else 'maximum'} pooling to a fixed output size.",
         example=f"{name}({'7' if nd != 1 else '16'})",
         shape_rule=f"[N, C, {SPATIAL[nd]}] -> [N, C, *out]",
+        prune=keep_channels(before_last(nd)),
     )
-
-
-def normalize_dims(op: str, dims, rank: int, what: str = "dim") -> tuple[int, ...]:
-    """Resolve negative dims against ``rank``; raise on out-of-range or repeats."""
-    vals = (dims,) if isinstance(dims, int) else tuple(dims)
-    out = []
-    for d in vals:
-        if not -rank <= d < rank:
-            raise ShapeError(f"{op}: {what} {d} is out of range for a rank-{rank} input",
-                             expected=f"{what} in [{-rank}, {rank - 1}]", got=str(d))
-        out.append(d % rank)
-    if len(set(out)) != len(out):
-        raise CDLTypeError(f"{op}: {what}s repeat", got=format_value(vals))
-    return tuple(out)
 
 
 def _mean_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
@@ -224,7 +214,8 @@ OPS = [
           attrs=(Attr("dims", "ints", doc="dim or list of dims to average"), Attr("keepdim", "bool", False)),
           infer=_mean_infer, cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
           doc="average over the given dims (negative dims count from the end).",
-          example="mean([2, 3])", shape_rule="drop (or keep as 1, keepdim) each dim in dims"),
+          example="mean([2, 3])", shape_rule="drop (or keep as 1, keepdim) each dim in dims",
+          prune=PRUNE_RULE),  # couplings.reduce
     OpDef(name="upsample", group="resampling",
           attrs=(Attr("scale", "float|floats", None, doc="scale factor (one, or one per spatial dim)"),
                  Attr("mode", "sym", "nearest", choices=UPSAMPLE_MODES),
@@ -233,5 +224,6 @@ OPS = [
           infer=_upsample_infer, cost=_upsample_cost,
           doc="resize the spatial dims of [N, C, *spatial] by interpolation (F.interpolate).",
           example="upsample(2, mode=bilinear)",
-          shape_rule="out = floor(in * scale), or size", identity_when=identity_if_same_type),
+          shape_rule="out = floor(in * scale), or size", identity_when=identity_if_same_type,
+          prune=keep_channels(before_axis(2))),
 ]

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, tuple_n, zero_cost
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, opaque, tuple_n, zero_cost
 from convdsl.ir.types import TensorType
 from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
 
@@ -37,6 +37,7 @@ INT_DTYPES = ("u8", "i8")
 QRANGE = {"u8": (0, 255), "i8": (-128, 127)}
 FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
 WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
+_INT8 = opaque("int8 weights and scales: prune the float network, then quantize")
 
 
 # ---- the arithmetic, shared by the passes and the backends --------------------------------------
@@ -218,6 +219,7 @@ def make_qconv(nd: int) -> OpDef:
         example=f"quantize(0.02, 128) | qconv{nd}d(64, 3, pad=1, in_scale=0.02, in_zp=128, out_dtype=u8, out_scale=0.05, "
                 "relu=true)",
         shape_rule=f"as conv{nd}d; dtype = out_dtype",
+        prune=_INT8,
     )
 
 
@@ -246,19 +248,21 @@ OPS = [
           infer=_quantize_infer,
           doc="float -> int8: q = clamp(round(x * f32(1/scale)) + zero_point) in the dtype's range, "
               "rounding half to even.",
-          example="quantize(0.05, 128)", shape_rule="out = in; dtype = dtype"),
+          example="quantize(0.05, 128)", shape_rule="out = in; dtype = dtype", prune=_INT8),
     OpDef(name="dequantize", group="quantization", attrs=_QATTRS, infer=_dequantize_infer,
           doc="int8 -> f32: x = (q - zero_point) * scale.",
-          example="quantize(0.05, 128) | dequantize(0.05, 128)", shape_rule="out = in; dtype = f32"),
+          example="quantize(0.05, 128) | dequantize(0.05, 128)", shape_rule="out = in; dtype = f32", prune=_INT8),
     OpDef(name="cast", group="quantization", attrs=(Attr("dtype", "sym", choices=FLOAT_DTYPES),),
           infer=_cast_infer, cost=zero_cost,
           doc="convert a float tensor to another float dtype (f32, f16, bf16, f64), rounding to nearest even.",
-          example="cast(f16)", shape_rule="out = in; dtype = dtype"),
+          example="cast(f16)", shape_rule="out = in; dtype = dtype",
+          prune=opaque("a dtype change: prune before casting")),
     make_qconv(1), make_qconv(2), make_qconv(3),
     OpDef(name="qlinear", group="quantization",
           attrs=(Attr("out", "int"), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
           infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost,
           doc="y = x W^T + b over the last dim with an int8 input, int8 per-row weights (`weight` i8, `w_scale` "
               "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",
-          example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)", shape_rule="[..., in] -> [..., out]; dtype = out_dtype"),
+          example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)",
+          shape_rule="[..., in] -> [..., out]; dtype = out_dtype", prune=_INT8),
 ]

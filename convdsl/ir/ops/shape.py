@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, OpDef, format_value, identity_if_same_type, zero_cost
+from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
+                                keep_channels, zero_cost)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.pool import normalize_dims
 
@@ -266,6 +267,7 @@ def _pixel_unshuffle_infer(attrs: dict, ins: list[TensorType]) -> list[TensorTyp
 
 
 def _op(name: str, attrs: tuple[Attr, ...], infer, doc: str, example: str, rule: str, **kw) -> OpDef:
+    kw.setdefault("prune", PRUNE_RULE)  # where channels go depends on the dims moved: a rule in passes/prune
     return OpDef(name=name, group="shape", attrs=attrs, infer=infer, cost=zero_cost, doc=doc, example=example,
                  shape_rule=rule, **kw)
 
@@ -295,6 +297,7 @@ SELECT = OpDef(
     doc="takes one slice along dim and drops that dim, e.g. the class token: x[:, 0].",
     example="select(0)",
     shape_rule="[N, L, C] -> [N, C] (dim removed)",
+    prune=PRUNE_RULE,
 )
 
 
@@ -331,7 +334,8 @@ OPS = [
                 Attr("mode", "sym", "zeros", choices=PAD_MODES),
                 Attr("value", "float", 0.0, doc="fill value for mode=zeros")), _pad_infer,
         "pad the spatial dims (2 and after) of [N, C, *spatial].", "pad([0, 1, 0, 1])",
-        "out = in + before + after per spatial dim", identity_when=identity_if_same_type),
+        "out = in + before + after per spatial dim", identity_when=identity_if_same_type,
+        prune=keep_channels(before_axis(2))),
     _op("pixel_shuffle", (Attr("factor", "int"),), _pixel_shuffle_infer,
         "sub-pixel upsampling: move channel blocks into space.", "pixel_shuffle(2)",
         "[N, C*r*r, H, W] -> [N, C, H*r, W*r]", identity_when=identity_if_same_type),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, keep_channels, on_axis
 from convdsl.ir.types import TensorType, bind_dim
 from convdsl.ir.ops.fft import long_conv_cost, seq_dims
 
@@ -185,6 +185,7 @@ OPS = [
             "sqrt(1/2), D normal(0, 1), log_dt uniform in [log dt_min, log dt_max].",
         example="s4d(state=64)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"log_A_real": 0, "A_imag": 0, "C": 0, "D": 0, "log_dt": 0}),
     ),
     OpDef(
         name="sgconv", group="state space",
@@ -204,6 +205,7 @@ OPS = [
             "here the norm is recomputed each call, so the kernel always has unit norm.)",
         example="sgconv(kernel_dim=64)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"kernel": 1, "D": 0}),
     ),
     OpDef(
         name="selective_scan", group="state space",
@@ -225,5 +227,7 @@ OPS = [
             "dt_proj.bias uniform in [softplus^-1(dt_min), softplus^-1(dt_max)], linear/conv as PyTorch.",
         example="selective_scan(state=16, d_conv=4)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"conv1d.weight": 0, "conv1d.bias": 0, "dt_proj.weight": 0,
+                                                  "dt_proj.bias": 0, "A_log": 0, "D": 0, "x_proj.weight": 1}),
     ),
 ]
