@@ -167,6 +167,10 @@ def zero_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Co
     return Cost(0, 0)
 
 
+EXAMPLE_INPUTS = "x: f32[N, 64, 14, 14]"
+SPATIAL_EXAMPLE_INPUTS = {1: "x: f32[N, 64, 100]", 2: EXAMPLE_INPUTS, 3: "x: f32[N, 64, 8, 14, 14]"}  # by spatial rank
+
+
 @dataclass(frozen=True)
 class OpDef:
     name: str
@@ -181,6 +185,7 @@ class OpDef:
     example: str = ""
     input_names: tuple[str, ...] = ("x",)
     shape_rule: str = ""  # human-readable shape rule for docs
+    example_inputs: str = EXAMPLE_INPUTS  # the network inputs the example is written for (CDL parameters)
     # -- properties passes read ---------------------------------------------------------------
     random: bool = False  # draws random numbers while training (dropout): cse never merges two of them
     commutative: bool = False  # op(a, b) == op(b, a) bit for bit with two inputs: cse sorts them

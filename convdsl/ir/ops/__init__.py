@@ -4,9 +4,10 @@ Each module below (an op *family*) lists its ``OpDef``s in ``OPS``; this file
 joins them into one dict.  Everything else about an op is found from its
 family's name: its lowerings in ``backends/<backend>/lower_<family>.py`` (one
 file per backend), its pruning rule in ``convdsl/passes/prune/couplings.py``
-when its ``OpDef.prune`` says so, and its random-program coverage in
-``convdsl/verify/steps.py``.  ``docs/layout.md`` has the checklist for adding
-an op; ``tests/test_op_registry.py`` names whatever an op is missing.
+and ``apply.py`` when its ``OpDef.prune`` is ``PRUNE_RULE``, and the random
+programs of ``convdsl/verify`` draw it (``steps.py``) or say why not
+(``programs.py``'s ``NOT_DRAWN``).  ``docs/layout.md`` has the checklist for
+adding an op; ``tests/test_op_registry.py`` names whatever an op is missing.
 """
 from __future__ import annotations
 

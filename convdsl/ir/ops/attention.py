@@ -14,6 +14,9 @@ op is checked against, so those state_dicts load with no or a trivial renaming:
   gives torchvision ViT's ``conv_proj.weight`` exactly
 - class_token / pos_embed / layer_scale: ``class_token``, ``pos_embedding`` and
   ``layer_scale`` as in torchvision's ViT and ConvNeXt (prefixed by the node name)
+
+Lowered in backends/torch/lower_attention.py and backends/tvm/lower_attention.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -223,6 +226,7 @@ MHSA = OpDef(
     example="mhsa(heads=8)",
     shape_rule="[N, L, C] -> [N, L, dim]; heads divides dim",
     prune=PRUNE_RULE,
+    example_inputs="x: f32[N, 196, 64]",
 )
 
 
@@ -292,6 +296,7 @@ CROSS = OpDef(
     example="(x, memory) | cross_attention(heads=8)",
     shape_rule="[N, Lq, C], [N, Lk, Ck] -> [N, Lq, dim]",
     prune=opaque("queries and context share heads: not analyzed"),
+    example_inputs="x: f32[N, 49, 64], memory: f32[N, 77, 32]",
 )
 
 
@@ -351,6 +356,7 @@ WINDOW = OpDef(
     example="window_attention(heads=3, window=7, shift=3)",
     shape_rule="[N, H, W, C] -> [N, H, W, C]; heads divides C",
     prune=opaque("heads and windows: not analyzed"),
+    example_inputs="x: f32[N, 14, 14, 96]",
 )
 
 
@@ -492,6 +498,7 @@ HALO = OpDef(
     example="halo_attention(heads=8, block_size=8, halo=3)",
     shape_rule="[N, C, H, W] -> [N, dim, H, W]; block_size divides H and W",
     prune=opaque("projections and heads inside the op: not analyzed"),
+    example_inputs="x: f32[N, 64, 16, 16]",
 )
 
 
@@ -582,6 +589,7 @@ PATCH_EMBED = OpDef(
     shape_rule="[N, C, H, W] -> [N, (H/p)*(W/p), dim]",
     out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}),
     prune=PRUNE_RULE,
+    example_inputs="x: f32[N, 3, 224, 224]",
 )
 
 CLASS_TOKEN = OpDef(
@@ -594,6 +602,7 @@ CLASS_TOKEN = OpDef(
     example="class_token",
     shape_rule="[N, L, C] -> [N, L+tokens, C]",
     prune=keep_channels(on_axis(2), {"class_token": 2}),
+    example_inputs="x: f32[N, 196, 64]",
 )
 
 POS_EMBED = OpDef(
@@ -607,6 +616,7 @@ POS_EMBED = OpDef(
     example="pos_embed(learned)",
     shape_rule="out = in",
     prune=PRUNE_RULE,
+    example_inputs="x: f32[N, 196, 64]",
 )
 
 LAYER_SCALE = OpDef(

@@ -1,11 +1,16 @@
 """Convolutions: conv1d/2d/3d (groups, depthwise, dilation, stride, padding
-modes zeros/same/circular/reflect/replicate) and transposed convolution."""
+modes zeros/same/circular/reflect/replicate) and transposed convolution.
+
+Lowered in backends/torch/lower_conv.py and backends/tvm/lower_conv.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, expect_rank, tuple_n
+from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, OutChannels, ParamSpec,
+                                expect_rank, tuple_n)
 from convdsl.ir.types import TensorType, dim_add, dim_floordiv, dim_mul
 
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -155,6 +160,7 @@ def make_conv(nd: int) -> OpDef:
         normalize=normalize,
         doc=f"{nd}-D convolution over [N, C, {', '.join('DHW'[3 - nd:])}]; in-channels inferred.",
         example=f"conv{nd}d(64, 3, stride=2, pad=1)" if nd != 1 else "conv1d(64, 5, pad=same)",
+        example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         shape_rule="out = floor((in + pad_lo + pad_hi - dilation*(k-1) - 1) / stride) + 1",
         out_channels=OutChannels(axis=1, params={"weight": 0, "bias": 0}),
         int8=f"qconv{nd}d",
@@ -251,6 +257,7 @@ def make_conv_transpose(nd: int) -> OpDef:
         normalize=normalize,
         doc=f"{nd}-D transposed convolution (fractionally strided); in-channels inferred.",
         example=f"conv_transpose{nd}d(64, 2, stride=2)",
+        example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         shape_rule="out = (in - 1)*stride - 2*pad + dilation*(k-1) + output_pad + 1",
         out_channels=OutChannels(axis=1, params={"weight": 1, "bias": 0}),  # weight [in, out/groups, k...]
         prune=PRUNE_RULE,

@@ -1,4 +1,8 @@
-"""Activations and elementwise arithmetic (with NumPy-style broadcasting)."""
+"""Activations and elementwise arithmetic (with NumPy-style broadcasting).
+
+Lowered in backends/torch/lower_elementwise.py and backends/tvm/lower_elementwise.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
@@ -38,12 +42,15 @@ def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
     return TensorType(tuple(out), a.dtype)
 
 
+_AB = "a: f32[N, 64, 14, 14], b: f32[N, 64, 14, 14]"  # the inputs of the two-input examples
+
+
 def _binary(name: str, sym: str, **props) -> OpDef:
     return OpDef(
         name=name, group="arithmetic", attrs=(), inputs=(2, 2),
         infer=lambda a, ins: [broadcast(name, ins[0], ins[1])],
         doc=f"elementwise a {sym} b with broadcasting; also written `a {sym} b`.",
-        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)",
+        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)", example_inputs=_AB,
         prune=PRUNE_RULE, **props,  # couplings.join
     )
 
@@ -129,14 +136,15 @@ OPS = [
     OpDef(name="add", group="arithmetic", attrs=(), inputs=(2, None), infer=_nary_add,
           doc="elementwise sum of two or more tensors with broadcasting; also written `a + b`.",
           example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)",
-          commutative=True, prune=PRUNE_RULE),  # couplings.join
+          commutative=True, prune=PRUNE_RULE, example_inputs=_AB),  # couplings.join
     _binary("sub", "-"),
     _binary("mul", "*", commutative=True),
     _binary("div", "/"),
     OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
           doc="batched matrix product over the last two dims; also written `a @ b`.",
           example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]",
-          prune=opaque("which dims of the operands carry channels is not known")),
+          prune=opaque("which dims of the operands carry channels is not known"),
+          example_inputs="a: f32[N, 8, 16, 32], b: f32[N, 8, 32, 16]"),
     OpDef(name="softmax", group="activation", attrs=(Attr("dim", "int", -1),), infer=_softmax_infer,
           cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()),
           doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in",

@@ -3,6 +3,9 @@
 
 All transforms are real FFTs.  Cost counts ~5 n log2 n flops per transform of
 n points (the usual radix-2 estimate) plus 6 flops per complex product.
+
+Lowered in backends/torch/lower_fft.py and backends/tvm/lower_fft.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -253,5 +256,6 @@ OPS = [
         example="fft_conv(causal=true)",
         shape_rule="[N, C, L] -> [N, C, L]",
         prune=keep_channels(on_axis(1), {"kernel": 0, "bias": 0, "D": 0}),
+        example_inputs="x: f32[N, 64, 256]",
     ),
 ]

@@ -1,4 +1,8 @@
-"""Fully connected layer over the last dimension."""
+"""Fully connected layer over the last dimension.
+
+Lowered in backends/torch/lower_linear.py and backends/tvm/lower_linear.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 import math

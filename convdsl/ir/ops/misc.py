@@ -12,6 +12,9 @@
   (kernel-prediction networks, TVConv's translation-variant depthwise conv).
 - parameter: a learned tensor of a given shape that does not depend on the
   input's values (TVConv's affinity maps, ConViT's gates, positional logits).
+
+Lowered in backends/torch/lower_misc.py and backends/tvm/lower_misc.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -232,6 +235,7 @@ DYNAMIC_FILTER = OpDef(
     example="(x, kernels) | dynamic_filter(3)",
     shape_rule="[N, C, H, W], [N or 1, G*k*k, H, W] -> [N, C, H, W]; G divides C",
     prune=opaque("its kernels are computed from channels (G*k*k of them)"),
+    example_inputs="x: f32[N, 64, 14, 14], kernels: f32[N, 9, 14, 14]",
 )
 
 

@@ -1,10 +1,15 @@
-"""Normalization layers."""
+"""Normalization layers.
+
+Lowered in backends/torch/lower_norm.py and backends/tvm/lower_norm.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import PRUNE_RULE, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, keep_channels, on_axis
+from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, expect_rank,
+                                keep_channels, on_axis)
 
 # per-channel statistics and affine parameters: one entry per channel of dim 1
 _STATS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
@@ -38,7 +43,8 @@ def _bn(nd: int) -> OpDef:
                  doc="batch normalization over dim 1 (inference uses running statistics)"
                      + ("" if nd else "; rank picks 1d/2d/3d"),
                  example=f"x | {name}", shape_rule="out = in",
-                 folds_into_producer=True, prune=keep_channels(on_axis(1), _STATS, scale="weight"))
+                 folds_into_producer=True, prune=keep_channels(on_axis(1), _STATS, scale="weight"),
+                 example_inputs=SPATIAL_EXAMPLE_INPUTS[nd or 2])
 
 
 def _affine_params(c: int, weight: bool, bias: bool) -> dict[str, ParamSpec]:
@@ -150,7 +156,7 @@ def _in(nd: int) -> OpDef:
                  doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent "
                      "(more than one element, as in PyTorch).",
                  example=f"x | {name}", shape_rule="out = in; more than one spatial element",
-                 prune=keep_channels(on_axis(1), _STATS))
+                 prune=keep_channels(on_axis(1), _STATS), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd])
 
 
 def _norm_cost(attrs, ins, outs):

@@ -3,14 +3,17 @@ pooling, ``mean`` over chosen dims, and ``upsample``.
 
 Pooling ops take [N, C, *spatial] (or unbatched [C, *spatial]) and pool the
 last ``nd`` dims, as PyTorch does.
+
+Lowered in backends/torch/lower_pool.py and backends/tvm/lower_pool.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, before_axis, before_last, expect_rank, format_value,
-                                identity_if_same_type, keep_channels, normalize_dims, tuple_n)
+from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, OpDef, before_axis, before_last,
+                                expect_rank, format_value, identity_if_same_type, keep_channels, normalize_dims, tuple_n)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -96,7 +99,7 @@ def make_pool(kind: str, nd: int) -> OpDef:
     return OpDef(
         name=name, group="pooling", attrs=tuple(attrs), infer=infer, cost=cost,
         int8_passthrough=is_max,  # max commutes with a monotone per-tensor quantization
-        prune=keep_channels(before_last(nd)),
+        prune=keep_channels(before_last(nd)), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         doc=f"{nd}-D {what} pooling over the last {nd} dim(s) of [N, C, {SPATIAL[nd]}].",
         example=f"{name}(3, stride=2, pad=1)" if is_max else f"{name}(2)",
         shape_rule="out = floor_or_ceil((in + 2*pad - dilation*(k-1) - 1) / stride) + 1"
@@ -141,7 +144,7 @@ def _adaptive(kind: str, nd: int) -> OpDef:
         doc=f"{nd}-D adaptive {'average' if kind == 'avg' else 'maximum'} pooling to a fixed output size.",
         example=f"{name}({'7' if nd != 1 else '16'})",
         shape_rule=f"[N, C, {SPATIAL[nd]}] -> [N, C, *out]",
-        prune=keep_channels(before_last(nd)),
+        prune=keep_channels(before_last(nd)), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
     )
 
 

@@ -21,6 +21,9 @@ LLVM's ``nearbyint``; all float arithmetic is IEEE float32 unless stated):
   (``lo = max(qmin, out_zp)``), which is exactly relu before quantizing.
   Weights are symmetric per output channel (int8 in [-127, 127], zero point
   0); ``bias`` is int32 in units of ``in_scale * w_scale[c]``.
+
+Lowered in backends/torch/lower_quant.py and backends/tvm/lower_quant.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import math
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, opaque, tuple_n, zero_cost
+from convdsl.ir.optable import (SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, opaque, tuple_n,
+                                zero_cost)
 from convdsl.ir.types import TensorType
 from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
 
@@ -219,6 +223,7 @@ def make_qconv(nd: int) -> OpDef:
         example=f"quantize(0.02, 128) | qconv{nd}d(64, 3, pad=1, in_scale=0.02, in_zp=128, out_dtype=u8, out_scale=0.05, "
                 "relu=true)",
         shape_rule=f"as conv{nd}d; dtype = out_dtype",
+        example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         prune=_INT8,
     )
 

@@ -1,6 +1,10 @@
 """Shape ops: flatten, reshape, permute/transpose, squeeze/unsqueeze, concat,
 split, pad, pixel_shuffle/pixel_unshuffle.  None has parameters; all move or
-copy data without arithmetic (cost 0)."""
+copy data without arithmetic (cost 0).
+
+Lowered in backends/torch/lower_shape.py and backends/tvm/lower_shape.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -318,13 +322,14 @@ OPS = [
         identity_when=_transpose_is_identity, int8_passthrough=True),
     _op("squeeze", (Attr("dims", "ints", None, doc="dims of size 1 to drop (default: every static 1)"),),
         _squeeze_infer, "drop dims of size 1.", "squeeze([2, 3])", "remove the given size-1 dims",
-        identity_when=identity_if_same_type, int8_passthrough=True),
+        identity_when=identity_if_same_type, int8_passthrough=True, example_inputs="x: f32[N, 64, 1, 1]"),
     _op("unsqueeze", (Attr("dim", "int"),), _unsqueeze_infer,
         "insert a dim of size 1 at position dim.", "unsqueeze(1)", "insert 1 at dim (dim in [-rank-1, rank])",
         int8_passthrough=True),
     _op("concat", (Attr("dim", "int", 1),), _concat_infer,
         "join tensors along dim; all other dims must match.", "(a, b) | concat", "sum of sizes along dim",
-        inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type),
+        inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type,
+        example_inputs="a: f32[N, 64, 14, 14], b: f32[N, 32, 14, 14]"),
     _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)"),
                   Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)"),
                   Attr("dim", "int", 1)), _split_infer,

@@ -4,6 +4,9 @@
 Each keeps the channel count and length.  ``bidirectional=true`` always means
 y = F(u) + flip(F(flip(u))) with the *same* parameters for both directions
 (skip terms included, so D counts twice).
+
+Lowered in backends/torch/lower_ssm.py and backends/tvm/lower_ssm.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -186,6 +189,7 @@ OPS = [
         example="s4d(state=64)",
         shape_rule="[N, C, L] -> [N, C, L]",
         prune=keep_channels(on_axis(1), {"log_A_real": 0, "A_imag": 0, "C": 0, "D": 0, "log_dt": 0}),
+        example_inputs="x: f32[N, 64, 256]",
     ),
     OpDef(
         name="sgconv", group="state space",
@@ -206,6 +210,7 @@ OPS = [
         example="sgconv(kernel_dim=64)",
         shape_rule="[N, C, L] -> [N, C, L]",
         prune=keep_channels(on_axis(1), {"kernel": 1, "D": 0}),
+        example_inputs="x: f32[N, 64, 256]",
     ),
     OpDef(
         name="selective_scan", group="state space",
@@ -229,5 +234,6 @@ OPS = [
         shape_rule="[N, C, L] -> [N, C, L]",
         prune=keep_channels(on_axis(1), {"conv1d.weight": 0, "conv1d.bias": 0, "dt_proj.weight": 0,
                                                   "dt_proj.bias": 0, "A_log": 0, "D": 0, "x_proj.weight": 1}),
+                                                  example_inputs="x: f32[N, 64, 256]",
     ),
 ]
