@@ -20,7 +20,7 @@ from convdsl import __version__
 from convdsl.api import backend_module
 from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 from convdsl.ir.weights import save_weights
 

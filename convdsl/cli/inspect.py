@@ -108,7 +108,7 @@ def graph(file, network, sets, choose, bind, max_memory, seed, output):
 @program_options
 def print_cmd(file, network, sets, choose, bind, max_memory, seed):
     """Print the elaborated network as flat CDL (one statement per op)."""
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
 
     g = _graph(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)

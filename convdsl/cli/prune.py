@@ -41,7 +41,7 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
     The new program is the pruned graph printed as flat CDL (one statement per op, the original
     instance names kept, so parameter names match the weights file, and a comment where each
     block instance starts); `convdsl check`, `compile` and `--weights` take it as it is."""
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
     from convdsl.ir.weights import save_weights
     from convdsl.passes.prune import DEFAULT_PROTECT, prune, to_markdown
 

@@ -36,7 +36,7 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     output channel) and int8 activations (per tensor, ranges from --calib), the rest stays float.
     The program is printed as flat CDL with every scale written out; `check`, `compile`, `eval`
     and `--weights` take it as it is."""
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import save_weights
     from convdsl.passes import run_passes

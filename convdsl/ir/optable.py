@@ -9,6 +9,8 @@ op names of its own.  Backends keep their lowering tables keyed by
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -343,15 +345,42 @@ def _is_bare_layer(v: Any) -> bool:
         and getattr(v, "label", None) is None
 
 
-def format_value(v: Any) -> str:
+# ---- CDL literals ----------------------------------------------------------------------------------
+# The one way a value is written as CDL text: diagnostics here and in the op modules, the graph
+# printer (convdsl/lang/printer.py), the formatter (convdsl/lang/format.py) and the random programs
+# of convdsl/verify all use format_value.  (It lives in the IR, the lowest layer that prints values,
+# because the op table's error messages do.)
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+
+
+def quote(text: str) -> str:
+    """A CDL string literal for ``text``."""
+    return '"' + "".join(_ESCAPES.get(c, c) for c in text) + '"'
+
+
+def format_number(v: int | float) -> str:
+    """An int or float as CDL reads it back (infinities overflow back from 1e999; NaN has no literal)."""
+    if isinstance(v, float) and math.isinf(v):
+        return "-1e999" if v < 0 else "1e999"
+    return repr(v)
+
+
+def format_value(v: Any, words: bool = True) -> str:
+    """``v`` as CDL: none, true/false, numbers, bare words (symbols, layers named without arguments,
+    and identifier-like strings when ``words``), quoted strings, [lists]."""
+    if v is None:
+        return "none"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return format_number(v)
     if isinstance(v, Symbol) or _is_bare_layer(v):
         return v.name
     if isinstance(v, str):
-        return repr(v)
+        return v if words and IDENT.match(v) else quote(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(format_value(x) for x in v) + "]"
+        return "[" + ", ".join(format_value(x, words) for x in v) + "]"
     return str(v)
 
 

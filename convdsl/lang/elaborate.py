@@ -19,7 +19,7 @@ from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLErro
                       UsageError, did_you_mean)
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.optable import OpDef, Symbol, bind_attrs
+from convdsl.ir.optable import OpDef, Symbol, bind_attrs, format_value
 from convdsl.ir.types import DTYPE_BYTES, TensorType, bind_dim
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
@@ -335,7 +335,7 @@ class Elaborator:
                 if o == pick:
                     return o
             raise ChoiceError(f"choice '{e.key}' has no option {pick!r}", e.span,
-                              expected=", ".join(_fmt(o) for o in opts))
+                              expected=", ".join(format_value(o) for o in opts))
         if self.opts.first_choice:
             return self.eval(e.options[0], frame)
         raise ChoiceError(
@@ -429,7 +429,7 @@ class Elaborator:
             raise CDLTypeError(f"'**' failed: {ex}", e.span) from None
         if isinstance(r, complex):
             raise CDLTypeError("'**' of a negative number to a fractional power", e.span,
-                               got=f"{_fmt(a)} ** {_fmt(b)}", hint="the result would be complex")
+                               got=f"{format_value(a)} ** {format_value(b)}", hint="the result would be complex")
         return _check_number(r, e.span)
 
     def eval_Arith(self, e: ast.Arith, frame: Frame) -> Any:
@@ -865,12 +865,6 @@ def _is_num(v: Any) -> bool:
 
 def _is_tensor_tuple(v: Any) -> bool:
     return isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, Tensor) for x in v)
-
-
-def _fmt(v: Any) -> str:
-    from convdsl.ir.optable import format_value
-
-    return format_value(v)
 
 
 # ---- entry points -------------------------------------------------------------------

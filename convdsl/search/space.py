@@ -316,7 +316,7 @@ class SearchSpace:
         from convdsl.ir.stats import summary
 
         macs = int(summary(g).get("macs", 0))
-        from convdsl.ir.printer import print_graph
+        from convdsl.lang.printer import print_graph
 
         return Checked(genotype, text, text_hash(bare), text_hash(print_graph(g)), params, macs,
                        active_choices(prog, genotype.selection), g)

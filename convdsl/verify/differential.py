@@ -194,7 +194,7 @@ def standalone_runner(graph: Graph, folder: Optional[str | Path] = None) -> Runn
 def reprint_runner(graph: Graph) -> Runner:
     """print_graph -> elaborate -> same parameters by name."""
     from convdsl.api import load_graph
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
 
     again = load_graph(print_graph(graph))
     copy_params(graph, again)

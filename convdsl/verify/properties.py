@@ -205,7 +205,7 @@ def _first_diff(a: str, b: str) -> str:
 
 
 def prop_reprint(case: Case) -> None:
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
 
     g = case.graph()
     again = _load(print_graph(g))

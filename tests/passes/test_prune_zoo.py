@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from convdsl.api import load_graph
 from convdsl.cli import main
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.stats import summary
 from convdsl.ir.weights import save_weights
 from convdsl.passes.prune import apply_masks, compute_masks, measure, prune

@@ -22,7 +22,7 @@ from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops.conv import conv_padding
 from convdsl.ir.ops.quant import QRANGE, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import tuple_n
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights, save_weights
 from convdsl.lang.elaborate import elaborate

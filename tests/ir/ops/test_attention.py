@@ -23,7 +23,7 @@ from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import Cost, bind_attrs
 from convdsl.ir.params import materialize
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.types import TensorType
 from convdsl.ir.verify import verify
 from convdsl.lang.elaborate import elaborate
