@@ -18,15 +18,16 @@ def optimize_options(f):
 
 
 def _optimize(g, opt, passes):
-    from convdsl.passes import run_passes
+    from convdsl.passes import PassRecord, run_passes
 
     steps = [s for s in (opt, passes) if s]
     if not steps:
         return g
-    g = run_passes(g, ",".join(steps))
-    for rec in g.meta.get("passes", []):
-        (n0, n1), (p0, p1) = rec["nodes"], rec["params"]
-        click.echo(f"  {rec['pass']}: {n0} -> {n1} nodes, {p0:,} -> {p1:,} params", err=True)
+    log: list[PassRecord] = []
+    g = run_passes(g, ",".join(steps), log=log)
+    for rec in log:
+        (n0, n1), (p0, p1) = rec.nodes, rec.params
+        click.echo(f"  {rec.name}: {n0} -> {n1} nodes, {p0:,} -> {p1:,} params", err=True)
     return g
 
 

@@ -25,7 +25,7 @@ def check(file, network, sets, choose, bind, max_memory, seed):
     except ChoiceError:
         # a search space: check it with the first option of every open choice
         g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
-        space = [k for k in g.meta.get("choices", []) if k not in dict(c.split("=", 1) for c in choose)]
+        space = [k for k in g.choices if k not in dict(c.split("=", 1) for c in choose)]
     s = summary(g, None)
     click.echo(f"{file}: network {g.name} OK")
     if space:

@@ -43,7 +43,7 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
     block instance starts); `convdsl check`, `compile` and `--weights` take it as it is."""
     from convdsl.lang.printer import print_graph
     from convdsl.ir.weights import save_weights
-    from convdsl.passes.prune import DEFAULT_PROTECT, prune, to_markdown
+    from convdsl.passes.prune import DEFAULT_PROTECT, prune_with_report, to_markdown
 
     if finetune_epochs and not data:
         raise UsageError("--finetune-epochs needs --data", hint="e.g. --data digits")
@@ -56,10 +56,9 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
         if finetune_epochs:
             check_fits(g, dataset)
     protect_all = ([] if prune_first_last else list(DEFAULT_PROTECT)) + list(protect)
-    small = prune(g, ratio, criterion, target=target, scope=scope, round_to=round_to, protect=protect_all,
-                  data=dataset, tolerance=tolerance, max_group_ratio=max_group_ratio, calib_samples=calib_samples,
-                  seed=seed)
-    rep = small.meta["prune"]
+    small, rep, _ = prune_with_report(g, ratio, criterion, target=target, scope=scope, round_to=round_to,
+                                      protect=protect_all, data=dataset, tolerance=tolerance,
+                                      max_group_ratio=max_group_ratio, calib_samples=calib_samples, seed=seed)
     if dataset is not None and finetune_epochs:
         from convdsl.train import evaluate, train
 

@@ -41,7 +41,7 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     from convdsl.ir.weights import save_weights
     from convdsl.passes import run_passes
     from convdsl.passes.cast import cast
-    from convdsl.passes.quantize import calibration_batches, quantize
+    from convdsl.passes.quantize import calibration_batches, quantize_with_report
     from convdsl.cli.prune import with_scope_comments
 
     if cast_to is None and not calib:
@@ -54,10 +54,10 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
         report: dict = {"cast": cast_to}
     else:
         batches = calibration_batches(calib, samples=calib_samples)  # the training split train/eval use
-        q = quantize(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
-                     weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile)
+        q, done = quantize_with_report(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
+                                       weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile)
         q = verify(q)
-        report = dict(q.meta["quantize"], calibration=calib)
+        report = dict(done.to_json(), calibration=calib)
         what = (f"int8 ({method} calibration on {report['calibration_samples']} inputs of {calib}, "
                 f"{weight_bits}-bit weights, {act_dtype} activations)")
     report["params_bytes"] = {"before": g.params.nbytes(), "after": q.params.nbytes()}

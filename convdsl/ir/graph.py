@@ -55,7 +55,8 @@ class Graph:
         self.source_file: str | None = None
         self.source_hash: str | None = None
         self.symbols: dict[str, int] = {}  # default bindings of symbolic dims, e.g. {"N": 1}
-        self.meta: dict[str, Any] = {}
+        self.scopes: dict[str, str] = {}  # block instance path -> block name (the front end's; drawn as clusters)
+        self.choices: list[str] = []  # keys of the choice(...)s met while elaborating (none: a plain program)
         self._seq = 0
 
     # -- building -----------------------------------------------------------
@@ -177,7 +178,8 @@ class Graph:
         other.source_file = self.source_file
         other.source_hash = self.source_hash
         other.symbols = dict(self.symbols)
-        other.meta = dict(self.meta)
+        other.scopes = dict(self.scopes)
+        other.choices = list(self.choices)
         other._seq = self._seq
         return other
 

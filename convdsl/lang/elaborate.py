@@ -670,7 +670,7 @@ class Elaborator:
         scope = frame.scope + name.split(".")
         sub = Frame(layer.module, local, scope, block.name)
         self._claim_scope(sub, span)
-        self.graph.meta.setdefault("scopes", {})[".".join(scope)] = block.name  # for drawing block clusters
+        self.graph.scopes[".".join(scope)] = block.name  # for drawing block clusters
         try:
             if block.inputs is None:
                 body = self.eval(block.body, sub)
@@ -904,7 +904,7 @@ def elaborate(text: str, file: str = "<string>", network: str | None = None, opt
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", net.span) from None
     g.source_hash = hashlib.sha256(text.encode()).hexdigest()
-    g.meta["choices"] = sorted(el.choices_seen)
+    g.choices = sorted(el.choices_seen)
     return g
 
 

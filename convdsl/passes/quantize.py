@@ -19,7 +19,7 @@ float readers of an int8 value read a ``dequantize`` of it.  Max-pooling and
 reshapes/permutes between quantized layers (ops marked ``int8_passthrough``)
 run on the int8 tensor (they commute with quantization).  Every other op, and every layer kept in float, is
 unchanged: quantize/dequantize nodes stand at the boundaries.  Graph inputs
-and outputs keep their dtypes.  ``graph.meta["quantize"]`` records what was
+and outputs keep their dtypes.  ``quantize_with_report`` also returns what was
 done (per-layer scales, what stayed float and why).  The input graph is not
 modified.
 
@@ -29,7 +29,8 @@ the torch backend simulates it exactly, the TVM backend runs it in int8.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -52,10 +53,44 @@ def _passthrough(node: Node) -> bool:
     return node.op in OPS and OPS[node.op].int8_passthrough
 
 
+@dataclass
+class QuantizeReport:
+    """What ``quantize`` did: the settings, each quantized layer (node, op, input scale and zero
+    point, output, fused relu) and the layers kept in float with the reason."""
+
+    method: str
+    percentile: float | None
+    weight_bits: int
+    act_dtype: str
+    calibration_batches: int
+    calibration_samples: int
+    layers: list[dict[str, Any]]
+    kept_float: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["float"] = out.pop("kept_float")
+        return out
+
+
+class Quantized(NamedTuple):
+    graph: Graph
+    report: QuantizeReport
+
+
 def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
              weight_bits: int = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
              threads: int | None = None) -> Graph:
-    """A copy of ``graph`` with its convs and linears in int8 (see the module docstring).
+    """A copy of ``graph`` with its convs and linears in int8 (see the module docstring and
+    ``quantize_with_report``)."""
+    return quantize_with_report(graph, calib_batches, method, per_layer, weight_bits, act_dtype, percentile,
+                                fuse_relu, threads).graph
+
+
+def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = "minmax",
+                         per_layer: Mapping[str, str] | None = None, weight_bits: int = 8, act_dtype: str = "u8",
+                         percentile: float = 99.99, fuse_relu: bool = True, threads: int | None = None) -> Quantized:
+    """``quantize``: (the int8 graph, a ``QuantizeReport``).
 
     ``calib_batches``: calibration inputs (an array, a list of batches, or a list of tuples for
     several inputs), run through the float graph on the torch backend.  ``method``: minmax,
@@ -86,13 +121,9 @@ def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", pe
         elif nid in g and _passthrough(g.node(nid)) and Value(nid) in wants_int:
             rw.passthrough(g.node(nid))
     rw.drop_dead_dequantizes()
-    g.meta["quantize"] = {
-        "method": method, "percentile": percentile if method == "percentile" else None,
-        "weight_bits": weight_bits, "act_dtype": act_dtype, "calibration_batches": len(batches),
-        "calibration_samples": sum(len(b[0]) for b in batches),
-        "layers": layers, "float": kept,
-    }
-    return g
+    report = QuantizeReport(method, percentile if method == "percentile" else None, weight_bits, act_dtype,
+                            len(batches), sum(len(b[0]) for b in batches), layers, kept)
+    return Quantized(g, report)
 
 
 # ---- planning ---------------------------------------------------------------------------------------
@@ -289,20 +320,14 @@ class _Rewriter:
 
 
 # ---- the int8 pipeline's pass ---------------------------------------------------------------------
-def quantize_int8(graph: Graph) -> Graph:
-    """``quantize`` as a plain ``Graph -> Graph`` pass for the ``int8`` pipeline: calibration data
-    from ``graph.meta["calibration"]`` (batches, or a dataset name such as ``"digits"`` whose
-    training split is used) and keyword options from ``graph.meta["quantize_options"]``."""
-    calib = graph.meta.get("calibration")
-    if calib is None:
+def quantize_int8(graph: Graph, calib_batches: Any = None, **options: Any) -> Graph:
+    """``quantize`` as the int8 pipeline's pass: the same arguments, given to ``run_passes`` as
+    ``options={"quantize_int8": {"calib_batches": ..., ...}}``; calibration data is required."""
+    if calib_batches is None:
         raise UsageError("the int8 pipeline needs calibration data",
-                         hint='set graph.meta["calibration"] (batches or e.g. "digits"), run '
-                              "convdsl quantize net.cdl --calib digits, or pass "
-                              "functools.partial(quantize, calib_batches=...) to run_passes")
-    options = dict(graph.meta.get("quantize_options", {}))
-    if isinstance(calib, str):
-        calib = calibration_batches(calib, samples=options.pop("calib_samples", 512))
-    return quantize(graph, calib, **options)
+                         hint='run_passes(g, "int8", options={"quantize_int8": {"calib_batches": batches}}), '
+                              "or convdsl quantize net.cdl --calib digits")
+    return quantize(graph, calib_batches, **options)
 
 
 def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:

@@ -368,5 +368,5 @@ def elaborate_text(text: str, file: str, network: str | None, options: Options,
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", net.span) from None
     g.source_hash = text_hash(text)
-    g.meta["choices"] = sorted(el.choices_seen)
+    g.choices = sorted(el.choices_seen)
     return g, el

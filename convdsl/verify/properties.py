@@ -377,9 +377,11 @@ def prop_quantize_bound(case: Case) -> None:
 
     # a batchnorm after the layer is folded into it first, as the int8 pipeline does: the bound is
     # about the layer that is quantized (tests/regressions/quantize_bound_conv_then_batchnorm.cdl)
+    from convdsl.passes.quantize import quantize_with_report
+
     g = run_passes(case.graph(), ["fold_bn"])
-    q = quantize_pass()(g, [tuple(case.inputs())], method="minmax")
-    layers = {rec["node"]: rec for rec in q.meta.get("quantize", {}).get("layers", [])}
+    q, report = quantize_with_report(g, [tuple(case.inputs())], method="minmax")
+    layers = {rec["node"]: rec for rec in report.layers}
     x = case.inputs()[0]
     got32 = D.torch_runner(q)([x])[0]
     got, ref = got32.astype(np.float64), case.reference()[0].astype(np.float64)

@@ -364,7 +364,7 @@ def test_choices_resolved_by_index_and_value():
     g = elaborate(SPACE, options=Options(choices={"k": 1, "width": 1, "6:23": 0}))
     assert g.node("conv2d").attrs["out"] == 32 and g.node("conv2d").attrs["k"] == 1
     assert g.node("mb.conv2d").attrs["k"] == 5
-    assert g.meta["choices"] == ["6:23", "k", "width"]
+    assert g.choices == ["6:23", "k", "width"]
 
 
 def test_first_choice():

@@ -29,7 +29,7 @@ from convdsl.lang.elaborate import elaborate
 from convdsl.passes import run_passes
 from convdsl.passes.calibrate import Stats, clip_range, observe
 from convdsl.passes.cast import cast, to_bf16
-from convdsl.passes.quantize import calibration_batches, quantize
+from convdsl.passes.quantize import calibration_batches, quantize, quantize_with_report
 
 DIGITS = str(Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.cdl")
 NP = {"u8": np.uint8, "i8": np.int8}
@@ -197,7 +197,7 @@ def check_against_reference(graph: Graph, inputs: tuple[np.ndarray, ...]) -> int
 
 
 # ---- structure ----------------------------------------------------------------------------------------
-def test_digits_structure(quantized, folded):
+def test_digits_structure(quantized, folded, calib):
     ops = {n.id: n.op for n in quantized.nodes()}
     assert not {"conv2d", "linear", "batchnorm"} & set(ops.values())
     assert ops["conv1"] == ops["layer2.downsample.0"] == "qconv2d" and ops["fc"] == "qlinear"
@@ -214,7 +214,8 @@ def test_digits_structure(quantized, folded):
     assert specs["conv1.weight"].dtype == "i8" and quantized.params["conv1.weight"].dtype == np.int8
     assert specs["conv1.w_scale"].shape == (16,) and specs["conv1.bias"].dtype == "i32"
     assert quantized.params["fc.bias"].dtype == np.int32
-    assert len(quantized.meta["quantize"]["layers"]) == 7 and not quantized.meta["quantize"]["float"]
+    report = quantize_with_report(folded, calib).report
+    assert len(report.layers) == 7 and not report.kept_float and report.to_json()["float"] == {}
 
 
 def test_input_graph_untouched(folded, calib):
@@ -341,14 +342,15 @@ def test_observe_runs_the_float_graph(variants):
 
 # ---- per-layer config -----------------------------------------------------------------------------------
 def test_per_layer_float(folded, calib):
-    q = verify(quantize(folded, calib, per_layer={"fc": "float", "layer2": "float", "layer2.conv1": "int8"}))
+    q, report = quantize_with_report(folded, calib, per_layer={"fc": "float", "layer2": "float", "layer2.conv1": "int8"})
+    q = verify(q)
     ops = {n.id: n.op for n in q.nodes()}
     assert ops["fc"] == "linear" and q.params["fc.weight"].dtype == np.float32
     np.testing.assert_array_equal(q.params["fc.weight"], folded.params["fc.weight"])
     assert ops["layer2.conv2"] == ops["layer2.downsample.0"] == "conv2d"  # the scope
     assert ops["layer2.conv1"] == "qconv2d"  # the later, more specific entry wins
     assert q.node("layer2.conv1").type.dtype == "f32"  # its reader stays float: float output
-    assert set(q.meta["quantize"]["float"]) == {"fc", "layer2.conv2", "layer2.downsample.0"}
+    assert set(report.kept_float) == {"fc", "layer2.conv2", "layer2.downsample.0"}
     assert q.node(q.inputs_of("layer2.conv2")[0].node).op == "qconv2d"
     with pytest.raises(UsageError, match="names no conv or linear"):
         quantize(folded, calib, per_layer={"fcc": "float"})
@@ -387,10 +389,12 @@ def test_int8_pipeline(trained, calib):
     g = trained[0].copy()
     with pytest.raises(UsageError, match="calibration"):
         run_passes(g, "int8")
-    g.meta["calibration"] = calib
-    q = run_passes(g, "int8")
+    log: list = []
+    q = run_passes(g, "int8", options={"quantize_int8": {"calib_batches": calib}}, log=log)
     assert "batchnorm" not in q.ops_used() and "qconv2d" in q.ops_used()
-    assert [r["pass"] for r in q.meta["passes"]][-2:] == ["quantize_int8", "dce"]
+    assert [r.name for r in log][-2:] == ["quantize_int8", "dce"]
+    with pytest.raises(UsageError, match="not run"):
+        run_passes(g, "O2", options={"quantize_int8": {"calib_batches": calib}})
 
 
 def test_cast_f16(trained, folded):

@@ -15,12 +15,12 @@ attributes, parameters sliced along their channel axes, types re-inferred, and
 channels (see ``groups.py``) are removed together, so the result computes what
 the original computes with those channels' producers zeroed, up to the
 downstream effect of the biases and norms that went with them.  With every
-channel kept the result is an identical copy.  ``graph.meta["prune"]`` of the
-result holds a report (see ``report.py``), ``graph.meta["prune_masks"]`` the masks.
+channel kept the result is an identical copy.  ``prune_with_report`` also
+returns a report (see ``report.py``) and the masks.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
@@ -109,12 +109,29 @@ def compute_masks(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criter
     return masks
 
 
+class Pruned(NamedTuple):
+    graph: Graph
+    report: dict[str, Any]  # JSON-serializable (report.build_report)
+    masks: Masks
+
+
 def prune(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criterion: str = "l1", *,
           target: str = "macs", scope: str = "global", round_to: int = 1,
           protect: Iterable[str] = DEFAULT_PROTECT, data: Any = None, tolerance: float = 0.005,
           max_group_ratio: float = 0.9, calib_samples: int = 256, seed: int = 0) -> Graph:
-    """``apply_masks(graph, compute_masks(graph, ...))`` with a report in ``meta["prune"]``.
-    With its defaults it is a plain ``Graph -> Graph`` pass (50% of MACs, l1, global)."""
+    """``apply_masks(graph, compute_masks(graph, ...))``.  With its defaults it is a plain
+    ``Graph -> Graph`` pass (50% of MACs, l1, global); ``prune_with_report`` takes the same
+    arguments and also returns the report and the masks."""
+    return prune_with_report(graph, ratio, criterion, target=target, scope=scope, round_to=round_to, protect=protect,
+                             data=data, tolerance=tolerance, max_group_ratio=max_group_ratio,
+                             calib_samples=calib_samples, seed=seed).graph
+
+
+def prune_with_report(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criterion: str = "l1", *,
+                      target: str = "macs", scope: str = "global", round_to: int = 1,
+                      protect: Iterable[str] = DEFAULT_PROTECT, data: Any = None, tolerance: float = 0.005,
+                      max_group_ratio: float = 0.9, calib_samples: int = 256, seed: int = 0) -> Pruned:
+    """``prune``: (the pruned graph, its report, the masks)."""
     # conv(out=C) -> ... -> consumer(in=C)  =>  conv(out=C-k) -> ... -> consumer(in=C-k), for every coupled member
     g = _materialized(graph)
     deps = analyze(g)
@@ -127,10 +144,9 @@ def prune(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criterion: str
     settings = {"criterion": criterion, "scope": scope, "target": target,
                 "ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
                 "channel_ratio": info["channel_ratio"], "round_to": round_to, "protect": protect}
-    out.meta["prune"] = build_report(g, out, deps, masks, settings, info["notes"], info["protected"])
-    out.meta["prune_masks"] = masks
-    return out
+    return Pruned(out, build_report(g, out, deps, masks, settings, info["notes"], info["protected"]), masks)
 
 
-__all__ = ["CRITERIA", "DEFAULT_PROTECT", "Dependencies", "Group", "Masks", "PruneError", "Scores", "TARGETS",
-           "analyze", "apply_masks", "compute_masks", "importance", "measure", "prune", "search", "to_markdown"]
+__all__ = ["CRITERIA", "DEFAULT_PROTECT", "Dependencies", "Group", "Masks", "PruneError", "Pruned", "Scores", "TARGETS",
+           "analyze", "apply_masks", "compute_masks", "importance", "measure", "prune", "prune_with_report", "search",
+           "to_markdown"]

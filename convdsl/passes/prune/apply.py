@@ -319,7 +319,6 @@ def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
     g.set_inputs(lid, [Value(node.id, 0)])
     ctx.alias[Value(lid, 0)] = Value(node.id, 0)
     ctx.moved[Value(node.id, 0)] = Value(lid, 0)
-    g.meta["prune_added"] = {**g.meta.get("prune_added", {}), lid: node.id}
 
 
 # ---- normalization and per-channel ops ------------------------------------------------------------
