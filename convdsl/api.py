@@ -1,25 +1,16 @@
 """The Python API: text in, graph or module out."""
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from convdsl.errors import UsageError, did_you_mean
+from convdsl.backends import BACKENDS, backend_module
+from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights
 from convdsl.lang.elaborate import Options, elaborate, elaborate_file
-
-# backend name -> module implementing build_module(graph); imported by name so the
-# core never imports a backend statically.  A module serving several names (one
-# per target) defines backend(name), which returns the object to use.
-BACKENDS = {
-    "torch": "convdsl.backends.torch",
-    "tvm-llvm": "convdsl.backends.tvm",
-    "tvm-cuda": "convdsl.backends.tvm",
-}
 
 
 def load_graph(source: str | os.PathLike, *, network: str | None = None, weights: str | os.PathLike | None = None,
@@ -41,20 +32,11 @@ def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs:
     return mod.build_module(g)
 
 
-def backend_module(name: Any):
-    """The backend for ``name``; a backend object already configured (e.g. TVM with a
-    target and tuning options) is returned as it is."""
-    if not isinstance(name, str):
-        return name
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend '{name}'", hint=did_you_mean(name, BACKENDS) or f"backends: {', '.join(BACKENDS)}")
-    mod = importlib.import_module(BACKENDS[name])
-    factory = getattr(mod, "backend", None)
-    return factory(name) if factory is not None else mod
-
-
 def read_text(path: str | os.PathLike) -> str:
     try:
         return Path(path).read_text()
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+__all__ = ["BACKENDS", "backend_module", "compile", "load_graph", "read_text"]

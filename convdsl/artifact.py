@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from convdsl import __version__
-from convdsl.api import backend_module
+from convdsl.backends import backend_module
 from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
 from convdsl.lang.printer import print_graph
 from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 from convdsl.ir.weights import save_weights
+from convdsl.version import __version__
 
 MANIFEST_VERSION = 1
 

@@ -21,10 +21,10 @@ import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from torch import nn
 
-import convdsl
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE
+from convdsl.version import __version__
 
 from convdsl.backends.torch.lowering import HELPERS, lowering_for
 
@@ -163,7 +163,7 @@ def generate(graph: Graph) -> Generated:
     sig_in = ", ".join(f"{n}: {graph.node(i).type}" for n, i in zip(args, graph.inputs))
     sig_out = ", ".join(str(t) for t in graph.output_types())
     source = _template().render(
-        version=convdsl.__version__,
+        version=__version__,
         source=_display_path(graph.source_file),
         network=graph.name,
         n_params=graph.params.count(),

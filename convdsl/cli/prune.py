@@ -41,6 +41,7 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
     The new program is the pruned graph printed as flat CDL (one statement per op, the original
     instance names kept, so parameter names match the weights file, and a comment where each
     block instance starts); `convdsl check`, `compile` and `--weights` take it as it is."""
+    from convdsl.backends.torch import build_module
     from convdsl.lang.printer import print_graph
     from convdsl.ir.weights import save_weights
     from convdsl.passes.prune import DEFAULT_PROTECT, prune_with_report, to_markdown
@@ -58,13 +59,16 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
     protect_all = ([] if prune_first_last else list(DEFAULT_PROTECT)) + list(protect)
     small, rep, _ = prune_with_report(g, ratio, criterion, target=target, scope=scope, round_to=round_to,
                                       protect=protect_all, data=dataset, tolerance=tolerance,
-                                      max_group_ratio=max_group_ratio, calib_samples=calib_samples, seed=seed)
+                                      max_group_ratio=max_group_ratio, calib_samples=calib_samples, seed=seed,
+                                      build=build_module)
     if dataset is not None and finetune_epochs:
         from convdsl.train import evaluate, train
 
-        acc = {"original": evaluate(g, dataset)["accuracy"], "pruned": evaluate(small, dataset)["accuracy"]}
-        train(small, dataset, finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)
-        acc["fine-tuned"] = evaluate(small, dataset)["accuracy"]
+        acc = {"original": evaluate(g, dataset, build=build_module)["accuracy"],
+               "pruned": evaluate(small, dataset, build=build_module)["accuracy"]}
+        train(small, dataset, finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+              build=build_module)
+        acc["fine-tuned"] = evaluate(small, dataset, build=build_module)["accuracy"]
         rep["accuracy"] = acc
 
     folder = Path(out)

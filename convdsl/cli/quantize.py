@@ -36,12 +36,14 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     output channel) and int8 activations (per tensor, ranges from --calib), the rest stays float.
     The program is printed as flat CDL with every scale written out; `check`, `compile`, `eval`
     and `--weights` take it as it is."""
+    from convdsl.backends.torch import build_module
     from convdsl.lang.printer import print_graph
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import save_weights
     from convdsl.passes import run_passes
     from convdsl.passes.cast import cast
-    from convdsl.passes.quantize import calibration_batches, quantize_with_report
+    from convdsl.passes.quantize import quantize_with_report
+    from convdsl.train import calibration_batches
     from convdsl.cli.prune import with_scope_comments
 
     if cast_to is None and not calib:
@@ -55,7 +57,8 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     else:
         batches = calibration_batches(calib, samples=calib_samples)  # the training split train/eval use
         q, done = quantize_with_report(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
-                                       weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile)
+                                       weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile,
+                                       build=build_module)
         q = verify(q)
         report = dict(done.to_json(), calibration=calib)
         what = (f"int8 ({method} calibration on {report['calibration_samples']} inputs of {calib}, "
@@ -65,7 +68,8 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
         from convdsl.train import evaluate, load_dataset
 
         dataset = load_dataset(data, seed=0)
-        report["accuracy"] = {"float": evaluate(g, dataset)["accuracy"], "quantized": evaluate(q, dataset)["accuracy"]}
+        report["accuracy"] = {"float": evaluate(g, dataset, build=build_module)["accuracy"],
+                              "quantized": evaluate(q, dataset, build=build_module)["accuracy"]}
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

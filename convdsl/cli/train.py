@@ -40,6 +40,7 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
     from rich.console import Console
     from rich.table import Table
 
+    from convdsl.backends.torch import build_module
     from convdsl.ir.weights import save_weights
     from convdsl.train import check_fits, load_dataset, train
 
@@ -48,7 +49,7 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
     check_fits(g, dataset)
     click.echo(f"training {g.name} ({g.params.count():,} params) on {dataset}")
     result = train(g, dataset, epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                   weight_decay=weight_decay, seed=seed, progress=progress, threads=threads)
+                   weight_decay=weight_decay, seed=seed, progress=progress, threads=threads, build=build_module)
     table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time", box=None)
     for e in result.history:
         table.add_row(str(e.epoch), f"{e.train_loss:.4f}", f"{100 * e.train_acc:.2f}%", f"{e.val_loss:.4f}",
@@ -71,11 +72,12 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
 def eval_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fraction, split_seed, weights, split,
              batch_size):
     """Report the accuracy of FILE with trained weights on a dataset split."""
+    from convdsl.backends.torch import build_module
     from convdsl.train import evaluate, load_dataset
 
     dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
     g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
-    r = evaluate(g, dataset, split=split, batch_size=batch_size)
+    r = evaluate(g, dataset, split=split, batch_size=batch_size, build=build_module)
     correct = round(r["accuracy"] * r["n"])
     click.echo(f"{g.name} on {dataset.name} ({split}): accuracy {100 * r['accuracy']:.2f}% "
                f"({correct}/{r['n']}), loss {r['loss']:.4f}")

@@ -11,7 +11,7 @@ dotted names that become the state_dict keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import networkx as nx
 
@@ -42,6 +42,12 @@ class Node:
     @property
     def type(self) -> TensorType:
         return self.types[0]
+
+
+# What a layer that must run a network, but may not import a backend (calibration, pruning
+# criteria that need data, training), is given: graph -> torch.nn.Module in eval mode, e.g.
+# convdsl.backends.torch.build_module.
+ModuleBuilder = Callable[["Graph"], Any]
 
 
 class Graph:

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import numpy as np
 
 from convdsl.errors import UsageError
-from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.quant import INT_DTYPES, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec
@@ -80,20 +80,22 @@ class Quantized(NamedTuple):
 
 def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
              weight_bits: int = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
-             threads: int | None = None) -> Graph:
+             threads: int | None = None, *, build: ModuleBuilder) -> Graph:
     """A copy of ``graph`` with its convs and linears in int8 (see the module docstring and
     ``quantize_with_report``)."""
     return quantize_with_report(graph, calib_batches, method, per_layer, weight_bits, act_dtype, percentile,
-                                fuse_relu, threads).graph
+                                fuse_relu, threads, build=build).graph
 
 
 def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = "minmax",
                          per_layer: Mapping[str, str] | None = None, weight_bits: int = 8, act_dtype: str = "u8",
-                         percentile: float = 99.99, fuse_relu: bool = True, threads: int | None = None) -> Quantized:
+                         percentile: float = 99.99, fuse_relu: bool = True, threads: int | None = None, *,
+                         build: ModuleBuilder) -> Quantized:
     """``quantize``: (the int8 graph, a ``QuantizeReport``).
 
     ``calib_batches``: calibration inputs (an array, a list of batches, or a list of tuples for
-    several inputs), run through the float graph on the torch backend.  ``method``: minmax,
+    several inputs), run through the float graph by the module ``build`` makes of it (the torch
+    backend's ``build_module``).  ``method``: minmax,
     percentile or mse.  ``per_layer``: {node id, fnmatch pattern or scope: "float" | "int8"};
     the last matching entry wins.  ``weight_bits`` (2..8) narrows the weight range (still stored
     as int8).  ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations."""
@@ -111,7 +113,8 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     wants_int = _int_wanted(g, order, plan, out_of)
     observed = [g.inputs_of(nid)[0] for nid in plan] + [v for v in out_of.values() if v in wants_int]
     batches = as_batches(calib_batches)
-    ranges, _ = observe(graph, observed, batches, method, percentile=percentile, dtype=act_dtype, threads=threads)
+    ranges, _ = observe(graph, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
+                        threads=threads)
 
     rw = _Rewriter(g, ranges, act_dtype)
     layers = []
@@ -322,17 +325,10 @@ class _Rewriter:
 # ---- the int8 pipeline's pass ---------------------------------------------------------------------
 def quantize_int8(graph: Graph, calib_batches: Any = None, **options: Any) -> Graph:
     """``quantize`` as the int8 pipeline's pass: the same arguments, given to ``run_passes`` as
-    ``options={"quantize_int8": {"calib_batches": ..., ...}}``; calibration data is required."""
+    ``options={"quantize_int8": {"calib_batches": ..., "build": ...}}``; calibration data is required."""
     if calib_batches is None:
         raise UsageError("the int8 pipeline needs calibration data",
-                         hint='run_passes(g, "int8", options={"quantize_int8": {"calib_batches": batches}}), '
-                              "or convdsl quantize net.cdl --calib digits")
+                         hint='run_passes(g, "int8", options={"quantize_int8": {"calib_batches": batches, '
+                              '"build": build_module}}), or convdsl quantize net.cdl --calib digits')
     return quantize(graph, calib_batches, **options)
 
-
-def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """The first ``samples`` training inputs of a dataset (``digits``, ``mnist1d``, a .npz), in batches."""
-    from convdsl.train import load_dataset
-
-    x = load_dataset(spec, seed=seed).x_train[:samples]
-    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from convdsl import __version__
+from convdsl.version import __version__
 from convdsl.errors import UsageError
 from convdsl.search.evolution import COSTS, STRATEGIES, Strategy, make_strategy, pareto_front
 from convdsl.search.executors import Executor

@@ -193,10 +193,11 @@ def standalone_runner(graph: Graph, folder: Optional[str | Path] = None) -> Runn
 
 def reprint_runner(graph: Graph) -> Runner:
     """print_graph -> elaborate -> same parameters by name."""
-    from convdsl.api import load_graph
+    from convdsl.ir.verify import verify
+    from convdsl.lang.elaborate import elaborate
     from convdsl.lang.printer import print_graph
 
-    again = load_graph(print_graph(graph))
+    again = verify(elaborate(print_graph(graph)))
     copy_params(graph, again)
     return torch_runner(again)
 
@@ -248,7 +249,7 @@ def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:
 
 
 def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None) -> Runner:
-    from convdsl.api import backend_module
+    from convdsl.backends import backend_module
 
     g = graph
     if batch is not None and g.symbols:
@@ -261,7 +262,7 @@ def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None
 
 
 def tvm_available(name: str = "tvm-llvm") -> bool:
-    from convdsl.api import BACKENDS
+    from convdsl.backends import BACKENDS
 
     return name in BACKENDS and importlib.util.find_spec("tvm") is not None
 

@@ -81,10 +81,7 @@ class Case:
 
     def graph(self) -> Graph:
         if "graph" not in self.cache:
-            from convdsl.api import load_graph
-
-            self.cache["graph"] = D.randomize_constants(load_graph(self.text, network=self.network),
-                                                        self.weights_seed)
+            self.cache["graph"] = D.randomize_constants(_load(self.text, self.network), self.weights_seed)
         return self.cache["graph"]
 
     def inputs(self, graph: Optional[Graph] = None) -> list[np.ndarray]:
@@ -171,9 +168,11 @@ def prop_runs(case: Case) -> None:
 
 
 def _load(text: str, network: Optional[str] = None) -> Graph:
-    from convdsl.api import load_graph
+    """Program text -> verified graph (the front end, as load_graph runs it on text)."""
+    from convdsl.ir.verify import verify
+    from convdsl.lang.elaborate import elaborate
 
-    return load_graph(text, network=network)
+    return verify(elaborate(text, "<string>", network))
 
 
 def same_graph(a: Graph, b: Graph, what: str) -> None:
@@ -331,7 +330,9 @@ def _quantized(case: Case) -> tuple[Graph, Graph]:
     if "quantized" not in case.cache:
         g = case.graph()
         x = case.inputs()
-        case.cache["quantized"] = quantize_pass()(g, [tuple(x)], method="minmax")
+        from convdsl.backends.torch import build_module
+
+        case.cache["quantized"] = quantize_pass()(g, [tuple(x)], method="minmax", build=build_module)
     return case.graph(), case.cache["quantized"]
 
 
@@ -377,10 +378,11 @@ def prop_quantize_bound(case: Case) -> None:
 
     # a batchnorm after the layer is folded into it first, as the int8 pipeline does: the bound is
     # about the layer that is quantized (tests/regressions/quantize_bound_conv_then_batchnorm.cdl)
+    from convdsl.backends.torch import build_module
     from convdsl.passes.quantize import quantize_with_report
 
     g = run_passes(case.graph(), ["fold_bn"])
-    q, report = quantize_with_report(g, [tuple(case.inputs())], method="minmax")
+    q, report = quantize_with_report(g, [tuple(case.inputs())], method="minmax", build=build_module)
     layers = {rec["node"]: rec for rec in report.layers}
     x = case.inputs()[0]
     got32 = D.torch_runner(q)([x])[0]

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from convdsl.errors import UsageError, did_you_mean
-from convdsl.ir.graph import Graph, Node
+from convdsl.ir.graph import Graph, ModuleBuilder, Node
 from convdsl.ir.ops import OPS
 from convdsl.passes.prune.groups import Dependencies, Member
 
@@ -74,19 +74,23 @@ class Scores:
     notes: list[str]
 
 
-def check_criterion(criterion: str, data: Any) -> None:
+def check_criterion(criterion: str, data: Any, build: ModuleBuilder | None = None) -> None:
     if criterion not in CRITERIA:
         raise UsageError(f"unknown pruning criterion '{criterion}'",
                          hint=did_you_mean(criterion, CRITERIA) or f"criteria: {', '.join(CRITERIA)}")
     if criterion in DATA_CRITERIA and data is None:
         raise UsageError(f"criterion '{criterion}' needs calibration data",
                          hint="pass data= (a Dataset, inputs, or (inputs, labels)); on the command line --data digits")
+    if criterion in DATA_CRITERIA and build is None:
+        raise UsageError(f"criterion '{criterion}' runs the network on its data",
+                         hint="pass build= (the torch backend's build_module), as convdsl prune does")
 
 
 def importance(graph: Graph, deps: Dependencies, criterion: str = "l1", data: Any = None, *,
-               samples: int = 256, batch_size: int = 32, seed: int = 0) -> Scores:
-    """Scores of every prunable group's units under ``criterion``."""
-    check_criterion(criterion, data)
+               samples: int = 256, batch_size: int = 32, seed: int = 0, build: ModuleBuilder | None = None) -> Scores:
+    """Scores of every prunable group's units under ``criterion``; the data criteria run the module
+    ``build`` makes of the graph (the torch backend's ``build_module``) on ``data``."""
+    check_criterion(criterion, data, build)
     notes: list[str] = []
     if criterion in ("l1", "l2"):
         contrib = {m: weight_norms(graph, m, criterion) for m in deps_members(deps) if m.role != "norm"}
@@ -95,7 +99,7 @@ def importance(graph: Graph, deps: Dependencies, criterion: str = "l1", data: An
                    for m in deps_members(deps) if m.role == "norm"}
     else:
         observed = [m for m in deps_members(deps) if m.role == "out" and _observable(graph.node(m.node))]
-        contrib = calibrate(graph, observed, criterion, data, samples, batch_size, seed)
+        contrib = calibrate(graph, observed, criterion, data, samples, batch_size, seed, build)
     fallback: dict[Member, np.ndarray] = {}
     by_group = {}
     for gi, g in enumerate(deps.groups):
@@ -231,14 +235,13 @@ def _input_moments(node: Node, mod, x):
 
 
 def calibrate(graph: Graph, members: list[Member], criterion: str, data: Any, samples: int, batch_size: int,
-              seed: int) -> dict[Member, np.ndarray]:
-    """Run the torch module on calibration batches and score each observed producer's channels."""
+              seed: int, build: ModuleBuilder) -> dict[Member, np.ndarray]:
+    """Run the torch module ``build`` makes of the graph on calibration batches and score each
+    observed producer's channels."""
     import torch
     import torch.nn.functional as F
 
-    from convdsl.api import backend_module
-
-    model = backend_module("torch").build_module(graph)
+    model = build(graph)
     stats = {m: _Stats() for m in members}
     live: dict[Member, tuple] = {}
 
