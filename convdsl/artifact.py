@@ -7,7 +7,6 @@ rebuilt from ``network.cdl`` and ``weights.safetensors`` (the generated
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -138,7 +137,3 @@ def run_artifact_or_program(target: str, *, backend: str, weights: str | None, i
     outs = runner(arrays)
     ms = (time.perf_counter() - t0) * 1e3
     return {"network": graph.name, "backend": backend, "ms": ms, "outputs": dict(zip(graph.output_names, outs))}
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -394,6 +394,12 @@ def expect_rank(op: str, t: TensorType, *ranks: int, what: str = "input") -> Non
         )
 
 
+def check_positive(op: str, name: str, vals: tuple[int, ...]) -> None:
+    """Kernel sizes, strides, dilations... must be positive."""
+    if any(v <= 0 for v in vals):
+        raise CDLTypeError(f"{op}: {name} must be positive", expected="integers > 0", got=format_value(vals))
+
+
 def tuple_n(v: Any, n: int, name: str = "value") -> tuple[int, ...]:
     """Expand an int or check a list to n entries (kernel sizes, strides...)."""
     if isinstance(v, int):

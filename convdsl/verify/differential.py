@@ -191,17 +191,6 @@ def standalone_runner(graph: Graph, folder: Optional[str | Path] = None) -> Runn
     return _torch_call(module.load(), graph)
 
 
-def reprint_runner(graph: Graph) -> Runner:
-    """print_graph -> elaborate -> same parameters by name."""
-    from convdsl.ir.verify import verify
-    from convdsl.lang.elaborate import elaborate
-    from convdsl.lang.printer import print_graph
-
-    again = verify(elaborate(print_graph(graph)))
-    copy_params(graph, again)
-    return torch_runner(again)
-
-
 def copy_params(src: Graph, dst: Graph, by: str = "name") -> None:
     """Give ``dst`` the parameter values of ``src``, by name or by declaration order."""
     names_src, names_dst = src.params.names(), dst.params.names()
@@ -225,15 +214,6 @@ def passes_runner(graph: Graph, spec) -> Runner:
     from convdsl.passes import run_passes
 
     return torch_runner(run_passes(graph, spec, verify_each=True))
-
-
-def prune_keep_runner(graph: Graph) -> Runner:
-    """Pruning with masks that keep every channel of every group."""
-    from convdsl.passes.prune import analyze, apply_masks
-
-    deps = analyze(graph)
-    masks = {g.name: np.arange(g.size) for g in deps.groups}
-    return torch_runner(apply_masks(graph, masks, deps))
 
 
 def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from convdsl.ir.ops.conv import conv_out_size
+
 KERNEL_ATTR = "convdsl.kernel"
 
 
@@ -29,7 +31,8 @@ def _pad(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
 
 
 def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
-    return (size + pad - ((k - 1) * dilation + 1)) // stride + 1
+    """Output size of a convolution padded by ``pad`` in all (the op table's formula)."""
+    return conv_out_size(size, pad, 0, k, stride, dilation)
 
 
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:

@@ -26,6 +26,7 @@ from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
                                 keep_channels, on_axis, opaque, tuple_n, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
+from convdsl.ir.ops.conv import conv_out_size
 
 SOFTMAX_FLOPS = 5  # per attention logit: max, sub, exp, sum, div
 
@@ -361,12 +362,9 @@ WINDOW = OpDef(
 
 
 # ---- CvT convolutional attention ------------------------------------------------------------------
-def conv_out(size, k: int, stride: int):
-    """Spatial size after a conv with padding k // 2 (CvT's projections)."""
-    pad = k // 2
-    if isinstance(size, int):
-        return (size + 2 * pad - k) // stride + 1
-    return dim_add(dim_floordiv(dim_add(size, 2 * pad - k), stride), 1)
+def _proj_out(size, k: int, stride: int):
+    """Spatial size after a CvT projection: a conv with padding k // 2."""
+    return conv_out_size(size, k // 2, k // 2, k, stride, 1)
 
 
 def _dw_bn(prefix: str, c: int, k: int) -> dict[str, ParamSpec]:
@@ -390,8 +388,8 @@ def _conv_attn_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
         raise CDLTypeError(f"{op}: k and strides must be positive", got=f"k={k}, stride_q={sq}, stride_kv={skv}")
     _check_dropout(op, attrs, "dropout")
     _check_scale(op, attrs)
-    h, w = conv_out(x.shape[2], k, sq), conv_out(x.shape[3], k, sq)
-    for size in (conv_out(x.shape[2], k, skv), conv_out(x.shape[3], k, skv), h, w):
+    h, w = _proj_out(x.shape[2], k, sq), _proj_out(x.shape[3], k, sq)
+    for size in (_proj_out(x.shape[2], k, skv), _proj_out(x.shape[3], k, skv), h, w):
         if isinstance(size, int) and size <= 0:
             raise ShapeError(f"{op}: the token map is too small for k={k}", got=str(x))
     return [x.with_shape((x.shape[0], c, h, w))]
@@ -412,7 +410,7 @@ def _conv_attn_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) 
     n, c, h, w = ins[0].shape
     k, skv = attrs["k"], attrs["stride_kv"]
     lq = bind_dim(outs[0].shape[2]) * bind_dim(outs[0].shape[3])
-    lk = bind_dim(conv_out(h, k, skv)) * bind_dim(conv_out(w, k, skv))
+    lk = bind_dim(_proj_out(h, k, skv)) * bind_dim(_proj_out(w, k, skv))
     nb = bind_dim(n)
     dw = Cost(nb * (lq + 2 * lk) * c * k * k, 2 * nb * (lq + 2 * lk) * c * k * k + 4 * nb * (lq + 2 * lk) * c)
     return (dw + _proj_cost(nb * lq, c, c, attrs["qkv_bias"]) + _proj_cost(nb * lk, c, 2 * c, attrs["qkv_bias"])

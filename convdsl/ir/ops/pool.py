@@ -13,15 +13,11 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, OpDef, before_axis, before_last,
-                                expect_rank, format_value, identity_if_same_type, keep_channels, normalize_dims, tuple_n)
+                                check_positive, expect_rank, format_value, identity_if_same_type, keep_channels,
+                                normalize_dims, tuple_n)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
-
-
-def _positive(op: str, name: str, vals: tuple[int, ...]) -> None:
-    if any(v <= 0 for v in vals):
-        raise CDLTypeError(f"{op}: {name} must be positive", expected="integers > 0", got=format_value(vals))
 
 
 def pool_geometry(attrs: dict, nd: int) -> tuple[tuple[int, ...], ...]:
@@ -64,9 +60,9 @@ def make_pool(kind: str, nd: int) -> OpDef:
         x = ins[0]
         _spatial_rank_check(name, x, nd)
         k, s, p, d = pool_geometry(attrs, nd)
-        _positive(name, "k", k)
-        _positive(name, "stride", s)
-        _positive(name, "dilation", d)
+        check_positive(name, "k", k)
+        check_positive(name, "stride", s)
+        check_positive(name, "dilation", d)
         if any(pi < 0 for pi in p):
             raise CDLTypeError(f"{name}: pad must be >= 0", got=format_value(p))
         if any(pi > ki // 2 for pi, ki in zip(p, k)):
@@ -135,7 +131,7 @@ def _adaptive(kind: str, nd: int) -> OpDef:
         x = ins[0]
         _spatial_rank_check(name, x, nd)
         out = tuple_n(attrs["out"], nd, "out")
-        _positive(name, "out", out)
+        check_positive(name, "out", out)
         return [x.with_shape((*x.shape[:-nd], *out))]
 
     return OpDef(
@@ -192,7 +188,7 @@ def _upsample_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
                            got="both" if scale is not None else "neither", hint="write upsample(2) or upsample(size=[14, 14])")
     if size is not None:
         out = tuple_n(size, nd, "size")
-        _positive("upsample", "size", out)
+        check_positive("upsample", "size", out)
     else:
         scales = (float(scale),) * nd if isinstance(scale, (int, float)) else tuple(scale)
         if len(scales) != nd:

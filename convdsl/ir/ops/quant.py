@@ -32,15 +32,13 @@ import math
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import (SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, opaque, tuple_n,
-                                zero_cost)
-from convdsl.ir.types import TensorType
-from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
+from convdsl.ir.optable import (SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, check_positive, expect_rank,
+                                opaque, tuple_n, zero_cost)
+from convdsl.ir.types import FLOAT_DTYPES, TensorType
+from convdsl.ir.ops.conv import conv_out_size, conv_padding
 
 INT_DTYPES = ("u8", "i8")
 QRANGE = {"u8": (0, 255), "i8": (-128, 127)}
-FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
-WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
 _INT8 = opaque("int8 weights and scales: prune the float network, then quantize")
 
 
@@ -180,13 +178,13 @@ def make_qconv(nd: int) -> OpDef:
         cin, out, groups = x.shape[1], attrs["out"], attrs["groups"]
         k, s, d = (tuple_n(attrs[a], nd, a) for a in ("k", "stride", "dilation"))
         for a, v in (("k", k), ("stride", s), ("dilation", d)):
-            _positive(name, a, v)
+            check_positive(name, a, v)
         if out <= 0 or groups <= 0 or cin % groups or out % groups:
             raise ShapeError(f"{name}: groups={groups} must divide in ({cin}) and out ({out}) channels")
         pads = conv_padding(attrs, list(x.shape[2:]), nd)
         spatial = []
         for i in range(nd):
-            o = _conv_out(x.shape[2 + i], pads[i][0], pads[i][1], k[i], s[i], d[i])
+            o = conv_out_size(x.shape[2 + i], pads[i][0], pads[i][1], k[i], s[i], d[i])
             if isinstance(o, int) and o <= 0:
                 raise ShapeError(f"{name}: input {x} is too small for kernel {k[i]}", got=str(x))
             spatial.append(o)

@@ -13,6 +13,7 @@ from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
                                 keep_channels, zero_cost)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
+from convdsl.ir.ops.conv import PAD_MODES
 from convdsl.ir.ops.pool import normalize_dims
 
 
@@ -204,7 +205,6 @@ def _split_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 # ---- pad ----------------------------------------------------------------------
-PAD_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def explicit_pads(pad, nd: int) -> list[tuple[int, int]]:
