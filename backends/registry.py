@@ -18,12 +18,12 @@ two classes; the entry type is the backend's own.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping, TypeVar
+from typing import Iterable, TypeVar
 
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Node
-from convdsl.ir.ops import FAMILY, OPS
-from convdsl.ir.registry import OpTable, RegistryError
+from convdsl.ir.ops import FAMILY
+from convdsl.ir.registry import OpMapping, OpTable, RegistryError
 
 E = TypeVar("E")
 
@@ -43,13 +43,12 @@ class Lowerings(OpTable[E]):
                                 f"belongs in backends/{self.backend}/lower_{home}.py, not lower_{self.family}.py")
 
 
-class LoweringTable(Mapping[str, E]):
+class LoweringTable(OpMapping[E]):
     """One backend's lowering table, joined from its family files' ``Lowerings``."""
 
     def __init__(self, backend: str, families: Iterable[Lowerings[E]]) -> None:
+        super().__init__()
         self.backend = backend
-        self._entries: dict[str, E] = {}
-        self.skipped: dict[str, str] = {}
         self.family_of: dict[str, str] = {}
         for fam in families:
             if fam.backend != backend:
@@ -60,19 +59,6 @@ class LoweringTable(Mapping[str, E]):
                 self.family_of[op] = fam.family
             self._entries.update(fam.items())
             self.skipped.update(fam.skipped)
-
-    def __getitem__(self, op: str) -> E:
-        return self._entries[op]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def missing(self, ops: Mapping[str, object] = OPS) -> list[str]:
-        """Ops with neither an entry nor a stated reason, sorted."""
-        return sorted(op for op in ops if op not in self._entries and op not in self.skipped)
 
     def without(self, *ops: str) -> "LoweringTable[E]":
         """A copy of the table without the entries of ``ops`` (what a forgotten lowering looks like)."""

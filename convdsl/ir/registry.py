@@ -27,13 +27,34 @@ class RegistryError(Exception):
     """An op-keyed table was built wrong: a bug in convdsl (or a plug-in), never a user mistake."""
 
 
-class OpTable(Mapping[str, E], Generic[E]):
-    """``op name -> entry`` for one concern (``what``, e.g. "torch lowering")."""
+class OpMapping(Mapping[str, E], Generic[E]):
+    """The reading side of an op-keyed table: ``op -> entry``, the ops ``skipped`` with a stated
+    reason, and ``missing()``."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self) -> None:
         self._entries: dict[str, E] = {}
         self.skipped: dict[str, str] = {}  # op -> why it has no entry
+
+    def __getitem__(self, op: str) -> E:
+        return self._entries[op]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def missing(self, ops: Mapping[str, object] = OPS) -> list[str]:
+        """Ops of ``ops`` with neither an entry nor a stated reason, sorted."""
+        return sorted(op for op in ops if op not in self._entries and op not in self.skipped)
+
+
+class OpTable(OpMapping[E]):
+    """``op name -> entry`` for one concern (``what``, e.g. "torch lowering"), filled entry by entry."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
 
     # -- filling ----------------------------------------------------------------------
     def add(self, op: str, entry: E) -> E:
@@ -62,20 +83,6 @@ class OpTable(Mapping[str, E], Generic[E]):
             raise RegistryError(f"{self.what} for '{op}', which is not an op" + (f" ({hint})" if hint else ""))
         if op in self._entries or op in self.skipped:
             raise RegistryError(f"{self.what} for '{op}' given twice")
-
-    # -- reading ----------------------------------------------------------------------
-    def __getitem__(self, op: str) -> E:
-        return self._entries[op]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def missing(self, ops: Mapping[str, object] = OPS) -> list[str]:
-        """Ops of ``ops`` with neither an entry nor a stated reason, sorted."""
-        return sorted(op for op in ops if op not in self._entries and op not in self.skipped)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.what}: {len(self)} ops, {len(self.skipped)} skipped>"

@@ -235,6 +235,7 @@ def _grouped_weight(ctx: Ctx, node: Node, outer: np.ndarray | None, inner: np.nd
     ctx.put(node, "weight", new_shape, make)
 
 
+@APPLY.register("conv1d", "conv2d", "conv3d")
 def conv(g: Graph, node: Node, ctx: Ctx) -> None:
     # weight [out, in/G, k...]; depthwise (G = in): input channel c owns outputs c*m .. c*m+m-1
     shape = ctx.shape(node, "weight")
@@ -245,6 +246,7 @@ def conv(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs["out"] = ctx.shape(node, "weight")[0]
 
 
+@APPLY.register("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv_transpose(g: Graph, node: Node, ctx: Ctx) -> None:
     # weight [in, out/G, k...]
     shape = ctx.shape(node, "weight")
@@ -256,6 +258,7 @@ def conv_transpose(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs["out"] = ctx.shape(node, "weight")[1] * node.attrs["groups"]
 
 
+@APPLY.register("linear")
 def linear(g: Graph, node: Node, ctx: Ctx) -> None:
     t_in = g.in_types(node.id)[0]
     if ctx.axis_in(node, 0) == t_in.rank - 1:
@@ -268,6 +271,7 @@ def linear(g: Graph, node: Node, ctx: Ctx) -> None:
             node.attrs["out"] = len(ko)
 
 
+@APPLY.register("patch_embed")
 def patch_embed(g: Graph, node: Node, ctx: Ctx) -> None:
     if ctx.axis_in(node, 0) == 1:
         take(ctx, node, "weight", ctx.keep_in(node, 0), 1)
@@ -278,6 +282,7 @@ def patch_embed(g: Graph, node: Node, ctx: Ctx) -> None:
         node.attrs["dim"] = len(ko)
 
 
+@APPLY.register("mhsa")
 def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
     """in_proj columns follow the input; removing heads or output channels splits out_proj off:
     mhsa(heads', dim', proj_bias=false) with an identity out_proj, then linear(out') holding
@@ -322,6 +327,7 @@ def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
 
 
 # ---- normalization and per-channel ops ------------------------------------------------------------
+@APPLY.register("groupnorm")
 def groupnorm(g: Graph, node: Node, ctx: Ctx) -> None:
     keep = ctx.keep_in(node, 0)
     c = ctx.deps.spaces[g.inputs_of(node.id)[0]].size
@@ -330,6 +336,7 @@ def groupnorm(g: Graph, node: Node, ctx: Ctx) -> None:
     per_channel({"weight": 0, "bias": 0})(g, node, ctx)
 
 
+@APPLY.register("layernorm")
 def layernorm(g: Graph, node: Node, ctx: Ctx) -> None:
     t = g.in_types(node.id)[0]
     a, d = ctx.axis_in(node, 0), node.attrs["dims"]
@@ -339,6 +346,7 @@ def layernorm(g: Graph, node: Node, ctx: Ctx) -> None:
         take(ctx, node, "bias", keep, a - (t.rank - d))
 
 
+@APPLY.register("split")
 def split(g: Graph, node: Node, ctx: Ctx) -> None:
     x = g.inputs_of(node.id)[0]
     keep = ctx.keep(x)
@@ -353,6 +361,7 @@ def split(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs.update(sizes=tuple(new), chunks=None)
 
 
+@APPLY.register("reshape")
 def reshape(g: Graph, node: Node, ctx: Ctx) -> None:
     x = g.inputs_of(node.id)[0]
     keep, a = ctx.keep(x), ctx.axis(x)
@@ -365,19 +374,8 @@ def reshape(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs["shape"] = tuple(spec)
 
 
-# ---- the table (ops marked PRUNE_RULE) -----------------------------------------------------------
-for _nd in (1, 2, 3):
-    APPLY.add(f"conv{_nd}d", conv)
-    APPLY.add(f"conv_transpose{_nd}d", conv_transpose)
-APPLY.add("linear", linear)
-APPLY.add("patch_embed", patch_embed)
-APPLY.add("mhsa", mhsa)
-APPLY.add("layernorm", layernorm)
-APPLY.add("groupnorm", groupnorm)
 APPLY.add("pos_embed", per_channel({"pos_embedding": 2}))
 APPLY.add("prelu", lambda g, node, ctx: None if node.attrs["shared"] else per_channel({"weight": 0})(g, node, ctx))
-APPLY.add("split", split)
-APPLY.add("reshape", reshape)
 for _op in ("add", "sub", "mul", "div", "mean", "amax", "vector_norm", "concat", "flatten", "permute", "transpose",
             "squeeze", "unsqueeze", "select", "pixel_shuffle", "pixel_unshuffle"):
-    APPLY.add(_op, nothing)
+    APPLY.add(_op, nothing)  # parameter-free, and no attribute counts channels

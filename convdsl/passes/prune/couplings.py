@@ -122,12 +122,14 @@ def _grouped(b: Builder, node: Node, s_in: Space | None, groups: int) -> None:
     b.balanced.append((Value(node.id, 0), groups))
 
 
+@COUPLINGS.register("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv(b: Builder, node: Node) -> None:
     """conv and conv_transpose: input channels are weight columns (rows for transposed),
     outputs a fresh space; depthwise couples each input channel with its outputs."""
     _grouped(b, node, consume(b, node, 0, 1), node.attrs["groups"])
 
 
+@COUPLINGS.register("linear")
 def linear(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     last = t.rank - 1
@@ -137,11 +139,13 @@ def linear(b: Builder, node: Node) -> None:
     produce(b, node, node.types[0].rank - 1)
 
 
+@COUPLINGS.register("patch_embed")
 def patch_embed(b: Builder, node: Node) -> None:
     consume(b, node, 0, 1)
     produce(b, node, 2)
 
 
+@COUPLINGS.register("mhsa")
 def mhsa(b: Builder, node: Node) -> None:
     """Input channels are in_proj columns; heads are whole units inside the op; the output
     (out_proj rows) is a space of its own (``apply.py`` splits out_proj off when it shrinks)."""
@@ -176,6 +180,7 @@ def pos_embed(b: Builder, node: Node) -> None:
 
 
 # ---- elementwise joins ------------------------------------------------------------------------
+@COUPLINGS.register("add", "sub", "mul", "div")
 def join(b: Builder, node: Node) -> None:
     """add/sub/mul/div with broadcasting: inputs full-size along the output's channel axis
     share their channels; an input broadcast along it (size 1) is not coupled."""
@@ -213,6 +218,7 @@ def join(b: Builder, node: Node) -> None:
 
 
 # ---- shape ops ----------------------------------------------------------------------------------
+@COUPLINGS.register("concat")
 def concat(b: Builder, node: Node) -> None:
     ins = b.inputs(node)
     d = normalize_dims("concat", node.attrs["dim"], node.types[0].rank)[0]
@@ -228,6 +234,7 @@ def concat(b: Builder, node: Node) -> None:
     b.opaque(node, f"concat ({node.id}) joins inputs whose channels lie on different axes")
 
 
+@COUPLINGS.register("split")
 def split(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     d = normalize_dims("split", node.attrs["dim"], t.rank)[0]
@@ -252,6 +259,7 @@ def _blocks(ids: np.ndarray, dims: list[int], pos: int) -> np.ndarray | None:
     return ids[(np.arange(total) // inner) % dims[pos]]
 
 
+@COUPLINGS.register("flatten")
 def flatten(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -269,6 +277,7 @@ def flatten(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(start, ids))
 
 
+@COUPLINGS.register("reshape")
 def reshape(b: Builder, node: Node) -> None:
     """Kept when the dims before the channel axis are unchanged and the channel dim stays
     (or merges with static dims after it); anything else is opaque."""
@@ -289,6 +298,7 @@ def reshape(b: Builder, node: Node) -> None:
     b.opaque(node, f"reshape ({node.id}) splits the channel axis")
 
 
+@COUPLINGS.register("permute")
 def permute(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -298,6 +308,7 @@ def permute(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(perm.index(s.axis), s.ids))
 
 
+@COUPLINGS.register("transpose")
 def transpose(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -308,6 +319,7 @@ def transpose(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(axis, s.ids))
 
 
+@COUPLINGS.register("squeeze")
 def squeeze(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     drop = squeeze_dims(node.attrs, t)
@@ -316,6 +328,7 @@ def squeeze(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis - sum(1 for d in drop if d < s.axis), s.ids))
 
 
+@COUPLINGS.register("unsqueeze")
 def unsqueeze(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -324,6 +337,7 @@ def unsqueeze(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis + (1 if d <= s.axis else 0), s.ids))
 
 
+@COUPLINGS.register("select")
 def select(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     d = node.attrs["dim"] % t.rank
@@ -332,6 +346,7 @@ def select(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis - (1 if d < s.axis else 0), s.ids))
 
 
+@COUPLINGS.register("mean", "amax", "vector_norm")
 def reduce(b: Builder, node: Node) -> None:
     """mean / amax / vector_norm over ``dims``: kept when the channel axis is not reduced."""
     (s, t), = b.inputs(node)
@@ -347,6 +362,7 @@ def prelu(b: Builder, node: Node) -> None:
     passthrough(None if node.attrs["shared"] else on_axis(1))(b, node)
 
 
+@COUPLINGS.register("pixel_shuffle")
 def pixel_shuffle(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     r2 = node.attrs["factor"] ** 2
@@ -358,6 +374,7 @@ def pixel_shuffle(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis, blocks[:, 0].copy()))
 
 
+@COUPLINGS.register("pixel_unshuffle")
 def pixel_unshuffle(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis != t.rank - 3:
@@ -365,19 +382,4 @@ def pixel_unshuffle(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis, np.repeat(s.ids, node.attrs["factor"] ** 2)))
 
 
-# ---- the table (ops marked PRUNE_RULE) -----------------------------------------------------------------
-for _nd in (1, 2, 3):
-    COUPLINGS.add(f"conv{_nd}d", conv)
-    COUPLINGS.add(f"conv_transpose{_nd}d", conv)
-COUPLINGS.add("linear", linear)
-COUPLINGS.add("patch_embed", patch_embed)
-COUPLINGS.add("mhsa", mhsa)
 COUPLINGS.add("layernorm", passthrough())  # weight/bias follow the channel axis when it is normalized over
-for _op in ("add", "sub", "mul", "div"):
-    COUPLINGS.add(_op, join)
-for _op in ("mean", "amax", "vector_norm"):
-    COUPLINGS.add(_op, reduce)
-for _op, _rule in (("concat", concat), ("split", split), ("flatten", flatten), ("reshape", reshape),
-                   ("permute", permute), ("transpose", transpose), ("squeeze", squeeze), ("unsqueeze", unsqueeze),
-                   ("select", select), ("pixel_shuffle", pixel_shuffle), ("pixel_unshuffle", pixel_unshuffle)):
-    COUPLINGS.add(_op, _rule)
