@@ -17,8 +17,7 @@ The hypothesis tests (tests/properties/) and the regression replay
     prune        all-keep pruning masks give an identical graph and identical outputs
     export       torch.export of the generated module agrees with eager
     tvm          tvm-llvm agrees with torch
-    quantize     int8 quantization of any program succeeds, verifies and runs (when
-                 the quantization pass exists)
+    quantize     int8 quantization of any program succeeds, verifies and runs
     quantize_bound  for one conv/linear: the int8 error is within the bound its scales imply
     quantize_tvm the int8 graph on tvm-llvm matches the torch backend's simulation
     cast         f16 / bf16 inference stays within the tolerance of its dtype
@@ -315,24 +314,14 @@ def prop_tvm(case: Case, name: str = "tvm-llvm") -> None:
     _agree(case, name, run(case.inputs()), D.tolerance_for(g, D.FACTORS.get(name, 10.0)))
 
 
-def quantize_pass() -> Optional[Callable]:
-    """``quantize(graph, calib_batches, ...)`` once the int8 pass exists (None before)."""
-    try:
-        from convdsl.passes.quantize import quantize
-    except ImportError:
-        return None
-    return quantize
-
-
 def _quantized(case: Case) -> tuple[Graph, Graph]:
     """(float graph, int8 graph calibrated on the case's own inputs: min/max, so nothing clips
     beyond the zero point's rounding)."""
     if "quantized" not in case.cache:
-        g = case.graph()
-        x = case.inputs()
         from convdsl.backends.torch import build_module
+        from convdsl.passes.quantize import quantize
 
-        case.cache["quantized"] = quantize_pass()(g, [tuple(x)], method="minmax", build=build_module)
+        case.cache["quantized"] = quantize(case.graph(), [tuple(case.inputs())], method="minmax", build=build_module)
     return case.graph(), case.cache["quantized"]
 
 
@@ -341,8 +330,6 @@ def prop_quantize(case: Case) -> None:
     keeps the signature, and its torch module runs with finite outputs where the float ones are."""
     from convdsl.errors import ConvDSLError
 
-    if quantize_pass() is None:
-        return
     try:
         g, q = _quantized(case)
     except ConvDSLError:
@@ -370,8 +357,6 @@ def prop_quantize_bound(case: Case) -> None:
 
     summed over each output's receptive field (n terms), plus float32 rounding (1e-5 relative).
     relu is 1-Lipschitz, so a fused relu keeps the bound."""
-    if quantize_pass() is None:
-        return
     import torch
 
     from convdsl.passes import run_passes
@@ -437,8 +422,6 @@ def prop_quantize_tvm(case: Case, name: str = "tvm-llvm") -> None:
     """The int8 graph on TVM computes what the torch backend's simulation computes."""
     from convdsl.errors import ConvDSLError
 
-    if quantize_pass() is None:
-        return
     try:
         _, q = _quantized(case)
     except ConvDSLError:
@@ -450,22 +433,13 @@ def prop_quantize_tvm(case: Case, name: str = "tvm-llvm") -> None:
         raise PropertyFailed(f"int8 graph on {name} differs from its torch simulation: {c.why}")
 
 
-def cast_pass() -> Optional[Callable]:
-    try:
-        from convdsl.passes.cast import cast
-    except ImportError:
-        return None
-    return cast
-
-
 def prop_cast(case: Case) -> None:
     """Half precision (cast to f16 / bf16 inside, f32 at the edges) stays within the tolerance
     of its dtype (docs/testing.md).  Inputs of ordinary magnitude only: large or spiky values
     overflow f16 by design."""
-    from convdsl.passes import PASSES
+    from convdsl.passes.cast import cast
 
-    cast = cast_pass()
-    if cast is None or not any("cast" in p or "f16" in p for p in PASSES) or (case.kind or "") in ("large", "spiky") or (case.kind is None and case.seed < 6):
+    if (case.kind or "") in ("large", "spiky") or (case.kind is None and case.seed < 6):
         return
     g = case.graph()
     for dtype in ("f16", "bf16"):
