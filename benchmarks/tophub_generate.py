@@ -41,7 +41,7 @@ def main() -> int:
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
     from convdsl.backends.tvm.targets import make_target
-    from convdsl.cli.common import _graph
+    from convdsl.cli.common import program_graph
 
     spec = make_target("tvm-llvm")
     console = Console(width=160)
@@ -54,7 +54,7 @@ def main() -> int:
             console.print(f"[yellow]time budget spent: {name} not tuned")
             break
         path, sets = NETS[name]
-        g = _graph(str(ROOT / path), None, sets, (), (), None, 0)
+        g = program_graph(str(ROOT / path), None, sets, (), (), None, 0)
         if out is None:  # the ISA tag of this CPU, from one workload's key
             ks = tt.kernels(tt.optimized_module(g, spec), spec.tvm_target())
             isa = next(iter(ks.values())).workload.isa

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 
 def optimize_options(f):
@@ -42,7 +42,7 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
     """Compile FILE to an artifact folder (generated code, weights, manifest)."""
     from convdsl.artifact import write_artifact
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     g = _optimize(g, opt, passes)
     files = write_artifact(g, out, backend)
     click.echo(f"compiled {g.name} ({g.params.count():,} params) with backend {backend} -> {out}/")
@@ -71,7 +71,8 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
 
     result = run_artifact_or_program(target, backend=backend, weights=weights, inputs=list(inputs), batch=batch,
                                      graph_loader=lambda: _optimize(
-                                         _graph(target, network, sets, choose, bind, max_memory, seed, weights=weights),
+                                         program_graph(target, network, sets, choose, bind, max_memory, seed,
+                                                       weights=weights),
                                          opt, passes))
     click.echo(f"ran {result['network']} on {result['backend']} in {result['ms']:.2f} ms")
     for name, arr in result["outputs"].items():

@@ -35,7 +35,8 @@ def _literal(text: str) -> Any:
     return low
 
 
-def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
+def parse_pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``--set k=v`` style options -> {k: literal value}."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -67,13 +68,14 @@ def program_options(f):
     return f
 
 
-def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False):
+def program_graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False):
+    """The verified graph that a command's ``program_options`` (and ``--weights``) describe."""
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import load_weights
     from convdsl.lang.elaborate import DEFAULT_MAX_BYTES, Options, elaborate_file
 
-    opts = Options(choices=_pairs(choose, "--choose") or None, overrides=_pairs(sets, "--set"),
-                   bind={k: int(v) for k, v in _pairs(bind, "--bind").items()},
+    opts = Options(choices=parse_pairs(choose, "--choose") or None, overrides=parse_pairs(sets, "--set"),
+                   bind={k: int(v) for k, v in parse_pairs(bind, "--bind").items()},
                    max_bytes=_bytes(max_memory) or DEFAULT_MAX_BYTES, seed=seed, first_choice=first_choice)
     g = elaborate_file(file, network, opts)
     if weights:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from convdsl import __version__
-from convdsl.cli.common import _graph, _pairs, main, program_options
+from convdsl.cli.common import main, parse_pairs, program_graph, program_options
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -21,10 +21,10 @@ def check(file, network, sets, choose, bind, max_memory, seed):
 
     space = None
     try:
-        g = _graph(file, network, sets, choose, bind, max_memory, seed)
+        g = program_graph(file, network, sets, choose, bind, max_memory, seed)
     except ChoiceError:
         # a search space: check it with the first option of every open choice
-        g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
+        g = program_graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
         space = [k for k in g.choices if k not in dict(c.split("=", 1) for c in choose)]
     s = summary(g, None)
     click.echo(f"{file}: network {g.name} OK")
@@ -79,8 +79,8 @@ def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block
 
     from convdsl.ir.stats import layer_stats, render_table, to_json
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed)
-    rows = layer_stats(g, _pairs(bind, "--bind") or None)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed)
+    rows = layer_stats(g, parse_pairs(bind, "--bind") or None)
     if as_json:
         click.echo(json.dumps(to_json(g, rows), indent=2))
     else:
@@ -95,7 +95,7 @@ def graph(file, network, sets, choose, bind, max_memory, seed, output):
     """Draw the network (blocks as clusters). DOT text to stdout without -o."""
     from convdsl.ir.draw import render, to_dot
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed)
     if output is None:
         click.echo(to_dot(g))
     else:
@@ -110,7 +110,7 @@ def print_cmd(file, network, sets, choose, bind, max_memory, seed):
     """Print the elaborated network as flat CDL (one statement per op)."""
     from convdsl.lang.printer import print_graph
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)
 
 

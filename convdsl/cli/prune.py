@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 
 @main.command(name="prune")
@@ -48,7 +48,7 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
 
     if finetune_epochs and not data:
         raise UsageError("--finetune-epochs needs --data", hint="e.g. --data digits")
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     dataset = None
     if data:
         from convdsl.train import check_fits, load_dataset

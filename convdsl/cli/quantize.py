@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 
 @main.command(name="quantize")
@@ -48,7 +48,7 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
 
     if cast_to is None and not calib:
         raise UsageError("int8 quantization needs calibration data", hint="add --calib digits (or --cast f16)")
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     folded = g if no_fold_bn else run_passes(g, "fold_bn,remove_identity,dce")
     if cast_to:
         q = cast(folded, cast_to)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y."
 
@@ -45,7 +45,7 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
     from convdsl.train import check_fits, load_dataset, train
 
     dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     check_fits(g, dataset)
     click.echo(f"training {g.name} ({g.params.count():,} params) on {dataset}")
     result = train(g, dataset, epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
@@ -76,7 +76,7 @@ def eval_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_frac
     from convdsl.train import evaluate, load_dataset
 
     dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     r = evaluate(g, dataset, split=split, batch_size=batch_size, build=build_module)
     correct = round(r["accuracy"] * r["n"])
     click.echo(f"{g.name} on {dataset.name} ({split}): accuracy {100 * r['accuracy']:.2f}% "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 
 @main.command()
@@ -37,7 +37,7 @@ def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, ta
     why = host_can_run(spec.config)
     if why:
         raise UsageError(f"tuning measures kernels on this machine, which cannot run {spec.describe()}: {why}")
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     path = tophub.user_db_path(db)
     results = tt.tune_network(g, spec, trials, db_file=path, rounds=rounds, force=force)
     console = Console(width=max(140, Console().width))

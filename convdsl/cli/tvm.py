@@ -12,7 +12,7 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
@@ -129,7 +129,7 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     from convdsl.artifact import make_inputs
     from convdsl.backends.tvm.bench import bench as run_bench, profiles, summarize
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     given = {b.split("=", 1)[0].strip() for b in bind}
     g.symbols = {s: (v if s in given else batch) for s, v in g.symbols.items()}
     arrays = make_inputs(g, batch, seed)

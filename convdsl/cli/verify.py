@@ -6,7 +6,7 @@ import sys
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options
+from convdsl.cli.common import main, program_graph, program_options
 
 KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-cuda")
 
@@ -48,7 +48,7 @@ def verify_cmd(file, network, sets, choose, bind, max_memory, seed, backends, op
                              or f"backends: {', '.join(KNOWN)}")
     if examples < 1:
         raise UsageError("--examples must be at least 1")
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights, first_choice=first_choice)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights, first_choice=first_choice)
     if randomize if randomize is not None else weights is None:
         g = D.randomize_constants(g, seed)
     pass_list = [p.strip() for p in passes.split(",") if p.strip()] if passes else []
