@@ -100,6 +100,7 @@ def test_not_drawn_lists_only_ops_the_programs_never_draw():
     assert not set(NOT_DRAWN) & drawn_ops(), "drawn after all: " + ", ".join(sorted(set(NOT_DRAWN) & drawn_ops()))
 
 
+@pytest.mark.slow
 def test_the_check_runs_without_tvm():
     """A process that cannot import TVM loads both lowering tables and finds nothing missing."""
     code = (

@@ -333,6 +333,7 @@ def test_recursive_def_is_refused():
         elaborate(net("return x | conv2d(f(1))", head="def f(n) = f(n + 1)"))
 
 
+@pytest.mark.slow
 def test_exponential_calls_are_refused():
     head = "def f(n) = 1 if n == 0 else f(n - 1) + f(n - 1)"
     g = elaborate(net("return x | linear(f(4))", inputs="x: f32[1, 2]", head=head))

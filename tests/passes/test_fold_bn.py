@@ -45,6 +45,7 @@ def folded(src: str, seed: int = 0):
 
 
 # ---- the model zoo -----------------------------------------------------------------
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_fold_bn_on_example(name):
     g = example(name)

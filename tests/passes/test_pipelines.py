@@ -83,6 +83,7 @@ def test_a_pass_must_not_return_its_input():
 
 
 # ---- every pipeline on every example ---------------------------------------------------
+@pytest.mark.zoo
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_pipelines_keep_outputs(name):
     g = example(name)
@@ -111,6 +112,7 @@ def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_cli_compile_with_opt_and_run(tmp_path):
     src = EXAMPLES_DIR / "digits_cnn.cdl"
     r = _cli("compile", src, "--opt", "O2", "--passes", "cse", "-o", tmp_path / "o2")

@@ -137,6 +137,7 @@ def half_masks(graph: Graph, scope: str = "layer", ratio: float = 0.5, **kw):
 
 
 # ---- identity ------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenet", "espcn"])
 def test_all_keep_masks_are_the_identity(name):
     g = example(name)
@@ -149,6 +150,7 @@ def test_all_keep_masks_are_the_identity(name):
     assert [(n.id, n.attrs, n.types) for n in same.nodes()] == [(n.id, n.attrs, n.types) for n in g.nodes()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", [ATTN, SEQ, GROUPED, CONCAT], ids=["attn", "seq", "grouped", "concat"])
 def test_all_keep_identity_on_every_op_family(text):
     g = prog(text)
@@ -179,6 +181,7 @@ def test_prune_leaves_its_input_alone():
 
 
 # ---- couplings -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_residual_adds_lose_the_same_channels():
     g = prog(RESNETISH)
     deps = analyze(g)
@@ -393,6 +396,7 @@ def test_pruned_values_have_the_masked_widths():
             assert small.type_of(key).shape[s.axis] == int(kept[deps.labels[s.ids]].sum())
 
 
+@pytest.mark.slow
 def test_torch_module_of_the_pruned_graph_runs_in_train_mode():
     small = prune(prog(MOBILE), 0.5, "l1", protect=())
     from convdsl.backends.torch import build_module
@@ -402,6 +406,7 @@ def test_torch_module_of_the_pruned_graph_runs_in_train_mode():
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
+@pytest.mark.property
 def test_random_programs_prune_to_verified_graphs_of_the_same_signature():
     hypothesis = pytest.importorskip("hypothesis")
     strategies = pytest.importorskip("convdsl.verify.strategies")

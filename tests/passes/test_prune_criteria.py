@@ -44,6 +44,7 @@ def with_dead_channel():
     return g
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_each_criterion_ranks_a_zeroed_channel_last(criterion):
     g = with_dead_channel()
@@ -57,6 +58,7 @@ def test_each_criterion_ranks_a_zeroed_channel_last(criterion):
     assert DEAD not in masks["c1"] and len(masks["c1"]) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["taylor", "activation"])
 def test_data_criteria_score_every_kind_of_producer(criterion):
     g = prog(MIXED)
@@ -68,6 +70,7 @@ def test_data_criteria_score_every_kind_of_producer(criterion):
         assert np.isfinite(s).all() and (s >= 0).all() and s.max() > 0
 
 
+@pytest.mark.slow
 def test_data_criteria_accept_a_dataset_and_need_data():
     from convdsl.api import load_graph
     from convdsl.train import load_dataset

@@ -51,6 +51,9 @@ network variants(x: f32[N, 4, 12, 12], s: f32[N, 6, 20]) {
 """
 
 
+# training the digits network once for the module takes seconds
+pytestmark = pytest.mark.slow
+
 # ---- fixtures -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained():
@@ -499,6 +502,7 @@ def compare_with_tvm(graph: Graph, inputs: tuple[np.ndarray, ...]) -> dict:
     return stats
 
 
+@pytest.mark.tvm
 @pytest.mark.skipif(not _tvm_available(), reason="TVM backend not available")
 def test_tvm_int8_matches_torch_simulation_on_digits(quantized, trained):
     stats = compare_with_tvm(quantized, (trained[1].x_val[:64],))
@@ -506,6 +510,7 @@ def test_tvm_int8_matches_torch_simulation_on_digits(quantized, trained):
     assert stats["equal"] == stats["elements"]  # measured: bit-exact (the contract allows one step)
 
 
+@pytest.mark.tvm
 @pytest.mark.skipif(not _tvm_available(), reason="TVM backend not available")
 @pytest.mark.parametrize("options", [{}, {"act_dtype": "i8", "weight_bits": 4}], ids=["u8", "i8-w4"])
 def test_tvm_int8_matches_torch_simulation_on_variants(variants, options):
