@@ -17,6 +17,7 @@ BACKENDS = {
     "torch": "convdsl.backends.torch",
     "tvm-llvm": "convdsl.backends.tvm",
     "tvm-cuda": "convdsl.backends.tvm",
+    "onnx": "convdsl.backends.onnx",
 }
 
 

@@ -4,7 +4,7 @@ FFT long convolution vs direct convolution vs kernel size.  One run:
     python benchmarks/mixers.py [--quick] [--threads 2]
 
 Every mixer is a one-op CDL program compiled by convdsl's torch backend, so
-this measures what users get.  Each configuration runs in a fresh subprocess
+this measures what users get; the selective scan also on tvm-llvm (its TIR scan).  Each configuration runs in a fresh subprocess
 and reports its peak resident memory above the process baseline (after the
 model is built), so numbers include the mixer's temporaries.
 """
@@ -27,17 +27,25 @@ PROGRAMS = {
     "LTI SSM (s4d, state 64)": "network m(x: f32[1, {C}, {L}]) {{\n    return x | s4d(state=64)\n}}",
     "selective scan (state 16)": "network m(x: f32[1, {C}, {L}]) {{\n    return x | selective_scan(state=16)\n}}",
 }
+# rows run on tvm-llvm as well (the fused TIR scan of backends/tvm/lower_ssm.py)
+TVM_ROWS = {"selective scan (state 16)": "selective scan, tvm-llvm (TIR scan)"}
 
 CHILD = r"""
-import json, resource, statistics, sys, time
+import json, os, resource, statistics, sys, time
+os.environ["TVM_NUM_THREADS"] = "{threads}"
 import torch
 torch.set_num_threads({threads})
 from convdsl.lang.elaborate import elaborate
 from convdsl.backends.torch import build_module
 from convdsl.artifact import make_inputs
 g = elaborate({text!r})
-m = build_module(g)
-x = [torch.from_numpy(a) for a in make_inputs(g)]
+if {tvm!r}:
+    import convdsl.backends.tvm as ctvm
+    m = ctvm.backend("tvm-llvm", progress=False).build_module(g)
+    x = make_inputs(g)
+else:
+    m = build_module(g)
+    x = [torch.from_numpy(a) for a in make_inputs(g)]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # built model and inputs
 with torch.inference_mode():
     m(*x)
@@ -52,8 +60,8 @@ print(json.dumps({{"ms": min(times) * 1e3, "median_ms": statistics.median(times)
 """
 
 
-def measure(text: str, threads: int, repeat: int, budget: float, timeout: float) -> dict | None:
-    code = CHILD.format(text=text, threads=threads, repeat=repeat, budget=budget)
+def measure(text: str, threads: int, repeat: int, budget: float, timeout: float, tvm: bool = False) -> dict | None:
+    code = CHILD.format(text=text, threads=threads, repeat=repeat, budget=budget, tvm=tvm)
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -72,6 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer lengths and kernels")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-tvm", action="store_true", help="skip the tvm-llvm rows")
     args = ap.parse_args()
     lengths = LENGTHS[:2] if args.quick else LENGTHS
     kernels = KERNELS[::3] if args.quick else KERNELS
@@ -87,6 +96,11 @@ def main() -> None:
             row[L] = measure(text, args.threads, repeat=5, budget=20.0, timeout=300)
         results[name] = row
         print(f"{name:36s}" + "".join(f"{fmt(row[L]):>25s}" for L in lengths), flush=True)
+        if name in TVM_ROWS and not args.no_tvm:
+            trow = {L: measure(tmpl.format(L=L, C=WIDTH, S=int(math.isqrt(L))), args.threads, repeat=5, budget=20.0,
+                               timeout=600, tvm=True) for L in lengths}
+            results[TVM_ROWS[name]] = trow
+            print(f"{TVM_ROWS[name]:36s}" + "".join(f"{fmt(trow[L]):>25s}" for L in lengths), flush=True)
     att = results["attention (mhsa, 4 heads)"]
     L = lengths[-1]
     print(f"\nat L={L:,}: speedup over attention")

@@ -1,11 +1,16 @@
-"""Generate the template database shipped with convdsl (backends/tvm/schedules/tophub/).
+"""Generate the template databases shipped with convdsl (backends/tvm/schedules/tophub/<family>.json).
 
     nice python benchmarks/tophub_generate.py [--trials 16] [--nets resnet18,mobilenet_v2,resnet50,vit_s16]
+    python benchmarks/tophub_generate.py --analytic --family avx512-amx     # untuned: the model's knobs
 
-Runs the template tuner (``convdsl tune``) on the zoo's common networks at batch 1 for this
-machine's CPU and merges the records into ``tophub/llvm-<isa>.json``; the header says where,
-when and how it was made.  Networks are tuned in the order given, so a time limit
-(``--budget-s``) cuts the last ones.
+One database per CPU family (``targets.cpu_family``: ``avx512`` = AVX-512 without AMX,
+``avx512-amx`` = with AMX), picked from the CPU flags at build time.  Tuning measures, so it can
+only fill the family of the machine it runs on: it runs the template tuner (``convdsl tune``) on
+the zoo's common networks at batch 1 and merges the records into this family's file; the header
+says where, when and how it was made.  ``--analytic`` writes the analytic model's knobs instead,
+every record and the header marked ``untuned`` (a family no machine here could tune: honest
+defaults, replaced by a tuning run on such a machine).  Networks are tuned in the order given, so
+a time limit (``--budget-s``) cuts the last ones.
 """
 from __future__ import annotations
 
@@ -33,19 +38,25 @@ def main() -> int:
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--budget-s", type=float, default=1200.0, help="stop starting new networks after this")
     ap.add_argument("--prior-seconds", type=float, default=0, help="tuning time of records already in --out")
-    ap.add_argument("--out", default=None, help="database file (default: the shipped one for this ISA)")
+    ap.add_argument("--out", default=None, help="database file (default: the shipped one of --family)")
+    ap.add_argument("--family", default=None, help="CPU family of the file (default: this machine's)")
+    ap.add_argument("--analytic", action="store_true", help="write the model's knobs, marked untuned (no measuring)")
     args = ap.parse_args()
 
     import tvm
     from rich.console import Console
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
-    from convdsl.backends.tvm.targets import make_target
+    from convdsl.backends.tvm.targets import cpu_family, make_target
     from convdsl.cli.common import program_graph
 
     spec = make_target("tvm-llvm")
     console = Console(width=160)
-    out = Path(args.out) if args.out else None
+    family = args.family or cpu_family()
+    if family != cpu_family() and not args.analytic:
+        console.print(f"[red]this machine is {cpu_family()}: it cannot tune {family} (use --analytic for untuned defaults)")
+        return 2
+    out = Path(args.out) if args.out else tophub.SHIPPED_DIR / f"{family}.json"
     load = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     done = []
@@ -55,15 +66,20 @@ def main() -> int:
             break
         path, sets = NETS[name]
         g = program_graph(str(ROOT / path), None, sets, (), (), None, 0)
-        if out is None:  # the ISA tag of this CPU, from one workload's key
-            ks = tt.kernels(tt.optimized_module(g, spec), spec.tvm_target())
-            isa = next(iter(ks.values())).workload.isa
-            out = tophub.SHIPPED_DIR / f"llvm-{isa}.json"
         t = time.perf_counter()
+        if args.analytic:
+            ks = tt.kernels(tt.optimized_module(g, spec), spec.tvm_target())
+            have = tophub.read_db(out)["records"]
+            tophub.write_db(out, {k: {"knobs": dict(zip(tophub.KNOBS[v.workload.kind], v.analytic)), "untuned": True}
+                                  for k, v in ks.items() if k not in have}, {})
+            console.print(f"{name}: {len(ks)} workloads, the model's knobs (untuned)")
+            done.append(name)
+            continue
         res = tt.tune_network(g, spec, args.trials, db_file=out, rounds=args.rounds, progress=sys.stderr.isatty())
         console.print(tt.summary_table(res, f"{name}: {time.perf_counter() - t:.0f} s"))
         done.append(name)
     header = {
+        "family": family,
         "produced_by": "benchmarks/tophub_generate.py (convdsl's template tuner)",
         "cpu": tt.cpu_model(), "cores": os.cpu_count(), "load_avg_at_start": load,
         "target": spec.describe(), "tvm": tvm.__version__, "timing": "min over rounds, weights flushed from cache",
@@ -71,6 +87,9 @@ def main() -> int:
         "networks": sorted(set(tophub.read_db(out)["header"].get("networks", [])) | set(done)) if out else done,
         "batch": 1, "tuning_seconds": round(time.perf_counter() - t0) + (args.prior_seconds or 0),
     }
+    if args.analytic:
+        header.update(untuned=True, tuning_seconds=0, trials_per_workload=0, rounds=0, timing="none: the analytic model's knobs",
+                      produced_by="benchmarks/tophub_generate.py --analytic")
     if out is not None:
         tophub.write_db(out, {}, header)
         console.print(f"{len(tophub.read_db(out)['records'])} records in {out}")

@@ -4,8 +4,8 @@
     g = convdsl.load_graph("examples/resnet18.cdl")     # checked graph IR
     model = convdsl.compile("examples/resnet18.cdl")    # torch nn.Module
 """
-from convdsl.api import compile, load_graph
+from convdsl.api import compile, import_model, load_graph
 from convdsl.errors import ConvDSLError
 from convdsl.version import __version__
 
-__all__ = ["compile", "load_graph", "ConvDSLError", "__version__"]
+__all__ = ["compile", "import_model", "load_graph", "ConvDSLError", "__version__"]

@@ -32,6 +32,15 @@ def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs:
     return mod.build_module(g)
 
 
+def import_model(module, example_inputs, name: str | None = None):
+    """A PyTorch ``nn.Module`` -> ``ImportResult`` (``.text``: the CDL program with blocks and loops,
+    ``.weights``: its parameters under the module's state_dict keys, ``.graph``: the verified graph),
+    traced with ``torch.export`` with a symbolic batch."""
+    from convdsl.importer import import_torch
+
+    return import_torch(module, tuple(example_inputs), name=name)
+
+
 def read_text(path: str | os.PathLike) -> str:
     try:
         return Path(path).read_text()
@@ -39,4 +48,4 @@ def read_text(path: str | os.PathLike) -> str:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-__all__ = ["BACKENDS", "backend_module", "compile", "load_graph", "read_text"]
+__all__ = ["BACKENDS", "backend_module", "compile", "import_model", "load_graph", "read_text"]

@@ -172,3 +172,24 @@ class UsageError(ConvDSLError):
 
     kind = "error"
     exit_code = 2
+
+
+class ModelImportError(ConvDSLError):
+    """`convdsl import`: a source op or pattern with no convdsl mapping (named with its module path)."""
+
+    kind = "import error"
+    exit_code = 11
+
+
+class SourceError(ConvDSLError):
+    """`convdsl import`: the source cannot be read: a corrupt .onnx file, a factory that does not exist."""
+
+    kind = "source error"
+    exit_code = 12
+
+
+class TraceError(ConvDSLError):
+    """`convdsl import`: torch.export cannot trace the model (data-dependent control flow, ...)."""
+
+    kind = "trace error"
+    exit_code = 13

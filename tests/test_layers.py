@@ -30,7 +30,10 @@ LAYER_OF = {
     "convdsl.train": "train",
     "convdsl.search": "search",
     "convdsl.verify": "verify",
+    "convdsl.importer": "importer",  # ONNX files and torch modules -> CDL: a front end for other formats
+    "convdsl.lsp": "lsp",  # the language server: a view of the front end
     "convdsl": "top", "convdsl.api": "top", "convdsl.cli": "top", "convdsl.__main__": "top",
+    "convdsl.notebook": "top",  # %%cdl compiles through the API
 }
 
 # layer -> the layers it may import.  Data flows lang -> ir -> passes -> backends, but the front end
@@ -46,6 +49,8 @@ ALLOWED = {
     "train": _CORE | {"train"},  # not backends: train(..., build=build_module)
     "search": _CORE | {"backends", "train", "search"},  # trains and times candidates
     "verify": _CORE | {"backends", "verify"},  # runs backends against each other
+    "importer": {"base", "ir", "lang", "importer"},  # builds IR and prints it as CDL; runs no pass or backend
+    "lsp": {"base", "ir", "lang", "lsp"},  # parses and elaborates as you type; compiles nothing
     "top": set(LAYER_OF.values()),
 }
 

@@ -594,11 +594,11 @@ class SelectiveScan(nn.Module):
     u = silu(causal depthwise conv(u)) if d_conv; (dt_low, B, C) = x_proj(u) per step;
     dt = softplus(dt_proj(dt_low)); A = -exp(A_log);
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t;  y_t = C_t . h_t + D u_t.
-    forward() scans chunk by chunk (scan_chunked); recurrent() one step at a time (scan_steps).
+    forward() scans chunk-parallel (scan_chunked); recurrent() one step at a time (scan_steps).
     state_dict: [conv1d.weight, conv1d.bias,] x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D."""
 
     def __init__(self, channels: int, state: int = 16, dt_rank: int = 1, d_conv: int = 0,
-                 bidirectional: bool = False, chunk: int = 8):
+                 bidirectional: bool = False, chunk: int = 64):
         super().__init__()
         self.state, self.dt_rank, self.bidirectional, self.chunk = state, dt_rank, bidirectional, chunk
         self.conv1d = nn.Conv1d(channels, channels, d_conv, padding=d_conv - 1, groups=channels) if d_conv else None
@@ -645,32 +645,67 @@ class SelectiveScan(nn.Module):
         return torch.stack(ys, dim=-1)
 
     @staticmethod
-    def scan_chunked(u, dt, A, B, C, chunk: int = 8) -> torch.Tensor:
-        """scan_steps() evaluated `chunk` steps at a time (memory ~ N*C*state*chunk**2).  Inside a chunk, with
-        S_t = sum_{r<=t} dt_r A (running log-decay from the chunk start):
-        h_t = exp(S_t) h_start + sum_{s<=t} exp(S_t - S_s) dt_s B_s u_s, a masked
-        [T, T] decay matrix (entries <= 1, so no overflow); only the chunks are sequential.
-        Short chunks are fastest on CPU: the decay matrix costs N*C*state*L*chunk exponentials."""
-        h = u.new_zeros(*u.shape[:2], A.shape[-1])                           # [N, C, state]
-        xs = dt * u
-        dA = dt[..., None] * A[:, None]                                      # [N, C, L, state]
-        masks: dict[int, torch.Tensor] = {}
+    def scan_chunked(u, dt, A, B, C, chunk: int = 64, block: int = 1024) -> torch.Tensor:
+        """scan_steps() computed chunk-parallel, without a [chunk, chunk] decay matrix.  The decay's exponent is
+        separable, dt_t A[k]: with D_t = sum_{r<=t} dt_r inside a chunk (a cumsum over [N, C, L] only),
+            h_t[k] = exp(A[k] D_t) (h_start[k] + sum_{s<=t} exp(-A[k] D_s) dt_s u_s B_s[k])     (a cumsum over t)
+        so a chunk costs a few elementwise passes over [N, C, T, state]; only the chunk boundaries are
+        sequential (h_end = the last h_t).  exp(-A D_s) grows with the decay inside a chunk: a chunk whose
+        total decay exceeds `limit` (exp(limit) far from overflow) is cut in halves, down to one step.
+        `block` tokens at a time keep the temporaries in cache and the memory linear in L."""
+        n, c, length = u.shape
+        limit = 60.0 if u.dtype in (torch.float32, torch.float16, torch.bfloat16) else 600.0
+        h = u.new_zeros(n, c, A.shape[-1])                                    # [N, C, state]
         ys = []
-        for start in range(0, u.shape[-1], chunk):
-            x = xs[..., start:start + chunk]                                 # [N, C, T]
-            b, c = B[:, start:start + chunk], C[:, start:start + chunk]        # [N, T, state]
-            S = torch.cumsum(dA[:, :, start:start + chunk], dim=2)           # [N, C, T, state]
-            T = x.shape[-1]
-            if T not in masks:
-                masks[T] = torch.ones(T, T, dtype=torch.bool, device=u.device).triu(1)[:, :, None]  # s > t
-            decay = (S[:, :, :, None] - S[:, :, None]).masked_fill(masks[T], float("-inf")).exp()  # [N, C, T, T, state]
-            pair = c[:, :, None, :] * b[:, None, :, :]                       # c_t * b_s: [N, T, T, state]
-            y = ((decay * pair[:, None]).sum(-1) @ x[..., None]).squeeze(-1)  # within the chunk
-            eS = S.exp()
-            y = y + (eS * h[:, :, None]).mul(c[:, None]).sum(-1)             # carried-in state
-            h = eS[:, :, -1] * h + (decay[:, :, -1] * b[:, None]).mul(x[..., None]).sum(-2)
+        for start in range(0, length, block):
+            part = slice(start, min(length, start + block))
+            y, h = SelectiveScan._scan_block(u[..., part], dt[..., part], A, B[:, part], C[:, part], h, chunk, limit)
             ys.append(y)
         return torch.cat(ys, dim=-1)
+
+    @staticmethod
+    def _scan_block(u, dt, A, B, C, h, chunk: int, limit: float):
+        n, c, length = u.shape
+        s = A.shape[-1]
+        T = max(1, min(chunk, length))
+        rate = -A.min()                                                       # the fastest decay, > 0
+        while True:  # the longest chunk (`chunk` halved) whose decay stays within `limit`
+            nc = -(-length // T)
+            pad = nc * T - length
+            dts = F.pad(dt, (0, pad)) if pad else dt
+            D = dts.reshape(n, c, nc, T).cumsum(-1)                          # [N, C, nc, T]
+            if T == 1 or float(D[..., -1].max().detach()) * float(rate.detach()) <= limit:
+                break
+            T //= 2
+        x = (dt * u)[..., None]
+        if pad:
+            x, B, C = F.pad(x, (0, 0, 0, pad)), F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+        x, Bc, Cc = x.reshape(n, c, nc, T, 1), B.reshape(n, 1, nc, T, s), C.reshape(n, 1, nc, T, s)
+        AD = D[..., None] * A[:, None, None]                                   # A[k] D_t <= 0: [N, C, nc, T, state]
+        if T == 1:  # decay too strong for any chunk: plain steps
+            dA, bx = AD.exp(), x * Bc
+            hs = []
+            for t in range(nc):
+                h = dA[:, :, t, 0] * h + bx[:, :, t, 0]
+                hs.append(h)
+            return (torch.stack(hs, 2) * C[:, None]).sum(-1), h
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C)):  # autograd: no in-place ops
+            W = torch.cumsum(torch.exp(-AD) * x * Bc, 3)
+            E = torch.exp(AD)
+        else:  # inference: two temporaries, every other pass in place (fresh large tensors cost page faults)
+            E = AD.exp_()                                                     # exp(A D_t)
+            W = torch.reciprocal(E).mul_(x).mul_(Bc).cumsum_(3)               # sum_{s<=t} exp(-A D_s) x_s B_s
+        ends, W_end = E[:, :, :, -1], W[:, :, :, -1]
+        starts = []
+        for k in range(nc):                                                   # chunk boundaries
+            starts.append(h)
+            h = ends[:, :, k] * (h + W_end[:, :, k])
+        H0 = torch.stack(starts, 2)[:, :, :, None]
+        if W.requires_grad:
+            y = ((W + H0) * E * Cc).sum(-1)
+        else:
+            y = W.add_(H0).mul_(E).mul_(Cc).sum(-1)                            # C_t . h_t
+        return y.reshape(n, c, nc * T)[..., :length], h
 
 
 HELPERS.update({"fft_long_conv": fft_long_conv, "fast_fft_len": fast_fft_len, "GlobalFilter2d": GlobalFilter2d,

@@ -63,6 +63,7 @@ class TVMBackend:
     db: str | None = None
     use_db: bool = True
     progress: bool = True
+    precision: str = "f32"  # f32 | bf16 | int8 (targets.PRECISIONS)
     last_build: Any = field(default=None, repr=False)  # the Built of the latest build, for the manifest
 
     def __str__(self) -> str:
@@ -71,14 +72,16 @@ class TVMBackend:
     @property
     def spec(self) -> TargetSpec:
         if not hasattr(self, "_spec"):
-            self._spec = make_target(self.name, target_json=self.target_json, arch=self.arch)
+            self._spec = make_target(self.name, target_json=self.target_json, arch=self.arch, precision=self.precision)
         return self._spec
 
     # -- building -------------------------------------------------------------------
     def build(self, graph: Graph):
         from convdsl.backends.tvm.build import BuildOptions, build
 
-        opts = BuildOptions(tune=self.tune, db=self.db, use_db=self.use_db, progress=self.progress)
+        check_precision_of(graph, self.precision)
+        opts = BuildOptions(tune=self.tune, db=self.db, use_db=self.use_db, progress=self.progress,
+                            precision=self.precision)
         self.last_build = build(graph, self.spec, opts)
         return self.last_build
 
@@ -119,6 +122,7 @@ class TVMBackend:
             "versions": {"torch": torch.__version__, **tvm_versions()},
             "tvm": {
                 "target": self.spec.config,
+                "precision": self.precision,
                 "library": LIBRARY,
                 "weights": "constants inside the library",
                 "inputs": ins,
@@ -132,6 +136,18 @@ class TVMBackend:
         if getattr(self, "library_sha256", None):
             extra["tvm"]["library_sha256"] = self.library_sha256
         return extra
+
+
+QUANTIZED_OPS = ("qconv1d", "qconv2d", "qconv3d", "qlinear")
+
+
+def check_precision_of(graph: Graph, precision: str) -> None:
+    """int8 runs the int8 kernels of a quantized program: a float program is refused with the way to quantize it."""
+    if precision == "int8" and not any(op in QUANTIZED_OPS for op in graph.ops_used()):
+        raise UsageError(f"--precision int8 compiles the int8 kernels of a quantized program, and {graph.name} has "
+                         "no quantized convs or linears",
+                         hint="quantize it first (convdsl quantize net.cdl --calib DATA -o q/), then compile "
+                              "q/net.cdl with --precision int8")
 
 
 def file_sha256(path: Path) -> str:
@@ -211,7 +227,9 @@ def load(folder: str | os.PathLike, manifest: dict[str, Any] | None = None):
     from convdsl.artifact import read_manifest
 
     from convdsl.backends.tvm.runtime import Runner
+    from convdsl.backends.tvm.targets import configure_thread_pool
 
+    configure_thread_pool()
     manifest = manifest or read_manifest(folder)
     check_artifact(folder, manifest)  # first: a CUDA artifact on a machine without a GPU is a clear error
     ensure_device_runtime(manifest.get("tvm", {}).get("target", {}).get("kind", "llvm"))

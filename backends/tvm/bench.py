@@ -69,13 +69,15 @@ def _torch_entry(graph: Graph, arrays: list[np.ndarray], name: str) -> Entry:
     return Entry(name, call, compile_s)
 
 
-def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db: str | None, progress: bool) -> Entry:
+def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db: str | None, progress: bool,
+               precision: str = "f32") -> Entry:
     from convdsl.backends.tvm.backend import TVMBackend
     from convdsl.backends.tvm.targets import host_can_run
 
     base = name.removesuffix("-tuned")
     tuned = name.endswith("-tuned")
-    be = TVMBackend(base, tune=tune if tuned else 0, db=db, use_db=tuned, progress=progress)
+    be = TVMBackend(base, tune=tune if tuned else 0, db=db, use_db=tuned, progress=progress,
+                    precision=precision if base == "tvm-llvm" else "f32")
     t0 = time.perf_counter()
     built = be.build(graph)
     compile_s = time.perf_counter() - t0
@@ -83,6 +85,8 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
     own = getattr(built, "own", 0)
     from_db = getattr(built, "templates_from_db", 0)
     note = (f"{own}/{built.functions} kernels by convdsl's schedules" if own else "no schedules")
+    if be.precision != "f32":
+        note += f"; precision {be.precision}"
     if tuned:
         note += (f"; knobs of {from_db} template instances from the template database, "
                  f"{built.scheduled} kernels from MetaSchedule's")
@@ -110,7 +114,7 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
 
 def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat: int = 20, warmup: int = 3,
           min_ms: float = 10.0, tune: int = 0, db: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = lambda s: None) -> list[Entry]:
+          log: Callable[[str], None] = lambda s: None, precision: str = "f32") -> list[Entry]:
     unknown = [b for b in backends if b not in BENCH_BACKENDS]
     if unknown:
         from convdsl.errors import did_you_mean
@@ -123,7 +127,7 @@ def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat
         if name.startswith("torch"):
             e = _torch_entry(graph, arrays, name)
         else:
-            e = _tvm_entry(graph, arrays, name, tune, db, progress)
+            e = _tvm_entry(graph, arrays, name, tune, db, progress, precision)
         log(f"  {name}: {e.compile_s:.1f} s to build{'; ' + e.note if e.note else ''}")
         entries.append(e)
     live = [e for e in entries if e.call is not None]

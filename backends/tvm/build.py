@@ -42,6 +42,7 @@ class BuildOptions:
     use_db: bool = True  # apply records already in the databases (MetaSchedule's, and the template knobs')
     progress: bool = True  # progress bar while tuning
     bind: dict[str, int] = field(default_factory=dict)  # sizes of symbolic dims (default: graph.symbols)
+    precision: str = "f32"  # f32 | bf16 (convs and matmuls with bf16 operands) | int8 (the quantized ops' kernels)
 
 
 @dataclass
@@ -59,8 +60,8 @@ class Built:
     templates_from_db: int = 0  # template instances whose knobs came from the user's or the shipped database
 
 
-def optimize_passes(spec: TargetSpec) -> list:
-    return layout_passes(spec) + gpu_passes(spec) + [  # gpu_passes: [] on CPU targets
+def optimize_passes(spec: TargetSpec, precision: str = "f32") -> list:
+    return layout_passes(spec, precision) + gpu_passes(spec) + [  # gpu_passes: [] on CPU targets
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -103,7 +104,7 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
     target = spec.tvm_target()
     t = time.perf_counter()
     with target:
-        mod = tvm.transform.Sequential(optimize_passes(spec))(mod)
+        mod = tvm.transform.Sequential(optimize_passes(spec, opts.precision))(mod)
     seconds["optimize"] = time.perf_counter() - t
 
     db = report = folder = None

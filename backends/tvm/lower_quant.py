@@ -198,6 +198,32 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
     return y
 
 
+def _depthwise_on_cpu(cx: Lowerer, node: Node, ins: list[TensorType], w: np.ndarray) -> bool:
+    from convdsl.backends.tvm.schedules import int8_depthwise
+
+    c = ins[0].shape[1]
+    return (not cx.target.startswith("tvm-cuda") and node.attrs.get("groups", 1) == c == w.shape[0]
+            and w.shape[1] == 1 and isinstance(c, int) and int8_depthwise.fits(c, w.shape[2] * w.shape[3]))
+
+
+def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation) -> Expr:
+    """Depthwise qconv2d on CPU: schedules/int8_depthwise.py (exact, 16 channels per vector)."""
+    from convdsl.backends.tvm.schedules import int8_depthwise
+
+    a = node.attrs
+    to_int = a["out_dtype"] != "f32"
+    m = requant_multiplier(a["in_scale"], cx.param("w_scale"), a["out_scale"] if to_int else None)
+    kw = dict(pads=pads, stride=stride, dilation=dilation, in_zp=a["in_zp"], out_dtype=TVM_DTYPE[a["out_dtype"]],
+              relu=bool(a["relu"]))
+    if to_int:
+        qmin, qmax = QRANGE[a["out_dtype"]]
+        kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
+    y = cx.emit_te(int8_depthwise.depthwise_int8, x, cx.const(int8_depthwise.pack_weight(w), "float32"),
+                   cx.const(_int32_bias(cx, node, w, 0), "int32"), cx.const(m, "float32"), **kw)
+    _mark_fusable(cx, y)
+    return y
+
+
 def _mark_fusable(cx: Lowerer, y: Expr) -> None:
     """op_pattern = kOutEWiseFusable on the kernel just emitted: FuseOps then fuses the elementwise
     ops after it into its epilogue (AnnotateTIROpPattern keeps a pattern that is already set)."""
@@ -212,6 +238,9 @@ def _qconv(nd: int):
         x = args[0]
         pads = conv_padding(a, list(ins[0].shape[2:]), nd)
         w = cx.param("weight").astype(np.int8)
+        if nd == 2 and _depthwise_on_cpu(cx, node, ins, w):
+            return _depthwise_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), tuple_n(a["stride"], 2),
+                                    tuple_n(a["dilation"], 2))
         if nd in (1, 2) and _use_vnni(cx, node):
             stride, dilation = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
             if nd == 1:  # a convolution of height 1

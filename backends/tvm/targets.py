@@ -27,8 +27,34 @@ _X86_CPUS = (
     ("sandybridge", ("avx",)),
     ("x86-64", ()),
 )
-# the flags a binary built for that CPU may use: checked when an artifact is loaded
-REQUIRED_FLAGS = dict(_X86_CPUS)
+# the flags a binary built for that CPU may use: checked when an artifact is loaded (also for CPU
+# names given with --target-json that the host never picks itself)
+REQUIRED_FLAGS = {
+    **dict(_X86_CPUS),
+    "cooperlake": ("avx512f", "avx512_vnni", "avx512_bf16"),
+    "sapphirerapids": ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"),
+    "znver4": ("avx512f", "avx512_vnni", "avx512_bf16"),
+}
+# LLVM target features (``mattr``) a precision adds -> the /proc/cpuinfo flag each one needs
+FEATURE_FLAGS = {"+avx512bf16": "avx512_bf16", "+amx-tile": "amx_tile", "+amx-bf16": "amx_bf16",
+                 "+amx-int8": "amx_int8"}
+PRECISIONS = ("f32", "bf16", "int8")
+
+
+# TVM's CPU thread pool, unless the user set these: workers not pinned to cores, and no spinning
+# while idle.  Pinned, spinning workers are what made tvm-llvm collapse when another process
+# used a core (benchmarks/contention.py: ResNet-18 on the shared 2-core machine 169 -> 39 ms,
+# and 640 -> 233 ms with one more busy process); the pool reads them when it starts.
+THREAD_POOL_DEFAULTS = {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
+
+
+def configure_thread_pool() -> None:
+    """Apply THREAD_POOL_DEFAULTS to this process where the environment does not set them (before
+    TVM's thread pool first runs: building a network already runs kernels, for constant folding)."""
+    import os
+
+    for key, value in THREAD_POOL_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 @lru_cache(maxsize=1)
@@ -41,6 +67,60 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_family(flags: frozenset[str] | None = None) -> str:
+    """The CPU family convdsl ships kernel databases for: ``avx512-amx`` (AVX-512 with AMX tiles),
+    ``avx512`` (AVX-512 without AMX), ``avx2``, or ``generic``."""
+    flags = cpu_flags() if flags is None else flags
+    if "avx512f" in flags:
+        return "avx512-amx" if {"amx_tile", "amx_bf16", "amx_int8"} <= flags else "avx512"
+    return "avx2" if {"avx2", "fma"} <= flags else "generic"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def precision_mattr(precision: str, flags: frozenset[str] | None = None) -> list[str]:
+    """LLVM features to add to the host target for ``precision`` (what its kernels execute).
+
+    bf16 needs AVX512_BF16 (``vdpbf16ps``; every AMX CPU has it too): without it the answer is a
+    clear error, never a slow emulation."""
+    flags = cpu_flags() if flags is None else flags
+    if precision == "bf16":
+        if "avx512_bf16" not in flags:
+            raise UsageError(f"--precision bf16 needs a CPU with AVX512_BF16; this one ({cpu_model()}) has none",
+                             hint="use --precision f32 (or int8 with a quantized program), or compile for another "
+                                  "CPU with --target-json '{\"kind\": \"llvm\", \"mcpu\": \"sapphirerapids\"}'")
+        return ["+avx512bf16"]
+    return []
+
+
+def check_precision(spec: "TargetSpec", precision: str) -> None:
+    """Refuse a precision the target cannot execute natively (bf16 without AVX512_BF16)."""
+    if precision not in PRECISIONS:
+        from convdsl.errors import did_you_mean
+
+        raise UsageError(f"unknown precision '{precision}'",
+                         hint=did_you_mean(precision, PRECISIONS) or f"choose from {', '.join(PRECISIONS)}")
+    if spec.is_gpu or precision != "bf16":
+        return
+    from tvm.target import codegen
+
+    if not codegen.target_has_features("avx512bf16", spec.tvm_target()):
+        raise UsageError(f"--precision bf16 needs AVX512_BF16, and the target {spec.describe()} has none",
+                         hint="add \"mattr\": [\"+avx512bf16\"] to the target, pick an mcpu with it "
+                              "(sapphirerapids, cooperlake, znver4), or use --precision f32")
 
 
 @lru_cache(maxsize=1)
@@ -117,8 +197,11 @@ class TargetSpec:
         return self.describe()
 
 
-def make_target(backend: str, *, target_json: str | dict | None = None, arch: str | None = None) -> TargetSpec:
-    """The target of ``backend`` on this machine, or as given by ``target_json`` / ``arch``."""
+def make_target(backend: str, *, target_json: str | dict | None = None, arch: str | None = None,
+                precision: str = "f32") -> TargetSpec:
+    """The target of ``backend`` on this machine, or as given by ``target_json`` / ``arch``; the host
+    target gets the LLVM features ``precision`` needs (bf16: ``+avx512bf16``)."""
+    configure_thread_pool()
     if backend not in TARGET_BACKENDS:
         from convdsl.errors import did_you_mean
 
@@ -128,6 +211,8 @@ def make_target(backend: str, *, target_json: str | dict | None = None, arch: st
         config = _parse_json(target_json)
     elif backend == "tvm-llvm":
         config = {"kind": "llvm", "mcpu": host_cpu()}
+        if precision in PRECISIONS and precision_mattr(precision):
+            config["mattr"] = precision_mattr(precision)
     else:
         config = {"kind": "cuda", "arch": arch or detected_cuda_arch() or "sm_90", "host": {"kind": "llvm"}}
     if arch is not None:
@@ -142,6 +227,7 @@ def make_target(backend: str, *, target_json: str | dict | None = None, arch: st
                          hint=f"use --backend tvm-{config.get('kind')} for that target" if config.get("kind") else None)
     spec = TargetSpec(backend, config)
     check_available(spec)
+    check_precision(spec, precision)
     return spec
 
 
@@ -190,6 +276,9 @@ def host_can_run(config: dict[str, Any]) -> str | None:
             missing = [f for f in need if f not in flags]
             if missing:
                 return f"it was built for mcpu={mcpu}, and this CPU lacks {', '.join(missing)}"
+        mattr = [FEATURE_FLAGS[a] for a in config.get("mattr", []) if a in FEATURE_FLAGS]
+        if flags and any(f not in flags for f in mattr):
+            return f"it uses {', '.join(f for f in mattr if f not in flags)}, which this CPU lacks"
         return None
     if config.get("kind") == "cuda":
         arch = detected_cuda_arch()

@@ -11,6 +11,8 @@ from convdsl.cli import search  # noqa: F401,E402  (the search command)
 from convdsl.cli import verify  # noqa: F401,E402  (the verify command)
 from convdsl.cli import quantize  # noqa: F401,E402  (the quantize command)
 from convdsl.cli import tune  # noqa: F401,E402  (the tune command: template knobs)
+from convdsl.cli import interop  # noqa: F401,E402  (the import command: ONNX files and PyTorch modules)
+from convdsl.cli import lsp  # noqa: F401,E402  (the language server)
 from convdsl.cli.common import main
 
 __all__ = ["main"]

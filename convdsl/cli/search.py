@@ -1,12 +1,13 @@
 """The search command: architecture search over a CDL program with choices."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import click
 
-from convdsl.errors import UsageError
+from convdsl.errors import UsageError, did_you_mean
 from convdsl.cli.common import main
 
 _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y."
@@ -62,10 +63,22 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
 
     The programs proposed depend only on --seed and on the workers given when the search
     started (with --objective accuracy,latency also on the measured times)."""
+    from convdsl.api import BACKENDS
     from convdsl.search import Search, SearchConfig, make_executor, write_report
     from convdsl.search.progress import SearchProgress
+    from convdsl.search.space import read_space_file
 
-    workers = workers or len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    if workers is not None:
+        most = max(4, 2 * cores) if executor == "local" else 4096  # ~850 MB each: more cores than this gain nothing
+        if not 1 <= workers <= most:
+            raise UsageError(f"--workers must be between 1 and {most} for --executor {executor}, got {workers}",
+                             hint=f"this machine lets the search use {cores} core(s); each worker runs one thread")
+    workers = workers or cores
+    if time_limit is not None and not (math.isfinite(time_limit) and time_limit >= 0):
+        raise UsageError(f"--time-limit must be a number of seconds (0 or more), got {time_limit}")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend '{backend}'", hint=did_you_mean(backend, BACKENDS) or f"backends: {', '.join(BACKENDS)}")
     if resume:
         if space:
             raise UsageError("give either SPACE or --resume, not both")
@@ -74,19 +87,10 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
     else:
         if not space or not out:
             raise UsageError("search needs SPACE and --out", hint="convdsl search space.cdl --out results/")
-        path = Path(space)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UsageError(f"cannot read {space}: {e.strerror or e}") from None
-        refs = []
-        for r in references:
-            try:
-                refs.append({"name": Path(r).stem, "file": str(Path(r)), "text": Path(r).read_text()})
-            except OSError as e:
-                raise UsageError(f"cannot read {r}: {e.strerror or e}") from None
+        text = read_space_file(space)
+        refs = [{"name": Path(r).stem, "file": str(Path(r)), "text": read_space_file(r)} for r in references]
         config = SearchConfig(
-            space_file=str(path), space_text=text, network=network, strategy=strategy, budget=budget or 60,
+            space_file=str(Path(space)), space_text=text, network=network, strategy=strategy, budget=60 if budget is None else budget,
             seed=seed, objective=tuple(o.strip() for o in objective.split(",") if o.strip()), data=data,
             val_fraction=val_fraction, split_seed=split_seed, epochs=epochs, seeds=seeds, batch_size=batch_size, lr=lr,
             optimizer=optimizer, weight_decay=weight_decay, backend=backend, latency_batch=latency_batch,
@@ -94,28 +98,33 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
             max_params=max_params, references=refs)
         s = Search.create(out, config)
         folder = Path(out)
-    c = s.config
-    click.echo(f"searching {c.space_file} ({s.space.size():,} choice combinations, {len(s.space.choices)} choices) "
-               f"by {c.strategy}: {c.budget} candidates, {c.epochs} epochs x {c.seeds} seed(s) each on {s.dataset}, "
-               f"objective {','.join(c.objective)}; {workers} {executor} worker(s); history in {folder}",
-               err=True)
-    display = SearchProgress(s, enabled=progress)
-    ex = make_executor(executor, workers, address)
+        if s.store.replaced_incomplete:
+            click.echo(f"note: {folder}/search.sqlite was an incomplete history (a search stopped while creating it, "
+                       "before any evaluation): replaced", err=True)
     try:
-        s.run(ex, on_event=display, stop_after=time_limit)
-    except KeyboardInterrupt:
-        display.close()
-        ex.close()
-        s.close()
-        click.echo(f"interrupted; continue with: convdsl search --resume {folder}", err=True)
-        raise SystemExit(130)
+        c = s.config
+        click.echo(f"searching {c.space_file} ({s.space.size():,} choice combinations, {len(s.space.choices)} choices) "
+                   f"by {c.strategy}: {c.budget} candidates, {c.epochs} epochs x {c.seeds} seed(s) each on {s.dataset}, "
+                   f"objective {','.join(c.objective)}; {workers} {executor} worker(s); history in {folder}",
+                   err=True)
+        display = SearchProgress(s, enabled=progress)
+        try:
+            ex = make_executor(executor, workers, address)
+            try:
+                s.run(ex, on_event=display, stop_after=time_limit)
+            finally:
+                ex.close()  # evaluations still in flight are stopped; they stay 'running' for the resume
+        except KeyboardInterrupt:
+            display.close()
+            click.echo(f"interrupted; continue with: convdsl search --resume {folder}", err=True)
+            raise SystemExit(130)
+        finally:
+            display.close()
+        summary = write_report(s.store, folder)
     finally:
-        display.close()
-        ex.close()
-    summary = write_report(s.store, folder)
+        s.close()
     _print_summary(summary, s.config)
     unfinished = summary["counts"]["pending"]
-    s.close()
     if unfinished:
         click.echo(f"{unfinished} candidate(s) unfinished; continue with: convdsl search --resume {folder}")
     click.echo(f"wrote {folder}/pareto/ ({len(summary['front'])} programs), {folder}/summary.md, {folder}/pareto.png")
@@ -161,9 +170,11 @@ def search_report_cmd(folders, cost_limit):
     from convdsl.search.report import compare
 
     for f in folders:
-        store = Store(f)
-        write_report(store, f)
-        store.close()
+        store = Store(f, lock=True)  # one report writer at a time: not while a search runs on the folder
+        try:
+            write_report(store, f)
+        finally:
+            store.close()
     rows = compare(folders, cost_limit)
     limit = f"best acc, {rows[0]['cost']} <= {cost_limit:,g}" if cost_limit is not None else None
     t = Table("search", "strategy", "seed", "done", "best acc", *([limit] if limit else []), "hypervolume",

@@ -37,14 +37,16 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
 
     --seed fixes the initialization, the shuffling and dropout: the same command gives the same
     weights on the same machine."""
+    from convdsl.train import load_dataset
+
+    dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)  # a bad dataset costs no torch import
     from rich.console import Console
     from rich.table import Table
 
     from convdsl.backends.torch import build_module
     from convdsl.ir.weights import save_weights
-    from convdsl.train import check_fits, load_dataset, train
+    from convdsl.train import check_fits, train
 
-    dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
     g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     check_fits(g, dataset)
     click.echo(f"training {g.name} ({g.params.count():,} params) on {dataset}")
@@ -72,10 +74,12 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
 def eval_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fraction, split_seed, weights, split,
              batch_size):
     """Report the accuracy of FILE with trained weights on a dataset split."""
-    from convdsl.backends.torch import build_module
-    from convdsl.train import evaluate, load_dataset
+    from convdsl.train import load_dataset
 
-    dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
+    dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)  # a bad dataset costs no torch import
+    from convdsl.backends.torch import build_module
+    from convdsl.train import evaluate
+
     g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     r = evaluate(g, dataset, split=split, batch_size=batch_size, build=build_module)
     correct = round(r["accuracy"] * r["n"])

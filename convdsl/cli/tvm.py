@@ -14,6 +14,8 @@ import click
 from convdsl.errors import UsageError
 from convdsl.cli.common import main, program_graph, program_options
 
+PRECISIONS = ("f32", "bf16", "int8")  # backends/tvm/targets.py (not imported here: it would load TVM)
+
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
                  help='tvm-*: TVM target as JSON, e.g. \'{"kind": "llvm", "mcpu": "znver4"}\' (default: this machine).'),
@@ -24,18 +26,25 @@ TVM_OPTIONS = [
     click.Option(["--db"], default=None, metavar="DIR",
                  help="tvm-*: tuning database folder (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning)."),
     click.Option(["--no-db", "no_db"], is_flag=True, help="tvm-*: apply no tuning records, neither MetaSchedule's nor the template knobs (fully untuned: the analytic model)."),
+    click.Option(["--precision"], type=click.Choice(PRECISIONS), default=None,
+                 help="tvm-llvm: f32 (default); bf16 (convs and matmuls on bf16 operands, f32 accumulation: "
+                      "needs AVX512_BF16); int8 (the int8 kernels of a program from `convdsl quantize`)."),
 ]
-_NAMES = ("target_json", "arch", "tune", "db", "no_db")
+_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision")
 
 
-def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True):
+def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True,
+                precision=None):
     from convdsl.backends.tvm import backend
 
     if tune < 0:
         raise UsageError("--tune counts trials and must be >= 0", got=str(tune))
     if tune and no_db:
         raise UsageError("--tune stores its results in the database; it cannot be combined with --no-db")
-    return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress)
+    if precision not in (None, "f32") and name != "tvm-llvm":
+        raise UsageError(f"--precision {precision} applies to tvm-llvm", hint="tvm-cuda: CONVDSL_GPU_PRECISION=f16|bf16")
+    return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress,
+                   precision=precision or "f32")
 
 
 def _extend_compile() -> None:
@@ -58,7 +67,27 @@ def _extend_compile() -> None:
     cmd.callback = callback
 
 
+def _extend_run() -> None:
+    """`convdsl run net.cdl --backend tvm-llvm --precision bf16` (an artifact folder has its precision)."""
+    cmd = main.commands["run"]
+    cmd.params.append(next(o for o in TVM_OPTIONS if o.name == "precision"))
+    original = cmd.callback
+
+    @functools.wraps(original)
+    def callback(**kwargs):
+        precision = kwargs.pop("precision")
+        backend = kwargs.get("backend")
+        if precision is not None:
+            if not (isinstance(backend, str) and backend.startswith("tvm-")):
+                raise UsageError("only the TVM backends take --precision", hint="add --backend tvm-llvm")
+            kwargs["backend"] = tvm_backend(backend, precision=precision)
+        return original(**kwargs)
+
+    cmd.callback = callback
+
+
 _extend_compile()
+_extend_run()
 
 
 def _table(rows: list[dict]) -> None:
@@ -114,8 +143,10 @@ def _profile_tables(profs: dict, top: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects with backend, median_ms, ...).")
 @click.option("--threads", type=int, default=None, metavar="N",
               help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
+              help="Precision of the tvm-llvm rows (see `convdsl compile --precision`); torch rows stay f32.")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
-          profile, top, as_json, threads):
+          profile, top, as_json, threads, precision):
     """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""
     if threads is not None:
         if threads < 1:
@@ -135,7 +166,8 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     arrays = make_inputs(g, batch, seed)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     log = (lambda s: click.echo(s, err=True))
-    entries = run_bench(g, names, arrays, repeat=repeat, warmup=warmup, tune=tune, db=db, progress=not as_json, log=log)
+    entries = run_bench(g, names, arrays, repeat=repeat, warmup=warmup, tune=tune, db=db, progress=not as_json, log=log,
+                        precision=precision)
     rows = summarize(entries, g, batch)
     import torch
 

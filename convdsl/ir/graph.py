@@ -191,3 +191,14 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self)} nodes, {self.params.count():,} params>"
+
+    # -- Jupyter display (convdsl/ir/display.py: the picture and the statistics table) --
+    def _repr_svg_(self) -> str | None:
+        from convdsl.ir.display import graph_svg
+
+        return graph_svg(self)
+
+    def _repr_html_(self) -> str:
+        from convdsl.ir.display import graph_html
+
+        return graph_html(self)

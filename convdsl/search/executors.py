@@ -4,6 +4,10 @@ An executor has ``slots`` (evaluations it runs at once), ``submit(cid, task)`` a
 ``poll(timeout) -> [(cid, result)]``.  Results are the dicts of ``evaluate_candidate``; a worker
 that dies (a segfault, the OOM killer, a lost Ray node) yields ``{"status": "crashed"}`` and the
 search decides whether to retry.  Workers never touch the history: the parent is its only writer.
+
+Local workers die with the search process, even one killed with ``kill -9`` (``lifeline``), and
+``close`` stops the evaluations still in flight at once: their candidates stay ``running`` in the
+history and the next resume evaluates them again.
 """
 from __future__ import annotations
 
@@ -28,9 +32,12 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def _init_worker() -> None:
-    """One intra-op thread per worker: tiny networks gain nothing from more, and W workers on
-    W cores must not fight over them."""
+def _init_worker(parent_pid: int) -> None:
+    """Die with the search; one intra-op thread per worker: tiny networks gain nothing from more,
+    and W workers on W cores must not fight over them."""
+    from convdsl.search.lifeline import die_with_parent
+
+    die_with_parent(parent_pid)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -48,7 +55,7 @@ class LocalExecutor:
     def _ensure(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker)
+                                                initializer=_init_worker, initargs=(os.getpid(),))
         return self._pool
 
     def submit(self, cid: int, task: dict[str, Any]) -> None:
@@ -87,10 +94,23 @@ class LocalExecutor:
             self._pool = None
 
     def close(self) -> None:
+        """Stop the pool; evaluations still in flight are killed, not waited for."""
         if self._pool is not None:
+            if any(not f.done() for f in self._futures):
+                _kill_workers(self._pool)
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._futures.clear()
+
+
+def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14+
+    if kill is not None:
+        kill()
+        return
+    processes = getattr(pool, "_processes", None) or {}  # pid -> Process, CPython 3.3-3.13
+    for p in list(processes.values()):
+        p.kill()
 
 
 class RayExecutor:

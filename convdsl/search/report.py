@@ -5,6 +5,12 @@ table (Markdown and JSON) and a plot of accuracy against cost with the front hig
     OUT/pareto/01_c17.safetensors    its trained weights
     OUT/summary.md, summary.json     the front, the references, counts and timings
     OUT/pareto.png, pareto.svg       all candidates, the front, the references
+
+Every file is written whole (``files.write_atomic``) and the Pareto folder is built aside and
+renamed into place, so a search killed while reporting leaves the previous report or the new one,
+never a mix, and the next ``--resume`` or ``search-report`` writes it again.  Text from the
+history that lands in a program's header comments is kept on one line (a newline in a data file
+name must not end the comment and turn the rest into CDL).
 """
 from __future__ import annotations
 
@@ -14,10 +20,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+from convdsl.errors import ConvDSLError
 from convdsl.lang import ast
 from convdsl.lang.format import format_expr
 from convdsl.lang.parser import parse
 from convdsl.search.evolution import pareto_front
+from convdsl.search.faults import stop_point
+from convdsl.search.files import cannot_write, own_dir, write_atomic
+from convdsl.search.history import HistoryError
 from convdsl.search.runner import SearchConfig
 from convdsl.search.space import choices_of, render
 from convdsl.search.store import Row, Store, weights_path
@@ -61,8 +71,14 @@ def beaten_by(front: Sequence[Row], ref: Row, cost: str | None) -> list[Row]:
     return out
 
 
+def one_line(text: Any) -> str:
+    """``text`` with every line break and control character escaped (``\\n``), for comments and
+    titles."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def summarize(store: Store) -> dict[str, Any]:
-    config = SearchConfig.from_json(store.meta("config"))
+    config = SearchConfig.from_history(store)
     rows = store.rows()
     search = [r for r in rows if r.kind == "search"]
     done = [r for r in search if r.status == "done"]
@@ -112,35 +128,57 @@ def _row_json(r: Row, cost: str | None) -> dict[str, Any]:
 
 
 def write_report(store: Store, folder: str | os.PathLike | None = None, plot: bool = True) -> dict[str, Any]:
-    """Write the Pareto programs and weights, the summary and the plot; return the summary."""
+    """Write the Pareto programs and weights, the summary and the plot; return the summary.
+    The caller holds the folder (``Store(lock=True)``): one report writer at a time."""
     folder = Path(folder or store.folder)
-    config = SearchConfig.from_json(store.meta("config"))
+    config = SearchConfig.from_history(store)
     summary = summarize(store)
-    out = folder / "pareto"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    files = []
+    out, staging = folder / "pareto", folder / "pareto.partial"
+    _remove_tree(staging)  # a report a kill interrupted
+    own_dir(staging)
     for k, entry in enumerate(summary["front"], 1):
         row = store.row(entry["id"])
         stem = f"{k:02d}_c{row.id}"
-        text = _program_file(row, config, k, len(summary["front"]), out)
-        (out / f"{stem}.cdl").write_text(text)
+        write_atomic(staging / f"{stem}.cdl", _program_file(store, row, config, k, len(summary["front"]), out))
         src = weights_path(store.folder, row.cached_from if row.cached_from is not None else row.id)
-        if src.exists():
-            shutil.copyfile(src, out / f"{stem}.safetensors")
-        files.append(stem)
+        if src.is_file() and not src.is_symlink():
+            try:
+                data = src.read_bytes()
+            except OSError as e:
+                raise HistoryError(f"cannot read {src}: {e.strerror or e}") from None
+            write_atomic(staging / f"{stem}.safetensors", data)
         entry["file"] = f"pareto/{stem}.cdl"
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (folder / "summary.md").write_text(markdown(summary, config))
+    stop_point("report")
+    _remove_tree(out)
+    try:
+        os.rename(staging, out)
+    except OSError as e:
+        raise cannot_write(out, e) from None
+    write_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(folder / "summary.md", markdown(summary, config))
     if plot:
         draw(store, config, folder)
     return summary
 
 
-def _program_file(row: Row, config: SearchConfig, k: int, n: int, out: Path) -> str:
+def _remove_tree(path: Path) -> None:
+    """A folder the report owns, gone; a link in its place is removed, never followed."""
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+
+
+def _program_file(store: Store, row: Row, config: SearchConfig, k: int, n: int, out: Path) -> str:
     """The resolved program, with imports re-pointed from the space's folder to ``out``."""
-    program = parse(row.text, config.space_file)
+    try:
+        program = parse(row.text, config.space_file)
+    except ConvDSLError as e:
+        raise HistoryError(f"{store.path}: candidate {row.id}: its stored program does not parse",
+                           notes=[e.render()], hint="the file was left as it is: restore it from a copy") from None
     base = Path(config.space_file).parent
     for item in program.items:
         if isinstance(item, ast.Import):
@@ -158,7 +196,7 @@ def _program_file(row: Row, config: SearchConfig, k: int, n: int, out: Path) -> 
     ]
     if row.operator and row.parent is not None:
         head.append(f"# from #{row.parent} by {row.operator}: {row.detail}")
-    return "\n".join(head) + "\n\n" + render(program)
+    return "\n".join(one_line(line) for line in head) + "\n\n" + render(program)
 
 
 def markdown(summary: dict[str, Any], config: SearchConfig) -> str:
@@ -166,9 +204,9 @@ def markdown(summary: dict[str, Any], config: SearchConfig) -> str:
     c = summary["counts"]
     s = summary["seconds"]
     lines = [
-        f"# Search: {Path(config.space_file).name} ({config.strategy}, seed {config.seed})",
+        f"# Search: {one_line(Path(config.space_file).name)} ({config.strategy}, seed {config.seed})",
         "",
-        f"objective: {', '.join(config.objective)}; data: {config.data}; {config.epochs} epochs, batch "
+        f"objective: {', '.join(config.objective)}; data: {one_line(config.data)}; {config.epochs} epochs, batch "
         f"{config.batch_size}; latency: {config.backend}, batch {config.latency_batch}, {config.latency_clock} clock",
         "",
         f"{c['proposed']} candidates ({c['done']} done, {c['failed']} failed, {c['pending']} unfinished, "
@@ -207,6 +245,14 @@ def draw(store: Store, config: SearchConfig, folder: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    # names and file names are text, never TeX: a '$' in a file name must not start mathtext
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        _draw(store, config, folder)
+
+
+def _draw(store: Store, config: SearchConfig, folder: Path) -> None:
+    import io
+
     import matplotlib.pyplot as plt
 
     cost = config.cost or "params"
@@ -227,7 +273,7 @@ def draw(store: Store, config: SearchConfig, folder: Path) -> None:
             ax.annotate(f"#{r.id}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:red")
     for r in refs:
         ax.scatter([r.metric(cost)], [100 * r.val_acc], marker="*", s=120, color="black", zorder=5)
-        ax.annotate(r.name or f"ref {r.id}", (r.metric(cost), 100 * r.val_acc), textcoords="offset points",
+        ax.annotate(one_line(r.name or f"ref {r.id}"), (r.metric(cost), 100 * r.val_acc), textcoords="offset points",
                     xytext=(6, 4), fontsize=8)
     vals = [r.metric(cost) for r in search + refs]
     if vals and min(vals) > 0 and max(vals) / min(vals) > 8:
@@ -237,14 +283,16 @@ def draw(store: Store, config: SearchConfig, folder: Path) -> None:
         top = max(accs)
         ax.set_ylim(max(min(accs), top - 15) - 0.5, top + 0.5)
     ax.set_xlabel(COST_LABEL[cost] + (f" ({config.latency_clock}, {config.backend})" if cost == "latency" else ""))
-    ax.set_ylabel(f"validation accuracy (%), {config.data}")
-    ax.set_title(f"{Path(config.space_file).name}: {config.strategy}, seed {config.seed}, "
+    ax.set_ylabel(f"validation accuracy (%), {one_line(config.data)}")
+    ax.set_title(f"{one_line(Path(config.space_file).name)}: {config.strategy}, seed {config.seed}, "
                  f"{len(search)} candidates, {config.epochs} epochs", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(folder / "pareto.png")
-    fig.savefig(folder / "pareto.svg")
+    for fmt in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt)
+        write_atomic(folder / f"pareto.{fmt}", buf.getvalue())
     plt.close(fig)
 
 
@@ -273,10 +321,12 @@ def compare(folders: Sequence[str | os.PathLike], cost_limit: float | None = Non
     runs = []
     for f in folders:
         store = Store(f)
-        config = SearchConfig.from_json(store.meta("config"))
-        done = store.rows("kind = 'search' AND status = 'done'")
-        runs.append((f, config, done, summarize(store)))
-        store.close()
+        try:
+            config = SearchConfig.from_history(store)
+            done = store.rows("kind = 'search' AND status = 'done'")
+            runs.append((f, config, done, summarize(store)))
+        finally:
+            store.close()
     cost = runs[0][1].cost or "params"
     every = [r for _, _, done, _ in runs for r in done if r.metric(cost) is not None]
     ceiling = 1.1 * max((r.metric(cost) for r in every), default=1.0)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from convdsl.errors import ConvDSLError, UsageError
+from convdsl.errors import ConvDSLError, Span, UsageError, remember_source
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.lang import ast
@@ -31,6 +31,23 @@ from convdsl.lang.format import format_program
 from convdsl.lang.parser import parse
 
 Selection = dict[str, int]
+
+
+def read_space_file(path: str | Path) -> str:
+    """The text of a space (or reference) file: a regular UTF-8 file of bounded size (``read_source``);
+    a file that is not UTF-8 is refused at its first bad byte, with the line shown."""
+    try:
+        return read_source(str(path))
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raw = bytes(e.object)
+        line = raw.count(b"\n", 0, e.start) + 1
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        column = len(raw[start:e.start].decode("utf-8", "replace")) + 1
+        remember_source(str(path), raw.decode("utf-8", "replace"))
+        raise UsageError(f"{path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} cannot be decoded",
+                         Span(str(path), line, column), hint="save the file as UTF-8") from None
 
 
 # ---- generic AST walking ----------------------------------------------------------------------
@@ -251,12 +268,7 @@ class SearchSpace:
 
     @classmethod
     def from_file(cls, path: str | Path, **kw: Any) -> "SearchSpace":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-        return cls(text, str(path), **kw)
+        return cls(read_space_file(path), str(path), **kw)
 
     # the front end ------------------------------------------------------------------------
     def loader(self, path: str) -> str:

@@ -10,13 +10,26 @@ A dataset spec is a name with optional ``key=value`` options after a colon, or a
 - ``path/to/data.npz``: arrays ``x`` [N, ...] and integer labels ``y`` [N]; optional ``x_val`` and
   ``y_val`` are used as the validation split instead of splitting ``x``.  Used as they are (no scaling).
 
+Nothing handed in is trusted (bounds in ``limits``): options are whole numbers within bounds,
+checked before anything is generated; a .npz must be a regular file holding a plain zip of at
+most 64 plain numeric arrays, whose sizes are read from the array headers and refused above
+2 GiB before any array is read (no pickle, no zip bomb); features must be finite as float32;
+labels integers in [0, 65536) whatever their dtype (a uint64 2^63 or a float 1e300 would wrap
+negative as int64); lengths must match and neither split may be empty.
+
 Splits are stratified (every class keeps its share in train and validation) and depend only on
 ``seed``, so ``train`` and ``eval`` see the same validation images when given the same seed.
 """
 from __future__ import annotations
 
 import functools
+import math
+import os
 import random
+import re
+import stat
+import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +38,8 @@ import numpy as np
 
 from convdsl.errors import UsageError, did_you_mean
 from convdsl.ir.graph import Graph
+from convdsl.train.limits import (MAX_CLASSES, MAX_DATA_BYTES, MAX_NPZ_MEMBERS, MAX_SEED, MNIST1D_LENGTH,
+                                  MNIST1D_SAMPLES, MNIST1D_VALUES)
 
 
 class DataError(UsageError):
@@ -52,12 +67,20 @@ class Dataset:
 
 
 # ---- splitting ------------------------------------------------------------------------------
+def _shown(value: object, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): each class contributes round(val_fraction * its count) to val."""
+    """Indices (train, val): each class contributes round(val_fraction * its count) to val.
+    Classes in increasing order, each one's indices in increasing order before its shuffle
+    (a stable sort groups them in O(N log N), not one pass over y per class)."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
+    train, val = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    order = np.argsort(y, kind="stable")
+    for idx in np.split(order, np.flatnonzero(np.diff(y[order])) + 1) if len(y) else []:
+        idx = idx.copy()
         rng.shuffle(idx)
         n_val = int(round(val_fraction * len(idx)))
         val.append(idx[:n_val])
@@ -70,9 +93,11 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int,
            standardize: bool = False) -> Dataset:
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"validation fraction must be between 0 and 1, got {val_fraction}")
     tr, va = stratified_split(y, val_fraction, seed)
+    if len(tr) == 0 or len(va) == 0:
+        raise DataError(f"{name}: the {'training' if len(tr) == 0 else 'validation'} split is empty "
+                        f"({len(y)} samples in {len(np.unique(y))} classes, validation fraction {val_fraction:g})",
+                        hint="give more samples per class, another --val-fraction, or x_val and y_val")
     x_train, x_val = x[tr], x[va]
     if standardize:  # statistics of the training split only: nothing leaks from validation
         mean, std = x_train.mean(), x_train.std()
@@ -124,8 +149,11 @@ def _mnist1d_arrays(samples: int, length: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _mnist1d(options: dict[str, str], seed: int, val_fraction: float) -> Dataset:
     _no_options("mnist1d", options, ("samples", "length"))
-    samples = _int_option(options, "samples", 5000, minimum=100)
-    length = _int_option(options, "length", 40, minimum=8)
+    samples = _int_option(options, "samples", 5000, MNIST1D_SAMPLES)
+    length = _int_option(options, "length", 40, MNIST1D_LENGTH)
+    if samples * length > MNIST1D_VALUES:
+        raise DataError(f"mnist1d with {samples:,} samples of length {length:,} is {samples * length:,} values, "
+                        f"more than {MNIST1D_VALUES:,}", hint="fewer samples or a shorter length")
     x, y = _mnist1d_arrays(samples, length)
     return _split("mnist1d", x, y, val_fraction, seed)
 
@@ -139,40 +167,36 @@ BUILTIN: dict[str, Callable[[dict[str, str], int, float], Dataset]] = {
 def _no_options(name: str, options: dict[str, str], allowed: tuple[str, ...]) -> None:
     for key in options:
         if key not in allowed:
-            raise DataError(f"dataset {name} has no option '{key}'",
+            raise DataError(f"dataset {name} has no option {_shown(key)}",
                             hint=did_you_mean(key, allowed) or (f"options: {', '.join(allowed)}" if allowed
                                                                else f"{name} takes no options"))
 
 
-def _int_option(options: dict[str, str], key: str, default: int, minimum: int) -> int:
+def _int_option(options: dict[str, str], key: str, default: int, bounds: tuple[int, int]) -> int:
+    """A whole number in ``bounds`` written in ASCII digits (not '1e5', '1_000' or other scripts' digits)."""
+    lo, hi = bounds
     text = options.get(key)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise DataError(f"option {key} must be an integer, got {text!r}") from None
-    if value < minimum:
-        raise DataError(f"option {key} must be at least {minimum}, got {value}")
+    if not re.fullmatch(r"[0-9]{1,12}", text):
+        raise DataError(f"option {key} must be a whole number from {lo:,} to {hi:,}, got {_shown(text)}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise DataError(f"option {key} must be from {lo:,} to {hi:,}, got {value:,}")
     return value
 
 
 # ---- user data (.npz) -----------------------------------------------------------------------
+_NPZ_HINT = "np.savez(path, x=inputs, y=labels) with plain numeric arrays"
+_ARRAYS = ("x", "y", "x_val", "y_val")
+
+
 def _npz(path: Path, seed: int, val_fraction: float) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise DataError(f"dataset file {path} does not exist") from None
-    except ValueError as e:  # object arrays need pickle, which is refused
-        raise DataError(f"cannot read {path}: {e}", hint="store plain numeric arrays (no object dtype)") from None
-    except Exception as e:  # not a zip / corrupt
-        raise DataError(f"{path} is not a valid .npz file ({e})") from None
+    arrays = _read_npz(path)
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path} has no array '{key}'", expected="arrays x [N, ...] and y [N]",
-                            got=", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()) or "no arrays",
-                            hint="np.savez(path, x=inputs, y=labels)")
+                            got=", ".join(sorted(arrays)) or "no array named x, y, x_val or y_val", hint=_NPZ_HINT)
     x, y = _check_xy(path, arrays["x"], arrays["y"], "x", "y")
     name = path.name
     if ("x_val" in arrays) != ("y_val" in arrays):
@@ -185,47 +209,155 @@ def _npz(path: Path, seed: int, val_fraction: float) -> Dataset:
     return _split(name, x, y, val_fraction, seed)
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays x, y, x_val, y_val of a .npz, each checked from its header (numeric dtype, size)
+    before it is read; never a device, a pipe or a pickle."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise DataError(f"dataset file {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise DataError(f"{path} is not a regular file", hint=_NPZ_HINT)
+    if st.st_size > MAX_DATA_BYTES + 2**20:
+        os.close(fd)
+        raise DataError(f"{path} is {st.st_size:,} bytes, more than the {MAX_DATA_BYTES >> 30} GiB a dataset may take")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            head = f.read(6)
+            if head.startswith(b"\x93NUMPY"):
+                raise DataError(f"{path} is a single .npy array, not an .npz archive", hint=_NPZ_HINT)
+            if not head.startswith(b"PK\x03\x04"):
+                raise DataError(f"{path} is not an .npz file (not a zip archive)", hint=_NPZ_HINT)
+            _check_zip_directory(path, f, st.st_size)
+            with zipfile.ZipFile(f) as zf:
+                members = {n[:-4] if n.endswith(".npy") else n: n for n in zf.namelist()}
+                wanted = [k for k in _ARRAYS if k in members]
+                sizes = {k: _array_bytes(path, zf, members[k], k) for k in wanted}
+                stored, as_f32 = sum(v[0] for v in sizes.values()), sum(v[1] for v in sizes.values())
+                if max(stored, as_f32) > MAX_DATA_BYTES:
+                    raise DataError(f"{path}: the arrays take {max(stored, as_f32):,} bytes, more than the "
+                                    f"{MAX_DATA_BYTES >> 30} GiB a dataset may take",
+                                    got=", ".join(f"{k} {v[2]}" for k, v in sizes.items()))
+                out = {}
+                for k in wanted:
+                    with zf.open(members[k]) as m:
+                        out[k] = np.lib.format.read_array(m, allow_pickle=False)
+                return out
+        except DataError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+                RuntimeError, struct.error) as e:  # truncated, corrupt, encrypted, an unknown compression
+            raise DataError(f"{path} is not a valid .npz file ({type(e).__name__}: {_shown(str(e), 120)})",
+                            hint=_NPZ_HINT) from None
+
+
+def _check_zip_directory(path: Path, f, size: int) -> None:
+    """Bound the zip's central directory before ``zipfile`` reads it: a few entries, a small directory."""
+    tail = min(size, 22 + 65535)
+    f.seek(size - tail)
+    data = f.read(tail)
+    f.seek(0)
+    i = data.rfind(b"PK\x05\x06")  # end of central directory, searched as zipfile does
+    if i < 0 or len(data) - i < 22:
+        raise DataError(f"{path} is not a valid .npz file (no zip directory: truncated?)", hint=_NPZ_HINT)
+    entries, directory = struct.unpack("<HI", data[i + 10:i + 16])
+    if entries == 0xFFFF or directory == 0xFFFFFFFF or entries > MAX_NPZ_MEMBERS or directory > 2**20:
+        raise DataError(f"{path} holds too many arrays or too large a zip directory "
+                        f"({entries if entries != 0xFFFF else 'zip64'} entries, {directory:,} bytes)",
+                        expected=f"at most {MAX_NPZ_MEMBERS} arrays", hint=_NPZ_HINT)
+
+
+def _array_bytes(path: Path, zf: zipfile.ZipFile, member: str, key: str) -> tuple[int, int, str]:
+    """(bytes as stored, bytes as float32, description) of one array, from its .npy header."""
+    with zf.open(member) as m:
+        version = np.lib.format.read_magic(m)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(m)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(m)
+        else:
+            raise DataError(f"{path}: '{key}' is a .npy of version {version}, which holds no plain numeric array",
+                            hint=_NPZ_HINT)
+    if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None:
+        raise DataError(f"{path}: '{key}' must hold numbers", got=f"dtype {dtype}", hint=_NPZ_HINT)
+    count = math.prod(shape)
+    return count * dtype.itemsize, count * 4, f"{list(shape)} {dtype}"
+
+
 def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xk: str, yk: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features as finite float32 [N, ...], labels as int64 class numbers [N]."""
     if x.ndim < 2:
         raise DataError(f"{path}: '{xk}' must be [N, ...] (one sample per row)", expected="at least 2 dims",
                         got=f"shape {list(x.shape)}")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise DataError(f"{path}: '{xk}' must be numeric", got=str(x.dtype))
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{path}: '{xk}' must hold real numbers (integers or floats)", got=f"dtype {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"{path}: '{xk}' is empty")
+    if 0 in x.shape[1:]:
+        raise DataError(f"{path}: the samples of '{xk}' are empty", got=f"shape {list(x.shape)}")
     if y.ndim != 1 or len(y) != len(x):
         raise DataError(f"{path}: '{yk}' must hold one label per sample of '{xk}'",
                         expected=f"shape [{len(x)}]", got=f"shape {list(y.shape)}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
-            raise DataError(f"{path}: '{yk}' must hold integer class labels", got=str(y.dtype))
-    if len(y) == 0:
-        raise DataError(f"{path}: '{xk}' is empty")
-    if y.min() < 0:
-        raise DataError(f"{path}: labels in '{yk}' must be 0, 1, ..., classes-1", got=f"minimum {int(y.min())}")
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{path}: '{xk}' contains NaN or infinity")
-    return x, y.astype(np.int64)
+    labels = _labels(path, y, yk)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x32 = np.ascontiguousarray(x, np.float32)
+    if not np.isfinite(x32).all():
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError(f"{path}: '{xk}' contains NaN or infinity")
+        raise DataError(f"{path}: '{xk}' holds values too large for float32 (beyond 3.4e38)")
+    return x32, labels
+
+
+def _labels(path: Path, y: np.ndarray, yk: str) -> np.ndarray:
+    """Class numbers in [0, MAX_CLASSES) as int64, checked in the labels' own dtype (a cast to
+    int64 first would wrap a uint64 2^63 or a float 1e300 to a negative number)."""
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise DataError(f"{path}: labels in '{yk}' contain NaN or infinity")
+        if not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{path}: '{yk}' must hold integer class labels", got=f"fractional values ({y.dtype})")
+    elif y.dtype.kind not in "iu":
+        raise DataError(f"{path}: '{yk}' must hold integer class labels", got=f"dtype {y.dtype}")
+    lo, hi = y.min(), y.max()
+    if lo < 0 or hi >= MAX_CLASSES:
+        raise DataError(f"{path}: labels in '{yk}' must be class numbers 0 .. {MAX_CLASSES - 1}",
+                        got=f"labels from {lo:g} to {hi:g}" if y.dtype.kind == "f" else f"labels from {lo} to {hi}")
+    return y.astype(np.int64)
 
 
 # ---- entry point ----------------------------------------------------------------------------
 def load_dataset(spec: str, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
     """``digits``, ``mnist1d[:key=value,...]`` or a .npz path -> a split ``Dataset``."""
     spec = str(spec)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise DataError(f"the split seed must be from 0 to {MAX_SEED:,}, got {_shown(seed)}")
+    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
+        raise DataError(f"the validation fraction must be between 0 and 1 (exclusive), got {_shown(val_fraction)}")
+    if "\x00" in spec:
+        raise DataError("a dataset name or path cannot contain a NUL character")
     if spec.endswith(".npz"):
         return _npz(Path(spec), seed, val_fraction)
-    if Path(spec).is_file():
-        raise DataError(f"cannot read dataset {spec}: only .npz files are supported",
-                        hint="np.savez(path, x=inputs, y=labels)")
+    if os.path.isfile(spec):
+        raise DataError(f"cannot read dataset {spec}: only .npz files are supported", hint=_NPZ_HINT)
     name, _, rest = spec.partition(":")
     loader = BUILTIN.get(name)
     if loader is None:
-        raise DataError(f"unknown dataset '{name}'",
+        raise DataError(f"unknown dataset {_shown(name)}",
                         hint=did_you_mean(name, BUILTIN) or f"datasets: {', '.join(BUILTIN)}, or a .npz file")
-    options = {}
+    options: dict[str, str] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
-        if not eq:
-            raise DataError(f"dataset option {item!r} must be key=value", hint=f"e.g. {name}:samples=2000")
-        options[key.strip()] = value.strip()
+        key = key.strip()
+        if not eq or not key:
+            raise DataError(f"dataset option {_shown(item)} must be key=value", hint=f"e.g. {name}:samples=2000")
+        if key in options:
+            raise DataError(f"dataset option {_shown(key)} is given twice")
+        options[key] = value.strip()
     return loader(options, seed, val_fraction)
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from convdsl.errors import UsageError, did_you_mean
 from convdsl.ir.graph import Graph, ModuleBuilder
 from convdsl.train.data import Dataset, check_fits
+from convdsl.train.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_THREADS, MAX_WEIGHT_DECAY
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,27 @@ def _deterministic(seed: int, threads: int | None) -> Iterator[None]:
             torch.use_deterministic_algorithms(was, warn_only=was_warn)
 
 
+def _in_range(what: str, value, lo, hi, integer: bool = True) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not ok or not lo <= value <= hi:
+        raise UsageError(f"{what} must be {'a whole number' if integer else 'a number'} from {lo:,} to {hi:,}, "
+                         f"got {value!r}"[:300])
+
+
+@contextlib.contextmanager
+def _step_errors(epoch: int, batch: int) -> Iterator[None]:
+    """What torch raises on a user's network and data (a batch of one through batchnorm, an
+    allocation the machine refuses) is a usage error, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError, MemoryError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        hint = "a batch of one sample cannot train batchnorm: use another --batch-size" \
+            if "more than 1 value per channel" in first else None
+        where = f"in epoch {epoch}" if epoch else "in evaluation"
+        raise UsageError(f"training failed {where} on a batch of {batch}: {first}", hint=hint) from None
+
+
 # ---- progress -------------------------------------------------------------------------------
 class _Progress:
     """Rich bars (all steps, and the current epoch) on stderr when it is a terminal, else nothing."""
@@ -212,11 +234,16 @@ def train(graph: Graph, dataset: Dataset, epochs: int, batch_size: int = 64, lr:
     if optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer '{optimizer}'",
                          hint=did_you_mean(optimizer, OPTIMIZERS) or f"optimizers: {', '.join(OPTIMIZERS)}")
-    if epochs < 1 or batch_size < 1:
-        raise UsageError(f"epochs and batch size must be positive, got {epochs} and {batch_size}")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
-    if not (lr > 0 and math.isfinite(lr)):
-        raise UsageError(f"learning rate must be positive, got {lr}")
+    _in_range("--epochs", epochs, 1, MAX_EPOCHS)
+    _in_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
+    _in_range("the evaluation batch size", eval_batch_size, 1, MAX_BATCH_SIZE)
+    _in_range("--seed", seed, 0, MAX_SEED)
+    if threads is not None:
+        _in_range("--threads", threads, 1, MAX_THREADS)
+    _in_range("--lr", lr, 1e-12, MAX_LR, integer=False)
+    _in_range("--weight-decay", weight_decay, 0.0, MAX_WEIGHT_DECAY, integer=False)
+    _in_range("label smoothing", label_smoothing, 0.0, 1.0, integer=False)
     check_fits(graph, dataset)
     x_tr, y_tr = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     x_va, y_va = torch.from_numpy(dataset.x_val), torch.from_numpy(dataset.y_val)
@@ -237,20 +264,23 @@ def train(graph: Graph, dataset: Dataset, epochs: int, batch_size: int = 64, lr:
                 loss_sum, correct, seen = 0.0, 0, 0
                 for idx in _batches(len(y_tr), batch_size, shuffle):
                     xb, yb = x_tr[idx], y_tr[idx]
-                    logits = _logits(model, xb)
-                    loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+                    with _step_errors(epoch, len(yb)):
+                        logits = _logits(model, xb)
+                        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
                     if not torch.isfinite(loss):
                         raise UsageError(f"training diverged in epoch {epoch}: loss is {loss.item()}",
                                          hint=f"lower the learning rate (now {lr:g})")
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with _step_errors(epoch, len(yb)):
+                        loss.backward()
                     opt.step()
                     sched.step()
                     loss_sum += loss.item() * len(yb)
                     correct += (logits.argmax(1) == yb).sum().item()
                     seen += len(yb)
                     bar.step(loss.item())
-                val_loss, val_acc = _evaluate(model, x_va, y_va, eval_batch_size)
+                with _step_errors(epoch, min(len(y_va), eval_batch_size)):
+                    val_loss, val_acc = _evaluate(model, x_va, y_va, eval_batch_size)
                 stats = EpochStats(epoch, loss_sum / seen, correct / seen, val_loss, val_acc,
                                    opt.param_groups[0]["lr"], time.perf_counter() - t0)
                 result.history.append(stats)
@@ -272,9 +302,12 @@ def evaluate(graph: Graph, dataset: Dataset, split: str = "val", batch_size: int
 
     if split not in ("val", "train"):
         raise UsageError(f"unknown split '{split}'", hint="val or train")
+    _in_range("--batch-size", batch_size, 1, MAX_BATCH_SIZE)
+    if threads is not None:
+        _in_range("--threads", threads, 1, MAX_THREADS)
     check_fits(graph, dataset)
     x, y = (dataset.x_val, dataset.y_val) if split == "val" else (dataset.x_train, dataset.y_train)
     model = build(graph)
-    with _threads(threads):
+    with _threads(threads), _step_errors(0, min(len(y), batch_size)):
         loss, acc = _evaluate(model, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), batch_size)
     return {"accuracy": acc, "loss": loss, "n": int(len(y))}

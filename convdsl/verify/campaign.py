@@ -57,6 +57,8 @@ def run(programs: int, out: Path, start: int = 0, tvm_every: int = 10, export_ev
             names.append("tvm")
         if tvm and tvm_every and (h // 11) % (2 * tvm_every) == 0:
             names.append("quantize_tvm")
+        if tvm and tvm_every and (h // 13) % (2 * tvm_every) == 0:
+            names.append("bf16_tvm")
         rec = {"program": i, "checks": {}, "seconds": 0.0}
         started = time.perf_counter()
         rec["time"] = {}

@@ -228,16 +228,18 @@ def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:
     return _torch_call(exported.module(), graph)
 
 
-def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None) -> Runner:
+def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None, precision: str = "f32") -> Runner:
     from convdsl.backends import backend_module
 
     g = graph
     if batch is not None and g.symbols:
         g = graph.copy()
         g.symbols = {s: batch for s in g.symbols}
-    be = backend_module(name)
+    be = backend_module(name)  # a fresh backend object per call
     if hasattr(be, "progress"):
         be.progress = False
+    if precision != "f32":
+        be.precision = precision
     return be.runner(g)
 
 
@@ -341,6 +343,8 @@ def standard_variants(graph: Graph, *, backends: Sequence[str] = ("torch",), opt
                 out.append(Variant(label, lambda g, p=prefix: passes_runner(g, p), base))
             for p in passes:
                 out.append(Variant(f"torch @ {p}", lambda g, p=p: passes_runner(g, p), base))
+        elif b == "tvm-llvm-bf16":  # bf16 operands, f32 accumulation: judged by bf16's tolerance
+            out.append(Variant(b, lambda g: tvm_runner(g, "tvm-llvm", batch, "bf16"), TOLERANCES["bf16"]))
         elif b == "torch-export":
             out.append(Variant("torch-export", lambda g: export_runner(g, example or make_inputs(g, 0, batch)),
                                base.scaled(FACTORS["torch-export"])))

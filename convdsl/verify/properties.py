@@ -20,6 +20,8 @@ The hypothesis tests (tests/properties/) and the regression replay
     quantize     int8 quantization of any program succeeds, verifies and runs
     quantize_bound  for one conv/linear: the int8 error is within the bound its scales imply
     quantize_tvm the int8 graph on tvm-llvm matches the torch backend's simulation
+    bf16_tvm     tvm-llvm --precision bf16 stays within bf16's tolerance of torch eager (CPUs with
+                 AVX512_BF16; elsewhere the precision is refused, which is checked instead)
     cast         f16 / bf16 inference stays within the tolerance of its dtype
 """
 from __future__ import annotations
@@ -433,6 +435,24 @@ def prop_quantize_tvm(case: Case, name: str = "tvm-llvm") -> None:
         raise PropertyFailed(f"int8 graph on {name} differs from its torch simulation: {c.why}")
 
 
+def prop_bf16_tvm(case: Case) -> None:
+    """tvm-llvm with bf16 operands (f32 accumulation) computes torch eager's function within bf16's tolerance;
+    on a CPU without AVX512_BF16 the build must refuse with a convdsl error that says so."""
+    from convdsl.errors import ConvDSLError, LoweringError
+
+    try:
+        run = D.tvm_runner(case.graph(), "tvm-llvm", case.batch, "bf16")
+    except LoweringError as e:  # the f32 lowering's own gaps are prop_tvm's findings
+        if "has no lowering" in str(e):
+            raise Unsupported(str(e).split("\n")[0]) from e
+        raise
+    except ConvDSLError as e:
+        if "AVX512_BF16" in str(e):
+            return  # refused on this CPU, with the reason: what the property asks there
+        raise
+    _agree(case, "tvm-llvm bf16", run(case.inputs()), D.TOLERANCES["bf16"])
+
+
 def prop_cast(case: Case) -> None:
     """Half precision (cast to f16 / bf16 inside, f32 at the edges) stays within the tolerance
     of its dtype (docs/testing.md).  Inputs of ordinary magnitude only: large or spiky values
@@ -468,5 +488,6 @@ PROPERTIES: dict[str, Callable[[Case], None]] = {
     "quantize": prop_quantize,
     "quantize_bound": prop_quantize_bound,
     "quantize_tvm": prop_quantize_tvm,
+    "bf16_tvm": prop_bf16_tvm,
     "cast": prop_cast,
 }

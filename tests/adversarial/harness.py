@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Exit codes documented in the README ("Errors"); anything else is a defect.
-EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
 DEFAULT_MEM_MB = 3072  # torch and TVM reserve address space; 3 GiB is far below the bombs we send
 DEFAULT_TIMEOUT = 60.0
 

@@ -22,3 +22,9 @@ def test_tvm_llvm_agrees_with_torch(case) -> None:
 @given(single_layer_cases())
 def test_int8_layers_on_tvm_llvm_match_the_torch_simulation(case) -> None:
     check(case, ["quantize_tvm"], "test_int8_layers_on_tvm_llvm_match_the_torch_simulation")
+
+
+@examples(ci=3, thorough=100)
+@given(cases(max_statements=5))
+def test_bf16_on_tvm_llvm_within_bf16_tolerance(case) -> None:
+    check(case, ["bf16_tvm"], "test_bf16_on_tvm_llvm_within_bf16_tolerance")

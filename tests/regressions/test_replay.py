@@ -34,7 +34,7 @@ def test_regression(path: Path) -> None:
         regressions.check_refused(case, expected)
     names = DEFAULT if checks == ["all"] else checks
     for name in names:
-        if name in ("tvm", "quantize_tvm") and not tvm_available("tvm-llvm"):
+        if name in ("tvm", "quantize_tvm", "bf16_tvm") and not tvm_available("tvm-llvm"):
             continue
         PROPERTIES[name](case)
 

@@ -107,9 +107,11 @@ def test_one_search_per_folder(tmp_path):
     s = Search.create(tmp_path / "a", config(tmp_path))
     with pytest.raises(UsageError, match="another search"):
         Search.open(tmp_path / "a")
-    with pytest.raises(UsageError, match="already holds"):
+    with pytest.raises(UsageError, match="another search"):
         Search.create(tmp_path / "a", config(tmp_path))
     s.close()
+    with pytest.raises(UsageError, match="already holds"):
+        Search.create(tmp_path / "a", config(tmp_path))
     Search.open(tmp_path / "a").close()  # free again
 
 

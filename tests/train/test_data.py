@@ -72,7 +72,7 @@ def test_npz_split_and_explicit_validation(tmp_path):
     ({"x": np.zeros((4, 3)), "y": np.zeros((4, 2), int)}, "one label per sample"),
     ({"x": np.zeros((4, 3)), "y": np.zeros(5, int)}, "one label per sample"),
     ({"x": np.zeros((4, 3)), "y": np.array([0.5, 1, 0, 1])}, "integer class labels"),
-    ({"x": np.zeros((4, 3)), "y": np.array([0, -1, 0, 1])}, "0, 1, ..., classes-1"),
+    ({"x": np.zeros((4, 3)), "y": np.array([0, -1, 0, 1])}, "class numbers 0 .. 65535"),
     ({"x": np.full((4, 3), np.nan), "y": np.zeros(4, int)}, "NaN"),
     ({"x": np.zeros((4, 3)), "y": np.zeros(4, int), "x_val": np.zeros((2, 3))}, "only one of x_val"),
 ])
@@ -93,7 +93,7 @@ def test_npz_refuses_pickled_objects(tmp_path):
     ("digit", "did you mean 'digits'"),
     ("digits:samples=10", "digits takes no options"),
     ("mnist1d:sample=10", "did you mean 'samples'"),
-    ("mnist1d:samples=ten", "must be an integer"),
+    ("mnist1d:samples=ten", "must be a whole number"),
     ("mnist1d:samples", "key=value"),
     ("missing.npz", "does not exist"),
 ])

@@ -110,7 +110,7 @@ def test_bad_settings_are_usage_errors(digits):
     g = load_graph(DIGITS_CNN, overrides={"width": 4})
     with pytest.raises(UsageError, match="did you mean 'adamw'"):
         train(g, digits, epochs=1, optimizer="adam_w", progress=False, build=build_module)
-    with pytest.raises(UsageError, match="positive"):
+    with pytest.raises(UsageError, match="from 1 to 10,000"):
         train(g, digits, epochs=0, progress=False, build=build_module)
 
 

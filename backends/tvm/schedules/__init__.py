@@ -18,15 +18,15 @@ import tvm
 
 from convdsl.backends.tvm.schedules.cpu import schedule_func
 from convdsl.backends.tvm.schedules.fast_math import FastMath
-from convdsl.backends.tvm.schedules.layout import BlockedLayout, blocked_layout
+from convdsl.backends.tvm.schedules.layout import BlockedLayout, blocked_layout, blocked_layout_pass
 
 __all__ = ["ApplySchedules", "BlockedLayout", "blocked_layout", "layout_passes", "schedule_module", "is_scheduled"]
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
-def layout_passes(spec) -> list:
-    return [] if spec.is_gpu else [BlockedLayout, FastMath]
+def layout_passes(spec, precision: str = "f32") -> list:
+    return [] if spec.is_gpu else [blocked_layout_pass(precision), FastMath]
 
 
 def is_scheduled(func) -> bool:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from convdsl.backends.tvm.schedules import tophub
+from convdsl.backends.tvm.schedules import bf16, tophub
 from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR
 
 
@@ -401,6 +401,7 @@ RULES = {
     "conv2d_nchwc": schedule_conv2d_nchwc,
     "dwconv_nchwc": schedule_dwconv_nchwc,
     "dense_packed": schedule_dense_packed,
+    **bf16.RULES,
 }
 
 
@@ -415,11 +416,12 @@ def schedule_func(func: tirx.PrimFunc, target) -> tirx.PrimFunc | None:
     hw = Hardware.of(target)
     sch = s_tir.Schedule(func)
     for b in _root_blocks(sch):
-        rule = RULES.get(kernel_of(sch, b))
+        kind = kernel_of(sch, b)
+        rule = RULES.get(kind)
         if rule is not None:
             try:
                 rule(sch, b, hw)
-                return sch.mod["main"]
+                return bf16.with_llvm_import(sch.mod["main"]) if kind in bf16.RULES else sch.mod["main"]
             except Exception as e:  # noqa: BLE001 - the rule does not fit: fall through
                 _debug(func, rule.__name__, e)
                 sch = s_tir.Schedule(func)

@@ -25,7 +25,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from convdsl.backends.tvm.schedules import kernels
+from convdsl.backends.tvm.schedules import bf16, kernels
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
           "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",
@@ -100,8 +100,9 @@ def _ints(v) -> list[int]:
 
 @mutator
 class _Blocker(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, precision: str = "f32"):
         super().__init__(mod)
+        self.precision = precision  # "bf16": convs and matmuls with bf16 operands (bf16.py) where they fit
         self.blocked: dict = {}  # new var -> block lanes
         self.nchw: dict = {}  # blocked var -> its NCHW copy
         self.packed: dict = {}  # (NCHW var, lanes) -> blocked copy
@@ -202,6 +203,10 @@ class _Blocker(PyExprMutator):
             if ib is None or ob is None:
                 return None
             xb = self.to_blocked(x, ib)
+            if self.precision == "bf16" and bf16.conv_fits(c, o, ib):
+                self._lanes = bf16.LANES
+                return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
+                                             stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
             wc = relax.const(pack_conv_weight(wt, ib, ob))
             self._lanes = ob
             return self.builder_.call_te(kernels.conv2d_nchwc, xb, wc, stride, padding, dilation,
@@ -226,6 +231,9 @@ class _Blocker(PyExprMutator):
         wt = w.value.numpy()
         if len(xs) == 1:
             return None
+        if self.precision == "bf16" and bf16.dense_fits(*wt.shape):
+            return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)),
+                                         primfunc_name_hint="dense_packed_bf16")
         return self.builder_.call_te(kernels.dense_packed, x, relax.const(pack_dense_weight(wt, dense_block(wt.shape[1]))),
                                      primfunc_name_hint="dense_packed")
 
@@ -296,9 +304,10 @@ class _Blocker(PyExprMutator):
         return relax.op.mean(args[0], axis=[2, 3], keepdims=True)
 
 
-def blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
-    """Rewrite ``main`` to the blocked layout (see the module docstring)."""
-    m = _Blocker(mod)
+def blocked_layout(mod: tvm.IRModule, precision: str = "f32") -> tvm.IRModule:
+    """Rewrite ``main`` to the blocked layout (see the module docstring); ``precision="bf16"``:
+    the convs and matmuls that fit ``bf16.py``'s kernels get bf16 operands."""
+    m = _Blocker(mod, precision)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
             m.builder_.update_func(gv, m.visit_expr(func))
@@ -309,3 +318,15 @@ def blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
 @tvm.transform.module_pass(opt_level=0, name="ConvdslBlockedLayout")
 def BlockedLayout(mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: N802 - a pass, named like TVM's
     return blocked_layout(mod)
+
+
+def blocked_layout_pass(precision: str = "f32"):
+    """``BlockedLayout`` for ``precision`` (f32: BlockedLayout itself)."""
+    if precision == "f32":
+        return BlockedLayout
+
+    @tvm.transform.module_pass(opt_level=0, name=f"ConvdslBlockedLayout_{precision}")
+    def _pass(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        return blocked_layout(mod, precision)
+
+    return _pass

@@ -9,8 +9,8 @@ it asks ``choose`` first, which answers, in this order:
 1. an override set by the tuner while it measures candidates (``forcing``);
 2. the user's database ``<tuning root>/templates.json`` (``$CONVDSL_TUNING_DB`` or
    ``~/.cache/convdsl/tuning``, next to MetaSchedule's folders), written by ``convdsl tune``;
-3. the databases shipped with convdsl (``tophub/*.json`` beside this file), as TVM's TopHub
-   shipped tuned logs;
+3. the database shipped with convdsl for this CPU's family (``tophub/<family>.json`` beside this
+   file: ``avx512``, ``avx512-amx``), as TVM's TopHub shipped tuned logs;
 4. the analytic model's choice (the ``default`` argument).
 
 ``CONVDSL_TOPHUB=off`` skips 2 and 3 (the analytic model alone).  A record whose knobs do not
@@ -109,7 +109,7 @@ def _conv_access(b, variables, detect) -> str:
     """``s{sh}x{sw}d{dh}x{dw}`` from the data read ``x[..., y*sh + ry*dh, x*sw + rx*dw, ...]``."""
     y, x = variables[2], variables[3]  # (n, c, y, x, ...) in every conv template
     red = [v for v, iv in zip(variables, b.iter_vars) if int(iv.iter_type) == 2]
-    ry, rx = (red[1], red[2]) if len(red) == 4 else (red[0], red[1])  # (ic, kh, kw, ic) or (kh, kw)
+    ry, rx = (red[1], red[2]) if len(red) >= 4 else (red[0], red[1])  # (ic, kh, kw, ic[, pair]) or (kh, kw)
     for region in b.reads:
         mins = [r.min for r in region.region]
         if len(mins) < 4:
@@ -166,8 +166,13 @@ def user_db_path(root: str | os.PathLike | None = None) -> Path:
     return db_root(root) / USER_FILE
 
 
-def shipped_paths() -> list[Path]:
-    return sorted(SHIPPED_DIR.glob("*.json")) if SHIPPED_DIR.is_dir() else []
+def shipped_paths(family: str | None = None) -> list[Path]:
+    """The shipped database of a CPU family (``tophub/<family>.json``; default: this machine's, from its
+    CPU flags: ``avx512`` for AVX-512 without AMX, ``avx512-amx`` with AMX, see ``targets.cpu_family``)."""
+    from convdsl.backends.tvm.targets import cpu_family
+
+    path = SHIPPED_DIR / f"{family or cpu_family()}.json"
+    return [path] if path.is_file() else []
 
 
 _cache: dict[Path, tuple[float, dict]] = {}

@@ -86,3 +86,36 @@ def test_compile_cli_options(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert m["tvm"]["target"] == {"kind": "llvm", "mcpu": "haswell"}
+
+
+def test_cpu_family_from_flags():
+    from convdsl.backends.tvm.targets import cpu_family
+
+    avx512 = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx2", "fma"})
+    assert cpu_family(avx512) == "avx512"
+    assert cpu_family(avx512 | {"avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}) == "avx512-amx"
+    assert cpu_family(frozenset({"avx2", "fma"})) == "avx2"
+    assert cpu_family(frozenset()) == "generic"
+
+
+def test_artifact_features_checked_against_the_cpu(monkeypatch):
+    from convdsl.backends.tvm import targets
+
+    monkeypatch.setattr(targets, "cpu_flags", lambda: frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                                                 "avx512_vbmi2", "avx512ifma", "avx2", "fma"}))
+    cfg = {"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+avx512bf16"]}
+    assert "avx512_bf16" in targets.host_can_run(cfg)
+    assert "amx_tile" in targets.host_can_run({"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert targets.host_can_run({"kind": "llvm", "mcpu": "icelake-server"}) is None
+
+
+def test_thread_pool_defaults_do_not_override_the_user(monkeypatch):
+    import os
+
+    from convdsl.backends.tvm.targets import THREAD_POOL_DEFAULTS, configure_thread_pool
+
+    monkeypatch.setenv("TVM_BIND_THREADS", "1")
+    monkeypatch.delenv("TVM_THREAD_POOL_SPIN_COUNT", raising=False)
+    configure_thread_pool()
+    assert os.environ["TVM_BIND_THREADS"] == "1"
+    assert os.environ["TVM_THREAD_POOL_SPIN_COUNT"] == THREAD_POOL_DEFAULTS["TVM_THREAD_POOL_SPIN_COUNT"]

@@ -24,7 +24,9 @@ def dbs(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVDSL_TUNING_DB", str(user))
     monkeypatch.delenv(tophub.ENV, raising=False)
     monkeypatch.setattr(tophub, "SHIPPED_DIR", shipped)
-    return tophub.user_db_path(), shipped / "llvm-test.json"
+    from convdsl.backends.tvm.targets import cpu_family
+
+    return tophub.user_db_path(), shipped / f"{cpu_family()}.json"  # the file of this machine's family
 
 
 def _spec():

@@ -275,6 +275,32 @@ def test_selective_scan_chunked_equals_steps(chunk):
     torch.testing.assert_close(chunked, steps, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("strength", [0.1, 3.0, 60.0])
+def test_selective_scan_chunked_float32_blocks_and_strong_decay(strength):
+    """float32, several blocks, chunks cut where the decay would overflow exp(); against float64 steps."""
+    gen = torch.Generator().manual_seed(7)
+    n, c, L, s = 2, 3, 300, 5
+    u, B, C = (torch.randn(*sh, generator=gen) for sh in ((n, c, L), (n, L, s), (n, L, s)))
+    dt = strength * torch.rand(n, c, L, generator=gen)
+    A = -torch.arange(1, s + 1, dtype=torch.float32).repeat(c, 1)
+    want = SelectiveScan.scan_steps(*(t.double() for t in (u, dt, A, B, C)))
+    got = SelectiveScan.scan_chunked(u, dt, A, B, C, chunk=64, block=128)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_selective_scan_chunked_has_gradients():
+    gen = torch.Generator().manual_seed(3)
+    n, c, L, s = 1, 2, 37, 4
+    args = [torch.randn(n, c, L, generator=gen), torch.rand(n, c, L, generator=gen), -torch.rand(c, s, generator=gen) - 0.5,
+            torch.randn(n, L, s, generator=gen), torch.randn(n, L, s, generator=gen)]
+    args = [a.double().requires_grad_() for a in args]
+    grads = torch.autograd.grad(SelectiveScan.scan_chunked(*args, chunk=8).sum(), args)
+    want = torch.autograd.grad(SelectiveScan.scan_steps(*args).sum(), args)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-8)
+
+
 def test_selective_scan_bidirectional_is_forward_plus_flipped():
     g1 = graph("selective_scan(state=4, d_conv=3)", (2, 5, 23))
     g2 = graph("selective_scan(state=4, d_conv=3, bidirectional=true)", (2, 5, 23))

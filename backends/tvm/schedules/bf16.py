@@ -1,0 +1,273 @@
+"""bf16 kernels on x86 with AVX512_BF16: ``vdpbf16ps`` (bf16 pairs x bf16 pairs -> f32), convdsl's own.
+
+``--precision bf16`` (``layout.py``) turns convs (groups 1, output channels a multiple of 16,
+even input-channel block) and constant-weight matmuls (N a multiple of 16, K even) into the
+two kernels below: weights rounded to bf16 once (NumPy, round to nearest even), activations
+rounded to bf16 by the kernel's own input copy, products summed in f32, the fused epilogue
+(bias, batchnorm, residual add, activation) in f32.  Everything else stays f32.
+
+    conv2d_nchwc_bf16   x [N, C/ib, H, W, ib] f32 -> pad + round -> xb (bf16 bits)
+                        y[n, o, oh, ow, 16] += xb[n, c, ..., 2p:2p+2] . W[o, c, kh, kw, p, 16, 2]
+    dense_packed_bf16   x [..., K] f32 -> round -> xb;  y[..., n] += xb[..., 2p:2p+2] . W[n/16, p, n%16, 2]
+
+The inner 16 x 2 dot product (16 output lanes, one pair of input channels broadcast) is
+tensorized to ``vdpbf16ps``, the same template as ``cpu.py``'s f32 kernels around it (register
+tile of output columns x channel blocks, reduction loops outside the tile, epilogue per tile).
+
+Why an LLVM IR snippet: TVM's LLVM code generator has no ``bfloat`` vector type (bf16 values
+are legalized to f32 compute or u16 storage), and LLVM 17+ declares
+``llvm.x86.avx512bf16.dpbf16ps.512`` on ``<32 x bfloat>``.  So bf16 tensors are ``uint16``
+bit patterns in TIR, and the tensor intrinsic calls ``convdsl_dpbf16ps`` on i32 vectors, a
+four-line LLVM function (bitcast, intrinsic) imported into the module with TVM's
+``pragma_import_llvm`` and inlined by LLVM: one ``vdpbf16ps`` per call, no call overhead.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+
+from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, _pad, out_size
+
+LANES = 16  # f32 outputs of one vdpbf16ps
+PAIR = 2  # bf16 products summed per lane
+INTRIN = "convdsl_dpbf16_16x2"
+EXTERN = "convdsl_dpbf16ps"
+IMPORT_ATTR = "pragma_import_llvm"
+LLVM_IR = f"""
+define linkonce_odr <16 x float> @{EXTERN}(<16 x float> %c, <16 x i32> %a, <16 x i32> %b) alwaysinline {{
+  %x = bitcast <16 x i32> %a to <32 x bfloat>
+  %y = bitcast <16 x i32> %b to <32 x bfloat>
+  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %c, <32 x bfloat> %x, <32 x bfloat> %y)
+  ret <16 x float> %r
+}}
+declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)
+"""
+
+
+# ---- bf16 as uint16 bit patterns ------------------------------------------------------------------------
+def round_to_bf16(a: np.ndarray) -> np.ndarray:
+    """f32 -> bf16 bit patterns (uint16), round to nearest even, as torch's ``.to(torch.bfloat16)``."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    nan = np.isnan(a)
+    out = r.astype(np.uint16)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _to_bits(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    # (u + 0x7fff + ((u >> 16) & 1)) >> 16: round to nearest even in integer arithmetic (vectorizes)
+    u = tirx.reinterpret("uint32", v)
+    one = tirx.const(1, "uint32")
+    r = (u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & one)) >> tirx.const(16, "uint32")
+    return r.astype("uint16")
+
+
+def _value(bits: tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
+
+
+# ---- weights ---------------------------------------------------------------------------------------------
+def pack_conv_weight(w: np.ndarray, ib: int) -> np.ndarray:
+    """OIHW f32 -> [O/16, I/ib, KH, KW, ib/2, 16, 2] bf16 bits."""
+    o, i, kh, kw = w.shape
+    b = w.reshape(o // LANES, LANES, i // ib, ib // PAIR, PAIR, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4)
+    return round_to_bf16(np.ascontiguousarray(b))
+
+
+def pack_dense_weight(w: np.ndarray) -> np.ndarray:
+    """[K, N] f32 -> [N/16, K/2, 16, 2] bf16 bits."""
+    k, n = w.shape
+    b = w.reshape(k // PAIR, PAIR, n // LANES, LANES).transpose(2, 0, 3, 1)
+    return round_to_bf16(np.ascontiguousarray(b))
+
+
+def conv_fits(c: int, o: int, ib: int | None) -> bool:
+    return ib is not None and ib % PAIR == 0 and c % ib == 0 and o % LANES == 0
+
+
+def dense_fits(k: int, n: int) -> bool:
+    return k % PAIR == 0 and n % LANES == 0
+
+
+# ---- computes ----------------------------------------------------------------------------------------------
+def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
+    """data [N, C/ib, H, W, ib] f32, kernel [O/16, C/ib, KH, KW, ib/2, 16, 2] u16 -> [N, O/16, OH, OW, 16] f32."""
+    n, _, h, w, _ = (int(v) for v in data.shape)
+    ocb, icb, kh, kw, ip, ob, _ = (int(v) for v in kernel.shape)
+    (sh, sw), (dh, dw) = stride, dilation
+    pt, pl, pb, pr = padding
+    oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
+    xp = _pad(data, pt, pl, pb, pr)
+    xb = te.compute(xp.shape, lambda *i: _to_bits(xp(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pad"})
+    rc = te.reduce_axis((0, icb), "ic_outer")
+    ry = te.reduce_axis((0, kh), "kh")
+    rx = te.reduce_axis((0, kw), "kw")
+    rp = te.reduce_axis((0, ip), "ic_pair")
+    r2 = te.reduce_axis((0, PAIR), "ic_two")
+    return te.compute(
+        (n, ocb, oh, ow, ob),
+        lambda b, o, y, x, oc: te.sum(
+            _value(xb[b, rc, y * sh + ry * dh, x * sw + rx * dw, rp * PAIR + r2]) * _value(kernel[o, rc, ry, rx, rp, oc, r2]),
+            axis=[rc, ry, rx, rp, r2]),
+        name="conv2d_nchwc_bf16", attrs={KERNEL_ATTR: "conv2d_nchwc_bf16"})
+
+
+def dense_packed_bf16(x: te.Tensor, w: te.Tensor) -> te.Tensor:
+    """x [..., K] f32, w [N/16, K/2, 16, 2] u16 -> [..., N] f32."""
+    nblk, kp, nb, _ = (int(v) for v in w.shape)
+    xb = te.compute(x.shape, lambda *i: _to_bits(x(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pack"})
+    rp = te.reduce_axis((0, kp), "k_pair")
+    r2 = te.reduce_axis((0, PAIR), "k_two")
+    lead = list(x.shape[:-1])
+
+    def fn(*idx):
+        j = idx[-1]
+        return te.sum(_value(xb[tuple(idx[:-1]) + (rp * PAIR + r2,)]) * _value(w[j // nb, rp, j % nb, r2]), axis=[rp, r2])
+
+    return te.compute(lead + [nblk * nb], fn, name="dense_packed_bf16", attrs={KERNEL_ATTR: "dense_packed_bf16"})
+
+
+# ---- the tensor intrinsic ----------------------------------------------------------------------------------
+def register_intrinsic(scope: str = "global") -> str:
+    """Register (once) C[16] += sum_k bf16(A[k]) * bf16(B[16, k]), k < 2, as one ``vdpbf16ps``;
+    ``scope``: the accumulator's (``local`` when an epilogue reads the tile)."""
+    name = f"{INTRIN}_{scope}"
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    from tvm.script import tirx as T
+
+    from convdsl.backends.tvm.tuning import prime_inspect_cache
+
+    prime_inspect_cache()  # TVMScript's decorator inspects the stack
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((2,), "uint16", offset_factor=1), B: T.Buffer((16, 2), "uint16", offset_factor=1),
+             C: T.Buffer((16,), "float32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.reinterpret("float32", T.shift_left(T.Cast("uint32", A[vk]), T.uint32(16))) \
+                            * T.reinterpret("float32", T.shift_left(T.Cast("uint32", B[vi, vk]), T.uint32(16)))
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "uint16", offset_factor=1), B: T.Buffer((16, 2), "uint16", offset_factor=1),
+             C: T.Buffer((16,), "float32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            pair = T.reinterpret(A.vload([0], "uint16x2"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_pure_extern(
+                "float32x16", EXTERN, C.vload([0], dtype="float32x16"), T.broadcast(pair, 16),
+                T.reinterpret(B.vload([0, 0], dtype="uint16x32"), dtype="int32x16"))
+
+    s_tir.TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def with_llvm_import(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with the LLVM definition of ``convdsl_dpbf16ps`` attached (linked once per module)."""
+    body = tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR), func.body)
+    return func.with_body(body)
+
+
+def has_bf16(target) -> bool:
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features("avx512bf16", target))
+
+
+# ---- schedules -----------------------------------------------------------------------------------------------
+def schedule_conv2d_nchwc_bf16(sch: s_tir.Schedule, conv, hw) -> None:
+    from convdsl.backends.tvm.schedules import cpu, tophub
+
+    b, o, y, x, oc, rc, ry, rx, rp, r2 = sch.get_loops(conv)
+    ocb, ow = cpu._extent(sch, o), cpu._extent(sch, x)
+    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, cpu.conv_tile(ow, ocb, hw))
+    epilogue = cpu._inline_epilogue(sch, conv)
+    copies = [p for p in sch.get_producers(conv) if cpu.kernel_of(sch, p) == "pad"]
+    pads = [q for p in copies for q in sch.get_producers(p) if cpu.kernel_of(sch, q) == "pad"]
+    for p in pads:  # zero padding and rounding: one copy
+        sch.compute_inline(p)
+    if epilogue is not None:
+        sch.set_scope(conv, 0, "local")
+    oo, oi = sch.split(o, [None, ov])
+    xo, xi = sch.split(x, [None, rn])
+    sch.reorder(b, oo, y, xo, rc, ry, rx, rp, xi, oi, oc, r2)
+    sch.parallel(sch.fuse(b, oo, y))
+    if epilogue is not None:
+        cpu._tile_epilogue(sch, epilogue, xo, depth=2)
+    init = sch.decompose_reduction(conv, rc)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    for lp in iloops[-3:-1]:
+        sch.unroll(lp)
+    sch.tensorize(oc, register_intrinsic("local" if epilogue is not None else "global"))
+    sch.unroll(oi)
+    sch.unroll(xi)
+    for p in copies:
+        cpu._parallel_copy(sch, p, hw.lanes)
+
+
+def schedule_dense_packed_bf16(sch: s_tir.Schedule, block, hw) -> None:
+    from convdsl.backends.tvm.schedules import cpu, tophub
+
+    *lead, n, rp, r2 = sch.get_loops(block)
+    nn = cpu._extent(sch, n)
+    mm = cpu._extent(sch, lead[-1]) if lead else 1
+    rm, nv = tophub.choose("gemm", sch, block, hw, cpu.gemm_tile(mm, nn // LANES, hw), lanes=LANES)
+    copies = [p for p in sch.get_producers(block) if cpu.kernel_of(sch, p) == "pack"]
+    epilogue = cpu._inline_epilogue(sch, block)
+    batch, m = (lead[:-1], lead[-1]) if lead else ([], None)
+    if epilogue is not None:
+        sch.set_scope(block, 0, "local")
+    no, nvl, nl = sch.split(n, [None, nv, LANES])
+    if m is not None:
+        mo, mi = sch.split(m, [None, rm])
+        sch.reorder(*batch, no, mo, rp, mi, nvl, nl, r2)
+        par = [*batch, no, mo]
+    else:
+        mi = None
+        sch.reorder(*batch, no, rp, nvl, nl, r2)
+        par = [*batch, no]
+    outer = sch.fuse(*par) if len(par) > 1 else par[0]
+    sch.parallel(outer)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, outer)
+        inner = sch.get_loops(epilogue)[-1]
+        if cpu._extent(sch, inner) % LANES == 0 and cpu._extent(sch, inner) > LANES:
+            inner = sch.split(inner, [None, LANES])[1]
+        sch.vectorize(inner)
+    init = sch.decompose_reduction(block, rp)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    sch.unroll(iloops[-2])
+    if mi is not None:
+        sch.unroll(iloops[-3])
+    sch.tensorize(nl, register_intrinsic("local" if epilogue is not None else "global"))
+    sch.unroll(nvl)
+    if mi is not None:
+        sch.unroll(mi)
+    for p in copies:
+        cpu._parallel_copy(sch, p, hw.lanes)
+
+
+RULES = {
+    "conv2d_nchwc_bf16": schedule_conv2d_nchwc_bf16,
+    "dense_packed_bf16": schedule_dense_packed_bf16,
+}
+
+__all__ = ["RULES", "conv2d_nchwc_bf16", "dense_packed_bf16", "pack_conv_weight", "pack_dense_weight",
+           "round_to_bf16", "bf16_to_f32", "with_llvm_import", "has_bf16", "conv_fits", "dense_fits"]

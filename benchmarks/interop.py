@@ -1,0 +1,232 @@
+"""Import coverage, readability, speed and pruning over real model zoos, in one run.
+
+For every torchvision classification model (torchvision.models.list_models(module=torchvision.models)),
+torchvision's segmentation models and a set of timm models across families (pretrained=False: no
+downloads), both routes:
+
+- torch.export: convdsl.import_model(model, (x,))
+- ONNX: torch.onnx.export (TorchScript exporter, BN kept) -> convdsl import of the .onnx file
+
+each with: imported ok / outputs within 1e-5 of the source (relative to the output's scale) /
+seconds / lines of CDL.  Then `convdsl prune --ratio 0.5` on the imported program next to
+Torch-Pruning's MetaPruner (default dependency graph, 50% channel sparsity) on the same model:
+prunes without error and keeps the output shape.
+
+The run is long (a few minutes per large model on 2 cores), so each model's result is cached as JSON
+in --cache; a rerun skips cached models (--fresh recomputes).  Failures are listed with their
+error message (a located ConvDSLError for convdsl).
+
+    python benchmarks/interop.py --set torchvision --limit 10
+    python benchmarks/interop.py --set timm
+    python benchmarks/interop.py --report          # table from the cache only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TIMM = ["resnet18", "resnet50d", "resnext26ts", "regnetx_002", "regnety_002", "efficientnet_b0", "mobilenetv3_small_100",
+        "mobilenetv2_050", "convnext_atto", "convnextv2_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+        "swin_tiny_patch4_window7_224", "mixer_s16_224", "resmlp_12_224", "poolformer_s12", "convmixer_768_32",
+        "mobilevit_xxs", "densenet121", "dla34", "ghostnet_100", "hrnet_w18_small", "inception_v3", "vgg11",
+        "efficientformer_l1", "levit_128s", "coat_lite_tiny", "cspresnet50", "dpn68", "rexnet_100"]
+SEGMENTATION = ["fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
+
+
+def _model(family: str, name: str):
+    if family == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False).eval()
+    import torchvision
+
+    if family == "segmentation":
+        return torchvision.models.get_model(name, weights=None, weights_backbone=None, aux_loss=None).eval()
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def _size(name: str) -> int:
+    return 299 if "inception" in name else 224
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def _first(out):
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _err(e: Exception) -> str:
+    from convdsl.errors import ConvDSLError
+
+    if isinstance(e, ConvDSLError):
+        return e.render().splitlines()[0][:300]
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:250] if str(e).strip() else ''} (not a ConvDSLError)"
+
+
+def run_model(family: str, name: str) -> dict:
+    from convdsl.api import import_model
+    from convdsl.backends.torch import build_module
+    from convdsl.importer import import_onnx
+
+    torch.manual_seed(0)
+    res = {"family": family, "model": name}
+    model = _model(family, name)
+    s = _size(name)
+    x = torch.randn(2, 3, s, s)
+    with torch.no_grad():
+        ref = _first(model(x)).numpy()
+    imported = None
+    for route in ("export", "onnx"):
+        t0 = time.perf_counter()
+        try:
+            if route == "export":
+                r = import_model(model, (x,))
+            else:
+                with tempfile.TemporaryDirectory() as d:
+                    f = Path(d) / "m.onnx"
+                    torch.onnx.export(model, (x[:1],), str(f), dynamo=False, do_constant_folding=False,
+                                      training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"],
+                                      dynamic_axes={"x": {0: "N"}})
+                    t0 = time.perf_counter()
+                    r = import_onnx(f)
+            seconds = time.perf_counter() - t0
+            mod = build_module(r.graph)
+            with torch.no_grad():
+                out = _first(mod(x)).numpy()
+            err = _rel(out, ref)
+            res[route] = {"ok": True, "match": err <= 1e-5, "rel_err": err, "seconds": round(seconds, 2),
+                          "lines": r.text.count("\n"), "blocks": r.text.count("\nblock ")}
+            if route == "export":
+                imported = r
+        except Exception as e:  # every failure is reported, never hidden
+            res[route] = {"ok": False, "error": _err(e)}
+    res["prune_convdsl"] = _prune_convdsl(imported, x) if imported is not None else {"ok": False, "error": "not imported"}
+    res["prune_tp"] = _prune_tp(model, x, ref.shape)
+    return res
+
+
+def _prune_convdsl(r, x) -> dict:
+    from convdsl.backends.torch import build_module
+    from convdsl.passes.prune import prune
+
+    try:
+        g = prune(r.graph, 0.5)
+        with torch.no_grad():
+            out = _first(build_module(g)(x))
+        return {"ok": tuple(out.shape) == tuple(_first(build_module(r.graph)(x)).shape),
+                "params": [r.graph.params.count(), g.params.count()]}
+    except Exception as e:
+        return {"ok": False, "error": _err(e)}
+
+
+def _prune_tp(model, x, shape) -> dict:
+    try:
+        import torch_pruning as tp
+
+        m = __import__("copy").deepcopy(model)
+        imp = tp.importance.MagnitudeImportance(p=1)
+        pruner = tp.pruner.MetaPruner(m, x[:1], importance=imp, pruning_ratio=0.5)
+        pruner.step()
+        with torch.no_grad():
+            out = _first(m(x))
+        return {"ok": tuple(out.shape) == tuple(shape)}
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+
+
+def models(which: str) -> list[tuple[str, str]]:
+    import torchvision
+
+    out = []
+    if which in ("all", "torchvision"):
+        out += [("torchvision", n) for n in torchvision.models.list_models(module=torchvision.models)]
+    if which in ("all", "segmentation"):
+        out += [("segmentation", n) for n in SEGMENTATION]
+    if which in ("all", "timm"):
+        out += [("timm", n) for n in TIMM]
+    return out
+
+
+def report(rows: list[dict]) -> str:
+    lines = ["| set | model | export: ok / match / s / lines | onnx: ok / match / s / lines | prune convdsl | "
+             "prune Torch-Pruning |", "|---|---|---|---|---|---|"]
+
+    def cell(r):
+        if not r.get("ok"):
+            return "FAIL"
+        return f"yes / {'yes' if r['match'] else 'NO'} / {r['seconds']} / {r['lines']}"
+
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['model']} | {cell(r['export'])} | {cell(r['onnx'])} | "
+                     f"{'yes' if r['prune_convdsl'].get('ok') else 'FAIL'} | {'yes' if r['prune_tp'].get('ok') else 'FAIL'} |")
+    lines.append("")
+    for fam in sorted({r["family"] for r in rows}):
+        sub = [r for r in rows if r["family"] == fam]
+        n = len(sub)
+        for route in ("export", "onnx"):
+            ok = sum(1 for r in sub if r[route].get("ok") and r[route].get("match"))
+            lines.append(f"- {fam}, {route}: {ok}/{n} import and match ({100 * ok / n:.0f}%)")
+        lines.append(f"- {fam}, prune 0.5: convdsl {sum(1 for r in sub if r['prune_convdsl'].get('ok'))}/{n}, "
+                     f"Torch-Pruning {sum(1 for r in sub if r['prune_tp'].get('ok'))}/{n}")
+    lines.append("")
+    lines.append("Failures:")
+    for r in rows:
+        for key in ("export", "onnx", "prune_convdsl", "prune_tp"):
+            if not r[key].get("ok"):
+                lines.append(f"- {r['model']} [{key}]: {r[key].get('error')}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", default="all", choices=("all", "torchvision", "segmentation", "timm"))
+    ap.add_argument("--cache", default="build/interop-bench", help="one JSON file per model")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many models (in list order)")
+    ap.add_argument("--only", default=None, help="comma-separated model names")
+    ap.add_argument("--fresh", action="store_true", help="recompute cached models")
+    ap.add_argument("--report", action="store_true", help="print the table from the cache only")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = models(args.set)
+    if args.only:
+        keep = set(args.only.split(","))
+        todo = [t for t in todo if t[1] in keep]
+    if args.limit:
+        todo = todo[: args.limit]
+    rows = []
+    for family, name in todo:
+        f = cache / f"{family}-{name}.json"
+        if f.exists() and not args.fresh:
+            rows.append(json.loads(f.read_text()))
+            continue
+        if args.report:
+            continue
+        try:
+            r = run_model(family, name)
+        except Exception as e:
+            r = {"family": family, "model": name, "export": {"ok": False, "error": _err(e)},
+                 "onnx": {"ok": False, "error": "not run"}, "prune_convdsl": {"ok": False, "error": "not run"},
+                 "prune_tp": {"ok": False, "error": "not run"}, "trace": traceback.format_exc()[-500:]}
+        f.write_text(json.dumps(r, indent=1))
+        rows.append(r)
+        print(f"{family} {name}: export {r['export'].get('ok')}/{r['export'].get('match')} "
+              f"onnx {r['onnx'].get('ok')}/{r['onnx'].get('match')}", flush=True)
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()

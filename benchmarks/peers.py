@@ -1,0 +1,506 @@
+"""convdsl against the runtimes people deploy with: OpenVINO, ONNX Runtime, torch.compile (and torch eager).
+
+    pip install -e '.[bench]'        # onnxruntime, openvino, onnx, onnxscript: benchmark-only dependencies
+    python benchmarks/peers.py [--nets resnet18,...] [--threads 2] [--rounds 5] [--agreement 1000] [--doc]
+
+Per network, every backend runs in its own process (thread pools spin against each other in one
+process), built once and then timed in alternating rounds: in each round the processes take
+turns (the others wait on a pipe, idle), each timing a block of calls; the table shows medians
+over all rounds and the ratio to the best peer of the same precision (> 1: convdsl is faster).
+
+Rows:
+- f32: torch eager, torch.compile, ONNX Runtime (CPU EP, ORT_ENABLE_ALL, N intra-op threads,
+  spinning off), OpenVINO with INFERENCE_PRECISION_HINT=f32 (LATENCY hint, N threads), convdsl
+  tvm-llvm f32;
+- lower precision: OpenVINO with its default precision (what it picks for this CPU: printed),
+  OpenVINO bf16 (where the CPU has AVX512_BF16), ONNX Runtime int8 (static QDQ quantization of the f32
+  export, calibrated on the same inputs as convdsl's), OpenVINO on that QDQ model, convdsl tvm-llvm
+  bf16 and int8 (the program quantized by convdsl's own pass on the same calibration inputs);
+- AMX rows (bf16/int8 on AMX tiles) are refused with the reason: this CPU has no AMX, or convdsl has
+  no AMX kernels yet.
+
+Accuracy next to the times: bf16 as the max relative error against f32 (torch, same weights and
+input); int8 as the max difference from convdsl's torch int8 simulation (in units of the output's
+range), and top-1 agreement of int8 and bf16 with f32 over ``--agreement`` inputs of the calibration
+distribution.  The networks carry convdsl's seeded initial weights (no trained ImageNet weights
+here), and the calibration distribution is N(0, 1) images (seed 1); agreement on random weights
+says less than it would on a trained network.
+
+The peers run the ONNX export of the network (``onnx_export``: torch.onnx.export of convdsl's
+generated torch module until ``convdsl compile --backend onnx`` lands; switch there, one line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+HEADING = "## Peers"
+NETS = {
+    "resnet18": ("examples/resnet18.cdl", ()),
+    "resnet50": ("examples/resnet50.cdl", ()),
+    "mobilenet_v2": ("examples/mobilenet_v2.cdl", ()),
+    "vit_s16": ("examples/vit_b_16.cdl", ("hidden=384", "heads=6", "mlp_dim=1536")),
+    "gfnet": ("examples/papers/gfnet.cdl", ()),  # FFT mixing (GFNet)
+    "serpent": ("examples/papers/serpent.cdl", ()),  # selective-scan SSM blocks (Serpent)
+}
+# row -> (precision group, what it compares against)
+ROWS = {
+    "torch": "f32", "torch.compile": "f32", "onnxruntime": "f32", "openvino f32": "f32", "convdsl f32": "f32",
+    "openvino default": "low", "openvino bf16": "low", "onnxruntime int8 (QDQ)": "int8", "openvino int8 (QDQ)": "int8",
+    "convdsl bf16": "low", "convdsl int8": "int8", "convdsl bf16 (AMX)": "low", "convdsl int8 (AMX)": "int8",
+}
+PEERS_F32 = ("torch.compile", "onnxruntime", "openvino f32")
+CALIB_SAMPLES = 32
+
+
+# ---- the network in every form the backends take -------------------------------------------------------
+def load_graph(name: str):
+    from convdsl.cli.common import program_graph
+
+    path, sets = NETS[name]
+    return program_graph(str(ROOT / path), None, sets, (), (), None, 0)
+
+
+def input_shape(graph) -> list[int]:
+    return [d if isinstance(d, int) else 1 for d in graph.input_types()[0].shape]
+
+
+def calibration_inputs(graph, count: int, seed: int = 1) -> np.ndarray:
+    """The calibration distribution: N(0, 1) inputs of the network's shape (batch 1 each)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, *input_shape(graph))).astype(np.float32)
+
+
+def onnx_export(graph, path: Path) -> Path:
+    """The f32 ONNX file the peers run.  Until `convdsl compile --backend onnx` exists: torch.onnx.export
+    of convdsl's generated module (the TorchScript exporter; the dynamo one where it lacks an op, e.g. rfft2)."""
+    import warnings
+
+    import torch
+
+    from convdsl.backends.torch import build_module
+
+    model = build_module(graph).eval()
+    x = torch.zeros(*input_shape(graph))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=18)
+        except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: torch.export's
+            torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18)
+    return path
+
+
+def ort_qdq(f32: Path, out: Path, calib: np.ndarray) -> Path:
+    """ONNX Runtime static quantization (QDQ, per-channel s8 weights, u8 activations, minmax)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = onnx.load(str(f32)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {name: x}
+
+    pre = out.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(f32), str(pre), skip_symbolic_shape=True)
+    except Exception:  # noqa: BLE001 - pre-processing is an optimization
+        pre = f32
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def convdsl_int8(graph, calib: np.ndarray):
+    """The program quantized by convdsl (fold_bn, then int8 with minmax ranges from ``calib``)."""
+    from convdsl.backends.torch import build_module
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    folded = run_passes(graph, "fold_bn,remove_identity,dce")
+    batches = calib.reshape(-1, *calib.shape[2:])  # [count, 1, ...] -> batches of 8 inputs
+    return quantize(folded, [batches[i:i + 8] for i in range(0, len(batches), 8)], method="minmax",
+                    build=build_module)
+
+
+def save_program(graph, folder: Path) -> tuple[str, str]:
+    from convdsl.lang.printer import print_graph
+    from convdsl.ir.weights import save_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "net.cdl").write_text(print_graph(graph))
+    save_weights(graph, folder / "weights.safetensors")
+    return str(folder / "net.cdl"), str(folder / "weights.safetensors")
+
+
+# ---- one backend in its own process ----------------------------------------------------------------------
+def refusal(row: str) -> str | None:
+    """Why this machine cannot run ``row`` (None: it can)."""
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    flags = cpu_flags()
+    if row.endswith("(AMX)"):
+        if not {"amx_tile", "amx_bf16", "amx_int8"} <= flags:
+            return "refused: this CPU has no AMX (amx_tile, amx_bf16, amx_int8)"
+        return "refused: convdsl has no AMX tile kernels yet (its bf16 row uses AVX512_BF16, int8 VNNI)"
+    if row == "convdsl bf16" and "avx512_bf16" not in flags:
+        return "refused: this CPU has no AVX512_BF16"
+    if row == "openvino bf16" and "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return "refused: this CPU has no native bf16 (OpenVINO would emulate it)"
+    return None
+
+
+def child(spec: dict) -> None:
+    """Build one backend, say READY, then time a block of calls per RUN line until QUIT."""
+    threads = spec["threads"]
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    row, x = spec["row"], np.load(spec["input"])
+    info: dict = {}
+    t0 = time.perf_counter()
+    if row in ("torch", "torch.compile"):
+        import torch
+
+        from convdsl.cli.common import program_graph
+        from convdsl.backends.torch import build_module
+
+        torch.set_num_threads(threads)
+        model = build_module(program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])).eval()
+        fn = torch.compile(model) if row == "torch.compile" else model
+        xt = torch.from_numpy(x)
+
+        def call():
+            with torch.inference_mode():
+                return fn(xt).numpy()
+    elif row.startswith("onnxruntime"):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(spec["onnx"], so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+
+        def call():
+            return sess.run(None, feed)[0]
+    elif row.startswith("openvino"):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        hint = {"openvino f32": "f32", "openvino bf16": "bf16"}.get(row)
+        if hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
+        compiled = core.compile_model(core.read_model(spec["onnx"]), "CPU", config)
+        info["precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        req = compiled.create_infer_request()
+
+        def call():
+            req.infer({0: x})
+            return req.get_output_tensor(0).data.copy()
+    else:  # convdsl tvm-llvm
+        import convdsl.backends.tvm as ctvm
+        from convdsl.cli.common import program_graph
+
+        precision = row.split()[1]
+        g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
+        m = ctvm.backend("tvm-llvm", precision=precision, progress=False).build_module(g)
+        info["kernels"] = f"{m.built.own}/{m.built.functions}"
+
+        def call():
+            return m(x)
+    out = call()
+    info["build_s"] = round(time.perf_counter() - t0, 1)
+    np.save(spec["output"], np.asarray(out, dtype=np.float32))
+    t = time.perf_counter()
+    call()
+    one = time.perf_counter() - t
+    reps = max(3, int(spec["block_ms"] / 1e3 / max(one, 1e-5)))
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "RUN":
+            break
+        for _ in range(2):  # untimed: caches and threads after the previous process's turn
+            call()
+        ms = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            call()
+            ms.append((time.perf_counter() - t) * 1e3)
+        print(json.dumps(ms), flush=True)
+
+
+class Proc:
+    def __init__(self, row: str, spec: dict):
+        self.row, self.spec, self.ms, self.info, self.note = row, spec, [], {}, ""
+        self.p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ready(self) -> bool:
+        for line in self.p.stdout:
+            if line.startswith("READY "):
+                self.info = json.loads(line[6:])
+                return True
+        err = self.p.stderr.read().strip().splitlines()
+        self.note = "failed: " + (err[-1] if err else f"exit {self.p.wait()}")[:160]
+        return False
+
+    def run(self) -> None:
+        self.p.stdin.write("RUN\n")
+        self.p.stdin.flush()
+        self.ms.extend(json.loads(self.p.stdout.readline()))
+
+    def quit(self) -> None:
+        try:
+            self.p.stdin.write("QUIT\n")
+            self.p.stdin.close()
+        except OSError:
+            pass
+        self.p.wait(timeout=60)
+
+
+# ---- one network --------------------------------------------------------------------------------------------
+def bench_network(name: str, args, work: Path, log) -> dict:
+    import torch
+
+    from convdsl.backends.torch import build_module
+
+    g = load_graph(name)
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    calib = calibration_inputs(g, CALIB_SAMPLES)
+    x = calib[0]
+    np.save(folder / "x.npy", x)
+    f32_cdl, f32_w = save_program(g, folder / "f32")
+    log(f"[{name}] exporting ONNX, quantizing ...")
+    onnx_f32 = onnx_export(g, folder / "f32.onnx")
+    files = {"onnx": str(onnx_f32), "cdl": f32_cdl, "weights": f32_w}
+    q_files, qdq = None, None
+    try:
+        q = convdsl_int8(g, calib)
+        q_cdl, q_w = save_program(q, folder / "int8")
+        q_files = {"cdl": q_cdl, "weights": q_w}
+    except Exception as e:  # noqa: BLE001 - reported in the row
+        log(f"[{name}] convdsl int8 failed: {e}")
+    try:
+        qdq = ort_qdq(onnx_f32, folder / "int8.onnx", calib)
+    except Exception as e:  # noqa: BLE001
+        log(f"[{name}] ONNX Runtime quantization failed: {e}")
+
+    rows = [r for r in ROWS if not args.rows or r in args.rows]
+    procs: list[Proc] = []
+    notes: dict[str, str] = {}
+    for row in rows:
+        why = refusal(row)
+        spec = {"row": row, "threads": args.threads, "input": str(folder / "x.npy"), "block_ms": args.block_ms,
+                "output": str(folder / f"out_{row.replace(' ', '_').replace('(', '').replace(')', '')}.npy"), **files}
+        if "int8" in row:
+            if row.startswith("convdsl"):
+                spec.update(q_files or {})
+                why = why or (None if q_files else "failed: convdsl could not quantize it")
+            else:
+                spec["onnx"] = str(qdq) if qdq else None
+                why = why or (None if qdq else "failed: ONNX Runtime could not quantize it")
+        if why:
+            notes[row] = why
+            continue
+        log(f"[{name}] building {row} ...")
+        p = Proc(row, spec)
+        if p.ready():
+            procs.append(p)
+        else:
+            notes[row] = p.note
+            p.quit()
+    for r in range(args.rounds):
+        order = procs[r % len(procs):] + procs[:r % len(procs)] if procs else []
+        for p in order:
+            p.run()
+    for p in procs:
+        p.quit()
+    with torch.inference_mode():
+        ref = build_module(g).eval()(torch.from_numpy(x)).numpy()
+    result = {"network": name, "rows": {}}
+    for row in rows:
+        p = next((p for p in procs if p.row == row), None)
+        if p is None:
+            result["rows"][row] = {"note": notes.get(row, "")}
+            continue
+        out = np.load(p.spec["output"])
+        entry = {"median_ms": float(np.median(p.ms)), "p10_ms": float(np.percentile(p.ms, 10)),
+                 "p90_ms": float(np.percentile(p.ms, 90)), "calls": len(p.ms), **p.info}
+        if ROWS[row] != "f32" or row.startswith("openvino"):
+            entry["max_rel_err_vs_f32"] = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
+        result["rows"][row] = entry
+    if args.agreement and q_files:
+        result["accuracy"] = accuracy(g, q_files, args.agreement, log, name)
+    return result
+
+
+def accuracy(g, q_files: dict, count: int, log, name: str) -> dict:
+    """int8: max |tvm - torch simulation| over the output's range; bf16 / int8 top-1 agreement with f32."""
+    import torch
+
+    import convdsl.backends.tvm as ctvm
+    from convdsl.cli.common import program_graph
+    from convdsl.backends.torch import build_module
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    log(f"[{name}] accuracy over {count} inputs ...")
+    xs = calibration_inputs(g, count, seed=2)
+    q = program_graph(q_files["cdl"], None, (), (), (), None, 0, weights=q_files["weights"])
+    f32, sim = build_module(g).eval(), build_module(q).eval()
+    tvm_q = ctvm.backend("tvm-llvm", precision="int8", progress=False).build_module(q)
+    tvm_b = (ctvm.backend("tvm-llvm", precision="bf16", progress=False).build_module(g)
+             if "avx512_bf16" in cpu_flags() else None)
+    agree_q = agree_b = 0
+    diff = 0.0
+    with torch.inference_mode():
+        for x in xs:
+            ref = f32(torch.from_numpy(x)).numpy()
+            s = sim(torch.from_numpy(x)).numpy()
+            yq = tvm_q(x)
+            diff = max(diff, float(np.abs(yq - s).max() / max(np.ptp(s), 1e-12)))
+            agree_q += int(np.argmax(yq) == np.argmax(ref))
+            if tvm_b is not None:
+                agree_b += int(np.argmax(tvm_b(x)) == np.argmax(ref))
+    out = {"inputs": count, "int8_vs_simulation_of_range": diff, "int8_top1_agreement": agree_q / count}
+    if tvm_b is not None:
+        out["bf16_top1_agreement"] = agree_b / count
+    return out
+
+
+# ---- report -------------------------------------------------------------------------------------------------
+def machine() -> str:
+    from convdsl.backends.tvm.targets import cpu_family, cpu_flags, cpu_model
+
+    isa = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2", "fma", "avx_vnni")))
+    return f"{cpu_model()}, {os.cpu_count()} cores, family {cpu_family()}; flags: {' '.join(isa)}"
+
+
+def ratios(rows: dict) -> dict[str, str]:
+    """convdsl's rows against the best peer of the same precision (peer ms / convdsl ms: > 1 is faster)."""
+    def ms(r):
+        return rows.get(r, {}).get("median_ms")
+
+    def best(names):
+        have = [(ms(n), n) for n in names if ms(n)]
+        return min(have) if have else None
+
+    out = {}
+    groups = {"convdsl f32": PEERS_F32, "convdsl bf16": ("openvino default", "openvino bf16"),
+              "convdsl int8": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")}
+    for row, peers in groups.items():
+        b = best(peers)
+        if ms(row) and b:
+            out[row] = f"{b[0] / ms(row):.2f}x vs {b[1]}"
+    lows = [r for r in ("convdsl bf16", "convdsl int8") if ms(r)]
+    if lows and ms("openvino default"):
+        fastest = min(lows, key=ms)
+        out["best precision"] = f"{fastest}: {ms('openvino default') / ms(fastest):.2f}x vs openvino default"
+    return out
+
+
+def render(results: list[dict], args, seconds: float, load: tuple[float, float]) -> str:
+    import onnxruntime
+    import openvino
+    import torch
+    import tvm
+
+    lines = [HEADING, "",
+             f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --agreement {args.agreement}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}. Batch 1, {args.threads} threads for every "
+             f"backend, each in its own process, {args.rounds} alternating rounds; load average {load[0]:.1f} before, "
+             f"{load[1]:.1f} after; whole run {seconds / 60:.0f} min. torch {torch.__version__}, onnxruntime "
+             f"{onnxruntime.__version__}, openvino {openvino.__version__}, tvm {tvm.__version__}. Ratio = best peer of "
+             "the same precision / convdsl (> 1: convdsl faster).", ""]
+    for res in results:
+        lines += [f"### {res['network']}", "", "| backend | median ms | p10-p90 ms | max rel err vs f32 | note |",
+                  "|---|---:|---:|---:|---|"]
+        for row, e in res["rows"].items():
+            if "median_ms" not in e:
+                lines.append(f"| {row} | - | - | - | {e.get('note', '')} |")
+                continue
+            err = e.get("max_rel_err_vs_f32")
+            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "build_s"))
+            lines.append(f"| {row} | {e['median_ms']:.2f} | {e['p10_ms']:.2f}-{e['p90_ms']:.2f} | "
+                         f"{'-' if err is None else f'{err:.1e}'} | {note} |")
+        lines.append("")
+        for row, text in ratios(res["rows"]).items():
+            lines.append(f"- {row}: **{text}**")
+        acc = res.get("accuracy")
+        if acc:
+            lines.append(f"- accuracy over {acc['inputs']} N(0,1) inputs: int8 within "
+                         f"{acc['int8_vs_simulation_of_range']:.1e} of the torch int8 simulation (of the output's range), "
+                         f"top-1 agreement with f32: int8 {acc['int8_top1_agreement']:.1%}"
+                         + (f", bf16 {acc['bf16_top1_agreement']:.1%}" if "bf16_top1_agreement" in acc else ""))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_doc(section: str, heading: str = HEADING) -> None:
+    """Replace the ``heading`` section of docs/benchmarks.md (or append it)."""
+    text = DOC.read_text()
+    if heading in text:
+        start = text.index(heading)
+        nxt = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + ("\n" + text[nxt + 1:] if nxt != -1 else "\n")
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--nets", default=",".join(NETS))
+    ap.add_argument("--rows", default="", help="only these rows (comma-separated names as in the table)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block-ms", type=float, default=200.0, help="time of one process's turn")
+    ap.add_argument("--agreement", type=int, default=1000, help="inputs for top-1 agreement (0: skip)")
+    ap.add_argument("--doc", action="store_true", help="write the table to docs/benchmarks.md ('Peers')")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return 0
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [n for n in args.nets.split(",") if n not in NETS] + [r for r in args.rows if r not in ROWS]
+    if unknown:
+        print(f"unknown network or row: {', '.join(unknown)}; networks: {', '.join(NETS)}; rows: {', '.join(ROWS)}",
+              file=sys.stderr)
+        return 2
+    log = (lambda s: print(s, file=sys.stderr, flush=True))
+    log(machine())
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="convdsl-peers-") as tmp:
+        for name in args.nets.split(","):
+            results.append(bench_network(name, args, Path(tmp), log))
+            print(render(results[-1:], args, time.perf_counter() - t0, (load0, os.getloadavg()[0])), flush=True)
+    section = render(results, args, time.perf_counter() - t0, (load0, os.getloadavg()[0]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.doc:
+        write_doc(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Each heavy kernel's achieved GFLOP/s (GOP/s for int8) against this machine's measured peak.
+
+    python benchmarks/roofline.py [--nets resnet50,resnet18,mobilenet_v2,vit_s16] [--precisions f32,bf16,int8]
+                                  [--threads 2] [--min-percent 5] [--doc]
+
+Peak per precision is measured, not looked up: a C micro-kernel (built here with gcc) runs
+independent chains of the precision's instruction on every thread (f32: ``vfmadd231ps``, 32 FLOP
+per zmm instruction; bf16: ``vdpbf16ps``, 64; int8: ``vpdpbusd``, 128 ops), and memory bandwidth is
+a large NumPy copy.  For every tvm-llvm kernel taking more than ``--min-percent`` of a network's
+time: its FLOPs per call (TVM's estimate on the kernel before scheduling), its measured time
+(the VM's per-kernel profile), achieved rate, peak / achieved, and its arithmetic intensity
+(FLOPs per byte of its arguments): a kernel under the machine balance (peak / bandwidth) is
+memory-bound, its bound is bandwidth x intensity, and that is what it is judged against.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import NETS, calibration_inputs, convdsl_int8, load_graph  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADING = "## Roofline"
+PEAK_C = r"""
+#include <immintrin.h>
+#define CHAINS 12
+__attribute__((target("avx512f"))) double peak_f32(long iters) {
+    __m512 acc[CHAINS]; __m512 a = _mm512_set1_ps(1.0001f), b = _mm512_set1_ps(0.9999f);
+    for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
+    for (long i = 0; i < iters; i++)
+        _Pragma("GCC unroll 12") for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_fmadd_ps(a, acc[j], b);
+    float s = 0; for (int j = 0; j < CHAINS; j++) s += _mm512_reduce_add_ps(acc[j]);
+    return s;
+}
+__attribute__((target("avx512f,avx512bf16"))) double peak_bf16(long iters) {
+    __m512 acc[CHAINS]; __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3c00);
+    for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
+    for (long i = 0; i < iters; i++)
+        _Pragma("GCC unroll 12") for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+    float s = 0; for (int j = 0; j < CHAINS; j++) s += _mm512_reduce_add_ps(acc[j]);
+    return s;
+}
+__attribute__((target("avx512f,avx512vnni"))) double peak_int8(long iters) {
+    __m512i acc[CHAINS]; __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+    for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_set1_epi32(j);
+    for (long i = 0; i < iters; i++)
+        _Pragma("GCC unroll 12") for (int j = 0; j < CHAINS; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
+    long s = 0; for (int j = 0; j < CHAINS; j++) s += _mm512_reduce_add_epi32(acc[j]);
+    return (double)s;
+}
+"""
+OPS_PER_INSTR = {"f32": 32, "bf16": 64, "int8": 128}  # FLOP (or int op) per zmm instruction
+NEEDS = {"f32": "avx512f", "bf16": "avx512_bf16", "int8": "avx512_vnni"}
+
+
+def peaks(threads: int, seconds: float = 0.3) -> dict[str, float]:
+    """GFLOP/s (GOP/s) of each precision's instruction on ``threads`` threads, best of 5."""
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    flags = cpu_flags()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = Path(tmp) / "peak.c", Path(tmp) / "peak.so"
+        src.write_text(PEAK_C)
+        subprocess.run(["gcc", "-O3", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+        so = ctypes.CDLL(str(lib))
+        out = {}
+        for prec, flag in NEEDS.items():
+            if flag not in flags:
+                continue
+            fn = getattr(so, f"peak_{prec}")
+            fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_double
+            fn(1000)
+            t = time.perf_counter()
+            fn(100_000)
+            iters = max(10_000, int(100_000 * seconds / max(time.perf_counter() - t, 1e-6)))
+            best = 0.0
+            for _ in range(5):
+                ts = [threading.Thread(target=fn, args=(iters,)) for _ in range(threads)]  # ctypes drops the GIL
+                t = time.perf_counter()
+                for th in ts:
+                    th.start()
+                for th in ts:
+                    th.join()
+                dt = time.perf_counter() - t
+                best = max(best, threads * iters * 12 * OPS_PER_INSTR[prec] / dt / 1e9)
+            out[prec] = best
+        return out
+
+
+def bandwidth(threads: int) -> float:
+    """GB/s of a 256 MiB NumPy copy (read + write), best of 5."""
+    a = np.ones(64 << 20, np.float32)
+    b = np.empty_like(a)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(b, a)
+        best = max(best, 2 * a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
+    """{kernel name: (FLOPs per call, bytes of its arguments)} on the module before scheduling."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(optimize_passes(spec, precision))(lower_graph(graph))
+    out = {}
+    for gv, f in mod.functions.items():
+        if not isinstance(f, tvm.tirx.PrimFunc):
+            continue
+        try:
+            flops = float(estimate_tir_flops(tvm.IRModule({"main": f})))
+        except Exception:  # noqa: BLE001 - opaque kernels: unknown
+            flops = float("nan")
+        nbytes = 0
+        for p in f.params:
+            t = p.ty  # a BufferType: the argument's shape and dtype
+            if hasattr(t, "shape") and hasattr(t, "dtype"):
+                nbytes += int(np.prod([int(d) for d in t.shape])) * tvm.DataType(str(t.dtype)).bits // 8
+        out[gv.name_hint] = (flops, float(nbytes))
+    return out
+
+
+def rows_for(name: str, precision: str, args, peak: dict, bw: float, log) -> list[dict]:
+    import convdsl.backends.tvm as ctvm
+    from convdsl.backends.tvm.runtime import profile
+
+    g = load_graph(name)
+    if precision == "int8":
+        g = convdsl_int8(g, calibration_inputs(g, 16))
+    backend = ctvm.backend("tvm-llvm", precision=precision, progress=False)
+    m = backend.build_module(g)
+    x = calibration_inputs(g, 1)[0]
+    prof = profile(m.runner, m.runner.prepare([x]), repeat=5)
+    flops = kernel_flops(g, backend.spec, precision)
+    total = sum(r["ms"] for r in prof)
+    out = []
+    for r in prof:
+        if r["percent"] < args.min_percent:
+            continue
+        f, nbytes = flops.get(r["kernel"], (float("nan"), float("nan")))
+        rate = f * r["calls"] / (r["ms"] / 1e3) / 1e9 if r["ms"] else float("nan")
+        p = peak.get(precision if precision != "int8" or "int8" in peak else "f32", float("nan"))
+        intensity = f / nbytes if nbytes else float("nan")
+        bound = min(p, bw * intensity) if intensity == intensity else p
+        verdict = ("within 2x of peak" if rate >= p / 2 else
+                   f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {'within 2x' if rate >= bound / 2 else 'not within 2x'}"
+                   if bound < p else "compute-bound, not within 2x of peak")
+        out.append({"network": name, "precision": precision, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
+                    "percent": r["percent"], "gflops": rate, "peak": p, "of_peak": rate / p if p else float("nan"),
+                    "intensity": intensity, "verdict": verdict})
+    log(f"[{name} {precision}] {total:.1f} ms, {len(out)} kernels above {args.min_percent}%")
+    return out
+
+
+def render(rows: list[dict], peak: dict, bw: float, args) -> str:
+    from peers import machine
+
+    lines = [HEADING, "",
+             f"`python benchmarks/roofline.py --threads {args.threads} --min-percent {args.min_percent}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load average {os.getloadavg()[0]:.1f}.",
+             "", "Measured peak on " + f"{args.threads} threads: " + ", ".join(
+                 f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peak.items())
+             + f"; copy bandwidth {bw:.1f} GB/s.", "",
+             "| network | precision | kernel | calls | ms | % | achieved G(FL)OP/s | of peak | FLOP/B | verdict |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['network']} | {r['precision']} | {r['kernel']} | {r['calls']} | {r['ms']:.2f} | "
+                     f"{r['percent']:.1f} | {r['gflops']:.0f} | {r['of_peak']:.0%} | {r['intensity']:.1f} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", default="resnet50,resnet18,mobilenet_v2,vit_s16")
+    ap.add_argument("--precisions", default="f32,bf16,int8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-percent", type=float, default=5.0)
+    ap.add_argument("--doc", action="store_true", help="write the table to docs/benchmarks.md ('Roofline')")
+    args = ap.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    log = (lambda s: print(s, file=sys.stderr, flush=True))
+    peak, bw = peaks(args.threads), bandwidth(args.threads)
+    log("peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()) + f"; bandwidth {bw:.1f} GB/s")
+    rows = []
+    for name in args.nets.split(","):
+        if name not in NETS:
+            log(f"unknown network {name}; choose from {', '.join(NETS)}")
+            return 2
+        for precision in args.precisions.split(","):
+            if precision != "f32" and precision not in peak:
+                log(f"[{name} {precision}] skipped: this CPU lacks {NEEDS[precision]}")
+                continue
+            rows += rows_for(name, precision, args, peak, bw, log)
+    text = render(rows, peak, bw, args)
+    print(text)
+    if args.doc:
+        from peers import write_doc
+
+        write_doc(text.rstrip("\n"), HEADING)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The flat graph an importer builds: convdsl ops with the source's instance names.
+
+Both frontends (torch.export, ONNX) map source ops onto convdsl ops through a
+``Builder``: it fills default attributes, runs the op table's normalize and
+shape rule (so a wrong mapping fails here, not later), names each node with
+its source instance path so parameter names equal the source's keys, and
+records the module hierarchy (path -> class) the CDL writer turns into blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convdsl.errors import ConvDSLError, ModelImportError, Span
+from convdsl.ir.graph import Graph, Value
+from convdsl.ir.ops import OPS
+from convdsl.ir.optable import REQUIRED
+from convdsl.ir.types import NUMPY_DTYPE, TensorType
+
+
+@dataclass
+class Origin:
+    """Where a source node comes from, for error messages."""
+
+    node: str  # the source node's name
+    op: str  # its op (aten target / ONNX op type)
+    module: str  # its module path ("" for the root)
+    span: Span | None = None
+
+
+@dataclass
+class Imported:
+    """The result of a frontend: a flat graph plus the source's module hierarchy."""
+
+    graph: Graph
+    modules: dict[str, str]  # module path -> class name ("" is the root)
+    chains: dict[str, list[str]] = field(default_factory=dict)  # node id -> module paths, outermost first
+    renamed: dict[str, str] = field(default_factory=dict)  # convdsl parameter name -> source key (when they differ)
+    source: str = ""
+
+
+class Builder:
+    def __init__(self, name: str) -> None:
+        self.graph = Graph(_ident(name))
+        self.modules: dict[str, str] = {"": ""}
+        self.chains: dict[str, list[str]] = {}
+        self.renamed: dict[str, str] = {}
+
+    def input(self, name: str, t: TensorType) -> Value:
+        nid = _ident(name)
+        self.graph.add_node(nid, "input", [], {}, [t])
+        self.chains[nid] = []
+        return Value(nid, 0)
+
+    def add(self, op: str, inputs: list[Value], attrs: dict[str, Any], *, id: str, chain: list[str],
+            origin: Origin, params: dict[str, np.ndarray] | None = None) -> list[Value]:
+        """Add a convdsl op named ``id`` (a dotted path); ``params`` by local name (weight, bias...)."""
+        opdef = OPS[op]
+        full = {a.name: attrs.get(a.name, a.default) for a in opdef.attrs}
+        missing = [k for k, v in full.items() if v is REQUIRED]
+        if missing:  # pragma: no cover - a bug in a mapping
+            raise ModelImportError(f"{origin.op} -> {op}: no value for {missing}", origin.span)
+        ins = [self.graph.type_of(v) for v in inputs]
+        try:
+            if opdef.normalize is not None:
+                full = opdef.normalize(dict(full), ins)
+            types = opdef.infer(full, ins)
+            specs = opdef.param_specs(full, ins)
+        except ConvDSLError as e:
+            raise located(origin, f"maps to {op}, which refuses it: {e.message}", e.hint) from None
+        nid = self._unique(id)
+        params = params or {}
+        keys = {}
+        for local, spec in specs.items():
+            key = f"{nid}.{local}"
+            keys[local] = key
+            self.graph.params.declare(key, spec)
+            arr = params.get(local)
+            if arr is None:
+                if spec.buffer:  # e.g. num_batches_tracked, which the source graph never reads
+                    continue
+                raise located(origin, f"maps to {op}, but its parameter '{local}' is missing")
+            arr = np.asarray(arr)
+            if tuple(arr.shape) != tuple(spec.shape):
+                raise located(origin, f"maps to {op}, whose parameter '{local}' needs shape {list(spec.shape)}, "
+                                      f"the source has {list(arr.shape)}")
+            self.graph.params[key] = arr.astype(NUMPY_DTYPE.get(spec.dtype, "float32"), copy=False)
+        scope = chain[-1] if chain else ""
+        self.graph.add_node(nid, op, inputs, full, types, params=keys, span=origin.span, scope=scope,
+                            block=self.modules.get(scope, ""))
+        self.chains[nid] = list(chain)
+        return [Value(nid, i) for i in range(len(types))]
+
+    def _unique(self, id: str) -> str:
+        id = id or "op"
+        if id not in self.graph and not any(n.startswith(id + ".") for n in self.graph.g):
+            return id
+        i = 1
+        while f"{id}_{i}" in self.graph:
+            i += 1
+        return f"{id}_{i}"
+
+    def result(self, outputs: list[Value], names: list[str], source: str) -> Imported:
+        self.graph.outputs = list(outputs)
+        self.graph.output_names = [_ident(n) for n in names]
+        return Imported(self.graph, self.modules, self.chains, self.renamed, source)
+
+
+def located(origin: Origin, message: str, hint: str | None = None) -> ModelImportError:
+    where = f" in module '{origin.module}'" if origin.module else " at the top level"
+    return ModelImportError(f"node '{origin.node}' ({origin.op}){where}: {message}", origin.span, hint=hint)
+
+
+def _ident(name: str) -> str:
+    import re
+
+    s = re.sub(r"\W", "_", name)
+    return s if s and not s[0].isdigit() else f"v_{s}"

@@ -1,0 +1,644 @@
+"""Import an ONNX file: ONNX graph -> flat convdsl graph.
+
+Each ONNX op maps onto a convdsl op by the table ``ONNX`` below; initializers
+keep their names, which are the source's parameter keys in files written by
+``torch.onnx.export`` and by convdsl's own exporter, so a node is named by
+its weight's key prefix (``layer1.0.conv1``).  The module hierarchy comes
+from node-name scopes: ``/layer1/layer1.0/conv1/Conv`` (torch.onnx) and
+``layer1.0.conv1/Conv`` (convdsl) both place the node in ``layer1.0``.
+Composite patterns are matched before the table: GELU's erf form
+(``x * 0.5 * (1 + erf(x / sqrt 2))``) becomes ``gelu``; ``MatMul(x, W^T) +
+b`` becomes ``linear``.  What has no mapping is a ``ModelImportError`` naming
+the node, its op type and its scope.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from convdsl.errors import ModelImportError, SourceError, Span, UsageError
+from convdsl.ir.graph import Value
+from convdsl.ir.types import TensorType
+
+from convdsl.importer.builder import Builder, Imported, Origin, located
+
+ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
+
+
+@dataclass
+class Const:
+    array: np.ndarray
+    key: str | None = None  # an initializer's name (a parameter key)
+
+
+class Ctx:
+    def __init__(self, b: Builder, node, chain: list[str], origin: Origin, env: dict, consumers: dict) -> None:
+        self.b, self.node, self.chain, self.origin, self.env, self.consumers = b, node, chain, origin, env, consumers
+        self.attrs = {a.name: _attr(a) for a in node.attribute}
+
+    def arg(self, i: int) -> Any:
+        if i >= len(self.node.input) or not self.node.input[i]:
+            return None
+        return self.env[self.node.input[i]]
+
+    def tensor(self, i: int) -> Value:
+        v = self.arg(i)
+        if isinstance(v, Value):
+            return v
+        raise located(self.origin, f"input {i} is a constant where convdsl needs a computed tensor")
+
+    def const(self, i: int) -> np.ndarray:
+        v = self.arg(i)
+        if isinstance(v, Const):
+            return v.array
+        raise located(self.origin, f"input {i} must be a constant (an initializer) for a convdsl mapping")
+
+    def type(self, v: Value) -> TensorType:
+        return self.b.graph.type_of(v)
+
+    def add(self, op: str, inputs: list[Value], attrs: dict | None = None, params: dict | None = None,
+            id: str | None = None):
+        outs = self.b.add(op, inputs, attrs or {}, id=id or self.default_id(op), chain=self.chain,
+                          origin=self.origin, params=params)
+        return outs[0] if len(outs) == 1 else outs
+
+    def default_id(self, op: str) -> str:
+        scope = self.chain[-1] if self.chain else ""
+        return f"{scope}.{op}" if scope else op
+
+    def owner(self, **params: Const | None) -> tuple[str | None, dict]:
+        """Node id from the first parameter's key (``<id>.<local>``), and the arrays by local name."""
+        pid = None
+        arrays = {}
+        for local, c in params.items():
+            if c is None:
+                continue
+            arrays[local] = c.array
+            if pid is None and c.key and c.key.endswith("." + local):
+                pid = c.key[: -len(local) - 1]
+        return pid, arrays
+
+
+def _attr(a):
+    from onnx import helper
+
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list):
+        return [x.decode() if isinstance(x, bytes) else x for x in v]
+    return v
+
+
+def _ints(v):
+    v = list(v)
+    return v[0] if len(set(v)) == 1 else tuple(v)
+
+
+Mapping = Callable[[Ctx], Any]
+ONNX: dict[str, Mapping] = {}
+
+
+def onnx_op(*names: str):
+    def register(fn):
+        for n in names:
+            ONNX[n] = fn
+        return fn
+
+    return register
+
+
+@onnx_op("Conv")
+def _conv(cx: Ctx):
+    w = cx.arg(1)
+    if not isinstance(w, Const):
+        raise located(cx.origin, "a convolution with a computed weight has no convdsl op")
+    nd = w.array.ndim - 2
+    a = cx.attrs
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise located(cx.origin, f"auto_pad={a['auto_pad']} is not supported; export with explicit pads")
+    pads = list(a.get("pads", [0] * 2 * nd))
+    lo, hi = pads[:nd], pads[nd:]
+    pad = _ints(lo) if lo == hi else tuple(p for pr in zip(lo, hi) for p in pr)
+    pid, params = cx.owner(weight=w, bias=cx.arg(2))
+    k = tuple(int(s) for s in w.array.shape[2:])
+    return cx.add(f"conv{nd}d", [cx.tensor(0)], {"out": int(w.array.shape[0]), "k": _ints(k),
+                                                 "stride": _ints(a.get("strides", [1] * nd)), "pad": pad,
+                                                 "dilation": _ints(a.get("dilations", [1] * nd)),
+                                                 "groups": int(a.get("group", 1)), "bias": cx.arg(2) is not None},
+                  params, id=pid)
+
+
+@onnx_op("ConvTranspose")
+def _conv_t(cx: Ctx):
+    w = cx.arg(1)
+    nd = w.array.ndim - 2
+    a = cx.attrs
+    pads = list(a.get("pads", [0] * 2 * nd))
+    if pads[:nd] != pads[nd:]:
+        raise located(cx.origin, "asymmetric ConvTranspose padding has no convdsl op")
+    pid, params = cx.owner(weight=w, bias=cx.arg(2))
+    g = int(a.get("group", 1))
+    return cx.add(f"conv_transpose{nd}d", [cx.tensor(0)],
+                  {"out": int(w.array.shape[1]) * g, "k": _ints(w.array.shape[2:]),
+                   "stride": _ints(a.get("strides", [1] * nd)), "pad": _ints(pads[:nd]),
+                   "output_pad": _ints(a.get("output_padding", [0] * nd)),
+                   "dilation": _ints(a.get("dilations", [1] * nd)), "groups": g, "bias": cx.arg(2) is not None},
+                  params, id=pid)
+
+
+@onnx_op("Gemm")
+def _gemm(cx: Ctx):
+    a = cx.attrs
+    w = cx.arg(1)
+    if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0) or not isinstance(w, Const):
+        raise located(cx.origin, "only Gemm(x, W, b) with constant W (a linear layer) has a convdsl mapping")
+    weight = w.array if a.get("transB", 0) else w.array.T
+    key = w.key if a.get("transB", 0) else None
+    pid, params = cx.owner(weight=Const(weight, key), bias=cx.arg(2))
+    return cx.add("linear", [cx.tensor(0)], {"out": int(weight.shape[0]), "bias": cx.arg(2) is not None}, params,
+                  id=pid)
+
+
+@onnx_op("MatMul")
+def _matmul(cx: Ctx):
+    b = cx.arg(1)
+    if isinstance(b, Const):  # x @ W^T [+ bias]: a linear layer (the bias Add is folded in below)
+        weight = np.ascontiguousarray(b.array.T)
+        key = b.key[: -len(".T")] if b.key and b.key.endswith(".T") else None
+        bias, add = _bias_after(cx)
+        pid, params = cx.owner(weight=Const(weight, key and key if key and key.endswith(".weight") else None),
+                               bias=bias)
+        y = cx.add("linear", [cx.tensor(0)], {"out": int(weight.shape[0]), "bias": bias is not None}, params, id=pid)
+        if add is not None:
+            cx.env[add.output[0]] = y
+            cx.skip.add(add.name)
+        return y
+    return cx.add("matmul", [cx.tensor(0), cx.tensor(1)])
+
+
+def _bias_after(cx: Ctx):
+    users = cx.consumers.get(cx.node.output[0], [])
+    if len(users) == 1 and users[0].op_type == "Add":
+        add = users[0]
+        other = add.input[1] if add.input[0] == cx.node.output[0] else add.input[0]
+        c = cx.env.get(other)
+        if isinstance(c, Const) and c.array.ndim == 1:
+            return c, add
+    return None, None
+
+
+@onnx_op("BatchNormalization")
+def _bn(cx: Ctx):
+    pid, params = cx.owner(weight=cx.arg(1), bias=cx.arg(2), running_mean=cx.arg(3), running_var=cx.arg(4))
+    if pid is None:
+        pid = cx.default_id("batchnorm")
+    params["num_batches_tracked"] = np.zeros((), np.int64)
+    return cx.add("batchnorm", [cx.tensor(0)], {"eps": _f32(cx.attrs.get("epsilon", 1e-5)),
+                                                "momentum": round(1.0 - float(cx.attrs.get("momentum", 0.9)), 6)},
+                  params, id=pid)
+
+
+@onnx_op("LayerNormalization")
+def _ln(cx: Ctx):
+    x = cx.tensor(0)
+    rank = cx.type(x).rank
+    axis = int(cx.attrs.get("axis", -1)) % rank
+    pid, params = cx.owner(weight=cx.arg(1), bias=cx.arg(2))
+    return cx.add("layernorm", [x], {"dims": rank - axis, "eps": _f32(cx.attrs.get("epsilon", 1e-5)),
+                                     "bias": cx.arg(2) is not None}, params, id=pid)
+
+
+def _unary(op: str):
+    return lambda cx: cx.add(op, [cx.tensor(0)])
+
+
+for _n, _o in (("Relu", "relu"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"), ("HardSwish", "hardswish"), ("Neg", "neg")):
+    ONNX[_n] = _unary(_o)
+
+
+@onnx_op("Dropout")
+def _dropout(cx: Ctx):
+    p = _scalar(cx.arg(1)) if len(cx.node.input) > 1 else cx.attrs.get("ratio", 0.5)
+    return cx.add("dropout", [cx.tensor(0)], {"p": _f32(p if p is not None else 0.5)})
+
+
+@onnx_op("Identity")
+def _identity(cx: Ctx):
+    v = cx.arg(0)
+    return Const(v.array, cx.node.output[0]) if isinstance(v, Const) else v
+
+
+@onnx_op("HardSigmoid")
+def _hardsigmoid(cx: Ctx):
+    if not (math.isclose(cx.attrs.get("alpha", 0.2), 1 / 6, rel_tol=1e-5) and cx.attrs.get("beta", 0.5) == 0.5):
+        raise located(cx.origin, "HardSigmoid other than PyTorch's (alpha 1/6, beta 1/2) has no convdsl op")
+    return cx.add("hardsigmoid", [cx.tensor(0)])
+
+
+@onnx_op("LeakyRelu")
+def _leaky(cx: Ctx):
+    return cx.add("leaky_relu", [cx.tensor(0)], {"slope": _f32(cx.attrs.get("alpha", 0.01))})
+
+
+@onnx_op("Clip")
+def _clip(cx: Ctx):
+    lo = cx.arg(1).array if isinstance(cx.arg(1), Const) else cx.attrs.get("min")
+    hi = cx.arg(2).array if isinstance(cx.arg(2), Const) else cx.attrs.get("max")
+    if lo is not None and hi is not None and float(lo) == 0.0 and float(hi) == 6.0:
+        return cx.add("relu6", [cx.tensor(0)])
+    if lo is not None and hi is None and float(lo) == 0.0:
+        return cx.add("relu", [cx.tensor(0)])
+    raise located(cx.origin, f"Clip({lo}, {hi}) has no convdsl op (relu6 is Clip(0, 6))")
+
+
+@onnx_op("Softmax")
+def _softmax(cx: Ctx):
+    return cx.add("softmax", [cx.tensor(0)], {"dim": int(cx.attrs.get("axis", -1))})
+
+
+def _scalar(c: Any) -> float | None:
+    return float(c.array.reshape(-1)[0]) if isinstance(c, Const) and c.array.size == 1 else None
+
+
+def _binary(op: str, affine: Callable[[float, bool], dict] | None):
+    def fn(cx: Ctx):
+        a, b = cx.arg(0), cx.arg(1)
+        if affine is not None and _scalar(b) is not None and isinstance(a, Value):
+            return cx.add("affine", [a], affine(_scalar(b), False))
+        if affine is not None and _scalar(a) is not None and isinstance(b, Value) and op in ("add", "mul"):
+            return cx.add("affine", [b], affine(_scalar(a), True))
+        return cx.add(op, [_tensor(cx, a), _tensor(cx, b)])
+
+    return fn
+
+
+def _tensor(cx: Ctx, v) -> Value:
+    if isinstance(v, Value):
+        return v
+    if isinstance(v, Const) and v.key:  # a free parameter: a `parameter` node
+        if v.key in cx.b.graph:
+            return Value(v.key, 0)
+        x = cx.b.graph.inputs[0]
+        shape = tuple(int(d) for d in v.array.shape) or (1,)
+        out = cx.b.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, id=v.key, chain=cx.chain,
+                       origin=cx.origin, params={"weight": v.array.reshape(shape)})[0]
+        cx.b.renamed[f"{out.node}.weight"] = v.key
+        return out
+    raise located(cx.origin, "a constant tensor operand has no convdsl op (only named parameters)")
+
+
+ONNX["Add"] = _binary("add", lambda v, left: {"shift": v})
+ONNX["Sub"] = _binary("sub", lambda v, left: {"shift": -v})
+ONNX["Mul"] = _binary("mul", lambda v, left: {"scale": v})
+ONNX["Div"] = _binary("div", lambda v, left: {"scale": 1.0 / v})
+
+
+def _pool(kind: str):
+    def fn(cx: Ctx):
+        a = cx.attrs
+        k = list(a["kernel_shape"])
+        nd = len(k)
+        pads = list(a.get("pads", [0] * 2 * nd))
+        if pads[:nd] != pads[nd:]:
+            raise located(cx.origin, "asymmetric pooling padding has no convdsl op")
+        attrs = {"k": _ints(k), "stride": _ints(a.get("strides", [1] * nd)), "pad": _ints(pads[:nd]),
+                 "ceil_mode": bool(a.get("ceil_mode", 0))}
+        if kind == "max":
+            attrs["dilation"] = _ints(a.get("dilations", [1] * nd))
+        else:
+            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        return cx.add(f"{kind}pool{nd}d", [cx.tensor(0)], attrs)
+
+    return fn
+
+
+ONNX["MaxPool"] = _pool("max")
+ONNX["AveragePool"] = _pool("avg")
+
+
+def _global_pool(kind: str):
+    def fn(cx: Ctx):  # adaptive pooling to 1 (what torch.onnx writes for AdaptiveAvgPool2d(1))
+        x = cx.tensor(0)
+        return cx.add(f"adaptive_{kind}pool{cx.type(x).rank - 2}d", [x], {"out": 1})
+
+    return fn
+
+
+ONNX["GlobalAveragePool"] = _global_pool("avg")
+ONNX["GlobalMaxPool"] = _global_pool("max")
+
+
+def _axes(cx: Ctx, i: int = 1) -> list[int] | None:
+    if "axes" in cx.attrs:
+        return list(cx.attrs["axes"])
+    v = cx.arg(i)
+    return [int(a) for a in v.array.reshape(-1)] if isinstance(v, Const) else None
+
+
+@onnx_op("ReduceMean", "ReduceMax", "ReduceL2")
+def _reduce(cx: Ctx):
+    x = cx.tensor(0)
+    axes = _axes(cx) or list(range(cx.type(x).rank))
+    keep = bool(cx.attrs.get("keepdims", 1))
+    rank = cx.type(x).rank
+    if cx.node.op_type in ("ReduceMean", "ReduceMax") and rank >= 3 and sorted(a % rank for a in axes) == \
+            list(range(2, rank)):  # every spatial dim: global pooling
+        return cx.add("global_avgpool" if cx.node.op_type == "ReduceMean" else "global_maxpool", [x], {"keepdim": keep})
+    op = {"ReduceMean": "mean", "ReduceMax": "amax", "ReduceL2": "vector_norm"}[cx.node.op_type]
+    return cx.add(op, [x], {"dims": axes[0] if len(axes) == 1 else tuple(axes), "keepdim": keep})
+
+
+@onnx_op("Flatten")
+def _flatten(cx: Ctx):
+    axis = int(cx.attrs.get("axis", 1))
+    if axis != 1:
+        raise located(cx.origin, f"Flatten(axis={axis}) has no convdsl op")
+    return cx.add("flatten", [cx.tensor(0)], {"start": 1, "end": -1})
+
+
+@onnx_op("Reshape")
+def _reshape(cx: Ctx):
+    x = cx.tensor(0)
+    shape = cx.arg(1)
+    if not isinstance(shape, Const):
+        raise located(cx.origin, "a Reshape to a computed shape has no convdsl mapping",
+                      "export the model with a static shape or a symbolic batch only")
+    spec = [int(d) for d in shape.array]
+    t = cx.type(x)
+    if 0 not in spec and spec and not isinstance(t.shape[0], int) and spec[0] > 0:
+        raise located(cx.origin, "a Reshape that fixes the symbolic batch has no convdsl mapping")
+    if len(spec) == 2 and spec[0] == 0 and t.rank > 2 and all(isinstance(d, int) for d in t.shape[1:]) and \
+            spec[1] in (-1, int(np.prod(t.shape[1:]))):  # [N, ...] -> [N, rest]
+        return cx.add("flatten", [x], {"start": 1, "end": -1})
+    return cx.add("reshape", [x], {"shape": tuple(spec)})
+
+
+@onnx_op("Transpose")
+def _transpose(cx: Ctx):
+    x = cx.arg(0)
+    if isinstance(x, Const):  # a transposed parameter (convdsl's linear export): stays a constant
+        return Const(np.ascontiguousarray(x.array.transpose(cx.attrs["perm"])), (x.key + ".T") if x.key else None)
+    return cx.add("permute", [x], {"dims": tuple(cx.attrs["perm"])})
+
+
+@onnx_op("Squeeze")
+def _squeeze(cx: Ctx):
+    axes = _axes(cx)
+    return cx.add("squeeze", [cx.tensor(0)], {"dims": None if axes is None else (axes[0] if len(axes) == 1
+                                                                               else tuple(axes))})
+
+
+@onnx_op("Unsqueeze")
+def _unsqueeze(cx: Ctx):
+    axes = _axes(cx)
+    x = cx.tensor(0)
+    for a in sorted(axes):
+        x = cx.add("unsqueeze", [x], {"dim": a})
+    return x
+
+
+@onnx_op("Concat")
+def _concat(cx: Ctx):
+    return cx.add("concat", [cx.tensor(i) for i in range(len(cx.node.input))], {"dim": int(cx.attrs["axis"])})
+
+
+@onnx_op("Split")
+def _split(cx: Ctx):
+    x = cx.tensor(0)
+    axis = int(cx.attrs.get("axis", 0))
+    sizes = cx.attrs.get("split")
+    if sizes is None and isinstance(cx.arg(1), Const):
+        sizes = [int(s) for s in cx.arg(1).array]
+    attrs = {"dim": axis, "sizes": tuple(sizes)} if sizes else {"dim": axis, "chunks": len(cx.node.output)}
+    outs = cx.add("split", [x], attrs)
+    return outs if isinstance(outs, list) else [outs]
+
+
+@onnx_op("Gather")
+def _gather(cx: Ctx):
+    idx = cx.arg(1)
+    if isinstance(idx, Const) and idx.array.ndim == 0:
+        return cx.add("select", [cx.tensor(0)], {"index": int(idx.array), "dim": int(cx.attrs.get("axis", 0))})
+    raise located(cx.origin, "Gather with an index tensor has no convdsl op (a scalar index is `select`)")
+
+
+@onnx_op("Pad")
+def _pad(cx: Ctx):
+    x = cx.tensor(0)
+    pads = [int(p) for p in cx.const(1)]
+    rank = cx.type(x).rank
+    lo, hi = pads[:rank], pads[rank:]
+    if any(lo[:2]) or any(hi[:2]):
+        raise located(cx.origin, "padding the batch or channel dim has no convdsl op")
+    mode = {"constant": "zeros", "reflect": "reflect", "edge": "replicate"}.get(cx.attrs.get("mode", "constant"))
+    if mode is None:
+        raise located(cx.origin, f"Pad mode {cx.attrs.get('mode')} has no convdsl op")
+    value = _scalar(cx.arg(2)) or 0.0
+    return cx.add("pad", [x], {"pad": tuple(p for pr in zip(lo[2:], hi[2:]) for p in pr), "mode": mode,
+                               "value": value})
+
+
+@onnx_op("DepthToSpace")
+def _d2s(cx: Ctx):
+    if cx.attrs.get("mode", "DCR") != "CRD":
+        raise located(cx.origin, "DepthToSpace in DCR order has no convdsl op (pixel_shuffle is CRD)")
+    return cx.add("pixel_shuffle", [cx.tensor(0)], {"factor": int(cx.attrs["blocksize"])})
+
+
+@onnx_op("PRelu")
+def _prelu(cx: Ctx):
+    w = cx.arg(1)
+    key = w.key[: -len(".as_channels")] if w.key and w.key.endswith(".as_channels") else w.key
+    pid, params = cx.owner(weight=Const(w.array.reshape(-1), key))
+    return cx.add("prelu", [cx.tensor(0)], {"shared": w.array.size == 1}, params, id=pid)
+
+
+@onnx_op("Erf")
+def _erf(cx: Ctx):
+    raise located(cx.origin, "Erf outside GELU's pattern x * 0.5 * (1 + erf(x / sqrt 2)) has no convdsl op")
+
+
+# ---- patterns ---------------------------------------------------------------------------------
+def _gelu_patterns(graph, producer: dict, consumers: dict, env: dict) -> dict[str, tuple[str, list]]:
+    """Erf-form GELU sub-graphs: output value name -> (input value name, the nodes replaced)."""
+    out = {}
+
+    def const_of(name):
+        c = env.get(name)
+        return float(c.array.reshape(-1)[0]) if isinstance(c, Const) and c.array.size == 1 else None
+
+    for erf in (n for n in graph.node if n.op_type == "Erf"):
+        scale = producer.get(erf.input[0])
+        if scale is None or scale.op_type not in ("Div", "Mul"):
+            continue
+        c = const_of(scale.input[1])
+        if c is None or not (math.isclose(c, math.sqrt(2), rel_tol=1e-4) if scale.op_type == "Div"
+                             else math.isclose(c, 1 / math.sqrt(2), rel_tol=1e-4)):
+            continue
+        x = scale.input[0]
+        nodes = [scale, erf]
+        users = consumers.get(erf.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            continue
+        add = users[0]
+        nodes.append(add)
+        cur = add.output[0]
+        half = False
+        seen_x = False
+        for _ in range(3):  # up to: * x, * 0.5 (any order), or * (x * 0.5)
+            users = consumers.get(cur, [])
+            if len(users) != 1 or users[0].op_type != "Mul":
+                break
+            m = users[0]
+            other = m.input[1] if m.input[0] == cur else m.input[0]
+            if other == x and not seen_x:
+                seen_x = True
+            elif const_of(other) is not None and math.isclose(const_of(other), 0.5) and not half:
+                half = True
+            else:
+                p = producer.get(other)
+                if p is not None and p.op_type == "Mul" and x in p.input and not seen_x and not half and \
+                        any(const_of(i) is not None and math.isclose(const_of(i), 0.5) for i in p.input):
+                    nodes.append(p)
+                    seen_x = half = True
+                else:
+                    break
+            nodes.append(m)
+            cur = m.output[0]
+            if seen_x and half:
+                out[cur] = (x, nodes)
+                break
+    return out
+
+
+# ---- the driver ---------------------------------------------------------------------------------------
+def _scopes(name: str, known: set[str]) -> list[str]:
+    """Module paths a node name places it in: ``a.b.c/Op`` (convdsl) or ``/a/a.b/c/Op`` (torch.onnx)."""
+    if not name:
+        return []
+    if name.startswith("/"):
+        parts = [p for p in name.split("/")[1:-1] if p]
+        path, chain = "", []
+        for p in parts:
+            path = p if (not path or p.startswith(path + ".")) else f"{path}.{p}"
+            chain.append(path)
+        return chain
+    scope = name.split("/", 1)[0]
+    segs = scope.split(".")
+    return [".".join(segs[:i]) for i in range(1, len(segs))]
+
+
+def _scope_class(path: str) -> str:
+    """A class name for an ONNX scope (none is recorded): its last non-numeric path segment."""
+    for seg in reversed(path.split(".")):
+        name = re.sub(r"\d+$", "", re.sub(r"\W", "_", seg))
+        if name and not name.isdigit():
+            return name
+    return "scope"
+
+
+def _f32(v: float) -> float:
+    """A float32 attribute read back as the shortest decimal that rounds to it (1e-05, not 9.99e-06)."""
+    return float(f"{np.float32(v):.7g}")
+
+
+def load_model(path: str | os.PathLike):
+    try:
+        import onnx
+    except ImportError:
+        raise UsageError("importing .onnx files needs the onnx package", hint="pip install 'convdsl[onnx]'") from None
+    p = Path_(path)
+    if not p.is_file():
+        raise SourceError(f"{path} does not exist")
+    try:
+        model = onnx.load(str(p))
+        onnx.checker.check_model(model)
+    except Exception as e:  # protobuf decode errors, checker errors...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(f"{path} is not a valid ONNX model ({first[:200]})",
+                          hint="is the file complete? re-export it") from None
+    return model
+
+
+def Path_(p):
+    from pathlib import Path
+
+    return Path(p)
+
+
+def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
+    from onnx import numpy_helper
+
+    model = load_model(path)
+    graph = model.graph
+    stem = name or re.sub(r"\W", "_", Path_(path).stem)
+    b = Builder(stem)
+    env: dict[str, Any] = {}
+    for init in graph.initializer:
+        env[init.name] = Const(numpy_helper.to_array(init), init.name)
+    inits = {i.name for i in graph.initializer}
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "N") for d in tt.shape.dim)
+        shape = tuple("N" if not isinstance(d, int) and i == 0 else d for i, d in enumerate(shape))
+        env[inp.name] = b.input(inp.name, TensorType(shape, ONNX_TO_DTYPE.get(tt.elem_type, "f32")))
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    skip: set[str] = set()
+    file = str(path)
+    for node in graph.node:
+        if node.op_type == "Constant":
+            from onnx import helper
+
+            attr = node.attribute[0]
+            val = helper.get_attribute_value(attr)
+            env[node.output[0]] = Const(numpy_helper.to_array(val) if hasattr(val, "dims") else np.asarray(val))
+    gelus = _gelu_patterns(graph, producer, consumers, env)
+    replaced = {n.name or id(n) for _, nodes in gelus.values() for n in nodes}
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant" or node.name in skip:
+            continue
+        chain = _scopes(node.name, set())
+        for c in chain:
+            b.modules.setdefault(c, "onnx." + _scope_class(c))
+        origin = Origin(node.name or f"#{i}", node.op_type, chain[-1] if chain else "", Span(file, 1, 1))
+        cx = Ctx(b, node, chain, origin, env, consumers)
+        cx.skip = skip
+        out0 = node.output[0] if node.output else None
+        if out0 in gelus:
+            x, _ = gelus[out0]
+            env[out0] = b.add("gelu", [env[x]], {}, id=cx.default_id("gelu"), chain=chain, origin=origin)[0]
+            continue
+        if (node.name or id(node)) in replaced:
+            continue
+        if node.domain not in ("", "ai.onnx"):
+            raise located(origin, f"custom-domain op {node.domain}.{node.op_type} has no convdsl mapping")
+        if node.op_type in ("Shape", "ConstantOfShape", "Loop", "If", "Scan", "NonZero", "TopK", "Where"):
+            raise located(origin, f"{node.op_type} (data-dependent or dynamic-shape computation) has no convdsl "
+                                  "mapping", "export the model with static shapes and no control flow")
+        fn = ONNX.get(node.op_type)
+        if fn is None:
+            raise located(origin, f"ONNX op {node.op_type} has no convdsl mapping",
+                          "supported ONNX ops: " + ", ".join(sorted(ONNX)))
+        result = fn(cx)
+        outs = result if isinstance(result, list) else [result]
+        for name_, v in zip(node.output, outs):
+            env[name_] = v
+    values = []
+    for o in graph.output:
+        v = env.get(o.name)
+        if not isinstance(v, Value):
+            raise ModelImportError(f"graph output {o.name} is a constant", Span(file, 1, 1))
+        values.append(v)
+    return b.result(values, [o.name for o in graph.output], Path_(path).name)

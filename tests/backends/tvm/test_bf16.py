@@ -1,0 +1,120 @@
+"""--precision bf16 on tvm-llvm: schedules/bf16.py's vdpbf16ps kernels, and the precision checks.
+
+The reference is torch on the same weights with the bf16 kernels' arithmetic made explicit:
+conv/linear weights and inputs rounded to bf16 by torch's own ``.to(torch.bfloat16)``, the
+products and sums in float32 (what vdpbf16ps does: bf16 x bf16 products are exact in f32).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+
+import convdsl.backends.tvm as ctvm  # noqa: E402
+from convdsl.backends.torch import build_module as torch_module  # noqa: E402
+from convdsl.backends.tvm.schedules import bf16  # noqa: E402
+from convdsl.backends.tvm.targets import cpu_flags, make_target, precision_mattr  # noqa: E402
+from convdsl.errors import UsageError  # noqa: E402
+from convdsl.lang.elaborate import elaborate  # noqa: E402
+
+needs_bf16 = pytest.mark.skipif("avx512_bf16" not in cpu_flags(), reason="the CPU has no AVX512_BF16")
+
+NET = """network m(x: f32[1, 32, 14, 14]) {
+    y = x | conv2d(32, 3, pad=same) | relu
+    z = y | conv2d(48, 3, stride=2, pad=same, bias=false) | relu
+    return (z + (y | conv2d(48, 1, stride=2))) | flatten | linear(64)
+}"""
+TOKENS = """network t(x: f32[1, 197, 64]) {
+    return x | linear(96) | gelu | linear(64)
+}"""
+
+
+def _rounded(a: torch.Tensor) -> torch.Tensor:
+    return a.to(torch.bfloat16).to(torch.float32)
+
+
+def bf16_reference(graph, x: np.ndarray) -> np.ndarray:
+    """torch with every conv/linear computing on bf16-rounded weights and inputs, in float32."""
+    m = torch_module(graph).eval()
+    for mod in m.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            mod.weight.data = _rounded(mod.weight.data)
+            mod.register_forward_pre_hook(lambda _, args: tuple(_rounded(a) for a in args))
+    with torch.no_grad():
+        return m(torch.from_numpy(x)).numpy()
+
+
+def test_rounding_matches_torch():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.standard_normal(4096).astype(np.float32) * 10.0 ** rng.integers(-20, 20, 4096),
+                        np.array([0.0, -0.0, 1.0, 65504.0, 3.4e38, -1.1754944e-38, np.inf, -np.inf], np.float32)])
+    want = torch.from_numpy(a).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(bf16.round_to_bf16(a), want)
+    np.testing.assert_array_equal(bf16.bf16_to_f32(bf16.round_to_bf16(a)), _rounded(torch.from_numpy(a)).numpy())
+
+
+@needs_bf16
+@pytest.mark.parametrize("src, shape", [(NET, (1, 32, 14, 14)), (TOKENS, (1, 197, 64))], ids=["convs", "tokens"])
+def test_bf16_kernels_match_torch_bf16_arithmetic(src, shape):
+    g = elaborate(src)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y = m(x)
+    want = bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale  # same arithmetic up to f32 summation order
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # and it is really bf16, not the f32 kernels
+    assert m.built.own == m.built.functions  # every kernel scheduled by convdsl
+
+
+@needs_bf16
+def test_bf16_kernels_are_tensorized():
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    spec = make_target("tvm-llvm", precision="bf16")
+    assert "+avx512bf16" in spec.config["mattr"]
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(NET)))
+        mod = tvm_build.ApplySchedules(mod)
+    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    bf16_funcs = [t for t in texts if "uint16" in t]
+    assert len(bf16_funcs) == 4  # three convs and the linear
+    assert all(bf16.EXTERN in t and bf16.IMPORT_ATTR in t for t in bf16_funcs)
+
+
+def test_bf16_refused_without_avx512_bf16():
+    icelake = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
+    with pytest.raises(UsageError, match="AVX512_BF16"):
+        precision_mattr("bf16", icelake)
+    assert precision_mattr("bf16", icelake | {"avx512_bf16"}) == ["+avx512bf16"]
+    assert precision_mattr("f32", icelake) == [] == precision_mattr("int8", icelake)
+    # a cross-compilation target without the feature is refused too
+    with pytest.raises(UsageError, match="AVX512_BF16"):
+        make_target("tvm-llvm", target_json={"kind": "llvm", "mcpu": "icelake-server"}, precision="bf16")
+    spec = make_target("tvm-llvm", target_json={"kind": "llvm", "mcpu": "sapphirerapids"}, precision="bf16")
+    assert spec.config["mcpu"] == "sapphirerapids"
+
+
+def test_int8_needs_a_quantized_program():
+    with pytest.raises(UsageError, match="quantize"):
+        ctvm.backend("tvm-llvm", precision="int8", progress=False).build(elaborate(NET))
+
+
+@needs_bf16
+def test_manifest_records_the_precision(tmp_path):
+    from convdsl.artifact import write_artifact
+
+    g = elaborate(TOKENS)
+    write_artifact(g, tmp_path / "out", ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tvm"]["precision"] == "bf16"
+    run = ctvm.load(tmp_path / "out")
+    x = np.random.default_rng(2).standard_normal((1, 197, 64)).astype(np.float32)
+    y, = run([x])
+    np.testing.assert_allclose(y, bf16_reference(g, x), atol=1e-4 * max(1.0, float(np.abs(y).max())))
