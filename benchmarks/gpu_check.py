@@ -146,7 +146,20 @@ def build(out: Path, nets: list[str], batches: list[int], arch: str, pipelines: 
                                                         "levels": levels, "pipeline": pipeline, "precision": precision,
                                                         "weights_sha256": weights_digest(g)}) + "\n")
                 size = (folder / "lib.so").stat().st_size / 2**20
+                record_digest(out, folder)
                 print(f"built {folder} in {time.perf_counter() - t0:.1f} s ({size:.1f} MiB)", flush=True)
+
+
+DIGESTS = "digests.json"  # beside the artifact folders: the pins step 2 runs them with (docs/artifacts.md)
+
+
+def record_digest(out: Path, folder: Path) -> None:
+    from convdsl.artifact import MANIFEST, file_hash
+
+    path = out / DIGESTS
+    digests = json.loads(path.read_text()) if path.exists() else {}
+    digests[folder.name] = file_hash(folder / MANIFEST)
+    path.write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
 
 
 def weights_digest(graph) -> str:
@@ -165,17 +178,19 @@ def reference_graph(folder: Path):
     """The artifact's network with its weights: network.cdl + weights.safetensors, or, when the
     weights file was left behind (to move less data), the seeded source, checked by digest."""
     from convdsl.api import load_graph
-    from convdsl.artifact import load_artifact_graph, read_manifest
+    from convdsl.artifact import load_artifact_graph
 
-    if (folder / "weights.safetensors").exists():
-        return load_artifact_graph(folder)
-    src = json.loads((folder / SOURCE).read_text())
-    g = load_graph(ROOT / src["file"], overrides=src["sets"], bind=src["bind"])
-    if src.get("levels"):
-        round_weights(g, src["levels"])
-    if weights_digest(g) != src["weights_sha256"]:
-        raise RuntimeError("the regenerated weights differ from the compiled ones")
-    return g, read_manifest(folder)
+    from convdsl.ir.weights import save_weights
+
+    if not (folder / "weights.safetensors").exists():
+        src = json.loads((folder / SOURCE).read_text())
+        g = load_graph(ROOT / src["file"], overrides=src["sets"], bind=src["bind"])
+        if src.get("levels"):
+            round_weights(g, src["levels"])
+        if weights_digest(g) != src["weights_sha256"]:
+            raise RuntimeError("the regenerated weights differ from the compiled ones")
+        save_weights(g, folder / "weights.safetensors")  # the same bytes: the manifest's SHA-256 checks it
+    return load_artifact_graph(folder)
 
 
 def _median_ms(fn, sync, repeat: int, warmup: int = 3) -> float:
@@ -203,7 +218,9 @@ def check(folder: Path, repeat: int) -> dict:
     graph, manifest = reference_graph(folder)
     src = json.loads((folder / SOURCE).read_text()) if (folder / SOURCE).exists() else {}
     tol = TOLS[src.get("precision", "f32")]
-    run = load(folder, manifest)  # checks target, TVM version, checksum
+    pins = folder.parent / DIGESTS
+    pin = json.loads(pins.read_text()).get(folder.name) if pins.exists() else None
+    run = load(folder, expect_sha256=pin)  # pinned (or signed with this user's key), hashes, target, TVM version
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in manifest["tvm"]["inputs"]]
     model = build_module(graph).eval().cuda()

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from convdsl.backends import BACKENDS, backend_module
-from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights
 from convdsl.lang.elaborate import Options, elaborate, elaborate_file
+from convdsl.lang.source import read_program
 
 
 def load_graph(source: str | os.PathLike, *, network: str | None = None, weights: str | os.PathLike | None = None,
@@ -42,10 +41,8 @@ def import_model(module, example_inputs, name: str | None = None):
 
 
 def read_text(path: str | os.PathLike) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    """The text of a .cdl file, read as every command reads its main file (``read_program``)."""
+    return read_program(path)
 
 
 __all__ = ["BACKENDS", "backend_module", "compile", "import_model", "load_graph", "read_text"]

@@ -8,8 +8,9 @@ and exits with ``exit_code``; no Python traceback reaches the user.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,49 @@ def remember_source(file: str, text: str) -> None:
     _SOURCES[file] = text
 
 
+def forget_source(file: str) -> None:
+    """Stop showing lines of ``file`` (an imported file that turned out not to be CDL)."""
+    _SOURCES.pop(file, None)
+
+
 def source_line(file: str, line: int) -> str | None:
     text = _SOURCES.get(file)
     if text is None:
         return None
     lines = text.split("\n")  # the lexer counts '\n' only; splitlines() also splits at \f, \v, \x1c...
     return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else None
+
+
+def format_count(n: int | float) -> str:
+    """A number for a message: ``1,234,567`` up to 15 digits, ``about 1.3e+215`` beyond.  Never
+    fails: Python refuses ``str()`` of integers over 4,300 digits and ``float()`` over 1e308."""
+    if isinstance(n, float):
+        return f"{n:,.1f}" if math.isfinite(n) and abs(n) < 1e15 else f"{n:.3g}"
+    if abs(n) < 10**15:
+        return f"{n:,}"
+    exp = math.log10(abs(n))  # exact enough for an int of any size
+    mantissa = 10 ** (exp - math.floor(exp))
+    return f"about {'-' if n < 0 else ''}{mantissa:.1f}e+{math.floor(exp)}"
+
+
+def format_bytes(n: int | float) -> str:
+    """A byte count for a message: MiB below 1 GiB, GiB above; huge values abbreviated."""
+    if abs(n) < 1024:
+        return f"{n} bytes"
+    if abs(n) < 1024**2:
+        return f"{n / 1024:,.1f} KiB"
+    if abs(n) < 1024**3:
+        return f"{n / 1024**2:,.1f} MiB"
+    gib = n / 1024**3 if abs(n) < 2**1000 else n // 1024**3  # int // int: no float overflow
+    return f"{format_count(gib) if isinstance(gib, int) else f'{gib:,.1f}'} GiB"
+
+
+def clip(text: Any, limit: int = 2000) -> str:
+    """``text`` cut to ``limit`` characters: an error message never prints megabytes."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return text[: limit - 40] + f" ... ({len(text) - limit + 40:,} more characters)"
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
@@ -86,32 +124,52 @@ class ConvDSLError(Exception):
 
     def render(self) -> str:
         head = f"{self.span}: " if self.span else ""
-        out = [f"{head}{self.kind}: {self.message}"]
+        out = [f"{head}{self.kind}: {clip(self.message)}"]
         if self.span is not None:
             text = source_line(self.span.file, self.span.line)
             if text is not None:
-                gutter = f"{self.span.line:>4} | "
-                column = self.span.column or 1
-                out.append(gutter + text.rstrip("\n"))
-                width = 1
-                if self.span.end_line == self.span.line and self.span.end_column:
-                    width = max(1, self.span.end_column - column)
-                width = min(width, max(1, len(text) - column + 1))
-                pad = "".join(c if c == "\t" else " " for c in text[: column - 1])  # keep tabs aligned
-                pad += " " * (column - 1 - len(pad))
-                out.append(" " * len(gutter) + pad + "^" * width)
+                out += _caret_lines(text, self.span)
         if self.expected is not None:
-            out.append(f"  expected: {self.expected}")
+            out.append(f"  expected: {clip(self.expected)}")
         if self.got is not None:
-            out.append(f"  got:      {self.got}")
-        for note in self.notes:
-            out.append(f"  note: {note}")
+            out.append(f"  got:      {clip(self.got)}")
+        for note in self.notes[:20]:
+            out.append(f"  note: {clip(note)}")
         if self.hint:
-            out.append(f"  hint: {self.hint}")
-        return "\n".join(out)
+            out.append(f"  hint: {clip(self.hint)}")
+        return "\n".join(out).translate(_VISIBLE)
 
     def __str__(self) -> str:
         return self.render()
+
+
+# Control characters a source line or a message may carry, made visible one character for one
+# (carets stay aligned): a hostile file must not send escape sequences to the user's terminal,
+# nor reorder what it shows with bidirectional overrides ("Trojan Source").
+_VISIBLE = {c: 0x2400 + c for c in range(32) if c not in (9, 10)}
+_VISIBLE.update({0x7F: 0x2421, **{c: 0xFFFD for c in range(0x80, 0xA0)},
+                 **{c: 0xFFFD for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}})
+
+SHOWN_LINE = 160  # longest source line shown whole; of a longer one, the part around the column
+
+
+def _caret_lines(text: str, span: Span) -> list[str]:
+    """The source line (a window of it when long) and a caret under the span."""
+    gutter = f"{span.line:>4} | "
+    text = text.rstrip("\n")
+    column = max(1, span.column or 1)
+    width = 1
+    if span.end_line == span.line and span.end_column:
+        width = max(1, span.end_column - column)
+    if len(text) > SHOWN_LINE:  # a minified or generated line: show the part around the column
+        start = max(0, min(column - 1 - SHOWN_LINE // 3, len(text) - SHOWN_LINE))
+        lead = "..." if start else ""
+        text = lead + text[start:start + SHOWN_LINE] + ("..." if start + SHOWN_LINE < len(text) else "")
+        column = column - start + len(lead)
+    width = min(width, max(1, len(text) - column + 1))
+    pad = "".join(c if c == "\t" else " " for c in text[: column - 1])  # keep tabs aligned
+    pad += " " * (column - 1 - len(pad))
+    return [gutter + text, " " * len(gutter) + pad + "^" * width]
 
 
 class CDLSyntaxError(ConvDSLError):
@@ -161,7 +219,8 @@ class WeightsError(ConvDSLError):
 
 
 class IRError(ConvDSLError):
-    """The graph IR broke an invariant (raised by ``verify``)."""
+    """The graph IR broke an invariant (raised by ``verify``): a pass that could not keep the graph
+    valid, or loaded weights that hold NaN or infinity."""
 
     kind = "IR error"
     exit_code = 10
@@ -193,3 +252,9 @@ class TraceError(ConvDSLError):
 
     kind = "trace error"
     exit_code = 13
+
+
+class ArtifactError(UsageError):
+    """A compiled folder refused before anything in it is loaded: malformed, tampered, untrusted."""
+
+    kind = "artifact error"

@@ -10,8 +10,8 @@ imported when the backend is used, so ``convdsl --help`` works without them.
 """
 from __future__ import annotations
 
-from convdsl.backends.onnx.artifact import (build_module, check_model, export_graph, load_runner, manifest_extra, runner,
-                                            session, write_artifact)
+from convdsl.backends.onnx.artifact import (build_module, check_artifact, check_model, export_graph, load_runner,
+                                            manifest_extra, runner, session, write_artifact)
 
-__all__ = ["build_module", "check_model", "export_graph", "load_runner", "manifest_extra", "runner", "session",
-           "write_artifact"]
+__all__ = ["build_module", "check_artifact", "check_model", "export_graph", "load_runner", "manifest_extra", "runner",
+           "session", "write_artifact"]

@@ -46,7 +46,7 @@ def write_artifact(graph: Graph, out: Path, opset: int = OPSET) -> list[str]:
     model = export_graph(graph, opset)
     tmp = Path(out) / "model.onnx.tmp"
     tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, Path(out) / "model.onnx")
+    os.replace(tmp, Path(out) / "model.onnx")  # (the whole folder is staged too: convdsl.outputs)
     return ["model.onnx"]
 
 
@@ -90,8 +90,37 @@ def build_module(graph: Graph):
     return runner(graph)
 
 
-def load_runner(folder, manifest: dict[str, Any] | None = None):
-    """``convdsl run`` on an ONNX artifact folder: ONNX Runtime on its model.onnx."""
-    sess = session(Path(folder) / "model.onnx")
+FILES = {"model.onnx", "network.cdl", "weights.safetensors"}
+
+
+def check_artifact(art) -> None:
+    """An ONNX folder (``convdsl.artifact.open_artifact``'s result) lists exactly its three files
+    and an ``onnx`` section, and, since ONNX Runtime parses and executes ``model.onnx`` (a large C++
+    parser, and external-data paths it would read), it runs only when pinned or signed with your
+    artifact key, like a TVM folder (docs/artifacts.md)."""
+    from convdsl.errors import ArtifactError
+
+    m = art.manifest
+    info = m.get("onnx")
+    if set(m["files"]) != FILES or not isinstance(info, dict) or info.get("file") != "model.onnx" or "tvm" in m:
+        raise ArtifactError(f"{art.folder}: manifest.json does not describe an onnx folder",
+                            expected=f"an 'onnx' section and the files {', '.join(sorted(FILES))}",
+                            hint="a compiled folder cannot change backend; recompile it")
+    if art.trusted is None:
+        raise ArtifactError(f"refusing to give {art.folder}/model.onnx to ONNX Runtime: nothing vouches for it",
+                            notes=[f"it is not pinned with --expect-sha256, and {art.untrusted_because}"],
+                            hint="if you trust who made it, run it with --expect-sha256 DIGEST, the 'artifact sha256' "
+                                 "that convdsl compile printed for it (docs/artifacts.md)")
+
+
+def load_runner(art):
+    """``convdsl run`` on an ONNX artifact folder (checked by ``open_artifact`` and ``check_artifact``):
+    ONNX Runtime on the bytes of its model.onnx that were hashed, given as bytes, so the model
+    cannot name files beside it (external data) to read."""
+    from convdsl.artifact import private_copy
+
+    with private_copy(art, "model.onnx") as path:
+        data = path.read_bytes()
+    sess = session(data)
     names = [i.name for i in sess.get_inputs()]
     return lambda arrays: sess.run(None, {n: np.asarray(a) for n, a in zip(names, arrays)})

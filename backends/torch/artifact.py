@@ -5,15 +5,30 @@ from pathlib import Path
 
 import torch
 
+from convdsl.errors import ArtifactError
 from convdsl.ir.graph import Graph
 
 from convdsl.backends.torch.codegen import build_module, generate
 
+FILES = {"model.py", "network.cdl", "weights.safetensors"}
+
 
 def write_artifact(graph: Graph, out: Path) -> list[str]:
     """Backend files of a torch artifact: the standalone generated module."""
-    (out / "model.py").write_text(generate(graph).source)
+    (out / "model.py").write_text(generate(graph).source, encoding="utf-8")
     return ["model.py"]
+
+
+def check_artifact(art) -> None:
+    """A torch folder lists exactly its three files and nothing of another backend (a TVM folder
+    relabelled ``torch`` still lists its library); nothing in it is code that convdsl runs, so
+    no signature or pin is required (``convdsl.artifact.Artifact``)."""
+    files = set(art.manifest["files"])
+    if files != FILES or "tvm" in art.manifest:
+        raise ArtifactError(f"{art.folder} says backend torch, and its manifest does not describe a torch folder",
+                            expected=", ".join(sorted(FILES)),
+                            got=", ".join(sorted(files)) + (" and a 'tvm' section" if "tvm" in art.manifest else ""),
+                            hint="a compiled folder cannot change backend; recompile it")
 
 
 def runner(graph: Graph):

@@ -4,9 +4,22 @@ The in-memory ``nn.Module`` is built from the very source written to disk, so
 the Python API and the standalone file cannot disagree.  Names are made the
 way torch.fx's ``_Namespace`` makes them: unique, never a keyword, builtin or
 a name the generated code itself uses.
+
+A user's strings (file and folder paths, network, block and instance names,
+input names, attribute values) reach the source in one of three forms only:
+
+- ``Namespace.make`` / ``class_name_for``: an ASCII identifier;
+- ``repr()`` (in ``module_ref``, ``_assign_module`` and the lowering table): a
+  Python literal;
+- ``text()``: inert text in a comment or docstring.  The template's ``finalize``
+  passes every ``{{ ... }}`` that is not ``Code`` (source the generator wrote
+  itself) through ``text()``, so a value the template prints cannot be code by
+  accident, and ``check_structure`` refuses a module with any statement the
+  template did not write.
 """
 from __future__ import annotations
 
+import ast as pyast
 import builtins
 import inspect
 import keyword
@@ -33,14 +46,47 @@ _MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module)) | {"training"}
 _PLAIN_MODULE, _PLAIN_SCOPE = nn.Module(), nn.ModuleDict()
 
 
+class Code(str):
+    """Python source written by the generator itself: sanitized identifiers, ``repr()`` literals,
+    lowering output, helper definitions.  The template prints it as it is; any other value is
+    ``text()``."""
+
+
+_UNESCAPED = frozenset(map(chr, range(0x20, 0x7F))) - {"\\", '"'}
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def text(value: Any) -> str:
+    """``value`` as text that is inert in a ``#`` comment and in a triple-quoted docstring:
+    printable ASCII as it is; backslash, double quote and every other character (line breaks, NUL,
+    bidi controls, any non-ASCII) escaped as in a Python string literal (``\\n``, ``\\x00``,
+    ``\\u202e``).  Every user string the template prints goes through here."""
+    out = []
+    for c in str(value):
+        if c in _UNESCAPED:
+            out.append(c)
+        elif c in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[c])
+        else:
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def _finalize(value: Any) -> str:
+    """Jinja's hook on every ``{{ ... }}``: generated source as it is, anything else as ``text()``."""
+    return value if isinstance(value, Code) else text(value)
+
+
 class Namespace:
-    """Unique, safe Python identifiers derived from arbitrary names."""
+    """Unique, safe Python identifiers (ASCII: Python folds other identifiers with NFKC, so
+    ``𝐭𝐨𝐫𝐜𝐡`` would be the name ``torch``) derived from arbitrary names."""
 
     def __init__(self, reserved: set[str] | None = None) -> None:
         self.used = set(_RESERVED) | set(reserved or ())
 
-    def make(self, base: str) -> str:
-        name = re.sub(r"\W", "_", base)
+    def make(self, base: str) -> Code:
+        name = re.sub(r"[^A-Za-z0-9_]", "_", base)
         if not name or name[0].isdigit():
             name = "v_" + name
         name = re.sub(r"__+", "_", name)
@@ -51,19 +97,20 @@ class Namespace:
             candidate = f"{name}_{i}"
             i += 1
         self.used.add(candidate)
-        return candidate
+        return Code(candidate)
 
 
-def class_name_for(network: str) -> str:
+def class_name_for(network: str) -> Code:
     parts = re.split(r"[^A-Za-z0-9]+", network)
     name = "".join(p[:1].upper() + p[1:] for p in parts if p) or "Network"
     if name[0].isdigit():
         name = "Net" + name
-    return name if name not in _RESERVED else name + "Net"
+    return Code(name if name not in _RESERVED else name + "Net")
 
 
 def _safe_attr(seg: str) -> bool:
-    return seg.isidentifier() and not keyword.iskeyword(seg) and seg not in _MODULE_ATTRS and not seg.startswith("_")
+    return (seg.isascii() and seg.isidentifier() and not keyword.iskeyword(seg) and seg not in _MODULE_ATTRS
+            and not seg.startswith("_"))
 
 
 def module_ref(path: str) -> str:
@@ -84,12 +131,13 @@ class Generated:
     source: str
     class_name: str
     helpers: list[str] = field(default_factory=list)
+    tree: pyast.Module | None = field(default=None, repr=False)  # the parsed source, as checked
 
 
 @lru_cache(maxsize=1)
 def _template():
     env = Environment(loader=PackageLoader("convdsl.backends.torch", "templates"), undefined=StrictUndefined,
-                      keep_trailing_newline=True, autoescape=False)
+                      keep_trailing_newline=True, autoescape=False, finalize=_finalize)
     return env.get_template("module.py.j2")
 
 
@@ -162,20 +210,66 @@ def generate(graph: Graph) -> Generated:
     returns = rets[0] if len(rets) == 1 else "(" + ", ".join(rets) + ")"
     sig_in = ", ".join(f"{n}: {graph.node(i).type}" for n, i in zip(args, graph.inputs))
     sig_out = ", ".join(str(t) for t in graph.output_types())
+    init_lines = init_lines or ["pass"]
     source = _template().render(
+        # text: shown in the header comment and the class docstring (see text())
         version=__version__,
         source=_display_path(graph.source_file),
         network=graph.name,
         n_params=graph.params.count(),
-        helpers=[inspect.getsource(HELPERS[h]).rstrip() for h in helpers],
-        class_name=class_name,
         signature=f"({sig_in}) -> {sig_out}",
-        init_lines=init_lines or ["pass"],
-        args=args,
-        forward_lines=forward_lines,
-        returns=returns,
+        # code: written by this generator
+        helpers=[_helper_source(h) for h in helpers],
+        class_name=class_name,
+        init_lines=[Code(line) for line in init_lines],
+        args=Code(", ".join(args)),
+        forward_lines=[Code(line) for line in forward_lines],
+        returns=Code(returns),
     )
-    return Generated(source, class_name, helpers)
+    tree = check_structure(source, class_name, helpers, len(init_lines), len(forward_lines))
+    return Generated(source, class_name, helpers, tree)
+
+
+@lru_cache(maxsize=None)
+def _helper_source(name: str) -> Code:
+    return Code(inspect.getsource(HELPERS[name]).rstrip())  # inspect re-reads runtime.py on every call
+
+
+TEMPLATE_IMPORTS = ("import math", "import torch", "import torch.nn.functional as F", "from torch import nn")
+
+
+def check_structure(source: str, class_name: str, helpers: list[str], n_init: int, n_forward: int) -> pyast.Module:
+    """The generated module has exactly the statements the template writes: its four imports,
+    the helpers by name, the network class with one statement per init and forward line, and
+    ``load``.  A lowering that ever wrote two statements on one line, or a user string that
+    ever escaped its literal, is refused here rather than executed or written to disk."""
+    def fail(what: str):
+        return LoweringError(f"generated code failed its structure check ({what}); this is a convdsl bug",
+                             hint="please report it with the .cdl file")
+
+    try:
+        tree = pyast.parse(source)
+    except (SyntaxError, ValueError) as e:
+        raise fail(f"it does not parse: {e}") from None
+    body = list(tree.body)
+    imports = [pyast.unparse(n) for n in body[:len(TEMPLATE_IMPORTS)]]
+    if tuple(imports) != TEMPLATE_IMPORTS:
+        raise fail(f"imports {imports}")
+    rest = body[len(TEMPLATE_IMPORTS):]
+    defs = [(type(n).__name__, getattr(n, "name", None)) for n in rest]
+    want = [("ClassDef" if isinstance(HELPERS[h], type) else "FunctionDef", h) for h in helpers]
+    want += [("ClassDef", class_name), ("FunctionDef", "load")]
+    if defs != want:
+        raise fail(f"top-level statements {defs}")
+    cls = rest[len(helpers)]
+    members = [(type(n).__name__, getattr(n, "name", None)) for n in cls.body]
+    if members != [("Expr", None), ("FunctionDef", "__init__"), ("FunctionDef", "forward")]:
+        raise fail(f"class body {members}")
+    init, forward = cls.body[1], cls.body[2]
+    if len(init.body) != 1 + n_init or len(forward.body) != n_forward + 1:
+        raise fail(f"{len(init.body) - 1} statements in __init__ for {n_init} lines, "
+                   f"{len(forward.body) - 1} in forward for {n_forward}")
+    return tree
 
 
 def _dtype_suffix(graph: Graph, node: Node) -> str:
@@ -282,7 +376,8 @@ def load_source(gen: Generated, filename: str | None = None) -> type:
     filename = filename or f"<convdsl-generated-{_counter}>"
     linecache.cache[filename] = (len(gen.source), None, gen.source.splitlines(True), filename)
     namespace: dict[str, Any] = {"__name__": f"convdsl_generated_{_counter}", "__file__": filename}
-    exec(compile(gen.source, filename, "exec"), namespace)  # noqa: S102 - generated code, see docstring
+    code = compile(gen.tree if gen.tree is not None else gen.source, filename, "exec")
+    exec(code, namespace)  # noqa: S102 - generated code, see docstring
     return namespace[gen.class_name]
 
 

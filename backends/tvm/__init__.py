@@ -7,7 +7,7 @@ the module-level functions are those of a default ``tvm-llvm`` backend.
     import convdsl.backends.tvm as ctvm
     be = ctvm.backend("tvm-llvm", tune=64)
     be.write_artifact(graph, "out/")            # or: convdsl compile net.cdl -b tvm-llvm -o out/
-    run = ctvm.load("out/")                     # checks target and versions
+    run = ctvm.load("out/")                     # checks trust, hashes, target and versions first
     y, = run([x])                               # NumPy arrays or torch tensors
 
 TVM itself is imported lazily (it takes seconds), so importing this package
@@ -16,7 +16,6 @@ is cheap and ``convdsl --help`` stays fast.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 # TVM's CPU thread pool defaults to its guess of *physical* cores, which is 1 on this kind of
 # 2-vCPU machine: every compiled network ran on half the machine. Unless the user set it, use
@@ -39,9 +38,10 @@ def runner(graph):
     return backend("tvm-llvm").runner(graph)
 
 
-def load_runner(folder, manifest: dict[str, Any] | None = None):
-    """What ``convdsl run`` uses for an artifact folder: ``load`` with its checks."""
-    return load(folder, manifest)
+def load_runner(artifact):
+    """What ``convdsl run`` uses for an artifact folder (``convdsl.artifact.open_artifact``'s result):
+    ``load`` with its checks."""
+    return load(artifact.folder, artifact)
 
 
 def __getattr__(name: str):

@@ -3,14 +3,14 @@ interface convdsl's API and CLI use (build_module, runner, write_artifact,
 manifest_extra), and ``load`` for artifact folders."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convdsl.errors import UsageError
+from convdsl.artifact import io_specs_ok
+from convdsl.errors import ArtifactError, UsageError
 from convdsl.ir.graph import Graph
 from convdsl.ir.types import NUMPY_DTYPE, bind_dim
 
@@ -102,14 +102,21 @@ class TVMBackend:
     def runner(self, graph: Graph):
         return self._runner_for(self.build(graph), graph)
 
-    def load_runner(self, folder: str | os.PathLike, manifest: dict[str, Any] | None = None):
-        return load(folder, manifest)
+    def load_runner(self, artifact):
+        """What ``convdsl run`` uses for a folder (``convdsl.artifact.open_artifact``'s result)."""
+        return load(artifact.folder, artifact)
+
+    def check_artifact(self, artifact) -> None:
+        check_artifact(artifact)
 
     # -- artifacts ------------------------------------------------------------------
     def write_artifact(self, graph: Graph, out: Path) -> list[str]:
         built = self.build(graph)
-        built.executable.export_library(str(Path(out) / LIBRARY))
-        self.library_sha256 = file_sha256(Path(out) / LIBRARY)
+        try:
+            built.executable.export_library(str(Path(out) / LIBRARY))
+        except (RuntimeError, OSError) as e:  # TVM runs the C compiler: a full disk, a killed linker
+            raise UsageError(f"cannot write the compiled library {LIBRARY}: {str(e).strip().splitlines()[-1][:300]}",
+                             hint="is the disk full, or the output folder not writable?") from None
         return [LIBRARY]
 
     def manifest_extra(self, graph: Graph) -> dict[str, Any]:
@@ -133,8 +140,6 @@ class TVMBackend:
                 "tuning": built.tuning.as_dict() if built.tuning else None,
             },
         }
-        if getattr(self, "library_sha256", None):
-            extra["tvm"]["library_sha256"] = self.library_sha256
         return extra
 
 
@@ -150,14 +155,6 @@ def check_precision_of(graph: Graph, precision: str) -> None:
                               "q/net.cdl with --precision int8")
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def backend(name: str = "tvm-llvm", **options: Any) -> TVMBackend:
     """A configured TVM backend (``tvm-llvm`` / ``tvm-cuda``); options as ``TVMBackend``'s fields."""
     if name not in TARGET_BACKENDS:
@@ -169,31 +166,48 @@ def backend(name: str = "tvm-llvm", **options: Any) -> TVMBackend:
 
 
 # ---- loading artifacts ---------------------------------------------------------------
-def check_artifact(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Refuse, with the reason, an artifact this machine or this TVM cannot run."""
-    backend_name = manifest.get("backend")
-    if backend_name not in TARGET_BACKENDS or "tvm" not in manifest:
-        raise UsageError(f"{folder} was built by the {backend_name} backend, not by TVM",
-                         hint=f"run it with: convdsl run {folder}")
-    info = manifest["tvm"]
-    built_with = manifest.get("versions", {}).get("tvm")
+_DTYPES = frozenset(NUMPY_DTYPE.values())
+_TARGET_KIND = {"tvm-llvm": "llvm", "tvm-cuda": "cuda"}
+
+
+def check_artifact(art) -> None:
+    """Refuse, with the reason, a TVM folder that nothing vouches for, that is not what a TVM
+    folder looks like, that another TVM built or that this machine cannot run: all before its
+    library is opened.  ``art`` passed ``convdsl.artifact.open_artifact`` (every listed file is
+    a regular file inside the folder with the listed SHA-256)."""
+    folder, m = art.folder, art.manifest
+    if m["backend"] not in TARGET_BACKENDS or "tvm" not in m:
+        raise ArtifactError(f"{folder} was built by the {m['backend']} backend, not by TVM",
+                            hint=f"run it with: convdsl run {folder}")
+    info = m["tvm"]
+    lib = info.get("library") if isinstance(info, dict) else None
+    target = info.get("target") if isinstance(info, dict) else None
+    shapes_ok = isinstance(info, dict) and all(
+        io_specs_ok(info.get(k), symbolic=False) and all(s["dtype"] in _DTYPES for s in info[k])
+        for k in ("inputs", "outputs"))
+    if not (isinstance(lib, str) and isinstance(target, dict) and target.get("kind") == _TARGET_KIND[m["backend"]]
+            and shapes_ok and set(m["files"]) == {lib, "network.cdl", "weights.safetensors"}):
+        raise ArtifactError(f"{folder}: manifest.json does not describe a {m['backend']} folder",
+                            expected=f'a "tvm" section (library listed in "files", target of kind '
+                                     f'{_TARGET_KIND[m["backend"]]}, static input and output shapes) and the files '
+                                     "lib.so, network.cdl, weights.safetensors",
+                            hint="a compiled folder cannot change backend; recompile it")
+    if art.trusted is None:
+        raise ArtifactError(f"refusing to load native code from {folder}: nothing vouches for it",
+                            notes=[f"it is not pinned with --expect-sha256, and {art.untrusted_because}"],
+                            hint="if you trust who made it, run it with --expect-sha256 DIGEST, the 'artifact sha256' "
+                                 "that convdsl compile printed for it (docs/artifacts.md)")
+    built_with = m["versions"].get("tvm")
     have = tvm_versions()["tvm"]
     if built_with != have:
         raise UsageError(f"{folder} was compiled with TVM {built_with}, this is TVM {have}",
                          hint="compiled libraries are tied to the TVM runtime that built them; "
                               "recompile it here with convdsl compile")
-    why = host_can_run(info.get("target", {}))
+    why = host_can_run(target)
     if why:
         raise UsageError(f"cannot run {folder} here: {why}",
-                         notes=[f"target: {json.dumps(info.get('target'))}"],
+                         notes=[f"target: {json.dumps(target)}"],
                          hint="recompile it for this machine, e.g. convdsl compile net.cdl --backend tvm-llvm")
-    lib = Path(folder) / info.get("library", LIBRARY)
-    if not lib.is_file():
-        raise UsageError(f"{folder} has no compiled library {lib.name}", hint="recompile the artifact")
-    want = info.get("library_sha256")
-    if want and file_sha256(lib) != want:
-        raise UsageError(f"{lib} does not match the checksum in manifest.json (changed after compiling)",
-                         hint="recompile the artifact")
 
 
 def ensure_device_runtime(kind: str) -> None:
@@ -217,23 +231,27 @@ def ensure_device_runtime(kind: str) -> None:
             pass
 
 
-def load(folder: str | os.PathLike, manifest: dict[str, Any] | None = None):
+def load(folder: str | os.PathLike, artifact=None, *, expect_sha256: str | None = None):
     """A compiled TVM artifact folder -> Runner (callable on a list of NumPy arrays or torch tensors).
 
-    The library is native code: load only artifacts you trust (the manifest's
-    checksum guards against accidental changes, not against an attacker)."""
+    The library is native code.  It is loaded only after every check of ``open_artifact`` and
+    ``check_artifact`` passed (the folder is pinned by ``expect_sha256`` or signed with your
+    artifact key, every file matches its SHA-256), from a private copy of the bytes that were
+    checked (docs/artifacts.md).  ``artifact``: the result of ``open_artifact`` when the caller
+    already has it."""
     import tvm
 
-    from convdsl.artifact import read_manifest
+    from convdsl.artifact import Artifact, open_artifact, private_copy
 
     from convdsl.backends.tvm.runtime import Runner
     from convdsl.backends.tvm.targets import configure_thread_pool
 
     configure_thread_pool()
-    manifest = manifest or read_manifest(folder)
-    check_artifact(folder, manifest)  # first: a CUDA artifact on a machine without a GPU is a clear error
-    ensure_device_runtime(manifest.get("tvm", {}).get("target", {}).get("kind", "llvm"))
-    info = manifest["tvm"]
-    lib = tvm.runtime.load_module(str(Path(folder) / info.get("library", LIBRARY)))
-    spec = TargetSpec(manifest["backend"], info["target"])
+    art = artifact if isinstance(artifact, Artifact) else open_artifact(folder, expect_sha256)
+    check_artifact(art)  # first: a CUDA artifact on a machine without a GPU is a clear error
+    info = art.manifest["tvm"]
+    ensure_device_runtime(info["target"]["kind"])
+    with private_copy(art, info["library"]) as path:
+        lib = tvm.runtime.load_module(str(path))
+    spec = TargetSpec(art.backend, info["target"])
     return Runner(lib, spec.device(), info["inputs"], info["outputs"])

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
+import stat
 import sys
-from pathlib import Path
 
 import click
 
 from convdsl import __version__
-from convdsl.cli.common import main, parse_pairs, program_graph, program_options
+from convdsl.cli.common import main, parse_bind, program_graph, program_options
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -41,16 +41,16 @@ def check(file, network, sets, choose, bind, max_memory, seed):
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--write", "-w", is_flag=True, help="Rewrite the files in place.")
+@click.option("--write", "-w", is_flag=True,
+              help="Rewrite the files in place (atomically; mode kept; through a symbolic link to its file).")
 @click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not formatted; change nothing.")
 def fmt(files, write, check_only):
     """Print FILES in canonical format (gofmt-style)."""
-    from convdsl.api import read_text
     from convdsl.lang.format import format_source
 
     unformatted = []
     for f in files:
-        text = read_text(f)
+        text = _read_cdl(f)
         out = format_source(text, f)
         if check_only:
             if out != text:
@@ -58,14 +58,57 @@ def fmt(files, write, check_only):
                 click.echo(f"would reformat {f}", err=True)
         elif write:
             if out != text:
-                tmp = Path(f + ".convdsl-fmt.tmp")
-                tmp.write_text(out)
-                tmp.replace(f)
+                write_in_place(f, out)
                 click.echo(f"formatted {f}", err=True)
         else:
             click.echo(out, nl=False)
     if unformatted:
         sys.exit(1)
+
+
+def _read_cdl(path: str) -> str:
+    """A .cdl file as the front end reads it: a regular file of bounded size, UTF-8."""
+    from convdsl.errors import UsageError
+    from convdsl.lang.source import read_source
+
+    try:
+        return read_source(path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text (byte {e.start:,} is {e.object[e.start:e.start + 1]!r})",
+                         hint="save the file as UTF-8") from None
+
+
+def write_in_place(path: str, text: str) -> None:
+    """Replace the file's text atomically: a temporary file beside it, with the file's mode (and
+    owner, where allowed), renamed over it.  A symbolic link stays a link: its target is written."""
+    import os
+    import tempfile
+
+    from convdsl.errors import UsageError
+
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".convdsl-fmt",
+                                   dir=os.path.dirname(real))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode))
+                try:
+                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+                except PermissionError:  # another user's file in a folder we may write: keep our ownership
+                    pass
+                os.fsync(fh.fileno())
+            os.replace(tmp, real)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 @main.command()
@@ -80,7 +123,7 @@ def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block
     from convdsl.ir.stats import layer_stats, render_table, to_json
 
     g = program_graph(file, network, sets, choose, bind, max_memory, seed)
-    rows = layer_stats(g, parse_pairs(bind, "--bind") or None)
+    rows = layer_stats(g, parse_bind(bind) or None)
     if as_json:
         click.echo(json.dumps(to_json(g, rows), indent=2))
     else:

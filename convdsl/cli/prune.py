@@ -7,14 +7,15 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import Count, Number, main, program_graph, program_options
+from convdsl.outputs import output_folder, staged_folder
 
 
 @main.command(name="prune")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
-@click.option("--ratio", "-r", default=0.5, show_default=True, help="Fraction of the target to remove.")
+@click.option("--ratio", "-r", type=Number(0.0, 1.0), default=0.5, show_default=True, help="Fraction of the target to remove.")
 @click.option("--target", type=click.Choice(["macs", "params", "channels"]), default="macs", show_default=True,
               help="What --ratio measures: MACs or parameters (the channel ratio is searched), or channels.")
 @click.option("--criterion", "-c", type=click.Choice(["l1", "l2", "bn_scale", "taylor", "activation"]),
@@ -23,15 +24,15 @@ from convdsl.cli.common import main, program_graph, program_options
               help="Rank channels across all groups, or remove the same share from every group.")
 @click.option("--data", "-d", default=None,
               help="digits, mnist1d[:...] or a .npz (x, y): calibration for taylor/activation, and fine-tuning.")
-@click.option("--calib-samples", default=256, show_default=True, help="Samples the data criteria look at.")
-@click.option("--round-to", default=1, show_default=True, help="Keep channel counts multiples of this (e.g. 8).")
+@click.option("--calib-samples", type=Count(1, 10**7), default=256, show_default=True, help="Samples the data criteria look at.")
+@click.option("--round-to", type=Count(1, 2**16), default=1, show_default=True, help="Keep channel counts multiples of this (e.g. 8).")
 @click.option("--protect", multiple=True, metavar="NODE", help="Keep the output channels of NODE (fnmatch pattern).")
 @click.option("--prune-first-last", is_flag=True, help="Also prune the first and last layers (protected by default).")
-@click.option("--max-group-ratio", default=0.9, show_default=True, help="Most any one group may lose (global scope).")
-@click.option("--tolerance", default=0.005, show_default=True, help="How close the measured reduction must get.")
-@click.option("--finetune-epochs", default=0, show_default=True, help="Train the pruned network on --data after.")
-@click.option("--lr", type=float, default=None, help="Fine-tuning learning rate (default: the trainer's).")
-@click.option("--batch-size", "-b", default=64, show_default=True, help="Fine-tuning batch size.")
+@click.option("--max-group-ratio", type=Number(0.0, 1.0), default=0.9, show_default=True, help="Most any one group may lose (global scope).")
+@click.option("--tolerance", type=Number(0.0, 1.0, lo_open=True), default=0.005, show_default=True, help="How close the measured reduction must get.")
+@click.option("--finetune-epochs", type=Count(0, 10**4), default=0, show_default=True, help="Train the pruned network on --data after.")
+@click.option("--lr", type=Number(0.0, 10.0, lo_open=True), default=None, help="Fine-tuning learning rate (default: the trainer's).")
+@click.option("--batch-size", "-b", type=Count(1, 2**20), default=64, show_default=True, help="Fine-tuning batch size.")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, ratio, target, criterion, scope, data,
               calib_samples, round_to, protect, prune_first_last, max_group_ratio, tolerance, finetune_epochs, lr,
@@ -48,6 +49,8 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
 
     if finetune_epochs and not data:
         raise UsageError("--finetune-epochs needs --data", hint="e.g. --data digits")
+    names = {f"{Path(file).stem}.cdl", "weights.safetensors", "report.json", "report.md"}
+    output_folder(out, lambda existing: names)  # refused now, not after pruning
     g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     dataset = None
     if data:
@@ -71,8 +74,6 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
         acc["fine-tuned"] = evaluate(small, dataset, build=build_module)["accuracy"]
         rep["accuracy"] = acc
 
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     stem = Path(file).stem
     r = rep["reduction"]
     header = (f"{small.name}, pruned from {Path(file).name} by `convdsl prune` (criterion {criterion}, "
@@ -80,12 +81,13 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
               f"params {rep['before']['params']:,} -> {rep['after']['params']:,} (-{r['params']:.1%}), "
               f"MACs {rep['before']['macs']:,} -> {rep['after']['macs']:,} (-{r['macs']:.1%}).\n"
               f"Weights: weights.safetensors beside this file.")
-    (folder / f"{stem}.cdl").write_text(with_scope_comments(small, print_graph(small, header=header)))
-    save_weights(small, folder / "weights.safetensors",
-                 metadata={"pruned_from": Path(file).name, "criterion": criterion, "ratio": ratio, "target": target})
-    (folder / "report.json").write_text(json.dumps(rep, indent=2, default=_jsonable) + "\n")
-    (folder / "report.md").write_text(to_markdown(rep))
-
+    with staged_folder(out, replaceable=lambda existing: names) as tmp:  # all four files, or none
+        (tmp / f"{stem}.cdl").write_text(with_scope_comments(small, print_graph(small, header=header)), encoding="utf-8")
+        save_weights(small, tmp / "weights.safetensors",
+                     metadata={"pruned_from": Path(file).name, "criterion": criterion, "ratio": ratio, "target": target})
+        (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(to_markdown(rep), encoding="utf-8")
+    folder = Path(out)
     click.echo(f"pruned {small.name}: params {rep['before']['params']:,} -> {rep['after']['params']:,} "
                f"(-{r['params']:.1%}), MACs {rep['before']['macs']:,} -> {rep['after']['macs']:,} (-{r['macs']:.1%})")
     changed = [gr for gr in rep["groups"] if gr["channels"] and gr["channels"][0] != gr["channels"][1]]

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import Count, Number, main, program_graph, program_options
+from convdsl.outputs import output_folder, staged_folder
 
 
 @main.command(name="quantize")
@@ -15,12 +16,12 @@ from convdsl.cli.common import main, program_graph, program_options
 @program_options
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
 @click.option("--calib", default=None, help="Calibration data: digits, mnist1d[:...] or a .npz (its training inputs).")
-@click.option("--calib-samples", default=512, show_default=True, help="Calibration inputs to run.")
+@click.option("--calib-samples", type=Count(1, 10**7), default=512, show_default=True, help="Calibration inputs to run.")
 @click.option("--method", "-m", type=click.Choice(["minmax", "percentile", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen.")
-@click.option("--percentile", default=99.99, show_default=True, help="Percentile kept by --method percentile.")
+@click.option("--percentile", type=Number(0.0, 100.0, lo_open=True), default=99.99, show_default=True, help="Percentile kept by --method percentile.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep NODE in float (id, fnmatch pattern or scope).")
-@click.option("--weight-bits", default=8, show_default=True, help="Weight precision (2-8, stored as int8).")
+@click.option("--weight-bits", type=Count(2, 8), default=8, show_default=True, help="Weight precision (2-8, stored as int8).")
 @click.option("--act-dtype", type=click.Choice(["u8", "i8"]), default="u8", show_default=True,
               help="Activation dtype (u8: asymmetric, x86's u8 x s8).")
 @click.option("--cast", "cast_to", type=click.Choice(["f16", "bf16"]), default=None,
@@ -48,6 +49,9 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
 
     if cast_to is None and not calib:
         raise UsageError("int8 quantization needs calibration data", hint="add --calib digits (or --cast f16)")
+    stem = Path(file).stem
+    names = {f"{stem}.cdl", "weights.safetensors", "report.json", "report.md"}
+    output_folder(out, lambda existing: names)  # refused now, not after calibrating
     g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     folded = g if no_fold_bn else run_passes(g, "fold_bn,remove_identity,dce")
     if cast_to:
@@ -72,13 +76,12 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
                               "quantized": evaluate(q, dataset, build=build_module)["accuracy"]}
 
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(file).stem
     header = f"{q.name}, {what} from {Path(file).name} by `convdsl quantize`.\nWeights: weights.safetensors beside this file."
-    (folder / f"{stem}.cdl").write_text(with_scope_comments(q, print_graph(q, header=header)))
-    save_weights(q, folder / "weights.safetensors", metadata={"quantized_from": Path(file).name, "how": what})
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.md").write_text(to_markdown(q.name, what, report))
+    with staged_folder(out, replaceable=lambda existing: names) as tmp:  # all four files, or none
+        (tmp / f"{stem}.cdl").write_text(with_scope_comments(q, print_graph(q, header=header)), encoding="utf-8")
+        save_weights(q, tmp / "weights.safetensors", metadata={"quantized_from": Path(file).name, "how": what})
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(to_markdown(q.name, what, report), encoding="utf-8")
 
     click.echo(f"quantized {q.name}: {what}")
     if "layers" in report:

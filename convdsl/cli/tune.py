@@ -11,20 +11,21 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import Count, check_target_options, main, program_graph, program_options
 
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--trials", type=int, default=8, show_default=True, help="Knob settings measured per workload.")
-@click.option("--rounds", type=int, default=7, show_default=True, help="Timing rounds (the minimum is kept).")
+@click.option("--trials", type=Count(1, 10**4), default=8, show_default=True, help="Knob settings measured per workload.")
+@click.option("--rounds", type=Count(1, 10**4), default=7, show_default=True, help="Timing rounds (the minimum is kept).")
 @click.option("--target-json", default=None, metavar="JSON", help="TVM target as JSON (default: this machine).")
 @click.option("--db", default=None, metavar="DIR", help="Tuning root (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning).")
 @click.option("--force", is_flag=True, help="Tune workloads that already have a record too.")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
 def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, target_json, db, force, weights):
     """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
+    check_target_options(target_json, None)  # before TVM is loaded
     from rich.console import Console
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub

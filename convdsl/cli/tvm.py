@@ -12,7 +12,8 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import (Count, check_target_options, main, max_memory_bytes, program_graph,
+                                program_options)
 
 PRECISIONS = ("f32", "bf16", "int8")  # backends/tvm/targets.py (not imported here: it would load TVM)
 
@@ -21,7 +22,7 @@ TVM_OPTIONS = [
                  help='tvm-*: TVM target as JSON, e.g. \'{"kind": "llvm", "mcpu": "znver4"}\' (default: this machine).'),
     click.Option(["--arch"], default=None, metavar="SM",
                  help="tvm-cuda: GPU architecture, e.g. sm_80 (default: the visible GPU's, else sm_90)."),
-    click.Option(["--tune"], type=int, default=0, metavar="TRIALS",
+    click.Option(["--tune"], type=Count(0, 10**6), default=0, metavar="TRIALS",
                  help="tvm-*: MetaSchedule trials per kernel not yet in the tuning database (0: no tuning)."),
     click.Option(["--db"], default=None, metavar="DIR",
                  help="tvm-*: tuning database folder (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning)."),
@@ -35,6 +36,7 @@ _NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision")
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True,
                 precision=None):
+    check_target_options(target_json, arch)  # before TVM is loaded
     from convdsl.backends.tvm import backend
 
     if tune < 0:
@@ -132,16 +134,16 @@ def _profile_tables(profs: dict, top: int) -> None:
 @program_options
 @click.option("--backends", default="torch,tvm-llvm", show_default=True, metavar="A,B,...",
               help="torch, torch-compile, torch-cuda, tvm-llvm, tvm-llvm-tuned, tvm-cuda, tvm-cuda-tuned.")
-@click.option("--batch", default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
+@click.option("--batch", type=Count(1, 2**20), default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
-@click.option("--repeat", default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
-@click.option("--warmup", default=3, show_default=True, help="Untimed calls per backend first.")
-@click.option("--tune", type=int, default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")
+@click.option("--repeat", type=Count(1, 10**6), default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
+@click.option("--warmup", type=Count(0, 10**6), default=3, show_default=True, help="Untimed calls per backend first.")
+@click.option("--tune", type=Count(0, 10**6), default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")
 @click.option("--db", default=None, metavar="DIR", help="Tuning database folder for the *-tuned backends.")
 @click.option("--profile", is_flag=True, help="Also print the time of each kernel of the TVM modules.")
-@click.option("--top", default=15, show_default=True, help="Kernels shown per profile.")
+@click.option("--top", type=Count(1, 10**6), default=15, show_default=True, help="Kernels shown per profile.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects with backend, median_ms, ...).")
-@click.option("--threads", type=int, default=None, metavar="N",
+@click.option("--threads", type=Count(1, 4096), default=None, metavar="N",
               help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
               help="Precision of the tvm-llvm rows (see `convdsl compile --precision`); torch rows stay f32.")
@@ -158,11 +160,13 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
         os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool starts
         torch.set_num_threads(threads)
     from convdsl.artifact import make_inputs
+    from convdsl.lang.memory import check_memory
     from convdsl.backends.tvm.bench import bench as run_bench, profiles, summarize
 
     g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     given = {b.split("=", 1)[0].strip() for b in bind}
     g.symbols = {s: (v if s in given else batch) for s, v in g.symbols.items()}
+    check_memory(g, g.symbols, max_memory_bytes(max_memory))  # --max-memory at the --batch size too
     arrays = make_inputs(g, batch, seed)
     names = [b.strip() for b in backends.split(",") if b.strip()]
     log = (lambda s: click.echo(s, err=True))
@@ -213,6 +217,7 @@ def info(backend, target_json, arch, db):
     from convdsl.backends.tvm.targets import host_can_run, make_target
     from convdsl.backends.tvm.tuning import db_dir
 
+    check_target_options(target_json, arch)
     spec = make_target(backend, target_json=target_json, arch=arch)
     folder = db_dir(spec, db)
     records = folder / "database_tuning_record.json"

@@ -6,7 +6,7 @@ import sys
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import Count, main, program_graph, program_options
 
 KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-cuda")
 
@@ -21,9 +21,9 @@ KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-cuda")
 @click.option("--opt", default=None, metavar="NAME", help="Also check each backend after this pipeline (O1, O2); "
                                                           "torch after each of its passes in turn.")
 @click.option("--passes", default=None, metavar="A,B", help="Also check torch after each of these passes alone.")
-@click.option("--examples", "-e", default=50, show_default=True,
+@click.option("--examples", "-e", type=Count(1, 10**6), default=50, show_default=True,
               help="Inputs to try: seeds 0.. (the first are zeros, ones, large, negative, tiny, spiky).")
-@click.option("--batch", default=2, show_default=True, help="Size of every symbolic dim in the inputs.")
+@click.option("--batch", type=Count(1, 2**20), default=2, show_default=True, help="Size of every symbolic dim in the inputs.")
 @click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
 @click.option("--randomize/--no-randomize", default=None,
               help="Random values for constant-initialized parameters (batchnorm statistics, zero biases) so "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
-from convdsl.ir.types import FLOAT_DTYPES, TensorType
+from convdsl.ir.types import DTYPE_BYTES, FLOAT_DTYPES, TensorType
 
 
 class _Required:
@@ -155,6 +155,10 @@ class OutChannels:
 
     axis: int
     params: Mapping[str, int]
+# Peak bytes an op allocates at run time besides its outputs (attention logits, unfolded windows,
+# FFT buffers, index tables...), the most any backend needs.  Called on *bound* types (every dim
+# an int); the elaborator adds it to what --max-memory bounds.
+WorkspaceFn = Callable[[Attrs, list[TensorType], list[TensorType]], int]
 
 
 def no_params(attrs: Attrs, ins: list[TensorType]) -> dict[str, ParamSpec]:
@@ -171,6 +175,26 @@ def zero_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Co
 
 EXAMPLE_INPUTS = "x: f32[N, 64, 14, 14]"
 SPATIAL_EXAMPLE_INPUTS = {1: "x: f32[N, 64, 100]", 2: EXAMPLE_INPUTS, 3: "x: f32[N, 64, 8, 14, 14]"}  # by spatial rank
+def no_workspace(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> int:
+    return 0
+
+
+def nbytes(t: TensorType) -> int:
+    """Bytes of a bound tensor type (every dim an int), for workspace functions."""
+    return math.prod(t.shape) * DTYPE_BYTES.get(t.dtype, 4)
+
+
+def work_bytes(t: TensorType) -> int:
+    """Bytes of one element as kernels compute it: f16/bf16 work in f32 on CPU, f64 stays f64."""
+    return max(4, DTYPE_BYTES.get(t.dtype, 4)) if t.dtype in FLOAT_DTYPES else 4
+
+
+def io_workspace(per_input: float = 0.0, per_output: float = 0.0) -> WorkspaceFn:
+    """A workspace of copies of the inputs and outputs: layout reorders (oneDNN's blocked formats,
+    TVM's NCHW[x]c), contiguous copies before a kernel, temporaries of composite ops."""
+    def workspace(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> int:
+        return int(per_input * sum(nbytes(t) for t in ins) + per_output * sum(nbytes(t) for t in outs))
+    return workspace
 
 
 @dataclass(frozen=True)
@@ -197,6 +221,7 @@ class OpDef:
     int8: str | None = None  # the int8 op the quantize pass makes of it (conv2d -> qconv2d)
     int8_passthrough: bool = False  # commutes with per-tensor quantization: runs on the int8 tensor (quantize)
     prune: Prune | None = None  # how channels flow through it (passes/prune); None: not stated yet
+    workspace: WorkspaceFn = no_workspace  # run-time bytes besides the outputs (see WorkspaceFn)
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:

@@ -7,29 +7,36 @@ the hyper-parameter language in the graph.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
-                      UsageError, did_you_mean)
+                            UsageError, did_you_mean, format_count)
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import OpDef, Symbol, bind_attrs, format_value
-from convdsl.ir.types import DTYPE_BYTES, TensorType, bind_dim
+from convdsl.ir.types import TensorType
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
 from convdsl.lang.builtins import BUILTINS, Builtin
-from convdsl.lang.limits import (DEFAULT_MAX_BYTES, MAX_BLOCK_DEPTH, MAX_INT_BITS, MAX_LOOP_ITERATIONS, MAX_NODES,
-                                 MAX_SEQ_LEN, MAX_STEPS)
-from convdsl.lang.source import read_source
-from convdsl.lang.values import BlockLayer, FuncRef, Layer, Namespace, OpLayer, SeqLayer, Tensor, describe
+from convdsl.lang.memory import MemoryBudget
+from convdsl.lang.limits import (DEFAULT_MAX_BYTES, MAX_ATTR_ITEMS, MAX_BLOCK_DEPTH, MAX_DIM, MAX_DIM_TEXT,
+                                 MAX_EVAL_DEPTH, MAX_IMPORT_DEPTH, MAX_INT_BITS, MAX_LOOP_ITERATIONS, MAX_NAME,
+                                 MAX_NODES, MAX_RANK, MAX_SEQ_LEN, MAX_STEPS, MAX_VALUE_DEPTH, MAX_VALUE_SIZE,
+                                 MAX_WORK, WORK_PER_EVAL, WORK_PER_NODE, WORK_PER_STEP,
+                                 CHARS_PER_WORK)
+from convdsl.lang.source import bad_byte, read_program, read_source
+from convdsl.lang.values import (BlockLayer, FuncRef, Layer, ListValue, Namespace, OpLayer, SeqLayer, Tensor, TupleValue,
+                                 describe, measure)
 
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # fullmatch: "$" would let a final "\n" through
 
 
 class _Return(Exception):
@@ -67,6 +74,7 @@ class Options:
     choices: Mapping[str, Any] | None = None  # choice key -> index (int) or value; "first" picks the first option
     overrides: Mapping[str, Any] = field(default_factory=dict)  # network hyper-parameters
     bind: Mapping[str, int] = field(default_factory=dict)  # concrete symbolic dims for size checks
+    concrete: bool = False  # inputs take the sizes in bind as fixed dims (symbols still recorded): shape rules see them
     max_bytes: int = DEFAULT_MAX_BYTES
     seed: int = 0
     first_choice: bool = False
@@ -75,6 +83,10 @@ class Options:
 class Elaborator:
     def __init__(self, options: Options | None = None, loader: Callable[[str], str] | None = None) -> None:
         self.opts = options or Options()
+        for sym, size in self.opts.bind.items():  # the CLI checks --bind; the API's callers too
+            if not _is_int(size) or not 1 <= size <= MAX_DIM:
+                raise UsageError(f"symbol {sym} bound to {describe(size)}", expected="a whole size from 1 to 2**62",
+                                 hint="a size of 0 or less would take bytes off the memory check")
         self.loader = loader or read_source
         self.graph = Graph()
         self.depth = 0
@@ -82,11 +94,35 @@ class Elaborator:
         self.counters: dict[str, dict[str, int]] = {}
         self.used_scopes: set[str] = set()
         self.node_prefixes: set[str] = set()  # "a" and "a.b" for node "a.b.c": names an op node may not take
-        self.param_bytes = 0
+        self.memory = MemoryBudget(self.opts.max_bytes, self.opts.bind)  # what --max-memory bounds
         self.modules: dict[str, Module] = {}
         self.importing: list[str] = []
         self.choices_seen: dict[str, ast.Choice] = {}
         self.steps = 0
+        self.nesting = 0  # eval() calls in progress
+        self.work = 0  # see limits.MAX_WORK
+
+    # ---- what a program may cost (convdsl/lang/limits.py) -----------------------
+    def charge(self, units: int, span: Span | None) -> None:
+        """Count elaboration work; refuse the program where the total passes ``MAX_WORK``."""
+        self.work += units
+        if self.work > MAX_WORK:
+            raise ResourceError("elaboration would take too long: the program builds too much "
+                                "(nodes, list items or characters, expressions evaluated)", span,
+                                expected=f"at most {MAX_WORK:,} units of work (a few seconds)",
+                                hint="loops, recursion and repeated lists multiply; shrink the counts")
+
+    def sized(self, value: Any, span: Span | None) -> Any:
+        """A list, tuple or string the program just built: refused when too large or too deep
+        (counted through aliasing, see values.measure); its items are charged as work."""
+        size, depth = measure(value)
+        if size > MAX_VALUE_SIZE:
+            raise ResourceError(f"value too large: {format_count(size)} items counted through nested lists", span,
+                                expected=f"at most {MAX_VALUE_SIZE:,}", hint="a list repeated inside a list multiplies")
+        if depth > MAX_VALUE_DEPTH:
+            raise ResourceError(f"lists nested more than {MAX_VALUE_DEPTH} deep", span)
+        self.charge(len(value) // CHARS_PER_WORK if isinstance(value, str) else len(value), span)
+        return value
 
     # ---- modules and imports ----------------------------------------------
     def load_module(self, program: ast.Program, path: str) -> Module:
@@ -121,28 +157,48 @@ class Elaborator:
 
     def _import(self, mod: Module, item: ast.Import) -> None:
         base = Path(mod.path).parent if not mod.path.startswith("<") else Path.cwd()
-        target = (base / item.path).resolve()
-        key = str(target)
+        if "\0" in item.path:
+            raise CDLNameError(f"cannot import {item.path!r}: the path contains a NUL byte", item.span)
+        key = os.path.realpath(base / item.path)  # never raises on a symlink loop (the read does)
         if key in self.importing:
             raise CDLNameError(f"circular import of {item.path!r}", item.span,
                                notes=["import chain: " + " -> ".join(self.importing + [key])])
+        if len(self.importing) >= MAX_IMPORT_DEPTH:
+            raise ResourceError(f"imports nested more than {MAX_IMPORT_DEPTH} files deep", item.span,
+                                notes=["import chain: " + " -> ".join(self.importing[:4] + ["..."])])
         if key not in self.modules:
             try:
                 text = self.loader(key)
             except OSError as e:
                 raise CDLNameError(f"cannot import {item.path!r}: {e.strerror or e}", item.span,
                                    hint=f"paths are relative to {base}") from None
-            except UnicodeDecodeError:
-                raise CDLNameError(f"cannot import {item.path!r}: not UTF-8 text", item.span,
-                                   expected="a .cdl source file") from None
-            self.load_module(parse(text, key), key)
+            except UnicodeDecodeError as e:
+                line, column, what = bad_byte(e)
+                raise CDLNameError(f"cannot import {item.path!r}: not UTF-8 text ({what} at {key}:{line}:{column})",
+                                   item.span, expected="a .cdl source file in UTF-8") from None
+            self.load_module(parse(text, key) if key.endswith(".cdl") else self._parse_import(text, key, item), key)
         imported = self.modules[key]
         if item.alias:
             mod.names[item.alias] = Namespace(item.alias, imported.names)
         else:
+            self.charge(len(imported.names), item.span)  # 10**5 imports of a file of 10**5 names
             for name, value in imported.names.items():
                 if not isinstance(value, Namespace):
                     mod.names.setdefault(name, value)
+
+    def _parse_import(self, text: str, key: str, item: ast.Import) -> ast.Program:
+        """Parse an imported file that is not named ``*.cdl`` (its real path, links resolved): it
+        may be any file on the machine (``import "/etc/passwd"``, ``/proc/self/environ``), so
+        until it has parsed as CDL an error shows neither its lines nor the tokens it found, only
+        where the problem is and what CDL expected there.  A ``.cdl`` file is a CDL source and
+        its errors show its lines, as the main file's do."""
+        try:
+            return parse(text, key, show_lines=False)
+        except ConvDSLError as err:
+            where = f" at {err.span}" if err.span is not None else ""
+            raise type(err)(f"cannot import {item.path!r}: {err.kind}{where}", item.span, expected=err.expected,
+                            notes=["the imported file's text is not shown: it did not parse as CDL"],
+                            hint="if it is a .cdl file, `convdsl fmt FILE` shows the line") from None
 
     # ---- networks -----------------------------------------------------------
     def elaborate_network(self, mod: Module, net: ast.NetworkDef) -> Graph:
@@ -158,8 +214,10 @@ class Elaborator:
                                  hint=did_you_mean(k, known) or f"its parameters: {', '.join(sorted(known))}")
         for p in net.params:
             if isinstance(p, ast.InputParam):
-                t = TensorType(tuple(p.dims), p.dtype)
-                self._check_size(t, p.span, "input")
+                dims = tuple(self.opts.bind.get(d, d) if self.opts.concrete and isinstance(d, str) else d for d in p.dims)
+                t = TensorType(dims, p.dtype)
+                self._check_type(t, p.span, f"input {p.name}")
+                self.memory.add([t], 0, 0, p.span, f"input {p.name}")
                 if p.name in g:
                     raise CDLNameError(f"input name '{p.name}' is already used by a node", p.span,
                                        hint="declare the inputs before parameters whose defaults use layers")
@@ -266,8 +324,17 @@ class Elaborator:
 
     # ---- expressions ------------------------------------------------------------
     def eval(self, e: ast.Expr, frame: Frame, label: str | None = None) -> Any:
-        method = getattr(self, "eval_" + type(e).__name__)
-        return method(e, frame, label) if label is not None else method(e, frame)
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_EVAL_DEPTH:
+                raise ResourceError(f"expressions and calls nested more than {MAX_EVAL_DEPTH:,} deep", e.span,
+                                    notes=[f"calls in progress: {self._chain()}"] if self.call_stack else [],
+                                    hint="recursion inside deep expressions multiplies; give names to the parts")
+            self.charge(WORK_PER_EVAL, e.span)
+            method = getattr(self, "eval_" + type(e).__name__)
+            return method(e, frame, label) if label is not None else method(e, frame)
+        finally:
+            self.nesting -= 1
 
     def eval_Num(self, e: ast.Num, frame: Frame) -> Any:
         return e.value
@@ -279,10 +346,10 @@ class Elaborator:
         return e.value
 
     def eval_ListExpr(self, e: ast.ListExpr, frame: Frame) -> Any:
-        return [self.eval(x, frame) for x in e.items]
+        return self.sized(ListValue([self.eval(x, frame) for x in e.items]), e.span)
 
     def eval_TupleExpr(self, e: ast.TupleExpr, frame: Frame) -> Any:
-        return tuple(self.eval(x, frame) for x in e.items)
+        return self.sized(TupleValue([self.eval(x, frame) for x in e.items]), e.span)
 
     def eval_Name(self, e: ast.Name, frame: Frame, label: str | None = None) -> Any:
         v = self.lookup(e.id, frame)
@@ -367,7 +434,7 @@ class Elaborator:
             return obj.names[e.name]
         if isinstance(obj, Tensor):
             t = obj.type
-            props = {"shape": list(t.shape), "rank": t.rank, "dtype": t.dtype,
+            props = {"shape": ListValue(t.shape), "rank": t.rank, "dtype": t.dtype,
                      "channels": t.shape[1] if t.rank >= 2 else None}
             if e.name in props and props[e.name] is not None:
                 return props[e.name]
@@ -403,6 +470,7 @@ class Elaborator:
             if isinstance(left, Tensor) or isinstance(right, Tensor):
                 raise CDLTypeError("tensors cannot be compared at elaboration time", e.span,
                                    hint="compare their shapes: channels(x) == 64")
+            self.charge(min(measure(left)[0], measure(right)[0]), e.span)  # lists compare item by item
             ok = {"==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
                   ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}[op](left, right)
             if not ok:
@@ -442,36 +510,26 @@ class Elaborator:
     def binop(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None, frame: Frame) -> Any:
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
-                scalar = b if isinstance(a, Tensor) else a
-                if _is_num(scalar) and op in ("*", "+", "-", "/"):
-                    t = a if isinstance(a, Tensor) else b
-                    if op == "-" and not isinstance(a, Tensor):  # c - x
-                        return self.apply_op(OPS["affine"], [t], {"scale": -1.0, "shift": float(scalar)}, None, span, frame)
-                    scale = float(scalar) if op == "*" else 1.0 / float(scalar) if op == "/" else 1.0
-                    shift = float(scalar) if op == "+" else -float(scalar) if op == "-" else 0.0
-                    if op == "/" and not isinstance(a, Tensor):
-                        raise CDLTypeError("cannot divide a number by a tensor", span)
-                    if op == "/" and scalar == 0:
-                        raise CDLTypeError("division by zero", rspan)
-                    return self.apply_op(OPS["affine"], [t], {"scale": scale, "shift": shift}, None, span, frame)
-                raise CDLTypeError(f"'{op}' between a tensor and {describe(scalar)}", span,
-                                   hint="tensor arithmetic takes two tensors or a tensor and a number")
+                return self.tensor_scalar(op, a, b, span, rspan, frame)
             opname = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}.get(op)
             if opname is None:
                 raise CDLTypeError(f"'{op}' is not defined for tensors", span, hint="tensors support + - * / @")
             return self.apply_op(OPS[opname], [a, b], {}, None, span, frame)
         if op == "+" and isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            if len(a) + len(b) > MAX_SEQ_LEN:
-                raise ResourceError("list too long", span)
-            return list(a) + list(b)
+            if len(a) + len(b) > MAX_SEQ_LEN or measure(a)[0] + measure(b)[0] > MAX_VALUE_SIZE:
+                raise ResourceError(f"list too long: {len(a) + len(b):,} items", span,
+                                    expected=f"at most {MAX_SEQ_LEN:,} items, {MAX_VALUE_SIZE:,} counted through nesting")
+            return self.sized(ListValue(list(a) + list(b)), span)
         if op == "+" and isinstance(a, str) and isinstance(b, str):
             if len(a) + len(b) > MAX_SEQ_LEN:
-                raise ResourceError("string too long", span)
-            return a + b
+                raise ResourceError(f"string too long: {len(a) + len(b):,} characters", span,
+                                    expected=f"at most {MAX_SEQ_LEN:,}")
+            return self.sized(a + b, span)
         if op == "*" and isinstance(a, (list, tuple)) and _is_int(b):
-            if len(a) * b > MAX_LOOP_ITERATIONS:
-                raise ResourceError("list too long", span)
-            return list(a) * b
+            if len(a) * b > MAX_SEQ_LEN or measure(a)[0] * b > MAX_VALUE_SIZE:
+                raise ResourceError(f"list too long: {format_count(len(a) * b)} items", span,
+                                    expected=f"at most {MAX_SEQ_LEN:,} items, {MAX_VALUE_SIZE:,} counted through nesting")
+            return self.sized(ListValue(list(a) * max(b, 0)), span)
         if not (_is_num(a) and _is_num(b)):
             raise CDLTypeError(f"'{op}' needs numbers", span, got=f"{describe(a)} and {describe(b)}")
         try:
@@ -492,6 +550,38 @@ class Elaborator:
         except OverflowError:
             raise ResourceError(f"'{op}' overflows: the numbers are too large", span) from None
         raise CDLTypeError(f"'{op}' is not defined for numbers", span, hint="'@' multiplies tensors")
+
+    def tensor_scalar(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None, frame: Frame) -> Any:
+        """``x * c``, ``x / c``, ``x + c``, ``x - c``, ``c * x``, ``c + x``, ``c - x``: one ``affine`` node
+        (scale, shift).  The number must be finite, and so must what the node computes with."""
+        tensor_left = isinstance(a, Tensor)
+        t, scalar = (a, b) if tensor_left else (b, a)
+        where = rspan if tensor_left else span
+        if not _is_num(scalar) or op not in ("*", "+", "-", "/"):
+            raise CDLTypeError(f"'{op}' between a tensor and {describe(scalar)}", span,
+                               expected="two tensors, or a tensor and a number with * / + -",
+                               hint="tensor arithmetic takes two tensors or a tensor and a number")
+        if op == "/" and not tensor_left:
+            raise CDLTypeError("cannot divide a number by a tensor", span, hint="a tensor can be divided by a number, not a number by a tensor")
+        if op == "/" and scalar == 0:
+            raise CDLTypeError("division of a tensor by zero", where, got="0")
+        try:
+            c = float(scalar)
+        except OverflowError:
+            c = math.inf
+        if op == "*":
+            scale, shift = c, 0.0
+        elif op == "/":
+            scale, shift = 1.0 / c, 0.0
+        elif op == "+":
+            scale, shift = 1.0, c
+        else:
+            scale, shift = (1.0, -c) if tensor_left else (-1.0, c)  # x - c, c - x
+        if not (math.isfinite(scale) and math.isfinite(shift)):
+            raise CDLTypeError(f"'{op}' of a tensor and {describe(scalar)}: the result is not a finite number", where,
+                               expected="a number whose scale or shift fits a float (|v| < 1.8e308, not 0 below 1e-308)",
+                               got=describe(scalar))
+        return self.apply_op(OPS["affine"], [t], {"scale": scale, "shift": shift}, None, span, frame)
 
     # ---- layers, calls and pipes -------------------------------------------------------
     def eval_Labeled(self, e: ast.Labeled, frame: Frame, outer: str | None = None) -> Any:
@@ -526,7 +616,11 @@ class Elaborator:
                     raise CDLTypeError("label parts must be integers or strings", label.span, got=describe(v))
                 parts.append(str(v))
         text = "".join(parts)
-        if not _LABEL_RE.match(text):
+        self.charge(len(text) // CHARS_PER_WORK, label.span)
+        if len(text) > MAX_NAME:
+            raise CDLNameError(f"instance name of {len(text):,} characters", label.span,
+                               expected=f"at most {MAX_NAME} characters")
+        if not _LABEL_RE.fullmatch(text):
             raise CDLNameError(f"bad instance name {text!r}", label.span,
                                expected="letters, digits and '_', dotted: conv1, layer1.0",
                                got=repr(text))
@@ -570,6 +664,10 @@ class Elaborator:
                                    hint=f"write {func.name}(x, ...) or x | {func.name}(...)")
         if isinstance(func, SeqLayer) and (rest or kwargs):
             raise CDLTypeError("a pipeline of layers takes no hyper-parameters", e.span)
+        if isinstance(func, BlockLayer) and len(func.args) + len(rest) > len(func.block.params):
+            raise CDLTypeError(f"{func.name} takes at most {len(func.block.params)} hyper-parameters, "
+                               f"got {len(func.args) + len(rest)}", e.span,
+                               expected=", ".join(p.name for p in func.block.params) or "none")
         layer = func.with_args(rest, kwargs, e.span) if (rest or kwargs) else func
         layer = layer.with_label(label)
         if not inputs:
@@ -612,7 +710,14 @@ class Elaborator:
             raise self.unknown_name(cur.name, e.stages[0].span, frame)
         if isinstance(cur, (OpLayer, BlockLayer, SeqLayer)):
             layers = [cur] + [self.eval_stage(s, frame) for s in e.stages[1:]]
-            return SeqLayer(tuple(layers), span=e.span)
+            seq = SeqLayer.of(tuple(layers), span=e.span)
+            if seq.ops > MAX_NODES:
+                raise ResourceError(f"this pipeline applies {format_count(seq.ops)} ops, more than the "
+                                    f"{MAX_NODES:,} nodes a network may have", e.span,
+                                    hint="a pipeline repeated inside a pipeline multiplies")
+            if seq.depth > MAX_EVAL_DEPTH // 4:
+                raise ResourceError(f"pipelines nested more than {MAX_EVAL_DEPTH // 4} deep", e.span)
+            return seq
         if isinstance(cur, list) and cur and all(isinstance(x, Tensor) for x in cur):
             cur = tuple(cur)
         if not (isinstance(cur, Tensor) or _is_tensor_tuple(cur)):
@@ -636,10 +741,17 @@ class Elaborator:
     def apply(self, layer: Layer, inputs: list[Tensor], span: Span | None, frame: Frame) -> Any:
         if isinstance(layer, OpLayer):
             self._check_bare_words(layer, frame)
+            for v in (*layer.args, *(v for _, v in layer.kwargs)):
+                if isinstance(v, (list, tuple)) and not _is_tensor_tuple(v) and measure(v)[0] > MAX_ATTR_ITEMS:
+                    raise CDLTypeError(f"{layer.op.name}: a hyper-parameter list of {format_count(measure(v)[0])} items",
+                                       layer.span or span, expected=f"at most {MAX_ATTR_ITEMS:,} items")
             try:
                 attrs = bind_attrs(layer.op, list(layer.args), dict(layer.kwargs))
             except ConvDSLError as err:
                 raise err.with_span(layer.span or span)
+            except OverflowError:  # an integer given where a float is taken, past float's range
+                raise CDLTypeError(f"{layer.op.name}: a hyper-parameter does not fit a float", layer.span or span,
+                                   expected="numbers within +-1.8e308") from None
             return self.apply_op(layer.op, inputs, attrs, layer.label, layer.span or span, frame)
         if isinstance(layer, SeqLayer):
             if layer.label:
@@ -721,6 +833,7 @@ class Elaborator:
         return local
 
     def _step(self, span: Span | None) -> None:
+        self.charge(WORK_PER_STEP, span)
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise ResourceError(f"elaboration takes more than {MAX_STEPS:,} steps (loop iterations and calls)", span,
@@ -731,9 +844,13 @@ class Elaborator:
         self.depth += 1
         self.call_stack.append((name, span))
         if self.depth > MAX_BLOCK_DEPTH:
-            chain = " -> ".join(n for n, _ in self.call_stack[:6]) + " -> ..."
+            chain = self._chain()
             raise ResourceError(f"blocks nested more than {MAX_BLOCK_DEPTH} deep (recursion?)", span,
                                 notes=[f"call chain: {chain}"], hint="a recursive block needs a depth parameter that reaches a base case")
+
+    def _chain(self) -> str:
+        names = [n for n, _ in self.call_stack]
+        return " -> ".join(names[:6]) + (" -> ..." if len(names) > 6 else "")
 
     def _leave(self) -> None:
         self.depth -= 1
@@ -791,19 +908,23 @@ class Elaborator:
             raise ShapeError(f"{op.name}: invalid hyper-parameters for these inputs ({err})", span,
                              got=", ".join(str(t) for t in in_types)) from None
         for t in out_types:
+            self._check_type(t, span, f"output of {op.name}")
             if any(isinstance(d, int) and d <= 0 for d in t.shape):
                 raise ShapeError(f"{op.name} would produce an empty tensor {t}", span,
                                  got="inputs " + ", ".join(str(x) for x in in_types),
                                  hint="the input is too small for this kernel/stride, or a size is zero")
-            self._check_size(t, span, f"output of {op.name}")
-        for spec in specs.values():
-            nbytes = math.prod(spec.shape) * DTYPE_BYTES.get(spec.dtype, 4)
-            self.param_bytes += nbytes
-        if self.param_bytes > self.opts.max_bytes:
-            raise ResourceError(f"parameters would take {_gib(self.param_bytes)}, over the limit of {_gib(self.opts.max_bytes)}",
-                                span, hint="raise the limit with --max-memory, or shrink the network")
+        mem = self.memory
+        try:
+            workspace = op.workspace(attrs, [mem.bound(t) for t in in_types], [mem.bound(t) for t in out_types])
+        except (ValueError, ZeroDivisionError, OverflowError, IndexError, TypeError) as err:
+            raise ShapeError(f"{op.name}: invalid hyper-parameters for these inputs ({err})", span,
+                             got=", ".join(str(t) for t in in_types)) from None
+        param_bytes = sum(mem.nbytes(TensorType(tuple(s.shape), s.dtype)) for s in specs.values())
+        mem.add(out_types, param_bytes, workspace, span, f"output of {op.name}", op.name)
         if len(self.graph) >= MAX_NODES:
-            raise ResourceError(f"more than {MAX_NODES:,} nodes", span)
+            raise ResourceError(f"more than {MAX_NODES:,} nodes", span, expected=f"at most {MAX_NODES:,} ops in a network",
+                                hint="loops, recursion and repeated pipelines multiply")
+        self.charge(WORK_PER_NODE, span)
         name = label or self.auto_name(frame, op.name)
         nid = ".".join(frame.scope + [name])
         if nid in self.graph or (label and nid in self.used_scopes):
@@ -824,18 +945,19 @@ class Elaborator:
         outs = tuple(Tensor(Value(nid, i), t) for i, t in enumerate(out_types))
         return outs[0] if len(outs) == 1 else outs
 
-    def _check_size(self, t: TensorType, span: Span | None, what: str) -> None:
-        try:
-            nbytes = t.nbytes(self.opts.bind)
-        except Exception:  # a symbolic expression we cannot evaluate
-            return
-        if nbytes > self.opts.max_bytes:
-            raise ResourceError(f"{what} {t} would take {_gib(nbytes)}, over the limit of {_gib(self.opts.max_bytes)}",
-                                span, hint="raise the limit with --max-memory, or use smaller sizes")
-
-
-def _gib(n: int) -> str:
-    return f"{n / 1024**3:,.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.1f} MiB"
+    def _check_type(self, t: TensorType, span: Span | None, what: str) -> None:
+        """Refuse an output type no backend can hold, before anything formats or multiplies it:
+        rank over 64 (numpy and torch), a dimension over 2**62, a symbolic size too long to read."""
+        if t.rank > MAX_RANK:
+            raise ShapeError(f"{what} would have rank {t.rank:,}", span, expected=f"rank at most {MAX_RANK} (as numpy and torch)")
+        for d in t.shape:
+            if isinstance(d, int) and d > MAX_DIM:
+                raise ResourceError(f"{what} would have a dimension of {format_count(d)}", span,
+                                    expected="dimensions up to 2**62", hint="check the sizes and their arithmetic")
+            if isinstance(d, str) and len(d) > MAX_DIM_TEXT:
+                raise ShapeError(f"{what} would have a symbolic size of {len(d):,} characters", span,
+                                 expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters",
+                                 got=d[:60] + "...", hint="bind the symbol to a number (--bind) or simplify the shapes")
 
 
 def _is_int(v: Any) -> bool:
@@ -868,13 +990,37 @@ def _is_tensor_tuple(v: Any) -> bool:
 
 
 # ---- entry points -------------------------------------------------------------------
+FRAMES_PER_EVAL = 8  # Python frames per nested eval(), at most (measured: 6 through a graph block call)
+
+
+@contextlib.contextmanager
+def stack_room():
+    """Room on Python's stack for ``MAX_EVAL_DEPTH`` nested evaluations: programs nested that
+    deep are legal (64 recursive blocks, each in an expression), and the elaborator refuses
+    deeper ones itself, at the expression, before Python would.  (Python-to-Python calls use
+    no C stack since 3.11, so a higher recursion limit costs heap only.)"""
+    old = sys.getrecursionlimit()
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    need = depth + 100 + FRAMES_PER_EVAL * MAX_EVAL_DEPTH
+    if need > old:
+        sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if need > old:
+            sys.setrecursionlimit(old)
+
+
 def load_program(text: str, file: str = "<string>", options: Options | None = None,
                  loader: Callable[[str], str] | None = None) -> tuple[Elaborator, Module]:
     el = Elaborator(options, loader)
     path = file if file.startswith("<") else str(Path(file).resolve())
     program = parse(text, file)
     try:
-        mod = el.load_module(program, path)
+        with stack_room():
+            mod = el.load_module(program, path)
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", Span(file, 1, 1)) from None
     return el, mod
@@ -900,7 +1046,8 @@ def elaborate(text: str, file: str = "<string>", network: str | None = None, opt
     el, mod = load_program(text, file, options)
     net = pick_network(mod, network)
     try:
-        g = el.elaborate_network(mod, net)
+        with stack_room():
+            g = el.elaborate_network(mod, net)
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", net.span) from None
     g.source_hash = hashlib.sha256(text.encode()).hexdigest()
@@ -909,11 +1056,4 @@ def elaborate(text: str, file: str = "<string>", network: str | None = None, opt
 
 
 def elaborate_file(path: str | os.PathLike, network: str | None = None, options: Options | None = None) -> Graph:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    return elaborate(text, str(p), network, options)
+    return elaborate(read_program(path), str(Path(path)), network, options)

@@ -11,7 +11,7 @@ import functools
 from importlib import resources
 from typing import Iterator
 
-from lark import Lark, Token
+from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from convdsl.errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
@@ -19,7 +19,15 @@ from convdsl.lang import ast
 from convdsl.lang.limits import MAX_SOURCE
 
 MAX_NESTING = 64  # brackets deeper than this are refused before parsing
+# Statements and expressions nested deeper than this (parse-tree levels: `- - - x`, `not not p`,
+# `a ** b ** c`, `for` in `for`, ...) are refused after parsing, before any recursive walk: it
+# keeps the AST builder, the formatter and the elaborator far from Python's recursion limit.
+MAX_DEPTH = 200
 MAX_INT_DIGITS = 1000  # longer integer literals are refused (Python refuses str<->int past 4300)
+# Tokens of one source: lark's LALR parser with positions takes ~25-100 us a token, so a 4 MiB
+# file of "1, 1, 1, ..." (2 million tokens) parsed for minutes.  The largest example has under
+# 1,000 tokens; 100,000 parse in a few seconds.
+MAX_TOKENS = 100_000
 
 # tokens after which a newline never ends a statement
 _CONTINUE_AFTER = {"LPAR", "LSQB", "LBRACE", "COMMA", "VBAR", "EQUAL", "ADDOP", "MULOP", "COMPOP", "COLON",
@@ -75,8 +83,14 @@ class _Postlexer:
         depth = 0
         prev: Token | None = None
         pending: Token | None = None  # a newline waiting to see the next token
+        count = 0
         for tok in stream:
             t = tok.type
+            count += 1
+            if count > MAX_TOKENS:
+                raise ResourceError(f"source of more than {MAX_TOKENS:,} tokens", Span(self.file, tok.line, tok.column),
+                                    expected=f"at most {MAX_TOKENS:,} names, numbers and symbols in one file",
+                                    hint="split the program into files (import), or compute long lists with range()")
             if t == "MINUS" and pending is None and prev is not None and prev.type in _OPERAND_END:
                 # lark types every '-' as the unary MINUS (the string literal wins over ADDOP's
                 # regexp); after an operand it is the binary operator
@@ -195,20 +209,55 @@ def _token_hint(e: UnexpectedToken) -> str | None:
     return None
 
 
-def parse(text: str, file: str = "<string>") -> ast.Program:
-    """Parse CDL source text into an ``ast.Program``."""
+def parse(text: str, file: str = "<string>", *, show_lines: bool = True) -> ast.Program:
+    """Parse CDL source text into an ``ast.Program``.
+
+    Errors show the offending source line.  With ``show_lines=False`` (an imported file, which
+    could be any file on the machine) lines are shown only once the whole file parsed as CDL,
+    so an error never prints a line of a file that is not CDL."""
     if len(text) > MAX_SOURCE:
         raise ResourceError(f"source is larger than {MAX_SOURCE // 1024 // 1024} MiB", Span(file, 1, 1))
-    remember_source(file, text)
+    if show_lines:
+        remember_source(file, text)
     comments = _comments(text)
     tree, _ = _parse_tree(text, file)
+    _check_depth(tree, file)
     builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
     program = _build(builder, tree, file)
     program.comments = comments
+    if not show_lines:
+        remember_source(file, text)
     return program
 
 
 _DEEP_HINT = "split deeply nested expressions or bodies into named values, defs or blocks"
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Refuse a parse tree deeper than ``MAX_DEPTH``, at the first node past the limit (walked
+    with an explicit stack: this check itself never recurses)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            line, column = _position(node)
+            raise ResourceError(f"nested more than {MAX_DEPTH} levels deep", Span(file, line, column),
+                                hint=_DEEP_HINT)
+        stack.extend((c, depth + 1) for c in reversed(node.children) if isinstance(c, Tree))
+
+
+def _position(node: Tree) -> tuple[int, int]:
+    """Line and column where ``node`` starts (its first token when lark kept no position)."""
+    while True:
+        meta = node.meta
+        if not getattr(meta, "empty", True):
+            return meta.line, meta.column
+        first = next((c for c in node.children if c is not None), None)
+        if isinstance(first, Token):
+            return first.line or 1, first.column or 1
+        if not isinstance(first, Tree):
+            return 1, 1
+        node = first
 
 
 def _build(builder: ast.ASTBuilder, tree, file: str) -> ast.Program:

@@ -1,7 +1,10 @@
 """Values that exist while a program is elaborated.
 
 Hyper-parameters are plain Python ints, floats, bools, strings, lists and
-tuples.  Besides those: ``Tensor`` (an output of a graph node), layer values
+tuples; the lists and tuples a program builds are ``ListValue``/``TupleValue``,
+which know their size counted through aliasing (``[b] * 1000`` of a ``b`` of
+1,000 items has size 10**6) and their nesting depth, so that the elaborator can
+refuse a value before printing, comparing or copying it costs hours.  Besides those: ``Tensor`` (an output of a graph node), layer values
 (an op, a block or a pipeline of them, partially applied and not yet given
 inputs), ``FuncRef`` for ``def`` functions, and ``Namespace`` for
 ``import ... as m``.  Bare unbound words evaluate to ``Symbol`` (``pad=same``).
@@ -11,12 +14,60 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from convdsl.errors import format_count
 from convdsl.ir.graph import Value
 from convdsl.ir.optable import OpDef, Symbol
 from convdsl.ir.types import TensorType
 from convdsl.lang import ast
 
-__all__ = ["Tensor", "OpLayer", "BlockLayer", "SeqLayer", "Layer", "FuncRef", "Namespace", "Symbol", "describe"]
+__all__ = ["Tensor", "OpLayer", "BlockLayer", "SeqLayer", "Layer", "FuncRef", "Namespace", "Symbol", "describe",
+           "ListValue", "TupleValue", "measure"]
+
+
+def measure(v: Any) -> tuple[int, int]:
+    """(size, depth) of a value: items counted through every level and every alias, a string
+    as 1 + len/8, an integer by its digits; depth 0 for a scalar, 1 for a flat list."""
+    if isinstance(v, (ListValue, TupleValue)):
+        return v.size, v.depth
+    if isinstance(v, str):
+        return 1 + len(v) // 8, 0
+    if isinstance(v, int):
+        return 1 + v.bit_length() // 64, 0
+    if isinstance(v, (list, tuple)):  # made outside the elaborator (--set values, op outputs): small
+        return _measure_items(v)
+    return 1, 0
+
+
+def _measure_items(items: list | tuple) -> tuple[int, int]:
+    size, depth = len(items), 1
+    kinds = set(map(type, items))  # at C speed: lists of numbers (range(10**6)) are the common large case
+    if kinds <= {int, bool}:
+        return size + len(items) + sum(map(int.bit_length, items)) // 64, depth
+    if kinds <= {float}:
+        return size + len(items), depth
+    for x in items:
+        s, d = measure(x)
+        size += s
+        if d >= depth:
+            depth = d + 1
+    return size, depth
+
+
+class ListValue(list):
+    """A list built by a program, with its ``size`` and ``depth`` (see ``measure``)."""
+
+    __slots__ = ("size", "depth")
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.size, self.depth = _measure_items(self)
+
+
+class TupleValue(tuple):
+    """A tuple built by a program, with its ``size`` and ``depth`` (see ``measure``)."""
+
+    def __init__(self, items: Any = ()) -> None:
+        self.size, self.depth = _measure_items(self)
 
 
 @dataclass(frozen=True)
@@ -76,6 +127,14 @@ class SeqLayer:
     layers: tuple
     label: str | None = None
     span: Any = field(default=None, compare=False)
+    ops: int = field(default=0, compare=False)  # op applications it expands to (blocks count 1)
+    depth: int = field(default=1, compare=False)  # pipelines nested in pipelines
+
+    @staticmethod
+    def of(layers: tuple, span: Any = None) -> "SeqLayer":
+        subs = [x for x in layers if isinstance(x, SeqLayer)]
+        return SeqLayer(layers, span=span, ops=sum(x.ops if isinstance(x, SeqLayer) else 1 for x in layers),
+                        depth=1 + max((x.depth for x in subs), default=0))
 
     def with_label(self, label: str | None) -> "SeqLayer":
         return replace(self, label=label) if label else self
@@ -112,7 +171,7 @@ def describe(v: Any) -> str:
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, int):
-        return f"the integer {v}"
+        return f"the integer {v}" if abs(v) < 10**15 else f"the integer {format_count(v)}"
     if isinstance(v, float):
         return f"the number {v}"
     if isinstance(v, str):

@@ -25,7 +25,7 @@ from convdsl.errors import ConvDSLError, Span, UsageError, remember_source
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.lang import ast
-from convdsl.lang.elaborate import Options, load_program, pick_network
+from convdsl.lang.elaborate import Options, load_program, pick_network, stack_room
 from convdsl.lang.source import read_source
 from convdsl.lang.format import format_program
 from convdsl.lang.parser import parse
@@ -376,7 +376,8 @@ def elaborate_text(text: str, file: str, network: str | None, options: Options,
     el, mod = load_program(text, file, options, loader)
     net = pick_network(mod, network)
     try:
-        g = el.elaborate_network(mod, net)
+        with stack_room():
+            g = el.elaborate_network(mod, net)
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", net.span) from None
     g.source_hash = text_hash(text)

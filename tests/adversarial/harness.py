@@ -113,3 +113,28 @@ def assert_only_changed(before: dict[str, tuple], after: dict[str, tuple], allow
 
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p) and not ok(p))
     assert not changed, f"files changed outside {list(allowed)}: {changed[:20]}"
+
+
+def run_cli_with_limits(*args: str, rlimits: dict[int, int], cwd: str | os.PathLike | None = None,
+                        timeout: float = DEFAULT_TIMEOUT, mem_mb: int = DEFAULT_MEM_MB,
+                        env: dict | None = None) -> Result:
+    """``run_cli`` with more resource limits on the child, e.g. ``{resource.RLIMIT_FSIZE: 256 * 1024}``:
+    no file may grow past 256 KiB, the way a full disk stops a write (Python ignores SIGXFSZ, so
+    the write fails with EFBIG; a C compiler child is killed by the signal)."""
+    limit = mem_mb * 1024 * 1024
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        for which, value in rlimits.items():
+            resource.setrlimit(which, (value, value))
+
+    full_env = {**os.environ, "PYTHONFAULTHANDLER": "", "COLUMNS": "200", **(env or {})}
+    cmd = [sys.executable, "-m", "convdsl", *map(str, args)]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=timeout, preexec_fn=cap, env=full_env)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = None, e.stdout or b"", e.stderr or b""
+    return Result(cmd, rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - t0)

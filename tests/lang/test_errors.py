@@ -106,8 +106,10 @@ def test_too_small_input_says_why():
 def test_memory_limit_is_an_option():
     src = body("return x | conv2d(64) | conv2d(64)")
     elaborate(src)
-    with pytest.raises(ResourceError, match="parameters would take") as info:
-        elaborate(src, options=Options(max_bytes=10_000))  # the second conv's 147 KiB of weights
+    with pytest.raises(ResourceError, match="would need") as info:
+        # the input (768 B), the first conv (9 KiB out, 7 KiB weights, 26 KiB of layout copies) fit in 60 kB;
+        # the second conv's 145 KiB of weights (and their blocked copy) do not
+        elaborate(src, options=Options(max_bytes=60_000))
     assert (info.value.span.line, info.value.span.column) == (2, 29)
 
 
@@ -167,3 +169,11 @@ def test_errors_in_imported_files_quote_that_file(tmp_path):
         elaborate(src, str(main))
     assert info.value.span.file == str(tmp_path / "lib.cdl")
     assert "   1 | block bad() = conv2d(8, 3, groups=5)" in info.value.render()
+
+
+@pytest.mark.parametrize("size", [-1, 0, 2**63, 1.5, True])
+def test_api_bindings_are_checked_like_bind_options(size):
+    """Options(bind=...) from the Python API: a size of 0 or less would make the memory check
+    count negative bytes (a way around --max-memory), a float or a bool is not a size."""
+    with pytest.raises(UsageError, match="bound to"):
+        elaborate("network n(x: f32[N, 4]) {\n  return x\n}\n", options=Options(bind={"N": size}))

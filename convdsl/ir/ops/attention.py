@@ -24,7 +24,7 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
-                                keep_channels, on_axis, opaque, tuple_n, zero_cost)
+                                io_workspace, keep_channels, nbytes, on_axis, opaque, tuple_n, work_bytes, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
 from convdsl.ir.ops.conv import conv_out_size
 
@@ -50,7 +50,7 @@ def _tokens(op: str, t: TensorType, what: str = "input") -> int:
 
 
 def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d <= 64)
+    return ", ".join(str(d) for d in range(1, min(n, 64) + 1) if n % d == 0)  # not a loop to n: dim=2**62
 
 
 def check_heads(op: str, width: int, heads: int, what: str = "channels") -> int:
@@ -127,6 +127,14 @@ def attention_cost(n, lq, lk, dim: int, heads: int) -> Cost:
     n, lq, lk = bind_dim(n), bind_dim(lq), bind_dim(lk)
     macs = 2 * n * lq * lk * dim
     return Cost(macs, 2 * macs + SOFTMAX_FLOPS * n * heads * lq * lk)
+
+
+def attention_workspace(n: int, heads: int, lq: int, lk: int, dim: int, item: int) -> int:
+    """Working memory of one multi-head attention: q and the heads' output [N, Lq, dim], k and v
+    [N, Lk, dim] (and their per-head contiguous copies), and three logit-sized buffers [N, heads,
+    Lq, Lk]: the scores, their softmax and a masked copy (PyTorch's math kernel and TVM's lowering
+    materialize them; the flash kernel needs less)."""
+    return (4 * n * (lq + lk) * dim + 3 * n * heads * lq * lk) * item
 
 
 def _proj_cost(tokens: int, fin: int, fout: int, bias: bool) -> Cost:
@@ -208,6 +216,21 @@ def _mhsa_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Co
             + _proj_cost(tokens, dim, dim, attrs["proj_bias"]))
 
 
+def _mhsa_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """Attention over [N, L, C], plus a relative position bias: two int64 offset tables [L, L] and
+    the gathered bias [L, L, heads] (and a masked copy); plus an explicit mask made float, twice."""
+    x, item = ins[0], work_bytes(ins[0])
+    n, L, heads = x.shape[0], x.shape[1], attrs["heads"]
+    ws = attention_workspace(n, heads, L, L, attrs["dim"], item)
+    if attrs["rel_pos"]:
+        ws += L * L * (2 * 8 + 2 * heads * item)
+    if attrs["mask"] == "causal":
+        ws += L * L * (1 + heads * item)
+    if len(ins) > 1:
+        ws += 2 * math.prod(ins[1].shape) * item
+    return ws
+
+
 MHSA = OpDef(
     name="mhsa", group="attention",
     attrs=(
@@ -220,6 +243,7 @@ MHSA = OpDef(
         _SCALE,
     ),
     infer=_mhsa_infer, params=_mhsa_params, cost=_mhsa_cost, normalize=_mhsa_normalize, inputs=(1, 2),
+    workspace=_mhsa_workspace,
     input_names=("x", "mask"),
     doc="multi-head self-attention over tokens [N, L, C] with a fused q/k/v projection "
         "(torch.nn.MultiheadAttention's parameters; scaled_dot_product_attention). An optional second "
@@ -286,11 +310,19 @@ def _cross_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> C
             + _proj_cost(tq, dim, dim, attrs["proj_bias"]))
 
 
+def _cross_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """Attention of [N, Lq, C] over [N, Lk, Ck], plus an explicit mask made float, twice."""
+    x, ctx, item = ins[0], ins[1], work_bytes(ins[0])
+    ws = attention_workspace(x.shape[0], attrs["heads"], x.shape[1], ctx.shape[1], attrs["dim"], item)
+    return ws + (2 * math.prod(ins[2].shape) * item if len(ins) > 2 else 0)
+
+
 CROSS = OpDef(
     name="cross_attention", group="attention",
     attrs=(_HEADS, Attr("dim", "int", None, doc="attention/output width (default: query channels)"),
            _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
     infer=_cross_infer, params=_cross_params, cost=_cross_cost, normalize=_cross_normalize, inputs=(2, 3),
+    workspace=_cross_workspace,
     input_names=("x", "context", "mask"),
     doc="multi-head attention of queries x [N, Lq, C] over a context [N, Lk, Ck] (keys and values); "
         "parameters as torch.nn.MultiheadAttention(kdim=vdim=Ck). Optional third input: a mask [Lq, Lk].",
@@ -344,12 +376,25 @@ def _window_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> 
             + _proj_cost(tokens, c, c, attrs["proj_bias"]))
 
 
+def _window_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """The padded, shifted and windowed copies of x (and of the output on the way back): eight
+    padded maps; q, k, v: three more; attention in every window; the relative position bias and
+    the shift mask per window, [windows, heads, T, T], built in several steps."""
+    n, h, w, c = ins[0].shape
+    wh, ww = tuple_n(attrs["window"], 2)
+    item, heads, t = work_bytes(ins[0]), attrs["heads"], wh * ww
+    hp, wp = padded(h, wh), padded(w, ww)
+    windows = (hp // wh) * (wp // ww)
+    maps = 11 * n * hp * wp * c * item
+    return maps + attention_workspace(n * windows, heads, t, t, c, item) + 5 * windows * heads * t * t * 4
+
+
 WINDOW = OpDef(
     name="window_attention", group="attention",
     attrs=(_HEADS, Attr("window", "ints", 7, doc="window size (int or [h, w])"),
            Attr("shift", "ints", 0, doc="cyclic shift (Swin's shifted windows); 0 <= shift < window"),
            _QKV_BIAS, _PROJ_BIAS, _DROPOUT, Attr("proj_dropout", "float", 0.0, doc="dropout on the output")),
-    infer=_window_infer, params=_window_params, cost=_window_cost,
+    infer=_window_infer, params=_window_params, cost=_window_cost, workspace=_window_workspace,
     doc="Swin (shifted) window attention on channels-last [N, H, W, C], exactly torchvision's "
         "ShiftedWindowAttention: zero-pad H, W to multiples of the window, cyclic shift with the "
         "shifted-window mask (no shift along a side the window covers), relative position bias table "
@@ -417,13 +462,25 @@ def _conv_attn_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) 
             + attention_cost(n, lq, lk, c, attrs["heads"]) + _proj_cost(nb * lq, c, c, attrs["proj_bias"]))
 
 
+def _conv_attn_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """The depthwise conv and batchnorm outputs of q (at stride_q) and k, v (at stride_kv), their
+    linear projections, attention over them, and the projected output before its transpose."""
+    n, c, h, w = ins[0].shape
+    k, skv = attrs["k"], attrs["stride_kv"]
+    lq = outs[0].shape[2] * outs[0].shape[3]
+    lk = _proj_out(h, k, skv) * _proj_out(w, k, skv)
+    item = work_bytes(ins[0])
+    maps = 3 * n * c * (lq + 2 * lk) * item + 2 * nbytes(ins[0])
+    return maps + attention_workspace(n, attrs["heads"], lq, lk, c, item) + 2 * nbytes(outs[0])
+
+
 CONV_ATTENTION = OpDef(
     name="conv_attention", group="attention",
     attrs=(_HEADS, Attr("k", "int", 3, doc="depthwise projection kernel"),
            Attr("stride_kv", "int", 2, doc="stride of the key/value projections (squeezes K, V)"),
            Attr("stride_q", "int", 1, doc="stride of the query projection"),
            _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
-    infer=_conv_attn_infer, params=_conv_attn_params, cost=_conv_attn_cost,
+    infer=_conv_attn_infer, params=_conv_attn_params, cost=_conv_attn_cost, workspace=_conv_attn_workspace,
     doc="CvT convolutional attention on a token map [N, C, H, W]: q/k/v each from a depthwise conv "
         "(padding k//2) + batchnorm, then a linear projection; multi-head attention; output projection. "
         "Parameter names follow the CvT reference (conv_proj_q.conv/bn, proj_q, ..., proj). Note: CvT "
@@ -482,13 +539,29 @@ def _halo_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Co
             + attention_cost(blocks, block * block, win * win, dim, attrs["heads"]))
 
 
+def _halo_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """q [N, dim, H, W] (and its blocked copy), kv [N, 2 dim, H, W] and its halo-padded copy, the
+    key/value windows copied out per block [N, 2 dim, blocks, win^2], the height and width
+    logits [N, heads, blocks, b^2, win] and their sum [N, heads, blocks, b^2, win^2], attention
+    over it (three logit-sized buffers), and the output's permuted copy.  halo=100000 makes the
+    windows and logits terabytes: refused here, before anything is allocated."""
+    n, _, h, w = ins[0].shape
+    dim, heads, b, halo = attrs["dim"], attrs["heads"], attrs["block_size"], attrs["halo"]
+    win, item = b + 2 * halo, work_bytes(ins[0])
+    blocks = (h // b) * (w // b)
+    maps = n * dim * (2 * h * w + 2 * h * w + 2 * (h + 2 * halo) * (w + 2 * halo) + h * w)
+    windows = 2 * n * dim * blocks * win * win
+    logits = n * heads * blocks * b * b * (2 * win + 4 * win * win)
+    return (maps + windows + logits) * item
+
+
 HALO = OpDef(
     name="halo_attention", group="attention",
     attrs=(_HEADS, Attr("block_size", "int", 8, doc="query block size (`block` is a CDL keyword); must divide H and W"),
            Attr("halo", "int", 3, doc="extra context around each block (keys/values see block_size + 2*halo)"),
            Attr("dim", "int", None, doc="output channels (default: input channels)"),
            Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections")),
-    infer=_halo_infer, params=_halo_params, cost=_halo_cost, normalize=_halo_normalize,
+    infer=_halo_infer, params=_halo_params, cost=_halo_cost, normalize=_halo_normalize, workspace=_halo_workspace,
     doc="HaloNet blocked local self-attention on [N, C, H, W]: queries in block x block tiles attend to the "
         "(block + 2*halo)^2 neighbourhood of their tile (zero-padded at borders), plus relative position logits "
         "(height/width tables). Parameters as timm's HaloAttn (q, kv with per-head [k | v] channels, "
@@ -580,6 +653,7 @@ PATCH_EMBED = OpDef(
     attrs=(Attr("dim", "int", doc="embedding width"), Attr("patch", "ints", 16, doc="patch size (int or [h, w])"),
            Attr("bias", "bool", True)),
     infer=_patch_infer, params=_patch_params, cost=_patch_cost,
+    workspace=io_workspace(per_input=2, per_output=3),  # conv reorders, then the flattened and transposed copy
     doc="non-overlapping patches -> tokens: a conv with kernel = stride = patch, then flatten(2) and "
         "transpose(1, 2). Parameters `weight`, `bias` (a Conv2d's): name the node conv_proj to get "
         "torchvision ViT's keys.",
@@ -608,6 +682,7 @@ POS_EMBED = OpDef(
     attrs=(Attr("kind", "sym", "learned", choices=("learned", "sinusoidal")),
            Attr("std", "float", 0.02, doc="init std of a learned table (torchvision ViT: 0.02)")),
     infer=_pos_infer, params=_pos_params,
+    workspace=io_workspace(per_output=2),  # the sinusoidal table [L, C]: positions, frequencies, sin/cos pairs
     doc="adds position embeddings to tokens: learned (parameter `pos_embedding` [1, L, C], like "
         "torchvision ViT's encoder.pos_embedding) or the fixed sin/cos table of 'Attention Is All You Need' "
         "(computed in forward, no state).",

@@ -10,7 +10,7 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, OutChannels, ParamSpec,
-                                check_positive, expect_rank, tuple_n)
+                                check_positive, expect_rank, nbytes, tuple_n, work_bytes)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -136,6 +136,22 @@ def make_conv(nd: int) -> OpDef:
         macs = outs[0].numel() * (cin // groups) * math.prod(k)
         return Cost(macs, 2 * macs + (outs[0].numel() if attrs["bias"] else 0))
 
+    def workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+        """oneDNN (torch) and TVM reorder the input, output and weights to blocked layouts: twice
+        the input and the output, once the weights; a padding mode other than zeros pads a copy
+        of the input first; a dtype other than f32/bf16 takes PyTorch's slow path, whose im2col
+        buffer holds N * C_in*prod(k) * prod(output spatial) values."""
+        x, y = ins[0], outs[0]
+        k = tuple_n(attrs["k"], nd, "k")
+        item = work_bytes(x)
+        ws = 2 * nbytes(x) + 2 * nbytes(y) + x.shape[1] // attrs["groups"] * y.shape[1] * math.prod(k) * item
+        if attrs["pad_mode"] != "zeros":
+            pads = conv_padding(attrs, list(x.shape[2:]), nd)
+            ws += x.shape[0] * x.shape[1] * math.prod(s + lo + hi for s, (lo, hi) in zip(x.shape[2:], pads)) * item
+        if x.dtype not in ("f32", "bf16"):
+            ws += x.shape[0] * x.shape[1] * math.prod(k) * math.prod(y.shape[2:]) * item
+        return ws
+
     return OpDef(
         name=name,
         group="convolution",
@@ -156,6 +172,7 @@ def make_conv(nd: int) -> OpDef:
         params=params,
         cost=cost,
         normalize=normalize,
+        workspace=workspace,
         doc=f"{nd}-D convolution over [N, C, {', '.join('DHW'[3 - nd:])}]; in-channels inferred.",
         example=f"conv{nd}d(64, 3, stride=2, pad=1)" if nd != 1 else "conv1d(64, 5, pad=same)",
         example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
@@ -236,6 +253,15 @@ def make_conv_transpose(nd: int) -> OpDef:
         macs = ins[0].numel() * (out // groups) * math.prod(k)
         return Cost(macs, 2 * macs)
 
+    def workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+        """Layout reorders as for conv (twice input and output, once weights), plus PyTorch's
+        col2im buffer of one sample: C_out*prod(k) * prod(input spatial) values."""
+        x, y = ins[0], outs[0]
+        k = tuple_n(attrs["k"], nd, "k")
+        item = work_bytes(x)
+        weights = x.shape[1] * (attrs["out"] // attrs["groups"]) * math.prod(k) * item
+        return 2 * nbytes(x) + 2 * nbytes(y) + weights + attrs["out"] * math.prod(k) * math.prod(x.shape[2:]) * item
+
     return OpDef(
         name=name,
         group="convolution",
@@ -253,6 +279,7 @@ def make_conv_transpose(nd: int) -> OpDef:
         params=params,
         cost=cost,
         normalize=normalize,
+        workspace=workspace,
         doc=f"{nd}-D transposed convolution (fractionally strided); in-channels inferred.",
         example=f"conv_transpose{nd}d(64, 2, stride=2)",
         example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],

@@ -6,8 +6,8 @@ is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, always_identity, keep_channels, off_attr, opaque,
-                                zero_cost)
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, always_identity, io_workspace,
+                                keep_channels, nbytes, no_workspace, off_attr, opaque, zero_cost)
 from convdsl.ir.types import TensorType
 
 
@@ -15,12 +15,17 @@ def same_type(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [ins[0]]
 
 
-def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: int = 1, **props) -> OpDef:
+def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: int = 1,
+                temporary: bool = False, **props) -> OpDef:
     def cost(a, ins, outs):
         return Cost(0, flops_per * outs[0].numel())
 
     return OpDef(name=name, group="activation", attrs=attrs, infer=same_type, cost=cost, doc=doc,
-                 example=f"x | {name}", shape_rule="out = in", prune=keep_channels(), **props)
+                 example=f"x | {name}", shape_rule="out = in",
+                 workspace=_TEMPORARY if temporary else no_workspace, prune=keep_channels(), **props)
+
+
+_TEMPORARY = io_workspace(per_output=1)  # a composite formula keeps one intermediate of the output's size
 
 
 def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
@@ -72,6 +77,23 @@ def _matmul(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [TensorType((*batch.shape, a.shape[-2], b.shape[-1]), a.dtype)]
 
 
+def _matmul_workspace(attrs, ins, outs) -> int:
+    """torch.matmul and TVM expand both inputs over the broadcast batch dims (and copy them
+    contiguous) before the batched product."""
+    batch = outs[0].shape[:-2]
+    size = 1
+    for d in batch:
+        size *= d
+    return sum(size * t.shape[-2] * t.shape[-1] * nbytes(t) // max(1, _numel(t)) for t in ins)
+
+
+def _numel(t: TensorType) -> int:
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n
+
+
 def _matmul_cost(attrs, ins, outs):
     macs = outs[0].numel() * ins[0].shape[-1]
     return Cost(macs, 2 * macs)
@@ -120,16 +142,16 @@ OPS = [
     _activation("relu6", "min(max(x, 0), 6)"),
     _activation("leaky_relu", "x if x > 0 else slope*x", (Attr("slope", "float", 0.01),)),
     _activation("gelu", "Gaussian error linear unit (exact erf form; approximate=tanh optional)",
-                (Attr("approximate", "sym", "none", choices=("none", "tanh")),), flops_per=8),
-    _activation("silu", "x * sigmoid(x) (swish)", flops_per=4),
+                (Attr("approximate", "sym", "none", choices=("none", "tanh")),), flops_per=8, temporary=True),
+    _activation("silu", "x * sigmoid(x) (swish)", flops_per=4, temporary=True),
     _activation("sigmoid", "1 / (1 + exp(-x))", flops_per=4),
     _activation("tanh", "hyperbolic tangent", flops_per=4),
-    _activation("hardswish", "x * relu6(x + 3) / 6", flops_per=4),
-    _activation("hardsigmoid", "relu6(x + 3) / 6", flops_per=3),
+    _activation("hardswish", "x * relu6(x + 3) / 6", flops_per=4, temporary=True),
+    _activation("hardsigmoid", "relu6(x + 3) / 6", flops_per=3, temporary=True),
     _activation("neg", "-x; also written `-x`"),
     OpDef(name="affine", group="arithmetic",
           attrs=(Attr("scale", "float", 1.0), Attr("shift", "float", 0.0)),
-          infer=same_type, doc="x * scale + shift; what `x * 0.5` or `x + 1` become",
+          infer=same_type, workspace=_TEMPORARY, doc="x * scale + shift; what `x * 0.5` or `x + 1` become",
           example="affine(x, scale=0.5)", shape_rule="out = in",
           identity_when=lambda a, x, y: x == y and a["scale"] == 1.0 and a["shift"] == 0.0,
           prune=keep_channels()),
@@ -141,12 +163,13 @@ OPS = [
     _binary("mul", "*", commutative=True),
     _binary("div", "/"),
     OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
+          workspace=_matmul_workspace,
           doc="batched matrix product over the last two dims; also written `a @ b`.",
           example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]",
           prune=opaque("which dims of the operands carry channels is not known"),
           example_inputs="a: f32[N, 8, 16, 32], b: f32[N, 8, 32, 16]"),
     OpDef(name="softmax", group="activation", attrs=(Attr("dim", "int", -1),), infer=_softmax_infer,
-          cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()),
+          cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()), workspace=_TEMPORARY,
           doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in",
           prune=keep_channels(off_attr("dim"))),
     OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing"),),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, keep_channels, on_axis, opaque
+from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, expect_rank, keep_channels, nbytes, on_axis, opaque,
+                                work_bytes)
 from convdsl.ir.types import Dim, TensorType, bind_dim
 
 LAYOUTS = ("nchw", "nhwc")
@@ -195,6 +196,53 @@ def _fc_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost
     return long_conv_cost(ins[0], attrs["kernel_len"], int(attrs["bias"]) + 2 * int(attrs["skip"]))
 
 
+# ---- working memory -----------------------------------------------------------------------
+def dft_matrix(n: int) -> int:
+    """Elements of the largest dense DFT matrix TVM's lowering (backends/tvm/dft.py) builds for an
+    n-point transform: n x n when n <= 128 or n has no divisor in 2..min(128, sqrt(n)) (a prime
+    n of 100,003 points is a 10**10-element matrix), else that of n // n1 (Cooley-Tukey)."""
+    while n > 128:
+        n1 = next((d for d in range(min(128, math.isqrt(n)), 1, -1) if n % d == 0), None)
+        if n1 is None:
+            return n * n
+        n //= n1
+    return n * n
+
+
+def dft_workspace(*sizes: int) -> int:
+    """TVM's DFT constants for transforms of these sizes: each matrix is computed in float64 at
+    compile time (index, phase, cos and sin arrays) and kept as float32 re/im pairs."""
+    return sum(40 * dft_matrix(n) for n in sizes)
+
+
+def fft_len_bound(n: int) -> int:
+    """At least the transform length either backend pads n points to: TVM uses n, torch the next
+    2^a 3^b 5^c, never more than 25% above n."""
+    return n + n // 4 + 8
+
+
+def long_conv_workspace(x: TensorType, kernel_len: int) -> int:
+    """One FFT long convolution of u[N, C, L] with kernel[C, K], both padded to n >= L + K: the
+    padded input, its spectrum, the product and the inverse (torch), or the real and imaginary
+    parts of each DFT stage (TVM): five n-point rows per (sample, channel), three per channel
+    for the kernel, plus TVM's DFT constants."""
+    rows, c, L = x.shape[0] * x.shape[1], x.shape[1], x.shape[2]
+    n = fft_len_bound(L + kernel_len)
+    return (5 * rows + 3 * c) * n * work_bytes(x) + dft_workspace(L + kernel_len)
+
+
+def _spectral_workspace(op: str, copies: int):
+    def workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+        """rfft2 of the input: the (N, C) planes of H x (W//2+1) complex bins, ``copies`` times
+        (spectrum, products, the inverse's input), a float copy of the input and the output
+        before a layout change, plus TVM's DFT constants over H and W."""
+        x = ins[0]
+        c, h, w = image_dims(op, attrs, x)
+        bins = x.shape[0] * c * h * (w // 2 + 1)
+        return copies * bins * 2 * work_bytes(x) + 2 * nbytes(x) + dft_workspace(h, w)
+    return workspace
+
+
 _LAYOUT = Attr("layout", "sym", "nchw", choices=LAYOUTS, doc="nchw: [N, C, H, W]; nhwc: [N, H, W, C]")
 
 OPS = [
@@ -205,7 +253,7 @@ OPS = [
             Attr("w", "int", None, doc="width W the filter is for (the weight has W//2+1 frequency columns)"),
             _LAYOUT,
         ),
-        infer=_gf_infer, params=_gf_params, cost=_gf_cost,
+        infer=_gf_infer, params=_gf_params, cost=_gf_cost, workspace=_spectral_workspace("global_filter", 4),
         doc="GFNet global filter (Rao et al. 2021): y = irfft2(rfft2(x) * W, s=(H, W)) over (H, W), "
             "both transforms norm='ortho', with a learned complex weight per channel and frequency, "
             "stored as real/imag pairs complex_weight[C, H, W//2+1, 2] (init normal std 0.02, as GFNet). "
@@ -225,7 +273,7 @@ OPS = [
             Attr("residual", "bool", True, doc="add the input to the output (as AFFNet's mixer does)"),
             _LAYOUT,
         ),
-        infer=_aff_infer, params=_aff_params, cost=_aff_cost,
+        infer=_aff_infer, params=_aff_params, cost=_aff_cost, workspace=_spectral_workspace("adaptive_filter", 8),
         doc="AFFNet adaptive frequency filter (Huang et al. 2023), the AFF token mixer: X = rfft2(x, "
             "norm='ortho'); a per-frequency complex MLP over channels, block-diagonal in `blocks` groups "
             "(grouped 1x1 convs on the spectrum), makes a filter from X: "
@@ -247,6 +295,7 @@ OPS = [
             Attr("skip", "bool", False, doc="add D * u (the Hyena/S4 skip term, param D[C])"),
         ),
         infer=_fc_infer, params=_fc_params, cost=_fc_cost, normalize=_fc_normalize,
+        workspace=lambda attrs, ins, outs: long_conv_workspace(ins[0], attrs["kernel_len"]),
         doc="FFT long convolution (FlashFFTConv semantics): each channel of u[N, C, L] is convolved with "
             "its own kernel[C, K]: both are zero-padded to L + K (2L when K = L), multiplied as rfft "
             "spectra and transformed back, so nothing wraps around. causal=true keeps outputs 0..L-1: "

@@ -19,8 +19,8 @@ is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value,
-                                keep_channels, off_attr, opaque, zero_cost)
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, io_workspace,
+                                keep_channels, nbytes, off_attr, opaque, zero_cost)
 from convdsl.ir.types import TensorType
 from convdsl.ir.ops.pool import normalize_dims
 
@@ -101,6 +101,7 @@ GLU = OpDef(
     name="glu", group="activation",
     attrs=(Attr("dim", "int", 1, doc="the dim cut into halves (a, b)"),),
     infer=_glu_infer, cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()),
+    workspace=io_workspace(per_output=1),  # sigmoid(b) before the product
     doc="gated linear unit (Dauphin et al. 2017; F.glu): splits dim into halves a, b and returns a * sigmoid(b).",
     example="glu(dim=1)",
     shape_rule="in[dim] -> in[dim] / 2 (in[dim] even)",
@@ -126,6 +127,7 @@ PRELU = OpDef(
     attrs=(Attr("shared", "bool", False, doc="one slope for all channels instead of one per channel (dim 1)"),
            Attr("init", "float", 0.25, doc="initial slope")),
     infer=_prelu_infer, cost=lambda a, ins, outs: Cost(0, 2 * outs[0].numel()),
+    workspace=io_workspace(per_output=1),  # the slope broadcast to the input's shape
     params=lambda a, ins: {"weight": ParamSpec(_prelu_shape(a, ins[0]), Init("const", (a["init"],)))},
     doc="parametric ReLU (torch.nn.PReLU): x if x > 0 else a_c * x with a learned slope per channel (dim 1), "
         "parameter `weight` [C] (or [1] when shared).",
@@ -151,6 +153,7 @@ AMAX = OpDef(
     name="amax", group="pooling",
     attrs=(Attr("dims", "ints", doc="dim or list of dims to take the maximum over"), Attr("keepdim", "bool", False)),
     infer=_reduce_infer("amax"), cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
+    workspace=io_workspace(per_input=1),  # a reduction over several dims permutes a copy first
     doc="maximum over the given dims (torch.amax), e.g. the channel-max map of a spatial attention: "
         "amax(1, keepdim=true).",
     example="amax(1, keepdim=true)",
@@ -170,6 +173,7 @@ VECTOR_NORM = OpDef(
     attrs=(Attr("dims", "ints", doc="dim or list of dims the norm runs over"), Attr("p", "float", 2.0),
            Attr("keepdim", "bool", False)),
     infer=_norm_infer, cost=lambda a, ins, outs: Cost(0, 2 * ins[0].numel()),
+    workspace=io_workspace(per_input=2),  # |x| and |x|^p before the sum
     doc="the p-norm (sum |x|^p)^(1/p) over the given dims (torch.linalg.vector_norm), e.g. the per-channel "
         "spatial L2 norm of global response normalization: vector_norm([1, 2], keepdim=true) on [N, H, W, C].",
     example="vector_norm([2, 3], keepdim=true)",
@@ -222,12 +226,20 @@ def _dynamic_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) ->
     return Cost(macs, 2 * macs)
 
 
+def _dynamic_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """The input unfolded to [N, C*k*k, H*W] (F.unfold, TVM's gather), the product with the
+    kernels of the same size, and the kernels broadcast over the channels of a group."""
+    x = ins[0]
+    unfolded = nbytes(x) * attrs["k"] ** 2
+    return 2 * unfolded + nbytes(ins[1]) * x.shape[0] // max(1, ins[1].shape[0])
+
+
 DYNAMIC_FILTER = OpDef(
     name="dynamic_filter", group="convolution",
     attrs=(Attr("k", "int", 3, doc="kernel size (odd; zero padding keeps H, W)"),
            Attr("dilation", "int", 1)),
     inputs=(2, 2), input_names=("x", "kernels"),
-    infer=_dynamic_infer, cost=_dynamic_cost,
+    infer=_dynamic_infer, cost=_dynamic_cost, workspace=_dynamic_workspace,
     doc="per-pixel filtering with predicted kernels (kernel-prediction networks; TVConv): "
         "y[n, c, i, j] = sum_t kernels[n, g*k*k + t, i, j] * x[n, c, i + d*(ty - k//2), j + d*(tx - k//2)], "
         "t = ty*k + tx, g = c // (C/G), zeros outside the image. G = 1 shares one kernel across channels, "

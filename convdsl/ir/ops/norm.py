@@ -9,10 +9,14 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, expect_rank,
-                                keep_channels, on_axis)
+                                io_workspace, keep_channels, on_axis)
 
 # per-channel statistics and affine parameters: one entry per channel of dim 1
 _STATS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
+
+# normalizations reshape or permute a copy of the input, then hold statistics and a normalized
+# intermediate of its size (layernorm2d permutes to channels-last and back)
+_NORM_WORKSPACE = io_workspace(per_input=2)
 from convdsl.ir.types import TensorType
 
 
@@ -39,7 +43,7 @@ def _bn(nd: int) -> OpDef:
 
     return OpDef(name=name, group="normalization",
                  attrs=(Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1), Attr("affine", "bool", True)),
-                 infer=infer, params=params, cost=lambda a, i, o: Cost(0, 2 * o[0].numel()),
+                 infer=infer, params=params, cost=lambda a, i, o: Cost(0, 2 * o[0].numel()), workspace=_NORM_WORKSPACE,
                  doc="batch normalization over dim 1 (inference uses running statistics)"
                      + ("" if nd else "; rank picks 1d/2d/3d"),
                  example=f"x | {name}", shape_rule="out = in",
@@ -152,7 +156,7 @@ def _in(nd: int) -> OpDef:
     return OpDef(name=name, group="normalization",
                  attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", False), Attr("momentum", "float", 0.1),
                         Attr("track_running_stats", "bool", False)),
-                 infer=infer, params=params, cost=_norm_cost,
+                 infer=infer, params=params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
                  doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent "
                      "(more than one element, as in PyTorch).",
                  example=f"x | {name}", shape_rule="out = in; more than one spatial element",
@@ -169,19 +173,19 @@ OPS = [
           attrs=(Attr("dims", "int", 1, doc="how many trailing dims to normalize over"), Attr("eps", "float", 1e-5),
                  Attr("affine", "bool", True, doc="learned elementwise weight (and bias)"),
                  Attr("bias", "bool", True, doc="learned bias (with affine)")),
-          infer=_ln_infer, params=_ln_params, cost=_norm_cost,
+          infer=_ln_infer, params=_ln_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="layer normalization over the last `dims` dims (channels-last: [N, L, C] or [N, H, W, C]).",
           example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]",
           prune=PRUNE_RULE),  # weight and bias follow the channels only when they are normalized over
     OpDef(name="layernorm2d", group="normalization",
           attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
-          infer=_ln2d_infer, params=_ln2d_params, cost=_norm_cost,
+          infer=_ln2d_infer, params=_ln2d_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="channels-first layer normalization: normalizes over C of [N, C, H, W] at each position (ConvNeXt).",
           example="x | layernorm2d", shape_rule="out = in; weight shape = [C]",
           prune=keep_channels(on_axis(1), {"weight": 0, "bias": 0})),
     OpDef(name="groupnorm", group="normalization",
           attrs=(Attr("groups", "int", 32), Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
-          infer=_gn_infer, params=_gn_params, cost=_norm_cost,
+          infer=_gn_infer, params=_gn_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="group normalization: channels split into groups, each normalized over (group channels, spatial).",
           example="groupnorm(32)", shape_rule="out = in; groups divides C",
           prune=PRUNE_RULE),  # groups: the same count kept in each

@@ -13,8 +13,8 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, OpDef, before_axis, before_last,
-                                check_positive, expect_rank, format_value, identity_if_same_type, keep_channels,
-                                normalize_dims, tuple_n)
+                                check_positive, expect_rank, format_value, identity_if_same_type, io_workspace,
+                                keep_channels, normalize_dims, tuple_n)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -50,6 +50,10 @@ def pool_out(op: str, size: Dim, k: int, s: int, p: int, d: int, ceil_mode: bool
 
 def _spatial_rank_check(op: str, x: TensorType, nd: int) -> None:
     expect_rank(op, x, nd + 1, nd + 2)
+
+
+# oneDNN pooling (torch) reorders input and output to blocked layouts; TVM pads a copy
+_REORDER_WORKSPACE = io_workspace(per_input=2, per_output=1)
 
 
 def make_pool(kind: str, nd: int) -> OpDef:
@@ -94,6 +98,7 @@ def make_pool(kind: str, nd: int) -> OpDef:
     what = "maximum" if is_max else "average"
     return OpDef(
         name=name, group="pooling", attrs=tuple(attrs), infer=infer, cost=cost,
+        workspace=_REORDER_WORKSPACE,
         int8_passthrough=is_max,  # max commutes with a monotone per-tensor quantization
         prune=keep_channels(before_last(nd)), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         doc=f"{nd}-D {what} pooling over the last {nd} dim(s) of [N, C, {SPATIAL[nd]}].",
@@ -117,6 +122,7 @@ def _global(kind: str) -> OpDef:
     return OpDef(
         name=name, group="pooling", attrs=(Attr("keepdim", "bool", True, doc="keep the pooled dims as size 1"),),
         infer=infer, cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
+        workspace=_REORDER_WORKSPACE,
         doc=f"{'average' if kind == 'avg' else 'maximum'} over all spatial dims (2 and after) of [N, C, ...].",
         example=f"x | {name} | flatten",
         shape_rule="[N, C, *spatial] -> [N, C, 1, ...] (keepdim) or [N, C]",
@@ -137,6 +143,7 @@ def _adaptive(kind: str, nd: int) -> OpDef:
     return OpDef(
         name=name, group="pooling", attrs=(Attr("out", "ints", 1, doc="output size per spatial dim"),),
         infer=infer, cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
+        workspace=_REORDER_WORKSPACE,
         doc=f"{nd}-D adaptive {'average' if kind == 'avg' else 'maximum'} pooling to a fixed output size.",
         example=f"{name}({'7' if nd != 1 else '16'})",
         shape_rule=f"[N, C, {SPATIAL[nd]}] -> [N, C, *out]",
@@ -212,6 +219,7 @@ OPS = [
     OpDef(name="mean", group="pooling",
           attrs=(Attr("dims", "ints", doc="dim or list of dims to average"), Attr("keepdim", "bool", False)),
           infer=_mean_infer, cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
+          workspace=io_workspace(per_input=1),  # a reduction over several dims permutes a copy first
           doc="average over the given dims (negative dims count from the end).",
           example="mean([2, 3])", shape_rule="drop (or keep as 1, keepdim) each dim in dims",
           prune=PRUNE_RULE),  # couplings.reduce
@@ -221,6 +229,7 @@ OPS = [
                  Attr("size", "ints", None, doc="output spatial size instead of a scale"),
                  Attr("align_corners", "bool", False, doc="linear modes only")),
           infer=_upsample_infer, cost=_upsample_cost,
+          workspace=io_workspace(per_input=1),  # a contiguous (or channels-last) copy of the input
           doc="resize the spatial dims of [N, C, *spatial] by interpolation (F.interpolate).",
           example="upsample(2, mode=bilinear)",
           shape_rule="out = floor(in * scale), or size", identity_when=identity_if_same_type,

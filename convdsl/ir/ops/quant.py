@@ -33,7 +33,7 @@ import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.optable import (SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, check_positive, expect_rank,
-                                opaque, tuple_n, zero_cost)
+                                io_workspace, opaque, tuple_n, zero_cost)
 from convdsl.ir.types import FLOAT_DTYPES, TensorType
 from convdsl.ir.ops.conv import conv_out_size, conv_padding
 
@@ -198,6 +198,15 @@ def make_qconv(nd: int) -> OpDef:
         macs = outs[0].numel() * (ins[0].shape[1] // attrs["groups"]) * math.prod(tuple_n(attrs["k"], nd, "k"))
         return Cost(macs, 2 * macs + 3 * outs[0].numel())  # + bias, scale, round per output
 
+    def workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+        """The torch simulation dequantizes input and weights to f32 and runs a float conv (its
+        reorders: twice the input and output); then the f32 accumulator, scaled and rounded, is
+        requantized through two more f32 temporaries.  TVM's int8 kernels need less."""
+        numel_in, numel_out = math.prod(ins[0].shape), math.prod(outs[0].shape)
+        k = math.prod(tuple_n(attrs["k"], nd, "k"))
+        weights = attrs["out"] * ins[0].shape[1] // attrs["groups"] * k
+        return 4 * (3 * numel_in + 5 * numel_out + 2 * weights)
+
     return OpDef(
         name=name,
         group="quantization",
@@ -215,6 +224,7 @@ def make_qconv(nd: int) -> OpDef:
         params=params,
         cost=cost,
         normalize=normalize,
+        workspace=workspace,
         doc=f"{nd}-D convolution of an int8 (u8/i8) tensor with int8 per-channel weights (`weight` i8, `w_scale` "
             "f32 per output channel, `bias` i32), int32 accumulation, then a float output or requantization "
             "to int8 (see convdsl/ir/ops/quant.py for the exact arithmetic).",
@@ -245,14 +255,22 @@ def _qlinear_cost(attrs, ins, outs):
     return Cost(macs, 2 * macs + 3 * outs[0].numel())
 
 
+def _qlinear_workspace(attrs, ins, outs) -> int:
+    """As qconv: f32 copies of the input and weights, the f32 accumulator and two temporaries."""
+    numel_in, numel_out = math.prod(ins[0].shape), math.prod(outs[0].shape)
+    return 4 * (2 * numel_in + 4 * numel_out + 2 * attrs["out"] * ins[0].shape[-1])
+
+
 OPS = [
     OpDef(name="quantize", group="quantization",
           attrs=(*_QATTRS, Attr("dtype", "sym", "u8", choices=INT_DTYPES)),
           infer=_quantize_infer,
+          workspace=io_workspace(per_input=3),  # x / scale, rounded, shifted: f32 temporaries before the clamp
           doc="float -> int8: q = clamp(round(x * f32(1/scale)) + zero_point) in the dtype's range, "
               "rounding half to even.",
           example="quantize(0.05, 128)", shape_rule="out = in; dtype = dtype", prune=_INT8),
     OpDef(name="dequantize", group="quantization", attrs=_QATTRS, infer=_dequantize_infer,
+          workspace=io_workspace(per_output=1),  # q - zero_point in f32 before the scale
           doc="int8 -> f32: x = (q - zero_point) * scale.",
           example="quantize(0.05, 128) | dequantize(0.05, 128)", shape_rule="out = in; dtype = f32", prune=_INT8),
     OpDef(name="cast", group="quantization", attrs=(Attr("dtype", "sym", choices=FLOAT_DTYPES),),
@@ -263,7 +281,7 @@ OPS = [
     make_qconv(1), make_qconv(2), make_qconv(3),
     OpDef(name="qlinear", group="quantization",
           attrs=(Attr("out", "int"), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
-          infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost,
+          infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost, workspace=_qlinear_workspace,
           doc="y = x W^T + b over the last dim with an int8 input, int8 per-row weights (`weight` i8, `w_scale` "
               "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",
           example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, keep_channels, on_axis
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, keep_channels, on_axis, work_bytes
 from convdsl.ir.types import TensorType, bind_dim
-from convdsl.ir.ops.fft import long_conv_cost, seq_dims
+from convdsl.ir.ops.fft import long_conv_cost, long_conv_workspace, seq_dims
 
 MAX_SCALES = 20  # SGConv's full kernel is kernel_dim * 2**(n_scales-1) taps
 
@@ -124,11 +124,17 @@ def _ss_normalize(attrs: dict, ins: list[TensorType]) -> dict:
     return attrs
 
 
+MAX_STATE = 65536  # A_log's initial values are a Python tuple of `state` logs: bounded before they are made
+
+
 def _ss_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     seq_dims("selective_scan", ins[0])
     for name in ("state", "dt_rank"):
         if attrs[name] <= 0:
             raise CDLTypeError(f"selective_scan: {name} must be positive", got=str(attrs[name]))
+    if attrs["state"] > MAX_STATE:
+        raise CDLTypeError(f"selective_scan: state is a size per channel (Mamba: 16), at most {MAX_STATE:,}",
+                           got=str(attrs["state"]))
     if attrs["d_conv"] < 0:
         raise CDLTypeError("selective_scan: d_conv counts conv taps (0 for no conv)", got=str(attrs["d_conv"]))
     _dt_range("selective_scan", attrs)
@@ -167,6 +173,43 @@ def _ss_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost
     return one + one if attrs["bidirectional"] else one
 
 
+def _bidirectional_workspace(attrs: dict, x: TensorType) -> int:
+    """The flipped input, the backward pass's output flipped back and the sum."""
+    return 3 * math.prod(x.shape) * work_bytes(x) if attrs["bidirectional"] else 0
+
+
+def _s4d_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """The kernel K[C, L] from a Vandermonde product computed 2,048 steps at a time ([C, state/2,
+    2048] complex powers and their exponent), the pieces and their concatenation, then an FFT
+    long convolution with a kernel of L taps."""
+    x = ins[0]
+    c, L, item = x.shape[1], x.shape[2], work_bytes(x)
+    vandermonde = 3 * c * (attrs["state"] // 2) * min(L, 2048) * 2 * item
+    return vandermonde + 3 * c * L * item + long_conv_workspace(x, L) + _bidirectional_workspace(attrs, x)
+
+
+def _sg_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """The multi-scale kernel (kernel_dim * 2**(S-1) taps per channel: the upsampled pieces, their
+    concatenation and its normalized copy), cut or padded to L, then an FFT long convolution."""
+    x = ins[0]
+    c, L, item = x.shape[1], x.shape[2], work_bytes(x)
+    return (3 * c * sgconv_length(attrs) + 2 * c * L) * item + long_conv_workspace(x, L) \
+        + _bidirectional_workspace(attrs, x)
+
+
+def _ss_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    """The scan's inputs (conv and SiLU, dt, dt*u: [N, C, L] each; B, C and dt_low: [N, L, rank +
+    2*state]) and its state per step: dt*A, its running sums and decays [N, C, L, state] (three
+    of them), and per chunk of 8 steps the pairwise decays [N, C, 8, 8, state]; TVM holds one
+    state [N, C, state] per step and the same inputs."""
+    x = ins[0]
+    n, c, L = x.shape
+    s, item = attrs["state"], work_bytes(x)
+    inputs = 6 * n * c * (L + attrs["d_conv"]) + 2 * n * L * (attrs["dt_rank"] + 2 * s)
+    state = 3 * n * c * L * s + 3 * n * c * 64 * s
+    return (inputs + state) * item + _bidirectional_workspace(attrs, x)
+
+
 _BIDIR = Attr("bidirectional", "bool", False, doc="y = F(u) + flip(F(flip(u))), shared parameters")
 
 OPS = [
@@ -178,7 +221,7 @@ OPS = [
             Attr("dt_max", "float", 0.1),
             _BIDIR,
         ),
-        infer=_s4d_infer, params=_s4d_params, cost=_s4d_cost,
+        infer=_s4d_infer, params=_s4d_params, cost=_s4d_cost, workspace=_s4d_workspace,
         doc="S4D diagonal LTI SSM (Gu et al. 2022), one per channel: x' = A x + B u, y = 2 Re(C x) + D u with "
             "N/2 complex modes A = -exp(log_A_real) + i A_imag, B = 1 (absorbed into C), step dt = exp(log_dt); "
             "ZOH discretization dA = exp(dt A), dB = (dA - 1)/A. Computed as the convolution with "
@@ -200,7 +243,7 @@ OPS = [
             Attr("interp", "sym", "linear", choices=("linear", "nearest"), doc="upsampling of sub-kernels"),
             _BIDIR,
         ),
-        infer=_sg_infer, params=_sg_params, cost=_sg_cost, normalize=_sg_normalize,
+        infer=_sg_infer, params=_sg_params, cost=_sg_cost, normalize=_sg_normalize, workspace=_sg_workspace,
         doc="SGConv structured global convolution (Li et al. 2022): sub-kernel i of kernel[S, C, d] is "
             "upsampled by 2**max(0, i-1) (F.interpolate, align_corners=false) and weighted by decay**i; "
             "the pieces are concatenated (d * 2**(S-1) taps), divided by their L2 norm per channel, then "
@@ -222,7 +265,7 @@ OPS = [
             Attr("dt_min", "float", 0.001),
             Attr("dt_max", "float", 0.1),
         ),
-        infer=_ss_infer, params=_ss_params, cost=_ss_cost, normalize=_ss_normalize,
+        infer=_ss_infer, params=_ss_params, cost=_ss_cost, normalize=_ss_normalize, workspace=_ss_workspace,
         doc="Mamba selective SSM (Gu & Dao 2023) on u[N, C, L]: (optional u = silu(causal depthwise conv1d(u))); "
             "x_proj gives (dt_low, B, C) per step from u; dt = softplus(dt_proj(dt_low)) per channel; "
             "A = -exp(A_log); h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t; y_t = C_t . h_t + D u_t. "

@@ -43,7 +43,8 @@ def test_folder_and_manifest(artifact):
     assert m["tvm"]["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
     assert m["tvm"]["outputs"][0]["shape"] == [1, 5]
     assert m["versions"]["tvm"] and m["convdsl_version"] and "source_hash" in m
-    assert "conv2d" in m["ops"] and len(m["tvm"]["library_sha256"]) == 64
+    assert "conv2d" in m["ops"] and len(m["files"]["lib.so"]["sha256"]) == 64
+    assert m["files"]["lib.so"]["bytes"] == (out / "lib.so").stat().st_size
 
 
 def test_load_runs_numpy_and_torch(artifact):
@@ -80,11 +81,17 @@ def test_convdsl_run_on_the_folder(artifact, tmp_path):
 
 
 def _copy_with(out, tmp_path, edit):
+    """A copy of the artifact with its manifest edited and signed again with your key: a folder
+    you made, as another TVM or another machine would have made it."""
+    from convdsl.trust import write_signature
+
     dst = tmp_path / "edited"
     shutil.copytree(out, dst)
     m = json.loads((dst / "manifest.json").read_text())
     edit(m)
-    (dst / "manifest.json").write_text(json.dumps(m))
+    data = json.dumps(m).encode()
+    (dst / "manifest.json").write_bytes(data)
+    write_signature(dst, data)
     return dst
 
 
@@ -101,7 +108,8 @@ def test_other_target_is_refused(artifact, tmp_path):
 
     if detected_cuda_arch() is not None:
         pytest.skip("a GPU is visible: a CUDA target would be runnable")
-    dst = _copy_with(out, tmp_path, lambda m: m["tvm"].update(target={"kind": "cuda", "arch": "sm_90"}))
+    dst = _copy_with(out, tmp_path, lambda m: (m.update(backend="tvm-cuda"),
+                                               m["tvm"].update(target={"kind": "cuda", "arch": "sm_90"})))
     with pytest.raises(UsageError, match="no GPU is visible"):
         load(dst)
 
@@ -121,7 +129,7 @@ def test_changed_library_is_refused(artifact, tmp_path):
     dst = _copy_with(out, tmp_path, lambda m: None)
     with open(dst / "lib.so", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(UsageError, match="checksum"):
+    with pytest.raises(UsageError, match="changed or truncated after compiling"):
         load(dst)
 
 
