@@ -3,7 +3,8 @@
 Per op (``gaps`` names what is missing):
 
 - a doc and an example that elaborates on its ``example_inputs`` (convdsl/ir/ops/<family>.py);
-- a torch and a TVM lowering, or a stated reason (backends/<backend>/lower_<family>.py);
+- a torch and a TVM lowering, or a stated reason (backends/<backend>/lower_<family>.py), and an
+  ONNX export the same way when the optional ``onnx`` package is installed (the ``onnx`` extra);
 - a pruning behaviour: ``OpDef.prune`` is keep_channels (data), PRUNE_RULE with a rule in
   passes/prune/couplings.py and apply.py, or opaque(why);
 - an independent check by ``verify``: a random-program step draws it, or
@@ -53,7 +54,12 @@ def tables() -> dict[str, LoweringTable]:
     from convdsl.backends.torch.lowering import TORCH_LOWERINGS
     from convdsl.backends.tvm.lowering import TVM_LOWERINGS
 
-    return {"torch": TORCH_LOWERINGS, "tvm": TVM_LOWERINGS}
+    out = {"torch": TORCH_LOWERINGS, "tvm": TVM_LOWERINGS}
+    try:
+        from convdsl.backends.onnx.lowering import ONNX_EXPORTS
+    except ImportError:  # the onnx extra is not installed: no ONNX backend to check
+        return out
+    return {**out, "onnx": ONNX_EXPORTS}
 
 
 def gaps(ops=OPS, lowerings: dict[str, LoweringTable] | None = None) -> dict[str, list[str]]:
