@@ -18,7 +18,7 @@ from convdsl.ir.ops.conv import conv_out_size
 KERNEL_ATTR = "convdsl.kernel"
 
 
-def _pad(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
+def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
     if not (pt or pl or pb or pr):
         return data
     n, c, h, w, b = data.shape
@@ -42,7 +42,7 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = _pad(data, pt, pl, pb, pr)
+    xp = pad_spatial(data, pt, pl, pb, pr)
     rc = te.reduce_axis((0, icb), "ic_outer")
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
@@ -61,7 +61,7 @@ def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = _pad(data, pt, pl, pb, pr)
+    xp = pad_spatial(data, pt, pl, pb, pr)
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
     return te.compute(
