@@ -5,6 +5,7 @@ import os
 from typing import Any, Mapping
 
 from convdsl.backends import BACKENDS, backend_module
+from convdsl.ir.display import attach_display
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights
@@ -25,10 +26,12 @@ def load_graph(source: str | os.PathLike, *, network: str | None = None, weights
 
 
 def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs: Any):
-    """Compile a program (path, text or graph) to a runnable module of ``backend``."""
+    """Compile a program (path, text or graph) to a runnable module of ``backend``; in a notebook
+    the module shows its graph (picture and statistics table)."""
     g = source if isinstance(source, Graph) else load_graph(source, **kwargs)
     mod = backend_module(backend)
-    return mod.build_module(g)
+    name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+    return attach_display(mod.build_module(g), g, name)
 
 
 def import_model(module, example_inputs, name: str | None = None):

@@ -25,33 +25,8 @@ import sys
 from typing import Any
 
 from convdsl.errors import ConvDSLError, UsageError
-from convdsl.ir.graph import Graph
 
 _cells = 0  # numbers the cells' pseudo file names, so error locations say which cell
-
-
-class _Shown:
-    """A compiled module as a notebook shows it: its graph (picture and table), and the backend."""
-
-    def __init__(self, graph: Graph, backend: str) -> None:
-        self.graph = graph
-        self.backend = backend
-
-    def __call__(self) -> str:
-        from convdsl.ir.display import graph_html
-
-        return graph_html(self.graph, f"{self.graph.name} (compiled: {self.backend})")
-
-
-def attach_display(module: Any, graph: Graph, backend: str) -> Any:
-    """Give a compiled module a notebook display (graph picture + statistics); its graph is kept as
-    ``_convdsl_graph`` (a name no generated layer can take)."""
-    try:
-        object.__setattr__(module, "_repr_html_", _Shown(graph, backend))
-        object.__setattr__(module, "_convdsl_graph", graph)
-    except (AttributeError, TypeError):  # an object that takes no attributes: shown as its repr
-        pass
-    return module
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +71,7 @@ def _run(line: str, cell: str, namespace: dict | None, file: str) -> Any:
     if args.backend == "graph":
         result: Any = graph
     else:
-        result = attach_display(compile_graph(graph, args.backend), graph, args.backend)
+        result = compile_graph(graph, args.backend)  # shows its graph (convdsl.ir.display.attach_display)
     if namespace is not None:
         namespace[args.name or graph.name] = result
     if not args.quiet:

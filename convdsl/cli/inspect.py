@@ -67,17 +67,11 @@ def fmt(files, write, check_only):
 
 
 def _read_cdl(path: str) -> str:
-    """A .cdl file as the front end reads it: a regular file of bounded size, UTF-8."""
-    from convdsl.errors import UsageError
-    from convdsl.lang.source import read_source
+    """A .cdl file as every command reads its main file (``read_program``): a regular file of
+    bounded size; one that is not UTF-8 is a syntax error at its first bad byte."""
+    from convdsl.lang.source import read_program
 
-    try:
-        return read_source(path)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text (byte {e.start:,} is {e.object[e.start:e.start + 1]!r})",
-                         hint="save the file as UTF-8") from None
+    return read_program(path)
 
 
 def write_in_place(path: str, text: str) -> None:

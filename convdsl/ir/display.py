@@ -11,11 +11,18 @@ import html
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from convdsl.errors import ConvDSLError
 from convdsl.ir.draw import render
 from convdsl.ir.graph import Graph
-from convdsl.ir.stats import format_shapes, human_bytes, human_count, layer_stats, summary
+from convdsl.ir.stats import (
+    format_shapes,
+    human_bytes,
+    human_count,
+    layer_stats,
+    summary,
+)
 
 MAX_ROWS = 400  # layers listed in the HTML table; the totals always cover all of them
 MAX_SVG_NODES = 3000  # larger graphs are not laid out (dot would take minutes)
@@ -64,3 +71,25 @@ def graph_html(graph: Graph, title: str | None = None) -> str:
              f"<tfoot><tr><th>total</th><th>{s['layers']:,} ops</th><th></th><th>{s['params']:,}</th>"
              f"<th>{s['macs']:,}</th><th>{esc(human_bytes(s['act_bytes']))}</th></tr></tfoot></table></details>")
     return f"<div class='convdsl-graph'>{head}{picture}{table}</div>"
+
+
+class _Shown:
+    """A compiled module as a notebook shows it: its graph (picture and table), and the backend."""
+
+    def __init__(self, graph: Graph, backend: str) -> None:
+        self.graph = graph
+        self.backend = backend
+
+    def __call__(self) -> str:
+        return graph_html(self.graph, f"{self.graph.name} (compiled: {self.backend})")
+
+
+def attach_display(module: Any, graph: Graph, backend: str) -> Any:
+    """Give a compiled module a notebook display (graph picture + statistics); its graph is kept as
+    ``_convdsl_graph`` (a name no generated layer can take)."""
+    try:
+        object.__setattr__(module, "_repr_html_", _Shown(graph, backend))
+        object.__setattr__(module, "_convdsl_graph", graph)
+    except (AttributeError, TypeError):  # an object that takes no attributes: shown as its repr
+        pass
+    return module

@@ -38,13 +38,23 @@ class MemoryBudget:
         self.param_bytes = 0
         self.tensor_bytes = 0
         self.workspace: tuple[int, str | None] = (0, None)  # the largest, and its op
+        self._sizes: dict[str, int] = {}  # symbolic dim text -> its size (parsing it is most of the cost)
+
+    def size(self, d: int | str) -> int:
+        """A dimension as a concrete size (a negative size counts as 0)."""
+        if isinstance(d, int):
+            return max(0, d)
+        n = self._sizes.get(d)
+        if n is None:
+            n = self._sizes[d] = max(0, bind_dim(d, self.bind))
+        return n
 
     def bound(self, t: TensorType) -> TensorType:
         """``t`` with every dimension a concrete size (a negative size counts as 0)."""
-        return TensorType(tuple(max(0, bind_dim(d, self.bind)) for d in t.shape), t.dtype)
+        return TensorType(tuple(self.size(d) for d in t.shape), t.dtype)
 
     def nbytes(self, t: TensorType) -> int:
-        return math.prod(self.bound(t).shape) * DTYPE_BYTES.get(t.dtype, 4)
+        return math.prod(self.size(d) for d in t.shape) * DTYPE_BYTES.get(t.dtype, 4)
 
     @property
     def total(self) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from lark import Lark
 from lark.exceptions import UnexpectedCharacters
+from lark.lexer import LexerThread
 
 from convdsl.lang.parser import grammar_text
 
@@ -47,12 +48,12 @@ def _lexer() -> Lark:
 
 def lex(text: str) -> list[Tok]:
     """Every token of ``text`` (comments and blanks dropped, newlines kept as ``_NL``)."""
-    lark = _lexer()
+    lexer = _lexer().parser.lexer  # built once (Lark.lex builds a new lexer on every call)
     work = text
     for _ in range(MAX_SKIPS):
         out: list[Tok] = []
         try:
-            for t in lark.lex(work):
+            for t in LexerThread.from_text(lexer, work).lex(None):
                 out.append(Tok(t.type, str(t), t.line, t.column, t.end_line, t.end_column, t.start_pos))
             return out
         except UnexpectedCharacters as e:

@@ -45,7 +45,7 @@ def test_a_reference_that_is_not_utf8_is_refused(tmp_path):
     ("a FIFO", lambda p: os.mkfifo(p), "not a regular file"),
     ("a link to /dev/zero", lambda p: p.symlink_to("/dev/zero"), "not a regular file"),
     ("5 MiB", lambda p: p.write_text("#" * (5 * 1024 * 1024)), "larger than 4 MiB"),
-    ("missing", lambda p: None, "no such file"),
+    ("missing", lambda p: None, "No such file"),
 ])
 def test_a_space_file_that_cannot_be_one_is_refused_without_reading_it(tmp_path, what, make, says):
     make(tmp_path / "space.cdl")

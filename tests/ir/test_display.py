@@ -48,3 +48,15 @@ def test_long_tables_are_cut_but_totals_are_not(monkeypatch, limit):
     assert html.count("<tr><td style='text-align:left'>") == limit
     assert f"… {len(g) - 1 - limit} more layers" in html
     assert f"<th>{g.params.count():,}</th>" in html
+
+
+def test_a_module_from_convdsl_compile_displays_its_graph():
+    """Not only %%cdl cells: the module the Python API compiles shows the same picture and table."""
+    import torch
+
+    import convdsl
+
+    module = convdsl.compile(NET)
+    html = module._repr_html_()
+    assert "small (compiled: torch)" in html and "a.conv2d" in html and f"{convdsl.load_graph(NET).params.count():,} params" in html
+    assert module(torch.zeros(2, 3, 16, 16)).shape == (2, 10)  # still the plain nn.Module
