@@ -43,26 +43,30 @@ def accuracy_table(path: str, epochs: int, finetune: int) -> None:
     data = load_dataset("digits", seed=0)
     g = load_graph(path)
     t0 = time.perf_counter()
-    train(g, data, epochs, seed=0, progress=False)
+    train(g, data, epochs, seed=0, progress=False, build=build_module)
     base = size(g)
     print(f"\n{path}  (trained {epochs} epochs in {time.perf_counter() - t0:.0f} s)")
     print(f"  {'variant':28s} {'val acc':>7s} {'params':>10s} {'MACs':>13s}")
-    print(row("baseline", g, evaluate(g, data)["accuracy"], base))
+    print(row("baseline", g, evaluate(g, data, build=build_module)["accuracy"], base))
     folded = run_passes(g, "fold_bn")
-    print(row("fold_bn", folded, evaluate(folded, data)["accuracy"], base))
+    print(row("fold_bn", folded, evaluate(folded, data, build=build_module)["accuracy"], base))
     for r, criterion in [(r, "l1") for r in RATIOS] + [(0.5, "taylor")]:
-        kw = {"data": data} if criterion == "taylor" else {}
+        kw = {"data": data, "build": build_module} if criterion == "taylor" else {}
         p = prune(g, ratio=r, criterion=criterion, target="macs", round_to=1, **kw)
-        print(row(f"pruned {r:.0%} MACs ({criterion})", p, evaluate(p, data)["accuracy"], base))
-        train(p, data, finetune, seed=0, progress=False)  # the trainer's defaults, as `convdsl prune --finetune-epochs`
-        print(row(f"  + fine-tuned {finetune} epochs", p, evaluate(p, data)["accuracy"], base))
+        acc = evaluate(p, data, build=build_module)["accuracy"]
+        print(row(f"pruned {r:.0%} MACs ({criterion})", p, acc, base))
+        # the trainer's defaults, as `convdsl prune --finetune-epochs`
+        train(p, data, finetune, seed=0, progress=False, build=build_module)
+        acc = evaluate(p, data, build=build_module)["accuracy"]
+        print(row(f"  + fine-tuned {finetune} epochs", p, acc, base))
     try:
-        from convdsl.passes.quantize import calibration_batches, quantize
+        from convdsl.passes.quantize import quantize
+        from convdsl.train import calibration_batches
     except ImportError:
         print("  int8: quantization pass not available")
         return
-    q = quantize(folded, calibration_batches("digits"), method="percentile")
-    print(row("int8 (percentile calib.)", q, evaluate(q, data)["accuracy"], base))
+    q = quantize(folded, calibration_batches("digits"), method="percentile", build=build_module)
+    print(row("int8 (percentile calib.)", q, evaluate(q, data, build=build_module)["accuracy"], base))
 
 
 def interleaved_ms(fns: dict, rounds: int) -> dict[str, float]:
@@ -81,7 +85,7 @@ def interleaved_ms(fns: dict, rounds: int) -> dict[str, float]:
 
 def tvm_runner(g):
     try:
-        from convdsl.api import backend_module
+        from convdsl.backends import backend_module
 
         return backend_module("tvm-llvm").runner(g)
     except Exception as e:  # no TVM installed, or a build failure: reported, not fatal
@@ -118,7 +122,7 @@ def speed_table(path: str, quick: bool) -> None:
                 from convdsl.passes.quantize import quantize
 
                 calib = [np.random.default_rng(1).standard_normal((4, 3, 224, 224)).astype(np.float32)]
-                q = quantize(folded, calib, method="percentile")
+                q = quantize(folded, calib, method="percentile", build=build_module)
                 run = tvm_runner(q)
                 if run is not None:
                     runs["int8 (of fold_bn)"] = run

@@ -22,6 +22,7 @@ import torch
 import tvm
 
 from convdsl.api import load_graph
+from convdsl.backends.torch import build_module
 from convdsl.backends.tvm.bench import _torch_entry, _tvm_entry
 from convdsl.backends.tvm.schedules import int8
 from convdsl.passes import run_passes
@@ -130,7 +131,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     shape = (1, 3, args.size, args.size)
     calib = [rng.standard_normal((4, *shape[1:])).astype(np.float32) for _ in range(2)]
-    q = quantize(g, calib)
+    q = quantize(g, calib, build=build_module)
     x = rng.standard_normal(shape).astype(np.float32)
 
     entries = [("torch eager f32", _torch_entry(g, [x], "torch"))]

@@ -65,10 +65,10 @@ CALIB_SAMPLES = 32
 
 # ---- the network in every form the backends take -------------------------------------------------------
 def load_graph(name: str):
-    from convdsl.cli.common import _graph
+    from convdsl.cli.common import program_graph
 
     path, sets = NETS[name]
-    return _graph(str(ROOT / path), None, sets, (), (), None, 0)
+    return program_graph(str(ROOT / path), None, sets, (), (), None, 0)
 
 
 def input_shape(graph) -> list[int]:
@@ -129,16 +129,18 @@ def ort_qdq(f32: Path, out: Path, calib: np.ndarray) -> Path:
 
 def convdsl_int8(graph, calib: np.ndarray):
     """The program quantized by convdsl (fold_bn, then int8 with minmax ranges from ``calib``)."""
+    from convdsl.backends.torch import build_module
     from convdsl.passes import run_passes
     from convdsl.passes.quantize import quantize
 
     folded = run_passes(graph, "fold_bn,remove_identity,dce")
     batches = calib.reshape(-1, *calib.shape[2:])  # [count, 1, ...] -> batches of 8 inputs
-    return quantize(folded, [batches[i:i + 8] for i in range(0, len(batches), 8)], method="minmax")
+    return quantize(folded, [batches[i:i + 8] for i in range(0, len(batches), 8)], method="minmax",
+                    build=build_module)
 
 
 def save_program(graph, folder: Path) -> tuple[str, str]:
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
     from convdsl.ir.weights import save_weights
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,11 +176,11 @@ def child(spec: dict) -> None:
     if row in ("torch", "torch.compile"):
         import torch
 
-        from convdsl.cli.common import _graph
+        from convdsl.cli.common import program_graph
         from convdsl.backends.torch import build_module
 
         torch.set_num_threads(threads)
-        model = build_module(_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])).eval()
+        model = build_module(program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])).eval()
         fn = torch.compile(model) if row == "torch.compile" else model
         xt = torch.from_numpy(x)
 
@@ -214,10 +216,10 @@ def child(spec: dict) -> None:
             return req.get_output_tensor(0).data.copy()
     else:  # convdsl tvm-llvm
         import convdsl.backends.tvm as ctvm
-        from convdsl.cli.common import _graph
+        from convdsl.cli.common import program_graph
 
         precision = row.split()[1]
-        g = _graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
+        g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
         m = ctvm.backend("tvm-llvm", precision=precision, progress=False).build_module(g)
         info["kernels"] = f"{m.built.own}/{m.built.functions}"
 
@@ -355,13 +357,13 @@ def accuracy(g, q_files: dict, count: int, log, name: str) -> dict:
     import torch
 
     import convdsl.backends.tvm as ctvm
-    from convdsl.cli.common import _graph
+    from convdsl.cli.common import program_graph
     from convdsl.backends.torch import build_module
     from convdsl.backends.tvm.targets import cpu_flags
 
     log(f"[{name}] accuracy over {count} inputs ...")
     xs = calibration_inputs(g, count, seed=2)
-    q = _graph(q_files["cdl"], None, (), (), (), None, 0, weights=q_files["weights"])
+    q = program_graph(q_files["cdl"], None, (), (), (), None, 0, weights=q_files["weights"])
     f32, sim = build_module(g).eval(), build_module(q).eval()
     tvm_q = ctvm.backend("tvm-llvm", precision="int8", progress=False).build_module(q)
     tvm_b = (ctvm.backend("tvm-llvm", precision="bf16", progress=False).build_module(g)

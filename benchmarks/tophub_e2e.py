@@ -37,11 +37,11 @@ def main() -> int:
     from convdsl.artifact import make_inputs
     from convdsl.backends.tvm import backend
     from convdsl.backends.tvm.schedules import tophub
-    from convdsl.cli.common import _graph
+    from convdsl.cli.common import program_graph
 
     for name in args.nets.split(","):
         path, sets = NETS[name]
-        g = _graph(str(ROOT / path), None, sets, (), (), None, 0)
+        g = program_graph(str(ROOT / path), None, sets, (), (), None, 0)
         xs = make_inputs(g, 1, 0)
         # both builds apply the same databases (use_db=True: with use_db=False a build takes the
         # analytic knobs, so the "database" build would measure nothing); forcing makes one analytic

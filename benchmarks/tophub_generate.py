@@ -48,7 +48,7 @@ def main() -> int:
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
     from convdsl.backends.tvm.targets import cpu_family, make_target
-    from convdsl.cli.common import _graph
+    from convdsl.cli.common import program_graph
 
     spec = make_target("tvm-llvm")
     console = Console(width=160)
@@ -65,7 +65,7 @@ def main() -> int:
             console.print(f"[yellow]time budget spent: {name} not tuned")
             break
         path, sets = NETS[name]
-        g = _graph(str(ROOT / path), None, sets, (), (), None, 0)
+        g = program_graph(str(ROOT / path), None, sets, (), (), None, 0)
         t = time.perf_counter()
         if args.analytic:
             ks = tt.kernels(tt.optimized_module(g, spec), spec.tvm_target())

@@ -4,9 +4,8 @@
     g = convdsl.load_graph("examples/resnet18.cdl")     # checked graph IR
     model = convdsl.compile("examples/resnet18.cdl")    # torch nn.Module
 """
-__version__ = "0.1.0"
-
-from convdsl.api import compile, import_model, load_graph  # noqa: E402
-from convdsl.errors import ConvDSLError  # noqa: E402
+from convdsl.api import compile, import_model, load_graph
+from convdsl.errors import ConvDSLError
+from convdsl.version import __version__
 
 __all__ = ["compile", "import_model", "load_graph", "ConvDSLError", "__version__"]

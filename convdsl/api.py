@@ -1,28 +1,16 @@
 """The Python API: text in, graph or module out."""
 from __future__ import annotations
 
-import importlib
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from convdsl.errors import UsageError, did_you_mean
+from convdsl.backends import BACKENDS, backend_module
 from convdsl.ir.display import attach_display
 from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights
 from convdsl.lang.elaborate import Options, elaborate, elaborate_file
 from convdsl.lang.source import read_program
-
-# backend name -> module implementing build_module(graph); imported by name so the
-# core never imports a backend statically.  A module serving several names (one
-# per target) defines backend(name), which returns the object to use.
-BACKENDS = {
-    "torch": "convdsl.backends.torch",
-    "tvm-llvm": "convdsl.backends.tvm",
-    "tvm-cuda": "convdsl.backends.tvm",
-    "onnx": "convdsl.backends.onnx",
-}
 
 
 def load_graph(source: str | os.PathLike, *, network: str | None = None, weights: str | os.PathLike | None = None,
@@ -56,18 +44,6 @@ def compile(source: str | os.PathLike | Graph, backend: str = "torch", **kwargs:
     return attach_display(mod.build_module(g), g, name)
 
 
-def backend_module(name: Any):
-    """The backend for ``name``; a backend object already configured (e.g. TVM with a
-    target and tuning options) is returned as it is."""
-    if not isinstance(name, str):
-        return name
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend '{name}'", hint=did_you_mean(name, BACKENDS) or f"backends: {', '.join(BACKENDS)}")
-    mod = importlib.import_module(BACKENDS[name])
-    factory = getattr(mod, "backend", None)
-    return factory(name) if factory is not None else mod
-
-
 def import_model(module, example_inputs, name: str | None = None):
     """A PyTorch ``nn.Module`` -> ``ImportResult`` (``.text``: the CDL program with blocks and loops,
     ``.weights``: its parameters under the module's state_dict keys, ``.graph``: the verified graph),
@@ -80,3 +56,6 @@ def import_model(module, example_inputs, name: str | None = None):
 def read_text(path: str | os.PathLike) -> str:
     """The text of a .cdl file, read as every command reads its main file (``read_program``)."""
     return read_program(path)
+
+
+__all__ = ["BACKENDS", "backend_module", "compile", "import_model", "load_graph", "read_text"]

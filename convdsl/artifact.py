@@ -29,15 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from convdsl import __version__
-from convdsl.api import BACKENDS, backend_module
+from convdsl.backends import BACKENDS, backend_module
 from convdsl.errors import ArtifactError, ConvDSLError, UsageError
 from convdsl.inputs import make_inputs  # also imported from here by benchmarks and tests
 from convdsl.ir.graph import Graph
-from convdsl.ir.printer import print_graph
 from convdsl.ir.weights import save_weights
+from convdsl.lang.printer import print_graph
 from convdsl.outputs import staged_folder
 from convdsl.trust import SIGNATURE, check_signature, digest_of, load_key, parse_digest, write_signature
+from convdsl.version import __version__
 
 MANIFEST_VERSION = 2
 MANIFEST = "manifest.json"

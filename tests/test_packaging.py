@@ -31,3 +31,12 @@ def test_package_data_globs_match_files() -> None:
                                      if pkg.startswith(p + "."))
         for g in globs:
             assert list(base.glob(g)), f"{pkg}: '{g}' matches no file under {base}"
+
+
+def test_convdsl_links_backends_and_grammar() -> None:
+    """convdsl/backends and convdsl/grammar are links to the top-level folders, so that tools which
+    read files (pyright, mypy) and `python -m pytest` from the repository root resolve
+    convdsl.backends.* and convdsl.grammar to the same files as the installed package."""
+    for name in ("backends", "grammar"):
+        link = ROOT / "convdsl" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), link

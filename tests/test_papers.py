@@ -85,7 +85,7 @@ def _inputs(g, bind: dict[str, int]) -> list[torch.Tensor]:
 def _cli_args(name: str) -> list[str]:
     args = [str(PAPERS / f"{name}.cdl")]
     if name in SEARCH_SPACES:
-        for key in _graph(name).meta["choices"]:
+        for key in _graph(name).choices:
             args += ["--choose", f"{key}=0"]
     return args
 
@@ -149,7 +149,7 @@ def test_search_space_is_checked_but_not_compiled_without_choices(tmp_path):
 
 def test_search_space_choices_change_the_cell():
     first = _graph("nasnet_cell")
-    choices = {key: 0 for key in first.meta["choices"]}
+    choices = {key: 0 for key in first.choices}
     choices.update({"b0.op_a": 4, "b4.in_a": 5, "b2.op_b": 5})  # max pool, the newest state, identity
     other = verify(elaborate_file(PAPERS / "nasnet_cell.cdl", None, Options(choices=choices)))
     assert other.params.count() < first.params.count()

@@ -26,8 +26,9 @@ def export_graph(graph: Graph, opset: int = OPSET):
     """convdsl graph -> checked ``onnx.ModelProto`` (opset ``opset``, symbolic dims as dim_params)."""
     _onnx()
     from convdsl.backends.onnx.export import Exporter
+    from convdsl.backends.onnx.lowering import ONNX_EXPORTS
 
-    model = Exporter(graph, opset).export()
+    model = Exporter(graph, ONNX_EXPORTS, opset).export()
     check_model(model)
     return model
 

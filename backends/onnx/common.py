@@ -1,11 +1,21 @@
-"""Helpers shared by the ONNX export families: padding, linear layers, activations."""
+"""Helpers shared by the ONNX export families: their tables, padding, linear layers, activations."""
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 from convdsl.ir.types import TensorType
 
-from convdsl.backends.onnx.export import Exporter
+from convdsl.backends.onnx.export import ExportFn, Exporter
+from convdsl.backends.registry import Lowerings
+
+
+def family(name: str, entries: Mapping[str, ExportFn] | None = None) -> Lowerings[ExportFn]:
+    """The table of one family file: ``EXPORTS = family("pool", {op: fn, ...})`` in ``lower_pool.py``."""
+    table: Lowerings[ExportFn] = Lowerings("onnx", name)
+    for op, fn in (entries or {}).items():
+        table.add(op, fn)
+    return table
 
 
 def pad_spatial(cx: Exporter, x: str, t: TensorType, pads: list[tuple[int, int]], mode: str,

@@ -32,6 +32,8 @@ from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.types import FLOAT_DTYPES, TensorType
 
+from convdsl.backends.registry import LoweringTable
+
 OPSET = 17
 DOMAIN = ""  # the default ONNX domain
 ExportFn = Callable[["Exporter", Node, list[str], list[TensorType]], "str | list[str]"]
@@ -46,8 +48,9 @@ NP_DTYPE = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i8": np.in
 class Exporter:
     """Exports one graph; entries use its helpers."""
 
-    def __init__(self, graph: Graph, opset: int = OPSET) -> None:
+    def __init__(self, graph: Graph, exports: LoweringTable[ExportFn], opset: int = OPSET) -> None:
         self.graph = graph
+        self.exports = exports  # lowering.ONNX_EXPORTS
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
@@ -181,8 +184,6 @@ class Exporter:
 
     # -- driver --------------------------------------------------------------------------
     def export(self, bind_outputs: bool = False) -> onnx.ModelProto:
-        from convdsl.backends.onnx.lowering import export_for
-
         g = self.graph
         self._input_names: dict[str, str] = {}
         inputs = []
@@ -198,7 +199,7 @@ class Exporter:
                 continue
             self.node = node
             args = [values[v] for v in g.inputs_of(node.id)]
-            outs = export_for(node)(self, node, args, g.in_types(node.id))
+            outs = self.exports.lookup(node, "onnx")(self, node, args, g.in_types(node.id))
             outs = outs if isinstance(outs, list) else [outs]
             if len(outs) != len(node.types):  # pragma: no cover - a bug in an entry
                 raise self.error(f"export produced {len(outs)} outputs, the op has {len(node.types)}")
@@ -220,8 +221,3 @@ class Exporter:
 def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], [d if isinstance(d, int) else str(d)
                                                                      for d in t.shape])
-
-
-def export_graph(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
-    """convdsl graph -> ONNX model (opset ``opset``, weights as named initializers)."""
-    return Exporter(graph, opset).export()

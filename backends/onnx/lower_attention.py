@@ -17,7 +17,7 @@ from convdsl.ir.ops.attention import packed_cross
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
-from convdsl.backends.onnx.common import linear
+from convdsl.backends.onnx.common import family, linear
 from convdsl.backends.onnx.export import Exporter
 
 
@@ -305,11 +305,7 @@ def _layer_scale(cx, node, args, ins):
     return cx.op("Mul", [args[0], cx.param("layer_scale")])
 
 
-def _identity(cx, node, args, ins):
-    return cx.op("Identity", [args[0]])
-
-
-EXPORTS = {
+EXPORTS = family("attention", {
     "mhsa": _mhsa,
     "cross_attention": _cross_attention,
     "window_attention": _window_attention,
@@ -319,5 +315,4 @@ EXPORTS = {
     "class_token": _class_token,
     "pos_embed": _pos_embed,
     "layer_scale": _layer_scale,
-    "drop_path": _identity,  # inference
-}
+})

@@ -17,6 +17,7 @@ import numpy as np
 
 from convdsl.ir.ops.fft import filter_size
 
+from convdsl.backends.onnx.common import family
 from convdsl.backends.onnx.export import Exporter
 
 
@@ -160,8 +161,8 @@ def _fft_conv(cx, node, args, ins):
     return y
 
 
-EXPORTS = {
+EXPORTS = family("fft", {
     "global_filter": _global_filter,
     "adaptive_filter": _adaptive_filter,
     "fft_conv": _fft_conv,
-}
+})

@@ -4,6 +4,7 @@ from __future__ import annotations
 from convdsl.ir.ops.misc import dynamic_groups, flip_dims, rot90_dims
 from convdsl.ir.ops.pool import normalize_dims
 
+from convdsl.backends.onnx.common import family
 from convdsl.backends.onnx.export import Exporter
 from convdsl.backends.onnx.lower_shape import flip
 
@@ -92,7 +93,7 @@ def _parameter(cx, node, args, ins):
     return cx.op("Identity", [cx.param("weight")])
 
 
-EXPORTS = {
+EXPORTS = family("misc", {
     "rot90": _rot90,
     "flip": _flip,
     "glu": _glu,
@@ -101,4 +102,4 @@ EXPORTS = {
     "vector_norm": _vector_norm,
     "dynamic_filter": _dynamic_filter,
     "parameter": _parameter,
-}
+})

@@ -12,6 +12,7 @@ from convdsl.ir.ops.pool import normalize_dims, pool_geometry
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
+from convdsl.backends.onnx.common import family
 from convdsl.backends.onnx.export import Exporter
 
 
@@ -109,11 +110,11 @@ def _upsample(cx, node, args, ins):
     return cx.op("Resize", [args[0], "", cx.const([1.0, 1.0, *scales], "float32")], **attrs)
 
 
-EXPORTS = {
+EXPORTS = family("pool", {
     **{f"{k}pool{n}d": _pool(k, n) for k in ("max", "avg") for n in (1, 2, 3)},
     "global_avgpool": _global("ReduceMean"),
     "global_maxpool": _global("ReduceMax"),
     **{f"adaptive_{k}pool{n}d": _adaptive(k, n) for k in ("avg", "max") for n in (1, 2, 3)},
     "mean": _mean,
     "upsample": _upsample,
-}
+})

@@ -19,6 +19,7 @@ from convdsl.ir.ops.quant import f32
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.ops.conv import conv_padding
 
+from convdsl.backends.onnx.common import family
 from convdsl.backends.onnx.export import ONNX_DTYPE, Exporter
 
 _INT = {"u8": np.uint8, "i8": np.int8}
@@ -91,10 +92,10 @@ def _qlinear(cx, node, args, ins):
     return _output(cx, node, y)
 
 
-EXPORTS = {
+EXPORTS = family("quant", {
     "quantize": _quantize,
     "dequantize": _dequantize,
     "cast": _cast,
     **{f"qconv{n}d": _qconv(n) for n in (1, 2, 3)},
     "qlinear": _qlinear,
-}
+})

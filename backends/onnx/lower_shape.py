@@ -11,7 +11,7 @@ from convdsl.ir.ops.pool import normalize_dims
 from convdsl.ir.ops.shape import explicit_pads, select_dim, split_sizes, squeeze_dims
 
 from convdsl.backends.onnx.export import Exporter
-from convdsl.backends.onnx.common import pad_spatial
+from convdsl.backends.onnx.common import family, pad_spatial
 
 
 def _reshape(cx: Exporter, node, args, ins):
@@ -101,7 +101,7 @@ def flip(cx: Exporter, x: str, dims) -> str:
     return cx.op("Slice", [x, cx.ints([-1] * n), cx.ints([-(2 ** 62)] * n), cx.ints(dims), cx.ints([-1] * n)])
 
 
-EXPORTS = {
+EXPORTS = family("shape", {
     "flatten": _reshape,
     "reshape": _reshape,
     "permute": _permute,
@@ -114,4 +114,4 @@ EXPORTS = {
     "pixel_shuffle": _pixel_shuffle,
     "pixel_unshuffle": _pixel_unshuffle,
     "select": _select,
-}
+})

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper
 
-from convdsl.backends.onnx.common import silu
+from convdsl.backends.onnx.common import family, silu
 from convdsl.backends.onnx.export import Exporter
 from convdsl.backends.onnx.lower_fft import long_conv
 from convdsl.backends.onnx.lower_shape import flip
@@ -136,8 +136,8 @@ def _selective_scan(cx, node, args, ins):
     return y
 
 
-EXPORTS = {
+EXPORTS = family("ssm", {
     "s4d": _s4d,
     "sgconv": _sgconv,
     "selective_scan": _selective_scan,
-}
+})

@@ -34,13 +34,12 @@ import torch
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from torch import nn
 
-import convdsl
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE
+from convdsl.version import __version__
 
-from convdsl.backends.torch.lowering import lowering_for
-from convdsl.backends.torch.runtime import HELPERS
+from convdsl.backends.torch.lowering import HELPERS, lowering_for
 
 _RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "load"} | set(HELPERS)
 _MODULE_ATTRS = set(dir(nn.ModuleDict)) | set(dir(nn.Module)) | {"training"}
@@ -186,7 +185,7 @@ def generate(graph: Graph) -> Generated:
             if h not in helpers and re.search(rf"\b{h}\b", f"{ctor or ''} {expr}"):
                 helpers.append(h)
         n_out = len(node.types)
-        if node.op == "identity":  # no line: the output is another name for the input
+        if low.alias:  # no line: the output is another name for the input
             var[Value(node.id, 0)] = in_names[0]
             protected.add(in_names[0])
             continue
@@ -214,7 +213,7 @@ def generate(graph: Graph) -> Generated:
     init_lines = init_lines or ["pass"]
     source = _template().render(
         # text: shown in the header comment and the class docstring (see text())
-        version=convdsl.__version__,
+        version=__version__,
         source=_display_path(graph.source_file),
         network=graph.name,
         n_params=graph.params.count(),
@@ -346,18 +345,13 @@ def _reuse(graph: Graph, node: Node, in_vals: list[Value], var: dict[Value, str]
     return name
 
 
-# producers whose backward does not read their own output, so it may be overwritten in place
-# (what torchvision does with ReLU(inplace=True) and `out += identity`)
-_OUTPUT_NOT_SAVED = frozenset({"conv1d", "conv2d", "conv3d", "linear", "batchnorm", "batchnorm1d", "batchnorm2d",
-                               "batchnorm3d", "add"})
-
-
 def _in_place(graph: Graph, node: Node, in_vals: list[Value], in_names: list[str], expr: str) -> str:
     """``torch.relu_(x)`` / ``x.add_(y)`` for a relu or add whose first input is read by nothing
     else (the caller checked: its variable is reused) and comes from an op whose backward does
-    not need that output: the same numbers, one allocation less per layer."""
-    producer = graph.node(in_vals[0].node).op
-    if producer not in _OUTPUT_NOT_SAVED:
+    not need that output (``TorchLowering.output_not_saved``; what torchvision does with
+    ReLU(inplace=True) and ``out += identity``): the same numbers, one allocation less per layer."""
+    producer = graph.node(in_vals[0].node)
+    if producer.op == "input" or not lowering_for(producer).output_not_saved:
         return expr
     x = in_names[0]
     if node.op == "relu" and expr == f"torch.relu({x})":

@@ -1,4 +1,4 @@
-"""Torch lowerings of the quantized ops (see lowering.py for the entry format).
+"""Torch lowerings of the quantized ops (convdsl/ir/ops/quant.py); see common.py for the entry format.
 
 The torch backend *simulates* int8 exactly: tensors really are uint8/int8, the
 int32 accumulation of qconv/qlinear is done in float64 (every partial sum is an
@@ -7,8 +7,8 @@ order), and requantization follows convdsl/ir/ops/quant.py step by step in
 float32, so its results equal the TVM backend's real int8 kernels bit for bit.
 
 The helpers below are copied into generated files like those of runtime.py
-(they depend on torch, nn, F only); ``HELPERS`` is merged into runtime's table
-by lowering.py, next to ``LOWERINGS``.
+(they depend on torch, nn, F only); lowering.py joins ``HELPERS`` with
+runtime's, next to ``LOWERINGS``.  Max-pooling of int8 tensors is lower_pool.py's.
 """
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from torch import nn
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.conv import conv_padding
-from convdsl.ir.ops.quant import INT_DTYPES, QRANGE, f32, inverse_scale
+from convdsl.ir.ops.quant import QRANGE, f32, inverse_scale
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TORCH_DTYPE, TensorType
 
-from convdsl.backends.torch.lowering import CallFn, TorchLowering, _kw, _pool_call, _r
+from convdsl.backends.torch.common import TorchLowering, family, keywords, lit, module_call
+
+LOWERINGS = family("quant")
 
 
 # ---- helpers copied into generated code ---------------------------------------------------------
@@ -145,42 +147,21 @@ def _qconv_module(nd: int):
         if a["groups"] != 1:
             extra["groups"] = a["groups"]
         k = tuple_n(a["k"], nd)
-        return (f"QConv({nd}, {ins[0].shape[1]}, {a['out']}, {_r(k if len(set(k)) > 1 else k[0])}"
-                f"{_kw(**extra, **_out_kwargs(node))})")
+        return (f"QConv({nd}, {ins[0].shape[1]}, {a['out']}, {lit(k if len(set(k)) > 1 else k[0])}"
+                f"{keywords(**extra, **_out_kwargs(node))})")
 
     return module
 
 
 def _qlinear_module(node: Node, ins: list[TensorType]) -> str:
-    return f"QLinear({ins[0].shape[-1]}, {node.attrs['out']}{_kw(**_out_kwargs(node))})"
-
-
-def _module_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
-    return f"{mod}({args[0]})"
-
-
-def _int8_max_pool(nd: int) -> CallFn:
-    """Max-pooling of an int8 tensor (the quantize pass leaves it on int8): pooled as float, which is
-    exact, because CUDA has no uint8/int8 max-pool kernels; float tensors go the usual way."""
-    pool = _pool_call("max", nd)
-
-    def call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
-        if ins[0].dtype not in INT_DTYPES:
-            return pool(node, ins, mod, args)
-        return f"{pool(node, ins, mod, [args[0] + '.float()'])}.to(torch.{TORCH_DTYPE[ins[0].dtype]})"
-
-    return call
+    return f"QLinear({ins[0].shape[-1]}, {node.attrs['out']}{keywords(**_out_kwargs(node))})"
 
 
 _LAYER_HELPERS = ("QuantizedLayer",)
 
-LOWERINGS: dict[str, TorchLowering] = {
-    "quantize": TorchLowering(_quantize, helpers=("quantize_tensor",)),
-    "dequantize": TorchLowering(_dequantize, helpers=("dequantize_tensor",)),
-    "cast": TorchLowering(_cast),
-    **{f"qconv{n}d": TorchLowering(_module_call, _qconv_module(n), helpers=(*_LAYER_HELPERS, "QConv"))
-       for n in (1, 2, 3)},
-    "qlinear": TorchLowering(_module_call, _qlinear_module, helpers=(*_LAYER_HELPERS, "QLinear")),
-    # overrides the base entries: int8 inputs pooled as float (see _int8_max_pool)
-    **{f"maxpool{n}d": TorchLowering(_int8_max_pool(n)) for n in (1, 2, 3)},
-}
+LOWERINGS.add("quantize", TorchLowering(_quantize, helpers=("quantize_tensor",)))
+LOWERINGS.add("dequantize", TorchLowering(_dequantize, helpers=("dequantize_tensor",)))
+LOWERINGS.add("cast", TorchLowering(_cast))
+for _n in (1, 2, 3):
+    LOWERINGS.add(f"qconv{_n}d", TorchLowering(module_call, _qconv_module(_n), helpers=(*_LAYER_HELPERS, "QConv")))
+LOWERINGS.add("qlinear", TorchLowering(module_call, _qlinear_module, helpers=(*_LAYER_HELPERS, "QLinear")))

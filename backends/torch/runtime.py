@@ -400,7 +400,8 @@ class GlobalFilter2d(nn.Module):
             x = x.permute(0, 3, 1, 2)
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         spectrum = torch.fft.rfft2(x.to(work), norm="ortho")
-        weight = torch.complex(self.complex_weight[..., 0], self.complex_weight[..., 1])
+        cw = self.complex_weight.to(work)  # torch has no bf16 complex: half weights join in the work dtype
+        weight = torch.complex(cw[..., 0], cw[..., 1])
         y = torch.fft.irfft2(spectrum * weight, s=self.size, norm="ortho").to(x.dtype)
         return y.permute(0, 2, 3, 1) if self.channels_last else y
 
@@ -436,8 +437,9 @@ class AdaptiveFilter2d(nn.Module):
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         spectrum = torch.fft.rfft2(x.to(work), norm="ortho")                # [n, c, h, w//2+1]
         z = spectrum.reshape(n, self.blocks, c // self.blocks, h, -1)      # [n, blocks, c/blocks, h, f]
-        w1, b1 = torch.complex(self.w1[0], self.w1[1]), torch.complex(self.b1[0], self.b1[1])
-        w2, b2 = torch.complex(self.w2[0], self.w2[1]), torch.complex(self.b2[0], self.b2[1])
+        p = [t.to(work) for t in (self.w1, self.b1, self.w2, self.b2)]  # torch has no bf16 complex
+        w1, b1 = torch.complex(p[0][0], p[0][1]), torch.complex(p[1][0], p[1][1])
+        w2, b2 = torch.complex(p[2][0], p[2][1]), torch.complex(p[3][0], p[3][1])
         z = torch.einsum("bkihw,kio->bkohw", z, w1.to(z.dtype)) + b1.to(z.dtype)[..., None, None]
         z = self._split_complex(lambda t: F.leaky_relu(t, self.slope), z)
         z = torch.einsum("bkihw,kio->bkohw", z, w2.to(z.dtype)) + b2.to(z.dtype)[..., None, None]
@@ -513,16 +515,19 @@ class S4D(nn.Module):
         return dA, (dA - 1) / A, torch.complex(self.C[..., 0], self.C[..., 1])
 
     def kernel(self, length: int) -> torch.Tensor:
-        """K[c, l] = 2 Re(sum_n C_n dB_n dA_n^l) for l < length: [C, length]."""
-        dt = torch.exp(self.log_dt)[:, None]
-        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        C = torch.complex(self.C[..., 0], self.C[..., 1]) * (torch.exp(dt * A) - 1) / A
+        """K[c, l] = 2 Re(sum_n C_n dB_n dA_n^l) for l < length: [C, length], computed in f32 (f64
+        for f64 parameters; torch has no bf16 complex numbers) and returned in the parameters' dtype."""
+        work = torch.float64 if self.log_dt.dtype == torch.float64 else torch.float32
+        log_dt, log_A_real, A_imag, Cw = (t.to(work) for t in (self.log_dt, self.log_A_real, self.A_imag, self.C))
+        dt = torch.exp(log_dt)[:, None]
+        A = torch.complex(-torch.exp(log_A_real), A_imag)
+        C = torch.complex(Cw[..., 0], Cw[..., 1]) * (torch.exp(dt * A) - 1) / A
         pieces = []
         for start in range(0, length, 2048):  # Vandermonde [C, N/2, 2048] at a time: memory stays O(C N)
             steps = torch.arange(start, min(length, start + 2048), device=A.device, dtype=dt.dtype)
             powers = torch.exp((dt * A)[..., None] * steps)
             pieces.append(2 * torch.einsum("cn,cnl->cl", C, powers).real)
-        return torch.cat(pieces, dim=-1)
+        return torch.cat(pieces, dim=-1).to(self.log_dt.dtype)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         k = cached_kernel(self, u.shape[-1], self.kernel)

@@ -45,7 +45,7 @@ def load_runner(artifact):
 
 
 def __getattr__(name: str):
-    if name == "TVM_LOWERINGS":  # importing the table imports TVM
+    if name == "TVM_LOWERINGS":  # the table loads every family file (TVM itself only when lowering)
         from convdsl.backends.tvm.lowering import TVM_LOWERINGS
 
         return TVM_LOWERINGS

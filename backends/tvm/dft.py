@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from tvm import relax
 
-R = relax.op
+from convdsl.backends.tvm.common import R, relax
+
 DIRECT_MAX = 128  # largest transform done as one dense DFT matrix
 
 

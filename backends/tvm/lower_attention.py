@@ -1,4 +1,4 @@
-"""TVM lowerings of the attention ops (see lowering.py for the entry format).
+"""TVM lowerings of the attention ops (convdsl/ir/ops/attention.py); see common.py for the entry format.
 
 Every variant reduces to ``attend``: logits = q k^T * scale (+ a bias), softmax,
 times v, as batched matmuls.  Whatever depends only on weights or shapes is
@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import relax
 
 from convdsl.ir.ops.attention import packed_cross
-from convdsl.ir.ops.shape import select_dim
 from convdsl.ir.optable import tuple_n
 
-R = relax.op
+from convdsl.backends.tvm.common import R, family, relax
+
+LOWERINGS = family("attention")
 
 
 # ---- the shared core ----------------------------------------------------------------------
@@ -299,28 +299,12 @@ def _layer_scale(cx, node, args, ins):
     return R.multiply(args[0], cx.const(cx.param("layer_scale")))
 
 
-def _select(cx, node, args, ins):
-    d = select_dim(node.attrs, ins[0])
-    size = cx.shape(ins[0])[d]
-    i = node.attrs["index"] % size
-    y = cx.emit(R.strided_slice(args[0], [d], [i], [i + 1]))
-    return R.squeeze(y, [d])
-
-
-def _identity(cx, node, args, ins):
-    return args[0]
-
-
-LOWERINGS = {
-    "mhsa": _mhsa,
-    "cross_attention": _cross_attention,
-    "window_attention": _window_attention,
-    "conv_attention": _conv_attention,
-    "halo_attention": _halo_attention,
-    "patch_embed": _patch_embed,
-    "class_token": _class_token,
-    "pos_embed": _pos_embed,
-    "layer_scale": _layer_scale,
-    "drop_path": _identity,  # inference
-    "select": _select,
-}
+LOWERINGS.add("mhsa", _mhsa)
+LOWERINGS.add("cross_attention", _cross_attention)
+LOWERINGS.add("window_attention", _window_attention)
+LOWERINGS.add("conv_attention", _conv_attention)
+LOWERINGS.add("halo_attention", _halo_attention)
+LOWERINGS.add("patch_embed", _patch_embed)
+LOWERINGS.add("class_token", _class_token)
+LOWERINGS.add("pos_embed", _pos_embed)
+LOWERINGS.add("layer_scale", _layer_scale)

@@ -1,4 +1,4 @@
-"""TVM lowerings of the FFT mixing ops (see lowering.py for the entry format).
+"""TVM lowerings of the FFT mixing ops (convdsl/ir/ops/fft.py); see common.py for the entry format.
 
 Every transform is a product with constant DFT matrices (``dft.py``), long
 ones factored Cooley-Tukey style into batched matmuls; filters that are
@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import relax
 
 from convdsl.ir.ops.fft import filter_size
 
+from convdsl.backends.tvm.common import R, family, relax
 from convdsl.backends.tvm.dft import Complex, cmul, cmul_const, dft_axis, irfft, long_conv, rfft
 
-R = relax.op
+LOWERINGS = family("fft")
 
 
 def rfft2(cx, x, shape: tuple[int, ...]) -> Complex:
@@ -111,8 +111,6 @@ def _fft_conv(cx, node, args, ins):
     return y
 
 
-LOWERINGS = {
-    "global_filter": _global_filter,
-    "adaptive_filter": _adaptive_filter,
-    "fft_conv": _fft_conv,
-}
+LOWERINGS.add("global_filter", _global_filter)
+LOWERINGS.add("adaptive_filter", _adaptive_filter)
+LOWERINGS.add("fft_conv", _fft_conv)

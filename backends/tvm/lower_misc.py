@@ -1,17 +1,16 @@
-"""TVM lowerings of the misc ops (see lowering.py for the entry format)."""
+"""TVM lowerings of the misc ops (convdsl/ir/ops/misc.py); see common.py for the entry format."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from tvm import relax
 
 from convdsl.ir.ops.misc import dynamic_groups, flip_dims, rot90_dims
 from convdsl.ir.ops.pool import normalize_dims
 
-from convdsl.backends.tvm.lowering import TVM_DTYPE
+from convdsl.backends.tvm.common import TVM_DTYPE, R, family, relax
 
-R = relax.op
+LOWERINGS = family("misc")
 
 
 def _flip(cx, x, dims):
@@ -109,13 +108,11 @@ def _parameter(cx, node, args, ins):
     return cx.const(np.asarray(cx.param("weight")), TVM_DTYPE[node.types[0].dtype])
 
 
-LOWERINGS = {
-    "rot90": _rot90,
-    "flip": _flip_op,
-    "glu": _glu,
-    "prelu": _prelu,
-    "amax": _amax,
-    "vector_norm": _vector_norm,
-    "dynamic_filter": _dynamic_filter,
-    "parameter": _parameter,
-}
+LOWERINGS.add("rot90", _rot90)
+LOWERINGS.add("flip", _flip_op)
+LOWERINGS.add("glu", _glu)
+LOWERINGS.add("prelu", _prelu)
+LOWERINGS.add("amax", _amax)
+LOWERINGS.add("vector_norm", _vector_norm)
+LOWERINGS.add("dynamic_filter", _dynamic_filter)
+LOWERINGS.add("parameter", _parameter)

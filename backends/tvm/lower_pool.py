@@ -1,4 +1,4 @@
-"""TVM lowerings of pooling and resampling (see lowering.py for the entry format).
+"""TVM lowerings of pooling and resampling (convdsl/ir/ops/pool.py); see common.py for the entry format.
 
 Resampling is exact by construction: each spatial axis is interpolated with a
 constant matrix (linear modes) or a constant index vector (nearest) computed
@@ -10,19 +10,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tvm import relax, topi
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.pool import normalize_dims, pool_geometry
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
-R = relax.op
+from convdsl.backends.tvm.common import R, family, topi
+from convdsl.backends.tvm.indexing import interp_matrix, nearest_index
+
+LOWERINGS = family("pool")
 _LAYOUT = {1: "NCW", 2: "NCHW", 3: "NCDHW"}
-_MAX = {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d}
-_AVG = {1: R.nn.avg_pool1d, 2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d}
-_ADAPTIVE_AVG = {1: R.nn.adaptive_avg_pool1d, 2: R.nn.adaptive_avg_pool2d, 3: R.nn.adaptive_avg_pool3d}
-_ADAPTIVE_TE = {1: topi.nn.adaptive_pool1d, 2: topi.nn.adaptive_pool, 3: topi.nn.adaptive_pool3d}
+_ADAPTIVE_TE = {1: "adaptive_pool1d", 2: "adaptive_pool", 3: "adaptive_pool3d"}  # topi.nn's
 
 
 def _batched(cx, x, ins: list[TensorType], nd: int, fn):
@@ -50,7 +49,8 @@ def _pool(kind: str, nd: int):
         a = node.attrs
         k, s, p, d = pool_geometry(a, nd)
         if kind == "max":
-            fn = lambda x: _MAX[nd](x, k, s, p + p, d, ceil_mode=a["ceil_mode"], layout=_LAYOUT[nd])  # noqa: E731
+            fn = lambda x: getattr(R.nn, f"max_pool{nd}d")(x, k, s, p + p, d, ceil_mode=a["ceil_mode"],  # noqa: E731
+                                                           layout=_LAYOUT[nd])
             if any(pi > 0 and di > 1 for pi, di in zip(p, d)):
                 # a window may then lie entirely in the padding (with pad <= k/2, the op table's rule,
                 # an undilated window always covers an element): torch gives -inf there, TVM's pool
@@ -61,8 +61,10 @@ def _pool(kind: str, nd: int):
                     mask = empty.reshape((1,) * (ins[0].rank - nd) + empty.shape)
                     return R.where(cx.const(mask, "bool"), cx.const(float("-inf")), y)
         else:
-            fn = lambda x: _AVG[nd](x, k, s, p + p, (1,) * nd, ceil_mode=a["ceil_mode"],  # noqa: E731
-                                     count_include_pad=a["count_include_pad"], layout=_LAYOUT[nd])
+            fn = lambda x: getattr(R.nn, f"avg_pool{nd}d")(x, k, s, p + p, (1,) * nd,  # noqa: E731
+                                                           ceil_mode=a["ceil_mode"],
+                                                           count_include_pad=a["count_include_pad"],
+                                                           layout=_LAYOUT[nd])
         return _batched(cx, args[0], ins, nd, fn)
 
     return lower
@@ -79,9 +81,10 @@ def _adaptive(kind: str, nd: int):
     def lower(cx, node, args, ins):
         out = tuple_n(node.attrs["out"], nd)
         if kind == "avg":
-            return _batched(cx, args[0], ins, nd, lambda x: _ADAPTIVE_AVG[nd](x, out, layout=_LAYOUT[nd]))
+            pool = getattr(R.nn, f"adaptive_avg_pool{nd}d")
+            return _batched(cx, args[0], ins, nd, lambda x: pool(x, out, layout=_LAYOUT[nd]))
         return _batched(cx, args[0], ins, nd,
-                        lambda x: cx.emit_te(_ADAPTIVE_TE[nd], x, out, "max", _LAYOUT[nd]))
+                        lambda x: cx.emit_te(getattr(topi.nn, _ADAPTIVE_TE[nd]), x, out, "max", _LAYOUT[nd]))
 
     return lower
 
@@ -92,54 +95,6 @@ def _mean(cx, node, args, ins):
 
 
 # ---- upsample ---------------------------------------------------------------------------
-def _source_scale(in_size: int, out_size: int, scale: float | None, align_corners: bool) -> float:
-    """PyTorch's area_pixel_compute_scale."""
-    if align_corners:
-        return (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    return 1.0 / scale if scale is not None else in_size / out_size
-
-
-def nearest_index(in_size: int, out_size: int, scale: float | None) -> np.ndarray:
-    """PyTorch's nearest_idx (float32 arithmetic, as its CPU kernel)."""
-    if out_size == in_size:
-        return np.arange(out_size)
-    if out_size == 2 * in_size:
-        return np.arange(out_size) >> 1
-    s = np.float32(1.0 / scale) if scale is not None else np.float32(in_size) / np.float32(out_size)
-    idx = np.floor(np.arange(out_size, dtype=np.float32) * s).astype(np.int64)
-    return np.minimum(idx, in_size - 1)
-
-
-def _cubic_weights(t: float, a: float = -0.75) -> list[float]:
-    def c1(x):  # |x| <= 1
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def c2(x):  # 1 < |x| < 2
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)]
-
-
-def interp_matrix(in_size: int, out_size: int, mode: str, align_corners: bool, scale: float | None) -> np.ndarray:
-    """[out, in] matrix M with out = M @ in along one axis, as F.interpolate computes it."""
-    m = np.zeros((out_size, in_size))
-    rs = _source_scale(in_size, out_size, scale, align_corners)
-    for o in range(out_size):
-        src = rs * o if align_corners else rs * (o + 0.5) - 0.5
-        if mode == "bicubic":
-            i = math.floor(src)
-            for j, w in enumerate(_cubic_weights(src - i)):
-                m[o, min(max(i - 1 + j, 0), in_size - 1)] += w
-        else:
-            src = max(src, 0.0)
-            i0 = min(int(src), in_size - 1)
-            i1 = i0 + (1 if i0 < in_size - 1 else 0)
-            lam = min(max(src - i0, 0.0), 1.0)
-            m[o, i0] += 1.0 - lam
-            m[o, i1] += lam
-    return m
-
-
 def resample_axis(cx, x, shape: tuple[int, ...], axis: int, out_size: int, mode: str, align_corners: bool,
                   scale: float | None):
     """Resample one axis of ``x`` (static ``shape``); returns (expr, new shape)."""
@@ -176,11 +131,13 @@ def _upsample(cx, node, args, ins):
     return x
 
 
-LOWERINGS = {
-    **{f"{k}pool{n}d": _pool(k, n) for k in ("max", "avg") for n in (1, 2, 3)},
-    "global_avgpool": _global(R.mean),
-    "global_maxpool": _global(R.max),
-    **{f"adaptive_{k}pool{n}d": _adaptive(k, n) for k in ("avg", "max") for n in (1, 2, 3)},
-    "mean": _mean,
-    "upsample": _upsample,
-}
+for _n in (1, 2, 3):
+    for _k in ("max", "avg"):
+        LOWERINGS.add(f"{_k}pool{_n}d", _pool(_k, _n))
+LOWERINGS.add("global_avgpool", _global(lambda x, **kw: R.mean(x, **kw)))
+LOWERINGS.add("global_maxpool", _global(lambda x, **kw: R.max(x, **kw)))
+for _n in (1, 2, 3):
+    for _k in ("avg", "max"):
+        LOWERINGS.add(f"adaptive_{_k}pool{_n}d", _adaptive(_k, _n))
+LOWERINGS.add("mean", _mean)
+LOWERINGS.add("upsample", _upsample)

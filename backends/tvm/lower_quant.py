@@ -1,4 +1,4 @@
-"""TVM lowerings of the quantized ops (see lowering.py for the entry format).
+"""TVM lowerings of the quantized ops (convdsl/ir/ops/quant.py); see common.py for the entry format.
 
 Real int8.  On CPU targets (``tvm-llvm``) ``qconv2d``/``qconv1d`` with
 ``groups=1`` and ``qlinear`` are one TE kernel in the layout of x86's VNNI
@@ -36,9 +36,9 @@ bit for bit.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import tvm
-from tvm import relax, te
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.conv import conv_padding
@@ -46,15 +46,16 @@ from convdsl.ir.ops.quant import QRANGE, f32, inverse_scale, requant_multiplier
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
-from convdsl.backends.tvm.lowering import TVM_DTYPE, Lowerer
+from convdsl.backends.tvm.common import TVM_DTYPE, Lowerer, R, family, te, tvm
 
-R = relax.op
-Expr = relax.Expr
+if TYPE_CHECKING:
+    from tvm.relax import Expr
+
+LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 OUT_EWISE_FUSABLE = 4  # relax.OpPatternKind.kOutEWiseFusable
-_CONV = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
 
@@ -253,7 +254,7 @@ def _qconv(nd: int):
             width = [0, 0, 0, 0] + [p for pr in pads for p in pr]
             x = cx.emit(R.nn.pad(x, width, pad_value=float(a["in_zp"])))
         data_layout, kernel_layout = _LAYOUT[nd]
-        acc = cx.emit(_CONV[nd](x, cx.const(w, "int8"), strides=tuple_n(a["stride"], nd), padding=(0,) * (2 * nd),
+        acc = cx.emit(getattr(R.nn, f"conv{nd}d")(x, cx.const(w, "int8"), strides=tuple_n(a["stride"], nd), padding=(0,) * (2 * nd),
                                 dilation=tuple_n(a["dilation"], nd), groups=a["groups"], data_layout=data_layout,
                                 kernel_layout=kernel_layout, out_dtype="int32"))
         bias = _int32_bias(cx, node, w)
@@ -279,12 +280,9 @@ def _qlinear(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -
     return _requantize(cx, node, acc, (-1,))
 
 
-LOWERINGS = {
-    "quantize": _quantize,
-    "dequantize": _dequantize,
-    "cast": _cast,
-    **{f"qconv{n}d": _qconv(n) for n in (1, 2, 3)},
-    "qlinear": _qlinear,
-}
-
-__all__ = ["LOWERINGS"]
+LOWERINGS.add("quantize", _quantize)
+LOWERINGS.add("dequantize", _dequantize)
+LOWERINGS.add("cast", _cast)
+for _n in (1, 2, 3):
+    LOWERINGS.add(f"qconv{_n}d", _qconv(_n))
+LOWERINGS.add("qlinear", _qlinear)

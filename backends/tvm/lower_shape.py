@@ -1,4 +1,4 @@
-"""TVM lowerings of the shape ops (see lowering.py for the entry format).
+"""TVM lowerings of the shape ops (convdsl/ir/ops/shape.py); see common.py for the entry format.
 
 Shapes are static after binding, so every view (flatten, reshape, squeeze,
 unsqueeze) is one Relax ``reshape`` to the node's own output type: the shape
@@ -7,14 +7,15 @@ rule in the op table stays the only place that computes it.
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.ops.shape import explicit_pads, split_sizes
-from convdsl.ir.types import TensorType
+from convdsl.ir.ops.shape import explicit_pads, select_dim, split_sizes
 
-R = relax.op
+from convdsl.backends.tvm.common import R, family, relax
+from convdsl.backends.tvm.indexing import pad_by_index
+
+LOWERINGS = family("shape")
 
 
 def _view(cx, node: Node, args, ins):
@@ -51,32 +52,7 @@ def _split(cx, node, args, ins):
     return [relax.TupleGetItem(parts, i) for i in range(len(sizes))]
 
 
-# ---- pad ----------------------------------------------------------------------------
-def pad_index(size: int, lo: int, hi: int, mode: str) -> np.ndarray:
-    """Source index of every padded position along one axis."""
-    i = np.arange(-lo, size + hi)
-    if mode == "replicate":
-        return np.clip(i, 0, size - 1)
-    if mode == "circular":
-        return np.mod(i, size)
-    if mode == "reflect":  # mirror without repeating the edge
-        period = 2 * (size - 1)
-        j = np.mod(i, period) if period else np.zeros_like(i)
-        return np.where(j < size, j, period - j)
-    raise ValueError(mode)
-
-
-def pad_by_index(cx, x, t: TensorType, pads: list[tuple[int, int]], mode: str):
-    """reflect / replicate / circular padding of the trailing len(pads) dims as gathers."""
-    shape = cx.shape(t)
-    first = len(shape) - len(pads)
-    for i, (lo, hi) in enumerate(pads):
-        if lo or hi:
-            idx = pad_index(shape[first + i], lo, hi, mode)
-            x = cx.emit(R.take(x, cx.const(idx, "int64"), axis=first + i, mode="clip"))
-    return x
-
-
+# ---- pad, select ----------------------------------------------------------------------
 def _pad(cx, node, args, ins):
     a = node.attrs
     t = ins[0]
@@ -85,6 +61,14 @@ def _pad(cx, node, args, ins):
         return pad_by_index(cx, args[0], t, pairs, a["mode"])
     width = [0, 0, 0, 0] + [p for pr in pairs for p in pr]
     return R.nn.pad(args[0], width, "constant", a["value"])
+
+
+def _select(cx, node, args, ins):
+    d = select_dim(node.attrs, ins[0])
+    size = cx.shape(ins[0])[d]
+    i = node.attrs["index"] % size
+    y = cx.emit(R.strided_slice(args[0], [d], [i], [i + 1]))
+    return R.squeeze(y, [d])
 
 
 # ---- pixel shuffle ---------------------------------------------------------------------
@@ -110,18 +94,15 @@ def _pixel_unshuffle(cx, node, args, ins):
     return R.reshape(y, cx.out_shape())
 
 
-LOWERINGS = {
-    "flatten": _view,
-    "reshape": _view,
-    "squeeze": _view,
-    "unsqueeze": _view,
-    "permute": _permute,
-    "transpose": _transpose,
-    "concat": _concat,
-    "split": _split,
-    "pad": _pad,
-    "pixel_shuffle": _pixel_shuffle,
-    "pixel_unshuffle": _pixel_unshuffle,
-}
-
-__all__ = ["LOWERINGS", "pad_by_index", "pad_index"]
+LOWERINGS.add("flatten", _view)
+LOWERINGS.add("reshape", _view)
+LOWERINGS.add("squeeze", _view)
+LOWERINGS.add("unsqueeze", _view)
+LOWERINGS.add("permute", _permute)
+LOWERINGS.add("transpose", _transpose)
+LOWERINGS.add("concat", _concat)
+LOWERINGS.add("split", _split)
+LOWERINGS.add("pad", _pad)
+LOWERINGS.add("pixel_shuffle", _pixel_shuffle)
+LOWERINGS.add("pixel_unshuffle", _pixel_unshuffle)
+LOWERINGS.add("select", _select)

@@ -1,4 +1,4 @@
-"""TVM lowerings of the state-space ops (see lowering.py for the entry format).
+"""TVM lowerings of the state-space ops (convdsl/ir/ops/ssm.py); see common.py for the entry format.
 
 - s4d, sgconv (LTI): the convolution kernel depends only on weights, so it is
   computed here, once, in float64 NumPy (S4D's Vandermonde product; SGConv's
@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
 
+from convdsl.backends.tvm.common import R, family, relax
 from convdsl.backends.tvm.dft import long_conv
-from convdsl.backends.tvm.lower_pool import interp_matrix, nearest_index
+from convdsl.backends.tvm.indexing import interp_matrix, nearest_index
 
-R = relax.op
+LOWERINGS = family("ssm")
 
 
 def _flip_last(cx, x, shape):
@@ -200,8 +200,6 @@ def _selective_scan(cx, node, args, ins):
     return y
 
 
-LOWERINGS = {
-    "s4d": _s4d,
-    "sgconv": _sgconv,
-    "selective_scan": _selective_scan,
-}
+LOWERINGS.add("s4d", _s4d)
+LOWERINGS.add("sgconv", _sgconv)
+LOWERINGS.add("selective_scan", _selective_scan)

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import _graph, main, program_options, weights_options
+from convdsl.cli.common import program_graph, main, program_options, weights_options
 
 
 def optimize_options(f):
@@ -20,15 +20,16 @@ def optimize_options(f):
 
 
 def _optimize(g, opt, passes):
-    from convdsl.passes import run_passes
+    from convdsl.passes import PassRecord, run_passes
 
     steps = [s for s in (opt, passes) if s]
     if not steps:
         return g
-    g = run_passes(g, ",".join(steps))
-    for rec in g.meta.get("passes", []):
-        (n0, n1), (p0, p1) = rec["nodes"], rec["params"]
-        click.echo(f"  {rec['pass']}: {n0} -> {n1} nodes, {p0:,} -> {p1:,} params", err=True)
+    log: list[PassRecord] = []
+    g = run_passes(g, ",".join(steps), log=log)
+    for rec in log:
+        (n0, n1), (p0, p1) = rec.nodes, rec.params
+        click.echo(f"  {rec.name}: {n0} -> {n1} nodes, {p0:,} -> {p1:,} params", err=True)
     return g
 
 
@@ -53,7 +54,7 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
     from convdsl.trust import SIGNATURE, key_path
 
     output_folder(out, artifact_files)  # refused now, not after building
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     g = _optimize(g, opt, passes)
     files = write_artifact(g, out, backend)
     click.echo(f"compiled {g.name} ({g.params.count():,} params) with backend {backend} -> {out}/")
@@ -102,7 +103,7 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 def run(target, network, sets, choose, bind, max_memory, seed, backend, weights, inputs, batch, expect_sha256, save,
         opt, passes):
     from convdsl.artifact import run_artifact_or_program
-    from convdsl.cli.common import _bytes, _pairs
+    from convdsl.cli.common import parse_bytes, parse_pairs
 
     if (opt or passes) and Path(target).is_dir():
         raise UsageError("--opt and --passes apply to a .cdl file; an artifact folder is already compiled",
@@ -113,14 +114,14 @@ def run(target, network, sets, choose, bind, max_memory, seed, backend, weights,
     def load(sizes):
         """The .cdl file's network: a first look (no weights, no passes), or at the sizes it runs at."""
         if sizes is None:
-            return _graph(target, network, sets, choose, bind, max_memory, seed)
+            return program_graph(target, network, sets, choose, bind, max_memory, seed)
         fixed = bind + tuple(f"{k}={v}" for k, v in sizes.items())
-        return _optimize(_graph(target, network, sets, choose, fixed, max_memory, seed, weights=weights,
+        return _optimize(program_graph(target, network, sets, choose, fixed, max_memory, seed, weights=weights,
                                 concrete=True), opt, passes)
 
     result = run_artifact_or_program(target, backend=backend, inputs=list(inputs), batch=batch, graph_loader=load,
-                                     bound=_sizes(_pairs(bind, "--bind")),
-                                     expect_sha256=expect_sha256, max_bytes=_bytes(max_memory))
+                                     bound=_sizes(parse_pairs(bind, "--bind")),
+                                     expect_sha256=expect_sha256, max_bytes=parse_bytes(max_memory))
     art = result["artifact"]
     if art is not None and art.trusted is None:
         click.echo(f"note: {target} is not pinned, and {art.untrusted_because}: its files match its manifest, "

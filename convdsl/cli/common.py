@@ -145,7 +145,8 @@ def _json_list(low: str, text: str, what: str) -> list:
     return value
 
 
-def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
+def parse_pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
+    """``--set k=v`` style options -> {k: literal value}."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -155,7 +156,7 @@ def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
     return out
 
 
-def _bind(items: tuple[str, ...]) -> dict[str, int]:
+def parse_bind(items: tuple[str, ...]) -> dict[str, int]:
     """--bind SYM=SIZE: a symbol name and a whole size from 1 to 2**62.  A size of 0 or less would
     make shapes empty and memory estimates negative (a way around --max-memory)."""
     out = {}
@@ -174,7 +175,7 @@ def _bind(items: tuple[str, ...]) -> dict[str, int]:
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 
 
-def _bytes(text: str | None) -> int | None:
+def parse_bytes(text: str | None) -> int | None:
     """--max-memory SIZE: a positive number with an optional unit (K, M, G, T, P; KiB or KB: both
     binary), at most 2**62 bytes; exact (no float rounding), never 0 (which meant 'default')."""
     if text is None:
@@ -197,7 +198,7 @@ def max_memory_bytes(text: str | None) -> int:
     """--max-memory in bytes (the default when not given)."""
     from convdsl.lang.limits import DEFAULT_MAX_BYTES
 
-    n = _bytes(text)
+    n = parse_bytes(text)
     return DEFAULT_MAX_BYTES if n is None else n
 
 
@@ -267,12 +268,14 @@ def _load_weights(g, weights) -> None:
         click.echo(f"warning: --non-strict: {note}", err=True)
 
 
-def _graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False, concrete=False):
+def program_graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False,
+                  concrete=False):
+    """The verified graph that a command's ``program_options`` (and ``--weights``) describe."""
     from convdsl.ir.verify import verify
     from convdsl.lang.elaborate import Options, elaborate_file
 
-    binding = _bind(bind)
-    opts = Options(choices=_pairs(choose, "--choose") or None, overrides=_pairs(sets, "--set"), bind=binding,
+    binding = parse_bind(bind)
+    opts = Options(choices=parse_pairs(choose, "--choose") or None, overrides=parse_pairs(sets, "--set"), bind=binding,
                    max_bytes=max_memory_bytes(max_memory), seed=seed, first_choice=first_choice,
                    concrete=concrete)
     g = elaborate_file(file, network, opts)

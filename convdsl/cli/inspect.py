@@ -8,7 +8,7 @@ import sys
 import click
 
 from convdsl import __version__
-from convdsl.cli.common import _bind, _graph, main, program_options
+from convdsl.cli.common import main, parse_bind, program_graph, program_options
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -37,11 +37,11 @@ def _looked_at(file, network, sets, choose, bind, max_memory, seed, quiet=False)
     from convdsl.errors import ChoiceError
 
     try:
-        return _graph(file, network, sets, choose, bind, max_memory, seed), []
+        return program_graph(file, network, sets, choose, bind, max_memory, seed), []
     except ChoiceError:
-        g = _graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
+        g = program_graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
         given = {c.split("=", 1)[0].strip() for c in choose}
-        space = [k for k in g.meta.get("choices", []) if k not in given]
+        space = [k for k in g.choices if k not in given]
         if not quiet:
             click.echo(f"note: {file}: {_space_note(space)}", err=True)
         return g, space
@@ -156,7 +156,7 @@ def stats(file, network, sets, choose, bind, max_memory, seed, fmt_, as_json, by
     from convdsl.ir.stats import flat_rows, layer_stats, render_table, to_json
 
     g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
-    rows = layer_stats(g, _bind(bind) or None)
+    rows = layer_stats(g, parse_bind(bind) or None)
     if as_json or fmt_ == "json":
         click.echo(json.dumps(to_json(g, rows), indent=2))
     elif fmt_ in ("tsv", "csv"):
@@ -191,7 +191,7 @@ def graph(file, network, sets, choose, bind, max_memory, seed, output):
 @program_options
 def print_cmd(file, network, sets, choose, bind, max_memory, seed):
     """Print the elaborated network as flat CDL (one statement per op)."""
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
 
     g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)

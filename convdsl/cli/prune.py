@@ -8,7 +8,7 @@ import click
 
 from convdsl.errors import UsageError
 from convdsl.outputs import output_folder, staged_folder
-from convdsl.cli.common import Count, Number, _graph, main, program_options, weights_options
+from convdsl.cli.common import Count, Number, program_graph, main, program_options, weights_options
 
 
 @main.command(name="prune")
@@ -42,15 +42,16 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
     The new program is the pruned graph printed as flat CDL (one statement per op, the original
     instance names kept, so parameter names match the weights file, and a comment where each
     block instance starts); `convdsl check`, `compile` and `--weights` take it as it is."""
-    from convdsl.ir.printer import print_graph
+    from convdsl.backends.torch import build_module
+    from convdsl.lang.printer import print_graph
     from convdsl.ir.weights import save_weights
-    from convdsl.passes.prune import DEFAULT_PROTECT, prune, to_markdown
+    from convdsl.passes.prune import DEFAULT_PROTECT, prune_with_report, to_markdown
 
     if finetune_epochs and not data:
         raise UsageError("--finetune-epochs needs --data", hint="e.g. --data digits")
     names = {f"{Path(file).stem}.cdl", "weights.safetensors", "report.json", "report.md"}
     output_folder(out, lambda existing: names)  # refused now, not after pruning
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     dataset = None
     if data:
         from convdsl.train import check_fits, load_dataset
@@ -59,16 +60,18 @@ def prune_cmd(file, network, sets, choose, bind, max_memory, seed, weights, rati
         if finetune_epochs:
             check_fits(g, dataset)
     protect_all = ([] if prune_first_last else list(DEFAULT_PROTECT)) + list(protect)
-    small = prune(g, ratio, criterion, target=target, scope=scope, round_to=round_to, protect=protect_all,
-                  data=dataset, tolerance=tolerance, max_group_ratio=max_group_ratio, calib_samples=calib_samples,
-                  seed=seed)
-    rep = small.meta["prune"]
+    small, rep, _ = prune_with_report(g, ratio, criterion, target=target, scope=scope, round_to=round_to,
+                                      protect=protect_all, data=dataset, tolerance=tolerance,
+                                      max_group_ratio=max_group_ratio, calib_samples=calib_samples, seed=seed,
+                                      build=build_module)
     if dataset is not None and finetune_epochs:
         from convdsl.train import evaluate, train
 
-        acc = {"original": evaluate(g, dataset)["accuracy"], "pruned": evaluate(small, dataset)["accuracy"]}
-        train(small, dataset, finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False)
-        acc["fine-tuned"] = evaluate(small, dataset)["accuracy"]
+        acc = {"original": evaluate(g, dataset, build=build_module)["accuracy"],
+               "pruned": evaluate(small, dataset, build=build_module)["accuracy"]}
+        train(small, dataset, finetune_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+              build=build_module)
+        acc["fine-tuned"] = evaluate(small, dataset, build=build_module)["accuracy"]
         rep["accuracy"] = acc
 
     stem = Path(file).stem

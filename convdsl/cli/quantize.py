@@ -8,7 +8,7 @@ import click
 
 from convdsl.errors import UsageError
 from convdsl.outputs import output_folder, staged_folder
-from convdsl.cli.common import Count, Number, _graph, main, program_options, weights_options
+from convdsl.cli.common import Count, Number, program_graph, main, program_options, weights_options
 
 
 @main.command(name="quantize")
@@ -37,12 +37,14 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     output channel) and int8 activations (per tensor, ranges from --calib), the rest stays float.
     The program is printed as flat CDL with every scale written out; `check`, `compile`, `eval`
     and `--weights` take it as it is."""
-    from convdsl.ir.printer import print_graph
+    from convdsl.backends.torch import build_module
+    from convdsl.lang.printer import print_graph
     from convdsl.ir.verify import verify
     from convdsl.ir.weights import save_weights
     from convdsl.passes import run_passes
     from convdsl.passes.cast import cast
-    from convdsl.passes.quantize import calibration_batches, quantize
+    from convdsl.passes.quantize import quantize_with_report
+    from convdsl.train import calibration_batches
     from convdsl.cli.prune import with_scope_comments
 
     if cast_to is None and not calib:
@@ -50,7 +52,7 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
     stem = Path(file).stem
     names = {f"{stem}.cdl", "weights.safetensors", "report.json", "report.md"}
     output_folder(out, lambda existing: names)  # refused now, not after calibrating
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     folded = g if no_fold_bn else run_passes(g, "fold_bn,remove_identity,dce")
     if cast_to:
         q = cast(folded, cast_to)
@@ -58,10 +60,11 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
         report: dict = {"cast": cast_to}
     else:
         batches = calibration_batches(calib, samples=calib_samples)  # the training split train/eval use
-        q = quantize(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
-                     weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile)
+        q, done = quantize_with_report(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
+                                       weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile,
+                                       build=build_module)
         q = verify(q)
-        report = dict(q.meta["quantize"], calibration=calib)
+        report = dict(done.to_json(), calibration=calib)
         what = (f"int8 ({method} calibration on {report['calibration_samples']} inputs of {calib}, "
                 f"{weight_bits}-bit weights, {act_dtype} activations)")
     report["params_bytes"] = {"before": g.params.nbytes(), "after": q.params.nbytes()}
@@ -69,7 +72,8 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
         from convdsl.train import evaluate, load_dataset
 
         dataset = load_dataset(data, seed=0)
-        report["accuracy"] = {"float": evaluate(g, dataset)["accuracy"], "quantized": evaluate(q, dataset)["accuracy"]}
+        report["accuracy"] = {"float": evaluate(g, dataset, build=build_module)["accuracy"],
+                              "quantized": evaluate(q, dataset, build=build_module)["accuracy"]}
 
     folder = Path(out)
     header = f"{q.name}, {what} from {Path(file).name} by `convdsl quantize`.\nWeights: weights.safetensors beside this file."

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from convdsl.cli.common import _graph, main, program_options, weights_options
+from convdsl.cli.common import program_graph, main, program_options, weights_options
 
 _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y."
 
@@ -43,14 +43,15 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
     from rich.console import Console
     from rich.table import Table
 
+    from convdsl.backends.torch import build_module
     from convdsl.ir.weights import save_weights
     from convdsl.train import check_fits, train
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     check_fits(g, dataset)
     click.echo(f"training {g.name} ({g.params.count():,} params) on {dataset}")
     result = train(g, dataset, epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                   weight_decay=weight_decay, seed=seed, progress=progress, threads=threads)
+                   weight_decay=weight_decay, seed=seed, progress=progress, threads=threads, build=build_module)
     table = Table("epoch", "train loss", "train acc", "val loss", "val acc", "lr", "time", box=None)
     for e in result.history:
         table.add_row(str(e.epoch), f"{e.train_loss:.4f}", f"{100 * e.train_acc:.2f}%", f"{e.val_loss:.4f}",
@@ -75,11 +76,12 @@ def eval_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_frac
     """Report the accuracy of FILE with trained weights on a dataset split."""
     from convdsl.train import load_dataset
 
-    dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)
+    dataset = load_dataset(data, seed=split_seed, val_fraction=val_fraction)  # a bad dataset costs no torch import
+    from convdsl.backends.torch import build_module
     from convdsl.train import evaluate
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
-    r = evaluate(g, dataset, split=split, batch_size=batch_size)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    r = evaluate(g, dataset, split=split, batch_size=batch_size, build=build_module)
     correct = round(r["accuracy"] * r["n"])
     click.echo(f"{g.name} on {dataset.name} ({split}): accuracy {100 * r['accuracy']:.2f}% "
                f"({correct}/{r['n']}), loss {r['loss']:.4f}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, check_target_options, main, program_options, weights_options
+from convdsl.cli.common import Count, program_graph, check_target_options, main, program_options, weights_options
 
 
 @main.command()
@@ -38,7 +38,7 @@ def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, ta
     why = host_can_run(spec.config)
     if why:
         raise UsageError(f"tuning measures kernels on this machine, which cannot run {spec.describe()}: {why}")
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     path = tophub.user_db_path(db)
     results = tt.tune_network(g, spec, trials, db_file=path, rounds=rounds, force=force)
     console = stdout_console()

@@ -12,7 +12,7 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, check_target_options, main, max_memory_bytes, program_options, weights_options
+from convdsl.cli.common import Count, program_graph, check_target_options, main, max_memory_bytes, program_options, weights_options
 
 PRECISIONS = ("f32", "bf16", "int8")  # backends/tvm/targets.py (not imported here: it would load TVM)
 
@@ -162,7 +162,7 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     from convdsl.lang.memory import check_memory
     from convdsl.backends.tvm.bench import bench as run_bench, profiles, summarize
 
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     given = {b.split("=", 1)[0].strip() for b in bind}
     g.symbols = {s: (v if s in given else batch) for s, v in g.symbols.items()}
     check_memory(g, g.symbols, max_memory_bytes(max_memory))  # --max-memory at the --batch size too

@@ -6,7 +6,7 @@ import sys
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, _graph, main, program_options, weights_options
+from convdsl.cli.common import Count, program_graph, main, program_options, weights_options
 
 KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-cuda")
 
@@ -49,7 +49,7 @@ def verify_cmd(file, network, sets, choose, bind, max_memory, seed, backends, op
                              or f"backends: {', '.join(KNOWN)}")
     if examples < 1:
         raise UsageError("--examples must be at least 1")
-    g = _graph(file, network, sets, choose, bind, max_memory, seed, weights=weights, first_choice=first_choice)
+    g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights, first_choice=first_choice)
     if randomize if randomize is not None else weights is None:
         g = D.randomize_constants(g, seed)
     pass_list = [p.strip() for p in passes.split(",") if p.strip()] if passes else []

@@ -27,8 +27,8 @@ from typing import Any
 
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.optable import REQUIRED
-from convdsl.ir.printer import KEYWORDS, format_attr
+from convdsl.ir.optable import REQUIRED, format_value
+from convdsl.lang.printer import KEYWORDS
 
 from convdsl.importer.builder import Imported
 
@@ -376,7 +376,7 @@ def _lines(body: Body, arg_for) -> list[str]:
                 parts.append(t)
                 continue
             arg = arg_for(t)
-            parts.append(arg if arg is not None else format_attr(body.values[t.index], t.sym))
+            parts.append(arg if arg is not None else format_value(body.values[t.index], words=t.sym))
         lines.append(_drop_defaults("".join(parts)))
     return _loops([stmt for line in lines for stmt in _pipe_loops(line)])
 
@@ -404,7 +404,7 @@ def _drop_defaults(line: str) -> str:
                 key, val = op.attrs[0].name, a  # the first attribute, written positionally
             attr = op.attr(key.strip()) if (eq or pos == 0) else None
             if attr is not None and attr.default is not REQUIRED and \
-                    val.strip() == format_attr(attr.default, "sym" in attr.kind.split("|")):
+                    val.strip() == format_value(attr.default, words="sym" in attr.kind.split("|")):
                 continue
             kept.append(a)
         out.append(line[i:start] + ", ".join(kept) + ")")

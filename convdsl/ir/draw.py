@@ -114,7 +114,7 @@ def _label(title: str, subtitle: str, types: list[TensorType]) -> str:
 
 def _scope_tree(graph: Graph, ids: dict[str, str]) -> _Cluster:
     root = _Cluster("", graph.name)
-    blocks = graph.meta.get("scopes", {})  # scope -> block name, also for scopes holding only sub-blocks
+    blocks = graph.scopes  # scope -> block name, also for scopes holding only sub-blocks
     for node in graph.nodes():
         where = root
         parts = node.scope.split(".") if node.scope else []

@@ -11,7 +11,7 @@ dotted names that become the state_dict keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import networkx as nx
 
@@ -44,6 +44,12 @@ class Node:
         return self.types[0]
 
 
+# What a layer that must run a network, but may not import a backend (calibration, pruning
+# criteria that need data, training), is given: graph -> torch.nn.Module in eval mode, e.g.
+# convdsl.backends.torch.build_module.
+ModuleBuilder = Callable[["Graph"], Any]
+
+
 class Graph:
     def __init__(self, name: str = "network") -> None:
         self.name = name
@@ -55,7 +61,8 @@ class Graph:
         self.source_file: str | None = None
         self.source_hash: str | None = None
         self.symbols: dict[str, int] = {}  # default bindings of symbolic dims, e.g. {"N": 1}
-        self.meta: dict[str, Any] = {}
+        self.scopes: dict[str, str] = {}  # block instance path -> block name (the front end's; drawn as clusters)
+        self.choices: list[str] = []  # keys of the choice(...)s met while elaborating (none: a plain program)
         self._seq = 0
 
     # -- building -----------------------------------------------------------
@@ -177,7 +184,8 @@ class Graph:
         other.source_file = self.source_file
         other.source_hash = self.source_hash
         other.symbols = dict(self.symbols)
-        other.meta = dict(self.meta)
+        other.scopes = dict(self.scopes)
+        other.choices = list(self.choices)
         other._seq = self._seq
         return other
 

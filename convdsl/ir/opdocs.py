@@ -4,9 +4,11 @@
 """
 from __future__ import annotations
 
+import re
+
 from convdsl.ir.domains import ANY
 from convdsl.ir.ops import OPS
-from convdsl.ir.optable import REQUIRED, Attr, OpDef, describe_kind, format_value
+from convdsl.ir.optable import EXAMPLE_INPUTS, REQUIRED, Attr, OpDef, describe_kind, format_value
 
 GROUP_ORDER = ["convolution", "linear", "normalization", "activation", "arithmetic", "pooling", "shape",
                "attention", "fft", "ssm"]
@@ -30,6 +32,21 @@ def domain_text(a: Attr) -> str:
 def signature(op: OpDef) -> str:
     parts = [a.name if a.default is REQUIRED else f"{a.name}={_default(a)}" for a in op.attrs]
     return f"{op.name}({', '.join(parts)})"
+
+
+def example_program(op: OpDef) -> str:
+    """A network running ``op``'s example on its ``example_inputs``: the example is a statement
+    (``a, b = x | split(...)``), an expression over the inputs (``(a, b) | add``, ``x | relu``), or
+    a layer applied to the first input (``conv2d(64, 3)``)."""
+    names = [p.split(":")[0].strip() for p in op.example_inputs.split("],")]
+    ex = op.example
+    if re.match(r"^[\w\s,]+=[^=]", ex):  # an assignment: return what it binds
+        body = f"{ex}\n    return {ex.split('=')[0].strip()}"
+    elif any(re.search(rf"\b{re.escape(n)}\b", ex) for n in names):
+        body = f"return {ex}"
+    else:
+        body = f"return {names[0]} | {ex}"
+    return f"network example({op.example_inputs}) {{\n    {body}\n}}\n"
 
 
 def render_markdown() -> str:
@@ -60,7 +77,8 @@ def render_markdown() -> str:
             if op.shape_rule:
                 out.append(f"- shape: `{op.shape_rule}`")
             if op.example:
-                out.append(f"- example: `{op.example}`")
+                on = f" (on `{op.example_inputs}`)" if op.example_inputs != EXAMPLE_INPUTS else ""
+                out.append(f"- example: `{op.example}`{on}")
             if op.attrs:
                 out += ["", "| hyper-parameter | kind | domain | default | meaning |", "| --- | --- | --- | --- | --- |"]
                 for a in op.attrs:

@@ -1,12 +1,16 @@
 """The op table's vocabulary: what one op definition consists of.
 
 Each op is defined exactly once (see ``convdsl/ir/ops/``) as an ``OpDef``:
-its attribute schema, shape rule, parameter shapes with initializers, and
-cost.  Backends keep their own lowering tables keyed by ``OpDef.name``.
+its attribute schema, shape rule, parameter shapes with initializers, cost,
+doc and example, and the properties passes read (``random``, ``commutative``,
+``identity_when``, ``out_channels``...) as data, so that no pass keeps a set of
+op names of its own.  Backends keep their lowering tables keyed by
+``OpDef.name`` (backends/registry.py).
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -72,6 +76,89 @@ InferFn = Callable[[Attrs, list[TensorType]], list[TensorType]]
 ParamsFn = Callable[[Attrs, list[TensorType]], dict[str, ParamSpec]]
 CostFn = Callable[[Attrs, list[TensorType], list[TensorType]], Cost]
 NormalizeFn = Callable[[dict, list[TensorType]], dict]
+IdentityFn = Callable[[Attrs, TensorType, TensorType], bool]  # (attrs, input type, output type)
+
+
+def always_identity(attrs: Attrs, x: TensorType, y: TensorType) -> bool:
+    """``identity_when`` of an op that returns its input at inference whatever its attributes."""
+    return True
+
+
+def identity_if_same_type(attrs: Attrs, x: TensorType, y: TensorType) -> bool:
+    """``identity_when`` of an op that moves no element when its output type is its input type."""
+    return x == y
+
+
+AxisFn = Callable[[Attrs, int, TensorType], bool]  # (attrs, channel axis of input 0, its type)
+
+
+@dataclass(frozen=True)
+class Prune:
+    """How an op's channels relate to its input's, for structured pruning (convdsl/passes/prune).
+
+    - ``kind="keep"``: channel c of input 0 is channel c of every output, on the same axis,
+      when ``along(attrs, axis, input type)`` accepts the axis the channels lie on (None: any
+      axis; otherwise the op acts along the channels and they are pinned); each parameter in
+      ``params`` holds one slice per channel, along the given axis, and is sliced with it;
+      ``scale`` names the parameter whose magnitude scores a channel (the bn_scale criterion).
+    - ``kind="rule"``: a rule of its own, registered under the op's name in
+      convdsl/passes/prune/couplings.py (channel spaces) and apply.py (slicing).
+    - ``kind="opaque"``: not understood: the widths it reads and writes never change; ``why``
+      says why (documentation: shown by the completeness test).
+    """
+
+    kind: str
+    along: AxisFn | None = None
+    params: Mapping[str, int] = field(default_factory=dict)
+    scale: str | None = None
+    why: str = ""
+
+
+def keep_channels(along: AxisFn | None = None, params: Mapping[str, int] | None = None,
+                  scale: str | None = None) -> Prune:
+    return Prune("keep", along, dict(params or {}), scale)
+
+
+PRUNE_RULE = Prune("rule")
+
+
+def opaque(why: str) -> Prune:
+    return Prune("opaque", why=why)
+
+
+def on_axis(*axes: int) -> AxisFn:
+    """Channels pass when they lie on one of ``axes`` (of the input)."""
+    return lambda attrs, axis, t: axis in axes
+
+
+def before_axis(k: int) -> AxisFn:
+    """Channels pass when they lie before axis ``k`` (the op acts on dims k and after)."""
+    return lambda attrs, axis, t: axis < k
+
+
+def before_last(nd: int) -> AxisFn:
+    """Channels pass when they lie before the last ``nd`` dims (pooling over them)."""
+    return lambda attrs, axis, t: axis < t.rank - nd
+
+
+def off_attr(name: str) -> AxisFn:
+    """Channels pass when they lie on none of the dims the attribute ``name`` lists."""
+
+    def along(attrs: Attrs, axis: int, t: TensorType) -> bool:
+        return axis not in normalize_dims(name, attrs[name], t.rank)
+
+    return along
+
+
+@dataclass(frozen=True)
+class OutChannels:
+    """The output channels of a producer (a conv, a linear...): the ``axis`` of its output that
+    carries them (-1: the last) and, per parameter holding one slice per output channel, the
+    axis of that slice.  Axis 1 of a ``weight`` is the grouped layout of transposed convolutions,
+    [in, out/groups, ...]: output channel g*(out/groups) + j is [group g's rows, j]."""
+
+    axis: int
+    params: Mapping[str, int]
 # Peak bytes an op allocates at run time besides its outputs (attention logits, unfolded windows,
 # FFT buffers, index tables...), the most any backend needs.  Called on *bound* types (every dim
 # an int); the elaborator adds it to what --max-memory bounds.
@@ -90,6 +177,8 @@ def zero_cost(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> Co
     return Cost(0, 0)
 
 
+EXAMPLE_INPUTS = "x: f32[N, 64, 14, 14]"
+SPATIAL_EXAMPLE_INPUTS = {1: "x: f32[N, 64, 100]", 2: EXAMPLE_INPUTS, 3: "x: f32[N, 64, 8, 14, 14]"}  # by spatial rank
 def no_workspace(attrs: Attrs, ins: list[TensorType], outs: list[TensorType]) -> int:
     return 0
 
@@ -126,6 +215,16 @@ class OpDef:
     example: str = ""
     input_names: tuple[str, ...] = ("x",)
     shape_rule: str = ""  # human-readable shape rule for docs
+    example_inputs: str = EXAMPLE_INPUTS  # the network inputs the example is written for (CDL parameters)
+    # -- properties passes read ---------------------------------------------------------------
+    random: bool = False  # draws random numbers while training (dropout): cse never merges two of them
+    commutative: bool = False  # op(a, b) == op(b, a) bit for bit with two inputs: cse sorts them
+    identity_when: IdentityFn | None = None  # True: returns its one input unchanged at inference (remove_identity)
+    out_channels: OutChannels | None = None  # a producer's output channels (fold_bn, quantize, prune's criteria)
+    folds_into_producer: bool = False  # inference batchnorm: fold_bn folds it into the conv/linear before it
+    int8: str | None = None  # the int8 op the quantize pass makes of it (conv2d -> qconv2d)
+    int8_passthrough: bool = False  # commutes with per-tensor quantization: runs on the int8 tensor (quantize)
+    prune: Prune | None = None  # how channels flow through it (passes/prune); None: not stated yet
     workspace: WorkspaceFn = no_workspace  # run-time bytes besides the outputs (see WorkspaceFn)
 
     def attr(self, name: str) -> Attr | None:
@@ -300,15 +399,43 @@ def _is_bare_layer(v: Any) -> bool:
         and getattr(v, "label", None) is None
 
 
-def format_value(v: Any) -> str:
+# ---- CDL literals ----------------------------------------------------------------------------------
+# The one way a value is written as CDL text: diagnostics here and in the op modules, the graph
+# printer (convdsl/lang/printer.py), the formatter (convdsl/lang/format.py) and the random programs
+# of convdsl/verify all use format_value.  (It lives in the IR, the lowest layer that prints values,
+# because the op table's error messages do.)
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+
+
+def quote(text: str) -> str:
+    """A CDL string literal for ``text``."""
+    return '"' + "".join(_ESCAPES.get(c, c) for c in text) + '"'
+
+
+def format_number(v: int | float) -> str:
+    """An int or float as CDL reads it back (infinities overflow back from 1e999; NaN has no literal);
+    exponents without a leading zero (1e-6, not Python's 1e-06)."""
+    if isinstance(v, float) and math.isinf(v):
+        return "-1e999" if v < 0 else "1e999"
+    return re.sub(r"e([+-])0(\d)", r"e\1\2", repr(v)) if isinstance(v, float) else repr(v)
+
+
+def format_value(v: Any, words: bool = True) -> str:
+    """``v`` as CDL: none, true/false, numbers, bare words (symbols, layers named without arguments,
+    and identifier-like strings when ``words``), quoted strings, [lists]."""
+    if v is None:
+        return "none"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return format_number(v)
     if isinstance(v, Symbol) or _is_bare_layer(v):
         return v.name
     if isinstance(v, str):
-        return repr(v)
+        return v if words and IDENT.match(v) else quote(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(format_value(x) for x in v) + "]"
+        return "[" + ", ".join(format_value(x, words) for x in v) + "]"
     return str(v)
 
 
@@ -322,6 +449,12 @@ def expect_rank(op: str, t: TensorType, *ranks: int, what: str = "input") -> Non
         )
 
 
+def check_positive(op: str, name: str, vals: tuple[int, ...]) -> None:
+    """Kernel sizes, strides, dilations... must be positive."""
+    if any(v <= 0 for v in vals):
+        raise CDLTypeError(f"{op}: {name} must be positive", expected="integers > 0", got=format_value(vals))
+
+
 def tuple_n(v: Any, n: int, name: str = "value") -> tuple[int, ...]:
     """Expand an int or check a list to n entries (kernel sizes, strides...)."""
     if isinstance(v, int):
@@ -330,3 +463,17 @@ def tuple_n(v: Any, n: int, name: str = "value") -> tuple[int, ...]:
     if len(v) != n:
         raise CDLTypeError(f"{name} needs {n} values here", expected=f"{n} integers", got=format_value(v))
     return v
+
+
+def normalize_dims(op: str, dims, rank: int, what: str = "dim") -> tuple[int, ...]:
+    """Resolve negative dims against ``rank``; raise on out-of-range or repeats."""
+    vals = (dims,) if isinstance(dims, int) else tuple(dims)
+    out = []
+    for d in vals:
+        if not -rank <= d < rank:
+            raise ShapeError(f"{op}: {what} {d} is out of range for a rank-{rank} input",
+                             expected=f"{what} in [{-rank}, {rank - 1}]", got=str(d))
+        out.append(d % rank)
+    if len(set(out)) != len(out):
+        raise CDLTypeError(f"{op}: {what}s repeat", got=format_value(vals))
+    return tuple(out)

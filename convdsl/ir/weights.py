@@ -1,7 +1,6 @@
 """Weights in and out of a graph's parameter store: safetensors only (no pickle)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -150,10 +149,3 @@ def save_weights(graph: Graph, path: str | os.PathLike, metadata: dict[str, str]
     meta = {"network": graph.name, **(metadata or {})}
     save_file(arrays, str(tmp), metadata={k: str(v) for k, v in meta.items()})
     os.replace(tmp, path)
-
-
-def weights_metadata(path: str | os.PathLike) -> dict:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    return header.get("__metadata__", {})

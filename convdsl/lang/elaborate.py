@@ -15,13 +15,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError, Span,
                             UsageError, did_you_mean, format_count)
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.optable import OpDef, Symbol, bind_attrs
+from convdsl.ir.optable import OpDef, Symbol, bind_attrs, format_value
 from convdsl.ir.types import TensorType
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
@@ -428,7 +428,7 @@ class Elaborator:
                 if o == pick:
                     return o
             raise ChoiceError(f"choice '{e.key}' has no option {pick!r}", e.span,
-                              expected=", ".join(_fmt(o) for o in opts))
+                              expected=", ".join(format_value(o) for o in opts))
         if self.opts.first_choice:
             return self.eval(e.options[0], frame)
         raise ChoiceError(
@@ -539,7 +539,7 @@ class Elaborator:
             raise CDLTypeError(f"'**' failed: {ex}", e.span) from None
         if isinstance(r, complex):
             raise CDLTypeError("'**' of a negative number to a fractional power", e.span,
-                               got=f"{_fmt(a)} ** {_fmt(b)}", hint="the result would be complex")
+                               got=f"{format_value(a)} ** {format_value(b)}", hint="the result would be complex")
         return _check_number(r, e.span)
 
     def eval_Arith(self, e: ast.Arith, frame: Frame) -> Any:
@@ -882,7 +882,7 @@ class Elaborator:
         scope = frame.scope + name.split(".")
         sub = Frame(layer.module, local, scope, block.name)
         self._claim_scope(sub, span)
-        self.graph.meta.setdefault("scopes", {})[".".join(scope)] = block.name  # for drawing block clusters
+        self.graph.scopes[".".join(scope)] = block.name  # for drawing block clusters
         try:
             if block.inputs is None:
                 body = self.eval(block.body, sub)
@@ -1103,12 +1103,6 @@ def _is_tensor_tuple(v: Any) -> bool:
     return isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, Tensor) for x in v)
 
 
-def _fmt(v: Any) -> str:
-    from convdsl.ir.optable import format_value
-
-    return format_value(v)
-
-
 # ---- entry points -------------------------------------------------------------------
 FRAMES_PER_EVAL = 8  # Python frames per nested eval(), at most (measured: 6 through a graph block call)
 
@@ -1171,7 +1165,7 @@ def elaborate(text: str, file: str = "<string>", network: str | None = None, opt
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", net.span) from None
     g.source_hash = hashlib.sha256(text.encode()).hexdigest()
-    g.meta["choices"] = sorted(el.choices_seen)
+    g.choices = sorted(el.choices_seen)
     return g
 
 

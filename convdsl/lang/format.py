@@ -36,12 +36,12 @@ Every comment is printed exactly once and in source order.
 from __future__ import annotations
 
 import math
-import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Iterator, NamedTuple, Sequence, Union
 
+from convdsl.ir.optable import IDENT, format_number, quote
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
 
@@ -50,8 +50,6 @@ MAX_WIDTH = 100
 
 Node = Union[ast.Item, ast.Stmt]
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
 _CONSTS = {True: "true", False: "false", None: "none"}
 
 
@@ -197,24 +195,15 @@ def _pipe_groups(pipe: ast.Pipe, texts: list[str], comments: dict, first: int, c
 
 
 def _number(value: int | float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
+    if isinstance(value, float) and math.isnan(value):
         raise ValueError("NaN has no CDL literal")
-    if math.isinf(value):
-        return "-1e999" if value < 0 else "1e999"  # overflows back to inf when parsed
-    return re.sub(r"e([+-])0(\d)", r"e\1\2", repr(value))  # 1e-06 -> 1e-6
-
-
-def quote(text: str) -> str:
-    """A CDL string literal for ``text``."""
-    return '"' + "".join(_ESCAPES.get(c, c) for c in text) + '"'
+    return format_number(value)
 
 
 def format_label(label: ast.Label) -> str:
     """``conv1``, or ``"layer{i + 1}.{j}"`` rebuilt from the parts.  A label
     written quoted stays quoted: ``Label.quoted`` takes part in equality."""
-    plain = len(label.parts) == 1 and isinstance(label.parts[0], str) and _IDENT.match(label.parts[0])
+    plain = len(label.parts) == 1 and isinstance(label.parts[0], str) and IDENT.match(label.parts[0])
     if plain and not label.quoted:
         return label.parts[0]
     return quote("".join(p if isinstance(p, str) else "{" + format_expr(p) + "}" for p in label.parts))

@@ -22,7 +22,6 @@ from lsprotocol import types as lsp
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
 
-from convdsl import __version__
 from convdsl.errors import ConvDSLError, Span
 from convdsl.lsp import completion, diagnostics, hints, hover, navigation
 from convdsl.lsp.analysis import Analysis, ModuleCache, Problem, Sources, analyze
@@ -30,6 +29,7 @@ from convdsl.lsp.convert import Lines
 from convdsl.lsp.formatting import format_document
 from convdsl.lsp.index import FileIndex
 from convdsl.lsp.view import FileView, build
+from convdsl.version import __version__
 
 DEBOUNCE_S = 0.015  # quiet time after a change before it is analysed
 MAX_WORKSPACE_FILES = 2000  # .cdl files searched for references

@@ -6,15 +6,20 @@ untouched.  Each pass lives in its own file whose docstring states its
 precondition and postcondition.  A pass that needs settings (a pruning
 ratio, calibration data) is still a ``Graph -> Graph`` function once they
 are bound, e.g. ``functools.partial(prune, ratio=0.5)``, and can be given to
-``run_passes`` directly, next to names.
+``run_passes`` directly, next to names; ``options`` binds them to a pass
+named in a pipeline.  Nothing travels on the graph: what a pass reports
+comes back from a ``*_with_report`` function or into ``log``.
 
     g = run_passes(g, "O2")                      # a named pipeline
     g = run_passes(g, "fold_bn,dce")             # passes by name
     g = run_passes(g, ["fold_bn", my_pass], verify_each=True)
+    g = run_passes(g, "int8", options={"quantize_int8": {"calib_batches": xs, "build": build_module}})
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from convdsl.errors import IRError, UsageError, did_you_mean
 from convdsl.ir.graph import Graph
@@ -35,7 +40,7 @@ PASSES: dict[str, Pass] = {
     "cse": cse,
     "const_fold": const_fold,
     "dce": dce,
-    "quantize_int8": quantize_int8,  # calibration data from graph.meta["calibration"]
+    "quantize_int8": quantize_int8,  # needs options: calib_batches and build (see run_passes)
     # further passes (structured pruning, casts) are added here, one line each
 }
 
@@ -52,11 +57,22 @@ PIPELINES: dict[str, list[str]] = {
 }
 
 PassSpec = Union[str, Pass, Sequence[Union[str, Pass]]]
+Options = Mapping[str, Mapping[str, Any]]  # pass name -> keyword arguments
 
 
-def resolve(spec: PassSpec) -> list[tuple[str, Pass]]:
+@dataclass(frozen=True)
+class PassRecord:
+    """What one pass of ``run_passes`` did: node and parameter counts before and after."""
+
+    name: str
+    nodes: tuple[int, int]
+    params: tuple[int, int]
+
+
+def resolve(spec: PassSpec, options: Options | None = None) -> list[tuple[str, Pass]]:
     """(name, function) pairs for a pipeline name, a pass name, a comma-separated
-    list of them, or a sequence of names and functions."""
+    list of them, or a sequence of names and functions; ``options`` binds keyword
+    arguments to the passes it names."""
     if isinstance(spec, str):
         items: list[str | Pass] = [s.strip() for s in spec.split(",") if s.strip()]
     elif callable(spec):
@@ -73,18 +89,25 @@ def resolve(spec: PassSpec) -> list[tuple[str, Pass]]:
             out.append((item, PASSES[item]))
         else:
             raise unknown_name(str(item))
-    return out
+    for name in options or {}:
+        if name not in PASSES:
+            raise unknown_name(name)
+        if name not in (n for n, _ in out):
+            raise UsageError(f"options given for the pass '{name}', which is not run",
+                             hint=f"the passes: {', '.join(n for n, _ in out) or 'none'}")
+    return [(n, partial(fn, **options[n]) if options and n in options else fn) for n, fn in out]
 
 
-def run_passes(graph: Graph, passes: PassSpec, *, verify_each: bool = False) -> Graph:
+def run_passes(graph: Graph, passes: PassSpec, *, verify_each: bool = False, options: Options | None = None,
+               log: list[PassRecord] | None = None) -> Graph:
     """Run ``passes`` (see ``resolve``) in order on ``graph`` and return the result.
 
     The result is always verified; with ``verify_each`` the input and the graph
     after every pass are too, and a failure names the pass that broke it.
-    ``graph.meta["passes"]`` of the result records each pass with the node and
-    parameter counts before and after it.
+    ``options`` gives keyword arguments to passes by name (the int8 pipeline's
+    calibration data); ``log``, a list, receives a ``PassRecord`` per pass.
     """
-    steps = resolve(passes)
+    steps = resolve(passes, options)
     if verify_each:
         _verify(graph, "in the graph given to run_passes, before any pass")
     g = graph
@@ -95,8 +118,8 @@ def run_passes(graph: Graph, passes: PassSpec, *, verify_each: bool = False) -> 
             raise TypeError(f"pass {name!r} returned {type(out).__name__}, not a Graph")
         if out is g:
             raise TypeError(f"pass {name!r} returned its input; passes work on graph.copy()")
-        record = {"pass": name, "nodes": [before[0], len(out)], "params": [before[1], out.params.count()]}
-        out.meta["passes"] = [*g.meta.get("passes", []), record]  # a new list: copies share meta values
+        if log is not None:
+            log.append(PassRecord(name, (before[0], len(out)), (before[1], out.params.count())))
         if verify_each:
             _verify(out, f"after pass '{name}'")
         g = out
@@ -128,5 +151,5 @@ def _verify(g: Graph, where: str) -> Graph:
         raise
 
 
-__all__ = ["PASSES", "PIPELINES", "Pass", "resolve", "run_passes", "const_fold", "cse", "dce", "fold_bn",
-           "remove_identity"]
+__all__ = ["PASSES", "PIPELINES", "Pass", "PassRecord", "resolve", "run_passes", "const_fold", "cse", "dce",
+           "fold_bn", "remove_identity"]

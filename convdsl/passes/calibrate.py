@@ -1,10 +1,10 @@
 """Activation ranges for post-training quantization, measured on the torch backend.
 
-``observe(graph, values, batches, method)`` runs the float network on the
-calibration batches with the requested values as extra outputs (a copy of the
-graph whose outputs are those values, compiled by the ordinary torch backend,
-so no hooks and no tracing) and returns one clipping range ``(lo, hi)`` per
-value:
+``observe(graph, values, batches, method, build=...)`` runs the float network on
+the calibration batches with the requested values as extra outputs (a copy of
+the graph whose outputs are those values, made a module by ``build``, the
+torch backend's ``build_module``, so no hooks and no tracing) and returns one
+clipping range ``(lo, hi)`` per value:
 
 - ``minmax``: the smallest and largest value seen;
 - ``percentile``: the ``percentile``-th and ``(100 - percentile)``-th
@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from convdsl.errors import UsageError
-from convdsl.ir.graph import Graph, Value
+from convdsl.ir.graph import Graph, ModuleBuilder, Value
 from convdsl.ir.ops.quant import QRANGE, qparams_for_range
 
 METHODS = ("minmax", "percentile", "mse")
@@ -61,13 +61,11 @@ def as_batches(batches: Any) -> list[tuple]:
 
 
 def observe(graph: Graph, values: Sequence[Value], batches: Iterable, method: str = "minmax", *,
-            percentile: float = 99.99, bins: int = 2048, dtype: str = "u8", threads: int | None = None
-            ) -> tuple[dict[Value, tuple[float, float]], dict[Value, Stats]]:
-    """Clipping range of each of ``values`` (Values of ``graph``) on the calibration ``batches``;
-    also the raw statistics."""
+            build: ModuleBuilder, percentile: float = 99.99, bins: int = 2048, dtype: str = "u8",
+            threads: int | None = None) -> tuple[dict[Value, tuple[float, float]], dict[Value, Stats]]:
+    """Clipping range of each of ``values`` (Values of ``graph``) on the calibration ``batches``,
+    run by the module ``build`` makes of the graph; also the raw statistics."""
     import torch
-
-    from convdsl.backends.torch import build_module
 
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}'", hint=f"methods: {', '.join(METHODS)}")
@@ -80,7 +78,7 @@ def observe(graph: Graph, values: Sequence[Value], batches: Iterable, method: st
     probe = graph.copy()
     probe.outputs = values
     probe.output_names = [f"{v.node}:{v.out}" for v in values]
-    model = build_module(probe)
+    model = build(probe)
     stats = {v: Stats() for v in values}
     was = torch.get_num_threads()
     if threads:

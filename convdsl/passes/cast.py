@@ -70,7 +70,6 @@ def cast(graph: Graph, dtype: str = "f16") -> Graph:
         g.params.set_spec(key, ParamSpec(spec.shape, spec.init, dtype, spec.buffer, spec.trainable))
         g.params[key] = {"f16": lambda: arr.astype(np.float16), "f64": lambda: arr.astype(np.float64),
                          "bf16": lambda: to_bf16(arr)}[dtype]()
-    g.meta["cast"] = dtype
     return g
 
 

@@ -3,12 +3,13 @@
 Precondition: ``verify(graph)`` passes.
 
 Postcondition: no two nodes compute the same value: nodes with the same op,
-attributes, output types and inputs (in port order; in either order for the
-commutative two-input ``add`` and ``mul``) are merged into the first one in
-topological order, whose outputs the others' readers (and graph outputs) now
-read.  Never merged: graph inputs, nodes that own parameters (two convs with
-equal attributes hold different weights), and ops that draw random numbers
-while training (dropout, drop_path).  Merging is exact: the kept node
+attributes, output types and inputs (in port order; in either order for a
+two-input op marked ``commutative`` in the op table, such as ``add`` and
+``mul``) are merged into the first one in topological order, whose outputs the
+others' readers (and graph outputs) now read.  Never merged: graph inputs,
+nodes that own parameters (two convs with equal attributes hold different
+weights), and ops marked ``random`` (they draw random numbers while training:
+dropout, drop_path).  Merging is exact: the kept node
 computes bit-for-bit what the removed one did.
 """
 from __future__ import annotations
@@ -16,9 +17,7 @@ from __future__ import annotations
 from typing import Any, Hashable
 
 from convdsl.ir.graph import Graph, Node, Value
-
-NEVER_MERGED = frozenset({"input", "dropout", "drop_path"})
-COMMUTATIVE = frozenset({"add", "mul"})  # two inputs only: a + b == b + a exactly, a + b + c is not c + b + a
+from convdsl.ir.ops import OPS
 
 
 def cse(graph: Graph) -> Graph:
@@ -28,7 +27,7 @@ def cse(graph: Graph) -> Graph:
     seen: dict[Hashable, str] = {}
     for nid in g.order():
         node = g.node(nid)
-        if node.op in NEVER_MERGED or node.params:
+        if node.op == "input" or OPS[node.op].random or node.params:
             continue
         key = _key(g, node)
         first = seen.setdefault(key, nid)
@@ -41,7 +40,7 @@ def cse(graph: Graph) -> Graph:
 
 def _key(g: Graph, node: Node) -> Hashable:
     ins = tuple(g.inputs_of(node.id))  # reflects merges made earlier in the walk
-    if node.op in COMMUTATIVE and len(ins) == 2:
+    if OPS[node.op].commutative and len(ins) == 2:  # a + b == b + a exactly; a + b + c is not c + b + a
         ins = tuple(sorted(ins))
     return node.op, _freeze(node.attrs), tuple(node.types), ins
 

@@ -4,10 +4,12 @@ Precondition: ``verify(graph)`` passes; the graph is used for inference, so
 every batchnorm applies its running statistics (``running_mean``,
 ``running_var``) and its affine ``weight``/``bias``.
 
-Postcondition: every batchnorm whose input comes from a conv1d/2d/3d (any
-groups, depthwise included), conv_transpose1d/2d/3d or linear (rank-2 output,
-so that the batchnorm's channel dim is the features dim) whose output has no
-other reader and is not a graph output, is gone.  The producer keeps its node
+Postcondition: every batchnorm (an op marked ``folds_into_producer``) whose
+input comes from a producer with per-output-channel weight and bias
+(``out_channels`` in the op table: conv1d/2d/3d with any groups, depthwise
+included, conv_transpose1d/2d/3d, linear) whose channels are the batchnorm's
+dim 1 (so a linear's output must be rank 2) and whose output has no other
+reader and is not a graph output, is gone.  The producer keeps its node
 id (so its parameters keep readable names such as ``layer1.0.conv1.weight``),
 gets ``bias=true`` (a new ``<id>.bias`` parameter when it had none) and its
 folded weights; the batchnorm's readers (and graph outputs) now read the
@@ -28,11 +30,6 @@ from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.passes.rewrite import owners, remove_nodes, sole_user
 
-BATCHNORMS = frozenset({"batchnorm", "batchnorm1d", "batchnorm2d", "batchnorm3d"})
-CONVS = frozenset({"conv1d", "conv2d", "conv3d"})
-CONV_TRANSPOSES = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
-FOLDABLE = CONVS | CONV_TRANSPOSES | {"linear"}
-
 
 def fold_bn(graph: Graph) -> Graph:
     """A copy of ``graph`` with every foldable producer -> batchnorm pair made one op."""
@@ -40,7 +37,7 @@ def fold_bn(graph: Graph) -> Graph:
     g = graph.copy()
     for nid in g.order():
         bn = g.node(nid)
-        if bn.op not in BATCHNORMS:
+        if bn.op not in OPS or not OPS[bn.op].folds_into_producer:  # graph inputs are no op
             continue
         (src,) = g.inputs_of(nid)
         producer = g.node(src.node)
@@ -50,9 +47,10 @@ def fold_bn(graph: Graph) -> Graph:
 
 
 def _foldable(g: Graph, producer: Node, src: Value, bn_id: str) -> bool:
-    if producer.op not in FOLDABLE or sole_user(g, src) != bn_id:
+    out = OPS[producer.op].out_channels if producer.op in OPS else None
+    if out is None or set(out.params) != {"weight", "bias"} or sole_user(g, src) != bn_id:
         return False
-    if producer.op == "linear" and producer.type.rank != 2:  # bn normalizes dim 1, linear's features are dim -1
+    if out.axis % producer.type.rank != 1:  # bn normalizes dim 1 (a linear's features are dim -1)
         return False
     if "bias" not in producer.params and _bias_key(producer) in g.params:
         return False  # the name the folded bias needs is taken
@@ -93,7 +91,7 @@ def _fold(g: Graph, producer: Node, bn: Node) -> None:
 
 def _scale_out_channels(producer: Node, w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``w`` with output channel ``o`` multiplied by ``scale[o]``."""
-    if producer.op in CONV_TRANSPOSES:
+    if OPS[producer.op].out_channels.params["weight"] == 1:
         # weight [in, out/groups, k...]: output channel o = group * (out/groups) + j lives at [group block, j]
         groups = producer.attrs["groups"]
         cin, per_group, *k = w.shape

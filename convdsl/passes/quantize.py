@@ -5,9 +5,10 @@ weights and is used for inference.  Run ``fold_bn`` first (the ``int8``
 pipeline and ``convdsl quantize`` do), so that batchnorms are folded into the
 convs that get quantized.
 
-Postcondition: every conv1d/2d/3d (zero padding) and linear that reads a float
-tensor and is not kept in float by ``per_layer`` is a ``qconv*d``/``qlinear``
-with the same node id: int8 weights, symmetric per output channel
+Postcondition: every conv1d/2d/3d (zero padding) and linear (the ops whose
+``int8`` in the op table names their quantized op) that reads a float tensor
+and is not kept in float by ``per_layer`` is a ``qconv*d``/``qlinear`` with
+the same node id: int8 weights, symmetric per output channel
 (``<id>.weight`` i8, ``<id>.w_scale`` f32), int32 bias (``<id>.bias``), int8
 input, int32 accumulation, and a fused ``relu`` when its only reader was one.
 Its input is a ``quantize`` node (per-tensor, asymmetric, scale and zero point
@@ -15,10 +16,10 @@ from calibration) or, when the producer is itself quantized, the producer's
 int8 output directly.  Its output is int8 (requantized with the calibrated
 range of the value) when some reader is quantized, and float32 otherwise;
 float readers of an int8 value read a ``dequantize`` of it.  Max-pooling and
-reshapes/permutes between quantized layers run on the int8 tensor (they commute
-with quantization).  Every other op, and every layer kept in float, is
+reshapes/permutes between quantized layers (ops marked ``int8_passthrough``)
+run on the int8 tensor (they commute with quantization).  Every other op, and every layer kept in float, is
 unchanged: quantize/dequantize nodes stand at the boundaries.  Graph inputs
-and outputs keep their dtypes.  ``graph.meta["quantize"]`` records what was
+and outputs keep their dtypes.  ``quantize_with_report`` also returns what was
 done (per-layer scales, what stayed float and why).  The input graph is not
 modified.
 
@@ -28,12 +29,13 @@ the torch backend simulates it exactly, the TVM backend runs it in int8.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
 from convdsl.errors import UsageError
-from convdsl.ir.graph import Graph, Node, Value
+from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.quant import INT_DTYPES, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec
@@ -41,20 +43,59 @@ from convdsl.ir.types import TensorType
 from convdsl.passes.calibrate import METHODS, as_batches, observe
 from convdsl.passes.rewrite import owners, sole_user
 
-QUANTIZABLE = {"conv1d": "qconv1d", "conv2d": "qconv2d", "conv3d": "qconv3d", "linear": "qlinear"}
-# ops that commute with per-tensor quantization: they run on the int8 tensor, keeping its scale
-PASSTHROUGH = frozenset({"maxpool1d", "maxpool2d", "maxpool3d", "flatten", "reshape", "permute", "transpose", "squeeze",
-                         "unsqueeze", "identity", "dropout"})
-_CONV_ATTRS = ("out", "k", "stride", "pad", "dilation", "groups", "bias")
+
+def _quantizable(node: Node) -> bool:
+    return node.op in OPS and OPS[node.op].int8 is not None
+
+
+def _passthrough(node: Node) -> bool:
+    """Commutes with per-tensor quantization: runs on the int8 tensor, keeping its scale."""
+    return node.op in OPS and OPS[node.op].int8_passthrough
+
+
+@dataclass
+class QuantizeReport:
+    """What ``quantize`` did: the settings, each quantized layer (node, op, input scale and zero
+    point, output, fused relu) and the layers kept in float with the reason."""
+
+    method: str
+    percentile: float | None
+    weight_bits: int
+    act_dtype: str
+    calibration_batches: int
+    calibration_samples: int
+    layers: list[dict[str, Any]]
+    kept_float: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["float"] = out.pop("kept_float")
+        return out
+
+
+class Quantized(NamedTuple):
+    graph: Graph
+    report: QuantizeReport
 
 
 def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
              weight_bits: int = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
-             threads: int | None = None) -> Graph:
-    """A copy of ``graph`` with its convs and linears in int8 (see the module docstring).
+             threads: int | None = None, *, build: ModuleBuilder) -> Graph:
+    """A copy of ``graph`` with its convs and linears in int8 (see the module docstring and
+    ``quantize_with_report``)."""
+    return quantize_with_report(graph, calib_batches, method, per_layer, weight_bits, act_dtype, percentile,
+                                fuse_relu, threads, build=build).graph
+
+
+def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = "minmax",
+                         per_layer: Mapping[str, str] | None = None, weight_bits: int = 8, act_dtype: str = "u8",
+                         percentile: float = 99.99, fuse_relu: bool = True, threads: int | None = None, *,
+                         build: ModuleBuilder) -> Quantized:
+    """``quantize``: (the int8 graph, a ``QuantizeReport``).
 
     ``calib_batches``: calibration inputs (an array, a list of batches, or a list of tuples for
-    several inputs), run through the float graph on the torch backend.  ``method``: minmax,
+    several inputs), run through the float graph by the module ``build`` makes of it (the torch
+    backend's ``build_module``).  ``method``: minmax,
     percentile or mse.  ``per_layer``: {node id, fnmatch pattern or scope: "float" | "int8"};
     the last matching entry wins.  ``weight_bits`` (2..8) narrows the weight range (still stored
     as int8).  ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations."""
@@ -72,23 +113,20 @@ def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", pe
     wants_int = _int_wanted(g, order, plan, out_of)
     observed = [g.inputs_of(nid)[0] for nid in plan] + [v for v in out_of.values() if v in wants_int]
     batches = as_batches(calib_batches)
-    ranges, _ = observe(graph, observed, batches, method, percentile=percentile, dtype=act_dtype, threads=threads)
+    ranges, _ = observe(graph, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
+                        threads=threads)
 
     rw = _Rewriter(g, ranges, act_dtype)
     layers = []
     for nid in order:
         if nid in plan:
             layers.append(rw.layer(g.node(nid), plan[nid], out_of[nid] in wants_int, weight_bits))
-        elif nid in g and g.node(nid).op in PASSTHROUGH and Value(nid) in wants_int:
+        elif nid in g and _passthrough(g.node(nid)) and Value(nid) in wants_int:
             rw.passthrough(g.node(nid))
     rw.drop_dead_dequantizes()
-    g.meta["quantize"] = {
-        "method": method, "percentile": percentile if method == "percentile" else None,
-        "weight_bits": weight_bits, "act_dtype": act_dtype, "calibration_batches": len(batches),
-        "calibration_samples": sum(len(b[0]) for b in batches),
-        "layers": layers, "float": kept,
-    }
-    return g
+    report = QuantizeReport(method, percentile if method == "percentile" else None, weight_bits, act_dtype,
+                            len(batches), sum(len(b[0]) for b in batches), layers, kept)
+    return Quantized(g, report)
 
 
 # ---- planning ---------------------------------------------------------------------------------------
@@ -109,7 +147,7 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict
     kept: dict[str, str] = {}
     matched = set()
     for node in g.nodes():
-        if node.op not in QUANTIZABLE:
+        if not _quantizable(node):
             continue
         for pattern in per_layer:
             if node.id == pattern or fnmatch.fnmatchcase(node.id, pattern) or node.id.startswith(pattern + "."):
@@ -124,7 +162,7 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict
     if unknown:
         from convdsl.errors import did_you_mean
 
-        names = [n.id for n in g.nodes() if n.op in QUANTIZABLE]
+        names = [n.id for n in g.nodes() if _quantizable(n)]
         raise UsageError(f"per-layer config names no conv or linear layer: {', '.join(unknown)}",
                          hint=did_you_mean(unknown[0], names) or f"layers: {', '.join(names[:12])}")
     return plan, kept
@@ -154,7 +192,7 @@ def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of:
         for i in range(len(node.types)):
             v = Value(nid, i)
             for c, port in g.users(v):
-                if (c in plan and port == 0) or (g.node(c).op in PASSTHROUGH and Value(c) in wanted):
+                if (c in plan and port == 0) or (_passthrough(g.node(c)) and Value(c) in wanted):
                     wanted.add(v)
     return wanted
 
@@ -183,7 +221,8 @@ class _Rewriter:
         g = self.g
         x = g.inputs_of(node.id)[0]
         q, in_scale, in_zp = self.int8(x)
-        attrs: dict[str, Any] = {k: node.attrs[k] for k in _CONV_ATTRS if k in node.attrs}
+        qop = OPS[node.op].int8
+        attrs: dict[str, Any] = {k: v for k, v in node.attrs.items() if OPS[qop].attr(k) is not None}
         attrs.update(in_scale=in_scale, in_zp=in_zp, out_dtype="f32", out_scale=1.0, out_zp=0, relu=relu is not None)
         out_v = Value(relu or node.id)
         if int_out:
@@ -193,7 +232,6 @@ class _Rewriter:
         arrays = {"weight": w, "w_scale": ws}
         if node.attrs["bias"]:
             arrays["bias"] = quantize_bias(g.params[node.params["bias"]], in_scale, ws)
-        qop = QUANTIZABLE[node.op]
         new = self._swap(node, qop, [q], attrs, drop=[relu] if relu else [])
         self._set_params(new, arrays)
         if int_out:
@@ -285,25 +323,12 @@ class _Rewriter:
 
 
 # ---- the int8 pipeline's pass ---------------------------------------------------------------------
-def quantize_int8(graph: Graph) -> Graph:
-    """``quantize`` as a plain ``Graph -> Graph`` pass for the ``int8`` pipeline: calibration data
-    from ``graph.meta["calibration"]`` (batches, or a dataset name such as ``"digits"`` whose
-    training split is used) and keyword options from ``graph.meta["quantize_options"]``."""
-    calib = graph.meta.get("calibration")
-    if calib is None:
+def quantize_int8(graph: Graph, calib_batches: Any = None, **options: Any) -> Graph:
+    """``quantize`` as the int8 pipeline's pass: the same arguments, given to ``run_passes`` as
+    ``options={"quantize_int8": {"calib_batches": ..., "build": ...}}``; calibration data is required."""
+    if calib_batches is None:
         raise UsageError("the int8 pipeline needs calibration data",
-                         hint='set graph.meta["calibration"] (batches or e.g. "digits"), run '
-                              "convdsl quantize net.cdl --calib digits, or pass "
-                              "functools.partial(quantize, calib_batches=...) to run_passes")
-    options = dict(graph.meta.get("quantize_options", {}))
-    if isinstance(calib, str):
-        calib = calibration_batches(calib, samples=options.pop("calib_samples", 512))
-    return quantize(graph, calib, **options)
+                         hint='run_passes(g, "int8", options={"quantize_int8": {"calib_batches": batches, '
+                              '"build": build_module}}), or convdsl quantize net.cdl --calib digits')
+    return quantize(graph, calib_batches, **options)
 
-
-def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """The first ``samples`` training inputs of a dataset (``digits``, ``mnist1d``, a .npz), in batches."""
-    from convdsl.train import load_dataset
-
-    x = load_dataset(spec, seed=seed).x_train[:samples]
-    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]

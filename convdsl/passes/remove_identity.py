@@ -4,8 +4,9 @@ Precondition: ``verify(graph)``; the graph is used for inference, so dropout
 and drop_path (stochastic depth) are identities and are removed too.  Do not
 run this pass on a graph you will train.
 
-Postcondition: none of the following is left; their readers (and graph
-outputs) read the op's input instead:
+Postcondition: no one-input, one-output node whose op's ``identity_when``
+(in the op table) holds is left; their readers (and graph outputs) read the
+op's input instead.  Today that is:
 
 - ``identity``, ``dropout``, ``drop_path`` (inference);
 - ``affine(scale=1, shift=0)``;
@@ -20,13 +21,9 @@ Outputs are bit-for-bit those of the input graph (at inference).
 from __future__ import annotations
 
 from convdsl.ir.graph import Graph, Node
-from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.ops import OPS
 from convdsl.ir.types import TensorType
 from convdsl.passes.rewrite import bypass
-
-ALWAYS = frozenset({"identity", "dropout", "drop_path"})
-SAME_TYPE_IS_IDENTITY = frozenset({"reshape", "flatten", "squeeze", "pad", "pixel_shuffle", "pixel_unshuffle",
-                                   "upsample", "concat", "split"})
 
 
 def remove_identity(graph: Graph) -> Graph:
@@ -43,18 +40,6 @@ def remove_identity(graph: Graph) -> Graph:
 
 def is_identity(node: Node, in_type: TensorType) -> bool:
     """Whether a one-input, one-output ``node`` returns its input unchanged (at inference)."""
-    if node.op in ALWAYS:
-        return True
-    if node.type != in_type:
-        return False
-    if node.op == "affine":
-        return node.attrs["scale"] == 1.0 and node.attrs["shift"] == 0.0
-    if node.op == "permute":
-        dims = node.attrs["dims"]
-        dims = (dims,) if isinstance(dims, int) else dims
-        return list(normalize_dims("permute", dims, in_type.rank)) == list(range(in_type.rank))
-    if node.op == "transpose":
-        return normalize_dims("transpose", node.attrs["dim0"], in_type.rank) == \
-            normalize_dims("transpose", node.attrs["dim1"], in_type.rank)
-    return node.op in SAME_TYPE_IS_IDENTITY
+    when = OPS[node.op].identity_when
+    return when is not None and when(node.attrs, in_type, node.type)
 

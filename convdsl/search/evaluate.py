@@ -79,7 +79,8 @@ def evaluate_candidate(task: dict[str, Any]) -> dict[str, Any]:
 def _run(task: dict[str, Any], threads: int) -> dict[str, Any]:
     from safetensors.numpy import save as save_bytes
 
-    from convdsl.api import backend_module
+    from convdsl.backends import backend_module
+    from convdsl.backends.torch import build_module
     from convdsl.ir.stats import summary
     from convdsl.ir.verify import verify
     from convdsl.lang.elaborate import Options
@@ -102,7 +103,7 @@ def _run(task: dict[str, Any], threads: int) -> dict[str, Any]:
         verify(gs)
         runs.append((gs, train(gs, dataset, task["epochs"], batch_size=task["batch_size"], lr=task.get("lr"),
                                optimizer=task.get("optimizer", "adamw"), weight_decay=task.get("weight_decay", 5e-4),
-                               seed=seed, progress=False, threads=threads)))
+                               seed=seed, progress=False, threads=threads, build=build_module)))
     g, result = runs[0]
     stats = summary(g)
     module = backend_module(task.get("backend", "torch")).build_module(g)

@@ -17,7 +17,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from convdsl import __version__
 from convdsl.errors import ConvDSLError, UsageError
 from convdsl.search.evolution import COSTS, STRATEGIES, Strategy, make_strategy, pareto_front
 from convdsl.search.executors import Executor
@@ -27,6 +26,7 @@ from convdsl.search.history import HistoryError, short
 from convdsl.search.space import Rejected, SearchSpace
 from convdsl.search.store import Store, write_weights
 from convdsl.train.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
+from convdsl.version import __version__
 
 MAX_ATTEMPTS = 3  # a candidate whose worker died this often is marked failed
 

@@ -328,7 +328,7 @@ class SearchSpace:
         from convdsl.ir.stats import summary
 
         macs = int(summary(g).get("macs", 0))
-        from convdsl.ir.printer import print_graph
+        from convdsl.lang.printer import print_graph
 
         return Checked(genotype, text, text_hash(bare), text_hash(print_graph(g)), params, macs,
                        active_choices(prog, genotype.selection), g)
@@ -381,5 +381,5 @@ def elaborate_text(text: str, file: str, network: str | None, options: Options,
     except RecursionError:
         raise ResourceError("program nests too deeply to elaborate", net.span) from None
     g.source_hash = text_hash(text)
-    g.meta["choices"] = sorted(el.choices_seen)
+    g.choices = sorted(el.choices_seen)
     return g, el

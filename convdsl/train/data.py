@@ -371,6 +371,13 @@ def _fits(want, got) -> bool:
     return len(want) == len(got) and all(not isinstance(w, int) or w == g for w, g in zip(want, got))
 
 
+def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """The first ``samples`` training inputs of a dataset (``digits``, ``mnist1d``, a .npz), in batches:
+    calibration data for post-training quantization (what ``convdsl quantize --calib`` runs)."""
+    x = load_dataset(spec, seed=seed).x_train[:samples]
+    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+
+
 def check_fits(graph: Graph, dataset: Dataset) -> None:
     """Raise ``DataError`` unless the network classifies the dataset's samples: one input
     [batch, *sample] (batch symbolic), one output [batch, classes]."""

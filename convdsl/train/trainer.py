@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convdsl.errors import UsageError, did_you_mean
-from convdsl.ir.graph import Graph
+from convdsl.ir.graph import Graph, ModuleBuilder
 from convdsl.train.data import Dataset, check_fits
 from convdsl.train.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LR, MAX_SEED, MAX_THREADS, MAX_WEIGHT_DECAY
 
@@ -70,11 +70,9 @@ DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.05}
 
 
 # ---- module <-> graph -----------------------------------------------------------------------
-def _trainable_module(graph: Graph) -> nn.Module:
+def _trainable_module(graph: Graph, build: ModuleBuilder) -> nn.Module:
     """The graph's module with its own copy of every tensor (build_module shares the store's memory)."""
-    from convdsl.backends.torch import build_module
-
-    model = build_module(graph)
+    model = build(graph)
     own = {name: t.detach().clone() for name, t in model.state_dict().items()}
     model.load_state_dict(own, strict=True, assign=True)
     specs = graph.params.specs
@@ -223,8 +221,9 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def train(graph: Graph, dataset: Dataset, epochs: int, batch_size: int = 64, lr: float | None = None,
           optimizer: str = "adamw", weight_decay: float = 5e-4, seed: int = 0, progress: bool = True,
           label_smoothing: float = 0.0, eval_batch_size: int = 512, threads: int | None = 1,
-          on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
-    """Train ``graph`` on ``dataset`` for ``epochs`` and write the weights into the graph.
+          on_epoch: Callable[[EpochStats], None] | None = None, *, build: ModuleBuilder) -> TrainResult:
+    """Train ``graph`` on ``dataset`` for ``epochs`` and write the weights into the graph.  ``build``
+    makes the module that is trained (the torch backend's ``build_module``).
 
     ``lr`` defaults per optimizer (AdamW 3e-3, SGD 0.05) and decays by a cosine to zero over all
     steps.  ``on_epoch`` is called after each epoch (e.g. to print a row or stop a search early by
@@ -252,7 +251,7 @@ def train(graph: Graph, dataset: Dataset, epochs: int, batch_size: int = 64, lr:
     result = TrainResult(dataset=dataset.name, params=graph.params.count())
     start = time.perf_counter()
     with _deterministic(seed, threads):
-        model = _trainable_module(graph)
+        model = _trainable_module(graph, build)
         opt = OPTIMIZERS[optimizer](_param_groups(model, weight_decay), lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
         shuffle = torch.Generator().manual_seed(seed)
@@ -297,9 +296,9 @@ def train(graph: Graph, dataset: Dataset, epochs: int, batch_size: int = 64, lr:
 
 
 def evaluate(graph: Graph, dataset: Dataset, split: str = "val", batch_size: int = 512,
-             threads: int | None = 1) -> dict:
-    """Accuracy and mean cross-entropy of the graph's current weights on one split."""
-    from convdsl.backends.torch import build_module
+             threads: int | None = 1, *, build: ModuleBuilder) -> dict:
+    """Accuracy and mean cross-entropy of the graph's current weights on one split, run by the
+    module ``build`` makes of the graph (the torch backend's ``build_module``)."""
 
     if split not in ("val", "train"):
         raise UsageError(f"unknown split '{split}'", hint="val or train")
@@ -308,7 +307,7 @@ def evaluate(graph: Graph, dataset: Dataset, split: str = "val", batch_size: int
         _in_range("--threads", threads, 1, MAX_THREADS)
     check_fits(graph, dataset)
     x, y = (dataset.x_val, dataset.y_val) if split == "val" else (dataset.x_train, dataset.y_train)
-    model = build_module(graph)
+    model = build(graph)
     with _threads(threads), _step_errors(0, min(len(y), batch_size)):
         loss, acc = _evaluate(model, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), batch_size)
     return {"accuracy": acc, "loss": loss, "n": int(len(y))}

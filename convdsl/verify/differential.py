@@ -191,16 +191,6 @@ def standalone_runner(graph: Graph, folder: Optional[str | Path] = None) -> Runn
     return _torch_call(module.load(), graph)
 
 
-def reprint_runner(graph: Graph) -> Runner:
-    """print_graph -> elaborate -> same parameters by name."""
-    from convdsl.api import load_graph
-    from convdsl.ir.printer import print_graph
-
-    again = load_graph(print_graph(graph))
-    copy_params(graph, again)
-    return torch_runner(again)
-
-
 def copy_params(src: Graph, dst: Graph, by: str = "name") -> None:
     """Give ``dst`` the parameter values of ``src``, by name or by declaration order."""
     names_src, names_dst = src.params.names(), dst.params.names()
@@ -226,15 +216,6 @@ def passes_runner(graph: Graph, spec) -> Runner:
     return torch_runner(run_passes(graph, spec, verify_each=True))
 
 
-def prune_keep_runner(graph: Graph) -> Runner:
-    """Pruning with masks that keep every channel of every group."""
-    from convdsl.passes.prune import analyze, apply_masks
-
-    deps = analyze(graph)
-    masks = {g.name: np.arange(g.size) for g in deps.groups}
-    return torch_runner(apply_masks(graph, masks, deps))
-
-
 def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:
     import torch
 
@@ -248,7 +229,7 @@ def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:
 
 
 def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None, precision: str = "f32") -> Runner:
-    from convdsl.api import backend_module
+    from convdsl.backends import backend_module
 
     g = graph
     if batch is not None and g.symbols:
@@ -263,7 +244,7 @@ def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None
 
 
 def tvm_available(name: str = "tvm-llvm") -> bool:
-    from convdsl.api import BACKENDS
+    from convdsl.backends import BACKENDS
 
     return name in BACKENDS and importlib.util.find_spec("tvm") is not None
 

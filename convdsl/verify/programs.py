@@ -40,6 +40,16 @@ from convdsl.verify.steps import SPATIAL, STEPS, WIDTHS, Shape, Step, activation
 
 KINDS = ("img", "seq", "tok", "vec", "nhwc", "vol")
 
+# Ops no random program draws, and why.  Every other op is drawn (tests/test_op_registry.py
+# generates programs and checks both directions): a new op needs a step in steps.py or a line here.
+_QUANT = "made by the quantize pass from conv/linear; prop_quantize checks it against the float network " \
+         "and prop_quantize_tvm against TVM"
+NOT_DRAWN: dict[str, str] = {
+    **{f"batchnorm{nd}d": "drawn as the twin spelling of batchnorm (prop_twin compares the two)" for nd in (1, 2, 3)},
+    "quantize": _QUANT, "dequantize": _QUANT, "qlinear": _QUANT, **{f"qconv{nd}d": _QUANT for nd in (1, 2, 3)},
+    "cast": "made by the cast pass; prop_cast checks it",
+}
+
 
 @dataclass(frozen=True)
 class Tensor:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from convdsl.ir.optable import format_value
 from convdsl.verify.draws import Draw
 
 Shape = tuple  # ("N", int, ...)
@@ -52,15 +53,7 @@ def fits(shape: Shape) -> bool:
     return all(isinstance(d, int) and d > 0 for d in shape[1:]) and numel(shape) <= MAX_NUMEL
 
 
-def lit(v) -> str:
-    """A CDL literal."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "none"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(lit(x) for x in v) + "]"
-    return repr(v) if isinstance(v, float) else str(v)
+lit = format_value  # a CDL literal
 
 
 def call(op: str, *pos, **kw) -> str:

@@ -7,6 +7,7 @@ from tests.adversarial.harness import (Result, assert_no_crash, assert_only_chan
                                        tree_state)
 
 
+@pytest.mark.slow
 def test_a_clean_refusal_passes(tmp_path):
     f = tmp_path / "bad.cdl"
     f.write_text("network n(x: f32[N, 3, 8, 8]) {\n  return x | rleu\n}\n")

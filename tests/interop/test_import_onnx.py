@@ -15,7 +15,7 @@ from convdsl.backends.onnx import export_graph  # noqa: E402
 from convdsl.backends.torch.artifact import runner as torch_runner  # noqa: E402
 from convdsl.errors import ModelImportError, SourceError  # noqa: E402
 from convdsl.importer import import_onnx  # noqa: E402
-from convdsl.ir.printer import print_graph  # noqa: E402
+from convdsl.lang.printer import print_graph  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2] / "examples"
 # the examples whose ops all have an ONNX import mapping today (see docs/interop.md for the rest)

@@ -2,7 +2,7 @@ import pytest
 
 from convdsl.errors import IRError
 from convdsl.ir.graph import Value
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.types import TensorType
 from convdsl.ir.verify import verify
 from convdsl.lang.elaborate import elaborate

@@ -205,6 +205,7 @@ def _torchvision_counts(model, shape):
     return macs
 
 
+@pytest.mark.zoo
 def test_resnet18_matches_torchvision():
     import torchvision
 

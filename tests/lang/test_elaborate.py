@@ -333,6 +333,7 @@ def test_recursive_def_is_refused():
         elaborate(net("return x | conv2d(f(1))", head="def f(n) = f(n + 1)"))
 
 
+@pytest.mark.slow
 def test_exponential_calls_are_refused():
     head = "def f(n) = 1 if n == 0 else f(n - 1) + f(n - 1)"
     g = elaborate(net("return x | linear(f(4))", inputs="x: f32[1, 2]", head=head))
@@ -364,7 +365,7 @@ def test_choices_resolved_by_index_and_value():
     g = elaborate(SPACE, options=Options(choices={"k": 1, "width": 1, "6:23": 0}))
     assert g.node("conv2d").attrs["out"] == 32 and g.node("conv2d").attrs["k"] == 1
     assert g.node("mb.conv2d").attrs["k"] == 5
-    assert g.meta["choices"] == ["6:23", "k", "width"]
+    assert g.choices == ["6:23", "k", "width"]
 
 
 def test_first_choice():

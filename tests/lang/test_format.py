@@ -479,6 +479,7 @@ def compound(e: st.SearchStrategy) -> st.SearchStrategy:
 exprs = st.recursive(leaves, compound, max_leaves=12)
 
 
+@pytest.mark.property
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(expr=exprs)
 def test_random_expressions_round_trip(expr: ast.Expr) -> None:
@@ -488,6 +489,7 @@ def test_random_expressions_round_trip(expr: ast.Expr) -> None:
     assert format_source(text) == text
 
 
+@pytest.mark.property
 @settings(max_examples=50, deadline=None)
 @given(data=st.data())
 def test_random_comments_survive(data: st.DataObject) -> None:

@@ -97,7 +97,7 @@ def test_constant_subgraphs_become_parameters():
     np.testing.assert_allclose(c.params[pos_gate.params["weight"]], soft * sig, rtol=1e-6)
     assert_same_function(c, g, tol=1e-6)
     # the folded graph prints back to CDL and re-elaborates with the same parameter names
-    from convdsl.ir.printer import print_graph
+    from convdsl.lang.printer import print_graph
 
     assert sorted(load_graph(print_graph(c)).params.names()) == sorted(c.params.names())
 

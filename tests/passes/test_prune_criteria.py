@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from convdsl.errors import UsageError
+from convdsl.backends.torch import build_module
 from convdsl.passes.prune import CRITERIA, analyze, compute_masks, importance
 from tests.passes.test_prune import prog
 
@@ -43,49 +44,54 @@ def with_dead_channel():
     return g
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_each_criterion_ranks_a_zeroed_channel_last(criterion):
     g = with_dead_channel()
     deps = analyze(g)
-    scores = importance(g, deps, criterion, data(), samples=48, batch_size=16)
+    scores = importance(g, deps, criterion, data(), samples=48, batch_size=16, build=build_module)
     s = scores.by_group["c1"]
     assert s.shape == (8,) and np.isfinite(s).all()
     assert int(np.argmin(s)) == DEAD and s[DEAD] < np.delete(s, DEAD).min()
     masks = compute_masks(g, 1 / 8, criterion, target="channels", scope="layer", protect=(), data=data(),
-                          deps=deps, scores=scores)
+                          deps=deps, scores=scores, build=build_module)
     assert DEAD not in masks["c1"] and len(masks["c1"]) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["taylor", "activation"])
 def test_data_criteria_score_every_kind_of_producer(criterion):
     g = prog(MIXED)
     deps = analyze(g)
-    scores = importance(g, deps, criterion, data(16, (3, 16, 16)), samples=16, batch_size=8)
+    scores = importance(g, deps, criterion, data(16, (3, 16, 16)), samples=16, batch_size=8, build=build_module)
     assert not scores.notes
     for name in ("c1", "up", "pe", "fc1"):
         s = scores.by_group[name]
         assert np.isfinite(s).all() and (s >= 0).all() and s.max() > 0
 
 
+@pytest.mark.slow
 def test_data_criteria_accept_a_dataset_and_need_data():
     from convdsl.api import load_graph
     from convdsl.train import load_dataset
     from tests.passes.zoo import EXAMPLES_DIR
 
     g = load_graph(EXAMPLES_DIR / "digits_cnn.cdl")
-    scores = importance(g, analyze(g), "taylor", load_dataset("digits"), samples=64)
+    scores = importance(g, analyze(g), "taylor", load_dataset("digits"), samples=64, build=build_module)
     assert scores.by_group and all(np.isfinite(s).all() for s in scores.by_group.values())
     with pytest.raises(UsageError, match="needs calibration data"):
-        importance(g, analyze(g), "activation")
+        importance(g, analyze(g), "activation", build=build_module)
+    with pytest.raises(UsageError, match="runs the network"):  # a data criterion needs the module builder too
+        importance(g, analyze(g), "taylor", load_dataset("digits"))
     with pytest.raises(UsageError, match="unknown pruning criterion"):
-        importance(g, analyze(g), "l3")
+        importance(g, analyze(g), "l3", build=build_module)
     with pytest.raises(UsageError, match="does not fit"):
-        importance(g, analyze(g), "taylor", np.zeros((4, 3, 8, 8), np.float32))
+        importance(g, analyze(g), "taylor", np.zeros((4, 3, 8, 8), np.float32), build=build_module)
 
 
 def test_bn_scale_falls_back_to_l1_without_batchnorm():
     g = prog(MIXED)
-    scores = importance(g, analyze(g), "bn_scale")
+    scores = importance(g, analyze(g), "bn_scale", build=build_module)
     assert any("ranked by l1" in n for n in scores.notes)
 
 
@@ -98,5 +104,5 @@ def test_attention_heads_are_scored():
     o = g.params["attn.out_proj.weight"].copy()
     o[:, 8:16] = 0
     g.params["attn.out_proj.weight"] = o
-    s = importance(g, analyze(g), "l2").by_group["attn.heads"]
+    s = importance(g, analyze(g), "l2", build=build_module).by_group["attn.heads"]
     assert int(np.argmin(s)) == 1

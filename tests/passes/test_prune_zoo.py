@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from convdsl.api import load_graph
 from convdsl.cli import main
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.stats import summary
 from convdsl.ir.weights import save_weights
-from convdsl.passes.prune import apply_masks, compute_masks, measure, prune
+from convdsl.passes.prune import apply_masks, compute_masks, measure, prune, prune_with_report
 from tests.passes.test_prune import zeroed
 from tests.passes.zoo import EXAMPLES, EXAMPLES_DIR, example, inputs_for, outputs, rel_diff
 
@@ -22,8 +22,7 @@ BN_ONLY = {"resnet18", "mobilenet_v2"}  # zeroing a channel's BN makes it exactl
 @pytest.mark.parametrize("name", ZOO)
 def test_pruned_zoo_model_reparses_compiles_and_loads_its_weights(name, tmp_path):
     g = example(name)
-    small = prune(g, 0.5, "l1", round_to=8)
-    rep = small.meta["prune"]
+    small, rep, masks = prune_with_report(g, 0.5, "l1", round_to=8)
     assert abs(rep["reduction"]["macs"] - 0.5) <= 0.005
     path = tmp_path / f"{name}.cdl"
     path.write_text(print_graph(small))
@@ -37,7 +36,7 @@ def test_pruned_zoo_model_reparses_compiles_and_loads_its_weights(name, tmp_path
     for a, b in zip(outputs(again, xs), want):
         assert np.array_equal(a, b)
     if name in BN_ONLY:  # and it is the original with the removed channels zeroed
-        assert rel_diff(want, outputs(zeroed(g, small.meta["prune_masks"]), xs)) <= 1e-5
+        assert rel_diff(want, outputs(zeroed(g, masks), xs)) <= 1e-5
 
 
 @pytest.mark.parametrize("target,ratio", [("macs", 0.3), ("macs", 0.5), ("macs", 0.7), ("params", 0.4)])
@@ -51,8 +50,8 @@ def test_target_reduction_is_hit(target, ratio):
 
 def test_layer_scope_prunes_every_group_alike():
     g = example("mobilenet_v2")
-    small = prune(g, 0.3, "l2", scope="layer", target="channels", protect=())
-    for row in small.meta["prune"]["groups"]:
+    report = prune_with_report(g, 0.3, "l2", scope="layer", target="channels", protect=()).report
+    for row in report["groups"]:
         if row["channels"] and not row["fixed"] and row["channels"][0] >= 16:
             before, after = row["channels"]
             assert abs((before - after) / before - 0.3) <= 0.5 / before + 1e-9

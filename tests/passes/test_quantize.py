@@ -17,19 +17,21 @@ import pytest
 import torch
 
 from convdsl.api import load_graph
+from convdsl.backends.torch import build_module
 from convdsl.errors import ConvDSLError, UsageError
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops.conv import conv_padding
 from convdsl.ir.ops.quant import QRANGE, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import tuple_n
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.verify import verify
 from convdsl.ir.weights import load_weights, save_weights
 from convdsl.lang.elaborate import elaborate
 from convdsl.passes import run_passes
 from convdsl.passes.calibrate import Stats, clip_range, observe
 from convdsl.passes.cast import cast, to_bf16
-from convdsl.passes.quantize import calibration_batches, quantize
+from convdsl.passes.quantize import quantize, quantize_with_report
+from convdsl.train import calibration_batches
 
 DIGITS = str(Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.cdl")
 NP = {"u8": np.uint8, "i8": np.int8}
@@ -49,6 +51,9 @@ network variants(x: f32[N, 4, 12, 12], s: f32[N, 6, 20]) {
 """
 
 
+# training the digits network once for the module takes seconds
+pytestmark = pytest.mark.slow
+
 # ---- fixtures -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained():
@@ -57,7 +62,7 @@ def trained():
 
     g = load_graph(DIGITS)
     ds = load_dataset("digits", seed=0)
-    train(g, ds, epochs=3, seed=0, progress=False)
+    train(g, ds, epochs=3, seed=0, progress=False, build=build_module)
     return g, ds
 
 
@@ -73,7 +78,7 @@ def calib():
 
 @pytest.fixture(scope="module")
 def quantized(folded, calib):
-    return verify(quantize(folded, calib))
+    return verify(quantize(folded, calib, build=build_module))
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +202,7 @@ def check_against_reference(graph: Graph, inputs: tuple[np.ndarray, ...]) -> int
 
 
 # ---- structure ----------------------------------------------------------------------------------------
-def test_digits_structure(quantized, folded):
+def test_digits_structure(quantized, folded, calib):
     ops = {n.id: n.op for n in quantized.nodes()}
     assert not {"conv2d", "linear", "batchnorm"} & set(ops.values())
     assert ops["conv1"] == ops["layer2.downsample.0"] == "qconv2d" and ops["fc"] == "qlinear"
@@ -214,13 +219,14 @@ def test_digits_structure(quantized, folded):
     assert specs["conv1.weight"].dtype == "i8" and quantized.params["conv1.weight"].dtype == np.int8
     assert specs["conv1.w_scale"].shape == (16,) and specs["conv1.bias"].dtype == "i32"
     assert quantized.params["fc.bias"].dtype == np.int32
-    assert len(quantized.meta["quantize"]["layers"]) == 7 and not quantized.meta["quantize"]["float"]
+    report = quantize_with_report(folded, calib, build=build_module).report
+    assert len(report.layers) == 7 and not report.kept_float and report.to_json()["float"] == {}
 
 
 def test_input_graph_untouched(folded, calib):
     before = {k: v.copy() for k, v in folded.params.items()}
     text = print_graph(folded)
-    quantize(folded, calib[:1])
+    quantize(folded, calib[:1], build=build_module)
     assert print_graph(folded) == text
     for k, v in folded.params.items():
         np.testing.assert_array_equal(v, before[k])
@@ -228,7 +234,7 @@ def test_input_graph_untouched(folded, calib):
 
 def test_variants_structure(variants):
     g, batches = variants
-    q = verify(quantize(g, batches))
+    q = verify(quantize(g, batches, build=build_module))
     assert q.node("mp").op == "maxpool2d" and q.node("mp").type.dtype == "u8"  # runs on int8
     assert q.node("flatten").type.dtype == "u8" and q.node("permute").type.dtype == "u8"
     assert q.node("fc1").attrs["relu"] and q.node("fc1").type.dtype == "u8"
@@ -244,8 +250,9 @@ def test_int8_accuracy_within_one_point(trained, folded, calib, method, record_p
     from convdsl.train import evaluate
 
     g, ds = trained
-    q = quantize(folded, calib, method=method)
-    acc_float, acc_int8 = evaluate(g, ds)["accuracy"], evaluate(q, ds)["accuracy"]
+    q = quantize(folded, calib, method=method, build=build_module)
+    acc_float = evaluate(g, ds, build=build_module)["accuracy"]
+    acc_int8 = evaluate(q, ds, build=build_module)["accuracy"]
     record_property("accuracy", {"float": acc_float, "int8": acc_int8})
     print(f"digits_cnn ({method}): float {100 * acc_float:.2f}%, int8 {100 * acc_int8:.2f}%")
     assert acc_float > 0.85  # trained, so the comparison means something
@@ -261,7 +268,7 @@ def test_torch_simulation_equals_numpy_reference_on_digits(quantized, trained):
                          ids=["u8", "i8-w4"])
 def test_torch_simulation_equals_numpy_reference_on_variants(variants, options):
     g, batches = variants
-    q = verify(quantize(g, batches, **options))
+    q = verify(quantize(g, batches, **options, build=build_module))
     assert check_against_reference(q, _variant_inputs()) == 9
 
 
@@ -269,7 +276,7 @@ def test_int8_outputs_close_to_float(variants):
     g, batches = variants
     from convdsl.backends.torch import build_module
 
-    q = quantize(g, batches)
+    q = quantize(g, batches, build=build_module)
     xs = tuple(torch.from_numpy(x) for x in _variant_inputs())
     with torch.no_grad():
         for a, b in zip(build_module(g)(*xs), build_module(q)(*xs)):
@@ -331,29 +338,31 @@ def test_calibration_methods():
 
 def test_observe_runs_the_float_graph(variants):
     g, batches = variants
-    ranges, stats = observe(g, [Value("x"), Value("c1")], batches)
+    ranges, stats = observe(g, [Value("x"), Value("c1")], batches, build=build_module)
     xs = np.concatenate([b[0] for b in batches])
     assert ranges[Value("x")] == (pytest.approx(float(xs.min())), pytest.approx(float(xs.max())))
     assert stats[Value("x")].count == xs.size
     with pytest.raises(UsageError, match="calibration method"):
-        observe(g, [Value("x")], batches, "kl")
+        observe(g, [Value("x")], batches, "kl", build=build_module)
 
 
 # ---- per-layer config -----------------------------------------------------------------------------------
 def test_per_layer_float(folded, calib):
-    q = verify(quantize(folded, calib, per_layer={"fc": "float", "layer2": "float", "layer2.conv1": "int8"}))
+    per_layer = {"fc": "float", "layer2": "float", "layer2.conv1": "int8"}
+    q, report = quantize_with_report(folded, calib, per_layer=per_layer, build=build_module)
+    q = verify(q)
     ops = {n.id: n.op for n in q.nodes()}
     assert ops["fc"] == "linear" and q.params["fc.weight"].dtype == np.float32
     np.testing.assert_array_equal(q.params["fc.weight"], folded.params["fc.weight"])
     assert ops["layer2.conv2"] == ops["layer2.downsample.0"] == "conv2d"  # the scope
     assert ops["layer2.conv1"] == "qconv2d"  # the later, more specific entry wins
     assert q.node("layer2.conv1").type.dtype == "f32"  # its reader stays float: float output
-    assert set(q.meta["quantize"]["float"]) == {"fc", "layer2.conv2", "layer2.downsample.0"}
+    assert set(report.kept_float) == {"fc", "layer2.conv2", "layer2.downsample.0"}
     assert q.node(q.inputs_of("layer2.conv2")[0].node).op == "qconv2d"
     with pytest.raises(UsageError, match="names no conv or linear"):
-        quantize(folded, calib, per_layer={"fcc": "float"})
+        quantize(folded, calib, per_layer={"fcc": "float"}, build=build_module)
     with pytest.raises(UsageError, match="float or int8"):
-        quantize(folded, calib, per_layer={"fc": "int4"})
+        quantize(folded, calib, per_layer={"fc": "int4"}, build=build_module)
 
 
 # ---- printer round trip ------------------------------------------------------------------------------------
@@ -387,10 +396,13 @@ def test_int8_pipeline(trained, calib):
     g = trained[0].copy()
     with pytest.raises(UsageError, match="calibration"):
         run_passes(g, "int8")
-    g.meta["calibration"] = calib
-    q = run_passes(g, "int8")
+    log: list = []
+    q = run_passes(g, "int8", options={"quantize_int8": {"calib_batches": calib, "build": build_module}},
+                  log=log)
     assert "batchnorm" not in q.ops_used() and "qconv2d" in q.ops_used()
-    assert [r["pass"] for r in q.meta["passes"]][-2:] == ["quantize_int8", "dce"]
+    assert [r.name for r in log][-2:] == ["quantize_int8", "dce"]
+    with pytest.raises(UsageError, match="not run"):
+        run_passes(g, "O2", options={"quantize_int8": {"calib_batches": calib}})
 
 
 def test_cast_f16(trained, folded):
@@ -401,7 +413,8 @@ def test_cast_f16(trained, folded):
     assert h.node(h.inputs_of("conv1")[0].node).op == "cast" and h.node("conv1").type.dtype == "f16"
     assert [str(t) for t in h.output_types()] == [str(t) for t in folded.output_types()]
     assert h.params["conv1.weight"].dtype == np.float16 and h.params.specs["conv1.weight"].dtype == "f16"
-    assert evaluate(h, ds)["accuracy"] >= evaluate(g, ds)["accuracy"] - 0.01
+    assert evaluate(h, ds, build=build_module)["accuracy"] >= \
+        evaluate(g, ds, build=build_module)["accuracy"] - 0.01
     b = verify(cast(folded, "bf16"))
     assert b.node("fc").type.dtype == "bf16" and b.params.specs["fc.weight"].dtype == "bf16"
     np.testing.assert_array_equal(b.params["fc.weight"],
@@ -489,6 +502,7 @@ def compare_with_tvm(graph: Graph, inputs: tuple[np.ndarray, ...]) -> dict:
     return stats
 
 
+@pytest.mark.tvm
 @pytest.mark.skipif(not _tvm_available(), reason="TVM backend not available")
 def test_tvm_int8_matches_torch_simulation_on_digits(quantized, trained):
     stats = compare_with_tvm(quantized, (trained[1].x_val[:64],))
@@ -496,10 +510,11 @@ def test_tvm_int8_matches_torch_simulation_on_digits(quantized, trained):
     assert stats["equal"] == stats["elements"]  # measured: bit-exact (the contract allows one step)
 
 
+@pytest.mark.tvm
 @pytest.mark.skipif(not _tvm_available(), reason="TVM backend not available")
 @pytest.mark.parametrize("options", [{}, {"act_dtype": "i8", "weight_bits": 4}], ids=["u8", "i8-w4"])
 def test_tvm_int8_matches_torch_simulation_on_variants(variants, options):
     g, batches = variants
-    stats = compare_with_tvm(quantize(g, batches, **options), _variant_inputs())
+    stats = compare_with_tvm(quantize(g, batches, **options, build=build_module), _variant_inputs())
     print("variants int8, tvm-llvm vs torch simulation:", stats)
     assert stats["equal"] == stats["elements"]

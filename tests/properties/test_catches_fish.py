@@ -14,7 +14,7 @@ import re
 import pytest
 from hypothesis import Phase, given, settings
 
-from convdsl.backends.torch import TORCH_LOWERINGS, TorchLowering
+from convdsl.backends.torch import TORCH_LOWERINGS, TorchLowering, lowering
 from convdsl.verify.properties import PropertyFailed, prop_twin
 from convdsl.verify.strategies import cases
 
@@ -52,7 +52,8 @@ def test_a_conv_lowering_that_forgets_its_padding_mode_is_caught(monkeypatch) ->
     def module(node, ins):  # circular/reflect/replicate padding silently becomes zeros
         return re.sub(r", padding_mode='\w+'", "", good.module(node, ins))
 
-    monkeypatch.setitem(TORCH_LOWERINGS, "conv2d", TorchLowering(good.call, module, good.helpers))
+    broken = TORCH_LOWERINGS.replacing("conv2d", TorchLowering(good.call, module, good.helpers))
+    monkeypatch.setattr(lowering, "TORCH_LOWERINGS", broken)
     failures = _caught(cases(max_statements=2, focus=("conv",), kinds=("img",)))
     smallest = failures[-1]
     assert "pad_mode=" in smallest.text
@@ -69,7 +70,8 @@ def test_an_attention_lowering_with_the_wrong_default_scale_is_caught(monkeypatc
             text = text[:-1] + f", scale={width ** -0.5!r})"
         return text
 
-    monkeypatch.setitem(TORCH_LOWERINGS, "mhsa", TorchLowering(good.call, module, good.helpers))
+    monkeypatch.setattr(lowering, "TORCH_LOWERINGS", TORCH_LOWERINGS.replacing("mhsa", TorchLowering(good.call, module,
+                                                                                                  good.helpers)))
     # caught without shrinking (shrinking is shown on the conv above; here it takes minutes)
     failures = _caught(cases(max_statements=2, focus=("tokens",), kinds=("tok",)), shrink=False)
     assert "mhsa(" in failures[-1].text

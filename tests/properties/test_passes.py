@@ -2,10 +2,9 @@
 is the identity; quantization stays within the bound its scales imply."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 
-from convdsl.verify.properties import quantize_pass, semantic_passes
+from convdsl.verify.properties import semantic_passes
 from convdsl.verify.strategies import cases, single_layer_cases
 
 from .helpers import check, examples
@@ -28,17 +27,12 @@ def test_all_keep_pruning_is_the_identity(case) -> None:
     check(case, ["prune"], "test_all_keep_pruning_is_the_identity")
 
 
-needs_quantize = pytest.mark.skipif(quantize_pass() is None, reason="no quantization pass yet")
-
-
-@needs_quantize
 @examples(ci=30, thorough=500)
 @given(single_layer_cases())
 def test_quantization_error_is_bounded_by_its_scales(case) -> None:
     check(case, ["quantize_bound"], "test_quantization_error_is_bounded_by_its_scales")
 
 
-@needs_quantize
 @examples(ci=15, thorough=300)
 @given(cases(max_statements=5))
 def test_quantizing_any_program_verifies_and_runs(case) -> None:

@@ -84,6 +84,7 @@ def test_kill_9_loses_and_repeats_nothing(killed_and_resumed):
 
 def test_outputs_are_plain_programs_with_their_weights(killed_and_resumed):
     from convdsl.api import load_graph
+    from convdsl.backends.torch import build_module
     from convdsl.train import evaluate, load_dataset
 
     out, _, _, log = killed_and_resumed
@@ -96,7 +97,7 @@ def test_outputs_are_plain_programs_with_their_weights(killed_and_resumed):
         assert "choice(" not in f.read_text()
         cid = int(f.stem.split("_c")[1])
         g = load_graph(f, weights=f.with_suffix(".safetensors"))
-        acc = evaluate(g, load_dataset("digits"))["accuracy"]
+        acc = evaluate(g, load_dataset("digits"), build=build_module)["accuracy"]
         assert acc == pytest.approx(store.row(cid).val_acc, abs=1e-9)  # the weights the search measured
     store.close()
 

@@ -1,6 +1,8 @@
 """Pareto ranking, regularized evolution and random search on made-up results."""
 from __future__ import annotations
 
+import pytest
+
 from convdsl.search.evolution import (RandomSearch, RegularizedEvolution, dominates, nondominated_ranks,
                                       pareto_front)
 from convdsl.search.space import SearchSpace
@@ -59,6 +61,7 @@ def test_aging_keeps_only_the_most_recent():
     assert [r.id for r in evo.visible(5, rows)] == [1, 2, 4]
 
 
+@pytest.mark.slow
 def test_random_search_draws_new_programs():
     space = SearchSpace(TINY, "<tiny>")
     rs = RandomSearch(space, seed=1)

@@ -33,6 +33,7 @@ def test_choice_kinds_tell_block_choices_from_values():
     assert kinds == {"width": "value", "depth": "value", "mixer": "block"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.cdl")), ids=lambda p: p.name)
 def test_mutants_of_the_example_spaces_are_valid_or_rejected(path):
     """120 random mutations: each child passes parse + elaborate + verify or is Rejected (counted);
@@ -121,6 +122,7 @@ def test_a_program_without_sites_says_so():
         mutate(space, space.initial(), random.Random(0))
 
 
+@pytest.mark.slow
 def test_mutants_reparse_to_the_same_program():
     space = SearchSpace(TINY, "<tiny>")
     rng = random.Random(1)

@@ -44,6 +44,7 @@ def test_a_search_fills_its_budget_and_stores_everything(tmp_path):
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["counts"]["proposed"] == 10
 
 
+@pytest.mark.slow
 def test_the_programs_do_not_depend_on_the_order_results_arrive(tmp_path):
     a = run(tmp_path / "a", config(tmp_path), FakeExecutor(2))
     b = run(tmp_path / "b", config(tmp_path), FakeExecutor(1))  # another finishing order
@@ -52,6 +53,7 @@ def test_the_programs_do_not_depend_on_the_order_results_arrive(tmp_path):
     assert [r[1] for r in c] != [r[1] for r in a]
 
 
+@pytest.mark.slow
 def test_a_stopped_search_resumes_to_the_same_history(tmp_path):
     full = run(tmp_path / "full", config(tmp_path))
     s = Search.create(tmp_path / "part", config(tmp_path))

@@ -32,6 +32,7 @@ def test_split_depends_only_on_seed():
     assert not np.array_equal(a.y_val, c.y_val)
 
 
+@pytest.mark.slow
 def test_mnist1d_generated_locally_without_touching_global_rngs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the package's get_dataset would download or pickle here
     random.seed(123)

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from convdsl.api import load_graph
+from convdsl.backends.torch import build_module
 from convdsl.cli import main
 from convdsl.errors import UsageError
 from convdsl.ir.weights import load_weights, save_weights
@@ -38,7 +39,7 @@ def digits():
 def trained(digits):
     """digits_cnn trained for a few epochs with seed 0: (graph, result)."""
     g = load_graph(DIGITS_CNN)
-    return g, train(g, digits, epochs=EPOCHS, seed=0, progress=False)
+    return g, train(g, digits, epochs=EPOCHS, seed=0, progress=False, build=build_module)
 
 
 def test_digits_cnn_reaches_90_percent(trained):
@@ -62,7 +63,7 @@ def test_weights_and_running_stats_written_back(trained):
 def test_same_seed_same_weights(trained, digits):
     g, r = trained
     again = load_graph(DIGITS_CNN)
-    r2 = train(again, digits, epochs=EPOCHS, seed=0, progress=False)
+    r2 = train(again, digits, epochs=EPOCHS, seed=0, progress=False, build=build_module)
     assert [e.val_acc for e in r2.history] == [e.val_acc for e in r.history]
     assert [e.train_loss for e in r2.history] == [e.train_loss for e in r.history]
     for name, arr in g.params.items():
@@ -73,7 +74,7 @@ def test_saved_weights_evaluate_to_the_reported_accuracy(trained, digits, tmp_pa
     g, r = trained
     save_weights(g, tmp_path / "w.safetensors")
     loaded = load_weights(load_graph(DIGITS_CNN), tmp_path / "w.safetensors")
-    m = evaluate(loaded, digits)
+    m = evaluate(loaded, digits, build=build_module)
     assert m["n"] == len(digits.y_val)
     assert m["accuracy"] == r.val_accuracy
     assert m["loss"] == pytest.approx(r.val_loss, rel=1e-5)
@@ -87,7 +88,7 @@ def test_training_restores_global_torch_state(digits):
     g = load_graph(DIGITS_CNN, overrides={"width": 4})
     small = type(digits)(digits.x_train[:256], digits.y_train[:256], digits.x_val[:64], digits.y_val[:64],
                          digits.input_shape, digits.classes, "digits[:256]")
-    train(g, small, epochs=1, progress=True)
+    train(g, small, epochs=1, progress=True, build=build_module)
     assert torch.equal(torch.rand(3), expected)
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, det)
 
@@ -100,7 +101,7 @@ def test_graph_untouched_when_training_stops_early(digits):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(g, digits, epochs=3, progress=False, on_epoch=stop)
+        train(g, digits, epochs=3, progress=False, on_epoch=stop, build=build_module)
     for name, arr in g.params.items():
         assert np.array_equal(arr, before[name]), name
 
@@ -108,9 +109,9 @@ def test_graph_untouched_when_training_stops_early(digits):
 def test_bad_settings_are_usage_errors(digits):
     g = load_graph(DIGITS_CNN, overrides={"width": 4})
     with pytest.raises(UsageError, match="did you mean 'adamw'"):
-        train(g, digits, epochs=1, optimizer="adam_w", progress=False)
+        train(g, digits, epochs=1, optimizer="adam_w", progress=False, build=build_module)
     with pytest.raises(UsageError, match="from 1 to 10,000"):
-        train(g, digits, epochs=0, progress=False)
+        train(g, digits, epochs=0, progress=False, build=build_module)
 
 
 def test_npz_dataset_trains(tmp_path):
@@ -128,14 +129,14 @@ def test_npz_dataset_trains(tmp_path):
     """
     d = load_dataset(str(tmp_path / "toy.npz"), val_fraction=0.25)
     g = load_graph(net)
-    r = train(g, d, epochs=10, batch_size=16, progress=False)
+    r = train(g, d, epochs=10, batch_size=16, progress=False, build=build_module)
     assert r.val_accuracy >= 0.9
 
 
 def test_mnist1d_sequence_net_learns():
     d = load_dataset("mnist1d:samples=2000")
     g = load_graph(SEQ_CNN)
-    r = train(g, d, epochs=4, seed=0, progress=False)
+    r = train(g, d, epochs=4, seed=0, progress=False, build=build_module)
     print(f"seq_cnn on mnist1d: {100 * r.val_accuracy:.2f}% val after 4 epochs in {r.seconds:.1f} s")
     assert r.val_accuracy > 0.4  # chance is 0.1
 

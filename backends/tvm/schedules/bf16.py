@@ -11,7 +11,7 @@ rounded to bf16 by the kernel's own input copy, products summed in f32, the fuse
     dense_packed_bf16   x [..., K] f32 -> round -> xb;  y[..., n] += xb[..., 2p:2p+2] . W[n/16, p, n%16, 2]
 
 The inner 16 x 2 dot product (16 output lanes, one pair of input channels broadcast) is
-tensorized to ``vdpbf16ps``, the same template as ``cpu.py``'s f32 kernels around it (register
+tensorized to ``vdpbf16ps``; ``cpu.py`` schedules both, the same template as its f32 kernels (register
 tile of output columns x channel blocks, reduction loops outside the tile, epilogue per tile).
 
 Why an LLVM IR snippet: TVM's LLVM code generator has no ``bfloat`` vector type (bf16 values
@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, _pad, out_size
+from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, out_size, pad_spatial
 
 LANES = 16  # f32 outputs of one vdpbf16ps
 PAIR = 2  # bf16 products summed per lane
@@ -104,7 +104,7 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilat
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = _pad(data, pt, pl, pb, pr)
+    xp = pad_spatial(data, pt, pl, pb, pr)
     xb = te.compute(xp.shape, lambda *i: _to_bits(xp(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pad"})
     rc = te.reduce_axis((0, icb), "ic_outer")
     ry = te.reduce_axis((0, kh), "kh")
@@ -189,85 +189,5 @@ def has_bf16(target) -> bool:
     return bool(codegen.target_has_features("avx512bf16", target))
 
 
-# ---- schedules -----------------------------------------------------------------------------------------------
-def schedule_conv2d_nchwc_bf16(sch: s_tir.Schedule, conv, hw) -> None:
-    from convdsl.backends.tvm.schedules import cpu, tophub
-
-    b, o, y, x, oc, rc, ry, rx, rp, r2 = sch.get_loops(conv)
-    ocb, ow = cpu._extent(sch, o), cpu._extent(sch, x)
-    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, cpu.conv_tile(ow, ocb, hw))
-    epilogue = cpu._inline_epilogue(sch, conv)
-    copies = [p for p in sch.get_producers(conv) if cpu.kernel_of(sch, p) == "pad"]
-    pads = [q for p in copies for q in sch.get_producers(p) if cpu.kernel_of(sch, q) == "pad"]
-    for p in pads:  # zero padding and rounding: one copy
-        sch.compute_inline(p)
-    if epilogue is not None:
-        sch.set_scope(conv, 0, "local")
-    oo, oi = sch.split(o, [None, ov])
-    xo, xi = sch.split(x, [None, rn])
-    sch.reorder(b, oo, y, xo, rc, ry, rx, rp, xi, oi, oc, r2)
-    sch.parallel(sch.fuse(b, oo, y))
-    if epilogue is not None:
-        cpu._tile_epilogue(sch, epilogue, xo, depth=2)
-    init = sch.decompose_reduction(conv, rc)
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    for lp in iloops[-3:-1]:
-        sch.unroll(lp)
-    sch.tensorize(oc, register_intrinsic("local" if epilogue is not None else "global"))
-    sch.unroll(oi)
-    sch.unroll(xi)
-    for p in copies:
-        cpu._parallel_copy(sch, p, hw.lanes)
-
-
-def schedule_dense_packed_bf16(sch: s_tir.Schedule, block, hw) -> None:
-    from convdsl.backends.tvm.schedules import cpu, tophub
-
-    *lead, n, rp, r2 = sch.get_loops(block)
-    nn = cpu._extent(sch, n)
-    mm = cpu._extent(sch, lead[-1]) if lead else 1
-    rm, nv = tophub.choose("gemm", sch, block, hw, cpu.gemm_tile(mm, nn // LANES, hw), lanes=LANES)
-    copies = [p for p in sch.get_producers(block) if cpu.kernel_of(sch, p) == "pack"]
-    epilogue = cpu._inline_epilogue(sch, block)
-    batch, m = (lead[:-1], lead[-1]) if lead else ([], None)
-    if epilogue is not None:
-        sch.set_scope(block, 0, "local")
-    no, nvl, nl = sch.split(n, [None, nv, LANES])
-    if m is not None:
-        mo, mi = sch.split(m, [None, rm])
-        sch.reorder(*batch, no, mo, rp, mi, nvl, nl, r2)
-        par = [*batch, no, mo]
-    else:
-        mi = None
-        sch.reorder(*batch, no, rp, nvl, nl, r2)
-        par = [*batch, no]
-    outer = sch.fuse(*par) if len(par) > 1 else par[0]
-    sch.parallel(outer)
-    if epilogue is not None:
-        sch.reverse_compute_at(epilogue, outer)
-        inner = sch.get_loops(epilogue)[-1]
-        if cpu._extent(sch, inner) % LANES == 0 and cpu._extent(sch, inner) > LANES:
-            inner = sch.split(inner, [None, LANES])[1]
-        sch.vectorize(inner)
-    init = sch.decompose_reduction(block, rp)
-    iloops = sch.get_loops(init)
-    sch.vectorize(iloops[-1])
-    sch.unroll(iloops[-2])
-    if mi is not None:
-        sch.unroll(iloops[-3])
-    sch.tensorize(nl, register_intrinsic("local" if epilogue is not None else "global"))
-    sch.unroll(nvl)
-    if mi is not None:
-        sch.unroll(mi)
-    for p in copies:
-        cpu._parallel_copy(sch, p, hw.lanes)
-
-
-RULES = {
-    "conv2d_nchwc_bf16": schedule_conv2d_nchwc_bf16,
-    "dense_packed_bf16": schedule_dense_packed_bf16,
-}
-
-__all__ = ["RULES", "conv2d_nchwc_bf16", "dense_packed_bf16", "pack_conv_weight", "pack_dense_weight",
+__all__ = ["conv2d_nchwc_bf16", "dense_packed_bf16", "pack_conv_weight", "pack_dense_weight",
            "round_to_bf16", "bf16_to_f32", "with_llvm_import", "has_bf16", "conv_fits", "dense_fits"]

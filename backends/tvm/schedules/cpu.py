@@ -397,11 +397,86 @@ def schedule_matmul_like(sch: s_tir.Schedule, hw: Hardware) -> bool:
     return False
 
 
+# ---- bf16 kernels (bf16.py: their compute and the vdpbf16ps intrinsic) ---------------------------------
+def schedule_conv2d_nchwc_bf16(sch: s_tir.Schedule, conv, hw) -> None:
+    b, o, y, x, oc, rc, ry, rx, rp, r2 = sch.get_loops(conv)
+    ocb, ow = _extent(sch, o), _extent(sch, x)
+    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw))
+    epilogue = _inline_epilogue(sch, conv)
+    copies = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
+    pads = [q for p in copies for q in sch.get_producers(p) if kernel_of(sch, q) == "pad"]
+    for p in pads:  # zero padding and rounding: one copy
+        sch.compute_inline(p)
+    if epilogue is not None:
+        sch.set_scope(conv, 0, "local")
+    oo, oi = sch.split(o, [None, ov])
+    xo, xi = sch.split(x, [None, rn])
+    sch.reorder(b, oo, y, xo, rc, ry, rx, rp, xi, oi, oc, r2)
+    sch.parallel(sch.fuse(b, oo, y))
+    if epilogue is not None:
+        _tile_epilogue(sch, epilogue, xo, depth=2)
+    init = sch.decompose_reduction(conv, rc)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    for lp in iloops[-3:-1]:
+        sch.unroll(lp)
+    sch.tensorize(oc, bf16.register_intrinsic("local" if epilogue is not None else "global"))
+    sch.unroll(oi)
+    sch.unroll(xi)
+    for p in copies:
+        _parallel_copy(sch, p, hw.lanes)
+
+
+def schedule_dense_packed_bf16(sch: s_tir.Schedule, block, hw) -> None:
+    *lead, n, rp, r2 = sch.get_loops(block)
+    nn = _extent(sch, n)
+    mm = _extent(sch, lead[-1]) if lead else 1
+    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, nn // bf16.LANES, hw), lanes=bf16.LANES)
+    copies = [p for p in sch.get_producers(block) if kernel_of(sch, p) == "pack"]
+    epilogue = _inline_epilogue(sch, block)
+    batch, m = (lead[:-1], lead[-1]) if lead else ([], None)
+    if epilogue is not None:
+        sch.set_scope(block, 0, "local")
+    no, nvl, nl = sch.split(n, [None, nv, bf16.LANES])
+    if m is not None:
+        mo, mi = sch.split(m, [None, rm])
+        sch.reorder(*batch, no, mo, rp, mi, nvl, nl, r2)
+        par = [*batch, no, mo]
+    else:
+        mi = None
+        sch.reorder(*batch, no, rp, nvl, nl, r2)
+        par = [*batch, no]
+    outer = sch.fuse(*par) if len(par) > 1 else par[0]
+    sch.parallel(outer)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, outer)
+        inner = sch.get_loops(epilogue)[-1]
+        if _extent(sch, inner) % bf16.LANES == 0 and _extent(sch, inner) > bf16.LANES:
+            inner = sch.split(inner, [None, bf16.LANES])[1]
+        sch.vectorize(inner)
+    init = sch.decompose_reduction(block, rp)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    sch.unroll(iloops[-2])
+    if mi is not None:
+        sch.unroll(iloops[-3])
+    sch.tensorize(nl, bf16.register_intrinsic("local" if epilogue is not None else "global"))
+    sch.unroll(nvl)
+    if mi is not None:
+        sch.unroll(mi)
+    for p in copies:
+        _parallel_copy(sch, p, hw.lanes)
+
+
+BF16_RULES = {
+    "conv2d_nchwc_bf16": schedule_conv2d_nchwc_bf16,
+    "dense_packed_bf16": schedule_dense_packed_bf16,
+}
 RULES = {
     "conv2d_nchwc": schedule_conv2d_nchwc,
     "dwconv_nchwc": schedule_dwconv_nchwc,
     "dense_packed": schedule_dense_packed,
-    **bf16.RULES,
+    **BF16_RULES,
 }
 
 
@@ -421,7 +496,7 @@ def schedule_func(func: tirx.PrimFunc, target) -> tirx.PrimFunc | None:
         if rule is not None:
             try:
                 rule(sch, b, hw)
-                return bf16.with_llvm_import(sch.mod["main"]) if kind in bf16.RULES else sch.mod["main"]
+                return bf16.with_llvm_import(sch.mod["main"]) if kind in BF16_RULES else sch.mod["main"]
             except Exception as e:  # noqa: BLE001 - the rule does not fit: fall through
                 _debug(func, rule.__name__, e)
                 sch = s_tir.Schedule(func)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from convdsl.ir.ops.conv import conv_out_size
+
 KERNEL_ATTR = "convdsl.kernel"
 
 
-def _pad(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
+def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
     if not (pt or pl or pb or pr):
         return data
     n, c, h, w, b = data.shape
@@ -29,7 +31,8 @@ def _pad(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
 
 
 def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
-    return (size + pad - ((k - 1) * dilation + 1)) // stride + 1
+    """Output size of a convolution padded by ``pad`` in all (the op table's formula)."""
+    return conv_out_size(size, pad, 0, k, stride, dilation)
 
 
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
@@ -39,7 +42,7 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = _pad(data, pt, pl, pb, pr)
+    xp = pad_spatial(data, pt, pl, pb, pr)
     rc = te.reduce_axis((0, icb), "ic_outer")
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
@@ -58,7 +61,7 @@ def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = _pad(data, pt, pl, pb, pr)
+    xp = pad_spatial(data, pt, pl, pb, pr)
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
     return te.compute(

@@ -14,6 +14,9 @@ op is checked against, so those state_dicts load with no or a trivial renaming:
   gives torchvision ViT's ``conv_proj.weight`` exactly
 - class_token / pos_embed / layer_scale: ``class_token``, ``pos_embedding`` and
   ``layer_scale`` as in torchvision's ViT and ConvNeXt (prefixed by the node name)
+
+Lowered in backends/torch/lower_attention.py and backends/tvm/lower_attention.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
 from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
-from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, Symbol, expect_rank, io_workspace, nbytes, tuple_n,
-                                work_bytes, zero_cost)
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
+                                io_workspace, keep_channels, nbytes, on_axis, opaque, tuple_n, work_bytes, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
+from convdsl.ir.ops.conv import conv_out_size
 
 SOFTMAX_FLOPS = 5  # per attention logit: max, sub, exp, sum, div
 
@@ -248,6 +252,8 @@ MHSA = OpDef(
         "input is an additive mask [L, L] or [N*heads, L, L] (bool: True = blocked).",
     example="mhsa(heads=8)",
     shape_rule="[N, L, C] -> [N, L, dim]; heads divides dim",
+    prune=PRUNE_RULE,
+    example_inputs="x: f32[N, 196, 64]",
 )
 
 
@@ -324,6 +330,8 @@ CROSS = OpDef(
         "parameters as torch.nn.MultiheadAttention(kdim=vdim=Ck). Optional third input: a mask [Lq, Lk].",
     example="(x, memory) | cross_attention(heads=8)",
     shape_rule="[N, Lq, C], [N, Lk, Ck] -> [N, Lq, dim]",
+    prune=opaque("queries and context share heads: not analyzed"),
+    example_inputs="x: f32[N, 49, 64], memory: f32[N, 77, 32]",
 )
 
 
@@ -397,16 +405,15 @@ WINDOW = OpDef(
         "[(2wh-1)(2ww-1), heads].",
     example="window_attention(heads=3, window=7, shift=3)",
     shape_rule="[N, H, W, C] -> [N, H, W, C]; heads divides C",
+    prune=opaque("heads and windows: not analyzed"),
+    example_inputs="x: f32[N, 14, 14, 96]",
 )
 
 
 # ---- CvT convolutional attention ------------------------------------------------------------------
-def conv_out(size, k: int, stride: int):
-    """Spatial size after a conv with padding k // 2 (CvT's projections)."""
-    pad = k // 2
-    if isinstance(size, int):
-        return (size + 2 * pad - k) // stride + 1
-    return dim_add(dim_floordiv(dim_add(size, 2 * pad - k), stride), 1)
+def _proj_out(size, k: int, stride: int):
+    """Spatial size after a CvT projection: a conv with padding k // 2."""
+    return conv_out_size(size, k // 2, k // 2, k, stride, 1)
 
 
 def _dw_bn(prefix: str, c: int, k: int) -> dict[str, ParamSpec]:
@@ -430,8 +437,8 @@ def _conv_attn_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
         raise CDLTypeError(f"{op}: k and strides must be positive", got=f"k={k}, stride_q={sq}, stride_kv={skv}")
     _check_dropout(op, attrs, "dropout")
     _check_scale(op, attrs)
-    h, w = conv_out(x.shape[2], k, sq), conv_out(x.shape[3], k, sq)
-    for size in (conv_out(x.shape[2], k, skv), conv_out(x.shape[3], k, skv), h, w):
+    h, w = _proj_out(x.shape[2], k, sq), _proj_out(x.shape[3], k, sq)
+    for size in (_proj_out(x.shape[2], k, skv), _proj_out(x.shape[3], k, skv), h, w):
         if isinstance(size, int) and size <= 0:
             raise ShapeError(f"{op}: the token map is too small for k={k}", got=str(x))
     return [x.with_shape((x.shape[0], c, h, w))]
@@ -452,7 +459,7 @@ def _conv_attn_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) 
     n, c, h, w = ins[0].shape
     k, skv = attrs["k"], attrs["stride_kv"]
     lq = bind_dim(outs[0].shape[2]) * bind_dim(outs[0].shape[3])
-    lk = bind_dim(conv_out(h, k, skv)) * bind_dim(conv_out(w, k, skv))
+    lk = bind_dim(_proj_out(h, k, skv)) * bind_dim(_proj_out(w, k, skv))
     nb = bind_dim(n)
     dw = Cost(nb * (lq + 2 * lk) * c * k * k, 2 * nb * (lq + 2 * lk) * c * k * k + 4 * nb * (lq + 2 * lk) * c)
     return (dw + _proj_cost(nb * lq, c, c, attrs["qkv_bias"]) + _proj_cost(nb * lk, c, 2 * c, attrs["qkv_bias"])
@@ -465,7 +472,7 @@ def _conv_attn_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorTy
     n, c, h, w = ins[0].shape
     k, skv = attrs["k"], attrs["stride_kv"]
     lq = outs[0].shape[2] * outs[0].shape[3]
-    lk = conv_out(h, k, skv) * conv_out(w, k, skv)
+    lk = _proj_out(h, k, skv) * _proj_out(w, k, skv)
     item = work_bytes(ins[0])
     maps = 3 * n * c * (lq + 2 * lk) * item + 2 * nbytes(ins[0])
     return maps + attention_workspace(n, attrs["heads"], lq, lk, c, item) + 2 * nbytes(outs[0])
@@ -484,6 +491,7 @@ CONV_ATTENTION = OpDef(
         "scales logits by C**-0.5; pass scale= for that, the default is the head width's.",
     example="conv_attention(heads=2, k=3, stride_kv=2)",
     shape_rule="[N, C, H, W] -> [N, C, H', W'] (H' = H for stride_q=1); keys/values at stride_kv",
+    prune=opaque("projections and heads inside the op: not analyzed"),
 )
 
 
@@ -566,6 +574,8 @@ HALO = OpDef(
         "pos_embed.height_rel/width_rel) when dim is a multiple of 8.",
     example="halo_attention(heads=8, block_size=8, halo=3)",
     shape_rule="[N, C, H, W] -> [N, dim, H, W]; block_size divides H and W",
+    prune=opaque("projections and heads inside the op: not analyzed"),
+    example_inputs="x: f32[N, 64, 16, 16]",
 )
 
 
@@ -634,6 +644,11 @@ def _layer_scale_shape(attrs: dict, x: TensorType) -> tuple[int, ...]:
     return (_static("layer_scale", x, x.rank - 1, "channel count (last dim, layout=last)"),)
 
 
+def _layer_scale_axis(attrs: dict, axis: int, x: TensorType) -> bool:
+    """The axis layer_scale's gamma runs along: dim 1 (layout=first) or the last."""
+    return axis == (1 if attrs["layout"] == "first" else x.rank - 1)
+
+
 def _layer_scale_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     _layer_scale_shape(attrs, ins[0])
     return [ins[0]]
@@ -651,6 +666,9 @@ PATCH_EMBED = OpDef(
         "torchvision ViT's keys.",
     example="patch_embed(768, 16) as conv_proj",
     shape_rule="[N, C, H, W] -> [N, (H/p)*(W/p), dim]",
+    out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}),
+    prune=PRUNE_RULE,
+    example_inputs="x: f32[N, 3, 224, 224]",
 )
 
 CLASS_TOKEN = OpDef(
@@ -662,6 +680,8 @@ CLASS_TOKEN = OpDef(
         "ViT) to every sequence.",
     example="class_token",
     shape_rule="[N, L, C] -> [N, L+tokens, C]",
+    prune=keep_channels(on_axis(2), {"class_token": 2}),
+    example_inputs="x: f32[N, 196, 64]",
 )
 
 POS_EMBED = OpDef(
@@ -676,6 +696,8 @@ POS_EMBED = OpDef(
         "(computed in forward, no state).",
     example="pos_embed(learned)",
     shape_rule="out = in",
+    prune=PRUNE_RULE,
+    example_inputs="x: f32[N, 196, 64]",
 )
 
 LAYER_SCALE = OpDef(
@@ -689,6 +711,7 @@ LAYER_SCALE = OpDef(
         "torchvision's ConvNeXt block.",
     example="layer_scale(1e-6, layout=first)",
     shape_rule="out = in",
+    prune=keep_channels(_layer_scale_axis, {"layer_scale": 0}),
 )
 
 

@@ -1,20 +1,20 @@
 """Convolutions: conv1d/2d/3d (groups, depthwise, dilation, stride, padding
-modes zeros/same/circular/reflect/replicate) and transposed convolution."""
+modes zeros/same/circular/reflect/replicate) and transposed convolution.
+
+Lowered in backends/torch/lower_conv.py and backends/tvm/lower_conv.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import NON_NEGATIVE, POSITIVE
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, nbytes, tuple_n, work_bytes
-from convdsl.ir.types import TensorType, dim_add, dim_floordiv, dim_mul
+from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, OutChannels, ParamSpec,
+                                check_positive, expect_rank, nbytes, tuple_n, work_bytes)
+from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
-
-
-def _positive(op: str, name: str, vals: tuple[int, ...]) -> None:
-    if any(v <= 0 for v in vals):
-        raise CDLTypeError(f"{op}: {name} must be positive", got=str(list(vals)))
 
 
 def conv_padding(attrs: dict, spatial: list, nd: int) -> list[tuple[int, int]]:
@@ -72,9 +72,12 @@ def _check_pad_mode(op: str, mode: str, pad: int, size) -> None:
                           "once: pad less, or use pad_mode=zeros or replicate, which have no limit")
 
 
-def _conv_out(size, lo, hi, k, s, d):
+def conv_out_size(size: Dim, lo: int, hi: int, k: int, s: int, d: int) -> Dim:
+    """Output size of a convolution along one dim: floor((in + lo + hi - d*(k-1) - 1) / s) + 1."""
     eff = d * (k - 1) + 1
-    return dim_add(dim_floordiv(dim_add(size, lo + hi - eff), s), 1) if not isinstance(size, int) else (size + lo + hi - eff) // s + 1
+    if isinstance(size, int):
+        return (size + lo + hi - eff) // s + 1
+    return dim_add(dim_floordiv(dim_add(size, lo + hi - eff), s), 1)
 
 
 def make_conv(nd: int) -> OpDef:
@@ -97,9 +100,9 @@ def make_conv(nd: int) -> OpDef:
         k = tuple_n(attrs["k"], nd, "k")
         s = tuple_n(attrs["stride"], nd, "stride")
         d = tuple_n(attrs["dilation"], nd, "dilation")
-        _positive(name, "k", k)
-        _positive(name, "stride", s)
-        _positive(name, "dilation", d)
+        check_positive(name, "k", k)
+        check_positive(name, "stride", s)
+        check_positive(name, "dilation", d)
         if out <= 0 or groups <= 0:
             raise CDLTypeError(f"{name}: out channels and groups must be positive", got=f"out={out}, groups={groups}")
         if cin % groups or out % groups:
@@ -111,7 +114,7 @@ def make_conv(nd: int) -> OpDef:
         spatial = []
         for i in range(nd):
             size = x.shape[2 + i]
-            o = _conv_out(size, pads[i][0], pads[i][1], k[i], s[i], d[i])
+            o = conv_out_size(size, pads[i][0], pads[i][1], k[i], s[i], d[i])
             if isinstance(o, int) and o <= 0:
                 raise ShapeError(f"{name}: input {x} is too small for kernel {k[i]} (dilation {d[i]}, padding {pads[i]})",
                                  got=str(x))
@@ -173,7 +176,11 @@ def make_conv(nd: int) -> OpDef:
         workspace=workspace,
         doc=f"{nd}-D convolution over [N, C, {', '.join('DHW'[3 - nd:])}]; in-channels inferred.",
         example=f"conv{nd}d(64, 3, stride=2, pad=1)" if nd != 1 else "conv1d(64, 5, pad=same)",
+        example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         shape_rule="out = floor((in + pad_lo + pad_hi - dilation*(k-1) - 1) / stride) + 1",
+        out_channels=OutChannels(axis=1, params={"weight": 0, "bias": 0}),
+        int8=f"qconv{nd}d",
+        prune=PRUNE_RULE,
     )
 
 
@@ -213,9 +220,9 @@ def make_conv_transpose(nd: int) -> OpDef:
         d = tuple_n(attrs["dilation"], nd, "dilation")
         p = tuple_n(attrs["pad"], nd, "pad")
         op_ = tuple_n(attrs["output_pad"], nd, "output_pad")
-        _positive(name, "k", k)
-        _positive(name, "stride", s)
-        _positive(name, "dilation", d)
+        check_positive(name, "k", k)
+        check_positive(name, "stride", s)
+        check_positive(name, "dilation", d)
         if out <= 0 or groups <= 0 or cin % groups or out % groups:
             raise ShapeError(f"{name}: groups={groups} must divide in ({cin}) and out ({out}) channels")
         if any(o >= max(si, di) for o, si, di in zip(op_, s, d)):
@@ -276,7 +283,10 @@ def make_conv_transpose(nd: int) -> OpDef:
         workspace=workspace,
         doc=f"{nd}-D transposed convolution (fractionally strided); in-channels inferred.",
         example=f"conv_transpose{nd}d(64, 2, stride=2)",
+        example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         shape_rule="out = (in - 1)*stride - 2*pad + dilation*(k-1) + output_pad + 1",
+        out_channels=OutChannels(axis=1, params={"weight": 1, "bias": 0}),  # weight [in, out/groups, k...]
+        prune=PRUNE_RULE,
     )
 
 

@@ -1,9 +1,14 @@
-"""Activations and elementwise arithmetic (with NumPy-style broadcasting)."""
+"""Activations and elementwise arithmetic (with NumPy-style broadcasting).
+
+Lowered in backends/torch/lower_elementwise.py and backends/tvm/lower_elementwise.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import PROBABILITY
-from convdsl.ir.optable import Attr, Cost, OpDef, elementwise_cost, io_workspace, nbytes, no_workspace, zero_cost
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, always_identity, io_workspace,
+                                keep_channels, nbytes, no_workspace, off_attr, opaque, zero_cost)
 from convdsl.ir.types import TensorType
 
 
@@ -12,13 +17,13 @@ def same_type(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 def _activation(name: str, doc: str, attrs: tuple[Attr, ...] = (), flops_per: int = 1,
-                temporary: bool = False) -> OpDef:
+                temporary: bool = False, **props) -> OpDef:
     def cost(a, ins, outs):
         return Cost(0, flops_per * outs[0].numel())
 
     return OpDef(name=name, group="activation", attrs=attrs, infer=same_type, cost=cost, doc=doc,
                  example=f"x | {name}", shape_rule="out = in",
-                 workspace=_TEMPORARY if temporary else no_workspace)
+                 workspace=_TEMPORARY if temporary else no_workspace, prune=keep_channels(), **props)
 
 
 _TEMPORARY = io_workspace(per_output=1)  # a composite formula keeps one intermediate of the output's size
@@ -43,12 +48,16 @@ def broadcast(op: str, a: TensorType, b: TensorType) -> TensorType:
     return TensorType(tuple(out), a.dtype)
 
 
-def _binary(name: str, sym: str) -> OpDef:
+_AB = "a: f32[N, 64, 14, 14], b: f32[N, 64, 14, 14]"  # the inputs of the two-input examples
+
+
+def _binary(name: str, sym: str, **props) -> OpDef:
     return OpDef(
         name=name, group="arithmetic", attrs=(), inputs=(2, 2),
         infer=lambda a, ins: [broadcast(name, ins[0], ins[1])],
         doc=f"elementwise a {sym} b with broadcasting; also written `a {sym} b`.",
-        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)",
+        example=f"{name}(a, b)", input_names=("a", "b"), shape_rule="broadcast(a, b)", example_inputs=_AB,
+        prune=PRUNE_RULE, **props,  # couplings.join
     )
 
 
@@ -122,11 +131,14 @@ DROP_PATH = OpDef(
         "whole batch with probability p and scale survivors by 1/(1-p); identity at inference.",
     example="drop_path(0.1)",
     shape_rule="out = in",
+    random=True, identity_when=always_identity,  # identity at inference
+    prune=keep_channels(),
 )
 
 
 OPS = [
-    _activation("identity", "passes its input through unchanged", flops_per=0),
+    _activation("identity", "passes its input through unchanged", flops_per=0, identity_when=always_identity,
+                int8_passthrough=True),
     _activation("relu", "max(x, 0)"),
     _activation("relu6", "min(max(x, 0), 6)"),
     _activation("leaky_relu", "x if x > 0 else slope*x", (Attr("slope", "float", 0.01),)),
@@ -141,23 +153,30 @@ OPS = [
     OpDef(name="affine", group="arithmetic",
           attrs=(Attr("scale", "float", 1.0), Attr("shift", "float", 0.0)),
           infer=same_type, workspace=_TEMPORARY, doc="x * scale + shift; what `x * 0.5` or `x + 1` become",
-          example="affine(x, scale=0.5)", shape_rule="out = in"),
+          example="affine(x, scale=0.5)", shape_rule="out = in",
+          identity_when=lambda a, x, y: x == y and a["scale"] == 1.0 and a["shift"] == 0.0,
+          prune=keep_channels()),
     OpDef(name="add", group="arithmetic", attrs=(), inputs=(2, None), infer=_nary_add,
           doc="elementwise sum of two or more tensors with broadcasting; also written `a + b`.",
-          example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)"),
+          example="(a, b) | add", input_names=("a", "b"), shape_rule="broadcast(a, b, ...)",
+          commutative=True, prune=PRUNE_RULE, example_inputs=_AB),  # couplings.join
     _binary("sub", "-"),
-    _binary("mul", "*"),
+    _binary("mul", "*", commutative=True),
     _binary("div", "/"),
     OpDef(name="matmul", group="arithmetic", attrs=(), inputs=(2, 2), infer=_matmul, cost=_matmul_cost,
           workspace=_matmul_workspace,
           doc="batched matrix product over the last two dims; also written `a @ b`.",
-          example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]"),
+          example="matmul(a, b)", input_names=("a", "b"), shape_rule="[..., m, k] @ [..., k, n] -> [..., m, n]",
+          prune=opaque("which dims of the operands carry channels is not known"),
+          example_inputs="a: f32[N, 8, 16, 32], b: f32[N, 8, 32, 16]"),
     OpDef(name="softmax", group="activation", attrs=(Attr("dim", "int", -1),), infer=_softmax_infer,
           cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()), workspace=_TEMPORARY,
-          doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in"),
+          doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in",
+          prune=keep_channels(off_attr("dim"))),
     OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing", domain=PROBABILITY),),
           infer=_dropout_infer, cost=lambda a, ins, outs: Cost(0, 0),
           doc="zeroes elements with probability p and rescales by 1/(1-p) while training; identity at inference.",
-          example="dropout(0.2)", shape_rule="out = in"),
+          example="dropout(0.2)", shape_rule="out = in",
+          random=True, identity_when=always_identity, int8_passthrough=True, prune=keep_channels()),
     DROP_PATH,
 ]

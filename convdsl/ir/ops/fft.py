@@ -3,6 +3,9 @@
 
 All transforms are real FFTs.  Cost counts ~5 n log2 n flops per transform of
 n points (the usual radix-2 estimate) plus 6 flops per complex product.
+
+Lowered in backends/torch/lower_fft.py and backends/tvm/lower_fft.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import NON_NEGATIVE_REAL, POSITIVE
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, nbytes, work_bytes
+from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, expect_rank, keep_channels, nbytes, on_axis, opaque,
+                                work_bytes)
 from convdsl.ir.types import Dim, TensorType, bind_dim
 
 LAYOUTS = ("nchw", "nhwc")
@@ -35,6 +39,11 @@ def image_dims(op: str, attrs: dict, x: TensorType) -> tuple[Dim, Dim, Dim]:
     if attrs["layout"] == "nchw":
         return x.shape[1], x.shape[2], x.shape[3]
     return x.shape[3], x.shape[1], x.shape[2]
+
+
+def _channel_axis(attrs: dict, axis: int, x: TensorType) -> bool:
+    """Channels are dim 1 (nchw) or 3 (nhwc)."""
+    return axis == (1 if attrs["layout"] == "nchw" else 3)
 
 
 def filter_size(attrs: dict, x: TensorType) -> tuple[int, int]:
@@ -255,6 +264,7 @@ OPS = [
             "GFNet's own weight [H, W//2+1, C, 2] loads after permute(2, 0, 1, 3).",
         example="global_filter()",
         shape_rule="[N, C, H, W] -> [N, C, H, W] (nhwc: [N, H, W, C] -> same)",
+        prune=keep_channels(_channel_axis, {"complex_weight": 0}),
     ),
     OpDef(
         name="adaptive_filter", group="fft mixing",
@@ -278,6 +288,7 @@ OPS = [
             "hid = C/blocks * hidden_factor, all normal std 0.02 (names and layout as AFFNet's AFNO2D_channelfirst).",
         example="adaptive_filter(blocks=8)",
         shape_rule="[N, C, H, W] -> [N, C, H, W]; blocks divides C",
+        prune=opaque("its frequency MLP is block-diagonal over channel groups"),
     ),
     OpDef(
         name="fft_conv", group="fft mixing",
@@ -297,5 +308,7 @@ OPS = [
             "kernel and bias init uniform(+-1/sqrt(K)) as a depthwise nn.Conv1d; D normal(0, 1).",
         example="fft_conv(causal=true)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"kernel": 0, "bias": 0, "D": 0}),
+        example_inputs="x: f32[N, 64, 256]",
     ),
 ]

@@ -1,11 +1,15 @@
-"""Fully connected layer over the last dimension."""
+"""Fully connected layer over the last dimension.
+
+Lowered in backends/torch/lower_linear.py and backends/tvm/lower_linear.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 import math
 
 from convdsl.errors import ShapeError
 from convdsl.ir.domains import POSITIVE
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, io_workspace
+from convdsl.ir.optable import PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, io_workspace
 from convdsl.ir.types import TensorType
 
 
@@ -37,5 +41,6 @@ OPS = [
           infer=_infer, params=_params, cost=_cost,
           workspace=io_workspace(per_input=1),  # a contiguous copy of a strided input
           doc="y = x W^T + b over the last dim; in-features inferred.", example="linear(1000)",
-          shape_rule="[..., in] -> [..., out]"),
+          shape_rule="[..., in] -> [..., out]",
+          out_channels=OutChannels(axis=-1, params={"weight": 0, "bias": 0}), int8="qlinear", prune=PRUNE_RULE),
 ]

@@ -12,13 +12,16 @@
   (kernel-prediction networks, TVConv's translation-variant depthwise conv).
 - parameter: a learned tensor of a given shape that does not depend on the
   input's values (TVConv's affinity maps, ConViT's gates, positional logits).
+
+Lowered in backends/torch/lower_misc.py and backends/tvm/lower_misc.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import POSITIVE, Domain
-from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, io_workspace, nbytes,
-                                zero_cost)
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, io_workspace,
+                                keep_channels, nbytes, off_attr, opaque, zero_cost)
 from convdsl.ir.types import TensorType
 from convdsl.ir.ops.pool import normalize_dims
 
@@ -68,6 +71,7 @@ ROT90 = OpDef(
         "towards the second: out[..., i, j] = in[..., j, W-1-i] for dims [2, 3]).",
     example="rot90(1)",
     shape_rule="out = in, with the sizes of the two dims swapped when k is odd",
+    prune=keep_channels(off_attr("dims")),
 )
 
 FLIP = OpDef(
@@ -77,6 +81,7 @@ FLIP = OpDef(
     doc="reverses the order of elements along the given dims (torch.flip); flip(-1) mirrors images left-right.",
     example="flip(-1)",
     shape_rule="out = in",
+    prune=keep_channels(off_attr("dims")),
 )
 
 
@@ -101,6 +106,7 @@ GLU = OpDef(
     doc="gated linear unit (Dauphin et al. 2017; F.glu): splits dim into halves a, b and returns a * sigmoid(b).",
     example="glu(dim=1)",
     shape_rule="in[dim] -> in[dim] / 2 (in[dim] even)",
+    prune=opaque("its two halves of one dim play different roles (value and gate)"),
 )
 
 
@@ -128,6 +134,7 @@ PRELU = OpDef(
         "parameter `weight` [C] (or [1] when shared).",
     example="x | prelu",
     shape_rule="out = in",
+    prune=PRUNE_RULE,
 )
 
 
@@ -152,6 +159,7 @@ AMAX = OpDef(
         "amax(1, keepdim=true).",
     example="amax(1, keepdim=true)",
     shape_rule="drop (or keep as 1, keepdim) each dim in dims",
+    prune=PRUNE_RULE,
 )
 
 
@@ -172,6 +180,7 @@ VECTOR_NORM = OpDef(
         "spatial L2 norm of global response normalization: vector_norm([1, 2], keepdim=true) on [N, H, W, C].",
     example="vector_norm([2, 3], keepdim=true)",
     shape_rule="drop (or keep as 1, keepdim) each dim in dims",
+    prune=PRUNE_RULE,
 )
 
 
@@ -239,6 +248,8 @@ DYNAMIC_FILTER = OpDef(
         "G = C gives a depthwise translation-variant conv. A kernel batch of 1 is shared by every sample.",
     example="(x, kernels) | dynamic_filter(3)",
     shape_rule="[N, C, H, W], [N or 1, G*k*k, H, W] -> [N, C, H, W]; G divides C",
+    prune=opaque("its kernels are computed from channels (G*k*k of them)"),
+    example_inputs="x: f32[N, 64, 14, 14], kernels: f32[N, 9, 14, 14]",
 )
 
 
@@ -284,6 +295,7 @@ PARAMETER = OpDef(
         "places the parameter in the graph (and gives its dtype).",
     example="x | parameter([1, 8, 14, 14])",
     shape_rule="any input -> shape",
+    prune=opaque("a learned tensor whose shape is an attribute"),
 )
 
 

@@ -1,11 +1,19 @@
-"""Normalization layers."""
+"""Normalization layers.
+
+Lowered in backends/torch/lower_norm.py and backends/tvm/lower_norm.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, io_workspace
+from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, expect_rank,
+                                io_workspace, keep_channels, on_axis)
+
+# per-channel statistics and affine parameters: one entry per channel of dim 1
+_STATS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
 
 # normalizations reshape or permute a copy of the input, then hold statistics and a normalized
 # intermediate of its size (layernorm2d permutes to channels-last and back)
@@ -44,7 +52,9 @@ def _bn(nd: int) -> OpDef:
                  infer=infer, params=params, cost=lambda a, i, o: Cost(0, 2 * o[0].numel()), workspace=_NORM_WORKSPACE,
                  doc="batch normalization over dim 1 (inference uses running statistics)"
                      + ("" if nd else "; rank picks 1d/2d/3d"),
-                 example=f"x | {name}", shape_rule="out = in")
+                 example=f"x | {name}", shape_rule="out = in",
+                 folds_into_producer=True, prune=keep_channels(on_axis(1), _STATS, scale="weight"),
+                 example_inputs=SPATIAL_EXAMPLE_INPUTS[nd or 2])
 
 
 def _affine_params(c: int, weight: bool, bias: bool) -> dict[str, ParamSpec]:
@@ -155,7 +165,8 @@ def _in(nd: int) -> OpDef:
                  infer=infer, params=params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
                  doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent "
                      "(more than one element, as in PyTorch).",
-                 example=f"x | {name}", shape_rule="out = in; more than one spatial element")
+                 example=f"x | {name}", shape_rule="out = in; more than one spatial element",
+                 prune=keep_channels(on_axis(1), _STATS), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd])
 
 
 def _norm_cost(attrs, ins, outs):
@@ -170,17 +181,20 @@ OPS = [
                  Attr("bias", "bool", True, doc="learned bias (with affine)")),
           infer=_ln_infer, params=_ln_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="layer normalization over the last `dims` dims (channels-last: [N, L, C] or [N, H, W, C]).",
-          example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]"),
+          example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]",
+          prune=PRUNE_RULE),  # weight and bias follow the channels only when they are normalized over
     OpDef(name="layernorm2d", group="normalization",
           attrs=(_EPS, Attr("affine", "bool", True)),
           infer=_ln2d_infer, params=_ln2d_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="channels-first layer normalization: normalizes over C of [N, C, H, W] at each position (ConvNeXt).",
-          example="x | layernorm2d", shape_rule="out = in; weight shape = [C]"),
+          example="x | layernorm2d", shape_rule="out = in; weight shape = [C]",
+          prune=keep_channels(on_axis(1), {"weight": 0, "bias": 0})),
     OpDef(name="groupnorm", group="normalization",
           attrs=(Attr("groups", "int", 32, doc="must divide the channels", domain=POSITIVE), _EPS,
                  Attr("affine", "bool", True)),
           infer=_gn_infer, params=_gn_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="group normalization: channels split into groups, each normalized over (group channels, spatial).",
-          example="groupnorm(32)", shape_rule="out = in; groups divides C"),
+          example="groupnorm(32)", shape_rule="out = in; groups divides C",
+          prune=PRUNE_RULE),  # groups: the same count kept in each
     _in(1), _in(2), _in(3),
 ]

@@ -3,6 +3,9 @@ pooling, ``mean`` over chosen dims, and ``upsample``.
 
 Pooling ops take [N, C, *spatial] (or unbatched [C, *spatial]) and pool the
 last ``nd`` dims, as PyTorch does.
+
+Lowered in backends/torch/lower_pool.py and backends/tvm/lower_pool.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -10,15 +13,12 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import NON_NEGATIVE, POSITIVE, POSITIVE_REAL
-from convdsl.ir.optable import Attr, Cost, OpDef, expect_rank, format_value, io_workspace, tuple_n
+from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, OpDef, before_axis, before_last,
+                                check_positive, expect_rank, format_value, identity_if_same_type, io_workspace,
+                                keep_channels, normalize_dims, tuple_n)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
-
-
-def _positive(op: str, name: str, vals: tuple[int, ...]) -> None:
-    if any(v <= 0 for v in vals):
-        raise CDLTypeError(f"{op}: {name} must be positive", expected="integers > 0", got=format_value(vals))
 
 
 def pool_geometry(attrs: dict, nd: int) -> tuple[tuple[int, ...], ...]:
@@ -65,9 +65,9 @@ def make_pool(kind: str, nd: int) -> OpDef:
         x = ins[0]
         _spatial_rank_check(name, x, nd)
         k, s, p, d = pool_geometry(attrs, nd)
-        _positive(name, "k", k)
-        _positive(name, "stride", s)
-        _positive(name, "dilation", d)
+        check_positive(name, "k", k)
+        check_positive(name, "stride", s)
+        check_positive(name, "dilation", d)
         if any(pi < 0 for pi in p):
             raise CDLTypeError(f"{name}: pad must be >= 0", got=format_value(p))
         if any(pi > ki // 2 for pi, ki in zip(p, k)):
@@ -100,6 +100,8 @@ def make_pool(kind: str, nd: int) -> OpDef:
     return OpDef(
         name=name, group="pooling", attrs=tuple(attrs), infer=infer, cost=cost,
         workspace=_REORDER_WORKSPACE,
+        int8_passthrough=is_max,  # max commutes with a monotone per-tensor quantization
+        prune=keep_channels(before_last(nd)), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
         doc=f"{nd}-D {what} pooling over the last {nd} dim(s) of [N, C, {SPATIAL[nd]}].",
         example=f"{name}(3, stride=2, pad=1)" if is_max else f"{name}(2)",
         shape_rule="out = floor_or_ceil((in + 2*pad - dilation*(k-1) - 1) / stride) + 1"
@@ -125,6 +127,7 @@ def _global(kind: str) -> OpDef:
         doc=f"{'average' if kind == 'avg' else 'maximum'} over all spatial dims (2 and after) of [N, C, ...].",
         example=f"x | {name} | flatten",
         shape_rule="[N, C, *spatial] -> [N, C, 1, ...] (keepdim) or [N, C]",
+        prune=keep_channels(before_axis(2)),
     )
 
 
@@ -135,7 +138,7 @@ def _adaptive(kind: str, nd: int) -> OpDef:
         x = ins[0]
         _spatial_rank_check(name, x, nd)
         out = tuple_n(attrs["out"], nd, "out")
-        _positive(name, "out", out)
+        check_positive(name, "out", out)
         return [x.with_shape((*x.shape[:-nd], *out))]
 
     return OpDef(
@@ -145,21 +148,8 @@ def _adaptive(kind: str, nd: int) -> OpDef:
         doc=f"{nd}-D adaptive {'average' if kind == 'avg' else 'maximum'} pooling to a fixed output size.",
         example=f"{name}({'7' if nd != 1 else '16'})",
         shape_rule=f"[N, C, {SPATIAL[nd]}] -> [N, C, *out]",
+        prune=keep_channels(before_last(nd)), example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
     )
-
-
-def normalize_dims(op: str, dims, rank: int, what: str = "dim") -> tuple[int, ...]:
-    """Resolve negative dims against ``rank``; raise on out-of-range or repeats."""
-    vals = (dims,) if isinstance(dims, int) else tuple(dims)
-    out = []
-    for d in vals:
-        if not -rank <= d < rank:
-            raise ShapeError(f"{op}: {what} {d} is out of range for a rank-{rank} input",
-                             expected=f"{what} in [{-rank}, {rank - 1}]", got=str(d))
-        out.append(d % rank)
-    if len(set(out)) != len(out):
-        raise CDLTypeError(f"{op}: {what}s repeat", got=format_value(vals))
-    return tuple(out)
 
 
 def _mean_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
@@ -206,7 +196,7 @@ def _upsample_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
                            got="both" if scale is not None else "neither", hint="write upsample(2) or upsample(size=[14, 14])")
     if size is not None:
         out = tuple_n(size, nd, "size")
-        _positive("upsample", "size", out)
+        check_positive("upsample", "size", out)
     else:
         scales = (float(scale),) * nd if isinstance(scale, (int, float)) else tuple(scale)
         if len(scales) != nd:
@@ -232,7 +222,8 @@ OPS = [
           infer=_mean_infer, cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
           workspace=io_workspace(per_input=1),  # a reduction over several dims permutes a copy first
           doc="average over the given dims (negative dims count from the end).",
-          example="mean([2, 3])", shape_rule="drop (or keep as 1, keepdim) each dim in dims"),
+          example="mean([2, 3])", shape_rule="drop (or keep as 1, keepdim) each dim in dims",
+          prune=PRUNE_RULE),  # couplings.reduce
     OpDef(name="upsample", group="resampling",
           attrs=(Attr("scale", "float|floats", None, doc="scale factor (one, or one per spatial dim)",
                       domain=POSITIVE_REAL),
@@ -243,5 +234,6 @@ OPS = [
           workspace=io_workspace(per_input=1),  # a contiguous (or channels-last) copy of the input
           doc="resize the spatial dims of [N, C, *spatial] by interpolation (F.interpolate).",
           example="upsample(2, mode=bilinear)",
-          shape_rule="out = floor(in * scale), or size"),
+          shape_rule="out = floor(in * scale), or size", identity_when=identity_if_same_type,
+          prune=keep_channels(before_axis(2))),
 ]

@@ -21,6 +21,9 @@ LLVM's ``nearbyint``; all float arithmetic is IEEE float32 unless stated):
   (``lo = max(qmin, out_zp)``), which is exactly relu before quantizing.
   Weights are symmetric per output channel (int8 in [-127, 127], zero point
   0); ``bias`` is int32 in units of ``in_scale * w_scale[c]``.
+
+Lowered in backends/torch/lower_quant.py and backends/tvm/lower_quant.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -30,14 +33,14 @@ import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import NON_NEGATIVE, POSITIVE, Domain
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, expect_rank, io_workspace, tuple_n, zero_cost
-from convdsl.ir.types import TensorType
-from convdsl.ir.ops.conv import _conv_out, _positive, conv_padding
+from convdsl.ir.optable import (SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, check_positive, expect_rank,
+                                io_workspace, opaque, tuple_n, zero_cost)
+from convdsl.ir.types import FLOAT_DTYPES, TensorType
+from convdsl.ir.ops.conv import conv_out_size, conv_padding
 
 INT_DTYPES = ("u8", "i8")
 QRANGE = {"u8": (0, 255), "i8": (-128, 127)}
-FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
-WEIGHT_QMAX = 127  # symmetric int8 weights: [-127, 127]
+_INT8 = opaque("int8 weights and scales: prune the float network, then quantize")
 
 
 # ---- the arithmetic, shared by the passes and the backends --------------------------------------
@@ -181,13 +184,13 @@ def make_qconv(nd: int) -> OpDef:
         cin, out, groups = x.shape[1], attrs["out"], attrs["groups"]
         k, s, d = (tuple_n(attrs[a], nd, a) for a in ("k", "stride", "dilation"))
         for a, v in (("k", k), ("stride", s), ("dilation", d)):
-            _positive(name, a, v)
+            check_positive(name, a, v)
         if out <= 0 or groups <= 0 or cin % groups or out % groups:
             raise ShapeError(f"{name}: groups={groups} must divide in ({cin}) and out ({out}) channels")
         pads = conv_padding(attrs, list(x.shape[2:]), nd)
         spatial = []
         for i in range(nd):
-            o = _conv_out(x.shape[2 + i], pads[i][0], pads[i][1], k[i], s[i], d[i])
+            o = conv_out_size(x.shape[2 + i], pads[i][0], pads[i][1], k[i], s[i], d[i])
             if isinstance(o, int) and o <= 0:
                 raise ShapeError(f"{name}: input {x} is too small for kernel {k[i]}", got=str(x))
             spatial.append(o)
@@ -235,6 +238,8 @@ def make_qconv(nd: int) -> OpDef:
         example=f"quantize(0.02, 128) | qconv{nd}d(64, 3, pad=1, in_scale=0.02, in_zp=128, out_dtype=u8, out_scale=0.05, "
                 "relu=true)",
         shape_rule=f"as conv{nd}d; dtype = out_dtype",
+        example_inputs=SPATIAL_EXAMPLE_INPUTS[nd],
+        prune=_INT8,
     )
 
 
@@ -270,20 +275,22 @@ OPS = [
           workspace=io_workspace(per_input=3),  # x / scale, rounded, shifted: f32 temporaries before the clamp
           doc="float -> int8: q = clamp(round(x * f32(1/scale)) + zero_point) in the dtype's range, "
               "rounding half to even.",
-          example="quantize(0.05, 128)", shape_rule="out = in; dtype = dtype"),
+          example="quantize(0.05, 128)", shape_rule="out = in; dtype = dtype", prune=_INT8),
     OpDef(name="dequantize", group="quantization", attrs=_QATTRS, infer=_dequantize_infer,
           workspace=io_workspace(per_output=1),  # q - zero_point in f32 before the scale
           doc="int8 -> f32: x = (q - zero_point) * scale.",
-          example="quantize(0.05, 128) | dequantize(0.05, 128)", shape_rule="out = in; dtype = f32"),
+          example="quantize(0.05, 128) | dequantize(0.05, 128)", shape_rule="out = in; dtype = f32", prune=_INT8),
     OpDef(name="cast", group="quantization", attrs=(Attr("dtype", "sym", choices=FLOAT_DTYPES),),
           infer=_cast_infer, cost=zero_cost,
           doc="convert a float tensor to another float dtype (f32, f16, bf16, f64), rounding to nearest even.",
-          example="cast(f16)", shape_rule="out = in; dtype = dtype"),
+          example="cast(f16)", shape_rule="out = in; dtype = dtype",
+          prune=opaque("a dtype change: prune before casting")),
     make_qconv(1), make_qconv(2), make_qconv(3),
     OpDef(name="qlinear", group="quantization",
           attrs=(Attr("out", "int", domain=POSITIVE), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
           infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost, workspace=_qlinear_workspace,
           doc="y = x W^T + b over the last dim with an int8 input, int8 per-row weights (`weight` i8, `w_scale` "
               "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",
-          example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)", shape_rule="[..., in] -> [..., out]; dtype = out_dtype"),
+          example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)",
+          shape_rule="[..., in] -> [..., out]; dtype = out_dtype", prune=_INT8),
 ]

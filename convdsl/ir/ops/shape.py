@@ -1,14 +1,20 @@
 """Shape ops: flatten, reshape, permute/transpose, squeeze/unsqueeze, concat,
 split, pad, pixel_shuffle/pixel_unshuffle.  None has parameters; all move or
-copy data without arithmetic (cost 0)."""
+copy data without arithmetic (cost 0).
+
+Lowered in backends/torch/lower_shape.py and backends/tvm/lower_shape.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+"""
 from __future__ import annotations
 
 from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import Domain, POSITIVE
-from convdsl.ir.optable import Attr, OpDef, format_value, zero_cost
+from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
+                                keep_channels, zero_cost)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
+from convdsl.ir.ops.conv import PAD_MODES
 from convdsl.ir.ops.pool import normalize_dims
 
 
@@ -91,6 +97,20 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 # ---- permute / transpose / squeeze / unsqueeze --------------------------------
+def _permute_dims(attrs: dict, rank: int) -> tuple[int, ...]:
+    dims = (attrs["dims"],) if isinstance(attrs["dims"], int) else attrs["dims"]
+    return normalize_dims("permute", dims, rank)
+
+
+def _permute_is_identity(attrs: dict, x: TensorType, y: TensorType) -> bool:
+    return x == y and list(_permute_dims(attrs, x.rank)) == list(range(x.rank))
+
+
+def _transpose_is_identity(attrs: dict, x: TensorType, y: TensorType) -> bool:
+    return x == y and normalize_dims("transpose", attrs["dim0"], x.rank) == \
+        normalize_dims("transpose", attrs["dim1"], x.rank)
+
+
 def _permute_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     x = ins[0]
     dims = (attrs["dims"],) if isinstance(attrs["dims"], int) else attrs["dims"]
@@ -192,7 +212,6 @@ def _split_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 # ---- pad ----------------------------------------------------------------------
-PAD_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def explicit_pads(pad, nd: int) -> list[tuple[int, int]]:
@@ -259,6 +278,7 @@ def _pixel_unshuffle_infer(attrs: dict, ins: list[TensorType]) -> list[TensorTyp
 
 
 def _op(name: str, attrs: tuple[Attr, ...], infer, doc: str, example: str, rule: str, **kw) -> OpDef:
+    kw.setdefault("prune", PRUNE_RULE)  # where channels go depends on the dims moved: a rule in passes/prune
     return OpDef(name=name, group="shape", attrs=attrs, infer=infer, cost=zero_cost, doc=doc, example=example,
                  shape_rule=rule, **kw)
 
@@ -288,44 +308,53 @@ SELECT = OpDef(
     doc="takes one slice along dim and drops that dim, e.g. the class token: x[:, 0].",
     example="select(0)",
     shape_rule="[N, L, C] -> [N, C] (dim removed)",
+    prune=PRUNE_RULE,
 )
 
 
 OPS = [
     _op("flatten", (Attr("start", "int", 1), Attr("end", "int", -1)), _flatten_infer,
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
-        "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]"),
+        "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]",
+        identity_when=identity_if_same_type, int8_passthrough=True),
     _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred",
                           domain=Domain("[-1, inf)", name="positive, 0 (keep) or -1 (infer)")),), _reshape_infer,
         "view the same elements with a new shape.", "reshape([0, 16, -1])",
-        "same number of elements; 0 copies the input dim at that position, -1 takes the rest"),
+        "same number of elements; 0 copies the input dim at that position, -1 takes the rest",
+        identity_when=identity_if_same_type, int8_passthrough=True),
     _op("permute", (Attr("dims", "ints", doc="a permutation of the input dims"),), _permute_infer,
-        "reorder dims: out dim i is input dim dims[i].", "permute([0, 2, 3, 1])", "out[i] = in[dims[i]]"),
+        "reorder dims: out dim i is input dim dims[i].", "permute([0, 2, 3, 1])", "out[i] = in[dims[i]]",
+        identity_when=_permute_is_identity, int8_passthrough=True),
     _op("transpose", (Attr("dim0", "int"), Attr("dim1", "int")), _transpose_infer,
-        "swap two dims.", "transpose(1, 2)", "swap in[dim0] and in[dim1]"),
+        "swap two dims.", "transpose(1, 2)", "swap in[dim0] and in[dim1]",
+        identity_when=_transpose_is_identity, int8_passthrough=True),
     _op("squeeze", (Attr("dims", "ints", None, doc="dims of size 1 to drop (default: every static 1)"),),
-        _squeeze_infer, "drop dims of size 1.", "squeeze([2, 3])", "remove the given size-1 dims"),
+        _squeeze_infer, "drop dims of size 1.", "squeeze([2, 3])", "remove the given size-1 dims",
+        identity_when=identity_if_same_type, int8_passthrough=True, example_inputs="x: f32[N, 64, 1, 1]"),
     _op("unsqueeze", (Attr("dim", "int"),), _unsqueeze_infer,
-        "insert a dim of size 1 at position dim.", "unsqueeze(1)", "insert 1 at dim (dim in [-rank-1, rank])"),
+        "insert a dim of size 1 at position dim.", "unsqueeze(1)", "insert 1 at dim (dim in [-rank-1, rank])",
+        int8_passthrough=True),
     _op("concat", (Attr("dim", "int", 1),), _concat_infer,
         "join tensors along dim; all other dims must match.", "(a, b) | concat", "sum of sizes along dim",
-        inputs=(1, None), input_names=("a", "b")),
+        inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type,
+        example_inputs="a: f32[N, 64, 14, 14], b: f32[N, 32, 14, 14]"),
     _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)",
                        domain=POSITIVE),
                   Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)", domain=POSITIVE),
                   Attr("dim", "int", 1)), _split_infer,
         "cut a tensor along dim into several outputs.", "a, b = x | split([16, 48])",
-        "one output per piece; sizes add up to in[dim]"),
+        "one output per piece; sizes add up to in[dim]", identity_when=identity_if_same_type),
     _op("pad", (Attr("pad", "ints", doc="int, one per spatial dim, or (before, after) pairs in dim order"),
                 Attr("mode", "sym", "zeros", choices=PAD_MODES),
                 Attr("value", "float", 0.0, doc="fill value for mode=zeros")), _pad_infer,
         "pad the spatial dims (2 and after) of [N, C, *spatial].", "pad([0, 1, 0, 1])",
-        "out = in + before + after per spatial dim"),
+        "out = in + before + after per spatial dim", identity_when=identity_if_same_type,
+        prune=keep_channels(before_axis(2))),
     _op("pixel_shuffle", (Attr("factor", "int", domain=POSITIVE),), _pixel_shuffle_infer,
         "sub-pixel upsampling: move channel blocks into space.", "pixel_shuffle(2)",
-        "[N, C*r*r, H, W] -> [N, C, H*r, W*r]"),
+        "[N, C*r*r, H, W] -> [N, C, H*r, W*r]", identity_when=identity_if_same_type),
     _op("pixel_unshuffle", (Attr("factor", "int", domain=POSITIVE),), _pixel_unshuffle_infer,
         "inverse of pixel_shuffle: move space blocks into channels.", "pixel_unshuffle(2)",
-        "[N, C, H*r, W*r] -> [N, C*r*r, H, W]"),
+        "[N, C, H*r, W*r] -> [N, C*r*r, H, W]", identity_when=identity_if_same_type),
     SELECT,
 ]

@@ -4,6 +4,9 @@
 Each keeps the channel count and length.  ``bidirectional=true`` always means
 y = F(u) + flip(F(flip(u))) with the *same* parameters for both directions
 (skip terms included, so D counts twice).
+
+Lowered in backends/torch/lower_ssm.py and backends/tvm/lower_ssm.py; how pruning treats each op
+is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import math
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import Domain, NON_NEGATIVE, POSITIVE, POSITIVE_REAL
-from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, work_bytes
+from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, keep_channels, on_axis, work_bytes
 from convdsl.ir.types import TensorType, bind_dim
 from convdsl.ir.ops.fft import long_conv_cost, long_conv_workspace, seq_dims
 
@@ -230,6 +233,8 @@ OPS = [
             "sqrt(1/2), D normal(0, 1), log_dt uniform in [log dt_min, log dt_max].",
         example="s4d(state=64)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"log_A_real": 0, "A_imag": 0, "C": 0, "D": 0, "log_dt": 0}),
+        example_inputs="x: f32[N, 64, 256]",
     ),
     OpDef(
         name="sgconv", group="state space",
@@ -251,6 +256,8 @@ OPS = [
             "here the norm is recomputed each call, so the kernel always has unit norm.)",
         example="sgconv(kernel_dim=64)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"kernel": 1, "D": 0}),
+        example_inputs="x: f32[N, 64, 256]",
     ),
     OpDef(
         name="selective_scan", group="state space",
@@ -273,5 +280,8 @@ OPS = [
             "dt_proj.bias uniform in [softplus^-1(dt_min), softplus^-1(dt_max)], linear/conv as PyTorch.",
         example="selective_scan(state=16, d_conv=4)",
         shape_rule="[N, C, L] -> [N, C, L]",
+        prune=keep_channels(on_axis(1), {"conv1d.weight": 0, "conv1d.bias": 0, "dt_proj.weight": 0,
+                                                  "dt_proj.bias": 0, "A_log": 0, "D": 0, "x_proj.weight": 1}),
+                                                  example_inputs="x: f32[N, 64, 256]",
     ),
 ]

@@ -6,7 +6,8 @@
     small = prune(graph, ratio=0.5, criterion="taylor", data=dataset)   # all three
 
 Precondition: ``verify(graph)`` passes.  Data criteria (``taylor``,
-``activation``) need calibration data and run the torch backend.
+``activation``) need calibration data and ``build``, the torch backend's
+``build_module``, to run the network on it.
 
 Postcondition: a new graph (the argument and its arrays are untouched) in which
 the channels the masks drop are gone: smaller ``out``/``dim``/``heads``/``groups``
@@ -15,15 +16,15 @@ attributes, parameters sliced along their channel axes, types re-inferred, and
 channels (see ``groups.py``) are removed together, so the result computes what
 the original computes with those channels' producers zeroed, up to the
 downstream effect of the biases and norms that went with them.  With every
-channel kept the result is an identical copy.  ``graph.meta["prune"]`` of the
-result holds a report (see ``report.py``), ``graph.meta["prune_masks"]`` the masks.
+channel kept the result is an identical copy.  ``prune_with_report`` also
+returns a report (see ``report.py``) and the masks.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from convdsl.errors import UsageError
-from convdsl.ir.graph import Graph
+from convdsl.ir.graph import Graph, ModuleBuilder
 from convdsl.ir.stats import summary
 from convdsl.passes.prune.apply import Masks, PruneError, apply_masks
 from convdsl.passes.prune.criteria import CRITERIA, Scores, check_criterion, importance
@@ -78,7 +79,7 @@ def compute_masks(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criter
                   protect: Iterable[str] = DEFAULT_PROTECT, data: Any = None, tolerance: float = 0.005,
                   max_group_ratio: float = 0.9, calib_samples: int = 256, seed: int = 0,
                   deps: Dependencies | None = None, scores: Scores | None = None,
-                  info: dict | None = None) -> Masks:
+                  info: dict | None = None, build: ModuleBuilder | None = None) -> Masks:
     """Masks ``{group name: kept channel indices}`` removing ``ratio`` of the ``target``:
     ``macs`` or ``params`` (searched: the channel ratio is bisected until the measured reduction
     is within ``tolerance``) or ``channels`` (the channel ratio itself).  See ``masks.select``
@@ -87,9 +88,9 @@ def compute_masks(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criter
     the channel ratio used, the measured reduction, notes and protected groups."""
     if target not in TARGETS:
         raise UsageError(f"unknown pruning target '{target}'", hint=f"targets: {', '.join(TARGETS)}")
-    check_criterion(criterion, data)
+    check_criterion(criterion, data, build)
     deps = deps or analyze(graph)
-    scores = scores or importance(graph, deps, criterion, data, samples=calib_samples, seed=seed)
+    scores = scores or importance(graph, deps, criterion, data, samples=calib_samples, seed=seed, build=build)
     protected = protected_groups(graph, deps, list(protect))
     options = dict(scope=scope, round_to=round_to, protected=protected, max_group_ratio=max_group_ratio)
     notes = list(scores.notes)
@@ -109,12 +110,31 @@ def compute_masks(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criter
     return masks
 
 
+class Pruned(NamedTuple):
+    graph: Graph
+    report: dict[str, Any]  # JSON-serializable (report.build_report)
+    masks: Masks
+
+
 def prune(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criterion: str = "l1", *,
           target: str = "macs", scope: str = "global", round_to: int = 1,
           protect: Iterable[str] = DEFAULT_PROTECT, data: Any = None, tolerance: float = 0.005,
-          max_group_ratio: float = 0.9, calib_samples: int = 256, seed: int = 0) -> Graph:
-    """``apply_masks(graph, compute_masks(graph, ...))`` with a report in ``meta["prune"]``.
-    With its defaults it is a plain ``Graph -> Graph`` pass (50% of MACs, l1, global)."""
+          max_group_ratio: float = 0.9, calib_samples: int = 256, seed: int = 0,
+          build: ModuleBuilder | None = None) -> Graph:
+    """``apply_masks(graph, compute_masks(graph, ...))``.  With its defaults it is a plain
+    ``Graph -> Graph`` pass (50% of MACs, l1, global); ``prune_with_report`` takes the same
+    arguments and also returns the report and the masks."""
+    return prune_with_report(graph, ratio, criterion, target=target, scope=scope, round_to=round_to, protect=protect,
+                             data=data, tolerance=tolerance, max_group_ratio=max_group_ratio,
+                             calib_samples=calib_samples, seed=seed, build=build).graph
+
+
+def prune_with_report(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criterion: str = "l1", *,
+                      target: str = "macs", scope: str = "global", round_to: int = 1,
+                      protect: Iterable[str] = DEFAULT_PROTECT, data: Any = None, tolerance: float = 0.005,
+                      max_group_ratio: float = 0.9, calib_samples: int = 256, seed: int = 0,
+                      build: ModuleBuilder | None = None) -> Pruned:
+    """``prune``: (the pruned graph, its report, the masks)."""
     # conv(out=C) -> ... -> consumer(in=C)  =>  conv(out=C-k) -> ... -> consumer(in=C-k), for every coupled member
     g = _materialized(graph)
     deps = analyze(g)
@@ -122,15 +142,14 @@ def prune(graph: Graph, ratio: float | Mapping[str, float] = 0.5, criterion: str
     protect = list(protect)
     masks = compute_masks(g, ratio, criterion, target=target, scope=scope, round_to=round_to, protect=protect,
                           data=data, tolerance=tolerance, max_group_ratio=max_group_ratio,
-                          calib_samples=calib_samples, seed=seed, deps=deps, info=info)
+                          calib_samples=calib_samples, seed=seed, deps=deps, info=info, build=build)
     out = apply_masks(g, masks, deps)
     settings = {"criterion": criterion, "scope": scope, "target": target,
                 "ratio": ratio if not isinstance(ratio, Mapping) else dict(ratio),
                 "channel_ratio": info["channel_ratio"], "round_to": round_to, "protect": protect}
-    out.meta["prune"] = build_report(g, out, deps, masks, settings, info["notes"], info["protected"])
-    out.meta["prune_masks"] = masks
-    return out
+    return Pruned(out, build_report(g, out, deps, masks, settings, info["notes"], info["protected"]), masks)
 
 
-__all__ = ["CRITERIA", "DEFAULT_PROTECT", "Dependencies", "Group", "Masks", "PruneError", "Scores", "TARGETS",
-           "analyze", "apply_masks", "compute_masks", "importance", "measure", "prune", "search", "to_markdown"]
+__all__ = ["CRITERIA", "DEFAULT_PROTECT", "Dependencies", "Group", "Masks", "PruneError", "Pruned", "Scores", "TARGETS",
+           "analyze", "apply_masks", "compute_masks", "importance", "measure", "prune", "prune_with_report", "search",
+           "to_markdown"]

@@ -5,7 +5,9 @@ input or output channels shrink it rewrites the channel attributes (``out``,
 ``groups``, ``dim``, ``heads``, split sizes, reshape targets), slices every
 parameter along its channel axis (always into new arrays: the input graph's
 arrays are shared by ``copy()`` and never written) and re-infers the output
-types from the op table.  One rule per op that ``couplings.py`` lets shrink.
+types from the op table.  An op whose ``OpDef.prune`` is ``keep_channels`` has
+its per-channel parameters (``params``, with their axes) sliced with the
+channels; an op marked ``PRUNE_RULE`` has a rule of its own in ``APPLY``.
 """
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ from convdsl.errors import IRError, UsageError, did_you_mean
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.optable import OpDef
 from convdsl.ir.verify import verify
 from convdsl.passes.prune.groups import Dependencies, Key, analyze, fingerprint
+from convdsl.passes.prune.spaces import RuleTable
 
 Masks = dict[str, np.ndarray]
+Removal = Callable[[Graph, "Node", "Ctx"], None]
+APPLY: RuleTable[Removal] = RuleTable("pruning removal rule")
 
 
 class PruneError(UsageError):
@@ -127,7 +133,7 @@ def apply_masks(graph: Graph, masks: Masks, deps: Dependencies | None = None, *,
         keys = [*g.inputs_of(nid), *(Value(nid, i) for i in range(len(node.types))), ("heads", nid)]
         if all(ctx.keep(k) is None for k in keys):
             continue
-        rule = APPLY.get(node.op)
+        rule = removal_for(OPS[node.op])
         if rule is None:
             if node.params:
                 raise IRError(f"prune: no removal rule for {node.op} ({nid}) although its channels change",
@@ -160,27 +166,30 @@ def take(ctx: Ctx, node: Node, local: str, idx: np.ndarray | None, axis: int) ->
     ctx.put(node, local, tuple(shape), lambda: np.take(ctx.array(node, local), idx, axis=axis))
 
 
-def per_channel(*names: str, axis: int = 0) -> Callable[[Graph, Node, Ctx], None]:
-    """Ops whose named parameters carry one entry per channel of input 0 along ``axis``."""
+def per_channel(params: dict[str, int]) -> Removal:
+    """Ops whose parameters carry one entry per channel of input 0 (``name -> axis``)."""
 
     def rule(g: Graph, node: Node, ctx: Ctx) -> None:
         keep = ctx.keep_in(node, 0)
-        for n in names:
-            take(ctx, node, n, keep, axis)
-
-    return rule
-
-
-def rules(*parts: Callable[[Graph, Node, Ctx], None]) -> Callable[[Graph, Node, Ctx], None]:
-    def rule(g: Graph, node: Node, ctx: Ctx) -> None:
-        for part in parts:
-            part(g, node, ctx)
+        for name, axis in params.items():
+            take(ctx, node, name, keep, axis)
 
     return rule
 
 
 def nothing(g: Graph, node: Node, ctx: Ctx) -> None:
     """Parameter-free ops whose attributes do not mention channel counts."""
+
+
+def removal_for(op: OpDef) -> Removal | None:
+    """How ``op``'s node changes when its channels do: its ``keep_channels`` parameters sliced, or
+    its rule in ``APPLY``; None for an opaque op (its channels never change, see couplings.py)."""
+    p = op.prune
+    if p is None or p.kind == "opaque":
+        return None
+    if p.kind == "keep":
+        return per_channel(dict(p.params)) if p.params else nothing
+    return APPLY.get(op.name)
 
 
 # ---- convolutions and linear layers ------------------------------------------------------------------
@@ -226,6 +235,7 @@ def _grouped_weight(ctx: Ctx, node: Node, outer: np.ndarray | None, inner: np.nd
     ctx.put(node, "weight", new_shape, make)
 
 
+@APPLY.register("conv1d", "conv2d", "conv3d")
 def conv(g: Graph, node: Node, ctx: Ctx) -> None:
     # weight [out, in/G, k...]; depthwise (G = in): input channel c owns outputs c*m .. c*m+m-1
     shape = ctx.shape(node, "weight")
@@ -236,6 +246,7 @@ def conv(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs["out"] = ctx.shape(node, "weight")[0]
 
 
+@APPLY.register("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv_transpose(g: Graph, node: Node, ctx: Ctx) -> None:
     # weight [in, out/G, k...]
     shape = ctx.shape(node, "weight")
@@ -247,6 +258,7 @@ def conv_transpose(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs["out"] = ctx.shape(node, "weight")[1] * node.attrs["groups"]
 
 
+@APPLY.register("linear")
 def linear(g: Graph, node: Node, ctx: Ctx) -> None:
     t_in = g.in_types(node.id)[0]
     if ctx.axis_in(node, 0) == t_in.rank - 1:
@@ -259,6 +271,7 @@ def linear(g: Graph, node: Node, ctx: Ctx) -> None:
             node.attrs["out"] = len(ko)
 
 
+@APPLY.register("patch_embed")
 def patch_embed(g: Graph, node: Node, ctx: Ctx) -> None:
     if ctx.axis_in(node, 0) == 1:
         take(ctx, node, "weight", ctx.keep_in(node, 0), 1)
@@ -269,6 +282,7 @@ def patch_embed(g: Graph, node: Node, ctx: Ctx) -> None:
         node.attrs["dim"] = len(ko)
 
 
+@APPLY.register("mhsa")
 def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
     """in_proj columns follow the input; removing heads or output channels splits out_proj off:
     mhsa(heads', dim', proj_bias=false) with an identity out_proj, then linear(out') holding
@@ -310,18 +324,19 @@ def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
     g.set_inputs(lid, [Value(node.id, 0)])
     ctx.alias[Value(lid, 0)] = Value(node.id, 0)
     ctx.moved[Value(node.id, 0)] = Value(lid, 0)
-    g.meta["prune_added"] = {**g.meta.get("prune_added", {}), lid: node.id}
 
 
 # ---- normalization and per-channel ops ------------------------------------------------------------
+@APPLY.register("groupnorm")
 def groupnorm(g: Graph, node: Node, ctx: Ctx) -> None:
     keep = ctx.keep_in(node, 0)
     c = ctx.deps.spaces[g.inputs_of(node.id)[0]].size
     if node.attrs["groups"] == c:  # one channel per group: groups follows the channel count
         node.attrs["groups"] = len(keep)
-    per_channel("weight", "bias")(g, node, ctx)
+    per_channel({"weight": 0, "bias": 0})(g, node, ctx)
 
 
+@APPLY.register("layernorm")
 def layernorm(g: Graph, node: Node, ctx: Ctx) -> None:
     t = g.in_types(node.id)[0]
     a, d = ctx.axis_in(node, 0), node.attrs["dims"]
@@ -331,6 +346,7 @@ def layernorm(g: Graph, node: Node, ctx: Ctx) -> None:
         take(ctx, node, "bias", keep, a - (t.rank - d))
 
 
+@APPLY.register("split")
 def split(g: Graph, node: Node, ctx: Ctx) -> None:
     x = g.inputs_of(node.id)[0]
     keep = ctx.keep(x)
@@ -345,6 +361,7 @@ def split(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs.update(sizes=tuple(new), chunks=None)
 
 
+@APPLY.register("reshape")
 def reshape(g: Graph, node: Node, ctx: Ctx) -> None:
     x = g.inputs_of(node.id)[0]
     keep, a = ctx.keep(x), ctx.axis(x)
@@ -357,36 +374,8 @@ def reshape(g: Graph, node: Node, ctx: Ctx) -> None:
     node.attrs["shape"] = tuple(spec)
 
 
-APPLY: dict[str, Callable[[Graph, Node, Ctx], None]] = {
-    **{f"conv{nd}d": conv for nd in (1, 2, 3)},
-    **{f"conv_transpose{nd}d": conv_transpose for nd in (1, 2, 3)},
-    "linear": linear,
-    "patch_embed": patch_embed,
-    "mhsa": mhsa,
-    **{op: per_channel("weight", "bias", "running_mean", "running_var")
-       for op in ("batchnorm", "batchnorm1d", "batchnorm2d", "batchnorm3d",
-                  "instancenorm1d", "instancenorm2d", "instancenorm3d")},
-    "layernorm2d": per_channel("weight", "bias"),
-    "layernorm": layernorm,
-    "groupnorm": groupnorm,
-    "layer_scale": per_channel("layer_scale"),
-    "class_token": per_channel("class_token", axis=2),
-    "pos_embed": per_channel("pos_embedding", axis=2),
-    "global_filter": per_channel("complex_weight"),
-    "fft_conv": per_channel("kernel", "bias", "D"),
-    "s4d": per_channel("log_A_real", "A_imag", "C", "D", "log_dt"),
-    "sgconv": rules(per_channel("kernel", axis=1), per_channel("D")),
-    "selective_scan": rules(per_channel("conv1d.weight", "conv1d.bias", "dt_proj.weight", "dt_proj.bias", "A_log", "D"),
-                            per_channel("x_proj.weight", axis=1)),
-    "prelu": lambda g, node, ctx: None if node.attrs["shared"] else per_channel("weight")(g, node, ctx),
-    "split": split,
-    "reshape": reshape,
-    **{op: nothing for op in (
-        "identity", "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-        "neg", "affine", "dropout", "drop_path", "softmax", "add", "sub", "mul", "div",
-        *(f"{k}pool{nd}d" for k in ("max", "avg") for nd in (1, 2, 3)),
-        *(f"adaptive_{k}pool{nd}d" for k in ("max", "avg") for nd in (1, 2, 3)),
-        "global_avgpool", "global_maxpool", "upsample", "pad", "mean", "amax", "vector_norm", "rot90", "flip",
-        "concat", "flatten", "permute", "transpose",
-        "squeeze", "unsqueeze", "select", "pixel_shuffle", "pixel_unshuffle")},
-}
+APPLY.add("pos_embed", per_channel({"pos_embedding": 2}))
+APPLY.add("prelu", lambda g, node, ctx: None if node.attrs["shared"] else per_channel({"weight": 0})(g, node, ctx))
+for _op in ("add", "sub", "mul", "div", "mean", "amax", "vector_norm", "concat", "flatten", "permute", "transpose",
+            "squeeze", "unsqueeze", "select", "pixel_shuffle", "pixel_unshuffle"):
+    APPLY.add(_op, nothing)  # parameter-free, and no attribute counts channels

@@ -1,12 +1,20 @@
-"""Per-op coupling rules: how each op's channels relate to its inputs' channels.
+"""Coupling rules: how each op's channels relate to its inputs' channels.
 
-One entry per op the analysis understands (``COUPLINGS``); anything else is
-opaque: the widths it reads and writes are pinned.  A rule gives every output
-a ``Space`` and records couplings (``b.union``), pins (``b.pin``), members
-that criteria score (``b.member``) and balanced constraints (``b.balanced``).
+An op's ``OpDef.prune`` (convdsl/ir/optable.py) says which kind it is:
 
-The rules and the removal rules in ``apply.py`` are two halves of one
-contract: whatever a rule leaves prunable, ``apply.py`` can slice.
+- ``keep_channels(along, params)``: channel c of input 0 is channel c of the
+  output when the channels lie on an axis ``along`` accepts (activations,
+  norms, pools, per-channel filters...): interpreted here by ``keep``;
+- ``PRUNE_RULE``: a rule of its own in ``COUPLINGS`` below (producers,
+  elementwise joins, views, reductions...);
+- ``opaque(why)``: not understood: the widths it reads and writes are pinned,
+  as for any op without a stated kind.
+
+A rule gives every output a ``Space`` and records couplings (``b.union``),
+pins (``b.pin``), members that criteria score (``b.member``) and balanced
+constraints (``b.balanced``).  The rules and the removal rules in
+``apply.py`` are two halves of one contract: whatever a rule leaves
+prunable, ``apply.py`` can slice.
 """
 from __future__ import annotations
 
@@ -18,10 +26,11 @@ import numpy as np
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.ops.pool import normalize_dims
 from convdsl.ir.ops.shape import split_sizes, squeeze_dims
-from convdsl.ir.types import TensorType
-from convdsl.passes.prune.groups import Builder, Space
+from convdsl.ir.optable import AxisFn, OpDef, Prune, on_axis
+from convdsl.passes.prune.spaces import Builder, RuleTable, Space
 
 Rule = Callable[[Builder, Node], None]
+COUPLINGS: RuleTable[Rule] = RuleTable("pruning coupling rule")
 MAX_FLAT = 1 << 22  # flattening more features than this per sample is left opaque
 
 
@@ -35,14 +44,15 @@ def shared_params(graph: Graph) -> set[str]:
 
 
 # ---- building blocks -----------------------------------------------------------------------
-def passthrough(axis_ok: Callable[[Node, int, TensorType], bool] | None = None) -> Rule:
-    """Channel i of the output is channel i of input 0 (same axis): activations, norms, pools..."""
+def passthrough(along: AxisFn | None = None) -> Rule:
+    """Channel i of the output is channel i of input 0 (same axis) when ``along`` accepts the
+    axis: activations, norms, pools..."""
 
     def rule(b: Builder, node: Node) -> None:
         (s, t), *rest = b.inputs(node)
         for r, _ in rest:  # extra inputs (none for these ops) keep their widths
             b.pin(r.ids, f"{node.op} ({node.id}) extra input")
-        if s.axis is None or (axis_ok is not None and not axis_ok(node, s.axis, t)):
+        if s.axis is None or (along is not None and not along(node.attrs, s.axis, t)):
             return b.opaque(node, f"{node.op} ({node.id}) acts along the channel axis")
         for i in range(len(node.types)):
             b.set_out(node, i, s)
@@ -50,17 +60,30 @@ def passthrough(axis_ok: Callable[[Node, int, TensorType], bool] | None = None) 
     return rule
 
 
-def _axis_is(*axes: int) -> Callable[[Node, int, TensorType], bool]:
-    return lambda node, axis, t: axis in axes
+def keep(prune: Prune) -> Rule:
+    """The rule of a ``keep_channels`` op: ``passthrough``, and its ``scale`` parameter (a
+    batchnorm's weight) a member the bn_scale criterion reads."""
+    through = passthrough(prune.along)
+    if prune.scale is None:
+        return through
+
+    def rule(b: Builder, node: Node) -> None:
+        through(b, node)
+        if prune.scale in node.params and b.space(Value(node.id, 0)).axis is not None:
+            b.member(node, Value(node.id, 0), "norm")
+
+    return rule
 
 
-def _not_last(nd_attr: int | None = None) -> Callable[[Node, int, TensorType], bool]:
-    """Pooling over the last ``nd`` dims: the channel axis must come before them."""
-    return lambda node, axis, t: axis < t.rank - nd_attr
-
-
-def _spatial_from_2(node: Node, axis: int, t: TensorType) -> bool:
-    return axis < 2  # global pools, upsample, pad act on dims 2 and after
+def rule_for(op: OpDef) -> Rule | None:
+    """The coupling rule of ``op``, or None when it is opaque (or states nothing, or its rule is
+    missing: an op the analysis does not understand can cost compression, never correctness)."""
+    p = op.prune
+    if p is None or p.kind == "opaque":
+        return None
+    if p.kind == "keep":
+        return keep(p)
+    return COUPLINGS.get(op.name)
 
 
 def consume(b: Builder, node: Node, port: int, axis: int) -> Space | None:
@@ -99,12 +122,14 @@ def _grouped(b: Builder, node: Node, s_in: Space | None, groups: int) -> None:
     b.balanced.append((Value(node.id, 0), groups))
 
 
+@COUPLINGS.register("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv(b: Builder, node: Node) -> None:
     """conv and conv_transpose: input channels are weight columns (rows for transposed),
     outputs a fresh space; depthwise couples each input channel with its outputs."""
     _grouped(b, node, consume(b, node, 0, 1), node.attrs["groups"])
 
 
+@COUPLINGS.register("linear")
 def linear(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     last = t.rank - 1
@@ -114,11 +139,13 @@ def linear(b: Builder, node: Node) -> None:
     produce(b, node, node.types[0].rank - 1)
 
 
+@COUPLINGS.register("patch_embed")
 def patch_embed(b: Builder, node: Node) -> None:
     consume(b, node, 0, 1)
     produce(b, node, 2)
 
 
+@COUPLINGS.register("mhsa")
 def mhsa(b: Builder, node: Node) -> None:
     """Input channels are in_proj columns; heads are whole units inside the op; the output
     (out_proj rows) is a space of its own (``apply.py`` splits out_proj off when it shrinks)."""
@@ -136,40 +163,24 @@ def mhsa(b: Builder, node: Node) -> None:
     produce(b, node, 2)
 
 
-def norm_channels_first(b: Builder, node: Node) -> None:
-    """batchnorm / instancenorm / layernorm2d: per-channel statistics and affine on dim 1."""
-    passthrough(_axis_is(1))(b, node)
-    s = b.space(Value(node.id, 0))
-    if node.op.startswith("batchnorm") and node.attrs.get("affine", True) and s.axis == 1:
-        b.member(node, Value(node.id, 0), "norm")
-
-
+@COUPLINGS.register("groupnorm")
 def groupnorm(b: Builder, node: Node) -> None:
-    passthrough(_axis_is(1))(b, node)
+    passthrough(on_axis(1))(b, node)
     s = b.space(Value(node.id, 0))
     g = node.attrs["groups"]
     if s.axis == 1 and 1 < g < s.size:  # groups == C is per-channel (groups follows C)
         b.balanced.append((Value(node.id, 0), g))
 
 
-def layer_scale(b: Builder, node: Node) -> None:
-    t = b.graph.in_types(node.id)[0]
-    passthrough(_axis_is(1) if node.attrs["layout"] == "first" else _axis_is(t.rank - 1))(b, node)
-
-
-def softmax(b: Builder, node: Node) -> None:
-    t = b.graph.in_types(node.id)[0]
-    d = node.attrs["dim"] % t.rank
-    passthrough(lambda n, axis, t: axis != d)(b, node)
-
-
+@COUPLINGS.register("pos_embed")
 def pos_embed(b: Builder, node: Node) -> None:
     if node.attrs["kind"] != "learned":
         return b.opaque(node, f"{node.id}: a sinusoidal table depends on the channel count")
-    passthrough(_axis_is(2))(b, node)
+    passthrough(on_axis(2))(b, node)
 
 
 # ---- elementwise joins ------------------------------------------------------------------------
+@COUPLINGS.register("add", "sub", "mul", "div")
 def join(b: Builder, node: Node) -> None:
     """add/sub/mul/div with broadcasting: inputs full-size along the output's channel axis
     share their channels; an input broadcast along it (size 1) is not coupled."""
@@ -207,6 +218,7 @@ def join(b: Builder, node: Node) -> None:
 
 
 # ---- shape ops ----------------------------------------------------------------------------------
+@COUPLINGS.register("concat")
 def concat(b: Builder, node: Node) -> None:
     ins = b.inputs(node)
     d = normalize_dims("concat", node.attrs["dim"], node.types[0].rank)[0]
@@ -222,6 +234,7 @@ def concat(b: Builder, node: Node) -> None:
     b.opaque(node, f"concat ({node.id}) joins inputs whose channels lie on different axes")
 
 
+@COUPLINGS.register("split")
 def split(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     d = normalize_dims("split", node.attrs["dim"], t.rank)[0]
@@ -246,6 +259,7 @@ def _blocks(ids: np.ndarray, dims: list[int], pos: int) -> np.ndarray | None:
     return ids[(np.arange(total) // inner) % dims[pos]]
 
 
+@COUPLINGS.register("flatten")
 def flatten(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -263,6 +277,7 @@ def flatten(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(start, ids))
 
 
+@COUPLINGS.register("reshape")
 def reshape(b: Builder, node: Node) -> None:
     """Kept when the dims before the channel axis are unchanged and the channel dim stays
     (or merges with static dims after it); anything else is opaque."""
@@ -283,6 +298,7 @@ def reshape(b: Builder, node: Node) -> None:
     b.opaque(node, f"reshape ({node.id}) splits the channel axis")
 
 
+@COUPLINGS.register("permute")
 def permute(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -292,6 +308,7 @@ def permute(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(perm.index(s.axis), s.ids))
 
 
+@COUPLINGS.register("transpose")
 def transpose(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -302,6 +319,7 @@ def transpose(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(axis, s.ids))
 
 
+@COUPLINGS.register("squeeze")
 def squeeze(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     drop = squeeze_dims(node.attrs, t)
@@ -310,6 +328,7 @@ def squeeze(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis - sum(1 for d in drop if d < s.axis), s.ids))
 
 
+@COUPLINGS.register("unsqueeze")
 def unsqueeze(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis is None:
@@ -318,6 +337,7 @@ def unsqueeze(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis + (1 if d <= s.axis else 0), s.ids))
 
 
+@COUPLINGS.register("select")
 def select(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     d = node.attrs["dim"] % t.rank
@@ -326,6 +346,7 @@ def select(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis - (1 if d < s.axis else 0), s.ids))
 
 
+@COUPLINGS.register("mean", "amax", "vector_norm")
 def reduce(b: Builder, node: Node) -> None:
     """mean / amax / vector_norm over ``dims``: kept when the channel axis is not reduced."""
     (s, t), = b.inputs(node)
@@ -336,15 +357,12 @@ def reduce(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis - shift, s.ids))
 
 
-def _dims_other_than_channels(node: Node, axis: int, t: TensorType) -> bool:
-    dims = node.attrs["dims"]
-    return axis not in normalize_dims(node.op, (dims,) if isinstance(dims, int) else dims, t.rank)
-
-
+@COUPLINGS.register("prelu")
 def prelu(b: Builder, node: Node) -> None:
-    passthrough(None if node.attrs["shared"] else _axis_is(1))(b, node)
+    passthrough(None if node.attrs["shared"] else on_axis(1))(b, node)
 
 
+@COUPLINGS.register("pixel_shuffle")
 def pixel_shuffle(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     r2 = node.attrs["factor"] ** 2
@@ -356,6 +374,7 @@ def pixel_shuffle(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis, blocks[:, 0].copy()))
 
 
+@COUPLINGS.register("pixel_unshuffle")
 def pixel_unshuffle(b: Builder, node: Node) -> None:
     (s, t), = b.inputs(node)
     if s.axis != t.rank - 3:
@@ -363,65 +382,4 @@ def pixel_unshuffle(b: Builder, node: Node) -> None:
     b.set_out(node, 0, Space(s.axis, np.repeat(s.ids, node.attrs["factor"] ** 2)))
 
 
-def global_filter(b: Builder, node: Node) -> None:
-    axis = 1 if node.attrs["layout"] == "nchw" else 3
-    passthrough(_axis_is(axis))(b, node)
-
-
-# ---- the table ------------------------------------------------------------------------------------
-_ANY = passthrough()
-_CH1 = passthrough(_axis_is(1))
-
-COUPLINGS: dict[str, Rule] = {
-    **{f"conv{nd}d": conv for nd in (1, 2, 3)},
-    **{f"conv_transpose{nd}d": conv for nd in (1, 2, 3)},
-    "linear": linear,
-    # normalization
-    **{op: norm_channels_first for op in ("batchnorm", "batchnorm1d", "batchnorm2d", "batchnorm3d", "layernorm2d",
-                                          "instancenorm1d", "instancenorm2d", "instancenorm3d")},
-    "layernorm": _ANY,  # weight/bias follow the channel axis when it is normalized over
-    "groupnorm": groupnorm,
-    # activations and elementwise unary ops
-    **{op: _ANY for op in ("identity", "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
-                           "hardsigmoid", "neg", "affine", "dropout", "drop_path")},
-    "prelu": prelu,
-    "rot90": passthrough(_dims_other_than_channels),
-    "flip": passthrough(_dims_other_than_channels),
-    "softmax": softmax,
-    **{op: join for op in ("add", "sub", "mul", "div")},
-    # pooling and resampling
-    **{f"{k}pool{nd}d": passthrough(_not_last(nd)) for k in ("max", "avg") for nd in (1, 2, 3)},
-    **{f"adaptive_{k}pool{nd}d": passthrough(_not_last(nd)) for k in ("max", "avg") for nd in (1, 2, 3)},
-    "global_avgpool": passthrough(_spatial_from_2),
-    "global_maxpool": passthrough(_spatial_from_2),
-    "upsample": passthrough(_spatial_from_2),
-    "pad": passthrough(_spatial_from_2),
-    **{op: reduce for op in ("mean", "amax", "vector_norm")},
-    # shape
-    "concat": concat,
-    "split": split,
-    "flatten": flatten,
-    "reshape": reshape,
-    "permute": permute,
-    "transpose": transpose,
-    "squeeze": squeeze,
-    "unsqueeze": unsqueeze,
-    "select": select,
-    "pixel_shuffle": pixel_shuffle,
-    "pixel_unshuffle": pixel_unshuffle,
-    # attention plumbing
-    "mhsa": mhsa,
-    "patch_embed": patch_embed,
-    "class_token": passthrough(_axis_is(2)),
-    "pos_embed": pos_embed,
-    "layer_scale": layer_scale,
-    # FFT mixing and state space: one filter / SSM per channel
-    "global_filter": global_filter,
-    "fft_conv": _CH1,
-    "s4d": _CH1,
-    "sgconv": _CH1,
-    "selective_scan": _CH1,
-}
-# Opaque on purpose (all widths pinned): matmul (operands' layouts are unknown), cross_attention,
-# window_attention, conv_attention, halo_attention, adaptive_filter (block-diagonal frequency MLP),
-# glu, dynamic_filter (kernels computed from channels), parameter, and any op added later.
+COUPLINGS.add("layernorm", passthrough())  # weight/bias follow the channel axis when it is normalized over

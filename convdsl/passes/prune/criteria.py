@@ -42,14 +42,27 @@ from typing import Any
 import numpy as np
 
 from convdsl.errors import UsageError, did_you_mean
-from convdsl.ir.graph import Graph, Node
+from convdsl.ir.graph import Graph, ModuleBuilder, Node
+from convdsl.ir.ops import OPS
 from convdsl.passes.prune.groups import Dependencies, Member
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation")
 DATA_CRITERIA = ("taylor", "activation")
-CONVS = {f"conv{nd}d" for nd in (1, 2, 3)}
-CONV_T = {f"conv_transpose{nd}d" for nd in (1, 2, 3)}
-OBSERVABLE = CONVS | CONV_T | {"linear", "patch_embed"}
+
+
+def _observable(node: Node) -> bool:
+    """A producer whose output channels the data criteria observe (``out_channels`` in the op table)."""
+    return OPS[node.op].out_channels is not None
+
+
+def _transposed(node: Node) -> bool:
+    """A transposed conv: its weight is [in, out/groups, k...] (``out_channels`` weight axis 1)."""
+    out = OPS[node.op].out_channels
+    return out is not None and out.params.get("weight") == 1
+
+
+def _channels_last(node: Node) -> bool:
+    return OPS[node.op].out_channels.axis == -1
 
 
 @dataclass
@@ -61,19 +74,23 @@ class Scores:
     notes: list[str]
 
 
-def check_criterion(criterion: str, data: Any) -> None:
+def check_criterion(criterion: str, data: Any, build: ModuleBuilder | None = None) -> None:
     if criterion not in CRITERIA:
         raise UsageError(f"unknown pruning criterion '{criterion}'",
                          hint=did_you_mean(criterion, CRITERIA) or f"criteria: {', '.join(CRITERIA)}")
     if criterion in DATA_CRITERIA and data is None:
         raise UsageError(f"criterion '{criterion}' needs calibration data",
                          hint="pass data= (a Dataset, inputs, or (inputs, labels)); on the command line --data digits")
+    if criterion in DATA_CRITERIA and build is None:
+        raise UsageError(f"criterion '{criterion}' runs the network on its data",
+                         hint="pass build= (the torch backend's build_module), as convdsl prune does")
 
 
 def importance(graph: Graph, deps: Dependencies, criterion: str = "l1", data: Any = None, *,
-               samples: int = 256, batch_size: int = 32, seed: int = 0) -> Scores:
-    """Scores of every prunable group's units under ``criterion``."""
-    check_criterion(criterion, data)
+               samples: int = 256, batch_size: int = 32, seed: int = 0, build: ModuleBuilder | None = None) -> Scores:
+    """Scores of every prunable group's units under ``criterion``; the data criteria run the module
+    ``build`` makes of the graph (the torch backend's ``build_module``) on ``data``."""
+    check_criterion(criterion, data, build)
     notes: list[str] = []
     if criterion in ("l1", "l2"):
         contrib = {m: weight_norms(graph, m, criterion) for m in deps_members(deps) if m.role != "norm"}
@@ -81,8 +98,8 @@ def importance(graph: Graph, deps: Dependencies, criterion: str = "l1", data: An
         contrib = {m: np.abs(graph.params[graph.node(m.node).params["weight"]]).astype(np.float64)
                    for m in deps_members(deps) if m.role == "norm"}
     else:
-        observed = [m for m in deps_members(deps) if m.role == "out" and graph.node(m.node).op in OBSERVABLE]
-        contrib = calibrate(graph, observed, criterion, data, samples, batch_size, seed)
+        observed = [m for m in deps_members(deps) if m.role == "out" and _observable(graph.node(m.node))]
+        contrib = calibrate(graph, observed, criterion, data, samples, batch_size, seed, build)
     fallback: dict[Member, np.ndarray] = {}
     by_group = {}
     for gi, g in enumerate(deps.groups):
@@ -143,7 +160,7 @@ def weight_norms(graph: Graph, m: Member, criterion: str) -> np.ndarray:
     if node.op == "mhsa":
         return red(p[node.params["out_proj.weight"]], 0)
     w = p[node.params["weight"]]
-    if node.op in CONV_T:  # [in, out/G, k...] -> per output channel
+    if _transposed(node):  # [in, out/G, k...] -> per output channel
         G = node.attrs["groups"]
         blocks = w.reshape(G, w.shape[0] // G, w.shape[1], -1)
         return np.concatenate([red(np.moveaxis(b, 1, 0), 0) for b in blocks])
@@ -188,7 +205,7 @@ class _Stats:
 
 def _positions(node: Node, y):
     """Producer output -> [B, C, P] (channels, positions)."""
-    if node.op in ("linear", "patch_embed"):
+    if _channels_last(node):
         y = y.reshape(y.shape[0], -1, y.shape[-1]).transpose(1, 2)
     return y.reshape(y.shape[0], y.shape[1], -1)
 
@@ -198,13 +215,13 @@ def _input_moments(node: Node, mod, x):
     channels and the window p reads -> two [B, G, P] tensors."""
     import torch.nn.functional as F
 
-    if node.op == "linear":
+    if not hasattr(mod, "kernel_size"):  # a linear layer: features last, every output reads all of them
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         return x.mean(-1)[:, None], (x * x).mean(-1)[:, None]
-    G = mod.groups if node.op in CONVS | CONV_T else 1
+    G = getattr(mod, "groups", 1)
     xs = x.reshape(x.shape[0], G, -1, *x.shape[2:])
     m1, m2 = xs.mean(2), (xs * xs).mean(2)
-    if node.op in CONV_T:
+    if _transposed(node):
         return m1.flatten(2).mean(-1, keepdim=True), m2.flatten(2).mean(-1, keepdim=True)
     nd = x.dim() - 2
     pool = [F.avg_pool1d, F.avg_pool2d, F.avg_pool3d][nd - 1]
@@ -218,14 +235,13 @@ def _input_moments(node: Node, mod, x):
 
 
 def calibrate(graph: Graph, members: list[Member], criterion: str, data: Any, samples: int, batch_size: int,
-              seed: int) -> dict[Member, np.ndarray]:
-    """Run the torch module on calibration batches and score each observed producer's channels."""
+              seed: int, build: ModuleBuilder) -> dict[Member, np.ndarray]:
+    """Run the torch module ``build`` makes of the graph on calibration batches and score each
+    observed producer's channels."""
     import torch
     import torch.nn.functional as F
 
-    from convdsl.api import backend_module
-
-    model = backend_module("torch").build_module(graph)
+    model = build(graph)
     stats = {m: _Stats() for m in members}
     live: dict[Member, tuple] = {}
 
@@ -286,6 +302,6 @@ def calibrate(graph: Graph, members: list[Member], criterion: str, data: Any, sa
         ratio = (sd_y / (sd_x.repeat_interleave(C // G, 0) + 1e-12)).mean(-1)
         w = weight_norms(graph, m, "l1")
         rows = graph.params[node.params["weight"]]
-        per_row = rows.size / (rows.shape[0] if node.op not in CONV_T else C)
+        per_row = rows.size / (rows.shape[0] if not _transposed(node) else C)
         out_scores[m] = (w / per_row) * ratio.numpy()
     return out_scores

@@ -1,9 +1,10 @@
 """Dependency groups: which channels of a graph must be removed together.
 
 Every tensor value gets a *channel space*: the axis that carries its channels
-and one element id per channel.  The per-op rules in ``couplings.py`` give an
-op's outputs their spaces from its inputs' (a relu's output reuses its input's
-ids; a conv's output gets fresh ids) and record *couplings*: element ids that
+and one element id per channel.  Each op's coupling rule (``couplings.py``:
+from its ``OpDef.prune``, or a rule of its own) gives its outputs their spaces
+from its inputs' (a relu's output reuses its input's ids; a conv's output
+gets fresh ids) and records *couplings*: element ids that
 must share a fate (the two inputs of a residual add, a depthwise conv's input
 and output channel, the features a flattened channel becomes).  Connected
 components of the couplings are *units*: the smallest sets of channels that
@@ -21,40 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Hashable
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from convdsl.ir.graph import Graph, Node, Value
-from convdsl.ir.types import TensorType
+from convdsl.ir.graph import Graph, Value
+from convdsl.ir.ops import OPS
+from convdsl.passes.prune.couplings import rule_for, shared_params
+from convdsl.passes.prune.spaces import NO_SPACE, Builder, Key, Member, Space
 
-Key = Hashable  # a Value, or ("heads", node id) for a space inside one op
-
-
-@dataclass(frozen=True)
-class Space:
-    """The channels of one value: ``ids[i]`` is the element id of channel ``i`` along ``axis``."""
-
-    axis: int | None
-    ids: np.ndarray
-
-    @property
-    def size(self) -> int:
-        return len(self.ids)
-
-
-NO_SPACE = Space(None, np.zeros(0, np.int64))
-
-
-@dataclass(frozen=True)
-class Member:
-    """A node whose parameters hold one row (or scale) per channel of ``key``: what criteria score."""
-
-    node: str
-    key: Key
-    role: str  # "out" (filters of a conv/linear...), "heads" (an attention head's q/k/v rows), "norm" (a BN scale)
+__all__ = ["Builder", "Dependencies", "Group", "Key", "Member", "NO_SPACE", "Space", "analyze", "fingerprint",
+           "key_name", "lcm"]
 
 
 @dataclass
@@ -106,96 +83,15 @@ class Dependencies:
         return {g.name: g for g in self.groups}
 
 
-class Builder:
-    """What the coupling rules write into while walking the graph in topological order."""
-
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self.n = 0
-        self.spaces: dict[Key, Space] = {}
-        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pins: list[tuple[np.ndarray, str]] = []
-        self.members: list[Member] = []
-        self.balanced: list[tuple[Key, int]] = []
-
-    # -- element ids -------------------------------------------------------------------
-    def fresh(self, n: int) -> np.ndarray:
-        ids = np.arange(self.n, self.n + n, dtype=np.int64)
-        self.n += n
-        return ids
-
-    def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Channel ``i`` of ``a`` and of ``b`` share one fate."""
-        if len(a) != len(b):
-            raise ValueError(f"coupling spaces of different sizes ({len(a)} and {len(b)})")
-        if len(a):
-            self._pairs.append((a, b))
-
-    def pin(self, ids: np.ndarray, reason: str) -> None:
-        if len(ids):
-            self._pins.append((ids, reason))
-
-    # -- spaces ----------------------------------------------------------------------------
-    def space(self, v: Value) -> Space:
-        return self.spaces.get(v, NO_SPACE)
-
-    def inputs(self, node: Node) -> list[tuple[Space, TensorType]]:
-        return [(self.space(v), self.graph.type_of(v)) for v in self.graph.inputs_of(node.id)]
-
-    def set_out(self, node: Node, i: int, space: Space) -> None:
-        self.spaces[Value(node.id, i)] = space
-
-    def new_space(self, t: TensorType, axis: int | None) -> Space:
-        """Fresh ids for ``t``'s channels along ``axis`` (none if the size is symbolic)."""
-        if axis is None or axis >= t.rank or not isinstance(t.shape[axis], int):
-            return NO_SPACE
-        return Space(axis, self.fresh(t.shape[axis]))
-
-    def opaque(self, node: Node, why: str | None = None) -> None:
-        """An op whose channel structure is not understood: the widths it reads stay, and its
-        outputs have no known channel axis (whatever joins them keeps its width too)."""
-        reason = why or f"{node.op} ({node.id}) is not understood by the pruning analysis"
-        for s, _ in self.inputs(node):
-            self.pin(s.ids, reason)
-        for i in range(len(node.types)):
-            self.set_out(node, i, NO_SPACE)
-
-    def member(self, node: Node, key: Key, role: str) -> None:
-        self.members.append(Member(node.id, key, role))
-
-    # -- results -------------------------------------------------------------------------------
-    def components(self) -> tuple[np.ndarray, int]:
-        if self._pairs:
-            a = np.concatenate([p[0] for p in self._pairs])
-            b = np.concatenate([p[1] for p in self._pairs])
-        else:
-            a = b = np.zeros(0, np.int64)
-        m = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(self.n, self.n))
-        count, labels = connected_components(m, directed=False)
-        return labels.astype(np.int64), int(count)
-
-    def pinned_units(self, labels: np.ndarray, count: int) -> tuple[np.ndarray, dict[int, set[str]]]:
-        pinned = np.zeros(count, bool)
-        reasons: dict[int, set[str]] = {}
-        for ids, why in self._pins:
-            units = np.unique(labels[ids])
-            pinned[units] = True
-            for u in units.tolist():
-                reasons.setdefault(u, set()).add(why)
-        return pinned, reasons
-
-
 def analyze(graph: Graph) -> Dependencies:
     """Channel spaces, units and groups of ``graph`` (which is not modified)."""
-    from convdsl.passes.prune.couplings import COUPLINGS, shared_params
-
     b = Builder(graph)
     shared = shared_params(graph)
     for node in graph.nodes():
         if node.op == "input":  # no known channel axis: nothing joined with an input changes width
             b.set_out(node, 0, NO_SPACE)
             continue
-        rule = COUPLINGS.get(node.op)
+        rule = rule_for(OPS[node.op])
         if node.id in shared:
             b.opaque(node, f"{node.id} shares parameters with another node")
         elif rule is None:

@@ -37,11 +37,17 @@ def _by_group(graph: Graph, deps: Dependencies, added: dict[str, str]) -> dict[s
     return out
 
 
+def added_nodes(before: Graph, after: Graph) -> dict[str, str]:
+    """Nodes pruning added (the linear an mhsa's out_proj became) -> the node they split off,
+    the one they read."""
+    return {n.id: after.inputs_of(n.id)[0].node for n in after.nodes() if n.id not in before}
+
+
 def build_report(before: Graph, after: Graph, deps: Dependencies, masks: dict[str, np.ndarray],
                  settings: dict[str, Any], notes: list[str], protected: dict[str, str]) -> dict[str, Any]:
     """A JSON-serializable report of one pruning run."""
     s0, s1 = summary(before), summary(after)
-    added = after.meta.get("prune_added", {})
+    added = added_nodes(before, after)
     b0, b1 = _by_group(before, deps, {}), _by_group(after, deps, added)
     groups = []
     for g in deps.groups:

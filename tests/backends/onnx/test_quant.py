@@ -12,6 +12,7 @@ pytest.importorskip("onnxruntime")
 
 from convdsl.api import load_graph  # noqa: E402
 from convdsl.backends.onnx import export_graph, session  # noqa: E402
+from convdsl.backends.torch import build_module  # noqa: E402
 from convdsl.backends.torch.artifact import runner as torch_runner  # noqa: E402
 from convdsl.passes.quantize import quantize  # noqa: E402
 
@@ -22,7 +23,7 @@ def test_int8_digits_cnn_runs_as_int8_in_onnxruntime(tmp_path):
     g = load_graph(ROOT / "digits_cnn.cdl")
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((8, 1, 8, 8)).astype(np.float32) for _ in range(2)]
-    q = quantize(g, calib)
+    q = quantize(g, calib, build=build_module)
     assert any(n.op.startswith("qconv") for n in q.nodes())
     model = export_graph(q)
     ops = {n.op_type for n in model.graph.node}

@@ -82,6 +82,7 @@ def test_strings_in_attributes_cannot_inject_code():
         graph_of('network n(x: f32[1, 3, 8, 8]) { return x | conv2d(4, pad_mode="zeros\'); import os#") }')
 
 
+@pytest.mark.slow
 def test_standalone_module_imports_only_torch_and_matches_in_memory(tmp_path):
     g = graph_of(RESNETISH, seed=7)
     write_artifact(g, tmp_path / "art")
@@ -102,6 +103,7 @@ def test_standalone_module_imports_only_torch_and_matches_in_memory(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), ref)
 
 
+@pytest.mark.slow
 def test_works_with_torch_export_and_compile():
     g = graph_of(RESNETISH)
     m = build_module(g)

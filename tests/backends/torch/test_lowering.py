@@ -53,6 +53,7 @@ def test_groupnorm_keeps_nn_groupnorm_otherwise():
         assert "nn.GroupNorm(" in src and "GroupNormOneValue" not in src, shape
 
 
+@pytest.mark.slow
 def test_one_value_per_group_module_keeps_the_state_dict_and_exports(tmp_path):
     g = _groupnorm("N, 8, 1, 1", 8)
     model = build_module(g)

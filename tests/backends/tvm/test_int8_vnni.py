@@ -223,10 +223,11 @@ def _compare_network(scheduled, q, x):
 def test_digits_cnn_int8_matches_torch_simulation(scheduled):
     from convdsl.api import load_graph
     from convdsl.passes import run_passes
-    from convdsl.passes.quantize import calibration_batches, quantize
+    from convdsl.passes.quantize import quantize
+    from convdsl.train import calibration_batches
 
     g = run_passes(load_graph(EXAMPLES / "digits_cnn.cdl"), "O2")
-    q = quantize(g, calibration_batches("digits", samples=128))
+    q = quantize(g, calibration_batches("digits", samples=128), build=torch_module)
     x = calibration_batches("digits", samples=8)[0]
     steps, equal, total = _compare_network(scheduled, q, x)
     assert steps <= 1 and total > 0
@@ -244,7 +245,7 @@ def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
     src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
     g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
     rng = np.random.default_rng(0)
-    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)])
+    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
     x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
     assert vnni_kernels(q) == 21  # 20 convs and the fc
     got, want = scheduled(q)(x), _torch(q, x)

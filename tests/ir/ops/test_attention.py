@@ -23,7 +23,7 @@ from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import Cost, bind_attrs
 from convdsl.ir.params import materialize
-from convdsl.ir.printer import print_graph
+from convdsl.lang.printer import print_graph
 from convdsl.ir.types import TensorType
 from convdsl.ir.verify import verify
 from convdsl.lang.elaborate import elaborate
@@ -77,6 +77,7 @@ EXAMPLE_INPUTS = {"window_attention": "f32[2, 14, 14, 96]", "conv_attention": "f
                   "layer_scale": "f32[2, 64, 7, 7]"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_example_elaborates_and_runs(name):
     ex = OPS[name].example
@@ -232,6 +233,7 @@ def test_cross_attention_matches_multihead_attention(c, ck, with_mask):
     (9, 4, 4, 2),            # shift along H only (one window covers W)
     (8, 12, [4, 6], [2, 3]),  # rectangular windows
 ])
+@pytest.mark.slow
 def test_window_attention_matches_torchvision(h, w, window, shift):
     c, heads = 24, 3
     wl, sl = (window if isinstance(window, list) else [window] * 2), (shift if isinstance(shift, list) else [shift] * 2)
@@ -325,6 +327,7 @@ def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int) -> 
 @pytest.mark.parametrize("c,dim,h,w,heads,block,halo,bias", [
     (16, 16, 8, 12, 2, 4, 1, False), (8, 24, 6, 9, 3, 3, 2, True), (16, 16, 8, 8, 4, 8, 3, False),
 ])
+@pytest.mark.slow
 def test_halo_attention_matches_neighbourhood_reference(c, dim, h, w, heads, block, halo, bias):
     g, m = _net({"x": f"2, {c}, {h}, {w}"}, f"x | halo_attention(heads={heads}, block_size={block}, halo={halo}, "
                                             f"dim={dim}, qkv_bias={str(bias).lower()}) as attn")
@@ -359,6 +362,7 @@ network vit(image: f32[N, 3, 32, 32], classes=10) {
 VIT_RENAME = {"class_token": "cls.class_token", "encoder.pos_embedding": "encoder.pos.pos_embedding"}
 
 
+@pytest.mark.slow
 def test_tiny_vit_matches_torchvision():
     ref = _randomize(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
                                        mlp_dim=32, num_classes=10))
@@ -520,6 +524,7 @@ def test_costs_count_projections_and_attention():
     assert OPS["select"].cost({}, [x], [x]) == Cost(0, 0)
 
 
+@pytest.mark.slow
 def test_printer_round_trip_and_generated_source():
     text = ("network t(x: f32[N, 16, 64], m: f32[16, 16]) {\n"
             "    y = (x, m) | mhsa(heads=4, mask=causal) | mhsa(heads=2, rel_pos=true)\n"

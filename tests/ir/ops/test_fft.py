@@ -126,6 +126,7 @@ def test_global_filter_is_circular_convolution(H, W):
     np.testing.assert_allclose(run(m, x), circular_conv2d(x, kernel), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_global_filter_channels_last_matches_channels_first():
     g1, m1 = build("global_filter()", (2, 3, 5, 6), seed=7)
     g2, m2 = build("global_filter(layout=nhwc)", (2, 5, 6, 3), seed=7)

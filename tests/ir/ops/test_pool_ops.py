@@ -25,6 +25,7 @@ def _ours(op, shape, *args, **kwargs):
         return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_maxpool_matches_torch_grid(nd):
     fn = getattr(F, f"max_pool{nd}d")
@@ -37,6 +38,7 @@ def test_maxpool_matches_torch_grid(nd):
         assert got == want, (shape, k, s, p, d, ceil)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_avgpool_matches_torch_grid(nd):
     fn = getattr(F, f"avg_pool{nd}d")

@@ -174,6 +174,7 @@ def sgconv_kernel(kernel: np.ndarray, decay: float, L: int, interp: str = "linea
     ("sgconv(kernel_dim=4, interp=nearest)", 29, 4),
     ("sgconv(kernel_dim=8)", 5, 1),
 ])
+@pytest.mark.slow
 def test_sgconv_kernel_and_output(op, L, scales):
     g = graph(op, (2, 3, L))
     a = g.node("op").attrs

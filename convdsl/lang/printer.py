@@ -3,7 +3,9 @@
 Any graph (fresh from the front end, or after pruning or mutation) prints as
 a flat ``network`` with one statement per node.  Every node keeps its id as
 an instance label, so parameter names (and so weights files) survive the
-round trip: ``elaborate(print_graph(g))`` rebuilds the same graph.
+round trip: ``elaborate(print_graph(g))`` rebuilds the same graph.  Values are
+written by ``format_value`` (convdsl/ir/optable.py), the one way convdsl writes
+a value as CDL.
 """
 from __future__ import annotations
 
@@ -13,24 +15,11 @@ from typing import Any
 
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.optable import REQUIRED, OpDef
+from convdsl.ir.optable import REQUIRED, OpDef, format_value
+from convdsl.lang.builtins import BUILTINS
 
 KEYWORDS = {"import", "block", "network", "def", "return", "for", "in", "repeat", "if", "elif", "else", "assert",
             "and", "or", "not", "as", "true", "false", "none", "choice"}
-
-
-def format_attr(v: Any, sym: bool) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return v if sym and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(format_attr(x, sym) for x in v) + "]"
-    raise TypeError(f"cannot print attribute value {v!r}")
 
 
 def format_call(op: OpDef, attrs: dict[str, Any], args: list[str]) -> str:
@@ -42,7 +31,7 @@ def format_call(op: OpDef, attrs: dict[str, Any], args: list[str]) -> str:
         if a.default is not REQUIRED and v == a.default and type(v) is type(a.default):
             keyword_mode = True
             continue
-        text = format_attr(v, "sym" in a.kind.split("|"))
+        text = format_value(v, words="sym" in a.kind.split("|"))
         if not keyword_mode and len(parts) - len(args) < 2:
             parts.append(text)
         else:
@@ -59,7 +48,7 @@ class _Names:
         name = re.sub(r"\W", "_", base)
         if not name or name[0].isdigit():
             name = "v" + name
-        if name in OPS or name in KEYWORDS or keyword.iskeyword(name) or _is_builtin(name):
+        if name in OPS or name in KEYWORDS or keyword.iskeyword(name) or name in BUILTINS:
             name += "_"
         candidate, i = name, 1
         while candidate in self.used:
@@ -67,12 +56,6 @@ class _Names:
             i += 1
         self.used.add(candidate)
         return candidate
-
-
-def _is_builtin(name: str) -> bool:
-    from convdsl.lang.builtins import BUILTINS
-
-    return name in BUILTINS
 
 
 def _named_outputs(graph: Graph, var: dict[Value, str], reserved: set[str]) -> list[str]:
@@ -93,7 +76,7 @@ def _named_outputs(graph: Graph, var: dict[Value, str], reserved: set[str]) -> l
 
 def _plain(name: str) -> bool:
     return (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None and name not in OPS and name not in KEYWORDS
-            and not keyword.iskeyword(name) and not _is_builtin(name))
+            and not keyword.iskeyword(name) and name not in BUILTINS)
 
 
 def print_graph(graph: Graph, header: str | None = None) -> str:

@@ -1,0 +1,86 @@
+"""Torch lowerings of the shape ops (convdsl/ir/ops/shape.py); see common.py.
+
+Each is one tensor method or torch function; views keep a symbolic dim (the
+batch) by reading it from the tensor at run time.
+"""
+from __future__ import annotations
+
+from convdsl.ir.graph import Node
+from convdsl.ir.ops.shape import explicit_pads, select_dim, split_sizes, squeeze_dims
+from convdsl.ir.types import TensorType
+
+from convdsl.backends.torch.common import TorchLowering, family, keywords, lit, template
+
+LOWERINGS = family("shape")
+
+
+def _flatten_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    start, end = node.attrs["start"], node.attrs["end"]
+    return f"torch.flatten({args[0]}, {start})" if end == -1 else f"torch.flatten({args[0]}, {start}, {end})"
+
+
+def _reshape_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    spec = node.attrs["shape"]
+    spec = (spec,) if isinstance(spec, int) else spec
+    x = ins[0]
+    parts = []
+    for i, v in enumerate(spec):
+        if v == 0:  # keep the input dim: a literal when static, read at run time when symbolic
+            parts.append(str(x.shape[i]) if isinstance(x.shape[i], int) else f"{args[0]}.shape[{i}]")
+        else:
+            parts.append(str(v))
+    return f"{args[0]}.reshape({', '.join(parts)})"
+
+
+def _permute_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    dims = node.attrs["dims"]
+    dims = (dims,) if isinstance(dims, int) else dims
+    return f"{args[0]}.permute({', '.join(str(d) for d in dims)})"
+
+
+def _squeeze_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    dims = squeeze_dims(node.attrs, ins[0])
+    if not dims:
+        return args[0]
+    return f"{args[0]}.squeeze({dims[0] if len(dims) == 1 else lit(dims)})"
+
+
+def _concat_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    return f"torch.cat([{', '.join(args)}], dim={node.attrs['dim']})"
+
+
+def _split_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    if len(split_sizes(a, ins[0])) == 1:  # one piece: the tensor itself
+        return args[0]
+    if a["chunks"] is not None:
+        return f"torch.chunk({args[0]}, {a['chunks']}, dim={a['dim']})"
+    return f"torch.split({args[0]}, {lit(a['sizes'])}, dim={a['dim']})"
+
+
+def _pad_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    pairs = explicit_pads(a["pad"], ins[0].rank - 2)
+    flat = tuple(p for lo_hi in reversed(pairs) for p in lo_hi)  # F.pad wants last dim first
+    if a["mode"] == "zeros":
+        return f"F.pad({args[0]}, {lit(flat)}{keywords(value=a['value']) if a['value'] != 0.0 else ''})"
+    return f"F.pad({args[0]}, {lit(flat)}, mode={a['mode']!r})"
+
+
+def _select_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    d = select_dim(node.attrs, ins[0])
+    return f"{args[0]}[{':, ' * d}{node.attrs['index']}]"
+
+
+LOWERINGS.add("flatten", TorchLowering(_flatten_call))
+LOWERINGS.add("reshape", TorchLowering(_reshape_call))
+LOWERINGS.add("permute", TorchLowering(_permute_call))
+LOWERINGS.add("transpose", TorchLowering(template("{x}.transpose({dim0}, {dim1})")))
+LOWERINGS.add("squeeze", TorchLowering(_squeeze_call))
+LOWERINGS.add("unsqueeze", TorchLowering(template("{x}.unsqueeze({dim})")))
+LOWERINGS.add("concat", TorchLowering(_concat_call))
+LOWERINGS.add("split", TorchLowering(_split_call))
+LOWERINGS.add("pad", TorchLowering(_pad_call))
+LOWERINGS.add("pixel_shuffle", TorchLowering(template("F.pixel_shuffle({x}, {factor})")))
+LOWERINGS.add("pixel_unshuffle", TorchLowering(template("F.pixel_unshuffle({x}, {factor})")))
+LOWERINGS.add("select", TorchLowering(_select_call))
