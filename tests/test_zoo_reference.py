@@ -1,6 +1,6 @@
 """The reference-checked zoo: modern torchvision models, weight for weight.
 
-For MobileNetV3-Large, EfficientNet-B0, ConvNeXt-T, ViT-B/16 and Swin-T the
+For MobileNetV3-Large, EfficientNet-B0, ConvNeXt-T, ViT-B/16, Swin-T and RegNetY-400MF the
 .cdl example must have torchvision's parameter count and state_dict keys (up to
 the explicit renamings in KEY_MAPS), and, given a seeded random torchvision
 model's weights, compute the same logits in eval mode (batch 2, 224x224) within
@@ -69,6 +69,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int, Callable[[StateDict], Stat
     "convnext_tiny": (models.convnext_tiny, 28_589_128, _convnext_keys),
     "vit_b_16": (models.vit_b_16, 86_567_656, _vit_keys),
     "swin_t": (models.swin_t, 28_288_354, _swin_keys),
+    "regnet_y_400mf": (models.regnet_y_400mf, 4_344_144, _same_keys),  # keys with '-': block1-0 (issue 14)
 }
 
 

@@ -27,9 +27,11 @@ reach the generated text: a .cdl author cannot inject code.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from convdsl.errors import LoweringError
 from convdsl.ir.graph import Node
 from convdsl.ir.ops import OPS
 from convdsl.ir.types import TensorType
@@ -56,8 +58,14 @@ def family(name: str) -> Lowerings[TorchLowering]:
 
 
 def lit(v: Any) -> str:
-    """Python literal for an attribute value (ints, floats, bools, tuples, validated words)."""
+    """Python literal for an attribute value (ints, floats, bools, tuples, validated words).
+    An infinity a domain admits (vector_norm's ``p=inf``) is ``math.inf``: repr() writes ``inf``,
+    a name generated code does not define; NaN is in no domain."""
     if isinstance(v, float):
+        if math.isinf(v):
+            return "math.inf" if v > 0 else "-math.inf"
+        if math.isnan(v):
+            raise LoweringError("NaN reached the torch code generator", hint="no attribute domain admits NaN")
         return repr(v)
     if isinstance(v, (list, tuple)):
         return "(" + ", ".join(lit(x) for x in v) + ("," if len(v) == 1 else "") + ")"

@@ -46,7 +46,7 @@ def _vector_norm(node: Node, ins: list[TensorType], mod: str | None, args: list[
     a = node.attrs
     dims = normalize_dims("vector_norm", a["dims"], ins[0].rank)
     keep = keywords(keepdim=True) if a["keepdim"] else ""
-    return f"torch.linalg.vector_norm({args[0]}, {a['p']!r}, dim={lit(dims)}{keep})"
+    return f"torch.linalg.vector_norm({args[0]}, {lit(a['p'])}, dim={lit(dims)}{keep})"
 
 
 def _dynamic_filter(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:

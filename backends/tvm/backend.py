@@ -124,8 +124,16 @@ class TVMBackend:
         ins, outs = io_specs(graph)
         import torch
 
+        sizes = {**graph.symbols}
+
+        def bound(names, types):  # what the library takes: the program's shapes at the bound sizes
+            return [{"name": n, "shape": [bind_dim(d, sizes) for d in t.shape], "symbolic_shape": list(t.shape),
+                     "dtype": t.dtype} for n, t in zip(names, types)]
+
         extra = {
             "backend": self.name,
+            "inputs": bound(graph.inputs, graph.input_types()),
+            "outputs": bound(graph.output_names, graph.output_types()),
             "versions": {"torch": torch.__version__, **tvm_versions()},
             "tvm": {
                 "target": self.spec.config,

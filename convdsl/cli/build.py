@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import program_graph, main, program_options, weights_options
 
 
 def optimize_options(f):
@@ -36,9 +36,11 @@ def _optimize(g, opt, passes):
 @main.command(name="compile")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--backend", "-b", default="torch", show_default=True, help="Code generator: torch.")
+@click.option("--backend", "-b", default="torch", show_default=True,
+              help="Code generator: torch (model.py), tvm-llvm (CPU lib.so), tvm-cuda (GPU lib.so; cross-compiles "
+                   "without a GPU), onnx (model.onnx).")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 @optimize_options
 def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, out, weights, opt, passes):
     """Compile FILE to an artifact folder (generated code, weights, manifest).
@@ -87,8 +89,9 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 @main.command(help=RUN_HELP)
 @click.argument("target", type=click.Path())
 @program_options
-@click.option("--backend", "-b", default="torch", show_default=True, help="Backend when TARGET is a .cdl file.")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Weights when TARGET is a .cdl file.")
+@click.option("--backend", "-b", default="torch", show_default=True,
+              help="Backend when TARGET is a .cdl file: torch, tvm-llvm, tvm-cuda, onnx.")
+@weights_options("Weights when TARGET is a .cdl file.")
 @click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
               help="Input .npy file(s), one per network input, in order; they give the sizes of symbolic dims.")
 @click.option("--batch", type=click.IntRange(1, 2**31 - 1), default=None,

@@ -216,11 +216,62 @@ def program_options(f):
     return f
 
 
+PIPED_WIDTH = 100_000  # a table piped or redirected is as wide as its rows: never cut, never folded
+
+
+def stdout_console(**kwargs):
+    """The rich console every table of the CLI prints on: the terminal's width on a terminal; when
+    stdout is a pipe or a file, plain rows as wide as they need (rich would otherwise cut them to
+    80 columns: numbers ending mid-digit, names folded mid-word)."""
+    from rich.console import Console
+
+    console = Console(highlight=False, **kwargs)
+    if console.is_terminal:
+        return console
+    return Console(highlight=False, width=PIPED_WIDTH, soft_wrap=False, **kwargs)
+
+
+_WEIGHTS_META = "convdsl.weights"  # ctx.meta key: the --weights-map rules and --non-strict of this command
+
+
+def weights_options(help: str = "Trained weights (.safetensors).", required: bool = False):
+    """``--weights`` and how it is read: ``--weights-map`` renames the file's keys, ``--non-strict``
+    ignores what the network does not have.  The two travel in the click context to ``_graph``."""
+    def remember(key):
+        def callback(ctx, param, value):
+            ctx.meta.setdefault(_WEIGHTS_META, {})[key] = value
+            return value
+        return callback
+
+    def decorate(f):
+        f = click.option("--non-strict", is_flag=True, expose_value=False, callback=remember("non_strict"),
+                         help="Load a file that does not fit exactly: ignore its keys the network does not have "
+                              "(e.g. buffers the program derives itself) and keep the initialization of parameters "
+                              "it lacks; both are listed.  Shapes must still match.")(f)
+        f = click.option("--weights-map", multiple=True, metavar="REGEX=REPL", expose_value=False,
+                         callback=remember("renames"),
+                         help="Rename the file's keys before loading (Python re.sub, applied in order), e.g. "
+                              "'^module\\.=' or 'block(\\d)-(\\d)=block\\1_\\2'.")(f)
+        return click.option("--weights", "-w", required=required, type=click.Path(dir_okay=False), help=help)(f)
+    return decorate
+
+
+def _load_weights(g, weights) -> None:
+    from convdsl.ir.weights import fit_weights
+
+    ctx = click.get_current_context(silent=True)
+    how = ctx.meta.get(_WEIGHTS_META, {}) if ctx is not None else {}
+    report = fit_weights(g, weights, strict=not how.get("non_strict", False), renames=how.get("renames", ()))
+    if report.renamed:
+        click.echo(f"--weights-map renamed {len(report.renamed):,} key(s) of {weights}", err=True)
+    for note in report.notes():
+        click.echo(f"warning: --non-strict: {note}", err=True)
+
+
 def program_graph(file: str, network, sets, choose, bind, max_memory, seed, weights=None, first_choice=False,
                   concrete=False):
     """The verified graph that a command's ``program_options`` (and ``--weights``) describe."""
     from convdsl.ir.verify import verify
-    from convdsl.ir.weights import load_weights
     from convdsl.lang.elaborate import Options, elaborate_file
 
     binding = parse_bind(bind)
@@ -236,7 +287,7 @@ def program_graph(file: str, network, sets, choose, bind, max_memory, seed, weig
                          hint=did_you_mean(unknown[0], g.symbols) or
                          (f"its symbols: {', '.join(sorted(g.symbols))}" if g.symbols else "its shapes are all static"))
     if weights:
-        load_weights(g, weights)
+        _load_weights(g, weights)
     return verify(g)
 
 

@@ -17,20 +17,11 @@ def check(file, network, sets, choose, bind, max_memory, seed):
     """Parse, elaborate and shape-check FILE; print inputs, outputs, params, FLOPs."""
     from convdsl.ir.stats import layer_stats, summary
 
-    from convdsl.errors import ChoiceError
-
-    space = None
-    try:
-        g = program_graph(file, network, sets, choose, bind, max_memory, seed)
-    except ChoiceError:
-        # a search space: check it with the first option of every open choice
-        g = program_graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
-        space = [k for k in g.choices if k not in dict(c.split("=", 1) for c in choose)]
+    g, space = _looked_at(file, network, sets, choose, bind, max_memory, seed, quiet=True)
     s = summary(g, None)
     click.echo(f"{file}: network {g.name} OK")
     if space:
-        click.echo(f"  search space: {len(space)} open choice(s) ({', '.join(space[:8])}{', ...' if len(space) > 8 else ''});"
-                   " checked with the first option of each")
+        click.echo(f"  {_space_note(space)}")
     for i in s["inputs"]:
         click.echo(f"  input  {i['name']}: {i['dtype']}[{', '.join(map(str, i['symbolic_shape']))}]")
     for o in s["outputs"]:
@@ -39,17 +30,50 @@ def check(file, network, sets, choose, bind, max_memory, seed):
                f" (at {', '.join(f'{k}={v}' for k, v in g.symbols.items()) or 'static shapes'})")
 
 
+def _looked_at(file, network, sets, choose, bind, max_memory, seed, quiet=False):
+    """The graph the commands that look at a program (check, stats, graph, print) show: a search
+    space is shown with the first option of every open choice, and they say so (on stderr, so
+    that what they print stays a table, a graph or a program); commands that build refuse it."""
+    from convdsl.errors import ChoiceError
+
+    try:
+        return program_graph(file, network, sets, choose, bind, max_memory, seed), []
+    except ChoiceError:
+        g = program_graph(file, network, sets, choose, bind, max_memory, seed, first_choice=True)
+        given = {c.split("=", 1)[0].strip() for c in choose}
+        space = [k for k in g.choices if k not in given]
+        if not quiet:
+            click.echo(f"note: {file}: {_space_note(space)}", err=True)
+        return g, space
+
+
+def _space_note(space: list[str]) -> str:
+    keys = ", ".join(space[:8]) + (", ..." if len(space) > 8 else "")
+    return (f"search space: {len(space)} open choice(s) ({keys}); shown with the first option of each "
+            "(--choose KEY=INDEX picks another)")
+
+
 @main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--write", "-w", is_flag=True,
               help="Rewrite the files in place (atomically; mode kept; through a symbolic link to its file).")
 @click.option("--check", "check_only", is_flag=True, help="Exit 1 if a file is not formatted; change nothing.")
 def fmt(files, write, check_only):
-    """Print FILES in canonical format (gofmt-style)."""
+    """Print FILES in canonical format (gofmt-style); a folder stands for every .cdl file in it.
+
+    The canonical layout: 4-space indents, lines of at most 100 columns where a break is defined:
+    a long pipe keeps the lines its stages were written on (a line still too long is filled
+    again), continuation lines put their '|' under the first one; a long network, block or def
+    signature wraps its parameters after the '('."""
+    from pathlib import Path
+
     from convdsl.lang.format import format_source
 
     unformatted = []
+    expanded = []
     for f in files:
+        expanded += sorted(str(p) for p in Path(f).rglob("*.cdl") if p.is_file()) if Path(f).is_dir() else [f]
+    for f in expanded:
         text = _read_cdl(f)
         out = format_source(text, f)
         if check_only:
@@ -108,20 +132,42 @@ def write_in_place(path: str, text: str) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--by-block", is_flag=True, help="Group rows by top-level block instance, with subtotals.")
-def stats(file, network, sets, choose, bind, max_memory, seed, as_json, by_block):
-    """Per-layer table: output shape, params, MACs/FLOPs, activation memory."""
-    from rich.console import Console
+@click.option("--format", "fmt_", type=click.Choice(["table", "tsv", "csv", "json"]), default="table", show_default=True,
+              help="table: for people (full width when piped); tsv/csv: one row per op with plain numbers; "
+                   "json: the whole report.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--by-block", is_flag=True, help="Group rows by top-level block instance, with subtotals (table).")
+def stats(file, network, sets, choose, bind, max_memory, seed, fmt_, as_json, by_block):
+    """Per-layer table: output shape, params, MACs/FLOPs, activation memory.
 
-    from convdsl.ir.stats import layer_stats, render_table, to_json
+    \b
+    params       parameter elements (trainable or frozen), never buffers (running statistics);
+                 a shared parameter counts once
+    MACs         multiply-accumulates of conv, linear, matmul and the matmuls inside attention
+                 ops (q·k and attention·v), at the --bind sizes (symbols 1 otherwise)
+    FLOPs        2 per MAC, plus the cost each other op declares in the op table (convdsl/ir/ops):
+                 e.g. an add or an activation 1 per element (some more), batchnorm 2, layernorm
+                 and groupnorm 5, an attention logit's softmax 5, a pooling window per output
+    act. memory  bytes of a layer's outputs; the total is the SUM over layers (what a training
+                 step keeps); the summary also gives the PEAK of one inference pass (tensors
+                 freed after their last reader, network order, no in-place reuse)
+    weights      bytes of parameters and buffers (the weights file)"""
+    from convdsl.cli.common import stdout_console
+    from convdsl.ir.stats import flat_rows, layer_stats, render_table, to_json
 
-    g = program_graph(file, network, sets, choose, bind, max_memory, seed)
+    g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     rows = layer_stats(g, parse_bind(bind) or None)
-    if as_json:
+    if as_json or fmt_ == "json":
         click.echo(json.dumps(to_json(g, rows), indent=2))
+    elif fmt_ in ("tsv", "csv"):
+        import csv
+
+        table = flat_rows(rows)
+        writer = csv.writer(sys.stdout, delimiter="\t" if fmt_ == "tsv" else ",", lineterminator="\n")
+        writer.writerow(table[0].keys())
+        writer.writerows(r.values() for r in table)
     else:
-        render_table(g, rows, Console(), by_block=by_block)
+        render_table(g, rows, stdout_console(), by_block=by_block)
 
 
 @main.command()
@@ -132,7 +178,7 @@ def graph(file, network, sets, choose, bind, max_memory, seed, output):
     """Draw the network (blocks as clusters). DOT text to stdout without -o."""
     from convdsl.ir.draw import render, to_dot
 
-    g = program_graph(file, network, sets, choose, bind, max_memory, seed)
+    g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     if output is None:
         click.echo(to_dot(g))
     else:
@@ -147,7 +193,7 @@ def print_cmd(file, network, sets, choose, bind, max_memory, seed):
     """Print the elaborated network as flat CDL (one statement per op)."""
     from convdsl.lang.printer import print_graph
 
-    g = program_graph(file, network, sets, choose, bind, max_memory, seed)
+    g, _ = _looked_at(file, network, sets, choose, bind, max_memory, seed)
     click.echo(print_graph(g, header=f"elaborated from {file} by convdsl {__version__}"), nl=False)
 
 

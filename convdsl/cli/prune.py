@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, Number, main, program_graph, program_options
 from convdsl.outputs import output_folder, staged_folder
+from convdsl.cli.common import Count, Number, program_graph, main, program_options, weights_options
 
 
 @main.command(name="prune")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 @click.option("--ratio", "-r", type=Number(0.0, 1.0), default=0.5, show_default=True, help="Fraction of the target to remove.")
 @click.option("--target", type=click.Choice(["macs", "params", "channels"]), default="macs", show_default=True,
               help="What --ratio measures: MACs or parameters (the channel ratio is searched), or channels.")

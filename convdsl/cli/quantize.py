@@ -7,14 +7,14 @@ from pathlib import Path
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, Number, main, program_graph, program_options
 from convdsl.outputs import output_folder, staged_folder
+from convdsl.cli.common import Count, Number, program_graph, main, program_options, weights_options
 
 
 @main.command(name="quantize")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 @click.option("--calib", default=None, help="Calibration data: digits, mnist1d[:...] or a .npz (its training inputs).")
 @click.option("--calib-samples", type=Count(1, 10**7), default=512, show_default=True, help="Calibration inputs to run.")
 @click.option("--method", "-m", type=click.Choice(["minmax", "percentile", "mse"]), default="minmax",

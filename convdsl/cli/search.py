@@ -131,7 +131,7 @@ def search_cmd(space, resume, out, network, data, val_fraction, split_seed, budg
 
 
 def _print_summary(summary: dict, config) -> None:
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
     from rich.table import Table
 
     cost = config.cost
@@ -147,9 +147,7 @@ def _print_summary(summary: dict, config) -> None:
         beat = ", ".join(f"#{i}" for i in r["beaten_by"]) or "none"
         t.add_row(r["name"], f"{100 * r['val_acc']:.2f}%", f"{r['params']:,}", f"{r['macs']:,}",
                   f"{r['latency_ms']:.3f}", "reference", f"beaten by {beat}")
-    console = Console(highlight=False)
-    if not console.is_terminal:  # logs: keep the choices on one line
-        console = Console(highlight=False, width=200)
+    console = stdout_console()
     console.print(t)
     c, s = summary["counts"], summary["seconds"]
     console.print(f"{c['done']} done, {c['failed']} failed, {c['repeats']} repeats, {c['rejected']} rejected mutants; "
@@ -163,7 +161,7 @@ def _print_summary(summary: dict, config) -> None:
 def search_report_cmd(folders, cost_limit):
     """Rewrite the report of finished searches; with several FOLDERS, compare them
     (e.g. evolution against random search over seeds)."""
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
     from rich.table import Table
 
     from convdsl.search import Store, write_report
@@ -184,5 +182,4 @@ def search_report_cmd(folders, cost_limit):
         t.add_row(r["folder"], r["strategy"], str(r["seed"]), str(r["done"]),
                   f"{100 * r['best_acc']:.2f}%" if r["best_acc"] is not None else "-", *within,
                   f"{r['hypervolume']:.4f}", str(r["front"]), str(r["rejected"]), f"{r['wall_seconds']:.0f}")
-    console = Console(highlight=False)
-    (console if console.is_terminal else Console(highlight=False, width=200)).print(t)
+    stdout_console().print(t)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from convdsl.cli.common import main, program_graph, program_options
+from convdsl.cli.common import program_graph, main, program_options, weights_options
 
 _DATA_HELP = "digits, mnist1d[:samples=N,length=L], or a .npz file with x and y."
 
@@ -24,7 +24,7 @@ def _data_options(f):
 @click.option("--epochs", "-e", default=10, show_default=True, help="Passes over the training split.")
 @click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False),
               help="Trained weights to write (.safetensors).")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Initial weights (.safetensors).")
+@weights_options("Initial weights (.safetensors).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: adamw 3e-3, sgd 0.05).")
 @click.option("--batch-size", "-b", default=64, show_default=True)
 @click.option("--optimizer", default="adamw", show_default=True, help="adamw or sgd.")
@@ -68,7 +68,7 @@ def train_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fra
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
 @_data_options
-@click.option("--weights", "-w", required=True, type=click.Path(dir_okay=False), help="Weights (.safetensors).")
+@weights_options("Weights (.safetensors).", required=True)
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--batch-size", "-b", default=512, show_default=True)
 def eval_cmd(file, network, sets, choose, bind, max_memory, seed, data, val_fraction, split_seed, weights, split,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, check_target_options, main, program_graph, program_options
+from convdsl.cli.common import Count, program_graph, check_target_options, main, program_options, weights_options
 
 
 @main.command()
@@ -22,11 +22,11 @@ from convdsl.cli.common import Count, check_target_options, main, program_graph,
 @click.option("--target-json", default=None, metavar="JSON", help="TVM target as JSON (default: this machine).")
 @click.option("--db", default=None, metavar="DIR", help="Tuning root (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning).")
 @click.option("--force", is_flag=True, help="Tune workloads that already have a record too.")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, target_json, db, force, weights):
     """Tune convdsl's CPU template knobs for FILE's kernels (tvm-llvm) into the user's database."""
     check_target_options(target_json, None)  # before TVM is loaded
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
     from convdsl.backends.tvm.targets import check_available, host_can_run, make_target
@@ -41,7 +41,7 @@ def tune(file, network, sets, choose, bind, max_memory, seed, trials, rounds, ta
     g = program_graph(file, network, sets, choose, bind, max_memory, seed, weights=weights)
     path = tophub.user_db_path(db)
     results = tt.tune_network(g, spec, trials, db_file=path, rounds=rounds, force=force)
-    console = Console(width=max(140, Console().width))
+    console = stdout_console()
     console.print(tt.summary_table(results, f"{file}: template knobs ({spec.describe()})"))
     tuned = [r for r in results if r.best_ms]
     if tuned:

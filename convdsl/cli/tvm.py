@@ -12,8 +12,7 @@ import json
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import (Count, check_target_options, main, max_memory_bytes, program_graph,
-                                program_options)
+from convdsl.cli.common import Count, program_graph, check_target_options, main, max_memory_bytes, program_options, weights_options
 
 PRECISIONS = ("f32", "bf16", "int8")  # backends/tvm/targets.py (not imported here: it would load TVM)
 
@@ -93,7 +92,7 @@ _extend_run()
 
 
 def _table(rows: list[dict]) -> None:
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
     from rich.table import Table
 
     t = Table(title=f"{rows[0]['network']}, batch {rows[0]['batch']}", title_justify="left")
@@ -107,11 +106,11 @@ def _table(rows: list[dict]) -> None:
         sp = r.get("speedup_vs_torch")
         t.add_row(r["backend"], f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['spread_pct']:.0f}%",
                   f"{sp:.2f}x" if sp is not None else "-", str(r.get("threads") or "-"), f"{r['compile_s']:.1f}", r["note"])
-    Console(width=max(140, Console().width)).print(t)
+    stdout_console().print(t)
 
 
 def _profile_tables(profs: dict, top: int) -> None:
-    from rich.console import Console
+    from convdsl.cli.common import stdout_console
     from rich.table import Table
 
     for backend, rows in profs.items():
@@ -126,7 +125,7 @@ def _profile_tables(profs: dict, top: int) -> None:
             rest = rows[top:]
             t.add_row(f"({len(rest)} more)", str(sum(r["calls"] for r in rest)), f"{sum(r['ms'] for r in rest):.3f}",
                       f"{sum(r['percent'] for r in rest):.1f}")
-        Console().print(t)
+        stdout_console().print(t)
 
 
 @main.command()
@@ -135,7 +134,7 @@ def _profile_tables(profs: dict, top: int) -> None:
 @click.option("--backends", default="torch,tvm-llvm", show_default=True, metavar="A,B,...",
               help="torch, torch-compile, torch-cuda, tvm-llvm, tvm-llvm-tuned, tvm-cuda, tvm-cuda-tuned.")
 @click.option("--batch", type=Count(1, 2**20), default=1, show_default=True, help="Size of every symbolic dim (unless --bind gives it).")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 @click.option("--repeat", type=Count(1, 10**6), default=20, show_default=True, help="Timed rounds (one sample per backend per round).")
 @click.option("--warmup", type=Count(0, 10**6), default=3, show_default=True, help="Untimed calls per backend first.")
 @click.option("--tune", type=Count(0, 10**6), default=0, metavar="TRIALS", help="Trials per task for the *-tuned backends.")

@@ -6,7 +6,7 @@ import sys
 import click
 
 from convdsl.errors import UsageError
-from convdsl.cli.common import Count, main, program_graph, program_options
+from convdsl.cli.common import Count, program_graph, main, program_options, weights_options
 
 KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-cuda")
 
@@ -24,7 +24,7 @@ KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-cuda")
 @click.option("--examples", "-e", type=Count(1, 10**6), default=50, show_default=True,
               help="Inputs to try: seeds 0.. (the first are zeros, ones, large, negative, tiny, spiky).")
 @click.option("--batch", type=Count(1, 2**20), default=2, show_default=True, help="Size of every symbolic dim in the inputs.")
-@click.option("--weights", "-w", type=click.Path(dir_okay=False), help="Trained weights (.safetensors).")
+@weights_options("Trained weights (.safetensors).")
 @click.option("--randomize/--no-randomize", default=None,
               help="Random values for constant-initialized parameters (batchnorm statistics, zero biases) so "
                    "that folding them is tested.  Default: on without --weights, off with.")
@@ -58,10 +58,10 @@ def verify_cmd(file, network, sets, choose, bind, max_memory, seed, backends, op
     if as_json:
         click.echo(to_json(report))
     else:
-        from rich.console import Console
+        from convdsl.cli.common import stdout_console
 
         title = (f"verify {g.name} ({file}): {examples} input(s), batch {batch}, seeds 0..{examples - 1}; "
                  f"reference: {report.reference}")
-        render(report, Console(), title=title)
+        render(report, stdout_console(), title=title)
     if not report.ok:
         sys.exit(1)

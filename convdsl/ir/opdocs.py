@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import re
 
+from convdsl.ir.domains import ANY
 from convdsl.ir.ops import OPS
-from convdsl.ir.optable import EXAMPLE_INPUTS, REQUIRED, OpDef, describe_kind, format_value
+from convdsl.ir.optable import EXAMPLE_INPUTS, REQUIRED, Attr, OpDef, describe_kind, format_value
 
 GROUP_ORDER = ["convolution", "linear", "normalization", "activation", "arithmetic", "pooling", "shape",
                "attention", "fft", "ssm"]
@@ -19,6 +20,13 @@ def _default(a) -> str:
     if isinstance(a.default, str) and "sym" in a.kind.split("|"):
         return a.default  # a bare word, as written in CDL
     return format_value(a.default)
+
+
+def domain_text(a: Attr) -> str:
+    """An attribute's domain for the docs: its interval (and list length), or "" for kinds without one."""
+    if not set(a.kind.split("|")) & {"int", "float", "ints", "floats"}:
+        return ""
+    return f"`{(a.domain or ANY).text()}`"
 
 
 def signature(op: OpDef) -> str:
@@ -49,7 +57,12 @@ def render_markdown() -> str:
     out = ["# Ops", "",
            "Generated from the op table (`convdsl/ir/ops/`) by `convdsl ops --markdown`; do not edit by hand.",
            "Hyper-parameters are given positionally in the order shown, then by keyword. Input channels and",
-           "features are always inferred.", ""]
+           "features are always inferred.",
+           "",
+           "The domain column is the interval of values each number takes (each entry of a list); whatever",
+           "the interval, an integer fits in int32, a float is finite and fits in float32 unless the interval",
+           "is closed at infinity (`(0, inf]`), never NaN, and a list has at most 64 entries",
+           "(convdsl/ir/domains.py).  `check` refuses anything outside, with the domain and the value.", ""]
     for g in order:
         out.append(f"- [{g}](#{g.replace(' ', '-')}): " + ", ".join(f"`{o.name}`" for o in sorted(groups[g], key=lambda o: o.name)))
     out.append("")
@@ -67,9 +80,9 @@ def render_markdown() -> str:
                 on = f" (on `{op.example_inputs}`)" if op.example_inputs != EXAMPLE_INPUTS else ""
                 out.append(f"- example: `{op.example}`{on}")
             if op.attrs:
-                out += ["", "| hyper-parameter | kind | default | meaning |", "| --- | --- | --- | --- |"]
+                out += ["", "| hyper-parameter | kind | domain | default | meaning |", "| --- | --- | --- | --- | --- |"]
                 for a in op.attrs:
                     default = "required" if a.default is REQUIRED else _default(a)
-                    out.append(f"| `{a.name}` | {describe_kind(a)} | {default} | {a.doc} |")
+                    out.append(f"| `{a.name}` | {describe_kind(a)} | {domain_text(a)} | {default} | {a.doc} |")
             out.append("")
     return "\n".join(out).rstrip() + "\n"

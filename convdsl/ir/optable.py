@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
+from convdsl.errors import CDLTypeError, ShapeError, did_you_mean, format_count
+from convdsl.ir.domains import ANY, Domain
 from convdsl.ir.types import DTYPE_BYTES, FLOAT_DTYPES, TensorType
 
 
@@ -32,6 +33,8 @@ class Attr:
 
     ``kind`` is one or more of: int, float, bool, ints (int or list of ints),
     sym (a bare word from ``choices``), str, floats, any — joined by ``|``.
+    ``domain``: the numbers (and list lengths) every backend runs (convdsl/ir/domains.py);
+    None admits what every backend can hold (``domains.ANY``).
     """
 
     name: str
@@ -39,6 +42,7 @@ class Attr:
     default: Any = REQUIRED
     choices: tuple[str, ...] | None = None
     doc: str = ""
+    domain: Domain | None = None
 
 
 @dataclass(frozen=True)
@@ -348,7 +352,7 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
         for kind in a.kind.split("|"):
             ok, coerced = _coerce(kind, v, a)
             if ok:
-                result[a.name] = coerced
+                result[a.name] = check_domain(op, a, kind, coerced)
                 break
         else:
             hint = None
@@ -362,6 +366,31 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
                 hint=hint,
             )
     return result
+
+
+DOMAINS_HINT = "every hyper-parameter's domain is in docs/ops.md (`convdsl ops --markdown`)"
+
+
+def check_domain(op: OpDef, a: Attr, kind: str, value: Any) -> Any:
+    """``value`` (already of ``kind``) if it lies in ``a``'s domain; CDLTypeError otherwise, saying
+    the domain (expected) and the value (got).  Lists are checked entry by entry and by length."""
+    if kind not in ("int", "float", "ints", "floats") or value is None:
+        return value
+    domain = a.domain or ANY
+    integer = kind in ("int", "ints")
+    values = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and not domain.min_len <= len(value) <= domain.max_len:
+        n = domain.min_len if domain.min_len == domain.max_len else f"{domain.min_len} to {domain.max_len}"
+        raise CDLTypeError(f"{op.name}: {a.name} takes a list of {n} entries",
+                           expected=f"{n} entries", got=f"{len(value)} entries", hint=DOMAINS_HINT)
+    for v in values:
+        if not domain.admits(v):
+            what = domain.describe(integer)
+            raise CDLTypeError(f"{op.name}: {a.name} {domain.why_not(v)}",
+                               expected=what + (" (each entry)" if isinstance(value, tuple) else ""),
+                               got=format_count(v) if isinstance(v, int) else format_value(v),
+                               hint=(f"{a.name}: {a.doc}; " if a.doc else "") + DOMAINS_HINT)
+    return value
 
 
 def _is_bare_layer(v: Any) -> bool:
@@ -385,10 +414,11 @@ def quote(text: str) -> str:
 
 
 def format_number(v: int | float) -> str:
-    """An int or float as CDL reads it back (infinities overflow back from 1e999; NaN has no literal)."""
+    """An int or float as CDL reads it back (infinities overflow back from 1e999; NaN has no literal);
+    exponents without a leading zero (1e-6, not Python's 1e-06)."""
     if isinstance(v, float) and math.isinf(v):
         return "-1e999" if v < 0 else "1e999"
-    return repr(v)
+    return re.sub(r"e([+-])0(\d)", r"e\1\2", repr(v)) if isinstance(v, float) else repr(v)
 
 
 def format_value(v: Any, words: bool = True) -> str:

@@ -252,6 +252,15 @@ def dim_floordiv(a: Dim, b: Dim) -> Dim:
     return _dim(_lin_floordiv(_lin(a), _lin(b)))
 
 
+def dim_factors(d: Dim) -> tuple[int, list[str]]:
+    """``d`` as a number times symbolic factors: 12 -> (12, []), "4*N" -> (4, ["N"]),
+    "H*W" -> (1, ["H", "W"]); a dim that is not such a product is one factor of its own."""
+    if isinstance(d, int):
+        return d, []
+    mono = _monomial(_lin(d))
+    return (mono[0], mono[1]) if mono is not None and mono[0] > 0 else (1, [d])
+
+
 def dims_prod(dims: Iterable[Dim]) -> Dim:
     out: Dim = 1
     for d in dims:

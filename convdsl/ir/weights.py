@@ -2,24 +2,79 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from convdsl.errors import WeightsError, did_you_mean
+from convdsl.errors import UsageError, WeightsError, did_you_mean
 from convdsl.ir.graph import Graph
 from convdsl.ir.types import NUMPY_DTYPE
 
 
-def load_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> Graph:
+_RENAME_LIMIT = 64  # --weights-map rules
+
+
+@dataclass
+class WeightsReport:
+    """What loading a weights file did: the keys it renamed, and in non-strict mode the keys of
+    the file it ignored and the parameters it left at their initialization."""
+
+    loaded: int = 0
+    renamed: dict[str, str] = field(default_factory=dict)  # file key -> parameter name
+    ignored: list[str] = field(default_factory=list)  # in the file, not in the network
+    kept: list[str] = field(default_factory=list)  # in the network, not in the file: initialized values kept
+
+    def notes(self) -> list[str]:
+        return (_grouped(self.ignored, "key(s) of the file not in the network, ignored")
+                + _grouped(self.kept, "parameter(s) not in the file, left at their initialization"))
+
+
+def parse_renames(rules: Iterable[str]) -> list[tuple[re.Pattern, str]]:
+    """``--weights-map REGEX=REPLACEMENT`` rules, applied in order to every key of the file (Python
+    ``re.sub``; ``\\1`` refers to a group)."""
+    out = []
+    for rule in rules:
+        pattern, sep, repl = rule.partition("=")
+        if not sep or not pattern:
+            raise UsageError(f"--weights-map takes REGEX=REPLACEMENT, got {rule!r}",
+                             expected=r"e.g. '^module\.=' (drop a prefix) or 'block(\d)-(\d)=block\1_\2'")
+        try:
+            compiled = re.compile(pattern)
+            compiled.sub(repl, "")  # a bad group reference in the replacement fails here, not mid-load
+        except (re.error, IndexError) as e:
+            raise UsageError(f"--weights-map {rule!r}: {e}", expected="a Python regular expression") from None
+        out.append((compiled, repl))
+    if len(out) > _RENAME_LIMIT:
+        raise UsageError(f"{len(out)} --weights-map rules", expected=f"at most {_RENAME_LIMIT}")
+    return out
+
+
+def load_weights(graph: Graph, path: str | os.PathLike, strict: bool = True,
+                 renames: Iterable[str] | Iterable[tuple[re.Pattern, str]] = ()) -> Graph:
+    """``fit_weights``, returning the graph."""
+    fit_weights(graph, path, strict, renames)
+    return graph
+
+
+def fit_weights(graph: Graph, path: str | os.PathLike, strict: bool = True,
+                renames: Iterable[str] | Iterable[tuple[re.Pattern, str]] = ()) -> WeightsReport:
     """Replace the graph's parameters with those in a .safetensors file.
 
-    Every name and shape is checked before anything is replaced, so a bad file
-    leaves the graph untouched."""
+    ``renames`` (``REGEX=REPLACEMENT``) map the file's keys to the network's names first.  Strict:
+    the file and the network have the same names.  Non-strict: keys of the file the network does
+    not have (buffers it derives itself, heads it replaces) are ignored and parameters the file
+    lacks keep their initialization; both are listed in the report.  Shapes must match either
+    way.  Every name and shape is checked before anything is replaced, so a bad file leaves the
+    graph untouched."""
     path = Path(path)
     if path.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt"):
         raise WeightsError(f"{path} looks like a pickle checkpoint; convdsl loads safetensors only",
                            hint="convert it: safetensors.torch.save_file(torch.load(p, weights_only=True), 'w.safetensors')")
+    given = list(renames)
+    rules = given if all(isinstance(r, tuple) for r in given) else parse_renames(given)
     try:
         from safetensors.numpy import load_file
 
@@ -28,29 +83,59 @@ def load_weights(graph: Graph, path: str | os.PathLike, strict: bool = True) -> 
         raise WeightsError(f"weights file {path} does not exist") from None
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise WeightsError(f"{path} is not a valid safetensors file ({e})") from None
+    report = WeightsReport()
+    named: dict[str, np.ndarray] = {}
+    for key, arr in tensors.items():
+        name = key
+        for pattern, repl in rules:
+            name = pattern.sub(repl, name)
+        if name in named:
+            other = next(k for k in tensors if report.renamed.get(k, k) == name)
+            raise WeightsError(f"--weights-map maps both '{other}' and '{key}' to '{name}'",
+                               hint="make the rules more specific")
+        if name != key:
+            report.renamed[key] = name
+        named[name] = arr
     expected = graph.params.specs
-    problems = []
-    for name, arr in tensors.items():
-        spec = expected.get(name)
-        if spec is None:
-            if strict:
-                hint = did_you_mean(name, expected)
-                problems.append(f"unexpected parameter '{name}'" + (f" ({hint})" if hint else ""))
-            continue
-        if tuple(arr.shape) != tuple(spec.shape):
-            problems.append(f"parameter '{name}' has shape {list(arr.shape)} in the file, "
-                            f"the network needs {list(spec.shape)}")
-    missing = [n for n in expected if n not in tensors]
-    if missing and strict:
-        problems.append(f"{len(missing)} parameter(s) missing from the file, e.g. '{missing[0]}'")
+    unexpected = [n for n in named if n not in expected]
+    missing = [n for n in expected if n not in named]
+    mismatched = [f"'{n}' has shape {list(a.shape)} in the file, the network needs {list(expected[n].shape)}"
+                  for n, a in named.items() if n in expected and tuple(a.shape) != tuple(expected[n].shape)]
+    problems = _grouped(mismatched, "parameter(s) with another shape")
+    if strict:
+        hints = {n: did_you_mean(n, expected) for n in _ranked(unexpected)[:3]}
+        problems += _grouped([f"'{n}'" + (f" ({hints[n]})" if hints.get(n) else "") for n in unexpected],
+                             "key(s) of the file not in the network")
+        problems += _grouped([f"'{n}'" for n in missing], "parameter(s) of the network missing from the file")
     if problems:
-        raise WeightsError(f"{path} does not fit network {graph.name}", notes=problems[:10],
-                           hint="was the file saved from a different program or width?")
-    for name, arr in tensors.items():
+        raise WeightsError(f"{path} does not fit network {graph.name}", notes=problems,
+                           hint="was the file saved from a different program or width?" if mismatched or not strict else
+                           "rename keys with --weights-map REGEX=REPLACEMENT; --non-strict ignores keys the network "
+                           "does not have and keeps the initialization of parameters the file lacks")
+    for name, arr in named.items():
         if name in expected:
             want = np.dtype(NUMPY_DTYPE.get(expected[name].dtype, "float32"))  # int8 weights stay int8
             graph.params[name] = arr.astype(want, copy=False)
-    return graph
+            report.loaded += 1
+    report.ignored, report.kept = unexpected, missing
+    return report
+
+
+_SHOWN = 5  # names shown per kind of problem
+
+
+def _ranked(names: list[str]) -> list[str]:
+    """Real mismatches first: a ``num_batches_tracked`` counter says nothing about the network."""
+    return sorted(names, key=lambda n: "num_batches_tracked" in n)
+
+
+def _grouped(items: list[str], what: str) -> list[str]:
+    """One note per kind: the total, then the first few, bookkeeping buffers last."""
+    if not items:
+        return []
+    shown = _ranked(items)[:_SHOWN]
+    more = f", and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return [f"{len(items)} {what}: " + ", ".join(shown) + more]
 
 
 def save_weights(graph: Graph, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

@@ -86,6 +86,16 @@ class Choice:
 
 
 @dataclass
+class Slice:
+    """``start:stop:step`` inside ``l[...]``; a missing part is None."""
+
+    start: "Expr | None"
+    stop: "Expr | None"
+    step: "Expr | None"
+    span: Span | None = _span()
+
+
+@dataclass
 class Index:
     obj: "Expr"
     index: "Expr"
@@ -181,6 +191,7 @@ class Assign:
     targets: list[str]
     value: Expr
     span: Span | None = _span()
+    index: Expr | None = None  # ``l[i] = v``: targets is [l]; l is rebound to a copy with item i replaced
 
 
 @dataclass
@@ -403,7 +414,12 @@ class ASTBuilder(Transformer):
         return list(c)
 
     def assign(self, meta, c):
-        return Assign(c[0], c[1], self._sp(meta))
+        values = [e for e in c[1:] if e is not None]
+        if len(values) == 1:
+            return Assign(c[0], values[0], self._sp(meta))
+        first, last = values[0].span, values[-1].span
+        span = Span(first.file, first.line, first.column, last.end_line, last.end_column) if first and last else None
+        return Assign(c[0], TupleExpr(values, span), self._sp(meta))
 
     def return_stmt(self, meta, c):
         return Return([e for e in c if e is not None], self._sp(meta))
@@ -523,6 +539,13 @@ class ASTBuilder(Transformer):
 
     def index(self, meta, c):
         return Index(c[0], c[1], self._sp(meta))
+
+    def slice(self, meta, c):
+        start, stop, step = (list(c) + [None, None, None])[:3]
+        return Slice(start, stop, step, self._sp(meta))
+
+    def item_assign(self, meta, c):
+        return Assign([str(c[0])], c[2], self._sp(meta), index=c[1])
 
     def attribute(self, meta, c):
         return Attribute(c[0], str(c[1]), self._sp(meta))

@@ -36,7 +36,11 @@ from convdsl.lang.source import bad_byte, read_program, read_source
 from convdsl.lang.values import (BlockLayer, FuncRef, Layer, ListValue, Namespace, OpLayer, SeqLayer, Tensor, TupleValue,
                                  describe, measure)
 
-_LABEL_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # fullmatch: "$" would let a final "\n" through
+# An instance name is dotted segments; a segment may hold what a PyTorch state_dict key segment
+# holds in practice (RegNet's "block1-0", "fc:0", "a/b", "w[0]"): printable ASCII but '.',
+# white space, and the characters CDL strings and labels give a meaning ('"', '\\', '{', '}').
+_SEGMENT = r"[A-Za-z0-9_!#$%&'()*+,/:;<=>?@\[\]^`|~-]+"
+_LABEL_RE = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")  # fullmatch: "$" would let a final "\n" through
 
 
 class _Return(Exception):
@@ -240,7 +244,9 @@ class Elaborator:
             if not isinstance(v, Tensor):
                 raise CDLTypeError("a network must return tensors", expr.span, expected="a tensor", got=describe(v))
             g.outputs.append(v.value)
-            name = expr.id if isinstance(expr, ast.Name) and expr.id not in g.output_names else f"out{i}" if i else "out"
+            name = _written_name(expr)
+            if name is None or name in g.output_names:
+                name = f"out{i}" if i else "out"
             g.output_names.append(name)
         g.params.seed = self.opts.seed
         return g
@@ -260,6 +266,8 @@ class Elaborator:
     def exec(self, stmt: ast.Stmt, frame: Frame) -> None:
         if isinstance(stmt, ast.Assign):
             value = self.eval(stmt.value, frame)
+            if stmt.index is not None:
+                value = self.replaced_item(stmt, value, frame)
             self.assign(stmt.targets, value, frame, stmt.span)
         elif isinstance(stmt, ast.Return):
             values = [(self.eval(e, frame), e) for e in stmt.values]
@@ -299,6 +307,24 @@ class Elaborator:
                                    hint=None if stmt.message else 'say why: assert cond, "message"')
         else:  # pragma: no cover - grammar has no other statements
             raise CDLTypeError(f"unknown statement {type(stmt).__name__}", getattr(stmt, "span", None))
+
+    def replaced_item(self, stmt: ast.Assign, value: Any, frame: Frame) -> ListValue:
+        """``l[i] = v``: a copy of the list ``l`` with item ``i`` replaced (lists are values: a list
+        bound elsewhere, a constant or a caller's argument, never changes)."""
+        name = stmt.targets[0]
+        old = self.lookup(name, frame)
+        if old is _MISSING:
+            raise self.unknown_name(name, stmt.span, frame)
+        if not isinstance(old, (list, tuple)) or isinstance(old, Tensor):
+            raise CDLTypeError(f"only a list's items can be assigned; '{name}' is {describe(old)}", stmt.span)
+        idx = self._need(self.eval(stmt.index, frame), frame, stmt.index.span)
+        if not _is_int(idx):
+            raise CDLTypeError("a list index must be an integer", stmt.index.span, got=describe(idx))
+        if not -len(old) <= idx < len(old):
+            raise CDLTypeError(f"index {idx} out of range for a list of {len(old)}", stmt.index.span)
+        new = list(old)
+        new[idx] = value
+        return self.sized(ListValue(new), stmt.span)
 
     def assign(self, targets: list[str], value: Any, frame: Frame, span: Span | None) -> None:
         for t in targets:
@@ -413,17 +439,33 @@ class Elaborator:
 
     def eval_Index(self, e: ast.Index, frame: Frame) -> Any:
         obj = self._need(self.eval(e.obj, frame), frame, e.obj.span)
-        idx = self._need(self.eval(e.index, frame), frame, e.index.span)
         if isinstance(obj, Tensor):
             raise CDLTypeError("tensors cannot be indexed in CDL", e.span,
                                hint="use split(...), reshape(...) or permute(...) ops")
         if not isinstance(obj, (list, tuple)):
             raise CDLTypeError("only lists can be indexed", e.obj.span, got=describe(obj))
+        if isinstance(e.index, ast.Slice):
+            part = obj[self.slice_of(e.index, frame)]
+            return self.sized(TupleValue(part) if isinstance(obj, tuple) else ListValue(part), e.span)
+        idx = self._need(self.eval(e.index, frame), frame, e.index.span)
         if not _is_int(idx):
             raise CDLTypeError("a list index must be an integer", e.index.span, got=describe(idx))
         if not -len(obj) <= idx < len(obj):
             raise CDLTypeError(f"index {idx} out of range for a list of {len(obj)}", e.index.span)
         return obj[idx]
+
+    def slice_of(self, sl: ast.Slice, frame: Frame) -> slice:
+        """``start:stop:step`` of a list, as Python slices (negative counts from the end)."""
+        parts = []
+        for part in (sl.start, sl.stop, sl.step):
+            v = None if part is None else self._need(self.eval(part, frame), frame, part.span)
+            if v is not None and not _is_int(v):
+                raise CDLTypeError("a slice takes integers", part.span, expected="l[start:stop:step] with integers",
+                                   got=describe(v))
+            parts.append(v)
+        if parts[2] == 0:
+            raise CDLTypeError("a slice step cannot be zero", sl.step.span)
+        return slice(*parts)
 
     def eval_Attribute(self, e: ast.Attribute, frame: Frame) -> Any:
         obj = self._need(self.eval(e.obj, frame), frame, e.obj.span)
@@ -622,7 +664,8 @@ class Elaborator:
                                expected=f"at most {MAX_NAME} characters")
         if not _LABEL_RE.fullmatch(text):
             raise CDLNameError(f"bad instance name {text!r}", label.span,
-                               expected="letters, digits and '_', dotted: conv1, layer1.0",
+                               expected="dotted segments of printable ASCII without spaces, quotes, backslashes or braces: "
+                                        "conv1, layer1.0, \"block1-0\"",
                                got=repr(text))
         return text
 
@@ -649,9 +692,9 @@ class Elaborator:
                 raise CDLTypeError(f"{func.name}() cannot take these values: {err}", e.span,
                                    got=", ".join(describe(a) for a in args), hint=func.usage) from None
         if isinstance(func, FuncRef):
-            return self.call_func(func, args, kwargs, e, frame)
+            return self.call_func(func, args, kwargs, e, frame, label)
         if not isinstance(func, (OpLayer, BlockLayer, SeqLayer)):
-            raise CDLTypeError(f"{describe(func)} cannot be called", e.func.span)
+            raise self._hidden(e.func, func) or CDLTypeError(f"{describe(func)} cannot be called", e.func.span)
         # leading tensors are inputs; the rest are hyper-parameters
         inputs: list[Tensor] = []
         rest = list(args)
@@ -676,6 +719,19 @@ class Elaborator:
             return layer
         return self.apply(layer, inputs, e.span, frame)
 
+    def _hidden(self, e: ast.Expr, value: Any) -> CDLNameError | None:
+        """The error for a call or pipe stage whose name is a built-in function or op hidden by a
+        parameter, variable or constant of the same name (``network n(..., channels=[64, 128])``
+        then ``channels(x)``): it says which name hides which built-in, not just that a list
+        cannot be called."""
+        name = e.id if isinstance(e, ast.Name) else None
+        if name is None or not (name in BUILTINS or name in OPS):
+            return None
+        what = f"the built-in function {BUILTINS[name].usage or name}" if name in BUILTINS else f"the op {name}"
+        return CDLNameError(f"'{name}' here is {describe(value)}: a parameter, variable or constant named "
+                            f"'{name}' hides {what}", e.span,
+                            hint=f"rename the parameter or variable '{name}' (e.g. {name}_ or n_{name})")
+
     def _validate_op_args(self, layer: OpLayer, span: Span | None) -> None:
         """Catch misspelled or extra hyper-parameters where they are written, before any input arrives."""
         names = {a.name for a in layer.op.attrs}
@@ -696,11 +752,52 @@ class Elaborator:
             if isinstance(v, Symbol) and attr is not None and not {"sym", "any"} & set(attr.kind.split("|")):
                 raise self.unknown_name(v.name, v.span or layer.span, frame)
 
-    def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame) -> Any:
-        self._enter(func.func.name, e.span)
+    def call_func(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame,
+                  label: str | None = None) -> Any:
+        """Call a ``def``.  A def that returns a layer applies like an op or block: leading tensors
+        it has no parameters for are the layer's inputs (``bn2(y, 0.3)`` is ``y | bn2(0.3)``).
+        ``f(...) as name`` names what the def builds: a layer it returns takes the name (an op is
+        named, a pipeline becomes a scope), and ops it applies to tensors passed in are built
+        inside the scope ``name``.  A def that returns anything else cannot be named."""
+        fn = func.func
+        lead = 0
+        while lead < len(args) and (isinstance(args[lead], Tensor) or _is_tensor_tuple(args[lead])):
+            lead += 1
+        if lead and self._fills(fn.params, args[lead:], kwargs):
+            layer, _ = self._run_def(func, args[lead:], kwargs, e, frame, None)  # no tensors: builds nothing
+            if isinstance(layer, (OpLayer, BlockLayer, SeqLayer)):
+                inputs = [t for a in args[:lead] for t in (a if isinstance(a, tuple) else (a,))]
+                return self.apply(layer.with_label(label), inputs, e.span, frame)
+        value, scoped = self._run_def(func, args, kwargs, e, frame, label)
+        if label is None or scoped:
+            return value
+        if not isinstance(value, (OpLayer, BlockLayer, SeqLayer)):
+            raise CDLTypeError(f"'{fn.name}(...) as {label}': {fn.name} returns {describe(value)}, which has no "
+                               "parameters to name", e.span, expected="a def that returns a layer or builds ops",
+                               hint=f"drop 'as {label}'")
+        return value.with_label(label)
+
+    @staticmethod
+    def _fills(params: list[ast.Param], args: list, kwargs: dict) -> bool:
+        """Whether ``args`` and ``kwargs`` alone give every parameter without a default."""
+        if len(args) > len(params):
+            return False
+        return all(i < len(args) or p.name in kwargs or p.default is not None for i, p in enumerate(params))
+
+    def _run_def(self, func: FuncRef, args: list, kwargs: dict, e: ast.Call, frame: Frame,
+                 label: str | None) -> tuple[Any, bool]:
+        """The def's value, and whether it was built inside the scope ``label`` (tensors passed in)."""
+        fn = func.func
+        builds = any(isinstance(a, Tensor) or _is_tensor_tuple(a) for a in [*args, *kwargs.values()])
+        self._enter(fn.name, e.span)
         try:
-            local = self.bind_params(func.func.params, args, kwargs, func.module, func.func.name, e.span)
-            return self.eval(func.func.body, Frame(func.module, local, frame.scope, frame.block))
+            local = self.bind_params(fn.params, args, kwargs, func.module, fn.name, e.span)
+            if label is not None and builds:
+                scope = frame.scope + label.split(".")
+                sub = Frame(func.module, local, scope, frame.block)
+                self._claim_scope(sub, e.span)
+                return self.eval(fn.body, sub), True
+            return self.eval(fn.body, Frame(func.module, local, frame.scope, frame.block)), False
         finally:
             self._leave()
 
@@ -732,6 +829,9 @@ class Elaborator:
         if isinstance(v, Symbol):
             raise self.unknown_name(v.name, s.span, frame)
         if not isinstance(v, (OpLayer, BlockLayer, SeqLayer)):
+            hidden = self._hidden(s, v)
+            if hidden is not None:
+                raise hidden
             raise CDLTypeError("each stage after '|' must be a layer", s.span, expected="an op or block, e.g. relu or conv2d(64, 3)",
                                got=describe(v))
         if isinstance(v, OpLayer):
@@ -958,6 +1058,20 @@ class Elaborator:
                 raise ShapeError(f"{what} would have a symbolic size of {len(d):,} characters", span,
                                  expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters",
                                  got=d[:60] + "...", hint="bind the symbol to a number (--bind) or simplify the shapes")
+
+
+def _written_name(expr: ast.Expr) -> str | None:
+    """The name a returned expression has in the program: ``return logits`` -> logits; ``return
+    x | linear(10) as fc`` -> fc (a plain label on the last stage); None for anything else."""
+    if isinstance(expr, ast.Name):
+        return expr.id
+    if isinstance(expr, ast.Pipe):
+        expr = expr.stages[-1]
+    if isinstance(expr, ast.Labeled) and not expr.label.quoted and len(expr.label.parts) == 1:
+        part = expr.label.parts[0]
+        plain = isinstance(part, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part)
+        return part if plain and part not in OPS and part not in BUILTINS else None
+    return None
 
 
 def _is_int(v: Any) -> bool:

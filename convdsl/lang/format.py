@@ -6,10 +6,17 @@ layout; ``format_source`` parses then prints.  Two properties are tested:
 
 Layout: 4-space indents, one blank line between top-level items (runs of
 imports or of constants keep the source's choice), at most one blank line
-between statements, minimal parentheses.  A pipe that would pass 88 columns,
-or whose stages carry comments, gets one ``| stage`` per continuation line
-(``block f(c) =`` then starts the pipe on the next line).  Other long lines
-stay long.
+between statements, minimal parentheses, lines of at most ``MAX_WIDTH`` (100)
+columns where a break is defined:
+
+* a pipe that would pass the width, or whose stages carry comments, gets one
+  ``| stage`` per continuation line, one indent deeper (``block f(c) =`` and
+  ``def f(c) =`` then start the pipe on the next line);
+* a ``network``, ``block`` or ``def`` signature that would pass the width
+  wraps its parameters, as many per line as fit, aligned after the ``(``;
+* a list assigned to a name that would pass the width gets one item per line.
+
+Other long lines (a long call or list) stay long.
 
 Comments come from ``Program.comments`` (line, column, text).  The AST keeps
 where statements start but not where a ``}`` or an ``else`` sits, so comments
@@ -39,7 +46,7 @@ from convdsl.lang import ast
 from convdsl.lang.parser import parse
 
 INDENT = "    "
-MAX_WIDTH = 88
+MAX_WIDTH = 100
 
 Node = Union[ast.Item, ast.Stmt]
 
@@ -108,6 +115,11 @@ def _fmt(e: ast.Expr) -> tuple[str, Prec]:
         case ast.Choice():
             name = [f"name={quote(e.name)}"] if e.name is not None else []
             return f"choice({', '.join([format_expr(o) for o in e.options] + name)})", Prec.POSTFIX
+        case ast.Index() if isinstance(e.index, ast.Slice):
+            sl = e.index
+            parts = [format_expr(p) if p is not None else "" for p in (sl.start, sl.stop, sl.step)]
+            text = ":".join(parts) if sl.step is not None else ":".join(parts[:2])
+            return f"{_wrap(e.obj, Prec.POSTFIX)}[{text}]", Prec.POSTFIX
         case ast.Index():
             return f"{_wrap(e.obj, Prec.POSTFIX)}[{format_expr(e.index)}]", Prec.POSTFIX
         case ast.Attribute():
@@ -138,6 +150,10 @@ def _fmt(e: ast.Expr) -> tuple[str, Prec]:
     raise TypeError(f"not a CDL expression: {e!r}")
 
 
+def _prec(e: ast.Arith) -> Prec:
+    return Prec.SUM if all(op in ("+", "-") for op, _ in e.rest) else Prec.PRODUCT
+
+
 def _chain(first: ast.Expr, rest: list[tuple[str, ast.Expr]], prec: Prec) -> str:
     """A flat left-to-right chain; an operand of the same level keeps its
     parentheses, since without them it would merge into this chain."""
@@ -150,6 +166,32 @@ def _join(items: list[ast.Expr]) -> str:
 
 def _pipe_stages(pipe: ast.Pipe) -> list[str]:
     return [_wrap(s, Prec.LABEL) for s in pipe.stages]
+
+
+def _pipe_groups(pipe: ast.Pipe, texts: list[str], comments: dict, first: int, cont: int) -> list[list[int]]:
+    """The stages of a long pipe, line by line: the lines the source gave them (a line of
+    conv | batchnorm | relu stays one), a stage with a comment ending its line, and a line that
+    would pass ``MAX_WIDTH`` filled greedily instead.  ``first`` and ``cont`` are the columns
+    the first and the continuation lines start at."""
+    groups: list[list[int]] = [[0]]
+    for k in range(1, len(texts)):
+        new_line = _pos(pipe.stages[k])[0] > _end_line(pipe.stages[k - 1]) or (k - 1) in comments
+        if new_line:
+            groups.append([k])
+        else:
+            groups[-1].append(k)
+    out: list[list[int]] = []
+    for group in groups:
+        cur: list[int] = []
+        for i in group:
+            start = first if not out else cont
+            width = start + len(" | ".join(texts[j] for j in [*cur, i]))
+            if cur and width > MAX_WIDTH:
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        out.append(cur)
+    return out
 
 
 def _number(value: int | float) -> str:
@@ -438,9 +480,12 @@ class _Printer:
             case ast.ConstDef():
                 return self._valued(node, indent, f"{node.name} = ", node.value)
             case ast.FuncDef():
-                return self._valued(node, indent, f"def {node.name}({_params(node.params)}) = ", node.body)
+                return self._valued(node, indent, _signature(indent, f"def {node.name}", node.params, " = "), node.body)
             case ast.BlockDef():
-                return self._valued(node, indent, f"block {node.name}({_params(node.params)}) = ", node.body)
+                return self._valued(node, indent, _signature(indent, f"block {node.name}", node.params, " = "),
+                                    node.body)
+            case ast.Assign() if node.index is not None:
+                return self._valued(node, indent, f"{node.targets[0]}[{format_expr(node.index)}] = ", node.value)
             case ast.Assign():
                 return self._valued(node, indent, f"{', '.join(node.targets)} = ", node.value)
             case ast.Return() if len(node.values) == 1:
@@ -455,10 +500,11 @@ class _Printer:
     def _compound(self, node: Node, indent: str) -> list[str]:
         match node:
             case ast.BlockDef():
-                head = f"block {node.name}({_params(node.params)})({', '.join(node.inputs or [])})"
-                lines = self._braced(head, node.body, indent)
+                head = _signature(indent, f"block {node.name}", node.params, f"({', '.join(node.inputs or [])}) {{")
+                lines = self._braced(head[:-2], node.body, indent)
             case ast.NetworkDef():
-                lines = self._braced(f"network {node.name}({_params(node.params)})", node.body, indent)
+                head = _signature(indent, f"network {node.name}", node.params, " {")
+                lines = self._braced(head[:-2], node.body, indent)
             case ast.For():
                 lines = self._braced(f"for {', '.join(node.targets)} in {format_expr(node.iter)}", node.body, indent)
             case ast.Repeat():
@@ -477,17 +523,50 @@ class _Printer:
         """``prefix`` + ``value``.  A pipe that is too long, or whose stages
         carry comments, gets one stage per continuation line; a block or def
         then starts its pipe on a line of its own."""
-        line = indent + prefix + format_expr(value)
+        *head, last = (indent + prefix).split("\n")  # a wrapped signature: its lines carry their indents
+        line = last + format_expr(value)
         comments = self.notes.stages.get(id(node), {})
-        if not isinstance(value, ast.Pipe) or (len(line) <= MAX_WIDTH and not comments):
-            return [line]
-        first, *rest = [self._with_comment(s, comments.get(k)) for k, s in enumerate(_pipe_stages(value))]
+        if isinstance(value, ast.ListExpr) and len(line) > MAX_WIDTH and value.items:  # a table: a row per line
+            return head + [last + "["] + [indent + INDENT + format_expr(item) + "," for item in value.items] + \
+                [indent + "]"]
         inner = indent + INDENT
-        if isinstance(node, (ast.BlockDef, ast.FuncDef)):
-            lines = [indent + prefix.rstrip(), inner + first]
-        else:
-            lines = [indent + prefix + first]
-        return lines + [f"{inner}| {stage}" for stage in rest]
+        if isinstance(value, ast.IfExp) and len(line) > MAX_WIDTH:
+            # a if c else b if d else e: one "value if condition else" per line
+            arms, rest = [], value
+            while isinstance(rest, ast.IfExp):
+                arms.append(f"{_wrap(rest.then, Prec.OR)} if {_wrap(rest.cond, Prec.OR)} else")
+                rest = rest.orelse
+            arms.append(_wrap(rest, Prec.TERNARY))
+            if isinstance(node, (ast.BlockDef, ast.FuncDef)):
+                return head + [last.rstrip()] + [inner + arm for arm in arms]
+            return head + [last + arms[0]] + [inner + arm for arm in arms[1:]]
+        if (isinstance(value, ast.Arith) and isinstance(value.rest[-1][1], ast.Pipe) and len(line) > MAX_WIDTH
+                and not isinstance(node, (ast.BlockDef, ast.FuncDef))):
+            # x + (x | a | b ...): the parenthesized pipe breaks like a pipe of its own
+            op, pipe = value.rest[-1]
+            before = _chain(value.first, value.rest[:-1], _prec(value)) if value.rest[:-1] else \
+                _wrap(value.first, Prec(_prec(value) + 1))
+            lines = self._pipe_lines(pipe, f"{last}{before} {op} (", inner, {})
+            return head + lines[:-1] + [lines[-1] + ")"]
+        if not isinstance(value, ast.Pipe) or (len(line) <= MAX_WIDTH and not comments):
+            return head + [line]
+        if isinstance(node, (ast.BlockDef, ast.FuncDef)):  # the pipe starts on a line of its own
+            return head + [last.rstrip()] + self._pipe_lines(value, inner, inner, comments, own_line=True)
+        return head + self._pipe_lines(value, last, inner, comments)
+
+    def _pipe_lines(self, pipe: ast.Pipe, first: str, inner: str, comments: dict, own_line: bool = False) -> list[str]:
+        """A long pipe from ``first`` on: continuation lines put their '|' under the first one, or
+        one indent deeper (``inner``) when the first line holds only the first stage or the pipe
+        has ``own_line``."""
+        texts = _pipe_stages(pipe)
+        cont = inner + "| "
+        if not own_line and len(_pipe_groups(pipe, texts, comments, len(first), len(cont))[0]) > 1:
+            cont = " " * (len(first) + len(texts[0]) + 1) + "| "
+        lines = []
+        for k, group in enumerate(_pipe_groups(pipe, texts, comments, len(first), len(cont))):
+            text = (first if k == 0 else cont) + " | ".join(texts[i] for i in group)
+            lines.append(self._with_comment(text, comments.get(group[-1])))
+        return lines
 
     @staticmethod
     def _with_comment(line: str, comment: Comment | None) -> str:
@@ -519,6 +598,26 @@ def _gap(prev_end: int | None, line: int) -> bool:
 def _same_run(prev: Node, item: Node) -> bool:
     """Consecutive imports, or constants, may sit without blank lines."""
     return type(prev) is type(item) and isinstance(item, (ast.Import, ast.ConstDef))
+
+
+def _signature(indent: str, name: str, params: list[ast.Param | ast.InputParam], tail: str) -> str:
+    """``name(params)tail``, its parameters wrapped when the line would pass ``MAX_WIDTH``: as many
+    per line as fit, continuation lines aligned after the ``(`` (the indent of the first line is
+    the caller's; later lines carry theirs)."""
+    one = f"{name}({_params(params)}){tail}"
+    if len(indent + one) <= MAX_WIDTH or len(params) < 2:
+        return one
+    parts = [_param(p) for p in params]
+    align = " " * (len(indent) + len(name) + 1)
+    lines, cur = [], f"{name}({parts[0]}"
+    for k, part in enumerate(parts[1:], 1):
+        end = f"){tail}" if k == len(parts) - 1 else ","
+        if len((indent if not lines else "") + cur + ", " + part + end) <= MAX_WIDTH:
+            cur += ", " + part
+        else:
+            lines.append(cur + ",")
+            cur = align + part
+    return "\n".join(lines + [cur + f"){tail}"])
 
 
 def _params(params: list[ast.Param | ast.InputParam]) -> str:

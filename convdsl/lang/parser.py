@@ -35,7 +35,7 @@ _CONTINUE_AFTER = {"LPAR", "LSQB", "LBRACE", "COMMA", "VBAR", "EQUAL", "ADDOP", 
 # tokens that end an operand: a '-' after one of them subtracts
 _OPERAND_END = {"NAME", "INT", "FLOAT", "STRING", "RPAR", "RSQB", "TRUE", "FALSE", "NONE"}
 # tokens before which a newline is dropped (the line continues the previous one)
-_CONTINUE_BEFORE = {"VBAR", "ELSE", "ELIF", "RBRACE"}
+_CONTINUE_BEFORE = {"VBAR", "AS", "ELSE", "ELIF", "RBRACE"}
 
 _PRETTY = {
     "_NL": "end of line", "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
@@ -103,7 +103,7 @@ class _Postlexer:
                 continue
             if pending is not None:
                 if t in _CONTINUE_BEFORE and t != "RBRACE":
-                    pass  # '| stage' / 'else' / 'elif' on the next line continues
+                    pass  # '| stage' / 'as name' / 'else' / 'elif' on the next line continues
                 else:
                     yield pending
                     prev = pending

@@ -58,9 +58,35 @@ class _Names:
         return candidate
 
 
+def _named_outputs(graph: Graph, var: dict[Value, str], reserved: set[str]) -> list[str]:
+    """``return`` with the outputs' own names (``logits``, not the node's ``flatten_``): an output
+    whose variable has another name is bound to its name first, so a reprinted graph (a compiled
+    folder's network.cdl) gives the outputs the names the program gave them."""
+    lines, returned = [], []
+    for i, v in enumerate(graph.outputs):
+        name = graph.output_names[i] if i < len(graph.output_names) else None
+        if name is None or name == var[v] or name not in reserved:
+            returned.append(var[v])
+            continue
+        reserved.discard(name)
+        lines.append(f"    {name} = {var[v]}")
+        returned.append(name)
+    return lines + [f"    return {', '.join(returned)}"]
+
+
+def _plain(name: str) -> bool:
+    return (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) is not None and name not in OPS and name not in KEYWORDS
+            and not keyword.iskeyword(name) and name not in BUILTINS)
+
+
 def print_graph(graph: Graph, header: str | None = None) -> str:
     names = _Names()
     var: dict[Value, str] = {}
+    reserved = {n for n in graph.output_names if n not in graph.inputs and _plain(n)}  # see _named_outputs
+    names.used |= reserved
+    own = {v: n for v, n in zip(graph.outputs, graph.output_names) if n in reserved}  # an output's variable: its name
+    for v, n in list(own.items())[::-1]:
+        reserved.discard(n)
     params = []
     for nid in graph.inputs:
         t = graph.node(nid).type
@@ -78,10 +104,11 @@ def print_graph(graph: Graph, header: str | None = None) -> str:
         args = [var[v] for v in graph.inputs_of(node.id)]
         call = format_call(op, node.attrs, args)
         label = node.id if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", node.id) else f'"{node.id}"'
-        targets = [names.make(node.id if len(node.types) == 1 else f"{node.id}_{i}") for i in range(len(node.types))]
+        targets = [own.pop(Value(node.id, i), None) or names.make(node.id if len(node.types) == 1 else f"{node.id}_{i}")
+                   for i in range(len(node.types))]
         for i, t in enumerate(targets):
             var[Value(node.id, i)] = t
         lines.append(f"    {', '.join(targets)} = {call} as {label}")
-    lines.append(f"    return {', '.join(var[v] for v in graph.outputs)}")
+    lines += _named_outputs(graph, var, reserved)
     lines.append("}")
     return "\n".join(lines) + "\n"

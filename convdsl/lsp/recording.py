@@ -148,9 +148,9 @@ class RecordingElaborator(Elaborator):
                                              [t.type for t in inputs], [t.type for t in outs if isinstance(t, Tensor)]))
         return out
 
-    def call_func(self, func, args, kwargs, e, frame) -> Any:
+    def call_func(self, func, args, kwargs, e, frame, label=None) -> Any:
         try:
-            return super().call_func(func, args, kwargs, e, frame)
+            return super().call_func(func, args, kwargs, e, frame, label)
         except ConvDSLError as err:
             _unwound(err, e.span)
             raise

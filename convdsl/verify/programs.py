@@ -210,6 +210,10 @@ class Builder:
 
     def label(self) -> str:
         self.labels += 1
+        # every third label is quoted with the characters state_dict keys use (block1-0, fc:0); by
+        # count, not drawn, so the programs hypothesis draws stay the ones they were
+        if self.labels % 3 == 0:
+            return f'"p{self.labels}{["-0", ":1", "-a.b-2"][self.labels // 3 % 3]}"'
         return f"p{self.labels}"
 
     def pick_tensor(self, pred=lambda t: True) -> Optional[Tensor]:
@@ -495,8 +499,11 @@ class Builder:
         if "prelu" in step.text or not fits(step.shape):  # prelu has a weight: two different nodes
             return self.pipe(a)
         x, y, out = self.fresh(), self.fresh(), self.fresh()
-        self.emit(f"{x} = {a.name} | {step.text}")
-        self.emit(f"{y} = {a.name} | {step.text}")
+        if self.n % 2 == 0:  # one tuple assignment, no parentheses (by count, not drawn: as label())
+            self.emit(f"{x}, {y} = {a.name} | {step.text}, {a.name} | {step.text}")
+        else:
+            self.emit(f"{x} = {a.name} | {step.text}")
+            self.emit(f"{y} = {a.name} | {step.text}")
         self.ops.update(step.ops)
         self.add(x, step.kind, step.shape)
         self.add(y, step.kind, step.shape)
@@ -547,6 +554,8 @@ class Builder:
         if "\n" not in line and line.count(" | ") >= 2 and d.flag(20):  # a pipe broken over lines
             head, *stages = line.split(" | ")
             line = head + "".join(f"\n        | {s}" for s in stages)
+        if "\n" not in line and " as " in line and len(line) % 4 == 0:  # a label on a continuation line
+            line = line.replace(" as ", "\n        as ", 1)  # (chosen by length, not drawn: as above)
         if d.flag(10):
             line += "  # " + d.pick(["note", "a comment", "TODO: widen"])
         if d.flag(5):

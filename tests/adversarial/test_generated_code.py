@@ -65,8 +65,11 @@ TRICKY = ["self", "torch", "nn", "F", "math", "load", "os", "__import__", "eval"
           "\u00e9", "\ud800", "\r\n", "{tag}", "a.0", "0.a"]
 anything = st.one_of(st.sampled_from(TRICKY), st.text(max_size=12),
                      st.text(st.characters(codec=None, categories=None), max_size=6))
-label_like = st.one_of(st.sampled_from(TRICKY + keyword.kwlist + ["print", "super"]),
-                       st.from_regex(r"[A-Za-z0-9_]{1,6}(\.[A-Za-z0-9_]{1,4}){0,2}", fullmatch=True), anything)
+# a segment of an instance name: what a state_dict key segment holds ("block1-0", "fc:0", "w[0]", "a/b")
+SEGMENT = r"[A-Za-z0-9_!#$%&'()*+,/:;<=>?@\[\]^`|~-]"
+label_like = st.one_of(st.sampled_from(TRICKY + keyword.kwlist + ["print", "super", "block1-0", "a-b.c:d", "w[0]",
+                                                                 "x');import os#", "a|b", "__class__", "'"]),
+                       st.from_regex(rf"{SEGMENT}{{1,6}}(\.{SEGMENT}{{1,4}}){{0,2}}", fullmatch=True), anything)
 identifier = st.one_of(st.sampled_from(["self", "torch", "F", "nn", "math", "load", "forward", "Scope", "print",
                                          "x", "N", "input", "network", "__import__"] + keyword.kwlist),
                        st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True))
@@ -157,7 +160,7 @@ VALID = {"tag": st.from_regex(r"[A-Za-z0-9_]{0,5}", fullmatch=True).map(cdl_stri
          "blk": plain_identifier, "net": plain_identifier, "inp": plain_identifier,
          "pad_mode": st.sampled_from(PAD_MODES).map(cdl_string),
          "mode": st.sampled_from(["nearest", "bilinear", "bicubic"]).map(cdl_string),
-         **{k: st.from_regex(r"[A-Za-z0-9_]{1,6}(\.[A-Za-z0-9_]{1,4}){0,2}", fullmatch=True) for k in ("conv", "inst", "fc")}}
+         **{k: st.from_regex(rf"{SEGMENT}{{1,6}}(\.{SEGMENT}{{1,4}}){{0,2}}", fullmatch=True) for k in ("conv", "inst", "fc")}}
 HOSTILE = {"tag": anything.map(cdl_string), "blk": identifier, "net": identifier, "inp": identifier,
            "pad_mode": anything.map(cdl_string), "mode": anything.map(cdl_string),
            **{k: label_like for k in ("conv", "inst", "fc")}}

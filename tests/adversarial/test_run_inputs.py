@@ -62,7 +62,7 @@ def test_a_batch_over_the_memory_limit_is_refused_before_running(work):
 def test_a_batch_within_the_limit_runs(work):
     r = run(work, "small.cdl", "--batch", "5")
     assert_no_crash(r)
-    assert r.returncode == 0 and "out: [5, 10]" in r.stdout, r.output
+    assert r.returncode == 0 and "fc: [5, 10]" in r.stdout, r.output  # the output keeps its label (issue 14 item 11)
 
 
 # ---- --input files ----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.optable import Init, ParamSpec
-from convdsl.ir.stats import (TOTAL_KEYS, human_bytes, human_count, layer_stats, render_table, summary, to_json,
-                              totals)
+from convdsl.ir.stats import (TOTAL_KEYS, human_bytes, human_count, layer_stats, peak_activation_bytes, render_table,
+                              summary, to_json, totals)
 from convdsl.ir.types import TensorType
 from convdsl.lang.elaborate import elaborate
 
@@ -177,7 +177,7 @@ def test_to_json_round_trips():
     assert doc["network"] == "net"
     assert [layer["name"] for layer in doc["layers"]] == [r.name for r in rows]
     assert doc["layers"][0]["shapes"] == [[1, 16, 32, 32]]
-    assert doc["totals"] == totals(rows)
+    assert doc["totals"] == {**totals(rows), "peak_act_bytes": peak_activation_bytes(g)}
     assert doc["inputs"][0]["name"] == "image" and doc["outputs"][0]["shape"] == [1, 10]
 
 
@@ -243,3 +243,25 @@ def test_unknown_op_is_a_named_error():
     g.add_node("y", "nonsense_op", [Value("x")], {}, [TensorType((1, 4))])
     with pytest.raises(IRError, match="unknown op"):
         layer_stats(g)
+
+
+def test_peak_activation_memory_follows_liveness():
+    """Issue 14 item 14: stats gave only the sum over nodes (150 MB for ResNet-50 at batch 1),
+    not the peak one inference pass holds.  Worked by hand for a residual block on an
+    f32[1, 8, 16, 16] input (8 KiB per tensor): conv runs with x alive (2 tensors), relu with x
+    and the conv output (3; the conv output is freed after it), the add with x and relu's output
+    (3; both freed after it), then each op of the chain holds 2.  The sum of the 7 outputs is
+    7 tensors."""
+    g = graph("network n(x: f32[N, 8, 16, 16]) {\n"
+              "    y = x | conv2d(8, 3, pad=1) | relu\n"
+              "    z = x + y\n"
+              "    return z | conv2d(8, 1) | relu | relu | relu\n"
+              "}\n")
+    tensor = 8 * 16 * 16 * 4
+    assert peak_activation_bytes(g) == 3 * tensor  # the chain after the add holds 2 at a time
+    assert peak_activation_bytes(g, {"N": 4}) == 12 * tensor
+    assert totals(layer_stats(g))["act_bytes"] == 7 * tensor
+    doc = to_json(g, layer_stats(g))
+    assert doc["totals"]["peak_act_bytes"] == 3 * tensor
+    assert "peak 24.0 KiB (inference)" in _text(g, layer_stats(g))
+

@@ -444,3 +444,52 @@ def test_shape_errors_inside_blocks_point_at_the_op():
     with pytest.raises(ShapeError) as info:
         elaborate(src)
     assert info.value.span.line == 1
+
+
+# ---- issue 14: the language as a newcomer meets it ----------------------------------------
+def test_label_on_def_call_names_what_the_def_builds():
+    """Item 1: `x | bn() as "layers.1"` named the parameters batchnorm, batchnorm_1... silently."""
+    head = ("def bn() = batchnorm(momentum=0.1)\n"
+            "def conv_bn(c) = conv2d(c, 3, bias=false) as \"0\" | batchnorm as \"1\"\n"
+            "def gate(a, b) = a * sigmoid(b | conv2d(channels(a), 1))")
+    g = elaborate(net('y = x | bn() as "layers.1" | conv_bn(8) as stem\n'
+                      'return gate(y, y) as "se"', head=head))
+    assert sorted(g.params.specs) == [
+        "layers.1.bias", "layers.1.num_batches_tracked", "layers.1.running_mean", "layers.1.running_var",
+        "layers.1.weight", "se.conv2d.bias", "se.conv2d.weight", "stem.0.weight", "stem.1.bias",
+        "stem.1.num_batches_tracked", "stem.1.running_mean", "stem.1.running_var", "stem.1.weight"]
+
+
+def test_label_on_def_that_returns_a_number_is_refused():
+    with pytest.raises(CDLTypeError, match=r"half returns the integer 4, which has no parameters to name"):
+        elaborate(net("c = half(8) as h\nreturn x", head="def half(c) = c // 2"))
+
+
+def test_slices_item_assignment_and_a_def_applied_to_a_tensor():
+    """Issue 14 item 10: `depths[0:-1]` and `d[0] = 2` were syntax errors, and `bn2(y, 0.3)` said
+    'takes at most 1 hyper-parameters' although ops and blocks apply that way."""
+    head = "DEPTHS = [1, 2, 3, 4]\ndef bn2(m=0.1) = batchnorm(momentum=m)\ndef gate(a, b) = a * sigmoid(b)"
+    g = elaborate(net("d = DEPTHS[0:-1]\n"
+                      "d[0] = 2\n"
+                      'assert d == [2, 2, 3] and DEPTHS == [1, 2, 3, 4], "lists are values"\n'
+                      "assert DEPTHS[::-1] == [4, 3, 2, 1] and DEPTHS[1:] == [2, 3, 4] and DEPTHS[:] == DEPTHS\n"
+                      "for k in d[::2] { x = x | conv2d(k, 1) }\n"
+                      "parts = x | split(chunks=3)\n"
+                      "y = concat(parts[1:], dim=1)\n"
+                      "z = bn2(y, 0.3) as norm\n"
+                      "return gate(z, bn2(z)), bn2(parts[0])", head=head))
+    assert [g.params.specs[f"{n}.weight"].shape[0] for n in ("conv2d", "conv2d_1")] == [2, 3]
+    assert g.node("norm").attrs["momentum"] == 0.3 and g.node("norm").type.shape == ("N", 2, 16, 16)
+    assert [g.node(n).attrs["momentum"] for n in ("batchnorm", "batchnorm_1")] == [0.1, 0.1]
+    assert ops(g)[-2:] == ["mul", "batchnorm"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("l = [1, 2]\nl[2] = 0\nreturn x", "index 2 out of range for a list of 2"),
+    ("l = [1, 2]\nm = l[0:1.5]\nreturn x", "a slice takes integers"),
+    ("l = [1, 2]\nm = l[::0]\nreturn x", "a slice step cannot be zero"),
+    ("c = 3\nc[0] = 1\nreturn x", "only a list's items can be assigned; 'c' is the integer 3"),
+])
+def test_slice_and_item_assignment_errors(body, message):
+    with pytest.raises(CDLTypeError, match=message):
+        elaborate(net(body))

@@ -72,7 +72,7 @@ CASES = [
     ("not-a-layer", body("return x | 3"), CDLTypeError, 2, 16, "an op or block", None),
     ("return-number", body("return 3"), CDLTypeError, 2, 12, "a tensor", None),
     ("repeat-negative", body("repeat -1 { x = x }", "return x"), CDLTypeError, 2, 12, "an integer >= 0", None),
-    ("bad-label", body('return x | relu as "a b"'), CDLNameError, 2, 24, "letters, digits", None),
+    ("bad-label", body('return x | relu as "a b"'), CDLNameError, 2, 24, "printable ASCII without spaces", None),
     ("unknown-dtype", "network n(x: q32[1]) {\n    return x\n}\n", CDLSyntaxError, 1, 14, "f32", None),
     ("duplicate-input", "network n(x: f32[1, 3],\n          x: f32[1, 3]) {\n    return x\n}\n", CDLNameError, 2, 11,
      None, "own name"),
@@ -177,3 +177,22 @@ def test_api_bindings_are_checked_like_bind_options(size):
     count negative bytes (a way around --max-memory), a float or a bool is not a size."""
     with pytest.raises(UsageError, match="bound to"):
         elaborate("network n(x: f32[N, 4]) {\n  return x\n}\n", options=Options(bind={"N": size}))
+
+
+def test_a_parameter_hiding_a_builtin_is_named_where_the_builtin_is_called():
+    """Issue 14 item 9: a network parameter `channels` made `channels(x)` fail with 'a list of 2
+    cannot be called'.  The error now names the parameter and the built-in it hides."""
+    src = ("network n(x: f32[N, 3, 8, 8], channels=[8, 16]) {\n"
+           "    for c in channels { x = x | conv2d(c, 3, pad=1) }\n"
+           "    return x | global_avgpool(keepdim=false) | linear(channels(x))\n"
+           "}\n")
+    with pytest.raises(CDLNameError) as e:
+        elaborate(src, "<t>")
+    text = e.value.render()
+    assert "'channels' here is a list of 2: a parameter, variable or constant named 'channels' hides the built-in " \
+           "function channels(x)" in text
+    assert caret_column(text, 3) == 55 and "hint: rename the parameter or variable 'channels'" in text
+    with pytest.raises(CDLNameError, match="'squeeze' here is the integer 4: .* hides the op squeeze"):
+        elaborate("block se(squeeze)(x) {\n    return x | squeeze\n}\n" + body("return x | se(4)"), "<t>")
+    renamed = src.replace("channels=", "widths=").replace("in channels", "in widths")
+    assert elaborate(renamed, "<t>").output_types()[0].shape == ("N", 16)

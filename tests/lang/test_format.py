@@ -162,7 +162,7 @@ def test_strings_and_labels() -> None:
 
 def test_numbers() -> None:
     assert check("x = [0, 1.5, .5, 1e-05, 2.5E3, -3, -0.25, 1e999, -1e999]\n") == (
-        "x = [0, 1.5, 0.5, 1e-05, 2500.0, -3, -0.25, 1e999, -1e999]\n"
+        "x = [0, 1.5, 0.5, 1e-5, 2500.0, -3, -0.25, 1e999, -1e999]\n"
     )
     assert check("x = (3).real + (-2).imag\n") == "x = (3).real + (-2).imag\n"
 
@@ -246,15 +246,42 @@ def test_expression_printing(expr: ast.Expr, want: str) -> None:
 
 
 # ---- long pipes -----------------------------------------------------------------
-def test_long_pipe_is_broken_one_stage_per_line() -> None:
+def test_a_long_pipe_fills_lines_up_to_the_width() -> None:
+    """Issue 14 item 7: the canonical layout.  A pipe over 100 columns written on one line is
+    filled greedily, continuation lines putting their '|' under the first one."""
     stages = " | ".join(f"conv2d({64 * k}, 3, stride=2, pad=same) as c{k}" for k in range(1, 5))
     src = f"network n(image: f32[N, 3, 64, 64]) {{\n    x = image | {stages}  # deep\n    return x\n}}\n"
     out = check(src)
     lines = out.splitlines()
-    assert lines[1] == "    x = image"
-    assert lines[2] == "        | conv2d(64, 3, stride=2, pad=same) as c1"
-    assert lines[5] == "        | conv2d(256, 3, stride=2, pad=same) as c4  # deep"
-    assert all(len(line) <= MAX_WIDTH for line in lines)
+    assert lines[1] == "    x = image | conv2d(64, 3, stride=2, pad=same) as c1 | conv2d(128, 3, stride=2, pad=same) as c2"
+    assert lines[2] == "              | conv2d(192, 3, stride=2, pad=same) as c3 | conv2d(256, 3, stride=2, pad=same) as c4  # deep"
+    assert all(len(line.split("  #")[0]) <= MAX_WIDTH for line in lines)
+
+
+def test_a_long_pipe_keeps_the_lines_its_author_gave_the_stages() -> None:
+    """conv | batchnorm | relu on a line of its own stays together; a line still too long is
+    filled again."""
+    src = ("block b(c)(x) {\n"
+           "    y = x | conv2d(c, 3, pad=1, bias=false) as conv1 | batchnorm as bn1 | relu\n"
+           "      | conv2d(c, 3, pad=1, bias=false) as conv2 | batchnorm as bn2\n"
+           "    z = y | conv2d(c, 1, bias=false) as conv3 | batchnorm as bn3 | relu | conv2d(c, 3, pad=1, bias=false) as c4\n"
+           "    return z\n"
+           "}\n")
+    assert check(src) == ("block b(c)(x) {\n"
+                          "    y = x | conv2d(c, 3, pad=1, bias=false) as conv1 | batchnorm as bn1 | relu\n"
+                          "          | conv2d(c, 3, pad=1, bias=false) as conv2 | batchnorm as bn2\n"
+                          "    z = y | conv2d(c, 1, bias=false) as conv3 | batchnorm as bn3 | relu\n"
+                          "          | conv2d(c, 3, pad=1, bias=false) as c4\n"
+                          "    return z\n"
+                          "}\n")
+
+
+def test_a_long_signature_wraps_its_parameters_after_the_parenthesis() -> None:
+    params = ", ".join(f"width_{k}={k}" for k in range(12))
+    out = check(f"network n(image: f32[N, 3, 224, 224], {params}) {{\n    return image\n}}\n")
+    assert out.splitlines()[:2] == [
+        "network n(image: f32[N, 3, 224, 224], width_0=0, width_1=1, width_2=2, width_3=3, width_4=4,",
+        "          width_5=5, width_6=6, width_7=7, width_8=8, width_9=9, width_10=10, width_11=11) {"]
 
 
 def test_short_pipe_is_joined_and_other_long_lines_stay() -> None:
@@ -267,8 +294,9 @@ def test_long_seq_block_and_return() -> None:
     body = " | ".join(f"layer_number_{k}(width)" for k in range(6))
     out = check(f"block f(width) = {body}\nblock g()(x) {{\n    return x | {body}\n}}\n")
     # a definition starts its pipe on a line of its own
-    assert "block f(width) =\n    layer_number_0(width)\n    | layer_number_1(width)\n" in out
-    assert "    return x\n        | layer_number_0(width)\n" in out
+    assert "block f(width) =\n    layer_number_0(width) | layer_number_1(width) | layer_number_2(width)" in out
+    assert "\n    | layer_number_4(width) | layer_number_5(width)\n" in out
+    assert "    return x | layer_number_0(width) | layer_number_1(width) | layer_number_2(width)\n" in out
 
 
 # ---- comments -------------------------------------------------------------------

@@ -156,6 +156,28 @@ network net(x: f32[N, 3, 64, 64]) {
     return -z, sigmoid(z)
 }
 """,
+    # 6: the forms of issue 14: slices, item assignment, tuple assignment, a def applied to a
+    # tensor, labels on def calls, quoted labels with '-', 'as' on a continuation line
+    """
+DEPTHS = [1, 2, 3, 4]
+def bn2(m=0.1) = batchnorm(momentum=m)
+def conv_bn(c, k=1, stride=1) = conv2d(c, k, stride=stride, pad=k // 2, bias=false) as "0" | batchnorm as "1"
+network net(x: f32[N, 3, 32, 32]) {
+    d = DEPTHS[1:-1]
+    d[0] = 4
+    a, b = x | conv2d(8, 1), x | conv2d(8, 3, pad=1)
+    a, b = b, a
+    for j, k in enumerate(d[::-1]) {
+        a = a | conv_bn(8, k % 2 * 2 + 1) as "block1-{j}"
+            | relu
+    }
+    y = bn2(a + b, 0.3) as "norm-1"
+    z = y | conv2d(16, 3, stride=2, pad=1)
+          as "down:0"
+    parts = z | split(chunks=4)
+    return concat(parts[1:3], dim=1) | reshape([-1, 2, 16, 16]) | reshape([-1, 8, 16, 16])
+}
+""",
 ]
 
 RESERVED = {"block", "network", "def", "import", "as", "for", "in", "repeat", "if", "elif", "else", "assert",

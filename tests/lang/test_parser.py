@@ -269,3 +269,25 @@ def test_hash_after_an_odd_line_break_inside_a_string(char):
     p = parse(f'x = "{char}# not a comment"  # real\n')
     assert p.items[0].value == ast.Str(f"{char}# not a comment")
     assert p.comments == [(1, 25, "# real")]
+
+
+def test_as_starts_a_continuation_line_and_tuples_assign_without_parentheses():
+    """Issue 14 item 6: `as` on the next line was 'unexpected as ... expected: assert, ...', and
+    `a, b = b, a` was refused."""
+    from convdsl.lang.elaborate import elaborate
+
+    src = ("network n(x: f32[N, 3, 8, 8]) {\n"
+           "    a, b = x | conv2d(4, 1), x | conv2d(4, 1)\n"
+           "    a, b = b, a\n"
+           "    y = a - b\n"
+           "        | conv2d(8, 3)\n"
+           "        as stem\n"
+           "    return y\n"
+           "}\n")
+    (net,) = parse(src).items
+    swap = net.body[1]
+    assert isinstance(swap, ast.Assign) and swap.targets == ["a", "b"]
+    assert isinstance(swap.value, ast.TupleExpr) and [v.id for v in swap.value.items] == ["b", "a"]
+    g = elaborate(src)
+    assert [v.node for v in g.inputs_of("sub")] == ["conv2d_1", "conv2d"]  # a - b after the swap
+    assert "stem.weight" in g.params.specs

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
+from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
                                 io_workspace, keep_channels, nbytes, on_axis, opaque, tuple_n, work_bytes, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
@@ -142,10 +143,10 @@ def _proj_cost(tokens: int, fin: int, fout: int, bias: bool) -> Cost:
     return Cost(macs, 2 * macs + (tokens * fout if bias else 0))
 
 
-_HEADS = Attr("heads", "int", doc="number of attention heads; must divide the width")
+_HEADS = Attr("heads", "int", doc="number of attention heads; must divide the width", domain=POSITIVE)
 _QKV_BIAS = Attr("qkv_bias", "bool", True, doc="bias on the q/k/v projections")
 _PROJ_BIAS = Attr("proj_bias", "bool", True, doc="bias on the output projection")
-_DROPOUT = Attr("dropout", "float", 0.0, doc="dropout on the attention weights while training")
+_DROPOUT = Attr("dropout", "float", 0.0, doc="dropout on the attention weights while training", domain=PROBABILITY)
 _SCALE = Attr("scale", "float", None, doc="logit scale (default 1/sqrt(head width))")
 
 
@@ -235,11 +236,12 @@ MHSA = OpDef(
     name="mhsa", group="attention",
     attrs=(
         _HEADS,
-        Attr("dim", "int", None, doc="attention/output width (default: input channels)"),
+        Attr("dim", "int", None, doc="attention/output width (default: input channels)", domain=POSITIVE),
         _QKV_BIAS, _PROJ_BIAS, _DROPOUT,
         Attr("mask", "sym|any", None, choices=("causal", "none"), doc="none or causal"),
         Attr("rel_pos", "bool", False, doc="learned relative position bias per head (T5/Swin-style, 1-D)"),
-        Attr("max_len", "int", None, doc="longest sequence the relative position table covers (default L)"),
+        Attr("max_len", "int", None, doc="longest sequence the relative position table covers (default L)",
+             domain=POSITIVE),
         _SCALE,
     ),
     infer=_mhsa_infer, params=_mhsa_params, cost=_mhsa_cost, normalize=_mhsa_normalize, inputs=(1, 2),
@@ -319,7 +321,7 @@ def _cross_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType])
 
 CROSS = OpDef(
     name="cross_attention", group="attention",
-    attrs=(_HEADS, Attr("dim", "int", None, doc="attention/output width (default: query channels)"),
+    attrs=(_HEADS, Attr("dim", "int", None, doc="attention/output width (default: query channels)", domain=POSITIVE),
            _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
     infer=_cross_infer, params=_cross_params, cost=_cross_cost, normalize=_cross_normalize, inputs=(2, 3),
     workspace=_cross_workspace,
@@ -391,9 +393,11 @@ def _window_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]
 
 WINDOW = OpDef(
     name="window_attention", group="attention",
-    attrs=(_HEADS, Attr("window", "ints", 7, doc="window size (int or [h, w])"),
-           Attr("shift", "ints", 0, doc="cyclic shift (Swin's shifted windows); 0 <= shift < window"),
-           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, Attr("proj_dropout", "float", 0.0, doc="dropout on the output")),
+    attrs=(_HEADS, Attr("window", "ints", 7, doc="window size (int or [h, w])", domain=POSITIVE),
+           Attr("shift", "ints", 0, doc="cyclic shift (Swin's shifted windows); 0 <= shift < window",
+                domain=NON_NEGATIVE),
+           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, Attr("proj_dropout", "float", 0.0, doc="dropout on the output",
+                                                          domain=PROBABILITY)),
     infer=_window_infer, params=_window_params, cost=_window_cost, workspace=_window_workspace,
     doc="Swin (shifted) window attention on channels-last [N, H, W, C], exactly torchvision's "
         "ShiftedWindowAttention: zero-pad H, W to multiples of the window, cyclic shift with the "
@@ -476,9 +480,9 @@ def _conv_attn_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorTy
 
 CONV_ATTENTION = OpDef(
     name="conv_attention", group="attention",
-    attrs=(_HEADS, Attr("k", "int", 3, doc="depthwise projection kernel"),
-           Attr("stride_kv", "int", 2, doc="stride of the key/value projections (squeezes K, V)"),
-           Attr("stride_q", "int", 1, doc="stride of the query projection"),
+    attrs=(_HEADS, Attr("k", "int", 3, doc="depthwise projection kernel", domain=POSITIVE),
+           Attr("stride_kv", "int", 2, doc="stride of the key/value projections (squeezes K, V)", domain=POSITIVE),
+           Attr("stride_q", "int", 1, doc="stride of the query projection", domain=POSITIVE),
            _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
     infer=_conv_attn_infer, params=_conv_attn_params, cost=_conv_attn_cost, workspace=_conv_attn_workspace,
     doc="CvT convolutional attention on a token map [N, C, H, W]: q/k/v each from a depthwise conv "
@@ -557,9 +561,11 @@ def _halo_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) 
 
 HALO = OpDef(
     name="halo_attention", group="attention",
-    attrs=(_HEADS, Attr("block_size", "int", 8, doc="query block size (`block` is a CDL keyword); must divide H and W"),
-           Attr("halo", "int", 3, doc="extra context around each block (keys/values see block_size + 2*halo)"),
-           Attr("dim", "int", None, doc="output channels (default: input channels)"),
+    attrs=(_HEADS, Attr("block_size", "int", 8, doc="query block size (`block` is a CDL keyword); must divide H and W",
+                  domain=POSITIVE),
+           Attr("halo", "int", 3, doc="extra context around each block (keys/values see block_size + 2*halo)",
+                  domain=NON_NEGATIVE),
+           Attr("dim", "int", None, doc="output channels (default: input channels)", domain=POSITIVE),
            Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections")),
     infer=_halo_infer, params=_halo_params, cost=_halo_cost, normalize=_halo_normalize, workspace=_halo_workspace,
     doc="HaloNet blocked local self-attention on [N, C, H, W]: queries in block x block tiles attend to the "
@@ -650,7 +656,8 @@ def _layer_scale_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 PATCH_EMBED = OpDef(
     name="patch_embed", group="attention",
-    attrs=(Attr("dim", "int", doc="embedding width"), Attr("patch", "ints", 16, doc="patch size (int or [h, w])"),
+    attrs=(Attr("dim", "int", doc="embedding width", domain=POSITIVE),
+           Attr("patch", "ints", 16, doc="patch size (int or [h, w])", domain=POSITIVE),
            Attr("bias", "bool", True)),
     infer=_patch_infer, params=_patch_params, cost=_patch_cost,
     workspace=io_workspace(per_input=2, per_output=3),  # conv reorders, then the flattened and transposed copy
@@ -666,7 +673,7 @@ PATCH_EMBED = OpDef(
 
 CLASS_TOKEN = OpDef(
     name="class_token", group="attention",
-    attrs=(Attr("tokens", "int", 1, doc="how many learned tokens to prepend"),),
+    attrs=(Attr("tokens", "int", 1, doc="how many learned tokens to prepend", domain=POSITIVE),),
     infer=_class_token_infer, cost=zero_cost,
     params=lambda a, ins: {"class_token": ParamSpec((1, a["tokens"], ins[0].shape[2]), Init("zeros"))},
     doc="prepends a learned token (parameter `class_token` [1, 1, C], zero-initialized as in torchvision's "
@@ -680,7 +687,8 @@ CLASS_TOKEN = OpDef(
 POS_EMBED = OpDef(
     name="pos_embed", group="attention",
     attrs=(Attr("kind", "sym", "learned", choices=("learned", "sinusoidal")),
-           Attr("std", "float", 0.02, doc="init std of a learned table (torchvision ViT: 0.02)")),
+           Attr("std", "float", 0.02, doc="init std of a learned table (torchvision ViT: 0.02)",
+                domain=NON_NEGATIVE_REAL)),
     infer=_pos_infer, params=_pos_params,
     workspace=io_workspace(per_output=2),  # the sinusoidal table [L, C]: positions, frequencies, sin/cos pairs
     doc="adds position embeddings to tokens: learned (parameter `pos_embedding` [1, L, C], like "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import NON_NEGATIVE, POSITIVE
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, OutChannels, ParamSpec,
                                 check_positive, expect_rank, nbytes, tuple_n, work_bytes)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
@@ -156,12 +157,12 @@ def make_conv(nd: int) -> OpDef:
         name=name,
         group="convolution",
         attrs=(
-            Attr("out", "int", None, doc="output channels (default: input channels)"),
-            Attr("k", "ints", 3, doc="kernel size"),
-            Attr("stride", "ints", 1),
-            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid"),
-            Attr("dilation", "ints", 1),
-            Attr("groups", "int|sym", 1, choices=("depthwise",), doc="int or depthwise (= in channels)"),
+            Attr("out", "int", None, doc="output channels (default: input channels)", domain=POSITIVE),
+            Attr("k", "ints", 3, doc="kernel size", domain=POSITIVE),
+            Attr("stride", "ints", 1, domain=POSITIVE),
+            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid", domain=NON_NEGATIVE),
+            Attr("dilation", "ints", 1, domain=POSITIVE),
+            Attr("groups", "int|sym", 1, choices=("depthwise",), doc="int or depthwise (= in channels)", domain=POSITIVE),
             Attr("bias", "bool", True),
             Attr("pad_mode", "sym", "zeros", choices=PAD_MODES),
             Attr("init", "sym", "default", choices=("default", "orthogonal", "gabor", "zeros"),
@@ -266,13 +267,13 @@ def make_conv_transpose(nd: int) -> OpDef:
         name=name,
         group="convolution",
         attrs=(
-            Attr("out", "int", None),
-            Attr("k", "ints", 2),
-            Attr("stride", "ints", 1),
-            Attr("pad", "ints", 0),
-            Attr("output_pad", "ints", 0),
-            Attr("dilation", "ints", 1),
-            Attr("groups", "int", 1),
+            Attr("out", "int", None, domain=POSITIVE),
+            Attr("k", "ints", 2, domain=POSITIVE),
+            Attr("stride", "ints", 1, domain=POSITIVE),
+            Attr("pad", "ints", 0, domain=NON_NEGATIVE),
+            Attr("output_pad", "ints", 0, doc="smaller than stride or dilation", domain=NON_NEGATIVE),
+            Attr("dilation", "ints", 1, domain=POSITIVE),
+            Attr("groups", "int", 1, domain=POSITIVE),
             Attr("bias", "bool", True),
         ),
         infer=infer,

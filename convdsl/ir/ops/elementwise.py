@@ -6,6 +6,7 @@ is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import PROBABILITY
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, OpDef, always_identity, io_workspace,
                                 keep_channels, nbytes, no_workspace, off_attr, opaque, zero_cost)
 from convdsl.ir.types import TensorType
@@ -123,7 +124,7 @@ def _drop_path_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 DROP_PATH = OpDef(
     name="drop_path", group="regularization",
-    attrs=(Attr("p", "float", doc="probability of dropping the whole residual branch"),
+    attrs=(Attr("p", "float", doc="probability of dropping the whole residual branch", domain=PROBABILITY),
            Attr("mode", "sym", "row", choices=("row", "batch"))),
     infer=_drop_path_infer, cost=zero_cost,
     doc="stochastic depth (torchvision.ops.StochasticDepth): while training, zero each sample (row) or the "
@@ -172,7 +173,7 @@ OPS = [
           cost=lambda a, ins, outs: Cost(0, 5 * outs[0].numel()), workspace=_TEMPORARY,
           doc="exp(x) / sum(exp(x)) along dim.", example="softmax(dim=-1)", shape_rule="out = in",
           prune=keep_channels(off_attr("dim"))),
-    OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing"),),
+    OpDef(name="dropout", group="regularization", attrs=(Attr("p", "float", 0.5, doc="probability of zeroing", domain=PROBABILITY),),
           infer=_dropout_infer, cost=lambda a, ins, outs: Cost(0, 0),
           doc="zeroes elements with probability p and rescales by 1/(1-p) while training; identity at inference.",
           example="dropout(0.2)", shape_rule="out = in",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import NON_NEGATIVE_REAL, POSITIVE
 from convdsl.ir.optable import (Attr, Cost, Init, OpDef, ParamSpec, expect_rank, keep_channels, nbytes, on_axis, opaque,
                                 work_bytes)
 from convdsl.ir.types import Dim, TensorType, bind_dim
@@ -249,8 +250,10 @@ OPS = [
     OpDef(
         name="global_filter", group="fft mixing",
         attrs=(
-            Attr("h", "int", None, doc="height the filter is for (default: the input's; needed if symbolic)"),
-            Attr("w", "int", None, doc="width W the filter is for (the weight has W//2+1 frequency columns)"),
+            Attr("h", "int", None, doc="height the filter is for (default: the input's; needed if symbolic)",
+                 domain=POSITIVE),
+            Attr("w", "int", None, doc="width W the filter is for (the weight has W//2+1 frequency columns)",
+                 domain=POSITIVE),
             _LAYOUT,
         ),
         infer=_gf_infer, params=_gf_params, cost=_gf_cost, workspace=_spectral_workspace("global_filter", 4),
@@ -266,9 +269,10 @@ OPS = [
     OpDef(
         name="adaptive_filter", group="fft mixing",
         attrs=(
-            Attr("blocks", "int", 8, doc="channel groups of the block-diagonal frequency MLP"),
-            Attr("hidden_factor", "int", 1, doc="hidden width of the MLP per block, as a multiple of C/blocks"),
-            Attr("sparsity", "float", 0.01, doc="soft-shrink threshold on the produced filter"),
+            Attr("blocks", "int", 8, doc="channel groups of the block-diagonal frequency MLP", domain=POSITIVE),
+            Attr("hidden_factor", "int", 1, doc="hidden width of the MLP per block, as a multiple of C/blocks",
+                 domain=POSITIVE),
+            Attr("sparsity", "float", 0.01, doc="soft-shrink threshold on the produced filter", domain=NON_NEGATIVE_REAL),
             Attr("slope", "float", 0.1, doc="negative slope of the MLP's leaky ReLU"),
             Attr("residual", "bool", True, doc="add the input to the output (as AFFNet's mixer does)"),
             _LAYOUT,
@@ -289,7 +293,7 @@ OPS = [
     OpDef(
         name="fft_conv", group="fft mixing",
         attrs=(
-            Attr("kernel_len", "int", None, doc="taps per channel (default: the sequence length)"),
+            Attr("kernel_len", "int", None, doc="taps per channel (default: the sequence length)", domain=POSITIVE),
             Attr("causal", "bool", True, doc="true: y[t] = sum_j k[j] u[t-j]; false: kernel centered"),
             Attr("bias", "bool", True, doc="add a learned per-channel bias"),
             Attr("skip", "bool", False, doc="add D * u (the Hyena/S4 skip term, param D[C])"),

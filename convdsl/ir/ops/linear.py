@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import ShapeError
+from convdsl.ir.domains import POSITIVE
 from convdsl.ir.optable import PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, io_workspace
 from convdsl.ir.types import TensorType
 
@@ -36,7 +37,7 @@ def _cost(attrs, ins, outs):
 
 
 OPS = [
-    OpDef(name="linear", group="linear", attrs=(Attr("out", "int"), Attr("bias", "bool", True)),
+    OpDef(name="linear", group="linear", attrs=(Attr("out", "int", domain=POSITIVE), Attr("bias", "bool", True)),
           infer=_infer, params=_params, cost=_cost,
           workspace=io_workspace(per_input=1),  # a contiguous copy of a strided input
           doc="y = x W^T + b over the last dim; in-features inferred.", example="linear(1000)",

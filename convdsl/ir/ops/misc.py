@@ -19,6 +19,7 @@ is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 from __future__ import annotations
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import POSITIVE, Domain
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, ParamSpec, expect_rank, format_value, io_workspace,
                                 keep_channels, nbytes, off_attr, opaque, zero_cost)
 from convdsl.ir.types import TensorType
@@ -170,7 +171,8 @@ def _norm_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 VECTOR_NORM = OpDef(
     name="vector_norm", group="pooling",
-    attrs=(Attr("dims", "ints", doc="dim or list of dims the norm runs over"), Attr("p", "float", 2.0),
+    attrs=(Attr("dims", "ints", doc="dim or list of dims the norm runs over"),
+           Attr("p", "float", 2.0, doc="the order; inf: the largest |x|", domain=Domain("(0, inf]")),
            Attr("keepdim", "bool", False)),
     infer=_norm_infer, cost=lambda a, ins, outs: Cost(0, 2 * ins[0].numel()),
     workspace=io_workspace(per_input=2),  # |x| and |x|^p before the sum
@@ -236,8 +238,8 @@ def _dynamic_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType
 
 DYNAMIC_FILTER = OpDef(
     name="dynamic_filter", group="convolution",
-    attrs=(Attr("k", "int", 3, doc="kernel size (odd; zero padding keeps H, W)"),
-           Attr("dilation", "int", 1)),
+    attrs=(Attr("k", "int", 3, doc="kernel size (odd; zero padding keeps H, W)", domain=POSITIVE),
+           Attr("dilation", "int", 1, domain=POSITIVE)),
     inputs=(2, 2), input_names=("x", "kernels"),
     infer=_dynamic_infer, cost=_dynamic_cost, workspace=_dynamic_workspace,
     doc="per-pixel filtering with predicted kernels (kernel-prediction networks; TVConv): "
@@ -282,7 +284,7 @@ def _param_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 PARAMETER = OpDef(
     name="parameter", group="arithmetic",
-    attrs=(Attr("shape", "ints", doc="the tensor's shape (no batch dim: broadcasting adds it)"),
+    attrs=(Attr("shape", "ints", doc="the tensor's shape (no batch dim: broadcasting adds it)", domain=POSITIVE),
            Attr("init", "sym", "normal", choices=PARAM_INITS),
            Attr("scale", "float", 0.02, doc="std (normal, trunc_normal: cut at 2 std), bound (uniform) "
                                              "or the value (const)")),

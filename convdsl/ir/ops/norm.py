@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, expect_rank,
                                 io_workspace, keep_channels, on_axis)
 
@@ -18,6 +19,11 @@ _STATS = {"weight": 0, "bias": 0, "running_mean": 0, "running_var": 0}
 # intermediate of its size (layernorm2d permutes to channels-last and back)
 _NORM_WORKSPACE = io_workspace(per_input=2)
 from convdsl.ir.types import TensorType
+
+# eps >= 0 as PyTorch checks it ("batch_norm eps must be non-negative"); the running statistics'
+# update weight is a fraction
+_EPS = Attr("eps", "float", 1e-5, doc="added to the variance", domain=NON_NEGATIVE_REAL)
+_MOMENTUM = Attr("momentum", "float", 0.1, doc="weight of the new batch in the running statistics", domain=PROBABILITY)
 
 
 def _bn(nd: int) -> OpDef:
@@ -42,7 +48,7 @@ def _bn(nd: int) -> OpDef:
         return p
 
     return OpDef(name=name, group="normalization",
-                 attrs=(Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1), Attr("affine", "bool", True)),
+                 attrs=(_EPS, _MOMENTUM, Attr("affine", "bool", True)),
                  infer=infer, params=params, cost=lambda a, i, o: Cost(0, 2 * o[0].numel()), workspace=_NORM_WORKSPACE,
                  doc="batch normalization over dim 1 (inference uses running statistics)"
                      + ("" if nd else "; rank picks 1d/2d/3d"),
@@ -154,7 +160,7 @@ def _in(nd: int) -> OpDef:
         return p
 
     return OpDef(name=name, group="normalization",
-                 attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", False), Attr("momentum", "float", 0.1),
+                 attrs=(_EPS, Attr("affine", "bool", False), _MOMENTUM,
                         Attr("track_running_stats", "bool", False)),
                  infer=infer, params=params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
                  doc=f"instance normalization: each (sample, channel) over its {nd}-D spatial extent "
@@ -170,7 +176,7 @@ def _norm_cost(attrs, ins, outs):
 OPS = [
     _bn(0), _bn(1), _bn(2), _bn(3),
     OpDef(name="layernorm", group="normalization",
-          attrs=(Attr("dims", "int", 1, doc="how many trailing dims to normalize over"), Attr("eps", "float", 1e-5),
+          attrs=(Attr("dims", "int", 1, doc="how many trailing dims to normalize over", domain=POSITIVE), _EPS,
                  Attr("affine", "bool", True, doc="learned elementwise weight (and bias)"),
                  Attr("bias", "bool", True, doc="learned bias (with affine)")),
           infer=_ln_infer, params=_ln_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
@@ -178,13 +184,14 @@ OPS = [
           example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]",
           prune=PRUNE_RULE),  # weight and bias follow the channels only when they are normalized over
     OpDef(name="layernorm2d", group="normalization",
-          attrs=(Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
+          attrs=(_EPS, Attr("affine", "bool", True)),
           infer=_ln2d_infer, params=_ln2d_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="channels-first layer normalization: normalizes over C of [N, C, H, W] at each position (ConvNeXt).",
           example="x | layernorm2d", shape_rule="out = in; weight shape = [C]",
           prune=keep_channels(on_axis(1), {"weight": 0, "bias": 0})),
     OpDef(name="groupnorm", group="normalization",
-          attrs=(Attr("groups", "int", 32), Attr("eps", "float", 1e-5), Attr("affine", "bool", True)),
+          attrs=(Attr("groups", "int", 32, doc="must divide the channels", domain=POSITIVE), _EPS,
+                 Attr("affine", "bool", True)),
           infer=_gn_infer, params=_gn_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="group normalization: channels split into groups, each normalized over (group channels, spatial).",
           example="groupnorm(32)", shape_rule="out = in; groups divides C",

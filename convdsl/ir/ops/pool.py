@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import NON_NEGATIVE, POSITIVE, POSITIVE_REAL
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, OpDef, before_axis, before_last,
                                 check_positive, expect_rank, format_value, identity_if_same_type, io_workspace,
                                 keep_channels, normalize_dims, tuple_n)
@@ -86,12 +87,12 @@ def make_pool(kind: str, nd: int) -> OpDef:
         return Cost(0, outs[0].numel() * math.prod(k))
 
     attrs = [
-        Attr("k", "ints", doc="window size"),
-        Attr("stride", "ints", None, doc="default: k"),
-        Attr("pad", "ints", 0, doc="implicit padding on both sides (at most k/2)"),
+        Attr("k", "ints", doc="window size", domain=POSITIVE),
+        Attr("stride", "ints", None, doc="default: k", domain=POSITIVE),
+        Attr("pad", "ints", 0, doc="implicit padding on both sides (at most k/2)", domain=NON_NEGATIVE),
     ]
     if is_max:
-        attrs.append(Attr("dilation", "ints", 1))
+        attrs.append(Attr("dilation", "ints", 1, domain=POSITIVE))
     attrs.append(Attr("ceil_mode", "bool", False, doc="round the output size up"))
     if not is_max:
         attrs.append(Attr("count_include_pad", "bool", True, doc="average counts padded zeros"))
@@ -141,7 +142,7 @@ def _adaptive(kind: str, nd: int) -> OpDef:
         return [x.with_shape((*x.shape[:-nd], *out))]
 
     return OpDef(
-        name=name, group="pooling", attrs=(Attr("out", "ints", 1, doc="output size per spatial dim"),),
+        name=name, group="pooling", attrs=(Attr("out", "ints", 1, doc="output size per spatial dim", domain=POSITIVE),),
         infer=infer, cost=lambda a, ins, outs: Cost(0, ins[0].numel()),
         workspace=_REORDER_WORKSPACE,
         doc=f"{nd}-D adaptive {'average' if kind == 'avg' else 'maximum'} pooling to a fixed output size.",
@@ -224,9 +225,10 @@ OPS = [
           example="mean([2, 3])", shape_rule="drop (or keep as 1, keepdim) each dim in dims",
           prune=PRUNE_RULE),  # couplings.reduce
     OpDef(name="upsample", group="resampling",
-          attrs=(Attr("scale", "float|floats", None, doc="scale factor (one, or one per spatial dim)"),
+          attrs=(Attr("scale", "float|floats", None, doc="scale factor (one, or one per spatial dim)",
+                      domain=POSITIVE_REAL),
                  Attr("mode", "sym", "nearest", choices=UPSAMPLE_MODES),
-                 Attr("size", "ints", None, doc="output spatial size instead of a scale"),
+                 Attr("size", "ints", None, doc="output spatial size instead of a scale", domain=POSITIVE),
                  Attr("align_corners", "bool", False, doc="linear modes only")),
           infer=_upsample_infer, cost=_upsample_cost,
           workspace=io_workspace(per_input=1),  # a contiguous (or channels-last) copy of the input

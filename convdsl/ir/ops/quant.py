@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import NON_NEGATIVE, POSITIVE, Domain
 from convdsl.ir.optable import (SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, ParamSpec, check_positive, expect_rank,
                                 io_workspace, opaque, tuple_n, zero_cost)
 from convdsl.ir.types import FLOAT_DTYPES, TensorType
@@ -130,17 +131,22 @@ def _cast_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [TensorType(ins[0].shape, attrs["dtype"])]
 
 
-_QATTRS = (Attr("scale", "float", doc="real value of one step"),
+# A quantization step: positive, and with its inverse (what quantize multiplies by) and the products
+# of requantization inside float32 (1e-300 made 1/scale infinite, written as `inf` into model.py).
+SCALE = Domain("[1e-30, 1e30]", name="a positive step in [1e-30, 1e30]")
+
+
+_QATTRS = (Attr("scale", "float", doc="real value of one step", domain=SCALE),
            Attr("zero_point", "int", 0, doc="the integer that stands for real 0"))
 
 
 # ---- quantized convolution and linear -------------------------------------------------------------
 def _out_attrs() -> tuple[Attr, ...]:
     return (
-        Attr("in_scale", "float", doc="scale of the int8 input"),
+        Attr("in_scale", "float", doc="scale of the int8 input", domain=SCALE),
         Attr("in_zp", "int", 0, doc="zero point of the int8 input"),
         Attr("out_dtype", "sym", "f32", choices=("f32", "u8", "i8"), doc="f32: dequantized output; u8/i8: requantized"),
-        Attr("out_scale", "float", 1.0, doc="scale of an int8 output"),
+        Attr("out_scale", "float", 1.0, doc="scale of an int8 output", domain=SCALE),
         Attr("out_zp", "int", 0, doc="zero point of an int8 output"),
         Attr("relu", "bool", False, doc="fused relu (clamp at real 0)"),
     )
@@ -211,12 +217,13 @@ def make_qconv(nd: int) -> OpDef:
         name=name,
         group="quantization",
         attrs=(
-            Attr("out", "int", doc="output channels"),
-            Attr("k", "ints", 3, doc="kernel size"),
-            Attr("stride", "ints", 1),
-            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid (zeros)"),
-            Attr("dilation", "ints", 1),
-            Attr("groups", "int|sym", 1, choices=("depthwise",)),
+            Attr("out", "int", doc="output channels", domain=POSITIVE),
+            Attr("k", "ints", 3, doc="kernel size", domain=POSITIVE),
+            Attr("stride", "ints", 1, domain=POSITIVE),
+            Attr("pad", "ints|sym", 0, choices=("same", "valid"), doc="int, per-dim list, or same/valid (zeros)",
+                 domain=NON_NEGATIVE),
+            Attr("dilation", "ints", 1, domain=POSITIVE),
+            Attr("groups", "int|sym", 1, choices=("depthwise",), domain=POSITIVE),
             Attr("bias", "bool", True, doc="int32 bias"),
             *_out_attrs(),
         ),
@@ -280,7 +287,7 @@ OPS = [
           prune=opaque("a dtype change: prune before casting")),
     make_qconv(1), make_qconv(2), make_qconv(3),
     OpDef(name="qlinear", group="quantization",
-          attrs=(Attr("out", "int"), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
+          attrs=(Attr("out", "int", domain=POSITIVE), Attr("bias", "bool", True, doc="int32 bias"), *_out_attrs()),
           infer=_qlinear_infer, params=_qlinear_params, cost=_qlinear_cost, workspace=_qlinear_workspace,
           doc="y = x W^T + b over the last dim with an int8 input, int8 per-row weights (`weight` i8, `w_scale` "
               "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import Domain, POSITIVE
 from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
                                 keep_channels, zero_cost)
-from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul, dims_prod
+from convdsl.ir.types import Dim, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.conv import PAD_MODES
 from convdsl.ir.ops.pool import normalize_dims
 
@@ -35,13 +36,15 @@ def _flatten_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 
 def _split_static(dims) -> tuple[int, Counter]:
-    """Static product and the multiset of symbolic dims."""
+    """The element count of ``dims`` as a number times a multiset of symbolic factors: a dim
+    that is a product (``4*N``, ``H*W``) contributes its number and its symbols, so sizes that
+    folded a window or the heads into the batch can be unfolded again; any other symbolic
+    dim (``(H-1)//2+1``) is one factor."""
     static, syms = 1, Counter()
     for d in dims:
-        if isinstance(d, int):
-            static *= d
-        else:
-            syms[d] += 1
+        coef, factors = dim_factors(d)
+        static *= coef
+        syms.update(factors)
     return static, syms
 
 
@@ -68,10 +71,13 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     in_static, in_syms = _split_static(x.shape)
     out_static, out_syms = _split_static(d for d in out if d is not None)
     left = in_syms - out_syms
+    given = dims_prod(d for d in out if d is not None)
     mismatch = ShapeError(f"reshape: cannot view {x} as {format_value(spec)}",
                           expected=f"{_shape(x.shape)} = {dims_prod(x.shape)} elements in all",
-                          got=_shape("-1" if d is None else d for d in out),
-                          hint="write 0 to keep an input dim (e.g. the batch) and -1 for the rest")
+                          got=_shape("-1" if d is None else d for d in out) + f": the other dims give {given}"
+                          + (" elements, which does not divide them" if None in out else " elements"),
+                          hint="write 0 to keep an input dim (e.g. the batch) and -1 for the rest; -1 may take "
+                               "a product of symbols and a number (4*N) but cannot split a symbol")
     if out_syms - in_syms:
         raise mismatch
     if None in out:
@@ -79,9 +85,10 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
             raise mismatch
         rest = []
         for d in x.shape:  # leftover symbols, in input order
-            if not isinstance(d, int) and left[d] > 0:
-                rest.append(d)
-                left[d] -= 1
+            for f in dim_factors(d)[1]:
+                if left[f] > 0:
+                    rest.append(f)
+                    left[f] -= 1
         fill = dims_prod([*rest, in_static // out_static])
         out = [fill if d is None else d for d in out]
     elif left or in_static != out_static:
@@ -310,7 +317,8 @@ OPS = [
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
         "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]",
         identity_when=identity_if_same_type, int8_passthrough=True),
-    _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred"),), _reshape_infer,
+    _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred",
+                          domain=Domain("[-1, inf)", name="positive, 0 (keep) or -1 (infer)")),), _reshape_infer,
         "view the same elements with a new shape.", "reshape([0, 16, -1])",
         "same number of elements; 0 copies the input dim at that position, -1 takes the rest",
         identity_when=identity_if_same_type, int8_passthrough=True),
@@ -330,8 +338,9 @@ OPS = [
         "join tensors along dim; all other dims must match.", "(a, b) | concat", "sum of sizes along dim",
         inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type,
         example_inputs="a: f32[N, 64, 14, 14], b: f32[N, 32, 14, 14]"),
-    _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)"),
-                  Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)"),
+    _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)",
+                       domain=POSITIVE),
+                  Attr("chunks", "int", None, doc="number of equal pieces (must divide the size)", domain=POSITIVE),
                   Attr("dim", "int", 1)), _split_infer,
         "cut a tensor along dim into several outputs.", "a, b = x | split([16, 48])",
         "one output per piece; sizes add up to in[dim]", identity_when=identity_if_same_type),
@@ -341,10 +350,10 @@ OPS = [
         "pad the spatial dims (2 and after) of [N, C, *spatial].", "pad([0, 1, 0, 1])",
         "out = in + before + after per spatial dim", identity_when=identity_if_same_type,
         prune=keep_channels(before_axis(2))),
-    _op("pixel_shuffle", (Attr("factor", "int"),), _pixel_shuffle_infer,
+    _op("pixel_shuffle", (Attr("factor", "int", domain=POSITIVE),), _pixel_shuffle_infer,
         "sub-pixel upsampling: move channel blocks into space.", "pixel_shuffle(2)",
         "[N, C*r*r, H, W] -> [N, C, H*r, W*r]", identity_when=identity_if_same_type),
-    _op("pixel_unshuffle", (Attr("factor", "int"),), _pixel_unshuffle_infer,
+    _op("pixel_unshuffle", (Attr("factor", "int", domain=POSITIVE),), _pixel_unshuffle_infer,
         "inverse of pixel_shuffle: move space blocks into channels.", "pixel_unshuffle(2)",
         "[N, C, H*r, W*r] -> [N, C*r*r, H, W]", identity_when=identity_if_same_type),
     SELECT,

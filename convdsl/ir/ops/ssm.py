@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from convdsl.errors import CDLTypeError, ShapeError
+from convdsl.ir.domains import Domain, NON_NEGATIVE, POSITIVE, POSITIVE_REAL
 from convdsl.ir.optable import Attr, Cost, Init, OpDef, ParamSpec, keep_channels, on_axis, work_bytes
 from convdsl.ir.types import TensorType, bind_dim
 from convdsl.ir.ops.fft import long_conv_cost, long_conv_workspace, seq_dims
@@ -210,15 +211,16 @@ def _ss_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) ->
     return (inputs + state) * item + _bidirectional_workspace(attrs, x)
 
 
+_DT_MIN = Attr("dt_min", "float", 0.001, doc="smallest initial step size", domain=POSITIVE_REAL)
+_DT_MAX = Attr("dt_max", "float", 0.1, doc="largest initial step size (>= dt_min)", domain=POSITIVE_REAL)
 _BIDIR = Attr("bidirectional", "bool", False, doc="y = F(u) + flip(F(flip(u))), shared parameters")
 
 OPS = [
     OpDef(
         name="s4d", group="state space",
         attrs=(
-            Attr("state", "int", 64, doc="state size N (even: N/2 complex conjugate pairs)"),
-            Attr("dt_min", "float", 0.001),
-            Attr("dt_max", "float", 0.1),
+            Attr("state", "int", 64, doc="state size N (even: N/2 complex conjugate pairs)", domain=POSITIVE),
+            _DT_MIN, _DT_MAX,
             _BIDIR,
         ),
         infer=_s4d_infer, params=_s4d_params, cost=_s4d_cost, workspace=_s4d_workspace,
@@ -237,9 +239,11 @@ OPS = [
     OpDef(
         name="sgconv", group="state space",
         attrs=(
-            Attr("kernel_dim", "int", 64, doc="taps of each sub-kernel"),
-            Attr("n_scales", "int", None, doc="number of sub-kernels (default: enough to cover L)"),
-            Attr("decay", "float", 0.5, doc="weight ratio between consecutive scales"),
+            Attr("kernel_dim", "int", 64, doc="taps of each sub-kernel", domain=POSITIVE),
+            Attr("n_scales", "int", None, doc="number of sub-kernels (default: enough to cover L)",
+                 domain=Domain(f"[1, {MAX_SCALES}]", name=f"in 1..{MAX_SCALES}")),
+            Attr("decay", "float", 0.5, doc="weight ratio between consecutive scales (SGConv: decaying)",
+                 domain=Domain("(0, 1]")),
             Attr("interp", "sym", "linear", choices=("linear", "nearest"), doc="upsampling of sub-kernels"),
             _BIDIR,
         ),
@@ -258,12 +262,13 @@ OPS = [
     OpDef(
         name="selective_scan", group="state space",
         attrs=(
-            Attr("state", "int", 16, doc="state size N per channel"),
-            Attr("dt_rank", "int|sym", "auto", choices=("auto",), doc="rank of the dt projection; auto = ceil(C/16)"),
-            Attr("d_conv", "int", 0, doc="taps of a causal depthwise conv + SiLU before the scan (0: none)"),
+            Attr("state", "int", 16, doc="state size N per channel", domain=POSITIVE),
+            Attr("dt_rank", "int|sym", "auto", choices=("auto",), doc="rank of the dt projection; auto = ceil(C/16)",
+                 domain=POSITIVE),
+            Attr("d_conv", "int", 0, doc="taps of a causal depthwise conv + SiLU before the scan (0: none)",
+                 domain=NON_NEGATIVE),
             _BIDIR,
-            Attr("dt_min", "float", 0.001),
-            Attr("dt_max", "float", 0.1),
+            _DT_MIN, _DT_MAX,
         ),
         infer=_ss_infer, params=_ss_params, cost=_ss_cost, normalize=_ss_normalize, workspace=_ss_workspace,
         doc="Mamba selective SSM (Gu & Dao 2023) on u[N, C, L]: (optional u = silu(causal depthwise conv1d(u))); "

@@ -215,3 +215,31 @@ def test_relu_and_add_run_in_place_only_where_autograd_allows():
     want.square().sum().backward()
     torch.testing.assert_close(m.conv.weight.grad, ref_conv.weight.grad)
     torch.testing.assert_close(m.proj.bias.grad, ref_proj.bias.grad)
+
+
+def test_instance_names_with_dashes_load_a_regnet_state_dict():
+    """Issue 14 item 4: RegNet's keys (`trunk_output.block1.block1-0.proj.0.weight`) could not be
+    named: '-' was refused in an instance name.  Quoted labels take any state_dict segment."""
+    from convdsl.api import load_graph
+
+    src = textwrap.dedent('''
+        network n(x: f32[N, 3, 8, 8]) {
+            for i in range(2) {
+                x = x | conv2d(3, 3, pad=1) as "trunk_output.block1.block1-{i}.proj.0" | relu
+            }
+            return x | conv2d(2, 1) as "head:fc[0]"
+        }
+        ''')
+    ref = torch.nn.Module()
+    trunk = torch.nn.Module()
+    ref.add_module("trunk_output", trunk)
+    trunk.add_module("block1", torch.nn.ModuleDict({f"block1-{i}": torch.nn.ModuleDict(
+        {"proj": torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1))}) for i in range(2)}))
+    ref.add_module("head:fc[0]", torch.nn.Conv2d(3, 2, 1))
+    m = build_module(load_graph(src))
+    assert set(m.state_dict()) == set(ref.state_dict())
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    blocks = ref.trunk_output.block1
+    want = getattr(ref, "head:fc[0]")(torch.relu(blocks["block1-1"]["proj"](torch.relu(blocks["block1-0"]["proj"](x)))))
+    torch.testing.assert_close(m(x), want)

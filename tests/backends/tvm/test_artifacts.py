@@ -138,3 +138,22 @@ def test_torch_artifact_is_not_a_tvm_artifact(tmp_path):
     write_artifact(g, tmp_path / "t", "torch")
     with pytest.raises(UsageError, match="not by TVM"):
         load(tmp_path / "t")
+
+
+def test_manifest_lists_the_shapes_the_library_takes(tmp_path):
+    """Issue 14 item 12: a TVM folder is built for N=1 (or the --bind size) while its manifest.json
+    listed the inputs as ['N', 3, 8, 8].  The manifest now gives the bound shapes (and the
+    program's symbolic ones beside them), and `convdsl run` runs the folder at that batch."""
+    src = tmp_path / "small.cdl"
+    src.write_text(NET)
+    for bind, n in (([], 1), (["--bind", "N=4"], 4)):
+        out = tmp_path / f"out{n}"
+        r = CliRunner().invoke(main, ["compile", str(src), "-b", "tvm-llvm", "--no-db", *bind, "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["inputs"] == [{"name": "x", "shape": [n, 3, 8, 8], "symbolic_shape": ["N", 3, 8, 8], "dtype": "f32"}]
+        assert m["outputs"] == [{"name": "z", "shape": [n, 5], "symbolic_shape": ["N", 5], "dtype": "f32"}]
+        digest = r.output.split("artifact sha256:")[1].split()[0]
+        run = CliRunner().invoke(main, ["run", str(out), "--expect-sha256", digest])
+        assert run.exit_code == 0, run.output
+        assert f"z: [{n}, 5]" in run.output

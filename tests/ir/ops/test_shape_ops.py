@@ -244,3 +244,29 @@ def test_pixel_shuffle_errors_and_symbolic():
         infer1("pixel_shuffle", (4, 4), 2)
     with pytest.raises(CDLTypeError, match="positive"):
         infer1("pixel_unshuffle", (2, 4, 4, 4), 0)
+
+
+def test_a_batch_folded_by_reshape_unfolds_again():
+    """Issue 14 item 2: after reshape([-1, 16, 8, 8]) on f32[N, 64, 8, 8], reshape([-1, 64, 8, 8])
+    failed with 'cannot view f32[4*N, 16, 8, 8]': the everyday pattern of windowed attention
+    (windows or heads folded into the batch and back).  Shapes against torch at N = 3, and
+    numbers: the program's torch module against the same reshapes done by torch."""
+    from convdsl.api import compile as cdl_compile
+
+    assert infer1("reshape", ("N", 64, 8, 8), [-1, 16, 8, 8]) == ("4*N", 16, 8, 8)
+    assert infer1("reshape", ("4*N", 16, 8, 8), [-1, 64, 8, 8]) == ("N", 64, 8, 8)
+    assert infer1("reshape", ("L*N", 6), [-1, 2, 3]) == ("L*N", 2, 3)
+    with pytest.raises(ShapeError, match="cannot split a symbol"):
+        infer1("reshape", ("N", 6), [4, -1])  # 6*N elements: 4 divides them only for some N
+    src = ("network n(x: f32[N, 64, 8, 8]) {\n"
+           "    w = x | reshape([0, 4, 16, 4, 2, 4, 2]) | permute([0, 1, 4, 6, 2, 3, 5])\n"
+           "    t = w | reshape([-1, 16, 4, 4]) | conv2d(16, 3, pad=1, bias=false) as conv\n"
+           "    y = t | reshape([-1, 4, 2, 2, 16, 4, 4]) | permute([0, 1, 4, 5, 2, 6, 3])\n"
+           "    return y | reshape([-1, 64, 8, 8])\n"
+           "}\n")
+    m = cdl_compile(src)
+    x = torch.randn(3, 64, 8, 8)
+    w = x.reshape(3, 4, 16, 4, 2, 4, 2).permute(0, 1, 4, 6, 2, 3, 5)
+    t = m.conv(w.reshape(-1, 16, 4, 4))
+    want = t.reshape(-1, 4, 2, 2, 16, 4, 4).permute(0, 1, 4, 5, 2, 6, 3).reshape(-1, 64, 8, 8)
+    torch.testing.assert_close(m(x), want)

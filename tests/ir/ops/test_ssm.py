@@ -330,7 +330,7 @@ def test_selective_scan_params_and_init():
 def test_selective_scan_errors():
     with pytest.raises(CDLTypeError, match="dt_rank must be positive"):
         infer1("selective_scan", (2, 4, 10), dt_rank=0)
-    with pytest.raises(CDLTypeError, match="d_conv counts conv taps"):
+    with pytest.raises(CDLTypeError, match="d_conv must be >= 0"):
         infer1("selective_scan", (2, 4, 10), d_conv=-1)
     with pytest.raises(CDLTypeError, match="state must be positive"):
         infer1("selective_scan", (2, 4, 10), state=0)
