@@ -16,7 +16,7 @@ Test tiers (markers registered in pyproject.toml, where unknown markers are erro
 ``tvm`` needs TVM, ``zoo`` builds and runs the example models, ``property`` runs hypothesis
 suites over random programs (and replays the programs they found), ``slow`` is anything else
 that takes seconds.  Whole folders and files get their tier here (``TIERS``); single slow tests
-carry ``@pytest.mark.slow``.  The developer's loop (about a minute on two cores: 1,009 tests, 75 s on a shared machine):
+carry ``@pytest.mark.slow``.  The developer's loop (1,154 tests, 80-87 s on two shared cores):
 
     python -m pytest -q -n 2 -m "not slow and not zoo and not tvm and not property"
 """
