@@ -456,10 +456,12 @@ def prop_bf16_tvm(case: Case) -> None:
 def prop_cast(case: Case) -> None:
     """Half precision (cast to f16 / bf16 inside, f32 at the edges) stays within the tolerance
     of its dtype (docs/testing.md).  Inputs of ordinary magnitude only: large or spiky values
-    overflow f16 by design."""
+    overflow f16 by design, and an offset input (300 + N(0, 1)) keeps only about two bits of its
+    spread once rounded to f16 (steps of 0.25 at 300; bf16: steps of 2), which a normalization
+    then scales up to the output's own size."""
     from convdsl.passes.cast import cast
 
-    if (case.kind or "") in ("large", "spiky") or (case.kind is None and case.seed < 6):
+    if (case.kind or "") in ("large", "spiky", "offset") or (case.kind is None and case.seed < 6):
         return
     g = case.graph()
     for dtype in ("f16", "bf16"):
