@@ -1,6 +1,6 @@
 """The reference-checked zoo: modern torchvision models, weight for weight.
 
-For MobileNetV3-Large, EfficientNet-B0, ConvNeXt-T, ViT-B/16, Swin-T and RegNetY-400MF the
+For MobileNetV3-Large, EfficientNet-B0, ConvNeXt-T, ViT-B/16, Swin-T, RegNetY-400MF and MaxViT-T the
 .cdl example must have torchvision's parameter count and state_dict keys (up to
 the explicit renamings in KEY_MAPS), and, given a seeded random torchvision
 model's weights, compute the same logits in eval mode (batch 2, 224x224) within
@@ -62,6 +62,11 @@ def _swin_keys(sd: StateDict) -> StateDict:
     return {k: v for k, v in sd.items() if not k.endswith(".attn.relative_position_index")}
 
 
+def _maxvit_keys(sd: StateDict) -> StateDict:
+    # the same derived buffer, at MaxViT's attention (attn_layer.1); every other key as is
+    return {k: v for k, v in sd.items() if not k.endswith(".attn_layer.1.relative_position_index")}
+
+
 # example name -> (torchvision constructor, published parameter count, torchvision keys -> ours)
 MODELS: dict[str, tuple[Callable[[], nn.Module], int, Callable[[StateDict], StateDict]]] = {
     "mobilenet_v3_large": (models.mobilenet_v3_large, 5_483_032, _same_keys),
@@ -70,6 +75,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int, Callable[[StateDict], Stat
     "vit_b_16": (models.vit_b_16, 86_567_656, _vit_keys),
     "swin_t": (models.swin_t, 28_288_354, _swin_keys),
     "regnet_y_400mf": (models.regnet_y_400mf, 4_344_144, _same_keys),  # keys with '-': block1-0 (issue 14)
+    "maxvit_t": (models.maxvit_t, 30_919_624, _maxvit_keys),  # scale, to_qkv/merge, grid attention (issue 14)
 }
 
 
