@@ -23,6 +23,8 @@ from __future__ import annotations
 import keyword
 import math
 
+import numpy as np
+
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
 from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
@@ -384,6 +386,18 @@ def _window_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
     return p
 
 
+def relative_position_index(wh: int, ww: int) -> np.ndarray:
+    """[T, T] (T = wh*ww): the row of the bias table for each pair of tokens of a window, torchvision's
+    relative_position_index (Swin stores it flattened, MaxViT as [T, T])."""
+    ys, xs = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")
+    ys, xs = ys.ravel(), xs.ravel()
+    return (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
+
+
+def _window_derived(attrs: dict, ins: list[TensorType]) -> dict[str, np.ndarray]:
+    return {"relative_position_index": relative_position_index(*tuple_n(attrs["window"], 2))}
+
+
 def padded(size, w: int):
     """A spatial size rounded up to a multiple of the window (torchvision pads bottom/right)."""
     return -(-size // w) * w if isinstance(size, int) else dim_mul(dim_floordiv(dim_add(size, w - 1), w), w)
@@ -424,6 +438,7 @@ WINDOW = OpDef(
                                          "<qkv>.bias), e.g. \"to_qkv\" for torchvision's MaxViT"),
            Attr("proj", "str", "proj", doc="name of the output projection, e.g. \"merge\" for torchvision's MaxViT")),
     infer=_window_infer, params=_window_params, cost=_window_cost, workspace=_window_workspace,
+    derived=_window_derived,
     doc="Swin (shifted) window attention on channels-last [N, H, W, C], exactly torchvision's "
         "ShiftedWindowAttention: zero-pad H, W to multiples of the window, cyclic shift with the "
         "shifted-window mask (no shift along a side the window covers), relative position bias table "
