@@ -167,3 +167,22 @@ def test_same_output_on_torchvision_weights(pair):
     assert (before - expected).abs().max().item() > 0.1 * scale > 1e-3
     diff = (got - expected).abs().max().item()
     assert diff <= ATOL, f"{name}: max abs diff {diff:.3g} (logits up to {scale:.3g})"
+
+
+def test_maxvit_loads_torchvision_state_dict_as_it_is(tmp_path):
+    """issue 14 must-show 4: `convdsl ... --weights` takes maxvit_t().state_dict() saved as is, strict and
+    with no key mapping: its 22 relative_position_index buffers are checked against what
+    window_attention derives, the rest loads, and the network computes torchvision's logits."""
+    from safetensors.torch import save_file
+
+    from convdsl.ir.weights import fit_weights
+
+    tv = _torchvision("maxvit_t")
+    save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, str(tmp_path / "maxvit_t.safetensors"))
+    graph = verify(elaborate_file(EXAMPLES / "maxvit_t.cdl"))
+    report = fit_weights(graph, tmp_path / "maxvit_t.safetensors")
+    assert len(report.derived) == 22 and not report.ignored and not report.kept
+    x = torch.randn(*INPUT, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (build_module(graph).eval()(x) - tv(x)).abs().max().item()
+    assert diff <= ATOL, f"max abs diff {diff:.3g}"
