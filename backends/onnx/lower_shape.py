@@ -8,7 +8,7 @@ SpaceToDepth orders channels the other way).
 from __future__ import annotations
 
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.ops.shape import explicit_pads, select_dim, split_sizes, squeeze_dims
+from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims
 
 from convdsl.backends.onnx.export import Exporter
 from convdsl.backends.onnx.common import family, pad_spatial
@@ -94,6 +94,11 @@ def _select(cx, node, args, ins):
     return cx.op("Gather", [args[0], cx.const(node.attrs["index"], "int64")], axis=d)
 
 
+def _index_select(cx, node, args, ins):
+    d, index = index_positions(node.attrs, ins[0])
+    return cx.op("Gather", [args[0], cx.ints(list(index))], axis=d)  # a 1-D index keeps the dim
+
+
 def flip(cx: Exporter, x: str, dims) -> str:
     """Reverse ``x`` along ``dims`` (a Slice with step -1)."""
     dims = list(dims)
@@ -114,4 +119,5 @@ EXPORTS = family("shape", {
     "pixel_shuffle": _pixel_shuffle,
     "pixel_unshuffle": _pixel_unshuffle,
     "select": _select,
+    "index_select": _index_select,
 })

@@ -6,7 +6,7 @@ batch) by reading it from the tensor at run time.
 from __future__ import annotations
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.shape import explicit_pads, select_dim, split_sizes, squeeze_dims
+from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims
 from convdsl.ir.types import TensorType
 
 from convdsl.backends.torch.common import TorchLowering, family, keywords, lit, template
@@ -72,6 +72,11 @@ def _select_call(node: Node, ins: list[TensorType], mod: str | None, args: list[
     return f"{args[0]}[{':, ' * d}{node.attrs['index']}]"
 
 
+def _index_select_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    d, index = index_positions(node.attrs, ins[0])
+    return f"{args[0]}[{':, ' * d}{list(index)}]"  # a list index keeps the dim: x[:, [2, 0, 1]]
+
+
 LOWERINGS.add("flatten", TorchLowering(_flatten_call))
 LOWERINGS.add("reshape", TorchLowering(_reshape_call))
 LOWERINGS.add("permute", TorchLowering(_permute_call))
@@ -84,3 +89,4 @@ LOWERINGS.add("pad", TorchLowering(_pad_call))
 LOWERINGS.add("pixel_shuffle", TorchLowering(template("F.pixel_shuffle({x}, {factor})")))
 LOWERINGS.add("pixel_unshuffle", TorchLowering(template("F.pixel_unshuffle({x}, {factor})")))
 LOWERINGS.add("select", TorchLowering(_select_call))
+LOWERINGS.add("index_select", TorchLowering(_index_select_call))

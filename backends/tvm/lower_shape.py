@@ -10,7 +10,7 @@ import numpy as np
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.ops.shape import explicit_pads, select_dim, split_sizes
+from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes
 
 from convdsl.backends.tvm.common import R, family, relax
 from convdsl.backends.tvm.indexing import pad_by_index
@@ -71,6 +71,11 @@ def _select(cx, node, args, ins):
     return R.squeeze(y, [d])
 
 
+def _index_select(cx, node, args, ins):
+    d, index = index_positions(node.attrs, ins[0])
+    return R.take(args[0], cx.const(np.array(index), "int64"), axis=d, mode="clip")
+
+
 # ---- pixel shuffle ---------------------------------------------------------------------
 def _pixel_shuffle(cx, node, args, ins):
     # [..., C*r*r, H, W] -> [..., C, r, r, H, W] -> [..., C, H, r, W, r] -> [..., C, H*r, W*r]
@@ -106,3 +111,4 @@ LOWERINGS.add("pad", _pad)
 LOWERINGS.add("pixel_shuffle", _pixel_shuffle)
 LOWERINGS.add("pixel_unshuffle", _pixel_unshuffle)
 LOWERINGS.add("select", _select)
+LOWERINGS.add("index_select", _index_select)

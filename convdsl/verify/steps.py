@@ -513,6 +513,20 @@ def spectral(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
                      interp=d.pick([None, Word("nearest")]), bidirectional=bidir), kind, shape, None, ("sgconv",))
 
 
+def index_select(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
+    """Positions gathered along one dim that is not the batch: a permutation, a subset or repeats."""
+    dims = [i for i in range(1, len(shape)) if shape[i] > 1]
+    if not dims:
+        return None
+    dim = d.pick(dims)
+    n = shape[dim]
+    index = [d.int(-n, n - 1) for _ in range(d.int(1, 4))]
+    out = list(shape)
+    out[dim] = len(index)
+    alt = call("index_select", [i % n for i in index], dim=dim - len(shape))  # the same, counted from the ends
+    return Step(call("index_select", index, dim=dim), kind, tuple(out), alt, ("index_select",))
+
+
 # The menu, simplest first (shrinking moves towards the start).
 STEPS: list[tuple[str, StepFn]] = [
     ("activation", activation),
@@ -531,6 +545,7 @@ STEPS: list[tuple[str, StepFn]] = [
     ("glu", glu),
     ("reduce", reduce),
     ("image_attention", image_attention),
+    ("index_select", index_select),
 ]
 
 

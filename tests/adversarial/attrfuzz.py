@@ -71,6 +71,7 @@ BASES.update({
     "pixel_shuffle": Base(X4, "pixel_shuffle(factor=2)"),
     "pixel_unshuffle": Base(X4, "pixel_unshuffle(factor=2)"),
     "select": Base(X4, "select(index=0)"),
+    "index_select": Base(X4, "index_select(index=[3, 0, 0])"),
     "mhsa": Base(_SEQ, "mhsa(heads=2)"),
     "cross_attention": Base((("x", "f32[2, 5, 8]"), ("m", "f32[2, 7, 6]")), "cross_attention(heads=2)",
                             "{y} = ({x}, {m}) | {call}"),

@@ -49,7 +49,8 @@ BOMBS = {
                                     "return y"), 5, 4, "items"),
     "reshape-to-rank-65": (net("return x | reshape([1] * 63 + [1, 4])"), 5, 2, "rank"),
     "input-of-rank-100": ("network n(x: f32[" + ", ".join(["1"] * 100) + "]) {\n  return x\n}\n", 5, 1, "rank"),
-    "dimension-over-2**62": (net("return x | linear(2 ** 70)"), 6, 2, "2**62"),
+    "dimension-over-2**62": ("network n(x: f32[N, " + str(2**62 + 1) + "]) {\n  return x\n}\n", 6, 1, "2**62"),
+    "attribute-over-int32": (net("return x | linear(2 ** 70)"), 5, 2, "int32"),  # its domain, before any shape
     # time: strings, lists and loops inside the step limit
     "string-copied-100000-times": (net('s = "ab"', "repeat 18 {", "  s = s + s", "}", "repeat 100000 {",
                                        '  t = s + "c"', "}", "return x"), 6, 7, "too long"),

@@ -1,6 +1,6 @@
 """Shape ops: flatten, reshape, permute/transpose, squeeze/unsqueeze, concat,
-split, pad, pixel_shuffle/pixel_unshuffle.  None has parameters; all move or
-copy data without arithmetic (cost 0).
+split, pad, pixel_shuffle/pixel_unshuffle, select, index_select.  None has
+parameters; all move or copy data without arithmetic (cost 0).
 
 Lowered in backends/torch/lower_shape.py and backends/tvm/lower_shape.py; how pruning treats each op
 is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
@@ -12,7 +12,7 @@ from collections import Counter
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import Domain, POSITIVE
 from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
-                                keep_channels, zero_cost)
+                                keep_channels, off_attr, zero_cost)
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.conv import PAD_MODES
 from convdsl.ir.ops.pool import normalize_dims
@@ -312,6 +312,56 @@ SELECT = OpDef(
 )
 
 
+# ---- index_select --------------------------------------------------------------------------------
+MAX_INDEX = 2**20  # positions in one index_select: a relative-position table of a 32 x 32 window is 1,024**2
+
+def index_positions(attrs: dict, x: TensorType) -> tuple[int, tuple[int, ...]]:
+    """(dim, the positions taken along it, each in [0, size)) of an index_select on ``x``."""
+    d, = normalize_dims("index_select", attrs["dim"], x.rank)
+    index = attrs["index"]
+    index = (index,) if isinstance(index, int) else tuple(index)
+    if not index:
+        raise CDLTypeError("index_select needs at least one position", got="[]",
+                           hint="index_select([0, 2], dim=1) takes positions 0 and 2 along dim 1")
+    size = x.shape[d]
+    if not isinstance(size, int):
+        raise ShapeError(f"index_select needs a static size along dim {d}", got=str(x),
+                         hint="gather along a dim whose size is known (not the batch)")
+    bad = [i for i in index if not -size <= i < size]
+    if bad:
+        raise ShapeError(f"index_select: position {bad[0]} is out of range for size {size} of dim {d}",
+                         expected=f"positions in [{-size}, {size - 1}]", got=str(x))
+    return d, tuple(i % size for i in index)
+
+
+def _index_select_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    d, index = index_positions(attrs, x)
+    return [x.with_shape((*x.shape[:d], len(index), *x.shape[d + 1:]))]
+
+
+def _index_select_is_identity(attrs: dict, x: TensorType, y: TensorType) -> bool:
+    d, index = index_positions(attrs, x)
+    return x == y and index == tuple(range(x.shape[d]))
+
+
+INDEX_SELECT = OpDef(
+    name="index_select", group="shape",
+    attrs=(Attr("index", "ints", doc="positions to take along dim, in order (repeats allowed; negative counts "
+                                     "from the end)",
+                domain=Domain(min_len=1, max_len=MAX_INDEX, name=f"1 to {MAX_INDEX:,} positions")),
+           Attr("dim", "int", 1, doc="the dim gathered along")),
+    infer=_index_select_infer, cost=zero_cost,
+    doc="gathers positions along one dim (torch.index_select, numpy.take): out[..., i, ...] = x[..., index[i], ...]. "
+        "E.g. a relative-position bias table [(2M-1)^2, heads] gathered with the index of every pair of "
+        "positions in an M x M window: table | index_select(relative_index, dim=0).",
+    example="index_select([0, 2, 1], dim=1)",
+    shape_rule="in[dim] -> len(index)",
+    identity_when=_index_select_is_identity,
+    prune=keep_channels(off_attr("dim")),  # channels pass unless they are the dim gathered along
+)
+
+
 OPS = [
     _op("flatten", (Attr("start", "int", 1), Attr("end", "int", -1)), _flatten_infer,
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
@@ -357,4 +407,5 @@ OPS = [
         "inverse of pixel_shuffle: move space blocks into channels.", "pixel_unshuffle(2)",
         "[N, C, H*r, W*r] -> [N, C*r*r, H, W]", identity_when=identity_if_same_type),
     SELECT,
+    INDEX_SELECT,
 ]

@@ -270,3 +270,41 @@ def test_a_batch_folded_by_reshape_unfolds_again():
     t = m.conv(w.reshape(-1, 16, 4, 4))
     want = t.reshape(-1, 4, 2, 2, 16, 4, 4).permute(0, 1, 4, 5, 2, 6, 3).reshape(-1, 64, 8, 8)
     torch.testing.assert_close(m(x), want)
+
+
+# ---- index_select ------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,index,dim", [
+    ((2, 5, 3), [4, 0, 0, -1], 1), ((2, 5, 3), [2], -1), ((2, 5, 3), 1, 2), ((3, 4, 6, 6), [5, 4, 3, 2, 1, 0], 3),
+    ((169, 4), [0, 12, 168, 13] * 5, 0),  # a relative-position bias table read by a window's pair index
+])
+def test_index_select_matches_numpy_take(shape, index, dim):
+    """Shape rule and numbers (torch backend) against numpy.take, which counts negative positions
+    from the end as index_select does."""
+    import numpy as np
+
+    import convdsl
+    from opcheck import one_op_program
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    want = np.take(x, index, axis=dim) if isinstance(index, list) else np.take(x, [index], axis=dim)
+    assert infer1("index_select", shape, index, dim=dim) == want.shape
+    model = convdsl.compile(one_op_program("index_select", [shape], index, dim=dim))
+    np.testing.assert_array_equal(model(torch.from_numpy(x)).numpy(), want)
+
+
+def test_index_select_errors_are_located_and_say_what_fits():
+    with pytest.raises(ShapeError, match=r"position 5 is out of range for size 5 of dim 1"):
+        infer1("index_select", (2, 5, 3), [0, 5], dim=1)
+    with pytest.raises(ShapeError, match="static size"):
+        infer1("index_select", ("N", 5), [0], dim=0)
+    with pytest.raises(CDLTypeError, match="index takes a list of 1 to 1048576 entries"):  # its domain
+        infer1("index_select", (2, 5), [], dim=1)
+
+
+def test_index_select_of_every_position_in_order_is_an_identity():
+    from convdsl.ir.ops import OPS
+    from convdsl.ir.types import TensorType
+
+    x = TensorType((2, 3, 4))
+    assert OPS["index_select"].identity_when({"index": [0, 1, 2], "dim": 1}, x, x)
+    assert not OPS["index_select"].identity_when({"index": [2, 1, 0], "dim": 1}, x, x)
