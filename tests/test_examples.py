@@ -32,6 +32,7 @@ EXPECTED: dict[str, tuple[dict[str, int], tuple[int, ...]]] = {
     "vit_b_16": ({"N": BATCH}, (BATCH, 1000)),
     "swin_t": ({"N": BATCH}, (BATCH, 1000)),
     "regnet_y_400mf": ({"N": BATCH}, (BATCH, 1000)),
+    "maxvit_t": ({"N": BATCH}, (BATCH, 1000)),
 }
 
 # known failures of the static shape check, with the reason (strict: they must flip when fixed)

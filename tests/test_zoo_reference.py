@@ -1,6 +1,6 @@
 """The reference-checked zoo: modern torchvision models, weight for weight.
 
-For MobileNetV3-Large, EfficientNet-B0, ConvNeXt-T, ViT-B/16, Swin-T and RegNetY-400MF the
+For MobileNetV3-Large, EfficientNet-B0, ConvNeXt-T, ViT-B/16, Swin-T, RegNetY-400MF and MaxViT-T the
 .cdl example must have torchvision's parameter count and state_dict keys (up to
 the explicit renamings in KEY_MAPS), and, given a seeded random torchvision
 model's weights, compute the same logits in eval mode (batch 2, 224x224) within
@@ -62,6 +62,11 @@ def _swin_keys(sd: StateDict) -> StateDict:
     return {k: v for k, v in sd.items() if not k.endswith(".attn.relative_position_index")}
 
 
+def _maxvit_keys(sd: StateDict) -> StateDict:
+    # the same derived buffer, at MaxViT's attention (attn_layer.1); every other key as is
+    return {k: v for k, v in sd.items() if not k.endswith(".attn_layer.1.relative_position_index")}
+
+
 # example name -> (torchvision constructor, published parameter count, torchvision keys -> ours)
 MODELS: dict[str, tuple[Callable[[], nn.Module], int, Callable[[StateDict], StateDict]]] = {
     "mobilenet_v3_large": (models.mobilenet_v3_large, 5_483_032, _same_keys),
@@ -70,6 +75,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], int, Callable[[StateDict], Stat
     "vit_b_16": (models.vit_b_16, 86_567_656, _vit_keys),
     "swin_t": (models.swin_t, 28_288_354, _swin_keys),
     "regnet_y_400mf": (models.regnet_y_400mf, 4_344_144, _same_keys),  # keys with '-': block1-0 (issue 14)
+    "maxvit_t": (models.maxvit_t, 30_919_624, _maxvit_keys),  # scale, to_qkv/merge, grid attention (issue 14)
 }
 
 
@@ -161,3 +167,22 @@ def test_same_output_on_torchvision_weights(pair):
     assert (before - expected).abs().max().item() > 0.1 * scale > 1e-3
     diff = (got - expected).abs().max().item()
     assert diff <= ATOL, f"{name}: max abs diff {diff:.3g} (logits up to {scale:.3g})"
+
+
+def test_maxvit_loads_torchvision_state_dict_as_it_is(tmp_path):
+    """issue 14 must-show 4: `convdsl ... --weights` takes maxvit_t().state_dict() saved as is, strict and
+    with no key mapping: its 22 relative_position_index buffers are checked against what
+    window_attention derives, the rest loads, and the network computes torchvision's logits."""
+    from safetensors.torch import save_file
+
+    from convdsl.ir.weights import fit_weights
+
+    tv = _torchvision("maxvit_t")
+    save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, str(tmp_path / "maxvit_t.safetensors"))
+    graph = verify(elaborate_file(EXAMPLES / "maxvit_t.cdl"))
+    report = fit_weights(graph, tmp_path / "maxvit_t.safetensors")
+    assert len(report.derived) == 22 and not report.ignored and not report.kept
+    x = torch.randn(*INPUT, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        diff = (build_module(graph).eval()(x) - tv(x)).abs().max().item()
+    assert diff <= ATOL, f"max abs diff {diff:.3g}"

@@ -170,7 +170,7 @@ def _window_attention(cx, node, args, ins):
     nwin, t = (hp // wh) * (wp // ww), wh * ww
     x = cx.op("Reshape", [x, cx.ints([0, hp // wh, wh, wp // ww, ww, c])])
     x = cx.op("Reshape", [cx.op("Transpose", [x], perm=[0, 1, 3, 2, 4, 5]), cx.ints([0, nwin, t, c])])
-    qkv = linear(cx, x, TensorType((1, nwin, t, c)), cx.param("qkv.weight"), _opt(cx, "qkv.bias"))
+    qkv = linear(cx, x, TensorType((1, nwin, t, c)), cx.param(f"{a['qkv']}.weight"), _opt(cx, f"{a['qkv']}.bias"))
     qkv = cx.op("Reshape", [qkv, cx.ints([0, nwin, t, 3, heads, d])])
     qkv = cx.op("Transpose", [qkv], perm=[3, 0, 1, 4, 2, 5])  # [3, N, nW, heads, T, d]
     parts = cx.op("Split", [qkv, cx.ints([1, 1, 1])], outputs=3, axis=0)
@@ -178,9 +178,9 @@ def _window_attention(cx, node, args, ins):
     bias = window_bias(cx.array("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
     if sh or sw:
         bias = bias + shift_mask(hp, wp, wh, ww, sh, sw)[:, None]  # [nW, heads, T, T]
-    y = attend(cx, q, k, v, 5, d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
+    y = attend(cx, q, k, v, 5, a["scale"] or d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
     y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 1, 3, 2, 4]), cx.ints([0, nwin, t, c])])
-    y = linear(cx, y, TensorType((1, nwin, t, c)), cx.param("proj.weight"), _opt(cx, "proj.bias"))
+    y = linear(cx, y, TensorType((1, nwin, t, c)), cx.param(f"{a['proj']}.weight"), _opt(cx, f"{a['proj']}.bias"))
     y = cx.op("Reshape", [y, cx.ints([0, hp // wh, wp // ww, wh, ww, c])])
     y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 1, 3, 2, 4, 5]), cx.ints([0, hp, wp, c])])
     if sh:

@@ -141,12 +141,13 @@ class WindowAttention(nn.Module):
     buffer is derived, so it is recomputed here and ignored when loading)."""
 
     def __init__(self, channels, heads, window, shift=(0, 0), qkv_bias=True, proj_bias=True, dropout=0.0,
-                 proj_dropout=0.0):
+                 proj_dropout=0.0, scale=None, qkv="qkv", proj="proj"):
         super().__init__()
         self.heads, self.window, self.shift = heads, tuple(window), tuple(shift)
-        self.dropout, self.proj_dropout = dropout, proj_dropout
-        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
-        self.proj = nn.Linear(channels, channels, bias=proj_bias)
+        self.dropout, self.proj_dropout, self.scale = dropout, proj_dropout, scale
+        self.qkv_name, self.proj_name = qkv, proj  # the projections' module names (state_dict keys)
+        setattr(self, qkv, nn.Linear(channels, 3 * channels, bias=qkv_bias))
+        setattr(self, proj, nn.Linear(channels, channels, bias=proj_bias))
         wh, ww = self.window
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -187,13 +188,14 @@ class WindowAttention(nn.Module):
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         x = x.view(n, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, -1, wh * ww, c)
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(3, 0, 1, 4, 2, 5)  # [N, windows, heads, T, d]
+        qkv = getattr(self, self.qkv_name)(x)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(3, 0, 1, 4, 2, 5)  # [N, windows, heads, T, d]
         bias = self.relative_position_bias()
         if sh or sw:
             bias = bias + self.shift_mask(hp, wp, sh, sw, x.device).unsqueeze(1)  # [windows, heads, T, T]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = F.dropout(self.proj(y.transpose(2, 3).flatten(3)), self.proj_dropout, self.training)
+                                           dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+        y = F.dropout(getattr(self, self.proj_name)(y.transpose(2, 3).flatten(3)), self.proj_dropout, self.training)
         y = y.view(n, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, c)
         if sh or sw:
             y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))

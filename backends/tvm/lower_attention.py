@@ -160,7 +160,7 @@ def _window_attention(cx, node, args, ins):
     nwin, t = (hp // wh) * (wp // ww), wh * ww
     x = cx.emit(R.reshape(x, (n, hp // wh, wh, wp // ww, ww, c)))
     x = cx.emit(R.reshape(cx.emit(R.permute_dims(x, [0, 1, 3, 2, 4, 5])), (n, nwin, t, c)))
-    qkv = linear(cx, x, cx.param("qkv.weight"), _opt(cx, "qkv.bias"))  # [N, nW, T, 3C]
+    qkv = linear(cx, x, cx.param(f"{a['qkv']}.weight"), _opt(cx, f"{a['qkv']}.bias"))  # [N, nW, T, 3C]
     qkv = cx.emit(R.reshape(qkv, (n, nwin, t, 3, heads, d)))
     qkv = cx.emit(R.permute_dims(qkv, [3, 0, 1, 4, 2, 5]))  # [3, N, nW, heads, T, d]
     parts = cx.emit(R.split(qkv, 3, axis=0))
@@ -168,9 +168,9 @@ def _window_attention(cx, node, args, ins):
     bias = window_bias(cx.param("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
     if sh or sw:
         bias = bias + shift_mask(hp, wp, wh, ww, sh, sw)[:, None]  # [nW, heads, T, T]
-    y = attend(cx, q, k, v, d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
+    y = attend(cx, q, k, v, a["scale"] or d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
     y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 1, 3, 2, 4])), (n, nwin, t, c)))
-    y = linear(cx, y, cx.param("proj.weight"), _opt(cx, "proj.bias"))
+    y = linear(cx, y, cx.param(f"{a['proj']}.weight"), _opt(cx, f"{a['proj']}.bias"))
     y = cx.emit(R.reshape(y, (n, hp // wh, wp // ww, wh, ww, c)))
     y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 1, 3, 2, 4, 5])), (n, hp, wp, c)))
     if sh:

@@ -264,6 +264,9 @@ def _load_weights(g, weights) -> None:
     report = fit_weights(g, weights, strict=not how.get("non_strict", False), renames=how.get("renames", ()))
     if report.renamed:
         click.echo(f"--weights-map renamed {len(report.renamed):,} key(s) of {weights}", err=True)
+    if report.derived:
+        click.echo(f"{weights}: {len(report.derived):,} buffer(s) the network derives itself "
+                   f"({report.derived[0].rsplit('.', 1)[-1]}, ...) equal what it derives; not stored", err=True)
     for note in report.notes():
         click.echo(f"warning: --non-strict: {note}", err=True)
 

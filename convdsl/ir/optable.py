@@ -74,6 +74,10 @@ class Cost:
 Attrs = Mapping[str, Any]
 InferFn = Callable[[Attrs, list[TensorType]], list[TensorType]]
 ParamsFn = Callable[[Attrs, list[TensorType]], dict[str, ParamSpec]]
+# Buffers a reference model stores but the op computes from its attributes (Swin's and MaxViT's
+# relative_position_index): local name -> the value (a numpy array).  Loading a weights file
+# accepts such a key when its values equal the derived ones and refuses it when they differ.
+DerivedFn = Callable[[Attrs, list[TensorType]], dict[str, Any]]
 CostFn = Callable[[Attrs, list[TensorType], list[TensorType]], Cost]
 NormalizeFn = Callable[[dict, list[TensorType]], dict]
 IdentityFn = Callable[[Attrs, TensorType, TensorType], bool]  # (attrs, input type, output type)
@@ -226,6 +230,7 @@ class OpDef:
     int8_passthrough: bool = False  # commutes with per-tensor quantization: runs on the int8 tensor (quantize)
     prune: Prune | None = None  # how channels flow through it (passes/prune); None: not stated yet
     workspace: WorkspaceFn = no_workspace  # run-time bytes besides the outputs (see WorkspaceFn)
+    derived: DerivedFn | None = None  # buffers of a reference model the op recomputes (see DerivedFn)
 
     def attr(self, name: str) -> Attr | None:
         for a in self.attrs:

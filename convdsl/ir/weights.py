@@ -11,6 +11,7 @@ import numpy as np
 
 from convdsl.errors import UsageError, WeightsError, did_you_mean
 from convdsl.ir.graph import Graph
+from convdsl.ir.ops import OPS
 from convdsl.ir.types import NUMPY_DTYPE
 
 
@@ -26,6 +27,7 @@ class WeightsReport:
     renamed: dict[str, str] = field(default_factory=dict)  # file key -> parameter name
     ignored: list[str] = field(default_factory=list)  # in the file, not in the network
     kept: list[str] = field(default_factory=list)  # in the network, not in the file: initialized values kept
+    derived: list[str] = field(default_factory=list)  # buffers the network recomputes; the file's copy agreed
 
     def notes(self) -> list[str]:
         return (_grouped(self.ignored, "key(s) of the file not in the network, ignored")
@@ -97,11 +99,14 @@ def fit_weights(graph: Graph, path: str | os.PathLike, strict: bool = True,
             report.renamed[key] = name
         named[name] = arr
     expected = graph.params.specs
-    unexpected = [n for n in named if n not in expected]
+    derived = derived_buffers(graph)
+    unexpected = [n for n in named if n not in expected and n not in derived]
     missing = [n for n in expected if n not in named]
     mismatched = [f"'{n}' has shape {list(a.shape)} in the file, the network needs {list(expected[n].shape)}"
                   for n, a in named.items() if n in expected and tuple(a.shape) != tuple(expected[n].shape)]
+    disagree = [f"'{n}'" for n, a in named.items() if n in derived and not _same_values(a, derived[n])]
     problems = _grouped(mismatched, "parameter(s) with another shape")
+    problems += _grouped(disagree, "buffer(s) that differ from what the network derives (another window size?)")
     if strict:
         hints = {n: did_you_mean(n, expected) for n in _ranked(unexpected)[:3]}
         problems += _grouped([f"'{n}'" + (f" ({hints[n]})" if hints.get(n) else "") for n in unexpected],
@@ -109,7 +114,7 @@ def fit_weights(graph: Graph, path: str | os.PathLike, strict: bool = True,
         problems += _grouped([f"'{n}'" for n in missing], "parameter(s) of the network missing from the file")
     if problems:
         raise WeightsError(f"{path} does not fit network {graph.name}", notes=problems,
-                           hint="was the file saved from a different program or width?" if mismatched or not strict else
+                           hint="was the file saved from a different program or width?" if mismatched or disagree or not strict else
                            "rename keys with --weights-map REGEX=REPLACEMENT; --non-strict ignores keys the network "
                            "does not have and keeps the initialization of parameters the file lacks")
     for name, arr in named.items():
@@ -118,7 +123,25 @@ def fit_weights(graph: Graph, path: str | os.PathLike, strict: bool = True,
             graph.params[name] = arr.astype(want, copy=False)
             report.loaded += 1
     report.ignored, report.kept = unexpected, missing
+    report.derived = [n for n in named if n in derived]
     return report
+
+
+def derived_buffers(graph: Graph) -> dict[str, np.ndarray]:
+    """Every buffer a reference model stores that the graph's ops compute themselves (OpDef.derived),
+    under the key a state_dict gives it: '<node>.<local name>'."""
+    out = {}
+    for node in graph.nodes():
+        fn = OPS[node.op].derived if node.op in OPS else None
+        if fn is not None:
+            for local, value in fn(node.attrs, graph.in_types(node.id)).items():
+                out[f"{node.id}.{local}"] = value
+    return out
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same numbers in the same order: a flattened copy (Swin's [T*T]) counts as the same."""
+    return a.size == b.size and bool(np.array_equal(a.reshape(-1), np.asarray(b).reshape(-1)))
 
 
 _SHOWN = 5  # names shown per kind of problem

@@ -3,7 +3,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from convdsl.errors import WeightsError
-from convdsl.ir.weights import load_weights, save_weights
+from convdsl.ir.weights import derived_buffers, fit_weights, load_weights, save_weights
 
 from ..helpers import RESNETISH, graph_of
 
@@ -49,3 +49,45 @@ def test_pickle_checkpoints_are_refused(tmp_path):
     q.write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="not a valid safetensors"):
         load_weights(graph_of(RESNETISH), q)
+
+
+# ---- buffers the network derives itself (OpDef.derived) --------------------------------------------
+def _window_graph(attention_call: str):
+    from convdsl.ir.verify import verify
+    from convdsl.lang.elaborate import elaborate
+
+    return verify(elaborate(f"network t(x: f32[2, 8, 8, 32]) {{\n    return x | {attention_call} as attn\n}}\n", "<t>"))
+
+
+@pytest.mark.parametrize("reference, call", [
+    ("swin", "window_attention(heads=2, window=4)"),  # Swin stores relative_position_index flat [T*T]
+    ("maxvit", 'window_attention(heads=2, window=4, scale=32 ** -0.5, qkv="to_qkv", proj="merge")'),  # [T, T]
+])
+def test_a_derived_buffer_in_the_file_is_checked_and_not_stored(tmp_path, reference, call):
+    import torch
+    from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    torch.manual_seed(0)
+    ref = ShiftedWindowAttention(32, [4, 4], [0, 0], 2) if reference == "swin" else \
+        RelativePositionalMultiHeadAttention(32, 16, 16)
+    sd = {f"attn.{k}": v.detach().contiguous().numpy() for k, v in ref.state_dict().items()}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    g = _window_graph(call)
+    report = fit_weights(g, tmp_path / "w.safetensors")  # strict: torchvision's state_dict as it is
+    assert report.derived == ["attn.relative_position_index"] and not report.ignored
+    assert "attn.relative_position_index" not in g.params
+    np.testing.assert_array_equal(g.params["attn.relative_position_bias_table"], sd["attn.relative_position_bias_table"])
+
+
+def test_a_derived_buffer_that_differs_is_refused_and_changes_nothing(tmp_path):
+    g = _window_graph("window_attention(heads=2, window=4)")
+    h = _window_graph("window_attention(heads=2, window=[4, 2])")  # another window: another index
+    arrays = {k: v for k, v in g.params.items()}
+    arrays["attn.relative_position_index"] = derived_buffers(h)["attn.relative_position_index"]
+    save_file(arrays, str(tmp_path / "w.safetensors"))
+    before = g.params["attn.qkv.weight"].copy()
+    with pytest.raises(WeightsError) as e:
+        fit_weights(g, tmp_path / "w.safetensors")
+    assert "differ from what the network derives" in e.value.render()
+    np.testing.assert_array_equal(g.params["attn.qkv.weight"], before)

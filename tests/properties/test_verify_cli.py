@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.cdl")) + sorted((ROOT / "examples" / "papers").glob("*.cdl"))
 # ImageNet-sized models: minutes each on a shared CI core; checked in the thorough profile
 HEAVY = {"resnet50", "vgg16", "vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large",
-         "mobilenet_v2", "resnet18", "deeplab_aspp", "unet"}
+         "mobilenet_v2", "resnet18", "deeplab_aspp", "unet", "maxvit_t"}
 SMALL = """
 network net(x: f32[N, 3, 8, 8]) {
     y = x | conv2d(8, 3, pad=1, bias=false) | batchnorm | relu

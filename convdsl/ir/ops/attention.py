@@ -20,7 +20,10 @@ is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
+import keyword
 import math
+
+import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
 from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
@@ -352,15 +355,47 @@ def _window_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
             raise CDLTypeError(f"{op}: shift must be in [0, window)", got=f"window={list(win)}, shift={list(shift)}",
                                hint="Swin shifts by window // 2 in every other block")
     _check_dropout(op, attrs, "dropout", "proj_dropout")
+    _check_scale(op, attrs)
+    _check_projection_names(op, attrs, "qkv", "proj")
     return [x]
+
+
+_RESERVED = ("relative_position_bias_table", "relative_position_index")
+
+
+def _check_projection_names(op: str, attrs: dict, *names: str) -> None:
+    """Projection names become module names in generated code and state_dict key segments:
+    Python identifiers, distinct, not one of the op's other parameters."""
+    seen = set()
+    for name in names:
+        v = attrs[name]
+        if not v.isidentifier() or keyword.iskeyword(v) or v.startswith("_") or v in _RESERVED:
+            raise CDLTypeError(f"{op}: {name} names the projection's parameters ({v}.weight)",
+                               expected="a Python identifier not starting with '_'", got=repr(v),
+                               hint=f"as the reference model names it, e.g. {name}=\"to_{name}\"")
+        if v in seen:
+            raise CDLTypeError(f"{op}: the projections need distinct names", got=f"{name}={v!r}")
+        seen.add(v)
 
 
 def _window_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
     c, heads = ins[0].shape[3], attrs["heads"]
     wh, ww = tuple_n(attrs["window"], 2)
-    p = {**_linear("qkv", c, 3 * c, attrs["qkv_bias"]), **_linear("proj", c, c, attrs["proj_bias"])}
+    p = {**_linear(attrs["qkv"], c, 3 * c, attrs["qkv_bias"]), **_linear(attrs["proj"], c, c, attrs["proj_bias"])}
     p["relative_position_bias_table"] = ParamSpec(((2 * wh - 1) * (2 * ww - 1), heads), Init("trunc_normal", (0.02,)))
     return p
+
+
+def relative_position_index(wh: int, ww: int) -> np.ndarray:
+    """[T, T] (T = wh*ww): the row of the bias table for each pair of tokens of a window, torchvision's
+    relative_position_index (Swin stores it flattened, MaxViT as [T, T])."""
+    ys, xs = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")
+    ys, xs = ys.ravel(), xs.ravel()
+    return (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
+
+
+def _window_derived(attrs: dict, ins: list[TensorType]) -> dict[str, np.ndarray]:
+    return {"relative_position_index": relative_position_index(*tuple_n(attrs["window"], 2))}
 
 
 def padded(size, w: int):
@@ -397,12 +432,18 @@ WINDOW = OpDef(
            Attr("shift", "ints", 0, doc="cyclic shift (Swin's shifted windows); 0 <= shift < window",
                 domain=NON_NEGATIVE),
            _QKV_BIAS, _PROJ_BIAS, _DROPOUT, Attr("proj_dropout", "float", 0.0, doc="dropout on the output",
-                                                          domain=PROBABILITY)),
+                                                          domain=PROBABILITY),
+           _SCALE,
+           Attr("qkv", "str", "qkv", doc="name of the fused q/k/v projection (its parameters: <qkv>.weight, "
+                                         "<qkv>.bias), e.g. \"to_qkv\" for torchvision's MaxViT"),
+           Attr("proj", "str", "proj", doc="name of the output projection, e.g. \"merge\" for torchvision's MaxViT")),
     infer=_window_infer, params=_window_params, cost=_window_cost, workspace=_window_workspace,
+    derived=_window_derived,
     doc="Swin (shifted) window attention on channels-last [N, H, W, C], exactly torchvision's "
         "ShiftedWindowAttention: zero-pad H, W to multiples of the window, cyclic shift with the "
         "shifted-window mask (no shift along a side the window covers), relative position bias table "
-        "[(2wh-1)(2ww-1), heads].",
+        "[(2wh-1)(2ww-1), heads]. scale= and the projection names qkv=/proj= also make it "
+        "torchvision's MaxViT RelativePositionalMultiHeadAttention on windows (see examples/maxvit_t.cdl).",
     example="window_attention(heads=3, window=7, shift=3)",
     shape_rule="[N, H, W, C] -> [N, H, W, C]; heads divides C",
     prune=opaque("heads and windows: not analyzed"),

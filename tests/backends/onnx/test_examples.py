@@ -23,7 +23,7 @@ from convdsl.ir.types import NUMPY_DTYPE, bind_dim  # noqa: E402
 ROOT = Path(__file__).resolve().parents[3] / "examples"
 SIZES = {"H": 24, "W": 24, "L": 64}
 ZOO = {"convnext_tiny", "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "swin_t",
-       "vgg16", "vit_b_16", "unet", "deeplab_aspp"}
+       "vgg16", "vit_b_16", "unet", "deeplab_aspp", "maxvit_t"}
 FILES = sorted(p for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 
 

@@ -21,7 +21,7 @@ from .conftest import assert_close, torch_outputs
 ROOT = Path(__file__).resolve().parents[3] / "examples"
 SIZES = {"H": 24, "W": 24, "L": 64}  # symbolic sizes other than the batch
 ZOO = {"convnext_tiny", "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "swin_t",
-       "unet", "vgg16", "vit_b_16", "deeplab_aspp"}
+       "unet", "vgg16", "vit_b_16", "deeplab_aspp", "maxvit_t"}
 FILES = sorted(p for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 
 

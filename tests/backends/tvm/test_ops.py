@@ -118,6 +118,8 @@ C = (
     ("cross_attention", [(2, 5, 8), (2, 7, 6), (5, 7)], (), dict(heads=2, dim=12, proj_bias=False)),
     ("window_attention", [(1, 7, 9, 8)], (), dict(heads=2, window=4, shift=2)),
     ("window_attention", [(2, 6, 8, 8)], (), dict(heads=2, window=[3, 4])),
+    ("window_attention", [(2, 8, 8, 8)], (), dict(heads=2, window=4, scale=0.2, qkv=Quoted("to_qkv"),
+                                                   proj=Quoted("merge"))),  # MaxViT's
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2)),
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2, stride_q=2, scale=0.5, k=5)),
     ("halo_attention", [(1, 8, 8, 8)], (), dict(heads=2, block_size=4, halo=1)),

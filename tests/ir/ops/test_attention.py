@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.convnext import CNBlock
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention, WindowDepartition, WindowPartition
 from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformerBlock
 from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.ops import stochastic_depth
@@ -262,6 +263,39 @@ def test_window_attention_loads_a_swin_block():
     specs = _specs("window_attention", [(2, 14, 14, 48)], heads=3, window=7)
     assert specs["relative_position_bias_table"].shape == (169, 3)
     assert specs["qkv.weight"].init.args == (-1 / math.sqrt(48), 1 / math.sqrt(48))  # nn.Linear default
+
+
+def test_window_attention_is_maxvit_attention_with_its_scale_and_names():
+    """torchvision's MaxViT attention (RelativePositionalMultiHeadAttention on window partitions,
+    logits scaled by 1/sqrt(C), not 1/sqrt(head width); projections to_qkv and merge) is
+    window_attention(scale=C ** -0.5, qkv="to_qkv", proj="merge") on the channels-last map."""
+    torch.manual_seed(0)
+    c, heads, p = 64, 2, 4
+    ref = RelativePositionalMultiHeadAttention(c, c // heads, p * p).eval()
+    with torch.no_grad():
+        ref.relative_position_bias_table.normal_()
+    g, m = _net({"x": f"2, 8, 12, {c}"},
+                f'x | window_attention(heads={heads}, window={p}, scale={c} ** -0.5, qkv="to_qkv", proj="merge") as attn')
+    assert set(m.attn.state_dict()) == set(ref.state_dict()) - {"relative_position_index"}  # derived, recomputed
+    m.attn.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 8, 12, c)
+    want = WindowDepartition()(ref(WindowPartition()(x.permute(0, 3, 1, 2), p)), p, 8 // p, 12 // p)
+    assert (m(x) - want.permute(0, 2, 3, 1)).abs().max().item() <= ATOL
+    _, plain = _net({"x": f"2, 8, 12, {c}"}, f'x | window_attention(heads={heads}, window={p}, qkv="to_qkv", proj="merge") as attn')
+    plain.attn.load_state_dict(ref.state_dict())
+    assert (plain(x) - want.permute(0, 2, 3, 1)).abs().max().item() > 1e-3  # the default scale is not MaxViT's
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ('qkv="to-qkv"', "names the projection"),
+    ('qkv="_q"', "names the projection"),
+    ('proj="relative_position_bias_table"', "names the projection"),
+    ('qkv="m", proj="m"', "distinct names"),
+    ("scale=0.0", "must be positive"),
+])
+def test_window_attention_refuses_bad_names_and_scales(attrs, message):
+    with pytest.raises(CDLTypeError, match=message):
+        _net({"x": "2, 8, 8, 16"}, f"x | window_attention(heads=2, window=4, {attrs})")
 
 
 # ---- conv_attention == CvT's attention -------------------------------------------------------------
