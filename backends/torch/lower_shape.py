@@ -54,38 +54,50 @@ class _Src:
         return _Src(f"-{self._of(self, True)}")
 
 
-def size_source(d: Dim, x: str, t: TensorType, span=None) -> str:
+def _shape_src(x: str, i: int, c: int) -> _Src:
+    return _Src(f"{x}.shape[{i}]") if c == 1 else _Src(f"{x}.shape[{i}] // {c}", True)
+
+
+def size_source(d: Dim, x: str, t: TensorType, sources: dict | None = None) -> str | None:
     """Python source computing the dim ``d`` when the code runs, from the shape of the tensor
     ``x`` (of type ``t``): ``x.shape[i]`` where ``t`` has ``d``, else its symbols read from
-    ``t``'s dims (``4 * x.shape[0]`` for 4*N on f32[N, ...]).  Only indices and integers reach
-    the text, never a symbol's name."""
+    ``t``'s dims (``4 * x.shape[0]`` for 4*N on f32[N, ...]) or, failing that, from the
+    network's inputs (``sources``); None when a symbol is in neither.  Only variable names,
+    indices and integers reach the text, never a symbol's name."""
     if isinstance(d, int):
         return str(d)
     if d in t.shape:
         return f"{x}.shape[{t.shape.index(d)}]"
-    values = {s: _Src(f"{x}.shape[{i}]") if c == 1 else _Src(f"{x}.shape[{i}] // {c}", True)
-              for s, (i, c) in symbol_sources(t.shape).items()}
+    values = {s: _shape_src(*where) for s, where in (sources or {}).items()}
+    values.update({s: _shape_src(x, i, c) for s, (i, c) in symbol_sources(t.shape).items()})
     try:
         v = dim_eval(d, values)
-    except KeyError as missing:
-        raise LoweringError(f"reshape: the size {d} needs the symbol {missing.args[0]}, which the input {t} "
-                            "does not hold as a dim of its own", span, hint="bind the symbol (--bind) when compiling, "
-                            "or write -1 for that dim") from None
+    except KeyError:
+        return None
     return v.text if isinstance(v, _Src) else str(v)
 
 
-def _reshape_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+def _reshape_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str],
+                  sources: dict | None = None) -> str:
     spec = node.attrs["shape"]
     spec = (spec,) if isinstance(spec, (int, Size)) else spec
     x = ins[0]
-    sizes = [i for i, v in enumerate(spec) if isinstance(v, Size)]
-    infer = sizes[0] if len(sizes) == 1 and -1 not in spec else None  # the one size the count gives
+    sizes = {i: size_source(v.dim, args[0], x, sources) for i, v in enumerate(spec) if isinstance(v, Size)}
+    unknown = [i for i, e in sizes.items() if e is None]
+    if len(unknown) > 1 or (unknown and -1 in spec):
+        d = spec[unknown[-1]].dim
+        raise LoweringError(f"reshape: the size {d} cannot be computed from the shapes of {x} or the network's "
+                            "inputs", node.span, hint="write -1 for that dim, or compile with the symbols bound (--bind)")
+    if unknown:
+        infer = unknown[0]  # the count gives it
+    else:
+        infer = next(iter(sizes)) if len(sizes) == 1 and -1 not in spec else None
     parts = []
     for i, v in enumerate(spec):
         if v == 0:  # keep the input dim: a literal when static, read at run time when symbolic
             parts.append(str(x.shape[i]) if isinstance(x.shape[i], int) else f"{args[0]}.shape[{i}]")
         elif isinstance(v, Size):
-            parts.append("-1" if i == infer else size_source(v.dim, args[0], x, node.span))
+            parts.append("-1" if i == infer else sizes[i])
         else:
             parts.append(str(v))
     return f"{args[0]}.reshape({', '.join(parts)})"
@@ -137,7 +149,7 @@ def _index_select_call(node: Node, ins: list[TensorType], mod: str | None, args:
 
 
 LOWERINGS.add("flatten", TorchLowering(_flatten_call))
-LOWERINGS.add("reshape", TorchLowering(_reshape_call))
+LOWERINGS.add("reshape", TorchLowering(_reshape_call, sizes=True))
 LOWERINGS.add("permute", TorchLowering(_permute_call))
 LOWERINGS.add("transpose", TorchLowering(template("{x}.transpose({dim0}, {dim1})")))
 LOWERINGS.add("squeeze", TorchLowering(_squeeze_call))

@@ -109,3 +109,17 @@ def test_symbolic_sizes_in_a_reshape_are_read_from_the_input_at_run_time():
     y = build_module(graph_of("network n(x: f32[N, L, 64]) {\n    return x | reshape([2 * N, 4 * L, 8])\n}"))
     x = torch.randn(3, 5, 64)
     assert y(x).shape == (6, 20, 8)
+
+
+def test_sizes_the_reshape_input_lacks_are_read_from_the_network_inputs():
+    """Tokens folded into the batch ([L*N, 64]) and unfolded by name ([N, L, 32]): neither N nor
+    L is a dim of the reshape's input, so the code reads them from the network's input x."""
+    g = graph_of("network n(x: f32[N, L, 64]) {\n"
+                 "    t = x | reshape([-1, 64]) | linear(32) as fc\n"
+                 "    return t | reshape([N, L, 32])\n}")
+    model = build_module(g)
+    assert ".reshape(x.shape[0], x.shape[1], 32)" in model.source
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        want = torch.nn.functional.linear(x.reshape(15, 64), model.fc.weight, model.fc.bias).reshape(3, 5, 32)
+        torch.testing.assert_close(model(x), want, rtol=0, atol=0)
