@@ -375,7 +375,7 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
             sizes = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, Size)]
             if sizes:
                 hint = (f"{sizes[0]} is a symbolic size, known only when the network runs; {op.name}'s {a.name} "
-                        "takes fixed numbers: use a static dim, or bind the symbol (--bind) to a size")
+                        "takes fixed numbers: use a static dim (a number in the input's type)")
             raise CDLTypeError(
                 f"bad value for {op.name}({a.name}=...)",
                 expected=describe_kind(a),

@@ -22,7 +22,7 @@ from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLErro
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import OpDef, Symbol, bind_attrs, format_value
-from convdsl.ir.types import Size, TensorType, size_arith, size_value
+from convdsl.ir.types import Size, TensorType, dim_symbols, size_arith, size_dim, size_value
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
 from convdsl.lang.builtins import BUILTINS, Builtin
@@ -517,7 +517,7 @@ class Elaborator:
             if op in ("<", ">", "<=", ">=") and (isinstance(left, Size) or isinstance(right, Size)):
                 raise CDLTypeError(f"'{op}' cannot order a symbolic size", e.span, got=f"{describe(left)} and {describe(right)}",
                                    hint="a symbol's value is known only when the network runs; compare with == / !=, "
-                                        "or bind it (--bind N=8) to check sizes")
+                                        "or give that dim a number in the input's type")
             if op in ("<", ">", "<=", ">=") and not (_is_num(left) and _is_num(right)):
                 raise CDLTypeError(f"'{op}' compares numbers", e.span, got=f"{describe(left)} and {describe(right)}")
             if isinstance(left, Tensor) or isinstance(right, Tensor):
@@ -619,11 +619,12 @@ class Elaborator:
         except ZeroDivisionError:
             raise CDLTypeError("division by zero", rspan) from None
         except ValueError as ex:
-            exact = op == "/"
+            sym = min(dim_symbols(size_dim(a)) | dim_symbols(size_dim(b)))
             raise CDLTypeError(f"'{op}' on a symbolic size: {ex}", span, got=f"{describe(a)} and {describe(b)}",
-                               hint=f"'//' is the floor division ({size_arith('//', a, b)}); or bind the symbol "
-                                    "(--bind N=8) for fixed sizes" if exact else
-                                    "symbolic sizes take + - * / and //; bind the symbol (--bind N=8) for the rest") from None
+                               hint=f"'//' is the floor division ({size_arith('//', a, b)}); or give {sym} a "
+                                    "number in the input's type" if op == "/" else
+                                    f"symbolic sizes take + - * / and //; give {sym} a number in the input's type "
+                                    "for the rest") from None
         if isinstance(r, Size) and len(r.dim) > MAX_DIM_TEXT:
             raise ResourceError(f"a symbolic size of {len(r.dim):,} characters", span,
                                 expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters")

@@ -95,8 +95,8 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
             raise mismatch(f"the other dims give {given} elements, which does not divide them",
                            f"the numbers in the shape multiply to {out_static}, which does not divide {in_static} "
                            + (f"(the input's elements per {sym}); -1 cannot take a part of {sym}, whose value is "
-                              f"unknown: choose sizes whose product divides {in_static}, or bind {sym.split('*')[0]} "
-                              "(--bind) for fixed sizes" if sym else "(the input's elements)"))
+                              f"unknown: choose sizes whose product divides {in_static}, or give the input a fixed "
+                              f"{sym.split('*')[0]} (a number in its type)" if sym else "(the input's elements)"))
         rest = []
         for d in x.shape:  # leftover symbols, in input order
             for f in dim_factors(d)[1]:
