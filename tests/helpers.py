@@ -32,7 +32,8 @@ block window_attn(heads, p=4)(x) {
     t = x | reshape([n, c, h // p, p, w // p, p]) | permute([0, 2, 4, 3, 5, 1])
           | reshape([n * (h // p) * (w // p), p * p, c])
     t = t | mhsa(heads) as attn
-    return t | reshape([n, h // p, w // p, p, p, c]) | permute([0, 5, 1, 3, 2, 4]) | reshape([n, c, h, w])
+    return t | reshape([n, h // p, w // p, p, p, c]) | permute([0, 5, 1, 3, 2, 4])
+             | reshape([n, c, h, w])
 }
 
 network windows(x: f32[N, 16, 8, 8]) {
