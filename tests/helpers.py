@@ -24,6 +24,23 @@ network net(image: f32[N, 3, 16, 16], classes=10) {
 }
 """
 
+# Issue 14 item 2, the user's program: windows folded into the batch for attention and back, the
+# sizes computed from dim(x, i) (symbolic N: n * 2 * 2 is 4*N, and [n, ...] unfolds it again).
+WINDOW_ATTENTION = """
+block window_attn(heads, p=4)(x) {
+    n, c, h, w = (dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
+    t = x | reshape([n, c, h // p, p, w // p, p]) | permute([0, 2, 4, 3, 5, 1])
+          | reshape([n * (h // p) * (w // p), p * p, c])
+    t = t | mhsa(heads) as attn
+    return t | reshape([n, h // p, w // p, p, p, c]) | permute([0, 5, 1, 3, 2, 4])
+             | reshape([n, c, h, w])
+}
+
+network windows(x: f32[N, 16, 8, 8]) {
+    return x | conv2d(16, 3, pad=1) as stem | window_attn(4) as win
+}
+"""
+
 
 def graph_of(text: str, **opts):
     return verify(elaborate(text, "<test>", options=Options(**opts)))

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
-from convdsl.ir.types import FLOAT_DTYPES, TensorType
+from convdsl.ir.types import FLOAT_DTYPES, TensorType, dim_eval, dim_symbols, symbol_sources
 
 from convdsl.backends.registry import LoweringTable
 
@@ -172,8 +172,19 @@ class Exporter:
             for j, e in enumerate(t.shape):
                 if e == d:
                     return self.dim_of(self._input_names[name], j)
-        raise self.error(f"cannot express the symbolic size {d} in a reshape",
-                         hint="bind the symbol to a size when exporting (--bind)")
+        values = {}  # its symbols read from the dims that hold them (4*N: N = dim // 4), then computed
+        sources = [(x, t) for x, t in candidates] + [(self._input_names[n], self.graph.node(n).type) for n in self.graph.inputs]
+        for name, t in sources:
+            for sym, (j, c) in symbol_sources(t.shape).items():
+                if sym in dim_symbols(d) and sym not in values:
+                    v = _Dyn(self, self.dim_of(name, j))
+                    values[sym] = v // c if c != 1 else v
+        try:
+            v = dim_eval(d, values)
+        except KeyError:
+            raise self.error(f"cannot express the symbolic size {d} in a reshape",
+                             hint="bind the symbol to a size when exporting (--bind)") from None
+        return v.name if isinstance(v, _Dyn) else self.ints([v])
 
     def shape_tensor(self, dims: tuple, refs: list[tuple[str, TensorType]]) -> str:
         """A 1-D int64 tensor of ``dims``: constants, and symbolic dims read from ``refs``."""
@@ -221,3 +232,39 @@ class Exporter:
 def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[t.dtype], [d if isinstance(d, int) else str(d)
                                                                      for d in t.shape])
+
+
+class _Dyn:
+    """A size known when the model runs (a 1-element int64 tensor): ``dim_eval`` computes a
+    symbolic dim from its symbols' sizes with these Add/Mul/Div nodes (sizes are not negative,
+    so ONNX's truncating Div is the floor division)."""
+
+    def __init__(self, cx: Exporter, name: str) -> None:
+        self.cx, self.name = cx, name
+
+    def _in(self, v) -> str:
+        return v.name if isinstance(v, _Dyn) else self.cx.ints([v])
+
+    def _op(self, op: str, a, b) -> "_Dyn":
+        return _Dyn(self.cx, self.cx.op(op, [self._in(a), self._in(b)]))
+
+    def __add__(self, o):
+        return self._op("Add", self, o)
+
+    def __radd__(self, o):
+        return self._op("Add", o, self)
+
+    def __mul__(self, o):
+        return self._op("Mul", self, o)
+
+    def __rmul__(self, o):
+        return self._op("Mul", o, self)
+
+    def __floordiv__(self, o):
+        return self._op("Div", self, o)
+
+    def __rfloordiv__(self, o):
+        return self._op("Div", o, self)
+
+    def __neg__(self):
+        return _Dyn(self.cx, self.cx.op("Neg", [self.name]))

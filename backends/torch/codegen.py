@@ -36,7 +36,7 @@ from torch import nn
 
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Graph, Node, Value
-from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE
+from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE, symbol_sources
 from convdsl.version import __version__
 
 from convdsl.backends.torch.lowering import HELPERS, lowering_for
@@ -152,8 +152,12 @@ def generate(graph: Graph) -> Generated:
         name = ns.make(nid)
         var[Value(nid, 0)] = name
         args.append(name)
-    protected = set(args)
+    protected = set(args)  # the inputs keep their names and values: sizes are read from them
     outputs = set(graph.outputs)
+    sources: dict[str, tuple[str, int, int]] = {}  # symbol -> (input variable, dim, divisor)
+    for name, nid in zip(args, graph.inputs):
+        for sym, (i, c) in symbol_sources(graph.node(nid).type.shape).items():
+            sources.setdefault(sym, (name, i, c))
 
     init_lines: list[str] = []
     forward_lines: list[str] = []
@@ -180,7 +184,8 @@ def generate(graph: Graph) -> Generated:
                 mod_ref = module_ref(node.id)
                 init_lines.extend(_containers(node.id, containers))
                 init_lines.append(_assign_module(node.id, ctor))
-        expr = low.call(node, in_types, mod_ref, in_names)
+        expr = low.call(node, in_types, mod_ref, in_names, sources=sources) if low.sizes else \
+            low.call(node, in_types, mod_ref, in_names)
         for h in low.helpers_if_named:  # helpers of special cases: copied only when the code names them
             if h not in helpers and re.search(rf"\b{h}\b", f"{ctor or ''} {expr}"):
                 helpers.append(h)

@@ -18,6 +18,9 @@ the in-memory ``nn.Module`` is built from, so there is one path only.
   ``helpers_if_named``: those included only when the node's code names them (a
   special case's helper, e.g. ``GroupNormOneValue``).
 - ``alias``: the output is the input under another name (no line in forward).
+- ``sizes``: ``call`` also takes ``sources``, where the network's inputs give each
+  symbol when the code runs (``{"N": ("x", 0, 1)}``: ``x.shape[0] // 1``), for
+  symbolic sizes its own inputs do not hold (a reshape of ``[L*N, C]`` to ``[N, L, C]``).
 - ``output_not_saved``: autograd does not keep this op's output for its
   backward, so a reader that is its only user may overwrite it in place
   (``torch.relu_``, ``x.add_(y)``), as torchvision does.
@@ -50,6 +53,7 @@ class TorchLowering:
     helpers_if_named: tuple[str, ...] = ()
     alias: bool = False
     output_not_saved: bool = False
+    sizes: bool = False
 
 
 def family(name: str) -> Lowerings[TorchLowering]:

@@ -5,9 +5,10 @@ batch) by reading it from the tensor at run time.
 """
 from __future__ import annotations
 
+from convdsl.errors import LoweringError
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims
-from convdsl.ir.types import TensorType
+from convdsl.ir.types import Dim, Size, TensorType, dim_eval, symbol_sources
 
 from convdsl.backends.torch.common import TorchLowering, family, keywords, lit, template
 
@@ -19,14 +20,84 @@ def _flatten_call(node: Node, ins: list[TensorType], mod: str | None, args: list
     return f"torch.flatten({args[0]}, {start})" if end == -1 else f"torch.flatten({args[0]}, {start}, {end})"
 
 
-def _reshape_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+class _Src:
+    """Python source of a run-time size (``x.shape[0] // 4``), built by ``dim_eval``."""
+
+    def __init__(self, text: str, loose: bool = False) -> None:
+        self.text, self.loose = text, loose  # loose: a sum or a quotient, bracketed as an operand
+
+    @staticmethod
+    def _of(v, tight: bool = False) -> str:
+        if isinstance(v, _Src):
+            return f"({v.text})" if tight and v.loose else v.text
+        return f"({v})" if tight and v < 0 else str(v)
+
+    def __add__(self, o):
+        return _Src(f"{self._of(self)} + {self._of(o, True)}", True)
+
+    def __radd__(self, o):
+        return _Src(f"{self._of(o)} + {self._of(self, True)}", True)
+
+    def __mul__(self, o):
+        return _Src(f"{self._of(self, True)} * {self._of(o, True)}")
+
+    def __rmul__(self, o):
+        return _Src(f"{self._of(o, True)} * {self._of(self, True)}")
+
+    def __floordiv__(self, o):
+        return _Src(f"{self._of(self, True)} // {self._of(o, True)}", True)
+
+    def __rfloordiv__(self, o):
+        return _Src(f"{self._of(o, True)} // ({self.text})", True)
+
+    def __neg__(self):
+        return _Src(f"-{self._of(self, True)}")
+
+
+def _shape_src(x: str, i: int, c: int) -> _Src:
+    return _Src(f"{x}.shape[{i}]") if c == 1 else _Src(f"{x}.shape[{i}] // {c}", True)
+
+
+def size_source(d: Dim, x: str, t: TensorType, sources: dict | None = None) -> str | None:
+    """Python source computing the dim ``d`` when the code runs, from the shape of the tensor
+    ``x`` (of type ``t``): ``x.shape[i]`` where ``t`` has ``d``, else its symbols read from
+    ``t``'s dims (``4 * x.shape[0]`` for 4*N on f32[N, ...]) or, failing that, from the
+    network's inputs (``sources``); None when a symbol is in neither.  Only variable names,
+    indices and integers reach the text, never a symbol's name."""
+    if isinstance(d, int):
+        return str(d)
+    if d in t.shape:
+        return f"{x}.shape[{t.shape.index(d)}]"
+    values = {s: _shape_src(*where) for s, where in (sources or {}).items()}
+    values.update({s: _shape_src(x, i, c) for s, (i, c) in symbol_sources(t.shape).items()})
+    try:
+        v = dim_eval(d, values)
+    except KeyError:
+        return None
+    return v.text if isinstance(v, _Src) else str(v)
+
+
+def _reshape_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str],
+                  sources: dict | None = None) -> str:
     spec = node.attrs["shape"]
-    spec = (spec,) if isinstance(spec, int) else spec
+    spec = (spec,) if isinstance(spec, (int, Size)) else spec
     x = ins[0]
+    sizes = {i: size_source(v.dim, args[0], x, sources) for i, v in enumerate(spec) if isinstance(v, Size)}
+    unknown = [i for i, e in sizes.items() if e is None]
+    if len(unknown) > 1 or (unknown and -1 in spec):
+        d = spec[unknown[-1]].dim
+        raise LoweringError(f"reshape: the size {d} cannot be computed from the shapes of {x} or the network's "
+                            "inputs", node.span, hint="write -1 for that dim, or compile with the symbols bound (--bind)")
+    if unknown:
+        infer = unknown[0]  # the count gives it
+    else:
+        infer = next(iter(sizes)) if len(sizes) == 1 and -1 not in spec else None
     parts = []
     for i, v in enumerate(spec):
         if v == 0:  # keep the input dim: a literal when static, read at run time when symbolic
             parts.append(str(x.shape[i]) if isinstance(x.shape[i], int) else f"{args[0]}.shape[{i}]")
+        elif isinstance(v, Size):
+            parts.append("-1" if i == infer else sizes[i])
         else:
             parts.append(str(v))
     return f"{args[0]}.reshape({', '.join(parts)})"
@@ -78,7 +149,7 @@ def _index_select_call(node: Node, ins: list[TensorType], mod: str | None, args:
 
 
 LOWERINGS.add("flatten", TorchLowering(_flatten_call))
-LOWERINGS.add("reshape", TorchLowering(_reshape_call))
+LOWERINGS.add("reshape", TorchLowering(_reshape_call, sizes=True))
 LOWERINGS.add("permute", TorchLowering(_permute_call))
 LOWERINGS.add("transpose", TorchLowering(template("{x}.transpose({dim0}, {dim1})")))
 LOWERINGS.add("squeeze", TorchLowering(_squeeze_call))

@@ -24,7 +24,7 @@ def _default(a) -> str:
 
 def domain_text(a: Attr) -> str:
     """An attribute's domain for the docs: its interval (and list length), or "" for kinds without one."""
-    if not set(a.kind.split("|")) & {"int", "float", "ints", "floats"}:
+    if not set(a.kind.split("|")) & {"int", "float", "ints", "dims", "floats"}:
         return ""
     return f"`{(a.domain or ANY).text()}`"
 

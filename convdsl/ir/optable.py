@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean, format_count
 from convdsl.ir.domains import ANY, Domain
-from convdsl.ir.types import DTYPE_BYTES, FLOAT_DTYPES, TensorType
+from convdsl.ir.types import DTYPE_BYTES, FLOAT_DTYPES, Size, TensorType
 
 
 class _Required:
@@ -31,7 +31,8 @@ REQUIRED: Any = _Required()
 class Attr:
     """One hyper-parameter of an op.
 
-    ``kind`` is one or more of: int, float, bool, ints (int or list of ints),
+    ``kind`` is one or more of: int, float, bool, ints (int or list of ints), dims (int or
+    list of ints and symbolic sizes, ``types.Size``: a shape),
     sym (a bare word from ``choices``), str, floats, any — joined by ``|``.
     ``domain``: the numbers (and list lengths) every backend runs (convdsl/ir/domains.py);
     None admits what every backend can hold (``domains.ANY``).
@@ -283,6 +284,12 @@ def _coerce(kind: str, value: Any, attr: Attr) -> tuple[bool, Any]:
         if isinstance(value, (list, tuple)) and all(_is_int(v) for v in value):
             return True, tuple(value)
         return False, None
+    if kind == "dims":
+        if _is_int(value) or isinstance(value, Size):
+            return True, value
+        if isinstance(value, (list, tuple)) and all(_is_int(v) or isinstance(v, Size) for v in value):
+            return True, tuple(value)
+        return False, None
     if kind == "floats":
         if isinstance(value, (list, tuple)) and all(_is_int(v) or isinstance(v, float) for v in value):
             return True, tuple(float(v) for v in value)
@@ -302,6 +309,7 @@ def _coerce(kind: str, value: Any, attr: Attr) -> tuple[bool, Any]:
 
 
 KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "ints": "an integer or a list of integers",
+              "dims": "an integer or a list of integers and symbolic sizes",
               "sym": "one of the words", "str": "a string", "floats": "a list of numbers", "any": "a value"}
 
 
@@ -364,6 +372,10 @@ def bind_attrs(op: OpDef, args: list[Any], kwargs: dict[str, Any]) -> dict[str, 
             word = v.name if isinstance(v, Symbol) else v if isinstance(v, str) else None
             if word is not None and a.choices:
                 hint = did_you_mean(word, a.choices) or f"valid words: {', '.join(a.choices)}"
+            sizes = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, Size)]
+            if sizes:
+                hint = (f"{sizes[0]} is a symbolic size, known only when the network runs; {op.name}'s {a.name} "
+                        "takes fixed numbers: use a static dim (a number in the input's type)")
             raise CDLTypeError(
                 f"bad value for {op.name}({a.name}=...)",
                 expected=describe_kind(a),
@@ -379,16 +391,18 @@ DOMAINS_HINT = "every hyper-parameter's domain is in docs/ops.md (`convdsl ops -
 def check_domain(op: OpDef, a: Attr, kind: str, value: Any) -> Any:
     """``value`` (already of ``kind``) if it lies in ``a``'s domain; CDLTypeError otherwise, saying
     the domain (expected) and the value (got).  Lists are checked entry by entry and by length."""
-    if kind not in ("int", "float", "ints", "floats") or value is None:
+    if kind not in ("int", "float", "ints", "floats", "dims") or value is None:
         return value
     domain = a.domain or ANY
-    integer = kind in ("int", "ints")
+    integer = kind in ("int", "ints", "dims")
     values = value if isinstance(value, tuple) else (value,)
     if isinstance(value, tuple) and not domain.min_len <= len(value) <= domain.max_len:
         n = domain.min_len if domain.min_len == domain.max_len else f"{domain.min_len} to {domain.max_len}"
         raise CDLTypeError(f"{op.name}: {a.name} takes a list of {n} entries",
                            expected=f"{n} entries", got=f"{len(value)} entries", hint=DOMAINS_HINT)
     for v in values:
+        if isinstance(v, Size):  # a symbolic size: positive whatever the symbols' values (shape rules check it)
+            continue
         if not domain.admits(v):
             what = domain.describe(integer)
             raise CDLTypeError(f"{op.name}: {a.name} {domain.why_not(v)}",
@@ -437,6 +451,8 @@ def format_value(v: Any, words: bool = True) -> str:
         return format_number(v)
     if isinstance(v, Symbol) or _is_bare_layer(v):
         return v.name
+    if isinstance(v, Size):  # an expression over the network's symbols: 4*N
+        return v.dim
     if isinstance(v, str):
         return v if words and IDENT.match(v) else quote(v)
     if isinstance(v, (list, tuple)):

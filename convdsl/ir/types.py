@@ -2,15 +2,23 @@
 
 A dimension is an ``int`` or a symbol (``str``) such as ``"N"`` for the batch.
 Shape rules that combine a symbol with arithmetic produce a symbolic
-expression string like ``"N*4"``; two symbolic dims are equal only if their
-texts are equal.  Concrete sizes are obtained with ``bind``.
+expression string in a canonical form (``"4*N"``, ``"H*W"``, ``"(H-1)//2+1"``);
+two symbolic dims are equal only if their canonical texts are equal.  Concrete
+sizes are obtained with ``bind``, or with ``dim_eval`` for symbol values of any
+kind (run-time sizes in generated code, TVM shape variables).
+
+In the hyper-parameter language a symbolic dim is a ``Size`` value (``dim(x, 0)``
+on ``f32[N, ...]``, or the name ``N`` in the network's body): it adds, subtracts,
+multiplies and divides (``size_arith``) and may stand in a shape list
+(``reshape([4 * N, 16, 8, 8])``).
 """
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 Dim = int | str
 
@@ -249,7 +257,92 @@ def dim_add(a: Dim, b: Dim) -> Dim:
 def dim_floordiv(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a // b
-    return _dim(_lin_floordiv(_lin(a), _lin(b)))
+    exact = dim_div_exact(a, b)  # "4*H*W" // "W" is "4*H", not an opaque floor division
+    return exact if exact is not None else _dim(_lin_floordiv(_lin(a), _lin(b)))
+
+
+def dim_sub(a: Dim, b: Dim) -> Dim:
+    return dim_add(a, dim_mul(b, -1))
+
+
+def _monomials(x: _Lin) -> list[tuple[int, list[str]]] | None:
+    """x as a sum of coef * (product of plain symbols) terms (the constant is the empty product),
+    or None when it holds an opaque atom (a floor division, a product of sums)."""
+    out = []
+    for k, v in x.items():
+        if not v:
+            continue
+        if k and not _FACTORS.fullmatch(k):
+            return None
+        out.append((v, k.split("*") if k else []))
+    return out
+
+
+def dim_div_exact(a: Dim, b: Dim) -> Dim | None:
+    """``a / b`` when it is a whole size for every value of the symbols, else None:
+    "4*N" / 4 -> "N", "4*H*W" / "W" -> "4*H", "4*N" / "N" -> 4, "N" / 4 -> None."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b if b and a % b == 0 else None
+    la, lb = _lin(a), _lin(b)
+    cb = _const(lb)
+    if cb is not None:
+        return _dim({k: v // cb for k, v in la.items()}) if cb and all(v % cb == 0 for v in la.values()) else None
+    if _text(la) == _text(lb):
+        return 1
+    terms, div = _monomials(la), _monomial(lb)
+    if terms is not None and div is not None and div[0] > 0:
+        out: _Lin = {"": 0}
+        for coef, factors in terms:
+            left = Counter(factors)
+            left.subtract(div[1])
+            if coef % div[0] or any(n < 0 for n in left.values()):
+                return None
+            out = _lin_add(out, {"*".join(sorted(left.elements())): coef // div[0]} if +left
+                           else {"": coef // div[0]})
+        return _dim(out)
+    for k, v in la.items():  # a multiple of a sum: (2*N+2) / (N+1) -> 2
+        if v and k in lb and lb[k] and v % lb[k] == 0:
+            q = v // lb[k]
+            return q if _text(la) == _text({kk: vv * q for kk, vv in lb.items()}) else None
+    return None
+
+
+def dim_eval(d: Dim, values: Mapping[str, Any]) -> Any:
+    """``d`` computed from ``values`` of its symbols with ``+ - * //``: ints, run-time size
+    expressions (generated code), TVM ``tir`` variables.  A symbol without a value raises KeyError."""
+    if isinstance(d, int):
+        return d
+    if d in values:
+        return values[d]
+
+    def ev(node):
+        if isinstance(node, int):
+            return node
+        if isinstance(node, str):
+            return values[node]
+        if node[0] == "neg":
+            return -ev(node[1])
+        a, b = ev(node[1]), ev(node[2])
+        return a + b if node[0] == "+" else a * b if node[0] == "*" else a // b
+
+    return ev(_parse(d))
+
+
+def symbol_sources(shape: Iterable[Dim]) -> dict[str, tuple[int, int]]:
+    """Where a run-time shape gives each symbol: ``{S: (i, c)}`` when dim i is ``c*S``
+    (S = shape[i] // c), the plainest dim first: [4*N, N, 8] -> {"N": (1, 1)}."""
+    found: dict[str, tuple[int, int]] = {}
+    for i, d in enumerate(shape):
+        coef, factors = dim_factors(d)
+        if len(factors) == 1 and _FACTORS.fullmatch(factors[0]) and coef > 0:
+            if factors[0] not in found or coef < found[factors[0]][1]:
+                found[factors[0]] = (i, coef)
+    return found
+
+
+def dim_symbols(d: Dim) -> set[str]:
+    """The symbols ``d`` is written with."""
+    return set() if isinstance(d, int) else {t for t in _tokens(d) if t[0].isalpha() or t[0] == "_"}
 
 
 def dim_factors(d: Dim) -> tuple[int, list[str]]:
@@ -266,3 +359,47 @@ def dims_prod(dims: Iterable[Dim]) -> Dim:
     for d in dims:
         out = dim_mul(out, d)
     return out
+
+
+# ---- symbolic sizes as values ------------------------------------------------
+@dataclass(frozen=True)
+class Size:
+    """A symbolic dim as a value of the hyper-parameter language: ``dim(x, 0)`` on
+    ``f32[N, 64, 8, 8]`` is ``Size("N")``; arithmetic keeps the canonical form, so
+    ``dim(x, 0) * 4`` is ``Size("4*N")``.  Written as CDL it is its text (an expression
+    over the network's symbols); in an op's attributes it is a dim of a shape list."""
+
+    dim: str
+
+    def __str__(self) -> str:
+        return self.dim
+
+
+def size_value(d: Dim) -> "int | Size":
+    """A dim as a language value: ints stay ints, symbolic dims become ``Size``."""
+    return d if isinstance(d, int) else Size(d)
+
+
+def size_dim(v: "int | Size") -> Dim:
+    return v.dim if isinstance(v, Size) else v
+
+
+def size_arith(op: str, a: "int | Size", b: "int | Size") -> "int | Size":
+    """``a op b`` for sizes and integers (at least one a ``Size``): ``+ - *`` always, ``//`` as a
+    floor division (exact ones simplify: ``4*N // 4`` is ``N``), ``/`` only when it divides
+    for every value of the symbols.  Raises ValueError saying why not."""
+    x, y = size_dim(a), size_dim(b)
+    if op == "+":
+        return size_value(dim_add(x, y))
+    if op == "-":
+        return size_value(dim_sub(x, y))
+    if op == "*":
+        return size_value(dim_mul(x, y))
+    if op in ("/", "//"):
+        if y == 0:
+            raise ZeroDivisionError
+        q = dim_div_exact(x, y)
+        if q is None and op == "/":
+            raise ValueError(f"{x} is not a multiple of {y} for every {', '.join(sorted(dim_symbols(x) | dim_symbols(y)))}")
+        return size_value(q if q is not None else dim_floordiv(x, y))
+    raise ValueError(f"'{op}' is not defined for symbolic sizes")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from convdsl.errors import CDLTypeError, ResourceError, ShapeError, format_count
+from convdsl.ir.types import Size, size_value
 from convdsl.lang.limits import MAX_LOOP_ITERATIONS, MAX_SEQ_LEN, MAX_VALUE_SIZE
 from convdsl.lang.values import FuncRef, ListValue, Namespace, Tensor, describe, measure
 
@@ -38,14 +39,14 @@ def _channels(el, e, x):
     t = _tensor_arg("channels", x).type
     if t.rank < 2:
         raise ShapeError("channels() needs a tensor of rank >= 2 (channels-first)", got=str(t))
-    return t.shape[1]
+    return size_value(t.shape[1])
 
 
 def _dim(el, e, x, i):
     t = _tensor_arg("dim", x).type
     if not _is_int(i) or not -t.rank <= i < t.rank:
         raise CDLTypeError(f"dim index out of range for {t}", got=describe(i))
-    return t.shape[i]
+    return size_value(t.shape[i])  # a symbolic dim is a Size: dim(x, 0) * 4, reshape([dim(x, 0), -1])
 
 
 def _range(el, e, *a):
@@ -138,7 +139,8 @@ BUILTINS: dict[str, Builtin] = {
         Builtin("channels", _channels, "channels(x) -> size of dim 1"),
         Builtin("dim", _dim, "dim(x, i) -> size of dim i"),
         Builtin("rank", lambda el, e, x: _tensor_arg("rank", x).type.rank, "rank(x)"),
-        Builtin("shape", lambda el, e, x: ListValue(_tensor_arg("shape", x).type.shape), "shape(x) -> list"),
+        Builtin("shape", lambda el, e, x: ListValue(size_value(d) for d in _tensor_arg("shape", x).type.shape),
+                "shape(x) -> list"),
         Builtin("range", _range, "range(n), range(a, b), range(a, b, step)"),
         Builtin("len", lambda el, e, x: len(_seq("len")(x)), "len(list)"),
         Builtin("enumerate", _enumerate, "enumerate(list)"),

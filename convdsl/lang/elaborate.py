@@ -22,7 +22,7 @@ from convdsl.errors import (ChoiceError, CDLNameError, CDLTypeError, ConvDSLErro
 from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import OpDef, Symbol, bind_attrs, format_value
-from convdsl.ir.types import TensorType
+from convdsl.ir.types import Size, TensorType, dim_symbols, size_arith, size_dim, size_value
 from convdsl.lang import ast
 from convdsl.lang.parser import parse
 from convdsl.lang.builtins import BUILTINS, Builtin
@@ -71,6 +71,7 @@ class Frame:
     locals: dict[str, Any]
     scope: list[str]
     block: str
+    sizes: dict[str, Any] = field(default_factory=dict)  # a network's symbols (N in f32[N, ...]) as values
 
 
 @dataclass
@@ -230,6 +231,8 @@ class Elaborator:
                 for d in p.dims:
                     if isinstance(d, str):
                         g.symbols.setdefault(d, self.opts.bind.get(d, 1))
+                        frame.sizes.setdefault(d, self.opts.bind[d] if self.opts.concrete and d in self.opts.bind
+                                               else Size(d))
             elif p.name in self.opts.overrides:
                 frame.locals[p.name] = self.opts.overrides[p.name]
             elif p.default is not None:
@@ -393,6 +396,8 @@ class Elaborator:
         v = frame.module.lookup(name)
         if v is not _MISSING:
             return v
+        if name in frame.sizes:  # after everything the program binds: a symbol shadows nothing
+            return frame.sizes[name]
         op = OPS.get(name)
         if op is not None:
             return OpLayer(op)
@@ -476,8 +481,8 @@ class Elaborator:
             return obj.names[e.name]
         if isinstance(obj, Tensor):
             t = obj.type
-            props = {"shape": ListValue(t.shape), "rank": t.rank, "dtype": t.dtype,
-                     "channels": t.shape[1] if t.rank >= 2 else None}
+            props = {"shape": ListValue(size_value(d) for d in t.shape), "rank": t.rank, "dtype": t.dtype,
+                     "channels": size_value(t.shape[1]) if t.rank >= 2 else None}
             if e.name in props and props[e.name] is not None:
                 return props[e.name]
             raise CDLNameError(f"a tensor has no property '{e.name}'", e.span, hint=did_you_mean(e.name, props))
@@ -489,6 +494,8 @@ class Elaborator:
             return -v
         if isinstance(v, Tensor):
             return self.apply_op(OPS["neg"], [v], {}, None, e.span, frame)
+        if isinstance(v, Size):
+            return self.size_op("*", v, -1, e.span, e.span)
         raise CDLTypeError("'-' needs a number or tensor", e.span, got=describe(v))
 
     def eval_Not(self, e: ast.Not, frame: Frame) -> Any:
@@ -507,6 +514,10 @@ class Elaborator:
         left = self._need(self.eval(e.first, frame), frame, e.first.span)
         for op, rexpr in e.rest:
             right = self._need(self.eval(rexpr, frame), frame, rexpr.span)
+            if op in ("<", ">", "<=", ">=") and (isinstance(left, Size) or isinstance(right, Size)):
+                raise CDLTypeError(f"'{op}' cannot order a symbolic size", e.span, got=f"{describe(left)} and {describe(right)}",
+                                   hint="a symbol's value is known only when the network runs; compare with == / !=, "
+                                        "or give that dim a number in the input's type")
             if op in ("<", ">", "<=", ">=") and not (_is_num(left) and _is_num(right)):
                 raise CDLTypeError(f"'{op}' compares numbers", e.span, got=f"{describe(left)} and {describe(right)}")
             if isinstance(left, Tensor) or isinstance(right, Tensor):
@@ -572,6 +583,8 @@ class Elaborator:
                 raise ResourceError(f"list too long: {format_count(len(a) * b)} items", span,
                                     expected=f"at most {MAX_SEQ_LEN:,} items, {MAX_VALUE_SIZE:,} counted through nesting")
             return self.sized(ListValue(list(a) * max(b, 0)), span)
+        if isinstance(a, Size) or isinstance(b, Size):
+            return self.size_op(op, a, b, span, rspan)
         if not (_is_num(a) and _is_num(b)):
             raise CDLTypeError(f"'{op}' needs numbers", span, got=f"{describe(a)} and {describe(b)}")
         try:
@@ -592,6 +605,30 @@ class Elaborator:
         except OverflowError:
             raise ResourceError(f"'{op}' overflows: the numbers are too large", span) from None
         raise CDLTypeError(f"'{op}' is not defined for numbers", span, hint="'@' multiplies tensors")
+
+    def size_op(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None) -> Any:
+        """Arithmetic on symbolic sizes (``dim(x, 0) * 4``, ``N // 4``): a size or an integer, in
+        the canonical form shape rules use, so ``(4 * N) / 4`` is ``N`` again."""
+        for v in (a, b):
+            if not (isinstance(v, Size) or _is_int(v)):
+                raise CDLTypeError(f"'{op}' between a symbolic size and {describe(v)}", span,
+                                   expected="sizes and integers", got=f"{describe(a)} and {describe(b)}",
+                                   hint="a symbolic size (a dim of f32[N, ...]) combines with integers and other sizes")
+        try:
+            r = size_arith(op, a, b)
+        except ZeroDivisionError:
+            raise CDLTypeError("division by zero", rspan) from None
+        except ValueError as ex:
+            sym = min(dim_symbols(size_dim(a)) | dim_symbols(size_dim(b)))
+            raise CDLTypeError(f"'{op}' on a symbolic size: {ex}", span, got=f"{describe(a)} and {describe(b)}",
+                               hint=f"'//' is the floor division ({size_arith('//', a, b)}); or give {sym} a "
+                                    "number in the input's type" if op == "/" else
+                                    f"symbolic sizes take + - * / and //; give {sym} a number in the input's type "
+                                    "for the rest") from None
+        if isinstance(r, Size) and len(r.dim) > MAX_DIM_TEXT:
+            raise ResourceError(f"a symbolic size of {len(r.dim):,} characters", span,
+                                expected=f"symbolic sizes up to {MAX_DIM_TEXT} characters")
+        return r
 
     def tensor_scalar(self, op: str, a: Any, b: Any, span: Span | None, rspan: Span | None, frame: Frame) -> Any:
         """``x * c``, ``x / c``, ``x + c``, ``x - c``, ``c * x``, ``c + x``, ``c - x``: one ``affine`` node

@@ -93,6 +93,7 @@ def print_graph(graph: Graph, header: str | None = None) -> str:
         var[Value(nid)] = names.make(nid)
         dims = ", ".join(str(d) for d in t.shape)
         params.append(f"{var[Value(nid)]}: {t.dtype}[{dims}]")
+    names.used |= set(graph.symbols)  # a variable named N would hide the symbol a shape list writes (reshape([4*N, -1]))
     lines = []
     if header:
         lines += [f"# {h}" for h in header.splitlines()]

@@ -17,7 +17,7 @@ from typing import Any
 from convdsl.errors import format_count
 from convdsl.ir.graph import Value
 from convdsl.ir.optable import OpDef, Symbol
-from convdsl.ir.types import TensorType
+from convdsl.ir.types import Size, TensorType
 from convdsl.lang import ast
 
 __all__ = ["Tensor", "OpLayer", "BlockLayer", "SeqLayer", "Layer", "FuncRef", "Namespace", "Symbol", "describe",
@@ -178,6 +178,8 @@ def describe(v: Any) -> str:
         return f"the string {v!r}"
     if isinstance(v, Symbol):
         return f"the bare word '{v.name}'"
+    if isinstance(v, Size):
+        return f"the symbolic size {v.dim}"
     if isinstance(v, (OpLayer, BlockLayer, SeqLayer)):
         return f"the layer '{v.name}'"
     if isinstance(v, tuple) and v and all(isinstance(x, Tensor) for x in v):

@@ -29,7 +29,7 @@ _KIND = {"block": lsp.CompletionItemKind.Class, "network": lsp.CompletionItemKin
          "def": lsp.CompletionItemKind.Function, "const": lsp.CompletionItemKind.Constant,
          "import": lsp.CompletionItemKind.Module, "param": lsp.CompletionItemKind.Variable,
          "input": lsp.CompletionItemKind.Variable, "value": lsp.CompletionItemKind.Variable,
-         "loop": lsp.CompletionItemKind.Variable}
+         "loop": lsp.CompletionItemKind.Variable, "size": lsp.CompletionItemKind.Variable}
 
 
 def complete(text: str, line: int, column: int, index: FileIndex | None) -> lsp.CompletionList:
@@ -141,6 +141,11 @@ def _names(index: FileIndex | None, scope) -> list[lsp.CompletionItem]:
             if name not in seen and d.kind != "network":
                 seen.add(name)
                 out.append(_def_item(d))
+    if scope is not None:  # a network's symbols, after what the file binds (as the elaborator looks them up)
+        for name, d in scope.sizes.items():
+            if name not in seen:
+                seen.add(name)
+                out.append(lsp.CompletionItem(label=name, kind=_KIND["size"], detail="symbolic size", sort_text=f"1{name}"))
     for name, op in OPS.items():
         doc = f"```cdl\n{op_signature(op)}\n```\n\n" + (f"example: `{op.example}`" if op.example else "")
         out.append(lsp.CompletionItem(

@@ -52,7 +52,7 @@ def _describe(view: FileView, occ: Occurrence, load) -> str | None:
     if occ.role == "label":
         return f"instance name `{occ.tok.text}`: the prefix of this layer's parameter names"
     if occ.role == "dim":
-        return None
+        return _size(occ.target) if occ.target is not None else None
     d = occ.target
     if d is not None:
         home = view if d.file == view.path else load(d.file)
@@ -92,6 +92,8 @@ def _definition(home: FileView, d: Def, here: FileView, occ: Occurrence) -> str 
         return "\n\n".join(out)
     if d.kind == "import":
         return _code(f'import "{node.path}" as {node.alias}')
+    if d.kind == "size":
+        return _size(d)
     if d.kind == "value":
         types = home.notes.values.get((pos(node.span), d.name), [])
         return _code(f"{d.name}: {types_summary(types) or '?'}") + _runs(types)
@@ -218,6 +220,11 @@ def _kwarg(occ: Occurrence) -> str | None:
         head = p.name if p.default is None else f"{p.name} = {format_expr(p.default)}"
         return _code(head) + f"\n\nparameter of {occ.callee.kind} {occ.callee.name}"
     return None
+
+
+def _size(d: Def) -> str:
+    return (_code(d.name) + f"\n\nsymbolic size of network {d.owner.name}'s inputs: a value in its body, as "
+            f"`dim(x, i)` gives it (`4 * {d.name}`, `reshape([{d.name}, -1])`)")
 
 
 def _bare_word(index: FileIndex, occ: Occurrence) -> str | None:

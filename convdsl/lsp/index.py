@@ -31,7 +31,7 @@ class Def:
     """A definition: a top-level item, an import alias, or a name local to an item."""
 
     name: str
-    kind: str  # block | network | def | const | import | param | input | value | loop
+    kind: str  # block | network | def | const | import | param | input | value | loop | size
     file: str
     tok: Tok  # the name as written
     owner: "ast.Item | None" = None  # the item a local belongs to; None at top level
@@ -63,6 +63,7 @@ class ItemScope:
     last: int
     locals: dict[str, list[Def]] = field(default_factory=dict)
     name_tok: int | None = None  # token index of the item's own name
+    sizes: dict[str, Def] = field(default_factory=dict)  # a network's symbols (N in f32[N, ...]): values in its body
 
 
 class FileIndex:
@@ -189,7 +190,8 @@ class FileIndex:
                     if (t.line, t.column) >= (p.span.end_line, p.span.end_column):
                         break
                     if t.type == "NAME":
-                        self.occurrences.append(Occurrence(t, "dim", item=it))
+                        size = s.sizes.setdefault(t.text, Def(t.text, "size", self.path, t, it, p))
+                        self.occurrences.append(Occurrence(t, "dim", size, item=it))
                         done.add(k)
         if isinstance(it, ast.BlockDef) and it.inputs is not None:
             self._block_inputs(s, done)
@@ -270,7 +272,10 @@ class FileIndex:
             return defs[k - 1] if k else defs[0]
         if self._visible is None:
             self._visible = self.visible()
-        return self._visible.get(name)  # None: an op, a builtin or a bare word
+        d = self._visible.get(name)
+        if d is None and scope is not None and name in scope.sizes:  # as the elaborator: after what the file binds
+            return scope.sizes[name]
+        return d  # None: an op, a builtin or a bare word
 
     def _callee(self, lpar: int, scope: ItemScope) -> tuple[Def | None, str | None]:
         """The block/def or op called by the '(' at ``lpar``."""

@@ -15,7 +15,8 @@ graph) and whatever is computed from them alone, e.g. ConViT's gate
   (``neg`` is ``affine(-1, 0)``; a result of ``affine(1, 0)`` disappears), and
   consecutive ``reshape``/``flatten``/``squeeze``/``unsqueeze`` become one
   ``reshape`` (0 keeps an input dim such as a symbolic batch, -1 takes the
-  rest; a chain that ends at its input's shape disappears).
+  rest, other symbolic dims are written as sizes; a chain that ends at its
+  input's shape disappears).
 
 Precondition: ``verify(graph)`` passes; the graph is used for inference (a
 folded parameter stores ``f(weight)``, not ``weight``).
@@ -37,7 +38,7 @@ from convdsl.errors import ConvDSLError
 from convdsl.ir.graph import Graph, Node
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.types import NUMPY_DTYPE, TensorType
+from convdsl.ir.types import NUMPY_DTYPE, Size, TensorType
 from convdsl.passes.rewrite import bypass, sole_user
 
 AFFINES = frozenset({"affine", "neg"})
@@ -160,19 +161,18 @@ def _fold_view(g: Graph, node: Node) -> None:
     g.remove_node(inner.id)
 
 
-def reshape_spec(src: TensorType, dst: TensorType) -> tuple[int, ...] | None:
+def reshape_spec(src: TensorType, dst: TensorType) -> tuple[int | Size, ...] | None:
     """A ``reshape`` shape that takes ``src`` to ``dst``, or None when the
-    symbolic dims do not allow one (checked with reshape's own shape rule)."""
-    spec: list[int] = []
+    symbolic dims do not allow one (checked with reshape's own shape rule):
+    [N, L, 6] -> [L, N, 6] is (-1, Size("N"), 6)."""
+    spec: list[int | Size] = []
     for i, d in enumerate(dst.shape):
         if i < src.rank and src.shape[i] == d and not isinstance(d, int):
             spec.append(0)  # keep the (symbolic) input dim
         elif isinstance(d, int):
             spec.append(d)
-        else:
-            spec.append(-1)
-    if spec.count(-1) > 1:
-        return None
+        else:  # the first other symbolic dim is -1, the rest are written as sizes (reshape([L, -1, 6]))
+            spec.append(-1 if -1 not in spec else Size(d))
     attrs = {"shape": tuple(spec)}
     try:
         (out,) = OPS["reshape"].infer(attrs, [src])

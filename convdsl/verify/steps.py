@@ -527,6 +527,21 @@ def index_select(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
     return Step(call("index_select", index, dim=dim), kind, tuple(out), alt, ("index_select",))
 
 
+def fold_batch(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
+    """Windows of dim 1 folded into the batch and back (windowed attention's pattern), a softmax
+    over each window between: -1 and a symbolic size (``4 * N``, ``N``) spell the same reshapes."""
+    if len(shape) < 3 or not isinstance(shape[1], int):
+        return None
+    ks = [k for k in divisors(shape[1]) if k > 1]
+    if not ks:
+        return None
+    k, rest = d.pick(ks), [lit(x) for x in shape[2:]]
+    inner = ", ".join([str(shape[1] // k), *rest])
+    text = f"reshape([-1, {inner}]) | softmax(1) | reshape([N, {', '.join([str(shape[1]), *rest])}])"
+    alt = f"reshape([{k} * N, {inner}]) | softmax(1) | reshape([-1, {', '.join([str(shape[1]), *rest])}])"
+    return Step(text, kind, shape, alt, ("reshape", "softmax"))
+
+
 # The menu, simplest first (shrinking moves towards the start).
 STEPS: list[tuple[str, StepFn]] = [
     ("activation", activation),
@@ -546,6 +561,7 @@ STEPS: list[tuple[str, StepFn]] = [
     ("reduce", reduce),
     ("image_attention", image_attention),
     ("index_select", index_select),
+    ("fold_batch", fold_batch),
 ]
 
 

@@ -94,3 +94,22 @@ def test_help_says_what_stats_count_and_which_backends_compile():
     import convdsl
 
     assert "weights" in convdsl.compile.__doc__ and "bind" in convdsl.compile.__doc__
+
+
+def test_check_folds_a_symbolic_batch_and_back_as_the_user_wrote_it(tmp_path):
+    """Issue 14 item 2, the user's commands: reshape([-1, 64, 8, 8]) after reshape([-1, 16, 8, 8]) on
+    f32[N, 64, 8, 8] failed with 'cannot view f32[4*N, 16, 8, 8]', and reshape([dim(x, 0), ...]) with
+    'bad value for reshape(shape=...)'; a shape that cannot hold for every N is a located error."""
+    f = tmp_path / "fold.cdl"
+    f.write_text("network fold(x: f32[N, 64, 8, 8]) {\n"
+                 "    y = x | reshape([-1, 16, 8, 8])\n"
+                 "    z = y | reshape([-1, 64, 8, 8])\n"
+                 "    return z | reshape([dim(x, 0), 64, 64]) as out\n"
+                 "}\n")
+    r = CliRunner().invoke(main, ["check", str(f)])
+    assert r.exit_code == 0, r.output
+    assert "output out: f32[N, 64, 64]" in r.output
+    f.write_text(f.read_text().replace("[-1, 16, 8, 8]", "[-1, 3, 8, 8]"))
+    r = CliRunner().invoke(main, ["check", str(f)])
+    assert r.exit_code == 5 and f"{f}:2:13: shape error: reshape: cannot view f32[N, 64, 8, 8]" in r.output
+    assert "-1 cannot take a part of N" in r.output

@@ -54,3 +54,9 @@ def test_symbolic_reshape_as_documented():
     conv = next(n for n in g.nodes() if n.op == "conv2d")
     assert conv.types[0] == TensorType(("16*N", 16, 4, 4))
     assert g.output_types()[0] == TensorType(("N", 64, 8, 8))
+
+
+def test_symbolic_sizes_as_values_as_documented():
+    g = elaborate(_program("network window_net"), AS_FILE)
+    assert g.node("win.attn").types[0] == TensorType(("4*N", 16, 16))
+    assert g.output_types()[0] == TensorType(("N", 1024))

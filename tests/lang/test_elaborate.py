@@ -6,7 +6,7 @@ import pytest
 
 from convdsl.errors import ChoiceError, CDLNameError, CDLTypeError, ConvDSLError, ResourceError, ShapeError
 from convdsl.ir.ops import OPS
-from convdsl.ir.types import TensorType
+from convdsl.ir.types import Size, TensorType
 from convdsl.lang.elaborate import MAX_BLOCK_DEPTH, Options, elaborate, elaborate_file
 
 
@@ -493,3 +493,48 @@ def test_slices_item_assignment_and_a_def_applied_to_a_tensor():
 def test_slice_and_item_assignment_errors(body, message):
     with pytest.raises(CDLTypeError, match=message):
         elaborate(net(body))
+
+
+# ---- symbolic sizes as values (issue 14 item 2) ---------------------------------------------------
+def test_symbolic_dims_are_values_that_fold_into_the_batch_and_back():
+    """`reshape([dim(x, 0), ...])` said 'bad value for reshape(shape=...)' and `dim(x, 0) * 4` said
+    ''*' needs numbers': a symbolic dim is now a size that takes + - * / // and stands in a
+    shape list; the network's symbols are names too."""
+    g = elaborate(net("n = dim(x, 0)\n"
+                      "y = x | reshape([n * 4, 3, 8, 8]) as fold\n"
+                      'assert dim(y, 0) == 4 * N and dim(y, 0) / 4 == n and dim(y, 0) // n == 4, "sizes compare"\n'
+                      'assert shape(y)[0] - n == 3 * N and y.shape[0] != n and -n + n == 0, "and subtract"\n'
+                      "z = y | reshape([dim(y, 0) / 4, 3, 16, -1]) as unfold\n"
+                      "return z | reshape([N, -1]) as flat", inputs="x: f32[N, 3, 16, 16]"))
+    assert g.node("fold").attrs["shape"][0] == Size("4*N")
+    assert [g.node(n).type.shape for n in ("fold", "unfold", "flat")] == [("4*N", 3, 8, 8), ("N", 3, 16, 16),
+                                                                          ("N", 768)]
+
+
+def test_a_symbol_shadows_nothing_the_program_binds():
+    head = "N = 5"
+    g = elaborate(net("return x | reshape([N, -1])", head=head, inputs="x: f32[B, 5, 2]"))  # the constant N
+    assert out_type(g).shape == (5, "2*B")
+    g = elaborate(net("H = 2\nreturn x | reshape([N, H, -1])", inputs="x: f32[N, 4, H]"))  # the local H
+    assert out_type(g).shape == ("N", 2, "2*H")
+    g = elaborate(net("return x | reshape([N * 2, -1])", inputs="x: f32[N, 4, 4]"),
+                  options=Options(bind={"N": 3}, concrete=True))  # a bound symbol is its size
+    assert out_type(g).shape == (6, 8) and g.node("reshape").attrs["shape"] == (6, -1)
+
+
+@pytest.mark.parametrize("body, error, message, col", [
+    ("n = dim(x, 0) / 4\nreturn x", CDLTypeError, r"'/' on a symbolic size: N is not a multiple of 4 for every N", 5),
+    ("assert dim(x, 0) > 1\nreturn x", CDLTypeError, "'>' cannot order a symbolic size", 8),
+    ("n = dim(x, 0) % 2\nreturn x", CDLTypeError, "'%' is not defined for symbolic sizes", 5),
+    ("n = dim(x, 0) * 0.5\nreturn x", CDLTypeError, "'\\*' between a symbolic size and the number 0.5", 5),
+    ("return x | reshape([dim(x, 0) // 4, -1])", ShapeError, r"the sizes hold \(N\)//4 beyond the input's own factors", 12),
+    ("return x | reshape([N * N, -1])", ShapeError, "the sizes hold N beyond", 12),
+    ("return x | reshape([-1, 5, 4, 4])", ShapeError, "-1 cannot take a part of N", 12),
+    ("return x | reshape([3, 16, 16])", ShapeError, "the input's N is left over", 12),
+    ("return x | conv2d(dim(x, 0))", CDLTypeError, r"bad value for conv2d\(out=...\)", 12),
+])
+def test_symbolic_size_errors_are_located_and_say_why(body, error, message, col):
+    with pytest.raises(error, match=message) as info:
+        elaborate(net(body, inputs="x: f32[N, 3, 16, 16]"))
+    assert info.value.span is not None and (info.value.span.line, info.value.span.column) == (3, col)
+    assert info.value.hint

@@ -200,6 +200,25 @@ def test_hover_on_op_block_value_and_bare_word(session):
     assert "`conv2d(groups=…)`" in dw and "depthwise (= in channels)" in dw
 
 
+def test_a_symbolic_size_by_name_is_the_networks_symbol(session):
+    """N in the body is the size of the inputs' N (issue 14 item 2), not a bare word: hover says so,
+    definition goes to the signature, completion offers it; a constant N would win."""
+    code = ("network n(x: f32[N, 16, 8, 8]) {\n"
+            "    y = x | reshape([4 * N, 4, -1])\n"
+            "    return y | reshape([N, 16, 8, 8])\n}\n")
+    uri = session.open(EXAMPLES / "scratch_sizes.cdl", code)
+    assert session.diagnostics(uri, session.versions[uri]) == []
+    hover = session.hover(uri, *find(code, "N, 4, -1")).contents.value
+    assert hover.startswith("```cdl\nN\n```") and "symbolic size of network n's inputs" in hover
+    loc = session.definition(uri, *find(code, "N, 16, 8, 8])"))
+    assert (loc.range.start.line, loc.range.start.character) == find(code, "N, 16, 8, 8]")
+    assert "N" in {i.label for i in session.completion(uri, *find(code, "return y"))}
+    shadowed = "N = 2\n" + code.replace("reshape([N, 16, 8, 8])", "reshape([N * N // 4, -1])")
+    v = session.change(uri, shadowed)
+    session.diagnostics(uri, v)
+    assert session.hover(uri, *find(shadowed, "N, 4, -1")).contents.value.startswith("```cdl\nN = 2")
+
+
 # ---- completion -------------------------------------------------------------------------------------------
 def test_completion_of_keyword_arguments_and_words(session):
     code = 'import "blocks/resnet.cdl"\nnetwork n(x: f32[1, 3, 32, 32]) {\n    y = x | conv2d(16, 3, \n}\n'

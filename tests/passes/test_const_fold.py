@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from convdsl.api import load_graph
+from convdsl.backends.torch import build_module
 from convdsl.ir.graph import Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.types import TensorType
+from convdsl.ir.types import Size, TensorType
 from convdsl.ir.verify import verify
 from convdsl.passes import const_fold, dce
 from convdsl.passes.const_fold import reshape_spec
@@ -65,7 +67,18 @@ def test_reshape_spec_keeps_symbolic_dims():
     assert reshape_spec(t(("N", 4, 6)), t(("N", 24))) == (0, 24)
     assert reshape_spec(t(("N", 3, "H", "W")), t(("N", 3, "H", "W", 1))) == (0, 3, 0, 0, 1)
     assert reshape_spec(t((2, "L", 6)), t((2, 6, "L"))) == (2, 6, -1)  # the -1 takes the symbol
-    assert reshape_spec(t(("N", "L", 6)), t(("L", "N", 6))) is None  # two moved symbols: not one reshape
+    assert reshape_spec(t(("N", "L", 6)), t(("L", "N", 6))) == (-1, Size("N"), 6)  # a second one is a size
+    assert reshape_spec(t(("N", 64)), t(("N", "L"))) is None  # no reshape makes an L
+
+
+def test_view_chain_with_two_symbolic_sizes_folds_to_one_reshape():
+    """[N, L, 64] -> [2*N, 4*L, 8] -> [L, N, 64] is one reshape ([-1, N, 64]), which every
+    backend reads from the input's shape when it runs."""
+    g = load_graph(net("    return x | reshape([2 * N, 4 * L, 8]) | reshape([L, N, 64]) as v", "f32[N, L, 64]"))
+    c = verify(const_fold(g))
+    assert [n.op for n in c.nodes()] == ["input", "reshape"] and c.node("v").attrs == {"shape": (-1, Size("N"), 64)}
+    x = torch.randn(2, 3, 64)  # N = 2, L = 3 (the shared inputs bind N and L to 1)
+    torch.testing.assert_close(build_module(c)(x), x.reshape(3, 2, 64), rtol=0, atol=0)
 
 
 def test_view_chain_with_symbolic_spatial_dims():

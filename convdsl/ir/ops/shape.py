@@ -13,7 +13,7 @@ from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import Domain, POSITIVE
 from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
                                 keep_channels, off_attr, zero_cost)
-from convdsl.ir.types import Dim, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
+from convdsl.ir.types import Dim, Size, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.conv import PAD_MODES
 from convdsl.ir.ops.pool import normalize_dims
 
@@ -50,14 +50,17 @@ def _split_static(dims) -> tuple[int, Counter]:
 
 def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     # 0 copies the input dim at the same index (so a symbolic batch passes
-    # through); one -1 takes whatever is left, symbols included.
+    # through); one -1 takes whatever is left, symbols included; a symbolic size
+    # (4*N, dim(x, 0)) must be made of the input's symbols.
     x, spec = ins[0], attrs["shape"]
-    spec = (spec,) if isinstance(spec, int) else tuple(spec)
+    spec = (spec,) if isinstance(spec, (int, Size)) else tuple(spec)
     if sum(1 for v in spec if v == -1) > 1:
         raise CDLTypeError("reshape: only one dim may be -1", got=format_value(spec))
     out: list[Dim | None] = []
     for i, v in enumerate(spec):
-        if v == 0:
+        if isinstance(v, Size):
+            out.append(v.dim)
+        elif v == 0:
             if i >= x.rank:
                 raise ShapeError(f"reshape: 0 at position {i} keeps input dim {i}, but the input has rank {x.rank}",
                                  got=f"{format_value(spec)} for {x}")
@@ -70,19 +73,30 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
             out.append(v)
     in_static, in_syms = _split_static(x.shape)
     out_static, out_syms = _split_static(d for d in out if d is not None)
-    left = in_syms - out_syms
+    left, extra = in_syms - out_syms, out_syms - in_syms
     given = dims_prod(d for d in out if d is not None)
-    mismatch = ShapeError(f"reshape: cannot view {x} as {format_value(spec)}",
+
+    def mismatch(why: str, hint: str) -> ShapeError:
+        return ShapeError(f"reshape: cannot view {x} as {format_value(spec)}",
                           expected=f"{_shape(x.shape)} = {dims_prod(x.shape)} elements in all",
-                          got=_shape("-1" if d is None else d for d in out) + f": the other dims give {given}"
-                          + (" elements, which does not divide them" if None in out else " elements"),
-                          hint="write 0 to keep an input dim (e.g. the batch) and -1 for the rest; -1 may take "
-                               "a product of symbols and a number (4*N) but cannot split a symbol")
-    if out_syms - in_syms:
-        raise mismatch
+                          got=_shape("-1" if d is None else d for d in out) + f": {why}", hint=hint)
+
+    if extra:
+        names = ", ".join(sorted(extra.elements()))
+        floor = [f for f in extra if "//" in f]
+        raise mismatch(f"the sizes hold {names} beyond the input's own factors",
+                       f"{floor[0]} is a floor division, not a factor of the input's size: divide exactly with / "
+                       "(dim(x, 0) / 4 on a dim of 4*N is N), or leave that dim to -1" if floor else
+                       "a symbolic size in the shape must regroup the input's own symbols (N, 4 * N, dim(x, 0)); "
+                       "write -1 for the dim that takes the rest")
     if None in out:
         if in_static % out_static:
-            raise mismatch
+            sym = "*".join(sorted(in_syms.elements()))
+            raise mismatch(f"the other dims give {given} elements, which does not divide them",
+                           f"the numbers in the shape multiply to {out_static}, which does not divide {in_static} "
+                           + (f"(the input's elements per {sym}); -1 cannot take a part of {sym}, whose value is "
+                              f"unknown: choose sizes whose product divides {in_static}, or give the input a fixed "
+                              f"{sym.split('*')[0]} (a number in its type)" if sym else "(the input's elements)"))
         rest = []
         for d in x.shape:  # leftover symbols, in input order
             for f in dim_factors(d)[1]:
@@ -91,8 +105,14 @@ def _reshape_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
                     left[f] -= 1
         fill = dims_prod([*rest, in_static // out_static])
         out = [fill if d is None else d for d in out]
-    elif left or in_static != out_static:
-        raise mismatch
+    elif left:
+        names = "*".join(sorted(left.elements()))
+        raise mismatch(f"the dims give {given} elements; the input's {names} is left over",
+                       f"keep it in the shape: write it ({names.split('*')[0]}, dim(x, 0), 0 to keep an input dim "
+                       "in place) or -1 to take the rest")
+    elif in_static != out_static:
+        raise mismatch(f"the dims give {given} elements",
+                       "write 0 to keep an input dim (e.g. the batch) and -1 for the dim that takes the rest")
     return [x.with_shape(out)]
 
 
@@ -367,7 +387,8 @@ OPS = [
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
         "[d0, ..., d_start, ..., d_end, ...] -> [d0, ..., d_start*...*d_end, ...]",
         identity_when=identity_if_same_type, int8_passthrough=True),
-    _op("reshape", (Attr("shape", "ints", doc="new shape; 0 keeps the input dim, one -1 is inferred",
+    _op("reshape", (Attr("shape", "dims", doc="new shape; 0 keeps the input dim, one -1 is inferred; symbolic "
+                                               "sizes (4 * N, dim(x, 0)) regroup the input's symbols",
                           domain=Domain("[-1, inf)", name="positive, 0 (keep) or -1 (infer)")),), _reshape_infer,
         "view the same elements with a new shape.", "reshape([0, 16, -1])",
         "same number of elements; 0 copies the input dim at that position, -1 takes the rest",
