@@ -133,6 +133,12 @@ def _parse(text: str):
     return expr()
 
 
+def parse_dim(text: str):
+    """A symbolic dim's text as a tree: ``('+', a, b)``, ``('*', a, b)``, ``('//', a, b)``,
+    ``('neg', a)``, an int or a symbol name (what a backend evaluates over its own values)."""
+    return _parse(text)
+
+
 def _evaluate(node, bind: Mapping[str, int]) -> int:
     if isinstance(node, int):
         return node
@@ -266,3 +272,22 @@ def dims_prod(dims: Iterable[Dim]) -> Dim:
     for d in dims:
         out = dim_mul(out, d)
     return out
+
+
+def bind_some(d: Dim, sizes: Mapping[str, int]) -> Dim:
+    """``d`` with the symbols in ``sizes`` replaced by their sizes, the others kept:
+    ``bind_some("H*N", {"H": 8}) == "8*N"``, ``bind_some("N", {"N": 2}) == 2``."""
+    if isinstance(d, int):
+        return d
+
+    def ev(node) -> Dim:
+        if isinstance(node, int):
+            return node
+        if isinstance(node, str):
+            return sizes.get(node, node)
+        if node[0] == "neg":
+            return dim_mul(-1, ev(node[1]))
+        a, b = ev(node[1]), ev(node[2])
+        return dim_add(a, b) if node[0] == "+" else dim_mul(a, b) if node[0] == "*" else dim_floordiv(a, b)
+
+    return ev(_parse(d))
