@@ -391,7 +391,11 @@ def run_artifact_or_program(target: str, *, backend: str, inputs: list[str], bat
                                  hint="leave out --bind: the sizes come from the arrays")
         given = "the --input arrays"
     else:
-        sizes = {s: bound.get(s, batch if batch is not None else v) for s, v in graph.symbols.items()}
+        # --batch sizes every symbol; on a folder that takes some at any size and was compiled for
+        # others (a dynamic N with H and W bound), only those
+        dynamic = art.manifest.get("dynamic") if art is not None else None
+        open_ = set(dynamic) if isinstance(dynamic, list) and dynamic else set(graph.symbols)
+        sizes = {s: bound.get(s, batch if batch is not None and s in open_ else v) for s, v in graph.symbols.items()}
         given = " and ".join(([f"--batch {batch}"] if batch is not None else []) +
                              [f"--bind {k}={v}" for k, v in bound.items()]) or "its manifest's symbols"
     if art is not None:
@@ -438,7 +442,8 @@ def check_sizes(art: Artifact, graph: Graph, sizes: dict[str, int], given: str) 
             src = art.manifest.get("source_file") or "FILE"
             src = src if isinstance(src, str) and FILE_NAME.fullmatch(src) else "FILE"
             again = f"convdsl compile {src} --backend {art.backend}"
-            dyn = f", or for any batch: {again} --dynamic-batch" if art.backend == "tvm-llvm" else ""
+            batch = sym == program[0]  # the batch symbol (what --dynamic-batch leaves open)
+            dyn = f", or for any batch: {again} --dynamic-batch" if art.backend == "tvm-llvm" and batch else ""
             raise ShapeError(f"{art.folder} takes {name}: {shown}, compiled for {sym} = {took}; with {given}, "
                              f"{sym} = {want}", graph.node(name).span if name in names else None,
                              expected=f"{sym} = {took}", got=f"{sym} = {want}",

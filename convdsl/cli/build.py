@@ -121,7 +121,8 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 @click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
               help="Input .npy file(s), one per network input, in order; they give the sizes of symbolic dims.")
 @click.option("--batch", type=click.IntRange(1, 2**31 - 1), default=None,
-              help="Size of every symbolic dim of generated inputs (default: 1, or as the folder was compiled).")
+              help="Size of every symbolic dim of generated inputs (of a folder: of those it takes at any size, "
+                   "e.g. the batch N of a tvm-llvm library; default: 1, or as the folder was compiled).")
 @click.option("--expect-sha256", "expect_sha256", default=None, metavar="DIGEST",
               help="Run the folder only if its artifact digest is DIGEST (as printed by convdsl compile).")
 @click.option("--save", type=click.Path(dir_okay=False), help="Save the first output as .npy.")

@@ -232,3 +232,23 @@ def test_the_python_api_builds_static_unless_asked():
     g = graph_of(NET)
     run = backend("tvm-llvm", use_db=False, progress=False).runner(g)
     assert run.inputs[0]["shape"] == [1, 3, 8, 8]
+
+
+def test_batch_sizes_only_what_a_dynamic_folder_leaves_open(tmp_path):
+    """--batch sizes every symbol; a tvm-llvm folder with a dynamic N and H, W bound at compile
+    time takes --batch as N (its other sizes are the compiled ones), and a run that gives H
+    another size is refused with the command for that H (no --dynamic-batch: it would not help)."""
+    src = tmp_path / "sr.cdl"
+    src.write_text("network sr(x: f32[N, 3, H, W]) {\n    return x | conv2d(4, 3, pad=1) | relu\n}\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["compile", str(src), "-b", "tvm-llvm", "--no-db", "--bind", "H=6", "--bind", "W=5",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "takes x: f32[N, 3, 6, 5] (any N)" in r.output
+    run = _run(out, "--batch", "3")
+    assert run.exit_code == 0 and "[3, 4, 6, 5]" in run.output, run.output
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 3, 7, 5), np.float32))
+    run = _run(out, "--input", str(x))
+    assert run.exit_code == 5 and "compiled for H = 6; with the --input arrays, H = 7" in run.output, run.output
+    assert "--bind H=7" in run.output and "--dynamic-batch" not in run.output
