@@ -252,3 +252,20 @@ def test_batch_sizes_only_what_a_dynamic_folder_leaves_open(tmp_path):
     run = _run(out, "--input", str(x))
     assert run.exit_code == 5 and "compiled for H = 6; with the --input arrays, H = 7" in run.output, run.output
     assert "--bind H=7" in run.output and "--dynamic-batch" not in run.output
+
+
+def test_a_manifest_whose_symbol_is_not_dynamic_is_not_a_tvm_folder(tmp_path):
+    """tvm.inputs may name a symbol only when tvm.dynamic lists it: the runner's shape check
+    must never meet a dim it cannot compare (the folder pinned by its new digest, so that
+    only this check can refuse it)."""
+    import hashlib
+
+    r, src, out = _compile(tmp_path)
+    assert r.exit_code == 0, r.output
+    path = out / "manifest.json"
+    m = json.loads(path.read_text())
+    m["tvm"]["dynamic"] = []
+    path.write_text(json.dumps(m))
+    (out / "manifest.sig").unlink()
+    run = _run(out, "--expect-sha256", hashlib.sha256(path.read_bytes()).hexdigest())
+    assert run.exit_code == 2 and "does not describe a tvm-llvm folder" in run.output, run.output
