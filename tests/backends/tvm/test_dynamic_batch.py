@@ -269,3 +269,34 @@ def test_a_manifest_whose_symbol_is_not_dynamic_is_not_a_tvm_folder(tmp_path):
     (out / "manifest.sig").unlink()
     run = _run(out, "--expect-sha256", hashlib.sha256(path.read_bytes()).hexdigest())
     assert run.exit_code == 2 and "does not describe a tvm-llvm folder" in run.output, run.output
+
+
+# ops whose lowerings compute with the input's shape (reshapes, gathers, windows, transforms):
+# with a symbolic N they see shape-variable expressions.  Every case of test_ops.py passed this
+# way when it was written; these stay checked.
+SHAPE_USERS = {"pixel_shuffle", "pixel_unshuffle", "pad", "upsample", "select", "groupnorm", "instancenorm2d",
+               "window_attention", "mhsa", "halo_attention", "patch_embed", "class_token", "fft_conv", "s4d",
+               "selective_scan", "glu", "reshape", "flatten", "split", "dynamic_filter"}
+
+
+def _dynamic_cases():
+    from .test_ops import C
+
+    seen = set()
+    for op, shapes, args, kwargs in C:
+        if op in SHAPE_USERS and op not in seen and len(shapes[0]) >= 2:
+            seen.add(op)
+            yield pytest.param(op, shapes, args, kwargs, id=op)
+
+
+@pytest.mark.parametrize("op,shapes,args,kwargs", list(_dynamic_cases()))
+def test_ops_that_compute_with_shapes_lower_with_a_symbolic_batch(op, shapes, args, kwargs):
+    from .conftest import one_op
+
+    b = shapes[0][0]
+    symbolic = [("N", *s[1:]) if len(s) >= 2 and s[0] == b else s for s in shapes]
+    g = graph_of(one_op(op, symbolic, *args, **kwargs))
+    run = backend("tvm-llvm", use_db=False, progress=False, dynamic_batch=True).runner(g)
+    for n in sorted({b, 3}):
+        xs = make_inputs(g, n, seed=n)
+        assert_close(run(xs), torch_outputs(g, xs))
