@@ -38,12 +38,15 @@ class Runner:
         spec = self.inputs[i]
         want = list(spec["shape"])
         ok = len(shape) == len(want) and str(dtype) == spec["dtype"]
+        sizes = dict(self._seen)
         for d, n in zip(want, shape) if ok else ():
             if isinstance(d, str):
-                ok = ok and n >= 1 and self._seen.setdefault(d, n) == n
+                ok = ok and n >= 1 and sizes.setdefault(d, n) == n
             else:
                 ok = ok and d == n
-        if not ok:
+        if ok:
+            self._seen = sizes
+        else:
             dynamic = sorted({d for s in self.inputs for d in s["shape"] if isinstance(d, str)})
             seen = ", ".join(f"{k} = {v}" for k, v in self._seen.items() if k in want)
             raise UsageError(f"input '{spec['name']}' was compiled for {spec['dtype']}{want}, "
