@@ -50,8 +50,15 @@ _CHUNK = 1 << 20
 
 # ---- writing ------------------------------------------------------------------------------
 def manifest_for(graph: Graph, backend: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of an artifact of ``graph``.  Each input and output lists the ``shape`` the
+    artifact takes (a size, or a symbol name where it takes any size: the symbols in ``dynamic``)
+    and the program's ``symbolic_shape``; ``symbols`` are the sizes ``convdsl run`` uses by
+    default.  A torch folder is rebuilt from network.cdl and an ONNX model keeps every symbol as
+    a ``dim_param``, so both take every symbol at any size; a TVM backend's ``manifest_extra``
+    gives the shapes its library was compiled for."""
     def io(names, types):
-        return [{"name": n, "shape": list(t.shape), "dtype": t.dtype} for n, t in zip(names, types)]
+        return [{"name": n, "shape": list(t.shape), "symbolic_shape": list(t.shape), "dtype": t.dtype}
+                for n, t in zip(names, types)]
 
     import torch
 
@@ -63,6 +70,7 @@ def manifest_for(graph: Graph, backend: str, extra: dict[str, Any] | None = None
         "inputs": io(graph.inputs, graph.input_types()),
         "outputs": io(graph.output_names, graph.output_types()),
         "symbols": graph.symbols,
+        "dynamic": list(graph.symbols),
         "ops": graph.ops_used(),
         "params": graph.params.count(),
         "source_file": os.path.basename(graph.source_file) if graph.source_file else None,
@@ -381,8 +389,17 @@ def run_artifact_or_program(target: str, *, backend: str, inputs: list[str], bat
             if s in bound and bound[s] != n:
                 raise UsageError(f"--bind {s}={bound[s]}, and the --input arrays have {s} = {n}",
                                  hint="leave out --bind: the sizes come from the arrays")
+        given = "the --input arrays"
     else:
-        sizes = {s: bound.get(s, batch if batch is not None else v) for s, v in graph.symbols.items()}
+        # --batch sizes every symbol; on a folder that takes some at any size and was compiled for
+        # others (a dynamic N with H and W bound), only those
+        dynamic = art.manifest.get("dynamic") if art is not None else None
+        open_ = set(dynamic) if isinstance(dynamic, list) and dynamic else set(graph.symbols)
+        sizes = {s: bound.get(s, batch if batch is not None and s in open_ else v) for s, v in graph.symbols.items()}
+        given = " and ".join(([f"--batch {batch}"] if batch is not None else []) +
+                             [f"--bind {k}={v}" for k, v in bound.items()]) or "its manifest's symbols"
+    if art is not None:
+        check_sizes(art, graph, sizes, given)  # before the network is built or its library loaded
     graph = load(sizes)
     arrays = arrays if arrays is not None else make_inputs(graph, None)
     mod = mod or backend_module(backend)
@@ -394,6 +411,44 @@ def run_artifact_or_program(target: str, *, backend: str, inputs: list[str], bat
     ms = (time.perf_counter() - t0) * 1e3
     return {"network": graph.name, "backend": art.backend if art else str(backend), "ms": ms,
             "outputs": dict(zip(graph.output_names, outs)), "artifact": art}
+
+
+def check_sizes(art: Artifact, graph: Graph, sizes: dict[str, int], given: str) -> None:
+    """The sizes ``convdsl run`` is about to use against the shapes the artifact takes (its
+    manifest's ``inputs``: a size where it was compiled for one, a symbol where it takes any):
+    a folder compiled for N=1 refuses ``--batch 4`` here, at the input's declaration, with the
+    way to rebuild it, before anything of it is loaded."""
+    from convdsl.errors import ShapeError
+    from convdsl.ir.types import bind_dim
+
+    names = set(graph.inputs)
+    for spec in art.manifest["inputs"]:
+        program = spec.get("symbolic_shape", spec["shape"])
+        if not isinstance(program, list) or len(program) != len(spec["shape"]):
+            continue
+        for sym, took in zip(program, spec["shape"]):
+            if not (isinstance(sym, str) and isinstance(took, int)):
+                continue
+            try:
+                want = bind_dim(sym, sizes)
+            except (ValueError, IndexError, ZeroDivisionError):
+                continue
+            if want == took:
+                continue
+            name = spec["name"]
+            shown = f"{spec['dtype']}{spec['shape']}"
+            mentioned = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sym))
+            rebuild = " ".join(f"--bind {k}={v}" for k, v in sizes.items() if k in mentioned)
+            src = art.manifest.get("source_file") or "FILE"
+            src = src if isinstance(src, str) and FILE_NAME.fullmatch(src) else "FILE"
+            again = f"convdsl compile {src} --backend {art.backend}"
+            batch = sym == program[0]  # the batch symbol (what --dynamic-batch leaves open)
+            dyn = f", or for any batch: {again} --dynamic-batch" if art.backend == "tvm-llvm" and batch else ""
+            raise ShapeError(f"{art.folder} takes {name}: {shown}, compiled for {sym} = {took}; with {given}, "
+                             f"{sym} = {want}", graph.node(name).span if name in names else None,
+                             expected=f"{sym} = {took}", got=f"{sym} = {want}",
+                             hint=f"run it at {sym} = {took}, or recompile it for {sym} = {want}: {again} {rebuild}"
+                                  f"{dyn}")
 
 
 def file_hash(path: str | os.PathLike) -> str:

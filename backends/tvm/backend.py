@@ -12,7 +12,7 @@ from typing import Any
 from convdsl.artifact import io_specs_ok
 from convdsl.errors import ArtifactError, UsageError
 from convdsl.ir.graph import Graph
-from convdsl.ir.types import NUMPY_DTYPE, bind_dim
+from convdsl.ir.types import NUMPY_DTYPE, bind_some
 
 from convdsl.backends.tvm.targets import TARGET_BACKENDS, TargetSpec, host_can_run, make_target
 
@@ -26,15 +26,31 @@ def tvm_versions() -> dict[str, str]:
     return {"tvm": str(tvm.__version__), "tvm_ffi": str(getattr(tvm_ffi, "__version__", "unknown"))}
 
 
-def io_specs(graph: Graph, bind: dict[str, int] | None = None) -> tuple[list[dict], list[dict]]:
-    """Concrete (bound) shapes of the inputs and outputs, as the compiled module takes them."""
-    sizes = {**graph.symbols, **(bind or {})}
+def io_specs(graph: Graph, bind: dict[str, int] | None = None,
+             dynamic: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """The shapes of the inputs and outputs as the compiled module takes them: sizes, and the
+    ``dynamic`` symbols (with the dims made of them) as text, e.g. ``["N", 3, 224, 224]``."""
+    sizes = {k: v for k, v in {**graph.symbols, **(bind or {})}.items() if k not in dynamic}
 
     def specs(names, types):
-        return [{"name": n, "shape": [bind_dim(d, sizes) for d in t.shape], "dtype": NUMPY_DTYPE.get(t.dtype, t.dtype)}
+        return [{"name": n, "shape": [bind_some(d, sizes) for d in t.shape], "dtype": NUMPY_DTYPE.get(t.dtype, t.dtype)}
                 for n, t in zip(names, types)]
 
     return specs(graph.inputs, graph.input_types()), specs(graph.output_names, graph.output_types())
+
+
+def batch_symbol(graph: Graph) -> str:
+    """The one symbol the inputs of ``graph`` have as their first dim (the batch, ``N``), which
+    ``--dynamic-batch`` keeps symbolic; a network without one is refused with what it has."""
+    firsts = [t.shape[0] if t.rank else None for t in graph.input_types()]
+    symbolic = {d for d in firsts if isinstance(d, str)}
+    if len(symbolic) == 1 and next(iter(symbolic)).isidentifier():
+        return symbolic.pop()  # inputs with a size there (a broadcast [1, C]) keep it
+    shown = ", ".join(f"{n}: {t}" for n, t in zip(graph.inputs, graph.input_types()))
+    raise UsageError(f"--dynamic-batch keeps the batch symbol of {graph.name} symbolic, and its inputs do not "
+                     "have one symbol as their first dim", got=shown,
+                     hint="declare the batch as a symbol, e.g. x: f32[N, 3, 224, 224], or compile with static "
+                          "shapes (leave out --dynamic-batch)")
 
 
 class Module:
@@ -64,6 +80,11 @@ class TVMBackend:
     use_db: bool = True
     progress: bool = True
     precision: str = "f32"  # f32 | bf16 | int8 (targets.PRECISIONS)
+    # the batch symbol (N) kept symbolic, one library for every batch size: True insists, None
+    # when nothing is lost by it (`convdsl compile`'s default), False never (static shapes)
+    dynamic_batch: bool | None = False
+    bound: tuple[str, ...] = ()  # symbols the user gave sizes (--bind): never left symbolic
+    notes: list[str] = field(default_factory=list)  # why a build is not what the user may expect
     last_build: Any = field(default=None, repr=False)  # the Built of the latest build, for the manifest
 
     def __str__(self) -> str:
@@ -76,13 +97,69 @@ class TVMBackend:
         return self._spec
 
     # -- building -------------------------------------------------------------------
+    def dynamic(self, graph: Graph) -> tuple[str, ...]:
+        """The symbols the library will take at any size: the batch symbol, or none (static).
+
+        ``dynamic_batch=True`` (``--dynamic-batch``) insists: what prevents it is an error.
+        ``None`` (``convdsl compile`` without it) decides: a dynamic batch when the batch is
+        not bound (``--bind N=B``) and nothing is lost by it, else static shapes, with the
+        reason in ``notes`` where the user may not expect them.  ``False``: static."""
+        if self.dynamic_batch is False:
+            return ()
+        explicit = self.dynamic_batch is True
+        try:
+            n = batch_symbol(graph)
+        except UsageError:
+            if explicit:
+                raise
+            return ()  # no symbolic batch: static, as the program says
+        if n in self.bound:
+            if explicit:
+                raise UsageError(f"--bind {n}=... fixes the batch, and --dynamic-batch leaves it open to any size",
+                                 hint="give one of them")
+            return ()
+        why = hint = None
+        if self.name != "tvm-llvm" or self.precision != "f32":
+            why = (f"a dynamic batch is compiled for f32 programs on tvm-llvm, not "
+                   f"{self.name if self.name != 'tvm-llvm' else '--precision ' + self.precision}")
+            hint = f"bind the batch instead (--bind {n}=8): one library per batch size"
+        elif self.tune:
+            why = "--tune measures kernels at one size, and a dynamic batch leaves the size open"
+            hint = (f"tune a static build (--bind {n}=1 --tune TRIALS); `convdsl tune` records template knobs, "
+                    "which a dynamic batch build takes as those of a batch of 1")
+        elif not explicit and self.use_db and self._has_metaschedule_records():
+            why = "your MetaSchedule tuning records are for static shapes"
+            hint = f"--dynamic-batch compiles a dynamic batch without them; --bind {n}=B uses them for a batch of B"
+        if why is not None:
+            if explicit:
+                raise UsageError(f"--dynamic-batch: {why}", hint=hint)
+            self.notes.append(f"compiled for {n} = {graph.symbols.get(n, 1)} (static shapes): {why}; {hint}")
+            return ()
+        return (n,)
+
+    def _has_metaschedule_records(self) -> bool:
+        from convdsl.backends.tvm.build import has_records
+
+        return has_records(self.spec, self.db)
+
     def build(self, graph: Graph):
         from convdsl.backends.tvm.build import BuildOptions, build
+        from convdsl.backends.tvm.common import DynamicShapeError
 
         check_precision_of(graph, self.precision)
+        dynamic = self.dynamic(graph)
         opts = BuildOptions(tune=self.tune, db=self.db, use_db=self.use_db, progress=self.progress,
-                            precision=self.precision)
-        self.last_build = build(graph, self.spec, opts)
+                            precision=self.precision, dynamic=dynamic)
+        try:
+            self.last_build = build(graph, self.spec, opts)
+        except DynamicShapeError as e:
+            if self.dynamic_batch is True:
+                raise
+            n = dynamic[0]
+            self.notes.append(f"compiled for {n} = {graph.symbols.get(n, 1)} (static shapes): {e.message}; "
+                              f"--bind {n}=B compiles another batch")
+            opts.dynamic = ()
+            self.last_build = build(graph, self.spec, opts)
         return self.last_build
 
     def _runner_for(self, built, graph: Graph):
@@ -92,7 +169,7 @@ class TVMBackend:
         if why:
             raise UsageError(f"cannot run {self.name} code here: {why}",
                              hint="write an artifact with -o and run it on a matching machine")
-        ins, outs = io_specs(graph)
+        ins, outs = io_specs(graph, dynamic=built.dynamic)
         return Runner(built.executable, self.spec.device(), ins, outs)
 
     def build_module(self, graph: Graph) -> Module:
@@ -121,30 +198,34 @@ class TVMBackend:
 
     def manifest_extra(self, graph: Graph) -> dict[str, Any]:
         built = self.last_build
-        ins, outs = io_specs(graph)
+        dynamic = built.dynamic
+        ins, outs = io_specs(graph, dynamic=dynamic)
         import torch
 
-        sizes = {**graph.symbols}
+        sizes = {k: v for k, v in graph.symbols.items() if k not in dynamic}
 
         def bound(names, types):  # what the library takes: the program's shapes at the bound sizes
-            return [{"name": n, "shape": [bind_dim(d, sizes) for d in t.shape], "symbolic_shape": list(t.shape),
+            return [{"name": n, "shape": [bind_some(d, sizes) for d in t.shape], "symbolic_shape": list(t.shape),
                      "dtype": t.dtype} for n, t in zip(names, types)]
 
         extra = {
             "backend": self.name,
             "inputs": bound(graph.inputs, graph.input_types()),
             "outputs": bound(graph.output_names, graph.output_types()),
+            "dynamic": list(dynamic),
             "versions": {"torch": torch.__version__, **tvm_versions()},
             "tvm": {
                 "target": self.spec.config,
                 "precision": self.precision,
                 "library": LIBRARY,
                 "weights": "constants inside the library",
+                "dynamic": list(dynamic),
                 "inputs": ins,
                 "outputs": outs,
                 "compile_seconds": {k: round(v, 3) for k, v in built.seconds.items()},
                 "kernels": built.functions,
                 "kernels_from_database": built.scheduled if not self.spec.is_gpu else None,
+                "kernels_scheduled_by_convdsl": built.own if not self.spec.is_gpu else None,
                 "tuning": built.tuning.as_dict() if built.tuning else None,
             },
         }
@@ -190,14 +271,17 @@ def check_artifact(art) -> None:
     info = m["tvm"]
     lib = info.get("library") if isinstance(info, dict) else None
     target = info.get("target") if isinstance(info, dict) else None
-    shapes_ok = isinstance(info, dict) and all(
-        io_specs_ok(info.get(k), symbolic=False) and all(s["dtype"] in _DTYPES for s in info[k])
-        for k in ("inputs", "outputs"))
+    dynamic = info.get("dynamic", []) if isinstance(info, dict) else None
+    dynamic_ok = isinstance(dynamic, list) and all(isinstance(d, str) and d.isidentifier() for d in dynamic)
+    shapes_ok = isinstance(info, dict) and dynamic_ok and all(
+        io_specs_ok(info.get(k), symbolic=bool(dynamic)) and all(s["dtype"] in _DTYPES for s in info[k])
+        for k in ("inputs", "outputs")) and all(  # an input dim is a size or a dynamic symbol
+        isinstance(d, int) or d in dynamic for s in info["inputs"] for d in s["shape"])
     if not (isinstance(lib, str) and isinstance(target, dict) and target.get("kind") == _TARGET_KIND[m["backend"]]
             and shapes_ok and set(m["files"]) == {lib, "network.cdl", "weights.safetensors"}):
         raise ArtifactError(f"{folder}: manifest.json does not describe a {m['backend']} folder",
                             expected=f'a "tvm" section (library listed in "files", target of kind '
-                                     f'{_TARGET_KIND[m["backend"]]}, static input and output shapes) and the files '
+                                     f'{_TARGET_KIND[m["backend"]]}, input shapes of sizes and dynamic symbols) and the files '
                                      "lib.so, network.cdl, weights.safetensors",
                             hint="a compiled folder cannot change backend; recompile it")
     if art.trusted is None:

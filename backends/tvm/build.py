@@ -15,6 +15,12 @@ of Relax passes:
    conv NCHWc, GEMM, reductions, elementwise; no tuning) and DLight's default
    rules on GPUs (unscheduled GPU code does not compile).
 5. ``codegen``: TVM's own dataflow lowering and VM finalization for the target.
+
+``BuildOptions.dynamic`` (a dynamic batch, ``("N",)``) keeps those symbols Relax shape
+variables through every stage: the blocked-layout kernels take a symbolic batch (their other
+dims stay static), the schedules parallelize over it, and the template knobs are those of a
+batch of 1 (``tophub.workload_of``).  MetaSchedule records, made on static shapes, do not
+match such kernels.  What fails on a shape variable is a ``DynamicShapeError``.
 """
 from __future__ import annotations
 
@@ -26,8 +32,10 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from convdsl.errors import ConvDSLError
 from convdsl.ir.graph import Graph
 
+from convdsl.backends.tvm.common import DynamicShapeError
 from convdsl.backends.tvm.lowering import lower_graph
 from convdsl.backends.tvm.schedules import ApplySchedules, layout_passes, tophub
 from convdsl.backends.tvm.schedules.gpu import gpu_passes
@@ -43,6 +51,7 @@ class BuildOptions:
     progress: bool = True  # progress bar while tuning
     bind: dict[str, int] = field(default_factory=dict)  # sizes of symbolic dims (default: graph.symbols)
     precision: str = "f32"  # f32 | bf16 (convs and matmuls with bf16 operands) | int8 (the quantized ops' kernels)
+    dynamic: tuple[str, ...] = ()  # symbols left symbolic (a dynamic batch: ("N",)); the others are bound
 
 
 @dataclass
@@ -58,6 +67,7 @@ class Built:
     db: str | None = None
     own: int = 0  # TIR functions scheduled by convdsl's own CPU schedules (after the database)
     templates_from_db: int = 0  # template instances whose knobs came from the user's or the shipped database
+    dynamic: tuple[str, ...] = ()  # the symbols the executable takes at any size
 
 
 def optimize_passes(spec: TargetSpec, precision: str = "f32") -> list:
@@ -95,10 +105,25 @@ def _count_scheduled(mod: tvm.IRModule) -> tuple[int, int]:
 
 def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> Built:
     opts = opts or BuildOptions()
+    if not opts.dynamic:
+        return _build(graph, spec, opts)
+    try:
+        return _build(graph, spec, opts)
+    except ConvDSLError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a TVM pass that needs static shapes
+        names = ", ".join(opts.dynamic)
+        why = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+        raise DynamicShapeError(f"{spec.backend} cannot compile {graph.name} with a dynamic {names}: {why}",
+                                hint=f"compile with static shapes: leave out --dynamic-batch (--bind {names}=B "
+                                     "for a batch of B)") from None
+
+
+def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
-    mod = lower_graph(graph, spec.backend, opts.bind)
+    mod = lower_graph(graph, spec.backend, opts.bind, opts.dynamic)
     seconds["lower"] = time.perf_counter() - t
 
     target = spec.tvm_target()
@@ -108,7 +133,7 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
     seconds["optimize"] = time.perf_counter() - t
 
     db = report = folder = None
-    if opts.tune or (opts.use_db and _has_records(spec, opts.db)):
+    if opts.tune or (opts.use_db and has_records(spec, opts.db)):
         folder = str(db_dir(spec, opts.db))
         db = open_database(spec, opts.db)
     if opts.tune:
@@ -139,10 +164,10 @@ def build(graph: Graph, spec: TargetSpec, opts: BuildOptions | None = None) -> B
     ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
     seconds["codegen"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
-    return Built(ex, spec, seconds, scheduled, functions, report, folder, own, templates_from_db)
+    return Built(ex, spec, seconds, scheduled, functions, report, folder, own, templates_from_db, opts.dynamic)
 
 
-def _has_records(spec: TargetSpec, root: str | None) -> bool:
+def has_records(spec: TargetSpec, root: str | None) -> bool:
     path = db_dir(spec, root) / "database_tuning_record.json"
     try:
         return path.stat().st_size > 0

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from tvm.relax import Expr
 
 
+class DynamicShapeError(LoweringError):
+    """An op or a TVM pass that needs a size where a dynamic-batch build has a shape variable."""
+
+
 class LazyModule:
     """A module imported when one of its attributes is first read."""
 
@@ -74,17 +78,27 @@ class Lowerer:
     """Lowers one graph with a lowering table; entries use its helpers."""
 
     def __init__(self, graph: Graph, table: LoweringTable[LowerFn], target: str = "tvm-llvm",
-                 bind: dict[str, int] | None = None) -> None:
+                 bind: dict[str, int] | None = None, dynamic: tuple[str, ...] = ()) -> None:
         self.graph = graph
         self.table = table
         self.target = target
         self.bind = {**graph.symbols, **(bind or {})}
+        # symbols kept symbolic: Relax shape variables (int64), sizes given at run time
+        self.dynamic = {s: tvm.tirx.Var(s, "int64") for s in dynamic}
         self.bb = relax.BlockBuilder()
         self.node: Node | None = None
 
     # -- helpers for entries ----------------------------------------------------------
-    def shape(self, t: TensorType) -> tuple[int, ...]:
-        return tuple(bind_dim(d, self.bind) for d in t.shape)
+    def shape(self, t: TensorType) -> tuple:
+        """The dims of ``t``: sizes, or (with ``dynamic`` symbols) TIR expressions of their shape variables."""
+        return tuple(self.dim(d) for d in t.shape)
+
+    def dim(self, d) -> Any:
+        if not isinstance(d, (int, str)):  # already a TIR expression (``ins`` carry them)
+            return d
+        if isinstance(d, int) or not self.dynamic or not (symbols_of(d) & self.dynamic.keys()):
+            return bind_dim(d, self.bind)
+        return evaluate_dim(d, {**self.bind, **self.dynamic})
 
     def param(self, name: str) -> np.ndarray:
         """The weight ``name`` (local name: ``weight``, ``bias``...) of the node being lowered."""
@@ -119,6 +133,14 @@ class Lowerer:
     def error(self, message: str, hint: str | None = None) -> LoweringError:
         return LoweringError(f"{self.node.op} on {self.target}: {message}", self.node.span, hint=hint)
 
+    def dynamic_error(self, e: Exception) -> LoweringError:
+        """An entry that needs a size where the dynamic symbols have none."""
+        names = ", ".join(self.dynamic)
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return DynamicShapeError(f"{self.node.op} on {self.target}: cannot be compiled with a dynamic {names} ({why})",
+                                 self.node.span, hint=f"compile with static shapes: leave out --dynamic-batch "
+                                                      f"(--bind {names}=B for a batch of B)")
+
     def _hint(self) -> str:
         return ident(self.node.id) if self.node is not None else ""
 
@@ -139,7 +161,13 @@ class Lowerer:
                     self.node = node
                     args = [values[v] for v in g.inputs_of(node.id)]
                     ins = [t.with_shape(self.shape(t)) for t in g.in_types(node.id)]
-                    outs = self.table.lookup(node, self.target)(self, node, args, ins)
+                    entry = self.table.lookup(node, self.target)
+                    try:
+                        outs = entry(self, node, args, ins)
+                    except Exception as e:  # noqa: BLE001 - static shapes lower, a dynamic batch may not
+                        if not self.dynamic or isinstance(e, LoweringError):
+                            raise
+                        raise self.dynamic_error(e) from None
                     outs = outs if isinstance(outs, list) else [outs]
                     if len(outs) != len(node.types):  # pragma: no cover - a bug in an entry
                         raise self.error(f"lowering produced {len(outs)} outputs, the op has {len(node.types)}")
@@ -152,6 +180,32 @@ class Lowerer:
                 out = self.bb.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
             self.bb.emit_func_output(out)
         return self.bb.get()
+
+
+def symbols_of(d: str) -> set[str]:
+    """The symbol names a symbolic dim's text mentions."""
+    return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", d))
+
+
+def evaluate_dim(d: str, values: dict[str, Any]) -> Any:
+    """A symbolic dim's text evaluated over ``values`` (sizes or TIR expressions)."""
+    from convdsl.ir.types import parse_dim
+
+    def ev(node):
+        if isinstance(node, int):
+            return node
+        if isinstance(node, str):
+            return values.get(node, 1)
+        if node[0] == "neg":
+            return -ev(node[1])
+        a, b = ev(node[1]), ev(node[2])
+        if node[0] == "+":
+            return a + b
+        if node[0] == "*":
+            return a * b
+        return tvm.tirx.floordiv(a, b)
+
+    return ev(parse_dim(d))
 
 
 def ident(text: str) -> str:

@@ -1,8 +1,8 @@
 """TVM lowerings of the shape ops (convdsl/ir/ops/shape.py); see common.py for the entry format.
 
-Shapes are static after binding, so every view (flatten, reshape, squeeze,
-unsqueeze) is one Relax ``reshape`` to the node's own output type: the shape
-rule in the op table stays the only place that computes it.
+Every view (flatten, reshape, squeeze, unsqueeze) is one Relax ``reshape`` to the
+node's own output type (sizes, or shape-variable expressions of a dynamic batch): the
+shape rule in the op table stays the only place that computes it.
 """
 from __future__ import annotations
 

@@ -9,8 +9,10 @@ entry format and the lowering context are in ``common.py``, the table's checks
 in ``backends/registry.py``.  Importing this module does not import TVM;
 ``lower_graph`` does.
 
-Shapes are static: symbolic dims (the batch ``N``) are bound to the sizes in
-``graph.symbols`` (``--bind N=8``) before lowering.
+Symbolic dims (the batch ``N``) are bound to the sizes in ``graph.symbols``
+(``--bind N=8``) before lowering, except those in ``dynamic`` (a dynamic batch):
+they become Relax shape variables, and ``Lowerer.shape`` gives TIR expressions of
+them where a dim involves one (entries see them in ``ins`` too).
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ FAMILIES = (lower_conv, lower_linear, lower_norm, lower_elementwise, lower_pool,
 TVM_LOWERINGS: LoweringTable[LowerFn] = LoweringTable("tvm", [f.LOWERINGS for f in FAMILIES])
 
 
-def lower_graph(graph: Graph, target: str = "tvm-llvm", bind: dict[str, int] | None = None):
-    """convdsl graph -> Relax IRModule with one function ``main`` (weights as constants)."""
-    return Lowerer(graph, TVM_LOWERINGS, target, bind).lower()
+def lower_graph(graph: Graph, target: str = "tvm-llvm", bind: dict[str, int] | None = None,
+                dynamic: tuple[str, ...] = ()):
+    """convdsl graph -> Relax IRModule with one function ``main`` (weights as constants);
+    the symbols in ``dynamic`` stay Relax shape variables (sizes given at run time)."""
+    return Lowerer(graph, TVM_LOWERINGS, target, bind, dynamic).lower()
 
 
 def lowering_for(node: Node, target: str = "tvm-llvm") -> LowerFn:

@@ -25,18 +25,35 @@ class Runner:
         from tvm.runtime.vm import VirtualMachine  # the runtime alone: loading needs no compiler
 
         self.device = device
-        self.inputs = inputs  # [{"name", "shape" (concrete), "dtype" (numpy)}]
+        self.inputs = inputs  # [{"name", "shape" (sizes, and dynamic symbols as text), "dtype" (numpy)}]
         self.outputs = outputs
         self.vm = VirtualMachine(executable, device)
+        self._seen: dict[str, int] = {}  # sizes of the dynamic symbols in the call being checked
         self._main = self.vm["main"]
 
     # -- inputs and outputs ------------------------------------------------------------
     def _check(self, i: int, shape: Sequence[int], dtype: str) -> None:
+        """Input ``i`` against the shape the library takes: its sizes, and any size (>= 1) where it
+        has a dynamic symbol (one size per symbol across the inputs of a call: ``self._seen``)."""
         spec = self.inputs[i]
-        if tuple(shape) != tuple(spec["shape"]) or str(dtype) != spec["dtype"]:
-            raise UsageError(f"input '{spec['name']}' was compiled for {spec['dtype']}{list(spec['shape'])}, "
-                             f"got {dtype}{list(shape)}",
-                             hint="TVM artifacts have static shapes; recompile with --bind N=... for another batch")
+        want = list(spec["shape"])
+        ok = len(shape) == len(want) and str(dtype) == spec["dtype"]
+        sizes = dict(self._seen)
+        for d, n in zip(want, shape) if ok else ():
+            if isinstance(d, str):
+                ok = ok and n >= 1 and sizes.setdefault(d, n) == n
+            else:
+                ok = ok and d == n
+        if ok:
+            self._seen = sizes
+        else:
+            dynamic = sorted({d for s in self.inputs for d in s["shape"] if isinstance(d, str)})
+            seen = ", ".join(f"{k} = {v}" for k, v in self._seen.items() if k in want)
+            raise UsageError(f"input '{spec['name']}' was compiled for {spec['dtype']}{want}, "
+                             f"got {dtype}{list(shape)}" + (f" (an earlier input gave {seen})" if seen else ""),
+                             hint=f"this library takes any {', '.join(dynamic)} and the other dims as compiled"
+                             if dynamic else "this library has static shapes: recompile with --bind N=... for "
+                                             "another batch, or with --dynamic-batch for any batch")
 
     def to_device(self, i: int, x):
         import tvm
@@ -57,7 +74,7 @@ class Runner:
     def __call__(self, inputs: Sequence[Any]) -> list[Any]:
         if len(inputs) != len(self.inputs):
             raise UsageError(f"the network takes {len(self.inputs)} input(s), got {len(inputs)}")
-        args = [self.to_device(i, x) for i, x in enumerate(inputs)]
+        args = self.prepare(inputs)
         out = self._main(*args)
         outs = list(out) if not hasattr(out, "numpy") else [out]
         if inputs and _is_torch(inputs[0]):
@@ -69,6 +86,7 @@ class Runner:
     # -- measurement --------------------------------------------------------------------
     def prepare(self, inputs: Sequence[Any]) -> list[Any]:
         """Inputs already on the device, for timing the module alone."""
+        self._seen = {}
         return [self.to_device(i, x) for i, x in enumerate(inputs)]
 
     def time_ms(self, args: list[Any], *, repeat: int = 20, warmup: int = 2, min_ms: float = 0.0) -> list[float]:

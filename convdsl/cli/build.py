@@ -48,7 +48,17 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
     The folder is written beside OUT and moved into place when complete; an existing OUT is
     replaced only if it is an artifact folder (or empty).  The artifact's digest (the SHA-256 of
     its manifest.json, which lists the SHA-256 of every file) is printed, and the folder is
-    signed with your artifact key (see `convdsl run --help`)."""
+    signed with your artifact key (see `convdsl run --help`).
+
+    \b
+    The shapes the artifact takes are printed and kept in manifest.json:
+    - torch and onnx folders take every symbolic dim (N, L...) at any size;
+    - tvm-llvm keeps the batch N symbolic (one lib.so for every batch) unless --bind N=B
+      fixes it; --tune, --precision bf16/int8 and MetaSchedule records compile static shapes
+      (N=1 unless bound) and say so; --dynamic-batch insists on a dynamic batch;
+    - tvm-cuda compiles static shapes: --bind N=B for a batch of B (default 1).
+    `convdsl run OUT --batch B` refuses a batch the folder was not compiled for, with the
+    command that rebuilds it."""
     from convdsl.artifact import MANIFEST, artifact_files, file_hash, write_artifact
     from convdsl.outputs import output_folder
     from convdsl.trust import SIGNATURE, key_path
@@ -60,12 +70,28 @@ def compile_cmd(file, network, sets, choose, bind, max_memory, seed, backend, ou
     click.echo(f"compiled {g.name} ({g.params.count():,} params) with backend {backend} -> {out}/")
     for f in files:
         click.echo(f"  {f}")
+    _echo_shapes(Path(out) / MANIFEST)
     digest = file_hash(Path(out) / MANIFEST)
     click.echo(f"artifact sha256: {digest}")
     if SIGNATURE in files:
         click.echo(f"signed with your artifact key ({key_path()})")
     else:
         click.echo("not signed (no artifact key could be made here): run it with --expect-sha256 " + digest)
+
+
+def _echo_shapes(manifest_path: Path) -> None:
+    """The input shapes the folder takes, as its manifest records them."""
+    import json
+
+    m = json.loads(manifest_path.read_text(encoding="utf-8"))
+    dynamic = m.get("dynamic", [])
+    for spec in m["inputs"]:
+        shape = ", ".join(str(d) for d in spec["shape"])
+        syms = [d for d in spec["shape"] if isinstance(d, str)]
+        how = f"any {', '.join(dict.fromkeys(syms))}" if syms else (
+            "static shapes" + (f", compiled for {', '.join(f'{k} = {v}' for k, v in m['symbols'].items())}"
+                               if m.get("symbols") and not dynamic else ""))
+        click.echo(f"takes {spec['name']}: {spec['dtype']}[{shape}] ({how})")
 
 
 RUN_HELP = """Run a compiled artifact folder (or a .cdl file) on inputs; print the outputs.
@@ -95,7 +121,8 @@ Trust model of a folder (docs/artifacts.md), checked before anything in it is re
 @click.option("--input", "inputs", multiple=True, type=click.Path(dir_okay=False),
               help="Input .npy file(s), one per network input, in order; they give the sizes of symbolic dims.")
 @click.option("--batch", type=click.IntRange(1, 2**31 - 1), default=None,
-              help="Size of every symbolic dim of generated inputs (default: 1, or as the folder was compiled).")
+              help="Size of every symbolic dim of generated inputs (of a folder: of those it takes at any size, "
+                   "e.g. the batch N of a tvm-llvm library; default: 1, or as the folder was compiled).")
 @click.option("--expect-sha256", "expect_sha256", default=None, metavar="DIGEST",
               help="Run the folder only if its artifact digest is DIGEST (as printed by convdsl compile).")
 @click.option("--save", type=click.Path(dir_okay=False), help="Save the first output as .npy.")

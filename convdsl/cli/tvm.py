@@ -26,15 +26,20 @@ TVM_OPTIONS = [
     click.Option(["--db"], default=None, metavar="DIR",
                  help="tvm-*: tuning database folder (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning)."),
     click.Option(["--no-db", "no_db"], is_flag=True, help="tvm-*: apply no tuning records, neither MetaSchedule's nor the template knobs (fully untuned: the analytic model)."),
+    click.Option(["--dynamic-batch", "dynamic_batch"], is_flag=True,
+                 help="tvm-llvm: the batch symbol (N) stays symbolic: one library runs any batch size; an error "
+                      "where that cannot be.  Default: a dynamic batch unless --bind N=B fixes it (static B), "
+                      "or --tune, --precision bf16/int8, tvm-cuda or your MetaSchedule records need static "
+                      "shapes, or an op needs the size (then N=1, with a note saying why)."),
     click.Option(["--precision"], type=click.Choice(PRECISIONS), default=None,
                  help="tvm-llvm: f32 (default); bf16 (convs and matmuls on bf16 operands, f32 accumulation: "
                       "needs AVX512_BF16); int8 (the int8 kernels of a program from `convdsl quantize`)."),
 ]
-_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision")
+_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch")
 
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True,
-                precision=None):
+                precision=None, dynamic_batch=False, bound=()):
     check_target_options(target_json, arch)  # before TVM is loaded
     from convdsl.backends.tvm import backend
 
@@ -45,7 +50,7 @@ def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_d
     if precision not in (None, "f32") and name != "tvm-llvm":
         raise UsageError(f"--precision {precision} applies to tvm-llvm", hint="tvm-cuda: CONVDSL_GPU_PRECISION=f16|bf16")
     return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress,
-                   precision=precision or "f32")
+                   precision=precision or "f32", dynamic_batch=dynamic_batch, bound=tuple(bound))
 
 
 def _extend_compile() -> None:
@@ -59,11 +64,16 @@ def _extend_compile() -> None:
         opts = {k: kwargs.pop(k) for k in _NAMES}
         backend = kwargs.get("backend")
         if isinstance(backend, str) and backend.startswith("tvm-"):
-            kwargs["backend"] = tvm_backend(backend, **opts)
+            bound = [pair.split("=", 1)[0].strip() for pair in kwargs.get("bind") or ()]
+            opts["dynamic_batch"] = True if opts["dynamic_batch"] else None  # None: when nothing is lost by it
+            kwargs["backend"] = tvm_backend(backend, **opts, bound=bound)
         elif any(v for v in opts.values()):
             given = ", ".join("--" + k.replace("_", "-") for k, v in opts.items() if v)
             raise UsageError(f"only the TVM backends take {given}", hint="add --backend tvm-llvm or tvm-cuda")
-        return original(**kwargs)
+        result = original(**kwargs)
+        for note in getattr(kwargs["backend"], "notes", ()):
+            click.echo(f"note: {note}", err=True)
+        return result
 
     cmd.callback = callback
 

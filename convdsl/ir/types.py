@@ -141,6 +141,12 @@ def _parse(text: str):
     return expr()
 
 
+def parse_dim(text: str):
+    """A symbolic dim's text as a tree: ``('+', a, b)``, ``('*', a, b)``, ``('//', a, b)``,
+    ``('neg', a)``, an int or a symbol name (what a backend evaluates over its own values)."""
+    return _parse(text)
+
+
 def _evaluate(node, bind: Mapping[str, int]) -> int:
     if isinstance(node, int):
         return node
@@ -403,3 +409,22 @@ def size_arith(op: str, a: "int | Size", b: "int | Size") -> "int | Size":
             raise ValueError(f"{x} is not a multiple of {y} for every {', '.join(sorted(dim_symbols(x) | dim_symbols(y)))}")
         return size_value(q if q is not None else dim_floordiv(x, y))
     raise ValueError(f"'{op}' is not defined for symbolic sizes")
+
+
+def bind_some(d: Dim, sizes: Mapping[str, int]) -> Dim:
+    """``d`` with the symbols in ``sizes`` replaced by their sizes, the others kept:
+    ``bind_some("H*N", {"H": 8}) == "8*N"``, ``bind_some("N", {"N": 2}) == 2``."""
+    if isinstance(d, int):
+        return d
+
+    def ev(node) -> Dim:
+        if isinstance(node, int):
+            return node
+        if isinstance(node, str):
+            return sizes.get(node, node)
+        if node[0] == "neg":
+            return dim_mul(-1, ev(node[1]))
+        a, b = ev(node[1]), ev(node[2])
+        return dim_add(a, b) if node[0] == "+" else dim_mul(a, b) if node[0] == "*" else dim_floordiv(a, b)
+
+    return ev(_parse(d))

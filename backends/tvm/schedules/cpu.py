@@ -67,6 +67,12 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
+def _static_extent(sch: s_tir.Schedule, loop) -> int | None:
+    """The loop's extent, or None when it is symbolic (the batch of a dynamic-batch build)."""
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -113,8 +119,8 @@ def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
     if not loops:
         return
     inner = loops[-1]
-    n = _extent(sch, inner)
-    if n == 1:
+    n = _static_extent(sch, inner)
+    if n is None or n == 1:
         return
     if n > lanes:
         if n % lanes:
@@ -247,7 +253,8 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
         raise _Skip("too few loops")
     *lead, n, k = loops
     nn = _extent(sch, n)
-    mm = _extent(sch, lead[-1]) if lead else 1
+    # rows: a symbolic count (a dynamic batch) is tiled as one row, the tile of a batch of 1
+    mm = (_static_extent(sch, lead[-1]) or 1) if lead else 1
     einsum = lanes is None
     lanes = lanes or hw.lanes
     rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw), lanes=lanes)
@@ -338,7 +345,7 @@ def schedule_generic(sch: s_tir.Schedule, hw: Hardware) -> None:
         par = [lp for lp in par]
         if par:
             fused = sch.fuse(*par) if len(par) > 1 else par[0]
-            if _extent(sch, fused) > 1:
+            if (_static_extent(sch, fused) or 2) > 1:  # symbolic: a dynamic batch, parallel
                 sch.parallel(fused)
         if spatial_only:
             _vectorize_inner(sch, b, hw.lanes)
@@ -371,8 +378,8 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
         sch.compute_at(b, rows, preserve_unit_loops=True)
     for b in blocks:
         inner = sch.get_loops(b)[-1]
-        n = _extent(sch, inner)
-        if "R" in _iter_kinds(sch, b) or n < 2:
+        n = _static_extent(sch, inner)
+        if "R" in _iter_kinds(sch, b) or n is None or n < 2:
             continue
         if n % hw.lanes == 0 and n > hw.lanes:
             inner = sch.split(inner, [None, hw.lanes])[1]

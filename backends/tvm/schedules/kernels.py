@@ -36,8 +36,10 @@ def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
 
 
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
-    """data [N, C/ib, H, W, ib], kernel [O/ob, C/ib, KH, KW, ib, ob] -> [N, O/ob, OH, OW, ob]."""
-    n, _, h, w, _ = (int(v) for v in data.shape)
+    """data [N, C/ib, H, W, ib], kernel [O/ob, C/ib, KH, KW, ib, ob] -> [N, O/ob, OH, OW, ob];
+    N may be symbolic (a dynamic batch)."""
+    n = data.shape[0]
+    _, h, w, _ = (int(v) for v in data.shape[1:])
     ocb, icb, kh, kw, ib, ob = (int(v) for v in kernel.shape)
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
@@ -55,8 +57,9 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
 
 
 def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
-    """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]."""
-    n, cb, h, w, b = (int(v) for v in data.shape)
+    """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]; N may be symbolic."""
+    n = data.shape[0]
+    cb, h, w, b = (int(v) for v in data.shape[1:])
     _, kh, kw, _ = (int(v) for v in kernel.shape)
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding

@@ -78,6 +78,34 @@ def static_shape(e: relax.Expr) -> list[int] | None:
         return None
 
 
+def batch_shape(e: relax.Expr) -> list | None:
+    """The shape of a Relax tensor expression whose dims after the first are static: the first
+    is a size or a symbolic expression (a dynamic batch); None otherwise."""
+    t = e.ty
+    if not isinstance(t, relax.TensorType) or t.shape is None or not hasattr(t.shape, "values"):
+        return None
+    values = list(t.shape.values)
+    try:
+        rest = [int(v) for v in values[1:]]
+    except (TypeError, AttributeError):
+        return None
+    if not values:
+        return []
+    first = values[0]
+    return [int(first) if isinstance(first, tvm.tirx.IntImm) else first] + rest
+
+
+def same_shape(a: list | None, b: list | None) -> bool:
+    """Two ``batch_shape`` results are the same shape (symbolic dims compared structurally)."""
+    from tvm_ffi import structural_equal
+
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(x == y if isinstance(x, int) and isinstance(y, int)
+               else not isinstance(x, int) and not isinstance(y, int) and structural_equal(x, y)
+               for x, y in zip(a, b))
+
+
 def _dtype(e: relax.Expr) -> str | None:
     t = e.ty
     return str(t.dtype) if isinstance(t, relax.TensorType) else None
@@ -188,9 +216,9 @@ class _Blocker(PyExprMutator):
             return None
         lanes = self.lanes(x)
         if lanes is None:
-            xs = static_shape(x)
+            xs = batch_shape(x)
         else:
-            s5 = static_shape(x)
+            s5 = batch_shape(x)
             xs = [s5[0], s5[1] * s5[4], s5[2], s5[3]]
         wt = w.value.numpy()
         if xs is None or len(xs) != 4 or _dtype(x) != "float32":
@@ -203,7 +231,7 @@ class _Blocker(PyExprMutator):
             if ib is None or ob is None:
                 return None
             xb = self.to_blocked(x, ib)
-            if self.precision == "bf16" and bf16.conv_fits(c, o, ib):
+            if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int):
                 self._lanes = bf16.LANES
                 return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
@@ -224,14 +252,14 @@ class _Blocker(PyExprMutator):
 
     def _matmul(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
         x, w = self.to_nchw(args[0]), args[1]
-        xs = static_shape(x)
+        xs = batch_shape(x)
         if not _is_const(w) or _dtype(w) != "float32" or _dtype(x) != "float32" or xs is None \
                 or len(xs) < 1 or len(static_shape(w) or []) != 2 or not _f32_or_unset(call.attrs.out_dtype):
             return None
         wt = w.value.numpy()
         if len(xs) == 1:
             return None
-        if self.precision == "bf16" and bf16.dense_fits(*wt.shape):
+        if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
             return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)),
                                          primfunc_name_hint="dense_packed_bf16")
         return self.builder_.call_te(kernels.dense_packed, x, relax.const(pack_dense_weight(wt, dense_block(wt.shape[1]))),
@@ -242,7 +270,7 @@ class _Blocker(PyExprMutator):
         if la is None and lb is None:
             return None
         if la is not None and lb is not None:
-            if la != lb or static_shape(args[0]) != static_shape(args[1]):
+            if la != lb or not same_shape(batch_shape(args[0]), batch_shape(args[1])):
                 return None
             self._lanes = la
             return relax.Call(call.op, args, call.attrs, call.ty_args)
@@ -250,7 +278,7 @@ class _Blocker(PyExprMutator):
         lanes, t, other = la or lb, args[i], args[1 - i]
         if not _is_const(other):
             return None
-        s5 = static_shape(t)
+        s5 = batch_shape(t)
         c = s5[1] * s5[4]
         arr = other.value.numpy()
         if arr.ndim > 4:
@@ -287,7 +315,7 @@ class _Blocker(PyExprMutator):
         lanes = self.lanes(args[0])
         if lanes is None or str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW":
             return None
-        s5 = static_shape(args[0])
+        s5 = batch_shape(args[0])
         size = _ints(a.output_size) if a.output_size is not None else s5[2:4]
         if len(size) == 1:
             size = size * 2

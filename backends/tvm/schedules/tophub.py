@@ -88,8 +88,8 @@ def workload_of(kind: str, sch, block, hw=None, lanes: int = 0) -> Workload:
 
     b = sch.get(block)
     ivs = list(b.iter_vars)
-    spatial = tuple(int(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 0)
-    reduce = tuple(int(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 2)
+    spatial = tuple(_key_extent(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 0)
+    reduce = tuple(_key_extent(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 2)
     variables = [iv.var for iv in ivs]
     coeffs = []
     for region in b.reads:
@@ -103,6 +103,14 @@ def workload_of(kind: str, sch, block, hw=None, lanes: int = 0) -> Workload:
     dtypes = sorted({str(r.source.dtype) for r in b.reads} | {str(w.source.dtype) for w in b.writes})
     return Workload(kind, "-".join(dtypes), spatial, reduce, access, pattern, _isa(hw, kind) if hw else _isa(None, kind),
                     lanes, hw.registers if hw else 32)
+
+
+def _key_extent(extent) -> int:
+    """An iterator's extent in a key; a symbolic one (the batch of a dynamic-batch build) counts as
+    1: the knobs tile one image (or row), so a dynamic kernel takes those recorded for a batch of 1."""
+    from tvm import tirx
+
+    return int(extent) if isinstance(extent, tirx.IntImm) else 1
 
 
 def _conv_access(b, variables, detect) -> str:

@@ -204,3 +204,25 @@ def test_tuner_covers_the_int8_vnni_conv(dbs, tmp_path):
     assert r.key.endswith(":avx512vnni") and r.rejected == 0 and r.best_ms > 0
     rec = tophub.read_db(db)["records"][r.key]
     assert tuple(rec["knobs"][n] for n in tophub.KNOBS["int8_conv"]) == r.best
+
+
+def test_a_dynamic_batch_build_takes_the_knobs_recorded_for_a_batch_of_one(dbs):
+    """Issue 14 item 12: `compile --dynamic-batch` keeps N symbolic; the template knobs tile one
+    image, so its conv kernels key as batch 1 and take what `convdsl tune` recorded there."""
+    from convdsl.artifact import make_inputs
+    from convdsl.backends.tvm import backend
+    from convdsl.backends.tvm.schedules import tophub
+
+    user, _ = dbs
+    k = _conv()
+    knobs = (7, 1) if k.analytic != (7, 1) else (2, 2)
+    _write(user, {k.workload.key: {"knobs": {"rn": knobs[0], "ov": knobs[1]}}})
+    dynamic = CONV.replace("f32[1, 16, 14, 14]", "f32[N, 16, 14, 14]")
+    assert dynamic != CONV
+    g = graph_of(dynamic)
+    with tophub.recording() as seen:
+        run = backend("tvm-llvm", dynamic_batch=True).runner(g)
+    assert [(chosen, source) for wl, _, chosen, source in seen if wl.key == k.workload.key] == [(knobs, "user")]
+    for n in (1, 3):
+        xs = make_inputs(g, n, seed=n)
+        assert_close(run(xs), torch_outputs(g, xs))
