@@ -1,6 +1,7 @@
 """Parsing item by item (convdsl/lsp/chunks.py) gives exactly the whole-file parse, and reuses pieces."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,75 @@ def test_a_cut_inside_a_construct_falls_back():
     text = "network n(x: f32[1, 3]) {\n    y = x | linear(4,\nbias=false)\n    return y\n}\n"
     parse(text, "/x/n.cdl")  # valid as a whole
     assert PieceCache().parse(text, "/x/n.cdl") is None
+
+
+def _all_spans(node, out: list) -> list:
+    """Every node's type, span and end line, depth first (spans take no part in ==)."""
+    if isinstance(node, (list, tuple)):
+        for x in node:
+            _all_spans(x, out)
+    elif dataclasses.is_dataclass(node):
+        sp = node.span if hasattr(node, "span") else None
+        out.append((type(node).__name__, sp and (sp.file, sp.line, sp.column, sp.end_line, sp.end_column),
+                    getattr(node, "end_line", None)))
+        for f in dataclasses.fields(node):
+            if f.name != "span":
+                _all_spans(getattr(node, f.name), out)
+    return out
+
+
+def _long_network(statements: int) -> str:
+    lines = ["# a long network", "block unit(c)(x) {", "    return x | conv2d(c, 3, pad=same) | relu", "}", "",
+             "network big(image: f32[N, 3, 32, 32],", "            classes=10) {",
+             "    h = image | conv2d(16, 3, pad=1) as stem  # the stem", ""]
+    for j in range(statements):
+        if j % 7 == 3:
+            lines += [f"    # stage {j}", f"    if {j} > 2 {{", f"        h = h | unit(16) as u{j}", "    } else {",
+                      "        h = h | relu", "    }"]
+        elif j % 7 == 5:
+            lines += [f"    h = h | unit(16)", f"          | relu as r{j}", ""]
+        elif j % 7 == 6:
+            lines += [f"    h = h + (h |", "        relu)"]
+        else:
+            lines.append(f"    h = h | unit(16) as u{j}" if j % 2 else f"    h = h | relu as r{j}")
+    lines += ["    return h | global_avgpool(keepdim=false) | linear(classes) as fc", "}", "  # the end", ""]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("path", EXAMPLES + ["long"], ids=lambda p: getattr(p, "name", p))
+def test_statement_runs_equal_the_whole_file_parse(path, monkeypatch):
+    """Every network and block cut at its statements (runs of one or two statements): the same
+    program, comments, spans of every node, and tokens as parsing it whole."""
+    text = _long_network(60) if path == "long" else path.read_text()
+    name = "/x/long.cdl" if path == "long" else str(path)
+    try:
+        whole = parse(text, name)
+    except Exception:
+        pytest.skip("not a file that parses")
+    reference = PieceCache().parse(text, name)
+    monkeypatch.setattr(chunks, "SPLIT_LINES", 0)
+    monkeypatch.setattr(chunks, "SEGMENT_LINES", 1 if len(text) % 2 else 2)
+    cache = PieceCache()
+    program, tokens = cache.parse(text, name)
+    assert program == whole and program.comments == whole.comments
+    assert _all_spans(program.items, []) == _all_spans(whole.items, [])
+    assert tokens == reference[1]
+    if path == "long":
+        assert sum(key[0] == "run" for key in cache.pieces) > 30
+
+
+def test_an_edit_in_a_long_network_reparses_only_its_statements(monkeypatch):
+    text = _long_network(300)
+    cache = PieceCache()
+    cache.parse(text, "/x/long.cdl")
+    calls = []
+    real = chunks.parse
+    monkeypatch.setattr(chunks, "parse", lambda t, f: calls.append(t) or real(t, f))
+    edited = text.replace("unit(16) as u101", "unit(17) as u101")
+    program, tokens = cache.parse(edited, "/x/long.cdl")
+    assert len(calls) == 1 and "unit(17) as u101" in calls[0] and calls[0].count("\n    h = ") <= chunks.SEGMENT_LINES
+    whole = parse(edited, "/x/long.cdl")
+    assert program == whole and _all_spans(program.items, []) == _all_spans(whole.items, [])
+    calls.clear()
+    broken = text.replace("unit(16) as u101", "unit(16 as u101")  # a run that does not parse: the caller parses whole
+    assert cache.parse(broken, "/x/long.cdl") is None and len(calls) == 1
