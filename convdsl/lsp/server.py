@@ -25,7 +25,7 @@ from pygls.uris import from_fs_path, to_fs_path
 
 from convdsl.errors import ConvDSLError, Span
 from convdsl.lsp import completion, diagnostics, hints, hover, navigation
-from convdsl.lsp.analysis import Analysis, ModuleCache, Problem, Sources, analyze
+from convdsl.lsp.analysis import Analysis, ModuleCache, Problem, Sources, analyze, finish
 from convdsl.lsp.convert import Lines
 from convdsl.lsp.formatting import format_document
 from convdsl.lsp.index import FileIndex
@@ -130,15 +130,23 @@ class CDLServer(LanguageServer):
         if text is None:
             return
         try:
-            a = analyze(path, text, self.sources, self.cache)
+            a = analyze(path, text, self.sources, self.cache, defer=True)
         except Exception as exc:  # a bug, never the user's fault: report it and keep serving
-            self.window_log_message(lsp.LogMessageParams(lsp.MessageType.Error, traceback.format_exc()))
-            a = Analysis(path, text)
-            a.problems.append(Problem(path, Span(path, 1, 1), InternalError(f"{type(exc).__name__}: {exc}",
-                                                                             hint="please report this")))
+            a = self._internal_error(path, text, exc)
+        self._publish(path, text, a)  # the diagnostics go out before the rest of the analysis is done
+        try:
+            finish(a)
+        except Exception as exc:
+            a = self._internal_error(path, text, exc)
+            self._publish(path, text, a)
         self.analyses[path] = a
         if a.index is not None and a.clean_parse:
             self.good_index[path] = a.index
+        if self._client_can_refresh_hints():
+            self.workspace_inlay_hint_refresh(None)
+        self._reanalyze_importers(path)
+
+    def _publish(self, path: str, text: str, a: Analysis) -> None:
         found: dict[str, list[lsp.Diagnostic]] = {}
         for p in a.problems:
             lines = Lines(text) if p.file == path else self.lines_of(p.file)
@@ -146,9 +154,13 @@ class CDLServer(LanguageServer):
                 continue
             found.setdefault(p.file, []).append(diagnostics.to_diagnostic(p, lines, self.location_of))
         self._contribute(path, found)
-        if self._client_can_refresh_hints():
-            self.workspace_inlay_hint_refresh(None)
-        self._reanalyze_importers(path)
+
+    def _internal_error(self, path: str, text: str, exc: Exception) -> Analysis:
+        self.window_log_message(lsp.LogMessageParams(lsp.MessageType.Error, traceback.format_exc()))
+        a = Analysis(path, text)
+        a.problems.append(Problem(path, Span(path, 1, 1), InternalError(f"{type(exc).__name__}: {exc}",
+                                                                         hint="please report this")))
+        return a
 
     def _reanalyze_importers(self, path: str) -> None:
         for other, a in list(self.analyses.items()):
