@@ -55,6 +55,7 @@ class _Postlexer:
         self.file = file
         self.pow_type = "__ANON_0"  # lark's name for the "**" terminal; set by _lark()
         self.open: list[Token] = []  # '(' and '[' not yet closed, for the hint of a syntax error
+        self.record: list[Token] | None = None  # receives the lexer's tokens (parse(..., tokens=))
 
     def _merge_pow(self, stream: Iterator[Token]) -> Iterator[Token]:
         """Join two adjacent '*' into '**'.  The basic lexer tries MULOP's
@@ -78,6 +79,8 @@ class _Postlexer:
             yield star
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        if self.record is not None:
+            stream = _recorded(stream, self.record)
         stream = self._merge_pow(stream)
         self.open = []
         depth = 0
@@ -133,6 +136,12 @@ class _Postlexer:
             yield Token("_NL", "\n", line=prev.end_line or prev.line, column=(prev.end_column or prev.column))
 
 
+def _recorded(stream: Iterator[Token], out: list[Token]) -> Iterator[Token]:
+    for tok in stream:
+        out.append(tok)
+        yield tok
+
+
 def grammar_text() -> str:
     return resources.files("convdsl.grammar").joinpath("cdl.lark").read_text()
 
@@ -160,9 +169,10 @@ def _expected(tokens: set[str] | frozenset[str]) -> str:
     return ", ".join(words)
 
 
-def _parse_tree(text: str, file: str):
+def _parse_tree(text: str, file: str, record: list[Token] | None = None):
     parser = _lark()
     parser.options.postlex.file = file  # type: ignore[union-attr]
+    parser.options.postlex.record = record  # type: ignore[union-attr]
     comments: list[tuple[int, int, str]] = []
     try:
         tree = parser.parse(text, on_error=None)
@@ -190,6 +200,8 @@ def _parse_tree(text: str, file: str):
                              expected=_expected(set(e.expected))) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark errors
         raise CDLSyntaxError(str(e).splitlines()[0], Span(file, getattr(e, "line", 1), getattr(e, "column", 1))) from None
+    finally:
+        parser.options.postlex.record = None  # type: ignore[union-attr]
     return tree, comments
 
 
@@ -209,18 +221,21 @@ def _token_hint(e: UnexpectedToken) -> str | None:
     return None
 
 
-def parse(text: str, file: str = "<string>", *, show_lines: bool = True) -> ast.Program:
+def parse(text: str, file: str = "<string>", *, show_lines: bool = True,
+          tokens: list[Token] | None = None) -> ast.Program:
     """Parse CDL source text into an ``ast.Program``.
 
     Errors show the offending source line.  With ``show_lines=False`` (an imported file, which
     could be any file on the machine) lines are shown only once the whole file parsed as CDL,
-    so an error never prints a line of a file that is not CDL."""
+    so an error never prints a line of a file that is not CDL.  ``tokens`` receives every token
+    the lexer made, newlines included, before any is dropped or joined (the language server
+    needs them all, and lexing twice costs as much as a third of the parse)."""
     if len(text) > MAX_SOURCE:
         raise ResourceError(f"source is larger than {MAX_SOURCE // 1024 // 1024} MiB", Span(file, 1, 1))
     if show_lines:
         remember_source(file, text)
     comments = _comments(text)
-    tree, _ = _parse_tree(text, file)
+    tree, _ = _parse_tree(text, file, tokens)
     _check_depth(tree, file)
     builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
     program = _build(builder, tree, file)

@@ -89,11 +89,12 @@ class PieceCache:
     def _piece(self, lines: list[str], first: int, stop: int, offsets: list[int], path: str):
         """Items, comments and tokens of ``lines[first:stop]``, parsed alone (``_FAILED``: it does not parse)."""
         padded = "\n" * first + "\n".join(lines[first:stop])
+        raw: list = []
         try:
-            program = parse(padded, path)
+            program = parse(padded, path, tokens=raw)
         except (ConvDSLError, RecursionError):
             return _FAILED
-        toks = _lex_lines(lines, first, stop, offsets, follow=False)
+        toks = _toks(raw, first, None, offsets[first] - first)  # the padding's newline token goes
         _close_last_item(program.items, path, _end_line(lines, toks, stop))
         return program.items, program.comments, toks
 
@@ -144,13 +145,16 @@ class PieceCache:
         key = ("run", path, a, text, indent)
         hit = self._get(key)
         if hit is None:
+            head = "\n" * (a - 1) + STAND_IN + "\n"
+            raw: list = []
             try:
-                program = parse("\n" * (a - 1) + STAND_IN + "\n" + text + "\n" + indent + "}", path)
+                program = parse(head + text + "\n" + indent + "}", path, tokens=raw)
             except (ConvDSLError, RecursionError):
                 return _FAILED
             if [getattr(it, "name", None) for it in program.items] != ["__piece__"]:
                 return None
-            hit = (program.items[0].body, program.comments, _lex_lines(lines, a, b, offsets, follow=True))
+            # the tokens of lines[a:b]: the stand-in's go, the last newline runs on to where line b starts
+            hit = (program.items[0].body, program.comments, _toks(raw, a, b, offsets[a] - len(head)))
             self._put(key, hit)
         return hit
 
@@ -160,6 +164,13 @@ _FAILED = ([], [], [])  # a piece that does not parse alone
 
 def _indent(line: str) -> str:
     return line[:len(line) - len(line.lstrip(" \t\f"))]
+
+
+def _toks(raw: list, after: int, upto: int | None, shift: int) -> list[Tok]:
+    """The lexer's tokens that start on lines ``after + 1`` to ``upto`` (1-based), as ``Tok``s with
+    their offsets moved by ``shift`` (as ``convdsl.lsp.tokens.lex`` makes them)."""
+    return [Tok(t.type, str(t), t.line, t.column, t.end_line, t.end_column, t.start_pos + shift)
+            for t in raw if t.line > after and (upto is None or t.line <= upto)]
 
 
 def _lex_lines(lines: list[str], a: int, b: int, offsets: list[int], follow: bool) -> list[Tok]:

@@ -291,3 +291,24 @@ def test_as_starts_a_continuation_line_and_tuples_assign_without_parentheses():
     g = elaborate(src)
     assert [v.node for v in g.inputs_of("sub")] == ["conv2d_1", "conv2d"]  # a - b after the swap
     assert "stem.weight" in g.params.specs
+
+
+def test_tokens_are_the_lexers_own():
+    """``parse(..., tokens=)`` hands back what lark's lexer makes of the text (newlines kept, '**' as
+    two '*'); a label parsed inside the program adds none."""
+    from lark import Lark
+
+    from convdsl.lang.parser import grammar_text
+
+    text = 'x = 2**3\nnetwork n(a: f32[1, 4]) {\n    y = a | linear(4) as "fc{x}"  # c\n\n    return y - 1\n}\n'
+    raw: list = []
+    parse(text, "t.cdl", tokens=raw)
+    lexer = Lark(grammar_text(), parser="lalr", lexer="basic")
+    want = [(t.type, str(t), t.line, t.column, t.end_pos) for t in lexer.lex(text)]
+    assert [(t.type, str(t), t.line, t.column, t.end_pos) for t in raw] == want
+    assert ("MULOP", "*") in [(t.type, str(t)) for t in raw]
+    raw.clear()
+    with pytest.raises(CDLSyntaxError):
+        parse("x = (1,\n", "t.cdl", tokens=raw)
+    parse("y = 1\n", "t.cdl")  # a later parse without tokens= records nothing
+    assert [str(t) for t in raw][:2] == ["x", "="] and all(t.line == 1 or t.type == "_NL" for t in raw)

@@ -26,7 +26,10 @@ def test_pieces_equal_the_whole_file_parse(path):
     whole = parse(text, str(path))
     assert program == whole and program.comments == whole.comments
     assert _spans(program) == _spans(whole)  # spans take no part in ==: compare them too
-    assert [t for t in tokens if t.type != "_NL"] == [t for t in lex(text) if t.type != "_NL"]
+    whole_tokens = lex(text)
+    assert [t for t in tokens if t.type != "_NL"] == [t for t in whole_tokens if t.type != "_NL"]
+    starts = {(t.line, t.column) for t in whole_tokens if t.type == "_NL"}
+    assert {(t.line, t.column) for t in tokens if t.type == "_NL"} <= starts  # (an item's last one ends at its end)
 
 
 def test_an_edit_reparses_only_its_piece(monkeypatch):
@@ -35,7 +38,7 @@ def test_an_edit_reparses_only_its_piece(monkeypatch):
     cache.parse(text, "/x/resnet.cdl")
     calls = []
     real = chunks.parse
-    monkeypatch.setattr(chunks, "parse", lambda t, f: calls.append(t) or real(t, f))
+    monkeypatch.setattr(chunks, "parse", lambda t, f, **kw: calls.append(t) or real(t, f, **kw))
     edited = text.replace("block stage(unit, c, n, stride=1)", "block stage(unit, c, n, stride=2)")
     program, _ = cache.parse(edited, "/x/resnet.cdl")
     assert len(calls) == 1 and "block stage(unit, c, n, stride=2)" in calls[0]
@@ -100,6 +103,8 @@ def test_statement_runs_equal_the_whole_file_parse(path, monkeypatch):
     assert program == whole and program.comments == whole.comments
     assert _all_spans(program.items, []) == _all_spans(whole.items, [])
     assert tokens == reference[1]
+    assert [t for t in tokens if t.type != "_NL"] == [t for t in lex(text) if t.type != "_NL"]
+    assert {(t.line, t.column) for t in tokens if t.type == "_NL"} <= {(t.line, t.column) for t in lex(text)}
     if path == "long":
         assert sum(key[0] == "run" for key in cache.pieces) > 30
 
@@ -110,7 +115,7 @@ def test_an_edit_in_a_long_network_reparses_only_its_statements(monkeypatch):
     cache.parse(text, "/x/long.cdl")
     calls = []
     real = chunks.parse
-    monkeypatch.setattr(chunks, "parse", lambda t, f: calls.append(t) or real(t, f))
+    monkeypatch.setattr(chunks, "parse", lambda t, f, **kw: calls.append(t) or real(t, f, **kw))
     edited = text.replace("unit(16) as u101", "unit(17) as u101")
     program, tokens = cache.parse(edited, "/x/long.cdl")
     assert len(calls) == 1 and "unit(17) as u101" in calls[0] and calls[0].count("\n    h = ") <= chunks.SEGMENT_LINES
