@@ -159,7 +159,26 @@ def _lark() -> Lark:
     )
     parser.options.postlex.pow_type = next(  # type: ignore[union-attr]
         t.name for t in parser.terminals if t.pattern.value == "**")
+    _pass_through(parser)
     return parser
+
+
+def _pass_through(parser: Lark) -> None:
+    """Reduce each one-symbol alternative of a ``?rule`` (``?sum: product``: the precedence chain,
+    ~13 reductions for every operand) straight to its child.  lark wraps them like every rule in
+    position propagation, which on a lone child that already has its positions changes nothing
+    the tree shows; those calls were a fifth of a parse."""
+    from lark.parse_tree_builder import ExpandSingleChild, PropagatePositions
+
+    callbacks = parser.parser.parser.parser.callbacks  # the LALR parser's: rule -> reduce function
+    for rule, callback in callbacks.items():
+        if rule.options.expand1 and not rule.alias and len(rule.expansion) == 1 \
+                and isinstance(callback, PropagatePositions) and isinstance(callback.node_builder, ExpandSingleChild):
+            callbacks[rule] = _only_child
+
+
+def _only_child(children: list):
+    return children[0]
 
 
 def _expected(tokens: set[str] | frozenset[str]) -> str:
