@@ -339,6 +339,8 @@ class ASTBuilder(Transformer):
     """Parse tree -> AST.  ``parse_label`` parses the ``{expr}`` parts of
     quoted labels with the same grammar (no eval)."""
 
+    __visit_tokens__ = False  # no token callbacks: tokens pass as they are, unlooked-up
+
     def __init__(self, file: str, parse_expr: Any) -> None:
         super().__init__()
         self.file = file
