@@ -256,12 +256,18 @@ def parse(text: str, file: str = "<string>", *, show_lines: bool = True,
     comments = _comments(text)
     tree, _ = _parse_tree(text, file, tokens)
     _check_depth(tree, file)
-    builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
-    program = _build(builder, tree, file)
+    program = _build(_builder(file, True), tree, file)
     program.comments = comments
     if not show_lines:
         remember_source(file, text)
     return program
+
+
+@functools.lru_cache(maxsize=64)
+def _builder(file: str, labels: bool) -> ast.ASTBuilder:
+    """The AST builder of ``file`` (it holds nothing else), made once: the language server parses
+    a file in pieces, each parse of a piece would set one up again."""
+    return ast.ASTBuilder(file, functools.partial(parse_expr, file=file) if labels else None)
 
 
 _DEEP_HINT = "split deeply nested expressions or bodies into named values, defs or blocks"
@@ -321,8 +327,7 @@ def parse_expr(text: str, span: Span | None = None, file: str = "<string>") -> a
     except CDLSyntaxError as e:
         e.span = span or e.span
         raise
-    builder = ast.ASTBuilder(span.file if span else file, None)
-    program = _build(builder, tree, span.file if span else file)
+    program = _build(_builder(span.file if span else file, False), tree, span.file if span else file)
     if len(program.items) != 1 or not isinstance(program.items[0], ast.ConstDef):
         raise CDLSyntaxError(f"not an expression: {text!r}", span)
     expr = program.items[0].value
