@@ -357,8 +357,12 @@ def _respan(node, span) -> None:
 def _comments(text: str) -> list[tuple[int, int, str]]:
     """(line, column, text) of every comment: scanned here because the lexer
     drops them; strings are skipped so a '#' inside quotes is not a comment."""
-    out = []
+    out: list[tuple[int, int, str]] = []
+    if "#" not in text:
+        return out
     for lineno, line in enumerate(text.split("\n"), 1):  # lark's lines: splitlines() also breaks at \x1e, \u2028...
+        if "#" not in line:  # (the language server parses pieces padded with thousands of empty lines)
+            continue
         in_str = False
         i = 0
         while i < len(line):
