@@ -1,6 +1,6 @@
 """Language-server latency, measured through a real ``convdsl lsp`` over stdio (pygls's client).
 
-    python benchmarks/lsp.py [--edits 40]
+    python benchmarks/lsp.py [--edits 40] [--big-edits 8] [--only-generated]
 
 1. Edit examples/resnet50.cdl (alternately ``classes=1000`` / ``1001``, in the
    editor buffer only): time from sending the change until its diagnostics
@@ -9,10 +9,13 @@
 2. Hover on an op of examples/blocks/resnet.cdl while resnet50 is open (goal: median <= 50 ms).
 3. Generated 2,000-line files (``generated``): a library of 167 blocks and 4
    networks, edited in a block the last network uses (goal: < 1 s), and the worst
-   case, one 1,900-line network edited in its head (all of it is parsed and
-   elaborated again): open -> diagnostics and hints, then edits -> diagnostics.
+   case, one 1,900-line network edited in its head (all of it is elaborated
+   again): open -> diagnostics and hints, then edits -> diagnostics, each edit a
+   new text (nothing analysed before is reused whole).
 
-The times include the client's round trip and the server's 15 ms debounce.
+The times include the client's round trip and the server's 15 ms debounce; the
+server process's CPU time (psutil, 10 ms ticks) is printed beside them: on a
+shared machine it is the figure that does not depend on the load.
 """
 from __future__ import annotations
 
