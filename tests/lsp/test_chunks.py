@@ -124,3 +124,38 @@ def test_an_edit_in_a_long_network_reparses_only_its_statements(monkeypatch):
     calls.clear()
     broken = text.replace("unit(16) as u101", "unit(16 as u101")  # a run that does not parse: the caller parses whole
     assert cache.parse(broken, "/x/long.cdl") is None and len(calls) == 1
+
+
+def test_random_edits_of_a_long_network_parse_whole_or_fall_back(monkeypatch):
+    """Brackets, newlines, keywords and operators dropped into a long network or cut out of it:
+    parsed in runs of statements, the result is the whole parse (every span) or None (the caller
+    parses whole), never another program."""
+    import random
+
+    from convdsl.errors import ConvDSLError
+
+    monkeypatch.setattr(chunks, "SPLIT_LINES", 20)
+    monkeypatch.setattr(chunks, "SEGMENT_LINES", 3)
+    base = _long_network(30)
+    snips = ["}", "{", "(", ")", "[", "]", "|", " as x", "\n", "\n    ", "#", '"', "if", "else", "return h", "h = ",
+             ",", "-", "**", "\n}\n", "\n    }", "elif 1 {", "\n        | relu", "="]
+    rng = random.Random(17)
+    cache = PieceCache()
+    cache.parse(base, "/x/f.cdl")
+    parsed = 0
+    for _ in range(120):
+        text = base
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(text))
+            text = text[:i] + rng.choice(snips) + text[i:] if rng.random() < 0.5 else text[:i] + text[i + rng.randint(1, 6):]
+        got = cache.parse(text, "/x/f.cdl")
+        if got is None:
+            continue
+        try:
+            whole = parse(text, "/x/f.cdl")
+        except ConvDSLError as e:
+            raise AssertionError(f"pieces parsed what the whole parse refuses ({e})\n{text}") from None
+        assert got[0] == whole and got[0].comments == whole.comments, text
+        assert _all_spans(got[0].items, []) == _all_spans(whole.items, []), text
+        parsed += 1
+    assert parsed > 10  # some edits keep the program valid
