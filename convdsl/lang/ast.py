@@ -347,10 +347,11 @@ class ASTBuilder(Transformer):
         self.parse_expr = parse_expr
         # lark's v_args wraps a rule method anew (functools.update_wrapper) each time it is looked
         # up, i.e. per tree node: look each up once; the transformer finds them here first
+        self.rules: dict[str, Any] = {}  # rule name -> method taking (meta, children)
         for klass in type(self).__mro__:
             for name, attr in vars(klass).items():
-                if hasattr(attr, "visit_wrapper") and name not in self.__dict__:
-                    self.__dict__[name] = getattr(self, name)
+                if hasattr(attr, "visit_wrapper") and name not in self.rules:
+                    self.rules[name] = self.__dict__[name] = getattr(self, name)
 
     def _sp(self, meta: Any) -> Span | None:
         if getattr(meta, "empty", True):
