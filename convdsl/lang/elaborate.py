@@ -1077,8 +1077,10 @@ class Elaborator:
                             scope=".".join(frame.scope), block=frame.block)
         for local, spec in specs.items():
             self.graph.params.declare(params[local], spec)
-        parts = nid.split(".")
-        self.node_prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        parent = nid.rpartition(".")[0]
+        if parent and parent not in self.node_prefixes:  # else its own prefixes are there too
+            parts = nid.split(".")
+            self.node_prefixes.update(".".join(parts[:i]) for i in range(1, len(parts)))
         outs = tuple(Tensor(Value(nid, i), t) for i, t in enumerate(out_types))
         return outs[0] if len(outs) == 1 else outs
 

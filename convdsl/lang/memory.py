@@ -39,6 +39,8 @@ class MemoryBudget:
         self.tensor_bytes = 0
         self.workspace: tuple[int, str | None] = (0, None)  # the largest, and its op
         self._sizes: dict[str, int] = {}  # symbolic dim text -> its size (parsing it is most of the cost)
+        self._bound: dict[TensorType, TensorType] = {}  # a network has few distinct types: each is bound once
+        self._nbytes: dict[TensorType, int] = {}
 
     def size(self, d: int | str) -> int:
         """A dimension as a concrete size (a negative size counts as 0)."""
@@ -51,10 +53,16 @@ class MemoryBudget:
 
     def bound(self, t: TensorType) -> TensorType:
         """``t`` with every dimension a concrete size (a negative size counts as 0)."""
-        return TensorType(tuple(self.size(d) for d in t.shape), t.dtype)
+        b = self._bound.get(t)
+        if b is None:
+            b = self._bound[t] = TensorType(tuple(self.size(d) for d in t.shape), t.dtype)
+        return b
 
     def nbytes(self, t: TensorType) -> int:
-        return math.prod(self.size(d) for d in t.shape) * DTYPE_BYTES.get(t.dtype, 4)
+        n = self._nbytes.get(t)
+        if n is None:
+            n = self._nbytes[t] = math.prod(self.size(d) for d in t.shape) * DTYPE_BYTES.get(t.dtype, 4)
+        return n
 
     @property
     def total(self) -> int:

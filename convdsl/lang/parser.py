@@ -11,7 +11,7 @@ import functools
 from importlib import resources
 from typing import Iterator
 
-from lark import Lark, Token, Tree
+from lark import Discard, Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from convdsl.errors import CDLSyntaxError, ConvDSLError, ResourceError, Span, remember_source
@@ -55,6 +55,7 @@ class _Postlexer:
         self.file = file
         self.pow_type = "__ANON_0"  # lark's name for the "**" terminal; set by _lark()
         self.open: list[Token] = []  # '(' and '[' not yet closed, for the hint of a syntax error
+        self.record: list[Token] | None = None  # receives the lexer's tokens (parse(..., tokens=))
 
     def _merge_pow(self, stream: Iterator[Token]) -> Iterator[Token]:
         """Join two adjacent '*' into '**'.  The basic lexer tries MULOP's
@@ -78,6 +79,8 @@ class _Postlexer:
             yield star
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        if self.record is not None:
+            stream = _recorded(stream, self.record)
         stream = self._merge_pow(stream)
         self.open = []
         depth = 0
@@ -133,6 +136,12 @@ class _Postlexer:
             yield Token("_NL", "\n", line=prev.end_line or prev.line, column=(prev.end_column or prev.column))
 
 
+def _recorded(stream: Iterator[Token], out: list[Token]) -> Iterator[Token]:
+    for tok in stream:
+        out.append(tok)
+        yield tok
+
+
 def grammar_text() -> str:
     return resources.files("convdsl.grammar").joinpath("cdl.lark").read_text()
 
@@ -150,7 +159,26 @@ def _lark() -> Lark:
     )
     parser.options.postlex.pow_type = next(  # type: ignore[union-attr]
         t.name for t in parser.terminals if t.pattern.value == "**")
+    _pass_through(parser)
     return parser
+
+
+def _pass_through(parser: Lark) -> None:
+    """Reduce each one-symbol alternative of a ``?rule`` (``?sum: product``: the precedence chain,
+    ~13 reductions for every operand) straight to its child.  lark wraps them like every rule in
+    position propagation, which on a lone child that already has its positions changes nothing
+    the tree shows; those calls were a fifth of a parse."""
+    from lark.parse_tree_builder import ExpandSingleChild, PropagatePositions
+
+    callbacks = parser.parser.parser.parser.callbacks  # the LALR parser's: rule -> reduce function
+    for rule, callback in callbacks.items():
+        if rule.options.expand1 and not rule.alias and len(rule.expansion) == 1 \
+                and isinstance(callback, PropagatePositions) and isinstance(callback.node_builder, ExpandSingleChild):
+            callbacks[rule] = _only_child
+
+
+def _only_child(children: list):
+    return children[0]
 
 
 def _expected(tokens: set[str] | frozenset[str]) -> str:
@@ -160,9 +188,10 @@ def _expected(tokens: set[str] | frozenset[str]) -> str:
     return ", ".join(words)
 
 
-def _parse_tree(text: str, file: str):
+def _parse_tree(text: str, file: str, record: list[Token] | None = None):
     parser = _lark()
     parser.options.postlex.file = file  # type: ignore[union-attr]
+    parser.options.postlex.record = record  # type: ignore[union-attr]
     comments: list[tuple[int, int, str]] = []
     try:
         tree = parser.parse(text, on_error=None)
@@ -190,6 +219,8 @@ def _parse_tree(text: str, file: str):
                              expected=_expected(set(e.expected))) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark errors
         raise CDLSyntaxError(str(e).splitlines()[0], Span(file, getattr(e, "line", 1), getattr(e, "column", 1))) from None
+    finally:
+        parser.options.postlex.record = None  # type: ignore[union-attr]
     return tree, comments
 
 
@@ -209,25 +240,34 @@ def _token_hint(e: UnexpectedToken) -> str | None:
     return None
 
 
-def parse(text: str, file: str = "<string>", *, show_lines: bool = True) -> ast.Program:
+def parse(text: str, file: str = "<string>", *, show_lines: bool = True,
+          tokens: list[Token] | None = None) -> ast.Program:
     """Parse CDL source text into an ``ast.Program``.
 
     Errors show the offending source line.  With ``show_lines=False`` (an imported file, which
     could be any file on the machine) lines are shown only once the whole file parsed as CDL,
-    so an error never prints a line of a file that is not CDL."""
+    so an error never prints a line of a file that is not CDL.  ``tokens`` receives every token
+    the lexer made, newlines included, before any is dropped or joined (the language server
+    needs them all, and lexing twice costs as much as a third of the parse)."""
     if len(text) > MAX_SOURCE:
         raise ResourceError(f"source is larger than {MAX_SOURCE // 1024 // 1024} MiB", Span(file, 1, 1))
     if show_lines:
         remember_source(file, text)
     comments = _comments(text)
-    tree, _ = _parse_tree(text, file)
+    tree, _ = _parse_tree(text, file, tokens)
     _check_depth(tree, file)
-    builder = ast.ASTBuilder(file, functools.partial(parse_expr, file=file))
-    program = _build(builder, tree, file)
+    program = _build(_builder(file, True), tree, file)
     program.comments = comments
     if not show_lines:
         remember_source(file, text)
     return program
+
+
+@functools.lru_cache(maxsize=64)
+def _builder(file: str, labels: bool) -> ast.ASTBuilder:
+    """The AST builder of ``file`` (it holds nothing else), made once: the language server parses
+    a file in pieces, each parse of a piece would set one up again."""
+    return ast.ASTBuilder(file, functools.partial(parse_expr, file=file) if labels else None)
 
 
 _DEEP_HINT = "split deeply nested expressions or bodies into named values, defs or blocks"
@@ -264,7 +304,7 @@ def _build(builder: ast.ASTBuilder, tree, file: str) -> ast.Program:
     """Run the AST builder, re-raising the user error that lark wraps in
     ``VisitError`` (twice over for a label expression parsed inside a label)."""
     try:
-        return builder.transform(tree)
+        return _transform(builder, tree)
     except VisitError as e:
         orig: BaseException = e
         while isinstance(orig, VisitError):
@@ -278,6 +318,26 @@ def _build(builder: ast.ASTBuilder, tree, file: str) -> ast.Program:
         raise ResourceError("program nested too deeply to parse", Span(file, 1, 1), hint=_DEEP_HINT) from None
 
 
+def _transform(builder: ast.ASTBuilder, tree: Tree):
+    """``builder.transform(tree)``: the same methods called in the same order (children first, left
+    to right) with the same (meta, children), without lark's generator and method lookups per node
+    (a sixth of a parse)."""
+    rules = builder.rules
+
+    def walk(t: Tree):
+        children = []
+        for c in t.children:
+            if isinstance(c, Tree):
+                c = walk(c)
+                if c is Discard:
+                    continue
+            children.append(c)
+        f = rules.get(t.data)
+        return builder.__default__(t.data, children, t.meta) if f is None else f(t.meta, children)
+
+    return walk(tree)
+
+
 def parse_expr(text: str, span: Span | None = None, file: str = "<string>") -> ast.Expr:
     """Parse one expression (used for the ``{expr}`` parts of labels)."""
     if "\n" in text:
@@ -287,8 +347,7 @@ def parse_expr(text: str, span: Span | None = None, file: str = "<string>") -> a
     except CDLSyntaxError as e:
         e.span = span or e.span
         raise
-    builder = ast.ASTBuilder(span.file if span else file, None)
-    program = _build(builder, tree, span.file if span else file)
+    program = _build(_builder(span.file if span else file, False), tree, span.file if span else file)
     if len(program.items) != 1 or not isinstance(program.items[0], ast.ConstDef):
         raise CDLSyntaxError(f"not an expression: {text!r}", span)
     expr = program.items[0].value
@@ -318,8 +377,12 @@ def _respan(node, span) -> None:
 def _comments(text: str) -> list[tuple[int, int, str]]:
     """(line, column, text) of every comment: scanned here because the lexer
     drops them; strings are skipped so a '#' inside quotes is not a comment."""
-    out = []
+    out: list[tuple[int, int, str]] = []
+    if "#" not in text:
+        return out
     for lineno, line in enumerate(text.split("\n"), 1):  # lark's lines: splitlines() also breaks at \x1e, \u2028...
+        if "#" not in line:  # (the language server parses pieces padded with thousands of empty lines)
+            continue
         in_str = False
         i = 0
         while i < len(line):

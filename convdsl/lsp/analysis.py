@@ -19,12 +19,18 @@ defines, and collects:
 Imported files are parsed and loaded once and reused while their text is
 unchanged (``ModuleCache``): an edit costs one parse of the edited file and
 the elaboration of its networks.
+
+``analyze(..., defer=True)`` stops once every diagnostic is known; ``finish``
+then does what only hints, hover and navigation read (the name index, each
+network's statistics: params and MACs of instances and ops), so that a
+server can publish the diagnostics first.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from convdsl.errors import CDLNameError, ConvDSLError, Span
 from convdsl.ir.graph import Graph
@@ -146,11 +152,26 @@ class Analysis:
     ops_of_last: dict[tuple, list[OpNote]] = field(default_factory=dict)
     import_texts: dict[str, str] = field(default_factory=dict)  # every imported file read, and its text
     clean_parse: bool = False  # parsed without a syntax error (no item blanked out)
+    later: list[Callable[[], None]] = field(default_factory=list)  # what ``finish`` does
 
 
-def analyze(path: str, text: str, sources: Sources, cache: ModuleCache) -> Analysis:
-    """Everything the editor shows about ``text`` (the buffer of ``path``, an absolute path)."""
+def finish(a: Analysis) -> Analysis:
+    """Do the work ``analyze(..., defer=True)`` left (once; in order)."""
+    while a.later:
+        a.later.pop(0)()
+    return a
+
+
+def analyze(path: str, text: str, sources: Sources, cache: ModuleCache, defer: bool = False) -> Analysis:
+    """Everything the editor shows about ``text`` (the buffer of ``path``, an absolute path); with
+    ``defer``, only up to the diagnostics: the caller runs ``finish`` on it before anything else."""
     a = Analysis(path, text)
+    _analyze(a, sources, cache)
+    return a if defer else finish(a)
+
+
+def _analyze(a: Analysis, sources: Sources, cache: ModuleCache) -> None:
+    path, text = a.path, a.text
     failed: set[str] = set()  # names whose definition failed: "unknown name" errors about them are noise
     pieces = cache.pieces.parse(text, path)
     if pieces is not None:
@@ -159,13 +180,12 @@ def analyze(path: str, text: str, sources: Sources, cache: ModuleCache) -> Analy
         a.tokens = lex(text)
         a.program = _parse_recovering(a, failed)
     if a.program is None:
-        return a
+        return
     a.clean_parse = not a.problems
-    a.index = FileIndex(path, a.program, a.tokens, lambda p: cache.index(p, sources))
-    cache.indexes[path] = (text, a.index)
+    a.later.append(lambda: _index(a, sources, cache))
     imports_ok = _load_recovering(a, sources, cache, failed)
     if a.module is None:
-        return a
+        return
     for net in a.program.networks():
         key = _network_key(a, net, failed, imports_ok)
         hit = cache.networks.get((path, net.name))
@@ -175,7 +195,12 @@ def analyze(path: str, text: str, sources: Sources, cache: ModuleCache) -> Analy
         before = len(a.problems), len(a.networks)
         used = _elaborate_network(a, net, sources, failed, imports_ok)
         cache.networks[(path, net.name)] = (key(used), used, _Replay(a, before))
-    return a
+
+
+def _index(a: Analysis, sources: Sources, cache: ModuleCache) -> None:
+    assert a.program is not None
+    a.index = FileIndex(a.path, a.program, a.tokens, lambda p: cache.index(p, sources))
+    cache.indexes[a.path] = (a.text, a.index)
 
 
 class _Replay:
@@ -365,18 +390,30 @@ def _elaborate_network(a: Analysis, net: ast.NetworkDef, sources: Sources, faile
         _note_ops(a, el, {})  # what was built before the error still shows its types
         a.notes.merge(el.notes)
         return el.used
-    rows = layer_stats(g)
-    by_id = {r.name: r for r in rows}
-    for inst in el.notes.instances:
-        inst.params = sum(by_id[n].params for n in inst.nodes if n in by_id)
-        inst.macs = sum(by_id[n].macs for n in inst.nodes if n in by_id)
-    _note_ops(a, el, by_id)
+    result = NetworkResult(net.name, g, [], {})
+    ops = _note_ops(a, el, {})
     a.notes.merge(el.notes)
-    a.networks.append(NetworkResult(net.name, g, rows, totals(rows)))
+    a.networks.append(result)
+    a.later.append(lambda: _count(result, el.notes.instances, ops))
     return el.used
 
 
-def _note_ops(a: Analysis, el: RecordingElaborator, by_id: dict[str, LayerStat]) -> None:
+def _count(result: NetworkResult, instances: list, ops: list[OpNote]) -> None:
+    """A network's statistics, and the params and MACs of its block instances and op nodes."""
+    rows = layer_stats(result.graph)
+    by_id = {r.name: r for r in rows}
+    for inst in instances:
+        inst.params = sum(by_id[n].params for n in inst.nodes if n in by_id)
+        inst.macs = sum(by_id[n].macs for n in inst.nodes if n in by_id)
+    for note in ops:
+        r = by_id.get(note.node)
+        if r is not None:
+            note.params, note.macs = r.params, r.macs
+    result.rows, result.totals = rows, totals(rows)
+
+
+def _note_ops(a: Analysis, el: RecordingElaborator, by_id: dict[str, LayerStat]) -> list[OpNote]:
+    out = []
     for key, ids in el.notes.op_nodes.items():
         for nid in ids:
             if nid not in el.graph:
@@ -386,6 +423,8 @@ def _note_ops(a: Analysis, el: RecordingElaborator, by_id: dict[str, LayerStat])
             note = OpNote(nid, node.op, list(node.types), r.params if r else 0, r.macs if r else 0)
             a.ops.setdefault(key, []).append(note)
             a.ops_of_last.setdefault(key, []).append(note)
+            out.append(note)
+    return out
 
 
 # ---- errors --------------------------------------------------------------------------------

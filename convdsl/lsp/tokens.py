@@ -43,7 +43,7 @@ class Tok:
 
 @functools.lru_cache(maxsize=None)
 def _lexer() -> Lark:
-    return Lark(grammar_text(), parser="lalr", lexer="basic", propagate_positions=True)
+    return Lark(grammar_text(), parser="lalr", lexer="basic", propagate_positions=True, cache=True)
 
 
 def lex(text: str) -> list[Tok]:

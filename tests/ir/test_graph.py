@@ -19,6 +19,22 @@ def test_order_is_topological_and_deterministic():
         assert pos[u] < pos[v]
 
 
+@pytest.mark.parametrize("rewire", [False, True])
+def test_order_is_networkx_lexicographic_topological_sort(rewire):
+    """The creation-order shortcut gives networkx's order; an edge from a newer node (a pass rewired
+    the graph) takes the sort."""
+    import networkx as nx
+
+    g = graph_of(RESNETISH)
+    if rewire:  # the first op after the input reads the last op's output instead (shapes aside)
+        first = next(n.id for n in g.nodes() if n.op != "input")
+        late = g.add_node("late", "relu", [Value(g.inputs[0])], {}, [g.node(g.inputs[0]).types[0]])
+        g.set_inputs(first, [Value(late)])
+        assert any(g.node(u).seq > g.node(v).seq for u, v in g.g.edges())
+    seq = {n: d["node"].seq for n, d in g.g.nodes(data=True)}
+    assert g.order() == list(nx.lexicographical_topological_sort(g.g, key=seq.__getitem__))
+
+
 def test_ports_keep_operand_order():
     g = graph_of("network n(a: f32[2, 3], b: f32[3, 4]) { return a @ b }")
     mm = [n for n in g.nodes() if n.op == "matmul"][0]

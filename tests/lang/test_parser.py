@@ -291,3 +291,68 @@ def test_as_starts_a_continuation_line_and_tuples_assign_without_parentheses():
     g = elaborate(src)
     assert [v.node for v in g.inputs_of("sub")] == ["conv2d_1", "conv2d"]  # a - b after the swap
     assert "stem.weight" in g.params.specs
+
+
+def test_tokens_are_the_lexers_own():
+    """``parse(..., tokens=)`` hands back what lark's lexer makes of the text (newlines kept, '**' as
+    two '*'); a label parsed inside the program adds none."""
+    from lark import Lark
+
+    from convdsl.lang.parser import grammar_text
+
+    text = 'x = 2**3\nnetwork n(a: f32[1, 4]) {\n    y = a | linear(4) as "fc{x}"  # c\n\n    return y - 1\n}\n'
+    raw: list = []
+    parse(text, "t.cdl", tokens=raw)
+    lexer = Lark(grammar_text(), parser="lalr", lexer="basic")
+    want = [(t.type, str(t), t.line, t.column, t.end_pos) for t in lexer.lex(text)]
+    assert [(t.type, str(t), t.line, t.column, t.end_pos) for t in raw] == want
+    assert ("MULOP", "*") in [(t.type, str(t)) for t in raw]
+    raw.clear()
+    with pytest.raises(CDLSyntaxError):
+        parse("x = (1,\n", "t.cdl", tokens=raw)
+    parse("y = 1\n", "t.cdl")  # a later parse without tokens= records nothing
+    assert [str(t) for t in raw][:2] == ["x", "="] and all(t.line == 1 or t.type == "_NL" for t in raw)
+
+
+def _spans(node, out: list) -> list:
+    """Every AST node's type and span, depth first (spans take no part in ==)."""
+    import dataclasses
+
+    if isinstance(node, (list, tuple)):
+        for x in node:
+            _spans(x, out)
+    elif dataclasses.is_dataclass(node):
+        sp = getattr(node, "span", None)
+        out.append((type(node).__name__, sp and (sp.line, sp.column, sp.end_line, sp.end_column)))
+        for f in dataclasses.fields(node):
+            if f.name != "span":
+                _spans(getattr(node, f.name), out)
+    return out
+
+
+def test_the_tuned_parser_builds_what_stock_lark_builds():
+    """``_lark()`` reduces one-child ``?rule`` alternatives straight to the child and the AST builder
+    skips token callbacks: every example gives the program, and every node the span, that lark's own
+    configuration (each reduction through position propagation, tokens visited) gives."""
+    import functools
+    from pathlib import Path
+
+    from lark import Lark
+
+    from convdsl.lang import parser as P
+
+    stock = Lark(P.grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
+                 maybe_placeholders=True, postlex=P._Postlexer("<cdl>"))
+    stock.options.postlex.pow_type = P._lark().options.postlex.pow_type
+
+    class StockBuilder(ast.ASTBuilder):
+        __visit_tokens__ = True
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.cdl"))
+    assert len(examples) > 20
+    for path in examples:
+        text = path.read_text()
+        mine = parse(text, str(path))
+        tree = stock.parse(text)
+        theirs = StockBuilder(str(path), functools.partial(P.parse_expr, file=str(path))).transform(tree)
+        assert mine == theirs and _spans(mine.items, []) == _spans(theirs.items, []), path
