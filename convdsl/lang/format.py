@@ -35,22 +35,19 @@ Every comment is printed exactly once and in source order.
 """
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Iterator, NamedTuple, Sequence, Union
 
-from convdsl.ir.optable import IDENT, format_number, quote
+from convdsl.ir.optable import quote
 from convdsl.lang import ast
+from convdsl.lang.exprfmt import Prec, chain, chain_prec, format_expr, join, pipe_stages, wrap
 from convdsl.lang.parser import parse
 
 INDENT = "    "
 MAX_WIDTH = 100
 
 Node = Union[ast.Item, ast.Stmt]
-
-_CONSTS = {True: "true", False: "false", None: "none"}
 
 
 def format_source(text: str, file: str = "<string>") -> str:
@@ -62,151 +59,6 @@ def format_program(program: ast.Program) -> str:
     """Print a program in canonical form, with its comments."""
     notes = _CommentPlacer().place(program)
     return _Printer(notes).program(program)
-
-
-# ---- expressions --------------------------------------------------------------
-class Prec(IntEnum):
-    """Binding strength, loosest first (mirrors the grammar's rule chain)."""
-
-    TERNARY = 1
-    OR = 2
-    AND = 3
-    NOT = 4
-    COMPARE = 5
-    PIPE = 6
-    LABEL = 7
-    SUM = 8
-    PRODUCT = 9
-    UNARY = 10
-    POWER = 11
-    POSTFIX = 12
-    ATOM = 13
-
-
-def format_expr(expr: ast.Expr) -> str:
-    """One expression on one line, with the fewest parentheses that parse back to it."""
-    return _fmt(expr)[0]
-
-
-def _wrap(expr: ast.Expr, min_prec: Prec) -> str:
-    """``expr`` as an operand of a place that binds at least ``min_prec``."""
-    text, prec = _fmt(expr)
-    return f"({text})" if prec < min_prec else text
-
-
-def _fmt(e: ast.Expr) -> tuple[str, Prec]:
-    match e:
-        case ast.Name():
-            return e.id, Prec.ATOM
-        case ast.Num():
-            text = _number(e.value)
-            return text, Prec.UNARY if text.startswith("-") else Prec.ATOM  # `-3` parses as a negation
-        case ast.Str():
-            return quote(e.value), Prec.ATOM
-        case ast.Const():
-            return _CONSTS[e.value], Prec.ATOM
-        case ast.ListExpr():
-            return "[" + _join(e.items) + "]", Prec.ATOM
-        case ast.TupleExpr():
-            return "(" + _join(e.items) + ("," if len(e.items) == 1 else "") + ")", Prec.ATOM
-        case ast.Call():
-            args = [format_expr(a) for a in e.args] + [f"{k.name}={format_expr(k.value)}" for k in e.kwargs]
-            return f"{_wrap(e.func, Prec.POSTFIX)}({', '.join(args)})", Prec.POSTFIX
-        case ast.Choice():
-            name = [f"name={quote(e.name)}"] if e.name is not None else []
-            return f"choice({', '.join([format_expr(o) for o in e.options] + name)})", Prec.POSTFIX
-        case ast.Index() if isinstance(e.index, ast.Slice):
-            sl = e.index
-            parts = [format_expr(p) if p is not None else "" for p in (sl.start, sl.stop, sl.step)]
-            text = ":".join(parts) if sl.step is not None else ":".join(parts[:2])
-            return f"{_wrap(e.obj, Prec.POSTFIX)}[{text}]", Prec.POSTFIX
-        case ast.Index():
-            return f"{_wrap(e.obj, Prec.POSTFIX)}[{format_expr(e.index)}]", Prec.POSTFIX
-        case ast.Attribute():
-            # `3.x` would lex as the float `3.` followed by a name
-            obj = f"({format_expr(e.obj)})" if isinstance(e.obj, ast.Num) else _wrap(e.obj, Prec.POSTFIX)
-            return f"{obj}.{e.name}", Prec.POSTFIX
-        case ast.Pow():  # right-associative: the exponent may itself be a power
-            return f"{_wrap(e.base, Prec.POSTFIX)} ** {_wrap(e.exp, Prec.UNARY)}", Prec.POWER
-        case ast.Neg():
-            return "-" + _wrap(e.operand, Prec.UNARY), Prec.UNARY
-        case ast.Not():
-            return "not " + _wrap(e.operand, Prec.NOT), Prec.NOT
-        case ast.Arith():
-            prec = Prec.SUM if all(op in ("+", "-") for op, _ in e.rest) else Prec.PRODUCT
-            return _chain(e.first, e.rest, prec), prec
-        case ast.Compare():
-            return _chain(e.first, e.rest, Prec.COMPARE), Prec.COMPARE
-        case ast.BoolOp():
-            prec = Prec.OR if e.op == "or" else Prec.AND
-            return f" {e.op} ".join(_wrap(v, Prec(prec + 1)) for v in e.values), prec
-        case ast.IfExp():
-            text = f"{_wrap(e.then, Prec.OR)} if {_wrap(e.cond, Prec.OR)} else {_wrap(e.orelse, Prec.TERNARY)}"
-            return text, Prec.TERNARY
-        case ast.Pipe():
-            return " | ".join(_pipe_stages(e)), Prec.PIPE
-        case ast.Labeled():
-            return f"{_wrap(e.expr, Prec.SUM)} as {format_label(e.label)}", Prec.LABEL
-    raise TypeError(f"not a CDL expression: {e!r}")
-
-
-def _prec(e: ast.Arith) -> Prec:
-    return Prec.SUM if all(op in ("+", "-") for op, _ in e.rest) else Prec.PRODUCT
-
-
-def _chain(first: ast.Expr, rest: list[tuple[str, ast.Expr]], prec: Prec) -> str:
-    """A flat left-to-right chain; an operand of the same level keeps its
-    parentheses, since without them it would merge into this chain."""
-    return " ".join([_wrap(first, Prec(prec + 1))] + [f"{op} {_wrap(x, Prec(prec + 1))}" for op, x in rest])
-
-
-def _join(items: list[ast.Expr]) -> str:
-    return ", ".join(format_expr(i) for i in items)
-
-
-def _pipe_stages(pipe: ast.Pipe) -> list[str]:
-    return [_wrap(s, Prec.LABEL) for s in pipe.stages]
-
-
-def _pipe_groups(pipe: ast.Pipe, texts: list[str], comments: dict, first: int, cont: int) -> list[list[int]]:
-    """The stages of a long pipe, line by line: the lines the source gave them (a line of
-    conv | batchnorm | relu stays one), a stage with a comment ending its line, and a line that
-    would pass ``MAX_WIDTH`` filled greedily instead.  ``first`` and ``cont`` are the columns
-    the first and the continuation lines start at."""
-    groups: list[list[int]] = [[0]]
-    for k in range(1, len(texts)):
-        new_line = _pos(pipe.stages[k])[0] > _end_line(pipe.stages[k - 1]) or (k - 1) in comments
-        if new_line:
-            groups.append([k])
-        else:
-            groups[-1].append(k)
-    out: list[list[int]] = []
-    for group in groups:
-        cur: list[int] = []
-        for i in group:
-            start = first if not out else cont
-            width = start + len(" | ".join(texts[j] for j in [*cur, i]))
-            if cur and width > MAX_WIDTH:
-                out.append(cur)
-                cur = []
-            cur.append(i)
-        out.append(cur)
-    return out
-
-
-def _number(value: int | float) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        raise ValueError("NaN has no CDL literal")
-    return format_number(value)
-
-
-def format_label(label: ast.Label) -> str:
-    """``conv1``, or ``"layer{i + 1}.{j}"`` rebuilt from the parts.  A label
-    written quoted stays quoted: ``Label.quoted`` takes part in equality."""
-    plain = len(label.parts) == 1 and isinstance(label.parts[0], str) and IDENT.match(label.parts[0])
-    if plain and not label.quoted:
-        return label.parts[0]
-    return quote("".join(p if isinstance(p, str) else "{" + format_expr(p) + "}" for p in label.parts))
 
 
 # ---- where each comment goes --------------------------------------------------
@@ -491,7 +343,7 @@ class _Printer:
             case ast.Return() if len(node.values) == 1:
                 return self._valued(node, indent, "return ", node.values[0])
             case ast.Return():
-                return [f"{indent}return {_join(node.values)}"]
+                return [f"{indent}return {join(node.values)}"]
             case ast.Assert():
                 message = f", {quote(node.message)}" if node.message is not None else ""
                 return [f"{indent}assert {format_expr(node.cond)}{message}"]
@@ -534,9 +386,9 @@ class _Printer:
             # a if c else b if d else e: one "value if condition else" per line
             arms, rest = [], value
             while isinstance(rest, ast.IfExp):
-                arms.append(f"{_wrap(rest.then, Prec.OR)} if {_wrap(rest.cond, Prec.OR)} else")
+                arms.append(f"{wrap(rest.then, Prec.OR)} if {wrap(rest.cond, Prec.OR)} else")
                 rest = rest.orelse
-            arms.append(_wrap(rest, Prec.TERNARY))
+            arms.append(wrap(rest, Prec.TERNARY))
             if isinstance(node, (ast.BlockDef, ast.FuncDef)):
                 return head + [last.rstrip()] + [inner + arm for arm in arms]
             return head + [last + arms[0]] + [inner + arm for arm in arms[1:]]
@@ -544,8 +396,8 @@ class _Printer:
                 and not isinstance(node, (ast.BlockDef, ast.FuncDef))):
             # x + (x | a | b ...): the parenthesized pipe breaks like a pipe of its own
             op, pipe = value.rest[-1]
-            before = _chain(value.first, value.rest[:-1], _prec(value)) if value.rest[:-1] else \
-                _wrap(value.first, Prec(_prec(value) + 1))
+            before = chain(value.first, value.rest[:-1], chain_prec(value)) if value.rest[:-1] else \
+                wrap(value.first, Prec(chain_prec(value) + 1))
             lines = self._pipe_lines(pipe, f"{last}{before} {op} (", inner, {})
             return head + lines[:-1] + [lines[-1] + ")"]
         if not isinstance(value, ast.Pipe) or (len(line) <= MAX_WIDTH and not comments):
@@ -558,7 +410,7 @@ class _Printer:
         """A long pipe from ``first`` on: continuation lines put their '|' under the first one, or
         one indent deeper (``inner``) when the first line holds only the first stage or the pipe
         has ``own_line``."""
-        texts = _pipe_stages(pipe)
+        texts = pipe_stages(pipe)
         cont = inner + "| "
         if not own_line and len(_pipe_groups(pipe, texts, comments, len(first), len(cont))[0]) > 1:
             cont = " " * (len(first) + len(texts[0]) + 1) + "| "
@@ -588,6 +440,32 @@ class _Printer:
                 end = max(end, self._src_end(body[-1]))
             end = max([end] + [c.line for c in self.notes.closing.get(id(body), [])])
         return end + 1
+
+
+def _pipe_groups(pipe: ast.Pipe, texts: list[str], comments: dict, first: int, cont: int) -> list[list[int]]:
+    """The stages of a long pipe, line by line: the lines the source gave them (a line of
+    conv | batchnorm | relu stays one), a stage with a comment ending its line, and a line that
+    would pass ``MAX_WIDTH`` filled greedily instead.  ``first`` and ``cont`` are the columns
+    the first and the continuation lines start at."""
+    groups: list[list[int]] = [[0]]
+    for k in range(1, len(texts)):
+        new_line = _pos(pipe.stages[k])[0] > _end_line(pipe.stages[k - 1]) or (k - 1) in comments
+        if new_line:
+            groups.append([k])
+        else:
+            groups[-1].append(k)
+    out: list[list[int]] = []
+    for group in groups:
+        cur: list[int] = []
+        for i in group:
+            start = first if not out else cont
+            width = start + len(" | ".join(texts[j] for j in [*cur, i]))
+            if cur and width > MAX_WIDTH:
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        out.append(cur)
+    return out
 
 
 def _gap(prev_end: int | None, line: int) -> bool:
