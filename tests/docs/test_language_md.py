@@ -10,6 +10,7 @@ import pytest
 
 from convdsl.ir.types import TensorType
 from convdsl.lang.elaborate import elaborate
+from convdsl.lang.format import MAX_WIDTH, format_source
 from convdsl.lang.parser import parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,3 +55,11 @@ def test_symbolic_reshape_as_documented():
     conv = next(n for n in g.nodes() if n.op == "conv2d")
     assert conv.types[0] == TensorType(("16*N", 16, 4, 4))
     assert g.output_types()[0] == TensorType(("N", 64, 8, 8))
+
+
+def test_canonical_layout_example_is_canonical():
+    """Issue 14 item 7: the layout section shows what `convdsl fmt` prints, within the width."""
+    text = _program("network layout")
+    assert format_source(text) == text
+    assert max(len(line) for line in text.splitlines()) <= MAX_WIDTH
+    assert '           "height and width must be multiples of 8"' in text  # an assert breaks after its ','
