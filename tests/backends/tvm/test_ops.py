@@ -116,6 +116,9 @@ C = (
     ("mhsa", [(2, 5, 8), (5, 5)], (), dict(heads=2)),
     ("cross_attention", [(2, 5, 8), (2, 7, 8)], (), dict(heads=2)),
     ("cross_attention", [(2, 5, 8), (2, 7, 6), (5, 7)], (), dict(heads=2, dim=12, proj_bias=False)),
+    ("mhsa", SEQ, (), dict(heads=2, qkv=Quoted("qkv"), proj=Quoted("proj"), scale=0.3)),  # timm's ViT names
+    ("cross_attention", [(2, 5, 8), (2, 7, 8)], (), dict(heads=2, qkv=Quoted("to_qkv"), proj=Quoted("o"))),
+    ("cross_attention", [(2, 5, 8), (2, 7, 6)], (), dict(heads=2, qkv_bias=False, proj=Quoted("o"))),
     ("window_attention", [(1, 7, 9, 8)], (), dict(heads=2, window=4, shift=2)),
     ("window_attention", [(2, 6, 8, 8)], (), dict(heads=2, window=[3, 4])),
     ("window_attention", [(2, 8, 8, 8)], (), dict(heads=2, window=4, scale=0.2, qkv=Quoted("to_qkv"),

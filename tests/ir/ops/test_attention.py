@@ -225,6 +225,60 @@ def test_cross_attention_matches_multihead_attention(c, ck, with_mask):
     assert (got - ref).abs().max().item() <= ATOL
 
 
+# ---- projection names: qkv= and proj= (issue 14 item 3) -----------------------------------------
+class TimmAttention(nn.Module):
+    """timm's ViT ``Attention`` as written there (a fused ``qkv`` Linear, ``proj``), the model
+    whose state_dict ``mhsa(qkv="qkv", proj="proj")`` loads as it is."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, scale: float | None = None) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, scale if scale is not None else (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("qkv_bias,scale", [(True, None), (False, 0.2)])
+def test_mhsa_with_projection_names_loads_timm_attention(qkv_bias, scale):
+    ref = _randomize(TimmAttention(24, 3, qkv_bias=qkv_bias, scale=scale))
+    extra = ("" if qkv_bias else ", qkv_bias=false") + (f", scale={scale}" if scale is not None else "")
+    g, m = _net({"x": "2, 7, 24"}, f'x | mhsa(heads=3, qkv="qkv", proj="proj"{extra}) as "blocks.0.attn"')
+    assert set(g.params.specs) == {f"blocks.0.attn.{k}" for k in ref.state_dict()}
+    _load(m, "blocks.0.attn", ref.state_dict())
+    x = torch.randn(2, 7, 24)
+    assert (m(x) - ref(x)).abs().max().item() <= ATOL
+
+
+def test_cross_attention_with_projection_names_is_multihead_attention_renamed():
+    mha = _randomize(nn.MultiheadAttention(16, 4, batch_first=True))
+    renamed = {k.replace("in_proj_", "to_qkv.").replace("out_proj.", "merge."): v for k, v in mha.state_dict().items()}
+    g, m = _net({"x": "2, 5, 16", "ctx": "2, 9, 16"}, '(x, ctx) | cross_attention(heads=4, qkv="to_qkv", proj="merge") as a')
+    _load(m, "a", renamed)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    assert (m(x, ctx) - mha(x, ctx, ctx, need_weights=False)[0]).abs().max().item() <= ATOL
+    # only the output projection renamed: MultiheadAttention's separate q/k/v weights stay
+    specs = _specs("cross_attention", [(2, 5, 16), (2, 9, 8)], heads=4, proj="o")
+    assert set(specs) == {"q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "o.weight", "o.bias"}
+
+
+@pytest.mark.parametrize("call,err,words", [
+    ('mhsa(heads=2, qkv="train")', CDLTypeError, "qkv names the projection"),  # would shadow nn.Module.train
+    ('mhsa(heads=2, qkv="p", proj="p")', CDLTypeError, "distinct names"),
+    ('mhsa(heads=2, proj="in_proj_weight")', CDLTypeError, "proj names the projection"),
+    ('mhsa(heads=2, qkv="a.b")', CDLTypeError, "qkv names the projection"),
+    ('(x, ctx) | cross_attention(heads=2, qkv="qkv")', ShapeError, "one fused q/k/v projection"),
+])
+def test_projection_names_are_checked(call, err, words):
+    body = call if call.startswith("(") else f"x | {call}"
+    with pytest.raises(err, match=words):
+        elaborate(f"network t(x: f32[2, 5, 8], ctx: f32[2, 3, 6]) {{\n    return {body}\n}}\n", "<test>")
+
+
 # ---- window_attention == torchvision's ShiftedWindowAttention ------------------------------------
 @pytest.mark.parametrize("h,w,window,shift", [
     (8, 8, 4, 0),            # plain windows
