@@ -268,7 +268,8 @@ def _halo_attention(cx, node, args, ins):
     rel_w = cx.op("Transpose", [cx.op("MatMul", [qt, cx.const(rw)])], perm=[0, 1, 2, 4, 3, 5])
     rel = cx.op("Add", [cx.op("Unsqueeze", [rel_h, cx.ints([6])]), cx.op("Unsqueeze", [rel_w, cx.ints([5])])])
     rel = cx.op("Reshape", [rel, cx.ints([0, heads, nh * nw, b * b, win * win])])
-    y = attend(cx, q, k, v, 5, 1.0 / math.sqrt(d), rel)  # [N, heads, blocks, b*b, d]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    y = attend(cx, q, k, v, 5, scale, rel)  # [N, heads, blocks, b*b, d]
     y = cx.op("Reshape", [y, cx.ints([0, heads, nh, nw, b, b, d])])
     y = cx.op("Transpose", [y], perm=[0, 1, 6, 2, 4, 3, 5])
     return cx.op("Reshape", [y, cx.ints([0, dim, h, w])])

@@ -72,6 +72,8 @@ def _halo_module(node: Node, ins: list[TensorType]) -> str:
     extra = {"dim": a["dim"]} if a["dim"] != c else {}
     if a["qkv_bias"]:
         extra["qkv_bias"] = True
+    if a["scale"] is not None:
+        extra["scale"] = a["scale"]
     return f"HaloAttention({c}, {a['heads']}, {a['block_size']}, {a['halo']}{keywords(**extra)})"
 
 

@@ -254,13 +254,13 @@ class ConvAttention(nn.Module):
 class HaloAttention(nn.Module):
     """HaloNet blocked local attention on [N, C, H, W] (the state_dict of timm's HaloAttn): queries in
     block x block tiles attend to the (block + 2*halo)^2 window around their tile, keys and values
-    zero-padded at the border; logits q.k / sqrt(d) + q.height_rel[ky - qy + win - 1] + q.width_rel[kx - qx + win - 1]
+    zero-padded at the border; logits q.k * scale (default 1/sqrt(d)) + q.height_rel[ky - qy + win - 1] + q.width_rel[kx - qx + win - 1]
     (coordinates within the tile and the window).  kv channels are per head [k | v]."""
 
-    def __init__(self, channels, heads, block, halo, dim=None, qkv_bias=False):
+    def __init__(self, channels, heads, block, halo, dim=None, qkv_bias=False, scale=None):
         super().__init__()
         dim = dim or channels
-        self.heads, self.block, self.halo = heads, block, halo
+        self.heads, self.block, self.halo, self.scale = heads, block, halo, scale
         self.q = nn.Conv2d(channels, dim, 1, bias=qkv_bias)
         self.kv = nn.Conv2d(channels, 2 * dim, 1, bias=qkv_bias)
         win = block + 2 * halo
@@ -282,7 +282,7 @@ class HaloAttention(nn.Module):
         rel_h = torch.einsum("...yxd,ykd->...yxk", qb, self.pos_embed.height_rel[offset])  # [..., qy, qx, ky]
         rel_w = torch.einsum("...yxd,xkd->...yxk", qb, self.pos_embed.width_rel[offset])  # [..., qy, qx, kx]
         rel = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, heads, nh * nw, b * b, win * win)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=rel)  # [N, heads, blocks, b*b, d]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=rel, scale=self.scale)  # [N, heads, blocks, b*b, d]
         return y.view(n, heads, nh, nw, b, b, d).permute(0, 1, 6, 2, 4, 3, 5).reshape(n, heads * d, h, w)
 
 

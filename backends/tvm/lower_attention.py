@@ -261,7 +261,8 @@ def _halo_attention(cx, node, args, ins):
     rel_w = cx.emit(R.permute_dims(cx.emit(R.matmul(qt, cx.const(rw))), [0, 1, 2, 4, 3, 5]))  # [..., qy, qx, kx]
     rel = cx.emit(R.add(cx.emit(R.expand_dims(rel_h, 6)), cx.emit(R.expand_dims(rel_w, 5))))
     rel = cx.emit(R.reshape(rel, (n, heads, nh * nw, b * b, win * win)))
-    y = attend(cx, q, k, v, 1.0 / math.sqrt(d), rel)  # [N, heads, blocks, b*b, d]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    y = attend(cx, q, k, v, scale, rel)  # [N, heads, blocks, b*b, d]
     y = cx.emit(R.reshape(y, (n, heads, nh, nw, b, b, d)))
     y = cx.emit(R.permute_dims(y, [0, 1, 6, 2, 4, 3, 5]))
     return R.reshape(y, (n, dim, h, w))

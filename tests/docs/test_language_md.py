@@ -63,3 +63,10 @@ def test_canonical_layout_example_is_canonical():
     assert format_source(text) == text
     assert max(len(line) for line in text.splitlines()) <= MAX_WIDTH
     assert '           "height and width must be multiples of 8"' in text  # an assert breaks after its ','
+
+
+def test_attention_projection_names_as_documented():
+    """Issue 14 item 3: mhsa(qkv=, proj=) names the projections as the comment beside it says."""
+    g = elaborate(_program("network vit_attention"), AS_FILE)
+    assert g.params.specs["blocks.0.attn.qkv.weight"].shape == (576, 192)
+    assert {"blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias"} <= set(g.params.specs)

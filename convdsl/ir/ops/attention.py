@@ -618,6 +618,7 @@ def _halo_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
         if isinstance(size, int) and size % block:
             raise ShapeError(f"{op}: spatial size {size} is not a multiple of block_size={block}", got=str(x),
                              hint="pad the feature map or pick a block size that divides H and W")
+    _check_scale(op, attrs)
     return [x.with_shape((x.shape[0], dim, x.shape[2], x.shape[3]))]
 
 
@@ -669,7 +670,7 @@ HALO = OpDef(
            Attr("halo", "int", 3, doc="extra context around each block (keys/values see block_size + 2*halo)",
                   domain=NON_NEGATIVE),
            Attr("dim", "int", None, doc="output channels (default: input channels)", domain=POSITIVE),
-           Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections")),
+           Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections"), _SCALE),
     infer=_halo_infer, params=_halo_params, cost=_halo_cost, normalize=_halo_normalize, workspace=_halo_workspace,
     doc="HaloNet blocked local self-attention on [N, C, H, W]: queries in block x block tiles attend to the "
         "(block + 2*halo)^2 neighbourhood of their tile (zero-padded at borders), plus relative position logits "

@@ -33,8 +33,9 @@ def test_window_attention_runs_in_onnxruntime(call):
     ({"x": (2, 7, 16)}, 'x | mhsa(heads=2, qkv="qkv", proj="proj", scale=0.3)'),
     ({"x": (2, 7, 16), "c": (2, 5, 16)}, '(x, c) | cross_attention(heads=4, qkv="to_qkv", proj="merge")'),
     ({"x": (2, 7, 16), "c": (2, 5, 8)}, '(x, c) | cross_attention(heads=4, proj="o", qkv_bias=false)'),
+    ({"x": (2, 8, 8, 8)}, "x | halo_attention(heads=2, block_size=4, halo=1, scale=0.7)"),
 ])
-def test_mhsa_and_cross_attention_with_projection_names_run_in_onnxruntime(inputs, call):
+def test_attention_names_and_scale_run_in_onnxruntime(inputs, call):
     params = ", ".join(f"{k}: f32[{', '.join(map(str, s))}]" for k, s in inputs.items())
     g = verify(elaborate(f"network t({params}) {{\n    return {call} as attn\n}}\n", "<t>"))
     rng = np.random.default_rng(0)

@@ -126,6 +126,7 @@ C = (
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2)),
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2, stride_q=2, scale=0.5, k=5)),
     ("halo_attention", [(1, 8, 8, 8)], (), dict(heads=2, block_size=4, halo=1)),
+    ("halo_attention", [(1, 8, 8, 8)], (), dict(heads=2, block_size=4, halo=1, scale=0.7)),
     ("halo_attention", [(2, 8, 8, 4)], (), dict(heads=2, block_size=4, halo=2, dim=16, qkv_bias=True)),
     ("patch_embed", [(2, 3, 8, 8)], (16,), dict(patch=4)),
     ("patch_embed", [(2, 3, 8, 8)], (6,), dict(patch=[2, 4], bias=False)),

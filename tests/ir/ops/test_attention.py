@@ -390,7 +390,8 @@ def test_conv_attention_matches_cvt_reference():
 
 
 # ---- halo_attention == per-pixel neighbourhood attention ---------------------------------------------
-def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int) -> torch.Tensor:
+def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int,
+                    scale: float | None = None) -> torch.Tensor:
     """Each pixel attends to the (b + 2*halo)^2 window around its b x b block, gathered per pixel."""
     n, _, h, w = x.shape
     win = b + 2 * halo
@@ -407,7 +408,7 @@ def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int) -> 
     rx = kx[None, :] - (torch.arange(w) % b)[:, None] + win - 1
     rel = p["pos_embed.height_rel"][ry][:, None] + p["pos_embed.width_rel"][rx][None, :]  # [H, W, win^2, d]
     qv = q.reshape(n, heads, d, h, w)
-    logits = (torch.einsum("nhdyx,nhdyxk->nhyxk", qv, k) / math.sqrt(d)
+    logits = (torch.einsum("nhdyx,nhdyxk->nhyxk", qv, k) * (scale if scale is not None else 1 / math.sqrt(d))
               + torch.einsum("nhdyx,yxkd->nhyxk", qv, rel))
     return torch.einsum("nhyxk,nhdyxk->nhdyx", logits.softmax(-1), v).reshape(n, dim, h, w)
 
@@ -427,6 +428,15 @@ def test_halo_attention_matches_neighbourhood_reference(c, dim, h, w, heads, blo
     assert p["kv.weight"].shape == (2 * dim, c, 1, 1) and p["pos_embed.height_rel"].shape == (2 * win - 1, dim // heads)
     x = torch.randn(2, c, h, w)
     assert (m(x) - _halo_reference(p, x, heads, block, halo)).abs().max().item() <= ATOL
+
+
+def test_halo_attention_scale_multiplies_the_content_logits_only():
+    """timm's HaloAttn scales q.k, not the relative position logits."""
+    g, m = _net({"x": "2, 8, 8, 8"}, "x | halo_attention(heads=2, block_size=4, halo=1, scale=0.7) as attn")
+    _randomize(m, 0.5)
+    p = {k.removeprefix("attn."): v for k, v in m.state_dict().items()}
+    x = torch.randn(2, 8, 8, 8)
+    assert (m(x) - _halo_reference(p, x, 2, 4, 1, scale=0.7)).abs().max().item() <= ATOL
 
 
 # ---- the whole tiny ViT == torchvision's VisionTransformer --------------------------------------------
