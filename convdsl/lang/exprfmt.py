@@ -364,7 +364,10 @@ class Breaker:
         got = self.fill(items, col, ind + 4, ind, tail)
         first = self.flat(e.stages[0], Prec.LABEL)
         if got[0].startswith(first + " | "):
-            got = self.fill(items, col, col + len(first) + 1, ind, tail)
+            aligned = self.fill(items, col, col + len(first) + 1, ind, tail)
+            # far right, the '|' under the first one may leave no room: then one indent deeper
+            got = aligned if not self.overflow(aligned, col, tail) or self.budget < 0 else \
+                self._best([aligned, got], col, tail)
         return got
 
     def arms(self, e: ast.IfExp, col: int, cont: int, tail: int) -> Lines:
