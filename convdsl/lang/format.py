@@ -482,11 +482,18 @@ class _Printer:
         tails = {k: len(c.text) + 2 for k, c in comments.items()}
         if tail:
             tails[len(texts) - 1] = tail
-        cont = inner + "| "
+        lines = self._pipe_layout(pipe, texts, first, inner, inner + "| ", comments, tails, own_line)
+        if not own_line and lines[0][len(first):].startswith(texts[0] + " | "):  # '|' under the first one, unless that passes the width more
+            aligned = self._pipe_layout(pipe, texts, first, inner, " " * (len(first) + len(texts[0]) + 1) + "| ",
+                                        comments, tails, own_line)
+            over = [self.breaker.overflow(x, 0, 0) for x in (aligned, lines)]
+            lines = aligned if over[0] <= over[1] else lines
+        return lines
+
+    def _pipe_layout(self, pipe: ast.Pipe, texts: list[str], first: str, inner: str, cont: str, comments: dict,
+                     tails: dict[int, int], own_line: bool) -> list[str]:
+        """The stages of a long pipe in lines, continuation lines starting with ``cont``."""
         groups = _pipe_groups(pipe, texts, comments, tails, len(first), len(cont), self.width)
-        if not own_line and len(groups[0]) > 1:
-            cont = " " * (len(first) + len(texts[0]) + 1) + "| "
-            groups = _pipe_groups(pipe, texts, comments, tails, len(first), len(cont), self.width)
         lines = []
         for k, group in enumerate(groups):
             start = first if k == 0 else cont
