@@ -93,3 +93,13 @@ def test_every_example_is_in_canonical_format():
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["fmt", "--check", str(EXAMPLES / "resnet18.cdl"), str(EXAMPLES / "blocks")])
     assert r.exit_code == 0, r.output
+
+
+def test_every_example_line_is_within_the_width():
+    """Issue 14 item 7: canonical lines are at most 100 columns, comments included; fmt breaks
+    long calls, lists, chains and conditionals inside expressions, so no example needs a longer one."""
+    from convdsl.lang.format import MAX_WIDTH
+
+    long = [f"{p.relative_to(EXAMPLES)}:{n}" for p in sorted(EXAMPLES.glob("**/*.cdl"))
+            for n, line in enumerate(p.read_text().splitlines(), 1) if len(line) > MAX_WIDTH]
+    assert long == []

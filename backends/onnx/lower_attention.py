@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import packed_cross
+from convdsl.ir.ops.attention import mha_names, packed_cross
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -103,22 +103,24 @@ def _mhsa(cx, node, args, ins):
         extra = cx.const(extra)
     if extra is not None:
         bias = extra if bias is None else cx.op("Add", [bias, extra])
-    w = tuple(_rows(cx, "in_proj_weight", i) for i in range(3))
-    b = tuple(_rows(cx, "in_proj_bias", i) for i in range(3))
-    return mha(cx, args[0], ins[0], args[0], ins[0], w, b, cx.param("out_proj.weight"), _opt(cx, "out_proj.bias"),
+    names = mha_names(a)
+    w = tuple(_rows(cx, names.w, i) for i in range(3))
+    b = tuple(_rows(cx, names.b, i) for i in range(3))
+    return mha(cx, args[0], ins[0], args[0], ins[0], w, b, cx.param(names.out_w), _opt(cx, names.out_b),
                heads, a["dim"], a["scale"], bias)
 
 
 def _cross_attention(cx, node, args, ins):
     a = node.attrs
     c, ck = ins[0].shape[2], ins[1].shape[2]
-    if packed_cross(c, ck, a["dim"]):
-        w = tuple(_rows(cx, "in_proj_weight", i) for i in range(3))
+    names = mha_names(a, packed_cross(c, ck, a["dim"]))
+    if names.w is not None:
+        w = tuple(_rows(cx, names.w, i) for i in range(3))
     else:
-        w = (cx.param("q_proj_weight"), cx.param("k_proj_weight"), cx.param("v_proj_weight"))
-    b = tuple(_rows(cx, "in_proj_bias", i) for i in range(3))
+        w = (cx.param(names.q), cx.param(names.k), cx.param(names.v))
+    b = tuple(_rows(cx, names.b, i) for i in range(3))
     bias = _mask_bias(cx, args[2], ins[2], a["heads"]) if len(args) > 2 else None
-    return mha(cx, args[0], ins[0], args[1], ins[1], w, b, cx.param("out_proj.weight"), _opt(cx, "out_proj.bias"),
+    return mha(cx, args[0], ins[0], args[1], ins[1], w, b, cx.param(names.out_w), _opt(cx, names.out_b),
                a["heads"], a["dim"], a["scale"], bias)
 
 
@@ -266,7 +268,8 @@ def _halo_attention(cx, node, args, ins):
     rel_w = cx.op("Transpose", [cx.op("MatMul", [qt, cx.const(rw)])], perm=[0, 1, 2, 4, 3, 5])
     rel = cx.op("Add", [cx.op("Unsqueeze", [rel_h, cx.ints([6])]), cx.op("Unsqueeze", [rel_w, cx.ints([5])])])
     rel = cx.op("Reshape", [rel, cx.ints([0, heads, nh * nw, b * b, win * win])])
-    y = attend(cx, q, k, v, 5, 1.0 / math.sqrt(d), rel)  # [N, heads, blocks, b*b, d]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    y = attend(cx, q, k, v, 5, scale, rel)  # [N, heads, blocks, b*b, d]
     y = cx.op("Reshape", [y, cx.ints([0, heads, nh, nw, b, b, d])])
     y = cx.op("Transpose", [y], perm=[0, 1, 6, 2, 4, 3, 5])
     return cx.op("Reshape", [y, cx.ints([0, dim, h, w])])

@@ -21,12 +21,13 @@ def _options(node: Node, defaults: dict) -> dict:
 
 
 _ATTN_DEFAULTS = {"qkv_bias": True, "proj_bias": True, "dropout": 0.0, "scale": None}
+_MHA_DEFAULTS = {**_ATTN_DEFAULTS, "qkv": None, "proj": "out_proj"}  # mhsa, cross_attention: the Attention helper
 
 
 def _mhsa_module(node: Node, ins: list[TensorType]) -> str:
     a, c = node.attrs, ins[0].shape[2]
     extra = {"dim": a["dim"]} if a["dim"] != c else {}
-    extra.update(_options(node, _ATTN_DEFAULTS))
+    extra.update(_options(node, _MHA_DEFAULTS))
     if a["mask"] == "causal":
         extra["causal"] = True
     if a["rel_pos"]:
@@ -42,7 +43,7 @@ def _cross_module(node: Node, ins: list[TensorType]) -> str:
     a, c = node.attrs, ins[0].shape[2]
     extra = {"dim": a["dim"]} if a["dim"] != c else {}
     extra["context"] = ins[1].shape[2]
-    extra.update(_options(node, _ATTN_DEFAULTS))
+    extra.update(_options(node, _MHA_DEFAULTS))
     return f"Attention({c}, {a['heads']}{keywords(**extra)})"
 
 
@@ -71,6 +72,8 @@ def _halo_module(node: Node, ins: list[TensorType]) -> str:
     extra = {"dim": a["dim"]} if a["dim"] != c else {}
     if a["qkv_bias"]:
         extra["qkv_bias"] = True
+    if a["scale"] is not None:
+        extra["scale"] = a["scale"]
     return f"HaloAttention({c}, {a['heads']}, {a['block_size']}, {a['halo']}{keywords(**extra)})"
 
 

@@ -76,17 +76,25 @@ HELPERS: dict[str, object] = {"Scope": Scope, "LayerNorm2d": LayerNorm2d, "Group
 class Attention(nn.Module):
     """Multi-head attention with torch.nn.MultiheadAttention's parameters: in_proj_weight [3E, C]
     and in_proj_bias [3E] (q_proj_weight/k_proj_weight/v_proj_weight when query, context and E
-    differ), out_proj.  Self-attention when called without a context.  Options: causal masking,
+    differ), out_proj; or a fused Linear named ``qkv`` [3E, C] and an output Linear named
+    ``proj`` (state_dict keys qkv.weight, proj.weight...).  Self-attention when called without a
+    context.  Options: causal masking,
     an additive mask [Lq, Lk] or [N*heads, Lq, Lk] (bool: True = blocked, as in
     nn.MultiheadAttention) and a learned 1-D relative position bias table [2*max_len-1, heads]."""
 
     def __init__(self, channels, heads, dim=None, context=None, qkv_bias=True, proj_bias=True, dropout=0.0,
-                 causal=False, max_len=0, scale=None):
+                 causal=False, max_len=0, scale=None, qkv=None, proj="out_proj"):
         super().__init__()
         dim = dim or channels
         self.heads, self.dropout, self.causal, self.max_len, self.scale = heads, dropout, causal, max_len, scale
         self.packed = context is None or channels == context == dim
-        if self.packed:
+        self.qkv_name, self.proj_name = qkv, proj  # a fused q/k/v Linear's name (None: in_proj_weight)
+        if qkv is not None:
+            setattr(self, qkv, nn.Linear(channels, 3 * dim, bias=qkv_bias))
+            nn.init.xavier_uniform_(getattr(self, qkv).weight)
+            if qkv_bias:
+                nn.init.zeros_(getattr(self, qkv).bias)
+        elif self.packed:
             self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, channels))
             nn.init.xavier_uniform_(self.in_proj_weight)
         else:
@@ -95,27 +103,32 @@ class Attention(nn.Module):
             self.v_proj_weight = nn.Parameter(torch.empty(dim, context))
             for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
                 nn.init.xavier_uniform_(w)
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if qkv_bias else None
-        self.out_proj = nn.Linear(dim, dim, bias=proj_bias)
+        if qkv is None:
+            self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim)) if qkv_bias else None
+        setattr(self, proj, nn.Linear(dim, dim, bias=proj_bias))
         if proj_bias:
-            nn.init.zeros_(self.out_proj.bias)
+            nn.init.zeros_(getattr(self, proj).bias)
         if max_len:
             self.relative_position_bias_table = nn.Parameter(torch.zeros(2 * max_len - 1, heads))
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x, context=None, mask=None):
         kv = x if context is None else context
-        if self.packed:
-            wq, wk, wv = self.in_proj_weight.chunk(3)
+        fused = None if self.qkv_name is None else getattr(self, self.qkv_name)
+        if fused is not None:
+            wq, wk, wv = fused.weight.chunk(3)
+            b = fused.bias
         else:
-            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
-        bq, bk, bv = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
+            wq, wk, wv = self.in_proj_weight.chunk(3) if self.packed else \
+                (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+            b = self.in_proj_bias
+        bq, bk, bv = (None,) * 3 if b is None else b.chunk(3)
         q, k, v = F.linear(x, wq, bq), F.linear(kv, wk, bk), F.linear(kv, wv, bv)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [N, heads, L, d]
         bias = self.logit_bias(q, k, mask)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=self.causal and bias is None, scale=self.scale)
-        return self.out_proj(y.transpose(1, 2).flatten(2))
+        return getattr(self, self.proj_name)(y.transpose(1, 2).flatten(2))
 
     def logit_bias(self, q, k, mask):
         """What is added to the logits [N, heads, Lq, Lk] (broadcast), or None."""
@@ -241,13 +254,13 @@ class ConvAttention(nn.Module):
 class HaloAttention(nn.Module):
     """HaloNet blocked local attention on [N, C, H, W] (the state_dict of timm's HaloAttn): queries in
     block x block tiles attend to the (block + 2*halo)^2 window around their tile, keys and values
-    zero-padded at the border; logits q.k / sqrt(d) + q.height_rel[ky - qy + win - 1] + q.width_rel[kx - qx + win - 1]
+    zero-padded at the border; logits q.k * scale (default 1/sqrt(d)) + q.height_rel[ky - qy + win - 1] + q.width_rel[kx - qx + win - 1]
     (coordinates within the tile and the window).  kv channels are per head [k | v]."""
 
-    def __init__(self, channels, heads, block, halo, dim=None, qkv_bias=False):
+    def __init__(self, channels, heads, block, halo, dim=None, qkv_bias=False, scale=None):
         super().__init__()
         dim = dim or channels
-        self.heads, self.block, self.halo = heads, block, halo
+        self.heads, self.block, self.halo, self.scale = heads, block, halo, scale
         self.q = nn.Conv2d(channels, dim, 1, bias=qkv_bias)
         self.kv = nn.Conv2d(channels, 2 * dim, 1, bias=qkv_bias)
         win = block + 2 * halo
@@ -269,7 +282,7 @@ class HaloAttention(nn.Module):
         rel_h = torch.einsum("...yxd,ykd->...yxk", qb, self.pos_embed.height_rel[offset])  # [..., qy, qx, ky]
         rel_w = torch.einsum("...yxd,xkd->...yxk", qb, self.pos_embed.width_rel[offset])  # [..., qy, qx, kx]
         rel = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, heads, nh * nw, b * b, win * win)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=rel)  # [N, heads, blocks, b*b, d]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=rel, scale=self.scale)  # [N, heads, blocks, b*b, d]
         return y.view(n, heads, nh, nw, b, b, d).permute(0, 1, 6, 2, 4, 3, 5).reshape(n, heads * d, h, w)
 
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import packed_cross
+from convdsl.ir.ops.attention import mha_names, packed_cross
 from convdsl.ir.optable import tuple_n
 
 from convdsl.backends.tvm.common import R, family, relax
@@ -81,9 +81,9 @@ def _rel_bias(table: np.ndarray, lq: int, lk: int, max_len: int) -> np.ndarray:
 def _mhsa(cx, node, args, ins):
     a = node.attrs
     n, length, c = cx.shape(ins[0])
-    heads = a["heads"]
-    wq, wk, wv = _chunks(cx.param("in_proj_weight"))
-    bq, bk, bv = _chunks(_opt(cx, "in_proj_bias"))
+    heads, names = a["heads"], mha_names(a)
+    wq, wk, wv = _chunks(cx.param(names.w))
+    bq, bk, bv = _chunks(_opt(cx, names.b))
     bias = None
     if len(args) > 1:
         bias = _mask_bias(cx, args[1], ins[1], n, heads, length, length)
@@ -94,21 +94,22 @@ def _mhsa(cx, node, args, ins):
         causal = cx.const(np.triu(np.full((length, length), -np.inf), 1))
         bias = causal if bias is None else cx.emit(R.add(bias, causal))
     shapes = (cx.shape(ins[0]), cx.shape(ins[0]))
-    return mha(cx, node, args[0], args[0], shapes, wq, wk, wv, bq, bk, bv, cx.param("out_proj.weight"),
-               _opt(cx, "out_proj.bias"), heads, a["scale"], bias)
+    return mha(cx, node, args[0], args[0], shapes, wq, wk, wv, bq, bk, bv, cx.param(names.out_w),
+               _opt(cx, names.out_b), heads, a["scale"], bias)
 
 
 def _cross_attention(cx, node, args, ins):
     a = node.attrs
     (n, lq, c), (_, lk, ck) = cx.shape(ins[0]), cx.shape(ins[1])
-    if packed_cross(c, ck, a["dim"]):
-        wq, wk, wv = _chunks(cx.param("in_proj_weight"))
+    names = mha_names(a, packed_cross(c, ck, a["dim"]))
+    if names.w is not None:
+        wq, wk, wv = _chunks(cx.param(names.w))
     else:
-        wq, wk, wv = cx.param("q_proj_weight"), cx.param("k_proj_weight"), cx.param("v_proj_weight")
-    bq, bk, bv = _chunks(_opt(cx, "in_proj_bias"))
+        wq, wk, wv = cx.param(names.q), cx.param(names.k), cx.param(names.v)
+    bq, bk, bv = _chunks(_opt(cx, names.b))
     bias = _mask_bias(cx, args[2], ins[2], n, a["heads"], lq, lk) if len(args) > 2 else None
     return mha(cx, node, args[0], args[1], (cx.shape(ins[0]), cx.shape(ins[1])), wq, wk, wv, bq, bk, bv,
-               cx.param("out_proj.weight"), _opt(cx, "out_proj.bias"), a["heads"], a["scale"], bias)
+               cx.param(names.out_w), _opt(cx, names.out_b), a["heads"], a["scale"], bias)
 
 
 # ---- Swin window attention ---------------------------------------------------------------------
@@ -260,7 +261,8 @@ def _halo_attention(cx, node, args, ins):
     rel_w = cx.emit(R.permute_dims(cx.emit(R.matmul(qt, cx.const(rw))), [0, 1, 2, 4, 3, 5]))  # [..., qy, qx, kx]
     rel = cx.emit(R.add(cx.emit(R.expand_dims(rel_h, 6)), cx.emit(R.expand_dims(rel_w, 5))))
     rel = cx.emit(R.reshape(rel, (n, heads, nh * nw, b * b, win * win)))
-    y = attend(cx, q, k, v, 1.0 / math.sqrt(d), rel)  # [N, heads, blocks, b*b, d]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)
+    y = attend(cx, q, k, v, scale, rel)  # [N, heads, blocks, b*b, d]
     y = cx.emit(R.reshape(y, (n, heads, nh, nw, b, b, d)))
     y = cx.emit(R.permute_dims(y, [0, 1, 6, 2, 4, 3, 5]))
     return R.reshape(y, (n, dim, h, w))

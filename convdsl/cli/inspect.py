@@ -61,10 +61,13 @@ def _space_note(space: list[str]) -> str:
 def fmt(files, write, check_only):
     """Print FILES in canonical format (gofmt-style); a folder stands for every .cdl file in it.
 
-    The canonical layout: 4-space indents, lines of at most 100 columns where a break is defined:
-    a long pipe keeps the lines its stages were written on (a line still too long is filled
-    again), continuation lines put their '|' under the first one; a long network, block or def
-    signature wraps its parameters after the '('."""
+    The canonical layout: 4-space indents, lines of at most 100 columns (a trailing comment
+    included) unless a name, number, string or comment is longer.  A long pipe keeps the lines its
+    stages were written on (a line still too long is filled again), continuation lines put their
+    '|' under the first one; a long signature wraps its parameters after the '('; a list assigned
+    to a name gets a row per line; other long lines break inside: call arguments and list items
+    after the bracket (aligned, else one indent deeper, else one per line with a trailing comma),
+    operators at the end of a line, conditionals after 'else'.  See docs/language.md."""
     from pathlib import Path
 
     from convdsl.lang.format import format_source

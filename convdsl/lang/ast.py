@@ -227,6 +227,7 @@ class Assert:
     cond: Expr
     message: str | None
     span: Span | None = _span()
+    message_span: Span | None = _span()  # where the message string is (the formatter keeps line ends)
 
 
 Stmt = Union[Assign, Return, For, Repeat, If, Assert]
@@ -449,7 +450,9 @@ class ASTBuilder(Transformer):
         return (c[0], c[1])
 
     def assert_stmt(self, meta, c):
-        return Assert(c[0], unescape(c[1]) if c[1] is not None else None, self._sp(meta))
+        message = c[1]
+        return Assert(c[0], unescape(message) if message is not None else None, self._sp(meta),
+                      self._tsp(message) if message is not None else None)
 
     # expressions
     def ifexp(self, meta, c):

@@ -6,17 +6,24 @@ layout; ``format_source`` parses then prints.  Two properties are tested:
 
 Layout: 4-space indents, one blank line between top-level items (runs of
 imports or of constants keep the source's choice), at most one blank line
-between statements, minimal parentheses, lines of at most ``MAX_WIDTH`` (100)
-columns where a break is defined:
+between statements, minimal parentheses, and lines of at most ``MAX_WIDTH``
+(100) columns, a trailing comment included when breaking makes room for it.
+Only a name, number, string or comment longer than a line passes the width.
+A line that would pass it breaks where the grammar continues a line:
 
-* a pipe that would pass the width, or whose stages carry comments, gets one
-  ``| stage`` per continuation line, one indent deeper (``block f(c) =`` and
-  ``def f(c) =`` then start the pipe on the next line);
-* a ``network``, ``block`` or ``def`` signature that would pass the width
-  wraps its parameters, as many per line as fit, aligned after the ``(``;
-* a list assigned to a name that would pass the width gets one item per line.
-
-Other long lines (a long call or list) stay long.
+* a pipe: its stages keep the lines the source gave them (``conv | batchnorm |
+  relu`` on a line stays one), a line too long is filled again, continuation
+  lines start with ``|`` under the first one (one indent deeper when the first
+  line holds the first stage only; ``block f(c) =`` and ``def f(c) =`` then
+  start the pipe on the next line); a stage with a comment ends its line;
+* a ``network``, ``block`` or ``def`` signature wraps its parameters, as many
+  per line as fit, aligned after the ``(``;
+* a list assigned to a name gets one item per line (a table);
+* anything else, and a stage or item still too long, breaks inside as
+  ``exprfmt.Breaker`` says: call arguments and list items filled after the
+  bracket (or on a line of their own one indent deeper, or one per line with a
+  trailing comma), operator chains after an operator, conditionals after
+  ``else``, ``return a, b`` and ``assert c, "message"`` after the comma.
 
 Comments come from ``Program.comments`` (line, column, text).  The AST keeps
 where statements start but not where a ``}`` or an ``else`` sits, so comments
@@ -35,178 +42,54 @@ Every comment is printed exactly once and in source order.
 """
 from __future__ import annotations
 
-import math
+import contextlib
+import sys
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Iterator, NamedTuple, Sequence, Union
 
-from convdsl.ir.optable import IDENT, format_number, quote
+from convdsl.ir.optable import quote
 from convdsl.lang import ast
-from convdsl.lang.parser import parse
+from convdsl.lang.exprfmt import Breaker, Prec, Piece, format_expr, pipe_stages
+from convdsl.lang.parser import MAX_DEPTH, parse
 
 INDENT = "    "
 MAX_WIDTH = 100
+_FRAMES_PER_LEVEL = 12  # Python frames the printer and the line breaker take per level of an expression
 
 Node = Union[ast.Item, ast.Stmt]
 
-_CONSTS = {True: "true", False: "false", None: "none"}
 
-
-def format_source(text: str, file: str = "<string>") -> str:
+def format_source(text: str, file: str = "<string>", width: int = MAX_WIDTH) -> str:
     """Parse CDL text and print it in canonical form."""
-    return format_program(parse(text, file))
+    return format_program(parse(text, file), width)
 
 
-def format_program(program: ast.Program) -> str:
-    """Print a program in canonical form, with its comments."""
+def format_program(program: ast.Program, width: int = MAX_WIDTH) -> str:
+    """Print a program in canonical form, with its comments, in lines of at most ``width``
+    columns where a line can break (the canonical form is ``MAX_WIDTH``; tests use others)."""
     notes = _CommentPlacer().place(program)
-    return _Printer(notes).program(program)
+    with _stack_room():
+        return _Printer(notes, width).program(program)
 
 
-# ---- expressions --------------------------------------------------------------
-class Prec(IntEnum):
-    """Binding strength, loosest first (mirrors the grammar's rule chain)."""
-
-    TERNARY = 1
-    OR = 2
-    AND = 3
-    NOT = 4
-    COMPARE = 5
-    PIPE = 6
-    LABEL = 7
-    SUM = 8
-    PRODUCT = 9
-    UNARY = 10
-    POWER = 11
-    POSTFIX = 12
-    ATOM = 13
-
-
-def format_expr(expr: ast.Expr) -> str:
-    """One expression on one line, with the fewest parentheses that parse back to it."""
-    return _fmt(expr)[0]
-
-
-def _wrap(expr: ast.Expr, min_prec: Prec) -> str:
-    """``expr`` as an operand of a place that binds at least ``min_prec``."""
-    text, prec = _fmt(expr)
-    return f"({text})" if prec < min_prec else text
-
-
-def _fmt(e: ast.Expr) -> tuple[str, Prec]:
-    match e:
-        case ast.Name():
-            return e.id, Prec.ATOM
-        case ast.Num():
-            text = _number(e.value)
-            return text, Prec.UNARY if text.startswith("-") else Prec.ATOM  # `-3` parses as a negation
-        case ast.Str():
-            return quote(e.value), Prec.ATOM
-        case ast.Const():
-            return _CONSTS[e.value], Prec.ATOM
-        case ast.ListExpr():
-            return "[" + _join(e.items) + "]", Prec.ATOM
-        case ast.TupleExpr():
-            return "(" + _join(e.items) + ("," if len(e.items) == 1 else "") + ")", Prec.ATOM
-        case ast.Call():
-            args = [format_expr(a) for a in e.args] + [f"{k.name}={format_expr(k.value)}" for k in e.kwargs]
-            return f"{_wrap(e.func, Prec.POSTFIX)}({', '.join(args)})", Prec.POSTFIX
-        case ast.Choice():
-            name = [f"name={quote(e.name)}"] if e.name is not None else []
-            return f"choice({', '.join([format_expr(o) for o in e.options] + name)})", Prec.POSTFIX
-        case ast.Index() if isinstance(e.index, ast.Slice):
-            sl = e.index
-            parts = [format_expr(p) if p is not None else "" for p in (sl.start, sl.stop, sl.step)]
-            text = ":".join(parts) if sl.step is not None else ":".join(parts[:2])
-            return f"{_wrap(e.obj, Prec.POSTFIX)}[{text}]", Prec.POSTFIX
-        case ast.Index():
-            return f"{_wrap(e.obj, Prec.POSTFIX)}[{format_expr(e.index)}]", Prec.POSTFIX
-        case ast.Attribute():
-            # `3.x` would lex as the float `3.` followed by a name
-            obj = f"({format_expr(e.obj)})" if isinstance(e.obj, ast.Num) else _wrap(e.obj, Prec.POSTFIX)
-            return f"{obj}.{e.name}", Prec.POSTFIX
-        case ast.Pow():  # right-associative: the exponent may itself be a power
-            return f"{_wrap(e.base, Prec.POSTFIX)} ** {_wrap(e.exp, Prec.UNARY)}", Prec.POWER
-        case ast.Neg():
-            return "-" + _wrap(e.operand, Prec.UNARY), Prec.UNARY
-        case ast.Not():
-            return "not " + _wrap(e.operand, Prec.NOT), Prec.NOT
-        case ast.Arith():
-            prec = Prec.SUM if all(op in ("+", "-") for op, _ in e.rest) else Prec.PRODUCT
-            return _chain(e.first, e.rest, prec), prec
-        case ast.Compare():
-            return _chain(e.first, e.rest, Prec.COMPARE), Prec.COMPARE
-        case ast.BoolOp():
-            prec = Prec.OR if e.op == "or" else Prec.AND
-            return f" {e.op} ".join(_wrap(v, Prec(prec + 1)) for v in e.values), prec
-        case ast.IfExp():
-            text = f"{_wrap(e.then, Prec.OR)} if {_wrap(e.cond, Prec.OR)} else {_wrap(e.orelse, Prec.TERNARY)}"
-            return text, Prec.TERNARY
-        case ast.Pipe():
-            return " | ".join(_pipe_stages(e)), Prec.PIPE
-        case ast.Labeled():
-            return f"{_wrap(e.expr, Prec.SUM)} as {format_label(e.label)}", Prec.LABEL
-    raise TypeError(f"not a CDL expression: {e!r}")
-
-
-def _prec(e: ast.Arith) -> Prec:
-    return Prec.SUM if all(op in ("+", "-") for op, _ in e.rest) else Prec.PRODUCT
-
-
-def _chain(first: ast.Expr, rest: list[tuple[str, ast.Expr]], prec: Prec) -> str:
-    """A flat left-to-right chain; an operand of the same level keeps its
-    parentheses, since without them it would merge into this chain."""
-    return " ".join([_wrap(first, Prec(prec + 1))] + [f"{op} {_wrap(x, Prec(prec + 1))}" for op, x in rest])
-
-
-def _join(items: list[ast.Expr]) -> str:
-    return ", ".join(format_expr(i) for i in items)
-
-
-def _pipe_stages(pipe: ast.Pipe) -> list[str]:
-    return [_wrap(s, Prec.LABEL) for s in pipe.stages]
-
-
-def _pipe_groups(pipe: ast.Pipe, texts: list[str], comments: dict, first: int, cont: int) -> list[list[int]]:
-    """The stages of a long pipe, line by line: the lines the source gave them (a line of
-    conv | batchnorm | relu stays one), a stage with a comment ending its line, and a line that
-    would pass ``MAX_WIDTH`` filled greedily instead.  ``first`` and ``cont`` are the columns
-    the first and the continuation lines start at."""
-    groups: list[list[int]] = [[0]]
-    for k in range(1, len(texts)):
-        new_line = _pos(pipe.stages[k])[0] > _end_line(pipe.stages[k - 1]) or (k - 1) in comments
-        if new_line:
-            groups.append([k])
-        else:
-            groups[-1].append(k)
-    out: list[list[int]] = []
-    for group in groups:
-        cur: list[int] = []
-        for i in group:
-            start = first if not out else cont
-            width = start + len(" | ".join(texts[j] for j in [*cur, i]))
-            if cur and width > MAX_WIDTH:
-                out.append(cur)
-                cur = []
-            cur.append(i)
-        out.append(cur)
-    return out
-
-
-def _number(value: int | float) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        raise ValueError("NaN has no CDL literal")
-    return format_number(value)
-
-
-def format_label(label: ast.Label) -> str:
-    """``conv1``, or ``"layer{i + 1}.{j}"`` rebuilt from the parts.  A label
-    written quoted stays quoted: ``Label.quoted`` takes part in equality."""
-    plain = len(label.parts) == 1 and isinstance(label.parts[0], str) and IDENT.match(label.parts[0])
-    if plain and not label.quoted:
-        return label.parts[0]
-    return quote("".join(p if isinstance(p, str) else "{" + format_expr(p) + "}" for p in label.parts))
+@contextlib.contextmanager
+def _stack_room() -> Iterator[None]:
+    """Room for breaking an expression nested as deep as the parser allows (``MAX_DEPTH``
+    levels, a few Python frames each).  Python-to-Python calls use no C stack since 3.11, so a
+    higher recursion limit costs heap only."""
+    old = sys.getrecursionlimit()
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    need = depth + 100 + _FRAMES_PER_LEVEL * MAX_DEPTH
+    if need > old:
+        sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if need > old:
+            sys.setrecursionlimit(old)
 
 
 # ---- where each comment goes --------------------------------------------------
@@ -226,6 +109,12 @@ class Notes:
     header: dict[int, Comment] = field(default_factory=dict)  # end of the `{` line opening a body
     closing: dict[int, list[Comment]] = field(default_factory=dict)  # own lines before a body's `}`
     end: list[Comment] = field(default_factory=list)  # after the last item
+
+
+class _At(NamedTuple):
+    """A place in the source that is not a node of its own (an assert's message)."""
+
+    span: object
 
 
 def _pos(node: object) -> tuple[int, int]:
@@ -249,7 +138,7 @@ def _head_nodes(node: Node) -> list[object]:
         case ast.Return():
             return list(node.values)
         case ast.Assert():
-            return [node.cond]
+            return [node.cond, _At(node.message_span)]
         case ast.For():
             return [node.iter]
         case ast.Repeat():
@@ -418,8 +307,10 @@ def _first_at_or_after(comments: list[Comment], body: list[ast.Stmt]) -> int:
 
 # ---- statements and items -----------------------------------------------------
 class _Printer:
-    def __init__(self, notes: Notes) -> None:
+    def __init__(self, notes: Notes, width: int) -> None:
         self.notes = notes
+        self.width = width
+        self.breaker = Breaker(width)
 
     def program(self, program: ast.Program) -> str:
         lines: list[str] = []
@@ -461,112 +352,163 @@ class _Printer:
         return lines + self._comments(self.notes.closing.get(id(stmts), []), indent, prev_end)
 
     def _braced(self, head: str, body: list[ast.Stmt], indent: str) -> list[str]:
-        """``head {`` + body; the caller adds the closing line."""
-        return [self._with_comment(f"{indent}{head} {{", self.notes.header.get(id(body)))] + \
+        """``head {`` + body; the caller adds the closing line.  A head of several lines (a
+        wrapped signature or condition) carries the indents of its later lines."""
+        *first, last = f"{indent}{head} {{".split("\n")
+        return first + [self._with_comment(last, self.notes.header.get(id(body)))] + \
             self._body(body, indent + INDENT)
+
+    def _header(self, indent: str, keyword: str, expr: ast.Expr, body: list[ast.Stmt]) -> str:
+        """``keyword expr``, the expression broken when the line (with `` {`` and a comment on
+        it) would pass the width."""
+        comment = self.notes.header.get(id(body))
+        start = len(indent + keyword) + 1
+        self.breaker.budget = Breaker.BUDGET
+        lines = self._fitted(lambda tail: self.breaker.lines(expr, start, len(indent), tail + 2), start,
+                             len(comment.text) + 2 if comment is not None else 0)
+        return "\n".join([f"{keyword} {lines[0]}", *lines[1:]])
+
+    def _fitted(self, layout, col: int, comment: int) -> list[str]:
+        """``layout(tail)`` leaving room for a trailing comment of ``comment`` columns, when that
+        room makes the lines fit; else as if there were no comment (it would not fit anyway)."""
+        lines = layout(comment)
+        if comment and self.breaker.overflow(lines, col, comment):
+            lines = layout(0)
+        return lines
 
     def _node(self, node: Node, indent: str) -> list[str]:
         if _bodies(node):
             return self._compound(node, indent)
-        lines = self._simple(node, indent)
-        lines[-1] = self._with_comment(lines[-1], self.notes.trailing.get(id(node)))
+        comment = self.notes.trailing.get(id(node))
+        self.breaker.budget = Breaker.BUDGET
+        lines = self._fitted(lambda tail: self._simple(node, indent, tail), 0,
+                             len(comment.text) + 2 if comment is not None else 0)
+        lines[-1] = self._with_comment(lines[-1], comment)
         return lines
 
-    def _simple(self, node: Node, indent: str) -> list[str]:
+    def _simple(self, node: Node, indent: str, tail: int) -> list[str]:
+        """A simple statement in lines; ``tail``: columns a comment takes after the last one."""
         match node:
             case ast.Import():
                 alias = f" as {node.alias}" if node.alias is not None else ""
                 return [f"{indent}import {quote(node.path)}{alias}"]
             case ast.ConstDef():
-                return self._valued(node, indent, f"{node.name} = ", node.value)
+                return self._valued(node, indent, f"{node.name} = ", node.value, tail)
             case ast.FuncDef():
-                return self._valued(node, indent, _signature(indent, f"def {node.name}", node.params, " = "), node.body)
+                return self._valued(node, indent, self._signature(indent, f"def {node.name}", node.params, " = "),
+                                    node.body, tail)
             case ast.BlockDef():
-                return self._valued(node, indent, _signature(indent, f"block {node.name}", node.params, " = "),
-                                    node.body)
+                return self._valued(node, indent, self._signature(indent, f"block {node.name}", node.params, " = "),
+                                    node.body, tail)
             case ast.Assign() if node.index is not None:
-                return self._valued(node, indent, f"{node.targets[0]}[{format_expr(node.index)}] = ", node.value)
+                return self._valued(node, indent, f"{node.targets[0]}[{format_expr(node.index)}] = ", node.value,
+                                    tail)
             case ast.Assign():
-                return self._valued(node, indent, f"{', '.join(node.targets)} = ", node.value)
+                return self._valued(node, indent, f"{', '.join(node.targets)} = ", node.value, tail)
             case ast.Return() if len(node.values) == 1:
-                return self._valued(node, indent, "return ", node.values[0])
+                return self._valued(node, indent, "return ", node.values[0], tail)
             case ast.Return():
-                return [f"{indent}return {_join(node.values)}"]
+                return self._listed(indent, "return ", [Piece(", ", ",", "", "", v) for v in node.values], tail)
             case ast.Assert():
-                message = f", {quote(node.message)}" if node.message is not None else ""
-                return [f"{indent}assert {format_expr(node.cond)}{message}"]
+                message = [Piece(", ", ",", "", quote(node.message), None)] if node.message is not None else []
+                return self._listed(indent, "assert ", [Piece("", "", "", "", node.cond), *message], tail)
         raise TypeError(f"not a CDL statement: {node!r}")
 
     def _compound(self, node: Node, indent: str) -> list[str]:
         match node:
             case ast.BlockDef():
-                head = _signature(indent, f"block {node.name}", node.params, f"({', '.join(node.inputs or [])}) {{")
+                head = self._signature(indent, f"block {node.name}", node.params,
+                                       f"({', '.join(node.inputs or [])}) {{")
                 lines = self._braced(head[:-2], node.body, indent)
             case ast.NetworkDef():
-                head = _signature(indent, f"network {node.name}", node.params, " {")
+                head = self._signature(indent, f"network {node.name}", node.params, " {")
                 lines = self._braced(head[:-2], node.body, indent)
             case ast.For():
-                lines = self._braced(f"for {', '.join(node.targets)} in {format_expr(node.iter)}", node.body, indent)
+                head = self._header(indent, f"for {', '.join(node.targets)} in", node.iter, node.body)
+                lines = self._braced(head, node.body, indent)
             case ast.Repeat():
-                lines = self._braced(f"repeat {format_expr(node.count)}", node.body, indent)
+                lines = self._braced(self._header(indent, "repeat", node.count, node.body), node.body, indent)
             case ast.If():
                 lines = []
                 for j, (cond, body) in enumerate(node.branches):
-                    lines += self._braced(f"{'} elif' if j else 'if'} {format_expr(cond)}", body, indent)
+                    lines += self._braced(self._header(indent, "} elif" if j else "if", cond, body), body, indent)
                 if node.orelse is not None:
                     lines += self._braced("} else", node.orelse, indent)
             case _:
                 raise TypeError(f"not a CDL statement: {node!r}")
         return lines + [indent + "}"]
 
-    def _valued(self, node: Node, indent: str, prefix: str, value: ast.Expr) -> list[str]:
-        """``prefix`` + ``value``.  A pipe that is too long, or whose stages
-        carry comments, gets one stage per continuation line; a block or def
-        then starts its pipe on a line of its own."""
+    def _valued(self, node: Node, indent: str, prefix: str, value: ast.Expr, tail: int) -> list[str]:
+        """``prefix`` + ``value``, broken as the module docstring says when it would pass the width
+        (``tail``: columns a trailing comment takes).  A pipe whose stages carry comments gets one
+        stage per continuation line; a block or def starts a broken pipe or conditional on a line
+        of its own."""
         *head, last = (indent + prefix).split("\n")  # a wrapped signature: its lines carry their indents
-        line = last + format_expr(value)
         comments = self.notes.stages.get(id(node), {})
-        if isinstance(value, ast.ListExpr) and len(line) > MAX_WIDTH and value.items:  # a table: a row per line
-            return head + [last + "["] + [indent + INDENT + format_expr(item) + "," for item in value.items] + \
-                [indent + "]"]
-        inner = indent + INDENT
-        if isinstance(value, ast.IfExp) and len(line) > MAX_WIDTH:
-            # a if c else b if d else e: one "value if condition else" per line
-            arms, rest = [], value
-            while isinstance(rest, ast.IfExp):
-                arms.append(f"{_wrap(rest.then, Prec.OR)} if {_wrap(rest.cond, Prec.OR)} else")
-                rest = rest.orelse
-            arms.append(_wrap(rest, Prec.TERNARY))
-            if isinstance(node, (ast.BlockDef, ast.FuncDef)):
-                return head + [last.rstrip()] + [inner + arm for arm in arms]
-            return head + [last + arms[0]] + [inner + arm for arm in arms[1:]]
-        if (isinstance(value, ast.Arith) and isinstance(value.rest[-1][1], ast.Pipe) and len(line) > MAX_WIDTH
-                and not isinstance(node, (ast.BlockDef, ast.FuncDef))):
-            # x + (x | a | b ...): the parenthesized pipe breaks like a pipe of its own
-            op, pipe = value.rest[-1]
-            before = _chain(value.first, value.rest[:-1], _prec(value)) if value.rest[:-1] else \
-                _wrap(value.first, Prec(_prec(value) + 1))
-            lines = self._pipe_lines(pipe, f"{last}{before} {op} (", inner, {})
-            return head + lines[:-1] + [lines[-1] + ")"]
-        if not isinstance(value, ast.Pipe) or (len(line) <= MAX_WIDTH and not comments):
+        line = last + format_expr(value)
+        if len(line) + tail <= self.width and not (comments and isinstance(value, ast.Pipe)):
             return head + [line]
-        if isinstance(node, (ast.BlockDef, ast.FuncDef)):  # the pipe starts on a line of its own
-            return head + [last.rstrip()] + self._pipe_lines(value, inner, inner, comments, own_line=True)
-        return head + self._pipe_lines(value, last, inner, comments)
+        inner = indent + INDENT
+        own_line = isinstance(node, (ast.BlockDef, ast.FuncDef))
+        if isinstance(value, ast.ListExpr) and value.items:  # a table: a row per line
+            rows: list[str] = []
+            for item in value.items:
+                got = self.breaker.lines(item, len(inner), len(inner), 1)
+                rows += [inner + got[0], *got[1:]]
+                rows[-1] += ","
+            return head + [last + "["] + rows + [indent + "]"]
+        if isinstance(value, ast.Pipe) and own_line:
+            return head + [last.rstrip()] + self._pipe_lines(value, inner, inner, comments, tail, own_line=True)
+        if isinstance(value, ast.Pipe):
+            return head + self._pipe_lines(value, last, inner, comments, tail)
+        if isinstance(value, ast.IfExp) and own_line:
+            got = self.breaker.arms(value, len(inner), len(inner), tail)
+            return head + [last.rstrip(), inner + got[0], *got[1:]]
+        got = self.breaker.lines(value, len(last), len(indent), tail)
+        return head + [last + got[0], *got[1:]]
 
-    def _pipe_lines(self, pipe: ast.Pipe, first: str, inner: str, comments: dict, own_line: bool = False) -> list[str]:
+    def _listed(self, indent: str, keyword: str, items: list[Piece], tail: int) -> list[str]:
+        """``return a, b`` and ``assert c, "message"``: the items filled after the keyword."""
+        start = len(indent + keyword)
+        got = self.breaker.fill(items, start, start, len(indent), tail)
+        return [indent + keyword + got[0], *got[1:]]
+
+    def _pipe_lines(self, pipe: ast.Pipe, first: str, inner: str, comments: dict, tail: int = 0,
+                    own_line: bool = False) -> list[str]:
         """A long pipe from ``first`` on: continuation lines put their '|' under the first one, or
         one indent deeper (``inner``) when the first line holds only the first stage or the pipe
-        has ``own_line``."""
-        texts = _pipe_stages(pipe)
-        cont = inner + "| "
-        if not own_line and len(_pipe_groups(pipe, texts, comments, len(first), len(cont))[0]) > 1:
-            cont = " " * (len(first) + len(texts[0]) + 1) + "| "
-        lines = []
-        for k, group in enumerate(_pipe_groups(pipe, texts, comments, len(first), len(cont))):
-            text = (first if k == 0 else cont) + " | ".join(texts[i] for i in group)
-            lines.append(self._with_comment(text, comments.get(group[-1])))
+        has ``own_line``.  A stage too long for a line of its own is broken inside."""
+        texts = pipe_stages(pipe)
+        tails = {k: len(c.text) + 2 for k, c in comments.items()}
+        if tail:
+            tails[len(texts) - 1] = tail
+        lines = self._pipe_layout(pipe, texts, first, inner, inner + "| ", comments, tails, own_line)
+        if not own_line and lines[0][len(first):].startswith(texts[0] + " | "):  # '|' under the first one, unless that passes the width more
+            aligned = self._pipe_layout(pipe, texts, first, inner, " " * (len(first) + len(texts[0]) + 1) + "| ",
+                                        comments, tails, own_line)
+            over = [self.breaker.overflow(x, 0, 0) for x in (aligned, lines)]
+            lines = aligned if over[0] <= over[1] else lines
         return lines
+
+    def _pipe_layout(self, pipe: ast.Pipe, texts: list[str], first: str, inner: str, cont: str, comments: dict,
+                     tails: dict[int, int], own_line: bool) -> list[str]:
+        """The stages of a long pipe in lines, continuation lines starting with ``cont``."""
+        groups = _pipe_groups(pipe, texts, comments, tails, len(first), len(cont), self.width)
+        lines = []
+        for k, group in enumerate(groups):
+            start = first if k == 0 else cont
+            block = [start + " | ".join(texts[i] for i in group)]
+            if len(group) == 1 and len(block[0]) + tails.get(group[0], 0) > self.width:
+                # a broken stage closes its brackets under the line's start: the statement, or the '|'
+                ind = len(start) - 2 if k else len(inner) if own_line else len(inner) - len(INDENT)
+                got = self.breaker.lines(pipe.stages[group[0]], len(start), ind, tails.get(group[0], 0), Prec.LABEL)
+                block = [start + got[0], *got[1:]]
+            block[-1] = self._with_comment(block[-1], comments.get(group[-1]))
+            lines += block
+        return lines
+
+    def _signature(self, indent: str, name: str, params: list[ast.Param | ast.InputParam], tail: str) -> str:
+        return _signature(indent, name, params, tail, self.width)
 
     @staticmethod
     def _with_comment(line: str, comment: Comment | None) -> str:
@@ -590,6 +532,33 @@ class _Printer:
         return end + 1
 
 
+def _pipe_groups(pipe: ast.Pipe, texts: list[str], comments: dict, tails: dict[int, int], first: int, cont: int,
+                 width: int) -> list[list[int]]:
+    """The stages of a long pipe, line by line: the lines the source gave them (a line of
+    conv | batchnorm | relu stays one), a stage with a comment ending its line, and a line that
+    would pass ``width`` filled greedily instead.  ``first`` and ``cont`` are the columns
+    the first and the continuation lines start at; ``tails[k]``: columns of a comment after stage k."""
+    groups: list[list[int]] = [[0]]
+    for k in range(1, len(texts)):
+        new_line = _pos(pipe.stages[k])[0] > _end_line(pipe.stages[k - 1]) or (k - 1) in comments
+        if new_line:
+            groups.append([k])
+        else:
+            groups[-1].append(k)
+    out: list[list[int]] = []
+    for group in groups:
+        cur: list[int] = []
+        for i in group:
+            start = first if not out else cont
+            end = start + len(" | ".join(texts[j] for j in [*cur, i])) + tails.get(i, 0)
+            if cur and end > width:
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        out.append(cur)
+    return out
+
+
 def _gap(prev_end: int | None, line: int) -> bool:
     """Did the source have a blank line between ``prev_end`` and ``line``?"""
     return prev_end is not None and line > prev_end + 1
@@ -600,19 +569,19 @@ def _same_run(prev: Node, item: Node) -> bool:
     return type(prev) is type(item) and isinstance(item, (ast.Import, ast.ConstDef))
 
 
-def _signature(indent: str, name: str, params: list[ast.Param | ast.InputParam], tail: str) -> str:
-    """``name(params)tail``, its parameters wrapped when the line would pass ``MAX_WIDTH``: as many
+def _signature(indent: str, name: str, params: list[ast.Param | ast.InputParam], tail: str, width: int) -> str:
+    """``name(params)tail``, its parameters wrapped when the line would pass ``width``: as many
     per line as fit, continuation lines aligned after the ``(`` (the indent of the first line is
     the caller's; later lines carry theirs)."""
     one = f"{name}({_params(params)}){tail}"
-    if len(indent + one) <= MAX_WIDTH or len(params) < 2:
+    if len(indent + one) <= width or len(params) < 2:
         return one
     parts = [_param(p) for p in params]
     align = " " * (len(indent) + len(name) + 1)
     lines, cur = [], f"{name}({parts[0]}"
     for k, part in enumerate(parts[1:], 1):
         end = f"){tail}" if k == len(parts) - 1 else ","
-        if len((indent if not lines else "") + cur + ", " + part + end) <= MAX_WIDTH:
+        if len((indent if not lines else "") + cur + ", " + part + end) <= width:
             cur += ", " + part
         else:
             lines.append(cur + ",")

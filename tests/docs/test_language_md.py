@@ -10,6 +10,7 @@ import pytest
 
 from convdsl.ir.types import TensorType
 from convdsl.lang.elaborate import elaborate
+from convdsl.lang.format import MAX_WIDTH, format_source
 from convdsl.lang.parser import parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +61,18 @@ def test_symbolic_sizes_as_values_as_documented():
     g = elaborate(_program("network window_net"), AS_FILE)
     assert g.node("win.attn").types[0] == TensorType(("4*N", 16, 16))
     assert g.output_types()[0] == TensorType(("N", 1024))
+
+
+def test_canonical_layout_example_is_canonical():
+    """Issue 14 item 7: the layout section shows what `convdsl fmt` prints, within the width."""
+    text = _program("network layout")
+    assert format_source(text) == text
+    assert max(len(line) for line in text.splitlines()) <= MAX_WIDTH
+    assert '           "height and width must be multiples of 8"' in text  # an assert breaks after its ','
+
+
+def test_attention_projection_names_as_documented():
+    """Issue 14 item 3: mhsa(qkv=, proj=) names the projections as the comment beside it says."""
+    g = elaborate(_program("network vit_attention"), AS_FILE)
+    assert g.params.specs["blocks.0.attn.qkv.weight"].shape == (576, 192)
+    assert {"blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias"} <= set(g.params.specs)

@@ -111,12 +111,12 @@ def zeroed(graph: Graph, masks, deps: Dependencies | None = None) -> Graph:
                 zero("weight", pos)
                 zero("bias", pos)
             elif m.role == "heads":  # a head's output is softmax(qk) @ v: zero v
-                dim = node.attrs["dim"]
-                zero("in_proj_weight", 2 * dim + pos)
-                zero("in_proj_bias", 2 * dim + pos)
+                dim, qkv = node.attrs["dim"], node.attrs["qkv"]  # qkv=: a fused Linear of that name
+                zero("in_proj_weight" if qkv is None else f"{qkv}.weight", 2 * dim + pos)
+                zero("in_proj_bias" if qkv is None else f"{qkv}.bias", 2 * dim + pos)
             elif node.op == "mhsa":
-                zero("out_proj.weight", pos)
-                zero("out_proj.bias", pos)
+                zero(f"{node.attrs['proj']}.weight", pos)
+                zero(f"{node.attrs['proj']}.bias", pos)
             else:
                 zero("weight", pos)
                 zero("bias", pos)
@@ -251,6 +251,16 @@ def test_mhsa_in_a_residual_stream_prunes_columns_heads_and_outputs():
     small = assert_prunes_like_zeroing(g, masks)
     assert small.node("attn").attrs["heads"] == 2
     assert small.node("attn_proj").attrs["out"] == small.node("inp").attrs["out"] == 21
+
+
+def test_mhsa_with_projection_names_prunes_like_masking():
+    """Issue 14 item 3: timm's names (qkv=, proj=) take part in pruning as MultiheadAttention's do."""
+    g = prog(ATTN.replace("mhsa(heads=4)", 'mhsa(heads=4, qkv="qkv", proj="proj")'))
+    assert {"attn.qkv.weight", "attn.proj.weight"} <= set(g.params.specs)
+    masks = {"inp": [i for i in range(32) if i % 3], "attn.heads": [1, 3]}
+    small = assert_prunes_like_zeroing(g, masks)
+    assert small.node("attn").attrs["heads"] == 2
+    assert small.params["attn.qkv.weight"].shape == (48, 21)
 
 
 def test_layernorm_stream_pruning_runs():

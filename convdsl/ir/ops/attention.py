@@ -6,7 +6,9 @@ attention take [N, C, H, W]).  Parameter names follow the PyTorch module each
 op is checked against, so those state_dicts load with no or a trivial renaming:
 
 - mhsa / cross_attention: ``torch.nn.MultiheadAttention`` (in_proj_weight,
-  in_proj_bias, out_proj.*; q/k/v_proj_weight when the widths differ)
+  in_proj_bias, out_proj.*; q/k/v_proj_weight when the widths differ); ``qkv=``
+  and ``proj=`` rename the projections (``qkv="qkv", proj="proj"``: timm's
+  ViT ``Attention``, a fused ``qkv`` Linear), see ``mha_names``
 - window_attention: ``torchvision.models.swin_transformer.ShiftedWindowAttention``
 - conv_attention: the CvT reference (conv_proj_q.conv/bn, proj_q, ..., proj)
 - halo_attention: timm's HaloAttn (q, kv, pos_embed.height_rel/width_rel)
@@ -22,11 +24,12 @@ from __future__ import annotations
 
 import keyword
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from convdsl.errors import CDLTypeError, ShapeError, did_you_mean
-from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
+from convdsl.ir.domains import NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE, POSITIVE_REAL, PROBABILITY
 from convdsl.ir.optable import (PRUNE_RULE, Attr, Cost, Init, OpDef, OutChannels, ParamSpec, Symbol, expect_rank,
                                 io_workspace, keep_channels, nbytes, on_axis, opaque, tuple_n, work_bytes, zero_cost)
 from convdsl.ir.types import TensorType, bind_dim, dim_add, dim_floordiv, dim_mul
@@ -150,7 +153,36 @@ _HEADS = Attr("heads", "int", doc="number of attention heads; must divide the wi
 _QKV_BIAS = Attr("qkv_bias", "bool", True, doc="bias on the q/k/v projections")
 _PROJ_BIAS = Attr("proj_bias", "bool", True, doc="bias on the output projection")
 _DROPOUT = Attr("dropout", "float", 0.0, doc="dropout on the attention weights while training", domain=PROBABILITY)
-_SCALE = Attr("scale", "float", None, doc="logit scale (default 1/sqrt(head width))")
+_SCALE = Attr("scale", "float", None, doc="logit scale (default 1/sqrt(head width))", domain=POSITIVE_REAL)
+_MHA_QKV = Attr("qkv", "str", None, doc="name of a fused q/k/v Linear (<qkv>.weight, <qkv>.bias), e.g. \"qkv\" "
+                "for timm's ViT; default: torch.nn.MultiheadAttention's in_proj_weight, in_proj_bias")
+_MHA_PROJ = Attr("proj", "str", "out_proj", doc="name of the output projection (<proj>.weight, <proj>.bias)")
+
+
+class MhaNames(NamedTuple):
+    """Parameter names of a multi-head attention's projections: the fused q/k/v weight and bias
+    (``w`` is None when q, k and v have separate weights ``q``, ``k``, ``v``), the output's."""
+
+    w: str | None
+    b: str
+    q: str | None
+    k: str | None
+    v: str | None
+    out_w: str
+    out_b: str
+
+
+def mha_names(attrs: dict, packed: bool = True) -> MhaNames:
+    """The names mhsa's and cross_attention's parameters take: torch.nn.MultiheadAttention's by
+    default, ``<qkv>.weight``/``<qkv>.bias`` and ``<proj>.weight``/``<proj>.bias`` when named.
+    Every backend and pass reads them from here."""
+    qkv, proj = attrs.get("qkv"), attrs.get("proj") or "out_proj"
+    out = (f"{proj}.weight", f"{proj}.bias")
+    if qkv is not None:
+        return MhaNames(f"{qkv}.weight", f"{qkv}.bias", None, None, None, *out)
+    if packed:
+        return MhaNames("in_proj_weight", "in_proj_bias", None, None, None, *out)
+    return MhaNames(None, "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight", *out)
 
 
 # ---- mhsa ---------------------------------------------------------------------------------
@@ -184,6 +216,7 @@ def _mhsa_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     _mask_kind("mhsa", attrs)
     _check_dropout("mhsa", attrs, "dropout")
     _check_scale("mhsa", attrs)
+    _check_projection_names("mhsa", attrs, "qkv", "proj")
     L = x.shape[1]
     if attrs["rel_pos"]:
         ml = attrs["max_len"]
@@ -201,12 +234,13 @@ def _mhsa_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 def _mhsa_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
     c, dim, heads = ins[0].shape[2], attrs["dim"], attrs["heads"]
-    p = {"in_proj_weight": ParamSpec((3 * dim, c), xavier(3 * dim, c))}
+    names = mha_names(attrs)
+    p = {names.w: ParamSpec((3 * dim, c), xavier(3 * dim, c))}
     if attrs["qkv_bias"]:
-        p["in_proj_bias"] = ParamSpec((3 * dim,), Init("zeros"))
-    p["out_proj.weight"] = ParamSpec((dim, dim), linear_init(dim))
+        p[names.b] = ParamSpec((3 * dim,), Init("zeros"))
+    p[names.out_w] = ParamSpec((dim, dim), linear_init(dim))
     if attrs["proj_bias"]:
-        p["out_proj.bias"] = ParamSpec((dim,), Init("zeros"))
+        p[names.out_b] = ParamSpec((dim,), Init("zeros"))
     if attrs["rel_pos"]:
         p["relative_position_bias_table"] = ParamSpec((2 * attrs["max_len"] - 1, heads), Init("trunc_normal", (0.02,)))
     return p
@@ -245,13 +279,14 @@ MHSA = OpDef(
         Attr("rel_pos", "bool", False, doc="learned relative position bias per head (T5/Swin-style, 1-D)"),
         Attr("max_len", "int", None, doc="longest sequence the relative position table covers (default L)",
              domain=POSITIVE),
-        _SCALE,
+        _SCALE, _MHA_QKV, _MHA_PROJ,
     ),
     infer=_mhsa_infer, params=_mhsa_params, cost=_mhsa_cost, normalize=_mhsa_normalize, inputs=(1, 2),
     workspace=_mhsa_workspace,
     input_names=("x", "mask"),
     doc="multi-head self-attention over tokens [N, L, C] with a fused q/k/v projection "
-        "(torch.nn.MultiheadAttention's parameters; scaled_dot_product_attention). An optional second "
+        "(torch.nn.MultiheadAttention's parameters, or named by qkv=/proj=: qkv=\"qkv\", proj=\"proj\" "
+        "loads timm's ViT Attention; scaled_dot_product_attention). An optional second "
         "input is an additive mask [L, L] or [N*heads, L, L] (bool: True = blocked).",
     example="mhsa(heads=8)",
     shape_rule="[N, L, C] -> [N, L, dim]; heads divides dim",
@@ -284,6 +319,11 @@ def _cross_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     check_heads("cross_attention", dim, attrs["heads"], "channels" if dim == x.shape[2] else "attention channels (dim)")
     _check_dropout("cross_attention", attrs, "dropout")
     _check_scale("cross_attention", attrs)
+    _check_projection_names("cross_attention", attrs, "qkv", "proj")
+    if attrs["qkv"] is not None and not packed_cross(x.shape[2], ctx.shape[2], dim):
+        raise ShapeError("cross_attention: one fused q/k/v projection needs queries, context and dim of one width",
+                         got=f"{x.shape[2]}, {ctx.shape[2]} and dim={dim}",
+                         hint="leave out qkv= for separate q_proj_weight, k_proj_weight, v_proj_weight")
     if len(ins) > 2:
         _check_mask("cross_attention", ins[2], x, x.shape[1], ctx.shape[1], attrs["heads"])
     return [x.with_shape((x.shape[0], x.shape[1], dim))]
@@ -291,17 +331,18 @@ def _cross_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
 
 def _cross_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
     c, ck, dim = ins[0].shape[2], ins[1].shape[2], attrs["dim"]
-    if packed_cross(c, ck, dim):
-        p = {"in_proj_weight": ParamSpec((3 * dim, c), xavier(3 * dim, c))}
+    names = mha_names(attrs, packed_cross(c, ck, dim))
+    if names.w is not None:
+        p = {names.w: ParamSpec((3 * dim, c), xavier(3 * dim, c))}
     else:
-        p = {"q_proj_weight": ParamSpec((dim, c), xavier(dim, c)),
-             "k_proj_weight": ParamSpec((dim, ck), xavier(dim, ck)),
-             "v_proj_weight": ParamSpec((dim, ck), xavier(dim, ck))}
+        p = {names.q: ParamSpec((dim, c), xavier(dim, c)),
+             names.k: ParamSpec((dim, ck), xavier(dim, ck)),
+             names.v: ParamSpec((dim, ck), xavier(dim, ck))}
     if attrs["qkv_bias"]:
-        p["in_proj_bias"] = ParamSpec((3 * dim,), Init("zeros"))
-    p["out_proj.weight"] = ParamSpec((dim, dim), linear_init(dim))
+        p[names.b] = ParamSpec((3 * dim,), Init("zeros"))
+    p[names.out_w] = ParamSpec((dim, dim), linear_init(dim))
     if attrs["proj_bias"]:
-        p["out_proj.bias"] = ParamSpec((dim,), Init("zeros"))
+        p[names.out_b] = ParamSpec((dim,), Init("zeros"))
     return p
 
 
@@ -325,12 +366,13 @@ def _cross_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType])
 CROSS = OpDef(
     name="cross_attention", group="attention",
     attrs=(_HEADS, Attr("dim", "int", None, doc="attention/output width (default: query channels)", domain=POSITIVE),
-           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE),
+           _QKV_BIAS, _PROJ_BIAS, _DROPOUT, _SCALE, _MHA_QKV, _MHA_PROJ),
     infer=_cross_infer, params=_cross_params, cost=_cross_cost, normalize=_cross_normalize, inputs=(2, 3),
     workspace=_cross_workspace,
     input_names=("x", "context", "mask"),
     doc="multi-head attention of queries x [N, Lq, C] over a context [N, Lk, Ck] (keys and values); "
-        "parameters as torch.nn.MultiheadAttention(kdim=vdim=Ck). Optional third input: a mask [Lq, Lk].",
+        "parameters as torch.nn.MultiheadAttention(kdim=vdim=Ck), or named by qkv= (one width only) and "
+        "proj=. Optional third input: a mask [Lq, Lk].",
     example="(x, memory) | cross_attention(heads=8)",
     shape_rule="[N, Lq, C], [N, Lk, Ck] -> [N, Lq, dim]",
     prune=opaque("queries and context share heads: not analyzed"),
@@ -360,7 +402,24 @@ def _window_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     return [x]
 
 
-_RESERVED = ("relative_position_bias_table", "relative_position_index")
+# Names a projection cannot take: the ops' other parameters, the attributes of the torch helper
+# modules they lower to (backends/torch/runtime.py: Attention, WindowAttention), and the public
+# attributes of torch.nn.Module, which a submodule of that name would shadow.
+_RESERVED = frozenset({
+    "relative_position_bias_table", "relative_position_index", "in_proj_weight", "in_proj_bias",
+    "q_proj_weight", "k_proj_weight", "v_proj_weight",
+    "heads", "dropout", "causal", "max_len", "scale", "packed", "logit_bias", "window", "shift", "proj_dropout",
+    "qkv_name", "proj_name", "names", "training",
+    "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile", "cpu", "cuda", "double",
+    "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer", "get_extra_state", "get_parameter",
+    "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia", "named_buffers", "named_children",
+    "named_modules", "named_parameters", "parameters", "register_backward_hook", "register_buffer",
+    "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+    "register_full_backward_pre_hook", "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook",
+    "register_module", "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook",
+    "requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
+    "type", "xpu", "zero_grad", "T_destination",
+})
 
 
 def _check_projection_names(op: str, attrs: dict, *names: str) -> None:
@@ -369,9 +428,12 @@ def _check_projection_names(op: str, attrs: dict, *names: str) -> None:
     seen = set()
     for name in names:
         v = attrs[name]
-        if not v.isidentifier() or keyword.iskeyword(v) or v.startswith("_") or v in _RESERVED:
+        if v is None:  # the default layout (torch.nn.MultiheadAttention's)
+            continue
+        if not isinstance(v, str) or not v.isidentifier() or keyword.iskeyword(v) or v.startswith("_") or v in _RESERVED:
             raise CDLTypeError(f"{op}: {name} names the projection's parameters ({v}.weight)",
-                               expected="a Python identifier not starting with '_'", got=repr(v),
+                               expected="a Python identifier not starting with '_', not a name the op or a "
+                                        "torch module uses already", got=repr(v),
                                hint=f"as the reference model names it, e.g. {name}=\"to_{name}\"")
         if v in seen:
             raise CDLTypeError(f"{op}: the projections need distinct names", got=f"{name}={v!r}")
@@ -556,6 +618,7 @@ def _halo_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
         if isinstance(size, int) and size % block:
             raise ShapeError(f"{op}: spatial size {size} is not a multiple of block_size={block}", got=str(x),
                              hint="pad the feature map or pick a block size that divides H and W")
+    _check_scale(op, attrs)
     return [x.with_shape((x.shape[0], dim, x.shape[2], x.shape[3]))]
 
 
@@ -607,7 +670,7 @@ HALO = OpDef(
            Attr("halo", "int", 3, doc="extra context around each block (keys/values see block_size + 2*halo)",
                   domain=NON_NEGATIVE),
            Attr("dim", "int", None, doc="output channels (default: input channels)", domain=POSITIVE),
-           Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections")),
+           Attr("qkv_bias", "bool", False, doc="bias on the q and kv projections"), _SCALE),
     infer=_halo_infer, params=_halo_params, cost=_halo_cost, normalize=_halo_normalize, workspace=_halo_workspace,
     doc="HaloNet blocked local self-attention on [N, C, H, W]: queries in block x block tiles attend to the "
         "(block + 2*halo)^2 neighbourhood of their tile (zero-padded at borders), plus relative position logits "

@@ -19,6 +19,7 @@ import numpy as np
 from convdsl.errors import IRError, UsageError, did_you_mean
 from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.ops import OPS
+from convdsl.ir.ops.attention import mha_names
 from convdsl.ir.ops.pool import normalize_dims
 from convdsl.ir.optable import OpDef
 from convdsl.ir.verify import verify
@@ -287,8 +288,9 @@ def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
     """in_proj columns follow the input; removing heads or output channels splits out_proj off:
     mhsa(heads', dim', proj_bias=false) with an identity out_proj, then linear(out') holding
     out_proj[kept outputs][:, kept head channels] -- exactly the original with those heads masked."""
+    names = mha_names(node.attrs)
     if ctx.axis_in(node, 0) == 2:
-        take(ctx, node, "in_proj_weight", ctx.keep_in(node, 0), 1)
+        take(ctx, node, names.w, ctx.keep_in(node, 0), 1)
     kh, ko = ctx.keep(("heads", node.id)), ctx.keep_out(node)
     if kh is None and ko is None:
         return
@@ -296,15 +298,15 @@ def mhsa(g: Graph, node: Node, ctx: Ctx) -> None:
     kh = np.arange(dim) if kh is None else kh
     ko = np.arange(dim) if ko is None else ko
     rows = np.concatenate([kh, dim + kh, 2 * dim + kh])
-    take(ctx, node, "in_proj_weight", rows, 0)
-    take(ctx, node, "in_proj_bias", rows, 0)
+    take(ctx, node, names.w, rows, 0)
+    take(ctx, node, names.b, rows, 0)
     take(ctx, node, "relative_position_bias_table", kh[::hd] // hd, 1)
-    has_bias = "out_proj.bias" in node.params
-    w_old = None if ctx.dry else ctx.array(node, "out_proj.weight")
-    b_old = None if ctx.dry or not has_bias else ctx.array(node, "out_proj.bias")
-    ctx.put(node, "out_proj.weight", (len(kh), len(kh)), lambda: np.eye(len(kh), dtype=np.float32))
+    has_bias = names.out_b in node.params
+    w_old = None if ctx.dry else ctx.array(node, names.out_w)
+    b_old = None if ctx.dry or not has_bias else ctx.array(node, names.out_b)
+    ctx.put(node, names.out_w, (len(kh), len(kh)), lambda: np.eye(len(kh), dtype=np.float32))
     if has_bias:
-        g.params.remove(node.params.pop("out_proj.bias"))
+        g.params.remove(node.params.pop(names.out_b))
     node.attrs.update(heads=len(kh) // hd, dim=len(kh), proj_bias=False)
     node.types = list(OPS["mhsa"].infer(node.attrs, g.in_types(node.id)))
 

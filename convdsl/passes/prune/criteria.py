@@ -44,6 +44,7 @@ import numpy as np
 from convdsl.errors import UsageError, did_you_mean
 from convdsl.ir.graph import Graph, ModuleBuilder, Node
 from convdsl.ir.ops import OPS
+from convdsl.ir.ops.attention import mha_names
 from convdsl.passes.prune.groups import Dependencies, Member
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation")
@@ -153,12 +154,12 @@ def weight_norms(graph: Graph, m: Member, criterion: str) -> np.ndarray:
         return np.einsum("ij,ij->i", w, w, dtype=np.float64)
 
     if m.role == "heads":
-        dim = node.attrs["dim"]
-        w_in = p[node.params["in_proj_weight"]]
+        dim, names = node.attrs["dim"], mha_names(node.attrs)
+        w_in = p[node.params[names.w]]
         rows = red(w_in[:dim], 0) + red(w_in[dim:2 * dim], 0) + red(w_in[2 * dim:], 0)
-        return rows + red(p[node.params["out_proj.weight"]], 1)
+        return rows + red(p[node.params[names.out_w]], 1)
     if node.op == "mhsa":
-        return red(p[node.params["out_proj.weight"]], 0)
+        return red(p[node.params[mha_names(node.attrs).out_w]], 0)
     w = p[node.params["weight"]]
     if _transposed(node):  # [in, out/G, k...] -> per output channel
         G = node.attrs["groups"]

@@ -1,4 +1,4 @@
-"""ONNX lowering of window_attention with MaxViT's scale and projection names
+"""ONNX lowering of the attention ops with scale and projection names (MaxViT's, timm's)
 (backends/onnx/lower_attention.py), run in onnxruntime against the torch backend."""
 from __future__ import annotations
 
@@ -27,3 +27,21 @@ def test_window_attention_runs_in_onnxruntime(call):
     x = [rng.standard_normal((2, 8, 8, 16)).astype("float32")]
     sess = session(export_graph(g))
     assert_close(sess.run(None, {sess.get_inputs()[0].name: x[0]}), torch_runner(g)(x))
+
+
+@pytest.mark.parametrize("inputs,call", [
+    ({"x": (2, 7, 16)}, 'x | mhsa(heads=2, qkv="qkv", proj="proj", scale=0.3)'),
+    ({"x": (2, 7, 16), "c": (2, 5, 16)}, '(x, c) | cross_attention(heads=4, qkv="to_qkv", proj="merge")'),
+    ({"x": (2, 7, 16), "c": (2, 5, 8)}, '(x, c) | cross_attention(heads=4, proj="o", qkv_bias=false)'),
+    ({"x": (2, 8, 8, 8)}, "x | halo_attention(heads=2, block_size=4, halo=1, scale=0.7)"),
+])
+def test_attention_names_and_scale_run_in_onnxruntime(inputs, call):
+    params = ", ".join(f"{k}: f32[{', '.join(map(str, s))}]" for k, s in inputs.items())
+    g = verify(elaborate(f"network t({params}) {{\n    return {call} as attn\n}}\n", "<t>"))
+    rng = np.random.default_rng(0)
+    for name, arr in list(g.params.items()):
+        g.params[name] = rng.standard_normal(arr.shape).astype(arr.dtype)
+    xs = [rng.standard_normal(s).astype("float32") for s in inputs.values()]
+    sess = session(export_graph(g))
+    got = sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
+    assert_close(got, torch_runner(g)(xs))

@@ -116,6 +116,9 @@ C = (
     ("mhsa", [(2, 5, 8), (5, 5)], (), dict(heads=2)),
     ("cross_attention", [(2, 5, 8), (2, 7, 8)], (), dict(heads=2)),
     ("cross_attention", [(2, 5, 8), (2, 7, 6), (5, 7)], (), dict(heads=2, dim=12, proj_bias=False)),
+    ("mhsa", SEQ, (), dict(heads=2, qkv=Quoted("qkv"), proj=Quoted("proj"), scale=0.3)),  # timm's ViT names
+    ("cross_attention", [(2, 5, 8), (2, 7, 8)], (), dict(heads=2, qkv=Quoted("to_qkv"), proj=Quoted("o"))),
+    ("cross_attention", [(2, 5, 8), (2, 7, 6)], (), dict(heads=2, qkv_bias=False, proj=Quoted("o"))),
     ("window_attention", [(1, 7, 9, 8)], (), dict(heads=2, window=4, shift=2)),
     ("window_attention", [(2, 6, 8, 8)], (), dict(heads=2, window=[3, 4])),
     ("window_attention", [(2, 8, 8, 8)], (), dict(heads=2, window=4, scale=0.2, qkv=Quoted("to_qkv"),
@@ -123,6 +126,7 @@ C = (
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2)),
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2, stride_q=2, scale=0.5, k=5)),
     ("halo_attention", [(1, 8, 8, 8)], (), dict(heads=2, block_size=4, halo=1)),
+    ("halo_attention", [(1, 8, 8, 8)], (), dict(heads=2, block_size=4, halo=1, scale=0.7)),
     ("halo_attention", [(2, 8, 8, 4)], (), dict(heads=2, block_size=4, halo=2, dim=16, qkv_bias=True)),
     ("patch_embed", [(2, 3, 8, 8)], (16,), dict(patch=4)),
     ("patch_embed", [(2, 3, 8, 8)], (6,), dict(patch=[2, 4], bias=False)),

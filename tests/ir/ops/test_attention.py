@@ -225,6 +225,60 @@ def test_cross_attention_matches_multihead_attention(c, ck, with_mask):
     assert (got - ref).abs().max().item() <= ATOL
 
 
+# ---- projection names: qkv= and proj= (issue 14 item 3) -----------------------------------------
+class TimmAttention(nn.Module):
+    """timm's ViT ``Attention`` as written there (a fused ``qkv`` Linear, ``proj``), the model
+    whose state_dict ``mhsa(qkv="qkv", proj="proj")`` loads as it is."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, scale: float | None = None) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, scale if scale is not None else (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("qkv_bias,scale", [(True, None), (False, 0.2)])
+def test_mhsa_with_projection_names_loads_timm_attention(qkv_bias, scale):
+    ref = _randomize(TimmAttention(24, 3, qkv_bias=qkv_bias, scale=scale))
+    extra = ("" if qkv_bias else ", qkv_bias=false") + (f", scale={scale}" if scale is not None else "")
+    g, m = _net({"x": "2, 7, 24"}, f'x | mhsa(heads=3, qkv="qkv", proj="proj"{extra}) as "blocks.0.attn"')
+    assert set(g.params.specs) == {f"blocks.0.attn.{k}" for k in ref.state_dict()}
+    _load(m, "blocks.0.attn", ref.state_dict())
+    x = torch.randn(2, 7, 24)
+    assert (m(x) - ref(x)).abs().max().item() <= ATOL
+
+
+def test_cross_attention_with_projection_names_is_multihead_attention_renamed():
+    mha = _randomize(nn.MultiheadAttention(16, 4, batch_first=True))
+    renamed = {k.replace("in_proj_", "to_qkv.").replace("out_proj.", "merge."): v for k, v in mha.state_dict().items()}
+    g, m = _net({"x": "2, 5, 16", "ctx": "2, 9, 16"}, '(x, ctx) | cross_attention(heads=4, qkv="to_qkv", proj="merge") as a')
+    _load(m, "a", renamed)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    assert (m(x, ctx) - mha(x, ctx, ctx, need_weights=False)[0]).abs().max().item() <= ATOL
+    # only the output projection renamed: MultiheadAttention's separate q/k/v weights stay
+    specs = _specs("cross_attention", [(2, 5, 16), (2, 9, 8)], heads=4, proj="o")
+    assert set(specs) == {"q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "o.weight", "o.bias"}
+
+
+@pytest.mark.parametrize("call,err,words", [
+    ('mhsa(heads=2, qkv="train")', CDLTypeError, "qkv names the projection"),  # would shadow nn.Module.train
+    ('mhsa(heads=2, qkv="p", proj="p")', CDLTypeError, "distinct names"),
+    ('mhsa(heads=2, proj="in_proj_weight")', CDLTypeError, "proj names the projection"),
+    ('mhsa(heads=2, qkv="a.b")', CDLTypeError, "qkv names the projection"),
+    ('(x, ctx) | cross_attention(heads=2, qkv="qkv")', ShapeError, "one fused q/k/v projection"),
+])
+def test_projection_names_are_checked(call, err, words):
+    body = call if call.startswith("(") else f"x | {call}"
+    with pytest.raises(err, match=words):
+        elaborate(f"network t(x: f32[2, 5, 8], ctx: f32[2, 3, 6]) {{\n    return {body}\n}}\n", "<test>")
+
+
 # ---- window_attention == torchvision's ShiftedWindowAttention ------------------------------------
 @pytest.mark.parametrize("h,w,window,shift", [
     (8, 8, 4, 0),            # plain windows
@@ -336,7 +390,8 @@ def test_conv_attention_matches_cvt_reference():
 
 
 # ---- halo_attention == per-pixel neighbourhood attention ---------------------------------------------
-def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int) -> torch.Tensor:
+def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int,
+                    scale: float | None = None) -> torch.Tensor:
     """Each pixel attends to the (b + 2*halo)^2 window around its b x b block, gathered per pixel."""
     n, _, h, w = x.shape
     win = b + 2 * halo
@@ -353,7 +408,7 @@ def _halo_reference(p: dict, x: torch.Tensor, heads: int, b: int, halo: int) -> 
     rx = kx[None, :] - (torch.arange(w) % b)[:, None] + win - 1
     rel = p["pos_embed.height_rel"][ry][:, None] + p["pos_embed.width_rel"][rx][None, :]  # [H, W, win^2, d]
     qv = q.reshape(n, heads, d, h, w)
-    logits = (torch.einsum("nhdyx,nhdyxk->nhyxk", qv, k) / math.sqrt(d)
+    logits = (torch.einsum("nhdyx,nhdyxk->nhyxk", qv, k) * (scale if scale is not None else 1 / math.sqrt(d))
               + torch.einsum("nhdyx,yxkd->nhyxk", qv, rel))
     return torch.einsum("nhyxk,nhdyxk->nhdyx", logits.softmax(-1), v).reshape(n, dim, h, w)
 
@@ -373,6 +428,15 @@ def test_halo_attention_matches_neighbourhood_reference(c, dim, h, w, heads, blo
     assert p["kv.weight"].shape == (2 * dim, c, 1, 1) and p["pos_embed.height_rel"].shape == (2 * win - 1, dim // heads)
     x = torch.randn(2, c, h, w)
     assert (m(x) - _halo_reference(p, x, heads, block, halo)).abs().max().item() <= ATOL
+
+
+def test_halo_attention_scale_multiplies_the_content_logits_only():
+    """timm's HaloAttn scales q.k, not the relative position logits."""
+    g, m = _net({"x": "2, 8, 8, 8"}, "x | halo_attention(heads=2, block_size=4, halo=1, scale=0.7) as attn")
+    _randomize(m, 0.5)
+    p = {k.removeprefix("attn."): v for k, v in m.state_dict().items()}
+    x = torch.randn(2, 8, 8, 8)
+    assert (m(x) - _halo_reference(p, x, 2, 4, 1, scale=0.7)).abs().max().item() <= ATOL
 
 
 # ---- the whole tiny ViT == torchvision's VisionTransformer --------------------------------------------
