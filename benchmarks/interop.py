@@ -125,25 +125,49 @@ def _prune_convdsl(r, x) -> dict:
         g = prune(r.graph, 0.5)
         with torch.no_grad():
             out = _first(build_module(g)(x))
-        return {"ok": tuple(out.shape) == tuple(_first(build_module(r.graph)(x)).shape),
-                "params": [r.graph.params.count(), g.params.count()]}
+        before, after = r.graph.params.count(), g.params.count()
+        want = tuple(_first(build_module(r.graph)(x)).shape)
+        if tuple(out.shape) != want:
+            return {"ok": False, "error": f"output shape {tuple(out.shape)}, expected {want}", "params": [before, after]}
+        return {"ok": True, "params": [before, after]}
     except Exception as e:
         return {"ok": False, "error": _err(e)}
 
 
 def _prune_tp(model, x, shape) -> dict:
+    """Torch-Pruning's documented recipe: MetaPruner, L1 magnitude, the classifier (the layers whose
+    outputs are the model's output channels) in ignored_layers, as convdsl keeps its outputs."""
     try:
         import torch_pruning as tp
 
         m = __import__("copy").deepcopy(model)
+        before = sum(p.numel() for p in m.parameters())
+        heads = [mod for mod in m.modules()
+                 if (isinstance(mod, torch.nn.Linear) and mod.out_features == shape[1])
+                 or (isinstance(mod, torch.nn.modules.conv._ConvNd) and mod.out_channels == shape[1] and len(shape) == 4)]
         imp = tp.importance.MagnitudeImportance(p=1)
-        pruner = tp.pruner.MetaPruner(m, x[:1], importance=imp, pruning_ratio=0.5)
+        pruner = tp.pruner.MetaPruner(m, x[:1], importance=imp, pruning_ratio=0.5, ignored_layers=heads)
         pruner.step()
         with torch.no_grad():
             out = _first(m(x))
-        return {"ok": tuple(out.shape) == tuple(shape)}
+        after = sum(p.numel() for p in m.parameters())
+        if tuple(out.shape) != tuple(shape):
+            return {"ok": False, "error": f"output shape {tuple(out.shape)}, expected {tuple(shape)}", "params": [before, after]}
+        return {"ok": True, "params": [before, after]}
     except Exception as e:
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+
+
+def _param_count(family: str, name: str) -> int:
+    """Parameter count without allocating (a meta-device instance); for --order size."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in _model(family, name).parameters())
+    except Exception:  # RegNet's init does not run on meta: its name says its FLOPs (~ parameters / 10^6 per GF)
+        import re
+
+        m = re.search(r"_(\d+(?:_\d+)?)(mf|gf)$", name)
+        return int(float(m[1].replace("_", ".")) * (1e4 if m[2] == "mf" else 1e7)) if m else 1 << 62
 
 
 def models(which: str) -> list[tuple[str, str]]:
@@ -168,9 +192,15 @@ def report(rows: list[dict]) -> str:
             return "FAIL"
         return f"yes / {'yes' if r['match'] else 'NO'} / {r['seconds']} / {r['lines']}"
 
+    def pcell(r):
+        if not r.get("ok"):
+            return "FAIL"
+        p = r.get("params")
+        return f"yes ({100 * p[1] / p[0]:.0f}% params)" if p and p[0] else "yes"
+
     for r in rows:
         lines.append(f"| {r['family']} | {r['model']} | {cell(r['export'])} | {cell(r['onnx'])} | "
-                     f"{'yes' if r['prune_convdsl'].get('ok') else 'FAIL'} | {'yes' if r['prune_tp'].get('ok') else 'FAIL'} |")
+                     f"{pcell(r['prune_convdsl'])} | {pcell(r['prune_tp'])} |")
     lines.append("")
     for fam in sorted({r["family"] for r in rows}):
         sub = [r for r in rows if r["family"] == fam]
@@ -195,6 +225,9 @@ def main() -> None:
     ap.add_argument("--cache", default="build/interop-bench", help="one JSON file per model")
     ap.add_argument("--limit", type=int, default=None, help="at most this many models (in list order)")
     ap.add_argument("--only", default=None, help="comma-separated model names")
+    ap.add_argument("--skip", default=None, help="comma-separated model names to leave out")
+    ap.add_argument("--order", default="list", choices=("list", "size"),
+                    help="size: smallest models first (parameter counts from meta-device instances)")
     ap.add_argument("--fresh", action="store_true", help="recompute cached models")
     ap.add_argument("--report", action="store_true", help="print the table from the cache only")
     args = ap.parse_args()
@@ -205,6 +238,11 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         todo = [t for t in todo if t[1] in keep]
+    if args.skip:
+        drop = set(args.skip.split(","))
+        todo = [t for t in todo if t[1] not in drop]
+    if args.order == "size":
+        todo.sort(key=lambda t: _param_count(*t))
     if args.limit:
         todo = todo[: args.limit]
     rows = []
