@@ -144,7 +144,7 @@ def _prune_tp(model, x, shape) -> dict:
         before = sum(p.numel() for p in m.parameters())
         heads = [mod for mod in m.modules()
                  if (isinstance(mod, torch.nn.Linear) and mod.out_features == shape[1])
-                 or (isinstance(mod, torch.nn.modules.conv._ConvNd) and mod.out_channels == shape[1] and len(shape) == 4)]
+                 or (isinstance(mod, torch.nn.modules.conv._ConvNd) and mod.out_channels == shape[1])]
         imp = tp.importance.MagnitudeImportance(p=1)
         pruner = tp.pruner.MetaPruner(m, x[:1], importance=imp, pruning_ratio=0.5, ignored_layers=heads)
         pruner.step()
