@@ -129,7 +129,15 @@ def _describe(v: Any) -> str:
 
 
 def _shape(val) -> tuple:
-    return tuple(int(d) if _is_static(d) else "N" for d in val.shape)
+    """Static dims as ints; the batch symbol as "N", an expression of it as convdsl writes one ("896*N")."""
+    return tuple(int(d) if _is_static(d) else _sym_text(d) for d in val.shape)
+
+
+def _sym_text(d) -> str:
+    expr = getattr(getattr(d, "node", None), "expr", None)
+    if expr is None or getattr(expr, "is_Symbol", False):
+        return "N"
+    return re.sub(r"\b[a-z]+\d+\b", "N", str(expr)).replace(" ", "")
 
 
 def _is_static(d) -> bool:
@@ -363,7 +371,7 @@ def _view(cx: Ctx, x, *rest):
     if tuple(t.shape) == out:
         return v
     spec = [0 if (not isinstance(d, int) and i < t.rank and t.shape[i] == d) else (-1 if not isinstance(d, int) else d)
-            for i, d in enumerate(out)]
+            for i, d in enumerate(out)]  # a dim copied as it is (0), the one that depends on the batch (-1)
     if spec.count(-1) > 1:
         raise located(cx.origin, f"reshape to {list(out)}: more than one size depends on the batch")
     return cx.add("reshape", [v], {"shape": tuple(spec)})

@@ -87,3 +87,24 @@ def test_data_dependent_control_flow_is_a_trace_error():
     with pytest.raises(TraceError) as e:
         import_model(Net().eval(), (torch.randn(2, 4),))
     assert e.value.exit_code == 13
+
+
+def test_reshape_into_a_multiple_of_the_batch_and_back():
+    """MobileViT's unfold (timm mobilevit.py): reshape(B * C * nh, ph, nw, pw).  torch.export's size is
+    an expression of the batch (4*s0*...), which the reshape spec must write as its -1, not as the
+    batch copied (0)."""
+
+    class Unfold(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            b, c, h, w = x.shape
+            y = x.reshape(b * c * (h // 2), 2, w // 2, 2).transpose(1, 2)
+            y = y.reshape(b, c * (h // 2) * (w // 2), -1) * 2.0
+            return y.reshape(b, c, h, w)
+
+    r = _check(Unfold().eval(), torch.randn(2, 3, 8, 8))
+    assert "reshape([-1, 2, 4, 2])" in r.text
