@@ -87,7 +87,11 @@ class Writer:
         self.imp = imp
         self.g: Graph = imp.graph
         self.order = {nid: i for i, nid in enumerate(self.g.order())}
-        self.candidates = {p for p, cls in imp.modules.items() if p and _candidate(cls)}
+        ops = set(self.g.g.nodes)
+        # an op is a leaf of the instance tree: a scope below an op's name (timm's BatchNormAct2d `bn1`
+        # holds `bn1.act`; in ONNX both are only name scopes) cannot become a block instance
+        self.candidates = {p for p, cls in imp.modules.items() if p and _candidate(cls)
+                           and not any(".".join(p.split(".")[:i]) in ops for i in range(1, p.count(".") + 1))}
         self.members: dict[str, list[str]] = defaultdict(list)  # instance -> node ids
         for nid, chain in imp.chains.items():
             for p in chain:

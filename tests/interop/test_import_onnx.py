@@ -92,3 +92,138 @@ def test_unmapped_onnx_op_names_node_and_scope(tmp_path):
         import_onnx(f)
     msg = e.value.render()
     assert "Einsum" in msg and "enc.0" in msg and e.value.exit_code == 11
+
+
+# ---- sizes computed at run time, slices, resizes: what torch.onnx writes for everyday PyTorch -------------
+def _torch_onnx(model, x, tmp_path):
+    """torch.onnx's TorchScript exporter with a dynamic batch (what benchmarks/interop.py runs), then
+    convdsl import; the imported program must give the model's outputs at batch 2 and 3."""
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+
+    f = tmp_path / "m.onnx"
+    torch.onnx.export(model, (x[:1],), str(f), dynamo=False, do_constant_folding=False,
+                      training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    r = import_onnx(f)
+    mod = build_module(r.graph)
+    for n in (2, 3):
+        xn = torch.randn(n, *x.shape[1:])
+        with torch.no_grad():
+            a, b = model(xn), mod(xn)
+        assert float((a - b).abs().max()) <= 1e-5 * max(float(a.abs().max()), 1e-6)
+    return r
+
+
+def _shuffle_model():
+    import torch
+
+    class Shuffle(torch.nn.Module):
+        """ShuffleNet's channel shuffle and a flatten written with x.size(): Shape/Gather/Concat -> Reshape."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            x = self.conv(x)
+            n, c, h, w = x.size()
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+            x = torch.nn.functional.max_pool2d(x, 2)
+            return self.fc(x.view(x.size(0), -1))
+
+    return Shuffle().eval()
+
+
+def test_run_time_sizes_are_evaluated_at_import(tmp_path):
+    torch = pytest.importorskip("torch")
+    r = _torch_onnx(_shuffle_model(), torch.randn(1, 3, 8, 8), tmp_path)
+    assert "reshape" in r.text and "Shape" not in r.text
+
+
+def test_folding_into_the_batch_and_back(tmp_path):
+    """MobileViT's unfold: reshape(B * C * nh, ph, nw, pw) and back; the -1 next to a multiple of the
+    batch is computed, so only the batch-dependent size is left to infer."""
+    torch = pytest.importorskip("torch")
+
+    class Unfold(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            b, c, h, w = x.shape
+            y = x.reshape(b * c * (h // 2), 2, w // 2, 2).transpose(1, 2)
+            y = y.reshape(b, c * (h // 2) * (w // 2), -1) * 2.0
+            return y.reshape(b, c, h, w)
+
+    _torch_onnx(Unfold().eval(), torch.randn(1, 3, 8, 8), tmp_path)
+
+
+def test_slices_resizes_and_index_lists(tmp_path):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            a = x[:, 1:4]                                                  # Slice, contiguous: split
+            b = x[:, ::2]                                                  # Slice with a step: index_select
+            c = F.interpolate(a, scale_factor=2, mode="nearest")           # Resize (asymmetric, floor)
+            d = F.interpolate(b, size=(12, 12), mode="bilinear", align_corners=False)
+            e = F.interpolate(b, scale_factor=2, mode="bilinear", align_corners=True)
+            return torch.cat([c, d, e[:, :, :12, :12]], 1)
+
+    r = _torch_onnx(Mixed().eval(), torch.randn(1, 3, 6, 6), tmp_path)
+    assert "upsample" in r.text and "index_select" in r.text
+
+
+def test_a_scope_below_an_op_is_not_a_block(tmp_path):
+    """timm's BatchNormAct2d is a BatchNorm2d holding its activation: in ONNX the ReLU's scope
+    (bn1/act) sits below the batchnorm's own name, which cannot also be a block instance."""
+    torch = pytest.importorskip("torch")
+
+    class BNAct(torch.nn.BatchNorm2d):
+        def __init__(self, c):
+            super().__init__(c)
+            self.act = torch.nn.ReLU()
+
+        def forward(self, x):
+            return self.act(super().forward(x))
+
+    class Blk(torch.nn.Module):
+        def __init__(self, cin):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(cin, 8, 3, bias=False)
+            self.bn1 = BNAct(8)
+
+        def forward(self, x):
+            return self.bn1(self.conv(x))
+
+    m = torch.nn.Sequential(Blk(3), Blk(8)).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+    r = _torch_onnx(m, torch.randn(1, 3, 16, 16), tmp_path)
+    assert "block " in r.text
+
+
+def test_unevaluable_size_arithmetic_is_a_located_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="/enc/Shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["z"], name="/enc/ConstantOfShape"),
+             helper.make_node("Add", ["x", "z"], ["y"], name="/enc/Add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    f = tmp_path / "cos.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f)
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(f)
+    assert "ConstantOfShape" in e.value.render() and "enc" in e.value.render()
