@@ -75,7 +75,47 @@ def _err(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:250] if str(e).strip() else ''} (not a ConvDSLError)"
 
 
-def run_model(family: str, name: str) -> dict:
+def code_lines(text: str) -> int:
+    """Lines that are neither blank nor comments."""
+    return sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+HAND_WRITTEN = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16", "convnext_tiny", "vit_b_16",
+                "swin_t", "efficientnet_b0"]
+
+
+def hand_written_lines(name: str) -> int:
+    """Code lines of examples/<name>.cdl and every block file it imports (transitively)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    seen, todo, total = set(), [root / f"{name}.cdl"], 0
+    while todo:
+        f = todo.pop().resolve()
+        if f in seen:
+            continue
+        seen.add(f)
+        text = f.read_text()
+        total += code_lines(text)
+        todo += [f.parent / m for m in re.findall(r'^import "([^"]+)"', text, re.M)]
+    return total
+
+
+def readability(rows: list[dict]) -> str:
+    """Must-show 2: the imported program (torch.export route) against the hand-written example."""
+    lines = ["| model | imported: code lines / blocks / loops | hand-written (+ block files): code lines | ratio |",
+             "|---|---|---|---|"]
+    for r in rows:
+        e = r.get("export", {})
+        if r["family"] != "torchvision" or r["model"] not in HAND_WRITTEN or not e.get("ok") or "code_lines" not in e:
+            continue
+        hand = hand_written_lines(r["model"])
+        lines.append(f"| {r['model']} | {e['code_lines']} / {e['blocks']} / {e['loops']} | {hand} | "
+                     f"{e['code_lines'] / hand:.2f} |")
+    return "\n".join(lines)
+
+
+def run_model(family: str, name: str, routes=("export", "onnx"), prune: bool = True) -> dict:
     from convdsl.api import import_model
     from convdsl.backends.torch import build_module
     from convdsl.importer import import_onnx
@@ -88,7 +128,7 @@ def run_model(family: str, name: str) -> dict:
     with torch.no_grad():
         ref = _first(model(x)).numpy()
     imported = None
-    for route in ("export", "onnx"):
+    for route in routes:
         t0 = time.perf_counter()
         try:
             if route == "export":
@@ -107,13 +147,16 @@ def run_model(family: str, name: str) -> dict:
                 out = _first(mod(x)).numpy()
             err = _rel(out, ref)
             res[route] = {"ok": True, "match": err <= 1e-5, "rel_err": err, "seconds": round(seconds, 2),
-                          "lines": r.text.count("\n"), "blocks": r.text.count("\nblock ")}
+                          "lines": r.text.count("\n"), "code_lines": code_lines(r.text),
+                          "blocks": r.text.count("\nblock "), "loops": r.text.count(" for ")}
             if route == "export":
                 imported = r
         except Exception as e:  # every failure is reported, never hidden
             res[route] = {"ok": False, "error": _err(e)}
-    res["prune_convdsl"] = _prune_convdsl(imported, x) if imported is not None else {"ok": False, "error": "not imported"}
-    res["prune_tp"] = _prune_tp(model, x, ref.shape)
+    if prune:
+        res["prune_convdsl"] = _prune_convdsl(imported, x) if imported is not None else {"ok": False,
+                                                                                          "error": "not imported"}
+        res["prune_tp"] = _prune_tp(model, x, ref.shape)
     return res
 
 
@@ -174,6 +217,8 @@ def models(which: str) -> list[tuple[str, str]]:
     import torchvision
 
     out = []
+    if which == "hand-written":
+        out += [("torchvision", n) for n in HAND_WRITTEN]
     if which in ("all", "torchvision"):
         out += [("torchvision", n) for n in torchvision.models.list_models(module=torchvision.models)]
     if which in ("all", "segmentation"):
@@ -221,7 +266,8 @@ def report(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", default="all", choices=("all", "torchvision", "segmentation", "timm"))
+    ap.add_argument("--set", default="all", choices=("all", "torchvision", "segmentation", "timm", "hand-written"),
+                    help="hand-written: the nine torchvision networks examples/ also writes by hand (must-show 2)")
     ap.add_argument("--cache", default="build/interop-bench", help="one JSON file per model")
     ap.add_argument("--limit", type=int, default=None, help="at most this many models (in list order)")
     ap.add_argument("--only", default=None, help="comma-separated model names")
@@ -254,7 +300,8 @@ def main() -> None:
         if args.report:
             continue
         try:
-            r = run_model(family, name)
+            hand = args.set == "hand-written"  # the readability table needs the torch.export route only
+            r = run_model(family, name, ("export",), False) if hand else run_model(family, name)
         except Exception as e:
             r = {"family": family, "model": name, "export": {"ok": False, "error": _err(e)},
                  "onnx": {"ok": False, "error": "not run"}, "prune_convdsl": {"ok": False, "error": "not run"},
@@ -262,8 +309,11 @@ def main() -> None:
         f.write_text(json.dumps(r, indent=1))
         rows.append(r)
         print(f"{family} {name}: export {r['export'].get('ok')}/{r['export'].get('match')} "
-              f"onnx {r['onnx'].get('ok')}/{r['onnx'].get('match')}", flush=True)
-    print(report(rows))
+              f"onnx {r.get('onnx', {}).get('ok')}/{r.get('onnx', {}).get('match')}", flush=True)
+    if args.set != "hand-written":
+        print(report(rows))
+        print()
+    print(readability(rows))
 
 
 if __name__ == "__main__":
