@@ -267,9 +267,44 @@ def _scalar(c: Any) -> float | None:
     return float(c.array.reshape(-1)[0]) if isinstance(c, Const) and c.array.size == 1 else None
 
 
+def _owned(cx: Ctx, op: str, local: str, x: Value, c: Const, attrs: dict) -> Value:
+    """An op holding the one parameter ``c`` (ViT's pos_embedding, ConvNeXt's layer_scale), named so that
+    its key is the source's: ``<id>.<local>`` when no other parameter lives under ``<id>`` (convdsl's own
+    export); otherwise the node takes the key as its name and the parameter is renamed (a CDL op is a
+    leaf, so ConvNeXt's ``features.1.0`` cannot be both the op and the scope of ``features.1.0.block``)."""
+    suffix = "." + local
+    nid = c.key[: -len(suffix)] if c.key.endswith(suffix) else c.key
+    if nid != c.key and any(k.startswith(nid + ".") and k != c.key for k in cx.b.source_keys):
+        nid = c.key
+    out = cx.add(op, [x], attrs, {local: c.array}, id=nid)
+    if f"{out.node}.{local}" != c.key:
+        cx.b.renamed[f"{out.node}.{local}"] = c.key
+    return out
+
+
+def _parameter_op(cx: Ctx, op: str, a: Any, b: Any) -> Value | None:
+    """x + table [1, L, C] -> pos_embed; x * gamma ([C, 1, ...] on [N, C, ...] or [C] on [..., C]) -> layer_scale."""
+    if isinstance(a, Const) and op == "mul":
+        a, b = b, a
+    if not (isinstance(a, Value) and isinstance(b, Const) and b.key):
+        return None
+    t = cx.type(a)
+    shape = tuple(b.array.shape)
+    if op == "add" and len(shape) == 3 and t.rank == 3 and shape == (1,) + tuple(t.shape[1:]):
+        return _owned(cx, "pos_embed", "pos_embedding", a, b, {"kind": "learned"})
+    if op == "mul" and t.rank >= 3 and shape == (t.shape[1],) + (1,) * (t.rank - 2) and isinstance(t.shape[1], int):
+        return _owned(cx, "layer_scale", "layer_scale", a, b, {"layout": "first"})
+    if op == "mul" and len(shape) == 1 and t.rank >= 2 and shape[0] == t.shape[-1] and shape[0] > 1:
+        return _owned(cx, "layer_scale", "layer_scale", a, b, {"layout": "last"})
+    return None
+
+
 def _binary(op: str, affine: Callable[[float, bool], dict] | None):
     def fn(cx: Ctx):
         a, b = cx.arg(0), cx.arg(1)
+        owned = _parameter_op(cx, op, a, b) if op in ("add", "mul") else None
+        if owned is not None:
+            return owned
         if affine is not None and _scalar(b) is not None and isinstance(a, Value):
             return cx.add("affine", [a], affine(_scalar(b), False))
         if affine is not None and _scalar(a) is not None and isinstance(b, Value) and op in ("add", "mul"):
@@ -411,6 +446,16 @@ def _unsqueeze(cx: Ctx):
 
 @onnx_op("Concat")
 def _concat(cx: Ctx):
+    first = cx.arg(0)
+    if isinstance(first, Expanded) and len(cx.node.input) == 2 and int(cx.attrs["axis"]) == 1:
+        # Concat([cls.expand(N, -1, -1), x], 1): ViT's class token (convdsl's own export names it <id>.class_token)
+        key = first.param.key
+        nid = key[: -len(".class_token")] if key.endswith(".class_token") else key
+        out = cx.add("class_token", [cx.tensor(1)], {"tokens": int(first.param.array.shape[1])},
+                     {"class_token": first.param.array}, id=nid)
+        if nid == key:
+            cx.b.renamed[f"{out.node}.class_token"] = key
+        return out
     return cx.add("concat", [cx.tensor(i) for i in range(len(cx.node.input))], {"dim": int(cx.attrs["axis"])})
 
 
@@ -470,8 +515,17 @@ def _slice(cx: Ctx):
     return x
 
 
+@dataclass
+class Expanded:
+    """A parameter expanded over the batch (``cls_token.expand(N, -1, -1)``): a class_token once concatenated."""
+
+    param: Const
+
+
 @onnx_op("Expand")
 def _expand(cx: Ctx):
+    if isinstance(cx.arg(0), Const) and cx.arg(0).key and cx.arg(0).array.ndim == 3:
+        return Expanded(cx.arg(0))
     x = cx.tensor(0)
     shape = cx.arg(1)
     dims = shape.values.tolist() if isinstance(shape, Dims) else [int(d) for d in cx.const(1)]
@@ -560,6 +614,11 @@ def _prelu(cx: Ctx):
     return cx.add("prelu", [cx.tensor(0)], {"shared": w.array.size == 1}, params, id=pid)
 
 
+@onnx_op("Gelu")
+def _gelu_op(cx: Ctx):  # opset 20's Gelu, which torch.onnx writes for nn.GELU at opset >= 20
+    return cx.add("gelu", [cx.tensor(0)], {"approximate": cx.attrs.get("approximate", "none")})
+
+
 @onnx_op("Erf")
 def _erf(cx: Ctx):
     raise located(cx.origin, "Erf outside GELU's pattern x * 0.5 * (1 + erf(x / sqrt 2)) has no convdsl op")
@@ -637,7 +696,12 @@ def _fold(cx: "Ctx", node, env: dict) -> list:
             shapes[i] = tuple(cx.type(v).shape)
         ins.append(v.array if isinstance(v, Const) else v)
     out = fold(node.op_type, cx.attrs, ins, shapes)
-    return [out if isinstance(out, Dims) else Const(np.asarray(out))]
+    if isinstance(out, Dims):
+        return [out]
+    src = env.get(node.input[0]) if node.input else None
+    # a parameter only reshaped (timm's GRN gamma.view(1, 1, 1, -1)) is still that parameter
+    key = src.key if isinstance(src, Const) and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Cast") else None
+    return [Const(np.asarray(out), key)]
 
 
 # ---- the driver ---------------------------------------------------------------------------------------
@@ -702,6 +766,7 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
     graph = model.graph
     stem = name or re.sub(r"\W", "_", Path_(path).stem)
     b = Builder(stem)
+    b.source_keys = {init.name for init in graph.initializer}
     env: dict[str, Any] = {}
     for init in graph.initializer:
         env[init.name] = Const(numpy_helper.to_array(init), init.name)

@@ -172,13 +172,18 @@ def fold(op: str, attrs: dict, ins: list[Any], shapes: dict[int, tuple]) -> Any:
         if isinstance(shape, Dims):
             raise ValueError("a constant of symbolic shape")
         value = attrs.get("value")
+        if hasattr(value, "dims"):  # a TensorProto
+            from onnx import numpy_helper
+
+            value = numpy_helper.to_array(value)
         fill = np.asarray(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
         return np.full([int(d) for d in shape], fill[0], dtype=fill.dtype)
     if op == "Range" and not any(isinstance(v, Dims) for v in ins):
         return np.arange(np.asarray(ins[0]).item(), np.asarray(ins[1]).item(), np.asarray(ins[2]).item()).astype(
             np.asarray(ins[0]).dtype)
-    if op == "Reshape" and not isinstance(x, Dims):
-        return np.asarray(x).reshape([int(d) for d in np.asarray(ins[1]).reshape(-1)])
+    if op == "Reshape" and not isinstance(ins[1], Dims):
+        out = vals.reshape([int(d) for d in np.asarray(ins[1]).reshape(-1)])
+        return lift(Dims(out)) if isinstance(x, Dims) else np.asarray(out.tolist(), dtype=np.asarray(x).dtype)
     if op == "Neg" and not isinstance(x, Dims):
         return -np.asarray(x)
     if op in ("Sqrt", "Reciprocal") and not isinstance(x, Dims):

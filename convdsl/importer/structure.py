@@ -323,7 +323,8 @@ class Writer:
         # one argument per distinct column of values; named after the attribute
         args: list[tuple[str, Hole, list]] = []
         arg_of: dict[int, str] = {}
-        taken = {"x"} | {f"x{i}" for i in range(10)}
+        # an argument must not shadow a block its body calls (ONNX scopes f.a/f.b/f.c make blocks a, b, c)
+        taken = {"x"} | {f"x{i}" for i in range(10)} | used
         for k in varying:
             for nm, h, col in args:
                 if all(_same(a, b) for a, b in zip(col, cols[k])):

@@ -16,10 +16,13 @@ from convdsl.backends.torch.artifact import runner as torch_runner  # noqa: E402
 from convdsl.errors import ModelImportError, SourceError  # noqa: E402
 from convdsl.importer import import_onnx  # noqa: E402
 from convdsl.lang.printer import print_graph  # noqa: E402
+from convdsl.passes.remove_identity import remove_identity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2] / "examples"
-# the examples whose ops all have an ONNX import mapping today (see docs/interop.md for the rest)
-ROUND_TRIP = ["digits_cnn.cdl", "digits_mobilenet.cdl", "espcn.cdl", "papers/gabor_texture.cdl", "resnet18.cdl"]
+# CDL -> ONNX -> import gives the same program, compared as the IR printer's text; docs/interop.md lists
+# why each other example does not come back yet (ops exported as decompositions, layout ops...)
+ROUND_TRIP = ["digits_cnn.cdl", "digits_mobilenet.cdl", "espcn.cdl", "mobilenet_v2.cdl", "papers/convnext_block.cdl",
+              "papers/gcn.cdl", "regnet_y_400mf.cdl", "resnet18.cdl", "resnet50.cdl"]
 
 
 def canonical(g) -> str:
@@ -56,10 +59,8 @@ def test_cdl_onnx_import_is_the_same_graph(name, tmp_path):
     f = tmp_path / "net.onnx"
     onnx.save(export_graph(g), f)
     r = import_onnx(f)
-    a, b = canonical(g), canonical(r.graph)
-    ops_a = sorted(re.findall(r"= (\w+)\(", a))
-    ops_b = sorted(re.findall(r"= (\w+)\(", b))
-    assert ops_a == ops_b
+    # the export is an inference graph: dropout / drop_path are not in it
+    assert canonical(remove_identity(r.graph)) == canonical(remove_identity(g))
     assert sorted(g.params.names()) == sorted(r.graph.params.names())
     rng = np.random.default_rng(0)
     x = [rng.standard_normal([2 if not isinstance(d, int) else d for d in t.shape]).astype(np.float32)
@@ -255,3 +256,42 @@ def test_a_name_scope_that_is_not_one_call_is_written_inline(src, tmp_path):
     onnx.save(export_graph(g), f)
     r = import_onnx(f)
     assert canonical(r.graph) == canonical(g)
+
+
+def test_vit_parameters_come_back_as_their_ops(tmp_path):
+    """torch.onnx writes ViT's class token as Concat(Expand(cls), x), the position table as Add and a
+    layer scale as Mul with a parameter: they come back as class_token, pos_embed and layer_scale,
+    keyed by the source's names (the renames listed where the key is a module's own parameter)."""
+    torch = pytest.importorskip("torch")
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Conv2d(3, 8, 4, stride=4)
+            self.class_token = torch.nn.Parameter(torch.randn(1, 1, 8))
+            self.pos_embedding = torch.nn.Parameter(torch.randn(1, 5, 8))
+            self.gamma = torch.nn.Parameter(torch.randn(8))
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.proj(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = x + self.pos_embedding
+            return self.head(x * self.gamma)[:, 0]
+
+    r = _torch_onnx(Toy().eval(), torch.randn(1, 3, 8, 8), tmp_path)
+    for op in ("class_token", "pos_embed", "layer_scale"):
+        assert re.search(rf"\| {op}\b", r.text), op
+    assert set(r.renamed.values()) == {"class_token", "pos_embedding", "gamma"}
+
+
+def test_opset_20_gelu(tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Gelu", ["x"], ["y"], name="/act/Gelu", approximate="tanh")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    f = tmp_path / "gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), f)
+    r = import_onnx(f)
+    assert "gelu(tanh)" in r.text
