@@ -44,12 +44,31 @@ def _model(family: str, name: str):
     if family == "timm":
         import timm
 
-        return timm.create_model(name, pretrained=False).eval()
+        return _no_zero_tensors(timm.create_model(name, pretrained=False).eval())
     import torchvision
 
     if family == "segmentation":
-        return torchvision.models.get_model(name, weights=None, weights_backbone=None, aux_loss=None).eval()
-    return torchvision.models.get_model(name, weights=None).eval()
+        return _no_zero_tensors(torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                                             aux_loss=None).eval())
+    return _no_zero_tensors(torchvision.models.get_model(name, weights=None).eval())
+
+
+def _no_zero_tensors(model):
+    """Parameters initialized to zeros (torchvision ViT's classifier head, class token and biases) are
+    drawn from N(0, 0.02) instead, and BN statistics from around their defaults: a zero head would make
+    every output 0 and any import "match"."""
+    if any(p.is_meta for p in model.parameters()):
+        return model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and not p.abs().max():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(1 + torch.rand(m.running_var.shape, generator=gen) * 0.2)
+    return model
 
 
 def _size(name: str) -> int:
