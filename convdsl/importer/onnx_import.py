@@ -343,8 +343,9 @@ def _pool(kind: str):
         pads = list(a.get("pads", [0] * 2 * nd))
         if pads[:nd] != pads[nd:]:
             raise located(cx.origin, "asymmetric pooling padding has no convdsl op")
-        attrs = {"k": _ints(k), "stride": _ints(a.get("strides", [1] * nd)), "pad": _ints(pads[:nd]),
-                 "ceil_mode": bool(a.get("ceil_mode", 0))}
+        strides = list(a.get("strides", [1] * nd))
+        attrs = {"k": _ints(k), "stride": None if strides == k else _ints(strides), "pad": _ints(pads[:nd]),
+                 "ceil_mode": bool(a.get("ceil_mode", 0))}  # stride None: the kernel's, as nn.MaxPool2d(k)
         if kind == "max":
             attrs["dilation"] = _ints(a.get("dilations", [1] * nd))
         else:
@@ -466,6 +467,8 @@ def _split(cx: Ctx):
     sizes = cx.attrs.get("split")
     if sizes is None and isinstance(cx.arg(1), Const):
         sizes = [int(s) for s in cx.arg(1).array]
+    if sizes and len(set(sizes)) == 1:  # equal parts: torch.chunk's form
+        sizes = None
     attrs = {"dim": axis, "sizes": tuple(sizes)} if sizes else {"dim": axis, "chunks": len(cx.node.output)}
     outs = cx.add("split", [x], attrs)
     return outs if isinstance(outs, list) else [outs]
@@ -578,7 +581,7 @@ def _resize(cx: Ctx):
         attrs["scale"] = sc[2] if len(set(sc[2:])) == 1 else tuple(sc[2:])
     else:
         raise located(cx.origin, "Resize with computed scales and sizes has no convdsl mapping")
-    if "size" in attrs and len(set(attrs["size"])) == 1:
+    if "size" in attrs and len(attrs["size"]) == 1:
         attrs["size"] = attrs["size"][0]
     return cx.add("upsample", [x], attrs)
 

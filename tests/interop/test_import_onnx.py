@@ -21,8 +21,9 @@ from convdsl.passes.remove_identity import remove_identity  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2] / "examples"
 # CDL -> ONNX -> import gives the same program, compared as the IR printer's text; docs/interop.md lists
 # why each other example does not come back yet (ops exported as decompositions, layout ops...)
-ROUND_TRIP = ["digits_cnn.cdl", "digits_mobilenet.cdl", "espcn.cdl", "mobilenet_v2.cdl", "papers/convnext_block.cdl",
-              "papers/gcn.cdl", "regnet_y_400mf.cdl", "resnet18.cdl", "resnet50.cdl"]
+ROUND_TRIP = ["deeplab_aspp.cdl", "digits_cnn.cdl", "digits_mobilenet.cdl", "espcn.cdl", "mobilenet_v2.cdl",
+              "mobilenet_v3_large.cdl", "papers/clutter_filter_3d.cdl", "papers/convnext_block.cdl", "papers/gcn.cdl",
+              "papers/transnext_convglu.cdl", "regnet_y_400mf.cdl", "resnet18.cdl", "resnet50.cdl", "unet.cdl"]
 
 
 def canonical(g) -> str:
