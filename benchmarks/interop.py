@@ -44,12 +44,31 @@ def _model(family: str, name: str):
     if family == "timm":
         import timm
 
-        return timm.create_model(name, pretrained=False).eval()
+        return _no_zero_tensors(timm.create_model(name, pretrained=False).eval())
     import torchvision
 
     if family == "segmentation":
-        return torchvision.models.get_model(name, weights=None, weights_backbone=None, aux_loss=None).eval()
-    return torchvision.models.get_model(name, weights=None).eval()
+        return _no_zero_tensors(torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                                             aux_loss=None).eval())
+    return _no_zero_tensors(torchvision.models.get_model(name, weights=None).eval())
+
+
+def _no_zero_tensors(model):
+    """Parameters initialized to zeros (torchvision ViT's classifier head, class token and biases) are
+    drawn from N(0, 0.02) instead, and BN statistics from around their defaults: a zero head would make
+    every output 0 and any import "match"."""
+    if any(p.is_meta for p in model.parameters()):
+        return model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and not p.abs().max():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(1 + torch.rand(m.running_var.shape, generator=gen) * 0.2)
+    return model
 
 
 def _size(name: str) -> int:
@@ -75,7 +94,47 @@ def _err(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:250] if str(e).strip() else ''} (not a ConvDSLError)"
 
 
-def run_model(family: str, name: str) -> dict:
+def code_lines(text: str) -> int:
+    """Lines that are neither blank nor comments."""
+    return sum(1 for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+HAND_WRITTEN = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16", "convnext_tiny", "vit_b_16",
+                "swin_t", "efficientnet_b0"]
+
+
+def hand_written_lines(name: str) -> int:
+    """Code lines of examples/<name>.cdl and every block file it imports (transitively)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    seen, todo, total = set(), [root / f"{name}.cdl"], 0
+    while todo:
+        f = todo.pop().resolve()
+        if f in seen:
+            continue
+        seen.add(f)
+        text = f.read_text()
+        total += code_lines(text)
+        todo += [f.parent / m for m in re.findall(r'^import "([^"]+)"', text, re.M)]
+    return total
+
+
+def readability(rows: list[dict]) -> str:
+    """Must-show 2: the imported program (torch.export route) against the hand-written example."""
+    lines = ["| model | imported: code lines / blocks / loops | hand-written (+ block files): code lines | ratio |",
+             "|---|---|---|---|"]
+    for r in rows:
+        e = r.get("export", {})
+        if r["family"] != "torchvision" or r["model"] not in HAND_WRITTEN or not e.get("ok") or "code_lines" not in e:
+            continue
+        hand = hand_written_lines(r["model"])
+        lines.append(f"| {r['model']} | {e['code_lines']} / {e['blocks']} / {e['loops']} | {hand} | "
+                     f"{e['code_lines'] / hand:.2f} |")
+    return "\n".join(lines)
+
+
+def run_model(family: str, name: str, routes=("export", "onnx"), prune: bool = True) -> dict:
     from convdsl.api import import_model
     from convdsl.backends.torch import build_module
     from convdsl.importer import import_onnx
@@ -88,7 +147,7 @@ def run_model(family: str, name: str) -> dict:
     with torch.no_grad():
         ref = _first(model(x)).numpy()
     imported = None
-    for route in ("export", "onnx"):
+    for route in routes:
         t0 = time.perf_counter()
         try:
             if route == "export":
@@ -107,13 +166,16 @@ def run_model(family: str, name: str) -> dict:
                 out = _first(mod(x)).numpy()
             err = _rel(out, ref)
             res[route] = {"ok": True, "match": err <= 1e-5, "rel_err": err, "seconds": round(seconds, 2),
-                          "lines": r.text.count("\n"), "blocks": r.text.count("\nblock ")}
+                          "lines": r.text.count("\n"), "code_lines": code_lines(r.text),
+                          "blocks": r.text.count("\nblock "), "loops": r.text.count(" for ")}
             if route == "export":
                 imported = r
         except Exception as e:  # every failure is reported, never hidden
             res[route] = {"ok": False, "error": _err(e)}
-    res["prune_convdsl"] = _prune_convdsl(imported, x) if imported is not None else {"ok": False, "error": "not imported"}
-    res["prune_tp"] = _prune_tp(model, x, ref.shape)
+    if prune:
+        res["prune_convdsl"] = _prune_convdsl(imported, x) if imported is not None else {"ok": False,
+                                                                                          "error": "not imported"}
+        res["prune_tp"] = _prune_tp(model, x, ref.shape)
     return res
 
 
@@ -125,31 +187,57 @@ def _prune_convdsl(r, x) -> dict:
         g = prune(r.graph, 0.5)
         with torch.no_grad():
             out = _first(build_module(g)(x))
-        return {"ok": tuple(out.shape) == tuple(_first(build_module(r.graph)(x)).shape),
-                "params": [r.graph.params.count(), g.params.count()]}
+        before, after = r.graph.params.count(), g.params.count()
+        want = tuple(_first(build_module(r.graph)(x)).shape)
+        if tuple(out.shape) != want:
+            return {"ok": False, "error": f"output shape {tuple(out.shape)}, expected {want}", "params": [before, after]}
+        return {"ok": True, "params": [before, after]}
     except Exception as e:
         return {"ok": False, "error": _err(e)}
 
 
 def _prune_tp(model, x, shape) -> dict:
+    """Torch-Pruning's documented recipe: MetaPruner, L1 magnitude, the classifier (the layers whose
+    outputs are the model's output channels) in ignored_layers, as convdsl keeps its outputs."""
     try:
         import torch_pruning as tp
 
         m = __import__("copy").deepcopy(model)
+        before = sum(p.numel() for p in m.parameters())
+        heads = [mod for mod in m.modules()
+                 if (isinstance(mod, torch.nn.Linear) and mod.out_features == shape[1])
+                 or (isinstance(mod, torch.nn.modules.conv._ConvNd) and mod.out_channels == shape[1])]
         imp = tp.importance.MagnitudeImportance(p=1)
-        pruner = tp.pruner.MetaPruner(m, x[:1], importance=imp, pruning_ratio=0.5)
+        pruner = tp.pruner.MetaPruner(m, x[:1], importance=imp, pruning_ratio=0.5, ignored_layers=heads)
         pruner.step()
         with torch.no_grad():
             out = _first(m(x))
-        return {"ok": tuple(out.shape) == tuple(shape)}
+        after = sum(p.numel() for p in m.parameters())
+        if tuple(out.shape) != tuple(shape):
+            return {"ok": False, "error": f"output shape {tuple(out.shape)}, expected {tuple(shape)}", "params": [before, after]}
+        return {"ok": True, "params": [before, after]}
     except Exception as e:
         return {"ok": False, "error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+
+
+def _param_count(family: str, name: str) -> int:
+    """Parameter count without allocating (a meta-device instance); for --order size."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in _model(family, name).parameters())
+    except Exception:  # RegNet's init does not run on meta: its name says its FLOPs (~ parameters / 10^6 per GF)
+        import re
+
+        m = re.search(r"_(\d+(?:_\d+)?)(mf|gf)$", name)
+        return int(float(m[1].replace("_", ".")) * (1e4 if m[2] == "mf" else 1e7)) if m else 1 << 62
 
 
 def models(which: str) -> list[tuple[str, str]]:
     import torchvision
 
     out = []
+    if which == "hand-written":
+        out += [("torchvision", n) for n in HAND_WRITTEN]
     if which in ("all", "torchvision"):
         out += [("torchvision", n) for n in torchvision.models.list_models(module=torchvision.models)]
     if which in ("all", "segmentation"):
@@ -168,9 +256,15 @@ def report(rows: list[dict]) -> str:
             return "FAIL"
         return f"yes / {'yes' if r['match'] else 'NO'} / {r['seconds']} / {r['lines']}"
 
+    def pcell(r):
+        if not r.get("ok"):
+            return "FAIL"
+        p = r.get("params")
+        return f"yes ({100 * p[1] / p[0]:.0f}% params)" if p and p[0] else "yes"
+
     for r in rows:
         lines.append(f"| {r['family']} | {r['model']} | {cell(r['export'])} | {cell(r['onnx'])} | "
-                     f"{'yes' if r['prune_convdsl'].get('ok') else 'FAIL'} | {'yes' if r['prune_tp'].get('ok') else 'FAIL'} |")
+                     f"{pcell(r['prune_convdsl'])} | {pcell(r['prune_tp'])} |")
     lines.append("")
     for fam in sorted({r["family"] for r in rows}):
         sub = [r for r in rows if r["family"] == fam]
@@ -191,10 +285,14 @@ def report(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", default="all", choices=("all", "torchvision", "segmentation", "timm"))
+    ap.add_argument("--set", default="all", choices=("all", "torchvision", "segmentation", "timm", "hand-written"),
+                    help="hand-written: the nine torchvision networks examples/ also writes by hand (must-show 2)")
     ap.add_argument("--cache", default="build/interop-bench", help="one JSON file per model")
     ap.add_argument("--limit", type=int, default=None, help="at most this many models (in list order)")
     ap.add_argument("--only", default=None, help="comma-separated model names")
+    ap.add_argument("--skip", default=None, help="comma-separated model names to leave out")
+    ap.add_argument("--order", default="list", choices=("list", "size"),
+                    help="size: smallest models first (parameter counts from meta-device instances)")
     ap.add_argument("--fresh", action="store_true", help="recompute cached models")
     ap.add_argument("--report", action="store_true", help="print the table from the cache only")
     args = ap.parse_args()
@@ -205,6 +303,11 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         todo = [t for t in todo if t[1] in keep]
+    if args.skip:
+        drop = set(args.skip.split(","))
+        todo = [t for t in todo if t[1] not in drop]
+    if args.order == "size":
+        todo.sort(key=lambda t: _param_count(*t))
     if args.limit:
         todo = todo[: args.limit]
     rows = []
@@ -216,7 +319,8 @@ def main() -> None:
         if args.report:
             continue
         try:
-            r = run_model(family, name)
+            hand = args.set == "hand-written"  # the readability table needs the torch.export route only
+            r = run_model(family, name, ("export",), False) if hand else run_model(family, name)
         except Exception as e:
             r = {"family": family, "model": name, "export": {"ok": False, "error": _err(e)},
                  "onnx": {"ok": False, "error": "not run"}, "prune_convdsl": {"ok": False, "error": "not run"},
@@ -224,8 +328,11 @@ def main() -> None:
         f.write_text(json.dumps(r, indent=1))
         rows.append(r)
         print(f"{family} {name}: export {r['export'].get('ok')}/{r['export'].get('match')} "
-              f"onnx {r['onnx'].get('ok')}/{r['onnx'].get('match')}", flush=True)
-    print(report(rows))
+              f"onnx {r.get('onnx', {}).get('ok')}/{r.get('onnx', {}).get('match')}", flush=True)
+    if args.set != "hand-written":
+        print(report(rows))
+        print()
+    print(readability(rows))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ def _batchnorm(cx, node, args, ins):
     c = ins[0].shape[1]
     return cx.op("BatchNormalization", [args[0], _ones_or(cx, "weight", (c,), 1.0), _ones_or(cx, "bias", (c,), 0.0),
                                         cx.param("running_mean"), cx.param("running_var")],
-                 epsilon=node.attrs["eps"])
+                 epsilon=node.attrs["eps"],
+                 # training-only, kept so an import gives the program back: ONNX's momentum weighs the old
+                 # running value (PyTorch's momentum the new one)
+                 momentum=float(1.0 - node.attrs.get("momentum", 0.1)))
 
 
 def _layernorm(cx, node, args, ins):

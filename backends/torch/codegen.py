@@ -209,7 +209,8 @@ def generate(graph: Graph) -> Generated:
             for i, t in enumerate(targets):
                 var[Value(node.id, i)] = t
             forward_lines.append(f"{', '.join(targets)} = {expr}")
-    if "Scope" in {l.split("=")[-1].strip().rstrip("()") for l in init_lines}:
+    # `self.a = Scope()`, or `self.add_module('0', Scope())` for a name that is no identifier
+    if any(l.rstrip().endswith(("= Scope()", ", Scope())")) for l in init_lines):
         helpers.insert(0, "Scope")
     rets = [var[v] for v in graph.outputs]
     returns = rets[0] if len(rets) == 1 else "(" + ", ".join(rets) + ")"

@@ -26,6 +26,7 @@ from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, located
+from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
 
@@ -266,9 +267,44 @@ def _scalar(c: Any) -> float | None:
     return float(c.array.reshape(-1)[0]) if isinstance(c, Const) and c.array.size == 1 else None
 
 
+def _owned(cx: Ctx, op: str, local: str, x: Value, c: Const, attrs: dict) -> Value:
+    """An op holding the one parameter ``c`` (ViT's pos_embedding, ConvNeXt's layer_scale), named so that
+    its key is the source's: ``<id>.<local>`` when no other parameter lives under ``<id>`` (convdsl's own
+    export); otherwise the node takes the key as its name and the parameter is renamed (a CDL op is a
+    leaf, so ConvNeXt's ``features.1.0`` cannot be both the op and the scope of ``features.1.0.block``)."""
+    suffix = "." + local
+    nid = c.key[: -len(suffix)] if c.key.endswith(suffix) else c.key
+    if nid != c.key and any(k.startswith(nid + ".") and k != c.key for k in cx.b.source_keys):
+        nid = c.key
+    out = cx.add(op, [x], attrs, {local: c.array}, id=nid)
+    if f"{out.node}.{local}" != c.key:
+        cx.b.renamed[f"{out.node}.{local}"] = c.key
+    return out
+
+
+def _parameter_op(cx: Ctx, op: str, a: Any, b: Any) -> Value | None:
+    """x + table [1, L, C] -> pos_embed; x * gamma ([C, 1, ...] on [N, C, ...] or [C] on [..., C]) -> layer_scale."""
+    if isinstance(a, Const) and op == "mul":
+        a, b = b, a
+    if not (isinstance(a, Value) and isinstance(b, Const) and b.key):
+        return None
+    t = cx.type(a)
+    shape = tuple(b.array.shape)
+    if op == "add" and len(shape) == 3 and t.rank == 3 and shape == (1,) + tuple(t.shape[1:]):
+        return _owned(cx, "pos_embed", "pos_embedding", a, b, {"kind": "learned"})
+    if op == "mul" and t.rank >= 3 and shape == (t.shape[1],) + (1,) * (t.rank - 2) and isinstance(t.shape[1], int):
+        return _owned(cx, "layer_scale", "layer_scale", a, b, {"layout": "first"})
+    if op == "mul" and len(shape) == 1 and t.rank >= 2 and shape[0] == t.shape[-1] and shape[0] > 1:
+        return _owned(cx, "layer_scale", "layer_scale", a, b, {"layout": "last"})
+    return None
+
+
 def _binary(op: str, affine: Callable[[float, bool], dict] | None):
     def fn(cx: Ctx):
         a, b = cx.arg(0), cx.arg(1)
+        owned = _parameter_op(cx, op, a, b) if op in ("add", "mul") else None
+        if owned is not None:
+            return owned
         if affine is not None and _scalar(b) is not None and isinstance(a, Value):
             return cx.add("affine", [a], affine(_scalar(b), False))
         if affine is not None and _scalar(a) is not None and isinstance(b, Value) and op in ("add", "mul"):
@@ -307,8 +343,9 @@ def _pool(kind: str):
         pads = list(a.get("pads", [0] * 2 * nd))
         if pads[:nd] != pads[nd:]:
             raise located(cx.origin, "asymmetric pooling padding has no convdsl op")
-        attrs = {"k": _ints(k), "stride": _ints(a.get("strides", [1] * nd)), "pad": _ints(pads[:nd]),
-                 "ceil_mode": bool(a.get("ceil_mode", 0))}
+        strides = list(a.get("strides", [1] * nd))
+        attrs = {"k": _ints(k), "stride": None if strides == k else _ints(strides), "pad": _ints(pads[:nd]),
+                 "ceil_mode": bool(a.get("ceil_mode", 0))}  # stride None: the kernel's, as nn.MaxPool2d(k)
         if kind == "max":
             attrs["dilation"] = _ints(a.get("dilations", [1] * nd))
         else:
@@ -366,11 +403,16 @@ def _flatten(cx: Ctx):
 def _reshape(cx: Ctx):
     x = cx.tensor(0)
     shape = cx.arg(1)
+    t = cx.type(x)
+    if isinstance(shape, Dims):  # sizes computed from the input's shape (x.view(x.size(0), -1))
+        spec = reshape_spec(shape, tuple(t.shape))
+        if spec.count(-1) > 1:
+            raise located(cx.origin, f"a Reshape to {shape.values.tolist()}: more than one size depends on the batch")
+        return cx.add("reshape", [x], {"shape": tuple(spec)})
     if not isinstance(shape, Const):
         raise located(cx.origin, "a Reshape to a computed shape has no convdsl mapping",
                       "export the model with a static shape or a symbolic batch only")
     spec = [int(d) for d in shape.array]
-    t = cx.type(x)
     if 0 not in spec and spec and not isinstance(t.shape[0], int) and spec[0] > 0:
         raise located(cx.origin, "a Reshape that fixes the symbolic batch has no convdsl mapping")
     if len(spec) == 2 and spec[0] == 0 and t.rank > 2 and all(isinstance(d, int) for d in t.shape[1:]) and \
@@ -405,6 +447,16 @@ def _unsqueeze(cx: Ctx):
 
 @onnx_op("Concat")
 def _concat(cx: Ctx):
+    first = cx.arg(0)
+    if isinstance(first, Expanded) and len(cx.node.input) == 2 and int(cx.attrs["axis"]) == 1:
+        # Concat([cls.expand(N, -1, -1), x], 1): ViT's class token (convdsl's own export names it <id>.class_token)
+        key = first.param.key
+        nid = key[: -len(".class_token")] if key.endswith(".class_token") else key
+        out = cx.add("class_token", [cx.tensor(1)], {"tokens": int(first.param.array.shape[1])},
+                     {"class_token": first.param.array}, id=nid)
+        if nid == key:
+            cx.b.renamed[f"{out.node}.class_token"] = key
+        return out
     return cx.add("concat", [cx.tensor(i) for i in range(len(cx.node.input))], {"dim": int(cx.attrs["axis"])})
 
 
@@ -415,6 +467,8 @@ def _split(cx: Ctx):
     sizes = cx.attrs.get("split")
     if sizes is None and isinstance(cx.arg(1), Const):
         sizes = [int(s) for s in cx.arg(1).array]
+    if sizes and len(set(sizes)) == 1:  # equal parts: torch.chunk's form
+        sizes = None
     attrs = {"dim": axis, "sizes": tuple(sizes)} if sizes else {"dim": axis, "chunks": len(cx.node.output)}
     outs = cx.add("split", [x], attrs)
     return outs if isinstance(outs, list) else [outs]
@@ -423,9 +477,113 @@ def _split(cx: Ctx):
 @onnx_op("Gather")
 def _gather(cx: Ctx):
     idx = cx.arg(1)
+    x = cx.tensor(0)
+    axis = int(cx.attrs.get("axis", 0)) % cx.type(x).rank
     if isinstance(idx, Const) and idx.array.ndim == 0:
-        return cx.add("select", [cx.tensor(0)], {"index": int(idx.array), "dim": int(cx.attrs.get("axis", 0))})
-    raise located(cx.origin, "Gather with an index tensor has no convdsl op (a scalar index is `select`)")
+        return cx.add("select", [x], {"index": int(idx.array), "dim": axis})
+    if isinstance(idx, Const) and idx.array.ndim == 1 and axis > 0:
+        size = cx.type(x).shape[axis]
+        return cx.add("index_select", [x], {"index": tuple(int(i) % size for i in idx.array), "dim": axis})
+    raise located(cx.origin, "Gather with a computed or multi-dimensional index has no convdsl op "
+                             "(a constant scalar index is `select`, a constant list `index_select`)")
+
+
+@onnx_op("Slice")
+def _slice(cx: Ctx):
+    x = cx.tensor(0)
+    t = cx.type(x)
+    starts, ends = [int(v) for v in cx.const(1).reshape(-1)], [int(v) for v in cx.const(2).reshape(-1)]
+    axes = [int(v) for v in cx.const(3).reshape(-1)] if cx.arg(3) is not None else list(range(len(starts)))
+    steps = [int(v) for v in cx.const(4).reshape(-1)] if cx.arg(4) is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= t.rank
+        size = t.shape[axis]
+        if not isinstance(size, int):
+            if (start, step) == (0, 1) and end >= 2 ** 31 - 1:
+                continue
+            raise located(cx.origin, "slicing the batch has no convdsl op")
+        keep = list(range(size))[slice(start, end, step)]
+        if keep == list(range(size)):
+            continue
+        if not keep:
+            raise located(cx.origin, f"an empty slice of dim {axis}")
+        if step == 1:  # a contiguous part: split and take it
+            lo, hi = keep[0], keep[-1] + 1
+            sizes = [n for n in (lo, hi - lo, size - hi) if n > 0]
+            parts = cx.add("split", [x], {"sizes": tuple(sizes), "dim": axis})
+            x = (parts if isinstance(parts, list) else [parts])[1 if lo > 0 else 0]
+        else:
+            x = cx.add("index_select", [x], {"index": tuple(keep), "dim": axis})
+        t = cx.type(x)
+    return x
+
+
+@dataclass
+class Expanded:
+    """A parameter expanded over the batch (``cls_token.expand(N, -1, -1)``): a class_token once concatenated."""
+
+    param: Const
+
+
+@onnx_op("Expand")
+def _expand(cx: Ctx):
+    if isinstance(cx.arg(0), Const) and cx.arg(0).key and cx.arg(0).array.ndim == 3:
+        return Expanded(cx.arg(0))
+    x = cx.tensor(0)
+    shape = cx.arg(1)
+    dims = shape.values.tolist() if isinstance(shape, Dims) else [int(d) for d in cx.const(1)]
+    have = list(cx.type(x).shape)
+    if len(dims) <= len(have) and all(d in (1, h) for d, h in zip(dims[::-1], have[::-1])):
+        return x  # expanding to the shape it has (or broadcastable 1s): nothing to do
+    raise located(cx.origin, f"Expand of a computed tensor to {dims} has no convdsl op "
+                             "(broadcasting ops expand implicitly)")
+
+
+@onnx_op("Cast")
+def _cast_tensor(cx: Ctx):
+    x = cx.tensor(0)
+    want = ONNX_TO_DTYPE.get(int(cx.attrs["to"]))
+    if want == cx.type(x).dtype:
+        return x
+    return cx.add("cast", [x], {"dtype": want})
+
+
+@onnx_op("Resize")
+def _resize(cx: Ctx):
+    """Resize -> upsample when it is one of F.interpolate's rules (what torch.onnx writes for it)."""
+    x = cx.tensor(0)
+    t = cx.type(x)
+    a = cx.attrs
+    mode, coord = a.get("mode", "nearest"), a.get("coordinate_transformation_mode", "half_pixel")
+    if mode == "nearest" and coord == "asymmetric" and a.get("nearest_mode", "round_prefer_floor") == "floor":
+        attrs = {"mode": "nearest"}
+    elif mode in ("linear", "cubic") and coord in ("half_pixel", "pytorch_half_pixel", "align_corners") and (
+            mode == "linear" or math.isclose(a.get("cubic_coeff_a", -0.75), -0.75)):
+        names = {("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear", ("cubic", 2): "bicubic"}
+        name = names.get((mode, t.rank - 2))
+        if name is None:
+            raise located(cx.origin, f"Resize mode={mode} on a rank-{t.rank} tensor has no convdsl op")
+        attrs = {"mode": name, "align_corners": coord == "align_corners"}
+    else:
+        raise located(cx.origin, f"Resize(mode={mode}, coordinate_transformation_mode={coord}) is none of "
+                                 "F.interpolate's rules, which upsample implements")
+    sizes = cx.arg(3)
+    scales = cx.arg(2)
+    if isinstance(sizes, (Const, Dims)) and (not isinstance(sizes, Const) or sizes.array.size):
+        dims = sizes.values.tolist() if isinstance(sizes, Dims) else [int(d) for d in sizes.array]
+        if any(not isinstance(d, int) for d in dims[2:]):
+            raise located(cx.origin, "Resize to a size that depends on the batch has no convdsl op")
+        attrs["size"] = tuple(int(d) for d in dims[2:])
+    elif isinstance(scales, Const) and scales.array.size:
+        sc = [float(v) for v in scales.array.reshape(-1)]
+        if sc[:2] != [1.0, 1.0]:
+            raise located(cx.origin, "Resize of the batch or channel dim has no convdsl op")
+        attrs["scale"] = sc[2] if len(set(sc[2:])) == 1 else tuple(sc[2:])
+    else:
+        raise located(cx.origin, "Resize with computed scales and sizes has no convdsl mapping")
+    if "size" in attrs and len(attrs["size"]) == 1:
+        attrs["size"] = attrs["size"][0]
+    return cx.add("upsample", [x], attrs)
 
 
 @onnx_op("Pad")
@@ -457,6 +615,11 @@ def _prelu(cx: Ctx):
     key = w.key[: -len(".as_channels")] if w.key and w.key.endswith(".as_channels") else w.key
     pid, params = cx.owner(weight=Const(w.array.reshape(-1), key))
     return cx.add("prelu", [cx.tensor(0)], {"shared": w.array.size == 1}, params, id=pid)
+
+
+@onnx_op("Gelu")
+def _gelu_op(cx: Ctx):  # opset 20's Gelu, which torch.onnx writes for nn.GELU at opset >= 20
+    return cx.add("gelu", [cx.tensor(0)], {"approximate": cx.attrs.get("approximate", "none")})
 
 
 @onnx_op("Erf")
@@ -515,6 +678,33 @@ def _gelu_patterns(graph, producer: dict, consumers: dict, env: dict) -> dict[st
                 out[cur] = (x, nodes)
                 break
     return out
+
+
+# ---- shape arithmetic (onnx_shapes) ------------------------------------------------------------
+def _foldable(node, env: dict) -> bool:
+    """Every input known at import time (constants, sizes), or a Shape of anything."""
+    if node.op_type in ("Shape", "Size"):
+        return True
+    ins = [env.get(i) for i in node.input if i]
+    if node.op_type == "Identity" and isinstance(ins[0], Const) and ins[0].key:
+        return False  # a renamed parameter keeps its key (_identity)
+    return bool(ins) and all(isinstance(v, (Const, Dims)) for v in ins)
+
+
+def _fold(cx: "Ctx", node, env: dict) -> list:
+    ins, shapes = [], {}
+    for i, name in enumerate(node.input):
+        v = env.get(name) if name else None
+        if isinstance(v, Value):
+            shapes[i] = tuple(cx.type(v).shape)
+        ins.append(v.array if isinstance(v, Const) else v)
+    out = fold(node.op_type, cx.attrs, ins, shapes)
+    if isinstance(out, Dims):
+        return [out]
+    src = env.get(node.input[0]) if node.input else None
+    # a parameter only reshaped (timm's GRN gamma.view(1, 1, 1, -1)) is still that parameter
+    key = src.key if isinstance(src, Const) and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Cast") else None
+    return [Const(np.asarray(out), key)]
 
 
 # ---- the driver ---------------------------------------------------------------------------------------
@@ -579,6 +769,7 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
     graph = model.graph
     stem = name or re.sub(r"\W", "_", Path_(path).stem)
     b = Builder(stem)
+    b.source_keys = {init.name for init in graph.initializer}
     env: dict[str, Any] = {}
     for init in graph.initializer:
         env[init.name] = Const(numpy_helper.to_array(init), init.name)
@@ -622,9 +813,18 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             continue
         if (node.name or id(node)) in replaced:
             continue
+        if node.op_type in FOLDABLE and _foldable(node, env):
+            try:
+                result = _fold(cx, node, env)
+            except ValueError as e:
+                raise located(origin, f"{node.op_type} on sizes cannot be evaluated at import time ({e})",
+                              "export the model with static shapes (a symbolic batch only)") from None
+            for name_, v in zip(node.output, result):
+                env[name_] = v
+            continue
         if node.domain not in ("", "ai.onnx"):
             raise located(origin, f"custom-domain op {node.domain}.{node.op_type} has no convdsl mapping")
-        if node.op_type in ("Shape", "ConstantOfShape", "Loop", "If", "Scan", "NonZero", "TopK", "Where"):
+        if node.op_type in ("Shape", "Size", "ConstantOfShape", "Loop", "If", "Scan", "NonZero", "TopK", "Where"):
             raise located(origin, f"{node.op_type} (data-dependent or dynamic-shape computation) has no convdsl "
                                   "mapping", "export the model with static shapes and no control flow")
         fn = ONNX.get(node.op_type)

@@ -86,8 +86,13 @@ class Writer:
     def __init__(self, imp: Imported) -> None:
         self.imp = imp
         self.g: Graph = imp.graph
-        self.order = {nid: i for i, nid in enumerate(self.g.order())}
-        self.candidates = {p for p, cls in imp.modules.items() if p and _candidate(cls)}
+        self._by_order = list(self.g.order())
+        self.order = {nid: i for i, nid in enumerate(self._by_order)}
+        ops = set(self.g.g.nodes)
+        # an op is a leaf of the instance tree: a scope below an op's name (timm's BatchNormAct2d `bn1`
+        # holds `bn1.act`; in ONNX both are only name scopes) cannot become a block instance
+        self.candidates = {p for p, cls in imp.modules.items() if p and _candidate(cls)
+                           and not any(".".join(p.split(".")[:i]) in ops for i in range(1, p.count(".") + 1))}
         self.members: dict[str, list[str]] = defaultdict(list)  # instance -> node ids
         for nid, chain in imp.chains.items():
             for p in chain:
@@ -95,9 +100,29 @@ class Writer:
                     self.members[p].append(nid)
         for p in self.members:
             self.members[p].sort(key=self.order.__getitem__)
+        for p in [p for p in self.members if not self._convex(self.members[p])]:
+            # a name scope whose ops are interleaved with ops outside it (convdsl's own export: the
+            # unlabeled relu between "f.a" and "f.b" is not in scope "f") is no call: written inline
+            self.candidates.discard(p)
+            del self.members[p]
         self.is_block: dict[str, str] = {}  # instance path -> block name
         self.blocks: list[tuple[str, list[str], Body, str]] = []  # (name, arguments, body, class)
         self._resolved: dict[str, dict[int, str | None]] = {}  # block -> hole index -> argument name
+
+    def _convex(self, members: list[str]) -> bool:
+        """One call with inputs and outputs: every input exists before its first op (ModuleList
+        items applied to different tensors are not), and no path leaves it and comes back."""
+        inside = set(members)
+        lo, hi = self.order[members[0]], self.order[members[-1]]
+        outside_reached: set[str] = set()
+        for nid in self._by_order[lo:hi + 1]:
+            feeds = {v.node for v in self.g.inputs_of(nid)}
+            if nid in inside:
+                if feeds & outside_reached or any(self.order[f] > lo for f in feeds - inside):
+                    return False
+            elif feeds & (inside | outside_reached):
+                outside_reached.add(nid)
+        return True
 
     # -- items ------------------------------------------------------------------------------
     def _child(self, nid: str, scope: str) -> str | None:
@@ -298,7 +323,8 @@ class Writer:
         # one argument per distinct column of values; named after the attribute
         args: list[tuple[str, Hole, list]] = []
         arg_of: dict[int, str] = {}
-        taken = {"x"} | {f"x{i}" for i in range(10)}
+        # an argument must not shadow a block its body calls (ONNX scopes f.a/f.b/f.c make blocks a, b, c)
+        taken = {"x"} | {f"x{i}" for i in range(10)} | used
         for k in varying:
             for nm, h, col in args:
                 if all(_same(a, b) for a, b in zip(col, cols[k])):

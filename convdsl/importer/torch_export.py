@@ -129,7 +129,15 @@ def _describe(v: Any) -> str:
 
 
 def _shape(val) -> tuple:
-    return tuple(int(d) if _is_static(d) else "N" for d in val.shape)
+    """Static dims as ints; the batch symbol as "N", an expression of it as convdsl writes one ("896*N")."""
+    return tuple(int(d) if _is_static(d) else _sym_text(d) for d in val.shape)
+
+
+def _sym_text(d) -> str:
+    expr = getattr(getattr(d, "node", None), "expr", None)
+    if expr is None or getattr(expr, "is_Symbol", False):
+        return "N"
+    return re.sub(r"\b[a-z]+\d+\b", "N", str(expr)).replace(" ", "")
 
 
 def _is_static(d) -> bool:
@@ -310,6 +318,15 @@ ATEN["div"] = ATEN["div_"] = _binary("div", lambda v: {"scale": 1.0 / v})
 ATEN["matmul"] = ATEN["bmm"] = _binary("matmul", None)
 
 
+@aten("addcmul")
+def _addcmul(cx: Ctx, x, t1, t2, value=1):
+    # x + value * t1 * t2 (timm's GlobalResponseNorm: x.addcmul(gamma, x * nx) + beta...)
+    prod = cx.add("mul", [cx.tensor(t1), cx.tensor(t2)])
+    if value != 1:
+        prod = cx.add("affine", [prod], {"scale": float(value)})
+    return cx.add("add", [cx.tensor(x), prod])
+
+
 @aten("max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices")
 def _max_pool(cx: Ctx, x, k, stride=(), padding=0, dilation=1, ceil_mode=False):
     nd = len(k) if isinstance(k, (list, tuple)) else 2
@@ -363,7 +380,7 @@ def _view(cx: Ctx, x, *rest):
     if tuple(t.shape) == out:
         return v
     spec = [0 if (not isinstance(d, int) and i < t.rank and t.shape[i] == d) else (-1 if not isinstance(d, int) else d)
-            for i, d in enumerate(out)]
+            for i, d in enumerate(out)]  # a dim copied as it is (0), the one that depends on the batch (-1)
     if spec.count(-1) > 1:
         raise located(cx.origin, f"reshape to {list(out)}: more than one size depends on the batch")
     return cx.add("reshape", [v], {"shape": tuple(spec)})
@@ -460,8 +477,9 @@ def _slice(cx: Ctx, x, dim=0, start=None, end=None, step=1):
         raise located(cx.origin, "slicing the batch has no convdsl op")
     end = size if end is None else min(int(end), size)
     start, end = start % size if start < 0 else start, end % size if end < 0 else end
-    if step != 1:
-        raise located(cx.origin, f"a strided slice (step {step}) has no convdsl op")
+    if step != 1:  # Swin's PatchMerging x[..., 0::2, 1::2, :]: a gather of every step-th position
+        keep = list(range(size))[start:end:step]
+        return cx.add("index_select", [v], {"index": tuple(keep), "dim": int(dim) % cx.type(v).rank})
     if (start, end) == (0, size):
         return v
     sizes = [s for s in (start, end - start, size - end) if s > 0]
@@ -475,6 +493,10 @@ def _pad(cx: Ctx, x, pad, *rest):
     mode = rest[0] if rest and isinstance(rest[0], str) else "constant"
     value = rest[-1] if rest and _is_num(rest[-1]) else 0.0
     v = cx.tensor(x)
+    if not any(int(p) for p in pad):
+        return v  # Swin's PatchMerging pads H and W to even sizes: nothing when they already are
+    while len(pad) >= 2 and not int(pad[-1]) and not int(pad[-2]):
+        pad = pad[:-2]  # F.pad lists the last dim first: trailing zero pairs are the leading dims
     nd = len(pad) // 2
     if cx.type(v).rank - 2 < nd:
         raise located(cx.origin, "padding the channel or batch dim has no convdsl op")
@@ -644,6 +666,11 @@ def import_exported(ep, module, name: str, dynamic: bool) -> Imported:
     for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         paths = [p for p, _ in stack.values()]
+        if not isinstance(node.meta.get("val"), torch.Tensor):
+            continue  # size arithmetic (operator.mul on the batch...) is evaluated as usual, outside the group
+        if node.op == "call_function" and _target_name(node) in PASS_THROUGH and node.args and \
+                getattr(node.args[0], "name", None) not in node_group:
+            continue  # an alias of the module's input (Swin's x) is that input, not a tensor it computes
         for p in paths:
             if p in mapped_paths:
                 node_group[node.name] = p
@@ -737,6 +764,10 @@ def import_exported(ep, module, name: str, dynamic: bool) -> Imported:
         except TypeError as e:
             raise located(origin, f"unexpected arguments for the mapping ({e})") from None
     raise ModelImportError("the exported graph has no output")  # pragma: no cover
+
+
+def _target_name(node) -> str:
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
 def _get(env, seq):

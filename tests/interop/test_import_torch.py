@@ -87,3 +87,60 @@ def test_data_dependent_control_flow_is_a_trace_error():
     with pytest.raises(TraceError) as e:
         import_model(Net().eval(), (torch.randn(2, 4),))
     assert e.value.exit_code == 13
+
+
+def test_reshape_into_a_multiple_of_the_batch_and_back():
+    """MobileViT's unfold (timm mobilevit.py): reshape(B * C * nh, ph, nw, pw).  torch.export's size is
+    an expression of the batch (4*s0*...), which the reshape spec must write as its -1, not as the
+    batch copied (0)."""
+
+    class Unfold(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            x = self.conv(x)
+            b, c, h, w = x.shape
+            y = x.reshape(b * c * (h // 2), 2, w // 2, 2).transpose(1, 2)
+            y = y.reshape(b, c * (h // 2) * (w // 2), -1) * 2.0
+            return y.reshape(b, c, h, w)
+
+    r = _check(Unfold().eval(), torch.randn(2, 3, 8, 8))
+    assert "reshape([-1, 2, 4, 2])" in r.text
+
+
+def test_small_torchvision_vit_and_swin_import_and_match():
+    """nn.MultiheadAttention mapped whole although torch.export computes the batch's sizes inside it
+    (operator.mul on SymInts used outside), and Swin's attention whose input passes through an alias;
+    Swin's PatchMerging pads H, W to even sizes with F.pad over [N, H, W, C], a no-op here."""
+    from torchvision.models.swin_transformer import SwinTransformer
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                            num_classes=5).eval()
+    with torch.no_grad():  # torchvision zero-initializes the head: outputs would all be 0
+        vit.heads.head.weight.normal_(0, 0.1)
+    r = _check(vit, torch.randn(2, 3, 32, 32))
+    assert "mhsa(" in r.text and "class_token" in r.text
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2],
+                           num_classes=5).eval()
+    r = _check(swin, torch.randn(2, 3, 32, 32))
+    assert "window_attention(" in r.text
+
+
+def test_addcmul_is_add_and_mul():
+    class GRN(torch.nn.Module):  # timm's GlobalResponseNorm (ConvNeXt-V2), channels last
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(8))
+            self.bias = torch.nn.Parameter(torch.randn(8))
+
+        def forward(self, x):
+            x = x.permute(0, 2, 3, 1)
+            nx = x.norm(p=2, dim=(1, 2), keepdim=True)
+            nx = nx / (nx.mean(dim=-1, keepdim=True) + 1e-6)
+            return x.addcmul(self.weight.view(1, 1, 1, -1), x * nx) + self.bias.view(1, 1, 1, -1)
+
+    _check(GRN().eval(), torch.randn(2, 8, 4, 4))

@@ -2,7 +2,8 @@
 within 1e-5 (of the output's scale) of the torch backend; int8 programs export as QDQ.
 
 The ImageNet-sized zoo is opt-in (CONVDSL_ONNX_ZOO=1, about 2 minutes); the papers' blocks and
-the small networks run always.  OpenVINO runs them too when it is installed (CONVDSL_OPENVINO=1)."""
+the small networks run always.  OpenVINO (CPU, f32) runs the same files within the same 1e-5; it is in
+the test extra, so CI runs it."""
 from __future__ import annotations
 
 import os
@@ -70,15 +71,17 @@ def test_example_runs_in_onnxruntime(path):
     assert_close(sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)}), torch_runner(g)(xs))
 
 
-@pytest.mark.skipif(os.environ.get("CONVDSL_OPENVINO") != "1", reason="set CONVDSL_OPENVINO=1 (needs openvino)")
 @pytest.mark.parametrize("path", [pytest.param(p, id=str(p.relative_to(ROOT))) for p in FILES])
 def test_example_runs_in_openvino(path, tmp_path):
-    ov = pytest.importorskip("openvino")
+    ov = pytest.importorskip("openvino")  # in the test extra (pinned); skipped only where it is not installed
+    if path.stem in ZOO and os.environ.get("CONVDSL_ONNX_ZOO") != "1":
+        pytest.skip("ImageNet-sized: set CONVDSL_ONNX_ZOO=1")
     g = _load(path)
     f = tmp_path / "model.onnx"
     onnx.save(export_graph(g), f)
-    xs = inputs(g, batch=2)
+    # f32 inference precision: OpenVINO's default on CPUs with bf16 (AVX512_BF16, AMX) would run bf16
     compiled = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    res = compiled(xs)
-    outs = [res[o] for o in compiled.outputs]
-    assert_close(outs, torch_runner(g)(xs), tol=1e-4)
+    for batch, seed in ((2, 0), (3, 1)):  # the symbolic batch stays dynamic in OpenVINO too
+        xs = inputs(g, batch=batch, seed=seed)
+        res = compiled(xs)
+        assert_close([res[o] for o in compiled.outputs], torch_runner(g)(xs))

@@ -243,3 +243,17 @@ def test_instance_names_with_dashes_load_a_regnet_state_dict():
     blocks = ref.trunk_output.block1
     want = getattr(ref, "head:fc[0]")(torch.relu(blocks["block1-1"]["proj"](torch.relu(blocks["block1-0"]["proj"](x)))))
     torch.testing.assert_close(m(x), want)
+
+
+def test_a_top_level_scope_that_is_no_identifier_gets_its_container():
+    """nn.Sequential's keys (`0.conv.weight`): the top-level scope `0` is registered with add_module,
+    and the generated file must still define the Scope container it uses."""
+    from convdsl.api import load_graph
+
+    g = load_graph("network n(x: f32[N, 3, 8, 8]) {\n    return x | conv2d(4) as \"0.conv\" | relu\n}\n")
+    m = build_module(g)
+    ref = torch.nn.Sequential(torch.nn.ModuleDict({"conv": torch.nn.Conv2d(3, 4, 3)}))
+    assert set(m.state_dict()) == set(ref.state_dict())
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(m(x), torch.relu(ref[0]["conv"](x)))
