@@ -165,6 +165,41 @@ def test_register_tiles_fit_the_registers():
         assert rm * nv + nv + 1 <= 32 and 8 % nv == 0
 
 
+def test_hardware_follows_the_targets_vector_isa():
+    """TVM's llvm_get_vector_width says 512 for every x86 CPU; the lanes and registers come from
+    the target's features instead (an AVX2 CPU given AVX-512 tiles spills every accumulator)."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware
+
+    def hw(mcpu):
+        return Hardware.of(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+
+    assert hw("skylake-avx512") == hw("icelake-server") == Hardware(16, 32)
+    assert hw("haswell") == hw("znver3") == Hardware(8, 16)
+    assert hw("x86-64") == Hardware(4, 16)
+    assert Hardware(8, 16).vectors(16) == 2 and Hardware(16, 32).vectors(16) == 1
+
+
+def test_avx2_register_tiles_fit_16_registers():
+    from convdsl.backends.tvm.schedules.cpu import Hardware, conv_tile, dw_tile, gemm_tile
+
+    avx2 = Hardware(8, 16)
+    for block in (8, 16):
+        vb = avx2.vectors(block)
+        for ow in (1, 7, 13, 14, 28, 56, 112, 200):
+            for ocb in (1, 2, 3, 4, 8, 32):
+                rn, ov = conv_tile(ow, ocb, avx2, block)
+                assert ocb % ov == 0 and rn <= ow
+                assert rn * ov * vb <= avx2.max_accumulators(vb) and (rn * ov + ov) * vb + 1 <= 16
+            assert dw_tile(ow, avx2, vb) * vb <= 12 or dw_tile(ow, avx2, vb) == 1
+        for m in (1, 7, 197, 1024):
+            rm, nv = gemm_tile(m, 24, avx2, vb)
+            assert (rm * nv + nv) * vb + 1 <= 16 and rm * nv * vb <= avx2.max_accumulators(vb)
+    assert conv_tile(56, 4, avx2, 16) == (4, 1)  # 8 ymm accumulators: measured best on Zen 3
+    assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
+
+
 def test_layout_pass_packs_weights_once():
     from convdsl.backends.tvm.schedules.layout import pack_conv_weight, pack_dense_weight, pack_dw_weight
 
