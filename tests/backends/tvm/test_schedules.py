@@ -200,6 +200,37 @@ def test_avx2_register_tiles_fit_16_registers():
     assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
 
 
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_row_reductions_are_vectorized_partial_sums(mcpu):
+    """A layer norm's row sums become lanes-wide partial sums (rfactor), vectorized inside the row,
+    instead of one chain of dependent scalar adds; the result stays the normalization numpy computes."""
+    import tvm
+    from tvm import te, topi
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware, schedule_func
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    lanes = Hardware.of(target).lanes
+    x = te.placeholder((2, 7, 96), "float32", name="x")
+    g = te.placeholder((96,), "float32", name="g")
+    b = te.placeholder((96,), "float32", name="b")
+    f = te.create_prim_func([x, g, b, topi.nn.layer_norm(x, g, b, axis=[2], epsilon=1e-5)])
+    scheduled = schedule_func(f, target)
+    script = scheduled.script()
+    assert script.count("_rf = T.sblock_alloc_buffer") == 2
+    assert script.count("T.vectorized(") == 3 and f"T.vectorized({lanes})" in script  # both partial sums, the output
+    assert script.count("T.parallel") == 1  # the partial sums are computed inside the row, not apart
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        rng = np.random.default_rng(0)
+        xs, gs, bs = (rng.standard_normal(s).astype(np.float32) for s in ((2, 7, 96), (96,), (96,)))
+        lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=target).jit()
+        out = tvm.runtime.tensor(np.zeros((2, 7, 96), np.float32))
+        lib["main"](*(tvm.runtime.tensor(a) for a in (xs, gs, bs)), out)
+        want = (xs - xs.mean(-1, keepdims=True)) / np.sqrt(xs.var(-1, keepdims=True) + 1e-5) * gs + bs
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_layout_pass_packs_weights_once():
     from convdsl.backends.tvm.schedules.layout import pack_conv_weight, pack_dense_weight, pack_dw_weight
 
