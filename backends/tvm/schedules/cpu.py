@@ -52,14 +52,42 @@ class Hardware:
 
     @staticmethod
     def of(target) -> "Hardware":
-        from tvm.target.codegen import llvm_get_vector_width
-
+        """Vector width and register count of ``target``, from its LLVM features: AVX-512 16 fp32
+        lanes x 32 zmm, AVX/AVX2 8 x 16 ymm, SSE 4 x 16 xmm, NEON 4 x 32.  (TVM's
+        ``llvm_get_vector_width`` answers 512 for every x86 CPU, haswell and x86-64 included,
+        which gave an AVX2 machine tiles of 28 zmm-sized accumulators: 56 ymm registers, spilled.)"""
         try:
-            bits = int(llvm_get_vector_width(target))
-        except Exception:  # noqa: BLE001 - not an LLVM target
-            bits = 128
-        bits = bits if bits > 0 else 128
-        return Hardware(lanes=max(bits // 32, 4), registers=32 if bits >= 512 else 16)
+            from tvm.target.codegen import target_has_features
+        except ImportError:  # noqa: BLE001 - an older TVM: assume AVX-512, as before
+            return Hardware()
+
+        def has(feature: str) -> bool:
+            try:
+                return bool(target_has_features(feature, target))
+            except Exception:  # noqa: BLE001 - not an LLVM target, or an unknown feature name
+                return False
+
+        if has("avx512f"):
+            return Hardware(16, 32)
+        if has("avx"):
+            return Hardware(8, 16)
+        if has("neon"):
+            return Hardware(4, 32)
+        return Hardware(4, 16)
+
+    def vectors(self, block: int) -> int:
+        """Registers one ``block``-lane channel block (or column block) occupies."""
+        return max(1, -(-block // self.lanes))
+
+    def max_accumulators(self, vb: int) -> int:
+        """Accumulator registers of a register tile whose blocks take ``vb`` registers each.
+
+        32 registers: all but the operands'.  16 (AVX2), measured on Zen 3 with TVM's code:
+        8 when a block takes two registers (ViT-S's packed GEMMs: 4x16 tiles 65-76 GFLOP/s per
+        core, the textbook 6x16 tile 35-42, 7x16 convs 46 against 4x16's 76-92), 12 otherwise."""
+        if self.registers >= 32:
+            return self.accumulators
+        return 8 if vb > 1 else 12
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -149,14 +177,19 @@ def _tile_epilogue(sch: s_tir.Schedule, epilogue, loop, depth: int) -> None:
 
 
 # ---- conv2d NCHWc -----------------------------------------------------------------------
-def conv_tile(ow: int, ocb: int, hw: Hardware) -> tuple[int, int]:
-    """(rn, ov): output columns and channel blocks of the register tile, rn a divisor of ow.
+def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None) -> tuple[int, int]:
+    """(rn, ov): output columns and channel blocks of the register tile.
 
-    The most accumulators (rn*ov) with every operand in a register (rn*ov accumulators,
-    ov weight vectors, one broadcast input); wide over columns rather than channel
-    blocks (measured on ResNet-18's 56x56x64 conv: 7x4 and 14x2 tiles ~140 GFLOP/s, 4x4
-    ~90: each channel block is another weight stream), so 4 blocks only when the row
-    is too short to fill the registers otherwise."""
+    32 vector registers (AVX-512): rn a divisor of ow, the most accumulators (rn*ov) with
+    every operand in a register (rn*ov accumulators, ov weight vectors, one broadcast input);
+    wide over columns rather than channel blocks (measured on ResNet-18's 56x56x64 conv: 7x4
+    and 14x2 tiles ~140 GFLOP/s, 4x4 ~90: each channel block is another weight stream), so 4
+    blocks only when the row is too short to fill the registers otherwise.
+
+    16 registers (AVX2), where a ``block``-lane channel block may take several registers
+    (``hw.vectors``): ``_conv_tile_16``."""
+    if hw.registers < 32:
+        return _conv_tile_16(ow, ocb, hw, hw.vectors(block or hw.lanes))
     best, best_score = (1, 1), -1.0
     for ov in (1, 2, 4):
         if ocb % ov:
@@ -170,10 +203,35 @@ def conv_tile(ow: int, ocb: int, hw: Hardware) -> tuple[int, int]:
     return best
 
 
+def _conv_tile_16(ow: int, ocb: int, hw: Hardware, vb: int) -> tuple[int, int]:
+    """The register tile with 16 vector registers, ``vb`` of them per channel block.
+
+    ``hw.max_accumulators`` accumulator registers, one channel block where that many fit
+    (measured on Zen 3 with 16-lane blocks, two ymm each, one thread: rn=4 or 6 reach 76-92
+    GFLOP/s on ResNet's 3x3 convs, rn=4 the better on 3 of 5 shapes; rn=7, i.e. 14
+    accumulators plus two weight vectors and the broadcast, spills and runs at 46; 28
+    accumulators (the AVX-512 tile) at 32-39).  rn need not divide ow: the last
+    tile is guarded, and on a 7-wide row rn=4 (62 GFLOP/s) beats rn=7 (46) and 1x2 (30).
+    Score: accumulators x the useful fraction of the padded row, fewer columns on ties."""
+    best, best_score = (1, 1), -1.0
+    for ov in (1, 2, 4):
+        if ocb % ov:
+            continue
+        for rn in range(1, ow + 1):
+            acc = rn * ov * vb
+            if acc > hw.max_accumulators(vb) or acc + ov * vb + 1 > hw.registers:
+                continue
+            useful = ow / (-(-ow // rn) * rn)
+            score = acc * useful - (0.5 if ov > 1 else 0)
+            if score > best_score + 1e-9:
+                best, best_score = (rn, ov), score
+    return best
+
+
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, o, y, x, oc, rc, ry, rx, ri = sch.get_loops(conv)
     ocb, ow = _extent(sch, o), _extent(sch, x)
-    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw))
+    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw, _extent(sch, oc)))
     epilogue = _inline_epilogue(sch, conv)
     pad = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
     if epilogue is not None:
@@ -198,10 +256,16 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
         _parallel_copy(sch, p, hw.lanes)
 
 
+def dw_tile(ow: int, hw: Hardware, vb: int = 1) -> int:
+    """Output columns of a depthwise conv's register tile: the largest divisor of ow whose
+    accumulators (``vb`` registers per column) fit ``hw.accumulators``."""
+    return max(d for d in _divisors(ow) if d * vb <= hw.max_accumulators(vb) or d == 1)
+
+
 def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, c, y, x, k, ry, rx = sch.get_loops(conv)
     ow = _extent(sch, x)
-    rn, = tophub.choose("dwconv_nchwc", sch, conv, hw, (max(d for d in _divisors(ow) if d <= hw.accumulators),))
+    rn, = tophub.choose("dwconv_nchwc", sch, conv, hw, (dw_tile(ow, hw, hw.vectors(_extent(sch, k))),))
     epilogue = _inline_epilogue(sch, conv)
     pad = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
     if epilogue is not None:
@@ -222,17 +286,19 @@ def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
 
 
 # ---- GEMM -------------------------------------------------------------------------------
-def gemm_tile(m: int, nvecs: int, hw: Hardware) -> tuple[int, int]:
-    """(rm, nv): rows and column vectors of the register tile; rm need not divide m."""
+def gemm_tile(m: int, nvecs: int, hw: Hardware, vb: int = 1) -> tuple[int, int]:
+    """(rm, nv): rows and column vectors of the register tile; rm need not divide m.  A column
+    vector takes ``vb`` registers (16-lane packed columns on AVX2: 2 ymm; the tile then is
+    the classic 6x16 of AVX2 GEMMs: 12 accumulators, 2 column vectors, 1 broadcast)."""
     best, best_score = (1, 1), -1.0
     for nv in (1, 2, 3, 4):
         if nvecs % nv:
             continue
         for rm in range(1, min(m, hw.accumulators) + 1):
-            if rm * nv + nv + 1 > hw.registers:  # accumulators + column vectors + one broadcast
-                continue
+            if (rm * nv + nv) * vb + 1 > hw.registers or rm * nv * vb > hw.max_accumulators(vb):
+                continue  # accumulators + column vectors + one broadcast
             waste = (-m) % rm / m  # padded rows of the last tile
-            score = rm * nv / (rm + nv) * (1 - waste)
+            score = rm * nv * vb / (rm + nv * vb) * (1 - waste)
             if score > best_score + 1e-9:
                 best, best_score = (rm, nv), score
     return best
@@ -257,7 +323,7 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
     mm = (_static_extent(sch, lead[-1]) or 1) if lead else 1
     einsum = lanes is None
     lanes = lanes or hw.lanes
-    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw), lanes=lanes)
+    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw, hw.vectors(lanes)), lanes=lanes)
     if einsum and (nn % lanes or mm % rm):
         sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes, 1])
         block = sch.get_sblock(name)
@@ -366,6 +432,8 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
     lead = min(len(k) - len(k.lstrip("S")) for k in kinds)
     if lead == 0:
         raise _Skip("a block has no leading spatial axis")
+    rfs = [rf for b in blocks[:-1] for rf in [_row_rfactor(sch, b, hw)] if rf is not None]
+    blocks = _root_blocks(sch)
     last = blocks[-1]
     loops = sch.get_loops(last)
     if lead == len(loops):  # keep one inner loop in the row
@@ -376,6 +444,14 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
     sch.parallel(rows)
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, rows, preserve_unit_loops=True)
+    for rf in rfs:  # loops (row, lanes, unit loops..., row / lanes): the lanes innermost, vectorized
+        try:
+            lp = sch.get_loops(rf)
+            lanes = next(x for x in lp[1:] if _extent(sch, x) == hw.lanes)
+            sch.reorder(lp[-1], lanes)
+            sch.vectorize(lanes)
+        except Exception:  # noqa: BLE001 - left scalar: still lanes independent chains
+            pass
     for b in blocks:
         inner = sch.get_loops(b)[-1]
         n = _static_extent(sch, inner)
@@ -386,6 +462,27 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
             sch.vectorize(inner)
         elif n <= hw.lanes and n in (4, 8, 16):
             sch.vectorize(inner)
+
+
+def _row_rfactor(sch: s_tir.Schedule, block, hw: Hardware):
+    """A sum or max along a row as ``lanes`` partial results (rfactor; its block returned, to be
+    vectorized over them once in the row): one vector instruction per ``lanes`` elements instead
+    of a chain of dependent scalar ones (a 384-wide layer norm row: 384 adds of 4 cycles' latency,
+    twice).  The order of the additions changes (within float rounding).  None, with nothing
+    changed, when the lanes do not divide the row or the block is not a plain reduction over its
+    innermost loop."""
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    if not kinds.endswith("R") or kinds.count("R") != 1 or len(loops) != len(kinds):
+        return None
+    n = _extent(sch, loops[-1])
+    if n % hw.lanes or n < 2 * hw.lanes:
+        return None
+    try:  # a failing primitive leaves the schedule as it was; a split alone changes nothing computed
+        _, ki = sch.split(loops[-1], [None, hw.lanes])
+        return sch.rfactor(ki, factor_axis=len(sch.get(block).writes[0].source.shape))
+    except Exception:  # noqa: BLE001 - rfactor does not apply (e.g. an argmax): the scalar loop stays
+        return None
 
 
 def schedule_matmul_like(sch: s_tir.Schedule, hw: Hardware) -> bool:

@@ -25,6 +25,8 @@ from .conftest import graph_of, one_op  # noqa: E402
 
 HAS_VNNI = "avx512_vnni" in cpu_flags()
 needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
+# the exactness tests run wherever try_schedule takes the kernel: VNNI, or AVX2's vpmaddwd schedule
+needs_int8_schedule = pytest.mark.skipif(not (HAS_VNNI or "avx2" in cpu_flags()), reason="the CPU has neither VNNI nor AVX2")
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 VNNI_TARGET = {"kind": "llvm", "mcpu": "icelake-server"}
 
@@ -99,13 +101,13 @@ def _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu, b
     return _random_int_params(graph_of(src))
 
 
-@needs_vnni
+@needs_int8_schedule
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
 def test_qconv2d_matches_torch_simulation(scheduled, case):
     shape, out, k, stride, pad, dilation, act, out_dtype, relu = CONV_CASES[case]
     g = _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu)
     x = (3 * np.random.default_rng(1).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
-    assert vnni_kernels(g) == 1  # the int8 kernel went through try_schedule
+    assert vnni_kernels(g) == (1 if HAS_VNNI else 0)  # the int8 kernel went through try_schedule
     got, want = scheduled(g)(x), _torch(g, x)
     if out_dtype == "f32":
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
@@ -114,7 +116,7 @@ def test_qconv2d_matches_torch_simulation(scheduled, case):
         assert len(np.unique(want)) > 3  # not a saturated, trivially equal output
 
 
-@needs_vnni
+@needs_int8_schedule
 @pytest.mark.parametrize("shape,out,act", [((3, 37), 10, "u8"), ((2, 25, 64), 33, "i8"), ((1, 200), 1000, "u8")],
                          ids=["2d-odd-k", "3d-i8", "gemv-1000"])
 def test_qlinear_matches_torch_simulation(scheduled, shape, out, act):
@@ -127,7 +129,7 @@ def test_qlinear_matches_torch_simulation(scheduled, shape, out, act):
     assert _steps(got, want) == 0 and len(np.unique(want)) > 3
 
 
-@needs_vnni
+@needs_int8_schedule
 def test_qconv1d_matches_torch_simulation(scheduled):
     src = one_op("quantize(0.05, 128) | qconv1d", [[2, 6, 21]], 20, 5, stride=2, pad=2, in_scale=0.05, in_zp=128,
                  out_dtype="u8", out_scale=0.3, out_zp=9, relu=True)
@@ -183,9 +185,38 @@ def test_try_schedule_declines_other_functions():
     before = sch.mod.script()
     assert not int8.try_schedule(sch, tvm.target.Target(VNNI_TARGET))
     assert sch.mod.script() == before
-    # and the int8 kernel on a CPU without VNNI (AVX2; AVX-512BW, whose vpmaddubsw saturates): left alone
-    for mcpu in ("haswell", "skylake-avx512"):
-        assert not int8.try_schedule(tvm.s_tir.Schedule(_kernel()), tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    # and the int8 kernel on a CPU without AVX2 or VNNI: left alone
+    assert not int8.try_schedule(tvm.s_tir.Schedule(_kernel()), tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}))
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_without_vnni_the_kernel_runs_exact_with_vpmaddwd(mcpu):
+    """AVX2 and AVX-512 without VNNI: the untensorized schedule, whose products LLVM emits as vpmaddwd
+    (exact), never vpmaddubsw (saturating); the result equals the unscheduled kernel's bit for bit."""
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    func = _kernel(out=32, c=24, hw=9)
+    sch = tvm.s_tir.Schedule(func)
+    with pytest.warns(UserWarning, match="no AVX-512 VNNI") if not int8._warned else _nothing():
+        assert int8.try_schedule(sch, target)
+    assert "T.parallel" in sch.mod.script() and "vpdpbusd" not in sch.mod.script()
+    lib = tvm.compile(sch.mod, target=target).jit()
+    asm = lib.inspect_source("asm")
+    assert "vpmaddwd" in asm and "vpmaddubsw" not in asm
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        ref = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
+        args = tt.random_args(func, seed=3)
+        got, want = tt._run(lib, args, tvm.cpu()), tt._run(ref, args, tvm.cpu())
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def test_register_tile():
@@ -219,7 +250,7 @@ def _compare_network(scheduled, q, x):
     return steps, equal, total
 
 
-@needs_vnni
+@needs_int8_schedule
 def test_digits_cnn_int8_matches_torch_simulation(scheduled):
     from convdsl.api import load_graph
     from convdsl.passes import run_passes
@@ -234,7 +265,7 @@ def test_digits_cnn_int8_matches_torch_simulation(scheduled):
     assert equal == total  # measured: bit-exact
 
 
-@needs_vnni
+@needs_int8_schedule
 def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
     from convdsl.api import load_graph
     from convdsl.passes import run_passes
@@ -247,6 +278,6 @@ def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
     rng = np.random.default_rng(0)
     q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
     x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
-    assert vnni_kernels(q) == 21  # 20 convs and the fc
+    assert vnni_kernels(q) == (21 if HAS_VNNI else 0)  # 20 convs and the fc
     got, want = scheduled(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

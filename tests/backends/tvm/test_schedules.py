@@ -165,6 +165,72 @@ def test_register_tiles_fit_the_registers():
         assert rm * nv + nv + 1 <= 32 and 8 % nv == 0
 
 
+def test_hardware_follows_the_targets_vector_isa():
+    """TVM's llvm_get_vector_width says 512 for every x86 CPU; the lanes and registers come from
+    the target's features instead (an AVX2 CPU given AVX-512 tiles spills every accumulator)."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware
+
+    def hw(mcpu):
+        return Hardware.of(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+
+    assert hw("skylake-avx512") == hw("icelake-server") == Hardware(16, 32)
+    assert hw("haswell") == hw("znver3") == Hardware(8, 16)
+    assert hw("x86-64") == Hardware(4, 16)
+    assert Hardware(8, 16).vectors(16) == 2 and Hardware(16, 32).vectors(16) == 1
+
+
+def test_avx2_register_tiles_fit_16_registers():
+    from convdsl.backends.tvm.schedules.cpu import Hardware, conv_tile, dw_tile, gemm_tile
+
+    avx2 = Hardware(8, 16)
+    for block in (8, 16):
+        vb = avx2.vectors(block)
+        for ow in (1, 7, 13, 14, 28, 56, 112, 200):
+            for ocb in (1, 2, 3, 4, 8, 32):
+                rn, ov = conv_tile(ow, ocb, avx2, block)
+                assert ocb % ov == 0 and rn <= ow
+                assert rn * ov * vb <= avx2.max_accumulators(vb) and (rn * ov + ov) * vb + 1 <= 16
+            assert dw_tile(ow, avx2, vb) * vb <= 12 or dw_tile(ow, avx2, vb) == 1
+        for m in (1, 7, 197, 1024):
+            rm, nv = gemm_tile(m, 24, avx2, vb)
+            assert (rm * nv + nv) * vb + 1 <= 16 and rm * nv * vb <= avx2.max_accumulators(vb)
+    assert conv_tile(56, 4, avx2, 16) == (4, 1)  # 8 ymm accumulators: measured best on Zen 3
+    assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_row_reductions_are_vectorized_partial_sums(mcpu):
+    """A layer norm's row sums become lanes-wide partial sums (rfactor), vectorized inside the row,
+    instead of one chain of dependent scalar adds; the result stays the normalization numpy computes."""
+    import tvm
+    from tvm import te, topi
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware, schedule_func
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    lanes = Hardware.of(target).lanes
+    x = te.placeholder((2, 7, 96), "float32", name="x")
+    g = te.placeholder((96,), "float32", name="g")
+    b = te.placeholder((96,), "float32", name="b")
+    f = te.create_prim_func([x, g, b, topi.nn.layer_norm(x, g, b, axis=[2], epsilon=1e-5)])
+    scheduled = schedule_func(f, target)
+    script = scheduled.script()
+    assert script.count("_rf = T.sblock_alloc_buffer") == 2
+    assert script.count("T.vectorized(") == 3 and f"T.vectorized({lanes})" in script  # both partial sums, the output
+    assert script.count("T.parallel") == 1  # the partial sums are computed inside the row, not apart
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        rng = np.random.default_rng(0)
+        xs, gs, bs = (rng.standard_normal(s).astype(np.float32) for s in ((2, 7, 96), (96,), (96,)))
+        lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=target).jit()
+        out = tvm.runtime.tensor(np.zeros((2, 7, 96), np.float32))
+        lib["main"](*(tvm.runtime.tensor(a) for a in (xs, gs, bs)), out)
+        want = (xs - xs.mean(-1, keepdims=True)) / np.sqrt(xs.var(-1, keepdims=True) + 1e-5) * gs + bs
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_layout_pass_packs_weights_once():
     from convdsl.backends.tvm.schedules.layout import pack_conv_weight, pack_dense_weight, pack_dw_weight
 
