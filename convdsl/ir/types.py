@@ -109,6 +109,8 @@ def _parse(text: str):
 
     def atom():
         nonlocal pos
+        if pos >= len(toks):
+            raise ValueError(f"bad symbolic dim {text!r}")
         tok = toks[pos]
         pos += 1
         if tok == "(":
@@ -339,7 +341,10 @@ def symbol_sources(shape: Iterable[Dim]) -> dict[str, tuple[int, int]]:
     (S = shape[i] // c), the plainest dim first: [4*N, N, 8] -> {"N": (1, 1)}."""
     found: dict[str, tuple[int, int]] = {}
     for i, d in enumerate(shape):
-        coef, factors = dim_factors(d)
+        try:
+            coef, factors = dim_factors(d)
+        except ValueError:  # not a dim expression: a Graph built in Python may name a dim anything
+            continue
         if len(factors) == 1 and _FACTORS.fullmatch(factors[0]) and coef > 0:
             if factors[0] not in found or coef < found[factors[0]][1]:
                 found[factors[0]] = (i, coef)
