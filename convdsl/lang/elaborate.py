@@ -7,12 +7,10 @@ the hyper-parameter language in the graph.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,7 +21,7 @@ from convdsl.ir.graph import Graph, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.optable import OpDef, Symbol, bind_attrs, format_value
 from convdsl.ir.types import Size, TensorType, dim_symbols, size_arith, size_dim, size_value
-from convdsl.lang import ast
+from convdsl.lang import ast, limits
 from convdsl.lang.parser import parse
 from convdsl.lang.builtins import BUILTINS, Builtin
 from convdsl.lang.memory import MemoryBudget
@@ -1146,24 +1144,11 @@ def _is_tensor_tuple(v: Any) -> bool:
 FRAMES_PER_EVAL = 8  # Python frames per nested eval(), at most (measured: 6 through a graph block call)
 
 
-@contextlib.contextmanager
 def stack_room():
     """Room on Python's stack for ``MAX_EVAL_DEPTH`` nested evaluations: programs nested that
     deep are legal (64 recursive blocks, each in an expression), and the elaborator refuses
-    deeper ones itself, at the expression, before Python would.  (Python-to-Python calls use
-    no C stack since 3.11, so a higher recursion limit costs heap only.)"""
-    old = sys.getrecursionlimit()
-    frame, depth = sys._getframe(), 0
-    while frame is not None:
-        frame, depth = frame.f_back, depth + 1
-    need = depth + 100 + FRAMES_PER_EVAL * MAX_EVAL_DEPTH
-    if need > old:
-        sys.setrecursionlimit(need)
-    try:
-        yield
-    finally:
-        if need > old:
-            sys.setrecursionlimit(old)
+    deeper ones itself, at the expression, before Python would."""
+    return limits.stack_room(FRAMES_PER_EVAL * MAX_EVAL_DEPTH)
 
 
 def load_program(text: str, file: str = "<string>", options: Options | None = None,

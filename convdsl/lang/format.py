@@ -42,14 +42,12 @@ Every comment is printed exactly once and in source order.
 """
 from __future__ import annotations
 
-import contextlib
-import sys
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence, Union
 
 from convdsl.ir.optable import quote
-from convdsl.lang import ast
+from convdsl.lang import ast, limits
 from convdsl.lang.exprfmt import Breaker, Prec, Piece, format_expr, pipe_stages
 from convdsl.lang.parser import MAX_DEPTH, parse
 
@@ -73,23 +71,10 @@ def format_program(program: ast.Program, width: int = MAX_WIDTH) -> str:
         return _Printer(notes, width).program(program)
 
 
-@contextlib.contextmanager
-def _stack_room() -> Iterator[None]:
+def _stack_room():
     """Room for breaking an expression nested as deep as the parser allows (``MAX_DEPTH``
-    levels, a few Python frames each).  Python-to-Python calls use no C stack since 3.11, so a
-    higher recursion limit costs heap only."""
-    old = sys.getrecursionlimit()
-    frame, depth = sys._getframe(), 0
-    while frame is not None:
-        frame, depth = frame.f_back, depth + 1
-    need = depth + 100 + _FRAMES_PER_LEVEL * MAX_DEPTH
-    if need > old:
-        sys.setrecursionlimit(need)
-    try:
-        yield
-    finally:
-        if need > old:
-            sys.setrecursionlimit(old)
+    levels, a few Python frames each)."""
+    return limits.stack_room(_FRAMES_PER_LEVEL * MAX_DEPTH)
 
 
 # ---- where each comment goes --------------------------------------------------

@@ -5,6 +5,10 @@ hundred MB: ``MAX_WORK`` counts what the elaborator does (expressions evaluated,
 characters built, graph nodes made) whatever loops, recursion or aliasing produced it.
 """
 
+import contextlib
+import sys
+from typing import Iterator
+
 DEFAULT_MAX_BYTES = 16 * 1024**3  # --max-memory: parameters + every tensor + the largest op workspace
 MAX_BLOCK_DEPTH = 64
 MAX_IMPORT_DEPTH = 64  # files importing files importing files...
@@ -30,3 +34,22 @@ MAX_DIM_TEXT = 256  # characters of a symbolic dimension ("(H-1)//2+1")
 MAX_ATTR_ITEMS = 4096  # items of a list given to an op (kernel sizes, shapes, split sizes...)
 MAX_NAME = 512  # characters of an instance name
 MAX_SOURCE = 4 * 1024 * 1024  # bytes of one .cdl file (the main file and every import)
+
+
+@contextlib.contextmanager
+def stack_room(frames: int) -> Iterator[None]:
+    """Python's recursion limit raised (for the ``with`` body) to the current depth plus ``frames``
+    plus a margin.  Python-to-Python calls use no C stack since 3.11, so a higher limit costs heap
+    only."""
+    old = sys.getrecursionlimit()
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1
+    need = depth + 100 + frames
+    if need > old:
+        sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if need > old:
+            sys.setrecursionlimit(old)
