@@ -63,9 +63,9 @@ class Ctx:
         return self.b.graph.type_of(v)
 
     def add(self, op: str, inputs: list[Value], attrs: dict | None = None, params: dict | None = None,
-            id: str | None = None):
+            id: str | None = None, exact: bool = False):
         outs = self.b.add(op, inputs, attrs or {}, id=id or self.default_id(op), chain=self.chain,
-                          origin=self.origin, params=params)
+                          origin=self.origin, params=params, exact=exact)
         return outs[0] if len(outs) == 1 else outs
 
     def default_id(self, op: str) -> str:
@@ -268,17 +268,17 @@ def _scalar(c: Any) -> float | None:
 
 
 def _owned(cx: Ctx, op: str, local: str, x: Value, c: Const, attrs: dict) -> Value:
-    """An op holding the one parameter ``c`` (ViT's pos_embedding, ConvNeXt's layer_scale), named so that
-    its key is the source's: ``<id>.<local>`` when no other parameter lives under ``<id>`` (convdsl's own
-    export); otherwise the node takes the key as its name and the parameter is renamed (a CDL op is a
-    leaf, so ConvNeXt's ``features.1.0`` cannot be both the op and the scope of ``features.1.0.block``)."""
+    """An op holding the one parameter ``c`` (ViT's pos_embedding, ConvNeXt's layer_scale), keyed as the
+    source keys it: an op named ``<id>`` owning ``<id>.<local>`` when no other parameter lives under
+    ``<id>`` (convdsl's own export); otherwise the parameter on its module, named exactly (``as param``:
+    ConvNeXt's ``features.1.0.layer_scale`` beside ``features.1.0.block``, timm's ``cls_token``)."""
     suffix = "." + local
     nid = c.key[: -len(suffix)] if c.key.endswith(suffix) else c.key
-    if nid != c.key and any(k.startswith(nid + ".") and k != c.key for k in cx.b.source_keys):
-        nid = c.key
-    out = cx.add(op, [x], attrs, {local: c.array}, id=nid)
-    if f"{out.node}.{local}" != c.key:
-        cx.b.renamed[f"{out.node}.{local}"] = c.key
+    exact = nid == c.key or any(k.startswith(nid + ".") and k != c.key for k in cx.b.source_keys)
+    out = cx.add(op, [x], attrs, {local: c.array}, id=c.key if exact else nid, exact=exact)
+    key = out.node if exact else f"{out.node}.{local}"
+    if key != c.key:  # pragma: no cover - another node took the name
+        cx.b.renamed[key] = c.key
     return out
 
 
@@ -323,8 +323,9 @@ def _tensor(cx: Ctx, v) -> Value:
         x = cx.b.graph.inputs[0]
         shape = tuple(int(d) for d in v.array.shape) or (1,)
         out = cx.b.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, id=v.key, chain=cx.chain,
-                       origin=cx.origin, params={"weight": v.array.reshape(shape)})[0]
-        cx.b.renamed[f"{out.node}.weight"] = v.key
+                       origin=cx.origin, params={"weight": v.array.reshape(shape)}, exact=True)[0]
+        if out.node != v.key:  # pragma: no cover - another node took the name
+            cx.b.renamed[out.node] = v.key
         return out
     raise located(cx.origin, "a constant tensor operand has no convdsl op (only named parameters)")
 
@@ -450,13 +451,8 @@ def _concat(cx: Ctx):
     first = cx.arg(0)
     if isinstance(first, Expanded) and len(cx.node.input) == 2 and int(cx.attrs["axis"]) == 1:
         # Concat([cls.expand(N, -1, -1), x], 1): ViT's class token (convdsl's own export names it <id>.class_token)
-        key = first.param.key
-        nid = key[: -len(".class_token")] if key.endswith(".class_token") else key
-        out = cx.add("class_token", [cx.tensor(1)], {"tokens": int(first.param.array.shape[1])},
-                     {"class_token": first.param.array}, id=nid)
-        if nid == key:
-            cx.b.renamed[f"{out.node}.class_token"] = key
-        return out
+        return _owned(cx, "class_token", "class_token", cx.tensor(1), first.param,
+                      {"tokens": int(first.param.array.shape[1])})
     return cx.add("concat", [cx.tensor(i) for i in range(len(cx.node.input))], {"dim": int(cx.attrs["axis"])})
 
 

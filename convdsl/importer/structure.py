@@ -282,7 +282,7 @@ class Writer:
             first = False
         toks.append(")")
         if node.params:
-            toks.append(f" as {_label(rel(node.id))}")
+            toks.append(f" as {'param ' if node.exact_param else ''}{_label(rel(node.id))}")
         return toks
 
     # -- blocks -----------------------------------------------------------------------------------

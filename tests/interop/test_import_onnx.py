@@ -40,7 +40,7 @@ def canonical(g) -> str:
         return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: names.get(m.group(0), m.group(0)), line)
 
     for line in lines:
-        m = re.match(r"^(\s*)(\w+(?:, \w+)*) = (.*?)(?: as (\"[^\"]+\"|\w+))?$", line)
+        m = re.match(r"^(\s*)(\w+(?:, \w+)*) = (.*?)(?: as ((?:param )?(?:\"[^\"]+\"|\w+)))?$", line)
         if m is None:
             out.append(rename(line))
             continue
@@ -49,7 +49,7 @@ def canonical(g) -> str:
         for t in targets.split(", "):
             names[t] = f"v{len(names)}"
         lhs = ", ".join(names[t] for t in targets.split(", "))
-        keep = label and any(k.startswith(label.strip('"') + ".") for k in keys)
+        keep = label and (label.startswith("param ") or any(k.startswith(label.strip('"') + ".") for k in keys))
         out.append(f"{indent}{lhs} = {expr}" + (f" as {label}" if keep else ""))
     return "\n".join(out)
 
@@ -283,7 +283,9 @@ def test_vit_parameters_come_back_as_their_ops(tmp_path):
     r = _torch_onnx(Toy().eval(), torch.randn(1, 3, 8, 8), tmp_path)
     for op in ("class_token", "pos_embed", "layer_scale"):
         assert re.search(rf"\| {op}\b", r.text), op
-    assert set(r.renamed.values()) == {"class_token", "pos_embedding", "gamma"}
+    assert r.renamed == {}
+    assert set(r.weights) == set(Toy().state_dict())  # the source's keys, each named exactly (`as param`)
+    assert "as param class_token" in r.text and "as param gamma" in r.text
 
 
 def test_opset_20_gelu(tmp_path):
