@@ -227,7 +227,7 @@ class Writer:
             flush()
             args = [names[v] for v in it.inputs]
             reusable = {names[v] for v in it.inputs if last_use.get(v) == i and v not in outputs}
-            if it.node is not None and self.g.node(it.node).op in BINARY and len(args) >= 2:
+            if it.node is not None and self.g.node(it.node).op in BINARY and len(args) == 2:  # add(a, b, c) stays one op
                 start = [f" {BINARY[self.g.node(it.node).op]} ".join(args)]
             elif len(args) == 1:
                 start = [args[0], " | "] + expr
