@@ -420,3 +420,27 @@ def test_transpose_without_convdsl_doc_string_is_a_permute(tmp_path):
     assert (t.op, t.attrs["dim0"], t.attrs["dim1"]) == ("transpose", 1, 2)
     (p,) = model(None)
     assert p.op == "permute" and tuple(p.attrs["dims"]) == (0, 2, 1)
+
+
+def test_torch_onnx_convnext_keeps_exact_keys_on_non_leaf_modules(tmp_path):
+    """torchvision's ConvNeXt (features.1.0.layer_scale beside features.1.0.block, LayerNorm2d) through
+    torch.onnx: the imported program's parameters are the model's state_dict keys, so the model loads the
+    compiled module's state_dict strictly.  (ViT's class token and position table through torch.onnx:
+    test_vit_parameters_come_back_as_their_ops; torchvision's own ViT does not import through torch.onnx,
+    its nn.MultiheadAttention computes sizes with Mod.)"""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    model = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    model.eval()
+    r = _torch_onnx(model, torch.randn(2, 3, 32, 32), tmp_path)
+    assert r.renamed == {} and "as param layer_scale" in r.text and "layernorm2d" in r.text
+    assert set(r.weights) == set(model.state_dict())
+    model.load_state_dict(build_module(r.graph).state_dict())
