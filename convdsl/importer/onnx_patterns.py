@@ -318,3 +318,87 @@ def _attention(v: View) -> list[Match]:
 def _sum(v: View) -> list[Match]:
     """Sum(a, b, c...): convdsl's export of an add of three or more tensors."""
     return [Match("add", list(n.input), n.output[0], [n], {}) for n in v.nodes("Sum") if len(n.input) >= 2]
+
+
+def _conv_tokens(v: View, value: str):
+    """``value`` = tokens(BatchNormalization(Conv(x, depthwise, no bias))): (x, conv, bn, nodes)."""
+    tr = v.made_by(value, "Transpose")
+    rs = v.made_by(tr.input[0], "Reshape") if _perm(v, tr, [0, 2, 1]) else None
+    bn = v.made_by(rs.input[0], "BatchNormalization") if rs is not None else None
+    conv = v.made_by(bn.input[0], "Conv") if bn is not None else None
+    if conv is None or len(conv.input) > 2 and conv.input[2] or _ints(v, rs.input[1]) is None:
+        return None
+    consts = [v.const(i) for i in [conv.input[1], *bn.input[1:5]]]
+    if any(c is None or c.key is None for c in consts):
+        return None
+    return conv.input[0], conv, bn, consts, [tr, rs, bn, conv]
+
+
+@pattern("conv_attention")
+def _conv_attention(v: View) -> list[Match]:
+    """convdsl's export of conv_attention (CvT): for each of q, k, v a depthwise Conv + BatchNormalization
+    (``<id>.conv_proj_<s>.conv/bn``) -> tokens -> linear ``<id>.proj_<s>`` -> heads; Softmax(q k^T * scale)
+    v; heads back; linear ``<id>.proj``; Transpose(0, 2, 1) -> Reshape([0, C, H', W'])."""
+    out = []
+    for sm in v.nodes("Softmax"):
+        mul = v.made_by(sm.input[0], "Mul")
+        scale = v.scalar(mul.input[1]) if mul is not None else None
+        logits = v.made_by(mul.input[0], "MatMul") if scale is not None else None
+        kt = v.made_by(logits.input[1], "Transpose") if logits is not None else None
+        av = v.only_reader(sm.output[0], "MatMul")
+        if kt is None or av is None or av.input[0] != sm.output[0] or not _perm(v, kt, [0, 1, 3, 2]):
+            continue
+        heads3 = [_heads(v, logits.input[0], [0, 2, 1, 3]), _heads(v, kt.input[0], [0, 2, 1, 3]),
+                  _heads(v, av.input[1], [0, 2, 1, 3])]
+        if any(h is None for h in heads3) or len({(h[1], h[2]) for h in heads3}) != 1:
+            continue
+        convs = [_conv_tokens(v, h[0][0]) for h in heads3]
+        if any(c is None for c in convs) or len({c[0] for c in convs}) != 1:
+            continue
+        nid = convs[0][3][0].key[: -len(".conv_proj_q.conv.weight")]
+        names = [f"{nid}.conv_proj_{s}" for s in "qkv"]
+        if not all(c[3][0].key == f"{n}.conv.weight" for c, n in zip(convs, names)):
+            continue
+        heads, d = heads3[0][1], heads3[0][2]
+        c = heads * d
+        back = v.only_reader(av.output[0], "Transpose")
+        rs = v.only_reader(back.output[0], "Reshape") if _perm(v, back, [0, 2, 1, 3]) else None
+        mm = v.only_reader(rs.output[0], "MatMul") if rs is not None and _ints(v, rs.input[1]) == [0, 0, c] else None
+        if mm is None:
+            continue
+        add = v.only_reader(mm.output[0], "Add")
+        proj = _projection(v, add.output[0] if add is not None else mm.output[0])
+        if proj is None or proj[0] != rs.output[0] or proj[1].key != f"{nid}.proj.weight":
+            continue
+        last = proj[3][0]
+        tr = v.only_reader(last.output[0], "Transpose")
+        img = v.only_reader(tr.output[0], "Reshape") if _perm(v, tr, [0, 2, 1]) else None
+        shape = _ints(v, img.input[1]) if img is not None else None
+        if shape is None or len(shape) != 4 or shape[0] != 0 or shape[1] not in (0, c):
+            continue
+        params: dict[str, Any] = {}
+        for s, (_, conv, bn, consts, _) in zip("qkv", convs):
+            for local, cst in zip(("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"),
+                                  consts):
+                params[f"conv_proj_{s}.{local}"] = cst
+        qkv_bias = {h[0][2] is not None for h in heads3}
+        if len(qkv_bias) != 1:
+            continue
+        for s, h in zip("qkv", heads3):
+            params[f"proj_{s}.weight"] = h[0][1]
+            if h[0][2] is not None:
+                params[f"proj_{s}.bias"] = h[0][2]
+        params["proj.weight"] = proj[1]
+        if proj[2] is not None:
+            params["proj.bias"] = proj[2]
+        k = int(convs[0][3][0].array.shape[-1])
+        attrs = {"heads": heads, "k": k, "stride_q": int(v.attr(convs[0][1], "strides", [1])[0]),
+                 "stride_kv": int(v.attr(convs[1][1], "strides", [1])[0]), "qkv_bias": qkv_bias.pop(),
+                 "proj_bias": proj[2] is not None,
+                 # written out even when it is the head width's default: CvT scales by C**-0.5 (the op's doc)
+                 "scale": _f32(scale)}
+        nodes = [n for h, cv in zip(heads3, convs) for n in h[3] + cv[4]] + [mul, logits, kt, sm, av, back, rs]
+        nodes += proj[3] + [tr, img]
+        uniq = list({id(n): n for n in nodes}.values())
+        out.append(Match("conv_attention", [convs[0][0]], img.output[0], uniq, attrs, params))
+    return out

@@ -30,8 +30,6 @@ NOT_ROUND_TRIP = {
     "maxvit_t.cdl": _WINDOW,
     "swin_t.cdl": _WINDOW,
     "papers/moat_block.cdl": _WINDOW,
-    "papers/cvt_stage.cdl": "conv_attention (convolutional q/k/v projections) comes back as its decomposition; "
-                            "no import pattern yet",
     "papers/affnet.cdl": "adaptive_filter's DFT exports in matmul form (constant DFT matrices on the left); import "
                          "refuses a MatMul with a constant left operand with a located error",
     "papers/gfnet.cdl": "global_filter's DFT exports in matmul form (constant DFT matrices on the left); import "
