@@ -36,24 +36,11 @@ StateDict = dict[str, torch.Tensor]
 
 
 # ---- torchvision keys -> convdsl keys -------------------------------------------------
-# convdsl names a parameter "<node>.<local name>".  torchvision holds a few bare
-# parameters directly on a module (ConvNeXt's CNBlock.layer_scale, ViT's
-# class_token and encoder.pos_embedding); in CDL each is a node of its own
-# (layer_scale, class_token, pos_embed) whose parameter carries the same local
-# name, so the key gains one segment: features.1.0.layer_scale ->
-# features.1.0.layer_scale.layer_scale.
+# convdsl names a parameter "<node>.<local name>"; the bare parameters torchvision holds
+# directly on a module (ConvNeXt's CNBlock.layer_scale, ViT's class_token and
+# encoder.pos_embedding) are named exactly with `as param`, so those keys are the same too.
 def _same_keys(sd: StateDict) -> StateDict:
     return dict(sd)
-
-
-def _convnext_keys(sd: StateDict) -> StateDict:
-    return {re.sub(r"^(features\.\d+\.\d+)\.layer_scale$", r"\1.layer_scale.layer_scale", k): v for k, v in sd.items()}
-
-
-def _vit_keys(sd: StateDict) -> StateDict:
-    renamed = {"class_token": "class_token.class_token",
-               "encoder.pos_embedding": "encoder.pos_embedding.pos_embedding"}
-    return {renamed.get(k, k): v for k, v in sd.items()}
 
 
 def _swin_keys(sd: StateDict) -> StateDict:
@@ -71,8 +58,8 @@ def _maxvit_keys(sd: StateDict) -> StateDict:
 MODELS: dict[str, tuple[Callable[[], nn.Module], int, Callable[[StateDict], StateDict]]] = {
     "mobilenet_v3_large": (models.mobilenet_v3_large, 5_483_032, _same_keys),
     "efficientnet_b0": (models.efficientnet_b0, 5_288_548, _same_keys),
-    "convnext_tiny": (models.convnext_tiny, 28_589_128, _convnext_keys),
-    "vit_b_16": (models.vit_b_16, 86_567_656, _vit_keys),
+    "convnext_tiny": (models.convnext_tiny, 28_589_128, _same_keys),
+    "vit_b_16": (models.vit_b_16, 86_567_656, _same_keys),
     "swin_t": (models.swin_t, 28_288_354, _swin_keys),
     "regnet_y_400mf": (models.regnet_y_400mf, 4_344_144, _same_keys),  # keys with '-': block1-0 (issue 14)
     "maxvit_t": (models.maxvit_t, 30_919_624, _maxvit_keys),  # scale, to_qkv/merge, grid attention (issue 14)

@@ -76,7 +76,10 @@ class Exporter:
         name = self.fresh(f"{self._scope()}/{op_type}")
         outs = [self.fresh(f"{name}:{i}" if outputs > 1 else f"{name}:0") for i in range(outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
+        # the convdsl op this node lowers, for the importer where two ops export alike (transpose and
+        # permute, flatten and reshape, adaptive and plain pooling); runtimes ignore doc strings
+        doc = f"convdsl {self.node.op}" if self.node is not None else None
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, doc_string=doc, **attrs))
         return outs if outputs > 1 else outs[0]
 
     def const(self, arr: Any, dtype: Any = None, name: str | None = None) -> str:

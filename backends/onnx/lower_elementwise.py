@@ -38,10 +38,9 @@ def _affine(cx, node, args, ins):
 
 
 def _add(cx, node, args, ins):
-    y = args[0]
-    for b in args[1:]:
-        y = cx.op("Add", [y, b])
-    return y
+    if len(args) > 2:  # one Sum (broadcasting, as add): the importer reads it back as one add
+        return cx.op("Sum", list(args))
+    return cx.op("Add", [args[0], args[1]])
 
 
 def _binary(op_type: str) -> ExportFn:

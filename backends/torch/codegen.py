@@ -39,6 +39,7 @@ from convdsl.ir.graph import Graph, Node, Value
 from convdsl.ir.types import FLOAT_DTYPES, TORCH_DTYPE, symbol_sources
 from convdsl.version import __version__
 
+from convdsl.backends.torch.common import lit
 from convdsl.backends.torch.lowering import HELPERS, lowering_for
 
 _RESERVED = set(dir(builtins)) | set(keyword.kwlist) | {"self", "torch", "nn", "F", "math", "load"} | set(HELPERS)
@@ -176,7 +177,15 @@ def generate(graph: Graph) -> Generated:
             if h not in helpers:
                 helpers.append(h)
         mod_ref, ctor = None, None
-        if low.module is not None:
+        if node.exact_param:  # `op as param name`: the parameter itself, on the parent module
+            if low.param_call is None:
+                raise LoweringError(f"{node.op} cannot hold its parameter under the name '{node.id}' ('as param') "
+                                    "in the torch backend", node.span, hint="name it with 'as' instead")
+            _check_name(node.id, node)
+            init_lines.extend(_containers(node.id, containers))
+            init_lines.append(_assign_param(node.id, _param_ctor(graph, node)))
+            expr = low.param_call(node, in_types, _param_ref(node.id), in_names)
+        elif low.module is not None:
             ctor = low.module(node, in_types)
             if ctor is not None:
                 ctor += _dtype_suffix(graph, node)
@@ -184,8 +193,9 @@ def generate(graph: Graph) -> Generated:
                 mod_ref = module_ref(node.id)
                 init_lines.extend(_containers(node.id, containers))
                 init_lines.append(_assign_module(node.id, ctor))
-        expr = low.call(node, in_types, mod_ref, in_names, sources=sources) if low.sizes else \
-            low.call(node, in_types, mod_ref, in_names)
+        if not node.exact_param:
+            expr = low.call(node, in_types, mod_ref, in_names, sources=sources) if low.sizes else \
+                low.call(node, in_types, mod_ref, in_names)
         for h in low.helpers_if_named:  # helpers of special cases: copied only when the code names them
             if h not in helpers and re.search(rf"\b{h}\b", f"{ctor or ''} {expr}"):
                 helpers.append(h)
@@ -333,6 +343,27 @@ def _assign_module(path: str, ctor: str) -> str:
     if parent == "self":
         return f"self.add_module({last!r}, {ctor})"
     return f"{parent}[{last!r}] = {ctor}"
+
+
+def _param_ctor(graph: Graph, node: Node) -> str:
+    spec = graph.params.specs[node.id]
+    dtype = "" if spec.dtype == "f32" else f", dtype=torch.{TORCH_DTYPE[spec.dtype]}"
+    return f"nn.Parameter(torch.zeros({lit(tuple(spec.shape))}{dtype}))"
+
+
+def _assign_param(path: str, ctor: str) -> str:
+    """``self.encoder.pos_embedding = nn.Parameter(...)``: a parameter registered on its parent module."""
+    parent, _, last = path.rpartition(".")
+    holder = module_ref(parent) if parent else "self"
+    if _safe_attr(last):
+        return f"{holder}.{last} = {ctor}"
+    return f"{holder}.register_parameter({last!r}, {ctor})"
+
+
+def _param_ref(path: str) -> str:
+    parent, _, last = path.rpartition(".")
+    holder = module_ref(parent) if parent else "self"
+    return f"{holder}.{last}" if _safe_attr(last) else f"{holder}._parameters[{last!r}]"
 
 
 def _reuse(graph: Graph, node: Node, in_vals: list[Value], var: dict[Value, str], protected: set[str],

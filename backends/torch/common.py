@@ -17,6 +17,11 @@ the in-memory ``nn.Module`` is built from, so there is one path only.
   ``runtime.py`` and any a family file defines in its own ``HELPERS``;
   ``helpers_if_named``: those included only when the node's code names them (a
   special case's helper, e.g. ``GroupNormOneValue``).
+- ``param_call(node, in_types, param, args)`` -> the forward expression of an op whose one
+  parameter is named by the node id itself (CDL ``op as param name``): the generator registers
+  that parameter on the parent module (``self.encoder.pos_embedding = nn.Parameter(...)``, the
+  key a source model's state_dict has) and ``param`` is the reference to it; None: the op cannot
+  be named that way in this backend.
 - ``alias``: the output is the input under another name (no line in forward).
 - ``sizes``: ``call`` also takes ``sources``, where the network's inputs give each
   symbol when the code runs (``{"N": ("x", 0, 1)}``: ``x.shape[0] // 1``), for
@@ -54,6 +59,7 @@ class TorchLowering:
     alias: bool = False
     output_not_saved: bool = False
     sizes: bool = False
+    param_call: Callable[[Node, list[TensorType], str, list[str]], str] | None = None
 
 
 def family(name: str) -> Lowerings[TorchLowering]:

@@ -107,6 +107,13 @@ LOWERINGS.add("window_attention", TorchLowering(module_call, _window_module, hel
 LOWERINGS.add("conv_attention", TorchLowering(module_call, _conv_attention_module, helpers=("ConvAttention",)))
 LOWERINGS.add("halo_attention", TorchLowering(module_call, _halo_module, helpers=("HaloAttention",)))
 LOWERINGS.add("patch_embed", TorchLowering(module_call, _patch_module, helpers=("PatchEmbed",)))
-LOWERINGS.add("class_token", TorchLowering(module_call, _class_token_module, helpers=("ClassToken",)))
-LOWERINGS.add("pos_embed", TorchLowering(module_call, _pos_module, helpers=("PositionEmbedding",)))
-LOWERINGS.add("layer_scale", TorchLowering(module_call, _layer_scale_module, helpers=("LayerScale",)))
+def _class_token_param(node: Node, ins: list[TensorType], p: str, args: list[str]) -> str:
+    return f"torch.cat([{p}.expand({args[0]}.shape[0], -1, -1), {args[0]}], dim=1)"
+
+
+LOWERINGS.add("class_token", TorchLowering(module_call, _class_token_module, helpers=("ClassToken",),
+                                           param_call=_class_token_param))
+LOWERINGS.add("pos_embed", TorchLowering(module_call, _pos_module, helpers=("PositionEmbedding",),
+                                         param_call=lambda node, ins, p, args: f"{args[0]} + {p}"))
+LOWERINGS.add("layer_scale", TorchLowering(module_call, _layer_scale_module, helpers=("LayerScale",),
+                                           param_call=lambda node, ins, p, args: f"{args[0]} * {p}"))

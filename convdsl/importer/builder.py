@@ -55,8 +55,10 @@ class Builder:
         return Value(nid, 0)
 
     def add(self, op: str, inputs: list[Value], attrs: dict[str, Any], *, id: str, chain: list[str],
-            origin: Origin, params: dict[str, np.ndarray] | None = None) -> list[Value]:
-        """Add a convdsl op named ``id`` (a dotted path); ``params`` by local name (weight, bias...)."""
+            origin: Origin, params: dict[str, np.ndarray] | None = None, exact: bool = False) -> list[Value]:
+        """Add a convdsl op named ``id`` (a dotted path); ``params`` by local name (weight, bias...).
+        ``exact``: the op's one parameter is named ``id`` itself (CDL ``as param``), a parameter the
+        source keeps on a module that also holds other modules (ViT's ``encoder.pos_embedding``)."""
         opdef = OPS[op]
         full = {a.name: attrs.get(a.name, a.default) for a in opdef.attrs}
         missing = [k for k, v in full.items() if v is REQUIRED]
@@ -71,10 +73,12 @@ class Builder:
         except ConvDSLError as e:
             raise located(origin, f"maps to {op}, which refuses it: {e.message}", e.hint) from None
         nid = self._unique(id)
+        if exact and len(specs) != 1:  # pragma: no cover - a bug in a mapping
+            raise located(origin, f"maps to {op}, which has {len(specs)} parameters, not one named '{id}'")
         params = params or {}
         keys = {}
         for local, spec in specs.items():
-            key = f"{nid}.{local}"
+            key = nid if exact else f"{nid}.{local}"
             keys[local] = key
             self.graph.params.declare(key, spec)
             arr = params.get(local)

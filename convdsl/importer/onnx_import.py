@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, located
+from convdsl.importer.onnx_patterns import View, find as find_patterns
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
@@ -63,10 +65,18 @@ class Ctx:
         return self.b.graph.type_of(v)
 
     def add(self, op: str, inputs: list[Value], attrs: dict | None = None, params: dict | None = None,
-            id: str | None = None):
+            id: str | None = None, exact: bool = False):
         outs = self.b.add(op, inputs, attrs or {}, id=id or self.default_id(op), chain=self.chain,
-                          origin=self.origin, params=params)
+                          origin=self.origin, params=params, exact=exact)
         return outs[0] if len(outs) == 1 else outs
+
+    def written_as(self, *ops: str) -> str | None:
+        """The convdsl op convdsl's exporter recorded for this node (its doc string), if one of ``ops``:
+        how the importer tells apart ops that export alike (transpose / permute, flatten / reshape,
+        adaptive / plain pooling).  Other exporters' files take the general op."""
+        doc = self.node.doc_string
+        op = doc[len("convdsl "):] if doc.startswith("convdsl ") else None
+        return op if op in ops else None
 
     def default_id(self, op: str) -> str:
         scope = self.chain[-1] if self.chain else ""
@@ -232,6 +242,8 @@ def _dropout(cx: Ctx):
 @onnx_op("Identity")
 def _identity(cx: Ctx):
     v = cx.arg(0)
+    if isinstance(v, Const) and (cx.written_as("parameter") or not v.key):  # convdsl's parameter op
+        return Const(v.array, v.key)
     return Const(v.array, cx.node.output[0]) if isinstance(v, Const) else v
 
 
@@ -268,17 +280,17 @@ def _scalar(c: Any) -> float | None:
 
 
 def _owned(cx: Ctx, op: str, local: str, x: Value, c: Const, attrs: dict) -> Value:
-    """An op holding the one parameter ``c`` (ViT's pos_embedding, ConvNeXt's layer_scale), named so that
-    its key is the source's: ``<id>.<local>`` when no other parameter lives under ``<id>`` (convdsl's own
-    export); otherwise the node takes the key as its name and the parameter is renamed (a CDL op is a
-    leaf, so ConvNeXt's ``features.1.0`` cannot be both the op and the scope of ``features.1.0.block``)."""
+    """An op holding the one parameter ``c`` (ViT's pos_embedding, ConvNeXt's layer_scale), keyed as the
+    source keys it: an op named ``<id>`` owning ``<id>.<local>`` when no other parameter lives under
+    ``<id>`` (convdsl's own export); otherwise the parameter on its module, named exactly (``as param``:
+    ConvNeXt's ``features.1.0.layer_scale`` beside ``features.1.0.block``, timm's ``cls_token``)."""
     suffix = "." + local
     nid = c.key[: -len(suffix)] if c.key.endswith(suffix) else c.key
-    if nid != c.key and any(k.startswith(nid + ".") and k != c.key for k in cx.b.source_keys):
-        nid = c.key
-    out = cx.add(op, [x], attrs, {local: c.array}, id=nid)
-    if f"{out.node}.{local}" != c.key:
-        cx.b.renamed[f"{out.node}.{local}"] = c.key
+    exact = nid == c.key or any(k.startswith(nid + ".") and k != c.key for k in cx.b.source_keys)
+    out = cx.add(op, [x], attrs, {local: c.array}, id=c.key if exact else nid, exact=exact)
+    key = out.node if exact else f"{out.node}.{local}"
+    if key != c.key:  # pragma: no cover - another node took the name
+        cx.b.renamed[key] = c.key
     return out
 
 
@@ -306,9 +318,9 @@ def _binary(op: str, affine: Callable[[float, bool], dict] | None):
         if owned is not None:
             return owned
         if affine is not None and _scalar(b) is not None and isinstance(a, Value):
-            return cx.add("affine", [a], affine(_scalar(b), False))
+            return cx.add("affine", [a], _simplest(affine(_scalar(b), False)))
         if affine is not None and _scalar(a) is not None and isinstance(b, Value) and op in ("add", "mul"):
-            return cx.add("affine", [b], affine(_scalar(a), True))
+            return cx.add("affine", [b], _simplest(affine(_scalar(a), True)))
         return cx.add(op, [_tensor(cx, a), _tensor(cx, b)])
 
     return fn
@@ -322,9 +334,16 @@ def _tensor(cx: Ctx, v) -> Value:
             return Value(v.key, 0)
         x = cx.b.graph.inputs[0]
         shape = tuple(int(d) for d in v.array.shape) or (1,)
-        out = cx.b.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, id=v.key, chain=cx.chain,
-                       origin=cx.origin, params={"weight": v.array.reshape(shape)})[0]
-        cx.b.renamed[f"{out.node}.weight"] = v.key
+        # convdsl's own parameter op (<id>.weight, nothing else under <id>), else the key exactly
+        nid = v.key[: -len(".weight")] if v.key.endswith(".weight") else v.key
+        exact = nid == v.key or any(k.startswith(nid + ".") and k != v.key for k in cx.b.source_keys)
+        if not exact and nid in cx.b.graph:
+            return Value(nid, 0)
+        out = cx.b.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, id=v.key if exact else nid,
+                       chain=cx.chain, origin=cx.origin, params={"weight": v.array.reshape(shape)}, exact=exact)[0]
+        key = out.node if exact else f"{out.node}.weight"
+        if key != v.key:  # pragma: no cover - another node took the name
+            cx.b.renamed[key] = v.key
         return out
     raise located(cx.origin, "a constant tensor operand has no convdsl op (only named parameters)")
 
@@ -344,6 +363,10 @@ def _pool(kind: str):
         if pads[:nd] != pads[nd:]:
             raise located(cx.origin, "asymmetric pooling padding has no convdsl op")
         strides = list(a.get("strides", [1] * nd))
+        if cx.written_as(f"adaptive_{kind}pool{nd}d"):  # adaptive pooling to a size that divides
+            x = cx.tensor(0)
+            sizes = cx.type(x).shape[-nd:]
+            return cx.add(f"adaptive_{kind}pool{nd}d", [x], {"out": _ints([s // kk for s, kk in zip(sizes, k)])})
         attrs = {"k": _ints(k), "stride": None if strides == k else _ints(strides), "pad": _ints(pads[:nd]),
                  "ceil_mode": bool(a.get("ceil_mode", 0))}  # stride None: the kernel's, as nn.MaxPool2d(k)
         if kind == "max":
@@ -404,6 +427,10 @@ def _reshape(cx: Ctx):
     x = cx.tensor(0)
     shape = cx.arg(1)
     t = cx.type(x)
+    if cx.written_as("flatten"):
+        flat = _flattened(t, cx.b.graph.type_of, cx, shape)
+        if flat is not None:
+            return cx.add("flatten", [x], flat)
     if isinstance(shape, Dims):  # sizes computed from the input's shape (x.view(x.size(0), -1))
         spec = reshape_spec(shape, tuple(t.shape))
         if spec.count(-1) > 1:
@@ -421,12 +448,29 @@ def _reshape(cx: Ctx):
     return cx.add("reshape", [x], {"shape": tuple(spec)})
 
 
+def _flattened(t: TensorType, type_of, cx: Ctx, shape) -> dict | None:
+    """flatten's start and end for a Reshape of ``t`` that joins dims start..end into one."""
+    spec = shape.values.tolist() if isinstance(shape, Dims) else [int(d) for d in cx.const(1)] \
+        if isinstance(shape, Const) else None
+    if spec is None or len(spec) > t.rank:
+        return None
+    start = len(spec) - 1
+    end = start + t.rank - len(spec)
+    if not all(d in (0, -1, t.shape[i]) for i, d in enumerate(spec[:start])):
+        return None
+    return {"start": start, "end": -1 if end == t.rank - 1 else end}
+
+
 @onnx_op("Transpose")
 def _transpose(cx: Ctx):
     x = cx.arg(0)
     if isinstance(x, Const):  # a transposed parameter (convdsl's linear export): stays a constant
         return Const(np.ascontiguousarray(x.array.transpose(cx.attrs["perm"])), (x.key + ".T") if x.key else None)
-    return cx.add("permute", [x], {"dims": tuple(cx.attrs["perm"])})
+    perm = list(cx.attrs["perm"])
+    moved = [i for i, p in enumerate(perm) if p != i]
+    if cx.written_as("transpose") and len(moved) == 2:
+        return cx.add("transpose", [x], {"dim0": moved[0], "dim1": moved[1]})
+    return cx.add("permute", [x], {"dims": tuple(perm)})
 
 
 @onnx_op("Squeeze")
@@ -450,13 +494,8 @@ def _concat(cx: Ctx):
     first = cx.arg(0)
     if isinstance(first, Expanded) and len(cx.node.input) == 2 and int(cx.attrs["axis"]) == 1:
         # Concat([cls.expand(N, -1, -1), x], 1): ViT's class token (convdsl's own export names it <id>.class_token)
-        key = first.param.key
-        nid = key[: -len(".class_token")] if key.endswith(".class_token") else key
-        out = cx.add("class_token", [cx.tensor(1)], {"tokens": int(first.param.array.shape[1])},
-                     {"class_token": first.param.array}, id=nid)
-        if nid == key:
-            cx.b.renamed[f"{out.node}.class_token"] = key
-        return out
+        return _owned(cx, "class_token", "class_token", cx.tensor(1), first.param,
+                      {"tokens": int(first.param.array.shape[1])})
     return cx.add("concat", [cx.tensor(i) for i in range(len(cx.node.input))], {"dim": int(cx.attrs["axis"])})
 
 
@@ -733,6 +772,21 @@ def _scope_class(path: str) -> str:
     return "scope"
 
 
+def _simplest(attrs: dict) -> dict:
+    """An f32 constant read back as the simplest number that rounds to it: a fraction p/q with q up to
+    1000 when one does (x / 3 exported as x * 0.33333334 comes back as 1/3, as written), else the
+    shortest decimal (``_f32``).  The same f32 value either way."""
+    out = {}
+    for k, v in attrs.items():
+        f = np.float32(v)
+        if not np.isfinite(f) or float(v) == 0.0:
+            out[k] = v
+            continue
+        fr = Fraction(float(f)).limit_denominator(1000)
+        out[k] = float(fr) if fr and np.float32(float(fr)) == f else _f32(v)
+    return out
+
+
 def _f32(v: float) -> float:
     """A float32 attribute read back as the shortest decimal that rounds to it (1e-05, not 9.99e-06)."""
     return float(f"{np.float32(v):.7g}")
@@ -797,6 +851,8 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             env[node.output[0]] = Const(numpy_helper.to_array(val) if hasattr(val, "dims") else np.asarray(val))
     gelus = _gelu_patterns(graph, producer, consumers, env)
     replaced = {n.name or id(n) for _, nodes in gelus.values() for n in nodes}
+    matches = find_patterns(View(graph, producer, consumers, env, {o.name for o in graph.output}))
+    matched = {id(n) for m in matches.values() for n in m.nodes}
     for i, node in enumerate(graph.node):
         if node.op_type == "Constant" or node.name in skip:
             continue
@@ -811,7 +867,15 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             x, _ = gelus[out0]
             env[out0] = b.add("gelu", [env[x]], {}, id=cx.default_id("gelu"), chain=chain, origin=origin)[0]
             continue
-        if (node.name or id(node)) in replaced:
+        if out0 in matches:  # a composite pattern (onnx_patterns.PATTERNS) ends here
+            m = matches[out0]
+            pid, arrays = cx.owner(**m.params)
+            ins = [env[i] for i in m.inputs]
+            if not all(isinstance(i, Value) for i in ins):
+                raise located(origin, f"the {m.op} pattern here reads a constant where convdsl needs a computed tensor")
+            env[out0] = cx.add(m.op, ins, m.attrs, arrays, id=pid)
+            continue
+        if (node.name or id(node)) in replaced or id(node) in matched:
             continue
         if node.op_type in FOLDABLE and _foldable(node, env):
             try:

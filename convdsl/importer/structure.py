@@ -227,7 +227,7 @@ class Writer:
             flush()
             args = [names[v] for v in it.inputs]
             reusable = {names[v] for v in it.inputs if last_use.get(v) == i and v not in outputs}
-            if it.node is not None and self.g.node(it.node).op in BINARY and len(args) >= 2:
+            if it.node is not None and self.g.node(it.node).op in BINARY and len(args) == 2:  # add(a, b, c) stays one op
                 start = [f" {BINARY[self.g.node(it.node).op]} ".join(args)]
             elif len(args) == 1:
                 start = [args[0], " | "] + expr
@@ -282,7 +282,7 @@ class Writer:
             first = False
         toks.append(")")
         if node.params:
-            toks.append(f" as {_label(rel(node.id))}")
+            toks.append(f" as {'param ' if node.exact_param else ''}{_label(rel(node.id))}")
         return toks
 
     # -- blocks -----------------------------------------------------------------------------------

@@ -70,9 +70,9 @@ class Ctx:
         return _shape(self.node.meta["val"])
 
     def add(self, op: str, inputs: list[Value], attrs: dict | None = None, params: dict | None = None,
-            id: str | None = None) -> Value | list[Value]:
+            id: str | None = None, exact: bool = False) -> Value | list[Value]:
         outs = self.b.add(op, inputs, attrs or {}, id=id or self.default_id(op), chain=self.chain,
-                          origin=self.origin, params=params)
+                          origin=self.origin, params=params, exact=exact)
         return outs[0] if len(outs) == 1 else outs
 
     def default_id(self, op: str) -> str:
@@ -116,8 +116,9 @@ class Ctx:
         x = next(iter(self.b.graph.inputs))
         shape = tuple(int(d) for d in p.array.shape) or (1,)
         out = self.b.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, id=p.key, chain=self.chain,
-                         origin=self.origin, params={"weight": p.array.reshape(shape)})[0]
-        self.b.renamed[f"{out.node}.weight"] = p.key
+                         origin=self.origin, params={"weight": p.array.reshape(shape)}, exact=True)[0]
+        if out.node != p.key:  # pragma: no cover - a node already has that name
+            self.b.renamed[out.node] = p.key
         return out
 
     def type(self, v: Value) -> TensorType:
@@ -422,9 +423,8 @@ def _unsqueeze(cx: Ctx, x, dim):
 def _cat(cx: Ctx, tensors, dim=0):
     if len(tensors) == 2 and isinstance(tensors[0], Expanded):  # cat([cls.expand(N, -1, -1), x], 1)
         p = tensors[0].param
-        cx.b.renamed[f"{p.key}.class_token"] = p.key
         return cx.add("class_token", [cx.tensor(tensors[1])], {"tokens": int(p.array.shape[1])},
-                      {"class_token": p.array}, id=p.key)
+                      {"class_token": p.array}, id=p.key, exact=True)
     return cx.add("concat", [cx.tensor(t) for t in tensors], {"dim": int(dim)})
 
 
@@ -606,9 +606,20 @@ def _swin_attention(cx: Ctx, mod, path: str, inputs: list[Value]):
     return "window_attention", attrs, params, inputs[:1]
 
 
+def _layernorm2d(cx: Ctx, mod, path: str, inputs: list[Value]):
+    """A LayerNorm over the channels of [N, C, H, W] (permute, layer_norm, permute in the graph)."""
+    affine = mod.weight is not None
+    if affine != (mod.bias is not None) or tuple(mod.normalized_shape) != (cx.type(inputs[0]).shape[1],):
+        raise located(cx.origin, "a LayerNorm2d with a weight but no bias has no convdsl op")
+    params = {"weight": mod.weight.detach().numpy(), "bias": mod.bias.detach().numpy()} if affine else {}
+    return "layernorm2d", {"eps": float(mod.eps), "affine": affine}, params, inputs[:1]
+
+
 MODULES: dict[str, Callable] = {
     "torch.nn.modules.activation.MultiheadAttention": _mha,
     "torchvision.models.swin_transformer.ShiftedWindowAttention": _swin_attention,
+    "torchvision.models.convnext.LayerNorm2d": _layernorm2d,  # whole: its permutes would take its name
+    "timm.layers.norm.LayerNorm2d": _layernorm2d,
 }
 
 

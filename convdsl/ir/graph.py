@@ -43,6 +43,13 @@ class Node:
     def type(self) -> TensorType:
         return self.types[0]
 
+    @property
+    def exact_param(self) -> bool:
+        """Whether the node's one parameter is named by the node's id itself (CDL ``op as param
+        name``: a parameter the source model keeps on a non-leaf module, ViT's
+        ``encoder.pos_embedding``), rather than ``<id>.<local name>``."""
+        return len(self.params) == 1 and next(iter(self.params.values())) == self.id
+
 
 # What a layer that must run a network, but may not import a backend (calibration, pruning
 # criteria that need data, training), is given: graph -> torch.nn.Module in eval mode, e.g.

@@ -179,6 +179,7 @@ class Labeled:
     expr: "Expr"
     label: Label
     span: Span | None = _span()
+    param: bool = False  # `as param name`: the op's one parameter is named exactly <scope>.name
 
 
 Expr = Union[Name, Num, Str, Const, ListExpr, TupleExpr, Call, Choice, Index, Attribute, Neg, Not, Arith, Pow,
@@ -478,6 +479,9 @@ class ASTBuilder(Transformer):
 
     def labeled(self, meta, c):
         return Labeled(c[0], c[1], self._sp(meta))
+
+    def param_labeled(self, meta, c):
+        return Labeled(c[0], c[2], self._sp(meta), param=True)
 
     def label(self, meta, c):
         tok = c[0]

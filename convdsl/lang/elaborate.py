@@ -41,6 +41,19 @@ _SEGMENT = r"[A-Za-z0-9_!#$%&'()*+,/:;<=>?@\[\]^`|~-]+"
 _LABEL_RE = re.compile(rf"{_SEGMENT}(\.{_SEGMENT})*")  # fullmatch: "$" would let a final "\n" through
 
 
+class ParamLabel(str):
+    """The label of ``op as param name``: the op's one parameter is named ``<scope>.name`` itself
+    (a parameter a source model keeps on a non-leaf module: ViT's ``encoder.pos_embedding``),
+    rather than ``<scope>.name.<local>``."""
+
+
+def _refuse_param_label(label: str | None, what: str, span: Span | None) -> None:
+    if isinstance(label, ParamLabel):
+        raise CDLTypeError(f"'as param {label}': {what} is not one op with one parameter", span,
+                           expected="an op with exactly one parameter (class_token, pos_embed, layer_scale, "
+                                    "parameter...)", hint=f"name it with 'as {label}'")
+
+
 class _Return(Exception):
     def __init__(self, values: list[Any]) -> None:
         self.values = values
@@ -665,6 +678,8 @@ class Elaborator:
         label = self.label_text(e.label, frame)
         if outer:
             label = f"{outer}.{label}"
+        if e.param:
+            label = ParamLabel(label)
         return self._eval_named(e.expr, frame, label, e.label.span)
 
     def _eval_named(self, inner: ast.Expr, frame: Frame, label: str, span: Span | None) -> Any:
@@ -672,6 +687,7 @@ class Elaborator:
         expression is elaborated inside a scope called ``label``."""
         if isinstance(inner, (ast.Call, ast.Name, ast.Labeled, ast.IfExp)):
             return self.eval(inner, frame, label)
+        _refuse_param_label(label, "this expression", span)
         frame.scope.append(label)
         self._claim_scope(frame, span)
         try:
@@ -795,6 +811,7 @@ class Elaborator:
         named, a pipeline becomes a scope), and ops it applies to tensors passed in are built
         inside the scope ``name``.  A def that returns anything else cannot be named."""
         fn = func.func
+        _refuse_param_label(label, f"def {fn.name}", e.span)
         lead = 0
         while lead < len(args) and (isinstance(args[lead], Tensor) or _is_tensor_tuple(args[lead])):
             lead += 1
@@ -889,6 +906,7 @@ class Elaborator:
                                    expected="numbers within +-1.8e308") from None
             return self.apply_op(layer.op, inputs, attrs, layer.label, layer.span or span, frame)
         if isinstance(layer, SeqLayer):
+            _refuse_param_label(layer.label, "a pipeline", span)
             if layer.label:
                 frame.scope.append(layer.label)
                 self._claim_scope(frame, span)
@@ -912,6 +930,7 @@ class Elaborator:
                                hint=f"pass them all: {block.name}({', '.join(block.inputs)})" if block.inputs else None)
         local = self.bind_params(block.params, list(layer.args), dict(layer.kwargs), layer.module, block.name,
                                  layer.span or span)
+        _refuse_param_label(layer.label, f"block {block.name}", span or layer.span)
         name = layer.label or self.auto_name(frame, block.name)
         self._enter(block.name, span)
         scope = frame.scope + name.split(".")
@@ -1070,7 +1089,13 @@ class Elaborator:
             other = above or next(n for n in self.graph.g if n.startswith(nid + "."))
             raise CDLNameError(f"instance name '{nid}' clashes with '{other}'", span,
                                hint="an op cannot also be a scope of other instances; rename one of them with 'as'")
-        params = {local: f"{nid}.{local}" for local in specs}
+        if isinstance(label, ParamLabel) and len(specs) != 1:
+            raise CDLTypeError(f"'as param {label}' names an op's one parameter; {op.name} here has "
+                               f"{len(specs)}" + (f" ({', '.join(specs)})" if specs else ""), span,
+                               expected="an op with exactly one parameter (class_token, pos_embed(kind=learned), "
+                                        "layer_scale, parameter...)", hint=f"name it with 'as {label}'")
+        # a parameter's key is <node id>.<local name>, or the node id itself for `as param`
+        params = {local: nid if isinstance(label, ParamLabel) else f"{nid}.{local}" for local in specs}
         self.graph.add_node(nid, op.name, [t.value for t in inputs], attrs, out_types, params=params, span=span,
                             scope=".".join(frame.scope), block=frame.block)
         for local, spec in specs.items():

@@ -95,7 +95,7 @@ def _fmt(e: ast.Expr) -> tuple[str, Prec]:
         case ast.Pipe():
             return " | ".join(pipe_stages(e)), Prec.PIPE
         case ast.Labeled():
-            return f"{wrap(e.expr, Prec.SUM)} as {format_label(e.label)}", Prec.LABEL
+            return f"{wrap(e.expr, Prec.SUM)} as {'param ' if e.param else ''}{format_label(e.label)}", Prec.LABEL
     raise TypeError(f"not a CDL expression: {e!r}")
 
 
@@ -242,7 +242,7 @@ class Breaker:
                 return self._bracketed("(", [Piece(", ", ",", "", "", i) for i in e.items], ")", col, ind, tail,
                                        one_comma=len(e.items) == 1)
             case ast.Labeled():
-                suffix = f" as {format_label(e.label)}"
+                suffix = f" as {'param ' if e.param else ''}{format_label(e.label)}"
                 got = self.lines(e.expr, col, ind, tail + len(suffix), Prec.SUM)
                 return [*got[:-1], got[-1] + suffix]
             case ast.Arith() | ast.Compare():

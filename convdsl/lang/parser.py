@@ -78,10 +78,28 @@ class _Postlexer:
         if star is not None:
             yield star
 
+    @staticmethod
+    def _param_keyword(stream: Iterator[Token]) -> Iterator[Token]:
+        """``as param name``: the name ``param`` between ``as`` and a label is the PARAM keyword
+        (``as param`` alone, and every other ``param``, stay a name)."""
+        prev: Token | None = None
+        held: Token | None = None
+        for tok in stream:
+            if held is not None:
+                yield Token.new_borrow_pos("PARAM", "param", held) if tok.type in ("NAME", "STRING") else held
+                held = None
+            elif tok.type == "NAME" and tok == "param" and prev is not None and prev.type == "AS":
+                held = prev = tok
+                continue
+            yield tok
+            prev = tok
+        if held is not None:
+            yield held
+
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         if self.record is not None:
             stream = _recorded(stream, self.record)
-        stream = self._merge_pow(stream)
+        stream = self._param_keyword(self._merge_pow(stream))
         self.open = []
         depth = 0
         prev: Token | None = None

@@ -105,6 +105,8 @@ def print_graph(graph: Graph, header: str | None = None) -> str:
         args = [var[v] for v in graph.inputs_of(node.id)]
         call = format_call(op, node.attrs, args)
         label = node.id if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", node.id) else f'"{node.id}"'
+        if node.exact_param:  # its one parameter is named by the node's id itself
+            label = f"param {label}"
         targets = [own.pop(Value(node.id, i), None) or names.make(node.id if len(node.types) == 1 else f"{node.id}_{i}")
                    for i in range(len(node.types))]
         for i, t in enumerate(targets):
@@ -113,3 +115,4 @@ def print_graph(graph: Graph, header: str | None = None) -> str:
     lines += _named_outputs(graph, var, reserved)
     lines.append("}")
     return "\n".join(lines) + "\n"
+

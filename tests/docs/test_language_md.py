@@ -50,6 +50,12 @@ def test_labels_on_def_calls_as_documented():
     assert {"layers.1.weight", "layers.1.running_mean", "stem.0.weight", "stem.1.weight"} <= set(g.params.specs)
 
 
+def test_param_labels_as_documented():
+    g = elaborate(_program("network vit_keys"), AS_FILE)
+    assert set(g.params.specs) == {"conv_proj.weight", "conv_proj.bias", "class_token", "encoder.pos_embedding",
+                                   "encoder.ln.weight", "encoder.ln.bias"}
+
+
 def test_symbolic_reshape_as_documented():
     g = elaborate(_program("network windows"), AS_FILE)
     conv = next(n for n in g.nodes() if n.op == "conv2d")

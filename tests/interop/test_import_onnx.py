@@ -19,11 +19,43 @@ from convdsl.lang.printer import print_graph  # noqa: E402
 from convdsl.passes.remove_identity import remove_identity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2] / "examples"
-# CDL -> ONNX -> import gives the same program, compared as the IR printer's text; docs/interop.md lists
-# why each other example does not come back yet (ops exported as decompositions, layout ops...)
-ROUND_TRIP = ["deeplab_aspp.cdl", "digits_cnn.cdl", "digits_mobilenet.cdl", "espcn.cdl", "mobilenet_v2.cdl",
-              "mobilenet_v3_large.cdl", "papers/clutter_filter_3d.cdl", "papers/convnext_block.cdl", "papers/gcn.cdl",
-              "papers/transnext_convglu.cdl", "regnet_y_400mf.cdl", "resnet18.cdl", "resnet50.cdl", "unet.cdl"]
+# CDL -> ONNX -> import gives the same program, compared as the IR printer's text, for every example;
+# the ones that cannot are expected failures (strict: one that starts to round-trip fails the test until it
+# leaves this table), each with the reason docs/interop.md gives
+_WINDOW = ("window_attention exports as window partition, cyclic-shift Gathers and MatMul-Softmax-MatMul with "
+           "its relative position bias and shift mask computed at export; no import pattern recovers it yet")
+_LONG_CONV = ("the long-convolution form: the kernel is computed from the SSM's parameters at export, so those "
+              "parameters are not in the file")
+NOT_ROUND_TRIP = {
+    "maxvit_t.cdl": _WINDOW,
+    "swin_t.cdl": _WINDOW,
+    "papers/moat_block.cdl": _WINDOW,
+    "papers/affnet.cdl": "adaptive_filter's DFT exports in matmul form (constant DFT matrices on the left); import "
+                         "refuses a MatMul with a constant left operand with a located error",
+    "papers/gfnet.cdl": "global_filter's DFT exports in matmul form (constant DFT matrices on the left); import "
+                        "refuses a MatMul with a constant left operand with a located error",
+    "papers/convit_gpsa.cdl": "gated positional self-attention: the softmax of the positional scores is of a "
+                              "constant, which import refuses with a located error",
+    "papers/galaxy_rotinv.cdl": "rot90 and flip export as Gathers with reversed indices and Transposes; they come "
+                                "back as index_select and permute (the same numbers)",
+    "papers/gabor_texture.cdl": "init=gabor, trainable=false are initialization and training facts, not in an "
+                                "inference graph",
+    "papers/halonet_block.cdl": "halo attention's relative position tables meet the linear mapping with the wrong "
+                                "shape: a located error, no import pattern yet",
+    "papers/hyena_block.cdl": _LONG_CONV,
+    "papers/s4d_classifier.cdl": _LONG_CONV,
+    "papers/sgconv_classifier.cdl": _LONG_CONV,
+    "papers/serpent.cdl": "selective_scan exports as an ONNX Scan with Softplus, which have no import mapping",
+    "papers/tvconv.cdl": "a convolution whose weight the network computes has no convdsl op on import "
+                         "(located error)",
+    "papers/unireplknet_block.cdl": "GRN's mean over dim -1 comes back over dim 3 (ONNX axes are absolute); "
+                                    "layer_scale's init and the parameter op's anchor input are not in the file",
+    "papers/nasnet_cell.cdl": "(at its first choices) the CDL writer (importer/structure.py) writes an empty "
+                              "'return' for a block instance whose output is computed twice; a writer bug, not yet "
+                              "fixed",
+    "vgg16.cdl": "maxpool2d(2, stride=2) exports as the same MaxPool as maxpool2d(2) and comes back as the latter",
+}
+EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 
 
 def canonical(g) -> str:
@@ -31,7 +63,7 @@ def canonical(g) -> str:
     order of definition, and the labels of parameter-free nodes dropped (a label that names
     parameters stays, since it is the state_dict key).  Two graphs print the same iff they have the
     same ops, attributes, edges, order and parameter names."""
-    text = print_graph(g)
+    text = print_graph(_structural_order(g))
     lines = text.split("\n")[1:]
     keys = set(g.params.names())
     out, names = [], {}
@@ -40,7 +72,7 @@ def canonical(g) -> str:
         return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: names.get(m.group(0), m.group(0)), line)
 
     for line in lines:
-        m = re.match(r"^(\s*)(\w+(?:, \w+)*) = (.*?)(?: as (\"[^\"]+\"|\w+))?$", line)
+        m = re.match(r"^(\s*)(\w+(?:, \w+)*) = (.*?)(?: as ((?:param )?(?:\"[^\"]+\"|\w+)))?$", line)
         if m is None:
             out.append(rename(line))
             continue
@@ -49,14 +81,55 @@ def canonical(g) -> str:
         for t in targets.split(", "):
             names[t] = f"v{len(names)}"
         lhs = ", ".join(names[t] for t in targets.split(", "))
-        keep = label and any(k.startswith(label.strip('"') + ".") for k in keys)
+        keep = label and (label.startswith("param ") or any(k.startswith(label.strip('"') + ".") for k in keys))
         out.append(f"{indent}{lhs} = {expr}" + (f" as {label}" if keep else ""))
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("name", ROUND_TRIP)
+def _structural_order(g):
+    """A copy of ``g`` whose node order is a depth-first walk from the outputs, inputs in argument
+    order: two graphs with the same nodes and edges print the same, whichever of two independent
+    branches each built first (creation order is not part of the graph)."""
+    g = g.copy()
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(nid: str) -> None:
+        stack = [(nid, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                order.append(n)
+                continue
+            if n in seen:
+                continue
+            seen.add(n)
+            stack.append((n, True))
+            stack.extend((v.node, False) for v in reversed(g.inputs_of(n)) if v.node not in seen)
+
+    for i in g.inputs:
+        visit(i)
+    for v in g.outputs:
+        visit(v.node)
+    rest = [n.id for n in g.nodes() if n.id not in seen]
+    for k, nid in enumerate(order + rest):
+        g.node(nid).seq = k
+    return g
+
+
+def _example(name: str):
+    """An example as a graph (a search space at its first choices, as tests/test_papers.py checks it)."""
+    from convdsl.ir.verify import verify
+    from convdsl.lang.elaborate import Options, elaborate_file
+
+    return verify(elaborate_file(ROOT / name, None, Options(bind={"H": 24, "W": 24}, first_choice=True)))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_ROUND_TRIP[n]))
+                                  if n in NOT_ROUND_TRIP else n for n in EXAMPLES])
 def test_cdl_onnx_import_is_the_same_graph(name, tmp_path):
-    g = load_graph(ROOT / name, bind={"H": 24, "W": 24})
+    """The same program back: ops, attributes, edges and parameter names (IR printer), and outputs."""
+    g = _example(name)
     f = tmp_path / "net.onnx"
     onnx.save(export_graph(g), f)
     r = import_onnx(f)
@@ -283,7 +356,9 @@ def test_vit_parameters_come_back_as_their_ops(tmp_path):
     r = _torch_onnx(Toy().eval(), torch.randn(1, 3, 8, 8), tmp_path)
     for op in ("class_token", "pos_embed", "layer_scale"):
         assert re.search(rf"\| {op}\b", r.text), op
-    assert set(r.renamed.values()) == {"class_token", "pos_embedding", "gamma"}
+    assert r.renamed == {}
+    assert set(r.weights) == set(Toy().state_dict())  # the source's keys, each named exactly (`as param`)
+    assert "as param class_token" in r.text and "as param gamma" in r.text
 
 
 def test_opset_20_gelu(tmp_path):
@@ -296,3 +371,74 @@ def test_opset_20_gelu(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), f)
     r = import_onnx(f)
     assert "gelu(tanh)" in r.text
+
+
+def _ln2d_model(tmp_path, middle_is_output: bool):
+    """Transpose -> LayerNormalization -> Transpose, as convdsl and torch.onnx write a LayerNorm2d."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="/ln/Transpose", perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "ln.weight", "ln.bias"], ["n"], name="/ln/LN", axis=-1,
+                              epsilon=1e-6),
+             helper.make_node("Transpose", ["n"], ["y"], name="/ln/Transpose_1", perm=[0, 3, 1, 2])]
+    inits = [numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), n) for n in ("ln.weight", "ln.bias")]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3, 3])]
+    if middle_is_output:
+        outs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, ["N", 3, 3, 4]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3, 3])],
+                              outs, inits)
+    f = tmp_path / "ln.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f)
+    return import_onnx(f)
+
+
+def test_layernorm2d_pattern_is_recovered_only_when_exact(tmp_path):
+    r = _ln2d_model(tmp_path, middle_is_output=False)
+    assert [n.op for n in r.graph.nodes() if n.op != "input"] == ["layernorm2d"]
+    assert set(r.weights) == {"ln.weight", "ln.bias"}
+    # the normalized channels-last tensor is also an output: the sub-graph is not one op, it imports as written
+    r = _ln2d_model(tmp_path, middle_is_output=True)
+    assert sorted(n.op for n in r.graph.nodes() if n.op != "input") == ["layernorm", "permute", "permute"]
+
+
+def test_transpose_without_convdsl_doc_string_is_a_permute(tmp_path):
+    """The doc string convdsl's exporter writes tells transpose from permute; other files get permute."""
+    from onnx import TensorProto, helper
+
+    def model(doc):
+        node = helper.make_node("Transpose", ["x"], ["y"], name="t/Transpose", perm=[0, 2, 1], doc_string=doc)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 4])])
+        f = tmp_path / "t.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f)
+        return [n for n in import_onnx(f).graph.nodes() if n.op != "input"]
+
+    (t,) = model("convdsl transpose")
+    assert (t.op, t.attrs["dim0"], t.attrs["dim1"]) == ("transpose", 1, 2)
+    (p,) = model(None)
+    assert p.op == "permute" and tuple(p.attrs["dims"]) == (0, 2, 1)
+
+
+def test_torch_onnx_convnext_keeps_exact_keys_on_non_leaf_modules(tmp_path):
+    """torchvision's ConvNeXt (features.1.0.layer_scale beside features.1.0.block, LayerNorm2d) through
+    torch.onnx: the imported program's parameters are the model's state_dict keys, so the model loads the
+    compiled module's state_dict strictly.  (ViT's class token and position table through torch.onnx:
+    test_vit_parameters_come_back_as_their_ops; torchvision's own ViT does not import through torch.onnx,
+    its nn.MultiheadAttention computes sizes with Mod.)"""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    model = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    model.eval()
+    r = _torch_onnx(model, torch.randn(2, 3, 32, 32), tmp_path)
+    assert r.renamed == {} and "as param layer_scale" in r.text and "layernorm2d" in r.text
+    assert set(r.weights) == set(model.state_dict())
+    model.load_state_dict(build_module(r.graph).state_dict())

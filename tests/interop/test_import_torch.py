@@ -9,16 +9,70 @@ import torchvision
 from convdsl.api import import_model
 from convdsl.backends.torch import build_module
 from convdsl.errors import ModelImportError, TraceError
+from convdsl.ir.weights import derived_buffers
 
 
 def _check(model, x, tol=1e-5):
+    """Outputs match, and the compiled module's state_dict has exactly the source's keys (less the
+    buffers an op recomputes): each loads the other's as is."""
     r = import_model(model, (x,))
     mod = build_module(r.graph)
-    mod.load_state_dict(model.state_dict(), strict=not r.renamed)
+    # buffers the source stores and the op recomputes (Swin's relative_position_index: OpDef.derived)
+    derived = set(derived_buffers(r.graph)) & set(model.state_dict())
+    assert set(mod.state_dict()) == set(model.state_dict()) - derived
+    assert r.renamed == {}
+    mod.load_state_dict({k: v for k, v in model.state_dict().items() if k not in derived})
+    model.load_state_dict(mod.state_dict(), strict=not derived)
     with torch.no_grad():
         a, b = model(x), mod(x)
     assert float((a - b).abs().max()) <= tol * max(float(a.abs().max()), 1e-6)
     return r
+
+
+def _randomize(model):
+    """Source models zero-initialize some tables and heads (ViT's pos_embedding, class_token, head):
+    random values, so a parameter read at the wrong place shows in the outputs."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def _tv_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                             num_classes=5)
+
+
+def _tv_convnext():  # convnext_tiny's structure (torchvision's CNBlock with layer_scale), smaller
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)], stochastic_depth_prob=0.1,
+                    num_classes=5)
+
+
+def _timm_vit():  # timm's VisionTransformer: cls_token, pos_embed on the root, LayerScale gamma
+    timm = pytest.importorskip("timm")
+    return timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2,
+                                                            num_heads=2, num_classes=5, init_values=1e-5)
+
+
+def _timm_convnext():  # timm's ConvNeXt blocks keep their layer scale as `gamma`
+    timm = pytest.importorskip("timm")
+    return timm.models.convnext.ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=5)
+
+
+@pytest.mark.parametrize("make", [_tv_vit, _tv_convnext, _timm_vit, _timm_convnext],
+                         ids=["torchvision_vit", "torchvision_convnext", "timm_vit", "timm_convnext"])
+def test_parameters_on_non_leaf_modules_keep_their_keys(make):
+    """ViT's class_token and encoder.pos_embedding, ConvNeXt's features.1.0.layer_scale, timm's cls_token,
+    pos_embed and gamma live on modules that also hold other modules: the program names them exactly
+    (`as param`), so the compiled module's state_dict is the source's, key for key."""
+    model = _randomize(make())
+    r = _check(model, torch.randn(2, 3, 32, 32))
+    assert " as param " in r.text
 
 
 def test_resnet18_imports_with_blocks_and_loops():

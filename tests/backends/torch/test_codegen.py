@@ -257,3 +257,47 @@ def test_a_top_level_scope_that_is_no_identifier_gets_its_container():
     m.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(m(x), torch.relu(ref[0]["conv"](x)))
+
+
+def test_as_param_registers_the_parameter_on_its_parent_module():
+    """`op as param name`: the parameter is an attribute of the enclosing module (ViT's class_token on the
+    root, encoder.pos_embedding beside encoder.ln), as in the source model's state_dict; names that are
+    no identifier go through register_parameter / _parameters."""
+    from convdsl.api import load_graph
+
+    g = load_graph(textwrap.dedent('''
+        network n(x: f32[N, 4, 8]) {
+            y = x | class_token(1) as param cls_token
+                  | pos_embed(kind=learned) as param "encoder.pos_embedding" | layernorm as "encoder.ln"
+                  | layer_scale(layout=last) as param "0.gamma-1"
+            p = parameter(x, [8]) as param "encoder.shift"
+            return y + p
+        }
+        '''))
+    src = generate(g).source
+    assert "self.cls_token = nn.Parameter(torch.zeros((1, 1, 8)))" in src
+    assert "self.encoder.pos_embedding = nn.Parameter(" in src
+    assert ".register_parameter('gamma-1', nn.Parameter(" in src
+    ref = torch.nn.Module()
+    ref.cls_token = torch.nn.Parameter(torch.randn(1, 1, 8))
+    ref.encoder = torch.nn.Module()
+    ref.encoder.pos_embedding = torch.nn.Parameter(torch.randn(1, 5, 8))
+    ref.encoder.ln = torch.nn.LayerNorm(8)
+    ref.encoder.shift = torch.nn.Parameter(torch.randn(8))
+    ref.add_module("0", torch.nn.Module())
+    ref._modules["0"].register_parameter("gamma-1", torch.nn.Parameter(torch.randn(8)))
+    m = build_module(g)
+    assert set(m.state_dict()) == set(ref.state_dict())
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 4, 8)
+    t = torch.cat([ref.cls_token.expand(3, -1, -1), x], dim=1) + ref.encoder.pos_embedding
+    want = ref.encoder.ln(t) * ref._modules["0"]._parameters["gamma-1"] + ref.encoder.shift
+    torch.testing.assert_close(m(x), want)
+
+
+def test_as_param_keeps_the_parameter_dtype():
+    from convdsl.api import load_graph
+
+    g = load_graph("network n(x: f64[N, 4, 8]) {\n    return x | layer_scale(layout=last) as param gamma\n}\n")
+    m = build_module(g)
+    assert m.gamma.dtype == torch.float64 and list(m.state_dict()) == ["gamma"]

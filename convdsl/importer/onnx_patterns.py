@@ -1,0 +1,404 @@
+"""Composite patterns of the ONNX importer: convdsl ops ONNX has no single op for, recovered from
+the exact sub-graph that convdsl's exporter (``backends/onnx/lower_<family>.py``) and torch.onnx
+write for them.
+
+``PATTERNS`` maps each convdsl op to its matcher, one per op; a matcher reads the ONNX graph
+through a ``View`` and returns ``Match``es: the ONNX nodes replaced, the value names that are
+the op's inputs and output, its attributes and parameters.  A match is exact or it is not made:
+every value computed inside it is read only inside it, every constant has the value the form
+needs, and anything else leaves the nodes to the per-op table (``onnx_import.ONNX``), which
+imports the decomposition as it is.  Larger patterns are tried first; a node belongs to one
+match at most.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+
+@dataclass
+class Match:
+    op: str
+    inputs: list[str]  # ONNX value names, the op's input tensors in order
+    output: str  # the ONNX value the op's output replaces
+    nodes: list  # the ONNX nodes replaced
+    attrs: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)  # local name -> a constant (.array, .key)
+
+
+@dataclass
+class Param:
+    """A parameter a pattern assembles (mhsa's packed in_proj_weight from its q, k, v rows)."""
+
+    array: np.ndarray
+    key: str | None
+
+
+class View:
+    """The ONNX graph as matchers read it: producers, readers, constants (initializers and Constant
+    nodes, as ``Const``: ``.array`` and ``.key``) and attributes."""
+
+    def __init__(self, graph, producer: dict, consumers: dict, env: dict, outputs: set[str]) -> None:
+        self.graph, self.producer, self.consumers, self.env, self.outputs = graph, producer, consumers, env, outputs
+
+    def nodes(self, op_type: str) -> Iterator:
+        return (n for n in self.graph.node if n.op_type == op_type)
+
+    def made_by(self, value: str, op_type: str):
+        """The node of type ``op_type`` that computes ``value``, or None."""
+        n = self.producer.get(value)
+        return n if n is not None and n.op_type == op_type else None
+
+    def only_reader(self, value: str, op_type: str | None = None):
+        """The one node that reads ``value`` (of type ``op_type``), when nothing else does."""
+        users = self.consumers.get(value, [])
+        if len(users) != 1 or value in self.outputs or (op_type is not None and users[0].op_type != op_type):
+            return None
+        return users[0]
+
+    def read_only_by(self, value: str, nodes: list) -> bool:
+        ids = {id(n) for n in nodes}
+        return value not in self.outputs and all(id(u) in ids for u in self.consumers.get(value, []))
+
+    def const(self, value: str):
+        c = self.env.get(value)
+        return c if hasattr(c, "array") else None
+
+    def scalar(self, value: str) -> float | None:
+        c = self.const(value)
+        return float(c.array.reshape(-1)[0]) if c is not None and c.array.size == 1 else None
+
+    @staticmethod
+    def attr(node, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                v = helper.get_attribute_value(a)
+                return v.decode() if isinstance(v, bytes) else v
+        return default
+
+
+Matcher = Callable[[View], list[Match]]
+PATTERNS: dict[str, Matcher] = {}
+
+
+def pattern(op: str):
+    def register(fn: Matcher) -> Matcher:
+        if op in PATTERNS:  # pragma: no cover - a bug in this file
+            raise ValueError(f"two ONNX import patterns for {op}")
+        PATTERNS[op] = fn
+        return fn
+
+    return register
+
+
+def find(view: View) -> dict[str, Match]:
+    """Every match, by the ONNX value its op's output replaces; a node is in one match at most."""
+    out: dict[str, Match] = {}
+    taken: set[int] = set()
+    for matcher in PATTERNS.values():
+        for m in matcher(view):
+            ids = {id(n) for n in m.nodes}
+            if ids & taken:
+                continue
+            inner = [o for n in m.nodes for o in n.output if o and o != m.output]
+            if not all(view.read_only_by(o, m.nodes) for o in inner):
+                continue
+            taken |= ids
+            out[m.output] = m
+    return out
+
+
+def _f32(v: float) -> float:
+    return float(f"{np.float32(v):.7g}")
+
+
+# ---- norms (backends/onnx/lower_norm.py) ---------------------------------------------------------
+@pattern("layernorm2d")
+def _layernorm2d(v: View) -> list[Match]:
+    """Transpose(0, 2, 3, 1) -> LayerNormalization(axis -1) -> Transpose(0, 3, 1, 2): convdsl's
+    export of layernorm2d, and torch.onnx's of torchvision's and timm's LayerNorm2d."""
+    out = []
+    for ln in v.nodes("LayerNormalization"):
+        first = v.made_by(ln.input[0], "Transpose")
+        last = v.only_reader(ln.output[0], "Transpose")
+        if first is None or last is None or list(v.attr(first, "perm", [])) != [0, 2, 3, 1] \
+                or list(v.attr(last, "perm", [])) != [0, 3, 1, 2] or v.attr(ln, "axis", -1) not in (-1, 3):
+            continue
+        w = v.const(ln.input[1])
+        b = v.const(ln.input[2]) if len(ln.input) > 2 and ln.input[2] else None
+        if w is None:
+            continue
+        if w.key is None and (b is None or b.key is None):  # the exporter's ones and zeros: no affine
+            if not (np.all(w.array == 1) and (b is None or np.all(b.array == 0))):
+                continue
+            attrs, params = {"affine": False}, {}
+        elif w.key is not None and b is not None and b.key is not None:
+            attrs, params = {"affine": True}, {"weight": w, "bias": b}
+        else:
+            continue
+        attrs["eps"] = _f32(v.attr(ln, "epsilon", 1e-5))
+        out.append(Match("layernorm2d", [first.input[0]], last.output[0], [first, ln, last], attrs, params))
+    return out
+
+
+# ---- activations (backends/onnx/lower_elementwise.py) ----------------------------------------------
+@pattern("silu")
+def _silu(v: View) -> list[Match]:
+    """Mul(x, Sigmoid(x)), the Sigmoid read by nothing else: convdsl's and torch.onnx's SiLU."""
+    out = []
+    for mul in v.nodes("Mul"):
+        for i in (0, 1):
+            sig = v.made_by(mul.input[i], "Sigmoid")
+            if sig is not None and sig.input[0] == mul.input[1 - i]:
+                out.append(Match("silu", [sig.input[0]], mul.output[0], [sig, mul], {}))
+                break
+    return out
+
+
+# ---- attention (backends/onnx/lower_attention.py) ----------------------------------------------------
+def _perm(v: View, node, perm: list[int]) -> bool:
+    return node is not None and node.op_type == "Transpose" and list(v.attr(node, "perm", [])) == perm
+
+
+def _ints(v: View, value: str) -> list[int] | None:
+    c = v.const(value)
+    return None if c is None or c.array.dtype.kind not in "iu" else [int(i) for i in c.array.reshape(-1)]
+
+
+@pattern("patch_embed")
+def _patch_embed(v: View) -> list[Match]:
+    """Conv(kernel = stride = patch, no padding) -> Reshape([0, dim, -1]) -> Transpose(0, 2, 1): image
+    [N, C, H, W] to tokens [N, L, dim], convdsl's export of patch_embed."""
+    out = []
+    for conv in v.nodes("Conv"):
+        w = v.const(conv.input[1])
+        b = v.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if w is None or w.key is None or w.array.ndim != 4 or (len(conv.input) > 2 and conv.input[2] and b is None):
+            continue
+        k = [int(s) for s in w.array.shape[2:]]
+        if list(v.attr(conv, "strides", [1, 1])) != k or any(v.attr(conv, "pads", [0] * 4)) \
+                or v.attr(conv, "group", 1) != 1 or any(d != 1 for d in v.attr(conv, "dilations", [1, 1])):
+            continue
+        rs = v.only_reader(conv.output[0], "Reshape")
+        tr = v.only_reader(rs.output[0], "Transpose") if rs is not None else None
+        dim = int(w.array.shape[0])
+        if tr is None or _ints(v, rs.input[1]) != [0, dim, -1] or not _perm(v, tr, [0, 2, 1]):
+            continue
+        params = {"weight": w, **({"bias": b} if b is not None else {})}
+        out.append(Match("patch_embed", [conv.input[0]], tr.output[0], [conv, rs, tr],
+                         {"dim": dim, "patch": k[0] if k[0] == k[1] else tuple(k), "bias": b is not None}, params))
+    return out
+
+
+def _projection(v: View, value: str):
+    """``value`` = MatMul(x, Transpose(W)) [+ b] with W, b initializers: (x, W, b or None, nodes)."""
+    add = v.made_by(value, "Add")
+    b = None
+    nodes = []
+    if add is not None:
+        mm_out, other = add.input[0], add.input[1]
+        if v.const(other) is None and v.const(mm_out) is not None:
+            mm_out, other = other, mm_out
+        b = v.const(other)
+        if b is None or b.key is None or b.array.ndim != 1:
+            return None
+        nodes.append(add)
+        value = mm_out
+    mm = v.made_by(value, "MatMul")
+    if mm is None:
+        return None
+    tw = v.made_by(mm.input[1], "Transpose")
+    w = v.const(tw.input[0]) if tw is not None else None
+    if w is None or w.key is None or w.array.ndim != 2 or list(v.attr(tw, "perm", [1, 0])) != [1, 0]:
+        return None
+    return mm.input[0], w, b, nodes + [mm, tw]
+
+
+def _heads(v: View, value: str, perm: list[int]):
+    """``value`` = Transpose(perm)(Reshape(p, [0, 0, heads, d])): (projection, heads, d, nodes)."""
+    tr = v.made_by(value, "Transpose")
+    rs = v.made_by(tr.input[0], "Reshape") if _perm(v, tr, perm) else None
+    shape = _ints(v, rs.input[1]) if rs is not None else None
+    if shape is None or len(shape) != 4 or shape[:2] != [0, 0]:
+        return None
+    proj = _projection(v, rs.input[0])
+    return None if proj is None else (proj, shape[2], shape[3], [tr, rs] + proj[3])
+
+
+def _split_key(key: str, part: str) -> str | None:
+    """``<nid>.in_proj_weight.q`` -> ``<nid>.in_proj_weight`` (the rows the exporter split out)."""
+    return key[: -len(part) - 1] if key.endswith("." + part) else None
+
+
+@pattern("mhsa")
+def _attention(v: View) -> list[Match]:
+    """convdsl's export of mhsa and cross_attention without masks or position biases (``mha``):
+    q, k, v = heads_first(x W^T + b) for each of the packed rows (initializers ``<key>.q/.k/.v``),
+    Softmax(q k^T * scale) v, heads_last, and the output projection.  Two inputs are
+    cross_attention.  The parameters come back whole under the keys they were split from."""
+    import math
+
+    out = []
+    for sm in v.nodes("Softmax"):
+        if v.attr(sm, "axis", -1) not in (-1, 3):
+            continue
+        mul = v.made_by(sm.input[0], "Mul")
+        scale = v.scalar(mul.input[1]) if mul is not None else None
+        logits = v.made_by(mul.input[0], "MatMul") if scale is not None else None
+        kt = v.made_by(logits.input[1], "Transpose") if logits is not None else None
+        av = v.only_reader(sm.output[0], "MatMul")
+        if kt is None or av is None or av.input[0] != sm.output[0] or not _perm(v, kt, [0, 1, 3, 2]):
+            continue
+        parts = [_heads(v, logits.input[0], [0, 2, 1, 3]), _heads(v, kt.input[0], [0, 2, 1, 3]),
+                 _heads(v, av.input[1], [0, 2, 1, 3])]
+        if any(p is None for p in parts):
+            continue
+        (xq, wq, bq, _), heads, d, _ = parts[0]
+        xs = [p[0][0] for p in parts]
+        if {(p[1], p[2]) for p in parts} != {(heads, d)} or xs[1] != xs[2]:
+            continue
+        back = v.only_reader(av.output[0], "Transpose")
+        rs = v.only_reader(back.output[0], "Reshape") if _perm(v, back, [0, 2, 1, 3]) else None
+        dim = heads * d
+        if rs is None or _ints(v, rs.input[1]) != [0, 0, dim]:
+            continue
+        mm = v.only_reader(rs.output[0], "MatMul")
+        if mm is None or mm.input[0] != rs.output[0]:
+            continue
+        add = v.only_reader(mm.output[0], "Add")
+        end = add.output[0] if add is not None else mm.output[0]
+        proj = _projection(v, end)
+        if proj is None or proj[0] != rs.output[0]:
+            continue
+        _, wo, bo, proj_nodes = proj
+        keys = [_split_key(p[0][1].key, "qkv"[i]) for i, p in enumerate(parts)]
+        bkeys = [_split_key(p[0][2].key, "qkv"[i]) if p[0][2] is not None else None for i, p in enumerate(parts)]
+        if None in keys or len(set(keys)) != 1 or len(set(bkeys)) != 1 or (bkeys[0] is None) != (bq is None):
+            continue
+        wkey, bkey = keys[0], bkeys[0]
+        nid, _, local = wkey.rpartition(".")
+        qkv = None
+        if local != "in_proj_weight":  # <nid>.<qkv>.weight
+            nid, _, qkv = nid.rpartition(".")
+            if local != "weight" or not qkv:
+                continue
+        wo_nid, _, wo_local = wo.key.rpartition(".")
+        proj_name = wo_nid[len(nid) + 1:] if wo_nid.startswith(nid + ".") else None
+        if wo_local != "weight" or not proj_name or (bo is not None and bo.key != f"{wo_nid}.bias"):
+            continue
+        cross = xs[0] != xs[1]
+        op = "cross_attention" if cross else "mhsa"
+        w_all = np.concatenate([p[0][1].array for p in parts])
+        params = {"in_proj_weight" if qkv is None else f"{qkv}.weight": Param(w_all, wkey),
+                  f"{proj_name}.weight": wo}
+        if bkey is not None:
+            params["in_proj_bias" if qkv is None else f"{qkv}.bias"] = \
+                Param(np.concatenate([p[0][2].array for p in parts]), bkey)
+        if bo is not None:
+            params[f"{proj_name}.bias"] = bo
+        attrs = {"heads": heads, "dim": dim, "qkv_bias": bkey is not None, "proj_bias": bo is not None}
+        if not math.isclose(scale, 1.0 / math.sqrt(d), rel_tol=1e-6):
+            attrs["scale"] = _f32(scale)
+        if qkv is not None:
+            attrs["qkv"] = qkv
+        if proj_name != "out_proj":
+            attrs["proj"] = proj_name
+        nodes = [n for p in parts for n in p[3]] + [mul, logits, kt, sm, av, back, rs] + proj_nodes
+        uniq = list({id(n): n for n in nodes}.values())
+        out.append(Match(op, [xs[0], xs[1]] if cross else [xs[0]], end, uniq, attrs, params))
+    return out
+
+
+# ---- elementwise -----------------------------------------------------------------------------------
+@pattern("add")
+def _sum(v: View) -> list[Match]:
+    """Sum(a, b, c...): convdsl's export of an add of three or more tensors."""
+    return [Match("add", list(n.input), n.output[0], [n], {}) for n in v.nodes("Sum") if len(n.input) >= 2]
+
+
+def _conv_tokens(v: View, value: str):
+    """``value`` = tokens(BatchNormalization(Conv(x, depthwise, no bias))): (x, conv, bn, nodes)."""
+    tr = v.made_by(value, "Transpose")
+    rs = v.made_by(tr.input[0], "Reshape") if _perm(v, tr, [0, 2, 1]) else None
+    bn = v.made_by(rs.input[0], "BatchNormalization") if rs is not None else None
+    conv = v.made_by(bn.input[0], "Conv") if bn is not None else None
+    if conv is None or len(conv.input) > 2 and conv.input[2] or _ints(v, rs.input[1]) is None:
+        return None
+    consts = [v.const(i) for i in [conv.input[1], *bn.input[1:5]]]
+    if any(c is None or c.key is None for c in consts):
+        return None
+    return conv.input[0], conv, bn, consts, [tr, rs, bn, conv]
+
+
+@pattern("conv_attention")
+def _conv_attention(v: View) -> list[Match]:
+    """convdsl's export of conv_attention (CvT): for each of q, k, v a depthwise Conv + BatchNormalization
+    (``<id>.conv_proj_<s>.conv/bn``) -> tokens -> linear ``<id>.proj_<s>`` -> heads; Softmax(q k^T * scale)
+    v; heads back; linear ``<id>.proj``; Transpose(0, 2, 1) -> Reshape([0, C, H', W'])."""
+    out = []
+    for sm in v.nodes("Softmax"):
+        mul = v.made_by(sm.input[0], "Mul")
+        scale = v.scalar(mul.input[1]) if mul is not None else None
+        logits = v.made_by(mul.input[0], "MatMul") if scale is not None else None
+        kt = v.made_by(logits.input[1], "Transpose") if logits is not None else None
+        av = v.only_reader(sm.output[0], "MatMul")
+        if kt is None or av is None or av.input[0] != sm.output[0] or not _perm(v, kt, [0, 1, 3, 2]):
+            continue
+        heads3 = [_heads(v, logits.input[0], [0, 2, 1, 3]), _heads(v, kt.input[0], [0, 2, 1, 3]),
+                  _heads(v, av.input[1], [0, 2, 1, 3])]
+        if any(h is None for h in heads3) or len({(h[1], h[2]) for h in heads3}) != 1:
+            continue
+        convs = [_conv_tokens(v, h[0][0]) for h in heads3]
+        if any(c is None for c in convs) or len({c[0] for c in convs}) != 1:
+            continue
+        nid = convs[0][3][0].key[: -len(".conv_proj_q.conv.weight")]
+        names = [f"{nid}.conv_proj_{s}" for s in "qkv"]
+        if not all(c[3][0].key == f"{n}.conv.weight" for c, n in zip(convs, names)):
+            continue
+        heads, d = heads3[0][1], heads3[0][2]
+        c = heads * d
+        back = v.only_reader(av.output[0], "Transpose")
+        rs = v.only_reader(back.output[0], "Reshape") if _perm(v, back, [0, 2, 1, 3]) else None
+        mm = v.only_reader(rs.output[0], "MatMul") if rs is not None and _ints(v, rs.input[1]) == [0, 0, c] else None
+        if mm is None:
+            continue
+        add = v.only_reader(mm.output[0], "Add")
+        proj = _projection(v, add.output[0] if add is not None else mm.output[0])
+        if proj is None or proj[0] != rs.output[0] or proj[1].key != f"{nid}.proj.weight":
+            continue
+        last = proj[3][0]
+        tr = v.only_reader(last.output[0], "Transpose")
+        img = v.only_reader(tr.output[0], "Reshape") if _perm(v, tr, [0, 2, 1]) else None
+        shape = _ints(v, img.input[1]) if img is not None else None
+        if shape is None or len(shape) != 4 or shape[0] != 0 or shape[1] not in (0, c):
+            continue
+        params: dict[str, Any] = {}
+        for s, (_, conv, bn, consts, _) in zip("qkv", convs):
+            for local, cst in zip(("conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"),
+                                  consts):
+                params[f"conv_proj_{s}.{local}"] = cst
+        qkv_bias = {h[0][2] is not None for h in heads3}
+        if len(qkv_bias) != 1:
+            continue
+        for s, h in zip("qkv", heads3):
+            params[f"proj_{s}.weight"] = h[0][1]
+            if h[0][2] is not None:
+                params[f"proj_{s}.bias"] = h[0][2]
+        params["proj.weight"] = proj[1]
+        if proj[2] is not None:
+            params["proj.bias"] = proj[2]
+        k = int(convs[0][3][0].array.shape[-1])
+        attrs = {"heads": heads, "k": k, "stride_q": int(v.attr(convs[0][1], "strides", [1])[0]),
+                 "stride_kv": int(v.attr(convs[1][1], "strides", [1])[0]), "qkv_bias": qkv_bias.pop(),
+                 "proj_bias": proj[2] is not None,
+                 # written out even when it is the head width's default: CvT scales by C**-0.5 (the op's doc)
+                 "scale": _f32(scale)}
+        nodes = [n for h, cv in zip(heads3, convs) for n in h[3] + cv[4]] + [mul, logits, kt, sm, av, back, rs]
+        nodes += proj[3] + [tr, img]
+        uniq = list({id(n): n for n in nodes}.values())
+        out.append(Match("conv_attention", [convs[0][0]], img.output[0], uniq, attrs, params))
+    return out
