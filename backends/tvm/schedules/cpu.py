@@ -11,7 +11,9 @@ that raises (``ScheduleError`` or ``_Skip``) when the function is not its shape:
   epilogue (batchnorm scale/shift, bias, residual add, activation) is inlined into one
   block computed at the tile; padding is one parallel, vectorized copy.  A 1x1 conv is
   the same loop nest with kh = kw = 1, i.e. a GEMM over channels.
-- ``dwconv_nchwc``: depthwise, the same tile with one channel block, vectorized over it.
+- ``dwconv_nchwc``: depthwise, the same tile with one channel block, vectorized over it, the
+  kw loop unrolled (a row's input vectors loaded once), the padding computed per output row
+  into a local buffer (the kh rows it reads) instead of one copy of the whole input.
 - ``dense_packed`` and any matmul-like block (spatial axes then one reduction axis,
   the last spatial axis contiguous in the right operand): a register-tiled GEMM,
   ``rm`` rows x ``nv`` vectors of columns, k between the parallel outer loops and the
@@ -272,17 +274,21 @@ def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
         sch.set_scope(conv, 0, "local")
     xo, xi = sch.split(x, [None, rn])
     sch.reorder(b, c, y, xo, ry, rx, xi, k)
-    sch.parallel(sch.fuse(b, c, y))
+    rows = sch.fuse(b, c, y)
+    sch.parallel(rows)
     sch.vectorize(k)
     sch.unroll(xi)
+    sch.unroll(rx)  # the rn + kw - 1 input vectors of a row, each loaded once (stride 1)
     if epilogue is not None:
         _tile_epilogue(sch, epilogue, xo, depth=2)
     init = sch.decompose_reduction(conv, ry)
     iloops = sch.get_loops(init)
     sch.vectorize(iloops[-1])
     sch.unroll(iloops[-2])
-    for p in pad:
-        _parallel_copy(sch, p, hw.lanes)
+    for p in pad:  # the kh padded input rows of this output row, in a local buffer (L1)
+        sch.set_scope(p, 0, "local")
+        sch.compute_at(p, rows)
+        _vectorize_inner(sch, p, hw.lanes)
 
 
 # ---- GEMM -------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ CONV = [
     ([1, 32, 12, 12], 32, dict(k=3, stride=2, pad=1, groups="depthwise", bias=False)),
     ([1, 24, 15, 15], 24, dict(k=5, pad=2, groups="depthwise")),  # blocks of 8, 5x5
     ([1, 20, 400, 3], 16, dict(k=1)),  # tall and narrow
+    ([1, 16, 10, 10], 16, dict(k=3, dilation=2, pad=2, groups="depthwise")),  # padded rows per output row, dilated
+    ([1, 8, 9, 7], 8, dict(k=3, stride=2, pad=[0, 1], groups="depthwise")),  # asymmetric padding, odd sizes
 ]
 
 
@@ -198,6 +200,21 @@ def test_avx2_register_tiles_fit_16_registers():
             assert (rm * nv + nv) * vb + 1 <= 16 and rm * nv * vb <= avx2.max_accumulators(vb)
     assert conv_tile(56, 4, avx2, 16) == (4, 1)  # 8 ymm accumulators: measured best on Zen 3
     assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
+
+
+def test_depthwise_padding_is_computed_per_output_row():
+    """No whole padded copy of a depthwise conv's input: the kh rows an output row reads are padded
+    into a local buffer inside the parallel row loop."""
+    _, scheduled = _scheduled_module("""
+network t(x: f32[1, 32, 28, 28]) {
+    return x | conv2d(32, 3, pad=1, groups=32, bias=false) | batchnorm | relu6
+}
+""")
+    dw = [f for gv, f in scheduled.functions.items() if "dwconv" in gv.name_hint]
+    assert dw
+    text = dw[0].script()
+    assert 'scope="local"' in text and "pad_nchwc_local" in text
+    assert "T.sblock_alloc_buffer((T.int64(1), T.int64(2), T.int64(30), T.int64(30), T.int64(16)))" not in text
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
