@@ -292,19 +292,27 @@ def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
 
 
 # ---- GEMM -------------------------------------------------------------------------------
-def gemm_tile(m: int, nvecs: int, hw: Hardware, vb: int = 1) -> tuple[int, int]:
+def gemm_tile(m: int, nvecs: int, hw: Hardware, vb: int = 1, pad_cols: bool = False) -> tuple[int, int]:
     """(rm, nv): rows and column vectors of the register tile; rm need not divide m.  A column
     vector takes ``vb`` registers (16-lane packed columns on AVX2: 2 ymm; the tile then is
-    the classic 6x16 of AVX2 GEMMs: 12 accumulators, 2 column vectors, 1 broadcast)."""
+    the classic 6x16 of AVX2 GEMMs: 12 accumulators, 2 column vectors, 1 broadcast).
+    ``pad_cols``: the columns may be padded to a multiple of ``nv`` vectors (an einsum is padded
+    anyway), the padding counted as waste; else ``nv`` divides ``nvecs``.  (Attention's 197
+    tokens are 25 vectors of 8: without padding only 1 x 8 column tiles fit, 11 x 1 tiles with
+    12 loads per 11 FMAs.)"""
+    # 16 registers: one left spare (ViT-S's attention matmuls on Zen 3, per core: 6 x 2 vectors
+    # of 8, 15 registers, 53-73 GFLOP/s; 4 x 3, all 16, 52-62; 11 x 1, 43-59)
+    free = hw.registers - (1 if hw.registers < 32 else 0)
     best, best_score = (1, 1), -1.0
     for nv in (1, 2, 3, 4):
-        if nvecs % nv:
+        if nvecs % nv and not pad_cols:
             continue
+        col_waste = (-nvecs) % nv / (nvecs + (-nvecs) % nv)
         for rm in range(1, min(m, hw.accumulators) + 1):
-            if (rm * nv + nv) * vb + 1 > hw.registers or rm * nv * vb > hw.max_accumulators(vb):
+            if (rm * nv + nv) * vb + 1 > free or rm * nv * vb > hw.max_accumulators(vb):
                 continue  # accumulators + column vectors + one broadcast
             waste = (-m) % rm / m  # padded rows of the last tile
-            score = rm * nv * vb / (rm + nv * vb) * (1 - waste)
+            score = rm * nv * vb / (rm + nv * vb) * (1 - waste) * (1 - col_waste)
             if score > best_score + 1e-9:
                 best, best_score = (rm, nv), score
     return best
@@ -329,9 +337,11 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
     mm = (_static_extent(sch, lead[-1]) or 1) if lead else 1
     einsum = lanes is None
     lanes = lanes or hw.lanes
-    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw, hw.vectors(lanes)), lanes=lanes)
-    if einsum and (nn % lanes or mm % rm):
-        sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes, 1])
+    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw, hw.vectors(lanes),
+                                                                 pad_cols=einsum and hw.registers < 32),
+                           lanes=lanes)
+    if einsum and (nn % (lanes * nv) or mm % rm):
+        sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes * nv, 1])
         block = sch.get_sblock(name)
         *lead, n, k = sch.get_loops(block)
         nn = _extent(sch, n)

@@ -98,10 +98,18 @@ network t(x: f32[1, 50, 32]) {
     assert_close(llvm_runner(g, "dense_epilogue")(xs), torch_outputs(g, xs))
 
 
-def test_batch_matmul_matches_torch(llvm_runner):
-    g = graph_of(one_op("matmul", [(2, 3, 20, 24), (2, 3, 24, 32)]))
+BMM = [
+    [(2, 3, 20, 24), (2, 3, 24, 32)],
+    [(1, 6, 197, 64), (1, 6, 64, 197)],  # attention's Q K^T: rows and columns padded (AVX2: to 6 x 2 vectors)
+    [(1, 6, 197, 197), (1, 6, 197, 64)],  # attention x V
+]
+
+
+@pytest.mark.parametrize("shapes", BMM, ids=[str(s[0]) for s in BMM])
+def test_batch_matmul_matches_torch(shapes, llvm_runner):
+    g = graph_of(one_op("matmul", shapes))
     xs = random_inputs(g)
-    assert_close(llvm_runner(g, "bmm")(xs), torch_outputs(g, xs))
+    assert_close(llvm_runner(g, ("bmm", str(shapes)))(xs), torch_outputs(g, xs))
 
 
 # ---- structure ------------------------------------------------------------------------------
@@ -200,6 +208,13 @@ def test_avx2_register_tiles_fit_16_registers():
             assert (rm * nv + nv) * vb + 1 <= 16 and rm * nv * vb <= avx2.max_accumulators(vb)
     assert conv_tile(56, 4, avx2, 16) == (4, 1)  # 8 ymm accumulators: measured best on Zen 3
     assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
+    # an einsum's columns may be padded to whole tiles: 197 tokens = 25 vectors of 8 -> 26, 6 x 2 vectors
+    # (15 registers: one left spare), not the 11 x 1 tile that 25 vectors allow otherwise
+    assert gemm_tile(197, 25, avx2, 1, pad_cols=True) == (6, 2)
+    assert gemm_tile(197, 25, avx2, 1) == (11, 1)
+    for nvecs in (1, 5, 7, 25, 26):
+        rm, nv = gemm_tile(197, nvecs, avx2, 1, pad_cols=True)
+        assert (rm * nv + nv) + 1 <= 15 and rm * nv <= avx2.max_accumulators(1)
 
 
 def test_depthwise_padding_is_computed_per_output_row():
