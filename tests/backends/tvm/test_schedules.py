@@ -28,6 +28,10 @@ CONV = [
     ([1, 20, 400, 3], 16, dict(k=1)),  # tall and narrow
     ([1, 16, 10, 10], 16, dict(k=3, dilation=2, pad=2, groups="depthwise")),  # padded rows per output row, dilated
     ([1, 8, 9, 7], 8, dict(k=3, stride=2, pad=[0, 1], groups="depthwise")),  # asymmetric padding, odd sizes
+    # AVX2: input channels reduced in chunks (weight_chunk), with and without an epilogue
+    ([1, 256, 7, 7], 64, dict(k=1)),
+    ([1, 64, 7, 9], 32, dict(k=3, pad=1)),
+    ([1, 256, 6, 10], 16, dict(k=1, stride=2, bias=False)),
 ]
 
 
@@ -215,6 +219,18 @@ def test_avx2_register_tiles_fit_16_registers():
     for nvecs in (1, 5, 7, 25, 26):
         rm, nv = gemm_tile(197, nvecs, avx2, 1, pad_cols=True)
         assert (rm * nv + nv) + 1 <= 15 and rm * nv <= avx2.max_accumulators(1)
+
+
+def test_weight_chunks_only_on_16_registers():
+    from convdsl.backends.tvm.schedules.cpu import WEIGHT_CHUNK_BYTES, Hardware, weight_chunk
+
+    avx2, avx512 = Hardware(8, 16), Hardware(16, 32)
+    assert weight_chunk(64, 1, 1, 16, 16, 1, True, avx2) == WEIGHT_CHUNK_BYTES // (16 * 16 * 4)  # 8 blocks of 16
+    assert weight_chunk(64, 1, 1, 16, 16, 1, True, avx512) is None
+    assert weight_chunk(64, 1, 1, 16, 16, 1, False, avx2) is None  # one tile per row: nothing to reuse
+    assert weight_chunk(4, 1, 1, 16, 16, 1, True, avx2) is None  # all the weights fit one chunk
+    assert weight_chunk(6, 3, 3, 16, 16, 1, True, avx2) == 1  # 9 KB per block: one block per chunk
+    assert weight_chunk(12, 1, 1, 16, 16, 1, True, avx2) == 6  # a divisor of the blocks
 
 
 def test_depthwise_padding_is_computed_per_output_row():
