@@ -32,6 +32,7 @@ CONV = [
     ([1, 256, 7, 7], 64, dict(k=1)),
     ([1, 64, 7, 9], 32, dict(k=3, pad=1)),
     ([1, 256, 6, 10], 16, dict(k=1, stride=2, bias=False)),
+    ([1, 256, 12, 12], 64, dict(k=1, stride=2)),  # AVX2: strided 1x1, 2 x 2 tile, chunks
 ]
 
 
@@ -212,6 +213,9 @@ def test_avx2_register_tiles_fit_16_registers():
             assert (rm * nv + nv) * vb + 1 <= 16 and rm * nv * vb <= avx2.max_accumulators(vb)
     assert conv_tile(56, 4, avx2, 16) == (4, 1)  # 8 ymm accumulators: measured best on Zen 3
     assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
+    assert conv_tile(28, 32, avx2, 16, strided_1x1=True) == (2, 2)  # strided 1x1: half the broadcasts
+    assert conv_tile(28, 32, avx2, 16) == (4, 1)
+    assert conv_tile(28, 1, avx2, 16, strided_1x1=True) == (4, 1)  # one channel block: no choice
     # an einsum's columns may be padded to whole tiles: 197 tokens = 25 vectors of 8 -> 26, 6 x 2 vectors
     # (15 registers: one left spare), not the 11 x 1 tile that 25 vectors allow otherwise
     assert gemm_tile(197, 25, avx2, 1, pad_cols=True) == (6, 2)
@@ -231,6 +235,25 @@ def test_weight_chunks_only_on_16_registers():
     assert weight_chunk(4, 1, 1, 16, 16, 1, True, avx2) is None  # all the weights fit one chunk
     assert weight_chunk(6, 3, 3, 16, 16, 1, True, avx2) == 1  # 9 KB per block: one block per chunk
     assert weight_chunk(12, 1, 1, 16, 16, 1, True, avx2) == 6  # a divisor of the blocks
+
+
+@pytest.mark.parametrize("stride,want", [(2, (2, 2)), (1, (4, 1))])
+def test_strided_1x1_conv_takes_two_channel_blocks_on_avx2(stride, want):
+    """The schedule reads the stride from the conv's input index (``_conv_strides``) and picks the
+    2 x 2 tile for a strided 1x1 conv on a haswell (AVX2) target."""
+    import tvm
+    from tvm import te
+
+    from convdsl.backends.tvm.schedules import kernels, tophub
+    from convdsl.backends.tvm.schedules.cpu import schedule_func
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    x = te.placeholder((1, 4, 28 * stride, 28 * stride, 16), "float32", name="x")
+    w = te.placeholder((4, 4, 1, 1, 16, 16), "float32", name="w")
+    f = te.create_prim_func([x, w, kernels.conv2d_nchwc(x, w, (stride, stride), (0, 0, 0, 0), (1, 1))])
+    with tophub.forcing(tophub.ANALYTIC), tophub.recording() as seen:
+        assert schedule_func(f, target) is not None
+    assert [chosen for _, _, chosen, _ in seen] == [want]
 
 
 def test_depthwise_padding_is_computed_per_output_row():
