@@ -10,8 +10,12 @@ that raises (``ScheduleError`` or ``_Skip``) when the function is not its shape:
   accumulator tile lives in a local buffer that LLVM keeps in registers; the fused
   epilogue (batchnorm scale/shift, bias, residual add, activation) is inlined into one
   block computed at the tile; padding is one parallel, vectorized copy.  A 1x1 conv is
-  the same loop nest with kh = kw = 1, i.e. a GEMM over channels.
-- ``dwconv_nchwc``: depthwise, the same tile with one channel block, vectorized over it.
+  the same loop nest with kh = kw = 1, i.e. a GEMM over channels.  With 16 registers (AVX2)
+  the input channels are reduced in chunks whose weights stay in L1 (``weight_chunk``): ``ic``
+  chunks outside the row's tiles, the epilogue after the last chunk.
+- ``dwconv_nchwc``: depthwise, the same tile with one channel block, vectorized over it, the
+  kw loop unrolled (a row's input vectors loaded once), the padding computed per output row
+  into a local buffer (the kh rows it reads) instead of one copy of the whole input.
 - ``dense_packed`` and any matmul-like block (spatial axes then one reduction axis,
   the last spatial axis contiguous in the right operand): a register-tiled GEMM,
   ``rm`` rows x ``nv`` vectors of columns, k between the parallel outer loops and the
@@ -177,7 +181,8 @@ def _tile_epilogue(sch: s_tir.Schedule, epilogue, loop, depth: int) -> None:
 
 
 # ---- conv2d NCHWc -----------------------------------------------------------------------
-def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None) -> tuple[int, int]:
+def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None,
+              strided_1x1: bool = False) -> tuple[int, int]:
     """(rn, ov): output columns and channel blocks of the register tile.
 
     32 vector registers (AVX-512): rn a divisor of ow, the most accumulators (rn*ov) with
@@ -187,9 +192,9 @@ def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None) -> tupl
     blocks only when the row is too short to fill the registers otherwise.
 
     16 registers (AVX2), where a ``block``-lane channel block may take several registers
-    (``hw.vectors``): ``_conv_tile_16``."""
+    (``hw.vectors``): ``_conv_tile_16``; ``strided_1x1``: a 1x1 conv with a stride above 1."""
     if hw.registers < 32:
-        return _conv_tile_16(ow, ocb, hw, hw.vectors(block or hw.lanes))
+        return _conv_tile_16(ow, ocb, hw, hw.vectors(block or hw.lanes), strided_1x1)
     best, best_score = (1, 1), -1.0
     for ov in (1, 2, 4):
         if ocb % ov:
@@ -203,7 +208,7 @@ def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None) -> tupl
     return best
 
 
-def _conv_tile_16(ow: int, ocb: int, hw: Hardware, vb: int) -> tuple[int, int]:
+def _conv_tile_16(ow: int, ocb: int, hw: Hardware, vb: int, strided_1x1: bool = False) -> tuple[int, int]:
     """The register tile with 16 vector registers, ``vb`` of them per channel block.
 
     ``hw.max_accumulators`` accumulator registers, one channel block where that many fit
@@ -212,7 +217,11 @@ def _conv_tile_16(ow: int, ocb: int, hw: Hardware, vb: int) -> tuple[int, int]:
     accumulators plus two weight vectors and the broadcast, spills and runs at 46; 28
     accumulators (the AVX-512 tile) at 32-39).  rn need not divide ow: the last
     tile is guarded, and on a 7-wide row rn=4 (62 GFLOP/s) beats rn=7 (46) and 1x2 (30).
-    Score: accumulators x the useful fraction of the padded row, fewer columns on ties."""
+    Score: accumulators x the useful fraction of the padded row, fewer columns on ties.
+    A strided 1x1 conv prefers two channel blocks (2 x 2 over 4 x 1): each input column it
+    broadcasts is another cache line (no neighbouring column shares it), and 2 x 2 broadcasts
+    half as many per FMA (ResNet-50's stride-2 1x1 convs per core on Zen 3, A/B at load 10:
+    55 -> 70, 48 -> 56, 45 -> 49 GFLOP/s; 3x3 stride-2 convs were mixed, +9% and -11%)."""
     best, best_score = (1, 1), -1.0
     for ov in (1, 2, 4):
         if ocb % ov:
@@ -222,16 +231,52 @@ def _conv_tile_16(ow: int, ocb: int, hw: Hardware, vb: int) -> tuple[int, int]:
             if acc > hw.max_accumulators(vb) or acc + ov * vb + 1 > hw.registers:
                 continue
             useful = ow / (-(-ow // rn) * rn)
-            score = acc * useful - (0.5 if ov > 1 else 0)
+            score = acc * useful + ((0.5 if strided_1x1 else -0.5) if ov > 1 else 0)
             if score > best_score + 1e-9:
                 best, best_score = (rn, ov), score
     return best
 
 
+WEIGHT_CHUNK_BYTES = 8192  # 16 vector registers (AVX2): the weights one chunk of input channels takes
+
+
+def weight_chunk(icb: int, kh: int, kw: int, ib: int, ob: int, ov: int, tiles: bool, hw: Hardware) -> int | None:
+    """Input-channel blocks per chunk of the reduction (None: no chunks).  With 16 registers
+    (AVX2) a tile's weights (all input channels x ``ov`` output blocks) are streamed from L2 for
+    every few output columns: ResNet-50's 1x1 convs over 1024-2048 channels take 64-128 KB per
+    output block.  In chunks of ``WEIGHT_CHUNK_BYTES`` the chunk's weights stay in L1 over the
+    whole row's tiles (``tiles``: more than one), the accumulators go to the row's buffer between
+    chunks.  Measured per core on Zen 3 at load 9-10, A/B in one process: ResNet-50's convs 63.9
+    -> 58.6 ms in all (16 KB chunks 60.5, 32 KB 65.8), ResNet-18 35.9 -> 33.7, MobileNet-V2
+    5.4 -> 5.0.  32 registers (AVX-512) keep the unchunked loop (not measured there)."""
+    if hw.registers >= 32 or not tiles:
+        return None
+    chunk = max(1, WEIGHT_CHUNK_BYTES // (kh * kw * ib * ob * ov * 4))
+    if icb <= chunk:
+        return None
+    while icb % chunk:
+        chunk -= 1
+    return chunk
+
+
+def _conv_strides(sch: s_tir.Schedule, conv) -> tuple[int, int] | None:
+    """(sh, sw) of a conv block (None: not readable), from its input read ``x[.., y*sh + .., x*sw + .., ..]``."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    b = sch.get(conv)
+    y, x = b.iter_vars[2].var, b.iter_vars[3].var
+    mins = [r.min for r in b.reads[0].region]
+    if len(mins) < 4:
+        return None
+    cy, cx = detect_linear_equation(mins[2], [y]), detect_linear_equation(mins[3], [x])
+    return (int(cy[0]), int(cx[0])) if len(cy) == 2 and len(cx) == 2 else None
+
+
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, o, y, x, oc, rc, ry, rx, ri = sch.get_loops(conv)
     ocb, ow = _extent(sch, o), _extent(sch, x)
-    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw, _extent(sch, oc)))
+    strided_1x1 = _extent(sch, ry) == _extent(sch, rx) == 1 and _conv_strides(sch, conv) != (1, 1)
+    rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw, _extent(sch, oc), strided_1x1))
     epilogue = _inline_epilogue(sch, conv)
     pad = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
     if epilogue is not None:
@@ -239,15 +284,20 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
 
     oo, oi = sch.split(o, [None, ov])
     xo, xi = sch.split(x, [None, rn])
-    sch.reorder(b, oo, y, xo, rc, ry, rx, ri, xi, oi, oc)
+    chunk = weight_chunk(*(_extent(sch, lp) for lp in (rc, ry, rx, ri, oc)), ov, ow > rn, hw)
+    if chunk:  # the reduction over channels in chunks, each chunk over the whole row's tiles
+        rco, rci = sch.split(rc, [None, chunk])
+        sch.reorder(b, oo, y, rco, xo, rci, ry, rx, ri, xi, oi, oc)
+    else:
+        sch.reorder(b, oo, y, xo, rc, ry, rx, ri, xi, oi, oc)
     outer = sch.fuse(b, oo, y)
     sch.parallel(outer)
     sch.vectorize(oc)
     sch.unroll(oi)
     sch.unroll(xi)
-    if epilogue is not None:
-        _tile_epilogue(sch, epilogue, xo, depth=2)
-    init = sch.decompose_reduction(conv, rc)
+    if epilogue is not None:  # at the tile, or after the row's last chunk
+        _tile_epilogue(sch, epilogue, outer, depth=1) if chunk else _tile_epilogue(sch, epilogue, xo, depth=2)
+    init = sch.decompose_reduction(conv, rco if chunk else rc)
     iloops = sch.get_loops(init)
     sch.vectorize(iloops[-1])
     for lp in iloops[-3:-1]:
@@ -272,33 +322,45 @@ def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
         sch.set_scope(conv, 0, "local")
     xo, xi = sch.split(x, [None, rn])
     sch.reorder(b, c, y, xo, ry, rx, xi, k)
-    sch.parallel(sch.fuse(b, c, y))
+    rows = sch.fuse(b, c, y)
+    sch.parallel(rows)
     sch.vectorize(k)
     sch.unroll(xi)
+    sch.unroll(rx)  # the rn + kw - 1 input vectors of a row, each loaded once (stride 1)
     if epilogue is not None:
         _tile_epilogue(sch, epilogue, xo, depth=2)
     init = sch.decompose_reduction(conv, ry)
     iloops = sch.get_loops(init)
     sch.vectorize(iloops[-1])
     sch.unroll(iloops[-2])
-    for p in pad:
-        _parallel_copy(sch, p, hw.lanes)
+    for p in pad:  # the kh padded input rows of this output row, in a local buffer (L1)
+        sch.set_scope(p, 0, "local")
+        sch.compute_at(p, rows)
+        _vectorize_inner(sch, p, hw.lanes)
 
 
 # ---- GEMM -------------------------------------------------------------------------------
-def gemm_tile(m: int, nvecs: int, hw: Hardware, vb: int = 1) -> tuple[int, int]:
+def gemm_tile(m: int, nvecs: int, hw: Hardware, vb: int = 1, pad_cols: bool = False) -> tuple[int, int]:
     """(rm, nv): rows and column vectors of the register tile; rm need not divide m.  A column
     vector takes ``vb`` registers (16-lane packed columns on AVX2: 2 ymm; the tile then is
-    the classic 6x16 of AVX2 GEMMs: 12 accumulators, 2 column vectors, 1 broadcast)."""
+    the classic 6x16 of AVX2 GEMMs: 12 accumulators, 2 column vectors, 1 broadcast).
+    ``pad_cols``: the columns may be padded to a multiple of ``nv`` vectors (an einsum is padded
+    anyway), the padding counted as waste; else ``nv`` divides ``nvecs``.  (Attention's 197
+    tokens are 25 vectors of 8: without padding only 1 x 8 column tiles fit, 11 x 1 tiles with
+    12 loads per 11 FMAs.)"""
+    # 16 registers: one left spare (ViT-S's attention matmuls on Zen 3, per core: 6 x 2 vectors
+    # of 8, 15 registers, 53-73 GFLOP/s; 4 x 3, all 16, 52-62; 11 x 1, 43-59)
+    free = hw.registers - (1 if hw.registers < 32 else 0)
     best, best_score = (1, 1), -1.0
     for nv in (1, 2, 3, 4):
-        if nvecs % nv:
+        if nvecs % nv and not pad_cols:
             continue
+        col_waste = (-nvecs) % nv / (nvecs + (-nvecs) % nv)
         for rm in range(1, min(m, hw.accumulators) + 1):
-            if (rm * nv + nv) * vb + 1 > hw.registers or rm * nv * vb > hw.max_accumulators(vb):
+            if (rm * nv + nv) * vb + 1 > free or rm * nv * vb > hw.max_accumulators(vb):
                 continue  # accumulators + column vectors + one broadcast
             waste = (-m) % rm / m  # padded rows of the last tile
-            score = rm * nv * vb / (rm + nv * vb) * (1 - waste)
+            score = rm * nv * vb / (rm + nv * vb) * (1 - waste) * (1 - col_waste)
             if score > best_score + 1e-9:
                 best, best_score = (rm, nv), score
     return best
@@ -323,9 +385,11 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
     mm = (_static_extent(sch, lead[-1]) or 1) if lead else 1
     einsum = lanes is None
     lanes = lanes or hw.lanes
-    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw, hw.vectors(lanes)), lanes=lanes)
-    if einsum and (nn % lanes or mm % rm):
-        sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes, 1])
+    rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, -(-nn // lanes), hw, hw.vectors(lanes),
+                                                                 pad_cols=einsum and hw.registers < 32),
+                           lanes=lanes)
+    if einsum and (nn % (lanes * nv) or mm % rm):
+        sch.pad_einsum(block, [1] * (len(lead) - 1) + ([rm] if lead else []) + [lanes * nv, 1])
         block = sch.get_sblock(name)
         *lead, n, k = sch.get_loops(block)
         nn = _extent(sch, n)

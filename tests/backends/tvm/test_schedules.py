@@ -26,6 +26,13 @@ CONV = [
     ([1, 32, 12, 12], 32, dict(k=3, stride=2, pad=1, groups="depthwise", bias=False)),
     ([1, 24, 15, 15], 24, dict(k=5, pad=2, groups="depthwise")),  # blocks of 8, 5x5
     ([1, 20, 400, 3], 16, dict(k=1)),  # tall and narrow
+    ([1, 16, 10, 10], 16, dict(k=3, dilation=2, pad=2, groups="depthwise")),  # padded rows per output row, dilated
+    ([1, 8, 9, 7], 8, dict(k=3, stride=2, pad=[0, 1], groups="depthwise")),  # asymmetric padding, odd sizes
+    # AVX2: input channels reduced in chunks (weight_chunk), with and without an epilogue
+    ([1, 256, 7, 7], 64, dict(k=1)),
+    ([1, 64, 7, 9], 32, dict(k=3, pad=1)),
+    ([1, 256, 6, 10], 16, dict(k=1, stride=2, bias=False)),
+    ([1, 256, 12, 12], 64, dict(k=1, stride=2)),  # AVX2: strided 1x1, 2 x 2 tile, chunks
 ]
 
 
@@ -96,10 +103,18 @@ network t(x: f32[1, 50, 32]) {
     assert_close(llvm_runner(g, "dense_epilogue")(xs), torch_outputs(g, xs))
 
 
-def test_batch_matmul_matches_torch(llvm_runner):
-    g = graph_of(one_op("matmul", [(2, 3, 20, 24), (2, 3, 24, 32)]))
+BMM = [
+    [(2, 3, 20, 24), (2, 3, 24, 32)],
+    [(1, 6, 197, 64), (1, 6, 64, 197)],  # attention's Q K^T: rows and columns padded (AVX2: to 6 x 2 vectors)
+    [(1, 6, 197, 197), (1, 6, 197, 64)],  # attention x V
+]
+
+
+@pytest.mark.parametrize("shapes", BMM, ids=[str(s[0]) for s in BMM])
+def test_batch_matmul_matches_torch(shapes, llvm_runner):
+    g = graph_of(one_op("matmul", shapes))
     xs = random_inputs(g)
-    assert_close(llvm_runner(g, "bmm")(xs), torch_outputs(g, xs))
+    assert_close(llvm_runner(g, ("bmm", str(shapes)))(xs), torch_outputs(g, xs))
 
 
 # ---- structure ------------------------------------------------------------------------------
@@ -198,6 +213,62 @@ def test_avx2_register_tiles_fit_16_registers():
             assert (rm * nv + nv) * vb + 1 <= 16 and rm * nv * vb <= avx2.max_accumulators(vb)
     assert conv_tile(56, 4, avx2, 16) == (4, 1)  # 8 ymm accumulators: measured best on Zen 3
     assert conv_tile(7, 32, avx2, 16) == (4, 1)  # a guarded last tile beats 1x2 on a 7-wide row
+    assert conv_tile(28, 32, avx2, 16, strided_1x1=True) == (2, 2)  # strided 1x1: half the broadcasts
+    assert conv_tile(28, 32, avx2, 16) == (4, 1)
+    assert conv_tile(28, 1, avx2, 16, strided_1x1=True) == (4, 1)  # one channel block: no choice
+    # an einsum's columns may be padded to whole tiles: 197 tokens = 25 vectors of 8 -> 26, 6 x 2 vectors
+    # (15 registers: one left spare), not the 11 x 1 tile that 25 vectors allow otherwise
+    assert gemm_tile(197, 25, avx2, 1, pad_cols=True) == (6, 2)
+    assert gemm_tile(197, 25, avx2, 1) == (11, 1)
+    for nvecs in (1, 5, 7, 25, 26):
+        rm, nv = gemm_tile(197, nvecs, avx2, 1, pad_cols=True)
+        assert (rm * nv + nv) + 1 <= 15 and rm * nv <= avx2.max_accumulators(1)
+
+
+def test_weight_chunks_only_on_16_registers():
+    from convdsl.backends.tvm.schedules.cpu import WEIGHT_CHUNK_BYTES, Hardware, weight_chunk
+
+    avx2, avx512 = Hardware(8, 16), Hardware(16, 32)
+    assert weight_chunk(64, 1, 1, 16, 16, 1, True, avx2) == WEIGHT_CHUNK_BYTES // (16 * 16 * 4)  # 8 blocks of 16
+    assert weight_chunk(64, 1, 1, 16, 16, 1, True, avx512) is None
+    assert weight_chunk(64, 1, 1, 16, 16, 1, False, avx2) is None  # one tile per row: nothing to reuse
+    assert weight_chunk(4, 1, 1, 16, 16, 1, True, avx2) is None  # all the weights fit one chunk
+    assert weight_chunk(6, 3, 3, 16, 16, 1, True, avx2) == 1  # 9 KB per block: one block per chunk
+    assert weight_chunk(12, 1, 1, 16, 16, 1, True, avx2) == 6  # a divisor of the blocks
+
+
+@pytest.mark.parametrize("stride,want", [(2, (2, 2)), (1, (4, 1))])
+def test_strided_1x1_conv_takes_two_channel_blocks_on_avx2(stride, want):
+    """The schedule reads the stride from the conv's input index (``_conv_strides``) and picks the
+    2 x 2 tile for a strided 1x1 conv on a haswell (AVX2) target."""
+    import tvm
+    from tvm import te
+
+    from convdsl.backends.tvm.schedules import kernels, tophub
+    from convdsl.backends.tvm.schedules.cpu import schedule_func
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    x = te.placeholder((1, 4, 28 * stride, 28 * stride, 16), "float32", name="x")
+    w = te.placeholder((4, 4, 1, 1, 16, 16), "float32", name="w")
+    f = te.create_prim_func([x, w, kernels.conv2d_nchwc(x, w, (stride, stride), (0, 0, 0, 0), (1, 1))])
+    with tophub.forcing(tophub.ANALYTIC), tophub.recording() as seen:
+        assert schedule_func(f, target) is not None
+    assert [chosen for _, _, chosen, _ in seen] == [want]
+
+
+def test_depthwise_padding_is_computed_per_output_row():
+    """No whole padded copy of a depthwise conv's input: the kh rows an output row reads are padded
+    into a local buffer inside the parallel row loop."""
+    _, scheduled = _scheduled_module("""
+network t(x: f32[1, 32, 28, 28]) {
+    return x | conv2d(32, 3, pad=1, groups=32, bias=false) | batchnorm | relu6
+}
+""")
+    dw = [f for gv, f in scheduled.functions.items() if "dwconv" in gv.name_hint]
+    assert dw
+    text = dw[0].script()
+    assert 'scope="local"' in text and "pad_nchwc_local" in text
+    assert "T.sblock_alloc_buffer((T.int64(1), T.int64(2), T.int64(30), T.int64(30), T.int64(16)))" not in text
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
