@@ -95,12 +95,25 @@ def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ..
 
 
 def _int32_bias(cx: Lowerer, node: Node, w: np.ndarray, in_zp: int | None = None) -> np.ndarray:
-    """bias - in_zp * sum(w[c]) (int64 arithmetic, checked to fit int32)."""
+    """bias - in_zp * sum(w[c]) (int64 arithmetic), refused unless every int32 sum is exact.
+
+    The kernels add in int32, the torch simulation in float64: they agree only if no input can
+    carry the accumulator out of int32, i.e. |bias[c]| + 255 * sum|w[c]| <= 2^31 - 1 (|q_x - in_zp|
+    <= 255; the folded zero-point term is bounded by the same sum).  convdsl's quantize pass keeps
+    its biases inside that bound (``passes.quantize.bias_limit``); a saturated bias is not."""
     in_zp = node.attrs["in_zp"] if in_zp is None else in_zp
-    wsum = w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+    w2 = w.reshape(w.shape[0], -1).astype(np.int64)
+    wsum = w2.sum(axis=1)
     b = cx.param("bias").astype(np.int64) if node.attrs["bias"] else np.zeros(w.shape[0], np.int64)
     total = b - in_zp * wsum
     info = np.iinfo(np.int32)
+    worst = np.abs(b) + 255 * np.abs(w2).sum(axis=1)
+    if worst.max(initial=0) > info.max:
+        c = int(np.argmax(worst))
+        raise cx.error(f"the int32 accumulator of output channel {c} can overflow: |bias| {abs(int(b[c]))} + "
+                       f"255 * sum|weight| {255 * int(np.abs(w2[c]).sum())} > 2^31 - 1 (a saturated bias?)",
+                       hint="quantize the float network again with convdsl's quantize pass, which raises the "
+                            "weight scale of such a channel so that its bias fits")
     if total.min(initial=0) < info.min or total.max(initial=0) > info.max:
         raise cx.error("the int32 bias (with the input zero point folded in) overflows int32")
     return total.astype(np.int32)

@@ -281,3 +281,112 @@ def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
     assert vnni_kernels(q) == (21 if HAS_VNNI else 0)  # 20 convs and the fc
     got, want = scheduled(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+# ---- MobileNet-V2's blocks: depthwise, relu6, residual adds, and vanishing scales --------------------------------
+MBV2_BLOCKS = """
+import "{blocks}/mobilenet.cdl"
+network mbv2_blocks(image: f32[N, 3, 32, 32], classes=10) {{
+    x = image | conv_bn_act(32, stride=2) as "features.0"
+              | inverted_residual(16, 1, expand=1) as "features.1"
+              | inverted_residual(24, 2) as "features.2"
+              | inverted_residual(24, 1) as "features.3"
+              | inverted_residual(20, 1, expand=3) as "features.4"
+              | inverted_residual(20, 1, expand=3) as "features.5"
+              | conv_bn_act(64, k=1) as "features.6"
+    return x | adaptive_avgpool2d(1) | flatten | linear(classes) as "classifier"
+}}
+"""
+# features.1/2/3: depthwise over 32, 96 and 144 channels (schedules/int8_depthwise.py); features.4/5: over 72
+# and 60 (not whole 16-channel vectors: the generic int8 path); features.3 and .5 end in a residual add
+
+
+def _bn_from_batch(g, x):
+    """The batchnorms' running statistics taken from ``x`` (as a trained network's describe its inputs)."""
+    model = torch_module(g)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    g = g.copy()
+    for key, value in model.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            g.params[key] = value.numpy()
+    return g
+
+
+def mbv2_int8(scale: float):
+    """The blocks quantized on inputs of size ``scale``, and a batch of test inputs.  ``scale`` 1 with
+    batchnorm statistics from the calibration batch: activations as in a trained network; 1e-7 with the
+    initial ones: every activation scale tiny (~1e-9 deep in the network), so the classifier's bias is
+    ~1e9 accumulator units, beyond int32 unless the pass raises the weight scale."""
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    g = load_graph(MBV2_BLOCKS.format(blocks=(EXAMPLES / "blocks").resolve()))
+    rng = np.random.default_rng(0)
+    calib = (scale * rng.standard_normal((16, 3, 32, 32))).astype(np.float32)
+    if scale == 1:
+        g = _bn_from_batch(g, calib)
+    g = run_passes(g, "O2")
+    q = quantize(g, [calib[:8], calib[8:]], build=torch_module)
+    return g, q, (scale * rng.standard_normal((2, 3, 32, 32))).astype(np.float32)
+
+
+MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
+                "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
+
+
+@needs_int8_schedule
+@pytest.mark.parametrize("scale", [1.0, 1e-7], ids=["calibrated-bn", "vanishing"])
+@pytest.mark.parametrize("target", list(MBV2_TARGETS), ids=list(MBV2_TARGETS))
+def test_mobilenet_v2_blocks_int8_match_torch_simulation(target, scale):
+    """tvm-llvm int8 against the torch simulation on MobileNet-V2's blocks: every int8 tensor within one
+    quantization step (measured: equal), the float output within float32 rounding; on each x86 path
+    (VNNI, AVX-512 without VNNI and AVX2 both take vpmaddwd), run where this CPU has the instructions."""
+    from convdsl.backends.tvm.targets import host_can_run
+    from tests.passes.test_quantize import probe, torch_values
+
+    config = MBV2_TARGETS[target]
+    g, q, x = mbv2_int8(scale)
+    bias = q.params["classifier.bias"].astype(np.int64)
+    assert np.abs(bias).max() < np.iinfo(np.int32).max  # never saturated
+    p = probe(q)
+    p.symbols = {**p.symbols, "N": x.shape[0]}
+    backend = ctvm.backend("tvm-llvm", progress=False, use_db=False, target_json=config)
+    built = backend.build(p)
+    assert built.own > 0  # convdsl's int8 schedules took the kernels
+    why = host_can_run(config) if config else None
+    if why:
+        pytest.skip(f"built ({built.own} of {built.functions} kernels scheduled by convdsl); not run: {why}")
+    m = backend.build_module(p)
+    want = torch_values(q, (x,))
+    for v, y in zip(p.outputs, m(x)):
+        y, ref = np.asarray(y), want[v.node]
+        if y.dtype.kind in "iu":
+            assert _steps(y, ref) <= 1, v.node
+        else:
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max() + 1e-30), err_msg=v.node)
+    out = want[q.outputs[0].node]
+    if scale == 1:  # and the int8 network is still the float one, roughly
+        with torch.no_grad():
+            ref = torch_module(g)(torch.from_numpy(x)).numpy()
+        assert float(np.abs(out - ref).max()) < 0.25 * float(np.ptp(ref))
+
+
+def test_a_saturated_bias_is_refused_not_wrapped():
+    """A bias at int32's limit would wrap in the kernels' int32 sums (the simulation sums in float64):
+    the lowering refuses it with the channel and what to do."""
+    from convdsl.errors import ConvDSLError
+
+    g = _qconv_program((8, 6, 6), 16, 3, 1, 1, 1, "u8", "u8", False)
+    key = next(k for k in g.params.names() if k.endswith("bias"))
+    b = g.params[key].copy()
+    b[3] = np.iinfo(np.int32).min
+    g.params[key] = b
+    with pytest.raises(ConvDSLError, match="output channel 3 can overflow"):
+        ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
