@@ -150,14 +150,15 @@ def test_unscheduled_kernel_is_correct_too(monkeypatch):
 
 
 # ---- structure: the tensorized VNNI instruction ---------------------------------------------------------------
-def _kernel(out=32, c=16, hw=14, k=3):
+def _kernel(out=32, c=16, hw=14, k=3, block=(16, 4, "int8")):
     from tvm import te
 
     import convdsl.backends.tvm.lowering  # noqa: F401  (lower_quant is loaded through the table)
     from convdsl.backends.tvm.lower_quant import vnni_conv2d
 
+    ob, ib, dtype = block
     x = te.placeholder((1, c, hw, hw), "uint8", name="x")
-    w = te.placeholder((-(-out // 16), -(-c // 4), k, k, 16, 4), "int8", name="w")
+    w = te.placeholder((-(-out // ob), -(-c // ib), k, k, ob, ib), dtype, name="w")
     b = te.placeholder((out,), "int32", name="b")
     m = te.placeholder((out,), "float32", name="m")
     y = vnni_conv2d(x, w, b, m, out_channels=out, pads=(1, 1, 1, 1), stride=(1, 1), dilation=(1, 1), in_zp=128,
@@ -173,6 +174,46 @@ def test_schedule_tensorizes_with_vpdpbusd():
     assert "llvm.x86.avx512.vpdpbusd.512" in script and "T.parallel" in script
     asm = tvm.compile(sch.mod, target=target).jit().inspect_source("asm")
     assert "vpdpbusd" in asm and "zmm" in asm
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_avx2_pair_layout_is_one_vpmaddwd_per_8x2(mcpu):
+    """Without VNNI the lowering packs the weights as int16 pairs [oc/8][ic/2][kh][kw][8][2] and the
+    activations as int16: the inner 8 x 2 dot product is one vpmaddwd (tensorized), no byte gathers,
+    never vpmaddubsw; bit-identical with the unscheduled kernel where this CPU can run it."""
+    from convdsl.backends.tvm import lower_quant
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    with target:
+        assert lower_quant.int8_layout() == (8, 2, "int16")
+    with tvm.target.Target(VNNI_TARGET):
+        assert lower_quant.int8_layout() == (16, 4, "int8")
+    func = _kernel(out=40, c=22, hw=9, block=(8, 2, "int16"))
+    sch = tvm.s_tir.Schedule(func)
+    assert int8.try_schedule(sch, target)
+    assert "llvm.x86.avx2.pmadd.wd" in sch.mod.script() and "T.parallel" in sch.mod.script()
+    lib = tvm.compile(sch.mod, target=target).jit()
+    asm = lib.inspect_source("asm")
+    assert "vpmaddwd" in asm and "vpmaddubsw" not in asm and "vpinsrb" not in asm
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        ref = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
+        args = tt.random_args(func, seed=3)
+        args[1][:] = np.random.default_rng(4).integers(-128, 128, args[1].shape)  # int8 weights, widened
+        got, want = tt._run(lib, args, tvm.cpu()), tt._run(ref, args, tvm.cpu())
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_madd_register_tile():
+    assert int8.madd_register_tile(8, 56) == (8, 1)
+    assert int8.madd_register_tile(6, 56) == (4, 3)
+    assert int8.madd_register_tile(32, 7) == (7, 1)
+    assert int8.madd_register_tile(64, 1) == (1, 2)
+    for ob, ow in [(8, 56), (6, 56), (32, 7), (64, 1), (1, 1), (9, 13)]:
+        ow_t, ob_t = int8.madd_register_tile(ob, ow)
+        assert ow_t * ob_t <= int8.MADD_ACCUMULATORS and ow % ow_t == 0 and ob % ob_t == 0 and ob_t <= 3
 
 
 def test_try_schedule_declines_other_functions():
@@ -199,7 +240,7 @@ def test_without_vnni_the_kernel_runs_exact_with_vpmaddwd(mcpu):
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
     func = _kernel(out=32, c=24, hw=9)
     sch = tvm.s_tir.Schedule(func)
-    with pytest.warns(UserWarning, match="no AVX-512 VNNI") if not int8._warned else _nothing():
+    with pytest.warns(UserWarning, match="without AVX-512 VNNI") if not int8._warned else _nothing():
         assert int8.try_schedule(sch, target)
     assert "T.parallel" in sch.mod.script() and "vpdpbusd" not in sch.mod.script()
     lib = tvm.compile(sch.mod, target=target).jit()
