@@ -123,10 +123,11 @@ def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
-    mod = lower_graph(graph, spec.backend, opts.bind, opts.dynamic)
+    target = spec.tvm_target()
+    with target:  # lowerings that pack weights for the target's instructions (lower_quant's int8) read it
+        mod = lower_graph(graph, spec.backend, opts.bind, opts.dynamic)
     seconds["lower"] = time.perf_counter() - t
 
-    target = spec.tvm_target()
     t = time.perf_counter()
     with target:
         mod = tvm.transform.Sequential(optimize_passes(spec, opts.precision))(mod)

@@ -55,6 +55,7 @@ LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
+MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
 OUT_EWISE_FUSABLE = 4  # relax.OpPatternKind.kOutEWiseFusable
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -95,26 +96,53 @@ def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ..
 
 
 def _int32_bias(cx: Lowerer, node: Node, w: np.ndarray, in_zp: int | None = None) -> np.ndarray:
-    """bias - in_zp * sum(w[c]) (int64 arithmetic, checked to fit int32)."""
+    """bias - in_zp * sum(w[c]) (int64 arithmetic), refused unless every int32 sum is exact.
+
+    The kernels add in int32, the torch simulation in float64: they agree only if no input can
+    carry the accumulator out of int32, i.e. |bias[c]| + 255 * sum|w[c]| <= 2^31 - 1 (|q_x - in_zp|
+    <= 255; the folded zero-point term is bounded by the same sum).  convdsl's quantize pass keeps
+    its biases inside that bound (``passes.quantize.bias_limit``); a saturated bias is not."""
     in_zp = node.attrs["in_zp"] if in_zp is None else in_zp
-    wsum = w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1)
+    w2 = w.reshape(w.shape[0], -1).astype(np.int64)
+    wsum = w2.sum(axis=1)
     b = cx.param("bias").astype(np.int64) if node.attrs["bias"] else np.zeros(w.shape[0], np.int64)
     total = b - in_zp * wsum
     info = np.iinfo(np.int32)
+    worst = np.abs(b) + 255 * np.abs(w2).sum(axis=1)
+    if worst.max(initial=0) > info.max:
+        c = int(np.argmax(worst))
+        raise cx.error(f"the int32 accumulator of output channel {c} can overflow: |bias| {abs(int(b[c]))} + "
+                       f"255 * sum|weight| {255 * int(np.abs(w2[c]).sum())} > 2^31 - 1 (a saturated bias?)",
+                       hint="quantize the float network again with convdsl's quantize pass, which raises the "
+                            "weight scale of such a channel so that its bias fits")
     if total.min(initial=0) < info.min or total.max(initial=0) > info.max:
         raise cx.error("the int32 bias (with the input zero point folded in) overflows int32")
     return total.astype(np.int32)
 
 
 # ---- the VNNI kernel (CPU) ----------------------------------------------------------------------------
-def pack_vnni_weight(w: np.ndarray) -> np.ndarray:
-    """int8 [O, C, KH, KW] -> [O/16, C/4, KH, KW, 16, 4] (zero-padded to whole blocks)."""
+def pack_vnni_weight(w: np.ndarray, oc: int = VNNI_OC, ic: int = VNNI_IC) -> np.ndarray:
+    """int8 [O, C, KH, KW] -> [O/oc, C/ic, KH, KW, oc, ic] (zero-padded to whole blocks): VNNI's
+    [16][4] bytes, or AVX2's [8][2] (widened to int16 by ``int8_layout``'s caller)."""
     o, c, kh, kw = w.shape
-    ob, icb = -(-o // VNNI_OC), -(-c // VNNI_IC)
-    full = np.zeros((ob * VNNI_OC, icb * VNNI_IC, kh, kw), np.int8)
+    ob, icb = -(-o // oc), -(-c // ic)
+    full = np.zeros((ob * oc, icb * ic, kh, kw), np.int8)
     full[:o, :c] = w
-    blocks = full.reshape(ob, VNNI_OC, icb, VNNI_IC, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+    blocks = full.reshape(ob, oc, icb, ic, kh, kw).transpose(0, 2, 4, 5, 1, 3)
     return np.ascontiguousarray(blocks)
+
+
+def int8_layout() -> tuple[int, int, str]:
+    """(output channels, input channels, weight dtype) of one dot-product block for the current target:
+    VNNI's 16 x 4 bytes (``vpdpbusd``), or on an AVX2 CPU without it 8 x 2 int16 (``vpmaddwd``: the
+    weights widened here, once, the activations widened when they are packed)."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "llvm":
+        from tvm.target import codegen
+
+        if not codegen.target_has_features("avx512vnni", target) and codegen.target_has_features("avx2", target):
+            return MADD_OC, MADD_IC, "int16"
+    return VNNI_OC, VNNI_IC, "int8"
 
 
 def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, out_channels: int,
@@ -128,6 +156,8 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     A 2-D x [rows, K] is a matrix product (qlinear): the 1x1 convolution of [1, K, 1, rows], rows
     along the width so that the register tile shares each weight load among rows; the result is
     [rows, O]."""
+    oc_b, ic_b = int(w.shape[4]), int(w.shape[5])  # 16 x 4 (VNNI, u8 x s8) or 8 x 2 (AVX2, i16 x i16)
+    wide = w.dtype == "int16"
     dense = len(x.shape) == 2
     if dense:
         (w_, c_), n_, h_ = (int(d) for d in x.shape), 1, 1
@@ -140,29 +170,30 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     (sh, sw), (dh, dw) = stride, dilation
     hp, wp = h_ + pt + pb, w_ + pl + pr
     oh_, ow_ = (hp - dh * (kh_ - 1) - 1) // sh + 1, (wp - dw * (kw_ - 1) - 1) // sw + 1
-    zp = tvm.tirx.const(in_zp, "uint8")
+    packed = "int16" if wide else "uint8"
+    zp = tvm.tirx.const(in_zp, packed)
 
     def pack(n, cb, h, j, c4):
-        c, hh, wi = cb * VNNI_IC + c4, h - pt, j - pl
+        c, hh, wi = cb * ic_b + c4, h - pt, j - pl
         v = read(n, c, hh, wi)
         v = (v.astype("int32") + 128).astype("uint8") if shift else v
         inside = tvm.tirx.all(c < c_, hh >= 0, hh < h_, wi >= 0, wi < w_)
-        return tvm.tirx.if_then_else(inside, v, zp)
+        return tvm.tirx.if_then_else(inside, v.astype(packed), zp)
 
-    xp = te.compute((n_, icb, hp, wp, VNNI_IC), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
+    xp = te.compute((n_, icb, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
     rc = te.reduce_axis((0, icb), "icb")
     rh = te.reduce_axis((0, kh_), "kh")
     rw = te.reduce_axis((0, kw_), "kw")
-    r4 = te.reduce_axis((0, VNNI_IC), "c4")
+    r4 = te.reduce_axis((0, ic_b), "c4")
     acc = te.compute(
-        (n_, ob, oh_, ow_, VNNI_OC),
+        (n_, ob, oh_, ow_, oc_b),
         lambda n, o, i, j, o16: te.sum(
             xp[n, rc, i * sh + rh * dh, j * sw + rw * dw, r4].astype("int32")
             * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
         name="vnni_conv", attrs={VNNI_ATTR: "conv"})
 
     def requant(n, c, i, j):
-        y = (acc[n, c // VNNI_OC, i, j, c % VNNI_OC] + bias[c]).astype("float32") * mult[c]
+        y = (acc[n, c // oc_b, i, j, c % oc_b] + bias[c]).astype("float32") * mult[c]
         if out_dtype == "float32":
             return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else y
         q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
@@ -192,8 +223,9 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
     bias = _int32_bias(cx, node, w, in_zp)
-    y = cx.emit_te(vnni_conv2d, x, cx.const(pack_vnni_weight(w), "int8"), cx.const(bias, "int32"),
-                   cx.const(m, "float32"), **kw)
+    oc, ic, dtype = int8_layout()
+    packed = pack_vnni_weight(w, oc, ic).astype(dtype)
+    y = cx.emit_te(vnni_conv2d, x, cx.const(packed, dtype), cx.const(bias, "int32"), cx.const(m, "float32"), **kw)
     _mark_fusable(cx, y)
     return y
 

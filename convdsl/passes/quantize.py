@@ -197,6 +197,52 @@ def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of:
     return wanted
 
 
+# ---- weights and bias ---------------------------------------------------------------------------------
+INT32_MAX = 2**31 - 1
+ACT_SPAN = 255  # the largest |q_x - in_zp| of u8 or i8 activations
+
+
+def bias_limit(fan_in: int, bits: int = 8) -> int:
+    """The largest |int32 bias| for which bias + sum(q_x - in_zp) * q_w[c] over ``fan_in`` products
+    (and the input zero point folded into the bias, bias - in_zp * sum(q_w[c])) stays in int32."""
+    return INT32_MAX - fan_in * ACT_SPAN * (2 ** (bits - 1) - 1)
+
+
+def quantize_weight_and_bias(w: np.ndarray, b: np.ndarray | None, in_scale: float,
+                             bits: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(int8 weights, float32 scales, int32 bias) for one layer, with the bias never saturated.
+
+    The bias is in units of in_scale * w_scale[c].  When that unit is tiny (a vanishing input
+    range) the bias can exceed int32; saturating it changes the function, and a bias near
+    the limit makes the int32 accumulator overflow on a backend that adds in int32 (the torch
+    simulation sums in float64, so the two would disagree).  As ONNX Runtime's quantizer does, such a
+    channel's weight scale is raised until its bias fits ``bias_limit`` (its weights lose precision,
+    but its output is dominated by the bias there)."""
+    # w_scale[c] >= |b[c]| / (in_scale * limit)  =>  |round(b[c] / (in_scale * w_scale[c]))| <= limit
+    q, ws = quantize_weight(w, bits)
+    if b is None:
+        return q, ws, None
+    fan_in = int(np.prod(w.shape[1:]))
+    limit = bias_limit(fan_in, bits)
+    need = np.abs(np.asarray(b, np.float64)) / (np.float64(in_scale) * limit)
+    low = ws.astype(np.float64) < need
+    if low.any():
+        ws = ws.copy()
+        # float32 rounding: step up until the float32 scale itself is large enough
+        for c in np.flatnonzero(low):
+            s = np.float32(need[c])
+            while np.float64(s) < need[c]:
+                s = np.nextafter(s, np.float32(np.inf))
+            ws[c] = s
+        qmax = 2 ** (bits - 1) - 1
+        w64 = np.asarray(w, np.float64)
+        s64 = ws.astype(np.float64).reshape((-1,) + (1,) * (w64.ndim - 1))
+        q = np.clip(np.round(w64 / s64), -qmax, qmax).astype(np.int8)
+    qb = quantize_bias(b, in_scale, ws)
+    assert np.abs(qb.astype(np.int64)).max(initial=0) <= limit  # by construction of ws
+    return q, ws, qb
+
+
 # ---- rewriting --------------------------------------------------------------------------------------
 class _Rewriter:
     def __init__(self, g: Graph, ranges: dict[Value, tuple[float, float]], act_dtype: str) -> None:
@@ -228,10 +274,12 @@ class _Rewriter:
         if int_out:
             out_scale, out_zp = qparams_for_range(*self.ranges[out_v], self.act_dtype)
             attrs.update(out_dtype=self.act_dtype, out_scale=out_scale, out_zp=out_zp)
-        w, ws = quantize_weight(g.params[node.params["weight"]], bits)
+        wf = g.params[node.params["weight"]]
+        bf = g.params[node.params["bias"]] if node.attrs["bias"] else None
+        w, ws, qb = quantize_weight_and_bias(wf, bf, in_scale, bits)
         arrays = {"weight": w, "w_scale": ws}
-        if node.attrs["bias"]:
-            arrays["bias"] = quantize_bias(g.params[node.params["bias"]], in_scale, ws)
+        if qb is not None:
+            arrays["bias"] = qb
         new = self._swap(node, qop, [q], attrs, drop=[relu] if relu else [])
         self._set_params(new, arrays)
         if int_out:

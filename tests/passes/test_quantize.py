@@ -30,7 +30,7 @@ from convdsl.lang.elaborate import elaborate
 from convdsl.passes import run_passes
 from convdsl.passes.calibrate import Stats, clip_range, observe
 from convdsl.passes.cast import cast, to_bf16
-from convdsl.passes.quantize import quantize, quantize_with_report
+from convdsl.passes.quantize import bias_limit, quantize, quantize_weight_and_bias, quantize_with_report
 from convdsl.train import calibration_batches
 
 DIGITS = str(Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.cdl")
@@ -296,6 +296,44 @@ def test_weight_and_bias_quantization():
     assert np.abs(q4).max() == 7
     b = quantize_bias(np.array([0.5, -1.0, 1e9, 0.0]), 0.1, np.array([0.01, 0.02, 0.01, 0.1], np.float32))
     assert b.dtype == np.int32 and b[0] == 500 and b[1] == -500 and b[2] == np.iinfo(np.int32).max and b[3] == 0
+
+
+def test_bias_is_never_saturated():
+    # a vanishing input range (in_scale 1e-10): biases of 0.03 are ~1e10 accumulator units, beyond int32;
+    # those channels get a larger weight scale, so that bias + every sum of products fits int32
+    rng = np.random.default_rng(0)
+    w = (0.05 * rng.standard_normal((6, 40))).astype(np.float32)
+    b = np.array([0.03, -0.03, 0.0, 1e-12, 0.5, -2.0], np.float32)
+    in_scale = 1e-10
+    q, ws, qb = quantize_weight_and_bias(w, b, in_scale)
+    limit = bias_limit(40)
+    assert limit == 2**31 - 1 - 40 * 255 * 127
+    assert qb.dtype == np.int32 and int(np.abs(qb.astype(np.int64)).max()) <= limit
+    unit = in_scale * ws.astype(np.float64)
+    np.testing.assert_allclose(qb * unit, b, rtol=1e-6, atol=unit.max())  # the bias kept, to half a unit
+    q0, ws0 = quantize_weight(w)
+    plain = np.abs(b) / (in_scale * ws0.astype(np.float64)) <= limit
+    assert list(plain) == [False, False, True, True, False, False]
+    assert (ws[plain] == ws0[plain]).all() and (q[plain] == q0[plain]).all()  # untouched where it fits
+    assert (ws[~plain] > ws0[~plain]).all()
+    np.testing.assert_allclose(q * ws[:, None], w, atol=float(ws.max()) / 2 + 1e-9)  # weights within half a step
+    q2, ws2, none = quantize_weight_and_bias(w, None, in_scale)
+    assert none is None and (ws2 == ws0).all() and (q2 == q0).all()
+
+
+def test_vanishing_activations_keep_their_bias():
+    # a network whose input is ~1e-8: the torch simulation of the int8 graph still computes the float one
+    # (with a saturated bias its output was off by the bias itself)
+    g = load_graph("network t(x: f32[N, 16]) {\n    return x | linear(32) as a | relu | linear(10) as b\n}\n")
+    rng = np.random.default_rng(1)
+    calib = (1e-8 * rng.standard_normal((32, 16))).astype(np.float32)
+    q = quantize(g, [calib], build=build_module)
+    for key in ("a.bias", "b.bias"):
+        assert np.abs(q.params[key].astype(np.int64)).max() < 2**31 - 1
+    x = torch.from_numpy(calib[:8])
+    with torch.no_grad():
+        want, got = build_module(g)(x).numpy(), build_module(q)(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-2 * float(np.abs(want).max()))  # a step or two of 255
 
 
 def test_qparams_for_range():

@@ -19,13 +19,16 @@ The schedule (no tuning):
 The accumulator tile (at most 15 x 64 bytes) is under TVM's stack-allocation limit, so it
 is an alloca that LLVM keeps in zmm registers.
 
-Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the same loop nest runs untensorized
-(``_schedule_avx2``): int32 lanes over the 16 output channels, each u8 x s8 product widened,
-which LLVM emits as ``vpmaddwd`` (int16 pairs -> int32, exact).  Not ``vpmaddubsw``: it
-saturates pairs of products to int16, which would break the exact int32 arithmetic.  It is
-exact and parallel but slow: the weights' [16 x 4] byte layout (VNNI's) is gathered with
-byte inserts, so int8 on AVX2 runs well below the f32 build (a build warns, once); an int16
-pair layout of the weights is what a fast AVX2 path needs.
+Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in
+AVX2's layout (``lower_quant.int8_layout``): weights pre-widened to int16 pairs
+``[oc/8][ic/2][kh][kw][8][2]``, activations widened to int16 once, when they are packed, and
+the same loop nest with the inner 8 x 2 dot product tensorized to one ``vpmaddwd``
+(``register_madd_intrinsic``: the activation pair broadcast to 8 lanes, times 8 x 2 weights,
+pairs summed exactly in int32), register tile ``madd_register_tile`` (at most 12 ymm
+accumulators).  Never ``vpmaddubsw``: it saturates pairs of products to int16, which would break
+the exact int32 arithmetic.  A kernel still in VNNI's byte layout on such a CPU (lowered without
+the target) runs the old untensorized nest (``_schedule_avx2``: exact, but the [16 x 4] bytes are
+gathered with byte inserts, ~20x slower; it warns once).
 """
 from __future__ import annotations
 
@@ -52,12 +55,31 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     pack = sch.get_sblock(blocks["pack"]) if "pack" in blocks else None
 
     _, n_ob, _, n_ow, _ = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
-    if intrin == AVX2:
+    if any(str(r.source.dtype) == "int16" for r in sch.get(conv).reads):  # AVX2's int16 pair layout
+        if not _has(target, "avx2"):
+            return False
+        tile = tophub.choose("int8_conv", sch, conv, None, madd_register_tile(n_ob, n_ow))
+        _schedule_tensorized(sch, conv, requant, pack, register_madd_intrinsic(), tile)
+        return True
+    if intrin == AVX2:  # VNNI's byte layout on a CPU without VNNI (lowered without the target)
         _warn_no_vnni()
         _schedule_avx2(sch, conv, requant, pack, n_ob, n_ow)
         return True
-    ow_t, ob_t = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
+    tile = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
+    _schedule_tensorized(sch, conv, requant, pack, intrin, tile)
+    return True
 
+
+def _has(target, feature: str) -> bool:
+    from tvm.target import codegen
+
+    return target is not None and target.kind.name == "llvm" and bool(codegen.target_has_features(feature, target))
+
+
+def _schedule_tensorized(sch: s_tir.Schedule, conv, requant, pack, intrin: str, tile: tuple[int, int]) -> None:
+    """The register-tiled loop nest with the inner (output block x input block) dot product
+    tensorized to ``intrin``: VNNI's 16 x 4 or AVX2's 8 x 2."""
+    ow_t, ob_t = tile
     # the epilogue absorbs the elementwise ops FuseOps put after it (one reader each)
     tail = _inline_consumers(sch, requant) if requant is not None else []
 
@@ -80,7 +102,6 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
         _parallel_outer(sch, pack, 3)
     for block in tail:  # readers the epilogue could not absorb: at least run in parallel
         _parallel_outer(sch, block, 2)
-    return True
 
 
 def intrinsic_for(target) -> str | None:
@@ -148,6 +169,64 @@ def register_vnni_intrinsic() -> str:
     return VNNI_INTRIN
 
 
+MADD_INTRIN = "convdsl_dot_8x2_madd"
+
+
+def register_madd_intrinsic() -> str:
+    """Register (once) the 8x2 int16 x int16 -> int32 dot product of AVX2's ``vpmaddwd``: the two
+    int16 activations of one input-channel pair, broadcast to 8 lanes, times the [8][2] int16
+    weights; each lane's pair of products is summed exactly in int32 (|u8 * s8| < 2^15)."""
+    if s_tir.TensorIntrin.get(MADD_INTRIN, allow_missing=True) is not None:
+        return MADD_INTRIN
+    from tvm.script import tirx as T
+
+    from convdsl.backends.tvm.tuning import prime_inspect_cache
+
+    prime_inspect_cache()
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((2,), "int16", offset_factor=1), B: T.Buffer((8, 2), "int16", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+            T.writes(C[0:8])
+            a = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.reinterpret(T.broadcast(a, 8), dtype="int16x16"),
+                B.vload([0, 0], dtype="int16x16"),
+                dtype="int32x8")
+
+    s_tir.TensorIntrin.register(MADD_INTRIN, desc, impl)
+    return MADD_INTRIN
+
+
+MADD_ACCUMULATORS = 12  # of AVX2's 16 ymm registers: the rest hold the tile's weight vectors and a broadcast
+
+
+def madd_register_tile(n_ob: int, n_ow: int) -> tuple[int, int]:
+    """(ow_t, ob_t) for the 8 x 2 vpmaddwd kernel: the most accumulators (ow_t x ob_t <= 12, ob_t <= 3
+    8-channel blocks sharing each broadcast activation), the fewer weight vectors on a tie."""
+    best = (0, 0, 0)
+    for ob_t in (d for d in range(1, 4) if n_ob % d == 0):
+        ow_t = max(d for d in range(1, min(n_ow, MADD_ACCUMULATORS // ob_t) + 1) if n_ow % d == 0)
+        if ow_t * ob_t > best[0]:
+            best = (ow_t * ob_t, ow_t, ob_t)
+    return best[1], best[2]
+
+
 AVX2 = "avx2"  # intrinsic_for's answer without VNNI on an AVX2 CPU: the plain schedule below
 
 
@@ -193,9 +272,10 @@ def _warn_no_vnni() -> None:
         _warned = True
         import warnings
 
-        warnings.warn("this CPU has no AVX-512 VNNI: convdsl's int8 convolutions run exactly with AVX2's vpmaddwd, "
-                      "several times slower than the f32 build of the same network (ResNet-18 on Zen 3: ~15x); "
-                      "prefer --precision f32 on this CPU", Int8SpeedWarning, stacklevel=2)
+        warnings.warn("an int8 kernel in VNNI's byte layout on a CPU without AVX-512 VNNI: it runs exactly with "
+                      "AVX2's vpmaddwd but gathers its weights byte by byte (~20x slower than the int16-pair layout "
+                      "that a build for this target packs); build the network for this target", Int8SpeedWarning,
+                      stacklevel=2)
 
 
 AVX2_TILE = (4, 1)  # (ow_t, ob_t): 4 columns x 16 int32 channels = 8 ymm accumulators

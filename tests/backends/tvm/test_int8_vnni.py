@@ -150,14 +150,15 @@ def test_unscheduled_kernel_is_correct_too(monkeypatch):
 
 
 # ---- structure: the tensorized VNNI instruction ---------------------------------------------------------------
-def _kernel(out=32, c=16, hw=14, k=3):
+def _kernel(out=32, c=16, hw=14, k=3, block=(16, 4, "int8")):
     from tvm import te
 
     import convdsl.backends.tvm.lowering  # noqa: F401  (lower_quant is loaded through the table)
     from convdsl.backends.tvm.lower_quant import vnni_conv2d
 
+    ob, ib, dtype = block
     x = te.placeholder((1, c, hw, hw), "uint8", name="x")
-    w = te.placeholder((-(-out // 16), -(-c // 4), k, k, 16, 4), "int8", name="w")
+    w = te.placeholder((-(-out // ob), -(-c // ib), k, k, ob, ib), dtype, name="w")
     b = te.placeholder((out,), "int32", name="b")
     m = te.placeholder((out,), "float32", name="m")
     y = vnni_conv2d(x, w, b, m, out_channels=out, pads=(1, 1, 1, 1), stride=(1, 1), dilation=(1, 1), in_zp=128,
@@ -173,6 +174,46 @@ def test_schedule_tensorizes_with_vpdpbusd():
     assert "llvm.x86.avx512.vpdpbusd.512" in script and "T.parallel" in script
     asm = tvm.compile(sch.mod, target=target).jit().inspect_source("asm")
     assert "vpdpbusd" in asm and "zmm" in asm
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_avx2_pair_layout_is_one_vpmaddwd_per_8x2(mcpu):
+    """Without VNNI the lowering packs the weights as int16 pairs [oc/8][ic/2][kh][kw][8][2] and the
+    activations as int16: the inner 8 x 2 dot product is one vpmaddwd (tensorized), no byte gathers,
+    never vpmaddubsw; bit-identical with the unscheduled kernel where this CPU can run it."""
+    from convdsl.backends.tvm import lower_quant
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    with target:
+        assert lower_quant.int8_layout() == (8, 2, "int16")
+    with tvm.target.Target(VNNI_TARGET):
+        assert lower_quant.int8_layout() == (16, 4, "int8")
+    func = _kernel(out=40, c=22, hw=9, block=(8, 2, "int16"))
+    sch = tvm.s_tir.Schedule(func)
+    assert int8.try_schedule(sch, target)
+    assert "llvm.x86.avx2.pmadd.wd" in sch.mod.script() and "T.parallel" in sch.mod.script()
+    lib = tvm.compile(sch.mod, target=target).jit()
+    asm = lib.inspect_source("asm")
+    assert "vpmaddwd" in asm and "vpmaddubsw" not in asm and "vpinsrb" not in asm
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        ref = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
+        args = tt.random_args(func, seed=3)
+        args[1][:] = np.random.default_rng(4).integers(-128, 128, args[1].shape)  # int8 weights, widened
+        got, want = tt._run(lib, args, tvm.cpu()), tt._run(ref, args, tvm.cpu())
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_madd_register_tile():
+    assert int8.madd_register_tile(8, 56) == (8, 1)
+    assert int8.madd_register_tile(6, 56) == (4, 3)
+    assert int8.madd_register_tile(32, 7) == (7, 1)
+    assert int8.madd_register_tile(64, 1) == (1, 2)
+    for ob, ow in [(8, 56), (6, 56), (32, 7), (64, 1), (1, 1), (9, 13)]:
+        ow_t, ob_t = int8.madd_register_tile(ob, ow)
+        assert ow_t * ob_t <= int8.MADD_ACCUMULATORS and ow % ow_t == 0 and ob % ob_t == 0 and ob_t <= 3
 
 
 def test_try_schedule_declines_other_functions():
@@ -199,7 +240,7 @@ def test_without_vnni_the_kernel_runs_exact_with_vpmaddwd(mcpu):
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
     func = _kernel(out=32, c=24, hw=9)
     sch = tvm.s_tir.Schedule(func)
-    with pytest.warns(UserWarning, match="no AVX-512 VNNI") if not int8._warned else _nothing():
+    with pytest.warns(UserWarning, match="without AVX-512 VNNI") if not int8._warned else _nothing():
         assert int8.try_schedule(sch, target)
     assert "T.parallel" in sch.mod.script() and "vpdpbusd" not in sch.mod.script()
     lib = tvm.compile(sch.mod, target=target).jit()
@@ -281,3 +322,112 @@ def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
     assert vnni_kernels(q) == (21 if HAS_VNNI else 0)  # 20 convs and the fc
     got, want = scheduled(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+# ---- MobileNet-V2's blocks: depthwise, relu6, residual adds, and vanishing scales --------------------------------
+MBV2_BLOCKS = """
+import "{blocks}/mobilenet.cdl"
+network mbv2_blocks(image: f32[N, 3, 32, 32], classes=10) {{
+    x = image | conv_bn_act(32, stride=2) as "features.0"
+              | inverted_residual(16, 1, expand=1) as "features.1"
+              | inverted_residual(24, 2) as "features.2"
+              | inverted_residual(24, 1) as "features.3"
+              | inverted_residual(20, 1, expand=3) as "features.4"
+              | inverted_residual(20, 1, expand=3) as "features.5"
+              | conv_bn_act(64, k=1) as "features.6"
+    return x | adaptive_avgpool2d(1) | flatten | linear(classes) as "classifier"
+}}
+"""
+# features.1/2/3: depthwise over 32, 96 and 144 channels (schedules/int8_depthwise.py); features.4/5: over 72
+# and 60 (not whole 16-channel vectors: the generic int8 path); features.3 and .5 end in a residual add
+
+
+def _bn_from_batch(g, x):
+    """The batchnorms' running statistics taken from ``x`` (as a trained network's describe its inputs)."""
+    model = torch_module(g)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    g = g.copy()
+    for key, value in model.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            g.params[key] = value.numpy()
+    return g
+
+
+def mbv2_int8(scale: float):
+    """The blocks quantized on inputs of size ``scale``, and a batch of test inputs.  ``scale`` 1 with
+    batchnorm statistics from the calibration batch: activations as in a trained network; 1e-7 with the
+    initial ones: every activation scale tiny (~1e-9 deep in the network), so the classifier's bias is
+    ~1e9 accumulator units, beyond int32 unless the pass raises the weight scale."""
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    g = load_graph(MBV2_BLOCKS.format(blocks=(EXAMPLES / "blocks").resolve()))
+    rng = np.random.default_rng(0)
+    calib = (scale * rng.standard_normal((16, 3, 32, 32))).astype(np.float32)
+    if scale == 1:
+        g = _bn_from_batch(g, calib)
+    g = run_passes(g, "O2")
+    q = quantize(g, [calib[:8], calib[8:]], build=torch_module)
+    return g, q, (scale * rng.standard_normal((2, 3, 32, 32))).astype(np.float32)
+
+
+MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
+                "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
+
+
+@needs_int8_schedule
+@pytest.mark.parametrize("scale", [1.0, 1e-7], ids=["calibrated-bn", "vanishing"])
+@pytest.mark.parametrize("target", list(MBV2_TARGETS), ids=list(MBV2_TARGETS))
+def test_mobilenet_v2_blocks_int8_match_torch_simulation(target, scale):
+    """tvm-llvm int8 against the torch simulation on MobileNet-V2's blocks: every int8 tensor within one
+    quantization step (measured: equal), the float output within float32 rounding; on each x86 path
+    (VNNI, AVX-512 without VNNI and AVX2 both take vpmaddwd), run where this CPU has the instructions."""
+    from convdsl.backends.tvm.targets import host_can_run
+    from tests.passes.test_quantize import probe, torch_values
+
+    config = MBV2_TARGETS[target]
+    g, q, x = mbv2_int8(scale)
+    bias = q.params["classifier.bias"].astype(np.int64)
+    assert np.abs(bias).max() < np.iinfo(np.int32).max  # never saturated
+    p = probe(q)
+    p.symbols = {**p.symbols, "N": x.shape[0]}
+    backend = ctvm.backend("tvm-llvm", progress=False, use_db=False, target_json=config)
+    built = backend.build(p)
+    assert built.own > 0  # convdsl's int8 schedules took the kernels
+    why = host_can_run(config) if config else None
+    if why:
+        pytest.skip(f"built ({built.own} of {built.functions} kernels scheduled by convdsl); not run: {why}")
+    m = backend.build_module(p)
+    want = torch_values(q, (x,))
+    for v, y in zip(p.outputs, m(x)):
+        y, ref = np.asarray(y), want[v.node]
+        if y.dtype.kind in "iu":
+            assert _steps(y, ref) <= 1, v.node
+        else:
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max() + 1e-30), err_msg=v.node)
+    out = want[q.outputs[0].node]
+    if scale == 1:  # and the int8 network is still the float one, roughly
+        with torch.no_grad():
+            ref = torch_module(g)(torch.from_numpy(x)).numpy()
+        assert float(np.abs(out - ref).max()) < 0.25 * float(np.ptp(ref))
+
+
+def test_a_saturated_bias_is_refused_not_wrapped():
+    """A bias at int32's limit would wrap in the kernels' int32 sums (the simulation sums in float64):
+    the lowering refuses it with the channel and what to do."""
+    from convdsl.errors import ConvDSLError
+
+    g = _qconv_program((8, 6, 6), 16, 3, 1, 1, 1, "u8", "u8", False)
+    key = next(k for k in g.params.names() if k.endswith("bias"))
+    b = g.params[key].copy()
+    b[3] = np.iinfo(np.int32).min
+    g.params[key] = b
+    with pytest.raises(ConvDSLError, match="output channel 3 can overflow"):
+        ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
