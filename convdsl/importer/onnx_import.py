@@ -747,8 +747,8 @@ def load_model(path: str | os.PathLike):
     if not p.is_file():
         raise SourceError(f"{path} does not exist")
     try:
+        onnx.checker.check_model(str(p))  # from the path: no re-serialization of the loaded model
         model = onnx.load(str(p))
-        onnx.checker.check_model(model)
     except Exception as e:  # protobuf decode errors, checker errors...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceError(f"{path} is not a valid ONNX model ({first[:200]})",
