@@ -25,7 +25,7 @@ from convdsl.errors import ModelImportError, Span, TraceError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
 
 TORCH_DTYPES = {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16", "torch.float64": "f64",
                 "torch.int64": "i64", "torch.int32": "i32", "torch.bool": "bool", "torch.uint8": "u8", "torch.int8": "i8"}
@@ -374,6 +374,8 @@ def _flatten(cx: Ctx, x, start=0, end=-1):
 
 @aten("view", "reshape", "_unsafe_view", "unflatten", "view_as", "expand_as")
 def _view(cx: Ctx, x, *rest):
+    if isinstance(x, Param) and x.array is not None and x.array.dtype.kind in "iu":
+        return Param(x.key, x.array.reshape(cx.out_shape()))  # an index buffer stays a constant (see _index)
     v = cx.tensor(x)
     t = cx.type(v)
     out = cx.out_shape()
@@ -386,12 +388,34 @@ def _view(cx: Ctx, x, *rest):
     return cx.add("reshape", [v], {"shape": tuple(spec)})
 
 
+@aten("index")
+def _index(cx: Ctx, x, indices):
+    """``x[..., idx]`` with one constant integer index list (a buffer: MaxViT's relative position index)
+    -> index_select."""
+    given = [(d, i) for d, i in enumerate(indices) if i is not None]
+    if len(given) != 1 or not isinstance(given[0][1], Param) or given[0][1].array is None or \
+            given[0][1].array.dtype.kind not in "iu" or given[0][1].array.ndim != 1:
+        raise located(cx.origin, "indexing has a convdsl mapping only with one constant 1-D integer index "
+                                 "(index_select)")
+    d, idx = given[0]
+    v = cx.tensor(x)
+    size = cx.type(v).shape[d]
+    return cx.add("index_select", [v], {"index": tuple(int(i) % size for i in idx.array), "dim": d})
+
+
+@aten("einsum")
+def _einsum(cx: Ctx, equation, operands, path=None):
+    if len(operands) != 2:
+        raise located(cx.origin, f"einsum '{equation}' with {len(operands)} operands has no convdsl mapping")
+    return einsum(cx, equation, cx.tensor(operands[0]), cx.tensor(operands[1]))
+
+
 @aten("permute")
 def _permute(cx: Ctx, x, dims):
     return cx.add("permute", [cx.tensor(x)], {"dims": tuple(int(d) for d in dims)})
 
 
-@aten("transpose")
+@aten("transpose", "swapaxes", "swapdims")
 def _transpose(cx: Ctx, x, a, b):
     return cx.add("transpose", [cx.tensor(x)], {"dim0": int(a), "dim1": int(b)})
 
