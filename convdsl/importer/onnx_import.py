@@ -25,7 +25,7 @@ from convdsl.errors import ModelImportError, SourceError, Span, UsageError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
@@ -258,6 +258,13 @@ def _clip(cx: Ctx):
     raise located(cx.origin, f"Clip({lo}, {hi}) has no convdsl op (relu6 is Clip(0, 6))")
 
 
+@onnx_op("Einsum")
+def _einsum(cx: Ctx):
+    if len(cx.node.input) != 2:
+        raise located(cx.origin, f"Einsum with {len(cx.node.input)} inputs has no convdsl mapping")
+    return einsum(cx, cx.attrs["equation"], cx.tensor(0), cx.tensor(1))
+
+
 @onnx_op("Softmax")
 def _softmax(cx: Ctx):
     return cx.add("softmax", [cx.tensor(0)], {"dim": int(cx.attrs.get("axis", -1))})
@@ -477,8 +484,17 @@ def _split(cx: Ctx):
 @onnx_op("Gather")
 def _gather(cx: Ctx):
     idx = cx.arg(1)
-    x = cx.tensor(0)
+    table = isinstance(cx.arg(0), Const)  # a parameter: its axis 0 is no batch
+    x = _tensor(cx, cx.arg(0)) if table else cx.tensor(0)
     axis = int(cx.attrs.get("axis", 0)) % cx.type(x).rank
+    if table and isinstance(idx, Const) and idx.array.ndim >= 1:
+        size = cx.type(x).shape[axis]
+        flat = cx.add("index_select", [x], {"index": tuple(int(i) % size for i in idx.array.reshape(-1)), "dim": axis})
+        if idx.array.ndim == 1:
+            return flat
+        t = cx.type(x)
+        shape = tuple(t.shape[:axis]) + tuple(idx.array.shape) + tuple(t.shape[axis + 1:])
+        return cx.add("reshape", [flat], {"shape": shape})
     if isinstance(idx, Const) and idx.array.ndim == 0:
         return cx.add("select", [x], {"index": int(idx.array), "dim": axis})
     if isinstance(idx, Const) and idx.array.ndim == 1 and axis > 0:
@@ -688,6 +704,8 @@ def _foldable(node, env: dict) -> bool:
     ins = [env.get(i) for i in node.input if i]
     if node.op_type == "Identity" and isinstance(ins[0], Const) and ins[0].key:
         return False  # a renamed parameter keeps its key (_identity)
+    if node.op_type == "Gather" and isinstance(ins[0], Const) and ins[0].key and ins[0].array.dtype.kind == "f":
+        return False  # a parameter table gathered by an index (a relative position bias): _gather
     return bool(ins) and all(isinstance(v, (Const, Dims)) for v in ins)
 
 

@@ -296,3 +296,21 @@ def test_opset_20_gelu(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), f)
     r = import_onnx(f)
     assert "gelu(tanh)" in r.text
+
+
+def test_einsum_as_a_matrix_product(tmp_path):
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+    from tests.interop.test_import_torch import _RelBiasAttention
+
+    torch.manual_seed(0)
+    m = _RelBiasAttention().eval()
+    x = torch.randn(2, 9, 8)
+    f = tmp_path / "att.onnx"
+    torch.onnx.export(m, (x,), str(f), dynamo=False, do_constant_folding=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+    assert "Einsum" in {n.op_type for n in onnx.load(str(f)).graph.node}
+    r = import_onnx(f)
+    with torch.no_grad():
+        a, b = m(x), build_module(r.graph)(x)
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
