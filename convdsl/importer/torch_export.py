@@ -372,7 +372,7 @@ def _flatten(cx: Ctx, x, start=0, end=-1):
     return cx.add("flatten", [cx.tensor(x)], {"start": int(start), "end": int(end)})
 
 
-@aten("view", "reshape", "_unsafe_view", "unflatten", "view_as", "expand_as")
+@aten("view", "reshape", "_unsafe_view", "unflatten", "view_as", "reshape_as", "expand_as")
 def _view(cx: Ctx, x, *rest):
     if isinstance(x, Param) and x.array is not None and x.array.dtype.kind in "iu":
         return Param(x.key, x.array.reshape(cx.out_shape()))  # an index buffer stays a constant (see _index)
@@ -390,17 +390,21 @@ def _view(cx: Ctx, x, *rest):
 
 @aten("index")
 def _index(cx: Ctx, x, indices):
-    """``x[..., idx]`` with one constant integer index list (a buffer: MaxViT's relative position index)
-    -> index_select."""
+    """``x[..., idx]`` with one constant integer index (a buffer: MaxViT's relative position index,
+    EfficientFormer's and LeViT's [N, N] attention bias index) -> index_select (and a reshape when the
+    index has more than one dim)."""
     given = [(d, i) for d, i in enumerate(indices) if i is not None]
     if len(given) != 1 or not isinstance(given[0][1], Param) or given[0][1].array is None or \
-            given[0][1].array.dtype.kind not in "iu" or given[0][1].array.ndim != 1:
-        raise located(cx.origin, "indexing has a convdsl mapping only with one constant 1-D integer index "
+            given[0][1].array.dtype.kind not in "iu" or given[0][1].array.ndim < 1:
+        raise located(cx.origin, "indexing has a convdsl mapping only with one constant integer index "
                                  "(index_select)")
     d, idx = given[0]
     v = cx.tensor(x)
-    size = cx.type(v).shape[d]
-    return cx.add("index_select", [v], {"index": tuple(int(i) % size for i in idx.array), "dim": d})
+    t = cx.type(v)
+    flat = cx.add("index_select", [v], {"index": tuple(int(i) % t.shape[d] for i in idx.array.reshape(-1)), "dim": d})
+    if idx.array.ndim == 1:
+        return flat
+    return cx.add("reshape", [flat], {"shape": tuple(t.shape[:d]) + tuple(idx.array.shape) + tuple(t.shape[d + 1:])})
 
 
 @aten("einsum")

@@ -181,3 +181,20 @@ def test_einsum_that_is_no_matrix_product_is_a_located_error():
 
     with pytest.raises(ModelImportError, match="einsum 'bii->bi'"):
         import_model(Net().eval(), (torch.randn(2, 3, 3),))
+
+
+def test_a_two_dim_index_buffer_and_reshape_as():
+    class Net(torch.nn.Module):  # EfficientFormer's / LeViT's attention biases[:, idxs] with idxs [N, N]
+        def __init__(self):
+            super().__init__()
+            self.biases = torch.nn.Parameter(torch.randn(2, 4))
+            pos = torch.arange(4)
+            self.register_buffer("idxs", (pos[:, None] - pos[None, :]).abs())
+
+        def forward(self, x):  # x: [B, 2, 4, 4]
+            y = x + self.biases[:, self.idxs]
+            return y.reshape_as(x).softmax(-1)
+
+    torch.manual_seed(0)
+    r = _check(Net().eval(), torch.randn(2, 2, 4, 4))
+    assert [n.op for n in r.graph.nodes()].count("index_select") == 1
