@@ -114,6 +114,23 @@ def onnx_op(*names: str):
     return register
 
 
+def _same_pads(cx: Ctx, a: dict, kernel, nd: int) -> list[int]:
+    """ONNX auto_pad SAME_UPPER / SAME_LOWER as explicit pads (begins, then ends): the output is
+    ceil(in / stride); the odd one of a pair goes to the end (UPPER) or the beginning (LOWER)."""
+    shape = cx.type(cx.tensor(0)).shape[-nd:]
+    strides = list(a.get("strides", [1] * nd))
+    dils = list(a.get("dilations", [1] * nd))
+    lo, hi = [], []
+    for size, k, st, d in zip(shape, kernel, strides, dils):
+        if not isinstance(size, int):
+            raise located(cx.origin, f"auto_pad={a['auto_pad']} over a symbolic size has no fixed padding")
+        total = max((-(-size // st) - 1) * st + (int(k) - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        lo.append(small if a["auto_pad"] == "SAME_UPPER" else big)
+        hi.append(big if a["auto_pad"] == "SAME_UPPER" else small)
+    return lo + hi
+
+
 @onnx_op("Conv")
 def _conv(cx: Ctx):
     w = cx.arg(1)
@@ -121,9 +138,11 @@ def _conv(cx: Ctx):
         raise located(cx.origin, "a convolution with a computed weight has no convdsl op")
     nd = w.array.ndim - 2
     a = cx.attrs
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise located(cx.origin, f"auto_pad={a['auto_pad']} is not supported; export with explicit pads")
     pads = list(a.get("pads", [0] * 2 * nd))
+    if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):  # timm's padding="same" (ConvMixer)
+        pads = _same_pads(cx, a, w.array.shape[2:], nd)
+    elif a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise located(cx.origin, f"auto_pad={a['auto_pad']} is not supported; export with explicit pads")
     lo, hi = pads[:nd], pads[nd:]
     pad = _ints(lo) if lo == hi else tuple(p for pr in zip(lo, hi) for p in pr)
     pid, params = cx.owner(weight=w, bias=cx.arg(2))

@@ -314,3 +314,19 @@ def test_einsum_as_a_matrix_product(tmp_path):
     with torch.no_grad():
         a, b = m(x), build_module(r.graph)(x)
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_conv_auto_pad_same(k, tmp_path):
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, k, padding="same"), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 9, 9)
+    f = tmp_path / "same.onnx"
+    torch.onnx.export(m, (x,), str(f), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    r = import_onnx(f)
+    with torch.no_grad():
+        a, b = m(x), build_module(r.graph)(x)
+    assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
