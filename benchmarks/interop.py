@@ -91,6 +91,9 @@ def _first(out):
 def _err(e: Exception) -> str:
     from convdsl.errors import ConvDSLError
 
+    if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "Cannot allocate memory" in str(e):
+        return f"out of memory under the benchmark's address-space cap (--max-memory): {type(e).__name__} (not a ConvDSLError)"
+
     if isinstance(e, ConvDSLError):
         return e.render().splitlines()[0][:300]
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:250] if str(e).strip() else ''} (not a ConvDSLError)"
