@@ -600,8 +600,26 @@ def _flip(cx: Ctx, x, dims):
 
 
 @aten("roll")
-def _roll(cx: Ctx, x, *rest):
-    raise located(cx.origin, "torch.roll outside a window-attention module has no convdsl op")
+def _roll(cx: Ctx, x, shifts, dims=()):
+    """torch.roll along given dims (timm Swin's cyclic shift) as split + concat, which is exact:
+    roll(x, s, d) = concat([x[-s:], x[:-s]], d).  A roll of the flattened tensor (no dims) is refused."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims or len(dims) != len(shifts) or not all(isinstance(s, int) for s in shifts):
+        raise located(cx.origin, "torch.roll without dims (of the flattened tensor) or with computed shifts has "
+                                 "no convdsl op")
+    v = cx.tensor(x)
+    for s, d in zip(shifts, dims):
+        t = cx.type(v)
+        d = int(d) % t.rank
+        n = t.shape[d]
+        if not isinstance(n, int) or d == 0:
+            raise located(cx.origin, "torch.roll along the batch or a symbolic dim has no convdsl op")
+        s %= n
+        if s:
+            head, tail = cx.add("split", [v], {"dim": d, "sizes": (n - s, s)})
+            v = cx.add("concat", [tail, head], {"dim": d})
+    return v
 
 
 # ---- modules mapped as a whole ----------------------------------------------------------------------

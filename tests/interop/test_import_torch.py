@@ -198,3 +198,18 @@ def test_a_two_dim_index_buffer_and_reshape_as():
     torch.manual_seed(0)
     r = _check(Net().eval(), torch.randn(2, 2, 4, 4))
     assert [n.op for n in r.graph.nodes()].count("index_select") == 1
+
+
+def test_roll_is_split_and_concat():
+    class Net(torch.nn.Module):  # timm Swin's cyclic shift, outside the attention
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):  # x: [B, H, W, C]
+            y = torch.roll(self.fc(x), shifts=(-2, -2), dims=(1, 2))
+            return torch.roll(y, shifts=3, dims=2)
+
+    torch.manual_seed(0)
+    r = _check(Net().eval(), torch.randn(2, 5, 6, 4))
+    assert "roll" not in r.text and [n.op for n in r.graph.nodes()].count("concat") == 3
