@@ -224,6 +224,20 @@ def _bn(cx: Ctx):
                   params, id=pid)
 
 
+@onnx_op("InstanceNormalization")
+def _instance_norm(cx: Ctx):
+    """torch.onnx's group_norm: Reshape to [N, G, -1], InstanceNormalization with constant ones and
+    zeros, Reshape back, then the affine as Mul/Add: the middle step is layernorm over the trailing
+    dims without an affine.  A learned scale/bias here has no mapping yet."""
+    x = cx.tensor(0)
+    scale, bias = cx.arg(1), cx.arg(2)
+    if not (isinstance(scale, Const) and isinstance(bias, Const) and not scale.key and not bias.key
+            and np.all(scale.array == 1) and np.all(bias.array == 0)):
+        raise located(cx.origin, "InstanceNormalization with a learned scale or bias has no convdsl mapping yet")
+    return cx.add("layernorm", [x], {"dims": cx.type(x).rank - 2, "eps": _f32(cx.attrs.get("epsilon", 1e-5)),
+                                     "affine": False})
+
+
 @onnx_op("LayerNormalization")
 def _ln(cx: Ctx):
     x = cx.tensor(0)

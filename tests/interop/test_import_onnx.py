@@ -330,3 +330,24 @@ def test_conv_auto_pad_same(k, tmp_path):
     with torch.no_grad():
         a, b = m(x), build_module(r.graph)(x)
     assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_group_norm_through_instance_normalization(tmp_path):
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(1, 8), torch.nn.GroupNorm(4, 8)).eval()
+    with torch.no_grad():
+        for gn in m[1:]:
+            gn.weight.normal_()
+            gn.bias.normal_()
+    x = torch.randn(2, 3, 9, 9)
+    f = tmp_path / "gn.onnx"
+    torch.onnx.export(m, (x,), str(f), dynamo=False, do_constant_folding=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+    assert "InstanceNormalization" in {n.op_type for n in onnx.load(str(f)).graph.node}
+    r = import_onnx(f)
+    with torch.no_grad():
+        a, b = m(x), build_module(r.graph)(x)
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
