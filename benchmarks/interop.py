@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,9 @@ def _first(out):
 def _err(e: Exception) -> str:
     from convdsl.errors import ConvDSLError
 
+    if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "Cannot allocate memory" in str(e):
+        return f"out of memory under the benchmark's address-space cap (--max-memory): {type(e).__name__} (not a ConvDSLError)"
+
     if isinstance(e, ConvDSLError):
         return e.render().splitlines()[0][:300]
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:250] if str(e).strip() else ''} (not a ConvDSLError)"
@@ -134,52 +139,128 @@ def readability(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_model(family: str, name: str, routes=("export", "onnx"), prune: bool = True) -> dict:
-    from convdsl.api import import_model
+PARTS = {"export": ("export", "prune_convdsl"), "onnx": ("onnx",), "tp": ("prune_tp",)}
+STAGES = {"export": ["torch.export", "import", "structure", "fmt", "check", "build+compare", "prune"],
+          "onnx": ["torch.onnx.export", "import", "structure", "fmt", "check", "build+compare"],
+          "tp": ["Torch-Pruning"]}
+OWN = ("import", "structure", "fmt", "check")  # convdsl's own import time: source graph -> checked CDL program
+
+
+class Stages:
+    """Per-stage wall-clock seconds of one part, announced in a marker file so that the parent can say
+    in which stage a child ran out of time or memory."""
+
+    def __init__(self, marker: Path | None, part: str) -> None:
+        self.marker, self.part, self.seconds = marker, part, {}
+        self._t = None
+        self._name = None
+
+    def enter(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._name is not None:
+            self.seconds[self._name] = round(self.seconds.get(self._name, 0) + now - self._t, 3)
+        self._name, self._t = name, now
+        if self.marker is not None and name is not None:
+            self.marker.write_text(json.dumps({"part": self.part, "stage": name}))
+
+    def skip(self) -> None:
+        """Drop the running stage's time (a callee measured its parts)."""
+        self._name = None
+
+    def done(self) -> dict:
+        self.enter(None)
+        return dict(self.seconds)
+
+    def add(self, seconds: dict) -> None:
+        for k, v in seconds.items():
+            self.seconds[k] = round(self.seconds.get(k, 0) + v, 3)
+
+
+def _summary(r, err: float) -> dict:
+    return {"ok": True, "match": err <= 1e-5, "rel_err": err,
+            "lines": r.text.count("\n"), "code_lines": code_lines(r.text), "blocks": r.text.count("\nblock "),
+            "loops": r.text.count(" for ")}
+
+
+_BUILT: dict = {}
+
+
+def run_part(family: str, name: str, part: str, marker: Path | None = None) -> dict:
+    """One part of one model's row: "export" (torch.export route, then convdsl prune on its program),
+    "onnx" (the ONNX route) or "tp" (Torch-Pruning).  Returns {result key: result}."""
     from convdsl.backends.torch import build_module
-    from convdsl.importer import import_onnx
+    from convdsl.importer.api import parse_back
 
-    torch.manual_seed(0)
-    res = {"family": family, "model": name}
-    model = _model(family, name)
-    s = _size(name)
-    x = torch.randn(2, 3, s, s)
-    with torch.no_grad():
-        ref = _first(model(x)).numpy()
+    st = Stages(marker, part)
+    st.enter("model")
+    if (family, name) not in _BUILT:  # the parts of one child share the model (Torch-Pruning prunes a copy)
+        torch.manual_seed(0)
+        model = _model(family, name)
+        s = _size(name)
+        x = torch.randn(2, 3, s, s)
+        with torch.no_grad():
+            ref = _first(model(x)).numpy()
+        _BUILT.clear()
+        _BUILT[(family, name)] = model, x, ref
+    model, x, ref = _BUILT[(family, name)]
+    out: dict = {}
+    if part == "tp":
+        st.enter("Torch-Pruning")
+        r = _prune_tp(model, x, ref.shape)
+        r["stages"] = st.done()
+        return {"prune_tp": r}
     imported = None
-    for route in routes:
-        t0 = time.perf_counter()
-        try:
-            if route == "export":
-                r = import_model(model, (x,))
-            else:
-                with tempfile.TemporaryDirectory() as d:
-                    f = Path(d) / "m.onnx"
-                    torch.onnx.export(model, (x[:1],), str(f), dynamo=False, do_constant_folding=False,
-                                      training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"],
-                                      dynamic_axes={"x": {0: "N"}})
-                    t0 = time.perf_counter()
-                    r = import_onnx(f)
-            seconds = time.perf_counter() - t0
-            mod = build_module(r.graph)
-            with torch.no_grad():
-                out = _first(mod(x)).numpy()
-            err = _rel(out, ref)
-            res[route] = {"ok": True, "match": err <= 1e-5, "rel_err": err, "seconds": round(seconds, 2),
-                          "lines": r.text.count("\n"), "code_lines": code_lines(r.text),
-                          "blocks": r.text.count("\nblock "), "loops": r.text.count(" for ")}
-            if route == "export":
-                imported = r
-        except Exception as e:  # every failure is reported, never hidden
-            res[route] = {"ok": False, "error": _err(e)}
-    if prune:
-        res["prune_convdsl"] = _prune_convdsl(imported, x) if imported is not None else {"ok": False,
-                                                                                          "error": "not imported"}
-        res["prune_tp"] = _prune_tp(model, x, ref.shape)
-    return res
+    try:
+        if part == "export":
+            from convdsl.importer.torch_export import _snake, export_program, import_exported
+
+            st.enter("torch.export")
+            ep, dynamic = export_program(model, (x,), True)
+            st.enter("import")
+            imp = import_exported(ep, model, _snake(type(model).__name__), dynamic)
+            imp.source = imp.source or type(model).__name__
+        else:
+            from convdsl.importer.onnx_import import import_file
+
+            with tempfile.TemporaryDirectory() as d:
+                f = Path(d) / "m.onnx"
+                st.enter("torch.onnx.export")
+                torch.onnx.export(model, (x[:1],), str(f), dynamo=False, do_constant_folding=False,
+                                  training=torch.onnx.TrainingMode.PRESERVE, input_names=["x"],
+                                  dynamic_axes={"x": {0: "N"}})
+                st.enter("import")
+                imp = import_file(f)
+        st.enter("structure+fmt+check")
+        inner: dict = {}
+        r = parse_back(imp, stages=inner)
+        st.skip()  # parse_back measured its three stages itself
+        st.add(inner)
+        st.enter("build+compare")
+        mod = build_module(r.graph)
+        with torch.no_grad():
+            got = _first(mod(x)).numpy()
+        out[part] = _summary(r, _rel(got, ref))
+        imported = r
+    except MemoryError:
+        out[part] = {"ok": False, "error": f"out of memory (the benchmark's --max-memory cap) in stage {st._name}"}
+    except Exception as e:  # every failure is reported, never hidden
+        out[part] = {"ok": False, "error": _err(e), "stage": st._name}
+    if part == "export":
+        st.enter("prune")
+        out["prune_convdsl"] = _prune_convdsl(imported, x, ref.shape) if imported is not None else \
+            {"ok": False, "error": "not imported"}
+    seconds = st.done()
+    if out[part].get("ok"):
+        out[part]["seconds"] = round(sum(seconds.get(k, 0) for k in OWN), 2)
+    out[part]["stages"] = {k: v for k, v in seconds.items() if k != "prune"}
+    if part == "export":
+        out["prune_convdsl"]["stages"] = {"prune": seconds.get("prune", 0)}
+    return out
 
 
-def _prune_convdsl(r, x) -> dict:
+def _prune_convdsl(r, x, want: tuple) -> dict:
+    """convdsl prune --ratio 0.5 on the imported program; ``want`` is the imported program's output
+    shape (it matched the source's, so the source's shape)."""
     from convdsl.backends.torch import build_module
     from convdsl.passes.prune import prune
 
@@ -188,8 +269,7 @@ def _prune_convdsl(r, x) -> dict:
         with torch.no_grad():
             out = _first(build_module(g)(x))
         before, after = r.graph.params.count(), g.params.count()
-        want = tuple(_first(build_module(r.graph)(x)).shape)
-        if tuple(out.shape) != want:
+        if tuple(out.shape) != tuple(want):
             return {"ok": False, "error": f"output shape {tuple(out.shape)}, expected {want}", "params": [before, after]}
         return {"ok": True, "params": [before, after]}
     except Exception as e:
@@ -247,40 +327,194 @@ def models(which: str) -> list[tuple[str, str]]:
     return out
 
 
-def report(rows: list[dict]) -> str:
-    lines = ["| set | model | export: ok / match / s / lines | onnx: ok / match / s / lines | prune convdsl | "
-             "prune Torch-Pruning |", "|---|---|---|---|---|---|"]
+KEYS = ("export", "onnx", "prune_convdsl", "prune_tp")
+STAGE_COLUMNS = ["model", "torch.export", "torch.onnx.export", "import", "structure", "fmt", "check", "build+compare",
+                 "prune", "Torch-Pruning"]
 
-    def cell(r):
+
+def report(rows: list[dict], todo: list[tuple[str, str]] | None = None) -> str:
+    """The coverage table (a part not run yet reads "-"), per-set counts over every listed model,
+    the stage breakdown and every failure with its message."""
+    lines = ["| set | model | export: ok / match / convdsl s (+ torch.export s) / lines | "
+             "onnx: ok / match / convdsl s / lines | prune convdsl: params kept | prune Torch-Pruning: params kept |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(r, route):
+        if r is None:
+            return "-"
         if not r.get("ok"):
             return "FAIL"
-        return f"yes / {'yes' if r['match'] else 'NO'} / {r['seconds']} / {r['lines']}"
+        st = r.get("stages")
+        sec = f"{r['seconds']}" if st else f"{r['seconds']}\u2020"
+        if route == "export" and st:
+            sec += f" (+ {st.get('torch.export', 0):.1f})"
+        return f"yes / {'yes' if r['match'] else 'NO'} / {sec} / {r['lines']}"
 
     def pcell(r):
+        if r is None:
+            return "-"
         if not r.get("ok"):
             return "FAIL"
         p = r.get("params")
-        return f"yes ({100 * p[1] / p[0]:.0f}% params)" if p and p[0] else "yes"
+        return f"yes ({100 * p[1] / p[0]:.0f}%)" if p and p[0] else "yes"
 
     for r in rows:
-        lines.append(f"| {r['family']} | {r['model']} | {cell(r['export'])} | {cell(r['onnx'])} | "
-                     f"{pcell(r['prune_convdsl'])} | {pcell(r['prune_tp'])} |")
+        lines.append(f"| {r['family']} | {r['model']} | {cell(r.get('export'), 'export')} | {cell(r.get('onnx'), 'onnx')} | "
+                     f"{pcell(r.get('prune_convdsl'))} | {pcell(r.get('prune_tp'))} |")
     lines.append("")
-    for fam in sorted({r["family"] for r in rows}):
-        sub = [r for r in rows if r["family"] == fam]
-        n = len(sub)
-        for route in ("export", "onnx"):
-            ok = sum(1 for r in sub if r[route].get("ok") and r[route].get("match"))
-            lines.append(f"- {fam}, {route}: {ok}/{n} import and match ({100 * ok / n:.0f}%)")
-        lines.append(f"- {fam}, prune 0.5: convdsl {sum(1 for r in sub if r['prune_convdsl'].get('ok'))}/{n}, "
-                     f"Torch-Pruning {sum(1 for r in sub if r['prune_tp'].get('ok'))}/{n}")
+    lines.append("\u2020 cached by the earlier in-process benchmark: no stage breakdown; its export seconds include "
+                 "torch.export.")
+    lines.append("")
+    listed = todo or [(r["family"], r["model"]) for r in rows]
+    by = {(r["family"], r["model"]): r for r in rows}
+    for fam in sorted({f for f, _ in listed}):
+        names = [n for f, n in listed if f == fam]
+        sub = [by[(fam, n)] for n in names if (fam, n) in by]
+        n = len(names)
+        for key, what in (("export", "torch.export route: import and match"), ("onnx", "ONNX route: import and match"),
+                          ("prune_convdsl", "convdsl prune 0.5: output shape intact"),
+                          ("prune_tp", "Torch-Pruning 0.5: output shape intact")):
+            ran = [r for r in sub if key in r]
+            ok = sum(1 for r in ran if r[key].get("ok") and r[key].get("match", True))
+            extra = ""
+            if key == "prune_convdsl":  # convdsl prunes programs: its goal is every imported model
+                imported = [r for r in ran if (r.get("export") or {}).get("ok")]
+                extra = f" ({sum(1 for r in imported if r[key].get('ok'))}/{len(imported)} of those imported)"
+            lines.append(f"- {fam}, {what}: **{ok}/{len(ran)} run** ({100 * ok / max(len(ran), 1):.0f}%){extra}; "
+                         f"{n - len(ran)} of the {n} listed not run")
+    lines.append("")
+    lines.append("Seconds per stage, summed over the models above that ran the stage (where the benchmark's time goes):")
+    lines.append("")
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        for key in KEYS:
+            for k, v in (r.get(key) or {}).get("stages", {}).items():
+                totals.setdefault(k, []).append(v)
+    lines.append("| " + " | ".join(k for k in STAGE_COLUMNS if k in totals) + " |")
+    lines.append("|" + "---:|" * sum(1 for k in STAGE_COLUMNS if k in totals))
+    lines.append("| " + " | ".join(f"{sum(totals[k]):.0f}" for k in STAGE_COLUMNS if k in totals) + " |")
     lines.append("")
     lines.append("Failures:")
     for r in rows:
-        for key in ("export", "onnx", "prune_convdsl", "prune_tp"):
-            if not r[key].get("ok"):
+        for key in KEYS:
+            if key in r and not r[key].get("ok"):
                 lines.append(f"- {r['model']} [{key}]: {r[key].get('error')}")
     return "\n".join(lines)
+
+
+def stages_of(row: dict) -> str:
+    """One model's stage breakdown (must-show 3 for resnet50)."""
+    out = []
+    for key in ("export", "onnx"):
+        st = (row.get(key) or {}).get("stages")
+        if st:
+            out.append(f"- {row['model']}, {key}: " + ", ".join(f"{k} {v:.2f} s" for k, v in st.items())
+                       + f"; convdsl's own (import + structure + fmt + check): {row[key].get('seconds')} s")
+    return "\n".join(out)
+
+
+def _limit_memory(gb: float):
+    def apply() -> None:
+        import resource
+
+        cap = int(gb * (1 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return apply
+
+
+def run_isolated(family: str, name: str, parts: list[str], cache: Path, timeout: float, memory_gb: float) -> dict:
+    """Run the parts of one model in child processes, each part under a wall-clock limit and the whole
+    child under an RLIMIT_AS cap; a part that runs out of time or memory (or crashes the interpreter) is
+    a listed failure naming its stage, and the child is started again for the parts after it."""
+    f = cache / f"{family}-{name}.json"
+    marker = cache / f"{family}-{name}.stage"
+    todo = list(parts)
+    while todo:
+        marker.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--child", f"{family}:{name}", "--parts", ",".join(todo), "--cache", str(cache)]
+        with tempfile.TemporaryFile() as errf:
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, preexec_fn=_limit_memory(memory_gb),
+                                 env={**os.environ, "INTEROP_RUN_ID": RUN_ID})
+            seen, since = None, time.monotonic()
+            killed = False
+            while p.poll() is None:
+                time.sleep(0.5)
+                cur = _read_json(marker).get("part")
+                if cur != seen:
+                    seen, since = cur, time.monotonic()
+                if time.monotonic() - since > timeout:
+                    p.kill()
+                    p.wait()
+                    killed = True
+            errf.seek(0)
+            tail = errf.read().decode(errors="replace").strip().splitlines()
+        row = _read_json(f)
+        done = [t for t in todo if all(k in row and row[k].get("run") == RUN_ID for k in PARTS[t])]
+        todo = [t for t in todo if t not in done]
+        if not todo:
+            break
+        where = _read_json(marker)
+        part = where.get("part", todo[0])
+        part = part if part in todo else todo[0]
+        stage = where.get("stage", "start")
+        if killed:
+            why = f"timed out after {timeout:.0f} s in stage {stage} (benchmark limit, not a ConvDSLError)"
+        elif p.returncode < 0 or p.returncode in (137, 139):
+            why = f"child killed by signal {-p.returncode if p.returncode < 0 else p.returncode - 128} in stage {stage} " \
+                  f"(memory cap {memory_gb:g} GB?; not a ConvDSLError)"
+        else:
+            last = next((line for line in reversed(tail) if line.strip()), "")
+            why = f"child exited {p.returncode} in stage {stage}: {last[:200]} (not a ConvDSLError)"
+        for k in PARTS[part]:
+            row[k] = {"ok": False, "error": why, "stage": stage, "run": RUN_ID}
+        row.update(family=family, model=name)
+        f.write_text(json.dumps(row, indent=1))
+        todo.remove(part)
+    marker.unlink(missing_ok=True)
+    return _read_json(f)
+
+
+def _read_json(f: Path) -> dict:
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+RUN_ID = os.environ.get("INTEROP_RUN_ID") or f"{os.getpid()}-{int(time.time())}"
+
+
+def child(spec: str, parts: list[str], cache: Path) -> None:
+    family, name = spec.split(":", 1)
+    torch.set_num_threads(2)
+    f = cache / f"{family}-{name}.json"
+    marker = cache / f"{family}-{name}.stage"
+    for part in parts:
+        try:
+            got = run_part(family, name, part, marker)
+        except MemoryError:
+            stage = _read_json(marker).get("stage", "?")
+            got = {k: {"ok": False, "error": f"out of memory (the benchmark's memory cap) in stage {stage}"} for k in PARTS[part]}
+        except Exception as e:  # building the model itself failed
+            got = {k: {"ok": False, "error": _err(e), "stage": "model"} for k in PARTS[part]}
+        row = _read_json(f)
+        row.update(family=family, model=name)
+        for k, v in got.items():
+            v["run"] = RUN_ID
+            row[k] = v
+        f.write_text(json.dumps(row, indent=1))
+
+
+def _complete(row: dict, parts: list[str], rerun_failed: bool) -> list[str]:
+    """The parts of a cached row still to run."""
+    need = []
+    for part in parts:
+        rs = [row.get(k) for k in PARTS[part]]
+        if any(r is None for r in rs):
+            need.append(part)
+        elif rerun_failed and any(not r.get("ok") for r in rs):
+            need.append(part)
+    return need
 
 
 def main() -> None:
@@ -293,12 +527,22 @@ def main() -> None:
     ap.add_argument("--skip", default=None, help="comma-separated model names to leave out")
     ap.add_argument("--order", default="list", choices=("list", "size"),
                     help="size: smallest models first (parameter counts from meta-device instances)")
+    ap.add_argument("--parts", default="export,onnx,tp", help="export (+ convdsl prune), onnx, tp (Torch-Pruning)")
+    ap.add_argument("--timeout", type=float, default=600, help="wall-clock seconds per part of a model")
+    ap.add_argument("--max-memory", type=float, default=10, help="GB of address space per child (RLIMIT_AS)")
+    ap.add_argument("--jobs", type=int, default=1, help="models run at the same time (each in its own processes)")
     ap.add_argument("--fresh", action="store_true", help="recompute cached models")
+    ap.add_argument("--rerun-failed", action="store_true", help="recompute the cached parts that failed")
     ap.add_argument("--report", action="store_true", help="print the table from the cache only")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
+    parts = args.parts.split(",")
+    if args.child:
+        child(args.child, parts, cache)
+        return
+    torch.set_num_threads(2)
     todo = models(args.set)
     if args.only:
         keep = set(args.only.split(","))
@@ -310,27 +554,33 @@ def main() -> None:
         todo.sort(key=lambda t: _param_count(*t))
     if args.limit:
         todo = todo[: args.limit]
-    rows = []
-    for family, name in todo:
-        f = cache / f"{family}-{name}.json"
-        if f.exists() and not args.fresh:
-            rows.append(json.loads(f.read_text()))
-            continue
-        if args.report:
-            continue
-        try:
-            hand = args.set == "hand-written"  # the readability table needs the torch.export route only
-            r = run_model(family, name, ("export",), False) if hand else run_model(family, name)
-        except Exception as e:
-            r = {"family": family, "model": name, "export": {"ok": False, "error": _err(e)},
-                 "onnx": {"ok": False, "error": "not run"}, "prune_convdsl": {"ok": False, "error": "not run"},
-                 "prune_tp": {"ok": False, "error": "not run"}, "trace": traceback.format_exc()[-500:]}
-        f.write_text(json.dumps(r, indent=1))
-        rows.append(r)
-        print(f"{family} {name}: export {r['export'].get('ok')}/{r['export'].get('match')} "
-              f"onnx {r.get('onnx', {}).get('ok')}/{r.get('onnx', {}).get('match')}", flush=True)
+    if args.set == "hand-written":
+        parts = ["export"]  # the readability table needs the torch.export route only
+    def one(t: tuple[str, str]) -> dict:
+        family, name = t
+        row = _read_json(cache / f"{family}-{name}.json")
+        need = parts if args.fresh else _complete(row, parts, args.rerun_failed)
+        if need and not args.report:
+            t0 = time.monotonic()
+            row = run_isolated(family, name, need, cache, args.timeout, args.max_memory)
+            print(f"{family} {name} ({time.monotonic() - t0:.0f} s): " + ", ".join(
+                f"{k} {'ok' if row.get(k, {}).get('ok') else 'FAIL'}"
+                + ("" if not row.get(k, {}).get("ok") or "match" not in row[k] else
+                   f"/{'match' if row[k]['match'] else 'MISMATCH'}") for k in ("export", "onnx", "prune_convdsl", "prune_tp")
+                if k in row), flush=True)
+        return row
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each model runs in child processes
+        done = list(pool.map(one, todo))
+    rows = [row for row in done if any(k in row for k in KEYS)]
     if args.set != "hand-written":
-        print(report(rows))
+        print(report(rows, todo))
+        print()
+        for row in rows:
+            if row["model"] in ("resnet50",):
+                print(stages_of(row))
         print()
     print(readability(rows))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,7 @@ from convdsl.ir.graph import Graph
 from convdsl.ir.verify import verify
 
 from convdsl.importer.builder import Imported
-from convdsl.importer.structure import write_cdl
+from convdsl.importer.structure import Writer
 
 
 @dataclass
@@ -23,12 +24,18 @@ class ImportResult:
     flat: Graph  # the graph the frontend built
 
 
-def parse_back(imp: Imported, file: str = "<import>") -> ImportResult:
+def parse_back(imp: Imported, file: str = "<import>", stages: dict[str, float] | None = None) -> ImportResult:
     """Write the CDL, elaborate it with the front end, load the weights, and check that the program
-    is the imported graph (same parameters, same ops)."""
+    is the imported graph (same parameters, same ops).  ``stages`` (if given) receives the seconds of
+    "structure" (blocks, loops, labels), "fmt" and "check" (elaborate, load, verify)."""
     from convdsl.lang.elaborate import elaborate
+    from convdsl.lang.format import format_source
 
-    text = write_cdl(imp)
+    t0 = time.perf_counter()
+    text = Writer(imp).build()
+    t1 = time.perf_counter()
+    text = format_source(text)
+    t2 = time.perf_counter()
     g = elaborate(text, file)
     flat = imp.graph
     weights = {k: v for k, v in flat.params.items()}
@@ -41,7 +48,10 @@ def parse_back(imp: Imported, file: str = "<import>") -> ImportResult:
     ops_b = sorted(n.op for n in g.nodes() if n.op != "input")
     if ops_a != ops_b:  # pragma: no cover - a bug in the CDL writer
         raise ModelImportError("the written program's ops differ from the imported graph's")
-    return ImportResult(text, weights, verify(g), dict(imp.renamed), flat)
+    checked = verify(g)
+    if stages is not None:
+        stages.update(structure=t1 - t0, fmt=t2 - t1, check=time.perf_counter() - t2)
+    return ImportResult(text, weights, checked, dict(imp.renamed), flat)
 
 
 def import_torch(module, example_inputs, name: str | None = None, dynamic_batch: bool = True) -> ImportResult:

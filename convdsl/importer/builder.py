@@ -122,3 +122,41 @@ def _ident(name: str) -> str:
 
     s = re.sub(r"\W", "_", name)
     return s if s and not s[0].isdigit() else f"v_{s}"
+
+
+def einsum(cx: Any, equation: str, a: Value, b: Value) -> Value:
+    """A two-operand einsum that is a batched matrix product (every index is a batch index of both
+    operands and the output, the one contracted index, or the one free index of one operand), as
+    ``permute -> matmul -> permute``: MaxViT's ``"B G H I D, B G H J D -> B G H I J"``.  ``cx`` is a
+    frontend's context (``add``, ``type``, ``origin``); anything else is a located error."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, out = eq.partition("->")
+    parts = lhs.split(",")
+    ta, tb = cx.type(a), cx.type(b)
+    why = None
+    if not arrow or len(parts) != 2 or "." in eq:
+        why = "only explicit two-operand equations ('ij,jk->ik') map"
+    else:
+        ia, ib = parts
+        if len(ia) != ta.rank or len(ib) != tb.rank:
+            why = "the equation's subscripts do not match the operands' ranks"
+        elif len(set(ia)) != len(ia) or len(set(ib)) != len(ib) or len(set(out)) != len(out):
+            why = "a repeated subscript (a diagonal) has no convdsl op"
+        else:
+            batch = [c for c in out if c in ia and c in ib]
+            contracted = [c for c in ia if c in ib and c not in out]
+            free_a = [c for c in ia if c not in ib]
+            free_b = [c for c in ib if c not in ia]
+            if len(contracted) != 1 or len(free_a) != 1 or len(free_b) != 1 or \
+                    any(c not in out for c in free_a + free_b) or len(out) != len(batch) + 2:
+                why = "only batched matrix products (one contracted and one free index per operand) map"
+    if why is not None:
+        raise located(cx.origin, f"einsum '{equation}': {why}")
+    k, i, j = contracted[0], free_a[0], free_b[0]
+
+    def perm(x: Value, have: str, want: list[str]) -> Value:
+        dims = tuple(have.index(c) for c in want)
+        return x if dims == tuple(range(len(dims))) else cx.add("permute", [x], {"dims": dims})
+
+    y = cx.add("matmul", [perm(a, ia, batch + [i, k]), perm(b, ib, batch + [k, j])])
+    return perm(y, "".join(batch + [i, j]), list(out))

@@ -26,7 +26,7 @@ from convdsl.errors import ModelImportError, SourceError, Span, UsageError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
 from convdsl.importer.onnx_patterns import View, find as find_patterns
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
 
@@ -124,6 +124,23 @@ def onnx_op(*names: str):
     return register
 
 
+def _same_pads(cx: Ctx, a: dict, kernel, nd: int) -> list[int]:
+    """ONNX auto_pad SAME_UPPER / SAME_LOWER as explicit pads (begins, then ends): the output is
+    ceil(in / stride); the odd one of a pair goes to the end (UPPER) or the beginning (LOWER)."""
+    shape = cx.type(cx.tensor(0)).shape[-nd:]
+    strides = list(a.get("strides", [1] * nd))
+    dils = list(a.get("dilations", [1] * nd))
+    lo, hi = [], []
+    for size, k, st, d in zip(shape, kernel, strides, dils):
+        if not isinstance(size, int):
+            raise located(cx.origin, f"auto_pad={a['auto_pad']} over a symbolic size has no fixed padding")
+        total = max((-(-size // st) - 1) * st + (int(k) - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        lo.append(small if a["auto_pad"] == "SAME_UPPER" else big)
+        hi.append(big if a["auto_pad"] == "SAME_UPPER" else small)
+    return lo + hi
+
+
 @onnx_op("Conv")
 def _conv(cx: Ctx):
     w = cx.arg(1)
@@ -131,9 +148,11 @@ def _conv(cx: Ctx):
         raise located(cx.origin, "a convolution with a computed weight has no convdsl op")
     nd = w.array.ndim - 2
     a = cx.attrs
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise located(cx.origin, f"auto_pad={a['auto_pad']} is not supported; export with explicit pads")
     pads = list(a.get("pads", [0] * 2 * nd))
+    if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):  # timm's padding="same" (ConvMixer)
+        pads = _same_pads(cx, a, w.array.shape[2:], nd)
+    elif a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise located(cx.origin, f"auto_pad={a['auto_pad']} is not supported; export with explicit pads")
     lo, hi = pads[:nd], pads[nd:]
     pad = _ints(lo) if lo == hi else tuple(p for pr in zip(lo, hi) for p in pr)
     pid, params = cx.owner(weight=w, bias=cx.arg(2))
@@ -215,6 +234,20 @@ def _bn(cx: Ctx):
                   params, id=pid)
 
 
+@onnx_op("InstanceNormalization")
+def _instance_norm(cx: Ctx):
+    """torch.onnx's group_norm: Reshape to [N, G, -1], InstanceNormalization with constant ones and
+    zeros, Reshape back, then the affine as Mul/Add: the middle step is layernorm over the trailing
+    dims without an affine.  A learned scale/bias here has no mapping yet."""
+    x = cx.tensor(0)
+    scale, bias = cx.arg(1), cx.arg(2)
+    if not (isinstance(scale, Const) and isinstance(bias, Const) and not scale.key and not bias.key
+            and np.all(scale.array == 1) and np.all(bias.array == 0)):
+        raise located(cx.origin, "InstanceNormalization with a learned scale or bias has no convdsl mapping yet")
+    return cx.add("layernorm", [x], {"dims": cx.type(x).rank - 2, "eps": _f32(cx.attrs.get("epsilon", 1e-5)),
+                                     "affine": False})
+
+
 @onnx_op("LayerNormalization")
 def _ln(cx: Ctx):
     x = cx.tensor(0)
@@ -268,6 +301,13 @@ def _clip(cx: Ctx):
     if lo is not None and hi is None and float(lo) == 0.0:
         return cx.add("relu", [cx.tensor(0)])
     raise located(cx.origin, f"Clip({lo}, {hi}) has no convdsl op (relu6 is Clip(0, 6))")
+
+
+@onnx_op("Einsum")
+def _einsum(cx: Ctx):
+    if len(cx.node.input) != 2:
+        raise located(cx.origin, f"Einsum with {len(cx.node.input)} inputs has no convdsl mapping")
+    return einsum(cx, cx.attrs["equation"], cx.tensor(0), cx.tensor(1))
 
 
 @onnx_op("Softmax")
@@ -516,8 +556,17 @@ def _split(cx: Ctx):
 @onnx_op("Gather")
 def _gather(cx: Ctx):
     idx = cx.arg(1)
-    x = cx.tensor(0)
+    table = isinstance(cx.arg(0), Const)  # a parameter: its axis 0 is no batch
+    x = _tensor(cx, cx.arg(0)) if table else cx.tensor(0)
     axis = int(cx.attrs.get("axis", 0)) % cx.type(x).rank
+    if table and isinstance(idx, Const) and idx.array.ndim >= 1:
+        size = cx.type(x).shape[axis]
+        flat = cx.add("index_select", [x], {"index": tuple(int(i) % size for i in idx.array.reshape(-1)), "dim": axis})
+        if idx.array.ndim == 1:
+            return flat
+        t = cx.type(x)
+        shape = tuple(t.shape[:axis]) + tuple(idx.array.shape) + tuple(t.shape[axis + 1:])
+        return cx.add("reshape", [flat], {"shape": shape})
     if isinstance(idx, Const) and idx.array.ndim == 0:
         return cx.add("select", [x], {"index": int(idx.array), "dim": axis})
     if isinstance(idx, Const) and idx.array.ndim == 1 and axis > 0:
@@ -727,6 +776,8 @@ def _foldable(node, env: dict) -> bool:
     ins = [env.get(i) for i in node.input if i]
     if node.op_type == "Identity" and isinstance(ins[0], Const) and ins[0].key:
         return False  # a renamed parameter keeps its key (_identity)
+    if node.op_type == "Gather" and isinstance(ins[0], Const) and ins[0].key and ins[0].array.dtype.kind == "f":
+        return False  # a parameter table gathered by an index (a relative position bias): _gather
     return bool(ins) and all(isinstance(v, (Const, Dims)) for v in ins)
 
 
@@ -801,8 +852,8 @@ def load_model(path: str | os.PathLike):
     if not p.is_file():
         raise SourceError(f"{path} does not exist")
     try:
+        onnx.checker.check_model(str(p))  # from the path: no re-serialization of the loaded model
         model = onnx.load(str(p))
-        onnx.checker.check_model(model)
     except Exception as e:  # protobuf decode errors, checker errors...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceError(f"{path} is not a valid ONNX model ({first[:200]})",

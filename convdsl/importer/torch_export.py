@@ -25,7 +25,7 @@ from convdsl.errors import ModelImportError, Span, TraceError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
 
 TORCH_DTYPES = {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16", "torch.float64": "f64",
                 "torch.int64": "i64", "torch.int32": "i32", "torch.bool": "bool", "torch.uint8": "u8", "torch.int8": "i8"}
@@ -373,8 +373,10 @@ def _flatten(cx: Ctx, x, start=0, end=-1):
     return cx.add("flatten", [cx.tensor(x)], {"start": int(start), "end": int(end)})
 
 
-@aten("view", "reshape", "_unsafe_view", "unflatten", "view_as", "expand_as")
+@aten("view", "reshape", "_unsafe_view", "unflatten", "view_as", "reshape_as", "expand_as")
 def _view(cx: Ctx, x, *rest):
+    if isinstance(x, Param) and x.array is not None and x.array.dtype.kind in "iu":
+        return Param(x.key, x.array.reshape(cx.out_shape()))  # an index buffer stays a constant (see _index)
     v = cx.tensor(x)
     t = cx.type(v)
     out = cx.out_shape()
@@ -387,12 +389,38 @@ def _view(cx: Ctx, x, *rest):
     return cx.add("reshape", [v], {"shape": tuple(spec)})
 
 
+@aten("index")
+def _index(cx: Ctx, x, indices):
+    """``x[..., idx]`` with one constant integer index (a buffer: MaxViT's relative position index,
+    EfficientFormer's and LeViT's [N, N] attention bias index) -> index_select (and a reshape when the
+    index has more than one dim)."""
+    given = [(d, i) for d, i in enumerate(indices) if i is not None]
+    if len(given) != 1 or not isinstance(given[0][1], Param) or given[0][1].array is None or \
+            given[0][1].array.dtype.kind not in "iu" or given[0][1].array.ndim < 1:
+        raise located(cx.origin, "indexing has a convdsl mapping only with one constant integer index "
+                                 "(index_select)")
+    d, idx = given[0]
+    v = cx.tensor(x)
+    t = cx.type(v)
+    flat = cx.add("index_select", [v], {"index": tuple(int(i) % t.shape[d] for i in idx.array.reshape(-1)), "dim": d})
+    if idx.array.ndim == 1:
+        return flat
+    return cx.add("reshape", [flat], {"shape": tuple(t.shape[:d]) + tuple(idx.array.shape) + tuple(t.shape[d + 1:])})
+
+
+@aten("einsum")
+def _einsum(cx: Ctx, equation, operands, path=None):
+    if len(operands) != 2:
+        raise located(cx.origin, f"einsum '{equation}' with {len(operands)} operands has no convdsl mapping")
+    return einsum(cx, equation, cx.tensor(operands[0]), cx.tensor(operands[1]))
+
+
 @aten("permute")
 def _permute(cx: Ctx, x, dims):
     return cx.add("permute", [cx.tensor(x)], {"dims": tuple(int(d) for d in dims)})
 
 
-@aten("transpose")
+@aten("transpose", "swapaxes", "swapdims")
 def _transpose(cx: Ctx, x, a, b):
     return cx.add("transpose", [cx.tensor(x)], {"dim0": int(a), "dim1": int(b)})
 
@@ -572,8 +600,26 @@ def _flip(cx: Ctx, x, dims):
 
 
 @aten("roll")
-def _roll(cx: Ctx, x, *rest):
-    raise located(cx.origin, "torch.roll outside a window-attention module has no convdsl op")
+def _roll(cx: Ctx, x, shifts, dims=()):
+    """torch.roll along given dims (timm Swin's cyclic shift) as split + concat, which is exact:
+    roll(x, s, d) = concat([x[-s:], x[:-s]], d).  A roll of the flattened tensor (no dims) is refused."""
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not dims or len(dims) != len(shifts) or not all(isinstance(s, int) for s in shifts):
+        raise located(cx.origin, "torch.roll without dims (of the flattened tensor) or with computed shifts has "
+                                 "no convdsl op")
+    v = cx.tensor(x)
+    for s, d in zip(shifts, dims):
+        t = cx.type(v)
+        d = int(d) % t.rank
+        n = t.shape[d]
+        if not isinstance(n, int) or d == 0:
+            raise located(cx.origin, "torch.roll along the batch or a symbolic dim has no convdsl op")
+        s %= n
+        if s:
+            head, tail = cx.add("split", [v], {"dim": d, "sizes": (n - s, s)})
+            v = cx.add("concat", [tail, head], {"dim": d})
+    return v
 
 
 # ---- modules mapped as a whole ----------------------------------------------------------------------

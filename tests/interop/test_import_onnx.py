@@ -442,3 +442,58 @@ def test_torch_onnx_convnext_keeps_exact_keys_on_non_leaf_modules(tmp_path):
     assert r.renamed == {} and "as param layer_scale" in r.text and "layernorm2d" in r.text
     assert set(r.weights) == set(model.state_dict())
     model.load_state_dict(build_module(r.graph).state_dict())
+
+
+def test_einsum_as_a_matrix_product(tmp_path):
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+    from tests.interop.test_import_torch import _RelBiasAttention
+
+    torch.manual_seed(0)
+    m = _RelBiasAttention().eval()
+    x = torch.randn(2, 9, 8)
+    f = tmp_path / "att.onnx"
+    torch.onnx.export(m, (x,), str(f), dynamo=False, do_constant_folding=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+    assert "Einsum" in {n.op_type for n in onnx.load(str(f)).graph.node}
+    r = import_onnx(f)
+    with torch.no_grad():
+        a, b = m(x), build_module(r.graph)(x)
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_conv_auto_pad_same(k, tmp_path):
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, k, padding="same"), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 3, 9, 9)
+    f = tmp_path / "same.onnx"
+    torch.onnx.export(m, (x,), str(f), dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    r = import_onnx(f)
+    with torch.no_grad():
+        a, b = m(x), build_module(r.graph)(x)
+    assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_group_norm_through_instance_normalization(tmp_path):
+    torch = pytest.importorskip("torch")
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(1, 8), torch.nn.GroupNorm(4, 8)).eval()
+    with torch.no_grad():
+        for gn in m[1:]:
+            gn.weight.normal_()
+            gn.bias.normal_()
+    x = torch.randn(2, 3, 9, 9)
+    f = tmp_path / "gn.onnx"
+    torch.onnx.export(m, (x,), str(f), dynamo=False, do_constant_folding=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}})
+    assert "InstanceNormalization" in {n.op_type for n in onnx.load(str(f)).graph.node}
+    r = import_onnx(f)
+    with torch.no_grad():
+        a, b = m(x), build_module(r.graph)(x)
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())

@@ -198,3 +198,72 @@ def test_addcmul_is_add_and_mul():
             return x.addcmul(self.weight.view(1, 1, 1, -1), x * nx) + self.bias.view(1, 1, 1, -1)
 
     _check(GRN().eval(), torch.randn(2, 8, 4, 4))
+
+
+class _RelBiasAttention(torch.nn.Module):
+    """MaxViT's pieces: einsum attention, a bias table gathered by an integer index buffer, swapaxes."""
+
+    def __init__(self, m: int = 3, heads: int = 2, dim: int = 8):
+        super().__init__()
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.table = torch.nn.Parameter(torch.randn((2 * m - 1) ** 2, heads))
+        ij = torch.stack(torch.meshgrid(torch.arange(m), torch.arange(m), indexing="ij")).flatten(1)
+        rel = (ij[:, :, None] - ij[:, None, :]).permute(1, 2, 0) + m - 1
+        self.register_buffer("index", (rel[..., 0] * (2 * m - 1) + rel[..., 1]).long())
+        self.heads, self.n = heads, m * m
+
+    def forward(self, x):  # x: [B, n, dim]
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)].view(self.n, self.n, -1).permute(2, 0, 1)
+        a = torch.einsum("b h i d, b h j d -> b h i j", q, k) + bias
+        y = torch.einsum("bhij,bhjd->bhid", a.softmax(-1), v)
+        return y.swapaxes(1, 2).reshape(b, n, d)
+
+
+def test_einsum_index_buffer_and_swapaxes():
+    torch.manual_seed(0)
+    r = _check(_RelBiasAttention().eval(), torch.randn(2, 9, 8))
+    ops = [n.op for n in r.graph.nodes()]
+    assert ops.count("index_select") == 1 and ops.count("matmul") == 2 and "parameter" in ops
+
+
+def test_einsum_that_is_no_matrix_product_is_a_located_error():
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.einsum("bii->bi", x)
+
+    with pytest.raises(ModelImportError, match="einsum 'bii->bi'"):
+        import_model(Net().eval(), (torch.randn(2, 3, 3),))
+
+
+def test_a_two_dim_index_buffer_and_reshape_as():
+    class Net(torch.nn.Module):  # EfficientFormer's / LeViT's attention biases[:, idxs] with idxs [N, N]
+        def __init__(self):
+            super().__init__()
+            self.biases = torch.nn.Parameter(torch.randn(2, 4))
+            pos = torch.arange(4)
+            self.register_buffer("idxs", (pos[:, None] - pos[None, :]).abs())
+
+        def forward(self, x):  # x: [B, 2, 4, 4]
+            y = x + self.biases[:, self.idxs]
+            return y.reshape_as(x).softmax(-1)
+
+    torch.manual_seed(0)
+    r = _check(Net().eval(), torch.randn(2, 2, 4, 4))
+    assert [n.op for n in r.graph.nodes()].count("index_select") == 1
+
+
+def test_roll_is_split_and_concat():
+    class Net(torch.nn.Module):  # timm Swin's cyclic shift, outside the attention
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):  # x: [B, H, W, C]
+            y = torch.roll(self.fc(x), shifts=(-2, -2), dims=(1, 2))
+            return torch.roll(y, shifts=3, dims=2)
+
+    torch.manual_seed(0)
+    r = _check(Net().eval(), torch.randn(2, 5, 6, 4))
+    assert "roll" not in r.text and [n.op for n in r.graph.nodes()].count("concat") == 3

@@ -361,6 +361,26 @@ def test_protected_layers_keep_their_channels():
         compute_masks(g, 0.5, "l1", protect=("nope",), deps=deps)
 
 
+def test_a_free_parameter_is_no_path_from_the_input():
+    """A `parameter` node reads nothing from its input (importers hang free parameters off the network
+    input, as in timm's GlobalResponseNorm): the layers after it are not "first" layers."""
+    from convdsl.passes.prune.masks import protected_groups
+
+    g = prog("""
+network n(x: f32[N, 3, 8, 8]) {
+    s = x | parameter([1, 8, 1, 1]) as gamma
+    y = x | conv2d(8, 3) as stem | relu
+    y = y * s | conv2d(16, 1) as fc2 | relu | conv2d(8, 3) as last
+    return y
+}
+""")
+    deps = analyze(g)
+    protected = protected_groups(g, deps, ("first",))
+    assert [why for why in protected.values()] == ["first layer: stem"]
+    stream = next(grp for grp in deps.groups if "fc2" in grp.producers)
+    assert stream.name not in protected
+
+
 def test_global_scope_caps_each_group():
     g = prog(RESNETISH)
     deps = analyze(g)

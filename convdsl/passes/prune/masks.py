@@ -14,6 +14,7 @@ import numpy as np
 
 from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph
+from convdsl.passes.const_fold import CONSTANT
 from convdsl.passes.prune.groups import Dependencies, Group, lcm
 
 DEFAULT_PROTECT = ("first", "last")
@@ -50,13 +51,19 @@ def protected_groups(graph: Graph, deps: Dependencies, protect: Iterable[str]) -
 
 
 def _frontier(graph: Graph, producers: set[str], forward: bool) -> set[str]:
-    """Producers reached from the inputs (or back from the outputs) without passing another producer."""
+    """Producers reached from the inputs (or back from the outputs) without passing another producer.
+    A ``parameter`` node's input only places it in the graph (its values are never read), so no path
+    runs through it: an imported model's free parameters hang off the network input, and a walk through
+    them found the layers after every GlobalResponseNorm (timm ConvNeXt-V2) "first", which pinned every
+    residual stream."""
     start = list(graph.inputs) if forward else list(dict.fromkeys(v.node for v in graph.outputs))
     seen, found, stack = set(start), set(), list(start)
     while stack:
         nid = stack.pop()
         if nid in producers:
             found.add(nid)
+            continue
+        if graph.node(nid).op == CONSTANT:
             continue
         nxt = [c for c, _ in graph.users(nid)] if forward else [v.node for v in graph.inputs_of(nid)]
         for n in nxt:
