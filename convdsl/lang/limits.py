@@ -31,7 +31,8 @@ MAX_VALUE_DEPTH = 32  # lists nested in lists
 MAX_RANK = 64  # tensor rank, as numpy and torch
 MAX_DIM = 2**62  # one dimension (torch sizes are int64)
 MAX_DIM_TEXT = 256  # characters of a symbolic dimension ("(H-1)//2+1")
-MAX_ATTR_ITEMS = 4096  # items of a list given to an op (kernel sizes, shapes, split sizes...)
+MAX_ATTR_ITEMS = 65_536  # items of a list given to an op (kernel sizes, shapes, split sizes, gather indices: a 12x12
+#                         window's relative-position index is 20,736 positions, measured as two items each)
 MAX_NAME = 512  # characters of an instance name
 MAX_SOURCE = 4 * 1024 * 1024  # bytes of one .cdl file (the main file and every import)
 

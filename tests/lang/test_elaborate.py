@@ -538,3 +538,30 @@ def test_symbolic_size_errors_are_located_and_say_why(body, error, message, col)
         elaborate(net(body, inputs="x: f32[N, 3, 16, 16]"))
     assert info.value.span is not None and (info.value.span.line, info.value.span.column) == (3, col)
     assert info.value.hint
+
+
+def test_a_window_relative_position_index_fits_an_op_list_and_a_longer_list_is_located():
+    """Imported Swin/MaxViT programs write the relative-position index of every pair of positions in a window
+    literally (7x7: 2,401 positions; 12x12: 20,736); it must pass the op-list limit, and a list past the limit is
+    refused at its op with the limit named."""
+    import numpy as np
+    import torch
+
+    from convdsl.backends.torch import build_module
+    from convdsl.lang.limits import MAX_ATTR_ITEMS
+
+    m = 12
+    coords = np.stack(np.meshgrid(np.arange(m), np.arange(m), indexing="ij")).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (m - 1)
+    index = (rel[..., 0] * (2 * m - 1) + rel[..., 1]).reshape(-1)  # Swin's relative_position_index, flattened
+    src = (f"network net(t: f32[{(2 * m - 1) ** 2}, 3]) {{\n"
+           f"    return t | index_select([{', '.join(map(str, index))}], dim=0)\n}}")
+    g = elaborate(src)
+    table = torch.randn((2 * m - 1) ** 2, 3)
+    with torch.no_grad():
+        out = build_module(g)(table)
+    torch.testing.assert_close(out, table[torch.from_numpy(index)])  # torch's own gather is the reference
+
+    with pytest.raises(CDLTypeError) as e:
+        elaborate(f"network net(t: f32[4, 3]) {{\n    return t | index_select(range({MAX_ATTR_ITEMS + 1}), dim=0)\n}}")
+    assert e.value.span.line == 2 and f"at most {MAX_ATTR_ITEMS:,} items" in e.value.render()
