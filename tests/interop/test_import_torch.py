@@ -12,13 +12,14 @@ from convdsl.errors import ModelImportError, TraceError
 from convdsl.ir.weights import derived_buffers
 
 
-def _check(model, x, tol=1e-5):
+def _check(model, x, tol=1e-5, literal=()):
     """Outputs match, and the compiled module's state_dict has exactly the source's keys (less the
-    buffers an op recomputes): each loads the other's as is."""
+    buffers an op recomputes, and the constant integer index buffers named in `literal`, which the
+    importer writes into the program as index lists): each loads the other's as is."""
     r = import_model(model, (x,))
     mod = build_module(r.graph)
     # buffers the source stores and the op recomputes (Swin's relative_position_index: OpDef.derived)
-    derived = set(derived_buffers(r.graph)) & set(model.state_dict())
+    derived = (set(derived_buffers(r.graph)) | set(literal)) & set(model.state_dict())
     assert set(mod.state_dict()) == set(model.state_dict()) - derived
     assert r.renamed == {}
     mod.load_state_dict({k: v for k, v in model.state_dict().items() if k not in derived})
@@ -223,7 +224,7 @@ class _RelBiasAttention(torch.nn.Module):
 
 def test_einsum_index_buffer_and_swapaxes():
     torch.manual_seed(0)
-    r = _check(_RelBiasAttention().eval(), torch.randn(2, 9, 8))
+    r = _check(_RelBiasAttention().eval(), torch.randn(2, 9, 8), literal={"index"})
     ops = [n.op for n in r.graph.nodes()]
     assert ops.count("index_select") == 1 and ops.count("matmul") == 2 and "parameter" in ops
 
@@ -250,7 +251,7 @@ def test_a_two_dim_index_buffer_and_reshape_as():
             return y.reshape_as(x).softmax(-1)
 
     torch.manual_seed(0)
-    r = _check(Net().eval(), torch.randn(2, 2, 4, 4))
+    r = _check(Net().eval(), torch.randn(2, 2, 4, 4), literal={"idxs"})
     assert [n.op for n in r.graph.nodes()].count("index_select") == 1
 
 
