@@ -234,6 +234,23 @@ def _split_key(key: str, part: str) -> str | None:
     return key[: -len(part) - 1] if key.endswith("." + part) else None
 
 
+def _scaled_dot_product(v: View, sm):
+    """The core both attention patterns share, found from its Softmax: Softmax(q k^T * scale) v with q, k
+    and v each in heads-first form of the same (heads, head width).  (scale, the three _heads results,
+    [Mul, MatMul, Transpose, Softmax, MatMul]) or None."""
+    mul = v.made_by(sm.input[0], "Mul")
+    scale = v.scalar(mul.input[1]) if mul is not None else None
+    logits = v.made_by(mul.input[0], "MatMul") if scale is not None else None
+    kt = v.made_by(logits.input[1], "Transpose") if logits is not None else None
+    av = v.only_reader(sm.output[0], "MatMul")
+    if kt is None or av is None or av.input[0] != sm.output[0] or not _perm(v, kt, [0, 1, 3, 2]):
+        return None
+    parts = [_heads(v, value, [0, 2, 1, 3]) for value in (logits.input[0], kt.input[0], av.input[1])]
+    if any(p is None for p in parts) or len({(p[1], p[2]) for p in parts}) != 1:
+        return None
+    return scale, parts, [mul, logits, kt, sm, av]
+
+
 @pattern("mhsa")
 def _attention(v: View) -> list[Match]:
     """convdsl's export of mhsa and cross_attention without masks or position biases (``mha``):
@@ -246,21 +263,15 @@ def _attention(v: View) -> list[Match]:
     for sm in v.nodes("Softmax"):
         if v.attr(sm, "axis", -1) not in (-1, 3):
             continue
-        mul = v.made_by(sm.input[0], "Mul")
-        scale = v.scalar(mul.input[1]) if mul is not None else None
-        logits = v.made_by(mul.input[0], "MatMul") if scale is not None else None
-        kt = v.made_by(logits.input[1], "Transpose") if logits is not None else None
-        av = v.only_reader(sm.output[0], "MatMul")
-        if kt is None or av is None or av.input[0] != sm.output[0] or not _perm(v, kt, [0, 1, 3, 2]):
+        core = _scaled_dot_product(v, sm)
+        if core is None:
             continue
-        parts = [_heads(v, logits.input[0], [0, 2, 1, 3]), _heads(v, kt.input[0], [0, 2, 1, 3]),
-                 _heads(v, av.input[1], [0, 2, 1, 3])]
-        if any(p is None for p in parts):
-            continue
+        scale, parts, core_nodes = core
         (xq, wq, bq, _), heads, d, _ = parts[0]
         xs = [p[0][0] for p in parts]
-        if {(p[1], p[2]) for p in parts} != {(heads, d)} or xs[1] != xs[2]:
+        if xs[1] != xs[2]:
             continue
+        av = core_nodes[-1]
         back = v.only_reader(av.output[0], "Transpose")
         rs = v.only_reader(back.output[0], "Reshape") if _perm(v, back, [0, 2, 1, 3]) else None
         dim = heads * d
@@ -307,7 +318,7 @@ def _attention(v: View) -> list[Match]:
             attrs["qkv"] = qkv
         if proj_name != "out_proj":
             attrs["proj"] = proj_name
-        nodes = [n for p in parts for n in p[3]] + [mul, logits, kt, sm, av, back, rs] + proj_nodes
+        nodes = [n for p in parts for n in p[3]] + core_nodes + [back, rs] + proj_nodes
         uniq = list({id(n): n for n in nodes}.values())
         out.append(Match(op, [xs[0], xs[1]] if cross else [xs[0]], end, uniq, attrs, params))
     return out
@@ -341,17 +352,11 @@ def _conv_attention(v: View) -> list[Match]:
     v; heads back; linear ``<id>.proj``; Transpose(0, 2, 1) -> Reshape([0, C, H', W'])."""
     out = []
     for sm in v.nodes("Softmax"):
-        mul = v.made_by(sm.input[0], "Mul")
-        scale = v.scalar(mul.input[1]) if mul is not None else None
-        logits = v.made_by(mul.input[0], "MatMul") if scale is not None else None
-        kt = v.made_by(logits.input[1], "Transpose") if logits is not None else None
-        av = v.only_reader(sm.output[0], "MatMul")
-        if kt is None or av is None or av.input[0] != sm.output[0] or not _perm(v, kt, [0, 1, 3, 2]):
+        core = _scaled_dot_product(v, sm)
+        if core is None:
             continue
-        heads3 = [_heads(v, logits.input[0], [0, 2, 1, 3]), _heads(v, kt.input[0], [0, 2, 1, 3]),
-                  _heads(v, av.input[1], [0, 2, 1, 3])]
-        if any(h is None for h in heads3) or len({(h[1], h[2]) for h in heads3}) != 1:
-            continue
+        scale, heads3, core_nodes = core
+        av = core_nodes[-1]
         convs = [_conv_tokens(v, h[0][0]) for h in heads3]
         if any(c is None for c in convs) or len({c[0] for c in convs}) != 1:
             continue
@@ -397,7 +402,7 @@ def _conv_attention(v: View) -> list[Match]:
                  "proj_bias": proj[2] is not None,
                  # written out even when it is the head width's default: CvT scales by C**-0.5 (the op's doc)
                  "scale": _f32(scale)}
-        nodes = [n for h, cv in zip(heads3, convs) for n in h[3] + cv[4]] + [mul, logits, kt, sm, av, back, rs]
+        nodes = [n for h, cv in zip(heads3, convs) for n in h[3] + cv[4]] + core_nodes + [back, rs]
         nodes += proj[3] + [tr, img]
         uniq = list({id(n): n for n in nodes}.values())
         out.append(Match("conv_attention", [convs[0][0]], img.output[0], uniq, attrs, params))
