@@ -185,9 +185,11 @@ def _summary(r, err: float) -> dict:
 _BUILT: dict = {}
 
 
-def run_part(family: str, name: str, part: str, marker: Path | None = None) -> dict:
+def run_part(family: str, name: str, part: str, marker: Path | None = None, save=None) -> dict:
     """One part of one model's row: "export" (torch.export route, then convdsl prune on its program),
-    "onnx" (the ONNX route) or "tp" (Torch-Pruning).  Returns {result key: result}."""
+    "onnx" (the ONNX route) or "tp" (Torch-Pruning).  Returns {result key: result}.  ``save`` (if given)
+    receives the import's result before pruning starts, so that a prune that runs out of time or memory
+    does not take the finished import down with it."""
     from convdsl.backends.torch import build_module
     from convdsl.importer.api import parse_back
 
@@ -246,6 +248,11 @@ def run_part(family: str, name: str, part: str, marker: Path | None = None) -> d
     except Exception as e:  # every failure is reported, never hidden
         out[part] = {"ok": False, "error": _err(e), "stage": st._name}
     if part == "export":
+        if save is not None:
+            done = dict(out[part], stages={k: v for k, v in st.seconds.items()})
+            if done.get("ok"):
+                done["seconds"] = round(sum(done["stages"].get(k, 0) for k in OWN), 2)
+            save({part: done})
         st.enter("prune")
         out["prune_convdsl"] = _prune_convdsl(imported, x, ref.shape) if imported is not None else \
             {"ok": False, "error": "not imported"}
@@ -466,7 +473,8 @@ def run_isolated(family: str, name: str, parts: list[str], cache: Path, timeout:
             last = next((line for line in reversed(tail) if line.strip()), "")
             why = f"child exited {p.returncode} in stage {stage}: {last[:200]} (not a ConvDSLError)"
         for k in PARTS[part]:
-            row[k] = {"ok": False, "error": why, "stage": stage, "run": RUN_ID}
+            if row.get(k, {}).get("run") != RUN_ID:  # a result the part saved before it died stands
+                row[k] = {"ok": False, "error": why, "stage": stage, "run": RUN_ID}
         row.update(family=family, model=name)
         f.write_text(json.dumps(row, indent=1))
         todo.remove(part)
@@ -489,9 +497,16 @@ def child(spec: str, parts: list[str], cache: Path) -> None:
     torch.set_num_threads(2)
     f = cache / f"{family}-{name}.json"
     marker = cache / f"{family}-{name}.stage"
+    def save(got: dict) -> None:
+        row = _read_json(f)
+        row.update(family=family, model=name)
+        for k, v in got.items():
+            row[k] = dict(v, run=RUN_ID)
+        f.write_text(json.dumps(row, indent=1))
+
     for part in parts:
         try:
-            got = run_part(family, name, part, marker)
+            got = run_part(family, name, part, marker, save)
         except MemoryError:
             stage = _read_json(marker).get("stage", "?")
             got = {k: {"ok": False, "error": f"out of memory (the benchmark's memory cap) in stage {stage}"} for k in PARTS[part]}
