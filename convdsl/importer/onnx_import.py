@@ -28,7 +28,7 @@ from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
 from convdsl.importer.onnx_patterns import View, find as find_patterns
-from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
+from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
 
@@ -385,6 +385,15 @@ def _tensor(cx: Ctx, v) -> Value:
         if key != v.key:  # pragma: no cover - another node took the name
             cx.b.renamed[key] = v.key
         return out
+    if isinstance(v, Const) and v.array.dtype == np.float32 and v.array.size > 1:
+        # a tensor the exporter wrote as a Constant node, not an initializer: a non-persistent buffer
+        # (timm Swin's attention mask) or a table computed from sizes.  It has no source key, so it is a
+        # `parameter` named by its scope, its values in net.safetensors (the torch.export route writes
+        # the same buffer as a `parameter` named by its buffer key).
+        x = cx.b.graph.inputs[0]
+        shape = tuple(int(d) for d in v.array.shape)
+        return cx.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, {"weight": v.array},
+                      id=cx.default_id("constant"))
     raise located(cx.origin, "a constant tensor operand has no convdsl op (only named parameters)")
 
 
@@ -781,6 +790,16 @@ def _foldable(node, env: dict) -> bool:
     return bool(ins) and all(isinstance(v, (Const, Dims)) for v in ins)
 
 
+def _evaluable(node, env: dict) -> bool:
+    """A node outside ``FOLDABLE`` whose inputs are all static constants and none a parameter: a size or
+    index computation (``onnx_shapes.evaluate``).  A node reading a parameter (an initializer of floats:
+    a weight, a learned scale) is left to its mapping, which keeps the parameter and its key."""
+    ins = [env.get(i) for i in node.input if i]
+    if not ins or not all(isinstance(v, Const) or (isinstance(v, Dims) and lift(v) is not v) for v in ins):
+        return False
+    return not any(isinstance(v, Const) and v.key and v.array.dtype.kind in "fc" for v in ins)
+
+
 def _fold(cx: "Ctx", node, env: dict) -> list:
     ins, shapes = [], {}
     for i, name in enumerate(node.input):
@@ -936,6 +955,15 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
                               "export the model with static shapes (a symbolic batch only)") from None
             for name_, v in zip(node.output, result):
                 env[name_] = v
+            continue
+        if node.op_type not in FOLDABLE and _evaluable(node, env):
+            ins = [None if not n else (env[n].array if isinstance(env[n], Const) else lift(env[n])) for n in node.input]
+            try:
+                result = evaluate(node, ins, model.opset_import)
+            except ValueError as e:
+                raise located(origin, f"{node.op_type} on constants cannot be evaluated at import time ({e})") from None
+            for name_, v in zip(node.output, result):
+                env[name_] = Const(v)
             continue
         if node.domain not in ("", "ai.onnx"):
             raise located(origin, f"custom-domain op {node.domain}.{node.op_type} has no convdsl mapping")
