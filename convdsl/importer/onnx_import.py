@@ -465,10 +465,20 @@ def _reduce(cx: Ctx):
 
 @onnx_op("Flatten")
 def _flatten(cx: Ctx):
+    """ONNX Flatten(axis=k) is always 2-D: [d0*...*d(k-1), dk*...]; axis 1 is convdsl's flatten, any other
+    axis a reshape (LeViT's qkv BatchNorm runs on x.flatten(0, 1), axis 2 for a rank-3 input)."""
+    x = cx.tensor(0)
+    shape = cx.type(x).shape
     axis = int(cx.attrs.get("axis", 1))
-    if axis != 1:
-        raise located(cx.origin, f"Flatten(axis={axis}) has no convdsl op")
-    return cx.add("flatten", [cx.tensor(0)], {"start": 1, "end": -1})
+    axis = axis + len(shape) if axis < 0 else axis
+    if axis == 1:
+        return cx.add("flatten", [x], {"start": 1, "end": -1})
+    head, tail = shape[:axis], shape[axis:]
+    if all(isinstance(d, int) for d in tail):  # the batch is in the first dim: it takes the -1
+        return cx.add("reshape", [x], {"shape": (-1, math.prod(tail))})
+    if all(isinstance(d, int) for d in head):  # axis 0: [1, everything]
+        return cx.add("reshape", [x], {"shape": (math.prod(head), -1)})
+    raise located(cx.origin, f"Flatten(axis={axis}) splits symbolic sizes on both sides")  # pragma: no cover
 
 
 @onnx_op("Reshape")

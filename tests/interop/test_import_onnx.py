@@ -575,3 +575,39 @@ def test_torchvision_vit_mha_size_check_folds(tmp_path):
                 p.normal_(0, 0.02)
     _torch_onnx(m, torch.randn(1, 3, 32, 32), tmp_path)
     assert "Mod" in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, 3])
+def test_flatten_at_any_axis(axis, tmp_path):
+    """ONNX Flatten(axis=k) -> [d0*..*d(k-1), dk*..]: flatten for k=1, a reshape otherwise (timm LeViT
+    writes axis=2).  Reference: ONNX Runtime on the same file."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/m/Relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="/m/Flatten", axis=axis),
+             helper.make_node("Relu", ["f"], ["y"], name="/m/Relu_1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    f = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f)
+    r = import_onnx(f)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    want = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = torch_runner(r.graph)([x])[0]
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_timm_levit_through_torch_onnx(tmp_path):
+    """timm LeViT (small input): its qkv BatchNorm flattens with Flatten(axis=2); the attention-bias
+    index buffers come back as index_select lists."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    m = timm.create_model("levit_128s", pretrained=False, img_size=64, num_classes=5).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.abs().max():
+                p.normal_(0, 0.02)
+    _torch_onnx(m, torch.randn(1, 3, 64, 64), tmp_path)
+    assert any(n.op_type == "Flatten" and n.attribute[0].i == 2 for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
