@@ -109,6 +109,7 @@ C = (
     ("pixel_unshuffle", [(2, 3, 10, 6)], (2,), {}),
     ("index_select", S4, ([5, 0, -1, 2, 2],), dict(dim=1)),
     ("index_select", [(49, 3)], ([48, 0, 24, 7] * 3,), dict(dim=0)),
+    ("take", S4, ([2, 3],), dict(dim=2)),  # the index table as initialized (zeros); tables with data: test_shape
     # attention and tokens
     ("mhsa", SEQ, (), dict(heads=2)),
     ("mhsa", SEQ, (), dict(heads=2, dim=12, qkv_bias=False, mask="causal")),
