@@ -26,7 +26,7 @@ from convdsl.errors import ModelImportError, SourceError, Span, UsageError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 from convdsl.importer.onnx_patterns import View, find as find_patterns
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
 
@@ -37,6 +37,7 @@ ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6
 class Const:
     array: np.ndarray
     key: str | None = None  # an initializer's name (a parameter key)
+    stored: tuple | None = None  # the initializer's own shape, when ``array`` is a reshaped view of it
 
 
 class Ctx:
@@ -578,6 +579,15 @@ def _gather(cx: Ctx):
     table = isinstance(cx.arg(0), Const)  # a parameter: its axis 0 is no batch
     x = _tensor(cx, cx.arg(0)) if table else cx.tensor(0)
     axis = int(cx.attrs.get("axis", 0)) % cx.type(x).rank
+    if isinstance(idx, Const) and (table or axis > 0) and (idx.key or idx.array.ndim >= 2 or idx.array.size > 256):
+        # an index buffer (LeViT's attention_bias_idxs, MaxViT's relative_position_index): `take` holding it
+        # under its initializer's name; a non-persistent buffer (a Constant node) named by its scope
+        size = cx.type(x).shape[axis]
+        if index_buffer(cx.b, idx.key, idx.array, size):
+            owner = idx.key[: -len(".index")] if idx.key and idx.key.endswith(".index") else None
+            if owner is not None and any(k.startswith(owner + ".") and k != idx.key for k in cx.b.source_keys):
+                owner = None  # <owner> holds other keys: a module, so the key is the buffer's own name
+            return take(cx, x, axis, idx.key, idx.array, idx.stored, owner)
     if table and isinstance(idx, Const) and idx.array.ndim >= 1:
         size = cx.type(x).shape[axis]
         flat = cx.add("index_select", [x], {"index": tuple(int(i) % size for i in idx.array.reshape(-1)), "dim": axis})
@@ -823,7 +833,8 @@ def _fold(cx: "Ctx", node, env: dict) -> list:
     src = env.get(node.input[0]) if node.input else None
     # a parameter only reshaped (timm's GRN gamma.view(1, 1, 1, -1)) is still that parameter
     key = src.key if isinstance(src, Const) and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Cast") else None
-    return [Const(np.asarray(out), key)]
+    stored = (src.stored or tuple(src.array.shape)) if key else None
+    return [Const(np.asarray(out), key, stored)]
 
 
 # ---- the driver ---------------------------------------------------------------------------------------

@@ -611,3 +611,21 @@ def test_timm_levit_through_torch_onnx(tmp_path):
                 p.normal_(0, 0.02)
     _torch_onnx(m, torch.randn(1, 3, 64, 64), tmp_path)
     assert any(n.op_type == "Flatten" and n.attribute[0].i == 2 for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+
+
+def test_take_round_trips_through_onnx(tmp_path):
+    """convdsl's take exports as Gather of its index initializer (`<id>.index`) and comes back as the
+    same take, named as written (`as a`; `as param "b.idx"` when the key is no `<id>.index`)."""
+    src = ("network n(x: f32[N, 6, 5]) {\n    y = x | take([2, 3]) as a\n"
+           "    z = y | take([4], dim=3) as param \"b.idx\"\n    return z\n}\n")
+    g = load_graph(src)
+    g.params["a.index"] = np.array([[5, 0, 1], [2, 2, 3]], np.int64)
+    g.params["b.idx"] = np.array([4, 0, 1, 1], np.int64)
+    f = tmp_path / "take.onnx"
+    onnx.save(export_graph(g), f)
+    r = import_onnx(f)
+    assert canonical(r.graph) == canonical(g)
+    assert np.array_equal(r.graph.params["a.index"], g.params["a.index"])
+    x = np.random.default_rng(0).standard_normal((2, 6, 5)).astype(np.float32)
+    want = np.take(np.take(x, g.params["a.index"], axis=1), g.params["b.idx"], axis=-1)
+    np.testing.assert_array_equal(torch_runner(r.graph)([x])[0], want)
