@@ -99,6 +99,12 @@ def _index_select(cx, node, args, ins):
     return cx.op("Gather", [args[0], cx.ints(list(index))], axis=d)  # a 1-D index keeps the dim
 
 
+def _take(cx, node, args, ins):
+    # ONNX Gather takes an index tensor of any rank: out = x.shape[:dim] + index.shape + x.shape[dim+1:]
+    d, = normalize_dims("take", node.attrs["dim"], ins[0].rank)
+    return cx.op("Gather", [args[0], cx.param("index")], axis=d)
+
+
 def flip(cx: Exporter, x: str, dims) -> str:
     """Reverse ``x`` along ``dims`` (a Slice with step -1)."""
     dims = list(dims)
@@ -120,4 +126,5 @@ EXPORTS = family("shape", {
     "pixel_unshuffle": _pixel_unshuffle,
     "select": _select,
     "index_select": _index_select,
+    "take": _take,
 })

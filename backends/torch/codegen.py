@@ -348,13 +348,18 @@ def _assign_module(path: str, ctor: str) -> str:
 def _param_ctor(graph: Graph, node: Node) -> str:
     spec = graph.params.specs[node.id]
     dtype = "" if spec.dtype == "f32" else f", dtype=torch.{TORCH_DTYPE[spec.dtype]}"
+    if spec.buffer:  # take's index table: state, not a parameter
+        return f"torch.zeros({lit(tuple(spec.shape))}{dtype})"
     return f"nn.Parameter(torch.zeros({lit(tuple(spec.shape))}{dtype}))"
 
 
 def _assign_param(path: str, ctor: str) -> str:
-    """``self.encoder.pos_embedding = nn.Parameter(...)``: a parameter registered on its parent module."""
+    """``self.encoder.pos_embedding = nn.Parameter(...)``: a parameter registered on its parent module
+    (a buffer, ``torch.zeros(...)``, with ``register_buffer``)."""
     parent, _, last = path.rpartition(".")
     holder = module_ref(parent) if parent else "self"
+    if not ctor.startswith("nn.Parameter("):
+        return f"{holder}.register_buffer({last!r}, {ctor})"
     if _safe_attr(last):
         return f"{holder}.{last} = {ctor}"
     return f"{holder}.register_parameter({last!r}, {ctor})"

@@ -5,9 +5,13 @@ batch) by reading it from the tensor at run time.
 """
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims
+from convdsl.ir.ops.pool import normalize_dims
+from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims, take_shape
 from convdsl.ir.types import Dim, Size, TensorType, dim_eval, symbol_sources
 
 from convdsl.backends.torch.common import TorchLowering, family, keywords, lit, template
@@ -148,6 +152,30 @@ def _index_select_call(node: Node, ins: list[TensorType], mod: str | None, args:
     return f"{args[0]}[{':, ' * d}{list(index)}]"  # a list index keeps the dim: x[:, [2, 0, 1]]
 
 
+class IndexTable(nn.Module):
+    """take's integer index table: a buffer (saved in the state_dict, never trained)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.register_buffer("index", torch.zeros(shape, dtype=torch.int64))
+
+
+HELPERS: dict[str, object] = {"IndexTable": IndexTable}
+
+
+def _take_index(node: Node, ins: list[TensorType], args: list[str], index: str) -> str:
+    d, = normalize_dims("take", node.attrs["dim"], ins[0].rank)
+    return f"{args[0]}[{':, ' * d}{index}]"  # a tensor index puts its shape in place of dim d
+
+
+def _take_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    return _take_index(node, ins, args, f"{mod}.index")
+
+
+def _take_module(node: Node, ins: list[TensorType]) -> str:
+    return f"IndexTable({lit(take_shape(node.attrs))})"
+
+
 LOWERINGS.add("flatten", TorchLowering(_flatten_call))
 LOWERINGS.add("reshape", TorchLowering(_reshape_call, sizes=True))
 LOWERINGS.add("permute", TorchLowering(_permute_call))
@@ -161,3 +189,5 @@ LOWERINGS.add("pixel_shuffle", TorchLowering(template("F.pixel_shuffle({x}, {fac
 LOWERINGS.add("pixel_unshuffle", TorchLowering(template("F.pixel_unshuffle({x}, {factor})")))
 LOWERINGS.add("select", TorchLowering(_select_call))
 LOWERINGS.add("index_select", TorchLowering(_index_select_call))
+LOWERINGS.add("take", TorchLowering(_take_call, _take_module, helpers=("IndexTable",),
+                                    param_call=lambda node, ins, p, args: _take_index(node, ins, args, p)))

@@ -76,6 +76,11 @@ def _index_select(cx, node, args, ins):
     return R.take(args[0], cx.const(np.array(index), "int64"), axis=d, mode="clip")
 
 
+def _take(cx, node, args, ins):
+    d, = normalize_dims("take", node.attrs["dim"], ins[0].rank)
+    return R.take(args[0], cx.const(cx.param("index"), "int64"), axis=d, mode="clip")
+
+
 # ---- pixel shuffle ---------------------------------------------------------------------
 def _pixel_shuffle(cx, node, args, ins):
     # [..., C*r*r, H, W] -> [..., C, r, r, H, W] -> [..., C, H, r, W, r] -> [..., C, H*r, W*r]
@@ -112,3 +117,4 @@ LOWERINGS.add("pixel_shuffle", _pixel_shuffle)
 LOWERINGS.add("pixel_unshuffle", _pixel_unshuffle)
 LOWERINGS.add("select", _select)
 LOWERINGS.add("index_select", _index_select)
+LOWERINGS.add("take", _take)

@@ -124,6 +124,32 @@ def _ident(name: str) -> str:
     return s if s and not s[0].isdigit() else f"v_{s}"
 
 
+def index_buffer(b: Builder, key: str | None, index: np.ndarray, size: Any) -> bool:
+    """Whether a constant integer index read from the source's buffer ``key`` (None: a buffer with no
+    name) becomes a ``take`` holding that buffer (``take``): rank >= 1, every position in [0, size), and
+    read once (a second reader would need the same key twice).  Otherwise the positions are written as
+    an ``index_select`` list."""
+    return index.dtype.kind in "iu" and index.ndim >= 1 and isinstance(size, int) and index.size > 0 and \
+        int(index.min()) >= 0 and int(index.max()) < size and (key is None or b._unique(key) == key)
+
+
+def take(cx: Any, x: Value, dim: int, key: str | None, index: np.ndarray, stored: tuple | None = None,
+         owner: str | None = None) -> Value:
+    """``x`` gathered along ``dim`` by an index buffer: ``take`` holding the buffer as the source holds it
+    (shape ``stored``, named ``key`` exactly: ``as param "<key>"``, so the compiled state_dict has the
+    source's buffer key; ``key=None``: named by the scope), then a reshape when the source read a view
+    of it (MaxViT's ``relative_position_index.view(-1)``).  The program stays short however large the
+    table (LeViT: 38,416 positions per attention) and the positions travel in net.safetensors.
+    ``owner``: the key is ``<owner>.index``, take's own parameter name (convdsl's ONNX export of take)."""
+    t = cx.type(x)
+    stored = tuple(stored) if stored is not None else tuple(index.shape)
+    out = cx.add("take", [x], {"shape": stored, "dim": dim}, {"index": index.reshape(stored)},
+                 id=owner or key or cx.default_id("take"), exact=key is not None and owner is None)
+    if stored != tuple(index.shape):
+        out = cx.add("reshape", [out], {"shape": tuple(t.shape[:dim]) + tuple(index.shape) + tuple(t.shape[dim + 1:])})
+    return out
+
+
 def einsum(cx: Any, equation: str, a: Value, b: Value) -> Value:
     """A two-operand einsum that is a batched matrix product (every index is a batch index of both
     operands and the output, the one contracted index, or the one free index of one operand), as

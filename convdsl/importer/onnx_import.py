@@ -26,9 +26,9 @@ from convdsl.errors import ModelImportError, SourceError, Span, UsageError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 from convdsl.importer.onnx_patterns import View, find as find_patterns
-from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
+from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
 
@@ -37,6 +37,7 @@ ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6
 class Const:
     array: np.ndarray
     key: str | None = None  # an initializer's name (a parameter key)
+    stored: tuple | None = None  # the initializer's own shape, when ``array`` is a reshaped view of it
 
 
 class Ctx:
@@ -385,6 +386,15 @@ def _tensor(cx: Ctx, v) -> Value:
         if key != v.key:  # pragma: no cover - another node took the name
             cx.b.renamed[key] = v.key
         return out
+    if isinstance(v, Const) and v.array.dtype == np.float32 and v.array.size > 1:
+        # a tensor the exporter wrote as a Constant node, not an initializer: a non-persistent buffer
+        # (timm Swin's attention mask) or a table computed from sizes.  It has no source key, so it is a
+        # `parameter` named by its scope, its values in net.safetensors (the torch.export route writes
+        # the same buffer as a `parameter` named by its buffer key).
+        x = cx.b.graph.inputs[0]
+        shape = tuple(int(d) for d in v.array.shape)
+        return cx.add("parameter", [Value(x, 0)], {"shape": shape, "init": "zeros"}, {"weight": v.array},
+                      id=cx.default_id("constant"))
     raise located(cx.origin, "a constant tensor operand has no convdsl op (only named parameters)")
 
 
@@ -456,10 +466,20 @@ def _reduce(cx: Ctx):
 
 @onnx_op("Flatten")
 def _flatten(cx: Ctx):
+    """ONNX Flatten(axis=k) is always 2-D: [d0*...*d(k-1), dk*...]; axis 1 is convdsl's flatten, any other
+    axis a reshape (LeViT's qkv BatchNorm runs on x.flatten(0, 1), axis 2 for a rank-3 input)."""
+    x = cx.tensor(0)
+    shape = cx.type(x).shape
     axis = int(cx.attrs.get("axis", 1))
-    if axis != 1:
-        raise located(cx.origin, f"Flatten(axis={axis}) has no convdsl op")
-    return cx.add("flatten", [cx.tensor(0)], {"start": 1, "end": -1})
+    axis = axis + len(shape) if axis < 0 else axis
+    if axis == 1:
+        return cx.add("flatten", [x], {"start": 1, "end": -1})
+    head, tail = shape[:axis], shape[axis:]
+    if all(isinstance(d, int) for d in tail):  # the batch is in the first dim: it takes the -1
+        return cx.add("reshape", [x], {"shape": (-1, math.prod(tail))})
+    if all(isinstance(d, int) for d in head):  # axis 0: [1, everything]
+        return cx.add("reshape", [x], {"shape": (math.prod(head), -1)})
+    raise located(cx.origin, f"Flatten(axis={axis}) splits symbolic sizes on both sides")  # pragma: no cover
 
 
 @onnx_op("Reshape")
@@ -559,6 +579,15 @@ def _gather(cx: Ctx):
     table = isinstance(cx.arg(0), Const)  # a parameter: its axis 0 is no batch
     x = _tensor(cx, cx.arg(0)) if table else cx.tensor(0)
     axis = int(cx.attrs.get("axis", 0)) % cx.type(x).rank
+    if isinstance(idx, Const) and (table or axis > 0) and (idx.key or idx.array.ndim >= 2 or idx.array.size > 256):
+        # an index buffer (LeViT's attention_bias_idxs, MaxViT's relative_position_index): `take` holding it
+        # under its initializer's name; a non-persistent buffer (a Constant node) named by its scope
+        size = cx.type(x).shape[axis]
+        if index_buffer(cx.b, idx.key, idx.array, size):
+            owner = idx.key[: -len(".index")] if idx.key and idx.key.endswith(".index") else None
+            if owner is not None and any(k.startswith(owner + ".") and k != idx.key for k in cx.b.source_keys):
+                owner = None  # <owner> holds other keys: a module, so the key is the buffer's own name
+            return take(cx, x, axis, idx.key, idx.array, idx.stored, owner)
     if table and isinstance(idx, Const) and idx.array.ndim >= 1:
         size = cx.type(x).shape[axis]
         flat = cx.add("index_select", [x], {"index": tuple(int(i) % size for i in idx.array.reshape(-1)), "dim": axis})
@@ -781,6 +810,16 @@ def _foldable(node, env: dict) -> bool:
     return bool(ins) and all(isinstance(v, (Const, Dims)) for v in ins)
 
 
+def _evaluable(node, env: dict) -> bool:
+    """A node outside ``FOLDABLE`` whose inputs are all static constants and none a parameter: a size or
+    index computation (``onnx_shapes.evaluate``).  A node reading a parameter (an initializer of floats:
+    a weight, a learned scale) is left to its mapping, which keeps the parameter and its key."""
+    ins = [env.get(i) for i in node.input if i]
+    if not ins or not all(isinstance(v, Const) or (isinstance(v, Dims) and lift(v) is not v) for v in ins):
+        return False
+    return not any(isinstance(v, Const) and v.key and v.array.dtype.kind in "fc" for v in ins)
+
+
 def _fold(cx: "Ctx", node, env: dict) -> list:
     ins, shapes = [], {}
     for i, name in enumerate(node.input):
@@ -794,7 +833,8 @@ def _fold(cx: "Ctx", node, env: dict) -> list:
     src = env.get(node.input[0]) if node.input else None
     # a parameter only reshaped (timm's GRN gamma.view(1, 1, 1, -1)) is still that parameter
     key = src.key if isinstance(src, Const) and node.op_type in ("Reshape", "Unsqueeze", "Squeeze", "Cast") else None
-    return [Const(np.asarray(out), key)]
+    stored = (src.stored or tuple(src.array.shape)) if key else None
+    return [Const(np.asarray(out), key, stored)]
 
 
 # ---- the driver ---------------------------------------------------------------------------------------
@@ -936,6 +976,15 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
                               "export the model with static shapes (a symbolic batch only)") from None
             for name_, v in zip(node.output, result):
                 env[name_] = v
+            continue
+        if node.op_type not in FOLDABLE and _evaluable(node, env):
+            ins = [None if not n else (env[n].array if isinstance(env[n], Const) else lift(env[n])) for n in node.input]
+            try:
+                result = evaluate(node, ins, model.opset_import)
+            except ValueError as e:
+                raise located(origin, f"{node.op_type} on constants cannot be evaluated at import time ({e})") from None
+            for name_, v in zip(node.output, result):
+                env[name_] = Const(v)
             continue
         if node.domain not in ("", "ai.onnx"):
             raise located(origin, f"custom-domain op {node.domain}.{node.op_type} has no convdsl mapping")

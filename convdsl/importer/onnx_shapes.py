@@ -191,6 +191,45 @@ def fold(op: str, attrs: dict, ins: list[Any], shapes: dict[int, tuple]) -> Any:
     raise ValueError(f"{op} over sizes")
 
 
+# Ops never evaluated at import time even on constants: their result is not a function of the inputs
+# (random draws), or they run sub-graphs that may read the enclosing graph's tensors.
+NOT_EVALUATED = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
+                 "Dropout", "If", "Loop", "Scan", "SequenceMap"}
+
+
+def evaluate(node: Any, ins: list[Any], opsets: list[Any]) -> list[np.ndarray]:
+    """Any ONNX node over constants (static sizes, integer tables, literal numbers): run exactly by
+    ONNX's own reference implementation (numpy), the node alone, at the model's opset.  Exporters
+    compute sizes with ops outside ``fold`` (``Mod`` in Swin's shift and padding arithmetic and in
+    ``nn.MultiheadAttention``'s head-size check, ``Less``/``Not``/``Max`` in others); on constants
+    these are plain numbers, so they fold away like ``Shape``.  Raises ValueError when an input is
+    symbolic or the op is one that must not run here (``NOT_EVALUATED``)."""
+    if node.op_type in NOT_EVALUATED or node.domain not in ("", "ai.onnx"):
+        raise ValueError(f"{node.op_type} is not evaluated at import time")
+    arrays = []
+    for v in ins:
+        v = lift(v)
+        if isinstance(v, Dims):
+            raise ValueError(f"{node.op_type} over a symbolic size")
+        arrays.append(None if v is None else np.asarray(v))
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if a is not None else "" for k, a in enumerate(arrays)]
+    outs = [f"o{k}" for k in range(len(node.output))]
+    one = helper.make_node(node.op_type, names, outs, domain=node.domain)
+    one.attribute.extend(node.attribute)
+    graph = helper.make_graph([one], "fold", [helper.make_tensor_value_info(n, 0, None) for n in names if n],
+                              [helper.make_tensor_value_info(o, 0, None) for o in outs])
+    model = helper.make_model(graph, opset_imports=list(opsets))
+    try:
+        got = ReferenceEvaluator(model).run(None, {n: a for n, a in zip(names, arrays) if n})
+    except Exception as e:  # the reference implementation refuses the node: report what it said
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{node.op_type} on constants failed: {first[:200]}") from None
+    return [np.asarray(g) for g in got]
+
+
 FOLDABLE = {"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Add", "Sub",
             "Mul", "Div", "Equal", "Where", "ConstantOfShape", "Range", "Reshape", "Neg", "Sqrt", "Reciprocal"}
 

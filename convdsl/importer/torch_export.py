@@ -25,7 +25,7 @@ from convdsl.errors import ModelImportError, Span, TraceError
 from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
-from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
+from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 
 TORCH_DTYPES = {"torch.float32": "f32", "torch.float16": "f16", "torch.bfloat16": "bf16", "torch.float64": "f64",
                 "torch.int64": "i64", "torch.int32": "i32", "torch.bool": "bool", "torch.uint8": "u8", "torch.int8": "i8"}
@@ -40,6 +40,7 @@ class Param:
 
     key: str
     array: np.ndarray
+    stored: tuple | None = None  # the shape the module holds it in, when ``array`` is a view of it
 
 
 @dataclass
@@ -376,7 +377,7 @@ def _flatten(cx: Ctx, x, start=0, end=-1):
 @aten("view", "reshape", "_unsafe_view", "unflatten", "view_as", "reshape_as", "expand_as")
 def _view(cx: Ctx, x, *rest):
     if isinstance(x, Param) and x.array is not None and x.array.dtype.kind in "iu":
-        return Param(x.key, x.array.reshape(cx.out_shape()))  # an index buffer stays a constant (see _index)
+        return Param(x.key, x.array.reshape(cx.out_shape()), x.stored or x.array.shape)  # a constant (see _index)
     v = cx.tensor(x)
     t = cx.type(v)
     out = cx.out_shape()
@@ -392,8 +393,9 @@ def _view(cx: Ctx, x, *rest):
 @aten("index")
 def _index(cx: Ctx, x, indices):
     """``x[..., idx]`` with one constant integer index (a buffer: MaxViT's relative position index,
-    EfficientFormer's and LeViT's [N, N] attention bias index) -> index_select (and a reshape when the
-    index has more than one dim)."""
+    EfficientFormer's and LeViT's [N, N] attention bias index) -> ``take`` holding the buffer under its
+    key (``builder.take``); an index that is no buffer, or one read twice, -> index_select (and a reshape
+    when the index has more than one dim)."""
     given = [(d, i) for d, i in enumerate(indices) if i is not None]
     if len(given) != 1 or not isinstance(given[0][1], Param) or given[0][1].array is None or \
             given[0][1].array.dtype.kind not in "iu" or given[0][1].array.ndim < 1:
@@ -402,6 +404,8 @@ def _index(cx: Ctx, x, indices):
     d, idx = given[0]
     v = cx.tensor(x)
     t = cx.type(v)
+    if index_buffer(cx.b, idx.key, idx.array, t.shape[d]):
+        return take(cx, v, d, idx.key, idx.array, idx.stored)
     flat = cx.add("index_select", [v], {"index": tuple(int(i) % t.shape[d] for i in idx.array.reshape(-1)), "dim": d})
     if idx.array.ndim == 1:
         return flat

@@ -527,6 +527,18 @@ def index_select(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
     return Step(call("index_select", index, dim=dim), kind, tuple(out), alt, ("index_select",))
 
 
+def take(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
+    """An index table along one dim that is not the batch: a buffer, all zeros as initialized (every
+    position reads position 0); rank 1, so the kind keeps its rank (rank-2 tables: tests/ir/ops)."""
+    dims = list(range(1, len(shape)))
+    if not dims:
+        return None
+    dim = d.pick(dims)
+    out = list(shape)
+    out[dim] = d.int(1, 4)
+    return Step(call("take", [out[dim]], dim=dim), kind, tuple(out), None, ("take",))
+
+
 def fold_batch(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
     """Windows of dim 1 folded into the batch and back (windowed attention's pattern), a softmax
     over each window between: -1 and a symbolic size (``4 * N``, ``N``) spell the same reshapes."""
@@ -561,6 +573,7 @@ STEPS: list[tuple[str, StepFn]] = [
     ("reduce", reduce),
     ("image_attention", image_attention),
     ("index_select", index_select),
+    ("take", take),
     ("fold_batch", fold_batch),
 ]
 

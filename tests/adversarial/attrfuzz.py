@@ -72,6 +72,7 @@ BASES.update({
     "pixel_unshuffle": Base(X4, "pixel_unshuffle(factor=2)"),
     "select": Base(X4, "select(index=0)"),
     "index_select": Base(X4, "index_select(index=[3, 0, 0])"),
+    "take": Base(X4, "take(shape=[2, 3], dim=1)"),
     "mhsa": Base(_SEQ, "mhsa(heads=2)"),
     "cross_attention": Base((("x", "f32[2, 5, 8]"), ("m", "f32[2, 7, 6]")), "cross_attention(heads=2)",
                             "{y} = ({x}, {m}) | {call}"),

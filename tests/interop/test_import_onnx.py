@@ -497,3 +497,135 @@ def test_group_norm_through_instance_normalization(tmp_path):
     with torch.no_grad():
         a, b = m(x), build_module(r.graph)(x)
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+# ---- size arithmetic outside fold(): any op on constants is evaluated (onnx_shapes.evaluate) -------------
+def _pad_to_window_graph(tmp_path, of_data: bool = False):
+    """x: [N, 2, 7, 5]; pad H up to a multiple of 4 with (4 - H % 4) % 4 computed from Shape (Swin's
+    padding arithmetic), the pads picked by Where(Not(Less)).  of_data: Mod of the tensor itself instead."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = {n: numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+         [("two", [2]), ("four", 4), ("zeros5", [0, 0, 0, 0, 0, 0]), ("ax", [0])]}
+    if of_data:
+        c["four"] = numpy_helper.from_array(np.array(4, np.float32), "four")
+        nodes = [helper.make_node("Mod", ["x", "four"], ["y"], name="/blk/Mod", fmod=1)]
+    else:
+        nodes = [helper.make_node("Shape", ["x"], ["s"], name="/blk/Shape"),
+                 helper.make_node("Gather", ["s", "two"], ["h"], name="/blk/Gather", axis=0),
+                 helper.make_node("Mod", ["h", "four"], ["r"], name="/blk/Mod"),
+                 helper.make_node("Sub", ["four", "r"], ["p0"], name="/blk/Sub"),
+                 helper.make_node("Mod", ["p0", "four"], ["p"], name="/blk/Mod_1"),
+                 helper.make_node("Concat", ["zeros5", "p", "ax"], ["pads0"], name="/blk/Concat", axis=0),
+                 helper.make_node("Less", ["ax", "p"], ["lt"], name="/blk/Less"),
+                 helper.make_node("Not", ["lt"], ["nlt"], name="/blk/Not"),
+                 helper.make_node("Where", ["nlt", "ax", "pads0"], ["pads"], name="/blk/Where"),
+                 helper.make_node("Pad", ["x", "pads"], ["y"], name="/blk/Pad")]
+    out_h = 7 if of_data else 8
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 7, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, out_h, 5])],
+                              initializer=list(c.values()))
+    f = tmp_path / "pad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f)
+    return f
+
+
+def test_mod_less_not_on_sizes_fold_away(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    f = _pad_to_window_graph(tmp_path)
+    r = import_onnx(f)
+    assert "pad(" in r.text and "Mod" not in r.text
+    x = np.random.default_rng(0).standard_normal((3, 2, 7, 5)).astype(np.float32)
+    want = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = torch_runner(r.graph)([x])[0]
+    assert want.shape == (3, 2, 8, 5) and np.array_equal(got, want)
+
+
+def test_mod_of_tensor_data_is_a_located_error(tmp_path):
+    f = _pad_to_window_graph(tmp_path, of_data=True)
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(f)
+    msg = e.value.render()
+    assert "Mod" in msg and "blk" in msg and "no convdsl mapping" in msg
+
+
+def test_timm_swin_through_torch_onnx(tmp_path):
+    """timm's Swin: Mod in its padding arithmetic folds; the shift mask (a non-persistent buffer,
+    written as a Constant node) comes back as a parameter named by its scope."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    m = timm.models.swin_transformer.SwinTransformer(img_size=56, patch_size=4, window_size=7, embed_dim=16,
+                                                     depths=(2, 2), num_heads=(2, 4), num_classes=5).eval()
+    r = _torch_onnx(m, torch.randn(1, 3, 56, 56), tmp_path)
+    assert "attn.constant" in r.text  # the shifted blocks' mask
+    assert set(m.state_dict()) <= set(r.weights)
+
+
+def test_torchvision_vit_mha_size_check_folds(tmp_path):
+    """nn.MultiheadAttention's exported graph carries Mod (embed_dim % num_heads) on constants."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                             mlp_dim=32, num_classes=5).eval()
+    with torch.no_grad():
+        for p in m.parameters():  # the head and class token are zeros: the output would be 0 whatever is imported
+            if not p.abs().max():
+                p.normal_(0, 0.02)
+    _torch_onnx(m, torch.randn(1, 3, 32, 32), tmp_path)
+    assert "Mod" in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, 3])
+def test_flatten_at_any_axis(axis, tmp_path):
+    """ONNX Flatten(axis=k) -> [d0*..*d(k-1), dk*..]: flatten for k=1, a reshape otherwise (timm LeViT
+    writes axis=2).  Reference: ONNX Runtime on the same file."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/m/Relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="/m/Flatten", axis=axis),
+             helper.make_node("Relu", ["f"], ["y"], name="/m/Relu_1")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])])
+    f = tmp_path / "flat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), f)
+    r = import_onnx(f)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    want = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = torch_runner(r.graph)([x])[0]
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_timm_levit_through_torch_onnx(tmp_path):
+    """timm LeViT (small input): its qkv BatchNorm flattens with Flatten(axis=2); the attention-bias
+    index buffers come back as index_select lists."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    m = timm.create_model("levit_128s", pretrained=False, img_size=64, num_classes=5).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.abs().max():
+                p.normal_(0, 0.02)
+    _torch_onnx(m, torch.randn(1, 3, 64, 64), tmp_path)
+    assert any(n.op_type == "Flatten" and n.attribute[0].i == 2 for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
+
+
+def test_take_round_trips_through_onnx(tmp_path):
+    """convdsl's take exports as Gather of its index initializer (`<id>.index`) and comes back as the
+    same take, named as written (`as a`; `as param "b.idx"` when the key is no `<id>.index`)."""
+    src = ("network n(x: f32[N, 6, 5]) {\n    y = x | take([2, 3]) as a\n"
+           "    z = y | take([4], dim=3) as param \"b.idx\"\n    return z\n}\n")
+    g = load_graph(src)
+    g.params["a.index"] = np.array([[5, 0, 1], [2, 2, 3]], np.int64)
+    g.params["b.idx"] = np.array([4, 0, 1, 1], np.int64)
+    f = tmp_path / "take.onnx"
+    onnx.save(export_graph(g), f)
+    r = import_onnx(f)
+    assert canonical(r.graph) == canonical(g)
+    assert np.array_equal(r.graph.params["a.index"], g.params["a.index"])
+    x = np.random.default_rng(0).standard_normal((2, 6, 5)).astype(np.float32)
+    want = np.take(np.take(x, g.params["a.index"], axis=1), g.params["b.idx"], axis=-1)
+    np.testing.assert_array_equal(torch_runner(r.graph)([x])[0], want)

@@ -224,9 +224,11 @@ class _RelBiasAttention(torch.nn.Module):
 
 def test_einsum_index_buffer_and_swapaxes():
     torch.manual_seed(0)
-    r = _check(_RelBiasAttention().eval(), torch.randn(2, 9, 8), literal={"index"})
+    r = _check(_RelBiasAttention().eval(), torch.randn(2, 9, 8))  # the state_dict keys, the buffer's included
     ops = [n.op for n in r.graph.nodes()]
-    assert ops.count("index_select") == 1 and ops.count("matmul") == 2 and "parameter" in ops
+    assert ops.count("take") == 1 and ops.count("matmul") == 2 and "parameter" in ops and "index_select" not in ops
+    # the buffer is read as index.view(-1): take holds it as stored ([9, 9]), a reshape makes the view
+    assert r.graph.params.specs["index"].shape == (9, 9) and 'take([9, 9], dim=0) as param index' in r.text
 
 
 def test_einsum_that_is_no_matrix_product_is_a_located_error():
@@ -251,8 +253,28 @@ def test_a_two_dim_index_buffer_and_reshape_as():
             return y.reshape_as(x).softmax(-1)
 
     torch.manual_seed(0)
-    r = _check(Net().eval(), torch.randn(2, 2, 4, 4), literal={"idxs"})
-    assert [n.op for n in r.graph.nodes()].count("index_select") == 1
+    r = _check(Net().eval(), torch.randn(2, 2, 4, 4))
+    assert [n.op for n in r.graph.nodes()].count("take") == 1 and "as param idxs" in r.text
+
+
+def test_an_index_buffer_read_twice_or_out_of_range_is_written_as_a_list():
+    """take holds a buffer under its one key: a second reader, or positions outside [0, size) (which
+    index_select counts from the end), get the positions written as index_select lists."""
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.randn(2, 4))
+            self.b = torch.nn.Parameter(torch.randn(2, 4))
+            self.register_buffer("idxs", torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))
+            self.register_buffer("neg", torch.tensor([-1, 0, -2]))
+
+        def forward(self, x):  # x: [B, 2, 2, 4]
+            return x + self.a[:, self.idxs] + self.b[:, self.idxs] + self.a[:, self.neg].mean(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    r = _check(Net().eval(), torch.randn(2, 2, 2, 4), literal={"neg"})
+    ops = [n.op for n in r.graph.nodes()]
+    assert ops.count("take") == 1 and ops.count("index_select") == 2
 
 
 def test_roll_is_split_and_concat():
@@ -268,3 +290,37 @@ def test_roll_is_split_and_concat():
     torch.manual_seed(0)
     r = _check(Net().eval(), torch.randn(2, 5, 6, 4))
     assert "roll" not in r.text and [n.op for n in r.graph.nodes()].count("concat") == 3
+
+
+def test_timm_levit_index_buffers_are_take_buffers_under_their_keys():
+    """timm LeViT: 11 attention-bias index tables ([N_q, N_k], non-persistent buffers in timm) become
+    `take` buffers named by their keys: the program holds no position list, the compiled state_dict is
+    the source's plus exactly those buffers (which the source does not save), and the outputs match."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _randomize(timm.create_model("levit_128s", pretrained=False, img_size=64, num_classes=5))
+    x = torch.randn(2, 3, 64, 64)
+    r = import_model(model, (x,))
+    mod = build_module(r.graph)
+    idxs = {k for k, _ in model.named_buffers() if k.endswith("attention_bias_idxs")}
+    assert len(idxs) == 11 and not idxs & set(model.state_dict())
+    assert set(mod.state_dict()) == set(model.state_dict()) | idxs
+    for k in idxs:
+        assert torch.equal(mod.state_dict()[k], model.get_buffer(k))
+    # (LeViT's subsampling x[:, ::2] is an index_select: a slice with a step, 2-8 positions)
+    assert "as param attention_bias_idxs" in r.text and max(len(line) for line in r.text.splitlines()) <= 100
+    mod.load_state_dict({**model.state_dict(), **{k: model.get_buffer(k) for k in idxs}})
+    assert set(model.load_state_dict(mod.state_dict(), strict=False).unexpected_keys) == idxs
+    with torch.no_grad():
+        a, b = model(x), mod(x)
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+
+
+def test_timm_efficientformer_keeps_its_persistent_index_buffer_keys():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _randomize(timm.models.efficientformer.EfficientFormer(depths=(1, 1, 1, 2), embed_dims=(8, 16, 24, 32),
+                                                                   num_vit=1, num_classes=5))
+    assert any(k.endswith("attention_bias_idxs") for k in model.state_dict())
+    r = _check(model, torch.randn(2, 3, 224, 224))  # its attention runs at 7 x 7 (224 / 32)
+    assert "take(" in r.text and "index_select" not in r.text

@@ -11,8 +11,8 @@ from collections import Counter
 
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import Domain, POSITIVE
-from convdsl.ir.optable import (PRUNE_RULE, Attr, OpDef, before_axis, format_value, identity_if_same_type,
-                                keep_channels, off_attr, zero_cost)
+from convdsl.ir.optable import (PRUNE_RULE, Attr, Init, OpDef, ParamSpec, before_axis, format_value,
+                                identity_if_same_type, keep_channels, off_attr, opaque, zero_cost)
 from convdsl.ir.types import Dim, Size, TensorType, dim_add, dim_factors, dim_floordiv, dim_mul, dims_prod
 from convdsl.ir.ops.conv import PAD_MODES
 from convdsl.ir.ops.pool import normalize_dims
@@ -382,6 +382,39 @@ INDEX_SELECT = OpDef(
 )
 
 
+# ---- take: index_select by an index table held as a buffer --------------------------------------------
+def take_shape(attrs: dict) -> tuple[int, ...]:
+    shape = attrs["shape"]
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def _take_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    d, = normalize_dims("take", attrs["dim"], x.rank)
+    if not isinstance(x.shape[d], int):
+        raise ShapeError(f"take needs a static size along dim {d}", got=str(x),
+                         hint="gather along a dim whose size is known (not the batch)")
+    return [x.with_shape((*x.shape[:d], *take_shape(attrs), *x.shape[d + 1:]))]
+
+
+TAKE = OpDef(
+    name="take", group="shape",
+    attrs=(Attr("shape", "ints", doc="the index table's shape", domain=POSITIVE),
+           Attr("dim", "int", 1, doc="the dim gathered along")),
+    infer=_take_infer, cost=zero_cost,
+    params=lambda a, ins: {"index": ParamSpec(take_shape(a), Init("zeros"), dtype="i64", buffer=True,
+                                              trainable=False)},
+    doc="gathers along one dim by an integer index table held as a buffer (i64 `index`, values in [0, size); "
+        "numpy.take, torch's x[:, index]): out = x.shape[:dim] + index.shape + x.shape[dim+1:].  "
+        "index_select with the positions stored in the weights file instead of the program: what import "
+        "writes for a model's constant index buffers (LeViT's attention_bias_idxs [196, 196], MaxViT's "
+        "relative_position_index), named by the source key with `as param`.",
+    example="take([3, 3], dim=1)",
+    shape_rule="[..., in[dim], ...] -> [..., *shape, ...]",
+    prune=opaque("the positions it gathers are data (a buffer), not attributes a pruning rule can follow"),
+)
+
+
 OPS = [
     _op("flatten", (Attr("start", "int", 1), Attr("end", "int", -1)), _flatten_infer,
         "merge dims start..end (inclusive) into one.", "x | global_avgpool | flatten",
@@ -429,4 +462,5 @@ OPS = [
         "[N, C, H*r, W*r] -> [N, C*r*r, H, W]", identity_when=identity_if_same_type),
     SELECT,
     INDEX_SELECT,
+    TAKE,
 ]

@@ -109,6 +109,7 @@ C = (
     ("pixel_unshuffle", [(2, 3, 10, 6)], (2,), {}),
     ("index_select", S4, ([5, 0, -1, 2, 2],), dict(dim=1)),
     ("index_select", [(49, 3)], ([48, 0, 24, 7] * 3,), dict(dim=0)),
+    ("take", S4, ([2, 3],), dict(dim=2)),  # the index table as initialized (zeros); tables with data: test_shape
     # attention and tokens
     ("mhsa", SEQ, (), dict(heads=2)),
     ("mhsa", SEQ, (), dict(heads=2, dim=12, qkv_bias=False, mask="causal")),
@@ -259,3 +260,18 @@ def test_f64_networks_keep_f64_weights(op, shapes, args, kwargs, llvm_runner):
     refs = torch_outputs(g, xs)
     assert outs[0].dtype == np.float64
     assert_close(outs, refs, tol=1e-10)
+
+
+def test_take_reads_its_index_buffer(llvm_runner):
+    """take with index tables holding data (the suite's case has them as initialized, all zeros):
+    tvm-llvm against numpy.take, rank-2 and rank-1 tables, the second under an exact key."""
+    text = ('network n(x: f32[1, 8, 5]) {\n    y = x | take([3, 4], dim=1) as a\n'
+            '    return y | take([6], dim=3) as param "b.idx"\n}\n')
+    g = graph_of(text)
+    rng = np.random.default_rng(0)
+    g.params["a.index"] = rng.integers(0, 8, (3, 4))
+    g.params["b.idx"] = rng.integers(0, 5, (6,))
+    x = rng.standard_normal((1, 8, 5)).astype(np.float32)
+    got = llvm_runner(g, text + "#data")([x])[0]
+    want = np.take(np.take(x, g.params["a.index"], axis=1), g.params["b.idx"], axis=3)
+    np.testing.assert_array_equal(got, want)

@@ -310,6 +310,54 @@ def test_index_select_of_every_position_in_order_is_an_identity():
     assert not OPS["index_select"].identity_when({"index": [2, 1, 0], "dim": 1}, x, x)
 
 
+# ---- take ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,table,dim", [
+    ((2, 5, 3), (4,), 1), ((2, 5, 3), (2, 3), -1), ((4, 13), (6, 6), 1),  # LeViT: biases[:, idxs]
+    ((169, 4), (49, 49), 0),  # a relative-position bias table read by a window's pair index
+])
+def test_take_matches_numpy_take_through_every_backend_it_has(shape, table, dim, tmp_path):
+    """Shape rule and numbers against numpy.take with the index table loaded as a buffer: the torch
+    backend (the table in the state_dict as an int64 buffer, under `as param`'s exact key too) and
+    ONNX Runtime on the exported file."""
+    import numpy as np
+
+    from convdsl.api import load_graph
+    from convdsl.backends.torch import build_module
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    size = shape[dim]
+    index = rng.integers(0, size, table)
+    want = np.take(x, index, axis=dim)
+    assert infer1("take", shape, list(table), dim=dim) == want.shape
+    dims = ", ".join(map(str, shape))
+    src = (f"network n(x: f32[{dims}]) {{\n    y = x | take({list(table)}, dim={dim}) as a\n"
+           f"    z = x | take({list(table)}, dim={dim}) as param \"b.idx\"\n    return (y, z)\n}}\n")
+    g = load_graph(src)
+    assert g.params.specs["a.index"].buffer and not g.params.specs["b.idx"].trainable
+    g.params["a.index"] = index
+    g.params["b.idx"] = index
+    m = build_module(g)
+    state = m.state_dict()
+    assert set(state) == {"a.index", "b.idx"} and all(v.dtype == torch.int64 for v in state.values())
+    assert not list(m.parameters())
+    for got in m(torch.from_numpy(x)):
+        np.testing.assert_array_equal(got.numpy(), want)
+    ort = pytest.importorskip("onnxruntime")
+    from convdsl.backends.onnx import export_graph
+
+    sess = ort.InferenceSession(export_graph(g).SerializeToString(), providers=["CPUExecutionProvider"])
+    for got in sess.run(None, {sess.get_inputs()[0].name: x}):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_take_errors():
+    with pytest.raises(ShapeError, match="static size"):
+        infer1("take", ("N", 5), [3], dim=0)
+    with pytest.raises(CDLTypeError):
+        infer1("take", (2, 5), [0, 3], dim=1)
+
+
 def test_symbolic_sizes_in_the_shape_regroup_the_inputs_symbols():
     """reshape([dim(x, 0) * 4, ...]): a Size entry is a dim of the output as written; -1 takes what
     is left, symbols included; a size the input's factors do not hold is refused."""
