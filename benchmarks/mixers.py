@@ -2,6 +2,11 @@
 FFT long convolution vs direct convolution vs kernel size.  One run:
 
     python benchmarks/mixers.py [--quick] [--threads 2]
+    python benchmarks/mixers.py --lengths 16384 --only attention "selective scan" --rounds 3 --no-fft-sweep
+
+(--rounds R: the rows of a length alternate R times, each keeping its best; the ratios
+are then taken within one run on a loaded machine, where rows measured minutes apart
+are not comparable.)
 
 Every mixer is a one-op CDL program compiled by convdsl's torch backend, so
 this measures what users get; the selective scan also on tvm-llvm (its TIR scan).  Each configuration runs in a fresh subprocess
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -76,31 +82,55 @@ def fmt(r: dict | None) -> str:
     return f"{r['ms']:10.2f} ms {r['extra_mib']:8.0f} MiB" if r else f"{'timeout':>13} {'':>12}"
 
 
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    model = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")]
+    flags = [ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")]
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if flags and f in flags[0]]
+    return f"{model[0] if model else 'unknown'} ({', '.join(simd)}), {os.cpu_count()} CPUs"
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer lengths and kernels")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tvm", action="store_true", help="skip the tvm-llvm rows")
+    ap.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default 256 1K 4K 16K)")
+    ap.add_argument("--only", nargs="+", metavar="TEXT", help="rows whose name contains one of these (attention kept)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the rows this many times, keep each row's best")
+    ap.add_argument("--no-fft-sweep", action="store_true", help="skip part 2 (fft_conv vs direct conv)")
     args = ap.parse_args()
-    lengths = LENGTHS[:2] if args.quick else LENGTHS
+    lengths = args.lengths or (LENGTHS[:2] if args.quick else LENGTHS)
     kernels = KERNELS[::3] if args.quick else KERNELS
-    print(f"width {WIDTH}, batch 1, {args.threads} threads; best-of-N latency (robust to other jobs on the"
-          f" machine) and peak memory above the built model's baseline (RSS)\n")
-    print("1. mixers vs sequence length")
-    results: dict[str, dict[int, dict | None]] = {}
-    print(f"{'mixer':36s}" + "".join(f"{'L=' + str(L):>25s}" for L in lengths))
+    rows = []  # (row name, program template, tvm)
     for name, tmpl in PROGRAMS.items():
-        row = {}
-        for L in lengths:
-            text = tmpl.format(L=L, C=WIDTH, S=int(math.isqrt(L)))
-            row[L] = measure(text, args.threads, repeat=5, budget=20.0, timeout=300)
-        results[name] = row
-        print(f"{name:36s}" + "".join(f"{fmt(row[L]):>25s}" for L in lengths), flush=True)
+        if args.only and not name.startswith("attention") and not any(o in name for o in args.only):
+            continue
+        rows.append((name, tmpl, False))
         if name in TVM_ROWS and not args.no_tvm:
-            trow = {L: measure(tmpl.format(L=L, C=WIDTH, S=int(math.isqrt(L))), args.threads, repeat=5, budget=20.0,
-                               timeout=600, tvm=True) for L in lengths}
-            results[TVM_ROWS[name]] = trow
-            print(f"{TVM_ROWS[name]:36s}" + "".join(f"{fmt(trow[L]):>25s}" for L in lengths), flush=True)
+            rows.append((TVM_ROWS[name], tmpl, True))
+    print(f"width {WIDTH}, batch 1, {args.threads} threads; best-of-N latency (robust to other jobs on the"
+          f" machine) and peak memory above the built model's baseline (RSS); CPU: {cpu_name()}, load average"
+          f" {load()} at the start\n")
+    print("1. mixers vs sequence length" + (f" ({args.rounds} alternating rounds, best of each)" if args.rounds > 1 else ""))
+    results: dict[str, dict[int, dict | None]] = {name: {} for name, _, _ in rows}
+    for L in lengths:
+        for _ in range(args.rounds):
+            for name, tmpl, tvm in rows:
+                r = measure(tmpl.format(L=L, C=WIDTH, S=int(math.isqrt(L))), args.threads, repeat=5, budget=20.0,
+                            timeout=600 if tvm else 300, tvm=tvm)
+                best = results[name].get(L)
+                results[name][L] = r if best is None or (r is not None and r["ms"] < best["ms"]) else best
+    print(f"{'mixer':36s}" + "".join(f"{'L=' + str(L):>25s}" for L in lengths))
+    for name, _, _ in rows:
+        print(f"{name:36s}" + "".join(f"{fmt(results[name][L]):>25s}" for L in lengths), flush=True)
     att = results["attention (mhsa, 4 heads)"]
     L = lengths[-1]
     print(f"\nat L={L:,}: speedup over attention")
@@ -109,10 +139,14 @@ def main() -> None:
             continue
         print(f"   {name:36s} {att[L]['ms'] / row[L]['ms']:8.1f}x faster, memory +{row[L]['extra_mib']:.0f} vs"
               f" +{att[L]['extra_mib']:.0f} MiB")
-    print("\nmemory growth from the shortest to the longest length (x{} tokens):".format(lengths[-1] // lengths[0]))
-    for name, row in results.items():
-        if row.get(lengths[0]) and row.get(L):
-            print(f"   {name:36s} +{row[lengths[0]]['extra_mib']:.0f} -> +{row[L]['extra_mib']:.0f} MiB")
+    if len(lengths) > 1:
+        print("\nmemory growth from the shortest to the longest length (x{} tokens):".format(lengths[-1] // lengths[0]))
+        for name, row in results.items():
+            if row.get(lengths[0]) and row.get(L):
+                print(f"   {name:36s} +{row[lengths[0]]['extra_mib']:.0f} -> +{row[L]['extra_mib']:.0f} MiB")
+    print(f"load average at the end: {load()}")
+    if args.no_fft_sweep:
+        return
 
     print("\n2. FFT long conv vs direct depthwise conv (L=4096, causal kernel of size K)")
     print(f"{'K':>6s} {'direct conv1d':>25s} {'fft_conv':>25s} {'fft/direct':>11s}")

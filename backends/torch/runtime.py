@@ -618,7 +618,7 @@ class SelectiveScan(nn.Module):
     state_dict: [conv1d.weight, conv1d.bias,] x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D."""
 
     def __init__(self, channels: int, state: int = 16, dt_rank: int = 1, d_conv: int = 0,
-                 bidirectional: bool = False, chunk: int = 64):
+                 bidirectional: bool = False, chunk: int | None = None):
         super().__init__()
         self.state, self.dt_rank, self.bidirectional, self.chunk = state, dt_rank, bidirectional, chunk
         self.conv1d = nn.Conv1d(channels, channels, d_conv, padding=d_conv - 1, groups=channels) if d_conv else None
@@ -665,67 +665,79 @@ class SelectiveScan(nn.Module):
         return torch.stack(ys, dim=-1)
 
     @staticmethod
-    def scan_chunked(u, dt, A, B, C, chunk: int = 64, block: int = 1024) -> torch.Tensor:
-        """scan_steps() computed chunk-parallel, without a [chunk, chunk] decay matrix.  The decay's exponent is
-        separable, dt_t A[k]: with D_t = sum_{r<=t} dt_r inside a chunk (a cumsum over [N, C, L] only),
-            h_t[k] = exp(A[k] D_t) (h_start[k] + sum_{s<=t} exp(-A[k] D_s) dt_s u_s B_s[k])     (a cumsum over t)
-        so a chunk costs a few elementwise passes over [N, C, T, state]; only the chunk boundaries are
-        sequential (h_end = the last h_t).  exp(-A D_s) grows with the decay inside a chunk: a chunk whose
-        total decay exceeds `limit` (exp(limit) far from overflow) is cut in halves, down to one step.
-        `block` tokens at a time keep the temporaries in cache and the memory linear in L."""
-        n, c, length = u.shape
-        limit = 60.0 if u.dtype in (torch.float32, torch.float16, torch.bfloat16) else 600.0
-        h = u.new_zeros(n, c, A.shape[-1])                                    # [N, C, state]
-        ys = []
-        for start in range(0, length, block):
-            part = slice(start, min(length, start + block))
-            y, h = SelectiveScan._scan_block(u[..., part], dt[..., part], A, B[:, part], C[:, part], h, chunk, limit)
-            ys.append(y)
-        return torch.cat(ys, dim=-1)
-
-    @staticmethod
-    def _scan_block(u, dt, A, B, C, h, chunk: int, limit: float):
+    def scan_chunked(u, dt, A, B, C, chunk: int | None = None, block: int | None = None) -> torch.Tensor:
+        """scan_steps() computed chunk-parallel.  The tokens are cut into chunks of `chunk`; all chunks of a block run
+        the recurrence from a zero state together, one torch op per time step over rows [N, chunks, state, C]:
+            hloc_t = a_t hloc_{t-1} + dt_t u_t B_t,   E_t = a_t E_{t-1}   (a_t = exp(dt_t A), one exp2 per element)
+        The chunk-start states then follow from the chunk ends, one small op per chunk (h_next = E_T h + hloc_T),
+        and h_t = hloc_t + E_t h_start;  y_t = C_t . h_t.  Every exponent is dt A <= 0, so no decay can overflow and
+        no [chunk, chunk] decay matrix is made.  `block` tokens at a time (multiple of `chunk`): the two work buffers
+        [chunk, N, block/chunk, state, C] are reused across blocks, stay in cache and keep memory linear in L.
+        chunk/block None: chosen from (N, C, state, L) by scan_sizes()."""
         n, c, length = u.shape
         s = A.shape[-1]
-        T = max(1, min(chunk, length))
-        rate = -A.min()                                                       # the fastest decay, > 0
-        while True:  # the longest chunk (`chunk` halved) whose decay stays within `limit`
-            nc = -(-length // T)
-            pad = nc * T - length
-            dts = F.pad(dt, (0, pad)) if pad else dt
-            D = dts.reshape(n, c, nc, T).cumsum(-1)                          # [N, C, nc, T]
-            if T == 1 or float(D[..., -1].max().detach()) * float(rate.detach()) <= limit:
-                break
-            T //= 2
-        x = (dt * u)[..., None]
-        if pad:
-            x, B, C = F.pad(x, (0, 0, 0, pad)), F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
-        x, Bc, Cc = x.reshape(n, c, nc, T, 1), B.reshape(n, 1, nc, T, s), C.reshape(n, 1, nc, T, s)
-        AD = D[..., None] * A[:, None, None]                                   # A[k] D_t <= 0: [N, C, nc, T, state]
-        if T == 1:  # decay too strong for any chunk: plain steps
-            dA, bx = AD.exp(), x * Bc
-            hs = []
-            for t in range(nc):
-                h = dA[:, :, t, 0] * h + bx[:, :, t, 0]
-                hs.append(h)
-            return (torch.stack(hs, 2) * C[:, None]).sum(-1), h
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C)):  # autograd: no in-place ops
-            W = torch.cumsum(torch.exp(-AD) * x * Bc, 3)
-            E = torch.exp(AD)
-        else:  # inference: two temporaries, every other pass in place (fresh large tensors cost page faults)
-            E = AD.exp_()                                                     # exp(A D_t)
-            W = torch.reciprocal(E).mul_(x).mul_(Bc).cumsum_(3)               # sum_{s<=t} exp(-A D_s) x_s B_s
-        ends, W_end = E[:, :, :, -1], W[:, :, :, -1]
-        starts = []
-        for k in range(nc):                                                   # chunk boundaries
-            starts.append(h)
-            h = ends[:, :, k] * (h + W_end[:, :, k])
-        H0 = torch.stack(starts, 2)[:, :, :, None]
-        if W.requires_grad:
-            y = ((W + H0) * E * Cc).sum(-1)
-        else:
-            y = W.add_(H0).mul_(E).mul_(Cc).sum(-1)                            # C_t . h_t
-        return y.reshape(n, c, nc * T)[..., :length], h
+        chunk, block = SelectiveScan.scan_sizes(n, c, s, length, chunk, block)
+        A2 = (A * math.log2(math.e)).t().contiguous()                          # [state, C]: exp(dt A) = exp2(dt A2)
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C))
+        if not grad:  # inference: two buffers reused by every block, every pass in place (fresh tensors cost page faults)
+            tokens = min(block, -(-length // chunk) * chunk)
+            work_a, work_b = u.new_empty(tokens * n * s * c), u.new_empty(tokens * n * s * c)
+        h = u.new_zeros(n, s, c)
+        y, parts = u.new_empty(n, c, length), []
+        for start in range(0, length, block):
+            stop = min(length, start + block)
+            nc = -(-(stop - start) // chunk)                                   # chunks in this block
+
+            def tokens_first(t: torch.Tensor) -> torch.Tensor:  # [N, tokens, W] -> [chunk, N, chunks, W]
+                pad = nc * chunk - (stop - start)
+                t = F.pad(t, (0, 0, 0, pad)) if pad else t
+                return t.reshape(n, nc, chunk, t.shape[-1]).permute(2, 0, 1, 3).contiguous()
+
+            dts = tokens_first(dt[..., start:stop].transpose(1, 2))[..., None, :]       # [T, N, chunks, 1, C]
+            xs = dts * tokens_first(u[..., start:stop].transpose(1, 2))[..., None, :]   # dt_t u_t
+            Bs, Cs = tokens_first(B[:, start:stop])[..., None], tokens_first(C[:, start:stop])[..., None]
+            shape = (chunk, n, nc, s, c)
+            if grad:  # autograd: no in-place ops
+                a, b = torch.exp2(dts * A2), xs * Bs
+                hs, es = [b[0]], [a[0]]
+                for t in range(1, chunk):
+                    hs.append(torch.addcmul(b[t], a[t], hs[-1]))
+                    es.append(a[t] * es[-1])
+                b, a = torch.stack(hs), torch.stack(es)
+            else:
+                size = math.prod(shape)
+                a = torch.mul(dts, A2, out=work_a[:size].view(shape)).exp2_()  # a_t
+                b = torch.mul(xs, Bs, out=work_b[:size].view(shape))           # dt_t u_t B_t
+                rows_a, rows_b = a.unbind(0), b.unbind(0)
+                for t in range(1, chunk):                                     # all chunks of the block, one step
+                    rows_b[t].addcmul_(rows_a[t], rows_b[t - 1])              # hloc_t
+                    rows_a[t].mul_(rows_a[t - 1])                             # E_t
+            starts = [h]
+            for end_b, end_a in zip(b[-1].unbind(1), a[-1].unbind(1)):       # chunk boundaries, in order
+                h = torch.addcmul(end_b, end_a, h)
+                starts.append(h)
+            H0 = torch.stack(starts[:-1], 1)                                  # [N, chunks, state, C]
+            if grad:
+                part = ((b + a * H0) * Cs).sum(3)
+            else:
+                part = b.addcmul_(a, H0).mul_(Cs).sum(3)                      # C_t . (hloc_t + E_t h_start)
+            part = part.permute(1, 3, 2, 0).reshape(n, c, nc * chunk)         # [T, N, chunks, C] -> [N, C, tokens]
+            if grad:
+                parts.append(part[..., :stop - start])
+            else:
+                y[..., start:stop] = part[..., :stop - start]
+        return torch.cat(parts, -1) if grad else y
+
+    @staticmethod
+    def scan_sizes(n: int, c: int, s: int, length: int, chunk: int | None, block: int | None) -> tuple[int, int]:
+        """(chunk, block) for scan_chunked: a block's work buffer [block, N, state, C] about 4 MiB of float32
+        (cache-sized), chunk about sqrt(block) (per block: 2 ops per step of a chunk, 1 per chunk boundary)."""
+        if block is None:
+            block = max(1, min(length, (1 << 20) // max(1, n * s * c)))
+        if chunk is None:
+            chunk = 1 << max(0, round(math.log2(max(1, block)) / 2))
+        chunk = max(1, min(chunk, length))
+        return chunk, max(chunk, block // chunk * chunk)
 
 
 HELPERS.update({"fft_long_conv": fft_long_conv, "fast_fft_len": fast_fft_len, "GlobalFilter2d": GlobalFilter2d,

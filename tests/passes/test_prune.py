@@ -455,3 +455,73 @@ def test_random_programs_prune_to_verified_graphs_of_the_same_signature():
                                                                         torch_runner(g)(case.inputs())]
 
     check()
+
+
+# ---- an imported dense-block network (DenseNet's concatenation chains) ---------------------------
+class _DenseLayer(torch.nn.Module):
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = torch.nn.BatchNorm2d(cin), torch.nn.Conv2d(cin, 2 * growth, 1, bias=False)
+        self.norm2, self.conv2 = torch.nn.BatchNorm2d(2 * growth), torch.nn.Conv2d(2 * growth, growth, 3, padding=1,
+                                                                                   bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.conv1(torch.relu(self.norm1(torch.cat(features, 1))))
+        return self.conv2(torch.relu(self.norm2(x)))
+
+
+class _DenseNetSmall(torch.nn.Module):
+    """torchvision's DenseNet in miniature: each layer reads the concatenation of every earlier output."""
+
+    def __init__(self, growth: int = 4, layers: tuple[int, ...] = (4, 3)) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        c, self.blocks, self.transitions = 8, torch.nn.ModuleList(), torch.nn.ModuleList()
+        for i, n in enumerate(layers):
+            self.blocks.append(torch.nn.ModuleList(_DenseLayer(c + k * growth, growth) for k in range(n)))
+            c += n * growth
+            if i < len(layers) - 1:
+                self.transitions.append(torch.nn.Sequential(torch.nn.BatchNorm2d(c), torch.nn.ReLU(),
+                                                            torch.nn.Conv2d(c, c // 2, 1, bias=False),
+                                                            torch.nn.AvgPool2d(2)))
+                c //= 2
+        self.norm, self.fc = torch.nn.BatchNorm2d(c), torch.nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            features = [x]
+            for layer in block:
+                features.append(layer(features))
+            x = torch.cat(features, 1)
+            if i < len(self.transitions):
+                x = self.transitions[i](x)
+        return self.fc(torch.relu(self.norm(x)).mean((2, 3)))
+
+
+def test_imported_dense_blocks_prune_and_run():
+    """Issue 15 (must-show 4) on DenseNet's structure: the program imported from a dense-block model prunes to
+    half its MACs, and the pruned program runs with the output shape intact and computes what zeroing the
+    removed channels in the original computes."""
+    from convdsl.api import import_model
+    from convdsl.backends.torch import build_module
+
+    torch.manual_seed(0)
+    model = _DenseNetSmall().eval()
+    for m in model.modules():  # non-trivial running statistics, as a trained model has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 16, 16)
+    g = import_model(model, (x,)).graph
+    deps = analyze(g)
+    convs = [n.id for n in g.nodes() if n.op == "conv2d"]
+    prunable = {p for grp in deps.groups if grp.prunable for p in grp.producers}
+    assert set(convs) - prunable <= {convs[0]}  # every conv's filters prunable but the protected stem's
+    small = prune(g, 0.5)
+    before, after = summary(g)["macs"], summary(small)["macs"]
+    assert 0.45 <= 1 - after / before <= 0.55, (before, after)
+    with torch.no_grad():
+        out = build_module(small)(x)
+        want = model(x)
+    assert tuple(out.shape) == tuple(want.shape) == (2, 10)
+    assert_prunes_like_zeroing(g, half_masks(g))

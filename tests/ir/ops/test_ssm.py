@@ -3,6 +3,8 @@ documented initializations, and the torch lowering checked against naive numpy
 recurrences and direct convolutions."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -287,6 +289,30 @@ def test_selective_scan_chunked_float32_blocks_and_strong_decay(strength):
     got = SelectiveScan.scan_chunked(u, dt, A, B, C, chunk=64, block=128)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@functools.cache
+def long_scan_case():
+    """(u, dt, A, B, C) for 3,001 tokens, 64 channels, state 16 in float64, and scan_steps() of them."""
+    gen = torch.Generator().manual_seed(11)
+    n, c, L, s = 1, 64, 3001, 16
+    u, B, C = (torch.randn(*sh, generator=gen, dtype=torch.float64) for sh in ((n, c, L), (n, L, s), (n, L, s)))
+    dt = 0.45 * torch.rand(n, c, L, generator=gen, dtype=torch.float64) ** 3
+    A = -torch.arange(1, s + 1, dtype=torch.float64).repeat(c, 1)
+    A[:4] *= 1e-3  # slow states: long memory across many chunks and blocks
+    return (u, dt, A, B, C), SelectiveScan.scan_steps(u, dt, A, B, C)
+
+
+@pytest.mark.parametrize("chunk,block", [(None, None), (5, 1024), (7, 30)])
+def test_selective_scan_chunked_long_sequence_equals_steps(chunk, block):
+    """A long sequence over several blocks (the last one padded), float64, against the sequential recurrence at a
+    tight tolerance; decays up to ~7 per step (dt 0.45 x A 16, as the benchmark's channels) and a few near zero."""
+    (u, dt, A, B, C), want = long_scan_case()
+    assert SelectiveScan.scan_sizes(1, 64, 16, 3001, None, None) == (32, 1024)  # auto: 3 blocks, chunks of 32
+    got = SelectiveScan.scan_chunked(u, dt, A, B, C, chunk, block)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    got32 = SelectiveScan.scan_chunked(*(t.float() for t in (u, dt, A, B, C)), chunk, block)
+    torch.testing.assert_close(got32.double(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 def test_selective_scan_chunked_has_gradients():
