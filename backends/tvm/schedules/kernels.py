@@ -73,17 +73,27 @@ def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
         name="dwconv_nchwc", attrs={KERNEL_ATTR: "dwconv_nchwc"})
 
 
-def dense_packed(x: te.Tensor, w: te.Tensor) -> te.Tensor:
-    """x [..., K], w [N/nb, K, nb] -> [..., N]."""
+def dense_packed(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te.Tensor:
+    """x [..., M, K], w [N/nb, K, nb] -> [..., M, N].  ``rows`` > M: the product is computed over
+    ``rows`` rows (the ones past M read row M - 1) into a buffer the result is copied from
+    (``dense_unpad``, which the schedule inlines into the epilogue), so that the register tile
+    divides the rows and no row guard sits inside the reduction loop (``cpu.dense_rows``)."""
     nblk, k, nb = (int(v) for v in w.shape)
     rk = te.reduce_axis((0, k), "k")
     lead = list(x.shape[:-1])
+    m = lead[-1] if lead else None
+    pad = rows is not None and isinstance(m, (int, tirx.IntImm)) and rows > int(m)
 
     def fn(*idx):
         j = idx[-1]
-        return te.sum(x[tuple(idx[:-1]) + (rk,)] * w[j // nb, rk, j % nb], axis=rk)
+        row = tuple(idx[:-2]) + (tirx.min(idx[-2], int(m) - 1),) if pad else tuple(idx[:-1])
+        return te.sum(x[row + (rk,)] * w[j // nb, rk, j % nb], axis=rk)
 
-    return te.compute(lead + [nblk * nb], fn, name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+    shape = lead[:-1] + [rows] + [nblk * nb] if pad else lead + [nblk * nb]
+    y = te.compute(shape, fn, name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+    if not pad:
+        return y
+    return te.compute(lead + [nblk * nb], lambda *idx: y[idx], name="dense_unpad")
 
 
 def pack_nchwc(x: te.Tensor, b: int) -> te.Tensor:
