@@ -27,6 +27,19 @@ def linear(cx, x, weight: np.ndarray, bias: np.ndarray | None):
     return y if bias is None else cx.emit(R.add(y, cx.const(bias)))
 
 
+def _avx2():
+    """Hardware of the target being built when it is a CPU with 16 vector registers (AVX2), else None."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return None
+    hw = Hardware.of(target)
+    return hw if hw.registers < 32 else None
+
+
 def key_padding(k, bias=None) -> int:
     """Keys to add so that a row of logits is a whole number of vectors: on CPUs with 16 vector
     registers (AVX2), where ``cpu.py``'s softmax rule vectorizes a row (and sums it as
@@ -75,11 +88,61 @@ def attend(cx, q, k, v, scale: float, bias=None):
     return cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))
 
 
+def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
+    """``mha`` on AVX2 with no copy between the projections and the attention: Q, K^T and V are
+    written by their GEMMs in the heads' layout ([N, heads, L, d], K as [N, heads, d, keys]; keys
+    padded to whole vectors as ``key_padding``), the output projection reads the heads' layout
+    (``kernels.dense_heads``, ``dense_merge_heads``).  None where it does not apply (another
+    target, symbolic or non-float32 shapes, a bias that is not per key)."""
+    from convdsl.backends.tvm.schedules import kernels
+    from convdsl.backends.tvm.schedules.cpu import dense_rows
+    from convdsl.backends.tvm.schedules.layout import dense_block, pack_dense_weight, static_shape
+
+    hw = _avx2()
+    (n, lq, _), (_, lk, _) = shapes
+    dim = wq.shape[0]
+    if hw is None or not all(isinstance(v, int) for v in (n, lq, lk)) or dim % heads \
+            or any(str(e.ty.dtype) != "float32" for e in (xq, xkv)) or static_shape(xq) is None:
+        return None
+    d = dim // heads
+    nb, nbo = dense_block(d), dense_block(wo.shape[0])
+    pad = (-lk) % hw.lanes if lk >= hw.lanes else 0
+    keys = lk + pad
+    if bias is not None and (static_shape(bias) or [0])[-1] != lk:
+        return None
+
+    def project(x, w, b, length, keys, transpose=False):
+        rows = dense_rows(keys, d // nb, hw, hw.vectors(nb))
+        b = np.zeros(dim, np.float32) if b is None else b
+        return cx.bb.emit_te(kernels.dense_heads, x, cx.const(pack_dense_weight(np.ascontiguousarray(w.T), nb)),
+                             cx.const(b), heads, rows, keys, transpose, primfunc_name_hint="dense_heads")
+
+    q = project(xq, wq, bq, lq, lq)
+    kt = project(xkv, wk, bk, lk, keys, transpose=True)  # [N, heads, d, keys]
+    v = project(xkv, wv, bv, lk, keys)  # [N, heads, keys, d]
+    logits = cx.emit(R.multiply(cx.emit(R.matmul(q, kt)), cx.const(scale)))
+    if pad:
+        logits = cx.emit(R.add(logits, cx.const(np.where(np.arange(keys) < lk, 0.0, -np.inf).astype(np.float32))))
+        if bias is not None:
+            bias = cx.emit(R.nn.pad(bias, [0, 0] * (bias.ty.ndim - 1) + [0, pad], pad_value=float("-inf")))
+    if bias is not None:
+        logits = cx.emit(R.add(logits, bias))
+    y = cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))  # [N, heads, Lq, d]
+    rows = dense_rows(lq, wo.shape[0] // nbo, hw, hw.vectors(nbo))
+    y = cx.bb.emit_te(kernels.dense_merge_heads, y, cx.const(pack_dense_weight(np.ascontiguousarray(wo.T), nbo)),
+                      rows, primfunc_name_hint="dense_merge_heads")
+    return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
+
+
 def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale, bias=None):
     """Multi-head attention of queries xq [N, Lq, C] over xkv [N, Lk, Ck]; returns [N, Lq, dim]."""
     (n, lq, _), (_, lk, _) = shapes
     dim = wq.shape[0]
     d = dim // heads
+    fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
+                         scale if scale is not None else 1.0 / math.sqrt(d), bias)
+    if fast is not None:
+        return fast
     q = linear(cx, xq, wq, bq)
     k = linear(cx, xkv, wk, bk)
     v = linear(cx, xkv, wv, bv)

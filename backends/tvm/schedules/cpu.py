@@ -38,7 +38,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import bf16, tophub
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR
+from convdsl.backends.tvm.schedules.kernels import K_INNER_ATTR, KERNEL_ATTR
 
 
 class _Skip(Exception):
@@ -425,6 +425,9 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
         mo, mi = sch.split(m, [None, rm])
         sch.reorder(*batch, no, mo, k, mi, nvl, nl)
         par = [*batch, no, mo]
+        inner = sch.get(block).annotations.get(K_INNER_ATTR)
+        if inner is not None and _extent(sch, k) % int(inner) == 0:  # k = (k / inner, k % inner): plain
+            k = sch.split(k, [None, int(inner)])[0]  # addresses for an operand read as [.., k / inner, .., k % inner]
     else:
         mi = None
         sch.reorder(*batch, no, k, nvl, nl)

@@ -16,6 +16,7 @@ from tvm import te, tirx
 from convdsl.ir.ops.conv import conv_out_size
 
 KERNEL_ATTR = "convdsl.kernel"
+K_INNER_ATTR = "convdsl.k_inner"  # a GEMM whose reduction is better split by this (cpu.schedule_gemm)
 
 
 def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
@@ -94,6 +95,50 @@ def dense_packed(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te.Tens
     if not pad:
         return y
     return te.compute(lead + [nblk * nb], lambda *idx: y[idx], name="dense_unpad")
+
+
+def dense_heads(x: te.Tensor, w: te.Tensor, bias: te.Tensor, heads: int, rows: int, keys: int,
+                transpose: bool = False) -> te.Tensor:
+    """One attention projection written in the heads' layout, no copy after it:
+    x [N, L, C], w [dim/nb, C, nb] (packed), bias [dim] -> [N, heads, keys, d], or
+    [N, heads, d, keys] (``transpose``: K^T, the layout Q K^T reads), d = dim / heads; rows
+    L..keys-1 are zeros (padded keys).  The product is computed over ``rows`` >= keys rows (the
+    ones past L read row L - 1) so the register tile divides them; the bias add and the layout
+    are the epilogue the schedule computes at each tile."""
+    n, length, _ = x.shape
+    length = int(length)
+    nblk, k, nb = (int(v) for v in w.shape)
+    d = nblk * nb // heads
+    rk = te.reduce_axis((0, k), "k")
+    y = te.compute(
+        (n, heads, rows, d),
+        lambda b, h, t, j: te.sum(x[b, tirx.min(t, length - 1), rk] * w[(h * d + j) // nb, rk, (h * d + j) % nb],
+                                  axis=rk),
+        name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+    zero = tirx.const(0.0, x.dtype)
+
+    def out(b, h, t, j):
+        return tirx.if_then_else(t < length, y[b, h, t, j] + bias[h * d + j], zero)
+
+    if transpose:
+        return te.compute((n, heads, d, keys), lambda b, h, j, t: out(b, h, t, j), name="dense_heads_t")
+    return te.compute((n, heads, keys, d), out, name="dense_heads")
+
+
+def dense_merge_heads(y: te.Tensor, w: te.Tensor, rows: int) -> te.Tensor:
+    """The attention output's projection reading the heads' layout: y [N, heads, L, d] (the
+    heads merged back to channels c = h * d + j by the read, not by a copy), w [out/nb, heads*d, nb]
+    -> [N, L, out], computed over ``rows`` >= L rows as ``dense_packed``."""
+    n, heads, length, d = (y.shape[0],) + tuple(int(v) for v in y.shape[1:])
+    nblk, k, nb = (int(v) for v in w.shape)
+    rk = te.reduce_axis((0, k), "k")
+    p = te.compute(
+        (n, rows, nblk * nb),
+        lambda b, t, j: te.sum(y[b, rk // d, tirx.min(t, length - 1), rk % d] * w[j // nb, rk, j % nb], axis=rk),
+        name="dense_packed", attrs={KERNEL_ATTR: "dense_packed", K_INNER_ATTR: d})
+    if rows == length:
+        return p
+    return te.compute((n, length, nblk * nb), lambda *idx: p[idx], name="dense_unpad")
 
 
 def pack_nchwc(x: te.Tensor, b: int) -> te.Tensor:

@@ -362,3 +362,42 @@ def test_dense_rows_padded_to_whole_tiles_on_16_registers(mcpu, rows, tile):
         got = vm["main"](tvm.runtime.tensor(xs)).numpy()
         want = torch.nn.functional.gelu(torch.from_numpy(xs) @ torch.from_numpy(w) + torch.from_numpy(b)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_attention_heads_layout_without_copies(mcpu):
+    """AVX2: self-attention's Q, K^T and V are written by their GEMMs in the heads' layout (keys
+    padded 13 -> 16) and the output projection reads it: no transpose or pad kernel is left, and
+    the network equals torch.  AVX-512 keeps the plain lowering (its tuned records' shapes)."""
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import host_can_run, make_target
+
+    g = graph_of("""
+network t(x: f32[2, 13, 32]) {
+    return x + (x | layernorm | mhsa(4))
+}
+""")
+    spec = make_target("tvm-llvm")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    with target:
+        mod = tvm.transform.Sequential(optimize_passes(spec))(lower_graph(g, "tvm-llvm", {}))
+    names = sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    copies = [n for n in names if "transpose" in n or n.startswith("pad") or "_pad" in n]
+    if mcpu == "haswell":
+        assert sum(n.startswith("dense_heads") for n in names) == 3 and not copies, names
+        assert any("dense_merge_heads" in n for n in names), names
+        if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+            from convdsl.backends.tvm.schedules import schedule_module
+
+            with target:
+                mod = schedule_module(mod, target)
+            ex = tvm.compile(mod, target=target)
+            vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+            xs = random_inputs(g)
+            got = vm["main"](tvm.runtime.tensor(xs[0]))
+            assert_close([got.numpy()], torch_outputs(g, xs))
+    else:
+        assert not any("dense_heads" in n for n in names) and copies, names
