@@ -95,7 +95,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     (``kernels.dense_heads``, ``dense_merge_heads``).  None where it does not apply (another
     target, symbolic or non-float32 shapes, a bias that is not per key)."""
     from convdsl.backends.tvm.schedules import kernels
-    from convdsl.backends.tvm.schedules.cpu import dense_rows
+    from convdsl.backends.tvm.schedules.cpu import dense_rows, gemm_tile
     from convdsl.backends.tvm.schedules.layout import dense_block, pack_dense_weight, static_shape
 
     hw = _avx2()
@@ -106,10 +106,13 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
         return None
     d = dim // heads
     nb, nbo = dense_block(d), dense_block(wo.shape[0])
-    pad = (-lk) % hw.lanes if lk >= hw.lanes else 0
-    keys = lk + pad
     if bias is not None and (static_shape(bias) or [0])[-1] != lk:
         return None
+    # Q K^T's register tile (rows x column vectors): the keys padded to whole column tiles, the
+    # queries to whole row tiles, so neither attention GEMM pads its operands
+    rm, nv = gemm_tile(lq, -(-lk // hw.lanes), hw, 1, pad_cols=True)
+    pad = (-lk) % (nv * hw.lanes) if lk >= hw.lanes else 0
+    keys, q_rows = lk + pad, -(-lq // rm) * rm if lq >= rm else lq
 
     def project(x, w, b, length, keys, transpose=False):
         rows = dense_rows(keys, d // nb, hw, hw.vectors(nb))
@@ -117,7 +120,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
         return cx.bb.emit_te(kernels.dense_heads, x, cx.const(pack_dense_weight(np.ascontiguousarray(w.T), nb)),
                              cx.const(b), heads, rows, keys, transpose, primfunc_name_hint="dense_heads")
 
-    q = project(xq, wq, bq, lq, lq)
+    q = project(xq, wq, bq, lq, q_rows)  # [N, heads, q_rows, d]: rows past Lq are zeros
     kt = project(xkv, wk, bk, lk, keys, transpose=True)  # [N, heads, d, keys]
     v = project(xkv, wv, bv, lk, keys)  # [N, heads, keys, d]
     logits = cx.emit(R.multiply(cx.emit(R.matmul(q, kt)), cx.const(scale)))
@@ -125,12 +128,14 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
         logits = cx.emit(R.add(logits, cx.const(np.where(np.arange(keys) < lk, 0.0, -np.inf).astype(np.float32))))
         if bias is not None:
             bias = cx.emit(R.nn.pad(bias, [0, 0] * (bias.ty.ndim - 1) + [0, pad], pad_value=float("-inf")))
+    if bias is not None and q_rows > lq and static_shape(bias)[-2] == lq:  # padded queries: any finite logits
+        bias = cx.emit(R.nn.pad(bias, [0, 0] * (bias.ty.ndim - 2) + [0, q_rows - lq, 0, 0]))
     if bias is not None:
         logits = cx.emit(R.add(logits, bias))
-    y = cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))  # [N, heads, Lq, d]
+    y = cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))  # [N, heads, q_rows, d]
     rows = dense_rows(lq, wo.shape[0] // nbo, hw, hw.vectors(nbo))
     y = cx.bb.emit_te(kernels.dense_merge_heads, y, cx.const(pack_dense_weight(np.ascontiguousarray(wo.T), nbo)),
-                      rows, primfunc_name_hint="dense_merge_heads")
+                      rows, lq, primfunc_name_hint="dense_merge_heads")
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 

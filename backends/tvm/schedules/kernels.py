@@ -125,11 +125,12 @@ def dense_heads(x: te.Tensor, w: te.Tensor, bias: te.Tensor, heads: int, rows: i
     return te.compute((n, heads, keys, d), out, name="dense_heads")
 
 
-def dense_merge_heads(y: te.Tensor, w: te.Tensor, rows: int) -> te.Tensor:
-    """The attention output's projection reading the heads' layout: y [N, heads, L, d] (the
-    heads merged back to channels c = h * d + j by the read, not by a copy), w [out/nb, heads*d, nb]
-    -> [N, L, out], computed over ``rows`` >= L rows as ``dense_packed``."""
-    n, heads, length, d = (y.shape[0],) + tuple(int(v) for v in y.shape[1:])
+def dense_merge_heads(y: te.Tensor, w: te.Tensor, rows: int, length: int) -> te.Tensor:
+    """The attention output's projection reading the heads' layout: y [N, heads, L', d] (the
+    heads merged back to channels c = h * d + j by the read, not by a copy; rows past ``length``
+    are padding), w [out/nb, heads*d, nb] -> [N, length, out], computed over ``rows`` >= length
+    rows as ``dense_packed``."""
+    n, d = y.shape[0], int(y.shape[3])
     nblk, k, nb = (int(v) for v in w.shape)
     rk = te.reduce_axis((0, k), "k")
     p = te.compute(
