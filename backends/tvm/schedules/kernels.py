@@ -6,7 +6,11 @@ the schedule dispatcher recognizes it after FuseOps/FuseTIR merged epilogues int
 - ``conv2d_nchwc``: direct convolution in the blocked layout NCHW[ib]c x OIHW[ib]i[ob]o
   -> NCHW[ob]c (NeoCPU's layout; the weight is packed once at compile time).
 - ``dwconv_nchwc``: depthwise convolution, NCHW[b]c x [C/b, KH, KW, b] -> NCHW[b]c.
-- ``dense_packed``: x[..., K] @ W, with W packed as [N/nb, K, nb] (nb lanes contiguous).
+- ``dense_packed``: x[..., K] @ W, with W packed as [N/nb, K, nb] (nb lanes contiguous), over
+  rows padded to whole register tiles where ``cpu.dense_rows`` says so.
+- ``dense_heads`` / ``dense_merge_heads``: attention's projections in the heads' layout (AVX2,
+  ``lower_attention._heads_layout``): Q, K^T, V written as [N, heads, ...], the output
+  projection reading it; both scheduled as ``dense_packed``.
 - ``pack_nchwc`` / ``unpack_nchwc``: the layout transforms NCHW <-> NCHW[b]c.
 """
 from __future__ import annotations
