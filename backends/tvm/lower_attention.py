@@ -27,9 +27,59 @@ def linear(cx, x, weight: np.ndarray, bias: np.ndarray | None):
     return y if bias is None else cx.emit(R.add(y, cx.const(bias)))
 
 
+def _avx2():
+    """Hardware of the target being built when it is a CPU with 16 vector registers (AVX2), else None."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware
+
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return None
+    hw = Hardware.of(target)
+    return hw if hw.registers < 32 else None
+
+
+def key_padding(k, bias=None) -> int:
+    """Keys to add so that a row of logits is a whole number of vectors: on CPUs with 16 vector
+    registers (AVX2), where ``cpu.py``'s softmax rule vectorizes a row (and sums it as
+    lanes-wide partial sums) only when the lanes divide it, and the Q K^T GEMM's columns need no
+    padding copy: ViT-S's 197 tokens -> 200.  0 elsewhere (AVX-512 and GPU kernels keep their
+    shapes and their tuned records), for keys shorter than a vector, and for a bias that is
+    not per key."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import Hardware
+    from convdsl.backends.tvm.schedules.layout import static_shape
+
+    target = tvm.target.Target.current(allow_none=True)
+    shape = static_shape(k)
+    if target is None or target.kind.name != "llvm" or shape is None or str(k.ty.dtype) != "float32":
+        return 0
+    hw = Hardware.of(target)
+    lk = shape[-2]
+    if hw.registers >= 32 or lk < hw.lanes:
+        return 0
+    if bias is not None and (static_shape(bias) or [0])[-1] != lk:
+        return 0
+    return (-lk) % hw.lanes
+
+
 def attend(cx, q, k, v, scale: float, bias=None):
-    """softmax(q k^T * scale + bias) v over the last two dims (batched)."""
+    """softmax(q k^T * scale + bias) v over the last two dims (batched).  With ``key_padding``
+    the keys and values get zero rows and the padded logits -inf (a bias's padding too), so the
+    padded keys weigh nothing and the result is unchanged."""
     rank = q.ty.ndim
+    pad = key_padding(k, bias)
+    if pad:
+        widths = [0, 0] * (rank - 2) + [0, pad, 0, 0]
+        k, v = cx.emit(R.nn.pad(k, widths)), cx.emit(R.nn.pad(v, widths))
+        lk = int(k.ty.shape[-2])
+        if bias is None:
+            bias = cx.const(np.where(np.arange(lk) < lk - pad, 0.0, -np.inf).astype(np.float32))
+        else:
+            brank = bias.ty.ndim
+            bias = cx.emit(R.nn.pad(bias, [0, 0] * (brank - 1) + [0, pad], pad_value=float("-inf")))
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
     logits = cx.emit(R.matmul(q, cx.emit(R.permute_dims(k, perm))))
     logits = cx.emit(R.multiply(logits, cx.const(scale)))
@@ -38,11 +88,68 @@ def attend(cx, q, k, v, scale: float, bias=None):
     return cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))
 
 
+def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
+    """``mha`` on AVX2 with no copy between the projections and the attention: Q, K^T and V are
+    written by their GEMMs in the heads' layout ([N, heads, L, d], K as [N, heads, d, keys]; keys
+    padded to whole vectors as ``key_padding``), the output projection reads the heads' layout
+    (``kernels.dense_heads``, ``dense_merge_heads``).  None where it does not apply (another
+    target, symbolic or non-float32 shapes, a bias that is not per key)."""
+    from convdsl.backends.tvm.schedules import kernels
+    from convdsl.backends.tvm.schedules.cpu import dense_rows, gemm_tile
+    from convdsl.backends.tvm.schedules.layout import dense_block, pack_dense_weight, static_shape
+
+    hw = _avx2()
+    (n, lq, _), (_, lk, _) = shapes
+    dim = wq.shape[0]
+    if hw is None or not all(isinstance(v, int) for v in (n, lq, lk)) or dim % heads \
+            or any(str(e.ty.dtype) != "float32" for e in (xq, xkv)) or static_shape(xq) is None:
+        return None
+    d = dim // heads
+    nb, nbo = dense_block(d), dense_block(wo.shape[0])
+    if bias is not None and (static_shape(bias) or [0])[-1] != lk:
+        return None
+    # Q K^T's register tile (rows x column vectors): the keys padded to whole column tiles, the
+    # queries to whole row tiles, so neither attention GEMM pads its operands
+    rm, nv = gemm_tile(lq, -(-lk // hw.lanes), hw, 1, pad_cols=True)
+    pad = (-lk) % (nv * hw.lanes) if lk >= hw.lanes else 0
+    if pad - (-lk) % hw.lanes > 0.08 * lk:  # short rows (MaxViT's 49 keys): whole vectors only, 56 not 64
+        pad = (-lk) % hw.lanes
+    keys, q_rows = lk + pad, -(-lq // rm) * rm if lq >= rm else lq
+
+    def project(x, w, b, length, keys, transpose=False):
+        rows = dense_rows(keys, d // nb, hw, hw.vectors(nb))
+        b = np.zeros(dim, np.float32) if b is None else b
+        return cx.bb.emit_te(kernels.dense_heads, x, cx.const(pack_dense_weight(np.ascontiguousarray(w.T), nb)),
+                             cx.const(b), heads, rows, keys, transpose, primfunc_name_hint="dense_heads")
+
+    q = project(xq, wq, bq, lq, q_rows)  # [N, heads, q_rows, d]: rows past Lq are zeros
+    kt = project(xkv, wk, bk, lk, keys, transpose=True)  # [N, heads, d, keys]
+    v = project(xkv, wv, bv, lk, keys)  # [N, heads, keys, d]
+    logits = cx.emit(R.multiply(cx.emit(R.matmul(q, kt)), cx.const(scale)))
+    if pad:
+        logits = cx.emit(R.add(logits, cx.const(np.where(np.arange(keys) < lk, 0.0, -np.inf).astype(np.float32))))
+        if bias is not None:
+            bias = cx.emit(R.nn.pad(bias, [0, 0] * (bias.ty.ndim - 1) + [0, pad], pad_value=float("-inf")))
+    if bias is not None and q_rows > lq and static_shape(bias)[-2] == lq:  # padded queries: any finite logits
+        bias = cx.emit(R.nn.pad(bias, [0, 0] * (bias.ty.ndim - 2) + [0, q_rows - lq, 0, 0]))
+    if bias is not None:
+        logits = cx.emit(R.add(logits, bias))
+    y = cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))  # [N, heads, q_rows, d]
+    rows = dense_rows(lq, wo.shape[0] // nbo, hw, hw.vectors(nbo))
+    y = cx.bb.emit_te(kernels.dense_merge_heads, y, cx.const(pack_dense_weight(np.ascontiguousarray(wo.T), nbo)),
+                      rows, lq, primfunc_name_hint="dense_merge_heads")
+    return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
+
+
 def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale, bias=None):
     """Multi-head attention of queries xq [N, Lq, C] over xkv [N, Lk, Ck]; returns [N, Lq, dim]."""
     (n, lq, _), (_, lk, _) = shapes
     dim = wq.shape[0]
     d = dim // heads
+    fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
+                         scale if scale is not None else 1.0 / math.sqrt(d), bias)
+    if fast is not None:
+        return fast
     q = linear(cx, xq, wq, bq)
     k = linear(cx, xkv, wk, bk)
     v = linear(cx, xkv, wv, bv)

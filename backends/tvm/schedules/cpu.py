@@ -38,7 +38,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import bf16, tophub
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR
+from convdsl.backends.tvm.schedules.kernels import K_INNER_ATTR, KERNEL_ATTR
 
 
 class _Skip(Exception):
@@ -83,15 +83,18 @@ class Hardware:
         """Registers one ``block``-lane channel block (or column block) occupies."""
         return max(1, -(-block // self.lanes))
 
-    def max_accumulators(self, vb: int) -> int:
+    def max_accumulators(self, vb: int, guarded: bool = True) -> int:
         """Accumulator registers of a register tile whose blocks take ``vb`` registers each.
 
         32 registers: all but the operands'.  16 (AVX2), measured on Zen 3 with TVM's code:
-        8 when a block takes two registers (ViT-S's packed GEMMs: 4x16 tiles 65-76 GFLOP/s per
-        core, the textbook 6x16 tile 35-42, 7x16 convs 46 against 4x16's 76-92), 12 otherwise."""
+        8 when a block takes two registers and the tile may be a guarded partial one
+        (``guarded``: ViT-S's packed GEMMs over 197 rows: 4x16 tiles 65-76 GFLOP/s per core, the
+        textbook 6x16 tile 35-42, 7x16 convs 46 against 4x16's 76-92: the partial last tile's
+        row guard sits inside the reduction loop and LLVM spills the tile around it), 12 otherwise
+        (a GEMM whose rows the tile divides: 6x16 over 198 rows 71-87 against 4x16's 66-83)."""
         if self.registers >= 32:
             return self.accumulators
-        return 8 if vb > 1 else 12
+        return 8 if vb > 1 and guarded else 12
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -357,13 +360,29 @@ def gemm_tile(m: int, nvecs: int, hw: Hardware, vb: int = 1, pad_cols: bool = Fa
             continue
         col_waste = (-nvecs) % nv / (nvecs + (-nvecs) % nv)
         for rm in range(1, min(m, hw.accumulators) + 1):
-            if (rm * nv + nv) * vb + 1 > free or rm * nv * vb > hw.max_accumulators(vb):
+            if (rm * nv + nv) * vb + 1 > free or rm * nv * vb > hw.max_accumulators(vb, m % rm != 0):
                 continue  # accumulators + column vectors + one broadcast
             waste = (-m) % rm / m  # padded rows of the last tile
             score = rm * nv * vb / (rm + nv * vb) * (1 - waste) * (1 - col_waste)
             if score > best_score + 1e-9:
                 best, best_score = (rm, nv), score
     return best
+
+
+def dense_rows(m: int, nvecs: int, hw: Hardware, vb: int) -> int:
+    """Rows a packed GEMM over ``m`` rows computes (``kernels.dense_packed``'s ``rows``): ``m``, or
+    ``m`` padded to a multiple of the register tile's rows where that pays, i.e. on 16 registers
+    with two-register column vectors, where a guarded partial tile limits the tile to 8
+    accumulators (``Hardware.max_accumulators``): ViT-S's 197 tokens -> 198 rows, 6x16 tiles.
+    The padded rows repeat the last row and are never stored."""
+    if hw.registers >= 32 or vb == 1 or m < 2:
+        return m
+
+    def score(rows: int) -> float:
+        rm, nv = gemm_tile(rows, nvecs, hw, vb)
+        return rm * nv * vb / (rm + nv * vb) * (1 - (-rows) % rm / rows) * m / rows
+
+    return max([m] + [-(-m // r) * r for r in range(2, 7)], key=lambda rows: (score(rows) + 1e-9 * (rows == m), -rows))
 
 
 def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = None) -> None:
@@ -406,6 +425,9 @@ def schedule_gemm(sch: s_tir.Schedule, block, hw: Hardware, lanes: int | None = 
         mo, mi = sch.split(m, [None, rm])
         sch.reorder(*batch, no, mo, k, mi, nvl, nl)
         par = [*batch, no, mo]
+        inner = sch.get(block).annotations.get(K_INNER_ATTR)
+        if inner is not None and _extent(sch, k) % int(inner) == 0:  # k = (k / inner, k % inner): plain
+            k = sch.split(k, [None, int(inner)])[0]  # addresses for an operand read as [.., k / inner, .., k % inner]
     else:
         mi = None
         sch.reorder(*batch, no, k, nvl, nl)

@@ -6,7 +6,11 @@ the schedule dispatcher recognizes it after FuseOps/FuseTIR merged epilogues int
 - ``conv2d_nchwc``: direct convolution in the blocked layout NCHW[ib]c x OIHW[ib]i[ob]o
   -> NCHW[ob]c (NeoCPU's layout; the weight is packed once at compile time).
 - ``dwconv_nchwc``: depthwise convolution, NCHW[b]c x [C/b, KH, KW, b] -> NCHW[b]c.
-- ``dense_packed``: x[..., K] @ W, with W packed as [N/nb, K, nb] (nb lanes contiguous).
+- ``dense_packed``: x[..., K] @ W, with W packed as [N/nb, K, nb] (nb lanes contiguous), over
+  rows padded to whole register tiles where ``cpu.dense_rows`` says so.
+- ``dense_heads`` / ``dense_merge_heads``: attention's projections in the heads' layout (AVX2,
+  ``lower_attention._heads_layout``): Q, K^T, V written as [N, heads, ...], the output
+  projection reading it; both scheduled as ``dense_packed``.
 - ``pack_nchwc`` / ``unpack_nchwc``: the layout transforms NCHW <-> NCHW[b]c.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tvm import te, tirx
 from convdsl.ir.ops.conv import conv_out_size
 
 KERNEL_ATTR = "convdsl.kernel"
+K_INNER_ATTR = "convdsl.k_inner"  # a GEMM whose reduction is better split by this (cpu.schedule_gemm)
 
 
 def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
@@ -73,17 +78,72 @@ def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
         name="dwconv_nchwc", attrs={KERNEL_ATTR: "dwconv_nchwc"})
 
 
-def dense_packed(x: te.Tensor, w: te.Tensor) -> te.Tensor:
-    """x [..., K], w [N/nb, K, nb] -> [..., N]."""
+def dense_packed(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te.Tensor:
+    """x [..., M, K], w [N/nb, K, nb] -> [..., M, N].  ``rows`` > M: the product is computed over
+    ``rows`` rows (the ones past M read row M - 1) into a buffer the result is copied from
+    (``dense_unpad``, which the schedule inlines into the epilogue), so that the register tile
+    divides the rows and no row guard sits inside the reduction loop (``cpu.dense_rows``)."""
     nblk, k, nb = (int(v) for v in w.shape)
     rk = te.reduce_axis((0, k), "k")
     lead = list(x.shape[:-1])
+    m = lead[-1] if lead else None
+    pad = rows is not None and isinstance(m, (int, tirx.IntImm)) and rows > int(m)
 
     def fn(*idx):
         j = idx[-1]
-        return te.sum(x[tuple(idx[:-1]) + (rk,)] * w[j // nb, rk, j % nb], axis=rk)
+        row = tuple(idx[:-2]) + (tirx.min(idx[-2], int(m) - 1),) if pad else tuple(idx[:-1])
+        return te.sum(x[row + (rk,)] * w[j // nb, rk, j % nb], axis=rk)
 
-    return te.compute(lead + [nblk * nb], fn, name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+    shape = lead[:-1] + [rows] + [nblk * nb] if pad else lead + [nblk * nb]
+    y = te.compute(shape, fn, name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+    if not pad:
+        return y
+    return te.compute(lead + [nblk * nb], lambda *idx: y[idx], name="dense_unpad")
+
+
+def dense_heads(x: te.Tensor, w: te.Tensor, bias: te.Tensor, heads: int, rows: int, keys: int,
+                transpose: bool = False) -> te.Tensor:
+    """One attention projection written in the heads' layout, no copy after it:
+    x [N, L, C], w [dim/nb, C, nb] (packed), bias [dim] -> [N, heads, keys, d], or
+    [N, heads, d, keys] (``transpose``: K^T, the layout Q K^T reads), d = dim / heads; rows
+    L..keys-1 are zeros (padded keys).  The product is computed over ``rows`` >= keys rows (the
+    ones past L read row L - 1) so the register tile divides them; the bias add and the layout
+    are the epilogue the schedule computes at each tile."""
+    n, length, _ = x.shape
+    length = int(length)
+    nblk, k, nb = (int(v) for v in w.shape)
+    d = nblk * nb // heads
+    rk = te.reduce_axis((0, k), "k")
+    y = te.compute(
+        (n, heads, rows, d),
+        lambda b, h, t, j: te.sum(x[b, tirx.min(t, length - 1), rk] * w[(h * d + j) // nb, rk, (h * d + j) % nb],
+                                  axis=rk),
+        name="dense_packed", attrs={KERNEL_ATTR: "dense_packed"})
+    zero = tirx.const(0.0, x.dtype)
+
+    def out(b, h, t, j):
+        return tirx.if_then_else(t < length, y[b, h, t, j] + bias[h * d + j], zero)
+
+    if transpose:
+        return te.compute((n, heads, d, keys), lambda b, h, j, t: out(b, h, t, j), name="dense_heads_t")
+    return te.compute((n, heads, keys, d), out, name="dense_heads")
+
+
+def dense_merge_heads(y: te.Tensor, w: te.Tensor, rows: int, length: int) -> te.Tensor:
+    """The attention output's projection reading the heads' layout: y [N, heads, L', d] (the
+    heads merged back to channels c = h * d + j by the read, not by a copy; rows past ``length``
+    are padding), w [out/nb, heads*d, nb] -> [N, length, out], computed over ``rows`` >= length
+    rows as ``dense_packed``."""
+    n, d = y.shape[0], int(y.shape[3])
+    nblk, k, nb = (int(v) for v in w.shape)
+    rk = te.reduce_axis((0, k), "k")
+    p = te.compute(
+        (n, rows, nblk * nb),
+        lambda b, t, j: te.sum(y[b, rk // d, tirx.min(t, length - 1), rk % d] * w[j // nb, rk, j % nb], axis=rk),
+        name="dense_packed", attrs={KERNEL_ATTR: "dense_packed", K_INNER_ATTR: d})
+    if rows == length:
+        return p
+    return te.compute((n, length, nblk * nb), lambda *idx: p[idx], name="dense_unpad")
 
 
 def pack_nchwc(x: te.Tensor, b: int) -> te.Tensor:

@@ -262,7 +262,15 @@ class _Blocker(PyExprMutator):
         if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
             return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)),
                                          primfunc_name_hint="dense_packed_bf16")
-        return self.builder_.call_te(kernels.dense_packed, x, relax.const(pack_dense_weight(wt, dense_block(wt.shape[1]))),
+        nb = dense_block(wt.shape[1])
+        rows = None
+        target = tvm.target.Target.current(allow_none=True)
+        if len(xs) >= 2 and isinstance(xs[-2], int) and target is not None and target.kind.name == "llvm":
+            from convdsl.backends.tvm.schedules.cpu import Hardware, dense_rows
+
+            hw = Hardware.of(target)
+            rows = dense_rows(xs[-2], wt.shape[1] // nb, hw, hw.vectors(nb))
+        return self.builder_.call_te(kernels.dense_packed, x, relax.const(pack_dense_weight(wt, nb)), rows,
                                      primfunc_name_hint="dense_packed")
 
     def _binary(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:

@@ -115,6 +115,12 @@ C = (
     ("mhsa", SEQ, (), dict(heads=2, dim=12, qkv_bias=False, mask="causal")),
     ("mhsa", SEQ, (), dict(heads=2, rel_pos=True, scale=0.3)),
     ("mhsa", [(2, 5, 8), (5, 5)], (), dict(heads=2)),
+    # AVX2: 13 and 11 keys padded to 16 (zero keys and values, -inf logits), a mask's and a relative
+    # position bias's columns too (lower_attention.key_padding)
+    ("mhsa", [(1, 13, 8)], (), dict(heads=2)),
+    ("mhsa", [(2, 11, 8)], (), dict(heads=2, mask="causal", rel_pos=True)),
+    ("mhsa", [(2, 11, 8), (11, 11)], (), dict(heads=2)),
+    ("cross_attention", [(2, 5, 8), (2, 13, 8), (5, 13)], (), dict(heads=2)),
     ("cross_attention", [(2, 5, 8), (2, 7, 8)], (), dict(heads=2)),
     ("cross_attention", [(2, 5, 8), (2, 7, 6), (5, 7)], (), dict(heads=2, dim=12, proj_bias=False)),
     ("mhsa", SEQ, (), dict(heads=2, qkv=Quoted("qkv"), proj=Quoted("proj"), scale=0.3)),  # timm's ViT names
