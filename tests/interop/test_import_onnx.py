@@ -50,9 +50,6 @@ NOT_ROUND_TRIP = {
                          "(located error)",
     "papers/unireplknet_block.cdl": "GRN's mean over dim -1 comes back over dim 3 (ONNX axes are absolute); "
                                     "layer_scale's init and the parameter op's anchor input are not in the file",
-    "papers/nasnet_cell.cdl": "(at its first choices) the CDL writer (importer/structure.py) writes an empty "
-                              "'return' for a block instance whose output is computed twice; a writer bug, not yet "
-                              "fixed",
     "vgg16.cdl": "maxpool2d(2, stride=2) exports as the same MaxPool as maxpool2d(2) and comes back as the latter",
 }
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
