@@ -22,6 +22,7 @@ input dim) and -1, or read them from the input's runtime shape.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +56,7 @@ class Exporter:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.node: Node | None = None
+        self._recorded: dict[str, Any] = {}
         self._names: set[str] = set()
         self._shapes: dict[str, str] = {}  # value -> its Shape node output (one per value)
 
@@ -79,8 +81,17 @@ class Exporter:
         # the convdsl op this node lowers, for the importer where two ops export alike (transpose and
         # permute, flatten and reshape, adaptive and plain pooling); runtimes ignore doc strings
         doc = f"convdsl {self.node.op}" if self.node is not None else None
+        if doc is not None and self._recorded:
+            doc += " " + json.dumps(self._recorded, sort_keys=True)
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, doc_string=doc, **attrs))
         return outs if outputs > 1 else outs[0]
+
+    def record(self, **attrs: Any) -> None:
+        """Attributes of the node being exported that its ONNX nodes do not hold (an identity has no
+        angle, a parameter no initializer), written after the op in the doc strings of the ONNX nodes
+        added next, as JSON: ``convdsl rot90 {"dims": [2, 3], "k": 0}``.  Only ``convdsl import`` reads
+        them, and never for a number the file computes with; runtimes ignore doc strings."""
+        self._recorded.update(attrs)
 
     def const(self, arr: Any, dtype: Any = None, name: str | None = None) -> str:
         """A constant initializer (floats in the node's compute dtype unless ``dtype`` is given)."""
@@ -212,6 +223,7 @@ class Exporter:
             if node.op == "input":
                 continue
             self.node = node
+            self._recorded = {}
             args = [values[v] for v in g.inputs_of(node.id)]
             outs = self.exports.lookup(node, "onnx")(self, node, args, g.in_types(node.id))
             outs = outs if isinstance(outs, list) else [outs]

@@ -116,6 +116,86 @@ def _f32(v: float) -> float:
     return float(f"{np.float32(v):.7g}")
 
 
+def written(node) -> tuple[str | None, dict]:
+    """The convdsl op convdsl's exporter recorded in the node's doc string and the attributes it
+    recorded after it (``convdsl rot90 {"dims": [2, 3], "k": 1}``; ``Exporter.record``): (None, {})
+    for other exporters' nodes.  The JSON is parsed, never evaluated; a matcher checks each recorded
+    value against the computation the file holds before it uses it."""
+    import json
+
+    doc = node.doc_string or ""
+    if not doc.startswith("convdsl "):
+        return None, {}
+    op, _, rest = doc[len("convdsl "):].partition(" ")
+    try:
+        extra = json.loads(rest) if rest else {}
+    except ValueError:
+        extra = {}
+    return op, (extra if isinstance(extra, dict) else {})
+
+
+def _int_list(value: Any, n: int) -> list[int] | None:
+    ok = isinstance(value, list) and len(value) == n and all(type(i) is int for i in value)
+    return value if ok else None
+
+
+# ---- shape (backends/onnx/lower_misc.py, lower_shape.py) -----------------------------------------------
+def _reversal(v: View, node) -> list[int] | None:
+    """The axes a Slice reverses whole (start -1, end before the first element, step -1 on every
+    axis: convdsl's and torch.onnx's torch.flip), or None."""
+    if node is None or node.op_type != "Slice" or len(node.input) < 5:
+        return None
+    starts, ends, axes, steps = (_ints(v, node.input[i]) for i in (1, 2, 3, 4))
+    if None in (starts, ends, axes, steps) or not (len(starts) == len(ends) == len(axes) == len(steps) >= 1):
+        return None
+    if any(s != -1 for s in starts) or any(s != -1 for s in steps) or any(e > -(2 ** 31) for e in ends):
+        return None
+    return axes
+
+
+@pattern("rot90")
+def _rot90(v: View) -> list[Match]:
+    """convdsl's export of rot90 (its nodes' doc strings say ``convdsl rot90`` with k and dims): k=0 an
+    Identity; k=2 a Slice reversing dims[0] and dims[1]; k=1 (k=3) a Slice reversing dims[1] (dims[0])
+    then a Transpose swapping the two dims.  The recorded k and dims must be what the nodes compute."""
+    out = []
+    for node in v.graph.node:
+        op, rec = written(node)
+        k, dims = rec.get("k"), _int_list(rec.get("dims"), 2)
+        if op != "rot90" or type(k) is not int or dims is None:
+            continue
+        a, b = dims
+        if k % 4 == 0 and node.op_type == "Identity":
+            out.append(Match("rot90", [node.input[0]], node.output[0], [node], {"k": k, "dims": (a, b)}))
+        elif k % 4 == 2 and _reversal(v, node) == [a, b]:
+            out.append(Match("rot90", [node.input[0]], node.output[0], [node], {"k": k, "dims": (a, b)}))
+        elif k % 4 in (1, 3) and node.op_type == "Transpose":
+            sl = v.made_by(node.input[0], "Slice")
+            perm = list(v.attr(node, "perm", []))
+            rank = len(perm)
+            if sl is None or written(sl)[0] != "rot90" or _reversal(v, sl) != [b if k % 4 == 1 else a] \
+                    or not -rank <= a < rank or not -rank <= b < rank or a % rank == b % rank:
+                continue
+            swap = list(range(rank))
+            swap[a % rank], swap[b % rank] = swap[b % rank], swap[a % rank]
+            if perm == swap:
+                out.append(Match("rot90", [sl.input[0]], node.output[0], [sl, node], {"k": k, "dims": (a, b)}))
+    return out
+
+
+@pattern("flip")
+def _flip(v: View) -> list[Match]:
+    """A Slice reversing whole axes: convdsl's export of flip (the dims as written) and torch.onnx's of
+    torch.flip.  convdsl's nodes for another op (rot90) are left to that op."""
+    out = []
+    for node in v.nodes("Slice"):
+        axes = _reversal(v, node)
+        if axes is not None and written(node)[0] in (None, "flip") and len(set(axes)) == len(axes):
+            out.append(Match("flip", [node.input[0]], node.output[0], [node],
+                             {"dims": axes[0] if len(axes) == 1 else tuple(axes)}))
+    return out
+
+
 # ---- norms (backends/onnx/lower_norm.py) ---------------------------------------------------------
 @pattern("layernorm2d")
 def _layernorm2d(v: View) -> list[Match]:
