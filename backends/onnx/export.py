@@ -36,6 +36,15 @@ from convdsl.ir.types import FLOAT_DTYPES, TensorType, dim_eval, dim_symbols, sy
 from convdsl.backends.registry import LoweringTable
 
 OPSET = 17
+# attributes that only initialize or freeze parameters: an inference file has no place for them, so the
+# exporter records those that differ from the op's default in the doc strings (``Exporter.record``) and
+# ``convdsl import`` gives them back (convdsl/importer/onnx_patterns.py TRAINING_ATTRS, the same table)
+TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
+    **{f"conv{n}d": ("init", "trainable") for n in (1, 2, 3)},
+    "layer_scale": ("init",),
+    "prelu": ("init",),
+    "parameter": ("init", "scale"),
+}
 DOMAIN = ""  # the default ONNX domain
 ExportFn = Callable[["Exporter", Node, list[str], list[TensorType]], "str | list[str]"]
 
@@ -223,7 +232,7 @@ class Exporter:
             if node.op == "input":
                 continue
             self.node = node
-            self._recorded = {}
+            self._recorded = _training_attrs(node)
             args = [values[v] for v in g.inputs_of(node.id)]
             outs = self.exports.lookup(node, "onnx")(self, node, args, g.in_types(node.id))
             outs = outs if isinstance(outs, list) else [outs]
@@ -242,6 +251,19 @@ class Exporter:
                                   producer_name="convdsl")
         model.ir_version = 8  # readable by ONNX Runtime and OpenVINO releases of the last years
         return model
+
+
+def _training_attrs(node: Node) -> dict[str, Any]:
+    """The node's TRAINING_ATTRS that differ from their defaults, as JSON values."""
+    from convdsl.ir.ops import OPS
+
+    out = {}
+    for name in TRAINING_ATTRS.get(node.op, ()):
+        attr = OPS[node.op].attr(name)
+        v = node.attrs.get(name, attr.default)
+        if v != attr.default and isinstance(v, (str, bool, int, float)):
+            out[name] = v
+    return out
 
 
 def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:

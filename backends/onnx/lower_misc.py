@@ -97,6 +97,9 @@ def _dynamic_filter(cx, node, args, ins):
 
 
 def _parameter(cx, node, args, ins):
+    # the input only places the parameter in the graph (its values are never read): recorded by name so
+    # convdsl import anchors the parameter where the program did
+    cx.record(anchor=args[0])
     return cx.op("Identity", [cx.param("weight")])
 
 

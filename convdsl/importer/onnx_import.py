@@ -27,7 +27,7 @@ from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
-from convdsl.importer.onnx_patterns import View, find as find_patterns
+from convdsl.importer.onnx_patterns import View, find as find_patterns, training_attrs, written
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
@@ -66,7 +66,8 @@ class Ctx:
 
     def add(self, op: str, inputs: list[Value], attrs: dict | None = None, params: dict | None = None,
             id: str | None = None, exact: bool = False):
-        outs = self.b.add(op, inputs, attrs or {}, id=id or self.default_id(op), chain=self.chain,
+        attrs = {**(attrs or {}), **training_attrs(op, self.node)}  # init / trainable convdsl's exporter recorded
+        outs = self.b.add(op, inputs, attrs, id=id or self.default_id(op), chain=self.chain,
                           origin=self.origin, params=params, exact=exact)
         return outs[0] if len(outs) == 1 else outs
 
@@ -74,8 +75,7 @@ class Ctx:
         """The convdsl op convdsl's exporter recorded for this node (its doc string), if one of ``ops``:
         how the importer tells apart ops that export alike (transpose / permute, flatten / reshape,
         adaptive / plain pooling).  Other exporters' files take the general op."""
-        doc = self.node.doc_string
-        op = doc[len("convdsl "):] if doc.startswith("convdsl ") else None
+        op = written(self.node)[0]  # the op, before any attributes recorded after it
         return op if op in ops else None
 
     def default_id(self, op: str) -> str:

@@ -109,7 +109,10 @@ def find(view: View) -> dict[str, Match]:
                 continue
             taken |= ids
             out[m.output] = m
-    return out
+    # a match reading a value computed inside another match (a parameter placed on one) cannot be made:
+    # that value is never imported; its nodes import one by one
+    inner = {o for m in out.values() for n in m.nodes for o in n.output if o and o != m.output}
+    return {k: m for k, m in out.items() if not set(m.inputs) & inner}
 
 
 def _f32(v: float) -> float:
@@ -132,6 +135,42 @@ def written(node) -> tuple[str | None, dict]:
     except ValueError:
         extra = {}
     return op, (extra if isinstance(extra, dict) else {})
+
+
+# attributes that only initialize or freeze parameters, which convdsl's exporter records in the doc
+# strings when they differ from the default (backends/onnx/export.py TRAINING_ATTRS, the same table); no
+# number the file computes with depends on them, so a recorded value is taken once it is one the op allows
+TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
+    **{f"conv{n}d": ("init", "trainable") for n in (1, 2, 3)},
+    "layer_scale": ("init",),
+    "prelu": ("init",),
+    "parameter": ("init", "scale"),
+}
+
+
+def training_attrs(op: str, node) -> dict[str, Any]:
+    """The TRAINING_ATTRS of ``op`` recorded on ``node`` by convdsl's exporter of that same op, each of
+    the attribute's kind (a word among its choices, a bool, a finite number); others are dropped."""
+    import math
+
+    from convdsl.ir.ops import OPS
+
+    wop, rec = written(node)
+    if wop != op or op not in TRAINING_ATTRS:
+        return {}
+    out = {}
+    for name in TRAINING_ATTRS[op]:
+        attr, v = OPS[op].attr(name), rec.get(name)
+        if attr is None or v is None:
+            continue
+        kind = attr.kind.split("|")
+        if "sym" in kind and isinstance(v, str) and attr.choices and v in attr.choices:
+            out[name] = v
+        elif "bool" in kind and isinstance(v, bool):
+            out[name] = v
+        elif "float" in kind and type(v) in (int, float) and math.isfinite(v):
+            out[name] = float(v)
+    return out
 
 
 def _int_list(value: Any, n: int) -> list[int] | None:
@@ -180,6 +219,26 @@ def _rot90(v: View) -> list[Match]:
             swap[a % rank], swap[b % rank] = swap[b % rank], swap[a % rank]
             if perm == swap:
                 out.append(Match("rot90", [sl.input[0]], node.output[0], [sl, node], {"k": k, "dims": (a, b)}))
+    return out
+
+
+@pattern("parameter")
+def _parameter(v: View) -> list[Match]:
+    """convdsl's export of the parameter op: an Identity of the initializer ``<id>.weight``, marked
+    ``convdsl parameter`` with the ONNX value the program placed it on (``anchor``: a graph input or a
+    value computed before it), and its init and scale when not the defaults."""
+    out = []
+    inputs = {i.name for i in v.graph.input}
+    seen: set[str] = set()  # values computed by the nodes before this one
+    for node in v.graph.node:
+        op, rec = written(node)
+        anchor = rec.get("anchor")
+        c = v.const(node.input[0]) if op == "parameter" and node.op_type == "Identity" and node.input else None
+        placed = isinstance(anchor, str) and (anchor in inputs or anchor in seen) and v.const(anchor) is None
+        if c is not None and placed and c.key and c.key.endswith(".weight") and c.array.ndim >= 1:
+            attrs = {"shape": tuple(int(d) for d in c.array.shape), **training_attrs("parameter", node)}
+            out.append(Match("parameter", [anchor], node.output[0], [node], attrs, {"weight": c}))
+        seen.update(o for o in node.output if o)
     return out
 
 

@@ -36,8 +36,6 @@ NOT_ROUND_TRIP = {
                         "refuses a MatMul with a constant left operand with a located error",
     "papers/convit_gpsa.cdl": "gated positional self-attention: the softmax of the positional scores is of a "
                               "constant, which import refuses with a located error",
-    "papers/gabor_texture.cdl": "init=gabor, trainable=false are initialization and training facts, not in an "
-                                "inference graph",
     "papers/halonet_block.cdl": "halo attention's relative position tables meet the linear mapping with the wrong "
                                 "shape: a located error, no import pattern yet",
     "papers/hyena_block.cdl": _LONG_CONV,
@@ -46,7 +44,6 @@ NOT_ROUND_TRIP = {
     "papers/serpent.cdl": "selective_scan exports as an ONNX Scan with Softplus, which have no import mapping",
     "papers/tvconv.cdl": "a convolution whose weight the network computes has no convdsl op on import "
                          "(located error)",
-    "papers/unireplknet_block.cdl": "layer_scale's init and the parameter op's anchor input are not in the file",
 }
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 
@@ -171,10 +168,12 @@ def test_canonical_compares_pool_strides_as_values():
 
 
 def _round_trip(body: str, tmp_path, shape: str = "N, 3, 6, 6"):
-    """A one-statement program through CDL -> ONNX -> import: (original, imported graph)."""
+    """A one-statement program (``x | body``, or ``return ...`` as written) through CDL -> ONNX ->
+    import: (original, imported graph)."""
     from convdsl.lang.elaborate import elaborate
 
-    g = elaborate(f"network n(x: f32[{shape}]) {{\n    return x | {body}\n}}\n", "<t>")
+    stmt = body if body.startswith("return ") else f"return x | {body}"
+    g = elaborate(f"network n(x: f32[{shape}]) {{\n    {stmt}\n}}\n", "<t>")
     f = tmp_path / "n.onnx"
     onnx.save(export_graph(g), f)
     r = import_onnx(f)
@@ -197,6 +196,68 @@ def test_a_flip_and_a_transpose_are_not_taken_for_rot90(body, tmp_path):
     g, back = _round_trip(body, tmp_path)
     assert canonical(back) == canonical(g)
     assert "rot90" not in {n.op for n in back.nodes()}
+
+
+def test_recorded_attributes_that_disagree_with_the_nodes_are_not_used(tmp_path):
+    """A doc string edited to say k=3 over the nodes of a k=1 turn: no rot90, the nodes import as they
+    compute (the reversal as index_select, permute); an init that is no choice of the op is dropped
+    (the default)."""
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate("network n(x: f32[N, 3, 6, 6]) {\n    return x | rot90 | conv2d(4, 3, init=gabor) as c\n}\n", "<t>")
+    m = export_graph(g)
+    for n in m.graph.node:
+        n.doc_string = n.doc_string.replace('"k": 1', '"k": 3').replace('"gabor"', '"__import__"')
+    f = tmp_path / "n.onnx"
+    onnx.save(m, f)
+    r = import_onnx(f)
+    ops = [n.op for n in r.graph.nodes() if n.op != "input"]
+    assert ops == ["index_select", "permute", "conv2d"]
+    assert r.graph.node("c").attrs["init"] == "default"
+    x = [np.random.default_rng(0).standard_normal([2, 3, 6, 6]).astype(np.float32)]
+    np.testing.assert_allclose(torch_runner(r.graph)(x)[0], torch_runner(g)(x)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("body", [
+    "conv2d(4, 3, init=gabor, trainable=false) as c", "conv1d(4, 3, init=orthogonal) as c",
+    "layer_scale(0.5, layout=first) as g", "prelu(init=0.1) as p",
+    "return x * (x | parameter([3, 1, 1], init=ones) as p)",
+    "return x * (x | affine(2.0) | parameter([6], init=uniform, scale=0.5) as p)"])
+def test_training_attributes_come_back(body, tmp_path):
+    """init / trainable / a parameter's scale and anchor: not in an inference graph, recorded by
+    convdsl's exporter (its doc strings) and given back by the importer."""
+    if body.startswith("conv1d"):
+        g, back = _round_trip(body, tmp_path, shape="N, 3, 12")
+    else:
+        g, back = _round_trip(body, tmp_path)
+    assert canonical(back) == canonical(g)
+    assert {k: s.trainable for k, s in back.params.specs.items()} == \
+        {k: s.trainable for k, s in g.params.specs.items()}
+
+
+def test_training_attribute_tables_agree():
+    from convdsl.backends.onnx.export import TRAINING_ATTRS as EXPORTED
+    from convdsl.importer.onnx_patterns import TRAINING_ATTRS as IMPORTED
+    from convdsl.ir.ops import OPS
+
+    assert EXPORTED == IMPORTED
+    assert all(OPS[op].attr(a) is not None for op, names in EXPORTED.items() for a in names)
+
+
+def test_a_parameter_placed_inside_a_pattern_imports_on_the_input(tmp_path):
+    """The anchor is inside the silu pattern (sigmoid's output): no such value is imported, so the
+    parameter is placed on the network input as for other exporters' files; same outputs."""
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate("network n(x: f32[N, 3, 6, 6]) {\n    s = x | sigmoid\n    y = x * s\n"
+                  "    return y + (s | parameter([3, 1, 1]) as p)\n}\n", "<t>")
+    f = tmp_path / "n.onnx"
+    onnx.save(export_graph(g), f)
+    r = import_onnx(f)
+    assert [n.op for n in r.graph.nodes() if n.op != "input"] == ["silu", "parameter", "add"]
+    assert r.graph.inputs_of("p")[0].node == "x"
+    x = [np.random.default_rng(0).standard_normal([2, 3, 6, 6]).astype(np.float32)]
+    np.testing.assert_allclose(torch_runner(r.graph)(x)[0], torch_runner(g)(x)[0], rtol=1e-6, atol=1e-6)
 
 
 def test_torch_onnx_flip_imports_as_flip(tmp_path):
