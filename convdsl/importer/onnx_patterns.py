@@ -546,3 +546,272 @@ def _conv_attention(v: View) -> list[Match]:
         uniq = list({id(n): n for n in nodes}.values())
         out.append(Match("conv_attention", [convs[0][0]], img.output[0], uniq, attrs, params))
     return out
+
+
+# ---- FFT mixing (backends/onnx/lower_fft.py: the DFTs in matmul form) ------------------------------------
+def _twiddles(rows: int, cols: int, n: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """exp(sign * 2 pi i * r * c / n) for r < rows, c < cols, in float64 (the DFT matrices' entries)."""
+    import math
+
+    phase = (np.outer(np.arange(rows), np.arange(cols)) % n) * (2.0 * math.pi / n)
+    return np.cos(phase), sign * np.sin(phase)
+
+
+def _is(c, expected: np.ndarray) -> bool:
+    """``c`` (a constant) holds exactly ``expected`` rounded to its dtype."""
+    return c is not None and c.array.shape == expected.shape and c.array.dtype.kind == "f" \
+        and np.array_equal(c.array, expected.astype(c.array.dtype))
+
+
+def _complex_left(v: View, re: str, im: str):
+    """(re, im) = M @ (zr, zi) for a constant complex M: re = Sub(MatMul(Mr, zr), MatMul(Mi, zi)),
+    im = Add(MatMul(Mi, zr), MatMul(Mr, zi)).  (Mr, Mi, zr, zi, nodes) or None."""
+    sub, add = v.made_by(re, "Sub"), v.made_by(im, "Add")
+    if sub is None or add is None:
+        return None
+    m1, m2 = (v.made_by(i, "MatMul") for i in sub.input)
+    m3, m4 = (v.made_by(i, "MatMul") for i in add.input)
+    if None in (m1, m2, m3, m4):
+        return None
+    mr, mi = v.const(m1.input[0]), v.const(m2.input[0])
+    zr, zi = m1.input[1], m2.input[1]
+    if mr is None or mi is None or m3.input[:] != [m2.input[0], zr] or m4.input[:] != [m1.input[0], zi]:
+        return None
+    return mr, mi, zr, zi, [sub, add, m1, m2, m3, m4]
+
+
+def _rfft2(v: View, re: str, im: str):
+    """(re, im) = rfft2(x, norm=ortho) as lower_fft.rfft2 writes it: x @ A (W -> W//2+1 frequencies), then
+    B @ . over H, every constant the ortho DFT matrix it must be.  (x, h, w, nodes) or None."""
+    import math
+
+    left = _complex_left(v, re, im)
+    if left is None:
+        return None
+    br, bi, zr, zi, nodes = left
+    mr, mi = v.made_by(zr, "MatMul"), v.made_by(zi, "MatMul")
+    if mr is None or mi is None or mr.input[0] != mi.input[0]:
+        return None
+    ar, ai = v.const(mr.input[1]), v.const(mi.input[1])
+    if ar is None or ai is None or ar.array.ndim != 2 or br.array.ndim != 2:
+        return None
+    w, f = ar.array.shape
+    h = br.array.shape[0]
+    if f != w // 2 + 1 or w < 1 or h < 1:
+        return None
+    wr, wi = _twiddles(w, f, w, -1.0)
+    hr, hi = _twiddles(h, h, h, -1.0)
+    if not (_is(ar, wr / math.sqrt(w)) and _is(ai, wi / math.sqrt(w)) and _is(br, hr / math.sqrt(h))
+            and _is(bi, hi / math.sqrt(h))):
+        return None
+    return mr.input[0], h, w, nodes + [mr, mi]
+
+
+def _irfft2(v: View, out: str, h: int, w: int):
+    """out = irfft2((re, im), s=(H, W), norm=ortho) as lower_fft.irfft2 writes it (the inverse DFT over H,
+    then the real inverse over W, DC and Nyquist once).  (re, im, nodes) or None."""
+    import math
+
+    sub = v.made_by(out, "Sub")
+    y = v.made_by(sub.input[0], "MatMul") if sub is not None else None
+    yi = v.made_by(sub.input[1], "MatMul") if sub is not None else None
+    if y is None or yi is None:
+        return None
+    left = _complex_left(v, y.input[0], yi.input[0])
+    if left is None:
+        return None
+    cr, ci, re, im, nodes = left
+    f = w // 2 + 1
+    k = np.arange(f)[:, None]
+    t = np.arange(w)[None, :]
+    weight = np.where((k == 0) | ((w % 2 == 0) & (k == w // 2)), 1.0, 2.0) / math.sqrt(w)
+    phase = (k * t % w) * (2.0 * math.pi / w)
+    hr, hi = _twiddles(h, h, h, +1.0)
+    if not (_is(cr, hr / math.sqrt(h)) and _is(ci, hi / math.sqrt(h)) and _is(v.const(y.input[1]), weight * np.cos(phase))
+            and _is(v.const(yi.input[1]), weight * np.sin(phase))):
+        return None
+    return re, im, nodes + [sub, y, yi]
+
+
+def _cmul(v: View, re: str, im: str):
+    """(re, im) = (ar, ai) * (br, bi): re = Sub(Mul(ar, br), Mul(ai, bi)), im = Add(Mul(ar, bi), Mul(ai, br)).
+    ((ar, ai), (br, bi), nodes) or None."""
+    sub, add = v.made_by(re, "Sub"), v.made_by(im, "Add")
+    if sub is None or add is None:
+        return None
+    m1, m2 = (v.made_by(i, "Mul") for i in sub.input)
+    m3, m4 = (v.made_by(i, "Mul") for i in add.input)
+    if None in (m1, m2, m3, m4):
+        return None
+    (ar, br), (ai, bi) = m1.input, m2.input
+    if list(m3.input) != [ar, bi] or list(m4.input) != [ai, br]:
+        return None
+    return (ar, ai), (br, bi), [sub, add, m1, m2, m3, m4]
+
+
+@pattern("global_filter")
+def _global_filter(v: View) -> list[Match]:
+    """convdsl's export of global_filter: rfft2 (matmul form) -> times the weight's real and imaginary
+    parts (initializers ``<key>.real`` / ``<key>.imag``) -> irfft2, with Transposes around it for
+    layout=nhwc.  The DFT constants must be the ortho DFT matrices for the filter's H and W."""
+    out = []
+    for sub in v.nodes("Sub"):
+        if written(sub)[0] not in (None, "global_filter"):
+            continue
+        # the last node's two MatMul operands have the [F, W] cos / sin shape; try irfft2 for that W
+        mm = v.made_by(sub.input[0], "MatMul")
+        d = v.const(mm.input[1]) if mm is not None else None
+        if d is None or d.array.ndim != 2:
+            continue
+        w = int(d.array.shape[1])
+        left = v.made_by(mm.input[0], "Sub")
+        first = v.made_by(left.input[0], "MatMul") if left is not None else None
+        c = v.const(first.input[0]) if first is not None else None
+        if c is None or c.array.ndim != 2:
+            continue
+        h = int(c.array.shape[0])
+        inv = _irfft2(v, sub.output[0], h, w)
+        prod = _cmul(v, inv[0], inv[1]) if inv is not None else None
+        if prod is None:
+            continue
+        (sr, si), (wr, wi), cm_nodes = prod
+        cr, ci = v.const(wr), v.const(wi)
+        if cr is None or ci is None or not (cr.key or "").endswith(".real") or ci.key != cr.key[:-5] + ".imag":
+            continue
+        fwd = _rfft2(v, sr, si)
+        if fwd is None or fwd[1:3] != (h, w):
+            continue
+        x, _, _, f_nodes = fwd
+        nodes = inv[2] + cm_nodes + f_nodes
+        end = sub.output[0]
+        layout = "nchw"
+        into = v.made_by(x, "Transpose")
+        back = v.only_reader(end, "Transpose")
+        if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
+                and written(into)[0] in (None, "global_filter") and written(back)[0] in (None, "global_filter"):
+            layout, x, end = "nhwc", into.input[0], back.output[0]
+            nodes += [into, back]
+        weight = Param(np.stack([cr.array, ci.array], axis=-1), cr.key[:-5])
+        out.append(Match("global_filter", [x], end, nodes, {"layout": layout}, {"complex_weight": weight}))
+    return out
+
+
+def _softshrink(v: View, value: str):
+    """value = Relu(x - lam) - Relu(-x - lam) (lower_fft.softshrink): (x, lam, nodes) or None."""
+    sub = v.made_by(value, "Sub")
+    r1, r2 = (v.made_by(i, "Relu") for i in sub.input) if sub is not None else (None, None)
+    s1 = v.made_by(r1.input[0], "Sub") if r1 is not None else None
+    s2 = v.made_by(r2.input[0], "Sub") if r2 is not None else None
+    neg = v.made_by(s2.input[0], "Neg") if s2 is not None else None
+    if s1 is None or neg is None or neg.input[0] != s1.input[0] or s1.input[1] != s2.input[1]:
+        return None
+    lam = v.scalar(s1.input[1])
+    return None if lam is None else (s1.input[0], lam, [sub, r1, r2, s1, s2, neg])
+
+
+def _block_cmm(v: View, re: str, im: str):
+    """(re, im) = the two outputs of lower_fft._block_complex_matmul: Concat(zr, zi) -> Transpose ->
+    Reshape -> MatMul(<w>.blocks) -> Add(<b>.blocks) -> Reshape -> Transpose -> Split.  The block matrix
+    must be [[w0, w1], [-w1, w0]].  (zr, zi, (w, key), (b, key), nodes) or None."""
+    split = v.made_by(re, "Split")
+    if split is None or list(split.output) != [re, im] or v.attr(split, "axis") != 2:
+        return None
+    t2 = v.made_by(split.input[0], "Transpose")
+    r2 = v.made_by(t2.input[0], "Reshape") if _perm(v, t2, [0, 1, 4, 2, 3]) else None
+    add = v.made_by(r2.input[0], "Add") if r2 is not None else None
+    mm = v.made_by(add.input[0], "MatMul") if add is not None else None
+    r1 = v.made_by(mm.input[0], "Reshape") if mm is not None else None
+    t1 = v.made_by(r1.input[0], "Transpose") if r1 is not None else None
+    cat = v.made_by(t1.input[0], "Concat") if _perm(v, t1, [0, 1, 3, 4, 2]) else None
+    if cat is None or len(cat.input) != 2 or v.attr(cat, "axis") != 2:
+        return None
+    big, bias = v.const(mm.input[1]), v.const(add.input[1])
+    if big is None or bias is None or not (big.key or "").endswith(".blocks") or not (bias.key or "").endswith(".blocks") \
+            or big.array.ndim != 3 or bias.array.ndim != 3:
+        return None
+    k, i2, o2 = big.array.shape
+    i, o = i2 // 2, o2 // 2
+    wr, wi = big.array[:, :i, :o], big.array[:, :i, o:]
+    if i2 % 2 or o2 % 2 or not (np.array_equal(big.array[:, i:, :o], -wi) and np.array_equal(big.array[:, i:, o:], wr)) \
+            or bias.array.shape != (k, 1, o2) or _ints(v, split.input[1]) != [o, o]:
+        return None
+    w = np.stack([wr, wi])
+    b = np.stack([bias.array[:, 0, :o], bias.array[:, 0, o:]])
+    return cat.input[0], cat.input[1], (w, big.key[:-7]), (b, bias.key[:-7]), [split, t2, r2, add, mm, r1, t1, cat]
+
+
+@pattern("adaptive_filter")
+def _adaptive_filter(v: View) -> list[Match]:
+    """convdsl's export of adaptive_filter (AFFNet): rfft2 -> blocked Reshape -> block complex matmul
+    (w1, b1) -> LeakyRelu -> block complex matmul (w2, b2) -> softshrink -> Reshape -> times the spectrum
+    -> irfft2 [-> + input] (Transposes around it for nhwc).  DFT constants checked as for global_filter;
+    the parameters come back from their ``<key>.blocks`` forms."""
+    out = []
+    for node in v.nodes("Sub"):
+        if written(node)[0] not in (None, "adaptive_filter"):
+            continue
+        mm = v.made_by(node.input[0], "MatMul")
+        d = v.const(mm.input[1]) if mm is not None else None
+        left = v.made_by(mm.input[0], "Sub") if mm is not None else None
+        first = v.made_by(left.input[0], "MatMul") if left is not None else None
+        c = v.const(first.input[0]) if first is not None else None
+        if d is None or c is None or d.array.ndim != 2 or c.array.ndim != 2:
+            continue
+        h, w = int(c.array.shape[0]), int(d.array.shape[1])
+        inv = _irfft2(v, node.output[0], h, w)
+        prod = _cmul(v, inv[0], inv[1]) if inv is not None else None
+        if prod is None:
+            continue
+        (mr, mi), (sr, si), cm_nodes = prod
+        backs = [v.made_by(m, "Reshape") for m in (mr, mi)]
+        if None in backs or backs[0].input[1] != backs[1].input[1]:
+            continue
+        shape = _ints(v, backs[0].input[1])
+        shrinks = [_softshrink(v, b.input[0]) for b in backs]
+        if shape is None or len(shape) != 4 or None in shrinks or shrinks[0][1] != shrinks[1][1]:
+            continue
+        c_, f = shape[1], w // 2 + 1
+        second = _block_cmm(v, shrinks[0][0], shrinks[1][0])
+        if second is None:
+            continue
+        lr = [v.made_by(z, "LeakyRelu") for z in second[:2]]
+        if None in lr or v.attr(lr[0], "alpha") != v.attr(lr[1], "alpha"):
+            continue
+        first_cmm = _block_cmm(v, lr[0].input[0], lr[1].input[0])
+        if first_cmm is None:
+            continue
+        blocked = [v.made_by(z, "Reshape") for z in first_cmm[:2]]
+        if None in blocked or [b.input[0] for b in blocked] != [sr, si] or blocked[0].input[1] != blocked[1].input[1]:
+            continue
+        (w1, k1), (b1, kb1), (w2, k2), (b2, kb2) = first_cmm[2], first_cmm[3], second[2], second[3]
+        k, bs, hid = w1.shape[1], w1.shape[2], w1.shape[3]
+        keys = [k1, kb1, k2, kb2]
+        nid = k1[: -len(".w1")] if k1.endswith(".w1") else None
+        if nid is None or keys != [f"{nid}.{n}" for n in ("w1", "b1", "w2", "b2")] or shape != [0, c_, h, f] \
+                or c_ != k * bs or hid % bs or w2.shape != (2, k, hid, bs) or b1.shape != (2, k, hid) \
+                or b2.shape != (2, k, bs) or _ints(v, blocked[0].input[1]) != [0, k, bs, h, f]:
+            continue
+        fwd = _rfft2(v, sr, si)
+        if fwd is None or fwd[1:3] != (h, w):
+            continue
+        x = fwd[0]
+        nodes = inv[2] + cm_nodes + backs + shrinks[0][2] + shrinks[1][2] + second[4] + lr + first_cmm[4] + blocked \
+            + fwd[3]
+        end = node.output[0]
+        res = v.only_reader(end, "Add")
+        residual = res is not None and x in res.input and written(res)[0] in (None, "adaptive_filter")
+        if residual:
+            nodes.append(res)
+            end = res.output[0]
+        layout = "nchw"
+        into = v.made_by(x, "Transpose")
+        back = v.only_reader(end, "Transpose")
+        if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
+                and written(into)[0] in (None, "adaptive_filter") and written(back)[0] in (None, "adaptive_filter"):
+            layout, x, end = "nhwc", into.input[0], back.output[0]
+            nodes += [into, back]
+        attrs = {"blocks": k, "hidden_factor": hid // bs, "sparsity": _f32(shrinks[0][1]),
+                 "slope": _f32(v.attr(lr[0], "alpha", 0.01)), "residual": residual, "layout": layout}
+        params = {"w1": Param(w1, k1), "b1": Param(b1, kb1), "w2": Param(w2, k2), "b2": Param(b2, kb2)}
+        out.append(Match("adaptive_filter", [x], end, nodes, attrs, params))
+    return out

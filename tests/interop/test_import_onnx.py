@@ -30,10 +30,6 @@ NOT_ROUND_TRIP = {
     "maxvit_t.cdl": _WINDOW,
     "swin_t.cdl": _WINDOW,
     "papers/moat_block.cdl": _WINDOW,
-    "papers/affnet.cdl": "adaptive_filter's DFT exports in matmul form (constant DFT matrices on the left); import "
-                         "refuses a MatMul with a constant left operand with a located error",
-    "papers/gfnet.cdl": "global_filter's DFT exports in matmul form (constant DFT matrices on the left); import "
-                        "refuses a MatMul with a constant left operand with a located error",
     "papers/convit_gpsa.cdl": "gated positional self-attention: the softmax of the positional scores is of a "
                               "constant, which import refuses with a located error",
     "papers/halonet_block.cdl": "halo attention's relative position tables meet the linear mapping with the wrong "
@@ -258,6 +254,33 @@ def test_a_parameter_placed_inside_a_pattern_imports_on_the_input(tmp_path):
     assert r.graph.inputs_of("p")[0].node == "x"
     x = [np.random.default_rng(0).standard_normal([2, 3, 6, 6]).astype(np.float32)]
     np.testing.assert_allclose(torch_runner(r.graph)(x)[0], torch_runner(g)(x)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("body,shape", [("global_filter", "N, 4, 6, 8"), ("global_filter", "N, 4, 5, 7"),
+                                        ("global_filter(layout=nhwc)", "N, 6, 5, 3"),
+                                        ("adaptive_filter(blocks=2) as f", "N, 4, 6, 8"),
+                                        ("adaptive_filter(blocks=1, hidden_factor=2, sparsity=0.05, slope=0.2, "
+                                         "residual=false, layout=nhwc) as f", "N, 6, 7, 4")])
+def test_fft_filters_come_back_from_their_dft_matrices(body, shape, tmp_path):
+    g, back = _round_trip(body, tmp_path, shape=shape)
+    assert canonical(back) == canonical(g)
+
+
+def test_a_wrong_dft_matrix_is_no_global_filter(tmp_path):
+    """One entry of one DFT matrix changed: the nodes are not global_filter's (they import one by one,
+    and a MatMul with a constant left operand is a located error)."""
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate("network n(x: f32[N, 4, 6, 8]) {\n    return x | global_filter as f\n}\n", "<t>")
+    m = export_graph(g)
+    dft = next(i for i in m.graph.initializer if not i.name.startswith("f.") and len(i.dims) == 2)
+    arr = onnx.numpy_helper.to_array(dft).copy()
+    arr.flat[3] += 1e-3
+    dft.CopyFrom(onnx.numpy_helper.from_array(arr, dft.name))
+    f = tmp_path / "n.onnx"
+    onnx.save(m, f)
+    with pytest.raises(ModelImportError):
+        import_onnx(f)
 
 
 def test_torch_onnx_flip_imports_as_flip(tmp_path):
