@@ -44,6 +44,7 @@ TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
     "layer_scale": ("init",),
     "prelu": ("init",),
     "parameter": ("init", "scale"),
+    "selective_scan": ("dt_min", "dt_max"),
 }
 DOMAIN = ""  # the default ONNX domain
 ExportFn = Callable[["Exporter", Node, list[str], list[TensorType]], "str | list[str]"]

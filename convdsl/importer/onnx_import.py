@@ -924,6 +924,11 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             ins = [env[i] for i in m.inputs]
             if not all(isinstance(i, Value) for i in ins):
                 raise located(origin, f"the {m.op} pattern here reads a constant where convdsl needs a computed tensor")
+            have = cx.type(ins[0]).shape
+            if m.input_shape is not None and (len(have) != len(m.input_shape) or any(
+                    d is not None and d != e for d, e in zip(m.input_shape, have))):
+                raise located(origin, f"the {m.op} pattern here needs an input of shape {list(m.input_shape)}, "
+                                      f"not {list(have)}")
             env[out0] = cx.add(m.op, ins, m.attrs, arrays, id=pid)
             continue
         if (node.name or id(node)) in replaced or id(node) in matched:

@@ -26,6 +26,9 @@ class Match:
     nodes: list  # the ONNX nodes replaced
     attrs: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # local name -> a constant (.array, .key)
+    # the shape the first input must have for the nodes to compute the op (None: any size there), where
+    # the nodes alone do not fix it (a Reshape to constant sizes); checked on import, a located error if not
+    input_shape: tuple | None = None
 
 
 @dataclass
@@ -85,11 +88,16 @@ Matcher = Callable[[View], list[Match]]
 PATTERNS: dict[str, Matcher] = {}
 
 
-def pattern(op: str):
+def pattern(op: str, first: bool = False):
+    """Register the matcher of ``op``; ``first``: tried before those registered so far (a pattern that
+    contains another's sub-graph, as selective_scan contains a silu)."""
     def register(fn: Matcher) -> Matcher:
         if op in PATTERNS:  # pragma: no cover - a bug in this file
             raise ValueError(f"two ONNX import patterns for {op}")
         PATTERNS[op] = fn
+        if first:
+            for k in [k for k in PATTERNS if k != op]:
+                PATTERNS[k] = PATTERNS.pop(k)
         return fn
 
     return register
@@ -145,6 +153,7 @@ TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
     "layer_scale": ("init",),
     "prelu": ("init",),
     "parameter": ("init", "scale"),
+    "selective_scan": ("dt_min", "dt_max"),
 }
 
 
@@ -814,4 +823,193 @@ def _adaptive_filter(v: View) -> list[Match]:
                  "slope": _f32(v.attr(lr[0], "alpha", 0.01)), "residual": residual, "layout": layout}
         params = {"w1": Param(w1, k1), "b1": Param(b1, kb1), "w2": Param(w2, k2), "b2": Param(b2, kb2)}
         out.append(Match("adaptive_filter", [x], end, nodes, attrs, params))
+    return out
+
+
+# ---- state space (backends/onnx/lower_ssm.py: selective_scan's scan form) --------------------------------
+# the Scan body lower_ssm._scan_body writes, one time step: inputs (h, dt, u, B, C) are in0..in4, the outer
+# A_log is "A", each node's output t<k>; (op type, inputs, attributes).  h' = exp(dt A) h + dt u B with
+# A = -exp(A_log), y = sum(h' C)
+_SCAN_STEP = [
+    ("Constant", (), (("value", (1,)),)),
+    ("Constant", (), (("value", (2,)),)),
+    ("Unsqueeze", ("in1", "t1"), ()),
+    ("Exp", ("A",), ()),
+    ("Neg", ("t3",), ()),
+    ("Mul", ("t2", "t4"), ()),
+    ("Exp", ("t5",), ()),
+    ("Mul", ("in1", "in2"), ()),
+    ("Unsqueeze", ("t7", "t1"), ()),
+    ("Unsqueeze", ("in3", "t0"), ()),
+    ("Mul", ("t8", "t9"), ()),
+    ("Mul", ("t6", "in0"), ()),
+    ("Add", ("t11", "t10"), ()),
+    ("Unsqueeze", ("in4", "t0"), ()),
+    ("Mul", ("t12", "t13"), ()),
+    ("ReduceSum", ("t14", "t1"), (("keepdims", 0),)),
+]
+_SCAN_OUTPUTS = ["t12", "t15"]
+
+
+def _scan_step(v: View, scan) -> str | None:
+    """The outer value the body reads as A when ``scan``'s body is exactly _SCAN_STEP, else None."""
+    from onnx import numpy_helper
+
+    body = v.attr(scan, "body")
+    if body is None or len(body.input) != 5 or len(body.node) != len(_SCAN_STEP):
+        return None
+    names = {i.name: f"in{k}" for k, i in enumerate(body.input)}
+    outer = None
+    for k, (node, (op, ins, attrs)) in enumerate(zip(body.node, _SCAN_STEP)):
+        got = []
+        for i in node.input:
+            if i in names:
+                got.append(names[i])
+            elif "A" in ins and outer is None:
+                outer = i
+                got.append("A")
+            else:
+                return None
+        have = []
+        for a in node.attribute:
+            val = View.attr(node, a.name)
+            if hasattr(val, "dims"):
+                val = tuple(int(x) for x in numpy_helper.to_array(val).reshape(-1))
+            have.append((a.name, val))
+        if node.op_type != op or tuple(got) != ins or tuple(sorted(have)) != attrs or len(node.output) != 1:
+            return None
+        names[node.output[0]] = f"t{k}"
+    if [names.get(o.name) for o in body.output] != _SCAN_OUTPUTS:
+        return None
+    return outer
+
+
+def _channels(v: View, value: str, suffix: str, ndim: int):
+    c = v.const(value)
+    return c if c is not None and (c.key or "").endswith(suffix) and c.array.ndim == ndim else None
+
+
+def _ss_one_way(v: View, out: str):
+    """``out`` = lower_ssm._one_way: [silu(causal depthwise Conv)] -> Transpose -> x_proj -> Split(dt_low, B,
+    C) -> softplus(dt_proj) -> Scan(h0 = zeros, exact step body, A = -exp(A_log)) -> + D u.  A dict of the
+    op's input, attributes, parameters (value, key) and nodes, or None."""
+    add = v.made_by(out, "Add")
+    scan = v.made_by(add.input[0], "Scan") if add is not None else None
+    mul = v.made_by(add.input[1], "Mul") if add is not None else None
+    if scan is None or mul is None or len(scan.output) != 2 or scan.output[1] != add.input[0] \
+            or v.attr(scan, "num_scan_inputs") != 4 or list(v.attr(scan, "scan_input_axes", [])) != [1, 1, 1, 1] \
+            or list(v.attr(scan, "scan_output_axes", [])) != [2] or v.attr(scan, "directions") \
+            or v.attr(scan, "scan_output_directions") or len(scan.input) != 5:
+        return None
+    d = _channels(v, mul.input[1], ".D.as_channels", 2)
+    u = mul.input[0]
+    a_name = _scan_step(v, scan)
+    a_log = _channels(v, a_name, ".A_log", 2) if a_name else None
+    h0, dt, ut, b, cc = scan.input
+    tr = v.made_by(ut, "Transpose")
+    if d is None or a_log is None or not _perm(v, tr, [0, 2, 1]) or tr.input[0] != u:
+        return None
+    nid = a_log.key[: -len(".A_log")]
+    sp = v.made_by(dt, "Softplus")
+    dadd = v.made_by(sp.input[0], "Add") if sp is not None else None
+    dmm = v.made_by(dadd.input[0], "MatMul") if dadd is not None else None
+    split = v.made_by(b, "Split")
+    proj = v.made_by(split.input[0], "MatMul") if split is not None else None
+    if dmm is None or proj is None or list(split.output) != [dmm.input[0], b, cc] or proj.input[0] != ut \
+            or v.attr(split, "axis") != 2:
+        return None
+    xw = _channels(v, proj.input[1], ".x_proj.weight.T", 2)
+    dw = _channels(v, dmm.input[1], ".dt_proj.weight.T", 2)
+    db = _channels(v, dadd.input[1], ".dt_proj.bias", 1)
+    c, s = a_log.array.shape
+    if xw is None or dw is None or db is None or d.key != f"{nid}.D.as_channels" or d.array.shape != (c, 1):
+        return None
+    r = xw.array.shape[1] - 2 * s
+    if r <= 0 or _ints(v, split.input[1]) != [r, s, s] or xw.key != f"{nid}.x_proj.weight.T" \
+            or dw.key != f"{nid}.dt_proj.weight.T" or dw.array.shape != (r, c) or db.key != f"{nid}.dt_proj.bias":
+        return None
+    # h0 = ConstantOfShape(Concat(Gather(Shape(u), [0]), [c, s])) of zeros
+    zeros = v.made_by(h0, "ConstantOfShape")
+    cat = v.made_by(zeros.input[0], "Concat") if zeros is not None else None
+    gather = v.made_by(cat.input[0], "Gather") if cat is not None and len(cat.input) == 2 else None
+    shape = v.made_by(gather.input[0], "Shape") if gather is not None else None
+    value = v.attr(zeros, "value") if zeros is not None else None
+    if shape is None or shape.input[0] != u or _ints(v, gather.input[1]) != [0] or _ints(v, cat.input[1]) != [c, s] \
+            or value is None or any(float(x) != 0.0 for x in __import__("onnx").numpy_helper.to_array(value).reshape(-1)):
+        return None
+    nodes = [add, scan, mul, tr, sp, dadd, dmm, split, proj, zeros, cat, gather]
+    if v.read_only_by(shape.output[0], [gather]):
+        nodes.append(shape)
+    params = {"x_proj.weight": Param(np.ascontiguousarray(xw.array.T), f"{nid}.x_proj.weight"),
+              "dt_proj.weight": Param(np.ascontiguousarray(dw.array.T), f"{nid}.dt_proj.weight"),
+              "dt_proj.bias": db, "A_log": a_log, "D": Param(d.array[:, 0].copy(), f"{nid}.D")}
+    k = 0
+    gate = v.made_by(u, "Mul")  # silu(causal depthwise conv)
+    sig = v.made_by(gate.input[1], "Sigmoid") if gate is not None else None
+    conv = v.made_by(gate.input[0], "Conv") if sig is not None and sig.input[0] == gate.input[0] else None
+    if conv is not None and len(conv.input) == 3:
+        w, bias = _channels(v, conv.input[1], ".conv1d.weight", 3), _channels(v, conv.input[2], ".conv1d.bias", 1)
+        k = int(w.array.shape[2]) if w is not None else 0
+        if w is None or bias is None or w.key != f"{nid}.conv1d.weight" or bias.key != f"{nid}.conv1d.bias" \
+                or w.array.shape != (c, 1, k) or v.attr(conv, "group") != c \
+                or list(v.attr(conv, "pads", [])) != [k - 1, 0] or list(v.attr(conv, "kernel_shape", [])) != [k] \
+                or any(x != 1 for x in v.attr(conv, "strides", [1])) or any(x != 1 for x in v.attr(conv, "dilations", [1])):
+            k = 0
+        else:
+            params.update({"conv1d.weight": w, "conv1d.bias": bias})
+            nodes += [gate, sig, conv]
+            u = conv.input[0]
+    attrs = {"state": s, "dt_rank": r, "d_conv": k}
+    return {"x": u, "attrs": attrs, "params": params, "nodes": nodes, "nid": nid}
+
+
+def _time_reversed(v: View, value: str):
+    sl = v.made_by(value, "Slice")
+    return sl if sl is not None and _reversal(v, sl) in ([2], [-1]) else None
+
+
+@pattern("selective_scan", first=True)
+def _selective_scan(v: View) -> list[Match]:
+    """convdsl's export of selective_scan: the scan form (``_ss_one_way``); bidirectional adds the same
+    on the time-reversed input, reversed back (Slices), with the same parameters."""
+    both, one = [], []
+    for add in v.nodes("Add"):
+        if written(add)[0] not in (None, "selective_scan"):
+            continue
+        fwd = _ss_one_way(v, add.input[0])
+        back_sl = _time_reversed(v, add.input[1])
+        back = _ss_one_way(v, back_sl.input[0]) if fwd is not None and back_sl is not None else None
+        in_sl = _time_reversed(v, back["x"]) if back is not None else None
+        if in_sl is not None and in_sl.input[0] == fwd["x"] and back["attrs"] == fwd["attrs"] \
+                and {k: p.key for k, p in back["params"].items()} == {k: p.key for k, p in fwd["params"].items()} \
+                and all(np.array_equal(back["params"][k].array, p.array) for k, p in fwd["params"].items()):
+            attrs = {**fwd["attrs"], "bidirectional": True, **training_attrs("selective_scan", add)}
+            both.append(Match("selective_scan", [fwd["x"]], add.output[0],
+                              fwd["nodes"] + back["nodes"] + [back_sl, in_sl, add], attrs, fwd["params"]))
+        one_way = _ss_one_way(v, add.output[0])
+        if one_way is not None:
+            attrs = {**one_way["attrs"], "bidirectional": False, **training_attrs("selective_scan", add)}
+            one.append(Match("selective_scan", [one_way["x"]], add.output[0], one_way["nodes"], attrs,
+                             one_way["params"]))
+    return both + one
+
+
+@pattern("pixel_unshuffle")
+def _pixel_unshuffle(v: View) -> list[Match]:
+    """convdsl's export of pixel_unshuffle on static sizes (its nodes marked ``convdsl pixel_unshuffle``):
+    Reshape([0, C, H, r, W, r]) -> Transpose(0, 1, 3, 5, 2, 4) -> Reshape([0, C*r*r, H, W]); the input must
+    be [N, C, H*r, W*r] (checked on import)."""
+    out = []
+    for last in v.nodes("Reshape"):
+        tr = v.made_by(last.input[0], "Transpose")
+        first = v.made_by(tr.input[0], "Reshape") if _perm(v, tr, [0, 1, 3, 5, 2, 4]) else None
+        if first is None or any(written(n)[0] != "pixel_unshuffle" for n in (first, tr, last)):
+            continue
+        a, b = _ints(v, first.input[1]), _ints(v, last.input[1])
+        if a is None or b is None or len(a) != 6 or a[0] != 0 or a[3] != a[5] or a[3] < 1 \
+                or b != [0, a[1] * a[3] * a[3], a[2], a[4]] or min(a[1:]) < 1:
+            continue
+        _, c, h, r, w, _ = a
+        out.append(Match("pixel_unshuffle", [first.input[0]], last.output[0], [first, tr, last], {"factor": r},
+                         input_shape=(None, c, h * r, w * r)))
     return out
