@@ -1013,3 +1013,76 @@ def _pixel_unshuffle(v: View) -> list[Match]:
         out.append(Match("pixel_unshuffle", [first.input[0]], last.output[0], [first, tr, last], {"factor": r},
                          input_shape=(None, c, h * r, w * r)))
     return out
+
+
+# ---- dynamic_filter (backends/onnx/lower_misc.py) -----------------------------------------------------------
+@pattern("dynamic_filter")
+def _dynamic_filter(v: View) -> list[Match]:
+    """convdsl's export of dynamic_filter: x padded by d*(k//2) once and grouped ([0, G, C/G, H+2r, W+2r]),
+    kernels grouped ([0, G, 1, k*k, H, W]); for each tap t = ty*k + tx in order, the patch Slice at
+    (ty*d, tx*d) times kernel channel t (Slice + Squeeze), summed by a chain of Adds; Reshape to x's shape."""
+    import math
+
+    out = []
+    for last in v.nodes("Reshape"):
+        shape = v.made_by(last.input[1], "Shape")
+        if shape is None:
+            continue
+        x = shape.input[0]
+        terms, nodes, acc = [], [last], last.input[0]
+        while True:  # acc = Add(acc', term) ... term_0
+            add = v.made_by(acc, "Add")
+            if add is None:
+                terms.append(acc)
+                break
+            terms.append(add.input[1])
+            nodes.append(add)
+            acc = add.input[0]
+        terms.reverse()
+        taps = len(terms)
+        k = math.isqrt(taps)
+        if k * k != taps or k % 2 == 0:
+            continue
+        muls = [v.made_by(t, "Mul") for t in terms]
+        if None in muls:
+            continue
+        patches = [v.made_by(m.input[0], "Slice") for m in muls]
+        squeezes = [v.made_by(m.input[1], "Squeeze") for m in muls]
+        if None in patches or None in squeezes or len({p.input[0] for p in patches}) != 1:
+            continue
+        chans = [v.made_by(s.input[0], "Slice") for s in squeezes]
+        if None in chans or len({c.input[0] for c in chans}) != 1:
+            continue
+        xp_rs, kw_rs = v.made_by(patches[0].input[0], "Reshape"), v.made_by(chans[0].input[0], "Reshape")
+        pad = v.made_by(xp_rs.input[0], "Pad") if xp_rs is not None else None
+        if pad is None or kw_rs is None or pad.input[0] != x or len(pad.input) != 2 \
+                or v.attr(pad, "mode", "constant") != "constant":
+            continue
+        pads, xs, ks = _ints(v, pad.input[1]), _ints(v, xp_rs.input[1]), _ints(v, kw_rs.input[1])
+        if pads is None or xs is None or ks is None or len(pads) != 8 or len(xs) != 5 or len(ks) != 6:
+            continue
+        r = pads[2]
+        if pads != [0, 0, r, r, 0, 0, r, r] or (k == 1) != (r == 0) or (k > 1 and r % (k // 2)):
+            continue
+        d = r // (k // 2) if k > 1 else 1
+        _, g, cg, hp, wp = xs
+        h, wd = hp - 2 * r, wp - 2 * r
+        if xs[0] != 0 or ks != [0, g, 1, taps, h, wd] or min(g, cg, h, wd) < 1:
+            continue
+        ok = True
+        for t in range(taps):
+            ty, tx = divmod(t, k)
+            p, c, s = patches[t], chans[t], squeezes[t]
+            if [_ints(v, i) for i in p.input[1:4]] != [[ty * d, tx * d], [ty * d + h, tx * d + wd], [3, 4]] \
+                    or len(p.input) != 4 or len(c.input) != 4 \
+                    or [_ints(v, i) for i in c.input[1:4]] != [[t], [t + 1], [3]] or _ints(v, s.input[1]) != [3]:
+                ok = False
+                break
+        if not ok:
+            continue
+        nodes += muls + patches + squeezes + chans + [xp_rs, kw_rs, pad]
+        if v.read_only_by(shape.output[0], [last]):
+            nodes.append(shape)
+        out.append(Match("dynamic_filter", [x, kw_rs.input[0]], last.output[0], nodes, {"k": k, "dilation": d},
+                         input_shape=(None, g * cg, h, wd)))
+    return out

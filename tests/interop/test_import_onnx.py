@@ -37,8 +37,6 @@ NOT_ROUND_TRIP = {
     "papers/hyena_block.cdl": _LONG_CONV,
     "papers/s4d_classifier.cdl": _LONG_CONV,
     "papers/sgconv_classifier.cdl": _LONG_CONV,
-    "papers/tvconv.cdl": "a convolution whose weight the network computes has no convdsl op on import "
-                         "(located error)",
 }
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 
@@ -319,6 +317,13 @@ def test_a_different_scan_step_is_no_selective_scan(tmp_path):
 def test_pixel_unshuffle_comes_back(shape, tmp_path):
     g, back = _round_trip("pixel_unshuffle(2)", tmp_path, shape=shape)
     assert canonical(back) == canonical(g)
+
+
+@pytest.mark.parametrize("k,d,g", [(3, 1, 1), (3, 2, 4), (1, 1, 2), (5, 1, 1)])
+def test_dynamic_filter_comes_back(k, d, g, tmp_path):
+    g_, back = _round_trip(f"return (x, x | conv2d({g * k * k}, 1) as c) | dynamic_filter({k}, dilation={d})",
+                           tmp_path, shape="N, 4, 7, 6")
+    assert canonical(back) == canonical(g_)
 
 
 def test_torch_onnx_flip_imports_as_flip(tmp_path):
