@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from fractions import Fraction
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, located
-from convdsl.importer.onnx_patterns import View, find as find_patterns, training_attrs, written
+from convdsl.importer.onnx_patterns import View, find as find_patterns, simplest as _simplest, training_attrs, written
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, fold, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
@@ -821,21 +820,6 @@ def _scope_class(path: str) -> str:
         if name and not name.isdigit():
             return name
     return "scope"
-
-
-def _simplest(attrs: dict) -> dict:
-    """An f32 constant read back as the simplest number that rounds to it: a fraction p/q with q up to
-    1000 when one does (x / 3 exported as x * 0.33333334 comes back as 1/3, as written), else the
-    shortest decimal (``_f32``).  The same f32 value either way."""
-    out = {}
-    for k, v in attrs.items():
-        f = np.float32(v)
-        if not np.isfinite(f) or float(v) == 0.0:
-            out[k] = v
-            continue
-        fr = Fraction(float(f)).limit_denominator(1000)
-        out[k] = float(fr) if fr and np.float32(float(fr)) == f else _f32(v)
-    return out
 
 
 def _f32(v: float) -> float:

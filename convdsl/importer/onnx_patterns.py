@@ -127,6 +127,23 @@ def _f32(v: float) -> float:
     return float(f"{np.float32(v):.7g}")
 
 
+def simplest(attrs: dict) -> dict:
+    """An f32 constant read back as the simplest number that rounds to it: a fraction p/q with q up to
+    1000 when one does (x / 3 exported as x * 0.33333334 comes back as 1/3, as written), else the
+    shortest decimal (``_f32``).  The same f32 value either way."""
+    from fractions import Fraction
+
+    out = {}
+    for k, v in attrs.items():
+        f = np.float32(v)
+        if not np.isfinite(f) or float(v) == 0.0:
+            out[k] = v
+            continue
+        fr = Fraction(float(f)).limit_denominator(1000)
+        out[k] = float(fr) if fr and np.float32(float(fr)) == f else _f32(v)
+    return out
+
+
 def written(node) -> tuple[str | None, dict]:
     """The convdsl op convdsl's exporter recorded in the node's doc string and the attributes it
     recorded after it (``convdsl rot90 {"dims": [2, 3], "k": 1}``; ``Exporter.record``): (None, {})
