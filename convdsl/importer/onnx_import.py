@@ -824,7 +824,7 @@ def _scope_class(path: str) -> str:
 
 def _f32(v: float) -> float:
     """A float32 attribute read back as the shortest decimal that rounds to it (1e-05, not 9.99e-06)."""
-    return float(f"{np.float32(v):.7g}")
+    return float(str(np.float32(v)))  # numpy writes the shortest decimal that rounds back (7 digits may not)
 
 
 def load_model(path: str | os.PathLike):

@@ -124,7 +124,7 @@ def find(view: View) -> dict[str, Match]:
 
 
 def _f32(v: float) -> float:
-    return float(f"{np.float32(v):.7g}")
+    return float(str(np.float32(v)))  # numpy writes the shortest decimal that rounds back (7 digits may not)
 
 
 def simplest(attrs: dict) -> dict:
@@ -490,6 +490,22 @@ def _attention(v: View) -> list[Match]:
 
 
 # ---- elementwise -----------------------------------------------------------------------------------
+@pattern("affine")
+def _affine(v: View) -> list[Match]:
+    """Mul(x, scale) -> Add(., shift), both marked ``convdsl affine``: one affine, as written (its export
+    is the two nodes when neither is the identity's 1 or 0)."""
+    out = []
+    for add in v.nodes("Add"):
+        mul = v.made_by(add.input[0], "Mul")
+        if mul is None or written(add)[0] != "affine" or written(mul)[0] != "affine":
+            continue
+        scale, shift = v.scalar(mul.input[1]), v.scalar(add.input[1])
+        if scale is None or shift is None or v.const(mul.input[0]) is not None:
+            continue
+        out.append(Match("affine", [mul.input[0]], add.output[0], [mul, add], simplest({"scale": scale, "shift": shift})))
+    return out
+
+
 @pattern("add")
 def _sum(v: View) -> list[Match]:
     """Sum(a, b, c...): convdsl's export of an add of three or more tensors."""

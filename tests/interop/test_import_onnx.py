@@ -30,8 +30,6 @@ NOT_ROUND_TRIP = {
     "maxvit_t.cdl": _WINDOW,
     "swin_t.cdl": _WINDOW,
     "papers/moat_block.cdl": _WINDOW,
-    "papers/convit_gpsa.cdl": "gated positional self-attention: the softmax of the positional scores is of a "
-                              "constant, which import refuses with a located error",
     "papers/halonet_block.cdl": "halo attention's relative position tables meet the linear mapping with the wrong "
                                 "shape: a located error, no import pattern yet",
     "papers/hyena_block.cdl": _LONG_CONV,
@@ -71,14 +69,24 @@ def canonical(g) -> str:
 
 
 def _resolved(g):
-    """A copy of ``g`` with attribute values that are spelled two ways in CDL written one way: a
-    pooling ``stride`` equal to the window is the default (``maxpool2d(2, stride=2)`` is
-    ``maxpool2d(2)``: pool_geometry resolves both to the same stride).  This is one value, not two
-    graphs; an ONNX file holds the value, and the importer writes it as the default."""
+    """A copy of ``g`` with attribute values that are spelled two ways in CDL written one way, where
+    the ONNX file can hold only the value: a pooling ``stride`` equal to the window is the default
+    (``maxpool2d(2, stride=2)`` is ``maxpool2d(2)``: pool_geometry resolves both to the same stride);
+    transpose's dims count from the start (``transpose(-2, -1)`` of a rank-4 tensor is
+    ``transpose(2, 3)``: a Transpose's perm has no negative axes); affine's scale and shift are the
+    float32 numbers the f32 graph computes with (``d ** -0.5`` is 0.28867513459481287 in CDL, the file
+    holds 0.28867513).  Each is one value, not two graphs."""
+    import numpy as np
+
     from convdsl.ir.ops.pool import pool_geometry
 
     g = g.copy()
     for n in g.nodes():
+        if n.op == "transpose":
+            rank = g.in_types(n.id)[0].rank
+            n.attrs["dim0"], n.attrs["dim1"] = n.attrs["dim0"] % rank, n.attrs["dim1"] % rank
+        if n.op == "affine" and g.in_types(n.id)[0].dtype == "f32":
+            n.attrs["scale"], n.attrs["shift"] = (float(np.float32(n.attrs[a])) for a in ("scale", "shift"))
         m = re.fullmatch(r"(?:max|avg)pool([123])d", n.op)
         if m and n.attrs.get("stride") is not None:
             nd = int(m.group(1))
@@ -158,6 +166,8 @@ def test_canonical_compares_pool_strides_as_values():
     assert net("maxpool2d(3, stride=2)") != net("maxpool2d(3)")
     assert net("maxpool2d(2, stride=1)") != net("maxpool2d(2)")
     assert net("maxpool2d(2)") != net("avgpool2d(2)")
+    assert net("transpose(-2, -1)") == net("transpose(2, 3)") != net("transpose(1, 3)")
+    assert net("affine(0.28867513459481287)") == net("affine(0.28867513)") != net("affine(0.2886751)")
 
 
 def _round_trip(body: str, tmp_path, shape: str = "N, 3, 6, 6"):
@@ -324,6 +334,23 @@ def test_dynamic_filter_comes_back(k, d, g, tmp_path):
     g_, back = _round_trip(f"return (x, x | conv2d({g * k * k}, 1) as c) | dynamic_filter({k}, dilation={d})",
                            tmp_path, shape="N, 4, 7, 6")
     assert canonical(back) == canonical(g_)
+
+
+@pytest.mark.parametrize("body", ["affine(-1.0, 1.0)", "affine(2.5, shift=-0.5)", "affine(1 / 3, shift=1 / 7)",
+                                  "affine(0.28867513459481287)", "affine(shift=6.103515625e-05)",
+                                  "softmax", "softmax(1)", "softmax(-2)"])
+def test_affine_and_softmax_come_back_as_written(body, tmp_path):
+    g, back = _round_trip(body, tmp_path)
+    assert canonical(back) == canonical(g)
+    assert [n.op for n in back.nodes()] == [n.op for n in g.nodes()]
+
+
+def test_scalars_come_back_as_the_same_float32():
+    from convdsl.importer.onnx_patterns import simplest
+
+    for v in (0.28867513459481287, 1 / 3, 6.103515625e-05, 1e-6, -2.5, 0.1):
+        assert np.float32(simplest({"a": v})["a"]) == np.float32(v)
+    assert simplest({"a": np.float32(1 / 3)})["a"] == 1 / 3
 
 
 def test_torch_onnx_flip_imports_as_flip(tmp_path):
