@@ -86,8 +86,8 @@ def _mean(cx, node, args, ins):
     normalize_dims("mean", node.attrs["dims"], ins[0].rank)  # checked; written as the program wrote them
     dims = node.attrs["dims"]
     # ONNX axes may count from the end, so `mean(-1)` stays -1 and comes back as written
-    return cx.op("ReduceMean", [args[0]], axes=[int(d) for d in (dims if isinstance(dims, (list, tuple)) else [dims])],
-                 keepdims=int(node.attrs["keepdim"]))
+    axes = [int(d) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    return cx.op("ReduceMean", [args[0]], axes=axes, keepdims=int(node.attrs["keepdim"]))
 
 
 def _upsample(cx, node, args, ins):

@@ -502,7 +502,8 @@ def _affine(v: View) -> list[Match]:
         scale, shift = v.scalar(mul.input[1]), v.scalar(add.input[1])
         if scale is None or shift is None or v.const(mul.input[0]) is not None:
             continue
-        out.append(Match("affine", [mul.input[0]], add.output[0], [mul, add], simplest({"scale": scale, "shift": shift})))
+        attrs = simplest({"scale": scale, "shift": shift})
+        out.append(Match("affine", [mul.input[0]], add.output[0], [mul, add], attrs))
     return out
 
 
@@ -669,8 +670,8 @@ def _irfft2(v: View, out: str, h: int, w: int):
     weight = np.where((k == 0) | ((w % 2 == 0) & (k == w // 2)), 1.0, 2.0) / math.sqrt(w)
     phase = (k * t % w) * (2.0 * math.pi / w)
     hr, hi = _twiddles(h, h, h, +1.0)
-    if not (_is(cr, hr / math.sqrt(h)) and _is(ci, hi / math.sqrt(h)) and _is(v.const(y.input[1]), weight * np.cos(phase))
-            and _is(v.const(yi.input[1]), weight * np.sin(phase))):
+    if not (_is(cr, hr / math.sqrt(h)) and _is(ci, hi / math.sqrt(h))
+            and _is(v.const(y.input[1]), weight * np.cos(phase)) and _is(v.const(yi.input[1]), weight * np.sin(phase))):
         return None
     return re, im, nodes + [sub, y, yi]
 
@@ -768,14 +769,15 @@ def _block_cmm(v: View, re: str, im: str):
     if cat is None or len(cat.input) != 2 or v.attr(cat, "axis") != 2:
         return None
     big, bias = v.const(mm.input[1]), v.const(add.input[1])
-    if big is None or bias is None or not (big.key or "").endswith(".blocks") or not (bias.key or "").endswith(".blocks") \
-            or big.array.ndim != 3 or bias.array.ndim != 3:
+    if big is None or bias is None or not (big.key or "").endswith(".blocks") \
+            or not (bias.key or "").endswith(".blocks") or big.array.ndim != 3 or bias.array.ndim != 3:
         return None
     k, i2, o2 = big.array.shape
     i, o = i2 // 2, o2 // 2
     wr, wi = big.array[:, :i, :o], big.array[:, :i, o:]
-    if i2 % 2 or o2 % 2 or not (np.array_equal(big.array[:, i:, :o], -wi) and np.array_equal(big.array[:, i:, o:], wr)) \
-            or bias.array.shape != (k, 1, o2) or _ints(v, split.input[1]) != [o, o]:
+    if i2 % 2 or o2 % 2 or not np.array_equal(big.array[:, i:, :o], -wi) \
+            or not np.array_equal(big.array[:, i:, o:], wr) or bias.array.shape != (k, 1, o2) \
+            or _ints(v, split.input[1]) != [o, o]:
         return None
     w = np.stack([wr, wi])
     b = np.stack([bias.array[:, 0, :o], bias.array[:, 0, o:]])
@@ -926,6 +928,8 @@ def _ss_one_way(v: View, out: str):
     """``out`` = lower_ssm._one_way: [silu(causal depthwise Conv)] -> Transpose -> x_proj -> Split(dt_low, B,
     C) -> softplus(dt_proj) -> Scan(h0 = zeros, exact step body, A = -exp(A_log)) -> + D u.  A dict of the
     op's input, attributes, parameters (value, key) and nodes, or None."""
+    from onnx import numpy_helper
+
     add = v.made_by(out, "Add")
     scan = v.made_by(add.input[0], "Scan") if add is not None else None
     mul = v.made_by(add.input[1], "Mul") if add is not None else None
@@ -968,7 +972,7 @@ def _ss_one_way(v: View, out: str):
     shape = v.made_by(gather.input[0], "Shape") if gather is not None else None
     value = v.attr(zeros, "value") if zeros is not None else None
     if shape is None or shape.input[0] != u or _ints(v, gather.input[1]) != [0] or _ints(v, cat.input[1]) != [c, s] \
-            or value is None or any(float(x) != 0.0 for x in __import__("onnx").numpy_helper.to_array(value).reshape(-1)):
+            or value is None or np.any(numpy_helper.to_array(value) != 0):
         return None
     nodes = [add, scan, mul, tr, sp, dadd, dmm, split, proj, zeros, cat, gather]
     if v.read_only_by(shape.output[0], [gather]):
@@ -986,7 +990,8 @@ def _ss_one_way(v: View, out: str):
         if w is None or bias is None or w.key != f"{nid}.conv1d.weight" or bias.key != f"{nid}.conv1d.bias" \
                 or w.array.shape != (c, 1, k) or v.attr(conv, "group") != c \
                 or list(v.attr(conv, "pads", [])) != [k - 1, 0] or list(v.attr(conv, "kernel_shape", [])) != [k] \
-                or any(x != 1 for x in v.attr(conv, "strides", [1])) or any(x != 1 for x in v.attr(conv, "dilations", [1])):
+                or any(x != 1 for x in v.attr(conv, "strides", [1])) \
+                or any(x != 1 for x in v.attr(conv, "dilations", [1])):
             k = 0
         else:
             params.update({"conv1d.weight": w, "conv1d.bias": bias})
