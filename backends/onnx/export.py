@@ -22,6 +22,7 @@ input dim) and -1, or read them from the input's runtime shape.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +36,16 @@ from convdsl.ir.types import FLOAT_DTYPES, TensorType, dim_eval, dim_symbols, sy
 from convdsl.backends.registry import LoweringTable
 
 OPSET = 17
+# attributes that only initialize or freeze parameters: an inference file has no place for them, so the
+# exporter records those that differ from the op's default in the doc strings (``Exporter.record``) and
+# ``convdsl import`` gives them back (convdsl/importer/onnx_patterns.py TRAINING_ATTRS, the same table)
+TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
+    **{f"conv{n}d": ("init", "trainable") for n in (1, 2, 3)},
+    "layer_scale": ("init",),
+    "prelu": ("init",),
+    "parameter": ("init", "scale"),
+    "selective_scan": ("dt_min", "dt_max"),
+}
 DOMAIN = ""  # the default ONNX domain
 ExportFn = Callable[["Exporter", Node, list[str], list[TensorType]], "str | list[str]"]
 
@@ -55,6 +66,7 @@ class Exporter:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.node: Node | None = None
+        self._recorded: dict[str, Any] = {}
         self._names: set[str] = set()
         self._shapes: dict[str, str] = {}  # value -> its Shape node output (one per value)
 
@@ -79,8 +91,17 @@ class Exporter:
         # the convdsl op this node lowers, for the importer where two ops export alike (transpose and
         # permute, flatten and reshape, adaptive and plain pooling); runtimes ignore doc strings
         doc = f"convdsl {self.node.op}" if self.node is not None else None
+        if doc is not None and self._recorded:
+            doc += " " + json.dumps(self._recorded, sort_keys=True)
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, doc_string=doc, **attrs))
         return outs if outputs > 1 else outs[0]
+
+    def record(self, **attrs: Any) -> None:
+        """Attributes of the node being exported that its ONNX nodes do not hold (an identity has no
+        angle, a parameter no initializer), written after the op in the doc strings of the ONNX nodes
+        added next, as JSON: ``convdsl rot90 {"dims": [2, 3], "k": 0}``.  Only ``convdsl import`` reads
+        them, and never for a number the file computes with; runtimes ignore doc strings."""
+        self._recorded.update(attrs)
 
     def const(self, arr: Any, dtype: Any = None, name: str | None = None) -> str:
         """A constant initializer (floats in the node's compute dtype unless ``dtype`` is given)."""
@@ -212,6 +233,7 @@ class Exporter:
             if node.op == "input":
                 continue
             self.node = node
+            self._recorded = _training_attrs(node)
             args = [values[v] for v in g.inputs_of(node.id)]
             outs = self.exports.lookup(node, "onnx")(self, node, args, g.in_types(node.id))
             outs = outs if isinstance(outs, list) else [outs]
@@ -230,6 +252,19 @@ class Exporter:
                                   producer_name="convdsl")
         model.ir_version = 8  # readable by ONNX Runtime and OpenVINO releases of the last years
         return model
+
+
+def _training_attrs(node: Node) -> dict[str, Any]:
+    """The node's TRAINING_ATTRS that differ from their defaults, as JSON values."""
+    from convdsl.ir.ops import OPS
+
+    out = {}
+    for name in TRAINING_ATTRS.get(node.op, ()):
+        attr = OPS[node.op].attr(name)
+        v = node.attrs.get(name, attr.default)
+        if v != attr.default and isinstance(v, (str, bool, int, float)):
+            out[name] = v
+    return out
 
 
 def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:

@@ -1,6 +1,8 @@
 """ONNX exports of activations and arithmetic (convdsl/ir/ops/elementwise.py); see export.py for the entry format."""
 from __future__ import annotations
 
+from convdsl.ir.ops.pool import normalize_dims
+
 from convdsl.backends.onnx.common import family, gelu, silu
 from convdsl.backends.onnx.export import ExportFn
 
@@ -48,7 +50,8 @@ def _binary(op_type: str) -> ExportFn:
 
 
 def _softmax(cx, node, args, ins):
-    return cx.op("Softmax", [args[0]], axis=node.attrs["dim"] % ins[0].rank)
+    normalize_dims("softmax", node.attrs["dim"], ins[0].rank)  # checked; the axis as written (ONNX's may be negative)
+    return cx.op("Softmax", [args[0]], axis=int(node.attrs["dim"]))
 
 
 def _identity(cx, node, args, ins):

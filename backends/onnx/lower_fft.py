@@ -91,18 +91,23 @@ def _global_filter(cx, node, args, ins):
     return _back(cx, node, irfft2(cx, cmul(cx, spec, weight), h, w))
 
 
-def _block_complex_matmul(cx: Exporter, z: Complex, w: np.ndarray, b: np.ndarray, k: int, i: int, h: int,
+def _blocks(w: np.ndarray) -> np.ndarray:
+    """w [2, k, i, o] (real, imaginary) -> [k, 2i, 2o] = [[w0, w1], [-w1, w0]] per block."""
+    wr, wi = w[0], w[1]  # [k, i, o]
+    return np.concatenate([np.concatenate([wr, wi], axis=2), np.concatenate([-wi, wr], axis=2)], axis=1)
+
+
+def _block_complex_matmul(cx: Exporter, z: Complex, w: str, b: str, k: int, i: int, h: int,
                           f: int) -> Complex:
     """einsum("nkihf,kio->nkohf", z, w0 + i w1) + (b0 + i b1) for z [n, k, i, h, f], as one real
-    matmul per block: [zr | zi] @ [[w0, w1], [-w1, w0]] = [zr w0 - zi w1 | zr w1 + zi w0]."""
-    o = w.shape[-1]
-    wr, wi = w[0], w[1]  # [k, i, o]
-    big = np.concatenate([np.concatenate([wr, wi], axis=2), np.concatenate([-wi, wr], axis=2)], axis=1)
+    matmul per block: [zr | zi] @ [[w0, w1], [-w1, w0]] = [zr w0 - zi w1 | zr w1 + zi w0].  ``w``, ``b``
+    name the parameters; the block matrix and the joined bias are ``<key>.blocks``."""
+    o = cx.array(w).shape[-1]
     zz = cx.op("Concat", [z.re, z.im], axis=2)  # [n, k, 2i, h, f]
     zz = cx.op("Transpose", [zz], perm=[0, 1, 3, 4, 2])  # [n, k, h, f, 2i]
     zz = cx.op("Reshape", [zz, cx.ints([0, k, h * f, 2 * i])])
-    y = cx.op("MatMul", [zz, cx.const(big)])  # [n, k, hf, 2o]
-    y = cx.op("Add", [y, cx.const(np.concatenate([b[0], b[1]], axis=-1)[:, None, :])])
+    y = cx.op("MatMul", [zz, cx.param(w, _blocks, ".blocks")])  # [n, k, hf, 2o]
+    y = cx.op("Add", [y, cx.param(b, lambda v: np.concatenate([v[0], v[1]], axis=-1)[:, None, :], ".blocks")])
     y = cx.op("Reshape", [y, cx.ints([0, k, h, f, 2 * o])])
     y = cx.op("Transpose", [y], perm=[0, 1, 4, 2, 3])  # [n, k, 2o, h, f]
     re, im = cx.op("Split", [y, cx.ints([o, o])], outputs=2, axis=2)
@@ -127,10 +132,10 @@ def _adaptive_filter(cx, node, args, ins):
     spec = rfft2(cx, x, h, w)  # [n, c, h, f]
     blocked = cx.ints([0, k, c // k, h, f])
     z = Complex(cx.op("Reshape", [spec.re, blocked]), cx.op("Reshape", [spec.im, blocked]))
-    z = _block_complex_matmul(cx, z, cx.array("w1"), cx.array("b1"), k, c // k, h, f)
+    z = _block_complex_matmul(cx, z, "w1", "b1", k, c // k, h, f)
     z = Complex(cx.op("LeakyRelu", [z.re], alpha=a["slope"]), cx.op("LeakyRelu", [z.im], alpha=a["slope"]))
     hid = cx.array("w1").shape[-1]
-    z = _block_complex_matmul(cx, z, cx.array("w2"), cx.array("b2"), k, hid, h, f)
+    z = _block_complex_matmul(cx, z, "w2", "b2", k, hid, h, f)
     back = cx.ints([0, c, h, f])
     mask = Complex(*(cx.op("Reshape", [softshrink(cx, v, a["sparsity"]), back]) for v in (z.re, z.im)))
     y = irfft2(cx, cmul(cx, mask, spec), h, w)

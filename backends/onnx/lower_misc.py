@@ -16,20 +16,27 @@ def _swap(rank: int, a: int, b: int) -> list[int]:
 
 
 def _rot90(cx, node, args, ins):
-    # torch.rot90: k=1 flip(b) then swap(a, b); k=2 flip(a, b); k=3 flip(a) then swap(a, b)
+    # torch.rot90: k=1 flip(b) then swap(a, b); k=2 flip(a, b); k=3 flip(a) then swap(a, b).  The flips'
+    # axes are the dims as written (ONNX's may be negative); k and dims are recorded in the doc strings, so
+    # convdsl import tells rot90 from a flip and a transpose (and k=0 from an identity)
     k = node.attrs["k"] % 4
     a, b = rot90_dims(node.attrs, ins[0])
+    dims = node.attrs["dims"]
+    wa, wb = (dims, dims) if isinstance(dims, int) else dims  # one int: rot90_dims refused it already
+    cx.record(k=int(node.attrs["k"]), dims=[int(wa), int(wb)])
     x = args[0]
     if k == 0:
         return cx.op("Identity", [x])
     if k == 2:
-        return flip(cx, x, [a, b])
-    x = flip(cx, x, [b] if k == 1 else [a])
+        return flip(cx, x, [wa, wb])
+    x = flip(cx, x, [wb] if k == 1 else [wa])
     return cx.op("Transpose", [x], perm=_swap(ins[0].rank, a, b))
 
 
 def _flip(cx, node, args, ins):
-    return flip(cx, args[0], flip_dims(node.attrs, ins[0]))
+    flip_dims(node.attrs, ins[0])  # checked; the axes as the program wrote them (ONNX's may be negative)
+    dims = node.attrs["dims"]
+    return flip(cx, args[0], dims if isinstance(dims, (list, tuple)) else [dims])
 
 
 def _glu(cx, node, args, ins):
@@ -90,6 +97,9 @@ def _dynamic_filter(cx, node, args, ins):
 
 
 def _parameter(cx, node, args, ins):
+    # the input only places the parameter in the graph (its values are never read): recorded by name so
+    # convdsl import anchors the parameter where the program did
+    cx.record(anchor=args[0])
     return cx.op("Identity", [cx.param("weight")])
 
 

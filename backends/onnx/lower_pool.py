@@ -83,8 +83,11 @@ def _adaptive(kind: str, nd: int):
 
 
 def _mean(cx, node, args, ins):
-    dims = normalize_dims("mean", node.attrs["dims"], ins[0].rank)
-    return cx.op("ReduceMean", [args[0]], axes=list(dims), keepdims=int(node.attrs["keepdim"]))
+    normalize_dims("mean", node.attrs["dims"], ins[0].rank)  # checked; written as the program wrote them
+    dims = node.attrs["dims"]
+    # ONNX axes may count from the end, so `mean(-1)` stays -1 and comes back as written
+    axes = [int(d) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    return cx.op("ReduceMean", [args[0]], axes=axes, keepdims=int(node.attrs["keepdim"]))
 
 
 def _upsample(cx, node, args, ins):

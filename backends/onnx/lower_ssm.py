@@ -92,8 +92,11 @@ def _scan_body(cx: Exporter, a_name: str, c: int, s: int):
         helper.make_node("Mul", [h2, t["c3"]], [t["hc"]]),
         helper.make_node("ReduceSum", [t["hc"], ax2], [y], keepdims=0),
     ]
-    # exp(dt A): dt [N, C, 1] * A [C, S] (A from the outer graph)
-    nodes.insert(3, helper.make_node("Mul", [t["dt3"], a_name], [nodes[3].input[0]]))
+    # exp(dt A): dt [N, C, 1] * A [C, S], A = -exp(A_log) with A_log the outer graph's initializer (the
+    # parameter itself is in the file; OpenVINO's Scan reads outer initializers, not outer computed values)
+    a_exp, a_val = n("scan/exp_A_log"), n("scan/A")
+    nodes[3:3] = [helper.make_node("Exp", [a_name], [a_exp]), helper.make_node("Neg", [a_exp], [a_val]),
+                  helper.make_node("Mul", [t["dt3"], a_val], [nodes[3].input[0]])]
     f = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(h, f, ["N", c, s]), helper.make_tensor_value_info(dt, f, ["N", c]),
               helper.make_tensor_value_info(u, f, ["N", c]), helper.make_tensor_value_info(b, f, ["N", s]),
@@ -116,7 +119,7 @@ def _one_way(cx: Exporter, node, u: str, t) -> str:
     dt_low, b, cc = cx.op("Split", [proj, cx.ints([r, s, s])], outputs=3, axis=2)
     dt = cx.op("MatMul", [dt_low, cx.param("dt_proj.weight", lambda w: w.T, ".T")])  # [N, L, C]
     dt = cx.op("Softplus", [cx.op("Add", [dt, cx.param("dt_proj.bias")])])
-    a_mat = cx.param("A_log", lambda v: -np.exp(v.astype(np.float64)).astype(v.dtype), ".A")  # A = -exp(A_log)
+    a_mat = cx.param("A_log")  # A = -exp(A_log), computed in the step
     # h_0 = 0 of [N, C, S]
     shape = cx.op("Concat", [cx.dim_of(u, 0), cx.ints([c, s])], axis=0)
     h0 = cx.op("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))

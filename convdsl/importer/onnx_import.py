@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from fractions import Fraction
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,7 +26,7 @@ from convdsl.ir.graph import Value
 from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
-from convdsl.importer.onnx_patterns import View, find as find_patterns
+from convdsl.importer.onnx_patterns import View, find as find_patterns, simplest as _simplest, training_attrs, written
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
@@ -67,7 +66,8 @@ class Ctx:
 
     def add(self, op: str, inputs: list[Value], attrs: dict | None = None, params: dict | None = None,
             id: str | None = None, exact: bool = False):
-        outs = self.b.add(op, inputs, attrs or {}, id=id or self.default_id(op), chain=self.chain,
+        attrs = {**(attrs or {}), **training_attrs(op, self.node)}  # init / trainable convdsl's exporter recorded
+        outs = self.b.add(op, inputs, attrs, id=id or self.default_id(op), chain=self.chain,
                           origin=self.origin, params=params, exact=exact)
         return outs[0] if len(outs) == 1 else outs
 
@@ -75,8 +75,7 @@ class Ctx:
         """The convdsl op convdsl's exporter recorded for this node (its doc string), if one of ``ops``:
         how the importer tells apart ops that export alike (transpose / permute, flatten / reshape,
         adaptive / plain pooling).  Other exporters' files take the general op."""
-        doc = self.node.doc_string
-        op = doc[len("convdsl "):] if doc.startswith("convdsl ") else None
+        op = written(self.node)[0]  # the op, before any attributes recorded after it
         return op if op in ops else None
 
     def default_id(self, op: str) -> str:
@@ -863,24 +862,9 @@ def _scope_class(path: str) -> str:
     return "scope"
 
 
-def _simplest(attrs: dict) -> dict:
-    """An f32 constant read back as the simplest number that rounds to it: a fraction p/q with q up to
-    1000 when one does (x / 3 exported as x * 0.33333334 comes back as 1/3, as written), else the
-    shortest decimal (``_f32``).  The same f32 value either way."""
-    out = {}
-    for k, v in attrs.items():
-        f = np.float32(v)
-        if not np.isfinite(f) or float(v) == 0.0:
-            out[k] = v
-            continue
-        fr = Fraction(float(f)).limit_denominator(1000)
-        out[k] = float(fr) if fr and np.float32(float(fr)) == f else _f32(v)
-    return out
-
-
 def _f32(v: float) -> float:
     """A float32 attribute read back as the shortest decimal that rounds to it (1e-05, not 9.99e-06)."""
-    return float(f"{np.float32(v):.7g}")
+    return float(str(np.float32(v)))  # numpy writes the shortest decimal that rounds back (7 digits may not)
 
 
 def load_model(path: str | os.PathLike):
@@ -964,6 +948,11 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             ins = [env[i] for i in m.inputs]
             if not all(isinstance(i, Value) for i in ins):
                 raise located(origin, f"the {m.op} pattern here reads a constant where convdsl needs a computed tensor")
+            have = cx.type(ins[0]).shape
+            if m.input_shape is not None and (len(have) != len(m.input_shape) or any(
+                    d is not None and d != e for d, e in zip(m.input_shape, have))):
+                raise located(origin, f"the {m.op} pattern here needs an input of shape {list(m.input_shape)}, "
+                                      f"not {list(have)}")
             env[out0] = cx.add(m.op, ins, m.attrs, arrays, id=pid)
             continue
         if (node.name or id(node)) in replaced or id(node) in matched:

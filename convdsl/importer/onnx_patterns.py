@@ -26,6 +26,9 @@ class Match:
     nodes: list  # the ONNX nodes replaced
     attrs: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # local name -> a constant (.array, .key)
+    # the shape the first input must have for the nodes to compute the op (None: any size there), where
+    # the nodes alone do not fix it (a Reshape to constant sizes); checked on import, a located error if not
+    input_shape: tuple | None = None
 
 
 @dataclass
@@ -85,11 +88,16 @@ Matcher = Callable[[View], list[Match]]
 PATTERNS: dict[str, Matcher] = {}
 
 
-def pattern(op: str):
+def pattern(op: str, first: bool = False):
+    """Register the matcher of ``op``; ``first``: tried before those registered so far (a pattern that
+    contains another's sub-graph, as selective_scan contains a silu)."""
     def register(fn: Matcher) -> Matcher:
         if op in PATTERNS:  # pragma: no cover - a bug in this file
             raise ValueError(f"two ONNX import patterns for {op}")
         PATTERNS[op] = fn
+        if first:
+            for k in [k for k in PATTERNS if k != op]:
+                PATTERNS[k] = PATTERNS.pop(k)
         return fn
 
     return register
@@ -109,11 +117,168 @@ def find(view: View) -> dict[str, Match]:
                 continue
             taken |= ids
             out[m.output] = m
-    return out
+    # a match reading a value computed inside another match (a parameter placed on one) cannot be made:
+    # that value is never imported; its nodes import one by one
+    inner = {o for m in out.values() for n in m.nodes for o in n.output if o and o != m.output}
+    return {k: m for k, m in out.items() if not set(m.inputs) & inner}
 
 
 def _f32(v: float) -> float:
-    return float(f"{np.float32(v):.7g}")
+    return float(str(np.float32(v)))  # numpy writes the shortest decimal that rounds back (7 digits may not)
+
+
+def simplest(attrs: dict) -> dict:
+    """An f32 constant read back as the simplest number that rounds to it: a fraction p/q with q up to
+    1000 when one does (x / 3 exported as x * 0.33333334 comes back as 1/3, as written), else the
+    shortest decimal (``_f32``).  The same f32 value either way."""
+    from fractions import Fraction
+
+    out = {}
+    for k, v in attrs.items():
+        f = np.float32(v)
+        if not np.isfinite(f) or float(v) == 0.0:
+            out[k] = v
+            continue
+        fr = Fraction(float(f)).limit_denominator(1000)
+        out[k] = float(fr) if fr and np.float32(float(fr)) == f else _f32(v)
+    return out
+
+
+def written(node) -> tuple[str | None, dict]:
+    """The convdsl op convdsl's exporter recorded in the node's doc string and the attributes it
+    recorded after it (``convdsl rot90 {"dims": [2, 3], "k": 1}``; ``Exporter.record``): (None, {})
+    for other exporters' nodes.  The JSON is parsed, never evaluated; a matcher checks each recorded
+    value against the computation the file holds before it uses it."""
+    import json
+
+    doc = node.doc_string or ""
+    if not doc.startswith("convdsl "):
+        return None, {}
+    op, _, rest = doc[len("convdsl "):].partition(" ")
+    try:
+        extra = json.loads(rest) if rest else {}
+    except ValueError:
+        extra = {}
+    return op, (extra if isinstance(extra, dict) else {})
+
+
+# attributes that only initialize or freeze parameters, which convdsl's exporter records in the doc
+# strings when they differ from the default (backends/onnx/export.py TRAINING_ATTRS, the same table); no
+# number the file computes with depends on them, so a recorded value is taken once it is one the op allows
+TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
+    **{f"conv{n}d": ("init", "trainable") for n in (1, 2, 3)},
+    "layer_scale": ("init",),
+    "prelu": ("init",),
+    "parameter": ("init", "scale"),
+    "selective_scan": ("dt_min", "dt_max"),
+}
+
+
+def training_attrs(op: str, node) -> dict[str, Any]:
+    """The TRAINING_ATTRS of ``op`` recorded on ``node`` by convdsl's exporter of that same op, each of
+    the attribute's kind (a word among its choices, a bool, a finite number); others are dropped."""
+    import math
+
+    from convdsl.ir.ops import OPS
+
+    wop, rec = written(node)
+    if wop != op or op not in TRAINING_ATTRS:
+        return {}
+    out = {}
+    for name in TRAINING_ATTRS[op]:
+        attr, v = OPS[op].attr(name), rec.get(name)
+        if attr is None or v is None:
+            continue
+        kind = attr.kind.split("|")
+        if "sym" in kind and isinstance(v, str) and attr.choices and v in attr.choices:
+            out[name] = v
+        elif "bool" in kind and isinstance(v, bool):
+            out[name] = v
+        elif "float" in kind and type(v) in (int, float) and math.isfinite(v):
+            out[name] = float(v)
+    return out
+
+
+def _int_list(value: Any, n: int) -> list[int] | None:
+    ok = isinstance(value, list) and len(value) == n and all(type(i) is int for i in value)
+    return value if ok else None
+
+
+# ---- shape (backends/onnx/lower_misc.py, lower_shape.py) -----------------------------------------------
+def _reversal(v: View, node) -> list[int] | None:
+    """The axes a Slice reverses whole (start -1, end before the first element, step -1 on every
+    axis: convdsl's and torch.onnx's torch.flip), or None."""
+    if node is None or node.op_type != "Slice" or len(node.input) < 5:
+        return None
+    starts, ends, axes, steps = (_ints(v, node.input[i]) for i in (1, 2, 3, 4))
+    if None in (starts, ends, axes, steps) or not (len(starts) == len(ends) == len(axes) == len(steps) >= 1):
+        return None
+    if any(s != -1 for s in starts) or any(s != -1 for s in steps) or any(e > -(2 ** 31) for e in ends):
+        return None
+    return axes
+
+
+@pattern("rot90")
+def _rot90(v: View) -> list[Match]:
+    """convdsl's export of rot90 (its nodes' doc strings say ``convdsl rot90`` with k and dims): k=0 an
+    Identity; k=2 a Slice reversing dims[0] and dims[1]; k=1 (k=3) a Slice reversing dims[1] (dims[0])
+    then a Transpose swapping the two dims.  The recorded k and dims must be what the nodes compute."""
+    out = []
+    for node in v.graph.node:
+        op, rec = written(node)
+        k, dims = rec.get("k"), _int_list(rec.get("dims"), 2)
+        if op != "rot90" or type(k) is not int or dims is None:
+            continue
+        a, b = dims
+        if k % 4 == 0 and node.op_type == "Identity":
+            out.append(Match("rot90", [node.input[0]], node.output[0], [node], {"k": k, "dims": (a, b)}))
+        elif k % 4 == 2 and _reversal(v, node) == [a, b]:
+            out.append(Match("rot90", [node.input[0]], node.output[0], [node], {"k": k, "dims": (a, b)}))
+        elif k % 4 in (1, 3) and node.op_type == "Transpose":
+            sl = v.made_by(node.input[0], "Slice")
+            perm = list(v.attr(node, "perm", []))
+            rank = len(perm)
+            if sl is None or written(sl)[0] != "rot90" or _reversal(v, sl) != [b if k % 4 == 1 else a] \
+                    or not -rank <= a < rank or not -rank <= b < rank or a % rank == b % rank:
+                continue
+            swap = list(range(rank))
+            swap[a % rank], swap[b % rank] = swap[b % rank], swap[a % rank]
+            if perm == swap:
+                out.append(Match("rot90", [sl.input[0]], node.output[0], [sl, node], {"k": k, "dims": (a, b)}))
+    return out
+
+
+@pattern("parameter")
+def _parameter(v: View) -> list[Match]:
+    """convdsl's export of the parameter op: an Identity of the initializer ``<id>.weight``, marked
+    ``convdsl parameter`` with the ONNX value the program placed it on (``anchor``: a graph input or a
+    value computed before it), and its init and scale when not the defaults."""
+    out = []
+    inputs = {i.name for i in v.graph.input}
+    seen: set[str] = set()  # values computed by the nodes before this one
+    for node in v.graph.node:
+        op, rec = written(node)
+        anchor = rec.get("anchor")
+        c = v.const(node.input[0]) if op == "parameter" and node.op_type == "Identity" and node.input else None
+        placed = isinstance(anchor, str) and (anchor in inputs or anchor in seen) and v.const(anchor) is None
+        if c is not None and placed and c.key and c.key.endswith(".weight") and c.array.ndim >= 1:
+            attrs = {"shape": tuple(int(d) for d in c.array.shape), **training_attrs("parameter", node)}
+            out.append(Match("parameter", [anchor], node.output[0], [node], attrs, {"weight": c}))
+        seen.update(o for o in node.output if o)
+    return out
+
+
+@pattern("flip")
+def _flip(v: View) -> list[Match]:
+    """A Slice reversing whole axes: convdsl's export of flip (the dims as written) and torch.onnx's of
+    torch.flip.  convdsl's nodes for another op (rot90) are left to that op."""
+    out = []
+    for node in v.nodes("Slice"):
+        axes = _reversal(v, node)
+        if axes is not None and written(node)[0] in (None, "flip") and len(set(axes)) == len(axes):
+            out.append(Match("flip", [node.input[0]], node.output[0], [node],
+                             {"dims": axes[0] if len(axes) == 1 else tuple(axes)}))
+    return out
 
 
 # ---- norms (backends/onnx/lower_norm.py) ---------------------------------------------------------
@@ -325,6 +490,23 @@ def _attention(v: View) -> list[Match]:
 
 
 # ---- elementwise -----------------------------------------------------------------------------------
+@pattern("affine")
+def _affine(v: View) -> list[Match]:
+    """Mul(x, scale) -> Add(., shift), both marked ``convdsl affine``: one affine, as written (its export
+    is the two nodes when neither is the identity's 1 or 0)."""
+    out = []
+    for add in v.nodes("Add"):
+        mul = v.made_by(add.input[0], "Mul")
+        if mul is None or written(add)[0] != "affine" or written(mul)[0] != "affine":
+            continue
+        scale, shift = v.scalar(mul.input[1]), v.scalar(add.input[1])
+        if scale is None or shift is None or v.const(mul.input[0]) is not None:
+            continue
+        attrs = simplest({"scale": scale, "shift": shift})
+        out.append(Match("affine", [mul.input[0]], add.output[0], [mul, add], attrs))
+    return out
+
+
 @pattern("add")
 def _sum(v: View) -> list[Match]:
     """Sum(a, b, c...): convdsl's export of an add of three or more tensors."""
@@ -406,4 +588,539 @@ def _conv_attention(v: View) -> list[Match]:
         nodes += proj[3] + [tr, img]
         uniq = list({id(n): n for n in nodes}.values())
         out.append(Match("conv_attention", [convs[0][0]], img.output[0], uniq, attrs, params))
+    return out
+
+
+# ---- FFT mixing (backends/onnx/lower_fft.py: the DFTs in matmul form) ------------------------------------
+def _twiddles(rows: int, cols: int, n: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """exp(sign * 2 pi i * r * c / n) for r < rows, c < cols, in float64 (the DFT matrices' entries)."""
+    import math
+
+    phase = (np.outer(np.arange(rows), np.arange(cols)) % n) * (2.0 * math.pi / n)
+    return np.cos(phase), sign * np.sin(phase)
+
+
+def _is(c, expected: np.ndarray) -> bool:
+    """``c`` (a constant) holds exactly ``expected`` rounded to its dtype."""
+    return c is not None and c.array.shape == expected.shape and c.array.dtype.kind == "f" \
+        and np.array_equal(c.array, expected.astype(c.array.dtype))
+
+
+def _complex_left(v: View, re: str, im: str):
+    """(re, im) = M @ (zr, zi) for a constant complex M: re = Sub(MatMul(Mr, zr), MatMul(Mi, zi)),
+    im = Add(MatMul(Mi, zr), MatMul(Mr, zi)).  (Mr, Mi, zr, zi, nodes) or None."""
+    sub, add = v.made_by(re, "Sub"), v.made_by(im, "Add")
+    if sub is None or add is None:
+        return None
+    m1, m2 = (v.made_by(i, "MatMul") for i in sub.input)
+    m3, m4 = (v.made_by(i, "MatMul") for i in add.input)
+    if None in (m1, m2, m3, m4):
+        return None
+    mr, mi = v.const(m1.input[0]), v.const(m2.input[0])
+    zr, zi = m1.input[1], m2.input[1]
+    if mr is None or mi is None or m3.input[:] != [m2.input[0], zr] or m4.input[:] != [m1.input[0], zi]:
+        return None
+    return mr, mi, zr, zi, [sub, add, m1, m2, m3, m4]
+
+
+def _rfft2(v: View, re: str, im: str):
+    """(re, im) = rfft2(x, norm=ortho) as lower_fft.rfft2 writes it: x @ A (W -> W//2+1 frequencies), then
+    B @ . over H, every constant the ortho DFT matrix it must be.  (x, h, w, nodes) or None."""
+    import math
+
+    left = _complex_left(v, re, im)
+    if left is None:
+        return None
+    br, bi, zr, zi, nodes = left
+    mr, mi = v.made_by(zr, "MatMul"), v.made_by(zi, "MatMul")
+    if mr is None or mi is None or mr.input[0] != mi.input[0]:
+        return None
+    ar, ai = v.const(mr.input[1]), v.const(mi.input[1])
+    if ar is None or ai is None or ar.array.ndim != 2 or br.array.ndim != 2:
+        return None
+    w, f = ar.array.shape
+    h = br.array.shape[0]
+    if f != w // 2 + 1 or w < 1 or h < 1:
+        return None
+    wr, wi = _twiddles(w, f, w, -1.0)
+    hr, hi = _twiddles(h, h, h, -1.0)
+    if not (_is(ar, wr / math.sqrt(w)) and _is(ai, wi / math.sqrt(w)) and _is(br, hr / math.sqrt(h))
+            and _is(bi, hi / math.sqrt(h))):
+        return None
+    return mr.input[0], h, w, nodes + [mr, mi]
+
+
+def _irfft2(v: View, out: str, h: int, w: int):
+    """out = irfft2((re, im), s=(H, W), norm=ortho) as lower_fft.irfft2 writes it (the inverse DFT over H,
+    then the real inverse over W, DC and Nyquist once).  (re, im, nodes) or None."""
+    import math
+
+    sub = v.made_by(out, "Sub")
+    y = v.made_by(sub.input[0], "MatMul") if sub is not None else None
+    yi = v.made_by(sub.input[1], "MatMul") if sub is not None else None
+    if y is None or yi is None:
+        return None
+    left = _complex_left(v, y.input[0], yi.input[0])
+    if left is None:
+        return None
+    cr, ci, re, im, nodes = left
+    f = w // 2 + 1
+    k = np.arange(f)[:, None]
+    t = np.arange(w)[None, :]
+    weight = np.where((k == 0) | ((w % 2 == 0) & (k == w // 2)), 1.0, 2.0) / math.sqrt(w)
+    phase = (k * t % w) * (2.0 * math.pi / w)
+    hr, hi = _twiddles(h, h, h, +1.0)
+    if not (_is(cr, hr / math.sqrt(h)) and _is(ci, hi / math.sqrt(h))
+            and _is(v.const(y.input[1]), weight * np.cos(phase)) and _is(v.const(yi.input[1]), weight * np.sin(phase))):
+        return None
+    return re, im, nodes + [sub, y, yi]
+
+
+def _cmul(v: View, re: str, im: str):
+    """(re, im) = (ar, ai) * (br, bi): re = Sub(Mul(ar, br), Mul(ai, bi)), im = Add(Mul(ar, bi), Mul(ai, br)).
+    ((ar, ai), (br, bi), nodes) or None."""
+    sub, add = v.made_by(re, "Sub"), v.made_by(im, "Add")
+    if sub is None or add is None:
+        return None
+    m1, m2 = (v.made_by(i, "Mul") for i in sub.input)
+    m3, m4 = (v.made_by(i, "Mul") for i in add.input)
+    if None in (m1, m2, m3, m4):
+        return None
+    (ar, br), (ai, bi) = m1.input, m2.input
+    if list(m3.input) != [ar, bi] or list(m4.input) != [ai, br]:
+        return None
+    return (ar, ai), (br, bi), [sub, add, m1, m2, m3, m4]
+
+
+@pattern("global_filter")
+def _global_filter(v: View) -> list[Match]:
+    """convdsl's export of global_filter: rfft2 (matmul form) -> times the weight's real and imaginary
+    parts (initializers ``<key>.real`` / ``<key>.imag``) -> irfft2, with Transposes around it for
+    layout=nhwc.  The DFT constants must be the ortho DFT matrices for the filter's H and W."""
+    out = []
+    for sub in v.nodes("Sub"):
+        if written(sub)[0] not in (None, "global_filter"):
+            continue
+        # the last node's two MatMul operands have the [F, W] cos / sin shape; try irfft2 for that W
+        mm = v.made_by(sub.input[0], "MatMul")
+        d = v.const(mm.input[1]) if mm is not None else None
+        if d is None or d.array.ndim != 2:
+            continue
+        w = int(d.array.shape[1])
+        left = v.made_by(mm.input[0], "Sub")
+        first = v.made_by(left.input[0], "MatMul") if left is not None else None
+        c = v.const(first.input[0]) if first is not None else None
+        if c is None or c.array.ndim != 2:
+            continue
+        h = int(c.array.shape[0])
+        inv = _irfft2(v, sub.output[0], h, w)
+        prod = _cmul(v, inv[0], inv[1]) if inv is not None else None
+        if prod is None:
+            continue
+        (sr, si), (wr, wi), cm_nodes = prod
+        cr, ci = v.const(wr), v.const(wi)
+        if cr is None or ci is None or not (cr.key or "").endswith(".real") or ci.key != cr.key[:-5] + ".imag":
+            continue
+        fwd = _rfft2(v, sr, si)
+        if fwd is None or fwd[1:3] != (h, w):
+            continue
+        x, _, _, f_nodes = fwd
+        nodes = inv[2] + cm_nodes + f_nodes
+        end = sub.output[0]
+        layout = "nchw"
+        into = v.made_by(x, "Transpose")
+        back = v.only_reader(end, "Transpose")
+        if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
+                and written(into)[0] in (None, "global_filter") and written(back)[0] in (None, "global_filter"):
+            layout, x, end = "nhwc", into.input[0], back.output[0]
+            nodes += [into, back]
+        weight = Param(np.stack([cr.array, ci.array], axis=-1), cr.key[:-5])
+        out.append(Match("global_filter", [x], end, nodes, {"layout": layout}, {"complex_weight": weight}))
+    return out
+
+
+def _softshrink(v: View, value: str):
+    """value = Relu(x - lam) - Relu(-x - lam) (lower_fft.softshrink): (x, lam, nodes) or None."""
+    sub = v.made_by(value, "Sub")
+    r1, r2 = (v.made_by(i, "Relu") for i in sub.input) if sub is not None else (None, None)
+    s1 = v.made_by(r1.input[0], "Sub") if r1 is not None else None
+    s2 = v.made_by(r2.input[0], "Sub") if r2 is not None else None
+    neg = v.made_by(s2.input[0], "Neg") if s2 is not None else None
+    if s1 is None or neg is None or neg.input[0] != s1.input[0] or s1.input[1] != s2.input[1]:
+        return None
+    lam = v.scalar(s1.input[1])
+    return None if lam is None else (s1.input[0], lam, [sub, r1, r2, s1, s2, neg])
+
+
+def _block_cmm(v: View, re: str, im: str):
+    """(re, im) = the two outputs of lower_fft._block_complex_matmul: Concat(zr, zi) -> Transpose ->
+    Reshape -> MatMul(<w>.blocks) -> Add(<b>.blocks) -> Reshape -> Transpose -> Split.  The block matrix
+    must be [[w0, w1], [-w1, w0]].  (zr, zi, (w, key), (b, key), nodes) or None."""
+    split = v.made_by(re, "Split")
+    if split is None or list(split.output) != [re, im] or v.attr(split, "axis") != 2:
+        return None
+    t2 = v.made_by(split.input[0], "Transpose")
+    r2 = v.made_by(t2.input[0], "Reshape") if _perm(v, t2, [0, 1, 4, 2, 3]) else None
+    add = v.made_by(r2.input[0], "Add") if r2 is not None else None
+    mm = v.made_by(add.input[0], "MatMul") if add is not None else None
+    r1 = v.made_by(mm.input[0], "Reshape") if mm is not None else None
+    t1 = v.made_by(r1.input[0], "Transpose") if r1 is not None else None
+    cat = v.made_by(t1.input[0], "Concat") if _perm(v, t1, [0, 1, 3, 4, 2]) else None
+    if cat is None or len(cat.input) != 2 or v.attr(cat, "axis") != 2:
+        return None
+    big, bias = v.const(mm.input[1]), v.const(add.input[1])
+    if big is None or bias is None or not (big.key or "").endswith(".blocks") \
+            or not (bias.key or "").endswith(".blocks") or big.array.ndim != 3 or bias.array.ndim != 3:
+        return None
+    k, i2, o2 = big.array.shape
+    i, o = i2 // 2, o2 // 2
+    wr, wi = big.array[:, :i, :o], big.array[:, :i, o:]
+    if i2 % 2 or o2 % 2 or not np.array_equal(big.array[:, i:, :o], -wi) \
+            or not np.array_equal(big.array[:, i:, o:], wr) or bias.array.shape != (k, 1, o2) \
+            or _ints(v, split.input[1]) != [o, o]:
+        return None
+    w = np.stack([wr, wi])
+    b = np.stack([bias.array[:, 0, :o], bias.array[:, 0, o:]])
+    return cat.input[0], cat.input[1], (w, big.key[:-7]), (b, bias.key[:-7]), [split, t2, r2, add, mm, r1, t1, cat]
+
+
+@pattern("adaptive_filter")
+def _adaptive_filter(v: View) -> list[Match]:
+    """convdsl's export of adaptive_filter (AFFNet): rfft2 -> blocked Reshape -> block complex matmul
+    (w1, b1) -> LeakyRelu -> block complex matmul (w2, b2) -> softshrink -> Reshape -> times the spectrum
+    -> irfft2 [-> + input] (Transposes around it for nhwc).  DFT constants checked as for global_filter;
+    the parameters come back from their ``<key>.blocks`` forms."""
+    out = []
+    for node in v.nodes("Sub"):
+        if written(node)[0] not in (None, "adaptive_filter"):
+            continue
+        mm = v.made_by(node.input[0], "MatMul")
+        d = v.const(mm.input[1]) if mm is not None else None
+        left = v.made_by(mm.input[0], "Sub") if mm is not None else None
+        first = v.made_by(left.input[0], "MatMul") if left is not None else None
+        c = v.const(first.input[0]) if first is not None else None
+        if d is None or c is None or d.array.ndim != 2 or c.array.ndim != 2:
+            continue
+        h, w = int(c.array.shape[0]), int(d.array.shape[1])
+        inv = _irfft2(v, node.output[0], h, w)
+        prod = _cmul(v, inv[0], inv[1]) if inv is not None else None
+        if prod is None:
+            continue
+        (mr, mi), (sr, si), cm_nodes = prod
+        backs = [v.made_by(m, "Reshape") for m in (mr, mi)]
+        if None in backs or backs[0].input[1] != backs[1].input[1]:
+            continue
+        shape = _ints(v, backs[0].input[1])
+        shrinks = [_softshrink(v, b.input[0]) for b in backs]
+        if shape is None or len(shape) != 4 or None in shrinks or shrinks[0][1] != shrinks[1][1]:
+            continue
+        c_, f = shape[1], w // 2 + 1
+        second = _block_cmm(v, shrinks[0][0], shrinks[1][0])
+        if second is None:
+            continue
+        lr = [v.made_by(z, "LeakyRelu") for z in second[:2]]
+        if None in lr or v.attr(lr[0], "alpha") != v.attr(lr[1], "alpha"):
+            continue
+        first_cmm = _block_cmm(v, lr[0].input[0], lr[1].input[0])
+        if first_cmm is None:
+            continue
+        blocked = [v.made_by(z, "Reshape") for z in first_cmm[:2]]
+        if None in blocked or [b.input[0] for b in blocked] != [sr, si] or blocked[0].input[1] != blocked[1].input[1]:
+            continue
+        (w1, k1), (b1, kb1), (w2, k2), (b2, kb2) = first_cmm[2], first_cmm[3], second[2], second[3]
+        k, bs, hid = w1.shape[1], w1.shape[2], w1.shape[3]
+        keys = [k1, kb1, k2, kb2]
+        nid = k1[: -len(".w1")] if k1.endswith(".w1") else None
+        if nid is None or keys != [f"{nid}.{n}" for n in ("w1", "b1", "w2", "b2")] or shape != [0, c_, h, f] \
+                or c_ != k * bs or hid % bs or w2.shape != (2, k, hid, bs) or b1.shape != (2, k, hid) \
+                or b2.shape != (2, k, bs) or _ints(v, blocked[0].input[1]) != [0, k, bs, h, f]:
+            continue
+        fwd = _rfft2(v, sr, si)
+        if fwd is None or fwd[1:3] != (h, w):
+            continue
+        x = fwd[0]
+        nodes = inv[2] + cm_nodes + backs + shrinks[0][2] + shrinks[1][2] + second[4] + lr + first_cmm[4] + blocked \
+            + fwd[3]
+        end = node.output[0]
+        res = v.only_reader(end, "Add")
+        residual = res is not None and x in res.input and written(res)[0] in (None, "adaptive_filter")
+        if residual:
+            nodes.append(res)
+            end = res.output[0]
+        layout = "nchw"
+        into = v.made_by(x, "Transpose")
+        back = v.only_reader(end, "Transpose")
+        if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
+                and written(into)[0] in (None, "adaptive_filter") and written(back)[0] in (None, "adaptive_filter"):
+            layout, x, end = "nhwc", into.input[0], back.output[0]
+            nodes += [into, back]
+        attrs = {"blocks": k, "hidden_factor": hid // bs, "sparsity": _f32(shrinks[0][1]),
+                 "slope": _f32(v.attr(lr[0], "alpha", 0.01)), "residual": residual, "layout": layout}
+        params = {"w1": Param(w1, k1), "b1": Param(b1, kb1), "w2": Param(w2, k2), "b2": Param(b2, kb2)}
+        out.append(Match("adaptive_filter", [x], end, nodes, attrs, params))
+    return out
+
+
+# ---- state space (backends/onnx/lower_ssm.py: selective_scan's scan form) --------------------------------
+# the Scan body lower_ssm._scan_body writes, one time step: inputs (h, dt, u, B, C) are in0..in4, the outer
+# A_log is "A", each node's output t<k>; (op type, inputs, attributes).  h' = exp(dt A) h + dt u B with
+# A = -exp(A_log), y = sum(h' C)
+_SCAN_STEP = [
+    ("Constant", (), (("value", (1,)),)),
+    ("Constant", (), (("value", (2,)),)),
+    ("Unsqueeze", ("in1", "t1"), ()),
+    ("Exp", ("A",), ()),
+    ("Neg", ("t3",), ()),
+    ("Mul", ("t2", "t4"), ()),
+    ("Exp", ("t5",), ()),
+    ("Mul", ("in1", "in2"), ()),
+    ("Unsqueeze", ("t7", "t1"), ()),
+    ("Unsqueeze", ("in3", "t0"), ()),
+    ("Mul", ("t8", "t9"), ()),
+    ("Mul", ("t6", "in0"), ()),
+    ("Add", ("t11", "t10"), ()),
+    ("Unsqueeze", ("in4", "t0"), ()),
+    ("Mul", ("t12", "t13"), ()),
+    ("ReduceSum", ("t14", "t1"), (("keepdims", 0),)),
+]
+_SCAN_OUTPUTS = ["t12", "t15"]
+
+
+def _scan_step(v: View, scan) -> str | None:
+    """The outer value the body reads as A when ``scan``'s body is exactly _SCAN_STEP, else None."""
+    from onnx import numpy_helper
+
+    body = v.attr(scan, "body")
+    if body is None or len(body.input) != 5 or len(body.node) != len(_SCAN_STEP):
+        return None
+    names = {i.name: f"in{k}" for k, i in enumerate(body.input)}
+    outer = None
+    for k, (node, (op, ins, attrs)) in enumerate(zip(body.node, _SCAN_STEP)):
+        got = []
+        for i in node.input:
+            if i in names:
+                got.append(names[i])
+            elif "A" in ins and outer is None:
+                outer = i
+                got.append("A")
+            else:
+                return None
+        have = []
+        for a in node.attribute:
+            val = View.attr(node, a.name)
+            if hasattr(val, "dims"):
+                val = tuple(int(x) for x in numpy_helper.to_array(val).reshape(-1))
+            have.append((a.name, val))
+        if node.op_type != op or tuple(got) != ins or tuple(sorted(have)) != attrs or len(node.output) != 1:
+            return None
+        names[node.output[0]] = f"t{k}"
+    if [names.get(o.name) for o in body.output] != _SCAN_OUTPUTS:
+        return None
+    return outer
+
+
+def _channels(v: View, value: str, suffix: str, ndim: int):
+    c = v.const(value)
+    return c if c is not None and (c.key or "").endswith(suffix) and c.array.ndim == ndim else None
+
+
+def _ss_one_way(v: View, out: str):
+    """``out`` = lower_ssm._one_way: [silu(causal depthwise Conv)] -> Transpose -> x_proj -> Split(dt_low, B,
+    C) -> softplus(dt_proj) -> Scan(h0 = zeros, exact step body, A = -exp(A_log)) -> + D u.  A dict of the
+    op's input, attributes, parameters (value, key) and nodes, or None."""
+    from onnx import numpy_helper
+
+    add = v.made_by(out, "Add")
+    scan = v.made_by(add.input[0], "Scan") if add is not None else None
+    mul = v.made_by(add.input[1], "Mul") if add is not None else None
+    if scan is None or mul is None or len(scan.output) != 2 or scan.output[1] != add.input[0] \
+            or v.attr(scan, "num_scan_inputs") != 4 or list(v.attr(scan, "scan_input_axes", [])) != [1, 1, 1, 1] \
+            or list(v.attr(scan, "scan_output_axes", [])) != [2] or v.attr(scan, "directions") \
+            or v.attr(scan, "scan_output_directions") or len(scan.input) != 5:
+        return None
+    d = _channels(v, mul.input[1], ".D.as_channels", 2)
+    u = mul.input[0]
+    a_name = _scan_step(v, scan)
+    a_log = _channels(v, a_name, ".A_log", 2) if a_name else None
+    h0, dt, ut, b, cc = scan.input
+    tr = v.made_by(ut, "Transpose")
+    if d is None or a_log is None or not _perm(v, tr, [0, 2, 1]) or tr.input[0] != u:
+        return None
+    nid = a_log.key[: -len(".A_log")]
+    sp = v.made_by(dt, "Softplus")
+    dadd = v.made_by(sp.input[0], "Add") if sp is not None else None
+    dmm = v.made_by(dadd.input[0], "MatMul") if dadd is not None else None
+    split = v.made_by(b, "Split")
+    proj = v.made_by(split.input[0], "MatMul") if split is not None else None
+    if dmm is None or proj is None or list(split.output) != [dmm.input[0], b, cc] or proj.input[0] != ut \
+            or v.attr(split, "axis") != 2:
+        return None
+    xw = _channels(v, proj.input[1], ".x_proj.weight.T", 2)
+    dw = _channels(v, dmm.input[1], ".dt_proj.weight.T", 2)
+    db = _channels(v, dadd.input[1], ".dt_proj.bias", 1)
+    c, s = a_log.array.shape
+    if xw is None or dw is None or db is None or d.key != f"{nid}.D.as_channels" or d.array.shape != (c, 1):
+        return None
+    r = xw.array.shape[1] - 2 * s
+    if r <= 0 or _ints(v, split.input[1]) != [r, s, s] or xw.key != f"{nid}.x_proj.weight.T" \
+            or dw.key != f"{nid}.dt_proj.weight.T" or dw.array.shape != (r, c) or db.key != f"{nid}.dt_proj.bias":
+        return None
+    # h0 = ConstantOfShape(Concat(Gather(Shape(u), [0]), [c, s])) of zeros
+    zeros = v.made_by(h0, "ConstantOfShape")
+    cat = v.made_by(zeros.input[0], "Concat") if zeros is not None else None
+    gather = v.made_by(cat.input[0], "Gather") if cat is not None and len(cat.input) == 2 else None
+    shape = v.made_by(gather.input[0], "Shape") if gather is not None else None
+    value = v.attr(zeros, "value") if zeros is not None else None
+    if shape is None or shape.input[0] != u or _ints(v, gather.input[1]) != [0] or _ints(v, cat.input[1]) != [c, s] \
+            or value is None or np.any(numpy_helper.to_array(value) != 0):
+        return None
+    nodes = [add, scan, mul, tr, sp, dadd, dmm, split, proj, zeros, cat, gather]
+    if v.read_only_by(shape.output[0], [gather]):
+        nodes.append(shape)
+    params = {"x_proj.weight": Param(np.ascontiguousarray(xw.array.T), f"{nid}.x_proj.weight"),
+              "dt_proj.weight": Param(np.ascontiguousarray(dw.array.T), f"{nid}.dt_proj.weight"),
+              "dt_proj.bias": db, "A_log": a_log, "D": Param(d.array[:, 0].copy(), f"{nid}.D")}
+    k = 0
+    gate = v.made_by(u, "Mul")  # silu(causal depthwise conv)
+    sig = v.made_by(gate.input[1], "Sigmoid") if gate is not None else None
+    conv = v.made_by(gate.input[0], "Conv") if sig is not None and sig.input[0] == gate.input[0] else None
+    if conv is not None and len(conv.input) == 3:
+        w, bias = _channels(v, conv.input[1], ".conv1d.weight", 3), _channels(v, conv.input[2], ".conv1d.bias", 1)
+        k = int(w.array.shape[2]) if w is not None else 0
+        if w is None or bias is None or w.key != f"{nid}.conv1d.weight" or bias.key != f"{nid}.conv1d.bias" \
+                or w.array.shape != (c, 1, k) or v.attr(conv, "group") != c \
+                or list(v.attr(conv, "pads", [])) != [k - 1, 0] or list(v.attr(conv, "kernel_shape", [])) != [k] \
+                or any(x != 1 for x in v.attr(conv, "strides", [1])) \
+                or any(x != 1 for x in v.attr(conv, "dilations", [1])):
+            k = 0
+        else:
+            params.update({"conv1d.weight": w, "conv1d.bias": bias})
+            nodes += [gate, sig, conv]
+            u = conv.input[0]
+    attrs = {"state": s, "dt_rank": r, "d_conv": k}
+    return {"x": u, "attrs": attrs, "params": params, "nodes": nodes, "nid": nid}
+
+
+def _time_reversed(v: View, value: str):
+    sl = v.made_by(value, "Slice")
+    return sl if sl is not None and _reversal(v, sl) in ([2], [-1]) else None
+
+
+@pattern("selective_scan", first=True)
+def _selective_scan(v: View) -> list[Match]:
+    """convdsl's export of selective_scan: the scan form (``_ss_one_way``); bidirectional adds the same
+    on the time-reversed input, reversed back (Slices), with the same parameters."""
+    both, one = [], []
+    for add in v.nodes("Add"):
+        if written(add)[0] not in (None, "selective_scan"):
+            continue
+        fwd = _ss_one_way(v, add.input[0])
+        back_sl = _time_reversed(v, add.input[1])
+        back = _ss_one_way(v, back_sl.input[0]) if fwd is not None and back_sl is not None else None
+        in_sl = _time_reversed(v, back["x"]) if back is not None else None
+        if in_sl is not None and in_sl.input[0] == fwd["x"] and back["attrs"] == fwd["attrs"] \
+                and {k: p.key for k, p in back["params"].items()} == {k: p.key for k, p in fwd["params"].items()} \
+                and all(np.array_equal(back["params"][k].array, p.array) for k, p in fwd["params"].items()):
+            attrs = {**fwd["attrs"], "bidirectional": True, **training_attrs("selective_scan", add)}
+            both.append(Match("selective_scan", [fwd["x"]], add.output[0],
+                              fwd["nodes"] + back["nodes"] + [back_sl, in_sl, add], attrs, fwd["params"]))
+        one_way = _ss_one_way(v, add.output[0])
+        if one_way is not None:
+            attrs = {**one_way["attrs"], "bidirectional": False, **training_attrs("selective_scan", add)}
+            one.append(Match("selective_scan", [one_way["x"]], add.output[0], one_way["nodes"], attrs,
+                             one_way["params"]))
+    return both + one
+
+
+@pattern("pixel_unshuffle")
+def _pixel_unshuffle(v: View) -> list[Match]:
+    """convdsl's export of pixel_unshuffle on static sizes (its nodes marked ``convdsl pixel_unshuffle``):
+    Reshape([0, C, H, r, W, r]) -> Transpose(0, 1, 3, 5, 2, 4) -> Reshape([0, C*r*r, H, W]); the input must
+    be [N, C, H*r, W*r] (checked on import)."""
+    out = []
+    for last in v.nodes("Reshape"):
+        tr = v.made_by(last.input[0], "Transpose")
+        first = v.made_by(tr.input[0], "Reshape") if _perm(v, tr, [0, 1, 3, 5, 2, 4]) else None
+        if first is None or any(written(n)[0] != "pixel_unshuffle" for n in (first, tr, last)):
+            continue
+        a, b = _ints(v, first.input[1]), _ints(v, last.input[1])
+        if a is None or b is None or len(a) != 6 or a[0] != 0 or a[3] != a[5] or a[3] < 1 \
+                or b != [0, a[1] * a[3] * a[3], a[2], a[4]] or min(a[1:]) < 1:
+            continue
+        _, c, h, r, w, _ = a
+        out.append(Match("pixel_unshuffle", [first.input[0]], last.output[0], [first, tr, last], {"factor": r},
+                         input_shape=(None, c, h * r, w * r)))
+    return out
+
+
+# ---- dynamic_filter (backends/onnx/lower_misc.py) -----------------------------------------------------------
+@pattern("dynamic_filter")
+def _dynamic_filter(v: View) -> list[Match]:
+    """convdsl's export of dynamic_filter: x padded by d*(k//2) once and grouped ([0, G, C/G, H+2r, W+2r]),
+    kernels grouped ([0, G, 1, k*k, H, W]); for each tap t = ty*k + tx in order, the patch Slice at
+    (ty*d, tx*d) times kernel channel t (Slice + Squeeze), summed by a chain of Adds; Reshape to x's shape."""
+    import math
+
+    out = []
+    for last in v.nodes("Reshape"):
+        shape = v.made_by(last.input[1], "Shape")
+        if shape is None:
+            continue
+        x = shape.input[0]
+        terms, nodes, acc = [], [last], last.input[0]
+        while True:  # acc = Add(acc', term) ... term_0
+            add = v.made_by(acc, "Add")
+            if add is None:
+                terms.append(acc)
+                break
+            terms.append(add.input[1])
+            nodes.append(add)
+            acc = add.input[0]
+        terms.reverse()
+        taps = len(terms)
+        k = math.isqrt(taps)
+        if k * k != taps or k % 2 == 0:
+            continue
+        muls = [v.made_by(t, "Mul") for t in terms]
+        if None in muls:
+            continue
+        patches = [v.made_by(m.input[0], "Slice") for m in muls]
+        squeezes = [v.made_by(m.input[1], "Squeeze") for m in muls]
+        if None in patches or None in squeezes or len({p.input[0] for p in patches}) != 1:
+            continue
+        chans = [v.made_by(s.input[0], "Slice") for s in squeezes]
+        if None in chans or len({c.input[0] for c in chans}) != 1:
+            continue
+        xp_rs, kw_rs = v.made_by(patches[0].input[0], "Reshape"), v.made_by(chans[0].input[0], "Reshape")
+        pad = v.made_by(xp_rs.input[0], "Pad") if xp_rs is not None else None
+        if pad is None or kw_rs is None or pad.input[0] != x or len(pad.input) != 2 \
+                or v.attr(pad, "mode", "constant") != "constant":
+            continue
+        pads, xs, ks = _ints(v, pad.input[1]), _ints(v, xp_rs.input[1]), _ints(v, kw_rs.input[1])
+        if pads is None or xs is None or ks is None or len(pads) != 8 or len(xs) != 5 or len(ks) != 6:
+            continue
+        r = pads[2]
+        if pads != [0, 0, r, r, 0, 0, r, r] or (k == 1) != (r == 0) or (k > 1 and r % (k // 2)):
+            continue
+        d = r // (k // 2) if k > 1 else 1
+        _, g, cg, hp, wp = xs
+        h, wd = hp - 2 * r, wp - 2 * r
+        if xs[0] != 0 or ks != [0, g, 1, taps, h, wd] or min(g, cg, h, wd) < 1:
+            continue
+        ok = True
+        for t in range(taps):
+            ty, tx = divmod(t, k)
+            p, c, s = patches[t], chans[t], squeezes[t]
+            if [_ints(v, i) for i in p.input[1:4]] != [[ty * d, tx * d], [ty * d + h, tx * d + wd], [3, 4]] \
+                    or len(p.input) != 4 or len(c.input) != 4 \
+                    or [_ints(v, i) for i in c.input[1:4]] != [[t], [t + 1], [3]] or _ints(v, s.input[1]) != [3]:
+                ok = False
+                break
+        if not ok:
+            continue
+        nodes += muls + patches + squeezes + chans + [xp_rs, kw_rs, pad]
+        if v.read_only_by(shape.output[0], [last]):
+            nodes.append(shape)
+        out.append(Match("dynamic_filter", [x, kw_rs.input[0]], last.output[0], nodes, {"k": k, "dilation": d},
+                         input_shape=(None, g * cg, h, wd)))
     return out

@@ -167,6 +167,12 @@ class Writer:
                 v = Value(nid, i)
                 if self.g.is_output(v) or any(u not in inside for u, _ in self.g.users(v)):
                     outputs.append(v)
+        if not outputs:
+            # nothing outside reads the instance (a dead branch the source keeps, e.g. a search space's
+            # unchosen input): it returns its values that nothing reads, so the call has a result to
+            # assign and the block a non-empty `return`
+            outputs = [Value(nid, i) for nid in members for i in range(len(self.g.node(nid).types))
+                       if not self.g.users(Value(nid, i))]
         return Item(members, inputs, outputs, instance=c, first=self.order[members[0]])
 
     # -- rendering ----------------------------------------------------------------------------
