@@ -942,8 +942,10 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             x, _ = gelus[out0]
             env[out0] = b.add("gelu", [env[x]], {}, id=cx.default_id("gelu"), chain=chain, origin=origin)[0]
             continue
-        if out0 in matches:  # a composite pattern (onnx_patterns.PATTERNS) ends here
-            m = matches[out0]
+        m = matches.get(out0)
+        if m is not None and len(m.nodes) == 1 and not any(isinstance(env.get(i), Value) for i in m.inputs):
+            m = None  # one node over constants (a flip of a constant mask): evaluated below like any constant
+        if m is not None:  # a composite pattern (onnx_patterns.PATTERNS) ends here
             pid, arrays = cx.owner(**m.params)
             ins = [env[i] for i in m.inputs]
             if not all(isinstance(i, Value) for i in ins):
@@ -955,7 +957,7 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
                                       f"not {list(have)}")
             env[out0] = cx.add(m.op, ins, m.attrs, arrays, id=pid)
             continue
-        if (node.name or id(node)) in replaced or id(node) in matched:
+        if (node.name or id(node)) in replaced or (id(node) in matched and out0 not in matches):
             continue
         if node.op_type in FOLDABLE and _foldable(node, env):
             try:
