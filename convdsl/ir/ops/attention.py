@@ -502,8 +502,13 @@ def _window_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> 
     hp, wp = bind_dim(padded(h, wh)), bind_dim(padded(w, ww))
     windows = bind_dim(n) * (hp // wh) * (wp // ww)
     tokens = windows * wh * ww
-    return (_proj_cost(tokens, c, 3 * c, attrs["qkv_bias"]) + attention_cost(windows, wh * ww, wh * ww, c, attrs["heads"])
+    cost = (_proj_cost(tokens, c, 3 * c, attrs["qkv_bias"]) + attention_cost(windows, wh * ww, wh * ww, c, attrs["heads"])
             + _proj_cost(tokens, c, c, attrs["proj_bias"]))
+    if attrs["v2"]:  # the cpb_mlp over the coordinates table (once), and normalizing q and k (3 flops an element)
+        rows = (2 * wh - 1) * (2 * ww - 1)
+        cost = cost + Cost(rows * CPB_HIDDEN * (2 + attrs["heads"]), 2 * rows * CPB_HIDDEN * (2 + attrs["heads"])
+                           + 3 * 2 * tokens * c)
+    return cost
 
 
 def _window_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
