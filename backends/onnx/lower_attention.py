@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import mha_names, packed_cross
+from convdsl.ir.ops.attention import mha_names, packed_cross, relative_coords_table
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -151,6 +151,31 @@ def roll(cx: Exporter, x: str, size: int, axis: int, shift: int) -> str:
     return cx.op("Gather", [x, cx.const((np.arange(size) - shift) % size, np.int64)], axis=axis)
 
 
+def _without_key(b: np.ndarray) -> np.ndarray:
+    """SwinV2's q/k/v bias with the key's third zeroed (torchvision zeroes it in forward)."""
+    b = b.copy()
+    b[b.size // 3:2 * (b.size // 3)] = 0
+    return b
+
+
+def _logit_scale(s: np.ndarray) -> np.ndarray:
+    return np.exp(np.minimum(s, np.float32(math.log(100.0)))).astype(s.dtype)
+
+
+def _unit(cx: Exporter, x: str, eps: float = 1e-12) -> str:
+    """F.normalize(x, dim=-1): x / max(||x||, eps)."""
+    norm = cx.op("ReduceL2", [x], axes=[-1], keepdims=1)
+    return cx.op("Div", [x, cx.op("Max", [norm, cx.const(np.float32(eps))])])
+
+
+def _cpb_table(cx: Exporter, wh: int, ww: int) -> np.ndarray:
+    """SwinV2's [(2wh-1)(2ww-1), heads] bias table, 16 sigmoid(cpb_mlp(coords)), from the weights."""
+    coords = relative_coords_table(wh, ww).reshape(-1, 2)
+    hidden = np.maximum(coords @ cx.array("cpb_mlp.0.weight").T + cx.array("cpb_mlp.0.bias"), 0)
+    table = (hidden @ cx.array("cpb_mlp.2.weight").T).astype(np.float64)
+    return 16.0 / (1.0 + np.exp(-table))
+
+
 def _window_attention(cx, node, args, ins):
     a = node.attrs
     h, w, c = _static(cx, ins[0], 1, 2, 3)
@@ -172,15 +197,24 @@ def _window_attention(cx, node, args, ins):
     nwin, t = (hp // wh) * (wp // ww), wh * ww
     x = cx.op("Reshape", [x, cx.ints([0, hp // wh, wh, wp // ww, ww, c])])
     x = cx.op("Reshape", [cx.op("Transpose", [x], perm=[0, 1, 3, 2, 4, 5]), cx.ints([0, nwin, t, c])])
-    qkv = linear(cx, x, TensorType((1, nwin, t, c)), cx.param(f"{a['qkv']}.weight"), _opt(cx, f"{a['qkv']}.bias"))
+    qkv_bias = _opt(cx, f"{a['qkv']}.bias")
+    if a["v2"] and qkv_bias is not None:  # V2 leaves the key's bias out
+        qkv_bias = cx.param(f"{a['qkv']}.bias", _without_key, suffix=".no_key")
+    qkv = linear(cx, x, TensorType((1, nwin, t, c)), cx.param(f"{a['qkv']}.weight"), qkv_bias)
     qkv = cx.op("Reshape", [qkv, cx.ints([0, nwin, t, 3, heads, d])])
     qkv = cx.op("Transpose", [qkv], perm=[3, 0, 1, 4, 2, 5])  # [3, N, nW, heads, T, d]
     parts = cx.op("Split", [qkv, cx.ints([1, 1, 1])], outputs=3, axis=0)
     q, k, v = (cx.op("Squeeze", [p, cx.ints([0])]) for p in parts)
-    bias = window_bias(cx.array("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
+    scale = a["scale"] or d ** -0.5
+    if a["v2"]:  # cosine attention: unit q, k; logits times exp(min(logit_scale, log 100)) per head
+        q, k, scale = _unit(cx, q), _unit(cx, k), 1.0
+        q = cx.op("Mul", [q, cx.param("logit_scale", _logit_scale, suffix=".exp")])  # [heads, 1, 1]
+        bias = window_bias(_cpb_table(cx, wh, ww), wh, ww)[None]
+    else:
+        bias = window_bias(cx.array("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
     if sh or sw:
         bias = bias + shift_mask(hp, wp, wh, ww, sh, sw)[:, None]  # [nW, heads, T, T]
-    y = attend(cx, q, k, v, 5, a["scale"] or d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
+    y = attend(cx, q, k, v, 5, scale, cx.const(bias))  # [N, nW, heads, T, d]
     y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 1, 3, 2, 4]), cx.ints([0, nwin, t, c])])
     y = linear(cx, y, TensorType((1, nwin, t, c)), cx.param(f"{a['proj']}.weight"), _opt(cx, f"{a['proj']}.bias"))
     y = cx.op("Reshape", [y, cx.ints([0, hp // wh, wp // ww, wh, ww, c])])

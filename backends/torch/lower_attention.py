@@ -57,7 +57,7 @@ def _window_module(node: Node, ins: list[TensorType]) -> str:
     if a["shift"] != 0:
         extra["shift"] = tuple_n(a["shift"], 2)
     extra.update(_options(node, {"qkv_bias": True, "proj_bias": True, "dropout": 0.0, "proj_dropout": 0.0,
-                                 "scale": None, "qkv": "qkv", "proj": "proj"}))
+                                 "scale": None, "qkv": "qkv", "proj": "proj", "v2": False}))
     return f"WindowAttention({ins[0].shape[3]}, {a['heads']}, {lit(tuple_n(a['window'], 2))}{keywords(**extra)})"
 
 

@@ -154,29 +154,49 @@ class WindowAttention(nn.Module):
     buffer is derived, so it is recomputed here and ignored when loading)."""
 
     def __init__(self, channels, heads, window, shift=(0, 0), qkv_bias=True, proj_bias=True, dropout=0.0,
-                 proj_dropout=0.0, scale=None, qkv="qkv", proj="proj"):
+                 proj_dropout=0.0, scale=None, qkv="qkv", proj="proj", v2=False):
         super().__init__()
         self.heads, self.window, self.shift = heads, tuple(window), tuple(shift)
-        self.dropout, self.proj_dropout, self.scale = dropout, proj_dropout, scale
+        self.dropout, self.proj_dropout, self.scale, self.v2 = dropout, proj_dropout, scale, v2
         self.qkv_name, self.proj_name = qkv, proj  # the projections' module names (state_dict keys)
         setattr(self, qkv, nn.Linear(channels, 3 * channels, bias=qkv_bias))
         setattr(self, proj, nn.Linear(channels, channels, bias=proj_bias))
         wh, ww = self.window
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        if v2:  # torchvision's ShiftedWindowAttentionV2: learned logit scale, continuous position bias MLP
+            self.logit_scale = nn.Parameter(torch.log(10 * torch.ones((heads, 1, 1))))
+            self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, heads, bias=False))
+        else:
+            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         state_dict.pop(prefix + "relative_position_index", None)
+        state_dict.pop(prefix + "relative_coords_table", None)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def relative_position_bias(self):
-        """[heads, T, T] (T = wh*ww): the table entry for each pair's 2-D offset."""
+    def relative_coords_table(self, device):
+        """[2wh-1, 2ww-1, 2]: V2's log-spaced relative coordinates, the cpb_mlp's input."""
         wh, ww = self.window
-        dev = self.relative_position_bias_table.device
+        h = torch.arange(-(wh - 1), wh, dtype=torch.float32, device=device) / (wh - 1) * 8
+        w = torch.arange(-(ww - 1), ww, dtype=torch.float32, device=device) / (ww - 1) * 8
+        t = torch.stack(torch.meshgrid(h, w, indexing="ij"), dim=-1)
+        return torch.sign(t) * torch.log2(torch.abs(t) + 1.0) / 3.0
+
+    def relative_position_bias(self):
+        """[heads, T, T] (T = wh*ww): the table entry for each pair's 2-D offset (V2: the table is
+        cpb_mlp of the coordinates, and the bias 16 sigmoid of its entry)."""
+        wh, ww = self.window
+        if self.v2:
+            dev = self.logit_scale.device
+            table = self.cpb_mlp(self.relative_coords_table(dev)).view(-1, self.heads)
+        else:
+            table = self.relative_position_bias_table
+            dev = table.device
         ys, xs = torch.meshgrid(torch.arange(wh, device=dev), torch.arange(ww, device=dev), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
-        return self.relative_position_bias_table[index].permute(2, 0, 1)
+        bias = table[index].permute(2, 0, 1)
+        return 16 * torch.sigmoid(bias) if self.v2 else bias
 
     def shift_mask(self, hp, wp, sh, sw, device):
         """[windows, T, T]: -100 between tokens the cyclic shift brought together from different regions."""
@@ -201,13 +221,25 @@ class WindowAttention(nn.Module):
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         x = x.view(n, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, -1, wh * ww, c)
-        qkv = getattr(self, self.qkv_name)(x)
+        lin = getattr(self, self.qkv_name)
+        if self.v2 and lin.bias is not None:  # V2 leaves the key's bias out (torchvision zeroes it)
+            c3 = lin.bias.numel() // 3
+            keep = torch.ones_like(lin.bias)
+            keep[c3:2 * c3] = 0
+            qkv = F.linear(x, lin.weight, lin.bias * keep)
+        else:
+            qkv = lin(x)
         q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(3, 0, 1, 4, 2, 5)  # [N, windows, heads, T, d]
         bias = self.relative_position_bias()
         if sh or sw:
             bias = bias + self.shift_mask(hp, wp, sh, sw, x.device).unsqueeze(1)  # [windows, heads, T, T]
+        scale = self.scale
+        if self.v2:  # cosine attention: unit q and k, logits times exp(min(logit_scale, log 100)) per head
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            q = q * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+            scale = 1.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                           dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+                                           dropout_p=self.dropout if self.training else 0.0, scale=scale)
         y = F.dropout(getattr(self, self.proj_name)(y.transpose(2, 3).flatten(3)), self.proj_dropout, self.training)
         y = y.view(n, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, hp, wp, c)
         if sh or sw:

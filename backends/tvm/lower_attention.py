@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import mha_names, packed_cross
+from convdsl.ir.ops.attention import mha_names, packed_cross, relative_coords_table
 from convdsl.ir.optable import tuple_n
 
 from convdsl.backends.tvm.common import R, family, relax
@@ -247,6 +247,20 @@ def _roll(cx, x, size: int, axis: int, shift: int):
     return cx.emit(R.take(x, cx.const(idx, "int64"), axis=axis, mode="clip"))
 
 
+def _unit(cx, x, eps: float = 1e-12):
+    """F.normalize(x, dim=-1): x / max(||x||, eps)."""
+    norm = cx.emit(R.sqrt(cx.emit(R.sum(cx.emit(R.multiply(x, x)), axis=-1, keepdims=True))))
+    return cx.emit(R.divide(x, cx.emit(R.maximum(norm, cx.const(np.float32(eps))))))
+
+
+def _cpb_table(cx, heads: int, wh: int, ww: int) -> np.ndarray:
+    """SwinV2's [(2wh-1)(2ww-1), heads] bias table, 16 sigmoid(cpb_mlp(coords)), from the weights."""
+    coords = relative_coords_table(wh, ww).reshape(-1, 2)
+    hidden = np.maximum(coords @ cx.param("cpb_mlp.0.weight").T + cx.param("cpb_mlp.0.bias"), 0)
+    table = (hidden @ cx.param("cpb_mlp.2.weight").T).astype(np.float64)
+    return 16.0 / (1.0 + np.exp(-table))
+
+
 def _window_attention(cx, node, args, ins):
     a = node.attrs
     n, h, w, c = cx.shape(ins[0])
@@ -268,15 +282,26 @@ def _window_attention(cx, node, args, ins):
     nwin, t = (hp // wh) * (wp // ww), wh * ww
     x = cx.emit(R.reshape(x, (n, hp // wh, wh, wp // ww, ww, c)))
     x = cx.emit(R.reshape(cx.emit(R.permute_dims(x, [0, 1, 3, 2, 4, 5])), (n, nwin, t, c)))
-    qkv = linear(cx, x, cx.param(f"{a['qkv']}.weight"), _opt(cx, f"{a['qkv']}.bias"))  # [N, nW, T, 3C]
+    qkv_bias = _opt(cx, f"{a['qkv']}.bias")
+    if a["v2"] and qkv_bias is not None:  # V2 leaves the key's bias out
+        qkv_bias = qkv_bias.copy()
+        qkv_bias[c:2 * c] = 0
+    qkv = linear(cx, x, cx.param(f"{a['qkv']}.weight"), qkv_bias)  # [N, nW, T, 3C]
     qkv = cx.emit(R.reshape(qkv, (n, nwin, t, 3, heads, d)))
     qkv = cx.emit(R.permute_dims(qkv, [3, 0, 1, 4, 2, 5]))  # [3, N, nW, heads, T, d]
     parts = cx.emit(R.split(qkv, 3, axis=0))
     q, k, v = (cx.emit(R.squeeze(cx.emit(relax.TupleGetItem(parts, i)), [0])) for i in range(3))
-    bias = window_bias(cx.param("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
+    scale = a["scale"] or d ** -0.5
+    if a["v2"]:  # cosine attention: unit q, k; logits times exp(min(logit_scale, log 100)) per head
+        q, k = _unit(cx, q), _unit(cx, k)
+        ls = np.exp(np.minimum(cx.param("logit_scale"), np.float32(math.log(100.0)))).astype(np.float32)
+        q, scale = cx.emit(R.multiply(q, cx.const(ls))), 1.0  # [heads, 1, 1] against [N, nW, heads, T, d]
+        bias = window_bias(_cpb_table(cx, heads, wh, ww), wh, ww)[None]
+    else:
+        bias = window_bias(cx.param("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
     if sh or sw:
         bias = bias + shift_mask(hp, wp, wh, ww, sh, sw)[:, None]  # [nW, heads, T, T]
-    y = attend(cx, q, k, v, a["scale"] or d ** -0.5, cx.const(bias))  # [N, nW, heads, T, d]
+    y = attend(cx, q, k, v, scale, cx.const(bias.astype(np.float32)))  # [N, nW, heads, T, d]
     y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 1, 3, 2, 4])), (n, nwin, t, c)))
     y = linear(cx, y, cx.param(f"{a['proj']}.weight"), _opt(cx, f"{a['proj']}.bias"))
     y = cx.emit(R.reshape(y, (n, hp // wh, wp // ww, wh, ww, c)))

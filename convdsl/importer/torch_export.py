@@ -23,6 +23,7 @@ import numpy as np
 
 from convdsl.errors import ModelImportError, Span, TraceError
 from convdsl.ir.graph import Value
+from convdsl.ir.ops.attention import CPB_HIDDEN
 from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
@@ -647,12 +648,24 @@ def _mha(cx: Ctx, mod, path: str, inputs: list[Value]):
 
 
 def _swin_attention(cx: Ctx, mod, path: str, inputs: list[Value]):
+    """torchvision's ShiftedWindowAttention and ShiftedWindowAttentionV2 (v2=true: cosine attention,
+    logit_scale, cpb_mlp; its relative_coords_table buffer is derived like relative_position_index)."""
+    import torch
+
     params = {n: p.detach().numpy() for n, p in mod.named_parameters()}
     window, shift = list(mod.window_size), list(mod.shift_size)
     attrs = {"heads": mod.num_heads, "window": window[0] if len(set(window)) == 1 else tuple(window),
              "shift": shift[0] if len(set(shift)) == 1 else tuple(shift), "qkv_bias": "qkv.bias" in params,
              "proj_bias": "proj.bias" in params, "dropout": float(mod.attention_dropout),
              "proj_dropout": float(mod.dropout)}
+    if "logit_scale" in params:
+        mlp = getattr(mod, "cpb_mlp", None)
+        shapes = [tuple(p.shape) for p in mlp.parameters()] if mlp is not None else []
+        if shapes != [(CPB_HIDDEN, 2), (CPB_HIDDEN,), (mod.num_heads, CPB_HIDDEN)] or \
+                not isinstance(mlp[1], torch.nn.ReLU):
+            raise located(cx.origin, f"a ShiftedWindowAttentionV2 whose cpb_mlp is not Linear(2, {CPB_HIDDEN}) - "
+                                     f"ReLU - Linear({CPB_HIDDEN}, heads, bias=False) has no convdsl op")
+        attrs["v2"] = True
     return "window_attention", attrs, params, inputs[:1]
 
 
@@ -668,6 +681,7 @@ def _layernorm2d(cx: Ctx, mod, path: str, inputs: list[Value]):
 MODULES: dict[str, Callable] = {
     "torch.nn.modules.activation.MultiheadAttention": _mha,
     "torchvision.models.swin_transformer.ShiftedWindowAttention": _swin_attention,
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _swin_attention,
     "torchvision.models.convnext.LayerNorm2d": _layernorm2d,  # whole: its permutes would take its name
     "timm.layers.norm.LayerNorm2d": _layernorm2d,
 }

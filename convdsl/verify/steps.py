@@ -460,8 +460,9 @@ def image_attention(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
         win = d.pick([2, 3, [2, 3]])
         wl = win if isinstance(win, list) else [win, win]
         shift = d.pick([0, *range(1, min(wl))]) if min(wl) > 1 else 0
-        return Step(call("window_attention", heads, window=win, shift=shift or None), kind, shape, None,
-                    ("window_attention",))
+        v2 = d.pick([False, True])  # SwinV2's cosine attention and continuous position bias
+        return Step(call("window_attention", heads, window=win, shift=shift or None, v2=True if v2 else None), kind,
+                    shape, None, ("window_attention",))
     if kind != "img":
         return None
     n, c, h, w = shape

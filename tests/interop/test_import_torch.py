@@ -185,6 +185,23 @@ def test_small_torchvision_vit_and_swin_import_and_match():
     assert "window_attention(" in r.text
 
 
+def test_small_torchvision_swin_v2_imports_and_matches():
+    """swin_v2's structure, smaller: ShiftedWindowAttentionV2 mapped whole to window_attention(v2=true)
+    (its in-place zero_ of the key bias, normalize, clamp/exp of logit_scale and the cpb_mlp on the
+    relative_coords_table buffer stay inside), the post-norm blocks and PatchMergingV2 op for op."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    swin = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2],
+                           num_classes=5, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2).eval()
+    with torch.no_grad():  # torchvision zeroes the k bias and the head's bias: random values everywhere
+        for p in swin.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    r = _check(swin, torch.randn(2, 3, 32, 32))
+    assert r.text.count("window_attention(") == 1 and "v2=true" in r.text  # one block, called four times
+    assert "relative_coords_table" not in r.text and "zero" not in r.text
+
+
 def test_addcmul_is_add_and_mul():
     class GRN(torch.nn.Module):  # timm's GlobalResponseNorm (ConvNeXt-V2), channels last
         def __init__(self):

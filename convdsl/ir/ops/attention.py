@@ -399,6 +399,13 @@ def _window_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     _check_dropout(op, attrs, "dropout", "proj_dropout")
     _check_scale(op, attrs)
     _check_projection_names(op, attrs, "qkv", "proj")
+    if attrs["v2"]:
+        if attrs["scale"] is not None:
+            raise CDLTypeError(f"{op}: v2 (cosine attention) scales the logits by its learned logit_scale",
+                               got=f"scale={attrs['scale']}", hint="leave scale out with v2=true")
+        if min(win) < 2:
+            raise CDLTypeError(f"{op}: v2's position coordinates are divided by window - 1", got=str(list(win)),
+                               expected="window >= 2 on both sides")
     return [x]
 
 
@@ -409,7 +416,7 @@ _RESERVED = frozenset({
     "relative_position_bias_table", "relative_position_index", "in_proj_weight", "in_proj_bias",
     "q_proj_weight", "k_proj_weight", "v_proj_weight",
     "heads", "dropout", "causal", "max_len", "scale", "packed", "logit_bias", "window", "shift", "proj_dropout",
-    "qkv_name", "proj_name", "names", "training",
+    "qkv_name", "proj_name", "names", "training", "v2", "logit_scale", "cpb_mlp", "relative_coords_table",
     "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile", "cpu", "cuda", "double",
     "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer", "get_extra_state", "get_parameter",
     "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia", "named_buffers", "named_children",
@@ -444,8 +451,28 @@ def _window_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
     c, heads = ins[0].shape[3], attrs["heads"]
     wh, ww = tuple_n(attrs["window"], 2)
     p = {**_linear(attrs["qkv"], c, 3 * c, attrs["qkv_bias"]), **_linear(attrs["proj"], c, c, attrs["proj_bias"])}
-    p["relative_position_bias_table"] = ParamSpec(((2 * wh - 1) * (2 * ww - 1), heads), Init("trunc_normal", (0.02,)))
+    if not attrs["v2"]:
+        p["relative_position_bias_table"] = ParamSpec(((2 * wh - 1) * (2 * ww - 1), heads),
+                                                      Init("trunc_normal", (0.02,)))
+        return p
+    # torchvision's ShiftedWindowAttentionV2: logit_scale = log(10), the cpb_mlp's Linear default init
+    p["logit_scale"] = ParamSpec((heads, 1, 1), Init("const", (math.log(10.0),)))
+    p["cpb_mlp.0.weight"] = ParamSpec((CPB_HIDDEN, 2), linear_init(2))
+    p["cpb_mlp.0.bias"] = ParamSpec((CPB_HIDDEN,), linear_init(2))
+    p["cpb_mlp.2.weight"] = ParamSpec((heads, CPB_HIDDEN), linear_init(CPB_HIDDEN))
     return p
+
+
+CPB_HIDDEN = 512  # the width of SwinV2's continuous position bias MLP (torchvision's and timm's)
+
+
+def relative_coords_table(wh: int, ww: int) -> np.ndarray:
+    """[1, 2wh-1, 2ww-1, 2] float32: SwinV2's log-spaced relative coordinates, the cpb_mlp's input
+    (torchvision's relative_coords_table buffer: offsets / (window - 1) * 8, sign(t) log2(|t| + 1) / 3)."""
+    h = np.arange(-(wh - 1), wh, dtype=np.float32) / np.float32(wh - 1) * np.float32(8)
+    w = np.arange(-(ww - 1), ww, dtype=np.float32) / np.float32(ww - 1) * np.float32(8)
+    t = np.stack(np.meshgrid(h, w, indexing="ij"), axis=-1)[None]
+    return (np.sign(t) * np.log2(np.abs(t) + np.float32(1)) / np.float32(3)).astype(np.float32)
 
 
 def relative_position_index(wh: int, ww: int) -> np.ndarray:
@@ -457,7 +484,11 @@ def relative_position_index(wh: int, ww: int) -> np.ndarray:
 
 
 def _window_derived(attrs: dict, ins: list[TensorType]) -> dict[str, np.ndarray]:
-    return {"relative_position_index": relative_position_index(*tuple_n(attrs["window"], 2))}
+    win = tuple_n(attrs["window"], 2)
+    out = {"relative_position_index": relative_position_index(*win)}
+    if attrs["v2"]:
+        out["relative_coords_table"] = relative_coords_table(*win)
+    return out
 
 
 def padded(size, w: int):
@@ -471,8 +502,13 @@ def _window_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> 
     hp, wp = bind_dim(padded(h, wh)), bind_dim(padded(w, ww))
     windows = bind_dim(n) * (hp // wh) * (wp // ww)
     tokens = windows * wh * ww
-    return (_proj_cost(tokens, c, 3 * c, attrs["qkv_bias"]) + attention_cost(windows, wh * ww, wh * ww, c, attrs["heads"])
+    cost = (_proj_cost(tokens, c, 3 * c, attrs["qkv_bias"]) + attention_cost(windows, wh * ww, wh * ww, c, attrs["heads"])
             + _proj_cost(tokens, c, c, attrs["proj_bias"]))
+    if attrs["v2"]:  # the cpb_mlp over the coordinates table (once), and normalizing q and k (3 flops an element)
+        rows = (2 * wh - 1) * (2 * ww - 1)
+        cost = cost + Cost(rows * CPB_HIDDEN * (2 + attrs["heads"]), 2 * rows * CPB_HIDDEN * (2 + attrs["heads"])
+                           + 3 * 2 * tokens * c)
+    return cost
 
 
 def _window_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
@@ -498,7 +534,10 @@ WINDOW = OpDef(
            _SCALE,
            Attr("qkv", "str", "qkv", doc="name of the fused q/k/v projection (its parameters: <qkv>.weight, "
                                          "<qkv>.bias), e.g. \"to_qkv\" for torchvision's MaxViT"),
-           Attr("proj", "str", "proj", doc="name of the output projection, e.g. \"merge\" for torchvision's MaxViT")),
+           Attr("proj", "str", "proj", doc="name of the output projection, e.g. \"merge\" for torchvision's MaxViT"),
+           Attr("v2", "bool", False, doc="Swin V2 (torchvision's ShiftedWindowAttentionV2): cosine attention scaled "
+                                         "by exp(min(logit_scale, log 100)), the bias 16 sigmoid(cpb_mlp(coords)), "
+                                         "the key's bias unused")),
     infer=_window_infer, params=_window_params, cost=_window_cost, workspace=_window_workspace,
     derived=_window_derived,
     doc="Swin (shifted) window attention on channels-last [N, H, W, C], exactly torchvision's "

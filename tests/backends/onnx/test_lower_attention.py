@@ -18,6 +18,8 @@ from .test_examples import assert_close  # noqa: E402
 @pytest.mark.parametrize("call", [
     "window_attention(heads=2, window=4)",
     'window_attention(heads=2, window=4, scale=0.2, qkv="to_qkv", proj="merge")',
+    "window_attention(heads=2, window=4, shift=2, v2=true)",  # SwinV2's: random logit scale, k bias, cpb_mlp
+    "window_attention(heads=2, window=[4, 2], v2=true, qkv_bias=false)",
 ])
 def test_window_attention_runs_in_onnxruntime(call):
     g = verify(elaborate(f"network t(x: f32[2, 8, 8, 16]) {{\n    return x | {call} as attn\n}}\n", "<t>"))

@@ -128,6 +128,8 @@ C = (
     ("cross_attention", [(2, 5, 8), (2, 7, 6)], (), dict(heads=2, qkv_bias=False, proj=Quoted("o"))),
     ("window_attention", [(1, 7, 9, 8)], (), dict(heads=2, window=4, shift=2)),
     ("window_attention", [(2, 6, 8, 8)], (), dict(heads=2, window=[3, 4])),
+    ("window_attention", [(1, 7, 9, 8)], (), dict(heads=2, window=4, shift=2, v2=True)),  # SwinV2's
+    ("window_attention", [(2, 6, 8, 8)], (), dict(heads=2, window=[3, 4], v2=True, qkv_bias=False)),
     ("window_attention", [(2, 8, 8, 8)], (), dict(heads=2, window=4, scale=0.2, qkv=Quoted("to_qkv"),
                                                    proj=Quoted("merge"))),  # MaxViT's
     ("conv_attention", [(2, 8, 6, 6)], (), dict(heads=2)),

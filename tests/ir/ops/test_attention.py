@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.convnext import CNBlock
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention, WindowDepartition, WindowPartition
-from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformerBlock
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2, SwinTransformerBlock
 from torchvision.models.vision_transformer import VisionTransformer
 from torchvision.ops import stochastic_depth
 
@@ -338,6 +338,46 @@ def test_window_attention_is_maxvit_attention_with_its_scale_and_names():
     _, plain = _net({"x": f"2, 8, 12, {c}"}, f'x | window_attention(heads={heads}, window={p}, qkv="to_qkv", proj="merge") as attn')
     plain.attn.load_state_dict(ref.state_dict())
     assert (plain(x) - want.permute(0, 2, 3, 1)).abs().max().item() > 1e-3  # the default scale is not MaxViT's
+
+
+# ---- window_attention(v2=true) == torchvision's ShiftedWindowAttentionV2 -----------------------------
+@pytest.mark.parametrize("h,w,window,shift,qkv_bias", [
+    (8, 12, 4, 2, True),            # shifted
+    (13, 11, 4, 2, True),           # padding + shift
+    (8, 12, [4, 6], [2, 3], False),  # rectangular windows, no q/k/v bias
+])
+def test_window_attention_v2_matches_torchvision(h, w, window, shift, qkv_bias):
+    """Cosine attention with the learned logit scale (clamped at log 100: one head is set above it),
+    the continuous position bias 16 sigmoid(cpb_mlp(coords)), and the key's bias left out (a random
+    one here: torchvision zeroes it in forward, so a wrong use shows)."""
+    c, heads = 24, 3
+    wl, sl = (window if isinstance(window, list) else [window] * 2), (shift if isinstance(shift, list) else [shift] * 2)
+    ref = _randomize(ShiftedWindowAttentionV2(c, wl, sl, heads, qkv_bias=qkv_bias)).eval()
+    with torch.no_grad():
+        ref.logit_scale.copy_(torch.tensor([0.5, 2.0, 6.0]).view(3, 1, 1))  # 6 > log(100): clamped
+    bias = "" if qkv_bias else ", qkv_bias=false"
+    g, m = _net({"x": f"2, {h}, {w}, {c}"},
+                f"x | window_attention(heads={heads}, window={window}, shift={shift}, v2=true{bias}) as attn")
+    derived = {"relative_position_index", "relative_coords_table"}
+    assert {k.removeprefix("attn.") for k in m.state_dict()} == set(ref.state_dict()) - derived
+    m.attn.load_state_dict(ref.state_dict(), strict=True)  # torchvision's state_dict loads as is
+    coords = OPS["window_attention"].derived(g.node("attn").attrs, g.in_types("attn"))["relative_coords_table"]
+    np.testing.assert_array_equal(coords, ref.relative_coords_table.numpy())  # the buffer, bit for bit
+    x = torch.randn(2, h, w, c)
+    with torch.no_grad():
+        got, want = m(x), ref(x)
+    assert (got - want).abs().max().item() <= ATOL * max(1.0, want.abs().max().item())
+
+
+def test_window_attention_v2_params_and_refusals():
+    specs = _specs("window_attention", [(2, 8, 8, 16)], heads=2, window=4, v2=True)
+    assert {k: v.shape for k, v in specs.items() if "qkv" not in k and "proj" not in k} == {
+        "logit_scale": (2, 1, 1), "cpb_mlp.0.weight": (512, 2), "cpb_mlp.0.bias": (512,), "cpb_mlp.2.weight": (2, 512)}
+    assert specs["logit_scale"].init.args == (math.log(10.0),)  # torchvision's initial logit scale
+    with pytest.raises(CDLTypeError, match="learned logit_scale"):
+        _net({"x": "2, 8, 8, 16"}, "x | window_attention(heads=2, window=4, v2=true, scale=0.5)")
+    with pytest.raises(CDLTypeError, match="window - 1"):
+        _net({"x": "2, 8, 8, 16"}, "x | window_attention(heads=2, window=[1, 4], v2=true)")
 
 
 @pytest.mark.parametrize("attrs, message", [
