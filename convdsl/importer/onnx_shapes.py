@@ -87,12 +87,15 @@ def _arith(op: str, a: Any, b: Any) -> Any:
     return Dims(np.frompyfunc(one, 2, 1)(_objects(a), _objects(b)))
 
 
+_NUMBER = (int, float, np.integer, np.floating, np.bool_)
+
+
 def _equal(a: Any, b: Any) -> Any:
     def one(x, y):
-        if isinstance(x, (int, np.integer)) and isinstance(y, (int, np.integer)):
-            return bool(int(x) == int(y))
-        return False if (isinstance(y, (int, np.integer)) and int(y) < 0) or (
-            isinstance(x, (int, np.integer)) and int(x) < 0) else UNKNOWN  # a size is never negative
+        if isinstance(x, _NUMBER) and isinstance(y, _NUMBER):  # numbers (a float mask built from sizes too)
+            return bool(x == y)
+        return False if (isinstance(y, _NUMBER) and y < 0) or (
+            isinstance(x, _NUMBER) and x < 0) else UNKNOWN  # a size is never negative
 
     out = np.frompyfunc(one, 2, 1)(_objects(a), _objects(b))
     if any(v is UNKNOWN for v in out.reshape(-1)):

@@ -791,6 +791,19 @@ def test_timm_swin_through_torch_onnx(tmp_path):
     assert set(m.state_dict()) <= set(r.weights)
 
 
+def test_torchvision_swin_through_torch_onnx(tmp_path):
+    """torchvision's Swin: the shifted blocks' attention mask is built from sizes as floats (zeros, region
+    labels, then ``mask != 0``): its Equal over float constants folds at import, the outputs match."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    m = torchvision.models.swin_transformer.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2],
+                                                            num_heads=[2, 4], window_size=[7, 7], num_classes=5).eval()
+    r = _torch_onnx(m, torch.randn(1, 3, 56, 56), tmp_path)
+    assert "Equal" in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert set(m.state_dict()) - set(r.weights) <= {k for k in m.state_dict() if k.endswith("relative_position_index")}
+
+
 def test_torchvision_vit_mha_size_check_folds(tmp_path):
     """nn.MultiheadAttention's exported graph carries Mod (embed_dim % num_heads) on constants."""
     torch = pytest.importorskip("torch")
