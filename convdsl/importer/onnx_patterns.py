@@ -692,6 +692,17 @@ def _cmul(v: View, re: str, im: str):
     return (ar, ai), (br, bi), [sub, add, m1, m2, m3, m4]
 
 
+def _nhwc(v: View, op: str, x: str, end: str):
+    """An FFT filter's channels-last form: NHWC -> Transpose(0, 3, 1, 2) into the filter and
+    Transpose(0, 2, 3, 1) after it, both by convdsl's exporter of ``op`` or another's.  Returns
+    (layout, input, output, the two Transposes)."""
+    into, back = v.made_by(x, "Transpose"), v.only_reader(end, "Transpose")
+    if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
+            and written(into)[0] in (None, op) and written(back)[0] in (None, op):
+        return "nhwc", into.input[0], back.output[0], [into, back]
+    return "nchw", x, end, []
+
+
 @pattern("global_filter")
 def _global_filter(v: View) -> list[Match]:
     """convdsl's export of global_filter: rfft2 (matmul form) -> times the weight's real and imaginary
@@ -726,14 +737,8 @@ def _global_filter(v: View) -> list[Match]:
             continue
         x, _, _, f_nodes = fwd
         nodes = inv[2] + cm_nodes + f_nodes
-        end = sub.output[0]
-        layout = "nchw"
-        into = v.made_by(x, "Transpose")
-        back = v.only_reader(end, "Transpose")
-        if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
-                and written(into)[0] in (None, "global_filter") and written(back)[0] in (None, "global_filter"):
-            layout, x, end = "nhwc", into.input[0], back.output[0]
-            nodes += [into, back]
+        layout, x, end, around = _nhwc(v, "global_filter", x, sub.output[0])
+        nodes += around
         weight = Param(np.stack([cr.array, ci.array], axis=-1), cr.key[:-5])
         out.append(Match("global_filter", [x], end, nodes, {"layout": layout}, {"complex_weight": weight}))
     return out
@@ -847,13 +852,8 @@ def _adaptive_filter(v: View) -> list[Match]:
         if residual:
             nodes.append(res)
             end = res.output[0]
-        layout = "nchw"
-        into = v.made_by(x, "Transpose")
-        back = v.only_reader(end, "Transpose")
-        if _perm(v, into, [0, 3, 1, 2]) and _perm(v, back, [0, 2, 3, 1]) \
-                and written(into)[0] in (None, "adaptive_filter") and written(back)[0] in (None, "adaptive_filter"):
-            layout, x, end = "nhwc", into.input[0], back.output[0]
-            nodes += [into, back]
+        layout, x, end, around = _nhwc(v, "adaptive_filter", x, end)
+        nodes += around
         attrs = {"blocks": k, "hidden_factor": hid // bs, "sparsity": _f32(shrinks[0][1]),
                  "slope": _f32(v.attr(lr[0], "alpha", 0.01)), "residual": residual, "layout": layout}
         params = {"w1": Param(w1, k1), "b1": Param(b1, kb1), "w2": Param(w2, k2), "b2": Param(b2, kb2)}
