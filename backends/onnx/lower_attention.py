@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import mha_names, packed_cross, relative_coords_table
+from convdsl.ir.ops.attention import cpb_bias_table, logit_scale_factor, mha_names, packed_cross
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -158,22 +158,10 @@ def _without_key(b: np.ndarray) -> np.ndarray:
     return b
 
 
-def _logit_scale(s: np.ndarray) -> np.ndarray:
-    return np.exp(np.minimum(s, np.float32(math.log(100.0)))).astype(s.dtype)
-
-
 def _unit(cx: Exporter, x: str, eps: float = 1e-12) -> str:
     """F.normalize(x, dim=-1): x / max(||x||, eps)."""
     norm = cx.op("ReduceL2", [x], axes=[-1], keepdims=1)
     return cx.op("Div", [x, cx.op("Max", [norm, cx.const(np.float32(eps))])])
-
-
-def _cpb_table(cx: Exporter, wh: int, ww: int) -> np.ndarray:
-    """SwinV2's [(2wh-1)(2ww-1), heads] bias table, 16 sigmoid(cpb_mlp(coords)), from the weights."""
-    coords = relative_coords_table(wh, ww).reshape(-1, 2)
-    hidden = np.maximum(coords @ cx.array("cpb_mlp.0.weight").T + cx.array("cpb_mlp.0.bias"), 0)
-    table = (hidden @ cx.array("cpb_mlp.2.weight").T).astype(np.float64)
-    return 16.0 / (1.0 + np.exp(-table))
 
 
 def _window_attention(cx, node, args, ins):
@@ -208,8 +196,10 @@ def _window_attention(cx, node, args, ins):
     scale = a["scale"] or d ** -0.5
     if a["v2"]:  # cosine attention: unit q, k; logits times exp(min(logit_scale, log 100)) per head
         q, k, scale = _unit(cx, q), _unit(cx, k), 1.0
-        q = cx.op("Mul", [q, cx.param("logit_scale", _logit_scale, suffix=".exp")])  # [heads, 1, 1]
-        bias = window_bias(_cpb_table(cx, wh, ww), wh, ww)[None]
+        q = cx.op("Mul", [q, cx.param("logit_scale", logit_scale_factor, suffix=".exp")])  # [heads, 1, 1]
+        table = cpb_bias_table(*(cx.array(k) for k in ("cpb_mlp.0.weight", "cpb_mlp.0.bias", "cpb_mlp.2.weight")),
+                               wh, ww)
+        bias = window_bias(table, wh, ww)[None]
     else:
         bias = window_bias(cx.array("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
     if sh or sw:

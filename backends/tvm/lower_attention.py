@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import mha_names, packed_cross, relative_coords_table
+from convdsl.ir.ops.attention import cpb_bias_table, logit_scale_factor, mha_names, packed_cross
 from convdsl.ir.optable import tuple_n
 
 from convdsl.backends.tvm.common import R, family, relax
@@ -253,14 +253,6 @@ def _unit(cx, x, eps: float = 1e-12):
     return cx.emit(R.divide(x, cx.emit(R.maximum(norm, cx.const(np.float32(eps))))))
 
 
-def _cpb_table(cx, heads: int, wh: int, ww: int) -> np.ndarray:
-    """SwinV2's [(2wh-1)(2ww-1), heads] bias table, 16 sigmoid(cpb_mlp(coords)), from the weights."""
-    coords = relative_coords_table(wh, ww).reshape(-1, 2)
-    hidden = np.maximum(coords @ cx.param("cpb_mlp.0.weight").T + cx.param("cpb_mlp.0.bias"), 0)
-    table = (hidden @ cx.param("cpb_mlp.2.weight").T).astype(np.float64)
-    return 16.0 / (1.0 + np.exp(-table))
-
-
 def _window_attention(cx, node, args, ins):
     a = node.attrs
     n, h, w, c = cx.shape(ins[0])
@@ -294,9 +286,11 @@ def _window_attention(cx, node, args, ins):
     scale = a["scale"] or d ** -0.5
     if a["v2"]:  # cosine attention: unit q, k; logits times exp(min(logit_scale, log 100)) per head
         q, k = _unit(cx, q), _unit(cx, k)
-        ls = np.exp(np.minimum(cx.param("logit_scale"), np.float32(math.log(100.0)))).astype(np.float32)
+        ls = logit_scale_factor(cx.param("logit_scale"))
         q, scale = cx.emit(R.multiply(q, cx.const(ls))), 1.0  # [heads, 1, 1] against [N, nW, heads, T, d]
-        bias = window_bias(_cpb_table(cx, heads, wh, ww), wh, ww)[None]
+        table = cpb_bias_table(*(cx.param(k) for k in ("cpb_mlp.0.weight", "cpb_mlp.0.bias", "cpb_mlp.2.weight")),
+                               wh, ww)
+        bias = window_bias(table, wh, ww)[None]
     else:
         bias = window_bias(cx.param("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
     if sh or sw:

@@ -475,6 +475,20 @@ def relative_coords_table(wh: int, ww: int) -> np.ndarray:
     return (np.sign(t) * np.log2(np.abs(t) + np.float32(1)) / np.float32(3)).astype(np.float32)
 
 
+def cpb_bias_table(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, wh: int, ww: int) -> np.ndarray:
+    """SwinV2's [(2wh-1)(2ww-1), heads] bias table from its cpb_mlp weights (``cpb_mlp.0.weight``,
+    ``cpb_mlp.0.bias``, ``cpb_mlp.2.weight``): 16 sigmoid(cpb_mlp(relative_coords_table)), float64.
+    Backends that fix the table when they compile (TVM, ONNX) compute it here."""
+    coords = relative_coords_table(wh, ww).reshape(-1, 2)
+    table = (np.maximum(coords @ w1.T + b1, 0) @ w2.T).astype(np.float64)
+    return 16.0 / (1.0 + np.exp(-table))
+
+
+def logit_scale_factor(s: np.ndarray) -> np.ndarray:
+    """SwinV2's per-head logit multiplier exp(min(logit_scale, log 100)), in the parameter's dtype."""
+    return np.exp(np.minimum(s, np.float32(math.log(100.0)))).astype(s.dtype)
+
+
 def relative_position_index(wh: int, ww: int) -> np.ndarray:
     """[T, T] (T = wh*ww): the row of the bias table for each pair of tokens of a window, torchvision's
     relative_position_index (Swin stores it flattened, MaxViT as [T, T])."""
