@@ -174,13 +174,14 @@ class WindowAttention(nn.Module):
         state_dict.pop(prefix + "relative_coords_table", None)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def relative_coords_table(self, device):
-        """[2wh-1, 2ww-1, 2]: V2's log-spaced relative coordinates, the cpb_mlp's input."""
+    def relative_coords_table(self, device, dtype=torch.float32):
+        """[2wh-1, 2ww-1, 2]: V2's log-spaced relative coordinates, the cpb_mlp's input (computed in
+        f32, then given the cpb_mlp's dtype: a half-precision cast of the module runs it in f16)."""
         wh, ww = self.window
         h = torch.arange(-(wh - 1), wh, dtype=torch.float32, device=device) / (wh - 1) * 8
         w = torch.arange(-(ww - 1), ww, dtype=torch.float32, device=device) / (ww - 1) * 8
         t = torch.stack(torch.meshgrid(h, w, indexing="ij"), dim=-1)
-        return torch.sign(t) * torch.log2(torch.abs(t) + 1.0) / 3.0
+        return (torch.sign(t) * torch.log2(torch.abs(t) + 1.0) / 3.0).to(dtype)
 
     def relative_position_bias(self):
         """[heads, T, T] (T = wh*ww): the table entry for each pair's 2-D offset (V2: the table is
@@ -188,7 +189,8 @@ class WindowAttention(nn.Module):
         wh, ww = self.window
         if self.v2:
             dev = self.logit_scale.device
-            table = self.cpb_mlp(self.relative_coords_table(dev)).view(-1, self.heads)
+            coords = self.relative_coords_table(dev, self.cpb_mlp[0].weight.dtype)
+            table = self.cpb_mlp(coords).view(-1, self.heads)
         else:
             table = self.relative_position_bias_table
             dev = table.device
@@ -235,7 +237,8 @@ class WindowAttention(nn.Module):
             bias = bias + self.shift_mask(hp, wp, sh, sw, x.device).unsqueeze(1)  # [windows, heads, T, T]
         scale = self.scale
         if self.v2:  # cosine attention: unit q and k, logits times exp(min(logit_scale, log 100)) per head
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            eps = max(1e-12, torch.finfo(q.dtype).tiny)  # torchvision's 1e-12 is 0 in f16: a zero key gives 0/0
+            q, k = F.normalize(q, dim=-1, eps=eps), F.normalize(k, dim=-1, eps=eps)
             q = q * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
             scale = 1.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
