@@ -18,7 +18,10 @@ A regression file is a CDL file whose header comments say how to replay it:
 ``all``); ``xfail`` marks a known bug outside this package, with the reason;
 ``expect-error`` says the program must be refused at elaboration with a
 ``ConvDSLError`` (location and hint) whose message contains the text: a bug
-that was fixed by refusing the program stays a regression that way.
+that was fixed by refusing the program stays a regression that way;
+``expect-unsupported`` says a property must decline to judge the program
+(``Unsupported``) with a reason containing the text: a false alarm fixed by
+recognising when no implementation can meet the tolerance.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from typing import Optional
 from convdsl.verify.properties import Case
 
 _HEADER = re.compile(r"#\s*([a-z-]+):\s*(.*)")
-FIELDS = ("checks", "seed", "batch", "kind", "weights-seed", "xfail", "expect-error", "error")
+FIELDS = ("checks", "seed", "batch", "kind", "weights-seed", "xfail", "expect-error", "expect-unsupported", "error")
 
 
 def to_text(case: Case, checks: str, found_by: str = "", error: str = "", xfail: str = "",
