@@ -1124,3 +1124,94 @@ def _dynamic_filter(v: View) -> list[Match]:
         out.append(Match("dynamic_filter", [x, kw_rs.input[0]], last.output[0], nodes, {"k": k, "dilation": d},
                          input_shape=(None, g * cg, h, wd)))
     return out
+
+
+# ---- glu (backends/onnx/lower_misc.py) ----------------------------------------------------------------
+@pattern("glu")
+def _glu(v: View) -> list[Match]:
+    """Split(x, [h, h], axis=d) into (a, b) -> Mul(a, Sigmoid(b)): convdsl's export of glu(dim=d)."""
+    out = []
+    for mul in v.nodes("Mul"):
+        sig = v.made_by(mul.input[1], "Sigmoid")
+        split = v.made_by(mul.input[0], "Split") if sig is not None else None
+        if split is None or list(split.output) != [mul.input[0], sig.input[0]] \
+                or written(mul)[0] not in (None, "glu"):
+            continue
+        if len(split.input) > 1 and split.input[1]:
+            sizes = _ints(v, split.input[1])
+            if sizes is None or len(sizes) != 2 or sizes[0] != sizes[1] or sizes[0] < 1:
+                continue
+        elif v.attr(split, "split") is not None:
+            continue
+        out.append(Match("glu", [split.input[0]], mul.output[0], [split, sig, mul], {"dim": v.attr(split, "axis", 0)}))
+    return out
+
+
+# ---- long convolutions: fft_conv (backends/onnx/lower_fft.py) ------------------------------------------------
+def _long_conv(v: View, conv, channels: int | None = None):
+    """``conv`` = lower_fft.long_conv with a kernel of K taps: a depthwise Conv with K taps, stride and
+    dilation 1, no bias input, padded K-1 (causal: all on the left; centered: K-1-K//2 on the left).
+    (causal, K) or None."""
+    taps = list(v.attr(conv, "kernel_shape", []))
+    if conv is None or len(conv.input) != 2 or len(taps) != 1 or taps[0] < 1 \
+            or any(x != 1 for x in v.attr(conv, "strides", [1])) or any(x != 1 for x in v.attr(conv, "dilations", [1])) \
+            or v.attr(conv, "auto_pad", "NOTSET") != "NOTSET" or (channels is not None and v.attr(conv, "group") != channels):
+        return None
+    k = taps[0]
+    pads = list(v.attr(conv, "pads", [0, 0]))
+    if pads == [k - 1, 0]:
+        return True, k
+    if pads == [k - 1 - k // 2, k // 2]:
+        return False, k
+    return None
+
+
+def _channel_param(v: View, value: str, key: str, c: int):
+    """The initializer ``key`` of shape [c, 1] at ``value`` (a per-channel parameter placed on channels)."""
+    p = v.const(value)
+    return p if p is not None and p.key == key and p.array.shape == (c, 1) else None
+
+
+def _skip_term(v: View, add, y: str, key: str, c: int):
+    """``add`` = Add(y, Mul(u, <key> [c, 1])): (u, the D constant, the Mul) or None."""
+    if add is None or list(add.input[:1]) != [y] or len(add.input) != 2:
+        return None
+    mul = v.made_by(add.input[1], "Mul")
+    d = _channel_param(v, mul.input[1], key, c) if mul is not None else None
+    return None if d is None else (mul.input[0], d, mul)
+
+
+@pattern("fft_conv")
+def _fft_conv(v: View) -> list[Match]:
+    """convdsl's export of fft_conv, the long-convolution form: Conv(u, ``<key>.kernel.reversed`` [C, 1, K],
+    group C, causal or centered padding) [-> Add ``<key>.bias.as_channels``] [-> Add Mul(u,
+    ``<key>.D.as_channels``)].  The kernel comes back reversed again under ``<key>.kernel``."""
+    out = []
+    for conv in v.nodes("Conv"):
+        w = v.const(conv.input[1]) if len(conv.input) == 2 else None
+        if w is None or not (w.key or "").endswith(".kernel.reversed") or w.array.ndim != 3 \
+                or w.array.shape[1] != 1 or written(conv)[0] not in (None, "fft_conv"):
+            continue
+        c, _, taps = (int(d) for d in w.array.shape)
+        form = _long_conv(v, conv, c)
+        if form is None or form[1] != taps:
+            continue
+        nid = w.key[: -len(".kernel.reversed")]
+        u, y, nodes = conv.input[0], conv.output[0], [conv]
+        params = {"kernel": Param(np.ascontiguousarray(w.array[:, 0, ::-1]), f"{nid}.kernel")}
+        bias = skip = False
+        add = v.only_reader(y, "Add")
+        b = _channel_param(v, add.input[1], f"{nid}.bias.as_channels", c) if add is not None else None
+        if b is not None and add.input[0] == y:
+            bias, y = True, add.output[0]
+            nodes.append(add)
+            params["bias"] = Param(b.array[:, 0].copy(), f"{nid}.bias")
+            add = v.only_reader(y, "Add")
+        term = _skip_term(v, add, y, f"{nid}.D.as_channels", c)
+        if term is not None and term[0] == u:
+            skip, y = True, add.output[0]
+            nodes += [add, term[2]]
+            params["D"] = Param(term[1].array[:, 0].copy(), f"{nid}.D")
+        attrs = {"kernel_len": taps, "causal": form[0], "bias": bias, "skip": skip}
+        out.append(Match("fft_conv", [u], y, nodes, attrs, params))
+    return out

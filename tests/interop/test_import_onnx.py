@@ -33,7 +33,6 @@ NOT_ROUND_TRIP = {
     "papers/halonet_block.cdl": "halo attention's relative position tables are gathered at export: the 2*halo rows "
                                 "of height_rel/width_rel no query-key pair reads are not in the file (and the "
                                 "gathered [b, d, win] tables meet the linear mapping: a located error)",
-    "papers/hyena_block.cdl": _LONG_CONV,
     "papers/s4d_classifier.cdl": _LONG_CONV,
     "papers/sgconv_classifier.cdl": _LONG_CONV,
 }
