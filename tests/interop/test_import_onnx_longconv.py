@@ -64,3 +64,57 @@ def test_a_reversed_kernel_under_another_key_is_a_conv1d(tmp_path):
 def test_glu_comes_back_from_split_sigmoid_mul(body, shape, tmp_path):
     g = _program(body, shape)
     _same(g, _back(g, tmp_path), shape)
+
+
+@pytest.mark.parametrize("body, shape", [
+    ("s4d(state=8) as s", "N, 6, 40"),
+    ("s4d(state=4, bidirectional=true) as s", "N, 3, 17"),
+    ("s4d(state=6, dt_min=0.01, dt_max=0.5) as s", "N, 2, 9"),
+    ("sgconv(kernel_dim=8) as s", "N, 6, 64"),  # the full kernel is L taps: no cut
+    ("sgconv(kernel_dim=4, n_scales=5, decay=0.7) as s", "N, 3, 50"),  # cut to L (Slice)
+    ("sgconv(kernel_dim=5, n_scales=4, interp=nearest, bidirectional=true) as s", "N, 2, 60"),  # padded to L
+    ("sgconv(kernel_dim=16, n_scales=2, interp=nearest) as s", "N, 5, 40"),  # no upsampling in the file
+    ("sgconv(kernel_dim=12, n_scales=1, decay=0.25, bidirectional=true) as s", "N, 2, 12"),  # nor a decay
+])
+def test_lti_ssm_comes_back_from_its_kernel_form(body, shape, tmp_path):
+    g = _program(body, shape)
+    _same(g, _back(g, tmp_path), shape)
+
+
+def _constant(m, value: str):
+    init = next(i for i in m.graph.initializer if i.name == value)
+    return init, onnx.numpy_helper.to_array(init)
+
+
+def _edit_constant(pick, change):
+    """An edit of the exported model: the initializer read as input ``pick`` of the first node of a type,
+    replaced by ``change(array)``."""
+    def edit(m):
+        op, idx = pick
+        node = next(n for n in m.graph.node if n.op_type == op)
+        init, arr = _constant(m, node.input[idx])
+        init.CopyFrom(onnx.numpy_helper.from_array(change(arr), init.name))
+
+    return edit
+
+
+@pytest.mark.parametrize("body, pick, change", [
+    ("s4d(state=4) as s", ("Cos", None), None),  # Cos -> Sin: another kernel
+    ("s4d(state=4) as s", ("Sub", 1), lambda a: np.float32(0.5)),  # exp(dt A) - 1/2
+    ("sgconv(kernel_dim=4, n_scales=4) as s", ("MatMul", 1), lambda a: a[:, ::-1].copy()),  # not F.interpolate
+    ("sgconv(kernel_dim=4, n_scales=4) as s", ("Max", 1), lambda a: np.float32(1e-3)),  # another clamp
+])
+def test_a_different_kernel_computation_is_no_ssm(body, pick, change, tmp_path):
+    """One node or constant of the kernel's computation changed: the nodes no longer compute the op, so
+    they import one by one, and the first with no convdsl mapping (Exp of a parameter here) is a located
+    error rather than a silently different op."""
+    from convdsl.errors import ModelImportError
+
+    g = _program(body, "N, 3, 32")
+    if change is None:
+        def edit(m):
+            next(n for n in m.graph.node if n.op_type == pick[0]).op_type = "Sin"
+    else:
+        edit = _edit_constant(pick, change)
+    with pytest.raises(ModelImportError, match=r"s/"):
+        _back(g, tmp_path, edit)
