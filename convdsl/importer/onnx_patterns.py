@@ -1219,49 +1219,52 @@ def _fft_conv(v: View) -> list[Match]:
 
 
 # ---- s4d, sgconv: the kernel form (backends/onnx/lower_ssm.py) ---------------------------------------------
-def _template(text: str) -> list[tuple[str, str, list[str], dict]]:
-    """``name = Op(a, b) attr=value ...`` per line -> (name, op, inputs, attrs); ``$x`` names a leaf (a value
-    from outside the template, bound on the first reading and the same at every other), attribute values
-    are JSON."""
+def _template(text: str) -> list[tuple[tuple[str, ...], str, list[str], dict]]:
+    """``name = Op(a, b) attr=value ...`` per line (``a, b = Split(...)`` for a node with several
+    outputs) -> (names, op, inputs, attrs); ``$x`` names a leaf (a value from outside the template, bound
+    on the first reading and the same at every other), attribute values are JSON."""
     import json
     import re
 
     out = []
     for line in text.strip().splitlines():
-        m = re.fullmatch(r"\s*(\w+) = (\w+)\(([^)]*)\)((?: \w+=\S+)*)\s*", line)
+        m = re.fullmatch(r"\s*(\w+(?:, \w+)*) = (\w+)\(([^)]*)\)((?: \w+=\S+)*)\s*", line)
         if m is None:  # pragma: no cover - a bug in this file
             raise ValueError(f"bad template line: {line!r}")
-        name, op, ins, attrs = m.groups()
+        names, op, ins, attrs = m.groups()
         attrs = dict(a.split("=", 1) for a in attrs.split())
-        out.append((name, op, [i.strip() for i in ins.split(",") if i.strip()],
+        out.append((tuple(names.split(", ")), op, [i.strip() for i in ins.split(",") if i.strip()],
                     {k: json.loads(x) for k, x in attrs.items()}))
     return out
 
 
 def _walk(v: View, template: list, out: str, op: str):
     """The nodes computing ``out`` exactly as ``template`` (``_template``) does, its last line the root:
-    every node of the op type, inputs and attributes (all of them, as written) the line says, marked as
-    ``op``'s by convdsl's exporter or not marked.  ({name or $leaf: value}, nodes) or None."""
-    spec = {name: (t, ins, attrs) for name, t, ins, attrs in template}
+    every node of the op type, inputs, outputs and attributes (all of them, as written) the line says,
+    marked as ``op``'s by convdsl's exporter or not marked.  ({name or $leaf: value}, nodes) or None."""
+    spec = {name: (names, t, ins, attrs) for names, t, ins, attrs in template for name in names}
     bound: dict[str, str] = {}
     nodes: list = []
-    stack = [(template[-1][0], out)]
+    stack = [(template[-1][0][0], out)]
     while stack:
         name, value = stack.pop()
         if name in bound:
             if bound[name] != value:
                 return None
             continue
-        bound[name] = value
         if name.startswith("$"):
+            bound[name] = value
             continue
-        t, ins, attrs = spec[name]
+        names, t, ins, attrs = spec[name]
         node = v.made_by(value, t)
-        if node is None or len(node.input) != len(ins) or len(node.output) != 1 or written(node)[0] not in (None, op):
+        if node is None or len(node.input) != len(ins) or len(node.output) != len(names) \
+                or node.output[names.index(name)] != value or written(node)[0] not in (None, op) \
+                or any(bound.get(n, o) != o for n, o in zip(names, node.output)):
             return None
         have = {a.name: View.attr(node, a.name) for a in node.attribute}
         if {k: list(x) if isinstance(x, (list, tuple)) else x for k, x in have.items()} != attrs:
             return None
+        bound.update(zip(names, node.output))
         nodes.append(node)
         stack.extend(zip(ins, node.input))
     return bound, nodes
@@ -1511,3 +1514,106 @@ def _lti_back(v: View, out: str, fwd: dict):
 
 pattern("s4d", first=True)(_lti("s4d", _s4d_kernel))
 pattern("sgconv", first=True)(_lti("sgconv", _sgconv_kernel))
+
+
+# ---- halo_attention (backends/onnx/lower_attention.py) ------------------------------------------------------
+def _halo_template(bias: bool) -> list:
+    qb, kvb = (", $q.bias", ", $kv.bias") if bias else ("", "")
+    return _template(f"""
+        q0 = Conv($x, $q.weight{qb}) kernel_shape=[1,1]
+        q1 = Reshape(q0, $s_q1)
+        q2 = Transpose(q1) perm=[0,1,3,5,4,6,2]
+        qb = Reshape(q2, $s_qb)
+        q = Reshape(q2, $s_q)
+        kv0 = Conv($x, $kv.weight{kvb}) kernel_shape=[1,1]
+        kv1 = Pad(kv0, $pads)
+        kv2 = Gather(kv1, $rows) axis=2
+        kv3 = Gather(kv2, $cols) axis=3
+        kv4 = Reshape(kv3, $s_kv4)
+        kv5 = Transpose(kv4) perm=[0,1,2,4,3,5]
+        kv6 = Reshape(kv5, $s_kv6)
+        kv7 = Transpose(kv6) perm=[0,1,3,4,2]
+        k, v = Split(kv7, $split) axis=4
+        rh0 = Gather($pos_embed.height_rel, $offset) axis=0
+        rh = Transpose(rh0) perm=[0,2,1]
+        rel_h = MatMul(qb, rh)
+        qt = Transpose(qb) perm=[0,1,2,4,3,5]
+        rw0 = Gather($pos_embed.width_rel, $offset) axis=0
+        rw = Transpose(rw0) perm=[0,2,1]
+        rw1 = MatMul(qt, rw)
+        rel_w = Transpose(rw1) perm=[0,1,2,4,3,5]
+        rh6 = Unsqueeze(rel_h, $axis6)
+        rw5 = Unsqueeze(rel_w, $axis5)
+        rel0 = Add(rh6, rw5)
+        rel = Reshape(rel0, $s_rel)
+        kt = Transpose(k) perm=[0,1,2,4,3]
+        lg0 = MatMul(q, kt)
+        lg1 = Mul(lg0, $scale)
+        lg = Add(lg1, rel)
+        sm = Softmax(lg) axis=-1
+        y0 = MatMul(sm, v)
+        y1 = Reshape(y0, $s_y1)
+        y2 = Transpose(y1) perm=[0,1,6,2,4,3,5]
+        y = Reshape(y2, $s_y)
+    """)
+
+
+_HALO = {bias: _halo_template(bias) for bias in (False, True)}
+
+
+@pattern("halo_attention", first=True)
+def _halo_attention(v: View) -> list[Match]:
+    """convdsl's export of halo_attention: q and kv 1x1 Convs, the queries in b x b blocks, the keys and
+    values zero-padded by the halo and gathered as (b + 2 halo)^2 windows at stride b, relative logits from
+    the whole ``pos_embed.height_rel`` / ``width_rel`` tables gathered at table[k - q + win - 1], attention,
+    blocks back to [N, dim, H, W].  Every shape, pad, index and the scale are checked against the sizes
+    the parameters and the first Reshape give."""
+    import math
+
+    out = []
+    for last in v.nodes("Reshape"):
+        for bias in (False, True):
+            got = _walk(v, _HALO[bias], last.output[0], "halo_attention")
+            if got is not None:
+                break
+        if got is None:
+            continue
+        bound, nodes = got
+        s_q1 = _ints(v, bound["$s_q1"])
+        qw, rel = v.const(bound["$q.weight"]), v.const(bound["$pos_embed.height_rel"])
+        if s_q1 is None or len(s_q1) != 7 or qw is None or qw.array.ndim != 4 or rel is None or rel.array.ndim != 2:
+            continue
+        _, heads, d, nh, b, nw, _ = s_q1
+        dim, c = int(qw.array.shape[0]), int(qw.array.shape[1])
+        win = (int(rel.array.shape[0]) + 1) // 2
+        halo = (win - b) // 2
+        if min(heads, d, nh, b, nw) < 1 or halo < 0 or win != b + 2 * halo or heads * d != dim:
+            continue
+        shapes = {"q.weight": (dim, c, 1, 1), "kv.weight": (2 * dim, c, 1, 1),
+                  "pos_embed.height_rel": (2 * win - 1, d), "pos_embed.width_rel": (2 * win - 1, d)}
+        if bias:
+            shapes.update({"q.bias": (dim,), "kv.bias": (2 * dim,)})
+        found = _param_leaves(v, bound, shapes)
+        h, w = nh * b, nw * b
+        expected = {
+            "$s_q1": [0, heads, d, nh, b, nw, b], "$s_qb": [0, heads, nh * nw, b, b, d],
+            "$s_q": [0, heads, nh * nw, b * b, d], "$pads": [0, 0, halo, halo, 0, 0, halo, halo],
+            "$rows": list((np.arange(nh)[:, None] * b + np.arange(win)[None, :]).ravel()),
+            "$cols": list((np.arange(nw)[:, None] * b + np.arange(win)[None, :]).ravel()),
+            "$s_kv4": [0, 2 * dim, nh, win, nw, win], "$s_kv6": [0, heads, 2 * d, nh * nw, win * win],
+            "$split": [d, d], "$offset": list((np.arange(win)[None, :] - np.arange(b)[:, None] + win - 1).ravel()),
+            "$axis6": [6], "$axis5": [5], "$s_rel": [0, heads, nh * nw, b * b, win * win],
+            "$s_y1": [0, heads, nh, nw, b, b, d], "$s_y": [0, dim, h, w],
+        }
+        offset = v.const(bound["$offset"])
+        scale = v.const(bound["$scale"])
+        if found is None or any(_ints(v, bound[k]) != e for k, e in expected.items()) \
+                or offset.array.shape != (b, win) or scale is None or scale.array.shape != () \
+                or scale.array.dtype != np.float32:
+            continue
+        s = float(scale.array)
+        attrs = {"heads": heads, "block_size": b, "halo": halo, "dim": dim, "qkv_bias": bias,
+                 "scale": None if np.float32(1.0 / math.sqrt(d)) == scale.array else simplest({"s": s})["s"]}
+        out.append(Match("halo_attention", [bound["$x"]], last.output[0], nodes, attrs, found[1],
+                         input_shape=(None, c, h, w)))
+    return out
