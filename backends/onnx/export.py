@@ -45,6 +45,7 @@ TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
     "prelu": ("init",),
     "parameter": ("init", "scale"),
     "selective_scan": ("dt_min", "dt_max"),
+    "s4d": ("dt_min", "dt_max"),
 }
 DOMAIN = ""  # the default ONNX domain
 ExportFn = Callable[["Exporter", Node, list[str], list[TensorType]], "str | list[str]"]

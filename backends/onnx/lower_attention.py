@@ -4,7 +4,9 @@ Every variant reduces to ``attend``: logits = q k^T * scale (+ a bias),
 Softmax, times v, as batched MatMuls, the form ONNX Runtime's and OpenVINO's
 attention fusions recognize.  Whatever depends only on weights or shapes is
 computed here with NumPy, as the TVM backend does: relative position biases
-gathered from their tables, Swin's shifted-window mask, sinusoidal tables.
+gathered from their tables, Swin's shifted-window mask, sinusoidal tables.  Halo
+attention's relative position tables are initializers gathered by nodes (every row
+in the file, so ``convdsl import`` can bring the op back).
 The batch stays symbolic: reshapes keep it with ONNX's 0.
 """
 from __future__ import annotations
@@ -284,12 +286,15 @@ def _halo_attention(cx, node, args, ins):
     kv = cx.op("Transpose", [kv], perm=[0, 1, 3, 4, 2])  # [N, heads, blocks, win*win, 2d]
     k, v = cx.op("Split", [kv, cx.ints([d, d])], outputs=2, axis=4)
     # relative logits: q . height_rel[ky - qy + win - 1] and q . width_rel[kx - qx + win - 1]
-    offset = np.arange(win)[None, :] - np.arange(b)[:, None] + win - 1  # [b, win]
-    rh = cx.array("pos_embed.height_rel")[offset].transpose(0, 2, 1)  # [qy, d, ky]
-    rw = cx.array("pos_embed.width_rel")[offset].transpose(0, 2, 1)  # [qx, d, kx]
-    rel_h = cx.op("MatMul", [qb, cx.const(rh)])  # [N, heads, blocks, qy, qx, ky]
+    # the whole tables are initializers and the gather a node, so every row is in the file
+    offset = cx.const(np.arange(win)[None, :] - np.arange(b)[:, None] + win - 1, np.int64)  # [b, win]
+
+    def table(name: str) -> str:  # table[offset] as [q, d, k]
+        return cx.op("Transpose", [cx.op("Gather", [cx.param(name), offset], axis=0)], perm=[0, 2, 1])
+
+    rel_h = cx.op("MatMul", [qb, table("pos_embed.height_rel")])  # [N, heads, blocks, qy, qx, ky]
     qt = cx.op("Transpose", [qb], perm=[0, 1, 2, 4, 3, 5])  # [..., qx, qy, d]
-    rel_w = cx.op("Transpose", [cx.op("MatMul", [qt, cx.const(rw)])], perm=[0, 1, 2, 4, 3, 5])
+    rel_w = cx.op("Transpose", [cx.op("MatMul", [qt, table("pos_embed.width_rel")])], perm=[0, 1, 2, 4, 3, 5])
     rel = cx.op("Add", [cx.op("Unsqueeze", [rel_h, cx.ints([6])]), cx.op("Unsqueeze", [rel_w, cx.ints([5])])])
     rel = cx.op("Reshape", [rel, cx.ints([0, heads, nh * nw, b * b, win * win])])
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(d)

@@ -171,6 +171,7 @@ TRAINING_ATTRS: dict[str, tuple[str, ...]] = {
     "prelu": ("init",),
     "parameter": ("init", "scale"),
     "selective_scan": ("dt_min", "dt_max"),
+    "s4d": ("dt_min", "dt_max"),
 }
 
 
@@ -1123,4 +1124,496 @@ def _dynamic_filter(v: View) -> list[Match]:
             nodes.append(shape)
         out.append(Match("dynamic_filter", [x, kw_rs.input[0]], last.output[0], nodes, {"k": k, "dilation": d},
                          input_shape=(None, g * cg, h, wd)))
+    return out
+
+
+# ---- glu (backends/onnx/lower_misc.py) ----------------------------------------------------------------
+@pattern("glu")
+def _glu(v: View) -> list[Match]:
+    """Split(x, [h, h], axis=d) into (a, b) -> Mul(a, Sigmoid(b)): convdsl's export of glu(dim=d)."""
+    out = []
+    for mul in v.nodes("Mul"):
+        sig = v.made_by(mul.input[1], "Sigmoid")
+        split = v.made_by(mul.input[0], "Split") if sig is not None else None
+        if split is None or list(split.output) != [mul.input[0], sig.input[0]] \
+                or written(mul)[0] not in (None, "glu"):
+            continue
+        if len(split.input) > 1 and split.input[1]:
+            sizes = _ints(v, split.input[1])
+            if sizes is None or len(sizes) != 2 or sizes[0] != sizes[1] or sizes[0] < 1:
+                continue
+        elif v.attr(split, "split") is not None:
+            continue
+        out.append(Match("glu", [split.input[0]], mul.output[0], [split, sig, mul], {"dim": v.attr(split, "axis", 0)}))
+    return out
+
+
+# ---- long convolutions: fft_conv (backends/onnx/lower_fft.py) ------------------------------------------------
+def _long_conv(v: View, conv, channels: int | None = None):
+    """``conv`` = lower_fft.long_conv with a kernel of K taps: a depthwise Conv with K taps, stride and
+    dilation 1, no bias input, padded K-1 (causal: all on the left; centered: K-1-K//2 on the left).
+    (causal, K) or None."""
+    taps = list(v.attr(conv, "kernel_shape", []))
+    if conv is None or len(conv.input) != 2 or len(taps) != 1 or taps[0] < 1 \
+            or any(x != 1 for x in v.attr(conv, "strides", [1])) or any(x != 1 for x in v.attr(conv, "dilations", [1])) \
+            or v.attr(conv, "auto_pad", "NOTSET") != "NOTSET" or (channels is not None and v.attr(conv, "group") != channels):
+        return None
+    k = taps[0]
+    pads = list(v.attr(conv, "pads", [0, 0]))
+    if pads == [k - 1, 0]:
+        return True, k
+    if pads == [k - 1 - k // 2, k // 2]:
+        return False, k
+    return None
+
+
+def _channel_param(v: View, value: str, key: str, c: int):
+    """The initializer ``key`` of shape [c, 1] at ``value`` (a per-channel parameter placed on channels)."""
+    p = v.const(value)
+    return p if p is not None and p.key == key and p.array.shape == (c, 1) else None
+
+
+def _skip_term(v: View, add, y: str, key: str, c: int):
+    """``add`` = Add(y, Mul(u, <key> [c, 1])): (u, the D constant, the Mul) or None."""
+    if add is None or list(add.input[:1]) != [y] or len(add.input) != 2:
+        return None
+    mul = v.made_by(add.input[1], "Mul")
+    d = _channel_param(v, mul.input[1], key, c) if mul is not None else None
+    return None if d is None else (mul.input[0], d, mul)
+
+
+@pattern("fft_conv")
+def _fft_conv(v: View) -> list[Match]:
+    """convdsl's export of fft_conv, the long-convolution form: Conv(u, ``<key>.kernel.reversed`` [C, 1, K],
+    group C, causal or centered padding) [-> Add ``<key>.bias.as_channels``] [-> Add Mul(u,
+    ``<key>.D.as_channels``)].  The kernel comes back reversed again under ``<key>.kernel``."""
+    out = []
+    for conv in v.nodes("Conv"):
+        w = v.const(conv.input[1]) if len(conv.input) == 2 else None
+        if w is None or not (w.key or "").endswith(".kernel.reversed") or w.array.ndim != 3 \
+                or w.array.shape[1] != 1 or written(conv)[0] not in (None, "fft_conv"):
+            continue
+        c, _, taps = (int(d) for d in w.array.shape)
+        form = _long_conv(v, conv, c)
+        if form is None or form[1] != taps:
+            continue
+        nid = w.key[: -len(".kernel.reversed")]
+        u, y, nodes = conv.input[0], conv.output[0], [conv]
+        params = {"kernel": Param(np.ascontiguousarray(w.array[:, 0, ::-1]), f"{nid}.kernel")}
+        bias = skip = False
+        add = v.only_reader(y, "Add")
+        b = _channel_param(v, add.input[1], f"{nid}.bias.as_channels", c) if add is not None else None
+        if b is not None and add.input[0] == y:
+            bias, y = True, add.output[0]
+            nodes.append(add)
+            params["bias"] = Param(b.array[:, 0].copy(), f"{nid}.bias")
+            add = v.only_reader(y, "Add")
+        term = _skip_term(v, add, y, f"{nid}.D.as_channels", c)
+        if term is not None and term[0] == u:
+            skip, y = True, add.output[0]
+            nodes += [add, term[2]]
+            params["D"] = Param(term[1].array[:, 0].copy(), f"{nid}.D")
+        attrs = {"kernel_len": taps, "causal": form[0], "bias": bias, "skip": skip}
+        out.append(Match("fft_conv", [u], y, nodes, attrs, params))
+    return out
+
+
+# ---- s4d, sgconv: the kernel form (backends/onnx/lower_ssm.py) ---------------------------------------------
+def _template(text: str) -> list[tuple[tuple[str, ...], str, list[str], dict]]:
+    """``name = Op(a, b) attr=value ...`` per line (``a, b = Split(...)`` for a node with several
+    outputs) -> (names, op, inputs, attrs); ``$x`` names a leaf (a value from outside the template, bound
+    on the first reading and the same at every other), attribute values are JSON."""
+    import json
+    import re
+
+    out = []
+    for line in text.strip().splitlines():
+        m = re.fullmatch(r"\s*(\w+(?:, \w+)*) = (\w+)\(([^)]*)\)((?: \w+=\S+)*)\s*", line)
+        if m is None:  # pragma: no cover - a bug in this file
+            raise ValueError(f"bad template line: {line!r}")
+        names, op, ins, attrs = m.groups()
+        attrs = dict(a.split("=", 1) for a in attrs.split())
+        out.append((tuple(names.split(", ")), op, [i.strip() for i in ins.split(",") if i.strip()],
+                    {k: json.loads(x) for k, x in attrs.items()}))
+    return out
+
+
+def _walk(v: View, template: list, out: str, op: str):
+    """The nodes computing ``out`` exactly as ``template`` (``_template``) does, its last line the root:
+    every node of the op type, inputs, outputs and attributes (all of them, as written) the line says,
+    marked as ``op``'s by convdsl's exporter or not marked.  ({name or $leaf: value}, nodes) or None."""
+    spec = {name: (names, t, ins, attrs) for names, t, ins, attrs in template for name in names}
+    bound: dict[str, str] = {}
+    nodes: list = []
+    stack = [(template[-1][0][0], out)]
+    while stack:
+        name, value = stack.pop()
+        if name in bound:
+            if bound[name] != value:
+                return None
+            continue
+        if name.startswith("$"):
+            bound[name] = value
+            continue
+        names, t, ins, attrs = spec[name]
+        node = v.made_by(value, t)
+        if node is None or len(node.input) != len(ins) or len(node.output) != len(names) \
+                or node.output[names.index(name)] != value or written(node)[0] not in (None, op) \
+                or any(bound.get(n, o) != o for n, o in zip(names, node.output)):
+            return None
+        have = {a.name: View.attr(node, a.name) for a in node.attribute}
+        if {k: list(x) if isinstance(x, (list, tuple)) else x for k, x in have.items()} != attrs:
+            return None
+        bound.update(zip(names, node.output))
+        nodes.append(node)
+        stack.extend(zip(ins, node.input))
+    return bound, nodes
+
+
+def _is_scalar(v: View, value: str, expected, dtype) -> bool:
+    c = v.const(value)
+    return c is not None and c.array.shape == () and c.array.dtype == dtype and c.array == dtype(expected)
+
+
+def _param_leaves(v: View, bound: dict, shapes: dict[str, tuple]) -> tuple[str, dict] | None:
+    """The initializers at the leaves ``$<local>`` must be ``<nid>.<local>`` of the given shapes, one nid:
+    (nid, {local: constant}) or None."""
+    nid, params = None, {}
+    for local, shape in shapes.items():
+        c = v.const(bound.get("$" + local, ""))
+        if c is None or c.key is None or not c.key.endswith("." + local) or c.array.shape != shape \
+                or c.array.dtype != np.float32:
+            return None
+        here = c.key[: -len(local) - 1]
+        if nid not in (None, here):
+            return None
+        nid, params[local] = here, c
+    return nid, params
+
+
+_S4D_KERNEL = _template("""
+    dt0 = Exp($log_dt)
+    dt = Unsqueeze(dt0, $axis_dt)
+    ar0 = Exp($log_A_real)
+    ar = Neg(ar0)
+    xr = Mul(dt, ar)
+    xi = Mul(dt, $A_imag)
+    e = Exp(xr)
+    cos_xi = Cos(xi)
+    e_cos = Mul(e, cos_xi)
+    er = Sub(e_cos, $one)
+    sin_xi = Sin(xi)
+    ei = Mul(e, sin_xi)
+    cr = Gather($C, $index0) axis=2
+    ci = Gather($C, $index1) axis=2
+    cr_er = Mul(cr, er)
+    ci_ei = Mul(ci, ei)
+    nr = Sub(cr_er, ci_ei)
+    cr_ei = Mul(cr, ei)
+    ci_er = Mul(ci, er)
+    ni = Add(cr_ei, ci_er)
+    ar2 = Mul(ar, ar)
+    ai2 = Mul($A_imag, $A_imag)
+    den = Add(ar2, ai2)
+    nr_ar = Mul(nr, ar)
+    ni_ai = Mul(ni, $A_imag)
+    gr0 = Add(nr_ar, ni_ai)
+    gr = Div(gr0, den)
+    ni_ar = Mul(ni, ar)
+    nr_ai = Mul(nr, $A_imag)
+    gi0 = Sub(ni_ar, nr_ai)
+    gi = Div(gi0, den)
+    xr3 = Unsqueeze(xr, $axis_r)
+    pr = Mul(xr3, $steps)
+    xi3 = Unsqueeze(xi, $axis_i)
+    pi = Mul(xi3, $steps)
+    mag = Exp(pr)
+    cos_pi = Cos(pi)
+    vr = Mul(mag, cos_pi)
+    sin_pi = Sin(pi)
+    vi = Mul(mag, sin_pi)
+    gr1 = Unsqueeze(gr, $axis1)
+    kr = MatMul(gr1, vr)
+    gi1 = Unsqueeze(gi, $axis1)
+    ki = MatMul(gi1, vi)
+    k = Sub(kr, ki)
+    w = Mul(k, $two)
+""")
+
+
+def _s4d_kernel(v: View, weight: str):
+    """``weight`` = lower_ssm._s4d_kernel's reversed S4D kernel [C, 1, L]: every node as _S4D_KERNEL, the
+    parameters ``<nid>.log_dt`` [C], ``log_A_real``, ``A_imag`` [C, M], ``C`` [C, M, 2], and every constant
+    what the kernel needs (steps L-1 .. 0, 1, 2, the axes and indices).  (nid, attrs, params, nodes, L) or None."""
+    got = _walk(v, _S4D_KERNEL, weight, "s4d")
+    if got is None:
+        return None
+    bound, nodes = got
+    c = v.const(bound["$C"])
+    steps = v.const(bound["$steps"])
+    if c is None or c.array.ndim != 3 or c.array.shape[2] != 2 or steps is None or steps.array.ndim != 1:
+        return None
+    ch, m, _ = c.array.shape
+    length = steps.array.shape[0]
+    found = _param_leaves(v, bound, {"log_dt": (ch,), "log_A_real": (ch, m), "A_imag": (ch, m), "C": (ch, m, 2)})
+    if found is None or not _is(steps, np.arange(length - 1, -1, -1, dtype=np.float64)) \
+            or not _is_scalar(v, bound["$one"], 1.0, np.float32) or not _is_scalar(v, bound["$two"], 2.0, np.float32) \
+            or not _is_scalar(v, bound["$index0"], 0, np.int64) or not _is_scalar(v, bound["$index1"], 1, np.int64) \
+            or [_ints(v, bound[f"$axis{a}"]) for a in ("_dt", "_r", "_i", "1")] != [[1], [2], [2], [1]]:
+        return None
+    nid, params = found
+    return nid, {"state": 2 * m}, params, nodes, length
+
+
+def _sgconv_template(scales: int, cut: str) -> list:
+    """lower_ssm._sgconv_kernel's nodes for ``scales`` pieces; ``cut``: "slice", "pad" or "" (none)."""
+    lines = []
+    for i in range(scales):
+        lines.append(f"g{i} = Gather($kernel, $index{i}) axis=0")
+        if i > 1:
+            lines.append(f"u{i} = MatMul(g{i}, $up{i})")
+        lines.append(f"p{i} = Mul({'u' if i > 1 else 'g'}{i}, $decay{i})")
+    lines += [f"cat = Concat({', '.join(f'p{i}' for i in range(scales))}) axis=1",
+              "l2 = ReduceL2(cat) axes=[1] keepdims=1", "norm = Max(l2, $eps)", "k = Div(cat, norm)"]
+    last = "k"
+    if cut == "slice":
+        lines.append("cut = Slice(k, $start, $end, $axis_cut)")
+        last = "cut"
+    elif cut == "pad":
+        lines.append("cut = Pad(k, $pads)")
+        last = "cut"
+    lines += [f"rev = Slice({last}, $r_start, $r_end, $r_axes, $r_steps)", "w = Unsqueeze(rev, $axis1)"]
+    return _template("\n".join(lines))
+
+
+def _sgconv_kernel(v: View, weight: str):
+    """``weight`` = lower_ssm._sgconv_kernel's reversed SGConv kernel [C, 1, L]: S pieces of ``<nid>.kernel``
+    [S, C, d], each upsampled by F.interpolate's matrix (``sgconv_upsampling``, linear or nearest, the
+    same for all) and scaled by decay**i, normalized, cut or padded to L, reversed.  The decay comes from
+    the scale of piece 1 (each scale must be float32(decay**i)); where the file holds no upsampling (S <= 2)
+    or no decay (S = 1) the exporter's record of them is taken.  (nid, attrs, params, nodes, L) or None."""
+    from convdsl.ir.ops.ssm import sgconv_upsampling
+
+    un = v.made_by(weight, "Unsqueeze")
+    rev = v.made_by(un.input[0], "Slice") if un is not None else None
+    if rev is None or _reversal(v, rev) != [1]:
+        return None
+    inner = v.producer.get(rev.input[0])
+    cut = {"Slice": "slice", "Pad": "pad"}.get(inner.op_type, "") if inner is not None else ""
+    div = v.made_by(inner.input[0] if cut else rev.input[0], "Div")
+    cat = v.made_by(div.input[0], "Concat") if div is not None else None
+    if cat is None:
+        return None
+    scales = len(cat.input)
+    got = _walk(v, _sgconv_template(scales, cut), weight, "sgconv")
+    if got is None:
+        return None
+    bound, nodes = got
+    kernel = v.const(bound["$kernel"])
+    if kernel is None or kernel.array.ndim != 3 or kernel.array.shape[0] != scales:
+        return None
+    _, ch, d = kernel.array.shape
+    found = _param_leaves(v, bound, {"kernel": (scales, ch, d)})
+    full = d * 2 ** (scales - 1)
+    if found is None or not _is_scalar(v, bound["$eps"], 1e-12, np.float32) or _ints(v, bound["$axis1"]) != [1] \
+            or any(not _is_scalar(v, bound[f"$index{i}"], i, np.int64) for i in range(scales)):
+        return None
+    if cut == "slice":
+        length = (_ints(v, bound["$end"]) or [0])[0]
+        if _ints(v, bound["$start"]) != [0] or _ints(v, bound["$axis_cut"]) != [1] or not 0 < length < full:
+            return None
+    elif cut == "pad":
+        pads = _ints(v, bound["$pads"]) or []
+        if len(pads) != 4 or pads[:3] != [0, 0, 0] or pads[3] < 1:
+            return None
+        length = full + pads[3]
+    else:
+        length = full
+    rec = written(un)[1]
+    interp = rec.get("interp") if rec.get("interp") in ("linear", "nearest") else "linear"
+    if scales > 2:
+        ups = [v.const(bound[f"$up{i}"]) for i in range(2, scales)]
+        interp = next((mode for mode in ("linear", "nearest")
+                       if all(_is(u, sgconv_upsampling(d, 2 ** (i - 1), mode)) for i, u in zip(range(2, scales), ups))),
+                      None)
+        if interp is None:
+            return None
+    decay = rec.get("decay")
+    if scales > 1:
+        one = v.const(bound["$decay1"])
+        decay = float(one.array) if one is not None and one.array.shape == () else None
+        decay = simplest({"d": decay})["d"] if decay is not None else None
+    if type(decay) not in (int, float) or not 0 < decay <= 1 \
+            or any(not _is_scalar(v, bound[f"$decay{i}"], decay ** i, np.float32) for i in range(scales)):
+        return None
+    nid, params = found
+    return nid, {"kernel_dim": d, "n_scales": scales, "decay": float(decay), "interp": interp}, params, nodes, length
+
+
+def _lti_one_way(v: View, out: str, kernels):
+    """``out`` = lower_ssm._lti_nodes one way: Add(Conv(x, w) causal depthwise with L taps, Mul(x,
+    ``<nid>.D.as_channels``)), w a kernel ``kernels`` recognizes.  A dict or None."""
+    add = v.made_by(out, "Add")
+    conv = v.made_by(add.input[0], "Conv") if add is not None else None
+    if conv is None or len(conv.input) != 2:
+        return None
+    kernel = kernels(v, conv.input[1])
+    if kernel is None:
+        return None
+    nid, attrs, params, nodes, length = kernel
+    c = params["C" if "C" in params else "kernel"].array.shape[0 if "C" in params else 1]
+    form = _long_conv(v, conv, c)
+    term = _skip_term(v, add, conv.output[0], f"{nid}.D.as_channels", c)
+    if form != (True, length) or term is None or term[0] != conv.input[0]:
+        return None
+    params = {**params, "D": Param(term[1].array[:, 0].copy(), f"{nid}.D")}
+    return {"x": conv.input[0], "w": conv.input[1], "conv": conv, "attrs": attrs, "params": params,
+            "nodes": [add, conv, term[2]] + nodes}
+
+
+def _lti(op: str, kernels) -> Matcher:
+    """The matcher of an LTI op's kernel form: one way, or bidirectional: Add(one way on x, flip(one way on
+    flip(x))) with the same kernel value (so the same parameters)."""
+    def match(v: View) -> list[Match]:
+        both, one = [], []
+        for add in v.nodes("Add"):
+            if written(add)[0] not in (None, op):
+                continue
+            fwd = _lti_one_way(v, add.input[0], kernels) if len(add.input) == 2 else None
+            back_sl = _time_reversed(v, add.input[1]) if fwd is not None else None
+            back = _lti_back(v, back_sl.input[0], fwd) if back_sl is not None else None
+            in_sl = _time_reversed(v, back["x"]) if back is not None else None
+            if in_sl is not None and in_sl.input[0] == fwd["x"]:
+                both.append(Match(op, [fwd["x"]], add.output[0], fwd["nodes"] + back["nodes"] + [back_sl, in_sl, add],
+                                  {**fwd["attrs"], "bidirectional": True, **training_attrs(op, add)}, fwd["params"]))
+            one_way = _lti_one_way(v, add.output[0], kernels)
+            if one_way is not None:
+                one.append(Match(op, [one_way["x"]], add.output[0], one_way["nodes"],
+                                 {**one_way["attrs"], "bidirectional": False, **training_attrs(op, add)},
+                                 one_way["params"]))
+        return both + one
+
+    return match
+
+
+def _lti_back(v: View, out: str, fwd: dict):
+    """``out`` = the backward way of a bidirectional LTI op: Add(Conv(x', w), Mul(x', D)) with fwd's very
+    kernel value w, Conv attributes and D initializer."""
+    add = v.made_by(out, "Add")
+    conv = v.made_by(add.input[0], "Conv") if add is not None else None
+    if conv is None or list(conv.input) != [conv.input[0], fwd["w"]]:
+        return None
+    d = fwd["params"]["D"]
+    term = _skip_term(v, add, conv.output[0], d.key + ".as_channels", d.array.shape[0])
+    same = sorted((a.name, View.attr(conv, a.name)) for a in conv.attribute) \
+        == sorted((a.name, View.attr(fwd["conv"], a.name)) for a in fwd["conv"].attribute)
+    if term is None or term[0] != conv.input[0] or not same:
+        return None
+    return {"x": conv.input[0], "nodes": [add, conv, term[2]]}
+
+
+pattern("s4d", first=True)(_lti("s4d", _s4d_kernel))
+pattern("sgconv", first=True)(_lti("sgconv", _sgconv_kernel))
+
+
+# ---- halo_attention (backends/onnx/lower_attention.py) ------------------------------------------------------
+def _halo_template(bias: bool) -> list:
+    qb, kvb = (", $q.bias", ", $kv.bias") if bias else ("", "")
+    return _template(f"""
+        q0 = Conv($x, $q.weight{qb}) kernel_shape=[1,1]
+        q1 = Reshape(q0, $s_q1)
+        q2 = Transpose(q1) perm=[0,1,3,5,4,6,2]
+        qb = Reshape(q2, $s_qb)
+        q = Reshape(q2, $s_q)
+        kv0 = Conv($x, $kv.weight{kvb}) kernel_shape=[1,1]
+        kv1 = Pad(kv0, $pads)
+        kv2 = Gather(kv1, $rows) axis=2
+        kv3 = Gather(kv2, $cols) axis=3
+        kv4 = Reshape(kv3, $s_kv4)
+        kv5 = Transpose(kv4) perm=[0,1,2,4,3,5]
+        kv6 = Reshape(kv5, $s_kv6)
+        kv7 = Transpose(kv6) perm=[0,1,3,4,2]
+        k, v = Split(kv7, $split) axis=4
+        rh0 = Gather($pos_embed.height_rel, $offset) axis=0
+        rh = Transpose(rh0) perm=[0,2,1]
+        rel_h = MatMul(qb, rh)
+        qt = Transpose(qb) perm=[0,1,2,4,3,5]
+        rw0 = Gather($pos_embed.width_rel, $offset) axis=0
+        rw = Transpose(rw0) perm=[0,2,1]
+        rw1 = MatMul(qt, rw)
+        rel_w = Transpose(rw1) perm=[0,1,2,4,3,5]
+        rh6 = Unsqueeze(rel_h, $axis6)
+        rw5 = Unsqueeze(rel_w, $axis5)
+        rel0 = Add(rh6, rw5)
+        rel = Reshape(rel0, $s_rel)
+        kt = Transpose(k) perm=[0,1,2,4,3]
+        lg0 = MatMul(q, kt)
+        lg1 = Mul(lg0, $scale)
+        lg = Add(lg1, rel)
+        sm = Softmax(lg) axis=-1
+        y0 = MatMul(sm, v)
+        y1 = Reshape(y0, $s_y1)
+        y2 = Transpose(y1) perm=[0,1,6,2,4,3,5]
+        y = Reshape(y2, $s_y)
+    """)
+
+
+_HALO = {bias: _halo_template(bias) for bias in (False, True)}
+
+
+@pattern("halo_attention", first=True)
+def _halo_attention(v: View) -> list[Match]:
+    """convdsl's export of halo_attention: q and kv 1x1 Convs, the queries in b x b blocks, the keys and
+    values zero-padded by the halo and gathered as (b + 2 halo)^2 windows at stride b, relative logits from
+    the whole ``pos_embed.height_rel`` / ``width_rel`` tables gathered at table[k - q + win - 1], attention,
+    blocks back to [N, dim, H, W].  Every shape, pad, index and the scale are checked against the sizes
+    the parameters and the first Reshape give."""
+    import math
+
+    out = []
+    for last in v.nodes("Reshape"):
+        for bias in (False, True):
+            got = _walk(v, _HALO[bias], last.output[0], "halo_attention")
+            if got is not None:
+                break
+        if got is None:
+            continue
+        bound, nodes = got
+        s_q1 = _ints(v, bound["$s_q1"])
+        qw, rel = v.const(bound["$q.weight"]), v.const(bound["$pos_embed.height_rel"])
+        if s_q1 is None or len(s_q1) != 7 or qw is None or qw.array.ndim != 4 or rel is None or rel.array.ndim != 2:
+            continue
+        _, heads, d, nh, b, nw, _ = s_q1
+        dim, c = int(qw.array.shape[0]), int(qw.array.shape[1])
+        win = (int(rel.array.shape[0]) + 1) // 2
+        halo = (win - b) // 2
+        if min(heads, d, nh, b, nw) < 1 or halo < 0 or win != b + 2 * halo or heads * d != dim:
+            continue
+        shapes = {"q.weight": (dim, c, 1, 1), "kv.weight": (2 * dim, c, 1, 1),
+                  "pos_embed.height_rel": (2 * win - 1, d), "pos_embed.width_rel": (2 * win - 1, d)}
+        if bias:
+            shapes.update({"q.bias": (dim,), "kv.bias": (2 * dim,)})
+        found = _param_leaves(v, bound, shapes)
+        h, w = nh * b, nw * b
+        expected = {
+            "$s_q1": [0, heads, d, nh, b, nw, b], "$s_qb": [0, heads, nh * nw, b, b, d],
+            "$s_q": [0, heads, nh * nw, b * b, d], "$pads": [0, 0, halo, halo, 0, 0, halo, halo],
+            "$rows": list((np.arange(nh)[:, None] * b + np.arange(win)[None, :]).ravel()),
+            "$cols": list((np.arange(nw)[:, None] * b + np.arange(win)[None, :]).ravel()),
+            "$s_kv4": [0, 2 * dim, nh, win, nw, win], "$s_kv6": [0, heads, 2 * d, nh * nw, win * win],
+            "$split": [d, d], "$offset": list((np.arange(win)[None, :] - np.arange(b)[:, None] + win - 1).ravel()),
+            "$axis6": [6], "$axis5": [5], "$s_rel": [0, heads, nh * nw, b * b, win * win],
+            "$s_y1": [0, heads, nh, nw, b, b, d], "$s_y": [0, dim, h, w],
+        }
+        offset = v.const(bound["$offset"])
+        scale = v.const(bound["$scale"])
+        if found is None or any(_ints(v, bound[k]) != e for k, e in expected.items()) \
+                or offset.array.shape != (b, win) or scale is None or scale.array.shape != () \
+                or scale.array.dtype != np.float32:
+            continue
+        s = float(scale.array)
+        attrs = {"heads": heads, "block_size": b, "halo": halo, "dim": dim, "qkv_bias": bias,
+                 "scale": None if np.float32(1.0 / math.sqrt(d)) == scale.array else simplest({"s": s})["s"]}
+        out.append(Match("halo_attention", [bound["$x"]], last.output[0], nodes, attrs, found[1],
+                         input_shape=(None, c, h, w)))
     return out

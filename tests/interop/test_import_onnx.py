@@ -24,18 +24,10 @@ ROOT = Path(__file__).resolve().parents[2] / "examples"
 # leaves this table), each with the reason docs/interop.md gives
 _WINDOW = ("window_attention exports as window partition, cyclic-shift Gathers and MatMul-Softmax-MatMul with "
            "its relative position bias and shift mask computed at export; no import pattern recovers it yet")
-_LONG_CONV = ("the long-convolution form: the kernel is computed from the SSM's parameters at export, so those "
-              "parameters are not in the file")
 NOT_ROUND_TRIP = {
     "maxvit_t.cdl": _WINDOW,
     "swin_t.cdl": _WINDOW,
     "papers/moat_block.cdl": _WINDOW,
-    "papers/halonet_block.cdl": "halo attention's relative position tables are gathered at export: the 2*halo rows "
-                                "of height_rel/width_rel no query-key pair reads are not in the file (and the "
-                                "gathered [b, d, win] tables meet the linear mapping: a located error)",
-    "papers/hyena_block.cdl": _LONG_CONV,
-    "papers/s4d_classifier.cdl": _LONG_CONV,
-    "papers/sgconv_classifier.cdl": _LONG_CONV,
 }
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 

@@ -96,6 +96,29 @@ def sgconv_length(attrs: dict) -> int:
     return attrs["kernel_dim"] * 2 ** (attrs["n_scales"] - 1)
 
 
+def sgconv_upsampling(taps: int, factor: int, interp: str) -> "np.ndarray":
+    """The [taps, taps * factor] matrix M with piece @ M = F.interpolate(piece, scale_factor=factor,
+    mode=interp) (align_corners=false) for a piece of ``taps`` samples, in float64: SGConv's upsampling
+    as a product, which the ONNX export writes and its importer checks.  Linear: the source position
+    of output x is max((x + 1/2) / factor - 1/2, 0), split between its two neighbours; nearest:
+    floor(x / factor)."""
+    import numpy as np
+
+    out = taps * factor
+    m = np.zeros((taps, out))
+    x = np.arange(out)
+    if interp == "nearest":
+        m[np.minimum(x // factor, taps - 1), x] = 1.0
+        return m
+    src = np.maximum((x + 0.5) / factor - 0.5, 0.0)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, taps - 1)
+    w1 = src - i0
+    np.add.at(m, (i0, x), 1.0 - w1)
+    np.add.at(m, (i1, x), w1)
+    return m
+
+
 def _sg_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
     c, _ = seq_dims("sgconv", ins[0])
     return {

@@ -370,3 +370,20 @@ def test_errors_point_at_the_cdl_source():
     with pytest.raises(ShapeError) as err:
         graph("s4d(state=8)", (2, 16))
     assert err.value.span is not None and err.value.span.line == 2
+
+
+@pytest.mark.parametrize("interp", ["linear", "nearest"])
+@pytest.mark.parametrize("taps, factor", [(1, 2), (3, 1), (5, 4), (8, 8), (32, 16)])
+def test_sgconv_upsampling_matrix_is_f_interpolate(taps, factor, interp):
+    """The matrix the ONNX export multiplies SGConv's pieces by (and its importer checks) is
+    F.interpolate's upsampling, applied to the identity."""
+    import torch
+    import torch.nn.functional as F
+
+    from convdsl.ir.ops.ssm import sgconv_upsampling
+
+    ref = F.interpolate(torch.eye(taps, dtype=torch.float64)[None], scale_factor=factor, mode=interp)[0].numpy()
+    np.testing.assert_array_equal(sgconv_upsampling(taps, factor, interp), ref)
+    piece = torch.randn(3, taps, dtype=torch.float64)
+    np.testing.assert_allclose(piece.numpy() @ sgconv_upsampling(taps, factor, interp),
+                               F.interpolate(piece[None], scale_factor=factor, mode=interp)[0].numpy(), rtol=1e-12)
