@@ -184,7 +184,7 @@ def generate(graph: Graph) -> Generated:
             _check_name(node.id, node)
             init_lines.extend(_containers(node.id, containers))
             init_lines.append(_assign_param(node.id, _param_ctor(graph, node)))
-            expr = low.param_call(node, in_types, _param_ref(node.id), in_names)
+            expr = low.param_call(node, in_types, _param_ref(node.id, graph.params.specs[node.id].buffer), in_names)
         elif low.module is not None:
             ctor = low.module(node, in_types)
             if ctor is not None:
@@ -365,10 +365,14 @@ def _assign_param(path: str, ctor: str) -> str:
     return f"{holder}.register_parameter({last!r}, {ctor})"
 
 
-def _param_ref(path: str) -> str:
+def _param_ref(path: str, buffer: bool = False) -> str:
+    """How forward reads the parameter (or buffer) at ``path``: an attribute, or, for a name that is no
+    identifier (an ONNX initializer's ``a/const_4``), the registry it was registered in."""
     parent, _, last = path.rpartition(".")
     holder = module_ref(parent) if parent else "self"
-    return f"{holder}.{last}" if _safe_attr(last) else f"{holder}._parameters[{last!r}]"
+    if _safe_attr(last):
+        return f"{holder}.{last}"
+    return f"{holder}.{'_buffers' if buffer else '_parameters'}[{last!r}]"
 
 
 def _reuse(graph: Graph, node: Node, in_vals: list[Value], var: dict[Value, str], protected: set[str],
