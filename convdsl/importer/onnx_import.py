@@ -28,6 +28,7 @@ from convdsl.ir.types import TensorType
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 from convdsl.importer.onnx_patterns import View, find as find_patterns, simplest as _simplest, training_attrs, written
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
+from convdsl.importer import onnx_window
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
 
@@ -867,6 +868,31 @@ def _f32(v: float) -> float:
     return float(str(np.float32(v)))  # numpy writes the shortest decimal that rounds back (7 digits may not)
 
 
+def _window_scope(b: Builder, scope, graph, env: dict, consumers: dict, opsets, file: str) -> None:
+    """A ShiftedWindowAttentionV2 scope (onnx_window) as one window_attention(v2=true) named by its module
+    path, once its last node is reached; a located error naming the scope and what differs if not exact."""
+    chain = _scopes(scope.anchor.name, set())
+    gchain = chain[: chain.index(scope.nid)] if scope.nid in chain else chain
+    for c in gchain:
+        b.modules.setdefault(c, "onnx." + _scope_class(c))
+    origin = Origin(scope.anchor.name, scope.anchor.op_type, scope.nid, Span(file, 1, 1))
+    xs = [env.get(i) for n in scope.nodes for i in n.input if isinstance(env.get(i), Value)]
+    try:
+        if not xs:
+            raise onnx_window.NoMatch("the module reads no computed tensor")
+        got = onnx_window.match(scope, graph, env, consumers, opsets, tuple(b.graph.type_of(xs[0]).shape))
+    except onnx_window.NoMatch as e:
+        raise located(origin, f"this looks like torchvision's ShiftedWindowAttentionV2 ('{scope.nid}'), but it is "
+                              f"not exactly window_attention(v2=true): {e}",
+                      "only the form torch.onnx writes for torchvision's module is recognised") from None
+    arrays = {local: c.array for local, c in got.params.items()}
+    v = b.add("window_attention", [env[got.x]], got.attrs, id=scope.nid, chain=gchain, origin=origin,
+              params=arrays)[0]
+    env[scope.output] = v
+    for name, a in got.sizes.items():
+        env[name] = Const(a)
+
+
 def load_model(path: str | os.PathLike):
     try:
         import onnx
@@ -928,7 +954,14 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
     replaced = {n.name or id(n) for _, nodes in gelus.values() for n in nodes}
     matches = find_patterns(View(graph, producer, consumers, env, {o.name for o in graph.output}))
     matched = {id(n) for m in matches.values() for n in m.nodes}
+    windows = onnx_window.find_scopes(graph, env)  # torchvision's ShiftedWindowAttentionV2, imported whole
+    in_window = {id(n): s for s in windows for n in s.nodes}
     for i, node in enumerate(graph.node):
+        scope = in_window.get(id(node))
+        if scope is not None:
+            if node is scope.last:
+                _window_scope(b, scope, graph, env, consumers, model.opset_import, file)
+            continue
         if node.op_type == "Constant" or node.name in skip:
             continue
         chain = _scopes(node.name, set())

@@ -804,6 +804,72 @@ def test_torchvision_swin_through_torch_onnx(tmp_path):
     assert set(m.state_dict()) - set(r.weights) <= {k for k in m.state_dict() if k.endswith("relative_position_index")}
 
 
+def _tv_swin_v2(torch, window=(2, 2)):
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    m = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=list(window),
+                        num_classes=5, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2).eval()
+    with torch.no_grad():  # torchvision zeroes the k bias and the head's bias: random values everywhere
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+@pytest.mark.parametrize("window, size", [((2, 2), 32), ((3, 2), 40)])
+def test_torchvision_swin_v2_through_torch_onnx(window, size, tmp_path):
+    """torchvision's ShiftedWindowAttentionV2 through torch.onnx is one window_attention(v2=true) per block,
+    shifted and not, with torchvision's keys: the compiled state_dict has the source's keys less the buffers
+    the op recomputes, each loads the other's, outputs within 1e-5 at batch 2 and 3.  (3, 2) windows on
+    40x40: padded, and a rectangular window's coordinates table and index."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from convdsl.backends.torch import build_module
+    from convdsl.ir.weights import derived_buffers
+
+    m = _tv_swin_v2(torch, window)
+    r = _torch_onnx(m, torch.randn(1, 3, size, size), tmp_path)
+    attn = [n for n in r.graph.nodes() if n.op == "window_attention"]
+    assert [n.attrs["v2"] for n in attn] == [True] * 4 and [n.attrs["shift"] != 0 for n in attn] == [False, True] * 2
+    derived = set(derived_buffers(r.graph))
+    assert derived == {f"features.{i}.{j}.attn.{b}" for i in (1, 3) for j in (0, 1)
+                       for b in ("relative_coords_table", "relative_position_index")}
+    mod = build_module(r.graph)
+    assert set(mod.state_dict()) == set(m.state_dict()) - derived
+    mod.load_state_dict({k: v for k, v in m.state_dict().items() if k not in derived})
+    m.load_state_dict(mod.state_dict(), strict=False)
+
+
+def _edit_initializer(f, name: str, fn) -> None:
+    from onnx import numpy_helper
+
+    model = onnx.load(str(f))
+    for init in model.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(init)), name))
+    onnx.save(model, str(f))
+
+
+@pytest.mark.parametrize("name, fn, says", [
+    ("features.1.0.attn.relative_coords_table", lambda a: a * np.float32(1.0000001), "relative coordinates table"),
+    ("features.1.0.attn.relative_position_index", lambda a: a[::-1].copy(), "relative position index"),
+])
+def test_a_swin_v2_attention_that_differs_is_a_located_error(name, fn, says, tmp_path):
+    """The constants are compared exactly: a coordinates table one ulp off, or another index, is no
+    window_attention(v2=true); the error names the module and what differs."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    m = _tv_swin_v2(torch)
+    f = tmp_path / "m.onnx"
+    torch.onnx.export(m, (torch.randn(1, 3, 32, 32),), str(f), dynamo=False, do_constant_folding=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    _edit_initializer(f, name, fn)
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(f)
+    msg = e.value.render()
+    assert "features.1.0.attn" in msg and "ShiftedWindowAttentionV2" in msg and says in msg, msg
+
+
 def test_torchvision_vit_mha_size_check_folds(tmp_path):
     """nn.MultiheadAttention's exported graph carries Mod (embed_dim % num_heads) on constants."""
     torch = pytest.importorskip("torch")
