@@ -509,16 +509,27 @@ def _reshape(cx: Ctx):
 
 
 def _flattened(t: TensorType, type_of, cx: Ctx, shape) -> dict | None:
-    """flatten's start and end for a Reshape of ``t`` that joins dims start..end into one."""
+    """flatten's start and end for a Reshape of ``t`` that joins dims start..end into one: the target is
+    t's shape with that run replaced by its size (0 / -1 for a copied or the batch-dependent size), the
+    first run that fits (``flatten(1, 2)`` of [N, H, W, C] is the target [0, H*W, C])."""
     spec = shape.values.tolist() if isinstance(shape, Dims) else [int(d) for d in cx.const(1)] \
         if isinstance(shape, Const) else None
     if spec is None or len(spec) > t.rank:
         return None
-    start = len(spec) - 1
-    end = start + t.rank - len(spec)
-    if not all(d in (0, -1, t.shape[i]) for i, d in enumerate(spec[:start])):
-        return None
-    return {"start": start, "end": -1 if end == t.rank - 1 else end}
+    dims = list(t.shape)
+
+    def same(d, i: int) -> bool:
+        return d == dims[i] or (d == 0 and i < len(spec)) or d == -1
+
+    for start in range(len(spec)):
+        end = start + t.rank - len(spec)
+        run = dims[start:end + 1]
+        joined = math.prod(run) if all(isinstance(x, int) for x in run) else None
+        if all(same(d, i) for i, d in enumerate(spec[:start])) \
+                and all(d == dims[end + 1 + i] for i, d in enumerate(spec[start + 1:])) \
+                and (spec[start] == -1 or spec[start] == joined or (start == 0 and spec[start] == 0 and end == 0)):
+            return {"start": start, "end": -1 if end == t.rank - 1 else end}
+    return None
 
 
 @onnx_op("Transpose")
