@@ -893,9 +893,11 @@ def _window_scope(b: Builder, scope, graph, env: dict, consumers: dict, opsets, 
             raise onnx_window.NoMatch("the module reads no computed tensor")
         got = onnx_window.match(scope, graph, env, consumers, opsets, tuple(b.graph.type_of(xs[0]).shape))
     except onnx_window.NoMatch as e:
-        raise located(origin, f"this looks like torchvision's ShiftedWindowAttentionV2 ('{scope.nid}'), but it is "
-                              f"not exactly window_attention(v2=true): {e}",
-                      "only the form torch.onnx writes for torchvision's module is recognised") from None
+        what = "convdsl's export of window_attention" if scope.record is not None else \
+            "torchvision's ShiftedWindowAttentionV2"
+        raise located(origin, f"this looks like {what} ('{scope.nid}'), but it is not exactly window_attention: {e}",
+                      "the form convdsl's exporter and torch.onnx write for torchvision's module is recognised, "
+                      "nothing else") from None
     arrays = {local: c.array for local, c in got.params.items()}
     v = b.add("window_attention", [env[got.x]], got.attrs, id=scope.nid, chain=gchain, origin=origin,
               params=arrays)[0]

@@ -1,25 +1,31 @@
-"""torchvision's ShiftedWindowAttentionV2 in a torch.onnx file -> ``window_attention(v2=true)``.
+"""Window attention in an ONNX file -> ``window_attention``: torchvision's ShiftedWindowAttentionV2 as
+torch.onnx writes it, and convdsl's own export of window_attention (V1 and V2), which writes the same form.
 
 torch.onnx writes the module as some 900 nodes under its name scope (``/features/features.1/
 features.1.0/attn/...``): its continuous position bias MLP on the constant ``relative_coords_table``,
 the shift mask built from sizes, the padding and shift arithmetic, and the attention itself.  Op for op
-the cpb MLP would fold into a constant and lose its parameters; so the scope is imported whole, found by
-its anchor (a ``MatMul`` of a constant by ``Transpose(<attn>.cpb_mlp.0.weight)`` in a node named
-``.../cpb_mlp/cpb_mlp.0/MatMul``) and checked exactly:
+the cpb MLP would fold into a constant and lose its parameters; so the scope is imported whole.  It is
+found by its anchor (a ``MatMul`` of a constant by ``Transpose(<attn>.cpb_mlp.0.weight)`` in a node named
+``.../cpb_mlp/cpb_mlp.0/MatMul``), or, for convdsl's export, by the nodes' doc strings (``convdsl
+window_attention {"window": [wh, ww], "shift": ..., "qkv": ..., "proj": ...}``: V1's window size, the
+projection names and the training-only dropouts, which the nodes do not hold), and checked exactly:
 
-- the scope reads one computed tensor x [N, H, W, C] and one value of it is read outside;
+- the scope reads one computed tensor x [N, H, W, C] and one tensor of it is read outside;
 - every size computation in it is evaluated (``onnx_shapes``) with x's shape, the batch a fixed
   stand-in number so that a size that does not follow the batch shows;
 - the nodes that compute with x or with a parameter (the *data* nodes) must be exactly the sequence of
-  torchvision's ``shifted_window_attention`` (pad, cyclic shift, window partition, q/k/v with the key's
-  bias zeroed by ScatterND, F.normalize, the clamped logit scale, 16 sigmoid of the cpb MLP gathered by
-  the index, the shift mask, softmax, projection, back), each with the sizes, permutations, axes and
-  constants window_attention computes with: the coordinates table equal to ``relative_coords_table``
-  and the index to ``relative_position_index`` element for element, the mask to ``shift_mask``,
-  the clamp to float32 log 100, F.normalize's eps 1e-12;
-- the parameters are under ``<attn>.<local>``, torchvision's keys.
+  torchvision's ``shifted_window_attention`` (pad, cyclic shift, window partition, q/k/v with V2's key
+  bias zeroed by ScatterND, q times the scale or V2's F.normalize and clamped logit scale, the bias
+  table gathered by the index (V2: 16 sigmoid of the cpb MLP's), the shift mask, softmax, projection,
+  back), each with the sizes, permutations, axes and constants window_attention computes with: the
+  coordinates table equal to ``relative_coords_table`` and the index to ``relative_position_index``
+  element for element, the mask to the shifted-window mask, the clamp to float32 log 100, F.normalize's
+  eps 1e-12; every data node of the scope is one of them;
+- the parameters are under ``<attn>.<local>``: torchvision's keys, and convdsl's.
 
-Anything else is a located error naming the scope and the first thing that differs.
+A recorded value is used only where the nodes agree with it (a recorded shift the rolls do not compute
+is replaced by the one they do).  Anything else is a located error naming the scope and the first thing
+that differs.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ class Scope:
     nodes: list  # every node of the scope, in graph order
     last: Any = None  # the scope's last node (the op is added there)
     output: str | None = None  # the one value read outside
+    record: dict | None = None  # convdsl's export: the attributes its doc strings record (else torchvision's)
 
 
 def find_scopes(graph, env: dict) -> list[Scope]:
@@ -67,6 +74,18 @@ def find_scopes(graph, env: dict) -> list[Scope]:
             continue
         prefix = mm.name[: -len(ANCHOR)]
         out.append(_scope(every, producer, prefix, key[: -len(".cpb_mlp.0.weight")], mm))
+    # convdsl's own export: nodes named <id>/<Op>, their doc strings ``convdsl window_attention {...}``
+    from convdsl.importer.onnx_patterns import written
+
+    firsts: dict[str, Any] = {}
+    for n in every:
+        op, rec = written(n)
+        if op == "window_attention" and "/" in n.name and n.name.rsplit("/", 1)[0] not in firsts:
+            firsts[n.name.rsplit("/", 1)[0]] = (n, rec)
+    for nid, (n, rec) in firsts.items():
+        sc = _scope(every, producer, nid + "/", nid, n)
+        sc.record = rec
+        out.append(sc)
     return out
 
 
@@ -306,7 +325,10 @@ def _attr_of(node, name: str, default: Any = None) -> Any:
 def _reshape(w: _Walk, name: str, target: list[int]) -> str:
     rs = w.next(name, "Reshape")
     got = w.ints(rs.input[1])
-    if w.shape(rs.output[0]) != tuple(target) or any(g not in (t, -1) for g, t in zip(got, target)) \
+    have = w.shape(name)
+    copied = [k < len(have) and g == 0 and have[k] == t for k, (g, t) in enumerate(zip(got, target))]
+    if w.shape(rs.output[0]) != tuple(target) or _attr_of(rs, "allowzero", 0) \
+            or any(g not in (t, -1) and not cp for g, t, cp in zip(got, target, copied)) \
             or len(got) != len(target) or got.count(-1) > 1:
         raise NoMatch(f"{rs.name} should reshape to {target}, not {got}")
     return rs.output[0]
@@ -341,7 +363,7 @@ def _roll(w: _Walk, name: str, shape: tuple) -> tuple[str, dict[int, int]]:
     """torch.roll as torch.onnx writes it, Concat(Slice(x, a:), Slice(x, :a)) per axis: the value after
     the rolls and {axis: shift} (torch.roll's shift, modulo the size)."""
     shifts: dict[int, int] = {}
-    while True:
+    while name != w.s.output:
         users = w.readers(name)
         if len(users) != 2 or any(u.op_type != "Slice" for u in users):
             return name, shifts
@@ -361,6 +383,7 @@ def _roll(w: _Walk, name: str, shape: tuple) -> tuple[str, dict[int, int]]:
         w.seen.update({id(users[0]), id(users[1]), id(concat)})
         shifts[axis] = (-a) % size
         name = concat.output[0]
+    return name, shifts
 
 
 def _normalize(w: _Walk, name: str) -> str:
@@ -393,52 +416,6 @@ def _normalize(w: _Walk, name: str) -> str:
     return div.output[0]
 
 
-def _cpb_bias(w: _Walk, name: str, wh: int, ww: int, heads: int) -> dict:
-    """``name`` = 16 sigmoid(cpb_mlp(coords)[index].view(T, T, heads).permute(2, 0, 1).unsqueeze(0)); the
-    parameters of the MLP (checked: the coordinates and the index exactly)."""
-    t = wh * ww
-    mul = w.made(name, "Mul")
-    sig = None
-    for i in (0, 1):
-        v = w.get(mul.input[1 - i])
-        if not isinstance(v, Ghost) and _array(v).size == 1 and float(_array(v).reshape(-1)[0]) == 16.0:
-            sig = w.made(mul.input[i], "Sigmoid")
-    if sig is None:
-        raise NoMatch(f"{mul.name} should be 16 * sigmoid(...)")
-    un = w.made(sig.input[0], "Unsqueeze")
-    if (w.ints(un.input[1]) if len(un.input) > 1 else list(_attr_of(un, "axes", []))) != [0]:
-        raise NoMatch(f"{un.name} should unsqueeze dim 0")
-    tr = w.made(un.input[0], "Transpose")
-    rs = w.made(tr.input[0], "Reshape")
-    ga = w.made(rs.input[0], "Gather")
-    rs0 = w.made(ga.input[0], "Reshape")
-    if list(_attr_of(tr, "perm", [])) != [2, 0, 1] or w.shape(rs.output[0]) != (t, t, heads) \
-            or w.shape(rs0.output[0]) != ((2 * wh - 1) * (2 * ww - 1), heads) or _attr_of(ga, "axis", 0) != 0:
-        raise NoMatch(f"{ga.name}: the bias table should be gathered by the relative position index into "
-                      f"[{t}, {t}, {heads}] and permuted to [heads, T, T]")
-    index = w.const(ga.input[1])
-    want = np.asarray(_relative_position_index(wh, ww)).reshape(-1)
-    if index.dtype.kind not in "iu" or index.shape != want.shape or not np.array_equal(index, want):
-        raise NoMatch(f"{ga.name}: the index is not the relative position index of a {wh}x{ww} window")
-    mm2 = w.made(rs0.input[0], "MatMul")
-    w2 = w.param(w.made(mm2.input[1], "Transpose").input[0], "cpb_mlp.2.weight")
-    relu = w.made(mm2.input[0], "Relu")
-    add = w.made(relu.input[0], "Add")
-    mm1 = w.s.anchor
-    b1 = w.param(w.other(add, mm1.output[0]), "cpb_mlp.0.bias")
-    w.seen.add(id(mm1))
-    w1 = w.param(w.made(mm1.input[1], "Transpose").input[0], "cpb_mlp.0.weight")
-    coords = _array(w.get(mm1.input[0]))
-    want = _relative_coords_table(wh, ww)
-    if coords.shape != want.shape or coords.dtype != want.dtype or not np.array_equal(coords, want):
-        raise NoMatch(f"{mm1.name}: the cpb MLP's input is not SwinV2's relative coordinates table of a "
-                      f"{wh}x{ww} window")
-    for tw in (w.made(mm2.input[1], "Transpose"), w.made(mm1.input[1], "Transpose")):
-        if list(_attr_of(tw, "perm", [1, 0])) != [1, 0]:
-            raise NoMatch(f"{tw.name} should transpose the weight")
-    return {"cpb_mlp.0.weight": w1, "cpb_mlp.0.bias": b1, "cpb_mlp.2.weight": w2}
-
-
 def _relative_coords_table(wh: int, ww: int) -> np.ndarray:
     from convdsl.ir.ops.attention import relative_coords_table
 
@@ -465,19 +442,100 @@ def _shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndar
     return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
 
 
-def check_v2(w: _Walk) -> Checked:
-    """The walk over torchvision's shifted_window_attention (v2: logit_scale and cpb_mlp given)."""
-    s = w.s
+def _table_bias(w: _Walk, name: str, wh: int, ww: int, heads: int) -> str:
+    """``name`` = table[index].view(T, T, -1).permute(2, 0, 1).unsqueeze(0) with the relative position index
+    of a wh x ww window (checked exactly): the gathered table's value name."""
+    t = wh * ww
+    un = w.made(name, "Unsqueeze")
+    if (w.ints(un.input[1]) if len(un.input) > 1 else list(_attr_of(un, "axes", []))) != [0]:
+        raise NoMatch(f"{un.name} should unsqueeze dim 0")
+    tr = w.made(un.input[0], "Transpose")
+    rs = w.made(tr.input[0], "Reshape")
+    ga = w.made(rs.input[0], "Gather")
+    if list(_attr_of(tr, "perm", [])) != [2, 0, 1] or w.shape(rs.output[0]) != (t, t, heads) \
+            or w.shape(ga.input[0]) != ((2 * wh - 1) * (2 * ww - 1), heads) or _attr_of(ga, "axis", 0) != 0:
+        raise NoMatch(f"{ga.name}: the bias table should be gathered by the relative position index into "
+                      f"[{t}, {t}, {heads}] and permuted to [heads, T, T]")
+    index = w.const(ga.input[1])
+    want = np.asarray(_relative_position_index(wh, ww)).reshape(-1)
+    if index.dtype.kind not in "iu" or index.shape != want.shape or not np.array_equal(index, want):
+        raise NoMatch(f"{ga.name}: the index is not the relative position index of a {wh}x{ww} window")
+    return ga.input[0]
+
+
+def _cpb_bias(w: _Walk, name: str, wh: int, ww: int, heads: int) -> dict:
+    """``name`` = 16 sigmoid(cpb_mlp(coords).view(-1, heads)[index]...) (SwinV2's); the MLP's parameters
+    (checked: the coordinates exactly)."""
+    mul = w.made(name, "Mul")
+    sig = None
+    for i in (0, 1):
+        v = w.get(mul.input[1 - i])
+        if not isinstance(v, Ghost) and _array(v).size == 1 and float(_array(v).reshape(-1)[0]) == 16.0:
+            sig = w.made(mul.input[i], "Sigmoid")
+    if sig is None:
+        raise NoMatch(f"{mul.name} should be 16 * sigmoid(...)")
+    table = _table_bias(w, sig.input[0], wh, ww, heads)
+    rs0 = w.made(table, "Reshape")
+    if w.shape(rs0.input[0]) != (1, 2 * wh - 1, 2 * ww - 1, heads):
+        raise NoMatch(f"{rs0.name} should read the cpb MLP's [1, {2 * wh - 1}, {2 * ww - 1}, {heads}]")
+    mm2 = w.made(rs0.input[0], "MatMul")
+    w2 = w.param(w.made(mm2.input[1], "Transpose").input[0], "cpb_mlp.2.weight")
+    relu = w.made(mm2.input[0], "Relu")
+    add = w.made(relu.input[0], "Add")
+    mm1 = next((w.made(i, "MatMul") for i in add.input if isinstance(w.get(i), Ghost)), None)
+    if mm1 is None:
+        raise NoMatch(f"{add.name} should add the cpb MLP's first bias")
+    b1 = w.param(w.other(add, mm1.output[0]), "cpb_mlp.0.bias")
+    w1 = w.param(w.made(mm1.input[1], "Transpose").input[0], "cpb_mlp.0.weight")
+    coords = _array(w.get(mm1.input[0]))
+    want = _relative_coords_table(wh, ww)
+    if coords.shape != want.shape or coords.dtype != want.dtype or not np.array_equal(coords, want):
+        raise NoMatch(f"{mm1.name}: the cpb MLP's input is not SwinV2's relative coordinates table of a "
+                      f"{wh}x{ww} window")
+    for tw in (w.made(mm2.input[1], "Transpose"), w.made(mm1.input[1], "Transpose")):
+        if list(_attr_of(tw, "perm", [1, 0])) != [1, 0]:
+            raise NoMatch(f"{tw.name} should transpose the weight")
+    if w1.array.shape[1] != 2 or b1.array.shape != w1.array.shape[:1] or w2.array.shape != (heads, w1.array.shape[0]):
+        raise NoMatch("the cpb MLP should be Linear(2, hidden) - ReLU - Linear(hidden, heads, bias=False)")
+    return {"cpb_mlp.0.weight": w1, "cpb_mlp.0.bias": b1, "cpb_mlp.2.weight": w2}
+
+
+def _window(w: _Walk) -> tuple[bool, int, int, int]:
+    """(v2, wh, ww, heads): V2 from its coordinates table (the cpb MLP's input) and logit_scale; V1 (only
+    convdsl's export, which records the window) from the record and the bias table's shape."""
+    s, rec = w.s, w.s.record
+    logit = w.env.get(s.nid + ".logit_scale")
+    if logit is not None:
+        logit = w.param(s.nid + ".logit_scale", "logit_scale")
+        if logit.array.ndim != 3 or logit.array.shape[1:] != (1, 1):
+            raise NoMatch(f"{s.nid}.logit_scale should be [heads, 1, 1]")
+        coords = next((w.get(n.input[0]) for n in w.data if n.op_type == "MatMul" and n.input[1] in w.producer
+                       and w.producer[n.input[1]].op_type == "Transpose"
+                       and w.producer[n.input[1]].input[0] == s.nid + ".cpb_mlp.0.weight"), None)
+        coords = _array(coords) if coords is not None and not isinstance(coords, Ghost) else np.zeros(0)
+        if coords.ndim != 4 or coords.shape[0] != 1 or coords.shape[3] != 2 or min(coords.shape[1:3]) < 3 \
+                or coords.shape[1] % 2 == 0 or coords.shape[2] % 2 == 0:
+            raise NoMatch("the cpb MLP's input should be a [1, 2wh-1, 2ww-1, 2] table")
+        return True, (coords.shape[1] + 1) // 2, (coords.shape[2] + 1) // 2, int(logit.array.shape[0])
+    win = rec.get("window") if rec is not None else None
+    table = w.env.get(s.nid + ".relative_position_bias_table")
+    if not (isinstance(win, list) and len(win) == 2 and all(type(i) is int and i > 0 for i in win)) \
+            or table is None or getattr(table, "array", np.zeros(0)).ndim != 2:
+        raise NoMatch("no window size: neither SwinV2's coordinates table nor convdsl's record and bias table")
+    wh, ww = win
+    if table.array.shape[0] != (2 * wh - 1) * (2 * ww - 1):
+        raise NoMatch(f"{table.key} should have {(2 * wh - 1) * (2 * ww - 1)} rows for a {wh}x{ww} window")
+    return False, wh, ww, int(table.array.shape[1])
+
+
+def check(w: _Walk) -> Checked:
+    """The walk over torchvision's shifted_window_attention (with logit_scale and cpb_mlp: V2), node by node."""
+    s, rec = w.s, w.s.record or {}
     b, h, wd, c = w.shape(w.x)
-    logit = w.param(s.nid + ".logit_scale", "logit_scale") if (s.nid + ".logit_scale") in w.env else None
-    if logit is None or logit.array.ndim != 3 or logit.array.shape[1:] != (1, 1):
-        raise NoMatch(f"no parameter {s.nid}.logit_scale of shape [heads, 1, 1]")
-    heads = int(logit.array.shape[0])
-    coords = _array(w.get(s.anchor.input[0]))
-    if coords.ndim != 4 or coords.shape[0] != 1 or coords.shape[3] != 2 or min(coords.shape[1:3]) < 3 \
-            or coords.shape[1] % 2 == 0 or coords.shape[2] % 2 == 0:
-        raise NoMatch(f"{s.anchor.name}: the cpb MLP's input should be a [1, 2wh-1, 2ww-1, 2] table")
-    wh, ww = (coords.shape[1] + 1) // 2, (coords.shape[2] + 1) // 2
+    v2, wh, ww, heads = _window(w)
+    qkv_name, proj_name = rec.get("qkv", "qkv"), rec.get("proj", "proj")
+    if not all(isinstance(n, str) and n.isidentifier() for n in (qkv_name, proj_name)):
+        raise NoMatch("the recorded projection names are no identifiers")
     if c % heads:
         raise NoMatch(f"{c} channels do not split into {heads} heads")
     d, t = c // heads, wh * ww
@@ -510,25 +568,28 @@ def check_v2(w: _Walk) -> Checked:
     cur = _reshape(w, cur, [b, nh, wh, nw, ww, c])
     cur = _transpose(w, cur, [0, 1, 3, 2, 4, 5])
     cur = _reshape(w, cur, [b * nwin, t, c])
-    # q, k, v (the key's third of the bias zeroed)
-    params: dict[str, Any] = {"logit_scale": logit}
+    # q, k, v (V2: the key's third of the bias zeroed)
+    params: dict[str, Any] = {}
     mm = w.next(cur, "MatMul")
     if mm.input[0] != cur:
         raise NoMatch(f"{mm.name} should multiply the windows by the qkv weight")
-    params["qkv.weight"] = w.param(w.made(mm.input[1], "Transpose").input[0], "qkv.weight")
-    if params["qkv.weight"].array.shape != (3 * c, c):
-        raise NoMatch(f"qkv.weight should be [{3 * c}, {c}]")
+    params[f"{qkv_name}.weight"] = w.param(w.made(mm.input[1], "Transpose").input[0], f"{qkv_name}.weight")
+    if params[f"{qkv_name}.weight"].array.shape != (3 * c, c):
+        raise NoMatch(f"{qkv_name}.weight should be [{3 * c}, {c}]")
     cur = mm.output[0]
     users = w.readers(cur)
     qkv_bias = len(users) == 1 and users[0].op_type == "Add"
     if qkv_bias:
         add = w.next(cur, "Add")
-        sc = w.made(w.other(add, cur), "ScatterND")
-        params["qkv.bias"] = w.param(sc.input[0], "qkv.bias")
-        idx, upd = w.const(sc.input[1]), w.const(sc.input[2])
-        if idx.shape != (c, 1) or not np.array_equal(idx.reshape(-1), np.arange(c, 2 * c)) \
-                or upd.shape != (c,) or np.any(upd != 0) or _attr_of(sc, "reduction", "none") != "none":
-            raise NoMatch(f"{sc.name} should zero the key's third of the q/k/v bias")
+        bias = w.other(add, cur)
+        if v2:
+            sc = w.made(bias, "ScatterND")
+            idx, upd = w.const(sc.input[1]), w.const(sc.input[2])
+            if idx.shape != (c, 1) or not np.array_equal(idx.reshape(-1), np.arange(c, 2 * c)) \
+                    or upd.shape != (c,) or np.any(upd != 0) or _attr_of(sc, "reduction", "none") != "none":
+                raise NoMatch(f"{sc.name} should zero the key's third of the q/k/v bias")
+            bias = sc.input[0]
+        params[f"{qkv_name}.bias"] = w.param(bias, f"{qkv_name}.bias")
         cur = add.output[0]
     cur = _reshape(w, cur, [b * nwin, t, 3, heads, d])
     cur = _transpose(w, cur, [2, 0, 3, 1, 4])
@@ -541,22 +602,44 @@ def check_v2(w: _Walk) -> Checked:
         qkv[i[0]] = g.output[0]
     if sorted(qkv) != [0, 1, 2]:
         raise NoMatch("q, k and v should be parts 0, 1, 2")
-    q, k, v = _normalize(w, qkv[0]), _normalize(w, qkv[1]), qkv[2]
+    scale = None
+    if v2:
+        q, k, v = _normalize(w, qkv[0]), _normalize(w, qkv[1]), qkv[2]
+    else:  # q * scale
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        mul = w.next(q, "Mul")
+        f = w.const(w.other(mul, q))
+        if f.size != 1 or f.dtype != np.float32:
+            raise NoMatch(f"{mul.name} should scale q by a float32 number")
+        f = np.float32(f.reshape(-1)[0])
+        said = rec.get("scale")
+        if type(said) in (int, float) and np.float32(said) == f:
+            scale = float(said)
+        elif f != np.float32(d ** -0.5):
+            scale = float(str(f))
+        q = mul.output[0]
     kt = _transpose(w, k, [0, 1, 3, 2])
     logits = w.next(q, "MatMul")
     if list(logits.input) != [q, kt] or w.readers(kt) != [logits]:
-        raise NoMatch(f"{logits.name} should be normalized q times normalized k transposed")
-    # times exp(min(logit_scale, log 100))
-    mul = w.next(logits.output[0], "Mul")
-    ex = w.made(w.other(mul, logits.output[0]), "Exp")
-    clip = w.made(ex.input[0], "Clip")
-    hi = w.const(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
-    if clip.input[0] != s.nid + ".logit_scale" or (len(clip.input) > 1 and clip.input[1]) or hi is None \
-            or hi.size != 1 or np.float32(hi.reshape(-1)[0]) != np.float32(math.log(100.0)):
-        raise NoMatch(f"{clip.name} should clamp logit_scale at log 100")
+        raise NoMatch(f"{logits.name} should be q times k transposed")
+    cur = logits.output[0]
+    if v2:  # times exp(min(logit_scale, log 100))
+        mul = w.next(cur, "Mul")
+        ex = w.made(w.other(mul, cur), "Exp")
+        clip = w.made(ex.input[0], "Clip")
+        hi = w.const(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else None
+        if clip.input[0] != s.nid + ".logit_scale" or (len(clip.input) > 1 and clip.input[1]) or hi is None \
+                or hi.size != 1 or np.float32(hi.reshape(-1)[0]) != np.float32(math.log(100.0)):
+            raise NoMatch(f"{clip.name} should clamp logit_scale at log 100")
+        params["logit_scale"] = w.param(clip.input[0], "logit_scale")
+        cur = mul.output[0]
     # + the position bias
-    add = w.next(mul.output[0], "Add")
-    params.update(_cpb_bias(w, w.other(add, mul.output[0]), wh, ww, heads))
+    add = w.next(cur, "Add")
+    if v2:
+        params.update(_cpb_bias(w, w.other(add, cur), wh, ww, heads))
+    else:
+        table = _table_bias(w, w.other(add, cur), wh, ww, heads)
+        params["relative_position_bias_table"] = w.param(table, "relative_position_bias_table")
     cur = add.output[0]
     if shifted:
         cur = _reshape(w, cur, [b, nwin, heads, t, t])
@@ -575,15 +658,15 @@ def check_v2(w: _Walk) -> Checked:
     cur = _transpose(w, av.output[0], [0, 2, 1, 3])
     cur = _reshape(w, cur, [b * nwin, t, c])
     mm = w.next(cur, "MatMul")
-    params["proj.weight"] = w.param(w.made(mm.input[1], "Transpose").input[0], "proj.weight")
-    if mm.input[0] != cur or params["proj.weight"].array.shape != (c, c):
+    params[f"{proj_name}.weight"] = w.param(w.made(mm.input[1], "Transpose").input[0], f"{proj_name}.weight")
+    if mm.input[0] != cur or params[f"{proj_name}.weight"].array.shape != (c, c):
         raise NoMatch(f"{mm.name} should be the output projection [{c}, {c}]")
     cur = mm.output[0]
     users = w.readers(cur)
     proj_bias = len(users) == 1 and users[0].op_type == "Add"
     if proj_bias:
         add = w.next(cur, "Add")
-        params["proj.bias"] = w.param(w.other(add, cur), "proj.bias")
+        params[f"{proj_name}.bias"] = w.param(w.other(add, cur), f"{proj_name}.bias")
         cur = add.output[0]
     cur = _reshape(w, cur, [b, nh, nw, wh, ww, c])
     cur = _transpose(w, cur, [0, 1, 3, 2, 4, 5])
@@ -602,8 +685,23 @@ def check_v2(w: _Walk) -> Checked:
     left = [n for n in w.data if id(n) not in w.seen and not _shape_only(w, n)]
     if left:
         raise NoMatch(f"{left[0].op_type} node {left[0].name} is not part of the window attention")
+    # the shift as written when convdsl's record says one the nodes compute (a side one window covers
+    # is not shifted: the op's rule), else the one the nodes compute
+    said = rec.get("shift")
+    if isinstance(said, list) and len(said) == 2 and all(type(i) is int for i in said) \
+            and 0 <= said[0] < wh and 0 <= said[1] < ww \
+            and (said[0] if wh < hp else 0, said[1] if ww < wp else 0) == (sh, sw):
+        sh, sw = said
     attrs = {"heads": heads, "window": wh if wh == ww else (wh, ww), "shift": sh if sh == sw else (sh, sw),
-             "qkv_bias": qkv_bias, "proj_bias": proj_bias, "v2": True}
+             "qkv_bias": qkv_bias, "proj_bias": proj_bias, "v2": v2, "scale": scale}
+    if qkv_name != "qkv":
+        attrs["qkv"] = qkv_name
+    if proj_name != "proj":
+        attrs["proj"] = proj_name
+    for k in ("dropout", "proj_dropout"):  # training-only: recorded, no number of the file depends on them
+        p = rec.get(k)
+        if type(p) in (int, float) and 0 <= p < 1:
+            attrs[k] = float(p)
     return Checked(w.x, attrs, params)
 
 
@@ -636,7 +734,7 @@ def match(scope: Scope, graph, env: dict, consumers: dict, opsets, x_shape) -> C
     if len(data) != 1:
         raise NoMatch(f"one tensor of the module should be read outside it, not {len(data)}")
     scope.output = data[0]
-    got = check_v2(walk)
+    got = check(walk)
     # sizes computed in the module that nodes after it read (torch.onnx shares them): their values
     for o in outputs:
         if o != scope.output and o in walk.val:

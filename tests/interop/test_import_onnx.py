@@ -22,14 +22,9 @@ ROOT = Path(__file__).resolve().parents[2] / "examples"
 # CDL -> ONNX -> import gives the same program, compared as the IR printer's text, for every example;
 # the ones that cannot are expected failures (strict: one that starts to round-trip fails the test until it
 # leaves this table), each with the reason docs/interop.md gives
-_WINDOW = ("window_attention exports as window partition, cyclic-shift Gathers and MatMul-Softmax-MatMul with "
-           "its relative position bias and shift mask computed at export; no import pattern recovers it yet")
 _LONG_CONV = ("the long-convolution form: the kernel is computed from the SSM's parameters at export, so those "
               "parameters are not in the file")
 NOT_ROUND_TRIP = {
-    "maxvit_t.cdl": _WINDOW,
-    "swin_t.cdl": _WINDOW,
-    "papers/moat_block.cdl": _WINDOW,
     "papers/halonet_block.cdl": "halo attention's relative position tables are gathered at export: the 2*halo rows "
                                 "of height_rel/width_rel no query-key pair reads are not in the file (and the "
                                 "gathered [b, d, win] tables meet the linear mapping: a located error)",
@@ -200,6 +195,66 @@ def test_a_flip_and_a_transpose_are_not_taken_for_rot90(body, tmp_path):
     g, back = _round_trip(body, tmp_path)
     assert canonical(back) == canonical(g)
     assert "rot90" not in {n.op for n in back.nodes()}
+
+
+@pytest.mark.parametrize("body", ["flatten(1, 2)", "flatten(0, 1)", "flatten(0, 2)", "flatten(1, -1)"])
+def test_flatten_of_any_run_comes_back(body, tmp_path):
+    g, back = _round_trip(body, tmp_path)
+    assert canonical(back) == canonical(g)
+
+
+@pytest.mark.parametrize("call", [
+    "window_attention(heads=2, window=3)",  # 8 padded to 9
+    "window_attention(heads=2, window=4, shift=2)",
+    'window_attention(heads=2, window=[3, 4], shift=[1, 2], scale=0.2, qkv="to_qkv", proj="merge", proj_bias=false)',
+    "window_attention(heads=2, window=8, shift=4)",  # one window covers the map: the shift computes nothing
+    "window_attention(heads=4, window=4, shift=2, dropout=0.1, proj_dropout=0.2)",
+    "window_attention(heads=2, window=3, shift=1, v2=true)",
+    "window_attention(heads=2, window=[4, 2], v2=true, qkv_bias=false)",
+])
+def test_window_attention_comes_back(call, tmp_path):
+    """convdsl's export of window_attention (torchvision's form, the parameters as initializers) imports as
+    the op written, with the same parameters (V2's key bias included); the outputs are the same."""
+    g, back = _round_trip(call, tmp_path, "N, 8, 8, 16")
+    assert canonical(back) == canonical(g)
+    assert sorted(g.params.names()) == sorted(back.params.names())
+    for k in g.params.names():
+        np.testing.assert_array_equal(back.params[k], g.params[k])
+
+
+def _window_file(tmp_path, call: str):
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(f"network n(x: f32[N, 8, 8, 16]) {{\n    return x | {call} as attn\n}}\n", "<t>")
+    return export_graph(g)
+
+
+def test_a_window_attention_mask_that_differs_is_a_located_error(tmp_path):
+    """The shift mask is compared exactly: one entry changed is no window_attention."""
+    from onnx import numpy_helper
+
+    model = _window_file(tmp_path, "window_attention(heads=2, window=4, shift=2)")
+    init = next(i for i in model.graph.initializer if len(i.dims) == 5)
+    mask = numpy_helper.to_array(init).copy()
+    mask.reshape(-1)[np.argmin(mask)] = -99.0
+    init.CopyFrom(numpy_helper.from_array(mask, init.name))
+    f = tmp_path / "n.onnx"
+    onnx.save(model, f)
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(f)
+    msg = e.value.render()
+    assert "'attn'" in msg and "shifted-window mask" in msg, msg
+
+
+def test_a_recorded_window_shift_the_nodes_do_not_compute_is_not_used(tmp_path):
+    """A doc string saying shift [1, 1] over nodes rolling by 2: the shift the nodes compute comes back."""
+    model = _window_file(tmp_path, "window_attention(heads=2, window=4, shift=2)")
+    for n in model.graph.node:
+        n.doc_string = n.doc_string.replace('"shift": [2, 2]', '"shift": [1, 1]')
+    f = tmp_path / "n.onnx"
+    onnx.save(model, f)
+    back = import_onnx(f).graph
+    assert [n.attrs["shift"] for n in back.nodes() if n.op == "window_attention"] == [2]
 
 
 def test_recorded_attributes_that_disagree_with_the_nodes_are_not_used(tmp_path):
