@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import mha_names, packed_cross, relative_coords_table, relative_position_index
+from convdsl.ir.ops.attention import (mha_names, packed_cross, relative_coords_table, relative_position_index,
+                                      shift_mask)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -125,19 +126,6 @@ def _cross_attention(cx, node, args, ins):
 
 
 # ---- Swin window attention ---------------------------------------------------------------------
-def shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndarray:
-    """[windows, T, T]: -100 between tokens the cyclic shift brought together from different regions."""
-    region = np.zeros((hp, wp))
-    count = 0
-    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
-        for w in ((0, -ww), (-ww, -sw), (-sw, None)):
-            region[h[0]:h[1], w[0]:w[1]] = count
-            count += 1
-    region = region.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
-    diff = region[:, None, :] - region[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0)
-
-
 def roll(cx: Exporter, x: str, size: int, axis: int, shift: int) -> str:
     """torch.roll(x, shift, axis) as torch.onnx writes it: Concat(x[a:], x[:a]) along the axis, a = -shift
     mod size."""

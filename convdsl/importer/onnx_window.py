@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift
+from convdsl.ir.ops.attention import relative_coords_table, relative_position_index, shift_mask
 
 ANCHOR = "cpb_mlp/cpb_mlp.0/MatMul"
 INT64_MAX = 2 ** 63 - 1
@@ -416,32 +417,6 @@ def _normalize(w: _Walk, name: str) -> str:
     return div.output[0]
 
 
-def _relative_coords_table(wh: int, ww: int) -> np.ndarray:
-    from convdsl.ir.ops.attention import relative_coords_table
-
-    return relative_coords_table(wh, ww)
-
-
-def _relative_position_index(wh: int, ww: int) -> np.ndarray:
-    from convdsl.ir.ops.attention import relative_position_index
-
-    return relative_position_index(wh, ww)
-
-
-def _shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndarray:
-    """[windows, T, T]: -100 between tokens the cyclic shift brought together from different regions
-    (torchvision's attn_mask)."""
-    region = np.zeros((hp, wp))
-    count = 0
-    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
-        for w_ in ((0, -ww), (-ww, -sw), (-sw, None)):
-            region[h[0]:h[1], w_[0]:w_[1]] = count
-            count += 1
-    region = region.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
-    diff = region[:, None, :] - region[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
-
-
 def _table_bias(w: _Walk, name: str, wh: int, ww: int, heads: int) -> str:
     """``name`` = table[index].view(T, T, -1).permute(2, 0, 1).unsqueeze(0) with the relative position index
     of a wh x ww window (checked exactly): the gathered table's value name."""
@@ -457,7 +432,7 @@ def _table_bias(w: _Walk, name: str, wh: int, ww: int, heads: int) -> str:
         raise NoMatch(f"{ga.name}: the bias table should be gathered by the relative position index into "
                       f"[{t}, {t}, {heads}] and permuted to [heads, T, T]")
     index = w.const(ga.input[1])
-    want = np.asarray(_relative_position_index(wh, ww)).reshape(-1)
+    want = np.asarray(relative_position_index(wh, ww)).reshape(-1)
     if index.dtype.kind not in "iu" or index.shape != want.shape or not np.array_equal(index, want):
         raise NoMatch(f"{ga.name}: the index is not the relative position index of a {wh}x{ww} window")
     return ga.input[0]
@@ -488,7 +463,7 @@ def _cpb_bias(w: _Walk, name: str, wh: int, ww: int, heads: int) -> dict:
     b1 = w.param(w.other(add, mm1.output[0]), "cpb_mlp.0.bias")
     w1 = w.param(w.made(mm1.input[1], "Transpose").input[0], "cpb_mlp.0.weight")
     coords = _array(w.get(mm1.input[0]))
-    want = _relative_coords_table(wh, ww)
+    want = relative_coords_table(wh, ww)
     if coords.shape != want.shape or coords.dtype != want.dtype or not np.array_equal(coords, want):
         raise NoMatch(f"{mm1.name}: the cpb MLP's input is not SwinV2's relative coordinates table of a "
                       f"{wh}x{ww} window")
@@ -645,7 +620,7 @@ def check(w: _Walk) -> Checked:
         cur = _reshape(w, cur, [b, nwin, heads, t, t])
         madd = w.next(cur, "Add")
         mask = w.const(w.other(madd, cur))
-        want = _shift_mask(hp, wp, wh, ww, sh, sw)[None, :, None]
+        want = shift_mask(hp, wp, wh, ww, sh, sw).astype(np.float32)[None, :, None]
         if mask.shape != want.shape or not np.array_equal(mask.astype(np.float32), want):
             raise NoMatch(f"{madd.name}: the mask is not the shifted-window mask of shift {[sh, sw]}")
         cur = _reshape(w, madd.output[0], [b * nwin, heads, t, t])
