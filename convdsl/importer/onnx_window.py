@@ -713,7 +713,8 @@ def match(scope: Scope, graph, env: dict, consumers: dict, opsets, x_shape) -> C
     # sizes computed in the module that nodes after it read (torch.onnx shares them): their values
     for o in outputs:
         if o != scope.output and o in walk.val:
-            if BATCH in np.asarray(walk.val[o]).reshape(-1).tolist():
+            vals = np.asarray(walk.val[o]).reshape(-1)
+            if vals.dtype.kind in "iu" and any(v and v % BATCH == 0 for v in vals.tolist()):
                 raise NoMatch(f"{o}, a size read outside the module, depends on the batch")
             got.sizes[o] = np.asarray(walk.val[o])
     return got
