@@ -264,8 +264,14 @@ class _Walk:
         return n
 
     def const(self, name: str) -> np.ndarray:
+        """A constant: a size evaluated here, a Constant node, or an initializer that is no parameter
+        (named as exporters name constants: ``<id>/const``, ``onnx::Mul_12``; a parameter's key has
+        neither, and a parameter read as a number would be lost)."""
         v = self.get(name)
-        if isinstance(v, Ghost) or v is None:
+        key = getattr(v, "key", None) or ""
+        if isinstance(v, Ghost) or v is None or (key and "/" not in key and "::" not in key
+                                                 and not key.endswith((".relative_coords_table",
+                                                                       ".relative_position_index"))):
             raise NoMatch(f"{name} should be a constant")
         return _array(v)
 
