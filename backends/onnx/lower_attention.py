@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import cpb_bias_table, logit_scale_factor, mha_names, packed_cross
+from convdsl.ir.ops.attention import (mha_names, packed_cross, relative_coords_table, relative_position_index,
+                                      shift_mask)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -127,51 +128,55 @@ def _cross_attention(cx, node, args, ins):
 
 
 # ---- Swin window attention ---------------------------------------------------------------------
-def window_bias(table: np.ndarray, wh: int, ww: int) -> np.ndarray:
-    """[heads, T, T] relative position bias (T = wh*ww), as torchvision's relative_position_index."""
-    ys, xs = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")
-    ys, xs = ys.ravel(), xs.ravel()
-    index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
-    return table[index].transpose(2, 0, 1)
-
-
-def shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndarray:
-    """[windows, T, T]: -100 between tokens the cyclic shift brought together from different regions."""
-    region = np.zeros((hp, wp))
-    count = 0
-    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
-        for w in ((0, -ww), (-ww, -sw), (-sw, None)):
-            region[h[0]:h[1], w[0]:w[1]] = count
-            count += 1
-    region = region.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
-    diff = region[:, None, :] - region[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0)
-
-
 def roll(cx: Exporter, x: str, size: int, axis: int, shift: int) -> str:
-    """torch.roll(x, shift, axis) as a gather: out[i] = x[(i - shift) mod size]."""
-    return cx.op("Gather", [x, cx.const((np.arange(size) - shift) % size, np.int64)], axis=axis)
-
-
-def _without_key(b: np.ndarray) -> np.ndarray:
-    """SwinV2's q/k/v bias with the key's third zeroed (torchvision zeroes it in forward)."""
-    b = b.copy()
-    b[b.size // 3:2 * (b.size // 3)] = 0
-    return b
+    """torch.roll(x, shift, axis) as torch.onnx writes it: Concat(x[a:], x[:a]) along the axis, a = -shift
+    mod size."""
+    a = (-shift) % size
+    head = cx.op("Slice", [x, cx.ints([a]), cx.ints([size]), cx.ints([axis])])
+    tail = cx.op("Slice", [x, cx.ints([0]), cx.ints([a]), cx.ints([axis])])
+    return cx.op("Concat", [head, tail], axis=axis)
 
 
 def _unit(cx: Exporter, x: str, eps: float = 1e-12) -> str:
-    """F.normalize(x, dim=-1): x / max(||x||, eps)."""
+    """F.normalize(x, dim=-1): x / max(||x||, eps) (ReduceL2, Clip(min=eps), Div: torch.onnx's form)."""
     norm = cx.op("ReduceL2", [x], axes=[-1], keepdims=1)
-    return cx.op("Div", [x, cx.op("Max", [norm, cx.const(np.float32(eps))])])
+    return cx.op("Div", [x, cx.op("Clip", [norm, cx.const(np.float32(eps))])])
+
+
+def _table_bias(cx: Exporter, table: str, wh: int, ww: int) -> str:
+    """table[relative_position_index].view(T, T, -1).permute(2, 0, 1).unsqueeze(0): [1, heads, T, T]."""
+    t = wh * ww
+    index = cx.const(relative_position_index(wh, ww).reshape(-1), np.int64)
+    bias = cx.op("Reshape", [cx.op("Gather", [table, index], axis=0), cx.ints([t, t, -1])])
+    return cx.op("Unsqueeze", [cx.op("Transpose", [bias], perm=[2, 0, 1]), cx.ints([0])])
+
+
+def _cpb_bias(cx: Exporter, wh: int, ww: int, heads: int) -> str:
+    """SwinV2's 16 sigmoid(cpb_mlp(relative_coords_table)) gathered by the index, as nodes on the cpb_mlp's
+    parameters (the coordinates table a constant)."""
+    coords = cx.const(relative_coords_table(wh, ww))
+    hidden = cx.op("Relu", [linear(cx, coords, TensorType((1, 1, 1, 2)), cx.param("cpb_mlp.0.weight"),
+                                   cx.param("cpb_mlp.0.bias"))])
+    table = linear(cx, hidden, TensorType((1, 1, 1, 2)), cx.param("cpb_mlp.2.weight"), None)
+    bias = _table_bias(cx, cx.op("Reshape", [table, cx.ints([-1, heads])]), wh, ww)
+    return cx.op("Mul", [cx.op("Sigmoid", [bias]), cx.const(np.float32(16.0))])
 
 
 def _window_attention(cx, node, args, ins):
+    """torchvision's shifted_window_attention node for node as torch.onnx writes it (what
+    convdsl/importer/onnx_window.py checks on import): pad, roll, windows [N*nW, T, C], q/k/v (V2: the key's
+    bias zeroed by ScatterND), q * scale (V2: normalized q, k and the logits times exp(min(logit_scale,
+    log 100))), + the relative position bias gathered from its table (V2: 16 sigmoid of the cpb MLP's),
+    + the shift mask, softmax, times v, projection, back.  The parameters are the initializers."""
     a = node.attrs
     h, w, c = _static(cx, ins[0], 1, 2, 3)
     wh, ww = tuple_n(a["window"], 2)
     heads = a["heads"]
     d = c // heads
+    t = wh * ww
+    cx.record(window=[wh, ww], shift=list(tuple_n(a["shift"], 2)), qkv=a["qkv"], proj=a["proj"],
+              **({"scale": a["scale"]} if a["scale"] is not None else {}),
+              **{k: a[k] for k in ("dropout", "proj_dropout") if a[k]})
     x = args[0]
     ph, pw = (wh - h % wh) % wh, (ww - w % ww) % ww
     if ph or pw:  # zero-pad bottom/right to whole windows
@@ -184,39 +189,45 @@ def _window_attention(cx, node, args, ins):
         x = roll(cx, x, hp, 1, -sh)
     if sw:
         x = roll(cx, x, wp, 2, -sw)
-    nwin, t = (hp // wh) * (wp // ww), wh * ww
-    x = cx.op("Reshape", [x, cx.ints([0, hp // wh, wh, wp // ww, ww, c])])
-    x = cx.op("Reshape", [cx.op("Transpose", [x], perm=[0, 1, 3, 2, 4, 5]), cx.ints([0, nwin, t, c])])
+    nh, nw = hp // wh, wp // ww
+    nwin = nh * nw
+    x = cx.op("Reshape", [x, cx.ints([0, nh, wh, nw, ww, c])])
+    x = cx.op("Reshape", [cx.op("Transpose", [x], perm=[0, 1, 3, 2, 4, 5]), cx.ints([-1, t, c])])  # [N*nW, T, C]
     qkv_bias = _opt(cx, f"{a['qkv']}.bias")
-    if a["v2"] and qkv_bias is not None:  # V2 leaves the key's bias out
-        qkv_bias = cx.param(f"{a['qkv']}.bias", _without_key, suffix=".no_key")
-    qkv = linear(cx, x, TensorType((1, nwin, t, c)), cx.param(f"{a['qkv']}.weight"), qkv_bias)
-    qkv = cx.op("Reshape", [qkv, cx.ints([0, nwin, t, 3, heads, d])])
-    qkv = cx.op("Transpose", [qkv], perm=[3, 0, 1, 4, 2, 5])  # [3, N, nW, heads, T, d]
-    parts = cx.op("Split", [qkv, cx.ints([1, 1, 1])], outputs=3, axis=0)
-    q, k, v = (cx.op("Squeeze", [p, cx.ints([0])]) for p in parts)
-    scale = a["scale"] or d ** -0.5
-    if a["v2"]:  # cosine attention: unit q, k; logits times exp(min(logit_scale, log 100)) per head
-        q, k, scale = _unit(cx, q), _unit(cx, k), 1.0
-        q = cx.op("Mul", [q, cx.param("logit_scale", logit_scale_factor, suffix=".exp")])  # [heads, 1, 1]
-        table = cpb_bias_table(*(cx.array(k) for k in ("cpb_mlp.0.weight", "cpb_mlp.0.bias", "cpb_mlp.2.weight")),
-                               wh, ww)
-        bias = window_bias(table, wh, ww)[None]
+    if a["v2"] and qkv_bias is not None:  # V2 leaves the key's bias out: zeroed as torchvision does (ScatterND)
+        qkv_bias = cx.op("ScatterND", [qkv_bias, cx.const(np.arange(c, 2 * c).reshape(c, 1), np.int64),
+                                       cx.const(np.zeros(c, np.float32))])
+    qkv = linear(cx, x, TensorType((1, t, c)), cx.param(f"{a['qkv']}.weight"), qkv_bias)
+    qkv = cx.op("Reshape", [qkv, cx.ints([-1, t, 3, heads, d])])
+    qkv = cx.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])  # [3, N*nW, heads, T, d]
+    q, k, v = (cx.op("Gather", [qkv, cx.const(np.int64(i), np.int64)], axis=0) for i in range(3))
+    if a["v2"]:  # cosine attention: logits of unit q, k times exp(min(logit_scale, log 100)) per head
+        logits = cx.op("MatMul", [_unit(cx, q), cx.op("Transpose", [_unit(cx, k)], perm=[0, 1, 3, 2])])
+        clamped = cx.op("Clip", [cx.param("logit_scale"), "", cx.const(np.float32(math.log(100.0)))])
+        logits = cx.op("Mul", [logits, cx.op("Exp", [clamped])])
+        bias = _cpb_bias(cx, wh, ww, heads)
     else:
-        bias = window_bias(cx.array("relative_position_bias_table"), wh, ww)[None]  # [1, heads, T, T]
+        q = cx.op("Mul", [q, cx.const(np.float32(a["scale"] or d ** -0.5))])
+        logits = cx.op("MatMul", [q, cx.op("Transpose", [k], perm=[0, 1, 3, 2])])
+        bias = _table_bias(cx, cx.param("relative_position_bias_table"), wh, ww)
+    logits = cx.op("Add", [logits, bias])
     if sh or sw:
-        bias = bias + shift_mask(hp, wp, wh, ww, sh, sw)[:, None]  # [nW, heads, T, T]
-    y = attend(cx, q, k, v, 5, scale, cx.const(bias))  # [N, nW, heads, T, d]
-    y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 1, 3, 2, 4]), cx.ints([0, nwin, t, c])])
-    y = linear(cx, y, TensorType((1, nwin, t, c)), cx.param(f"{a['proj']}.weight"), _opt(cx, f"{a['proj']}.bias"))
-    y = cx.op("Reshape", [y, cx.ints([0, hp // wh, wp // ww, wh, ww, c])])
-    y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 1, 3, 2, 4, 5]), cx.ints([0, hp, wp, c])])
+        logits = cx.op("Reshape", [logits, cx.ints([-1, nwin, heads, t, t])])
+        logits = cx.op("Add", [logits, cx.const(shift_mask(hp, wp, wh, ww, sh, sw)[None, :, None])])
+        logits = cx.op("Reshape", [logits, cx.ints([-1, heads, t, t])])
+    y = cx.op("MatMul", [cx.op("Softmax", [logits], axis=-1), v])
+    y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 2, 1, 3]), cx.ints([-1, t, c])])
+    y = linear(cx, y, TensorType((1, t, c)), cx.param(f"{a['proj']}.weight"), _opt(cx, f"{a['proj']}.bias"))
+    y = cx.op("Reshape", [y, cx.ints([-1, nh, nw, wh, ww, c])])
+    y = cx.op("Reshape", [cx.op("Transpose", [y], perm=[0, 1, 3, 2, 4, 5]), cx.ints([-1, hp, wp, c])])
     if sh:
         y = roll(cx, y, hp, 1, sh)
     if sw:
         y = roll(cx, y, wp, 2, sw)
-    if ph or pw:
-        y = cx.op("Slice", [y, cx.ints([0, 0]), cx.ints([h, w]), cx.ints([1, 2])])
+    if ph:
+        y = cx.op("Slice", [y, cx.ints([0]), cx.ints([h]), cx.ints([1])])
+    if pw:
+        y = cx.op("Slice", [y, cx.ints([0]), cx.ints([w]), cx.ints([2])])
     return y
 
 

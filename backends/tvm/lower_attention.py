@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from convdsl.ir.ops.attention import cpb_bias_table, logit_scale_factor, mha_names, packed_cross
+from convdsl.ir.ops.attention import cpb_bias_table, logit_scale_factor, mha_names, packed_cross, shift_mask
 from convdsl.ir.optable import tuple_n
 
 from convdsl.backends.tvm.common import R, family, relax
@@ -226,19 +226,6 @@ def window_bias(table: np.ndarray, wh: int, ww: int) -> np.ndarray:
     ys, xs = ys.ravel(), xs.ravel()
     index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
     return table[index].transpose(2, 0, 1)
-
-
-def shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndarray:
-    """[windows, T, T]: -100 between tokens the cyclic shift brought together from different regions."""
-    region = np.zeros((hp, wp))
-    count = 0
-    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
-        for w in ((0, -ww), (-ww, -sw), (-sw, None)):
-            region[h[0]:h[1], w[0]:w[1]] = count
-            count += 1
-    region = region.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
-    diff = region[:, None, :] - region[:, :, None]
-    return np.where(diff != 0, -100.0, 0.0)
 
 
 def _roll(cx, x, size: int, axis: int, shift: int):

@@ -28,6 +28,7 @@ from convdsl.ir.types import TensorType
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 from convdsl.importer.onnx_patterns import View, find as find_patterns, simplest as _simplest, training_attrs, written
 from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
+from convdsl.importer import onnx_window
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
 
@@ -508,16 +509,27 @@ def _reshape(cx: Ctx):
 
 
 def _flattened(t: TensorType, type_of, cx: Ctx, shape) -> dict | None:
-    """flatten's start and end for a Reshape of ``t`` that joins dims start..end into one."""
+    """flatten's start and end for a Reshape of ``t`` that joins dims start..end into one: the target is
+    t's shape with that run replaced by its size (0 / -1 for a copied or the batch-dependent size), the
+    first run that fits (``flatten(1, 2)`` of [N, H, W, C] is the target [0, H*W, C])."""
     spec = shape.values.tolist() if isinstance(shape, Dims) else [int(d) for d in cx.const(1)] \
         if isinstance(shape, Const) else None
     if spec is None or len(spec) > t.rank:
         return None
-    start = len(spec) - 1
-    end = start + t.rank - len(spec)
-    if not all(d in (0, -1, t.shape[i]) for i, d in enumerate(spec[:start])):
-        return None
-    return {"start": start, "end": -1 if end == t.rank - 1 else end}
+    dims = list(t.shape)
+
+    def same(d, i: int) -> bool:
+        return d == dims[i] or (d == 0 and i < len(spec)) or d == -1
+
+    for start in range(len(spec)):
+        end = start + t.rank - len(spec)
+        run = dims[start:end + 1]
+        joined = math.prod(run) if all(isinstance(x, int) for x in run) else None
+        if all(same(d, i) for i, d in enumerate(spec[:start])) \
+                and all(d == dims[end + 1 + i] for i, d in enumerate(spec[start + 1:])) \
+                and (spec[start] == -1 or spec[start] == joined or (start == 0 and spec[start] == 0 and end == 0)):
+            return {"start": start, "end": -1 if end == t.rank - 1 else end}
+    return None
 
 
 @onnx_op("Transpose")
@@ -867,6 +879,33 @@ def _f32(v: float) -> float:
     return float(str(np.float32(v)))  # numpy writes the shortest decimal that rounds back (7 digits may not)
 
 
+def _window_scope(b: Builder, scope, graph, env: dict, consumers: dict, opsets, file: str) -> None:
+    """A ShiftedWindowAttentionV2 scope (onnx_window) as one window_attention(v2=true) named by its module
+    path, once its last node is reached; a located error naming the scope and what differs if not exact."""
+    chain = _scopes(scope.anchor.name, set())
+    gchain = chain[: chain.index(scope.nid)] if scope.nid in chain else chain
+    for c in gchain:
+        b.modules.setdefault(c, "onnx." + _scope_class(c))
+    origin = Origin(scope.anchor.name, scope.anchor.op_type, scope.nid, Span(file, 1, 1))
+    xs = [env.get(i) for n in scope.nodes for i in n.input if isinstance(env.get(i), Value)]
+    try:
+        if not xs:
+            raise onnx_window.NoMatch("the module reads no computed tensor")
+        got = onnx_window.match(scope, graph, env, consumers, opsets, tuple(b.graph.type_of(xs[0]).shape))
+    except onnx_window.NoMatch as e:
+        what = "convdsl's export of window_attention" if scope.record is not None else \
+            "torchvision's ShiftedWindowAttentionV2"
+        raise located(origin, f"this looks like {what} ('{scope.nid}'), but it is not exactly window_attention: {e}",
+                      "the form convdsl's exporter and torch.onnx write for torchvision's module is recognised, "
+                      "nothing else") from None
+    arrays = {local: c.array for local, c in got.params.items()}
+    v = b.add("window_attention", [env[got.x]], got.attrs, id=scope.nid, chain=gchain, origin=origin,
+              params=arrays)[0]
+    env[scope.output] = v
+    for name, a in got.sizes.items():
+        env[name] = Const(a)
+
+
 def load_model(path: str | os.PathLike):
     try:
         import onnx
@@ -928,7 +967,14 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
     replaced = {n.name or id(n) for _, nodes in gelus.values() for n in nodes}
     matches = find_patterns(View(graph, producer, consumers, env, {o.name for o in graph.output}))
     matched = {id(n) for m in matches.values() for n in m.nodes}
+    windows = onnx_window.find_scopes(graph, env)  # torchvision's ShiftedWindowAttentionV2, imported whole
+    in_window = {id(n): s for s in windows for n in s.nodes}
     for i, node in enumerate(graph.node):
+        scope = in_window.get(id(node))
+        if scope is not None:
+            if node is scope.last:
+                _window_scope(b, scope, graph, env, consumers, model.opset_import, file)
+            continue
         if node.op_type == "Constant" or node.name in skip:
             continue
         chain = _scopes(node.name, set())

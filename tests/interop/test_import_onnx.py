@@ -21,14 +21,8 @@ from convdsl.passes.remove_identity import remove_identity  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2] / "examples"
 # CDL -> ONNX -> import gives the same program, compared as the IR printer's text, for every example;
 # the ones that cannot are expected failures (strict: one that starts to round-trip fails the test until it
-# leaves this table), each with the reason docs/interop.md gives
-_WINDOW = ("window_attention exports as window partition, cyclic-shift Gathers and MatMul-Softmax-MatMul with "
-           "its relative position bias and shift mask computed at export; no import pattern recovers it yet")
-NOT_ROUND_TRIP = {
-    "maxvit_t.cdl": _WINDOW,
-    "swin_t.cdl": _WINDOW,
-    "papers/moat_block.cdl": _WINDOW,
-}
+# leaves this table), each with the reason docs/interop.md gives; every example round-trips today
+NOT_ROUND_TRIP: dict[str, str] = {}
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.cdl"), *ROOT.glob("papers/*.cdl")])
 
 
@@ -192,6 +186,66 @@ def test_a_flip_and_a_transpose_are_not_taken_for_rot90(body, tmp_path):
     g, back = _round_trip(body, tmp_path)
     assert canonical(back) == canonical(g)
     assert "rot90" not in {n.op for n in back.nodes()}
+
+
+@pytest.mark.parametrize("body", ["flatten(1, 2)", "flatten(0, 1)", "flatten(0, 2)", "flatten(1, -1)"])
+def test_flatten_of_any_run_comes_back(body, tmp_path):
+    g, back = _round_trip(body, tmp_path)
+    assert canonical(back) == canonical(g)
+
+
+@pytest.mark.parametrize("call", [
+    "window_attention(heads=2, window=3)",  # 8 padded to 9
+    "window_attention(heads=2, window=4, shift=2)",
+    'window_attention(heads=2, window=[3, 4], shift=[1, 2], scale=0.2, qkv="to_qkv", proj="merge", proj_bias=false)',
+    "window_attention(heads=2, window=8, shift=4)",  # one window covers the map: the shift computes nothing
+    "window_attention(heads=4, window=4, shift=2, dropout=0.1, proj_dropout=0.2)",
+    "window_attention(heads=2, window=3, shift=1, v2=true)",
+    "window_attention(heads=2, window=[4, 2], v2=true, qkv_bias=false)",
+])
+def test_window_attention_comes_back(call, tmp_path):
+    """convdsl's export of window_attention (torchvision's form, the parameters as initializers) imports as
+    the op written, with the same parameters (V2's key bias included); the outputs are the same."""
+    g, back = _round_trip(call, tmp_path, "N, 8, 8, 16")
+    assert canonical(back) == canonical(g)
+    assert sorted(g.params.names()) == sorted(back.params.names())
+    for k in g.params.names():
+        np.testing.assert_array_equal(back.params[k], g.params[k])
+
+
+def _window_file(tmp_path, call: str):
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(f"network n(x: f32[N, 8, 8, 16]) {{\n    return x | {call} as attn\n}}\n", "<t>")
+    return export_graph(g)
+
+
+def test_a_window_attention_mask_that_differs_is_a_located_error(tmp_path):
+    """The shift mask is compared exactly: one entry changed is no window_attention."""
+    from onnx import numpy_helper
+
+    model = _window_file(tmp_path, "window_attention(heads=2, window=4, shift=2)")
+    init = next(i for i in model.graph.initializer if len(i.dims) == 5)
+    mask = numpy_helper.to_array(init).copy()
+    mask.reshape(-1)[np.argmin(mask)] = -99.0
+    init.CopyFrom(numpy_helper.from_array(mask, init.name))
+    f = tmp_path / "n.onnx"
+    onnx.save(model, f)
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(f)
+    msg = e.value.render()
+    assert "'attn'" in msg and "shifted-window mask" in msg, msg
+
+
+def test_a_recorded_window_shift_the_nodes_do_not_compute_is_not_used(tmp_path):
+    """A doc string saying shift [1, 1] over nodes rolling by 2: the shift the nodes compute comes back."""
+    model = _window_file(tmp_path, "window_attention(heads=2, window=4, shift=2)")
+    for n in model.graph.node:
+        n.doc_string = n.doc_string.replace('"shift": [2, 2]', '"shift": [1, 1]')
+    f = tmp_path / "n.onnx"
+    onnx.save(model, f)
+    back = import_onnx(f).graph
+    assert [n.attrs["shift"] for n in back.nodes() if n.op == "window_attention"] == [2]
 
 
 def test_recorded_attributes_that_disagree_with_the_nodes_are_not_used(tmp_path):
@@ -794,6 +848,72 @@ def test_torchvision_swin_through_torch_onnx(tmp_path):
     r = _torch_onnx(m, torch.randn(1, 3, 56, 56), tmp_path)
     assert "Equal" in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert set(m.state_dict()) - set(r.weights) <= {k for k in m.state_dict() if k.endswith("relative_position_index")}
+
+
+def _tv_swin_v2(torch, window=(2, 2)):
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(0)
+    m = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=list(window),
+                        num_classes=5, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2).eval()
+    with torch.no_grad():  # torchvision zeroes the k bias and the head's bias: random values everywhere
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+@pytest.mark.parametrize("window, size", [((2, 2), 32), ((3, 2), 40)])
+def test_torchvision_swin_v2_through_torch_onnx(window, size, tmp_path):
+    """torchvision's ShiftedWindowAttentionV2 through torch.onnx is one window_attention(v2=true) per block,
+    shifted and not, with torchvision's keys: the compiled state_dict has the source's keys less the buffers
+    the op recomputes, each loads the other's, outputs within 1e-5 at batch 2 and 3.  (3, 2) windows on
+    40x40: padded, and a rectangular window's coordinates table and index."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from convdsl.backends.torch import build_module
+    from convdsl.ir.weights import derived_buffers
+
+    m = _tv_swin_v2(torch, window)
+    r = _torch_onnx(m, torch.randn(1, 3, size, size), tmp_path)
+    attn = [n for n in r.graph.nodes() if n.op == "window_attention"]
+    assert [n.attrs["v2"] for n in attn] == [True] * 4 and [n.attrs["shift"] != 0 for n in attn] == [False, True] * 2
+    derived = set(derived_buffers(r.graph))
+    assert derived == {f"features.{i}.{j}.attn.{b}" for i in (1, 3) for j in (0, 1)
+                       for b in ("relative_coords_table", "relative_position_index")}
+    mod = build_module(r.graph)
+    assert set(mod.state_dict()) == set(m.state_dict()) - derived
+    mod.load_state_dict({k: v for k, v in m.state_dict().items() if k not in derived})
+    m.load_state_dict(mod.state_dict(), strict=False)
+
+
+def _edit_initializer(f, name: str, fn) -> None:
+    from onnx import numpy_helper
+
+    model = onnx.load(str(f))
+    for init in model.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(init)), name))
+    onnx.save(model, str(f))
+
+
+@pytest.mark.parametrize("name, fn, says", [
+    ("features.1.0.attn.relative_coords_table", lambda a: a * np.float32(1.0000001), "relative coordinates table"),
+    ("features.1.0.attn.relative_position_index", lambda a: a[::-1].copy(), "relative position index"),
+])
+def test_a_swin_v2_attention_that_differs_is_a_located_error(name, fn, says, tmp_path):
+    """The constants are compared exactly: a coordinates table one ulp off, or another index, is no
+    window_attention(v2=true); the error names the module and what differs."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    m = _tv_swin_v2(torch)
+    f = tmp_path / "m.onnx"
+    torch.onnx.export(m, (torch.randn(1, 3, 32, 32),), str(f), dynamo=False, do_constant_folding=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    _edit_initializer(f, name, fn)
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(f)
+    msg = e.value.render()
+    assert "features.1.0.attn" in msg and "ShiftedWindowAttentionV2" in msg and says in msg, msg
 
 
 def test_torchvision_vit_mha_size_check_folds(tmp_path):

@@ -497,6 +497,21 @@ def relative_position_index(wh: int, ww: int) -> np.ndarray:
     return (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + xs[:, None] - xs[None, :] + ww - 1
 
 
+def shift_mask(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int) -> np.ndarray:
+    """[windows, T, T] float64: -100 between tokens Swin's cyclic shift (sh, sw) brought together from different
+    regions of the padded [hp, wp] map, 0 elsewhere (torchvision's attn_mask).  The backends that fix it when
+    they compile (TVM, ONNX) and the ONNX importer's check compute it here."""
+    region = np.zeros((hp, wp))
+    count = 0
+    for h in ((0, -wh), (-wh, -sh), (-sh, None)):
+        for w in ((0, -ww), (-ww, -sw), (-sw, None)):
+            region[h[0]:h[1], w[0]:w[1]] = count
+            count += 1
+    region = region.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1, wh * ww)
+    diff = region[:, None, :] - region[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0)
+
+
 def _window_derived(attrs: dict, ins: list[TensorType]) -> dict[str, np.ndarray]:
     win = tuple_n(attrs["window"], 2)
     out = {"relative_position_index": relative_position_index(*win)}

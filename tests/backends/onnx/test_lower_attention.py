@@ -20,6 +20,8 @@ from .test_examples import assert_close  # noqa: E402
     'window_attention(heads=2, window=4, scale=0.2, qkv="to_qkv", proj="merge")',
     "window_attention(heads=2, window=4, shift=2, v2=true)",  # SwinV2's: random logit scale, k bias, cpb_mlp
     "window_attention(heads=2, window=[4, 2], v2=true, qkv_bias=false)",
+    "window_attention(heads=2, window=3, shift=1)",  # 8 padded to 9, shifted: the crop after the roll back
+    "window_attention(heads=4, window=[3, 4], shift=[1, 2], v2=true, proj_bias=false)",
 ])
 def test_window_attention_runs_in_onnxruntime(call):
     g = verify(elaborate(f"network t(x: f32[2, 8, 8, 16]) {{\n    return x | {call} as attn\n}}\n", "<t>"))
