@@ -84,17 +84,20 @@ def find_scopes(graph, env: dict) -> list[Scope]:
         if op == "window_attention" and "/" in n.name and n.name.rsplit("/", 1)[0] not in firsts:
             firsts[n.name.rsplit("/", 1)[0]] = (n, rec)
     for nid, (n, rec) in firsts.items():
-        sc = _scope(every, producer, nid + "/", nid, n)
+        # the scope is the op's own nodes: the graph output's Identity is named <output>/Identity, which is
+        # this prefix when the network returns the attention under its label (`... as attn`)
+        sc = _scope(every, producer, nid + "/", nid, n, keep=lambda m: written(m)[0] == "window_attention")
         sc.record = rec
         out.append(sc)
     return out
 
 
-def _scope(every: list, producer: dict, prefix: str, nid: str, anchor) -> Scope:
-    """The nodes named under ``prefix``, and the nodes between two of them: torch.onnx writes some of the
-    shift mask's in-place slice assignments without the module's scope (``Shape_1640``), read by it."""
+def _scope(every: list, producer: dict, prefix: str, nid: str, anchor, keep=None) -> Scope:
+    """The nodes named under ``prefix`` (and passing ``keep``), and the nodes between two of them: torch.onnx
+    writes some of the shift mask's in-place slice assignments without the module's scope (``Shape_1640``),
+    read by it."""
     where = {id(n): k for k, n in enumerate(every)}
-    named = [k for k, n in enumerate(every) if n.name.startswith(prefix)]
+    named = [k for k, n in enumerate(every) if n.name.startswith(prefix) and (keep is None or keep(n))]
     first, last = named[0], named[-1]
     inside = set(named)
     made = {o for k in named for o in every[k].output}
