@@ -536,7 +536,9 @@ def _flattened(t: TensorType, type_of, cx: Ctx, shape) -> dict | None:
 def _transpose(cx: Ctx):
     x = cx.arg(0)
     if isinstance(x, Const):  # a transposed parameter (convdsl's linear export): stays a constant
-        return Const(np.ascontiguousarray(x.array.transpose(cx.attrs["perm"])), (x.key + ".T") if x.key else None)
+        # a view, not a copy: MatMul takes W^T of it, which is the initializer itself again (copying ViT-H's
+        # 2.5 GB of weights twice took most of its import)
+        return Const(x.array.transpose(cx.attrs["perm"]), (x.key + ".T") if x.key else None)
     perm = list(cx.attrs["perm"])
     moved = [i for i, p in enumerate(perm) if p != i]
     if cx.written_as("transpose") and len(moved) == 2:
