@@ -19,6 +19,13 @@ Rows:
 - AMX rows (bf16/int8 on AMX tiles) are refused with the reason: this CPU has no AMX, or convdsl has
   no AMX kernels yet.
 
+What is timed: one call per sample on an input already in the form the backend takes (torch
+tensor, ONNX Runtime / OpenVINO feeds of the NumPy array, convdsl's ``Runner.timed_call``: the
+module on an input put on the device once, synchronized, the call `convdsl bench` times), the
+output fetched as each runtime returns it.  The note column says how many cores each row kept busy
+over its timed calls (``cores_busy``: the CPU time of all of the process's threads / wall time; about
+N for N threads running at once) and, for convdsl, TVM's thread pool as it ran (``pool``).
+
 Accuracy next to the times: bf16 as the max relative error against f32 (torch, same weights and
 input); int8 as the max difference from convdsl's torch int8 simulation (in units of the output's
 range), and top-1 agreement of int8 and bf16 with f32 over ``--agreement`` inputs of the calibration
