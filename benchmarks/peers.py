@@ -19,6 +19,13 @@ Rows:
 - AMX rows (bf16/int8 on AMX tiles) are refused with the reason: this CPU has no AMX, or convdsl has
   no AMX kernels yet.
 
+What is timed: one call per sample on an input already in the form the backend takes (torch
+tensor, ONNX Runtime / OpenVINO feeds of the NumPy array, convdsl's ``Runner.timed_call``: the
+module on an input put on the device once, synchronized, the call `convdsl bench` times), the
+output fetched as each runtime returns it.  The note column says how many cores each row kept busy
+over its timed calls (``cores_busy``: the CPU time of all of the process's threads / wall time; about
+N for N threads running at once) and, for convdsl, TVM's thread pool as it ran (``pool``).
+
 Accuracy next to the times: bf16 as the max relative error against f32 (torch, same weights and
 input); int8 as the max difference from convdsl's torch int8 simulation (in units of the output's
 range), and top-1 agreement of int8 and bf16 with f32 over ``--agreement`` inputs of the calibration
@@ -246,13 +253,18 @@ def child(spec: dict) -> None:
         import convdsl.backends.tvm as ctvm
         from convdsl.cli.common import program_graph
 
+        from convdsl.backends.tvm.targets import thread_pool
+
         precision = row.split()[1]
         g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
         m = ctvm.backend("tvm-llvm", precision=precision, progress=False).build_module(g)
         info["kernels"] = f"{m.built.own}/{m.built.functions}"
+        timed = m.runner.timed_call([x])  # what `convdsl bench` times: the module on an input already placed
 
         def call():
-            return m(x)
+            return timed().numpy()
+        call()
+        info["pool"] = thread_pool()  # TVM's thread pool as it started (threads, bind, spin)
     out = call()
     info["build_s"] = round(time.perf_counter() - t0, 1)
     np.save(spec["output"], np.asarray(out, dtype=np.float32))
@@ -267,16 +279,18 @@ def child(spec: dict) -> None:
         for _ in range(2):  # untimed: caches and threads after the previous process's turn
             call()
         ms = []
+        c0 = time.process_time()
         for _ in range(reps):
             t = time.perf_counter()
             call()
             ms.append((time.perf_counter() - t) * 1e3)
-        print(json.dumps(ms), flush=True)
+        # CPU time of every thread of this process over the block: / wall = cores kept busy
+        print(json.dumps({"ms": ms, "cpu_ms": (time.process_time() - c0) * 1e3}), flush=True)
 
 
 class Proc:
     def __init__(self, row: str, spec: dict):
-        self.row, self.spec, self.ms, self.info, self.note = row, spec, [], {}, ""
+        self.row, self.spec, self.ms, self.info, self.note, self.cpu_ms = row, spec, [], {}, "", 0.0
         self.p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -292,7 +306,9 @@ class Proc:
     def run(self) -> None:
         self.p.stdin.write("RUN\n")
         self.p.stdin.flush()
-        self.ms.extend(json.loads(self.p.stdout.readline()))
+        block = json.loads(self.p.stdout.readline())
+        self.ms.extend(block["ms"])
+        self.cpu_ms += block["cpu_ms"]
 
     def quit(self) -> None:
         try:
@@ -372,7 +388,8 @@ def bench_network(name: str, args, work: Path, log) -> dict:
             continue
         out = np.load(p.spec["output"])
         entry = {"median_ms": float(np.median(p.ms)), "p10_ms": float(np.percentile(p.ms, 10)),
-                 "p90_ms": float(np.percentile(p.ms, 90)), "calls": len(p.ms), **p.info}
+                 "p90_ms": float(np.percentile(p.ms, 90)), "calls": len(p.ms),
+                 "cores_busy": round(p.cpu_ms / sum(p.ms), 2), **p.info}
         if ROWS[row] != "f32" or row.startswith("openvino"):
             entry["max_rel_err_vs_f32"] = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
         result["rows"][row] = entry
@@ -468,7 +485,7 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
                 lines.append(f"| {row} | - | - | - | {e.get('note', '')} |")
                 continue
             err = e.get("max_rel_err_vs_f32")
-            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "build_s"))
+            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "pool", "cores_busy", "build_s"))
             lines.append(f"| {row} | {e['median_ms']:.2f} | {e['p10_ms']:.2f}-{e['p90_ms']:.2f} | "
                          f"{'-' if err is None else f'{err:.1e}'} | {note} |")
         lines.append("")

@@ -33,6 +33,8 @@ class Entry:
     args: Any = None
     samples: list[float] = field(default_factory=list)
     tuning: dict | None = None
+    cpu_ms: float = 0.0  # CPU time of this process (every thread) over the timed samples
+    wall_ms: float = 0.0  # and their wall-clock time: cpu_ms / wall_ms = cores kept busy
 
 
 def _sync_cuda() -> None:
@@ -99,17 +101,9 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
     if why:
         return Entry(name, compile_s=compile_s, note=f"compiled, not run: {why}", tuning=info)
     runner = be._runner_for(built, graph)
-    args = runner.prepare(arrays)
-    main = runner._main
-    dev = runner.device
-
-    def call():
-        out = main(*args)
-        dev.sync()
-        return out
-
+    call = runner.timed_call(arrays)
     call()
-    return Entry(name, call, compile_s, note, runner, args, tuning=info)
+    return Entry(name, call, compile_s, note, runner, runner.prepare(arrays), tuning=info)
 
 
 def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat: int = 20, warmup: int = 3,
@@ -152,10 +146,13 @@ def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat
             for _ in range(2):  # untimed: the previous backend's threads settle
                 e.call()
             for _ in range(repeat // blocks + (1 if b < repeat % blocks else 0)):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 for _ in range(n):
                     e.call()
-                e.samples.append((time.perf_counter() - t0) * 1e3 / n)
+                t1 = time.perf_counter()
+                e.samples.append((t1 - t0) * 1e3 / n)
+                e.cpu_ms += (time.process_time() - c0) * 1e3
+                e.wall_ms += (t1 - t0) * 1e3
     return entries
 
 
@@ -171,7 +168,8 @@ def summarize(entries: list[Entry], graph: Graph, batch: int) -> list[dict[str, 
             p10, p90 = (float(v) for v in np.percentile(e.samples, [10, 90]))
             row.update(median_ms=round(med, 4), p10_ms=round(p10, 4), p90_ms=round(p90, 4),
                        spread_pct=round(100.0 * (p90 - p10) / med, 1), samples=len(e.samples),
-                       speedup_vs_torch=round(base_ms / med, 3) if base_ms else None)
+                       speedup_vs_torch=round(base_ms / med, 3) if base_ms else None,
+                       cores_busy=round(e.cpu_ms / e.wall_ms, 2) if e.wall_ms else None)
         else:
             row.update(median_ms=None)
         if e.tuning:

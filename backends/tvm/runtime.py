@@ -9,7 +9,7 @@ arrays, or torch tensors sharing TVM's memory (DLPack).
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -88,6 +88,20 @@ class Runner:
         """Inputs already on the device, for timing the module alone."""
         self._seen = {}
         return [self.to_device(i, x) for i, x in enumerate(inputs)]
+
+    def timed_call(self, inputs: Sequence[Any]) -> Callable[[], Any]:
+        """What is timed, by `convdsl bench` and benchmarks/peers.py alike: one call of the module on
+        ``inputs`` put on the device once (``prepare``), synchronized; the outputs stay TVM tensors
+        (on the CPU, in host memory).  The input copy and output conversion of ``runner(inputs)``
+        stay outside (0.1-0.3 ms for a 224x224 image)."""
+        args, main, device = self.prepare(inputs), self._main, self.device
+
+        def call():
+            out = main(*args)
+            device.sync()
+            return out
+
+        return call
 
     def time_ms(self, args: list[Any], *, repeat: int = 20, warmup: int = 2, min_ms: float = 0.0) -> list[float]:
         """Wall-clock milliseconds of ``repeat`` calls (after ``warmup``), synchronized per call."""

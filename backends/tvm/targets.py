@@ -57,6 +57,22 @@ def configure_thread_pool() -> None:
         os.environ.setdefault(key, value)
 
 
+def thread_pool() -> str:
+    """TVM's CPU thread pool as this process runs it, e.g. ``2 threads, unbound, spin 0``: the
+    worker count TVM reports (it starts the pool if it has not yet), and the binding and spin
+    count it read from the environment (TVM's own defaults where unset: bound, 300000)."""
+    import os
+
+    import tvm
+
+    try:
+        threads = int(tvm.get_global_func("runtime.NumThreads")())
+    except Exception:  # noqa: BLE001 - an older runtime without the query
+        threads = os.environ.get("TVM_NUM_THREADS", "?")
+    bind = "unbound" if os.environ.get("TVM_BIND_THREADS", "1") == "0" else "bound"
+    return f"{threads} threads, {bind}, spin {os.environ.get('TVM_THREAD_POOL_SPIN_COUNT', '300000')}"
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     try:

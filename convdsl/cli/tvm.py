@@ -107,15 +107,18 @@ def _table(rows: list[dict]) -> None:
 
     t = Table(title=f"{rows[0]['network']}, batch {rows[0]['batch']}", title_justify="left")
     for col, just in (("backend", "left"), ("median ms", "right"), ("p10-p90 ms", "right"), ("spread", "right"),
-                      ("speedup vs torch", "right"), ("threads", "right"), ("build s", "right"), ("note", "left")):
+                      ("speedup vs torch", "right"), ("threads", "right"), ("cores busy", "right"), ("build s", "right"),
+                      ("note", "left")):
         t.add_column(col, justify=just)
     for r in rows:
         if r.get("median_ms") is None:
-            t.add_row(r["backend"], "-", "-", "-", "-", str(r.get("threads") or "-"), f"{r['compile_s']:.1f}", r["note"])
+            t.add_row(r["backend"], "-", "-", "-", "-", str(r.get("threads") or "-"), "-", f"{r['compile_s']:.1f}",
+                      r["note"])
             continue
-        sp = r.get("speedup_vs_torch")
+        sp, busy = r.get("speedup_vs_torch"), r.get("cores_busy")
         t.add_row(r["backend"], f"{r['median_ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}", f"{r['spread_pct']:.0f}%",
-                  f"{sp:.2f}x" if sp is not None else "-", str(r.get("threads") or "-"), f"{r['compile_s']:.1f}", r["note"])
+                  f"{sp:.2f}x" if sp is not None else "-", str(r.get("threads") or "-"),
+                  f"{busy:.2f}" if busy is not None else "-", f"{r['compile_s']:.1f}", r["note"])
     stdout_console().print(t)
 
 
