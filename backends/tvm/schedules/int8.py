@@ -19,16 +19,24 @@ The schedule (no tuning):
 The accumulator tile (at most 15 x 64 bytes) is under TVM's stack-allocation limit, so it
 is an alloca that LLVM keeps in zmm registers.
 
-Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in
-AVX2's layout (``lower_quant.int8_layout``): weights pre-widened to int16 pairs
-``[oc/8][ic/2][kh][kw][8][2]``, activations widened to int16 once, when they are packed, and
-the same loop nest with the inner 8 x 2 dot product tensorized to one ``vpmaddwd``
-(``register_madd_intrinsic``: the activation pair broadcast to 8 lanes, times 8 x 2 weights,
-pairs summed exactly in int32), register tile ``madd_register_tile`` (at most 12 ymm
-accumulators).  Never ``vpmaddubsw``: it saturates pairs of products to int16, which would break
-the exact int32 arithmetic.  A kernel still in VNNI's byte layout on such a CPU (lowered without
-the target) runs the old untensorized nest (``_schedule_avx2``: exact, but the [16 x 4] bytes are
-gathered with byte inserts, ~20x slower; it warns once).
+Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in one of
+AVX2's two layouts (``lower_quant.int8_layout``, per layer, from its weights):
+
+- weights whose pairs cannot saturate int16 (``lower_quant.maddubs_exact``; 7-bit weights, which
+  ``convdsl quantize`` makes on such a CPU, always): bytes ``[oc/8][ic/4][kh][kw][8][4]``, u8
+  activations packed as for VNNI, and the inner 8 x 4 dot product tensorized to ``vpmaddubsw``
+  (u8 x s8, pairs summed in int16: exact for these weights) + ``vpmaddwd`` with ones (the two
+  pairs of a lane summed into int32) + ``vpaddd`` (``register_maddubs_intrinsic``), register tile
+  ``maddubs_register_tile`` (at most 12 ymm accumulators);
+- other weights (8-bit): int16 pairs ``[oc/8][ic/2][kh][kw][8][2]``, activations widened to
+  int16 once, when they are packed, and the inner 8 x 2 dot product tensorized to one
+  ``vpmaddwd`` (``register_madd_intrinsic``: the activation pair broadcast to 8 lanes, times
+  8 x 2 weights, pairs summed exactly in int32), register tile ``madd_register_tile``.
+
+``vpmaddubsw`` never sees weights whose int16 pair sums could saturate, so both are exact.  A
+kernel still in VNNI's byte layout on such a CPU (lowered without the target) runs the old
+untensorized nest (``_schedule_avx2``: exact, but the [16 x 4] bytes are gathered with byte
+inserts, ~20x slower; it warns once).
 """
 from __future__ import annotations
 
