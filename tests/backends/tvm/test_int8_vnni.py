@@ -506,7 +506,7 @@ def _bn_from_batch(g, x):
     return g
 
 
-def mbv2_int8(scale: float):
+def mbv2_int8(scale: float, bits: int = 8):
     """The blocks quantized on inputs of size ``scale``, and a batch of test inputs.  ``scale`` 1 with
     batchnorm statistics from the calibration batch: activations as in a trained network; 1e-7 with the
     initial ones: every activation scale tiny (~1e-9 deep in the network), so the classifier's bias is
@@ -521,7 +521,7 @@ def mbv2_int8(scale: float):
     if scale == 1:
         g = _bn_from_batch(g, calib)
     g = run_passes(g, "O2")
-    q = quantize(g, [calib[:8], calib[8:]], build=torch_module)
+    q = quantize(g, [calib[:8], calib[8:]], build=torch_module, weight_bits=bits)
     return g, q, (scale * rng.standard_normal((2, 3, 32, 32))).astype(np.float32)
 
 
@@ -529,18 +529,27 @@ MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-s
                 "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
 
 
+MBV2_CASES = [(t, s, 8) for s in (1.0, 1e-7) for t in MBV2_TARGETS] + [("host", 1.0, 7), ("avx2", 1.0, 7)]
+
+
 @needs_int8_schedule
-@pytest.mark.parametrize("scale", [1.0, 1e-7], ids=["calibrated-bn", "vanishing"])
-@pytest.mark.parametrize("target", list(MBV2_TARGETS), ids=list(MBV2_TARGETS))
-def test_mobilenet_v2_blocks_int8_match_torch_simulation(target, scale):
+@pytest.mark.parametrize("target,scale,bits", MBV2_CASES,
+                         ids=[f"{t}-{'calibrated-bn' if s == 1 else 'vanishing'}{'-w7' if b == 7 else ''}"
+                              for t, s, b in MBV2_CASES])
+def test_mobilenet_v2_blocks_int8_match_torch_simulation(target, scale, bits):
     """tvm-llvm int8 against the torch simulation on MobileNet-V2's blocks: every int8 tensor within one
     quantization step (measured: equal), the float output within float32 rounding; on each x86 path
-    (VNNI, AVX-512 without VNNI and AVX2 both take vpmaddwd), run where this CPU has the instructions."""
+    (VNNI; AVX-512 without VNNI and AVX2 take vpmaddwd with 8-bit weights, vpmaddubsw with 7-bit ones),
+    run where this CPU has the instructions."""
+    from convdsl.backends.tvm.lower_quant import int8_instructions
     from convdsl.backends.tvm.targets import host_can_run
     from tests.passes.test_quantize import probe, torch_values
 
     config = MBV2_TARGETS[target]
-    g, q, x = mbv2_int8(scale)
+    g, q, x = mbv2_int8(scale, bits)
+    if bits == 7 and (target == "avx2" or HAS_AVX2_ONLY):
+        with tvm.target.Target(config or {"kind": "llvm", "mcpu": "haswell"}):
+            assert int8_instructions(q).get("vpmaddubsw", 0) >= 10 and "vpmaddwd" not in int8_instructions(q)
     bias = q.params["classifier.bias"].astype(np.int64)
     assert np.abs(bias).max() < np.iinfo(np.int32).max  # never saturated
     p = probe(q)
