@@ -350,6 +350,30 @@ def test_int8_instructions_are_recorded_per_layer():
         assert int8_instructions(g) == {"vpdpbusd": 1}
 
 
+@pytest.mark.parametrize("dtype", ["u8", "i8"])
+@pytest.mark.parametrize("k,stride,pad,size", [(3, 2, 1, 23), (2, 2, 0, 16), (3, 1, 1, 9)], ids=["3s2p1", "2s2", "3s1p1"])
+def test_int8_max_pool_is_scheduled_and_exact(dtype, k, stride, pad, size):
+    """A max-pool between quantized layers runs on the int8 tensor: int8.try_schedule takes it (rows in parallel,
+    the padded rows copied next to each output row) and it equals torch's max_pool2d."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of(one_op("maxpool2d", [[2, 5, size, size]], k, stride=stride, pad=pad, dtypes=[dtype]))
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target() as target:
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(g))
+        funcs = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert len(funcs) == 1
+        sch = tvm.s_tir.Schedule(funcs[0])
+        assert int8.try_schedule(sch, target) and "T.parallel" in sch.mod.script()
+    lo, hi = (0, 256) if dtype == "u8" else (-128, 128)
+    x = np.random.default_rng(5).integers(lo, hi, (2, 5, size, size)).astype(np.uint8 if dtype == "u8" else np.int8)
+    got = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)(x)
+    want = torch.nn.functional.max_pool2d(torch.from_numpy(x.astype(np.float32)), k, stride, pad).numpy()
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(got.astype(np.float32), want)
+
+
 def test_madd_register_tile():
     assert int8.madd_register_tile(8, 56) == (8, 1)
     assert int8.madd_register_tile(6, 56) == (4, 3)
