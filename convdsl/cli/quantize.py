@@ -30,7 +30,7 @@ class WeightBits(Count):
               show_default=True, help="How activation ranges are chosen.")
 @click.option("--percentile", type=Number(0.0, 100.0, lo_open=True), default=99.99, show_default=True, help="Percentile kept by --method percentile.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep NODE in float (id, fnmatch pattern or scope).")
-@click.option("--weight-bits", type=WeightBits(), default="auto", show_default=True,
+@click.option("--weight-bits", type=WeightBits(2, 8), default="auto", show_default=True,
               help="Weight precision (2-8, stored as int8), or auto: 7 on an AVX2 CPU without AVX-512 VNNI "
                    "(vpmaddubsw then sums exactly), else 8.")
 @click.option("--act-dtype", type=click.Choice(["u8", "i8"]), default="u8", show_default=True,
