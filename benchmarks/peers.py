@@ -163,15 +163,17 @@ def ort_qdq(f32: Path, out: Path, calib: np.ndarray) -> Path:
 
 
 def convdsl_int8(graph, calib: np.ndarray):
-    """The program quantized by convdsl (fold_bn, then int8 with minmax ranges from ``calib``)."""
+    """The program quantized by convdsl (fold_bn, then int8 with minmax ranges from ``calib``), with
+    ``convdsl quantize``'s default weight bits for this CPU (7 on AVX2 without VNNI: vpmaddubsw, exact)."""
     from convdsl.backends.torch import build_module
+    from convdsl.backends.tvm.targets import cpu_flags
     from convdsl.passes import run_passes
     from convdsl.passes.quantize import quantize
 
     folded = run_passes(graph, "fold_bn,remove_identity,dce")
     batches = calib.reshape(-1, *calib.shape[2:])  # [count, 1, ...] -> batches of 8 inputs
     return quantize(folded, [batches[i:i + 8] for i in range(0, len(batches), 8)], method="minmax",
-                    build=build_module)
+                    build=build_module, weight_bits="auto", cpu_flags=cpu_flags())
 
 
 def save_program(graph, folder: Path) -> tuple[str, str]:
@@ -257,8 +259,17 @@ def child(spec: dict) -> None:
 
         precision = row.split()[1]
         g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
-        m = ctvm.backend("tvm-llvm", precision=precision, progress=False).build_module(g)
+        backend = ctvm.backend("tvm-llvm", precision=precision, progress=False)
+        m = backend.build_module(g)
         info["kernels"] = f"{m.built.own}/{m.built.functions}"
+        if precision == "int8":  # the weight range and the instruction of each quantized layer
+            from convdsl.backends.tvm.lower_quant import int8_instructions
+
+            bits = max(int(np.abs(g.params[n.params["weight"]].astype(np.int64)).max()) for n in g.nodes()
+                       if n.op in ("qconv1d", "qconv2d", "qconv3d", "qlinear"))
+            with backend.spec.tvm_target():
+                used = int8_instructions(g)
+            info["int8"] = f"weights [-{bits}, {bits}], " + " ".join(f"{k} x{v}" for k, v in sorted(used.items()))
         timed = m.runner.timed_call([x])  # what `convdsl bench` times: the module on an input already placed
 
         def call():
@@ -485,7 +496,7 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
                 lines.append(f"| {row} | - | - | - | {e.get('note', '')} |")
                 continue
             err = e.get("max_rel_err_vs_f32")
-            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "pool", "cores_busy", "build_s"))
+            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "int8", "pool", "cores_busy", "build_s"))
             lines.append(f"| {row} | {e['median_ms']:.2f} | {e['p10_ms']:.2f}-{e['p90_ms']:.2f} | "
                          f"{'-' if err is None else f'{err:.1e}'} | {note} |")
         lines.append("")

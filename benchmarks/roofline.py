@@ -6,8 +6,8 @@
 Peak per precision is measured, not looked up: a C micro-kernel (built here with gcc) runs
 independent chains of the precision's instruction on every thread (f32: ``vfmadd231ps``, 32 FLOP
 per zmm instruction; bf16: ``vdpbf16ps``, 64; int8: ``vpdpbusd``, 128 ops; on an AVX2 CPU without
-AVX-512: ymm ``vfmadd231ps``, 16 FLOP, and for int8 ``vpmaddwd`` + ``vpaddd``, 32 ops, what
-convdsl's AVX2 int8 kernel executes), and memory bandwidth is a large NumPy copy.  For every tvm-llvm kernel taking more than ``--min-percent`` of a network's
+AVX-512: ymm ``vfmadd231ps``, 16 FLOP, and for int8 ``vpmaddubsw`` + ``vpmaddwd`` (ones) + ``vpaddd``,
+64 ops, what convdsl's AVX2 int8 kernel executes with the 7-bit weights ``convdsl quantize`` makes there), and memory bandwidth is a large NumPy copy.  For every tvm-llvm kernel taking more than ``--min-percent`` of a network's
 time: its FLOPs per call (TVM's estimate on the kernel before scheduling), its measured time
 (the VM's per-kernel profile), achieved rate, peak / achieved, and its arithmetic intensity
 (FLOPs per byte of its arguments): a kernel under the machine balance (peak / bandwidth) is
@@ -82,13 +82,27 @@ __attribute__((target("avx2"))) double peak_int8_avx2(long iters) {
     int o[8]; long s = 0; for (int j = 0; j < CHAINS; j++) { _mm256_storeu_si256((__m256i *)o, acc[j]); for (int k = 0; k < 8; k++) s += o[k]; }
     return (double)s;
 }
+__attribute__((target("avx2"))) double peak_int8_avx2_maddubs(long iters) {
+    /* what convdsl's AVX2 int8 kernel executes with 7-bit weights: vpmaddubsw (32 u8 x s8 products summed in
+       int16 pairs) + vpmaddwd with ones (pairs of pairs into int32) + vpaddd; the asm keeps it in the loop */
+    __m256i acc[CHAINS]; __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-2), one = _mm256_set1_epi16(1);
+    for (int j = 0; j < CHAINS; j++) acc[j] = _mm256_set1_epi32(j);
+    for (long i = 0; i < iters; i++) {
+        __asm__("" : "+x"(a));
+        _Pragma("GCC unroll 12") for (int j = 0; j < CHAINS; j++)
+            acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), one));
+    }
+    int o[8]; long s = 0; for (int j = 0; j < CHAINS; j++) { _mm256_storeu_si256((__m256i *)o, acc[j]); for (int k = 0; k < 8; k++) s += o[k]; }
+    return (double)s;
+}
 """
 # precision -> [(flag it needs, C function, ops per instruction)], the widest the CPU has first:
-# zmm vfmadd231ps 32 FLOP, vdpbf16ps 64, vpdpbusd 128 int ops; ymm vfmadd231ps 16, vpmaddwd 32
+# zmm vfmadd231ps 32 FLOP, vdpbf16ps 64, vpdpbusd 128 int ops; ymm vfmadd231ps 16, and for int8 without VNNI
+# vpmaddubsw + vpmaddwd(ones) 64 (convdsl quantize's 7-bit weights on such a CPU; 8-bit ones run vpmaddwd, 32)
 KERNELS = {
     "f32": [("avx512f", "peak_f32", 32), ("avx2", "peak_f32_avx2", 16)],
     "bf16": [("avx512_bf16", "peak_bf16", 64)],
-    "int8": [("avx512_vnni", "peak_int8", 128), ("avx2", "peak_int8_avx2", 32)],
+    "int8": [("avx512_vnni", "peak_int8", 128), ("avx2", "peak_int8_avx2_maddubs", 64)],
 }
 NEEDS = {"f32": "avx512f or avx2", "bf16": "avx512_bf16", "int8": "avx512_vnni or avx2"}
 

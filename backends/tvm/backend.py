@@ -229,6 +229,11 @@ class TVMBackend:
                 "tuning": built.tuning.as_dict() if built.tuning else None,
             },
         }
+        if not self.spec.is_gpu and any(op in QUANTIZED_OPS for op in graph.ops_used()):
+            from convdsl.backends.tvm.lower_quant import int8_instructions
+
+            with self.spec.tvm_target():  # which instruction each quantized layer's kernel runs
+                extra["tvm"]["int8_instructions"] = int8_instructions(graph)
         return extra
 
 

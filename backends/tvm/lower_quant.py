@@ -56,6 +56,7 @@ LOWERINGS = family("quant")
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
+MADDUBS_OC = 8  # output channels of one AVX2 vpmaddubsw + vpmaddwd block (x VNNI_IC input channels, bytes)
 OUT_EWISE_FUSABLE = 4  # relax.OpPatternKind.kOutEWiseFusable
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -132,17 +133,70 @@ def pack_vnni_weight(w: np.ndarray, oc: int = VNNI_OC, ic: int = VNNI_IC) -> np.
     return np.ascontiguousarray(blocks)
 
 
-def int8_layout() -> tuple[int, int, str]:
+def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
     """(output channels, input channels, weight dtype) of one dot-product block for the current target:
-    VNNI's 16 x 4 bytes (``vpdpbusd``), or on an AVX2 CPU without it 8 x 2 int16 (``vpmaddwd``: the
-    weights widened here, once, the activations widened when they are packed)."""
+    VNNI's 16 x 4 bytes (``vpdpbusd``); on an AVX2 CPU without it, 8 x 4 bytes (``vpmaddubsw`` +
+    ``vpmaddwd``) when the int8 weights ``w`` [O, C, ...] cannot saturate vpmaddubsw's int16 pair sums
+    (``maddubs_exact``: 7-bit weights always), else 8 x 2 int16 (``vpmaddwd``: the weights widened
+    here, once, the activations widened when they are packed)."""
     target = tvm.target.Target.current(allow_none=True)
     if target is not None and target.kind.name == "llvm":
         from tvm.target import codegen
 
         if not codegen.target_has_features("avx512vnni", target) and codegen.target_has_features("avx2", target):
+            if w is not None and maddubs_exact(w):
+                return MADDUBS_OC, VNNI_IC, "int8"
             return MADD_OC, MADD_IC, "int16"
     return VNNI_OC, VNNI_IC, "int8"
+
+
+def int8_instruction(w: np.ndarray | None = None) -> str:
+    """The x86 instruction ``int8_layout`` picks for weights ``w`` on the current target."""
+    oc, ic, dtype = int8_layout(w)
+    return "vpdpbusd" if oc == VNNI_OC else "vpmaddwd" if dtype == "int16" else "vpmaddubsw"
+
+
+def int8_instructions(graph) -> dict[str, int]:
+    """{instruction: how many quantized layers of ``graph`` run it} on the current target (the manifest's
+    record of what the int8 build executes): ``vpdpbusd`` / ``vpmaddubsw`` / ``vpmaddwd`` for the
+    dot-product kernel, ``depthwise`` (schedules/int8_depthwise.py), ``generic`` (grouped convs,
+    qconv3d: Relax's int32 conv)."""
+    from convdsl.backends.tvm.schedules import int8_depthwise
+
+    counts: dict[str, int] = {}
+    for node in graph.nodes():
+        if node.op not in ("qconv1d", "qconv2d", "qconv3d", "qlinear"):
+            continue
+        w = np.asarray(graph.params[node.params["weight"]])
+        groups = node.attrs.get("groups", 1)
+        c = graph.in_types(node.id)[0].shape[1] if node.op != "qlinear" else None
+        if (node.op == "qconv2d" and groups == c == w.shape[0] and w.shape[1] == 1 and isinstance(c, int)
+                and int8_depthwise.fits(c, w.shape[2] * w.shape[3])):
+            kind = "depthwise"
+        elif node.op == "qconv3d" or groups != 1:
+            kind = "generic"
+        else:
+            kind = int8_instruction(w)
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+INT16_MAX = 2**15 - 1
+
+
+def maddubs_exact(w: np.ndarray) -> bool:
+    """Whether ``vpmaddubsw`` sums every pair of u8 x s8 products of ``w`` [O, C, ...] (int8) exactly in
+    int16, in the [8][4] layout's pairs (input channels 2k and 2k + 1 at the same tap): with activations
+    in [0, 255], a pair's sum lies in [255 * (its negative weights), 255 * (its positive weights)].
+    Always true for weights in [-64, 64] (2 * 255 * 64 = 32640); checked here for each layer."""
+    w = np.asarray(w, np.int64)
+    o, c = w.shape[:2]
+    full = np.zeros((o, c + c % 2) + w.shape[2:], np.int64)
+    full[:, :c] = w
+    pairs = full.reshape(o, -1, 2, *w.shape[2:])
+    pos = np.clip(pairs, 0, None).sum(axis=2)
+    neg = np.clip(pairs, None, 0).sum(axis=2)
+    return bool(255 * pos.max(initial=0) <= INT16_MAX and 255 * neg.min(initial=0) >= -INT16_MAX - 1)
 
 
 def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, out_channels: int,
@@ -223,7 +277,7 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
     bias = _int32_bias(cx, node, w, in_zp)
-    oc, ic, dtype = int8_layout()
+    oc, ic, dtype = int8_layout(w)
     packed = pack_vnni_weight(w, oc, ic).astype(dtype)
     y = cx.emit_te(vnni_conv2d, x, cx.const(packed, dtype), cx.const(bias, "int32"), cx.const(m, "float32"), **kw)
     _mark_fusable(cx, y)

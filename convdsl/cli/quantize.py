@@ -11,6 +11,15 @@ from convdsl.outputs import output_folder, staged_folder
 from convdsl.cli.common import Count, Number, program_graph, main, program_options, weights_options
 
 
+class WeightBits(Count):
+    """--weight-bits: 2..8, or auto (this CPU's choice, ``passes.quantize.weight_bits_for_cpu``)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return super().convert(value, param, ctx)
+
+
 @main.command(name="quantize")
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
@@ -21,7 +30,9 @@ from convdsl.cli.common import Count, Number, program_graph, main, program_optio
               show_default=True, help="How activation ranges are chosen.")
 @click.option("--percentile", type=Number(0.0, 100.0, lo_open=True), default=99.99, show_default=True, help="Percentile kept by --method percentile.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep NODE in float (id, fnmatch pattern or scope).")
-@click.option("--weight-bits", type=Count(2, 8), default=8, show_default=True, help="Weight precision (2-8, stored as int8).")
+@click.option("--weight-bits", type=WeightBits(2, 8), default="auto", show_default=True,
+              help="Weight precision (2-8, stored as int8), or auto: 7 on an AVX2 CPU without AVX-512 VNNI "
+                   "(vpmaddubsw then sums exactly), else 8.")
 @click.option("--act-dtype", type=click.Choice(["u8", "i8"]), default="u8", show_default=True,
               help="Activation dtype (u8: asymmetric, x86's u8 x s8).")
 @click.option("--cast", "cast_to", type=click.Choice(["f16", "bf16"]), default=None,
@@ -60,13 +71,16 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
         report: dict = {"cast": cast_to}
     else:
         batches = calibration_batches(calib, samples=calib_samples)  # the training split train/eval use
+        from convdsl.backends.tvm.targets import cpu_flags
+
         q, done = quantize_with_report(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
                                        weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile,
-                                       build=build_module)
+                                       build=build_module, cpu_flags=cpu_flags())
         q = verify(q)
         report = dict(done.to_json(), calibration=calib)
+        why = f" ({done.weight_bits_reason})" if weight_bits == "auto" else ""
         what = (f"int8 ({method} calibration on {report['calibration_samples']} inputs of {calib}, "
-                f"{weight_bits}-bit weights, {act_dtype} activations)")
+                f"{done.weight_bits}-bit weights{why}, {act_dtype} activations)")
     report["params_bytes"] = {"before": g.params.nbytes(), "after": q.params.nbytes()}
     if data:
         from convdsl.train import evaluate, load_dataset

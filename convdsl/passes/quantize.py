@@ -66,6 +66,7 @@ class QuantizeReport:
     calibration_samples: int
     layers: list[dict[str, Any]]
     kept_float: dict[str, str]
+    weight_bits_reason: str = "given"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -78,19 +79,37 @@ class Quantized(NamedTuple):
     report: QuantizeReport
 
 
+AUTO = "auto"
+
+
+def weight_bits_for_cpu(flags: Iterable[str]) -> tuple[int, str]:
+    """(weight bits, why) for the CPU with these /proc/cpuinfo ``flags``: 8 where AVX-512 VNNI's
+    ``vpdpbusd`` sums u8 x s8 products exactly in int32; 7 ([-63, 63]) on an AVX2 CPU without it,
+    where x86's u8 x s8 instruction is ``vpmaddubsw``, whose int16 pair sums saturate for 8-bit
+    weights (2 * 255 * 127 > 32767) but never for 7-bit ones (2 * 255 * 63 = 32130): the int8
+    kernels then run it exactly, twice the products per instruction of ``vpmaddwd`` on int16
+    (the reduced range fbgemm uses on such CPUs); 8 on other CPUs."""
+    flags = set(flags)
+    if "avx512_vnni" in flags:
+        return 8, "avx512_vnni: vpdpbusd sums 8-bit products exactly"
+    if "avx2" in flags:
+        return 7, "avx2 without avx512_vnni: 7-bit weights let vpmaddubsw sum its pairs exactly in int16"
+    return 8, "no AVX2 or VNNI int8 instruction: 8-bit weights"
+
+
 def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
-             weight_bits: int = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
-             threads: int | None = None, *, build: ModuleBuilder) -> Graph:
+             weight_bits: int | str = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
+             threads: int | None = None, *, build: ModuleBuilder, cpu_flags: Iterable[str] | None = None) -> Graph:
     """A copy of ``graph`` with its convs and linears in int8 (see the module docstring and
     ``quantize_with_report``)."""
     return quantize_with_report(graph, calib_batches, method, per_layer, weight_bits, act_dtype, percentile,
-                                fuse_relu, threads, build=build).graph
+                                fuse_relu, threads, build=build, cpu_flags=cpu_flags).graph
 
 
 def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = "minmax",
-                         per_layer: Mapping[str, str] | None = None, weight_bits: int = 8, act_dtype: str = "u8",
+                         per_layer: Mapping[str, str] | None = None, weight_bits: int | str = 8, act_dtype: str = "u8",
                          percentile: float = 99.99, fuse_relu: bool = True, threads: int | None = None, *,
-                         build: ModuleBuilder) -> Quantized:
+                         build: ModuleBuilder, cpu_flags: Iterable[str] | None = None) -> Quantized:
     """``quantize``: (the int8 graph, a ``QuantizeReport``).
 
     ``calib_batches``: calibration inputs (an array, a list of batches, or a list of tuples for
@@ -98,13 +117,20 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     backend's ``build_module``).  ``method``: minmax,
     percentile or mse.  ``per_layer``: {node id, fnmatch pattern or scope: "float" | "int8"};
     the last matching entry wins.  ``weight_bits`` (2..8) narrows the weight range (still stored
-    as int8).  ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations."""
+    as int8), or ``"auto"``: the bits ``weight_bits_for_cpu(cpu_flags)`` chooses for the CPU whose
+    flags are given (7 on AVX2 without VNNI, else 8; the report says which and why).
+    ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations."""
     # conv(x, w) [-> relu]  =>  quantize(x) -> qconv(q_x, int8(w)) [-> dequantize]
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}'", hint=f"methods: {', '.join(METHODS)}")
     if act_dtype not in INT_DTYPES:
         raise UsageError(f"activations can be u8 or i8, not '{act_dtype}'")
-    if not 2 <= weight_bits <= 8:
+    reason = "given"
+    if weight_bits == AUTO:
+        if cpu_flags is None:
+            raise UsageError("weight_bits='auto' needs the CPU's flags (cpu_flags=...)")
+        weight_bits, reason = weight_bits_for_cpu(cpu_flags)
+    if not isinstance(weight_bits, int) or not 2 <= weight_bits <= 8:
         raise UsageError(f"weight_bits must be between 2 and 8, got {weight_bits}")
     g = graph.copy()
     plan, kept = _plan(g, per_layer or {}, fuse_relu)
@@ -125,7 +151,7 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
             rw.passthrough(g.node(nid))
     rw.drop_dead_dequantizes()
     report = QuantizeReport(method, percentile if method == "percentile" else None, weight_bits, act_dtype,
-                            len(batches), sum(len(b[0]) for b in batches), layers, kept)
+                            len(batches), sum(len(b[0]) for b in batches), layers, kept, reason)
     return Quantized(g, report)
 
 

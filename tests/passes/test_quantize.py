@@ -30,7 +30,8 @@ from convdsl.lang.elaborate import elaborate
 from convdsl.passes import run_passes
 from convdsl.passes.calibrate import Stats, clip_range, observe
 from convdsl.passes.cast import cast, to_bf16
-from convdsl.passes.quantize import bias_limit, quantize, quantize_weight_and_bias, quantize_with_report
+from convdsl.passes.quantize import (bias_limit, quantize, quantize_weight_and_bias, quantize_with_report,
+                                     weight_bits_for_cpu)
 from convdsl.train import calibration_batches
 
 DIGITS = str(Path(__file__).resolve().parents[2] / "examples" / "digits_cnn.cdl")
@@ -496,8 +497,45 @@ def test_quantize_command(trained, tmp_path):
     assert report["accuracy"]["quantized"] >= report["accuracy"]["float"] - 0.01
     q = load_graph(out / "digits_cnn.cdl", weights=out / "weights.safetensors")
     assert q.params["conv1.weight"].dtype == np.int8 and q.node("fc").op == "linear"
+    # --weight-bits auto (the default): this CPU's choice, recorded with its reason, and the weights in its range
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    bits, why = weight_bits_for_cpu(cpu_flags())
+    assert report["weight_bits"] == bits and report["weight_bits_reason"] == why and f"{bits}-bit" in r.output
+    assert np.abs(q.params["conv1.weight"].astype(np.int64)).max() == 2 ** (bits - 1) - 1
+    r = CliRunner().invoke(main, ["quantize", DIGITS, "--weights", str(tmp_path / "w.safetensors"), "--calib", "digits",
+                                  "--calib-samples", "32", "--weight-bits", "5", "-o", str(tmp_path / "q5")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "q5" / "report.json").read_text())["weight_bits_reason"] == "given"
     r = CliRunner().invoke(main, ["quantize", DIGITS, "-o", str(out)])
     assert r.exit_code != 0 and "calibration" in r.output
+
+
+def test_weight_bits_for_cpu():
+    """8 bits where VNNI's vpdpbusd is exact; 7 on AVX2 without VNNI, where vpmaddubsw's int16 pair sums are then
+    exact (2 * 255 * 63 = 32130 <= 32767; 8-bit weights: 2 * 255 * 127 = 64770 saturates)."""
+    zen3 = "fpu sse2 avx avx2 fma bmi2".split()
+    skylake_x = zen3 + ["avx512f", "avx512bw"]
+    icelake = skylake_x + ["avx512_vnni"]
+    assert weight_bits_for_cpu(icelake)[0] == 8 and weight_bits_for_cpu(zen3 + ["avx512_vnni"])[0] == 8
+    assert weight_bits_for_cpu(zen3)[0] == 7 and weight_bits_for_cpu(skylake_x)[0] == 7
+    assert weight_bits_for_cpu(["neon", "asimd"])[0] == 8 and weight_bits_for_cpu([])[0] == 8
+    assert 2 * 255 * (2 ** 6 - 1) <= 2 ** 15 - 1 < 2 * 255 * (2 ** 7 - 1)
+
+
+def test_auto_weight_bits(folded, calib):
+    q, report = quantize_with_report(folded, calib[:1], weight_bits="auto", cpu_flags=["avx2", "fma"],
+                                     build=build_module)
+    assert report.weight_bits == 7 and "vpmaddubsw" in report.weight_bits_reason
+    assert all(r["weight_bits"] == 7 for r in report.layers)
+    w = [q.params[k] for k in q.params.names() if k.endswith(".weight")]
+    assert w and max(int(np.abs(a.astype(np.int64)).max()) for a in w) == 63
+    q8, report8 = quantize_with_report(folded, calib[:1], weight_bits="auto", cpu_flags=["avx2", "avx512_vnni"],
+                                       build=build_module)
+    assert report8.weight_bits == 8 and report8.to_json()["weight_bits_reason"].startswith("avx512_vnni")
+    assert quantize_with_report(folded, calib[:1], build=build_module).report.weight_bits_reason == "given"
+    with pytest.raises(UsageError, match="cpu_flags"):
+        quantize(folded, calib[:1], weight_bits="auto", build=build_module)
 
 
 # ---- TVM: real int8 kernels against the torch simulation -----------------------------------------------------

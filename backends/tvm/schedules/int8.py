@@ -19,16 +19,24 @@ The schedule (no tuning):
 The accumulator tile (at most 15 x 64 bytes) is under TVM's stack-allocation limit, so it
 is an alloca that LLVM keeps in zmm registers.
 
-Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in
-AVX2's layout (``lower_quant.int8_layout``): weights pre-widened to int16 pairs
-``[oc/8][ic/2][kh][kw][8][2]``, activations widened to int16 once, when they are packed, and
-the same loop nest with the inner 8 x 2 dot product tensorized to one ``vpmaddwd``
-(``register_madd_intrinsic``: the activation pair broadcast to 8 lanes, times 8 x 2 weights,
-pairs summed exactly in int32), register tile ``madd_register_tile`` (at most 12 ymm
-accumulators).  Never ``vpmaddubsw``: it saturates pairs of products to int16, which would break
-the exact int32 arithmetic.  A kernel still in VNNI's byte layout on such a CPU (lowered without
-the target) runs the old untensorized nest (``_schedule_avx2``: exact, but the [16 x 4] bytes are
-gathered with byte inserts, ~20x slower; it warns once).
+Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in one of
+AVX2's two layouts (``lower_quant.int8_layout``, per layer, from its weights):
+
+- weights whose pairs cannot saturate int16 (``lower_quant.maddubs_exact``; 7-bit weights, which
+  ``convdsl quantize`` makes on such a CPU, always): bytes ``[oc/8][ic/4][kh][kw][8][4]``, u8
+  activations packed as for VNNI, and the inner 8 x 4 dot product tensorized to ``vpmaddubsw``
+  (u8 x s8, pairs summed in int16: exact for these weights) + ``vpmaddwd`` with ones (the two
+  pairs of a lane summed into int32) + ``vpaddd`` (``register_maddubs_intrinsic``), register tile
+  ``maddubs_register_tile`` (at most 12 ymm accumulators);
+- other weights (8-bit): int16 pairs ``[oc/8][ic/2][kh][kw][8][2]``, activations widened to
+  int16 once, when they are packed, and the inner 8 x 2 dot product tensorized to one
+  ``vpmaddwd`` (``register_madd_intrinsic``: the activation pair broadcast to 8 lanes, times
+  8 x 2 weights, pairs summed exactly in int32), register tile ``madd_register_tile``.
+
+``vpmaddubsw`` never sees weights whose int16 pair sums could saturate, so both are exact.  A
+kernel still in VNNI's byte layout on such a CPU (lowered without the target) runs the old
+untensorized nest (``_schedule_avx2``: exact, but the [16 x 4] bytes are gathered with byte
+inserts, ~20x slower; it warns once).
 """
 from __future__ import annotations
 
@@ -46,7 +54,7 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     and return True; return False, leaving ``sch`` untouched, for anything else."""
     blocks = _annotated_blocks(sch)
     if "conv" not in blocks:
-        return False
+        return _schedule_int_pool(sch, target)
     intrin = intrinsic_for(target)
     if intrin is None:
         return False
@@ -54,12 +62,18 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     requant = sch.get_sblock(blocks["requant"]) if "requant" in blocks else None
     pack = sch.get_sblock(blocks["pack"]) if "pack" in blocks else None
 
-    _, n_ob, _, n_ow, _ = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
+    _, n_ob, _, n_ow, n_oc = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
     if any(str(r.source.dtype) == "int16" for r in sch.get(conv).reads):  # AVX2's int16 pair layout
         if not _has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, madd_register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_madd_intrinsic(), tile)
+        return True
+    if n_oc == MADDUBS_OC:  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
+        if not _has(target, "avx2"):
+            return False
+        tile = tophub.choose("int8_conv", sch, conv, None, maddubs_register_tile(n_ob, n_ow))
+        _schedule_tensorized(sch, conv, requant, pack, register_maddubs_intrinsic(), tile)
         return True
     if intrin == AVX2:  # VNNI's byte layout on a CPU without VNNI (lowered without the target)
         _warn_no_vnni()
@@ -227,6 +241,74 @@ def madd_register_tile(n_ob: int, n_ow: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
+MADDUBS_INTRIN = "convdsl_dot_8x4_maddubs"
+MADDUBS_OC = 8  # output channels of one vpmaddubsw block (8 int32 lanes of a ymm), 4 input channels each
+
+
+def register_maddubs_intrinsic() -> str:
+    """Register (once) the 8x4 u8 x s8 -> s32 dot product of AVX2's ``vpmaddubsw`` + ``vpmaddwd``:
+    the four u8 activations of one input-channel block, broadcast to 8 lanes, times the [8][4] int8
+    weights; ``vpmaddubsw`` sums each pair of products into int16 (saturating), ``vpmaddwd`` with ones
+    sums the two int16 pairs of a lane into int32, added to the accumulator.
+
+    Exact only when no pair sum can leave int16: 255 * (positive weights of the pair) <= 32767 and
+    255 * (negative ones) >= -32768, i.e. each pair's positive and negative weights sum within
+    [-128, 128] (7-bit weights, [-63, 63], always do).  ``lower_quant.int8_layout`` takes this layout
+    only for such weights; the tensorized description states the exact int32 sum it then computes."""
+    if s_tir.TensorIntrin.get(MADDUBS_INTRIN, allow_missing=True) is not None:
+        return MADDUBS_INTRIN
+    from tvm.script import tirx as T
+
+    from convdsl.backends.tvm.tuning import prime_inspect_cache
+
+    prime_inspect_cache()
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                T.reinterpret(T.broadcast(a, 8), dtype="int8x32"),
+                B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                pairs, T.broadcast(T.int16(1), 16), dtype="int32x8")
+
+    s_tir.TensorIntrin.register(MADDUBS_INTRIN, desc, impl)
+    return MADDUBS_INTRIN
+
+
+MADDUBS_ACCUMULATORS = 12  # of 16 ymm: the rest hold the weight vectors, the broadcast, the ones and a product
+
+
+def maddubs_register_tile(n_ob: int, n_ow: int, limit: int = MADDUBS_ACCUMULATORS) -> tuple[int, int]:
+    """(ow_t, ob_t) for the 8 x 4 vpmaddubsw kernel: the most accumulators (ow_t x ob_t <= ``limit``,
+    ob_t <= 3 8-channel blocks sharing each broadcast activation), the fewer weight vectors on a tie."""
+    best = (0, 0, 0)
+    for ob_t in (d for d in range(1, 4) if n_ob % d == 0):
+        ow_t = max(d for d in range(1, min(n_ow, limit // ob_t) + 1) if n_ow % d == 0)
+        if ow_t * ob_t > best[0]:
+            best = (ow_t * ob_t, ow_t, ob_t)
+    return best[1], best[2]
+
+
 AVX2 = "avx2"  # intrinsic_for's answer without VNNI on an AVX2 CPU: the plain schedule below
 
 
@@ -257,6 +339,38 @@ def _schedule_avx2(sch: s_tir.Schedule, conv, requant, pack, n_ob: int, n_ow: in
         _parallel_outer(sch, pack, 3)
     for block in tail:
         _parallel_outer(sch, block, 2)
+
+
+def _schedule_int_pool(sch: s_tir.Schedule, target) -> bool:
+    """A max-pool on u8/i8 (between quantized layers: max commutes with quantization), which the float
+    rules leave to the generic schedule (one parallel task per output element, not vectorized: ResNet's
+    3x3/2 pool after the stem took 2.7 ms): parallel over (n, c, output row), the taps outside, the
+    output row vectorized.  Returns False, leaving ``sch`` untouched, for anything else."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    root = sch.get_child_blocks(sch.get_sblock("root"))
+    pools = [b for b in root if sch.get(b).name_hint == "pool_max"]
+    if len(pools) != 1 or str(sch.get(pools[0]).writes[0].source.dtype) not in ("uint8", "int8"):
+        return False
+    pool = pools[0]
+    try:
+        pads = sch.get_producers(pool)  # the padding copy, if any
+        loops = sch.get_loops(pool)
+        if len(loops) != 6 or len(pads) > 1:
+            return False
+        n, c, oh, ow, rh, rw = loops
+        sch.reorder(n, c, oh, rh, rw, ow)
+        row = sch.fuse(n, c, oh)
+        sch.parallel(row)
+        if pads:  # the padded input rows of one output row, copied next to it: no bounds tests in the taps
+            sch.compute_at(pads[0], row, preserve_unit_loops=True)
+        init = sch.decompose_reduction(pool, rh)
+        sch.vectorize(sch.get_loops(init)[-1])
+        # the update's row cannot be a TVM vectorized loop under the taps (a reduction block); it is the
+        # innermost loop with independent iterations, which LLVM's loop vectorizer takes
+    except s_tir.ScheduleError:
+        return False
+    return True
 
 
 class Int8SpeedWarning(UserWarning):

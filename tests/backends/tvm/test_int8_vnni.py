@@ -41,8 +41,8 @@ def scheduled():
     return build
 
 
-def vnni_kernels(graph) -> int:
-    """How many PrimFuncs of the built module contain the tensorized vpdpbusd."""
+def vnni_kernels(graph, intrinsic: str = "llvm.x86.avx512.vpdpbusd.512") -> int:
+    """How many PrimFuncs of the built module contain the tensorized vpdpbusd (or ``intrinsic``)."""
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
 
@@ -50,15 +50,15 @@ def vnni_kernels(graph) -> int:
     with spec.tvm_target():
         mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(graph))
         mod = tvm_build.ApplySchedules(tvm.transform.Sequential(tvm_build.schedule_passes(spec, False))(mod))
-    return sum("llvm.x86.avx512.vpdpbusd.512" in f.script() for _, f in mod.functions.items()
+    return sum(intrinsic in f.script() for _, f in mod.functions.items()
                if isinstance(f, tvm.tirx.PrimFunc))
 
 
-def _random_int_params(g, seed=0):
+def _random_int_params(g, seed=0, wmax=127):
     rng = np.random.default_rng(seed)
     for key, a in list(g.params.items()):
         if a.dtype == np.int8:
-            g.params[key] = rng.integers(-127, 128, a.shape).astype(np.int8)
+            g.params[key] = rng.integers(-wmax, wmax + 1, a.shape).astype(np.int8)
         elif a.dtype == np.int32:
             g.params[key] = rng.integers(-3000, 3000, a.shape).astype(np.int32)
         elif key.endswith("w_scale"):
@@ -91,14 +91,14 @@ CONV_CASES = {
 }
 
 
-def _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu, batch=2):
+def _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu, batch=2, wmax=127):
     zp = 0 if act == "i8" else 128
     kwargs = dict(stride=stride, pad=pad, dilation=dilation, in_scale=0.05, in_zp=zp - 3, out_dtype=out_dtype,
                   relu=relu)
     if out_dtype != "f32":
         kwargs.update(out_scale=0.2, out_zp=-5 if out_dtype == "i8" else 7)
     src = one_op(f"quantize(0.05, {zp - 3}, dtype={act}) | qconv2d", [[batch, *shape]], out, k, **kwargs)
-    return _random_int_params(graph_of(src))
+    return _random_int_params(graph_of(src), wmax=wmax)
 
 
 @needs_int8_schedule
@@ -206,6 +206,174 @@ def test_avx2_pair_layout_is_one_vpmaddwd_per_8x2(mcpu):
             np.testing.assert_array_equal(g, w)
 
 
+# ---- AVX2 with 7-bit weights: vpmaddubsw + vpmaddwd, exact ---------------------------------------------------------
+HAS_AVX2_ONLY = "avx2" in cpu_flags() and not HAS_VNNI
+MADDUBS = "llvm.x86.avx2.pmadd.ub.sw"
+
+
+def test_maddubs_exact_is_the_int16_bound_of_each_pair():
+    from convdsl.backends.tvm.lower_quant import maddubs_exact
+
+    def w(*pair):  # one output channel, the pair at input channels (0, 1) of a 1x1 kernel
+        return np.array(pair, np.int8).reshape(1, len(pair), 1, 1)
+
+    assert maddubs_exact(w(64, 64)) and maddubs_exact(w(-64, -64))  # 255 * 128 = 32640 <= 32767
+    assert not maddubs_exact(w(65, 64)) and not maddubs_exact(w(-65, -64))  # 255 * 129 = 32895
+    assert maddubs_exact(w(127, -127)) and maddubs_exact(w(-128, 127))  # opposite signs: 255 * 127 at most
+    assert maddubs_exact(w(0, 64, 65))  # channels (0, 1) and (2, padded 0): 255 * 65 = 16575
+    assert not maddubs_exact(w(0, 0, 100, 100))  # the pair is (2, 3)
+    taps = np.array([[[[100, 0]], [[0, 100]]]], np.int8)  # [1, 2, 1, 2]: pairs (100, 0) and (0, 100) per tap
+    assert maddubs_exact(taps) and not maddubs_exact(taps[:, :, :, ::-1].copy() + taps)  # (100, 100) pairs
+    rng = np.random.default_rng(0)
+    assert maddubs_exact(rng.integers(-63, 64, (32, 17, 3, 3)).astype(np.int8))  # any 7-bit weights
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_int8_layout_takes_vpmaddubsw_for_weights_that_cannot_saturate(mcpu):
+    from convdsl.backends.tvm import lower_quant
+
+    seven = np.full((8, 4, 3, 3), 63, np.int8)
+    eight = np.full((8, 4, 3, 3), 127, np.int8)
+    with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
+        assert lower_quant.int8_layout(seven) == (8, 4, "int8") and lower_quant.int8_instruction(seven) == "vpmaddubsw"
+        assert lower_quant.int8_layout(eight) == (8, 2, "int16") and lower_quant.int8_instruction(eight) == "vpmaddwd"
+    with tvm.target.Target(VNNI_TARGET):  # VNNI: unchanged, 8-bit or 7-bit
+        assert lower_quant.int8_layout(seven) == lower_quant.int8_layout(eight) == (16, 4, "int8")
+
+
+def _extreme_args(func, wmax: int, seed: int = 0):
+    """Random arguments with the activations at 0 or 255 and the weights at +-wmax, mostly in same-sign pairs:
+    the largest int16 pair sums vpmaddubsw can meet."""
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+
+    rng = np.random.default_rng(seed)
+    args = tt.random_args(func, seed=seed)
+    args[0][:] = rng.choice(np.array([0, 255, 255, 7], np.uint8), args[0].shape)
+    sign = rng.choice(np.array([-1, 1], np.int8), args[1].shape[:-1] + (1,))
+    args[1][:] = (sign * wmax * rng.choice(np.array([1, 1, 1, 0], np.int8), args[1].shape)).astype(np.int8)
+    args[3][:] = np.abs(args[3]) * 1e-4  # multipliers that keep the outputs in range, varied
+    return args
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_maddubs_layout_is_one_vpmaddubsw_per_8x4(mcpu):
+    """7-bit weights without VNNI: weights packed as bytes [oc/8][ic/4][kh][kw][8][4], activations as u8; the
+    inner 8 x 4 dot product is one vpmaddubsw + one vpmaddwd (with ones), tensorized; bit-identical with the
+    unscheduled kernel at the extremes (activations 255, weights +-64 in same-sign pairs) where this CPU can
+    run it."""
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    func = _kernel(out=40, c=22, hw=9, block=(8, 4, "int8"))
+    sch = tvm.s_tir.Schedule(func)
+    assert int8.try_schedule(sch, target)
+    assert MADDUBS in sch.mod.script() and "T.parallel" in sch.mod.script()
+    lib = tvm.compile(sch.mod, target=target).jit()
+    asm = lib.inspect_source("asm")
+    assert "vpmaddubsw" in asm and "vpmaddwd" in asm and "vpinsrb" not in asm
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is not None:
+        pytest.skip(f"built; not run: {host_can_run({'kind': 'llvm', 'mcpu': mcpu})}")
+    ref = tvm.compile(tvm.IRModule({"main": func}), target=target).jit()
+    for seed in range(3):
+        args = _extreme_args(func, 64, seed)
+        got, want = tt._run(lib, args, tvm.cpu()), tt._run(ref, args, tvm.cpu())
+        assert len(np.unique(want[-1])) > 3
+        np.testing.assert_array_equal(got[-1], want[-1])
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="the CPU has no AVX2")
+def test_vpmaddubsw_would_saturate_8bit_weights():
+    """Why the lowering checks the weights: the same kernel given 8-bit weights (+-127 in same-sign pairs)
+    differs from the exact sum, so maddubs_exact must keep such layers on vpmaddwd."""
+    from convdsl.backends.tvm.lower_quant import maddubs_exact
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    func = _kernel(out=16, c=16, hw=6, block=(8, 4, "int8"))
+    sch = tvm.s_tir.Schedule(func)
+    assert int8.try_schedule(sch, target)
+    args = _extreme_args(func, 127)
+    w = args[1].transpose(0, 4, 1, 5, 2, 3).reshape(16, 16, 3, 3)  # back to [O, C, KH, KW]
+    assert not maddubs_exact(w)
+    got = tt._run(tvm.compile(sch.mod, target=target).jit(), args, tvm.cpu())
+    want = tt._run(tvm.compile(tvm.IRModule({"main": func}), target=target).jit(), args, tvm.cpu())
+    assert not np.array_equal(got[-1], want[-1])
+
+
+def test_maddubs_register_tile():
+    assert int8.maddubs_register_tile(8, 56) == (8, 1)
+    assert int8.maddubs_register_tile(64, 7) == (7, 1)
+    assert int8.maddubs_register_tile(6, 56) == (4, 3)
+    for ob, ow in [(8, 56), (6, 56), (32, 7), (64, 1), (1, 1), (9, 13)]:
+        ow_t, ob_t = int8.maddubs_register_tile(ob, ow)
+        assert ow_t * ob_t <= int8.MADDUBS_ACCUMULATORS and ow % ow_t == 0 and ob % ob_t == 0 and ob_t <= 3
+
+
+@needs_int8_schedule
+@pytest.mark.parametrize("case", ["3x3-u8-relu", "3x3-stride2-odd", "7x7-stride2-stem", "i8-input", "f32-output",
+                                  "asym-pad-same"])
+def test_qconv2d_7bit_matches_torch_simulation(scheduled, case):
+    """7-bit weights ([-63, 63], what ``weight_bits_for_cpu`` picks on AVX2 without VNNI): vpmaddubsw on such a
+    CPU, VNNI's vpdpbusd on one with it; both equal to the simulation."""
+    shape, out, k, stride, pad, dilation, act, out_dtype, relu = CONV_CASES[case]
+    g = _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu, wmax=63)
+    x = (3 * np.random.default_rng(1).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
+    assert vnni_kernels(g, MADDUBS) == (1 if HAS_AVX2_ONLY else 0)
+    got, want = scheduled(g)(x), _torch(g, x)
+    if out_dtype == "f32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+    else:
+        assert _steps(got, want) == 0
+        assert len(np.unique(want)) > 3
+
+
+@needs_int8_schedule
+def test_qlinear_7bit_matches_torch_simulation(scheduled):
+    src = one_op("quantize(0.05, 128) | qlinear", [[2, 25, 64]], 33, in_scale=0.05, in_zp=128, out_dtype="u8",
+                 out_scale=0.5, out_zp=100)
+    g = _random_int_params(graph_of(src), wmax=63)
+    x = (3 * np.random.default_rng(2).standard_normal((2, 25, 64))).astype(np.float32)
+    assert vnni_kernels(g, MADDUBS) == (1 if HAS_AVX2_ONLY else 0)
+    assert _steps(scheduled(g)(x), _torch(g, x)) == 0
+
+
+def test_int8_instructions_are_recorded_per_layer():
+    """The manifest's ``tvm.int8_instructions``: which instruction each quantized layer's kernel runs, per target."""
+    from convdsl.backends.tvm.lower_quant import int8_instructions
+
+    g = _qconv_program((16, 12, 12), 32, 3, 1, 1, 1, "u8", "u8", True, wmax=63)
+    g8 = _qconv_program((16, 12, 12), 32, 3, 1, 1, 1, "u8", "u8", True)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
+        assert int8_instructions(g) == {"vpmaddubsw": 1} and int8_instructions(g8) == {"vpmaddwd": 1}
+    with tvm.target.Target(VNNI_TARGET):
+        assert int8_instructions(g) == {"vpdpbusd": 1}
+
+
+@pytest.mark.parametrize("dtype", ["u8", "i8"])
+@pytest.mark.parametrize("k,stride,pad,size", [(3, 2, 1, 23), (2, 2, 0, 16), (3, 1, 1, 9)], ids=["3s2p1", "2s2", "3s1p1"])
+def test_int8_max_pool_is_scheduled_and_exact(dtype, k, stride, pad, size):
+    """A max-pool between quantized layers runs on the int8 tensor: int8.try_schedule takes it (rows in parallel,
+    the padded rows copied next to each output row) and it equals torch's max_pool2d."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of(one_op("maxpool2d", [[2, 5, size, size]], k, stride=stride, pad=pad, dtypes=[dtype]))
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target() as target:
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(g))
+        funcs = [f for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert len(funcs) == 1
+        sch = tvm.s_tir.Schedule(funcs[0])
+        assert int8.try_schedule(sch, target) and "T.parallel" in sch.mod.script()
+    lo, hi = (0, 256) if dtype == "u8" else (-128, 128)
+    x = np.random.default_rng(5).integers(lo, hi, (2, 5, size, size)).astype(np.uint8 if dtype == "u8" else np.int8)
+    got = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)(x)
+    want = torch.nn.functional.max_pool2d(torch.from_numpy(x.astype(np.float32)), k, stride, pad).numpy()
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(got.astype(np.float32), want)
+
+
 def test_madd_register_tile():
     assert int8.madd_register_tile(8, 56) == (8, 1)
     assert int8.madd_register_tile(6, 56) == (4, 3)
@@ -292,15 +460,18 @@ def _compare_network(scheduled, q, x):
 
 
 @needs_int8_schedule
-def test_digits_cnn_int8_matches_torch_simulation(scheduled):
+@pytest.mark.parametrize("bits", [8, 7])
+def test_digits_cnn_int8_matches_torch_simulation(scheduled, bits):
     from convdsl.api import load_graph
     from convdsl.passes import run_passes
     from convdsl.passes.quantize import quantize
     from convdsl.train import calibration_batches
 
     g = run_passes(load_graph(EXAMPLES / "digits_cnn.cdl"), "O2")
-    q = quantize(g, calibration_batches("digits", samples=128), build=torch_module)
+    q = quantize(g, calibration_batches("digits", samples=128), build=torch_module, weight_bits=bits)
     x = calibration_batches("digits", samples=8)[0]
+    if bits == 7:
+        assert vnni_kernels(q, MADDUBS) == (7 if HAS_AVX2_ONLY else 0)  # every conv and linear
     steps, equal, total = _compare_network(scheduled, q, x)
     assert steps <= 1 and total > 0
     assert equal == total  # measured: bit-exact
@@ -359,7 +530,7 @@ def _bn_from_batch(g, x):
     return g
 
 
-def mbv2_int8(scale: float):
+def mbv2_int8(scale: float, bits: int = 8):
     """The blocks quantized on inputs of size ``scale``, and a batch of test inputs.  ``scale`` 1 with
     batchnorm statistics from the calibration batch: activations as in a trained network; 1e-7 with the
     initial ones: every activation scale tiny (~1e-9 deep in the network), so the classifier's bias is
@@ -374,7 +545,7 @@ def mbv2_int8(scale: float):
     if scale == 1:
         g = _bn_from_batch(g, calib)
     g = run_passes(g, "O2")
-    q = quantize(g, [calib[:8], calib[8:]], build=torch_module)
+    q = quantize(g, [calib[:8], calib[8:]], build=torch_module, weight_bits=bits)
     return g, q, (scale * rng.standard_normal((2, 3, 32, 32))).astype(np.float32)
 
 
@@ -382,18 +553,27 @@ MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-s
                 "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
 
 
+MBV2_CASES = [(t, s, 8) for s in (1.0, 1e-7) for t in MBV2_TARGETS] + [("host", 1.0, 7), ("avx2", 1.0, 7)]
+
+
 @needs_int8_schedule
-@pytest.mark.parametrize("scale", [1.0, 1e-7], ids=["calibrated-bn", "vanishing"])
-@pytest.mark.parametrize("target", list(MBV2_TARGETS), ids=list(MBV2_TARGETS))
-def test_mobilenet_v2_blocks_int8_match_torch_simulation(target, scale):
+@pytest.mark.parametrize("target,scale,bits", MBV2_CASES,
+                         ids=[f"{t}-{'calibrated-bn' if s == 1 else 'vanishing'}{'-w7' if b == 7 else ''}"
+                              for t, s, b in MBV2_CASES])
+def test_mobilenet_v2_blocks_int8_match_torch_simulation(target, scale, bits):
     """tvm-llvm int8 against the torch simulation on MobileNet-V2's blocks: every int8 tensor within one
     quantization step (measured: equal), the float output within float32 rounding; on each x86 path
-    (VNNI, AVX-512 without VNNI and AVX2 both take vpmaddwd), run where this CPU has the instructions."""
+    (VNNI; AVX-512 without VNNI and AVX2 take vpmaddwd with 8-bit weights, vpmaddubsw with 7-bit ones),
+    run where this CPU has the instructions."""
+    from convdsl.backends.tvm.lower_quant import int8_instructions
     from convdsl.backends.tvm.targets import host_can_run
     from tests.passes.test_quantize import probe, torch_values
 
     config = MBV2_TARGETS[target]
-    g, q, x = mbv2_int8(scale)
+    g, q, x = mbv2_int8(scale, bits)
+    if bits == 7 and (target == "avx2" or HAS_AVX2_ONLY):
+        with tvm.target.Target(config or {"kind": "llvm", "mcpu": "haswell"}):
+            assert int8_instructions(q).get("vpmaddubsw", 0) >= 10 and "vpmaddwd" not in int8_instructions(q)
     bias = q.params["classifier.bias"].astype(np.int64)
     assert np.abs(bias).max() < np.iinfo(np.int32).max  # never saturated
     p = probe(q)
