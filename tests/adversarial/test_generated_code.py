@@ -13,6 +13,7 @@ import ast
 import functools
 import keyword
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,11 +85,26 @@ def shape_of(source: str) -> dict:
     order, the modules it imports, the global names it reads, and the global functions it calls
     (calls on ``self`` or a local variable are statements of their own kind, counted above)."""
     tree = ast.parse(source)
-    local = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    local |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+
+    def stored(scope) -> set:
+        return {n.id for n in ast.walk(scope) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)} | \
+            {n.arg for n in ast.walk(scope) if isinstance(n, ast.arg)} | \
+            {a.asname or a.name.split(".")[0] for n in ast.walk(scope) if isinstance(n, (ast.Import, ast.ImportFrom))
+             for a in n.names}
+
+    # a name is local where a function (or the module, for module-level code) binds it: a variable
+    # `os` in forward() is not the `os` that load() imports for itself
+    scope_of: dict[int, set] = {}
+    module_names = {t.id for s in tree.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
+    for f in ast.walk(tree):
+        if isinstance(f, (ast.FunctionDef, ast.Lambda)):
+            names = stored(f)
+            for n in ast.walk(f):
+                scope_of.setdefault(id(n), set()).update(names)
     network_class = [n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.name not in HELPERS]
     imports, globals_read, calls = set(), set(), set()
     for n in ast.walk(tree):
+        local = scope_of.get(id(n), set()) | module_names
         if isinstance(n, ast.Import):
             imports |= {a.name for a in n.names}
         elif isinstance(n, ast.ImportFrom):
@@ -119,6 +135,10 @@ def twin(slots: dict, tag: str) -> dict:
     from convdsl.backends.torch.codegen import _safe_attr
 
     texts = {k: label_text(slots[k]) for k in LABELS}
+    for k in LABELS:  # a string label interpolates {expr}: "{tag}" is the tag's value (the network's)
+        if slots[k].startswith('"'):
+            texts[k] = re.sub(r"\{\s*tag\s*\}", lambda m: tag, texts[k])
+            assume("{" not in texts[k])  # another expression ("{c}" is 4 in the block): not modelled here
     texts["up"] = "up" + tag
     plain: dict[str, str] = {}
     for k in LABELS:
