@@ -27,7 +27,7 @@ from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 from convdsl.importer.onnx_patterns import View, find as find_patterns, simplest as _simplest, training_attrs, written
-from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift, reshape_spec
+from convdsl.importer.onnx_shapes import FOLDABLE, Dims, attr_value, evaluate, fold, lift, reshape_spec
 from convdsl.importer import onnx_window
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
@@ -43,7 +43,7 @@ class Const:
 class Ctx:
     def __init__(self, b: Builder, node, chain: list[str], origin: Origin, env: dict, consumers: dict) -> None:
         self.b, self.node, self.chain, self.origin, self.env, self.consumers = b, node, chain, origin, env, consumers
-        self.attrs = {a.name: _attr(a) for a in node.attribute}
+        self.attrs = {a.name: attr_value(a) for a in node.attribute}
 
     def arg(self, i: int) -> Any:
         if i >= len(self.node.input) or not self.node.input[i]:
@@ -94,17 +94,6 @@ class Ctx:
             if pid is None and c.key and c.key.endswith("." + local):
                 pid = c.key[: -len(local) - 1]
         return pid, arrays
-
-
-def _attr(a):
-    from onnx import helper
-
-    v = helper.get_attribute_value(a)
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, list):
-        return [x.decode() if isinstance(x, bytes) else x for x in v]
-    return v
 
 
 def _ints(v):

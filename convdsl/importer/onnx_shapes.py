@@ -38,6 +38,18 @@ class Dims:
         return f"Dims({self.values.tolist()})"
 
 
+def attr_value(a) -> Any:
+    """An ONNX attribute's value, strings decoded."""
+    from onnx import helper
+
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, list):
+        return [x.decode() if isinstance(x, bytes) else x for x in v]
+    return v
+
+
 def lift(v: Any) -> Any:
     """Dims with only static sizes become a plain int64 array."""
     if isinstance(v, Dims):

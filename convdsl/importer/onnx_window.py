@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from convdsl.importer.onnx_shapes import FOLDABLE, Dims, evaluate, fold, lift
+from convdsl.importer.onnx_shapes import FOLDABLE, Dims, attr_value, evaluate, fold, lift
 from convdsl.ir.ops.attention import relative_coords_table, relative_position_index, shift_mask
 
 ANCHOR = "cpb_mlp/cpb_mlp.0/MatMul"
@@ -181,7 +181,7 @@ class _Walk:
             if node.op_type == "Constant":
                 continue
             ins = [self.get(i) for i in node.input]
-            attrs = {a.name: _attr(a) for a in node.attribute}
+            attrs = {a.name: attr_value(a) for a in node.attribute}
             ghosts = {k: v for k, v in enumerate(ins) if isinstance(v, Ghost)}
             if node.op_type in ("Shape", "Size"):
                 out = fold(node.op_type, attrs, [None if isinstance(v, Ghost) else _array(v) for v in ins],
@@ -302,17 +302,6 @@ class _Walk:
         return node.input[1] if node.input[0] == name else node.input[0]
 
 
-def _attr(a) -> Any:
-    from onnx import helper
-
-    v = helper.get_attribute_value(a)
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, list):
-        return [x.decode() if isinstance(x, bytes) else x for x in v]
-    return v
-
-
 def _array(v: Any) -> np.ndarray:
     return np.asarray(v.array if hasattr(v, "array") else v)
 
@@ -327,7 +316,7 @@ def _static(v: Any) -> np.ndarray:
 def _attr_of(node, name: str, default: Any = None) -> Any:
     for a in node.attribute:
         if a.name == name:
-            return _attr(a)
+            return attr_value(a)
     return default
 
 
