@@ -54,6 +54,17 @@ if TYPE_CHECKING:
 LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
+LOWEST_F32 = float(np.finfo(np.float32).min)
+
+
+def rounded(y):
+    """The float32 value ``y`` (TIR) as a rounding point: max with the lowest float32 is the identity on
+    every number, and it keeps LLVM (TVM's codegen contracts every fmul + fadd it can) from fusing the
+    multiply that made ``y`` with an add that FuseOps put after it into one FMA, which rounds once
+    where the torch simulation rounds twice.  A value on a quantization half-step then went the other
+    way (ResNet-50: a scaled conv output plus its residual, 91.49999 instead of 91.5 before a
+    quantize), and that one-step flip grew through the later layers."""
+    return tvm.tirx.max(y, tvm.tirx.const(LOWEST_F32, "float32"))
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
 MADDUBS_OC = 8  # output channels of one AVX2 vpmaddubsw + vpmaddwd block (x VNNI_IC input channels, bytes)
@@ -89,7 +100,7 @@ def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ..
     m = requant_multiplier(a["in_scale"], cx.param("w_scale"), a["out_scale"] if to_int else None)
     y = cx.emit(R.multiply(cx.emit(R.astype(acc, "float32")), cx.const(m.reshape(channel_shape))))
     if not to_int:
-        return R.nn.relu(y) if a["relu"] else y
+        return R.nn.relu(y) if a["relu"] else R.maximum(y, cx.const(LOWEST_F32))  # rounded(y)
     qmin, qmax = QRANGE[a["out_dtype"]]
     lo = max(qmin, a["out_zp"]) if a["relu"] else qmin
     y = cx.emit(R.add(cx.emit(R.round(y)), cx.const(float(a["out_zp"]))))
@@ -249,7 +260,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     def requant(n, c, i, j):
         y = (acc[n, c // oc_b, i, j, c % oc_b] + bias[c]).astype("float32") * mult[c]
         if out_dtype == "float32":
-            return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else y
+            return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else rounded(y)
         q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
         q = tvm.tirx.max(tvm.tirx.min(q, tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32"))
         return q.astype(out_dtype)

@@ -53,10 +53,12 @@ def depthwise_int8(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor,
     acc = dwconv_nchwc(xf, w, stride, (0, 0, 0, 0), dilation)
     _, _, oh, ow, _ = (int(d) for d in acc.shape)
 
+    from convdsl.backends.tvm.lower_quant import rounded
+
     def requant(i, ch, y, z):
         v = (acc[i, ch // LANES, y, z, ch % LANES].astype("int32") + bias[ch]).astype("float32") * mult[ch]
         if out_dtype == "float32":
-            return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+            return tirx.max(v, tirx.const(0.0, "float32")) if relu else rounded(v)
         q = tirx.round(v) + tirx.const(float(out_zp), "float32")
         q = tirx.max(tirx.min(q, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
         return q.astype(out_dtype)

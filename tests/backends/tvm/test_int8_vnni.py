@@ -67,8 +67,9 @@ def _random_int_params(g, seed=0, wmax=127):
 
 
 def _torch(g, x):
+    xs = x if isinstance(x, tuple) else (x,)
     with torch.no_grad():
-        return torch_module(g)(torch.from_numpy(x)).numpy()
+        return torch_module(g)(*(torch.from_numpy(v) for v in xs)).numpy()
 
 
 def _steps(got, want) -> int:
@@ -436,6 +437,53 @@ def test_register_tile():
     for ob, ow in [(4, 56), (32, 7), (8, 17), (63, 1), (1, 1)]:
         t = int8.register_tile(ob, ow)
         assert t[0] * t[1] <= int8.MAX_ACCUMULATORS and ow % t[0] == 0 and ob % t[1] == 0
+
+
+# ---- rounding points: a scaled float output, then an add, then a quantize ------------------------------------------
+RESIDUAL_SRC = """network t(a: f32[1, 16, 12, 12], b: f32[1, 24, 12, 12]) {
+    c = a | quantize(0.05, 125) | qconv2d(24, 1, in_scale=0.05, in_zp=125)
+    return add(c, b) | quantize(0.0625, 3)
+}
+"""
+
+
+def _half_step_residual(c: np.ndarray, m: np.ndarray, rng) -> tuple[np.ndarray, int]:
+    """A residual ``b`` with c + b near a half step of quantize(0.0625) (1/scale = 16, exact) at every
+    element, nudged by a few ulps until rounding c + b twice (f32(acc * m), then the add: what the
+    simulation does) and once (an FMA of acc * m + b) give different codes; and how many elements
+    that worked for."""
+    m = m.reshape(1, -1, 1, 1).astype(np.float64)
+    exact = np.round(c.astype(np.float64) / m) * m  # acc * m[c], exactly (acc recovered from f32(acc * m))
+    target = (rng.integers(0, 200, c.shape) + 0.5) / 16
+    base = (target - exact).astype(np.float32)
+    b, found = base.copy(), np.zeros(c.shape, bool)
+    for k in range(-4, 5):
+        cand = (base.view(np.int32) + k).view(np.float32)
+        twice = np.round((c + cand) * np.float32(16))
+        once = np.round((exact + cand.astype(np.float64)).astype(np.float32) * np.float32(16))
+        new = (twice != once) & ~found
+        b[new], found = cand[new], found | new
+    return b, int(found.sum())
+
+
+@needs_int8_schedule
+def test_scaled_output_plus_residual_rounds_where_the_simulation_does(scheduled):
+    """qconv2d's float output (f32(acc) * m, no relu) plus a residual, then quantize: TVM's LLVM codegen
+    contracts that multiply and add into one FMA unless the output is a rounding point
+    (``lower_quant.rounded``); on half-step sums the codes then differ by one (ResNet-50's residual
+    adds).  The residual is built so that every element it could be is such a sum."""
+    from convdsl.ir.ops.quant import requant_multiplier
+    from tests.passes.test_quantize import torch_values
+
+    g = _random_int_params(graph_of(RESIDUAL_SRC))
+    rng = np.random.default_rng(3)
+    a = (3 * rng.standard_normal((1, 16, 12, 12))).astype(np.float32)
+    c = torch_values(g, (a, np.zeros((1, 24, 12, 12), np.float32)))["qconv2d"]
+    m = requant_multiplier(0.05, g.params["qconv2d.w_scale"], None)
+    b, sensitive = _half_step_residual(c, m, rng)
+    assert sensitive > 500  # of 3456 (measured 991): elements where an FMA would give another code
+    got, want = scheduled(g)(a, b), _torch(g, (a, b))
+    assert _steps(got, want) == 0
 
 
 # ---- whole networks ------------------------------------------------------------------------------------------------
