@@ -360,7 +360,7 @@ def bench_network(name: str, args, work: Path, log) -> dict:
     except Exception as e:  # noqa: BLE001
         log(f"[{name}] ONNX Runtime quantization failed: {e}")
 
-    rows = [r for r in ROWS if not args.rows or r in args.rows]
+    rows = [r for r in ROWS if (not args.rows or r in args.rows) and args.rounds]
     procs: list[Proc] = []
     notes: dict[str, str] = {}
     for row in rows:
@@ -541,7 +541,7 @@ def main() -> int:
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--rows", default="", help="only these rows (comma-separated names as in the table)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (0: no timing, only --agreement)")
     ap.add_argument("--block-ms", type=float, default=200.0, help="time of one process's turn")
     ap.add_argument("--agreement", type=int, default=1000, help="inputs for top-1 agreement (0: skip)")
     ap.add_argument("--doc", action="store_true", help="write the table to docs/benchmarks.md ('Peers')")
