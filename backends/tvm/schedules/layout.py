@@ -262,7 +262,7 @@ class _Blocker(PyExprMutator):
         chooses, on a CPU target (None: the direct conv)."""
         target = tvm.target.Target.current(allow_none=True)
         if not self.winograd or self.precision != "f32" or target is None or target.kind.name != "llvm" \
-                or not isinstance(xs[0], int) or not winograd.applies(wt.shape[2:], stride, dilation, groups, "float32"):
+                or not winograd.applies(wt.shape[2:], stride, dilation, groups, "float32"):
             return None
         from convdsl.backends.tvm.schedules.cpu import Hardware, dense_rows
 
@@ -274,7 +274,7 @@ class _Blocker(PyExprMutator):
             return None
         ty, tx = winograd.tiles(oh, ow, m)
         hw = Hardware.of(target)
-        rows = dense_rows(xs[0] * ty * tx, o // ob, hw, hw.vectors(ob))
+        rows = dense_rows(ty * tx, o // ob, hw, hw.vectors(ob))  # tiles per image
         call = self.builder_.call_te(winograd.winograd_input, xb, m, [pt, pl, pb, pr], oh, ow, rows,
                                      primfunc_name_hint="winograd_input")
         # opaque to FuseOps: the input transform is injective, and FuseOps would otherwise fuse the
@@ -284,7 +284,7 @@ class _Blocker(PyExprMutator):
         v = self.builder_.emit(call)
         u = relax.const(winograd.weight_transform(wt, m, ob))
         mm = self.builder_.emit(self.builder_.call_te(winograd.winograd_gemm, v, u, primfunc_name_hint="winograd_gemm"))
-        call = self.builder_.call_te(winograd.winograd_output, mm, xs[0], m, oh, ow, ob,
+        call = self.builder_.call_te(winograd.winograd_output, mm, m, oh, ow, ob,
                                      primfunc_name_hint="winograd_output")
         # fused like a conv (its epilogue into it), not as an injective op: a residual add of two
         # branches would otherwise join the other branch's conv and take this epilogue with it

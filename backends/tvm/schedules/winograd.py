@@ -130,61 +130,62 @@ def _select(index, values):
 
 
 def winograd_input(data: te.Tensor, m: int, padding, oh: int, ow: int, rows: int) -> te.Tensor:
-    """data [N, C/ib, H, W, ib] -> V [a*a, rows, C]: V[e = (u, v), t, c] = (B^T d_t B)[u, v], d_t the
-    a x a input tile of tile t (t = (n, ty, tx) row-major; t >= N*TY*TX repeats the last tile),
+    """data [N, C/ib, H, W, ib] -> V [a*a, N, rows, C]: V[e = (u, v), n, t, c] = (B^T d B)[u, v], d the
+    a x a input tile t of image n (t = (ty, tx) row-major; t >= TY*TX repeats the last tile; N may
+    be symbolic, a dynamic batch),
     with the conv's zero padding (``padding`` = top, left, bottom, right) folded into the reads.
     Three stages: the tile (``winograd_tile``, zeros outside the input), its rows transformed
     (``winograd_rows``: B^T d), then its columns (V); the schedule computes the first two per tile
     and channel block."""
-    n, cb, h, w, ib = (int(v) for v in data.shape)
+    n = data.shape[0]
+    cb, h, w, ib = (int(v) for v in data.shape[1:])
     a = m + 2
     pt, pl = padding[0], padding[1]
     ty, tx = tiles(oh, ow, m)
-    count = n * ty * tx
     _, _, bt = matrices(m)
 
-    def read(t, c, y, x, k):
-        t = tirx.min(t, count - 1)
-        b, rest = t // (ty * tx), t % (ty * tx)
-        yy, xx = (rest // tx) * m + y - pt, (rest % tx) * m + x - pl
+    def read(b, t, c, y, x, k):
+        t = tirx.min(t, ty * tx - 1)
+        yy, xx = (t // tx) * m + y - pt, (t % tx) * m + x - pl
         inside = tirx.all(yy >= 0, yy < h, xx >= 0, xx < w)
         return tirx.if_then_else(inside, data[b, c, yy, xx, k], tirx.const(0.0, data.dtype))
 
-    d = te.compute((rows, cb, a, a, ib), read, name="winograd_tile")
-    bd = te.compute((rows, cb, a, a, ib),
-                    lambda t, c, u, x, k: _select(u, [_combination(bt[uu], [d[t, c, y, x, k] for y in range(a)])
-                                                      for uu in range(a)]), name="winograd_rows")
-    return te.compute((a * a, rows, cb * ib),
-                      lambda e, t, c: _select(e % a, [_combination(bt[vv], [bd[t, c // ib, e // a, x, c % ib]
-                                                                            for x in range(a)]) for vv in range(a)]),
+    d = te.compute((n, rows, cb, a, a, ib), read, name="winograd_tile")
+    bd = te.compute((n, rows, cb, a, a, ib),
+                    lambda b, t, c, u, x, k: _select(u, [_combination(bt[uu], [d[b, t, c, y, x, k] for y in range(a)])
+                                                         for uu in range(a)]), name="winograd_rows")
+    return te.compute((a * a, n, rows, cb * ib),
+                      lambda e, b, t, c: _select(e % a, [_combination(bt[vv], [bd[b, t, c // ib, e // a, x, c % ib]
+                                                                               for x in range(a)]) for vv in range(a)]),
                       name="winograd_input", attrs={KERNEL_ATTR: KERNEL_INPUT})
 
 
 def winograd_gemm(v: te.Tensor, u: te.Tensor) -> te.Tensor:
-    """V [a*a, rows, C] x U [a*a, O/ob, C, ob] -> M [a*a, rows, O]."""
+    """V [a*a, N, rows, C] x U [a*a, O/ob, C, ob] -> M [a*a, N, rows, O]."""
     aa, ocb, c, ob = (int(x) for x in u.shape)
-    rows = int(v.shape[1])
+    n, rows = v.shape[1], int(v.shape[2])
     rk = te.reduce_axis((0, c), "k")
-    return te.compute((aa, rows, ocb * ob), lambda e, t, j: te.sum(v[e, t, rk] * u[e, j // ob, rk, j % ob], axis=rk),
+    return te.compute((aa, n, rows, ocb * ob),
+                      lambda e, b, t, j: te.sum(v[e, b, t, rk] * u[e, j // ob, rk, j % ob], axis=rk),
                       name="winograd_gemm", attrs={KERNEL_ATTR: KERNEL_GEMM})
 
 
-def winograd_output(mm: te.Tensor, n: int, m: int, oh: int, ow: int, ob: int) -> te.Tensor:
-    """M [a*a, rows, O] -> Y [N, O/ob, OH, OW, ob]: Y's m x m tile of tile t is A^T M_t A, in two
-    stages: the columns (``winograd_cols``: M_t A, [rows, O/ob, a, m, ob]), then the rows; the
+def winograd_output(mm: te.Tensor, m: int, oh: int, ow: int, ob: int) -> te.Tensor:
+    """M [a*a, N, rows, O] -> Y [N, O/ob, OH, OW, ob]: Y's m x m tile t of image n is A^T M A, in two
+    stages: the columns (``winograd_cols``: M A, [N, rows, O/ob, a, m, ob]), then the rows; the
     schedule computes the first per tile."""
     a = m + 2
-    o = int(mm.shape[2])
-    ty, tx = tiles(oh, ow, m)
+    n, rows, o = mm.shape[1], int(mm.shape[2]), int(mm.shape[3])
+    _, tx = tiles(oh, ow, m)
     at, _, _ = matrices(m)
-    ma = te.compute((int(mm.shape[1]), o // ob, a, m, ob),
-                    lambda t, oc, u, j, k: _select(j, [_combination(at[jj], [mm[u * a + v, t, oc * ob + k]
-                                                                             for v in range(a)]) for jj in range(m)]),
+    ma = te.compute((n, rows, o // ob, a, m, ob),
+                    lambda b, t, oc, u, j, k: _select(j, [_combination(at[jj], [mm[u * a + v, b, t, oc * ob + k]
+                                                                                for v in range(a)]) for jj in range(m)]),
                     name="winograd_cols")
 
     def fn(b, oc, y, x, k):
-        t = (b * ty + y // m) * tx + x // m
-        return _select(y % m, [_combination(at[ii], [ma[t, oc, u, x % m, k] for u in range(a)]) for ii in range(m)])
+        t = (y // m) * tx + x // m
+        return _select(y % m, [_combination(at[ii], [ma[b, t, oc, u, x % m, k] for u in range(a)]) for ii in range(m)])
 
     return te.compute((n, o // ob, oh, ow, ob), fn, name="winograd_output", attrs={KERNEL_ATTR: KERNEL_OUTPUT})
 
@@ -210,13 +211,13 @@ def schedule_input(sch, block, hw) -> None:
     from convdsl.backends.tvm.schedules.cpu import _extent
 
     tile, rows = sch.get_sblock("winograd_tile"), sch.get_sblock("winograd_rows")
-    ib = int(sch.get(tile).iter_vars[4].dom.extent)
+    ib = int(sch.get(tile).iter_vars[5].dom.extent)
     for b in list(sch.get_producers(tile)):  # a layout copy FuseOps put in front: read through it
         sch.compute_inline(b)
-    e, t, c = sch.get_loops(block)
+    e, n, t, c = sch.get_loops(block)
     cb, ci = sch.split(c, [None, ib])
-    sch.reorder(t, cb, e, ci)
-    par = sch.fuse(t, cb)
+    sch.reorder(n, t, cb, e, ci)
+    par = sch.fuse(n, t, cb)
     sch.parallel(par)
     sch.unroll(e)
     sch.vectorize(ci)
@@ -268,8 +269,8 @@ def schedule_output(sch, block, hw) -> None:
 
 
 def _tile_of(sch, block) -> int:
-    """m of a winograd_output block, from the [rows, O/ob, a, m, ob] columns stage it reads."""
-    return int(sch.get(sch.get_sblock("winograd_cols")).iter_vars[3].dom.extent)
+    """m of a winograd_output block, from the [N, rows, O/ob, a, m, ob] columns stage it reads."""
+    return int(sch.get(sch.get_sblock("winograd_cols")).iter_vars[4].dom.extent)
 
 
 RULES = {KERNEL_INPUT: schedule_input, KERNEL_GEMM: schedule_gemm, KERNEL_OUTPUT: schedule_output}
