@@ -52,9 +52,9 @@ def test_weight_transform_computes_a_2d_tile():
 
 CONV = [
     ([1, 16, 14, 14], 32, dict(k=3, pad=1)),
-    ([1, 5, 11, 9], 7, dict(k=3, pad=[1, 2])),  # one block of 5 in, 7 out; odd sizes, asymmetric padding
+    ([1, 20, 11, 9], 36, dict(k=3, pad=[1, 2])),  # blocks of 4 (20, 36 channels); odd sizes, asymmetric padding
     ([2, 24, 13, 13], 40, dict(k=3, pad="same")),  # blocks of 8, batch 2
-    ([1, 12, 10, 10], 20, dict(k=3, bias=False)),  # blocks of 4, no padding (8x8 out: two whole tiles)
+    ([1, 24, 10, 10], 20, dict(k=3, bias=False)),  # blocks of 8 in, 4 out; no padding (8x8 out: two whole tiles)
     ([1, 32, 7, 7], 64, dict(k=3, pad=1)),  # 7x7: the last tile row and column half outside
     ([1, 16, 3, 5], 16, dict(k=3, pad=1)),  # fewer outputs than one tile
 ]
@@ -111,11 +111,12 @@ def test_dynamic_batch_matches_torch():
         assert_close(run([x]), torch_outputs(g, [x]))
 
 
-@pytest.mark.parametrize("kw", [dict(k=3, stride=2, pad=1), dict(k=3, dilation=2, pad=2), dict(k=5, pad=2),
-                                dict(k=3, pad=1, groups=2), dict(k=[3, 1], pad=[1, 0])],
-                         ids=["stride2", "dilation2", "5x5", "groups2", "3x1"])
-def test_other_convs_stay_direct(kw):
-    g = graph_of(one_op("conv2d", [[1, 16, 12, 12]], 16, **kw))
+@pytest.mark.parametrize("c,o,kw", [(16, 16, dict(k=3, stride=2, pad=1)), (16, 16, dict(k=3, dilation=2, pad=2)),
+                                    (16, 16, dict(k=5, pad=2)), (16, 16, dict(k=3, pad=1, groups=2)),
+                                    (16, 16, dict(k=[3, 1], pad=[1, 0])), (8, 32, dict(k=3, pad=1))],
+                         ids=["stride2", "dilation2", "5x5", "groups2", "3x1", "8-channels"])
+def test_other_convs_stay_direct(c, o, kw):
+    g = graph_of(one_op("conv2d", [[1, c, 12, 12]], o, **kw))
     xs = random_inputs(g)
     be = _backend()
     outs = be.runner(g)(xs)
