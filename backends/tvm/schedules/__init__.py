@@ -7,7 +7,7 @@ Two steps in the pipeline of ``build.py``:
   computes in ``kernels.py``); softmax, exp, erf, tanh and GELU become TVM's polynomial
   forms, which vectorize (``fast_math.py``).
 - ``ApplySchedules`` (after the tuning database): every PrimFunc not scheduled yet gets, in
-  order, the int8 helper's rule (``int8.try_schedule``, when that module exists), then the
+  order, the Winograd kernels' rules (``winograd.try_schedule``), the int8 helper's rule (``int8.try_schedule``, when that module exists), then the
   fp32 CPU rules (``cpu.py``); a scheduled function is marked ``tirx.is_scheduled``.
 
 CPU targets only; GPU targets keep DLight.

@@ -1,6 +1,8 @@
 """Blocked layout for CPU convolutions: a Relax rewrite before legalization.
 
     conv2d(x, W)          NCHW x OIHW   =>  conv2d_nchwc(pack(x), W')   NCHW[ib]c x OIHW[ib]i[ob]o
+    conv2d 3x3 stride 1   (f32, CPU)    =>  winograd_output(winograd_gemm(winograd_input(pack(x)), U))
+                                            where winograd.choose_m takes it (winograd.py)
     depthwise conv2d      NCHW x OIHW   =>  dwconv_nchwc(pack(x), W')   NCHW[b]c  x [C/b, KH, KW, b]
     matmul(x, W const)    [..,K] x [K,N] =>  dense_packed(x, W')         W' = [N/nb, K, nb]
 

@@ -27,6 +27,7 @@ from fractions import Fraction
 import numpy as np
 from tvm import te, tirx
 
+from convdsl.backends.tvm.schedules import cpu
 from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR
 
 KERNEL_INPUT, KERNEL_GEMM, KERNEL_OUTPUT = "winograd_input", "winograd_gemm", "winograd_output"
@@ -222,8 +223,6 @@ def choose_m(c: int, o: int, oh: int, ow: int) -> int | None:
 
 # ---- schedules --------------------------------------------------------------------------
 def schedule_input(sch, block, hw) -> None:
-    from convdsl.backends.tvm.schedules.cpu import _extent
-
     tile, rows = sch.get_sblock("winograd_tile"), sch.get_sblock("winograd_rows")
     ib = int(sch.get(tile).iter_vars[5].dom.extent)
     for b in list(sch.get_producers(tile)):  # a layout copy FuseOps put in front: read through it
@@ -240,30 +239,24 @@ def schedule_input(sch, block, hw) -> None:
         sch.set_scope(b, 0, "local")
         loops = sch.get_loops(b)[1:]
         for lp in loops[:-1]:
-            if _extent(sch, lp) > 1:
+            if cpu.extent(sch, lp) > 1:
                 sch.unroll(lp)
         sch.vectorize(loops[-1])
 
 
 def schedule_gemm(sch, block, hw) -> None:
-    from convdsl.backends.tvm.schedules.cpu import schedule_gemm as gemm
-
     ob = int(sch.get(block).reads[1].source.shape[-1])
-    gemm(sch, block, hw, lanes=ob)
+    cpu.schedule_gemm(sch, block, hw, lanes=ob)
 
 
 def schedule_output(sch, block, hw) -> None:
-    from convdsl.backends.tvm.schedules.cpu import _inline_epilogue
-
-    from convdsl.backends.tvm.schedules.cpu import _parallel_copy
-
     m = _tile_of(sch, block)
-    epilogue = _inline_epilogue(sch, block)
+    epilogue = cpu.inline_epilogue(sch, block)
     if epilogue is not None and len(sch.get_loops(epilogue)) == 5:  # the epilogue per tile
         sch.compute_inline(block)
         block = epilogue
     elif epilogue is not None:  # ends in another layout (unpack_nchwc at the function's output): apart
-        _parallel_copy(sch, epilogue, hw.lanes)
+        cpu.parallel_copy(sch, epilogue, hw.lanes)
     n, oc, y, x, k = sch.get_loops(block)
     yo, yi = sch.split(y, [None, m])
     xo, xi = sch.split(x, [None, m])
@@ -294,12 +287,10 @@ def try_schedule(func, target):
     """The scheduled function when ``func`` is one of the Winograd kernels, else None."""
     from tvm import s_tir
 
-    from convdsl.backends.tvm.schedules.cpu import Hardware, kernel_of
-
     sch = s_tir.Schedule(func)
     for b in sch.get_child_blocks(sch.get_sblock("root")):
-        rule = RULES.get(kernel_of(sch, b))
+        rule = RULES.get(cpu.kernel_of(sch, b))
         if rule is not None:
-            rule(sch, b, Hardware.of(target))
+            rule(sch, b, cpu.Hardware.of(target))
             return sch.mod["main"]
     return None
