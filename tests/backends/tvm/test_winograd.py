@@ -191,3 +191,16 @@ def test_manifest_records_the_winograd_convs(tmp_path):
         assert r.exit_code == 0, r.output
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["tvm"]["winograd_convs"] == count
+
+
+def test_verify_compares_the_direct_build(tmp_path):
+    """`convdsl verify -b tvm-llvm,tvm-llvm-direct`: the Winograd and the direct build both against torch."""
+    from click.testing import CliRunner
+
+    from convdsl.cli import main
+
+    src = tmp_path / "net.cdl"
+    src.write_text("network t(x: f32[N, 16, 12, 12]) {\n    return x | conv2d(16, 3, pad=1) | relu\n}\n")
+    r = CliRunner().invoke(main, ["verify", str(src), "-b", "tvm-llvm,tvm-llvm-direct", "--examples", "2"])
+    assert r.exit_code == 0, r.output
+    assert "tvm-llvm-direct" in r.output, r.output
