@@ -92,7 +92,7 @@ def weight_transform(w: np.ndarray, m: int, ob: int) -> np.ndarray:
     _, g, _ = matrices(m)
     o, i, _, _ = w.shape
     a = m + 2
-    u = np.einsum("ak,oikl,bl->abio", g, w.astype(np.float64), g)  # [a, a, I, O]
+    u = (g @ w.astype(np.float64) @ g.T).transpose(2, 3, 1, 0)  # [O, I, a, a] -> [a, a, I, O]
     u = u.reshape(a * a, i, o // ob, ob).transpose(0, 2, 1, 3)
     return np.ascontiguousarray(u.astype(np.float32))
 
