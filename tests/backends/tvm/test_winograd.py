@@ -204,3 +204,11 @@ def test_verify_compares_the_direct_build(tmp_path):
     r = CliRunner().invoke(main, ["verify", str(src), "-b", "tvm-llvm,tvm-llvm-direct", "--examples", "2"])
     assert r.exit_code == 0, r.output
     assert "tvm-llvm-direct" in r.output, r.output
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_every_kernel_is_scheduled_for_avx2_and_avx512(mcpu):
+    """Both vector ISAs (8 lanes x 16 ymm, 16 x 32 zmm) get the Winograd kernels, all scheduled
+    (compiled for the named CPU; not run, which this machine may not be able to)."""
+    built = _backend(target_json={"kind": "llvm", "mcpu": mcpu}).build(graph_of(RESIDUAL.replace("N, 16", "1, 16")))
+    assert built.winograd == 4 and built.own == built.functions
