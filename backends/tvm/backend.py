@@ -80,6 +80,7 @@ class TVMBackend:
     use_db: bool = True
     progress: bool = True
     precision: str = "f32"  # f32 | bf16 | int8 (targets.PRECISIONS)
+    winograd: bool = True  # f32 3x3 stride-1 convs as Winograd where schedules/winograd.py chooses it
     # the batch symbol (N) kept symbolic, one library for every batch size: True insists, None
     # when nothing is lost by it (`convdsl compile`'s default), False never (static shapes)
     dynamic_batch: bool | None = False
@@ -149,7 +150,7 @@ class TVMBackend:
         check_precision_of(graph, self.precision)
         dynamic = self.dynamic(graph)
         opts = BuildOptions(tune=self.tune, db=self.db, use_db=self.use_db, progress=self.progress,
-                            precision=self.precision, dynamic=dynamic)
+                            precision=self.precision, dynamic=dynamic, winograd=self.winograd)
         try:
             self.last_build = build(graph, self.spec, opts)
         except DynamicShapeError as e:
@@ -226,6 +227,7 @@ class TVMBackend:
                 "kernels": built.functions,
                 "kernels_from_database": built.scheduled if not self.spec.is_gpu else None,
                 "kernels_scheduled_by_convdsl": built.own if not self.spec.is_gpu else None,
+                "winograd_convs": built.winograd if not self.spec.is_gpu else None,
                 "tuning": built.tuning.as_dict() if built.tuning else None,
             },
         }

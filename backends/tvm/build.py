@@ -52,6 +52,7 @@ class BuildOptions:
     bind: dict[str, int] = field(default_factory=dict)  # sizes of symbolic dims (default: graph.symbols)
     precision: str = "f32"  # f32 | bf16 (convs and matmuls with bf16 operands) | int8 (the quantized ops' kernels)
     dynamic: tuple[str, ...] = ()  # symbols left symbolic (a dynamic batch: ("N",)); the others are bound
+    winograd: bool = True  # f32 3x3 stride-1 convs as Winograd where schedules/winograd.py chooses it (CPU)
 
 
 @dataclass
@@ -68,10 +69,11 @@ class Built:
     own: int = 0  # TIR functions scheduled by convdsl's own CPU schedules (after the database)
     templates_from_db: int = 0  # template instances whose knobs came from the user's or the shipped database
     dynamic: tuple[str, ...] = ()  # the symbols the executable takes at any size
+    winograd: int = 0  # convs computed as Winograd F(m x m, 3x3) (schedules/winograd.py)
 
 
-def optimize_passes(spec: TargetSpec, precision: str = "f32") -> list:
-    return layout_passes(spec, precision) + gpu_passes(spec) + [  # gpu_passes: [] on CPU targets
+def optimize_passes(spec: TargetSpec, precision: str = "f32", winograd: bool = True) -> list:
+    return layout_passes(spec, precision, winograd) + gpu_passes(spec) + [  # gpu_passes: [] on CPU targets
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -130,7 +132,8 @@ def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
 
     t = time.perf_counter()
     with target:
-        mod = tvm.transform.Sequential(optimize_passes(spec, opts.precision))(mod)
+        mod = tvm.transform.Sequential(optimize_passes(spec, opts.precision, opts.winograd))(mod)
+    winograd_convs = count_winograd(mod)
     seconds["optimize"] = time.perf_counter() - t
 
     db = report = folder = None
@@ -165,7 +168,26 @@ def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
     ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
     seconds["codegen"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
-    return Built(ex, spec, seconds, scheduled, functions, report, folder, own, templates_from_db, opts.dynamic)
+    return Built(ex, spec, seconds, scheduled, functions, report, folder, own, templates_from_db, opts.dynamic,
+                 winograd_convs)
+
+
+def count_winograd(mod: tvm.IRModule) -> int:
+    """Calls of a Winograd GEMM kernel in the module's Relax functions: one per conv computed as Winograd."""
+    from tvm import relax
+
+    count = 0
+
+    def visit(e) -> None:
+        nonlocal count
+        if isinstance(e, relax.Call) and e.op == tvm.ir.Op.get("relax.call_tir") \
+                and isinstance(e.args[0], tvm.ir.GlobalVar) and "winograd_gemm" in e.args[0].name_hint:
+            count += 1
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return count
 
 
 def has_records(spec: TargetSpec, root: str | None) -> bool:

@@ -34,12 +34,15 @@ TVM_OPTIONS = [
     click.Option(["--precision"], type=click.Choice(PRECISIONS), default=None,
                  help="tvm-llvm: f32 (default); bf16 (convs and matmuls on bf16 operands, f32 accumulation: "
                       "needs AVX512_BF16); int8 (the int8 kernels of a program from `convdsl quantize`)."),
+    click.Option(["--no-winograd", "no_winograd"], is_flag=True,
+                 help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3) "
+                      "where it is faster; the manifest's tvm.winograd_convs counts them)."),
 ]
-_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch")
+_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch", "no_winograd")
 
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True,
-                precision=None, dynamic_batch=False, bound=()):
+                precision=None, dynamic_batch=False, bound=(), no_winograd=False):
     check_target_options(target_json, arch)  # before TVM is loaded
     from convdsl.backends.tvm import backend
 
@@ -50,7 +53,8 @@ def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_d
     if precision not in (None, "f32") and name != "tvm-llvm":
         raise UsageError(f"--precision {precision} applies to tvm-llvm", hint="tvm-cuda: CONVDSL_GPU_PRECISION=f16|bf16")
     return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress,
-                   precision=precision or "f32", dynamic_batch=dynamic_batch, bound=tuple(bound))
+                   precision=precision or "f32", dynamic_batch=dynamic_batch, bound=tuple(bound),
+                   winograd=not no_winograd)
 
 
 def _extend_compile() -> None:

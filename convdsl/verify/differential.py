@@ -228,7 +228,8 @@ def export_runner(graph: Graph, example: list[np.ndarray]) -> Runner:
     return _torch_call(exported.module(), graph)
 
 
-def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None, precision: str = "f32") -> Runner:
+def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None, precision: str = "f32",
+               winograd: bool = True) -> Runner:
     from convdsl.backends import backend_module
 
     g = graph
@@ -240,6 +241,8 @@ def tvm_runner(graph: Graph, name: str = "tvm-llvm", batch: Optional[int] = None
         be.progress = False
     if precision != "f32":
         be.precision = precision
+    if not winograd:
+        be.winograd = False
     return be.runner(g)
 
 
@@ -345,6 +348,9 @@ def standard_variants(graph: Graph, *, backends: Sequence[str] = ("torch",), opt
                 out.append(Variant(f"torch @ {p}", lambda g, p=p: passes_runner(g, p), base))
         elif b == "tvm-llvm-bf16":  # bf16 operands, f32 accumulation: judged by bf16's tolerance
             out.append(Variant(b, lambda g: tvm_runner(g, "tvm-llvm", batch, "bf16"), TOLERANCES["bf16"]))
+        elif b == "tvm-llvm-direct":  # --no-winograd: every conv direct (A/B against the Winograd convs)
+            out.append(Variant(b, lambda g: tvm_runner(g, "tvm-llvm", batch, winograd=False),
+                               base.scaled(FACTORS["tvm-llvm"])))
         elif b == "torch-export":
             out.append(Variant("torch-export", lambda g: export_runner(g, example or make_inputs(g, 0, batch)),
                                base.scaled(FACTORS["torch-export"])))

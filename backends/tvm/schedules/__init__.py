@@ -7,15 +7,19 @@ Two steps in the pipeline of ``build.py``:
   computes in ``kernels.py``); softmax, exp, erf, tanh and GELU become TVM's polynomial
   forms, which vectorize (``fast_math.py``).
 - ``ApplySchedules`` (after the tuning database): every PrimFunc not scheduled yet gets, in
-  order, the int8 helper's rule (``int8.try_schedule``, when that module exists), then the
+  order, the Winograd kernels' rules (``winograd.try_schedule``), the int8 helper's rule (``int8.try_schedule``, when that module exists), then the
   fp32 CPU rules (``cpu.py``); a scheduled function is marked ``tirx.is_scheduled``.
 
 CPU targets only; GPU targets keep DLight.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import tvm
 
+from convdsl.backends.tvm.schedules import winograd
 from convdsl.backends.tvm.schedules.cpu import schedule_func
 from convdsl.backends.tvm.schedules.fast_math import FastMath
 from convdsl.backends.tvm.schedules.layout import BlockedLayout, blocked_layout, blocked_layout_pass
@@ -25,8 +29,8 @@ __all__ = ["ApplySchedules", "BlockedLayout", "blocked_layout", "layout_passes",
 SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
-def layout_passes(spec, precision: str = "f32") -> list:
-    return [] if spec.is_gpu else [blocked_layout_pass(precision), FastMath]
+def layout_passes(spec, precision: str = "f32", winograd: bool = True) -> list:
+    return [] if spec.is_gpu else [blocked_layout_pass(precision, winograd), FastMath]
 
 
 def is_scheduled(func) -> bool:
@@ -51,7 +55,13 @@ def schedule_module(mod: tvm.IRModule, target) -> tvm.IRModule:
         if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
             continue
         new = None
-        if int8 is not None:
+        try:
+            new = winograd.try_schedule(func, target)
+        except Exception as e:  # noqa: BLE001 - not the shape the rule expects: the generic rules
+            if os.environ.get("CONVDSL_SCHEDULE_DEBUG"):
+                print(f"[schedules] winograd failed: {type(e).__name__}: {e}", file=sys.stderr)
+            new = None
+        if new is None and int8 is not None:
             sch = s_tir.Schedule(func)
             try:
                 if int8(sch, target):

@@ -183,6 +183,10 @@ def _tile_epilogue(sch: s_tir.Schedule, epilogue, loop, depth: int) -> None:
             sch.unroll(lp)
 
 
+# the helpers other schedule modules use (winograd.py)
+extent, inline_epilogue, parallel_copy = _extent, _inline_epilogue, _parallel_copy
+
+
 # ---- conv2d NCHWc -----------------------------------------------------------------------
 def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None,
               strided_1x1: bool = False) -> tuple[int, int]:

@@ -1,6 +1,8 @@
 """Blocked layout for CPU convolutions: a Relax rewrite before legalization.
 
     conv2d(x, W)          NCHW x OIHW   =>  conv2d_nchwc(pack(x), W')   NCHW[ib]c x OIHW[ib]i[ob]o
+    conv2d 3x3 stride 1   (f32, CPU)    =>  winograd_output(winograd_gemm(winograd_input(pack(x)), U))
+                                            where winograd.choose_m takes it (winograd.py)
     depthwise conv2d      NCHW x OIHW   =>  dwconv_nchwc(pack(x), W')   NCHW[b]c  x [C/b, KH, KW, b]
     matmul(x, W const)    [..,K] x [K,N] =>  dense_packed(x, W')         W' = [N/nb, K, nb]
 
@@ -25,7 +27,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from convdsl.backends.tvm.schedules import bf16, kernels
+from convdsl.backends.tvm.schedules import bf16, kernels, winograd
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
           "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",
@@ -111,6 +113,8 @@ def _dtype(e: relax.Expr) -> str | None:
     return str(t.dtype) if isinstance(t, relax.TensorType) else None
 
 
+OPAQUE, OUT_ELEMWISE_FUSABLE = 8, 4  # relax's OpPatternKind kOpaque, kOutEWiseFusable
+
 _CONST = type(relax.const(np.zeros(1, "float32")))
 
 
@@ -128,8 +132,9 @@ def _ints(v) -> list[int]:
 
 @mutator
 class _Blocker(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule, precision: str = "f32"):
+    def __init__(self, mod: tvm.IRModule, precision: str = "f32", winograd: bool = True):
         super().__init__(mod)
+        self.winograd = winograd  # 3x3 stride-1 f32 convs as Winograd F(m x m, 3x3) where winograd.py chooses
         self.precision = precision  # "bf16": convs and matmuls with bf16 operands (bf16.py) where they fit
         self.blocked: dict = {}  # new var -> block lanes
         self.nchw: dict = {}  # blocked var -> its NCHW copy
@@ -235,6 +240,10 @@ class _Blocker(PyExprMutator):
                 self._lanes = bf16.LANES
                 return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
+            wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
+            if wino is not None:
+                self._lanes = ob
+                return wino
             wc = relax.const(pack_conv_weight(wt, ib, ob))
             self._lanes = ob
             return self.builder_.call_te(kernels.conv2d_nchwc, xb, wc, stride, padding, dilation,
@@ -249,6 +258,41 @@ class _Blocker(PyExprMutator):
             return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation,
                                          primfunc_name_hint="dwconv_nchwc")
         return None
+
+    def _winograd(self, xb, wt, xs, ib, ob, stride, padding, dilation, groups) -> relax.Expr | None:
+        """The three Winograd kernels (``winograd.py``) for a conv they fit and the per-layer rule
+        chooses, on a CPU target (None: the direct conv)."""
+        target = tvm.target.Target.current(allow_none=True)
+        if not self.winograd or self.precision != "f32" or target is None or target.kind.name != "llvm" \
+                or not winograd.applies(wt.shape[2:], stride, dilation, groups, "float32"):
+            return None
+        from convdsl.backends.tvm.schedules.cpu import Hardware, dense_rows
+
+        pt, pl, pb, pr = padding
+        oh, ow = xs[2] + pt + pb - 2, xs[3] + pl + pr - 2
+        c, o = wt.shape[1], wt.shape[0]
+        m = winograd.choose_m(c, o, oh, ow)
+        if m is None or oh < 1 or ow < 1:
+            return None
+        ty, tx = winograd.tiles(oh, ow, m)
+        hw = Hardware.of(target)
+        rows = dense_rows(ty * tx, o // ob, hw, hw.vectors(ob))  # tiles per image
+        call = self.builder_.call_te(winograd.winograd_input, xb, m, [pt, pl, pb, pr], oh, ow, rows,
+                                     primfunc_name_hint="winograd_input")
+        # opaque to FuseOps: the input transform is injective, and FuseOps would otherwise fuse the
+        # previous layer's output transform and epilogue into it (one kernel no rule schedules)
+        gv = call.args[0]
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OPAQUE))
+        v = self.builder_.emit(call)
+        u = relax.const(winograd.weight_transform(wt, m, ob))
+        mm = self.builder_.emit(self.builder_.call_te(winograd.winograd_gemm, v, u, primfunc_name_hint="winograd_gemm"))
+        call = self.builder_.call_te(winograd.winograd_output, mm, m, oh, ow, ob,
+                                     primfunc_name_hint="winograd_output")
+        # fused like a conv (its epilogue into it), not as an injective op: a residual add of two
+        # branches would otherwise join the other branch's conv and take this epilogue with it
+        gv = call.args[0]
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OUT_ELEMWISE_FUSABLE))
+        return call
 
     def _matmul(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
         x, w = self.to_nchw(args[0]), args[1]
@@ -340,10 +384,11 @@ class _Blocker(PyExprMutator):
         return relax.op.mean(args[0], axis=[2, 3], keepdims=True)
 
 
-def blocked_layout(mod: tvm.IRModule, precision: str = "f32") -> tvm.IRModule:
+def blocked_layout(mod: tvm.IRModule, precision: str = "f32", winograd: bool = True) -> tvm.IRModule:
     """Rewrite ``main`` to the blocked layout (see the module docstring); ``precision="bf16"``:
-    the convs and matmuls that fit ``bf16.py``'s kernels get bf16 operands."""
-    m = _Blocker(mod, precision)
+    the convs and matmuls that fit ``bf16.py``'s kernels get bf16 operands; ``winograd=False``:
+    every conv direct (no ``winograd.py`` kernels)."""
+    m = _Blocker(mod, precision, winograd)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
             m.builder_.update_func(gv, m.visit_expr(func))
@@ -356,13 +401,13 @@ def BlockedLayout(mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: N802 - a pas
     return blocked_layout(mod)
 
 
-def blocked_layout_pass(precision: str = "f32"):
-    """``BlockedLayout`` for ``precision`` (f32: BlockedLayout itself)."""
-    if precision == "f32":
+def blocked_layout_pass(precision: str = "f32", winograd: bool = True):
+    """``BlockedLayout`` for ``precision`` (f32 with Winograd: BlockedLayout itself)."""
+    if precision == "f32" and winograd:
         return BlockedLayout
 
-    @tvm.transform.module_pass(opt_level=0, name=f"ConvdslBlockedLayout_{precision}")
+    @tvm.transform.module_pass(opt_level=0, name=f"ConvdslBlockedLayout_{precision}{'' if winograd else '_direct'}")
     def _pass(mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        return blocked_layout(mod, precision)
+        return blocked_layout(mod, precision, winograd)
 
     return _pass

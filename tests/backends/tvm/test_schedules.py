@@ -120,7 +120,7 @@ def test_batch_matmul_matches_torch(shapes, llvm_runner):
 
 
 # ---- structure ------------------------------------------------------------------------------
-def _scheduled_module(text: str):
+def _scheduled_module(text: str, winograd: bool = True):
     import tvm
 
     from convdsl.backends.tvm.build import optimize_passes
@@ -132,7 +132,7 @@ def _scheduled_module(text: str):
     target = spec.tvm_target()
     mod = lower_graph(graph_of(text), "tvm-llvm", {})
     with target:
-        mod = tvm.transform.Sequential(optimize_passes(spec))(mod)
+        mod = tvm.transform.Sequential(optimize_passes(spec, "f32", winograd))(mod)
         return mod, schedule_module(mod, target)
 
 
@@ -141,7 +141,7 @@ def test_conv_and_dense_kernels_are_scheduled():
 
     from convdsl.backends.tvm.schedules import is_scheduled
 
-    before, mod = _scheduled_module(NETS["residual"])
+    before, mod = _scheduled_module(NETS["residual"], winograd=False)  # the direct convs (test_winograd.py: the others)
     funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
     convs = [n for n in funcs if "conv2d_nchwc" in n]
     assert len(convs) == 3 and any("dense_packed" in n for n in funcs), sorted(funcs)

@@ -13,6 +13,15 @@ from .conftest import assert_close, graph_of, one_op, random_inputs, torch_outpu
 CONV = one_op("conv2d", [[1, 16, 14, 14]], 32, k=3, pad=1)  # NCHW16c: 2 output blocks, ow 14
 
 
+@pytest.fixture(autouse=True)
+def direct_convs(monkeypatch):
+    """The direct conv's template (conv2d_nchwc) is what these tests tune: no 3x3 stride-1 conv
+    taken by Winograd (schedules/winograd.py; tested in test_winograd.py)."""
+    from convdsl.backends.tvm.schedules import winograd
+
+    monkeypatch.setattr(winograd, "choose_m", lambda *a: None)
+
+
 @pytest.fixture()
 def dbs(tmp_path, monkeypatch):
     """An empty user database root and an empty shipped folder, for this test only."""
