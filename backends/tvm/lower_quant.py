@@ -213,20 +213,31 @@ def maddubs_exact(w: np.ndarray) -> bool:
 def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, out_channels: int,
                 pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int], in_zp: int,
                 shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
-                relu: bool = False) -> te.Tensor:
+                relu: bool = False, out_shape: tuple[int, ...] | None = None) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
     ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
 
-    A 2-D x [rows, K] is a matrix product (qlinear): the 1x1 convolution of [1, K, 1, rows], rows
-    along the width so that the register tile shares each weight load among rows; the result is
-    [rows, O]."""
+    With ``out_shape`` (qlinear) x [..., K] is a matrix product over its rows (the leading axes
+    flattened): the 1x1 convolution of [1, K, 1, rows], rows along the width so that the register
+    tile shares each weight load among rows, the width padded on the right (``pads[3]``: rows
+    computed and never stored, so that the register tile divides them), the result written in
+    ``out_shape`` [..., O] itself (no reshape after it, which would keep FuseOps from appending
+    the ops that follow to the epilogue)."""
     oc_b, ic_b = int(w.shape[4]), int(w.shape[5])  # 16 x 4 (VNNI, u8 x s8) or 8 x 2 (AVX2, i16 x i16)
     wide = w.dtype == "int16"
-    dense = len(x.shape) == 2
+    dense = out_shape is not None
     if dense:
-        (w_, c_), n_, h_ = (int(d) for d in x.shape), 1, 1
-        read = lambda n, c, h, j: x[j, c]  # noqa: E731
+        lead = [int(d) for d in x.shape[:-1]]
+        w_, c_, n_, h_ = int(np.prod(lead)), int(x.shape[-1]), 1, 1
+
+        def read(n, c, h, j):
+            idx = []
+            for i, d in enumerate(reversed(lead)):  # the flat row j -> x's leading indices
+                outer = int(np.prod(lead[:len(lead) - i - 1]))
+                idx.append(0 if d == 1 else j if outer == 1 else j % d)
+                j = j // d
+            return x[(*reversed(idx), c)]
     else:
         n_, c_, h_, w_ = (int(d) for d in x.shape)
         read = lambda n, c, h, j: x[n, c, h, j]  # noqa: E731
@@ -267,7 +278,14 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
 
     attrs = {VNNI_ATTR: "requant"}
     if dense:
-        return te.compute((ow_, out_channels), lambda j, c: requant(0, c, 0, j), name="vnni_requant", attrs=attrs)
+        def flat(*idx):  # out_shape's leading indices -> the flat row (unit axes left out: the
+            j = 0        # row is then one plain index, which the register tile's region is computed from)
+            for i, d in zip(idx[:-1], out_shape[:-1]):
+                if int(d) > 1:
+                    j = j * int(d) + i
+            return requant(0, idx[-1], 0, j)
+
+        return te.compute(tuple(out_shape), flat, name="vnni_requant", attrs=attrs)
     return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs=attrs)
 
 
@@ -275,15 +293,17 @@ def _use_vnni(cx: Lowerer, node: Node) -> bool:
     return not cx.target.startswith("tvm-cuda") and node.attrs.get("groups", 1) == 1
 
 
-def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation) -> Expr:
-    """The VNNI kernel for x [N, C, H, W] and int8 weights [O, C, KH, KW]; returns [N, O, OH, OW]."""
+def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation,
+                out_shape: tuple[int, ...] | None = None) -> Expr:
+    """The VNNI kernel for x [N, C, H, W] and int8 weights [O, C, KH, KW]; returns [N, O, OH, OW]
+    (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``)."""
     a = node.attrs
     shift = x_dtype == "i8"
     in_zp = a["in_zp"] + (128 if shift else 0)
     to_int = a["out_dtype"] != "f32"
     m = requant_multiplier(a["in_scale"], cx.param("w_scale"), a["out_scale"] if to_int else None)
     kw = dict(out_channels=w.shape[0], pads=pads, stride=stride, dilation=dilation, in_zp=in_zp, shift=shift,
-              out_dtype=TVM_DTYPE[a["out_dtype"]], relu=bool(a["relu"]))
+              out_dtype=TVM_DTYPE[a["out_dtype"]], relu=bool(a["relu"]), out_shape=out_shape)
     if to_int:
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
@@ -362,14 +382,40 @@ def _qconv(nd: int):
     return lower
 
 
+def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:
+    """Rows to add to a qlinear's ``rows`` (computed, never stored) so that the int8 kernel's register
+    tile (``schedules.int8``: output rows x blocks of ``oc`` channels, its row count a divisor of the
+    rows) is as large as the accumulators allow: ViT's 197 tokens, a prime, allow only 1-row tiles
+    (1 x 3 blocks on AVX2: each broadcast activation feeds 3 accumulators, each weight vector is
+    loaded for one row); 198 rows take 6 x 2.  The fewest rows among the best tiles, at most 1/16
+    more rows."""
+    from convdsl.backends.tvm.schedules import int8 as int8_schedule
+
+    ob = -(-out_channels // oc)
+    tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC else int8_schedule.register_tile
+    if oc == MADD_OC:
+        tile = int8_schedule.madd_register_tile
+
+    def useful(extra: int) -> float:
+        ow_t, ob_t = tile(ob, rows + extra)
+        return ow_t * ob_t * rows / (rows + extra)
+
+    return max(range(max(1, rows // 16) + 1), key=lambda extra: (useful(extra) + 1e-9 * (extra == 0), -extra))
+
+
 def _qlinear(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
     w = cx.param("weight").astype(np.int8)
-    if _use_vnni(cx, node):  # x [rows, K]: see vnni_conv2d
-        shape = cx.shape(ins[0])
+    shape = cx.shape(ins[0])
+    if _use_vnni(cx, node) and all(isinstance(d, int) for d in shape):  # x [..., K]: see vnni_conv2d
         rows = int(np.prod(shape[:-1]))
-        x = args[0] if len(shape) == 2 else cx.emit(R.reshape(args[0], (rows, shape[-1])))
-        y = _vnni_layer(cx, node, x, ins[0].dtype, w[:, :, None, None], (0, 0, 0, 0), (1, 1), (1, 1))
-        return R.reshape(y, cx.out_shape())
+        pad = qlinear_row_padding(rows, w.shape[0], int8_layout(w)[0])
+        # written in the output's shape where its rows are one axis (a batch of 1: ViT's [1, 197, O]);
+        # rows over several axes are not a range of one loop the register tile could be computed at
+        one_axis = int(np.prod(shape[:-2])) == 1
+        out = tuple(cx.out_shape()) if one_axis else (rows, w.shape[0])
+        y = _vnni_layer(cx, node, args[0], ins[0].dtype, w[:, :, None, None], (0, 0, 0, pad), (1, 1), (1, 1),
+                        out_shape=out)
+        return y if one_axis else R.reshape(y, cx.out_shape())
     acc = cx.emit(R.matmul(args[0], cx.const(np.ascontiguousarray(w.T), "int8"), out_dtype="int32"))
     bias = _int32_bias(cx, node, w)
     if bias.any():

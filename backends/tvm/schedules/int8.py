@@ -436,6 +436,17 @@ def _annotated_blocks(sch: s_tir.Schedule) -> dict[str, str]:
 def _inline_consumers(sch: s_tir.Schedule, block) -> list:
     """reverse_compute_inline the chain of single elementwise readers of ``block``; the readers
     that cannot be inlined (several readers, a reduction) are returned, to be scheduled apart."""
+    # first the elementwise blocks between it and the last one into their readers (gelu's
+    # x * 0.5 * (1 + erf(x / sqrt 2)) reads x twice: its blocks are a diamond, not a chain)
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    root = list(sch.get_child_blocks(sch.get_sblock("root")))
+    names = [sch.get(b).name_hint for b in root]
+    for b in root[names.index(sch.get(block).name_hint) + 1:]:
+        if sch.get(b).name_hint not in outputs:
+            try:
+                sch.compute_inline(b)
+            except s_tir.ScheduleError:
+                pass
     rest = []
     while True:
         consumers = sch.get_consumers(block)

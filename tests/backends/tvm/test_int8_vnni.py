@@ -659,3 +659,48 @@ def test_a_saturated_bias_is_refused_not_wrapped():
     g.params[key] = b
     with pytest.raises(ConvDSLError, match="output channel 3 can overflow"):
         ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
+
+
+def _kernel_names(graph) -> list[str]:
+    """The PrimFuncs of the tvm-llvm module of ``graph`` after fusion."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(graph))
+    return [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+@needs_int8_schedule
+@pytest.mark.parametrize("tokens", [197, 50])
+def test_qlinear_vit_tokens_fuse_gelu_and_requantize(scheduled, tokens):
+    """ViT's MLP: [1, tokens, C] -> qlinear (f32 out) -> gelu -> quantize.  The kernel writes the output's
+    own shape, so FuseOps appends gelu and the quantize to its epilogue (one kernel); 197 tokens, a
+    prime, are computed as 198 rows (``qlinear_row_padding``) and the padded row never stored."""
+    from convdsl.backends.tvm.lower_quant import qlinear_row_padding
+
+    src = f"""network t(x: f32[1, {tokens}, 64]) {{
+    return x | quantize(0.05, 128) | qlinear(96, in_scale=0.05, in_zp=128, out_dtype=f32) | gelu | quantize(0.02, 128)
+}}
+"""
+    g = _random_int_params(graph_of(src), wmax=63)
+    x = (3 * np.random.default_rng(4).standard_normal((1, tokens, 64))).astype(np.float32)
+    names = _kernel_names(g)
+    assert any("qlinear" in n and "gelu" in n for n in names) and not any("gelu" in n and "qlinear" not in n
+                                                                            for n in names), names
+    assert vnni_kernels(g, MADDUBS) == (1 if HAS_AVX2_ONLY else 0)
+    got, want = scheduled(g)(x), _torch(g, x)
+    assert _steps(got, want) <= 1 and len(np.unique(want)) > 10  # gelu in float: a tie may round apart
+    assert np.mean(got != want) < 0.01
+    assert qlinear_row_padding(tokens, 96, 8) > 0  # the padded rows were computed (198 and 52 rows on AVX2)
+
+
+def test_qlinear_row_padding_gives_full_register_tiles():
+    from convdsl.backends.tvm.lower_quant import qlinear_row_padding
+
+    assert qlinear_row_padding(197, 384, 8) == 1  # 198 rows: 6 x 2 tiles on AVX2 (197: 1 x 3)
+    assert int8.maddubs_register_tile(48, 198) == (6, 2)
+    for rows, out in [(1, 1000), (3, 10), (50, 33), (196, 384), (64, 64)]:
+        assert qlinear_row_padding(rows, out, 8) <= max(1, rows // 16)
+    assert qlinear_row_padding(96, 64, 8) == 0 and qlinear_row_padding(1, 1000, 8) == 0  # 12 x 1 tiles already
