@@ -181,8 +181,9 @@ def int8_instructions(graph) -> dict[str, int]:
         w = np.asarray(graph.params[node.params["weight"]])
         groups = node.attrs.get("groups", 1)
         c = graph.in_types(node.id)[0].shape[1] if node.op != "qlinear" else None
+        ow = node.types[0].shape[-1]
         if (node.op == "qconv2d" and groups == c == w.shape[0] and w.shape[1] == 1 and isinstance(c, int)
-                and int8_depthwise.fits(c, w.shape[2] * w.shape[3])):
+                and int8_depthwise.fits(c, w.shape[2] * w.shape[3], ow if isinstance(ow, int) else 0)):
             kind = "depthwise"
         elif node.op == "qconv3d" or groups != 1:
             kind = "generic"
@@ -315,16 +316,21 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
     return y
 
 
-def _depthwise_on_cpu(cx: Lowerer, node: Node, ins: list[TensorType], w: np.ndarray) -> bool:
+def _depthwise_kernel(cx: Lowerer, node: Node, ins: list[TensorType], w: np.ndarray) -> str | None:
+    """``int8_depthwise.layout``'s kernel for a depthwise qconv2d on CPU, None for any other conv."""
     from convdsl.backends.tvm.schedules import int8_depthwise
 
-    c = ins[0].shape[1]
-    return (not cx.target.startswith("tvm-cuda") and node.attrs.get("groups", 1) == c == w.shape[0]
-            and w.shape[1] == 1 and isinstance(c, int) and int8_depthwise.fits(c, w.shape[2] * w.shape[3]))
+    c, ow = ins[0].shape[1], node.types[0].shape[-1]
+    if (cx.target.startswith("tvm-cuda") or node.attrs.get("groups", 1) != c or c != w.shape[0] or w.shape[1] != 1
+            or not isinstance(c, int)):
+        return None
+    return int8_depthwise.layout(c, w.shape[2] * w.shape[3], ow if isinstance(ow, int) else 0)
 
 
-def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation) -> Expr:
-    """Depthwise qconv2d on CPU: schedules/int8_depthwise.py (exact, 16 channels per vector)."""
+def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation,
+                     kernel: str) -> Expr:
+    """Depthwise qconv2d on CPU: schedules/int8_depthwise.py (exact f32 arithmetic), in NCHW along the
+    output rows (``kernel`` ``nchw``) or 16 channels per vector (``nchw16c``)."""
     from convdsl.backends.tvm.schedules import int8_depthwise
 
     a = node.attrs
@@ -335,8 +341,10 @@ def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarr
     if to_int:
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
-    y = cx.emit_te(int8_depthwise.depthwise_int8, x, cx.const(int8_depthwise.pack_weight(w), "float32"),
-                   cx.const(_int32_bias(cx, node, w, 0), "int32"), cx.const(m, "float32"), **kw)
+    fn, packed = ((int8_depthwise.depthwise_int8_nchw, int8_depthwise.pack_weight_planes(w)) if kernel == "nchw" else
+                  (int8_depthwise.depthwise_int8, int8_depthwise.pack_weight(w)))
+    y = cx.emit_te(fn, x, cx.const(packed, "float32"), cx.const(_int32_bias(cx, node, w, 0), "int32"),
+                   cx.const(m, "float32"), **kw)
     _mark_fusable(cx, y)
     return y
 
@@ -355,9 +363,10 @@ def _qconv(nd: int):
         x = args[0]
         pads = conv_padding(a, list(ins[0].shape[2:]), nd)
         w = cx.param("weight").astype(np.int8)
-        if nd == 2 and _depthwise_on_cpu(cx, node, ins, w):
+        kernel = _depthwise_kernel(cx, node, ins, w) if nd == 2 else None
+        if kernel is not None:
             return _depthwise_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), tuple_n(a["stride"], 2),
-                                    tuple_n(a["dilation"], 2))
+                                    tuple_n(a["dilation"], 2), kernel)
         if nd in (1, 2) and _use_vnni(cx, node):
             stride, dilation = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
             if nd == 1:  # a convolution of height 1

@@ -52,6 +52,14 @@ MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM
 def try_schedule(sch: s_tir.Schedule, target) -> bool:
     """Schedule convdsl's VNNI int8 kernel (recognized by its ``convdsl.vnni`` block annotations)
     and return True; return False, leaving ``sch`` untouched, for anything else."""
+    dw = _int8_depthwise_nchw(sch)
+    if dw is not None:  # int8_depthwise.depthwise_int8_nchw: f32 lanes along the rows, any x86 vector width
+        if target is None or target.kind.name != "llvm":
+            return False
+        from convdsl.backends.tvm.schedules import int8_depthwise
+
+        int8_depthwise.schedule_nchw(sch, dw)
+        return True
     blocks = _annotated_blocks(sch)
     if "conv" not in blocks:
         return _schedule_int_pool(sch, target)
@@ -418,6 +426,17 @@ def schedule_module(mod: tvm.IRModule, target) -> tuple[tvm.IRModule, int]:
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
+DW_ATTR = "convdsl.int8_dw"  # int8_depthwise.ROW_ATTR (that module imports TVM's te at import time)
+
+
+def _int8_depthwise_nchw(sch: s_tir.Schedule):
+    """The conv block of an int8 NCHW depthwise kernel at the root, or None."""
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
+        if str(sch.get(b).annotations.get(DW_ATTR, "")) == "conv":
+            return b
+    return None
+
+
 def _annotated_blocks(sch: s_tir.Schedule) -> dict[str, str]:
     """{annotation value: block name} of the blocks annotated ``convdsl.vnni`` (one kernel only)."""
     found: dict[str, str] = {}
