@@ -138,10 +138,12 @@ def depthwise_int8_nchw(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Te
                                       z + tirx.floordiv(rx * dw, sw)] * w[ch, ry, rx], axis=[ry, rx]),
         name="int8_dw_conv", attrs={ROW_ATTR: "conv"})
 
+    from convdsl.backends.tvm.lower_quant import rounded
+
     def requant(i, ch, y, z):
         v = (acc[i, ch, y, z].astype("int32") + bias[ch]).astype("float32") * mult[ch]
         if out_dtype == "float32":
-            return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+            return tirx.max(v, tirx.const(0.0, "float32")) if relu else rounded(v)
         r = tirx.round(v) + tirx.const(float(out_zp), "float32")
         r = tirx.max(tirx.min(r, tirx.const(float(hi), "float32")), tirx.const(float(lo), "float32"))
         return r.astype(out_dtype)
