@@ -54,17 +54,6 @@ if TYPE_CHECKING:
 LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
-LOWEST_F32 = float(np.finfo(np.float32).min)
-
-
-def rounded(y):
-    """The float32 value ``y`` (TIR) as a rounding point: max with the lowest float32 is the identity on
-    every number, and it keeps LLVM (TVM's codegen contracts every fmul + fadd it can) from fusing the
-    multiply that made ``y`` with an add that FuseOps put after it into one FMA, which rounds once
-    where the torch simulation rounds twice.  A value on a quantization half-step then went the other
-    way (ResNet-50: a scaled conv output plus its residual, 91.49999 instead of 91.5 before a
-    quantize), and that one-step flip grew through the later layers."""
-    return tvm.tirx.max(y, tvm.tirx.const(LOWEST_F32, "float32"))
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
 MADDUBS_OC = 8  # output channels of one AVX2 vpmaddubsw + vpmaddwd block (x VNNI_IC input channels, bytes)
@@ -94,7 +83,10 @@ def _cast(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> E
 
 
 def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ...]) -> Expr:
-    """int32 accumulator -> float32 (out_dtype=f32) or requantized int8, per channel."""
+    """int32 accumulator -> float32 (out_dtype=f32, a rounding point: ``kernels.rounded``) or
+    requantized int8, per channel."""
+    from convdsl.backends.tvm.schedules.kernels import LOWEST_F32
+
     a = node.attrs
     to_int = a["out_dtype"] != "f32"
     m = requant_multiplier(a["in_scale"], cx.param("w_scale"), a["out_scale"] if to_int else None)
@@ -268,6 +260,8 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
             xp[n, rc, i * sh + rh * dh, j * sw + rw * dw, r4].astype("int32")
             * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
         name="vnni_conv", attrs={VNNI_ATTR: "conv"})
+
+    from convdsl.backends.tvm.schedules.kernels import rounded
 
     def requant(n, c, i, j):
         y = (acc[n, c // oc_b, i, j, c % oc_b] + bias[c]).astype("float32") * mult[c]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, dwconv_nchwc
+from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, dwconv_nchwc, rounded
 
 LANES = 16
 MAX_TAPS = (1 << 24) // (255 * 128)  # taps whose int8 sum stays exact in float32
@@ -78,8 +78,6 @@ def depthwise_int8(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor,
                     attrs={KERNEL_ATTR: "pad"})
     acc = dwconv_nchwc(xf, w, stride, (0, 0, 0, 0), dilation)
     _, _, oh, ow, _ = (int(d) for d in acc.shape)
-
-    from convdsl.backends.tvm.lower_quant import rounded
 
     def requant(i, ch, y, z):
         v = (acc[i, ch // LANES, y, z, ch % LANES].astype("int32") + bias[ch]).astype("float32") * mult[ch]
@@ -137,8 +135,6 @@ def depthwise_int8_nchw(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Te
         lambda i, ch, y, z: te.sum(xf[i, ch, y * sh + ry * dh, tirx.floormod(rx * dw, sw),
                                       z + tirx.floordiv(rx * dw, sw)] * w[ch, ry, rx], axis=[ry, rx]),
         name="int8_dw_conv", attrs={ROW_ATTR: "conv"})
-
-    from convdsl.backends.tvm.lower_quant import rounded
 
     def requant(i, ch, y, z):
         v = (acc[i, ch, y, z].astype("int32") + bias[ch]).astype("float32") * mult[ch]

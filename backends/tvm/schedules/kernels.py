@@ -21,6 +21,17 @@ from convdsl.ir.ops.conv import conv_out_size
 
 KERNEL_ATTR = "convdsl.kernel"
 K_INNER_ATTR = "convdsl.k_inner"  # a GEMM whose reduction is better split by this (cpu.schedule_gemm)
+LOWEST_F32 = -3.4028234663852886e38  # numpy.finfo(float32).min
+
+
+def rounded(y):
+    """The float32 value ``y`` (TIR) as a rounding point: max with the lowest float32 is the identity on
+    every number, and it keeps LLVM (TVM's codegen contracts every fmul + fadd it can) from fusing the
+    multiply that made ``y`` with an add that FuseOps put after it into one FMA, which rounds once
+    where the torch simulation rounds twice.  A value on a quantization half-step then went the other
+    way (ResNet-50: a scaled conv output plus its residual, 91.49999 instead of 91.5 before a
+    quantize), and that one-step flip grew through the later layers."""
+    return tirx.max(y, tirx.const(LOWEST_F32, "float32"))
 
 
 def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
