@@ -72,10 +72,12 @@ def _quantize(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) 
 
 
 def _dequantize(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
-    # x = (f32(q) - zp) * scale
+    # x = (f32(q) - zp) * scale, a rounding point (``kernels.rounded``)
+    from convdsl.backends.tvm.schedules.kernels import LOWEST_F32
+
     a = node.attrs
     y = cx.emit(R.subtract(R.astype(args[0], "float32"), cx.const(float(a["zero_point"]))))
-    return R.multiply(y, cx.const(f32(a["scale"])))
+    return R.maximum(cx.emit(R.multiply(y, cx.const(f32(a["scale"])))), cx.const(LOWEST_F32))
 
 
 def _cast(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
