@@ -119,19 +119,35 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilat
         name="conv2d_nchwc_bf16", attrs={KERNEL_ATTR: "conv2d_nchwc_bf16"})
 
 
-def dense_packed_bf16(x: te.Tensor, w: te.Tensor) -> te.Tensor:
-    """x [..., K] f32, w [N/16, K/2, 16, 2] u16 -> [..., N] f32."""
+def dense_packed_bf16(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te.Tensor:
+    """x [..., M, K] f32, w [N/16, K/2, 16, 2] u16 -> [..., M, N] f32.  ``rows`` > M: the product
+    is computed over ``rows`` rows (the ones past M read row M - 1) into a buffer the result is
+    copied from (``dense_unpad``, inlined into the epilogue by the schedule), as
+    ``kernels.dense_packed`` does: the register tile must divide the rows, since TVM's tensorize
+    does not match a block under the row guard of a partial tile (ViT-S's 197 tokens)."""
     nblk, kp, nb, _ = (int(v) for v in w.shape)
     xb = te.compute(x.shape, lambda *i: _to_bits(x(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pack"})
     rp = te.reduce_axis((0, kp), "k_pair")
     r2 = te.reduce_axis((0, PAIR), "k_two")
     lead = list(x.shape[:-1])
+    m = lead[-1] if lead else None
+    pad = rows is not None and isinstance(m, (int, tirx.IntImm)) and rows > int(m)
 
     def fn(*idx):
         j = idx[-1]
-        return te.sum(_value(xb[tuple(idx[:-1]) + (rp * PAIR + r2,)]) * _value(w[j // nb, rp, j % nb, r2]), axis=[rp, r2])
+        row = tuple(idx[:-2]) + (tirx.min(idx[-2], int(m) - 1),) if pad else tuple(idx[:-1])
+        return te.sum(_value(xb[row + (rp * PAIR + r2,)]) * _value(w[j // nb, rp, j % nb, r2]), axis=[rp, r2])
 
-    return te.compute(lead + [nblk * nb], fn, name="dense_packed_bf16", attrs={KERNEL_ATTR: "dense_packed_bf16"})
+    shape = lead[:-1] + [rows] + [nblk * nb] if pad else lead + [nblk * nb]
+    y = te.compute(shape, fn, name="dense_packed_bf16", attrs={KERNEL_ATTR: "dense_packed_bf16"})
+    if not pad:
+        return y
+    return te.compute(lead + [nblk * nb], lambda *idx: y[idx], name="dense_unpad")
+
+
+def dense_rows(m: int, tile_rows: int) -> int:
+    """``m`` rounded up to a multiple of the register tile's rows (``dense_packed_bf16``'s ``rows``)."""
+    return -(-m // tile_rows) * tile_rows
 
 
 # ---- the tensor intrinsic ----------------------------------------------------------------------------------

@@ -626,6 +626,9 @@ def schedule_dense_packed_bf16(sch: s_tir.Schedule, block, hw) -> None:
     nn = _extent(sch, n)
     mm = _extent(sch, lead[-1]) if lead else 1
     rm, nv = tophub.choose("gemm", sch, block, hw, gemm_tile(mm, nn // bf16.LANES, hw), lanes=bf16.LANES)
+    # tensorize fails under a partial tile's row guard: the rows were padded to gemm_tile's rm
+    # (layout.py); a database entry with another rm takes the largest one that divides them
+    rm = max(r for r in range(1, rm + 1) if mm % r == 0)
     copies = [p for p in sch.get_producers(block) if kernel_of(sch, p) == "pack"]
     epilogue = _inline_epilogue(sch, block)
     batch, m = (lead[:-1], lead[-1]) if lead else ([], None)

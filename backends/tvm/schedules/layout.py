@@ -304,7 +304,13 @@ class _Blocker(PyExprMutator):
         if len(xs) == 1:
             return None
         if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
-            return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)),
+            rows = None
+            target = tvm.target.Target.current(allow_none=True)
+            if len(xs) >= 2 and isinstance(xs[-2], int) and target is not None and target.kind.name == "llvm":
+                from convdsl.backends.tvm.schedules.cpu import Hardware, gemm_tile
+
+                rows = bf16.dense_rows(xs[-2], gemm_tile(xs[-2], wt.shape[1] // bf16.LANES, Hardware.of(target))[0])
+            return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)), rows,
                                          primfunc_name_hint="dense_packed_bf16")
         nb = dense_block(wt.shape[1])
         rows = None
