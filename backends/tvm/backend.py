@@ -79,7 +79,9 @@ class TVMBackend:
     db: str | None = None
     use_db: bool = True
     progress: bool = True
-    precision: str = "f32"  # f32 | bf16 | int8 (targets.PRECISIONS)
+    # tvm-llvm: f32 | bf16 | int8 (targets.PRECISIONS); tvm-cuda: f32 | f16 | bf16 (CUDA_PRECISIONS).
+    # None: f32 (tvm-cuda: $CONVDSL_GPU_PRECISION when set, the older way to ask for 16-bit compute)
+    precision: str | None = None
     winograd: bool = True  # f32 3x3 stride-1 convs as Winograd where schedules/winograd.py chooses it
     # the batch symbol (N) kept symbolic, one library for every batch size: True insists, None
     # when nothing is lost by it (`convdsl compile`'s default), False never (static shapes)
@@ -88,13 +90,20 @@ class TVMBackend:
     notes: list[str] = field(default_factory=list)  # why a build is not what the user may expect
     last_build: Any = field(default=None, repr=False)  # the Built of the latest build, for the manifest
 
+    def __post_init__(self) -> None:
+        self.precision = resolve_precision(self.name, self.precision)
+
     def __str__(self) -> str:
         return self.name
 
     @property
     def spec(self) -> TargetSpec:
         if not hasattr(self, "_spec"):
-            self._spec = make_target(self.name, target_json=self.target_json, arch=self.arch, precision=self.precision)
+            # the CUDA precisions need no target features; targets.check_precision knows the CPU ones
+            cpu_precision = self.precision if self.name == "tvm-llvm" else "f32"
+            self._spec = make_target(self.name, target_json=self.target_json, arch=self.arch, precision=cpu_precision)
+            if self.name == "tvm-cuda":
+                check_cuda_precision(self._spec, self.precision)
         return self._spec
 
     # -- building -------------------------------------------------------------------
@@ -240,6 +249,45 @@ class TVMBackend:
 
 
 QUANTIZED_OPS = ("qconv1d", "qconv2d", "qconv3d", "qlinear")
+# tvm-cuda's compute precisions (schedules/gpu.py's PRECISIONS, listed here so that checking one
+# does not load TVM); the environment variable is the fallback when none is given
+CUDA_PRECISIONS = ("f32", "f16", "bf16")
+GPU_PRECISION_ENV = "CONVDSL_GPU_PRECISION"
+
+
+def resolve_precision(name: str, precision: str | None) -> str:
+    """The precision ``name`` compiles at: the one given, else f32 (tvm-cuda: else
+    $CONVDSL_GPU_PRECISION, else f32); one the backend has no kernels for is refused with the reason."""
+    if name != "tvm-cuda":
+        if precision == "f16":
+            raise UsageError("--precision f16 is for tvm-cuda; on CPUs convdsl computes in f32, bf16 or int8",
+                             hint="for 16-bit compute on the CPU use --precision bf16 (bf16 operands, f32 "
+                                  "accumulation; needs AVX512_BF16), or --backend tvm-cuda --precision f16")
+        return precision or "f32"
+    given = precision
+    if precision is None:
+        precision = os.environ.get(GPU_PRECISION_ENV) or "f32"
+    if precision == "int8":
+        raise UsageError("--precision int8 is not available on tvm-cuda: convdsl has no int8 GPU kernels "
+                         "(no dp4a or int8 tensor-core (IMMA) schedules), and emulating int8 in f32 would only "
+                         "be slower", hint="use --precision f16 (tensor cores) or bf16 on tvm-cuda, or compile "
+                                           "the quantized program for the CPU (--backend tvm-llvm --precision int8)")
+    if precision not in CUDA_PRECISIONS:
+        from convdsl.errors import did_you_mean
+
+        where = f"{GPU_PRECISION_ENV}={precision}" if given is None else f"precision '{precision}'"
+        raise UsageError(f"unknown tvm-cuda {where}",
+                         hint=did_you_mean(precision, CUDA_PRECISIONS) or f"choose from {', '.join(CUDA_PRECISIONS)}")
+    return precision
+
+
+def check_cuda_precision(spec: TargetSpec, precision: str) -> None:
+    """bf16 arithmetic exists on sm_80 (Ampere) and newer; older GPUs are refused, not emulated."""
+    arch = str(spec.config.get("arch", ""))
+    digits = arch[3:].rstrip("a") if arch.startswith("sm_") else ""
+    if precision == "bf16" and digits.isdigit() and int(digits) < 80:
+        raise UsageError(f"--precision bf16 on tvm-cuda needs sm_80 or newer (bfloat16 arithmetic); the target is {arch}",
+                         hint="use --precision f16 (sm_53 and newer; tensor cores from sm_70) or f32")
 
 
 def check_precision_of(graph: Graph, precision: str) -> None:

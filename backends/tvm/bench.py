@@ -79,7 +79,7 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
     base = name.removesuffix("-tuned")
     tuned = name.endswith("-tuned")
     be = TVMBackend(base, tune=tune if tuned else 0, db=db, use_db=tuned, progress=progress,
-                    precision=precision if base == "tvm-llvm" else "f32")
+                    precision=precision if base == "tvm-llvm" or precision != "f32" else None)
     t0 = time.perf_counter()
     built = be.build(graph)
     compile_s = time.perf_counter() - t0

@@ -50,7 +50,9 @@ class BuildOptions:
     use_db: bool = True  # apply records already in the databases (MetaSchedule's, and the template knobs')
     progress: bool = True  # progress bar while tuning
     bind: dict[str, int] = field(default_factory=dict)  # sizes of symbolic dims (default: graph.symbols)
-    precision: str = "f32"  # f32 | bf16 (convs and matmuls with bf16 operands) | int8 (the quantized ops' kernels)
+    # f32 | bf16 (convs and matmuls with bf16 operands) | int8 (the quantized ops' kernels); tvm-cuda:
+    # f32 | f16 | bf16 (schedules/gpu.py), None there: $CONVDSL_GPU_PRECISION, else f32
+    precision: str | None = "f32"
     dynamic: tuple[str, ...] = ()  # symbols left symbolic (a dynamic batch: ("N",)); the others are bound
     winograd: bool = True  # f32 3x3 stride-1 convs as Winograd where schedules/winograd.py chooses it (CPU)
 
@@ -72,8 +74,9 @@ class Built:
     winograd: int = 0  # convs computed as Winograd F(m x m, 3x3) (schedules/winograd.py)
 
 
-def optimize_passes(spec: TargetSpec, precision: str = "f32", winograd: bool = True) -> list:
-    return layout_passes(spec, precision, winograd) + gpu_passes(spec) + [  # gpu_passes: [] on CPU targets
+def optimize_passes(spec: TargetSpec, precision: str | None = "f32", winograd: bool = True) -> list:
+    # layout_passes: [] on GPU targets; gpu_passes: [] on CPU targets, on GPUs the compute precision
+    return layout_passes(spec, precision or "f32", winograd) + gpu_passes(spec, precision) + [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),

@@ -14,7 +14,9 @@ import click
 from convdsl.errors import UsageError
 from convdsl.cli.common import Count, program_graph, check_target_options, main, max_memory_bytes, program_options, weights_options
 
-PRECISIONS = ("f32", "bf16", "int8")  # backends/tvm/targets.py (not imported here: it would load TVM)
+# tvm-llvm's (backends/tvm/targets.py) and tvm-cuda's (backend.CUDA_PRECISIONS), not imported: it would load TVM;
+# each backend refuses, with the reason, the ones it has no kernels for (f16 on CPUs, int8 on GPUs)
+PRECISIONS = ("f32", "f16", "bf16", "int8")
 
 TVM_OPTIONS = [
     click.Option(["--target-json"], default=None, metavar="JSON",
@@ -33,7 +35,9 @@ TVM_OPTIONS = [
                       "shapes, or an op needs the size (then N=1, with a note saying why)."),
     click.Option(["--precision"], type=click.Choice(PRECISIONS), default=None,
                  help="tvm-llvm: f32 (default); bf16 (convs and matmuls on bf16 operands, f32 accumulation: "
-                      "needs AVX512_BF16); int8 (the int8 kernels of a program from `convdsl quantize`)."),
+                      "needs AVX512_BF16); int8 (the int8 kernels of a program from `convdsl quantize`).  "
+                      "tvm-cuda: f32 (default); f16 (f16 activations, f32 accumulation, tensor cores); bf16 "
+                      "(conv/matmul on bf16 operands, sm_80+); no int8.  Recorded as tvm.precision."),
     click.Option(["--no-winograd", "no_winograd"], is_flag=True,
                  help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3) "
                       "where it is faster; the manifest's tvm.winograd_convs counts them)."),
@@ -50,10 +54,8 @@ def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_d
         raise UsageError("--tune counts trials and must be >= 0", got=str(tune))
     if tune and no_db:
         raise UsageError("--tune stores its results in the database; it cannot be combined with --no-db")
-    if precision not in (None, "f32") and name != "tvm-llvm":
-        raise UsageError(f"--precision {precision} applies to tvm-llvm", hint="tvm-cuda: CONVDSL_GPU_PRECISION=f16|bf16")
     return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress,
-                   precision=precision or "f32", dynamic_batch=dynamic_batch, bound=tuple(bound),
+                   precision=precision, dynamic_batch=dynamic_batch, bound=tuple(bound),
                    winograd=not no_winograd)
 
 
@@ -162,7 +164,8 @@ def _profile_tables(profs: dict, top: int) -> None:
 @click.option("--threads", type=Count(1, 4096), default=None, metavar="N",
               help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
-              help="Precision of the tvm-llvm rows (see `convdsl compile --precision`); torch rows stay f32.")
+              help="Precision of the tvm-llvm rows, and of the tvm-cuda rows when not f32 (see `convdsl compile "
+                   "--precision`); torch rows stay f32.")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
           profile, top, as_json, threads, precision):
     """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""

@@ -47,7 +47,7 @@ from convdsl.backends.tvm.schedules.layout import static_shape
 PRECISIONS = ("f32", "f16", "bf16")
 CONV_MODES = ("im2col", "implicit")
 MAX_DEPTHWISE_TAPS = 64  # beyond this (large kernels: 31x31) the unrolled sum is too long; TOPI keeps it
-PRECISION_ENV = "CONVDSL_GPU_PRECISION"  # default precision when the build options do not give one
+PRECISION_ENV = "CONVDSL_GPU_PRECISION"  # fallback when no precision is given (backend.resolve_precision)
 CONV_ENV = "CONVDSL_GPU_CONV"
 
 _CONV_OPS = {"relax.nn.conv1d": 1, "relax.nn.conv2d": 2, "relax.nn.conv3d": 3}
@@ -57,7 +57,8 @@ _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 def gpu_passes(spec, precision: str | None = None, conv: str | None = None) -> list:
     """Relax passes for GPU targets, to run before ``LegalizeOps`` ([] on CPUs).
 
-    ``precision``: ``f32`` (default), ``f16`` or ``bf16`` (else ``$CONVDSL_GPU_PRECISION``);
+    ``precision``: ``f32`` (default), ``f16`` or ``bf16`` (None: ``$CONVDSL_GPU_PRECISION``; the
+    backend passes the one of ``--precision`` / ``backend("tvm-cuda", precision=...)``);
     ``conv``: ``im2col`` (default) or ``implicit`` (else ``$CONVDSL_GPU_CONV``).
     """
     if spec is not None and not spec.is_gpu:
