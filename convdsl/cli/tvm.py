@@ -37,12 +37,15 @@ TVM_OPTIONS = [
     click.Option(["--no-winograd", "no_winograd"], is_flag=True,
                  help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3) "
                       "where it is faster; the manifest's tvm.winograd_convs counts them)."),
+    click.Option(["--no-amx", "no_amx"], is_flag=True,
+                 help="tvm-llvm --precision int8: VNNI kernels only (default: convs and linears with more than 32 "
+                      "input channels on AMX tiles where the CPU has AMX-INT8; the manifest's tvm.amx says which)."),
 ]
-_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch", "no_winograd")
+_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch", "no_winograd", "no_amx")
 
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True,
-                precision=None, dynamic_batch=False, bound=(), no_winograd=False):
+                precision=None, dynamic_batch=False, bound=(), no_winograd=False, no_amx=False):
     check_target_options(target_json, arch)  # before TVM is loaded
     from convdsl.backends.tvm import backend
 
@@ -54,7 +57,7 @@ def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_d
         raise UsageError(f"--precision {precision} applies to tvm-llvm", hint="tvm-cuda: CONVDSL_GPU_PRECISION=f16|bf16")
     return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress,
                    precision=precision or "f32", dynamic_batch=dynamic_batch, bound=tuple(bound),
-                   winograd=not no_winograd)
+                   winograd=not no_winograd, amx=not no_amx)
 
 
 def _extend_compile() -> None:
@@ -163,8 +166,9 @@ def _profile_tables(profs: dict, top: int) -> None:
               help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
               help="Precision of the tvm-llvm rows (see `convdsl compile --precision`); torch rows stay f32.")
+@click.option("--no-amx", "no_amx", is_flag=True, help="--precision int8: VNNI kernels only, no AMX tiles.")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
-          profile, top, as_json, threads, precision):
+          profile, top, as_json, threads, precision, no_amx):
     """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""
     if threads is not None:
         if threads < 1:
@@ -187,7 +191,7 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     log = (lambda s: click.echo(s, err=True))
     entries = run_bench(g, names, arrays, repeat=repeat, warmup=warmup, tune=tune, db=db, progress=not as_json, log=log,
-                        precision=precision)
+                        precision=precision, amx=not no_amx)
     rows = summarize(entries, g, batch)
     import torch
 
