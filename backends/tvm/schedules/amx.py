@@ -267,15 +267,21 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
     requant = sch.get_sblock(blocks["amx_requant"])
     tail = inline_consumers(sch, requant)
     loops = sch.get_loops(requant)
-    if len(loops) == 4:  # NCHW: (n, c, oh) in parallel, the row vectorized
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    if len(loops) == 4 and extents[1] % OC == 0:
+        # NCHW: (n, 16 channels, oh) in parallel, then each pixel's 16 channels as one vector: a
+        # contiguous read of acc (a row of a C tile), 16 stores one plane apart
+        n, c, oh, ow = loops
+        cb, c16 = sch.split(c, [None, OC])
+        sch.reorder(n, cb, oh, ow, c16)
+        sch.parallel(sch.fuse(n, cb, oh))
+        sch.vectorize(c16)
+    elif len(loops) == 4:  # channels not in whole blocks: (n, c, oh) in parallel, the row vectorized
         sch.parallel(sch.fuse(*loops[:3]))
-    else:  # qlinear's [..., O]: rows in parallel, channels vectorized
+        _vectorize_by(sch, loops[3], OC)
+    else:  # qlinear's [..., O]: rows in parallel, channels vectorized (contiguous in acc and the output)
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
-    inner = sch.get_loops(requant)[-1]
-    extent = sch.get(inner).extent
-    if isinstance(extent, tirx.IntImm) and extent.value % 16 == 0:
-        _, vec = sch.split(inner, [None, 16])
-        sch.vectorize(vec)
+        _vectorize_by(sch, loops[-1], OC)
     if "amx_pack" in blocks:
         pack = sch.get_sblock(blocks["amx_pack"])
         loops = sch.get_loops(pack)
@@ -283,6 +289,12 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
         sch.vectorize(loops[-1])
     for block in tail:
         parallel_outer(sch, block, 2)
+
+
+def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    extent = sch.get(loop).extent
+    if isinstance(extent, tirx.IntImm) and extent.value % lanes == 0:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
 __all__ = ["has_amx_int8", "fits", "Geometry", "pack_weight", "pack_input", "conv_extern", "schedule", "LLVM_IR"]
