@@ -228,3 +228,51 @@ def test_resnet18_int8_on_amx_matches_torch_simulation():
     got, want = be.build_module(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
+
+
+# ---- the process permission --------------------------------------------------------------------------------
+class _RefusingLibc:
+    """libc whose arch_prctl(ARCH_REQ_XCOMP_PERM) fails, as on a kernel without AMX support."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    @staticmethod
+    def syscall(*args):
+        import ctypes
+
+        ctypes.set_errno(22)  # EINVAL
+        return -1
+
+
+def test_refused_amx_state_is_a_clear_error(monkeypatch):
+    import ctypes
+    import platform
+
+    from convdsl.backends.tvm import targets
+    from convdsl.errors import ConvDSLError
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(targets, "_amx_granted", False)
+    monkeypatch.setattr(ctypes, "CDLL", _RefusingLibc)
+    with pytest.raises(ConvDSLError, match="refused AMX tile state") as e:
+        targets.request_amx()
+    assert "--no-amx" in e.value.hint
+
+
+@needs_amx
+def test_runner_asks_for_amx_state_before_running(monkeypatch):
+    """A library built with AMX is never run without the permission: a refusal is an error first."""
+    from convdsl.backends.tvm import targets
+    from convdsl.errors import UsageError
+
+    g = _qconv_program((64, 6, 6), 32, 1, 1, 0, 1, "u8", "u8", True)
+
+    def refuse():
+        raise UsageError("refused")
+
+    monkeypatch.setattr(targets, "request_amx", refuse)
+    with pytest.raises(UsageError, match="refused"):
+        _int8().build_module(g)
+    _int8(False).build_module(g)  # VNNI needs no permission
