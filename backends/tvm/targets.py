@@ -18,7 +18,8 @@ TARGET_BACKENDS = ("tvm-llvm", "tvm-cuda")
 
 # /proc/cpuinfo flags -> LLVM CPU name, most specific first.  Server names are
 # chosen on purpose: a Sapphire Rapids host compiles as icelake-server, so the
-# artifact runs on any AVX-512 VNNI server (AMX is not used by convdsl).
+# artifact runs on any AVX-512 VNNI server; AMX comes as +amx-tile,+amx-int8 in mattr (--precision int8
+# on an AMX CPU, precision_mattr), so only those artifacts need it.
 _X86_CPUS = (
     ("icelake-server", ("avx512f", "avx512_vnni", "avx512_vbmi2", "avx512ifma")),
     ("cascadelake", ("avx512f", "avx512_vnni")),
