@@ -276,3 +276,16 @@ def test_runner_asks_for_amx_state_before_running(monkeypatch):
     with pytest.raises(UsageError, match="refused"):
         _int8().build_module(g)
     _int8(False).build_module(g)  # VNNI needs no permission
+
+
+@needs_amx
+def test_verify_int8_variant_runs_amx_and_agrees():
+    """`convdsl verify -b tvm-llvm-int8`: the quantized program at --precision int8 (AMX here) against torch."""
+    from convdsl.verify import differential as D
+
+    g = _qconv_program((64, 9, 9), 32, 3, 1, 1, 1, "u8", "u8", True)
+    variants = D.standard_variants(g, backends=("tvm-llvm-int8",))
+    assert [v.name for v in variants] == ["tvm-llvm-int8"]
+    report = D.check(g, variants, seeds=[0, 1])
+    row = next(r for r in report.rows if r.variant == "tvm-llvm-int8")
+    assert row.ok and row.max_abs == 0, report.rows  # bit-exact
