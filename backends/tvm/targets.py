@@ -166,6 +166,8 @@ def precision_mattr(precision: str, flags: frozenset[str] | None = None, amx: bo
     flags = cpu_flags() if flags is None else flags
     if precision == "int8":
         return list(AMX_INT8_MATTR) if amx and {"amx_tile", "amx_int8"} <= flags else []
+    if precision == "bf16" and amx and {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags:
+        return ["+avx512bf16", "+amx-tile", "+amx-bf16"]
     if precision == "bf16":
         if "avx512_bf16" not in flags:
             raise UsageError(f"--precision bf16 needs a CPU with AVX512_BF16; this one ({cpu_model()}) has none",

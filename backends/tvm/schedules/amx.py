@@ -52,8 +52,9 @@ ATTR = "convdsl.vnni"  # block annotation shared with lower_quant / int8.py: amx
 # ``a`` the first input-channel block's plane, ``offs`` the taps' byte offsets in it, ``a_icb`` the
 # distance between blocks, ``b`` the first weight tile (1024 bytes per step, the second channel block
 # ``b_ob`` bytes on).
-LLVM_IR = f"""
-define linkonce_odr i32 @{EXTERN}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
+def _micro_kernel(name: str, op: str) -> str:
+    return f"""
+define linkonce_odr i32 @{name}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
                                   ptr %b, i64 %b_ob) alwaysinline {{
 entry:
   %z00 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
@@ -80,10 +81,10 @@ loop:
   %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
   %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
   %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
-  %n00 = call x86_amx @llvm.x86.tdpbusd.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
-  %n01 = call x86_amx @llvm.x86.tdpbusd.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
-  %n10 = call x86_amx @llvm.x86.tdpbusd.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
-  %n11 = call x86_amx @llvm.x86.tdpbusd.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
+  %n00 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
+  %n01 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
+  %n10 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
+  %n11 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
   %s1 = add i64 %s, 1
   %t1 = add i64 %t, 1
   %wrap = icmp eq i64 %t1, %ntaps
@@ -104,9 +105,14 @@ exit:
 }}
 declare x86_amx @llvm.x86.tilezero.internal(i16, i16)
 declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
-declare x86_amx @llvm.x86.tdpbusd.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
+declare x86_amx @llvm.x86.{op}.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
 declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
 """
+
+
+LLVM_IR = _micro_kernel(EXTERN, "tdpbusd")  # u8 x s8 -> s32
+EXTERN_BF16 = "convdsl_amx_dpbf16ps_2x2"
+LLVM_IR_BF16 = _micro_kernel(EXTERN_BF16, "tdpbf16ps")  # bf16 pairs x bf16 pairs -> f32
 
 
 def has_amx_int8(target) -> bool:
@@ -141,6 +147,7 @@ class Geometry:
     dilation: tuple[int, int]
     kh: int
     kw: int
+    block_channels: int = TILE_K  # input channels per 64-byte tile row: 64 (u8), 32 (bf16)
 
     @property
     def oh(self) -> int:
@@ -152,7 +159,7 @@ class Geometry:
 
     @property
     def icb(self) -> int:
-        return _cdiv(self.c, TILE_K)
+        return _cdiv(self.c, self.block_channels)
 
     def _tap(self, ky: int, kx: int) -> tuple[int, int, int, int]:
         (sh, sw), (dh, dw) = self.stride, self.dilation
@@ -210,11 +217,13 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 
 
 # ---- computes -------------------------------------------------------------------------------------------------
-def pack_input(read, geo: Geometry, in_zp: int, shift: bool) -> te.Tensor:
-    """xp [N, C/64, phases, hh, ww, 64] u8 from ``read(n, c, h, w)`` (the input, u8; i8 with ``shift``)."""
+def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype: str = "uint8") -> te.Tensor:
+    """xp [N, C/k, phases, hh, ww, k] from ``read(n, c, h, w)``: u8 (i8 with ``shift``), ``in_zp`` outside the
+    image; or, with ``convert`` (f32 -> bf16 bits), ``dtype`` uint16 with k = 32 and 0 outside."""
     phases = geo.phases
     (pt, _, pl, _), (sh, sw) = geo.pads, geo.stride
-    zp = tirx.const(in_zp, "uint8")
+    k = geo.block_channels
+    zp = tirx.const(in_zp, dtype)
 
     def pack(n, cb, q, y, x, c64):
         py = tirx.const(phases[0][0], "int32")
@@ -222,18 +231,21 @@ def pack_input(read, geo: Geometry, in_zp: int, shift: bool) -> te.Tensor:
         for i, (a, b) in enumerate(phases[1:], 1):  # the phase of plane q (a handful: unrolled selects)
             py = tirx.Select(q == i, tirx.const(a, "int32"), py)
             px = tirx.Select(q == i, tirx.const(b, "int32"), px)
-        c, hh, wi = cb * TILE_K + c64, y * sh + py - pt, x * sw + px - pl
+        c, hh, wi = cb * k + c64, y * sh + py - pt, x * sw + px - pl
         inside = tirx.all(c < geo.c, hh >= 0, hh < geo.h, wi >= 0, wi < geo.w)
         v = read(n, tirx.min(c, geo.c - 1), tirx.max(tirx.min(hh, geo.h - 1), 0), tirx.max(tirx.min(wi, geo.w - 1), 0))
         v = (v.astype("int32") + 128).astype("uint8") if shift else v
-        return tirx.if_then_else(inside, v, zp)
+        return tirx.if_then_else(inside, convert(v) if convert is not None else v, zp)
 
-    shape = (geo.n, geo.icb, len(phases), geo.hh, geo.ww, TILE_K)
+    shape = (geo.n, geo.icb, len(phases), geo.hh, geo.ww, k)
     return te.compute(shape, pack, name="amx_pack", attrs={ATTR: "amx_pack"})
 
 
-def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry) -> te.Tensor:
-    """acc [N, O/16, rows, 16] int32 = the micro-kernel on every 32 x 32 block, blocks in parallel."""
+def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, bf16: bool = False) -> te.Tensor:
+    """acc [N, O/16, rows, 16] int32 (f32 with ``bf16``) = the micro-kernel on every 32 x 32 block, blocks in
+    parallel."""
+    extern, ir, dtype = (EXTERN_BF16, LLVM_IR_BF16, "float32") if bf16 else (EXTERN, LLVM_IR, "int32")
+    size = 2 if bf16 else 1  # bytes per element of the packed input and weights (offsets below are in bytes)
     n_ob, icb, taps = (int(d) for d in w.shape[:3])
     pairs, blocks, rows = n_ob // 2, geo.rows // BLOCK_ROWS, geo.rows
     steps = icb * taps
@@ -245,18 +257,57 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry) 
         n, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
         i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
         call = tirx.call_extern(
-            "int32", EXTERN,
+            "int32", extern,
             acc.access_ptr("w", offset=((n * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
-            x.access_ptr("r", offset=n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)), i64(geo.plane),
+            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)) // size), i64(geo.plane),
             offs.access_ptr("r"), i64(taps), i64(steps),
-            wt.access_ptr("r", offset=2 * j * (steps * 1024)), i64(steps * 1024))
+            wt.access_ptr("r", offset=2 * j * (steps * 1024) // size), i64(steps * 1024))
         loop = tirx.For(t, 0, geo.n * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR), loop)
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(ir), loop)
 
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xp, "xp"), (w, "w"), (offsets, "offsets"))]
-    out = tirx.decl_buffer((geo.n, n_ob, rows, OC), "int32", "acc")
-    return te.extern((geo.n, n_ob, rows, OC), [xp, w, offsets], body, name="amx_conv", dtype="int32",
+    out = tirx.decl_buffer((geo.n, n_ob, rows, OC), dtype, "acc")
+    return te.extern((geo.n, n_ob, rows, OC), [xp, w, offsets], body, name="amx_conv", dtype=dtype,
                      in_buffers=buffers, out_buffers=[out])
+
+
+# ---- bf16 (``tdpbf16ps``: 16 pixels x 16 output channels x 32 input channels, f32 accumulation) -------------
+BF16_CHANNELS = TILE_K // 2  # bf16 input channels of one tile row
+
+
+def has_amx_bf16(target) -> bool:
+    """Whether ``target`` may execute ``tdpbf16ps``: +amx-tile and +amx-bf16."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-bf16", target))
+
+
+def pack_weight_bf16(w: np.ndarray) -> np.ndarray:
+    """f32 [O, C, KH, KW] -> bf16 bits [O/16, C/32, KH*KW, 16, 16, 2] (B tiles: 16 pairs of input channels x 16
+    output channels x 2), rounded to nearest even, zero-padded to 32 output and 32 input channels."""
+    from convdsl.backends.tvm.schedules.bf16 import round_to_bf16
+
+    o, c, kh, kw = w.shape
+    ob, icb = _cdiv(o, BLOCK_OC) * 2, _cdiv(c, BF16_CHANNELS)
+    full = np.zeros((ob * OC, icb * BF16_CHANNELS, kh, kw), np.float32)
+    full[:o, :c] = w
+    blocks = full.reshape(ob, OC, icb, BF16_CHANNELS // 2, 2, kh * kw).transpose(0, 2, 5, 3, 1, 4)
+    return round_to_bf16(np.ascontiguousarray(blocks))
+
+
+def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry, out_blocks: int) -> te.Tensor:
+    """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/16, OH, OW,
+    16] f32: the input rounded to bf16 by the pack, products summed in f32 on AMX tiles."""
+    from convdsl.backends.tvm.schedules.bf16 import _to_bits
+
+    ib = int(data.shape[4])
+    read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
+    xp = pack_input(read, geo, 0, False, convert=_to_bits, dtype="uint16")
+    acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
+    return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC), lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o],
+                      name="amx_out", attrs={ATTR: "amx_requant"})
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------
@@ -297,4 +348,4 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
         sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
-__all__ = ["has_amx_int8", "fits", "Geometry", "pack_weight", "pack_input", "conv_extern", "schedule", "LLVM_IR"]
+__all__ = ["has_amx_int8", "has_amx_bf16", "conv2d_nchwc_bf16", "pack_weight_bf16", "fits", "Geometry", "pack_weight", "pack_input", "conv_extern", "schedule", "LLVM_IR"]

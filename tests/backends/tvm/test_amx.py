@@ -289,3 +289,59 @@ def test_verify_int8_variant_runs_amx_and_agrees():
     report = D.check(g, variants, seeds=[0, 1])
     row = next(r for r in report.rows if r.variant == "tvm-llvm-int8")
     assert row.ok and row.max_abs == 0, report.rows  # bit-exact
+
+
+# ---- bf16 on AMX tiles (tdpbf16ps) --------------------------------------------------------------------------
+needs_amx_bf16 = pytest.mark.skipif(not {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags(),
+                                    reason="the CPU has no AMX-BF16 (amx_tile, amx_bf16)")
+BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
+    y = x | conv2d(64, 3, pad=same) | relu
+    z = y | conv2d(48, 3, stride=2, pad=same, bias=false) | relu
+    return (z + (y | conv2d(48, 1, stride=2))) | flatten | linear(64)
+}"""
+
+
+def test_pack_weight_bf16_is_b_tiles_of_pairs():
+    from convdsl.backends.tvm.schedules.bf16 import bf16_to_f32
+
+    w = np.random.default_rng(0).standard_normal((48, 40, 3, 3)).astype(np.float32)
+    p = amx.pack_weight_bf16(w)
+    assert p.shape == (4, 2, 9, 16, 16, 2) and p.dtype == np.uint16
+    for o, c, ky, kx in [(0, 0, 0, 0), (47, 39, 2, 2), (17, 33, 1, 0)]:
+        got = bf16_to_f32(p[o // 16, c // 32, ky * 3 + kx, c % 32 // 2, o % 16, c % 2])
+        assert got == torch.tensor(w[o, c, ky, kx]).to(torch.bfloat16).float().item()
+
+
+@needs_amx_bf16
+def test_bf16_convs_on_amx_match_torch_bf16_arithmetic():
+    from convdsl.lang.elaborate import elaborate
+
+    from .test_bf16 import bf16_reference
+
+    g = elaborate(BF16_NET)
+    x = np.random.default_rng(1).standard_normal((1, 32, 14, 14)).astype(np.float32)
+    be = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False)
+    assert "+amx-bf16" in be.spec.config["mattr"]
+    m = be.build_module(g)
+    y, want = m(x), bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale  # bf16 products summed in f32, as torch's reference
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # really bf16
+    assert m.built.own == m.built.functions
+
+
+@needs_amx_bf16
+def test_bf16_amx_kernels_are_used_unless_no_amx():
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    for on, want in ((True, 3), (False, 0)):
+        spec = make_target("tvm-llvm", precision="bf16", amx=on)
+        with spec.tvm_target():
+            mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(BF16_NET)))
+            mod = tvm_build.ApplySchedules(mod)
+        texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels)
