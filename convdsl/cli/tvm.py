@@ -38,8 +38,9 @@ TVM_OPTIONS = [
                  help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3) "
                       "where it is faster; the manifest's tvm.winograd_convs counts them)."),
     click.Option(["--no-amx", "no_amx"], is_flag=True,
-                 help="tvm-llvm --precision int8: VNNI kernels only (default: convs and linears with more than 32 "
-                      "input channels on AMX tiles where the CPU has AMX-INT8; the manifest's tvm.amx says which)."),
+                 help="tvm-llvm: no AMX tiles: --precision int8 on VNNI, bf16 on vdpbf16ps (default: int8 convs and "
+                      "linears with more than 32 input channels, bf16 convs with more than 16, on AMX tiles where the "
+                      "CPU has AMX; the manifest's tvm.amx says whether)."),
 ]
 _NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch", "no_winograd", "no_amx")
 
@@ -166,7 +167,7 @@ def _profile_tables(profs: dict, top: int) -> None:
               help="Threads for torch and TVM alike (default: each library's own, the cores this process may use).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
               help="Precision of the tvm-llvm rows (see `convdsl compile --precision`); torch rows stay f32.")
-@click.option("--no-amx", "no_amx", is_flag=True, help="--precision int8: VNNI kernels only, no AMX tiles.")
+@click.option("--no-amx", "no_amx", is_flag=True, help="--precision int8/bf16: no AMX tiles (VNNI, vdpbf16ps).")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
           profile, top, as_json, threads, precision, no_amx):
     """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""

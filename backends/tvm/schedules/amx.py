@@ -1,4 +1,7 @@
-"""int8 convolutions and linears on Intel AMX tiles (``tdpbusd``: u8 x s8 -> s32, 16 x 16 x 64 per instruction).
+"""int8 convolutions and linears, and bf16 convolutions, on Intel AMX tiles (``tdpbusd``: u8 x s8 -> s32,
+16 x 16 x 64 per instruction; ``tdpbf16ps``: bf16 pairs -> f32, 16 x 16 x 32: ``conv2d_nchwc_bf16``, the
+same pack, micro-kernel and loop with 32 channels per 64-byte tile row, used by layout.py for
+``--precision bf16``).
 
 ``lower_quant`` builds this kernel instead of the VNNI one for a qconv2d/qconv1d/qlinear (groups 1,
 more than 32 input channels) when the target has ``+amx-int8`` (``has_amx_int8``; ``--no-amx``
@@ -297,7 +300,8 @@ def pack_weight_bf16(w: np.ndarray) -> np.ndarray:
     return round_to_bf16(np.ascontiguousarray(blocks))
 
 
-def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry, out_blocks: int) -> te.Tensor:
+def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry,
+                      out_blocks: int) -> te.Tensor:
     """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/16, OH, OW,
     16] f32: the input rounded to bf16 by the pack, products summed in f32 on AMX tiles."""
     from convdsl.backends.tvm.schedules.bf16 import _to_bits
@@ -348,4 +352,5 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
         sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
-__all__ = ["has_amx_int8", "has_amx_bf16", "conv2d_nchwc_bf16", "pack_weight_bf16", "fits", "Geometry", "pack_weight", "pack_input", "conv_extern", "schedule", "LLVM_IR"]
+__all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
+           "conv_extern", "conv2d_nchwc_bf16", "schedule", "LLVM_IR", "LLVM_IR_BF16"]

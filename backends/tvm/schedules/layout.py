@@ -274,9 +274,9 @@ class _Blocker(PyExprMutator):
         pt, pl, pb, pr = padding
         geo = amx.Geometry(xs[0], xs[1], xs[2], xs[3], (pt, pb, pl, pr), tuple(stride), tuple(dilation),
                            wt.shape[2], wt.shape[3], amx.BF16_CHANNELS)
-        call = self.builder_.call_te(functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // amx.OC),
-                                     xb, relax.const(amx.pack_weight_bf16(wt)), relax.const(geo.offsets(), "int64"),
-                                     primfunc_name_hint="conv2d_nchwc_bf16_amx")
+        kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // amx.OC)
+        call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
+                                     relax.const(geo.offsets(), "int64"), primfunc_name_hint="conv2d_nchwc_bf16_amx")
         gv = call.args[0]  # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
         return call
