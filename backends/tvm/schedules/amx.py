@@ -314,6 +314,32 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, ge
                       name="amx_out", attrs={ATTR: "amx_requant"})
 
 
+def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry, out_channels: int) -> te.Tensor:
+    """x [..., K] f32 @ W -> [..., N] f32, W ``pack_weight_bf16`` of [N, K, 1, 1]: the rows are the pixels of a 1x1
+    conv (``geo``: 1 x rows, K channels)."""
+    from convdsl.backends.tvm.schedules.bf16 import _to_bits
+
+    lead = [int(d) for d in x.shape[:-1]]
+
+    def unflat(j):  # flat row -> x's leading indices
+        idx = []
+        for d in reversed(lead):
+            idx.append(j % d if d > 1 else tirx.const(0, "int32"))
+            j = j // d
+        return list(reversed(idx))
+
+    def flat(idx):
+        j = 0
+        for i, d in zip(idx, lead):
+            j = j * d + i if d > 1 else j
+        return j
+
+    xp = pack_input(lambda n, c, h, w: x[(*unflat(w), c)], geo, 0, False, convert=_to_bits, dtype="uint16")
+    acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
+    return te.compute((*lead, out_channels), lambda *i: acc[0, i[-1] // OC, flat(i[:-1]), i[-1] % OC],
+                      name="amx_out", attrs={ATTR: "amx_requant"})
+
+
 # ---- schedule ----------------------------------------------------------------------------------------------
 def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
     """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
@@ -353,4 +379,4 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
-           "conv_extern", "conv2d_nchwc_bf16", "schedule", "LLVM_IR", "LLVM_IR_BF16"]
+           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "LLVM_IR", "LLVM_IR_BF16"]

@@ -281,6 +281,25 @@ class _Blocker(PyExprMutator):
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
         return call
 
+    def _amx_bf16_dense(self, x, wt, xs) -> relax.Expr | None:
+        """x [..., K] @ wt [K, N] on AMX tiles (``amx.dense_bf16``): the rows as the pixels of a 1x1 conv."""
+        import functools
+
+        from convdsl.backends.tvm.schedules import amx
+
+        k, n = wt.shape
+        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or k <= amx.BF16_CHANNELS // 2 \
+                or not all(isinstance(d, int) for d in xs):
+            return None
+        rows = int(np.prod(xs[:-1]))
+        geo = amx.Geometry(1, k, 1, rows, (0, 0, 0, 0), (1, 1), (1, 1), 1, 1, amx.BF16_CHANNELS)
+        kernel = functools.partial(amx.dense_bf16, geo=geo, out_channels=n)
+        call = self.builder_.call_te(kernel, x, relax.const(amx.pack_weight_bf16(np.ascontiguousarray(wt.T)[:, :, None, None])),
+                                     relax.const(geo.offsets(), "int64"), primfunc_name_hint="dense_bf16_amx")
+        gv = call.args[0]  # bias, GELU, residual fuse after it
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
+        return call
+
     def _winograd(self, xb, wt, xs, ib, ob, stride, padding, dilation, groups) -> relax.Expr | None:
         """The three Winograd kernels (``winograd.py``) for a conv they fit and the per-layer rule
         chooses, on a CPU target (None: the direct conv)."""
@@ -326,6 +345,9 @@ class _Blocker(PyExprMutator):
         if len(xs) == 1:
             return None
         if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
+            tiles = self._amx_bf16_dense(x, wt, xs)
+            if tiles is not None:
+                return tiles
             return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)),
                                          primfunc_name_hint="dense_packed_bf16")
         nb = dense_block(wt.shape[1])

@@ -299,6 +299,9 @@ BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
     z = y | conv2d(48, 3, stride=2, pad=same, bias=false) | relu
     return (z + (y | conv2d(48, 1, stride=2))) | flatten | linear(64)
 }"""
+BF16_TOKENS = """network t(x: f32[1, 197, 64]) {
+    return x | linear(96) | gelu | linear(48)
+}"""
 
 
 def test_pack_weight_bf16_is_b_tiles_of_pairs():
@@ -313,13 +316,14 @@ def test_pack_weight_bf16_is_b_tiles_of_pairs():
 
 
 @needs_amx_bf16
-def test_bf16_convs_on_amx_match_torch_bf16_arithmetic():
+@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64))], ids=["convs", "tokens"])
+def test_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape):
     from convdsl.lang.elaborate import elaborate
 
     from .test_bf16 import bf16_reference
 
-    g = elaborate(BF16_NET)
-    x = np.random.default_rng(1).standard_normal((1, 32, 14, 14)).astype(np.float32)
+    g = elaborate(src)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     be = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False)
     assert "+amx-bf16" in be.spec.config["mattr"]
     m = be.build_module(g)
@@ -338,10 +342,10 @@ def test_bf16_amx_kernels_are_used_unless_no_amx():
     from convdsl.backends.tvm.targets import make_target
     from convdsl.lang.elaborate import elaborate
 
-    for on, want in ((True, 3), (False, 0)):
+    for on, want in ((True, 4), (False, 0)):
         spec = make_target("tvm-llvm", precision="bf16", amx=on)
         with spec.tvm_target():
             mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(BF16_NET)))
             mod = tvm_build.ApplySchedules(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-        assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels)
+        assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels), the linear
