@@ -294,8 +294,9 @@ class _Blocker(PyExprMutator):
         rows = int(np.prod(xs[:-1]))
         geo = amx.Geometry(1, k, 1, rows, (0, 0, 0, 0), (1, 1), (1, 1), 1, 1, amx.BF16_CHANNELS)
         kernel = functools.partial(amx.dense_bf16, geo=geo, out_channels=n)
-        call = self.builder_.call_te(kernel, x, relax.const(amx.pack_weight_bf16(np.ascontiguousarray(wt.T)[:, :, None, None])),
-                                     relax.const(geo.offsets(), "int64"), primfunc_name_hint="dense_bf16_amx")
+        packed = amx.pack_weight_bf16(np.ascontiguousarray(wt.T)[:, :, None, None])  # [N, K, 1, 1]
+        call = self.builder_.call_te(kernel, x, relax.const(packed), relax.const(geo.offsets(), "int64"),
+                                     primfunc_name_hint="dense_bf16_amx")
         gv = call.args[0]  # bias, GELU, residual fuse after it
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
         return call

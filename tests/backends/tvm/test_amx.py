@@ -316,7 +316,8 @@ def test_pack_weight_bf16_is_b_tiles_of_pairs():
 
 
 @needs_amx_bf16
-@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64))], ids=["convs", "tokens"])
+@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64))],
+                         ids=["convs", "tokens"])
 def test_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape):
     from convdsl.lang.elaborate import elaborate
 
