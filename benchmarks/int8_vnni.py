@@ -7,7 +7,8 @@ random batches: the speed does not depend on the weights' values); then, at batc
 
 - latency, timed round-robin: torch eager float32, tvm-llvm float32 (the build as it is,
   with whatever schedules build.py applies), the torch simulation of the int8 network,
-  and tvm-llvm int8 (the VNNI kernels, scheduled by ``schedules/int8.py`` through build.py);
+  and tvm-llvm int8 (the VNNI kernels, scheduled by ``schedules/int8.py`` through build.py), and on a
+  CPU with AMX-INT8 tvm-llvm int8 on AMX tiles (``--precision int8``: ``schedules/amx.py``);
 - agreement of tvm-llvm int8 with the torch simulation: the final output, and every
   int8 tensor of the network in quantization steps (a build with every node as output);
 - GOP/s of the int8 kernel alone for the distinct convolutions of the network.
@@ -25,6 +26,7 @@ from convdsl.api import load_graph
 from convdsl.backends.torch import build_module
 from convdsl.backends.tvm.bench import _torch_entry, _tvm_entry
 from convdsl.backends.tvm.schedules import int8
+from convdsl.backends.tvm.targets import cpu_flags
 from convdsl.passes import run_passes
 from convdsl.passes.quantize import quantize
 
@@ -138,7 +140,9 @@ def main() -> None:
     if not args.no_fp32_tvm:
         entries.append(("tvm-llvm f32", _tvm_entry(g, [x], "tvm-llvm", 0, None, False)))
     entries += [("torch int8 simulation", _torch_entry(q, [x], "torch")),
-                ("tvm-llvm int8 (VNNI)", _tvm_entry(q, [x], "tvm-llvm", 0, None, False))]
+                ("tvm-llvm int8 (VNNI)", _tvm_entry(q, [x], "tvm-llvm", 0, None, False, "int8", amx=False))]
+    if {"amx_tile", "amx_int8"} <= cpu_flags():
+        entries.append(("tvm-llvm int8 (AMX)", _tvm_entry(q, [x], "tvm-llvm", 0, None, False, "int8", amx=True)))
     timed(entries, args.repeat)
     med = {name: float(np.median(e.samples)) for name, e in entries}
     low = {name: float(np.percentile(e.samples, 10)) for name, e in entries}
@@ -148,13 +152,14 @@ def main() -> None:
               f"int8 speedup {med[name] / med['tvm-llvm int8 (VNNI)']:6.2f}x (p10: "
               f"{low[name] / low['tvm-llvm int8 (VNNI)']:5.2f}x)")
 
-    tvm_int8 = entries[-1][1]
     with torch.no_grad():
-        want = entries[-2][1].call().numpy()
-    out = tvm_int8.call()
-    got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
-    print(f"  final output: max |tvm int8 - torch simulation| = {np.abs(got - want).max():.3g} "
-          f"(output scale {np.abs(want).max():.3g})")
+        want = dict(entries)["torch int8 simulation"].call().numpy()
+    for name, e in entries:
+        if name.startswith("tvm-llvm int8"):
+            out = e.call()
+            got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+            print(f"  final output: max |{name} - torch simulation| = {np.abs(got - want).max():.3g} "
+                  f"(output scale {np.abs(want).max():.3g})")
     print("  every node:", agreement(q, x))
 
     print("\nint8 kernel alone (pack + VNNI conv + requantize), per distinct conv:")

@@ -16,8 +16,10 @@ Rows:
   OpenVINO bf16 (where the CPU has AVX512_BF16), ONNX Runtime int8 (static QDQ quantization of the f32
   export, calibrated on the same inputs as convdsl's), OpenVINO on that QDQ model, convdsl tvm-llvm
   bf16 and int8 (the program quantized by convdsl's own pass on the same calibration inputs);
-- AMX rows (bf16/int8 on AMX tiles) are refused with the reason: this CPU has no AMX, or convdsl has
-  no AMX kernels yet.
+- ``convdsl int8`` is the VNNI build (``amx=False``, ``--no-amx``), ``convdsl int8 (AMX)`` the same
+  program with its convs and linears on AMX tiles (``tdpbusd``, backends/tvm/schedules/amx.py);
+  ``convdsl bf16`` runs ``vdpbf16ps``, ``convdsl bf16 (AMX)`` its convs on tiles (``tdpbf16ps``); on a
+  CPU without AMX-INT8 / AMX-BF16 the AMX rows are refused with the reason.
 
 What is timed: one call per sample on an input already in the form the backend takes (torch
 tensor, ONNX Runtime / OpenVINO feeds of the NumPy array, convdsl's ``Runner.timed_call``: the
@@ -193,10 +195,10 @@ def refusal(row: str) -> str | None:
     from convdsl.backends.tvm.targets import cpu_flags
 
     flags = cpu_flags()
-    if row.endswith("(AMX)"):
-        if not {"amx_tile", "amx_bf16", "amx_int8"} <= flags:
-            return "refused: this CPU has no AMX (amx_tile, amx_bf16, amx_int8)"
-        return "refused: convdsl has no AMX tile kernels yet (its bf16 row uses AVX512_BF16, int8 VNNI)"
+    if row == "convdsl int8 (AMX)" and not {"amx_tile", "amx_int8"} <= flags:
+        return "refused: this CPU has no AMX-INT8 (amx_tile, amx_int8)"
+    if row == "convdsl bf16 (AMX)" and not {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags:
+        return "refused: this CPU has no AMX-BF16 (amx_tile, amx_bf16)"
     if row == "convdsl bf16" and "avx512_bf16" not in flags:
         return "refused: this CPU has no AVX512_BF16"
     if row == "openvino bf16" and "avx512_bf16" not in flags and "amx_bf16" not in flags:
@@ -260,7 +262,8 @@ def child(spec: dict) -> None:
 
         precision = row.split()[1]
         g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
-        backend = ctvm.backend("tvm-llvm", precision=precision, progress=False)
+        # "convdsl int8" / "convdsl bf16" are VNNI / vdpbf16ps; the "(AMX)" rows the same program on AMX tiles
+        backend = ctvm.backend("tvm-llvm", precision=precision, progress=False, amx=row.endswith("(AMX)"))
         m = backend.build_module(g)
         info["kernels"] = f"{m.built.own}/{m.built.functions}"
         if precision == "int8":  # the weight range and the instruction of each quantized layer
@@ -470,14 +473,17 @@ def ratios(rows: dict) -> dict[str, str]:
 
     out = {}
     groups = {"convdsl f32": PEERS_F32, "convdsl bf16": ("openvino default", "openvino bf16"),
-              "convdsl int8": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")}
+              "convdsl bf16 (AMX)": ("openvino default", "openvino bf16"),
+              "convdsl int8": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default"),
+              "convdsl int8 (AMX)": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")}
     for row, peers in groups.items():
         b = best(peers)
         if ms(row) and b:
             out[row] = f"{b[0] / ms(row):.2f}x vs {b[1]}"
     # convdsl at its fastest allowed precision: f32 counts too, since on a CPU without AVX512_BF16 or VNNI
     # (AVX2) the int8 build is slower than the f32 one and OpenVINO's default is f32 as well
-    best_own = [r for r in ("convdsl f32", "convdsl bf16", "convdsl int8") if ms(r)]
+    best_own = [r for r in ("convdsl f32", "convdsl bf16", "convdsl int8", "convdsl bf16 (AMX)", "convdsl int8 (AMX)")
+                if ms(r)]
     if best_own and ms("openvino default"):
         fastest = min(best_own, key=ms)
         out["best precision"] = f"{fastest}: {ms('openvino default') / ms(fastest):.2f}x vs openvino default"

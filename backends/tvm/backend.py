@@ -14,7 +14,7 @@ from convdsl.errors import ArtifactError, UsageError
 from convdsl.ir.graph import Graph
 from convdsl.ir.types import NUMPY_DTYPE, bind_some
 
-from convdsl.backends.tvm.targets import TARGET_BACKENDS, TargetSpec, host_can_run, make_target
+from convdsl.backends.tvm.targets import TARGET_BACKENDS, TargetSpec, host_can_run, make_target, uses_amx
 
 LIBRARY = "lib.so"
 
@@ -83,6 +83,7 @@ class TVMBackend:
     # None: f32 (tvm-cuda: $CONVDSL_GPU_PRECISION when set, the older way to ask for 16-bit compute)
     precision: str | None = None
     winograd: bool = True  # f32 3x3 stride-1 convs as Winograd where schedules/winograd.py chooses it
+    amx: bool = True  # int8 on AMX tiles (schedules/amx.py) where the CPU has AMX-INT8; False: VNNI
     # the batch symbol (N) kept symbolic, one library for every batch size: True insists, None
     # when nothing is lost by it (`convdsl compile`'s default), False never (static shapes)
     dynamic_batch: bool | None = False
@@ -101,7 +102,8 @@ class TVMBackend:
         if not hasattr(self, "_spec"):
             # the CUDA precisions need no target features; targets.check_precision knows the CPU ones
             cpu_precision = self.precision if self.name == "tvm-llvm" else "f32"
-            self._spec = make_target(self.name, target_json=self.target_json, arch=self.arch, precision=cpu_precision)
+            self._spec = make_target(self.name, target_json=self.target_json, arch=self.arch, precision=cpu_precision,
+                                     amx=self.amx)
             if self.name == "tvm-cuda":
                 check_cuda_precision(self._spec, self.precision)
         return self._spec
@@ -157,6 +159,10 @@ class TVMBackend:
         from convdsl.backends.tvm.common import DynamicShapeError
 
         check_precision_of(graph, self.precision)
+        if uses_amx(self.spec.config) and host_can_run(self.spec.config) is None:
+            from convdsl.backends.tvm.targets import request_amx
+
+            request_amx()  # building runs kernels too (constant folding)
         dynamic = self.dynamic(graph)
         opts = BuildOptions(tune=self.tune, db=self.db, use_db=self.use_db, progress=self.progress,
                             precision=self.precision, dynamic=dynamic, winograd=self.winograd)
@@ -180,7 +186,7 @@ class TVMBackend:
             raise UsageError(f"cannot run {self.name} code here: {why}",
                              hint="write an artifact with -o and run it on a matching machine")
         ins, outs = io_specs(graph, dynamic=built.dynamic)
-        return Runner(built.executable, self.spec.device(), ins, outs)
+        return Runner(built.executable, self.spec.device(), ins, outs, amx=uses_amx(self.spec.config))
 
     def build_module(self, graph: Graph) -> Module:
         built = self.build(graph)
@@ -237,6 +243,7 @@ class TVMBackend:
                 "kernels_from_database": built.scheduled if not self.spec.is_gpu else None,
                 "kernels_scheduled_by_convdsl": built.own if not self.spec.is_gpu else None,
                 "winograd_convs": built.winograd if not self.spec.is_gpu else None,
+                "amx": uses_amx(self.spec.config),
                 "tuning": built.tuning.as_dict() if built.tuning else None,
             },
         }
@@ -401,4 +408,4 @@ def load(folder: str | os.PathLike, artifact=None, *, expect_sha256: str | None 
     with private_copy(art, info["library"]) as path:
         lib = tvm.runtime.load_module(str(path))
     spec = TargetSpec(art.backend, info["target"])
-    return Runner(lib, spec.device(), info["inputs"], info["outputs"])
+    return Runner(lib, spec.device(), info["inputs"], info["outputs"], amx=uses_amx(info["target"]))

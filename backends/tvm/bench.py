@@ -72,14 +72,14 @@ def _torch_entry(graph: Graph, arrays: list[np.ndarray], name: str) -> Entry:
 
 
 def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db: str | None, progress: bool,
-               precision: str = "f32") -> Entry:
+               precision: str = "f32", amx: bool = True) -> Entry:
     from convdsl.backends.tvm.backend import TVMBackend
-    from convdsl.backends.tvm.targets import host_can_run
+    from convdsl.backends.tvm.targets import host_can_run, uses_amx
 
     base = name.removesuffix("-tuned")
     tuned = name.endswith("-tuned")
     be = TVMBackend(base, tune=tune if tuned else 0, db=db, use_db=tuned, progress=progress,
-                    precision=precision if base == "tvm-llvm" or precision != "f32" else None)
+                    precision=precision if base == "tvm-llvm" or precision != "f32" else None, amx=amx)
     t0 = time.perf_counter()
     built = be.build(graph)
     compile_s = time.perf_counter() - t0
@@ -88,7 +88,7 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
     from_db = getattr(built, "templates_from_db", 0)
     note = (f"{own}/{built.functions} kernels by convdsl's schedules" if own else "no schedules")
     if be.precision != "f32":
-        note += f"; precision {be.precision}"
+        note += f"; precision {be.precision}" + ("" if not uses_amx(be.spec.config) else " (AMX)")
     if tuned:
         note += (f"; knobs of {from_db} template instances from the template database, "
                  f"{built.scheduled} kernels from MetaSchedule's")
@@ -108,7 +108,7 @@ def _tvm_entry(graph: Graph, arrays: list[np.ndarray], name: str, tune: int, db:
 
 def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat: int = 20, warmup: int = 3,
           min_ms: float = 10.0, tune: int = 0, db: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = lambda s: None, precision: str = "f32") -> list[Entry]:
+          log: Callable[[str], None] = lambda s: None, precision: str = "f32", amx: bool = True) -> list[Entry]:
     unknown = [b for b in backends if b not in BENCH_BACKENDS]
     if unknown:
         from convdsl.errors import did_you_mean
@@ -121,7 +121,7 @@ def bench(graph: Graph, backends: list[str], arrays: list[np.ndarray], *, repeat
         if name.startswith("torch"):
             e = _torch_entry(graph, arrays, name)
         else:
-            e = _tvm_entry(graph, arrays, name, tune, db, progress, precision)
+            e = _tvm_entry(graph, arrays, name, tune, db, progress, precision, amx)
         log(f"  {name}: {e.compile_s:.1f} s to build{'; ' + e.note if e.note else ''}")
         entries.append(e)
     live = [e for e in entries if e.call is not None]

@@ -36,6 +36,7 @@ bit for bit.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -155,8 +156,18 @@ def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
     return VNNI_OC, VNNI_IC, "int8"
 
 
+def use_amx(w: np.ndarray) -> bool:
+    """Whether a conv/linear (groups 1) with int8 weights ``w`` [O, C, ...] takes the AMX kernel
+    (``schedules/amx.py``): the current target has +amx-int8 and the layer enough input channels."""
+    from convdsl.backends.tvm.schedules import amx
+
+    return amx.has_amx_int8(tvm.target.Target.current(allow_none=True)) and amx.fits(int(w.shape[1]))
+
+
 def int8_instruction(w: np.ndarray | None = None) -> str:
-    """The x86 instruction ``int8_layout`` picks for weights ``w`` on the current target."""
+    """The x86 instruction the int8 kernel runs for weights ``w`` on the current target."""
+    if w is not None and use_amx(w):
+        return "tdpbusd"
     oc, ic, dtype = int8_layout(w)
     return "vpdpbusd" if oc == VNNI_OC else "vpmaddwd" if dtype == "int16" else "vpmaddubsw"
 
@@ -208,7 +219,8 @@ def maddubs_exact(w: np.ndarray) -> bool:
 def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, out_channels: int,
                 pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int], in_zp: int,
                 shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
-                relu: bool = False, out_shape: tuple[int, ...] | None = None) -> te.Tensor:
+                relu: bool = False, out_shape: tuple[int, ...] | None = None, amx=None,
+                offsets: te.Tensor | None = None) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
     ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
@@ -218,7 +230,11 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     tile shares each weight load among rows, the width padded on the right (``pads[3]``: rows
     computed and never stored, so that the register tile divides them), the result written in
     ``out_shape`` [..., O] itself (no reshape after it, which would keep FuseOps from appending
-    the ops that follow to the epilogue)."""
+    the ops that follow to the epilogue).
+
+    With ``amx`` (a ``schedules.amx.Geometry``), ``w`` is packed by ``amx.pack_weight`` and ``offsets``
+    holds the taps' byte offsets (``Geometry.offsets``): the pack and the conv are AMX's
+    (``schedules/amx.py``), the requantization the same."""
     oc_b, ic_b = int(w.shape[4]), int(w.shape[5])  # 16 x 4 (VNNI, u8 x s8) or 8 x 2 (AVX2, i16 x i16)
     wide = w.dtype == "int16"
     dense = out_shape is not None
@@ -251,29 +267,38 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         inside = tvm.tirx.all(c < c_, hh >= 0, hh < h_, wi >= 0, wi < w_)
         return tvm.tirx.if_then_else(inside, v.astype(packed), zp)
 
-    xp = te.compute((n_, icb, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
-    rc = te.reduce_axis((0, icb), "icb")
-    rh = te.reduce_axis((0, kh_), "kh")
-    rw = te.reduce_axis((0, kw_), "kw")
-    r4 = te.reduce_axis((0, ic_b), "c4")
-    acc = te.compute(
-        (n_, ob, oh_, ow_, oc_b),
-        lambda n, o, i, j, o16: te.sum(
-            xp[n, rc, i * sh + rh * dh, j * sw + rw * dw, r4].astype("int32")
-            * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
-        name="vnni_conv", attrs={VNNI_ATTR: "conv"})
+    if amx is not None:
+        from convdsl.backends.tvm.schedules import amx as amx_kernel
+
+        xa = amx_kernel.pack_input(read, amx, in_zp, shift)
+        acc_ = amx_kernel.conv_extern(xa, w, offsets, amx)
+        at = lambda n, c, i, j: acc_[n, c // amx_kernel.OC, i * amx.ww + j, c % amx_kernel.OC]  # noqa: E731
+        oh_, ow_, oc_b = amx.oh, amx.ow, amx_kernel.OC
+    else:
+        xp = te.compute((n_, icb, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
+        rc = te.reduce_axis((0, icb), "icb")
+        rh = te.reduce_axis((0, kh_), "kh")
+        rw = te.reduce_axis((0, kw_), "kw")
+        r4 = te.reduce_axis((0, ic_b), "c4")
+        acc = te.compute(
+            (n_, ob, oh_, ow_, oc_b),
+            lambda n, o, i, j, o16: te.sum(
+                xp[n, rc, i * sh + rh * dh, j * sw + rw * dw, r4].astype("int32")
+                * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
+            name="vnni_conv", attrs={VNNI_ATTR: "conv"})
+        at = lambda n, c, i, j: acc[n, c // oc_b, i, j, c % oc_b]  # noqa: E731
 
     from convdsl.backends.tvm.schedules.kernels import rounded
 
     def requant(n, c, i, j):
-        y = (acc[n, c // oc_b, i, j, c % oc_b] + bias[c]).astype("float32") * mult[c]
+        y = (at(n, c, i, j) + bias[c]).astype("float32") * mult[c]
         if out_dtype == "float32":
             return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else rounded(y)
         q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
         q = tvm.tirx.max(tvm.tirx.min(q, tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32"))
         return q.astype(out_dtype)
 
-    attrs = {VNNI_ATTR: "requant"}
+    attrs = {VNNI_ATTR: "amx_requant" if amx is not None else "requant"}
     if dense:
         def flat(*idx):  # out_shape's leading indices -> the flat row (unit axes left out: the
             j = 0        # row is then one plain index, which the register tile's region is computed from)
@@ -291,9 +316,10 @@ def _use_vnni(cx: Lowerer, node: Node) -> bool:
 
 
 def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation,
-                out_shape: tuple[int, ...] | None = None) -> Expr:
-    """The VNNI kernel for x [N, C, H, W] and int8 weights [O, C, KH, KW]; returns [N, O, OH, OW]
-    (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``)."""
+                out_shape: tuple[int, ...] | None = None, in_shape: tuple[int, ...] = ()) -> Expr:
+    """The VNNI kernel for x [N, C, H, W] (its sizes ``in_shape``) and int8 weights [O, C, KH, KW]; returns
+    [N, O, OH, OW] (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``); the
+    AMX kernel instead where ``use_amx``."""
     a = node.attrs
     shift = x_dtype == "i8"
     in_zp = a["in_zp"] + (128 if shift else 0)
@@ -305,6 +331,17 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
     bias = _int32_bias(cx, node, w, in_zp)
+    if use_amx(w):
+        from convdsl.backends.tvm.schedules import amx
+
+        shape = [int(d) for d in in_shape]
+        n, c, h, width = (shape if out_shape is None else (1, shape[-1], 1, int(np.prod(shape[:-1]))))
+        geo = amx.Geometry(n, c, h, width, tuple(pads), tuple(stride), tuple(dilation), w.shape[2], w.shape[3])
+        y = cx.emit_te(functools.partial(vnni_conv2d, amx=geo), x, cx.const(amx.pack_weight(w), "int8"),
+                       cx.const(bias, "int32"), cx.const(m, "float32"), offsets=cx.const(geo.offsets(), "int64"),
+                       **kw)
+        _mark_fusable(cx, y)
+        return y
     oc, ic, dtype = int8_layout(w)
     packed = pack_vnni_weight(w, oc, ic).astype(dtype)
     y = cx.emit_te(vnni_conv2d, x, cx.const(packed, dtype), cx.const(bias, "int32"), cx.const(m, "float32"), **kw)
@@ -369,9 +406,10 @@ def _qconv(nd: int):
                 n, c, length = cx.shape(ins[0])
                 x = cx.emit(R.reshape(x, (n, c, 1, length)))
                 y = _vnni_layer(cx, node, x, ins[0].dtype, w[:, :, None, :], (0, 0, *pads[0]), (1, *stride),
-                                (1, *dilation))
+                                (1, *dilation), in_shape=(n, c, 1, length))
                 return R.reshape(y, cx.out_shape())
-            return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), stride, dilation)
+            return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), stride, dilation,
+                               in_shape=cx.shape(ins[0]))
         if any(p for pr in pads for p in pr):  # real zero is in_zp in the int8 domain
             width = [0, 0, 0, 0] + [p for pr in pads for p in pr]
             x = cx.emit(R.nn.pad(x, width, pad_value=float(a["in_zp"])))
@@ -413,13 +451,13 @@ def _qlinear(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -
     shape = cx.shape(ins[0])
     if _use_vnni(cx, node) and all(isinstance(d, int) for d in shape):  # x [..., K]: see vnni_conv2d
         rows = int(np.prod(shape[:-1]))
-        pad = qlinear_row_padding(rows, w.shape[0], int8_layout(w)[0])
+        pad = 0 if use_amx(w) else qlinear_row_padding(rows, w.shape[0], int8_layout(w)[0])
         # written in the output's shape where its rows are one axis (a batch of 1: ViT's [1, 197, O]);
         # rows over several axes are not a range of one loop the register tile could be computed at
         one_axis = int(np.prod(shape[:-2])) == 1
         out = tuple(cx.out_shape()) if one_axis else (rows, w.shape[0])
         y = _vnni_layer(cx, node, args[0], ins[0].dtype, w[:, :, None, None], (0, 0, 0, pad), (1, 1), (1, 1),
-                        out_shape=out)
+                        out_shape=out, in_shape=shape)
         return y if one_axis else R.reshape(y, cx.out_shape())
     acc = cx.emit(R.matmul(args[0], cx.const(np.ascontiguousarray(w.T), "int8"), out_dtype="int32"))
     bias = _int32_bias(cx, node, w)

@@ -21,8 +21,14 @@ ALIGN = 64
 class Runner:
     """Callable: a list of inputs (NumPy arrays or torch tensors) -> list of outputs."""
 
-    def __init__(self, executable, device, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> None:
+    def __init__(self, executable, device, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
+                 amx: bool = False) -> None:
         from tvm.runtime.vm import VirtualMachine  # the runtime alone: loading needs no compiler
+
+        if amx:  # the library may run AMX tile instructions: the process needs the tile state first
+            from convdsl.backends.tvm.targets import request_amx
+
+            request_amx()
 
         self.device = device
         self.inputs = inputs  # [{"name", "shape" (sizes, and dynamic symbols as text), "dtype" (numpy)}]

@@ -18,7 +18,8 @@ TARGET_BACKENDS = ("tvm-llvm", "tvm-cuda")
 
 # /proc/cpuinfo flags -> LLVM CPU name, most specific first.  Server names are
 # chosen on purpose: a Sapphire Rapids host compiles as icelake-server, so the
-# artifact runs on any AVX-512 VNNI server (AMX is not used by convdsl).
+# artifact runs on any AVX-512 VNNI server; AMX comes as +amx-tile,+amx-int8 in mattr (--precision int8
+# on an AMX CPU, precision_mattr), so only those artifacts need it.
 _X86_CPUS = (
     ("icelake-server", ("avx512f", "avx512_vnni", "avx512_vbmi2", "avx512ifma")),
     ("cascadelake", ("avx512f", "avx512_vnni")),
@@ -55,6 +56,52 @@ def configure_thread_pool() -> None:
 
     for key, value in THREAD_POOL_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+# Linux: a process may use AMX tile data only after asking (arch_prctl), else the first tile
+# instruction is SIGILL (Documentation/arch/x86/xstate.rst)
+ARCH_REQ_XCOMP_PERM = 0x1023
+XFEATURE_XTILEDATA = 18
+SYS_ARCH_PRCTL = 158  # x86-64
+
+
+def uses_amx(config: dict[str, Any]) -> bool:
+    """Whether code built for the target ``config`` may execute AMX tile instructions."""
+    mattr = config.get("mattr", [])
+    if isinstance(mattr, str):
+        mattr = mattr.split(",")
+    cpu_amx = "amx_tile" in REQUIRED_FLAGS.get(str(config.get("mcpu", "")), ())
+    return config.get("kind") == "llvm" and (cpu_amx or any(a.strip() in AMX_INT8_MATTR or a.strip() == "+amx-bf16"
+                                                           for a in mattr)) \
+        and not any(a.strip() == "-amx-tile" for a in mattr)
+
+
+_amx_granted = False
+
+
+def request_amx() -> None:
+    """Ask Linux (once per process) for the AMX tile state; a clear error where it is refused."""
+    global _amx_granted
+    if _amx_granted:
+        return
+    import ctypes
+    import os
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise UsageError(f"this library uses AMX tiles, which convdsl enables on x86-64 Linux only "
+                         f"(this is {platform.system()} {platform.machine()})",
+                         hint="rebuild it with --no-amx (int8 on VNNI)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_REQ_XCOMP_PERM),
+                    ctypes.c_long(XFEATURE_XTILEDATA)) != 0:
+        err = ctypes.get_errno()
+        raise UsageError(f"the kernel refused AMX tile state to this process (arch_prctl ARCH_REQ_XCOMP_PERM: "
+                         f"{os.strerror(err)}); its tile instructions would stop it with SIGILL",
+                         hint="a Linux kernel >= 5.16 on a CPU with AMX is needed; or rebuild with --no-amx "
+                              "(int8 on VNNI)")
+    _amx_granted = True
 
 
 def thread_pool() -> str:
@@ -107,12 +154,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def precision_mattr(precision: str, flags: frozenset[str] | None = None) -> list[str]:
+AMX_INT8_MATTR = ["+amx-tile", "+amx-int8"]
+
+
+def precision_mattr(precision: str, flags: frozenset[str] | None = None, amx: bool = True) -> list[str]:
     """LLVM features to add to the host target for ``precision`` (what its kernels execute).
 
     bf16 needs AVX512_BF16 (``vdpbf16ps``; every AMX CPU has it too): without it the answer is a
-    clear error, never a slow emulation."""
+    clear error, never a slow emulation.  int8 on a CPU with AMX-INT8 gets ``+amx-tile,+amx-int8``
+    (``schedules/amx.py``'s ``tdpbusd`` kernels), unless ``amx`` is False (VNNI instead)."""
     flags = cpu_flags() if flags is None else flags
+    if precision == "int8":
+        return list(AMX_INT8_MATTR) if amx and {"amx_tile", "amx_int8"} <= flags else []
+    if precision == "bf16" and amx and {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags:
+        return ["+avx512bf16", "+amx-tile", "+amx-bf16"]
     if precision == "bf16":
         if "avx512_bf16" not in flags:
             raise UsageError(f"--precision bf16 needs a CPU with AVX512_BF16; this one ({cpu_model()}) has none",
@@ -214,9 +269,10 @@ class TargetSpec:
 
 
 def make_target(backend: str, *, target_json: str | dict | None = None, arch: str | None = None,
-                precision: str = "f32") -> TargetSpec:
+                precision: str = "f32", amx: bool = True) -> TargetSpec:
     """The target of ``backend`` on this machine, or as given by ``target_json`` / ``arch``; the host
-    target gets the LLVM features ``precision`` needs (bf16: ``+avx512bf16``)."""
+    target gets the LLVM features ``precision`` needs (bf16: ``+avx512bf16``; int8 on an AMX CPU:
+    ``+amx-tile,+amx-int8`` unless ``amx`` is False)."""
     configure_thread_pool()
     if backend not in TARGET_BACKENDS:
         from convdsl.errors import did_you_mean
@@ -227,8 +283,8 @@ def make_target(backend: str, *, target_json: str | dict | None = None, arch: st
         config = _parse_json(target_json)
     elif backend == "tvm-llvm":
         config = {"kind": "llvm", "mcpu": host_cpu()}
-        if precision in PRECISIONS and precision_mattr(precision):
-            config["mattr"] = precision_mattr(precision)
+        if precision in PRECISIONS and precision_mattr(precision, amx=amx):
+            config["mattr"] = precision_mattr(precision, amx=amx)
     else:
         config = {"kind": "cuda", "arch": arch or detected_cuda_arch() or "sm_90", "host": {"kind": "llvm"}}
     if arch is not None:

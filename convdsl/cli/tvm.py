@@ -41,12 +41,16 @@ TVM_OPTIONS = [
     click.Option(["--no-winograd", "no_winograd"], is_flag=True,
                  help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3) "
                       "where it is faster; the manifest's tvm.winograd_convs counts them)."),
+    click.Option(["--no-amx", "no_amx"], is_flag=True,
+                 help="tvm-llvm: no AMX tiles: --precision int8 on VNNI, bf16 on vdpbf16ps (default: int8 convs and "
+                      "linears with more than 32 input channels, bf16 convs with more than 16, on AMX tiles where the "
+                      "CPU has AMX; the manifest's tvm.amx says whether)."),
 ]
-_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch", "no_winograd")
+_NAMES = ("target_json", "arch", "tune", "db", "no_db", "precision", "dynamic_batch", "no_winograd", "no_amx")
 
 
 def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_db=False, progress=True,
-                precision=None, dynamic_batch=False, bound=(), no_winograd=False):
+                precision=None, dynamic_batch=False, bound=(), no_winograd=False, no_amx=False):
     check_target_options(target_json, arch)  # before TVM is loaded
     from convdsl.backends.tvm import backend
 
@@ -56,7 +60,7 @@ def tvm_backend(name: str, *, target_json=None, arch=None, tune=0, db=None, no_d
         raise UsageError("--tune stores its results in the database; it cannot be combined with --no-db")
     return backend(name, target_json=target_json, arch=arch, tune=tune, db=db, use_db=not no_db, progress=progress,
                    precision=precision, dynamic_batch=dynamic_batch, bound=tuple(bound),
-                   winograd=not no_winograd)
+                   winograd=not no_winograd, amx=not no_amx)
 
 
 def _extend_compile() -> None:
@@ -166,8 +170,9 @@ def _profile_tables(profs: dict, top: int) -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="f32", show_default=True,
               help="Precision of the tvm-llvm rows, and of the tvm-cuda rows when not f32 (see `convdsl compile "
                    "--precision`); torch rows stay f32.")
+@click.option("--no-amx", "no_amx", is_flag=True, help="--precision int8/bf16: no AMX tiles (VNNI, vdpbf16ps).")
 def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, weights, repeat, warmup, tune, db,
-          profile, top, as_json, threads, precision):
+          profile, top, as_json, threads, precision, no_amx):
     """Time FILE on several backends in one run: median latency, spread, speedup vs torch eager."""
     if threads is not None:
         if threads < 1:
@@ -190,7 +195,7 @@ def bench(file, network, sets, choose, bind, max_memory, seed, backends, batch, 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     log = (lambda s: click.echo(s, err=True))
     entries = run_bench(g, names, arrays, repeat=repeat, warmup=warmup, tune=tune, db=db, progress=not as_json, log=log,
-                        precision=precision)
+                        precision=precision, amx=not no_amx)
     rows = summarize(entries, g, batch)
     import torch
 

@@ -8,7 +8,7 @@ import click
 from convdsl.errors import UsageError
 from convdsl.cli.common import Count, program_graph, main, program_options, weights_options
 
-KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-llvm-direct", "tvm-cuda")
+KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-llvm-int8", "tvm-llvm-direct", "tvm-cuda")
 
 
 @main.command(name="verify")
@@ -16,7 +16,8 @@ KNOWN = ("torch", "torch-export", "tvm-llvm", "tvm-llvm-bf16", "tvm-llvm-direct"
 @program_options
 @click.option("--backends", "-b", default=None, metavar="A,B",
               help="Backends to compare with torch eager: torch (the standalone artifact), torch-export, "
-                   "tvm-llvm, tvm-llvm-bf16 (--precision bf16, bf16's tolerance), tvm-llvm-direct (--no-winograd: "
+                   "tvm-llvm, tvm-llvm-bf16 (--precision bf16, bf16's tolerance), tvm-llvm-int8 (--precision int8 of a "
+                   "quantized program: AMX tiles where the CPU has them), tvm-llvm-direct (--no-winograd: "
                    "every conv direct).  Default: torch, plus tvm-llvm "
                    "when TVM is installed.")
 @click.option("--opt", default=None, metavar="NAME", help="Also check each backend after this pipeline (O1, O2); "

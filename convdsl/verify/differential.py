@@ -348,6 +348,8 @@ def standard_variants(graph: Graph, *, backends: Sequence[str] = ("torch",), opt
                 out.append(Variant(f"torch @ {p}", lambda g, p=p: passes_runner(g, p), base))
         elif b == "tvm-llvm-bf16":  # bf16 operands, f32 accumulation: judged by bf16's tolerance
             out.append(Variant(b, lambda g: tvm_runner(g, "tvm-llvm", batch, "bf16"), TOLERANCES["bf16"]))
+        elif b == "tvm-llvm-int8":  # --precision int8: a quantized program's kernels, on AMX tiles where the CPU has them
+            out.append(Variant(b, lambda g: tvm_runner(g, "tvm-llvm", batch, "int8"), base.scaled(FACTORS["tvm-llvm"])))
         elif b == "tvm-llvm-direct":  # --no-winograd: every conv direct (A/B against the Winograd convs)
             out.append(Variant(b, lambda g: tvm_runner(g, "tvm-llvm", batch, winograd=False),
                                base.scaled(FACTORS["tvm-llvm"])))

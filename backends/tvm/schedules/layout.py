@@ -238,6 +238,9 @@ class _Blocker(PyExprMutator):
             xb = self.to_blocked(x, ib)
             if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int):
                 self._lanes = bf16.LANES
+                tiles = self._amx_bf16(xb, wt, xs, stride, padding, dilation)
+                if tiles is not None:
+                    return tiles
                 return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
             wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
@@ -258,6 +261,45 @@ class _Blocker(PyExprMutator):
             return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation,
                                          primfunc_name_hint="dwconv_nchwc")
         return None
+
+    def _amx_bf16(self, xb, wt, xs, stride, padding, dilation) -> relax.Expr | None:
+        """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
+        the conv more than 16 input channels (None: ``vdpbf16ps``)."""
+        import functools
+
+        from convdsl.backends.tvm.schedules import amx
+
+        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] <= amx.BF16_CHANNELS // 2:
+            return None
+        pt, pl, pb, pr = padding
+        geo = amx.Geometry(xs[0], xs[1], xs[2], xs[3], (pt, pb, pl, pr), tuple(stride), tuple(dilation),
+                           wt.shape[2], wt.shape[3], amx.BF16_CHANNELS)
+        kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // amx.OC)
+        call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
+                                     relax.const(geo.offsets(), "int64"), primfunc_name_hint="conv2d_nchwc_bf16_amx")
+        gv = call.args[0]  # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
+        return call
+
+    def _amx_bf16_dense(self, x, wt, xs) -> relax.Expr | None:
+        """x [..., K] @ wt [K, N] on AMX tiles (``amx.dense_bf16``): the rows as the pixels of a 1x1 conv."""
+        import functools
+
+        from convdsl.backends.tvm.schedules import amx
+
+        k, n = wt.shape
+        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or k <= amx.BF16_CHANNELS // 2 \
+                or not all(isinstance(d, int) for d in xs):
+            return None
+        rows = int(np.prod(xs[:-1]))
+        geo = amx.Geometry(1, k, 1, rows, (0, 0, 0, 0), (1, 1), (1, 1), 1, 1, amx.BF16_CHANNELS)
+        kernel = functools.partial(amx.dense_bf16, geo=geo, out_channels=n)
+        packed = amx.pack_weight_bf16(np.ascontiguousarray(wt.T)[:, :, None, None])  # [N, K, 1, 1]
+        call = self.builder_.call_te(kernel, x, relax.const(packed), relax.const(geo.offsets(), "int64"),
+                                     primfunc_name_hint="dense_bf16_amx")
+        gv = call.args[0]  # bias, GELU, residual fuse after it
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
+        return call
 
     def _winograd(self, xb, wt, xs, ib, ob, stride, padding, dilation, groups) -> relax.Expr | None:
         """The three Winograd kernels (``winograd.py``) for a conv they fit and the per-layer rule
@@ -304,6 +346,9 @@ class _Blocker(PyExprMutator):
         if len(xs) == 1:
             return None
         if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
+            tiles = self._amx_bf16_dense(x, wt, xs)
+            if tiles is not None:
+                return tiles
             rows = None
             target = tvm.target.Target.current(allow_none=True)
             if len(xs) >= 2 and isinstance(xs[-2], int) and target is not None and target.kind.name == "llvm":

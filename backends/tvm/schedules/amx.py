@@ -1,0 +1,382 @@
+"""int8 convolutions and linears, and bf16 convolutions, on Intel AMX tiles (``tdpbusd``: u8 x s8 -> s32,
+16 x 16 x 64 per instruction; ``tdpbf16ps``: bf16 pairs -> f32, 16 x 16 x 32: ``conv2d_nchwc_bf16``, the
+same pack, micro-kernel and loop with 32 channels per 64-byte tile row, used by layout.py for
+``--precision bf16``).
+
+``lower_quant`` builds this kernel instead of the VNNI one for a qconv2d/qconv1d/qlinear (groups 1,
+more than 32 input channels) when the target has ``+amx-int8`` (``has_amx_int8``; ``--no-amx``
+keeps VNNI).  Three blocks, as the VNNI kernel:
+
+    pack     xp[n, icb, q, y, x, c64] = u8(x[n, 64 icb + c64, sh y + py - pt, sw x + px - pl])  (in_zp outside)
+    conv     acc[n, ob, p, o16] = sum_{icb, tap, c64} xp[n, icb, ...] . W[ob, icb, tap, c64/4, o16, c64%4]
+    requant  y[n, c, oh, ow] = requantize(acc[n, c / 16, oh * ww + ow, c % 16] + bias'[c])
+
+*The input as planes of pixel rows.*  A tile row is one output pixel's 64 input channels, and AMX
+loads a tile as 16 rows at one stride, so the input is packed as one plane per stride phase
+(``q`` = (py, px): the input rows y with y = py mod sh, columns likewise; a stride-1 conv has one) and
+each output pixel (oh, ow) is the virtual pixel p = oh * ww + ow of a plane ww pixels wide: for
+every tap the 16 rows of a tile are 16 consecutive pixels of one plane, 64 bytes apart, starting at
+the tap's offset (``Geometry.offsets``).  The pixels ow >= OW of each row (ww - OW of them: the
+kernel's width - 1 for stride 1) are computed and never stored, like the rows beyond OH * ww up to
+whole blocks of 32.
+
+*The micro-kernel* (``LLVM_IR``, one LLVM function imported with TVM's ``pragma_import_llvm`` and
+inlined): a 32 x 32 int32 block of ``acc`` (2 x 2 tiles: 32 pixels x 32 output channels) summed over
+every input-channel block and tap, so the four accumulators never leave the tile registers; per
+step 2 A tiles (pixels) and 2 B tiles (weights) are loaded for 4 ``tdpbusd``.  It uses LLVM's
+``*.internal`` AMX intrinsics on ``x86_amx`` values: LLVM's AMX passes write the tile configuration
+(``ldtilecfg``) themselves.  TVM runs the blocks in a parallel loop around it (``conv_extern``).
+
+*Permission.*  Linux gives a process AMX state only after ``arch_prctl(ARCH_REQ_XCOMP_PERM,
+XFEATURE_XTILEDATA)``; without it the first tile instruction is SIGILL.  ``targets.request_amx``
+asks once per process; the runtime does so before it runs a library built with AMX, and refuses
+with a clear error if the kernel says no.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+
+TILE_ROWS = 16  # pixels of one tile (rows of A and C)
+TILE_K = 64  # input-channel bytes of one A row
+OC = 16  # output channels of one C tile (int32 lanes of a row)
+BLOCK_ROWS = 2 * TILE_ROWS  # pixels of the micro-kernel's block
+BLOCK_OC = 2 * OC  # output channels of the micro-kernel's block
+MIN_CHANNELS = 33  # fewer input channels: VNNI (the 64-channel blocks would be more than half zeros)
+EXTERN = "convdsl_amx_dpbusd_2x2"
+IMPORT_ATTR = "pragma_import_llvm"
+ATTR = "convdsl.vnni"  # block annotation shared with lower_quant / int8.py: amx_pack | amx_requant
+
+# C[2 x 2 tiles] = sum over steps s = (icb, tap) of A(icb, tap) . B(s): ``c`` the first C tile (the
+# second pixel tile 1024 bytes on, the second channel block ``c_ob`` bytes on, rows 64 bytes apart),
+# ``a`` the first input-channel block's plane, ``offs`` the taps' byte offsets in it, ``a_icb`` the
+# distance between blocks, ``b`` the first weight tile (1024 bytes per step, the second channel block
+# ``b_ob`` bytes on).
+def _micro_kernel(name: str, op: str) -> str:
+    return f"""
+define linkonce_odr i32 @{name}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
+                                  ptr %b, i64 %b_ob) alwaysinline {{
+entry:
+  %z00 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  %z01 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  %z10 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  %z11 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  br label %loop
+loop:
+  %s = phi i64 [0, %entry], [%s1, %loop]
+  %t = phi i64 [0, %entry], [%t2, %loop]
+  %ai = phi ptr [%a, %entry], [%ai2, %loop]
+  %c00 = phi x86_amx [%z00, %entry], [%n00, %loop]
+  %c01 = phi x86_amx [%z01, %entry], [%n01, %loop]
+  %c10 = phi x86_amx [%z10, %entry], [%n10, %loop]
+  %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
+  %op = getelementptr i64, ptr %offs, i64 %t
+  %o = load i64, ptr %op
+  %a0 = getelementptr i8, ptr %ai, i64 %o
+  %a1 = getelementptr i8, ptr %a0, i64 1024
+  %bo = shl i64 %s, 10
+  %b0 = getelementptr i8, ptr %b, i64 %bo
+  %b1 = getelementptr i8, ptr %b0, i64 %b_ob
+  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
+  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
+  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
+  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
+  %n00 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
+  %n01 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
+  %n10 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
+  %n11 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
+  %s1 = add i64 %s, 1
+  %t1 = add i64 %t, 1
+  %wrap = icmp eq i64 %t1, %ntaps
+  %t2 = select i1 %wrap, i64 0, i64 %t1
+  %step = select i1 %wrap, i64 %a_icb, i64 0
+  %ai2 = getelementptr i8, ptr %ai, i64 %step
+  %done = icmp eq i64 %s1, %steps
+  br i1 %done, label %exit, label %loop
+exit:
+  %c1 = getelementptr i8, ptr %c, i64 1024
+  %cb = getelementptr i8, ptr %c, i64 %c_ob
+  %cb1 = getelementptr i8, ptr %cb, i64 1024
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c, i64 64, x86_amx %n00)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c1, i64 64, x86_amx %n10)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb, i64 64, x86_amx %n01)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb1, i64 64, x86_amx %n11)
+  ret i32 0
+}}
+declare x86_amx @llvm.x86.tilezero.internal(i16, i16)
+declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
+declare x86_amx @llvm.x86.{op}.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
+declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
+"""
+
+
+LLVM_IR = _micro_kernel(EXTERN, "tdpbusd")  # u8 x s8 -> s32
+EXTERN_BF16 = "convdsl_amx_dpbf16ps_2x2"
+LLVM_IR_BF16 = _micro_kernel(EXTERN_BF16, "tdpbf16ps")  # bf16 pairs x bf16 pairs -> f32
+
+
+def has_amx_int8(target) -> bool:
+    """Whether ``target`` (a TVM target) may execute ``tdpbusd``: +amx-tile and +amx-int8."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-int8", target))
+
+
+def fits(in_channels: int, groups: int = 1) -> bool:
+    """Whether a quantized conv/linear with ``in_channels`` takes the AMX kernel (on an AMX target)."""
+    return groups == 1 and in_channels >= MIN_CHANNELS
+
+
+# ---- geometry ----------------------------------------------------------------------------------------------
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where each tap of each output pixel reads in the packed input (see the module docstring)."""
+
+    n: int
+    c: int  # input channels
+    h: int
+    w: int
+    pads: tuple[int, int, int, int]  # top, bottom, left, right
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    kh: int
+    kw: int
+    block_channels: int = TILE_K  # input channels per 64-byte tile row: 64 (u8), 32 (bf16)
+
+    @property
+    def oh(self) -> int:
+        return (self.h + self.pads[0] + self.pads[1] - self.dilation[0] * (self.kh - 1) - 1) // self.stride[0] + 1
+
+    @property
+    def ow(self) -> int:
+        return (self.w + self.pads[2] + self.pads[3] - self.dilation[1] * (self.kw - 1) - 1) // self.stride[1] + 1
+
+    @property
+    def icb(self) -> int:
+        return _cdiv(self.c, self.block_channels)
+
+    def _tap(self, ky: int, kx: int) -> tuple[int, int, int, int]:
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return (ky * dh) % sh, (kx * dw) % sw, (ky * dh) // sh, (kx * dw) // sw
+
+    @property
+    def phases(self) -> tuple[tuple[int, int], ...]:
+        """The (row, column) stride phases some tap reads, in a fixed order."""
+        used = {self._tap(ky, kx)[:2] for ky in range(self.kh) for kx in range(self.kw)}
+        return tuple(sorted(used))
+
+    @property
+    def ww(self) -> int:
+        """Pixels per plane row: the padded input width over the column stride (>= OW)."""
+        return _cdiv(self.w + self.pads[2] + self.pads[3], self.stride[1])
+
+    @property
+    def rows(self) -> int:
+        """Virtual pixels computed per image: OH rows of ww, up to whole 32-pixel blocks."""
+        return _cdiv(self.oh * self.ww, BLOCK_ROWS) * BLOCK_ROWS
+
+    @property
+    def hh(self) -> int:
+        """Rows per plane: the padded input's, and enough that the last block's reads stay inside."""
+        reach = self.rows + max(int(o) for o in self.offsets(rows_only=True))
+        return max(_cdiv(self.h + self.pads[0] + self.pads[1], self.stride[0]), _cdiv(reach, self.ww))
+
+    @property
+    def plane(self) -> int:
+        """Bytes of one input-channel block of the packed input (every phase)."""
+        return len(self.phases) * self.hh * self.ww * TILE_K
+
+    def offsets(self, rows_only: bool = False) -> np.ndarray:
+        """Byte offset of each tap (ky * KW + kx order, as ``pack_weight``) in a channel block; with
+        ``rows_only``, its offset in pixels within its phase's plane."""
+        phases = self.phases
+        out = []
+        for ky in range(self.kh):
+            for kx in range(self.kw):
+                py, px, dy, dx = self._tap(ky, kx)
+                within = dy * self.ww + dx
+                out.append(within if rows_only else (phases.index((py, px)) * self.hh * self.ww + within) * TILE_K)
+        return np.asarray(out, np.int64)
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """int8 [O, C, KH, KW] -> [O/16, C/64, KH*KW, 16, 16, 4] (AMX's B tiles: 16 quads of input channels x 16
+    output channels x 4), zero-padded to whole blocks of 32 output and 64 input channels."""
+    o, c, kh, kw = w.shape
+    ob, icb = _cdiv(o, BLOCK_OC) * 2, _cdiv(c, TILE_K)
+    full = np.zeros((ob * OC, icb * TILE_K, kh, kw), np.int8)
+    full[:o, :c] = w
+    blocks = full.reshape(ob, OC, icb, TILE_K // 4, 4, kh * kw).transpose(0, 2, 5, 3, 1, 4)
+    return np.ascontiguousarray(blocks)
+
+
+# ---- computes -------------------------------------------------------------------------------------------------
+def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype: str = "uint8") -> te.Tensor:
+    """xp [N, C/k, phases, hh, ww, k] from ``read(n, c, h, w)``: u8 (i8 with ``shift``), ``in_zp`` outside the
+    image; or, with ``convert`` (f32 -> bf16 bits), ``dtype`` uint16 with k = 32 and 0 outside."""
+    phases = geo.phases
+    (pt, _, pl, _), (sh, sw) = geo.pads, geo.stride
+    k = geo.block_channels
+    zp = tirx.const(in_zp, dtype)
+
+    def pack(n, cb, q, y, x, c64):
+        py = tirx.const(phases[0][0], "int32")
+        px = tirx.const(phases[0][1], "int32")
+        for i, (a, b) in enumerate(phases[1:], 1):  # the phase of plane q (a handful: unrolled selects)
+            py = tirx.Select(q == i, tirx.const(a, "int32"), py)
+            px = tirx.Select(q == i, tirx.const(b, "int32"), px)
+        c, hh, wi = cb * k + c64, y * sh + py - pt, x * sw + px - pl
+        inside = tirx.all(c < geo.c, hh >= 0, hh < geo.h, wi >= 0, wi < geo.w)
+        v = read(n, tirx.min(c, geo.c - 1), tirx.max(tirx.min(hh, geo.h - 1), 0), tirx.max(tirx.min(wi, geo.w - 1), 0))
+        v = (v.astype("int32") + 128).astype("uint8") if shift else v
+        return tirx.if_then_else(inside, convert(v) if convert is not None else v, zp)
+
+    shape = (geo.n, geo.icb, len(phases), geo.hh, geo.ww, k)
+    return te.compute(shape, pack, name="amx_pack", attrs={ATTR: "amx_pack"})
+
+
+def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, bf16: bool = False) -> te.Tensor:
+    """acc [N, O/16, rows, 16] int32 (f32 with ``bf16``) = the micro-kernel on every 32 x 32 block, blocks in
+    parallel."""
+    extern, ir, dtype = (EXTERN_BF16, LLVM_IR_BF16, "float32") if bf16 else (EXTERN, LLVM_IR, "int32")
+    size = 2 if bf16 else 1  # bytes per element of the packed input and weights (offsets below are in bytes)
+    n_ob, icb, taps = (int(d) for d in w.shape[:3])
+    pairs, blocks, rows = n_ob // 2, geo.rows // BLOCK_ROWS, geo.rows
+    steps = icb * taps
+
+    def body(ins, outs):
+        x, wt, offs = ins
+        acc, = outs
+        t = tirx.Var("block", "int32")
+        n, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
+        i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+        call = tirx.call_extern(
+            "int32", extern,
+            acc.access_ptr("w", offset=((n * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
+            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)) // size), i64(geo.plane),
+            offs.access_ptr("r"), i64(taps), i64(steps),
+            wt.access_ptr("r", offset=2 * j * (steps * 1024) // size), i64(steps * 1024))
+        loop = tirx.For(t, 0, geo.n * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(ir), loop)
+
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xp, "xp"), (w, "w"), (offsets, "offsets"))]
+    out = tirx.decl_buffer((geo.n, n_ob, rows, OC), dtype, "acc")
+    return te.extern((geo.n, n_ob, rows, OC), [xp, w, offsets], body, name="amx_conv", dtype=dtype,
+                     in_buffers=buffers, out_buffers=[out])
+
+
+# ---- bf16 (``tdpbf16ps``: 16 pixels x 16 output channels x 32 input channels, f32 accumulation) -------------
+BF16_CHANNELS = TILE_K // 2  # bf16 input channels of one tile row
+
+
+def has_amx_bf16(target) -> bool:
+    """Whether ``target`` may execute ``tdpbf16ps``: +amx-tile and +amx-bf16."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return bool(codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-bf16", target))
+
+
+def pack_weight_bf16(w: np.ndarray) -> np.ndarray:
+    """f32 [O, C, KH, KW] -> bf16 bits [O/16, C/32, KH*KW, 16, 16, 2] (B tiles: 16 pairs of input channels x 16
+    output channels x 2), rounded to nearest even, zero-padded to 32 output and 32 input channels."""
+    from convdsl.backends.tvm.schedules.bf16 import round_to_bf16
+
+    o, c, kh, kw = w.shape
+    ob, icb = _cdiv(o, BLOCK_OC) * 2, _cdiv(c, BF16_CHANNELS)
+    full = np.zeros((ob * OC, icb * BF16_CHANNELS, kh, kw), np.float32)
+    full[:o, :c] = w
+    blocks = full.reshape(ob, OC, icb, BF16_CHANNELS // 2, 2, kh * kw).transpose(0, 2, 5, 3, 1, 4)
+    return round_to_bf16(np.ascontiguousarray(blocks))
+
+
+def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry,
+                      out_blocks: int) -> te.Tensor:
+    """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/16, OH, OW,
+    16] f32: the input rounded to bf16 by the pack, products summed in f32 on AMX tiles."""
+    from convdsl.backends.tvm.schedules.bf16 import _to_bits
+
+    ib = int(data.shape[4])
+    read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
+    xp = pack_input(read, geo, 0, False, convert=_to_bits, dtype="uint16")
+    acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
+    return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC), lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o],
+                      name="amx_out", attrs={ATTR: "amx_requant"})
+
+
+def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry, out_channels: int) -> te.Tensor:
+    """x [..., K] f32 @ W -> [..., N] f32, W ``pack_weight_bf16`` of [N, K, 1, 1]: the rows are the pixels of a 1x1
+    conv (``geo``: 1 x rows, K channels)."""
+    from convdsl.backends.tvm.schedules.bf16 import _to_bits
+
+    lead = [int(d) for d in x.shape[:-1]]
+
+    def unflat(j):  # flat row -> x's leading indices
+        idx = []
+        for d in reversed(lead):
+            idx.append(j % d if d > 1 else tirx.const(0, "int32"))
+            j = j // d
+        return list(reversed(idx))
+
+    def flat(idx):
+        j = 0
+        for i, d in zip(idx, lead):
+            j = j * d + i if d > 1 else j
+        return j
+
+    xp = pack_input(lambda n, c, h, w: x[(*unflat(w), c)], geo, 0, False, convert=_to_bits, dtype="uint16")
+    acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
+    return te.compute((*lead, out_channels), lambda *i: acc[0, i[-1] // OC, flat(i[:-1]), i[-1] % OC],
+                      name="amx_out", attrs={ATTR: "amx_requant"})
+
+
+# ---- schedule ----------------------------------------------------------------------------------------------
+def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
+    """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
+    in parallel loops, the requantization's inner loop vectorized; the conv block is already a
+    parallel loop of micro-kernel calls."""
+    requant = sch.get_sblock(blocks["amx_requant"])
+    tail = inline_consumers(sch, requant)
+    loops = sch.get_loops(requant)
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    if len(loops) == 4 and extents[1] % OC == 0:
+        # NCHW: (n, 16 channels, oh) in parallel, then each pixel's 16 channels as one vector: a
+        # contiguous read of acc (a row of a C tile), 16 stores one plane apart
+        n, c, oh, ow = loops
+        cb, c16 = sch.split(c, [None, OC])
+        sch.reorder(n, cb, oh, ow, c16)
+        sch.parallel(sch.fuse(n, cb, oh))
+        sch.vectorize(c16)
+    elif len(loops) == 4:  # channels not in whole blocks: (n, c, oh) in parallel, the row vectorized
+        sch.parallel(sch.fuse(*loops[:3]))
+        _vectorize_by(sch, loops[3], OC)
+    else:  # qlinear's [..., O]: rows in parallel, channels vectorized (contiguous in acc and the output)
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        _vectorize_by(sch, loops[-1], OC)
+    if "amx_pack" in blocks:
+        pack = sch.get_sblock(blocks["amx_pack"])
+        loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*loops[:4]))
+        sch.vectorize(loops[-1])
+    for block in tail:
+        parallel_outer(sch, block, 2)
+
+
+def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    extent = sch.get(loop).extent
+    if isinstance(extent, tirx.IntImm) and extent.value % lanes == 0:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+
+
+__all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
+           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "LLVM_IR", "LLVM_IR_BF16"]

@@ -1,0 +1,352 @@
+"""int8 on Intel AMX tiles: schedules/amx.py's micro-kernel and kernel (``tdpbusd``).
+
+Every output is compared with numpy (the micro-kernel) or the torch int8 simulation
+(convdsl/ir/ops/quant.py's exact arithmetic: the kernels must be bit-exact).  Skipped,
+with the reason, on a CPU without AMX-INT8; the geometry and packing tests run anywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm")
+
+import convdsl.backends.tvm as ctvm  # noqa: E402
+from convdsl.backends.torch import build_module as torch_module  # noqa: E402
+from convdsl.backends.tvm.schedules import amx  # noqa: E402
+from convdsl.backends.tvm.targets import cpu_flags  # noqa: E402
+
+from .conftest import graph_of, one_op  # noqa: E402
+from .test_int8_vnni import EXAMPLES, _random_int_params, _steps, _torch  # noqa: E402
+
+HAS_AMX = {"amx_tile", "amx_int8"} <= cpu_flags()
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="the CPU has no AMX-INT8 (amx_tile, amx_int8)")
+
+
+def _int8(amx_on: bool = True):
+    return ctvm.backend("tvm-llvm", progress=False, use_db=False, precision="int8", amx=amx_on)
+
+
+def _instructions(backend, graph) -> dict[str, int]:
+    from convdsl.backends.tvm.lower_quant import int8_instructions
+
+    with backend.spec.tvm_target():
+        return int8_instructions(graph)
+
+
+# ---- geometry and packing (any CPU) ------------------------------------------------------------------------
+def _reference_reads(geo: amx.Geometry):
+    """For every output pixel and tap, the input (row, column) it reads, from the conv's definition."""
+    (pt, _, pl, _), (sh, sw), (dh, dw) = geo.pads, geo.stride, geo.dilation
+    return {(oh, ow, ky, kx): (oh * sh + ky * dh - pt, ow * sw + kx * dw - pl)
+            for oh in range(geo.oh) for ow in range(geo.ow) for ky in range(geo.kh) for kx in range(geo.kw)}
+
+
+@pytest.mark.parametrize("h,w,k,stride,pad,dil", [(7, 7, 3, 1, 1, 1), (9, 11, 3, 2, 1, 1), (8, 8, 1, 2, 0, 1),
+                                                  (13, 10, 7, 2, 3, 1), (12, 12, 3, 1, 2, 2), (1, 197, 1, 1, 0, 1)])
+def test_geometry_finds_every_tap_of_every_pixel(h, w, k, stride, pad, dil):
+    """The packed input's plane/offset arithmetic reads exactly the pixels the conv's definition reads."""
+    geo = amx.Geometry(1, 64, h, w, (pad,) * 4, (stride, stride), (dil, dil), k, k)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    phases = geo.phases
+    offs = geo.offsets() // amx.TILE_K
+    for (oh, ow, ky, kx), (y, x) in _reference_reads(geo).items():
+        flat = offs[ky * k + kx] + oh * geo.ww + ow  # pixel index in the packed channel block
+        q, rest = divmod(int(flat), geo.hh * geo.ww)
+        py, px = phases[q]
+        yy, xx = divmod(rest, geo.ww)
+        assert (yy * stride + py - pad, xx * stride + px - pad) == (y, x)
+        assert 0 <= y + pad < hp and 0 <= x + pad < wp
+    # the last block's reads stay inside the packed block
+    assert geo.rows + int(geo.offsets(rows_only=True).max()) <= geo.hh * geo.ww
+    assert geo.rows % amx.BLOCK_ROWS == 0 and geo.rows >= geo.oh * geo.ww
+
+
+def test_pack_weight_is_b_tiles_of_quads():
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (40, 70, 3, 3)).astype(np.int8)
+    p = amx.pack_weight(w)
+    assert p.shape == (4, 2, 9, 16, 16, 4)  # 40 -> 64 output channels (two pairs of 16), 70 -> 128 inputs
+    for o, c, ky, kx in [(0, 0, 0, 0), (39, 69, 2, 2), (17, 65, 1, 0)]:
+        assert p[o // 16, c // 64, ky * 3 + kx, c % 64 // 4, o % 16, c % 4] == w[o, c, ky, kx]
+    assert not p[2:, :, :, :, 8:].any() or not p.reshape(64, -1)[40:].any()
+
+
+def test_layers_choose_amx_only_with_amx_int8_in_the_target():
+    from convdsl.backends.tvm.lower_quant import use_amx
+
+    w = np.zeros((32, 64, 3, 3), np.int8)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}):
+        assert not use_amx(w)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        assert use_amx(w) and not use_amx(w[:, :16])  # 16 input channels: VNNI
+
+
+def test_no_amx_switch_and_manifest_target():
+    from convdsl.backends.tvm.targets import precision_mattr, uses_amx
+
+    flags = frozenset({"avx512f", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"})
+    assert precision_mattr("int8", flags) == ["+amx-tile", "+amx-int8"]
+    assert precision_mattr("int8", flags, amx=False) == []
+    assert precision_mattr("int8", frozenset({"avx512f", "avx512_vnni"})) == []
+    assert uses_amx({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]})
+    assert uses_amx({"kind": "llvm", "mcpu": "sapphirerapids"})
+    assert not uses_amx({"kind": "llvm", "mcpu": "icelake-server"})
+
+
+# ---- the micro-kernel against numpy ---------------------------------------------------------------------------
+@needs_amx
+@pytest.mark.parametrize("icb,taps", [(1, 1), (3, 2), (8, 9)])
+def test_micro_kernel_matches_numpy(icb, taps):
+    """One 32 x 32 block: C = sum over (icb, tap) of A(icb, tap) . B, A read at each tap's offset."""
+    from convdsl.backends.tvm.targets import request_amx
+    from tvm.script import tirx as T
+
+    request_amx()
+    rng = np.random.default_rng(icb * 10 + taps)
+    plane = 80 * 64  # 80 pixels of 64 channels per block; taps start at pixels 0, 5, 10, ...
+    offs = (np.arange(taps) * 5 * 64).astype(np.int64)
+    a = rng.integers(0, 256, (icb, 80, 64)).astype(np.uint8)
+    w = rng.integers(-128, 128, (32, icb, taps, 64)).astype(np.int8)  # [O, icb, tap, c]
+    b = np.ascontiguousarray(w.reshape(2, 16, icb, taps, 16, 4).transpose(0, 2, 3, 4, 1, 5))
+
+    @T.prim_func
+    def f(A: T.Buffer((icb, 80, 64), "uint8"), B: T.Buffer((2, icb, taps, 16, 16, 4), "int8"),
+          O: T.Buffer((taps,), "int64"), C: T.Buffer((2, 32, 16), "int32")):
+        T.func_attr({"global_symbol": "f"})
+        with T.attr(0, amx.IMPORT_ATTR, amx.LLVM_IR):
+            T.evaluate(T.call_extern("int32", amx.EXTERN, T.address_of(C[0, 0, 0]), T.int64(32 * 64),
+                                     T.address_of(A[0, 0, 0]), T.int64(plane), T.address_of(O[0]), T.int64(taps),
+                                     T.int64(icb * taps), T.address_of(B[0, 0, 0, 0, 0, 0]),
+                                     T.int64(icb * taps * 1024)))
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]})
+    lib = tvm.compile(tvm.IRModule({"f": f}), target=target)
+    c = tvm.runtime.tensor(np.full((2, 32, 16), 7, np.int32))
+    lib["f"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), tvm.runtime.tensor(offs), c)
+    want = np.zeros((32, 32), np.int64)  # [pixel, output channel]
+    for t in range(taps):
+        rows = a[:, 5 * t:5 * t + 32].astype(np.int64)  # [icb, 32, 64]
+        want += np.einsum("ipc,oic->po", rows, w[:, :, t].astype(np.int64))
+    got = c.numpy().transpose(1, 0, 2).reshape(32, 32)
+    assert np.array_equal(got, want)
+
+
+# ---- layers against the torch simulation ----------------------------------------------------------------------
+CONV_CASES = {
+    # name: (input [C, H, W], out, k, stride, pad, dilation, act dtype, out dtype, relu)
+    "3x3-u8-relu": ((64, 12, 12), 64, 3, 1, 1, 1, "u8", "u8", True),
+    "3x3-stride2-odd": ((40, 13, 11), 20, 3, 2, 1, 1, "u8", "u8", False),
+    "1x1": ((128, 7, 7), 48, 1, 1, 0, 1, "u8", "u8", True),
+    "1x1-stride2": ((96, 9, 9), 64, 1, 2, 0, 1, "u8", "i8", False),
+    "7x7-stride2": ((64, 30, 30), 32, 7, 2, 3, 1, "u8", "u8", True),
+    "i8-input": ((72, 10, 10), 24, 3, 1, 1, 1, "i8", "i8", True),
+    "f32-output": ((64, 8, 8), 16, 3, 1, 1, 1, "u8", "f32", True),
+    "dilation2-prime-width": ((48, 17, 17), 17, 3, 1, 2, 2, "u8", "u8", False),
+    "asym-pad-same": ((64, 9, 9), 16, 4, 1, "same", 1, "i8", "u8", False),
+}
+
+
+def _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu, batch=2):
+    zp = 0 if act == "i8" else 128
+    kwargs = dict(stride=stride, pad=pad, dilation=dilation, in_scale=0.05, in_zp=zp - 3, out_dtype=out_dtype,
+                  relu=relu)
+    if out_dtype != "f32":
+        kwargs.update(out_scale=0.2, out_zp=-5 if out_dtype == "i8" else 7)
+    src = one_op(f"quantize(0.05, {zp - 3}, dtype={act}) | qconv2d", [[batch, *shape]], out, k, **kwargs)
+    return _random_int_params(graph_of(src), wmax=40)
+
+
+@needs_amx
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_qconv2d_on_amx_matches_torch_simulation(case):
+    shape, out, k, stride, pad, dilation, act, out_dtype, relu = CONV_CASES[case]
+    g = _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu)
+    x = (3 * np.random.default_rng(1).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
+    be = _int8()
+    assert _instructions(be, g) == {"tdpbusd": 1}
+    got, want = be.build_module(g)(x), _torch(g, x)
+    if out_dtype == "f32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+    else:
+        assert _steps(got, want) == 0  # bit-exact
+        assert len(np.unique(want)) > 3
+
+
+@needs_amx
+@pytest.mark.parametrize("shape,out,act", [((3, 64), 10, "u8"), ((1, 197, 384), 40, "i8"), ((2, 25, 70), 33, "u8"),
+                                           ((1, 512), 1000, "u8")], ids=["2d", "vit-tokens-i8", "3d-odd", "gemv-1000"])
+def test_qlinear_on_amx_matches_torch_simulation(shape, out, act):
+    zp = 0 if act == "i8" else 128
+    src = one_op(f"quantize(0.05, {zp}, dtype={act}) | qlinear", [list(shape)], out, in_scale=0.05, in_zp=zp,
+                 out_dtype="u8", out_scale=0.5, out_zp=100)
+    g = _random_int_params(graph_of(src), wmax=40)
+    x = (3 * np.random.default_rng(2).standard_normal(shape)).astype(np.float32)
+    be = _int8()
+    assert _instructions(be, g) == {"tdpbusd": 1}
+    got, want = be.build_module(g)(x), _torch(g, x)
+    assert _steps(got, want) == 0 and len(np.unique(want)) > 3
+
+
+@needs_amx
+def test_qconv1d_on_amx_matches_torch_simulation():
+    src = one_op("quantize(0.05, 128) | qconv1d", [[2, 48, 21]], 20, 5, stride=2, pad=2, in_scale=0.05, in_zp=128,
+                 out_dtype="u8", out_scale=0.3, out_zp=9, relu=True)
+    g = _random_int_params(graph_of(src), wmax=40)
+    x = (3 * np.random.default_rng(3).standard_normal((2, 48, 21))).astype(np.float32)
+    got, want = _int8().build_module(g)(x), _torch(g, x)
+    assert _steps(got, want) == 0
+
+
+@needs_amx
+def test_no_amx_builds_vnni_and_both_are_exact():
+    g = _qconv_program((64, 10, 10), 32, 3, 1, 1, 1, "u8", "u8", True)
+    x = (3 * np.random.default_rng(4).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
+    on, off = _int8(True), _int8(False)
+    assert _instructions(on, g) == {"tdpbusd": 1} and _instructions(off, g) == {"vpdpbusd": 1}
+    assert "+amx-int8" in on.spec.config.get("mattr", []) and "mattr" not in off.spec.config
+    want = _torch(g, x)
+    assert _steps(on.build_module(g)(x), want) == 0 and _steps(off.build_module(g)(x), want) == 0
+
+
+@needs_amx
+def test_resnet18_int8_on_amx_matches_torch_simulation():
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    root = EXAMPLES.resolve()
+    src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
+    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
+    rng = np.random.default_rng(0)
+    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
+    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    be = _int8()
+    counts = _instructions(be, q)
+    assert counts["tdpbusd"] == 20 and counts.get("vpdpbusd") == 1  # the 3-channel stem stays VNNI
+    got, want = be.build_module(q)(x), _torch(q, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+
+# ---- the process permission --------------------------------------------------------------------------------
+class _RefusingLibc:
+    """libc whose arch_prctl(ARCH_REQ_XCOMP_PERM) fails, as on a kernel without AMX support."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    @staticmethod
+    def syscall(*args):
+        import ctypes
+
+        ctypes.set_errno(22)  # EINVAL
+        return -1
+
+
+def test_refused_amx_state_is_a_clear_error(monkeypatch):
+    import ctypes
+    import platform
+
+    from convdsl.backends.tvm import targets
+    from convdsl.errors import ConvDSLError
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(targets, "_amx_granted", False)
+    monkeypatch.setattr(ctypes, "CDLL", _RefusingLibc)
+    with pytest.raises(ConvDSLError, match="refused AMX tile state") as e:
+        targets.request_amx()
+    assert "--no-amx" in e.value.hint
+
+
+@needs_amx
+def test_runner_asks_for_amx_state_before_running(monkeypatch):
+    """A library built with AMX is never run without the permission: a refusal is an error first."""
+    from convdsl.backends.tvm import targets
+    from convdsl.errors import UsageError
+
+    g = _qconv_program((64, 6, 6), 32, 1, 1, 0, 1, "u8", "u8", True)
+
+    def refuse():
+        raise UsageError("refused")
+
+    monkeypatch.setattr(targets, "request_amx", refuse)
+    with pytest.raises(UsageError, match="refused"):
+        _int8().build_module(g)
+    _int8(False).build_module(g)  # VNNI needs no permission
+
+
+@needs_amx
+def test_verify_int8_variant_runs_amx_and_agrees():
+    """`convdsl verify -b tvm-llvm-int8`: the quantized program at --precision int8 (AMX here) against torch."""
+    from convdsl.verify import differential as D
+
+    g = _qconv_program((64, 9, 9), 32, 3, 1, 1, 1, "u8", "u8", True)
+    variants = D.standard_variants(g, backends=("tvm-llvm-int8",))
+    assert [v.name for v in variants] == ["tvm-llvm-int8"]
+    report = D.check(g, variants, seeds=[0, 1])
+    row = next(r for r in report.rows if r.variant == "tvm-llvm-int8")
+    assert row.ok and row.max_abs == 0, report.rows  # bit-exact
+
+
+# ---- bf16 on AMX tiles (tdpbf16ps) --------------------------------------------------------------------------
+needs_amx_bf16 = pytest.mark.skipif(not {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags(),
+                                    reason="the CPU has no AMX-BF16 (amx_tile, amx_bf16)")
+BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
+    y = x | conv2d(64, 3, pad=same) | relu
+    z = y | conv2d(48, 3, stride=2, pad=same, bias=false) | relu
+    return (z + (y | conv2d(48, 1, stride=2))) | flatten | linear(64)
+}"""
+BF16_TOKENS = """network t(x: f32[1, 197, 64]) {
+    return x | linear(96) | gelu | linear(48)
+}"""
+
+
+def test_pack_weight_bf16_is_b_tiles_of_pairs():
+    from convdsl.backends.tvm.schedules.bf16 import bf16_to_f32
+
+    w = np.random.default_rng(0).standard_normal((48, 40, 3, 3)).astype(np.float32)
+    p = amx.pack_weight_bf16(w)
+    assert p.shape == (4, 2, 9, 16, 16, 2) and p.dtype == np.uint16
+    for o, c, ky, kx in [(0, 0, 0, 0), (47, 39, 2, 2), (17, 33, 1, 0)]:
+        got = bf16_to_f32(p[o // 16, c // 32, ky * 3 + kx, c % 32 // 2, o % 16, c % 2])
+        assert got == torch.tensor(w[o, c, ky, kx]).to(torch.bfloat16).float().item()
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64))],
+                         ids=["convs", "tokens"])
+def test_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape):
+    from convdsl.lang.elaborate import elaborate
+
+    from .test_bf16 import bf16_reference
+
+    g = elaborate(src)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    be = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False)
+    assert "+amx-bf16" in be.spec.config["mattr"]
+    m = be.build_module(g)
+    y, want = m(x), bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale  # bf16 products summed in f32, as torch's reference
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # really bf16
+    assert m.built.own == m.built.functions
+
+
+@needs_amx_bf16
+def test_bf16_amx_kernels_are_used_unless_no_amx():
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    for on, want in ((True, 4), (False, 0)):
+        spec = make_target("tvm-llvm", precision="bf16", amx=on)
+        with spec.tvm_target():
+            mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(BF16_NET)))
+            mod = tvm_build.ApplySchedules(mod)
+        texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels), the linear
