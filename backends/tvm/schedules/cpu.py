@@ -513,6 +513,44 @@ def schedule_generic(sch: s_tir.Schedule, hw: Hardware) -> None:
             _vectorize_inner(sch, b, hw.lanes)
 
 
+POOL_BLOCKS = ("pool_max", "pool_sum")  # topi.nn.pool2d's window reductions
+
+
+def schedule_window_pool(sch: s_tir.Schedule, hw: Hardware) -> None:
+    """A max/avg pooling window over the blocked layout (``topi.nn.pool2d`` on NCHW[x]c):
+    [n, c, oh, ow, lanes] reduced over (kh, kw).  ``(n, c, oh)`` parallel, then ``ow``, the
+    window unrolled, the channel lanes one vector: each output column is kh * kw vector maxes
+    (or adds), the padding's bounds test per window position, not per lane.  (The generic
+    schedule fused every spatial loop into one parallel loop of scalar reductions: ResNet's
+    stem max pool 0.9 ms on a core, 2 GFLOP/s.)  An avg pool's division is computed per column."""
+    pools = [b for b in _root_blocks(sch) if sch.get(b).name_hint in POOL_BLOCKS]
+    if len(pools) != 1 or not _iter_kinds(sch, pools[0]).endswith("SRR"):
+        raise _Skip("not a window pool")
+    block = pools[0]
+    loops = sch.get_loops(block)
+    if len(loops) < 4 or (_static_extent(sch, loops[-3]) or 0) not in (4, 8, 16, 32, 64):
+        raise _Skip("pool not over a channel block")
+    for b in sch.get_producers(block):  # the padding: read through it
+        sch.compute_inline(b)
+    epilogue = _inline_epilogue(sch, block)
+    *spatial, ow, lane, r0, r1 = sch.get_loops(block)
+    sch.reorder(ow, r0, r1, lane)
+    par = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    sch.parallel(par)
+    if _extent(sch, lane) > hw.lanes:
+        lo, lane = sch.split(lane, [None, hw.lanes])
+        sch.reorder(lo, r0, r1, lane)
+    sch.unroll(r0)
+    sch.unroll(r1)
+    sch.vectorize(lane)
+    if epilogue is not None:
+        sch.set_scope(block, 0, "local")
+        sch.reverse_compute_at(epilogue, ow)
+        _vectorize_inner(sch, epilogue, hw.lanes)
+    init = sch.decompose_reduction(block, r0)
+    _vectorize_inner(sch, init, hw.lanes)
+
+
 def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
     """Row-wise reductions (softmax, layer norm, mean): every block shares the leading
     spatial axes (the rows); those are fused and parallel on the last block, the other
@@ -701,6 +739,12 @@ def schedule_func(func: tirx.PrimFunc, target) -> tirx.PrimFunc | None:
                 _debug(func, rule.__name__, e)
                 sch = s_tir.Schedule(func)
                 break
+    try:
+        schedule_window_pool(sch, hw)
+        return sch.mod["main"]
+    except Exception as e:  # noqa: BLE001 - not a window pool
+        _debug(func, "schedule_window_pool", e)
+        sch = s_tir.Schedule(func)
     try:
         if schedule_matmul_like(sch, hw):
             return sch.mod["main"]

@@ -71,6 +71,50 @@ network t(x: f32[1, 3, 12, 12]) {
 }
 
 
+POOLS = [
+    "maxpool2d(3, stride=2, pad=1)",  # ResNet's stem pool: padding read as -inf
+    "avgpool2d(3, stride=2, pad=1)",  # padding counted in the average
+    "avgpool2d(3, stride=1, pad=1, count_include_pad=false)",
+    "maxpool2d(2)",
+]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("channels", [32, 8])
+def test_window_pools_in_the_blocked_layout(pool, channels, llvm_runner):
+    """A max/avg pool after a conv stays blocked and is scheduled by ``schedule_window_pool``:
+    ``(n, c, oh)`` parallel, the channel lanes one vector; the result is torch's."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import schedule_window_pool, Hardware
+    from tvm import s_tir
+
+    g = graph_of(f"network t(x: f32[1, 4, 13, 13]) {{ return x | conv2d({channels}, 3, pad=1) | relu | {pool} }}")
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("pool", pool, channels))(xs), torch_outputs(g, xs))
+    pools = [f for gv, f in _functions(g).items() if "pool" in gv]
+    assert len(pools) == 1
+    sch = s_tir.Schedule(pools[0])
+    schedule_window_pool(sch, Hardware(16, 32))
+    script = sch.mod["main"].script()
+    assert "T.parallel" in script and "T.vectorized" in script
+
+
+def _functions(g) -> dict:
+    """{name: PrimFunc} of ``g``'s module after the layout pass and fusion, before scheduling."""
+    import tvm
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    with tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}):
+        mod = blocked_layout(lower_graph(g))
+        mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                        relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
 @pytest.mark.parametrize("name", list(NETS))
 def test_networks_match_torch(name, llvm_runner):
     g = graph_of(NETS[name])
