@@ -266,6 +266,33 @@ def weight_chunk(icb: int, kh: int, kw: int, ib: int, ob: int, ov: int, tiles: b
     return chunk
 
 
+PLANE_CHUNK_BYTES = 18432  # one 16-channel block of a 3x3 conv's weights for 2 output blocks
+PLANE_MAX_PIXELS = 64
+PLANE_MIN_WEIGHTS = 256 << 10
+
+
+def plane_chunk(icb: int, kh: int, kw: int, ib: int, ob: int, oh: int, ow: int, ov: int, hw: Hardware) -> int | None:
+    """Input-channel blocks per chunk when a small output plane (at most ``PLANE_MAX_PIXELS``
+    pixels: ResNet's 7x7) is reduced chunk by chunk over all its rows (None: no chunks).
+
+    32 registers (AVX-512).  Unchunked, each output row streams its channel blocks' weights
+    (``icb * kh * kw * ib * ob * ov`` floats, 590 KB for a 3x3 conv over 512 channels) from L2
+    again; in chunks of ``PLANE_CHUNK_BYTES`` a chunk's weights serve all the plane's rows from
+    L1, the plane's accumulators waiting in a local buffer (7 x 7 x ov vectors).  Measured on a
+    Granite Rapids Xeon, one core, CPU time, alternating: 3x3 512ch 7x7 1.58 -> 1.44 ms, 1x1
+    2048 -> 512 at 7x7 0.72 -> 0.63; 1x1 512 -> 2048 (131 KB per block) 0.72 -> 0.72-0.79, so
+    only convs whose weights per output block reach ``PLANE_MIN_WEIGHTS``."""
+    if hw.registers < 32 or oh * ow > PLANE_MAX_PIXELS or oh < 2 or PLANE_CHUNK_BYTES <= 0 \
+            or icb * kh * kw * ib * ob * ov * 4 < PLANE_MIN_WEIGHTS:
+        return None
+    chunk = max(1, PLANE_CHUNK_BYTES // (kh * kw * ib * ob * ov * 4))
+    if icb <= chunk:
+        return None
+    while icb % chunk:
+        chunk -= 1
+    return chunk
+
+
 def _conv_strides(sch: s_tir.Schedule, conv) -> tuple[int, int] | None:
     """(sh, sw) of a conv block (None: not readable), from its input read ``x[.., y*sh + .., x*sw + .., ..]``."""
     from tvm.sym.pattern import detect_linear_equation
@@ -292,12 +319,17 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     oo, oi = sch.split(o, [None, ov])
     xo, xi = sch.split(x, [None, rn])
     chunk = weight_chunk(*(_extent(sch, lp) for lp in (rc, ry, rx, ri, oc)), ov, ow > rn, hw)
+    plane = None if chunk else plane_chunk(*(_extent(sch, lp) for lp in (rc, ry, rx, ri, oc, y)), ow, ov, hw)
     if chunk:  # the reduction over channels in chunks, each chunk over the whole row's tiles
         rco, rci = sch.split(rc, [None, chunk])
         sch.reorder(b, oo, y, rco, xo, rci, ry, rx, ri, xi, oi, oc)
+    elif plane:  # in chunks, each chunk over the whole output plane's tiles
+        chunk = plane
+        rco, rci = sch.split(rc, [None, chunk])
+        sch.reorder(b, oo, rco, y, xo, rci, ry, rx, ri, xi, oi, oc)
     else:
         sch.reorder(b, oo, y, xo, rc, ry, rx, ri, xi, oi, oc)
-    outer = sch.fuse(b, oo, y)
+    outer = sch.fuse(b, oo) if plane else sch.fuse(b, oo, y)
     sch.parallel(outer)
     sch.vectorize(oc)
     sch.unroll(oi)

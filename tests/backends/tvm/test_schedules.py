@@ -33,6 +33,9 @@ CONV = [
     ([1, 64, 7, 9], 32, dict(k=3, pad=1)),
     ([1, 256, 6, 10], 16, dict(k=1, stride=2, bias=False)),
     ([1, 256, 12, 12], 64, dict(k=1, stride=2)),  # AVX2: strided 1x1, 2 x 2 tile, chunks
+    # AVX-512: a 7x7 plane reduced in chunks of input channels over all its rows (plane_chunk)
+    ([1, 256, 7, 7], 32, dict(k=3, pad=1)),
+    ([1, 256, 14, 14], 32, dict(k=3, stride=2, pad=1, bias=False)),
 ]
 
 
@@ -269,6 +272,17 @@ def test_avx2_register_tiles_fit_16_registers():
     for nvecs in (1, 5, 7, 25, 26):
         rm, nv = gemm_tile(197, nvecs, avx2, 1, pad_cols=True)
         assert (rm * nv + nv) + 1 <= 15 and rm * nv <= avx2.max_accumulators(1)
+
+
+def test_plane_chunks_only_for_small_planes_with_heavy_weights():
+    from convdsl.backends.tvm.schedules.cpu import Hardware, plane_chunk
+
+    avx2, avx512 = Hardware(8, 16), Hardware(16, 32)
+    assert plane_chunk(32, 3, 3, 16, 16, 7, 7, 2, avx512) == 1  # ResNet's 3x3 over 512 channels at 7x7
+    assert plane_chunk(128, 1, 1, 16, 16, 7, 7, 2, avx512) == 8  # 1x1 2048 -> 512: 8 of its 128 blocks
+    assert plane_chunk(32, 1, 1, 16, 16, 7, 7, 4, avx512) is None  # 512 -> 2048: 128 KB per block
+    assert plane_chunk(16, 3, 3, 16, 16, 14, 14, 2, avx512) is None  # 14x14: rows enough
+    assert plane_chunk(32, 3, 3, 16, 16, 7, 7, 2, avx2) is None
 
 
 def test_weight_chunks_only_on_16_registers():
