@@ -313,11 +313,11 @@ class _Blocker(PyExprMutator):
         pt, pl, pb, pr = padding
         oh, ow = xs[2] + pt + pb - 2, xs[3] + pl + pr - 2
         c, o = wt.shape[1], wt.shape[0]
-        m = winograd.choose_m(c, o, oh, ow)
+        hw = Hardware.of(target)
+        m = winograd.choose_m(c, o, oh, ow, hw.registers)
         if m is None or oh < 1 or ow < 1:
             return None
         ty, tx = winograd.tiles(oh, ow, m)
-        hw = Hardware.of(target)
         rows = dense_rows(ty * tx, o // ob, hw, hw.vectors(ob))  # tiles per image
         call = self.builder_.call_te(winograd.winograd_input, xb, m, [pt, pl, pb, pr], oh, ow, rows,
                                      primfunc_name_hint="winograd_input")

@@ -204,9 +204,12 @@ def applies(kernel_hw, stride, dilation, groups: int, dtype: str) -> bool:
 MIN_CHANNELS = 16
 
 
-def choose_m(c: int, o: int, oh: int, ow: int) -> int | None:
+MIN_TILES_AVX512 = 8
+
+
+def choose_m(c: int, o: int, oh: int, ow: int, registers: int = 16) -> int | None:
     """The tile size m for a conv with ``c`` -> ``o`` channels and an ``oh`` x ``ow`` output, or
-    None: the direct conv.
+    None: the direct conv.  ``registers``: the target's vector registers (32: AVX-512).
 
     Measured on Zen 3 (AVX2), one thread, CPU time, conv + batchnorm + relu, direct vs F(2,3) /
     F(4,3) / F(6,3) in one process, best of 7 (load 4.5): ResNet's 3x3 stride-1 convs
@@ -215,10 +218,25 @@ def choose_m(c: int, o: int, oh: int, ow: int) -> int | None:
     weights, 4x the direct conv's, are streamed for only 4 tiles, and still win); F(4,3)
     everywhere.  Few channels: 8ch 56x56 0.15 direct vs 0.18, 16ch 0.30 vs 0.27, 32ch 28x28 0.26
     vs 0.19: the transforms' cost per channel does not shrink with the GEMM, so below 16
-    channels on either side the direct conv."""
+    channels on either side the direct conv.
+
+    AVX-512 (a Granite Rapids Xeon, 2 cores): the direct conv runs at 70-86% of the FMA peak, and
+    the Winograd GEMM over fewer than ``MIN_TILES_AVX512`` tiles per image (7x7 outputs: 4) streams
+    a*a / 9 = 4x the direct conv's weight bytes for a few rows each: memory-bound.  One core
+    alone it still wins (512ch 7x7, CPU time: direct 1.61 ms, F(4,3) 1.38), but on both cores
+    the weights' stream does not split: ResNet-18 whole, 2 threads, CPU time per call (median of
+    8 alternating rounds, load 4.8): 22.4 ms with F(4,3) at 7x7, 19.9 direct there, 20.9 direct at
+    14x14 too.  So on AVX-512 those convs stay direct."""
     if min(c, o) < MIN_CHANNELS:
         return None
+    if registers >= 32 and _tile_count(oh, ow, DEFAULT_M) < MIN_TILES_AVX512:
+        return None
     return DEFAULT_M
+
+
+def _tile_count(oh: int, ow: int, m: int) -> int:
+    ty, tx = tiles(oh, ow, m)
+    return ty * tx
 
 
 # ---- schedules --------------------------------------------------------------------------

@@ -33,6 +33,9 @@ CONV = [
     ([1, 64, 7, 9], 32, dict(k=3, pad=1)),
     ([1, 256, 6, 10], 16, dict(k=1, stride=2, bias=False)),
     ([1, 256, 12, 12], 64, dict(k=1, stride=2)),  # AVX2: strided 1x1, 2 x 2 tile, chunks
+    # AVX-512: a 7x7 plane reduced in chunks of input channels over all its rows (plane_chunk)
+    ([1, 256, 7, 7], 32, dict(k=3, pad=1)),
+    ([1, 256, 14, 14], 32, dict(k=3, stride=2, pad=1, bias=False)),
 ]
 
 
@@ -69,6 +72,50 @@ network t(x: f32[1, 3, 12, 12]) {
 }
 """,
 }
+
+
+POOLS = [
+    "maxpool2d(3, stride=2, pad=1)",  # ResNet's stem pool: padding read as -inf
+    "avgpool2d(3, stride=2, pad=1)",  # padding counted in the average
+    "avgpool2d(3, stride=1, pad=1, count_include_pad=false)",
+    "maxpool2d(2)",
+]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("channels", [32, 8])
+def test_window_pools_in_the_blocked_layout(pool, channels, llvm_runner):
+    """A max/avg pool after a conv stays blocked and is scheduled by ``schedule_window_pool``:
+    ``(n, c, oh)`` parallel, the channel lanes one vector; the result is torch's."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules.cpu import schedule_window_pool, Hardware
+    from tvm import s_tir
+
+    g = graph_of(f"network t(x: f32[1, 4, 13, 13]) {{ return x | conv2d({channels}, 3, pad=1) | relu | {pool} }}")
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("pool", pool, channels))(xs), torch_outputs(g, xs))
+    pools = [f for gv, f in _functions(g).items() if "pool" in gv]
+    assert len(pools) == 1
+    sch = s_tir.Schedule(pools[0])
+    schedule_window_pool(sch, Hardware(16, 32))
+    script = sch.mod["main"].script()
+    assert "T.parallel" in script and "T.vectorized" in script
+
+
+def _functions(g) -> dict:
+    """{name: PrimFunc} of ``g``'s module after the layout pass and fusion, before scheduling."""
+    import tvm
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    with tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}):
+        mod = blocked_layout(lower_graph(g))
+        mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                        relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
 @pytest.mark.parametrize("name", list(NETS))
@@ -227,6 +274,17 @@ def test_avx2_register_tiles_fit_16_registers():
         assert (rm * nv + nv) + 1 <= 15 and rm * nv <= avx2.max_accumulators(1)
 
 
+def test_plane_chunks_only_for_small_planes_with_heavy_weights():
+    from convdsl.backends.tvm.schedules.cpu import Hardware, plane_chunk
+
+    avx2, avx512 = Hardware(8, 16), Hardware(16, 32)
+    assert plane_chunk(32, 3, 3, 16, 16, 7, 7, 2, avx512) == 1  # ResNet's 3x3 over 512 channels at 7x7
+    assert plane_chunk(128, 1, 1, 16, 16, 7, 7, 2, avx512) == 8  # 1x1 2048 -> 512: 8 of its 128 blocks
+    assert plane_chunk(32, 1, 1, 16, 16, 7, 7, 4, avx512) is None  # 512 -> 2048: 128 KB per block
+    assert plane_chunk(16, 3, 3, 16, 16, 14, 14, 2, avx512) is None  # 14x14: rows enough
+    assert plane_chunk(32, 3, 3, 16, 16, 7, 7, 2, avx2) is None
+
+
 def test_weight_chunks_only_on_16_registers():
     from convdsl.backends.tvm.schedules.cpu import WEIGHT_CHUNK_BYTES, Hardware, weight_chunk
 
@@ -317,11 +375,12 @@ def test_layout_pass_packs_weights_once():
     assert pack_dense_weight(m, 16)[1, 4, 2] == m[4, 16 + 2]
 
 
-@pytest.mark.parametrize("mcpu,rows,tile", [("haswell", 198, 6), ("skylake-avx512", 197, None)])
-def test_dense_rows_padded_to_whole_tiles_on_16_registers(mcpu, rows, tile):
-    """AVX2: a packed GEMM over 197 rows computes 198 (the last row read twice, never stored) so
-    the 6 x 16 register tile divides them: no row guard inside the reduction loop, where LLVM
-    spills the tile around it.  AVX-512 keeps the rows.  The result is the matmul numpy computes."""
+@pytest.mark.parametrize("mcpu,rows,tile", [("haswell", 198, 6), ("skylake-avx512", 198, 9)])
+def test_dense_rows_padded_to_whole_tiles(mcpu, rows, tile):
+    """A packed GEMM over 197 rows computes 198 (the last row read twice, never stored) so the
+    register tile (6 rows; 9 x 3 vectors on AVX-512) divides them: no row guard inside the reduction loop, where LLVM spills
+    the tile around it (AVX2), or where a guarded tile ran 3x slower (AVX-512, the Winograd
+    GEMM over 196 tiles).  The result is the matmul numpy computes."""
     import tvm
     from tvm import relax
 
@@ -366,9 +425,9 @@ def test_dense_rows_padded_to_whole_tiles_on_16_registers(mcpu, rows, tile):
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
 def test_attention_heads_layout_without_copies(mcpu):
-    """AVX2: self-attention's Q, K^T and V are written by their GEMMs in the heads' layout (keys
+    """Self-attention's Q, K^T and V are written by their GEMMs in the heads' layout (keys
     padded 13 -> 16) and the output projection reads it: no transpose or pad kernel is left, and
-    the network equals torch.  AVX-512 keeps the plain lowering (its tuned records' shapes)."""
+    the network equals torch (AVX2 and AVX-512 alike)."""
     import tvm
 
     from convdsl.backends.tvm.build import optimize_passes
@@ -386,18 +445,17 @@ network t(x: f32[2, 13, 32]) {
         mod = tvm.transform.Sequential(optimize_passes(spec))(lower_graph(g, "tvm-llvm", {}))
     names = sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
     copies = [n for n in names if "transpose" in n or n.startswith("pad") or "_pad" in n]
-    if mcpu == "haswell":
-        assert sum(n.startswith("dense_heads") for n in names) == 3 and not copies, names
-        assert any("dense_merge_heads" in n for n in names), names
-        if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
-            from convdsl.backends.tvm.schedules import schedule_module
+    # Q, K^T, V: three kernels, or two where Q and V have the same shape (AVX-512: 13 keys, fewer
+    # than a vector, stay unpadded, and 13 query rows are one register tile)
+    assert sum(n.startswith("dense_heads") for n in names) == (3 if mcpu == "haswell" else 2) and not copies, names
+    assert any("dense_merge_heads" in n for n in names), names
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        from convdsl.backends.tvm.schedules import schedule_module
 
-            with target:
-                mod = schedule_module(mod, target)
-            ex = tvm.compile(mod, target=target)
-            vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
-            xs = random_inputs(g)
-            got = vm["main"](tvm.runtime.tensor(xs[0]))
-            assert_close([got.numpy()], torch_outputs(g, xs))
-    else:
-        assert not any("dense_heads" in n for n in names) and copies, names
+        with target:
+            mod = schedule_module(mod, target)
+        ex = tvm.compile(mod, target=target)
+        vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+        xs = random_inputs(g)
+        got = vm["main"](tvm.runtime.tensor(xs[0]))
+        assert_close([got.numpy()], torch_outputs(g, xs))

@@ -61,7 +61,10 @@ CONV = [
 
 
 @pytest.mark.parametrize("shape,out,kw", CONV, ids=[f"{s}->{o}-{kw}" for s, o, kw in CONV])
-def test_conv_matches_torch(shape, out, kw):
+def test_conv_matches_torch(shape, out, kw, monkeypatch):
+    from convdsl.backends.tvm.schedules import winograd
+
+    monkeypatch.setattr(winograd, "MIN_TILES_AVX512", 0)  # the small outputs take Winograd on AVX-512 too
     g = graph_of(one_op("conv2d", [shape], out, **kw))
     xs = random_inputs(g)
     be = _backend()
@@ -109,6 +112,19 @@ def test_dynamic_batch_matches_torch():
     for n in (1, 3):
         x = np.random.default_rng(n).standard_normal((n, 16, 12, 12)).astype(np.float32)
         assert_close(run([x]), torch_outputs(g, [x]))
+
+
+def test_choose_m_keeps_few_tiles_direct_on_avx512():
+    """AVX-512 (32 registers): fewer than 8 F(4,3) tiles per image (7x7 outputs: 4) stay direct,
+    the Winograd GEMM being memory-bound there; AVX2 (16 registers) takes F(4,3) at 7x7 as
+    measured on Zen 3.  Below 16 channels, direct everywhere."""
+    from convdsl.backends.tvm.schedules.winograd import choose_m
+
+    assert choose_m(512, 512, 7, 7, registers=32) is None
+    assert choose_m(512, 512, 7, 7, registers=16) == 4
+    assert choose_m(256, 256, 14, 14, registers=32) == 4
+    assert choose_m(64, 64, 56, 56, registers=32) == 4
+    assert choose_m(8, 64, 56, 56, registers=32) is None and choose_m(64, 8, 56, 56, registers=16) is None
 
 
 @pytest.mark.parametrize("c,o,kw", [(16, 16, dict(k=3, stride=2, pad=1)), (16, 16, dict(k=3, dilation=2, pad=2)),
