@@ -496,8 +496,11 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
     import torch
     import tvm
 
+    nets = "" if args.nets == ",".join(NETS) else f" --nets {args.nets}"
+    rows = f' --rows "{args.rows}"' if args.rows else ""
     lines = [HEADING, "",
-             f"`python benchmarks/peers.py --threads {args.threads} --rounds {args.rounds} --agreement {args.agreement}`, "
+             f"`python benchmarks/peers.py{nets}{rows} --threads {args.threads} --rounds {args.rounds} "
+             f"--agreement {args.agreement}`, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}. Batch 1, {args.threads} threads for every "
              f"backend, each in its own process, {args.rounds} alternating rounds; load average {load[0]:.1f} before, "
              f"{load[1]:.1f} after; whole run {seconds / 60:.0f} min. torch {torch.__version__}, onnxruntime "
