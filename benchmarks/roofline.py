@@ -94,17 +94,47 @@ __attribute__((target("avx2"))) double peak_int8_avx2_maddubs(long iters) {
     }
     int o[8]; long s = 0; for (int j = 0; j < CHAINS; j++) { _mm256_storeu_si256((__m256i *)o, acc[j]); for (int k = 0; k < 8; k++) s += o[k]; }
     return (double)s;
+}/* AMX: 4 accumulator tiles, operands already in tile registers (no loads): the tile unit's roof.
+   Each thread loads its own tile configuration (16 rows x 64 bytes); the process must have asked
+   Linux for the tile state first (targets.request_amx). */
+typedef struct { unsigned char palette, start; unsigned char r[14]; unsigned short colsb[16]; unsigned char rows[16]; }
+    __attribute__((packed)) amx_cfg;
+static unsigned char amx_a[16 * 64], amx_b[16 * 64];
+__attribute__((target("amx-tile"))) static void amx_setup(void) {
+    amx_cfg c = {0}; c.palette = 1;
+    for (int t = 0; t < 8; t++) { c.rows[t] = 16; c.colsb[t] = 64; }
+    _tile_loadconfig(&c);
+    _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
+    _tile_loadd(0, amx_a, 64); _tile_loadd(1, amx_a, 64); _tile_loadd(2, amx_b, 64); _tile_loadd(3, amx_b, 64);
+}
+__attribute__((target("amx-tile,amx-int8"))) double peak_amx_int8(long iters) {
+    int out[16 * 16];
+    amx_setup();
+    for (long i = 0; i < iters; i++) { _tile_dpbusd(4, 0, 2); _tile_dpbusd(5, 0, 3); _tile_dpbusd(6, 1, 2); _tile_dpbusd(7, 1, 3); }
+    _tile_stored(4, out, 64); _tile_release();
+    return (double)out[0];
+}
+__attribute__((target("amx-tile,amx-bf16"))) double peak_amx_bf16(long iters) {
+    float out[16 * 16];
+    amx_setup();
+    for (long i = 0; i < iters; i++) { _tile_dpbf16ps(4, 0, 2); _tile_dpbf16ps(5, 0, 3); _tile_dpbf16ps(6, 1, 2); _tile_dpbf16ps(7, 1, 3); }
+    _tile_stored(4, out, 64); _tile_release();
+    return (double)out[0];
 }
 """
-# precision -> [(flag it needs, C function, ops per instruction)], the widest the CPU has first:
-# zmm vfmadd231ps 32 FLOP, vdpbf16ps 64, vpdpbusd 128 int ops; ymm vfmadd231ps 16, and for int8 without VNNI
-# vpmaddubsw + vpmaddwd(ones) 64 (convdsl quantize's 7-bit weights on such a CPU; 8-bit ones run vpmaddwd, 32)
+# precision -> [(flag it needs, C function, ops per loop iteration)], the widest the CPU has first:
+# zmm vfmadd231ps 32 FLOP, vdpbf16ps 64, vpdpbusd 128 int ops, 12 chains; ymm vfmadd231ps 16, and for int8
+# without VNNI vpmaddubsw + vpmaddwd(ones) 64 (convdsl quantize's 7-bit weights on such a CPU; 8-bit ones
+# run vpmaddwd, 32); AMX: 4 tiles per iteration, tdpbusd 16 x 16 x 64 MACs, tdpbf16ps 16 x 16 x 32
 KERNELS = {
-    "f32": [("avx512f", "peak_f32", 32), ("avx2", "peak_f32_avx2", 16)],
-    "bf16": [("avx512_bf16", "peak_bf16", 64)],
-    "int8": [("avx512_vnni", "peak_int8", 128), ("avx2", "peak_int8_avx2_maddubs", 64)],
+    "f32": [("avx512f", "peak_f32", 12 * 32), ("avx2", "peak_f32_avx2", 12 * 16)],
+    "bf16": [("avx512_bf16", "peak_bf16", 12 * 64)],
+    "int8": [("avx512_vnni", "peak_int8", 12 * 128), ("avx2", "peak_int8_avx2_maddubs", 12 * 64)],
+    "bf16 (AMX)": [("amx_bf16", "peak_amx_bf16", 4 * 16 * 16 * 32 * 2)],
+    "int8 (AMX)": [("amx_int8", "peak_amx_int8", 4 * 16 * 16 * 64 * 2)],
 }
-NEEDS = {"f32": "avx512f or avx2", "bf16": "avx512_bf16", "int8": "avx512_vnni or avx2"}
+NEEDS = {"f32": "avx512f or avx2", "bf16": "avx512_bf16", "int8": "avx512_vnni or avx2", "bf16 (AMX)": "amx_bf16",
+         "int8 (AMX)": "amx_int8"}
 
 
 def peaks(threads: int, seconds: float = 0.3, clock: str = "wall") -> dict[str, float]:
@@ -128,6 +158,10 @@ def peaks(threads: int, seconds: float = 0.3, clock: str = "wall") -> dict[str, 
             if not have:
                 continue
             name, ops = have[0]
+            if "AMX" in prec:
+                from convdsl.backends.tvm.targets import request_amx
+
+                request_amx()
             fn = getattr(so, name)
             fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_double
             fn(1000)
@@ -150,8 +184,8 @@ def peaks(threads: int, seconds: float = 0.3, clock: str = "wall") -> dict[str, 
                 for th in ts:
                     th.join()
                 dt = time.perf_counter() - t
-                rate = (threads * iters * 12 * ops / dt if clock == "wall" else
-                        sum(iters * 12 * ops / max(c, 1e-9) for c in cpu))
+                rate = (threads * iters * ops / dt if clock == "wall" else
+                        sum(iters * ops / max(c, 1e-9) for c in cpu))
                 best = max(best, rate / 1e9)
             out[prec] = best
         return out
@@ -185,10 +219,15 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
     for gv, f in mod.functions.items():
         if not isinstance(f, tvm.tirx.PrimFunc):
             continue
-        try:
-            flops = float(estimate_tir_flops(tvm.IRModule({"main": f})))
-        except Exception:  # noqa: BLE001 - opaque kernels: unknown
-            flops = float("nan")
+        amx_flops = _amx_flops(f)
+        if amx_flops is not None:
+            flops = amx_flops
+            AMX_KERNELS.add(gv.name_hint)
+        else:
+            try:
+                flops = float(estimate_tir_flops(tvm.IRModule({"main": f})))
+            except Exception:  # noqa: BLE001 - opaque kernels: unknown
+                flops = float("nan")
         nbytes = 0
         for p in f.params:
             t = p.ty  # a BufferType: the argument's shape and dtype
@@ -200,6 +239,26 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
 
 
 FUNCS: dict = {}  # kernel name -> its PrimFunc before scheduling (kernel_flops fills it)
+AMX_KERNELS: set = set()  # kernels whose products run on AMX tiles (kernel_flops fills it)
+
+
+def _amx_flops(func) -> float | None:
+    """FLOPs (ops) of a kernel whose products are convdsl's AMX micro-kernel (schedules/amx.py), which
+    TVM's estimate cannot see into (an extern call): 2 x output elements x the reduction length, read
+    off the packed weight [O/16, C/k, taps, k/q, 16, q] (q = 4 for int8, 2 for bf16): C * taps,
+    padded channels included.  None for any other kernel."""
+    from convdsl.backends.tvm.schedules import amx
+
+    text = func.script()
+    if amx.EXTERN not in text and amx.EXTERN_BF16 not in text:
+        return None
+    weights = [p.ty for p in func.params if len(getattr(p.ty, "shape", ())) == 6
+               and str(p.ty.dtype) in ("int8", "uint16")]
+    if len(weights) != 1:
+        return None
+    w = [int(d) for d in weights[0].shape]
+    out = func.params[-1].ty
+    return 2.0 * float(np.prod([int(d) for d in out.shape])) * w[1] * w[2] * w[3] * w[5]
 
 
 def kernel_cpu_ms(func, target, seconds: float = 0.15, rounds: int = 5) -> float:
@@ -255,13 +314,14 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log) -> lis
             except Exception as e:  # noqa: BLE001 - reported as unknown
                 log(f"[{name} {precision}] {r['kernel']}: cannot time alone ({type(e).__name__})")
                 rate = float("nan")
-        p = peak.get(precision if precision != "int8" or "int8" in peak else "f32", float("nan"))
+        kind = f"{precision} (AMX)" if r["kernel"] in AMX_KERNELS else precision
+        p = peak.get(kind if kind != "int8" or "int8" in peak else "f32", float("nan"))
         intensity = f / nbytes if nbytes else float("nan")
         bound = min(p, bw * intensity) if intensity == intensity else p
         verdict = ("within 2x of peak" if rate >= p / 2 else
                    f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {'within 2x' if rate >= bound / 2 else 'not within 2x'}"
                    if bound < p else "compute-bound, not within 2x of peak")
-        out.append({"network": name, "precision": precision, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
+        out.append({"network": name, "precision": kind, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
                     "percent": r["percent"], "gflops": rate, "peak": p, "of_peak": rate / p if p else float("nan"),
                     "intensity": intensity, "verdict": verdict})
     log(f"[{name} {precision}] {total:.1f} ms, {len(out)} kernels above {args.min_percent}%")
@@ -277,7 +337,7 @@ def render(rows: list[dict], peak: dict, bw: float, args) -> str:
              "", ("Measured peak per core, per second of CPU time (kernels timed alone, by CPU time, on "
                   f"{args.threads} threads): " if args.clock == "cpu" else
                   f"Measured peak on {args.threads} threads: ") + ", ".join(
-                 f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peak.items())
+                 f"{k} {v:.0f} G{'OP' if k.startswith('int8') else 'FLOP'}/s" for k, v in peak.items())
              + f"; copy bandwidth {bw:.1f} GB/s.", "",
              "| network | precision | kernel | calls | ms | % | achieved G(FL)OP/s | of peak | FLOP/B | verdict |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
