@@ -258,12 +258,7 @@ def weight_chunk(icb: int, kh: int, kw: int, ib: int, ob: int, ov: int, tiles: b
     5.4 -> 5.0.  32 registers (AVX-512) keep the unchunked loop (not measured there)."""
     if hw.registers >= 32 or not tiles:
         return None
-    chunk = max(1, WEIGHT_CHUNK_BYTES // (kh * kw * ib * ob * ov * 4))
-    if icb <= chunk:
-        return None
-    while icb % chunk:
-        chunk -= 1
-    return chunk
+    return _divisor_chunk(icb, WEIGHT_CHUNK_BYTES // (kh * kw * ib * ob * ov * 4))
 
 
 PLANE_CHUNK_BYTES = 18432  # one 16-channel block of a 3x3 conv's weights for 2 output blocks
@@ -285,7 +280,13 @@ def plane_chunk(icb: int, kh: int, kw: int, ib: int, ob: int, oh: int, ow: int, 
     if hw.registers < 32 or oh * ow > PLANE_MAX_PIXELS or oh < 2 or PLANE_CHUNK_BYTES <= 0 \
             or icb * kh * kw * ib * ob * ov * 4 < PLANE_MIN_WEIGHTS:
         return None
-    chunk = max(1, PLANE_CHUNK_BYTES // (kh * kw * ib * ob * ov * 4))
+    return _divisor_chunk(icb, PLANE_CHUNK_BYTES // (kh * kw * ib * ob * ov * 4))
+
+
+def _divisor_chunk(icb: int, fit: int) -> int | None:
+    """The largest divisor of ``icb`` channel blocks up to ``fit`` (at least 1), or None when all
+    ``icb`` fit (no chunks)."""
+    chunk = max(1, fit)
     if icb <= chunk:
         return None
     while icb % chunk:
