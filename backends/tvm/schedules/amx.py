@@ -304,11 +304,11 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, ge
                       out_blocks: int) -> te.Tensor:
     """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/16, OH, OW,
     16] f32: the input rounded to bf16 by the pack, products summed in f32 on AMX tiles."""
-    from convdsl.backends.tvm.schedules.bf16 import _to_bits
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     ib = int(data.shape[4])
     read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
-    xp = pack_input(read, geo, 0, False, convert=_to_bits, dtype="uint16")
+    xp = pack_input(read, geo, 0, False, convert=to_bf16_bits, dtype="uint16")
     acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
     return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC), lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o],
                       name="amx_out", attrs={ATTR: "amx_requant"})
@@ -317,7 +317,7 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, ge
 def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry, out_channels: int) -> te.Tensor:
     """x [..., K] f32 @ W -> [..., N] f32, W ``pack_weight_bf16`` of [N, K, 1, 1]: the rows are the pixels of a 1x1
     conv (``geo``: 1 x rows, K channels)."""
-    from convdsl.backends.tvm.schedules.bf16 import _to_bits
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     lead = [int(d) for d in x.shape[:-1]]
 
@@ -334,7 +334,7 @@ def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometr
             j = j * d + i if d > 1 else j
         return j
 
-    xp = pack_input(lambda n, c, h, w: x[(*unflat(w), c)], geo, 0, False, convert=_to_bits, dtype="uint16")
+    xp = pack_input(lambda n, c, h, w: x[(*unflat(w), c)], geo, 0, False, convert=to_bf16_bits, dtype="uint16")
     acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
     return te.compute((*lead, out_channels), lambda *i: acc[0, i[-1] // OC, flat(i[:-1]), i[-1] % OC],
                       name="amx_out", attrs={ATTR: "amx_requant"})

@@ -61,8 +61,9 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def _to_bits(v: tirx.PrimExpr) -> tirx.PrimExpr:
-    # (u + 0x7fff + ((u >> 16) & 1)) >> 16: round to nearest even in integer arithmetic (vectorizes)
+def to_bf16_bits(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """TIR: an f32 value -> its bf16 bit pattern (uint16), round to nearest even (``round_to_bf16``'s
+    rule) in integer arithmetic, which vectorizes: (u + 0x7fff + ((u >> 16) & 1)) >> 16."""
     u = tirx.reinterpret("uint32", v)
     one = tirx.const(1, "uint32")
     r = (u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & one)) >> tirx.const(16, "uint32")
@@ -105,7 +106,7 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilat
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
     xp = pad_spatial(data, pt, pl, pb, pr)
-    xb = te.compute(xp.shape, lambda *i: _to_bits(xp(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pad"})
+    xb = te.compute(xp.shape, lambda *i: to_bf16_bits(xp(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pad"})
     rc = te.reduce_axis((0, icb), "ic_outer")
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
@@ -126,7 +127,7 @@ def dense_packed_bf16(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te
     ``kernels.dense_packed`` does: the register tile must divide the rows, since TVM's tensorize
     does not match a block under the row guard of a partial tile (ViT-S's 197 tokens)."""
     nblk, kp, nb, _ = (int(v) for v in w.shape)
-    xb = te.compute(x.shape, lambda *i: _to_bits(x(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pack"})
+    xb = te.compute(x.shape, lambda *i: to_bf16_bits(x(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pack"})
     rp = te.reduce_axis((0, kp), "k_pair")
     r2 = te.reduce_axis((0, PAIR), "k_two")
     lead = list(x.shape[:-1])
@@ -206,4 +207,4 @@ def has_bf16(target) -> bool:
 
 
 __all__ = ["conv2d_nchwc_bf16", "dense_packed_bf16", "pack_conv_weight", "pack_dense_weight",
-           "round_to_bf16", "bf16_to_f32", "with_llvm_import", "has_bf16", "conv_fits", "dense_fits"]
+           "round_to_bf16", "bf16_to_f32", "to_bf16_bits", "with_llvm_import", "has_bf16", "conv_fits", "dense_fits"]
