@@ -38,7 +38,7 @@ from convdsl.ir.graph import Graph
 from convdsl.backends.tvm.common import DynamicShapeError
 from convdsl.backends.tvm.lowering import lower_graph
 from convdsl.backends.tvm.schedules import ApplySchedules, layout_passes, tophub
-from convdsl.backends.tvm.schedules.gpu import gpu_passes
+from convdsl.backends.tvm.schedules.gpu import gpu_passes, tensor_core_rule
 from convdsl.backends.tvm.targets import TargetSpec
 from convdsl.backends.tvm.tuning import TuneReport, db_dir, open_database, tune
 
@@ -91,8 +91,10 @@ def schedule_passes(spec: TargetSpec, with_db: bool) -> list:
     if spec.is_gpu:
         from tvm.s_tir import dlight as dl
 
-        passes.append(dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                              dl.gpu.GeneralReduction(), dl.gpu.Fallback()))
+        # convdsl's rule first: float16 GEMMs with an extent <= 64 on tensor cores (DLight's Matmul
+        # would leave them on SIMT); it declines everything else
+        passes.append(dl.ApplyDefaultSchedule(tensor_core_rule(), dl.gpu.Matmul(), dl.gpu.GEMV(),
+                                              dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()))
     return passes
 
 

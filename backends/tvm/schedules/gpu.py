@@ -6,7 +6,10 @@ the result (``build.schedule_passes``).  The list, top to bottom (``gpu_passes``
 1. precision (``f16``): ``HalfPrecision`` (TVM's ``ToMixedPrecision``): conv and matmul read float16 and
    accumulate in float32, activations are stored in float16, the network's inputs and
    outputs stay float32.  DLight's Matmul rule routes float16 GEMMs whose I, J, K
-   extents all exceed 64 to its tensor-core (wmma) schedule.  ``bf16``: conv and
+   extents all exceed 64 to its tensor-core (wmma) schedule; ``tensor_core_rule`` (a
+   DLight rule that ``build.schedule_passes`` puts before Matmul) takes the float16 GEMMs
+   with an extent of 16..64 (ResNet's 64-channel convs, attention with head dim 64) to
+   the same wmma schedule with tiles shrunk to fit.  ``bf16``: conv and
    matmul read bfloat16 (weights cast once, at compile time), accumulate in float32,
    and return float32 (no tensor cores in DLight for bf16: it halves the bytes).
 2. ``ConvToGemm``: every conv1d/2d/3d with a constant weight and groups == 1 becomes
@@ -335,3 +338,84 @@ def HalfPrecision(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802
         return relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
     except (tvm.error.InternalError, RuntimeError, ValueError):
         return ComputeIn("float16")(mod)
+
+
+# ---- tensor cores for small float16 GEMMs ------------------------------------------------------
+TC_MIN_EXTENT = 16  # a GEMM with an I, J or K extent below the wmma fragment (16) stays on DLight's rules
+DLIGHT_TC_THRESHOLD = 64  # DLight's Matmul tensorizes only when I, J and K all exceed this
+
+
+def _gemm_shape(func) -> tuple[int, int, int, str] | None:
+    """(I, J, K, input dtype) of ``func``'s GEMM in DLight's normal form C[S, I, J] += A[S, I, K] B[S, J, K],
+    found by the normalization DLight's Matmul rule applies (on a scratch schedule); None when ``func``
+    is not one GEMM with static extents."""
+    from tvm import s_tir
+    from tvm.s_tir.dlight.analysis import get_root_block
+    from tvm.s_tir.dlight.gpu.matmul import get_in_out_dtypes, get_index_map, get_reduction_blocks
+
+    sch = s_tir.Schedule(func)
+    blocks = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+    if blocks is None or len(blocks) != 1:
+        return None
+    block = blocks[0]
+    maps = get_index_map(sch.get(block))
+    if not maps:
+        return None
+    matmul_map, a_map, b_map, c_map = maps
+    a, b, c = sch.reindex(block, ("read", 0)), sch.reindex(block, ("read", 1)), sch.reindex(block, ("write", 0))
+    sch.transform_layout(a, ("write", 0), a_map)
+    sch.transform_layout(b, ("write", 0), b_map)
+    sch.transform_layout(c, ("read", 0), c_map)
+    sch.transform_block_layout(block, matmul_map)
+    stmt = sch.get(block)
+    extents = [iv.dom.extent for iv in stmt.iter_vars[1:]]
+    if len(extents) != 3 or not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    return (*(int(e.value) for e in extents), get_in_out_dtypes(stmt)[0])
+
+
+def _make_tensor_core_rule():
+    """DLight rule (defined lazily: DLight imports the CUDA intrinsics): see ``SmallTensorCoreMatmul``."""
+    from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+    from tvm.s_tir.dlight.gpu.matmul import MatmulTensorization, check_sm_version
+
+    class SmallTensorCoreMatmul(GPUScheduleRule):
+        """float16 GEMMs that DLight's ``Matmul`` leaves on SIMT because an I, J or K extent is <= 64
+        (ResNet's 64-channel convs, attention with head dim <= 64), handed to DLight's own tensor-core
+        schedule (``MatmulTensorization``: wmma, 128 x 128 x 64 tiles, the GEMM padded to them).  Declines
+        (None: the next rule, DLight's ``Matmul``, takes the function) anything else: not CUDA sm_70+, not
+        float16 inputs, dynamic extents, an extent < 16, every extent > 64 (DLight's own tensor-core
+        path), or a failed tensorization."""
+
+        def apply(self, func, target, tunable):
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            if target.kind.name != "cuda" or check_sm_version(str(target.attrs.get("arch", ""))) < 70:
+                return None
+            if func.attrs is not None and "dlight.do_not_tensorize" in func.attrs.keys():
+                return None
+            try:
+                shape = _gemm_shape(func)
+            except Exception:  # noqa: BLE001 - not a GEMM DLight can normalize
+                return None
+            if shape is None or shape[3] != "float16":
+                return None
+            if min(shape[:3]) < TC_MIN_EXTENT or min(shape[:3]) > DLIGHT_TC_THRESHOLD:
+                return None
+            try:
+                return MatmulTensorization().apply(func, target, tunable)
+            except Exception:  # noqa: BLE001 - any schedule error: leave the function to DLight's rules
+                return None
+
+    return SmallTensorCoreMatmul
+
+
+_TC_RULE = None
+
+
+def tensor_core_rule():
+    """A fresh ``SmallTensorCoreMatmul`` DLight rule (to run before DLight's ``Matmul``)."""
+    global _TC_RULE  # noqa: PLW0603 - the class is built once, on first use
+    if _TC_RULE is None:
+        _TC_RULE = _make_tensor_core_rule()
+    return _TC_RULE()
