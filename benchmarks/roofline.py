@@ -7,7 +7,7 @@ Peak per precision is measured, not looked up: a C micro-kernel (built here with
 independent chains of the precision's instruction on every thread (f32: ``vfmadd231ps``, 32 FLOP
 per zmm instruction; bf16: ``vdpbf16ps``, 64; int8: ``vpdpbusd``, 128 ops; on an AVX2 CPU without
 AVX-512: ymm ``vfmadd231ps``, 16 FLOP, and for int8 ``vpmaddubsw`` + ``vpmaddwd`` (ones) + ``vpaddd``,
-64 ops, what convdsl's AVX2 int8 kernel executes with the 7-bit weights ``convdsl quantize`` makes there), and memory bandwidth is a large NumPy copy.  For every tvm-llvm kernel taking more than ``--min-percent`` of a network's
+64 ops, what convdsl's AVX2 int8 kernel executes with the 7-bit weights ``convdsl quantize`` makes there; on an AMX CPU also ``tdpbusd`` / ``tdpbf16ps`` on tile registers), and memory bandwidth is a large NumPy copy.  Each kernel is judged against the peak of its own arithmetic (a bf16 or int8 build keeps some kernels in f32, and its AMX layers run on tiles).  For every tvm-llvm kernel taking more than ``--min-percent`` of a network's
 time: its FLOPs per call (TVM's estimate on the kernel before scheduling), its measured time
 (the VM's per-kernel profile), achieved rate, peak / achieved, and its arithmetic intensity
 (FLOPs per byte of its arguments): a kernel under the machine balance (peak / bandwidth) is
@@ -219,10 +219,10 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
     for gv, f in mod.functions.items():
         if not isinstance(f, tvm.tirx.PrimFunc):
             continue
+        KINDS[gv.name_hint] = _kernel_precision(f, precision)
         amx_flops = _amx_flops(f)
         if amx_flops is not None:
             flops = amx_flops
-            AMX_KERNELS.add(gv.name_hint)
         else:
             try:
                 flops = float(estimate_tir_flops(tvm.IRModule({"main": f})))
@@ -239,7 +239,27 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
 
 
 FUNCS: dict = {}  # kernel name -> its PrimFunc before scheduling (kernel_flops fills it)
-AMX_KERNELS: set = set()  # kernels whose products run on AMX tiles (kernel_flops fills it)
+KINDS: dict = {}  # kernel name -> the precision its products run at (kernel_flops fills it)
+
+
+def _kernel_precision(func, precision: str) -> str:
+    """The arithmetic of one kernel of a ``precision`` build, which is not the build's everywhere (the RGB
+    stem, norms, attention's activation x activation matmuls stay f32; AMX takes the layers with enough
+    channels): ``int8 (AMX)`` / ``bf16 (AMX)`` for the AMX micro-kernel, ``bf16`` where an operand is
+    bf16 bits (uint16), ``int8`` where a weight is int8, else ``f32``."""
+    from convdsl.backends.tvm.schedules import amx
+
+    text = func.script()
+    if amx.EXTERN in text:
+        return "int8 (AMX)"
+    if amx.EXTERN_BF16 in text:
+        return "bf16 (AMX)"
+    dtypes = {str(p.ty.dtype) for p in func.params if hasattr(p.ty, "dtype")}
+    if precision == "bf16" and "uint16" in dtypes:
+        return "bf16"
+    if precision == "int8" and "int8" in dtypes:
+        return "int8"
+    return "f32"
 
 
 def _amx_flops(func) -> float | None:
@@ -314,14 +334,14 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log) -> lis
             except Exception as e:  # noqa: BLE001 - reported as unknown
                 log(f"[{name} {precision}] {r['kernel']}: cannot time alone ({type(e).__name__})")
                 rate = float("nan")
-        kind = f"{precision} (AMX)" if r["kernel"] in AMX_KERNELS else precision
-        p = peak.get(kind if kind != "int8" or "int8" in peak else "f32", float("nan"))
+        kind = KINDS.get(r["kernel"], precision)
+        p = peak.get(kind, float("nan"))
         intensity = f / nbytes if nbytes else float("nan")
         bound = min(p, bw * intensity) if intensity == intensity else p
         verdict = ("within 2x of peak" if rate >= p / 2 else
                    f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {'within 2x' if rate >= bound / 2 else 'not within 2x'}"
                    if bound < p else "compute-bound, not within 2x of peak")
-        out.append({"network": name, "precision": kind, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
+        out.append({"network": name, "precision": precision, "kind": kind, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
                     "percent": r["percent"], "gflops": rate, "peak": p, "of_peak": rate / p if p else float("nan"),
                     "intensity": intensity, "verdict": verdict})
     log(f"[{name} {precision}] {total:.1f} ms, {len(out)} kernels above {args.min_percent}%")
@@ -339,10 +359,11 @@ def render(rows: list[dict], peak: dict, bw: float, args) -> str:
                   f"Measured peak on {args.threads} threads: ") + ", ".join(
                  f"{k} {v:.0f} G{'OP' if k.startswith('int8') else 'FLOP'}/s" for k, v in peak.items())
              + f"; copy bandwidth {bw:.1f} GB/s.", "",
-             "| network | precision | kernel | calls | ms | % | achieved G(FL)OP/s | of peak | FLOP/B | verdict |",
+             "| network | precision (build: kernel) | kernel | calls | ms | % | achieved G(FL)OP/s | of peak | FLOP/B | verdict |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['network']} | {r['precision']} | {r['kernel']} | {r['calls']} | {r['ms']:.2f} | "
+        prec = r["precision"] if r["kind"] == r["precision"] else f"{r['precision']} build: {r['kind']}"
+        lines.append(f"| {r['network']} | {prec} | {r['kernel']} | {r['calls']} | {r['ms']:.2f} | "
                      f"{r['percent']:.1f} | {r['gflops']:.0f} | {r['of_peak']:.0%} | {r['intensity']:.1f} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
