@@ -348,9 +348,10 @@ def bench_network(name: str, args, work: Path, log) -> dict:
     x = calib[0]
     np.save(folder / "x.npy", x)
     f32_cdl, f32_w = save_program(g, folder / "f32")
-    log(f"[{name}] exporting ONNX, quantizing ...")
-    onnx_f32 = onnx_export(g, folder / "f32.onnx")
-    files = {"onnx": str(onnx_f32), "cdl": f32_cdl, "weights": f32_w}
+    timed = bool(args.rounds)  # --rounds 0: accuracy only, no peer runs the ONNX files
+    log(f"[{name}] {'exporting ONNX, ' if timed else ''}quantizing ...")
+    onnx_f32 = onnx_export(g, folder / "f32.onnx") if timed else None
+    files = {"onnx": str(onnx_f32) if onnx_f32 else None, "cdl": f32_cdl, "weights": f32_w}
     q_files, qdq = None, None
     try:
         q = convdsl_int8(g, calib)
@@ -359,7 +360,7 @@ def bench_network(name: str, args, work: Path, log) -> dict:
     except Exception as e:  # noqa: BLE001 - reported in the row
         log(f"[{name}] convdsl int8 failed: {e}")
     try:
-        qdq = ort_qdq(onnx_f32, folder / "int8.onnx", calib)
+        qdq = ort_qdq(onnx_f32, folder / "int8.onnx", calib) if timed else None
     except Exception as e:  # noqa: BLE001
         log(f"[{name}] ONNX Runtime quantization failed: {e}")
 
