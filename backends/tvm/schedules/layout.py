@@ -262,6 +262,12 @@ class _Blocker(PyExprMutator):
                                          primfunc_name_hint="dwconv_nchwc")
         return None
 
+    def _with_pattern(self, call: relax.Call, pattern: int) -> relax.Call:
+        """``call`` (a ``call_te``) with its kernel's FuseOps ``op_pattern`` set to ``pattern``."""
+        gv = call.args[0]
+        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", pattern))
+        return call
+
     def _amx_bf16(self, xb, wt, xs, stride, padding, dilation) -> relax.Expr | None:
         """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
         the conv more than 16 input channels (None: ``vdpbf16ps``)."""
@@ -277,9 +283,8 @@ class _Blocker(PyExprMutator):
         kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // amx.OC)
         call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
                                      relax.const(geo.offsets(), "int64"), primfunc_name_hint="conv2d_nchwc_bf16_amx")
-        gv = call.args[0]  # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
-        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
-        return call
+        # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
+        return self._with_pattern(call, OUT_ELEMWISE_FUSABLE)
 
     def _amx_bf16_dense(self, x, wt, xs) -> relax.Expr | None:
         """x [..., K] @ wt [K, N] on AMX tiles (``amx.dense_bf16``): the rows as the pixels of a 1x1 conv."""
@@ -297,9 +302,7 @@ class _Blocker(PyExprMutator):
         packed = amx.pack_weight_bf16(np.ascontiguousarray(wt.T)[:, :, None, None])  # [N, K, 1, 1]
         call = self.builder_.call_te(kernel, x, relax.const(packed), relax.const(geo.offsets(), "int64"),
                                      primfunc_name_hint="dense_bf16_amx")
-        gv = call.args[0]  # bias, GELU, residual fuse after it
-        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", 4))
-        return call
+        return self._with_pattern(call, OUT_ELEMWISE_FUSABLE)  # bias, GELU, residual fuse after it
 
     def _winograd(self, xb, wt, xs, ib, ob, stride, padding, dilation, groups) -> relax.Expr | None:
         """The three Winograd kernels (``winograd.py``) for a conv they fit and the per-layer rule
@@ -323,18 +326,14 @@ class _Blocker(PyExprMutator):
                                      primfunc_name_hint="winograd_input")
         # opaque to FuseOps: the input transform is injective, and FuseOps would otherwise fuse the
         # previous layer's output transform and epilogue into it (one kernel no rule schedules)
-        gv = call.args[0]
-        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OPAQUE))
-        v = self.builder_.emit(call)
+        v = self.builder_.emit(self._with_pattern(call, OPAQUE))
         u = relax.const(winograd.weight_transform(wt, m, ob))
         mm = self.builder_.emit(self.builder_.call_te(winograd.winograd_gemm, v, u, primfunc_name_hint="winograd_gemm"))
         call = self.builder_.call_te(winograd.winograd_output, mm, m, oh, ow, ob,
                                      primfunc_name_hint="winograd_output")
         # fused like a conv (its epilogue into it), not as an injective op: a residual add of two
         # branches would otherwise join the other branch's conv and take this epilogue with it
-        gv = call.args[0]
-        self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OUT_ELEMWISE_FUSABLE))
-        return call
+        return self._with_pattern(call, OUT_ELEMWISE_FUSABLE)
 
     def _matmul(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
         x, w = self.to_nchw(args[0]), args[1]
