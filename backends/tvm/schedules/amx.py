@@ -40,6 +40,8 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
+from convdsl.backends.tvm.schedules.kernels import target_has
+
 TILE_ROWS = 16  # pixels of one tile (rows of A and C)
 TILE_K = 64  # input-channel bytes of one A row
 OC = 16  # output channels of one C tile (int32 lanes of a row)
@@ -120,11 +122,7 @@ LLVM_IR_BF16 = _micro_kernel(EXTERN_BF16, "tdpbf16ps")  # bf16 pairs x bf16 pair
 
 def has_amx_int8(target) -> bool:
     """Whether ``target`` (a TVM target) may execute ``tdpbusd``: +amx-tile and +amx-int8."""
-    if target is None or target.kind.name != "llvm":
-        return False
-    from tvm.target import codegen
-
-    return bool(codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-int8", target))
+    return target_has(target, "amx-tile", "amx-int8")
 
 
 def fits(in_channels: int, groups: int = 1) -> bool:
@@ -280,11 +278,7 @@ BF16_CHANNELS = TILE_K // 2  # bf16 input channels of one tile row
 
 def has_amx_bf16(target) -> bool:
     """Whether ``target`` may execute ``tdpbf16ps``: +amx-tile and +amx-bf16."""
-    if target is None or target.kind.name != "llvm":
-        return False
-    from tvm.target import codegen
-
-    return bool(codegen.target_has_features("amx-tile", target) and codegen.target_has_features("amx-bf16", target))
+    return target_has(target, "amx-tile", "amx-bf16")
 
 
 def pack_weight_bf16(w: np.ndarray) -> np.ndarray:

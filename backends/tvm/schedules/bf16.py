@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, out_size, pad_spatial
+from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, out_size, pad_spatial, target_has
 
 LANES = 16  # f32 outputs of one vdpbf16ps
 PAIR = 2  # bf16 products summed per lane
@@ -199,11 +199,7 @@ def with_llvm_import(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def has_bf16(target) -> bool:
-    if target is None or target.kind.name != "llvm":
-        return False
-    from tvm.target import codegen
-
-    return bool(codegen.target_has_features("avx512bf16", target))
+    return target_has(target, "avx512bf16")
 
 
 __all__ = ["conv2d_nchwc_bf16", "dense_packed_bf16", "pack_conv_weight", "pack_dense_weight",

@@ -44,6 +44,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import tophub
+from convdsl.backends.tvm.schedules.kernels import target_has
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
@@ -77,13 +78,13 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
 
     _, n_ob, _, n_ow, n_oc = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
     if any(str(r.source.dtype) == "int16" for r in sch.get(conv).reads):  # AVX2's int16 pair layout
-        if not _has(target, "avx2"):
+        if not target_has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, madd_register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_madd_intrinsic(), tile)
         return True
     if n_oc == MADDUBS_OC:  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
-        if not _has(target, "avx2"):
+        if not target_has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, maddubs_register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_maddubs_intrinsic(), tile)
@@ -95,12 +96,6 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     tile = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
     _schedule_tensorized(sch, conv, requant, pack, intrin, tile)
     return True
-
-
-def _has(target, feature: str) -> bool:
-    from tvm.target import codegen
-
-    return target is not None and target.kind.name == "llvm" and bool(codegen.target_has_features(feature, target))
 
 
 def _schedule_tensorized(sch: s_tir.Schedule, conv, requant, pack, intrin: str, tile: tuple[int, int]) -> None:

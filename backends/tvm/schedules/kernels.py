@@ -169,3 +169,13 @@ def unpack_nchwc(x: te.Tensor) -> te.Tensor:
     n, cb, h, w, b = x.shape
     return te.compute((n, cb * b, h, w), lambda i, j, y, z: x[i, j // b, y, z, j % b], name="unpack_nchwc",
                       attrs={KERNEL_ATTR: "unpack"})
+
+
+def target_has(target, *features: str) -> bool:
+    """Whether ``target`` is an LLVM (CPU) target with every one of the LLVM ``features``
+    (``avx512bf16``, ``amx-int8``, ...): what a kernel's instructions need."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return all(codegen.target_has_features(f, target) for f in features)
