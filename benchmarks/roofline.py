@@ -107,20 +107,17 @@ __attribute__((target("amx-tile"))) static void amx_setup(void) {
     _tile_zero(4); _tile_zero(5); _tile_zero(6); _tile_zero(7);
     _tile_loadd(0, amx_a, 64); _tile_loadd(1, amx_a, 64); _tile_loadd(2, amx_b, 64); _tile_loadd(3, amx_b, 64);
 }
-__attribute__((target("amx-tile,amx-int8"))) double peak_amx_int8(long iters) {
-    int out[16 * 16];
-    amx_setup();
-    for (long i = 0; i < iters; i++) { _tile_dpbusd(4, 0, 2); _tile_dpbusd(5, 0, 3); _tile_dpbusd(6, 1, 2); _tile_dpbusd(7, 1, 3); }
-    _tile_stored(4, out, 64); _tile_release();
-    return (double)out[0];
+/* the same loop for each tile product: 4 accumulators (tiles 4-7) from 2 A (0, 1) x 2 B (2, 3) tiles */
+#define AMX_PEAK(name, features, dp, out_t) \
+__attribute__((target(features))) double name(long iters) { \
+    out_t out[16 * 16]; \
+    amx_setup(); \
+    for (long i = 0; i < iters; i++) { dp(4, 0, 2); dp(5, 0, 3); dp(6, 1, 2); dp(7, 1, 3); } \
+    _tile_stored(4, out, 64); _tile_release(); \
+    return (double)out[0]; \
 }
-__attribute__((target("amx-tile,amx-bf16"))) double peak_amx_bf16(long iters) {
-    float out[16 * 16];
-    amx_setup();
-    for (long i = 0; i < iters; i++) { _tile_dpbf16ps(4, 0, 2); _tile_dpbf16ps(5, 0, 3); _tile_dpbf16ps(6, 1, 2); _tile_dpbf16ps(7, 1, 3); }
-    _tile_stored(4, out, 64); _tile_release();
-    return (double)out[0];
-}
+AMX_PEAK(peak_amx_int8, "amx-tile,amx-int8", _tile_dpbusd, int)
+AMX_PEAK(peak_amx_bf16, "amx-tile,amx-bf16", _tile_dpbf16ps, float)
 """
 # precision -> [(flag it needs, C function, ops per loop iteration)], the widest the CPU has first:
 # zmm vfmadd231ps 32 FLOP, vdpbf16ps 64, vpdpbusd 128 int ops, 12 chains; ymm vfmadd231ps 16, and for int8
@@ -219,8 +216,9 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
     for gv, f in mod.functions.items():
         if not isinstance(f, tvm.tirx.PrimFunc):
             continue
-        KINDS[gv.name_hint] = _kernel_precision(f, precision)
-        amx_flops = _amx_flops(f)
+        text = f.script()
+        KINDS[gv.name_hint] = _kernel_precision(f, text, precision)
+        amx_flops = _amx_flops(f, text)
         if amx_flops is not None:
             flops = amx_flops
         else:
@@ -242,14 +240,13 @@ FUNCS: dict = {}  # kernel name -> its PrimFunc before scheduling (kernel_flops 
 KINDS: dict = {}  # kernel name -> the precision its products run at (kernel_flops fills it)
 
 
-def _kernel_precision(func, precision: str) -> str:
+def _kernel_precision(func, text: str, precision: str) -> str:
     """The arithmetic of one kernel of a ``precision`` build, which is not the build's everywhere (the RGB
     stem, norms, attention's activation x activation matmuls stay f32; AMX takes the layers with enough
     channels): ``int8 (AMX)`` / ``bf16 (AMX)`` for the AMX micro-kernel, ``bf16`` where an operand is
     bf16 bits (uint16), ``int8`` where a weight is int8, else ``f32``."""
     from convdsl.backends.tvm.schedules import amx
 
-    text = func.script()
     if amx.EXTERN in text:
         return "int8 (AMX)"
     if amx.EXTERN_BF16 in text:
@@ -262,14 +259,13 @@ def _kernel_precision(func, precision: str) -> str:
     return "f32"
 
 
-def _amx_flops(func) -> float | None:
+def _amx_flops(func, text: str) -> float | None:
     """FLOPs (ops) of a kernel whose products are convdsl's AMX micro-kernel (schedules/amx.py), which
     TVM's estimate cannot see into (an extern call): 2 x output elements x the reduction length, read
     off the packed weight [O/16, C/k, taps, k/q, 16, q] (q = 4 for int8, 2 for bf16): C * taps,
     padded channels included.  None for any other kernel."""
     from convdsl.backends.tvm.schedules import amx
 
-    text = func.script()
     if amx.EXTERN not in text and amx.EXTERN_BF16 not in text:
         return None
     weights = [p.ty for p in func.params if len(getattr(p.ty, "shape", ())) == 6
