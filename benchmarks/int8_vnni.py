@@ -26,7 +26,7 @@ from convdsl.api import load_graph
 from convdsl.backends.torch import build_module
 from convdsl.backends.tvm.bench import _torch_entry, _tvm_entry
 from convdsl.backends.tvm.schedules import int8
-from convdsl.backends.tvm.targets import cpu_flags
+from convdsl.backends.tvm.targets import AMX_INT8_FLAGS, cpu_flags
 from convdsl.passes import run_passes
 from convdsl.passes.quantize import quantize
 
@@ -141,7 +141,7 @@ def main() -> None:
         entries.append(("tvm-llvm f32", _tvm_entry(g, [x], "tvm-llvm", 0, None, False)))
     entries += [("torch int8 simulation", _torch_entry(q, [x], "torch")),
                 ("tvm-llvm int8 (VNNI)", _tvm_entry(q, [x], "tvm-llvm", 0, None, False, "int8", amx=False))]
-    if {"amx_tile", "amx_int8"} <= cpu_flags():
+    if AMX_INT8_FLAGS <= cpu_flags():
         entries.append(("tvm-llvm int8 (AMX)", _tvm_entry(q, [x], "tvm-llvm", 0, None, False, "int8", amx=True)))
     timed(entries, args.repeat)
     med = {name: float(np.median(e.samples)) for name, e in entries}

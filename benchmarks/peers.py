@@ -192,12 +192,12 @@ def save_program(graph, folder: Path) -> tuple[str, str]:
 # ---- one backend in its own process ----------------------------------------------------------------------
 def refusal(row: str) -> str | None:
     """Why this machine cannot run ``row`` (None: it can)."""
-    from convdsl.backends.tvm.targets import cpu_flags
+    from convdsl.backends.tvm.targets import AMX_BF16_FLAGS, AMX_INT8_FLAGS, cpu_flags
 
     flags = cpu_flags()
-    if row == "convdsl int8 (AMX)" and not {"amx_tile", "amx_int8"} <= flags:
+    if row == "convdsl int8 (AMX)" and not AMX_INT8_FLAGS <= flags:
         return "refused: this CPU has no AMX-INT8 (amx_tile, amx_int8)"
-    if row == "convdsl bf16 (AMX)" and not {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags:
+    if row == "convdsl bf16 (AMX)" and not AMX_BF16_FLAGS <= flags:
         return "refused: this CPU has no AMX-BF16 (amx_tile, amx_bf16)"
     if row == "convdsl bf16" and "avx512_bf16" not in flags:
         return "refused: this CPU has no AVX512_BF16"

@@ -155,6 +155,10 @@ def cpu_model() -> str:
 
 
 AMX_INT8_MATTR = ["+amx-tile", "+amx-int8"]
+# /proc/cpuinfo flags a CPU needs for convdsl's AMX kernels (schedules/amx.py): int8 (tdpbusd) and bf16
+# (tdpbf16ps, whose other layers run vdpbf16ps)
+AMX_INT8_FLAGS = frozenset({"amx_tile", "amx_int8"})
+AMX_BF16_FLAGS = frozenset({"amx_tile", "amx_bf16", "avx512_bf16"})
 
 
 def precision_mattr(precision: str, flags: frozenset[str] | None = None, amx: bool = True) -> list[str]:
@@ -165,8 +169,8 @@ def precision_mattr(precision: str, flags: frozenset[str] | None = None, amx: bo
     (``schedules/amx.py``'s ``tdpbusd`` kernels), unless ``amx`` is False (VNNI instead)."""
     flags = cpu_flags() if flags is None else flags
     if precision == "int8":
-        return list(AMX_INT8_MATTR) if amx and {"amx_tile", "amx_int8"} <= flags else []
-    if precision == "bf16" and amx and {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags:
+        return list(AMX_INT8_MATTR) if amx and AMX_INT8_FLAGS <= flags else []
+    if precision == "bf16" and amx and AMX_BF16_FLAGS <= flags:
         return ["+avx512bf16", "+amx-tile", "+amx-bf16"]
     if precision == "bf16":
         if "avx512_bf16" not in flags:

@@ -15,12 +15,12 @@ tvm = pytest.importorskip("tvm")
 import convdsl.backends.tvm as ctvm  # noqa: E402
 from convdsl.backends.torch import build_module as torch_module  # noqa: E402
 from convdsl.backends.tvm.schedules import amx  # noqa: E402
-from convdsl.backends.tvm.targets import cpu_flags  # noqa: E402
+from convdsl.backends.tvm.targets import AMX_BF16_FLAGS, AMX_INT8_FLAGS, cpu_flags  # noqa: E402
 
 from .conftest import graph_of, one_op  # noqa: E402
 from .test_int8_vnni import EXAMPLES, _random_int_params, _steps, _torch  # noqa: E402
 
-HAS_AMX = {"amx_tile", "amx_int8"} <= cpu_flags()
+HAS_AMX = AMX_INT8_FLAGS <= cpu_flags()
 needs_amx = pytest.mark.skipif(not HAS_AMX, reason="the CPU has no AMX-INT8 (amx_tile, amx_int8)")
 
 
@@ -292,7 +292,7 @@ def test_verify_int8_variant_runs_amx_and_agrees():
 
 
 # ---- bf16 on AMX tiles (tdpbf16ps) --------------------------------------------------------------------------
-needs_amx_bf16 = pytest.mark.skipif(not {"amx_tile", "amx_bf16", "avx512_bf16"} <= cpu_flags(),
+needs_amx_bf16 = pytest.mark.skipif(not AMX_BF16_FLAGS <= cpu_flags(),
                                     reason="the CPU has no AMX-BF16 (amx_tile, amx_bf16)")
 BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
     y = x | conv2d(64, 3, pad=same) | relu
