@@ -220,7 +220,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                 pads: tuple[int, int, int, int], stride: tuple[int, int], dilation: tuple[int, int], in_zp: int,
                 shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
                 relu: bool = False, out_shape: tuple[int, ...] | None = None, amx=None,
-                offsets: te.Tensor | None = None) -> te.Tensor:
+                offsets: te.Tensor | None = None, blocked: tuple[int | None, int] | None = None) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
     ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
@@ -234,7 +234,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
 
     With ``amx`` (a ``schedules.amx.Geometry``), ``w`` is packed by ``amx.pack_weight`` and ``offsets``
     holds the taps' byte offsets (``Geometry.offsets``): the pack and the conv are AMX's
-    (``schedules/amx.py``), the requantization the same."""
+    (``schedules/amx.py``), the requantization the same.  With ``blocked`` = (ib, ob), x is in the blocked
+    layout [N, C/ib, H, W, ib] (ib None: NCHW) and the result [N, O/ob, OH, OW, ob] (layout.py keeps int8 activations
+    blocked between AMX convs: the pack then copies whole runs of ib channels and the requantization writes
+    ob contiguous channels per pixel, where NCHW needs a transpose on each side)."""
     oc_b, ic_b = int(w.shape[4]), int(w.shape[5])  # 16 x 4 (VNNI, u8 x s8) or 8 x 2 (AVX2, i16 x i16)
     wide = w.dtype == "int16"
     dense = out_shape is not None
@@ -249,6 +252,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                 idx.append(0 if d == 1 else j if outer == 1 else j % d)
                 j = j // d
             return x[(*reversed(idx), c)]
+    elif blocked is not None and blocked[0] is not None:
+        ib = blocked[0]
+        n_, c_, h_, w_ = int(x.shape[0]), int(x.shape[1]) * ib, int(x.shape[2]), int(x.shape[3])
+        read = lambda n, c, h, j: x[n, c // ib, h, j, c % ib]  # noqa: E731
     else:
         n_, c_, h_, w_ = (int(d) for d in x.shape)
         read = lambda n, c, h, j: x[n, c, h, j]  # noqa: E731
@@ -270,7 +277,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     if amx is not None:
         from convdsl.backends.tvm.schedules import amx as amx_kernel
 
-        xa = amx_kernel.pack_input(read, amx, in_zp, shift)
+        xa = amx_kernel.pack_input(read, amx, in_zp, shift, lanes=blocked[0] if blocked is not None else None)
         acc_ = amx_kernel.conv_extern(xa, w, offsets, amx)
         at = lambda n, c, i, j: acc_[n, c // amx_kernel.OC, i * amx.ww + j, c % amx_kernel.OC]  # noqa: E731
         oh_, ow_, oc_b = amx.oh, amx.ow, amx_kernel.OC
@@ -308,6 +315,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
             return requant(0, idx[-1], 0, j)
 
         return te.compute(tuple(out_shape), flat, name="vnni_requant", attrs=attrs)
+    if blocked is not None:
+        ob_ = blocked[1]
+        return te.compute((n_, out_channels // ob_, oh_, ow_, ob_), lambda n, o, i, j, l: requant(n, o * ob_ + l, i, j),
+                          name="vnni_requant", attrs=attrs)
     return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs=attrs)
 
 
@@ -316,10 +327,12 @@ def _use_vnni(cx: Lowerer, node: Node) -> bool:
 
 
 def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation,
-                out_shape: tuple[int, ...] | None = None, in_shape: tuple[int, ...] = ()) -> Expr:
+                out_shape: tuple[int, ...] | None = None, in_shape: tuple[int, ...] = (), blockable: bool = True) -> Expr:
     """The VNNI kernel for x [N, C, H, W] (its sizes ``in_shape``) and int8 weights [O, C, KH, KW]; returns
     [N, O, OH, OW] (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``); the
-    AMX kernel instead where ``use_amx``."""
+    AMX kernel instead where ``use_amx``.  ``blockable`` (a 2-D conv): its PrimFunc says how to build it again
+    in the blocked layout (``INT8_CONV_ATTR``, read by schedules/layout.py)."""
+    blockable = blockable and out_shape is None
     a = node.attrs
     shift = x_dtype == "i8"
     in_zp = a["in_zp"] + (128 if shift else 0)
@@ -340,12 +353,12 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
         y = cx.emit_te(functools.partial(vnni_conv2d, amx=geo), x, cx.const(amx.pack_weight(w), "int8"),
                        cx.const(bias, "int32"), cx.const(m, "float32"), offsets=cx.const(geo.offsets(), "int64"),
                        **kw)
-        _mark_fusable(cx, y)
+        _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], geo, kw)} if blockable else None)
         return y
     oc, ic, dtype = int8_layout(w)
     packed = pack_vnni_weight(w, oc, ic).astype(dtype)
     y = cx.emit_te(vnni_conv2d, x, cx.const(packed, dtype), cx.const(bias, "int32"), cx.const(m, "float32"), **kw)
-    _mark_fusable(cx, y)
+    _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], None, kw)} if blockable else None)
     return y
 
 
@@ -382,12 +395,44 @@ def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarr
     return y
 
 
-def _mark_fusable(cx: Lowerer, y: Expr) -> None:
+def _mark_fusable(cx: Lowerer, y: Expr, attrs: dict[str, str] | None = None) -> None:
     """op_pattern = kOutEWiseFusable on the kernel just emitted: FuseOps then fuses the elementwise
-    ops after it into its epilogue (AnnotateTIROpPattern keeps a pattern that is already set)."""
+    ops after it into its epilogue (AnnotateTIROpPattern keeps a pattern that is already set); and
+    ``attrs``, if any, on its PrimFunc."""
     gv = cx.bb.lookup_binding(y).args[0]
-    func = cx.bb.get()[gv]
-    cx.bb.update_func(gv, func.with_attr("op_pattern", OUT_EWISE_FUSABLE))
+    func = cx.bb.get()[gv].with_attr("op_pattern", OUT_EWISE_FUSABLE)
+    for key, value in (attrs or {}).items():
+        func = func.with_attr(key, value)
+    cx.bb.update_func(gv, func)
+
+
+INT8_CONV_ATTR = "convdsl.int8_conv"  # PrimFunc attribute of a 2-D int8 conv: its ``int8_conv_spec``
+
+
+def int8_conv_spec(in_channels: int, geo, kw: dict) -> str:
+    """The arguments of a qconv2d's ``vnni_conv2d`` (its input channels, ``geo``: the ``schedules.amx.Geometry``
+    of an AMX layer or None, and the keywords ``kw``) as JSON, so that layout.py can emit the same layer in
+    the blocked layout."""
+    import dataclasses
+    import json
+
+    return json.dumps({"c": int(in_channels), "geo": dataclasses.astuple(geo) if geo is not None else None,
+                       "kw": {k: v for k, v in kw.items() if k != "out_shape"}})
+
+
+def int8_conv_from_spec(spec: str):
+    """``int8_conv_spec``'s inverse: (input channels, geometry or None, keywords)."""
+    import json
+
+    from convdsl.backends.tvm.schedules import amx
+
+    d = json.loads(spec)
+    geo = None
+    if d["geo"] is not None:
+        n, c, h, w, pads, stride, dilation, kh, kw_, block = d["geo"]
+        geo = amx.Geometry(n, c, h, w, tuple(pads), tuple(stride), tuple(dilation), kh, kw_, block)
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d["kw"].items()}
+    return d["c"], geo, kw
 
 
 def _qconv(nd: int):
@@ -406,7 +451,7 @@ def _qconv(nd: int):
                 n, c, length = cx.shape(ins[0])
                 x = cx.emit(R.reshape(x, (n, c, 1, length)))
                 y = _vnni_layer(cx, node, x, ins[0].dtype, w[:, :, None, :], (0, 0, *pads[0]), (1, *stride),
-                                (1, *dilation), in_shape=(n, c, 1, length))
+                                (1, *dilation), in_shape=(n, c, 1, length), blockable=False)
                 return R.reshape(y, cx.out_shape())
             return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), stride, dilation,
                                in_shape=cx.shape(ins[0]))

@@ -51,6 +51,7 @@ MIN_CHANNELS = 33  # fewer input channels: VNNI (the 64-channel blocks would be 
 EXTERN = "convdsl_amx_dpbusd_2x2"
 IMPORT_ATTR = "pragma_import_llvm"
 ATTR = "convdsl.vnni"  # block annotation shared with lower_quant / int8.py: amx_pack | amx_requant
+LANES_ATTR = "convdsl.lanes"  # on amx_pack: channels per pixel run of a blocked input
 
 # C[2 x 2 tiles] = sum over steps s = (icb, tap) of A(icb, tap) . B(s): ``c`` the first C tile (the
 # second pixel tile 1024 bytes on, the second channel block ``c_ob`` bytes on, rows 64 bytes apart),
@@ -218,9 +219,11 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 
 
 # ---- computes -------------------------------------------------------------------------------------------------
-def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype: str = "uint8") -> te.Tensor:
+def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype: str = "uint8",
+               lanes: int | None = None) -> te.Tensor:
     """xp [N, C/k, phases, hh, ww, k] from ``read(n, c, h, w)``: u8 (i8 with ``shift``), ``in_zp`` outside the
-    image; or, with ``convert`` (f32 -> bf16 bits), ``dtype`` uint16 with k = 32 and 0 outside."""
+    image; or, with ``convert`` (f32 -> bf16 bits), ``dtype`` uint16 with k = 32 and 0 outside.  ``lanes``: the
+    input is blocked, ``lanes`` channels contiguous per pixel (``schedule`` copies runs of that many)."""
     phases = geo.phases
     (pt, _, pl, _), (sh, sw) = geo.pads, geo.stride
     k = geo.block_channels
@@ -239,7 +242,8 @@ def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype
         return tirx.if_then_else(inside, convert(v) if convert is not None else v, zp)
 
     shape = (geo.n, geo.icb, len(phases), geo.hh, geo.ww, k)
-    return te.compute(shape, pack, name="amx_pack", attrs={ATTR: "amx_pack"})
+    attrs = {ATTR: "amx_pack", LANES_ATTR: lanes} if lanes else {ATTR: "amx_pack"}
+    return te.compute(shape, pack, name="amx_pack", attrs=attrs)
 
 
 def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, bf16: bool = False) -> te.Tensor:
@@ -354,6 +358,9 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
     elif len(loops) == 4:  # channels not in whole blocks: (n, c, oh) in parallel, the row vectorized
         sch.parallel(sch.fuse(*loops[:3]))
         _vectorize_by(sch, loops[3], OC)
+    elif len(loops) == 5:  # blocked [N, O/ob, OH, OW, ob]: (n, ob, oh) in parallel, each pixel's ob channels
+        sch.parallel(sch.fuse(*loops[:3]))  # one vector: a contiguous read of acc and a contiguous store
+        _vectorize_by(sch, loops[4], min(OC, extents[4]))
     else:  # qlinear's [..., O]: rows in parallel, channels vectorized (contiguous in acc and the output)
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         _vectorize_by(sch, loops[-1], OC)
@@ -361,7 +368,12 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
         pack = sch.get_sblock(blocks["amx_pack"])
         loops = sch.get_loops(pack)
         sch.parallel(sch.fuse(*loops[:4]))
-        sch.vectorize(loops[-1])
+        lanes = sch.get(pack).annotations.get(LANES_ATTR)
+        k = int(sch.get(loops[-1]).extent)
+        if lanes is not None and k % int(lanes) == 0 and int(lanes) < k:  # a blocked input: one vector per run
+            sch.vectorize(sch.split(loops[-1], [None, int(lanes)])[1])
+        else:
+            sch.vectorize(loops[-1])
     for block in tail:
         parallel_outer(sch, block, 2)
 

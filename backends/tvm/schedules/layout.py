@@ -31,7 +31,7 @@ from convdsl.backends.tvm.schedules import bf16, kernels, winograd
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
           "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",
-          "relax.sqrt", "relax.rsqrt", "relax.nn.relu6", "relax.erf", "relax.log"}
+          "relax.sqrt", "relax.rsqrt", "relax.nn.relu6", "relax.erf", "relax.log", "relax.round", "relax.astype"}
 _BINARY = {"relax.add", "relax.multiply", "relax.subtract", "relax.divide", "relax.maximum", "relax.minimum",
            "relax.power"}
 
@@ -113,6 +113,7 @@ def _dtype(e: relax.Expr) -> str | None:
     return str(t.dtype) if isinstance(t, relax.TensorType) else None
 
 
+INT8_LANES = 16  # output channel block of a blocked int8 conv (the VNNI / AMX accumulator's 16 int32 lanes)
 OPAQUE, OUT_ELEMWISE_FUSABLE = 8, 4  # relax's OpPatternKind kOpaque, kOutEWiseFusable
 
 _CONST = type(relax.const(np.zeros(1, "float32")))
@@ -196,6 +197,7 @@ class _Blocker(PyExprMutator):
             "relax.nn.avg_pool2d": self._pool,
             "relax.nn.adaptive_avg_pool2d": self._adaptive_pool,
             "relax.mean": self._mean,
+            "relax.call_tir": self._int8_conv,
         }.get(name)
         out = handler(call, args) if handler else None
         if out is None and name in _UNARY and self.lanes(args[0]):
@@ -261,6 +263,39 @@ class _Blocker(PyExprMutator):
             return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation,
                                          primfunc_name_hint="dwconv_nchwc")
         return None
+
+    def _int8_conv(self, call: relax.Call, args: list[relax.Expr]) -> relax.Expr | None:
+        """A 2-D int8 conv (lower_quant's ``vnni_conv2d``, on AMX tiles or VNNI; recognized by its PrimFunc's
+        ``INT8_CONV_ATTR``) made again to read and write the blocked layout: u8 activations then stay blocked
+        from one conv to the next, through the requantize / residual / pooling ops between, where NCHW needs
+        a transpose in each conv's pack and requantization."""
+        import functools
+
+        from convdsl.backends.tvm.lower_quant import INT8_CONV_ATTR, int8_conv_from_spec, vnni_conv2d
+
+        gv = args[0]
+        func = self.builder_.get()[gv] if isinstance(gv, relax.GlobalVar) else None
+        spec = func.attrs.get(INT8_CONV_ATTR) if func is not None and func.attrs is not None else None
+        if spec is None or not isinstance(args[1], relax.Tuple) or len(args[1].fields) not in (4, 5):
+            return None
+        x, wt, bias, mult, *offsets = args[1].fields
+        c, geo, kw = int8_conv_from_spec(str(spec))
+        o = kw["out_channels"]
+        ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
+        # the kernel's 16-channel accumulator rows become whole output blocks (AMX's C tile rows; VNNI's
+        # weights [O/16, C/4, KH, KW, 16, 4]: not AVX2's 8-channel layouts)
+        if ob != INT8_LANES or (geo is None and (static_shape(wt) or [0] * 5)[4] != INT8_LANES):
+            return None
+        if ib is None or c % ib or ib < 4:  # e.g. an RGB stem: read in NCHW, write blocked
+            ib, xb = None, self.to_nchw(x)
+        else:
+            xb = self.to_blocked(x, ib)
+        self._lanes = ob
+        amx = {"amx": geo} if geo is not None else {}
+        more = {"offsets": offsets[0]} if geo is not None else {}
+        kernel = functools.partial(vnni_conv2d, blocked=(ib, ob), **kw, **amx)
+        new = self.builder_.call_te(kernel, xb, wt, bias, mult, primfunc_name_hint=gv.name_hint, **more)
+        return self._with_pattern(new, OUT_ELEMWISE_FUSABLE)  # its epilogue fuses after it, as before
 
     def _with_pattern(self, call: relax.Call, pattern: int) -> relax.Call:
         """``call`` (a ``call_te``) with its kernel's FuseOps ``op_pattern`` set to ``pattern``."""
@@ -379,7 +414,16 @@ class _Blocker(PyExprMutator):
         i = 0 if la is not None else 1
         lanes, t, other = la or lb, args[i], args[1 - i]
         if not _is_const(other):
-            return None
+            # a tensor in NCHW of the blocked operand's shape (a residual from before the first blocked
+            # layer): blocked once, so that the sum stays blocked rather than going back to NCHW
+            s5, so = batch_shape(t), batch_shape(other)
+            if so is None or len(so) != 4 or not same_shape([s5[0], s5[1] * s5[4], *s5[2:4]], so) \
+                    or _dtype(other) != _dtype(t):
+                return None
+            new = [None, None]
+            new[i], new[1 - i] = t, self.to_blocked(other, lanes)
+            self._lanes = lanes
+            return relax.Call(call.op, new, call.attrs, call.ty_args)
         s5 = batch_shape(t)
         c = s5[1] * s5[4]
         arr = other.value.numpy()

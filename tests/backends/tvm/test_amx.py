@@ -210,8 +210,8 @@ def test_no_amx_builds_vnni_and_both_are_exact():
     assert _steps(on.build_module(g)(x), want) == 0 and _steps(off.build_module(g)(x), want) == 0
 
 
-@needs_amx
-def test_resnet18_int8_on_amx_matches_torch_simulation():
+def _quantized_resnet18():
+    """ResNet-18 at 64x64, quantized (calibrated on N(0, 1) inputs), and an input."""
     from convdsl.api import load_graph
     from convdsl.passes import run_passes
     from convdsl.passes.quantize import quantize
@@ -221,7 +221,37 @@ def test_resnet18_int8_on_amx_matches_torch_simulation():
     g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
     rng = np.random.default_rng(0)
     q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
-    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    return q, rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+
+
+def test_int8_activations_stay_blocked_from_conv_to_conv():
+    """With the blocked layout, ResNet-18's int8 convs (AMX and the VNNI stem) read and write NCHW16c: the only
+    layout transform left is the one before the classifier (flatten), none around the convs."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    q, _ = _quantized_resnet18()
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        mod = blocked_layout(lower_graph(q, "tvm-llvm"), "int8")
+    calls = {}  # callee name -> (input shapes, output shape) of each call_tir
+    for binding in mod["main"].body.blocks[0].bindings:
+        v = binding.value
+        if isinstance(v, relax.Call) and v.op.name == "relax.call_tir":
+            ins = [list(f.ty.shape.values) if isinstance(f.ty, relax.TensorType) else None for f in v.args[1].fields]
+            calls[v.args[0].name_hint] = (ins, list(v.ty.shape.values))
+    convs = {k: c for k, c in calls.items() if k.startswith("qconv2d")}
+    assert len(convs) == 20
+    assert all(len(out) == 5 and out[-1] == 16 for _, out in convs.values())  # every conv writes NCHW16c
+    assert sum(len(ins[0]) == 5 for ins, _ in convs.values()) == 19  # and reads it (not the RGB stem)
+    assert [k for k in calls if "pack_nchwc" in k] == ["unpack_nchwc"]  # before the classifier
+    assert calls["max_pool2d"][1] == [1, 4, 16, 16, 16]  # pooling stays blocked too
+
+
+@needs_amx
+def test_resnet18_int8_on_amx_matches_torch_simulation():
+    q, x = _quantized_resnet18()
     be = _int8()
     counts = _instructions(be, q)
     assert counts["tdpbusd"] == 20 and counts.get("vpdpbusd") == 1  # the 3-channel stem stays VNNI
