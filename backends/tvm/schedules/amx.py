@@ -306,7 +306,7 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, ge
 
     ib = int(data.shape[4])
     read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
-    xp = pack_input(read, geo, 0, False, convert=to_bf16_bits, dtype="uint16")
+    xp = pack_input(read, geo, 0, False, convert=to_bf16_bits, dtype="uint16", lanes=ib)
     acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
     return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC), lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o],
                       name="amx_out", attrs={ATTR: "amx_requant"})
