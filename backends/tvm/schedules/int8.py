@@ -460,7 +460,16 @@ def _inline_consumers(sch: s_tir.Schedule, block) -> list:
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
     root = list(sch.get_child_blocks(sch.get_sblock("root")))
     names = [sch.get(b).name_hint for b in root]
-    for b in root[names.index(sch.get(block).name_hint) + 1:]:
+    at = names.index(sch.get(block).name_hint)
+    # elementwise producers FuseOps put before the kernel (a residual's dequantize: cast, subtract, multiply)
+    # into the epilogue that reads them; left as blocks they would run unscheduled, one element at a time
+    for b in root[:at]:
+        if VNNI_ATTR not in sch.get(b).annotations and sch.get(b).name_hint not in outputs:
+            try:
+                sch.compute_inline(b)
+            except s_tir.ScheduleError:
+                pass
+    for b in root[at + 1:]:
         if sch.get(b).name_hint not in outputs:
             try:
                 sch.compute_inline(b)
