@@ -99,17 +99,19 @@ def weight_bits_for_cpu(flags: Iterable[str]) -> tuple[int, str]:
 
 def quantize(graph: Graph, calib_batches: Any = None, method: str = "minmax", per_layer: Mapping[str, str] | None = None,
              weight_bits: int | str = 8, act_dtype: str = "u8", percentile: float = 99.99, fuse_relu: bool = True,
-             threads: int | None = None, *, build: ModuleBuilder, cpu_flags: Iterable[str] | None = None) -> Graph:
+             threads: int | None = None, *, build: ModuleBuilder, cpu_flags: Iterable[str] | None = None,
+             reuse_int8: bool = True) -> Graph:
     """A copy of ``graph`` with its convs and linears in int8 (see the module docstring and
     ``quantize_with_report``)."""
     return quantize_with_report(graph, calib_batches, method, per_layer, weight_bits, act_dtype, percentile,
-                                fuse_relu, threads, build=build, cpu_flags=cpu_flags).graph
+                                fuse_relu, threads, build=build, cpu_flags=cpu_flags, reuse_int8=reuse_int8).graph
 
 
 def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = "minmax",
                          per_layer: Mapping[str, str] | None = None, weight_bits: int | str = 8, act_dtype: str = "u8",
                          percentile: float = 99.99, fuse_relu: bool = True, threads: int | None = None, *,
-                         build: ModuleBuilder, cpu_flags: Iterable[str] | None = None) -> Quantized:
+                         build: ModuleBuilder, cpu_flags: Iterable[str] | None = None,
+                         reuse_int8: bool = True) -> Quantized:
     """``quantize``: (the int8 graph, a ``QuantizeReport``).
 
     ``calib_batches``: calibration inputs (an array, a list of batches, or a list of tuples for
@@ -119,7 +121,11 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     the last matching entry wins.  ``weight_bits`` (2..8) narrows the weight range (still stored
     as int8), or ``"auto"``: the bits ``weight_bits_for_cpu(cpu_flags)`` chooses for the CPU whose
     flags are given (7 on AVX2 without VNNI, else 8; the report says which and why).
-    ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations."""
+    ``act_dtype``: u8 (default, x86's u8 x s8) or i8 activations.  ``reuse_int8`` (default): the float
+    readers of a value quantized for a layer (a residual connection's add) read the dequantize of that
+    int8 value, as in an ONNX QDQ graph or OpenVINO's int8 path, so the value exists once, in int8, and its
+    producer's epilogue can quantize it; False: they read the float value (one rounding less on the skip
+    path, and the float tensor is written and read again)."""
     # conv(x, w) [-> relu]  =>  quantize(x) -> qconv(q_x, int8(w)) [-> dequantize]
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}'", hint=f"methods: {', '.join(METHODS)}")
@@ -142,7 +148,7 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     ranges, _ = observe(graph, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
                         threads=threads)
 
-    rw = _Rewriter(g, ranges, act_dtype)
+    rw = _Rewriter(g, ranges, act_dtype, reuse_int8)
     layers = []
     for nid in order:
         if nid in plan:
@@ -271,8 +277,9 @@ def quantize_weight_and_bias(w: np.ndarray, b: np.ndarray | None, in_scale: floa
 
 # ---- rewriting --------------------------------------------------------------------------------------
 class _Rewriter:
-    def __init__(self, g: Graph, ranges: dict[Value, tuple[float, float]], act_dtype: str) -> None:
-        self.g, self.ranges, self.act_dtype = g, ranges, act_dtype
+    def __init__(self, g: Graph, ranges: dict[Value, tuple[float, float]], act_dtype: str,
+                 reuse_int8: bool = True) -> None:
+        self.g, self.ranges, self.act_dtype, self.reuse_int8 = g, ranges, act_dtype, reuse_int8
         self.int_of: dict[str, tuple[Value, float, int]] = {}  # dequantize node -> (int8 value, scale, zp)
         self.quantized: dict[Value, tuple[Value, float, int]] = {}  # float value -> its quantize node
         self.dequantizes: list[str] = []
@@ -284,9 +291,14 @@ class _Rewriter:
         if x not in self.quantized:
             scale, zp = qparams_for_range(*self.ranges[x], self.act_dtype)
             t = self.g.type_of(x)
+            readers = self.g.users(x)
             q = self._add(f"{x.node}_quant", "quantize", [x], {"scale": scale, "zero_point": zp, "dtype": self.act_dtype},
                           [TensorType(t.shape, self.act_dtype)], after=x.node)
             self.quantized[x] = (Value(q), scale, zp)
+            if self.reuse_int8 and len(readers) > 1:  # the other readers read the int8 value too
+                self._reroute(x, readers, self._add(f"{x.node}_dequant", "dequantize", [Value(q)],
+                                                    {"scale": scale, "zero_point": zp}, [TensorType(t.shape, "f32")],
+                                                    after=q), self.quantized[x])
         return self.quantized[x]
 
     def layer(self, node: Node, relu: str | None, int_out: bool, bits: int) -> dict:
@@ -374,13 +386,18 @@ class _Rewriter:
         t = node.type
         d = self._add(f"{node.id}_dequant", "dequantize", [v], {"scale": scale, "zero_point": zp},
                       [TensorType(t.shape, "f32")], after=node.id)
+        self._reroute(v, readers, d, (v, scale, zp))
+        g.outputs = [Value(d) if o == v else o for o in g.outputs]
+
+    def _reroute(self, v: Value, readers: list, d: str, int8: tuple[Value, float, int]) -> None:
+        """``readers`` of ``v`` read the dequantize node ``d`` instead (``int8``: what it dequantizes)."""
+        g = self.g
         for c, p in readers:
             for u, _, k, data in list(g.g.in_edges(c, keys=True, data=True)):
-                if u == node.id and data["port"] == p:
+                if u == v.node and data["port"] == p and data.get("out", 0) == v.out:
                     g.g.remove_edge(u, c, k)
             g.g.add_edge(d, c, port=p, out=0)
-        g.outputs = [Value(d) if o == v else o for o in g.outputs]
-        self.int_of[d] = (v, scale, zp)
+        self.int_of[d] = int8
         self.dequantizes.append(d)
 
     def _add(self, base: str, op: str, inputs: list[Value], attrs: dict, types: list, after: str) -> str:

@@ -224,6 +224,33 @@ def test_digits_structure(quantized, folded, calib):
     assert len(report.layers) == 7 and not report.kept_float and report.to_json()["float"] == {}
 
 
+def _resnet18_32():
+    root = Path(DIGITS).parent
+    src = (root / "resnet18.cdl").read_text().replace("224, 224", "32, 32")
+    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
+    rng = np.random.default_rng(0)
+    return g, [rng.standard_normal((2, 3, 32, 32)).astype(np.float32)], rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+
+
+def test_residuals_read_the_int8_value():
+    """A block output read by the next block's convs and by its residual add exists once, in int8: the add reads
+    its dequantize (reuse_int8, the default, as ONNX QDQ graphs do); with reuse_int8=False the float value."""
+    g, calib, x = _resnet18_32()
+    q = verify(quantize(g, calib, build=build_module))
+    adds = [n for n in q.nodes() if n.op == "add"]
+    assert len(adds) == 8
+    for n in adds:  # every operand of a residual add is a conv's float output or a dequantize of an int8 value
+        assert {q.node(v.node).op for v in q.inputs_of(n.id)} <= {"qconv2d", "dequantize"}, n.id
+    # each block output (a relu after an add) has one reader, its quantize, except the last (the pool reads it)
+    relus = [n.id for n in q.nodes() if n.op == "relu"]
+    assert sum(len(q.users(Value(r))) == 1 and q.node(q.users(Value(r))[0][0]).op == "quantize" for r in relus) == 7
+    kept = verify(quantize(g, calib, build=build_module, reuse_int8=False))
+    assert sum(q.node(v.node).op == "relu" for n in kept.nodes() if n.op == "add" for v in kept.inputs_of(n.id)) == 4
+    assert check_against_reference(q, (x,)) > 20  # the simulation is still the reference arithmetic
+    out, ref = torch_values(q, (x,))[q.outputs[0].node], torch_values(g, (x,))[g.outputs[0].node]
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()  # and still the float network, roughly
+
+
 def test_input_graph_untouched(folded, calib):
     before = {k: v.copy() for k, v in folded.params.items()}
     text = print_graph(folded)
