@@ -38,10 +38,13 @@ class WeightBits(Count):
 @click.option("--cast", "cast_to", type=click.Choice(["f16", "bf16"]), default=None,
               help="Instead of int8: cast the network to f16 or bf16 (no calibration).")
 @click.option("--no-fold-bn", is_flag=True, help="Do not fold batchnorms into convs first.")
+@click.option("--float-residuals", is_flag=True,
+              help="Residual adds read the float value a layer's input was quantized from (default: its int8 "
+                   "value, dequantized, as ONNX QDQ graphs do: one copy of the tensor).")
 @click.option("--data", "-d", default=None, help="Report accuracy before and after on this data's validation split.")
 @click.option("--output", "-o", "out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, calib, calib_samples, method,
-                 percentile, keep_float, weight_bits, act_dtype, cast_to, no_fold_bn, data, out):
+                 percentile, keep_float, weight_bits, act_dtype, cast_to, no_fold_bn, float_residuals, data, out):
     """Quantize FILE; write OUT/<name>.cdl, OUT/weights.safetensors and OUT/report.{json,md}.
 
     Post-training int8: batchnorms are folded, convs and linears get int8 weights (symmetric per
@@ -75,7 +78,7 @@ def quantize_cmd(file, network, sets, choose, bind, max_memory, seed, weights, c
 
         q, done = quantize_with_report(folded, batches, method=method, per_layer={k: "float" for k in keep_float},
                                        weight_bits=weight_bits, act_dtype=act_dtype, percentile=percentile,
-                                       build=build_module, cpu_flags=cpu_flags())
+                                       build=build_module, cpu_flags=cpu_flags(), reuse_int8=not float_residuals)
         q = verify(q)
         report = dict(done.to_json(), calibration=calib)
         why = f" ({done.weight_bits_reason})" if weight_bits == "auto" else ""

@@ -15,7 +15,9 @@ Its input is a ``quantize`` node (per-tensor, asymmetric, scale and zero point
 from calibration) or, when the producer is itself quantized, the producer's
 int8 output directly.  Its output is int8 (requantized with the calibrated
 range of the value) when some reader is quantized, and float32 otherwise;
-float readers of an int8 value read a ``dequantize`` of it.  Max-pooling and
+float readers of an int8 value read a ``dequantize`` of it, and so do the
+other float readers of a float value quantized for a layer (a residual add
+reading a block's output: ``reuse_int8``, off with ``--float-residuals``).  Max-pooling and
 reshapes/permutes between quantized layers (ops marked ``int8_passthrough``)
 run on the int8 tensor (they commute with quantization).  Every other op, and every layer kept in float, is
 unchanged: quantize/dequantize nodes stand at the boundaries.  Graph inputs

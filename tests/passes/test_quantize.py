@@ -251,6 +251,31 @@ def test_residuals_read_the_int8_value():
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()  # and still the float network, roughly
 
 
+def test_quantize_command_float_residuals(tmp_path):
+    """``convdsl quantize --float-residuals``: the residual adds read the float block outputs again."""
+    from click.testing import CliRunner
+
+    from convdsl.cli import main
+    from convdsl.lang.printer import print_graph
+
+    g, calib, _ = _resnet18_32()
+    (tmp_path / "r18.cdl").write_text(print_graph(g))
+    save_weights(g, tmp_path / "w.safetensors")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((8, 3, 32, 32)).astype(np.float32), y=np.zeros(8, np.int64))
+    float_reads = {}
+    for flag in ([], ["--float-residuals"]):
+        out = tmp_path / ("f" if flag else "q")
+        r = CliRunner().invoke(main, ["quantize", str(tmp_path / "r18.cdl"), "--weights", str(tmp_path / "w.safetensors"),
+                                      "--calib", str(tmp_path / "calib.npz"), "--calib-samples", "8", "-o", str(out),
+                                      *flag])
+        assert r.exit_code == 0, r.output
+        q = load_graph(next(out.glob("*.cdl")), weights=out / "weights.safetensors")
+        float_reads[bool(flag)] = sum(q.node(v.node).op == "relu" for n in q.nodes() if n.op == "add"
+                                      for v in q.inputs_of(n.id))
+    assert float_reads == {False: 0, True: 4}
+
+
 def test_input_graph_untouched(folded, calib):
     before = {k: v.copy() for k, v in folded.params.items()}
     text = print_graph(folded)
