@@ -430,7 +430,8 @@ def _nothing():
 
 
 def test_register_tile():
-    assert int8.register_tile(4, 56) == (14, 1)
+    assert int8.register_tile(4, 56) == (7, 2)  # 14 vpdpbusd per 9 loads, not 14 per 15 (14 x 1)
+    assert int8.register_tile(4, 112) == (7, 2)
     assert int8.register_tile(32, 7) == (7, 2)
     assert int8.register_tile(8, 17) == (1, 8)
     assert int8.register_tile(63, 1) == (1, 9)
