@@ -211,7 +211,7 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
     from convdsl.backends.tvm.lowering import lower_graph
 
     with spec.tvm_target():
-        mod = tvm.transform.Sequential(optimize_passes(spec, precision))(lower_graph(graph))
+        mod = tvm.transform.Sequential(optimize_passes(spec, precision))(lower_graph(graph, precision=precision))
     out = {}
     for gv, f in mod.functions.items():
         if not isinstance(f, tvm.tirx.PrimFunc):
