@@ -140,11 +140,85 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
+def _logits_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
+    """q [N, Lq, >= heads*d], kv [N, Lk, ...] (K at columns k_off + h*d) -> scale * Q K^T [N, heads, Lq, keys]
+    on AMX tiles, keys = Lk up to whole 32-column blocks, the padded keys' logits -inf."""
+    from tvm import te, tirx
+
+    from convdsl.backends.tvm.schedules import amx
+
+    n, lq, lk = int(q.shape[0]), int(q.shape[1]), int(kv.shape[1])
+    acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
+                                lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], n * heads, lq, d, lk,
+                                b_along_k=True)
+    keys, ninf = int(acc.shape[1]) * amx.OC, tirx.const(float("-inf"), "float32")
+    return te.compute((n, heads, lq, keys), lambda b, h, i, j: tirx.Select(
+        j < lk, acc[b * heads + h, j // amx.OC, i, j % amx.OC] * tirx.const(scale, "float32"), ninf),
+        name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
+
+
+def _values_bf16(p, kv, heads: int, d: int, lk: int, v_off: int):
+    """p [N, heads, Lq, keys] (softmax; the keys past Lk are zeros), kv [N, Lk, ...] (V at columns v_off + h*d)
+    -> P V [N, Lq, heads*d] on AMX tiles (heads merged: the output projection reads it as it is)."""
+    from tvm import te, tirx
+
+    from convdsl.backends.tvm.schedules import amx
+
+    n, lq, keys = int(p.shape[0]), int(p.shape[2]), int(p.shape[3])
+    # over all the keys, whole 32-column blocks (no guard in the packs): V's rows past Lk repeat row Lk - 1,
+    # which P's zero columns cancel exactly
+    acc = amx.batch_matmul_bf16(lambda b, i, k: p[b // heads, b % heads, i, k],
+                                lambda b, k, c: kv[b // heads, tirx.min(k, lk - 1), v_off + b % heads * d + c],
+                                n * heads, lq, keys, d)
+    return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
+                      name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
+
+
+def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
+    """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
+    f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
+    and V one GEMM when queries and keys are the same tensor), Q K^T and P V ``amx.batch_matmul_bf16`` reading
+    the heads straight from the projections' [N, L, 3 dim] output and writing P V with the heads merged, the
+    softmax in f32 between them.  None where it does not apply (another precision or target, symbolic or
+    non-float32 shapes, a bias or mask on the logits)."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules import amx
+
+    target = tvm.target.Target.current(allow_none=True)
+    (n, lq, _), (_, lk, _) = shapes
+    dim = wq.shape[0]
+    if cx.precision != "bf16" or bias is not None or target is None or target.kind.name != "llvm" \
+            or not amx.has_amx_bf16(target) or not all(isinstance(v, int) for v in (n, lq, lk)) or dim % heads \
+            or any(str(e.ty.dtype) != "float32" for e in (xq, xkv)):
+        return None
+    d = dim // heads
+
+    def stacked(*bs):
+        return None if all(b is None for b in bs) else np.concatenate(
+            [np.zeros(dim, np.float32) if b is None else b for b in bs])
+
+    if xq.same_as(xkv):
+        q = kv = linear(cx, xq, np.concatenate([wq, wk, wv]), stacked(bq, bk, bv))  # [N, L, 3 dim]
+        k_off, v_off = dim, 2 * dim
+    else:
+        q, kv = linear(cx, xq, wq, bq), linear(cx, xkv, np.concatenate([wk, wv]), stacked(bk, bv))
+        k_off, v_off = 0, dim
+    logits = cx.bb.emit_te(_logits_bf16, q, kv, heads, d, k_off, scale, primfunc_name_hint="attention_qk_bf16_amx")
+    probs = cx.emit(R.nn.softmax(logits, axis=-1))
+    y = cx.bb.emit_te(_values_bf16, probs, kv, heads, d, lk, v_off, primfunc_name_hint="attention_pv_bf16_amx")
+    return linear(cx, y, wo, bo)
+
+
 def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale, bias=None):
     """Multi-head attention of queries xq [N, Lq, C] over xkv [N, Lk, Ck]; returns [N, Lq, dim]."""
     (n, lq, _), (_, lk, _) = shapes
     dim = wq.shape[0]
     d = dim // heads
+    tiles = _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
+                      scale if scale is not None else 1.0 / math.sqrt(d), bias)
+    if tiles is not None:
+        return tiles
     fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
                          scale if scale is not None else 1.0 / math.sqrt(d), bias)
     if fast is not None:

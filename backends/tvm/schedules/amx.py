@@ -334,6 +334,93 @@ def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometr
                       name="amx_out", attrs={ATTR: "amx_requant"})
 
 
+# ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
+def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_along_k: bool = False) -> te.Tensor:
+    """acc [batch, n/16, rows, 16] f32: acc[b, j // 16, i, j % 16] = sum_kk A_b[i, kk] B_b[kk, j], on AMX tiles
+    (``tdpbf16ps``, the conv's micro-kernel with one tap).  ``a_read(b, i, kk)`` and ``b_read(b, kk, j)`` give the
+    f32 operands (A_b m x k, B_b k x n, indices always in range); the packs round them to bf16 and lay them out as
+    tiles: A as [batch, k/32, rows, 32] u16 (a tile = 16 rows of 32 bf16, 64 bytes apart), B as [batch, n/16, k/32,
+    16, 16] u32 (``pack_weight_bf16``'s B tiles: a word is the bf16 pair kk = 2p, 2p + 1 of column j).  m is padded
+    to whole 32-row blocks, k to 32, n to 32, with zeros; the 2 x 2-tile blocks (b, column pair, row block) run in a
+    parallel loop.  ``b_along_k``: B's memory is contiguous along kk (B = K^T), so its pack is vectorized over the
+    pairs rather than the columns.  Only the guards a shape needs are emitted (a lane-varying guard keeps TVM from
+    vectorizing the pack)."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    rows, kb, n_ob = _cdiv(m, BLOCK_ROWS) * BLOCK_ROWS, _cdiv(k, BF16_CHANNELS), _cdiv(n, BLOCK_OC) * 2
+
+    def guarded(conds, value, dtype):
+        conds = [c for c in conds if c is not None]
+        return tirx.Select(tirx.all(*conds), value, tirx.const(0, dtype)) if conds else value
+
+    def pack_a(b, c, i, e):
+        kk = c * BF16_CHANNELS + e
+        v = to_bf16_bits(a_read(b, tirx.min(i, m - 1) if rows > m else i, tirx.min(kk, k - 1) if kb * 32 > k else kk))
+        return guarded([i < m if rows > m else None, kk < k if kb * 32 > k else None], v, "uint16")
+
+    def pack_b(b, o, c, p, j):
+        kk, col = c * BF16_CHANNELS + p * 2, o * OC + j
+        kk_pad, col_pad = kb * 32 > k, n_ob * OC > n
+        col_r = tirx.min(col, n - 1) if col_pad else col
+
+        def word(e):
+            r = tirx.min(kk + e, k - 1) if kk_pad else kk + e
+            return guarded([kk + e < k if kk_pad else None], to_bf16_bits(b_read(b, r, col_r)), "uint16").astype("uint32")
+
+        return guarded([col < n if col_pad else None], word(0) | (word(1) << tirx.const(16, "uint32")), "uint32")
+
+    xa = te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name="amx_pack", attrs={ATTR: "amx_pack"})
+    xb = te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b, name="amx_pack_b",
+                    attrs={ATTR: "amx_pack_bk" if b_along_k else "amx_pack_b"})
+    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, taps = ins
+        acc, = outs
+        t = tirx.Var("block", "int32")
+        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
+        call = tirx.call_extern(
+            "int32", EXTERN_BF16,
+            acc.access_ptr("w", offset=((bi * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
+            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+            taps.access_ptr("r"), i64(1), i64(kb),
+            wt.access_ptr("r", offset=(bi * n_ob + 2 * j) * kb * 256), i64(kb * 1024))
+        loop = tirx.For(t, 0, batch * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_BF16), loop)
+
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (xb, "xb"), (offs, "taps"))]
+    out = tirx.decl_buffer((batch, n_ob, rows, OC), "float32", "acc")
+    return te.extern((batch, n_ob, rows, OC), [xa, xb, offs], body, name="amx_batch_matmul", dtype="float32",
+                     in_buffers=buffers, out_buffers=[out])
+
+
+def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
+    """``batch_matmul_bf16``'s kernels: both packs and the output (``amx_batch_out``, with what FuseOps put
+    after it) in parallel loops, their rows vectorized (B = K^T's pack along the pairs: contiguous reads)."""
+    out = sch.get_sblock(blocks["amx_batch_out"])
+    tail = inline_consumers(sch, out)
+    loops = sch.get_loops(out)
+    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    _vectorize_by(sch, loops[-1], OC)
+    pack = sch.get_sblock(blocks["amx_pack"])  # [batch, k/32, rows, 32]
+    loops = sch.get_loops(pack)
+    sch.parallel(sch.fuse(*loops[:3]))
+    sch.vectorize(loops[3])
+    for key in ("amx_pack_b", "amx_pack_bk"):  # [batch, n/16, k/32, 16 pairs, 16 columns]
+        if key in blocks:
+            b, o, c, p, j = sch.get_loops(sch.get_sblock(blocks[key]))
+            sch.parallel(sch.fuse(b, o, c))
+            if key == "amx_pack_bk":
+                sch.reorder(j, p)
+                sch.vectorize(p)
+            else:
+                sch.vectorize(j)
+    for block in tail:
+        parallel_outer(sch, block, 2)
+
+
 # ---- schedule ----------------------------------------------------------------------------------------------
 def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
     """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
@@ -373,4 +460,4 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
-           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "LLVM_IR", "LLVM_IR_BF16"]
+           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "schedule", "schedule_batch", "LLVM_IR", "LLVM_IR_BF16"]

@@ -62,6 +62,11 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
         int8_depthwise.schedule_nchw(sch, dw)
         return True
     blocks = _annotated_blocks(sch)
+    if "amx_batch_out" in blocks:  # amx.batch_matmul_bf16 (attention on AMX tiles, lower_attention.py)
+        from convdsl.backends.tvm.schedules import amx
+
+        amx.schedule_batch(sch, blocks, _inline_consumers, _parallel_outer)
+        return True
     if "amx_requant" in blocks:  # schedules/amx.py's kernel (built only for AMX targets)
         from convdsl.backends.tvm.schedules import amx
 
