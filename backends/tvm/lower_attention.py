@@ -140,46 +140,50 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
-def _logits_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
-    """q [N, Lq, >= heads*d], kv [N, Lk, ...] (K at columns k_off + h*d) -> scale * Q K^T [N, heads, Lq, keys]
-    on AMX tiles, keys = Lk up to whole 32-column blocks, the padded keys' logits -inf."""
-    from tvm import te, tirx
+def _attention_bf16(q, kv, heads: int, d: int, k_off: int, v_off: int, scale: float):
+    """softmax(scale * Q K^T) V for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d, V at
+    v_off + h*d) -> [N, Lq, heads*d] (heads merged: the output projection reads it as it is), one kernel:
+    Q K^T on AMX tiles (``amx.batch_matmul_bf16``) into f32 logits over the keys up to whole 32-column blocks
+    (the padded ones -inf), each row's max and sum of exponentials (f32), and the probabilities written
+    straight into P V's bf16 tile pack (``amx_pack_p``), P V on AMX tiles.  Neither the logits nor the
+    probabilities exist as f32 tensors of their own."""
+    from tvm import te, tirx, topi
 
     from convdsl.backends.tvm.schedules import amx
 
     n, lq, lk = int(q.shape[0]), int(q.shape[1]), int(kv.shape[1])
+    bh = n * heads
     acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
-                                lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], n * heads, lq, d, lk,
+                                lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
                                 b_along_k=True)
-    keys, ninf = int(acc.shape[1]) * amx.OC, tirx.const(float("-inf"), "float32")
-    return te.compute((n, heads, lq, keys), lambda b, h, i, j: tirx.Select(
-        j < lk, acc[b * heads + h, j // amx.OC, i, j % amx.OC] * tirx.const(scale, "float32"), ninf),
-        name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
-
-
-def _values_bf16(p, kv, heads: int, d: int, lk: int, v_off: int):
-    """p [N, heads, Lq, keys] (softmax; the keys past Lk are zeros), kv [N, Lk, ...] (V at columns v_off + h*d)
-    -> P V [N, Lq, heads*d] on AMX tiles (heads merged: the output projection reads it as it is)."""
-    from tvm import te, tirx
-
-    from convdsl.backends.tvm.schedules import amx
-
-    n, lq, keys = int(p.shape[0]), int(p.shape[2]), int(p.shape[3])
-    # over all the keys, whole 32-column blocks (no guard in the packs): V's rows past Lk repeat row Lk - 1,
-    # which P's zero columns cancel exactly
-    acc = amx.batch_matmul_bf16(lambda b, i, k: p[b // heads, b % heads, i, k],
-                                lambda b, k, c: kv[b // heads, tirx.min(k, lk - 1), v_off + b % heads * d + c],
-                                n * heads, lq, keys, d)
-    return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
+    keys, lanes = int(acc.shape[1]) * amx.OC, amx.OC
+    ninf = tirx.const(float("-inf"), "float32")
+    logits = te.compute((bh, lq, keys), lambda b, i, j: tirx.Select(
+        j < lk, acc[b, j // amx.OC, i, j % amx.OC] * tirx.const(scale, "float32"), ninf), name="attn_logits")
+    # each row's max and sum of exponentials as ``lanes`` partial results first (one vector per 16 keys),
+    # then across the lanes
+    jo = te.reduce_axis((0, keys // lanes), "jo")
+    top16 = te.compute((bh, lq, lanes), lambda b, i, v: te.max(logits[b, i, jo * lanes + v], axis=jo), name="attn_max16")
+    v = te.reduce_axis((0, lanes), "v")
+    top = te.compute((bh, lq), lambda b, i: te.max(top16[b, i, v], axis=v), name="attn_max")
+    e = topi.fast_exp(te.compute((bh, lq, keys), lambda b, i, c: logits[b, i, c] - top[b, i], name="attn_shift"))
+    jo2 = te.reduce_axis((0, keys // lanes), "jo2")
+    sum16 = te.compute((bh, lq, lanes), lambda b, i, v: te.sum(e[b, i, jo2 * lanes + v], axis=jo2), name="attn_sum16")
+    v2 = te.reduce_axis((0, lanes), "v2")
+    total = te.compute((bh, lq), lambda b, i: te.sum(sum16[b, i, v2], axis=v2), name="attn_sum")
+    # over all the keys (no guard in the packs): V's rows past Lk repeat row Lk - 1, times P's zeros
+    out = amx.batch_matmul_bf16(lambda b, i, c: e[b, i, c] / total[b, i],
+                                lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1), v_off + b % heads * d + col],
+                                bh, lq, keys, d, a_pack="amx_pack_p")
+    return te.compute((n, lq, heads * d), lambda b, i, c: out[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
                       name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
 
 
 def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
     f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
-    and V one GEMM when queries and keys are the same tensor), Q K^T and P V ``amx.batch_matmul_bf16`` reading
-    the heads straight from the projections' [N, L, 3 dim] output and writing P V with the heads merged, the
-    softmax in f32 between them.  None where it does not apply (another precision or target, symbolic or
+    and V one GEMM when queries and keys are the same tensor), the attention itself one kernel
+    (``_attention_bf16``) reading the heads straight from the projections' [N, L, 3 dim] output.  None where it does not apply (another precision or target, symbolic or
     non-float32 shapes, a bias or mask on the logits)."""
     import tvm
 
@@ -204,9 +208,7 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     else:
         q, kv = linear(cx, xq, wq, bq), linear(cx, xkv, np.concatenate([wk, wv]), stacked(bk, bv))
         k_off, v_off = 0, dim
-    logits = cx.bb.emit_te(_logits_bf16, q, kv, heads, d, k_off, scale, primfunc_name_hint="attention_qk_bf16_amx")
-    probs = cx.emit(R.nn.softmax(logits, axis=-1))
-    y = cx.bb.emit_te(_values_bf16, probs, kv, heads, d, lk, v_off, primfunc_name_hint="attention_pv_bf16_amx")
+    y = cx.bb.emit_te(_attention_bf16, q, kv, heads, d, k_off, v_off, scale, primfunc_name_hint="attention_bf16_amx")
     return linear(cx, y, wo, bo)
 
 

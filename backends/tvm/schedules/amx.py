@@ -335,7 +335,8 @@ def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometr
 
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
-def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_along_k: bool = False) -> te.Tensor:
+def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_along_k: bool = False,
+                      a_pack: str = "amx_pack", b_pack: str | None = None) -> te.Tensor:
     """acc [batch, n/16, rows, 16] f32: acc[b, j // 16, i, j % 16] = sum_kk A_b[i, kk] B_b[kk, j], on AMX tiles
     (``tdpbf16ps``, the conv's micro-kernel with one tap).  ``a_read(b, i, kk)`` and ``b_read(b, kk, j)`` give the
     f32 operands (A_b m x k, B_b k x n, indices always in range); the packs round them to bf16 and lay them out as
@@ -344,7 +345,8 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
     to whole 32-row blocks, k to 32, n to 32, with zeros; the 2 x 2-tile blocks (b, column pair, row block) run in a
     parallel loop.  ``b_along_k``: B's memory is contiguous along kk (B = K^T), so its pack is vectorized over the
     pairs rather than the columns.  Only the guards a shape needs are emitted (a lane-varying guard keeps TVM from
-    vectorizing the pack)."""
+    vectorizing the pack).  ``a_pack`` / ``b_pack``: the packs' block annotations (``schedule_batch`` finds them by
+    it; a kernel with two products names them apart)."""
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     rows, kb, n_ob = _cdiv(m, BLOCK_ROWS) * BLOCK_ROWS, _cdiv(k, BF16_CHANNELS), _cdiv(n, BLOCK_OC) * 2
@@ -369,9 +371,9 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
 
         return guarded([col < n if col_pad else None], word(0) | (word(1) << tirx.const(16, "uint32")), "uint32")
 
-    xa = te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name="amx_pack", attrs={ATTR: "amx_pack"})
-    xb = te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b, name="amx_pack_b",
-                    attrs={ATTR: "amx_pack_bk" if b_along_k else "amx_pack_b"})
+    b_pack = b_pack or ("amx_pack_bk" if b_along_k else "amx_pack_b")
+    xa = te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name=a_pack, attrs={ATTR: a_pack})
+    xb = te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b, name=b_pack, attrs={ATTR: b_pack})
     offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
@@ -397,17 +399,22 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
 
 
 def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
-    """``batch_matmul_bf16``'s kernels: both packs and the output (``amx_batch_out``, with what FuseOps put
-    after it) in parallel loops, their rows vectorized (B = K^T's pack along the pairs: contiguous reads)."""
+    """``batch_matmul_bf16``'s kernels: the packs and the output (``amx_batch_out``, with what FuseOps put after
+    it) in parallel loops, their rows vectorized (B = K^T's pack along the pairs: contiguous reads).  Attention's
+    (``lower_attention._attention_bf16``): everything between Q K^T and P V's pack (logits, shift, exp) inlined,
+    the probabilities' pack (``amx_pack_p``) row by row with each row's max and sum computed in it."""
     out = sch.get_sblock(blocks["amx_batch_out"])
     tail = inline_consumers(sch, out)
     loops = sch.get_loops(out)
     sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
     _vectorize_by(sch, loops[-1], OC)
-    pack = sch.get_sblock(blocks["amx_pack"])  # [batch, k/32, rows, 32]
-    loops = sch.get_loops(pack)
-    sch.parallel(sch.fuse(*loops[:3]))
-    sch.vectorize(loops[3])
+    if "amx_pack_p" in blocks:
+        _schedule_softmax_pack(sch, sch.get_sblock(blocks["amx_pack_p"]))
+    if "amx_pack" in blocks:
+        pack = sch.get_sblock(blocks["amx_pack"])  # [batch, k/32, rows, 32]
+        loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*loops[:3]))
+        sch.vectorize(loops[3])
     for key in ("amx_pack_b", "amx_pack_bk"):  # [batch, n/16, k/32, 16 pairs, 16 columns]
         if key in blocks:
             b, o, c, p, j = sch.get_loops(sch.get_sblock(blocks[key]))
@@ -419,6 +426,33 @@ def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers
                 sch.vectorize(j)
     for block in tail:
         parallel_outer(sch, block, 2)
+
+
+def _schedule_softmax_pack(sch: s_tir.Schedule, pack) -> None:
+    """P's pack [batch, keys/32, rows, 32] with the softmax before it (``lower_attention._attention_bf16``): the
+    elementwise blocks inlined, the row max and sum (16 partial results, vectorized, then across them) computed at
+    the pack's (batch, row) loop, which is parallel."""
+    root = sch.get_sblock("root")
+    exp = None
+    for block in sch.get_child_blocks(root):  # logits, shift: recomputed where read (vectorized there)
+        name = sch.get(block).name_hint
+        if name.startswith("attn_logits") or name.startswith("attn_shift"):
+            sch.compute_inline(block)
+        elif "fast_exp" in name:
+            exp = block
+    b, c, i, e = sch.get_loops(pack)
+    sch.reorder(b, i, c, e)
+    row = sch.fuse(b, i)
+    sch.parallel(row)
+    sch.vectorize(sch.split(e, [None, OC])[1])  # 16 keys: one row of a C tile of the logits
+    # consumers first; the row's exponentials once, into a row buffer the sum and the pack read
+    for name in ("attn_sum", "attn_sum16", "exp", "attn_max", "attn_max16"):
+        sch.compute_at(exp if name == "exp" else sch.get_sblock(name), row, preserve_unit_loops=True)
+    _vectorize_by(sch, sch.get_loops(exp)[-1], OC)
+    for name in ("attn_max16", "attn_sum16"):  # (row, 1, 1, lanes, keys / lanes): the lanes innermost, vectorized
+        loops = sch.get_loops(sch.get_sblock(name))
+        sch.reorder(loops[-1], loops[-2])
+        sch.vectorize(loops[-2])
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------

@@ -452,7 +452,7 @@ def _annotated_blocks(sch: s_tir.Schedule) -> dict[str, str]:
         if VNNI_ATTR in block.annotations:
             kind = str(block.annotations[VNNI_ATTR])
             found.setdefault(kind, block.name_hint)
-            convs += kind in ("conv", "amx_requant")
+            convs += kind in ("conv", "amx_requant", "amx_batch_out")
         todo.extend(sch.get_child_blocks(sch.get_sblock(block.name_hint)))
     return found if convs == 1 else {}
 
