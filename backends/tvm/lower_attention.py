@@ -171,8 +171,9 @@ def _attention_bf16(q, kv, heads: int, d: int, k_off: int, v_off: int, scale: fl
     sum16 = te.compute((bh, lq, lanes), lambda b, i, v: te.sum(e[b, i, jo2 * lanes + v], axis=jo2), name="attn_sum16")
     v2 = te.reduce_axis((0, lanes), "v2")
     total = te.compute((bh, lq), lambda b, i: te.sum(sum16[b, i, v2], axis=v2), name="attn_sum")
+    inv = te.compute((bh, lq), lambda b, i: tirx.const(1.0, "float32") / total[b, i], name="attn_inv")  # once a row
     # over all the keys (no guard in the packs): V's rows past Lk repeat row Lk - 1, times P's zeros
-    out = amx.batch_matmul_bf16(lambda b, i, c: e[b, i, c] / total[b, i],
+    out = amx.batch_matmul_bf16(lambda b, i, c: e[b, i, c] * inv[b, i],
                                 lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1), v_off + b % heads * d + col],
                                 bh, lq, keys, d, a_pack="amx_pack_p")
     return te.compute((n, lq, heads * d), lambda b, i, c: out[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
@@ -183,8 +184,8 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
     f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
     and V one GEMM when queries and keys are the same tensor), the attention itself one kernel
-    (``_attention_bf16``) reading the heads straight from the projections' [N, L, 3 dim] output.  None where it does not apply (another precision or target, symbolic or
-    non-float32 shapes, a bias or mask on the logits)."""
+    (``_attention_bf16``) reading the heads straight from the projections' [N, L, 3 dim] output.  None where it
+    does not apply (another precision or target, symbolic or non-float32 shapes, a bias or mask on the logits)."""
     import tvm
 
     from convdsl.backends.tvm.schedules import amx

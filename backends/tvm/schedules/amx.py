@@ -446,7 +446,7 @@ def _schedule_softmax_pack(sch: s_tir.Schedule, pack) -> None:
     sch.parallel(row)
     sch.vectorize(sch.split(e, [None, OC])[1])  # 16 keys: one row of a C tile of the logits
     # consumers first; the row's exponentials once, into a row buffer the sum and the pack read
-    for name in ("attn_sum", "attn_sum16", "exp", "attn_max", "attn_max16"):
+    for name in ("attn_inv", "attn_sum", "attn_sum16", "exp", "attn_max", "attn_max16"):
         sch.compute_at(exp if name == "exp" else sch.get_sblock(name), row, preserve_unit_loops=True)
     _vectorize_by(sch, sch.get_loops(exp)[-1], OC)
     for name in ("attn_max16", "attn_sum16"):  # (row, 1, 1, lanes, keys / lanes): the lanes innermost, vectorized
