@@ -140,23 +140,23 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
-def _attention_bf16(q, kv, heads: int, d: int, k_off: int, v_off: int, scale: float):
-    """softmax(scale * Q K^T) V for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d, V at
-    v_off + h*d) -> [N, Lq, heads*d] (heads merged: the output projection reads it as it is), one kernel:
-    Q K^T on AMX tiles (``amx.batch_matmul_bf16``) into f32 logits over the keys up to whole 32-column blocks
-    (the padded ones -inf), each row's max and sum of exponentials (f32), and the probabilities written
-    straight into P V's bf16 tile pack (``amx_pack_p``), P V on AMX tiles.  Neither the logits nor the
-    probabilities exist as f32 tensors of their own."""
+def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
+    """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d), written as
+    bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
+    up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
+    row's max and sum of exponentials in f32, the probabilities exp * (1 / sum) rounded into the pack.  Neither
+    the logits nor the probabilities exist as f32 tensors."""
     from tvm import te, tirx, topi
 
     from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     n, lq, lk = int(q.shape[0]), int(q.shape[1]), int(kv.shape[1])
     bh = n * heads
     acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
                                 lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
                                 b_along_k=True)
-    keys, lanes = int(acc.shape[1]) * amx.OC, amx.OC
+    keys, rows, lanes = int(acc.shape[1]) * amx.OC, int(acc.shape[2]), amx.OC
     ninf = tirx.const(float("-inf"), "float32")
     logits = te.compute((bh, lq, keys), lambda b, i, j: tirx.Select(
         j < lk, acc[b, j // amx.OC, i, j % amx.OC] * tirx.const(scale, "float32"), ninf), name="attn_logits")
@@ -172,19 +172,36 @@ def _attention_bf16(q, kv, heads: int, d: int, k_off: int, v_off: int, scale: fl
     v2 = te.reduce_axis((0, lanes), "v2")
     total = te.compute((bh, lq), lambda b, i: te.sum(sum16[b, i, v2], axis=v2), name="attn_sum")
     inv = te.compute((bh, lq), lambda b, i: tirx.const(1.0, "float32") / total[b, i], name="attn_inv")  # once a row
-    # over all the keys (no guard in the packs): V's rows past Lk repeat row Lk - 1, times P's zeros
-    out = amx.batch_matmul_bf16(lambda b, i, c: e[b, i, c] * inv[b, i],
-                                lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1), v_off + b % heads * d + col],
-                                bh, lq, keys, d, a_pack="amx_pack_p")
-    return te.compute((n, lq, heads * d), lambda b, i, c: out[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
+
+    def pack(b, c, i, k):
+        row = tirx.min(i, lq - 1)
+        return tirx.Select(i < lq, to_bf16_bits(e[b, row, c * 32 + k] * inv[b, row]), tirx.const(0, "uint16"))
+
+    return te.compute((bh, keys // 32, rows, 32), pack, name="amx_pack_p", attrs={amx.ATTR: "amx_pack_p"})
+
+
+def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, v_off: int):
+    """P V for P ``_attention_probs_bf16``'s pack and kv [N, Lk, ...] (V at columns v_off + h*d) -> [N, Lq, heads*d]
+    on AMX tiles (heads merged: the output projection reads it as it is)."""
+    from tvm import te, tirx
+
+    from convdsl.backends.tvm.schedules import amx
+
+    bh, kb = int(p.shape[0]), int(p.shape[1])
+    n, lk = int(kv.shape[0]), int(kv.shape[1])
+    # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
+    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1), v_off + b % heads * d + col],
+                                bh, lq, kb * 32, d, a_packed=p)
+    return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
                       name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
 
 
 def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
     f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
-    and V one GEMM when queries and keys are the same tensor), the attention itself one kernel
-    (``_attention_bf16``) reading the heads straight from the projections' [N, L, 3 dim] output.  None where it
+    and V one GEMM when queries and keys are the same tensor), the attention itself two kernels reading the heads
+    straight from the projections' [N, L, 3 dim] output: the probabilities, written as bf16 tiles
+    (``_attention_probs_bf16``), and P V (``_attention_values_bf16``).  None where it
     does not apply (another precision or target, symbolic or non-float32 shapes, a bias or mask on the logits)."""
     import tvm
 
@@ -209,7 +226,8 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     else:
         q, kv = linear(cx, xq, wq, bq), linear(cx, xkv, np.concatenate([wk, wv]), stacked(bk, bv))
         k_off, v_off = 0, dim
-    y = cx.bb.emit_te(_attention_bf16, q, kv, heads, d, k_off, v_off, scale, primfunc_name_hint="attention_bf16_amx")
+    p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, primfunc_name_hint="attention_probs_bf16_amx")
+    y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, v_off, primfunc_name_hint="attention_pv_bf16_amx")
     return linear(cx, y, wo, bo)
 
 

@@ -336,7 +336,7 @@ def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometr
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
 def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_along_k: bool = False,
-                      a_pack: str = "amx_pack", b_pack: str | None = None) -> te.Tensor:
+                      a_packed: te.Tensor | None = None) -> te.Tensor:
     """acc [batch, n/16, rows, 16] f32: acc[b, j // 16, i, j % 16] = sum_kk A_b[i, kk] B_b[kk, j], on AMX tiles
     (``tdpbf16ps``, the conv's micro-kernel with one tap).  ``a_read(b, i, kk)`` and ``b_read(b, kk, j)`` give the
     f32 operands (A_b m x k, B_b k x n, indices always in range); the packs round them to bf16 and lay them out as
@@ -345,8 +345,11 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
     to whole 32-row blocks, k to 32, n to 32, with zeros; the 2 x 2-tile blocks (b, column pair, row block) run in a
     parallel loop.  ``b_along_k``: B's memory is contiguous along kk (B = K^T), so its pack is vectorized over the
     pairs rather than the columns.  Only the guards a shape needs are emitted (a lane-varying guard keeps TVM from
-    vectorizing the pack).  ``a_pack`` / ``b_pack``: the packs' block annotations (``schedule_batch`` finds them by
-    it; a kernel with two products names them apart)."""
+    vectorizing the pack).  ``a_packed``: A already in its pack's layout ([batch, k/32, rows, 32] u16, another
+    kernel's output: attention's probabilities), ``a_read`` unused.
+
+    One product per kernel: TVM's StorageRewrite may give a dead pack's memory to a later buffer of another
+    dtype, and the micro-kernel's typed pointers into it then fail to build."""
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     rows, kb, n_ob = _cdiv(m, BLOCK_ROWS) * BLOCK_ROWS, _cdiv(k, BF16_CHANNELS), _cdiv(n, BLOCK_OC) * 2
@@ -371,8 +374,9 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
 
         return guarded([col < n if col_pad else None], word(0) | (word(1) << tirx.const(16, "uint32")), "uint32")
 
-    b_pack = b_pack or ("amx_pack_bk" if b_along_k else "amx_pack_b")
-    xa = te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name=a_pack, attrs={ATTR: a_pack})
+    b_pack = "amx_pack_bk" if b_along_k else "amx_pack_b"
+    xa = a_packed if a_packed is not None else te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name="amx_pack",
+                                                          attrs={ATTR: "amx_pack"})
     xb = te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b, name=b_pack, attrs={ATTR: b_pack})
     offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
@@ -401,13 +405,15 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
 def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
     """``batch_matmul_bf16``'s kernels: the packs and the output (``amx_batch_out``, with what FuseOps put after
     it) in parallel loops, their rows vectorized (B = K^T's pack along the pairs: contiguous reads).  Attention's
-    (``lower_attention._attention_bf16``): everything between Q K^T and P V's pack (logits, shift, exp) inlined,
-    the probabilities' pack (``amx_pack_p``) row by row with each row's max and sum computed in it."""
-    out = sch.get_sblock(blocks["amx_batch_out"])
-    tail = inline_consumers(sch, out)
-    loops = sch.get_loops(out)
-    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
-    _vectorize_by(sch, loops[-1], OC)
+    probabilities (``lower_attention._attention_probs_bf16``): everything between Q K^T and their pack
+    (``amx_pack_p``, the kernel's output) inlined, the pack row by row with each row's max and sum computed in it."""
+    tail = []
+    if "amx_batch_out" in blocks:
+        out = sch.get_sblock(blocks["amx_batch_out"])
+        tail = inline_consumers(sch, out)
+        loops = sch.get_loops(out)
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        _vectorize_by(sch, loops[-1], OC)
     if "amx_pack_p" in blocks:
         _schedule_softmax_pack(sch, sch.get_sblock(blocks["amx_pack_p"]))
     if "amx_pack" in blocks:
@@ -429,7 +435,7 @@ def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers
 
 
 def _schedule_softmax_pack(sch: s_tir.Schedule, pack) -> None:
-    """P's pack [batch, keys/32, rows, 32] with the softmax before it (``lower_attention._attention_bf16``): the
+    """P's pack [batch, keys/32, rows, 32] with the softmax before it (``lower_attention._attention_probs_bf16``): the
     elementwise blocks inlined, the row max and sum (16 partial results, vectorized, then across them) computed at
     the pack's (batch, row) loop, which is parallel."""
     root = sch.get_sblock("root")
