@@ -302,6 +302,9 @@ BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
 BF16_TOKENS = """network t(x: f32[1, 197, 64]) {
     return x | linear(96) | gelu | linear(48)
 }"""
+BF16_PATCHES = """network p(x: f32[2, 3, 32, 48]) {
+    return x | patch_embed(64, 8) | linear(32)
+}"""  # at bf16 the patches are one GEMM on tiles (3 x 8 x 8 = 192 features), not an f32 conv
 
 
 def test_pack_weight_bf16_is_b_tiles_of_pairs():
@@ -316,8 +319,8 @@ def test_pack_weight_bf16_is_b_tiles_of_pairs():
 
 
 @needs_amx_bf16
-@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64))],
-                         ids=["convs", "tokens"])
+@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64)),
+                                       (BF16_PATCHES, (2, 3, 32, 48))], ids=["convs", "tokens", "patches"])
 def test_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape):
     from convdsl.lang.elaborate import elaborate
 
