@@ -163,12 +163,14 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
     # each row's max and sum of exponentials as ``lanes`` partial results first (one vector per 16 keys),
     # then across the lanes
     jo = te.reduce_axis((0, keys // lanes), "jo")
-    top16 = te.compute((bh, lq, lanes), lambda b, i, v: te.max(logits[b, i, jo * lanes + v], axis=jo), name="attn_max16")
+    top16 = te.compute((bh, lq, lanes), lambda b, i, v: te.max(logits[b, i, jo * lanes + v], axis=jo),
+                       name="attn_max16")
     v = te.reduce_axis((0, lanes), "v")
     top = te.compute((bh, lq), lambda b, i: te.max(top16[b, i, v], axis=v), name="attn_max")
     e = topi.fast_exp(te.compute((bh, lq, keys), lambda b, i, c: logits[b, i, c] - top[b, i], name="attn_shift"))
     jo2 = te.reduce_axis((0, keys // lanes), "jo2")
-    sum16 = te.compute((bh, lq, lanes), lambda b, i, v: te.sum(e[b, i, jo2 * lanes + v], axis=jo2), name="attn_sum16")
+    sum16 = te.compute((bh, lq, lanes), lambda b, i, v: te.sum(e[b, i, jo2 * lanes + v], axis=jo2),
+                       name="attn_sum16")
     v2 = te.reduce_axis((0, lanes), "v2")
     total = te.compute((bh, lq), lambda b, i: te.sum(sum16[b, i, v2], axis=v2), name="attn_sum")
     inv = te.compute((bh, lq), lambda b, i: tirx.const(1.0, "float32") / total[b, i], name="attn_inv")  # once a row
@@ -190,7 +192,8 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, v_off: int):
     bh, kb = int(p.shape[0]), int(p.shape[1])
     n, lk = int(kv.shape[0]), int(kv.shape[1])
     # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
-    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1), v_off + b % heads * d + col],
+    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
+                                                           v_off + b % heads * d + col],
                                 bh, lq, kb * 32, d, a_packed=p)
     return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
                       name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
@@ -226,7 +229,8 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     else:
         q, kv = linear(cx, xq, wq, bq), linear(cx, xkv, np.concatenate([wk, wv]), stacked(bk, bv))
         k_off, v_off = 0, dim
-    p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, primfunc_name_hint="attention_probs_bf16_amx")
+    p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale,
+                      primfunc_name_hint="attention_probs_bf16_amx")
     y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, v_off, primfunc_name_hint="attention_pv_bf16_amx")
     return linear(cx, y, wo, bo)
 

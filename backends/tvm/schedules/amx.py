@@ -370,7 +370,8 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
 
         def word(e):
             r = tirx.min(kk + e, k - 1) if kk_pad else kk + e
-            return guarded([kk + e < k if kk_pad else None], to_bf16_bits(b_read(b, r, col_r)), "uint16").astype("uint32")
+            bits = to_bf16_bits(b_read(b, r, col_r))
+            return guarded([kk + e < k if kk_pad else None], bits, "uint16").astype("uint32")
 
         return guarded([col < n if col_pad else None], word(0) | (word(1) << tirx.const(16, "uint32")), "uint32")
 
@@ -500,4 +501,5 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
-           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "schedule", "schedule_batch", "LLVM_IR", "LLVM_IR_BF16"]
+           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "schedule", "schedule_batch",
+           "LLVM_IR", "LLVM_IR_BF16"]
