@@ -140,7 +140,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
-def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
+def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int):
     """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d), written as
     bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
     up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
@@ -151,7 +151,7 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
     from convdsl.backends.tvm.schedules import amx
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
-    n, lq, lk = int(q.shape[0]), int(q.shape[1]), int(kv.shape[1])
+    n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
     bh = n * heads
     acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
                                 lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
@@ -182,7 +182,7 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float):
     return te.compute((bh, keys // 32, rows, 32), pack, name="amx_pack_p", attrs={amx.ATTR: "amx_pack_p"})
 
 
-def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, v_off: int):
+def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: int):
     """P V for P ``_attention_probs_bf16``'s pack and kv [N, Lk, ...] (V at columns v_off + h*d) -> [N, Lq, heads*d]
     on AMX tiles (heads merged: the output projection reads it as it is)."""
     from tvm import te, tirx
@@ -190,7 +190,7 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, v_off: int):
     from convdsl.backends.tvm.schedules import amx
 
     bh, kb = int(p.shape[0]), int(p.shape[1])
-    n, lk = int(kv.shape[0]), int(kv.shape[1])
+    n = int(kv.shape[0])
     # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
     acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
                                                            v_off + b % heads * d + col],
@@ -223,15 +223,24 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
         return None if all(b is None for b in bs) else np.concatenate(
             [np.zeros(dim, np.float32) if b is None else b for b in bs])
 
-    if xq.same_as(xkv):
+    if xq.same_as(xkv) and (3 * dim) % amx.BLOCK_OC == 0:
+        # [N, rows, 3 dim]: Q, K, V one GEMM, the bias in its tiles and no epilogue pass (rows: L up to 32s)
+        w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
+        b = stacked(bq, bk, bv)
+        q = kv = cx.bb.emit_te(amx.linear_rows_bf16, xq, cx.const(w, "uint16"),
+                               cx.const(np.zeros(3 * dim, np.float32) if b is None else b),
+                               primfunc_name_hint="qkv_bf16_amx")
+        k_off, v_off = dim, 2 * dim
+    elif xq.same_as(xkv):
         q = kv = linear(cx, xq, np.concatenate([wq, wk, wv]), stacked(bq, bk, bv))  # [N, L, 3 dim]
         k_off, v_off = dim, 2 * dim
     else:
         q, kv = linear(cx, xq, wq, bq), linear(cx, xkv, np.concatenate([wk, wv]), stacked(bk, bv))
         k_off, v_off = 0, dim
-    p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale,
+    p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, lq, lk,
                       primfunc_name_hint="attention_probs_bf16_amx")
-    y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, v_off, primfunc_name_hint="attention_pv_bf16_amx")
+    y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off,
+                      primfunc_name_hint="attention_pv_bf16_amx")
     return linear(cx, y, wo, bo)
 
 

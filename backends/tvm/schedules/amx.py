@@ -417,8 +417,10 @@ def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers
         _vectorize_by(sch, loops[-1], OC)
     if "amx_pack_p" in blocks:
         _schedule_softmax_pack(sch, sch.get_sblock(blocks["amx_pack_p"]))
-    if "amx_pack" in blocks:
-        pack = sch.get_sblock(blocks["amx_pack"])  # [batch, k/32, rows, 32]
+    for key in ("amx_pack", "amx_pack_x"):  # [batch, k/32, rows, 32]
+        if key not in blocks:
+            continue
+        pack = sch.get_sblock(blocks[key])
         loops = sch.get_loops(pack)
         sch.parallel(sch.fuse(*loops[:3]))
         sch.vectorize(loops[3])
@@ -460,6 +462,103 @@ def _schedule_softmax_pack(sch: s_tir.Schedule, pack) -> None:
         loops = sch.get_loops(sch.get_sblock(name))
         sch.reorder(loops[-1], loops[-2])
         sch.vectorize(loops[-2])
+
+
+# ---- bf16 linear with its bias, written in place (no acc buffer, no epilogue pass) ----------------------------
+EXTERN_BF16_ROWS = "convdsl_amx_dpbf16ps_2x2_rows"
+# C[2 x 2 tiles] = bias + sum over steps s of A(s) . B(s): C starts as the bias (a 64-byte row loaded with stride 0:
+# 16 equal rows), A's blocks ``a_k`` bytes apart, B as ``_micro_kernel``'s; C is stored straight into a row-major
+# output, rows ``c_row`` bytes apart (the second pixel tile 16 rows on, the second channel block 64 bytes on)
+LLVM_IR_BF16_ROWS = f"""
+define linkonce_odr i32 @{EXTERN_BF16_ROWS}(ptr %c, i64 %c_row, ptr %a, i64 %a_k, i64 %steps, ptr %b, i64 %b_ob,
+                                           ptr %bias) alwaysinline {{
+entry:
+  %bias1 = getelementptr i8, ptr %bias, i64 64
+  %z00 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias, i64 0)
+  %z01 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias1, i64 0)
+  %z10 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias, i64 0)
+  %z11 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias1, i64 0)
+  br label %loop
+loop:
+  %s = phi i64 [0, %entry], [%s1, %loop]
+  %c00 = phi x86_amx [%z00, %entry], [%n00, %loop]
+  %c01 = phi x86_amx [%z01, %entry], [%n01, %loop]
+  %c10 = phi x86_amx [%z10, %entry], [%n10, %loop]
+  %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
+  %ao = mul i64 %s, %a_k
+  %a0 = getelementptr i8, ptr %a, i64 %ao
+  %a1 = getelementptr i8, ptr %a0, i64 1024
+  %bo = shl i64 %s, 10
+  %b0 = getelementptr i8, ptr %b, i64 %bo
+  %b1 = getelementptr i8, ptr %b0, i64 %b_ob
+  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
+  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
+  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
+  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
+  %n00 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
+  %n01 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
+  %n10 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
+  %n11 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
+  %s1 = add i64 %s, 1
+  %done = icmp eq i64 %s1, %steps
+  br i1 %done, label %exit, label %loop
+exit:
+  %down = shl i64 %c_row, 4
+  %c1 = getelementptr i8, ptr %c, i64 %down
+  %cb = getelementptr i8, ptr %c, i64 64
+  %cb1 = getelementptr i8, ptr %c1, i64 64
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c, i64 %c_row, x86_amx %n00)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c1, i64 %c_row, x86_amx %n10)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb, i64 %c_row, x86_amx %n01)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb1, i64 %c_row, x86_amx %n11)
+  ret i32 0
+}}
+declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
+declare x86_amx @llvm.x86.tdpbf16ps.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
+declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
+"""
+
+
+def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
+    """x [N, L, K] f32 @ W + bias -> [N, rows, O] f32, rows = L up to whole 32-row blocks (the rows past L are
+    computed from copies of row L - 1: whatever reads the result reads its first L rows), W
+    ``pack_weight_bf16`` of [O, K, 1, 1] (O a multiple of 32), bias [O] f32.  The tiles start as the bias and are
+    stored straight into the output (``LLVM_IR_BF16_ROWS``): no f32 accumulator buffer and no epilogue pass over
+    it, which a plain ``dense_bf16`` spends on an output of 3 x 384 columns (ViT-S's Q/K/V) as long as on its
+    GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A)."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    n, length, k = (int(d) for d in x.shape)
+    n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
+    rows, out = _cdiv(length, BLOCK_ROWS) * BLOCK_ROWS, n_ob * OC
+
+    def pack(b, c, i, e):
+        kk = c * BF16_CHANNELS + e
+        v = to_bf16_bits(x[b, tirx.min(i, length - 1), tirx.min(kk, k - 1) if kb * BF16_CHANNELS > k else kk])
+        return tirx.Select(kk < k, v, tirx.const(0, "uint16")) if kb * BF16_CHANNELS > k else v
+
+    xa = te.compute((n, kb, rows, BF16_CHANNELS), pack, name="amx_pack", attrs={ATTR: "amx_pack_x"})
+    pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, bs = ins
+        y, = outs
+        t = tirx.Var("block", "int32")
+        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
+        call = tirx.call_extern(
+            "int32", EXTERN_BF16_ROWS,
+            y.access_ptr("w", offset=(bi * rows + pb * BLOCK_ROWS) * out + j * BLOCK_OC), i64(out * 4),
+            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+            i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024),
+            bs.access_ptr("r", offset=j * BLOCK_OC))
+        loop = tirx.For(t, 0, n * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_BF16_ROWS), loop)
+
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (kernel, "w"), (bias, "bias"))]
+    y = tirx.decl_buffer((n, rows, out), "float32", "y")
+    return te.extern((n, rows, out), [xa, kernel, bias], body, name="amx_linear_rows", dtype="float32",
+                     in_buffers=buffers, out_buffers=[y])
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------

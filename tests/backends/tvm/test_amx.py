@@ -383,8 +383,11 @@ ATTENTION_CASES = {  # ViT-S's 197 tokens (keys padded to 224, queries to 7 bloc
     # gave a dead pack's memory to a buffer of another dtype while both products were one kernel)
     "cls_query": ("network t(x: f32[2, 1, 96], ctx: f32[2, 65, 96]) {\n    return (x, ctx) | "
                   "cross_attention(heads=3) as attn\n}", (2, 1, 96), (2, 65, 96)),
+    # 3 x 48 = 144 projection columns, not whole 32-column blocks: Q/K/V through layout.py's dense, not
+    # amx.linear_rows_bf16
+    "odd_width": ("network t(x: f32[1, 20, 48]) {\n    return x | mhsa(heads=3) as attn\n}", (1, 20, 48), None),
 }
-ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3}
+ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3}
 
 
 @needs_amx_bf16
@@ -413,7 +416,8 @@ def test_attention_bf16_on_amx_matches_torch_bf16_arithmetic(case):
 
 @needs_amx_bf16
 def test_attention_bf16_kernels_are_amx():
-    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection, Q K^T, P V, the output projection."""
+    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``linear_rows_bf16``: bias in the tiles),
+    Q K^T, P V, the output projection."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
@@ -426,4 +430,5 @@ def test_attention_bf16_kernels_are_amx():
             mod = lower_graph(g, precision=precision)
             mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, precision))(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-        assert sum(t.count(f'"{amx.EXTERN_BF16}"') for t in texts) == want  # micro-kernel call sites
+        calls = [sum(t.count(f'"{name}"') for t in texts) for name in (amx.EXTERN_BF16, amx.EXTERN_BF16_ROWS)]
+        assert calls == ([3, 1] if want else [0, 0])  # micro-kernel call sites
