@@ -211,7 +211,7 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
     from convdsl.backends.tvm.lowering import lower_graph
 
     with spec.tvm_target():
-        mod = tvm.transform.Sequential(optimize_passes(spec, precision))(lower_graph(graph))
+        mod = tvm.transform.Sequential(optimize_passes(spec, precision))(lower_graph(graph, precision=precision))
     out = {}
     for gv, f in mod.functions.items():
         if not isinstance(f, tvm.tirx.PrimFunc):
@@ -263,11 +263,25 @@ def _amx_flops(func, text: str) -> float | None:
     """FLOPs (ops) of a kernel whose products are convdsl's AMX micro-kernel (schedules/amx.py), which
     TVM's estimate cannot see into (an extern call): 2 x output elements x the reduction length, read
     off the packed weight [O/16, C/k, taps, k/q, 16, q] (q = 4 for int8, 2 for bf16): C * taps,
-    padded channels included.  None for any other kernel."""
+    padded channels included; for attention's ``amx.batch_matmul_bf16`` kernels, off their accumulator and
+    A pack (padded rows and keys included).  None for any other kernel."""
+    import re
+
     from convdsl.backends.tvm.schedules import amx
 
     if amx.EXTERN not in text and amx.EXTERN_BF16 not in text:
         return None
+    if "amx_batch_matmul" in text:  # amx.batch_matmul_bf16 (attention): acc [batch, n/16, rows, 16] x k
+        dims = r"(?:T\.int64\(\d+\)|\d+)"
+        allocs = {m[1]: [int(d) for d in re.findall(r"\d+", re.sub(r"T\.int64\((\d+)\)", r"\1", m[2]))]
+                  for m in re.finditer(rf"(\w+) = T\.sblock_alloc_buffer\(\(({dims}(?:, {dims})*)\)", text)}
+        acc = [v for k, v in allocs.items() if k.startswith("acc")]
+        packs = [v for k, v in allocs.items() if k == "amx_pack"] or \
+            [[int(d) for d in p.ty.shape] for p in func.params
+             if len(getattr(p.ty, "shape", ())) == 4 and str(p.ty.dtype) == "uint16"]
+        if len(acc) != 1 or len(packs) != 1:
+            return None
+        return 2.0 * float(np.prod(acc[0])) * packs[0][1] * packs[0][3]
     weights = [p.ty for p in func.params if len(getattr(p.ty, "shape", ())) == 6
                and str(p.ty.dtype) in ("int8", "uint16")]
     if len(weights) != 1:

@@ -132,7 +132,7 @@ def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
 
     target = spec.tvm_target()
     with target:  # lowerings that pack weights for the target's instructions (lower_quant's int8) read it
-        mod = lower_graph(graph, spec.backend, opts.bind, opts.dynamic)
+        mod = lower_graph(graph, spec.backend, opts.bind, opts.dynamic, opts.precision or "f32")
     seconds["lower"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -78,10 +78,13 @@ class Lowerer:
     """Lowers one graph with a lowering table; entries use its helpers."""
 
     def __init__(self, graph: Graph, table: LoweringTable[LowerFn], target: str = "tvm-llvm",
-                 bind: dict[str, int] | None = None, dynamic: tuple[str, ...] = ()) -> None:
+                 bind: dict[str, int] | None = None, dynamic: tuple[str, ...] = (), precision: str = "f32") -> None:
         self.graph = graph
         self.table = table
         self.target = target
+        # the build's compute precision (f32 | bf16 | int8; f16 on GPUs): most lowerings emit f32
+        # Relax and leave the precision to the layout pass; those with their own kernels read it
+        self.precision = precision
         self.bind = {**graph.symbols, **(bind or {})}
         # symbols kept symbolic: Relax shape variables (int64), sizes given at run time
         self.dynamic = {s: tvm.tirx.Var(s, "int64") for s in dynamic}

@@ -140,11 +140,119 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
+def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int):
+    """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d), written as
+    bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
+    up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
+    row's max and sum of exponentials in f32, the probabilities exp * (1 / sum) rounded into the pack.  Neither
+    the logits nor the probabilities exist as f32 tensors."""
+    from tvm import te, tirx, topi
+
+    from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
+    bh = n * heads
+    acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
+                                lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
+                                b_along_k=True)
+    keys, rows, lanes = int(acc.shape[1]) * amx.OC, int(acc.shape[2]), amx.OC
+    ninf = tirx.const(float("-inf"), "float32")
+    logits = te.compute((bh, lq, keys), lambda b, i, j: tirx.Select(
+        j < lk, acc[b, j // amx.OC, i, j % amx.OC] * tirx.const(scale, "float32"), ninf), name="attn_logits")
+    # each row's max and sum of exponentials as ``lanes`` partial results first (one vector per 16 keys),
+    # then across the lanes
+    jo = te.reduce_axis((0, keys // lanes), "jo")
+    top16 = te.compute((bh, lq, lanes), lambda b, i, v: te.max(logits[b, i, jo * lanes + v], axis=jo),
+                       name="attn_max16")
+    v = te.reduce_axis((0, lanes), "v")
+    top = te.compute((bh, lq), lambda b, i: te.max(top16[b, i, v], axis=v), name="attn_max")
+    e = topi.fast_exp(te.compute((bh, lq, keys), lambda b, i, c: logits[b, i, c] - top[b, i], name="attn_shift"))
+    jo2 = te.reduce_axis((0, keys // lanes), "jo2")
+    sum16 = te.compute((bh, lq, lanes), lambda b, i, v: te.sum(e[b, i, jo2 * lanes + v], axis=jo2),
+                       name="attn_sum16")
+    v2 = te.reduce_axis((0, lanes), "v2")
+    total = te.compute((bh, lq), lambda b, i: te.sum(sum16[b, i, v2], axis=v2), name="attn_sum")
+    inv = te.compute((bh, lq), lambda b, i: tirx.const(1.0, "float32") / total[b, i], name="attn_inv")  # once a row
+
+    def pack(b, c, i, k):
+        row = tirx.min(i, lq - 1)
+        return tirx.Select(i < lq, to_bf16_bits(e[b, row, c * 32 + k] * inv[b, row]), tirx.const(0, "uint16"))
+
+    return te.compute((bh, keys // 32, rows, 32), pack, name="amx_pack_p", attrs={amx.ATTR: "amx_pack_p"})
+
+
+def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: int):
+    """P V for P ``_attention_probs_bf16``'s pack and kv [N, Lk, ...] (V at columns v_off + h*d) -> [N, Lq, heads*d]
+    on AMX tiles (heads merged: the output projection reads it as it is)."""
+    from tvm import te, tirx
+
+    from convdsl.backends.tvm.schedules import amx
+
+    bh, kb = int(p.shape[0]), int(p.shape[1])
+    n = int(kv.shape[0])
+    # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
+    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
+                                                           v_off + b % heads * d + col],
+                                bh, lq, kb * 32, d, a_packed=p)
+    return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
+                      name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
+
+
+def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
+    """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
+    f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
+    and V one GEMM when queries and keys are the same tensor), the attention itself two kernels reading the heads
+    straight from the projections' [N, L, 3 dim] output: the probabilities, written as bf16 tiles
+    (``_attention_probs_bf16``), and P V (``_attention_values_bf16``).  None where it
+    does not apply (another precision or target, symbolic or non-float32 shapes, a bias or mask on the logits)."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules import amx
+
+    target = tvm.target.Target.current(allow_none=True)
+    (n, lq, _), (_, lk, _) = shapes
+    dim = wq.shape[0]
+    if cx.precision != "bf16" or bias is not None or target is None or target.kind.name != "llvm" \
+            or not amx.has_amx_bf16(target) or not all(isinstance(v, int) for v in (n, lq, lk)) or dim % heads \
+            or any(str(e.ty.dtype) != "float32" for e in (xq, xkv)):
+        return None
+    d = dim // heads
+
+    def stacked(*bs):
+        return None if all(b is None for b in bs) else np.concatenate(
+            [np.zeros(dim, np.float32) if b is None else b for b in bs])
+
+    if xq.same_as(xkv) and (3 * dim) % amx.BLOCK_OC == 0:
+        # [N, rows, 3 dim]: Q, K, V one GEMM, the bias in its tiles and no epilogue pass (rows: L up to 32s)
+        w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
+        b = stacked(bq, bk, bv)
+        q = kv = cx.bb.emit_te(amx.linear_rows_bf16, xq, cx.const(w, "uint16"),
+                               cx.const(np.zeros(3 * dim, np.float32) if b is None else b),
+                               primfunc_name_hint="qkv_bf16_amx")
+        k_off, v_off = dim, 2 * dim
+    elif xq.same_as(xkv):
+        q = kv = linear(cx, xq, np.concatenate([wq, wk, wv]), stacked(bq, bk, bv))  # [N, L, 3 dim]
+        k_off, v_off = dim, 2 * dim
+    else:
+        q, kv = linear(cx, xq, wq, bq), linear(cx, xkv, np.concatenate([wk, wv]), stacked(bk, bv))
+        k_off, v_off = 0, dim
+    p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, lq, lk,
+                      primfunc_name_hint="attention_probs_bf16_amx")
+    y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off,
+                      primfunc_name_hint="attention_pv_bf16_amx")
+    return linear(cx, y, wo, bo)
+
+
 def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale, bias=None):
     """Multi-head attention of queries xq [N, Lq, C] over xkv [N, Lk, Ck]; returns [N, Lq, dim]."""
     (n, lq, _), (_, lk, _) = shapes
     dim = wq.shape[0]
     d = dim // heads
+    tiles = _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
+                      scale if scale is not None else 1.0 / math.sqrt(d), bias)
+    if tiles is not None:
+        return tiles
     fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
                          scale if scale is not None else 1.0 / math.sqrt(d), bias)
     if fast is not None:
@@ -383,7 +491,16 @@ def _halo_attention(cx, node, args, ins):
 # ---- tokens ----------------------------------------------------------------------------------------
 def _patch_embed(cx, node, args, ins):
     ph, pw = tuple_n(node.attrs["patch"], 2)
-    n, c, _, _ = cx.shape(ins[0])
+    n, c, h, w = cx.shape(ins[0])
+    if cx.precision == "bf16" and all(isinstance(v, int) for v in (n, c, h, w)):
+        # the patches as rows of one GEMM (a stride = kernel conv is a permutation and a matmul): layout.py runs
+        # it on bf16 tiles, where the conv, with its 3 input channels, would stay f32 (ViT-S: 0.72 ms, 3% of
+        # the bf16 build on one thread)
+        oh, ow = h // ph, w // pw
+        x = cx.emit(R.reshape(args[0], (n, c, oh, ph, ow, pw)))
+        x = cx.emit(R.reshape(cx.emit(R.permute_dims(x, [0, 2, 4, 1, 3, 5])), (n, oh * ow, c * ph * pw)))
+        weight = cx.param("weight").reshape(node.attrs["dim"], c * ph * pw)
+        return linear(cx, x, weight, cx.param("bias") if node.attrs["bias"] else None)
     y = cx.emit(R.nn.conv2d(args[0], cx.const(cx.param("weight")), strides=(ph, pw)))
     if node.attrs["bias"]:
         y = cx.emit(R.add(y, cx.const(cx.param("bias").reshape(1, -1, 1, 1))))

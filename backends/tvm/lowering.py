@@ -30,10 +30,12 @@ TVM_LOWERINGS: LoweringTable[LowerFn] = LoweringTable("tvm", [f.LOWERINGS for f 
 
 
 def lower_graph(graph: Graph, target: str = "tvm-llvm", bind: dict[str, int] | None = None,
-                dynamic: tuple[str, ...] = ()):
+                dynamic: tuple[str, ...] = (), precision: str = "f32"):
     """convdsl graph -> Relax IRModule with one function ``main`` (weights as constants);
-    the symbols in ``dynamic`` stay Relax shape variables (sizes given at run time)."""
-    return Lowerer(graph, TVM_LOWERINGS, target, bind, dynamic).lower()
+    the symbols in ``dynamic`` stay Relax shape variables (sizes given at run time).
+    ``precision``: the build's (``Lowerer.precision``), for the lowerings that emit their own
+    kernels at that precision (attention's on AMX bf16 tiles)."""
+    return Lowerer(graph, TVM_LOWERINGS, target, bind, dynamic, precision).lower()
 
 
 def lowering_for(node: Node, target: str = "tvm-llvm") -> LowerFn:

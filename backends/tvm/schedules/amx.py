@@ -338,6 +338,233 @@ def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometr
                       name="amx_out", attrs={ATTR: "amx_requant"})
 
 
+# ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
+def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_along_k: bool = False,
+                      a_packed: te.Tensor | None = None) -> te.Tensor:
+    """acc [batch, n/16, rows, 16] f32: acc[b, j // 16, i, j % 16] = sum_kk A_b[i, kk] B_b[kk, j], on AMX tiles
+    (``tdpbf16ps``, the conv's micro-kernel with one tap).  ``a_read(b, i, kk)`` and ``b_read(b, kk, j)`` give the
+    f32 operands (A_b m x k, B_b k x n, indices always in range); the packs round them to bf16 and lay them out as
+    tiles: A as [batch, k/32, rows, 32] u16 (a tile = 16 rows of 32 bf16, 64 bytes apart), B as [batch, n/16, k/32,
+    16, 16] u32 (``pack_weight_bf16``'s B tiles: a word is the bf16 pair kk = 2p, 2p + 1 of column j).  m is padded
+    to whole 32-row blocks, k to 32, n to 32, with zeros; the 2 x 2-tile blocks (b, column pair, row block) run in a
+    parallel loop.  ``b_along_k``: B's memory is contiguous along kk (B = K^T), so its pack is vectorized over the
+    pairs rather than the columns.  Only the guards a shape needs are emitted (a lane-varying guard keeps TVM from
+    vectorizing the pack).  ``a_packed``: A already in its pack's layout ([batch, k/32, rows, 32] u16, another
+    kernel's output: attention's probabilities), ``a_read`` unused.
+
+    One product per kernel: TVM's StorageRewrite may give a dead pack's memory to a later buffer of another
+    dtype, and the micro-kernel's typed pointers into it then fail to build."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    rows, kb, n_ob = _cdiv(m, BLOCK_ROWS) * BLOCK_ROWS, _cdiv(k, BF16_CHANNELS), _cdiv(n, BLOCK_OC) * 2
+
+    def guarded(conds, value, dtype):
+        conds = [c for c in conds if c is not None]
+        return tirx.Select(tirx.all(*conds), value, tirx.const(0, dtype)) if conds else value
+
+    def pack_a(b, c, i, e):
+        kk = c * BF16_CHANNELS + e
+        v = to_bf16_bits(a_read(b, tirx.min(i, m - 1) if rows > m else i, tirx.min(kk, k - 1) if kb * 32 > k else kk))
+        return guarded([i < m if rows > m else None, kk < k if kb * 32 > k else None], v, "uint16")
+
+    def pack_b(b, o, c, p, j):
+        kk, col = c * BF16_CHANNELS + p * 2, o * OC + j
+        kk_pad, col_pad = kb * 32 > k, n_ob * OC > n
+        col_r = tirx.min(col, n - 1) if col_pad else col
+
+        def word(e):
+            r = tirx.min(kk + e, k - 1) if kk_pad else kk + e
+            bits = to_bf16_bits(b_read(b, r, col_r))
+            return guarded([kk + e < k if kk_pad else None], bits, "uint16").astype("uint32")
+
+        return guarded([col < n if col_pad else None], word(0) | (word(1) << tirx.const(16, "uint32")), "uint32")
+
+    b_pack = "amx_pack_bk" if b_along_k else "amx_pack_b"
+    xa = a_packed if a_packed is not None else te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name="amx_pack",
+                                                          attrs={ATTR: "amx_pack"})
+    xb = te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b, name=b_pack, attrs={ATTR: b_pack})
+    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, taps = ins
+        acc, = outs
+        t = tirx.Var("block", "int32")
+        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
+        call = tirx.call_extern(
+            "int32", EXTERN_BF16,
+            acc.access_ptr("w", offset=((bi * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
+            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+            taps.access_ptr("r"), i64(1), i64(kb),
+            wt.access_ptr("r", offset=(bi * n_ob + 2 * j) * kb * 256), i64(kb * 1024))
+        loop = tirx.For(t, 0, batch * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_BF16), loop)
+
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (xb, "xb"), (offs, "taps"))]
+    out = tirx.decl_buffer((batch, n_ob, rows, OC), "float32", "acc")
+    return te.extern((batch, n_ob, rows, OC), [xa, xb, offs], body, name="amx_batch_matmul", dtype="float32",
+                     in_buffers=buffers, out_buffers=[out])
+
+
+def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
+    """``batch_matmul_bf16``'s kernels: the packs and the output (``amx_batch_out``, with what FuseOps put after
+    it) in parallel loops, their rows vectorized (B = K^T's pack along the pairs: contiguous reads).  Attention's
+    probabilities (``lower_attention._attention_probs_bf16``): everything between Q K^T and their pack
+    (``amx_pack_p``, the kernel's output) inlined, the pack row by row with each row's max and sum computed in it."""
+    tail = []
+    if "amx_batch_out" in blocks:
+        out = sch.get_sblock(blocks["amx_batch_out"])
+        tail = inline_consumers(sch, out)
+        loops = sch.get_loops(out)
+        sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        _vectorize_by(sch, loops[-1], OC)
+    if "amx_pack_p" in blocks:
+        _schedule_softmax_pack(sch, sch.get_sblock(blocks["amx_pack_p"]))
+    for key in ("amx_pack", "amx_pack_x"):  # [batch, k/32, rows, 32]
+        if key not in blocks:
+            continue
+        pack = sch.get_sblock(blocks[key])
+        loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*loops[:3]))
+        sch.vectorize(loops[3])
+    for key in ("amx_pack_b", "amx_pack_bk"):  # [batch, n/16, k/32, 16 pairs, 16 columns]
+        if key in blocks:
+            b, o, c, p, j = sch.get_loops(sch.get_sblock(blocks[key]))
+            sch.parallel(sch.fuse(b, o, c))
+            if key == "amx_pack_bk":
+                sch.reorder(j, p)
+                sch.vectorize(p)
+            else:
+                sch.vectorize(j)
+    for block in tail:
+        parallel_outer(sch, block, 2)
+
+
+def _schedule_softmax_pack(sch: s_tir.Schedule, pack) -> None:
+    """P's pack [batch, keys/32, rows, 32] with the softmax before it (``lower_attention._attention_probs_bf16``): the
+    elementwise blocks inlined, the row max and sum (16 partial results, vectorized, then across them) computed at
+    the pack's (batch, row) loop, which is parallel."""
+    root = sch.get_sblock("root")
+    exp = None
+    for block in sch.get_child_blocks(root):  # logits, shift: recomputed where read (vectorized there)
+        name = sch.get(block).name_hint
+        if name.startswith("attn_logits") or name.startswith("attn_shift"):
+            sch.compute_inline(block)
+        elif "fast_exp" in name:
+            exp = block
+    b, c, i, e = sch.get_loops(pack)
+    sch.reorder(b, i, c, e)
+    row = sch.fuse(b, i)
+    sch.parallel(row)
+    sch.vectorize(sch.split(e, [None, OC])[1])  # 16 keys: one row of a C tile of the logits
+    # consumers first; the row's exponentials once, into a row buffer the sum and the pack read
+    for name in ("attn_inv", "attn_sum", "attn_sum16", "exp", "attn_max", "attn_max16"):
+        sch.compute_at(exp if name == "exp" else sch.get_sblock(name), row, preserve_unit_loops=True)
+    _vectorize_by(sch, sch.get_loops(exp)[-1], OC)
+    for name in ("attn_max16", "attn_sum16"):  # (row, 1, 1, lanes, keys / lanes): the lanes innermost, vectorized
+        loops = sch.get_loops(sch.get_sblock(name))
+        sch.reorder(loops[-1], loops[-2])
+        sch.vectorize(loops[-2])
+
+
+# ---- bf16 linear with its bias, written in place (no acc buffer, no epilogue pass) ----------------------------
+EXTERN_BF16_ROWS = "convdsl_amx_dpbf16ps_2x2_rows"
+# C[2 x 2 tiles] = bias + sum over steps s of A(s) . B(s): C starts as the bias (a 64-byte row loaded with stride 0:
+# 16 equal rows), A's blocks ``a_k`` bytes apart, B as ``_micro_kernel``'s; C is stored straight into a row-major
+# output, rows ``c_row`` bytes apart (the second pixel tile 16 rows on, the second channel block 64 bytes on)
+LLVM_IR_BF16_ROWS = f"""
+define linkonce_odr i32 @{EXTERN_BF16_ROWS}(ptr %c, i64 %c_row, ptr %a, i64 %a_k, i64 %steps, ptr %b, i64 %b_ob,
+                                           ptr %bias) alwaysinline {{
+entry:
+  %bias1 = getelementptr i8, ptr %bias, i64 64
+  %z00 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias, i64 0)
+  %z01 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias1, i64 0)
+  %z10 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias, i64 0)
+  %z11 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %bias1, i64 0)
+  br label %loop
+loop:
+  %s = phi i64 [0, %entry], [%s1, %loop]
+  %c00 = phi x86_amx [%z00, %entry], [%n00, %loop]
+  %c01 = phi x86_amx [%z01, %entry], [%n01, %loop]
+  %c10 = phi x86_amx [%z10, %entry], [%n10, %loop]
+  %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
+  %ao = mul i64 %s, %a_k
+  %a0 = getelementptr i8, ptr %a, i64 %ao
+  %a1 = getelementptr i8, ptr %a0, i64 1024
+  %bo = shl i64 %s, 10
+  %b0 = getelementptr i8, ptr %b, i64 %bo
+  %b1 = getelementptr i8, ptr %b0, i64 %b_ob
+  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
+  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
+  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
+  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
+  %n00 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
+  %n01 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
+  %n10 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
+  %n11 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
+  %s1 = add i64 %s, 1
+  %done = icmp eq i64 %s1, %steps
+  br i1 %done, label %exit, label %loop
+exit:
+  %down = shl i64 %c_row, 4
+  %c1 = getelementptr i8, ptr %c, i64 %down
+  %cb = getelementptr i8, ptr %c, i64 64
+  %cb1 = getelementptr i8, ptr %c1, i64 64
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c, i64 %c_row, x86_amx %n00)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c1, i64 %c_row, x86_amx %n10)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb, i64 %c_row, x86_amx %n01)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb1, i64 %c_row, x86_amx %n11)
+  ret i32 0
+}}
+declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
+declare x86_amx @llvm.x86.tdpbf16ps.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
+declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
+"""
+
+
+def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
+    """x [N, L, K] f32 @ W + bias -> [N, rows, O] f32, rows = L up to whole 32-row blocks (the rows past L are
+    computed from copies of row L - 1: whatever reads the result reads its first L rows), W
+    ``pack_weight_bf16`` of [O, K, 1, 1] (O a multiple of 32), bias [O] f32.  The tiles start as the bias and are
+    stored straight into the output (``LLVM_IR_BF16_ROWS``): no f32 accumulator buffer and no epilogue pass over
+    it, which a plain ``dense_bf16`` spends on an output of 3 x 384 columns (ViT-S's Q/K/V) as long as on its
+    GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A)."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    n, length, k = (int(d) for d in x.shape)
+    n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
+    rows, out = _cdiv(length, BLOCK_ROWS) * BLOCK_ROWS, n_ob * OC
+
+    def pack(b, c, i, e):
+        kk = c * BF16_CHANNELS + e
+        v = to_bf16_bits(x[b, tirx.min(i, length - 1), tirx.min(kk, k - 1) if kb * BF16_CHANNELS > k else kk])
+        return tirx.Select(kk < k, v, tirx.const(0, "uint16")) if kb * BF16_CHANNELS > k else v
+
+    xa = te.compute((n, kb, rows, BF16_CHANNELS), pack, name="amx_pack", attrs={ATTR: "amx_pack_x"})
+    pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, bs = ins
+        y, = outs
+        t = tirx.Var("block", "int32")
+        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
+        call = tirx.call_extern(
+            "int32", EXTERN_BF16_ROWS,
+            y.access_ptr("w", offset=(bi * rows + pb * BLOCK_ROWS) * out + j * BLOCK_OC), i64(out * 4),
+            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+            i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024),
+            bs.access_ptr("r", offset=j * BLOCK_OC))
+        loop = tirx.For(t, 0, n * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_BF16_ROWS), loop)
+
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (kernel, "w"), (bias, "bias"))]
+    y = tirx.decl_buffer((n, rows, out), "float32", "y")
+    return te.extern((n, rows, out), [xa, kernel, bias], body, name="amx_linear_rows", dtype="float32",
+                     in_buffers=buffers, out_buffers=[y])
+
+
 # ---- schedule ----------------------------------------------------------------------------------------------
 def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
     """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
@@ -385,4 +612,5 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
-           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "LLVM_IR", "LLVM_IR_BF16"]
+           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "schedule", "schedule_batch",
+           "LLVM_IR", "LLVM_IR_BF16"]

@@ -62,6 +62,11 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
         int8_depthwise.schedule_nchw(sch, dw)
         return True
     blocks = _annotated_blocks(sch)
+    if {"amx_batch_out", "amx_pack_p", "amx_pack_x"} & blocks.keys():  # amx's bf16 kernels for lower_attention.py
+        from convdsl.backends.tvm.schedules import amx
+
+        amx.schedule_batch(sch, blocks, _inline_consumers, _parallel_outer)
+        return True
     if "amx_requant" in blocks:  # schedules/amx.py's kernel (built only for AMX targets)
         from convdsl.backends.tvm.schedules import amx
 
@@ -453,7 +458,7 @@ def _annotated_blocks(sch: s_tir.Schedule) -> dict[str, str]:
         if VNNI_ATTR in block.annotations:
             kind = str(block.annotations[VNNI_ATTR])
             found.setdefault(kind, block.name_hint)
-            convs += kind in ("conv", "amx_requant")
+            convs += kind in ("conv", "amx_requant", "amx_batch_out", "amx_pack_p", "amx_pack_x")
         todo.extend(sch.get_child_blocks(sch.get_sblock(block.name_hint)))
     return found if convs == 1 else {}
 

@@ -332,6 +332,9 @@ BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
 BF16_TOKENS = """network t(x: f32[1, 197, 64]) {
     return x | linear(96) | gelu | linear(48)
 }"""
+BF16_PATCHES = """network p(x: f32[2, 3, 32, 48]) {
+    return x | patch_embed(64, 8) | linear(32)
+}"""  # at bf16 the patches are one GEMM on tiles (3 x 8 x 8 = 192 features), not an f32 conv
 
 
 def test_pack_weight_bf16_is_b_tiles_of_pairs():
@@ -346,8 +349,8 @@ def test_pack_weight_bf16_is_b_tiles_of_pairs():
 
 
 @needs_amx_bf16
-@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64))],
-                         ids=["convs", "tokens"])
+@pytest.mark.parametrize("src,shape", [(BF16_NET, (1, 32, 14, 14)), (BF16_TOKENS, (1, 197, 64)),
+                                       (BF16_PATCHES, (2, 3, 32, 48))], ids=["convs", "tokens", "patches"])
 def test_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape):
     from convdsl.lang.elaborate import elaborate
 
@@ -380,3 +383,82 @@ def test_bf16_amx_kernels_are_used_unless_no_amx():
             mod = tvm_build.ApplySchedules(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
         assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels), the linear
+
+
+# ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx.batch_matmul_bf16) -------------------------
+def _attention_bf16_reference(params: dict, prefix: str, heads: int, x: np.ndarray, ctx: np.ndarray | None):
+    """torch.nn.MultiheadAttention's arithmetic with every GEMM's operands rounded to bf16 (sums, biases, scale and
+    softmax in f32): what --precision bf16 computes."""
+    r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
+    p = {k[len(prefix) + 1:]: torch.from_numpy(np.asarray(v)) for k, v in params.items() if k.startswith(prefix + ".")}
+    x = torch.from_numpy(x)
+    kv_in = x if ctx is None else torch.from_numpy(ctx)
+    wq, wk, wv = p["in_proj_weight"].chunk(3)
+    bq, bk, bv = p["in_proj_bias"].chunk(3)
+    q, k, v = r(x) @ r(wq).T + bq, r(kv_in) @ r(wk).T + bk, r(kv_in) @ r(wv).T + bv
+    (n, lq, dim), lk, d = q.shape, k.shape[1], q.shape[2] // heads
+    split = lambda t, length: t.reshape(n, length, heads, d).transpose(1, 2)  # noqa: E731
+    q, k, v = split(q, lq), split(k, lk), split(v, lk)
+    probs = torch.softmax(r(q) @ r(k).transpose(-1, -2) * d ** -0.5, dim=-1)
+    y = (r(probs) @ r(v)).transpose(1, 2).reshape(n, lq, dim)
+    return (r(y) @ r(p["out_proj.weight"]).T + p["out_proj.bias"]).numpy()
+
+
+ATTENTION_CASES = {  # ViT-S's 197 tokens (keys padded to 224, queries to 7 blocks of 32); heads of 24 (not 16 wide)
+    "vit_s": ("network t(x: f32[1, 197, 384]) {\n    return x | mhsa(heads=6) as attn\n}", (1, 197, 384), None),
+    "narrow_heads": ("network t(x: f32[2, 50, 96]) {\n    return x | mhsa(heads=4) as attn\n}", (2, 50, 96), None),
+    "cross": ("network t(x: f32[2, 40, 64], ctx: f32[2, 77, 64]) {\n    return (x, ctx) | cross_attention(heads=2) "
+              "as attn\n}", (2, 40, 64), (2, 77, 64)),
+    # CrossViT's fusion: one query (the CLS token) over 65 keys (the shapes that once failed to build: TVM
+    # gave a dead pack's memory to a buffer of another dtype while both products were one kernel)
+    "cls_query": ("network t(x: f32[2, 1, 96], ctx: f32[2, 65, 96]) {\n    return (x, ctx) | "
+                  "cross_attention(heads=3) as attn\n}", (2, 1, 96), (2, 65, 96)),
+    # 3 x 48 = 144 projection columns, not whole 32-column blocks: Q/K/V through layout.py's dense, not
+    # amx.linear_rows_bf16
+    "odd_width": ("network t(x: f32[1, 20, 48]) {\n    return x | mhsa(heads=3) as attn\n}", (1, 20, 48), None),
+}
+ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3}
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention_bf16_on_amx_matches_torch_bf16_arithmetic(case):
+    from convdsl.lang.elaborate import elaborate
+
+    src, shape, ctx_shape = ATTENTION_CASES[case]
+    g = elaborate(src)
+    heads = ATTENTION_HEADS[case]
+    rng = np.random.default_rng(2)
+    for k, v in list(g.params.items()):  # biases too (nn.MultiheadAttention starts them at zero)
+        g.params[k] = (rng.standard_normal(v.shape) * (0.2 if v.ndim == 2 else 0.5)).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    ctx = None if ctx_shape is None else rng.standard_normal(ctx_shape).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y = m(x) if ctx is None else m(x, ctx)
+    want = _attention_bf16_reference(g.params, "attn", heads, x, ctx)
+    f32 = torch_module(g).eval()(*(torch.from_numpy(a) for a in (x, ctx) if a is not None)).detach().numpy()
+    scale = float(np.abs(want).max())
+    err, err_f32 = np.abs(y - want).max() / scale, np.abs(y - f32).max() / scale
+    assert err <= 2e-3, (err, err_f32)  # the same bf16 roundings (a summation order apart: a rare rounding flip)
+    assert err_f32 > 3 * err and err_f32 > 1e-3  # and really bf16
+    assert m.built.own == m.built.functions
+
+
+@needs_amx_bf16
+def test_attention_bf16_kernels_are_amx():
+    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``linear_rows_bf16``: bias in the tiles),
+    Q K^T, P V, the output projection."""
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(ATTENTION_CASES["vit_s"][0])
+    for precision, want in (("bf16", 4), ("f32", 0)):
+        spec = make_target("tvm-llvm", precision=precision)
+        with spec.tvm_target():
+            mod = lower_graph(g, precision=precision)
+            mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, precision))(mod)
+        texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+        calls = [sum(t.count(f'"{name}"') for t in texts) for name in (amx.EXTERN_BF16, amx.EXTERN_BF16_ROWS)]
+        assert calls == ([3, 1] if want else [0, 0])  # micro-kernel call sites
