@@ -165,8 +165,27 @@ def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
 
 
 def _parallel_copy(sch: s_tir.Schedule, block, lanes: int, keep: int = 1) -> None:
-    """A copy-like root block: fuse all but the last ``keep`` loops, parallel; vectorize the last."""
+    """A copy-like root block: fuse all but the last ``keep`` loops, parallel; vectorize the last.
+
+    A padding copy (``kernels.pad_spatial``) whose last loop is narrower than a vector (a channel
+    block of 3, 4 or 8 lanes: the RGB stem's [N, 1, H, W, 3] input) has that loop fused with the
+    one before it, the rows parallel instead of every pixel, and each row vectorized in whole
+    vectors where they divide it, else left to LLVM as one contiguous loop (the stem's padded row,
+    678 floats: a guarded last vector was slower).  MobileNet-V2's stem conv alone, one thread,
+    CPU time: 0.294 -> 0.204 ms; ResNet-18's 1.55 -> 1.44."""
     loops = sch.get_loops(block)
+    last = _static_extent(sch, loops[-1]) if loops else None
+    if keep == 1 and kernel_of(sch, block) == "pad" and len(loops) >= 3 and last is not None and last < lanes \
+            and _static_extent(sch, loops[-2]) is not None:
+        row = sch.fuse(loops[-2], loops[-1])
+        outer = loops[:-2]
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        n = _extent(sch, row)
+        if n <= lanes:
+            sch.vectorize(row)
+        elif n % lanes == 0:
+            sch.vectorize(sch.split(row, [None, lanes])[1])
+        return
     if len(loops) > keep:
         sch.parallel(sch.fuse(*loops[:-keep]) if len(loops) - keep > 1 else loops[0])
     _vectorize_inner(sch, block, lanes)

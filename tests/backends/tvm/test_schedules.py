@@ -333,6 +333,22 @@ network t(x: f32[1, 32, 28, 28]) {
     assert "T.sblock_alloc_buffer((T.int64(1), T.int64(2), T.int64(30), T.int64(30), T.int64(16)))" not in text
 
 
+def test_narrow_channel_padding_is_copied_in_whole_rows():
+    """The RGB stem's padding ([N, 1, H, W, 3]): rows in parallel, each one contiguous loop over
+    (column, channel), not one parallel iteration and one 3-lane vector per pixel."""
+    _, scheduled = _scheduled_module("""
+network t(x: f32[1, 3, 32, 32]) {
+    return x | conv2d(32, 3, stride=2, pad=1, bias=false) | batchnorm | relu6
+}
+""")
+    conv = [f for gv, f in scheduled.functions.items() if "conv2d_nchwc" in gv.name_hint]
+    assert conv
+    text = conv[0].script()
+    assert "in T.parallel(T.int64(34)):" in text  # 34 padded rows
+    assert "in range(T.int64(102)):" in text  # 34 columns x 3 channels, one loop
+    assert "T.parallel(T.int64(1156))" not in text
+
+
 def test_depthwise_row_chunks_fit_l1_and_leave_parallel_work():
     from convdsl.backends.tvm.schedules.cpu import DW_MIN_CHUNKS, DW_PAD_BYTES, dw_rows
 
