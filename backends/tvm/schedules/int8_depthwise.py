@@ -14,7 +14,7 @@ int32 one of the torch simulation bit for bit.  One kernel of three blocks:
 FuseOps appends the elementwise float ops that follow to the requantization (op_pattern
 kOutEWiseFusable, as for the VNNI kernel).
 
-On rows of at least ``NCHW_MIN_WIDTH`` output columns (MobileNet-V2's 112- and 56-wide layers) the
+On rows of at least ``NCHW_MIN_WIDTH`` output columns (MobileNet-V2's 112-, 56- and 28-wide layers) the
 kernel is ``depthwise_int8_nchw`` instead, the same exact arithmetic without any layout change: the
 input and output stay NCHW u8/i8, each channel's padded plane is converted to f32 once (borders
 partitioned out, the interior one vectorized conversion), and the output rows are computed in whole
@@ -42,7 +42,7 @@ LANES = 16
 MAX_TAPS = (1 << 24) // (255 * 128)  # taps whose int8 sum stays exact in float32
 
 
-NCHW_MIN_WIDTH = 32  # output rows at least this wide: the NCHW kernel (4+ whole vectors per row)
+NCHW_MIN_WIDTH = 28  # output rows at least this wide: the NCHW kernel
 
 
 def layout(channels: int, taps: int, out_width: int = 0) -> str | None:
@@ -51,7 +51,11 @@ def layout(channels: int, taps: int, out_width: int = 0) -> str | None:
     over whole 16-channel vectors), None (neither: Relax's generic int32 conv).  Per core on Zen 3, u8 in
     and out (CPU time, load 3-4): MobileNet-V2's 32 x 112 x 112 0.64 -> 0.24 ms, 96 x 112 x 112 / 2 0.72 ->
     0.35, 144 x 56 x 56 0.74 -> 0.26; on 28-wide rows and narrower the per-channel plane costs more than the
-    layout changes it saves (192 x 28 x 28 0.25 NCHW[16c] against 0.29, 960 x 7 x 7 0.12 against 0.18)."""
+    layout changes it saves (192 x 28 x 28 0.25 NCHW[16c] against 0.29, 960 x 7 x 7 0.12 against 0.18).
+    On the AVX-512 Xeon, with a 28-wide row computed as one register tile (``ROW_TILE_MAX``), the NCHW
+    kernel takes the 28-wide rows too: MobileNet-V2's three such layers in the int8 network, one thread,
+    0.96 -> 0.62 ms (two profiles of 20 calls each, load 3; 192 x 28 x 28 0.34 -> 0.14 ms alone); 14-wide
+    rows stay NCHW[16c] (384 x 14 x 14: 0.06 against 0.16)."""
     if taps > MAX_TAPS:
         return None
     if out_width >= NCHW_MIN_WIDTH:
@@ -115,6 +119,7 @@ def depthwise_int8(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor,
 ROW_ATTR = "convdsl.int8_dw"  # block annotation of the NCHW kernel: pack | conv
 PADS_ATTR = "convdsl.pads"  # the pack block's (top, left) padding, for ``_partition_pack``
 VECTOR = 8  # f32 lanes of an AVX2 register; the output rows are computed in whole vectors of them
+ROW_TILE_MAX = 32  # output rows up to this wide (padded): the whole row is one register tile
 
 
 def pack_weight_planes(w: np.ndarray) -> np.ndarray:
@@ -195,7 +200,8 @@ def schedule_nchw(sch, conv) -> None:
     sch.set_scope(conv, 0, "local")
     sch.compute_at(conv, y)
     *_, cz, ry, rx = sch.get_loops(conv)
-    tile = 2 * VECTOR if int(sch.get(cz).extent) % (2 * VECTOR) == 0 else VECTOR
+    width = int(sch.get(cz).extent)  # a short row is one tile: its vectors are independent accumulators
+    tile = width if width <= ROW_TILE_MAX else 2 * VECTOR if width % (2 * VECTOR) == 0 else VECTOR
     czo, czi = sch.split(cz, [None, tile])
     sch.reorder(czo, ry, rx, czi)
     sch.vectorize(czi)

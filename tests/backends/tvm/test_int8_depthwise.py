@@ -21,12 +21,14 @@ CASES = {
     "f32-output": ((16, 8, 8), 3, 1, 1, 1, "u8", "f32", False),
     "5x5-dilation2": ((16, 12, 12), 5, 1, 4, 2, "u8", "u8", False),
     "24-channels-fallback": ((24, 7, 7), 3, 1, 1, 1, "u8", "u8", True),  # not 16-divisible: the generic path
-    # rows of 32+ output columns: the NCHW kernel (vectors along the row, any channel count)
+    # rows of 28+ output columns: the NCHW kernel (vectors along the row, any channel count)
     "nchw-3x3-u8-relu": ((16, 40, 40), 3, 1, 1, 1, "u8", "u8", True),
     "nchw-stride2-odd": ((24, 69, 67), 3, 2, 1, 1, "u8", "u8", False),  # 34 columns: a partial last vector
     "nchw-i8-5x5-dilation2": ((8, 36, 33), 5, 1, 4, 2, "i8", "i8", True),
     "nchw-f32-output": ((4, 33, 35), 3, 1, 1, 1, "u8", "f32", True),
     "nchw-stride3-7x7": ((3, 100, 110), 7, 3, 3, 1, "i8", "u8", False),  # 3 column phases
+    "nchw-28-wide-one-tile": ((32, 28, 28), 3, 1, 1, 1, "u8", "u8", True),  # the row one register tile
+    "nchw-stride2-to-28": ((48, 56, 56), 3, 2, 1, 1, "u8", "u8", False),
 }
 
 
@@ -70,7 +72,7 @@ def test_exactness_bound():
     # the largest |sum| of MAX_TAPS products is still an exactly representable float32 integer
     assert int8_depthwise.MAX_TAPS * 255 * 128 <= 1 << 24
     assert int8_depthwise.fits(32, 9) and not int8_depthwise.fits(24, 9) and not int8_depthwise.fits(32, 23 * 23)
-    assert int8_depthwise.layout(24, 9, 32) == "nchw" and int8_depthwise.layout(32, 9, 31) == "nchw16c"
+    assert int8_depthwise.layout(24, 9, 28) == "nchw" and int8_depthwise.layout(32, 9, 27) == "nchw16c"
     assert int8_depthwise.layout(32, 23 * 23, 64) is None
 
 
