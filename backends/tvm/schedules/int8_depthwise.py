@@ -120,6 +120,10 @@ ROW_ATTR = "convdsl.int8_dw"  # block annotation of the NCHW kernel: pack | conv
 PADS_ATTR = "convdsl.pads"  # the pack block's (top, left) padding, for ``_partition_pack``
 VECTOR = 8  # f32 lanes of an AVX2 register; the output rows are computed in whole vectors of them
 ROW_TILE_MAX = 32  # output rows up to this wide (padded): the whole row is one register tile
+# wider rows: up to this many tiles computed side by side, each tap one independent FMA per tile (one tile
+# at a time chained the taps' FMAs on one register): MobileNet-V2 int8's 112- and 56-wide depthwise layers
+# 1.30 -> 0.94 and 1.39 -> 0.97 ms on one thread in the network's profile (two pairs, load 3.7)
+ROW_GROUP = 8
 
 
 def pack_weight_planes(w: np.ndarray) -> np.ndarray:
@@ -203,7 +207,14 @@ def schedule_nchw(sch, conv) -> None:
     width = int(sch.get(cz).extent)  # a short row is one tile: its vectors are independent accumulators
     tile = width if width <= ROW_TILE_MAX else 2 * VECTOR if width % (2 * VECTOR) == 0 else VECTOR
     czo, czi = sch.split(cz, [None, tile])
-    sch.reorder(czo, ry, rx, czi)
+    tiles = width // tile  # wider rows: up to ROW_GROUP tiles side by side, each tap's FMAs independent
+    group = max(g for g in range(1, min(tiles, ROW_GROUP) + 1) if tiles % g == 0) if width > ROW_TILE_MAX else 1
+    if group > 1:
+        czoo, czoi = sch.split(czo, [None, group])
+        sch.reorder(czoo, ry, rx, czoi, czi)
+        sch.unroll(czoi)
+    else:
+        sch.reorder(czo, ry, rx, czi)
     sch.vectorize(czi)
     sch.unroll(rx)
     sch.unroll(ry)
