@@ -165,8 +165,27 @@ def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
 
 
 def _parallel_copy(sch: s_tir.Schedule, block, lanes: int, keep: int = 1) -> None:
-    """A copy-like root block: fuse all but the last ``keep`` loops, parallel; vectorize the last."""
+    """A copy-like root block: fuse all but the last ``keep`` loops, parallel; vectorize the last.
+
+    A padding copy (``kernels.pad_spatial``) whose last loop is narrower than a vector (a channel
+    block of 3, 4 or 8 lanes: the RGB stem's [N, 1, H, W, 3] input) has that loop fused with the
+    one before it, the rows parallel instead of every pixel, and each row vectorized in whole
+    vectors where they divide it, else left to LLVM as one contiguous loop (the stem's padded row,
+    678 floats: a guarded last vector was slower).  MobileNet-V2's stem conv alone, one thread,
+    CPU time: 0.294 -> 0.204 ms; ResNet-18's 1.55 -> 1.44."""
     loops = sch.get_loops(block)
+    last = _static_extent(sch, loops[-1]) if loops else None
+    if keep == 1 and kernel_of(sch, block) == "pad" and len(loops) >= 3 and last is not None and last < lanes \
+            and _static_extent(sch, loops[-2]) is not None:
+        row = sch.fuse(loops[-2], loops[-1])
+        outer = loops[:-2]
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        n = _extent(sch, row)
+        if n <= lanes:
+            sch.vectorize(row)
+        elif n % lanes == 0:
+            sch.vectorize(sch.split(row, [None, lanes])[1])
+        return
     if len(loops) > keep:
         sch.parallel(sch.fuse(*loops[:-keep]) if len(loops) - keep > 1 else loops[0])
     _vectorize_inner(sch, block, lanes)
@@ -352,6 +371,23 @@ def dw_tile(ow: int, hw: Hardware, vb: int = 1) -> int:
     return max(d for d in _divisors(ow) if d * vb <= hw.max_accumulators(vb) or d == 1)
 
 
+DW_PAD_BYTES = 24576  # the padded input rows one chunk of a depthwise conv's output rows reads, in L1
+DW_MIN_CHUNKS = 16  # parallel work items (channel blocks x row chunks) a chunk size must leave
+
+
+def dw_rows(oh: int, cb: int, kh: int, kw: int, sh: int, sw: int, ow: int, lanes: int) -> int:
+    """Output rows of a depthwise conv per parallel work item, whose padded input rows
+    (``(rows - 1) * sh + kh``, one channel block) are computed into one local buffer: the largest
+    divisor of ``oh`` whose buffer fits ``DW_PAD_BYTES`` and that leaves ``DW_MIN_CHUNKS`` items.
+    One row per item pads each input row ``kh / sh`` times."""
+    width = ((ow - 1) * sw + kw) * lanes * 4  # bytes of one padded input row
+    best = 1
+    for r in _divisors(oh):
+        if ((r - 1) * sh + kh) * width <= DW_PAD_BYTES and cb * (oh // r) >= DW_MIN_CHUNKS:
+            best = r
+    return best
+
+
 def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, c, y, x, k, ry, rx = sch.get_loops(conv)
     ow = _extent(sch, x)
@@ -361,14 +397,18 @@ def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     if epilogue is not None:
         sch.set_scope(conv, 0, "local")
     xo, xi = sch.split(x, [None, rn])
-    sch.reorder(b, c, y, xo, ry, rx, xi, k)
-    rows = sch.fuse(b, c, y)
+    sh, sw = _conv_strides(sch, conv) or (1, 1)
+    chunk = dw_rows(_extent(sch, y), _extent(sch, c), _extent(sch, ry), _extent(sch, rx), sh, sw, ow,
+                    _extent(sch, k)) if pad else 1
+    yo, yi = sch.split(y, [None, chunk])
+    sch.reorder(b, c, yo, yi, xo, ry, rx, xi, k)
+    rows = sch.fuse(b, c, yo)
     sch.parallel(rows)
     sch.vectorize(k)
     sch.unroll(xi)
     sch.unroll(rx)  # the rn + kw - 1 input vectors of a row, each loaded once (stride 1)
     if epilogue is not None:
-        _tile_epilogue(sch, epilogue, xo, depth=2)
+        _tile_epilogue(sch, epilogue, xo, depth=3)
     init = sch.decompose_reduction(conv, ry)
     iloops = sch.get_loops(init)
     sch.vectorize(iloops[-1])

@@ -28,6 +28,8 @@ CONV = [
     ([1, 20, 400, 3], 16, dict(k=1)),  # tall and narrow
     ([1, 16, 10, 10], 16, dict(k=3, dilation=2, pad=2, groups="depthwise")),  # padded rows per output row, dilated
     ([1, 8, 9, 7], 8, dict(k=3, stride=2, pad=[0, 1], groups="depthwise")),  # asymmetric padding, odd sizes
+    ([1, 128, 14, 14], 128, dict(k=3, pad=1, groups="depthwise")),  # 7 output rows per padded buffer (dw_rows)
+    ([1, 256, 15, 13], 256, dict(k=3, stride=2, pad=[0, 1], groups="depthwise", bias=False)),  # row chunks, stride 2
     # AVX2: input channels reduced in chunks (weight_chunk), with and without an epilogue
     ([1, 256, 7, 7], 64, dict(k=1)),
     ([1, 64, 7, 9], 32, dict(k=3, pad=1)),
@@ -317,8 +319,8 @@ def test_strided_1x1_conv_takes_two_channel_blocks_on_avx2(stride, want):
 
 
 def test_depthwise_padding_is_computed_per_output_row():
-    """No whole padded copy of a depthwise conv's input: the kh rows an output row reads are padded
-    into a local buffer inside the parallel row loop."""
+    """No whole padded copy of a depthwise conv's input: the input rows a chunk of output rows reads
+    (``dw_rows``) are padded into a local buffer inside the parallel loop."""
     _, scheduled = _scheduled_module("""
 network t(x: f32[1, 32, 28, 28]) {
     return x | conv2d(32, 3, pad=1, groups=32, bias=false) | batchnorm | relu6
@@ -329,6 +331,36 @@ network t(x: f32[1, 32, 28, 28]) {
     text = dw[0].script()
     assert 'scope="local"' in text and "pad_nchwc_local" in text
     assert "T.sblock_alloc_buffer((T.int64(1), T.int64(2), T.int64(30), T.int64(30), T.int64(16)))" not in text
+
+
+def test_narrow_channel_padding_is_copied_in_whole_rows():
+    """The RGB stem's padding ([N, 1, H, W, 3]): rows in parallel, each one contiguous loop over
+    (column, channel), not one parallel iteration and one 3-lane vector per pixel."""
+    _, scheduled = _scheduled_module("""
+network t(x: f32[1, 3, 32, 32]) {
+    return x | conv2d(32, 3, stride=2, pad=1, bias=false) | batchnorm | relu6
+}
+""")
+    conv = [f for gv, f in scheduled.functions.items() if "conv2d_nchwc" in gv.name_hint]
+    assert conv
+    text = conv[0].script()
+    assert "in T.parallel(T.int64(34)):" in text  # 34 padded rows
+    assert "in range(T.int64(102)):" in text  # 34 columns x 3 channels, one loop
+    assert "T.parallel(T.int64(1156))" not in text
+
+
+def test_depthwise_row_chunks_fit_l1_and_leave_parallel_work():
+    from convdsl.backends.tvm.schedules.cpu import DW_MIN_CHUNKS, DW_PAD_BYTES, dw_rows
+
+    # MobileNet-V2's 7x7 and 14x14 depthwise convs: all rows of a channel block in one buffer
+    assert dw_rows(7, 60, 3, 3, 1, 1, 7, 16) == 7
+    assert dw_rows(14, 24, 3, 3, 1, 1, 14, 16) == 14
+    # 112x112x32: a row's 3 padded input rows already take 22 KB, and 2 channel blocks x 56 rows
+    assert dw_rows(112, 2, 3, 3, 1, 1, 112, 16) == 1
+    for oh, cb, s, ow in [(56, 9, 1, 56), (28, 9, 2, 28), (28, 12, 1, 28), (14, 12, 2, 14), (9, 1, 2, 5)]:
+        r = dw_rows(oh, cb, 3, 3, s, s, ow, 16)
+        assert oh % r == 0
+        assert r == 1 or (((r - 1) * s + 3) * ((ow - 1) * s + 3) * 64 <= DW_PAD_BYTES and cb * oh // r >= DW_MIN_CHUNKS)
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
