@@ -391,7 +391,7 @@ def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarr
                   (int8_depthwise.depthwise_int8, int8_depthwise.pack_weight(w)))
     y = cx.emit_te(fn, x, cx.const(packed, "float32"), cx.const(_int32_bias(cx, node, w, 0), "int32"),
                    cx.const(m, "float32"), **kw)
-    _mark_fusable(cx, y)
+    _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[0], None, kw, kind=f"depthwise_{kernel}")})
     return y
 
 
@@ -409,19 +409,20 @@ def _mark_fusable(cx: Lowerer, y: Expr, attrs: dict[str, str] | None = None) -> 
 INT8_CONV_ATTR = "convdsl.int8_conv"  # PrimFunc attribute of a 2-D int8 conv: its ``int8_conv_spec``
 
 
-def int8_conv_spec(in_channels: int, geo, kw: dict) -> str:
-    """The arguments of a qconv2d's ``vnni_conv2d`` (its input channels, ``geo``: the ``schedules.amx.Geometry``
-    of an AMX layer or None, and the keywords ``kw``) as JSON, so that layout.py can emit the same layer in
-    the blocked layout."""
+def int8_conv_spec(in_channels: int, geo, kw: dict, kind: str = "conv") -> str:
+    """The arguments of a qconv2d's kernel (its input channels, ``geo``: the ``schedules.amx.Geometry`` of an
+    AMX layer or None, and the keywords ``kw``) as JSON, so that layout.py can emit the same layer in the
+    blocked layout.  ``kind``: conv (``vnni_conv2d``), depthwise_nchw / depthwise_nchw16c (the
+    int8_depthwise kernel it was built with, so the weights' packing is known)."""
     import dataclasses
     import json
 
     return json.dumps({"c": int(in_channels), "geo": dataclasses.astuple(geo) if geo is not None else None,
-                       "kw": {k: v for k, v in kw.items() if k != "out_shape"}})
+                       "kw": {k: v for k, v in kw.items() if k != "out_shape"}, "kind": kind})
 
 
 def int8_conv_from_spec(spec: str):
-    """``int8_conv_spec``'s inverse: (input channels, geometry or None, keywords)."""
+    """``int8_conv_spec``'s inverse: (input channels, geometry or None, keywords, kind)."""
     import json
 
     from convdsl.backends.tvm.schedules import amx
@@ -432,7 +433,7 @@ def int8_conv_from_spec(spec: str):
         n, c, h, w, pads, stride, dilation, kh, kw_, block = d["geo"]
         geo = amx.Geometry(n, c, h, w, tuple(pads), tuple(stride), tuple(dilation), kh, kw_, block)
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d["kw"].items()}
-    return d["c"], geo, kw
+    return d["c"], geo, kw, d.get("kind", "conv")
 
 
 def _qconv(nd: int):

@@ -279,7 +279,9 @@ class _Blocker(PyExprMutator):
         if spec is None or not isinstance(args[1], relax.Tuple) or len(args[1].fields) not in (4, 5):
             return None
         x, wt, bias, mult, *offsets = args[1].fields
-        c, geo, kw = int8_conv_from_spec(str(spec))
+        c, geo, kw, kind = int8_conv_from_spec(str(spec))
+        if kind.startswith("depthwise"):
+            return self._int8_depthwise(gv, x, wt, bias, mult, c, kw, kind)
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
         # the kernel's 16-channel accumulator rows become whole output blocks (AMX's C tile rows; VNNI's
@@ -296,6 +298,27 @@ class _Blocker(PyExprMutator):
         kernel = functools.partial(vnni_conv2d, blocked=(ib, ob), **kw, **amx)
         new = self.builder_.call_te(kernel, xb, wt, bias, mult, primfunc_name_hint=gv.name_hint, **more)
         return self._with_pattern(new, OUT_ELEMWISE_FUSABLE)  # its epilogue fuses after it, as before
+
+    def _int8_depthwise(self, gv, x, wt, bias, mult, c: int, kw: dict, kind: str) -> relax.Expr | None:
+        """An int8 depthwise conv (int8_depthwise's NCHW or NCHW16c kernel) made again on NCHW16c in and out
+        (``depthwise_int8(in_block=16, out_block=16)``): MobileNet's blocks then stay blocked from the
+        expansion conv through the depthwise to the projection."""
+        import functools
+
+        from convdsl.backends.tvm.schedules import int8_depthwise
+
+        lanes = int8_depthwise.LANES
+        if c % lanes or not _is_const(wt):
+            return None
+        packed = wt.value.numpy()
+        if kind == "depthwise_nchw":  # one scalar per (channel, tap): [C, KH, KW] -> [C/16, KH, KW, 16]
+            packed = int8_depthwise.pack_weight(packed[:, None])
+        xb = self.to_blocked(x, lanes)
+        self._lanes = lanes
+        kernel = functools.partial(int8_depthwise.depthwise_int8, in_block=lanes, out_block=lanes, **kw)
+        new = self.builder_.call_te(kernel, xb, relax.const(np.ascontiguousarray(packed, np.float32)), bias, mult,
+                                    primfunc_name_hint=gv.name_hint)
+        return self._with_pattern(new, OUT_ELEMWISE_FUSABLE)
 
     def _with_pattern(self, call: relax.Call, pattern: int) -> relax.Call:
         """``call`` (a ``call_te``) with its kernel's FuseOps ``op_pattern`` set to ``pattern``."""

@@ -598,6 +598,31 @@ def mbv2_int8(scale: float, bits: int = 8):
     return g, q, (scale * rng.standard_normal((2, 3, 32, 32))).astype(np.float32)
 
 
+def test_mobilenet_v2_int8_depthwise_stays_blocked():
+    """The blocked layout takes MobileNet-V2's int8 depthwise convs over whole 16-channel vectors (32, 96, 144
+    channels) as NCHW16c in and out (int8_depthwise.depthwise_int8 with in_block = out_block = 16), between
+    the blocked expansion and projection convs; the 72- and 60-channel ones stay NCHW."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    _, q, _ = mbv2_int8(1.0)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}):
+        mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
+    blocked_dw = 0
+    for binding in mod["main"].body.blocks[0].bindings:
+        v = binding.value
+        if isinstance(v, relax.Call) and v.op.name == "relax.call_tir":
+            shapes = [[int(d) for d in f.ty.shape.values] if isinstance(f.ty, relax.TensorType) else None
+                      for f in v.args[1].fields]
+            dtypes = [str(f.ty.dtype) if isinstance(f.ty, relax.TensorType) else None for f in v.args[1].fields]
+            if len(shapes) == 4 and dtypes[1] == "float32" and len(shapes[1]) == 4 and shapes[1][-1] == 16:
+                assert len(shapes[0]) == 5 and len(v.ty.shape.values) == 5  # depthwise_int8's weights: NCHW16c
+                blocked_dw += 1
+    assert blocked_dw == 3
+
+
 MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
                 "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
 
