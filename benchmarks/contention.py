@@ -1,6 +1,6 @@
 """TVM's CPU thread pool when another process wants a core: latency of one artifact under settings.
 
-    python benchmarks/contention.py [--net resnet50] [--noise 1] [--rounds 6] [--precision f32]
+    python benchmarks/contention.py [--net resnet50] [--noise 1] [--rounds 6] [--precision f32|bf16|int8]
 
 Compiles the network once (tvm-llvm), then runs it in one process per setting of TVM's thread pool
 (TVM_BIND_THREADS: workers pinned to cores or not; TVM_THREAD_POOL_SPIN_COUNT: how long an idle
@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import NETS, calibration_inputs, load_graph, machine  # noqa: E402
+from peers import NETS, calibration_inputs, convdsl_int8, load_graph, machine  # noqa: E402
 
 # TVM's own defaults are pinned workers spinning 300,000 times; convdsl's (targets.THREAD_POOL_DEFAULTS)
-# neither pins nor spins.  Every row sets both, so the convdsl default does not leak into the others.
+# does not pin and spins 20,000 times.  Every row sets both, so the convdsl default does not leak into the others.
 SETTINGS = {
     "TVM default (bound, spin 300000)": {"TVM_BIND_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "300000"},
     "unbound, spin 300000": {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "300000"},
     "bound, no spin": {"TVM_BIND_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0"},
-    "convdsl default (unbound, no spin)": {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "0"},
+    "unbound, no spin": {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "0"},
     "unbound, spin 2000": {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "2000"},
-    "unbound, spin 20000": {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "20000"},
+    "convdsl default (unbound, spin 20000)": {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "20000"},
     "1 thread": {"TVM_NUM_THREADS": "1", "TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "0"},
 }
 CHILD = r"""
@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--noise", type=int, default=1, help="busy-looping processes during the loaded half")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--block-s", type=float, default=1.0)
-    ap.add_argument("--precision", default="f32")
+    ap.add_argument("--precision", default="f32", help="f32, bf16 or int8 (the network quantized as peers.py does)")
     args = ap.parse_args()
 
     import convdsl.backends.tvm as ctvm
@@ -69,6 +69,8 @@ def main() -> int:
     print(machine(), f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         g = load_graph(args.net)
+        if args.precision == "int8":  # quantized as peers.py does (minmax on N(0, 1) inputs)
+            g = convdsl_int8(g, calibration_inputs(g, 16))
         write_artifact(g, Path(tmp) / "art", ctvm.backend("tvm-llvm", precision=args.precision, progress=False))
         np.save(Path(tmp) / "x.npy", calibration_inputs(g, 1)[0])
         results: dict[str, dict[str, list[float]]] = {}

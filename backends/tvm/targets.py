@@ -42,11 +42,15 @@ FEATURE_FLAGS = {"+avx512bf16": "avx512_bf16", "+amx-tile": "amx_tile", "+amx-bf
 PRECISIONS = ("f32", "bf16", "int8")
 
 
-# TVM's CPU thread pool, unless the user set these: workers not pinned to cores, and no spinning
-# while idle.  Pinned, spinning workers are what made tvm-llvm collapse when another process
-# used a core (benchmarks/contention.py: ResNet-18 on the shared 2-core machine 169 -> 39 ms,
-# and 640 -> 233 ms with one more busy process); the pool reads them when it starts.
-THREAD_POOL_DEFAULTS = {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
+# TVM's CPU thread pool, unless the user set these: workers not pinned to cores, and a short spin
+# (20,000 yielding polls, TVM's default is 300,000) before an idle worker sleeps.  Pinned workers
+# spinning long are what made tvm-llvm collapse when another process used a core
+# (benchmarks/contention.py: ResNet-18 on the shared 2-core machine 169 -> 39 ms, and 640 -> 233 ms
+# with one more busy process).  Not spinning at all made every parallel region wake a sleeping worker,
+# tens of microseconds on a VM: ResNet-18 int8, 2 threads, quiet, 3.07 ms against 1.61 with the short
+# spin, and 2.86 against 2.73 with a busy process (docs/tvm.md, "Thread pool").  The pool reads them
+# when it starts.
+THREAD_POOL_DEFAULTS = {"TVM_BIND_THREADS": "0", "TVM_THREAD_POOL_SPIN_COUNT": "20000"}
 
 
 def configure_thread_pool() -> None:
