@@ -246,6 +246,15 @@ def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype
     return te.compute(shape, pack, name="amx_pack", attrs=attrs)
 
 
+def _block_loop(images: int, pairs: int, blocks: int, ir: str, call) -> tirx.Stmt:
+    """The parallel loop over (image, pair of 16-channel blocks, block of 32 rows) of a micro-kernel:
+    ``call(image, pair, block)`` makes one call; ``ir`` is the LLVM IR the call needs imported."""
+    t = tirx.Var("block", "int32")
+    loop = tirx.For(t, 0, images * pairs * blocks, tirx.ForKind.PARALLEL,
+                    tirx.Evaluate(call(t // (pairs * blocks), t // blocks % pairs, t % blocks)))
+    return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(ir), loop)
+
+
 def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, bf16: bool = False) -> te.Tensor:
     """acc [N, O/16, rows, 16] int32 (f32 with ``bf16``) = the micro-kernel on every 32 x 32 block, blocks in
     parallel."""
@@ -258,17 +267,13 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
     def body(ins, outs):
         x, wt, offs = ins
         acc, = outs
-        t = tirx.Var("block", "int32")
-        n, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
         i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
-        call = tirx.call_extern(
+        return _block_loop(geo.n, pairs, blocks, ir, lambda n, j, pb: tirx.call_extern(
             "int32", extern,
             acc.access_ptr("w", offset=((n * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
             x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)) // size), i64(geo.plane),
             offs.access_ptr("r"), i64(taps), i64(steps),
-            wt.access_ptr("r", offset=2 * j * (steps * 1024) // size), i64(steps * 1024))
-        loop = tirx.For(t, 0, geo.n * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(ir), loop)
+            wt.access_ptr("r", offset=2 * j * (steps * 1024) // size), i64(steps * 1024)))
 
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xp, "xp"), (w, "w"), (offsets, "offsets"))]
     out = tirx.decl_buffer((geo.n, n_ob, rows, OC), dtype, "acc")
@@ -390,16 +395,12 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
     def body(ins, outs):
         a, wt, taps = ins
         acc, = outs
-        t = tirx.Var("block", "int32")
-        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
-        call = tirx.call_extern(
+        return _block_loop(batch, pairs, blocks, LLVM_IR_BF16, lambda bi, j, pb: tirx.call_extern(
             "int32", EXTERN_BF16,
             acc.access_ptr("w", offset=((bi * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
             a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
             taps.access_ptr("r"), i64(1), i64(kb),
-            wt.access_ptr("r", offset=(bi * n_ob + 2 * j) * kb * 256), i64(kb * 1024))
-        loop = tirx.For(t, 0, batch * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_BF16), loop)
+            wt.access_ptr("r", offset=(bi * n_ob + 2 * j) * kb * 256), i64(kb * 1024)))
 
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (xb, "xb"), (offs, "taps"))]
     out = tirx.decl_buffer((batch, n_ob, rows, OC), "float32", "acc")
@@ -548,16 +549,12 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
     def body(ins, outs):
         a, wt, bs = ins
         y, = outs
-        t = tirx.Var("block", "int32")
-        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
-        call = tirx.call_extern(
+        return _block_loop(n, pairs, blocks, LLVM_IR_BF16_ROWS, lambda bi, j, pb: tirx.call_extern(
             "int32", EXTERN_BF16_ROWS,
             y.access_ptr("w", offset=(bi * rows + pb * BLOCK_ROWS) * out + j * BLOCK_OC), i64(out * 4),
             a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
             i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024),
-            bs.access_ptr("r", offset=j * BLOCK_OC))
-        loop = tirx.For(t, 0, n * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
-        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_BF16_ROWS), loop)
+            bs.access_ptr("r", offset=j * BLOCK_OC)))
 
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (kernel, "w"), (bias, "bias"))]
     y = tirx.decl_buffer((n, rows, out), "float32", "y")
