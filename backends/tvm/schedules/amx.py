@@ -58,6 +58,25 @@ LANES_ATTR = "convdsl.lanes"  # on amx_pack: channels per pixel run of a blocked
 # ``a`` the first input-channel block's plane, ``offs`` the taps' byte offsets in it, ``a_icb`` the
 # distance between blocks, ``b`` the first weight tile (1024 bytes per step, the second channel block
 # ``b_ob`` bytes on).
+def _tile_step(op: str) -> str:
+    """IR of one reduction step of the 2 x 2 block: from ``%a0`` (the first A tile), ``%b``, ``%s`` (the
+    step) and ``%b_ob``, load the 2 A and 2 B tiles (the second A tile 1024 bytes on, B tiles 1024 bytes
+    per step) and update ``%c00``..``%c11`` into ``%n00``..``%n11`` with ``op``."""
+    return f"""  %a1 = getelementptr i8, ptr %a0, i64 1024
+  %bo = shl i64 %s, 10
+  %b0 = getelementptr i8, ptr %b, i64 %bo
+  %b1 = getelementptr i8, ptr %b0, i64 %b_ob
+  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
+  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
+  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
+  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
+  %n00 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
+  %n01 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
+  %n10 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
+  %n11 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
+"""
+
+
 def _micro_kernel(name: str, op: str) -> str:
     return f"""
 define linkonce_odr i32 @{name}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
@@ -79,19 +98,7 @@ loop:
   %op = getelementptr i64, ptr %offs, i64 %t
   %o = load i64, ptr %op
   %a0 = getelementptr i8, ptr %ai, i64 %o
-  %a1 = getelementptr i8, ptr %a0, i64 1024
-  %bo = shl i64 %s, 10
-  %b0 = getelementptr i8, ptr %b, i64 %bo
-  %b1 = getelementptr i8, ptr %b0, i64 %b_ob
-  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
-  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
-  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
-  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
-  %n00 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
-  %n01 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
-  %n10 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
-  %n11 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
-  %s1 = add i64 %s, 1
+{_tile_step(op)}  %s1 = add i64 %s, 1
   %t1 = add i64 %t, 1
   %wrap = icmp eq i64 %t1, %ntaps
   %t2 = select i1 %wrap, i64 0, i64 %t1
@@ -492,19 +499,7 @@ loop:
   %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
   %ao = mul i64 %s, %a_k
   %a0 = getelementptr i8, ptr %a, i64 %ao
-  %a1 = getelementptr i8, ptr %a0, i64 1024
-  %bo = shl i64 %s, 10
-  %b0 = getelementptr i8, ptr %b, i64 %bo
-  %b1 = getelementptr i8, ptr %b0, i64 %b_ob
-  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
-  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
-  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
-  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
-  %n00 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
-  %n01 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
-  %n10 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
-  %n11 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
-  %s1 = add i64 %s, 1
+{_tile_step("tdpbf16ps")}  %s1 = add i64 %s, 1
   %done = icmp eq i64 %s1, %steps
   br i1 %done, label %exit, label %loop
 exit:
