@@ -5,6 +5,8 @@
                                             where winograd.choose_m takes it (winograd.py)
     depthwise conv2d      NCHW x OIHW   =>  dwconv_nchwc(pack(x), W')   NCHW[b]c  x [C/b, KH, KW, b]
     matmul(x, W const)    [..,K] x [K,N] =>  dense_packed(x, W')         W' = [N/nb, K, nb]
+    int8 conv / depthwise (lower_quant's kernels, their spec on the PrimFunc)
+                                         =>  the same kernel on NCHW[b]c in, NCHW16c out
 
 Weights are constants, so they are packed here, once, in NumPy.  The blocked
 layout propagates through what does not mix channels (elementwise ops with a
