@@ -38,7 +38,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import bf16, tophub
-from convdsl.backends.tvm.schedules.kernels import K_INNER_ATTR, KERNEL_ATTR
+from convdsl.backends.tvm.schedules.kernels import K_INNER_ATTR, KERNEL_ATTR, divisors
 
 
 class _Skip(Exception):
@@ -106,10 +106,6 @@ def _static_extent(sch: s_tir.Schedule, loop) -> int | None:
     """The loop's extent, or None when it is symbolic (the batch of a dynamic-batch build)."""
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def kernel_of(sch: s_tir.Schedule, block) -> str | None:
@@ -225,7 +221,7 @@ def conv_tile(ow: int, ocb: int, hw: Hardware, block: int | None = None,
     for ov in (1, 2, 4):
         if ocb % ov:
             continue
-        for rn in _divisors(ow):
+        for rn in divisors(ow):
             if rn * ov + ov + 1 > hw.registers:
                 continue
             score = rn * ov - (3 if ov == 4 else 0) + (0.5 if ov == 2 else 0)
@@ -368,7 +364,7 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
 def dw_tile(ow: int, hw: Hardware, vb: int = 1) -> int:
     """Output columns of a depthwise conv's register tile: the largest divisor of ow whose
     accumulators (``vb`` registers per column) fit ``hw.accumulators``."""
-    return max(d for d in _divisors(ow) if d * vb <= hw.max_accumulators(vb) or d == 1)
+    return max(d for d in divisors(ow) if d * vb <= hw.max_accumulators(vb) or d == 1)
 
 
 DW_PAD_BYTES = 24576  # the padded input rows one chunk of a depthwise conv's output rows reads, in L1
@@ -382,7 +378,7 @@ def dw_rows(oh: int, cb: int, kh: int, kw: int, sh: int, sw: int, ow: int, lanes
     One row per item pads each input row ``kh / sh`` times."""
     width = ((ow - 1) * sw + kw) * lanes * 4  # bytes of one padded input row
     best = 1
-    for r in _divisors(oh):
+    for r in divisors(oh):
         if ((r - 1) * sh + kh) * width <= DW_PAD_BYTES and cb * (oh // r) >= DW_MIN_CHUNKS:
             best = r
     return best

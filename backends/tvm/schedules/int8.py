@@ -44,7 +44,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import tophub
-from convdsl.backends.tvm.schedules.kernels import target_has
+from convdsl.backends.tvm.schedules.kernels import divisors, target_has
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
@@ -415,9 +415,6 @@ def register_tile(n_ob: int, n_ow: int) -> tuple[int, int]:
     accumulators.  The widest row first (14 x 1 on a 112-wide stem) loaded one broadcast per
     ``vpdpbusd``: 7 x 2 runs ResNet's 7x7 stride-2 stem 1.22 -> 0.85 ms and a 1x1 64 -> 256 conv at
     56x56 0.32 -> 0.27 ms (1 thread, this CPU), the 3x3 layers level."""
-    def divisors(n: int) -> list[int]:
-        return [d for d in range(1, min(n, MAX_ACCUMULATORS) + 1) if n % d == 0]
-
     tiles = [(ow, ob) for ow in divisors(n_ow) for ob in divisors(n_ob) if ow * ob <= MAX_ACCUMULATORS]
     return max(tiles, key=lambda t: (t[0] * t[1] / (t[0] + t[1]), t[0] * t[1], t[0]))
 

@@ -179,3 +179,8 @@ def target_has(target, *features: str) -> bool:
     from tvm.target import codegen
 
     return all(codegen.target_has_features(f, target) for f in features)
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n``, ascending: the tile sizes that split an extent of ``n`` evenly."""
+    return [d for d in range(1, n + 1) if n % d == 0]

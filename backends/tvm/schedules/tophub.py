@@ -151,8 +151,7 @@ def fits(wl: Workload, knobs: tuple[int, ...]) -> bool:
 
 def space(wl: Workload) -> list[tuple[int, ...]]:
     """Every valid knob setting of ``wl`` (the tuner's candidates)."""
-    def divisors(n: int) -> list[int]:
-        return [d for d in range(1, n + 1) if n % d == 0]
+    from convdsl.backends.tvm.schedules.kernels import divisors
 
     s = wl.spatial
     if wl.kind == "conv2d_nchwc":
