@@ -249,12 +249,11 @@ def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     (n, lq, _), (_, lk, _) = shapes
     dim = wq.shape[0]
     d = dim // heads
-    tiles = _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
-                      scale if scale is not None else 1.0 / math.sqrt(d), bias)
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    tiles = _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)
     if tiles is not None:
         return tiles
-    fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads,
-                         scale if scale is not None else 1.0 / math.sqrt(d), bias)
+    fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)
     if fast is not None:
         return fast
     q = linear(cx, xq, wq, bq)
@@ -263,7 +262,7 @@ def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     q = cx.emit(R.permute_dims(cx.emit(R.reshape(q, (n, lq, heads, d))), [0, 2, 1, 3]))
     k = cx.emit(R.permute_dims(cx.emit(R.reshape(k, (n, lk, heads, d))), [0, 2, 1, 3]))
     v = cx.emit(R.permute_dims(cx.emit(R.reshape(v, (n, lk, heads, d))), [0, 2, 1, 3]))
-    y = attend(cx, q, k, v, scale if scale is not None else 1.0 / math.sqrt(d), bias)  # [N, heads, Lq, d]
+    y = attend(cx, q, k, v, scale, bias)  # [N, heads, Lq, d]
     y = cx.emit(R.reshape(cx.emit(R.permute_dims(y, [0, 2, 1, 3])), (n, lq, dim)))
     return linear(cx, y, wo, bo)
 
