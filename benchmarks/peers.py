@@ -31,7 +31,8 @@ N for N threads running at once) and, for convdsl, TVM's thread pool as it ran (
 Accuracy next to the times: bf16 as the max relative error against f32 (torch, same weights and
 input); int8 as the max difference from convdsl's torch int8 simulation in output steps (the
 simulation's output range / 255: the step of an 8-bit quantization of the output), with the share of
-inputs within one step, and top-1 agreement of int8 and bf16 with f32 over ``--agreement`` inputs of the calibration
+inputs within one step next to the simulation's own spread when every input moves by one ulp (the floor
+a backend whose float ops round differently can reach), and top-1 agreement of int8 and bf16 with f32 over ``--agreement`` inputs of the calibration
 distribution.  The networks carry convdsl's seeded initial weights (no trained ImageNet weights
 here) with every batchnorm's running statistics taken from the calibration batch (``bn_from_calibration``:
 what a trained network's are, the statistics of its inputs; with the initial ones, mean 0 and variance 1,
@@ -427,6 +428,11 @@ def _torch_outputs(model, xs: np.ndarray, batch: int = 50) -> np.ndarray:
             return np.concatenate([model(torch.from_numpy(x)).numpy() for x in xs])
 
 
+def _steps(y: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per input: max |y - ref| in output steps (``ref``'s range over 255)."""
+    return np.abs(y - ref).max(axis=1) / np.maximum(np.ptp(ref, axis=1), 1e-12) * 255
+
+
 def accuracy(g, q_files: dict, count: int, log, name: str) -> dict:
     """int8: max |tvm - torch simulation| in output steps (the simulation's output range over 255, the
     step of an 8-bit quantization of the output); top-1 agreement of int8 and bf16 with f32."""
@@ -442,10 +448,17 @@ def accuracy(g, q_files: dict, count: int, log, name: str) -> dict:
     sim = _torch_outputs(build_module(q).eval(), xs)
     tvm_q = ctvm.backend("tvm-llvm", precision="int8", progress=False).build_module(q)
     yq = np.concatenate([tvm_q(x) for x in xs])
-    steps = np.abs(yq - sim).max(axis=1) / np.maximum(np.ptp(sim, axis=1), 1e-12) * 255
+    steps = _steps(yq, sim)
+    # the simulation's own sensitivity to float rounding: every input moved by one ulp.  Between
+    # quantized layers a network may compute in float (layer norm, softmax, GELU, attention); a
+    # last-bit difference there flips a rounding at the next quantize, and a residual stream
+    # normalized by a layer norm spreads that flip to every value of the next layer
+    ulp = _torch_outputs(build_module(q).eval(), np.nextafter(xs, np.float32(np.inf)).astype(np.float32))
+    floor = _steps(ulp, sim)
     out = {"inputs": count, "int8_vs_simulation_steps": float(steps.max()),
            "int8_vs_simulation_steps_median": float(np.median(steps)),
            "int8_within_one_step": float(np.mean(steps <= 1.0)),
+           "simulation_ulp_steps": float(floor.max()), "simulation_ulp_steps_median": float(np.median(floor)),
            "int8_top1_agreement": float(np.mean(np.argmax(yq, 1) == np.argmax(ref, 1)))}
     if "avx512_bf16" in cpu_flags():
         tvm_b = ctvm.backend("tvm-llvm", precision="bf16", progress=False).build_module(g)
@@ -525,7 +538,9 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
         if acc:
             lines.append(f"- accuracy over {acc['inputs']} N(0,1) inputs: int8 vs the torch int8 simulation: max "
                          f"{acc['int8_vs_simulation_steps']:.2f} output steps (median {acc['int8_vs_simulation_steps_median']:.2f}; "
-                         f"{acc['int8_within_one_step']:.1%} of inputs within one step; step = the output's range / 255), "
+                         f"{acc['int8_within_one_step']:.1%} of inputs within one step; step = the output's range / 255; "
+                         f"the simulation itself with every input moved by one ulp: max {acc['simulation_ulp_steps']:.2f}, "
+                         f"median {acc['simulation_ulp_steps_median']:.2f} steps), "
                          f"top-1 agreement with f32: int8 {acc['int8_top1_agreement']:.1%}"
                          + (f", bf16 {acc['bf16_top1_agreement']:.1%} (max rel err {acc['bf16_max_rel_err']:.1e})"
                             if "bf16_top1_agreement" in acc else ""))
