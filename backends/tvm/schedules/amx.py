@@ -562,7 +562,24 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
     """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
     in parallel loops, the requantization's inner loop vectorized; the conv block is already a
     parallel loop of micro-kernel calls."""
-    requant = sch.get_sblock(blocks["amx_requant"])
+    tail = _schedule_requant(sch, sch.get_sblock(blocks["amx_requant"]), inline_consumers) \
+        if "amx_requant" in blocks else []
+    if "amx_pack" in blocks:
+        pack = sch.get_sblock(blocks["amx_pack"])
+        loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*loops[:4]))
+        lanes = sch.get(pack).annotations.get(LANES_ATTR)
+        k = int(sch.get(loops[-1]).extent)
+        if lanes is not None and k % int(lanes) == 0 and int(lanes) < k:  # a blocked input: one vector per run
+            sch.vectorize(sch.split(loops[-1], [None, int(lanes)])[1])
+        else:
+            sch.vectorize(loops[-1])
+    for block in tail:
+        parallel_outer(sch, block, 2)
+
+
+def _schedule_requant(sch: s_tir.Schedule, requant, inline_consumers) -> list:
+    """``conv_extern``'s requantization; returns the consumers that could not be inlined into it."""
     tail = inline_consumers(sch, requant)
     loops = sch.get_loops(requant)
     extents = [int(sch.get(loop).extent) for loop in loops]
@@ -583,18 +600,7 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
     else:  # qlinear's [..., O]: rows in parallel, channels vectorized (contiguous in acc and the output)
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         _vectorize_by(sch, loops[-1], OC)
-    if "amx_pack" in blocks:
-        pack = sch.get_sblock(blocks["amx_pack"])
-        loops = sch.get_loops(pack)
-        sch.parallel(sch.fuse(*loops[:4]))
-        lanes = sch.get(pack).annotations.get(LANES_ATTR)
-        k = int(sch.get(loops[-1]).extent)
-        if lanes is not None and k % int(lanes) == 0 and int(lanes) < k:  # a blocked input: one vector per run
-            sch.vectorize(sch.split(loops[-1], [None, int(lanes)])[1])
-        else:
-            sch.vectorize(loops[-1])
-    for block in tail:
-        parallel_outer(sch, block, 2)
+    return tail
 
 
 def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
