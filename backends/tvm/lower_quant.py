@@ -278,6 +278,9 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         from convdsl.backends.tvm.schedules import amx as amx_kernel
 
         xa = amx_kernel.pack_input(read, amx, in_zp, shift, lanes=blocked[0] if blocked is not None else None)
+        if requantizes_in_block_loop(amx, blocked, out_dtype):  # each 32 x 32 block requantized while in L1
+            return amx_kernel.conv_requant_extern(xa, w, offsets, bias, mult, amx, out_channels, out_dtype, out_zp,
+                                                  lo, hi)
         acc_ = amx_kernel.conv_extern(xa, w, offsets, amx)
         at = lambda n, c, i, j: acc_[n, c // amx_kernel.OC, i * amx.ww + j, c % amx_kernel.OC]  # noqa: E731
         oh_, ow_, oc_b = amx.oh, amx.ow, amx_kernel.OC
@@ -320,6 +323,17 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         return te.compute((n_, out_channels // ob_, oh_, ow_, ob_), lambda n, o, i, j, l: requant(n, o * ob_ + l, i, j),
                           name="vnni_requant", attrs=attrs)
     return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs=attrs)
+
+
+def requantizes_in_block_loop(amx, blocked: tuple[int | None, int] | None, out_dtype: str) -> bool:
+    """Whether ``vnni_conv2d`` builds ``amx.conv_requant_extern`` (the micro-kernel's blocks requantized in its
+    loop, no int32 accumulator in memory): an AMX conv (``amx``: its Geometry) writing u8 / i8 in 16-channel
+    blocks.  A float output (a residual add's operand) keeps the separate requantization, into which the
+    float ops FuseOps appends are inlined; the fused kernel ends in an extern, which nothing can follow."""
+    from convdsl.backends.tvm.schedules import amx as amx_kernel
+
+    return amx is not None and blocked is not None and blocked[1] == amx_kernel.OC \
+        and out_dtype in amx_kernel.EXTERN_REQUANT
 
 
 def _use_vnni(cx: Lowerer, node: Node) -> bool:

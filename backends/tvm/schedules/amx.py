@@ -288,6 +288,135 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
                      in_buffers=buffers, out_buffers=[out])
 
 
+# ---- the requantization inside the block loop -------------------------------------------------------------------
+# One 32 x 32 block: the micro-kernel stores its four C tiles to a 4 KiB stack buffer (L1) instead of ``acc``
+# in memory, and the same call requantizes the block's pixels into their places in the blocked output
+# ([N, O/16, OH, OW, 16]: one 16-byte store per pixel and channel block), skipping the virtual pixels
+# ow >= OW and the rows beyond OH.  The arithmetic is ``lower_quant.vnni_conv2d``'s requant, op for op:
+# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8.
+def _requant_kernel(name: str, micro: str, signed: bool) -> str:
+    to_int = "fptosi" if signed else "fptoui"
+    store = "\n".join(f"""  %v{cb} = getelementptr i32, ptr %acc, i64 {cb * BLOCK_ROWS * OC}
+  %a{cb} = getelementptr <16 x i32>, ptr %v{cb}, i64 %r
+  %x{cb} = load <16 x i32>, ptr %a{cb}, align 64
+  %s{cb} = add <16 x i32> %x{cb}, %bias{cb}
+  %f{cb} = sitofp <16 x i32> %s{cb} to <16 x float>
+  %m{cb} = fmul <16 x float> %f{cb}, %mult{cb}
+  %e{cb} = call <16 x float> @llvm.roundeven.v16f32(<16 x float> %m{cb})
+  %z{cb} = fadd <16 x float> %e{cb}, %zpv
+  %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> %z{cb}, <16 x float> %hiv)
+  %l{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %h{cb}, <16 x float> %lov)
+  %q{cb} = {to_int} <16 x float> %l{cb} to <16 x i8>
+  %d{cb} = getelementptr <16 x i8>, ptr %y{cb}, i64 %pix
+  store <16 x i8> %q{cb}, ptr %d{cb}, align 1""" for cb in (0, 1))
+    lines = store.splitlines()
+    first, second = "\n".join(lines[:len(lines) // 2]), "\n".join(lines[len(lines) // 2:])
+    return f"""{micro}
+define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, i64 %ww, i64 %oh, i64 %ow,
+                                  float %zp, float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
+                                  i64 %steps, ptr %b, i64 %b_ob) {{
+entry:
+  %two = icmp ne ptr %y0, %y1
+  %ai = ptrtoint ptr %a to i64
+  %xi = ptrtoint ptr %x to i64
+  %ab = sub i64 %ai, %xi
+  %p0 = lshr i64 %ab, 6
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x i32], align 64
+  %k = call i32 @{EXTERN}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
+                          ptr %b, i64 %b_ob)
+  %bias0 = load <16 x i32>, ptr %bias, align 4
+  %bp = getelementptr i32, ptr %bias, i64 {OC}
+  %bp1 = select i1 %two, ptr %bp, ptr %bias
+  %bias1 = load <16 x i32>, ptr %bp1, align 4
+  %mult0 = load <16 x float>, ptr %mult, align 4
+  %mp = getelementptr float, ptr %mult, i64 {OC}
+  %mp1 = select i1 %two, ptr %mp, ptr %mult
+  %mult1 = load <16 x float>, ptr %mp1, align 4
+  %zp1 = insertelement <16 x float> poison, float %zp, i64 0
+  %zpv = shufflevector <16 x float> %zp1, <16 x float> poison, <16 x i32> zeroinitializer
+  %lo1 = insertelement <16 x float> poison, float %lo, i64 0
+  %lov = shufflevector <16 x float> %lo1, <16 x float> poison, <16 x i32> zeroinitializer
+  %hi1 = insertelement <16 x float> poison, float %hi, i64 0
+  %hiv = shufflevector <16 x float> %hi1, <16 x float> poison, <16 x i32> zeroinitializer
+  %i0 = udiv i64 %p0, %ww
+  %iw = mul i64 %i0, %ww
+  %j0 = sub i64 %p0, %iw
+  br label %row
+row:
+  %r = phi i64 [0, %entry], [%r1, %next]
+  %i = phi i64 [%i0, %entry], [%i2, %next]
+  %j = phi i64 [%j0, %entry], [%j2, %next]
+  %inh = icmp ult i64 %i, %oh
+  %inw = icmp ult i64 %j, %ow
+  %in = and i1 %inh, %inw
+  br i1 %in, label %store0, label %next
+store0:
+  %pi = mul i64 %i, %ow
+  %pix = add i64 %pi, %j
+{first}
+  br i1 %two, label %store1, label %next
+store1:
+{second}
+  br label %next
+next:
+  %r1 = add i64 %r, 1
+  %j1 = add i64 %j, 1
+  %wrap = icmp eq i64 %j1, %ww
+  %j2 = select i1 %wrap, i64 0, i64 %j1
+  %di = zext i1 %wrap to i64
+  %i2 = add i64 %i, %di
+  %done = icmp eq i64 %r1, {BLOCK_ROWS}
+  br i1 %done, label %exit, label %row
+exit:
+  ret i32 0
+}}
+declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
+declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
+declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
+"""
+
+
+EXTERN_REQUANT = {"uint8": "convdsl_amx_dpbusd_2x2_requant_u8", "int8": "convdsl_amx_dpbusd_2x2_requant_i8"}
+LLVM_IR_REQUANT = {dtype: _requant_kernel(name, LLVM_IR, dtype == "int8") for dtype, name in EXTERN_REQUANT.items()}
+
+
+def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: te.Tensor, mult: te.Tensor,
+                        geo: Geometry, out_channels: int, out_dtype: str, out_zp: int, lo: int, hi: int) -> te.Tensor:
+    """y [N, O/16, OH, OW, 16] u8 / i8 = requantize(the micro-kernel's block + bias): ``conv_extern`` and
+    ``lower_quant.vnni_conv2d``'s requantization in one pass, each block requantized while it is in L1 (no
+    int32 ``acc`` in memory).  ``bias`` int32 [O] and ``mult`` f32 [O]."""
+    n_ob, icb, taps = (int(d) for d in w.shape[:3])
+    pairs, blocks, ocb = n_ob // 2, geo.rows // BLOCK_ROWS, out_channels // OC
+    steps = icb * taps
+    shape = (geo.n, ocb, geo.oh, geo.ow, OC)
+    plane = geo.oh * geo.ow * OC
+
+    def body(ins, outs):
+        x, wt, offs, b, m = ins
+        y, = outs
+        i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+        f32 = lambda v: tirx.const(float(v), "float32")  # noqa: E731
+        # what differs per call goes as pointers (TVM's passes narrow or widen computed integer arguments): the
+        # second channel block's output is the first's when there is none (O/16 odd), and the block's first
+        # pixel is its A pointer's distance from its image's plane / 64
+        return _block_loop(geo.n, pairs, blocks, LLVM_IR_REQUANT[out_dtype], lambda n, j, pb: tirx.call_extern(
+            "int32", EXTERN_REQUANT[out_dtype],
+            y.access_ptr("w", offset=(n * ocb + 2 * j) * plane),
+            y.access_ptr("w", offset=(n * ocb + tirx.min(2 * j + 1, ocb - 1)) * plane),
+            b.access_ptr("r", offset=2 * j * OC), m.access_ptr("r", offset=2 * j * OC),
+            x.access_ptr("r", offset=n * (icb * geo.plane)),
+            i64(geo.ww), i64(geo.oh), i64(geo.ow), f32(out_zp), f32(lo), f32(hi),
+            x.access_ptr("r", offset=n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)), i64(geo.plane),
+            offs.access_ptr("r"), i64(taps), i64(steps),
+            wt.access_ptr("r", offset=2 * j * (steps * 1024)), i64(steps * 1024)))
+
+    ins = (xp, w, offsets, bias, mult)
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xp", "w", "offsets", "bias", "mult"))]
+    out = tirx.decl_buffer(shape, out_dtype, "y")
+    return te.extern(shape, list(ins), body, name="amx_conv_requant", dtype=out_dtype, in_buffers=buffers,
+                     out_buffers=[out], attrs={ATTR: "amx_conv_requant"})
+
+
 # ---- bf16 (``tdpbf16ps``: 16 pixels x 16 output channels x 32 input channels, f32 accumulation) -------------
 BF16_CHANNELS = TILE_K // 2  # bf16 input channels of one tile row
 
@@ -561,7 +690,8 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
 def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
     """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
     in parallel loops, the requantization's inner loop vectorized; the conv block is already a
-    parallel loop of micro-kernel calls."""
+    parallel loop of micro-kernel calls (``conv_requant_extern``'s, with the requantization, the whole
+    kernel after the pack)."""
     tail = _schedule_requant(sch, sch.get_sblock(blocks["amx_requant"]), inline_consumers) \
         if "amx_requant" in blocks else []
     if "amx_pack" in blocks:

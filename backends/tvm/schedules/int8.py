@@ -67,7 +67,7 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
 
         amx.schedule_batch(sch, blocks, _inline_consumers, _parallel_outer)
         return True
-    if "amx_requant" in blocks:  # schedules/amx.py's kernel (built only for AMX targets)
+    if {"amx_requant", "amx_conv_requant"} & blocks.keys():  # schedules/amx.py's kernels (only for AMX targets)
         from convdsl.backends.tvm.schedules import amx
 
         amx.schedule(sch, blocks, _inline_consumers, _parallel_outer)
@@ -455,7 +455,7 @@ def _annotated_blocks(sch: s_tir.Schedule) -> dict[str, str]:
         if VNNI_ATTR in block.annotations:
             kind = str(block.annotations[VNNI_ATTR])
             found.setdefault(kind, block.name_hint)
-            convs += kind in ("conv", "amx_requant", "amx_batch_out", "amx_pack_p", "amx_pack_x")
+            convs += kind in ("conv", "amx_requant", "amx_conv_requant", "amx_batch_out", "amx_pack_p", "amx_pack_x")
         todo.extend(sch.get_child_blocks(sch.get_sblock(block.name_hint)))
     return found if convs == 1 else {}
 

@@ -273,7 +273,8 @@ class _Blocker(PyExprMutator):
         a transpose in each conv's pack and requantization."""
         import functools
 
-        from convdsl.backends.tvm.lower_quant import INT8_CONV_ATTR, int8_conv_from_spec, vnni_conv2d
+        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, int8_conv_from_spec, requantizes_in_block_loop,
+                                                      vnni_conv2d)
 
         gv = args[0]
         func = self.builder_.get()[gv] if isinstance(gv, relax.GlobalVar) else None
@@ -299,6 +300,8 @@ class _Blocker(PyExprMutator):
         more = {"offsets": offsets[0]} if geo is not None else {}
         kernel = functools.partial(vnni_conv2d, blocked=(ib, ob), **kw, **amx)
         new = self.builder_.call_te(kernel, xb, wt, bias, mult, primfunc_name_hint=gv.name_hint, **more)
+        if requantizes_in_block_loop(geo, (ib, ob), kw["out_dtype"]):  # ends in the extern: nothing fuses after it
+            return self._with_pattern(new, OPAQUE)
         return self._with_pattern(new, OUT_ELEMWISE_FUSABLE)  # its epilogue fuses after it, as before
 
     def _int8_depthwise(self, gv, x, wt, bias, mult, c: int, kw: dict, kind: str) -> relax.Expr | None:

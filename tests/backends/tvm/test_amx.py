@@ -249,6 +249,42 @@ def test_int8_activations_stay_blocked_from_conv_to_conv():
     assert calls["max_pool2d"][1] == [1, 4, 16, 16, 16]  # pooling stays blocked too
 
 
+def _fused_requant_convs(mod) -> int:
+    """PrimFuncs of ``mod`` whose AMX conv requantizes each block in the block loop (``amx.conv_requant_extern``)."""
+    return sum('"amx_conv_requant"' in f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def test_amx_convs_with_a_blocked_int8_output_requantize_each_block_in_the_block_loop():
+    """ResNet-18's AMX convs whose output is int8 (the first conv of each block, the 3x3 stride-2 convs) requantize
+    each 32 x 32 block right after the micro-kernel (no int32 accumulator in memory); the convs whose float
+    output a residual add reads keep the separate requantization (FuseOps appends the add after it)."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    q, _ = _quantized_resnet18()
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        mod = blocked_layout(lower_graph(q, "tvm-llvm"), "int8")
+    assert _fused_requant_convs(mod) == 8
+
+
+@needs_amx
+@pytest.mark.parametrize("shape,out,k,stride,out_dtype", [((64, 9, 9), 48, 3, 1, "u8"), ((96, 14, 13), 80, 1, 2, "i8"),
+                                                          ((128, 5, 5), 32, 3, 1, "u8")],
+                         ids=["three-blocks", "five-blocks-i8-stride2", "one-pair"])
+def test_block_loop_requantization_matches_torch_simulation(shape, out, k, stride, out_dtype):
+    """An odd number of 16-channel output blocks (the last pair has one), rows that end inside a 32-pixel
+    block, i8 output: bit-exact with the torch simulation, and the kernel is the block loop's."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    g = _qconv_program(shape, out, k, stride, k // 2, 1, "u8", out_dtype, True)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        assert _fused_requant_convs(blocked_layout(lower_graph(g, "tvm-llvm"), "int8")) == 1
+    x = (3 * np.random.default_rng(7).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
+    got, want = _int8().build_module(g)(x), _torch(g, x)
+    assert _steps(got, want) == 0 and len(np.unique(want)) > 3
+
+
 @needs_amx
 def test_resnet18_int8_on_amx_matches_torch_simulation():
     q, x = _quantized_resnet18()
