@@ -20,6 +20,7 @@ import sys
 import tvm
 
 from convdsl.backends.tvm.schedules import winograd
+from convdsl.backends.tvm.schedules.amx_residual import AmxResidualRequant
 from convdsl.backends.tvm.schedules.cpu import schedule_func
 from convdsl.backends.tvm.schedules.fast_math import FastMath
 from convdsl.backends.tvm.schedules.layout import BlockedLayout, blocked_layout, blocked_layout_pass
@@ -30,7 +31,11 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
 def layout_passes(spec, precision: str = "f32", winograd: bool = True) -> list:
-    return [] if spec.is_gpu else [blocked_layout_pass(precision, winograd), FastMath]
+    if spec.is_gpu:
+        return []
+    # a quantized program: a residual block's last AMX conv, its add and the next quantize as one kernel
+    # (amx_residual.py; it matches nothing elsewhere)
+    return [blocked_layout_pass(precision, winograd), AmxResidualRequant, FastMath]
 
 
 def is_scheduled(func) -> bool:

@@ -40,7 +40,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from convdsl.backends.tvm.schedules.kernels import target_has
+from convdsl.backends.tvm.schedules.kernels import LOWEST_F32, target_has
 
 TILE_ROWS = 16  # pixels of one tile (rows of A and C)
 TILE_K = 64  # input-channel bytes of one A row
@@ -293,28 +293,90 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
 # in memory, and the same call requantizes the block's pixels into their places in the blocked output
 # ([N, O/16, OH, OW, 16]: one 16-byte store per pixel and channel block), skipping the virtual pixels
 # ow >= OW and the rows beyond OH.  The arithmetic is ``lower_quant.vnni_conv2d``'s requant, op for op:
-# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8.
-def _requant_kernel(name: str, micro: str, signed: bool) -> str:
+# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8.  With a
+# ``Residual`` (``amx_residual.py``): the conv's float output max(f32(acc + bias) * mult, lowest) (``rounded``)
+# plus the dequantized shortcut max((f32(u) - zero) * scale, floor), ReLU, * inv_scale, rounded, + zero
+# point, clamped: the float ops FuseOps' epilogue would apply, in its order.
+@dataclass(frozen=True)
+class Residual:
+    """The epilogue of a residual block's last conv: the shortcut ``dtype`` (u8 / i8 tensor) dequantized as
+    max((f32(u) - zero) * scale, floor) (float32: read as it is), added, ReLU, quantized as
+    clamp(round(y * inv_scale) + out_zp, lo, hi) to ``out_dtype``."""
+
+    dtype: str
+    zero: float
+    scale: float
+    floor: float
+    inv_scale: float
+    out_zp: float
+    lo: float
+    hi: float
+    out_dtype: str
+
+
+def _splat(name: str, value: str) -> str:
+    return f"""  %{name}1 = insertelement <16 x float> poison, float {value}, i64 0
+  %{name} = shufflevector <16 x float> %{name}1, <16 x float> poison, <16 x i32> zeroinitializer
+"""
+
+
+def _f32(v: float) -> str:
+    """An LLVM float constant (the double with the float's value, in hex: exact)."""
+    import struct
+
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(v))))[0]
+
+
+def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = None) -> str:
+    """LLVM IR of ``name``: the micro-kernel's block requantized (``shortcut``: the residual epilogue with a
+    u8 / i8 shortcut of that dtype, its constants passed as floats)."""
     to_int = "fptosi" if signed else "fptoui"
-    store = "\n".join(f"""  %v{cb} = getelementptr i32, ptr %acc, i64 {cb * BLOCK_ROWS * OC}
+
+    def pixel(cb: int) -> str:
+        acc = f"""  %v{cb} = getelementptr i32, ptr %acc, i64 {cb * BLOCK_ROWS * OC}
   %a{cb} = getelementptr <16 x i32>, ptr %v{cb}, i64 %r
   %x{cb} = load <16 x i32>, ptr %a{cb}, align 64
   %s{cb} = add <16 x i32> %x{cb}, %bias{cb}
   %f{cb} = sitofp <16 x i32> %s{cb} to <16 x float>
   %m{cb} = fmul <16 x float> %f{cb}, %mult{cb}
-  %e{cb} = call <16 x float> @llvm.roundeven.v16f32(<16 x float> %m{cb})
+"""
+        if shortcut is None:
+            scaled = f"%m{cb}"
+        else:
+            acc += f"""  %c{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %m{cb}, <16 x float> %lowest)
+"""
+            if shortcut == "float32":  # read as it is
+                acc += f"""  %ru{cb} = getelementptr <16 x float>, ptr %u{cb}, i64 %pix
+  %rm{cb} = load <16 x float>, ptr %ru{cb}, align 4
+"""
+            else:
+                acc += f"""  %ru{cb} = getelementptr <16 x i8>, ptr %u{cb}, i64 %pix
+  %rb{cb} = load <16 x i8>, ptr %ru{cb}, align 1
+  %rf{cb} = {"sitofp" if shortcut == "int8" else "uitofp"} <16 x i8> %rb{cb} to <16 x float>
+  %rz{cb} = fsub <16 x float> %rf{cb}, %zero
+  %rs{cb} = fmul <16 x float> %rz{cb}, %scale
+  %rm{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %rs{cb}, <16 x float> %floor)
+"""
+            acc += f"""  %sum{cb} = fadd <16 x float> %c{cb}, %rm{cb}
+  %relu{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %sum{cb}, <16 x float> zeroinitializer)
+  %n{cb} = fmul <16 x float> %relu{cb}, %inv
+"""
+            scaled = f"%n{cb}"
+        return acc + f"""  %e{cb} = call <16 x float> @llvm.roundeven.v16f32(<16 x float> {scaled})
   %z{cb} = fadd <16 x float> %e{cb}, %zpv
   %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> %z{cb}, <16 x float> %hiv)
   %l{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %h{cb}, <16 x float> %lov)
   %q{cb} = {to_int} <16 x float> %l{cb} to <16 x i8>
   %d{cb} = getelementptr <16 x i8>, ptr %y{cb}, i64 %pix
-  store <16 x i8> %q{cb}, ptr %d{cb}, align 1""" for cb in (0, 1))
-    lines = store.splitlines()
-    first, second = "\n".join(lines[:len(lines) // 2]), "\n".join(lines[len(lines) // 2:])
+  store <16 x i8> %q{cb}, ptr %d{cb}, align 1"""
+
+    extra = ", ptr %u0, ptr %u1, float %zero_s, float %scale_s, float %floor_s, float %inv_s" if shortcut else ""
+    consts = (_splat("lowest", _f32(LOWEST_F32)) + _splat("zero", "%zero_s") + _splat("scale", "%scale_s")
+              + _splat("floor", "%floor_s") + _splat("inv", "%inv_s")) if shortcut else ""
     return f"""{micro}
 define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, i64 %ww, i64 %oh, i64 %ow,
                                   float %zp, float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
-                                  i64 %steps, ptr %b, i64 %b_ob) {{
+                                  i64 %steps, ptr %b, i64 %b_ob{extra}) {{
 entry:
   %two = icmp ne ptr %y0, %y1
   %ai = ptrtoint ptr %a to i64
@@ -332,13 +394,7 @@ entry:
   %mp = getelementptr float, ptr %mult, i64 {OC}
   %mp1 = select i1 %two, ptr %mp, ptr %mult
   %mult1 = load <16 x float>, ptr %mp1, align 4
-  %zp1 = insertelement <16 x float> poison, float %zp, i64 0
-  %zpv = shufflevector <16 x float> %zp1, <16 x float> poison, <16 x i32> zeroinitializer
-  %lo1 = insertelement <16 x float> poison, float %lo, i64 0
-  %lov = shufflevector <16 x float> %lo1, <16 x float> poison, <16 x i32> zeroinitializer
-  %hi1 = insertelement <16 x float> poison, float %hi, i64 0
-  %hiv = shufflevector <16 x float> %hi1, <16 x float> poison, <16 x i32> zeroinitializer
-  %i0 = udiv i64 %p0, %ww
+{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}  %i0 = udiv i64 %p0, %ww
   %iw = mul i64 %i0, %ww
   %j0 = sub i64 %p0, %iw
   br label %row
@@ -353,10 +409,10 @@ row:
 store0:
   %pi = mul i64 %i, %ow
   %pix = add i64 %pi, %j
-{first}
+{pixel(0)}
   br i1 %two, label %store1, label %next
 store1:
-{second}
+{pixel(1)}
   br label %next
 next:
   %r1 = add i64 %r, 1
@@ -377,43 +433,65 @@ declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 
 
 EXTERN_REQUANT = {"uint8": "convdsl_amx_dpbusd_2x2_requant_u8", "int8": "convdsl_amx_dpbusd_2x2_requant_i8"}
-LLVM_IR_REQUANT = {dtype: _requant_kernel(name, LLVM_IR, dtype == "int8") for dtype, name in EXTERN_REQUANT.items()}
+
+
+def _requant_extern(out_dtype: str, shortcut: str | None) -> tuple[str, str]:
+    """(function name, LLVM IR) of the block-loop requantization to ``out_dtype`` (with a ``shortcut`` dtype:
+    the residual epilogue)."""
+    suffix = {None: "", "uint8": "_res_u8", "int8": "_res_i8", "float32": "_res_f32"}[shortcut]
+    name = EXTERN_REQUANT[out_dtype] + suffix
+    return name, _requant_kernel(name, LLVM_IR, out_dtype == "int8", shortcut)
 
 
 def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: te.Tensor, mult: te.Tensor,
-                        geo: Geometry, out_channels: int, out_dtype: str, out_zp: int, lo: int, hi: int) -> te.Tensor:
+                        geo: Geometry, out_channels: int, out_dtype: str, out_zp: int, lo: int, hi: int,
+                        shortcut: te.Tensor | None = None, residual: Residual | None = None) -> te.Tensor:
     """y [N, O/16, OH, OW, 16] u8 / i8 = requantize(the micro-kernel's block + bias): ``conv_extern`` and
     ``lower_quant.vnni_conv2d``'s requantization in one pass, each block requantized while it is in L1 (no
-    int32 ``acc`` in memory).  ``bias`` int32 [O] and ``mult`` f32 [O]."""
+    int32 ``acc`` in memory).  ``bias`` int32 [O] and ``mult`` f32 [O].  With ``residual``: its epilogue, the
+    shortcut read from ``shortcut`` (the output's shape, u8 / i8), ``out_dtype`` / ``out_zp`` / ``lo`` / ``hi``
+    the residual's."""
     n_ob, icb, taps = (int(d) for d in w.shape[:3])
     pairs, blocks, ocb = n_ob // 2, geo.rows // BLOCK_ROWS, out_channels // OC
     steps = icb * taps
     shape = (geo.n, ocb, geo.oh, geo.ow, OC)
     plane = geo.oh * geo.ow * OC
+    name, ir = _requant_extern(out_dtype, residual.dtype if residual is not None else None)
 
     def body(ins, outs):
-        x, wt, offs, b, m = ins
+        x, wt, offs, b, m, *res = ins
         y, = outs
         i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
         f32 = lambda v: tirx.const(float(v), "float32")  # noqa: E731
+
+        def blocks_of(buf, mode, n, j):  # the first and second channel block of pair j (the first again if none)
+            return (buf.access_ptr(mode, offset=(n * ocb + 2 * j) * plane),
+                    buf.access_ptr(mode, offset=(n * ocb + tirx.min(2 * j + 1, ocb - 1)) * plane))
+
+        def call(n, j, pb):
+            more = []
+            if residual is not None:
+                more = [*blocks_of(res[0], "r", n, j), f32(residual.zero), f32(residual.scale), f32(residual.floor),
+                        f32(residual.inv_scale)]
+            return tirx.call_extern(
+                "int32", name, *blocks_of(y, "w", n, j),
+                b.access_ptr("r", offset=2 * j * OC), m.access_ptr("r", offset=2 * j * OC),
+                x.access_ptr("r", offset=n * (icb * geo.plane)),
+                i64(geo.ww), i64(geo.oh), i64(geo.ow), f32(out_zp), f32(lo), f32(hi),
+                x.access_ptr("r", offset=n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)), i64(geo.plane),
+                offs.access_ptr("r"), i64(taps), i64(steps),
+                wt.access_ptr("r", offset=2 * j * (steps * 1024)), i64(steps * 1024), *more)
+
         # what differs per call goes as pointers (TVM's passes narrow or widen computed integer arguments): the
         # second channel block's output is the first's when there is none (O/16 odd), and the block's first
         # pixel is its A pointer's distance from its image's plane / 64
-        return _block_loop(geo.n, pairs, blocks, LLVM_IR_REQUANT[out_dtype], lambda n, j, pb: tirx.call_extern(
-            "int32", EXTERN_REQUANT[out_dtype],
-            y.access_ptr("w", offset=(n * ocb + 2 * j) * plane),
-            y.access_ptr("w", offset=(n * ocb + tirx.min(2 * j + 1, ocb - 1)) * plane),
-            b.access_ptr("r", offset=2 * j * OC), m.access_ptr("r", offset=2 * j * OC),
-            x.access_ptr("r", offset=n * (icb * geo.plane)),
-            i64(geo.ww), i64(geo.oh), i64(geo.ow), f32(out_zp), f32(lo), f32(hi),
-            x.access_ptr("r", offset=n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)), i64(geo.plane),
-            offs.access_ptr("r"), i64(taps), i64(steps),
-            wt.access_ptr("r", offset=2 * j * (steps * 1024)), i64(steps * 1024)))
+        return _block_loop(geo.n, pairs, blocks, ir, call)
 
-    ins = (xp, w, offsets, bias, mult)
-    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xp", "w", "offsets", "bias", "mult"))]
+    ins = [xp, w, offsets, bias, mult] + ([shortcut] if residual is not None else [])
+    names = ("xp", "w", "offsets", "bias", "mult", "shortcut")
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, names)]
     out = tirx.decl_buffer(shape, out_dtype, "y")
-    return te.extern(shape, list(ins), body, name="amx_conv_requant", dtype=out_dtype, in_buffers=buffers,
+    return te.extern(shape, ins, body, name="amx_conv_requant", dtype=out_dtype, in_buffers=buffers,
                      out_buffers=[out], attrs={ATTR: "amx_conv_requant"})
 
 

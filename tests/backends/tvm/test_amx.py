@@ -285,6 +285,51 @@ def test_block_loop_requantization_matches_torch_simulation(shape, out, k, strid
     assert _steps(got, want) == 0 and len(np.unique(want)) > 3
 
 
+RESIDUAL_NET = """import "blocks/resnet.cdl"
+network two_blocks(x: f32[2, 192, 10, 9]) {
+    return x | bottleneck(48) as a | bottleneck(48, stride=2) as b | conv2d(32, 1) as head
+}"""
+
+
+def _residual_kernels(q) -> list[str]:
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.amx_residual import fuse_residual_requant
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        mod = fuse_residual_requant(blocked_layout(lower_graph(q, "tvm-llvm"), "int8"))
+    return sorted(gv.name_hint for gv, f in mod.functions.items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and '"amx_conv_requant"' in f.script() and "shortcut" in f.script())
+
+
+@pytest.mark.parametrize("act", ["u8", "i8"])
+def test_residual_block_conv_add_and_quantize_are_one_amx_kernel(act):
+    """A bottleneck's expansion conv, the residual add (identity shortcut: the block input's int8 value; projection
+    shortcut: the downsampling conv's float output), ReLU and the next quantize: one kernel each, and on an AMX
+    CPU bit-exact with the torch simulation."""
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    root = EXAMPLES.resolve()
+    g = run_passes(load_graph(RESIDUAL_NET.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
+    rng = np.random.default_rng(3)
+    q = quantize(g, [rng.standard_normal((2, 192, 10, 9)).astype(np.float32)], build=torch_module, act_dtype=act)
+    assert len(_residual_kernels(q)) == 2  # a.conv3 (identity shortcut) and b.conv3 (projection shortcut)
+    if not HAS_AMX:
+        pytest.skip("the CPU has no AMX-INT8 (amx_tile, amx_int8)")
+    x = rng.standard_normal((2, 192, 10, 9)).astype(np.float32)
+    got, want = _int8().build_module(q)(x), _torch(q, x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_resnet18_residual_blocks_are_one_amx_kernel_each():
+    """ResNet-18: every block whose output is quantized (layer4's last is read in float by the pooling) ends in one
+    kernel: 3 with a projection shortcut, 4 with the block input as shortcut."""
+    q, _ = _quantized_resnet18()
+    assert len(_residual_kernels(q)) == 7
+
+
 @needs_amx
 def test_resnet18_int8_on_amx_matches_torch_simulation():
     q, x = _quantized_resnet18()
