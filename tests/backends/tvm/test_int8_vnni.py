@@ -102,6 +102,31 @@ def _qconv_program(shape, out, k, stride, pad, dilation, act, out_dtype, relu, b
     return _random_int_params(graph_of(src), wmax=wmax)
 
 
+def test_quantize_rounds_ties_to_even(scheduled):
+    """The quantize op's rounding (relax.round, legalized to ``tirx.round`` on CPU so that loops over it vectorize)
+    rounds ties to even, as torch.round and numpy.round do."""
+    g = graph_of(one_op("quantize", [[1, 10]], 0.5, 10), randomize=False)
+    x = np.array([[0.25, 0.75, 1.25, -0.25, -0.75, 2.25, 1.0, 0.0, 61.25, -4.75]], np.float32)  # x / 0.5: ties
+    want = np.clip(np.round(x / np.float32(0.5)) + 10, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(scheduled(g)(x), want)
+    np.testing.assert_array_equal(_torch(g, x), want)
+
+
+def test_quantize_epilogue_loops_are_vectorizable():
+    """No ``nearbyint`` (which TVM's VectorizeLoop does not vectorize) in a conv -> ReLU6 -> quantize kernel: its
+    requantization loop over 16 channels stays one vector per pixel (MobileNet-V2's epilogues ran as scalars)."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    src = one_op("quantize(0.05, 128) | qconv2d", [[1, 32, 8, 8]], 64, 1, in_scale=0.05, in_zp=128, out_dtype="f32")
+    g = graph_of(src.replace(")\n}", ") | relu6 | quantize(0.1, 3)\n}"))
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(_random_int_params(g)))
+    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("T.round(" in t for t in texts) and not any("nearbyint" in t for t in texts)
+
+
 @needs_int8_schedule
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
 def test_qconv2d_matches_torch_simulation(scheduled, case):
