@@ -287,9 +287,12 @@ class _Blocker(PyExprMutator):
             return self._int8_depthwise(gv, x, wt, bias, mult, c, kw, kind)
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
-        # the kernel's 16-channel accumulator rows become whole output blocks (AMX's C tile rows; VNNI's
-        # weights [O/16, C/4, KH, KW, 16, 4]: not AVX2's 8-channel layouts)
-        if ob != INT8_LANES or (geo is None and (static_shape(wt) or [0] * 5)[4] != INT8_LANES):
+        # VNNI: the kernel's 16-channel accumulator rows become whole output blocks (weights [O/16, C/4, KH, KW,
+        # 16, 4]: not AVX2's 8-channel layouts); AMX: 16-channel blocks, or 8 (MobileNet-V2's 24-channel
+        # projections: the requantization reads its C tile rows by channel, and the next conv reads 8c)
+        if geo is None and (ob != INT8_LANES or (static_shape(wt) or [0] * 5)[4] != INT8_LANES):
+            return None
+        if geo is not None and ob not in (INT8_LANES, INT8_LANES // 2):
             return None
         if ib is None or c % ib or ib < 4:  # e.g. an RGB stem: read in NCHW, write blocked
             ib, xb = None, self.to_nchw(x)

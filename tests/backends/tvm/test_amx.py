@@ -330,6 +330,29 @@ def test_resnet18_residual_blocks_are_one_amx_kernel_each():
     assert len(_residual_kernels(q)) == 7
 
 
+def test_mobilenet_v2_24_channel_projections_on_amx_stay_blocked():
+    """MobileNet-V2's projections to 24 channels (96 and 144 input channels: AMX) read the depthwise conv's NCHW16c
+    output and write NCHW8c, the layout the next (VNNI) expansion conv reads: no unpack to NCHW around them."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    from .test_int8_vnni import mbv2_int8
+
+    _, q, _ = mbv2_int8(1.0)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
+    projections = []
+    for binding in mod["main"].body.blocks[0].bindings:
+        v = binding.value
+        if isinstance(v, relax.Call) and v.op.name == "relax.call_tir" and v.args[0].name_hint.startswith("qconv2d"):
+            x, out = [int(d) for d in v.args[1].fields[0].ty.shape.values], [int(d) for d in v.ty.shape.values]
+            if len(out) == 5 and out[1] * out[4] == 24:
+                projections.append((x, out))
+    assert projections == [([2, 6, 8, 8, 16], [2, 3, 8, 8, 8]), ([2, 9, 8, 8, 16], [2, 3, 8, 8, 8])]
+
+
 @needs_amx
 def test_resnet18_int8_on_amx_matches_torch_simulation():
     q, x = _quantized_resnet18()
