@@ -221,7 +221,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                 shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
                 relu: bool = False, out_shape: tuple[int, ...] | None = None, amx=None,
                 offsets: te.Tensor | None = None, blocked: tuple[int | None, int] | None = None,
-                shortcut: te.Tensor | None = None, residual=None) -> te.Tensor:
+                shortcut: te.Tensor | None = None, epilogue=None) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
     ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
@@ -238,8 +238,8 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     (``schedules/amx.py``), the requantization the same.  With ``blocked`` = (ib, ob), x is in the blocked
     layout [N, C/ib, H, W, ib] (ib None: NCHW) and the result [N, O/ob, OH, OW, ob] (layout.py keeps int8 activations
     blocked between AMX convs: the pack then copies whole runs of ib channels and the requantization writes
-    ob contiguous channels per pixel, where NCHW needs a transpose on each side).  With ``residual`` (an
-    ``amx.Residual``, built by schedules/amx_residual.py for an AMX conv in the blocked layout): the conv's float
+    ob contiguous channels per pixel, where NCHW needs a transpose on each side).  With ``epilogue`` (an
+    ``amx.Epilogue``, built by schedules/amx_epilogue.py for an AMX conv in the blocked layout): the conv's float
     output plus the dequantized ``shortcut``, ReLU and the next quantize, in the block loop."""
     oc_b, ic_b = int(w.shape[4]), int(w.shape[5])  # 16 x 4 (VNNI, u8 x s8) or 8 x 2 (AVX2, i16 x i16)
     wide = w.dtype == "int16"
@@ -281,9 +281,9 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         from convdsl.backends.tvm.schedules import amx as amx_kernel
 
         xa = amx_kernel.pack_input(read, amx, in_zp, shift, lanes=blocked[0] if blocked is not None else None)
-        if residual is not None:
-            return amx_kernel.conv_requant_extern(xa, w, offsets, bias, mult, amx, out_channels, residual.out_dtype,
-                                                  residual.out_zp, residual.lo, residual.hi, shortcut, residual)
+        if epilogue is not None:
+            return amx_kernel.conv_requant_extern(xa, w, offsets, bias, mult, amx, out_channels, epilogue.out_dtype,
+                                                  epilogue.out_zp, epilogue.lo, epilogue.hi, shortcut, epilogue)
         if requantizes_in_block_loop(amx, blocked, out_dtype):  # each 32 x 32 block requantized while in L1
             return amx_kernel.conv_requant_extern(xa, w, offsets, bias, mult, amx, out_channels, out_dtype, out_zp,
                                                   lo, hi)

@@ -20,7 +20,7 @@ import sys
 import tvm
 
 from convdsl.backends.tvm.schedules import winograd
-from convdsl.backends.tvm.schedules.amx_residual import AmxResidualRequant
+from convdsl.backends.tvm.schedules.amx_epilogue import AmxEpilogue
 from convdsl.backends.tvm.schedules.cpu import schedule_func
 from convdsl.backends.tvm.schedules.fast_math import FastMath
 from convdsl.backends.tvm.schedules.layout import BlockedLayout, blocked_layout, blocked_layout_pass
@@ -34,8 +34,8 @@ def layout_passes(spec, precision: str = "f32", winograd: bool = True) -> list:
     if spec.is_gpu:
         return []
     # a quantized program: a residual block's last AMX conv, its add and the next quantize as one kernel
-    # (amx_residual.py; it matches nothing elsewhere)
-    return [blocked_layout_pass(precision, winograd), AmxResidualRequant, FastMath]
+    # (amx_epilogue.py; it matches nothing elsewhere)
+    return [blocked_layout_pass(precision, winograd), AmxEpilogue, FastMath]
 
 
 def is_scheduled(func) -> bool:

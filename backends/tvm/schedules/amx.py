@@ -294,11 +294,11 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
 # ([N, O/16, OH, OW, 16]: one 16-byte store per pixel and channel block), skipping the virtual pixels
 # ow >= OW and the rows beyond OH.  The arithmetic is ``lower_quant.vnni_conv2d``'s requant, op for op:
 # f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8.  With a
-# ``Residual`` (``amx_residual.py``): the conv's float output max(f32(acc + bias) * mult, lowest) (``rounded``)
+# ``Epilogue`` (``amx_epilogue.py``): the conv's float output max(f32(acc + bias) * mult, lowest) (``rounded``)
 # plus the dequantized shortcut max((f32(u) - zero) * scale, floor), ReLU, * inv_scale, rounded, + zero
 # point, clamped: the float ops FuseOps' epilogue would apply, in its order.
 @dataclass(frozen=True)
-class Residual:
+class Epilogue:
     """The epilogue of a residual block's last conv: the shortcut ``dtype`` (u8 / i8 tensor) dequantized as
     max((f32(u) - zero) * scale, floor) (float32: read as it is), added, ReLU, quantized as
     clamp(round(y * inv_scale) + out_zp, lo, hi) to ``out_dtype``."""
@@ -445,18 +445,18 @@ def _requant_extern(out_dtype: str, shortcut: str | None) -> tuple[str, str]:
 
 def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: te.Tensor, mult: te.Tensor,
                         geo: Geometry, out_channels: int, out_dtype: str, out_zp: int, lo: int, hi: int,
-                        shortcut: te.Tensor | None = None, residual: Residual | None = None) -> te.Tensor:
+                        shortcut: te.Tensor | None = None, epilogue: Epilogue | None = None) -> te.Tensor:
     """y [N, O/16, OH, OW, 16] u8 / i8 = requantize(the micro-kernel's block + bias): ``conv_extern`` and
     ``lower_quant.vnni_conv2d``'s requantization in one pass, each block requantized while it is in L1 (no
-    int32 ``acc`` in memory).  ``bias`` int32 [O] and ``mult`` f32 [O].  With ``residual``: its epilogue, the
+    int32 ``acc`` in memory).  ``bias`` int32 [O] and ``mult`` f32 [O].  With ``epilogue``: that epilogue, the
     shortcut read from ``shortcut`` (the output's shape, u8 / i8), ``out_dtype`` / ``out_zp`` / ``lo`` / ``hi``
-    the residual's."""
+    the epilogue's."""
     n_ob, icb, taps = (int(d) for d in w.shape[:3])
     pairs, blocks, ocb = n_ob // 2, geo.rows // BLOCK_ROWS, out_channels // OC
     steps = icb * taps
     shape = (geo.n, ocb, geo.oh, geo.ow, OC)
     plane = geo.oh * geo.ow * OC
-    name, ir = _requant_extern(out_dtype, residual.dtype if residual is not None else None)
+    name, ir = _requant_extern(out_dtype, epilogue.dtype if epilogue is not None else None)
 
     def body(ins, outs):
         x, wt, offs, b, m, *res = ins
@@ -470,9 +470,9 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
 
         def call(n, j, pb):
             more = []
-            if residual is not None:
-                more = [*blocks_of(res[0], "r", n, j), f32(residual.zero), f32(residual.scale), f32(residual.floor),
-                        f32(residual.inv_scale)]
+            if epilogue is not None:
+                more = [*blocks_of(res[0], "r", n, j), f32(epilogue.zero), f32(epilogue.scale), f32(epilogue.floor),
+                        f32(epilogue.inv_scale)]
             return tirx.call_extern(
                 "int32", name, *blocks_of(y, "w", n, j),
                 b.access_ptr("r", offset=2 * j * OC), m.access_ptr("r", offset=2 * j * OC),
@@ -487,7 +487,7 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
         # pixel is its A pointer's distance from its image's plane / 64
         return _block_loop(geo.n, pairs, blocks, ir, call)
 
-    ins = [xp, w, offsets, bias, mult] + ([shortcut] if residual is not None else [])
+    ins = [xp, w, offsets, bias, mult] + ([shortcut] if epilogue is not None else [])
     names = ("xp", "w", "offsets", "bias", "mult", "shortcut")
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, names)]
     out = tirx.decl_buffer(shape, out_dtype, "y")

@@ -303,7 +303,7 @@ class _Blocker(PyExprMutator):
         more = {"offsets": offsets[0]} if geo is not None else {}
         kernel = functools.partial(vnni_conv2d, blocked=(ib, ob), **kw, **amx)
         new = self.builder_.call_te(kernel, xb, wt, bias, mult, primfunc_name_hint=gv.name_hint, **more)
-        # the spec stays on the blocked kernel (amx_residual.py reads it)
+        # the spec stays on the blocked kernel (amx_epilogue.py reads it)
         self.builder_.update_func(new.args[0], self.builder_.get()[new.args[0]].with_attr(INT8_CONV_ATTR, spec))
         if requantizes_in_block_loop(geo, (ib, ob), kw["out_dtype"]):  # ends in the extern: nothing fuses after it
             return self._with_pattern(new, OPAQUE)

@@ -293,11 +293,11 @@ network two_blocks(x: f32[2, 192, 10, 9]) {
 
 def _residual_kernels(q) -> list[str]:
     from convdsl.backends.tvm.lowering import lower_graph
-    from convdsl.backends.tvm.schedules.amx_residual import fuse_residual_requant
+    from convdsl.backends.tvm.schedules.amx_epilogue import fuse_requant_epilogues
     from convdsl.backends.tvm.schedules.layout import blocked_layout
 
     with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
-        mod = fuse_residual_requant(blocked_layout(lower_graph(q, "tvm-llvm"), "int8"))
+        mod = fuse_requant_epilogues(blocked_layout(lower_graph(q, "tvm-llvm"), "int8"))
     return sorted(gv.name_hint for gv, f in mod.functions.items()
                   if isinstance(f, tvm.tirx.PrimFunc) and '"amx_conv_requant"' in f.script() and "shortcut" in f.script())
 

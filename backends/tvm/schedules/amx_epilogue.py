@@ -9,8 +9,8 @@ After the blocked layout (layout.py), a ResNet block whose shortcut is the block
 
 and FuseOps makes the conv's requantization read the int32 accumulator back from memory (``acc``: OH x
 ww x O x 4 bytes; 3.2 MB for ResNet-50's 56 x 56 x 256 expansions, which ran at 3-4% of the tile roof).
-``fuse_residual_requant`` replaces ``q`` with one ``amx.conv_requant_extern`` whose micro-kernel blocks are
-requantized in the block loop with this epilogue (``amx.Residual``): the same float ops in the same order as
+``fuse_requant_epilogues`` replaces ``q`` with one ``amx.conv_requant_extern`` whose micro-kernel blocks are
+requantized in the block loop with this epilogue (``amx.Epilogue``): the same float ops in the same order as
 the TIR FuseOps would make, so the result is bit-identical.  The chain is matched only where each
 intermediate value has no other reader; anything else is left to FuseOps.
 """
@@ -94,7 +94,7 @@ class _Chains:
             shortcut = self._shortcut(res, static_shape(conv)) if kernel is not None else None
             if shortcut is not None:
                 u, zr, sr, floor = shortcut
-                return kernel, u, amx.Residual(str(u.ty.dtype), zr, sr, floor, inv[1], zp[1], lo, hi,
+                return kernel, u, amx.Epilogue(str(u.ty.dtype), zr, sr, floor, inv[1], zp[1], lo, hi,
                                                str(q.attrs.dtype))
         return None
 
@@ -162,12 +162,12 @@ class _Fuser(PyExprMutator):
             return super().visit_var_binding_(binding)
         from convdsl.backends.tvm.lower_quant import vnni_conv2d
 
-        (call, geo, kw), u, residual = match
+        (call, geo, kw), u, epilogue = match
         x, w, bias, mult, offsets = (self.visit_expr(f) for f in call.args[1].fields)
         xs = static_shape(x)
         ib = xs[-1] if xs is not None and len(xs) == 5 else None
-        kernel = functools.partial(vnni_conv2d, amx=geo, blocked=(ib, amx.OC), **{**kw, "out_dtype": residual.out_dtype},
-                                   residual=residual)
+        kernel = functools.partial(vnni_conv2d, amx=geo, blocked=(ib, amx.OC), **{**kw, "out_dtype": epilogue.out_dtype},
+                                   epilogue=epilogue)
         new = self.builder_.call_te(kernel, x, w, bias, mult, offsets=offsets, shortcut=self.visit_expr(u),
                                     primfunc_name_hint=call.args[0].name_hint + "_residual")
         gv = new.args[0]
@@ -175,7 +175,7 @@ class _Fuser(PyExprMutator):
         self.set_var_remap(binding.var, self.builder_.emit(new, name_hint=binding.var.name))
 
 
-def fuse_residual_requant(mod: tvm.IRModule) -> tvm.IRModule:
+def fuse_requant_epilogues(mod: tvm.IRModule) -> tvm.IRModule:
     """Every matched chain (module docstring) of ``mod``'s Relax functions as one AMX kernel; the conv and
     the float ops it replaces are left unread and removed."""
     found = {}
@@ -191,6 +191,6 @@ def fuse_residual_requant(mod: tvm.IRModule) -> tvm.IRModule:
     return relax.transform.DeadCodeElimination()(m.builder_.get())
 
 
-@tvm.transform.module_pass(opt_level=0, name="ConvdslAmxResidualRequant")
-def AmxResidualRequant(mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: N802 - a pass, named like TVM's
-    return fuse_residual_requant(mod)
+@tvm.transform.module_pass(opt_level=0, name="ConvdslAmxEpilogue")
+def AmxEpilogue(mod: tvm.IRModule, ctx) -> tvm.IRModule:  # noqa: N802 - a pass, named like TVM's
+    return fuse_requant_epilogues(mod)
