@@ -518,16 +518,23 @@ def pack_weight_bf16(w: np.ndarray) -> np.ndarray:
 
 
 def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry,
-                      out_blocks: int) -> te.Tensor:
-    """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/16, OH, OW,
-    16] f32: the input rounded to bf16 by the pack, products summed in f32 on AMX tiles."""
+                      out_blocks: int, out_block: int = OC) -> te.Tensor:
+    """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/ob, OH, OW,
+    ob] f32 (ob = ``out_block``, 16 or a divisor of it: 24 channels are 3 blocks of 8): the input rounded to bf16
+    by the pack, products summed in f32 on AMX tiles."""
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     ib = int(data.shape[4])
     read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
     xp = pack_input(read, geo, 0, False, convert=to_bf16_bits, dtype="uint16", lanes=ib)
     acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
-    return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC), lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o],
+    if out_block == OC:
+        return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC),
+                          lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o], name="amx_out",
+                          attrs={ATTR: "amx_requant"})
+    per = OC // out_block  # output blocks per C tile row
+    return te.compute((geo.n, out_blocks, geo.oh, geo.ow, out_block),
+                      lambda n, ob, y, x, o: acc[n, ob // per, y * geo.ww + x, ob % per * out_block + o],
                       name="amx_out", attrs={ATTR: "amx_requant"})
 
 

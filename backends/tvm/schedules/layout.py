@@ -29,7 +29,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from convdsl.backends.tvm.schedules import bf16, kernels, winograd
+from convdsl.backends.tvm.schedules import amx, bf16, kernels, winograd
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
           "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",
@@ -240,11 +240,17 @@ class _Blocker(PyExprMutator):
             if ib is None or ob is None:
                 return None
             xb = self.to_blocked(x, ib)
-            if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int):
-                self._lanes = bf16.LANES
-                tiles = self._amx_bf16(xb, wt, xs, stride, padding, dilation)
+            if self.precision == "bf16" and isinstance(xs[0], int) and ib % bf16.PAIR == 0:
+                tiles = self._amx_bf16(xb, wt, xs, stride, padding, dilation, ob)
                 if tiles is not None:
+                    self._lanes = ob
                     return tiles
+            if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int) \
+                    and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
+                # with AMX, the convs the tiles decline (16 input channels or fewer) stay f32: MobileNet-V2's
+                # 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to bf16, and 16
+                # channels are 8 dot products per output), 0.66 on tiles (the f32 acc round trip), 0.32 in f32
+                self._lanes = bf16.LANES
                 return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
             wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
@@ -336,19 +342,18 @@ class _Blocker(PyExprMutator):
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", pattern))
         return call
 
-    def _amx_bf16(self, xb, wt, xs, stride, padding, dilation) -> relax.Expr | None:
+    def _amx_bf16(self, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
         """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
-        the conv more than 16 input channels (None: ``vdpbf16ps``)."""
+        the conv more than 16 input channels (None: f32), its output NCHW[ob]c."""
         import functools
 
-        from convdsl.backends.tvm.schedules import amx
-
-        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] <= amx.BF16_CHANNELS // 2:
+        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] <= amx.BF16_CHANNELS // 2 \
+                or amx.OC % ob:
             return None
         pt, pl, pb, pr = padding
         geo = amx.Geometry(xs[0], xs[1], xs[2], xs[3], (pt, pb, pl, pr), tuple(stride), tuple(dilation),
                            wt.shape[2], wt.shape[3], amx.BF16_CHANNELS)
-        kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // amx.OC)
+        kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // ob, out_block=ob)
         call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
                                      relax.const(geo.offsets(), "int64"), primfunc_name_hint="conv2d_nchwc_bf16_amx")
         # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
@@ -412,10 +417,11 @@ class _Blocker(PyExprMutator):
         wt = w.value.numpy()
         if len(xs) == 1:
             return None
-        if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
+        if self.precision == "bf16" and isinstance(xs[0], int):  # AMX pads N to whole 32s (a classifier's 1000)
             tiles = self._amx_bf16_dense(x, wt, xs)
             if tiles is not None:
                 return tiles
+        if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
             rows = None
             target = tvm.target.Target.current(allow_none=True)
             if len(xs) >= 2 and isinstance(xs[-2], int) and target is not None and target.kind.name == "llvm":

@@ -489,6 +489,57 @@ def test_bf16_amx_kernels_are_used_unless_no_amx():
         assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels), the linear
 
 
+
+# MobileNet-V2's narrow layers: projections to 24 channels (blocks of 8: the output copy takes half a C tile row per
+# block), an expansion from 24 channels read in blocks of 8, a 16-channel input (stays f32: the tiles would be half
+# zeros, and vdpbf16ps was slower than f32 there), a depthwise conv (f32) and a 10-way classifier (N padded to 32)
+BF16_NARROW = """network m(x: f32[1, 32, 20, 20]) {
+    a = x | conv2d(24, 1, bias=false) | batchnorm
+    b = a | conv2d(144, 1) | relu6 | conv2d(144, 3, pad=1, groups=144) | relu6 | conv2d(24, 1, bias=false)
+    c = (a + b) | conv2d(16, 3, stride=2, pad=same) | relu | conv2d(32, 1) | relu
+    return c | adaptive_avgpool2d(1) | flatten | linear(10)
+}"""
+
+
+def _narrow_bf16_reference(graph, x: np.ndarray) -> np.ndarray:
+    """torch with the operands of every conv over more than 16 input channels (groups 1) and every linear rounded
+    to bf16, products summed in f32: the layers --precision bf16 runs on AMX tiles; the others in f32."""
+    r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
+    m = torch_module(graph).eval()
+    for mod in m.modules():
+        tiles = isinstance(mod, torch.nn.Linear) or (isinstance(mod, torch.nn.Conv2d) and mod.groups == 1
+                                                        and mod.in_channels > amx.BF16_CHANNELS // 2)
+        if tiles:
+            mod.weight.data = r(mod.weight.data)
+            mod.register_forward_pre_hook(lambda _, args: tuple(r(a) for a in args))
+    with torch.no_grad():
+        return m(torch.from_numpy(x)).numpy()
+
+
+@needs_amx_bf16
+def test_bf16_narrow_layers_on_amx_match_torch_bf16_arithmetic():
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(BF16_NARROW)
+    x = np.random.default_rng(3).standard_normal((1, 32, 20, 20)).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), _narrow_bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # really bf16
+    spec = make_target("tvm-llvm", precision="bf16")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
+    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # 32 -> 24, 144 -> 24, 24 -> 144, 24 -> 16 (3x3), the classifier; 16 -> 32 stays f32, and no vdpbf16ps
+    assert sum(amx.EXTERN_BF16 in t for t in texts) == 5
+    assert not any("convdsl_dpbf16ps" in t for t in texts)
+
+
 # ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx.batch_matmul_bf16) -------------------------
 def _attention_bf16_reference(params: dict, prefix: str, heads: int, x: np.ndarray, ctx: np.ndarray | None):
     """torch.nn.MultiheadAttention's arithmetic with every GEMM's operands rounded to bf16 (sums, biases, scale and
