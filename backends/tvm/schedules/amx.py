@@ -519,14 +519,15 @@ def pack_weight_bf16(w: np.ndarray) -> np.ndarray:
 
 def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry,
                       out_blocks: int, out_block: int = OC) -> te.Tensor:
-    """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/ob, OH, OW,
+    """data [N, C/ib, H, W, ib] f32 or bf16 bits (uint16; layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/ob, OH, OW,
     ob] f32 (ob = ``out_block``, 16 or a divisor of it: 24 channels are 3 blocks of 8): the input rounded to bf16
     by the pack, products summed in f32 on AMX tiles."""
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     ib = int(data.shape[4])
     read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
-    xp = pack_input(read, geo, 0, False, convert=to_bf16_bits, dtype="uint16", lanes=ib)
+    convert = None if data.dtype == "uint16" else to_bf16_bits  # uint16: bf16 bits already (layout.py's to_bf16)
+    xp = pack_input(read, geo, 0, False, convert=convert, dtype="uint16", lanes=ib)
     acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
     if out_block == OC:
         return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC),

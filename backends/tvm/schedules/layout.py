@@ -143,6 +143,9 @@ class _Blocker(PyExprMutator):
         self.nchw: dict = {}  # blocked var -> its NCHW copy
         self.packed: dict = {}  # (NCHW var, lanes) -> blocked copy
         self._lanes: int | None = None  # block of the value being visited
+        self.uses: dict = {}  # original var -> its uses in the function being rewritten
+        self.fused_out: set = set()  # new vars a conv kernel writes (its epilogue included: FuseOps fuses it)
+        self._fused_out = False  # the value being visited is one
 
     # ---- layout transforms, made once per value ----
     def to_nchw(self, e: relax.Expr) -> relax.Expr:
@@ -168,8 +171,31 @@ class _Blocker(PyExprMutator):
         return self.blocked.get(e) if isinstance(e, relax.Var) else None
 
     # ---- bindings ----
+    def count_uses(self, func: relax.Function) -> None:
+        self.uses = {}
+
+        def visit(e) -> None:
+            if isinstance(e, relax.Call):
+                for a in e.args:
+                    for f in (a.fields if isinstance(a, relax.Tuple) else [a]):
+                        if isinstance(f, relax.Var):
+                            self.uses[f] = self.uses.get(f, 0) + 1
+
+        relax.analysis.post_order_visit(func, visit)
+
+    def bf16_input(self, original: relax.Expr, xb: relax.Expr) -> relax.Expr:
+        """``xb`` as bf16 bits (uint16) for a kernel that rounds its input to bf16 anyway (an AMX conv's pack, a
+        bf16 depthwise conv): where a conv kernel writes ``xb`` (FuseOps then fuses the rounding into its
+        epilogue's store) and the kernel reading it is its only reader, half the bytes go through memory, the
+        same values arrive.  Else ``xb`` itself."""
+        if not (isinstance(xb, relax.Var) and xb in self.fused_out and _dtype(xb) == "float32"
+                and isinstance(original, relax.Var) and self.uses.get(original, 0) == 1):
+            return xb
+        return self.builder_.emit(self.builder_.call_te(kernels.to_bf16_nchwc, xb, primfunc_name_hint="to_bf16"))
+
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         self._lanes = None
+        self._fused_out = False
         value = self.visit_expr(binding.value)
         lanes = self._lanes
         if isinstance(value, relax.Var) and value in self.blocked:
@@ -187,6 +213,8 @@ class _Blocker(PyExprMutator):
             new = self.builder_.emit(value, name_hint=binding.var.name)
         if lanes is not None:
             self.blocked[new] = lanes
+        if self._fused_out and not output:
+            self.fused_out.add(new)
         self.set_var_remap(binding.var, new)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -204,9 +232,12 @@ class _Blocker(PyExprMutator):
         out = handler(call, args) if handler else None
         if out is None and name in _UNARY and self.lanes(args[0]):
             self._lanes = self.lanes(args[0])
+            self._fused_out = args[0] in self.fused_out and name != "relax.astype"
             out = relax.Call(call.op, args, call.attrs, call.ty_args)
         if out is None and name in _BINARY:
             out = self._binary(call, args)
+            self._fused_out = out is not None and self._lanes is not None \
+                and any(isinstance(a, relax.Var) and a in self.fused_out for a in args)
         if out is None:  # not blocked: every operand in NCHW
             out = relax.Call(call.op, [self._nchw_arg(a) for a in args], call.attrs, call.ty_args)
         return out
@@ -241,9 +272,9 @@ class _Blocker(PyExprMutator):
                 return None
             xb = self.to_blocked(x, ib)
             if self.precision == "bf16" and isinstance(xs[0], int) and ib % bf16.PAIR == 0:
-                tiles = self._amx_bf16(xb, wt, xs, stride, padding, dilation, ob)
+                tiles = self._amx_bf16(call.args[0], xb, wt, xs, stride, padding, dilation, ob)
                 if tiles is not None:
-                    self._lanes = ob
+                    self._lanes, self._fused_out = ob, True
                     return tiles
             if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int) \
                     and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
@@ -258,7 +289,7 @@ class _Blocker(PyExprMutator):
                 self._lanes = ob
                 return wino
             wc = relax.const(pack_conv_weight(wt, ib, ob))
-            self._lanes = ob
+            self._lanes, self._fused_out = ob, True
             return self.builder_.call_te(kernels.conv2d_nchwc, xb, wc, stride, padding, dilation,
                                          primfunc_name_hint="conv2d_nchwc")
         if groups == c == o and wt.shape[1] == 1:
@@ -266,9 +297,15 @@ class _Blocker(PyExprMutator):
             if b is None:
                 return None
             xb = self.to_blocked(x, b)
+            # bf16: bf16 operands, f32 products and sums (the input rounded by the kernel's padded copy, or
+            # read as bf16 bits from the conv before it): half the bytes of MobileNet's largest tensors
+            dw_bf16 = self.precision == "bf16" and isinstance(xs[0], int)
+            if dw_bf16:
+                xb = self.bf16_input(call.args[0], xb)
+                wt = bf16.bf16_to_f32(bf16.round_to_bf16(wt))
             wc = relax.const(pack_dw_weight(wt, b))
-            self._lanes = b
-            return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation,
+            self._lanes, self._fused_out = b, True
+            return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation, dw_bf16,
                                          primfunc_name_hint="dwconv_nchwc")
         return None
 
@@ -342,7 +379,7 @@ class _Blocker(PyExprMutator):
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", pattern))
         return call
 
-    def _amx_bf16(self, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
+    def _amx_bf16(self, x, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
         """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
         the conv more than 16 input channels (None: f32), its output NCHW[ob]c."""
         import functools
@@ -354,7 +391,7 @@ class _Blocker(PyExprMutator):
         geo = amx.Geometry(xs[0], xs[1], xs[2], xs[3], (pt, pb, pl, pr), tuple(stride), tuple(dilation),
                            wt.shape[2], wt.shape[3], amx.BF16_CHANNELS)
         kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // ob, out_block=ob)
-        call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
+        call = self.builder_.call_te(kernel, self.bf16_input(x, xb), relax.const(amx.pack_weight_bf16(wt)),
                                      relax.const(geo.offsets(), "int64"), primfunc_name_hint="conv2d_nchwc_bf16_amx")
         # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
         return self._with_pattern(call, OUT_ELEMWISE_FUSABLE)
@@ -524,6 +561,7 @@ def blocked_layout(mod: tvm.IRModule, precision: str = "f32", winograd: bool = T
     m = _Blocker(mod, precision, winograd)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
+            m.count_uses(func)
             m.builder_.update_func(gv, m.visit_expr(func))
     out = m.builder_.get()
     return relax.transform.DeadCodeElimination()(out)

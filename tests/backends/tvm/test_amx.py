@@ -502,14 +502,16 @@ BF16_NARROW = """network m(x: f32[1, 32, 20, 20]) {
 
 
 def _narrow_bf16_reference(graph, x: np.ndarray) -> np.ndarray:
-    """torch with the operands of every conv over more than 16 input channels (groups 1) and every linear rounded
-    to bf16, products summed in f32: the layers --precision bf16 runs on AMX tiles; the others in f32."""
+    """torch with the operands of every conv over more than 16 input channels (groups 1), every depthwise conv and
+    every linear rounded to bf16, products summed in f32: the layers --precision bf16 runs on AMX tiles, and the
+    depthwise convs (f32 arithmetic on bf16 operands); the others in f32."""
     r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
     m = torch_module(graph).eval()
     for mod in m.modules():
-        tiles = isinstance(mod, torch.nn.Linear) or (isinstance(mod, torch.nn.Conv2d) and mod.groups == 1
-                                                        and mod.in_channels > amx.BF16_CHANNELS // 2)
-        if tiles:
+        conv = isinstance(mod, torch.nn.Conv2d)
+        tiles = isinstance(mod, torch.nn.Linear) or (conv and mod.groups == 1 and mod.in_channels > amx.BF16_CHANNELS // 2)
+        depthwise = conv and mod.groups == mod.in_channels > 1  # bf16 operands, f32 arithmetic
+        if tiles or depthwise:
             mod.weight.data = r(mod.weight.data)
             mod.register_forward_pre_hook(lambda _, args: tuple(r(a) for a in args))
     with torch.no_grad():
@@ -538,6 +540,10 @@ def test_bf16_narrow_layers_on_amx_match_torch_bf16_arithmetic():
     # 32 -> 24, 144 -> 24, 24 -> 144, 24 -> 16 (3x3), the classifier; 16 -> 32 stays f32, and no vdpbf16ps
     assert sum(amx.EXTERN_BF16 in t for t in texts) == 5
     assert not any("convdsl_dpbf16ps" in t for t in texts)
+    # bf16 bits (half the bytes) from the expansion's epilogue to the depthwise conv, from the depthwise conv's to
+    # the projection, and from the residual add (a + b, its one reader the 3x3 conv on tiles); the values the
+    # readers round to anyway.  `a` (two readers) and the 16-channel conv's input (f32) stay f32.
+    assert sum('sblock("to_bf16")' in t for t in texts) == 3
 
 
 # ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx.batch_matmul_bf16) -------------------------
