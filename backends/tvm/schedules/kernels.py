@@ -85,6 +85,11 @@ def to_bf16_nchwc(data: te.Tensor) -> te.Tensor:
     return te.compute(data.shape, lambda *i: to_bf16_bits(data[i]), name="to_bf16")
 
 
+def from_bf16_nchwc(data: te.Tensor) -> te.Tensor:
+    """bf16 bit patterns (uint16) -> their f32 values, elementwise."""
+    return te.compute(data.shape, lambda *i: bf16_value(data[i]), name="from_bf16")
+
+
 def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation, bf16: bool = False) -> te.Tensor:
     """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]; N may be symbolic.
     ``bf16``: the input's values rounded to bf16 (data f32, rounded by the padded copy) or given as bf16

@@ -540,10 +540,48 @@ def test_bf16_narrow_layers_on_amx_match_torch_bf16_arithmetic():
     # 32 -> 24, 144 -> 24, 24 -> 144, 24 -> 16 (3x3), the classifier; 16 -> 32 stays f32, and no vdpbf16ps
     assert sum(amx.EXTERN_BF16 in t for t in texts) == 5
     assert not any("convdsl_dpbf16ps" in t for t in texts)
-    # bf16 bits (half the bytes) from the expansion's epilogue to the depthwise conv, from the depthwise conv's to
-    # the projection, and from the residual add (a + b, its one reader the 3x3 conv on tiles); the values the
-    # readers round to anyway.  `a` (two readers) and the 16-channel conv's input (f32) stay f32.
-    assert sum('sblock("to_bf16")' in t for t in texts) == 3
+    # the epilogues (bias, relu6 / relu) of 32 -> 144 (read by the depthwise conv: bf16 bits) and of the 3x3 conv
+    # (read by the f32 conv: f32) inside the AMX block loop
+    epilogue = [t for t in texts if any(name in t for name in amx.EXTERN_BF16_EPILOGUE.values())]
+    assert len(epilogue) == 2
+    assert sum(amx.EXTERN_BF16_EPILOGUE["uint16"] in t for t in epilogue) == 1
+    # bf16 bits (half the bytes) from the depthwise conv's epilogue to the projection, and from the residual add
+    # (a + b, its one reader the 3x3 conv on tiles); the values the readers round to anyway.  `a` (two readers) and
+    # the 16-channel conv's input (f32) stay f32.
+    assert sum('sblock("to_bf16")' in t for t in texts) == 2
+
+
+
+BF16_EPILOGUES = """network m(x: f32[2, 32, 13, 13]) {
+    y = x | conv2d(48, 3, pad=same, bias=false) | batchnorm | relu6 | conv2d(48, 3, pad=1, groups=48) | relu
+    z = y | conv2d(64, 1, bias=false) | batchnorm | conv2d(32, 3, stride=2, pad=same) | relu
+    return z | conv2d(16, 1)
+}"""  # batch 2, 48 channels (an odd number of 16-channel blocks), a stride-2 3x3 conv with padding
+
+
+@needs_amx_bf16
+def test_bf16_epilogues_in_the_amx_block_loop_match_torch_bf16_arithmetic():
+    """conv -> batchnorm (multiply, add) -> relu6 / relu, or -> a bias: computed on each 32 x 32 block inside the
+    block loop (``amx.conv2d_nchwc_bf16_epilogue``), bf16 bits out where a depthwise / AMX conv reads them."""
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(BF16_EPILOGUES)
+    x = np.random.default_rng(4).standard_normal((2, 32, 13, 13)).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), _narrow_bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale
+    spec = make_target("tvm-llvm", precision="bf16")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
+    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # 32 -> 48 + batchnorm + relu6 (read by the depthwise conv), 48 -> 64 + batchnorm (by the 3x3 on tiles), the 3x3
+    # + bias + relu (by 32 -> 16 on tiles): bf16 bits each; the last conv is the output (no conv reads it)
+    kinds = [name for t in texts for dtype, name in amx.EXTERN_BF16_EPILOGUE.items() if name in t]
+    assert sorted(kinds) == sorted([amx.EXTERN_BF16_EPILOGUE["uint16"]] * 3)
 
 
 # ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx.batch_matmul_bf16) -------------------------
