@@ -93,7 +93,7 @@ def from_bf16_nchwc(data: te.Tensor) -> te.Tensor:
 def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation, bf16: bool = False) -> te.Tensor:
     """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]; N may be symbolic.
     ``bf16``: the input's values rounded to bf16 (data f32, rounded by the padded copy) or given as bf16
-    bits (data uint16, widened by it), products and sums in f32 (the kernel holds bf16 values)."""
+    bits (data uint16, widened by it); the weights, products and sums f32."""
     n = data.shape[0]
     cb, h, w, b = (int(v) for v in data.shape[1:])
     _, kh, kw, _ = (int(v) for v in kernel.shape)

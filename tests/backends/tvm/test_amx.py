@@ -502,17 +502,18 @@ BF16_NARROW = """network m(x: f32[1, 32, 20, 20]) {
 
 
 def _narrow_bf16_reference(graph, x: np.ndarray) -> np.ndarray:
-    """torch with the operands of every conv over more than 16 input channels (groups 1), every depthwise conv and
-    every linear rounded to bf16, products summed in f32: the layers --precision bf16 runs on AMX tiles, and the
-    depthwise convs (f32 arithmetic on bf16 operands); the others in f32."""
+    """torch with the operands of every conv over more than 16 input channels (groups 1) and every linear rounded
+    to bf16, products summed in f32: the layers --precision bf16 runs on AMX tiles; every depthwise conv's input
+    rounded to bf16 (its weights and arithmetic f32); the others in f32."""
     r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
     m = torch_module(graph).eval()
     for mod in m.modules():
         conv = isinstance(mod, torch.nn.Conv2d)
         tiles = isinstance(mod, torch.nn.Linear) or (conv and mod.groups == 1 and mod.in_channels > amx.BF16_CHANNELS // 2)
-        depthwise = conv and mod.groups == mod.in_channels > 1  # bf16 operands, f32 arithmetic
-        if tiles or depthwise:
+        depthwise = conv and mod.groups == mod.in_channels > 1  # bf16 input, f32 weights and arithmetic
+        if tiles:
             mod.weight.data = r(mod.weight.data)
+        if tiles or depthwise:
             mod.register_forward_pre_hook(lambda _, args: tuple(r(a) for a in args))
     with torch.no_grad():
         return m(torch.from_numpy(x)).numpy()

@@ -80,13 +80,23 @@ DEPTHWISE = """network d(x: f32[1, 32, 15, 15]) {
 
 @needs_bf16
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "no_amx"])
-def test_bf16_depthwise_convs_round_their_operands(amx):
+def test_bf16_depthwise_convs_round_their_input(amx):
     g = elaborate(DEPTHWISE)
     x = np.random.default_rng(2).standard_normal((1, 32, 15, 15)).astype(np.float32)
     m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False, amx=amx).build_module(g)
-    y, want = m(x), bf16_reference(g, x)  # every conv's operands rounded, depthwise ones too
+    ref = torch_module(g).eval()  # the depthwise convs: input rounded to bf16, f32 weights; the 1x1: bf16 operands
+    for mod in ref.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            if mod.groups == 1:
+                mod.weight.data = _rounded(mod.weight.data)
+            mod.register_forward_pre_hook(lambda _, args: tuple(_rounded(a) for a in args))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    y = m(x)
     scale = max(1.0, float(np.abs(want).max()))
     assert np.abs(y - want).max() <= 1e-4 * scale
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # the input really rounded
 
 
 @needs_bf16
