@@ -304,9 +304,10 @@ class _Blocker(PyExprMutator):
             xb = self.f32_input(xb)
             if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int) \
                     and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
-                # with AMX, the convs the tiles decline (16 input channels or fewer) stay f32: MobileNet-V2's
-                # 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to bf16, and 16
-                # channels are 8 dot products per output), 0.66 on tiles (the f32 acc round trip), 0.32 in f32
+                # with AMX, the convs the tiles decline (fewer than 16 input channels: the RGB stem) stay f32:
+                # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
+                # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
+                # f32 acc and less than f32 on tiles with the epilogue in the block loop
                 self._lanes = bf16.LANES
                 return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
@@ -409,10 +410,10 @@ class _Blocker(PyExprMutator):
 
     def _amx_bf16(self, x, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
         """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
-        the conv more than 16 input channels (None: f32), its output NCHW[ob]c."""
+        the conv at least 16 input channels (None: f32), its output NCHW[ob]c."""
         import functools
 
-        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] <= amx.BF16_CHANNELS // 2 \
+        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] < amx.BF16_CHANNELS // 2 \
                 or amx.OC % ob:
             return None
         pt, pl, pb, pr = padding
@@ -488,7 +489,7 @@ class _Blocker(PyExprMutator):
         if groups == cin == o and w.shape[1] == 1:
             return True
         ob = channel_block(o)
-        return groups == 1 and cin > amx.BF16_CHANNELS // 2 and ob is not None and amx.OC % ob == 0 \
+        return groups == 1 and cin >= amx.BF16_CHANNELS // 2 and ob is not None and amx.OC % ob == 0 \
             and cin % amx.OC == 0
 
     def _amx_bf16_epilogue(self, xb, wt, geo, ob: int) -> relax.Expr | None:
