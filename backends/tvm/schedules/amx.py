@@ -495,6 +495,141 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
                      out_buffers=[out], attrs={ATTR: "amx_conv_requant"})
 
 
+# ---- bf16 with its epilogue in the block loop ------------------------------------------------------------------
+def _bf16_epilogue_kernel(name: str, bits: bool) -> str:
+    """LLVM IR of ``conv_bf16_epilogue_extern``'s call: the bf16 micro-kernel's 32 x 32 f32 block (a stack buffer,
+    in L1), then per pixel and 16-channel block y = clip(acc * scale + shift, lo, hi), stored as f32 or, with
+    ``bits``, as bf16 bits (round to nearest even: ``bf16.to_bf16_bits``'s integer rule)."""
+    ty, align = ("i16", 2) if bits else ("float", 4)
+    def one(cb: int) -> str:
+        out = f"""  %q{cb} = bitcast <16 x float> %l{cb} to <16 x i32>
+  %u{cb} = lshr <16 x i32> %q{cb}, <i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16>
+  %o{cb} = and <16 x i32> %u{cb}, <i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1, i32 1>
+  %e{cb} = add <16 x i32> %q{cb}, <i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767, i32 32767>
+  %t{cb} = add <16 x i32> %e{cb}, %o{cb}
+  %k{cb} = lshr <16 x i32> %t{cb}, <i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16, i32 16>
+  %w{cb} = trunc <16 x i32> %k{cb} to <16 x i16>
+""" if bits else ""
+        value = f"%w{cb}" if bits else f"%l{cb}"
+        return f"""  %v{cb} = getelementptr float, ptr %acc, i64 {cb * BLOCK_ROWS * OC}
+  %a{cb} = getelementptr <16 x float>, ptr %v{cb}, i64 %r
+  %x{cb} = load <16 x float>, ptr %a{cb}, align 64
+  %m{cb} = fmul <16 x float> %x{cb}, %scale{cb}
+  %s{cb} = fadd <16 x float> %m{cb}, %shift{cb}
+  %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> %s{cb}, <16 x float> %hiv)
+  %l{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %h{cb}, <16 x float> %lov)
+{out}  %d{cb} = getelementptr <16 x {ty}>, ptr %y{cb}, i64 %pix
+  store <16 x {ty}> {value}, ptr %d{cb}, align {align}"""
+    return f"""{LLVM_IR_BF16}
+define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %scale, ptr %shift, ptr %x, i64 %ww, i64 %oh, i64 %ow,
+                                  float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
+                                  i64 %steps, ptr %b, i64 %b_ob) {{
+entry:
+  %two = icmp ne ptr %y0, %y1
+  %ai = ptrtoint ptr %a to i64
+  %xi = ptrtoint ptr %x to i64
+  %ab = sub i64 %ai, %xi
+  %p0 = lshr i64 %ab, 6
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
+  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
+                               i64 %steps, ptr %b, i64 %b_ob)
+  %scale0 = load <16 x float>, ptr %scale, align 4
+  %sp = getelementptr float, ptr %scale, i64 {OC}
+  %sp1 = select i1 %two, ptr %sp, ptr %scale
+  %scale1 = load <16 x float>, ptr %sp1, align 4
+  %shift0 = load <16 x float>, ptr %shift, align 4
+  %hp = getelementptr float, ptr %shift, i64 {OC}
+  %hp1 = select i1 %two, ptr %hp, ptr %shift
+  %shift1 = load <16 x float>, ptr %hp1, align 4
+  %lo1 = insertelement <16 x float> poison, float %lo, i64 0
+  %lov = shufflevector <16 x float> %lo1, <16 x float> poison, <16 x i32> zeroinitializer
+  %hi1 = insertelement <16 x float> poison, float %hi, i64 0
+  %hiv = shufflevector <16 x float> %hi1, <16 x float> poison, <16 x i32> zeroinitializer
+  %i0 = udiv i64 %p0, %ww
+  %iw = mul i64 %i0, %ww
+  %j0 = sub i64 %p0, %iw
+  br label %row
+row:
+  %r = phi i64 [0, %entry], [%r1, %next]
+  %i = phi i64 [%i0, %entry], [%i2, %next]
+  %j = phi i64 [%j0, %entry], [%j2, %next]
+  %inh = icmp ult i64 %i, %oh
+  %inw = icmp ult i64 %j, %ow
+  %in = and i1 %inh, %inw
+  br i1 %in, label %store0, label %next
+store0:
+  %pi = mul i64 %i, %ow
+  %pix = add i64 %pi, %j
+{one(0)}
+  br i1 %two, label %store1, label %next
+store1:
+{one(1)}
+  br label %next
+next:
+  %r1 = add i64 %r, 1
+  %j1 = add i64 %j, 1
+  %wrap = icmp eq i64 %j1, %ww
+  %j2 = select i1 %wrap, i64 0, i64 %j1
+  %di = zext i1 %wrap to i64
+  %i2 = add i64 %i, %di
+  %done = icmp eq i64 %r1, {BLOCK_ROWS}
+  br i1 %done, label %exit, label %row
+exit:
+  ret i32 0
+}}
+declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
+declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
+"""
+
+
+EXTERN_BF16_EPILOGUE = {"float32": "convdsl_amx_dpbf16ps_2x2_epilogue_f32", "uint16": "convdsl_amx_dpbf16ps_2x2_epilogue_bits"}
+LLVM_IR_BF16_EPILOGUE = {dtype: _bf16_epilogue_kernel(name, dtype == "uint16")
+                         for dtype, name in EXTERN_BF16_EPILOGUE.items()}
+
+
+def conv2d_nchwc_bf16_epilogue(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, scale: te.Tensor,
+                               shift: te.Tensor, geo: Geometry, out_blocks: int, out_dtype: str, lo: float,
+                               hi: float) -> te.Tensor:
+    """``conv2d_nchwc_bf16`` with its epilogue y = clip(conv * scale + shift, lo, hi) (a batchnorm or bias, relu /
+    relu6; layout.py's ``_amx_bf16_epilogue``) applied to each 32 x 32 block inside the block loop, while it is in
+    L1: no f32 ``acc`` in memory.  ``scale`` / ``shift`` f32 [O/16 * 16]; y [N, O/16, OH, OW, 16] f32, or bf16 bits
+    (``out_dtype`` uint16) for a reader that rounds to bf16 anyway."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    ib = int(data.shape[4])
+    read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
+    convert = None if data.dtype == "uint16" else to_bf16_bits
+    xp = pack_input(read, geo, 0, False, convert=convert, dtype="uint16", lanes=ib)
+    n_ob, icb, taps = (int(d) for d in kernel.shape[:3])
+    pairs, blocks, ocb = n_ob // 2, geo.rows // BLOCK_ROWS, out_blocks
+    steps = icb * taps
+    shape = (geo.n, ocb, geo.oh, geo.ow, OC)
+    plane = geo.oh * geo.ow * OC
+
+    def body(ins, outs):
+        x, wt, offs, sc, sh = ins
+        y, = outs
+        i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+        f32 = lambda v: tirx.const(float(v), "float32")  # noqa: E731
+        # as conv_requant_extern: per-call values as pointers; x's offsets in bf16 elements (2 bytes)
+        return _block_loop(geo.n, pairs, blocks, LLVM_IR_BF16_EPILOGUE[out_dtype], lambda n, j, pb: tirx.call_extern(
+            "int32", EXTERN_BF16_EPILOGUE[out_dtype],
+            y.access_ptr("w", offset=(n * ocb + 2 * j) * plane),
+            y.access_ptr("w", offset=(n * ocb + tirx.min(2 * j + 1, ocb - 1)) * plane),
+            sc.access_ptr("r", offset=2 * j * OC), sh.access_ptr("r", offset=2 * j * OC),
+            x.access_ptr("r", offset=n * (icb * geo.plane) // 2),
+            i64(geo.ww), i64(geo.oh), i64(geo.ow), f32(lo), f32(hi),
+            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)) // 2), i64(geo.plane),
+            offs.access_ptr("r"), i64(taps), i64(steps),
+            wt.access_ptr("r", offset=2 * j * (steps * 1024) // 2), i64(steps * 1024)))
+
+    ins = (xp, kernel, offsets, scale, shift)
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xp", "w", "offsets", "scale", "shift"))]
+    out = tirx.decl_buffer(shape, out_dtype, "y")
+    return te.extern(shape, list(ins), body, name="amx_conv_requant", dtype=out_dtype, in_buffers=buffers,
+                     out_buffers=[out], attrs={ATTR: "amx_conv_requant"})
+
+
 # ---- bf16 (``tdpbf16ps``: 16 pixels x 16 output channels x 32 input channels, f32 accumulation) -------------
 BF16_CHANNELS = TILE_K // 2  # bf16 input channels of one tile row
 
@@ -518,16 +653,24 @@ def pack_weight_bf16(w: np.ndarray) -> np.ndarray:
 
 
 def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometry,
-                      out_blocks: int) -> te.Tensor:
-    """data [N, C/ib, H, W, ib] f32 (layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/16, OH, OW,
-    16] f32: the input rounded to bf16 by the pack, products summed in f32 on AMX tiles."""
+                      out_blocks: int, out_block: int = OC) -> te.Tensor:
+    """data [N, C/ib, H, W, ib] f32 or bf16 bits (uint16; layout.py's blocked layout), kernel ``pack_weight_bf16``'s -> [N, O/ob, OH, OW,
+    ob] f32 (ob = ``out_block``, 16 or a divisor of it: 24 channels are 3 blocks of 8): the input rounded to bf16
+    by the pack, products summed in f32 on AMX tiles."""
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     ib = int(data.shape[4])
     read = lambda n, c, h, w: data[n, c // ib, h, w, c % ib]  # noqa: E731
-    xp = pack_input(read, geo, 0, False, convert=to_bf16_bits, dtype="uint16", lanes=ib)
+    convert = None if data.dtype == "uint16" else to_bf16_bits  # uint16: bf16 bits already (layout.py's to_bf16)
+    xp = pack_input(read, geo, 0, False, convert=convert, dtype="uint16", lanes=ib)
     acc = conv_extern(xp, kernel, offsets, geo, bf16=True)
-    return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC), lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o],
+    if out_block == OC:
+        return te.compute((geo.n, out_blocks, geo.oh, geo.ow, OC),
+                          lambda n, ob, y, x, o: acc[n, ob, y * geo.ww + x, o], name="amx_out",
+                          attrs={ATTR: "amx_requant"})
+    per = OC // out_block  # output blocks per C tile row
+    return te.compute((geo.n, out_blocks, geo.oh, geo.ow, out_block),
+                      lambda n, ob, y, x, o: acc[n, ob // per, y * geo.ww + x, ob % per * out_block + o],
                       name="amx_out", attrs={ATTR: "amx_requant"})
 
 

@@ -72,15 +72,47 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
         name="conv2d_nchwc", attrs={KERNEL_ATTR: "conv2d_nchwc"})
 
 
-def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
-    """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]; N may be symbolic."""
+def bf16_value(bits: tirx.PrimExpr) -> tirx.PrimExpr:
+    """TIR: a bf16 bit pattern (uint16) -> its f32 value (exact)."""
+    return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
+
+
+def to_bf16_nchwc(data: te.Tensor) -> te.Tensor:
+    """f32 -> bf16 bit patterns (uint16), round to nearest even, elementwise: what a bf16 kernel reads
+    (``bf16_inputs`` in layout.py), FuseOps fuses it into the kernel that writes ``data``."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    return te.compute(data.shape, lambda *i: to_bf16_bits(data[i]), name="to_bf16")
+
+
+def from_bf16_nchwc(data: te.Tensor) -> te.Tensor:
+    """bf16 bit patterns (uint16) -> their f32 values, elementwise."""
+    return te.compute(data.shape, lambda *i: bf16_value(data[i]), name="from_bf16")
+
+
+def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation, bf16: bool = False) -> te.Tensor:
+    """data [N, C/b, H, W, b], kernel [C/b, KH, KW, b] -> [N, C/b, OH, OW, b]; N may be symbolic.
+    ``bf16``: the input's values rounded to bf16 (data f32, rounded by the padded copy) or given as bf16
+    bits (data uint16, widened by it); the weights, products and sums f32."""
     n = data.shape[0]
     cb, h, w, b = (int(v) for v in data.shape[1:])
     _, kh, kw, _ = (int(v) for v in kernel.shape)
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = pad_spatial(data, pt, pl, pb, pr)
+    if bf16:  # the padded copy (always made: it is where the values become f32) reads bf16
+        from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+        src = data
+        read = (lambda v: bf16_value(v)) if data.dtype == "uint16" else (lambda v: bf16_value(to_bf16_bits(v)))
+
+        def fn(i, j, y, x, k):
+            inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
+            return tirx.if_then_else(inside, read(src[i, j, y - pt, x - pl, k]), tirx.const(0.0, "float32"))
+
+        xp = te.compute((n, cb, h + pt + pb, w + pl + pr, b), fn, name="pad_nchwc", attrs={KERNEL_ATTR: "pad"})
+    else:
+        xp = pad_spatial(data, pt, pl, pb, pr)
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
     return te.compute(

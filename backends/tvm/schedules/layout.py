@@ -29,7 +29,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from convdsl.backends.tvm.schedules import bf16, kernels, winograd
+from convdsl.backends.tvm.schedules import amx, bf16, kernels, winograd
 
 _UNARY = {"relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.nn.silu", "relax.nn.gelu",
           "relax.nn.gelu_tanh", "relax.exp", "relax.negative", "relax.nn.leakyrelu", "relax.abs", "relax.square",
@@ -143,6 +143,13 @@ class _Blocker(PyExprMutator):
         self.nchw: dict = {}  # blocked var -> its NCHW copy
         self.packed: dict = {}  # (NCHW var, lanes) -> blocked copy
         self._lanes: int | None = None  # block of the value being visited
+        self.uses: dict = {}  # original var -> its uses in the function being rewritten
+        self.fused_out: set = set()  # new vars a conv kernel writes (its epilogue included: FuseOps fuses it)
+        self._fused_out = False  # the value being visited is one
+        self.users: dict = {}  # original var -> [(binding var, call)] reading it
+        self.absorbed: dict = {}  # original var of an epilogue op computed by an AMX conv -> that conv's new var
+        self._absorb: list = []  # the epilogue vars of the conv being visited
+        self._binding = None  # the original var of the binding being visited
 
     # ---- layout transforms, made once per value ----
     def to_nchw(self, e: relax.Expr) -> relax.Expr:
@@ -168,8 +175,49 @@ class _Blocker(PyExprMutator):
         return self.blocked.get(e) if isinstance(e, relax.Var) else None
 
     # ---- bindings ----
+    def count_uses(self, func: relax.Function) -> None:
+        self.uses, self.users, self.absorbed = {}, {}, {}
+        body = func.body
+        for block in (body.blocks if isinstance(body, relax.SeqExpr) else []):
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Call):
+                    for a in b.value.args:
+                        if isinstance(a, relax.Var):
+                            self.users.setdefault(a, []).append((b.var, b.value))
+
+        def visit(e) -> None:
+            if isinstance(e, relax.Call):
+                for a in e.args:
+                    for f in (a.fields if isinstance(a, relax.Tuple) else [a]):
+                        if isinstance(f, relax.Var):
+                            self.uses[f] = self.uses.get(f, 0) + 1
+
+        relax.analysis.post_order_visit(func, visit)
+
+    def bf16_input(self, original: relax.Expr, xb: relax.Expr) -> relax.Expr:
+        """``xb`` as bf16 bits (uint16) for a kernel that rounds its input to bf16 anyway (an AMX conv's pack, a
+        bf16 depthwise conv): where a conv kernel writes ``xb`` (FuseOps then fuses the rounding into its
+        epilogue's store) and the kernel reading it is its only reader, half the bytes go through memory, the
+        same values arrive.  Else ``xb`` itself."""
+        if not (isinstance(xb, relax.Var) and xb in self.fused_out and _dtype(xb) == "float32"
+                and isinstance(original, relax.Var) and self.uses.get(original, 0) == 1):
+            return xb
+        return self.builder_.emit(self.builder_.call_te(kernels.to_bf16_nchwc, xb, primfunc_name_hint="to_bf16"))
+
+    def f32_input(self, xb: relax.Expr) -> relax.Expr:
+        """``xb`` as f32 (bf16 bits widened) for a kernel that reads f32; ``_reads_bf16`` chooses bf16 bits only
+        for readers that take them, so this is a guard."""
+        if _dtype(xb) != "uint16":
+            return xb
+        return self.builder_.emit(self.builder_.call_te(kernels.from_bf16_nchwc, xb, primfunc_name_hint="from_bf16"))
+
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.absorbed:  # an epilogue op computed inside the AMX conv before it
+            self.set_var_remap(binding.var, self.absorbed[binding.var])
+            return
+        self._binding = binding.var
         self._lanes = None
+        self._fused_out = False
         value = self.visit_expr(binding.value)
         lanes = self._lanes
         if isinstance(value, relax.Var) and value in self.blocked:
@@ -187,6 +235,11 @@ class _Blocker(PyExprMutator):
             new = self.builder_.emit(value, name_hint=binding.var.name)
         if lanes is not None:
             self.blocked[new] = lanes
+        if self._fused_out and not output:
+            self.fused_out.add(new)
+        for var in self._absorb:  # the epilogue ops the kernel just made computes
+            self.absorbed[var] = new
+        self._absorb = []
         self.set_var_remap(binding.var, new)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -204,9 +257,12 @@ class _Blocker(PyExprMutator):
         out = handler(call, args) if handler else None
         if out is None and name in _UNARY and self.lanes(args[0]):
             self._lanes = self.lanes(args[0])
+            self._fused_out = args[0] in self.fused_out and name != "relax.astype"
             out = relax.Call(call.op, args, call.attrs, call.ty_args)
         if out is None and name in _BINARY:
             out = self._binary(call, args)
+            self._fused_out = out is not None and self._lanes is not None \
+                and any(isinstance(a, relax.Var) and a in self.fused_out for a in args)
         if out is None:  # not blocked: every operand in NCHW
             out = relax.Call(call.op, [self._nchw_arg(a) for a in args], call.attrs, call.ty_args)
         return out
@@ -230,7 +286,7 @@ class _Blocker(PyExprMutator):
             s5 = batch_shape(x)
             xs = [s5[0], s5[1] * s5[4], s5[2], s5[3]]
         wt = w.value.numpy()
-        if xs is None or len(xs) != 4 or _dtype(x) != "float32":
+        if xs is None or len(xs) != 4 or _dtype(x) not in ("float32", "uint16"):  # uint16: bf16 bits
             return None
         c, o, groups = xs[1], wt.shape[0], int(a.groups)
         stride, dilation, padding = _ints(a.strides), _ints(a.dilation), _ints(a.padding)
@@ -240,11 +296,19 @@ class _Blocker(PyExprMutator):
             if ib is None or ob is None:
                 return None
             xb = self.to_blocked(x, ib)
-            if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int):
-                self._lanes = bf16.LANES
-                tiles = self._amx_bf16(xb, wt, xs, stride, padding, dilation)
-                if tiles is not None:
+            if self.precision == "bf16" and isinstance(xs[0], int) and ib % bf16.PAIR == 0:
+                tiles = self._amx_bf16(call.args[0], xb, wt, xs, stride, padding, dilation, ob)
+                if tiles is not None:  # (with its epilogue inside, ``_absorb``: nothing fuses after it)
+                    self._lanes, self._fused_out = ob, not self._absorb
                     return tiles
+            xb = self.f32_input(xb)
+            if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int) \
+                    and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
+                # with AMX, the convs the tiles decline (fewer than 16 input channels: the RGB stem) stay f32:
+                # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
+                # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
+                # f32 acc and less than f32 on tiles with the epilogue in the block loop
+                self._lanes = bf16.LANES
                 return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
             wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
@@ -252,7 +316,7 @@ class _Blocker(PyExprMutator):
                 self._lanes = ob
                 return wino
             wc = relax.const(pack_conv_weight(wt, ib, ob))
-            self._lanes = ob
+            self._lanes, self._fused_out = ob, True
             return self.builder_.call_te(kernels.conv2d_nchwc, xb, wc, stride, padding, dilation,
                                          primfunc_name_hint="conv2d_nchwc")
         if groups == c == o and wt.shape[1] == 1:
@@ -260,9 +324,17 @@ class _Blocker(PyExprMutator):
             if b is None:
                 return None
             xb = self.to_blocked(x, b)
+            # bf16: the input rounded to bf16 (by the kernel's padded copy, or read as bf16 bits from the conv
+            # before it: half the bytes of MobileNet's largest tensors), the weights and arithmetic f32 (rounding
+            # the weights too saved nothing and cost MobileNet-V2 top-1 agreement with f32: 88% -> 85%)
+            dw_bf16 = self.precision == "bf16" and isinstance(xs[0], int)
+            if dw_bf16:
+                xb = self.bf16_input(call.args[0], xb)
+            else:
+                xb = self.f32_input(xb)
             wc = relax.const(pack_dw_weight(wt, b))
-            self._lanes = b
-            return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation,
+            self._lanes, self._fused_out = b, True
+            return self.builder_.call_te(kernels.dwconv_nchwc, xb, wc, stride, padding, dilation, dw_bf16,
                                          primfunc_name_hint="dwconv_nchwc")
         return None
 
@@ -336,23 +408,114 @@ class _Blocker(PyExprMutator):
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", pattern))
         return call
 
-    def _amx_bf16(self, xb, wt, xs, stride, padding, dilation) -> relax.Expr | None:
+    def _amx_bf16(self, x, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
         """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
-        the conv more than 16 input channels (None: ``vdpbf16ps``)."""
+        the conv at least 16 input channels (None: f32), its output NCHW[ob]c."""
         import functools
 
-        from convdsl.backends.tvm.schedules import amx
-
-        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] <= amx.BF16_CHANNELS // 2:
+        if not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)) or xs[1] < amx.BF16_CHANNELS // 2 \
+                or amx.OC % ob:
             return None
         pt, pl, pb, pr = padding
         geo = amx.Geometry(xs[0], xs[1], xs[2], xs[3], (pt, pb, pl, pr), tuple(stride), tuple(dilation),
                            wt.shape[2], wt.shape[3], amx.BF16_CHANNELS)
-        kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // amx.OC)
+        xb = self.bf16_input(x, xb)
+        fused = self._amx_bf16_epilogue(xb, wt, geo, ob)
+        if fused is not None:
+            return fused
+        kernel = functools.partial(amx.conv2d_nchwc_bf16, geo=geo, out_blocks=wt.shape[0] // ob, out_block=ob)
         call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
                                      relax.const(geo.offsets(), "int64"), primfunc_name_hint="conv2d_nchwc_bf16_amx")
         # the epilogue (bias, batchnorm, activation, residual) fuses after it, as after any conv
         return self._with_pattern(call, OUT_ELEMWISE_FUSABLE)
+
+    def _epilogue_chain(self, var, o: int):
+        """The epilogue after the conv bound to ``var`` that AMX's block loop can apply: (vars, scale, shift, lo,
+        hi, end) for conv -> [multiply by a per-channel constant] -> [add a per-channel constant] -> [clip / relu],
+        each the only reader of the one before, all dataflow vars; None when not even one op matches."""
+        def per_channel(e):  # a constant broadcast over NCHW's channels only: [1, O, 1, 1], [O, 1, 1], a scalar
+            if not _is_const(e) or _dtype(e) != "float32":
+                return None
+            v = e.value.numpy()
+            if v.size == 1 and v.ndim <= 4:
+                return np.full(o, v.reshape(-1)[0], np.float32)
+            if v.size == o and 3 <= v.ndim <= 4 and v.shape[-3] == o and v.shape[-2:] == (1, 1):
+                return v.reshape(-1).astype(np.float32)
+            return None
+
+        scale, shift, lo, hi, chain, cur = None, None, -np.inf, np.inf, [], var
+        while True:
+            readers = self.users.get(cur, [])
+            if self.uses.get(cur, 0) != 1 or len(readers) != 1 or not isinstance(readers[0][0], relax.DataflowVar):
+                break
+            nxt, c = readers[0]
+            name = c.op.name if isinstance(c.op, tvm.ir.Op) else None
+            other = [a for a in c.args if not a.same_as(cur)]
+            if name == "relax.multiply" and scale is None and shift is None and len(other) == 1 \
+                    and per_channel(other[0]) is not None:
+                scale = per_channel(other[0])
+            elif name == "relax.add" and shift is None and len(other) == 1 and per_channel(other[0]) is not None:
+                shift = per_channel(other[0])
+            elif name == "relax.clip":
+                bound = lambda a: float(getattr(getattr(a, "value", a), "value", getattr(a, "value", a)))  # noqa: E731
+                lo, hi = bound(c.args[1]), bound(c.args[2])
+            elif name == "relax.nn.relu":
+                lo = 0.0
+            else:
+                break
+            chain.append(nxt)
+            cur = nxt
+            if name in ("relax.clip", "relax.nn.relu"):
+                break
+        if not chain:
+            return None
+        ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
+        return (chain, ones if scale is None else scale, zeros if shift is None else shift, lo, hi, cur)
+
+    def _reads_bf16(self, var) -> bool:
+        """Whether the only reader of ``var`` is a conv that rounds its input to bf16 (a depthwise conv, or one
+        on AMX tiles) and so takes bf16 bits."""
+        readers = self.users.get(var, [])
+        if self.uses.get(var, 0) != 1 or len(readers) != 1:
+            return False
+        _, c = readers[0]
+        if not (isinstance(c.op, tvm.ir.Op) and c.op.name == "relax.nn.conv2d" and _is_const(c.args[1])
+                and c.args[0].same_as(var) and _dtype(c.args[1]) == "float32" and str(c.attrs.data_layout) == "NCHW"
+                and str(c.attrs.kernel_layout) == "OIHW" and str(c.attrs.out_layout) == "NCHW"
+                and _f32_or_unset(c.attrs.out_dtype)):
+            return False
+        w, groups = c.args[1].value.numpy(), int(c.attrs.groups)
+        o, cin = w.shape[0], w.shape[1] * groups
+        if groups == cin == o and w.shape[1] == 1:
+            return True
+        ob = channel_block(o)
+        return groups == 1 and cin >= amx.BF16_CHANNELS // 2 and ob is not None and amx.OC % ob == 0 \
+            and cin % amx.OC == 0
+
+    def _amx_bf16_epilogue(self, xb, wt, geo, ob: int) -> relax.Expr | None:
+        """The conv on AMX tiles with the epilogue after it (``_epilogue_chain``) applied in its block loop
+        (``amx.conv2d_nchwc_bf16_epilogue``), writing bf16 bits where its reader rounds to bf16 anyway."""
+        import functools
+
+        o = wt.shape[0]
+        if ob != amx.OC or not isinstance(self._binding, relax.DataflowVar):  # (an output var keeps its value)
+            return None
+        found = self._epilogue_chain(self._binding, o)
+        if found is None:
+            return None
+        chain, scale, shift, lo, hi, end = found
+        readers = self.users.get(end, [])
+        if not readers or not all(isinstance(c.op, tvm.ir.Op) and c.op.name == "relax.nn.conv2d" for _, c in readers):
+            return None  # e.g. a residual add: fused after the conv (with acc), it costs no pass of its own
+        out_dtype = "uint16" if self._reads_bf16(end) else "float32"
+        pad = (-o) % amx.OC
+        kernel = functools.partial(amx.conv2d_nchwc_bf16_epilogue, geo=geo, out_blocks=o // amx.OC,
+                                   out_dtype=out_dtype, lo=lo, hi=hi)
+        call = self.builder_.call_te(kernel, xb, relax.const(amx.pack_weight_bf16(wt)),
+                                     relax.const(geo.offsets(), "int64"), relax.const(np.pad(scale, (0, pad))),
+                                     relax.const(np.pad(shift, (0, pad))), primfunc_name_hint="conv2d_nchwc_bf16_amx_epi")
+        self._absorb = chain
+        return self._with_pattern(call, OPAQUE)
 
     def _amx_bf16_dense(self, x, wt, xs) -> relax.Expr | None:
         """x [..., K] @ wt [K, N] on AMX tiles (``amx.dense_bf16``): the rows as the pixels of a 1x1 conv."""
@@ -412,10 +575,11 @@ class _Blocker(PyExprMutator):
         wt = w.value.numpy()
         if len(xs) == 1:
             return None
-        if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
+        if self.precision == "bf16" and isinstance(xs[0], int):  # AMX pads N to whole 32s (a classifier's 1000)
             tiles = self._amx_bf16_dense(x, wt, xs)
             if tiles is not None:
                 return tiles
+        if self.precision == "bf16" and bf16.dense_fits(*wt.shape) and isinstance(xs[0], int):
             rows = None
             target = tvm.target.Target.current(allow_none=True)
             if len(xs) >= 2 and isinstance(xs[-2], int) and target is not None and target.kind.name == "llvm":
@@ -518,6 +682,7 @@ def blocked_layout(mod: tvm.IRModule, precision: str = "f32", winograd: bool = T
     m = _Blocker(mod, precision, winograd)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
+            m.count_uses(func)
             m.builder_.update_func(gv, m.visit_expr(func))
     out = m.builder_.get()
     return relax.transform.DeadCodeElimination()(out)

@@ -489,6 +489,103 @@ def test_bf16_amx_kernels_are_used_unless_no_amx():
         assert sum(amx.EXTERN_BF16 in t for t in texts) == want  # the three convs (over 32 and 64 channels), the linear
 
 
+
+# MobileNet-V2's narrow layers: projections to 24 and 8 channels (blocks of 8: the output copy takes half a C tile row
+# per block), an expansion from 24 channels read in blocks of 8, a 16-channel input (on tiles, half of each A tile row
+# zeros), an 8-channel input (stays f32: vdpbf16ps was slower than f32 for such convs), a depthwise conv (bf16 input)
+# and a 10-way classifier (N padded to 32)
+BF16_NARROW = """network m(x: f32[1, 32, 20, 20]) {
+    a = x | conv2d(24, 1, bias=false) | batchnorm
+    b = a | conv2d(144, 1) | relu6 | conv2d(144, 3, pad=1, groups=144) | relu6 | conv2d(24, 1, bias=false)
+    c = (a + b) | conv2d(16, 3, stride=2, pad=same) | relu | conv2d(8, 1) | relu | conv2d(32, 1) | relu
+    return c | adaptive_avgpool2d(1) | flatten | linear(10)
+}"""
+
+
+def _narrow_bf16_reference(graph, x: np.ndarray) -> np.ndarray:
+    """torch with the operands of every conv over 16 or more input channels (groups 1) and every linear rounded
+    to bf16, products summed in f32: the layers --precision bf16 runs on AMX tiles; every depthwise conv's input
+    rounded to bf16 (its weights and arithmetic f32); the others in f32."""
+    r = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
+    m = torch_module(graph).eval()
+    for mod in m.modules():
+        conv = isinstance(mod, torch.nn.Conv2d)
+        tiles = isinstance(mod, torch.nn.Linear) or (conv and mod.groups == 1 and mod.in_channels >= amx.BF16_CHANNELS // 2)
+        depthwise = conv and mod.groups == mod.in_channels > 1  # bf16 input, f32 weights and arithmetic
+        if tiles:
+            mod.weight.data = r(mod.weight.data)
+        if tiles or depthwise:
+            mod.register_forward_pre_hook(lambda _, args: tuple(r(a) for a in args))
+    with torch.no_grad():
+        return m(torch.from_numpy(x)).numpy()
+
+
+@needs_amx_bf16
+def test_bf16_narrow_layers_on_amx_match_torch_bf16_arithmetic():
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(BF16_NARROW)
+    x = np.random.default_rng(3).standard_normal((1, 32, 20, 20)).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), _narrow_bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # really bf16
+    spec = make_target("tvm-llvm", precision="bf16")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
+    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # 32 -> 24, 24 -> 144, 144 -> 24, 24 -> 16 (3x3), 16 -> 8, the classifier; 8 -> 32 stays f32, and no vdpbf16ps
+    assert sum(amx.EXTERN_BF16 in t for t in texts) == 6
+    assert not any("convdsl_dpbf16ps" in t for t in texts)
+    # the epilogues (bias, relu6 / relu) of 24 -> 144 (read by the depthwise conv) and of the 3x3 conv (read by
+    # 16 -> 8 on tiles) inside the AMX block loop, both writing bf16 bits
+    epilogue = [t for t in texts if any(name in t for name in amx.EXTERN_BF16_EPILOGUE.values())]
+    assert len(epilogue) == 2
+    assert sum(amx.EXTERN_BF16_EPILOGUE["uint16"] in t for t in epilogue) == 2
+    # bf16 bits (half the bytes) from the depthwise conv's epilogue to the projection, and from the residual add
+    # (a + b, its one reader the 3x3 conv on tiles); the values the readers round to anyway.  `a` (two readers) and
+    # the 8-channel conv's input (f32) stay f32.
+    assert sum('sblock("to_bf16")' in t for t in texts) == 2
+
+
+
+BF16_EPILOGUES = """network m(x: f32[2, 32, 13, 13]) {
+    y = x | conv2d(48, 3, pad=same, bias=false) | batchnorm | relu6 | conv2d(48, 3, pad=1, groups=48) | relu
+    z = y | conv2d(64, 1, bias=false) | batchnorm | conv2d(32, 3, stride=2, pad=same) | relu
+    return z | conv2d(16, 1)
+}"""  # batch 2, 48 channels (an odd number of 16-channel blocks), a stride-2 3x3 conv with padding
+
+
+@needs_amx_bf16
+def test_bf16_epilogues_in_the_amx_block_loop_match_torch_bf16_arithmetic():
+    """conv -> batchnorm (multiply, add) -> relu6 / relu, or -> a bias: computed on each 32 x 32 block inside the
+    block loop (``amx.conv2d_nchwc_bf16_epilogue``), bf16 bits out where a depthwise / AMX conv reads them."""
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate(BF16_EPILOGUES)
+    x = np.random.default_rng(4).standard_normal((2, 32, 13, 13)).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), _narrow_bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale
+    spec = make_target("tvm-llvm", precision="bf16")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
+    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    # 32 -> 48 + batchnorm + relu6 (read by the depthwise conv), 48 -> 64 + batchnorm (by the 3x3 on tiles), the 3x3
+    # + bias + relu (by 32 -> 16 on tiles): bf16 bits each; the last conv is the output (no conv reads it)
+    kinds = [name for t in texts for dtype, name in amx.EXTERN_BF16_EPILOGUE.items() if name in t]
+    assert sorted(kinds) == sorted([amx.EXTERN_BF16_EPILOGUE["uint16"]] * 3)
+
+
 # ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx.batch_matmul_bf16) -------------------------
 def _attention_bf16_reference(params: dict, prefix: str, heads: int, x: np.ndarray, ctx: np.ndarray | None):
     """torch.nn.MultiheadAttention's arithmetic with every GEMM's operands rounded to bf16 (sums, biases, scale and

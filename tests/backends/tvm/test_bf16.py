@@ -72,6 +72,33 @@ def test_bf16_kernels_match_torch_bf16_arithmetic(src, shape):
     assert m.built.own == m.built.functions  # every kernel scheduled by convdsl
 
 
+DEPTHWISE = """network d(x: f32[1, 32, 15, 15]) {
+    y = x | conv2d(32, 3, groups=32) | relu
+    return (y + (y | conv2d(32, 3, pad=1, groups=32))) | conv2d(48, 1)
+}"""  # depthwise convs reading f32 (the input; y, two readers): rounded to bf16 by their padded copy, unpadded too
+
+
+@needs_bf16
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no_amx"])
+def test_bf16_depthwise_convs_round_their_input(amx):
+    g = elaborate(DEPTHWISE)
+    x = np.random.default_rng(2).standard_normal((1, 32, 15, 15)).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False, amx=amx).build_module(g)
+    ref = torch_module(g).eval()  # the depthwise convs: input rounded to bf16, f32 weights; the 1x1: bf16 operands
+    for mod in ref.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            if mod.groups == 1:
+                mod.weight.data = _rounded(mod.weight.data)
+            mod.register_forward_pre_hook(lambda _, args: tuple(_rounded(a) for a in args))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    y = m(x)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # the input really rounded
+
+
 @needs_bf16
 @pytest.mark.parametrize("src, kernels", [(NET, 4), (TOKENS, 2)], ids=["convs", "tokens"])
 def test_bf16_kernels_are_tensorized(src, kernels):
