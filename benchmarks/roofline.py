@@ -243,16 +243,17 @@ KINDS: dict = {}  # kernel name -> the precision its products run at (kernel_flo
 def _kernel_precision(func, text: str, precision: str) -> str:
     """The arithmetic of one kernel of a ``precision`` build, which is not the build's everywhere (the RGB
     stem, norms, attention's activation x activation matmuls stay f32; AMX takes the layers with enough
-    channels): ``int8 (AMX)`` / ``bf16 (AMX)`` for the AMX micro-kernel, ``bf16`` where an operand is
-    bf16 bits (uint16), ``int8`` where a weight is int8, else ``f32``."""
+    channels): ``int8 (AMX)`` / ``bf16 (AMX)`` for the AMX micro-kernel, ``bf16`` where both sides of
+    the products are bf16 bits (two uint16 operands: a kernel that only reads bf16 activations, e.g. a depthwise
+    conv with f32 weights and f32 math, is f32), ``int8`` where a weight is int8, else ``f32``."""
     from convdsl.backends.tvm.schedules import amx
 
     if amx.EXTERN in text:
         return "int8 (AMX)"
     if amx.EXTERN_BF16 in text:
         return "bf16 (AMX)"
-    dtypes = {str(p.ty.dtype) for p in func.params if hasattr(p.ty, "dtype")}
-    if precision == "bf16" and "uint16" in dtypes:
+    dtypes = [str(p.ty.dtype) for p in func.params if hasattr(p.ty, "dtype")]
+    if precision == "bf16" and dtypes.count("uint16") >= 2:
         return "bf16"
     if precision == "int8" and "int8" in dtypes:
         return "int8"
