@@ -327,6 +327,62 @@ def _f32(v: float) -> str:
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(v))))[0]
 
 
+def _block_entry(acc: str, micro: str) -> str:
+    """IR of a block-loop kernel's entry (``_requant_kernel``, ``_bf16_epilogue_kernel``): whether the pair has a
+    second channel block (``%two``: its output pointer differs), the block's first pixel (``%p0``: its A
+    pointer's distance from the image's plane / 64), and the micro-kernel ``micro`` into a 4 KiB stack buffer
+    (``%acc``, elements of type ``acc``)."""
+    return f"""  %two = icmp ne ptr %y0, %y1
+  %ai = ptrtoint ptr %a to i64
+  %xi = ptrtoint ptr %x to i64
+  %ab = sub i64 %ai, %xi
+  %p0 = lshr i64 %ab, 6
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x {acc}], align 64
+  %k = call i32 @{micro}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
+                          ptr %b, i64 %b_ob)
+"""
+
+
+def _pixel_loop(store0: str, store1: str) -> str:
+    """IR of the loop over a block's 32 virtual pixels (row ``%i``, column ``%j`` of a plane ``%ww`` wide, from
+    ``%p0``): for each pixel inside the output (i < OH, j < OW), ``store0`` for the first channel block and, if
+    ``%two``, ``store1`` for the second (both may use ``%r``, the pixel's row in the block, and ``%pix``, its
+    index in the output plane); then the function's end."""
+    return f"""  %i0 = udiv i64 %p0, %ww
+  %iw = mul i64 %i0, %ww
+  %j0 = sub i64 %p0, %iw
+  br label %row
+row:
+  %r = phi i64 [0, %entry], [%r1, %next]
+  %i = phi i64 [%i0, %entry], [%i2, %next]
+  %j = phi i64 [%j0, %entry], [%j2, %next]
+  %inh = icmp ult i64 %i, %oh
+  %inw = icmp ult i64 %j, %ow
+  %in = and i1 %inh, %inw
+  br i1 %in, label %store0, label %next
+store0:
+  %pi = mul i64 %i, %ow
+  %pix = add i64 %pi, %j
+{store0}
+  br i1 %two, label %store1, label %next
+store1:
+{store1}
+  br label %next
+next:
+  %r1 = add i64 %r, 1
+  %j1 = add i64 %j, 1
+  %wrap = icmp eq i64 %j1, %ww
+  %j2 = select i1 %wrap, i64 0, i64 %j1
+  %di = zext i1 %wrap to i64
+  %i2 = add i64 %i, %di
+  %done = icmp eq i64 %r1, {BLOCK_ROWS}
+  br i1 %done, label %exit, label %row
+exit:
+  ret i32 0
+}}
+"""
+
+
 def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = None) -> str:
     """LLVM IR of ``name``: the micro-kernel's block requantized (``shortcut``: the residual epilogue with a
     u8 / i8 shortcut of that dtype, its constants passed as floats)."""
@@ -378,15 +434,7 @@ define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, 
                                   float %zp, float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
                                   i64 %steps, ptr %b, i64 %b_ob{extra}) {{
 entry:
-  %two = icmp ne ptr %y0, %y1
-  %ai = ptrtoint ptr %a to i64
-  %xi = ptrtoint ptr %x to i64
-  %ab = sub i64 %ai, %xi
-  %p0 = lshr i64 %ab, 6
-  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x i32], align 64
-  %k = call i32 @{EXTERN}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
-                          ptr %b, i64 %b_ob)
-  %bias0 = load <16 x i32>, ptr %bias, align 4
+{_block_entry("i32", EXTERN)}  %bias0 = load <16 x i32>, ptr %bias, align 4
   %bp = getelementptr i32, ptr %bias, i64 {OC}
   %bp1 = select i1 %two, ptr %bp, ptr %bias
   %bias1 = load <16 x i32>, ptr %bp1, align 4
@@ -394,39 +442,7 @@ entry:
   %mp = getelementptr float, ptr %mult, i64 {OC}
   %mp1 = select i1 %two, ptr %mp, ptr %mult
   %mult1 = load <16 x float>, ptr %mp1, align 4
-{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}  %i0 = udiv i64 %p0, %ww
-  %iw = mul i64 %i0, %ww
-  %j0 = sub i64 %p0, %iw
-  br label %row
-row:
-  %r = phi i64 [0, %entry], [%r1, %next]
-  %i = phi i64 [%i0, %entry], [%i2, %next]
-  %j = phi i64 [%j0, %entry], [%j2, %next]
-  %inh = icmp ult i64 %i, %oh
-  %inw = icmp ult i64 %j, %ow
-  %in = and i1 %inh, %inw
-  br i1 %in, label %store0, label %next
-store0:
-  %pi = mul i64 %i, %ow
-  %pix = add i64 %pi, %j
-{pixel(0)}
-  br i1 %two, label %store1, label %next
-store1:
-{pixel(1)}
-  br label %next
-next:
-  %r1 = add i64 %r, 1
-  %j1 = add i64 %j, 1
-  %wrap = icmp eq i64 %j1, %ww
-  %j2 = select i1 %wrap, i64 0, i64 %j1
-  %di = zext i1 %wrap to i64
-  %i2 = add i64 %i, %di
-  %done = icmp eq i64 %r1, {BLOCK_ROWS}
-  br i1 %done, label %exit, label %row
-exit:
-  ret i32 0
-}}
-declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
+{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
 declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
 declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 """
@@ -525,15 +541,7 @@ define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %scale, ptr %shift, ptr %x
                                   float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
                                   i64 %steps, ptr %b, i64 %b_ob) {{
 entry:
-  %two = icmp ne ptr %y0, %y1
-  %ai = ptrtoint ptr %a to i64
-  %xi = ptrtoint ptr %x to i64
-  %ab = sub i64 %ai, %xi
-  %p0 = lshr i64 %ab, 6
-  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
-  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
-                               i64 %steps, ptr %b, i64 %b_ob)
-  %scale0 = load <16 x float>, ptr %scale, align 4
+{_block_entry("float", EXTERN_BF16)}  %scale0 = load <16 x float>, ptr %scale, align 4
   %sp = getelementptr float, ptr %scale, i64 {OC}
   %sp1 = select i1 %two, ptr %sp, ptr %scale
   %scale1 = load <16 x float>, ptr %sp1, align 4
@@ -545,39 +553,7 @@ entry:
   %lov = shufflevector <16 x float> %lo1, <16 x float> poison, <16 x i32> zeroinitializer
   %hi1 = insertelement <16 x float> poison, float %hi, i64 0
   %hiv = shufflevector <16 x float> %hi1, <16 x float> poison, <16 x i32> zeroinitializer
-  %i0 = udiv i64 %p0, %ww
-  %iw = mul i64 %i0, %ww
-  %j0 = sub i64 %p0, %iw
-  br label %row
-row:
-  %r = phi i64 [0, %entry], [%r1, %next]
-  %i = phi i64 [%i0, %entry], [%i2, %next]
-  %j = phi i64 [%j0, %entry], [%j2, %next]
-  %inh = icmp ult i64 %i, %oh
-  %inw = icmp ult i64 %j, %ow
-  %in = and i1 %inh, %inw
-  br i1 %in, label %store0, label %next
-store0:
-  %pi = mul i64 %i, %ow
-  %pix = add i64 %pi, %j
-{one(0)}
-  br i1 %two, label %store1, label %next
-store1:
-{one(1)}
-  br label %next
-next:
-  %r1 = add i64 %r, 1
-  %j1 = add i64 %j, 1
-  %wrap = icmp eq i64 %j1, %ww
-  %j2 = select i1 %wrap, i64 0, i64 %j1
-  %di = zext i1 %wrap to i64
-  %i2 = add i64 %i, %di
-  %done = icmp eq i64 %r1, {BLOCK_ROWS}
-  br i1 %done, label %exit, label %row
-exit:
-  ret i32 0
-}}
-declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
+{_pixel_loop(one(0), one(1))}declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
 declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 """
 
