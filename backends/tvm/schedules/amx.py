@@ -845,6 +845,23 @@ declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
 """
 
 
+def _pack_rows_bf16(x: te.Tensor, kb: int) -> te.Tensor:
+    """x [N, L, K] f32 -> the A tiles of a GEMM over its rows: [N, kb, rows, 32] bf16 bits (``batch_matmul_bf16``'s
+    A; kb = K/32 rounded up), rows = L up to whole 32-row blocks, the rows past L copies of row L - 1, the
+    features past K zeros."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    n, length, k = (int(d) for d in x.shape)
+    rows = _cdiv(length, BLOCK_ROWS) * BLOCK_ROWS
+
+    def pack(b, c, i, e):
+        kk = c * BF16_CHANNELS + e
+        v = to_bf16_bits(x[b, tirx.min(i, length - 1), tirx.min(kk, k - 1) if kb * BF16_CHANNELS > k else kk])
+        return tirx.Select(kk < k, v, tirx.const(0, "uint16")) if kb * BF16_CHANNELS > k else v
+
+    return te.compute((n, kb, rows, BF16_CHANNELS), pack, name="amx_pack", attrs={ATTR: "amx_pack_x"})
+
+
 def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
     """x [N, L, K] f32 @ W + bias -> [N, rows, O] f32, rows = L up to whole 32-row blocks (the rows past L are
     computed from copies of row L - 1: whatever reads the result reads its first L rows), W
@@ -852,18 +869,10 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
     stored straight into the output (``LLVM_IR_BF16_ROWS``): no f32 accumulator buffer and no epilogue pass over
     it, which a plain ``dense_bf16`` spends on an output of 3 x 384 columns (ViT-S's Q/K/V) as long as on its
     GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A)."""
-    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
-
-    n, length, k = (int(d) for d in x.shape)
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
-    rows, out = _cdiv(length, BLOCK_ROWS) * BLOCK_ROWS, n_ob * OC
-
-    def pack(b, c, i, e):
-        kk = c * BF16_CHANNELS + e
-        v = to_bf16_bits(x[b, tirx.min(i, length - 1), tirx.min(kk, k - 1) if kb * BF16_CHANNELS > k else kk])
-        return tirx.Select(kk < k, v, tirx.const(0, "uint16")) if kb * BF16_CHANNELS > k else v
-
-    xa = te.compute((n, kb, rows, BF16_CHANNELS), pack, name="amx_pack", attrs={ATTR: "amx_pack_x"})
+    xa = _pack_rows_bf16(x, kb)
+    n, rows = int(xa.shape[0]), int(xa.shape[2])
+    out = n_ob * OC
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
