@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+
 from convdsl.ir.types import TensorType
 
-from convdsl.backends.tvm.common import TVM_DTYPE, LowerFn, Lowerer, R, family
+from convdsl.backends.tvm.common import TVM_DTYPE, LowerFn, Lowerer, R, family, relax
 
 if TYPE_CHECKING:
     from tvm.relax import Expr
@@ -54,7 +56,86 @@ def _affine(cx, node, args, ins):
     return y
 
 
+_PASS_THROUGH = ("dropout", "identity", "drop_path")  # identities at inference
+
+
+def _sole_producer(graph, v, op: str):
+    """The node of op ``op`` whose output reaches ``v`` through identities only, each value on the way read once
+    and no network output; else None."""
+    while True:
+        if graph.is_output(v) or len(graph.users(v)) != 1:
+            return None
+        node = graph.node(v.node)
+        if node.op == op:
+            return node
+        if node.op not in _PASS_THROUGH:
+            return None
+        v = graph.inputs_of(node.id)[0]
+
+
+def _bound(cx, v, op: str):
+    """The call of Relax op ``op`` bound to the variable ``v`` in the function being built, else None."""
+    import tvm
+
+    e = cx.bb.lookup_binding(v) if isinstance(v, relax.Var) else None
+    return e if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == op else None
+
+
+def _linear_input(cx, v, has_bias: bool):
+    """x for ``v`` = x @ W (+ b) as lower_linear emits it, else None."""
+    if has_bias:
+        add = _bound(cx, v, "relax.add")
+        v = add.args[0] if add is not None else None
+    mm = _bound(cx, v, "relax.matmul") if v is not None else None
+    return mm.args[0] if mm is not None else None
+
+
+def _amx_mlp(cx, node, args, ins):
+    """``residual + linear(gelu(linear(x)))`` (a transformer MLP block with its residual, ViT's) at --precision bf16
+    on a CPU with AMX-BF16 as two kernels: fc1 with the GELU, rounded to bf16 straight into fc2's A tiles
+    (``amx.mlp_up_bf16``), and fc2 with the bias in its tiles and the residual added as its rows are read back
+    (``amx.mlp_down_bf16``); the hidden layer is never an f32 tensor.  The arithmetic is the unfused build's
+    (bf16 operands, f32 sums, bias and GELU in f32).  None where it does not apply: another precision or target,
+    other shapes (dims not multiples of 32, symbolic), intermediate values read elsewhere."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules import amx
+
+    target = tvm.target.Target.current(allow_none=True)
+    if cx.precision != "bf16" or len(args) != 2 or target is None or target.kind.name != "llvm" \
+            or not amx.has_amx_bf16(target) or any(t.dtype != "f32" or t.rank != 3 for t in ins) \
+            or ins[0].shape != ins[1].shape or not all(isinstance(d, int) for d in ins[0].shape):
+        return None
+    g = cx.graph
+    for i, v in enumerate(g.inputs_of(node.id)):
+        fc2 = _sole_producer(g, v, "linear")
+        gelu = _sole_producer(g, g.inputs_of(fc2.id)[0], "gelu") if fc2 is not None else None
+        fc1 = _sole_producer(g, g.inputs_of(gelu.id)[0], "linear") if gelu is not None else None
+        if fc1 is None or gelu.attrs["approximate"] != "none":
+            continue
+        w1, w2 = (np.asarray(g.params[n.params["weight"]]) for n in (fc1, fc2))
+        if w1.shape[0] % amx.BLOCK_OC or w2.shape[0] % amx.BLOCK_OC or w2.shape[0] != ins[0].shape[-1] \
+                or w1.shape[1] <= amx.BF16_CHANNELS // 2 or g.type_of(g.inputs_of(fc1.id)[0]).dtype != "f32":
+            continue
+        # the Relax values: args[i] = gelu(x W1 + b1) W2 + b2, as lower_linear and _gelu emit them
+        hidden = _linear_input(cx, args[i], fc2.attrs["bias"])
+        act = _bound(cx, hidden, "relax.nn.gelu") if hidden is not None else None
+        x = _linear_input(cx, act.args[0], fc1.attrs["bias"]) if act is not None else None
+        if x is None:
+            continue
+        bias = [np.asarray(g.params[n.params["bias"]], np.float32) if n.attrs["bias"]
+                else np.zeros(w.shape[0], np.float32) for n, w in ((fc1, w1), (fc2, w2))]
+        packed = [cx.const(amx.pack_weight_bf16(w[:, :, None, None]), "uint16") for w in (w1, w2)]
+        h = cx.bb.emit_te(amx.mlp_up_bf16, x, packed[0], cx.const(bias[0]), primfunc_name_hint="mlp_up_bf16_amx")
+        return cx.bb.emit_te(amx.mlp_down_bf16, h, packed[1], cx.const(bias[1]), args[1 - i],
+                             primfunc_name_hint="mlp_down_bf16_amx")
+    return None
+
+
 def _add(cx, node, args, ins):
+    mlp = _amx_mlp(cx, node, args, ins)
+    if mlp is not None:
+        return mlp
     y = args[0]
     for i, b in enumerate(args[1:]):
         y = R.add(y, b)

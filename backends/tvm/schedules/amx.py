@@ -868,9 +868,10 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
     ``pack_weight_bf16`` of [O, K, 1, 1] (O a multiple of 32), bias [O] f32.  The tiles start as the bias and are
     stored straight into the output (``LLVM_IR_BF16_ROWS``): no f32 accumulator buffer and no epilogue pass over
     it, which a plain ``dense_bf16`` spends on an output of 3 x 384 columns (ViT-S's Q/K/V) as long as on its
-    GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A)."""
+    GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A), or is that
+    pack already (uint16 [N, K/32, rows, 32]: ``mlp_up_bf16``'s output; its rows are the output's)."""
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
-    xa = _pack_rows_bf16(x, kb)
+    xa = x if x.dtype == "uint16" else _pack_rows_bf16(x, kb)  # uint16: already the A-tile pack
     n, rows = int(xa.shape[0]), int(xa.shape[2])
     out = n_ob * OC
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
@@ -890,6 +891,56 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
     y = tirx.decl_buffer((n, rows, out), "float32", "y")
     return te.extern((n, rows, out), [xa, kernel, bias], body, name="amx_linear_rows", dtype="float32",
                      in_buffers=buffers, out_buffers=[y])
+
+
+# ---- a transformer MLP: fc1 -> GELU -> fc2 (+ residual), the hidden layer only as bf16 tiles ----------------------
+def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
+    """gelu(x W + bias) for x [N, L, K] f32 (W, bias as ``linear_rows_bf16``), rounded to bf16 straight into the
+    next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``mlp_down_bf16`` reads it).  The GEMM is the conv's
+    micro-kernel with one tap into acc [N, O/16, rows, 16] (tiles stored whole: 1 KiB each, contiguous), so that
+    the GELU pass reads acc and writes the pack both as streams (a row-major f32 output read 32 columns at a time
+    took 45% longer).  The GELU is FastMath's (x * (0.5 + 0.5 * fast_erf(x / sqrt 2))) on acc + bias; the
+    hidden layer never exists as an f32 tensor outside this kernel, and the next GEMM has no pack of its own."""
+    import math
+
+    from tvm import topi
+
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
+    xa = _pack_rows_bf16(x, kb)
+    n, rows = int(xa.shape[0]), int(xa.shape[2])
+    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, taps = ins
+        acc, = outs
+        return _block_loop(n, pairs, blocks, LLVM_IR_BF16, lambda bi, j, pb: tirx.call_extern(
+            "int32", EXTERN_BF16,
+            acc.access_ptr("w", offset=((bi * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
+            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+            taps.access_ptr("r"), i64(1), i64(kb),
+            wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024)))
+
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (kernel, "w"), (offs, "taps"))]
+    acc = te.extern((n, n_ob, rows, OC), [xa, kernel, offs], body, name="amx_mlp_up", dtype="float32",
+                    in_buffers=buffers, out_buffers=[tirx.decl_buffer((n, n_ob, rows, OC), "float32", "acc")])
+    pre = te.compute((n, n_ob // 2, rows, BF16_CHANNELS), lambda b, c, i, e: acc[b, 2 * c + e // OC, i, e % OC]
+                     + bias[c * BF16_CHANNELS + e], name="gelu_in")
+    inv_sqrt2, half = tirx.const(1.0 / math.sqrt(2.0), "float32"), tirx.const(0.5, "float32")
+    erf = topi.fast_erf(te.compute(pre.shape, lambda *i: pre(*i) * inv_sqrt2, name="gelu_scale"))
+    return te.compute(pre.shape, lambda *i: to_bf16_bits(pre(*i) * (half + half * erf(*i))), name="amx_gelu_pack",
+                      attrs={ATTR: "amx_batch_out"})
+
+
+def mlp_down_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, residual: te.Tensor) -> te.Tensor:
+    """residual + hidden W + bias -> [N, L, O] f32 (residual's shape) for ``mlp_up_bf16``'s pack: the GEMM on tiles
+    that start as the bias, the residual added as the rows are read back (the rows past L are dropped)."""
+    y = linear_rows_bf16(hidden, kernel, bias)  # [N, rows, O]
+    return te.compute(residual.shape, lambda b, i, c: y[b, i, c] + residual[b, i, c], name="amx_out",
+                      attrs={ATTR: "amx_batch_out"})
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------
@@ -946,5 +997,6 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
-           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "schedule", "schedule_batch",
+           "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "linear_rows_bf16",
+           "mlp_up_bf16", "mlp_down_bf16", "schedule", "schedule_batch",
            "LLVM_IR", "LLVM_IR_BF16"]

@@ -663,3 +663,51 @@ def test_attention_bf16_kernels_are_amx():
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
         calls = [sum(t.count(f'"{name}"') for t in texts) for name in (amx.EXTERN_BF16, amx.EXTERN_BF16_ROWS)]
         assert calls == ([3, 1] if want else [0, 0])  # micro-kernel call sites
+
+
+# ---- a transformer MLP with its residual on AMX bf16 tiles (lower_elementwise._amx_mlp, amx.mlp_up/down_bf16) -----
+MLP_BLOCK = """network t(x: f32[1, 197, 64]) {
+    m = x | layernorm | linear(128) | gelu | dropout(0.1) | linear(64)
+    return x + m
+}"""  # ViT's MLP half-layer: 197 tokens (7 row blocks of 32, the last partial)
+MLP_SHARED = """network t(x: f32[1, 40, 64]) {
+    h = x | linear(128) | gelu
+    y = x + (h | linear(64))
+    return y + (h | linear(64))
+}"""  # the hidden layer read by two linears: not fused (each reads it as it is)
+
+
+def _kernel_names(g) -> list[str]:
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm", precision="bf16")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g, precision="bf16"))
+    return [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("src,shape,fused", [(MLP_BLOCK, (1, 197, 64), True), (MLP_SHARED, (1, 40, 64), False)],
+                         ids=["vit_mlp", "hidden_is_output"])
+def test_mlp_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape, fused):
+    from convdsl.lang.elaborate import elaborate
+
+    from .test_bf16 import bf16_reference
+
+    g = elaborate(src)
+    rng = np.random.default_rng(3)
+    for k, v in list(g.params.items()):  # nonzero biases, a GELU input of either sign
+        g.params[k] = (rng.standard_normal(v.shape) * (0.2 if v.ndim == 2 else 0.5)).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    names = _kernel_names(g)
+    assert ("mlp_up_bf16_amx" in names and "mlp_down_bf16_amx" in names) == fused, names
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    err = np.abs(y - want).max()
+    assert err <= 1e-4 * scale  # bf16 products summed in f32, bias and GELU in f32 (a summation order apart)
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 10 * err  # and really bf16
+    assert m.built.own == m.built.functions
