@@ -94,7 +94,7 @@ def _amx_mlp(cx, node, args, ins):
     """``residual + linear(gelu(linear(x)))`` (a transformer MLP block with its residual, ViT's) at --precision bf16
     on a CPU with AMX-BF16 as two kernels: fc1 with the GELU, rounded to bf16 straight into fc2's A tiles
     (``amx.mlp_up_bf16``), and fc2 with the bias in its tiles and the residual added as its rows are read back
-    (``amx.mlp_down_bf16``); the hidden layer is never an f32 tensor.  The arithmetic is the unfused build's
+    (``amx.linear_packed_bf16``); the hidden layer is never an f32 tensor.  The arithmetic is the unfused build's
     (bf16 operands, f32 sums, bias and GELU in f32).  None where it does not apply: another precision or target,
     other shapes (dims not multiples of 32, symbolic), intermediate values read elsewhere."""
     import tvm
@@ -127,7 +127,7 @@ def _amx_mlp(cx, node, args, ins):
                 else np.zeros(w.shape[0], np.float32) for n, w in ((fc1, w1), (fc2, w2))]
         packed = [cx.const(amx.pack_weight_bf16(w[:, :, None, None]), "uint16") for w in (w1, w2)]
         h = cx.bb.emit_te(amx.mlp_up_bf16, x, packed[0], cx.const(bias[0]), primfunc_name_hint="mlp_up_bf16_amx")
-        return cx.bb.emit_te(amx.mlp_down_bf16, h, packed[1], cx.const(bias[1]), args[1 - i],
+        return cx.bb.emit_te(amx.linear_packed_bf16, h, packed[1], cx.const(bias[1]), ins[0].shape[1], args[1 - i],
                              primfunc_name_hint="mlp_down_bf16_amx")
     return None
 

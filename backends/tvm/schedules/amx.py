@@ -896,7 +896,7 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
 # ---- a transformer MLP: fc1 -> GELU -> fc2 (+ residual), the hidden layer only as bf16 tiles ----------------------
 def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
     """gelu(x W + bias) for x [N, L, K] f32 (W, bias as ``linear_rows_bf16``), rounded to bf16 straight into the
-    next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``mlp_down_bf16`` reads it).  The GEMM is the conv's
+    next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``linear_packed_bf16`` reads it).  The GEMM is the conv's
     micro-kernel with one tap into acc [N, O/16, rows, 16] (tiles stored whole: 1 KiB each, contiguous), so that
     the GELU pass reads acc and writes the pack both as streams (a row-major f32 output read 32 columns at a time
     took 45% longer).  The GELU is FastMath's (x * (0.5 + 0.5 * fast_erf(x / sqrt 2))) on acc + bias; the
@@ -935,11 +935,17 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
                       attrs={ATTR: "amx_batch_out"})
 
 
-def mlp_down_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, residual: te.Tensor) -> te.Tensor:
-    """residual + hidden W + bias -> [N, L, O] f32 (residual's shape) for ``mlp_up_bf16``'s pack: the GEMM on tiles
-    that start as the bias, the residual added as the rows are read back (the rows past L are dropped)."""
+def linear_packed_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, length: int,
+                       residual: te.Tensor | None = None) -> te.Tensor:
+    """hidden W + bias (+ residual) -> [N, length, O] f32 for an A-tile pack ``hidden`` [N, K/32, rows, 32] (another
+    kernel's bf16 output: ``mlp_up_bf16``'s hidden layer, attention's merged heads): the GEMM on tiles that start
+    as the bias, its first ``length`` rows read back in the kernel's last pass, the residual [N, length, O] added
+    there."""
     y = linear_rows_bf16(hidden, kernel, bias)  # [N, rows, O]
-    return te.compute(residual.shape, lambda b, i, c: y[b, i, c] + residual[b, i, c], name="amx_out",
+    n, _, out = (int(d) for d in y.shape)
+    if residual is None:
+        return te.compute((n, length, out), lambda b, i, c: y[b, i, c], name="amx_out", attrs={ATTR: "amx_batch_out"})
+    return te.compute((n, length, out), lambda b, i, c: y[b, i, c] + residual[b, i, c], name="amx_out",
                       attrs={ATTR: "amx_batch_out"})
 
 
@@ -998,5 +1004,5 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "linear_rows_bf16",
-           "mlp_up_bf16", "mlp_down_bf16", "schedule", "schedule_batch",
+           "linear_packed_bf16", "mlp_up_bf16", "schedule", "schedule_batch",
            "LLVM_IR", "LLVM_IR_BF16"]
