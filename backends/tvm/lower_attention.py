@@ -182,12 +182,15 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, l
     return te.compute((bh, keys // 32, rows, 32), pack, name="amx_pack_p", attrs={amx.ATTR: "amx_pack_p"})
 
 
-def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: int):
+def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: int, packed: bool = False):
     """P V for P ``_attention_probs_bf16``'s pack and kv [N, Lk, ...] (V at columns v_off + h*d) -> [N, Lq, heads*d]
-    on AMX tiles (heads merged: the output projection reads it as it is)."""
+    on AMX tiles (heads merged: the output projection reads it as it is).  ``packed`` (d a multiple of 32): the
+    heads merged as bf16 straight into the output projection's A-tile pack, [N, heads*d/32, rows, 32] uint16
+    (``amx.linear_packed_bf16`` reads it; its own pack would round the same values to bf16)."""
     from tvm import te, tirx
 
     from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     bh, kb = int(p.shape[0]), int(p.shape[1])
     n = int(kv.shape[0])
@@ -195,6 +198,11 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
     acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
                                                            v_off + b % heads * d + col],
                                 bh, lq, kb * 32, d, a_packed=p)
+    if packed:  # column c * 32 + e of the merged heads: head c // q, its column (c % q) * 32 + e (q = d / 32)
+        q, rows = d // amx.BF16_CHANNELS, int(acc.shape[2])
+        return te.compute((n, heads * q, rows, amx.BF16_CHANNELS), lambda b, c, i, e: to_bf16_bits(
+            acc[b * heads + c // q, c % q * 2 + e // amx.OC, i, e % amx.OC]), name="amx_heads_pack",
+            attrs={amx.ATTR: "amx_batch_out"})
     return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
                       name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
 
@@ -239,6 +247,14 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
         k_off, v_off = 0, dim
     p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, lq, lk,
                       primfunc_name_hint="attention_probs_bf16_amx")
+    if d % amx.BF16_CHANNELS == 0 and wo.shape[0] % amx.BLOCK_OC == 0:
+        # the heads as bf16 tiles into the output projection (bias in its tiles; a residual add after it is
+        # fused into its last pass): no f32 copy of the heads and no pack in the projection
+        y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off, True,
+                          primfunc_name_hint="attention_pv_bf16_amx")
+        return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
+                             cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
+                             primfunc_name_hint="out_proj_bf16_amx")
     y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off,
                       primfunc_name_hint="attention_pv_bf16_amx")
     return linear(cx, y, wo, bo)

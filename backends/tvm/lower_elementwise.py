@@ -132,10 +132,36 @@ def _amx_mlp(cx, node, args, ins):
     return None
 
 
+def _amx_attention_residual(cx, node, args, ins):
+    """``residual + mhsa(x)`` whose output projection is ``lower_attention``'s ``out_proj_bf16_amx`` (bf16 on AMX):
+    the projection again with the residual added in its last pass (``amx.linear_packed_bf16``), so that the sum
+    is not a kernel of its own (the first projection is then unused and removed).  None otherwise."""
+    import tvm
+
+    from convdsl.backends.tvm.schedules import amx
+
+    if cx.precision != "bf16" or len(args) != 2 or ins[0].shape != ins[1].shape or ins[0].rank != 3:
+        return None
+    g = cx.graph
+    for i, v in enumerate(g.inputs_of(node.id)):
+        if not any(_sole_producer(g, v, op) is not None for op in ("mhsa", "cross_attention")):
+            continue
+        call = _bound(cx, args[i], "relax.call_tir")
+        if call is None or not isinstance(call.args[0], tvm.ir.GlobalVar) \
+                or call.args[0].name_hint != "out_proj_bf16_amx":
+            continue
+        hidden, weight, bias = call.args[1].fields
+        return cx.bb.emit_te(amx.linear_packed_bf16, hidden, weight, bias, ins[0].shape[1], args[1 - i],
+                             primfunc_name_hint="out_proj_residual_bf16_amx")
+    return None
+
+
 def _add(cx, node, args, ins):
-    mlp = _amx_mlp(cx, node, args, ins)
-    if mlp is not None:
-        return mlp
+    fused = _amx_mlp(cx, node, args, ins)
+    if fused is None:
+        fused = _amx_attention_residual(cx, node, args, ins)
+    if fused is not None:
+        return fused
     y = args[0]
     for i, b in enumerate(args[1:]):
         y = R.add(y, b)

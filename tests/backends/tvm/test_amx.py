@@ -648,7 +648,7 @@ def test_attention_bf16_on_amx_matches_torch_bf16_arithmetic(case):
 @needs_amx_bf16
 def test_attention_bf16_kernels_are_amx():
     """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``linear_rows_bf16``: bias in the tiles),
-    Q K^T, P V, the output projection."""
+    Q K^T, P V, the output projection (``linear_packed_bf16``, reading P V's heads as bf16 tiles)."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
@@ -662,7 +662,7 @@ def test_attention_bf16_kernels_are_amx():
             mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, precision))(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
         calls = [sum(t.count(f'"{name}"') for t in texts) for name in (amx.EXTERN_BF16, amx.EXTERN_BF16_ROWS)]
-        assert calls == ([3, 1] if want else [0, 0])  # micro-kernel call sites
+        assert calls == ([2, 2] if want else [0, 0])  # micro-kernel call sites: Q K^T, P V; Q/K/V, out-projection
 
 
 # ---- a transformer MLP with its residual on AMX bf16 tiles (lower_elementwise._amx_mlp, amx.mlp_up/down_bf16) -----
@@ -711,3 +711,25 @@ def test_mlp_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape, fused):
     f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
     assert np.abs(y - f32).max() > 10 * err  # and really bf16
     assert m.built.own == m.built.functions
+
+
+@needs_amx_bf16
+def test_attention_residual_bf16_on_amx_is_one_projection_kernel():
+    """x + mhsa(x): the residual added in the output projection's last pass (no add kernel), with torch's bf16
+    arithmetic plus x."""
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate("network t(x: f32[1, 197, 384]) {\n    return x + (x | mhsa(heads=6) as attn)\n}")
+    rng = np.random.default_rng(4)
+    for k, v in list(g.params.items()):
+        g.params[k] = (rng.standard_normal(v.shape) * (0.2 if v.ndim == 2 else 0.5)).astype(np.float32)
+    x = rng.standard_normal((1, 197, 384)).astype(np.float32)
+    names = _kernel_names(g)
+    assert "out_proj_residual_bf16_amx" in names and not any("add" in n for n in names), names
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), x + _attention_bf16_reference(g.params, "attn", 6, x, None)
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    scale = float(np.abs(want).max())
+    err, err_f32 = np.abs(y - want).max() / scale, np.abs(y - f32).max() / scale
+    assert err <= 2e-3, (err, err_f32)  # as test_attention_bf16_on_amx_matches_torch_bf16_arithmetic
+    assert err_f32 > 3 * err and err_f32 > 1e-3
