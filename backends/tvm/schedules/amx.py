@@ -894,19 +894,94 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
 
 
 # ---- a transformer MLP: fc1 -> GELU -> fc2 (+ residual), the hidden layer only as bf16 tiles ----------------------
+def _f32(c: float) -> str:
+    """An LLVM IR float constant: the double that is exactly float32(c)."""
+    import struct
+
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(c))))[0]
+
+
+# TVM's fast_erf (Eigen's rational approximation on [-4, 4]: x P(x^2) / Q(x^2)), its float32 coefficients
+_ERF_P = (-2.7261423674040941e-10, 2.7706814620387377e-08, -2.101023937939317e-06, -5.6925062381196767e-05,
+          -0.00073499063728377223, -0.0029545999132096767, -0.016096033155918121)
+_ERF_Q = (-1.4566071513399947e-05, -0.00021337404905352741, -0.001682827016338706, -0.0073733292520046234,
+          -0.014264739118516445)
+
+
+def _gelu_ir() -> str:
+    """GELU of 16 floats as FastMath's (x * (0.5 + 0.5 * fast_erf(x / sqrt 2))), op for op."""
+    v = lambda c: f"splat (float {_f32(c)})"  # noqa: E731
+    lines = [f"  %s = fmul <16 x float> %x, {v(1 / np.sqrt(2.0))}",
+             f"  %lo = call <16 x float> @llvm.minnum.v16f32(<16 x float> %s, <16 x float> {v(4.0)})",
+             f"  %c = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %lo, <16 x float> {v(-4.0)})",
+             "  %c2 = fmul <16 x float> %c, %c"]
+    for name, coeffs in (("p", _ERF_P), ("q", _ERF_Q)):
+        prev = v(coeffs[0])
+        for i, c in enumerate(coeffs[1:]):
+            lines += [f"  %{name}m{i} = fmul <16 x float> %c2, {prev}", f"  %{name}{i} = fadd <16 x float> %{name}m{i}, {v(c)}"]
+            prev = f"%{name}{i}"
+    np_, nq = len(_ERF_P) - 2, len(_ERF_Q) - 2
+    lines += [f"  %px = fmul <16 x float> %c, %p{np_}", f"  %erf = fdiv <16 x float> %px, %q{nq}",
+              f"  %h = fmul <16 x float> {v(0.5)}, %erf", f"  %h1 = fadd <16 x float> {v(0.5)}, %h",
+              "  %g = fmul <16 x float> %x, %h1"]
+    body = "\n".join(lines)
+    return f"""
+define linkonce_odr <16 x float> @convdsl_gelu16(<16 x float> %x) alwaysinline {{
+entry:
+{body}
+  ret <16 x float> %g
+}}
+declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
+declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
+"""
+
+
+EXTERN_BF16_GELU = "convdsl_amx_dpbf16ps_2x2_gelu_pack"
+# One 32 x 32 block of fc1: the micro-kernel's four C tiles to a 4 KiB stack buffer (L1), then per row the 32
+# values + bias through the GELU, rounded to bf16 (vcvtne2ps2bf16: round to nearest even, as ``to_bf16_bits``)
+# into the row's 64 bytes of the next GEMM's A-tile pack (the block's 32 rows are 2 KiB there, contiguous)
+LLVM_IR_BF16_GELU = LLVM_IR_BF16 + _gelu_ir() + f"""
+define linkonce_odr i32 @{EXTERN_BF16_GELU}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
+                                          i64 %b_ob) {{
+entry:
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
+  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
+                              ptr %b, i64 %b_ob)
+  %bias0 = load <16 x float>, ptr %bias, align 4
+  %bp = getelementptr float, ptr %bias, i64 {OC}
+  %bias1 = load <16 x float>, ptr %bp, align 4
+  br label %row
+row:
+  %r = phi i64 [0, %entry], [%r1, %row]
+  %x0p = getelementptr <16 x float>, ptr %acc, i64 %r
+  %x0 = load <16 x float>, ptr %x0p, align 64
+  %r2 = add i64 %r, {BLOCK_ROWS}
+  %x1p = getelementptr <16 x float>, ptr %acc, i64 %r2
+  %x1 = load <16 x float>, ptr %x1p, align 64
+  %v0 = fadd <16 x float> %x0, %bias0
+  %v1 = fadd <16 x float> %x1, %bias1
+  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
+  %g1 = call <16 x float> @convdsl_gelu16(<16 x float> %v1)
+  %bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %g1, <16 x float> %g0)
+  %dst = getelementptr <32 x bfloat>, ptr %p, i64 %r
+  store <32 x bfloat> %bf, ptr %dst, align 64
+  %r1 = add i64 %r, 1
+  %done = icmp eq i64 %r1, {BLOCK_ROWS}
+  br i1 %done, label %exit, label %row
+exit:
+  ret i32 0
+}}
+declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
+"""
+
+
 def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
     """gelu(x W + bias) for x [N, L, K] f32 (W, bias as ``linear_rows_bf16``), rounded to bf16 straight into the
-    next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``linear_packed_bf16`` reads it).  The GEMM is the conv's
-    micro-kernel with one tap into acc [N, O/16, rows, 16] (tiles stored whole: 1 KiB each, contiguous), so that
-    the GELU pass reads acc and writes the pack both as streams (a row-major f32 output read 32 columns at a time
-    took 45% longer).  The GELU is FastMath's (x * (0.5 + 0.5 * fast_erf(x / sqrt 2))) on acc + bias; the
-    hidden layer never exists as an f32 tensor outside this kernel, and the next GEMM has no pack of its own."""
-    import math
-
-    from tvm import topi
-
-    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
-
+    next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``linear_packed_bf16`` reads it).  Each 32 x 32 block is
+    finished while it is in L1 (``LLVM_IR_BF16_GELU``: the conv's micro-kernel with one tap, then bias, GELU and
+    the bf16 rounding per row), so the block's f32 values never go to memory.  The GELU is FastMath's (x * (0.5 +
+    0.5 * fast_erf(x / sqrt 2))) op for op; the hidden layer never exists as an f32 tensor, and the next GEMM has
+    no pack of its own."""
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
     xa = _pack_rows_bf16(x, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
@@ -915,24 +990,20 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
     def body(ins, outs):
-        a, wt, taps = ins
-        acc, = outs
-        return _block_loop(n, pairs, blocks, LLVM_IR_BF16, lambda bi, j, pb: tirx.call_extern(
-            "int32", EXTERN_BF16,
-            acc.access_ptr("w", offset=((bi * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
+        a, wt, taps, bs = ins
+        p, = outs
+        return _block_loop(n, pairs, blocks, LLVM_IR_BF16_GELU, lambda bi, j, pb: tirx.call_extern(
+            "int32", EXTERN_BF16_GELU,
+            p.access_ptr("w", offset=((bi * pairs + j) * rows + pb * BLOCK_ROWS) * BF16_CHANNELS),
+            bs.access_ptr("r", offset=j * BLOCK_OC),
             a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
-            taps.access_ptr("r"), i64(1), i64(kb),
-            wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024)))
+            taps.access_ptr("r"), i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024)))
 
-    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xa, "xa"), (kernel, "w"), (offs, "taps"))]
-    acc = te.extern((n, n_ob, rows, OC), [xa, kernel, offs], body, name="amx_mlp_up", dtype="float32",
-                    in_buffers=buffers, out_buffers=[tirx.decl_buffer((n, n_ob, rows, OC), "float32", "acc")])
-    pre = te.compute((n, n_ob // 2, rows, BF16_CHANNELS), lambda b, c, i, e: acc[b, 2 * c + e // OC, i, e % OC]
-                     + bias[c * BF16_CHANNELS + e], name="gelu_in")
-    inv_sqrt2, half = tirx.const(1.0 / math.sqrt(2.0), "float32"), tirx.const(0.5, "float32")
-    erf = topi.fast_erf(te.compute(pre.shape, lambda *i: pre(*i) * inv_sqrt2, name="gelu_scale"))
-    return te.compute(pre.shape, lambda *i: to_bf16_bits(pre(*i) * (half + half * erf(*i))), name="amx_gelu_pack",
-                      attrs={ATTR: "amx_batch_out"})
+    ins = (xa, kernel, offs, bias)
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xa", "w", "taps", "bias"))]
+    shape = (n, pairs, rows, BF16_CHANNELS)
+    return te.extern(shape, list(ins), body, name="amx_mlp_up", dtype="uint16", in_buffers=buffers,
+                     out_buffers=[tirx.decl_buffer(shape, "uint16", "p")])
 
 
 def linear_packed_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, length: int,
