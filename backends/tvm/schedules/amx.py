@@ -1006,18 +1006,97 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
                      out_buffers=[tirx.decl_buffer(shape, "uint16", "p")])
 
 
+def _rows_out_ir(name: str, residual: bool) -> str:
+    """One 32 x 32 block of a GEMM whose output is row-major [N, L, O] f32: the micro-kernel's C tiles to a 4 KiB
+    stack buffer, then each of the block's rows below L as acc + bias (+ the residual's row) to the output.  The
+    block's first row is its A pointer's distance from its image's A (``%a0``) / 64, so that nothing per call is
+    a computed integer (TVM's passes may narrow or widen those)."""
+    res_arg = " ptr %res," if residual else ""
+    add = """  %rp0 = getelementptr float, ptr %res, i64 %off
+  %rv0 = load <16 x float>, ptr %rp0, align 4
+  %rp1 = getelementptr float, ptr %rp0, i64 16
+  %rv1 = load <16 x float>, ptr %rp1, align 4
+  %o0 = fadd <16 x float> %s0, %rv0
+  %o1 = fadd <16 x float> %s1, %rv1""" if residual else """  %o0 = fadd <16 x float> %s0, zeroinitializer
+  %o1 = fadd <16 x float> %s1, zeroinitializer"""
+    return f"""
+define linkonce_odr i32 @{name}(ptr %y,{res_arg} ptr %bias, i64 %out, i64 %length, ptr %a0, ptr %a, i64 %a_icb,
+                                  ptr %offs, i64 %steps, ptr %b, i64 %b_ob) {{
+entry:
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
+  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
+                              ptr %b, i64 %b_ob)
+  %ai = ptrtoint ptr %a to i64
+  %a0i = ptrtoint ptr %a0 to i64
+  %ad = sub i64 %ai, %a0i
+  %row0 = lshr i64 %ad, 6
+  %left = sub i64 %length, %row0
+  %few = icmp ult i64 %left, {BLOCK_ROWS}
+  %valid = select i1 %few, i64 %left, i64 {BLOCK_ROWS}
+  %bias0 = load <16 x float>, ptr %bias, align 4
+  %bp = getelementptr float, ptr %bias, i64 {OC}
+  %bias1 = load <16 x float>, ptr %bp, align 4
+  br label %row
+row:
+  %r = phi i64 [0, %entry], [%r1, %row]
+  %x0p = getelementptr <16 x float>, ptr %acc, i64 %r
+  %x0 = load <16 x float>, ptr %x0p, align 64
+  %r2 = add i64 %r, {BLOCK_ROWS}
+  %x1p = getelementptr <16 x float>, ptr %acc, i64 %r2
+  %x1 = load <16 x float>, ptr %x1p, align 64
+  %s0 = fadd <16 x float> %x0, %bias0
+  %s1 = fadd <16 x float> %x1, %bias1
+  %off = mul i64 %r, %out
+{add}
+  %d0 = getelementptr float, ptr %y, i64 %off
+  store <16 x float> %o0, ptr %d0, align 4
+  %d1 = getelementptr float, ptr %d0, i64 16
+  store <16 x float> %o1, ptr %d1, align 4
+  %r1 = add i64 %r, 1
+  %done = icmp eq i64 %r1, %valid
+  br i1 %done, label %exit, label %row
+exit:
+  ret i32 0
+}}
+"""
+
+
+EXTERN_BF16_OUT = {False: "convdsl_amx_dpbf16ps_2x2_rows_out", True: "convdsl_amx_dpbf16ps_2x2_rows_out_residual"}
+LLVM_IR_BF16_OUT = {res: LLVM_IR_BF16 + _rows_out_ir(name, res) for res, name in EXTERN_BF16_OUT.items()}
+
+
 def linear_packed_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, length: int,
                        residual: te.Tensor | None = None) -> te.Tensor:
     """hidden W + bias (+ residual) -> [N, length, O] f32 for an A-tile pack ``hidden`` [N, K/32, rows, 32] (another
-    kernel's bf16 output: ``mlp_up_bf16``'s hidden layer, attention's merged heads): the GEMM on tiles that start
-    as the bias, its first ``length`` rows read back in the kernel's last pass, the residual [N, length, O] added
-    there."""
-    y = linear_rows_bf16(hidden, kernel, bias)  # [N, rows, O]
-    n, _, out = (int(d) for d in y.shape)
-    if residual is None:
-        return te.compute((n, length, out), lambda b, i, c: y[b, i, c], name="amx_out", attrs={ATTR: "amx_batch_out"})
-    return te.compute((n, length, out), lambda b, i, c: y[b, i, c] + residual[b, i, c], name="amx_out",
-                      attrs={ATTR: "amx_batch_out"})
+    kernel's bf16 output: ``mlp_up_bf16``'s hidden layer, attention's merged heads): each 32 x 32 block finished
+    in the block loop (``_rows_out_ir``: acc on the stack, + bias, + the residual [N, length, O], its rows below
+    ``length`` stored), so the kernel is one parallel pass and no f32 acc goes to memory."""
+    n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
+    n, rows = int(hidden.shape[0]), int(hidden.shape[2])
+    out = n_ob * OC
+    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+    res = residual is not None
+
+    def body(ins, outs):
+        a, wt, taps, bs = ins[:4]
+        y, = outs
+        row = lambda bi, pb: (bi * length + pb * BLOCK_ROWS) * out  # noqa: E731 - the block's first row's offset
+        return _block_loop(n, pairs, blocks, LLVM_IR_BF16_OUT[res], lambda bi, j, pb: tirx.call_extern(
+            "int32", EXTERN_BF16_OUT[res], y.access_ptr("w", offset=row(bi, pb) + j * BLOCK_OC),
+            *([ins[4].access_ptr("r", offset=row(bi, pb) + j * BLOCK_OC)] if res else []),
+            bs.access_ptr("r", offset=j * BLOCK_OC), i64(out), i64(length),
+            a.access_ptr("r", offset=bi * kb * rows * BF16_CHANNELS),
+            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+            taps.access_ptr("r"), i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024)))
+
+    ins = (hidden, kernel, offs, bias) + ((residual,) if res else ())
+    names = ("xa", "w", "taps", "bias", "residual")
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, names)]
+    shape = (n, length, out)
+    return te.extern(shape, list(ins), body, name="amx_linear_packed", dtype="float32", in_buffers=buffers,
+                     out_buffers=[tirx.decl_buffer(shape, "float32", "y")])
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------
