@@ -140,7 +140,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
-def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int):
+def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int, tiles: bool = False):
     """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d), written as
     bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
     up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
@@ -151,11 +151,15 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, l
     from convdsl.backends.tvm.schedules import amx
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
-    n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
-    bh = n * heads
-    acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
-                                lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
-                                b_along_k=True)
+    if tiles:  # q and kv: ``amx.qkv_tiles_bf16``'s Q and K, already the A and B tiles
+        bh = int(q.shape[0])
+        acc = amx.batch_matmul_bf16(None, None, bh, lq, d, lk, a_packed=q, b_packed=kv)
+    else:
+        n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
+        bh = n * heads
+        acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
+                                    lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
+                                    b_along_k=True)
     keys, rows, lanes = int(acc.shape[1]) * amx.OC, int(acc.shape[2]), amx.OC
     ninf = tirx.const(float("-inf"), "float32")
     logits = te.compute((bh, lq, keys), lambda b, i, j: tirx.Select(
@@ -193,11 +197,15 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     bh, kb = int(p.shape[0]), int(p.shape[1])
-    n = int(kv.shape[0])
-    # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
-    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
-                                                           v_off + b % heads * d + col],
-                                bh, lq, kb * 32, d, a_packed=p)
+    if kv.dtype == "uint32":  # ``amx.qkv_tiles_bf16``'s V, already the B tiles
+        n = bh // heads
+        acc = amx.batch_matmul_bf16(None, None, bh, lq, kb * 32, d, a_packed=p, b_packed=kv)
+    else:
+        n = int(kv.shape[0])
+        # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
+        acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
+                                                               v_off + b % heads * d + col],
+                                    bh, lq, kb * 32, d, a_packed=p)
     if packed:  # column c * 32 + e of the merged heads: head c // q, its column (c % q) * 32 + e (q = d / 32)
         q, rows = d // amx.BF16_CHANNELS, int(acc.shape[2])
         return te.compute((n, heads * q, rows, amx.BF16_CHANNELS), lambda b, c, i, e: to_bf16_bits(
@@ -231,6 +239,21 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
         return None if all(b is None for b in bs) else np.concatenate(
             [np.zeros(dim, np.float32) if b is None else b for b in bs])
 
+    if xq.same_as(xkv) and d % amx.BLOCK_OC == 0 and wo.shape[0] % amx.BLOCK_OC == 0:
+        # Q, K, V one GEMM whose blocks are rounded straight into the attention GEMMs' tiles (no packs there)
+        w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
+        b = stacked(bq, bk, bv)
+        qkv = cx.bb.emit_te(amx.qkv_tiles_bf16, xq, cx.const(w, "uint16"),
+                            cx.const(np.zeros(3 * dim, np.float32) if b is None else b), heads, d,
+                            primfunc_name_hint="qkv_tiles_bf16_amx")
+        q, kt, v = (cx.emit(relax.TupleGetItem(qkv, i)) for i in range(3))
+        p = cx.bb.emit_te(_attention_probs_bf16, q, kt, heads, d, 0, scale, lq, lk, True,
+                          primfunc_name_hint="attention_probs_bf16_amx")
+        y = cx.bb.emit_te(_attention_values_bf16, p, v, heads, d, lq, lk, 0, True,
+                          primfunc_name_hint="attention_pv_bf16_amx")
+        return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
+                             cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
+                             primfunc_name_hint="out_proj_bf16_amx")
     if xq.same_as(xkv) and (3 * dim) % amx.BLOCK_OC == 0:
         # [N, rows, 3 dim]: Q, K, V one GEMM, the bias in its tiles and no epilogue pass (rows: L up to 32s)
         w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])

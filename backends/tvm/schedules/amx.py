@@ -678,7 +678,7 @@ def dense_bf16(x: te.Tensor, kernel: te.Tensor, offsets: te.Tensor, geo: Geometr
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
 def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_along_k: bool = False,
-                      a_packed: te.Tensor | None = None) -> te.Tensor:
+                      a_packed: te.Tensor | None = None, b_packed: te.Tensor | None = None) -> te.Tensor:
     """acc [batch, n/16, rows, 16] f32: acc[b, j // 16, i, j % 16] = sum_kk A_b[i, kk] B_b[kk, j], on AMX tiles
     (``tdpbf16ps``, the conv's micro-kernel with one tap).  ``a_read(b, i, kk)`` and ``b_read(b, kk, j)`` give the
     f32 operands (A_b m x k, B_b k x n, indices always in range); the packs round them to bf16 and lay them out as
@@ -688,7 +688,8 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
     parallel loop.  ``b_along_k``: B's memory is contiguous along kk (B = K^T), so its pack is vectorized over the
     pairs rather than the columns.  Only the guards a shape needs are emitted (a lane-varying guard keeps TVM from
     vectorizing the pack).  ``a_packed``: A already in its pack's layout ([batch, k/32, rows, 32] u16, another
-    kernel's output: attention's probabilities), ``a_read`` unused.
+    kernel's output: attention's probabilities), ``a_read`` unused; ``b_packed`` likewise for B ([batch, n/16, k/32,
+    16, 16] u32: ``qkv_tiles_bf16``'s K and V), ``b_read`` unused.
 
     One product per kernel: TVM's StorageRewrite may give a dead pack's memory to a later buffer of another
     dtype, and the micro-kernel's typed pointers into it then fail to build."""
@@ -720,7 +721,8 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
     b_pack = "amx_pack_bk" if b_along_k else "amx_pack_b"
     xa = a_packed if a_packed is not None else te.compute((batch, kb, rows, BF16_CHANNELS), pack_a, name="amx_pack",
                                                           attrs={ATTR: "amx_pack"})
-    xb = te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b, name=b_pack, attrs={ATTR: b_pack})
+    xb = b_packed if b_packed is not None else te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b,
+                                                          name=b_pack, attrs={ATTR: b_pack})
     offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
@@ -918,7 +920,8 @@ def _gelu_ir() -> str:
     for name, coeffs in (("p", _ERF_P), ("q", _ERF_Q)):
         prev = v(coeffs[0])
         for i, c in enumerate(coeffs[1:]):
-            lines += [f"  %{name}m{i} = fmul <16 x float> %c2, {prev}", f"  %{name}{i} = fadd <16 x float> %{name}m{i}, {v(c)}"]
+            lines += [f"  %{name}m{i} = fmul <16 x float> %c2, {prev}",
+                      f"  %{name}{i} = fadd <16 x float> %{name}m{i}, {v(c)}"]
             prev = f"%{name}{i}"
     np_, nq = len(_ERF_P) - 2, len(_ERF_Q) - 2
     lines += [f"  %px = fmul <16 x float> %c, %p{np_}", f"  %erf = fdiv <16 x float> %px, %q{nq}",
@@ -1097,6 +1100,172 @@ def linear_packed_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, le
     shape = (n, length, out)
     return te.extern(shape, list(ins), body, name="amx_linear_packed", dtype="float32", in_buffers=buffers,
                      out_buffers=[tirx.decl_buffer(shape, "float32", "y")])
+
+
+# ---- self-attention's Q/K/V projection straight into the attention GEMMs' bf16 tiles ------------------------------
+def _block_head(acc_loads: str) -> str:
+    return f"""entry:
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
+  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
+                              ptr %b, i64 %b_ob)
+  %bias0 = load <16 x float>, ptr %bias, align 4
+  %bp = getelementptr float, ptr %bias, i64 {OC}
+  %bias1 = load <16 x float>, ptr %bp, align 4
+{acc_loads}"""
+
+
+def _row(r: str, cb: int, name: str) -> str:
+    """IR loading row ``r`` (a value name or a constant) of the block's column half ``cb`` + bias as ``%name``."""
+    idx = f"{r}" if cb == 0 else f"{r}_{name}i"
+    pre = "" if cb == 0 else f"  {idx} = add i64 {r}, {BLOCK_ROWS}\n"
+    return (f"{pre}  %{name}p = getelementptr <16 x float>, ptr %acc, i64 {idx}\n"
+            f"  %{name}x = load <16 x float>, ptr %{name}p, align 64\n"
+            f"  %{name} = fadd <16 x float> %{name}x, %bias{cb}\n")
+
+
+def _qkv_ir() -> str:
+    """Three epilogues of a 32 x 32 block of the Q/K/V GEMM (acc + bias, rounded to bf16): Q as A tiles (the block's
+    32 rows, 64 bytes each, contiguous), V as B tiles of P V (row pairs 2p, 2p + 1 interleaved: a tile row p is the
+    key pair p of 16 columns), K as B tiles of Q K^T (a tile row p is the feature pair p of 16 keys: each key's
+    16 pair words, transposed 16 x 16 in registers)."""
+    q = f"""
+define linkonce_odr i32 @{EXTERN_QKV["q"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
+                                           i64 %b_ob, ptr %unused, i64 %stride) {{
+{_block_head("  br label %row")}
+row:
+  %r = phi i64 [0, %entry], [%r1, %row]
+{_row("%r", 0, "v0")}{_row("%r", 1, "v1")}  %bf = call <32 x bfloat>
+    @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %v1, <16 x float> %v0)
+  %dst = getelementptr <32 x bfloat>, ptr %p, i64 %r
+  store <32 x bfloat> %bf, ptr %dst, align 64
+  %r1 = add i64 %r, 1
+  %done = icmp eq i64 %r1, {BLOCK_ROWS}
+  br i1 %done, label %exit, label %row
+exit:
+  ret i32 0
+}}
+"""
+    inter = ", ".join(f"i32 {i // 2 + (16 if i % 2 else 0)}" for i in range(32))
+    v_half = []
+    for cb in (0, 1):
+        v_half.append(f"""  %base{cb} = getelementptr i8, ptr %p, i64 {"0" if cb == 0 else "%stride"}
+  br label %vrow{cb}
+vrow{cb}:
+  %vp{cb} = phi i64 [0, %{"entry" if cb == 0 else "vdone0"}], [%vp{cb}n, %vrow{cb}]
+  %ve{cb} = shl i64 %vp{cb}, 1
+  %vo{cb} = add i64 %ve{cb}, 1
+{_row(f"%ve{cb}", cb, f"e{cb}")}{_row(f"%vo{cb}", cb, f"o{cb}")}  %be{cb} = call <16 x bfloat>
+    @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float> %e{cb})
+  %bo{cb} = call <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float> %o{cb})
+  %w{cb} = shufflevector <16 x bfloat> %be{cb}, <16 x bfloat> %bo{cb}, <32 x i32> <{inter}>
+  %vd{cb} = getelementptr <32 x bfloat>, ptr %base{cb}, i64 %vp{cb}
+  store <32 x bfloat> %w{cb}, ptr %vd{cb}, align 64
+  %vp{cb}n = add i64 %vp{cb}, 1
+  %vdn{cb} = icmp eq i64 %vp{cb}n, 16
+  br i1 %vdn{cb}, label %vdone{cb}, label %vrow{cb}
+vdone{cb}:
+""")
+    v = f"""
+define linkonce_odr i32 @{EXTERN_QKV["v"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
+                                           i64 %b_ob, ptr %unused, i64 %stride) {{
+{_block_head("")}{v_half[0]}{v_half[1]}  ret i32 0
+}}
+"""
+    # K: per half of 16 keys, the 16 keys' pair words, then a 16 x 16 transpose by four stages of two-source shuffles
+    k_body = []
+    for rb in (0, 1):
+        rows = []
+        for j in range(16):
+            r = rb * 16 + j
+            rows.append(f"""  %k{rb}_{j}a = getelementptr <16 x float>, ptr %acc, i64 {r}
+  %k{rb}_{j}b = load <16 x float>, ptr %k{rb}_{j}a, align 64
+  %k{rb}_{j}c = fadd <16 x float> %k{rb}_{j}b, %bias0
+  %k{rb}_{j}d = getelementptr <16 x float>, ptr %acc, i64 {r + BLOCK_ROWS}
+  %k{rb}_{j}e = load <16 x float>, ptr %k{rb}_{j}d, align 64
+  %k{rb}_{j}f = fadd <16 x float> %k{rb}_{j}e, %bias1
+  %k{rb}_{j}g = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %k{rb}_{j}f,
+                                                                           <16 x float> %k{rb}_{j}c)
+  %m{rb}_0_{j} = bitcast <32 x bfloat> %k{rb}_{j}g to <16 x i32>""")
+        k_body += rows
+        for stage, step in enumerate((8, 4, 2, 1)):
+            for i in range(16):
+                if i & step:
+                    continue
+                lo = ", ".join(f"i32 {c if not c & step else 16 + c - step}" for c in range(16))
+                hi = ", ".join(f"i32 {c + step if not c & step else 16 + c}" for c in range(16))
+                a_, b_ = f"%m{rb}_{stage}_{i}", f"%m{rb}_{stage}_{i + step}"
+                for row, mask in ((i, lo), (i + step, hi)):
+                    k_body.append(f"  %m{rb}_{stage + 1}_{row} = shufflevector <16 x i32> {a_}, <16 x i32> {b_},"
+                                  f" <16 x i32> <{mask}>")
+        off = "0" if rb == 0 else "%stride"
+        k_body.append(f"  %kt{rb} = getelementptr i8, ptr %p, i64 {off}")
+        for pp in range(16):
+            k_body.append(f"""  %kd{rb}_{pp} = getelementptr <16 x i32>, ptr %kt{rb}, i64 {pp}
+  store <16 x i32> %m{rb}_4_{pp}, ptr %kd{rb}_{pp}, align 64""")
+    body = "\n".join(k_body)
+    k = f"""
+define linkonce_odr i32 @{EXTERN_QKV["k"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
+                                           i64 %b_ob, ptr %unused, i64 %stride) {{
+{_block_head("")}{body}
+  ret i32 0
+}}
+"""
+    return q + v + k + """declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
+declare <16 x bfloat> @llvm.x86.avx512bf16.cvtneps2bf16.512(<16 x float>)
+"""
+
+
+EXTERN_QKV = {part: f"convdsl_amx_dpbf16ps_2x2_{part}_tiles" for part in ("q", "k", "v")}
+LLVM_IR_QKV = LLVM_IR_BF16 + _qkv_ir()
+
+
+def qkv_tiles_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, heads: int, d: int):
+    """Self-attention's Q, K, V = x W + bias for x [N, L, C] f32 (W ``pack_weight_bf16`` of [3 heads d, C, 1, 1],
+    d a multiple of 32), each 32 x 32 block rounded to bf16 in the block loop straight into the tiles the attention
+    GEMMs read (``_qkv_ir``), so neither attention kernel packs anything:
+    Q [N heads, d/32, rows, 32] uint16 (Q K^T's A), K [N heads, rows/16, d/32, 16, 16] uint32 (Q K^T's B, pairs of
+    features by keys), V [N heads, d/16, rows/32, 16, 16] uint32 (P V's B, pairs of keys by features); rows = L up
+    to whole 32-row blocks, the rows past L from copies of token L - 1 (finite: masked keys, zero probabilities)."""
+    n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
+    xa = _pack_rows_bf16(x, kb)
+    n, rows = int(xa.shape[0]), int(xa.shape[2])
+    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")
+    pairs, blocks, dim = n_ob // 2, rows // BLOCK_ROWS, heads * d
+    per_head, section = d // BLOCK_OC, dim // BLOCK_OC  # column blocks of 32 per head, per Q / K / V
+    bh = n * heads
+    shapes = {"q": (bh, per_head, rows, BF16_CHANNELS), "k": (bh, rows // OC, per_head, OC, OC),
+              "v": (bh, d // OC, blocks, OC, OC)}
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, taps, bs = ins
+        q, k, v = outs
+        t = tirx.Var("block", "int32")
+        bi, j, pb = t // (pairs * blocks), t // blocks % pairs, t % blocks
+
+        def call(part, out, offset, stride):
+            within = j % section  # the column block within Q, K or V: head within // per_head, its c within % ...
+            head, c = bi * heads + within // per_head, within % per_head
+            return tirx.Evaluate(tirx.call_extern(
+                "int32", EXTERN_QKV[part], out.access_ptr("w", offset=offset(head, c)),
+                bs.access_ptr("r", offset=j * BLOCK_OC),
+                a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
+                taps.access_ptr("r"), i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024),
+                bs.access_ptr("r"), i64(stride)))
+
+        qc = call("q", q, lambda h, c: ((h * per_head + c) * rows + pb * BLOCK_ROWS) * BF16_CHANNELS, 0)
+        kc = call("k", k, lambda h, c: ((h * (rows // OC) + 2 * pb) * per_head + c) * OC * OC, per_head * OC * OC * 4)
+        vc = call("v", v, lambda h, c: ((h * (d // OC) + 2 * c) * blocks + pb) * OC * OC, blocks * OC * OC * 4)
+        stmt = tirx.IfThenElse(j < section, qc, tirx.IfThenElse(j < 2 * section, kc, vc))
+        loop = tirx.For(t, 0, n * pairs * blocks, tirx.ForKind.PARALLEL, stmt)
+        return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(LLVM_IR_QKV), loop)
+
+    ins = (xa, kernel, offs, bias)
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xa", "w", "taps", "bias"))]
+    dtypes = {"q": "uint16", "k": "uint32", "v": "uint32"}
+    outs = [tirx.decl_buffer(shapes[p], dtypes[p], p) for p in ("q", "k", "v")]
+    return te.extern([shapes[p] for p in ("q", "k", "v")], list(ins), body, name="amx_qkv_tiles",
+                     dtype=[dtypes[p] for p in ("q", "k", "v")], in_buffers=buffers, out_buffers=outs)
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------

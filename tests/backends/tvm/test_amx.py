@@ -617,8 +617,10 @@ ATTENTION_CASES = {  # ViT-S's 197 tokens (keys padded to 224, queries to 7 bloc
     # 3 x 48 = 144 projection columns, not whole 32-column blocks: Q/K/V through layout.py's dense, not
     # amx.linear_rows_bf16
     "odd_width": ("network t(x: f32[1, 20, 48]) {\n    return x | mhsa(heads=3) as attn\n}", (1, 20, 48), None),
+    # two images, 50 tokens (the second row block partial), heads 64 wide: amx.qkv_tiles_bf16's Q/K/V tiles
+    "batch_two": ("network t(x: f32[2, 50, 128]) {\n    return x | mhsa(heads=2) as attn\n}", (2, 50, 128), None),
 }
-ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3}
+ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3, "batch_two": 2}
 
 
 @needs_amx_bf16
@@ -647,8 +649,9 @@ def test_attention_bf16_on_amx_matches_torch_bf16_arithmetic(case):
 
 @needs_amx_bf16
 def test_attention_bf16_kernels_are_amx():
-    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``linear_rows_bf16``: bias in the tiles),
-    Q K^T, P V, the output projection (``linear_packed_bf16``, reading P V's heads as bf16 tiles)."""
+    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``qkv_tiles_bf16``: its blocks rounded into the
+    attention GEMMs' tiles), Q K^T, P V, the output projection (``linear_packed_bf16``, reading P V's heads as bf16
+    tiles)."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
@@ -661,9 +664,12 @@ def test_attention_bf16_kernels_are_amx():
             mod = lower_graph(g, precision=precision)
             mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, precision))(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-        names = (amx.EXTERN_BF16, amx.EXTERN_BF16_ROWS, amx.EXTERN_BF16_OUT[False])
+        names = (amx.EXTERN_BF16, *amx.EXTERN_QKV.values(), amx.EXTERN_BF16_OUT[False])
         calls = [sum(t.count(f'"{name}"') for t in texts) for name in names]
-        assert calls == ([2, 1, 1] if want else [0, 0, 0])  # micro-kernel call sites: Q K^T, P V; Q/K/V; out-projection
+        # micro-kernel call sites: Q K^T and P V; the Q/K/V GEMM's three epilogues; the out-projection
+        assert calls == ([2, 1, 1, 1, 1] if want else [0] * 5)
+        if want:  # the attention kernels pack nothing: Q, K and V come as tiles
+            assert not any("amx_pack_bk" in t or "amx_pack_b\"" in t for t in texts)
 
 
 # ---- a transformer MLP with its residual on AMX bf16 tiles (lower_elementwise._amx_mlp, amx.mlp_up/down_bf16) -----
