@@ -870,10 +870,9 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
     ``pack_weight_bf16`` of [O, K, 1, 1] (O a multiple of 32), bias [O] f32.  The tiles start as the bias and are
     stored straight into the output (``LLVM_IR_BF16_ROWS``): no f32 accumulator buffer and no epilogue pass over
     it, which a plain ``dense_bf16`` spends on an output of 3 x 384 columns (ViT-S's Q/K/V) as long as on its
-    GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A), or is that
-    pack already (uint16 [N, K/32, rows, 32]: ``mlp_up_bf16``'s output; its rows are the output's)."""
+    GEMM.  The input is rounded to bf16 by the pack ([N, K/32, rows, 32], ``batch_matmul_bf16``'s A)."""
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
-    xa = x if x.dtype == "uint16" else _pack_rows_bf16(x, kb)  # uint16: already the A-tile pack
+    xa = _pack_rows_bf16(x, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
     out = n_ob * OC
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
