@@ -215,7 +215,7 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
                       name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
 
 
-def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
+def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
     f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
     and V one GEMM when queries and keys are the same tensor), the attention itself two kernels reading the heads
@@ -224,6 +224,7 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     does not apply (another precision or target, symbolic or non-float32 shapes, a bias or mask on the logits)."""
     import tvm
 
+    from convdsl.backends.tvm.lower_norm import layer_norm_input
     from convdsl.backends.tvm.schedules import amx
 
     target = tvm.target.Target.current(allow_none=True)
@@ -243,8 +244,11 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
         # Q, K, V one GEMM whose blocks are rounded straight into the attention GEMMs' tiles (no packs there)
         w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
         b = stacked(bq, bk, bv)
-        qkv = cx.bb.emit_te(amx.qkv_tiles_bf16, xq, cx.const(w, "uint16"),
-                            cx.const(np.zeros(3 * dim, np.float32) if b is None else b), heads, d,
+        # a layer norm read only here (ViT's ln_1) is done in the GEMM's pack: its f32 output never exists
+        ln = layer_norm_input(cx, xq, cx.graph.inputs_of(node.id)[0]) if node is not None else None
+        x, norm = (xq, ()) if ln is None else (ln[0], ln[1:])
+        qkv = cx.bb.emit_te(amx.qkv_tiles_bf16, x, cx.const(w, "uint16"),
+                            cx.const(np.zeros(3 * dim, np.float32) if b is None else b), heads, d, *norm,
                             primfunc_name_hint="qkv_tiles_bf16_amx")
         q, kt, v = (cx.emit(relax.TupleGetItem(qkv, i)) for i in range(3))
         p = cx.bb.emit_te(_attention_probs_bf16, q, kt, heads, d, 0, scale, lq, lk, True,
@@ -289,7 +293,7 @@ def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     dim = wq.shape[0]
     d = dim // heads
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    tiles = _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)
+    tiles = _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)
     if tiles is not None:
         return tiles
     fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)

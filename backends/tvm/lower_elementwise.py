@@ -99,6 +99,7 @@ def _amx_mlp(cx, node, args, ins):
     other shapes (dims not multiples of 32, symbolic), intermediate values read elsewhere."""
     import tvm
 
+    from convdsl.backends.tvm.lower_norm import layer_norm_input
     from convdsl.backends.tvm.schedules import amx
 
     target = tvm.target.Target.current(allow_none=True)
@@ -126,7 +127,10 @@ def _amx_mlp(cx, node, args, ins):
         bias = [np.asarray(g.params[n.params["bias"]], np.float32) if n.attrs["bias"]
                 else np.zeros(w.shape[0], np.float32) for n, w in ((fc1, w1), (fc2, w2))]
         packed = [cx.const(amx.pack_weight_bf16(w[:, :, None, None]), "uint16") for w in (w1, w2)]
-        h = cx.bb.emit_te(amx.mlp_up_bf16, x, packed[0], cx.const(bias[0]), primfunc_name_hint="mlp_up_bf16_amx")
+        # a layer norm read only by fc1 (ViT's ln_2) is done in fc1's pack: its f32 output never exists
+        ln = layer_norm_input(cx, x, g.inputs_of(fc1.id)[0])
+        x, norm = (x, ()) if ln is None else (ln[0], ln[1:])
+        h = cx.bb.emit_te(amx.mlp_up_bf16, x, packed[0], cx.const(bias[0]), *norm, primfunc_name_hint="mlp_up_bf16_amx")
         return cx.bb.emit_te(amx.linear_packed_bf16, h, packed[1], cx.const(bias[1]), ins[0].shape[1], args[1 - i],
                              primfunc_name_hint="mlp_down_bf16_amx")
     return None

@@ -757,6 +757,10 @@ def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers
         _vectorize_by(sch, loops[-1], OC)
     if "amx_pack_p" in blocks:
         _schedule_softmax_pack(sch, sch.get_sblock(blocks["amx_pack_p"]))
+    if "amx_pack_x" in blocks and any(sch.get(b).name_hint == "ln_sum16"
+                                      for b in sch.get_child_blocks(sch.get_sblock("root"))):
+        _schedule_ln_pack(sch, sch.get_sblock(blocks["amx_pack_x"]))
+        blocks = {k: v for k, v in blocks.items() if k != "amx_pack_x"}
     for key in ("amx_pack", "amx_pack_x"):  # [batch, k/32, rows, 32]
         if key not in blocks:
             continue
@@ -775,6 +779,22 @@ def schedule_batch(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers
                 sch.vectorize(j)
     for block in tail:
         parallel_outer(sch, block, 2)
+
+
+def _schedule_ln_pack(sch: s_tir.Schedule, pack) -> None:
+    """``_pack_rows_ln_bf16``'s pack: rows in parallel, each row's sums (16 lanes, vectorized, then across them),
+    mean and rsqrt computed at the row, then its K/32 runs of 32 features packed (16-lane vectors)."""
+    b, c, i, e = sch.get_loops(pack)
+    sch.reorder(b, i, c, e)
+    row = sch.fuse(b, i)
+    for name in ("ln_rstd", "ln_mean", "ln_sq", "ln_sum", "ln_sq16", "ln_sum16"):
+        sch.compute_at(sch.get_sblock(name), row, preserve_unit_loops=True)
+    for name in ("ln_sum16", "ln_sq16"):  # (row, 1, 1, lanes, features / lanes): the lanes innermost, vectorized
+        loops = sch.get_loops(sch.get_sblock(name))
+        sch.reorder(loops[-1], loops[-2])
+        sch.vectorize(loops[-2])
+    sch.vectorize(sch.split(e, [None, OC])[1])
+    sch.parallel(row)
 
 
 def _schedule_softmax_pack(sch: s_tir.Schedule, pack) -> None:
@@ -860,6 +880,36 @@ def _pack_rows_bf16(x: te.Tensor, kb: int) -> te.Tensor:
         kk = c * BF16_CHANNELS + e
         v = to_bf16_bits(x[b, tirx.min(i, length - 1), tirx.min(kk, k - 1) if kb * BF16_CHANNELS > k else kk])
         return tirx.Select(kk < k, v, tirx.const(0, "uint16")) if kb * BF16_CHANNELS > k else v
+
+    return te.compute((n, kb, rows, BF16_CHANNELS), pack, name="amx_pack", attrs={ATTR: "amx_pack_x"})
+
+
+def _pack_rows_ln_bf16(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, eps: float, kb: int) -> te.Tensor:
+    """``_pack_rows_bf16`` of layer_norm(x) over the last axis (K a multiple of 32: kb = K/32), TVM's formula
+    (mean and mean of squares in one pass, (x - mean) * rsqrt(var + eps) * gamma + beta) computed in the pack:
+    the normalized f32 tensor never exists.  Each row's sums as 16 partial results first (one vector per 16
+    features), then across them (``schedule_batch``: at the pack's row loop)."""
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
+
+    n, length, k = (int(d) for d in x.shape)
+    rows = _cdiv(length, BLOCK_ROWS) * BLOCK_ROWS
+    # over the padded rows too (the rows past L are copies of row L - 1): the pack reads them at its own row
+    xr = lambda b, i, f: x[b, tirx.min(i, length - 1), f]  # noqa: E731
+    jo, jq = te.reduce_axis((0, k // OC), "jo"), te.reduce_axis((0, k // OC), "jq")
+    s16 = te.compute((n, rows, OC), lambda b, i, v: te.sum(xr(b, i, jo * OC + v), axis=jo), name="ln_sum16")
+    q16 = te.compute((n, rows, OC), lambda b, i, v: te.sum(xr(b, i, jq * OC + v) * xr(b, i, jq * OC + v), axis=jq),
+                     name="ln_sq16")
+    v1, v2 = te.reduce_axis((0, OC), "v1"), te.reduce_axis((0, OC), "v2")
+    total = te.compute((n, rows), lambda b, i: te.sum(s16[b, i, v1], axis=v1), name="ln_sum")
+    squares = te.compute((n, rows), lambda b, i: te.sum(q16[b, i, v2], axis=v2), name="ln_sq")
+    inv_k = tirx.const(1.0 / k, "float32")
+    mean = te.compute((n, rows), lambda b, i: total[b, i] * inv_k, name="ln_mean")
+    rstd = te.compute((n, rows), lambda b, i: tirx.rsqrt(squares[b, i] * inv_k - mean[b, i] * mean[b, i]
+                                                         + tirx.const(eps, "float32")), name="ln_rstd")
+
+    def pack(b, c, i, e):
+        kk = c * BF16_CHANNELS + e
+        return to_bf16_bits((xr(b, i, kk) - mean[b, i]) * rstd[b, i] * gamma[kk] + beta[kk])
 
     return te.compute((n, kb, rows, BF16_CHANNELS), pack, name="amx_pack", attrs={ATTR: "amx_pack_x"})
 
@@ -977,15 +1027,16 @@ declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x
 """
 
 
-def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Tensor:
+def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, gamma: te.Tensor | None = None,
+                beta: te.Tensor | None = None, eps: float = 1e-5) -> te.Tensor:
     """gelu(x W + bias) for x [N, L, K] f32 (W, bias as ``linear_rows_bf16``), rounded to bf16 straight into the
     next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``linear_packed_bf16`` reads it).  Each 32 x 32 block is
     finished while it is in L1 (``LLVM_IR_BF16_GELU``: the conv's micro-kernel with one tap, then bias, GELU and
     the bf16 rounding per row), so the block's f32 values never go to memory.  The GELU is FastMath's (x * (0.5 +
     0.5 * fast_erf(x / sqrt 2))) op for op; the hidden layer never exists as an f32 tensor, and the next GEMM has
-    no pack of its own."""
+    no pack of its own.  ``gamma``, ``beta``, ``eps``: x is a layer norm's input, normalized in the pack."""
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
-    xa = _pack_rows_bf16(x, kb)
+    xa = _pack_rows_bf16(x, kb) if gamma is None else _pack_rows_ln_bf16(x, gamma, beta, eps, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
     offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
@@ -1218,15 +1269,17 @@ EXTERN_QKV = {part: f"convdsl_amx_dpbf16ps_2x2_{part}_tiles" for part in ("q", "
 LLVM_IR_QKV = LLVM_IR_BF16 + _qkv_ir()
 
 
-def qkv_tiles_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, heads: int, d: int):
+def qkv_tiles_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, heads: int, d: int,
+                   gamma: te.Tensor | None = None, beta: te.Tensor | None = None, eps: float = 1e-5):
     """Self-attention's Q, K, V = x W + bias for x [N, L, C] f32 (W ``pack_weight_bf16`` of [3 heads d, C, 1, 1],
     d a multiple of 32), each 32 x 32 block rounded to bf16 in the block loop straight into the tiles the attention
     GEMMs read (``_qkv_ir``), so neither attention kernel packs anything:
     Q [N heads, d/32, rows, 32] uint16 (Q K^T's A), K [N heads, rows/16, d/32, 16, 16] uint32 (Q K^T's B, pairs of
     features by keys), V [N heads, d/16, rows/32, 16, 16] uint32 (P V's B, pairs of keys by features); rows = L up
-    to whole 32-row blocks, the rows past L from copies of token L - 1 (finite: masked keys, zero probabilities)."""
+    to whole 32-row blocks, the rows past L from copies of token L - 1 (finite: masked keys, zero probabilities).
+    ``gamma``, ``beta``, ``eps``: x is a layer norm's input, normalized in the pack."""
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
-    xa = _pack_rows_bf16(x, kb)
+    xa = _pack_rows_bf16(x, kb) if gamma is None else _pack_rows_ln_bf16(x, gamma, beta, eps, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
     offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")
     pairs, blocks, dim = n_ob // 2, rows // BLOCK_ROWS, heads * d

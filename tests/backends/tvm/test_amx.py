@@ -710,6 +710,7 @@ def test_mlp_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape, fused):
     x = rng.standard_normal(shape).astype(np.float32)
     names = _kernel_names(g)
     assert ("mlp_up_bf16_amx" in names and "mlp_down_bf16_amx" in names) == fused, names
+    assert not fused or not any("norm" in n for n in names), names  # the layer norm done in fc1's pack
     m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
     y, want = m(x), bf16_reference(g, x)
     scale = max(1.0, float(np.abs(want).max()))
@@ -722,19 +723,21 @@ def test_mlp_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape, fused):
 
 @needs_amx_bf16
 def test_attention_residual_bf16_on_amx_is_one_projection_kernel():
-    """x + mhsa(x): the residual added in the output projection's last pass (no add kernel), with torch's bf16
-    arithmetic plus x."""
+    """x + mhsa(layernorm(x)): the layer norm in the Q/K/V GEMM's pack, the residual added in the output
+    projection's block loop (no norm or add kernel), with torch's bf16 arithmetic plus x."""
     from convdsl.lang.elaborate import elaborate
 
-    g = elaborate("network t(x: f32[1, 197, 384]) {\n    return x + (x | mhsa(heads=6) as attn)\n}")
+    g = elaborate("network t(x: f32[1, 197, 384]) {\n    return x + (x | layernorm as ln | mhsa(heads=6) as attn)\n}")
     rng = np.random.default_rng(4)
     for k, v in list(g.params.items()):
         g.params[k] = (rng.standard_normal(v.shape) * (0.2 if v.ndim == 2 else 0.5)).astype(np.float32)
     x = rng.standard_normal((1, 197, 384)).astype(np.float32)
     names = _kernel_names(g)
-    assert "out_proj_residual_bf16_amx" in names and not any("add" in n for n in names), names
+    assert "out_proj_residual_bf16_amx" in names and not any("add" in n or "norm" in n for n in names), names
     m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
-    y, want = m(x), x + _attention_bf16_reference(g.params, "attn", 6, x, None)
+    ln = torch.nn.functional.layer_norm(torch.from_numpy(x), (384,), torch.from_numpy(g.params["ln.weight"]),
+                                        torch.from_numpy(g.params["ln.bias"])).numpy()  # done in Q/K/V's pack
+    y, want = m(x), x + _attention_bf16_reference(g.params, "attn", 6, ln, None)
     f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
     scale = float(np.abs(want).max())
     err, err_f32 = np.abs(y - want).max() / scale, np.abs(y - f32).max() / scale
