@@ -253,8 +253,7 @@ def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: 
         q, kt, v = (cx.emit(relax.TupleGetItem(qkv, i)) for i in range(3))
         p = cx.bb.emit_te(_attention_probs_bf16, q, kt, heads, d, 0, scale, lq, lk, True,
                           primfunc_name_hint="attention_probs_bf16_amx")
-        y = cx.bb.emit_te(_attention_values_bf16, p, v, heads, d, lq, lk, 0, True,
-                          primfunc_name_hint="attention_pv_bf16_amx")
+        y = cx.bb.emit_te(amx.heads_matmul_pack_bf16, p, v, heads, primfunc_name_hint="attention_pv_bf16_amx")
         return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
                              cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
                              primfunc_name_hint="out_proj_bf16_amx")

@@ -1320,6 +1320,36 @@ def qkv_tiles_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, heads: int,
                      dtype=[dtypes[p] for p in ("q", "k", "v")], in_buffers=buffers, out_buffers=outs)
 
 
+def heads_matmul_pack_bf16(p: te.Tensor, v: te.Tensor, heads: int) -> te.Tensor:
+    """P V for every (image, head) -> the heads merged as bf16 into the next GEMM's A tiles: p ``[N heads, keys/32,
+    rows, 32]`` uint16 (attention's probabilities), v ``qkv_tiles_bf16``'s V ``[N heads, d/16, keys/32, 16, 16]``
+    uint32 (d a multiple of 32) -> [N, heads d/32, rows, 32] uint16.  Each 32 x 32 block is rounded in the block
+    loop into its 2 KiB of the output (``qkv_tiles_bf16``'s Q epilogue with a zero bias): one parallel pass."""
+    bh, kb, rows = (int(d) for d in p.shape[:3])
+    n_ob = int(v.shape[1])
+    n, q, pairs, blocks = bh // heads, n_ob // 2, n_ob // 2, rows // BLOCK_ROWS
+    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")
+    zeros = te.compute((BLOCK_OC,), lambda _: tirx.const(0.0, "float32"), name="amx_zero_bias")
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+
+    def body(ins, outs):
+        a, wt, taps, bs = ins
+        y, = outs
+        return _block_loop(bh, pairs, blocks, LLVM_IR_QKV, lambda b, j, pb: tirx.call_extern(
+            "int32", EXTERN_QKV["q"],
+            y.access_ptr("w", offset=(((b // heads) * heads * q + b % heads * q + j) * rows + pb * BLOCK_ROWS)
+                         * BF16_CHANNELS),
+            bs.access_ptr("r"), a.access_ptr("r", offset=(b * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS),
+            i64(rows * TILE_K), taps.access_ptr("r"), i64(kb),
+            wt.access_ptr("r", offset=(b * n_ob + 2 * j) * kb * 256), i64(kb * 1024), bs.access_ptr("r"), i64(0)))
+
+    ins = (p, v, offs, zeros)
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("p", "v", "taps", "zeros"))]
+    shape = (n, heads * q, rows, BF16_CHANNELS)
+    return te.extern(shape, list(ins), body, name="amx_heads_pack", dtype="uint16", in_buffers=buffers,
+                     out_buffers=[tirx.decl_buffer(shape, "uint16", "y")])
+
+
 # ---- schedule ----------------------------------------------------------------------------------------------
 def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, parallel_outer) -> None:
     """The pack and the requantization (with the elementwise ops FuseOps appended, inlined into it)
