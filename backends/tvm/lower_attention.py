@@ -140,8 +140,10 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
-def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int, tiles: bool = False):
-    """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d), written as
+def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int,
+                          tiles: bool = False):
+    """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d; with
+    ``tiles``, q and kv are ``amx.qkv_tiles_bf16``'s Q and K tiles, k_off unused), written as
     bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
     up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
     row's max and sum of exponentials in f32, the probabilities exp * (1 / sum) rounded into the pack.  Neither
@@ -197,15 +199,11 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     bh, kb = int(p.shape[0]), int(p.shape[1])
-    if kv.dtype == "uint32":  # ``amx.qkv_tiles_bf16``'s V, already the B tiles
-        n = bh // heads
-        acc = amx.batch_matmul_bf16(None, None, bh, lq, kb * 32, d, a_packed=p, b_packed=kv)
-    else:
-        n = int(kv.shape[0])
-        # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
-        acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
-                                                               v_off + b % heads * d + col],
-                                    bh, lq, kb * 32, d, a_packed=p)
+    n = int(kv.shape[0])
+    # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
+    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
+                                                           v_off + b % heads * d + col],
+                                bh, lq, kb * 32, d, a_packed=p)
     if packed:  # column c * 32 + e of the merged heads: head c // q, its column (c % q) * 32 + e (q = d / 32)
         q, rows = d // amx.BF16_CHANNELS, int(acc.shape[2])
         return te.compute((n, heads * q, rows, amx.BF16_CHANNELS), lambda b, c, i, e: to_bf16_bits(
@@ -217,7 +215,10 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
 
 def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
-    f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
+    f32 sums.  Self-attention with heads a multiple of 32 wide: Q/K/V as ``amx.qkv_tiles_bf16`` (a layer norm
+    read only here done in its pack), the attention's GEMMs reading its tiles, P V's blocks rounded into the
+    output projection's tiles (``amx.heads_matmul_pack_bf16``), the projection ``amx.linear_packed_bf16``.
+    Otherwise the projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
     and V one GEMM when queries and keys are the same tensor), the attention itself two kernels reading the heads
     straight from the projections' [N, L, 3 dim] output: the probabilities, written as bf16 tiles
     (``_attention_probs_bf16``), and P V (``_attention_values_bf16``).  None where it
@@ -274,8 +275,8 @@ def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: 
     p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, lq, lk,
                       primfunc_name_hint="attention_probs_bf16_amx")
     if d % amx.BF16_CHANNELS == 0 and wo.shape[0] % amx.BLOCK_OC == 0:
-        # the heads as bf16 tiles into the output projection (bias in its tiles; a residual add after it is
-        # fused into its last pass): no f32 copy of the heads and no pack in the projection
+        # the heads as bf16 tiles into the output projection (bias, and a residual add after it, in its block
+        # loop: lower_elementwise._amx_attention_residual): no f32 copy of the heads, no pack in the projection
         y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off, True,
                           primfunc_name_hint="attention_pv_bf16_amx")
         return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
