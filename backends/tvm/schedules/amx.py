@@ -1180,7 +1180,7 @@ def _qkv_ir() -> str:
     16 pair words, transposed 16 x 16 in registers)."""
     q = f"""
 define linkonce_odr i32 @{EXTERN_QKV["q"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
-                                           i64 %b_ob, ptr %unused, i64 %stride) {{
+                                           i64 %b_ob, i64 %stride) {{
 {_block_head("  br label %row")}
 row:
   %r = phi i64 [0, %entry], [%r1, %row]
@@ -1217,7 +1217,7 @@ vdone{cb}:
 """)
     v = f"""
 define linkonce_odr i32 @{EXTERN_QKV["v"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
-                                           i64 %b_ob, ptr %unused, i64 %stride) {{
+                                           i64 %b_ob, i64 %stride) {{
 {_block_head("")}{v_half[0]}{v_half[1]}  ret i32 0
 }}
 """
@@ -1255,7 +1255,7 @@ define linkonce_odr i32 @{EXTERN_QKV["v"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb
     body = "\n".join(k_body)
     k = f"""
 define linkonce_odr i32 @{EXTERN_QKV["k"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
-                                           i64 %b_ob, ptr %unused, i64 %stride) {{
+                                           i64 %b_ob, i64 %stride) {{
 {_block_head("")}{body}
   ret i32 0
 }}
@@ -1303,7 +1303,7 @@ def qkv_tiles_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, heads: int,
                 bs.access_ptr("r", offset=j * BLOCK_OC),
                 a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
                 taps.access_ptr("r"), i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024),
-                bs.access_ptr("r"), i64(stride)))
+                i64(stride)))
 
         qc = call("q", q, lambda h, c: ((h * per_head + c) * rows + pb * BLOCK_ROWS) * BF16_CHANNELS, 0)
         kc = call("k", k, lambda h, c: ((h * (rows // OC) + 2 * pb) * per_head + c) * OC * OC, per_head * OC * OC * 4)
@@ -1341,7 +1341,7 @@ def heads_matmul_pack_bf16(p: te.Tensor, v: te.Tensor, heads: int) -> te.Tensor:
                          * BF16_CHANNELS),
             bs.access_ptr("r"), a.access_ptr("r", offset=(b * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS),
             i64(rows * TILE_K), taps.access_ptr("r"), i64(kb),
-            wt.access_ptr("r", offset=(b * n_ob + 2 * j) * kb * 256), i64(kb * 1024), bs.access_ptr("r"), i64(0)))
+            wt.access_ptr("r", offset=(b * n_ob + 2 * j) * kb * 256), i64(kb * 1024), i64(0)))
 
     ins = (p, v, offs, zeros)
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("p", "v", "taps", "zeros"))]
@@ -1405,5 +1405,6 @@ def _vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "batch_matmul_bf16", "linear_rows_bf16",
-           "linear_packed_bf16", "mlp_up_bf16", "schedule", "schedule_batch",
+           "linear_packed_bf16", "mlp_up_bf16", "qkv_tiles_bf16", "heads_matmul_pack_bf16", "schedule",
+           "schedule_batch",
            "LLVM_IR", "LLVM_IR_BF16"]
