@@ -945,6 +945,29 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
 
 
 # ---- a transformer MLP: fc1 -> GELU -> fc2 (+ residual), the hidden layer only as bf16 tiles ----------------------
+def _block_head(acc_loads: str) -> str:
+    """The entry of a block-loop kernel with a bf16 epilogue: the micro-kernel's C tiles (one tap, ``%steps``
+    input blocks) to a 4 KiB stack buffer ``%acc`` ([column half][32 rows][16] f32), the block's two 16-column
+    halves of ``%bias`` as ``%bias0`` / ``%bias1``; ``acc_loads`` follows."""
+    return f"""entry:
+  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
+  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
+                              ptr %b, i64 %b_ob)
+  %bias0 = load <16 x float>, ptr %bias, align 4
+  %bp = getelementptr float, ptr %bias, i64 {OC}
+  %bias1 = load <16 x float>, ptr %bp, align 4
+{acc_loads}"""
+
+
+def _row(r: str, cb: int, name: str) -> str:
+    """IR loading row ``r`` (a value name or a constant) of the block's column half ``cb`` + bias as ``%name``."""
+    idx = f"{r}" if cb == 0 else f"{r}_{name}i"
+    pre = "" if cb == 0 else f"  {idx} = add i64 {r}, {BLOCK_ROWS}\n"
+    return (f"{pre}  %{name}p = getelementptr <16 x float>, ptr %acc, i64 {idx}\n"
+            f"  %{name}x = load <16 x float>, ptr %{name}p, align 64\n"
+            f"  %{name} = fadd <16 x float> %{name}x, %bias{cb}\n")
+
+
 def _f32(c: float) -> str:
     """An LLVM IR float constant: the double that is exactly float32(c)."""
     import struct
@@ -995,24 +1018,10 @@ EXTERN_BF16_GELU = "convdsl_amx_dpbf16ps_2x2_gelu_pack"
 LLVM_IR_BF16_GELU = LLVM_IR_BF16 + _gelu_ir() + f"""
 define linkonce_odr i32 @{EXTERN_BF16_GELU}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
                                           i64 %b_ob) {{
-entry:
-  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
-  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
-                              ptr %b, i64 %b_ob)
-  %bias0 = load <16 x float>, ptr %bias, align 4
-  %bp = getelementptr float, ptr %bias, i64 {OC}
-  %bias1 = load <16 x float>, ptr %bp, align 4
-  br label %row
+{_block_head("  br label %row")}
 row:
   %r = phi i64 [0, %entry], [%r1, %row]
-  %x0p = getelementptr <16 x float>, ptr %acc, i64 %r
-  %x0 = load <16 x float>, ptr %x0p, align 64
-  %r2 = add i64 %r, {BLOCK_ROWS}
-  %x1p = getelementptr <16 x float>, ptr %acc, i64 %r2
-  %x1 = load <16 x float>, ptr %x1p, align 64
-  %v0 = fadd <16 x float> %x0, %bias0
-  %v1 = fadd <16 x float> %x1, %bias1
-  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
+{_row("%r", 0, "v0")}{_row("%r", 1, "v1")}  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
   %g1 = call <16 x float> @convdsl_gelu16(<16 x float> %v1)
   %bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %g1, <16 x float> %g0)
   %dst = getelementptr <32 x bfloat>, ptr %p, i64 %r
@@ -1072,34 +1081,21 @@ def _rows_out_ir(name: str, residual: bool) -> str:
   %o0 = fadd <16 x float> %s0, %rv0
   %o1 = fadd <16 x float> %s1, %rv1""" if residual else """  %o0 = fadd <16 x float> %s0, zeroinitializer
   %o1 = fadd <16 x float> %s1, zeroinitializer"""
-    return f"""
-define linkonce_odr i32 @{name}(ptr %y,{res_arg} ptr %bias, i64 %out, i64 %length, ptr %a0, ptr %a, i64 %a_icb,
-                                  ptr %offs, i64 %steps, ptr %b, i64 %b_ob) {{
-entry:
-  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
-  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
-                              ptr %b, i64 %b_ob)
-  %ai = ptrtoint ptr %a to i64
+    entry = _block_head(f"""  %ai = ptrtoint ptr %a to i64
   %a0i = ptrtoint ptr %a0 to i64
   %ad = sub i64 %ai, %a0i
   %row0 = lshr i64 %ad, 6
   %left = sub i64 %length, %row0
   %few = icmp ult i64 %left, {BLOCK_ROWS}
   %valid = select i1 %few, i64 %left, i64 {BLOCK_ROWS}
-  %bias0 = load <16 x float>, ptr %bias, align 4
-  %bp = getelementptr float, ptr %bias, i64 {OC}
-  %bias1 = load <16 x float>, ptr %bp, align 4
-  br label %row
+  br label %row""")
+    return f"""
+define linkonce_odr i32 @{name}(ptr %y,{res_arg} ptr %bias, i64 %out, i64 %length, ptr %a0, ptr %a, i64 %a_icb,
+                                  ptr %offs, i64 %steps, ptr %b, i64 %b_ob) {{
+{entry}
 row:
   %r = phi i64 [0, %entry], [%r1, %row]
-  %x0p = getelementptr <16 x float>, ptr %acc, i64 %r
-  %x0 = load <16 x float>, ptr %x0p, align 64
-  %r2 = add i64 %r, {BLOCK_ROWS}
-  %x1p = getelementptr <16 x float>, ptr %acc, i64 %r2
-  %x1 = load <16 x float>, ptr %x1p, align 64
-  %s0 = fadd <16 x float> %x0, %bias0
-  %s1 = fadd <16 x float> %x1, %bias1
-  %off = mul i64 %r, %out
+{_row("%r", 0, "s0")}{_row("%r", 1, "s1")}  %off = mul i64 %r, %out
 {add}
   %d0 = getelementptr float, ptr %y, i64 %off
   store <16 x float> %o0, ptr %d0, align 4
@@ -1153,26 +1149,6 @@ def linear_packed_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, le
 
 
 # ---- self-attention's Q/K/V projection straight into the attention GEMMs' bf16 tiles ------------------------------
-def _block_head(acc_loads: str) -> str:
-    return f"""entry:
-  %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x float], align 64
-  %k = call i32 @{EXTERN_BF16}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 1, i64 %steps,
-                              ptr %b, i64 %b_ob)
-  %bias0 = load <16 x float>, ptr %bias, align 4
-  %bp = getelementptr float, ptr %bias, i64 {OC}
-  %bias1 = load <16 x float>, ptr %bp, align 4
-{acc_loads}"""
-
-
-def _row(r: str, cb: int, name: str) -> str:
-    """IR loading row ``r`` (a value name or a constant) of the block's column half ``cb`` + bias as ``%name``."""
-    idx = f"{r}" if cb == 0 else f"{r}_{name}i"
-    pre = "" if cb == 0 else f"  {idx} = add i64 {r}, {BLOCK_ROWS}\n"
-    return (f"{pre}  %{name}p = getelementptr <16 x float>, ptr %acc, i64 {idx}\n"
-            f"  %{name}x = load <16 x float>, ptr %{name}p, align 64\n"
-            f"  %{name} = fadd <16 x float> %{name}x, %bias{cb}\n")
-
-
 def _qkv_ir() -> str:
     """Three epilogues of a 32 x 32 block of the Q/K/V GEMM (acc + bias, rounded to bf16): Q as A tiles (the block's
     32 rows, 64 bytes each, contiguous), V as B tiles of P V (row pairs 2p, 2p + 1 interleaved: a tile row p is the
