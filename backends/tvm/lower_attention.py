@@ -140,8 +140,10 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     return y if bo is None else cx.emit(R.add(y, cx.const(bo)))
 
 
-def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int):
-    """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d), written as
+def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int,
+                          tiles: bool = False):
+    """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d; with
+    ``tiles``, q and kv are ``amx.qkv_tiles_bf16``'s Q and K tiles, k_off unused), written as
     bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
     up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
     row's max and sum of exponentials in f32, the probabilities exp * (1 / sum) rounded into the pack.  Neither
@@ -151,11 +153,15 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, l
     from convdsl.backends.tvm.schedules import amx
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
-    n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
-    bh = n * heads
-    acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
-                                lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
-                                b_along_k=True)
+    if tiles:  # q and kv: ``amx.qkv_tiles_bf16``'s Q and K, already the A and B tiles
+        bh = int(q.shape[0])
+        acc = amx.batch_matmul_bf16(None, None, bh, lq, d, lk, a_packed=q, b_packed=kv)
+    else:
+        n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
+        bh = n * heads
+        acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
+                                    lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
+                                    b_along_k=True)
     keys, rows, lanes = int(acc.shape[1]) * amx.OC, int(acc.shape[2]), amx.OC
     ninf = tirx.const(float("-inf"), "float32")
     logits = te.compute((bh, lq, keys), lambda b, i, j: tirx.Select(
@@ -182,12 +188,15 @@ def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, l
     return te.compute((bh, keys // 32, rows, 32), pack, name="amx_pack_p", attrs={amx.ATTR: "amx_pack_p"})
 
 
-def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: int):
+def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: int, packed: bool = False):
     """P V for P ``_attention_probs_bf16``'s pack and kv [N, Lk, ...] (V at columns v_off + h*d) -> [N, Lq, heads*d]
-    on AMX tiles (heads merged: the output projection reads it as it is)."""
+    on AMX tiles (heads merged: the output projection reads it as it is).  ``packed`` (d a multiple of 32): the
+    heads merged as bf16 straight into the output projection's A-tile pack, [N, heads*d/32, rows, 32] uint16
+    (``amx.linear_packed_bf16`` reads it; its own pack would round the same values to bf16)."""
     from tvm import te, tirx
 
     from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     bh, kb = int(p.shape[0]), int(p.shape[1])
     n = int(kv.shape[0])
@@ -195,19 +204,28 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
     acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
                                                            v_off + b % heads * d + col],
                                 bh, lq, kb * 32, d, a_packed=p)
+    if packed:  # column c * 32 + e of the merged heads: head c // q, its column (c % q) * 32 + e (q = d / 32)
+        q, rows = d // amx.BF16_CHANNELS, int(acc.shape[2])
+        return te.compute((n, heads * q, rows, amx.BF16_CHANNELS), lambda b, c, i, e: to_bf16_bits(
+            acc[b * heads + c // q, c % q * 2 + e // amx.OC, i, e % amx.OC]), name="amx_heads_pack",
+            attrs={amx.ATTR: "amx_batch_out"})
     return te.compute((n, lq, heads * d), lambda b, i, c: acc[b * heads + c // d, c % d // amx.OC, i, c % d % amx.OC],
                       name="amx_out", attrs={amx.ATTR: "amx_batch_out"})
 
 
-def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
+def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
-    f32 sums.  The projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
+    f32 sums.  Self-attention with heads a multiple of 32 wide: Q/K/V as ``amx.qkv_tiles_bf16`` (a layer norm
+    read only here done in its pack), the attention's GEMMs reading its tiles, P V's blocks rounded into the
+    output projection's tiles (``amx.heads_matmul_pack_bf16``), the projection ``amx.linear_packed_bf16``.
+    Otherwise the projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
     and V one GEMM when queries and keys are the same tensor), the attention itself two kernels reading the heads
     straight from the projections' [N, L, 3 dim] output: the probabilities, written as bf16 tiles
     (``_attention_probs_bf16``), and P V (``_attention_values_bf16``).  None where it
     does not apply (another precision or target, symbolic or non-float32 shapes, a bias or mask on the logits)."""
     import tvm
 
+    from convdsl.backends.tvm.lower_norm import layer_norm_input
     from convdsl.backends.tvm.schedules import amx
 
     target = tvm.target.Target.current(allow_none=True)
@@ -223,6 +241,23 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
         return None if all(b is None for b in bs) else np.concatenate(
             [np.zeros(dim, np.float32) if b is None else b for b in bs])
 
+    if xq.same_as(xkv) and d % amx.BLOCK_OC == 0 and wo.shape[0] % amx.BLOCK_OC == 0:
+        # Q, K, V one GEMM whose blocks are rounded straight into the attention GEMMs' tiles (no packs there)
+        w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
+        b = stacked(bq, bk, bv)
+        # a layer norm read only here (ViT's ln_1) is done in the GEMM's pack: its f32 output never exists
+        ln = layer_norm_input(cx, xq, cx.graph.inputs_of(node.id)[0]) if node is not None else None
+        x, norm = (xq, ()) if ln is None else (ln[0], ln[1:])
+        qkv = cx.bb.emit_te(amx.qkv_tiles_bf16, x, cx.const(w, "uint16"),
+                            cx.const(np.zeros(3 * dim, np.float32) if b is None else b), heads, d, *norm,
+                            primfunc_name_hint="qkv_tiles_bf16_amx")
+        q, kt, v = (cx.emit(relax.TupleGetItem(qkv, i)) for i in range(3))
+        p = cx.bb.emit_te(_attention_probs_bf16, q, kt, heads, d, 0, scale, lq, lk, True,
+                          primfunc_name_hint="attention_probs_bf16_amx")
+        y = cx.bb.emit_te(amx.heads_matmul_pack_bf16, p, v, heads, primfunc_name_hint="attention_pv_bf16_amx")
+        return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
+                             cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
+                             primfunc_name_hint="out_proj_bf16_amx")
     if xq.same_as(xkv) and (3 * dim) % amx.BLOCK_OC == 0:
         # [N, rows, 3 dim]: Q, K, V one GEMM, the bias in its tiles and no epilogue pass (rows: L up to 32s)
         w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
@@ -239,6 +274,14 @@ def _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
         k_off, v_off = 0, dim
     p = cx.bb.emit_te(_attention_probs_bf16, q, kv, heads, d, k_off, scale, lq, lk,
                       primfunc_name_hint="attention_probs_bf16_amx")
+    if d % amx.BF16_CHANNELS == 0 and wo.shape[0] % amx.BLOCK_OC == 0:
+        # the heads as bf16 tiles into the output projection (bias, and a residual add after it, in its block
+        # loop: lower_elementwise._amx_attention_residual): no f32 copy of the heads, no pack in the projection
+        y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off, True,
+                          primfunc_name_hint="attention_pv_bf16_amx")
+        return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
+                             cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
+                             primfunc_name_hint="out_proj_bf16_amx")
     y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off,
                       primfunc_name_hint="attention_pv_bf16_amx")
     return linear(cx, y, wo, bo)
@@ -250,7 +293,7 @@ def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     dim = wq.shape[0]
     d = dim // heads
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    tiles = _amx_bf16(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)
+    tiles = _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)
     if tiles is not None:
         return tiles
     fast = _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads, scale, bias)

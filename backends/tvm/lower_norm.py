@@ -11,7 +11,7 @@ import numpy as np
 from convdsl.ir.graph import Node
 from convdsl.ir.types import TensorType
 
-from convdsl.backends.tvm.common import TVM_DTYPE, Lowerer, R, family
+from convdsl.backends.tvm.common import TVM_DTYPE, Lowerer, R, family, relax
 
 if TYPE_CHECKING:
     from tvm.relax import Expr
@@ -117,6 +117,27 @@ def _instancenorm(cx, node, args, ins):
 for _name in ("batchnorm", "batchnorm1d", "batchnorm2d", "batchnorm3d"):
     LOWERINGS.add(_name, _batchnorm)
 LOWERINGS.add("layernorm", _layernorm)
+
+
+def layer_norm_input(cx: Lowerer, value, graph_value) -> tuple | None:
+    """(x, gamma, beta, eps) where ``value`` (the Relax variable of ``graph_value``) is ``_layernorm``'s
+    layer_norm of x over the last axis with constant gamma and beta, read by one node only (a kernel may then
+    normalize x itself, in its pack: ``amx._pack_rows_ln_bf16``), else None."""
+    import tvm
+
+    g = cx.graph
+    if g.node(graph_value.node).op != "layernorm" or g.is_output(graph_value) or len(g.users(graph_value)) != 1:
+        return None
+    call = cx.bb.lookup_binding(value) if isinstance(value, relax.Var) else None
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.layer_norm":
+        return None
+    x, gamma, beta = call.args
+    rank = x.ty.ndim
+    if [int(a) % rank for a in call.attrs.axes] != [rank - 1] or not (call.attrs.center and call.attrs.scale) \
+            or not all(hasattr(getattr(t, "value", None), "numpy") for t in (gamma, beta)) \
+            or str(x.ty.dtype) != "float32":
+        return None
+    return x, gamma, beta, float(call.attrs.epsilon)
 LOWERINGS.add("layernorm2d", _layernorm2d)
 LOWERINGS.add("groupnorm", _groupnorm)
 for _n in (1, 2, 3):

@@ -617,8 +617,10 @@ ATTENTION_CASES = {  # ViT-S's 197 tokens (keys padded to 224, queries to 7 bloc
     # 3 x 48 = 144 projection columns, not whole 32-column blocks: Q/K/V through layout.py's dense, not
     # amx.linear_rows_bf16
     "odd_width": ("network t(x: f32[1, 20, 48]) {\n    return x | mhsa(heads=3) as attn\n}", (1, 20, 48), None),
+    # two images, 50 tokens (the second row block partial), heads 64 wide: amx.qkv_tiles_bf16's Q/K/V tiles
+    "batch_two": ("network t(x: f32[2, 50, 128]) {\n    return x | mhsa(heads=2) as attn\n}", (2, 50, 128), None),
 }
-ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3}
+ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3, "batch_two": 2}
 
 
 @needs_amx_bf16
@@ -647,8 +649,9 @@ def test_attention_bf16_on_amx_matches_torch_bf16_arithmetic(case):
 
 @needs_amx_bf16
 def test_attention_bf16_kernels_are_amx():
-    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``linear_rows_bf16``: bias in the tiles),
-    Q K^T, P V, the output projection."""
+    """Every GEMM of a bf16 mhsa on AMX tiles: the Q/K/V projection (``qkv_tiles_bf16``: its blocks rounded into the
+    attention GEMMs' tiles), Q K^T, P V, the output projection (``linear_packed_bf16``, reading P V's heads as bf16
+    tiles)."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
@@ -661,5 +664,83 @@ def test_attention_bf16_kernels_are_amx():
             mod = lower_graph(g, precision=precision)
             mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, precision))(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-        calls = [sum(t.count(f'"{name}"') for t in texts) for name in (amx.EXTERN_BF16, amx.EXTERN_BF16_ROWS)]
-        assert calls == ([3, 1] if want else [0, 0])  # micro-kernel call sites
+        names = (amx.EXTERN_BF16, *amx.EXTERN_QKV.values(), amx.EXTERN_BF16_OUT[False])
+        calls = [sum(t.count(f'"{name}"') for t in texts) for name in names]
+        # micro-kernel call sites: Q K^T; the Q/K/V GEMM's three epilogues and P V (Q's: rows rounded into a
+        # pack); the out-projection
+        assert calls == ([1, 2, 1, 1, 1] if want else [0] * 5)
+        if want:  # the attention kernels pack nothing: Q, K and V come as tiles
+            assert not any("amx_pack_bk" in t or "amx_pack_b\"" in t for t in texts)
+
+
+# ---- a transformer MLP with its residual on AMX bf16 tiles (lower_elementwise._amx_mlp, amx.mlp_up/down_bf16) -----
+MLP_BLOCK = """network t(x: f32[1, 197, 64]) {
+    m = x | layernorm | linear(128) | gelu | dropout(0.1) | linear(64)
+    return x + m
+}"""  # ViT's MLP half-layer: 197 tokens (7 row blocks of 32, the last partial)
+MLP_SHARED = """network t(x: f32[1, 40, 64]) {
+    h = x | linear(128) | gelu
+    y = x + (h | linear(64))
+    return y + (h | linear(64))
+}"""  # the hidden layer read by two linears: not fused (each reads it as it is)
+
+
+def _kernel_names(g) -> list[str]:
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm", precision="bf16")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g, precision="bf16"))
+    return [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+@needs_amx_bf16
+@pytest.mark.parametrize("src,shape,fused", [(MLP_BLOCK, (1, 197, 64), True), (MLP_SHARED, (1, 40, 64), False)],
+                         ids=["vit_mlp", "hidden_is_output"])
+def test_mlp_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape, fused):
+    from convdsl.lang.elaborate import elaborate
+
+    from .test_bf16 import bf16_reference
+
+    g = elaborate(src)
+    rng = np.random.default_rng(3)
+    for k, v in list(g.params.items()):  # nonzero biases, a GELU input of either sign
+        g.params[k] = (rng.standard_normal(v.shape) * (0.2 if v.ndim == 2 else 0.5)).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    names = _kernel_names(g)
+    assert ("mlp_up_bf16_amx" in names and "mlp_down_bf16_amx" in names) == fused, names
+    assert not fused or not any("norm" in n for n in names), names  # the layer norm done in fc1's pack
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    y, want = m(x), bf16_reference(g, x)
+    scale = max(1.0, float(np.abs(want).max()))
+    err = np.abs(y - want).max()
+    assert err <= 1e-4 * scale  # bf16 products summed in f32, bias and GELU in f32 (a summation order apart)
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 10 * err  # and really bf16
+    assert m.built.own == m.built.functions
+
+
+@needs_amx_bf16
+def test_attention_residual_bf16_on_amx_is_one_projection_kernel():
+    """x + mhsa(layernorm(x)): the layer norm in the Q/K/V GEMM's pack, the residual added in the output
+    projection's block loop (no norm or add kernel), with torch's bf16 arithmetic plus x."""
+    from convdsl.lang.elaborate import elaborate
+
+    g = elaborate("network t(x: f32[1, 197, 384]) {\n    return x + (x | layernorm as ln | mhsa(heads=6) as attn)\n}")
+    rng = np.random.default_rng(4)
+    for k, v in list(g.params.items()):
+        g.params[k] = (rng.standard_normal(v.shape) * (0.2 if v.ndim == 2 else 0.5)).astype(np.float32)
+    x = rng.standard_normal((1, 197, 384)).astype(np.float32)
+    names = _kernel_names(g)
+    assert "out_proj_residual_bf16_amx" in names and not any("add" in n or "norm" in n for n in names), names
+    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
+    ln = torch.nn.functional.layer_norm(torch.from_numpy(x), (384,), torch.from_numpy(g.params["ln.weight"]),
+                                        torch.from_numpy(g.params["ln.bias"])).numpy()  # done in Q/K/V's pack
+    y, want = m(x), x + _attention_bf16_reference(g.params, "attn", 6, ln, None)
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    scale = float(np.abs(want).max())
+    err, err_f32 = np.abs(y - want).max() / scale, np.abs(y - f32).max() / scale
+    assert err <= 2e-3, (err, err_f32)  # as test_attention_bf16_on_amx_matches_torch_bf16_arithmetic
+    assert err_f32 > 3 * err and err_f32 > 1e-3
