@@ -27,7 +27,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, out_size, pad_spatial, target_has
+from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, out_size, pad_spatial, target_has, to_bf16_bits
 
 LANES = 16  # f32 outputs of one vdpbf16ps
 PAIR = 2  # bf16 products summed per lane
@@ -59,15 +59,6 @@ def round_to_bf16(a: np.ndarray) -> np.ndarray:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def to_bf16_bits(v: tirx.PrimExpr) -> tirx.PrimExpr:
-    """TIR: an f32 value -> its bf16 bit pattern (uint16), round to nearest even (``round_to_bf16``'s
-    rule) in integer arithmetic, which vectorizes: (u + 0x7fff + ((u >> 16) & 1)) >> 16."""
-    u = tirx.reinterpret("uint32", v)
-    one = tirx.const(1, "uint32")
-    r = (u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & one)) >> tirx.const(16, "uint32")
-    return r.astype("uint16")
 
 
 def _value(bits: tirx.PrimExpr) -> tirx.PrimExpr:

@@ -72,6 +72,15 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) 
         name="conv2d_nchwc", attrs={KERNEL_ATTR: "conv2d_nchwc"})
 
 
+def to_bf16_bits(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """TIR: an f32 value -> its bf16 bit pattern (uint16), round to nearest even (``round_to_bf16``'s
+    rule) in integer arithmetic, which vectorizes: (u + 0x7fff + ((u >> 16) & 1)) >> 16."""
+    u = tirx.reinterpret("uint32", v)
+    one = tirx.const(1, "uint32")
+    r = (u + tirx.const(0x7FFF, "uint32") + ((u >> tirx.const(16, "uint32")) & one)) >> tirx.const(16, "uint32")
+    return r.astype("uint16")
+
+
 def bf16_value(bits: tirx.PrimExpr) -> tirx.PrimExpr:
     """TIR: a bf16 bit pattern (uint16) -> its f32 value (exact)."""
     return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
@@ -80,8 +89,6 @@ def bf16_value(bits: tirx.PrimExpr) -> tirx.PrimExpr:
 def to_bf16_nchwc(data: te.Tensor) -> te.Tensor:
     """f32 -> bf16 bit patterns (uint16), round to nearest even, elementwise: what a bf16 kernel reads
     (``bf16_inputs`` in layout.py), FuseOps fuses it into the kernel that writes ``data``."""
-    from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
-
     return te.compute(data.shape, lambda *i: to_bf16_bits(data[i]), name="to_bf16")
 
 
@@ -101,8 +108,6 @@ def dwconv_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation, 
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
     if bf16:  # the padded copy (always made: it is where the values become f32) reads bf16
-        from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
-
         src = data
         read = (lambda v: bf16_value(v)) if data.dtype == "uint16" else (lambda v: bf16_value(to_bf16_bits(v)))
 
