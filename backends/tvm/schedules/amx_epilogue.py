@@ -24,9 +24,10 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from convdsl.backends.tvm.schedules import amx
-from convdsl.backends.tvm.schedules.layout import OPAQUE, _CONST, static_shape
+from convdsl.backends.tvm.schedules.layout import OPAQUE, static_shape
 
 _INT8 = ("uint8", "int8")
+_CONST = type(relax.const(np.zeros(1, "float32")))  # Relax's constant node class (not exported by name in TVM 0.27)
 
 
 def _op(value) -> str | None:
