@@ -343,6 +343,16 @@ def _block_entry(acc: str, micro: str) -> str:
 """
 
 
+def _channel_pair(name: str, elem: str) -> str:
+    """IR loading the pair's per-channel vectors of argument ``%name`` (16 x ``elem`` each) as ``%name0`` and
+    ``%name1`` (the second block's, or the first's again when the pair has one block: ``%two``)."""
+    return f"""  %{name}0 = load <16 x {elem}>, ptr %{name}, align 4
+  %{name}_p = getelementptr {elem}, ptr %{name}, i64 {OC}
+  %{name}_p1 = select i1 %two, ptr %{name}_p, ptr %{name}
+  %{name}1 = load <16 x {elem}>, ptr %{name}_p1, align 4
+"""
+
+
 def _pixel_loop(store0: str, store1: str) -> str:
     """IR of the loop over a block's 32 virtual pixels (row ``%i``, column ``%j`` of a plane ``%ww`` wide, from
     ``%p0``): for each pixel inside the output (i < OH, j < OW), ``store0`` for the first channel block and, if
@@ -434,15 +444,7 @@ define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, 
                                   float %zp, float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
                                   i64 %steps, ptr %b, i64 %b_ob{extra}) {{
 entry:
-{_block_entry("i32", EXTERN)}  %bias0 = load <16 x i32>, ptr %bias, align 4
-  %bp = getelementptr i32, ptr %bias, i64 {OC}
-  %bp1 = select i1 %two, ptr %bp, ptr %bias
-  %bias1 = load <16 x i32>, ptr %bp1, align 4
-  %mult0 = load <16 x float>, ptr %mult, align 4
-  %mp = getelementptr float, ptr %mult, i64 {OC}
-  %mp1 = select i1 %two, ptr %mp, ptr %mult
-  %mult1 = load <16 x float>, ptr %mp1, align 4
-{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
+{_block_entry("i32", EXTERN)}{_channel_pair("bias", "i32")}{_channel_pair("mult", "float")}{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
 declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
 declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 """
@@ -541,15 +543,7 @@ define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %scale, ptr %shift, ptr %x
                                   float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
                                   i64 %steps, ptr %b, i64 %b_ob) {{
 entry:
-{_block_entry("float", EXTERN_BF16)}  %scale0 = load <16 x float>, ptr %scale, align 4
-  %sp = getelementptr float, ptr %scale, i64 {OC}
-  %sp1 = select i1 %two, ptr %sp, ptr %scale
-  %scale1 = load <16 x float>, ptr %sp1, align 4
-  %shift0 = load <16 x float>, ptr %shift, align 4
-  %hp = getelementptr float, ptr %shift, i64 {OC}
-  %hp1 = select i1 %two, ptr %hp, ptr %shift
-  %shift1 = load <16 x float>, ptr %hp1, align 4
-  %lo1 = insertelement <16 x float> poison, float %lo, i64 0
+{_block_entry("float", EXTERN_BF16)}{_channel_pair("scale", "float")}{_channel_pair("shift", "float")}  %lo1 = insertelement <16 x float> poison, float %lo, i64 0
   %lov = shufflevector <16 x float> %lo1, <16 x float> poison, <16 x i32> zeroinitializer
   %hi1 = insertelement <16 x float> poison, float %hi, i64 0
   %hiv = shufflevector <16 x float> %hi1, <16 x float> poison, <16 x i32> zeroinitializer
