@@ -1005,20 +1005,14 @@ declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 """
 
 
-EXTERN_BF16_GELU = "convdsl_amx_dpbf16ps_2x2_gelu_pack"
-# One 32 x 32 block of fc1: the micro-kernel's four C tiles to a 4 KiB stack buffer (L1), then per row the 32
-# values + bias through the GELU, rounded to bf16 (vcvtne2ps2bf16: round to nearest even, as ``to_bf16_bits``)
-# into the row's 64 bytes of the next GEMM's A-tile pack (the block's 32 rows are 2 KiB there, contiguous)
-LLVM_IR_BF16_GELU = LLVM_IR_BF16 + _gelu_ir() + f"""
-define linkonce_odr i32 @{EXTERN_BF16_GELU}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
-                                          i64 %b_ob) {{
-{_block_head("  br label %row")}
+def _rows_to_a_tiles(convert: str) -> str:
+    """IR of a bf16 block-loop kernel from its entry to its end: per row ``%r`` of the block, its two column
+    halves + bias (``%v0``, ``%v1``), ``convert`` making ``%bf`` (<32 x bfloat>) of them, stored as the row's
+    64 bytes at ``%p`` (the next GEMM's A tiles)."""
+    return f"""{_block_head("  br label %row")}
 row:
   %r = phi i64 [0, %entry], [%r1, %row]
-{_row("%r", 0, "v0")}{_row("%r", 1, "v1")}  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
-  %g1 = call <16 x float> @convdsl_gelu16(<16 x float> %v1)
-  %bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %g1, <16 x float> %g0)
-  %dst = getelementptr <32 x bfloat>, ptr %p, i64 %r
+{_row("%r", 0, "v0")}{_row("%r", 1, "v1")}{convert}  %dst = getelementptr <32 x bfloat>, ptr %p, i64 %r
   store <32 x bfloat> %bf, ptr %dst, align 64
   %r1 = add i64 %r, 1
   %done = icmp eq i64 %r1, {BLOCK_ROWS}
@@ -1026,7 +1020,26 @@ row:
 exit:
   ret i32 0
 }}
-declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
+"""
+
+
+_GELU_TO_BF16 = """  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
+  %g1 = call <16 x float> @convdsl_gelu16(<16 x float> %v1)
+  %bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %g1, <16 x float> %g0)
+"""
+_TO_BF16 = """  %bf = call <32 x bfloat>
+    @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %v1, <16 x float> %v0)
+"""
+
+
+EXTERN_BF16_GELU = "convdsl_amx_dpbf16ps_2x2_gelu_pack"
+# One 32 x 32 block of fc1: the micro-kernel's four C tiles to a 4 KiB stack buffer (L1), then per row the 32
+# values + bias through the GELU, rounded to bf16 (vcvtne2ps2bf16: round to nearest even, as ``to_bf16_bits``)
+# into the row's 64 bytes of the next GEMM's A-tile pack (the block's 32 rows are 2 KiB there, contiguous)
+LLVM_IR_BF16_GELU = LLVM_IR_BF16 + _gelu_ir() + f"""
+define linkonce_odr i32 @{EXTERN_BF16_GELU}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
+                                          i64 %b_ob) {{
+{_rows_to_a_tiles(_GELU_TO_BF16)}declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
 """
 
 
@@ -1151,20 +1164,7 @@ def _qkv_ir() -> str:
     q = f"""
 define linkonce_odr i32 @{EXTERN_QKV["q"]}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
                                            i64 %b_ob, i64 %stride) {{
-{_block_head("  br label %row")}
-row:
-  %r = phi i64 [0, %entry], [%r1, %row]
-{_row("%r", 0, "v0")}{_row("%r", 1, "v1")}  %bf = call <32 x bfloat>
-    @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %v1, <16 x float> %v0)
-  %dst = getelementptr <32 x bfloat>, ptr %p, i64 %r
-  store <32 x bfloat> %bf, ptr %dst, align 64
-  %r1 = add i64 %r, 1
-  %done = icmp eq i64 %r1, {BLOCK_ROWS}
-  br i1 %done, label %exit, label %row
-exit:
-  ret i32 0
-}}
-"""
+{_rows_to_a_tiles(_TO_BF16)}"""
     inter = ", ".join(f"i32 {i // 2 + (16 if i % 2 else 0)}" for i in range(32))
     v_half = []
     for cb in (0, 1):
