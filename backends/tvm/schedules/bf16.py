@@ -27,7 +27,8 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from convdsl.backends.tvm.schedules.kernels import KERNEL_ATTR, out_size, pad_spatial, target_has, to_bf16_bits
+from convdsl.backends.tvm.schedules.kernels import (KERNEL_ATTR, bf16_value, out_size, pad_spatial, target_has,
+                                                   to_bf16_bits)
 
 LANES = 16  # f32 outputs of one vdpbf16ps
 PAIR = 2  # bf16 products summed per lane
@@ -59,10 +60,6 @@ def round_to_bf16(a: np.ndarray) -> np.ndarray:
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def _value(bits: tirx.PrimExpr) -> tirx.PrimExpr:
-    return tirx.reinterpret("float32", bits.astype("uint32") << tirx.const(16, "uint32"))
 
 
 # ---- weights ---------------------------------------------------------------------------------------------
@@ -106,7 +103,8 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilat
     return te.compute(
         (n, ocb, oh, ow, ob),
         lambda b, o, y, x, oc: te.sum(
-            _value(xb[b, rc, y * sh + ry * dh, x * sw + rx * dw, rp * PAIR + r2]) * _value(kernel[o, rc, ry, rx, rp, oc, r2]),
+            bf16_value(xb[b, rc, y * sh + ry * dh, x * sw + rx * dw, rp * PAIR + r2])
+            * bf16_value(kernel[o, rc, ry, rx, rp, oc, r2]),
             axis=[rc, ry, rx, rp, r2]),
         name="conv2d_nchwc_bf16", attrs={KERNEL_ATTR: "conv2d_nchwc_bf16"})
 
@@ -128,7 +126,7 @@ def dense_packed_bf16(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te
     def fn(*idx):
         j = idx[-1]
         row = tuple(idx[:-2]) + (tirx.min(idx[-2], int(m) - 1),) if pad else tuple(idx[:-1])
-        return te.sum(_value(xb[row + (rp * PAIR + r2,)]) * _value(w[j // nb, rp, j % nb, r2]), axis=[rp, r2])
+        return te.sum(bf16_value(xb[row + (rp * PAIR + r2,)]) * bf16_value(w[j // nb, rp, j % nb, r2]), axis=[rp, r2])
 
     shape = lead[:-1] + [rows] + [nblk * nb] if pad else lead + [nblk * nb]
     y = te.compute(shape, fn, name="dense_packed_bf16", attrs={KERNEL_ATTR: "dense_packed_bf16"})
