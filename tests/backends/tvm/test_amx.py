@@ -520,25 +520,30 @@ def _narrow_bf16_reference(graph, x: np.ndarray) -> np.ndarray:
         return m(torch.from_numpy(x)).numpy()
 
 
-@needs_amx_bf16
-def test_bf16_narrow_layers_on_amx_match_torch_bf16_arithmetic():
+def _bf16_build(src: str, shape: tuple[int, ...], seed: int):
+    """(graph, input, the bf16 build's output, ``_narrow_bf16_reference``'s, the optimized module's TIR texts)."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
     from convdsl.lang.elaborate import elaborate
 
-    g = elaborate(BF16_NARROW)
-    x = np.random.default_rng(3).standard_normal((1, 32, 20, 20)).astype(np.float32)
+    g = elaborate(src)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
-    y, want = m(x), _narrow_bf16_reference(g, x)
-    scale = max(1.0, float(np.abs(want).max()))
-    assert np.abs(y - want).max() <= 1e-4 * scale
-    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
-    assert np.abs(y - f32).max() > 1e-6 * scale  # really bf16
     spec = make_target("tvm-llvm", precision="bf16")
     with spec.tvm_target():
         mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
     texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    return g, x, m(x), _narrow_bf16_reference(g, x), texts
+
+
+@needs_amx_bf16
+def test_bf16_narrow_layers_on_amx_match_torch_bf16_arithmetic():
+    g, x, y, want, texts = _bf16_build(BF16_NARROW, (1, 32, 20, 20), seed=3)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(y - want).max() <= 1e-4 * scale
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - f32).max() > 1e-6 * scale  # really bf16
     # 32 -> 24, 24 -> 144, 144 -> 24, 24 -> 16 (3x3), 16 -> 8, the classifier; 8 -> 32 stays f32, and no vdpbf16ps
     assert sum(amx.EXTERN_BF16 in t for t in texts) == 6
     assert not any("convdsl_dpbf16ps" in t for t in texts)
@@ -565,21 +570,9 @@ BF16_EPILOGUES = """network m(x: f32[2, 32, 13, 13]) {
 def test_bf16_epilogues_in_the_amx_block_loop_match_torch_bf16_arithmetic():
     """conv -> batchnorm (multiply, add) -> relu6 / relu, or -> a bias: computed on each 32 x 32 block inside the
     block loop (``amx.conv2d_nchwc_bf16_epilogue``), bf16 bits out where a depthwise / AMX conv reads them."""
-    from convdsl.backends.tvm import build as tvm_build
-    from convdsl.backends.tvm.lowering import lower_graph
-    from convdsl.backends.tvm.targets import make_target
-    from convdsl.lang.elaborate import elaborate
-
-    g = elaborate(BF16_EPILOGUES)
-    x = np.random.default_rng(4).standard_normal((2, 32, 13, 13)).astype(np.float32)
-    m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False).build_module(g)
-    y, want = m(x), _narrow_bf16_reference(g, x)
+    _, _, y, want, texts = _bf16_build(BF16_EPILOGUES, (2, 32, 13, 13), seed=4)
     scale = max(1.0, float(np.abs(want).max()))
     assert np.abs(y - want).max() <= 1e-4 * scale
-    spec = make_target("tvm-llvm", precision="bf16")
-    with spec.tvm_target():
-        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
-    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     # 32 -> 48 + batchnorm + relu6 (read by the depthwise conv), 48 -> 64 + batchnorm (by the 3x3 on tiles), the 3x3
     # + bias + relu (by 32 -> 16 on tiles): bf16 bits each; the last conv is the output (no conv reads it)
     kinds = [name for t in texts for dtype, name in amx.EXTERN_BF16_EPILOGUE.items() if name in t]

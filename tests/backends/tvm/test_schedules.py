@@ -318,6 +318,13 @@ def test_strided_1x1_conv_takes_two_channel_blocks_on_avx2(stride, want):
     assert [chosen for _, _, chosen, _ in seen] == [want]
 
 
+def _kernel_text(scheduled, name: str) -> str:
+    """The TIR text of the first kernel of ``scheduled`` whose name contains ``name`` (there must be one)."""
+    found = [f for gv, f in scheduled.functions.items() if name in gv.name_hint]
+    assert found
+    return found[0].script()
+
+
 def test_depthwise_padding_is_computed_per_output_row():
     """No whole padded copy of a depthwise conv's input: the input rows a chunk of output rows reads
     (``dw_rows``) are padded into a local buffer inside the parallel loop."""
@@ -326,9 +333,7 @@ network t(x: f32[1, 32, 28, 28]) {
     return x | conv2d(32, 3, pad=1, groups=32, bias=false) | batchnorm | relu6
 }
 """)
-    dw = [f for gv, f in scheduled.functions.items() if "dwconv" in gv.name_hint]
-    assert dw
-    text = dw[0].script()
+    text = _kernel_text(scheduled, "dwconv")
     assert 'scope="local"' in text and "pad_nchwc_local" in text
     assert "T.sblock_alloc_buffer((T.int64(1), T.int64(2), T.int64(30), T.int64(30), T.int64(16)))" not in text
 
@@ -341,9 +346,7 @@ network t(x: f32[1, 3, 32, 32]) {
     return x | conv2d(32, 3, stride=2, pad=1, bias=false) | batchnorm | relu6
 }
 """)
-    conv = [f for gv, f in scheduled.functions.items() if "conv2d_nchwc" in gv.name_hint]
-    assert conv
-    text = conv[0].script()
+    text = _kernel_text(scheduled, "conv2d_nchwc")
     assert "in T.parallel(T.int64(34)):" in text  # 34 padded rows
     assert "in range(T.int64(102)):" in text  # 34 columns x 3 channels, one loop
     assert "T.parallel(T.int64(1156))" not in text
