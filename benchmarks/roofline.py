@@ -264,7 +264,7 @@ def _amx_flops(func, text: str) -> float | None:
     """FLOPs (ops) of a kernel whose products are convdsl's AMX micro-kernel (schedules/amx.py), which
     TVM's estimate cannot see into (an extern call): 2 x output elements x the reduction length, read
     off the packed weight [O/16, C/k, taps, k/q, 16, q] (q = 4 for int8, 2 for bf16): C * taps,
-    padded channels included; for attention's ``amx.batch_matmul_bf16`` kernels, off their accumulator and
+    padded channels included; for attention's ``amx_transformer.batch_matmul_bf16`` kernels, off their accumulator and
     A pack (padded rows and keys included).  None for any other kernel."""
     import re
 
@@ -272,7 +272,7 @@ def _amx_flops(func, text: str) -> float | None:
 
     if amx.EXTERN not in text and amx.EXTERN_BF16 not in text:
         return None
-    if "amx_batch_matmul" in text:  # amx.batch_matmul_bf16 (attention): acc [batch, n/16, rows, 16] x k
+    if "amx_batch_matmul" in text:  # amx_transformer.batch_matmul_bf16 (attention): acc [batch, n/16, rows, 16] x k
         dims = r"(?:T\.int64\(\d+\)|\d+)"
         allocs = {m[1]: [int(d) for d in re.findall(r"\d+", re.sub(r"T\.int64\((\d+)\)", r"\1", m[2]))]
                   for m in re.finditer(rf"(\w+) = T\.sblock_alloc_buffer\(\(({dims}(?:, {dims})*)\)", text)}

@@ -143,23 +143,23 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
 def _attention_probs_bf16(q, kv, heads: int, d: int, k_off: int, scale: float, lq: int, lk: int,
                           tiles: bool = False):
     """softmax(scale * Q K^T) for q [N, Lq, >= heads*d] and kv [N, Lk, ...] (K at columns k_off + h*d; with
-    ``tiles``, q and kv are ``amx.qkv_tiles_bf16``'s Q and K tiles, k_off unused), written as
-    bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``amx.batch_matmul_bf16``'s layout; keys and rows
+    ``tiles``, q and kv are ``amx_transformer.qkv_tiles_bf16``'s Q and K tiles, k_off unused), written as
+    bf16 in P V's A-tile pack ([N*heads, keys/32, rows, 32] u16, ``batch_matmul_bf16``'s layout; keys and rows
     up to whole 32-blocks, the padding zeros): Q K^T on AMX tiles into f32 logits (the padded keys -inf), each
     row's max and sum of exponentials in f32, the probabilities exp * (1 / sum) rounded into the pack.  Neither
     the logits nor the probabilities exist as f32 tensors."""
     from tvm import te, tirx, topi
 
-    from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules import amx, amx_transformer
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
-    if tiles:  # q and kv: ``amx.qkv_tiles_bf16``'s Q and K, already the A and B tiles
+    if tiles:  # q and kv: ``amx_transformer.qkv_tiles_bf16``'s Q and K, already the A and B tiles
         bh = int(q.shape[0])
-        acc = amx.batch_matmul_bf16(None, None, bh, lq, d, lk, a_packed=q, b_packed=kv)
+        acc = amx_transformer.batch_matmul_bf16(None, None, bh, lq, d, lk, a_packed=q, b_packed=kv)
     else:
-        n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``amx.linear_rows_bf16``'s padding)
+        n = int(q.shape[0])  # q and kv may have more rows than Lq and Lk (``linear_rows_bf16``'s padding)
         bh = n * heads
-        acc = amx.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
+        acc = amx_transformer.batch_matmul_bf16(lambda b, i, c: q[b // heads, i, b % heads * d + c],
                                     lambda b, c, j: kv[b // heads, j, k_off + b % heads * d + c], bh, lq, d, lk,
                                     b_along_k=True)
     keys, rows, lanes = int(acc.shape[1]) * amx.OC, int(acc.shape[2]), amx.OC
@@ -192,16 +192,16 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
     """P V for P ``_attention_probs_bf16``'s pack and kv [N, Lk, ...] (V at columns v_off + h*d) -> [N, Lq, heads*d]
     on AMX tiles (heads merged: the output projection reads it as it is).  ``packed`` (d a multiple of 32): the
     heads merged as bf16 straight into the output projection's A-tile pack, [N, heads*d/32, rows, 32] uint16
-    (``amx.linear_packed_bf16`` reads it; its own pack would round the same values to bf16)."""
+    (``amx_transformer.linear_packed_bf16`` reads it; its own pack would round the same values to bf16)."""
     from tvm import te, tirx
 
-    from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules import amx, amx_transformer
     from convdsl.backends.tvm.schedules.bf16 import to_bf16_bits
 
     bh, kb = int(p.shape[0]), int(p.shape[1])
     n = int(kv.shape[0])
     # over all the padded keys (P's pack has them): V's rows past Lk repeat row Lk - 1, times P's zeros
-    acc = amx.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
+    acc = amx_transformer.batch_matmul_bf16(None, lambda b, c, col: kv[b // heads, tirx.min(c, lk - 1),
                                                            v_off + b % heads * d + col],
                                 bh, lq, kb * 32, d, a_packed=p)
     if packed:  # column c * 32 + e of the merged heads: head c // q, its column (c % q) * 32 + e (q = d / 32)
@@ -215,9 +215,9 @@ def _attention_values_bf16(p, kv, heads: int, d: int, lq: int, lk: int, v_off: i
 
 def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` at ``--precision bf16`` on a CPU with AMX-BF16: every GEMM on AMX tiles with bf16 operands and
-    f32 sums.  Self-attention with heads a multiple of 32 wide: Q/K/V as ``amx.qkv_tiles_bf16`` (a layer norm
+    f32 sums.  Self-attention with heads a multiple of 32 wide: Q/K/V as ``qkv_tiles_bf16`` (a layer norm
     read only here done in its pack), the attention's GEMMs reading its tiles, P V's blocks rounded into the
-    output projection's tiles (``amx.heads_matmul_pack_bf16``), the projection ``amx.linear_packed_bf16``.
+    output projection's tiles (``heads_matmul_pack_bf16``), the projection ``linear_packed_bf16``.
     Otherwise the projections are plain constant-weight matmuls (layout.py makes them ``amx.dense_bf16``; Q, K
     and V one GEMM when queries and keys are the same tensor), the attention itself two kernels reading the heads
     straight from the projections' [N, L, 3 dim] output: the probabilities, written as bf16 tiles
@@ -226,7 +226,7 @@ def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: 
     import tvm
 
     from convdsl.backends.tvm.lower_norm import layer_norm_input
-    from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules import amx, amx_transformer
 
     target = tvm.target.Target.current(allow_none=True)
     (n, lq, _), (_, lk, _) = shapes
@@ -248,21 +248,23 @@ def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: 
         # a layer norm read only here (ViT's ln_1) is done in the GEMM's pack: its f32 output never exists
         ln = layer_norm_input(cx, xq, cx.graph.inputs_of(node.id)[0]) if node is not None else None
         x, norm = (xq, ()) if ln is None else (ln[0], ln[1:])
-        qkv = cx.bb.emit_te(amx.qkv_tiles_bf16, x, cx.const(w, "uint16"),
+        qkv = cx.bb.emit_te(amx_transformer.qkv_tiles_bf16, x, cx.const(w, "uint16"),
                             cx.const(np.zeros(3 * dim, np.float32) if b is None else b), heads, d, *norm,
                             primfunc_name_hint="qkv_tiles_bf16_amx")
         q, kt, v = (cx.emit(relax.TupleGetItem(qkv, i)) for i in range(3))
         p = cx.bb.emit_te(_attention_probs_bf16, q, kt, heads, d, 0, scale, lq, lk, True,
                           primfunc_name_hint="attention_probs_bf16_amx")
-        y = cx.bb.emit_te(amx.heads_matmul_pack_bf16, p, v, heads, primfunc_name_hint="attention_pv_bf16_amx")
-        return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
+        y = cx.bb.emit_te(amx_transformer.heads_matmul_pack_bf16, p, v, heads,
+                          primfunc_name_hint="attention_pv_bf16_amx")
+        return cx.bb.emit_te(amx_transformer.linear_packed_bf16, y,
+                             cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
                              cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
                              primfunc_name_hint="out_proj_bf16_amx")
     if xq.same_as(xkv) and (3 * dim) % amx.BLOCK_OC == 0:
         # [N, rows, 3 dim]: Q, K, V one GEMM, the bias in its tiles and no epilogue pass (rows: L up to 32s)
         w = amx.pack_weight_bf16(np.concatenate([wq, wk, wv])[:, :, None, None])
         b = stacked(bq, bk, bv)
-        q = kv = cx.bb.emit_te(amx.linear_rows_bf16, xq, cx.const(w, "uint16"),
+        q = kv = cx.bb.emit_te(amx_transformer.linear_rows_bf16, xq, cx.const(w, "uint16"),
                                cx.const(np.zeros(3 * dim, np.float32) if b is None else b),
                                primfunc_name_hint="qkv_bf16_amx")
         k_off, v_off = dim, 2 * dim
@@ -279,7 +281,8 @@ def _amx_bf16(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: 
         # loop: lower_elementwise._amx_attention_residual): no f32 copy of the heads, no pack in the projection
         y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off, True,
                           primfunc_name_hint="attention_pv_bf16_amx")
-        return cx.bb.emit_te(amx.linear_packed_bf16, y, cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
+        return cx.bb.emit_te(amx_transformer.linear_packed_bf16, y,
+                             cx.const(amx.pack_weight_bf16(wo[:, :, None, None]), "uint16"),
                              cx.const(np.zeros(wo.shape[0], np.float32) if bo is None else bo), lq,
                              primfunc_name_hint="out_proj_bf16_amx")
     y = cx.bb.emit_te(_attention_values_bf16, p, kv, heads, d, lq, lk, v_off,

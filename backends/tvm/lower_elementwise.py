@@ -93,14 +93,14 @@ def _linear_input(cx, v, has_bias: bool):
 def _amx_mlp(cx, node, args, ins):
     """``residual + linear(gelu(linear(x)))`` (a transformer MLP block with its residual, ViT's) at --precision bf16
     on a CPU with AMX-BF16 as two kernels: fc1 with the GELU, rounded to bf16 straight into fc2's A tiles
-    (``amx.mlp_up_bf16``), and fc2 with the bias in its tiles and the residual added as its rows are read back
-    (``amx.linear_packed_bf16``); the hidden layer is never an f32 tensor.  The arithmetic is the unfused build's
+    (``mlp_up_bf16``), and fc2 with the bias in its tiles and the residual added as its rows are read back
+    (``linear_packed_bf16``); the hidden layer is never an f32 tensor.  The arithmetic is the unfused build's
     (bf16 operands, f32 sums, bias and GELU in f32).  None where it does not apply: another precision or target,
     other shapes (dims not multiples of 32, symbolic), intermediate values read elsewhere."""
     import tvm
 
     from convdsl.backends.tvm.lower_norm import layer_norm_input
-    from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules import amx, amx_transformer
 
     target = tvm.target.Target.current(allow_none=True)
     if cx.precision != "bf16" or len(args) != 2 or target is None or target.kind.name != "llvm" \
@@ -130,19 +130,20 @@ def _amx_mlp(cx, node, args, ins):
         # a layer norm read only by fc1 (ViT's ln_2) is done in fc1's pack: its f32 output never exists
         ln = layer_norm_input(cx, x, g.inputs_of(fc1.id)[0])
         x, norm = (x, ()) if ln is None else (ln[0], ln[1:])
-        h = cx.bb.emit_te(amx.mlp_up_bf16, x, packed[0], cx.const(bias[0]), *norm, primfunc_name_hint="mlp_up_bf16_amx")
-        return cx.bb.emit_te(amx.linear_packed_bf16, h, packed[1], cx.const(bias[1]), ins[0].shape[1], args[1 - i],
-                             primfunc_name_hint="mlp_down_bf16_amx")
+        h = cx.bb.emit_te(amx_transformer.mlp_up_bf16, x, packed[0], cx.const(bias[0]), *norm,
+                          primfunc_name_hint="mlp_up_bf16_amx")
+        return cx.bb.emit_te(amx_transformer.linear_packed_bf16, h, packed[1], cx.const(bias[1]), ins[0].shape[1],
+                             args[1 - i], primfunc_name_hint="mlp_down_bf16_amx")
     return None
 
 
 def _amx_attention_residual(cx, node, args, ins):
     """``residual + mhsa(x)`` whose output projection is ``lower_attention``'s ``out_proj_bf16_amx`` (bf16 on AMX):
-    the projection again with the residual added in its last pass (``amx.linear_packed_bf16``), so that the sum
+    the projection again with the residual added in its last pass (``linear_packed_bf16``), so that the sum
     is not a kernel of its own (the first projection is then unused and removed).  None otherwise."""
     import tvm
 
-    from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules import amx_transformer
 
     if cx.precision != "bf16" or len(args) != 2 or ins[0].shape != ins[1].shape or ins[0].rank != 3:
         return None
@@ -155,7 +156,7 @@ def _amx_attention_residual(cx, node, args, ins):
                 or call.args[0].name_hint != "out_proj_bf16_amx":
             continue
         hidden, weight, bias = call.args[1].fields
-        return cx.bb.emit_te(amx.linear_packed_bf16, hidden, weight, bias, ins[0].shape[1], args[1 - i],
+        return cx.bb.emit_te(amx_transformer.linear_packed_bf16, hidden, weight, bias, ins[0].shape[1], args[1 - i],
                              primfunc_name_hint="out_proj_residual_bf16_amx")
     return None
 

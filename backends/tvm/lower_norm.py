@@ -122,7 +122,7 @@ LOWERINGS.add("layernorm", _layernorm)
 def layer_norm_input(cx: Lowerer, value, graph_value) -> tuple | None:
     """(x, gamma, beta, eps) where ``value`` (the Relax variable of ``graph_value``) is ``_layernorm``'s
     layer_norm of x over the last axis with constant gamma and beta, read by one node only (a kernel may then
-    normalize x itself, in its pack: ``amx._pack_rows_ln_bf16``), else None."""
+    normalize x itself, in its pack: ``amx_transformer.pack_rows_ln_bf16``), else None."""
     import tvm
 
     g = cx.graph

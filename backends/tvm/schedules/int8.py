@@ -62,10 +62,10 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
         int8_depthwise.schedule_nchw(sch, dw)
         return True
     blocks = _annotated_blocks(sch)
-    if {"amx_batch_out", "amx_pack_p", "amx_pack_x"} & blocks.keys():  # amx's bf16 kernels for lower_attention.py
-        from convdsl.backends.tvm.schedules import amx
+    if {"amx_batch_out", "amx_pack_p", "amx_pack_x"} & blocks.keys():  # amx_transformer's bf16 kernels
+        from convdsl.backends.tvm.schedules import amx_transformer
 
-        amx.schedule_batch(sch, blocks, _inline_consumers, _parallel_outer)
+        amx_transformer.schedule_batch(sch, blocks, _inline_consumers, _parallel_outer)
         return True
     if {"amx_requant", "amx_conv_requant"} & blocks.keys():  # schedules/amx.py's kernels (only for AMX targets)
         from convdsl.backends.tvm.schedules import amx

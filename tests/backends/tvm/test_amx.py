@@ -14,7 +14,7 @@ tvm = pytest.importorskip("tvm")
 
 import convdsl.backends.tvm as ctvm  # noqa: E402
 from convdsl.backends.torch import build_module as torch_module  # noqa: E402
-from convdsl.backends.tvm.schedules import amx  # noqa: E402
+from convdsl.backends.tvm.schedules import amx, amx_transformer  # noqa: E402
 from convdsl.backends.tvm.targets import AMX_BF16_FLAGS, AMX_INT8_FLAGS, cpu_flags  # noqa: E402
 
 from .conftest import graph_of, one_op  # noqa: E402
@@ -579,7 +579,7 @@ def test_bf16_epilogues_in_the_amx_block_loop_match_torch_bf16_arithmetic():
     assert sorted(kinds) == sorted([amx.EXTERN_BF16_EPILOGUE["uint16"]] * 3)
 
 
-# ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx.batch_matmul_bf16) -------------------------
+# ---- attention on AMX bf16 tiles (lower_attention._amx_bf16, amx_transformer.batch_matmul_bf16) -----------------
 def _attention_bf16_reference(params: dict, prefix: str, heads: int, x: np.ndarray, ctx: np.ndarray | None):
     """torch.nn.MultiheadAttention's arithmetic with every GEMM's operands rounded to bf16 (sums, biases, scale and
     softmax in f32): what --precision bf16 computes."""
@@ -608,9 +608,9 @@ ATTENTION_CASES = {  # ViT-S's 197 tokens (keys padded to 224, queries to 7 bloc
     "cls_query": ("network t(x: f32[2, 1, 96], ctx: f32[2, 65, 96]) {\n    return (x, ctx) | "
                   "cross_attention(heads=3) as attn\n}", (2, 1, 96), (2, 65, 96)),
     # 3 x 48 = 144 projection columns, not whole 32-column blocks: Q/K/V through layout.py's dense, not
-    # amx.linear_rows_bf16
+    # amx_transformer.linear_rows_bf16
     "odd_width": ("network t(x: f32[1, 20, 48]) {\n    return x | mhsa(heads=3) as attn\n}", (1, 20, 48), None),
-    # two images, 50 tokens (the second row block partial), heads 64 wide: amx.qkv_tiles_bf16's Q/K/V tiles
+    # two images, 50 tokens (the second row block partial), heads 64 wide: amx_transformer.qkv_tiles_bf16's Q/K/V tiles
     "batch_two": ("network t(x: f32[2, 50, 128]) {\n    return x | mhsa(heads=2) as attn\n}", (2, 50, 128), None),
 }
 ATTENTION_HEADS = {"vit_s": 6, "narrow_heads": 4, "cross": 2, "cls_query": 3, "odd_width": 3, "batch_two": 2}
@@ -657,7 +657,7 @@ def test_attention_bf16_kernels_are_amx():
             mod = lower_graph(g, precision=precision)
             mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, precision))(mod)
         texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-        names = (amx.EXTERN_BF16, *amx.EXTERN_QKV.values(), amx.EXTERN_BF16_OUT[False])
+        names = (amx.EXTERN_BF16, *amx_transformer.EXTERN_QKV.values(), amx_transformer.EXTERN_BF16_OUT[False])
         calls = [sum(t.count(f'"{name}"') for t in texts) for name in names]
         # micro-kernel call sites: Q K^T; the Q/K/V GEMM's three epilogues and P V (Q's: rows rounded into a
         # pack); the out-projection
