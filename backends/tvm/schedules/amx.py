@@ -320,7 +320,7 @@ def _splat(name: str, value: str) -> str:
 """
 
 
-def _f32(v: float) -> str:
+def llvm_f32(v: float) -> str:
     """An LLVM float constant (the double with the float's value, in hex: exact)."""
     import struct
 
@@ -437,7 +437,7 @@ def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = 
   store <16 x i8> %q{cb}, ptr %d{cb}, align 1"""
 
     extra = ", ptr %u0, ptr %u1, float %zero_s, float %scale_s, float %floor_s, float %inv_s" if shortcut else ""
-    consts = (_splat("lowest", _f32(LOWEST_F32)) + _splat("zero", "%zero_s") + _splat("scale", "%scale_s")
+    consts = (_splat("lowest", llvm_f32(LOWEST_F32)) + _splat("zero", "%zero_s") + _splat("scale", "%scale_s")
               + _splat("floor", "%floor_s") + _splat("inv", "%inv_s")) if shortcut else ""
     return f"""{micro}
 define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, i64 %ww, i64 %oh, i64 %ow,
@@ -725,4 +725,4 @@ def vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "block_loop", "cdiv", "tile_step",
-           "vectorize_by", "LLVM_IR", "LLVM_IR_BF16"]
+           "vectorize_by", "llvm_f32", "LLVM_IR", "LLVM_IR_BF16"]

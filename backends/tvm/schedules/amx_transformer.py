@@ -16,7 +16,8 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from convdsl.backends.tvm.schedules.amx import (ATTR, BF16_CHANNELS, BLOCK_OC, BLOCK_ROWS, EXTERN_BF16, IMPORT_ATTR,
-                                                LLVM_IR_BF16, OC, TILE_K, block_loop, cdiv, tile_step, vectorize_by)
+                                                LLVM_IR_BF16, OC, TILE_K, block_loop, cdiv, llvm_f32, tile_step,
+                                                vectorize_by)
 
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
@@ -311,13 +312,6 @@ def _row(r: str, cb: int, name: str) -> str:
             f"  %{name} = fadd <16 x float> %{name}x, %bias{cb}\n")
 
 
-def _f32(c: float) -> str:
-    """An LLVM IR float constant: the double that is exactly float32(c)."""
-    import struct
-
-    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(c))))[0]
-
-
 # TVM's fast_erf (Eigen's rational approximation on [-4, 4]: x P(x^2) / Q(x^2)), its float32 coefficients
 _ERF_P = (-2.7261423674040941e-10, 2.7706814620387377e-08, -2.101023937939317e-06, -5.6925062381196767e-05,
           -0.00073499063728377223, -0.0029545999132096767, -0.016096033155918121)
@@ -327,7 +321,7 @@ _ERF_Q = (-1.4566071513399947e-05, -0.00021337404905352741, -0.00168282701633870
 
 def _gelu_ir() -> str:
     """GELU of 16 floats as FastMath's (x * (0.5 + 0.5 * fast_erf(x / sqrt 2))), op for op."""
-    v = lambda c: f"splat (float {_f32(c)})"  # noqa: E731
+    v = lambda c: f"splat (float {llvm_f32(c)})"  # noqa: E731
     lines = [f"  %s = fmul <16 x float> %x, {v(1 / np.sqrt(2.0))}",
              f"  %lo = call <16 x float> @llvm.minnum.v16f32(<16 x float> %s, <16 x float> {v(4.0)})",
              f"  %c = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %lo, <16 x float> {v(-4.0)})",
