@@ -11,7 +11,9 @@ AVX-512: ymm ``vfmadd231ps``, 16 FLOP, and for int8 ``vpmaddubsw`` + ``vpmaddwd`
 time: its FLOPs per call (TVM's estimate on the kernel before scheduling), its measured time
 (the VM's per-kernel profile), achieved rate, peak / achieved, and its arithmetic intensity
 (FLOPs per byte of its arguments): a kernel under the machine balance (peak / bandwidth) is
-memory-bound, its bound is bandwidth x intensity, and that is what it is judged against.
+memory-bound, its bound is bandwidth x intensity, and that is what it is judged against.  The
+profile's ``vm.builtin.*`` rows are not kernels: their time is the profiler's instrument around each
+call; the header gives the VM's unprofiled cost per kernel call (``vm_call_us``) instead.
 
 ``--clock cpu`` is for a machine other processes load: there wall time measures the share of the
 cores this process got, not the code.  Each kernel is then compiled alone (scheduled as the
@@ -320,7 +322,46 @@ def kernel_cpu_ms(func, target, seconds: float = 0.15, rounds: int = 5) -> float
     return best * 1e3
 
 
-def rows_for(name: str, precision: str, args, peak: dict, bw: float, log) -> list[dict]:
+def vm_call_us(ops: int = 64, calls: int = 400) -> float:
+    """The Relax VM's own cost per kernel call, unprofiled: a program of ``ops`` chained 16-element adds (each its
+    own kernel, its output a tensor the VM allocates from the planned storage) against one add, per call of
+    ``main``, medians, divided by the extra calls.  The profile's ``vm.builtin.*`` rows (allocation views, null
+    values) are mostly the profiler's own per-call instrument (Python), which this leaves out."""
+    import tvm
+    from tvm import relax
+
+    from convdsl.backends.tvm.build import codegen_passes
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+
+    def per_call(n: int) -> float:
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((16,), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = x
+                for i in range(n):
+                    y = bb.emit(relax.op.add(y, relax.const(np.float32(i))))
+                out = bb.emit_output(y)
+            bb.emit_func_output(out)
+        mod = relax.transform.LegalizeOps()(bb.get())  # not fused: one kernel per add
+        ex = tvm.compile(mod, spec.tvm_target(), relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
+        main = relax.VirtualMachine(ex, tvm.cpu())["main"]
+        a = tvm.runtime.tensor(np.zeros(16, np.float32))
+        for _ in range(50):
+            main(a)
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            main(a)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    return (per_call(ops) - per_call(1)) / (ops - 1) * 1e6
+
+
+def rows_for(name: str, precision: str, args, peak: dict, bw: float, log, vm_us: float) -> list[dict]:
     import convdsl.backends.tvm as ctvm
     from convdsl.backends.tvm.runtime import profile
 
@@ -336,6 +377,13 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log) -> lis
     out = []
     for r in prof:
         if r["percent"] < args.min_percent:
+            continue
+        if r["kernel"].startswith("vm.builtin."):  # not a kernel: the VM's bookkeeping between kernels
+            out.append({"network": name, "precision": precision, "kind": precision, "kernel": r["kernel"],
+                        "calls": r["calls"], "ms": r["ms"], "percent": r["percent"], "gflops": float("nan"),
+                        "peak": float("nan"), "of_peak": float("nan"), "intensity": float("nan"),
+                        "verdict": f"not a kernel: the profiler's instrument around each call; unprofiled "
+                                   f"{vm_us:.2f} us per call ({r['calls'] * vm_us / 1e3:.3f} ms)"})
             continue
         f, nbytes = flops.get(r["kernel"], (float("nan"), float("nan")))
         rate = f * r["calls"] / (r["ms"] / 1e3) / 1e9 if r["ms"] else float("nan")
@@ -359,7 +407,7 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log) -> lis
     return out
 
 
-def render(rows: list[dict], peak: dict, bw: float, args) -> str:
+def render(rows: list[dict], peak: dict, bw: float, args, vm_us: float) -> str:
     from peers import machine
 
     lines = [HEADING, "",
@@ -369,7 +417,8 @@ def render(rows: list[dict], peak: dict, bw: float, args) -> str:
                   f"{args.threads} threads): " if args.clock == "cpu" else
                   f"Measured peak on {args.threads} threads: ") + ", ".join(
                  f"{k} {v:.0f} G{'OP' if k.startswith('int8') else 'FLOP'}/s" for k, v in peak.items())
-             + f"; copy bandwidth {bw:.1f} GB/s.", "",
+             + f"; copy bandwidth {bw:.1f} GB/s; the Relax VM's own cost per kernel call (unprofiled, `vm_call_us`) "
+             f"{vm_us:.2f} us.", "",
              "| network | precision (build: kernel) | kernel | calls | ms | % | achieved G(FL)OP/s | of peak | FLOP/B | verdict |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -397,7 +446,9 @@ def main() -> int:
         bw = bandwidth(1, clock="cpu")
     else:
         peak, bw = peaks(args.threads), bandwidth(args.threads)
-    log("peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()) + f"; bandwidth {bw:.1f} GB/s")
+    vm_us = vm_call_us()
+    log("peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peak.items()) + f"; bandwidth {bw:.1f} GB/s; "
+        f"VM {vm_us:.2f} us per call")
     rows = []
     for name in args.nets.split(","):
         if name not in NETS:
@@ -407,8 +458,8 @@ def main() -> int:
             if precision != "f32" and precision not in peak:
                 log(f"[{name} {precision}] skipped: this CPU lacks {NEEDS[precision]}")
                 continue
-            rows += rows_for(name, precision, args, peak, bw, log)
-    text = render(rows, peak, bw, args)
+            rows += rows_for(name, precision, args, peak, bw, log, vm_us)
+    text = render(rows, peak, bw, args, vm_us)
     print(text)
     if args.doc:
         from peers import write_doc
