@@ -40,8 +40,12 @@ the activations of a deep untrained network vanish, to ~1e-4 at MobileNet-V2's o
 nothing), and the calibration distribution is N(0, 1) images (seed 1); agreement on random weights
 says less than it would on a trained network.
 
-The peers run the ONNX export of the network (``onnx_export``: torch.onnx.export of convdsl's
-generated torch module until ``convdsl compile --backend onnx`` lands; switch there, one line).
+The peers run an ONNX export of the network (``onnx_export``).  The four standard networks: torch.onnx.export
+of convdsl's generated torch module (the TorchScript exporter), the file a user deploying a torch model would
+make.  The seed-paper networks (GFNet's FFT mixing, Serpent's selective scans): convdsl's own ONNX export
+(``convdsl compile --backend onnx``: FFTs and scans written as ONNX ops from convdsl's IR), which torch's
+exporters handle badly (TorchScript: no rfft2; dynamo: a complex Mul OpenVINO cannot convert, and minutes in
+onnxscript's optimizer for Serpent's scans).  ``--exporter torch|convdsl`` uses one exporter for all.
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ NETS = {
     "gfnet": ("examples/papers/gfnet.cdl", ()),  # FFT mixing (GFNet)
     "serpent": ("examples/papers/serpent.cdl", ()),  # selective-scan SSM blocks (Serpent)
 }
+CONVDSL_EXPORT = {"gfnet", "serpent"}  # the peers run convdsl's ONNX export of these (``onnx_export``)
 # row -> (precision group, what it compares against)
 ROWS = {
     "torch": "f32", "torch.compile": "f32", "onnxruntime": "f32", "openvino f32": "f32", "convdsl f32": "f32",
@@ -120,15 +125,21 @@ def bn_from_calibration(graph, calib: np.ndarray):
     return g
 
 
-def onnx_export(graph, path: Path) -> Path:
-    """The f32 ONNX file the peers run.  Until `convdsl compile --backend onnx` exists: torch.onnx.export
-    of convdsl's generated module (the TorchScript exporter; the dynamo one where it lacks an op, e.g. rfft2)."""
+def onnx_export(graph, path: Path, exporter: str = "torch") -> Path:
+    """The f32 ONNX file the peers run.  ``exporter`` "convdsl": convdsl's own ONNX export (the file
+    ``convdsl compile --backend onnx`` writes); "torch": torch.onnx.export of convdsl's generated module (the
+    TorchScript exporter; the dynamo one where it lacks an op)."""
     import warnings
 
     import torch
 
     from convdsl.backends.torch import build_module
 
+    if exporter == "convdsl":
+        from convdsl.backends.onnx.artifact import export_graph
+
+        path.write_bytes(export_graph(graph).SerializeToString())
+        return path
     model = build_module(graph).eval()
     x = torch.zeros(*input_shape(graph))
     with warnings.catch_warnings(), torch.no_grad():
@@ -351,7 +362,8 @@ def bench_network(name: str, args, work: Path, log) -> dict:
     f32_cdl, f32_w = save_program(g, folder / "f32")
     timed = bool(args.rounds)  # --rounds 0: accuracy only, no peer runs the ONNX files
     log(f"[{name}] {'exporting ONNX, ' if timed else ''}quantizing ...")
-    onnx_f32 = onnx_export(g, folder / "f32.onnx") if timed else None
+    exporter = args.exporter or ("convdsl" if name in CONVDSL_EXPORT else "torch")
+    onnx_f32 = onnx_export(g, folder / "f32.onnx", exporter) if timed else None
     files = {"onnx": str(onnx_f32) if onnx_f32 else None, "cdl": f32_cdl, "weights": f32_w}
     q_files, qdq = None, None
     try:
@@ -397,7 +409,7 @@ def bench_network(name: str, args, work: Path, log) -> dict:
         p.quit()
     with torch.inference_mode():
         ref = build_module(g).eval()(torch.from_numpy(x)).numpy()
-    result = {"network": name, "rows": {}}
+    result = {"network": name, "rows": {}, "exporter": exporter}
     for row in rows:
         p = next((p for p in procs if p.row == row), None)
         if p is None:
@@ -521,8 +533,10 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
              f"{onnxruntime.__version__}, openvino {openvino.__version__}, tvm {tvm.__version__}. Ratio = best peer of "
              "the same precision / convdsl (> 1: convdsl faster).", ""]
     for res in results:
-        lines += [f"### {res['network']}", "", "| backend | median ms | p10-p90 ms | max rel err vs f32 | note |",
-                  "|---|---:|---:|---:|---|"]
+        source = {"convdsl": "convdsl's ONNX export (`convdsl compile --backend onnx`)",
+                  "torch": "torch.onnx.export of convdsl's generated torch module"}.get(res.get("exporter"))
+        lines += [f"### {res['network']}", ""] + ([f"The ONNX peers run {source}.", ""] if source else []) + [
+            "| backend | median ms | p10-p90 ms | max rel err vs f32 | note |", "|---|---:|---:|---:|---|"]
         for row, e in res["rows"].items():
             if "median_ms" not in e:
                 lines.append(f"| {row} | - | - | - | {e.get('note', '')} |")
@@ -569,6 +583,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds (0: no timing, only --agreement)")
     ap.add_argument("--block-ms", type=float, default=200.0, help="time of one process's turn")
     ap.add_argument("--agreement", type=int, default=1000, help="inputs for top-1 agreement (0: skip)")
+    ap.add_argument("--exporter", choices=("torch", "convdsl"), default=None,
+                    help="the ONNX file the peers run, for every network (default: convdsl's export for the "
+                         "seed-paper networks, torch.onnx.export for the others)")
     ap.add_argument("--doc", action="store_true", help="write the table to docs/benchmarks.md ('Peers')")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
