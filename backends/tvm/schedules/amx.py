@@ -311,7 +311,8 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
 # in memory, and the same call requantizes the block's pixels into their places in the blocked output
 # ([N, O/16, OH, OW, 16]: one 16-byte store per pixel and channel block), skipping the virtual pixels
 # ow >= OW and the rows beyond OH.  The arithmetic is ``lower_quant.vnni_conv2d``'s requant, op for op:
-# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8.  With a
+# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8 (the clamp applied
+# before the rounding, to the bounds less the zero point: the same values, fewer instructions).  With a
 # ``Epilogue`` (``amx_epilogue.py``): the conv's float output max(f32(acc + bias) * mult, lowest) (``rounded``)
 # plus the dequantized shortcut max((f32(u) - zero) * scale, floor), ReLU, * inv_scale, rounded, + zero
 # point, clamped: the float ops FuseOps' epilogue would apply, in its order.  Without a shortcut (``clip``:
@@ -429,13 +430,11 @@ exit:
 """
 
 
-def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = None, k: int = TILE_K,
+def _requant_kernel(name: str, micro: str, shortcut: str | None = None, k: int = TILE_K,
                     micro_name: str = EXTERN) -> str:
     """LLVM IR of ``name``: the micro-kernel ``micro_name`` (IR ``micro``, A rows of ``k`` bytes)'s block
     requantized (``shortcut``: the residual epilogue with a u8 / i8 shortcut of that dtype, its constants passed
     as floats; "clip": no shortcut, the conv's output clipped to [a, b] and quantized)."""
-    to_int = "fptosi" if signed else "fptoui"
-
     def pixel(cb: int) -> str:
         acc = f"""  %v{cb} = getelementptr i32, ptr %acc, i64 {cb * BLOCK_ROWS * OC}
   %a{cb} = getelementptr <16 x i32>, ptr %v{cb}, i64 %r
@@ -470,11 +469,15 @@ def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = 
   %n{cb} = fmul <16 x float> %relu{cb}, %inv
 """
             scaled = f"%n{cb}"
-        return acc + f"""  %e{cb} = call <16 x float> @llvm.roundeven.v16f32(<16 x float> {scaled})
-  %z{cb} = fadd <16 x float> %e{cb}, %zpv
-  %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> %z{cb}, <16 x float> %hiv)
+        # clamp(roundeven(v) + zp, lo, hi) as roundeven(clamp(v, lo - zp, hi - zp)) + zp: roundeven is monotone
+        # and keeps integers, so the two are equal for integer lo, hi, zp (and v + zp's float rounding beyond 2^24
+        # only moves values the clamp catches); the rounding and the conversion are one vcvtps2dq {rn-sae}, the
+        # zero point an integer add, and the clamped value fits the byte (trunc)
+        return acc + f"""  %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> {scaled}, <16 x float> %hiv)
   %l{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %h{cb}, <16 x float> %lov)
-  %q{cb} = {to_int} <16 x float> %l{cb} to <16 x i8>
+  %e{cb} = call <16 x i32> @llvm.x86.avx512.mask.cvtps2dq.512(<16 x float> %l{cb}, <16 x i32> zeroinitializer, i16 -1, i32 8)
+  %z{cb} = add <16 x i32> %e{cb}, %zpv
+  %q{cb} = trunc <16 x i32> %z{cb} to <16 x i8>
   %d{cb} = getelementptr <16 x i8>, ptr %y{cb}, i64 %pix
   store <16 x i8> %q{cb}, ptr %d{cb}, align 1"""
 
@@ -490,7 +493,12 @@ define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, 
                                   float %zp, float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
                                   i64 %steps, ptr %b, i64 %b_ob{extra}) {{
 entry:
-{_block_entry("i32", micro_name, k)}{_channel_pair("bias", "i32")}{_channel_pair("mult", "float")}{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
+{_block_entry("i32", micro_name, k)}{_channel_pair("bias", "i32")}{_channel_pair("mult", "float")}  %zpi = fptosi float %zp to i32
+  %zpv1 = insertelement <16 x i32> poison, i32 %zpi, i64 0
+  %zpv = shufflevector <16 x i32> %zpv1, <16 x i32> poison, <16 x i32> zeroinitializer
+  %lo_zp = fsub float %lo, %zp
+  %hi_zp = fsub float %hi, %zp
+{_splat("lov", "%lo_zp")}{_splat("hiv", "%hi_zp")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x i32> @llvm.x86.avx512.mask.cvtps2dq.512(<16 x float>, <16 x i32>, i16, i32)
 declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
 declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 """
@@ -505,7 +513,7 @@ def _requant_extern(out_dtype: str, shortcut: str | None, k: int = TILE_K) -> tu
     suffix = {None: "", "uint8": "_res_u8", "int8": "_res_i8", "float32": "_res_f32", "clip": "_clip"}[shortcut]
     name = EXTERN_REQUANT[out_dtype] + suffix + ("" if k == TILE_K else f"_k{k}")
     micro_name, micro = int8_micro_kernel(k)
-    return name, _requant_kernel(name, micro, out_dtype == "int8", shortcut, k, micro_name)
+    return name, _requant_kernel(name, micro, shortcut, k, micro_name)
 
 
 def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: te.Tensor, mult: te.Tensor,
