@@ -410,7 +410,10 @@ def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarr
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
     fn, packed = ((int8_depthwise.depthwise_int8_nchw, int8_depthwise.pack_weight_planes(w)) if kernel == "nchw" else
                   (int8_depthwise.depthwise_int8, int8_depthwise.pack_weight(w)))
-    y = cx.emit_te(fn, x, cx.const(packed, "float32"), cx.const(_int32_bias(cx, node, w, 0), "int32"),
+    bias = _int32_bias(cx, node, w, 0)
+    exact = np.abs(bias.astype(np.int64)).max(initial=0) <= 2**24  # a float32 bias: one add (int8_depthwise._biased)
+    y = cx.emit_te(fn, x, cx.const(packed, "float32"),
+                   cx.const(bias.astype(np.float32), "float32") if exact else cx.const(bias, "int32"),
                    cx.const(m, "float32"), **kw)
     _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[0], None, kw, kind=f"depthwise_{kernel}")})
     return y
