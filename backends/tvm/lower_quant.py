@@ -369,8 +369,9 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
 
         shape = [int(d) for d in in_shape]
         n, c, h, width = (shape if out_shape is None else (1, shape[-1], 1, int(np.prod(shape[:-1]))))
-        geo = amx.Geometry(n, c, h, width, tuple(pads), tuple(stride), tuple(dilation), w.shape[2], w.shape[3])
-        y = cx.emit_te(functools.partial(vnni_conv2d, amx=geo), x, cx.const(amx.pack_weight(w), "int8"),
+        k = amx.row_bytes(c)
+        geo = amx.Geometry(n, c, h, width, tuple(pads), tuple(stride), tuple(dilation), w.shape[2], w.shape[3], k, k)
+        y = cx.emit_te(functools.partial(vnni_conv2d, amx=geo), x, cx.const(amx.pack_weight(w, k), "int8"),
                        cx.const(bias, "int32"), cx.const(m, "float32"), offsets=cx.const(geo.offsets(), "int64"),
                        **kw)
         _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], geo, kw)} if blockable else None)
@@ -409,7 +410,10 @@ def _depthwise_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarr
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
     fn, packed = ((int8_depthwise.depthwise_int8_nchw, int8_depthwise.pack_weight_planes(w)) if kernel == "nchw" else
                   (int8_depthwise.depthwise_int8, int8_depthwise.pack_weight(w)))
-    y = cx.emit_te(fn, x, cx.const(packed, "float32"), cx.const(_int32_bias(cx, node, w, 0), "int32"),
+    bias = _int32_bias(cx, node, w, 0)
+    exact = np.abs(bias.astype(np.int64)).max(initial=0) <= 2**24  # a float32 bias: one add (int8_depthwise._biased)
+    y = cx.emit_te(fn, x, cx.const(packed, "float32"),
+                   cx.const(bias.astype(np.float32), "float32") if exact else cx.const(bias, "int32"),
                    cx.const(m, "float32"), **kw)
     _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[0], None, kw, kind=f"depthwise_{kernel}")})
     return y
@@ -450,8 +454,8 @@ def int8_conv_from_spec(spec: str):
     d = json.loads(spec)
     geo = None
     if d["geo"] is not None:
-        n, c, h, w, pads, stride, dilation, kh, kw_, block = d["geo"]
-        geo = amx.Geometry(n, c, h, w, tuple(pads), tuple(stride), tuple(dilation), kh, kw_, block)
+        n, c, h, w, pads, stride, dilation, kh, kw_, block, row = d["geo"]
+        geo = amx.Geometry(n, c, h, w, tuple(pads), tuple(stride), tuple(dilation), kh, kw_, block, row)
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d["kw"].items()}
     return d["c"], geo, kw, d.get("kind", "conv")
 

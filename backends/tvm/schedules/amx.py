@@ -4,8 +4,9 @@ same pack, micro-kernel and loop with 32 channels per 64-byte tile row, used by 
 ``--precision bf16``).
 
 ``lower_quant`` builds this kernel instead of the VNNI one for a qconv2d/qconv1d/qlinear (groups 1,
-more than 32 input channels) when the target has ``+amx-int8`` (``has_amx_int8``; ``--no-amx``
-keeps VNNI).  Three blocks, as the VNNI kernel:
+at least 8 input channels) when the target has ``+amx-int8`` (``has_amx_int8``; ``--no-amx``
+keeps VNNI).  Layers with 8-32 input channels use tiles of narrower rows (8 / 16 / 32 bytes: ``row_bytes``),
+so that the pack and the tiles carry no more zero channels than that.  Three blocks, as the VNNI kernel:
 
     pack     xp[n, icb, q, y, x, c64] = u8(x[n, 64 icb + c64, sh y + py - pt, sw x + px - pl])  (in_zp outside)
     conv     acc[n, ob, p, o16] = sum_{icb, tap, c64} xp[n, icb, ...] . W[ob, icb, tap, c64/4, o16, c64%4]
@@ -47,7 +48,7 @@ TILE_K = 64  # input-channel bytes of one A row
 OC = 16  # output channels of one C tile (int32 lanes of a row)
 BLOCK_ROWS = 2 * TILE_ROWS  # pixels of the micro-kernel's block
 BLOCK_OC = 2 * OC  # output channels of the micro-kernel's block
-MIN_CHANNELS = 33  # fewer input channels: VNNI (the 64-channel blocks would be more than half zeros)
+MIN_CHANNELS = 8  # fewer input channels (an RGB stem): VNNI (tiles of 4-byte rows ran at 60% of the speed)
 EXTERN = "convdsl_amx_dpbusd_2x2"
 IMPORT_ATTR = "pragma_import_llvm"
 ATTR = "convdsl.vnni"  # block annotation shared with lower_quant / int8.py: amx_pack | amx_requant
@@ -58,26 +59,28 @@ LANES_ATTR = "convdsl.lanes"  # on amx_pack: channels per pixel run of a blocked
 # ``a`` the first input-channel block's plane, ``offs`` the taps' byte offsets in it, ``a_icb`` the
 # distance between blocks, ``b`` the first weight tile (1024 bytes per step, the second channel block
 # ``b_ob`` bytes on).
-def tile_step(op: str) -> str:
+def tile_step(op: str, k: int = TILE_K) -> str:
     """IR of one reduction step of the 2 x 2 block: from ``%a0`` (the first A tile), ``%b``, ``%s`` (the
-    step) and ``%b_ob``, load the 2 A and 2 B tiles (the second A tile 1024 bytes on, B tiles 1024 bytes
-    per step) and update ``%c00``..``%c11`` into ``%n00``..``%n11`` with ``op``."""
-    return f"""  %a1 = getelementptr i8, ptr %a0, i64 1024
-  %bo = shl i64 %s, 10
+    step) and ``%b_ob``, load the 2 A and 2 B tiles (A: 16 rows of ``k`` bytes, the second A tile 16 rows
+    on; B: k / 4 rows of 64 bytes, 16 k bytes per step) and update ``%c00``..``%c11`` into
+    ``%n00``..``%n11`` with ``op``.  ``k`` < 64 (int8 layers with 8-32 input channels, ``row_bytes``):
+    narrower tiles, fewer zero bytes read (a ``tdpbusd`` takes the same time for k 8 to 64)."""
+    return f"""  %a1 = getelementptr i8, ptr %a0, i64 {TILE_ROWS * k}
+  %bo = shl i64 %s, {(TILE_ROWS * k).bit_length() - 1}
   %b0 = getelementptr i8, ptr %b, i64 %bo
   %b1 = getelementptr i8, ptr %b0, i64 %b_ob
-  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a0, i64 64)
-  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %a1, i64 64)
-  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b0, i64 64)
-  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 64, ptr %b1, i64 64)
-  %n00 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
-  %n01 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
-  %n10 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
-  %n11 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
+  %ta0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 {k}, ptr %a0, i64 {k})
+  %ta1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 16, i16 {k}, ptr %a1, i64 {k})
+  %tb0 = call x86_amx @llvm.x86.tileloadd64.internal(i16 {k // 4}, i16 64, ptr %b0, i64 64)
+  %tb1 = call x86_amx @llvm.x86.tileloadd64.internal(i16 {k // 4}, i16 64, ptr %b1, i64 64)
+  %n00 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 {k}, x86_amx %c00, x86_amx %ta0, x86_amx %tb0)
+  %n01 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 {k}, x86_amx %c01, x86_amx %ta0, x86_amx %tb1)
+  %n10 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 {k}, x86_amx %c10, x86_amx %ta1, x86_amx %tb0)
+  %n11 = call x86_amx @llvm.x86.{op}.internal(i16 16, i16 64, i16 {k}, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
 """
 
 
-def _micro_kernel(name: str, op: str) -> str:
+def _micro_kernel(name: str, op: str, k: int = TILE_K) -> str:
     return f"""
 define linkonce_odr i32 @{name}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
                                   ptr %b, i64 %b_ob) alwaysinline {{
@@ -98,7 +101,7 @@ loop:
   %op = getelementptr i64, ptr %offs, i64 %t
   %o = load i64, ptr %op
   %a0 = getelementptr i8, ptr %ai, i64 %o
-{tile_step(op)}  %s1 = add i64 %s, 1
+{tile_step(op, k)}  %s1 = add i64 %s, 1
   %t1 = add i64 %t, 1
   %wrap = icmp eq i64 %t1, %ntaps
   %t2 = select i1 %wrap, i64 0, i64 %t1
@@ -124,6 +127,12 @@ declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
 
 
 LLVM_IR = _micro_kernel(EXTERN, "tdpbusd")  # u8 x s8 -> s32
+ROW_BYTES = (8, 16, 32, TILE_K)  # the int8 A tile row widths (``row_bytes``)
+
+
+def int8_micro_kernel(k: int) -> tuple[str, str]:
+    """(name, LLVM IR) of the u8 x s8 micro-kernel whose A tile rows are ``k`` bytes (one of ``ROW_BYTES``)."""
+    return (EXTERN, LLVM_IR) if k == TILE_K else (f"{EXTERN}_k{k}", _micro_kernel(f"{EXTERN}_k{k}", "tdpbusd", k))
 EXTERN_BF16 = "convdsl_amx_dpbf16ps_2x2"
 LLVM_IR_BF16 = _micro_kernel(EXTERN_BF16, "tdpbf16ps")  # bf16 pairs x bf16 pairs -> f32
 
@@ -136,6 +145,13 @@ def has_amx_int8(target) -> bool:
 def fits(in_channels: int, groups: int = 1) -> bool:
     """Whether a quantized conv/linear with ``in_channels`` takes the AMX kernel (on an AMX target)."""
     return groups == 1 and in_channels >= MIN_CHANNELS
+
+
+def row_bytes(in_channels: int) -> int:
+    """Input channels (bytes) per A tile row of an int8 layer: 64, or for 8-32 input channels the fewest of
+    ``ROW_BYTES`` that hold them (MobileNet-V2's 16 / 24 / 32-channel 1x1 convs: 16 / 32 / 32), so that the
+    pack writes and the tiles read no more zero bytes than that."""
+    return next(k for k in ROW_BYTES if k >= in_channels) if in_channels <= ROW_BYTES[-2] else TILE_K
 
 
 # ---- geometry ----------------------------------------------------------------------------------------------
@@ -156,7 +172,8 @@ class Geometry:
     dilation: tuple[int, int]
     kh: int
     kw: int
-    block_channels: int = TILE_K  # input channels per 64-byte tile row: 64 (u8), 32 (bf16)
+    block_channels: int = TILE_K  # input channels per tile row: 64 (u8), 32 (bf16), 8-32 (u8, ``row_bytes``)
+    row_bytes: int = TILE_K  # bytes of one tile row (one packed pixel of a channel block)
 
     @property
     def oh(self) -> int:
@@ -199,7 +216,7 @@ class Geometry:
     @property
     def plane(self) -> int:
         """Bytes of one input-channel block of the packed input (every phase)."""
-        return len(self.phases) * self.hh * self.ww * TILE_K
+        return len(self.phases) * self.hh * self.ww * self.row_bytes
 
     def offsets(self, rows_only: bool = False) -> np.ndarray:
         """Byte offset of each tap (ky * KW + kx order, as ``pack_weight``) in a channel block; with
@@ -210,18 +227,18 @@ class Geometry:
             for kx in range(self.kw):
                 py, px, dy, dx = self._tap(ky, kx)
                 within = dy * self.ww + dx
-                out.append(within if rows_only else (phases.index((py, px)) * self.hh * self.ww + within) * TILE_K)
+                out.append(within if rows_only else (phases.index((py, px)) * self.hh * self.ww + within) * self.row_bytes)
         return np.asarray(out, np.int64)
 
 
-def pack_weight(w: np.ndarray) -> np.ndarray:
-    """int8 [O, C, KH, KW] -> [O/16, C/64, KH*KW, 16, 16, 4] (AMX's B tiles: 16 quads of input channels x 16
-    output channels x 4), zero-padded to whole blocks of 32 output and 64 input channels."""
+def pack_weight(w: np.ndarray, k: int = TILE_K) -> np.ndarray:
+    """int8 [O, C, KH, KW] -> [O/16, C/k, KH*KW, k/4, 16, 4] (AMX's B tiles: k/4 quads of input channels x 16
+    output channels x 4), zero-padded to whole blocks of 32 output and ``k`` (``row_bytes``) input channels."""
     o, c, kh, kw = w.shape
-    ob, icb = cdiv(o, BLOCK_OC) * 2, cdiv(c, TILE_K)
-    full = np.zeros((ob * OC, icb * TILE_K, kh, kw), np.int8)
+    ob, icb = cdiv(o, BLOCK_OC) * 2, cdiv(c, k)
+    full = np.zeros((ob * OC, icb * k, kh, kw), np.int8)
     full[:o, :c] = w
-    blocks = full.reshape(ob, OC, icb, TILE_K // 4, 4, kh * kw).transpose(0, 2, 5, 3, 1, 4)
+    blocks = full.reshape(ob, OC, icb, k // 4, 4, kh * kw).transpose(0, 2, 5, 3, 1, 4)
     return np.ascontiguousarray(blocks)
 
 
@@ -265,11 +282,12 @@ def block_loop(images: int, pairs: int, blocks: int, ir: str, call) -> tirx.Stmt
 def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, bf16: bool = False) -> te.Tensor:
     """acc [N, O/16, rows, 16] int32 (f32 with ``bf16``) = the micro-kernel on every 32 x 32 block, blocks in
     parallel."""
-    extern, ir, dtype = (EXTERN_BF16, LLVM_IR_BF16, "float32") if bf16 else (EXTERN, LLVM_IR, "int32")
+    extern, ir, dtype = (EXTERN_BF16, LLVM_IR_BF16, "float32") if bf16 else (*int8_micro_kernel(geo.row_bytes), "int32")
     size = 2 if bf16 else 1  # bytes per element of the packed input and weights (offsets below are in bytes)
     n_ob, icb, taps = (int(d) for d in w.shape[:3])
     pairs, blocks, rows = n_ob // 2, geo.rows // BLOCK_ROWS, geo.rows
     steps = icb * taps
+    b_step = TILE_ROWS * geo.row_bytes  # bytes of one B tile (row_bytes / 4 rows of 64 bytes; 1024 at 64)
 
     def body(ins, outs):
         x, wt, offs = ins
@@ -278,9 +296,9 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
         return block_loop(geo.n, pairs, blocks, ir, lambda n, j, pb: tirx.call_extern(
             "int32", extern,
             acc.access_ptr("w", offset=((n * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
-            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)) // size), i64(geo.plane),
+            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * geo.row_bytes)) // size), i64(geo.plane),
             offs.access_ptr("r"), i64(taps), i64(steps),
-            wt.access_ptr("r", offset=2 * j * (steps * 1024) // size), i64(steps * 1024)))
+            wt.access_ptr("r", offset=2 * j * (steps * b_step) // size), i64(steps * b_step)))
 
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xp, "xp"), (w, "w"), (offsets, "offsets"))]
     out = tirx.decl_buffer((geo.n, n_ob, rows, OC), dtype, "acc")
@@ -293,17 +311,22 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
 # in memory, and the same call requantizes the block's pixels into their places in the blocked output
 # ([N, O/16, OH, OW, 16]: one 16-byte store per pixel and channel block), skipping the virtual pixels
 # ow >= OW and the rows beyond OH.  The arithmetic is ``lower_quant.vnni_conv2d``'s requant, op for op:
-# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8.  With a
+# f32(acc + bias) * mult, rounded half to even, + zero point, min(hi), max(lo), to u8 / i8 (the clamp applied
+# before the rounding, to the bounds less the zero point: the same values, fewer instructions).  With a
 # ``Epilogue`` (``amx_epilogue.py``): the conv's float output max(f32(acc + bias) * mult, lowest) (``rounded``)
 # plus the dequantized shortcut max((f32(u) - zero) * scale, floor), ReLU, * inv_scale, rounded, + zero
-# point, clamped: the float ops FuseOps' epilogue would apply, in its order.
+# point, clamped: the float ops FuseOps' epilogue would apply, in its order.  Without a shortcut (``clip``:
+# MobileNet's conv -> ReLU6 -> quantize): f32(acc + bias) * mult * inv_scale, rounded, + zero point, clamped to
+# the quantized range narrowed by the clip (``clip_bounds``).
 @dataclass(frozen=True)
 class Epilogue:
     """The epilogue of a residual block's last conv: the shortcut ``dtype`` (u8 / i8 tensor) dequantized as
     max((f32(u) - zero) * scale, floor) (float32: read as it is), added, ReLU, quantized as
-    clamp(round(y * inv_scale) + out_zp, lo, hi) to ``out_dtype``."""
+    clamp(round(y * inv_scale) + out_zp, lo, hi) to ``out_dtype``.  With ``clip`` = (a, b) and ``dtype`` None:
+    no shortcut, y = clip(the conv's float output, a, b) (ReLU6), quantized the same way, the clip folded into
+    ``lo`` / ``hi`` (``clip_bounds``)."""
 
-    dtype: str
+    dtype: str | None
     zero: float
     scale: float
     floor: float
@@ -312,6 +335,20 @@ class Epilogue:
     lo: float
     hi: float
     out_dtype: str
+    clip: tuple[float, float] | None = None
+
+
+def clip_bounds(a: float, b: float, inv_scale: float, zp: float, lo: float, hi: float) -> tuple[float, float]:
+    """(lo', hi') with clamp(round(y * inv_scale) + zp, lo', hi') = clamp(round(clip(y, a, b) * inv_scale) + zp,
+    lo, hi) for every float32 y (``inv_scale`` > 0; each step in float32 as the kernels): the product, the rounding
+    and the zero point's addition are monotone, so clip(y, a, b) becomes a clamp to the ends' quantized values,
+    which narrows [lo, hi]; where the two do not meet, every y gives the one value the original gives."""
+    f32 = np.float32
+    qa, qb = (float(np.rint(f32(v) * f32(inv_scale))) + zp for v in (a, b))
+    low, high = max(lo, qa), min(hi, qb)
+    if low > high:  # the clip's range is quantized outside [lo, hi]: a constant, lo below, hi above
+        low = high = lo if qb < lo else hi
+    return low, high
 
 
 def _splat(name: str, value: str) -> str:
@@ -327,16 +364,16 @@ def llvm_f32(v: float) -> str:
     return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(v))))[0]
 
 
-def _block_entry(acc: str, micro: str) -> str:
+def _block_entry(acc: str, micro: str, row_bytes: int = TILE_K) -> str:
     """IR of a block-loop kernel's entry (``_requant_kernel``, ``_bf16_epilogue_kernel``): whether the pair has a
     second channel block (``%two``: its output pointer differs), the block's first pixel (``%p0``: its A
-    pointer's distance from the image's plane / 64), and the micro-kernel ``micro`` into a 4 KiB stack buffer
+    pointer's distance from the image's plane / ``row_bytes``), and the micro-kernel ``micro`` into a 4 KiB stack buffer
     (``%acc``, elements of type ``acc``)."""
     return f"""  %two = icmp ne ptr %y0, %y1
   %ai = ptrtoint ptr %a to i64
   %xi = ptrtoint ptr %x to i64
   %ab = sub i64 %ai, %xi
-  %p0 = lshr i64 %ab, 6
+  %p0 = lshr i64 %ab, {row_bytes.bit_length() - 1}
   %acc = alloca [{BLOCK_ROWS * BLOCK_OC} x {acc}], align 64
   %k = call i32 @{micro}(ptr %acc, i64 {BLOCK_ROWS * OC * 4}, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
                           ptr %b, i64 %b_ob)
@@ -393,11 +430,11 @@ exit:
 """
 
 
-def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = None) -> str:
-    """LLVM IR of ``name``: the micro-kernel's block requantized (``shortcut``: the residual epilogue with a
-    u8 / i8 shortcut of that dtype, its constants passed as floats)."""
-    to_int = "fptosi" if signed else "fptoui"
-
+def _requant_kernel(name: str, micro: str, shortcut: str | None = None, k: int = TILE_K,
+                    micro_name: str = EXTERN) -> str:
+    """LLVM IR of ``name``: the micro-kernel ``micro_name`` (IR ``micro``, A rows of ``k`` bytes)'s block
+    requantized (``shortcut``: the residual epilogue with a u8 / i8 shortcut of that dtype, its constants passed
+    as floats; "clip": no shortcut, the conv's output clipped to [a, b] and quantized)."""
     def pixel(cb: int) -> str:
         acc = f"""  %v{cb} = getelementptr i32, ptr %acc, i64 {cb * BLOCK_ROWS * OC}
   %a{cb} = getelementptr <16 x i32>, ptr %v{cb}, i64 %r
@@ -408,6 +445,10 @@ def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = 
 """
         if shortcut is None:
             scaled = f"%m{cb}"
+        elif shortcut == "clip":  # the activation's clip folded into lo / hi (``Epilogue``): the quantize's scale
+            acc += f"""  %n{cb} = fmul <16 x float> %m{cb}, %inv
+"""
+            scaled = f"%n{cb}"
         else:
             acc += f"""  %c{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %m{cb}, <16 x float> %lowest)
 """
@@ -428,23 +469,36 @@ def _requant_kernel(name: str, micro: str, signed: bool, shortcut: str | None = 
   %n{cb} = fmul <16 x float> %relu{cb}, %inv
 """
             scaled = f"%n{cb}"
-        return acc + f"""  %e{cb} = call <16 x float> @llvm.roundeven.v16f32(<16 x float> {scaled})
-  %z{cb} = fadd <16 x float> %e{cb}, %zpv
-  %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> %z{cb}, <16 x float> %hiv)
+        # clamp(roundeven(v) + zp, lo, hi) as roundeven(clamp(v, lo - zp, hi - zp)) + zp: roundeven is monotone
+        # and keeps integers, so the two are equal for integer lo, hi, zp (and v + zp's float rounding beyond 2^24
+        # only moves values the clamp catches); the rounding and the conversion are one vcvtps2dq {rn-sae}, the
+        # zero point an integer add, and the clamped value fits the byte (trunc)
+        return acc + f"""  %h{cb} = call <16 x float> @llvm.minnum.v16f32(<16 x float> {scaled}, <16 x float> %hiv)
   %l{cb} = call <16 x float> @llvm.maxnum.v16f32(<16 x float> %h{cb}, <16 x float> %lov)
-  %q{cb} = {to_int} <16 x float> %l{cb} to <16 x i8>
+  %e{cb} = call <16 x i32> @llvm.x86.avx512.mask.cvtps2dq.512(<16 x float> %l{cb}, <16 x i32> zeroinitializer, i16 -1, i32 8)
+  %z{cb} = add <16 x i32> %e{cb}, %zpv
+  %q{cb} = trunc <16 x i32> %z{cb} to <16 x i8>
   %d{cb} = getelementptr <16 x i8>, ptr %y{cb}, i64 %pix
   store <16 x i8> %q{cb}, ptr %d{cb}, align 1"""
 
-    extra = ", ptr %u0, ptr %u1, float %zero_s, float %scale_s, float %floor_s, float %inv_s" if shortcut else ""
-    consts = (_splat("lowest", llvm_f32(LOWEST_F32)) + _splat("zero", "%zero_s") + _splat("scale", "%scale_s")
-              + _splat("floor", "%floor_s") + _splat("inv", "%inv_s")) if shortcut else ""
+    if shortcut == "clip":
+        extra = ", float %inv_s"
+        consts = _splat("inv", "%inv_s")
+    else:
+        extra = ", ptr %u0, ptr %u1, float %zero_s, float %scale_s, float %floor_s, float %inv_s" if shortcut else ""
+        consts = (_splat("lowest", llvm_f32(LOWEST_F32)) + _splat("zero", "%zero_s") + _splat("scale", "%scale_s")
+                  + _splat("floor", "%floor_s") + _splat("inv", "%inv_s")) if shortcut else ""
     return f"""{micro}
 define linkonce_odr i32 @{name}(ptr %y0, ptr %y1, ptr %bias, ptr %mult, ptr %x, i64 %ww, i64 %oh, i64 %ow,
                                   float %zp, float %lo, float %hi, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps,
                                   i64 %steps, ptr %b, i64 %b_ob{extra}) {{
 entry:
-{_block_entry("i32", EXTERN)}{_channel_pair("bias", "i32")}{_channel_pair("mult", "float")}{_splat("zpv", "%zp")}{_splat("lov", "%lo")}{_splat("hiv", "%hi")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x float> @llvm.roundeven.v16f32(<16 x float>)
+{_block_entry("i32", micro_name, k)}{_channel_pair("bias", "i32")}{_channel_pair("mult", "float")}  %zpi = fptosi float %zp to i32
+  %zpv1 = insertelement <16 x i32> poison, i32 %zpi, i64 0
+  %zpv = shufflevector <16 x i32> %zpv1, <16 x i32> poison, <16 x i32> zeroinitializer
+  %lo_zp = fsub float %lo, %zp
+  %hi_zp = fsub float %hi, %zp
+{_splat("lov", "%lo_zp")}{_splat("hiv", "%hi_zp")}{consts}{_pixel_loop(pixel(0), pixel(1))}declare <16 x i32> @llvm.x86.avx512.mask.cvtps2dq.512(<16 x float>, <16 x i32>, i16, i32)
 declare <16 x float> @llvm.minnum.v16f32(<16 x float>, <16 x float>)
 declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 """
@@ -453,12 +507,13 @@ declare <16 x float> @llvm.maxnum.v16f32(<16 x float>, <16 x float>)
 EXTERN_REQUANT = {"uint8": "convdsl_amx_dpbusd_2x2_requant_u8", "int8": "convdsl_amx_dpbusd_2x2_requant_i8"}
 
 
-def _requant_extern(out_dtype: str, shortcut: str | None) -> tuple[str, str]:
+def _requant_extern(out_dtype: str, shortcut: str | None, k: int = TILE_K) -> tuple[str, str]:
     """(function name, LLVM IR) of the block-loop requantization to ``out_dtype`` (with a ``shortcut`` dtype:
-    the residual epilogue)."""
-    suffix = {None: "", "uint8": "_res_u8", "int8": "_res_i8", "float32": "_res_f32"}[shortcut]
-    name = EXTERN_REQUANT[out_dtype] + suffix
-    return name, _requant_kernel(name, LLVM_IR, out_dtype == "int8", shortcut)
+    the residual epilogue; "clip": the clip epilogue) for A rows of ``k`` bytes."""
+    suffix = {None: "", "uint8": "_res_u8", "int8": "_res_i8", "float32": "_res_f32", "clip": "_clip"}[shortcut]
+    name = EXTERN_REQUANT[out_dtype] + suffix + ("" if k == TILE_K else f"_k{k}")
+    micro_name, micro = int8_micro_kernel(k)
+    return name, _requant_kernel(name, micro, shortcut, k, micro_name)
 
 
 def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: te.Tensor, mult: te.Tensor,
@@ -474,7 +529,9 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
     steps = icb * taps
     shape = (geo.n, ocb, geo.oh, geo.ow, OC)
     plane = geo.oh * geo.ow * OC
-    name, ir = _requant_extern(out_dtype, epilogue.dtype if epilogue is not None else None)
+    mode = None if epilogue is None else "clip" if epilogue.clip is not None else epilogue.dtype
+    name, ir = _requant_extern(out_dtype, mode, geo.row_bytes)
+    b_step = TILE_ROWS * geo.row_bytes  # bytes of one B tile
 
     def body(ins, outs):
         x, wt, offs, b, m, *res = ins
@@ -488,7 +545,9 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
 
         def call(n, j, pb):
             more = []
-            if epilogue is not None:
+            if mode == "clip":
+                more = [f32(epilogue.inv_scale)]
+            elif epilogue is not None:
                 more = [*blocks_of(res[0], "r", n, j), f32(epilogue.zero), f32(epilogue.scale), f32(epilogue.floor),
                         f32(epilogue.inv_scale)]
             return tirx.call_extern(
@@ -496,16 +555,16 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
                 b.access_ptr("r", offset=2 * j * OC), m.access_ptr("r", offset=2 * j * OC),
                 x.access_ptr("r", offset=n * (icb * geo.plane)),
                 i64(geo.ww), i64(geo.oh), i64(geo.ow), f32(out_zp), f32(lo), f32(hi),
-                x.access_ptr("r", offset=n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)), i64(geo.plane),
+                x.access_ptr("r", offset=n * (icb * geo.plane) + pb * (BLOCK_ROWS * geo.row_bytes)), i64(geo.plane),
                 offs.access_ptr("r"), i64(taps), i64(steps),
-                wt.access_ptr("r", offset=2 * j * (steps * 1024)), i64(steps * 1024), *more)
+                wt.access_ptr("r", offset=2 * j * (steps * b_step)), i64(steps * b_step), *more)
 
         # what differs per call goes as pointers (TVM's passes narrow or widen computed integer arguments): the
         # second channel block's output is the first's when there is none (O/16 odd), and the block's first
-        # pixel is its A pointer's distance from its image's plane / 64
+        # pixel is its A pointer's distance from its image's plane / row_bytes
         return block_loop(geo.n, pairs, blocks, ir, call)
 
-    ins = [xp, w, offsets, bias, mult] + ([shortcut] if epilogue is not None else [])
+    ins = [xp, w, offsets, bias, mult] + ([shortcut] if mode not in (None, "clip") else [])
     names = ("xp", "w", "offsets", "bias", "mult", "shortcut")
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, names)]
     out = tirx.decl_buffer(shape, out_dtype, "y")
@@ -723,6 +782,6 @@ def vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
         sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
-__all__ = ["has_amx_int8", "has_amx_bf16", "fits", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
+__all__ = ["has_amx_int8", "has_amx_bf16", "fits", "row_bytes", "int8_micro_kernel", "clip_bounds", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "block_loop", "cdiv", "tile_step",
            "vectorize_by", "llvm_f32", "LLVM_IR", "LLVM_IR_BF16"]

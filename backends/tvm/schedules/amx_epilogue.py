@@ -13,10 +13,22 @@ ww x O x 4 bytes; 3.2 MB for ResNet-50's 56 x 56 x 256 expansions, which ran at 
 requantized in the block loop with this epilogue (``amx.Epilogue``): the same float ops in the same order as
 the TIR FuseOps would make, so the result is bit-identical.  The chain is matched only where each
 intermediate value has no other reader; anything else is left to FuseOps.
+
+Also without a shortcut, MobileNet's expansion convs (conv -> ReLU6 -> quantize):
+
+    q = astype(clip(round(clip(c, a, b) * inv) + zp, lo, hi))
+
+as one kernel whose block loop computes c * inv and clamps to [lo, hi] narrowed by the clip
+(``amx.clip_bounds``: every step is monotone, so the clip is a clamp of the quantized value; equal for every
+input).  Without it the 16 -> 96 expansion at 112 x 112 wrote its 4.8 MB int32 accumulator and read it back.
+The same chain after any other float32 producer (a depthwise conv, the VNNI stem) is rewritten as
+astype(clip(round(c * inv) + zp, lo', hi')) with the narrowed range: the clip's two ops per vector gone from
+the epilogue FuseOps then appends to that producer.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -86,6 +98,20 @@ class _Chains:
         rnd = self._only(zp[0], "relax.round") if zp is not None else None
         mul = self._only(rnd.args[0], "relax.multiply") if rnd is not None else None
         inv = self._with_const(mul) if mul is not None else None
+        if inv is not None and (act := self._only(inv[0], "relax.clip")) is not None:  # conv -> ReLU6 -> quantize
+            kernel = self._conv(act.args[0])
+            bounds = act.args[1:]
+            if not all(isinstance(a, (tvm.tirx.IntImm, tvm.tirx.FloatImm)) for a in bounds) \
+                    or str(act.args[0].ty.dtype) != "float32":
+                return None
+            a, b = (float(v.value) for v in bounds)
+            if inv[1] <= 0 or _op(mul) != "relax.multiply":
+                return None
+            low, high = amx.clip_bounds(a, b, inv[1], zp[1], lo, hi)
+            if kernel is None:  # any other producer (a depthwise conv, the VNNI stem): the clip folded, FuseOps after
+                return _Fold(act.args[0], mul, add_zp, low, high, str(q.attrs.dtype))
+            return kernel, None, amx.Epilogue(None, 0.0, 1.0, 0.0, inv[1], zp[1], low, high, str(q.attrs.dtype),
+                                              (a, b))
         relu = self._only(inv[0], "relax.nn.relu") if inv is not None else None
         add = self._only(relu.args[0], "relax.add") if relu is not None else None
         if add is None:
@@ -141,6 +167,20 @@ class _Chains:
         return u, zero[1], scale[1], floor[1]
 
 
+@dataclass(frozen=True)
+class _Fold:
+    """A clip -> quantize chain after a producer that is not an AMX conv: rewritten as the quantize alone, of the
+    clip's input, to the range ``amx.clip_bounds`` narrows (``mul`` and ``add_zp``: the chain's scale and zero-point
+    calls, whose constants are reused)."""
+
+    x: relax.Expr
+    mul: relax.Call
+    add_zp: relax.Call
+    lo: float
+    hi: float
+    dtype: str
+
+
 def _vars(e) -> list:
     if isinstance(e, relax.Var):
         return [e]
@@ -161,6 +201,14 @@ class _Fuser(PyExprMutator):
         match = self.found.get(binding.var)
         if match is None:
             return super().visit_var_binding_(binding)
+        if isinstance(match, _Fold):  # round(x * inv) + zp clamped to the narrowed range: the clip's two ops gone
+            scale = next(a for a in match.mul.args if _scalar(a) is not None)
+            zp = next(a for a in match.add_zp.args if _scalar(a) is not None)
+            emit = self.builder_.emit
+            y = emit(relax.op.multiply(self.visit_expr(match.x), scale))
+            y = emit(relax.op.add(emit(relax.op.round(y)), zp))
+            y = relax.op.astype(emit(relax.op.clip(y, match.lo, match.hi)), match.dtype)
+            return self.set_var_remap(binding.var, emit(y, name_hint=binding.var.name))
         from convdsl.backends.tvm.lower_quant import vnni_conv2d
 
         (call, geo, kw), u, epilogue = match
@@ -169,8 +217,9 @@ class _Fuser(PyExprMutator):
         ib = xs[-1] if xs is not None and len(xs) == 5 else None
         kernel = functools.partial(vnni_conv2d, amx=geo, blocked=(ib, amx.OC), **{**kw, "out_dtype": epilogue.out_dtype},
                                    epilogue=epilogue)
-        new = self.builder_.call_te(kernel, x, w, bias, mult, offsets=offsets, shortcut=self.visit_expr(u),
-                                    primfunc_name_hint=call.args[0].name_hint + "_residual")
+        shortcut = self.visit_expr(u) if u is not None else None
+        new = self.builder_.call_te(kernel, x, w, bias, mult, offsets=offsets, shortcut=shortcut,
+                                    primfunc_name_hint=call.args[0].name_hint + ("_residual" if u is not None else "_clip"))
         gv = new.args[0]
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OPAQUE))
         self.set_var_remap(binding.var, self.builder_.emit(new, name_hint=binding.var.name))

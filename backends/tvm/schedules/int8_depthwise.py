@@ -11,6 +11,10 @@ int32 one of the torch simulation bit for bit.  One kernel of three blocks:
     conv:     acc = dwconv_nchwc(xf, f32(W))                                       (16 channels per vector)
     requant:  y[n, c, oh, ow] = requantize(i32(acc[n, c/16, oh, ow, c%16]) + bias[c])  (NCHW, u8/i8/f32)
 
+A float32 ``bias`` (``lower_quant`` passes one where every |bias| <= 2^24) is added to the f32
+accumulator instead: both are exact integers in float32 and their sum is rounded once, as the int32
+sum's conversion rounds it, so the value is the same with one instruction instead of three.
+
 FuseOps appends the elementwise float ops that follow to the requantization (op_pattern
 kOutEWiseFusable, as for the VNNI kernel).
 
@@ -73,10 +77,19 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.astype(np.float32).reshape(c // LANES, LANES, kh, kw).transpose(0, 2, 3, 1))
 
 
+def _biased(acc, bias: te.Tensor, ch):
+    """f32(i32(acc) + bias[ch]): with a float32 ``bias`` (exact integers, |bias| <= 2^24) the f32 sum, which
+    rounds the same exact sum once (module docstring)."""
+    if bias.dtype == "float32":
+        return acc + bias[ch]
+    return (acc.astype("int32") + bias[ch]).astype("float32")
+
+
 def depthwise_int8(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, pads, stride, dilation,
                    in_zp: int, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0, relu: bool = False,
                    in_block: int | None = None, out_block: int | None = None) -> te.Tensor:
-    """x [N, C, H, W] u8/i8, w from ``pack_weight``, bias int32 [C], mult f32 [C] -> [N, C, OH, OW] ``out_dtype``.
+    """x [N, C, H, W] u8/i8, w from ``pack_weight``, bias int32 [C] (or float32: ``_biased``), mult f32 [C] ->
+    [N, C, OH, OW] ``out_dtype``.
 
     ``in_block`` = ib: x is in the blocked layout [N, C/ib, H, W, ib] instead (layout.py's int8 activations
     between convs); with ib = 16 the pack is a contiguous conversion of 16 channels per pixel, not a gather
@@ -103,7 +116,7 @@ def depthwise_int8(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor,
     _, _, oh, ow, _ = (int(d) for d in acc.shape)
 
     def requant(i, ch, y, z):
-        v = (acc[i, ch // LANES, y, z, ch % LANES].astype("int32") + bias[ch]).astype("float32") * mult[ch]
+        v = _biased(acc[i, ch // LANES, y, z, ch % LANES], bias, ch) * mult[ch]
         if out_dtype == "float32":
             return tirx.max(v, tirx.const(0.0, "float32")) if relu else rounded(v)
         q = tirx.round(v) + tirx.const(float(out_zp), "float32")
@@ -168,7 +181,7 @@ def depthwise_int8_nchw(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Te
         name="int8_dw_conv", attrs={ROW_ATTR: "conv"})
 
     def requant(i, ch, y, z):
-        v = (acc[i, ch, y, z].astype("int32") + bias[ch]).astype("float32") * mult[ch]
+        v = _biased(acc[i, ch, y, z], bias, ch) * mult[ch]
         if out_dtype == "float32":
             return tirx.max(v, tirx.const(0.0, "float32")) if relu else rounded(v)
         r = tirx.round(v) + tirx.const(float(out_zp), "float32")

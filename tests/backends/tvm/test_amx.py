@@ -80,7 +80,25 @@ def test_layers_choose_amx_only_with_amx_int8_in_the_target():
     with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server"}):
         assert not use_amx(w)
     with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
-        assert use_amx(w) and not use_amx(w[:, :16])  # 16 input channels: VNNI
+        assert use_amx(w) and use_amx(w[:, :16]) and use_amx(w[:, :8])  # 8-32 input channels: narrow tiles
+        assert not use_amx(w[:, :3])  # an RGB stem: VNNI
+
+
+def test_narrow_layers_pack_only_the_channels_they_have():
+    """8-32 input channels: A tile rows of 8 / 16 / 32 bytes (the fewest that hold them), the weights' B tiles
+    k / 4 quads deep, the geometry's planes and offsets in rows of that many bytes."""
+    assert [amx.row_bytes(c) for c in (8, 9, 16, 17, 24, 32, 33, 64, 200)] == [8, 16, 16, 32, 32, 32, 64, 64, 64]
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (40, 24, 3, 3)).astype(np.int8)
+    p = amx.pack_weight(w, 32)
+    assert p.shape == (4, 1, 9, 8, 16, 4)  # 24 channels -> one block of 32 (8 quads), 40 -> 64 outputs
+    for o, c, ky, kx in [(0, 0, 0, 0), (39, 23, 2, 2), (17, 13, 1, 0)]:
+        assert p[o // 16, 0, ky * 3 + kx, c // 4, o % 16, c % 4] == w[o, c, ky, kx]
+    assert not p[:, :, :, 6:].any()  # channels 24..31: zero
+    wide = amx.Geometry(1, 64, 9, 11, (1,) * 4, (2, 2), (1, 1), 3, 3)
+    narrow = amx.Geometry(1, 16, 9, 11, (1,) * 4, (2, 2), (1, 1), 3, 3, 16, 16)
+    assert np.array_equal(wide.offsets() // amx.TILE_K, narrow.offsets() // 16)
+    assert narrow.plane * 4 == wide.plane
 
 
 def test_no_amx_switch_and_manifest_target():
@@ -97,29 +115,31 @@ def test_no_amx_switch_and_manifest_target():
 
 # ---- the micro-kernel against numpy ---------------------------------------------------------------------------
 @needs_amx
-@pytest.mark.parametrize("icb,taps", [(1, 1), (3, 2), (8, 9)])
-def test_micro_kernel_matches_numpy(icb, taps):
-    """One 32 x 32 block: C = sum over (icb, tap) of A(icb, tap) . B, A read at each tap's offset."""
+@pytest.mark.parametrize("icb,taps,k", [(1, 1, 64), (3, 2, 64), (8, 9, 64), (1, 1, 16), (3, 2, 8), (2, 9, 32)])
+def test_micro_kernel_matches_numpy(icb, taps, k):
+    """One 32 x 32 block: C = sum over (icb, tap) of A(icb, tap) . B, A read at each tap's offset; A rows of
+    ``k`` bytes (64, or the narrow tiles of 8-32 channel layers)."""
     from convdsl.backends.tvm.targets import request_amx
     from tvm.script import tirx as T
 
     request_amx()
-    rng = np.random.default_rng(icb * 10 + taps)
-    plane = 80 * 64  # 80 pixels of 64 channels per block; taps start at pixels 0, 5, 10, ...
-    offs = (np.arange(taps) * 5 * 64).astype(np.int64)
-    a = rng.integers(0, 256, (icb, 80, 64)).astype(np.uint8)
-    w = rng.integers(-128, 128, (32, icb, taps, 64)).astype(np.int8)  # [O, icb, tap, c]
-    b = np.ascontiguousarray(w.reshape(2, 16, icb, taps, 16, 4).transpose(0, 2, 3, 4, 1, 5))
+    rng = np.random.default_rng(icb * 10 + taps + k)
+    plane = 80 * k  # 80 pixels of k channels per block; taps start at pixels 0, 5, 10, ...
+    offs = (np.arange(taps) * 5 * k).astype(np.int64)
+    a = rng.integers(0, 256, (icb, 80, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (32, icb, taps, k)).astype(np.int8)  # [O, icb, tap, c]
+    b = np.ascontiguousarray(w.reshape(2, 16, icb, taps, k // 4, 4).transpose(0, 2, 3, 4, 1, 5))
+    name, ir = amx.int8_micro_kernel(k)
 
     @T.prim_func
-    def f(A: T.Buffer((icb, 80, 64), "uint8"), B: T.Buffer((2, icb, taps, 16, 16, 4), "int8"),
+    def f(A: T.Buffer((icb, 80, k), "uint8"), B: T.Buffer((2, icb, taps, k // 4, 16, 4), "int8"),
           O: T.Buffer((taps,), "int64"), C: T.Buffer((2, 32, 16), "int32")):
         T.func_attr({"global_symbol": "f"})
-        with T.attr(0, amx.IMPORT_ATTR, amx.LLVM_IR):
-            T.evaluate(T.call_extern("int32", amx.EXTERN, T.address_of(C[0, 0, 0]), T.int64(32 * 64),
+        with T.attr(0, amx.IMPORT_ATTR, ir):
+            T.evaluate(T.call_extern("int32", name, T.address_of(C[0, 0, 0]), T.int64(32 * 64),
                                      T.address_of(A[0, 0, 0]), T.int64(plane), T.address_of(O[0]), T.int64(taps),
                                      T.int64(icb * taps), T.address_of(B[0, 0, 0, 0, 0, 0]),
-                                     T.int64(icb * taps * 1024)))
+                                     T.int64(icb * taps * 16 * k)))
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]})
     lib = tvm.compile(tvm.IRModule({"f": f}), target=target)
@@ -131,6 +151,88 @@ def test_micro_kernel_matches_numpy(icb, taps):
         want += np.einsum("ipc,oic->po", rows, w[:, :, t].astype(np.int64))
     got = c.numpy().transpose(1, 0, 2).reshape(32, 32)
     assert np.array_equal(got, want)
+
+
+NARROW_CASES = {
+    # name: (input [C, H, W], out, k, stride, pad, act dtype, out dtype): 8-32 input channels, narrow A tiles
+    "16ch-1x1-u8": ((16, 14, 14), 96, 1, 1, 0, "u8", "u8"),  # 16-byte rows; 196 pixels: not whole 32s
+    "32ch-1x1-one-block-i8": ((32, 16, 16), 16, 1, 1, 0, "i8", "u8"),  # 32-byte rows; one 16-channel output block
+    "24ch-1x1-i8-out": ((24, 9, 9), 144, 1, 1, 0, "u8", "i8"),  # 24 of 32 bytes; 9 output blocks (odd)
+    "8ch-3x3-stride2": ((8, 13, 11), 40, 3, 2, 1, "i8", "u8"),  # 8-byte rows, 9 taps over 4 phase planes
+    "20ch-3x3-f32-out": ((20, 10, 10), 32, 3, 1, 1, "u8", "f32"),  # the int32 accumulator path
+}
+
+
+@needs_amx
+@pytest.mark.parametrize("case", list(NARROW_CASES), ids=list(NARROW_CASES))
+def test_narrow_qconv2d_on_amx_matches_torch_simulation(case):
+    """Convs with 8-32 input channels run on tiles of 8 / 16 / 32-byte rows: bit-exact with the torch simulation."""
+    shape, out, k, stride, pad, act, out_dtype = NARROW_CASES[case]
+    g = _qconv_program(shape, out, k, stride, pad, 1, act, out_dtype, False)
+    x = (3 * np.random.default_rng(11).standard_normal(g.node(g.inputs[0]).type.shape)).astype(np.float32)
+    be = _int8()
+    assert _instructions(be, g) == {"tdpbusd": 1}
+    got, want = be.build_module(g)(x), _torch(g, x)
+    if out_dtype == "f32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+    else:
+        np.testing.assert_array_equal(got, want)
+        assert len(np.unique(want)) > 3
+
+
+def _relu6_program(c: int, out: int, act: str, out_dtype: str, out_scale: float, out_zp: int):
+    """quantize -> qconv2d (1x1, float output) -> ReLU6 -> quantize: MobileNet-V2's expansion convs."""
+    zp = 0 if act == "i8" else 128
+    src = f"""network t(x: f32[2, {c}, 9, 12]) {{
+    return x | quantize(0.05, {zp - 3}, dtype={act}) | qconv2d({out}, 1, in_scale=0.05, in_zp={zp - 3}, out_dtype=f32)
+             | relu6 | quantize({out_scale}, {out_zp}, dtype={out_dtype})
+}}
+"""
+    return _random_int_params(graph_of(src), wmax=40)
+
+
+def _clip_kernels(g) -> int:
+    """PrimFuncs of ``g``'s int8 build (to the AMX epilogue pass) that requantize a conv -> ReLU6 -> quantize chain
+    in the AMX block loop."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.amx_epilogue import fuse_requant_epilogues
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        mod = fuse_requant_epilogues(blocked_layout(lower_graph(g, "tvm-llvm"), "int8"))
+    return sum(gv.name_hint.endswith("_clip") and '"amx_conv_requant"' in f.script()
+               for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+@pytest.mark.parametrize("c,act,out_dtype,out_scale,out_zp", [(16, "u8", "u8", 6 / 255, 0), (64, "u8", "i8", 0.01, -20),
+                                                             (24, "i8", "u8", 0.02, 10), (32, "i8", "i8", 0.05, 3)],
+                         ids=["16ch-u8", "64ch-i8-out-clipped-range", "24ch-i8-in", "32ch-i8"])
+def test_conv_relu6_quantize_is_one_amx_kernel(c, act, out_dtype, out_scale, out_zp):
+    """conv -> ReLU6 -> quantize is one AMX kernel (the clip folded into the requantization's range,
+    ``amx.clip_bounds``); on an AMX CPU bit-exact with the torch simulation, u8 and i8 in and out, with ReLU6's
+    6 inside and outside the quantized range."""
+    g = _relu6_program(c, 80, act, out_dtype, out_scale, out_zp)
+    assert _clip_kernels(g) == 1
+    if not HAS_AMX:
+        pytest.skip("the CPU has no AMX-INT8 (amx_tile, amx_int8)")
+    x = (3 * np.random.default_rng(c).standard_normal((2, c, 9, 12))).astype(np.float32)
+    got, want = _int8().build_module(g)(x), _torch(g, x)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 3
+
+
+def test_clip_bounds_equal_the_clip_then_the_quantize():
+    """``amx.clip_bounds``: clamp(round(y * inv) + zp, lo', hi') equals clamp(round(clip(y, a, b) * inv) + zp, lo, hi)
+    for float32 y across and beyond the clip, including bounds that leave the quantized range."""
+    f32 = np.float32
+    y = np.concatenate([np.linspace(-50, 50, 20001, dtype=f32), f32([-3e38, -1e9, 1e9, 3e38, 0.0, -0.0, 6.0])])
+    for a, b, inv, zp, lo, hi in [(0, 6, 255 / 6, 0, 0, 255), (0, 6, 100, -20, -128, 127), (0, 6, 42.5, 10, 0, 255),
+                                  (-1, 1, 3.3, 200, 0, 255), (0, 6, 40, -200, -128, 127), (0, 6, 0.1, 0, 5, 255)]:
+        ref = np.clip(np.rint(np.clip(y, f32(a), f32(b)) * f32(inv)) + f32(zp), lo, hi)
+        low, high = amx.clip_bounds(a, b, inv, zp, lo, hi)
+        with np.errstate(over="ignore"):  # 3e38 * inv: inf, clamped as the kernel's minnum does
+            got = np.maximum(np.minimum(np.rint(y * f32(inv)) + f32(zp), f32(high)), f32(low))
+        np.testing.assert_array_equal(got, ref)
 
 
 # ---- layers against the torch simulation ----------------------------------------------------------------------
@@ -332,7 +434,7 @@ def test_resnet18_residual_blocks_are_one_amx_kernel_each():
 
 def test_mobilenet_v2_24_channel_projections_on_amx_stay_blocked():
     """MobileNet-V2's projections to 24 channels (96 and 144 input channels: AMX) read the depthwise conv's NCHW16c
-    output and write NCHW8c, the layout the next (VNNI) expansion conv reads: no unpack to NCHW around them."""
+    output and write NCHW8c, the layout the next expansion conv (24 input channels) reads: no unpack to NCHW around them."""
     from tvm import relax
 
     from convdsl.backends.tvm.lowering import lower_graph
@@ -351,6 +453,25 @@ def test_mobilenet_v2_24_channel_projections_on_amx_stay_blocked():
             if len(out) == 5 and out[1] * out[4] == 24:
                 projections.append((x, out))
     assert projections == [([2, 6, 8, 8, 16], [2, 3, 8, 8, 8]), ([2, 9, 8, 8, 16], [2, 3, 8, 8, 8])]
+
+
+def test_mobilenet_v2_int8_convs_are_amx_but_the_stem():
+    """MobileNet-V2 at 64 x 64: every dot-product layer but the RGB stem on tiles (the 16 -> 96, 24 -> 144 and
+    32 -> 192 expansions and the 32 -> 16 projection too: narrow tiles), and the 16 expansions' conv -> ReLU6 ->
+    quantize requantized in the block loop (the last 1x1's ReLU6 output is read in float by the pooling)."""
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    root = EXAMPLES.resolve()
+    src = (root / "mobilenet_v2.cdl").read_text().replace("224, 224", "64, 64")
+    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
+    q = quantize(g, [np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
+    with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
+        from convdsl.backends.tvm.lower_quant import int8_instructions
+
+        assert int8_instructions(q) == {"tdpbusd": 35, "vpdpbusd": 1, "depthwise": 17}
+    assert _clip_kernels(q) == 16
 
 
 @needs_amx

@@ -152,3 +152,70 @@ def test_depthwise_int8_blocked_layout_is_exact(case):
     else:
         assert int(np.abs(got.astype(np.int64) - expect.astype(np.int64)).max()) == 0
         assert len(np.unique(expect)) > 3
+
+
+@pytest.mark.parametrize("big,bias_dtype", [(2**24, "float32"), (2**24 + 1, "int32")], ids=["float-bias", "int32-bias"])
+def test_depthwise_int8_bias_at_two_to_the_24(big, bias_dtype):
+    """Biases up to 2^24 are added to the f32 accumulator as float32 (exact integers, one rounding of the exact sum,
+    as the int32 sum's conversion), larger ones in int32: bit-exact either way (two channels at +-big, their
+    multipliers 100 / 2^24, so that their outputs stay inside the range)."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    shape = (16, 14, 14)
+    g = _program(shape, 3, 1, 1, 1, "u8", "i8", False)
+    bias = next(k for k, a in g.params.items() if a.dtype == np.int32)
+    scale = next(k for k, _ in g.params.items() if k.endswith("w_scale"))
+    g.params[bias][:2] = [big, -big]
+    g.params[scale][:2] = 200 / 2**24  # multiplier in_scale * w_scale / out_scale = 100 / 2^24
+    dtypes = [v.args[1].fields[2].ty.dtype for b in lower_graph(g, "tvm-llvm")["main"].body.blocks for v in
+              (b.value for b in b.bindings) if isinstance(v, relax.Call) and v.op.name == "relax.call_tir"
+              and v.args[0].name_hint.startswith("qconv2d")]
+    assert [str(d) for d in dtypes] == [bias_dtype]
+    x = (3 * np.random.default_rng(2).standard_normal((2, *shape))).astype(np.float32)
+    got = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)(x)
+    with torch.no_grad():
+        want = torch_module(g)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 3 and -128 < want[:, :2].min() and want[:, :2].max() < 127
+
+
+@pytest.mark.parametrize("out_dtype,out_scale,out_zp", [("u8", 6 / 255, 0), ("i8", 0.01, -20), ("u8", 0.1, 200)],
+                         ids=["relu6-range", "six-beyond-the-range", "zero-point-high"])
+def test_depthwise_relu6_quantize_folds_the_clip(out_dtype, out_scale, out_zp):
+    """depthwise conv -> ReLU6 -> quantize: the ReLU6 clip is folded into the quantize's clamp
+    (``amx_epilogue``, ``amx.clip_bounds``): the clip gone from the graph, and the outputs bit-exact with the
+    torch simulation, whether 6 falls inside the quantized range or beyond it."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.amx_epilogue import fuse_requant_epilogues
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    src = f"""network t(x: f32[2, 32, 15, 15]) {{
+    return x | quantize(0.05, 125, dtype=u8)
+             | qconv2d(32, 3, pad=1, groups="depthwise", in_scale=0.05, in_zp=125, out_dtype=f32)
+             | relu6 | quantize({out_scale}, {out_zp}, dtype={out_dtype})
+}}
+"""
+    g = graph_of(src)
+    rng = np.random.default_rng(5)
+    for key, a in list(g.params.items()):
+        if a.dtype == np.int8:
+            g.params[key] = rng.integers(-128, 128, a.shape).astype(np.int8)
+        elif key.endswith("w_scale"):
+            g.params[key] = (rng.random(a.shape) * 0.02 + 0.002).astype(np.float32)
+
+    def clips(mod) -> int:
+        return sum(isinstance(b.value, relax.Call) and b.value.op.name == "relax.clip"
+                   for block in mod["main"].body.blocks for b in block.bindings)
+
+    mod = blocked_layout(lower_graph(g, "tvm-llvm"), "int8")
+    assert clips(mod) == 3 and clips(fuse_requant_epilogues(mod)) == 2  # the input quantize, the output one
+    x = (3 * rng.standard_normal((2, 32, 15, 15))).astype(np.float32)
+    got = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)(x)
+    with torch.no_grad():
+        want = torch_module(g)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 3
