@@ -227,7 +227,8 @@ class Geometry:
             for kx in range(self.kw):
                 py, px, dy, dx = self._tap(ky, kx)
                 within = dy * self.ww + dx
-                out.append(within if rows_only else (phases.index((py, px)) * self.hh * self.ww + within) * self.row_bytes)
+                out.append(within if rows_only
+                           else (phases.index((py, px)) * self.hh * self.ww + within) * self.row_bytes)
         return np.asarray(out, np.int64)
 
 
@@ -296,7 +297,8 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
         return block_loop(geo.n, pairs, blocks, ir, lambda n, j, pb: tirx.call_extern(
             "int32", extern,
             acc.access_ptr("w", offset=((n * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
-            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * geo.row_bytes)) // size), i64(geo.plane),
+            x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * geo.row_bytes)) // size),
+            i64(geo.plane),
             offs.access_ptr("r"), i64(taps), i64(steps),
             wt.access_ptr("r", offset=2 * j * (steps * b_step) // size), i64(steps * b_step)))
 
@@ -782,6 +784,7 @@ def vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
         sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
-__all__ = ["has_amx_int8", "has_amx_bf16", "fits", "row_bytes", "int8_micro_kernel", "clip_bounds", "Geometry", "pack_weight", "pack_weight_bf16", "pack_input",
+__all__ = ["has_amx_int8", "has_amx_bf16", "fits", "row_bytes", "int8_micro_kernel", "clip_bounds", "Geometry",
+           "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "block_loop", "cdiv", "tile_step",
            "vectorize_by", "llvm_f32", "LLVM_IR", "LLVM_IR_BF16"]

@@ -218,8 +218,9 @@ class _Fuser(PyExprMutator):
         kernel = functools.partial(vnni_conv2d, amx=geo, blocked=(ib, amx.OC), **{**kw, "out_dtype": epilogue.out_dtype},
                                    epilogue=epilogue)
         shortcut = self.visit_expr(u) if u is not None else None
+        suffix = "_residual" if u is not None else "_clip"
         new = self.builder_.call_te(kernel, x, w, bias, mult, offsets=offsets, shortcut=shortcut,
-                                    primfunc_name_hint=call.args[0].name_hint + ("_residual" if u is not None else "_clip"))
+                                    primfunc_name_hint=call.args[0].name_hint + suffix)
         gv = new.args[0]
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", OPAQUE))
         self.set_var_remap(binding.var, self.builder_.emit(new, name_hint=binding.var.name))
