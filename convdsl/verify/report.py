@@ -58,9 +58,11 @@ def render(report: Report, console=None, *, title: str = "") -> None:
     for row in report.rows:
         if not row.ok:
             console.print(f"[red]{row.variant}[/red]: {row.error}", highlight=False, markup=True)
-    verdict = "[green]all agree[/green]" if report.ok else \
-        f"[red]{sum(not r.ok for r in report.rows)} of {len(report.rows)} disagree[/red]"
-    console.print(verdict)
+    errors = sum(1 for r in report.rows if not r.ok and r.error and math.isinf(r.max_abs))
+    fails = sum(1 for r in report.rows if not r.ok) - errors
+    parts = ([f"{fails} of {len(report.rows)} disagree"] if fails else []) + \
+        ([f"{errors} of {len(report.rows)} could not run (error above)"] if errors else [])
+    console.print("[green]all agree[/green]" if report.ok else f"[red]{'; '.join(parts)}[/red]")
 
 
 def to_json(report: Report) -> str:

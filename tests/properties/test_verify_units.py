@@ -107,3 +107,27 @@ def test_half_precision_is_not_judged_on_a_nearly_constant_normalization_group()
     # the check only looks at normalizations: a conv with no norm after it is never excused
     conv = Case("network net(x0: f32[N, 3, 6]) {\n    return x0 | conv1d(4, 3, pad=1)\n}\n", seed=6200, kind="offset")
     assert _ill_conditioned_norm(conv, "f16") is None
+
+
+def test_the_verdict_counts_disagreements_and_backends_that_could_not_run_apart() -> None:
+    import io
+    import math
+
+    from rich.console import Console
+
+    from convdsl.verify.differential import Report, Row, Tolerance
+    from convdsl.verify.report import render
+
+    def verdict(*rows: Row) -> str:
+        out = io.StringIO()
+        render(Report("net", "torch (as written)", list(rows)), Console(file=out, width=200))
+        return out.getvalue().strip().splitlines()[-1]
+
+    tol = Tolerance(1e-3, 1e-4)
+    passed = Row("tvm-llvm", True, 1e-7, 1e-7, 0, 2, tol=tol)
+    failed = Row("torch @ O2", False, 0.5, 0.2, 3, 2, error="output 0 differs", tol=tol)
+    refused = Row("tvm-llvm-int8", False, math.inf, math.inf, error="UsageError: no quantized convs", tol=tol)
+    assert verdict(passed) == "all agree"
+    assert verdict(passed, failed) == "1 of 2 disagree"
+    assert verdict(passed, refused) == "1 of 2 could not run (error above)"
+    assert verdict(failed, refused) == "1 of 2 disagree; 1 of 2 could not run (error above)"
