@@ -18,7 +18,7 @@ NCHW[ib]c -> NCHW[ob]c) becomes three kernels (``layout.py`` decides per layer, 
 The transform matrices come from Toom-Cook interpolation at the points ``POINTS[m]`` and
 infinity (see ``matrices``); the data transforms use constant coefficients (zero terms dropped,
 +-1 as additions).  The multiplies per output fall from 9 to (m + 2)^2 / m^2: F(2,3) 2.25x,
-F(4,3) 4x, F(6,3) 5.06x fewer; the transforms cost O(a^2) additions per tile and channel.
+F(3,3) 3.24x, F(4,3) 4x, F(6,3) 5.06x fewer; the transforms cost O(a^2) additions per tile and channel.
 """
 from __future__ import annotations
 
