@@ -18,7 +18,7 @@ NCHW[ib]c -> NCHW[ob]c) becomes three kernels (``layout.py`` decides per layer, 
 The transform matrices come from Toom-Cook interpolation at the points ``POINTS[m]`` and
 infinity (see ``matrices``); the data transforms use constant coefficients (zero terms dropped,
 +-1 as additions).  The multiplies per output fall from 9 to (m + 2)^2 / m^2: F(2,3) 2.25x,
-F(4,3) 4x, F(6,3) 5.06x fewer; the transforms cost O(a^2) additions per tile and channel.
+F(3,3) 3.24x, F(4,3) 4x, F(6,3) 5.06x fewer; the transforms cost O(a^2) additions per tile and channel.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ KERNEL_INPUT, KERNEL_GEMM, KERNEL_OUTPUT = "winograd_input", "winograd_gemm", "w
 # coefficients stay small integers and halves
 POINTS = {
     2: [0, 1, -1],
+    3: [0, 1, -1, 2],  # F(3,3): 5x5 tiles, G has sixths
     4: [0, 1, -1, 2, -2],
     6: [0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)],
 }
@@ -205,6 +206,8 @@ MIN_CHANNELS = 16
 
 
 MIN_TILES_AVX512 = 8
+AVX512_M = (4, 3)  # the tile sizes AVX-512 chooses from (the cost in choose_m)
+GEMM_MIN_ROWS = 32  # below this many tiles per image the GEMM streams its weights (memory-bound)
 
 
 def choose_m(c: int, o: int, oh: int, ow: int, registers: int = 16) -> int | None:
@@ -226,11 +229,23 @@ def choose_m(c: int, o: int, oh: int, ow: int, registers: int = 16) -> int | Non
     alone it still wins (512ch 7x7, CPU time: direct 1.61 ms, F(4,3) 1.38), but on both cores
     the weights' stream does not split: ResNet-18 whole, 2 threads, CPU time per call (median of
     8 alternating rounds, load 4.8): 22.4 ms with F(4,3) at 7x7, 19.9 direct there, 20.9 direct at
-    14x14 too.  So on AVX-512 those convs stay direct."""
+    14x14 too.  So on AVX-512 those convs stay direct.
+
+    The other AVX-512 convs take the m of ``AVX512_M`` with the least GEMM cost
+    ``(m + 2)^2 * max(tiles, GEMM_MIN_ROWS)``: a GEMM over fewer rows than ``GEMM_MIN_ROWS`` streams
+    its transformed weights (``(m + 2)^2 * C * O`` floats) for each few rows, so its time follows the
+    weight bytes, not the rows.  That is F(3,3) at 14x14 (25 tiles of 5x5, 25 GEMMs, 25/36 of F(4,3)'s
+    weight bytes; F(4,3) there has 16 tiles, 23% of their outputs past the edge; F(3,3) 13%) and F(4,3) at
+    28x28 and 56x56.  ResNet-50's 256-channel 14x14 conv, GEMM alone on one core (CPU time):
+    F(4,3) 0.667 ms, F(3,3) 0.642; in the network (one thread, CPU time, alternating, load 3) the
+    Winograd kernels 10.5 -> 10.0 ms per call, and the network 1.5-3% less CPU per call
+    (docs/tvm.md)."""
     if min(c, o) < MIN_CHANNELS:
         return None
     if registers >= 32 and _tile_count(oh, ow, DEFAULT_M) < MIN_TILES_AVX512:
         return None
+    if registers >= 32:
+        return min(AVX512_M, key=lambda m: ((m + 2) ** 2 * max(_tile_count(oh, ow, m), GEMM_MIN_ROWS), -m))
     return DEFAULT_M
 
 

@@ -20,7 +20,7 @@ def _backend(**kw):
     return backend("tvm-llvm", use_db=False, **kw)
 
 
-@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("m", [2, 3, 4, 6])
 def test_matrices_compute_a_1d_correlation(m):
     from convdsl.backends.tvm.schedules.winograd import matrices
 
@@ -122,9 +122,52 @@ def test_choose_m_keeps_few_tiles_direct_on_avx512():
 
     assert choose_m(512, 512, 7, 7, registers=32) is None
     assert choose_m(512, 512, 7, 7, registers=16) == 4
-    assert choose_m(256, 256, 14, 14, registers=32) == 4
     assert choose_m(64, 64, 56, 56, registers=32) == 4
     assert choose_m(8, 64, 56, 56, registers=32) is None and choose_m(64, 8, 56, 56, registers=16) is None
+
+
+def test_choose_m_takes_f33_where_the_gemm_streams_its_weights_on_avx512():
+    """AVX-512: F(3,3) where F(4,3)'s GEMM has too few rows to reuse its weights (14x14 outputs: 16
+    F(4,3) tiles against 25 F(3,3) ones, 25 / 36 of the weight bytes); F(4,3) where the tiles are many
+    (28x28, 56x56).  AVX2 keeps F(4,3), as measured on Zen 3."""
+    from convdsl.backends.tvm.schedules.winograd import choose_m
+
+    assert choose_m(256, 256, 14, 14, registers=32) == 3
+    assert choose_m(256, 256, 14, 14, registers=16) == 4
+    assert choose_m(128, 128, 28, 28, registers=32) == 4
+    assert choose_m(64, 64, 56, 56, registers=32) == 4
+
+
+@pytest.mark.parametrize("shape,out,kw", CONV, ids=[f"{s}->{o}-{kw}" for s, o, kw in CONV])
+def test_f33_conv_matches_torch(shape, out, kw, monkeypatch):
+    """F(3x3, 3x3) (5x5 tiles: 3 does not divide 14, 11, 13 or 10, so the last tiles hang over)."""
+    from convdsl.backends.tvm.schedules import winograd
+
+    monkeypatch.setattr(winograd, "choose_m", lambda *a, **k: 3)
+    g = graph_of(one_op("conv2d", [shape], out, **kw))
+    xs = random_inputs(g)
+    be = _backend()
+    outs = be.runner(g)(xs)
+    assert be.last_build.winograd == 1
+    assert_close(outs, torch_outputs(g, xs))
+
+
+@pytest.mark.parametrize("mcpu,positions", [("skylake-avx512", 25), ("haswell", 36)])
+def test_14x14_gemm_positions_follow_the_isa(mcpu, positions):
+    """A 16 -> 16 conv at 14x14: AVX-512 builds F(3,3) (25 GEMMs), AVX2 F(4,3) (36) (compiled, not run)."""
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of(one_op("conv2d", [[1, 16, 14, 14]], 16, k=3, pad=1))
+    spec = make_target("tvm-llvm", target_json={"kind": "llvm", "mcpu": mcpu})
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(optimize_passes(spec, "f32"))(lower_graph(g, "tvm-llvm", {}))
+    gemms = [f for gv, f in mod.functions.items() if gv.name_hint.startswith("winograd_gemm")]
+    assert len(gemms) == 1
+    assert [int(d) for d in gemms[0].params[0].ty.shape][0] == positions
 
 
 @pytest.mark.parametrize("c,o,kw", [(16, 16, dict(k=3, stride=2, pad=1)), (16, 16, dict(k=3, dilation=2, pad=2)),
