@@ -535,7 +535,8 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
     for res in results:
         source = {"convdsl": "convdsl's ONNX export (`convdsl compile --backend onnx`)",
                   "torch": "torch.onnx.export of convdsl's generated torch module"}.get(res.get("exporter"))
-        lines += [f"### {res['network']}", ""] + ([f"The ONNX peers run {source}.", ""] if source else []) + [
+        ran = any("median_ms" in e for e in res["rows"].values())  # --rounds 0: no ONNX file was run
+        lines += [f"### {res['network']}", ""] + ([f"The ONNX peers run {source}.", ""] if source and ran else []) + [
             "| backend | median ms | p10-p90 ms | max rel err vs f32 | note |", "|---|---:|---:|---:|---|"]
         for row, e in res["rows"].items():
             if "median_ms" not in e:
