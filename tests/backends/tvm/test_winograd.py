@@ -65,6 +65,11 @@ def test_conv_matches_torch(shape, out, kw, monkeypatch):
     from convdsl.backends.tvm.schedules import winograd
 
     monkeypatch.setattr(winograd, "MIN_TILES_AVX512", 0)  # the small outputs take Winograd on AVX-512 too
+    _assert_one_winograd_conv_matches(shape, out, kw)
+
+
+def _assert_one_winograd_conv_matches(shape, out, kw) -> None:
+    """One conv2d, built as one Winograd conv, matches torch on random inputs."""
     g = graph_of(one_op("conv2d", [shape], out, **kw))
     xs = random_inputs(g)
     be = _backend()
@@ -144,12 +149,7 @@ def test_f33_conv_matches_torch(shape, out, kw, monkeypatch):
     from convdsl.backends.tvm.schedules import winograd
 
     monkeypatch.setattr(winograd, "choose_m", lambda *a, **k: 3)
-    g = graph_of(one_op("conv2d", [shape], out, **kw))
-    xs = random_inputs(g)
-    be = _backend()
-    outs = be.runner(g)(xs)
-    assert be.last_build.winograd == 1
-    assert_close(outs, torch_outputs(g, xs))
+    _assert_one_winograd_conv_matches(shape, out, kw)
 
 
 @pytest.mark.parametrize("mcpu,positions", [("skylake-avx512", 25), ("haswell", 36)])
