@@ -154,6 +154,16 @@ def row_bytes(in_channels: int) -> int:
     return next(k for k in ROW_BYTES if k >= in_channels) if in_channels <= ROW_BYTES[-2] else TILE_K
 
 
+def i64(v) -> tirx.PrimExpr:
+    """An int64 TIR constant (the extern calls' byte strides and counts)."""
+    return tirx.const(v, "int64")
+
+
+def one_tap() -> te.Tensor:
+    """The tap offsets of a GEMM on the conv micro-kernel: one tap, at offset 0."""
+    return te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")
+
+
 # ---- geometry ----------------------------------------------------------------------------------------------
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
@@ -293,7 +303,6 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
     def body(ins, outs):
         x, wt, offs = ins
         acc, = outs
-        i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
         return block_loop(geo.n, pairs, blocks, ir, lambda n, j, pb: tirx.call_extern(
             "int32", extern,
             acc.access_ptr("w", offset=((n * n_ob + 2 * j) * rows + pb * BLOCK_ROWS) * OC), i64(rows * OC * 4),
@@ -538,7 +547,6 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
     def body(ins, outs):
         x, wt, offs, b, m, *res = ins
         y, = outs
-        i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
         f32 = lambda v: tirx.const(float(v), "float32")  # noqa: E731
 
         def blocks_of(buf, mode, n, j):  # the first and second channel block of pair j (the first again if none)
@@ -640,7 +648,6 @@ def conv2d_nchwc_bf16_epilogue(data: te.Tensor, kernel: te.Tensor, offsets: te.T
     def body(ins, outs):
         x, wt, offs, sc, sh = ins
         y, = outs
-        i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
         f32 = lambda v: tirx.const(float(v), "float32")  # noqa: E731
         # as conv_requant_extern: per-call values as pointers; x's offsets in bf16 elements (2 bytes)
         return block_loop(geo.n, pairs, blocks, LLVM_IR_BF16_EPILOGUE[out_dtype], lambda n, j, pb: tirx.call_extern(
@@ -787,4 +794,4 @@ def vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "row_bytes", "int8_micro_kernel", "clip_bounds", "Geometry",
            "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "block_loop", "cdiv", "tile_step",
-           "vectorize_by", "llvm_f32", "LLVM_IR", "LLVM_IR_BF16"]
+           "vectorize_by", "llvm_f32", "i64", "one_tap", "LLVM_IR", "LLVM_IR_BF16"]

@@ -16,8 +16,8 @@ import tvm
 from tvm import s_tir, te, tirx
 
 from convdsl.backends.tvm.schedules.amx import (ATTR, BF16_CHANNELS, BLOCK_OC, BLOCK_ROWS, EXTERN_BF16, IMPORT_ATTR,
-                                                LLVM_IR_BF16, OC, TILE_K, block_loop, cdiv, llvm_f32, tile_step,
-                                                vectorize_by)
+                                                LLVM_IR_BF16, OC, TILE_K, block_loop, cdiv, i64, llvm_f32,
+                                                one_tap, tile_step, vectorize_by)
 
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
@@ -67,9 +67,8 @@ def batch_matmul_bf16(a_read, b_read, batch: int, m: int, k: int, n: int, b_alon
                                                           attrs={ATTR: "amx_pack"})
     xb = b_packed if b_packed is not None else te.compute((batch, n_ob, kb, BF16_CHANNELS // 2, OC), pack_b,
                                                           name=b_pack, attrs={ATTR: b_pack})
-    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    offs = one_tap()
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
     def body(ins, outs):
         a, wt, taps = ins
@@ -270,7 +269,6 @@ def linear_rows_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor) -> te.Ten
     n, rows = int(xa.shape[0]), int(xa.shape[2])
     out = n_ob * OC
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
     def body(ins, outs):
         a, wt, bs = ins
@@ -397,9 +395,8 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, gamma: te.Tens
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
     xa = _pack_rows_bf16(x, kb) if gamma is None else pack_rows_ln_bf16(x, gamma, beta, eps, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
-    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    offs = one_tap()
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
     def body(ins, outs):
         a, wt, taps, bs = ins
@@ -473,9 +470,8 @@ def linear_packed_bf16(hidden: te.Tensor, kernel: te.Tensor, bias: te.Tensor, le
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
     n, rows = int(hidden.shape[0]), int(hidden.shape[2])
     out = n_ob * OC
-    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")  # one tap, at offset 0
+    offs = one_tap()
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
     res = residual is not None
 
     def body(ins, outs):
@@ -594,13 +590,12 @@ def qkv_tiles_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, heads: int,
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
     xa = _pack_rows_bf16(x, kb) if gamma is None else pack_rows_ln_bf16(x, gamma, beta, eps, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
-    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")
+    offs = one_tap()
     pairs, blocks, dim = n_ob // 2, rows // BLOCK_ROWS, heads * d
     per_head, section = d // BLOCK_OC, dim // BLOCK_OC  # column blocks of 32 per head, per Q / K / V
     bh = n * heads
     shapes = {"q": (bh, per_head, rows, BF16_CHANNELS), "k": (bh, rows // OC, per_head, OC, OC),
               "v": (bh, d // OC, blocks, OC, OC)}
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
     def body(ins, outs):
         a, wt, taps, bs = ins
@@ -641,9 +636,8 @@ def heads_matmul_pack_bf16(p: te.Tensor, v: te.Tensor, heads: int) -> te.Tensor:
     bh, kb, rows = (int(d) for d in p.shape[:3])
     n_ob = int(v.shape[1])
     n, q, pairs, blocks = bh // heads, n_ob // 2, n_ob // 2, rows // BLOCK_ROWS
-    offs = te.compute((1,), lambda _: tirx.const(0, "int64"), name="amx_taps")
+    offs = one_tap()
     zeros = te.compute((BLOCK_OC,), lambda _: tirx.const(0.0, "float32"), name="amx_zero_bias")
-    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
 
     def body(ins, outs):
         a, wt, taps, bs = ins
