@@ -35,6 +35,11 @@ def _tol(t: Tolerance | None) -> str:
     return f"rtol {t.rtol:.0e}, atol {t.atol:.0e}".replace("e-0", "e-")
 
 
+def _could_not_run(row) -> bool:
+    """The variant raised (no output to compare), as opposed to computing a different one."""
+    return not row.ok and bool(row.error) and math.isinf(row.max_abs)
+
+
 def render(report: Report, console=None, *, title: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
@@ -51,14 +56,13 @@ def render(report: Report, console=None, *, title: str = "") -> None:
     table.add_column("result")
     for row in report.rows:
         seed = "" if row.worst_seed is None else f"seed {row.worst_seed} ({kind_for_seed(row.worst_seed)})"
-        result = "[green]pass[/green]" if row.ok else ("[red]error[/red]" if row.error and math.isinf(row.max_abs)
-                                                       else "[red]FAIL[/red]")
+        result = "[green]pass[/green]" if row.ok else "[red]error[/red]" if _could_not_run(row) else "[red]FAIL[/red]"
         table.add_row(row.variant, _num(row.max_abs), _num(row.max_rel), _tol(row.tol), seed, result)
     console.print(table)
     for row in report.rows:
         if not row.ok:
             console.print(f"[red]{row.variant}[/red]: {row.error}", highlight=False, markup=True)
-    errors = sum(1 for r in report.rows if not r.ok and r.error and math.isinf(r.max_abs))
+    errors = sum(1 for r in report.rows if _could_not_run(r))
     fails = sum(1 for r in report.rows if not r.ok) - errors
     parts = ([f"{fails} of {len(report.rows)} disagree"] if fails else []) + \
         ([f"{errors} of {len(report.rows)} could not run (error above)"] if errors else [])
