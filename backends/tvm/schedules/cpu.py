@@ -322,6 +322,17 @@ def _conv_strides(sch: s_tir.Schedule, conv) -> tuple[int, int] | None:
     return (int(cy[0]), int(cx[0])) if len(cy) == 2 and len(cx) == 2 else None
 
 
+def rows_first(input_bytes: int, weight_bytes: int) -> bool:
+    """Whether a conv's parallel loop takes output rows before channel blocks: when its input outweighs its
+    weights.  Channel blocks first, each core reads the whole input (half of it from the other core's L2,
+    where the conv before wrote it) and half the weights; rows first, half the input (its own rows, which the
+    conv before, rows first too, wrote on this core) and all the weights.  Measured on a Granite Rapids Xeon,
+    2 threads, whole networks (one process, alternating, both orders, quiet machine): ResNet-50 f32 0.967-0.974,
+    MobileNet-V2 0.94-0.96 with its depthwise convs rows first too (``schedule_dwconv_nchwc``), ResNet-18 0.98-0.99;
+    the 7x7 stages, whose weights outweigh their inputs, stay channel blocks first."""
+    return input_bytes > weight_bytes
+
+
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, o, y, x, oc, rc, ry, rx, ri = sch.get_loops(conv)
     ocb, ow = _extent(sch, o), _extent(sch, x)
@@ -332,6 +343,8 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     if epilogue is not None:
         sch.set_scope(conv, 0, "local")
 
+    ic_bytes = _extent(sch, rc) * _extent(sch, ri) * 4  # one pixel's input channels (f32)
+    ry_rx = _extent(sch, ry) * _extent(sch, rx)
     oo, oi = sch.split(o, [None, ov])
     xo, xi = sch.split(x, [None, rn])
     chunk = weight_chunk(*(_extent(sch, lp) for lp in (rc, ry, rx, ri, oc)), ov, ow > rn, hw)
@@ -345,7 +358,14 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
         sch.reorder(b, oo, rco, y, xo, rci, ry, rx, ri, xi, oi, oc)
     else:
         sch.reorder(b, oo, y, xo, rc, ry, rx, ri, xi, oi, oc)
-    outer = sch.fuse(b, oo) if plane else sch.fuse(b, oo, y)
+    sh, sw = _conv_strides(sch, conv) or (1, 1)
+    if plane:
+        outer = sch.fuse(b, oo)
+    elif not chunk and rows_first(_extent(sch, y) * sh * ow * sw * ic_bytes, ocb * _extent(sch, oc) * ic_bytes * ry_rx):
+        sch.reorder(y, oo)
+        outer = sch.fuse(b, y, oo)
+    else:
+        outer = sch.fuse(b, oo, y)
     sch.parallel(outer)
     sch.vectorize(oc)
     sch.unroll(oi)
@@ -397,8 +417,8 @@ def schedule_dwconv_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     chunk = dw_rows(_extent(sch, y), _extent(sch, c), _extent(sch, ry), _extent(sch, rx), sh, sw, ow,
                     _extent(sch, k)) if pad else 1
     yo, yi = sch.split(y, [None, chunk])
-    sch.reorder(b, c, yo, yi, xo, ry, rx, xi, k)
-    rows = sch.fuse(b, c, yo)
+    sch.reorder(b, yo, c, yi, xo, ry, rx, xi, k)  # rows first, as the 1x1 convs around it (``rows_first``)
+    rows = sch.fuse(b, yo, c)
     sch.parallel(rows)
     sch.vectorize(k)
     sch.unroll(xi)

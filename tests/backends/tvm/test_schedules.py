@@ -338,6 +338,43 @@ network t(x: f32[1, 32, 28, 28]) {
     assert "T.sblock_alloc_buffer((T.int64(1), T.int64(2), T.int64(30), T.int64(30), T.int64(16)))" not in text
 
 
+@pytest.mark.parametrize("cin, cout, want", [
+    (256, 32, "b_y_o_0_fused"),  # input 200 KB, weights 32 KB: rows first
+    (32, 256, "b_o_0_y_fused"),  # input 25 KB, weights 32 KB: channel blocks first
+])
+def test_conv_parallel_loop_takes_rows_first_when_the_input_outweighs_the_weights(cin, cout, want):
+    """``rows_first``: each core then reads only its own rows of the input (written on that core by the
+    conv before it), not the whole input with half of it in the other core's cache."""
+    _, scheduled = _scheduled_module(f"""
+network t(x: f32[1, {cin}, 14, 14]) {{
+    return x | conv2d({cout}, 1, bias=false) | batchnorm
+}}
+""")
+    text = _kernel_text(scheduled, "conv2d_nchwc")
+    assert f"for {want} in T.parallel" in text, [ln for ln in text.splitlines() if "T.parallel" in ln]
+
+
+def test_depthwise_parallel_loop_takes_rows_first():
+    """Depthwise convs partition rows first too, so an inverted-residual block's expansion, depthwise and
+    projection convs each find their rows where the conv before wrote them."""
+    _, scheduled = _scheduled_module("""
+network t(x: f32[1, 64, 14, 14]) {
+    return x | conv2d(64, 3, pad=1, groups=64, bias=false) | batchnorm | relu6
+}
+""")
+    text = _kernel_text(scheduled, "dwconv")
+    parallel = [ln.strip() for ln in text.splitlines() if "T.parallel" in ln]
+    assert len(parallel) == 1 and "_y_0_c_fused in" in parallel[0], parallel
+
+
+def test_rows_first_compares_input_and_weight_bytes():
+    from convdsl.backends.tvm.schedules.cpu import rows_first
+
+    assert rows_first(384 * 14 * 14 * 4, 384 * 64 * 4)  # MobileNet-V2's 384 -> 64 at 14x14
+    assert not rows_first(960 * 7 * 7 * 4, 960 * 320 * 4)  # its 960 -> 320 at 7x7
+    assert not rows_first(100, 100)
+
+
 def test_narrow_channel_padding_is_copied_in_whole_rows():
     """The RGB stem's padding ([N, 1, H, W, 3]): rows in parallel, each one contiguous loop over
     (column, channel), not one parallel iteration and one 3-lane vector per pixel."""
