@@ -293,8 +293,10 @@ def schedule_output(sch, block, hw) -> None:
     n, oc, y, x, k = sch.get_loops(block)
     yo, yi = sch.split(y, [None, m])
     xo, xi = sch.split(x, [None, m])
-    sch.reorder(n, oc, yo, xo, yi, xi, k)
-    par = sch.fuse(n, oc, yo)
+    # rows before channel blocks (as ``cpu.rows_first``): each core writes whole rows, which the next conv reads
+    # on the same core (R-18 f32 0.97, R-50 0.99; the GEMM by tiles instead of positions measured level)
+    sch.reorder(n, yo, oc, xo, yi, xi, k)
+    par = sch.fuse(n, yo, oc)
     sch.parallel(par)
     sch.unroll(yi)
     sch.unroll(xi)

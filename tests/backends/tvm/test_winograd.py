@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import re
+
 import numpy as np
 import pytest
 
@@ -235,6 +237,9 @@ def test_kernel_structure():
             assert "T.parallel" in text and "T.vectorized" in text, name
             if "gemm" in name:
                 assert 'scope="local"' not in text or "T.unroll" in text, name
+            if "output" in name:  # rows before channel blocks, as the direct convs (cpu.rows_first)
+                parallel = [ln.strip() for ln in text.splitlines() if "T.parallel" in ln]
+                assert len(parallel) == 1 and re.search(r"_(i2|y)_0_(i1|oc)_fused in", parallel[0]), parallel
 
 
 def test_manifest_records_the_winograd_convs(tmp_path):
