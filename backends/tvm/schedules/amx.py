@@ -197,6 +197,15 @@ class Geometry:
     def icb(self) -> int:
         return cdiv(self.c, self.block_channels)
 
+    def rows_first(self, out_channels: int) -> bool:
+        """Whether the conv's block loop takes rows before channel blocks: ``cpu.rows_first`` on its input
+        and weights (the same element size).  Measured on a Granite Rapids Xeon, 2 threads, whole networks
+        (one process, alternating, both build orders, quiet): MobileNet-V2 int8 0.96-0.97, bf16 0.93;
+        ResNet-50 int8 0.98, bf16 0.93."""
+        from convdsl.backends.tvm.schedules.cpu import rows_first
+
+        return rows_first(self.c * self.h * self.w, out_channels * self.c * self.kh * self.kw)
+
     def _tap(self, ky: int, kx: int) -> tuple[int, int, int, int]:
         (sh, sw), (dh, dw) = self.stride, self.dilation
         return (ky * dh) % sh, (kx * dw) % sw, (ky * dh) // sh, (kx * dw) // sw
@@ -281,12 +290,15 @@ def pack_input(read, geo: Geometry, in_zp: int, shift: bool, convert=None, dtype
     return te.compute(shape, pack, name="amx_pack", attrs=attrs)
 
 
-def block_loop(images: int, pairs: int, blocks: int, ir: str, call) -> tirx.Stmt:
+def block_loop(images: int, pairs: int, blocks: int, ir: str, call, rows_first: bool = False) -> tirx.Stmt:
     """The parallel loop over (image, pair of 16-channel blocks, block of 32 rows) of a micro-kernel:
-    ``call(image, pair, block)`` makes one call; ``ir`` is the LLVM IR the call needs imported."""
+    ``call(image, pair, block)`` makes one call; ``ir`` is the LLVM IR the call needs imported.
+    ``rows_first``: over (image, block of 32 rows, pair) instead, so each core takes whole rows
+    (``Geometry.rows_first``)."""
     t = tirx.Var("block", "int32")
-    loop = tirx.For(t, 0, images * pairs * blocks, tirx.ForKind.PARALLEL,
-                    tirx.Evaluate(call(t // (pairs * blocks), t // blocks % pairs, t % blocks)))
+    image = t // (pairs * blocks)
+    pair, block = (t % pairs, t // pairs % blocks) if rows_first else (t // blocks % pairs, t % blocks)
+    loop = tirx.For(t, 0, images * pairs * blocks, tirx.ForKind.PARALLEL, tirx.Evaluate(call(image, pair, block)))
     return tirx.AttrStmt(tirx.const(0, "int32"), IMPORT_ATTR, tvm.ir.StringImm(ir), loop)
 
 
@@ -309,7 +321,8 @@ def conv_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, geo: Geometry, 
             x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * geo.row_bytes)) // size),
             i64(geo.plane),
             offs.access_ptr("r"), i64(taps), i64(steps),
-            wt.access_ptr("r", offset=2 * j * (steps * b_step) // size), i64(steps * b_step)))
+            wt.access_ptr("r", offset=2 * j * (steps * b_step) // size), i64(steps * b_step)),
+                          rows_first=geo.rows_first(2 * pairs * OC))
 
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in ((xp, "xp"), (w, "w"), (offsets, "offsets"))]
     out = tirx.decl_buffer((geo.n, n_ob, rows, OC), dtype, "acc")
@@ -572,7 +585,8 @@ def conv_requant_extern(xp: te.Tensor, w: te.Tensor, offsets: te.Tensor, bias: t
         # what differs per call goes as pointers (TVM's passes narrow or widen computed integer arguments): the
         # second channel block's output is the first's when there is none (O/16 odd), and the block's first
         # pixel is its A pointer's distance from its image's plane / row_bytes
-        return block_loop(geo.n, pairs, blocks, ir, call)
+        return block_loop(geo.n, pairs, blocks, ir, call,
+                          rows_first=geo.rows_first(2 * pairs * OC))
 
     ins = [xp, w, offsets, bias, mult] + ([shortcut] if mode not in (None, "clip") else [])
     names = ("xp", "w", "offsets", "bias", "mult", "shortcut")
@@ -659,7 +673,8 @@ def conv2d_nchwc_bf16_epilogue(data: te.Tensor, kernel: te.Tensor, offsets: te.T
             i64(geo.ww), i64(geo.oh), i64(geo.ow), f32(lo), f32(hi),
             x.access_ptr("r", offset=(n * (icb * geo.plane) + pb * (BLOCK_ROWS * TILE_K)) // 2), i64(geo.plane),
             offs.access_ptr("r"), i64(taps), i64(steps),
-            wt.access_ptr("r", offset=2 * j * (steps * 1024) // 2), i64(steps * 1024)))
+            wt.access_ptr("r", offset=2 * j * (steps * 1024) // 2), i64(steps * 1024)),
+                          rows_first=geo.rows_first(2 * pairs * OC))
 
     ins = (xp, kernel, offsets, scale, shift)
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xp", "w", "offsets", "scale", "shift"))]

@@ -63,6 +63,37 @@ def test_geometry_finds_every_tap_of_every_pixel(h, w, k, stride, pad, dil):
     assert geo.rows % amx.BLOCK_ROWS == 0 and geo.rows >= geo.oh * geo.ww
 
 
+@pytest.mark.parametrize("rows_first", [False, True])
+def test_block_loop_visits_every_call_once_in_its_order(rows_first):
+    """Each (image, pair, block of rows) is called once; rows first, the first core's half of the loop covers
+    the first half of the rows, every pair of channel blocks of them (channel blocks first: the first pairs)."""
+    import tvm
+    from tvm import tirx
+
+    images, pairs, blocks = 2, 3, 4
+    stmt = amx.block_loop(images, pairs, blocks, "", lambda n, j, pb: tirx.call_extern("int32", "f", n, j, pb),
+                          rows_first=rows_first)
+    loop = stmt.body
+    seen = []
+    for t in range(images * pairs * blocks):
+        analyzer = tvm.sym.Analyzer()
+        analyzer.bind(loop.loop_var, tirx.const(t, "int32"))
+        seen.append(tuple(int(analyzer.simplify(a)) for a in loop.body.value.args[1:]))
+    assert sorted(seen) == [(n, j, pb) for n in range(images) for j in range(pairs) for pb in range(blocks)]
+    first_half = seen[: pairs * blocks // 2]  # image 0, the first core's share of it
+    if rows_first:
+        assert {pb for _, _, pb in first_half} == {0, 1} and {j for _, j, _ in first_half} == {0, 1, 2}
+    else:
+        assert {j for _, j, _ in first_half} == {0, 1} and {pb for _, _, pb in first_half} == {0, 1, 2, 3}
+
+
+def test_conv_block_loop_takes_rows_first_when_the_input_outweighs_the_weights():
+    big_input = amx.Geometry(1, 64, 56, 56, (0, 0, 0, 0), (1, 1), (1, 1), 1, 1)  # 64 -> 64 at 56x56
+    assert big_input.rows_first(64)
+    big_weights = amx.Geometry(1, 512, 7, 7, (1, 1, 1, 1), (1, 1), (1, 1), 3, 3)  # 512 -> 512 3x3 at 7x7
+    assert not big_weights.rows_first(512)
+
+
 def test_pack_weight_is_b_tiles_of_quads():
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, (40, 70, 3, 3)).astype(np.int8)
