@@ -327,8 +327,8 @@ def rows_first(input_bytes: int, weight_bytes: int) -> bool:
     weights.  Channel blocks first, each core reads the whole input (half of it from the other core's L2,
     where the conv before wrote it) and half the weights; rows first, half the input (its own rows, which the
     conv before, rows first too, wrote on this core) and all the weights.  Measured on a Granite Rapids Xeon,
-    2 threads, whole networks (one process, alternating, both orders, quiet machine): ResNet-50 f32 0.967-0.974,
-    MobileNet-V2 0.94-0.96 with its depthwise convs rows first too (``schedule_dwconv_nchwc``), ResNet-18 0.98-0.99;
+    2 threads, whole networks (one process, alternating, both build orders, quiet machine): ResNet-50 f32 0.93-0.97,
+    MobileNet-V2 0.94-0.95 with its depthwise convs rows first too (``schedule_dwconv_nchwc``), ResNet-18 0.98;
     the 7x7 stages, whose weights outweigh their inputs, stay channel blocks first."""
     return input_bytes > weight_bytes
 
