@@ -43,7 +43,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from convdsl.backends.tvm.schedules import tophub
+from convdsl.backends.tvm.schedules import cpu, tophub
 from convdsl.backends.tvm.schedules.kernels import divisors, target_has
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
@@ -111,12 +111,19 @@ def _schedule_tensorized(sch: s_tir.Schedule, conv, requant, pack, intrin: str, 
     tail = _inline_consumers(sch, requant) if requant is not None else []
 
     n, ob, oh, ow, o16, icb, kh, kw, c4 = sch.get_loops(conv)
+    # rows before channel blocks when the input outweighs the weights (cpu.rows_first; the input counted at
+    # the output's size, i.e. without a stride's extra pixels): ResNet-50 VNNI int8 0.95 / 0.94 (both build
+    # orders), MobileNet-V2 0.97, ResNet-18 0.99 (Granite Rapids Xeon, --no-amx, 2 threads, quiet)
+    ext = lambda lp: cpu.extent(sch, lp)  # noqa: E731
+    channels = ext(icb) * ext(c4)
+    rows = cpu.rows_first(channels * ext(oh) * ext(ow), ext(ob) * ext(o16) * channels * ext(kh) * ext(kw))
     obo, obi = sch.split(ob, [None, ob_t])
     owo, owi = sch.split(ow, [None, ow_t])
-    sch.reorder(n, obo, oh, owo, icb, kh, kw, obi, owi, o16, c4)
+    first = (oh, obo) if rows else (obo, oh)
+    sch.reorder(n, *first, owo, icb, kh, kw, obi, owi, o16, c4)
     if requant is not None:
         sch.reverse_compute_at(requant, owo, preserve_unit_loops=True)
-    outer = sch.fuse(n, obo, oh)
+    outer = sch.fuse(n, *first)
     sch.parallel(outer)
     init = sch.decompose_reduction(conv, icb)
     sch.vectorize(sch.get_loops(init)[-1])

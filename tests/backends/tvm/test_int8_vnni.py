@@ -202,6 +202,19 @@ def test_schedule_tensorizes_with_vpdpbusd():
     assert "vpdpbusd" in asm and "zmm" in asm
 
 
+@pytest.mark.parametrize("c, out, hw, k, rows_first", [
+    (64, 16, 28, 1, True),  # input 50 KB, weights 1 KB: rows before channel blocks (cpu.rows_first)
+    (64, 512, 7, 3, False),  # input 3 KB, weights 295 KB: channel blocks first
+])
+def test_vnni_conv_parallel_loop_takes_rows_first_when_the_input_outweighs_the_weights(c, out, hw, k, rows_first):
+    target = tvm.target.Target(VNNI_TARGET)
+    sch = tvm.s_tir.Schedule(_kernel(c=c, out=out, hw=hw, k=k))
+    assert int8.try_schedule(sch, target)
+    fused = [ln.split(" in ")[0].split()[-1] for ln in sch.mod.script().splitlines() if "T.parallel" in ln]
+    # the conv's loop fuses (n, output row i, output block o_0) in one order or the other; the input pack's is n_cb_h
+    assert ("n_i_o_0_fused" if rows_first else "n_o_0_i_fused") in fused, fused
+
+
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
 def test_avx2_pair_layout_is_one_vpmaddwd_per_8x2(mcpu):
     """Without VNNI the lowering packs the weights as int16 pairs [oc/8][ic/2][kh][kw][8][2] and the
