@@ -6,7 +6,8 @@ that raises (``ScheduleError`` or ``_Skip``) when the function is not its shape:
 - ``conv2d_nchwc``: NeoCPU's direct convolution.  Output register tile of ``rn`` output
   columns x ``ov`` channel blocks (``rn * ov`` accumulators <= the vector registers
   left free), loop order ``(n, oc_outer, oh) parallel, ow_outer, ic_outer, kh, kw,
-  ic_inner, ow_inner (unrolled), oc_inner (unrolled), oc_block (vector)``; the
+  ic_inner, ow_inner (unrolled), oc_inner (unrolled), oc_block (vector)``, or
+  ``(n, oh, oc_outer) parallel`` when the input outweighs the weights (``rows_first``); the
   accumulator tile lives in a local buffer that LLVM keeps in registers; the fused
   epilogue (batchnorm scale/shift, bias, residual add, activation) is inlined into one
   block computed at the tile; padding is one parallel, vectorized copy.  A 1x1 conv is

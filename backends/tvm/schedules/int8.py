@@ -8,7 +8,9 @@ appended elementwise float ops (residual add, relu, the next quantize) after it.
 
 The schedule (no tuning):
 
-    parallel  n, oc/16 tiles, oh                   (one output row of a channel block per task)
+    parallel  n, oc/16 tiles, oh                   (one output row of a channel block per task;
+                                                    n, oh, oc/16 tiles when the input outweighs the
+                                                    weights: cpu.rows_first)
       for     ow tiles
         init  acc[ob_t, ow_t, 16] = 0             (vectorized, stays in zmm registers)
         for   ic/4, kh, kw
