@@ -337,36 +337,34 @@ def rows_first(input_bytes: int, weight_bytes: int) -> bool:
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
     b, o, y, x, oc, rc, ry, rx, ri = sch.get_loops(conv)
     ocb, ow = _extent(sch, o), _extent(sch, x)
-    strided_1x1 = _extent(sch, ry) == _extent(sch, rx) == 1 and _conv_strides(sch, conv) != (1, 1)
+    strides = _conv_strides(sch, conv)
+    strided_1x1 = _extent(sch, ry) == _extent(sch, rx) == 1 and strides != (1, 1)
     rn, ov = tophub.choose("conv2d_nchwc", sch, conv, hw, conv_tile(ow, ocb, hw, _extent(sch, oc), strided_1x1))
     epilogue = _inline_epilogue(sch, conv)
     pad = [p for p in sch.get_producers(conv) if kernel_of(sch, p) == "pad"]
     if epilogue is not None:
         sch.set_scope(conv, 0, "local")
 
-    ic_bytes = _extent(sch, rc) * _extent(sch, ri) * 4  # one pixel's input channels (f32)
-    ry_rx = _extent(sch, ry) * _extent(sch, rx)
+    sh, sw = strides or (1, 1)
+    channels = _extent(sch, rc) * _extent(sch, ri)
+    rows = rows_first(_extent(sch, y) * sh * ow * sw * channels,  # in elements: both f32
+                      ocb * _extent(sch, oc) * channels * _extent(sch, ry) * _extent(sch, rx))
     oo, oi = sch.split(o, [None, ov])
     xo, xi = sch.split(x, [None, rn])
     chunk = weight_chunk(*(_extent(sch, lp) for lp in (rc, ry, rx, ri, oc)), ov, ow > rn, hw)
     plane = None if chunk else plane_chunk(*(_extent(sch, lp) for lp in (rc, ry, rx, ri, oc, y)), ow, ov, hw)
+    first = (oo, y)  # the parallel loops after the image
     if chunk:  # the reduction over channels in chunks, each chunk over the whole row's tiles
         rco, rci = sch.split(rc, [None, chunk])
         sch.reorder(b, oo, y, rco, xo, rci, ry, rx, ri, xi, oi, oc)
     elif plane:  # in chunks, each chunk over the whole output plane's tiles
-        chunk = plane
+        chunk, first = plane, (oo,)
         rco, rci = sch.split(rc, [None, chunk])
         sch.reorder(b, oo, rco, y, xo, rci, ry, rx, ri, xi, oi, oc)
     else:
-        sch.reorder(b, oo, y, xo, rc, ry, rx, ri, xi, oi, oc)
-    sh, sw = _conv_strides(sch, conv) or (1, 1)
-    if plane:
-        outer = sch.fuse(b, oo)
-    elif not chunk and rows_first(_extent(sch, y) * sh * ow * sw * ic_bytes, ocb * _extent(sch, oc) * ic_bytes * ry_rx):
-        sch.reorder(y, oo)
-        outer = sch.fuse(b, y, oo)
-    else:
-        outer = sch.fuse(b, oo, y)
+        first = (y, oo) if rows else (oo, y)
+        sch.reorder(b, *first, xo, rc, ry, rx, ri, xi, oi, oc)
+    outer = sch.fuse(b, *first)
     sch.parallel(outer)
     sch.vectorize(oc)
     sch.unroll(oi)
