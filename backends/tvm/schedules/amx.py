@@ -200,8 +200,8 @@ class Geometry:
     def rows_first(self, out_channels: int) -> bool:
         """Whether the conv's block loop takes rows before channel blocks: ``cpu.rows_first`` on its input
         and weights (the same element size).  Measured on a Granite Rapids Xeon, 2 threads, whole networks
-        (one process, alternating, both build orders, quiet): MobileNet-V2 int8 0.96-0.97, bf16 0.93;
-        ResNet-50 int8 0.98, bf16 0.93."""
+        (one process, alternating, both build orders, quiet): MobileNet-V2 int8 0.96-0.97, bf16 0.92;
+        ResNet-50 int8 0.98-0.99, bf16 0.93."""
         from convdsl.backends.tvm.schedules.cpu import rows_first
 
         return rows_first(self.c * self.h * self.w, out_channels * self.c * self.kh * self.kw)

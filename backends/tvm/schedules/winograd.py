@@ -294,7 +294,7 @@ def schedule_output(sch, block, hw) -> None:
     yo, yi = sch.split(y, [None, m])
     xo, xi = sch.split(x, [None, m])
     # rows before channel blocks (as ``cpu.rows_first``): each core writes whole rows, which the next conv reads
-    # on the same core (R-18 f32 0.97, R-50 0.99; the GEMM by tiles instead of positions measured level)
+    # on the same core (R-18 f32 0.96-0.97, R-50 0.97-0.99; the GEMM by tiles instead of positions measured level)
     sch.reorder(n, yo, oc, xo, yi, xi, k)
     par = sch.fuse(n, yo, oc)
     sch.parallel(par)
