@@ -5,6 +5,9 @@ generated file), whose state_dict keys are the op's parameter names.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.attention import LAYER_SCALE
 from convdsl.ir.optable import tuple_n
@@ -101,7 +104,24 @@ def _layer_scale_module(node: Node, ins: list[TensorType]) -> str:
     return f"LayerScale({lit(shape)}, {lit(node.attrs['init'])})"
 
 
+def packed_attention(x: torch.Tensor, heads: int, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v per head of tokens [N, L, 3C] holding q | k | v -> [N, L, C] (heads merged)."""
+    n, length, c3 = x.shape
+    q, k, v = x.view(n, length, 3, heads, c3 // (3 * heads)).permute(2, 0, 3, 1, 4)
+    y = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return y.transpose(1, 2).reshape(n, length, c3 // 3)
+
+
+HELPERS: dict[str, object] = {"packed_attention": packed_attention}  # copied into generated code (lowering.py)
+
+
+def _packed_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    scale = node.attrs["scale"]
+    return f"packed_attention({args[0]}, {node.attrs['heads']}{'' if scale is None else f', {scale!r}'})"
+
+
 LOWERINGS.add("mhsa", TorchLowering(_mhsa_call, _mhsa_module, helpers=("Attention",)))
+LOWERINGS.add("packed_attention", TorchLowering(_packed_call, helpers=("packed_attention",)))
 LOWERINGS.add("cross_attention", TorchLowering(_cross_call, _cross_module, helpers=("Attention",)))
 LOWERINGS.add("window_attention", TorchLowering(module_call, _window_module, helpers=("WindowAttention",)))
 LOWERINGS.add("conv_attention", TorchLowering(module_call, _conv_attention_module, helpers=("ConvAttention",)))

@@ -18,7 +18,9 @@ from torch import nn
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.conv import conv_padding
-from convdsl.ir.ops.quant import QRANGE, f32, inverse_scale
+from convdsl.ir.ops.quant import (ERF_CLAMP, ERF_COEFFS, EXP2_COEFFS, EXP2_FLOOR, INV_SQRT2, LN_QMAX, LOG2E,
+                                  PROB_MAX, QRANGE, attention_constants, f32, inverse_scale,
+                                  ln_constants)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TORCH_DTYPE, TensorType
 
@@ -102,8 +104,90 @@ class QLinear(QuantizedLayer):
         return self.requantize(acc, -1)
 
 
+def qlayernorm_tensor(x: torch.Tensor, inv_x: float, qmax_x: int, e: float, g: torch.Tensor, b: torch.Tensor,
+                      out_zp: int, qmin: int, qmax: int, dtype: torch.dtype) -> torch.Tensor:
+    """qlayernorm (convdsl/ir/ops/quant.py): exact int64 sums of the 16-bit fixed-point input, then one
+    float32 rounding per step; ``g``, ``b``: f32(weight / out_scale), f32(bias / out_scale)."""
+    xi = torch.clamp(torch.round(x.float() * inv_x), -qmax_x, qmax_x).to(torch.int64)
+    c = x.shape[-1]
+    s1 = xi.sum(-1, keepdim=True)
+    s2 = (xi * xi).sum(-1, keepdim=True)
+    d = (c * xi - s1).float()
+    v = (c * s2 - s1 * s1).float()
+    r = 1.0 / torch.sqrt(v + e)
+    t = ((d * r) * g) + b
+    return torch.clamp(torch.round(t) + out_zp, qmin, qmax).to(dtype)
+
+
+def qgelu_tensor(x: torch.Tensor, inv_sqrt2: float, clamp: float, coeffs: tuple, inv_out: float, out_zp: int,
+                 qmin: int, qmax: int, dtype: torch.dtype) -> torch.Tensor:
+    """qgelu (convdsl/ir/ops/quant.py): erf by Abramowitz & Stegun 7.1.28 in float32 steps, then quantize."""
+    x = x.float()
+    z = torch.clamp(x.abs() * inv_sqrt2, max=clamp)
+    h = z * coeffs[-1]
+    for a in reversed(coeffs[:-1]):
+        h = (h + a) * z
+    p = h + 1.0
+    r = 1.0 / p
+    r = r * r
+    r = r * r
+    r = r * r
+    r = r * r
+    e = 1.0 - r
+    e = torch.where(x < 0, -e, e)
+    g = (x * (1.0 + e)) * 0.5
+    return torch.clamp(torch.round(g * inv_out) + out_zp, qmin, qmax).to(dtype)
+
+
+def qattention_tensor(x: torch.Tensor, heads: int, zp: int, c: float, log2e: float, floor: float, coeffs: tuple,
+                      prob_max: float, mult: float, out_zp: int | None, qmin: int, qmax: int,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """qattention (convdsl/ir/ops/quant.py): exact integer products in float64, the 8-bit softmax in
+    float32 steps (2^f by Horner, 2^n from its exponent bits), its normalization in the output's
+    multiplier; ``out_zp`` None: a float output."""
+    n, length, c3 = x.shape
+    width = c3 // 3
+    q, k, v = (x.double() - zp).view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    s = q @ k.transpose(-1, -2)
+    t = (s - s.amax(-1, keepdim=True)).float() * c
+    u = torch.clamp(t * log2e, min=floor)
+    e = torch.floor(u)
+    f = u - e
+    h = f * coeffs[-1]
+    for a in reversed(coeffs[:-1]):
+        h = (h + a) * f
+    p = h + 1.0
+    w = torch.round((p * ((e.to(torch.int32) + 127) << 23).view(torch.float32)) * prob_max)
+    total = w.double().sum(-1, keepdim=True)
+    a = (w.double() @ v).float()
+    y = (a * (mult / total.float())).permute(0, 2, 1, 3).reshape(n, length, width)
+    if out_zp is None:
+        return y
+    return torch.clamp(torch.round(y) + out_zp, qmin, qmax).to(dtype)
+
+
+class QLayerNorm(nn.Module):
+    """qlayernorm with its float32 ``weight`` and ``bias`` (buffers); the output multipliers
+    f32(weight / out_scale), f32(bias / out_scale) are computed in float64 and rounded once."""
+
+    def __init__(self, channels, inv_x, qmax_x, e, out_scale, out_zp, qmin, qmax, dtype):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+        self.inv_x, self.qmax_x, self.e, self.out_scale = inv_x, qmax_x, e, out_scale
+        self.out_zp, self.qmin, self.qmax, self.dtype = out_zp, qmin, qmax, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = (self.weight.double() / self.out_scale).float()
+        b = (self.bias.double() / self.out_scale).float()
+        return qlayernorm_tensor(x, self.inv_x, self.qmax_x, self.e, g, b, self.out_zp, self.qmin, self.qmax,
+                                 self.dtype)
+
+
 HELPERS: dict[str, object] = {"quantize_tensor": quantize_tensor, "dequantize_tensor": dequantize_tensor,
-                              "QuantizedLayer": QuantizedLayer, "QConv": QConv, "QLinear": QLinear}
+                              "QuantizedLayer": QuantizedLayer, "QConv": QConv, "QLinear": QLinear,
+                              "qlayernorm_tensor": qlayernorm_tensor, "qgelu_tensor": qgelu_tensor,
+                              "qattention_tensor": qattention_tensor, "QLayerNorm": QLayerNorm}
 
 
 # ---- lowerings --------------------------------------------------------------------------------------
@@ -157,6 +241,34 @@ def _qlinear_module(node: Node, ins: list[TensorType]) -> str:
     return f"QLinear({ins[0].shape[-1]}, {node.attrs['out']}{keywords(**_out_kwargs(node))})"
 
 
+def _qlayernorm_module(node: Node, ins: list[TensorType]) -> str:
+    a = node.attrs
+    c = ins[0].shape[-1]
+    inv, e, _, _ = ln_constants(c, a["eps"], a["x_scale"], None, None, a["out_scale"])
+    qmin, qmax = QRANGE[a["out_dtype"]]
+    return (f"QLayerNorm({c}, {inv!r}, {LN_QMAX}, {e!r}, {a['out_scale']!r}, {a['out_zp']}, {qmin}, {qmax}, "
+            f"torch.{TORCH_DTYPE[a['out_dtype']]})")
+
+
+def _qgelu(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    qmin, qmax = QRANGE[a["out_dtype"]]
+    return (f"qgelu_tensor({args[0]}, {INV_SQRT2!r}, {ERF_CLAMP!r}, {lit(tuple(f32(c) for c in ERF_COEFFS))}, "
+            f"{inverse_scale(a['out_scale'])!r}, {a['out_zp']}, {qmin}, {qmax}, torch.{TORCH_DTYPE[a['out_dtype']]})")
+
+
+def _qattention(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
+    a = node.attrs
+    heads, width = a["heads"], ins[0].shape[-1] // 3
+    to_int = a["out_dtype"] != "f32"
+    c, mult = attention_constants(a["in_scale"], width // heads, a["scale"], a["out_scale"] if to_int else None)
+    qmin, qmax = QRANGE[a["out_dtype"]] if to_int else (0, 0)
+    dtype = f"torch.{TORCH_DTYPE[a['out_dtype']]}" if to_int else "None"
+    return (f"qattention_tensor({args[0]}, {heads}, {a['in_zp']}, {c!r}, {LOG2E!r}, {EXP2_FLOOR!r}, "
+            f"{lit(tuple(f32(p) for p in EXP2_COEFFS))}, {float(PROB_MAX)!r}, {mult!r}, "
+            f"{a['out_zp'] if to_int else None}, {qmin}, {qmax}, {dtype})")
+
+
 _LAYER_HELPERS = ("QuantizedLayer",)
 
 LOWERINGS.add("quantize", TorchLowering(_quantize, helpers=("quantize_tensor",)))
@@ -165,3 +277,6 @@ LOWERINGS.add("cast", TorchLowering(_cast))
 for _n in (1, 2, 3):
     LOWERINGS.add(f"qconv{_n}d", TorchLowering(module_call, _qconv_module(_n), helpers=(*_LAYER_HELPERS, "QConv")))
 LOWERINGS.add("qlinear", TorchLowering(module_call, _qlinear_module, helpers=(*_LAYER_HELPERS, "QLinear")))
+LOWERINGS.add("qlayernorm", TorchLowering(module_call, _qlayernorm_module, helpers=("qlayernorm_tensor", "QLayerNorm")))
+LOWERINGS.add("qgelu", TorchLowering(_qgelu, helpers=("qgelu_tensor",)))
+LOWERINGS.add("qattention", TorchLowering(_qattention, helpers=("qattention_tensor",)))

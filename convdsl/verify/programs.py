@@ -48,6 +48,10 @@ NOT_DRAWN: dict[str, str] = {
     **{f"batchnorm{nd}d": "drawn as the twin spelling of batchnorm (prop_twin compares the two)" for nd in (1, 2, 3)},
     "quantize": _QUANT, "dequantize": _QUANT, "qlinear": _QUANT, **{f"qconv{nd}d": _QUANT for nd in (1, 2, 3)},
     "cast": "made by the cast pass; prop_cast checks it",
+    **{op: "made by the quantize pass from layernorm / gelu / mhsa before quantized layers; prop_quantize checks it "
+           "against the float network and prop_quantize_tvm against TVM" for op in ("qlayernorm", "qgelu", "qattention")},
+    "packed_attention": "made by the quantize pass, which splits mhsa into linear -> packed_attention -> linear; "
+                        "drawn as mhsa",
 }
 
 

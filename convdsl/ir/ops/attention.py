@@ -295,6 +295,40 @@ MHSA = OpDef(
 )
 
 
+def _packed_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    c3 = _tokens("packed_attention", x)
+    if c3 % 3:
+        raise ShapeError("packed_attention: the last dim holds q, k and v, so it must be a multiple of 3",
+                         got=str(x), hint="the input is a q/k/v projection's output: linear(3 * width)")
+    check_heads("packed_attention", c3 // 3, attrs["heads"])
+    return [x.with_shape((x.shape[0], x.shape[1], c3 // 3))]
+
+
+def _packed_cost(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> Cost:
+    x = ins[0]
+    return attention_cost(x.shape[0], x.shape[1], x.shape[1], x.shape[2] // 3, attrs["heads"])
+
+
+def _packed_workspace(attrs: dict, ins: list[TensorType], outs: list[TensorType]) -> int:
+    x = ins[0]
+    return attention_workspace(x.shape[0], attrs["heads"], x.shape[1], x.shape[1], x.shape[2] // 3, work_bytes(x))
+
+
+PACKED_ATTENTION = OpDef(
+    name="packed_attention", group="attention",
+    attrs=(_HEADS, _SCALE),
+    infer=_packed_infer, cost=_packed_cost, workspace=_packed_workspace, int8="qattention",
+    doc="softmax(q k^T * scale) v per head over tokens [N, L, 3C] holding q | k | v (a fused q/k/v "
+        "projection's output): mhsa between its two projections. The quantize pass splits an mhsa into "
+        "linear -> packed_attention -> linear so that each part is quantized.",
+    example="linear(192) | packed_attention(heads=4)",
+    shape_rule="[N, L, 3C] -> [N, L, C]; heads divides C",
+    prune=opaque("q, k and v share the channels of one projection: prune the mhsa before it is split"),
+    example_inputs="x: f32[N, 50, 64]",
+)
+
+
 # ---- cross attention ------------------------------------------------------------------------
 def packed_cross(c: int, ck: int, dim: int) -> bool:
     """torch.nn.MultiheadAttention packs q/k/v into in_proj_weight iff all widths are equal."""
@@ -888,4 +922,4 @@ LAYER_SCALE = OpDef(
 
 
 
-OPS = [MHSA, CROSS, WINDOW, CONV_ATTENTION, HALO, PATCH_EMBED, CLASS_TOKEN, POS_EMBED, LAYER_SCALE]
+OPS = [MHSA, PACKED_ATTENTION, CROSS, WINDOW, CONV_ATTENTION, HALO, PATCH_EMBED, CLASS_TOKEN, POS_EMBED, LAYER_SCALE]

@@ -22,8 +22,45 @@ LLVM's ``nearbyint``; all float arithmetic is IEEE float32 unless stated):
   Weights are symmetric per output channel (int8 in [-127, 127], zero point
   0); ``bias`` is int32 in units of ``in_scale * w_scale[c]``.
 
-Lowered in backends/torch/lower_quant.py and backends/tvm/lower_quant.py; how pruning treats each op
-is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
+The transformer ops between quantized layers are defined with integer sums
+and single float32 operations only (no exp, erf, rsqrt library calls, no float
+reductions), so that a backend whose float code differs in summation order or
+in its transcendental functions still computes them to the bit:
+
+- ``qlayernorm`` (float x [..., C] -> int8, over the last dim):
+
+      x_i = clamp(round(x * f32(1/x_scale)), -32767, 32767)     (16-bit fixed point)
+      s1 = sum x_i,  s2 = sum x_i^2                              (exact integers)
+      d = f32(C * x_i - s1),  v = f32(C * s2 - s1^2)             (int64, rounded to float32 once)
+      r = 1 / sqrt(v + E),  E = f32(C^2 * eps / x_scale^2)
+      q = clamp(round(((d * r) * G[c]) + B[c]) + out_zp, qmin, qmax),
+          G = f32(weight / out_scale), B = f32(bias / out_scale)
+
+  (d * r is the normalized value: (x - mean) / sqrt(var + eps) with C^2 cancelled.)
+- ``qgelu`` (float x -> int8): GELU with Abramowitz & Stegun's erf 7.1.28
+  (|error| <= 3e-7): z = min(|x| * f32(1/sqrt 2), 6), P = 1 + z (a1 + z (a2 + ...
+  z a6)) by Horner, e = 1 - (1/P)^16 (four squarings), negated where x < 0;
+  g = (x * (1 + e)) * 0.5; q = clamp(round(g * f32(1/out_scale)) + out_zp).
+- ``qattention`` (int8 q|k|v [N, L, 3C] -> [N, L, C], heads of width d):
+
+      s[i, j] = sum_k (q[i, k] - zp) (k[j, k] - zp)                  (exact)
+      t = f32(s - max_j s) * c,  c = f32(in_scale^2 * scale)
+      u = max(t * f32(log2 e), -126);  n = floor(u);  f = u - n
+      e = (1 + f (p1 + f (p2 + f (p3 + f (p4 + f p5))))) * 2^n       (Horner, 2^f within 1.6e-7)
+      w = round(e * 255)                                 (unnormalized probabilities 0..255, max 255)
+      a[i, k] = sum_j w[i, j] (v[j, k] - zp),  S_i = sum_j w[i, j]   (exact)
+      out_dtype=f32: y = f32(a) * (f32(in_scale) / f32(S_i))
+      int8:          q = clamp(round(f32(a) * (f32(in_scale / out_scale) / f32(S_i))) + out_zp)
+
+  the softmax's normalization folded into the requantization of its product with v.
+
+Each listed float32 step is one rounding: a backend must not contract a multiply and an add into
+one FMA (TVM: ``kernels.rounded``).  Integer sums are exact whatever their order; a backend may run
+them in float32 where every partial sum is an integer below 2^24.
+
+Lowered in backends/torch/lower_quant.py and backends/tvm/lower_quant.py (the transformer ops:
+backends/tvm/lower_qtransformer.py); how pruning treats each op is its ``prune=`` (PRUNE_RULE ops:
+convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
@@ -95,6 +132,37 @@ def quantize_bias(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> np.nda
     q = np.round(np.asarray(b, dtype=np.float64) / unit)
     info = np.iinfo(np.int32)
     return np.clip(q, info.min, info.max).astype(np.int32)
+
+
+# the transformer ops' constants (see the module docstring); float32 values
+LN_QMAX = 32767  # qlayernorm's 16-bit fixed-point input range [-LN_QMAX, LN_QMAX]
+ERF_COEFFS = (0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638)  # A&S 7.1.28
+ERF_CLAMP = 6.0  # erf(6) = 1 in float32
+EXP2_COEFFS = (0.6931512951850891, 0.24016447365283966, 0.05579983815550804, 0.009017136879265308,
+               0.0018670796416699886)  # 2^f = 1 + f (p1 + f (p2 + ...)) on [0, 1), fitted for relative error
+EXP2_FLOOR = -126.0  # 2^n stays a normal float32
+LOG2E = float(np.float32(1.4426950408889634))
+INV_SQRT2 = float(np.float32(0.7071067811865476))
+PROB_MAX = 255  # qattention's largest unnormalized probability (the row's maximum)
+
+
+def ln_constants(channels: int, eps: float, x_scale: float, gamma: np.ndarray | None, beta: np.ndarray | None,
+                 out_scale: float) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """qlayernorm's float32 constants: (f32(1/x_scale), E, G, B) (module docstring)."""
+    inv = inverse_scale(x_scale)
+    e = f32(channels * channels * eps / (np.float64(x_scale) ** 2))
+    g = np.ones(channels) if gamma is None else np.asarray(gamma, np.float64)
+    b = np.zeros(channels) if beta is None else np.asarray(beta, np.float64)
+    return inv, e, (g / np.float64(out_scale)).astype(np.float32), (b / np.float64(out_scale)).astype(np.float32)
+
+
+def attention_constants(in_scale: float, head_width: int, scale: float | None, out_scale: float | None
+                        ) -> tuple[float, float]:
+    """qattention's float32 constants: (c, M): the logit multiplier f32(in_scale^2 * scale) and the
+    numerator of the output multiplier, f32(in_scale / out_scale) (f32(in_scale) for a float output)."""
+    s = 1.0 / math.sqrt(head_width) if scale is None else scale
+    c = f32(np.float64(in_scale) ** 2 * np.float64(s))
+    return c, f32(in_scale if out_scale is None else np.float64(in_scale) / np.float64(out_scale))
 
 
 # ---- checks ---------------------------------------------------------------------------------------
@@ -268,6 +336,66 @@ def _qlinear_workspace(attrs, ins, outs) -> int:
     return 4 * (2 * numel_in + 4 * numel_out + 2 * attrs["out"] * ins[0].shape[-1])
 
 
+# ---- the transformer ops between quantized layers --------------------------------------------------
+def _int_out_attrs() -> tuple[Attr, ...]:
+    return (Attr("out_dtype", "sym", "u8", choices=INT_DTYPES, doc="the int8 output's dtype"),
+            Attr("out_scale", "float", doc="scale of the int8 output", domain=SCALE),
+            Attr("out_zp", "int", 0, doc="zero point of the int8 output"))
+
+
+def _qlayernorm_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    _need_dtype("qlayernorm", x, ("f32",), "a float32")
+    if x.rank < 1 or not isinstance(x.shape[-1], int):
+        raise ShapeError("qlayernorm needs a static last dimension", got=str(x))
+    if not (attrs["x_scale"] > 0 and math.isfinite(attrs["x_scale"])):
+        raise CDLTypeError("qlayernorm: x_scale must be a positive number", got=str(attrs["x_scale"]))
+    _check_qparams("qlayernorm", attrs["out_scale"], attrs["out_zp"], attrs["out_dtype"], "output ")
+    return [TensorType(x.shape, attrs["out_dtype"])]
+
+
+def _qlayernorm_params(attrs: dict, ins: list[TensorType]) -> dict[str, ParamSpec]:
+    c = ins[0].shape[-1]
+    return {"weight": ParamSpec((c,), Init("ones"), trainable=False),
+            "bias": ParamSpec((c,), Init("zeros"), trainable=False)}
+
+
+def _qgelu_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    _need_dtype("qgelu", ins[0], ("f32",), "a float32")
+    _check_qparams("qgelu", attrs["out_scale"], attrs["out_zp"], attrs["out_dtype"], "output ")
+    return [TensorType(ins[0].shape, attrs["out_dtype"])]
+
+
+def _qattention_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
+    x = ins[0]
+    _check_io("qattention", attrs, x)
+    if x.rank != 3 or not isinstance(x.shape[-1], int):
+        raise ShapeError("qattention needs int8 tokens [N, L, 3C] holding q, k and v", got=str(x))
+    if x.shape[-1] % 3:
+        raise ShapeError("qattention: the last dim holds q, k and v, so it must be a multiple of 3",
+                         got=str(x.shape[-1]))
+    c, heads = x.shape[-1] // 3, attrs["heads"]
+    if heads <= 0 or c % heads:
+        raise ShapeError(f"qattention: {c} channels cannot be split into {heads} heads", got=f"heads={heads}")
+    return [TensorType((x.shape[0], x.shape[1], c), attrs["out_dtype"])]
+
+
+def _qattention_cost(attrs, ins, outs):
+    n, length, c = outs[0].shape[0], ins[0].shape[1], outs[0].shape[-1]
+    if not all(isinstance(v, int) for v in (n, length)):
+        return Cost(0, 0)
+    macs = 2 * n * length * length * c
+    return Cost(macs, 2 * macs + 12 * n * attrs["heads"] * length * length)
+
+
+def _qattention_workspace(attrs, ins, outs) -> int:
+    """The torch simulation's float64 q, k, v, logits and probabilities."""
+    n, length, c3 = (v if isinstance(v, int) else 1 for v in ins[0].shape)
+    return 8 * (2 * n * length * c3 + 3 * n * attrs["heads"] * length * length)
+
+
+_TRANSFORMER_INT8 = opaque("int8 scales calibrated for these channels: prune the float network, then quantize")
+
 OPS = [
     OpDef(name="quantize", group="quantization",
           attrs=(*_QATTRS, Attr("dtype", "sym", "u8", choices=INT_DTYPES)),
@@ -293,4 +421,34 @@ OPS = [
               "f32, `bias` i32) and int32 accumulation, then a float output or requantization to int8.",
           example="quantize(0.02, 128) | qlinear(10, in_scale=0.02, in_zp=128)",
           shape_rule="[..., in] -> [..., out]; dtype = out_dtype", prune=_INT8),
+    OpDef(name="qlayernorm", group="quantization",
+          attrs=(Attr("eps", "float", 1e-5, doc="added to the variance", domain=NON_NEGATIVE),
+                 Attr("x_scale", "float", doc="step of the 16-bit fixed-point input the sums run on",
+                      domain=SCALE),
+                 *_int_out_attrs()),
+          infer=_qlayernorm_infer, params=_qlayernorm_params, cost=lambda a, i, o: Cost(0, 12 * o[0].numel()),
+          workspace=io_workspace(per_input=4),
+          doc="layer normalization over the last dim of a float tensor, straight to int8, computed with exact "
+              "integer sums of a 16-bit fixed-point input (`weight`, `bias` f32; see "
+              "convdsl/ir/ops/quant.py for the exact arithmetic).",
+          example="qlayernorm(x_scale=0.001, out_scale=0.03, out_zp=128)",
+          shape_rule="out = in; dtype = out_dtype", example_inputs="x: f32[N, 197, 64]",
+          prune=_TRANSFORMER_INT8),
+    OpDef(name="qgelu", group="quantization", attrs=_int_out_attrs(),
+          infer=_qgelu_infer, cost=lambda a, i, o: Cost(0, 25 * o[0].numel()), workspace=io_workspace(per_input=4),
+          doc="GELU (erf form, Abramowitz & Stegun's erf 7.1.28 in float32 steps) of a float tensor, "
+              "straight to int8.",
+          example="qgelu(out_scale=0.02, out_zp=10)", shape_rule="out = in; dtype = out_dtype",
+          prune=_TRANSFORMER_INT8),
+    OpDef(name="qattention", group="quantization",
+          attrs=(Attr("heads", "int", doc="attention heads; must divide C", domain=POSITIVE),
+                 Attr("scale", "float", None, doc="logit scale (default 1/sqrt(head width))", domain=SCALE),
+                 *_out_attrs()[:-1]),
+          infer=_qattention_infer, cost=_qattention_cost, workspace=_qattention_workspace,
+          doc="softmax(q k^T * scale) v per head, on int8 tokens [N, L, 3C] holding q | k | v (what mhsa's "
+              "quantized input projection writes), with exact integer products and an 8-bit softmax; "
+              "float or int8 output [N, L, C].",
+          example="quantize(0.05, 128) | qattention(heads=4, in_scale=0.05, in_zp=128)",
+          shape_rule="[N, L, 3C] -> [N, L, C]; dtype = out_dtype",
+          example_inputs="x: f32[N, 50, 96]", prune=_TRANSFORMER_INT8),
 ]
