@@ -160,7 +160,8 @@ def qattention_tensor(x: torch.Tensor, heads: int, zp: int, c: float, log2e: flo
     w = torch.round((p * ((e.to(torch.int32) + 127) << 23).view(torch.float32)) * prob_max)
     total = w.double().sum(-1, keepdim=True)
     a = (w.double() @ v).float()
-    y = (a * (mult / total.float())).permute(0, 2, 1, 3).reshape(n, length, width)
+    m = torch.full_like(a[..., :1], mult) / total.float()  # (a python number / a tensor is its reciprocal times it)
+    y = (a * m).permute(0, 2, 1, 3).reshape(n, length, width)
     if out_zp is None:
         return y
     return torch.clamp(torch.round(y) + out_zp, qmin, qmax).to(dtype)
