@@ -25,6 +25,17 @@ and outputs keep their dtypes.  ``quantize_with_report`` also returns what was
 done (per-layer scales, what stayed float and why).  The input graph is not
 modified.
 
+Transformers: an ``mhsa`` (self-attention with packed q/k/v weights, no mask or relative bias) is
+first split into ``linear`` (its q/k/v projection, ``<id>.in_proj``) -> ``packed_attention``
+(``<id>.attention``) -> ``linear`` (``<id>.<proj>``, default ``<id>.out_proj``), and a ``patch_embed``
+into ``conv2d`` -> ``flatten`` -> ``transpose``; the linears and the conv are then quantized as
+above, the attention between them becomes ``qattention`` (int8 q|k|v in, int8 out when its reader
+is quantized), and a ``layernorm`` (over the last dim) or exact ``gelu`` whose value a quantized
+layer reads becomes ``qlayernorm`` / ``qgelu``, which write the int8 tensor themselves (the
+quantize node goes).  These ops compute with exact integer sums and single float32 steps, so the
+int8 backends agree with the torch simulation to the bit through a whole transformer.
+``qlayernorm``'s 16-bit input step is twice the calibrated max |x| over 32767.
+
 The arithmetic of the quantized ops is defined in ``convdsl/ir/ops/quant.py``;
 the torch backend simulates it exactly, the TVM backend runs it in int8.
 """
@@ -39,8 +50,9 @@ import numpy as np
 from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
-from convdsl.ir.ops.quant import INT_DTYPES, qparams_for_range, quantize_bias, quantize_weight
-from convdsl.ir.optable import Init, ParamSpec
+from convdsl.ir.ops.attention import mha_names
+from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, f32, qparams_for_range, quantize_bias, quantize_weight
+from convdsl.ir.optable import Init, ParamSpec, bind_attrs
 from convdsl.ir.types import TensorType
 from convdsl.passes.calibrate import METHODS, as_batches, observe
 from convdsl.passes.rewrite import owners, sole_user
@@ -48,6 +60,15 @@ from convdsl.passes.rewrite import owners, sole_user
 
 def _quantizable(node: Node) -> bool:
     return node.op in OPS and OPS[node.op].int8 is not None
+
+
+SPLIT_OPS = ("mhsa", "patch_embed")  # split_for_int8 splits them into quantizable parts
+FUSED_OUTPUT = ("qlayernorm", "qgelu")  # float in, int8 out: made only where a quantized layer reads the value
+WEIGHTLESS = ("qattention",)  # int8 in, no weights
+
+
+def _qop(node: Node) -> str:
+    return OPS[node.op].int8
 
 
 def _passthrough(node: Node) -> bool:
@@ -141,20 +162,30 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     if not isinstance(weight_bits, int) or not 2 <= weight_bits <= 8:
         raise UsageError(f"weight_bits must be between 2 and 8, got {weight_bits}")
     g = graph.copy()
-    plan, kept = _plan(g, per_layer or {}, fuse_relu)
+    split_for_int8(g, per_layer or {})
+    plan, fusable, kept = _plan(g, per_layer or {}, fuse_relu)
     order = g.order()
     out_of = {nid: Value(relu or nid) for nid, relu in plan.items()}  # the value each quantized layer replaces
     wants_int = _int_wanted(g, order, plan, out_of)
+    fused = [nid for nid in fusable if Value(nid) in wants_int]
+    for nid in fusable:
+        if nid not in fused:
+            kept[nid] = "no quantized layer reads its output"
     observed = [g.inputs_of(nid)[0] for nid in plan] + [v for v in out_of.values() if v in wants_int]
+    observed += [Value(nid) for nid in fused] + [g.inputs_of(nid)[0] for nid in fused]
     batches = as_batches(calib_batches)
-    ranges, _ = observe(graph, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
-                        threads=threads)
+    ranges, stats = observe(g, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
+                            threads=threads)
 
-    rw = _Rewriter(g, ranges, act_dtype, reuse_int8)
+    rw = _Rewriter(g, ranges, act_dtype, reuse_int8, stats)
     layers = []
     for nid in order:
-        if nid in plan:
+        if nid in plan and _qop(g.node(nid)) in WEIGHTLESS:
+            layers.append(rw.attention(g.node(nid), out_of[nid] in wants_int))
+        elif nid in plan:
             layers.append(rw.layer(g.node(nid), plan[nid], out_of[nid] in wants_int, weight_bits))
+        elif nid in fused:
+            layers.append(rw.fused_output(g.node(nid)))
         elif nid in g and _passthrough(g.node(nid)) and Value(nid) in wants_int:
             rw.passthrough(g.node(nid))
     rw.drop_dead_dequantizes()
@@ -175,20 +206,32 @@ def layer_setting(nid: str, per_layer: Mapping[str, str]) -> str:
     return setting
 
 
-def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict[str, str | None], dict[str, str]]:
-    """{layer to quantize: the relu fused into it (or None)}, and {layer kept in float: why}."""
+def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool
+          ) -> tuple[dict[str, str | None], list[str], dict[str, str]]:
+    """{layer to quantize: the relu fused into it (or None)}, the layer norms and GELUs that may write
+    int8 (``FUSED_OUTPUT``: they do where a quantized layer reads them), and {layer kept in float: why}."""
     plan: dict[str, str | None] = {}
+    fusable: list[str] = []
     kept: dict[str, str] = {}
     matched = set()
     for node in g.nodes():
-        if not _quantizable(node):
+        if not _quantizable(node) and node.op not in SPLIT_OPS:
             continue
         for pattern in per_layer:
             if node.id == pattern or fnmatch.fnmatchcase(node.id, pattern) or node.id.startswith(pattern + "."):
                 matched.add(pattern)
+        if not _quantizable(node):  # an mhsa or patch_embed left whole: its setting or its form
+            kept[node.id] = _why_not(g, node, per_layer) or f"{node.op} with these attributes is not split into int8 parts"
+            continue
         reason = _why_not(g, node, per_layer)
         if reason:
             kept[node.id] = reason
+            continue
+        if _qop(node) in FUSED_OUTPUT:
+            fusable.append(node.id)
+            continue
+        if _qop(node) in WEIGHTLESS:
+            plan[node.id] = None
             continue
         relu = sole_user(g, Value(node.id)) if fuse_relu else None
         plan[node.id] = relu if relu is not None and g.node(relu).op == "relu" else None
@@ -196,10 +239,10 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool) -> tuple[dict
     if unknown:
         from convdsl.errors import did_you_mean
 
-        names = [n.id for n in g.nodes() if _quantizable(n)]
-        raise UsageError(f"per-layer config names no conv or linear layer: {', '.join(unknown)}",
+        names = [n.id for n in g.nodes() if _quantizable(n) or n.op in SPLIT_OPS]
+        raise UsageError(f"per-layer config names no quantizable layer: {', '.join(unknown)}",
                          hint=did_you_mean(unknown[0], names) or f"layers: {', '.join(names[:12])}")
-    return plan, kept
+    return plan, fusable, kept
 
 
 def _why_not(g: Graph, node: Node, per_layer: Mapping[str, str]) -> str | None:
@@ -214,7 +257,109 @@ def _why_not(g: Graph, node: Node, per_layer: Mapping[str, str]) -> str | None:
         return "its weights are shared with another node"
     if any(key != f"{node.id}.{local}" for local, key in node.params.items()):
         return "its parameters are not named <id>.<name>"
+    if node.op == "layernorm" and node.attrs["dims"] != 1:
+        return f"it normalizes over {node.attrs['dims']} dims (qlayernorm normalizes over the last)"
+    if node.op == "gelu" and node.attrs["approximate"] != "none":
+        return "approximate=tanh (qgelu computes the erf form)"
+    if node.op == "packed_attention" and (x.rank != 3 or not isinstance(x.shape[-1], int)):
+        return f"input {x} is not tokens [N, L, 3C] with a static width"
     return None
+
+
+# ---- splitting the ops whose parts are quantized ------------------------------------------------------
+def _splittable_mhsa(g: Graph, node: Node) -> bool:
+    """An mhsa the int8 path splits: self-attention with one packed q/k/v weight (input width = dim), no
+    mask input, causal mask or relative bias, its parameters its own and named <id>.<name>."""
+    a = node.attrs
+    if node.op != "mhsa" or len(g.inputs_of(node.id)) != 1 or a["rel_pos"] or a["mask"] not in (None, "none"):
+        return False
+    x = g.in_types(node.id)[0]
+    if x.dtype != "f32" or x.rank != 3 or x.shape[-1] != a["dim"]:
+        return False
+    return all(key == f"{node.id}.{local}" and owners(g, key) == [node.id] for local, key in node.params.items())
+
+
+def split_for_int8(g: Graph, per_layer: Mapping[str, str]) -> list[str]:
+    """Split, in place, each splittable ``mhsa`` and each ``patch_embed`` that the per-layer config
+    leaves int8 (module docstring); returns the ids split."""
+    done = []
+    for node in list(g.nodes()):
+        if layer_setting(node.id, per_layer) != "int8":
+            continue
+        if _splittable_mhsa(g, node):
+            _split_mhsa(g, node)
+        elif node.op == "patch_embed" and g.in_types(node.id)[0].dtype == "f32" \
+                and all(owners(g, key) == [node.id] for key in node.params.values()):
+            _split_patch_embed(g, node)
+        else:
+            continue
+        done.append(node.id)
+    return done
+
+
+def _add_op(g: Graph, nid: str, op: str, inputs: list[Value], kwargs: dict, like: Node, seq: float,
+            arrays: Mapping[str, np.ndarray] = ()) -> str:
+    """Add node ``nid`` = ``op(**kwargs)`` of ``inputs`` in ``like``'s scope, its parameters
+    ``<nid>.<name>`` set from ``arrays``."""
+    opdef = OPS[op]
+    attrs = bind_attrs(opdef, [], kwargs)
+    ins = [g.type_of(v) for v in inputs]
+    if opdef.normalize is not None:
+        attrs = opdef.normalize(attrs, ins)
+    specs = opdef.param_specs(attrs, ins)
+    g.add_node(nid, op, inputs, attrs, opdef.infer(attrs, ins), params={k: f"{nid}.{k}" for k in specs},
+               span=like.span, scope=like.scope, block=like.block)
+    g.node(nid).seq = seq
+    for local, spec in specs.items():
+        g.params.declare(f"{nid}.{local}", spec)
+        g.params[f"{nid}.{local}"] = np.asarray(arrays[local], np.float32)
+    return nid
+
+
+def _take_params(g: Graph, node: Node) -> dict[str, np.ndarray]:
+    """``node``'s parameter arrays by local name, removed from the graph (its parts declare them again)."""
+    arrays = {local: g.params[key] for local, key in node.params.items()}
+    for key in node.params.values():
+        g.params.remove(key)
+    return arrays
+
+
+def _replace(g: Graph, node: Node, last: str) -> None:
+    """Readers and graph outputs of ``node`` read ``last`` instead; ``node`` goes."""
+    for c, p in g.users(Value(node.id)):
+        g.g.add_edge(last, c, port=p, out=0)
+    g.outputs = [Value(last) if o == Value(node.id) else o for o in g.outputs]
+    g.remove_node(node.id)
+
+
+def _split_mhsa(g: Graph, node: Node) -> None:
+    a, nid = node.attrs, node.id
+    names = mha_names(a)
+    x = g.inputs_of(nid)[0]
+    arr = _take_params(g, node)
+    qkv = {"weight": arr[names.w], **({"bias": arr[names.b]} if a["qkv_bias"] else {})}
+    out = {"weight": arr[names.out_w], **({"bias": arr[names.out_b]} if a["proj_bias"] else {})}
+    proj = names.out_w.rsplit(".", 1)[0]
+    p = _add_op(g, g.unique_id(f"{nid}.in_proj"), "linear", [x], {"out": 3 * a["dim"], "bias": a["qkv_bias"]},
+                node, node.seq, qkv)
+    att = _add_op(g, g.unique_id(f"{nid}.attention"), "packed_attention", [Value(p)],
+                  {"heads": a["heads"], "scale": a["scale"]}, node, node.seq + 0.1)
+    o = _add_op(g, g.unique_id(f"{nid}.{proj}"), "linear", [Value(att)], {"out": a["dim"], "bias": a["proj_bias"]},
+                node, node.seq + 0.2, out)
+    _replace(g, node, o)
+
+
+def _split_patch_embed(g: Graph, node: Node) -> None:
+    a, nid = node.attrs, node.id
+    x = g.inputs_of(nid)[0]
+    arr = _take_params(g, node)
+    conv = g.unique_id(f"{nid}.conv")
+    c = _add_op(g, conv, "conv2d", [x], {"out": a["dim"], "k": a["patch"], "stride": a["patch"], "bias": a["bias"]},
+                node, node.seq, arr)
+    f = _add_op(g, g.unique_id(f"{nid}.flatten"), "flatten", [Value(c)], {"start": 2}, node, node.seq + 0.1)
+    t = _add_op(g, g.unique_id(f"{nid}.tokens"), "transpose", [Value(f)], {"dim0": 1, "dim1": 2}, node,
+                node.seq + 0.2)
+    _replace(g, node, t)
 
 
 def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of: dict[str, Value]) -> set[Value]:
@@ -232,6 +377,13 @@ def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of:
 
 
 # ---- weights and bias ---------------------------------------------------------------------------------
+LN_HEADROOM = 2.0  # qlayernorm's 16-bit input covers twice the calibrated max |x|
+
+
+def ln_input_scale(lo: float, hi: float) -> float:
+    """qlayernorm's input step: LN_HEADROOM * max(|lo|, |hi|) / LN_QMAX (1.0 for an all-zero input)."""
+    amax = max(abs(float(lo)), abs(float(hi)))
+    return f32(LN_HEADROOM * amax / LN_QMAX) if amax > 0 and np.isfinite(amax) else 1.0
 INT32_MAX = 2**31 - 1
 ACT_SPAN = 255  # the largest |q_x - in_zp| of u8 or i8 activations
 
@@ -280,8 +432,9 @@ def quantize_weight_and_bias(w: np.ndarray, b: np.ndarray | None, in_scale: floa
 # ---- rewriting --------------------------------------------------------------------------------------
 class _Rewriter:
     def __init__(self, g: Graph, ranges: dict[Value, tuple[float, float]], act_dtype: str,
-                 reuse_int8: bool = True) -> None:
+                 reuse_int8: bool = True, stats: Mapping[Value, Any] = ()) -> None:
         self.g, self.ranges, self.act_dtype, self.reuse_int8 = g, ranges, act_dtype, reuse_int8
+        self.stats = dict(stats)
         self.int_of: dict[str, tuple[Value, float, int]] = {}  # dequantize node -> (int8 value, scale, zp)
         self.quantized: dict[Value, tuple[Value, float, int]] = {}  # float value -> its quantize node
         self.dequantizes: list[str] = []
@@ -328,6 +481,44 @@ class _Rewriter:
                "out": ({"dtype": self.act_dtype, "scale": attrs["out_scale"], "zero_point": attrs["out_zp"]}
                        if int_out else {"dtype": "f32"}),
                "relu": relu is not None, "weight_bits": bits}
+        return rec
+
+    def attention(self, node: Node, int_out: bool) -> dict:
+        """packed_attention -> qattention on the int8 q|k|v."""
+        q, in_scale, in_zp = self.int8(self.g.inputs_of(node.id)[0])
+        attrs = {"heads": node.attrs["heads"], "scale": node.attrs["scale"], "in_scale": in_scale, "in_zp": in_zp,
+                 "out_dtype": "f32", "out_scale": 1.0, "out_zp": 0}
+        if int_out:
+            out_scale, out_zp = qparams_for_range(*self.ranges[Value(node.id)], self.act_dtype)
+            attrs.update(out_dtype=self.act_dtype, out_scale=out_scale, out_zp=out_zp)
+        new = self._swap(node, "qattention", [q], attrs)
+        if int_out:
+            self._dequantize_uses(new, attrs["out_scale"], attrs["out_zp"])
+        return {"node": node.id, "op": "qattention", "in": {"scale": in_scale, "zero_point": in_zp},
+                "out": ({"dtype": self.act_dtype, "scale": attrs["out_scale"], "zero_point": attrs["out_zp"]}
+                        if int_out else {"dtype": "f32"}), "relu": False}
+
+    def fused_output(self, node: Node) -> dict:
+        """layernorm / gelu read by quantized layers -> qlayernorm / qgelu writing the int8 value."""
+        g, qop = self.g, _qop(node)
+        x = g.inputs_of(node.id)[0]
+        out_scale, out_zp = qparams_for_range(*self.ranges[Value(node.id)], self.act_dtype)
+        attrs: dict[str, Any] = {"out_dtype": self.act_dtype, "out_scale": out_scale, "out_zp": out_zp}
+        arrays = {}
+        rec: dict[str, Any] = {"node": node.id, "op": qop}
+        if qop == "qlayernorm":
+            st = self.stats[x]
+            attrs.update(eps=node.attrs["eps"], x_scale=ln_input_scale(st.lo, st.hi))
+            c = g.type_of(x).shape[-1]
+            get = lambda local, fill: (g.params[node.params[local]] if local in node.params  # noqa: E731
+                                       else np.full(c, fill, np.float32))
+            arrays = {"weight": get("weight", 1.0), "bias": get("bias", 0.0)}
+            rec["in"] = {"x_scale": attrs["x_scale"]}
+        new = self._swap(node, qop, [x], attrs)
+        self._set_params(new, arrays)
+        self._dequantize_uses(new, out_scale, out_zp)
+        rec["out"] = {"dtype": self.act_dtype, "scale": out_scale, "zero_point": out_zp}
+        rec["relu"] = False
         return rec
 
     def passthrough(self, node: Node) -> None:

@@ -450,7 +450,7 @@ def test_per_layer_float(folded, calib):
     assert q.node("layer2.conv1").type.dtype == "f32"  # its reader stays float: float output
     assert set(report.kept_float) == {"fc", "layer2.conv2", "layer2.downsample.0"}
     assert q.node(q.inputs_of("layer2.conv2")[0].node).op == "qconv2d"
-    with pytest.raises(UsageError, match="names no conv or linear"):
+    with pytest.raises(UsageError, match="names no quantizable layer"):
         quantize(folded, calib, per_layer={"fcc": "float"}, build=build_module)
     with pytest.raises(UsageError, match="float or int8"):
         quantize(folded, calib, per_layer={"fc": "int4"}, build=build_module)

@@ -181,7 +181,7 @@ OPS = [
                  Attr("bias", "bool", True, doc="learned bias (with affine)")),
           infer=_ln_infer, params=_ln_params, cost=_norm_cost, workspace=_NORM_WORKSPACE,
           doc="layer normalization over the last `dims` dims (channels-last: [N, L, C] or [N, H, W, C]).",
-          example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]",
+          example="x | layernorm", shape_rule="out = in; weight shape = in[-dims:]", int8="qlayernorm",
           prune=PRUNE_RULE),  # weight and bias follow the channels only when they are normalized over
     OpDef(name="layernorm2d", group="normalization",
           attrs=(_EPS, Attr("affine", "bool", True)),

@@ -327,7 +327,7 @@ SELECT = OpDef(
     infer=_select_infer, cost=zero_cost,
     doc="takes one slice along dim and drops that dim, e.g. the class token: x[:, 0].",
     example="select(0)",
-    shape_rule="[N, L, C] -> [N, C] (dim removed)",
+    shape_rule="[N, L, C] -> [N, C] (dim removed)", int8_passthrough=True,
     prune=PRUNE_RULE,
 )
 
