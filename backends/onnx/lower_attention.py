@@ -113,6 +113,21 @@ def _mhsa(cx, node, args, ins):
                heads, a["dim"], a["scale"], bias)
 
 
+def split_qkv(cx: Exporter, x: str, heads: int, width: int) -> tuple[str, str, str]:
+    """Tokens [N, L, 3C] holding q | k | v -> q, k, v as [N, heads, L, C / heads] each."""
+    parts = cx.op("Split", [x, cx.ints([width] * 3)], outputs=3, axis=2)
+    return tuple(heads_first(cx, p, heads, width // heads) for p in parts)
+
+
+def _packed_attention(cx, node, args, ins):
+    """mhsa between its projections: split q | k | v, attend per head, merge the heads."""
+    a = node.attrs
+    width = ins[0].shape[2] // 3
+    q, k, v = split_qkv(cx, args[0], a["heads"], width)
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(width // a["heads"])
+    return heads_last(cx, attend(cx, q, k, v, 4, scale), width)
+
+
 def _cross_attention(cx, node, args, ins):
     a = node.attrs
     c, ck = ins[0].shape[2], ins[1].shape[2]
@@ -350,6 +365,7 @@ def _layer_scale(cx, node, args, ins):
 
 EXPORTS = family("attention", {
     "mhsa": _mhsa,
+    "packed_attention": _packed_attention,
     "cross_attention": _cross_attention,
     "window_attention": _window_attention,
     "conv_attention": _conv_attention,

@@ -49,3 +49,28 @@ def test_attention_names_and_scale_run_in_onnxruntime(inputs, call):
     sess = session(export_graph(g))
     got = sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
     assert_close(got, torch_runner(g)(xs))
+
+
+@pytest.mark.parametrize("x_type,shape,call", [
+    ("f32[N, 197, 1152]", (1, 197, 1152), "packed_attention(heads=6)"),  # ViT-S, batch kept symbolic
+    ("f32[2, 7, 30]", (2, 7, 30), "packed_attention(heads=5, scale=0.3)"),
+    ("f32[3, 1, 9]", (3, 1, 9), "packed_attention(heads=1)"),
+])
+def test_packed_attention_is_torch_sdpa(x_type, shape, call):
+    """mhsa between its projections: q | k | v split, per-head softmax(q k^T * scale) v, heads merged;
+    against torch's scaled_dot_product_attention on the same split, and the torch backend."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    g = verify(elaborate(f"network t(x: {x_type}) {{\n    return x | {call} as attn\n}}\n", "<t>"))
+    model = export_graph(g)
+    onnx.checker.check_model(model, full_check=True)
+    x = (2 * np.random.default_rng(1).standard_normal(shape)).astype("float32")  # logits far from uniform
+    sess = session(model)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})
+    heads, scale = g.node("attn").attrs["heads"], g.node("attn").attrs["scale"]
+    n, length, c3 = shape
+    q, k, v = torch.from_numpy(x).view(n, length, 3, heads, c3 // (3 * heads)).permute(2, 0, 3, 1, 4)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+    ref = ref.transpose(1, 2).reshape(n, length, c3 // 3).numpy()
+    assert_close(got, [ref])
+    assert_close(got, torch_runner(g)([x]))
