@@ -45,6 +45,9 @@ ONNX Runtime computes them to the bit (the torch simulation's results):
 - 2^n (qattention, n integer in [-126, 0]) is a Gather from a table of the 127
   powers of two, exact in every runtime (the simulation builds it from exponent
   bits; ONNX has no bitcast, and Pow's exactness would be each runtime's libm's).
+
+OpenVINO's CPU plugin runs int64 as int32: qlayernorm's C * sum(x_i^2) overflows
+there once it reaches 2^31 (docs/interop.md); qgelu and qattention are exact there.
 """
 from __future__ import annotations
 
