@@ -34,20 +34,19 @@ ONNX Runtime computes them to the bit (the torch simulation's results):
   255 x 255) runs as a float64 MatMul, exact below 2^53;
 - every float32 step one node (Mul, Add, Reciprocal, Sqrt, Floor, Min/Max, Where,
   Round (half to even)), each rounded once: ONNX Runtime has no FMA contraction
-  across nodes.  Two of its graph fusions (ORT_ENABLE_ALL, the default) would merge
-  two roundings into one, and the sequences are written so that they do not match:
-  1/x is Reciprocal, not Div(1, x), which DivMulFusion turns with the Mul after it
-  into one Div; qattention's MatMulInteger -> Cast -> Mul(row multiplier) would be
-  MatMulIntegerToFloat, which applies the multiplier's two factors one after the
-  other, so the int32 accumulator is transposed (heads last) before its Cast.  The
-  tests compare ORT_ENABLE_ALL and ORT_DISABLE_ALL with the simulation, and the
+  across nodes.  Its DivMulFusion (ORT_ENABLE_ALL, the default) would merge the
+  two roundings of Div(1, x) -> Mul into one Div, so 1/x is Reciprocal.  (Its
+  MatMulIntegerToFloatFusion matches MatMulInteger -> Cast -> Mul(Mul(., .)) and
+  applies the two factors one after the other; qattention's multiplier is a Div.)
+  The tests compare ORT_ENABLE_ALL and ORT_DISABLE_ALL with the simulation, and the
   float32 values before the last rounding with NumPy;
 - 2^n (qattention, n integer in [-126, 0]) is a Gather from a table of the 127
   powers of two, exact in every runtime (the simulation builds it from exponent
   bits; ONNX has no bitcast, and Pow's exactness would be each runtime's libm's).
 
 OpenVINO's CPU plugin runs int64 as int32: qlayernorm's C * sum(x_i^2) overflows
-there once it reaches 2^31 (docs/interop.md); qgelu and qattention are exact there.
+there once it reaches 2^31; and it computes qattention's M / f32(S) as M * (1 / f32(S)),
+one rounding more (within one output step); qgelu is exact there (docs/interop.md).
 """
 from __future__ import annotations
 
@@ -241,7 +240,7 @@ def _int_matmul(cx: Exporter, a: str, b: str, a_zp: int, b_zp: int, terms: int |
 def _qattention(cx, node, args, ins):
     """s = (q - zp)(k - zp)^T exact; t = f32(s - max s) * c; u = max(t * log2e, -126), n = floor(u),
     f = u - n; w = round((P(f) * 2^n) * 255); a = w (v - zp), S = sum w exact;
-    y = f32(a) * (f32(1 / f32(S)) * M), requantized for an int8 output."""
+    y = f32(a) * (M / f32(S)), requantized for an int8 output."""
     a = node.attrs
     t = ins[0]
     heads, width = a["heads"], t.shape[2] // 3
@@ -270,14 +269,11 @@ def _qattention(cx, node, args, ins):
                                       _f(cx, float(PROB_MAX))])])
     total = cx.op("ReduceSum", [cx.op("Cast", [w], to=ONNX_DTYPE["i32"]), cx.ints([-1])], keepdims=1)  # exact
     acc = _int_matmul(cx, cx.op("Cast", [w], to=ONNX_DTYPE["u8"]), v, 0, zp, length)
-    # the simulation's ``mult / total.float()`` is torch's Tensor.__rtruediv__: reciprocal(S) * M, two
-    # float32 roundings (the module docstring writes one division, M / f32(S)); written as it runs
-    inv_total = cx.op("Reciprocal", [cx.op("Cast", [total], to=ONNX_DTYPE["f32"])])
-    # heads last before the Cast, not after the Mul: no MatMulInteger -> Cast -> Mul for ORT to fuse
-    m = cx.op("Transpose", [cx.op("Mul", [inv_total, _f(cx, mult)])], perm=[0, 2, 1, 3])  # [N, L, heads, 1]
-    acc = cx.op("Transpose", [acc], perm=[0, 2, 1, 3])  # [N, L, heads, d]
-    y = cx.op("Mul", [cx.op("Cast", [acc], to=ONNX_DTYPE["f32"]), m])
-    y = cx.op("Reshape", [y, cx.ints([0, 0, width])])
+    total = cx.op("Cast", [total], to=ONNX_DTYPE["f32"])
+    # M / f32(S), one division; M = 1 as Reciprocal, since ORT's DivMulFusion would make Div(1, S) -> Mul
+    # one Div(a, S)
+    m = cx.op("Reciprocal", [total]) if mult == 1.0 else cx.op("Div", [_f(cx, mult), total])
+    y = heads_last(cx, cx.op("Mul", [cx.op("Cast", [acc], to=ONNX_DTYPE["f32"]), m]), width)
     return _requantize(cx, y, a["out_zp"], a["out_dtype"]) if to_int else y
 
 
