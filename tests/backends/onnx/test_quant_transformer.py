@@ -239,3 +239,32 @@ def test_openvino_qlayernorm_while_its_sums_fit_int32(tmp_path):
     xi = np.clip(np.rint(x / np.float32(0.05)), -LN_QMAX, LN_QMAX).astype(np.int64)
     assert (384 * (xi * xi).sum(-1)).max() < 2 ** 31
     _assert_bit_exact({"openvino": _openvino_run(g, x, tmp_path)}, torch_runner(g)([x])[0])
+
+
+def test_int8_vit_from_the_quantize_pass_is_the_simulation_bit_for_bit():
+    """A small ViT through the int8 pipeline (qlayernorm, qattention, qgelu between qlinear layers),
+    exported whole: ONNX Runtime (its default optimizations, which fuse the QDQ layers into integer
+    kernels) gives the simulation's output and every int8 tensor inside to the bit."""
+    from convdsl.backends.onnx import session
+    from convdsl.backends.torch import build_module
+    from convdsl.ir.graph import Value
+    from convdsl.passes.dce import dce
+    from convdsl.passes.quantize import quantize_with_report
+    from tests.passes.test_quantize_transformer import _calib, _vit
+
+    q, _ = quantize_with_report(_vit(), _calib(), build=build_module)
+    assert {"qlayernorm", "qattention", "qgelu"} <= {n.op for n in q.nodes()}
+    x = np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    int8 = [n.id for n in q.nodes() if n.op != "input" and n.types[0].dtype in ("u8", "i8")]
+    assert len(int8) >= 10
+    for nid in [None] + int8:
+        h = q
+        if nid is not None:  # the program up to this int8 tensor
+            h = q.copy()
+            h.outputs, h.output_names = [Value(nid, 0)], ["o"]
+            h = dce(h)
+        model = export_graph(h)
+        onnx.checker.check_model(model, full_check=True)
+        sess = session(model)
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        assert np.array_equal(got, torch_runner(h)([x])[0]), nid
