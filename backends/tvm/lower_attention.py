@@ -357,6 +357,19 @@ def _mhsa(cx, node, args, ins):
                _opt(cx, names.out_b), heads, a["scale"], bias)
 
 
+def _packed_attention(cx, node, args, ins):
+    """mhsa between its projections: tokens [N, L, 3C] holding q | k | v -> [N, L, C] (heads merged)."""
+    n, length, c3 = cx.shape(ins[0])
+    heads = node.attrs["heads"]
+    d = c3 // (3 * heads)
+    x = cx.emit(R.permute_dims(cx.emit(R.reshape(args[0], (n, length, 3, heads, d))), [2, 0, 3, 1, 4]))
+    parts = cx.emit(R.split(x, 3, axis=0))
+    q, k, v = (cx.emit(R.squeeze(cx.emit(relax.TupleGetItem(parts, i)), [0])) for i in range(3))
+    scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / math.sqrt(d)
+    y = attend(cx, q, k, v, scale)  # [N, heads, L, d]
+    return R.reshape(cx.emit(R.permute_dims(y, [0, 2, 1, 3])), (n, length, c3 // 3))
+
+
 def _cross_attention(cx, node, args, ins):
     a = node.attrs
     (n, lq, c), (_, lk, ck) = cx.shape(ins[0]), cx.shape(ins[1])
@@ -576,6 +589,7 @@ def _layer_scale(cx, node, args, ins):
 
 
 LOWERINGS.add("mhsa", _mhsa)
+LOWERINGS.add("packed_attention", _packed_attention)
 LOWERINGS.add("cross_attention", _cross_attention)
 LOWERINGS.add("window_attention", _window_attention)
 LOWERINGS.add("conv_attention", _conv_attention)
