@@ -20,11 +20,11 @@ from convdsl.ir.graph import Graph, Node
 
 from convdsl.backends.registry import LoweringTable
 from convdsl.backends.tvm import (lower_attention, lower_conv, lower_elementwise, lower_fft, lower_linear, lower_misc,
-                                  lower_norm, lower_pool, lower_quant, lower_shape, lower_ssm)
+                                  lower_norm, lower_pool, lower_qtransformer, lower_quant, lower_shape, lower_ssm)
 from convdsl.backends.tvm.common import LowerFn, Lowerer
 
 FAMILIES = (lower_conv, lower_linear, lower_norm, lower_elementwise, lower_pool, lower_shape, lower_attention,
-            lower_fft, lower_ssm, lower_misc, lower_quant)
+            lower_fft, lower_ssm, lower_misc, lower_quant, lower_qtransformer)
 
 TVM_LOWERINGS: LoweringTable[LowerFn] = LoweringTable("tvm", [f.LOWERINGS for f in FAMILIES])
 

@@ -182,7 +182,8 @@ C = (
 )
 CASES = [pytest.param(*c, id=f"{c[0]}-{i}") for i, c in enumerate(C)]
 # int8 ops: checked against the torch simulation by the quantization tests (lower_quant.py's)
-TESTED_ELSEWHERE = {"quantize", "dequantize", "cast", "qconv1d", "qconv2d", "qconv3d", "qlinear"}
+TESTED_ELSEWHERE = {"quantize", "dequantize", "cast", "qconv1d", "qconv2d", "qconv3d", "qlinear",
+                    "qlayernorm", "qgelu", "qattention", "packed_attention"}  # test_lower_qtransformer.py
 
 
 @pytest.mark.parametrize("op,shapes,args,kwargs", CASES)
