@@ -15,16 +15,19 @@ and these kernels compute them to the bit, equal to the torch simulation
   to nearest even, whichever type holds it exactly;
 - 2^n is built from its exponent bits; sqrt and division are IEEE (correctly rounded) in LLVM.
 
-``qattention`` (int8 q|k|v [N, L, 3C]) is four kernels, the float32 attention's shape (``attend``):
+``qattention`` (int8 q|k|v [N, L, 3C]) has the float32 attention's shape (``attend``, and the
+heads' layouts that ``_heads_layout``'s projections write):
 
-    logits   s = (q - zp) (k - zp)^T          [N, heads, L, keys]   float32 GEMM if d * 255^2 <= 2^24, else int32
+    unpack   q, k^T, v = x - zp                [N, heads, L, d], [N, heads, d, keys], [N, heads, keys, d]
+    logits   s = q k^T                          float32 GEMM if d * 255^2 <= 2^24, else int32
     probs    w = round(255 * 2^(c (s - max s) log2 e))                the 8-bit softmax, rows vectorized
-    values   a = w (v - zp)                    [N, heads, L, d]     float32 GEMM if L * 255^2 <= 2^24, else int32
-             y = f32(a) * (M * (1 / S)),  S = sum w                 (the output's requantization, its epilogue)
+             m = M * (1 / S),  S = sum w                              one multiplier per row
+    values   y = f32(w v) * m                   float32 GEMM if L * 255^2 <= 2^24, else int32;
+                                                the requantization is its epilogue, then the heads merged
 
-with the keys padded to whole vectors (``key_padding``'s rule: 197 -> 208 on AVX-512) and the
-padded keys' logits left out of the max and their weights 0.  ViT-S (d = 64, L = 197) takes the
-float32 GEMMs: 64 * 255^2 = 4.2M and 197 * 255^2 = 12.8M are below 2^24 = 16.8M.
+with the keys padded to whole vectors (``key_padding``'s rule: 197 -> 208 on AVX-512), the padded
+keys left out of the max, their w and v zero.  ViT-S (d = 64, L = 197) takes the float32 GEMMs:
+64 * 255^2 = 4.2M and 197 * 255^2 = 12.8M are below 2^24 = 16.8M.
 
 The normalization is M * (1 / S) as the torch simulation computes ``mult / total`` (a Python
 number divided by a tensor is ``reciprocal() * number`` in torch): two roundings, where quant.py's
@@ -173,6 +176,33 @@ def qattention_key_padding(length: int) -> int:
     return (-length) % hw.lanes
 
 
+def qattention_unpack(x: te.Tensor, *, heads: int, keys: int, zp: int, dtype: str,
+                      parts: tuple[str, ...] = ("q", "kt", "v")) -> list[te.Tensor]:
+    """TE: int8 tokens x [N, L, 3C] -> x - zp in ``dtype`` (exact), split into the GEMMs' operands
+    (``parts`` of them): q [N, heads, L, d], kt [N, heads, d, keys] (k transposed), v [N, heads, keys, d];
+    the keys past L are zeros.  One kernel, the layouts the attention's GEMMs read as they are."""
+    from tvm import tirx
+
+    n = x.shape[0]
+    length, width = int(x.shape[1]), int(x.shape[2]) // 3
+    d = width // heads
+    zero = tirx.const(0, dtype)
+
+    def val(b, i, col):
+        return x[b, i, col].astype(dtype) - tirx.const(zp, dtype)
+
+    def key(b, j, col):  # keys past L: zeros (the row read is clamped inside x)
+        return tirx.Select(j < length, val(b, tirx.min(j, length - 1), col), zero)
+
+    make = {
+        "q": lambda: te.compute((n, heads, length, d), lambda b, h, i, k: val(b, i, h * d + k), name="qattn_q"),
+        "kt": lambda: te.compute((n, heads, d, keys), lambda b, h, k, j: key(b, j, width + h * d + k), name="qattn_kt"),
+        "v": lambda: te.compute((n, heads, keys, d), lambda b, h, j, k: key(b, j, 2 * width + h * d + k),
+                                name="qattn_v"),
+    }
+    return [make[p]() for p in parts]
+
+
 def qattention_probs(s: te.Tensor, *, length: int, c: float, out_dtype: str) -> te.Tensor:
     """TE: the 8-bit softmax of logits s [..., keys] (float32 or integer; keys past ``length`` are
     padding): w = round(255 * 2^u), u = max(c (s - max s) log2 e, -126) (quant.py), 0 on the padding.
@@ -239,20 +269,16 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
     logits_dtype, values_dtype = qattention_paths(length, d)
     pad = qattention_key_padding(length)
 
-    def heads_of(dtype: str, which: tuple[int, ...]):
-        """q, k, v (``which`` of them) [N, heads, L, d] as x - zp in ``dtype`` (exact), keys with ``pad`` zeros."""
-        x = cx.emit(R.subtract(cx.emit(R.astype(args[0], dtype)), cx.const(a["in_zp"], dtype)))
-        x = cx.emit(R.permute_dims(cx.emit(R.reshape(x, (n, length, 3, heads, d))), [2, 0, 3, 1, 4]))
-        parts = cx.emit(R.split(x, 3, axis=0))
-        out = []
-        for i in which:
-            t = cx.emit(R.squeeze(cx.emit(tvm.relax.TupleGetItem(parts, i)), [0]))
-            out.append(cx.emit(R.nn.pad(t, [0, 0, 0, 0, 0, pad, 0, 0])) if pad and i else t)
-        return out
-
-    q, k, v = heads_of(logits_dtype, (0, 1, 2) if values_dtype == logits_dtype else (0, 1)) + (
-        [] if values_dtype == logits_dtype else heads_of(values_dtype, (2,)))
-    s = cx.emit(R.matmul(q, cx.emit(R.permute_dims(k, [0, 1, 3, 2])), out_dtype=logits_dtype))
+    keys = length + pad
+    unpack = dict(heads=heads, keys=keys, zp=a["in_zp"])
+    if values_dtype == logits_dtype:
+        q, kt, v = (cx.emit(tvm.relax.TupleGetItem(cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype,
+                                                                  **unpack), i)) for i in range(3))
+    else:
+        qk = cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype, parts=("q", "kt"), **unpack)
+        q, kt = (cx.emit(tvm.relax.TupleGetItem(qk, i)) for i in range(2))
+        v = cx.emit_te(lambda x: qattention_unpack(x, dtype=values_dtype, parts=("v",), **unpack)[0], args[0])
+    s = cx.emit(R.matmul(q, kt, out_dtype=logits_dtype))  # [N, heads, L, keys]
     w = cx.emit_te(qattention_probs, s, length=length, c=c, out_dtype=values_dtype)
     m = cx.emit_te(qattention_multiplier, w, mult=mult)
     acc = cx.emit(R.matmul(w, v, out_dtype=values_dtype))  # [N, heads, L, d]
