@@ -165,22 +165,29 @@ def qattention_paths(length: int, head_width: int) -> tuple[str, str]:
     return dtype(head_width * DIFF_MAX * DIFF_MAX), dtype(length * PROB_MAX * DIFF_MAX)
 
 
-def qattention_key_padding(length: int) -> int:
-    """Keys added so that a row of logits is whole vectors (lower_attention.key_padding's rule on the
-    current CPU target: 197 -> 208 on AVX-512, 200 on AVX2); 0 elsewhere or for short rows."""
+def qattention_tiles(length: int) -> tuple[int, int]:
+    """(query rows, keys) the attention's GEMMs run over on the current CPU target, as
+    ``lower_attention._heads_layout`` pads them: the keys to whole column tiles of the Q K^T GEMM
+    (whole vectors only where that wastes over 8%: ViT-S's 197 -> 208 on AVX-512), the queries to whole
+    row tiles, so that neither GEMM pads its operands; (L, L) elsewhere and for rows shorter than a vector."""
     from convdsl.backends.tvm.lower_attention import _cpu
+    from convdsl.backends.tvm.schedules.cpu import gemm_tile
 
     hw = _cpu()
     if hw is None or length < hw.lanes:
-        return 0
-    return (-length) % hw.lanes
+        return length, length
+    rm, nv = gemm_tile(length, -(-length // hw.lanes), hw, 1, pad_cols=True)
+    pad = (-length) % (nv * hw.lanes)
+    if pad - (-length) % hw.lanes > 0.08 * length:
+        pad = (-length) % hw.lanes
+    return -(-length // rm) * rm, length + pad
 
 
-def qattention_unpack(x: te.Tensor, *, heads: int, keys: int, zp: int, dtype: str,
+def qattention_unpack(x: te.Tensor, *, heads: int, rows: int, keys: int, zp: int, dtype: str,
                       parts: tuple[str, ...] = ("q", "kt", "v")) -> list[te.Tensor]:
     """TE: int8 tokens x [N, L, 3C] -> x - zp in ``dtype`` (exact), split into the GEMMs' operands
-    (``parts`` of them): q [N, heads, L, d], kt [N, heads, d, keys] (k transposed), v [N, heads, keys, d];
-    the keys past L are zeros.  One kernel, the layouts the attention's GEMMs read as they are."""
+    (``parts`` of them): q [N, heads, rows, d], kt [N, heads, d, keys] (k transposed), v [N, heads, keys, d];
+    the queries and keys past L are zeros.  The layouts the attention's GEMMs read as they are."""
     from tvm import tirx
 
     n = x.shape[0]
@@ -191,11 +198,11 @@ def qattention_unpack(x: te.Tensor, *, heads: int, keys: int, zp: int, dtype: st
     def val(b, i, col):
         return x[b, i, col].astype(dtype) - tirx.const(zp, dtype)
 
-    def key(b, j, col):  # keys past L: zeros (the row read is clamped inside x)
+    def key(b, j, col):  # tokens past L: zeros (the row read is clamped inside x)
         return tirx.Select(j < length, val(b, tirx.min(j, length - 1), col), zero)
 
     make = {
-        "q": lambda: te.compute((n, heads, length, d), lambda b, h, i, k: val(b, i, h * d + k), name="qattn_q"),
+        "q": lambda: te.compute((n, heads, rows, d), lambda b, h, i, k: key(b, i, h * d + k), name="qattn_q"),
         "kt": lambda: te.compute((n, heads, d, keys), lambda b, h, k, j: key(b, j, width + h * d + k), name="qattn_kt"),
         "v": lambda: te.compute((n, heads, keys, d), lambda b, h, j, k: key(b, j, 2 * width + h * d + k),
                                 name="qattn_v"),
@@ -267,10 +274,8 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
     to_int = a["out_dtype"] != "f32"
     c, mult = attention_constants(a["in_scale"], d, a["scale"], a["out_scale"] if to_int else None)
     logits_dtype, values_dtype = qattention_paths(length, d)
-    pad = qattention_key_padding(length)
-
-    keys = length + pad
-    unpack = dict(heads=heads, keys=keys, zp=a["in_zp"])
+    rows, keys = qattention_tiles(length)
+    unpack = dict(heads=heads, rows=rows, keys=keys, zp=a["in_zp"])
     if values_dtype == logits_dtype:
         q, kt, v = (cx.emit(tvm.relax.TupleGetItem(cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype,
                                                                   **unpack), i)) for i in range(3))
@@ -278,10 +283,10 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
         qk = cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype, parts=("q", "kt"), **unpack)
         q, kt = (cx.emit(tvm.relax.TupleGetItem(qk, i)) for i in range(2))
         v = cx.emit_te(lambda x: qattention_unpack(x, dtype=values_dtype, parts=("v",), **unpack)[0], args[0])
-    s = cx.emit(R.matmul(q, kt, out_dtype=logits_dtype))  # [N, heads, L, keys]
+    s = cx.emit(R.matmul(q, kt, out_dtype=logits_dtype))  # [N, heads, rows, keys]: rows past L finite, unused
     w = cx.emit_te(qattention_probs, s, length=length, c=c, out_dtype=values_dtype)
     m = cx.emit_te(qattention_multiplier, w, mult=mult)
-    acc = cx.emit(R.matmul(w, v, out_dtype=values_dtype))  # [N, heads, L, d]
+    acc = cx.emit(R.matmul(w, v, out_dtype=values_dtype))  # [N, heads, rows, d]
     m = cx.emit(R.expand_dims(m, [-1]))
     y = cx.emit(R.multiply(cx.emit(R.astype(acc, "float32")) if values_dtype != "float32" else acc, m))
     if to_int:
@@ -290,7 +295,13 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
         y = cx.emit(R.astype(cx.emit(R.clip(y, qmin, qmax)), TVM_DTYPE[a["out_dtype"]]))
     else:
         y = cx.emit(R.maximum(y, cx.const(LOWEST_F32, "float32")))  # rounded(y): an add after it stays apart
-    return R.reshape(cx.emit(R.permute_dims(y, [0, 2, 1, 3])), (n, length, width))
+    return cx.emit_te(merge_heads, y, length=length)
+
+
+def merge_heads(y: te.Tensor, *, length: int) -> te.Tensor:
+    """TE: [N, heads, rows, d] -> [N, L, heads * d], the first L rows."""
+    n, heads, _, d = y.shape
+    return te.compute((n, length, heads * d), lambda b, i, c: y[b, c // d, i, c % d], name="qattn_merge")
 
 
 LOWERINGS.add("qlayernorm", _qlayernorm)
