@@ -187,7 +187,8 @@ def qattention_unpack(x: te.Tensor, *, heads: int, rows: int, keys: int, zp: int
                       parts: tuple[str, ...] = ("q", "kt", "v")) -> list[te.Tensor]:
     """TE: int8 tokens x [N, L, 3C] -> x - zp in ``dtype`` (exact), split into the GEMMs' operands
     (``parts`` of them): q [N, heads, rows, d], kt [N, heads, d, keys] (k transposed), v [N, heads, keys, d];
-    the queries and keys past L are zeros.  The layouts the attention's GEMMs read as they are."""
+    the queries and keys past L are zeros.  The layouts the attention's GEMMs read as they are; one
+    kernel (``_opaque``)."""
     from tvm import tirx
 
     n = x.shape[0]
@@ -277,8 +278,9 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
     rows, keys = qattention_tiles(length)
     unpack = dict(heads=heads, rows=rows, keys=keys, zp=a["in_zp"])
     if values_dtype == logits_dtype:
-        q, kt, v = (cx.emit(tvm.relax.TupleGetItem(cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype,
-                                                                  **unpack), i)) for i in range(3))
+        qkv = cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype, **unpack)
+        _opaque(cx, qkv)
+        q, kt, v = (cx.emit(tvm.relax.TupleGetItem(qkv, i)) for i in range(3))
     else:
         qk = cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype, parts=("q", "kt"), **unpack)
         q, kt = (cx.emit(tvm.relax.TupleGetItem(qk, i)) for i in range(2))
@@ -296,6 +298,13 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
     else:
         y = cx.emit(R.maximum(y, cx.const(LOWEST_F32, "float32")))  # rounded(y): an add after it stays apart
     return cx.emit_te(merge_heads, y, length=length)
+
+
+def _opaque(cx, y) -> None:
+    """op_pattern = kOpaque on the kernel just emitted: FuseOps leaves it one kernel (a multi-output
+    injective kernel was split into one copy per output, each launching its own parallel loop)."""
+    gv = cx.bb.lookup_binding(y).args[0]
+    cx.bb.update_func(gv, cx.bb.get()[gv].with_attr("op_pattern", 8))
 
 
 def merge_heads(y: te.Tensor, *, length: int) -> te.Tensor:
