@@ -28,10 +28,6 @@ heads' layouts that ``_heads_layout``'s projections write):
 with the keys padded to whole vectors (``key_padding``'s rule: 197 -> 208 on AVX-512), the padded
 keys left out of the max, their w and v zero.  ViT-S (d = 64, L = 197) takes the float32 GEMMs:
 64 * 255^2 = 4.2M and 197 * 255^2 = 12.8M are below 2^24 = 16.8M.
-
-The normalization is M * (1 / S) as the torch simulation computes ``mult / total`` (a Python
-number divided by a tensor is ``reciprocal() * number`` in torch): two roundings, where quant.py's
-docstring writes one division (``M_OVER_S``).
 """
 from __future__ import annotations
 
@@ -52,7 +48,6 @@ LOWERINGS = family("quant")  # the ops are quant.py's (the registry's family); t
 F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 INT32_MAX = 2**31 - 1
 DIFF_MAX = 255  # |q - zp|: q and zp both in the dtype's 256 values
-M_OVER_S = "reciprocal"  # how y's multiplier M / S is computed: "reciprocal" (torch: (1 / S) * M) or "divide"
 
 
 def _f(v: float):
@@ -245,7 +240,7 @@ def qattention_probs(s: te.Tensor, *, length: int, c: float, out_dtype: str) -> 
 
 
 def qattention_multiplier(w: te.Tensor, *, mult: float) -> te.Tensor:
-    """TE: each row's output multiplier M / S, S = sum w (exact: S <= 255 L), as ``M_OVER_S``.  A row
+    """TE: each row's output multiplier f32(M / S), S = sum w (exact: S <= 255 L).  A row
     kernel of its own (the sum and the multiplier: the row rule's two blocks; in the probabilities'
     kernel, whose w is an output, the rule cannot place the blocks in the row loop)."""
     rows, keys = tuple(w.shape[:-1]), int(w.shape[-1])
@@ -253,10 +248,7 @@ def qattention_multiplier(w: te.Tensor, *, mult: float) -> te.Tensor:
     total = te.compute(rows, lambda *i: te.sum(w[(*i, k)], axis=k), name="qattn_sum")
 
     def multiplier(*i):
-        t = total(*i).astype("float32")
-        if M_OVER_S == "reciprocal":
-            return (_f(1.0) / t) * _f(mult)
-        return _f(mult) / t
+        return _f(mult) / total(*i).astype("float32")  # one division (quant.py)
 
     return te.compute(rows, multiplier, name="qattn_mult")
 
