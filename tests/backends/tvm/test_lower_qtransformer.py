@@ -188,6 +188,22 @@ def test_kernels_have_no_contracted_multiply_add():
         assert "vmulps" in asm, name  # vectorized (zmm or ymm): the check looked at the right code
 
 
+@pytest.mark.parametrize("body,dtype", [
+    ("qattention(heads=5, in_scale=0.02, in_zp=128, out_dtype=u8, out_scale=0.01, out_zp=128)", "u8"),
+    ("qlayernorm(x_scale=0.001, out_scale=0.03, out_zp=128)", "f32"),
+    ("qgelu(out_scale=0.02, out_zp=5)", "f32")], ids=["qattention", "qlayernorm", "qgelu"])
+def test_dynamic_batch_is_bit_exact(body, dtype):
+    """One library for every batch (``dynamic_batch``): the kernels' rows are a shape variable."""
+    width = 120 if dtype == "u8" else 40
+    g = graph_of(f"network t(x: {dtype}[N, 13, {width}]) {{\n    return x | {body}\n}}\n")
+    m = ctvm.backend("tvm-llvm", progress=False, use_db=False, dynamic_batch=True).build_module(g)
+    for n in (1, 3):
+        rng = np.random.default_rng(n)
+        x = (rng.integers(0, 256, (n, 13, width)).astype(np.uint8) if dtype == "u8"
+             else rng.standard_normal((n, 13, width)).astype(np.float32))
+        _assert_bit_exact(m(x), _torch(g, x), min_distinct=10)
+
+
 # ---- packed_attention: the float op ------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,heads,scale", [((2, 50, 192), 4, None), ((1, 197, 1152), 6, None),
                                                ((1, 7, 30), 5, 0.5)], ids=["odd-heads", "vit-s", "scale"])
