@@ -48,6 +48,7 @@ LOWERINGS = family("quant")  # the ops are quant.py's (the registry's family); t
 F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 INT32_MAX = 2**31 - 1
 DIFF_MAX = 255  # |q - zp|: q and zp both in the dtype's 256 values
+OPAQUE = 8  # relax.OpPatternKind.kOpaque
 
 
 def _f(v: float):
@@ -275,6 +276,7 @@ def _qattention(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
         q, kt, v = (cx.emit(tvm.relax.TupleGetItem(qkv, i)) for i in range(3))
     else:
         qk = cx.emit_te(qattention_unpack, args[0], dtype=logits_dtype, parts=("q", "kt"), **unpack)
+        _opaque(cx, qk)
         q, kt = (cx.emit(tvm.relax.TupleGetItem(qk, i)) for i in range(2))
         v = cx.emit_te(lambda x: qattention_unpack(x, dtype=values_dtype, parts=("v",), **unpack)[0], args[0])
     s = cx.emit(R.matmul(q, kt, out_dtype=logits_dtype))  # [N, heads, rows, keys]: rows past L finite, unused
@@ -296,7 +298,7 @@ def _opaque(cx, y) -> None:
     """op_pattern = kOpaque on the kernel just emitted: FuseOps leaves it one kernel (a multi-output
     injective kernel was split into one copy per output, each launching its own parallel loop)."""
     gv = cx.bb.lookup_binding(y).args[0]
-    cx.bb.update_func(gv, cx.bb.get()[gv].with_attr("op_pattern", 8))
+    cx.bb.update_func(gv, cx.bb.get()[gv].with_attr("op_pattern", OPAQUE))
 
 
 def merge_heads(y: te.Tensor, *, length: int) -> te.Tensor:
