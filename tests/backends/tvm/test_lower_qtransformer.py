@@ -204,6 +204,22 @@ def test_dynamic_batch_is_bit_exact(body, dtype):
         _assert_bit_exact(m(x), _torch(g, x), min_distinct=10)
 
 
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="the CPU cannot run AVX2 code")
+def test_avx2_code_is_bit_exact_too():
+    """Built for an AVX2 CPU (8 lanes, 16 registers: other key padding, GEMM tiles and row splits) and run
+    here: still the torch simulation's values."""
+    be = ctvm.backend("tvm-llvm", progress=False, use_db=False, target_json={"kind": "llvm", "mcpu": "haswell"})
+    g = _qattention_graph(*ATT_CASES["vit-s-u8"])
+    x = np.random.default_rng(4).integers(0, 256, (1, 197, 1152)).astype(np.uint8)
+    _assert_bit_exact(be.build_module(g)(x), _torch(g, x), min_distinct=10)
+    x = np.linspace(-6.0, 0.005, 1 << 20, dtype=np.float32).reshape(1, -1)
+    g = graph_of(one_op("qgelu", [list(x.shape)], out_dtype="u8", out_scale=0.001, out_zp=250))
+    _assert_bit_exact(be.build_module(g)(x), _torch(g, x), min_distinct=150)
+    g = graph_of(one_op("qlayernorm", [[1, 197, 384]], x_scale=1e-3, out_scale=0.03, out_zp=128), seed=1)
+    x = (2 * np.random.default_rng(2).standard_normal((1, 197, 384))).astype(np.float32)
+    _assert_bit_exact(be.build_module(g)(x), _torch(g, x), min_distinct=10)
+
+
 # ---- packed_attention: the float op ------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,heads,scale", [((2, 50, 192), 4, None), ((1, 197, 1152), 6, None),
                                                ((1, 7, 30), 5, 0.5)], ids=["odd-heads", "vit-s", "scale"])
