@@ -12,6 +12,10 @@ the rounds' medians; the inputs already on the device, as ``convdsl bench`` time
 ``--profile`` adds the per-kernel times (``runtime.profile``) of each build and of mhsa(heads=6) on
 f32 [1, 197, 384], whose core (Q K^T, softmax, P V: its projections write the heads' layouts, no
 copies) is what qattention replaces in the int8 ViT-S.
+
+``--vit`` adds the whole ViT-S/16 (examples/vit_b_16.cdl at hidden 384, 6 heads, MLP 1536; seeded
+weights, O2, quantized by ``quantize`` on 2 random calibration batches): whether tvm-llvm's output
+equals the torch simulation's, its latency (median of 15 calls) and its kernels' time grouped.
 """
 from __future__ import annotations
 
@@ -52,10 +56,46 @@ def _load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def _vit() -> None:
+    import collections
+
+    import torch
+
+    from convdsl.api import load_graph
+    from convdsl.backends.torch import build_module
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    g = run_passes(load_graph("examples/vit_b_16.cdl", overrides={"hidden": 384, "heads": 6, "mlp_dim": 1536},
+                              bind={"N": 1}), "O2")
+    rng = np.random.default_rng(0)
+    q = quantize(g, [rng.standard_normal((2, 3, 224, 224)).astype(np.float32) for _ in range(2)], build=build_module)
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        want = build_module(q)(torch.from_numpy(x)).numpy()
+    r = backend("tvm-llvm", use_db=False, progress=False).runner(q)
+    got = np.asarray(r([x])[0])
+    print(f"ViT-S int8: tvm-llvm == torch simulation: {np.array_equal(got, want)} "
+          f"(max |difference| {float(np.abs(got - want).max()):.3g})")
+    args = r.prepare([x])
+    print(f"ViT-S int8 tvm-llvm: {float(np.median(r.time_ms(args, repeat=15))):.2f} ms (median of 15); {_load()}")
+    groups: dict[str, float] = collections.defaultdict(float)
+    for row in profile(r, args, repeat=5):
+        k = row["kernel"]
+        key = ("qattention (its kernels)" if k.startswith(("qattention", "matmul", "fused_matmul")) else
+               "qlinear with a qgelu epilogue" if "qlinear" in k and "qgelu" in k else
+               "qlinear (with an add epilogue)" if "qlinear" in k else "qlayernorm" if "qlayernorm" in k else
+               "VM builtins" if k.startswith("vm.") else "other")
+        groups[key] += row["ms"]
+    for key, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"    {key:40s} {ms:7.2f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--vit", action="store_true")
     args = ap.parse_args()
     print(f"uptime: {_load()}; TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}")
     for name, (fa, fb) in PAIRS.items():
@@ -72,6 +112,8 @@ def main() -> None:
                 for row in profile(r, x, repeat=7):
                     if not row["kernel"].startswith("vm.builtin"):
                         print(f"    {row['kernel']:60s} {row['ms'] * 1e3:7.1f} us")
+    if args.vit:
+        _vit()
     if args.profile:
         r, x = _runner(MHSA)
         print(f"  {MHSA[2]} on f32 {MHSA[1]}")
