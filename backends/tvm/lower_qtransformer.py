@@ -55,6 +55,15 @@ def _f(v: float):
     return tvm.tirx.const(float(v), "float32")
 
 
+def _round(v):
+    """Round half to even: ``tirx.round`` on CPUs (LLVM's nearbyint, and vectorizable), ``tirx.nearbyint``
+    on GPUs, where ``round`` is CUDA's round(), ties away from zero (build.py keeps topi.round there too)."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name != "llvm":
+        return tvm.tirx.nearbyint(v)
+    return tvm.tirx.round(v)
+
+
 def _clamp_int(q, qmin: int, qmax: int, dtype: str):
     from tvm import tirx
 
@@ -84,7 +93,7 @@ def qlayernorm_kernel(x: te.Tensor, g: te.Tensor, b: te.Tensor, *, inv_x: float,
     acc, acc2 = ln_sum_dtypes(c)
 
     def fixed(*i):
-        v = tirx.round(x(*i) * _f(inv_x))
+        v = _round(x(*i) * _f(inv_x))
         return tirx.max(tirx.min(v, _f(LN_QMAX)), _f(-LN_QMAX)).astype(acc)
 
     xi = te.compute(shape, fixed, name="ln_fixed")
@@ -106,7 +115,7 @@ def qlayernorm_kernel(x: te.Tensor, g: te.Tensor, b: te.Tensor, *, inv_x: float,
         row, ch = i[:-1], i[-1]
         d = (tirx.const(c, acc) * xi(*i) - s1(*row)).astype("float32")
         t = rounded((d * r(*row)) * g[ch]) + b[ch]
-        return _clamp_int(tirx.round(t) + _f(out_zp), qmin, qmax, out_dtype)
+        return _clamp_int(_round(t) + _f(out_zp), qmin, qmax, out_dtype)
 
     return te.compute(shape, out, name="qlayernorm")
 
@@ -139,7 +148,7 @@ def qgelu_value(x, inv_out: float, out_zp: int, qmin: int, qmax: int, out_dtype:
     e = _f(1.0) - r
     e = tirx.Select(x < _f(0.0), -e, e)
     g = (x * (_f(1.0) + e)) * _f(0.5)
-    return _clamp_int(tirx.round(g * _f(inv_out)) + _f(out_zp), qmin, qmax, out_dtype)
+    return _clamp_int(_round(g * _f(inv_out)) + _f(out_zp), qmin, qmax, out_dtype)
 
 
 def _qgelu(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
@@ -234,7 +243,7 @@ def qattention_probs(s: te.Tensor, *, length: int, c: float, out_dtype: str) -> 
             h = rounded((h + _f(a)) * f)
         p = h + _f(1.0)
         two_n = tirx.reinterpret("float32", tirx.shift_left(n.astype("int32") + 127, tirx.const(23, "int32")))
-        w = tirx.round((p * two_n) * _f(PROB_MAX))
+        w = _round((p * two_n) * _f(PROB_MAX))
         return tirx.Select(i[-1] < length, w, _f(0.0)).astype(out_dtype)
 
     return te.compute(shape, prob, name="qattn_probs")

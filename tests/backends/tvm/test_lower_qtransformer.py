@@ -220,6 +220,20 @@ def test_avx2_code_is_bit_exact_too():
     _assert_bit_exact(be.build_module(g)(x), _torch(g, x), min_distinct=10)
 
 
+def test_gpu_kernels_round_half_to_even():
+    """On tvm-cuda the kernels round with nearbyint (CUDA's round() takes ties away from zero); on CPUs
+    with tirx.round (LLVM's nearbyint, vectorizable).  Lowering only: no GPU needed."""
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of(one_op("qgelu", [[2, 40]], out_scale=0.02, out_zp=5))
+    for backend, want, not_want in (("tvm-cuda", "T.nearbyint(", "T.round("), ("tvm-llvm", "T.round(", "T.nearbyint(")):
+        spec = make_target(backend, arch="sm_90") if backend == "tvm-cuda" else make_target(backend)
+        with spec.tvm_target():
+            text = lower_graph(g, backend).script()
+        assert want in text and not_want not in text, backend
+
+
 # ---- packed_attention: the float op ------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,heads,scale", [((2, 50, 192), 4, None), ((1, 197, 1152), 6, None),
                                                ((1, 7, 30), 5, 0.5)], ids=["odd-heads", "vit-s", "scale"])
