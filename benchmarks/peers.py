@@ -461,10 +461,11 @@ def accuracy(g, q_files: dict, count: int, log, name: str) -> dict:
     tvm_q = ctvm.backend("tvm-llvm", precision="int8", progress=False).build_module(q)
     yq = np.concatenate([tvm_q(x) for x in xs])
     steps = _steps(yq, sim)
-    # the simulation's own sensitivity to float rounding: every input moved by one ulp.  Between
-    # quantized layers a network may compute in float (layer norm, softmax, GELU, attention); a
-    # last-bit difference there flips a rounding at the next quantize, and a residual stream
-    # normalized by a layer norm spreads that flip to every value of the next layer
+    # the simulation's own sensitivity to rounding: every input moved by one ulp.  A last-bit
+    # difference in a float op between quantized layers flips a rounding at the next quantize, and a
+    # residual stream normalized by a layer norm spreads that flip to every value of the next layer;
+    # the transformers' layer norms, GELUs and attention are int8 ops defined to the bit
+    # (qlayernorm, qgelu, qattention), so only the input's quantization is left to flip
     ulp = _torch_outputs(build_module(q).eval(), np.nextafter(xs, np.float32(np.inf)).astype(np.float32))
     floor = _steps(ulp, sim)
     out = {"inputs": count, "int8_vs_simulation_steps": float(steps.max()),
