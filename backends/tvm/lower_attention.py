@@ -27,7 +27,7 @@ def linear(cx, x, weight: np.ndarray, bias: np.ndarray | None):
     return y if bias is None else cx.emit(R.add(y, cx.const(bias)))
 
 
-def _cpu():
+def cpu_hardware():
     """Hardware of the target being built when it is a CPU (LLVM), else None."""
     import tvm
 
@@ -97,7 +97,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     from convdsl.backends.tvm.schedules.cpu import dense_rows, gemm_tile
     from convdsl.backends.tvm.schedules.layout import dense_block, pack_dense_weight, static_shape
 
-    hw = _cpu()
+    hw = cpu_hardware()
     (n, lq, _), (_, lk, _) = shapes
     dim = wq.shape[0]
     if hw is None or not all(isinstance(v, int) for v in (n, lq, lk)) or dim % heads \

@@ -21,7 +21,7 @@ heads' layouts that ``_heads_layout``'s projections write):
     unpack   q, k^T, v = x - zp                [N, heads, L, d], [N, heads, d, keys], [N, heads, keys, d]
     logits   s = q k^T                          float32 GEMM if d * 255^2 <= 2^24, else int32
     probs    w = round(255 * 2^(c (s - max s) log2 e))                the 8-bit softmax, rows vectorized
-             m = M * (1 / S),  S = sum w                              one multiplier per row
+             m = f32(M / S),  S = sum w                               one multiplier per row (one division)
     values   y = f32(w v) * m                   float32 GEMM if L * 255^2 <= 2^24, else int32;
                                                 the requantization is its epilogue, then the heads merged
 
@@ -175,10 +175,10 @@ def qattention_tiles(length: int) -> tuple[int, int]:
     ``lower_attention._heads_layout`` pads them: the keys to whole column tiles of the Q K^T GEMM
     (whole vectors only where that wastes over 8%: ViT-S's 197 -> 208 on AVX-512), the queries to whole
     row tiles, so that neither GEMM pads its operands; (L, L) elsewhere and for rows shorter than a vector."""
-    from convdsl.backends.tvm.lower_attention import _cpu
+    from convdsl.backends.tvm.lower_attention import cpu_hardware
     from convdsl.backends.tvm.schedules.cpu import gemm_tile
 
-    hw = _cpu()
+    hw = cpu_hardware()
     if hw is None or length < hw.lanes:
         return length, length
     rm, nv = gemm_tile(length, -(-length // hw.lanes), hw, 1, pad_cols=True)
