@@ -221,6 +221,16 @@ def _sim(src: str, *arrays):
     return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
+def test_simulation_square_root_is_correctly_rounded():
+    """qlayernorm's sqrt is IEEE's (LLVM's vsqrtps, numpy's); torch.sqrt with MKL is within one ulp only."""
+    from convdsl.backends.torch.lower_quant import sqrt_f32
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([(rng.random(1_000_000) * 2e12).astype(np.float32), rng.random(100_000).astype(np.float32),
+                        np.float32([0.0, 1.0, 4.0, 2.0, 1261192216576.0, np.finfo(np.float32).max])])
+    np.testing.assert_array_equal(sqrt_f32(torch.from_numpy(v)).numpy(), np.sqrt(v))
+
+
 @pytest.mark.parametrize("dtype,zp,x_scale,eps", [("u8", 128, 2e-4, 1e-6), ("i8", -3, 1e-3, 1e-5), ("u8", 77, 5e-3, 0.1)])
 def test_qlayernorm_simulation_is_the_arithmetic(dtype, zp, x_scale, eps):
     rng = np.random.default_rng(0)
