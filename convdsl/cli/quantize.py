@@ -128,8 +128,10 @@ def to_markdown(name: str, what: str, report: dict) -> str:
         for r in report["layers"]:
             o = r["out"]
             out = "f32" if o["dtype"] == "f32" else f"{o['dtype']} {o['scale']:.6g} / {o['zero_point']}"
-            lines.append(f"| {r['node']} | {r['op']} | {r['in']['scale']:.6g} / {r['in']['zero_point']} | {out} | "
-                         f"{'yes' if r['relu'] else ''} |")
+            i = r["in"]
+            inp = (f"{i['scale']:.6g} / {i['zero_point']}" if "scale" in i  # an int8 input; qlayernorm / qgelu read f32
+                   else f"f32 (16-bit step {i['x_scale']:.6g})" if "x_scale" in i else "f32")
+            lines.append(f"| {r['node']} | {r['op']} | {inp} | {out} | {'yes' if r['relu'] else ''} |")
         if report["float"]:
             lines += ["", "Kept in float:", ""] + [f"- {k}: {v}" for k, v in report["float"].items()]
     return "\n".join(lines) + "\n"

@@ -505,7 +505,7 @@ class _Rewriter:
         out_scale, out_zp = qparams_for_range(*self.ranges[Value(node.id)], self.act_dtype)
         attrs: dict[str, Any] = {"out_dtype": self.act_dtype, "out_scale": out_scale, "out_zp": out_zp}
         arrays = {}
-        rec: dict[str, Any] = {"node": node.id, "op": qop}
+        rec: dict[str, Any] = {"node": node.id, "op": qop, "in": {"dtype": "f32"}}
         if qop == "qlayernorm":
             st = self.stats[x]
             attrs.update(eps=node.attrs["eps"], x_scale=ln_input_scale(st.lo, st.hi))
@@ -513,7 +513,7 @@ class _Rewriter:
             get = lambda local, fill: (g.params[node.params[local]] if local in node.params  # noqa: E731
                                        else np.full(c, fill, np.float32))
             arrays = {"weight": get("weight", 1.0), "bias": get("bias", 0.0)}
-            rec["in"] = {"x_scale": attrs["x_scale"]}
+            rec["in"]["x_scale"] = attrs["x_scale"]
         new = self._swap(node, qop, [x], attrs)
         self._set_params(new, arrays)
         self._dequantize_uses(new, out_scale, out_zp)

@@ -98,6 +98,18 @@ def test_vit_structure(vit):
     assert ops_in_report["qlayernorm"] == 5 and ops_in_report["qattention"] == 2
 
 
+def test_report_lists_the_transformer_ops(vit):
+    from convdsl.cli.quantize import to_markdown
+
+    _, q, report = vit
+    ln = next(r for r in report.layers if r["op"] == "qlayernorm")
+    assert ln["in"] == {"dtype": "f32", "x_scale": q.node(ln["node"]).attrs["x_scale"]}
+    text = to_markdown("tiny_vit", "int8", dict(report.to_json(), params_bytes={"before": 1, "after": 1}))
+    assert "| encoder.layers.encoder_layer_0.ln_1 | qlayernorm | f32 (16-bit step" in text
+    assert "| encoder.layers.encoder_layer_0.mlp.1 | qgelu | f32 | u8 " in text
+    assert "| encoder.layers.encoder_layer_0.self_attention.attention | qattention | " in text
+
+
 def test_qlayernorm_scales_come_from_calibration(vit):
     g, q, _ = vit
     x = Value("encoder.pos_embedding")
