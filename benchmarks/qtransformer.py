@@ -73,7 +73,7 @@ def _vit() -> None:
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
         want = build_module(q)(torch.from_numpy(x)).numpy()
-    r = backend("tvm-llvm", use_db=False, progress=False).runner(q)
+    r = backend("tvm-llvm", precision="int8", use_db=False, progress=False).runner(q)  # the int8 kernels (AMX / VNNI)
     got = np.asarray(r([x])[0])
     print(f"ViT-S int8: tvm-llvm == torch simulation: {np.array_equal(got, want)} "
           f"(max |difference| {float(np.abs(got - want).max()):.3g})")
