@@ -298,7 +298,7 @@ def split_for_int8(g: Graph, per_layer: Mapping[str, str]) -> list[str]:
 
 
 def _add_op(g: Graph, nid: str, op: str, inputs: list[Value], kwargs: dict, like: Node, seq: float,
-            arrays: Mapping[str, np.ndarray] = ()) -> str:
+            arrays: Mapping[str, np.ndarray] | None = None) -> str:
     """Add node ``nid`` = ``op(**kwargs)`` of ``inputs`` in ``like``'s scope, its parameters
     ``<nid>.<name>`` set from ``arrays``."""
     opdef = OPS[op]
@@ -463,10 +463,7 @@ class _Rewriter:
         qop = OPS[node.op].int8
         attrs: dict[str, Any] = {k: v for k, v in node.attrs.items() if OPS[qop].attr(k) is not None}
         attrs.update(in_scale=in_scale, in_zp=in_zp, out_dtype="f32", out_scale=1.0, out_zp=0, relu=relu is not None)
-        out_v = Value(relu or node.id)
-        if int_out:
-            out_scale, out_zp = qparams_for_range(*self.ranges[out_v], self.act_dtype)
-            attrs.update(out_dtype=self.act_dtype, out_scale=out_scale, out_zp=out_zp)
+        out = self._output(attrs, Value(relu or node.id), int_out)
         wf = g.params[node.params["weight"]]
         bf = g.params[node.params["bias"]] if node.attrs["bias"] else None
         w, ws, qb = quantize_weight_and_bias(wf, bf, in_scale, bits)
@@ -477,48 +474,48 @@ class _Rewriter:
         self._set_params(new, arrays)
         if int_out:
             self._dequantize_uses(new, attrs["out_scale"], attrs["out_zp"])
-        rec = {"node": node.id, "op": qop, "in": {"scale": in_scale, "zero_point": in_zp},
-               "out": ({"dtype": self.act_dtype, "scale": attrs["out_scale"], "zero_point": attrs["out_zp"]}
-                       if int_out else {"dtype": "f32"}),
-               "relu": relu is not None, "weight_bits": bits}
-        return rec
+        return {"node": node.id, "op": qop, "in": {"scale": in_scale, "zero_point": in_zp}, "out": out,
+                "relu": relu is not None, "weight_bits": bits}
+
+    def _output(self, attrs: dict[str, Any], v: Value, int_out: bool) -> dict[str, Any]:
+        """Set ``attrs``' output to the int8 quantization of ``v``'s calibrated range (f32 when not
+        ``int_out``: attrs unchanged); returns the report's ``out`` entry."""
+        if not int_out:
+            return {"dtype": "f32"}
+        out_scale, out_zp = qparams_for_range(*self.ranges[v], self.act_dtype)
+        attrs.update(out_dtype=self.act_dtype, out_scale=out_scale, out_zp=out_zp)
+        return {"dtype": self.act_dtype, "scale": out_scale, "zero_point": out_zp}
 
     def attention(self, node: Node, int_out: bool) -> dict:
         """packed_attention -> qattention on the int8 q|k|v."""
         q, in_scale, in_zp = self.int8(self.g.inputs_of(node.id)[0])
         attrs = {"heads": node.attrs["heads"], "scale": node.attrs["scale"], "in_scale": in_scale, "in_zp": in_zp,
                  "out_dtype": "f32", "out_scale": 1.0, "out_zp": 0}
-        if int_out:
-            out_scale, out_zp = qparams_for_range(*self.ranges[Value(node.id)], self.act_dtype)
-            attrs.update(out_dtype=self.act_dtype, out_scale=out_scale, out_zp=out_zp)
+        out = self._output(attrs, Value(node.id), int_out)
         new = self._swap(node, "qattention", [q], attrs)
         if int_out:
             self._dequantize_uses(new, attrs["out_scale"], attrs["out_zp"])
-        return {"node": node.id, "op": "qattention", "in": {"scale": in_scale, "zero_point": in_zp},
-                "out": ({"dtype": self.act_dtype, "scale": attrs["out_scale"], "zero_point": attrs["out_zp"]}
-                        if int_out else {"dtype": "f32"}), "relu": False}
+        return {"node": node.id, "op": "qattention", "in": {"scale": in_scale, "zero_point": in_zp}, "out": out,
+                "relu": False}
 
     def fused_output(self, node: Node) -> dict:
         """layernorm / gelu read by quantized layers -> qlayernorm / qgelu writing the int8 value."""
         g, qop = self.g, _qop(node)
         x = g.inputs_of(node.id)[0]
-        out_scale, out_zp = qparams_for_range(*self.ranges[Value(node.id)], self.act_dtype)
-        attrs: dict[str, Any] = {"out_dtype": self.act_dtype, "out_scale": out_scale, "out_zp": out_zp}
+        attrs: dict[str, Any] = {}
+        out = self._output(attrs, Value(node.id), True)
         arrays = {}
-        rec: dict[str, Any] = {"node": node.id, "op": qop, "in": {"dtype": "f32"}}
+        rec: dict[str, Any] = {"node": node.id, "op": qop, "in": {"dtype": "f32"}, "out": out, "relu": False}
         if qop == "qlayernorm":
             st = self.stats[x]
             attrs.update(eps=node.attrs["eps"], x_scale=ln_input_scale(st.lo, st.hi))
             c = g.type_of(x).shape[-1]
-            get = lambda local, fill: (g.params[node.params[local]] if local in node.params  # noqa: E731
-                                       else np.full(c, fill, np.float32))
-            arrays = {"weight": get("weight", 1.0), "bias": get("bias", 0.0)}
+            arrays = {local: g.params[node.params[local]] if local in node.params else np.full(c, fill, np.float32)
+                      for local, fill in (("weight", 1.0), ("bias", 0.0))}  # affine=false: ones, zeros
             rec["in"]["x_scale"] = attrs["x_scale"]
         new = self._swap(node, qop, [x], attrs)
         self._set_params(new, arrays)
-        self._dequantize_uses(new, out_scale, out_zp)
-        rec["out"] = {"dtype": self.act_dtype, "scale": out_scale, "zero_point": out_zp}
-        rec["relu"] = False
+        self._dequantize_uses(new, attrs["out_scale"], attrs["out_zp"])
         return rec
 
     def passthrough(self, node: Node) -> None:
