@@ -2,6 +2,23 @@
 
 Relax's conv*d / conv*d_transpose in NCHW/OIHW; padding modes other than zeros
 become gathers in front of an unpadded convolution (indexing.pad_by_index).
+
+On CPU targets (tvm-llvm) three rewrites put convs on the blocked conv2d template of the layout pass
+(schedules/layout.py) instead of TVM's generic schedule; each is a re-indexing (the same products,
+summed in the template's order) and the conv's bias is added after it, as before:
+
+- conv1d is a conv2d of height 1 ([N, C, L] -> [N, C, 1, L], the kernel [O, C/g, 1, k]);
+- conv3d (groups 1) is a conv2d over every output depth z: the kd input depths it reads (z sd + a dd)
+  stacked as kd C channels, the depth moved into the batch ([N Do, kd C, H, W], the kernel
+  [O, kd C, kh, kw]): kd copies of the input (none where kd is 1: a 2-D conv of every slice);
+- a transposed conv is its stride-phase (sub-pixel) decomposition: per dim, output position
+  Y = s q + r (before the crop) collects the taps j with j d = r + s m_j, from input q - m_j, so
+  phase r is a stride-1 correlation of the input (padded by T - 1 on both sides) with the taps of
+  phase r placed at T - 1 - m_j, T = (k - 1) d // s + 1; one conv with O s^nd output channels
+  computes every phase, a depth-to-space interleaves them, and the crop takes [pad, pad + out).
+  U-Net's 2x2 / stride-2 up-convs become 1x1 convs (T = 1) to 4 O channels.  The kernel has
+  s^nd T^nd taps per k^nd of the transposed conv's (k 3, s 2: 16 / 9); past ``MAX_PHASE_WORK``
+  times the work (large dilations) TVM's conv_transpose stays.
 """
 from __future__ import annotations
 
@@ -14,7 +31,7 @@ from convdsl.ir.ops.conv import conv_padding
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
-from convdsl.backends.tvm.common import LowerFn, Lowerer, R, family
+from convdsl.backends.tvm.common import LowerFn, Lowerer, R, family, tvm
 from convdsl.backends.tvm.indexing import pad_by_index
 
 if TYPE_CHECKING:
@@ -29,6 +46,62 @@ def add_channel_bias(cx: Lowerer, y: Expr, bias: np.ndarray, rank: int) -> Expr:
     return R.add(y, cx.const(bias.reshape((1, -1) + (1,) * (rank - 2))))
 
 
+MAX_PHASE_WORK = 4.0  # a transposed conv's phase decomposition at most this many times its multiply-adds
+
+
+def _on_cpu(cx: Lowerer) -> bool:
+    return cx.target == "tvm-llvm"
+
+
+def conv_nd(cx: Lowerer, x: Expr, weight: np.ndarray, nd: int, strides, pads, dilation, groups: int) -> Expr:
+    """Relax conv{nd}d of x (NC...) with the constant ``weight`` (OI...), ``pads`` per dim (before, after);
+    on CPU a conv1d is emitted as a conv2d of height 1 (the layout pass's blocked template takes 2-D convs)."""
+    strides, dilation = tuple(strides), tuple(dilation)
+    padding = tuple(lo for lo, _ in pads) + tuple(hi for _, hi in pads)
+    if nd == 1 and _on_cpu(cx):
+        y = R.nn.conv2d(cx.emit(R.expand_dims(x, [2])), cx.const(weight[:, :, None, :]), strides=(1,) + strides,
+                        padding=(0, pads[0][0], 0, pads[0][1]), dilation=(1,) + dilation, groups=groups,
+                        data_layout="NCHW", kernel_layout="OIHW")
+        return R.squeeze(cx.emit(y), [2])
+    if nd == 3 and groups == 1 and _on_cpu(cx):
+        y = _depth_stacked(cx, x, weight, strides, pads, dilation)
+        if y is not None:
+            return y
+    data_layout, kernel_layout = _LAYOUT[nd]
+    return getattr(R.nn, f"conv{nd}d")(x, cx.const(weight), strides=strides, padding=padding, dilation=dilation,
+                                       groups=groups, data_layout=data_layout, kernel_layout=kernel_layout)
+
+
+def _depth_stacked(cx: Lowerer, x: Expr, weight: np.ndarray, strides, pads, dilation) -> Expr | None:
+    """conv3d as a conv2d over every output depth (module docstring): the kd input depths of output depth z
+    (z sd + a dd, a < kd) stacked as channels, the depth moved into the batch."""
+    from convdsl.backends.tvm.schedules.layout import batch_shape
+
+    x = x if isinstance(x, tvm.relax.Var) else cx.emit(x)
+    shape = batch_shape(x)
+    if shape is None:
+        return None
+    o, c, kd = weight.shape[:3]
+    (sd, sh, sw), (dd, dh, dw) = strides, dilation
+    (d0, d1), (h0, h1), (w0, w1) = pads
+    depth = shape[2] + d0 + d1
+    out_d = (depth - dd * (kd - 1) - 1) // sd + 1
+    if out_d < 1:
+        return None
+    if d0 or d1:
+        x = cx.emit(R.nn.pad(x, [0, 0, 0, 0, d0, d1, 0, 0, 0, 0]))
+    taps = [x if kd == 1 and sd == 1 and out_d == depth else
+            cx.emit(R.strided_slice(x, [2], [a * dd], [a * dd + (out_d - 1) * sd + 1], [sd])) for a in range(kd)]
+    xs = taps[0] if kd == 1 else cx.emit(R.concat(taps, axis=1))  # [N, kd C, Do, H, W], channels (a, c)
+    h, w = shape[3:]
+    xs = cx.emit(R.reshape(cx.emit(R.permute_dims(xs, [0, 2, 1, 3, 4])), [-1, kd * c, h, w]))
+    w2 = np.ascontiguousarray(weight.transpose(0, 2, 1, 3, 4).reshape(o, kd * c, *weight.shape[3:]))
+    y = cx.emit(R.nn.conv2d(xs, cx.const(w2), strides=(sh, sw), padding=(h0, w0, h1, w1), dilation=(dh, dw),
+                            data_layout="NCHW", kernel_layout="OIHW"))
+    oh, ow = batch_shape(y)[2:]
+    return R.permute_dims(cx.emit(R.reshape(y, [-1, out_d, o, oh, ow])), [0, 2, 1, 3, 4])
+
+
 def _conv(nd: int) -> LowerFn:
     def lower(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
         a = node.attrs
@@ -37,11 +110,8 @@ def _conv(nd: int) -> LowerFn:
         if a["pad_mode"] != "zeros" and any(p for pr in pads for p in pr):
             x = pad_by_index(cx, x, ins[0], pads, a["pad_mode"])
             pads = [(0, 0)] * nd
-        data_layout, kernel_layout = _LAYOUT[nd]
-        y = getattr(R.nn, f"conv{nd}d")(x, cx.const(cx.param("weight")), strides=tuple_n(a["stride"], nd),
-                      padding=tuple(lo for lo, _ in pads) + tuple(hi for _, hi in pads),
-                      dilation=tuple_n(a["dilation"], nd), groups=a["groups"],
-                      data_layout=data_layout, kernel_layout=kernel_layout)
+        y = conv_nd(cx, x, cx.param("weight"), nd, tuple_n(a["stride"], nd), pads, tuple_n(a["dilation"], nd),
+                    a["groups"])
         if a["bias"]:
             y = add_channel_bias(cx, cx.emit(y), cx.param("bias"), nd + 2)
         return y
@@ -49,11 +119,65 @@ def _conv(nd: int) -> LowerFn:
     return lower
 
 
+def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
+    """The conv kernel of a transposed conv's stride-phase decomposition (module docstring).
+
+    ``w``: the transposed conv's kernel [C, O/g, *k] (torch's layout).  Returns [O * prod(s), C/g, *T],
+    output channels ordered (o, r_1, ..., r_nd), each phase's taps at T - 1 - m_j, zeros elsewhere."""
+    c, og = w.shape[:2]
+    k = w.shape[2:]
+    nd = len(k)
+    t = tuple((ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation))
+    wg = w.reshape((groups, c // groups, og) + k)
+    out = np.zeros((groups, og) + tuple(stride) + (c // groups,) + t, dtype=w.dtype)
+    for taps in np.ndindex(*k):
+        r = tuple(j * di % si for j, si, di in zip(taps, stride, dilation))
+        u = tuple(ti - 1 - j * di // si for j, si, di, ti in zip(taps, stride, dilation, t))
+        # [g, c/g, o/g] -> [g, o/g, c/g]
+        out[(slice(None), slice(None)) + r + (slice(None),) + u] = wg[(Ellipsis,) + taps].transpose(0, 2, 1)
+    return out.reshape((groups * og * int(np.prod(stride)), c // groups) + t)
+
+
+def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, stride, pad, output_pad, dilation,
+                     groups: int) -> Expr | None:
+    """A transposed conv as one conv + depth-to-space + crop (module docstring); None where it does not apply."""
+    if not all(isinstance(v, int) for v in in_shape[1:]):
+        return None
+    k = w.shape[2:]
+    t = [(ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation)]
+    if np.prod([si * ti for si, ti in zip(stride, t)]) > MAX_PHASE_WORK * np.prod(k):
+        return None
+    o = w.shape[1] * groups
+    lengths = in_shape[2:]
+    y = cx.emit(conv_nd(cx, x, phase_kernel(w, stride, dilation, groups), nd, (1,) * nd,
+                        [(ti - 1, ti - 1) for ti in t], (1,) * nd, groups))
+    q = [n + ti - 1 for n, ti in zip(lengths, t)]
+    if any(si > 1 for si in stride):  # interleave the phases: [N, O, s.., Q..] -> [N, O, Q_1, s_1, ..] -> [N, O, Q s..]
+        y = cx.emit(R.reshape(y, [-1, o, *stride, *q]))
+        y = cx.emit(R.permute_dims(y, [0, 1] + [a for i in range(nd) for a in (2 + nd + i, 2 + i)]))
+        y = cx.emit(R.reshape(y, [-1, o, *(qi * si for qi, si in zip(q, stride))]))
+    full = [qi * si for qi, si in zip(q, stride)]
+    out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
+           for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
+    short = [max(p + n - f, 0) for p, n, f in zip(pad, out, full)]
+    if any(short):  # output_pad past the last position an input reaches: zeros
+        y = cx.emit(R.nn.pad(y, [0, 0, 0, 0] + [v for e in short for v in (0, e)]))
+        full = [f + e for f, e in zip(full, short)]
+    if any(p or n != f for p, n, f in zip(pad, out, full)):
+        y = cx.emit(R.strided_slice(y, list(range(2, 2 + nd)), list(pad), [p + n for p, n in zip(pad, out)]))
+    return y
+
+
 def _conv_transpose(nd: int) -> LowerFn:
     def lower(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
         a = node.attrs
         p = tuple_n(a["pad"], nd)
         s, opad = tuple_n(a["stride"], nd), tuple_n(a["output_pad"], nd)
+        if _on_cpu(cx):
+            y = _phase_transpose(cx, args[0], cx.param("weight"), ins[0].shape, nd, s, p, opad,
+                                 tuple_n(a["dilation"], nd), a["groups"])
+            if y is not None:
+                return add_channel_bias(cx, y, cx.param("bias"), nd + 2) if a["bias"] else y
         lo, hi, extra = p, p, (0,) * nd
         if any(o >= si for o, si in zip(opad, s)):
             # TVM wants output_pad < stride; torch (and the op table) allow it up to the dilation.

@@ -15,6 +15,7 @@ import numpy as np
 from convdsl.backends.tvm.common import R, family, relax
 from convdsl.backends.tvm.dft import long_conv
 from convdsl.backends.tvm.indexing import interp_matrix, nearest_index
+from convdsl.backends.tvm.lower_conv import conv_nd
 
 LOWERINGS = family("ssm")
 
@@ -175,7 +176,7 @@ def _one_way(cx, node, u, shape):
     s, r, k = a["state"], a["dt_rank"], a["d_conv"]
     if k:  # causal depthwise conv: pad k-1 on the left, then SiLU
         w = cx.param("conv1d.weight")
-        u = cx.emit(R.nn.conv1d(u, cx.const(w), padding=(k - 1, 0), groups=c))
+        u = cx.emit(conv_nd(cx, u, w, 1, (1,), [(k - 1, 0)], (1,), c))
         u = cx.emit(R.add(u, cx.const(cx.param("conv1d.bias")[:, None])))
         u = cx.emit(R.nn.silu(u))
     ut = cx.emit(R.permute_dims(u, [0, 2, 1]))  # [N, L, C]
