@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import NETS, calibration_inputs, convdsl_int8, load_graph  # noqa: E402
+from peers import ALL_NETS, calibration_inputs, convdsl_int8, load_graph  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADING = "## Roofline"
@@ -451,8 +451,8 @@ def main() -> int:
         f"VM {vm_us:.2f} us per call")
     rows = []
     for name in args.nets.split(","):
-        if name not in NETS:
-            log(f"unknown network {name}; choose from {', '.join(NETS)}")
+        if name not in ALL_NETS:
+            log(f"unknown network {name}; choose from {', '.join(ALL_NETS)}")
             return 2
         for precision in args.precisions.split(","):
             if precision != "f32" and precision not in peak:
