@@ -21,7 +21,7 @@ GROUPED = [
     ([1, 96, 12, 12], 96, 4, dict(k=3, dilation=2, pad=2), 2),  # 24 wide: pairs merged in blocks of 16, dilation 2
     ([2, 128, 8, 8], 256, 4, dict(k=1, stride=2), 4),  # 32 -> 64 wide, 1x1 strided: no padding
     ([1, 208, 7, 7], 208, 26, dict(k=3, pad=1, bias=False), 13),  # RegNet's third stage: 26 groups of 8
-    ([1, 32, 9, 7], 32, 8, dict(k=3, pad=1), 2),  # 4 wide: 4 groups per block of 16
+    ([1, 32, 9, 7], 32, 8, dict(k=3, pad=1), 8),  # 4 wide: blocks of 4 (merging 4 groups per 16c block was slower)
     ([1, 24, 10, 10], 48, 3, dict(k=3, stride=2, pad=1), 3),  # 8 -> 16 wide, 24 channels in: blocks of 8
 ]
 
@@ -125,6 +125,8 @@ def test_grouped_blocks_choices():
     assert grouped_blocks(96, 96, 4, None, 16) == (16, 16, 2)  # 24 wide: 48 in 16-lane FMAs = 24 in 8-lane ones
     assert grouped_blocks(96, 96, 4, 16, 8) == (8, 8, 1)  # AVX2: the widest block dividing 24
     assert grouped_blocks(96, 192, 12, 16, 16) == (8, 16, 1)  # 8 -> 16 wide: merging would double the FMAs
+    assert grouped_blocks(128, 128, 32, None, 16) == (4, 4, 1)  # ResNeXt's groups of 4: merged by 2 not whole blocks
+    assert grouped_blocks(24, 24, 6, 8, 8) == (8, 8, 2)  # AVX2, groups of 4 in blocks of 8: pairs
     assert grouped_blocks(16, 16, 8, None, 16) is None  # 2 wide: generic
     assert grouped_blocks(30, 30, 3, None, 16) is None  # 10 wide: no block divides it
 
