@@ -13,7 +13,8 @@ that raises (``ScheduleError`` or ``_Skip``) when the function is not its shape:
   block computed at the tile; padding is one parallel, vectorized copy.  A 1x1 conv is
   the same loop nest with kh = kw = 1, i.e. a GEMM over channels.  With 16 registers (AVX2)
   the input channels are reduced in chunks whose weights stay in L1 (``weight_chunk``): ``ic``
-  chunks outside the row's tiles, the epilogue after the last chunk.
+  chunks outside the row's tiles, the epilogue after the last chunk.  A grouped conv is the
+  same template: only the input block its ``ic_outer`` loop reads depends on the output block.
 - ``dwconv_nchwc``: depthwise, the same tile with one channel block, vectorized over it, the
   kw loop unrolled (a row's input vectors loaded once), the padding computed per output row
   into a local buffer (the kh rows it reads) instead of one copy of the whole input.
@@ -39,7 +40,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import bf16, tophub
-from convdsl.backends.tvm.schedules.kernels import K_INNER_ATTR, KERNEL_ATTR, divisors
+from convdsl.backends.tvm.schedules.kernels import GROUPS_ATTR, K_INNER_ATTR, KERNEL_ATTR, divisors
 
 
 class _Skip(Exception):
@@ -346,8 +347,9 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, conv, hw: Hardware) -> None:
         sch.set_scope(conv, 0, "local")
 
     sh, sw = strides or (1, 1)
-    channels = _extent(sch, rc) * _extent(sch, ri)
-    rows = rows_first(_extent(sch, y) * sh * ow * sw * channels,  # in elements: both f32
+    channels = _extent(sch, rc) * _extent(sch, ri)  # reduced per output channel: a grouped conv's group width
+    groups = int(sch.get(conv).annotations.get(GROUPS_ATTR, 1))
+    rows = rows_first(_extent(sch, y) * sh * ow * sw * channels * groups,  # in elements: both f32
                       ocb * _extent(sch, oc) * channels * _extent(sch, ry) * _extent(sch, rx))
     oo, oi = sch.split(o, [None, ov])
     xo, xi = sch.split(x, [None, rn])

@@ -4,7 +4,8 @@ Each compute names its main block with a ``convdsl.kernel`` annotation, which is
 the schedule dispatcher recognizes it after FuseOps/FuseTIR merged epilogues into it:
 
 - ``conv2d_nchwc``: direct convolution in the blocked layout NCHW[ib]c x OIHW[ib]i[ob]o
-  -> NCHW[ob]c (NeoCPU's layout; the weight is packed once at compile time).
+  -> NCHW[ob]c (NeoCPU's layout; the weight is packed once at compile time); grouped convs
+  too, where each group's input and output channels are whole blocks.
 - ``dwconv_nchwc``: depthwise convolution, NCHW[b]c x [C/b, KH, KW, b] -> NCHW[b]c.
 - ``dense_packed``: x[..., K] @ W, with W packed as [N/nb, K, nb] (nb lanes contiguous), over
   rows padded to whole register tiles where ``cpu.dense_rows`` says so.
@@ -20,6 +21,7 @@ from tvm import te, tirx
 from convdsl.ir.ops.conv import conv_out_size
 
 KERNEL_ATTR = "convdsl.kernel"
+GROUPS_ATTR = "convdsl.groups"  # a grouped conv2d_nchwc's groups (tophub keys it: its reduction differs)
 K_INNER_ATTR = "convdsl.k_inner"  # a GEMM whose reduction is better split by this (cpu.schedule_gemm)
 LOWEST_F32 = -3.4028234663852886e38  # numpy.finfo(float32).min
 
@@ -34,16 +36,27 @@ def rounded(y):
     return tirx.max(y, tirx.const(LOWEST_F32, "float32"))
 
 
-def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
-    if not (pt or pl or pb or pr):
-        return data
+def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int, block: int | None = None) -> te.Tensor:
+    """``data`` [N, C/b, H, W, b] zero-padded by (pt, pl, pb, pr); ``block`` != b: the copy also re-blocks
+    the channels to [N, C/block, H', W', block] (a grouped conv whose groups are narrower than ``data``'s
+    blocks), channel c at [c // block, ..., c % block]."""
     n, c, h, w, b = data.shape
+    nb = int(b) if block is None else block
+    if nb == int(b) and not (pt or pl or pb or pr):
+        return data
+
+    def read(i, j, y, x, k):
+        if nb == int(b):
+            return data[i, j, y, x, k]
+        ch = j * nb + k
+        return data[i, ch // b, y, x, ch % b]
 
     def fn(i, j, y, x, k):
         inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
-        return tirx.if_then_else(inside, data[i, j, y - pt, x - pl, k], tirx.const(0.0, data.dtype))
+        return tirx.if_then_else(inside, read(i, j, y - pt, x - pl, k), tirx.const(0.0, data.dtype))
 
-    return te.compute((n, c, h + pt + pb, w + pl + pr, b), fn, name="pad_nchwc", attrs={KERNEL_ATTR: "pad"})
+    return te.compute((n, int(c) * int(b) // nb, h + pt + pb, w + pl + pr, nb), fn, name="pad_nchwc",
+                      attrs={KERNEL_ATTR: "pad"})
 
 
 def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
@@ -51,25 +64,39 @@ def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
     return conv_out_size(size, pad, 0, k, stride, dilation)
 
 
-def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
-    """data [N, C/ib, H, W, ib], kernel [O/ob, C/ib, KH, KW, ib, ob] -> [N, O/ob, OH, OW, ob];
-    N may be symbolic (a dynamic batch)."""
+def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation, groups: int = 1) -> te.Tensor:
+    """data [N, C/b, H, W, b], kernel [O/ob, C/groups/ib, KH, KW, ib, ob] -> [N, O/ob, OH, OW, ob];
+    N may be symbolic (a dynamic batch).
+
+    ``groups`` > 1: a grouped conv whose per-group widths are whole blocks (ib | C/groups, ob | O/groups):
+    output block o reduces over its group's input blocks only, ``(o // (O/ob/groups)) * C/groups/ib + rc``;
+    the rest is the dense conv's compute (and schedule).  The padded copy re-blocks the input when its
+    block b is not ib (groups narrower than the blocks of the conv before)."""
     n = data.shape[0]
-    _, h, w, _ = (int(v) for v in data.shape[1:])
+    cb, h, w, lanes = (int(v) for v in data.shape[1:])
     ocb, icb, kh, kw, ib, ob = (int(v) for v in kernel.shape)
+    if cb * lanes != groups * icb * ib or ocb % groups:
+        raise ValueError(f"conv2d_nchwc: {cb * lanes} input channels, kernel {list(kernel.shape)}, groups {groups}")
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
-    xp = pad_spatial(data, pt, pl, pb, pr)
+    xp = pad_spatial(data, pt, pl, pb, pr, ib)
     rc = te.reduce_axis((0, icb), "ic_outer")
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")
     ri = te.reduce_axis((0, ib), "ic_inner")
+    per_group = ocb // groups  # output blocks per group
+    attrs = {KERNEL_ATTR: "conv2d_nchwc", **({GROUPS_ATTR: groups} if groups > 1 else {})}
+
+    def in_block(o):  # the input block that output block o reads at reduction step rc
+        return rc if groups == 1 else o // per_group * icb + rc
+
     return te.compute(
         (n, ocb, oh, ow, ob),
-        lambda b, o, y, x, oc: te.sum(xp[b, rc, y * sh + ry * dh, x * sw + rx * dw, ri] * kernel[o, rc, ry, rx, ri, oc],
-                                      axis=[rc, ry, rx, ri]),
-        name="conv2d_nchwc", attrs={KERNEL_ATTR: "conv2d_nchwc"})
+        lambda b, o, y, x, oc: te.sum(
+            xp[b, in_block(o), y * sh + ry * dh, x * sw + rx * dw, ri] * kernel[o, rc, ry, rx, ri, oc],
+            axis=[rc, ry, rx, ri]),
+        name="conv2d_nchwc", attrs=attrs)
 
 
 def to_bf16_bits(v: tirx.PrimExpr) -> tirx.PrimExpr:

@@ -19,8 +19,10 @@ ignored with a warning; scheduling never fails because of a database.
 
 A workload key names the kernel, not the function: the template, the iteration domain, the
 access strides (stride, dilation, operand layout), the dtypes and the vector ISA, e.g.
-``conv2d_nchwc:float32:1x4x56x56x16/4x3x3x16:s1x1d1x1:a3f09c2e1:avx512``.  Two functions with
-the same conv and different fused epilogues share a key.
+``conv2d_nchwc:float32:1x4x56x56x16/4x3x3x16:s1x1d1x1:a3f09c2e1:avx512``; a grouped conv's access
+ends in its groups (``s1x1d1x1g13``: each output block reduces over its group's input blocks only,
+so it is not the dense conv of the same extents).  Two functions with the same conv and different
+fused epilogues share a key.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "gemm": ("rm", "nv"),
     "int8_conv": ("ow_t", "ob_t"),
 }
+GROUPS_ATTR = "convdsl.groups"  # kernels.GROUPS_ATTR (a grouped conv2d_nchwc's groups)
 INT8_MAX_ACCUMULATORS = 15  # int8.MAX_ACCUMULATORS (the alloca limit), repeated to keep this module light
 
 
@@ -100,6 +103,8 @@ def workload_of(kind: str, sch, block, hw=None, lanes: int = 0) -> Workload:
     access = ""
     if kind in ("conv2d_nchwc", "dwconv_nchwc", "int8_conv"):
         access = _conv_access(b, variables, detect_linear_equation)
+    if GROUPS_ATTR in b.annotations:  # a grouped conv: the same extents as a dense one, another reduction
+        access += f"g{int(b.annotations[GROUPS_ATTR])}"
     dtypes = sorted({str(r.source.dtype) for r in b.reads} | {str(w.source.dtype) for w in b.writes})
     return Workload(kind, "-".join(dtypes), spatial, reduce, access, pattern, _isa(hw, kind) if hw else _isa(None, kind),
                     lanes, hw.registers if hw else 32)

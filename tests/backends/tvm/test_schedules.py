@@ -4,7 +4,7 @@ schedules promise (blocked layout, scheduled conv/dense kernels, parallel + vect
 
 The shapes are chosen to hit each branch of the layout pass and of the templates:
 channel blocks of 16, 8, 4 and "all channels" (3, 5, 7), register tiles that divide the
-output width or not, strides, padding, dilation, groups (left NCHW), depthwise, 1x1,
+output width or not, strides, padding, dilation, groups (test_grouped_conv.py), depthwise, 1x1,
 fused epilogues (batchnorm, activation, residual add) and pooling in the blocked layout."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CONV = [
     ([1, 5, 11, 9], 7, dict(k=3, pad=[1, 2])),  # 5 and 7 channels: one block each
     ([1, 12, 10, 10], 20, dict(k=3, dilation=2, pad=2)),  # blocks of 4, dilation
     ([1, 32, 7, 7], 64, dict(k=3, stride=2, pad=1)),
-    ([1, 16, 9, 9], 32, dict(k=3, stride=2, pad=1, groups=2)),  # grouped: stays NCHW
+    ([1, 16, 9, 9], 32, dict(k=3, stride=2, pad=1, groups=2)),  # grouped (more: test_grouped_conv.py)
     ([1, 32, 12, 12], 32, dict(k=3, pad=1, groups="depthwise")),
     ([1, 32, 12, 12], 32, dict(k=3, stride=2, pad=1, groups="depthwise", bias=False)),
     ([1, 24, 15, 15], 24, dict(k=5, pad=2, groups="depthwise")),  # blocks of 8, 5x5

@@ -1,0 +1,313 @@
+"""Grouped convs (1 < groups < channels, not depthwise) on the blocked ``conv2d_nchwc`` template
+(``layout.grouped_blocks``): every case equals ``torch.nn.functional.conv2d`` on the same weights
+(float32, 1e-4 of the output's scale), and the conv is a scheduled ``conv2d_nchwc`` kernel carrying its
+groups, not TVM's generic conv2d.  Groups narrower than 4 channels stay on the generic schedule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import assert_close, graph_of, one_op, random_inputs
+
+AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512"}
+
+# (input shape, out channels, groups, conv kwargs, the kernel's groups on AVX-512: groups / merged)
+GROUPED = [
+    ([1, 16, 9, 9], 32, 2, dict(k=3, stride=2, pad=1), 2),  # 8 -> 16 wide: input blocks of 8 (merging would cost 2x)
+    ([2, 64, 10, 10], 64, 4, dict(k=3, pad=1), 4),  # 16 wide, batch 2
+    ([1, 104, 14, 14], 104, 13, dict(k=3, pad=1, bias=False), 13),  # RegNet's 104 channels: blocks of 8
+    ([2, 48, 11, 11], 48, 6, dict(k=3, stride=2, pad=1), 3),  # 8 wide in blocks of 16: pairs merged
+    ([1, 96, 12, 12], 96, 4, dict(k=3, dilation=2, pad=2), 2),  # 24 wide: pairs merged in blocks of 16, dilation 2
+    ([2, 128, 8, 8], 256, 4, dict(k=1, stride=2), 4),  # 32 -> 64 wide, 1x1 strided: no padding
+    ([1, 208, 7, 7], 208, 26, dict(k=3, pad=1, bias=False), 13),  # RegNet's third stage: 26 groups of 8
+    ([1, 32, 9, 7], 32, 8, dict(k=3, pad=1), 8),  # 4 wide: blocks of 4 (merging 4 groups per 16c block was slower)
+    ([1, 24, 10, 10], 48, 3, dict(k=3, stride=2, pad=1), 3),  # 8 -> 16 wide, 24 channels in: blocks of 8
+]
+
+
+def _params(g) -> tuple[np.ndarray, np.ndarray | None]:
+    weights = [v for k, v in g.params.items() if k.endswith("weight")]
+    biases = [v for k, v in g.params.items() if k.endswith("bias")]
+    assert len(weights) == 1 and len(biases) <= 1, sorted(g.params)
+    return weights[0], (biases[0] if biases else None)
+
+
+def _reference(g, x: np.ndarray, groups: int, kw: dict) -> np.ndarray:
+    w, b = _params(g)
+    y = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),
+                                   stride=kw.get("stride", 1), padding=kw.get("pad", 0),
+                                   dilation=kw.get("dilation", 1), groups=groups)
+    return y.numpy()
+
+
+def _module(g, target=AVX512):
+    """``g``'s module after the layout pass and fusion (before scheduling)."""
+    import tvm
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    with tvm.target.Target(target):
+        mod = blocked_layout(lower_graph(g))
+        return tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                         relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
+
+
+def _functions(g, target=AVX512) -> dict:
+    """{name: PrimFunc} of ``_module(g)``."""
+    import tvm
+
+    return {gv.name_hint: f for gv, f in _module(g, target).functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _calls(mod) -> list[str]:
+    """The kernels ``main`` calls, one entry per call (FuseTIR shares one PrimFunc among same-shaped layers)."""
+    from tvm import relax
+
+    names = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.call_tir":
+            names.append(e.args[0].name_hint)
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return names
+
+
+def _conv_groups(func) -> list[int]:
+    """The groups of every ``conv2d_nchwc`` block of ``func`` (1: no groups annotation)."""
+    from tvm import s_tir
+
+    from convdsl.backends.tvm.schedules.kernels import GROUPS_ATTR, KERNEL_ATTR
+
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    return [int(b.annotations.get(GROUPS_ATTR, 1)) for b in blocks
+            if str(b.annotations.get(KERNEL_ATTR, "")) == "conv2d_nchwc"]
+
+
+@pytest.mark.parametrize("shape,out,groups,kw,kernel_groups", GROUPED,
+                         ids=[f"{s}->{o}-g{g}-{kw}" for s, o, g, kw, _ in GROUPED])
+def test_grouped_conv_matches_torch(shape, out, groups, kw, kernel_groups, llvm_runner):
+    g = graph_of(one_op("conv2d", [shape], out, groups=groups, **kw))
+    xs = random_inputs(g)
+    got = llvm_runner(g, ("grouped", str(shape), out, groups, str(kw)))(xs)
+    assert_close(got, [_reference(g, xs[0], groups, kw)])
+    # the blocked template, with the groups it was given after merging (AVX-512's 16-lane blocks)
+    funcs = _functions(g)
+    convs = [_conv_groups(f) for f in funcs.values()]
+    assert [c for c in convs if c] == [[kernel_groups]], sorted(funcs)
+    assert not any(n.startswith("conv2d") and "nchwc" not in n for n in funcs), sorted(funcs)
+
+
+def test_narrow_groups_stay_on_the_generic_schedule(llvm_runner):
+    """Groups of 2 channels: no block (16, 8, 4) divides them, so TVM's conv2d in NCHW, still torch's result."""
+    kw = dict(k=3, pad=1)
+    g = graph_of(one_op("conv2d", [[1, 16, 8, 8]], 16, groups=8, **kw))
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("grouped", "narrow"))(xs), [_reference(g, xs[0], 8, kw)])
+    assert not any(_conv_groups(f) for f in _functions(g).values())
+
+
+def test_grouped_blocks_choices():
+    from convdsl.backends.tvm.schedules.layout import grouped_blocks
+
+    # RegNetY-400MF's group convs (groups of 8) after its 1x1 convs' blocks, AVX-512 (16 lanes)
+    assert grouped_blocks(48, 48, 6, 16, 16) == (16, 16, 2)  # pairs of groups merged: stays NCHW16c
+    assert grouped_blocks(104, 104, 13, 8, 16) == (8, 8, 1)
+    assert grouped_blocks(208, 208, 26, 16, 16) == (16, 16, 2)
+    assert grouped_blocks(440, 440, 55, 8, 16) == (8, 8, 1)
+    # AVX2 (8 lanes): two groups of 8 do not fit one register; blocks of 8, the input re-blocked from 16
+    assert grouped_blocks(48, 48, 6, 16, 8) == (8, 8, 1)
+    assert grouped_blocks(64, 64, 4, 16, 8) == (16, 16, 1)  # groups of 16: as the layout around
+    assert grouped_blocks(96, 96, 4, None, 16) == (16, 16, 2)  # 24 wide: 48 in 16-lane FMAs = 24 in 8-lane ones
+    assert grouped_blocks(96, 96, 4, 16, 8) == (8, 8, 1)  # AVX2: the widest block dividing 24
+    assert grouped_blocks(96, 192, 12, 16, 16) == (8, 16, 1)  # 8 -> 16 wide: merging would double the FMAs
+    assert grouped_blocks(128, 128, 32, None, 16) == (4, 4, 1)  # ResNeXt's groups of 4: merged by 2 not whole blocks
+    assert grouped_blocks(24, 24, 6, 8, 8) == (8, 8, 2)  # AVX2, groups of 4 in blocks of 8: pairs
+    assert grouped_blocks(16, 16, 8, None, 16) is None  # 2 wide: generic
+    assert grouped_blocks(30, 30, 3, None, 16) is None  # 10 wide: no block divides it
+
+
+@pytest.mark.parametrize("groups,merge", [(6, 2), (8, 4), (4, 4)])
+def test_merged_groups_are_the_same_conv(groups, merge):
+    """A block-diagonal weight over ``merge`` neighbouring groups computes the grouped conv (torch on both)."""
+    from convdsl.backends.tvm.schedules.layout import merge_groups
+
+    rng = np.random.default_rng(0)
+    c, o = 8 * groups, 16 * groups
+    x = torch.from_numpy(rng.standard_normal((2, c, 7, 7)).astype(np.float32))
+    w = rng.standard_normal((o, c // groups, 3, 3)).astype(np.float32)
+    merged = merge_groups(w, groups, merge)
+    assert merged.shape == (o, c // groups * merge, 3, 3)
+    want = torch.nn.functional.conv2d(x, torch.from_numpy(w), padding=1, groups=groups)
+    got = torch.nn.functional.conv2d(x, torch.from_numpy(merged), padding=1, groups=groups // merge)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+REBLOCKED = """
+network t(x: f32[1, 32, 12, 12]) {
+    y = x | conv2d(96, 1) | batchnorm | relu
+    z = y | conv2d(96, 3, pad=1, groups=4, bias=false) | batchnorm | relu
+    return relu(z + y) | conv2d(192, 3, stride=2, pad=1, groups=12)
+}
+"""
+
+
+def test_grouped_convs_between_blocked_convs_match_torch(llvm_runner):
+    """Between convs writing blocks of 16: groups of 24 merged in pairs (blocks of 16, the layout unchanged),
+    their epilogue (batchnorm, relu) and the residual add fused; then groups of 8 -> 16 whose padded copy
+    re-blocks the sum to blocks of 8 (no unpack / pack kernels).  Checked against the torch backend."""
+    from .conftest import torch_outputs
+
+    g = graph_of(REBLOCKED)
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, ("grouped", "reblocked"))(xs), torch_outputs(g, xs))
+    funcs = _functions(g)
+    assert sorted(c for f in funcs.values() for c in _conv_groups(f)) == [1, 2, 12], sorted(funcs)
+    assert sum("pack_nchwc" in n and "unpack" not in n for n in funcs) == 1, sorted(funcs)  # the input only
+    assert sum("unpack_nchwc" in n for n in funcs) == 1, sorted(funcs)  # the output only
+    assert not any(n.startswith(("multiply", "add", "relu")) for n in funcs), sorted(funcs)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_grouped_conv_kernel_is_scheduled(mcpu):
+    """The grouped conv gets the template's schedule (parallel, vectorized, the accumulator tile local), its
+    epilogue fused; on AVX2 groups of 8 after a 16c conv are re-blocked to 8c by the conv's padded copy."""
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules import is_scheduled, schedule_module
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of("""
+network t(x: f32[1, 32, 14, 14]) {
+    return x | conv2d(48, 1) | relu | conv2d(48, 3, stride=2, pad=1, groups=6) | relu
+}""")
+    spec = make_target("tvm-llvm")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    with target:
+        mod = tvm.transform.Sequential(optimize_passes(spec, "f32"))(lower_graph(g, "tvm-llvm", {}))
+        mod = schedule_module(mod, target)
+    convs = {gv.name_hint: f for gv, f in mod.functions.items() if "conv2d_nchwc" in gv.name_hint}
+    assert len(convs) == 2 and all(is_scheduled(f) for f in convs.values()), sorted(convs)
+    # (the scheduled reduction is two blocks, its init and its update, both annotated)
+    assert sorted({c for f in convs.values() for c in _conv_groups(f)}) == [1, 6 if mcpu == "haswell" else 3]
+    grouped = [f.script() for f in convs.values() if set(_conv_groups(f)) != {1}]
+    assert len(grouped) == 1
+    assert "T.parallel" in grouped[0] and "T.vectorized" in grouped[0] and 'scope="local"' in grouped[0]
+    assert not any(gv.name_hint.startswith("relu") for gv in mod.functions)  # the epilogues fused
+    from convdsl.backends.tvm.targets import host_can_run
+
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:  # this CPU runs the kernels: torch's numbers
+        from .conftest import torch_outputs
+
+        vm = tvm.relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+        xs = random_inputs(g)
+        assert_close([vm["main"](tvm.runtime.tensor(xs[0])).numpy()], torch_outputs(g, xs))
+
+
+def test_grouped_workload_key_differs_from_the_dense_one():
+    """Same extents, another reduction: a tuned dense conv's knobs must not apply to the grouped one."""
+    from tvm import s_tir, te
+
+    from convdsl.backends.tvm.schedules import kernels, tophub
+    from convdsl.backends.tvm.schedules.cpu import Hardware
+
+    def key(groups: int, cin: int) -> str:
+        x = te.placeholder((1, cin // 16, 14, 14, 16), "float32", name="x")
+        w = te.placeholder((4, 2, 3, 3, 16, 16), "float32", name="w")
+        f = te.create_prim_func([x, w, kernels.conv2d_nchwc(x, w, (1, 1), (1, 1, 1, 1), (1, 1), groups)])
+        sch = s_tir.Schedule(f)
+        return tophub.workload_of("conv2d_nchwc", sch, sch.get_sblock("conv2d_nchwc"), Hardware(16, 32)).key
+
+    dense, grouped = key(1, 32), key(2, 64)
+    assert dense != grouped and ":s1x1d1x1g2:" in grouped and ":s1x1d1x1:" in dense
+
+
+def test_dynamic_batch_grouped_conv_matches_torch():
+    """A symbolic batch: the grouped conv stays the blocked template (its groups on the kernel, every kernel
+    convdsl's own schedule); N = 1 and 3 equal torch."""
+    from convdsl.artifact import make_inputs
+    from convdsl.backends.tvm import backend
+
+    kw = dict(k=3, stride=2, pad=1)
+    g = graph_of("network t(x: f32[N, 104, 10, 10]) { return x | conv2d(104, 3, stride=2, pad=1, groups=13) }")
+    be = backend("tvm-llvm", use_db=False, progress=False, dynamic_batch=True)
+    run = be.runner(g)
+    for n in (1, 3):
+        xs = make_inputs(g, n, seed=n)
+        assert_close(run(xs), [_reference(g, xs[0], 13, kw)])
+    assert be.last_build.own == be.last_build.functions > 0
+    funcs = _functions_dynamic(g)
+    assert [c for f in funcs.values() for c in _conv_groups(f)] == [13], sorted(funcs)
+
+
+def _functions_dynamic(g) -> dict:
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(optimize_passes(spec))(lower_graph(g, "tvm-llvm", None, ("N",)))
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+BF16_NET = """network m(x: f32[1, 32, 14, 14]) {
+    y = x | conv2d(48, 1) | relu
+    z = y | conv2d(48, 3, pad=1, groups=6) | relu
+    return z | conv2d(32, 1)
+}"""
+
+
+def test_bf16_build_keeps_grouped_convs_f32():
+    """``--precision bf16``: the dense convs take bf16 operands (AMX tiles or vdpbf16ps), the grouped conv between
+    them stays the f32 template.  Reference: torch with the dense convs' weights and inputs rounded to bf16 by
+    ``.to(torch.bfloat16)`` and the grouped conv in float32."""
+    from convdsl.backends.torch import build_module as torch_module
+    from convdsl.backends.tvm import backend
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    if "avx512_bf16" not in cpu_flags():
+        pytest.skip("the CPU has no AVX512_BF16")
+
+    def rounded(a):
+        return a.to(torch.bfloat16).to(torch.float32)
+
+    g = graph_of(BF16_NET)
+    x = np.random.default_rng(1).standard_normal((1, 32, 14, 14)).astype(np.float32)
+    be = backend("tvm-llvm", precision="bf16", progress=False, use_db=False)
+    y = be.build_module(g)(x)
+    ref = torch_module(g).eval()
+    for mod in ref.modules():
+        if isinstance(mod, torch.nn.Conv2d) and mod.groups == 1:
+            mod.weight.data = rounded(mod.weight.data)
+            mod.register_forward_pre_hook(lambda _, args: tuple(rounded(a) for a in args))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    assert_close([np.asarray(y)], [want])
+    with torch.no_grad():
+        f32 = torch_module(g).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(np.asarray(y) - f32).max() > 1e-6 * max(1.0, float(np.abs(f32).max()))  # really bf16 around it
+
+
+def test_regnet_grouped_convs_are_blocked():
+    """RegNetY-400MF (groups of 8): all 16 grouped convs become ``conv2d_nchwc`` kernels (AVX-512: 48 and 208
+    channels as merged pairs of groups in blocks of 16, 104 and 440 in blocks of 8) and no generic conv2d is
+    left.  (Its numbers against torch: test_examples.py.)"""
+    from pathlib import Path
+
+    from convdsl.api import load_graph
+
+    g = load_graph(Path(__file__).resolve().parents[3] / "examples" / "regnet_y_400mf.cdl", bind={"N": 1})
+    mod = _module(g)
+    calls = _calls(mod)
+    groups = sorted(c for n in calls for c in _conv_groups(mod[n]) if c > 1)
+    assert groups == sorted([3] + [13] * 3 + [13] * 6 + [55] * 6), groups
+    assert not any(n.startswith("conv2d") and "nchwc" not in n for n in calls), sorted(set(calls))
