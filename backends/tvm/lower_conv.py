@@ -3,10 +3,12 @@
 Relax's conv*d / conv*d_transpose in NCHW/OIHW; padding modes other than zeros
 become gathers in front of an unpadded convolution (indexing.pad_by_index).
 
-On CPU targets (tvm-llvm) three rewrites put convs on the blocked conv2d template of the layout pass
+On CPU targets (tvm-llvm) these rewrites put convs on the blocked conv2d template of the layout pass
 (schedules/layout.py) instead of TVM's generic schedule; each is a re-indexing (the same products,
 summed in the template's order) and the conv's bias is added after it, as before:
 
+- a 1x1 conv of a 1x1 image (squeeze-and-excitation after the global pool) is a matmul [N, C] x [C, O]
+  (the packed dense kernel, for any channel counts);
 - conv1d is a conv2d of height 1 ([N, C, L] -> [N, C, 1, L], the kernel [O, C/g, 1, k]);
 - conv3d (groups 1) is a conv2d over every output depth z: the kd input depths it reads (z sd + a dd)
   stacked as kd C channels, the depth moved into the batch ([N Do, kd C, H, W], the kernel
@@ -63,6 +65,10 @@ def conv_nd(cx: Lowerer, x: Expr, weight: np.ndarray, nd: int, strides, pads, di
                         padding=(0, pads[0][0], 0, pads[0][1]), dilation=(1,) + dilation, groups=groups,
                         data_layout="NCHW", kernel_layout="OIHW")
         return R.squeeze(cx.emit(y), [2])
+    if nd == 2 and groups == 1 and _on_cpu(cx) and weight.shape[2:] == (1, 1) and not any(v for pr in pads for v in pr):
+        y = _pointwise_on_a_pixel(cx, x, weight)
+        if y is not None:
+            return y
     if nd == 3 and groups == 1 and _on_cpu(cx):
         y = _depth_stacked(cx, x, weight, strides, pads, dilation)
         if y is not None:
@@ -70,6 +76,21 @@ def conv_nd(cx: Lowerer, x: Expr, weight: np.ndarray, nd: int, strides, pads, di
     data_layout, kernel_layout = _LAYOUT[nd]
     return getattr(R.nn, f"conv{nd}d")(x, cx.const(weight), strides=strides, padding=padding, dilation=dilation,
                                        groups=groups, data_layout=data_layout, kernel_layout=kernel_layout)
+
+
+def _pointwise_on_a_pixel(cx: Lowerer, x: Expr, weight: np.ndarray) -> Expr | None:
+    """A 1x1 conv of a 1x1 image (squeeze-and-excitation's convs after the global pool) as the matmul it is,
+    [N, C] x [C, O]: the layout pass's packed dense kernel for any channel counts (the blocked conv template
+    needs channels that 16 / 8 / 4 divide, RegNet's 110 and 26 went to TVM's generic schedule)."""
+    from convdsl.backends.tvm.schedules.layout import batch_shape
+
+    x = x if isinstance(x, tvm.relax.Var) else cx.emit(x)
+    shape = batch_shape(x)
+    if shape is None or len(shape) != 4 or shape[2:] != [1, 1]:
+        return None
+    o, c = weight.shape[:2]
+    y = cx.emit(R.matmul(cx.emit(R.reshape(x, [-1, c])), cx.const(np.ascontiguousarray(weight[:, :, 0, 0].T))))
+    return R.reshape(y, [-1, o, 1, 1])
 
 
 def _depth_stacked(cx: Lowerer, x: Expr, weight: np.ndarray, strides, pads, dilation) -> Expr | None:

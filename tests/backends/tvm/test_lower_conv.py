@@ -120,3 +120,30 @@ def test_large_dilation_keeps_tvm_conv_transpose():
     assert (2 * ((3 - 1) * 4 // 2 + 1)) ** 2 > MAX_PHASE_WORK * 3 ** 2
     names = _kernels(one_op("conv_transpose2d", [(1, 8, 5, 5)], 8, k=3, stride=2, dilation=4))
     assert any("conv2d_transpose" in n for n in names), names
+
+
+def _se(channels: int, squeeze: int) -> str:
+    return f"""network net(x: f32[N, {channels}, 7, 7]) {{
+    y = x | conv2d({channels}, 3, pad=1)
+    s = y | adaptive_avgpool2d(1) | conv2d({squeeze}, 1) | relu | conv2d({channels}, 1) | sigmoid
+    return relu(y * s) | conv2d({channels}, 1)
+}}
+"""
+
+
+@pytest.mark.parametrize("channels,squeeze", [(32, 8), (104, 26), (440, 110)])
+def test_squeeze_excitation_convs_are_matmuls(channels, squeeze, llvm_runner):
+    """The 1x1 convs of a 1x1 image become the packed dense kernel (any channel counts: 110 and 26 have no
+    channel block), and the gate multiplies the blocked feature map without taking it back to NCHW."""
+    text = _se(channels, squeeze)
+    g = graph_of(text)
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, text)(xs), torch_outputs(g, xs))
+    names = _kernels(text)
+    assert sum("dense_packed" in n for n in names) == 2, names
+    assert not any("conv2d" in n and "nchwc" not in n for n in names), names  # no generic conv
+    assert sum("unpack_nchwc" in n for n in names) <= 2, names  # the output, and the pooled vector for the matmul
+    assert not any("unpack_nchwc" in n and "multiply" in n for n in names), names
+    # the gate is packed by its own kernel: the sigmoid runs once per channel, not once per pixel in the multiply
+    assert any("pack_gate_nchwc" in n for n in names) and not any("sigmoid" in n and "multiply" in n for n in names), \
+        names
