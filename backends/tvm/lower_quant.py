@@ -175,8 +175,8 @@ def int8_instruction(w: np.ndarray | None = None) -> str:
 def int8_instructions(graph) -> dict[str, int]:
     """{instruction: how many quantized layers of ``graph`` run it} on the current target (the manifest's
     record of what the int8 build executes): ``vpdpbusd`` / ``vpmaddubsw`` / ``vpmaddwd`` for the
-    dot-product kernel, ``depthwise`` (schedules/int8_depthwise.py), ``generic`` (grouped convs,
-    qconv3d: Relax's int32 conv)."""
+    dot-product kernel, ``depthwise`` (schedules/int8_depthwise.py), ``grouped-f32`` (``grouped_in_f32``),
+    ``generic`` (other grouped convs, qconv3d: Relax's int32 conv)."""
     from convdsl.backends.tvm.schedules import int8_depthwise
 
     counts: dict[str, int] = {}
@@ -190,6 +190,8 @@ def int8_instructions(graph) -> dict[str, int]:
         if (node.op == "qconv2d" and groups == c == w.shape[0] and w.shape[1] == 1 and isinstance(c, int)
                 and int8_depthwise.fits(c, w.shape[2] * w.shape[3], ow if isinstance(ow, int) else 0)):
             kind = "depthwise"
+        elif node.op == "qconv2d" and grouped_in_f32("tvm-llvm", 2, groups, w):
+            kind = "grouped-f32"
         elif node.op == "qconv3d" or groups != 1:
             kind = "generic"
         else:
@@ -484,15 +486,37 @@ def _qconv(nd: int):
             width = [0, 0, 0, 0] + [p for pr in pads for p in pr]
             x = cx.emit(R.nn.pad(x, width, pad_value=float(a["in_zp"])))
         data_layout, kernel_layout = _LAYOUT[nd]
-        acc = cx.emit(getattr(R.nn, f"conv{nd}d")(x, cx.const(w, "int8"), strides=tuple_n(a["stride"], nd), padding=(0,) * (2 * nd),
-                                dilation=tuple_n(a["dilation"], nd), groups=a["groups"], data_layout=data_layout,
-                                kernel_layout=kernel_layout, out_dtype="int32"))
+        if grouped_in_f32(cx.target, nd, a["groups"], w):
+            # every partial sum an integer below 2^24: the f32 conv (the layout pass's grouped template) sums
+            # exactly in any order, and its value converts to the int32 accumulator exactly
+            xf = cx.emit(R.astype(x, "float32"))
+            accf = cx.emit(R.nn.conv2d(xf, cx.const(w.astype(np.float32), "float32"), strides=tuple_n(a["stride"], 2),
+                                       padding=(0, 0, 0, 0), dilation=tuple_n(a["dilation"], 2), groups=a["groups"],
+                                       data_layout="NCHW", kernel_layout="OIHW"))
+            acc = cx.emit(R.astype(accf, "int32"))
+        else:
+            acc = cx.emit(getattr(R.nn, f"conv{nd}d")(x, cx.const(w, "int8"), strides=tuple_n(a["stride"], nd),
+                                                      padding=(0,) * (2 * nd), dilation=tuple_n(a["dilation"], nd),
+                                                      groups=a["groups"], data_layout=data_layout,
+                                                      kernel_layout=kernel_layout, out_dtype="int32"))
         bias = _int32_bias(cx, node, w)
         if bias.any():
             acc = cx.emit(R.add(acc, cx.const(bias.reshape((1, -1) + (1,) * nd), "int32")))
         return _requantize(cx, node, acc, (1, -1) + (1,) * nd)
 
     return lower
+
+
+F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
+
+
+def grouped_in_f32(target: str, nd: int, groups: int, w: np.ndarray) -> bool:
+    """A grouped (not depthwise) qconv2d on CPU computed as a float32 conv of its integer operands: exact
+    where |q_x| <= 255 times |w| <= 128 summed over a group's C/g x kh x kw products stays <= 2^24 (RegNet's
+    groups of 8, 3x3: 72 products), so that it takes the blocked grouped-conv template instead of TVM's
+    generic int32 conv."""
+    return target == "tvm-llvm" and nd == 2 and groups > 1 and w.shape[1] > 1 \
+        and int(np.prod(w.shape[1:])) * 255 * 128 <= F32_EXACT
 
 
 def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:

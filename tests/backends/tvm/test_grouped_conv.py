@@ -311,3 +311,70 @@ def test_regnet_grouped_convs_are_blocked():
     groups = sorted(c for n in calls for c in _conv_groups(mod[n]) if c > 1)
     assert groups == sorted([3] + [13] * 3 + [13] * 6 + [55] * 6), groups
     assert not any(n.startswith("conv2d") and "nchwc" not in n for n in calls), sorted(set(calls))
+
+
+# ---- int8: a grouped qconv2d as the exact float32 grouped conv of its integer operands ----------------
+QGROUPED = {  # name: (input [C, H, W], out, groups, k, stride, pad, act dtype, out dtype, relu)
+    "regnet-8-wide-3x3": ((48, 12, 12), 48, 6, 3, 1, 1, "u8", "u8", True),
+    "stride2-i8": ((32, 13, 13), 64, 4, 3, 2, 1, "i8", "i8", False),
+    "f32-out": ((16, 9, 9), 32, 2, 3, 1, 1, "u8", "f32", False),
+}
+
+
+def _qgrouped(shape, out, groups, k, stride, pad, act, out_dtype, relu):
+    zp = 0 if act == "i8" else 128
+    kwargs = dict(stride=stride, pad=pad, groups=groups, in_scale=0.05, in_zp=zp - 3, out_dtype=out_dtype, relu=relu)
+    if out_dtype != "f32":
+        kwargs.update(out_scale=0.1, out_zp=-5 if out_dtype == "i8" else 7)
+    g = graph_of(one_op(f"quantize(0.05, {zp - 3}, dtype={act}) | qconv2d", [[2, *shape]], out, k, **kwargs))
+    rng = np.random.default_rng(0)
+    for key, a in list(g.params.items()):
+        if a.dtype == np.int8:
+            g.params[key] = rng.integers(-128, 128, a.shape).astype(np.int8)  # the full range: -128 included
+        elif a.dtype == np.int32:
+            g.params[key] = rng.integers(-3000, 3000, a.shape).astype(np.int32)
+        elif key.endswith("w_scale"):
+            g.params[key] = (rng.random(a.shape) * 0.02 + 0.002).astype(np.float32)
+    return g
+
+
+def _int8_kernels(g) -> list[str]:
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = lower_graph(g, "tvm-llvm", None, (), "int8")
+        mod = tvm.transform.Sequential(optimize_passes(spec, "int8", False))(mod)
+    return sorted(str(gv.name_hint) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+@pytest.mark.parametrize("case", list(QGROUPED), ids=list(QGROUPED))
+def test_grouped_qconv_is_exact_on_the_grouped_template(case):
+    """Equal to the torch int8 simulation (exact integers), and built from a conv2d_nchwc kernel carrying its
+    groups rather than TVM's generic int32 conv; the manifest's record says ``grouped-f32``."""
+    import convdsl.backends.tvm as ctvm
+    from convdsl.backends.torch import build_module
+    from convdsl.backends.tvm.lower_quant import F32_EXACT, grouped_in_f32, int8_instructions
+
+    shape, out, groups, k, stride, pad, act, out_dtype, relu = QGROUPED[case]
+    g = _qgrouped(shape, out, groups, k, stride, pad, act, out_dtype, relu)
+    x = (3 * np.random.default_rng(1).standard_normal((2, *shape))).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
+    got = m(x)
+    with torch.no_grad():
+        want = build_module(g)(torch.from_numpy(x)).numpy()
+    if out_dtype == "f32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+    else:
+        assert int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max()) == 0 and len(np.unique(want)) > 3
+    assert int8_instructions(g) == {"grouped-f32": 1}
+    names = _int8_kernels(g)
+    assert any("conv2d_nchwc" in n for n in names) and not any("conv2d" in n and "nchwc" not in n for n in names), \
+        names
+    assert (shape[0] // groups) * k * k * 255 * 128 <= F32_EXACT
+    assert not grouped_in_f32("tvm-llvm", 2, 2, np.zeros((8, 300, 3, 3), np.int8))  # 2700 products: int32
+    assert not grouped_in_f32("tvm-cuda", 2, groups, np.zeros((out, shape[0] // groups, k, k), np.int8))
