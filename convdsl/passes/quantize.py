@@ -507,7 +507,7 @@ class _Rewriter:
         arrays = {}
         rec: dict[str, Any] = {"node": node.id, "op": qop, "in": {"dtype": "f32"}, "out": out, "relu": False}
         if qop == "qlayernorm":
-            st = self.stats[x]
+            st = self.stats[self._float_source(x)]
             attrs.update(eps=node.attrs["eps"], x_scale=ln_input_scale(st.lo, st.hi))
             c = g.type_of(x).shape[-1]
             arrays = {local: g.params[node.params[local]] if local in node.params else np.full(c, fill, np.float32)
@@ -578,6 +578,14 @@ class _Rewriter:
                       [TensorType(t.shape, "f32")], after=node.id)
         self._reroute(v, readers, d, (v, scale, zp))
         g.outputs = [Value(d) if o == v else o for o in g.outputs]
+
+    def _float_source(self, x: Value) -> Value:
+        """The calibrated float value that ``x`` stands for: ``x`` itself, or, where ``x`` is the dequantize that
+        a quantized layer's other readers were moved to (``int8``), the value that layer quantized (its
+        dequantized copy stays within that value's range)."""
+        while x not in self.stats and x.node in self.int_of:
+            x = self.g.inputs_of(self.int_of[x.node][0].node)[0]
+        return x
 
     def _reroute(self, v: Value, readers: list, d: str, int8: tuple[Value, float, int]) -> None:
         """``readers`` of ``v`` read the dequantize node ``d`` instead (``int8``: what it dequantizes)."""
