@@ -40,7 +40,8 @@ def _conv_module(nd: int) -> ModuleFn:
             extra["bias"] = False
         if symmetric and a["pad_mode"] != "zeros" and any(padding):
             extra["padding_mode"] = a["pad_mode"]
-        return f"nn.Conv{nd}d({ins[0].shape[1]}, {a['out']}, {lit(k if len(set(k)) > 1 else k[0])}{keywords(**extra)})"
+        cls = "Conv3dBf16OnCpu" if nd == 3 and ins[0].dtype == "bf16" else f"nn.Conv{nd}d"  # a torch bug: runtime.py
+        return f"{cls}({ins[0].shape[1]}, {a['out']}, {lit(k if len(set(k)) > 1 else k[0])}{keywords(**extra)})"
 
     return module
 
@@ -80,5 +81,6 @@ def _conv_t_module(nd: int) -> ModuleFn:
 
 for _n in (1, 2, 3):
     # autograd keeps a conv's input, not its output: a relu or add after it may work in place
-    LOWERINGS.add(f"conv{_n}d", TorchLowering(_conv_call(_n), _conv_module(_n), output_not_saved=True))
+    LOWERINGS.add(f"conv{_n}d", TorchLowering(_conv_call(_n), _conv_module(_n), output_not_saved=True,
+                                              helpers_if_named=("Conv3dBf16OnCpu",) if _n == 3 else ()))
     LOWERINGS.add(f"conv_transpose{_n}d", TorchLowering(module_call, _conv_t_module(_n)))

@@ -42,6 +42,19 @@ class GroupNormOneValue(nn.GroupNorm):
         return y
 
 
+class Conv3dBf16OnCpu(nn.Conv3d):
+    """nn.Conv3d whose bf16 input on CPU is convolved in float32 and rounded back to bf16: the products of
+    bf16 values are exact in float32 and summed in float32, as torch's own bf16 conv does.  torch 2.14.1's CPU
+    bf16 conv3d returns wrong values for some shapes with one thread (stride 2 to an output of width 1:
+    tests/regressions/torch_bf16_conv3d_one_thread.cdl)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.bfloat16 or x.device.type != "cpu":
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return self._conv_forward(x.float(), self.weight.float(), bias).to(torch.bfloat16)
+
+
 def load_safetensors(path: str) -> dict:
     """Minimal reader for the safetensors format (header length, JSON header, raw data)."""
     import json
@@ -69,7 +82,7 @@ def load_safetensors(path: str) -> dict:
 
 
 HELPERS: dict[str, object] = {"Scope": Scope, "LayerNorm2d": LayerNorm2d, "GroupNormOneValue": GroupNormOneValue,
-                              "load_safetensors": load_safetensors}
+                              "Conv3dBf16OnCpu": Conv3dBf16OnCpu, "load_safetensors": load_safetensors}
 
 
 # ---- attention (convdsl/ir/ops/attention.py) ---------------------------------------------
