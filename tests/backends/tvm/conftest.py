@@ -89,3 +89,38 @@ def llvm_runner():
         return cache[key]
 
     return get
+
+
+def randomize_int8_params(g: Graph, seed: int = 0) -> Graph:
+    """An int8 program's parameters drawn over their whole ranges: int8 weights in [-128, 127] (-128 included),
+    int32 biases in [-3000, 3000), weight scales in [0.002, 0.022)."""
+    rng = np.random.default_rng(seed)
+    for key, a in list(g.params.items()):
+        if a.dtype == np.int8:
+            g.params[key] = rng.integers(-128, 128, a.shape).astype(np.int8)
+        elif a.dtype == np.int32:
+            g.params[key] = rng.integers(-3000, 3000, a.shape).astype(np.int32)
+        elif key.endswith("w_scale"):
+            g.params[key] = (rng.random(a.shape) * 0.02 + 0.002).astype(np.float32)
+    return g
+
+
+def check_against_simulation(g: Graph, shape, out_dtype: str):
+    """Build ``g`` (an int8 program) for tvm-llvm, run it on 3 N(0, 1) inputs [2, *shape] (seed 1) and compare
+    with the torch backend's int8 simulation: equal integers (int8 outputs), or float32 within 1e-6 of the
+    output's scale.  Returns (the built module, the simulation's output)."""
+    import torch
+
+    import convdsl.backends.tvm as ctvm
+
+    x = (3 * np.random.default_rng(1).standard_normal((2, *shape))).astype(np.float32)
+    m = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
+    got = m(x)
+    with torch.no_grad():
+        want = torch_module(g)(torch.from_numpy(x)).numpy()
+    if out_dtype == "f32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+    else:
+        assert got.dtype == want.dtype
+        assert int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max()) == 0  # exact
+    return m, want

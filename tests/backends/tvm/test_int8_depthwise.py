@@ -11,7 +11,7 @@ import convdsl.backends.tvm as ctvm  # noqa: E402
 from convdsl.backends.torch import build_module as torch_module  # noqa: E402
 from convdsl.backends.tvm.schedules import int8_depthwise  # noqa: E402
 
-from .conftest import graph_of, one_op  # noqa: E402
+from .conftest import check_against_simulation, graph_of, one_op, randomize_int8_params  # noqa: E402
 
 CASES = {
     # name: (input [C, H, W], k, stride, pad, dilation, act dtype, out dtype, relu)
@@ -39,31 +39,15 @@ def _program(shape, k, stride, pad, dilation, act, out_dtype, relu):
     if out_dtype != "f32":
         kwargs.update(out_scale=0.1, out_zp=-5 if out_dtype == "i8" else 7)
     g = graph_of(one_op(f"quantize(0.05, {zp - 3}, dtype={act}) | qconv2d", [[2, *shape]], shape[0], k, **kwargs))
-    rng = np.random.default_rng(0)
-    for key, a in list(g.params.items()):
-        if a.dtype == np.int8:
-            g.params[key] = rng.integers(-128, 128, a.shape).astype(np.int8)  # the full range: -128 included
-        elif a.dtype == np.int32:
-            g.params[key] = rng.integers(-3000, 3000, a.shape).astype(np.int32)
-        elif key.endswith("w_scale"):
-            g.params[key] = (rng.random(a.shape) * 0.02 + 0.002).astype(np.float32)
-    return g
+    return randomize_int8_params(g)
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_depthwise_int8_matches_torch_simulation(case):
     shape, k, stride, pad, dilation, act, out_dtype, relu = CASES[case]
     g = _program(shape, k, stride, pad, dilation, act, out_dtype, relu)
-    x = (3 * np.random.default_rng(1).standard_normal((2, *shape))).astype(np.float32)
-    m = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
-    got = m(x)
-    with torch.no_grad():
-        want = torch_module(g)(torch.from_numpy(x)).numpy()
-    if out_dtype == "f32":
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
-    else:
-        assert got.dtype == want.dtype
-        assert int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max()) == 0  # exact
+    m, want = check_against_simulation(g, shape, out_dtype)
+    if out_dtype != "f32":
         assert len(np.unique(want)) > 3
     assert m.built.own == m.built.functions  # scheduled by convdsl
 
