@@ -56,8 +56,9 @@ def _on_cpu(cx: Lowerer) -> bool:
 
 
 def conv_nd(cx: Lowerer, x: Expr, weight: np.ndarray, nd: int, strides, pads, dilation, groups: int) -> Expr:
-    """Relax conv{nd}d of x (NC...) with the constant ``weight`` (OI...), ``pads`` per dim (before, after);
-    on CPU a conv1d is emitted as a conv2d of height 1 (the layout pass's blocked template takes 2-D convs)."""
+    """Relax conv{nd}d of x (NC...) with the constant ``weight`` (OI...), ``pads`` per dim (before, after); on
+    CPU with the module docstring's rewrites (conv1d, conv3d, a 1x1 conv of a 1x1 image), since the layout
+    pass's blocked template takes 2-D convs."""
     strides, dilation = tuple(strides), tuple(dilation)
     padding = tuple(lo for lo, _ in pads) + tuple(hi for _, hi in pads)
     if nd == 1 and _on_cpu(cx):
@@ -147,7 +148,6 @@ def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
     output channels ordered (o, r_1, ..., r_nd), each phase's taps at T - 1 - m_j, zeros elsewhere."""
     c, og = w.shape[:2]
     k = w.shape[2:]
-    nd = len(k)
     t = tuple((ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation))
     wg = w.reshape((groups, c // groups, og) + k)
     out = np.zeros((groups, og) + tuple(stride) + (c // groups,) + t, dtype=w.dtype)
