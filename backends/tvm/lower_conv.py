@@ -79,14 +79,20 @@ def conv_nd(cx: Lowerer, x: Expr, weight: np.ndarray, nd: int, strides, pads, di
                                        groups=groups, data_layout=data_layout, kernel_layout=kernel_layout)
 
 
+def _bound(cx: Lowerer, x: Expr) -> tuple[Expr, list | None]:
+    """``x`` as a bound variable (emitted if it is an expression) and its shape, its dims after the first static
+    (``layout.batch_shape``; None otherwise)."""
+    from convdsl.backends.tvm.schedules.layout import batch_shape
+
+    x = x if isinstance(x, tvm.relax.Var) else cx.emit(x)
+    return x, batch_shape(x)
+
+
 def _pointwise_on_a_pixel(cx: Lowerer, x: Expr, weight: np.ndarray) -> Expr | None:
     """A 1x1 conv of a 1x1 image (squeeze-and-excitation's convs after the global pool) as the matmul it is,
     [N, C] x [C, O]: the layout pass's packed dense kernel for any channel counts (the blocked conv template
     needs channels that 16 / 8 / 4 divide, RegNet's 110 and 26 went to TVM's generic schedule)."""
-    from convdsl.backends.tvm.schedules.layout import batch_shape
-
-    x = x if isinstance(x, tvm.relax.Var) else cx.emit(x)
-    shape = batch_shape(x)
+    x, shape = _bound(cx, x)
     if shape is None or len(shape) != 4 or shape[2:] != [1, 1]:
         return None
     o, c = weight.shape[:2]
@@ -97,10 +103,7 @@ def _pointwise_on_a_pixel(cx: Lowerer, x: Expr, weight: np.ndarray) -> Expr | No
 def _depth_stacked(cx: Lowerer, x: Expr, weight: np.ndarray, strides, pads, dilation) -> Expr | None:
     """conv3d as a conv2d over every output depth (module docstring): the kd input depths of output depth z
     (z sd + a dd, a < kd) stacked as channels, the depth moved into the batch."""
-    from convdsl.backends.tvm.schedules.layout import batch_shape
-
-    x = x if isinstance(x, tvm.relax.Var) else cx.emit(x)
-    shape = batch_shape(x)
+    x, shape = _bound(cx, x)
     if shape is None:
         return None
     o, c, kd = weight.shape[:3]
@@ -120,7 +123,7 @@ def _depth_stacked(cx: Lowerer, x: Expr, weight: np.ndarray, strides, pads, dila
     w2 = np.ascontiguousarray(weight.transpose(0, 2, 1, 3, 4).reshape(o, kd * c, *weight.shape[3:]))
     y = cx.emit(R.nn.conv2d(xs, cx.const(w2), strides=(sh, sw), padding=(h0, w0, h1, w1), dilation=(dh, dw),
                             data_layout="NCHW", kernel_layout="OIHW"))
-    oh, ow = batch_shape(y)[2:]
+    oh, ow = _bound(cx, y)[1][2:]
     return R.permute_dims(cx.emit(R.reshape(y, [-1, out_d, o, oh, ow])), [0, 2, 1, 3, 4])
 
 
@@ -141,6 +144,11 @@ def _conv(nd: int) -> LowerFn:
     return lower
 
 
+def phase_taps(k, stride, dilation) -> tuple[int, ...]:
+    """T per dim: the taps of the phase decomposition's conv, (k - 1) d // s + 1 (module docstring)."""
+    return tuple((ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation))
+
+
 def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
     """The conv kernel of a transposed conv's stride-phase decomposition (module docstring).
 
@@ -148,7 +156,7 @@ def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
     output channels ordered (o, r_1, ..., r_nd), each phase's taps at T - 1 - m_j, zeros elsewhere."""
     c, og = w.shape[:2]
     k = w.shape[2:]
-    t = tuple((ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation))
+    t = phase_taps(k, stride, dilation)
     wg = w.reshape((groups, c // groups, og) + k)
     out = np.zeros((groups, og) + tuple(stride) + (c // groups,) + t, dtype=w.dtype)
     for taps in np.ndindex(*k):
@@ -165,7 +173,7 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
     if not all(isinstance(v, int) for v in in_shape[1:]):
         return None
     k = w.shape[2:]
-    t = [(ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation)]
+    t = phase_taps(k, stride, dilation)
     if np.prod([si * ti for si, ti in zip(stride, t)]) > MAX_PHASE_WORK * np.prod(k):
         return None
     o = w.shape[1] * groups

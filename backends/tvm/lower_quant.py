@@ -507,16 +507,15 @@ def _qconv(nd: int):
     return lower
 
 
-F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
-
-
 def grouped_in_f32(target: str, nd: int, groups: int, w: np.ndarray) -> bool:
     """A grouped (not depthwise) qconv2d on CPU computed as a float32 conv of its integer operands: exact
-    where |q_x| <= 255 times |w| <= 128 summed over a group's C/g x kh x kw products stays <= 2^24 (RegNet's
-    groups of 8, 3x3: 72 products), so that it takes the blocked grouped-conv template instead of TVM's
-    generic int32 conv."""
+    where a group's C/g x kh x kw products of |q_x| <= 255 and |w| <= 128 sum to at most 2^24, the depthwise
+    kernel's bound (``int8_depthwise.MAX_TAPS``; RegNet's groups of 8, 3x3: 72 products), so that it takes the
+    blocked grouped-conv template instead of TVM's generic int32 conv."""
+    from convdsl.backends.tvm.schedules import int8_depthwise
+
     return target == "tvm-llvm" and nd == 2 and groups > 1 and w.shape[1] > 1 \
-        and int(np.prod(w.shape[1:])) * 255 * 128 <= F32_EXACT
+        and int(np.prod(w.shape[1:])) <= int8_depthwise.MAX_TAPS
 
 
 def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:
