@@ -124,3 +124,19 @@ def check_against_simulation(g: Graph, shape, out_dtype: str):
         assert got.dtype == want.dtype
         assert int(np.abs(got.astype(np.int64) - want.astype(np.int64)).max()) == 0  # exact
     return m, want
+
+
+def kernel_names(g: Graph, precision: str = "f32") -> list[str]:
+    """The PrimFuncs of ``g``'s tvm-llvm module at ``precision`` after lowering, the layout pass and fusion
+    (``optimize_passes``, Winograd off), sorted: which kernels a conv became."""
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(optimize_passes(spec, precision, False))(
+            lower_graph(g, "tvm-llvm", None, (), precision))
+    return sorted(str(gv.name_hint) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import assert_close, check_against_simulation, graph_of, one_op, random_inputs, \
+from .conftest import assert_close, check_against_simulation, graph_of, kernel_names, one_op, random_inputs, \
     randomize_int8_params
 
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512"}
@@ -331,34 +331,21 @@ def _qgrouped(shape, out, groups, k, stride, pad, act, out_dtype, relu):
     return randomize_int8_params(g)
 
 
-def _int8_kernels(g) -> list[str]:
-    import tvm
-
-    from convdsl.backends.tvm.build import optimize_passes
-    from convdsl.backends.tvm.lowering import lower_graph
-    from convdsl.backends.tvm.targets import make_target
-
-    spec = make_target("tvm-llvm")
-    with spec.tvm_target():
-        mod = lower_graph(g, "tvm-llvm", None, (), "int8")
-        mod = tvm.transform.Sequential(optimize_passes(spec, "int8", False))(mod)
-    return sorted(str(gv.name_hint) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
-
-
 @pytest.mark.parametrize("case", list(QGROUPED), ids=list(QGROUPED))
 def test_grouped_qconv_is_exact_on_the_grouped_template(case):
     """Equal to the torch int8 simulation (exact integers), and built from a conv2d_nchwc kernel carrying its
     groups rather than TVM's generic int32 conv; the manifest's record says ``grouped-f32``."""
-    from convdsl.backends.tvm.lower_quant import F32_EXACT, grouped_in_f32, int8_instructions
+    from convdsl.backends.tvm.lower_quant import grouped_in_f32, int8_instructions
+    from convdsl.backends.tvm.schedules.int8_depthwise import MAX_TAPS
 
     shape, out, groups, k, stride, pad, act, out_dtype, relu = QGROUPED[case]
     g = _qgrouped(shape, out, groups, k, stride, pad, act, out_dtype, relu)
     _, want = check_against_simulation(g, shape, out_dtype)
     assert out_dtype == "f32" or len(np.unique(want)) > 3
     assert int8_instructions(g) == {"grouped-f32": 1}
-    names = _int8_kernels(g)
+    names = kernel_names(g, "int8")
     assert any("conv2d_nchwc" in n for n in names) and not any("conv2d" in n and "nchwc" not in n for n in names), \
         names
-    assert (shape[0] // groups) * k * k * 255 * 128 <= F32_EXACT
+    assert (shape[0] // groups) * k * k <= MAX_TAPS  # 255 * 128 * MAX_TAPS <= 2^24: test_int8_depthwise
     assert not grouped_in_f32("tvm-llvm", 2, 2, np.zeros((8, 300, 3, 3), np.int8))  # 2700 products: int32
     assert not grouped_in_f32("tvm-cuda", 2, groups, np.zeros((out, shape[0] // groups, k, k), np.int8))

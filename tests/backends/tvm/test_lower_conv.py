@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from convdsl.backends.tvm.lower_conv import MAX_PHASE_WORK, phase_kernel
 
-from .conftest import assert_close, graph_of, one_op, random_inputs, torch_outputs
+from .conftest import assert_close, graph_of, kernel_names, one_op, random_inputs, torch_outputs
 
 
 def _by_phases(x: torch.Tensor, w: np.ndarray, stride, pad, output_pad, dilation, groups) -> torch.Tensor:
@@ -71,16 +71,7 @@ def test_phase_kernel_places_each_tap_once():
 
 
 def _kernels(text: str) -> list[str]:
-    import tvm
-
-    from convdsl.backends.tvm.build import optimize_passes
-    from convdsl.backends.tvm.lowering import lower_graph
-    from convdsl.backends.tvm.targets import make_target
-
-    spec = make_target("tvm-llvm")
-    with spec.tvm_target():
-        mod = tvm.transform.Sequential(optimize_passes(spec, "f32", False))(lower_graph(graph_of(text), "tvm-llvm", {}))
-    return sorted(str(gv.name_hint) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    return kernel_names(graph_of(text))
 
 
 TVM_CASES = [  # (op, input shape, out, attrs)
