@@ -364,7 +364,7 @@ exit:
 """
 
 
-_GELU_TO_BF16 = """  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
+_TO_BF16 = """  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
   %g1 = call <16 x float> @convdsl_gelu16(<16 x float> %v1)
   %bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %g1, <16 x float> %g0)
 """
@@ -374,13 +374,109 @@ _TO_BF16 = """  %bf = call <32 x bfloat>
 
 
 EXTERN_BF16_GELU = "convdsl_amx_dpbf16ps_2x2_gelu_pack"
-# One 32 x 32 block of fc1: the micro-kernel's four C tiles to a 4 KiB stack buffer (L1), then per row the 32
-# values + bias through the GELU, rounded to bf16 (vcvtne2ps2bf16: round to nearest even, as ``to_bf16_bits``)
-# into the row's 64 bytes of the next GEMM's A-tile pack (the block's 32 rows are 2 KiB there, contiguous)
+MLP_UP_TASKS = 16  # parallel tasks mlp_up_bf16 aims for (column pairs x row groups), enough for the cores
+
+
+def _gelu_row(tag: str, acc: str, out: str, r: str) -> str:
+    """IR of one row ``r`` of a finished block: its two column halves in the 4 KiB buffer ``acc`` + bias, through
+    the GELU, rounded to bf16 (vcvtne2ps2bf16: round to nearest even, as ``to_bf16_bits``) into the row's 64 bytes
+    at ``out`` (value names prefixed with ``tag``)."""
+    return f"""  %{tag}i1 = add i64 {r}, {BLOCK_ROWS}
+  %{tag}p0 = getelementptr <16 x float>, ptr {acc}, i64 {r}
+  %{tag}p1 = getelementptr <16 x float>, ptr {acc}, i64 %{tag}i1
+  %{tag}x0 = load <16 x float>, ptr %{tag}p0, align 64
+  %{tag}x1 = load <16 x float>, ptr %{tag}p1, align 64
+  %{tag}v0 = fadd <16 x float> %{tag}x0, %bias0
+  %{tag}v1 = fadd <16 x float> %{tag}x1, %bias1
+  %{tag}g0 = call <16 x float> @convdsl_gelu16(<16 x float> %{tag}v0)
+  %{tag}g1 = call <16 x float> @convdsl_gelu16(<16 x float> %{tag}v1)
+  %{tag}bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %{tag}g1, <16 x float> %{tag}g0)
+  %{tag}dst = getelementptr <32 x bfloat>, ptr {out}, i64 {r}
+  store <32 x bfloat> %{tag}bf, ptr %{tag}dst, align 64
+"""
+
+
+# fc1's blocks of one column pair, ``%nblocks`` 32-row blocks from ``%a`` / to ``%p``, software-pipelined: while
+# block pb's tile products run (the AMX unit works on its own), the vector units finish block pb - 1 (bias, GELU,
+# bf16 rounding: ``%rps`` of its rows after each reduction step), whose C tiles went to the other half of a
+# double buffer (2 x 4 KiB, L1).  Done one block after the other, the tiles waited for each epilogue and the
+# epilogue for the tile stores: together as long as the products.  The tile products, their order and the
+# epilogue's arithmetic are the unpipelined kernel's, so the result is the same to the bit.
 LLVM_IR_BF16_GELU = LLVM_IR_BF16 + _gelu_ir() + f"""
-define linkonce_odr i32 @{EXTERN_BF16_GELU}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, ptr %offs, i64 %steps, ptr %b,
-                                          i64 %b_ob) {{
-{_rows_to_a_tiles(_GELU_TO_BF16)}declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
+define linkonce_odr i32 @{EXTERN_BF16_GELU}(ptr %p, ptr %bias, ptr %a, i64 %a_icb, i64 %steps, ptr %b, i64 %b_ob,
+                                          i32 %nblocks32) alwaysinline {{
+entry:
+  %nblocks = sext i32 %nblocks32 to i64
+  %accs = alloca [{2 * BLOCK_ROWS * BLOCK_OC} x float], align 64
+  %bias0 = load <16 x float>, ptr %bias, align 4
+  %bp = getelementptr float, ptr %bias, i64 {OC}
+  %bias1 = load <16 x float>, ptr %bp, align 4
+  %rps0 = add i64 %steps, {BLOCK_ROWS - 1}
+  %rps = udiv i64 %rps0, %steps
+  br label %block
+block:
+  %pb = phi i64 [0, %entry], [%pb1, %store]
+  %has_prev = icmp ne i64 %pb, 0
+  %cur_half = and i64 %pb, 1
+  %cur_off = mul i64 %cur_half, {BLOCK_ROWS * BLOCK_OC}
+  %cur = getelementptr float, ptr %accs, i64 %cur_off
+  %prev_off = sub i64 {BLOCK_ROWS * BLOCK_OC}, %cur_off
+  %prev = getelementptr float, ptr %accs, i64 %prev_off
+  %pb_m1 = sub i64 %pb, 1
+  %prev_p = getelementptr [{BLOCK_ROWS} x <32 x bfloat>], ptr %p, i64 %pb_m1
+  %ab = getelementptr [{BLOCK_ROWS} x <32 x bfloat>], ptr %a, i64 %pb
+  %z00 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  %z01 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  %z10 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  %z11 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
+  br label %step
+step:
+  %s = phi i64 [0, %block], [%s1, %step_end]
+  %c00 = phi x86_amx [%z00, %block], [%n00, %step_end]
+  %c01 = phi x86_amx [%z01, %block], [%n01, %step_end]
+  %c10 = phi x86_amx [%z10, %block], [%n10, %step_end]
+  %c11 = phi x86_amx [%z11, %block], [%n11, %step_end]
+  %ao = mul i64 %s, %a_icb
+  %a0 = getelementptr i8, ptr %ab, i64 %ao
+{tile_step("tdpbf16ps")}  %r_lo = mul i64 %s, %rps
+  %r_hi0 = add i64 %r_lo, %rps
+  %r_hi = call i64 @llvm.umin.i64(i64 %r_hi0, i64 {BLOCK_ROWS})
+  %rows_left = icmp ult i64 %r_lo, %r_hi
+  %go = and i1 %has_prev, %rows_left
+  br i1 %go, label %row, label %step_end
+row:
+  %r = phi i64 [%r_lo, %step], [%r1, %row]
+{_gelu_row("e", "%prev", "%prev_p", "%r")}  %r1 = add i64 %r, 1
+  %rdone = icmp eq i64 %r1, %r_hi
+  br i1 %rdone, label %step_end, label %row
+step_end:
+  %s1 = add i64 %s, 1
+  %sdone = icmp eq i64 %s1, %steps
+  br i1 %sdone, label %store, label %step
+store:
+  %cur1 = getelementptr i8, ptr %cur, i64 1024
+  %curb = getelementptr i8, ptr %cur, i64 {BLOCK_ROWS * OC * 4}
+  %curb1 = getelementptr i8, ptr %curb, i64 1024
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cur, i64 64, x86_amx %n00)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cur1, i64 64, x86_amx %n10)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %curb, i64 64, x86_amx %n01)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %curb1, i64 64, x86_amx %n11)
+  %pb1 = add i64 %pb, 1
+  %bdone = icmp eq i64 %pb1, %nblocks
+  br i1 %bdone, label %last, label %block
+last:
+  %last_p = getelementptr [{BLOCK_ROWS} x <32 x bfloat>], ptr %p, i64 %pb
+  br label %lrow
+lrow:
+  %lr = phi i64 [0, %last], [%lr1, %lrow]
+{_gelu_row("l", "%cur", "%last_p", "%lr")}  %lr1 = add i64 %lr, 1
+  %ldone = icmp eq i64 %lr1, {BLOCK_ROWS}
+  br i1 %ldone, label %exit, label %lrow
+exit:
+  ret i32 0
+}}
+declare i64 @llvm.umin.i64(i64, i64)
+declare <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float>, <16 x float>)
 """
 
 
@@ -388,25 +484,31 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, gamma: te.Tens
                 beta: te.Tensor | None = None, eps: float = 1e-5) -> te.Tensor:
     """gelu(x W + bias) for x [N, L, K] f32 (W, bias as ``linear_rows_bf16``), rounded to bf16 straight into the
     next GEMM's A-tile pack: [N, O/32, rows, 32] uint16 (``linear_packed_bf16`` reads it).  Each 32 x 32 block is
-    finished while it is in L1 (``LLVM_IR_BF16_GELU``: the conv's micro-kernel with one tap, then bias, GELU and
-    the bf16 rounding per row), so the block's f32 values never go to memory.  The GELU is FastMath's (x * (0.5 +
-    0.5 * fast_erf(x / sqrt 2))) op for op; the hidden layer never exists as an f32 tensor, and the next GEMM has
-    no pack of its own.  ``gamma``, ``beta``, ``eps``: x is a layer norm's input, normalized in the pack."""
+    finished while it is in L1 (``LLVM_IR_BF16_GELU``: the tile products of a column pair's row blocks, each block's
+    bias, GELU and bf16 rounding done while the next block's products run), so the block's f32 values never go to
+    memory.  The GELU is FastMath's (x * (0.5 + 0.5 * fast_erf(x / sqrt 2))) op for op; the hidden layer never
+    exists as an f32 tensor, and the next GEMM has no pack of its own.  A task is a column pair's row blocks, split
+    into row groups where there are fewer than ``MLP_UP_TASKS`` pairs.  ``gamma``, ``beta``, ``eps``: x is a layer
+    norm's input, normalized in the pack."""
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
     xa = _pack_rows_bf16(x, kb) if gamma is None else pack_rows_ln_bf16(x, gamma, beta, eps, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
     offs = one_tap()
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
+    per_group = cdiv(blocks, min(blocks, cdiv(MLP_UP_TASKS, pairs)))  # row blocks per task
+    groups = cdiv(blocks, per_group)
 
     def body(ins, outs):
         a, wt, taps, bs = ins
         p, = outs
-        return block_loop(n, pairs, blocks, LLVM_IR_BF16_GELU, lambda bi, j, pb: tirx.call_extern(
+        return block_loop(n, pairs, groups, LLVM_IR_BF16_GELU, lambda bi, j, g: tirx.call_extern(
             "int32", EXTERN_BF16_GELU,
-            p.access_ptr("w", offset=((bi * pairs + j) * rows + pb * BLOCK_ROWS) * BF16_CHANNELS),
+            p.access_ptr("w", offset=((bi * pairs + j) * rows + g * (per_group * BLOCK_ROWS)) * BF16_CHANNELS),
             bs.access_ptr("r", offset=j * BLOCK_OC),
-            a.access_ptr("r", offset=(bi * kb * rows + pb * BLOCK_ROWS) * BF16_CHANNELS), i64(rows * TILE_K),
-            taps.access_ptr("r"), i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024)))
+            a.access_ptr("r", offset=(bi * kb * rows + g * (per_group * BLOCK_ROWS)) * BF16_CHANNELS),
+            i64(rows * TILE_K), i64(kb), wt.access_ptr("r", offset=2 * j * kb * 512), i64(kb * 1024),
+            # the task's row blocks: i32 (TVM narrows such index arithmetic to int32 whatever cast it had)
+            tirx.Cast("int32", tirx.min(per_group, blocks - g * per_group))))
 
     ins = (xa, kernel, offs, bias)
     buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xa", "w", "taps", "bias"))]

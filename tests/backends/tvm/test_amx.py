@@ -820,6 +820,7 @@ MLP_BLOCK = """network t(x: f32[1, 197, 64]) {
     m = x | layernorm | linear(128) | gelu | dropout(0.1) | linear(64)
     return x + m
 }"""  # ViT's MLP half-layer: 197 tokens (7 row blocks of 32, the last partial)
+MLP_WIDE = MLP_BLOCK.replace("linear(128)", "linear(512)")  # 8 column pairs: tasks of 4 and 3 row blocks, pipelined
 MLP_SHARED = """network t(x: f32[1, 40, 64]) {
     h = x | linear(128) | gelu
     y = x + (h | linear(64))
@@ -839,8 +840,9 @@ def _kernel_names(g) -> list[str]:
 
 
 @needs_amx_bf16
-@pytest.mark.parametrize("src,shape,fused", [(MLP_BLOCK, (1, 197, 64), True), (MLP_SHARED, (1, 40, 64), False)],
-                         ids=["vit_mlp", "hidden_is_output"])
+@pytest.mark.parametrize("src,shape,fused", [(MLP_BLOCK, (1, 197, 64), True), (MLP_WIDE, (1, 197, 64), True),
+                                             (MLP_SHARED, (1, 40, 64), False)],
+                         ids=["vit_mlp", "row_groups", "hidden_is_output"])
 def test_mlp_bf16_on_amx_matches_torch_bf16_arithmetic(src, shape, fused):
     from convdsl.lang.elaborate import elaborate
 
