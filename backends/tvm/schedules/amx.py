@@ -775,6 +775,24 @@ def schedule(sch: s_tir.Schedule, blocks: dict[str, str], inline_consumers, para
         parallel_outer(sch, block, 2)
 
 
+REQUANT_MIN_COLUMN_BLOCKS = 8  # fewer 16-channel blocks: a qlinear requantizes rows in parallel (cores kept busy)
+REQUANT_HEAVY_EPILOGUE = 64  # TIR nodes in the requantization's value from which the columns go in parallel
+
+
+def _expression_size(sch: s_tir.Schedule, block, cap: int) -> int:
+    """TIR expression nodes in the value ``block`` stores (the requantization and what was inlined into it,
+    shared subexpressions counted where they appear), counted up to ``cap``."""
+    count, todo = 0, [sch.get(block).body]
+    while todo and count < cap:
+        node = todo.pop()
+        count += 1
+        for field in ("value", "a", "b", "condition", "true_value", "false_value"):  # stores, casts, arithmetic,
+            if hasattr(node, field):                                                # min / max, selects
+                todo.append(getattr(node, field))
+        todo.extend(getattr(node, "args", ()))  # calls (round, fabs, ...)
+    return count
+
+
 def _schedule_requant(sch: s_tir.Schedule, requant, inline_consumers) -> list:
     """``conv_extern``'s requantization; returns the consumers that could not be inlined into it."""
     tail = inline_consumers(sch, requant)
@@ -794,7 +812,21 @@ def _schedule_requant(sch: s_tir.Schedule, requant, inline_consumers) -> list:
     elif len(loops) == 5:  # blocked [N, O/ob, OH, OW, ob]: (n, ob, oh) in parallel, each pixel's ob channels
         sch.parallel(sch.fuse(*loops[:3]))  # one vector: a contiguous read of acc and a contiguous store
         vectorize_by(sch, loops[4], min(OC, extents[4]))
-    else:  # qlinear's [..., O]: rows in parallel, channels vectorized (contiguous in acc and the output)
+    elif (len(loops) in (2, 3) and extents[-1] % OC == 0 and extents[-1] // OC >= REQUANT_MIN_COLUMN_BLOCKS
+          and _expression_size(sch, requant, REQUANT_HEAVY_EPILOGUE) >= REQUANT_HEAVY_EPILOGUE):
+        # qlinear's [rows, O] / [N, L, O] with a costly epilogue inlined (qgelu: an erf per value): the 16-channel
+        # blocks in parallel, the same split of the columns as the block loop's (column pair, row block), so a
+        # core requantizes the C tiles it wrote (in its L2); then the rows, each block's 16 channels one vector:
+        # acc read as it lies (a column block's rows are contiguous).  Rows in parallel read every column block,
+        # half of them from the other core, 14 KB apart (ViT-S fc1 + qgelu: 279-289 -> 198-202 us, same output).
+        # A light epilogue keeps the rows: the next kernel reads the output by rows, and the exchange between
+        # the cores only moves there (every qlinear so, GFNet int8, its qgelus behind a reshape: 0.50 -> 0.53 ms)
+        *rows, c = loops
+        cb, c16 = sch.split(c, [None, OC])
+        sch.reorder(cb, *rows, c16)
+        sch.parallel(cb)
+        sch.vectorize(c16)
+    else:  # qlinear's [..., O] (few columns or not in blocks of 16): rows in parallel, channels vectorized
         sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         vectorize_by(sch, loops[-1], OC)
     return tail

@@ -306,7 +306,8 @@ def test_qconv2d_on_amx_matches_torch_simulation(case):
 
 @needs_amx
 @pytest.mark.parametrize("shape,out,act", [((3, 64), 10, "u8"), ((1, 197, 384), 40, "i8"), ((2, 25, 70), 33, "u8"),
-                                           ((1, 512), 1000, "u8")], ids=["2d", "vit-tokens-i8", "3d-odd", "gemv-1000"])
+                                           ((1, 512), 1000, "u8"), ((2, 45, 96), 160, "u8")],
+                         ids=["2d", "vit-tokens-i8", "3d-odd", "gemv-1000", "column-blocks-in-parallel"])
 def test_qlinear_on_amx_matches_torch_simulation(shape, out, act):
     zp = 0 if act == "i8" else 128
     src = one_op(f"quantize(0.05, {zp}, dtype={act}) | qlinear", [list(shape)], out, in_scale=0.05, in_zp=zp,
@@ -317,6 +318,24 @@ def test_qlinear_on_amx_matches_torch_simulation(shape, out, act):
     assert _instructions(be, g) == {"tdpbusd": 1}
     got, want = be.build_module(g)(x), _torch(g, x)
     assert _steps(got, want) == 0 and len(np.unique(want)) > 3
+
+
+@needs_amx
+def test_qlinear_qgelu_on_amx_is_bit_exact():
+    """fc1 + qgelu as the quantize pass leaves a transformer MLP (batch 1: one kernel; batch 2 reshapes the
+    rows between them): the qgelu inlined into the requantization, which then runs over the 12 column blocks
+    in parallel (amx._schedule_requant)."""
+    from .conftest import kernel_names
+
+    src = """network t(x: f32[1, 45, 96]) {
+    return x | quantize(0.05, 128, dtype=u8) | qlinear(192, in_scale=0.05, in_zp=128, out_dtype=f32)
+             | qgelu(out_scale=0.02, out_zp=20)
+}"""
+    g = _random_int_params(graph_of(src), wmax=40)
+    assert "fused_qlinear_qgelu" in kernel_names(g, "int8")
+    x = (3 * np.random.default_rng(5).standard_normal((1, 45, 96))).astype(np.float32)
+    got, want = _int8().build_module(g)(x), _torch(g, x)
+    assert got.dtype == want.dtype and np.array_equal(got, want) and len(np.unique(want)) > 20
 
 
 @needs_amx
