@@ -48,6 +48,7 @@ TILE_K = 64  # input-channel bytes of one A row
 OC = 16  # output channels of one C tile (int32 lanes of a row)
 BLOCK_ROWS = 2 * TILE_ROWS  # pixels of the micro-kernel's block
 BLOCK_OC = 2 * OC  # output channels of the micro-kernel's block
+C_TILES = ("00", "01", "10", "11")  # the 2 x 2 block's C tiles: (pixel tile, channel tile)
 MIN_CHANNELS = 8  # fewer input channels (an RGB stem): VNNI (tiles of 4-byte rows ran at 60% of the speed)
 EXTERN = "convdsl_amx_dpbusd_2x2"
 IMPORT_ATTR = "pragma_import_llvm"
@@ -80,25 +81,28 @@ def tile_step(op: str, k: int = TILE_K) -> str:
 """
 
 
+def tile_zeros() -> str:
+    """IR zeroing the 2 x 2 block's C tiles: ``%z00``..``%z11``."""
+    return "".join(f"  %z{t} = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)\n" for t in C_TILES)
+
+
+def tile_phis(init: str, loop: str) -> str:
+    """IR of the C tiles' phis at a reduction loop's head: ``%c00``..``%c11`` from ``%z..`` (coming from block
+    ``init``) or ``tile_step``'s ``%n..`` (from block ``loop``)."""
+    return "".join(f"  %c{t} = phi x86_amx [%z{t}, %{init}], [%n{t}, %{loop}]\n" for t in C_TILES)
+
+
 def _micro_kernel(name: str, op: str, k: int = TILE_K) -> str:
     return f"""
 define linkonce_odr i32 @{name}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
                                   ptr %b, i64 %b_ob) alwaysinline {{
 entry:
-  %z00 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %z01 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %z10 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %z11 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  br label %loop
+{tile_zeros()}  br label %loop
 loop:
   %s = phi i64 [0, %entry], [%s1, %loop]
   %t = phi i64 [0, %entry], [%t2, %loop]
   %ai = phi ptr [%a, %entry], [%ai2, %loop]
-  %c00 = phi x86_amx [%z00, %entry], [%n00, %loop]
-  %c01 = phi x86_amx [%z01, %entry], [%n01, %loop]
-  %c10 = phi x86_amx [%z10, %entry], [%n10, %loop]
-  %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
-  %op = getelementptr i64, ptr %offs, i64 %t
+{tile_phis("entry", "loop")}  %op = getelementptr i64, ptr %offs, i64 %t
   %o = load i64, ptr %op
   %a0 = getelementptr i8, ptr %ai, i64 %o
 {tile_step(op, k)}  %s1 = add i64 %s, 1
@@ -841,4 +845,5 @@ def vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "row_bytes", "int8_micro_kernel", "clip_bounds", "Geometry",
            "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "block_loop", "cdiv", "tile_step",
+           "tile_zeros", "tile_phis",
            "vectorize_by", "llvm_f32", "i64", "one_tap", "LLVM_IR", "LLVM_IR_BF16"]

@@ -17,7 +17,7 @@ from tvm import s_tir, te, tirx
 
 from convdsl.backends.tvm.schedules.amx import (ATTR, BF16_CHANNELS, BLOCK_OC, BLOCK_ROWS, EXTERN_BF16, IMPORT_ATTR,
                                                 LLVM_IR_BF16, OC, TILE_K, block_loop, cdiv, i64, llvm_f32,
-                                                one_tap, tile_step, vectorize_by)
+                                                one_tap, tile_phis, tile_step, tile_zeros, vectorize_by)
 
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
@@ -184,11 +184,7 @@ entry:
   br label %loop
 loop:
   %s = phi i64 [0, %entry], [%s1, %loop]
-  %c00 = phi x86_amx [%z00, %entry], [%n00, %loop]
-  %c01 = phi x86_amx [%z01, %entry], [%n01, %loop]
-  %c10 = phi x86_amx [%z10, %entry], [%n10, %loop]
-  %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
-  %ao = mul i64 %s, %a_k
+{tile_phis("entry", "loop")}  %ao = mul i64 %s, %a_k
   %a0 = getelementptr i8, ptr %a, i64 %ao
 {tile_step("tdpbf16ps")}  %s1 = add i64 %s, 1
   %done = icmp eq i64 %s1, %steps
@@ -425,18 +421,10 @@ block:
   %pb_m1 = sub i64 %pb, 1
   %prev_p = getelementptr [{BLOCK_ROWS} x <32 x bfloat>], ptr %p, i64 %pb_m1
   %ab = getelementptr [{BLOCK_ROWS} x <32 x bfloat>], ptr %a, i64 %pb
-  %z00 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %z01 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %z10 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %z11 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  br label %step
+{tile_zeros()}  br label %step
 step:
   %s = phi i64 [0, %block], [%s1, %step_end]
-  %c00 = phi x86_amx [%z00, %block], [%n00, %step_end]
-  %c01 = phi x86_amx [%z01, %block], [%n01, %step_end]
-  %c10 = phi x86_amx [%z10, %block], [%n10, %step_end]
-  %c11 = phi x86_amx [%z11, %block], [%n11, %step_end]
-  %ao = mul i64 %s, %a_icb
+{tile_phis("block", "step_end")}  %ao = mul i64 %s, %a_icb
   %a0 = getelementptr i8, ptr %ab, i64 %ao
 {tile_step("tdpbf16ps")}  %r_lo = mul i64 %s, %rps
   %r_hi0 = add i64 %r_lo, %rps
