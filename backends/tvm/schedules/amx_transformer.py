@@ -360,10 +360,6 @@ exit:
 """
 
 
-_TO_BF16 = """  %g0 = call <16 x float> @convdsl_gelu16(<16 x float> %v0)
-  %g1 = call <16 x float> @convdsl_gelu16(<16 x float> %v1)
-  %bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %g1, <16 x float> %g0)
-"""
 _TO_BF16 = """  %bf = call <32 x bfloat>
     @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %v1, <16 x float> %v0)
 """
