@@ -477,13 +477,12 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, gamma: te.Tens
     n_ob, kb = int(kernel.shape[0]), int(kernel.shape[1])
     xa = _pack_rows_bf16(x, kb) if gamma is None else pack_rows_ln_bf16(x, gamma, beta, eps, kb)
     n, rows = int(xa.shape[0]), int(xa.shape[2])
-    offs = one_tap()
     pairs, blocks = n_ob // 2, rows // BLOCK_ROWS
     per_group = cdiv(blocks, min(blocks, cdiv(MLP_UP_TASKS, pairs)))  # row blocks per task
     groups = cdiv(blocks, per_group)
 
     def body(ins, outs):
-        a, wt, taps, bs = ins
+        a, wt, bs = ins
         p, = outs
         return block_loop(n, pairs, groups, LLVM_IR_BF16_GELU, lambda bi, j, g: tirx.call_extern(
             "int32", EXTERN_BF16_GELU,
@@ -494,8 +493,8 @@ def mlp_up_bf16(x: te.Tensor, kernel: te.Tensor, bias: te.Tensor, gamma: te.Tens
             # the task's row blocks: i32 (TVM narrows such index arithmetic to int32 whatever cast it had)
             tirx.Cast("int32", tirx.min(per_group, blocks - g * per_group))))
 
-    ins = (xa, kernel, offs, bias)
-    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xa", "w", "taps", "bias"))]
+    ins = (xa, kernel, bias)
+    buffers = [tirx.decl_buffer(t.shape, t.dtype, name) for t, name in zip(ins, ("xa", "w", "bias"))]
     shape = (n, pairs, rows, BF16_CHANNELS)
     return te.extern(shape, list(ins), body, name="amx_mlp_up", dtype="uint16", in_buffers=buffers,
                      out_buffers=[tirx.decl_buffer(shape, "uint16", "p")])
