@@ -307,7 +307,7 @@ def test_qconv2d_on_amx_matches_torch_simulation(case):
 @needs_amx
 @pytest.mark.parametrize("shape,out,act", [((3, 64), 10, "u8"), ((1, 197, 384), 40, "i8"), ((2, 25, 70), 33, "u8"),
                                            ((1, 512), 1000, "u8"), ((2, 45, 96), 160, "u8")],
-                         ids=["2d", "vit-tokens-i8", "3d-odd", "gemv-1000", "column-blocks-in-parallel"])
+                         ids=["2d", "vit-tokens-i8", "3d-odd", "gemv-1000", "ten-column-blocks"])
 def test_qlinear_on_amx_matches_torch_simulation(shape, out, act):
     zp = 0 if act == "i8" else 128
     src = one_op(f"quantize(0.05, {zp}, dtype={act}) | qlinear", [list(shape)], out, in_scale=0.05, in_zp=zp,
