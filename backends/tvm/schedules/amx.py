@@ -92,6 +92,18 @@ def tile_phis(init: str, loop: str) -> str:
     return "".join(f"  %c{t} = phi x86_amx [%z{t}, %{init}], [%n{t}, %{loop}]\n" for t in C_TILES)
 
 
+def tile_stores(c: str, c_ob: str) -> str:
+    """IR storing ``tile_step``'s ``%n00``..``%n11`` to a blocked C buffer at ``c``: rows 64 bytes apart, the
+    second pixel tile 1024 bytes on, the second channel block ``c_ob`` bytes on (pointers ``c``1, ``c``b,
+    ``c``b1)."""
+    ptrs = {"00": c, "10": f"{c}1", "01": f"{c}b", "11": f"{c}b1"}
+    return (f"  {c}1 = getelementptr i8, ptr {c}, i64 1024\n"
+            f"  {c}b = getelementptr i8, ptr {c}, i64 {c_ob}\n"
+            f"  {c}b1 = getelementptr i8, ptr {c}b, i64 1024\n"
+            + "".join(f"  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr {ptrs[t]}, i64 64, "
+                      f"x86_amx %n{t})\n" for t in ("00", "10", "01", "11")))
+
+
 def _micro_kernel(name: str, op: str, k: int = TILE_K) -> str:
     return f"""
 define linkonce_odr i32 @{name}(ptr %c, i64 %c_ob, ptr %a, i64 %a_icb, ptr %offs, i64 %ntaps, i64 %steps,
@@ -114,14 +126,7 @@ loop:
   %done = icmp eq i64 %s1, %steps
   br i1 %done, label %exit, label %loop
 exit:
-  %c1 = getelementptr i8, ptr %c, i64 1024
-  %cb = getelementptr i8, ptr %c, i64 %c_ob
-  %cb1 = getelementptr i8, ptr %cb, i64 1024
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c, i64 64, x86_amx %n00)
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c1, i64 64, x86_amx %n10)
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb, i64 64, x86_amx %n01)
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cb1, i64 64, x86_amx %n11)
-  ret i32 0
+{tile_stores("%c", "%c_ob")}  ret i32 0
 }}
 declare x86_amx @llvm.x86.tilezero.internal(i16, i16)
 declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
@@ -845,5 +850,5 @@ def vectorize_by(sch: s_tir.Schedule, loop, lanes: int) -> None:
 __all__ = ["has_amx_int8", "has_amx_bf16", "fits", "row_bytes", "int8_micro_kernel", "clip_bounds", "Geometry",
            "pack_weight", "pack_weight_bf16", "pack_input",
            "conv_extern", "conv2d_nchwc_bf16", "dense_bf16", "schedule", "block_loop", "cdiv", "tile_step",
-           "tile_zeros", "tile_phis",
+           "tile_zeros", "tile_phis", "tile_stores",
            "vectorize_by", "llvm_f32", "i64", "one_tap", "LLVM_IR", "LLVM_IR_BF16"]

@@ -17,7 +17,8 @@ from tvm import s_tir, te, tirx
 
 from convdsl.backends.tvm.schedules.amx import (ATTR, BF16_CHANNELS, BLOCK_OC, BLOCK_ROWS, EXTERN_BF16, IMPORT_ATTR,
                                                 LLVM_IR_BF16, OC, TILE_K, block_loop, cdiv, i64, llvm_f32,
-                                                one_tap, tile_phis, tile_step, tile_zeros, vectorize_by)
+                                                one_tap, tile_phis, tile_step, tile_stores, tile_zeros,
+                                                vectorize_by)
 
 
 # ---- batched bf16 matmul (attention's Q K^T and P V) ------------------------------------------------------------
@@ -438,14 +439,7 @@ step_end:
   %sdone = icmp eq i64 %s1, %steps
   br i1 %sdone, label %store, label %step
 store:
-  %cur1 = getelementptr i8, ptr %cur, i64 1024
-  %curb = getelementptr i8, ptr %cur, i64 {BLOCK_ROWS * OC * 4}
-  %curb1 = getelementptr i8, ptr %curb, i64 1024
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cur, i64 64, x86_amx %n00)
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %cur1, i64 64, x86_amx %n10)
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %curb, i64 64, x86_amx %n01)
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %curb1, i64 64, x86_amx %n11)
-  %pb1 = add i64 %pb, 1
+{tile_stores("%cur", str(BLOCK_ROWS * OC * 4))}  %pb1 = add i64 %pb, 1
   %bdone = icmp eq i64 %pb1, %nblocks
   br i1 %bdone, label %last, label %block
 last:
