@@ -298,11 +298,12 @@ def _block_head(acc_loads: str) -> str:
 {acc_loads}"""
 
 
-def _row(r: str, cb: int, name: str) -> str:
-    """IR loading row ``r`` (a value name or a constant) of the block's column half ``cb`` + bias as ``%name``."""
+def _row(r: str, cb: int, name: str, acc: str = "%acc") -> str:
+    """IR loading row ``r`` (a value name or a constant) of the block's column half ``cb`` from the 4 KiB buffer
+    ``acc`` + bias as ``%name``."""
     idx = f"{r}" if cb == 0 else f"{r}_{name}i"
     pre = "" if cb == 0 else f"  {idx} = add i64 {r}, {BLOCK_ROWS}\n"
-    return (f"{pre}  %{name}p = getelementptr <16 x float>, ptr %acc, i64 {idx}\n"
+    return (f"{pre}  %{name}p = getelementptr <16 x float>, ptr {acc}, i64 {idx}\n"
             f"  %{name}x = load <16 x float>, ptr %{name}p, align 64\n"
             f"  %{name} = fadd <16 x float> %{name}x, %bias{cb}\n")
 
@@ -374,14 +375,8 @@ def _gelu_row(tag: str, acc: str, out: str, r: str) -> str:
     """IR of one row ``r`` of a finished block: its two column halves in the 4 KiB buffer ``acc`` + bias, through
     the GELU, rounded to bf16 (vcvtne2ps2bf16: round to nearest even, as ``to_bf16_bits``) into the row's 64 bytes
     at ``out`` (value names prefixed with ``tag``)."""
-    return f"""  %{tag}i1 = add i64 {r}, {BLOCK_ROWS}
-  %{tag}p0 = getelementptr <16 x float>, ptr {acc}, i64 {r}
-  %{tag}p1 = getelementptr <16 x float>, ptr {acc}, i64 %{tag}i1
-  %{tag}x0 = load <16 x float>, ptr %{tag}p0, align 64
-  %{tag}x1 = load <16 x float>, ptr %{tag}p1, align 64
-  %{tag}v0 = fadd <16 x float> %{tag}x0, %bias0
-  %{tag}v1 = fadd <16 x float> %{tag}x1, %bias1
-  %{tag}g0 = call <16 x float> @convdsl_gelu16(<16 x float> %{tag}v0)
+    halves = _row(r, 0, f"{tag}v0", acc) + _row(r, 1, f"{tag}v1", acc)
+    return f"""{halves}  %{tag}g0 = call <16 x float> @convdsl_gelu16(<16 x float> %{tag}v0)
   %{tag}g1 = call <16 x float> @convdsl_gelu16(<16 x float> %{tag}v1)
   %{tag}bf = call <32 x bfloat> @llvm.x86.avx512bf16.cvtne2ps2bf16.512(<16 x float> %{tag}g1, <16 x float> %{tag}g0)
   %{tag}dst = getelementptr <32 x bfloat>, ptr {out}, i64 {r}
