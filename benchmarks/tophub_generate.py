@@ -1,13 +1,18 @@
 """Generate the template databases shipped with convdsl (backends/tvm/schedules/tophub/<family>.json).
 
     nice python benchmarks/tophub_generate.py [--trials 16] [--nets resnet18,mobilenet_v2,resnet50,vit_s16]
+                                              [--precisions f32,bf16,int8]
     python benchmarks/tophub_generate.py --analytic --family avx512-amx     # untuned: the model's knobs
 
 One database per CPU family (``targets.cpu_family``: ``avx512`` = AVX-512 without AMX,
 ``avx512-amx`` = with AMX), picked from the CPU flags at build time.  Tuning measures, so it can
 only fill the family of the machine it runs on: it runs the template tuner (``convdsl tune``) on
 the zoo's common networks at batch 1 and merges the records into this family's file; the header
-says where, when and how it was made.  ``--analytic`` writes the analytic model's knobs instead,
+says where, when and how it was made.  ``--precisions`` tunes each precision's build: f32's templates,
+bf16's ``vdpbf16ps`` templates (where the CPU has AVX512_BF16; on an AMX CPU the layers AMX tiles do
+not take), int8's VNNI templates (the network quantized as benchmarks/peers.py does, minmax ranges of
+N(0, 1) inputs; without AMX, or ``--no-amx``, every int8 conv and linear).  Records are keyed by
+dtypes and ISA, so the precisions' records never collide.  ``--analytic`` writes the analytic model's knobs instead,
 every record and the header marked ``untuned`` (a family no machine here could tune: honest
 defaults, replaced by a tuning run on such a machine).  Networks are tuned in the order given, so
 a time limit (``--budget-s``) cuts the last ones.
@@ -31,6 +36,22 @@ NETS = {
 }
 
 
+def quantized(graph):
+    """``graph`` quantized as benchmarks/peers.py does it (fold_bn, minmax ranges of 32 N(0, 1)
+    inputs, seed 1, ``convdsl quantize``'s weight bits for this CPU): the int8 build's kernels."""
+    import numpy as np
+
+    from convdsl.backends.torch import build_module
+    from convdsl.backends.tvm.targets import cpu_flags
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    shape = [d if isinstance(d, int) else 1 for d in graph.input_types()[0].shape]
+    batches = np.random.default_rng(1).standard_normal((4, 8, *shape[1:])).astype(np.float32)
+    folded = run_passes(graph, "fold_bn,remove_identity,dce")
+    return quantize(folded, list(batches), method="minmax", build=build_module, weight_bits="auto", cpu_flags=cpu_flags())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16)
@@ -41,7 +62,12 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="database file (default: the shipped one of --family)")
     ap.add_argument("--family", default=None, help="CPU family of the file (default: this machine's)")
     ap.add_argument("--analytic", action="store_true", help="write the model's knobs, marked untuned (no measuring)")
+    ap.add_argument("--precisions", default="f32", help="the builds tuned, in this order: f32,bf16,int8")
+    ap.add_argument("--no-amx", action="store_true", help="bf16/int8 without AMX tiles (the VNNI / vdpbf16ps layers)")
     args = ap.parse_args()
+    precisions = args.precisions.split(",")
+    if not set(precisions) <= {"f32", "bf16", "int8"}:
+        ap.error(f"--precisions: f32, bf16, int8 (got {args.precisions})")
 
     import tvm
     from rich.console import Console
@@ -50,7 +76,6 @@ def main() -> int:
     from convdsl.backends.tvm.targets import cpu_family, make_target
     from convdsl.cli.common import program_graph
 
-    spec = make_target("tvm-llvm")
     console = Console(width=160)
     family = args.family or cpu_family()
     if family != cpu_family() and not args.analytic:
@@ -60,31 +85,39 @@ def main() -> int:
     load = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     done = []
-    for name in args.nets.split(","):
+    base = make_target("tvm-llvm")  # the header's target: bf16/int8 builds add their features to it
+    for precision, name in [(p, n) for p in precisions for n in args.nets.split(",")]:
+        label = name if precision == "f32" else f"{name} {precision}"
         if time.perf_counter() - t0 > args.budget_s:
-            console.print(f"[yellow]time budget spent: {name} not tuned")
+            console.print(f"[yellow]time budget spent: {label} not tuned")
             break
         path, sets = NETS[name]
         g = program_graph(str(ROOT / path), None, sets, (), (), None, 0)
+        if precision == "int8":
+            g = quantized(g)
+        spec = make_target("tvm-llvm", precision=precision, amx=not args.no_amx)
         t = time.perf_counter()
         if args.analytic:
-            ks = tt.kernels(tt.optimized_module(g, spec), spec.tvm_target())
+            ks = tt.kernels(tt.optimized_module(g, spec, precision=precision), spec.tvm_target())
             have = tophub.read_db(out)["records"]
             tophub.write_db(out, {k: {"knobs": dict(zip(tophub.KNOBS[v.workload.kind], v.analytic)), "untuned": True}
                                   for k, v in ks.items() if k not in have}, {})
-            console.print(f"{name}: {len(ks)} workloads, the model's knobs (untuned)")
-            done.append(name)
+            console.print(f"{label}: {len(ks)} workloads, the model's knobs (untuned)")
+            done.append(label)
             continue
-        res = tt.tune_network(g, spec, args.trials, db_file=out, rounds=args.rounds, progress=sys.stderr.isatty())
-        console.print(tt.summary_table(res, f"{name}: {time.perf_counter() - t:.0f} s"))
-        done.append(name)
+        res = tt.tune_network(g, spec, args.trials, db_file=out, rounds=args.rounds, progress=sys.stderr.isatty(),
+                              precision=precision)
+        console.print(tt.summary_table(res, f"{label}: {time.perf_counter() - t:.0f} s"))
+        done.append(label)
     header = {
         "family": family,
         "produced_by": "benchmarks/tophub_generate.py (convdsl's template tuner)",
         "cpu": tt.cpu_model(), "cores": os.cpu_count(), "load_avg_at_start": load,
-        "target": spec.describe(), "tvm": tvm.__version__, "timing": "min over rounds, weights flushed from cache",
+        "target": base.describe(), "tvm": tvm.__version__, "timing": "min over rounds, weights flushed from cache",
         "date": dt.date.today().isoformat(), "trials_per_workload": args.trials, "rounds": args.rounds,
         "networks": sorted(set(tophub.read_db(out)["header"].get("networks", [])) | set(done)) if out else done,
+        "precisions": sorted(set(tophub.read_db(out)["header"].get("precisions", [])) | set(precisions)) if out
+        else precisions,
         "batch": 1, "tuning_seconds": round(time.perf_counter() - t0) + (args.prior_seconds or 0),
     }
     if args.analytic:

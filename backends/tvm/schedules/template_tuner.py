@@ -68,16 +68,17 @@ class Result:
 
 
 # ---- the network's kernels ----------------------------------------------------------------------------
-def optimized_module(graph, spec, bind: dict[str, int] | None = None):
-    """The network as the build schedules it: lowered, laid out, legalized and fused."""
+def optimized_module(graph, spec, bind: dict[str, int] | None = None, precision: str = "f32"):
+    """The network as a ``precision`` build schedules it: lowered (under the target: int8 weights
+    are packed for its instructions), laid out, legalized and fused."""
     import tvm
 
     from convdsl.backends.tvm.build import optimize_passes
     from convdsl.backends.tvm.lowering import lower_graph
 
-    mod = lower_graph(graph, spec.backend, bind or {})
     with spec.tvm_target():
-        return tvm.transform.Sequential(optimize_passes(spec))(mod)
+        mod = lower_graph(graph, spec.backend, bind or {}, precision=precision)
+        return tvm.transform.Sequential(optimize_passes(spec, precision))(mod)
 
 
 def kernels(mod, target) -> dict[str, Kernel]:
@@ -190,10 +191,11 @@ def time_round_robin(libs: list, args: list[np.ndarray], dev, rounds: int, seed:
 
 # ---- the tuner ---------------------------------------------------------------------------------------------
 def tune_network(graph, spec, trials: int, *, db_file: str | Path | None = None, rounds: int = 7, force: bool = False,
-                 bind: dict[str, int] | None = None, progress: bool = True,
+                 bind: dict[str, int] | None = None, progress: bool = True, precision: str = "f32",
                  on_result: Callable[[Result], None] | None = None) -> list[Result]:
-    """Tune every template workload of ``graph`` without a record in ``db_file`` (default: the
-    user's database) and write the results there; returns one Result per workload."""
+    """Tune every template workload of ``graph``'s ``precision`` build (``spec`` made for that
+    precision: ``make_target(..., precision=)``) without a record in ``db_file`` (default: the user's
+    database) and write the results there; returns one Result per workload."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if spec.is_gpu:
@@ -204,7 +206,7 @@ def tune_network(graph, spec, trials: int, *, db_file: str | Path | None = None,
     path = Path(db_file) if db_file is not None else tophub.user_db_path()
     target = spec.tvm_target()
     dev = spec.device()
-    ks = kernels(optimized_module(graph, spec, bind), target)
+    ks = kernels(optimized_module(graph, spec, bind, precision), target)
     have = tophub.read_db(path)["records"]
     todo = {k: v for k, v in ks.items() if force or k not in have}
     results = [Result(k, v.workload.kind, v.functions, v.analytic, note="in the database")

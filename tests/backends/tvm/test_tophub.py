@@ -215,6 +215,41 @@ def test_tuner_covers_the_int8_vnni_conv(dbs, tmp_path):
     assert tuple(rec["knobs"][n] for n in tophub.KNOBS["int8_conv"]) == r.best
 
 
+def test_tune_precision_bf16_records_the_vdpbf16ps_conv(dbs, tmp_path):
+    """``convdsl tune --precision bf16`` tunes the bf16 build's conv (bf16 weight bits: a
+    ``float32-uint16`` workload, beside the f32 one), and the bf16 build takes its record."""
+    from click.testing import CliRunner
+
+    from convdsl.backends.tvm.schedules import tophub
+    from convdsl.backends.tvm.targets import cpu_flags
+    from convdsl.cli import main
+
+    if "avx512_bf16" not in cpu_flags():
+        pytest.skip("no AVX512_BF16 here")
+    user, _ = dbs
+    src = tmp_path / "conv.cdl"
+    src.write_text(CONV)
+    r = CliRunner().invoke(main, ["tune", str(src), "--precision", "bf16", "--no-amx", "--trials", "3", "--rounds", "2"])
+    assert r.exit_code == 0, r.output
+    records = tophub.read_db(user)["records"]
+    (key,) = [k for k in records if k.startswith("conv2d_nchwc:float32-uint16:")]
+    assert not any(k.startswith("conv2d_nchwc:float32:") for k in records)  # the f32 conv is not in a bf16 build
+    rec = records[key]
+    assert rec["ms"] > 0 and rec["trials"] == 3 and rec["analytic_ms"] >= rec["ms"] * 0.999
+
+
+def test_tune_precision_int8_refuses_a_float_program(tmp_path):
+    from click.testing import CliRunner
+
+    from convdsl.cli import main
+
+    src = tmp_path / "conv.cdl"
+    src.write_text(CONV)
+    r = CliRunner().invoke(main, ["tune", str(src), "--precision", "int8"])
+    assert r.exit_code != 0 and "no quantized convs or linears" in r.output and "convdsl quantize" in r.output
+    assert "Traceback" not in r.output
+
+
 def test_a_dynamic_batch_build_takes_the_knobs_recorded_for_a_batch_of_one(dbs):
     """Issue 14 item 12: `compile --dynamic-batch` keeps N symbolic; the template knobs tile one
     image, so its conv kernels key as batch 1 and take what `convdsl tune` recorded there."""
