@@ -246,8 +246,9 @@ def _kernel_precision(func, text: str, precision: str) -> str:
     """The arithmetic of one kernel of a ``precision`` build, which is not the build's everywhere (the RGB
     stem, norms, attention's activation x activation matmuls stay f32; AMX takes the layers with enough
     channels): ``int8 (AMX)`` / ``bf16 (AMX)`` for the AMX micro-kernel, ``bf16`` where both sides of
-    the products are bf16 bits (two uint16 operands: a kernel that only reads bf16 activations, e.g. a depthwise
-    conv with f32 weights and f32 math, is f32), ``int8`` where a weight is int8, else ``f32``."""
+    the products are bf16 bits (two uint16 operands, or one of bf16.py's ``vdpbf16ps`` kernels, which round their
+    f32 input themselves: a kernel that only reads bf16 activations, e.g. a depthwise conv with f32 weights and
+    f32 math, is f32), ``int8`` where a weight is int8, else ``f32``."""
     from convdsl.backends.tvm.schedules import amx
 
     if amx.EXTERN in text:
@@ -255,7 +256,8 @@ def _kernel_precision(func, text: str, precision: str) -> str:
     if amx.EXTERN_BF16 in text:
         return "bf16 (AMX)"
     dtypes = [str(p.ty.dtype) for p in func.params if hasattr(p.ty, "dtype")]
-    if precision == "bf16" and dtypes.count("uint16") >= 2:
+    vdpbf16ps = any(f'"{k}"' in text for k in ("conv2d_nchwc_bf16", "dense_packed_bf16"))  # their KERNEL_ATTR
+    if precision == "bf16" and (dtypes.count("uint16") >= 2 or vdpbf16ps):
         return "bf16"
     if precision == "int8" and "int8" in dtypes:
         return "int8"
