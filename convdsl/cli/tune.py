@@ -22,7 +22,8 @@ from convdsl.cli.common import Count, program_graph, check_target_options, main,
 @click.option("--target-json", default=None, metavar="JSON", help="TVM target as JSON (default: this machine).")
 @click.option("--db", default=None, metavar="DIR", help="Tuning root (default: $CONVDSL_TUNING_DB or ~/.cache/convdsl/tuning).")
 @click.option("--force", is_flag=True, help="Tune workloads that already have a record too.")
-@click.option("--precision", type=click.Choice(("f32", "bf16", "int8")),  # targets.PRECISIONS (not imported: TVM) default="f32", show_default=True,
+# the choices are targets.PRECISIONS, not imported here: it would load TVM
+@click.option("--precision", type=click.Choice(("f32", "bf16", "int8")), default="f32", show_default=True,
               help="Tune the kernels of this precision's build (as `convdsl compile --precision`): bf16's "
                    "vdpbf16ps templates; int8's VNNI templates (FILE quantized by `convdsl quantize`).")
 @click.option("--no-amx", "no_amx", is_flag=True, help="The build without AMX tiles (as `convdsl compile --no-amx`).")
