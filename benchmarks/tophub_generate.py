@@ -10,8 +10,8 @@ only fill the family of the machine it runs on: it runs the template tuner (``co
 the zoo's common networks at batch 1 and merges the records into this family's file; the header
 says where, when and how it was made.  ``--precisions`` tunes each precision's build: f32's templates,
 bf16's ``vdpbf16ps`` templates (where the CPU has AVX512_BF16; on an AMX CPU the layers AMX tiles do
-not take), int8's VNNI templates (the network quantized as benchmarks/peers.py does, minmax ranges of
-N(0, 1) inputs; without AMX, or ``--no-amx``, every int8 conv and linear).  Records are keyed by
+not take), int8's VNNI templates (the network quantized as benchmarks/peers.py does; without AMX, or
+``--no-amx``, every int8 conv and linear).  Records are keyed by
 dtypes and ISA, so the precisions' records never collide.  ``--analytic`` writes the analytic model's knobs instead,
 every record and the header marked ``untuned`` (a family no machine here could tune: honest
 defaults, replaced by a tuning run on such a machine).  Networks are tuned in the order given, so
@@ -37,19 +37,13 @@ NETS = {
 
 
 def quantized(graph):
-    """``graph`` quantized as benchmarks/peers.py does it (fold_bn, minmax ranges of 32 N(0, 1)
-    inputs, seed 1, ``convdsl quantize``'s weight bits for this CPU): the int8 build's kernels."""
-    import numpy as np
+    """``graph`` quantized as benchmarks/peers.py's int8 rows run it (batchnorm statistics and minmax
+    ranges from its N(0, 1) calibration inputs, ``convdsl quantize``'s weight bits for this CPU)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peers import CALIB_SAMPLES, bn_from_calibration, calibration_inputs, convdsl_int8
 
-    from convdsl.backends.torch import build_module
-    from convdsl.backends.tvm.targets import cpu_flags
-    from convdsl.passes import run_passes
-    from convdsl.passes.quantize import quantize
-
-    shape = [d if isinstance(d, int) else 1 for d in graph.input_types()[0].shape]
-    batches = np.random.default_rng(1).standard_normal((4, 8, *shape[1:])).astype(np.float32)
-    folded = run_passes(graph, "fold_bn,remove_identity,dce")
-    return quantize(folded, list(batches), method="minmax", build=build_module, weight_bits="auto", cpu_flags=cpu_flags())
+    calib = calibration_inputs(graph, CALIB_SAMPLES)
+    return convdsl_int8(bn_from_calibration(graph, calib), calib)
 
 
 def main() -> int:

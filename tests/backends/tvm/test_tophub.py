@@ -215,6 +215,26 @@ def test_tuner_covers_the_int8_vnni_conv(dbs, tmp_path):
     assert tuple(rec["knobs"][n] for n in tophub.KNOBS["int8_conv"]) == r.best
 
 
+@pytest.mark.parametrize("family", ["avx512", "avx512-amx"])
+def test_the_shipped_databases_are_well_formed(family):
+    """Each family's shipped file (what a build on such a CPU reads): its header says where and how it
+    was tuned, every record names one of the templates with all its knobs, and a tuned record is no
+    slower than the analytic model's kernel it was measured against."""
+    from convdsl.backends.tvm.schedules import tophub
+
+    path = tophub.SHIPPED_DIR / f"{family}.json"
+    db = tophub.read_db(path)
+    head, records = db["header"], db["records"]
+    assert head["family"] == family and head["cpu"] and head["tuning_seconds"] > 0 and head["networks"]
+    assert len(records) > 50
+    for key, rec in records.items():
+        kind = key.split(":")[0]
+        assert set(rec["knobs"]) == set(tophub.KNOBS[kind]), key
+        assert all(isinstance(v, int) and v >= 1 for v in rec["knobs"].values()), key
+        assert rec["ms"] <= rec["analytic_ms"] * 1.0001, key
+        assert key.endswith(":avx512vnni" if kind == "int8_conv" else ":avx512"), key
+
+
 def test_tune_precision_bf16_records_the_vdpbf16ps_conv(dbs, tmp_path):
     """``convdsl tune --precision bf16`` tunes the bf16 build's conv (bf16 weight bits: a
     ``float32-uint16`` workload, beside the f32 one), and the bf16 build takes its record."""
