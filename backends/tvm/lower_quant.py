@@ -58,6 +58,8 @@ VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
 MADDUBS_OC = 8  # output channels of one AVX2 vpmaddubsw + vpmaddwd block (x VNNI_IC input channels, bytes)
+VNNI8_OC = 8  # output channels of a ymm vpdpbusd: the VNNI layout of O % 16 == 8 output channels
+VNNI_YMM = True  # False: such layers padded to 16-channel blocks (written NCHW: a transpose on each side)
 OUT_EWISE_FUSABLE = 4  # relax.OpPatternKind.kOutEWiseFusable
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -139,9 +141,17 @@ def pack_vnni_weight(w: np.ndarray, oc: int = VNNI_OC, ic: int = VNNI_IC) -> np.
     return np.ascontiguousarray(blocks)
 
 
+def _has_vnni() -> bool:
+    from convdsl.backends.tvm.schedules.kernels import target_has
+
+    target = tvm.target.Target.current(allow_none=True)
+    return target is None or target.kind.name != "llvm" or target_has(target, "avx512vnni")
+
+
 def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
     """(output channels, input channels, weight dtype) of one dot-product block for the current target:
-    VNNI's 16 x 4 bytes (``vpdpbusd``); on an AVX2 CPU without it, 8 x 4 bytes (``vpmaddubsw`` +
+    VNNI's 16 x 4 bytes (``vpdpbusd``), or 8 x 4 for output channels a multiple of 8 and not of 16
+    (``vpdpbusd`` on ymm, ``schedules.int8.register_vnni8_intrinsic``); on an AVX2 CPU without it, 8 x 4 bytes (``vpmaddubsw`` +
     ``vpmaddwd``) when the int8 weights ``w`` [O, C, ...] cannot saturate vpmaddubsw's int16 pair sums
     (``maddubs_exact``: 7-bit weights always), else 8 x 2 int16 (``vpmaddwd``: the weights widened
     here, once, the activations widened when they are packed)."""
@@ -149,10 +159,13 @@ def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
     if target is not None and target.kind.name == "llvm":
         from tvm.target import codegen
 
-        if not codegen.target_has_features("avx512vnni", target) and codegen.target_has_features("avx2", target):
+        vnni = codegen.target_has_features("avx512vnni", target)
+        if not vnni and codegen.target_has_features("avx2", target):
             if w is not None and maddubs_exact(w):
                 return MADDUBS_OC, VNNI_IC, "int8"
             return MADD_OC, MADD_IC, "int16"
+        if vnni and VNNI_YMM and w is not None and w.shape[0] % VNNI_OC and w.shape[0] % VNNI8_OC == 0:
+            return VNNI8_OC, VNNI_IC, "int8"  # vpdpbusd on ymm: no padding to 16 channels, 8-channel output blocks
     return VNNI_OC, VNNI_IC, "int8"
 
 
@@ -169,7 +182,9 @@ def int8_instruction(w: np.ndarray | None = None) -> str:
     if w is not None and use_amx(w):
         return "tdpbusd"
     oc, ic, dtype = int8_layout(w)
-    return "vpdpbusd" if oc == VNNI_OC else "vpmaddwd" if dtype == "int16" else "vpmaddubsw"
+    if dtype == "int16":
+        return "vpmaddwd"
+    return "vpmaddubsw" if oc == MADDUBS_OC and not _has_vnni() else "vpdpbusd"
 
 
 def int8_instructions(graph) -> dict[str, int]:
@@ -528,7 +543,7 @@ def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:
     from convdsl.backends.tvm.schedules import int8 as int8_schedule
 
     ob = -(-out_channels // oc)
-    tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC else int8_schedule.register_tile
+    tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC and not _has_vnni() else int8_schedule.register_tile
     if oc == MADD_OC:
         tile = int8_schedule.madd_register_tile
 

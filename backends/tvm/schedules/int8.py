@@ -21,6 +21,13 @@ The schedule (no tuning):
 The accumulator tile (at most 15 x 64 bytes) is under TVM's stack-allocation limit, so it
 is an alloca that LLVM keeps in zmm registers.
 
+Output channels a multiple of 8 and not of 16 (MobileNet-V2's 24-channel projections) take 8 x 4 weight
+blocks (``lower_quant.int8_layout``) and the same nest on ymm registers (``dot_8x4_vnni``: ``vpdpbusd``
+with AVX512VL): nothing is computed for padding channels, and the output is written in 8-channel blocks
+that the next conv reads as they are (layout.py), where 16-channel blocks meant NCHW on both sides, an
+unpack before the conv and a pack after it.  MobileNet-V2 int8, Zen 4, 2 threads, one process, 21
+alternating rounds: 2.00 -> 1.88 ms, outputs identical.
+
 Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in one of
 AVX2's two layouts (``lower_quant.int8_layout``, per layer, from its weights):
 
@@ -89,6 +96,10 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, madd_register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_madd_intrinsic(), tile)
+        return True
+    if n_oc == VNNI8_OC and intrin == VNNI_INTRIN:  # [8][4] bytes on VNNI: vpdpbusd on ymm (O % 16 == 8)
+        tile = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
+        _schedule_tensorized(sch, conv, requant, pack, register_vnni8_intrinsic(), tile)
         return True
     if n_oc == MADDUBS_OC:  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
         if not target_has(target, "avx2"):
@@ -203,6 +214,57 @@ def register_vnni_intrinsic() -> str:
 
     s_tir.TensorIntrin.register(VNNI_INTRIN, desc, impl)
     return VNNI_INTRIN
+
+
+VNNI8_INTRIN = "convdsl_dot_8x4_vnni"
+VNNI8_OC = 8  # output channels of the half-width vpdpbusd (8 int32 lanes of a ymm) x 4 input channels
+
+
+def register_vnni8_intrinsic() -> str:
+    """Register (once) the 8x4 u8 x s8 -> s32 dot product of ``vpdpbusd`` on ymm registers (AVX512_VNNI
+    with AVX512VL): the kernel of a conv whose output channels are a multiple of 8 and not of 16
+    (MobileNet-V2's 24-channel projections), so that its output is written in 8-channel blocks
+    that the next conv reads as they are (``lower_quant.int8_layout``), and no padding to 16 channels is
+    computed.  A ymm ``vpdpbusd`` does half a zmm one's work: on Zen 4, whose 512-bit instructions run
+    as two 256-bit halves, at the same rate per byte."""
+    if s_tir.TensorIntrin.get(VNNI8_INTRIN, allow_missing=True) is not None:
+        return VNNI8_INTRIN
+    from tvm.target import codegen
+    from tvm.script import tirx as T
+
+    from convdsl.backends.tvm.tuning import prime_inspect_cache
+
+    prime_inspect_cache()
+    bytes_ = "int8x32" if codegen.llvm_version_major() >= 20 else "int32x8"
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+            T.writes(C[0:8])
+            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                C.vload([0], dtype="int32x8"),
+                T.reinterpret(T.broadcast(a, 8), dtype=bytes_),
+                T.reinterpret(B.vload([0, 0], dtype="int8x32"), dtype=bytes_),
+                dtype="int32x8")
+
+    s_tir.TensorIntrin.register(VNNI8_INTRIN, desc, impl)
+    return VNNI8_INTRIN
 
 
 MADD_INTRIN = "convdsl_dot_8x2_madd"

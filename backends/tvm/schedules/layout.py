@@ -174,6 +174,12 @@ OPAQUE, OUT_ELEMWISE_FUSABLE = 8, 4  # relax's OpPatternKind kOpaque, kOutEWiseF
 _CONST = type(relax.const(np.zeros(1, "float32")))
 
 
+def _vnni_target() -> bool:
+    from convdsl.backends.tvm.schedules.kernels import target_has
+
+    return target_has(tvm.target.Target.current(allow_none=True), "avx512vnni")
+
+
 def _is_const(e: relax.Expr) -> bool:
     return isinstance(e, _CONST) and hasattr(e.value, "numpy")
 
@@ -433,10 +439,12 @@ class _Blocker(PyExprMutator):
             return self._int8_depthwise(gv, x, wt, bias, mult, c, kw, kind)
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
-        # VNNI: the kernel's 16-channel accumulator rows become whole output blocks (weights [O/16, C/4, KH, KW,
-        # 16, 4]: not AVX2's 8-channel layouts); AMX: 16-channel blocks, or 8 (MobileNet-V2's 24-channel
-        # projections: the requantization reads its C tile rows by channel, and the next conv reads 8c)
-        if geo is None and (ob != INT8_LANES or (static_shape(wt) or [0] * 5)[4] != INT8_LANES):
+        # VNNI: the kernel's accumulator rows become whole output blocks: weights [O/16, C/4, KH, KW, 16, 4], or
+        # [O/8, ..., 8, 4] (lower_quant's ymm layout for O % 16 == 8: MobileNet-V2's 24-channel projections; not
+        # AVX2's 8-channel layouts, which stay NCHW); AMX: 16-channel blocks, or 8 (the requantization reads its C
+        # tile rows by channel, and the next conv reads 8c)
+        wob = (static_shape(wt) or [0] * 5)[4]
+        if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2 and _vnni_target()):
             return None
         if geo is not None and ob not in (INT8_LANES, INT8_LANES // 2):
             return None

@@ -41,8 +41,9 @@ def scheduled():
     return build
 
 
-def vnni_kernels(graph, intrinsic: str = "llvm.x86.avx512.vpdpbusd.512") -> int:
-    """How many PrimFuncs of the built module contain the tensorized vpdpbusd (or ``intrinsic``)."""
+def vnni_kernels(graph, intrinsic: str = "llvm.x86.avx512.vpdpbusd.") -> int:
+    """How many PrimFuncs of the built module contain the tensorized vpdpbusd (zmm ``.512`` or ymm ``.256``;
+    or ``intrinsic``)."""
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
 
@@ -276,8 +277,21 @@ def test_int8_layout_takes_vpmaddubsw_for_weights_that_cannot_saturate(mcpu):
     with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
         assert lower_quant.int8_layout(seven) == (8, 4, "int8") and lower_quant.int8_instruction(seven) == "vpmaddubsw"
         assert lower_quant.int8_layout(eight) == (8, 2, "int16") and lower_quant.int8_instruction(eight) == "vpmaddwd"
-    with tvm.target.Target(VNNI_TARGET):  # VNNI: unchanged, 8-bit or 7-bit
-        assert lower_quant.int8_layout(seven) == lower_quant.int8_layout(eight) == (16, 4, "int8")
+    with tvm.target.Target(VNNI_TARGET):  # VNNI: 8-bit or 7-bit alike, 8 x 4 bytes for these 8 output channels
+        assert lower_quant.int8_layout(seven) == lower_quant.int8_layout(eight) == (8, 4, "int8")
+        assert lower_quant.int8_instruction(seven) == lower_quant.int8_instruction(eight) == "vpdpbusd"
+        wide = np.full((16, 4, 3, 3), 63, np.int8)
+        assert lower_quant.int8_layout(wide) == (16, 4, "int8")
+
+
+def test_vnni_layout_of_outputs_a_multiple_of_8_and_not_16():
+    """On VNNI, output channels that are a multiple of 8 and not of 16 (MobileNet-V2's 24) take the 8 x 4 byte
+    layout and its ymm vpdpbusd (no padding to 32 channels); others keep 16 x 4; AVX2 is unchanged."""
+    from convdsl.backends.tvm import lower_quant
+
+    with tvm.target.Target(VNNI_TARGET):
+        assert [lower_quant.int8_layout(np.ones((o, 8, 1, 1), np.int8))[0] for o in (8, 24, 40, 16, 48, 20, 17)] \
+            == [8, 8, 8, 16, 16, 16, 16]
 
 
 def _extreme_args(func, wmax: int, seed: int = 0):
@@ -659,6 +673,34 @@ def test_mobilenet_v2_int8_depthwise_stays_blocked():
                 assert len(shapes[0]) == 5 and len(v.ty.shape.values) == 5  # depthwise_int8's weights: NCHW16c
                 blocked_dw += 1
     assert blocked_dw == 3
+
+
+def test_mobilenet_v2_int8_24_channel_projections_stay_blocked():
+    """On VNNI the 24-channel projections (8 x 4 weights, ymm vpdpbusd) write 8-channel blocks and the
+    expansion after them reads those: no NCHW transpose (unpack_nchwc / pack_nchwc) from the stem through
+    features.3 (the first is where features.4's 72-channel depthwise conv needs NCHW); and the projections'
+    kernel is tensorized with vpdpbusd.256."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules import schedule_module
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    _, q, _ = mbv2_int8(1.0)
+    target = tvm.target.Target(VNNI_TARGET)
+    with target:
+        mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
+    calls = [b.value for b in mod["main"].body.blocks[0].bindings
+             if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
+    names = [c.args[0].name_hint for c in calls]
+    shape = lambda c: [int(d) for d in c.ty.shape.values]  # noqa: E731
+    projections = [i for i, c in enumerate(calls) if shape(c)[1:2] + shape(c)[-1:] == [3, 8]]  # 24 channels, 8c
+    first_transpose = min(i for i, n in enumerate(names) if "pack_nchwc" in n)
+    assert len(projections) == 2 and max(projections) < first_transpose, names
+    projection = mod[calls[projections[0]].args[0]]
+    with target:
+        scheduled = schedule_module(tvm.IRModule({"main": projection}), target)
+    assert "llvm.x86.avx512.vpdpbusd.256" in scheduled["main"].script()
 
 
 MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
