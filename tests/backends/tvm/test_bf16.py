@@ -119,6 +119,34 @@ def test_bf16_kernels_are_tensorized(src, kernels):
     assert all(bf16.EXTERN in t and bf16.IMPORT_ATTR in t for t in bf16_funcs)
 
 
+ATTENTION = """network a(x: f32[1, 197, 64]) {
+    return x | mhsa(4)
+}"""
+
+
+@needs_bf16
+def test_bf16_attention_projections_run_vdpbf16ps_without_amx():
+    """Without AMX tiles, --precision bf16 runs attention's four projections as vdpbf16ps GEMMs (not the f32
+    heads-layout GEMMs of an f32 build, ``kernels.dense_heads``): the q/k/v/out linears' kernels are bf16, and
+    the block is within bf16's error of torch's f32 (and not equal to it)."""
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    g = elaborate(ATTENTION)
+    spec = make_target("tvm-llvm", precision="bf16", amx=False)
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g, precision="bf16"))
+    names = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert not any("dense_heads" in n or "merge_heads" in n for n in names), names
+    calls = mod["main"].script().count("R.call_tir(fused_dense_packed_bf16")
+    assert calls == 4, mod["main"].script()  # q, k, v and out (here all one kernel: the same shapes)
+    x = np.random.default_rng(3).standard_normal((1, 197, 64)).astype(np.float32)
+    y = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False, amx=False).build_module(g)(x)
+    f32 = torch_module(g).eval()(torch.from_numpy(x)).detach().numpy()
+    scale = float(np.abs(f32).max())
+    assert 1e-6 * scale < np.abs(y - f32).max() < 2e-2 * scale
+
+
 def test_bf16_refused_without_avx512_bf16():
     icelake = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
     with pytest.raises(UsageError, match="AVX512_BF16"):
