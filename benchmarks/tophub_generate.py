@@ -8,7 +8,8 @@ One database per CPU family (``targets.cpu_family``: ``avx512`` = AVX-512 withou
 ``avx512-amx`` = with AMX), picked from the CPU flags at build time.  Tuning measures, so it can
 only fill the family of the machine it runs on: it runs the template tuner (``convdsl tune``) on
 the zoo's common networks at batch 1 and merges the records into this family's file; the header
-says where, when and how it was made.  ``--precisions`` tunes each precision's build: f32's templates,
+says where, when and how it was made, and its ``vendor`` limits the file to that vendor's cores
+(``tophub.shipped_paths``).  ``--precisions`` tunes each precision's build: f32's templates,
 bf16's ``vdpbf16ps`` templates (where the CPU has AVX512_BF16; on an AMX CPU the layers AMX tiles do
 not take), int8's VNNI templates (the network quantized as benchmarks/peers.py does; without AMX, or
 ``--no-amx``, every int8 conv and linear).  Records are keyed by
@@ -67,7 +68,7 @@ def main() -> int:
     from rich.console import Console
 
     from convdsl.backends.tvm.schedules import template_tuner as tt, tophub
-    from convdsl.backends.tvm.targets import cpu_family, make_target
+    from convdsl.backends.tvm.targets import cpu_family, cpu_vendor, make_target
     from convdsl.cli.common import program_graph
 
     console = Console(width=160)
@@ -106,7 +107,7 @@ def main() -> int:
     header = {
         "family": family,
         "produced_by": "benchmarks/tophub_generate.py (convdsl's template tuner)",
-        "cpu": tt.cpu_model(), "cores": os.cpu_count(), "load_avg_at_start": load,
+        "cpu": tt.cpu_model(), "vendor": cpu_vendor(), "cores": os.cpu_count(), "load_avg_at_start": load,
         "target": base.describe(), "tvm": tvm.__version__, "timing": "min over rounds, weights flushed from cache",
         "date": dt.date.today().isoformat(), "trials_per_workload": args.trials, "rounds": args.rounds,
         "networks": sorted(set(tophub.read_db(out)["header"].get("networks", [])) | set(done)) if out else done,

@@ -145,6 +145,19 @@ def cpu_family(flags: frozenset[str] | None = None) -> str:
     return "avx2" if {"avx2", "fma"} <= flags else "generic"
 
 
+def cpu_vendor() -> str:
+    """``/proc/cpuinfo``'s vendor_id (``GenuineIntel``, ``AuthenticAMD``), "" where unknown: a shipped
+    template database is used only on its own vendor's cores (``tophub.shipped_paths``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

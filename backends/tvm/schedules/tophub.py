@@ -10,7 +10,8 @@ it asks ``choose`` first, which answers, in this order:
 2. the user's database ``<tuning root>/templates.json`` (``$CONVDSL_TUNING_DB`` or
    ``~/.cache/convdsl/tuning``, next to MetaSchedule's folders), written by ``convdsl tune``;
 3. the database shipped with convdsl for this CPU's family (``tophub/<family>.json`` beside this
-   file: ``avx512``, ``avx512-amx``), as TVM's TopHub shipped tuned logs;
+   file: ``avx512``, ``avx512-amx``; only on the vendor's cores it was tuned on), as TVM's TopHub
+   shipped tuned logs;
 4. the analytic model's choice (the ``default`` argument).
 
 ``CONVDSL_TOPHUB=off`` skips 2 and 3 (the analytic model alone).  A record whose knobs do not
@@ -180,11 +181,20 @@ def user_db_path(root: str | os.PathLike | None = None) -> Path:
 
 def shipped_paths(family: str | None = None) -> list[Path]:
     """The shipped database of a CPU family (``tophub/<family>.json``; default: this machine's, from its
-    CPU flags: ``avx512`` for AVX-512 without AMX, ``avx512-amx`` with AMX, see ``targets.cpu_family``)."""
-    from convdsl.backends.tvm.targets import cpu_family
+    CPU flags: ``avx512`` for AVX-512 without AMX, ``avx512-amx`` with AMX, see ``targets.cpu_family``).
+    This machine's file is used only where its header's ``vendor`` is this CPU's (or unset): the knobs are
+    register tiles measured on one vendor's cores (``avx512.json`` on Zen 4, whose 512-bit instructions run
+    as two halves, took tiles a quarter of the analytic model's for depthwise convs), so an Ice Lake does
+    not take Zen 4's; it keeps the analytic model until a file tuned on its own cores ships."""
+    from convdsl.backends.tvm.targets import cpu_family, cpu_vendor
 
     path = SHIPPED_DIR / f"{family or cpu_family()}.json"
-    return [path] if path.is_file() else []
+    if not path.is_file():
+        return []
+    vendor = (read_db(path).get("header") or {}).get("vendor")
+    if family is None and vendor and vendor != cpu_vendor():
+        return []
+    return [path]
 
 
 _cache: dict[Path, tuple[float, dict]] = {}

@@ -226,6 +226,7 @@ def test_the_shipped_databases_are_well_formed(family):
     db = tophub.read_db(path)
     head, records = db["header"], db["records"]
     assert head["family"] == family and head["cpu"] and head["tuning_seconds"] > 0 and head["networks"]
+    assert head["vendor"] in ("GenuineIntel", "AuthenticAMD")
     assert len(records) > 50
     for key, rec in records.items():
         kind = key.split(":")[0]
@@ -233,6 +234,26 @@ def test_the_shipped_databases_are_well_formed(family):
         assert all(isinstance(v, int) and v >= 1 for v in rec["knobs"].values()), key
         assert rec["ms"] <= rec["analytic_ms"] * 1.0001, key
         assert key.endswith(":avx512vnni" if kind == "int8_conv" else ":avx512"), key
+
+
+def test_a_shipped_database_is_used_only_on_its_vendors_cores(dbs, monkeypatch):
+    """The family's file tuned on another vendor's cores (Zen 4's knobs on an Ice Lake) is not read: the
+    analytic model decides there; a file without a vendor, or this CPU's, is."""
+    from convdsl.backends.tvm import targets
+    from convdsl.backends.tvm.schedules import tophub
+
+    _, shipped = dbs
+    k = _conv()
+    wl = k.workload
+    ship_knobs = next(c for c in tophub.space(wl) if c != k.analytic)
+    _write(shipped, {wl.key: {"knobs": dict(zip(tophub.KNOBS[wl.kind], ship_knobs))}})
+    assert tophub.lookup(wl) == (ship_knobs, "shipped")  # no vendor in the header
+    monkeypatch.setattr(targets, "cpu_vendor", lambda: "GenuineIntel")
+    tophub.write_db(shipped, {}, {"vendor": "AuthenticAMD"})
+    assert tophub.shipped_paths() == [] and tophub.lookup(wl) is None
+    assert tophub.shipped_paths(targets.cpu_family()) == [shipped]  # asked for by name: read
+    monkeypatch.setattr(targets, "cpu_vendor", lambda: "AuthenticAMD")
+    assert tophub.lookup(wl) == (ship_knobs, "shipped")
 
 
 def test_tune_precision_bf16_records_the_vdpbf16ps_conv(dbs, tmp_path):
