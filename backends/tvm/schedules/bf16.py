@@ -71,8 +71,11 @@ def pack_conv_weight(w: np.ndarray, ib: int) -> np.ndarray:
 
 
 def pack_dense_weight(w: np.ndarray) -> np.ndarray:
-    """[K, N] f32 -> [N/16, K/2, 16, 2] bf16 bits."""
+    """[K, N] f32 -> [N/16, K/2, 16, 2] bf16 bits (N zero-padded to whole 16-column vectors)."""
     k, n = w.shape
+    if n % LANES:
+        w = np.concatenate([w, np.zeros((k, (-n) % LANES), w.dtype)], axis=1)
+        n = w.shape[1]
     b = w.reshape(k // PAIR, PAIR, n // LANES, LANES).transpose(2, 0, 3, 1)
     return round_to_bf16(np.ascontiguousarray(b))
 
@@ -81,8 +84,11 @@ def conv_fits(c: int, o: int, ib: int | None) -> bool:
     return ib is not None and ib % PAIR == 0 and c % ib == 0 and o % LANES == 0
 
 
+PAD_DENSE_COLUMNS = True  # N not a multiple of 16 (a classifier's 1000): padded to whole vectors, not left f32
+
+
 def dense_fits(k: int, n: int) -> bool:
-    return k % PAIR == 0 and n % LANES == 0
+    return k % PAIR == 0 and (n % LANES == 0 or PAD_DENSE_COLUMNS and n >= LANES)
 
 
 # ---- computes ----------------------------------------------------------------------------------------------
@@ -109,13 +115,16 @@ def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilat
         name="conv2d_nchwc_bf16", attrs={KERNEL_ATTR: "conv2d_nchwc_bf16"})
 
 
-def dense_packed_bf16(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te.Tensor:
+def dense_packed_bf16(x: te.Tensor, w: te.Tensor, rows: int | None = None, cols: int | None = None) -> te.Tensor:
     """x [..., M, K] f32, w [N/16, K/2, 16, 2] u16 -> [..., M, N] f32.  ``rows`` > M: the product
     is computed over ``rows`` rows (the ones past M read row M - 1) into a buffer the result is
     copied from (``dense_unpad``, inlined into the epilogue by the schedule), as
     ``kernels.dense_packed`` does: the register tile must divide the rows, since TVM's tensorize
-    does not match a block under the row guard of a partial tile (ViT-S's 197 tokens)."""
+    does not match a block under the row guard of a partial tile (ViT-S's 197 tokens).  ``cols`` <
+    N the same way for columns: ``w`` zero-padded to whole 16-column vectors (a classifier's 1000
+    outputs: 63 vectors), the result the first ``cols``."""
     nblk, kp, nb, _ = (int(v) for v in w.shape)
+    cols = nblk * nb if cols is None else cols
     xb = te.compute(x.shape, lambda *i: to_bf16_bits(x(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pack"})
     rp = te.reduce_axis((0, kp), "k_pair")
     r2 = te.reduce_axis((0, PAIR), "k_two")
@@ -130,9 +139,9 @@ def dense_packed_bf16(x: te.Tensor, w: te.Tensor, rows: int | None = None) -> te
 
     shape = lead[:-1] + [rows] + [nblk * nb] if pad else lead + [nblk * nb]
     y = te.compute(shape, fn, name="dense_packed_bf16", attrs={KERNEL_ATTR: "dense_packed_bf16"})
-    if not pad:
+    if not pad and cols == nblk * nb:
         return y
-    return te.compute(lead + [nblk * nb], lambda *idx: y[idx], name="dense_unpad")
+    return te.compute(lead + [cols], lambda *idx: y[idx], name="dense_unpad")
 
 
 def dense_rows(m: int, tile_rows: int) -> int:

@@ -667,9 +667,9 @@ class _Blocker(PyExprMutator):
             if len(xs) >= 2 and isinstance(xs[-2], int) and target is not None and target.kind.name == "llvm":
                 from convdsl.backends.tvm.schedules.cpu import Hardware, gemm_tile
 
-                rows = bf16.dense_rows(xs[-2], gemm_tile(xs[-2], wt.shape[1] // bf16.LANES, Hardware.of(target))[0])
+                rows = bf16.dense_rows(xs[-2], gemm_tile(xs[-2], -(-wt.shape[1] // bf16.LANES), Hardware.of(target))[0])
             return self.builder_.call_te(bf16.dense_packed_bf16, x, relax.const(bf16.pack_dense_weight(wt)), rows,
-                                         primfunc_name_hint="dense_packed_bf16")
+                                         wt.shape[1], primfunc_name_hint="dense_packed_bf16")
         nb = dense_block(wt.shape[1])
         rows = None
         target = tvm.target.Target.current(allow_none=True)

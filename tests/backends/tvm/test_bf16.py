@@ -31,6 +31,9 @@ NET = """network m(x: f32[1, 32, 14, 14]) {
 TOKENS = """network t(x: f32[1, 197, 64]) {
     return x | linear(96) | gelu | linear(64)
 }"""
+HEAD = """network h(x: f32[1, 1280]) {
+    return x | relu | linear(1000)
+}"""  # a classifier: 1000 columns, 62.5 vectors of 16 (the weights padded to 63, the result the first 1000)
 
 
 def _rounded(a: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,8 @@ def test_rounding_matches_torch():
 
 
 @needs_bf16
-@pytest.mark.parametrize("src, shape", [(NET, (1, 32, 14, 14)), (TOKENS, (1, 197, 64))], ids=["convs", "tokens"])
+@pytest.mark.parametrize("src, shape", [(NET, (1, 32, 14, 14)), (TOKENS, (1, 197, 64)), (HEAD, (1, 1280))],
+                         ids=["convs", "tokens", "classifier"])
 def test_bf16_kernels_match_torch_bf16_arithmetic(src, shape):
     g = elaborate(src)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -100,7 +104,7 @@ def test_bf16_depthwise_convs_round_their_input(amx):
 
 
 @needs_bf16
-@pytest.mark.parametrize("src, kernels", [(NET, 4), (TOKENS, 2)], ids=["convs", "tokens"])
+@pytest.mark.parametrize("src, kernels", [(NET, 4), (TOKENS, 2), (HEAD, 1)], ids=["convs", "tokens", "classifier"])
 def test_bf16_kernels_are_tensorized(src, kernels):
     """Every bf16 kernel calls vdpbf16ps: three convs and the linear; two linears over ViT-S's
     197 tokens, a prime number of rows (padded so the register tile divides them: TVM's tensorize
