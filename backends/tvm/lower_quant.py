@@ -151,8 +151,9 @@ def _has_vnni() -> bool:
 def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
     """(output channels, input channels, weight dtype) of one dot-product block for the current target:
     VNNI's 16 x 4 bytes (``vpdpbusd``), or 8 x 4 for output channels a multiple of 8 and not of 16
-    (``vpdpbusd`` on ymm, ``schedules.int8.register_vnni8_intrinsic``); on an AVX2 CPU without it, 8 x 4 bytes (``vpmaddubsw`` +
-    ``vpmaddwd``) when the int8 weights ``w`` [O, C, ...] cannot saturate vpmaddubsw's int16 pair sums
+    (``vpdpbusd`` on ymm, ``schedules.int8.register_vnni8_intrinsic``); on an AVX2 CPU without it, 8 x 4
+    bytes (``vpmaddubsw`` + ``vpmaddwd``) when the int8 weights ``w`` [O, C, ...] cannot saturate vpmaddubsw's
+    int16 pair sums
     (``maddubs_exact``: 7-bit weights always), else 8 x 2 int16 (``vpmaddwd``: the weights widened
     here, once, the activations widened when they are packed)."""
     target = tvm.target.Target.current(allow_none=True)
