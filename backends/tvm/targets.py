@@ -145,27 +145,28 @@ def cpu_family(flags: frozenset[str] | None = None) -> str:
     return "avx2" if {"avx2", "fma"} <= flags else "generic"
 
 
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line's value in ``/proc/cpuinfo``; None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_vendor() -> str:
     """``/proc/cpuinfo``'s vendor_id (``GenuineIntel``, ``AuthenticAMD``), "" where unknown: a shipped
     template database is used only on its own vendor's cores (``tophub.shipped_paths``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo("vendor_id") or ""
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    model = _cpuinfo("model name")
+    if model is not None:
+        return model
     import platform
 
     return platform.processor() or platform.machine()
