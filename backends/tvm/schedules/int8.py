@@ -197,34 +197,7 @@ def register_vnni_intrinsic() -> str:
     TVM's own ``dot_16x4_vnni`` passes the bytes as <16 x i32>; LLVM 20+ declares
     ``llvm.x86.avx512.vpdpbusd.512`` on <64 x i8> operands, so that intrinsic no longer
     compiles.  This one reinterprets the operands to the type the LLVM in use expects."""
-    if s_tir.TensorIntrin.get(VNNI_INTRIN, allow_missing=True) is not None:
-        return VNNI_INTRIN
-    from tvm.target import codegen
-    from tvm.script import tirx as T
-
-    from convdsl.backends.tvm.tuning import prime_inspect_cache
-
-    prime_inspect_cache()  # TVMScript's decorator inspects the stack
-    bytes_ = "int8x64" if codegen.llvm_version_major() >= 20 else "int32x16"
-
-    desc = _dot_description(16, 4, "uint8", "int8")
-
-    @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(a, 16), dtype=bytes_),
-                T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype=bytes_),
-                dtype="int32x16")
-
-    s_tir.TensorIntrin.register(VNNI_INTRIN, desc, impl)
-    return VNNI_INTRIN
+    return _register_vpdpbusd(VNNI_INTRIN, 16)
 
 
 VNNI8_INTRIN = "convdsl_dot_8x4_vnni"
@@ -238,34 +211,41 @@ def register_vnni8_intrinsic() -> str:
     that the next conv reads as they are (``lower_quant.int8_layout``), and no padding to 16 channels is
     computed.  A ymm ``vpdpbusd`` does half a zmm one's work: on Zen 4, whose 512-bit instructions run
     as two 256-bit halves, at the same rate per byte."""
-    if s_tir.TensorIntrin.get(VNNI8_INTRIN, allow_missing=True) is not None:
-        return VNNI8_INTRIN
+    return _register_vpdpbusd(VNNI8_INTRIN, VNNI8_OC)
+
+
+def _register_vpdpbusd(name: str, lanes: int) -> str:
+    """Register (once) ``name``: the lanes x 4 u8 x s8 -> s32 dot product of one ``vpdpbusd`` on zmm (16 lanes)
+    or ymm (8 lanes)."""
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
     from tvm.target import codegen
     from tvm.script import tirx as T
 
     from convdsl.backends.tvm.tuning import prime_inspect_cache
 
-    prime_inspect_cache()
-    bytes_ = "int8x32" if codegen.llvm_version_major() >= 20 else "int32x8"
+    prime_inspect_cache()  # TVMScript's decorator inspects the stack
+    bytes_ = f"int8x{4 * lanes}" if codegen.llvm_version_major() >= 20 else f"int32x{lanes}"
+    acc, weights, intrinsic = f"int32x{lanes}", f"int8x{4 * lanes}", f"llvm.x86.avx512.vpdpbusd.{32 * lanes}"
 
-    desc = _dot_description(8, 4, "uint8", "int8")
+    desc = _dot_description(lanes, 4, "uint8", "int8")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-            T.writes(C[0:8])
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
             a = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-                C.vload([0], dtype="int32x8"),
-                T.reinterpret(T.broadcast(a, 8), dtype=bytes_),
-                T.reinterpret(B.vload([0, 0], dtype="int8x32"), dtype=bytes_),
-                dtype="int32x8")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(intrinsic),
+                C.vload([0], dtype=acc),
+                T.reinterpret(T.broadcast(a, lanes), dtype=bytes_),
+                T.reinterpret(B.vload([0, 0], dtype=weights), dtype=bytes_),
+                dtype=acc)
 
-    s_tir.TensorIntrin.register(VNNI8_INTRIN, desc, impl)
-    return VNNI8_INTRIN
+    s_tir.TensorIntrin.register(name, desc, impl)
+    return name
 
 
 MADD_INTRIN = "convdsl_dot_8x2_madd"
