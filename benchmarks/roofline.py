@@ -250,13 +250,14 @@ def _kernel_precision(func, text: str, precision: str) -> str:
     f32 input themselves: a kernel that only reads bf16 activations, e.g. a depthwise conv with f32 weights and
     f32 math, is f32), ``int8`` where a weight is int8, else ``f32``."""
     from convdsl.backends.tvm.schedules import amx
+    from convdsl.backends.tvm.schedules.cpu import BF16_RULES
 
     if amx.EXTERN in text:
         return "int8 (AMX)"
     if amx.EXTERN_BF16 in text:
         return "bf16 (AMX)"
     dtypes = [str(p.ty.dtype) for p in func.params if hasattr(p.ty, "dtype")]
-    vdpbf16ps = any(f'"{k}"' in text for k in ("conv2d_nchwc_bf16", "dense_packed_bf16"))  # their KERNEL_ATTR
+    vdpbf16ps = any(f'"{k}"' in text for k in BF16_RULES)  # bf16.py's kernels, by their KERNEL_ATTR
     if precision == "bf16" and (dtypes.count("uint16") >= 2 or vdpbf16ps):
         return "bf16"
     if precision == "int8" and "int8" in dtypes:

@@ -141,7 +141,9 @@ def pack_vnni_weight(w: np.ndarray, oc: int = VNNI_OC, ic: int = VNNI_IC) -> np.
     return np.ascontiguousarray(blocks)
 
 
-def _has_vnni() -> bool:
+def has_vnni() -> bool:
+    """Whether the current target runs VNNI (``vpdpbusd``): an AVX-512 VNNI CPU, or no CPU target given (the
+    layouts then default to VNNI's)."""
     from convdsl.backends.tvm.schedules.kernels import target_has
 
     target = tvm.target.Target.current(allow_none=True)
@@ -185,7 +187,7 @@ def int8_instruction(w: np.ndarray | None = None) -> str:
     oc, ic, dtype = int8_layout(w)
     if dtype == "int16":
         return "vpmaddwd"
-    return "vpmaddubsw" if oc == MADDUBS_OC and not _has_vnni() else "vpdpbusd"
+    return "vpmaddubsw" if oc == MADDUBS_OC and not has_vnni() else "vpdpbusd"
 
 
 def int8_instructions(graph) -> dict[str, int]:
@@ -544,7 +546,7 @@ def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:
     from convdsl.backends.tvm.schedules import int8 as int8_schedule
 
     ob = -(-out_channels // oc)
-    tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC and not _has_vnni() else int8_schedule.register_tile
+    tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC and not has_vnni() else int8_schedule.register_tile
     if oc == MADD_OC:
         tile = int8_schedule.madd_register_tile
 

@@ -174,12 +174,6 @@ OPAQUE, OUT_ELEMWISE_FUSABLE = 8, 4  # relax's OpPatternKind kOpaque, kOutEWiseF
 _CONST = type(relax.const(np.zeros(1, "float32")))
 
 
-def _vnni_target() -> bool:
-    from convdsl.backends.tvm.schedules.kernels import target_has
-
-    return target_has(tvm.target.Target.current(allow_none=True), "avx512vnni")
-
-
 def _is_const(e: relax.Expr) -> bool:
     return isinstance(e, _CONST) and hasattr(e.value, "numpy")
 
@@ -425,8 +419,8 @@ class _Blocker(PyExprMutator):
         a transpose in each conv's pack and requantization."""
         import functools
 
-        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, int8_conv_from_spec, requantizes_in_block_loop,
-                                                      vnni_conv2d)
+        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, has_vnni, int8_conv_from_spec,
+                                                      requantizes_in_block_loop, vnni_conv2d)
 
         gv = args[0]
         func = self.builder_.get()[gv] if isinstance(gv, relax.GlobalVar) else None
@@ -444,7 +438,7 @@ class _Blocker(PyExprMutator):
         # AVX2's 8-channel layouts, which stay NCHW); AMX: 16-channel blocks, or 8 (the requantization reads its C
         # tile rows by channel, and the next conv reads 8c)
         wob = (static_shape(wt) or [0] * 5)[4]
-        if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2 and _vnni_target()):
+        if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2 and has_vnni()):
             return None
         if geo is not None and ob not in (INT8_LANES, INT8_LANES // 2):
             return None
