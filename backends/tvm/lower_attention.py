@@ -300,8 +300,9 @@ def mha(cx, node, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, s
     if tiles is not None:
         return tiles
     # --precision bf16 without AMX tiles: the four projections as plain linears, which the blocked layout
-    # makes vdpbf16ps GEMMs (bf16.dense_packed_bf16); the heads layout's GEMMs are f32 (ViT-S on Zen 4: the
-    # network 35.6 -> 31.1 ms of kernels, the projections 14.4 -> 8.0 ms, the heads' copies 0.5)
+    # makes vdpbf16ps GEMMs (bf16.dense_packed_bf16); the heads layout's GEMMs are f32 (ViT-S on Zen 4, roofline.py
+    # profiles, docs/tvm.md: the network 35.6 -> 31.1 ms of kernels, the projections 14.4 -> 8.0 ms, the heads'
+    # copies 0.5)
     fast = None if cx.precision == "bf16" else _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo,
                                                               heads, scale, bias)
     if fast is not None:

@@ -25,8 +25,8 @@ Output channels a multiple of 8 and not of 16 (MobileNet-V2's 24-channel project
 blocks (``lower_quant.int8_layout``) and the same nest on ymm registers (``dot_8x4_vnni``: ``vpdpbusd``
 with AVX512VL): nothing is computed for padding channels, and the output is written in 8-channel blocks
 that the next conv reads as they are (layout.py), where 16-channel blocks meant NCHW on both sides, an
-unpack before the conv and a pack after it.  MobileNet-V2 int8, Zen 4, 2 threads, one process, 21
-alternating rounds: 2.00 -> 1.88 ms, outputs identical.
+unpack before the conv and a pack after it.  MobileNet-V2 int8, Zen 4, 2 threads, a scratch A/B in one
+process toggling ``lower_quant.VNNI_YMM``, 21 alternating rounds: 2.00 -> 1.88 ms, outputs identical.
 
 Without AVX-512 VNNI (AVX2, AVX-512 without VNNI) the kernel is lowered for the target in one of
 AVX2's two layouts (``lower_quant.int8_layout``, per layer, from its weights):
