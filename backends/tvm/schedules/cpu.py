@@ -40,7 +40,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import bf16, tophub
-from convdsl.backends.tvm.schedules.kernels import GROUPS_ATTR, K_INNER_ATTR, KERNEL_ATTR, divisors
+from convdsl.backends.tvm.schedules.kernels import GROUPS_ATTR, K_INNER_ATTR, KERNEL_ATTR, ROWS_ATTR, divisors
 
 
 class _Skip(Exception):
@@ -568,6 +568,81 @@ def schedule_dense_packed(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     schedule_gemm(sch, block, hw, lanes=nb)
 
 
+def attention_tiles(length: int, d: int, hw: Hardware) -> tuple[int, int]:
+    """(rows, pv_rows) of ``kernels.attention_rows``: the query rows of one task and the rows of
+    P V's register tile (``gemm_tile`` over d's vectors).  ``rows`` is a multiple of ``pv_rows``
+    (the task's rows are whole P V tiles) of at most the accumulators (Q K^T's tile is ``rows`` x one
+    vector of keys), the one that pads ``length`` least (ViT-S: 197 queries, d 64 -> 18 = 3 x 6, 198
+    rows), the larger on ties."""
+    pv_rows = gemm_tile(length, max(1, d // hw.lanes), hw)[0]
+    options = range(pv_rows, max(pv_rows, hw.accumulators) + 1, pv_rows)
+    rows = min(options, key=lambda r: (-(-length // r) * r, -r))
+    return rows, pv_rows
+
+
+def schedule_attention_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
+    """``kernels.attention_rows``: (batch, heads, row blocks) parallel; inside a task, for its
+    ``rows`` queries: Q K^T as a ``rows`` x 1-vector register tile per vector of keys (d
+    innermost-but-one), the row max and sum as lanes-wide partials (vectorized), the weights
+    (vectorized exp), P V as ``gemm_tile``'s tiles over d, the division last."""
+    rows = int(sch.get(block).annotations[ROWS_ATTR])
+    qk, out = block, sch.get_sblock("attention_out")
+    d = _extent(sch, sch.get_loops(out)[-1])
+    if d % hw.lanes or _extent(sch, sch.get_loops(qk)[-2]) % hw.lanes:
+        raise _Skip("d or the keys not whole vectors")
+    pv_rows = attention_tiles(rows, d, hw)[1]
+    if rows % pv_rows:
+        raise _Skip("the task's rows are not whole P V tiles")
+    kept = {"attention_qk", "attention_part_max", "attention_max", "attention_weight", "attention_part_sum",
+            "attention_sum", "attention_pv", "attention_out"}
+    for b in _root_blocks(sch):  # the logits' shift and fast_exp's stages: computed where the weights are
+        if sch.get(b).name_hint not in kept:
+            sch.compute_inline(b)
+    b, h, i, o = sch.get_loops(out)
+    io, _ = sch.split(i, [None, rows])
+    task = sch.fuse(b, h, io)
+    sch.parallel(task)
+    for name in ("attention_pv", "attention_sum", "attention_part_sum", "attention_weight", "attention_max",
+                 "attention_part_max", "attention_qk"):
+        sch.compute_at(sch.get_sblock(name), task, preserve_unit_loops=True)
+    lanes = hw.lanes
+    # Q K^T: for each vector of keys, d steps of ``rows`` broadcast FMAs
+    *_, ii, j, c = sch.get_loops(qk)
+    jo, jl = sch.split(j, [None, lanes])
+    sch.reorder(jo, c, ii, jl)
+    sch.unroll(ii)
+    sch.vectorize(jl)
+    init = sch.decompose_reduction(qk, c)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    sch.unroll(iloops[-2])
+    for name in ("attention_part_max", "attention_part_sum"):  # (row, lanes, key vectors) -> lanes innermost
+        part = sch.get_sblock(name)
+        *_, e, jv = sch.get_loops(part)
+        sch.reorder(jv, e)
+        sch.vectorize(e)
+        init = sch.decompose_reduction(part, jv)
+        sch.vectorize(sch.get_loops(init)[-1])
+    weight = sch.get_sblock("attention_weight")
+    sch.vectorize(sch.split(sch.get_loops(weight)[-1], [None, lanes])[1])
+    # P V: tiles of pv_rows x (d / lanes) vectors, the keys between the tile loop and the tile
+    pv = sch.get_sblock("attention_pv")
+    *_, ii, o, j = sch.get_loops(pv)
+    iio, iii = sch.split(ii, [None, pv_rows])
+    oo, ol = sch.split(o, [None, lanes])
+    sch.reorder(iio, j, iii, oo, ol)
+    sch.unroll(iii)
+    sch.unroll(oo)
+    sch.vectorize(ol)
+    init = sch.decompose_reduction(pv, j)
+    iloops = sch.get_loops(init)
+    sch.vectorize(iloops[-1])
+    for lp in iloops[-3:-1]:
+        sch.unroll(lp)
+    sch.vectorize(sch.split(sch.get_loops(out)[-1], [None, lanes])[1])
+
+
+
 # ---- the rest ---------------------------------------------------------------------------
 def schedule_generic(sch: s_tir.Schedule, hw: Hardware) -> None:
     """Inline elementwise chains, then parallelize and vectorize each root block."""
@@ -807,6 +882,7 @@ RULES = {
     "conv2d_nchwc": schedule_conv2d_nchwc,
     "dwconv_nchwc": schedule_dwconv_nchwc,
     "dense_packed": schedule_dense_packed,
+    "attention_rows": schedule_attention_rows,
     **BF16_RULES,
 }
 

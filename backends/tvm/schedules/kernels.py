@@ -221,6 +221,58 @@ def dense_merge_heads(y: te.Tensor, w: te.Tensor, rows: int, length: int) -> te.
     return te.compute((n, length, nblk * nb), lambda *idx: p[idx], name="dense_unpad")
 
 
+ROWS_ATTR = "convdsl.rows"  # attention_rows: the query rows one parallel task computes (cpu.py's tile)
+
+
+def attention_rows(q: te.Tensor, kt: te.Tensor, v: te.Tensor, scale: float, valid: int, rows: int,
+                   lanes: int) -> te.Tensor:
+    """softmax(scale * Q K^T) V in one kernel, ``rows`` query rows at a time: q [N, heads, R, d],
+    kt [N, heads, d, keys], v [N, heads, keys, d] -> [N, heads, R, d] (``dense_heads``'s layouts).
+    Keys at or past ``valid`` are padding (their logits -inf, their weights 0).  A block of rows'
+    logits, their exponentials and the sums stay in the task's cache; the three kernels
+    (Q K^T, softmax, P V) wrote and read the whole [heads, R, keys] logits twice between them.
+
+    The row max and sum are taken as ``lanes`` partial results over the keys' vectors first
+    (``attention_part_max``/``_sum``, then reduced): one vector operation per ``lanes`` keys.  The
+    division by the sum comes last, on the d outputs of a row rather than its keys' weights."""
+    from tvm import topi
+
+    n, heads, length, d = (int(s) for s in q.shape)
+    keys = int(kt.shape[3])
+    f32 = q.dtype
+    c = te.reduce_axis((0, d), "c")
+    qk = te.compute((n, heads, length, keys), lambda b, h, i, j: te.sum(q[b, h, i, c] * kt[b, h, c, j], axis=c),
+                    name="attention_qk", attrs={KERNEL_ATTR: "attention_rows", ROWS_ATTR: rows})
+    minus_inf = tirx.const(float("-inf"), f32)
+
+    def logit(b, h, i, j):
+        return tirx.Select(j < valid, qk[b, h, i, j] * tirx.const(scale, f32), minus_inf)
+
+    jo = te.reduce_axis((0, keys // lanes), "jo")
+    part_max = te.compute((n, heads, length, lanes), lambda b, h, i, e: te.max(logit(b, h, i, jo * lanes + e),
+                                                                                axis=jo), name="attention_part_max")
+    e1 = te.reduce_axis((0, lanes), "e")
+    row_max = te.compute((n, heads, length), lambda b, h, i: te.max(part_max[b, h, i, e1], axis=e1),
+                         name="attention_max")
+    shifted = te.compute((n, heads, length, keys), lambda b, h, i, j: logit(b, h, i, j) - row_max[b, h, i],
+                         name="attention_shift")
+    exp = topi.fast_exp(shifted)  # padded keys: 0, not fast_exp's clamped exp(-88) (a denormal)
+    weight = te.compute((n, heads, length, keys), lambda b, h, i, j: tirx.Select(j < valid, exp[b, h, i, j],
+                                                                                 tirx.const(0.0, f32)),
+                        name="attention_weight")
+    jo2 = te.reduce_axis((0, keys // lanes), "jo2")
+    part_sum = te.compute((n, heads, length, lanes), lambda b, h, i, e: te.sum(weight[b, h, i, jo2 * lanes + e],
+                                                                                axis=jo2), name="attention_part_sum")
+    e2 = te.reduce_axis((0, lanes), "e2")
+    row_sum = te.compute((n, heads, length), lambda b, h, i: te.sum(part_sum[b, h, i, e2], axis=e2),
+                         name="attention_sum")
+    j = te.reduce_axis((0, keys), "j")
+    pv = te.compute((n, heads, length, d), lambda b, h, i, o: te.sum(weight[b, h, i, j] * v[b, h, j, o], axis=j),
+                    name="attention_pv")
+    return te.compute((n, heads, length, d), lambda b, h, i, o: pv[b, h, i, o] / row_sum[b, h, i],
+                      name="attention_out")
+
+
 def pack_nchwc(x: te.Tensor, b: int) -> te.Tensor:
     """[N, C, H, W] -> [N, C/b, H, W, b]."""
     n, c, h, w = x.shape

@@ -495,6 +495,102 @@ def test_dense_rows_padded_to_whole_tiles(mcpu, rows, tile):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_attention_tiles_are_whole_pv_tiles_padding_the_queries_least():
+    from convdsl.backends.tvm.schedules.cpu import Hardware, attention_tiles
+
+    avx512 = Hardware(16, 32)
+    assert attention_tiles(197, 64, avx512) == (18, 6)  # ViT-S: 198 rows, 11 tasks a head
+    rows, pv_rows = attention_tiles(50, 32, avx512)
+    assert rows % pv_rows == 0 and rows <= avx512.accumulators
+    assert -(-50 // rows) * rows == min(-(-50 // r) * r for r in range(pv_rows, 29, pv_rows))
+
+
+@pytest.mark.parametrize("heads,length,keys,valid,d", [
+    (6, 198, 208, 197, 64),  # ViT-S
+    (2, 36, 48, 37, 32),  # fewer query rows than keys (cross-attention), d of two vectors
+    (3, 12, 16, 16, 16),  # no padded key, one vector of d
+])
+def test_attention_rows_is_softmax_attention(heads, length, keys, valid, d):
+    """``kernels.attention_rows`` under its schedule equals numpy's softmax(scale Q K^T) V over the
+    valid keys; the padded keys weigh nothing even where their K and V columns are not zero."""
+    import tvm
+    from tvm import te
+
+    from convdsl.backends.tvm.schedules import kernels
+    from convdsl.backends.tvm.schedules.cpu import Hardware, attention_tiles, schedule_attention_rows
+    from convdsl.backends.tvm.targets import host_can_run
+
+    hw = Hardware(16, 32)
+    rows = attention_tiles(length, d, hw)[0]
+    length = -(-length // rows) * rows
+    q = te.placeholder((1, heads, length, d), name="q")
+    kt = te.placeholder((1, heads, d, keys), name="kt")
+    v = te.placeholder((1, heads, keys, d), name="v")
+    scale = d ** -0.5
+    y = kernels.attention_rows(q, kt, v, scale, valid, rows, hw.lanes)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([q, kt, v, y]))
+    qk = sch.get_sblock("attention_qk")
+    assert sch.get(qk).annotations[kernels.KERNEL_ATTR] == "attention_rows"
+    schedule_attention_rows(sch, qk, hw)
+    script = sch.mod["main"].script()
+    assert f"T.parallel({heads * length // rows})" in script  # (heads, row blocks) as tasks
+    assert script.count("T.vectorized(16)") >= 6  # Q K^T, both partials, the weights, P V, the output
+    if host_can_run({"kind": "llvm", "mcpu": "skylake-avx512"}) is not None:
+        return
+    rng = np.random.default_rng(0)
+    qs = rng.standard_normal((1, heads, length, d)).astype(np.float32)
+    ks = rng.standard_normal((1, heads, d, keys)).astype(np.float32) * 3
+    vs = rng.standard_normal((1, heads, keys, d)).astype(np.float32)
+    lib = tvm.compile(sch.mod, target=tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"}))
+    out = tvm.runtime.tensor(np.zeros((1, heads, length, d), np.float32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in (qs, ks, vs)], out)
+    logits = np.einsum("bhic,bhcj->bhij", qs.astype(np.float64), ks[..., :valid]) * scale
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    want = np.einsum("bhij,bhjc->bhic", p / p.sum(-1, keepdims=True), vs[:, :, :valid])
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_attention_is_one_kernel_on_avx512(mcpu):
+    """Self-attention over 37 tokens (keys padded to 48): on AVX-512 Q K^T, the softmax and P V are
+    one kernel (kernels.attention_rows, scheduled by its rule); on AVX2 three (16 registers hold no
+    18-row tile).  Both equal torch."""
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules import schedule_module
+    from convdsl.backends.tvm.schedules.cpu import kernel_of
+    from convdsl.backends.tvm.targets import host_can_run, make_target
+
+    g = graph_of("""
+network t(x: f32[1, 37, 64]) {
+    return x + (x | layernorm | mhsa(2))
+}
+""")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    with target:
+        mod = tvm.transform.Sequential(optimize_passes(make_target("tvm-llvm")))(lower_graph(g, "tvm-llvm", {}))
+    funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    fused = [n for n, f in funcs.items()
+             if any(kernel_of(s, b) == "attention_rows" for s in [tvm.s_tir.Schedule(f)]
+                    for b in s.get_child_blocks(s.get_sblock("root")))]
+    softmax = [n for n in funcs if "softmax" in n]
+    if mcpu == "haswell":
+        assert not fused and softmax, sorted(funcs)
+    else:
+        assert len(fused) == 1 and not softmax and not any("matmul" in n for n in funcs), sorted(funcs)
+    with target:
+        mod = schedule_module(mod, target)
+    if fused:
+        assert "T.parallel" in mod[fused[0]].script()
+    if host_can_run({"kind": "llvm", "mcpu": mcpu}) is None:
+        ex = tvm.compile(mod, target=target)
+        vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+        xs = random_inputs(g)
+        assert_close([vm["main"](tvm.runtime.tensor(xs[0])).numpy()], torch_outputs(g, xs))
+
+
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
 def test_attention_heads_layout_without_copies(mcpu):
     """Self-attention's Q, K^T and V are written by their GEMMs in the heads' layout (keys
