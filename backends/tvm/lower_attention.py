@@ -73,6 +73,9 @@ def attend(cx, q, k, v, scale: float, bias=None):
     """softmax(q k^T * scale + bias) v over the last two dims (batched).  With ``key_padding``
     the keys and values get zero rows and the padded logits -inf (a bias's padding too), so the
     padded keys weigh nothing and the result is unchanged."""
+    fused = _attention_rows(cx, q, k, v, scale, bias)
+    if fused is not None:
+        return fused
     rank = q.ty.ndim
     pad = key_padding(k, bias)
     if pad:
@@ -90,6 +93,36 @@ def attend(cx, q, k, v, scale: float, bias=None):
     if bias is not None:
         logits = cx.emit(R.add(logits, bias))
     return cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))
+
+
+def _attention_rows(cx, q, k, v, scale: float, bias):
+    """``attend`` as one kernel (``kernels.attention_rows``) on AVX-512 for static float32 [N, heads, L, d]
+    operands and no bias: K transposed, the keys padded to whole vectors and the queries to whole tasks by
+    copies FuseOps merges with the heads' permutes.  None where it does not apply."""
+    from convdsl.backends.tvm.schedules import kernels
+    from convdsl.backends.tvm.schedules.cpu import attention_tiles
+    from convdsl.backends.tvm.schedules.layout import static_shape
+
+    hw = cpu_hardware()
+    if not ATTENTION_ROWS or bias is not None or hw is None or hw.registers < 32 or q.ty.ndim != 4:
+        return None
+    shapes = [static_shape(t) for t in (q, k, v)]
+    if any(s is None for s in shapes) or any(str(t.ty.dtype) != "float32" for t in (q, k, v)):
+        return None
+    (_, _, lq, d), (_, _, lk, _) = shapes[:2]
+    if d % hw.lanes or lk < hw.lanes or shapes[2][3] != d:
+        return None
+    rows = attention_tiles(lq, d, hw)[0]
+    key_pad, row_pad = (-lk) % hw.lanes, (-lq) % rows
+    kt = cx.emit(R.permute_dims(k, [0, 1, 3, 2]))
+    if key_pad:
+        kt = cx.emit(R.nn.pad(kt, [0, 0, 0, 0, 0, 0, 0, key_pad]))
+        v = cx.emit(R.nn.pad(v, [0, 0, 0, 0, 0, key_pad, 0, 0]))
+    if row_pad:
+        q = cx.emit(R.nn.pad(q, [0, 0, 0, 0, 0, row_pad, 0, 0]))
+    y = cx.bb.emit_te(kernels.attention_rows, q, kt, v, float(scale), lk, rows, hw.lanes,
+                      primfunc_name_hint="attention")
+    return cx.emit(R.strided_slice(y, axes=[2], begin=[0], end=[lq])) if row_pad else y
 
 
 def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):

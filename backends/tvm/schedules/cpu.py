@@ -593,19 +593,26 @@ def schedule_attention_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     pv_rows = attention_tiles(rows, d, hw)[1]
     if rows % pv_rows:
         raise _Skip("the task's rows are not whole P V tiles")
+    lanes = hw.lanes
     kept = {"attention_qk", "attention_part_max", "attention_max", "attention_weight", "attention_part_sum",
             "attention_sum", "attention_pv", "attention_out"}
-    for b in _root_blocks(sch):  # the logits' shift and fast_exp's stages: computed where the weights are
-        if sch.get(b).name_hint not in kept:
-            sch.compute_inline(b)
+    names = [sch.get(b).name_hint for b in _root_blocks(sch)]
+    for name in names[:names.index("attention_out")]:  # the logits' shift, fast_exp's stages: in the weights
+        if name not in kept:
+            sch.compute_inline(sch.get_sblock(name))
+    epilogue = _inline_epilogue(sch, out)  # what FuseOps put after it (the padded queries sliced off)
     b, h, i, o = sch.get_loops(out)
     io, _ = sch.split(i, [None, rows])
     task = sch.fuse(b, h, io)
     sch.parallel(task)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, task)
+        inner = sch.get_loops(epilogue)[-1]
+        if _extent(sch, inner) % lanes == 0:
+            sch.vectorize(sch.split(inner, [None, lanes])[1])
     for name in ("attention_pv", "attention_sum", "attention_part_sum", "attention_weight", "attention_max",
                  "attention_part_max", "attention_qk"):
         sch.compute_at(sch.get_sblock(name), task, preserve_unit_loops=True)
-    lanes = hw.lanes
     # Q K^T: for each vector of keys, d steps of ``rows`` broadcast FMAs
     *_, ii, j, c = sch.get_loops(qk)
     jo, jl = sch.split(j, [None, lanes])
