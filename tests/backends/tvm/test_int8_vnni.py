@@ -7,6 +7,8 @@ try ``schedules.int8.try_schedule`` on every function first.
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -701,6 +703,35 @@ def test_mobilenet_v2_int8_24_channel_projections_stay_blocked():
     with target:
         scheduled = schedule_module(tvm.IRModule({"main": projection}), target)
     assert "llvm.x86.avx512.vpdpbusd.256" in scheduled["main"].script()
+
+
+def test_unpadded_int8_convs_read_the_blocked_input_without_a_pack():
+    """A VNNI conv without padding whose input is in 16-channel blocks reads each 4-channel group where it is
+    (lower_quant.vnni_conv2d): MobileNet-V2's 1x1 expansions and projections have no ``vnni_pack`` copy; the
+    padded stem (3x3, NCHW input) keeps its pack.  The blocks' outputs equal the torch simulation
+    (test_mobilenet_v2_blocks_int8_match_torch_simulation)."""
+    from tvm import relax
+
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    _, q, _ = mbv2_int8(1.0)
+    with tvm.target.Target(VNNI_TARGET):
+        mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
+    packs = {}
+    for b in mod["main"].body.blocks[0].bindings:
+        v = b.value
+        if isinstance(v, relax.Call) and v.op.name == "relax.call_tir":
+            func = mod[v.args[0]]
+            if func.attrs is None or "convdsl.int8_conv" not in func.attrs:
+                continue
+            pads = json.loads(str(func.attrs["convdsl.int8_conv"]))["kw"]["pads"]
+            x = v.args[1].fields[0].ty
+            key = ("blocked" if len(x.shape.values) == 5 and int(x.shape.values[-1]) == 16 else "other",
+                   "padded" if any(pads) else "unpadded")
+            packs.setdefault(key, []).append('T.sblock("vnni_pack")' in func.script())
+    assert len(packs[("blocked", "unpadded")]) >= 4 and not any(packs[("blocked", "unpadded")]), packs
+    assert packs[("other", "padded")] and all(packs[("other", "padded")]), packs
 
 
 MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
