@@ -582,17 +582,7 @@ def test_digits_cnn_int8_matches_torch_simulation(scheduled, bits):
 
 @needs_int8_schedule
 def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
-    from convdsl.api import load_graph
-    from convdsl.passes import run_passes
-    from convdsl.passes.quantize import quantize
-
-    # the zoo's resnet18 at 64x64: every stage runs (down to 2x2), the build takes seconds
-    root = EXAMPLES.resolve()
-    src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
-    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
-    rng = np.random.default_rng(0)
-    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
-    x = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    q, x = _resnet18_small_int8()
     assert vnni_kernels(q) == (21 if HAS_VNNI else 0)  # 20 convs and the fc
     got, want = scheduled(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
@@ -703,6 +693,20 @@ def test_mobilenet_v2_int8_24_channel_projections_stay_blocked():
     with target:
         scheduled = schedule_module(tvm.IRModule({"main": projection}), target)
     assert "llvm.x86.avx512.vpdpbusd.256" in scheduled["main"].script()
+
+
+def _resnet18_small_int8():
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    # the zoo's resnet18 at 64x64: every stage runs (down to 2x2), the build takes seconds
+    root = EXAMPLES.resolve()
+    src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
+    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
+    rng = np.random.default_rng(0)
+    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
+    return q, rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
 
 
 def test_unpadded_int8_convs_read_the_blocked_input_without_a_pack():
