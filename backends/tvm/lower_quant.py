@@ -312,12 +312,18 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         oh_, ow_, oc_b = amx.oh, amx.ow, amx_kernel.OC
     else:
         ib = blocked[0] if blocked is not None else None
-        if ib is not None and ib % ic_b == 0 and icb * ic_b == c_ and not any(pads) and not shift and not wide:
+        if ib is not None and ib % ic_b == 0 and icb * ic_b == c_ and not shift and not wide:
             # the blocked input already holds each group of ic_b channels as contiguous bytes (16-channel
             # blocks: 4 groups of 4): the conv reads them where they are, no copy (ResNet-50 int8, VNNI:
-            # its 1x1 convs' packs, a scalar byte copy of the whole input each)
+            # its 1x1 convs' packs, a scalar byte copy of the whole input each); padding is a copy in the
+            # same layout, whole blocks of bytes per pixel
             per = ib // ic_b
-            xp = lambda n, cb, h, j, c4: x[n, cb // per, h, j, cb % per * ic_b + c4]  # noqa: E731
+            src = x
+            if any(pads):
+                src = te.compute((n_, c_ // ib, hp, wp, ib), lambda n, cb, h, j, c: tvm.tirx.if_then_else(
+                    tvm.tirx.all(h >= pt, h < h_ + pt, j >= pl, j < w_ + pl), x[n, cb, h - pt, j - pl, c], zp),
+                    name="vnni_pack", attrs={VNNI_ATTR: "pack"})
+            xp = lambda n, cb, h, j, c4: src[n, cb // per, h, j, cb % per * ic_b + c4]  # noqa: E731
         else:
             xp = te.compute((n_, icb, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
         rc = te.reduce_axis((0, icb), "icb")

@@ -146,7 +146,7 @@ def _schedule_tensorized(sch: s_tir.Schedule, conv, requant, pack, intrin: str, 
     if requant is not None:
         _vectorize_epilogue(sch, requant)
     if pack is not None:
-        _parallel_outer(sch, pack, 3)
+        _schedule_pack(sch, pack)
     for block in tail:  # readers the epilogue could not absorb: at least run in parallel
         _parallel_outer(sch, block, 2)
 
@@ -381,7 +381,7 @@ def _schedule_avx2(sch: s_tir.Schedule, conv, requant, pack, n_ob: int, n_ow: in
     if requant is not None:
         _vectorize_epilogue(sch, requant)
     if pack is not None:
-        _parallel_outer(sch, pack, 3)
+        _schedule_pack(sch, pack)
     for block in tail:
         _parallel_outer(sch, block, 2)
 
@@ -546,6 +546,15 @@ def _vectorize_epilogue(sch: s_tir.Schedule, block) -> None:
             sch.vectorize(inner)
         except s_tir.ScheduleError:
             pass
+
+
+def _schedule_pack(sch: s_tir.Schedule, pack) -> None:
+    """The input's copy (padding, the 4-byte groups): rows parallel; a blocked input's pixel (16 or more
+    channels' bytes, ``lower_quant.vnni_conv2d``'s padded copy in the blocked layout) one vector."""
+    _parallel_outer(sch, pack, 3)
+    inner = sch.get_loops(pack)[-1]
+    if cpu.extent(sch, inner) in (16, 32, 64):
+        sch.vectorize(inner)
 
 
 def _parallel_outer(sch: s_tir.Schedule, block, depth: int) -> None:

@@ -709,20 +709,22 @@ def _resnet18_small_int8():
     return q, rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
 
 
-def test_unpadded_int8_convs_read_the_blocked_input_without_a_pack():
-    """A VNNI conv without padding whose input is in 16-channel blocks reads each 4-channel group where it is
-    (lower_quant.vnni_conv2d): MobileNet-V2's 1x1 expansions and projections have no ``vnni_pack`` copy; the
-    padded stem (3x3, NCHW input) keeps its pack.  The blocks' outputs equal the torch simulation
-    (test_mobilenet_v2_blocks_int8_match_torch_simulation)."""
+@pytest.mark.parametrize("net", ["mobilenet_v2_blocks", "resnet18_64x64"])
+def test_int8_convs_on_a_blocked_input_copy_it_only_to_pad_it(net):
+    """A VNNI conv whose input is in 16-channel blocks reads each 4-channel group where it is
+    (lower_quant.vnni_conv2d): without padding (MobileNet-V2's 1x1 expansions and projections, ResNet-18's
+    1x1 downsamples) there is no ``vnni_pack`` copy; with padding (ResNet-18's 3x3 convs) the copy keeps the
+    16-channel blocks; the stem (NCHW input) keeps its 4-channel-group pack.  Their outputs equal the torch
+    simulation (test_mobilenet_v2_blocks_int8_match_torch_simulation, test_resnet18_int8_small_input_...)."""
     from tvm import relax
 
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.schedules.layout import blocked_layout
 
-    _, q, _ = mbv2_int8(1.0)
+    q = mbv2_int8(1.0)[1] if net == "mobilenet_v2_blocks" else _resnet18_small_int8()[0]
     with tvm.target.Target(VNNI_TARGET):
         mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
-    packs = {}
+    packs = {}  # (input layout, padded) -> the last extent of each conv's pack (None: no pack)
     for b in mod["main"].body.blocks[0].bindings:
         v = b.value
         if isinstance(v, relax.Call) and v.op.name == "relax.call_tir":
@@ -731,11 +733,19 @@ def test_unpadded_int8_convs_read_the_blocked_input_without_a_pack():
                 continue
             pads = json.loads(str(func.attrs["convdsl.int8_conv"]))["kw"]["pads"]
             x = v.args[1].fields[0].ty
-            key = ("blocked" if len(x.shape.values) == 5 and int(x.shape.values[-1]) == 16 else "other",
+            key = ("blocked" if len(x.shape.values) == 5 and int(x.shape.values[-1]) == 16 else "nchw",
                    "padded" if any(pads) else "unpadded")
-            packs.setdefault(key, []).append('T.sblock("vnni_pack")' in func.script())
-    assert len(packs[("blocked", "unpadded")]) >= 4 and not any(packs[("blocked", "unpadded")]), packs
-    assert packs[("other", "padded")] and all(packs[("other", "padded")]), packs
+            sch = tvm.s_tir.Schedule(func)
+            try:
+                pack = sch.get(sch.get_sblock("vnni_pack"))
+                packs.setdefault(key, []).append(int(pack.writes[0].source.shape[-1]))
+            except Exception:  # noqa: BLE001 - no such block
+                packs.setdefault(key, []).append(None)
+    assert len(packs[("blocked", "unpadded")]) >= (4 if net == "mobilenet_v2_blocks" else 3), packs
+    assert set(packs[("blocked", "unpadded")]) == {None}, packs
+    assert set(packs[("nchw", "padded")]) == {4}, packs  # the stem
+    if net == "resnet18_64x64":
+        assert len(packs[("blocked", "padded")]) >= 15 and set(packs[("blocked", "padded")]) == {16}, packs
 
 
 MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
