@@ -590,9 +590,10 @@ def schedule_attention_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     d = _extent(sch, sch.get_loops(out)[-1])
     if d % hw.lanes or _extent(sch, sch.get_loops(qk)[-2]) % hw.lanes:
         raise _Skip("d or the keys not whole vectors")
-    pv_rows = attention_tiles(rows, d, hw)[1]
-    if rows % pv_rows:
-        raise _Skip("the task's rows are not whole P V tiles")
+    # P V's tile rows: the model's for the task's rows (attention_tiles made the rows a multiple of it for
+    # the whole query length), else the largest divisor of the rows below that
+    cap = gemm_tile(rows, max(1, d // hw.lanes), hw)[0]
+    pv_rows = max(r for r in range(1, cap + 1) if rows % r == 0)
     lanes = hw.lanes
     kept = {"attention_qk", "attention_part_max", "attention_max", "attention_weight", "attention_part_sum",
             "attention_sum", "attention_pv", "attention_out"}
@@ -647,7 +648,6 @@ def schedule_attention_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     for lp in iloops[-3:-1]:
         sch.unroll(lp)
     sch.vectorize(sch.split(sch.get_loops(out)[-1], [None, lanes])[1])
-
 
 
 # ---- the rest ---------------------------------------------------------------------------

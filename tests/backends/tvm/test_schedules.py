@@ -505,12 +505,13 @@ def test_attention_tiles_are_whole_pv_tiles_padding_the_queries_least():
     assert -(-50 // rows) * rows == min(-(-50 // r) * r for r in range(pv_rows, 29, pv_rows))
 
 
-@pytest.mark.parametrize("heads,length,keys,valid,d", [
-    (6, 198, 208, 197, 64),  # ViT-S
-    (2, 36, 48, 37, 32),  # fewer query rows than keys (cross-attention), d of two vectors
-    (3, 12, 16, 16, 16),  # no padded key, one vector of d
+@pytest.mark.parametrize("heads,length,keys,valid,d,rows", [
+    (6, 198, 208, 197, 64, None),  # ViT-S
+    (2, 36, 48, 37, 32, None),  # fewer query rows than keys (cross-attention), d of two vectors
+    (3, 12, 16, 16, 16, None),  # no padded key, one vector of d
+    (2, 28, 32, 30, 64, 14),  # tasks of 14 rows, where the model would tile P V by 5: 2-row tiles instead
 ])
-def test_attention_rows_is_softmax_attention(heads, length, keys, valid, d):
+def test_attention_rows_is_softmax_attention(heads, length, keys, valid, d, rows):
     """``kernels.attention_rows`` under its schedule equals numpy's softmax(scale Q K^T) V over the
     valid keys; the padded keys weigh nothing even where their K and V columns are not zero."""
     import tvm
@@ -521,7 +522,7 @@ def test_attention_rows_is_softmax_attention(heads, length, keys, valid, d):
     from convdsl.backends.tvm.targets import host_can_run
 
     hw = Hardware(16, 32)
-    rows = attention_tiles(length, d, hw)[0]
+    rows = rows or attention_tiles(length, d, hw)[0]
     length = -(-length // rows) * rows
     q = te.placeholder((1, heads, length, d), name="q")
     kt = te.placeholder((1, heads, d, keys), name="kt")
