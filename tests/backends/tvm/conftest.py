@@ -2,6 +2,8 @@
 randomized weights, and a comparison with the torch backend on the same weights."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from convdsl.ir.verify import verify  # noqa: E402
 from convdsl.lang.elaborate import Options, elaborate  # noqa: E402
 
 TOL = 1e-4  # float32: max |tvm - torch| <= TOL * max(1, max |torch|)
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 class Quoted(str):
@@ -140,3 +143,18 @@ def kernel_names(g: Graph, precision: str = "f32") -> list[str]:
         mod = tvm.transform.Sequential(optimize_passes(spec, precision, False))(
             lower_graph(g, "tvm-llvm", None, (), precision))
     return sorted(str(gv.name_hint) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def quantized_resnet18():
+    """The zoo's ResNet-18 at 64x64 (every stage runs, down to 2x2; the build takes seconds), quantized on
+    N(0, 1) inputs, and an input."""
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    root = EXAMPLES.resolve()
+    src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
+    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
+    rng = np.random.default_rng(0)
+    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
+    return q, rng.standard_normal((1, 3, 64, 64)).astype(np.float32)

@@ -17,7 +17,7 @@ from convdsl.backends.torch import build_module as torch_module  # noqa: E402
 from convdsl.backends.tvm.schedules import amx, amx_transformer  # noqa: E402
 from convdsl.backends.tvm.targets import AMX_BF16_FLAGS, AMX_INT8_FLAGS, cpu_flags  # noqa: E402
 
-from .conftest import graph_of, one_op  # noqa: E402
+from .conftest import graph_of, one_op, quantized_resnet18  # noqa: E402
 from .test_int8_vnni import EXAMPLES, _random_int_params, _steps, _torch  # noqa: E402
 
 HAS_AMX = AMX_INT8_FLAGS <= cpu_flags()
@@ -359,20 +359,6 @@ def test_no_amx_builds_vnni_and_both_are_exact():
     assert _steps(on.build_module(g)(x), want) == 0 and _steps(off.build_module(g)(x), want) == 0
 
 
-def _quantized_resnet18():
-    """ResNet-18 at 64x64, quantized (calibrated on N(0, 1) inputs), and an input."""
-    from convdsl.api import load_graph
-    from convdsl.passes import run_passes
-    from convdsl.passes.quantize import quantize
-
-    root = EXAMPLES.resolve()
-    src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
-    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
-    rng = np.random.default_rng(0)
-    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
-    return q, rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
-
-
 def test_int8_activations_stay_blocked_from_conv_to_conv():
     """With the blocked layout, ResNet-18's int8 convs (AMX and the VNNI stem) read and write NCHW16c: the only
     layout transform left is the one before the classifier (flatten), none around the convs."""
@@ -381,7 +367,7 @@ def test_int8_activations_stay_blocked_from_conv_to_conv():
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.schedules.layout import blocked_layout
 
-    q, _ = _quantized_resnet18()
+    q, _ = quantized_resnet18()
     with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
         mod = blocked_layout(lower_graph(q, "tvm-llvm"), "int8")
     calls = {}  # callee name -> (input shapes, output shape) of each call_tir
@@ -410,7 +396,7 @@ def test_amx_convs_with_a_blocked_int8_output_requantize_each_block_in_the_block
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.schedules.layout import blocked_layout
 
-    q, _ = _quantized_resnet18()
+    q, _ = quantized_resnet18()
     with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
         mod = blocked_layout(lower_graph(q, "tvm-llvm"), "int8")
     assert _fused_requant_convs(mod) == 8
@@ -475,7 +461,7 @@ def test_residual_block_conv_add_and_quantize_are_one_amx_kernel(act):
 def test_resnet18_residual_blocks_are_one_amx_kernel_each():
     """ResNet-18: every block whose output is quantized (layer4's last is read in float by the pooling) ends in one
     kernel: 3 with a projection shortcut, 4 with the block input as shortcut."""
-    q, _ = _quantized_resnet18()
+    q, _ = quantized_resnet18()
     assert len(_residual_kernels(q)) == 7
 
 
@@ -523,7 +509,7 @@ def test_mobilenet_v2_int8_convs_are_amx_but_the_stem():
 
 @needs_amx
 def test_resnet18_int8_on_amx_matches_torch_simulation():
-    q, x = _quantized_resnet18()
+    q, x = quantized_resnet18()
     be = _int8()
     counts = _instructions(be, q)
     assert counts["tdpbusd"] == 20 and counts.get("vpdpbusd") == 1  # the 3-channel stem stays VNNI

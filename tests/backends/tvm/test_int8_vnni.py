@@ -23,7 +23,7 @@ from convdsl.backends.tvm import build as tvm_build  # noqa: E402
 from convdsl.backends.tvm.schedules import int8  # noqa: E402
 from convdsl.backends.tvm.targets import cpu_flags  # noqa: E402
 
-from .conftest import graph_of, one_op  # noqa: E402
+from .conftest import graph_of, one_op, quantized_resnet18  # noqa: E402
 
 HAS_VNNI = "avx512_vnni" in cpu_flags()
 needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="the CPU has no AVX-512 VNNI")
@@ -582,7 +582,7 @@ def test_digits_cnn_int8_matches_torch_simulation(scheduled, bits):
 
 @needs_int8_schedule
 def test_resnet18_int8_small_input_matches_torch_simulation(scheduled):
-    q, x = _resnet18_small_int8()
+    q, x = quantized_resnet18()
     assert vnni_kernels(q) == (21 if HAS_VNNI else 0)  # 20 convs and the fc
     got, want = scheduled(q)(x), _torch(q, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
@@ -695,20 +695,6 @@ def test_mobilenet_v2_int8_24_channel_projections_stay_blocked():
     assert "llvm.x86.avx512.vpdpbusd.256" in scheduled["main"].script()
 
 
-def _resnet18_small_int8():
-    from convdsl.api import load_graph
-    from convdsl.passes import run_passes
-    from convdsl.passes.quantize import quantize
-
-    # the zoo's resnet18 at 64x64: every stage runs (down to 2x2), the build takes seconds
-    root = EXAMPLES.resolve()
-    src = (root / "resnet18.cdl").read_text().replace("224, 224", "64, 64")
-    g = run_passes(load_graph(src.replace('import "blocks/', f'import "{root}/blocks/')), "O2")
-    rng = np.random.default_rng(0)
-    q = quantize(g, [rng.standard_normal((2, 3, 64, 64)).astype(np.float32)], build=torch_module)
-    return q, rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
-
-
 @pytest.mark.parametrize("net", ["mobilenet_v2_blocks", "resnet18_64x64"])
 def test_int8_convs_on_a_blocked_input_copy_it_only_to_pad_it(net):
     """A VNNI conv whose input is in 16-channel blocks reads each 4-channel group where it is
@@ -721,7 +707,7 @@ def test_int8_convs_on_a_blocked_input_copy_it_only_to_pad_it(net):
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.schedules.layout import blocked_layout
 
-    q = mbv2_int8(1.0)[1] if net == "mobilenet_v2_blocks" else _resnet18_small_int8()[0]
+    q = mbv2_int8(1.0)[1] if net == "mobilenet_v2_blocks" else quantized_resnet18()[0]
     with tvm.target.Target(VNNI_TARGET):
         mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
     packs = {}  # (input layout, padded) -> the last extent of each conv's pack (None: no pack)
