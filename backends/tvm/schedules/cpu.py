@@ -22,6 +22,8 @@ that raises (``ScheduleError`` or ``_Skip``) when the function is not its shape:
   the last spatial axis contiguous in the right operand): a register-tiled GEMM,
   ``rm`` rows x ``nv`` vectors of columns, k between the parallel outer loops and the
   tile.
+- ``attention_rows``: (batch, head, block of query rows) parallel, every stage of the attention
+  computed inside its task (``schedule_attention_rows``);
 - row reductions (softmax, layer norm, pooling to one value): rows parallel, every block
   computed inside its row, vectorized where the lanes divide the row;
 - everything else: every root block gets its leading spatial loops fused and parallel and its

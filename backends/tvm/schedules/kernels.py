@@ -12,6 +12,8 @@ the schedule dispatcher recognizes it after FuseOps/FuseTIR merged epilogues int
 - ``dense_heads`` / ``dense_merge_heads``: attention's projections in the heads' layout (AVX2,
   ``lower_attention._heads_layout``): Q, K^T, V written as [N, heads, ...], the output
   projection reading it; both scheduled as ``dense_packed``.
+- ``attention_rows``: softmax(scale Q K^T) V in one kernel over blocks of query rows (AVX-512,
+  ``lower_attention``), reading ``dense_heads``'s layouts.
 - ``pack_nchwc`` / ``unpack_nchwc``: the layout transforms NCHW <-> NCHW[b]c.
 """
 from __future__ import annotations
