@@ -539,7 +539,7 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
     import tvm
 
     nets = "" if args.nets == ",".join(NETS) else f" --nets {args.nets}"
-    rows = f' --rows "{args.rows}"' if args.rows else ""
+    rows = f' --rows "{",".join(args.rows)}"' if args.rows else ""
     lines = [HEADING, "",
              f"`python benchmarks/peers.py{nets}{rows} --threads {args.threads} --rounds {args.rounds} "
              f"--agreement {args.agreement}`, "
