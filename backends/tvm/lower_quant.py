@@ -317,12 +317,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
             # blocks: 4 groups of 4): the conv reads them where they are, no copy (ResNet-50 int8, VNNI:
             # its 1x1 convs' packs, a scalar byte copy of the whole input each); padding is a copy in the
             # same layout, whole blocks of bytes per pixel
+            from convdsl.backends.tvm.schedules.kernels import pad_spatial
+
             per = ib // ic_b
-            src = x
-            if any(pads):
-                src = te.compute((n_, c_ // ib, hp, wp, ib), lambda n, cb, h, j, c: tvm.tirx.if_then_else(
-                    tvm.tirx.all(h >= pt, h < h_ + pt, j >= pl, j < w_ + pl), x[n, cb, h - pt, j - pl, c], zp),
-                    name="vnni_pack", attrs={VNNI_ATTR: "pack"})
+            src = pad_spatial(x, pt, pl, pb, pr, value=in_zp, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
             xp = lambda n, cb, h, j, c4: src[n, cb // per, h, j, cb % per * ic_b + c4]  # noqa: E731
         else:
             xp = te.compute((n_, icb, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})

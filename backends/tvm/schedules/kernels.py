@@ -38,10 +38,12 @@ def rounded(y):
     return tirx.max(y, tirx.const(LOWEST_F32, "float32"))
 
 
-def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int, block: int | None = None) -> te.Tensor:
-    """``data`` [N, C/b, H, W, b] zero-padded by (pt, pl, pb, pr); ``block`` != b: the copy also re-blocks
-    the channels to [N, C/block, H', W', block] (a grouped conv whose groups are narrower than ``data``'s
-    blocks), channel c at [c // block, ..., c % block]."""
+def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int, block: int | None = None, value=0.0,
+                name: str = "pad_nchwc", attrs: dict | None = None) -> te.Tensor:
+    """``data`` [N, C/b, H, W, b] padded by (pt, pl, pb, pr) with ``value`` (an int8 input's zero point;
+    else 0); ``block`` != b: the copy also re-blocks the channels to [N, C/block, H', W', block] (a grouped
+    conv whose groups are narrower than ``data``'s blocks), channel c at [c // block, ..., c % block].
+    ``name`` and ``attrs``: the copy's block, for the schedule that finds it (``{KERNEL_ATTR: "pad"}``)."""
     n, c, h, w, b = data.shape
     nb = int(b) if block is None else block
     if nb == int(b) and not (pt or pl or pb or pr):
@@ -55,10 +57,10 @@ def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int, block: int 
 
     def fn(i, j, y, x, k):
         inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
-        return tirx.if_then_else(inside, read(i, j, y - pt, x - pl, k), tirx.const(0.0, data.dtype))
+        return tirx.if_then_else(inside, read(i, j, y - pt, x - pl, k), tirx.const(value, data.dtype))
 
-    return te.compute((n, int(c) * int(b) // nb, h + pt + pb, w + pl + pr, nb), fn, name="pad_nchwc",
-                      attrs={KERNEL_ATTR: "pad"})
+    return te.compute((n, int(c) * int(b) // nb, h + pt + pb, w + pl + pr, nb), fn, name=name,
+                      attrs={KERNEL_ATTR: "pad"} if attrs is None else attrs)
 
 
 def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
