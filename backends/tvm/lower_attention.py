@@ -95,6 +95,13 @@ def attend(cx, q, k, v, scale: float, bias=None):
     return cx.emit(R.matmul(cx.emit(R.nn.softmax(logits, axis=-1)), v))
 
 
+def _rows_kernel_fits(hw, d: int, lk: int, bias) -> bool:
+    """Whether attention over ``lk`` keys of ``d`` channels a head runs as ``kernels.attention_rows`` on the
+    CPU ``hw``: 32 vector registers (its 18-row Q K^T tile), d whole vectors, at least a vector of keys, no
+    bias."""
+    return ATTENTION_ROWS and bias is None and hw.registers >= 32 and d % hw.lanes == 0 and lk >= hw.lanes
+
+
 def _attention_rows(cx, q, k, v, scale: float, bias):
     """``attend`` as one kernel (``kernels.attention_rows``) on AVX-512 for static float32 [N, heads, L, d]
     operands and no bias: K transposed, the keys padded to whole vectors and the queries to whole tasks by
@@ -104,13 +111,13 @@ def _attention_rows(cx, q, k, v, scale: float, bias):
     from convdsl.backends.tvm.schedules.layout import static_shape
 
     hw = cpu_hardware()
-    if not ATTENTION_ROWS or bias is not None or hw is None or hw.registers < 32 or q.ty.ndim != 4:
+    if hw is None or q.ty.ndim != 4:
         return None
     shapes = [static_shape(t) for t in (q, k, v)]
     if any(s is None for s in shapes) or any(str(t.ty.dtype) != "float32" for t in (q, k, v)):
         return None
     (_, _, lq, d), (_, _, lk, _) = shapes[:2]
-    if d % hw.lanes or lk < hw.lanes or shapes[2][3] != d:
+    if not _rows_kernel_fits(hw, d, lk, bias) or shapes[2][3] != d:
         return None
     rows = attention_tiles(lq, d, hw)[0]
     key_pad, row_pad = (-lk) % hw.lanes, (-lq) % rows
@@ -147,7 +154,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
     nb, nbo = dense_block(d), dense_block(wo.shape[0])
     if bias is not None and (static_shape(bias) or [0])[-1] != lk:
         return None
-    fused = ATTENTION_ROWS and bias is None and hw.registers >= 32 and d % hw.lanes == 0 and lk >= hw.lanes
+    fused = _rows_kernel_fits(hw, d, lk, bias)
     if fused:  # kernels.attention_rows: the keys whole vectors, the queries whole tasks of its rows
         rm = attention_tiles(lq, d, hw)[0]
         pad = (-lk) % hw.lanes

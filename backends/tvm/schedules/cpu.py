@@ -595,7 +595,7 @@ def schedule_attention_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     # P V's tile rows: the model's for the task's rows (attention_tiles made the rows a multiple of it for
     # the whole query length), else the largest divisor of the rows below that
     cap = gemm_tile(rows, max(1, d // hw.lanes), hw)[0]
-    pv_rows = max(r for r in range(1, cap + 1) if rows % r == 0)
+    pv_rows = max(r for r in divisors(rows) if r <= cap)
     lanes = hw.lanes
     kept = {"attention_qk", "attention_part_max", "attention_max", "attention_weight", "attention_part_sum",
             "attention_sum", "attention_pv", "attention_out"}
