@@ -576,9 +576,11 @@ network t(x: f32[1, 37, 64]) {{
     with target:
         mod = tvm.transform.Sequential(optimize_passes(make_target("tvm-llvm")))(lower_graph(g, "tvm-llvm", {}))
     funcs = {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-    fused = [n for n, f in funcs.items()
-             if any(kernel_of(s, b) == "attention_rows" for s in [tvm.s_tir.Schedule(f)]
-                    for b in s.get_child_blocks(s.get_sblock("root")))]
+    def kernels_of(f):
+        sch = tvm.s_tir.Schedule(f)
+        return {kernel_of(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root"))}
+
+    fused = [n for n, f in funcs.items() if "attention_rows" in kernels_of(f)]
     softmax = [n for n in funcs if "softmax" in n]
     if mcpu == "haswell":
         assert not fused and softmax, sorted(funcs)
