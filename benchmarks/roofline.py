@@ -8,8 +8,10 @@ independent chains of the precision's instruction on every thread (f32: ``vfmadd
 per zmm instruction; bf16: ``vdpbf16ps``, 64; int8: ``vpdpbusd``, 128 ops; on an AVX2 CPU without
 AVX-512: ymm ``vfmadd231ps``, 16 FLOP, and for int8 ``vpmaddubsw`` + ``vpmaddwd`` (ones) + ``vpaddd``,
 64 ops, what convdsl's AVX2 int8 kernel executes with the 7-bit weights ``convdsl quantize`` makes there; on an AMX CPU also ``tdpbusd`` / ``tdpbf16ps`` on tile registers), and memory bandwidth is a large NumPy copy.  Each kernel is judged against the peak of its own arithmetic (a bf16 or int8 build keeps some kernels in f32, and its AMX layers run on tiles).  For every tvm-llvm kernel taking more than ``--min-percent`` of a network's
-time: its FLOPs per call (TVM's estimate on the kernel before scheduling), its measured time
-(the VM's per-kernel profile), achieved rate, peak / achieved, and its arithmetic intensity
+time: its FLOPs per call (``mac_flops``: 2 x its multiply-accumulates, the work the peak's instruction
+does, read off the kernel before scheduling; a kernel without products counts all its arithmetic), its
+measured time (the VM's per-kernel profile), achieved rate, peak / achieved, all its arithmetic (TVM's
+estimate: epilogues, softmax, GELU too) over the counted FLOPs, and its arithmetic intensity
 (FLOPs per byte of its arguments): a kernel under the machine balance (peak / bandwidth) is
 memory-bound, its bound is bandwidth x intensity, and that is what it is judged against.  The
 profile's ``vm.builtin.*`` rows are not kernels: their time is the profiler's instrument around each
@@ -204,8 +206,44 @@ def bandwidth(threads: int, clock: str = "wall") -> float:
     return best
 
 
+def mac_flops(func) -> float:
+    """2 x the multiply-accumulates of ``func`` (a PrimFunc before scheduling): every reduction block whose
+    update adds a product to its accumulator (``acc + a * b``, casts allowed: the f32, bf16 and int8 convs,
+    GEMMs and attention's two products), instances over its iterators' domains, the padded rows and
+    channels a kernel computes included.  That is the work the measured peak's instruction does (an FMA,
+    ``vdpbf16ps`` or ``vpdpbusd`` lane's multiply-adds); a kernel's other arithmetic (epilogues, softmax's
+    exponentials and max/sum reductions, GELU) is not in it: it costs time, and the rate shows that."""
+    import tvm
+    from tvm import s_tir, tirx
+    from tvm.ir.expr import TensorLoad
+
+    def bare(e):
+        while isinstance(e, tirx.Cast):
+            e = e.value
+        return e
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    total = 0.0
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        b = sch.get(block)
+        store = b.body
+        if not any(int(iv.iter_type) == 2 for iv in b.iter_vars) or not isinstance(store, tirx.BufferStore):
+            continue
+        update = bare(store.value)
+        if not isinstance(update, tirx.Add):
+            continue
+        a, c = bare(update.a), bare(update.b)
+        product = c if isinstance(a, TensorLoad) and a.source.same_as(store.buffer) else \
+            a if isinstance(c, TensorLoad) and c.source.same_as(store.buffer) else None
+        if isinstance(product, tirx.Mul):
+            total += 2.0 * float(np.prod([int(iv.dom.extent) for iv in b.iter_vars]))
+    return total
+
+
 def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
-    """{kernel name: (FLOPs per call, bytes of its arguments)} on the module before scheduling."""
+    """{kernel name: (FLOPs per call: ``mac_flops``, or all its arithmetic where it has no products; bytes of
+    its arguments)} on the module before scheduling; ``ALL_OPS`` gets TVM's estimate of all its arithmetic
+    per call."""
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -222,12 +260,13 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
         KINDS[gv.name_hint] = _kernel_precision(f, text, precision)
         amx_flops = _amx_flops(f, text)
         if amx_flops is not None:
-            flops = amx_flops
+            flops = ALL_OPS[gv.name_hint] = amx_flops
         else:
-            try:
-                flops = float(estimate_tir_flops(tvm.IRModule({"main": f})))
+            try:  # a kernel without products (a norm, a pool, a copy): all its arithmetic
+                every = ALL_OPS[gv.name_hint] = float(estimate_tir_flops(tvm.IRModule({"main": f})))
+                flops = mac_flops(f) or every
             except Exception:  # noqa: BLE001 - opaque kernels: unknown
-                flops = float("nan")
+                flops = ALL_OPS[gv.name_hint] = float("nan")
         nbytes = 0
         for p in f.params:
             t = p.ty  # a BufferType: the argument's shape and dtype
@@ -239,6 +278,7 @@ def kernel_flops(graph, spec, precision: str) -> dict[str, tuple[float, float]]:
 
 
 FUNCS: dict = {}  # kernel name -> its PrimFunc before scheduling (kernel_flops fills it)
+ALL_OPS: dict = {}  # kernel name -> all its arithmetic per call, TVM's estimate (kernel_flops fills it)
 KINDS: dict = {}  # kernel name -> the precision its products run at (kernel_flops fills it)
 
 
@@ -390,6 +430,7 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log, vm_us:
             out.append({"network": name, "precision": precision, "kind": precision, "kernel": r["kernel"],
                         "calls": r["calls"], "ms": r["ms"], "percent": r["percent"], "gflops": float("nan"),
                         "peak": float("nan"), "of_peak": float("nan"), "intensity": float("nan"),
+                        "all_ops": float("nan"),
                         "verdict": f"not a kernel: the profiler's instrument around each call; unprofiled "
                                    f"{vm_us:.2f} us per call ({r['calls'] * vm_us / 1e3:.3f} ms)"})
             continue
@@ -402,15 +443,17 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log, vm_us:
                 log(f"[{name} {precision}] {r['kernel']}: cannot time alone ({type(e).__name__})")
                 rate = float("nan")
         kind = KINDS.get(r["kernel"], precision)
+        every = ALL_OPS.get(r["kernel"], float("nan")) / f if f else float("nan")
         p = peak.get(kind, float("nan"))
         intensity = f / nbytes if nbytes else float("nan")
         bound = min(p, bw * intensity) if intensity == intensity else p
+        near = "within 2x" if rate >= bound / 2 else "not within 2x"
         verdict = ("within 2x of peak" if rate >= p / 2 else
-                   f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {'within 2x' if rate >= bound / 2 else 'not within 2x'}"
-                   if bound < p else "compute-bound, not within 2x of peak")
+                   f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {near}" if bound < p else
+                   "compute-bound, not within 2x of peak")
         out.append({"network": name, "precision": precision, "kind": kind, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
                     "percent": r["percent"], "gflops": rate, "peak": p, "of_peak": rate / p if p else float("nan"),
-                    "intensity": intensity, "verdict": verdict})
+                    "intensity": intensity, "all_ops": every, "verdict": verdict})
     log(f"[{name} {precision}] {total:.1f} ms, {len(out)} kernels above {args.min_percent}%")
     return out
 
@@ -427,12 +470,14 @@ def render(rows: list[dict], peak: dict, bw: float, args, vm_us: float) -> str:
                  f"{k} {v:.0f} G{'OP' if k.startswith('int8') else 'FLOP'}/s" for k, v in peak.items())
              + f"; copy bandwidth {bw:.1f} GB/s; the Relax VM's own cost per kernel call (unprofiled, `vm_call_us`) "
              f"{vm_us:.2f} us.", "",
-             "| network | precision (build: kernel) | kernel | calls | ms | % | achieved G(FL)OP/s | of peak | FLOP/B | verdict |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| network | precision (build: kernel) | kernel | calls | ms | % | achieved G(FL)OP/s | of peak "
+             "| all ops / counted | FLOP/B | verdict |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         prec = r["precision"] if r["kind"] == r["precision"] else f"{r['precision']} build: {r['kind']}"
         lines.append(f"| {r['network']} | {prec} | {r['kernel']} | {r['calls']} | {r['ms']:.2f} | "
-                     f"{r['percent']:.1f} | {r['gflops']:.0f} | {r['of_peak']:.0%} | {r['intensity']:.1f} | {r['verdict']} |")
+                     f"{r['percent']:.1f} | {r['gflops']:.0f} | {r['of_peak']:.0%} | {r['all_ops']:.2f} | "
+                     f"{r['intensity']:.1f} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # path under tests/ (a folder ending in / or a file) -> the tiers of every test in it
 TIERS = {
     "backends/tvm/": ("tvm",),
+    "benchmarks/": ("tvm",),
     "properties/test_tvm.py": ("tvm", "property"),
     "properties/": ("property",),
     "regressions/test_replay.py": ("property",),
