@@ -13,7 +13,9 @@ does, read off the kernel before scheduling; a kernel without products counts al
 measured time (the VM's per-kernel profile), achieved rate, peak / achieved, all its arithmetic (TVM's
 estimate: epilogues, softmax, GELU too) over the counted FLOPs, and its arithmetic intensity
 (FLOPs per byte of its arguments): a kernel under the machine balance (peak / bandwidth) is
-memory-bound, its bound is bandwidth x intensity, and that is what it is judged against.  The
+memory-bound, its bound is bandwidth x intensity, and that is what it is judged against; a kernel whose
+other arithmetic allows less than both (``epilogue_bound``: an int8 conv over few input channels, whose
+requantization outweighs its ``vpdpbusd`` lanes) is epilogue-bound, judged against that.  The
 profile's ``vm.builtin.*`` rows are not kernels: their time is the profiler's instrument around each
 call; the header gives the VM's unprofiled cost per kernel call (``vm_call_us``) instead.
 
@@ -337,6 +339,18 @@ def _amx_flops(func, text: str) -> float | None:
     return 2.0 * float(np.prod([int(d) for d in out.shape])) * w[1] * w[2] * w[3] * w[5]
 
 
+def epilogue_bound(all_ops: float, peak: dict) -> float:
+    """The rate (counted FLOPs per second) a kernel's other arithmetic allows: ``all_ops`` (all its
+    operations per counted FLOP) - 1 operations per FLOP (its epilogue, softmax, GELU: TVM's count, which
+    leaves out casts and rounding, so this is optimistic), each at one per lane of an f32 vector instruction
+    (half the f32 FMA peak, which counts two FLOPs a lane), fully overlapped with the products.  An int8
+    conv with few input channels spends more instructions requantizing its outputs than on ``vpdpbusd``:
+    MobileNet-V2's 16 -> 96 1x1 conv, 32 FLOPs of products and ~7 counted other operations per output, is
+    bound to about half the int8 peak by them alone.  inf: no other arithmetic, or no f32 peak."""
+    other, rate = all_ops - 1, peak.get("f32", float("nan")) / 2
+    return rate / other if other > 0 and rate == rate else float("inf")
+
+
 def kernel_cpu_ms(func, target, seconds: float = 0.15, rounds: int = 5) -> float:
     """ms of process CPU time per call of ``func`` scheduled as the build schedules it, compiled
     alone, on random inputs (the fastest of ``rounds`` blocks of calls).  CPU time, summed over
@@ -446,11 +460,14 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log, vm_us:
         every = ALL_OPS.get(r["kernel"], float("nan")) / f if f else float("nan")
         p = peak.get(kind, float("nan"))
         intensity = f / nbytes if nbytes else float("nan")
-        bound = min(p, bw * intensity) if intensity == intensity else p
+        memory = bw * intensity if intensity == intensity else float("inf")
+        epilogue = epilogue_bound(every, peak)
+        bound = min(p, memory, epilogue)
         near = "within 2x" if rate >= bound / 2 else "not within 2x"
         verdict = ("within 2x of peak" if rate >= p / 2 else
-                   f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {near}" if bound < p else
-                   "compute-bound, not within 2x of peak")
+                   f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {near}" if bound == memory < p else
+                   f"epilogue-bound ({every - 1:.2f} other ops per FLOP; bound {bound:.0f}): {near}"
+                   if bound == epilogue < p else "compute-bound, not within 2x of peak")
         out.append({"network": name, "precision": precision, "kind": kind, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
                     "percent": r["percent"], "gflops": rate, "peak": p, "of_peak": rate / p if p else float("nan"),
                     "intensity": intensity, "all_ops": every, "verdict": verdict})

@@ -11,7 +11,7 @@ from tvm import te  # noqa: E402
 from tvm.s_tir.analysis import estimate_tir_flops  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from roofline import mac_flops  # noqa: E402
+from roofline import epilogue_bound, mac_flops  # noqa: E402
 
 from convdsl.backends.tvm.schedules import kernels  # noqa: E402
 
@@ -57,3 +57,22 @@ def test_attention_rows_counts_its_two_products(keys: int) -> None:
     assert mac_flops(f) == 2 * 2 * heads * rows * keys * d
     assert float(estimate_tir_flops(tvm.IRModule({"main": f}))) > 1.2 * mac_flops(f)
 
+
+@pytest.mark.parametrize("channels, bound", [(16, True), (256, False)])
+def test_requantizing_few_input_channels_bounds_an_int8_kernel_below_its_peak(channels: int, bound: bool) -> None:
+    """A 1x1 int8 conv's requantization (scale, round, zero point, clip) per output: with 16 input channels
+    it is as much arithmetic as the products' vpdpbusd lanes can hide (MobileNet-V2's 16 -> 96 conv), with
+    256 it is not."""
+    x = te.placeholder((64, channels), "uint8", name="x")
+    w = te.placeholder((96, channels), "int8", name="w")
+    r = te.reduce_axis((0, channels), "r")
+    acc = te.compute((64, 96), lambda i, j: te.sum(x[i, r].astype("int32") * w[j, r].astype("int32"), axis=r))
+    bias = te.placeholder((96,), "int32", name="bias")
+    y = te.compute((64, 96), lambda i, j: te.max(te.min(  # lower_quant's: (acc + bias) * scale, then the next
+        te.round((acc[i, j] + bias[j]).astype("float32") * 0.02 * 1.7) + 3.0, 255.0), 0.0).astype("uint8"),
+        name="requant")  # layer's quantize: * 1 / scale, round, + zero point, clip
+    f = _func(x, w, bias, y)
+    all_ops = float(estimate_tir_flops(tvm.IRModule({"main": f}))) / mac_flops(f)
+    peak = {"f32": 232.0, "int8": 932.0}  # Zen 4, 2 threads, GFLOP/s
+    assert all_ops == pytest.approx(1 + 6 / (2 * channels))  # bias add, two scales, zero point, clip
+    assert (epilogue_bound(all_ops, peak) < peak["int8"]) is bound
