@@ -558,9 +558,9 @@ def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:
     from convdsl.backends.tvm.schedules import int8 as int8_schedule
 
     ob = -(-out_channels // oc)
-    tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC and not has_vnni() else int8_schedule.register_tile
-    if oc == MADD_OC:
-        tile = int8_schedule.madd_register_tile
+    tile = int8_schedule.register_tile  # VNNI's, 16 or 8 (ymm vpdpbusd) channels a block: try_schedule's tile
+    if not has_vnni():  # AVX2's 8-channel kernels
+        tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC else int8_schedule.madd_register_tile
 
     def useful(extra: int) -> float:
         ow_t, ob_t = tile(ob, rows + extra)
