@@ -37,7 +37,7 @@ bit for bit.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
+INSTRUCTION_ATTR = "convdsl.int8_instruction"  # the conv block's: its Int8Layout.instruction (schedules/int8.py)
+VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD = "vpdpbusd", "vpdpbusd-ymm", "vpmaddubsw", "vpmaddwd"
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
 MADDUBS_OC = 8  # output channels of one AVX2 vpmaddubsw + vpmaddwd block (x VNNI_IC input channels, bytes)
@@ -141,17 +143,18 @@ def pack_vnni_weight(w: np.ndarray, oc: int = VNNI_OC, ic: int = VNNI_IC) -> np.
     return np.ascontiguousarray(blocks)
 
 
-def has_vnni() -> bool:
-    """Whether the current target runs VNNI (``vpdpbusd``): an AVX-512 VNNI CPU, or no CPU target given (the
-    layouts then default to VNNI's)."""
-    from convdsl.backends.tvm.schedules.kernels import target_has
+class Int8Layout(NamedTuple):
+    """One dot-product block of the int8 kernel (``int8_layout``): its output and input channels, the weights'
+    dtype, and the instruction it is laid out for, which the kernel's conv block carries to schedules/int8.py
+    (``INSTRUCTION_ATTR``): VNNI's ymm ``vpdpbusd`` and AVX2's ``vpmaddubsw`` share the [8][4] byte layout."""
+    oc: int
+    ic: int
+    dtype: str
+    instruction: str  # VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW or VPMADDWD
 
-    target = tvm.target.Target.current(allow_none=True)
-    return target is None or target.kind.name != "llvm" or target_has(target, "avx512vnni")
 
-
-def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
-    """(output channels, input channels, weight dtype) of one dot-product block for the current target:
+def int8_layout(w: np.ndarray | None = None) -> Int8Layout:
+    """(output channels, input channels, weight dtype, instruction) of one dot-product block for the current target:
     VNNI's 16 x 4 bytes (``vpdpbusd``), or 8 x 4 for output channels a multiple of 8 and not of 16
     (``vpdpbusd`` on ymm, ``schedules.int8.register_vnni8_intrinsic``); on an AVX2 CPU without it, 8 x 4
     bytes (``vpmaddubsw`` + ``vpmaddwd``) when the int8 weights ``w`` [O, C, ...] cannot saturate vpmaddubsw's
@@ -165,11 +168,12 @@ def int8_layout(w: np.ndarray | None = None) -> tuple[int, int, str]:
         vnni = codegen.target_has_features("avx512vnni", target)
         if not vnni and codegen.target_has_features("avx2", target):
             if w is not None and maddubs_exact(w):
-                return MADDUBS_OC, VNNI_IC, "int8"
-            return MADD_OC, MADD_IC, "int16"
+                return Int8Layout(MADDUBS_OC, VNNI_IC, "int8", VPMADDUBSW)
+            return Int8Layout(MADD_OC, MADD_IC, "int16", VPMADDWD)
         if vnni and VNNI_YMM and w is not None and w.shape[0] % VNNI_OC and w.shape[0] % VNNI8_OC == 0:
-            return VNNI8_OC, VNNI_IC, "int8"  # vpdpbusd on ymm: no padding to 16 channels, 8-channel output blocks
-    return VNNI_OC, VNNI_IC, "int8"
+            # vpdpbusd on ymm: no padding to 16 channels, 8-channel output blocks
+            return Int8Layout(VNNI8_OC, VNNI_IC, "int8", VPDPBUSD_YMM)
+    return Int8Layout(VNNI_OC, VNNI_IC, "int8", VPDPBUSD)
 
 
 def use_amx(w: np.ndarray) -> bool:
@@ -184,10 +188,7 @@ def int8_instruction(w: np.ndarray | None = None) -> str:
     """The x86 instruction the int8 kernel runs for weights ``w`` on the current target."""
     if w is not None and use_amx(w):
         return "tdpbusd"
-    oc, ic, dtype = int8_layout(w)
-    if dtype == "int16":
-        return "vpmaddwd"
-    return "vpmaddubsw" if oc == MADDUBS_OC and not has_vnni() else "vpdpbusd"
+    return int8_layout(w).instruction.removesuffix("-ymm")
 
 
 def int8_instructions(graph) -> dict[str, int]:
@@ -241,9 +242,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                 shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
                 relu: bool = False, out_shape: tuple[int, ...] | None = None, amx=None,
                 offsets: te.Tensor | None = None, blocked: tuple[int | None, int] | None = None,
-                shortcut: te.Tensor | None = None, epilogue=None) -> te.Tensor:
+                shortcut: te.Tensor | None = None, epilogue=None, instruction: str = VPDPBUSD) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
-    w packed by ``pack_vnni_weight``, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
+    w packed by ``pack_vnni_weight`` for ``instruction`` (``int8_layout``'s), which the conv block carries
+    to the schedule, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
     ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
 
     With ``out_shape`` (qlinear) x [..., K] is a matrix product over its rows (the leading axes
@@ -333,7 +335,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
             lambda n, o, i, j, o16: te.sum(
                 xp(n, rc, i * sh + rh * dh, j * sw + rw * dw, r4).astype("int32")
                 * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
-            name="vnni_conv", attrs={VNNI_ATTR: "conv"})
+            name="vnni_conv", attrs={VNNI_ATTR: "conv", INSTRUCTION_ATTR: instruction})
         at = lambda n, c, i, j: acc[n, c // oc_b, i, j, c % oc_b]  # noqa: E731
 
     from convdsl.backends.tvm.schedules.kernels import rounded
@@ -408,9 +410,11 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
                        **kw)
         _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], geo, kw)} if blockable else None)
         return y
-    oc, ic, dtype = int8_layout(w)
-    packed = pack_vnni_weight(w, oc, ic).astype(dtype)
-    y = cx.emit_te(vnni_conv2d, x, cx.const(packed, dtype), cx.const(bias, "int32"), cx.const(m, "float32"), **kw)
+    layout = int8_layout(w)
+    kw["instruction"] = layout.instruction
+    packed = pack_vnni_weight(w, layout.oc, layout.ic).astype(layout.dtype)
+    y = cx.emit_te(vnni_conv2d, x, cx.const(packed, layout.dtype), cx.const(bias, "int32"), cx.const(m, "float32"),
+                   **kw)
     _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], None, kw)} if blockable else None)
     return y
 
@@ -548,19 +552,18 @@ def grouped_in_f32(target: str, nd: int, groups: int, w: np.ndarray) -> bool:
         and int(np.prod(w.shape[1:])) <= int8_depthwise.MAX_TAPS
 
 
-def qlinear_row_padding(rows: int, out_channels: int, oc: int) -> int:
+def qlinear_row_padding(rows: int, out_channels: int, layout: Int8Layout) -> int:
     """Rows to add to a qlinear's ``rows`` (computed, never stored) so that the int8 kernel's register
-    tile (``schedules.int8``: output rows x blocks of ``oc`` channels, its row count a divisor of the
+    tile (``schedules.int8``: output rows x blocks of ``layout.oc`` channels, its row count a divisor of the
     rows) is as large as the accumulators allow: ViT's 197 tokens, a prime, allow only 1-row tiles
     (1 x 3 blocks on AVX2: each broadcast activation feeds 3 accumulators, each weight vector is
     loaded for one row); 198 rows take 6 x 2.  The fewest rows among the best tiles, at most 1/16
     more rows."""
     from convdsl.backends.tvm.schedules import int8 as int8_schedule
 
-    ob = -(-out_channels // oc)
-    tile = int8_schedule.register_tile  # VNNI's, 16 or 8 (ymm vpdpbusd) channels a block: try_schedule's tile
-    if not has_vnni():  # AVX2's 8-channel kernels
-        tile = int8_schedule.maddubs_register_tile if oc == MADDUBS_OC else int8_schedule.madd_register_tile
+    ob = -(-out_channels // layout.oc)
+    tile = {VPMADDUBSW: int8_schedule.maddubs_register_tile, VPMADDWD: int8_schedule.madd_register_tile}.get(
+        layout.instruction, int8_schedule.register_tile)  # try_schedule's tile for the instruction
 
     def useful(extra: int) -> float:
         ow_t, ob_t = tile(ob, rows + extra)
@@ -574,7 +577,7 @@ def _qlinear(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -
     shape = cx.shape(ins[0])
     if _use_vnni(cx, node) and all(isinstance(d, int) for d in shape):  # x [..., K]: see vnni_conv2d
         rows = int(np.prod(shape[:-1]))
-        pad = 0 if use_amx(w) else qlinear_row_padding(rows, w.shape[0], int8_layout(w)[0])
+        pad = 0 if use_amx(w) else qlinear_row_padding(rows, w.shape[0], int8_layout(w))
         # written in the output's shape where its rows are one axis (a batch of 1: ViT's [1, 197, O]);
         # rows over several axes are not a range of one loop the register tile could be computed at
         one_axis = int(np.prod(shape[:-2])) == 1

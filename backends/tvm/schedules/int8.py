@@ -56,6 +56,7 @@ from convdsl.backends.tvm.schedules import cpu, tophub
 from convdsl.backends.tvm.schedules.kernels import divisors, target_has
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
+INSTRUCTION_ATTR = "convdsl.int8_instruction"  # same key as backends/tvm/lower_quant.py
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
 
 
@@ -90,18 +91,21 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     requant = sch.get_sblock(blocks["requant"]) if "requant" in blocks else None
     pack = sch.get_sblock(blocks["pack"]) if "pack" in blocks else None
 
-    _, n_ob, _, n_ow, n_oc = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:5])
-    if any(str(r.source.dtype) == "int16" for r in sch.get(conv).reads):  # AVX2's int16 pair layout
+    _, n_ob, _, n_ow = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:4])
+    instruction = str(sch.get(conv).annotations[INSTRUCTION_ATTR])  # lower_quant.int8_layout's
+    if instruction == "vpmaddwd":  # AVX2's int16 pair layout
         if not target_has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, madd_register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_madd_intrinsic(), tile)
         return True
-    if n_oc == VNNI8_OC and intrin == VNNI_INTRIN:  # [8][4] bytes on VNNI: vpdpbusd on ymm (O % 16 == 8)
+    if instruction == "vpdpbusd-ymm":  # [8][4] bytes on VNNI: vpdpbusd on ymm (O % 16 == 8)
+        if intrin != VNNI_INTRIN:
+            return False
         tile = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_vnni8_intrinsic(), tile)
         return True
-    if n_oc == MADDUBS_OC:  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
+    if instruction == "vpmaddubsw":  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
         if not target_has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, maddubs_register_tile(n_ob, n_ow))

@@ -419,7 +419,7 @@ class _Blocker(PyExprMutator):
         a transpose in each conv's pack and requantization."""
         import functools
 
-        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, has_vnni, int8_conv_from_spec,
+        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, VPDPBUSD_YMM, int8_conv_from_spec,
                                                       requantizes_in_block_loop, vnni_conv2d)
 
         gv = args[0]
@@ -438,7 +438,8 @@ class _Blocker(PyExprMutator):
         # AVX2's 8-channel layouts, which stay NCHW); AMX: 16-channel blocks, or 8 (the requantization reads its C
         # tile rows by channel, and the next conv reads 8c)
         wob = (static_shape(wt) or [0] * 5)[4]
-        if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2 and has_vnni()):
+        if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2
+                                and kw["instruction"] == VPDPBUSD_YMM):
             return None
         if geo is not None and ob not in (INT8_LANES, INT8_LANES // 2):
             return None

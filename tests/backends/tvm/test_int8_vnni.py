@@ -179,19 +179,19 @@ def test_unscheduled_kernel_is_correct_too(monkeypatch):
 
 
 # ---- structure: the tensorized VNNI instruction ---------------------------------------------------------------
-def _kernel(out=32, c=16, hw=14, k=3, block=(16, 4, "int8")):
+def _kernel(out=32, c=16, hw=14, k=3, block=(16, 4, "int8", "vpdpbusd")):
     from tvm import te
 
     import convdsl.backends.tvm.lowering  # noqa: F401  (lower_quant is loaded through the table)
     from convdsl.backends.tvm.lower_quant import vnni_conv2d
 
-    ob, ib, dtype = block
+    ob, ib, dtype, instruction = block  # lower_quant.Int8Layout
     x = te.placeholder((1, c, hw, hw), "uint8", name="x")
     w = te.placeholder((-(-out // ob), -(-c // ib), k, k, ob, ib), dtype, name="w")
     b = te.placeholder((out,), "int32", name="b")
     m = te.placeholder((out,), "float32", name="m")
     y = vnni_conv2d(x, w, b, m, out_channels=out, pads=(1, 1, 1, 1), stride=(1, 1), dilation=(1, 1), in_zp=128,
-                    shift=False, out_dtype="uint8", out_zp=0, lo=0, hi=255, relu=True)
+                    shift=False, out_dtype="uint8", out_zp=0, lo=0, hi=255, relu=True, instruction=instruction)
     return te.create_prim_func([x, w, b, m, y])
 
 
@@ -229,10 +229,10 @@ def test_avx2_pair_layout_is_one_vpmaddwd_per_8x2(mcpu):
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
     with target:
-        assert lower_quant.int8_layout() == (8, 2, "int16")
+        assert lower_quant.int8_layout() == (8, 2, "int16", "vpmaddwd")
     with tvm.target.Target(VNNI_TARGET):
-        assert lower_quant.int8_layout() == (16, 4, "int8")
-    func = _kernel(out=40, c=22, hw=9, block=(8, 2, "int16"))
+        assert lower_quant.int8_layout() == (16, 4, "int8", "vpdpbusd")
+    func = _kernel(out=40, c=22, hw=9, block=(8, 2, "int16", "vpmaddwd"))
     sch = tvm.s_tir.Schedule(func)
     assert int8.try_schedule(sch, target)
     assert "llvm.x86.avx2.pmadd.wd" in sch.mod.script() and "T.parallel" in sch.mod.script()
@@ -277,13 +277,15 @@ def test_int8_layout_takes_vpmaddubsw_for_weights_that_cannot_saturate(mcpu):
     seven = np.full((8, 4, 3, 3), 63, np.int8)
     eight = np.full((8, 4, 3, 3), 127, np.int8)
     with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
-        assert lower_quant.int8_layout(seven) == (8, 4, "int8") and lower_quant.int8_instruction(seven) == "vpmaddubsw"
-        assert lower_quant.int8_layout(eight) == (8, 2, "int16") and lower_quant.int8_instruction(eight) == "vpmaddwd"
+        assert lower_quant.int8_layout(seven) == (8, 4, "int8", "vpmaddubsw")
+        assert lower_quant.int8_instruction(seven) == "vpmaddubsw"
+        assert lower_quant.int8_layout(eight) == (8, 2, "int16", "vpmaddwd")
+        assert lower_quant.int8_instruction(eight) == "vpmaddwd"
     with tvm.target.Target(VNNI_TARGET):  # VNNI: 8-bit or 7-bit alike, 8 x 4 bytes for these 8 output channels
-        assert lower_quant.int8_layout(seven) == lower_quant.int8_layout(eight) == (8, 4, "int8")
+        assert lower_quant.int8_layout(seven) == lower_quant.int8_layout(eight) == (8, 4, "int8", "vpdpbusd-ymm")
         assert lower_quant.int8_instruction(seven) == lower_quant.int8_instruction(eight) == "vpdpbusd"
         wide = np.full((16, 4, 3, 3), 63, np.int8)
-        assert lower_quant.int8_layout(wide) == (16, 4, "int8")
+        assert lower_quant.int8_layout(wide) == (16, 4, "int8", "vpdpbusd")
 
 
 def test_vnni_layout_of_outputs_a_multiple_of_8_and_not_16():
@@ -320,7 +322,7 @@ def test_maddubs_layout_is_one_vpmaddubsw_per_8x4(mcpu):
     from convdsl.backends.tvm.targets import host_can_run
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-    func = _kernel(out=40, c=22, hw=9, block=(8, 4, "int8"))
+    func = _kernel(out=40, c=22, hw=9, block=(8, 4, "int8", "vpmaddubsw"))
     sch = tvm.s_tir.Schedule(func)
     assert int8.try_schedule(sch, target)
     assert MADDUBS in sch.mod.script() and "T.parallel" in sch.mod.script()
@@ -345,7 +347,7 @@ def test_vpmaddubsw_would_saturate_8bit_weights():
     from convdsl.backends.tvm.schedules import template_tuner as tt
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
-    func = _kernel(out=16, c=16, hw=6, block=(8, 4, "int8"))
+    func = _kernel(out=16, c=16, hw=6, block=(8, 4, "int8", "vpmaddubsw"))
     sch = tvm.s_tir.Schedule(func)
     assert int8.try_schedule(sch, target)
     args = _extreme_args(func, 127)
@@ -465,7 +467,7 @@ def test_without_vnni_the_kernel_runs_exact_with_vpmaddwd(mcpu):
     sch = tvm.s_tir.Schedule(func)
     with pytest.warns(UserWarning, match="without AVX-512 VNNI") if not int8._warned else _nothing():
         assert int8.try_schedule(sch, target)
-    assert "T.parallel" in sch.mod.script() and "vpdpbusd" not in sch.mod.script()
+    assert "T.parallel" in sch.mod.script() and "llvm.x86.avx512.vpdpbusd" not in sch.mod.script()
     lib = tvm.compile(sch.mod, target=target).jit()
     asm = lib.inspect_source("asm")
     assert "vpmaddwd" in asm and "vpmaddubsw" not in asm
@@ -815,7 +817,7 @@ def test_qlinear_vit_tokens_fuse_gelu_and_requantize(scheduled, tokens):
     """ViT's MLP: [1, tokens, C] -> qlinear (f32 out) -> gelu -> quantize.  The kernel writes the output's
     own shape, so FuseOps appends gelu and the quantize to its epilogue (one kernel); 197 tokens, a
     prime, are computed as 198 rows (``qlinear_row_padding``) and the padded row never stored."""
-    from convdsl.backends.tvm.lower_quant import qlinear_row_padding
+    from convdsl.backends.tvm.lower_quant import int8_layout, qlinear_row_padding
 
     src = f"""network t(x: f32[1, {tokens}, 64]) {{
     return x | quantize(0.05, 128) | qlinear(96, in_scale=0.05, in_zp=128, out_dtype=f32) | gelu | quantize(0.02, 128)
@@ -831,19 +833,21 @@ def test_qlinear_vit_tokens_fuse_gelu_and_requantize(scheduled, tokens):
     assert _steps(got, want) <= 1 and len(np.unique(want)) > 10  # gelu in float: a tie may round apart
     assert np.mean(got != want) < 0.01
     with tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):  # AVX2's 8-channel tiles: 198 and 52 rows
-        assert qlinear_row_padding(tokens, 96, 8) > 0
+        assert qlinear_row_padding(tokens, 96, int8_layout()) > 0
 
 
 def test_qlinear_row_padding_gives_full_register_tiles():
-    from convdsl.backends.tvm.lower_quant import qlinear_row_padding
+    from convdsl.backends.tvm.lower_quant import int8_layout, qlinear_row_padding
 
     with tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}):
-        assert qlinear_row_padding(197, 384, 8) == 1  # 198 rows: 6 x 2 tiles on AVX2 (197: 1 x 3)
+        avx2 = int8_layout()  # 8 x 2 int16 (vpmaddwd), 8-channel blocks as vpmaddubsw's
+        assert qlinear_row_padding(197, 384, avx2) == 1  # 198 rows: 6 x 2 tiles on AVX2 (197: 1 x 3)
         assert int8.maddubs_register_tile(48, 198) == (6, 2)
         for rows, out in [(1, 1000), (3, 10), (50, 33), (196, 384), (64, 64)]:
-            assert qlinear_row_padding(rows, out, 8) <= max(1, rows // 16)
-        assert qlinear_row_padding(96, 64, 8) == 0 and qlinear_row_padding(1, 1000, 8) == 0  # 12 x 1 tiles already
+            assert qlinear_row_padding(rows, out, avx2) <= max(1, rows // 16)
+        assert qlinear_row_padding(96, 64, avx2) == 0 and qlinear_row_padding(1, 1000, avx2) == 0  # 12 x 1 already
     with tvm.target.Target(VNNI_TARGET):  # 8-channel blocks on VNNI are ymm vpdpbusd, tiled by register_tile
-        assert int8.register_tile(125, 198) == (3, 5)  # 1000 outputs: 198 rows need no padding
-        assert qlinear_row_padding(198, 1000, 8) == 0  # (AVX2's 12-accumulator rule padded 6 rows for (3, 5))
-        assert qlinear_row_padding(197, 1000, 8) == 1 and int8.register_tile(125, 197) == (1, 5)
+        ymm = int8_layout(np.ones((1000, 8, 1, 1), np.int8))
+        assert ymm == (8, 4, "int8", "vpdpbusd-ymm") and int8.register_tile(125, 198) == (3, 5)
+        assert qlinear_row_padding(198, 1000, ymm) == 0  # (AVX2's 12-accumulator rule padded 6 rows for (3, 5))
+        assert qlinear_row_padding(197, 1000, ymm) == 1 and int8.register_tile(125, 197) == (1, 5)
