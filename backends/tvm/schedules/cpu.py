@@ -832,7 +832,7 @@ def schedule_conv2d_nchwc_bf16(sch: s_tir.Schedule, conv, hw) -> None:
     sch.vectorize(iloops[-1])
     for lp in iloops[-3:-1]:
         sch.unroll(lp)
-    sch.tensorize(oc, bf16.register_intrinsic("local" if epilogue is not None else "global"))
+    sch.tensorize(oc, bf16.register_intrinsic("local" if epilogue is not None else "global", _extent(sch, oc)))
     sch.unroll(oi)
     sch.unroll(xi)
     for p in copies:

@@ -361,8 +361,9 @@ class _Blocker(PyExprMutator):
                 # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
                 # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
                 # f32 acc and less than f32 on tiles with the epilogue in the block loop
-                self._lanes = bf16.LANES
-                return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib)),
+                self._lanes = bf16.conv_block(o)
+                return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb,
+                                             relax.const(bf16.pack_conv_weight(wt, ib, self._lanes)),
                                              stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
             wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
             if wino is not None:

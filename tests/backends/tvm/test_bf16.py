@@ -34,6 +34,10 @@ TOKENS = """network t(x: f32[1, 197, 64]) {
 HEAD = """network h(x: f32[1, 1280]) {
     return x | relu | linear(1000)
 }"""  # a classifier: 1000 columns, 62.5 vectors of 16 (the weights padded to 63, the result the first 1000)
+HALF = """network e(x: f32[1, 32, 14, 14]) {
+    y = x | conv2d(24, 1) | relu
+    return y | conv2d(40, 3, pad=same) | relu
+}"""  # 24 and 40 output channels: 8-channel blocks, the ymm vdpbf16ps (MobileNet-V2's 24, RegNetY's 104 and 440)
 
 
 def _rounded(a: torch.Tensor) -> torch.Tensor:
@@ -61,8 +65,8 @@ def test_rounding_matches_torch():
 
 
 @needs_bf16
-@pytest.mark.parametrize("src, shape", [(NET, (1, 32, 14, 14)), (TOKENS, (1, 197, 64)), (HEAD, (1, 1280))],
-                         ids=["convs", "tokens", "classifier"])
+@pytest.mark.parametrize("src, shape", [(NET, (1, 32, 14, 14)), (TOKENS, (1, 197, 64)), (HEAD, (1, 1280)),
+                                        (HALF, (1, 32, 14, 14))], ids=["convs", "tokens", "classifier", "8-blocks"])
 def test_bf16_kernels_match_torch_bf16_arithmetic(src, shape):
     g = elaborate(src)
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -104,11 +108,13 @@ def test_bf16_depthwise_convs_round_their_input(amx):
 
 
 @needs_bf16
-@pytest.mark.parametrize("src, kernels", [(NET, 4), (TOKENS, 2), (HEAD, 1)], ids=["convs", "tokens", "classifier"])
+@pytest.mark.parametrize("src, kernels", [(NET, 4), (TOKENS, 2), (HEAD, 1), (HALF, 2)],
+                         ids=["convs", "tokens", "classifier", "8-blocks"])
 def test_bf16_kernels_are_tensorized(src, kernels):
     """Every bf16 kernel calls vdpbf16ps: three convs and the linear; two linears over ViT-S's
     197 tokens, a prime number of rows (padded so the register tile divides them: TVM's tensorize
-    fails under a partial tile's row guard, and the kernel then ran untensorized, 30x slower)."""
+    fails under a partial tile's row guard, and the kernel then ran untensorized, 30x slower); convs
+    with 24 and 40 output channels, in 8-channel blocks (the ymm form, ``bf16.conv_block``)."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
 
@@ -121,6 +127,8 @@ def test_bf16_kernels_are_tensorized(src, kernels):
     bf16_funcs = [t for t in texts if "uint16" in t]
     assert len(bf16_funcs) == kernels
     assert all(bf16.EXTERN in t and bf16.IMPORT_ATTR in t for t in bf16_funcs)
+    ymm = f'"{bf16.EXTERN}{bf16.HALF}"'  # the 8-lane extern's name as the script quotes it
+    assert all((ymm in t) == (src is HALF) for t in bf16_funcs)
 
 
 ATTENTION = """network a(x: f32[1, 197, 64]) {
