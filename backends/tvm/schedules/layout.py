@@ -63,11 +63,17 @@ def pack_conv_weight(w: np.ndarray, ib: int, ob: int) -> np.ndarray:
 
 
 GROUP_BLOCKS = (16, 8, 4)  # channel blocks a grouped conv may take (narrower groups: the generic schedule)
-# Groups merged at most in pairs.  One thread, A/B in one process: RegNetY-400MF (groups of 8 merged in 16c blocks)
-# 14.40 against 14.29 ms with 8c blocks, ResNeXt-50's four grouped 3x3 shapes 3.41 against 3.31: level, kept for the
-# layout (a residual add or SE gate right after the conv stays blocked).  Groups of 4 merged by 4 were slower than
-# 4c blocks (0.95 against 0.79 ms at 128 x 56 x 56: the block-diagonal weight, 4x the bytes, leaves L1).
+# Groups merged at most in pairs.  Groups of 4 merged by 4 were slower than 4c blocks (0.95 against 0.79 ms at
+# 128 x 56 x 56: the block-diagonal weight, 4x the bytes, leaves L1).
 MAX_MERGE = 2
+# Merged groups' vectors at most this many f32 lanes (256 bits).  Merging two groups of 8 into a 16-lane zmm block
+# keeps the layout around the conv but issues as many zmm FMAs as the unmerged conv issues ymm ones: level on the
+# AVX-512 Xeon (one thread, A/B in one process: RegNetY-400MF 14.40 ms merged against 14.29 in 8c blocks,
+# ResNeXt-50's four grouped 3x3 shapes 3.41 against 3.31), twice the cycles on Zen 4, which runs a zmm instruction
+# as two 256-bit halves (RegNetY-400MF on Zen 4, 2 threads, medians of 15 alternating rounds, peers.py's network:
+# f32 6.05 -> 5.76 ms unmerged, bf16 5.29 -> 5.12, int8 5.55 -> 5.15).  AVX2's pairs of 4-wide groups in one
+# 8-lane ymm block stay merged.
+MERGE_LANES = 8
 
 
 def grouped_blocks(c: int, o: int, groups: int, lanes: int | None, vector: int) -> tuple[int, int, int] | None:
@@ -79,8 +85,9 @@ def grouped_blocks(c: int, o: int, groups: int, lanes: int | None, vector: int) 
     are the blocks of the layout around the conv (the input's; ``channel_block(o)`` out), with ``merge``
     neighbouring groups computed as one whose weight is block-diagonal (``merge_groups``; merge 1: the groups
     are whole blocks as they are) where that costs no more vector instructions: ``merge`` times the
-    multiply-adds, in vectors ``merge`` times as full as the native output block's (RegNet's groups of 8 in
-    AVX-512's blocks of 16: merge 2, each FMA 16 lanes instead of 8; at most ``MAX_MERGE``).  The layout
+    multiply-adds, in vectors ``merge`` times as full as the native output block's and no wider than
+    ``MERGE_LANES`` (AVX2's groups of 4 in blocks of 8: merge 2, each FMA 8 lanes instead of 4; RegNet's groups of
+    8 in AVX-512's blocks of 16 are not merged; at most ``MAX_MERGE``).  The layout
     then stays as it is: no re-blocking copy, and the residual adds and SE multiplies after the conv see the
     same blocks.  Else the native blocks, the input re-blocked by the conv's padded copy."""
     if groups <= 1 or c % groups or o % groups:
@@ -95,7 +102,8 @@ def grouped_blocks(c: int, o: int, groups: int, lanes: int | None, vector: int) 
         for m in divisors(groups):
             if m > MAX_MERGE:
                 break
-            if cg * m % ib == 0 and og * m % ob == 0 and (m == 1 or m * min(native_ob, vector) <= min(ob, vector)):
+            if cg * m % ib == 0 and og * m % ob == 0 and \
+                    (m == 1 or m * min(native_ob, vector) <= min(ob, vector, MERGE_LANES)):
                 return ib, ob, m
     return native_ib, native_ob, 1
 
@@ -214,12 +222,20 @@ class _Blocker(PyExprMutator):
         return self.nchw[e]
 
     def to_blocked(self, e: relax.Expr, b: int) -> relax.Expr:
-        if isinstance(e, relax.Var) and self.blocked.get(e) == b:
+        """``e`` in blocks of ``b`` channels: itself, one copy from its other blocks (``kernels.pad_spatial``
+        re-blocking, no padding), or packed from NCHW."""
+        src = self.lanes(e)
+        if src == b:
             return e
-        e = self.to_nchw(e)
+        shape = batch_shape(e) if src is not None else None
+        if src is None or shape is None or shape[1] * src % b:
+            e = self.to_nchw(e)
+            src = None
         key = (e, b)
         if key not in self.packed:
-            v = self.builder_.emit(self.builder_.call_te(kernels.pack_nchwc, e, b, primfunc_name_hint="pack_nchwc"))
+            call = self.builder_.call_te(kernels.pack_nchwc, e, b, primfunc_name_hint="pack_nchwc") if src is None \
+                else self.builder_.call_te(kernels.pad_spatial, e, 0, 0, 0, 0, b, primfunc_name_hint="reblock_nchwc")
+            v = self.builder_.emit(call)
             self.blocked[v] = b
             self.packed[key] = v
         return self.packed[key]
@@ -682,9 +698,15 @@ class _Blocker(PyExprMutator):
         if la is None and lb is None:
             return None
         if la is not None and lb is not None:
-            if la != lb or not same_shape(batch_shape(args[0]), batch_shape(args[1])):
+            if la != lb:  # blocks of two widths (a grouped conv's 8 beside 16): the narrower re-blocked, one copy
+                lanes = max(la, lb)
+                s5 = batch_shape(args[0] if la < lb else args[1])
+                if s5 is None or s5[1] * s5[4] % lanes:
+                    return None
+                args = [self.to_blocked(a, lanes) for a in args]
+            if not same_shape(batch_shape(args[0]), batch_shape(args[1])):
                 return None
-            self._lanes = la
+            self._lanes = self.lanes(args[0])
             return relax.Call(call.op, args, call.attrs, call.ty_args)
         i = 0 if la is not None else 1
         lanes, t, other = la or lb, args[i], args[1 - i]
