@@ -4,12 +4,13 @@
 even input-channel block) and constant-weight matmuls (N a multiple of 16, K even) into the
 two kernels below (a conv whose output channels are a multiple of 8 and not of 16 writes 8-channel
 blocks with the ymm ``vdpbf16ps``, ``conv_block``: RegNetY-400MF's 104- and 440-channel layers, which
-stayed f32 before, RegNetY-400MF bf16 6.04 -> 5.41 ms on Zen 4, MobileNet-V2 level): weights rounded to bf16 once (NumPy, round to nearest even), activations
-rounded to bf16 by the kernel's own input copy, products summed in f32, the fused epilogue
-(bias, batchnorm, residual add, activation) in f32.  Everything else stays f32.
+stayed f32 before, RegNetY-400MF bf16 6.04 -> 5.41 ms on Zen 4, MobileNet-V2 level): weights rounded
+to bf16 once (NumPy, round to nearest even), activations rounded to bf16 by the kernel's own input copy,
+products summed in f32, the fused epilogue (bias, batchnorm, residual add, activation) in f32.  Everything
+else stays f32.
 
     conv2d_nchwc_bf16   x [N, C/ib, H, W, ib] f32 -> pad + round -> xb (bf16 bits)
-                        y[n, o, oh, ow, 16] += xb[n, c, ..., 2p:2p+2] . W[o, c, kh, kw, p, 16, 2]
+                        y[n, o, oh, ow, ob] += xb[n, c, ..., 2p:2p+2] . W[o, c, kh, kw, p, ob, 2]  (ob 16 or 8)
     dense_packed_bf16   x [..., K] f32 -> round -> xb;  y[..., n] += xb[..., 2p:2p+2] . W[n/16, p, n%16, 2]
 
 The inner 16 x 2 dot product (16 output lanes, one pair of input channels broadcast) is
@@ -43,16 +44,17 @@ IMPORT_ATTR = "pragma_import_llvm"
 
 def _dpbf16ps(lanes: int) -> str:
     """The LLVM IR of ``EXTERN`` on ``lanes`` f32 outputs (16: zmm, 8: ymm)."""
-    bits, name = lanes * 32, EXTERN if lanes == LANES else f"{EXTERN}{lanes}"
-    f, i = f"<{lanes} x float>", f"<{lanes} x i32>"
+    name = EXTERN if lanes == LANES else f"{EXTERN}{lanes}"
+    intrinsic = f"llvm.x86.avx512bf16.dpbf16ps.{lanes * 32}"
+    f, i, h = f"<{lanes} x float>", f"<{lanes} x i32>", f"<{2 * lanes} x bfloat>"  # f32 lanes, bf16 pairs
     return f"""
 define linkonce_odr {f} @{name}({f} %c, {i} %a, {i} %b) alwaysinline {{
-  %x = bitcast <{lanes} x i32> %a to <{2 * lanes} x bfloat>
-  %y = bitcast <{lanes} x i32> %b to <{2 * lanes} x bfloat>
-  %r = call <{lanes} x float> @llvm.x86.avx512bf16.dpbf16ps.{bits}(<{lanes} x float> %c, <{2 * lanes} x bfloat> %x, <{2 * lanes} x bfloat> %y)
-  ret <{lanes} x float> %r
+  %x = bitcast {i} %a to {h}
+  %y = bitcast {i} %b to {h}
+  %r = call {f} @{intrinsic}({f} %c, {h} %x, {h} %y)
+  ret {f} %r
 }}
-declare <{lanes} x float> @llvm.x86.avx512bf16.dpbf16ps.{bits}(<{lanes} x float>, <{2 * lanes} x bfloat>, <{2 * lanes} x bfloat>)
+declare {f} @{intrinsic}({f}, {h}, {h})
 """
 
 

@@ -202,7 +202,7 @@ class _Blocker(PyExprMutator):
         self.precision = precision  # "bf16": convs and matmuls with bf16 operands (bf16.py) where they fit
         self.blocked: dict = {}  # new var -> block lanes
         self.nchw: dict = {}  # blocked var -> its NCHW copy
-        self.packed: dict = {}  # (NCHW var, lanes) -> blocked copy
+        self.packed: dict = {}  # (NCHW or other-blocked var, lanes) -> blocked copy
         self._lanes: int | None = None  # block of the value being visited
         self.uses: dict = {}  # original var -> its uses in the function being rewritten
         self.fused_out: set = set()  # new vars a conv kernel writes (its epilogue included: FuseOps fuses it)
