@@ -457,20 +457,20 @@ def rows_for(name: str, precision: str, args, peak: dict, bw: float, log, vm_us:
                 log(f"[{name} {precision}] {r['kernel']}: cannot time alone ({type(e).__name__})")
                 rate = float("nan")
         kind = KINDS.get(r["kernel"], precision)
-        every = ALL_OPS.get(r["kernel"], float("nan")) / f if f else float("nan")
+        all_ops = ALL_OPS.get(r["kernel"], float("nan")) / f if f else float("nan")  # per counted FLOP
         p = peak.get(kind, float("nan"))
         intensity = f / nbytes if nbytes else float("nan")
         memory = bw * intensity if intensity == intensity else float("inf")
-        epilogue = epilogue_bound(every, peak)
+        epilogue = epilogue_bound(all_ops, peak)
         bound = min(p, memory, epilogue)
         near = "within 2x" if rate >= bound / 2 else "not within 2x"
         verdict = ("within 2x of peak" if rate >= p / 2 else
                    f"memory-bound ({intensity:.1f} FLOP/B; bound {bound:.0f}): {near}" if bound == memory < p else
-                   f"epilogue-bound ({every - 1:.2f} other ops per FLOP; bound {bound:.0f}): {near}"
+                   f"epilogue-bound ({all_ops - 1:.2f} other ops per FLOP; bound {bound:.0f}): {near}"
                    if bound == epilogue < p else "compute-bound, not within 2x of peak")
         out.append({"network": name, "precision": precision, "kind": kind, "kernel": r["kernel"], "calls": r["calls"], "ms": r["ms"],
                     "percent": r["percent"], "gflops": rate, "peak": p, "of_peak": rate / p if p else float("nan"),
-                    "intensity": intensity, "all_ops": every, "verdict": verdict})
+                    "intensity": intensity, "all_ops": all_ops, "verdict": verdict})
     log(f"[{name} {precision}] {total:.1f} ms, {len(out)} kernels above {args.min_percent}%")
     return out
 

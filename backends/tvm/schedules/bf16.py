@@ -4,10 +4,10 @@
 even input-channel block) and constant-weight matmuls (N a multiple of 16, K even) into the
 two kernels below (a conv whose output channels are a multiple of 8 and not of 16 writes 8-channel
 blocks with the ymm ``vdpbf16ps``, ``conv_block``: RegNetY-400MF's 104- and 440-channel layers, which
-stayed f32 before, RegNetY-400MF bf16 6.04 -> 5.41 ms on Zen 4, MobileNet-V2 level): weights rounded
-to bf16 once (NumPy, round to nearest even), activations rounded to bf16 by the kernel's own input copy,
-products summed in f32, the fused epilogue (bias, batchnorm, residual add, activation) in f32.  Everything
-else stays f32.
+stayed f32 before: RegNetY-400MF bf16 6.04 -> 5.41 ms on Zen 4 in a scratch A/B, MobileNet-V2 level):
+weights rounded to bf16 once (NumPy, round to nearest even), activations rounded to bf16 by the kernel's own
+input copy, products summed in f32, the fused epilogue (bias, batchnorm, residual add, activation) in f32.
+Everything else stays f32.
 
     conv2d_nchwc_bf16   x [N, C/ib, H, W, ib] f32 -> pad + round -> xb (bf16 bits)
                         y[n, o, oh, ow, ob] += xb[n, c, ..., 2p:2p+2] . W[o, c, kh, kw, p, ob, 2]  (ob 16 or 8)

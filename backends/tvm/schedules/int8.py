@@ -56,7 +56,12 @@ from convdsl.backends.tvm.schedules import cpu, tophub
 from convdsl.backends.tvm.schedules.kernels import divisors, target_has
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
-INSTRUCTION_ATTR = "convdsl.int8_instruction"  # same key as backends/tvm/lower_quant.py
+# the conv block's instruction (lower_quant.Int8Layout.instruction, which lower_quant.vnni_conv2d annotates):
+# AVX2's vpmaddubsw and VNNI's ymm vpdpbusd share the [8][4] byte layout, so the layout alone does not tell them.
+# The same key and values as backends/tvm/lower_quant.py's (the lowering tables load without TVM, so it cannot
+# import this module; tests/backends/tvm/test_int8_vnni.py checks they agree)
+INSTRUCTION_ATTR = "convdsl.int8_instruction"
+VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD = "vpdpbusd", "vpdpbusd-ymm", "vpmaddubsw", "vpmaddwd"
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
 
 
@@ -92,20 +97,20 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
     pack = sch.get_sblock(blocks["pack"]) if "pack" in blocks else None
 
     _, n_ob, _, n_ow = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:4])
-    instruction = str(sch.get(conv).annotations[INSTRUCTION_ATTR])  # lower_quant.int8_layout's
-    if instruction == "vpmaddwd":  # AVX2's int16 pair layout
+    instruction = str(sch.get(conv).annotations[INSTRUCTION_ATTR])
+    if instruction == VPMADDWD:  # AVX2's int16 pair layout
         if not target_has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, madd_register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_madd_intrinsic(), tile)
         return True
-    if instruction == "vpdpbusd-ymm":  # [8][4] bytes on VNNI: vpdpbusd on ymm (O % 16 == 8)
+    if instruction == VPDPBUSD_YMM:  # [8][4] bytes on VNNI: vpdpbusd on ymm (O % 16 == 8)
         if intrin != VNNI_INTRIN:
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, register_tile(n_ob, n_ow))
         _schedule_tensorized(sch, conv, requant, pack, register_vnni8_intrinsic(), tile)
         return True
-    if instruction == "vpmaddubsw":  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
+    if instruction == VPMADDUBSW:  # AVX2's byte layout [8][4]: weights whose pairs cannot saturate vpmaddubsw
         if not target_has(target, "avx2"):
             return False
         tile = tophub.choose("int8_conv", sch, conv, None, maddubs_register_tile(n_ob, n_ow))

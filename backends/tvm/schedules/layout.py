@@ -70,9 +70,9 @@ MAX_MERGE = 2
 # keeps the layout around the conv but issues as many zmm FMAs as the unmerged conv issues ymm ones: level on the
 # AVX-512 Xeon (one thread, A/B in one process: RegNetY-400MF 14.40 ms merged against 14.29 in 8c blocks,
 # ResNeXt-50's four grouped 3x3 shapes 3.41 against 3.31), twice the cycles on Zen 4, which runs a zmm instruction
-# as two 256-bit halves (RegNetY-400MF on Zen 4, 2 threads, medians of 15 alternating rounds, peers.py's network:
-# f32 6.05 -> 5.76 ms unmerged, bf16 5.29 -> 5.12, int8 5.55 -> 5.15).  AVX2's pairs of 4-wide groups in one
-# 8-lane ymm block stay merged.
+# as two 256-bit halves (RegNetY-400MF on Zen 4, 2 threads, peers.py's network, a scratch A/B in one process,
+# medians of 15 alternating rounds: f32 6.05 -> 5.76 ms unmerged, bf16 5.29 -> 5.12, int8 5.55 -> 5.15).
+# AVX2's pairs of 4-wide groups in one 8-lane ymm block stay merged.
 MERGE_LANES = 8
 
 

@@ -288,6 +288,16 @@ def test_int8_layout_takes_vpmaddubsw_for_weights_that_cannot_saturate(mcpu):
         assert lower_quant.int8_layout(wide) == (16, 4, "int8", "vpdpbusd")
 
 
+def test_the_lowering_and_the_schedule_name_the_instructions_alike():
+    """lower_quant annotates the conv block with its layout's instruction; schedules/int8.py dispatches on it.
+    Each module spells the key and the names (the lowering tables load without TVM, so lower_quant cannot
+    import the schedule): they must agree."""
+    from convdsl.backends.tvm import lower_quant
+
+    names = ("INSTRUCTION_ATTR", "VPDPBUSD", "VPDPBUSD_YMM", "VPMADDUBSW", "VPMADDWD")
+    assert [getattr(lower_quant, n) for n in names] == [getattr(int8, n) for n in names]
+
+
 def test_vnni_layout_of_outputs_a_multiple_of_8_and_not_16():
     """On VNNI, output channels that are a multiple of 8 and not of 16 (MobileNet-V2's 24) take the 8 x 4 byte
     layout and its ymm vpdpbusd (no padding to 32 channels); others keep 16 x 4; AVX2 is unchanged."""
