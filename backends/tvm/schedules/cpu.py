@@ -390,7 +390,14 @@ def dw_tile(ow: int, hw: Hardware, vb: int = 1) -> int:
     return max(d for d in divisors(ow) if d * vb <= hw.max_accumulators(vb) or d == 1)
 
 
-DW_PAD_BYTES = 24576  # the padded input rows one chunk of a depthwise conv's output rows reads, in L1
+# the padded input rows one chunk of a depthwise conv's output rows reads, in L2: each padded row is converted
+# (int8) or copied (f32) once per chunk, so a chunk of r output rows at stride s redoes (kh - s) of its
+# (r - 1) * s + kh rows.  24 KB (in L1) kept MobileNet-V2's 112- and 56-wide convs at one output row per chunk,
+# every input row padded kh / s times; on Zen 4 (32 KB L1, 1 MB L2), per-kernel medians in the network's
+# profile (15 / 11 alternating profiles, scratch A/B): int8 depthwise kernels 0.515 -> 0.479 ms (96 x 112 x 112
+# stride 2 0.083 -> 0.072, 32 x 112 x 112 0.076 -> 0.060), f32 0.637 -> 0.578; 64 KB as good for f32, 256 KB
+# no better
+DW_PAD_BYTES = 131072
 DW_MIN_CHUNKS = 16  # parallel work items (channel blocks x row chunks) a chunk size must leave
 
 

@@ -389,14 +389,16 @@ network t(x: f32[1, 3, 32, 32]) {
     assert "T.parallel(T.int64(1156))" not in text
 
 
-def test_depthwise_row_chunks_fit_l1_and_leave_parallel_work():
+def test_depthwise_row_chunks_fit_the_budget_and_leave_parallel_work():
     from convdsl.backends.tvm.schedules.cpu import DW_MIN_CHUNKS, DW_PAD_BYTES, dw_rows
 
     # MobileNet-V2's 7x7 and 14x14 depthwise convs: all rows of a channel block in one buffer
     assert dw_rows(7, 60, 3, 3, 1, 1, 7, 16) == 7
     assert dw_rows(14, 24, 3, 3, 1, 1, 14, 16) == 14
-    # 112x112x32: a row's 3 padded input rows already take 22 KB, and 2 channel blocks x 56 rows
-    assert dw_rows(112, 2, 3, 3, 1, 1, 112, 16) == 1
+    # 112x112x32: 2 channel blocks x 8 chunks of 14 rows (16 padded input rows of 7.1 KB each)
+    assert dw_rows(112, 2, 3, 3, 1, 1, 112, 16) == 14
+    # 96 x 112 x 112 at stride 2: 6 channel blocks x 7 chunks of 8 output rows (17 input rows)
+    assert dw_rows(56, 6, 3, 3, 2, 2, 56, 16) == 8
     for oh, cb, s, ow in [(56, 9, 1, 56), (28, 9, 2, 28), (28, 12, 1, 28), (14, 12, 2, 14), (9, 1, 2, 5)]:
         r = dw_rows(oh, cb, 3, 3, s, s, ow, 16)
         assert oh % r == 0
