@@ -106,6 +106,9 @@ def conv_fits(c: int, o: int, ib: int | None) -> bool:
     return ib is not None and ib % PAIR == 0 and c % ib == 0 and conv_block(o) is not None
 
 
+# a conv over an odd number of NCHW input channels (the RGB stem) gets one zero channel, so that its input
+# channels are whole pairs for vdpbf16ps, instead of staying f32
+PAD_ODD_CHANNELS = True
 PAD_DENSE_COLUMNS = True  # N not a multiple of 16 (a classifier's 1000): padded to whole vectors, not left f32
 
 

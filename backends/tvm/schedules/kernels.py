@@ -277,11 +277,20 @@ def attention_rows(q: te.Tensor, kt: te.Tensor, v: te.Tensor, scale: float, vali
                       name="attention_out")
 
 
-def pack_nchwc(x: te.Tensor, b: int) -> te.Tensor:
-    """[N, C, H, W] -> [N, C/b, H, W, b]."""
+def pack_nchwc(x: te.Tensor, b: int, channels: int | None = None) -> te.Tensor:
+    """[N, C, H, W] -> [N, C/b, H, W, b]; with ``channels`` > C, [N, channels/b, H, W, b], the channels past C
+    zeros (a bf16 conv's odd input channels made whole pairs)."""
     n, c, h, w = x.shape
-    return te.compute((n, c // b, h, w, b), lambda i, j, y, z, k: x[i, j * b + k, y, z], name="pack_nchwc",
-                      attrs={KERNEL_ATTR: "pack"})
+    if channels is None or channels == int(c):
+        return te.compute((n, c // b, h, w, b), lambda i, j, y, z, k: x[i, j * b + k, y, z], name="pack_nchwc",
+                          attrs={KERNEL_ATTR: "pack"})
+    last = int(c) - 1
+
+    def padded(i, j, y, z, k):
+        ch = j * b + k
+        return tirx.if_then_else(ch <= last, x[i, tirx.min(ch, last), y, z], tirx.const(0.0, x.dtype))
+
+    return te.compute((n, channels // b, h, w, b), padded, name="pack_nchwc", attrs={KERNEL_ATTR: "pack"})
 
 
 def unpack_nchwc(x: te.Tensor) -> te.Tensor:

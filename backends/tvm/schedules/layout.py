@@ -364,6 +364,12 @@ class _Blocker(PyExprMutator):
             ob = channel_block(o)
             if ib is None or ob is None:
                 return None
+            if self.precision == "bf16" and isinstance(xs[0], int) and lanes is None and ib % bf16.PAIR \
+                    and bf16.PAD_ODD_CHANNELS and _dtype(x) == "float32" \
+                    and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
+                stem = self._bf16_odd_channels(x, wt, stride, padding, dilation)
+                if stem is not None:
+                    return stem
             xb = self.to_blocked(x, ib)
             if self.precision == "bf16" and isinstance(xs[0], int) and ib % bf16.PAIR == 0:
                 tiles = self._amx_bf16(call.args[0], xb, wt, xs, stride, padding, dilation, ob)
@@ -501,6 +507,20 @@ class _Blocker(PyExprMutator):
         gv = call.args[0]
         self.builder_.update_func(gv, self.builder_.get()[gv].with_attr("op_pattern", pattern))
         return call
+
+    def _bf16_odd_channels(self, x, wt, stride, padding, dilation) -> relax.Expr | None:
+        """A conv over an odd number of NCHW input channels (the RGB stem) on ``vdpbf16ps``, which takes the
+        input channels in pairs: packed from NCHW with one zero channel more (one copy, as the f32 conv's pack),
+        the weights given a zero input channel.  The products are the same; only the bf16 rounding of the
+        input and the weights is new, as in every other bf16 conv."""
+        o, c = wt.shape[0], wt.shape[1] + 1
+        if not bf16.conv_fits(c, o, c):
+            return None
+        xb = self.builder_.emit(self.builder_.call_te(kernels.pack_nchwc, x, c, c, primfunc_name_hint="pack_nchwc"))
+        self._lanes = bf16.conv_block(o)
+        wp = np.pad(wt, ((0, 0), (0, 1), (0, 0), (0, 0)))
+        return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wp, c, self._lanes)),
+                                     stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
 
     def _amx_bf16(self, x, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
         """The conv on AMX tiles (``amx.conv2d_nchwc_bf16``, ``tdpbf16ps``) where the target has AMX-BF16 and
