@@ -1,7 +1,8 @@
 """bf16 kernels on x86 with AVX512_BF16: ``vdpbf16ps`` (bf16 pairs x bf16 pairs -> f32), convdsl's own.
 
 ``--precision bf16`` (``layout.py``) turns convs (groups 1, output channels a multiple of 8,
-even input-channel block) and constant-weight matmuls (N a multiple of 16, K even) into the
+even input-channel block; an odd number of NCHW input channels, the RGB stem, gets a zero channel,
+``PAD_ODD_CHANNELS``) and constant-weight matmuls (N a multiple of 16, K even) into the
 two kernels below (a conv whose output channels are a multiple of 8 and not of 16 writes 8-channel
 blocks with the ymm ``vdpbf16ps``, ``conv_block``: RegNetY-400MF's 104- and 440-channel layers, which
 stayed f32 before: RegNetY-400MF bf16 6.04 -> 5.41 ms on Zen 4 in a scratch A/B, MobileNet-V2 level):
