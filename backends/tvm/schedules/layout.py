@@ -383,10 +383,7 @@ class _Blocker(PyExprMutator):
                 # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
                 # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
                 # f32 acc and less than f32 on tiles with the epilogue in the block loop
-                self._lanes = bf16.conv_block(o)
-                return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb,
-                                             relax.const(bf16.pack_conv_weight(wt, ib, self._lanes)),
-                                             stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
+                return self._vdpbf16ps_conv(xb, wt, ib, stride, padding, dilation)
             wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
             if wino is not None:
                 self._lanes = ob
@@ -517,9 +514,12 @@ class _Blocker(PyExprMutator):
         if not bf16.conv_fits(c, o, c):
             return None
         xb = self.builder_.emit(self.builder_.call_te(kernels.pack_nchwc, x, c, c, primfunc_name_hint="pack_nchwc"))
-        self._lanes = bf16.conv_block(o)
-        wp = np.pad(wt, ((0, 0), (0, 1), (0, 0), (0, 0)))
-        return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wp, c, self._lanes)),
+        return self._vdpbf16ps_conv(xb, np.pad(wt, ((0, 0), (0, 1), (0, 0), (0, 0))), c, stride, padding, dilation)
+
+    def _vdpbf16ps_conv(self, xb, wt, ib: int, stride, padding, dilation) -> relax.Expr:
+        """``bf16.conv2d_nchwc_bf16`` over ``xb`` in blocks of ``ib`` channels, its output in ``bf16.conv_block``s."""
+        self._lanes = bf16.conv_block(wt.shape[0])
+        return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib, self._lanes)),
                                      stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
 
     def _amx_bf16(self, x, xb, wt, xs, stride, padding, dilation, ob: int) -> relax.Expr | None:
