@@ -388,8 +388,9 @@ def dw_tile(ow: int, hw: Hardware, vb: int = 1, sw: int = 1, kw: int = 3) -> int
     """Output columns of a depthwise conv's register tile: the largest divisor of ow whose
     accumulators (``vb`` registers per column), the input vectors one tap row of the tile reads
     (``(d - 1) * sw + kw`` columns) and the tap's weight fit the registers.  (Accumulators alone let
-    AVX-512 take 28-column tiles that spill: MobileNet-V2's depthwise kernels on Zen 4, alone, 1.3-1.65x
-    slower than any tile up to 14 columns; the shipped database's tuned tiles are 1-7.)"""
+    AVX-512 take 28-column tiles that spill: MobileNet-V2's depthwise kernels on Zen 4, each alone with the
+    template tuner's timer in a scratch script, 1.3-1.65x slower than any tile up to 14 columns; the shipped
+    database's tuned tiles are 1-7.)"""
     def fits(d: int) -> bool:
         return d * vb <= hw.max_accumulators(vb) and (d + (d - 1) * sw + kw) * vb + 1 <= hw.registers
 

@@ -115,7 +115,8 @@ STEM = """network s(x: f32[1, 3, 32, 32]) {
 @needs_bf16
 def test_bf16_stem_gets_a_zero_channel_and_runs_vdpbf16ps():
     """A conv over an odd number of input channels is a bf16 conv over one zero channel more (its weights
-    given a zero input channel), not an f32 conv in the bf16 build: ResNet-50's stem 1.18 -> 0.79 ms on Zen 4."""
+    given a zero input channel), not an f32 conv in the bf16 build (ResNet-50's stem 1.18 -> 0.79 ms in the
+    network's profile on Zen 4, a scratch A/B)."""
     from convdsl.backends.tvm import build as tvm_build
     from convdsl.backends.tvm.lowering import lower_graph
 
