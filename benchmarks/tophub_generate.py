@@ -34,6 +34,8 @@ NETS = {
     "resnet50": ("examples/resnet50.cdl", ()),
     # the ViT-S/16 of benchmarks/backends.py
     "vit_s16": ("examples/vit_b_16.cdl", ("hidden=384", "heads=6", "mlp_dim=1536")),
+    # grouped convs of 8-channel groups and 8-channel blocks (104, 440 channels): shapes the four above lack
+    "regnet_y_400mf": ("examples/regnet_y_400mf.cdl", ()),
 }
 
 
