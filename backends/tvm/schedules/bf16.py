@@ -43,9 +43,14 @@ EXTERN = "convdsl_dpbf16ps"
 IMPORT_ATTR = "pragma_import_llvm"
 
 
+def _extern(lanes: int) -> str:
+    """The name of the ``vdpbf16ps`` function on ``lanes`` f32 outputs: ``EXTERN`` (zmm), ``EXTERN`` + "8" (ymm)."""
+    return EXTERN if lanes == LANES else f"{EXTERN}{lanes}"
+
+
 def _dpbf16ps(lanes: int) -> str:
-    """The LLVM IR of ``EXTERN`` on ``lanes`` f32 outputs (16: zmm, 8: ymm)."""
-    name = EXTERN if lanes == LANES else f"{EXTERN}{lanes}"
+    """The LLVM IR of ``_extern(lanes)`` on ``lanes`` f32 outputs (16: zmm, 8: ymm)."""
+    name = _extern(lanes)
     intrinsic = f"llvm.x86.avx512bf16.dpbf16ps.{lanes * 32}"
     f, i, h = f"<{lanes} x float>", f"<{lanes} x i32>", f"<{2 * lanes} x bfloat>"  # f32 lanes, bf16 pairs
     return f"""
@@ -180,7 +185,7 @@ def register_intrinsic(scope: str = "global", lanes: int = LANES) -> str:
     """Register (once) C[lanes] += sum_k bf16(A[k]) * bf16(B[lanes, k]), k < 2, as one ``vdpbf16ps`` (zmm for 16
     lanes, ymm for 8); ``scope``: the accumulator's (``local`` when an epilogue reads the tile)."""
     name = f"{INTRIN}_{scope}" if lanes == LANES else f"{INTRIN}_{scope}_{lanes}"
-    extern = EXTERN if lanes == LANES else f"{EXTERN}{lanes}"
+    extern = _extern(lanes)
     acc, weights, words = f"float32x{lanes}", f"uint16x{2 * lanes}", f"int32x{lanes}"  # vector dtypes
     if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:
         return name

@@ -364,21 +364,21 @@ class _Blocker(PyExprMutator):
             ob = channel_block(o)
             if ib is None or ob is None:
                 return None
-            if self.precision == "bf16" and isinstance(xs[0], int) and lanes is None and ib % bf16.PAIR \
-                    and bf16.PAD_ODD_CHANNELS and _dtype(x) == "float32" \
-                    and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
+            bf16_static = self.precision == "bf16" and isinstance(xs[0], int)
+            # bf16 on vdpbf16ps: a CPU without AMX-BF16 (with it, ``_amx_bf16`` below)
+            vdpbf16ps = bf16_static and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True))
+            if vdpbf16ps and lanes is None and ib % bf16.PAIR and bf16.PAD_ODD_CHANNELS and _dtype(x) == "float32":
                 stem = self._bf16_odd_channels(x, wt, stride, padding, dilation)
                 if stem is not None:
                     return stem
             xb = self.to_blocked(x, ib)
-            if self.precision == "bf16" and isinstance(xs[0], int) and ib % bf16.PAIR == 0:
+            if bf16_static and ib % bf16.PAIR == 0:
                 tiles = self._amx_bf16(call.args[0], xb, wt, xs, stride, padding, dilation, ob)
                 if tiles is not None:  # (with its epilogue inside, ``_absorb``: nothing fuses after it)
                     self._lanes, self._fused_out = ob, not self._absorb
                     return tiles
             xb = self.f32_input(xb)
-            if self.precision == "bf16" and bf16.conv_fits(c, o, ib) and isinstance(xs[0], int) \
-                    and not amx.has_amx_bf16(tvm.target.Target.current(allow_none=True)):
+            if vdpbf16ps and bf16.conv_fits(c, o, ib):
                 # with AMX, the convs the tiles decline (fewer than 16 input channels: the RGB stem) stay f32:
                 # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
                 # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
