@@ -16,8 +16,11 @@ TVM's ``dot_16x4_vnni`` intrinsic.  The kernel is marked output-elementwise
 fusable (``op_pattern`` = kOutEWiseFusable), so FuseOps appends the float ops
 that follow (residual add, relu, the next quantize) to its epilogue.  ``qlinear``
 is the same kernel as a 1x1 convolution of [1, K, 1, rows] (rows share each weight
-load); ``qconv1d`` a convolution of height 1.  qconv3d, grouped convolutions and GPU targets use the
-plain Relax path below (``conv(..., out_dtype="int32")``).
+load); ``qconv1d`` a convolution of height 1; a grouped qconv2d whose groups are whole blocks
+(``grouped_int8_layout``) the same kernel, each output block reading its own group's input blocks.
+Depthwise convs have their own kernel (schedules/int8_depthwise.py); other grouped convs (on CPU in float32
+where exact, ``grouped_in_f32``), qconv3d and GPU targets use the plain Relax path below
+(``conv(..., out_dtype="int32")``).
 
 The input zero point is handled the way int8 libraries do: the input is padded
 with ``in_zp`` (real zero) and the term ``in_zp * sum(w[c])`` is folded into the
@@ -56,12 +59,14 @@ LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
 INSTRUCTION_ATTR = "convdsl.int8_instruction"  # the conv block's: its Int8Layout.instruction (schedules/int8.py)
+GROUPS_ATTR = "convdsl.groups"  # a grouped conv block's groups (schedules/kernels.py's key: tophub keys it)
 VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD = "vpdpbusd", "vpdpbusd-ymm", "vpmaddubsw", "vpmaddwd"
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
 MADDUBS_OC = 8  # output channels of one AVX2 vpmaddubsw + vpmaddwd block (x VNNI_IC input channels, bytes)
 VNNI8_OC = 8  # output channels of a ymm vpdpbusd: the VNNI layout of O % 16 == 8 output channels
 VNNI_YMM = True  # False: such layers padded to 16-channel blocks (written NCHW: a transpose on each side)
+GROUPED_INT8 = True  # False: grouped convs as before, the float32 conv of grouped_in_f32 (or Relax's int32 conv)
 OUT_EWISE_FUSABLE = 4  # relax.OpPatternKind.kOutEWiseFusable
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -176,6 +181,29 @@ def int8_layout(w: np.ndarray | None = None) -> Int8Layout:
     return Int8Layout(VNNI_OC, VNNI_IC, "int8", VPDPBUSD)
 
 
+def grouped_int8_layout(w: np.ndarray, groups: int) -> Int8Layout | None:
+    """The dot-product block of a grouped (not depthwise) qconv2d's int8 kernel on the current target, None
+    where it takes none: each output block must lie in one group and each input block too (the kernel reads
+    the input blocks of its output block's group), so the groups' widths must be whole blocks.  VNNI: 16 x 4,
+    or ymm's 8 x 4 for groups of a multiple of 8 and not 16 output channels (RegNet's groups of 8: one group
+    per ymm block, nothing computed for another group's zeros); AVX2: its 8-channel layouts.  Other CPUs
+    (no VNNI, no AVX2) keep the float32 conv of ``grouped_in_f32``."""
+    target = tvm.target.Target.current(allow_none=True)
+    if not GROUPED_INT8 or groups <= 1 or target is None or target.kind.name != "llvm":
+        return None
+    from tvm.target import codegen
+
+    if not (codegen.target_has_features("avx512vnni", target) or codegen.target_has_features("avx2", target)):
+        return None
+    layout = int8_layout(w)
+    og, cg = w.shape[0] // groups, w.shape[1]
+    if layout.instruction == VPDPBUSD and og % VNNI_OC:
+        layout = Int8Layout(VNNI8_OC, VNNI_IC, "int8", VPDPBUSD_YMM) if VNNI_YMM else None
+    if layout is None or w.shape[0] % groups or og % layout.oc or cg % layout.ic:
+        return None
+    return layout
+
+
 def use_amx(w: np.ndarray) -> bool:
     """Whether a conv/linear (groups 1) with int8 weights ``w`` [O, C, ...] takes the AMX kernel
     (``schedules/amx.py``): the current target has +amx-int8 and the layer enough input channels."""
@@ -194,8 +222,8 @@ def int8_instruction(w: np.ndarray | None = None) -> str:
 def int8_instructions(graph) -> dict[str, int]:
     """{instruction: how many quantized layers of ``graph`` run it} on the current target (the manifest's
     record of what the int8 build executes): ``vpdpbusd`` / ``vpmaddubsw`` / ``vpmaddwd`` for the
-    dot-product kernel, ``depthwise`` (schedules/int8_depthwise.py), ``grouped-f32`` (``grouped_in_f32``),
-    ``generic`` (other grouped convs, qconv3d: Relax's int32 conv)."""
+    dot-product kernel (grouped convs too, ``grouped_int8_layout``), ``depthwise`` (schedules/int8_depthwise.py),
+    ``grouped-f32`` (``grouped_in_f32``), ``generic`` (other grouped convs, qconv3d: Relax's int32 conv)."""
     from convdsl.backends.tvm.schedules import int8_depthwise
 
     counts: dict[str, int] = {}
@@ -209,6 +237,8 @@ def int8_instructions(graph) -> dict[str, int]:
         if (node.op == "qconv2d" and groups == c == w.shape[0] and w.shape[1] == 1 and isinstance(c, int)
                 and int8_depthwise.fits(c, w.shape[2] * w.shape[3], ow if isinstance(ow, int) else 0)):
             kind = "depthwise"
+        elif node.op == "qconv2d" and (grouped := grouped_int8_layout(w, groups)) is not None:
+            kind = grouped.instruction.removesuffix("-ymm")
         elif node.op == "qconv2d" and grouped_in_f32("tvm-llvm", 2, groups, w):
             kind = "grouped-f32"
         elif node.op == "qconv3d" or groups != 1:
@@ -242,7 +272,8 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                 shift: bool, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0,
                 relu: bool = False, out_shape: tuple[int, ...] | None = None, amx=None,
                 offsets: te.Tensor | None = None, blocked: tuple[int | None, int] | None = None,
-                shortcut: te.Tensor | None = None, epilogue=None, instruction: str = VPDPBUSD) -> te.Tensor:
+                shortcut: te.Tensor | None = None, epilogue=None, instruction: str = VPDPBUSD,
+                groups: int = 1) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight`` for ``instruction`` (``int8_layout``'s), which the conv block carries
     to the schedule, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
@@ -262,7 +293,11 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     blocked between AMX convs: the pack then copies whole runs of ib channels and the requantization writes
     ob contiguous channels per pixel, where NCHW needs a transpose on each side).  With ``epilogue`` (an
     ``amx.Epilogue``, built by schedules/amx_epilogue.py for an AMX conv in the blocked layout): the conv's float
-    output plus the dequantized ``shortcut``, ReLU and the next quantize, in the block loop."""
+    output plus the dequantized ``shortcut``, ReLU and the next quantize, in the block loop.
+
+    With ``groups`` > 1 (a grouped conv, not AMX; ``grouped_int8_layout``), w is [O/oc, C/groups/ic, ...] and
+    output block o reads the input blocks of its group, ``o * oc // (O / groups) * (C / groups / ic) + icb``:
+    the same dot products, each over its group's channels only."""
     oc_b, ic_b = int(w.shape[4]), int(w.shape[5])  # 16 x 4 (VNNI, u8 x s8) or 8 x 2 (AVX2, i16 x i16)
     wide = w.dtype == "int16"
     dense = out_shape is not None
@@ -285,6 +320,13 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         n_, c_, h_, w_ = (int(d) for d in x.shape)
         read = lambda n, c, h, j: x[n, c, h, j]  # noqa: E731
     ob, icb, kh_, kw_ = (int(d) for d in w.shape[:4])
+    x_blocks = icb  # the packed input's channel blocks (a grouped conv's weights span one group's)
+    if groups > 1:
+        x_blocks = c_ // ic_b
+        per_group, blocks_per_group = out_channels // groups // oc_b, icb
+        x_block = lambda o, rc: o // per_group * blocks_per_group + rc  # noqa: E731
+    else:
+        x_block = lambda o, rc: rc  # noqa: E731
     pt, pb, pl, pr = pads
     (sh, sw), (dh, dw) = stride, dilation
     hp, wp = h_ + pt + pb, w_ + pl + pr
@@ -314,7 +356,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         oh_, ow_, oc_b = amx.oh, amx.ow, amx_kernel.OC
     else:
         ib = blocked[0] if blocked is not None else None
-        if ib is not None and ib % ic_b == 0 and icb * ic_b == c_ and not shift and not wide:
+        if ib is not None and ib % ic_b == 0 and x_blocks * ic_b == c_ and not shift and not wide:
             # the blocked input already holds each group of ic_b channels as contiguous bytes (16-channel
             # blocks: 4 groups of 4): the conv reads them where they are, no copy (ResNet-50 int8, VNNI:
             # its 1x1 convs' packs, a scalar byte copy of the whole input each); padding is a copy in the
@@ -325,7 +367,7 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
             src = pad_spatial(x, pt, pl, pb, pr, value=in_zp, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
             xp = lambda n, cb, h, j, c4: src[n, cb // per, h, j, cb % per * ic_b + c4]  # noqa: E731
         else:
-            xp = te.compute((n_, icb, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
+            xp = te.compute((n_, x_blocks, hp, wp, ic_b), pack, name="vnni_pack", attrs={VNNI_ATTR: "pack"})
         rc = te.reduce_axis((0, icb), "icb")
         rh = te.reduce_axis((0, kh_), "kh")
         rw = te.reduce_axis((0, kw_), "kw")
@@ -333,9 +375,10 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         acc = te.compute(
             (n_, ob, oh_, ow_, oc_b),
             lambda n, o, i, j, o16: te.sum(
-                xp(n, rc, i * sh + rh * dh, j * sw + rw * dw, r4).astype("int32")
+                xp(n, x_block(o, rc), i * sh + rh * dh, j * sw + rw * dw, r4).astype("int32")
                 * w[o, rc, rh, rw, o16, r4].astype("int32"), axis=[rc, rh, rw, r4]),
-            name="vnni_conv", attrs={VNNI_ATTR: "conv", INSTRUCTION_ATTR: instruction})
+            name="vnni_conv", attrs={VNNI_ATTR: "conv", INSTRUCTION_ATTR: instruction,
+                                     **({GROUPS_ATTR: groups} if groups > 1 else {})})
         at = lambda n, c, i, j: acc[n, c // oc_b, i, j, c % oc_b]  # noqa: E731
 
     from convdsl.backends.tvm.schedules.kernels import rounded
@@ -381,11 +424,12 @@ def _use_vnni(cx: Lowerer, node: Node) -> bool:
 
 
 def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation,
-                out_shape: tuple[int, ...] | None = None, in_shape: tuple[int, ...] = (), blockable: bool = True) -> Expr:
-    """The VNNI kernel for x [N, C, H, W] (its sizes ``in_shape``) and int8 weights [O, C, KH, KW]; returns
-    [N, O, OH, OW] (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``); the
-    AMX kernel instead where ``use_amx``.  ``blockable`` (a 2-D conv): its PrimFunc says how to build it again
-    in the blocked layout (``INT8_CONV_ATTR``, read by schedules/layout.py)."""
+                out_shape: tuple[int, ...] | None = None, in_shape: tuple[int, ...] = (), blockable: bool = True,
+                groups: int = 1) -> Expr:
+    """The VNNI kernel for x [N, C, H, W] (its sizes ``in_shape``) and int8 weights [O, C / groups, KH, KW];
+    returns [N, O, OH, OW] (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``);
+    the AMX kernel instead where ``use_amx`` (groups 1).  ``blockable`` (a 2-D conv): its PrimFunc says how to
+    build it again in the blocked layout (``INT8_CONV_ATTR``, read by schedules/layout.py)."""
     blockable = blockable and out_shape is None
     a = node.attrs
     shift = x_dtype == "i8"
@@ -397,8 +441,10 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
     if to_int:
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
+    if groups > 1:
+        kw["groups"] = groups
     bias = _int32_bias(cx, node, w, in_zp)
-    if use_amx(w):
+    if groups == 1 and use_amx(w):
         from convdsl.backends.tvm.schedules import amx
 
         shape = [int(d) for d in in_shape]
@@ -410,12 +456,12 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
                        **kw)
         _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], geo, kw)} if blockable else None)
         return y
-    layout = int8_layout(w)
+    layout = int8_layout(w) if groups == 1 else grouped_int8_layout(w, groups)
     kw["instruction"] = layout.instruction
     packed = pack_vnni_weight(w, layout.oc, layout.ic).astype(layout.dtype)
     y = cx.emit_te(vnni_conv2d, x, cx.const(packed, layout.dtype), cx.const(bias, "int32"), cx.const(m, "float32"),
                    **kw)
-    _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], None, kw)} if blockable else None)
+    _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1] * groups, None, kw)} if blockable else None)
     return y
 
 
@@ -516,6 +562,9 @@ def _qconv(nd: int):
                 return R.reshape(y, cx.out_shape())
             return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), stride, dilation,
                                in_shape=cx.shape(ins[0]))
+        if nd == 2 and not cx.target.startswith("tvm-cuda") and grouped_int8_layout(w, a["groups"]) is not None:
+            return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), tuple_n(a["stride"], 2),
+                               tuple_n(a["dilation"], 2), in_shape=cx.shape(ins[0]), groups=a["groups"])
         if any(p for pr in pads for p in pr):  # real zero is in_zp in the int8 domain
             width = [0, 0, 0, 0] + [p for pr in pads for p in pr]
             x = cx.emit(R.nn.pad(x, width, pad_value=float(a["in_zp"])))

@@ -62,6 +62,7 @@ VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 # import this module; tests/backends/tvm/test_int8_vnni.py checks they agree)
 INSTRUCTION_ATTR = "convdsl.int8_instruction"
 VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD = "vpdpbusd", "vpdpbusd-ymm", "vpmaddubsw", "vpmaddwd"
+GROUPS_ATTR = "convdsl.groups"  # a grouped conv block's groups (lower_quant.GROUPS_ATTR)
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
 
 
@@ -98,6 +99,10 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
 
     _, n_ob, _, n_ow = (int(r.dom.extent) for r in sch.get(conv).iter_vars[:4])
     instruction = str(sch.get(conv).annotations[INSTRUCTION_ATTR])
+    if GROUPS_ATTR in sch.get(conv).annotations:
+        # a grouped conv: output blocks of different groups share no input broadcast, so a tile of several
+        # blocks saves no load; one block, the widest row
+        n_ob = 1
     if instruction == VPMADDWD:  # AVX2's int16 pair layout
         if not target_has(target, "avx2"):
             return False

@@ -453,11 +453,13 @@ class _Blocker(PyExprMutator):
             return self._int8_depthwise(gv, x, wt, bias, mult, c, kw, kind)
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
+        wob = (static_shape(wt) or [0] * 5)[4]
+        if kw.get("groups", 1) > 1:  # a grouped conv's blocks are its weights' (one group's channels or fewer)
+            ob = wob
         # VNNI: the kernel's accumulator rows become whole output blocks: weights [O/16, C/4, KH, KW, 16, 4], or
         # [O/8, ..., 8, 4] (lower_quant's ymm layout for O % 16 == 8: MobileNet-V2's 24-channel projections; not
         # AVX2's 8-channel layouts, which stay NCHW); AMX: 16-channel blocks, or 8 (the requantization reads its C
         # tile rows by channel, and the next conv reads 8c)
-        wob = (static_shape(wt) or [0] * 5)[4]
         if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2
                                 and kw["instruction"] == VPDPBUSD_YMM):
             return None

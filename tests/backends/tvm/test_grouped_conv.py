@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from convdsl.backends.torch import build_module as torch_module
+from convdsl.backends.tvm.targets import cpu_flags
+
 from .conftest import assert_close, check_against_simulation, graph_of, kernel_names, one_op, random_inputs, \
     randomize_int8_params
+
+needs_vnni = pytest.mark.skipif("avx512_vnni" not in cpu_flags(), reason="the CPU has no AVX-512 VNNI")
 
 AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512"}
 
@@ -318,38 +323,131 @@ def test_regnet_grouped_convs_are_blocked():
     assert not any(n.startswith("conv2d") and "nchwc" not in n for n in calls), sorted(set(calls))
 
 
-# ---- int8: a grouped qconv2d as the exact float32 grouped conv of its integer operands ----------------
-QGROUPED = {  # name: (input [C, H, W], out, groups, k, stride, pad, act dtype, out dtype, relu)
-    "regnet-8-wide-3x3": ((48, 12, 12), 48, 6, 3, 1, 1, "u8", "u8", True),
-    "stride2-i8": ((32, 13, 13), 64, 4, 3, 2, 1, "i8", "i8", False),
-    "f32-out": ((16, 9, 9), 32, 2, 3, 1, 1, "u8", "f32", False),
+# ---- int8: a grouped qconv2d on the int8 dot-product kernel, or as the exact float32 grouped conv ------------
+QGROUPED = {  # name: (input [C, H, W], out, groups, k, stride, pad, dilation, act dtype, out dtype, relu)
+    "regnet-8-wide-3x3": ((48, 12, 12), 48, 6, 3, 1, 1, 1, "u8", "u8", True),  # groups of 8: one ymm block each
+    "stride2-i8": ((32, 13, 13), 64, 4, 3, 2, 1, 1, "i8", "i8", False),  # 8 -> 16 wide: one zmm block per group
+    "f32-out": ((16, 9, 9), 32, 2, 3, 1, 1, 1, "u8", "f32", False),
+    "16-wide-dilated": ((64, 10, 10), 64, 4, 3, 1, 2, 2, "u8", "u8", True),  # 4 input blocks of 4 per group
+    "4-in-8-out": ((24, 10, 10), 48, 6, 3, 2, 1, 1, "u8", "u8", False),  # one 4-channel input block per group
+    "4-wide": ((16, 9, 9), 16, 4, 3, 1, 1, 1, "u8", "u8", True),  # groups narrower than a block: float32
 }
+INT8_GROUPED = [c for c in QGROUPED if c != "4-wide"]
 
 
-def _qgrouped(shape, out, groups, k, stride, pad, act, out_dtype, relu):
+def _qgrouped(shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu, seed=0):
     zp = 0 if act == "i8" else 128
-    kwargs = dict(stride=stride, pad=pad, groups=groups, in_scale=0.05, in_zp=zp - 3, out_dtype=out_dtype, relu=relu)
+    kwargs = dict(stride=stride, pad=pad, dilation=dilation, groups=groups, in_scale=0.05, in_zp=zp - 3,
+                  out_dtype=out_dtype, relu=relu)
     if out_dtype != "f32":
         kwargs.update(out_scale=0.1, out_zp=-5 if out_dtype == "i8" else 7)
     g = graph_of(one_op(f"quantize(0.05, {zp - 3}, dtype={act}) | qconv2d", [[2, *shape]], out, k, **kwargs))
-    return randomize_int8_params(g)
+    return randomize_int8_params(g, seed)
 
 
-@pytest.mark.parametrize("case", list(QGROUPED), ids=list(QGROUPED))
-def test_grouped_qconv_is_exact_on_the_grouped_template(case):
-    """Equal to the torch int8 simulation (exact integers), and built from a conv2d_nchwc kernel carrying its
-    groups rather than TVM's generic int32 conv; the manifest's record says ``grouped-f32``."""
-    from convdsl.backends.tvm.lower_quant import grouped_in_f32, int8_instructions
-    from convdsl.backends.tvm.schedules.int8_depthwise import MAX_TAPS
+def _int8_kernel_blocks(g, target: dict | None = None) -> list[dict]:
+    """The annotations of every int8 conv block in ``g``'s lowered tvm-llvm module (for ``target``, else the
+    host's)."""
+    import tvm
 
-    shape, out, groups, k, stride, pad, act, out_dtype, relu = QGROUPED[case]
-    g = _qgrouped(shape, out, groups, k, stride, pad, act, out_dtype, relu)
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    spec = make_target("tvm-llvm")
+    with tvm.target.Target(target) if target else spec.tvm_target():
+        mod = lower_graph(g, "tvm-llvm", None, (), "int8")
+    found = []
+    for func in mod.functions.values():
+        if isinstance(func, tvm.tirx.PrimFunc) and "vnni_conv" in func.script():
+            sch = tvm.s_tir.Schedule(func)
+            found.append(dict(sch.get(sch.get_sblock("vnni_conv")).annotations))
+    return found
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", INT8_GROUPED, ids=INT8_GROUPED)
+def test_grouped_qconv_runs_vpdpbusd_and_equals_the_simulation(case):
+    """A grouped qconv2d whose groups are whole blocks is the int8 dot-product kernel (VNNI: 16 x 4 blocks where
+    a group has a multiple of 16 output channels, ymm 8 x 4 blocks where 8), each output block reading its own
+    group's input blocks: equal to the torch int8 simulation (exact integers), no float32 conv left, and the
+    manifest says ``vpdpbusd``."""
+    from convdsl.backends.tvm.lower_quant import grouped_int8_layout, int8_instructions
+    from convdsl.backends.tvm.targets import make_target
+
+    shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu = QGROUPED[case]
+    g = _qgrouped(shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu)
     _, want = check_against_simulation(g, shape, out_dtype)
     assert out_dtype == "f32" or len(np.unique(want)) > 3
-    assert int8_instructions(g) == {"grouped-f32": 1}
+    with make_target("tvm-llvm").tvm_target():
+        assert int8_instructions(g) == {"vpdpbusd": 1}
+        w = np.zeros((out, shape[0] // groups, k, k), np.int8)
+        wide = (out // groups) % 16 == 0
+        assert grouped_int8_layout(w, groups).instruction == ("vpdpbusd" if wide else "vpdpbusd-ymm")
+    blocks = _int8_kernel_blocks(g)
+    assert len(blocks) == 1 and int(blocks[0]["convdsl.groups"]) == groups
+    names = kernel_names(g, "int8")
+    assert not any("conv2d_nchwc" in n for n in names) and any(n.startswith("qconv2d") for n in names), names
+
+
+def test_grouped_qconv_differs_from_a_dense_one_with_the_same_blocks():
+    """The group mapping is what makes the numbers: the same weights read as one dense conv per block (every
+    output block reading the first group's inputs) would differ.  Checked by running the kernel on an input that
+    is zero outside the last group: only that group's outputs move away from the bias."""
+    shape, out, groups = (32, 6, 6), 32, 4
+    g = _qgrouped(shape, out, groups, 3, 1, 1, 1, "u8", "f32", False, seed=2)
+    import convdsl.backends.tvm as ctvm
+
+    x = np.zeros((2, *shape), np.float32)
+    x[:, -8:] = 3 * np.random.default_rng(0).standard_normal((2, 8, *shape[1:]))
+    zero = np.zeros_like(x)
+    m = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
+    moved = np.abs(np.asarray(m(x)) - np.asarray(m(zero))).max(axis=(0, 2, 3))
+    assert (moved[-8:] > 0).all() and (moved[:-8] == 0).all(), moved
+
+
+def test_narrow_groups_stay_on_the_float32_grouped_template():
+    """Groups of 4 output channels fill no int8 block: the exact float32 grouped conv of the integer operands
+    (``grouped_in_f32``), a conv2d_nchwc kernel carrying its groups rather than TVM's generic int32 conv; the
+    manifest says ``grouped-f32``.  Equal to the simulation too."""
+    from convdsl.backends.tvm.lower_quant import grouped_in_f32, int8_instructions
+    from convdsl.backends.tvm.schedules.int8_depthwise import MAX_TAPS
+    from convdsl.backends.tvm.targets import make_target
+
+    shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu = QGROUPED["4-wide"]
+    g = _qgrouped(shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu)
+    _, want = check_against_simulation(g, shape, out_dtype)
+    assert len(np.unique(want)) > 3
+    with make_target("tvm-llvm").tvm_target():
+        assert int8_instructions(g) == {"grouped-f32": 1}
     names = kernel_names(g, "int8")
     assert any("conv2d_nchwc" in n for n in names) and not any("conv2d" in n and "nchwc" not in n for n in names), \
         names
     assert (shape[0] // groups) * k * k <= MAX_TAPS  # 255 * 128 * MAX_TAPS <= 2^24: test_int8_depthwise
     assert not grouped_in_f32("tvm-llvm", 2, 2, np.zeros((8, 300, 3, 3), np.int8))  # 2700 products: int32
     assert not grouped_in_f32("tvm-cuda", 2, groups, np.zeros((out, shape[0] // groups, k, k), np.int8))
+
+
+@pytest.mark.parametrize("seven_bit", [True, False], ids=["vpmaddubsw", "vpmaddwd"])
+def test_grouped_qconv_on_avx2_takes_its_8_channel_layouts(seven_bit):
+    """Built for an AVX2 CPU (haswell): the grouped kernel in AVX2's layouts (7-bit weights: vpmaddubsw's
+    bytes; 8-bit: vpmaddwd's int16 pairs), run and equal to the simulation where this CPU can run the code."""
+    import torch
+
+    import convdsl.backends.tvm as ctvm
+    from convdsl.backends.tvm.targets import host_can_run
+
+    haswell = {"kind": "llvm", "mcpu": "haswell"}
+    shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu = QGROUPED["regnet-8-wide-3x3"]
+    g = _qgrouped(shape, out, groups, k, stride, pad, dilation, act, out_dtype, relu)
+    if seven_bit:
+        key = next(k for k, _ in g.params.items() if k.endswith("weight"))
+        g.params[key] = np.clip(g.params[key], -63, 63)
+    blocks = _int8_kernel_blocks(g, haswell)
+    assert [str(b["convdsl.int8_instruction"]) for b in blocks] == ["vpmaddubsw" if seven_bit else "vpmaddwd"]
+    if host_can_run(haswell) is not None:
+        pytest.skip(f"built; not run: {host_can_run(haswell)}")
+    x = (3 * np.random.default_rng(1).standard_normal((2, *shape))).astype(np.float32)
+    got = ctvm.backend("tvm-llvm", target_json=haswell, progress=False, use_db=False).build_module(g)(x)
+    with torch.no_grad():
+        want = torch_module(g)(torch.from_numpy(x)).numpy()
+    assert int(np.abs(np.asarray(got).astype(np.int64) - want.astype(np.int64)).max()) == 0
