@@ -293,6 +293,19 @@ def pack_nchwc(x: te.Tensor, b: int, channels: int | None = None) -> te.Tensor:
     return te.compute((n, channels // b, h, w, b), padded, name="pack_nchwc", attrs={KERNEL_ATTR: "pack"})
 
 
+def reblock_nchwc(data: te.Tensor, block: int) -> te.Tensor:
+    """``data`` [N, C/b, H, W, b] in blocks of ``block``: [N, C/block, H, W, block] (a plain copy where block
+    is b), channel c at [c // block, ..., c % block]."""
+    n, c, h, w, b = data.shape
+    b = int(b)
+
+    def read(i, j, y, x, k):
+        ch = j * block + k
+        return data[i, ch // b, y, x, ch % b]
+
+    return te.compute((n, int(c) * b // block, h, w, block), read, name="reblock_nchwc")
+
+
 def unpack_nchwc(x: te.Tensor) -> te.Tensor:
     """[N, C/b, H, W, b] -> [N, C, H, W]."""
     n, cb, h, w, b = x.shape

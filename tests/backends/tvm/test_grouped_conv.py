@@ -4,6 +4,8 @@
 groups, not TVM's generic conv2d.  Groups narrower than 4 channels stay on the generic schedule."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -451,3 +453,52 @@ def test_grouped_qconv_on_avx2_takes_its_8_channel_layouts(seven_bit):
     with torch.no_grad():
         want = torch_module(g)(torch.from_numpy(x)).numpy()
     assert int(np.abs(np.asarray(got).astype(np.int64) - want.astype(np.int64)).max()) == 0
+
+
+def _regnet_int8():
+    """RegNetY-400MF's first two stages (widths 48 and 104: groups of 8, squeeze-and-excitation) at 32 x 32,
+    batchnorm statistics from the calibration batch, quantized; and a test input."""
+    from pathlib import Path
+
+    from convdsl.api import load_graph
+    from convdsl.passes import run_passes
+    from convdsl.passes.quantize import quantize
+
+    from .test_int8_vnni import _bn_from_batch
+
+    root = (Path(__file__).resolve().parents[3] / "examples").resolve()
+    src = (root / "regnet_y_400mf.cdl").read_text().replace("224, 224", "32, 32")
+    src = src.replace("WIDTHS = [48, 104, 208, 440]", "WIDTHS = [48, 104]").replace("DEPTHS = [1, 3, 6, 6]",
+                                                                                        "DEPTHS = [1, 2]")
+    g = load_graph(src.replace('import "blocks/', f'import "{root}/blocks/'))
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    g = run_passes(_bn_from_batch(g, calib), "O2")
+    q = quantize(g, [calib[:8], calib[8:]], build=torch_module)
+    return q, rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+
+
+@needs_vnni
+def test_regnet_int8_blocks_stay_blocked_on_vpdpbusd():
+    """RegNetY's int8 blocks: the grouped convs on vpdpbusd (none left on the float32 template), the
+    squeeze-and-excitation gate (a blocked 1x1 int8 conv's output) copied by an opaque kernel of its own and
+    multiplied in the blocked layout (no kernel takes the feature map to NCHW for the multiply, none fuses the
+    multiply into the conv that makes the gate); equal to the torch int8 simulation."""
+    from convdsl.backends.tvm.lower_quant import int8_instructions
+    from convdsl.backends.tvm.targets import make_target
+
+    import convdsl.backends.tvm as ctvm
+
+    q, x = _regnet_int8()
+    with make_target("tvm-llvm").tvm_target():
+        used = int8_instructions(q)
+    assert "grouped-f32" not in used and "generic" not in used, used
+    names = kernel_names(q, "int8")
+    assert sum(n.startswith("gate_nchwc") for n in names) == 3, names  # one per block
+    # (before: fused_unpack_nchwc_unpack_nchwc1_multiply2_..._pack_nchwc, the feature map to NCHW and back)
+    assert not any(re.search(r"unpack_nchwc.*multiply.*(?<!un)pack_nchwc", n) for n in names), names
+    assert not any("qconv2d" in n and "sigmoid" in n and "multiply" in n for n in names), names
+    got = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(q)(x)
+    with torch.no_grad():
+        want = torch_module(q)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
