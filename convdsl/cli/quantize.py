@@ -124,14 +124,14 @@ def to_markdown(name: str, what: str, report: dict) -> str:
     b = report["params_bytes"]
     lines += [f"Weights: {b['before']:,} -> {b['after']:,} bytes.", ""]
     if "layers" in report:
-        lines += ["| layer | op | input scale / zp | output | relu |", "|---|---|---|---|---|"]
+        lines += ["| layer | op | input scale / zp | output | fused activation |", "|---|---|---|---|---|"]
         for r in report["layers"]:
             o = r["out"]
             out = "f32" if o["dtype"] == "f32" else f"{o['dtype']} {o['scale']:.6g} / {o['zero_point']}"
             i = r["in"]
             inp = (f"{i['scale']:.6g} / {i['zero_point']}" if "scale" in i  # an int8 input; qlayernorm / qgelu read f32
                    else f"f32 (16-bit step {i['x_scale']:.6g})" if "x_scale" in i else "f32")
-            lines.append(f"| {r['node']} | {r['op']} | {inp} | {out} | {'yes' if r['relu'] else ''} |")
+            lines.append(f"| {r['node']} | {r['op']} | {inp} | {out} | {r.get('activation') or ('relu' if r['relu'] else '')} |")
         if report["float"]:
             lines += ["", "Kept in float:", ""] + [f"- {k}: {v}" for k, v in report["float"].items()]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,9 @@ Postcondition: every conv1d/2d/3d (zero padding) and linear (the ops whose
 and is not kept in float by ``per_layer`` is a ``qconv*d``/``qlinear`` with
 the same node id: int8 weights, symmetric per output channel
 (``<id>.weight`` i8, ``<id>.w_scale`` f32), int32 bias (``<id>.bias``), int8
-input, int32 accumulation, and a fused ``relu`` when its only reader was one.
+input, int32 accumulation, and a fused ``relu`` when its only reader was one (or a ``relu6`` whose value
+is requantized to int8: its calibrated range lies in [0, 6], so the clamps at the zero point and at qmax
+are its bounds).
 Its input is a ``quantize`` node (per-tensor, asymmetric, scale and zero point
 from calibration) or, when the producer is itself quantized, the producer's
 int8 output directly.  Its output is int8 (requantized with the calibrated
@@ -63,6 +65,10 @@ def _quantizable(node: Node) -> bool:
 
 
 SPLIT_OPS = ("mhsa", "patch_embed")  # split_for_int8 splits them into quantizable parts
+# activations a quantized layer absorbs (its ``relu``: the requantization clamps at the zero point). relu6 only
+# where the layer writes int8 whose range ends at or below 6 (``_relu6_fold``): the clamp at qmax is then its
+# upper bound too
+FUSED_ACTIVATIONS = ("relu", "relu6")
 FUSED_OUTPUT = ("qlayernorm", "qgelu")  # float in, int8 out: made only where a quantized layer reads the value
 WEIGHTLESS = ("qattention",)  # int8 in, no weights
 
@@ -167,6 +173,9 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     order = g.order()
     out_of = {nid: Value(relu or nid) for nid, relu in plan.items()}  # the value each quantized layer replaces
     wants_int = _int_wanted(g, order, plan, out_of)
+    for nid, act in plan.items():  # a relu6 read in float stays (only the int8 clamp can stand for its bound)
+        if act is not None and g.node(act).op == "relu6" and out_of[nid] not in wants_int:
+            plan[nid], out_of[nid] = None, Value(nid)
     fused = [nid for nid in fusable if Value(nid) in wants_int]
     for nid in fusable:
         if nid not in fused:
@@ -177,6 +186,9 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     ranges, stats = observe(g, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
                             threads=threads)
 
+    for nid, act in plan.items():  # (a calibration method that widened the range past 6: the relu6 stays)
+        if act is not None and g.node(act).op == "relu6" and not _relu6_fold(ranges[out_of[nid]], act_dtype):
+            plan[nid], out_of[nid] = None, Value(nid)
     rw = _Rewriter(g, ranges, act_dtype, reuse_int8, stats)
     layers = []
     for nid in order:
@@ -234,7 +246,7 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool
             plan[node.id] = None
             continue
         relu = sole_user(g, Value(node.id)) if fuse_relu else None
-        plan[node.id] = relu if relu is not None and g.node(relu).op == "relu" else None
+        plan[node.id] = relu if relu is not None and g.node(relu).op in FUSED_ACTIVATIONS else None
     unknown = sorted(set(per_layer) - matched)
     if unknown:
         from convdsl.errors import did_you_mean
@@ -243,6 +255,18 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool
         raise UsageError(f"per-layer config names no quantizable layer: {', '.join(unknown)}",
                          hint=did_you_mean(unknown[0], names) or f"layers: {', '.join(names[:12])}")
     return plan, fusable, kept
+
+
+def _relu6_fold(value_range: tuple[float, float], act_dtype: str) -> bool:
+    """Whether quantize(relu6(y)) with the qparams of relu6's calibrated ``value_range`` equals
+    clamp(round(y / scale) + zp, zp, qmax), a layer's fused-relu requantization: real 0 is qmin (a range from
+    0: zp = qmin, so the clamp at zp is relu6's lower bound) and 6 maps at or past qmax (a range ending at or
+    below 6), so for y > 6 both give qmax (rounding is monotone).  Always true of a calibrated relu6 output."""
+    from convdsl.ir.ops.quant import QRANGE
+
+    qmin, qmax = QRANGE[act_dtype]
+    scale, zp = qparams_for_range(*value_range, act_dtype)
+    return zp == qmin and round(6.0 * float(np.float32(1.0) / np.float32(scale))) + zp >= qmax
 
 
 def _why_not(g: Graph, node: Node, per_layer: Mapping[str, str]) -> str | None:
@@ -461,6 +485,7 @@ class _Rewriter:
         x = g.inputs_of(node.id)[0]
         q, in_scale, in_zp = self.int8(x)
         qop = OPS[node.op].int8
+        activation = g.node(relu).op if relu else None
         attrs: dict[str, Any] = {k: v for k, v in node.attrs.items() if OPS[qop].attr(k) is not None}
         attrs.update(in_scale=in_scale, in_zp=in_zp, out_dtype="f32", out_scale=1.0, out_zp=0, relu=relu is not None)
         out = self._output(attrs, Value(relu or node.id), int_out)
@@ -475,7 +500,7 @@ class _Rewriter:
         if int_out:
             self._dequantize_uses(new, attrs["out_scale"], attrs["out_zp"])
         return {"node": node.id, "op": qop, "in": {"scale": in_scale, "zero_point": in_zp}, "out": out,
-                "relu": relu is not None, "weight_bits": bits}
+                "relu": relu is not None, "activation": activation, "weight_bits": bits}
 
     def _output(self, attrs: dict[str, Any], v: Value, int_out: bool) -> dict[str, Any]:
         """Set ``attrs``' output to the int8 quantization of ``v``'s calibrated range (f32 when not

@@ -297,6 +297,49 @@ def test_variants_structure(variants):
     assert not any(n.op == "dequantize" for n in q.nodes())
 
 
+RELU6 = """
+network t(x: f32[N, 4, 10, 10]) {
+    a = x | conv2d(16, 3, pad=1) as c1 | relu6
+    b = a | conv2d(16, 3, pad=1, groups=depthwise) as dw | relu6
+    return b | conv2d(8, 1) as pw | relu6
+}
+"""
+
+
+def test_relu6_read_by_int8_layers_folds_into_their_clamp(monkeypatch):
+    """A relu6 whose value int8 layers read is the layer's fused relu: calibrated, its range lies in [0, 6], so
+    the requantization's clamp at the zero point and at qmax are its two bounds (MobileNet-V2's convs then write
+    u8 themselves instead of float32 -> relu6 -> quantize). The int8 values equal the unfolded program's
+    (float32 conv output, relu6, quantize) within one step, the difference being the one multiplier against
+    two, and saturate where it does. A relu6 read in float (the network's output) stays."""
+    from convdsl.passes import quantize as quantize_pass
+
+    g = verify(elaborate(RELU6))
+    rng = np.random.default_rng(0)
+    calib = [(20 * rng.standard_normal((8, 4, 10, 10))).astype(np.float32) for _ in range(2)]  # past 6
+    q, report = quantize_with_report(g, calib, build=build_module)
+    q = verify(q)
+    for nid in ("c1", "dw"):
+        assert q.node(nid).attrs["relu"] and q.node(nid).type.dtype == "u8" and q.node(nid).attrs["out_zp"] == 0
+        assert not any(q.node(c).op == "relu6" for c, _ in q.users(Value(nid)))
+    assert [r["activation"] for r in report.layers] == ["relu6", "relu6", None]
+    assert q.node("pw").type.dtype == "f32" and [q.node(c).op for c, _ in q.users(Value("pw"))] == ["relu6"]
+    assert sum(n.op == "quantize" for n in q.nodes()) == 1  # the network input's only
+
+    monkeypatch.setattr(quantize_pass, "FUSED_ACTIVATIONS", ("relu",))
+    unfolded = verify(quantize(g, calib, build=build_module))
+    assert sum(n.op == "relu6" for n in unfolded.nodes()) == 3
+    x = (20 * np.random.default_rng(1).standard_normal((4, 4, 10, 10))).astype(np.float32)
+    got, want = torch_values(q, (x,)), torch_values(unfolded, (x,))
+    for reader in ("dw", "pw"):
+        a = got[q.inputs_of(reader)[0].node].astype(np.int64)
+        b = want[unfolded.inputs_of(reader)[0].node].astype(np.int64)
+        assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.99
+        assert ((a == 255) == (b == 255)).mean() > 0.99 and (b == 0).mean() > 0.1  # relu6's bounds
+        if reader == "dw":  # c1's relu6 clips a quarter of its values at 6
+            assert 0.1 < (b == 255).mean() < 0.9
+
+
 # ---- numbers ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
 def test_int8_accuracy_within_one_point(trained, folded, calib, method, record_property):
