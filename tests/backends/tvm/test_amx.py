@@ -227,16 +227,16 @@ def _relu6_program(c: int, out: int, act: str, out_dtype: str, out_scale: float,
     return _random_int_params(graph_of(src), wmax=40)
 
 
-def _clip_kernels(g) -> int:
+def _clip_kernels(g, clip: bool = True) -> int:
     """PrimFuncs of ``g``'s int8 build (to the AMX epilogue pass) that requantize a conv -> ReLU6 -> quantize chain
-    in the AMX block loop."""
+    in the AMX block loop (``clip`` False: any AMX conv requantized there)."""
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.schedules.amx_epilogue import fuse_requant_epilogues
     from convdsl.backends.tvm.schedules.layout import blocked_layout
 
     with tvm.target.Target({"kind": "llvm", "mcpu": "icelake-server", "mattr": ["+amx-tile", "+amx-int8"]}):
         mod = fuse_requant_epilogues(blocked_layout(lower_graph(g, "tvm-llvm"), "int8"))
-    return sum(gv.name_hint.endswith("_clip") and '"amx_conv_requant"' in f.script()
+    return sum((gv.name_hint.endswith("_clip") or not clip) and '"amx_conv_requant"' in f.script()
                for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
 
 
@@ -490,8 +490,10 @@ def test_mobilenet_v2_24_channel_projections_on_amx_stay_blocked():
 
 def test_mobilenet_v2_int8_convs_are_amx_but_the_stem():
     """MobileNet-V2 at 64 x 64: every dot-product layer but the RGB stem on tiles (the 16 -> 96, 24 -> 144 and
-    32 -> 192 expansions and the 32 -> 16 projection too: narrow tiles), and the 16 expansions' conv -> ReLU6 ->
-    quantize requantized in the block loop (the last 1x1's ReLU6 output is read in float by the pooling)."""
+    32 -> 192 expansions and the 32 -> 16 projection too: narrow tiles), and the 16 expansions requantized in the
+    block loop: their ReLU6 is the requantization's clamp, folded by the quantize pass (``_relu6_fold``), so they
+    write u8 themselves, as do 6 projections whose next block reads them; 22 in all (the last 1x1's ReLU6 output
+    is read in float by the pooling and stays)."""
     from convdsl.api import load_graph
     from convdsl.passes import run_passes
     from convdsl.passes.quantize import quantize
@@ -504,7 +506,9 @@ def test_mobilenet_v2_int8_convs_are_amx_but_the_stem():
         from convdsl.backends.tvm.lower_quant import int8_instructions
 
         assert int8_instructions(q) == {"tdpbusd": 35, "vpdpbusd": 1, "depthwise": 17}
-    assert _clip_kernels(q) == 16
+    assert sum(n.op == "relu6" for n in q.nodes()) == 1
+    assert sum(n.op == "qconv2d" and n.attrs["relu"] and n.attrs["groups"] == 1 for n in q.nodes()) == 17  # + stem
+    assert _clip_kernels(q, clip=False) == 22
 
 
 @needs_amx
