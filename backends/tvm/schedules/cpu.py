@@ -767,6 +767,8 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
     sch.parallel(rows)
     for b in reversed(blocks[:-1]):
         sch.compute_at(b, rows, preserve_unit_loops=True)
+    for b in blocks[:-1]:
+        _channel_lanes_last(sch, b)
     for rf in rfs:  # loops (row, lanes, unit loops..., row / lanes): the lanes innermost, vectorized
         try:
             lp = sch.get_loops(rf)
@@ -785,6 +787,33 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
             sch.vectorize(inner)
         elif n <= hw.lanes and n in (4, 8, 16):
             sch.vectorize(inner)
+
+
+def _channel_lanes_last(sch: s_tir.Schedule, block) -> None:
+    """A sum over pixels of the blocked layout inside its row (the global average pool of NCHW[x]c, a
+    squeeze-and-excitation's: loops channel lanes, then the window's rows and columns): the lanes moved inside
+    the window, one add of contiguous lanes per pixel (unrolled: TVM's vectorize refuses a loop inside its
+    block's reduction loops, and LLVM makes the unrolled adds one vector add), where each lane summed its window
+    alone in a chain of dependent scalar adds (RegNetY-400MF's 56 x 56 x 48 pool alone: 62 -> 8 us).  The order
+    of each lane's additions is unchanged.  Nothing changes for other blocks, nor where the lanes are not the
+    contiguous axis of every buffer the block reads and writes."""
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    reds = len(kinds) - len(kinds.rstrip("R"))
+    if reds < 2 or len(loops) < reds + 1 or kinds[:-reds].count("R"):
+        return
+    lanes = loops[-reds - 1]
+    if _static_extent(sch, lanes) not in (4, 8, 16) or not _iter_kinds(sch, block)[-reds - 1] == "S":
+        return
+    b = sch.get(block)
+    lane_var = b.iter_vars[len(kinds) - reds - 1].var
+    last = [r.region[-1].min for r in (*b.reads, *b.writes)]  # the lanes must be every buffer's contiguous axis
+    if not all(isinstance(m, tirx.Var) and m.same_as(lane_var) for m in last):
+        return
+    sch.reorder(*loops[-reds:], lanes)
+    init = sch.decompose_reduction(block, loops[-reds])
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(sch.get_loops(block)[-1])
 
 
 def _row_rfactor(sch: s_tir.Schedule, block, hw: Hardware):

@@ -455,6 +455,43 @@ def test_row_reductions_are_vectorized_partial_sums(mcpu):
         np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_blocked_global_pool_sums_contiguous_lanes_per_pixel(lanes):
+    """The global average pool of NCHW[x]c (a squeeze-and-excitation's) sums each pixel's channel lanes together,
+    the lanes the innermost loop inside the window's rows and columns, where each lane summed its window alone;
+    the result stays numpy's mean, bit for bit in each lane's order of additions. A grouped-norm-like sum whose
+    small spatial loop is not the buffers' contiguous axis keeps its loop order."""
+    import tvm
+    from tvm import te, topi
+
+    from convdsl.backends.tvm.schedules.cpu import schedule_func
+    from convdsl.backends.tvm.targets import host_can_run
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    x = te.placeholder((1, 3, 11, 13, lanes), "float32", name="x")
+    f = te.create_prim_func([x, topi.nn.adaptive_pool(x, (1, 1), "avg", layout=f"NCHW{lanes}c")])
+    script = schedule_func(f, target).script()
+    window = script.index("for ax5, ax6 in T.grid(11, 13):")  # the window's loops, then the lanes in them
+    assert script.index(f"for ax4 in T.unroll({lanes}):") == script.index("for ax4", window), script
+    assert script.count("T.parallel") == 1, script
+    if host_can_run({"kind": "llvm", "mcpu": "skylake-avx512"}) is None:
+        xs = np.random.default_rng(0).standard_normal((1, 3, 11, 13, lanes)).astype(np.float32)
+        lib = tvm.compile(tvm.IRModule({"main": schedule_func(f, target)}), target=target).jit()
+        out = tvm.runtime.tensor(np.zeros((1, 3, 1, 1, lanes), np.float32))
+        lib["main"](tvm.runtime.tensor(xs), out)
+        want = np.zeros((1, 3, 1, 1, lanes), np.float32)
+        for i in range(11):  # each lane's sum in the kernel's order: rows, then columns
+            for j in range(13):
+                want[:, :, 0, 0] += xs[:, :, i, j]
+        np.testing.assert_array_equal(out.numpy(), want / np.float32(11 * 13))
+    # [N, G, C/G, H, W] summed over (C/G, H, W) per group: G = 8 is no channel lane of a blocked layout
+    y = te.placeholder((2, 8, 4, 5, 5), "float32", name="y")
+    r = [te.reduce_axis((0, n), name=f"r{i}") for i, n in enumerate((4, 5, 5))]
+    s_ = te.compute((2, 8), lambda n, g_: te.sum(y[n, g_, r[0], r[1], r[2]], axis=r), name="gsum")
+    mean = te.compute((2, 8), lambda n, g_: s_[n, g_] / 100.0, name="gmean")
+    assert "T.unroll" not in schedule_func(te.create_prim_func([y, mean]), target).script()
+
+
 def test_layout_pass_packs_weights_once():
     from convdsl.backends.tvm.schedules.layout import pack_conv_weight, pack_dense_weight, pack_dw_weight
 
