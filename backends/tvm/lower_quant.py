@@ -16,7 +16,7 @@ TVM's ``dot_16x4_vnni`` intrinsic.  The kernel is marked output-elementwise
 fusable (``op_pattern`` = kOutEWiseFusable), so FuseOps appends the float ops
 that follow (residual add, relu, the next quantize) to its epilogue.  ``qlinear``
 is the same kernel as a 1x1 convolution of [1, K, 1, rows] (rows share each weight
-load); ``qconv1d`` a convolution of height 1; a grouped qconv2d whose groups are whole blocks
+load); ``qconv1d`` a convolution of height 1; on VNNI a grouped qconv2d whose groups are whole blocks
 (``grouped_int8_layout``) the same kernel, each output block reading its own group's input blocks.
 Depthwise convs have their own kernel (schedules/int8_depthwise.py); other grouped convs (on CPU in float32
 where exact, ``grouped_in_f32``), qconv3d and GPU targets use the plain Relax path below
@@ -184,20 +184,22 @@ def int8_layout(w: np.ndarray | None = None) -> Int8Layout:
 def grouped_int8_layout(w: np.ndarray, groups: int) -> Int8Layout | None:
     """The dot-product block of a grouped (not depthwise) qconv2d's int8 kernel on the current target, None
     where it takes none: each output block must lie in one group and each input block too (the kernel reads
-    the input blocks of its output block's group), so the groups' widths must be whole blocks.  VNNI: 16 x 4,
+    the input blocks of its output block's group), so the groups' widths must be whole blocks: 16 x 4 on VNNI,
     or ymm's 8 x 4 for groups of a multiple of 8 and not 16 output channels (RegNet's groups of 8: one group
-    per ymm block, nothing computed for another group's zeros); AVX2: its 8-channel layouts.  Other CPUs
-    (no VNNI, no AVX2) keep the float32 conv of ``grouped_in_f32``."""
+    per ymm block, nothing computed for another group's zeros).  VNNI only: on AVX2 the kernel's 8-channel
+    layouts are not kept blocked between layers (layout.py), and RegNetY-400MF int8 built for haswell ran
+    3-7% slower with it than with the float32 conv of ``grouped_in_f32`` (7- and 8-bit weights, a scratch A/B
+    on Zen 4), which those CPUs keep."""
     target = tvm.target.Target.current(allow_none=True)
     if not GROUPED_INT8 or groups <= 1 or target is None or target.kind.name != "llvm":
         return None
     from tvm.target import codegen
 
-    if not (codegen.target_has_features("avx512vnni", target) or codegen.target_has_features("avx2", target)):
+    if not codegen.target_has_features("avx512vnni", target):
         return None
-    layout = int8_layout(w)
     og, cg = w.shape[0] // groups, w.shape[1]
-    if layout.instruction == VPDPBUSD and og % VNNI_OC:
+    layout = Int8Layout(VNNI_OC, VNNI_IC, "int8", VPDPBUSD)
+    if og % VNNI_OC:
         layout = Int8Layout(VNNI8_OC, VNNI_IC, "int8", VPDPBUSD_YMM) if VNNI_YMM else None
     if layout is None or w.shape[0] % groups or og % layout.oc or cg % layout.ic:
         return None

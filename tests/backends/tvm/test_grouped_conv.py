@@ -429,13 +429,15 @@ def test_narrow_groups_stay_on_the_float32_grouped_template():
     assert not grouped_in_f32("tvm-cuda", 2, groups, np.zeros((out, shape[0] // groups, k, k), np.int8))
 
 
-@pytest.mark.parametrize("seven_bit", [True, False], ids=["vpmaddubsw", "vpmaddwd"])
-def test_grouped_qconv_on_avx2_takes_its_8_channel_layouts(seven_bit):
-    """Built for an AVX2 CPU (haswell): the grouped kernel in AVX2's layouts (7-bit weights: vpmaddubsw's
-    bytes; 8-bit: vpmaddwd's int16 pairs), run and equal to the simulation where this CPU can run the code."""
-    import torch
+@pytest.mark.parametrize("seven_bit", [True, False], ids=["7-bit", "8-bit"])
+def test_grouped_qconv_on_avx2_stays_on_the_float32_template(seven_bit):
+    """Built for an AVX2 CPU (haswell), a grouped qconv2d keeps the exact float32 grouped conv (the int8 kernel
+    measured slower there: its 8-channel layouts go back to NCHW around it): no int8 conv block, the manifest says
+    ``grouped-f32``; run and equal to the simulation where this CPU can run the code."""
+    import tvm
 
     import convdsl.backends.tvm as ctvm
+    from convdsl.backends.tvm.lower_quant import int8_instructions
     from convdsl.backends.tvm.targets import host_can_run
 
     haswell = {"kind": "llvm", "mcpu": "haswell"}
@@ -444,8 +446,9 @@ def test_grouped_qconv_on_avx2_takes_its_8_channel_layouts(seven_bit):
     if seven_bit:
         key = next(k for k, _ in g.params.items() if k.endswith("weight"))
         g.params[key] = np.clip(g.params[key], -63, 63)
-    blocks = _int8_kernel_blocks(g, haswell)
-    assert [str(b["convdsl.int8_instruction"]) for b in blocks] == ["vpmaddubsw" if seven_bit else "vpmaddwd"]
+    assert _int8_kernel_blocks(g, haswell) == []
+    with tvm.target.Target(haswell):
+        assert int8_instructions(g) == {"grouped-f32": 1}
     if host_can_run(haswell) is not None:
         pytest.skip(f"built; not run: {host_can_run(haswell)}")
     x = (3 * np.random.default_rng(1).standard_normal((2, *shape))).astype(np.float32)
