@@ -59,7 +59,6 @@ LOWERINGS = family("quant")
 
 VNNI_ATTR = "convdsl.vnni"  # block annotation: pack | conv | requant
 INSTRUCTION_ATTR = "convdsl.int8_instruction"  # the conv block's: its Int8Layout.instruction (schedules/int8.py)
-GROUPS_ATTR = "convdsl.groups"  # a grouped conv block's groups (schedules/kernels.py's key: tophub keys it)
 VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD = "vpdpbusd", "vpdpbusd-ymm", "vpmaddubsw", "vpmaddwd"
 VNNI_OC, VNNI_IC = 16, 4  # output channels x input channels of one vpdpbusd
 MADD_OC, MADD_IC = 8, 2  # output channels x input channels of one AVX2 vpmaddwd (int16 pairs -> int32)
@@ -321,6 +320,8 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     else:
         n_, c_, h_, w_ = (int(d) for d in x.shape)
         read = lambda n, c, h, j: x[n, c, h, j]  # noqa: E731
+    from convdsl.backends.tvm.schedules.kernels import GROUPS_ATTR
+
     ob, icb, kh_, kw_ = (int(d) for d in w.shape[:4])
     x_blocks = icb  # the packed input's channel blocks (a grouped conv's weights span one group's)
     if groups > 1:

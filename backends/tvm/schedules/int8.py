@@ -53,7 +53,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from convdsl.backends.tvm.schedules import cpu, tophub
-from convdsl.backends.tvm.schedules.kernels import divisors, target_has
+from convdsl.backends.tvm.schedules.kernels import GROUPS_ATTR, divisors, target_has
 
 VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 # the conv block's instruction (lower_quant.Int8Layout.instruction, which lower_quant.vnni_conv2d annotates):
@@ -62,7 +62,6 @@ VNNI_ATTR = "convdsl.vnni"  # same key as backends/tvm/lower_quant.py
 # import this module; tests/backends/tvm/test_int8_vnni.py checks they agree)
 INSTRUCTION_ATTR = "convdsl.int8_instruction"
 VPDPBUSD, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD = "vpdpbusd", "vpdpbusd-ymm", "vpmaddubsw", "vpmaddwd"
-GROUPS_ATTR = "convdsl.groups"  # a grouped conv block's groups (lower_quant.GROUPS_ATTR)
 MAX_ACCUMULATORS = 15  # zmm accumulators of one register tile (15 x 64 B < LLVM's 1 KiB alloca limit)
 
 
