@@ -340,6 +340,15 @@ def test_relu6_read_by_int8_layers_folds_into_their_clamp(monkeypatch):
             assert 0.1 < (b == 255).mean() < 0.9
 
 
+def test_relu6_folds_only_where_the_int8_clamps_are_its_bounds():
+    """``_relu6_fold``: a range from 0 whose end maps 6 at or past qmax (every calibrated relu6 output), u8 or
+    i8; not a range reaching past 6 (qmax would stand for more than 6) or below 0 (the zero point above qmin)."""
+    from convdsl.passes.quantize import _relu6_fold
+
+    assert _relu6_fold((0.0, 6.0), "u8") and _relu6_fold((0.0, 2.5), "u8") and _relu6_fold((0.0, 6.0), "i8")
+    assert not _relu6_fold((0.0, 7.0), "u8") and not _relu6_fold((-0.5, 6.0), "u8")
+
+
 # ---- numbers ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
 def test_int8_accuracy_within_one_point(trained, folded, calib, method, record_property):
