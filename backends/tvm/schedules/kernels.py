@@ -48,12 +48,7 @@ def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int, block: int 
     nb = int(b) if block is None else block
     if nb == int(b) and not (pt or pl or pb or pr):
         return data
-
-    def read(i, j, y, x, k):
-        if nb == int(b):
-            return data[i, j, y, x, k]
-        ch = j * nb + k
-        return data[i, ch // b, y, x, ch % b]
+    read = _reblocked(data, nb)
 
     def fn(i, j, y, x, k):
         inside = tirx.all(y >= pt, y < h + pt, x >= pl, x < w + pl)
@@ -61,6 +56,20 @@ def pad_spatial(data: te.Tensor, pt: int, pl: int, pb: int, pr: int, block: int 
 
     return te.compute((n, int(c) * int(b) // nb, h + pt + pb, w + pl + pr, nb), fn, name=name,
                       attrs={KERNEL_ATTR: "pad"} if attrs is None else attrs)
+
+
+def _reblocked(data: te.Tensor, block: int):
+    """``data`` [N, C/b, H, W, b] read in blocks of ``block`` channels: (i, j, y, x, k) -> channel j * block + k
+    at [c // b, ..., c % b] (itself where block is b)."""
+    b = int(data.shape[4])
+    if block == b:
+        return lambda i, j, y, x, k: data[i, j, y, x, k]
+
+    def read(i, j, y, x, k):
+        ch = j * block + k
+        return data[i, ch // b, y, x, ch % b]
+
+    return read
 
 
 def out_size(size: int, k: int, stride: int, pad: int, dilation: int) -> int:
@@ -297,13 +306,7 @@ def reblock_nchwc(data: te.Tensor, block: int) -> te.Tensor:
     """``data`` [N, C/b, H, W, b] in blocks of ``block``: [N, C/block, H, W, block] (a plain copy where block
     is b), channel c at [c // block, ..., c % block]."""
     n, c, h, w, b = data.shape
-    b = int(b)
-
-    def read(i, j, y, x, k):
-        ch = j * block + k
-        return data[i, ch // b, y, x, ch % b]
-
-    return te.compute((n, int(c) * b // block, h, w, block), read, name="reblock_nchwc")
+    return te.compute((n, int(c) * int(b) // block, h, w, block), _reblocked(data, block), name="reblock_nchwc")
 
 
 def unpack_nchwc(x: te.Tensor) -> te.Tensor:
