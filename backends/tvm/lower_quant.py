@@ -428,11 +428,12 @@ def _use_vnni(cx: Lowerer, node: Node) -> bool:
 
 def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, pads, stride, dilation,
                 out_shape: tuple[int, ...] | None = None, in_shape: tuple[int, ...] = (), blockable: bool = True,
-                groups: int = 1) -> Expr:
+                groups: int = 1, layout: Int8Layout | None = None) -> Expr:
     """The VNNI kernel for x [N, C, H, W] (its sizes ``in_shape``) and int8 weights [O, C / groups, KH, KW];
     returns [N, O, OH, OW] (with ``out_shape``: qlinear's x [..., C] -> ``out_shape``, see ``vnni_conv2d``);
     the AMX kernel instead where ``use_amx`` (groups 1).  ``blockable`` (a 2-D conv): its PrimFunc says how to
-    build it again in the blocked layout (``INT8_CONV_ATTR``, read by schedules/layout.py)."""
+    build it again in the blocked layout (``INT8_CONV_ATTR``, read by schedules/layout.py).  ``layout``: the
+    dot-product block (a grouped conv's ``grouped_int8_layout``); None: ``int8_layout``'s."""
     blockable = blockable and out_shape is None
     a = node.attrs
     shift = x_dtype == "i8"
@@ -459,7 +460,7 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
                        **kw)
         _mark_fusable(cx, y, {INT8_CONV_ATTR: int8_conv_spec(w.shape[1], geo, kw)} if blockable else None)
         return y
-    layout = int8_layout(w) if groups == 1 else grouped_int8_layout(w, groups)
+    layout = int8_layout(w) if layout is None else layout
     kw["instruction"] = layout.instruction
     packed = pack_vnni_weight(w, layout.oc, layout.ic).astype(layout.dtype)
     y = cx.emit_te(vnni_conv2d, x, cx.const(packed, layout.dtype), cx.const(bias, "int32"), cx.const(m, "float32"),
@@ -565,9 +566,10 @@ def _qconv(nd: int):
                 return R.reshape(y, cx.out_shape())
             return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), stride, dilation,
                                in_shape=cx.shape(ins[0]))
-        if nd == 2 and not cx.target.startswith("tvm-cuda") and grouped_int8_layout(w, a["groups"]) is not None:
+        grouped = grouped_int8_layout(w, a["groups"]) if nd == 2 and not cx.target.startswith("tvm-cuda") else None
+        if grouped is not None:
             return _vnni_layer(cx, node, x, ins[0].dtype, w, (*pads[0], *pads[1]), tuple_n(a["stride"], 2),
-                               tuple_n(a["dilation"], 2), in_shape=cx.shape(ins[0]), groups=a["groups"])
+                               tuple_n(a["dilation"], 2), in_shape=cx.shape(ins[0]), groups=a["groups"], layout=grouped)
         if any(p for pr in pads for p in pr):  # real zero is in_zp in the int8 domain
             width = [0, 0, 0, 0] + [p for pr in pads for p in pr]
             x = cx.emit(R.nn.pad(x, width, pad_value=float(a["in_zp"])))
