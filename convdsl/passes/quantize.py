@@ -53,7 +53,7 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
-from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, f32, qparams_for_range, quantize_bias, quantize_weight
+from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec, bind_attrs
 from convdsl.ir.types import TensorType
 from convdsl.passes.calibrate import METHODS, as_batches, observe
@@ -173,9 +173,8 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     order = g.order()
     out_of = {nid: Value(relu or nid) for nid, relu in plan.items()}  # the value each quantized layer replaces
     wants_int = _int_wanted(g, order, plan, out_of)
-    for nid, act in plan.items():  # a relu6 read in float stays (only the int8 clamp can stand for its bound)
-        if act is not None and g.node(act).op == "relu6" and out_of[nid] not in wants_int:
-            plan[nid], out_of[nid] = None, Value(nid)
+    # a relu6 read in float stays (only the int8 clamp can stand for its bound)
+    _keep_relu6_where(g, plan, out_of, lambda nid: out_of[nid] not in wants_int)
     fused = [nid for nid in fusable if Value(nid) in wants_int]
     for nid in fusable:
         if nid not in fused:
@@ -186,9 +185,8 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     ranges, stats = observe(g, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
                             threads=threads)
 
-    for nid, act in plan.items():  # (a calibration method that widened the range past 6: the relu6 stays)
-        if act is not None and g.node(act).op == "relu6" and not _relu6_fold(ranges[out_of[nid]], act_dtype):
-            plan[nid], out_of[nid] = None, Value(nid)
+    # (a calibration method that widened the range past 6: the relu6 stays)
+    _keep_relu6_where(g, plan, out_of, lambda nid: not _relu6_fold(ranges[out_of[nid]], act_dtype))
     rw = _Rewriter(g, ranges, act_dtype, reuse_int8, stats)
     layers = []
     for nid in order:
@@ -257,13 +255,19 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool
     return plan, fusable, kept
 
 
+def _keep_relu6_where(g: Graph, plan: dict[str, str | None], out_of: dict[str, Value], keep) -> None:
+    """The layers of ``plan`` with a fused relu6 for which ``keep(layer)``: planned without it again (the relu6
+    stays a float op after the layer's float32 output)."""
+    for nid, act in plan.items():
+        if act is not None and g.node(act).op == "relu6" and keep(nid):
+            plan[nid], out_of[nid] = None, Value(nid)
+
+
 def _relu6_fold(value_range: tuple[float, float], act_dtype: str) -> bool:
     """Whether quantize(relu6(y)) with the qparams of relu6's calibrated ``value_range`` equals
     clamp(round(y / scale) + zp, zp, qmax), a layer's fused-relu requantization: real 0 is qmin (a range from
     0: zp = qmin, so the clamp at zp is relu6's lower bound) and 6 maps at or past qmax (a range ending at or
     below 6), so for y > 6 both give qmax (rounding is monotone).  Always true of a calibrated relu6 output."""
-    from convdsl.ir.ops.quant import QRANGE
-
     qmin, qmax = QRANGE[act_dtype]
     scale, zp = qparams_for_range(*value_range, act_dtype)
     return zp == qmin and round(6.0 * float(np.float32(1.0) / np.float32(scale))) + zp >= qmax
