@@ -115,6 +115,9 @@ def conv_fits(c: int, o: int, ib: int | None) -> bool:
 # a conv over an odd number of NCHW input channels (the RGB stem) gets one zero channel, so that its input
 # channels are whole pairs for vdpbf16ps, instead of staying f32
 PAD_ODD_CHANNELS = True
+# a conv's output whose only reader is a vdpbf16ps conv (or a bf16 depthwise conv) is stored as bf16 bits by
+# its epilogue (``layout._Blocker.bf16_input``) instead of f32 rounded by the reader's input copy
+BITS_BETWEEN_CONVS = True
 PAD_DENSE_COLUMNS = True  # N not a multiple of 16 (a classifier's 1000): padded to whole vectors, not left f32
 
 
@@ -124,14 +127,18 @@ def dense_fits(k: int, n: int) -> bool:
 
 # ---- computes ----------------------------------------------------------------------------------------------
 def conv2d_nchwc_bf16(data: te.Tensor, kernel: te.Tensor, stride, padding, dilation) -> te.Tensor:
-    """data [N, C/ib, H, W, ib] f32, kernel [O/ob, C/ib, KH, KW, ib/2, ob, 2] u16 -> [N, O/ob, OH, OW, ob] f32."""
+    """data [N, C/ib, H, W, ib] f32 (or u16: bf16 bits), kernel [O/ob, C/ib, KH, KW, ib/2, ob, 2] u16 -> [N, O/ob, OH,
+    OW, ob] f32."""
     n, _, h, w, _ = (int(v) for v in data.shape)
     ocb, icb, kh, kw, ip, ob, _ = (int(v) for v in kernel.shape)
     (sh, sw), (dh, dw) = stride, dilation
     pt, pl, pb, pr = padding
     oh, ow = out_size(h, kh, sh, pt + pb, dh), out_size(w, kw, sw, pl + pr, dw)
     xp = pad_spatial(data, pt, pl, pb, pr)
-    xb = te.compute(xp.shape, lambda *i: to_bf16_bits(xp(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pad"})
+    if data.dtype == "uint16":  # bf16 bits already (the conv before rounded them in its store): padded only
+        xb = xp
+    else:
+        xb = te.compute(xp.shape, lambda *i: to_bf16_bits(xp(*i)), name="to_bf16", attrs={KERNEL_ATTR: "pad"})
     rc = te.reduce_axis((0, icb), "ic_outer")
     ry = te.reduce_axis((0, kh), "kh")
     rx = te.reduce_axis((0, kw), "kw")

@@ -265,7 +265,7 @@ class _Blocker(PyExprMutator):
 
     def bf16_input(self, original: relax.Expr, xb: relax.Expr) -> relax.Expr:
         """``xb`` as bf16 bits (uint16) for a kernel that rounds its input to bf16 anyway (an AMX conv's pack, a
-        bf16 depthwise conv): where a conv kernel writes ``xb`` (FuseOps then fuses the rounding into its
+        vdpbf16ps conv's padded copy, a bf16 depthwise conv): where a conv kernel writes ``xb`` (FuseOps then fuses the rounding into its
         epilogue's store) and the kernel reading it is its only reader, half the bytes go through memory, the
         same values arrive.  Else ``xb`` itself."""
         if not (isinstance(xb, relax.Var) and xb in self.fused_out and _dtype(xb) == "float32"
@@ -377,13 +377,15 @@ class _Blocker(PyExprMutator):
                 if tiles is not None:  # (with its epilogue inside, ``_absorb``: nothing fuses after it)
                     self._lanes, self._fused_out = ob, not self._absorb
                     return tiles
-            xb = self.f32_input(xb)
             if vdpbf16ps and bf16.conv_fits(c, o, ib):
                 # with AMX, the convs the tiles decline (fewer than 16 input channels: the RGB stem) stay f32:
                 # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
                 # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
                 # f32 acc and less than f32 on tiles with the epilogue in the block loop
+                if bf16.BITS_BETWEEN_CONVS:
+                    xb = self.bf16_input(call.args[0], xb)
                 return self._vdpbf16ps_conv(xb, wt, ib, stride, padding, dilation)
+            xb = self.f32_input(xb)
             wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups)
             if wino is not None:
                 self._lanes = ob
@@ -519,8 +521,10 @@ class _Blocker(PyExprMutator):
         return self._vdpbf16ps_conv(xb, np.pad(wt, ((0, 0), (0, 1), (0, 0), (0, 0))), c, stride, padding, dilation)
 
     def _vdpbf16ps_conv(self, xb, wt, ib: int, stride, padding, dilation) -> relax.Expr:
-        """``bf16.conv2d_nchwc_bf16`` over ``xb`` in blocks of ``ib`` channels, its output in ``bf16.conv_block``s."""
+        """``bf16.conv2d_nchwc_bf16`` over ``xb`` (f32, or bf16 bits) in blocks of ``ib`` channels, its output in
+        ``bf16.conv_block``s; its epilogue fuses after it (``fused_out``: a reader that rounds to bf16 takes bits)."""
         self._lanes = bf16.conv_block(wt.shape[0])
+        self._fused_out = bf16.BITS_BETWEEN_CONVS
         return self.builder_.call_te(bf16.conv2d_nchwc_bf16, xb, relax.const(bf16.pack_conv_weight(wt, ib, self._lanes)),
                                      stride, padding, dilation, primfunc_name_hint="conv2d_nchwc_bf16")
 
