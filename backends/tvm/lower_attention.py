@@ -119,8 +119,9 @@ def _attention_rows(cx, q, k, v, scale: float, bias):
     (_, _, lq, d), (_, _, lk, _) = shapes[:2]
     if not _rows_kernel_fits(hw, d, lk, bias) or shapes[2][3] != d:
         return None
-    rows = attention_tiles(lq, d, hw)[0]
-    key_pad, row_pad = (-lk) % hw.lanes, (-lq) % rows
+    key_pad = (-lk) % hw.lanes
+    rows = attention_tiles(lq, d, hw, lk + key_pad)[0]
+    row_pad = (-lq) % rows
     kt = cx.emit(R.permute_dims(k, [0, 1, 3, 2]))
     if key_pad:
         kt = cx.emit(R.nn.pad(kt, [0, 0, 0, 0, 0, 0, 0, key_pad]))
@@ -156,8 +157,8 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
         return None
     fused = _rows_kernel_fits(hw, d, lk, bias)
     if fused:  # kernels.attention_rows: the keys whole vectors, the queries whole tasks of its rows
-        rm = attention_tiles(lq, d, hw)[0]
         pad = (-lk) % hw.lanes
+        rm = attention_tiles(lq, d, hw, lk + pad)[0]
     else:
         # Q K^T's register tile (rows x column vectors): the keys padded to whole column tiles, the
         # queries to whole row tiles, so neither attention GEMM pads its operands

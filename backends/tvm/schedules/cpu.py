@@ -585,15 +585,26 @@ def schedule_dense_packed(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     schedule_gemm(sch, block, hw, lanes=nb)
 
 
-def attention_tiles(length: int, d: int, hw: Hardware) -> tuple[int, int]:
+L1_BYTES = 32 * 1024  # the L1 data cache assumed (Zen 4's; Ice Lake and later have 48 KB)
+ATTENTION_IN_L1 = True
+
+
+def attention_tiles(length: int, d: int, hw: Hardware, keys: int = 0) -> tuple[int, int]:
     """(rows, pv_rows) of ``kernels.attention_rows``: the query rows of one task and the rows of
     P V's register tile (``gemm_tile`` over d's vectors).  ``rows`` is a multiple of ``pv_rows``
     (the task's rows are whole P V tiles) of at most the accumulators (Q K^T's tile is ``rows`` x one
-    vector of keys), the one that pads ``length`` least (ViT-S: 197 queries, d 64 -> 18 = 3 x 6, 198
-    rows), the larger on ties."""
+    vector of keys), the one that pads ``length`` least; on ties, the largest whose logits and weights
+    over ``keys`` (f32, 2 x rows x keys x 4 bytes) take at most half of L1, leaving the rest to the K
+    and V rows streamed past them (ViT-S: 197 queries, 208 keys, d 64 -> 6, 198 rows; 18 rows pad as little
+    but their 30 KB left V's rows no room: the kernel alone 356 -> 342 us on Zen 4), else the largest (long
+    sequences: every task reads all of K and V, so fewer tasks read less)."""
     pv_rows = gemm_tile(length, max(1, d // hw.lanes), hw)[0]
     options = range(pv_rows, max(pv_rows, hw.accumulators) + 1, pv_rows)
-    rows = min(options, key=lambda r: (-(-length // r) * r, -r))
+
+    def spills(r: int) -> bool:
+        return ATTENTION_IN_L1 and 2 * r * keys * 4 > L1_BYTES // 2
+
+    rows = min(options, key=lambda r: (-(-length // r) * r, spills(r), -r))
     return rows, pv_rows
 
 

@@ -557,7 +557,11 @@ def test_attention_tiles_are_whole_pv_tiles_padding_the_queries_least():
     from convdsl.backends.tvm.schedules.cpu import Hardware, attention_tiles
 
     avx512 = Hardware(16, 32)
-    assert attention_tiles(197, 64, avx512) == (18, 6)  # ViT-S: 198 rows, 11 tasks a head
+    assert attention_tiles(197, 64, avx512) == (18, 6)  # 198 rows, 11 tasks a head; keys not given
+    # ViT-S's 208 keys: 6 rows pad as little as 18 and keep their logits and weights (10 KB) in half of L1
+    assert attention_tiles(197, 64, avx512, 208) == (6, 6)
+    # 4104 queries, whole tasks of 6, 12, 18 or 24 rows, none fitting: the fewest tasks reading all of K and V
+    assert attention_tiles(4104, 64, avx512, 4112)[0] == 24
     rows, pv_rows = attention_tiles(50, 32, avx512)
     assert rows % pv_rows == 0 and rows <= avx512.accumulators
     assert -(-50 // rows) * rows == min(-(-50 // r) * r for r in range(pv_rows, 29, pv_rows))
