@@ -365,10 +365,11 @@ def kernel_cpu_ms(func, target, seconds: float = 0.15, rounds: int = 5) -> float
 
     from convdsl.backends.tvm.schedules import schedule_module
     from convdsl.backends.tvm.schedules.template_tuner import random_args
+    from convdsl.backends.tvm.tir_pipeline import pipeline
 
     with target:
         mod = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
-    lib = tvm.compile(mod, target=target).jit()
+    lib = tvm.compile(mod, target=target, tir_pipeline=pipeline(target)).jit()
     tensors = [tvm.runtime.tensor(a, tvm.cpu()) for a in random_args(func)]
     f = lib["main"]
     f(*tensors)

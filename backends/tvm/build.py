@@ -14,7 +14,8 @@ of Relax passes:
    convdsl's own schedules on CPUs (``schedules.ApplySchedules``: int8 VNNI,
    conv NCHWc, GEMM, reductions, elementwise; no tuning) and DLight's default
    rules on GPUs (unscheduled GPU code does not compile).
-5. ``codegen``: TVM's own dataflow lowering and VM finalization for the target.
+5. ``codegen``: TVM's own dataflow lowering and VM finalization for the target; TIR
+   through ``tir_pipeline`` (TVM's, with small scratch buffers on the stack on CPUs).
 
 ``BuildOptions.dynamic`` (a dynamic batch, ``("N",)``) keeps those symbols Relax shape
 variables through every stage: the blocked-layout kernels take a symbolic batch (their other
@@ -35,6 +36,7 @@ from tvm import relax
 from convdsl.errors import ConvDSLError
 from convdsl.ir.graph import Graph
 
+from convdsl.backends.tvm import tir_pipeline
 from convdsl.backends.tvm.common import DynamicShapeError
 from convdsl.backends.tvm.lowering import lower_graph
 from convdsl.backends.tvm.schedules import ApplySchedules, layout_passes, tophub
@@ -184,7 +186,8 @@ def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
     seconds["schedule"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)))
+    ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(codegen_passes(spec)),
+                     tir_pipeline=tir_pipeline.pipeline(target))
     seconds["codegen"] = time.perf_counter() - t
     seconds["total"] = sum(seconds.values())
     return Built(ex, spec, seconds, scheduled, functions, report, folder, own, templates_from_db, opts.dynamic,

@@ -78,7 +78,9 @@ def build_candidate(mod, target, _params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm.tirx.build(mod, target=target)
+    from convdsl.backends.tvm.tir_pipeline import pipeline
+
+    return tvm.tirx.build(mod, target=target, pipeline=pipeline(target))
 
 
 def in_process_measurers(evaluator_config):

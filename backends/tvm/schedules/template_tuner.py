@@ -124,7 +124,9 @@ def build_kernel(func, target, knobs: dict[str, tuple[int, ...]] | str):
 
     with target, tophub.forcing(knobs):
         mod = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
-    return tvm.compile(mod, target=target).jit()
+    from convdsl.backends.tvm.tir_pipeline import pipeline
+
+    return tvm.compile(mod, target=target, tir_pipeline=pipeline(target)).jit()
 
 
 def random_args(func, seed: int = 0) -> list[np.ndarray]:
