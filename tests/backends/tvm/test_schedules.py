@@ -598,6 +598,7 @@ def test_attention_rows_is_softmax_attention(heads, length, keys, valid, d, rows
     script = sch.mod["main"].script()
     assert f"T.parallel({heads * length // rows})" in script  # (heads, row blocks) as tasks
     assert script.count("T.vectorized(16)") >= 6  # Q K^T, both partials, the weights, P V, the output
+    assert script.count('scope="local"') == 7  # a task's intermediates: stack buffers (tir_pipeline)
     if host_can_run({"kind": "llvm", "mcpu": "skylake-avx512"}) is not None:
         return
     rng = np.random.default_rng(0)
