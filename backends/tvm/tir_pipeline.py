@@ -16,8 +16,10 @@ entry block by the LLVM code generator, so a loop does not grow the stack); LLVM
 can in registers.  Only "local" buffers: the schedules make them (register tiles, Winograd's tiles,
 a depthwise conv's padded rows) and only TIR loads and stores touch them, which TVM emits for the
 alloca's alignment (16 bytes, its code generator's cap); a "global" scratch buffer may be handed to
-an extern micro-kernel (AMX) that assumes 64-byte alignment, so those stay workspace allocations.  ``pipeline(target)`` names the TIR pipeline to pass to ``tvm.compile``:
-TVM's default one followed by ``StackLocals`` on CPUs, TVM's default elsewhere.  Every CPU build,
+an extern micro-kernel (AMX) that assumes 64-byte alignment, so those stay workspace allocations.
+
+``pipeline(target)`` names the TIR pipeline to pass to ``tvm.compile``: TVM's default one followed
+by ``StackLocals`` on CPUs, TVM's default elsewhere.  Every CPU build,
 the tuner's candidates and the benchmarks' kernels compile through it, so the code that is timed
 is the code that runs.
 """

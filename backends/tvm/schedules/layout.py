@@ -265,9 +265,9 @@ class _Blocker(PyExprMutator):
 
     def bf16_input(self, original: relax.Expr, xb: relax.Expr) -> relax.Expr:
         """``xb`` as bf16 bits (uint16) for a kernel that rounds its input to bf16 anyway (an AMX conv's pack, a
-        vdpbf16ps conv's padded copy, a bf16 depthwise conv): where a conv kernel writes ``xb`` (FuseOps then fuses the rounding into its
-        epilogue's store) and the kernel reading it is its only reader, half the bytes go through memory, the
-        same values arrive.  Else ``xb`` itself."""
+        vdpbf16ps conv's padded copy, a bf16 depthwise conv): where a conv kernel writes ``xb`` (FuseOps then
+        fuses the rounding into its epilogue's store) and the kernel reading it is its only reader, half the
+        bytes go through memory, the same values arrive.  Else ``xb`` itself."""
         if not (isinstance(xb, relax.Var) and xb in self.fused_out and _dtype(xb) == "float32"
                 and isinstance(original, relax.Var) and self.uses.get(original, 0) == 1):
             return xb
