@@ -661,6 +661,35 @@ network t(x: f32[1, 37, 64]) {{
         assert_close([vm["main"](tvm.runtime.tensor(xs[0])).numpy()], torch_outputs(g, xs))
 
 
+@pytest.mark.parametrize("dim,heads", [(128, 2), (96, 3), (64, 4)])
+def test_attention_projections_pack_one_head_a_block(dim, heads):
+    """Q, K and V's packed weights hold one head's d columns a block where d is whole vectors up to 64 (ViT-S's
+    64: one stream of weights per register tile instead of four), dense_block's 16 otherwise; the network equals
+    torch either way."""
+    import tvm
+
+    import convdsl.backends.tvm as ctvm
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of(f"""
+network t(x: f32[1, 37, {dim}]) {{
+    return x + (x | layernorm | mhsa({heads}))
+}}
+""")
+    spec = make_target("tvm-llvm")
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(optimize_passes(spec))(lower_graph(g, "tvm-llvm", {}))
+    block = dim // heads  # d: 64, 32 and 16 here, all whole vectors
+    for gv, f in mod.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith("dense_heads"):
+            assert [int(v) for v in f.params[1].ty.shape] == [dim // block, dim, block], gv.name_hint
+    m = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
+    xs = random_inputs(g)
+    assert_close([m(xs[0])], torch_outputs(g, xs))
+
+
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
 def test_attention_heads_layout_without_copies(mcpu):
     """Self-attention's Q, K^T and V are written by their GEMMs in the heads' layout (keys
