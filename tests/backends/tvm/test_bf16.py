@@ -107,6 +107,17 @@ def test_bf16_depthwise_convs_round_their_input(amx):
     assert np.abs(y - f32).max() > 1e-6 * scale  # the input really rounded
 
 
+def _scheduled_bf16(src: str):
+    """The program's kernels as a vdpbf16ps build lowers and schedules them."""
+    from convdsl.backends.tvm import build as tvm_build
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    spec = make_target("tvm-llvm", precision="bf16", amx=False)
+    with spec.tvm_target():
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(src)))
+        return tvm_build.ApplySchedules(mod)
+
+
 STEM = """network s(x: f32[1, 3, 32, 32]) {
     return x | conv2d(64, 7, stride=2, pad=3) | relu | conv2d(32, 3, pad=same)
 }"""  # three input channels, an RGB stem: vdpbf16ps takes input channels in pairs
@@ -117,20 +128,13 @@ def test_bf16_stem_gets_a_zero_channel_and_runs_vdpbf16ps():
     """A conv over an odd number of input channels is a bf16 conv over one zero channel more (its weights
     given a zero input channel), not an f32 conv in the bf16 build (ResNet-50's stem 1.18 -> 0.79 ms in the
     network's profile on Zen 4, a scratch A/B)."""
-    from convdsl.backends.tvm import build as tvm_build
-    from convdsl.backends.tvm.lowering import lower_graph
-
     g = elaborate(STEM)
     x = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32)
     m = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False, amx=False).build_module(g)
     want = bf16_reference(g, x)  # both convs on bf16-rounded inputs and weights, the stem's too
     scale = max(1.0, float(np.abs(want).max()))
     assert np.abs(m(x) - want).max() <= 1e-4 * scale
-    spec = make_target("tvm-llvm", precision="bf16", amx=False)
-    with spec.tvm_target():
-        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(g))
-        mod = tvm_build.ApplySchedules(mod)
-    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    texts = [f.script() for _, f in _scheduled_bf16(STEM).functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     assert sum(bf16.EXTERN in t for t in texts) == 2
     # the stem's weights [O/16, C/4, 7, 7, 2 channel pairs, 16, 2]: four input channels
     assert any("(T.int64(4), T.int64(1), T.int64(7), T.int64(7), T.int64(2), T.int64(16), T.int64(2))" in t
@@ -145,15 +149,9 @@ def test_bf16_kernels_are_tensorized(src, kernels):
     197 tokens, a prime number of rows (padded so the register tile divides them: TVM's tensorize
     fails under a partial tile's row guard, and the kernel then ran untensorized, 30x slower); convs
     with 24 and 40 output channels, in 8-channel blocks (the ymm form, ``bf16.conv_block``)."""
-    from convdsl.backends.tvm import build as tvm_build
-    from convdsl.backends.tvm.lowering import lower_graph
-
     spec = make_target("tvm-llvm", precision="bf16", amx=False)  # vdpbf16ps (AMX tiles: tests/backends/tvm/test_amx.py)
     assert "+avx512bf16" in spec.config["mattr"]
-    with spec.tvm_target():
-        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(src)))
-        mod = tvm_build.ApplySchedules(mod)
-    texts = [f.script() for _, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    texts = [f.script() for _, f in _scheduled_bf16(src).functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
     bf16_funcs = [t for t in texts if "uint16" in t]
     assert len(bf16_funcs) == kernels
     assert all(bf16.EXTERN in t and bf16.IMPORT_ATTR in t for t in bf16_funcs)
@@ -166,16 +164,6 @@ CHAIN = """network c(x: f32[1, 32, 14, 14]) {
     z = y | conv2d(32, 3, pad=same) | relu
     return (z | conv2d(48, 1)) + (z | conv2d(48, 1, bias=false))
 }"""  # y has one reader (a 3x3 conv, padded), z two
-
-
-def _scheduled_bf16(src: str):
-    from convdsl.backends.tvm import build as tvm_build
-    from convdsl.backends.tvm.lowering import lower_graph
-
-    spec = make_target("tvm-llvm", precision="bf16", amx=False)
-    with spec.tvm_target():
-        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, "bf16"))(lower_graph(elaborate(src)))
-        return tvm_build.ApplySchedules(mod)
 
 
 @needs_bf16
