@@ -27,6 +27,7 @@ from convdsl.backends.torch import build_module
 from convdsl.backends.tvm.bench import _torch_entry, _tvm_entry
 from convdsl.backends.tvm.schedules import int8
 from convdsl.backends.tvm.targets import AMX_INT8_FLAGS, cpu_flags
+from convdsl.backends.tvm.tir_pipeline import pipeline
 from convdsl.passes import run_passes
 from convdsl.passes.quantize import quantize
 
@@ -101,7 +102,7 @@ def kernel_gops(q, size_of) -> list[tuple[str, float, float]]:
                         in_zp=128, shift=False, out_dtype="uint8", out_zp=0, lo=0, hi=255, relu=True)
         sch = tvm.s_tir.Schedule(te.create_prim_func([xs, ws, bs, ms, y]))
         assert int8.try_schedule(sch, target)
-        lib = tvm.compile(sch.mod, target=target).jit()
+        lib = tvm.compile(sch.mod, target=target, tir_pipeline=pipeline(target)).jit()  # as a build compiles it
         rng = np.random.default_rng(0)
         args = [tvm.runtime.tensor(rng.integers(0, 100, [int(d) for d in t.shape]).astype(str(t.dtype)), dev)
                 for t in (xs, ws, bs, ms, y)]
