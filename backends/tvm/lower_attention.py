@@ -137,6 +137,21 @@ def _attention_rows(cx, q, k, v, scale: float, bias):
     return cx.emit(R.strided_slice(y, axes=[2], begin=[0], end=[lq])) if row_pad else y
 
 
+def _head_block(d: int, rows: int, hw) -> int:
+    """The column block of Q, K and V's packed weights: one head's ``d`` columns (whole vectors, at most 64) where
+    the model's register tile over that block keeps the rows of the tile over ``dense_block``'s (``HEAD_BLOCK``:
+    one weight stream per tile instead of d / 16), else ``dense_block``'s.  Every such d on AVX-512; on AVX2 a
+    64-column block is 8 ymm registers and its tile one row, so there the 16-column blocks stay."""
+    from convdsl.backends.tvm.schedules.cpu import gemm_tile
+    from convdsl.backends.tvm.schedules.layout import dense_block
+
+    nb = dense_block(d)
+    if not HEAD_BLOCK or d % 16 or d > 64 or d == nb:
+        return nb
+    kept = gemm_tile(rows, 1, hw, hw.vectors(d))[0] >= gemm_tile(rows, d // nb, hw, hw.vectors(nb))[0]
+    return d if kept else nb
+
+
 def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: int, scale: float, bias):
     """``mha`` on a CPU with no copy between the projections and the attention: Q, K^T and V are
     written by their GEMMs in the heads' layout ([N, heads, L, d], K as [N, heads, d, keys]; keys
@@ -156,7 +171,7 @@ def _heads_layout(cx, xq, xkv, shapes, wq, wk, wv, bq, bk, bv, wo, bo, heads: in
             or any(str(e.ty.dtype) != "float32" for e in (xq, xkv)) or static_shape(xq) is None:
         return None
     d = dim // heads
-    nb, nbo = (d if HEAD_BLOCK and d % 16 == 0 and d <= 64 else dense_block(d)), dense_block(wo.shape[0])
+    nb, nbo = _head_block(d, lq, hw), dense_block(wo.shape[0])
     if bias is not None and (static_shape(bias) or [0])[-1] != lk:
         return None
     fused = _rows_kernel_fits(hw, d, lk, bias)

@@ -690,6 +690,29 @@ network t(x: f32[1, 37, {dim}]) {{
     assert_close([m(xs[0])], torch_outputs(g, xs))
 
 
+def test_attention_projections_keep_16_column_blocks_on_avx2():
+    """On AVX2 a head of 64 columns is 8 ymm registers, and the model's tile over such a block one row: the
+    projections keep 16-column blocks there."""
+    import tvm
+
+    from convdsl.backends.tvm.build import optimize_passes
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    g = graph_of("""
+network t(x: f32[1, 37, 128]) {
+    return x + (x | layernorm | mhsa(2))
+}
+""")
+    shapes = {}
+    for mcpu in ("haswell", "skylake-avx512"):
+        with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
+            mod = tvm.transform.Sequential(optimize_passes(make_target("tvm-llvm")))(lower_graph(g, "tvm-llvm", {}))
+        shapes[mcpu] = {tuple(int(v) for v in f.params[1].ty.shape) for gv, f in mod.functions.items()
+                        if isinstance(f, tvm.tirx.PrimFunc) and gv.name_hint.startswith("dense_heads")}
+    assert shapes == {"haswell": {(8, 128, 16)}, "skylake-avx512": {(2, 128, 64)}}
+
+
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
 def test_attention_heads_layout_without_copies(mcpu):
     """Self-attention's Q, K^T and V are written by their GEMMs in the heads' layout (keys
