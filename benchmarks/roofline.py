@@ -20,9 +20,9 @@ profile's ``vm.builtin.*`` rows are not kernels: their time is the profiler's in
 call; the header gives the VM's unprofiled cost per kernel call (``vm_call_us``) instead.
 
 Each network and precision is profiled ``--profiles`` times (2) and the profile with the least kernel time
-kept: this machine has stretches of a few seconds in which every kernel runs at up to half speed (a
-register-only peak loop run before and after a profile did not see them), and one inside a profile put kernels
-under the 2x line that were not.
+kept: this machine has stretches of a few seconds in which every kernel runs at up to half speed (ViT-S int8
+profiled 42.4 ms of kernels once, 19.2 in the profile before it; a register-only peak loop run before and after a
+profile did not see them), and one inside a profile put kernels under the 2x line that were not.
 
 ``--clock cpu`` is for a machine other processes load: there wall time measures the share of the
 cores this process got, not the code.  Each kernel is then compiled alone (scheduled as the
@@ -538,9 +538,7 @@ def main() -> int:
             if precision != "f32" and precision not in peak:
                 log(f"[{name} {precision}] skipped: this CPU lacks {NEEDS[precision]}")
                 continue
-            # the profile with the least kernel time of --profiles: the host has stretches of a few seconds at up
-            # to half speed for every kernel (ViT-S int8 profiled 42.4 ms of kernels once, 19.2 in the profile
-            # before it), which a register-only peak loop before and after a profile does not see
+            # the profile with the least kernel time of --profiles (why: the module docstring)
             takes = [rows_for(name, precision, args, peak, bw, log, vm_us) for _ in range(args.profiles)]
             rows += min(takes, key=lambda t: t[1])[0]
     text = render(rows, peak, bw, args, vm_us)
