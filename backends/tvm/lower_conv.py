@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import conv_padding
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, conv_padding, phase_kernel, phase_taps
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -46,9 +46,6 @@ _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 def add_channel_bias(cx: Lowerer, y: Expr, bias: np.ndarray, rank: int) -> Expr:
     """y + bias over dim 1 of [N, C, ...]."""
     return R.add(y, cx.const(bias.reshape((1, -1) + (1,) * (rank - 2))))
-
-
-MAX_PHASE_WORK = 4.0  # a transposed conv's phase decomposition at most this many times its multiply-adds
 
 
 def _on_cpu(cx: Lowerer) -> bool:
@@ -142,29 +139,6 @@ def _conv(nd: int) -> LowerFn:
         return y
 
     return lower
-
-
-def phase_taps(k, stride, dilation) -> tuple[int, ...]:
-    """T per dim: the taps of the phase decomposition's conv, (k - 1) d // s + 1 (module docstring)."""
-    return tuple((ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation))
-
-
-def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
-    """The conv kernel of a transposed conv's stride-phase decomposition (module docstring).
-
-    ``w``: the transposed conv's kernel [C, O/g, *k] (torch's layout).  Returns [O * prod(s), C/g, *T],
-    output channels ordered (o, r_1, ..., r_nd), each phase's taps at T - 1 - m_j, zeros elsewhere."""
-    c, og = w.shape[:2]
-    k = w.shape[2:]
-    t = phase_taps(k, stride, dilation)
-    wg = w.reshape((groups, c // groups, og) + k)
-    out = np.zeros((groups, og) + tuple(stride) + (c // groups,) + t, dtype=w.dtype)
-    for taps in np.ndindex(*k):
-        r = tuple(j * di % si for j, si, di in zip(taps, stride, dilation))
-        u = tuple(ti - 1 - j * di // si for j, si, di, ti in zip(taps, stride, dilation, t))
-        # [g, c/g, o/g] -> [g, o/g, c/g]
-        out[(slice(None), slice(None)) + r + (slice(None),) + u] = wg[(Ellipsis,) + taps].transpose(0, 2, 1)
-    return out.reshape((groups * og * int(np.prod(stride)), c // groups) + t)
 
 
 def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, stride, pad, output_pad, dilation,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from convdsl.errors import CDLTypeError, ShapeError
 from convdsl.ir.domains import NON_NEGATIVE, POSITIVE
 from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, Init, OpDef, OutChannels, ParamSpec,
@@ -15,6 +17,7 @@ from convdsl.ir.optable import (PRUNE_RULE, SPATIAL_EXAMPLE_INPUTS, Attr, Cost, 
 from convdsl.ir.types import Dim, TensorType, dim_add, dim_floordiv, dim_mul
 
 PAD_MODES = ("zeros", "circular", "reflect", "replicate")
+MAX_PHASE_WORK = 4.0  # a transposed conv's phase decomposition at most this many times its multiply-adds
 
 
 def conv_padding(attrs: dict, spatial: list, nd: int) -> list[tuple[int, int]]:
@@ -199,6 +202,34 @@ def _trainable(spec_map: dict[str, ParamSpec], attrs: dict) -> dict[str, ParamSp
     if attrs.get("trainable", True):
         return spec_map
     return {k: ParamSpec(v.shape, v.init, v.dtype, v.buffer, False) for k, v in spec_map.items()}
+
+
+def phase_taps(k, stride, dilation) -> tuple[int, ...]:
+    """T per dim: the taps of the phase decomposition's conv, (k - 1) d // s + 1 (``phase_kernel``)."""
+    return tuple((ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation))
+
+
+def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
+    """The conv kernel of a transposed conv's stride-phase (sub-pixel) decomposition.
+
+    Per dim, output position Y = s q + r (before the crop) collects the taps j with j d = r + s m_j, from input
+    q - m_j, so phase r is a stride-1 correlation of the input (padded by T - 1 on both sides) with the taps of
+    phase r placed at T - 1 - m_j; one conv with O s^nd output channels computes every phase, a depth-to-space
+    interleaves them and a crop takes [pad, pad + out) (backends/tvm/lower_conv.py).
+
+    ``w``: the transposed conv's kernel [C, O/g, *k] (torch's layout).  Returns [O * prod(s), C/g, *T],
+    output channels ordered (o, r_1, ..., r_nd), each phase's taps at T - 1 - m_j, zeros elsewhere."""
+    c, og = w.shape[:2]
+    k = w.shape[2:]
+    t = phase_taps(k, stride, dilation)
+    wg = w.reshape((groups, c // groups, og) + k)
+    out = np.zeros((groups, og) + tuple(stride) + (c // groups,) + t, dtype=w.dtype)
+    for taps in np.ndindex(*k):
+        r = tuple(j * di % si for j, si, di in zip(taps, stride, dilation))
+        u = tuple(ti - 1 - j * di // si for j, si, di, ti in zip(taps, stride, dilation, t))
+        # [g, c/g, o/g] -> [g, o/g, c/g]
+        out[(slice(None), slice(None)) + r + (slice(None),) + u] = wg[(Ellipsis,) + taps].transpose(0, 2, 1)
+    return out.reshape((groups * og * int(np.prod(stride)), c // groups) + t)
 
 
 def make_conv_transpose(nd: int) -> OpDef:
