@@ -27,6 +27,13 @@ and outputs keep their dtypes.  ``quantize_with_report`` also returns what was
 done (per-layer scales, what stayed float and why).  The input graph is not
 modified.
 
+Transposed convs: a ``conv_transpose{1,2,3}d`` whose stride-phase decomposition needs no crop (no ``pad``, and
+``dilation (k - 1) + output_pad + 1`` a multiple of the stride: U-Net's 2x2 / stride-2 up-convs) is first split
+into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s ``phase_kernel``, O s^nd
+output channels, the bias repeated per phase) and a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves
+the phases; the conv is then quantized as above (per (channel, phase) weight scales) and the shuffle runs on
+its int8 output where a quantized layer reads it.  The others stay float, with the reason in the report.
+
 Transformers: an ``mhsa`` (self-attention with packed q/k/v weights, no mask or relative bias) is
 first split into ``linear`` (its q/k/v projection, ``<id>.in_proj``) -> ``packed_attention``
 (``<id>.attention``) -> ``linear`` (``<id>.<proj>``, default ``<id>.out_proj``), and a ``patch_embed``
@@ -53,8 +60,9 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_taps
 from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
-from convdsl.ir.optable import Init, ParamSpec, bind_attrs
+from convdsl.ir.optable import Init, ParamSpec, bind_attrs, tuple_n
 from convdsl.ir.types import TensorType
 from convdsl.passes.calibrate import METHODS, as_batches, observe
 from convdsl.passes.rewrite import owners, sole_user
@@ -64,7 +72,8 @@ def _quantizable(node: Node) -> bool:
     return node.op in OPS and OPS[node.op].int8 is not None
 
 
-SPLIT_OPS = ("mhsa", "patch_embed")  # split_for_int8 splits them into quantizable parts
+SPLIT_OPS = ("mhsa", "patch_embed", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")  # split_for_int8 splits
+# them into quantizable parts
 # activations a quantized layer absorbs (its ``relu``: the requantization clamps at the zero point). relu6 only
 # where the layer writes int8 whose range ends at or below 6 (``_relu6_fold``): the clamp at qmax is then its
 # upper bound too
@@ -230,8 +239,9 @@ def _plan(g: Graph, per_layer: Mapping[str, str], fuse_relu: bool
         for pattern in per_layer:
             if node.id == pattern or fnmatch.fnmatchcase(node.id, pattern) or node.id.startswith(pattern + "."):
                 matched.add(pattern)
-        if not _quantizable(node):  # an mhsa or patch_embed left whole: its setting or its form
-            kept[node.id] = _why_not(g, node, per_layer) or f"{node.op} with these attributes is not split into int8 parts"
+        if not _quantizable(node):  # an mhsa, patch_embed or transposed conv left whole: its setting or its form
+            kept[node.id] = _why_not(g, node, per_layer) or _conv_transpose_why_not(g, node) \
+                or f"{node.op} with these attributes is not split into int8 parts"
             continue
         reason = _why_not(g, node, per_layer)
         if reason:
@@ -308,8 +318,8 @@ def _splittable_mhsa(g: Graph, node: Node) -> bool:
 
 
 def split_for_int8(g: Graph, per_layer: Mapping[str, str]) -> list[str]:
-    """Split, in place, each splittable ``mhsa`` and each ``patch_embed`` that the per-layer config
-    leaves int8 (module docstring); returns the ids split."""
+    """Split, in place, each splittable ``mhsa``, each ``patch_embed`` and each transposed conv without a crop
+    that the per-layer config leaves int8 (module docstring); returns the ids split."""
     done = []
     for node in list(g.nodes()):
         if layer_setting(node.id, per_layer) != "int8":
@@ -319,6 +329,8 @@ def split_for_int8(g: Graph, per_layer: Mapping[str, str]) -> list[str]:
         elif node.op == "patch_embed" and g.in_types(node.id)[0].dtype == "f32" \
                 and all(owners(g, key) == [node.id] for key in node.params.values()):
             _split_patch_embed(g, node)
+        elif node.op.startswith("conv_transpose") and _conv_transpose_why_not(g, node) is None:
+            _split_conv_transpose(g, node)
         else:
             continue
         done.append(node.id)
@@ -388,6 +400,57 @@ def _split_patch_embed(g: Graph, node: Node) -> None:
     t = _add_op(g, g.unique_id(f"{nid}.tokens"), "transpose", [Value(f)], {"dim0": 1, "dim1": 2}, node,
                 node.seq + 0.2)
     _replace(g, node, t)
+
+
+def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
+    """Why ``split_for_int8`` leaves the transposed conv ``node`` whole (None: it splits it; other ops: None)."""
+    if not node.op.startswith("conv_transpose"):
+        return None
+    a, nd = node.attrs, int(node.op[len("conv_transpose")])
+    x = g.in_types(node.id)[0]
+    if x.dtype != "f32":
+        return f"input is {x.dtype}, not f32"
+    if not all(isinstance(n, int) for n in x.shape[2:]):
+        return f"input {x} has a symbolic spatial size (the phases are interleaved by static reshapes)"
+    if any(owners(g, key) != [node.id] or key != f"{node.id}.{local}" for local, key in node.params.items()):
+        return "its weights are shared with another node or not named <id>.<name>"
+    k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
+    pad, opad = tuple_n(a["pad"], nd), tuple_n(a["output_pad"], nd)
+    t = phase_taps(k, s, d)
+    if any(pad) or any(di * (ki - 1) + oi + 1 != ti * si for ki, si, di, oi, ti in zip(k, s, d, opad, t)):
+        return ("its stride-phase decomposition needs a crop (pad, or dilation*(k-1) + output_pad + 1 not a multiple "
+                "of the stride): int8 transposed convs are the phases' conv and a reshape, which cannot crop")
+    if np.prod([si * ti for si, ti in zip(s, t)]) > MAX_PHASE_WORK * np.prod(k):
+        return f"its stride-phase decomposition would do more than {MAX_PHASE_WORK:g}x its multiply-adds"
+    return None
+
+
+def _split_conv_transpose(g: Graph, node: Node) -> None:
+    """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases and a
+    reshape -> permute -> reshape interleaving them: [N, O s.., Q..] -> [N, O, s.., Q..] -> [N, O, Q_1, s_1, ..]
+    -> [N, O, Q_1 s_1, ..] (module docstring)."""
+    a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
+    x = g.inputs_of(nid)[0]
+    s, d = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
+    t = phase_taps(tuple_n(a["k"], nd), s, d)
+    q = [n + ti - 1 for n, ti in zip(g.in_types(nid)[0].shape[2:], t)]
+    arr = _take_params(g, node)
+    phases = int(np.prod(s))
+    params = {"weight": phase_kernel(arr["weight"], s, d, a["groups"])}
+    if a["bias"]:
+        params["bias"] = np.repeat(arr["bias"], phases)
+    o = a["out"]
+    last = _add_op(g, g.unique_id(f"{nid}.phases"), f"conv{nd}d", [x],
+                   {"out": o * phases, "k": list(t), "stride": 1, "pad": [ti - 1 for ti in t], "groups": a["groups"],
+                    "bias": a["bias"]}, node, node.seq, params)
+    if phases > 1:
+        last = _add_op(g, g.unique_id(f"{nid}.split_phases"), "reshape", [Value(last)],
+                       {"shape": [0, o, *s, *q]}, node, node.seq + 0.1)
+        last = _add_op(g, g.unique_id(f"{nid}.interleave"), "permute", [Value(last)],
+                       {"dims": [0, 1] + [i for j in range(nd) for i in (2 + nd + j, 2 + j)]}, node, node.seq + 0.2)
+        last = _add_op(g, g.unique_id(f"{nid}.merge_phases"), "reshape", [Value(last)],
+                       {"shape": [0, o, *(qi * si for qi, si in zip(q, s))]}, node, node.seq + 0.3)
+    _replace(g, node, last)
 
 
 def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of: dict[str, Value]) -> set[Value]:

@@ -115,3 +115,26 @@ def test_int8_export_runs_in_openvino(tmp_path):
     ref = torch_runner(q)([x])[0]
     step = max(n.attrs["in_scale"] for n in q.nodes() if n.op == "qlinear")
     assert np.abs(compiled([x])[compiled.outputs[0]] - ref).max() <= step
+
+
+def test_int8_transposed_conv_exports_as_an_integer_conv(tmp_path):
+    """A U-Net up-conv quantized as the qconv of its stride phases and int8 reshapes (passes/quantize.py): ONNX
+    Runtime runs it with an integer kernel and no float ConvTranspose, every int8 tensor within one step of the
+    simulation."""
+    from tests.passes.test_quantize import _upconv_int8
+
+    _, (q, _) = _upconv_int8()
+    h = _cut(q, "c2")  # the up-conv's path: c1 -> the phases -> the interleaving reshapes -> c2
+    model = export_graph(h)
+    x = np.random.default_rng(2).standard_normal((2, 8, 6, 5)).astype(np.float32)
+    out, kernels = _kernels(model, x, tmp_path)
+    assert "ConvTranspose" not in {n.op_type for n in model.graph.node}
+    assert kernels & INTEGER_KERNELS and not kernels & {"Conv", "FusedConv", "ConvTranspose"}, kernels
+    assert np.abs(out - torch_runner(h)([x])[0]).max() <= q.node("c2").attrs["in_scale"]
+    for nid in ("up.phases", "up.merge_phases"):  # the int8 tensors
+        assert q.node(nid).types[0].dtype == "u8"
+        cut = _cut(q, nid)
+        sess = session(export_graph(cut))
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
+        want = torch_runner(cut)([x])[0].astype(np.int32)
+        assert np.abs(got - want).max() <= 1, nid
