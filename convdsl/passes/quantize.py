@@ -30,7 +30,7 @@ modified.
 Transposed convs: a ``conv_transpose{1,2,3}d`` whose stride-phase decomposition needs no crop (no ``pad``, and
 ``dilation (k - 1) + output_pad + 1`` a multiple of the stride: U-Net's 2x2 / stride-2 up-convs) is first split
 into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s ``phase_kernel``, O s^nd
-output channels, the bias repeated per phase) and a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves
+output channels, phase-major, the bias repeated per phase) and a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves
 the phases; the conv is then quantized as above (per (channel, phase) weight scales) and the shuffle runs on
 its int8 output where a quantized layer reads it.  The others stay float, with the reason in the report.
 
@@ -427,27 +427,33 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
 
 def _split_conv_transpose(g: Graph, node: Node) -> None:
     """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases and a
-    reshape -> permute -> reshape interleaving them: [N, O s.., Q..] -> [N, O, s.., Q..] -> [N, O, Q_1, s_1, ..]
-    -> [N, O, Q_1 s_1, ..] (module docstring)."""
+    reshape -> permute -> reshape interleaving them.  The conv's output channels are phase-major within each
+    group, (g, r_1, .., r_nd, o) (``phase_kernel`` orders them (g, o, r..)): [N, O s.., Q..] -> [N, g, s.., O/g,
+    Q..] -> [N, g, O/g, Q_1, s_1, ..] -> [N, O, Q_1 s_1, ..], so that 16 consecutive channels of one phase
+    stay 16 consecutive channels of the output (one vector of a blocked layout, not a gather of every s^nd-th)."""
     a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
     x = g.inputs_of(nid)[0]
     s, d = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
     t = phase_taps(tuple_n(a["k"], nd), s, d)
     q = [n + ti - 1 for n, ti in zip(g.in_types(nid)[0].shape[2:], t)]
     arr = _take_params(g, node)
-    phases = int(np.prod(s))
-    params = {"weight": phase_kernel(arr["weight"], s, d, a["groups"])}
+    o, groups, phases = a["out"], a["groups"], int(np.prod(s))
+    w = phase_kernel(arr["weight"], s, d, groups)  # [(g, o/g, r..), C/g, *T]
+    w = w.reshape((groups, o // groups, phases) + w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    params = {"weight": w}
     if a["bias"]:
-        params["bias"] = np.repeat(arr["bias"], phases)
-    o = a["out"]
+        params["bias"] = np.tile(arr["bias"].reshape(groups, 1, o // groups), (1, phases, 1)).reshape(-1)
     last = _add_op(g, g.unique_id(f"{nid}.phases"), f"conv{nd}d", [x],
-                   {"out": o * phases, "k": list(t), "stride": 1, "pad": [ti - 1 for ti in t], "groups": a["groups"],
+                   {"out": o * phases, "k": list(t), "stride": 1, "pad": [ti - 1 for ti in t], "groups": groups,
                     "bias": a["bias"]}, node, node.seq, params)
     if phases > 1:
+        lead = [groups] if groups > 1 else []  # dims after N: (g,) s.., O/g, Q..
+        sd, od = 1 + len(lead), 1 + len(lead) + nd  # where s_1 and O/g are
         last = _add_op(g, g.unique_id(f"{nid}.split_phases"), "reshape", [Value(last)],
-                       {"shape": [0, o, *s, *q]}, node, node.seq + 0.1)
-        last = _add_op(g, g.unique_id(f"{nid}.interleave"), "permute", [Value(last)],
-                       {"dims": [0, 1] + [i for j in range(nd) for i in (2 + nd + j, 2 + j)]}, node, node.seq + 0.2)
+                       {"shape": [0, *lead, *s, o // groups, *q]}, node, node.seq + 0.1)
+        dims = [0, *range(1, sd), od] + [i for j in range(nd) for i in (od + 1 + j, sd + j)]
+        last = _add_op(g, g.unique_id(f"{nid}.interleave"), "permute", [Value(last)], {"dims": dims}, node,
+                       node.seq + 0.2)
         last = _add_op(g, g.unique_id(f"{nid}.merge_phases"), "reshape", [Value(last)],
                        {"shape": [0, o, *(qi * si for qi, si in zip(q, s))]}, node, node.seq + 0.3)
     _replace(g, node, last)
