@@ -30,7 +30,7 @@ modified.
 Transposed convs: a ``conv_transpose{1,2,3}d`` whose stride-phase decomposition needs no crop (no ``pad``, and
 ``dilation (k - 1) + output_pad + 1`` a multiple of the stride: U-Net's 2x2 / stride-2 up-convs) is first split
 into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s ``phase_kernel``, O s^nd
-output channels, phase-major, the bias repeated per phase) and a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves
+output channels, phase-major (``phase_major_kernel``), the bias repeated per phase) and a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves
 the phases; the conv is then quantized as above (per (channel, phase) weight scales) and the shuffle runs on
 its int8 output where a quantized layer reads it.  The others stay float, with the reason in the report.
 
@@ -60,7 +60,7 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_taps
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_major_kernel, phase_shuffle, phase_taps
 from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec, bind_attrs, tuple_n
 from convdsl.ir.types import TensorType
@@ -426,11 +426,9 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
 
 
 def _split_conv_transpose(g: Graph, node: Node) -> None:
-    """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases and a
-    reshape -> permute -> reshape interleaving them.  The conv's output channels are phase-major within each
-    group, (g, r_1, .., r_nd, o) (``phase_kernel`` orders them (g, o, r..)): [N, O s.., Q..] -> [N, g, s.., O/g,
-    Q..] -> [N, g, O/g, Q_1, s_1, ..] -> [N, O, Q_1 s_1, ..], so that 16 consecutive channels of one phase
-    stay 16 consecutive channels of the output (one vector of a blocked layout, not a gather of every s^nd-th)."""
+    """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases, output
+    channels phase-major (``phase_major_kernel``), and the reshape -> permute -> reshape of ``phase_shuffle``
+    interleaving them."""
     a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
     x = g.inputs_of(nid)[0]
     s, d = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
@@ -438,24 +436,20 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     q = [n + ti - 1 for n, ti in zip(g.in_types(nid)[0].shape[2:], t)]
     arr = _take_params(g, node)
     o, groups, phases = a["out"], a["groups"], int(np.prod(s))
-    w = phase_kernel(arr["weight"], s, d, groups)  # [(g, o/g, r..), C/g, *T]
-    w = w.reshape((groups, o // groups, phases) + w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-    params = {"weight": w}
+    params = {"weight": phase_major_kernel(arr["weight"], s, d, groups)}
     if a["bias"]:
         params["bias"] = np.tile(arr["bias"].reshape(groups, 1, o // groups), (1, phases, 1)).reshape(-1)
     last = _add_op(g, g.unique_id(f"{nid}.phases"), f"conv{nd}d", [x],
                    {"out": o * phases, "k": list(t), "stride": 1, "pad": [ti - 1 for ti in t], "groups": groups,
                     "bias": a["bias"]}, node, node.seq, params)
     if phases > 1:
-        lead = [groups] if groups > 1 else []  # dims after N: (g,) s.., O/g, Q..
-        sd, od = 1 + len(lead), 1 + len(lead) + nd  # where s_1 and O/g are
-        last = _add_op(g, g.unique_id(f"{nid}.split_phases"), "reshape", [Value(last)],
-                       {"shape": [0, *lead, *s, o // groups, *q]}, node, node.seq + 0.1)
-        dims = [0, *range(1, sd), od] + [i for j in range(nd) for i in (od + 1 + j, sd + j)]
+        split, dims, merged = phase_shuffle(o, groups, s, q)
+        last = _add_op(g, g.unique_id(f"{nid}.split_phases"), "reshape", [Value(last)], {"shape": split}, node,
+                       node.seq + 0.1)
         last = _add_op(g, g.unique_id(f"{nid}.interleave"), "permute", [Value(last)], {"dims": dims}, node,
                        node.seq + 0.2)
-        last = _add_op(g, g.unique_id(f"{nid}.merge_phases"), "reshape", [Value(last)],
-                       {"shape": [0, o, *(qi * si for qi, si in zip(q, s))]}, node, node.seq + 0.3)
+        last = _add_op(g, g.unique_id(f"{nid}.merge_phases"), "reshape", [Value(last)], {"shape": merged}, node,
+                       node.seq + 0.3)
     _replace(g, node, last)
 
 

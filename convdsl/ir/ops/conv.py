@@ -232,6 +232,27 @@ def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
     return out.reshape((groups * og * int(np.prod(stride)), c // groups) + t)
 
 
+def phase_major_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
+    """``phase_kernel`` with its output channels phase-major within each group, (g, r_1, .., r_nd, o) instead of
+    (g, o, r..): 16 consecutive channels of one phase stay 16 consecutive channels of the output after
+    ``phase_shuffle``, i.e. one vector of a blocked layout, where (g, o, r..) makes the interleave a gather of
+    every s^nd-th channel."""
+    pk = phase_kernel(w, stride, dilation, groups)
+    o, phases = w.shape[1] * groups, int(np.prod(stride))
+    return pk.reshape((groups, o // groups, phases) + pk.shape[1:]).swapaxes(1, 2).reshape(pk.shape)
+
+
+def phase_shuffle(o: int, groups: int, stride, q) -> tuple[list[int], list[int], list[int]]:
+    """How the phases of ``phase_major_kernel``'s conv (``o`` output channels, each phase ``q`` long per dim) are
+    interleaved: reshape its [N, O s.., Q..] to the first list ([N, (g,) s.., O/g, Q..]; N as 0, "keep"), permute
+    by the second ([N, (g,) O/g, Q_1, s_1, ..]), reshape to the third ([N, O, Q_1 s_1, ..])."""
+    nd = len(stride)
+    lead = [groups] if groups > 1 else []
+    sd, od = 1 + len(lead), 1 + len(lead) + nd  # where s_1 and O/g are
+    dims = [0, *range(1, sd), od] + [i for j in range(nd) for i in (od + 1 + j, sd + j)]
+    return [0, *lead, *stride, o // groups, *q], dims, [0, o, *(qi * si for qi, si in zip(q, stride))]
+
+
 def make_conv_transpose(nd: int) -> OpDef:
     name = f"conv_transpose{nd}d"
 
