@@ -17,7 +17,8 @@ summed in the template's order) and the conv's bias is added after it, as before
   Y = s q + r (before the crop) collects the taps j with j d = r + s m_j, from input q - m_j, so
   phase r is a stride-1 correlation of the input (padded by T - 1 on both sides) with the taps of
   phase r placed at T - 1 - m_j, T = (k - 1) d // s + 1; one conv with O s^nd output channels
-  computes every phase, a depth-to-space interleaves them, and the crop takes [pad, pad + out).
+  (phase-major: a blocked layout's vector holds one phase's channels) computes every phase, a
+  depth-to-space interleaves them, and the crop takes [pad, pad + out).
   U-Net's 2x2 / stride-2 up-convs become 1x1 convs (T = 1) to 4 O channels.  The kernel has
   s^nd T^nd taps per k^nd of the transposed conv's (k 3, s 2: 16 / 9); past ``MAX_PHASE_WORK``
   times the work (large dilations) TVM's conv_transpose stays.
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, conv_padding, phase_kernel, phase_taps
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, conv_padding, phase_major_kernel, phase_shuffle, phase_taps
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -152,13 +153,14 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
         return None
     o = w.shape[1] * groups
     lengths = in_shape[2:]
-    y = cx.emit(conv_nd(cx, x, phase_kernel(w, stride, dilation, groups), nd, (1,) * nd,
+    y = cx.emit(conv_nd(cx, x, phase_major_kernel(w, stride, dilation, groups), nd, (1,) * nd,
                         [(ti - 1, ti - 1) for ti in t], (1,) * nd, groups))
     q = [n + ti - 1 for n, ti in zip(lengths, t)]
-    if any(si > 1 for si in stride):  # interleave the phases: [N, O, s.., Q..] -> [N, O, Q_1, s_1, ..] -> [N, O, Q s..]
-        y = cx.emit(R.reshape(y, [-1, o, *stride, *q]))
-        y = cx.emit(R.permute_dims(y, [0, 1] + [a for i in range(nd) for a in (2 + nd + i, 2 + i)]))
-        y = cx.emit(R.reshape(y, [-1, o, *(qi * si for qi, si in zip(q, stride))]))
+    if any(si > 1 for si in stride):  # interleave the phases (phase_shuffle): [N, O s.., Q..] -> [N, O, Q s..]
+        split, dims, merged = phase_shuffle(o, groups, stride, q)
+        y = cx.emit(R.reshape(y, [-1, *split[1:]]))
+        y = cx.emit(R.permute_dims(y, dims))
+        y = cx.emit(R.reshape(y, [-1, *merged[1:]]))
     full = [qi * si for qi, si in zip(q, stride)]
     out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
            for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]

@@ -1,7 +1,7 @@
 """lower_conv.py's CPU rewrites: conv1d as a conv2d of height 1, conv3d as a conv2d of depth-stacked
 inputs, a transposed conv as its stride-phase decomposition (one conv, a depth-to-space, a crop).
-The decomposition is checked on its own against torch's conv_transpose (``phase_kernel`` evaluated
-with torch's conv), then each rewrite is compiled for tvm-llvm against the torch backend, and the
+The decomposition is checked on its own against torch's conv_transpose (``phase_major_kernel`` and
+``phase_shuffle`` evaluated with torch's conv and reshapes), then each rewrite is compiled for tvm-llvm against the torch backend, and the
 built module is checked to use the blocked conv template, not TVM's conv*d_transpose / conv1d /
 conv3d."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convdsl.backends.tvm.lower_conv import MAX_PHASE_WORK, phase_kernel
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_major_kernel, phase_shuffle
 
 from .conftest import assert_close, graph_of, kernel_names, one_op, random_inputs, torch_outputs
 
@@ -22,12 +22,11 @@ def _by_phases(x: torch.Tensor, w: np.ndarray, stride, pad, output_pad, dilation
     k = w.shape[2:]
     t = [(ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation)]
     conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-    y = conv(x, torch.from_numpy(phase_kernel(w, stride, dilation, groups)), padding=[ti - 1 for ti in t],
+    y = conv(x, torch.from_numpy(phase_major_kernel(w, stride, dilation, groups)), padding=[ti - 1 for ti in t],
              groups=groups)
     n, o = y.shape[0], w.shape[1] * groups
-    q = list(y.shape[2:])
-    y = y.reshape(n, o, *stride, *q).permute(0, 1, *[a for i in range(nd) for a in (2 + nd + i, 2 + i)])
-    y = y.reshape(n, o, *[qi * si for qi, si in zip(q, stride)])
+    split, dims, merged = phase_shuffle(o, groups, stride, list(y.shape[2:]))
+    y = y.reshape(n, *split[1:]).permute(*dims).reshape(n, *merged[1:])
     out = [(li - 1) * si - 2 * p + di * (ki - 1) + op + 1
            for li, si, p, di, ki, op in zip(x.shape[2:], stride, pad, dilation, k, output_pad)]
     short = [max(p + m - f, 0) for p, m, f in zip(pad, out, y.shape[2:])]
