@@ -118,6 +118,9 @@ PAD_ODD_CHANNELS = True
 # a conv's output whose only reader is a vdpbf16ps conv (or a bf16 depthwise conv) is stored as bf16 bits by
 # its epilogue (``layout._Blocker.bf16_input``) instead of f32 rounded by the reader's input copy
 BITS_BETWEEN_CONVS = True
+# without AMX, a 3x3 stride-1 conv that winograd.choose_m takes against vdpbf16ps (``against_bf16``) runs as the
+# f32 Winograd kernels in a bf16 build
+WINOGRAD_F32 = True
 PAD_DENSE_COLUMNS = True  # N not a multiple of 16 (a classifier's 1000): padded to whole vectors, not left f32
 
 

@@ -210,7 +210,7 @@ AVX512_M = (4, 3)  # the tile sizes AVX-512 chooses from (the cost in choose_m)
 GEMM_MIN_ROWS = 32  # below this many tiles per image the GEMM streams its weights (memory-bound)
 
 
-def choose_m(c: int, o: int, oh: int, ow: int, registers: int = 16) -> int | None:
+def choose_m(c: int, o: int, oh: int, ow: int, registers: int = 16, against_bf16: bool = False) -> int | None:
     """The tile size m for a conv with ``c`` -> ``o`` channels and an ``oh`` x ``ow`` output, or
     None: the direct conv.  ``registers``: the target's vector registers (32: AVX-512).
 
@@ -239,14 +239,26 @@ def choose_m(c: int, o: int, oh: int, ow: int, registers: int = 16) -> int | Non
     28x28 and 56x56.  ResNet-50's 256-channel 14x14 conv, GEMM alone on one core (CPU time):
     F(4,3) 0.667 ms, F(3,3) 0.642; in the network (one thread, CPU time, alternating, load 3) the
     Winograd kernels 10.5 -> 10.0 ms per call, and the network 1.5-3% less CPU per call
-    (docs/tvm.md)."""
+    (docs/tvm.md).
+
+    ``against_bf16``: the direct conv is the bf16 one (``vdpbf16ps``, twice the f32 rate, half the weight
+    bytes), so Winograd (in f32) only where its GEMM has ``GEMM_MIN_ROWS`` tiles or more and is compute-bound:
+    F(4,3)'s 4x fewer multiplies against the 2x.  Measured on Zen 4 (AVX512_BF16, 2 threads, kernels in the
+    network, median of 7 alternating profiles) with Winograd from a given input size up: ResNet-18 bf16 9.25 ms
+    all direct, 8.62 from 14x14, 8.44 from 28x28, 8.72 from 56x56; ResNet-50 21.17 / 20.26 / 19.62 / 19.99;
+    U-Net (128 x 128 input) 14.35 all direct, 12.32 from 8x8, 12.14 from 16x16, 12.32 from 32x32, 13.58 from
+    64x64.  The tile count takes 28x28 and up (49 tiles of F(4,3)) and U-Net's 16x16 (36 of F(3,3)), and leaves
+    ResNet's 14x14 (25 of F(3,3)) direct."""
     if min(c, o) < MIN_CHANNELS:
         return None
     if registers >= 32 and _tile_count(oh, ow, DEFAULT_M) < MIN_TILES_AVX512:
         return None
-    if registers >= 32:
-        return min(AVX512_M, key=lambda m: ((m + 2) ** 2 * max(_tile_count(oh, ow, m), GEMM_MIN_ROWS), -m))
-    return DEFAULT_M
+    if registers < 32:
+        return None if against_bf16 else DEFAULT_M
+    m = min(AVX512_M, key=lambda m: ((m + 2) ** 2 * max(_tile_count(oh, ow, m), GEMM_MIN_ROWS), -m))
+    if against_bf16 and _tile_count(oh, ow, m) < GEMM_MIN_ROWS:
+        return None
+    return m
 
 
 def _tile_count(oh: int, ow: int, m: int) -> int:

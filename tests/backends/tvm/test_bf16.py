@@ -119,8 +119,8 @@ def _scheduled_bf16(src: str):
 
 
 STEM = """network s(x: f32[1, 3, 32, 32]) {
-    return x | conv2d(64, 7, stride=2, pad=3) | relu | conv2d(32, 3, pad=same)
-}"""  # three input channels, an RGB stem: vdpbf16ps takes input channels in pairs
+    return x | conv2d(64, 7, stride=2, pad=3) | relu | conv2d(32, 3, stride=2, pad=1)
+}"""  # three input channels, an RGB stem: vdpbf16ps takes input channels in pairs (then a strided conv: not Winograd)
 
 
 @needs_bf16
@@ -252,3 +252,35 @@ def test_manifest_records_the_precision(tmp_path):
     x = np.random.default_rng(2).standard_normal((1, 197, 64)).astype(np.float32)
     y, = run([x])
     np.testing.assert_allclose(y, bf16_reference(g, x), atol=1e-4 * max(1.0, float(np.abs(y).max())))
+
+
+WINO = """network w(x: f32[1, 32, 28, 28]) {
+    a = x | conv2d(32, 3, pad=1) as big | relu
+    return a | conv2d(64, 3, stride=2, pad=1) as down | relu | conv2d(64, 3, pad=1) as small
+}"""  # 3x3 stride-1 at 28 x 28 (49 F(4,3) tiles) and at 14 x 14 (25 F(3,3) tiles), a stride-2 conv between
+
+
+@needs_bf16
+def test_bf16_build_takes_f32_winograd_where_its_gemm_is_compute_bound(monkeypatch):
+    """Without AMX, a 3x3 stride-1 conv whose Winograd GEMM has 32 tiles or more runs as the f32 Winograd
+    kernels in a bf16 build (4x fewer multiplies against vdpbf16ps's 2x rate; winograd.choose_m, against_bf16):
+    the 28 x 28 conv; the 14 x 14 one (25 tiles) and the strided one stay vdpbf16ps.  The Winograd layer computes
+    in f32: alone, its output is torch's f32 conv, not the bf16 arithmetic."""
+    def kernels():
+        return {gv.name_hint: f.script() for gv, f in _scheduled_bf16(WINO).functions.items()
+                if isinstance(f, tvm.tirx.PrimFunc)}
+
+    texts = kernels()
+    assert sum(bf16.EXTERN in t for t in texts.values()) == 2
+    assert sum(n.startswith("winograd_gemm") for n in texts) == 1
+    g = elaborate(WINO.replace("return a | conv2d(64, 3, stride=2, pad=1) as down | relu | conv2d(64, 3, pad=1) as "
+                               "small", "return a"))
+    x = np.random.default_rng(5).standard_normal((1, 32, 28, 28)).astype(np.float32)
+    y = ctvm.backend("tvm-llvm", precision="bf16", progress=False, use_db=False, amx=False).build_module(g)(x)
+    with torch.no_grad():
+        f32 = torch_module(g).eval()(torch.from_numpy(x)).numpy()
+    scale = float(np.abs(f32).max())
+    assert np.abs(y - f32).max() <= 1e-5 * scale
+    assert np.abs(y - bf16_reference(g, x)).max() > 1e-4 * scale  # bf16 arithmetic would be this far off
+    monkeypatch.setattr(bf16, "WINOGRAD_F32", False)
+    assert sum(bf16.EXTERN in t for t in kernels().values()) == 3
