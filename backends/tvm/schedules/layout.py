@@ -380,7 +380,7 @@ class _Blocker(PyExprMutator):
             if vdpbf16ps and bf16.conv_fits(c, o, ib) and bf16.WINOGRAD_F32:
                 # a 3x3 stride-1 conv whose Winograd GEMM has rows enough: f32 F(4,3) (4x fewer multiplies) beats
                 # vdpbf16ps (twice the f32 rate); more exact too (winograd.choose_m, ``against_bf16``)
-                wino = self._winograd(self.f32_input(xb), wt, xs, ib, ob, stride, padding, dilation, groups, True)
+                wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups, True)
                 if wino is not None:
                     self._lanes = ob
                     return wino
@@ -667,7 +667,8 @@ class _Blocker(PyExprMutator):
         """The three Winograd kernels (``winograd.py``) for a conv they fit and the per-layer rule
         chooses, on a CPU target (None: the direct conv; ``against_bf16``: the direct conv is vdpbf16ps's)."""
         target = tvm.target.Target.current(allow_none=True)
-        if not self.winograd or (self.precision != "f32" and not against_bf16) or target is None or target.kind.name != "llvm" \
+        if not self.winograd or (self.precision != "f32" and not against_bf16) or target is None \
+                or target.kind.name != "llvm" \
                 or not winograd.applies(wt.shape[2:], stride, dilation, groups, "float32"):
             return None
         from convdsl.backends.tvm.schedules.cpu import Hardware, dense_rows
@@ -679,6 +680,7 @@ class _Blocker(PyExprMutator):
         m = winograd.choose_m(c, o, oh, ow, hw.registers, against_bf16)
         if m is None or oh < 1 or ow < 1:
             return None
+        xb = self.f32_input(xb)  # (bf16 bits widened: Winograd reads f32)
         ty, tx = winograd.tiles(oh, ow, m)
         rows = dense_rows(ty * tx, o // ob, hw, hw.vectors(ob))  # tiles per image
         call = self.builder_.call_te(winograd.winograd_input, xb, m, [pt, pl, pb, pr], oh, ow, rows,
