@@ -28,11 +28,12 @@ done (per-layer scales, what stayed float and why).  The input graph is not
 modified.
 
 Transposed convs: a ``conv_transpose{1,2,3}d`` whose stride-phase decomposition needs no crop (no ``pad``, and
-``dilation (k - 1) + output_pad + 1`` a multiple of the stride: U-Net's 2x2 / stride-2 up-convs) is first split
-into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s ``phase_kernel``, O s^nd
-output channels, phase-major (``phase_major_kernel``), the bias repeated per phase) and a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves
-the phases; the conv is then quantized as above (per (channel, phase) weight scales) and the shuffle runs on
-its int8 output where a quantized layer reads it.  The others stay float, with the reason in the report.
+``dilation (k - 1) + output_pad + 1`` equal to stride x T, T the phases' taps: U-Net's 2x2 / stride-2 up-convs)
+is first split into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s
+``phase_major_kernel``, O s^nd output channels, the bias repeated per phase) and a ``reshape`` -> ``permute`` ->
+``reshape`` that interleaves the phases; the conv is then quantized as above (per (channel, phase) weight
+scales) and the shuffle runs on its int8 output where a quantized layer reads it.  The others stay float, with
+the reason in the report.
 
 Transformers: an ``mhsa`` (self-attention with packed q/k/v weights, no mask or relative bias) is
 first split into ``linear`` (its q/k/v projection, ``<id>.in_proj``) -> ``packed_attention``
@@ -418,8 +419,8 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
     pad, opad = tuple_n(a["pad"], nd), tuple_n(a["output_pad"], nd)
     t = phase_taps(k, s, d)
     if any(pad) or any(di * (ki - 1) + oi + 1 != ti * si for ki, si, di, oi, ti in zip(k, s, d, opad, t)):
-        return ("its stride-phase decomposition needs a crop (pad, or dilation*(k-1) + output_pad + 1 not a multiple "
-                "of the stride): int8 transposed convs are the phases' conv and a reshape, which cannot crop")
+        return ("its stride-phase decomposition needs a crop (pad, or dilation*(k-1) + output_pad + 1 not stride x "
+                "the phases' taps): int8 transposed convs are the phases' conv and a reshape, which cannot crop")
     if np.prod([si * ti for si, ti in zip(s, t)]) > MAX_PHASE_WORK * np.prod(k):
         return f"its stride-phase decomposition would do more than {MAX_PHASE_WORK:g}x its multiply-adds"
     return None
