@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, conv_padding, phase_major_kernel, phase_shuffle, phase_taps
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, conv_padding, phase_kernel, phase_shuffle, phase_taps
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -153,7 +153,7 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
         return None
     o = w.shape[1] * groups
     lengths = in_shape[2:]
-    y = cx.emit(conv_nd(cx, x, phase_major_kernel(w, stride, dilation, groups), nd, (1,) * nd,
+    y = cx.emit(conv_nd(cx, x, phase_kernel(w, stride, dilation, groups), nd, (1,) * nd,
                         [(ti - 1, ti - 1) for ti in t], (1,) * nd, groups))
     q = [n + ti - 1 for n, ti in zip(lengths, t)]
     if any(si > 1 for si in stride):  # interleave the phases (phase_shuffle): [N, O s.., Q..] -> [N, O, Q s..]

@@ -30,7 +30,7 @@ modified.
 Transposed convs: a ``conv_transpose{1,2,3}d`` whose stride-phase decomposition needs no crop (no ``pad``, and
 ``dilation (k - 1) + output_pad + 1`` equal to stride x T, T the phases' taps: U-Net's 2x2 / stride-2 up-convs)
 is first split into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s
-``phase_major_kernel``, O s^nd output channels, the bias repeated per phase) and a ``reshape`` -> ``permute`` ->
+``phase_kernel``, O s^nd output channels, the bias repeated per phase) and a ``reshape`` -> ``permute`` ->
 ``reshape`` that interleaves the phases; the conv is then quantized as above (per (channel, phase) weight
 scales) and the shuffle runs on its int8 output where a quantized layer reads it.  The others stay float, with
 the reason in the report.
@@ -61,7 +61,7 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_major_kernel, phase_shuffle, phase_taps
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_shuffle, phase_taps
 from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec, bind_attrs, tuple_n
 from convdsl.ir.types import TensorType
@@ -428,7 +428,7 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
 
 def _split_conv_transpose(g: Graph, node: Node) -> None:
     """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases, output
-    channels phase-major (``phase_major_kernel``), and the reshape -> permute -> reshape of ``phase_shuffle``
+    channels phase-major (``phase_kernel``), and the reshape -> permute -> reshape of ``phase_shuffle``
     interleaving them."""
     a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
     x = g.inputs_of(nid)[0]
@@ -437,7 +437,7 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     q = [n + ti - 1 for n, ti in zip(g.in_types(nid)[0].shape[2:], t)]
     arr = _take_params(g, node)
     o, groups, phases = a["out"], a["groups"], int(np.prod(s))
-    params = {"weight": phase_major_kernel(arr["weight"], s, d, groups)}
+    params = {"weight": phase_kernel(arr["weight"], s, d, groups)}
     if a["bias"]:
         params["bias"] = np.tile(arr["bias"].reshape(groups, 1, o // groups), (1, phases, 1)).reshape(-1)
     last = _add_op(g, g.unique_id(f"{nid}.phases"), f"conv{nd}d", [x],

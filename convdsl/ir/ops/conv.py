@@ -214,36 +214,28 @@ def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
 
     Per dim, output position Y = s q + r (before the crop) collects the taps j with j d = r + s m_j, from input
     q - m_j, so phase r is a stride-1 correlation of the input (padded by T - 1 on both sides) with the taps of
-    phase r placed at T - 1 - m_j; one conv with O s^nd output channels computes every phase, a depth-to-space
+    phase r placed at T - 1 - m_j; one conv with O s^nd output channels computes every phase, ``phase_shuffle``
     interleaves them and a crop takes [pad, pad + out) (backends/tvm/lower_conv.py).
 
-    ``w``: the transposed conv's kernel [C, O/g, *k] (torch's layout).  Returns [O * prod(s), C/g, *T],
-    output channels ordered (o, r_1, ..., r_nd), each phase's taps at T - 1 - m_j, zeros elsewhere."""
+    ``w``: the transposed conv's kernel [C, O/g, *k] (torch's layout).  Returns [O * prod(s), C/g, *T], output
+    channels phase-major within each group, (g, r_1, ..., r_nd, o): 16 consecutive channels of one phase stay 16
+    consecutive channels of the output, i.e. one vector of a blocked layout, where (g, o, r..) would make the
+    interleave a gather of every s^nd-th channel.  Each phase's taps at T - 1 - m_j, zeros elsewhere."""
     c, og = w.shape[:2]
     k = w.shape[2:]
     t = phase_taps(k, stride, dilation)
     wg = w.reshape((groups, c // groups, og) + k)
-    out = np.zeros((groups, og) + tuple(stride) + (c // groups,) + t, dtype=w.dtype)
+    out = np.zeros((groups,) + tuple(stride) + (og, c // groups) + t, dtype=w.dtype)
     for taps in np.ndindex(*k):
         r = tuple(j * di % si for j, si, di in zip(taps, stride, dilation))
         u = tuple(ti - 1 - j * di // si for j, si, di, ti in zip(taps, stride, dilation, t))
         # [g, c/g, o/g] -> [g, o/g, c/g]
-        out[(slice(None), slice(None)) + r + (slice(None),) + u] = wg[(Ellipsis,) + taps].transpose(0, 2, 1)
+        out[(slice(None),) + r + (slice(None), slice(None)) + u] = wg[(Ellipsis,) + taps].transpose(0, 2, 1)
     return out.reshape((groups * og * int(np.prod(stride)), c // groups) + t)
 
 
-def phase_major_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
-    """``phase_kernel`` with its output channels phase-major within each group, (g, r_1, .., r_nd, o) instead of
-    (g, o, r..): 16 consecutive channels of one phase stay 16 consecutive channels of the output after
-    ``phase_shuffle``, i.e. one vector of a blocked layout, where (g, o, r..) makes the interleave a gather of
-    every s^nd-th channel."""
-    pk = phase_kernel(w, stride, dilation, groups)
-    o, phases = w.shape[1] * groups, int(np.prod(stride))
-    return pk.reshape((groups, o // groups, phases) + pk.shape[1:]).swapaxes(1, 2).reshape(pk.shape)
-
-
 def phase_shuffle(o: int, groups: int, stride, q) -> tuple[list[int], list[int], list[int]]:
-    """How the phases of ``phase_major_kernel``'s conv (``o`` output channels, each phase ``q`` long per dim) are
+    """How the phases of ``phase_kernel``'s conv (``o`` output channels, each phase ``q`` long per dim) are
     interleaved: reshape its [N, O s.., Q..] to the first list ([N, (g,) s.., O/g, Q..]; N as 0, "keep"), permute
     by the second ([N, (g,) O/g, Q_1, s_1, ..]), reshape to the third ([N, O, Q_1 s_1, ..])."""
     nd = len(stride)

@@ -1,6 +1,6 @@
 """lower_conv.py's CPU rewrites: conv1d as a conv2d of height 1, conv3d as a conv2d of depth-stacked
 inputs, a transposed conv as its stride-phase decomposition (one conv, a depth-to-space, a crop).
-The decomposition is checked on its own against torch's conv_transpose (``phase_major_kernel`` and
+The decomposition is checked on its own against torch's conv_transpose (``phase_kernel`` and
 ``phase_shuffle`` evaluated with torch's conv and reshapes), then each rewrite is compiled for tvm-llvm against the torch backend, and the
 built module is checked to use the blocked conv template, not TVM's conv*d_transpose / conv1d /
 conv3d."""
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_major_kernel, phase_shuffle
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_shuffle
 
 from .conftest import assert_close, graph_of, kernel_names, one_op, random_inputs, torch_outputs
 
@@ -22,7 +22,7 @@ def _by_phases(x: torch.Tensor, w: np.ndarray, stride, pad, output_pad, dilation
     k = w.shape[2:]
     t = [(ki - 1) * di // si + 1 for ki, si, di in zip(k, stride, dilation)]
     conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
-    y = conv(x, torch.from_numpy(phase_major_kernel(w, stride, dilation, groups)), padding=[ti - 1 for ti in t],
+    y = conv(x, torch.from_numpy(phase_kernel(w, stride, dilation, groups)), padding=[ti - 1 for ti in t],
              groups=groups)
     n, o = y.shape[0], w.shape[1] * groups
     split, dims, merged = phase_shuffle(o, groups, stride, list(y.shape[2:]))
