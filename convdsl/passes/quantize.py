@@ -330,7 +330,8 @@ def split_for_int8(g: Graph, per_layer: Mapping[str, str]) -> list[str]:
         elif node.op == "patch_embed" and g.in_types(node.id)[0].dtype == "f32" \
                 and all(owners(g, key) == [node.id] for key in node.params.values()):
             _split_patch_embed(g, node)
-        elif node.op.startswith("conv_transpose") and _conv_transpose_why_not(g, node) is None:
+        elif node.op.startswith("conv_transpose") and _why_not(g, node, per_layer) is None \
+                and _conv_transpose_why_not(g, node) is None:
             _split_conv_transpose(g, node)
         else:
             continue
@@ -404,17 +405,14 @@ def _split_patch_embed(g: Graph, node: Node) -> None:
 
 
 def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
-    """Why ``split_for_int8`` leaves the transposed conv ``node`` whole (None: it splits it; other ops: None)."""
+    """Why ``split_for_int8`` leaves the transposed conv ``node`` whole for its form (None: it splits it, where
+    ``_why_not``, the reasons every layer shares, has none either; other ops: None)."""
     if not node.op.startswith("conv_transpose"):
         return None
     a, nd = node.attrs, int(node.op[len("conv_transpose")])
     x = g.in_types(node.id)[0]
-    if x.dtype != "f32":
-        return f"input is {x.dtype}, not f32"
     if not all(isinstance(n, int) for n in x.shape[2:]):
         return f"input {x} has a symbolic spatial size (the phases are interleaved by static reshapes)"
-    if any(owners(g, key) != [node.id] or key != f"{node.id}.{local}" for local, key in node.params.items()):
-        return "its weights are shared with another node or not named <id>.<name>"
     k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
     pad, opad = tuple_n(a["pad"], nd), tuple_n(a["output_pad"], nd)
     t = phase_taps(k, s, d)
