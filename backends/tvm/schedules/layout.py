@@ -377,14 +377,14 @@ class _Blocker(PyExprMutator):
                 if tiles is not None:  # (with its epilogue inside, ``_absorb``: nothing fuses after it)
                     self._lanes, self._fused_out = ob, not self._absorb
                     return tiles
-            if vdpbf16ps and bf16.conv_fits(c, o, ib) and bf16.WINOGRAD_F32:
+            if vdpbf16ps and bf16.conv_fits(c, o, ib):
                 # a 3x3 stride-1 conv whose Winograd GEMM has rows enough: f32 F(4,3) (4x fewer multiplies) beats
                 # vdpbf16ps (twice the f32 rate); more exact too (winograd.choose_m, ``against_bf16``)
-                wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups, True)
+                wino = self._winograd(xb, wt, xs, ib, ob, stride, padding, dilation, groups, True) \
+                    if bf16.WINOGRAD_F32 else None
                 if wino is not None:
                     self._lanes = ob
                     return wino
-            if vdpbf16ps and bf16.conv_fits(c, o, ib):
                 # with AMX, the convs the tiles decline (fewer than 16 input channels: the RGB stem) stay f32:
                 # MobileNet-V2's 16 -> 96 1x1 at 112 x 112 took 0.54 ms on vdpbf16ps (its input copy rounds to
                 # bf16, and 16 channels are 8 dot products per output), 0.32 in f32, 0.66 on tiles through the
