@@ -1,9 +1,9 @@
 """lower_conv.py's CPU rewrites: conv1d as a conv2d of height 1, conv3d as a conv2d of depth-stacked
 inputs, a transposed conv as its stride-phase decomposition (one conv, a depth-to-space, a crop).
 The decomposition is checked on its own against torch's conv_transpose (``phase_kernel`` and
-``phase_shuffle`` evaluated with torch's conv and reshapes), then each rewrite is compiled for tvm-llvm against the torch backend, and the
-built module is checked to use the blocked conv template, not TVM's conv*d_transpose / conv1d /
-conv3d."""
+``phase_shuffle`` evaluated with torch's conv and reshapes), then each rewrite is compiled for tvm-llvm
+against the torch backend, and the built module is checked to use the blocked conv template, not TVM's
+conv*d_transpose / conv1d / conv3d."""
 from __future__ import annotations
 
 import numpy as np
