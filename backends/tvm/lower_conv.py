@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, conv_padding, phase_kernel, phase_shuffle, phase_taps
+from convdsl.ir.ops.conv import (MAX_PHASE_WORK, conv_padding, phase_kernel, phase_shuffle, phase_taps,
+                                 phase_window)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -152,24 +153,19 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
     if np.prod([si * ti for si, ti in zip(stride, t)]) > MAX_PHASE_WORK * np.prod(k):
         return None
     o = w.shape[1] * groups
-    lengths = in_shape[2:]
     y = cx.emit(conv_nd(cx, x, phase_kernel(w, stride, dilation, groups), nd, (1,) * nd,
                         [(ti - 1, ti - 1) for ti in t], (1,) * nd, groups))
-    q = [n + ti - 1 for n, ti in zip(lengths, t)]
+    q, short, window = phase_window(in_shape[2:], k, stride, pad, dilation, output_pad)
     if any(si > 1 for si in stride):  # interleave the phases (phase_shuffle): [N, O s.., Q..] -> [N, O, Q s..]
         split, dims, merged = phase_shuffle(o, groups, stride, q)
         y = cx.emit(R.reshape(y, [-1, *split[1:]]))
         y = cx.emit(R.permute_dims(y, dims))
         y = cx.emit(R.reshape(y, [-1, *merged[1:]]))
-    full = [qi * si for qi, si in zip(q, stride)]
-    out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
-           for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
-    short = [max(p + n - f, 0) for p, n, f in zip(pad, out, full)]
+    full = [qi * si + e for qi, si, e in zip(q, stride, short)]
     if any(short):  # output_pad past the last position an input reaches: zeros
         y = cx.emit(R.nn.pad(y, [0, 0, 0, 0] + [v for e in short for v in (0, e)]))
-        full = [f + e for f, e in zip(full, short)]
-    if any(p or n != f for p, n, f in zip(pad, out, full)):
-        y = cx.emit(R.strided_slice(y, list(range(2, 2 + nd)), list(pad), [p + n for p, n in zip(pad, out)]))
+    if any(start or stop != f for (start, stop), f in zip(window, full)):
+        y = cx.emit(R.strided_slice(y, list(range(2, 2 + nd)), [a for a, _ in window], [b for _, b in window]))
     return y
 
 

@@ -215,7 +215,7 @@ def phase_kernel(w: np.ndarray, stride, dilation, groups: int) -> np.ndarray:
     Per dim, output position Y = s q + r (before the crop) collects the taps j with j d = r + s m_j, from input
     q - m_j, so phase r is a stride-1 correlation of the input (padded by T - 1 on both sides) with the taps of
     phase r placed at T - 1 - m_j; one conv with O s^nd output channels computes every phase, ``phase_shuffle``
-    interleaves them and a crop takes [pad, pad + out) (backends/tvm/lower_conv.py).
+    interleaves them and a crop takes [pad, pad + out) (``phase_window``; backends/tvm/lower_conv.py).
 
     ``w``: the transposed conv's kernel [C, O/g, *k] (torch's layout).  Returns [O * prod(s), C/g, *T], output
     channels phase-major within each group, (g, r_1, ..., r_nd, o): 16 consecutive channels of one phase stay 16
@@ -243,6 +243,19 @@ def phase_shuffle(o: int, groups: int, stride, q) -> tuple[list[int], list[int],
     sd, od = 1 + len(lead), 1 + len(lead) + nd  # where s_1 and O/g are
     dims = [0, *range(1, sd), od] + [i for j in range(nd) for i in (od + 1 + j, sd + j)]
     return [0, *lead, *stride, o // groups, *q], dims, [0, o, *(qi * si for qi, si in zip(q, stride))]
+
+
+def phase_window(lengths, k, stride, pad, dilation, output_pad) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Where a transposed conv's output lies in the interleaved output of its phases (``phase_kernel``'s conv on
+    an input of spatial ``lengths``, interleaved by ``phase_shuffle``), per dim: (q, each phase's length; short,
+    the zeros to append past the last position an input reaches (an output_pad beyond it); (start, stop), the
+    output's positions in the interleaved and appended [q s + short])."""
+    t = phase_taps(k, stride, dilation)
+    q = [n + ti - 1 for n, ti in zip(lengths, t)]
+    out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
+           for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
+    short = [max(p + n - qi * si, 0) for p, n, qi, si in zip(pad, out, q, stride)]
+    return q, short, [(p, p + n) for p, n in zip(pad, out)]
 
 
 def make_conv_transpose(nd: int) -> OpDef:
