@@ -8,7 +8,7 @@ SpaceToDepth orders channels the other way).
 from __future__ import annotations
 
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims
+from convdsl.ir.ops.shape import explicit_pads, index_as_slice, index_positions, select_dim, split_sizes, squeeze_dims
 
 from convdsl.backends.onnx.export import Exporter
 from convdsl.backends.onnx.common import family, pad_spatial
@@ -96,6 +96,9 @@ def _select(cx, node, args, ins):
 
 def _index_select(cx, node, args, ins):
     d, index = index_positions(node.attrs, ins[0])
+    run = index_as_slice(index)
+    if run is not None:
+        return cx.op("Slice", [args[0], *(cx.ints([v]) for v in run[:2]), cx.ints([d]), cx.ints([run[2]])])
     return cx.op("Gather", [args[0], cx.ints(list(index))], axis=d)  # a 1-D index keeps the dim
 
 

@@ -11,7 +11,8 @@ from torch import nn
 from convdsl.errors import LoweringError
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes, squeeze_dims, take_shape
+from convdsl.ir.ops.shape import (explicit_pads, index_as_slice, index_positions, select_dim, split_sizes, squeeze_dims,
+                                  take_shape)
 from convdsl.ir.types import Dim, Size, TensorType, dim_eval, symbol_sources
 
 from convdsl.backends.torch.common import TorchLowering, family, keywords, lit, template
@@ -149,6 +150,10 @@ def _select_call(node: Node, ins: list[TensorType], mod: str | None, args: list[
 
 def _index_select_call(node: Node, ins: list[TensorType], mod: str | None, args: list[str]) -> str:
     d, index = index_positions(node.attrs, ins[0])
+    run = index_as_slice(index)
+    if run is not None:  # x[:, 1:17] reads better than 16 positions
+        start, stop, step = run
+        return f"{args[0]}[{':, ' * d}{start}:{stop}{f':{step}' if step > 1 else ''}]"
     return f"{args[0]}[{':, ' * d}{list(index)}]"  # a list index keeps the dim: x[:, [2, 0, 1]]
 
 

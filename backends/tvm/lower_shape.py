@@ -10,7 +10,7 @@ import numpy as np
 
 from convdsl.ir.graph import Node
 from convdsl.ir.ops.pool import normalize_dims
-from convdsl.ir.ops.shape import explicit_pads, index_positions, select_dim, split_sizes
+from convdsl.ir.ops.shape import explicit_pads, index_as_slice, index_positions, select_dim, split_sizes
 
 from convdsl.backends.tvm.common import R, family, relax
 from convdsl.backends.tvm.indexing import pad_by_index
@@ -73,6 +73,10 @@ def _select(cx, node, args, ins):
 
 def _index_select(cx, node, args, ins):
     d, index = index_positions(node.attrs, ins[0])
+    run = index_as_slice(index)
+    if run is not None:  # a copy of a window, which fuses with its neighbours, rather than a gather
+        start, stop, step = run
+        return R.strided_slice(args[0], [d], [start], [stop], [step])
     return R.take(args[0], cx.const(np.array(index), "int64"), axis=d, mode="clip")
 
 

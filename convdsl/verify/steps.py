@@ -515,13 +515,17 @@ def spectral(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
 
 
 def index_select(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
-    """Positions gathered along one dim that is not the batch: a permutation, a subset or repeats."""
+    """Positions gathered along one dim that is not the batch: a permutation, a subset or repeats, or a run with
+    one step (which backends take as a slice)."""
     dims = [i for i in range(1, len(shape)) if shape[i] > 1]
     if not dims:
         return None
     dim = d.pick(dims)
     n = shape[dim]
-    index = [d.int(-n, n - 1) for _ in range(d.int(1, 4))]
+    if d.flag():
+        index = list(range(d.int(0, n - 1), n, d.int(1, 2)))[:d.int(1, 4)]
+    else:
+        index = [d.int(-n, n - 1) for _ in range(d.int(1, 4))]
     out = list(shape)
     out[dim] = len(index)
     alt = call("index_select", [i % n for i in index], dim=dim - len(shape))  # the same, counted from the ends

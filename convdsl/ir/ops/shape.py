@@ -354,6 +354,16 @@ def index_positions(attrs: dict, x: TensorType) -> tuple[int, tuple[int, ...]]:
     return d, tuple(i % size for i in index)
 
 
+def index_as_slice(index: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """(start, stop, step) where ``index`` (``index_positions``'s) is a slice, an ascending run with one step
+    (the crop an imported Slice or the quantizer's transposed-conv split makes), else None: backends take such a
+    run as a slice instead of a gather."""
+    step = index[1] - index[0] if len(index) > 1 else 1
+    if step < 1 or any(b - a != step for a, b in zip(index, index[1:])):
+        return None
+    return index[0], index[-1] + 1, step
+
+
 def _index_select_infer(attrs: dict, ins: list[TensorType]) -> list[TensorType]:
     x = ins[0]
     d, index = index_positions(attrs, x)

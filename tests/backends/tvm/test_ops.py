@@ -109,6 +109,8 @@ C = (
     ("pixel_unshuffle", [(2, 3, 10, 6)], (2,), {}),
     ("index_select", S4, ([5, 0, -1, 2, 2],), dict(dim=1)),
     ("index_select", [(49, 3)], ([48, 0, 24, 7] * 3,), dict(dim=0)),
+    ("index_select", S4, ([2, 3, 4, 5, 6],), dict(dim=3)),  # runs: a strided_slice
+    ("index_select", S4, ([1, 4, 7],), dict(dim=-2)),
     ("take", S4, ([2, 3],), dict(dim=2)),  # the index table as initialized (zeros); tables with data: test_shape
     # attention and tokens
     ("mhsa", SEQ, (), dict(heads=2)),

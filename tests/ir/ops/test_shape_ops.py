@@ -310,6 +310,47 @@ def test_index_select_of_every_position_in_order_is_an_identity():
     assert not OPS["index_select"].identity_when({"index": [2, 1, 0], "dim": 1}, x, x)
 
 
+@pytest.mark.parametrize("index,dim,run", [
+    ([1, 2, 3, 4], 2, "1:5"), ([0, 2, 4], 3, "0:5:2"), ([5], -1, "5:6"), ([-3, -2], 1, "1:3"),  # runs: slices
+    ([1, 2, 4], 2, None), ([3, 2, 1], 3, None), ([2, 2], 2, None),  # not one step up: gathers
+])
+def test_index_select_of_a_run_is_a_slice_in_every_backend(index, dim, run):
+    """A run of positions with one step (the crop of an imported Slice, or of the quantizer's transposed-conv
+    split) is taken as a slice: torch's x[:, 1:5], ONNX's Slice, TVM's strided_slice; anything else stays a
+    gather.  Numbers against numpy.take in each."""
+    import numpy as np
+
+    import convdsl
+    from convdsl.api import load_graph
+    from convdsl.ir.ops.shape import index_as_slice
+    from opcheck import one_op_program
+
+    shape = (2, 4, 6, 6)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    want = np.take(x, index, axis=dim)
+    src = one_op_program("index_select", [shape], index, dim=dim)
+    assert (index_as_slice(tuple(i % shape[dim] for i in index)) is not None) == (run is not None)
+    model = convdsl.compile(src)
+    np.testing.assert_array_equal(model(torch.from_numpy(x)).numpy(), want)
+    positions = "[" + ", ".join(str(i % shape[dim]) for i in index) + "]"
+    assert (f"{run}]" in model.source) if run else (positions in model.source)
+    g = load_graph(src)
+    ort = pytest.importorskip("onnxruntime")
+    from convdsl.backends.onnx import export_graph
+
+    m = export_graph(g)
+    assert [n.op_type for n in m.graph.node if n.op_type != "Identity"] == (["Slice"] if run else ["Gather"])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(sess.run(None, {sess.get_inputs()[0].name: x})[0], want)
+    ctvm = pytest.importorskip("convdsl.backends.tvm")
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    relax = lower_graph(g, "tvm-llvm").script()
+    assert ("R.strided_slice" in relax, "R.take" in relax) == ((True, False) if run else (False, True))
+    built = ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(g)
+    np.testing.assert_array_equal(np.asarray(built(x)), want)
+
+
 # ---- take ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,table,dim", [
     ((2, 5, 3), (4,), 1), ((2, 5, 3), (2, 3), -1), ((4, 13), (6, 6), 1),  # LeViT: biases[:, idxs]
