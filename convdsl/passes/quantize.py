@@ -27,13 +27,16 @@ and outputs keep their dtypes.  ``quantize_with_report`` also returns what was
 done (per-layer scales, what stayed float and why).  The input graph is not
 modified.
 
-Transposed convs: a ``conv_transpose{1,2,3}d`` whose stride-phase decomposition needs no crop (no ``pad``, and
-``dilation (k - 1) + output_pad + 1`` equal to stride x T, T the phases' taps: U-Net's 2x2 / stride-2 up-convs)
-is first split into the ``conv{nd}d`` of its phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s
-``phase_kernel``, O s^nd output channels, the bias repeated per phase) and a ``reshape`` -> ``permute`` ->
-``reshape`` that interleaves the phases; the conv is then quantized as above (per (channel, phase) weight
-scales) and the shuffle runs on its int8 output where a quantized layer reads it.  The others stay float, with
-the reason in the report.
+Transposed convs: a ``conv_transpose{1,2,3}d`` (static spatial size) is first split into the ``conv{nd}d`` of
+its stride phases (``<id>.phases``: ``convdsl/ir/ops/conv.py``'s ``phase_kernel``, O s^nd output channels, the
+bias repeated per phase), a ``reshape`` -> ``permute`` -> ``reshape`` that interleaves the phases, and where the
+output is a window of that (a ``pad``, or a last phase longer than the output: ``phase_window``) an
+``index_select`` of a run per cropped dim (``<id>.crop``, a slice in every backend); the conv is then quantized
+as above (per (channel, phase) weight scales) and the shuffle and crop run on its int8 output where a quantized
+layer reads it.  U-Net's 2x2 / stride-2 up-convs need no crop; k 3 / stride 2 / pad 1 / output_pad 1 (FCN-style
+decoders) and k 4 / stride 2 / pad 1 (DCGAN) crop one position at each end.  Kept float, with the reason in the
+report: an ``output_pad`` past the last position any input reaches (zeros appended: in int8 those would be the
+zero point, and the phases' conv adds the bias before) and decompositions past ``MAX_PHASE_WORK``.
 
 Transformers: an ``mhsa`` (self-attention with packed q/k/v weights, no mask or relative bias) is
 first split into ``linear`` (its q/k/v projection, ``<id>.in_proj``) -> ``packed_attention``
@@ -61,7 +64,7 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_shuffle, phase_taps
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_shuffle, phase_taps, phase_window
 from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec, bind_attrs, tuple_n
 from convdsl.ir.types import TensorType
@@ -319,8 +322,8 @@ def _splittable_mhsa(g: Graph, node: Node) -> bool:
 
 
 def split_for_int8(g: Graph, per_layer: Mapping[str, str]) -> list[str]:
-    """Split, in place, each splittable ``mhsa``, each ``patch_embed`` and each transposed conv without a crop
-    that the per-layer config leaves int8 (module docstring); returns the ids split."""
+    """Split, in place, each splittable ``mhsa``, each ``patch_embed`` and each splittable transposed conv that
+    the per-layer config leaves int8 (module docstring); returns the ids split."""
     done = []
     for node in list(g.nodes()):
         if layer_setting(node.id, per_layer) != "int8":
@@ -414,25 +417,26 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
     if not all(isinstance(n, int) for n in x.shape[2:]):
         return f"input {x} has a symbolic spatial size (the phases are interleaved by static reshapes)"
     k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
-    pad, opad = tuple_n(a["pad"], nd), tuple_n(a["output_pad"], nd)
-    t = phase_taps(k, s, d)
-    if any(pad) or any(di * (ki - 1) + oi + 1 != ti * si for ki, si, di, oi, ti in zip(k, s, d, opad, t)):
-        return ("its stride-phase decomposition needs a crop (pad, or dilation*(k-1) + output_pad + 1 not stride x "
-                "the phases' taps): int8 transposed convs are the phases' conv and a reshape, which cannot crop")
-    if np.prod([si * ti for si, ti in zip(s, t)]) > MAX_PHASE_WORK * np.prod(k):
+    _, short, _ = phase_window(x.shape[2:], k, s, tuple_n(a["pad"], nd), d, tuple_n(a["output_pad"], nd))
+    if any(short):
+        return ("its output_pad reaches past the last position an input reaches: the phases would need zeros "
+                "appended, and an int8 tensor's zero is its zero point")
+    if np.prod([si * ti for si, ti in zip(s, phase_taps(k, s, d))]) > MAX_PHASE_WORK * np.prod(k):
         return f"its stride-phase decomposition would do more than {MAX_PHASE_WORK:g}x its multiply-adds"
     return None
 
 
 def _split_conv_transpose(g: Graph, node: Node) -> None:
     """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases, output
-    channels phase-major (``phase_kernel``), and the reshape -> permute -> reshape of ``phase_shuffle``
-    interleaving them."""
+    channels phase-major (``phase_kernel``), the reshape -> permute -> reshape of ``phase_shuffle`` interleaving
+    them, and an ``index_select`` of a run (a slice) per dim where the output is a window of that (its pad, or a
+    longer last phase: ``phase_window``)."""
     a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
     x = g.inputs_of(nid)[0]
-    s, d = tuple_n(a["stride"], nd), tuple_n(a["dilation"], nd)
-    t = phase_taps(tuple_n(a["k"], nd), s, d)
-    q = [n + ti - 1 for n, ti in zip(g.in_types(nid)[0].shape[2:], t)]
+    k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
+    t = phase_taps(k, s, d)
+    q, _, window = phase_window(g.in_types(nid)[0].shape[2:], k, s, tuple_n(a["pad"], nd), d,
+                                tuple_n(a["output_pad"], nd))
     arr = _take_params(g, node)
     o, groups, phases = a["out"], a["groups"], int(np.prod(s))
     params = {"weight": phase_kernel(arr["weight"], s, d, groups)}
@@ -449,6 +453,10 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
                        node.seq + 0.2)
         last = _add_op(g, g.unique_id(f"{nid}.merge_phases"), "reshape", [Value(last)], {"shape": merged}, node,
                        node.seq + 0.3)
+    for i, ((start, stop), qi, si) in enumerate(zip(window, q, s)):
+        if (start, stop) != (0, qi * si):
+            last = _add_op(g, g.unique_id(f"{nid}.crop"), "index_select", [Value(last)],
+                           {"index": tuple(range(start, stop)), "dim": 2 + i}, node, node.seq + 0.4 + 0.01 * i)
     _replace(g, node, last)
 
 

@@ -709,6 +709,14 @@ def test_tvm_int8_matches_torch_simulation_on_variants(variants, options):
     (2, (2, 6, 5, 4), "conv_transpose2d(8, 3)"),  # stride 1: one phase, a conv padded by k - 1
     (1, (2, 6, 9), "conv_transpose1d(8, 3, stride=3)"),
     (3, (2, 6, 3, 4, 2), "conv_transpose3d(8, 2, stride=2)"),
+    # crops: the output is a window of the interleaved phases
+    (2, (2, 6, 5, 4), "conv_transpose2d(8, 3, stride=2, pad=1, output_pad=1)"),  # FCN-style decoders
+    (2, (2, 6, 5, 4), "conv_transpose2d(8, 4, stride=2, pad=1, groups=2)"),  # DCGAN
+    (2, (2, 6, 5, 4), "conv_transpose2d(8, 3, stride=2)"),  # no pad, but the last phase is one longer
+    (2, (2, 6, 5, 4), "conv_transpose2d(8, [3, 5], stride=[2, 3], pad=[1, 2], dilation=[2, 1])"),
+    (2, (2, 6, 5, 4), "conv_transpose2d(8, 3, pad=1)"),  # stride 1: a conv padded by k - 1, cropped
+    (1, (2, 6, 9), "conv_transpose1d(8, 5, stride=2, pad=2, output_pad=1)"),
+    (3, (2, 6, 3, 4, 2), "conv_transpose3d(8, 3, stride=2, pad=1, output_pad=[1, 0, 1])"),
 ])
 def test_split_transposed_conv_computes_torchs_conv_transpose(nd, shape, call):
     from convdsl.passes.quantize import split_for_int8
@@ -723,7 +731,8 @@ def test_split_transposed_conv_computes_torchs_conv_transpose(nd, shape, call):
     bias = torch.from_numpy(g.params["up.bias"]) if a["bias"] else None
     want = getattr(torch.nn.functional, f"conv_transpose{nd}d")(
         x, torch.from_numpy(g.params["up.weight"]), bias, stride=tuple_n(a["stride"], nd),
-        output_padding=tuple_n(a["output_pad"], nd), groups=a["groups"], dilation=tuple_n(a["dilation"], nd))
+        padding=tuple_n(a["pad"], nd), output_padding=tuple_n(a["output_pad"], nd), groups=a["groups"],
+        dilation=tuple_n(a["dilation"], nd))
     with torch.no_grad():
         got = build_module(s).eval()(x)
     assert got.shape == want.shape
@@ -734,8 +743,9 @@ UPCONV = """
 network upconv(x: f32[N, 8, 6, 5]) {
     a = x | conv2d(16, 3, pad=1) as c1 | relu
     u = a | conv_transpose2d(8, 2, stride=2) as up | conv2d(8, 3, pad=1) as c2 | relu
-    v = a | conv_transpose2d(8, 3, stride=2, pad=1, output_pad=1) as up3
-    return u, v
+    v = a | conv_transpose2d(8, 3, stride=2, pad=1, output_pad=1) as up3 | conv2d(8, 3, pad=1) as c3
+    w = a | conv_transpose2d(8, 2, stride=2, output_pad=1) as up4
+    return u, v, w
 }
 """
 
@@ -746,7 +756,7 @@ def _upconv_int8(per_layer=None):
     return g, quantize_with_report(g, calib, build=build_module, per_layer=per_layer)
 
 
-def test_transposed_conv_without_a_crop_is_quantized_as_its_phases():
+def test_transposed_conv_is_quantized_as_its_phases():
     g, (q, report) = _upconv_int8()
     phases = q.node("up.phases")
     assert phases.op == "qconv2d" and phases.attrs["out"] == 4 * 8 and tuple_n(phases.attrs["k"], 2) == (1, 1)
@@ -756,15 +766,26 @@ def test_transposed_conv_without_a_crop_is_quantized_as_its_phases():
     assert [n.op for n in shuffle] == ["reshape", "permute", "reshape"]
     assert all(n.types[0].dtype == "u8" for n in shuffle)
     assert q.inputs_of("c2") == [Value("up.merge_phases")] and q.node("c2").op == "qconv2d"
-    # a transposed conv whose phases need a crop stays float, and says why
-    assert q.node("up3").op == "conv_transpose2d" and "needs a crop" in report.kept_float["up3"]
-    assert any(layer["node"] == "up.phases" for layer in report.layers)
+    # k 3 / stride 2 / pad 1: the phases (4 x 8 channels of 2 x 2 taps), interleaved, then a slice of H and W
+    # ([1, 13) of 14 and [1, 11) of 12), all on the int8 tensor that c3 reads
+    assert q.node("up3.phases").op == "qconv2d" and tuple_n(q.node("up3.phases").attrs["k"], 2) == (2, 2)
+    crops = sorted((n for n in q.nodes() if n.id.startswith("up3.crop")), key=lambda n: n.seq)
+    assert [(c.op, c.attrs["dim"], c.attrs["index"]) for c in crops] == [
+        ("index_select", 2, tuple(range(1, 13))), ("index_select", 3, tuple(range(1, 11)))]
+    assert all(c.types[0].dtype == "u8" for c in crops) and q.node("c3").op == "qconv2d"
+    assert q.inputs_of("c3") == [Value(crops[-1].id)]
+    # an output_pad past every input's reach (zeros appended, which int8 would hold as its zero point) stays
+    # float, and says why
+    assert q.node("up4").op == "conv_transpose2d" and "past the last position" in report.kept_float["up4"]
+    assert {layer["node"] for layer in report.layers} >= {"up.phases", "up3.phases"}
     x = torch.from_numpy(np.random.default_rng(9).standard_normal((16, 8, 6, 5)).astype(np.float32))
     with torch.no_grad():
-        (ref, _), (y, _) = build_module(g).eval()(x), build_module(q).eval()(x)
-    # measured: mean 1.2% of the mean |output| (1.1% with the up-conv kept float), max 4.5% of the max
-    assert ((y - ref).abs().mean() / ref.abs().mean()).item() < 0.02
-    assert ((y - ref).abs().max() / ref.abs().max()).item() < 0.1
+        refs, ys = build_module(g).eval()(x), build_module(q).eval()(x)
+    # measured (u, v): mean 1.2% / 1.2% of the mean |output| (1.1% / 1.1% with both up-convs kept float), max
+    # 4.5% / 5.0% of the max
+    for ref, y in zip(refs[:2], ys[:2]):
+        assert ((y - ref).abs().mean() / ref.abs().mean()).item() < 0.02
+        assert ((y - ref).abs().max() / ref.abs().max()).item() < 0.1
 
 
 def test_transposed_conv_phases_are_phase_major():

@@ -387,7 +387,7 @@ INDEX_SELECT = OpDef(
         "positions in an M x M window: table | index_select(relative_index, dim=0).",
     example="index_select([0, 2, 1], dim=1)",
     shape_rule="in[dim] -> len(index)",
-    identity_when=_index_select_is_identity,
+    identity_when=_index_select_is_identity, int8_passthrough=True,  # moves values, keeps their scale
     prune=keep_channels(off_attr("dim")),  # channels pass unless they are the dim gathered along
 )
 

@@ -118,20 +118,22 @@ def test_int8_export_runs_in_openvino(tmp_path):
 
 
 def test_int8_transposed_conv_exports_as_an_integer_conv(tmp_path):
-    """A U-Net up-conv quantized as the qconv of its stride phases and int8 reshapes (passes/quantize.py): ONNX
-    Runtime runs it with an integer kernel and no float ConvTranspose, every int8 tensor within one step of the
-    simulation."""
+    """A U-Net up-conv and an FCN-style one (pad 1, output_pad 1) quantized as the qconv of their stride phases,
+    int8 reshapes and (the second) int8 slices (passes/quantize.py): ONNX Runtime runs each with an integer kernel
+    and no float ConvTranspose, every int8 tensor within one step of the simulation."""
     from tests.passes.test_quantize import _upconv_int8
 
     _, (q, _) = _upconv_int8()
-    h = _cut(q, "c2")  # the up-conv's path: c1 -> the phases -> the interleaving reshapes -> c2
-    model = export_graph(h)
     x = np.random.default_rng(2).standard_normal((2, 8, 6, 5)).astype(np.float32)
-    out, kernels = _kernels(model, x, tmp_path)
-    assert "ConvTranspose" not in {n.op_type for n in model.graph.node}
-    assert kernels & INTEGER_KERNELS and not kernels & {"Conv", "FusedConv", "ConvTranspose"}, kernels
-    assert np.abs(out - torch_runner(h)([x])[0]).max() <= q.node("c2").attrs["in_scale"]
-    for nid in ("up.phases", "up.merge_phases"):  # the int8 tensors
+    for up, reader in (("up", "c2"), ("up3", "c3")):
+        h = _cut(q, reader)  # the up-conv's path: c1 -> the phases -> the interleaving reshapes (-> crops) -> reader
+        model = export_graph(h)
+        out, kernels = _kernels(model, x, tmp_path)
+        ops = {n.op_type for n in model.graph.node}
+        assert "ConvTranspose" not in ops and ("Slice" in ops) == (up == "up3")
+        assert kernels & INTEGER_KERNELS and not kernels & {"Conv", "FusedConv", "ConvTranspose"}, kernels
+        assert np.abs(out - torch_runner(h)([x])[0]).max() <= q.node(reader).attrs["in_scale"]
+    for nid in ("up.phases", "up.merge_phases", "up3.phases", "up3.crop_1"):  # the int8 tensors
         assert q.node(nid).types[0].dtype == "u8"
         cut = _cut(q, nid)
         sess = session(export_graph(cut))

@@ -865,14 +865,16 @@ def test_qlinear_row_padding_gives_full_register_tiles():
 
 @needs_int8_schedule
 def test_transposed_conv_int8_matches_torch_simulation(scheduled):
-    """A U-Net up-conv (2x2, stride 2) quantized as the 1x1 qconv of its stride phases and the int8 reshapes
-    that interleave them (passes/quantize.py): on the int8 kernels, between two quantized convs, equal to the
-    torch simulation at every int8 tensor (measured: bit-exact)."""
+    """A U-Net up-conv (2x2, stride 2) and an FCN-style one (3x3, stride 2, pad 1, output_pad 1) quantized as the
+    qconv of their stride phases, the int8 reshapes that interleave them and (the second) the slices that crop
+    them (passes/quantize.py): on the int8 kernels, between quantized convs, equal to the torch simulation at
+    every int8 tensor (measured: bit-exact)."""
     from tests.passes.test_quantize import _upconv_int8
 
     _, (q, _) = _upconv_int8()
     assert q.node("up.phases").op == "qconv2d" and q.node("up.merge_phases").types[0].dtype == "u8"
-    assert vnni_kernels(q) == (3 if HAS_VNNI else 0)  # c1, the phases, c2
+    assert q.node("up3.crop").op == "index_select" and q.node("up3.crop").types[0].dtype == "u8"
+    assert vnni_kernels(q) == (5 if HAS_VNNI else 0)  # c1, the two phases' convs, c2, c3
     x = np.random.default_rng(4).standard_normal((2, 8, 6, 5)).astype(np.float32)
     steps, equal, total = _compare_network(scheduled, q, x)
     assert steps <= 1 and total > 0
