@@ -73,10 +73,11 @@ NETS = {
     "serpent": ("examples/papers/serpent.cdl", ()),  # selective-scan SSM blocks (Serpent)
 }
 # accepted by --nets, not run by default: networks whose convs issue 16's f32 work took off TVM's generic
-# schedule (transposed convs: U-Net's up-convs; grouped convs: RegNet's, group width 8)
+# schedule (transposed convs: U-Net's up-convs, DCGAN's padded ones; grouped convs: RegNet's, group width 8)
 MORE_NETS = {
     "unet": ("examples/unet.cdl", ()),
     "regnet_y_400mf": ("examples/regnet_y_400mf.cdl", ()),
+    "dcgan": ("examples/dcgan.cdl", ()),  # an image out: its top-1 agreement means nothing (--agreement 0)
 }
 ALL_NETS = {**NETS, **MORE_NETS}
 CONVDSL_EXPORT = {"gfnet", "serpent"}  # the peers run convdsl's ONNX export of these (``onnx_export``)

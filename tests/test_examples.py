@@ -33,6 +33,7 @@ EXPECTED: dict[str, tuple[dict[str, int], tuple[int, ...]]] = {
     "swin_t": ({"N": BATCH}, (BATCH, 1000)),
     "regnet_y_400mf": ({"N": BATCH}, (BATCH, 1000)),
     "maxvit_t": ({"N": BATCH}, (BATCH, 1000)),
+    "dcgan": ({"N": BATCH}, (BATCH, 3, 64, 64)),
 }
 
 # known failures of the static shape check, with the reason (strict: they must flip when fixed)
@@ -103,3 +104,47 @@ def test_every_example_line_is_within_the_width():
     long = [f"{p.relative_to(EXAMPLES)}:{n}" for p in sorted(EXAMPLES.glob("**/*.cdl"))
             for n, line in enumerate(p.read_text().splitlines(), 1) if len(line) > MAX_WIDTH]
     assert long == []
+
+
+def _dcgan_generator(nz: int = 100, ngf: int = 64, nc: int = 3) -> torch.nn.Module:
+    """pytorch/examples' dcgan/main.py Generator (its ``main`` Sequential, as there)."""
+    from torch import nn
+
+    return _Generator(nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+        nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh()))
+
+
+class _Generator(torch.nn.Module):
+    def __init__(self, main: torch.nn.Sequential):
+        super().__init__()
+        self.main = main
+
+    def forward(self, z):
+        return self.main(z)
+
+
+def test_dcgan_is_pytorch_examples_generator_weight_for_weight():
+    """examples/dcgan.cdl against pytorch/examples' DCGAN Generator: the same state_dict keys and
+    parameter count, and with its weights (random, batch norm statistics too) the same images in eval mode."""
+    torch.manual_seed(0)
+    ref = _dcgan_generator().eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    g = _graph("dcgan")
+    module = build_module(g).eval()
+    want = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    got = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert sorted(got) == sorted(want)
+    assert g.params.count() == sum(p.numel() for p in ref.parameters()) == 3_576_704
+    module.load_state_dict(ref.state_dict(), strict=False)
+    z = torch.randn(2, 100, 1, 1, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(module(z), ref(z), rtol=1e-5, atol=1e-5)
