@@ -33,10 +33,11 @@ bias repeated per phase), a ``reshape`` -> ``permute`` -> ``reshape`` that inter
 output is a window of that (a ``pad``, or a last phase longer than the output: ``phase_window``) an
 ``index_select`` of a run per cropped dim (``<id>.crop``, a slice in every backend); the conv is then quantized
 as above (per (channel, phase) weight scales) and the shuffle and crop run on its int8 output where a quantized
-layer reads it.  U-Net's 2x2 / stride-2 up-convs need no crop; k 3 / stride 2 / pad 1 / output_pad 1 (FCN-style
-decoders) and k 4 / stride 2 / pad 1 (DCGAN) crop one position at each end.  Kept float, with the reason in the
-report: an ``output_pad`` past the last position any input reaches (zeros appended: in int8 those would be the
-zero point, and the phases' conv adds the bias before) and decompositions past ``MAX_PHASE_WORK``.
+layer reads it (a relu / relu6 that alone reads the transposed conv moves onto the phases, whose qconv fuses
+it).  U-Net's 2x2 / stride-2 up-convs need no crop; k 3 / stride 2 / pad 1 / output_pad 1 (FCN-style decoders)
+and k 4 / stride 2 / pad 1 (DCGAN) crop one position at each end.  Kept float, with the reason in the report:
+an ``output_pad`` past the last position any input reaches (zeros appended: in int8 those would be the zero
+point, and the phases' conv adds the bias before) and decompositions past ``MAX_PHASE_WORK``.
 
 Transformers: an ``mhsa`` (self-attention with packed q/k/v weights, no mask or relative bias) is
 first split into ``linear`` (its q/k/v projection, ``<id>.in_proj``) -> ``packed_attention``
@@ -430,7 +431,8 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases, output
     channels phase-major (``phase_kernel``), the reshape -> permute -> reshape of ``phase_shuffle`` interleaving
     them, and an ``index_select`` of a run (a slice) per dim where the output is a window of that (its pad, or a
-    longer last phase: ``phase_window``)."""
+    longer last phase: ``phase_window``).  A relu / relu6 that alone reads the transposed conv moves in front of
+    the interleave (elementwise, it commutes with moving values), where the quantized phases' conv fuses it."""
     a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
     x = g.inputs_of(nid)[0]
     k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
@@ -445,6 +447,15 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     last = _add_op(g, g.unique_id(f"{nid}.phases"), f"conv{nd}d", [x],
                    {"out": o * phases, "k": list(t), "stride": 1, "pad": [ti - 1 for ti in t], "groups": groups,
                     "bias": a["bias"]}, node, node.seq, params)
+    act = sole_user(g, Value(nid))
+    act = act if act is not None and g.node(act).op in FUSED_ACTIVATIONS else None
+    if act is not None:  # relu(interleave(y)) = interleave(relu(y)): the relu moves onto the phases, whose
+        # quantized conv fuses it, so the interleave and crop run on the int8 tensor (DCGAN: ... -> BN -> ReLU)
+        readers = [c for c, _ in g.users(Value(act))]
+        g.set_inputs(act, [Value(last)])
+        g.node(act).types = [g.type_of(Value(last))]
+        g.node(act).seq = node.seq + 0.05
+        last = act
     if phases > 1:
         split, dims, merged = phase_shuffle(o, groups, s, q)
         last = _add_op(g, g.unique_id(f"{nid}.split_phases"), "reshape", [Value(last)], {"shape": split}, node,
@@ -457,6 +468,10 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
         if (start, stop) != (0, qi * si):
             last = _add_op(g, g.unique_id(f"{nid}.crop"), "index_select", [Value(last)],
                            {"index": tuple(range(start, stop)), "dim": 2 + i}, node, node.seq + 0.4 + 0.01 * i)
+    if act is not None and last != act:  # the activation's readers read the interleaved (and cropped) result
+        for c in readers:
+            g.set_inputs(c, [Value(last) if v == Value(act) else v for v in g.inputs_of(c)])
+        g.outputs = [Value(last) if v == Value(act) else v for v in g.outputs]
     _replace(g, node, last)
 
 

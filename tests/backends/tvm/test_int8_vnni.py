@@ -879,3 +879,17 @@ def test_transposed_conv_int8_matches_torch_simulation(scheduled):
     steps, equal, total = _compare_network(scheduled, q, x)
     assert steps <= 1 and total > 0
     assert equal == total
+
+
+@needs_int8_schedule
+def test_dcgan_int8_matches_torch_simulation(scheduled):
+    """DCGAN's generator (five transposed convs, four with a crop, each ReLU fused into its phases' qconv): on
+    the int8 kernels, equal to the torch simulation at every int8 tensor (measured: bit-exact)."""
+    from tests.passes.test_quantize import _dcgan_int8
+
+    _, (q, _) = _dcgan_int8()
+    assert vnni_kernels(q) == (5 if HAS_VNNI else 0)
+    x = np.random.default_rng(4).standard_normal((2, 100, 1, 1)).astype(np.float32)
+    steps, equal, total = _compare_network(scheduled, q, x)
+    assert steps <= 1 and total > 0
+    assert equal == total
