@@ -21,7 +21,10 @@ summed in the template's order) and the conv's bias is added after it, as before
   depth-to-space interleaves them, and the crop takes [pad, pad + out).
   U-Net's 2x2 / stride-2 up-convs become 1x1 convs (T = 1) to 4 O channels.  The kernel has
   s^nd T^nd taps per k^nd of the transposed conv's (k 3, s 2: 16 / 9); past ``MAX_PHASE_WORK``
-  times the work (large dilations) TVM's conv_transpose stays.
+  times the work (large dilations) TVM's conv_transpose stays.  Where the one conv would compute a
+  crop's positions or other phases' zero taps (a pad: k 3 / s 2 / pad 1, DCGAN's k 4 / s 2 / pad 1),
+  each output phase is a conv of its own taps over exactly its positions (``phase_convs``), the
+  phases concatenated and interleaved with no crop (``PHASE_CONVS_BELOW``).
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import (MAX_PHASE_WORK, conv_padding, phase_kernel, phase_shuffle, phase_taps,
-                                 phase_window)
+from convdsl.ir.ops.conv import (MAX_PHASE_WORK, conv_padding, phase_convs, phase_kernel, phase_shuffle,
+                                 phase_taps, phase_window)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -143,6 +146,12 @@ def _conv(nd: int) -> LowerFn:
     return lower
 
 
+# One conv per output phase (``phase_convs``: each its phase's taps over exactly its positions, then a concat)
+# instead of ``phase_kernel``'s one conv (every phase's window, zero taps included, then a crop) where that does
+# less than this share of the one conv's multiply-adds.
+PHASE_CONVS_BELOW = 0.9
+
+
 def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, stride, pad, output_pad, dilation,
                      groups: int) -> Expr | None:
     """A transposed conv as one conv + depth-to-space + crop (module docstring); None where it does not apply."""
@@ -153,9 +162,21 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
     if np.prod([si * ti for si, ti in zip(stride, t)]) > MAX_PHASE_WORK * np.prod(k):
         return None
     o = w.shape[1] * groups
+    q, short, window = phase_window(in_shape[2:], k, stride, pad, dilation, output_pad)
+    per_phase = phase_convs(w, in_shape[2:], stride, pad, dilation, output_pad, groups)
+    if per_phase is not None and sum(np.prod(kr.shape[2:]) for kr in per_phase[0]) * np.prod(per_phase[2]) \
+            < PHASE_CONVS_BELOW * np.prod(stride) * np.prod(t) * np.prod(q):
+        kernels, pads, q = per_phase
+        ys = [cx.emit(conv_nd(cx, x, kr, nd, (1,) * nd, pr, (1,) * nd, groups)) for kr, pr in zip(kernels, pads)]
+        y = cx.emit(R.concat(ys, axis=1)) if len(ys) > 1 else ys[0]
+        if len(ys) > 1:  # phase-major channels, groups or not: interleave, no crop
+            split, dims, merged = phase_shuffle(o, 1, stride, q)
+            y = cx.emit(R.reshape(y, [-1, *split[1:]]))
+            y = cx.emit(R.permute_dims(y, dims))
+            y = cx.emit(R.reshape(y, [-1, *merged[1:]]))
+        return y
     y = cx.emit(conv_nd(cx, x, phase_kernel(w, stride, dilation, groups), nd, (1,) * nd,
                         [(ti - 1, ti - 1) for ti in t], (1,) * nd, groups))
-    q, short, window = phase_window(in_shape[2:], k, stride, pad, dilation, output_pad)
     if any(si > 1 for si in stride):  # interleave the phases (phase_shuffle): [N, O s.., Q..] -> [N, O, Q s..]
         split, dims, merged = phase_shuffle(o, groups, stride, q)
         y = cx.emit(R.reshape(y, [-1, *split[1:]]))

@@ -6,6 +6,7 @@ is its ``prune=`` (PRUNE_RULE ops: convdsl/passes/prune/couplings.py, apply.py).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -256,6 +257,56 @@ def phase_window(lengths, k, stride, pad, dilation, output_pad) -> tuple[list[in
            for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
     short = [max(p + n - qi * si, 0) for p, n, qi, si in zip(pad, out, q, stride)]
     return q, short, [(p, p + n) for p, n in zip(pad, out)]
+
+
+def phase_convs(w: np.ndarray, lengths, stride, pad, dilation, output_pad,
+                groups: int) -> tuple[list[np.ndarray], list[list[tuple[int, int]]], list[int]] | None:
+    """A transposed conv as one stride-1 conv per output phase, each computing exactly its phase's positions:
+    (the kernels [O, C/g, *T_r], each one's (before, after) padding, Q: the positions of every phase per dim), in
+    phase order (r_1, ..., r_nd); concatenated along channels they are ``phase_shuffle``'s phase-major layout
+    with groups 1, interleaved with no crop.  None where the phases differ in length (an output size not a
+    multiple of the stride), where a phase has no tap, or where a window would start or end inside the input.
+
+    Per dim, output Y = s i + r is position Y + pad = s (i + c) + r' of the uncropped decomposition (``phase_kernel``:
+    r' = (r + pad) mod s, c = (r + pad) div s), which sums w[j] x[i + c - m_j] over the taps j d = r' + s m_j:
+    a correlation with those taps at M - m_j (M the largest m_j, T = M + 1 taps) over the input padded by M - c
+    before.  Unlike ``phase_kernel``'s one conv, no phase computes the positions of the crop or the zero taps of
+    the others (k 3 / stride 2 / pad 1: 9 taps per 2 x 2 outputs instead of 16, over n x n positions instead of
+    (n + 1)^2)."""
+    k = w.shape[2:]
+    c, og = w.shape[:2]
+    out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
+           for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
+    if any(m % si for m, si in zip(out, stride)):
+        return None
+    q = [m // si for m, si in zip(out, stride)]
+    dims = []  # per dim, per output phase r: (its taps (j, m_j), T, before, after)
+    for n, ki, si, p, di, qi in zip(lengths, k, stride, pad, dilation, q):
+        phases = []
+        for r in range(si):
+            rp, shift = (r + p) % si, (r + p) // si
+            taps = [(j, (j * di - rp) // si) for j in range(ki) if j * di % si == rp]
+            if not taps:
+                return None
+            t = max(m for _, m in taps) + 1
+            lo = t - 1 - shift
+            hi = qi - 1 + t - n - lo
+            if lo < 0 or hi < 0:
+                return None
+            phases.append((taps, t, lo, hi))
+        dims.append(phases)
+    wg = w.reshape((groups, c // groups, og) + tuple(k))
+    kernels, pads = [], []
+    for r in np.ndindex(*stride):
+        ph = [dims[i][ri] for i, ri in enumerate(r)]
+        t = tuple(p[1] for p in ph)
+        ker = np.zeros((groups, og, c // groups) + t, dtype=w.dtype)
+        for taps in itertools.product(*(p[0] for p in ph)):
+            u = tuple(p[1] - 1 - m for p, (_, m) in zip(ph, taps))
+            ker[(slice(None),) * 3 + u] = wg[(Ellipsis,) + tuple(j for j, _ in taps)].transpose(0, 2, 1)
+        kernels.append(ker.reshape((groups * og, c // groups) + t))
+        pads.append([(p[2], p[3]) for p in ph])
+    return kernels, pads, q
 
 
 def make_conv_transpose(nd: int) -> OpDef:

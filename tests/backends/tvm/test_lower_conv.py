@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_shuffle
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_convs, phase_kernel, phase_shuffle
 
 from .conftest import assert_close, graph_of, kernel_names, one_op, random_inputs, torch_outputs
 
@@ -60,6 +60,55 @@ def test_phase_decomposition_is_torch_conv_transpose(shape, o, k, stride, pad, o
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _by_phase_convs(x: torch.Tensor, w: np.ndarray, stride, pad, output_pad, dilation, groups):
+    """``phase_convs``, written with torch ops: each phase's conv on its padded input, concat, interleave."""
+    nd = x.dim() - 2
+    split = phase_convs(w, x.shape[2:], stride, pad, dilation, output_pad, groups)
+    if split is None:
+        return None
+    kernels, pads, q = split
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    y = torch.cat([conv(F.pad(x, [v for pr in reversed(pads_r) for v in pr]), torch.from_numpy(kr), groups=groups)
+                   for kr, pads_r in zip(kernels, pads)], 1)
+    split, dims, merged = phase_shuffle(w.shape[1] * groups, 1, stride, q)
+    return y.reshape(y.shape[0], *split[1:]).permute(*dims).reshape(y.shape[0], *merged[1:])
+
+
+# CASES whose phases differ in length (an output size not a multiple of the stride), or have a phase with no
+# tap (dilation 2, stride 2: every tap lands on the even positions)
+NO_PHASE_CONVS = {2: "a phase with no tap", 4: "23 rows in phases of 3", 8: "6 and 7 in phases of 2"}
+
+
+@pytest.mark.parametrize("case", range(len(CASES) + 2))
+def test_phase_convs_are_torch_conv_transpose(case):
+    """One conv per output phase over exactly its positions, then an interleave with no crop; None where the
+    phases differ in length or a phase has no tap (``NO_PHASE_CONVS``)."""
+    shape, o, k, stride, pad, output_pad, dilation, groups = (CASES + [
+        ((1, 6, 4, 4), 4, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1),  # DCGAN
+        ((1, 4, 5), 4, (7,), (3,), (2,), (0,), (1,), 1)])[case]
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal(shape).astype("float32"))
+    w = rng.standard_normal((shape[1], o // groups, *k)).astype("float32")
+    conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(k) - 1]
+    ref = conv_t(x, torch.from_numpy(w), stride=stride, padding=pad, output_padding=output_pad, groups=groups,
+                 dilation=dilation)
+    got = _by_phase_convs(x, w, stride, pad, output_pad, dilation, groups)
+    if case in NO_PHASE_CONVS:
+        assert got is None
+        return
+    assert got is not None and got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_phase_convs_do_the_transposed_convs_work_only():
+    """k 3 / stride 2 / pad 1 / output_pad 1: the four phases have 2x2, 2x1, 1x2 and 1x1 taps (9, the kernel's)
+    over n x n positions each, where ``phase_kernel``'s one conv has 4 x 2 x 2 taps over (n + 1)^2."""
+    w = np.ones((3, 2, 3, 3), np.float32)
+    kernels, pads, q = phase_convs(w, (5, 5), (2, 2), (1, 1), (1, 1), (1, 1), 1)
+    assert q == [5, 5] and [kr.shape[2:] for kr in kernels] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert sum(np.count_nonzero(kr) for kr in kernels) == w.size
+
+
 def test_phase_kernel_places_each_tap_once():
     """Every tap of the transposed kernel appears exactly once in the phase kernel, the rest is zeros."""
     w = np.arange(1, 2 * 3 * 3 * 3 + 1, dtype=np.float32).reshape(2, 3, 3, 3)
@@ -103,6 +152,22 @@ def test_rewritten_convs_use_the_blocked_template(op, shape, o, attrs):
     names = _kernels(one_op(op, [shape], o, **attrs))
     assert not any("conv2d_transpose" in n or "conv1d" in n or "conv3d" in n for n in names), names
     assert any("conv2d_nchwc" in n for n in names), names
+
+
+@pytest.mark.parametrize("attrs,convs", [(dict(k=2, stride=2), 1), (dict(k=3, stride=2, pad=1, output_pad=1), 4),
+                                         (dict(k=4, stride=2, pad=1), 4)], ids=["up", "k3s2", "k4s2"])
+def test_a_crop_or_zero_taps_take_one_conv_per_phase(attrs, convs):
+    """Where ``phase_kernel``'s one conv would compute a crop's positions or other phases' zero taps
+    (``PHASE_CONVS_BELOW``), each phase gets its own conv and no strided_slice follows; U-Net's up-conv (no crop,
+    every phase all taps) keeps the one conv."""
+    g = graph_of(one_op("conv_transpose2d", [(1, 16, 6, 6)], 16, **attrs))
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.targets import make_target
+
+    with make_target("tvm-llvm").tvm_target():
+        text = lower_graph(g, "tvm-llvm").script()
+    assert text.count("R.nn.conv2d(") == convs and "R.strided_slice" not in text
+    assert ("R.concat" in text) == (convs > 1)
 
 
 def test_large_dilation_keeps_tvm_conv_transpose():
