@@ -717,6 +717,9 @@ def test_tvm_int8_matches_torch_simulation_on_variants(variants, options):
     (2, (2, 6, 5, 4), "conv_transpose2d(8, 3, pad=1)"),  # stride 1: a conv padded by k - 1, cropped
     (1, (2, 6, 9), "conv_transpose1d(8, 5, stride=2, pad=2, output_pad=1)"),
     (3, (2, 6, 3, 4, 2), "conv_transpose3d(8, 3, stride=2, pad=1, output_pad=[1, 0, 1])"),
+    # a 1x1 input: a linear to the taps (a GAN generator's first layer)
+    (2, (2, 6, 1, 1), "conv_transpose2d(8, 4)"),
+    (1, (2, 6, 1), "conv_transpose1d(8, 3, stride=2)"),
 ])
 def test_split_transposed_conv_computes_torchs_conv_transpose(nd, shape, call):
     from convdsl.passes.quantize import split_for_int8
@@ -725,7 +728,8 @@ def test_split_transposed_conv_computes_torchs_conv_transpose(nd, shape, call):
     g = load_graph(f"network t(x: f32[N, {dims}]) {{\n    return x | {call} as up\n}}\n", seed=3)
     s = g.copy()
     assert split_for_int8(s, {}) == ["up"]
-    assert s.node("up.phases").op == f"conv{nd}d" and "up" not in s
+    assert "up" not in s
+    assert s.node("up.taps").op == "linear" if shape[2:] == (1,) * nd else s.node("up.phases").op == f"conv{nd}d"
     a = g.node("up").attrs
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     bias = torch.from_numpy(g.params["up.bias"]) if a["bias"] else None
@@ -796,15 +800,19 @@ def _dcgan_int8():
 
 
 def test_dcgan_is_int8_with_each_relu_on_its_phases():
-    """DCGAN's generator (examples/dcgan.cdl; transposed conv -> BN -> ReLU, k 4 / stride 2 / pad 1): every
-    transposed conv is its phases' qconv2d, each ReLU moved in front of the interleave and fused into that
-    qconv, so the reshapes and the crops (one position off each end of H and W) run on u8 tensors that the next
-    qconv reads; outputs within 2% of the float generator's."""
+    """DCGAN's generator (examples/dcgan.cdl; transposed conv -> BN -> ReLU, k 4 / stride 2 / pad 1): the
+    first transposed conv (of the 1x1 latent) is a qlinear to its 4 x 4 taps, the others their phases' qconv2d,
+    each ReLU moved in front of the reshapes and fused into the qlinear / qconv, so the reshapes and the crops
+    (one position off each end of H and W) run on u8 tensors that the next qconv reads; outputs within 2% of the
+    float generator's."""
     g, (q, report) = _dcgan_int8()
     assert report.kept_float == {}
     ups = [n.id for n in g.nodes() if n.op == "conv_transpose2d"]
-    assert len(ups) == 5 and {layer["node"] for layer in report.layers} == {f"{u}.phases" for u in ups}
+    assert len(ups) == 5 and {layer["node"] for layer in report.layers} == \
+        {"main.0.taps"} | {f"{u}.phases" for u in ups[1:]}
     assert not any(n.op == "relu" for n in q.nodes())  # all four fused
+    assert q.node("main.0.taps").op == "qlinear" and q.node("main.0.taps").attrs["relu"]
+    assert q.node("main.0.to_map").types[0].shape[1:] == (512, 4, 4) and q.node("main.0.to_map").type.dtype == "u8"
     for up in ups[1:4]:  # main.3, main.6, main.9: relu fused, then u8 all the way to the next qconv
         assert q.node(f"{up}.phases").attrs["relu"] and q.node(f"{up}.phases").types[0].dtype == "u8"
         crops = sorted((n for n in q.nodes() if n.id.startswith(f"{up}.crop")), key=lambda n: n.seq)

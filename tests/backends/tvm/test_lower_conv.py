@@ -135,6 +135,7 @@ TVM_CASES = [  # (op, input shape, out, attrs)
     ("conv3d", (1, 3, 4, 9, 9), 16, dict(k=[1, 5, 5], pad=[0, 2, 2])),  # one 2-D conv of every slice
     ("conv3d", (1, 4, 9, 6, 6), 8, dict(k=[3, 3, 1], stride=[2, 1, 1], pad=[2, 1, 0], dilation=[2, 1, 1])),
     ("conv3d", (1, 4, 5, 6, 6), 8, dict(k=3, pad=1, pad_mode="replicate")),
+    ("conv_transpose2d", (2, 20, 1, 1), 32, dict(k=4)),  # of a point: a matmul to the taps
 ]
 
 
@@ -168,6 +169,12 @@ def test_a_crop_or_zero_taps_take_one_conv_per_phase(attrs, convs):
         text = lower_graph(g, "tvm-llvm").script()
     assert text.count("R.nn.conv2d(") == convs and "R.strided_slice" not in text
     assert ("R.concat" in text) == (convs > 1)
+
+
+def test_a_transposed_conv_of_a_point_is_a_matmul():
+    """DCGAN's first layer (a latent vector to 4 x 4): the packed dense kernel, no conv reading padding."""
+    names = _kernels(one_op("conv_transpose2d", [(1, 20, 1, 1)], 32, k=4))
+    assert any("dense_packed" in n for n in names) and not any("conv2d" in n for n in names), names
 
 
 def test_large_dilation_keeps_tvm_conv_transpose():
