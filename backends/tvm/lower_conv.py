@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import (MAX_PHASE_WORK, conv_padding, phase_convs, phase_kernel, phase_shuffle,
-                                 phase_taps, phase_window)
+from convdsl.ir.ops.conv import (MAX_PHASE_WORK, conv_padding, of_a_point, phase_convs, phase_kernel,
+                                 phase_shuffle, phase_taps, phase_window)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -192,11 +192,8 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
 
 def _transpose_of_a_point(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, pad, output_pad, dilation,
                           groups: int) -> Expr | None:
-    """A transposed conv of a 1x1(x1) input with no pad, output_pad, dilation or groups (a GAN generator's
-    first layer: a latent vector to a k x k map) as the matmul it is, [N, C] x [C, O k^nd] -> [N, O, *k]: each
-    output position is one tap.  As a conv (``phase_kernel``'s, k taps over the input padded by k - 1) all but
-    one of its k^nd products per output read padding (DCGAN's 100 -> 512 x 4 x 4: 16x the work)."""
-    if any(v != 1 for v in in_shape[2:]) or groups != 1 or any(pad) or any(output_pad) or any(d != 1 for d in dilation):
+    """A transposed conv of a point (``of_a_point``) as the matmul it is, [N, C] x [C, O k^nd] -> [N, O, *k]."""
+    if not of_a_point(in_shape[2:], pad, output_pad, dilation, groups):
         return None
     c, o, k = w.shape[0], w.shape[1], w.shape[2:]
     y = cx.emit(R.matmul(cx.emit(R.reshape(x, [-1, c])), cx.const(np.ascontiguousarray(w.reshape(c, -1)))))

@@ -65,7 +65,7 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, phase_kernel, phase_shuffle, phase_taps, phase_window
+from convdsl.ir.ops.conv import MAX_PHASE_WORK, of_a_point, phase_kernel, phase_shuffle, phase_taps, phase_window
 from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec, bind_attrs, tuple_n
 from convdsl.ir.types import TensorType
@@ -427,15 +427,6 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
     return None
 
 
-def _transposed_conv_of_a_point(g: Graph, node: Node) -> bool:
-    """A transposed conv of a 1x1(x1) input with no pad, output_pad, dilation or groups (a GAN generator's first
-    layer): its output positions are its taps, so it is a linear, where its phases' conv would read padding in
-    all but one of its k^nd products per output (DCGAN's 100 -> 512 x 4 x 4: 16x the work)."""
-    a, nd = node.attrs, int(node.op[len("conv_transpose")])
-    return all(v == 1 for v in g.in_types(node.id)[0].shape[2:]) and a["groups"] == 1 and not any(
-        tuple_n(a["pad"], nd)) and not any(tuple_n(a["output_pad"], nd)) and tuple_n(a["dilation"], nd) == (1,) * nd
-
-
 def _split_conv_transpose(g: Graph, node: Node) -> None:
     """``node`` (a transposed conv ``_conv_transpose_why_not`` accepts) as the conv of its stride phases, output
     channels phase-major (``phase_kernel``), the reshape -> permute -> reshape of ``phase_shuffle`` interleaving
@@ -450,7 +441,7 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
                                 tuple_n(a["output_pad"], nd))
     arr = _take_params(g, node)
     o, groups, phases = a["out"], a["groups"], int(np.prod(s))
-    point = _transposed_conv_of_a_point(g, node)
+    point = of_a_point(g.in_types(nid)[0].shape[2:], tuple_n(a["pad"], nd), tuple_n(a["output_pad"], nd), d, groups)
     if point:  # each output position one tap: [N, C] x [C, O k^nd], a linear
         c, taps = arr["weight"].shape[0], int(np.prod(k))
         params = {"weight": arr["weight"].reshape(c, o * taps).T}

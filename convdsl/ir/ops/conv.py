@@ -246,6 +246,21 @@ def phase_shuffle(o: int, groups: int, stride, q) -> tuple[list[int], list[int],
     return [0, *lead, *stride, o // groups, *q], dims, [0, o, *(qi * si for qi, si in zip(q, stride))]
 
 
+def transposed_sizes(lengths, k, stride, pad, dilation, output_pad) -> list[int]:
+    """A transposed conv's static output sizes, (n - 1) s - 2 pad + d (k - 1) + output_pad + 1 per dim."""
+    return [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
+            for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
+
+
+def of_a_point(lengths, pad, output_pad, dilation, groups: int) -> bool:
+    """A transposed conv of a 1x1(x1) input with no pad, output_pad, dilation or groups (a GAN generator's first
+    layer, a latent vector to a k x k map): each output position is one tap, so it is the matmul
+    [N, C] x [C, O k^nd], where its phases' conv (k taps over the input padded by k - 1) would read padding in all
+    but one of its k^nd products per output (DCGAN's 100 -> 512 x 4 x 4: 16x the work)."""
+    return all(n == 1 for n in lengths) and groups == 1 and not any(pad) and not any(output_pad) \
+        and all(d == 1 for d in dilation)
+
+
 def phase_window(lengths, k, stride, pad, dilation, output_pad) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """Where a transposed conv's output lies in the interleaved output of its phases (``phase_kernel``'s conv on
     an input of spatial ``lengths``, interleaved by ``phase_shuffle``), per dim: (q, each phase's length; short,
@@ -253,8 +268,7 @@ def phase_window(lengths, k, stride, pad, dilation, output_pad) -> tuple[list[in
     output's positions in the interleaved and appended [q s + short])."""
     t = phase_taps(k, stride, dilation)
     q = [n + ti - 1 for n, ti in zip(lengths, t)]
-    out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
-           for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
+    out = transposed_sizes(lengths, k, stride, pad, dilation, output_pad)
     short = [max(p + n - qi * si, 0) for p, n, qi, si in zip(pad, out, q, stride)]
     return q, short, [(p, p + n) for p, n in zip(pad, out)]
 
@@ -275,8 +289,7 @@ def phase_convs(w: np.ndarray, lengths, stride, pad, dilation, output_pad,
     (n + 1)^2)."""
     k = w.shape[2:]
     c, og = w.shape[:2]
-    out = [(n - 1) * si - 2 * p + di * (ki - 1) + op + 1
-           for n, si, p, di, ki, op in zip(lengths, stride, pad, dilation, k, output_pad)]
+    out = transposed_sizes(lengths, k, stride, pad, dilation, output_pad)
     if any(m % si for m, si in zip(out, stride)):
         return None
     q = [m // si for m, si in zip(out, stride)]
