@@ -291,6 +291,16 @@ def _array_bytes(path: Path, zf: zipfile.ZipFile, member: str, key: str) -> tupl
 
 def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xk: str, yk: str) -> tuple[np.ndarray, np.ndarray]:
     """Features as finite float32 [N, ...], labels as int64 class numbers [N]."""
+    _check_samples(path, x, xk)
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: '{yk}' must hold one label per sample of '{xk}'",
+                        expected=f"shape [{len(x)}]", got=f"shape {list(y.shape)}")
+    labels = _labels(path, y, yk)
+    return _finite_f32(path, x, xk), labels
+
+
+def _check_samples(path: Path, x: np.ndarray, xk: str) -> None:
+    """``x`` is [N, ...] of real numbers, with samples."""
     if x.ndim < 2:
         raise DataError(f"{path}: '{xk}' must be [N, ...] (one sample per row)", expected="at least 2 dims",
                         got=f"shape {list(x.shape)}")
@@ -300,17 +310,16 @@ def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xk: str, yk: str) -> tup
         raise DataError(f"{path}: '{xk}' is empty")
     if 0 in x.shape[1:]:
         raise DataError(f"{path}: the samples of '{xk}' are empty", got=f"shape {list(x.shape)}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: '{yk}' must hold one label per sample of '{xk}'",
-                        expected=f"shape [{len(x)}]", got=f"shape {list(y.shape)}")
-    labels = _labels(path, y, yk)
+
+
+def _finite_f32(path: Path, x: np.ndarray, xk: str) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         x32 = np.ascontiguousarray(x, np.float32)
     if not np.isfinite(x32).all():
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise DataError(f"{path}: '{xk}' contains NaN or infinity")
         raise DataError(f"{path}: '{xk}' holds values too large for float32 (beyond 3.4e38)")
-    return x32, labels
+    return x32
 
 
 def _labels(path: Path, y: np.ndarray, yk: str) -> np.ndarray:
