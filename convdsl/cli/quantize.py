@@ -24,7 +24,8 @@ class WeightBits(Count):
 @click.argument("file", type=click.Path(dir_okay=False))
 @program_options
 @weights_options("Trained weights (.safetensors).")
-@click.option("--calib", default=None, help="Calibration data: digits, mnist1d[:...] or a .npz (its training inputs).")
+@click.option("--calib", default=None, help="Calibration data: digits, mnist1d[:...] or a .npz (its training inputs; an "
+              ".npz of inputs x alone, no labels y, gives its first rows).")
 @click.option("--calib-samples", type=Count(1, 10**7), default=512, show_default=True, help="Calibration inputs to run.")
 @click.option("--method", "-m", type=click.Choice(["minmax", "percentile", "mse"]), default="minmax",
               show_default=True, help="How activation ranges are chosen.")

@@ -382,7 +382,16 @@ def _fits(want, got) -> bool:
 
 def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
     """The first ``samples`` training inputs of a dataset (``digits``, ``mnist1d``, a .npz), in batches:
-    calibration data for post-training quantization (what ``convdsl quantize --calib`` runs)."""
+    calibration data for post-training quantization (what ``convdsl quantize --calib`` runs).  A .npz with
+    inputs ``x`` and no labels ``y`` (calibration needs none: a generator's latent vectors, a segmentation
+    network's images) gives its first ``samples`` rows of ``x``, in order."""
+    if str(spec).endswith(".npz"):
+        path = Path(spec)
+        arrays = _read_npz(path)
+        if "x" in arrays and "y" not in arrays:
+            _check_samples(path, arrays["x"], "x")
+            x = _finite_f32(path, arrays["x"][:samples], "x")
+            return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
     x = load_dataset(spec, seed=seed).x_train[:samples]
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 

@@ -82,6 +82,27 @@ def test_npz_errors(tmp_path, arrays, message):
     assert message in e.value.render()
 
 
+def test_calibration_takes_inputs_without_labels(tmp_path):
+    """Calibration needs inputs only (a GAN generator's latent vectors have no labels): an .npz with x and no y
+    gives its first rows in order; training still refuses it; bad inputs are refused as for training."""
+    from convdsl.train import calibration_batches
+
+    x = np.random.default_rng(0).standard_normal((150, 100, 1, 1))
+    batches = calibration_batches(_npz(tmp_path, x=x), samples=130, batch_size=64)
+    assert [len(b) for b in batches] == [64, 64, 2] and all(b.dtype == np.float32 for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), x[:130].astype(np.float32))
+    with pytest.raises(DataError, match="has no array 'y'"):
+        load_dataset(_npz(tmp_path, x=x))
+    for bad, says in ((np.full((4, 3), np.nan), "NaN"), (np.zeros(4), r"must be \[N, ...\]"),
+                      (np.zeros((0, 3)), "is empty")):
+        with pytest.raises(DataError, match=says):
+            calibration_batches(_npz(tmp_path, "bad.npz", x=bad))
+    # with labels, the training split's inputs as before
+    y = np.repeat(np.arange(3), 50)
+    want = load_dataset(_npz(tmp_path, "xy.npz", x=x, y=y)).x_train[:10]
+    np.testing.assert_array_equal(calibration_batches(_npz(tmp_path, "xy.npz", x=x, y=y), samples=10)[0], want)
+
+
 def test_npz_refuses_pickled_objects(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, x=np.array([object(), object()], dtype=object), y=np.zeros(2, int))
