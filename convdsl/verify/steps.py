@@ -192,7 +192,7 @@ def conv_transpose(d: Draw, kind: str, shape: Shape) -> Optional[Step]:
         return None
     cin, spatial = shape[1], list(shape[2:])
     out = d.pick([cin, *WIDTHS])
-    k = d.pick([2, 3, 1])
+    k = d.pick([2, 3, 1, 4])  # 4: DCGAN's up-convs (stride 2, pad 1)
     stride = d.pick([1, 2])
     dil = d.pick([1, 2])
     pad = d.int(0, 1)
