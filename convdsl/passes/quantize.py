@@ -202,6 +202,7 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     # (a calibration method that widened the range past 6: the relu6 stays)
     _keep_relu6_where(g, plan, out_of, lambda nid: not _relu6_fold(ranges[out_of[nid]], act_dtype))
     rw = _Rewriter(g, ranges, act_dtype, reuse_int8, stats)
+    fused_in = {nid: g.inputs_of(nid)[0] for nid in fused}  # the calibrated values, before rewrites move them
     layers = []
     for nid in order:
         if nid in plan and _qop(g.node(nid)) in WEIGHTLESS:
@@ -209,7 +210,7 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
         elif nid in plan:
             layers.append(rw.layer(g.node(nid), plan[nid], out_of[nid] in wants_int, weight_bits))
         elif nid in fused:
-            layers.append(rw.fused_output(g.node(nid)))
+            layers.append(rw.fused_output(g.node(nid), fused_in[nid]))
         elif nid in g and _passthrough(g.node(nid)) and Value(nid) in wants_int:
             rw.passthrough(g.node(nid))
     rw.drop_dead_dequantizes()
@@ -625,8 +626,10 @@ class _Rewriter:
         return {"node": node.id, "op": "qattention", "in": {"scale": in_scale, "zero_point": in_zp}, "out": out,
                 "relu": False}
 
-    def fused_output(self, node: Node) -> dict:
-        """layernorm / gelu read by quantized layers -> qlayernorm / qgelu writing the int8 value."""
+    def fused_output(self, node: Node, calibrated: Value) -> dict:
+        """layernorm / gelu read by quantized layers -> qlayernorm / qgelu writing the int8 value; ``calibrated``:
+        its input as calibrated (since then a quantized producer's fused relu may have gone, or its readers moved
+        to a dequantize)."""
         g, qop = self.g, _qop(node)
         x = g.inputs_of(node.id)[0]
         attrs: dict[str, Any] = {}
@@ -634,7 +637,7 @@ class _Rewriter:
         arrays = {}
         rec: dict[str, Any] = {"node": node.id, "op": qop, "in": {"dtype": "f32"}, "out": out, "relu": False}
         if qop == "qlayernorm":
-            st = self.stats[self._float_source(x)]
+            st = self.stats[calibrated]
             attrs.update(eps=node.attrs["eps"], x_scale=ln_input_scale(st.lo, st.hi))
             c = g.type_of(x).shape[-1]
             arrays = {local: g.params[node.params[local]] if local in node.params else np.full(c, fill, np.float32)
@@ -705,14 +708,6 @@ class _Rewriter:
                       [TensorType(t.shape, "f32")], after=node.id)
         self._reroute(v, readers, d, (v, scale, zp))
         g.outputs = [Value(d) if o == v else o for o in g.outputs]
-
-    def _float_source(self, x: Value) -> Value:
-        """The calibrated float value that ``x`` stands for: ``x`` itself, or, where ``x`` is the dequantize that
-        a quantized layer's other readers were moved to (``int8``), the value that layer quantized (its
-        dequantized copy stays within that value's range)."""
-        while x not in self.stats and x.node in self.int_of:
-            x = self.g.inputs_of(self.int_of[x.node][0].node)[0]
-        return x
 
     def _reroute(self, v: Value, readers: list, d: str, int8: tuple[Value, float, int]) -> None:
         """``readers`` of ``v`` read the dequantize node ``d`` instead (``int8``: what it dequantizes)."""
