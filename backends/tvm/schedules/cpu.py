@@ -34,6 +34,7 @@ count); no measurement, no search.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -146,7 +147,16 @@ def _inline_epilogue(sch: s_tir.Schedule, main) -> object | None:
     last = after[-1]
     if not _is_elementwise_chain_member(sch, last):
         raise _Skip("epilogue is not elementwise")
+    if _elements(sch, last) > _elements(sch, main):
+        # computed at the kernel's tiles, an epilogue writes only what it reads from them: the positions a pad
+        # adds (a linear's output padded to whole attention windows) would never be written
+        raise _Skip("the epilogue writes more elements than the kernel computes")
     return last
+
+
+def _elements(sch: s_tir.Schedule, block) -> int:
+    """Elements the block writes, with symbolic dims (a dynamic batch) counted as 1."""
+    return math.prod(int(d) if isinstance(d, tirx.IntImm) else 1 for d in sch.get(block).writes[0].source.shape)
 
 
 def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
