@@ -47,14 +47,19 @@ CASES = [  # (input shape, out channels, k, stride, pad, output_pad, dilation, g
 ]
 
 
-@pytest.mark.parametrize("shape,o,k,stride,pad,output_pad,dilation,groups", CASES)
-def test_phase_decomposition_is_torch_conv_transpose(shape, o, k, stride, pad, output_pad, dilation, groups):
+def _torch_conv_transpose(shape, o, k, stride, pad, output_pad, dilation, groups):
+    """(x, w, torch's conv_transpose of x with w): a case's random input and kernel, and its reference."""
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal(shape).astype("float32"))
     w = rng.standard_normal((shape[1], o // groups, *k)).astype("float32")
     conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(k) - 1]
-    ref = conv_t(x, torch.from_numpy(w), stride=stride, padding=pad, output_padding=output_pad, groups=groups,
-                 dilation=dilation)
+    return x, w, conv_t(x, torch.from_numpy(w), stride=stride, padding=pad, output_padding=output_pad,
+                        groups=groups, dilation=dilation)
+
+
+@pytest.mark.parametrize("shape,o,k,stride,pad,output_pad,dilation,groups", CASES)
+def test_phase_decomposition_is_torch_conv_transpose(shape, o, k, stride, pad, output_pad, dilation, groups):
+    x, w, ref = _torch_conv_transpose(shape, o, k, stride, pad, output_pad, dilation, groups)
     got = _by_phases(x, w, stride, pad, output_pad, dilation, groups)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
@@ -86,12 +91,7 @@ def test_phase_convs_are_torch_conv_transpose(case):
     shape, o, k, stride, pad, output_pad, dilation, groups = (CASES + [
         ((1, 6, 4, 4), 4, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1),  # DCGAN
         ((1, 4, 5), 4, (7,), (3,), (2,), (0,), (1,), 1)])[case]
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal(shape).astype("float32"))
-    w = rng.standard_normal((shape[1], o // groups, *k)).astype("float32")
-    conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(k) - 1]
-    ref = conv_t(x, torch.from_numpy(w), stride=stride, padding=pad, output_padding=output_pad, groups=groups,
-                 dilation=dilation)
+    x, w, ref = _torch_conv_transpose(shape, o, k, stride, pad, output_pad, dilation, groups)
     got = _by_phase_convs(x, w, stride, pad, output_pad, dilation, groups)
     if case in NO_PHASE_CONVS:
         assert got is None
