@@ -36,6 +36,8 @@ NETS = {
     "vit_s16": ("examples/vit_b_16.cdl", ("hidden=384", "heads=6", "mlp_dim=1536")),
     # grouped convs of 8-channel groups and 8-channel blocks (104, 440 channels): shapes the four above lack
     "regnet_y_400mf": ("examples/regnet_y_400mf.cdl", ()),
+    # transposed convs as one conv per phase over 4 x 4 to 32 x 32 maps, and their int8 phases' conv (17 columns)
+    "dcgan": ("examples/dcgan.cdl", ()),
 }
 
 
