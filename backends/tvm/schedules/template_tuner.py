@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from convdsl.backends.tvm.schedules import tophub
+from convdsl.backends.tvm.schedules.bf16 import round_to_bf16
 
 MIN_GAIN = 0.03  # a candidate replaces the model's choice only when at least 3% faster
 SAMPLE_S = 0.02  # one timing sample: enough calls for about this long
@@ -136,6 +137,8 @@ def random_args(func, seed: int = 0) -> list[np.ndarray]:
         shape, dtype = [int(d) for d in p.shape], str(p.dtype)  # TIR params are buffers
         if dtype.startswith("float"):
             out.append(rng.standard_normal(shape).astype(dtype))
+        elif dtype == "uint16":  # bf16 bit patterns (the bf16 templates' weights and inputs): N(0, 1) values
+            out.append(round_to_bf16(rng.standard_normal(shape).astype(np.float32)))
         elif dtype in ("uint8", "int8"):
             lo, hi = (0, 255) if dtype == "uint8" else (-127, 127)
             out.append(rng.integers(lo, hi + 1, shape).astype(dtype))
@@ -153,10 +156,15 @@ def _run(lib, args: list[np.ndarray], dev) -> list[np.ndarray]:
 
 
 def _same(outs: list[np.ndarray], refs: list[np.ndarray]) -> bool:
+    """Each candidate output equals the reference's within 1e-5 of its largest magnitude; a NaN or infinity where
+    the reference has none (or another one) is a difference, not a comparison that fails quietly."""
     for o, r in zip(outs, refs):
         if o.dtype.kind == "f":
-            scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
-            if r.size and float(np.abs(o.astype(np.float64) - r).max()) > 1e-5 * scale:
+            finite = np.isfinite(r)
+            if not np.array_equal(np.isfinite(o), finite) or not np.array_equal(o[~finite], r[~finite], equal_nan=True):
+                return False
+            scale = max(1.0, float(np.abs(r[finite]).max()) if finite.any() else 1.0)
+            if finite.any() and float(np.abs(o[finite].astype(np.float64) - r[finite]).max()) > 1e-5 * scale:
                 return False
         elif not np.array_equal(o, r):
             return False

@@ -311,3 +311,26 @@ def test_a_dynamic_batch_build_takes_the_knobs_recorded_for_a_batch_of_one(dbs):
     for n in (1, 3):
         xs = make_inputs(g, n, seed=n)
         assert_close(run(xs), torch_outputs(g, xs))
+
+
+def test_the_tuners_output_check_counts_a_nan_as_a_difference():
+    """A candidate whose output has a NaN or infinity where the reference has a number (or another non-finite
+    value) differs; before, |o - r| was NaN there and 'NaN > tolerance' let it pass.  The bf16 templates' inputs
+    (uint16 bit patterns) are drawn as N(0, 1) values rounded to bf16, not as integers whose bit patterns are
+    huge or infinite bf16 numbers (which made their reference outputs inf and NaN)."""
+    import numpy as np
+    from tvm import te
+
+    from convdsl.backends.tvm.schedules import bf16, template_tuner as tt
+
+    a = np.array([1.0, -2.0, 3.0], np.float32)
+    assert tt._same([a + 1e-6], [a])
+    assert not tt._same([np.array([1.0, np.nan, 3.0], np.float32)], [a])
+    assert not tt._same([np.array([1.0, np.inf, 3.0], np.float32)], [np.array([1.0, -np.inf, 3.0], np.float32)])
+    assert tt._same([np.array([np.nan, 2.0], np.float32)], [np.array([np.nan, 2.0], np.float32)])
+    assert not tt._same([a + 1.0], [a])
+    x = te.placeholder((64, 32), "uint16", name="x")
+    f = te.create_prim_func([x, te.compute((64, 32), lambda i, j: x[i, j], name="y")])
+    bits = tt.random_args(f)[0]
+    values = bf16.bf16_to_f32(bits)
+    assert np.isfinite(values).all() and 0.5 < float(values.std()) < 2.0
