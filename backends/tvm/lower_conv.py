@@ -154,7 +154,8 @@ PHASE_CONVS_BELOW = 0.9
 
 def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, stride, pad, output_pad, dilation,
                      groups: int) -> Expr | None:
-    """A transposed conv as one conv + depth-to-space + crop (module docstring); None where it does not apply."""
+    """A transposed conv as one conv + depth-to-space + crop, or as one conv per output phase + depth-to-space
+    (module docstring); None where it does not apply."""
     if not all(isinstance(v, int) for v in in_shape[1:]):
         return None
     k = w.shape[2:]
