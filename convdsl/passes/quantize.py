@@ -35,7 +35,9 @@ output is a window of that (a ``pad``, or a last phase longer than the output: `
 as above (per (channel, phase) weight scales) and the shuffle and crop run on its int8 output where a quantized
 layer reads it (a relu / relu6 that alone reads the transposed conv moves onto the phases, whose qconv fuses
 it).  U-Net's 2x2 / stride-2 up-convs need no crop; k 3 / stride 2 / pad 1 / output_pad 1 (FCN-style decoders)
-and k 4 / stride 2 / pad 1 (DCGAN) crop one position at each end.  Kept float, with the reason in the report:
+and k 4 / stride 2 / pad 1 (DCGAN) crop one position at each end.  A transposed conv of a 1x1 input (``of_a_point``:
+a GAN generator's first layer) is a ``flatten`` -> ``linear`` to its taps (``<id>.taps``) -> ``reshape``
+(``<id>.to_map``) instead.  Kept float, with the reason in the report:
 an ``output_pad`` past the last position any input reaches (zeros appended: in int8 those would be the zero
 point, and the phases' conv adds the bias before) and decompositions past ``MAX_PHASE_WORK``.
 
