@@ -438,13 +438,13 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     the interleave (elementwise, it commutes with moving values), where the quantized phases' conv fuses it."""
     a, nid, nd = node.attrs, node.id, int(node.op[len("conv_transpose")])
     x = g.inputs_of(nid)[0]
-    k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
+    k, s, d, pad, opad = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation", "pad", "output_pad"))
+    lengths = g.in_types(nid)[0].shape[2:]
     t = phase_taps(k, s, d)
-    q, _, window = phase_window(g.in_types(nid)[0].shape[2:], k, s, tuple_n(a["pad"], nd), d,
-                                tuple_n(a["output_pad"], nd))
+    q, _, window = phase_window(lengths, k, s, pad, d, opad)
     arr = _take_params(g, node)
     o, groups, phases = a["out"], a["groups"], int(np.prod(s))
-    point = of_a_point(g.in_types(nid)[0].shape[2:], tuple_n(a["pad"], nd), tuple_n(a["output_pad"], nd), d, groups)
+    point = of_a_point(lengths, pad, opad, d, groups)
     if point:  # each output position one tap: [N, C] x [C, O k^nd], a linear
         c, taps = arr["weight"].shape[0], int(np.prod(k))
         params = {"weight": arr["weight"].reshape(c, o * taps).T}
@@ -463,8 +463,9 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     act = sole_user(g, Value(nid))
     act = act if act is not None and g.node(act).op in FUSED_ACTIVATIONS else None
     if act is not None:  # relu(interleave(y)) = interleave(relu(y)): the relu moves onto the phases, whose
-        # quantized conv fuses it, so the interleave and crop run on the int8 tensor (DCGAN: ... -> BN -> ReLU)
-        readers = [c for c, _ in g.users(Value(act))]
+        # quantized conv fuses it, so the interleave and crop run on the int8 tensor (DCGAN: ... -> BN -> ReLU);
+        # its readers read the transposed conv meanwhile, which _replace points at the result
+        g.replace_uses(Value(act), Value(nid))
         g.set_inputs(act, [Value(last)])
         g.node(act).types = [g.type_of(Value(last))]
         g.node(act).seq = node.seq + 0.05
@@ -484,10 +485,6 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
         if not point and (start, stop) != (0, qi * si):
             last = _add_op(g, g.unique_id(f"{nid}.crop"), "index_select", [Value(last)],
                            {"index": tuple(range(start, stop)), "dim": 2 + i}, node, node.seq + 0.4 + 0.01 * i)
-    if act is not None and last != act:  # the activation's readers read the interleaved (and cropped) result
-        for c in readers:
-            g.set_inputs(c, [Value(last) if v == Value(act) else v for v in g.inputs_of(c)])
-        g.outputs = [Value(last) if v == Value(act) else v for v in g.outputs]
     _replace(g, node, last)
 
 
