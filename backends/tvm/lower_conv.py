@@ -169,26 +169,26 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
             < PHASE_CONVS_BELOW * np.prod(stride) * np.prod(t) * np.prod(q):
         kernels, pads, q = per_phase
         ys = [cx.emit(conv_nd(cx, x, kr, nd, (1,) * nd, pr, (1,) * nd, groups)) for kr, pr in zip(kernels, pads)]
-        y = cx.emit(R.concat(ys, axis=1)) if len(ys) > 1 else ys[0]
-        if len(ys) > 1:  # phase-major channels, groups or not: interleave, no crop
-            split, dims, merged = phase_shuffle(o, 1, stride, q)
-            y = cx.emit(R.reshape(y, [-1, *split[1:]]))
-            y = cx.emit(R.permute_dims(y, dims))
-            y = cx.emit(R.reshape(y, [-1, *merged[1:]]))
-        return y
+        # phase-major channels, groups or not: interleaved, no crop
+        return _interleave(cx, cx.emit(R.concat(ys, axis=1)), o, 1, stride, q) if len(ys) > 1 else ys[0]
     y = cx.emit(conv_nd(cx, x, phase_kernel(w, stride, dilation, groups), nd, (1,) * nd,
                         [(ti - 1, ti - 1) for ti in t], (1,) * nd, groups))
-    if any(si > 1 for si in stride):  # interleave the phases (phase_shuffle): [N, O s.., Q..] -> [N, O, Q s..]
-        split, dims, merged = phase_shuffle(o, groups, stride, q)
-        y = cx.emit(R.reshape(y, [-1, *split[1:]]))
-        y = cx.emit(R.permute_dims(y, dims))
-        y = cx.emit(R.reshape(y, [-1, *merged[1:]]))
+    if any(si > 1 for si in stride):
+        y = _interleave(cx, y, o, groups, stride, q)
     full = [qi * si + e for qi, si, e in zip(q, stride, short)]
     if any(short):  # output_pad past the last position an input reaches: zeros
         y = cx.emit(R.nn.pad(y, [0, 0, 0, 0] + [v for e in short for v in (0, e)]))
     if any(start or stop != f for (start, stop), f in zip(window, full)):
         y = cx.emit(R.strided_slice(y, list(range(2, 2 + nd)), [a for a, _ in window], [b for _, b in window]))
     return y
+
+
+def _interleave(cx: Lowerer, y: Expr, o: int, groups: int, stride, q) -> Expr:
+    """The phases of a phase-major conv output interleaved (``phase_shuffle``): [N, O s.., Q..] -> [N, O, Q s..]."""
+    split, dims, merged = phase_shuffle(o, groups, stride, q)
+    y = cx.emit(R.reshape(y, [-1, *split[1:]]))
+    y = cx.emit(R.permute_dims(y, dims))
+    return cx.emit(R.reshape(y, [-1, *merged[1:]]))
 
 
 def _transpose_of_a_point(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, pad, output_pad, dilation,
