@@ -187,12 +187,13 @@ def _int_option(options: dict[str, str], key: str, default: int, bounds: tuple[i
 
 
 # ---- user data (.npz) -----------------------------------------------------------------------
+VAL_FRACTION = 0.2  # the validation share of a split (load_dataset's default, calibration's split)
 _NPZ_HINT = "np.savez(path, x=inputs, y=labels) with plain numeric arrays"
 _ARRAYS = ("x", "y", "x_val", "y_val")
 
 
-def _npz(path: Path, seed: int, val_fraction: float) -> Dataset:
-    arrays = _read_npz(path)
+def _npz(path: Path, seed: int, val_fraction: float, arrays: dict[str, np.ndarray] | None = None) -> Dataset:
+    arrays = _read_npz(path) if arrays is None else arrays
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path} has no array '{key}'", expected="arrays x [N, ...] and y [N]",
@@ -340,8 +341,8 @@ def _labels(path: Path, y: np.ndarray, yk: str) -> np.ndarray:
 
 
 # ---- entry point ----------------------------------------------------------------------------
-def load_dataset(spec: str, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
-    """``digits``, ``mnist1d[:key=value,...]`` or a .npz path -> a split ``Dataset``."""
+def _checked_spec(spec, seed: int, val_fraction: float) -> str:
+    """``spec`` as text, once the split settings and the name are valid."""
     spec = str(spec)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise DataError(f"the split seed must be from 0 to {MAX_SEED:,}, got {_shown(seed)}")
@@ -349,6 +350,12 @@ def load_dataset(spec: str, seed: int = 0, val_fraction: float = 0.2) -> Dataset
         raise DataError(f"the validation fraction must be between 0 and 1 (exclusive), got {_shown(val_fraction)}")
     if "\x00" in spec:
         raise DataError("a dataset name or path cannot contain a NUL character")
+    return spec
+
+
+def load_dataset(spec: str, seed: int = 0, val_fraction: float = VAL_FRACTION) -> Dataset:
+    """``digits``, ``mnist1d[:key=value,...]`` or a .npz path -> a split ``Dataset``."""
+    spec = _checked_spec(spec, seed, val_fraction)
     if spec.endswith(".npz"):
         return _npz(Path(spec), seed, val_fraction)
     if os.path.isfile(spec):
@@ -385,14 +392,17 @@ def calibration_batches(spec: str, samples: int = 512, batch_size: int = 64, see
     calibration data for post-training quantization (what ``convdsl quantize --calib`` runs).  A .npz with
     inputs ``x`` and no labels ``y`` (calibration needs none: a generator's latent vectors, a segmentation
     network's images) gives its first ``samples`` rows of ``x``, in order."""
-    if str(spec).endswith(".npz"):
+    spec = _checked_spec(spec, seed, VAL_FRACTION)
+    if spec.endswith(".npz"):  # read once: inputs alone, or the training split of inputs and labels
         path = Path(spec)
         arrays = _read_npz(path)
         if "x" in arrays and "y" not in arrays:
             _check_samples(path, arrays["x"], "x")
             x = _finite_f32(path, arrays["x"][:samples], "x")
             return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
-    x = load_dataset(spec, seed=seed).x_train[:samples]
+        x = _npz(path, seed, VAL_FRACTION, arrays).x_train[:samples]
+    else:
+        x = load_dataset(spec, seed=seed).x_train[:samples]
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 
