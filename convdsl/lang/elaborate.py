@@ -911,7 +911,7 @@ class Elaborator:
                 frame.scope.append(layer.label)
                 self._claim_scope(frame, span)
             try:
-                cur: Any = inputs if len(inputs) > 1 else inputs[0]
+                cur: Any = tuple(inputs) if len(inputs) > 1 else inputs[0]  # several: its first stage's inputs
                 for sub in layer.layers:
                     cur = self.apply(sub, list(cur) if isinstance(cur, tuple) else [cur], sub.span or span, frame)
                 return cur

@@ -565,3 +565,15 @@ def test_a_window_relative_position_index_fits_an_op_list_and_a_longer_list_is_l
     with pytest.raises(CDLTypeError) as e:
         elaborate(f"network net(t: f32[4, 3]) {{\n    return t | index_select(range({MAX_ATTR_ITEMS + 1}), dim=0)\n}}")
     assert e.value.span.line == 2 and f"at most {MAX_ATTR_ITEMS:,} items" in e.value.render()
+
+
+def test_several_tensors_piped_into_a_pipeline_def_are_its_first_stages_inputs():
+    """(a, b) | cat2() with cat2() = concat | relu: the pipeline's first op gets both tensors.  The pipeline
+    handed them on as one list, and a valid program crashed with AttributeError ('list' object has no attribute
+    'type'); found by tests/lang/test_fuzz.py's mutated seeds, as a tuple piped into a def of one-input ops."""
+    head = "def cat2() = concat | relu\ndef cb(c) = conv2d(c, 1) | batchnorm\n"
+    body = "network net(x: f32[N, 3, 8, 8]) {{\n    a = x | conv2d(8, 1)\n    b = x | conv2d(8, 1)\n    return {}\n}}\n"
+    g = elaborate(head + body.format("(a, b) | cat2()"), "t.cdl", None, Options())
+    assert g.output_types() == [TensorType(("N", 16, 8, 8), "f32")]
+    with pytest.raises(CDLTypeError, match=r"t.cdl:2:13: .*conv2d takes 1 input tensor\(s\), got 2"):
+        elaborate(head + body.format("(a, b) | cb(8)"), "t.cdl", None, Options())
