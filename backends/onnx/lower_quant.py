@@ -6,7 +6,7 @@ An int8 tensor of convdsl is an int8 tensor in ONNX too; ``quantize`` and
 OpenVINO fuse into integer kernels (QLinearConv, QGemm...):
 
     DQ(x_q; in_scale, in_zp) -> Conv(., DQ(w_u8; w_scale per channel, 128), DQ(b_i32; in_scale*w_scale))
-        [-> Relu] -> Q(out_scale, out_zp)
+        [-> Relu] -> Q(out_scale, out_zp)    (a relu whose out_zp is above qmin: Q -> Max(., out_zp))
 
 A qconv with a float output (a residual add or relu6 follows) has no Q for a
 runtime to fuse, so it is written as the integer convolution itself, the
@@ -107,12 +107,21 @@ def _dq_bias(cx: Exporter, node) -> str:
 
 
 def _output(cx: Exporter, node, y: str) -> str:
+    """The layer's relu and requantization.  An int8 output whose zero point is above qmin (a range that
+    goes below 0: an int8 concat's shared scale) clamps at it after QuantizeLinear, Max(q, zp) on the
+    integers, which is relu then quantize exactly (rounding is monotone, 0 maps to zp): ONNX Runtime
+    fuses DQ -> Conv -> Q into an integer conv only where no Relu stands between whose clamp Q does not
+    already make (zero point qmin)."""
     a = node.attrs
-    if a["relu"]:
+    clamp_after = a["relu"] and a["out_dtype"] != "f32" and a["out_zp"] > QRANGE[a["out_dtype"]][0]
+    if a["relu"] and not clamp_after:
         y = cx.op("Relu", [y])
     if a["out_dtype"] == "f32":
         return y
-    return cx.op("QuantizeLinear", [y, *_q_scalar(cx, a["out_scale"], a["out_zp"], a["out_dtype"])])
+    q = cx.op("QuantizeLinear", [y, *_q_scalar(cx, a["out_scale"], a["out_zp"], a["out_dtype"])])
+    if clamp_after:
+        q = cx.op("Max", [q, cx.const(np.asarray(a["out_zp"], dtype=_INT[a["out_dtype"]]), _INT[a["out_dtype"]])])
+    return q
 
 
 def _qconv(nd: int):

@@ -140,3 +140,32 @@ def test_int8_transposed_conv_exports_as_an_integer_conv(tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
         want = torch_runner(cut)([x])[0].astype(np.int32)
         assert np.abs(got - want).max() <= 1, nid
+
+
+RELU_ABOVE_QMIN = """
+network t(x: f32[N, 4, 8, 8]) {
+    return x | quantize(0.05, 128) | qconv2d(8, 3, pad=1, in_scale=0.05, in_zp=128, out_dtype=u8, out_scale=0.02,
+                                             out_zp=40, relu=true) as c | dequantize(0.02, 40)
+}
+"""
+
+
+def test_relu_clamping_above_qmin_exports_as_an_integer_conv(tmp_path):
+    """A qconv with a fused relu writing int8 at a zero point above qmin (its output range goes below 0: an int8
+    concat's shared scale) exports as DQ -> Conv -> Q -> Max(., zp): ONNX Runtime runs an integer conv (a Relu
+    between Conv and Q kept it float, as FusedConv), clamping at real 0, within one step of the simulation."""
+    g = load_graph(RELU_ABOVE_QMIN, seed=0)
+    rng = np.random.default_rng(0)
+    g.params["c.weight"] = rng.integers(-60, 61, (8, 4, 3, 3)).astype(np.int8)
+    g.params["c.w_scale"] = np.full(8, 0.01, np.float32)
+    g.params["c.bias"] = rng.integers(-200, 200, 8).astype(np.int32)
+    model = export_graph(g)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Relu" not in ops and ops.index("Max") == ops.index("QuantizeLinear", ops.index("Conv")) + 1
+    x = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    out, kernels = _kernels(model, x, tmp_path)
+    assert "QLinearConv" in kernels and not kernels & {"Conv", "FusedConv"}, kernels
+    want = torch_runner(g)([x])[0]
+    assert (want == 0.0).any() and (want > 0).any()  # some outputs clamped at zp (real 0), some above
+    assert out.min() == 0.0 and np.abs(out - want).max() <= 0.02 * (1 + 1e-5)  # one step (QLinearConv's rounding)
+
