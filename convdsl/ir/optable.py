@@ -229,6 +229,7 @@ class OpDef:
     folds_into_producer: bool = False  # inference batchnorm: fold_bn folds it into the conv/linear before it
     int8: str | None = None  # the int8 op the quantize pass makes of it (conv2d -> qconv2d)
     int8_passthrough: bool = False  # commutes with per-tensor quantization: runs on the int8 tensor (quantize)
+    int8_shared_scale: bool = False  # joins tensors: runs on int8 ones whose producers all write its scale (quantize)
     prune: Prune | None = None  # how channels flow through it (passes/prune); None: not stated yet
     workspace: WorkspaceFn = no_workspace  # run-time bytes besides the outputs (see WorkspaceFn)
     derived: DerivedFn | None = None  # buffers of a reference model the op recomputes (see DerivedFn)

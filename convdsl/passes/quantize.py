@@ -21,7 +21,12 @@ float readers of an int8 value read a ``dequantize`` of it, and so do the
 other float readers of a float value quantized for a layer (a residual add
 reading a block's output: ``reuse_int8``, off with ``--float-residuals``).  Max-pooling and
 reshapes/permutes between quantized layers (ops marked ``int8_passthrough``)
-run on the int8 tensor (they commute with quantization).  Every other op, and every layer kept in float, is
+run on the int8 tensor (they commute with quantization).  A ``concat`` (ops marked ``int8_shared_scale``) that a
+quantized layer reads runs on int8 too where every input comes from a quantized layer, directly or through those
+ops: the layers write one scale, that of the union of their calibrated ranges and the concat's (``_share_ranges``;
+a relu'd layer's zero point may then lie above qmin, where its clamp stands for the relu), so U-Net's skip and
+up-conv join as they are; an input from a float op, or through a fused relu6 (whose bound is the clamp at the top
+of its own range), keeps the concat float.  Every other op, and every layer kept in float, is
 unchanged: quantize/dequantize nodes stand at the boundaries.  Graph inputs
 and outputs keep their dtypes.  ``quantize_with_report`` also returns what was
 done (per-layer scales, what stayed float and why).  The input graph is not
@@ -96,6 +101,11 @@ def _qop(node: Node) -> str:
 def _passthrough(node: Node) -> bool:
     """Commutes with per-tensor quantization: runs on the int8 tensor, keeping its scale."""
     return node.op in OPS and OPS[node.op].int8_passthrough
+
+
+def _shared_scale(node: Node) -> bool:
+    """Joins tensors (concat): runs on int8 ones that share one scale."""
+    return node.op in OPS and OPS[node.op].int8_shared_scale
 
 
 @dataclass
@@ -188,7 +198,9 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     plan, fusable, kept = _plan(g, per_layer or {}, fuse_relu)
     order = g.order()
     out_of = {nid: Value(relu or nid) for nid, relu in plan.items()}  # the value each quantized layer replaces
-    wants_int = _int_wanted(g, order, plan, out_of)
+    sources = _int8_sources(g, order, plan, fusable)
+    wants_int = _int_wanted(g, order, plan, sources)
+    joins = [nid for nid in sources if _shared_scale(g.node(nid)) and Value(nid) in wants_int]
     # a relu6 read in float stays (only the int8 clamp can stand for its bound)
     _keep_relu6_where(g, plan, out_of, lambda nid: out_of[nid] not in wants_int)
     fused = [nid for nid in fusable if Value(nid) in wants_int]
@@ -196,10 +208,11 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
         if nid not in fused:
             kept[nid] = "no quantized layer reads its output"
     observed = [g.inputs_of(nid)[0] for nid in plan] + [v for v in out_of.values() if v in wants_int]
-    observed += [Value(nid) for nid in fused] + [g.inputs_of(nid)[0] for nid in fused]
+    observed += [Value(nid) for nid in fused] + [g.inputs_of(nid)[0] for nid in fused] + [Value(c) for c in joins]
     batches = as_batches(calib_batches)
     ranges, stats = observe(g, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
                             threads=threads)
+    _share_ranges(g, joins, sources, ranges)
 
     # (a calibration method that widened the range past 6: the relu6 stays)
     _keep_relu6_where(g, plan, out_of, lambda nid: not _relu6_fold(ranges[out_of[nid]], act_dtype))
@@ -215,6 +228,8 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
             layers.append(rw.fused_output(g.node(nid), fused_in[nid]))
         elif nid in g and _passthrough(g.node(nid)) and Value(nid) in wants_int:
             rw.passthrough(g.node(nid))
+        elif nid in joins:
+            rw.join(g.node(nid))
     rw.drop_dead_dequantizes()
     report = QuantizeReport(method, percentile if method == "percentile" else None, weight_bits, act_dtype,
                             len(batches), sum(len(b[0]) for b in batches), layers, kept, reason)
@@ -488,18 +503,74 @@ def _split_conv_transpose(g: Graph, node: Node) -> None:
     _replace(g, node, last)
 
 
-def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], out_of: dict[str, Value]) -> set[Value]:
-    """Values (of the input graph) that some quantized layer reads, directly or through
-    passthrough ops: these are produced in int8 where their producer is quantized."""
+def _int_wanted(g: Graph, order: list[str], plan: dict[str, str | None], sources: dict[str, list[Value]]
+                ) -> set[Value]:
+    """Values (of the input graph) that some quantized layer reads, directly or through passthrough ops
+    and the joins that can run in int8 (``sources``): these are produced in int8 where their producer is
+    quantized."""
     wanted: set[Value] = set()
     for nid in reversed(order):
         node = g.node(nid)
         for i in range(len(node.types)):
             v = Value(nid, i)
             for c, port in g.users(v):
-                if (c in plan and port == 0) or (_passthrough(g.node(c)) and Value(c) in wanted):
+                through = _passthrough(g.node(c)) or (_shared_scale(g.node(c)) and c in sources)
+                if (c in plan and port == 0) or (through and Value(c) in wanted):
                     wanted.add(v)
     return wanted
+
+
+def _int8_sources(g: Graph, order: list[str], plan: dict[str, str | None], fusable: list[str]
+                  ) -> dict[str, list[Value]]:
+    """{join (concat) whose inputs can all be int8 with one scale: the values whose producers then write that
+    scale}.  An input can when it is the output of a layer to quantize (not through a fused relu6, whose bound
+    is the clamp at the top of its own range), of a layer norm or GELU that may write int8, or of a passthrough
+    op or another such join reading one; the producers of the values listed (the layers, and the joins read)
+    write the join's scale."""
+    made = {Value(relu or nid): nid for nid, relu in plan.items() if relu is None or g.node(relu).op != "relu6"}
+    made.update({Value(nid): nid for nid in fusable})
+    sources: dict[str, list[Value]] = {}
+
+    def traced(v: Value) -> Value | None:  # the value whose producer writes v's int8 scale
+        while v not in made and v.node not in sources:
+            node = g.node(v.node)
+            if not _passthrough(node):
+                return None
+            v = g.inputs_of(node.id)[0]
+        return v
+
+    for nid in order:
+        node = g.node(nid)
+        if _shared_scale(node):
+            found = [traced(v) for v in g.inputs_of(nid)]
+            if all(v is not None for v in found):
+                sources[nid] = found
+    return sources
+
+
+def _share_ranges(g: Graph, joins: list[str], sources: dict[str, list[Value]],
+                  ranges: dict[Value, tuple[float, float]]) -> None:
+    """Give each int8 join and the values its producers write (``sources``; joins chain) one range: the union
+    of their calibrated ranges (a concat's covers its inputs' under minmax calibration), so that they write one
+    scale and the join moves int8 values as they are."""
+    parent: dict[Value, Value] = {}
+
+    def root(v: Value) -> Value:
+        while parent.setdefault(v, v) != v:
+            v = parent[v]
+        return v
+
+    for c in joins:
+        for v in sources[c]:
+            parent[root(v)] = root(Value(c))
+    groups: dict[Value, list[Value]] = {}
+    for v in list(parent):
+        groups.setdefault(root(v), []).append(v)
+    for members in groups.values():
+        lo = min(ranges[v][0] for v in members)
+        hi = max(ranges[v][1] for v in members)
+        for v in members:
+            ranges[v] = (lo, hi)
 
 
 # ---- weights and bias ---------------------------------------------------------------------------------
@@ -654,6 +725,14 @@ class _Rewriter:
             return
         q, scale, zp = self.int_of[x.node]
         new = self._swap(node, node.op, [q], dict(node.attrs))
+        self._dequantize_uses(new, scale, zp)
+
+    def join(self, node: Node) -> None:
+        """concat of int8 tensors written with one scale (``_share_ranges``): same op on the int8 tensors."""
+        ints = [self.int_of[x.node] for x in self.g.inputs_of(node.id)]
+        assert len({(scale, zp) for _, scale, zp in ints}) == 1, f"{node.id}: its int8 inputs' scales differ"
+        _, scale, zp = ints[0]
+        new = self._swap(node, node.op, [q for q, _, _ in ints], dict(node.attrs))
         self._dequantize_uses(new, scale, zp)
 
     # -- graph edits ------------------------------------------------------------------------------

@@ -450,7 +450,7 @@ OPS = [
         int8_passthrough=True),
     _op("concat", (Attr("dim", "int", 1),), _concat_infer,
         "join tensors along dim; all other dims must match.", "(a, b) | concat", "sum of sizes along dim",
-        inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type,
+        inputs=(1, None), input_names=("a", "b"), identity_when=identity_if_same_type, int8_shared_scale=True,
         example_inputs="a: f32[N, 64, 14, 14], b: f32[N, 32, 14, 14]"),
     _op("split", (Attr("sizes", "ints", None, doc="piece sizes, or one int: pieces of that size (last may be smaller)",
                        domain=POSITIVE),

@@ -169,3 +169,35 @@ def test_relu_clamping_above_qmin_exports_as_an_integer_conv(tmp_path):
     assert (want == 0.0).any() and (want > 0).any()  # some outputs clamped at zp (real 0), some above
     assert out.min() == 0.0 and np.abs(out - want).max() <= 0.02 * (1 + 1e-5)  # one step (QLinearConv's rounding)
 
+
+def test_int8_concat_exports_as_a_concat_of_integers(tmp_path):
+    """A concat of int8 layers' outputs written at one scale (passes/quantize.py: U-Net's skip and up-conv) is an
+    ONNX Concat of the uint8 tensors: no DequantizeLinear before it, no QuantizeLinear after; ONNX Runtime and
+    OpenVINO give every int8 tensor within one step of the simulation and the outputs within one step of the last
+    layer's input."""
+    from tests.passes.test_quantize import JOINS
+
+    g = load_graph(JOINS, seed=0)
+    q = _int8(g)
+    x = np.random.default_rng(2).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    h = _cut(q, "cj")
+    model = export_graph(h)
+    concat, = [n for n in model.graph.node if n.op_type == "Concat"]
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    # ca: its relu as a clamp at the zero point the shared scale put above qmin; the up-conv: its phases interleaved
+    assert [producers[i] for i in concat.input] == ["Max", "Reshape"]
+    out, kernels = _kernels(model, x, tmp_path)
+    assert kernels & INTEGER_KERNELS and not kernels & {"Conv", "FusedConv"}, kernels
+    assert np.abs(out - torch_runner(h)([x])[0]).max() <= q.node("cj").attrs["in_scale"]
+    for nid in ("j", "n"):
+        assert q.node(nid).types[0].dtype == "u8"
+        cut = _cut(q, nid)
+        sess = session(export_graph(cut))
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
+        want = torch_runner(cut)([x])[0].astype(np.int32)
+        assert np.abs(got - want).max() <= 1, nid
+    ov = pytest.importorskip("openvino")
+    f = tmp_path / "model.onnx"
+    onnx.save(model, f)
+    compiled = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert np.abs(compiled([x])[compiled.outputs[0]] - torch_runner(h)([x])[0]).max() <= q.node("cj").attrs["in_scale"]
