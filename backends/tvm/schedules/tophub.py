@@ -141,7 +141,9 @@ def fits(wl: Workload, knobs: tuple[int, ...]) -> bool:
         return False
     if wl.kind == "conv2d_nchwc":  # spatial (n, ocb, oh, ow, ob)
         rn, ov = knobs
-        return wl.spatial[3] % rn == 0 and wl.spatial[1] % ov == 0 and rn * ov <= wl.registers
+        # 16 registers (AVX2): a row's last tile may be a guarded partial one (cpu._conv_tile_16's choice)
+        columns = rn <= wl.spatial[3] if wl.registers < 32 else wl.spatial[3] % rn == 0
+        return columns and wl.spatial[1] % ov == 0 and rn * ov <= wl.registers
     if wl.kind == "dwconv_nchwc":
         return wl.spatial[3] % knobs[0] == 0 and knobs[0] <= wl.registers
     if wl.kind == "gemm":  # spatial (..., m, n); rm need not divide m
@@ -161,7 +163,8 @@ def space(wl: Workload) -> list[tuple[int, ...]]:
 
     s = wl.spatial
     if wl.kind == "conv2d_nchwc":
-        cands = [(rn, ov) for ov in divisors(s[1]) if ov <= 8 for rn in divisors(s[3])]
+        columns = range(1, s[3] + 1) if wl.registers < 32 else divisors(s[3])
+        cands = [(rn, ov) for ov in divisors(s[1]) if ov <= 8 for rn in columns]
     elif wl.kind == "dwconv_nchwc":
         cands = [(rn,) for rn in divisors(s[3])]
     elif wl.kind == "gemm":
