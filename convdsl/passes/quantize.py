@@ -212,7 +212,7 @@ def quantize_with_report(graph: Graph, calib_batches: Any = None, method: str = 
     batches = as_batches(calib_batches)
     ranges, stats = observe(g, observed, batches, method, build=build, percentile=percentile, dtype=act_dtype,
                             threads=threads)
-    _share_ranges(g, joins, sources, ranges)
+    _share_ranges(joins, sources, ranges)
 
     # (a calibration method that widened the range past 6: the relu6 stays)
     _keep_relu6_where(g, plan, out_of, lambda nid: not _relu6_fold(ranges[out_of[nid]], act_dtype))
@@ -548,8 +548,8 @@ def _int8_sources(g: Graph, order: list[str], plan: dict[str, str | None], fusab
     return sources
 
 
-def _share_ranges(g: Graph, joins: list[str], sources: dict[str, list[Value]],
-                  ranges: dict[Value, tuple[float, float]]) -> None:
+def _share_ranges(joins: list[str], sources: dict[str, list[Value]], ranges: dict[Value, tuple[float, float]]
+                  ) -> None:
     """Give each int8 join and the values its producers write (``sources``; joins chain) one range: the union
     of their calibrated ranges (a concat's covers its inputs' under minmax calibration), so that they write one
     scale and the join moves int8 values as they are."""
