@@ -51,6 +51,15 @@ def _cut(q, nid: str):
     return dce(h)
 
 
+def _int_steps(q, nid: str, x) -> int:
+    """The largest difference, in integer steps, between ONNX Runtime's and the simulation's int8 tensor ``nid``."""
+    cut = _cut(q, nid)
+    sess = session(export_graph(cut))
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
+    want = torch_runner(cut)([x])[0].astype(np.int32)
+    return int(np.abs(got - want).max())
+
+
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mobilenet"])
 def test_int8_export_runs_integer_kernels_within_one_step(name, tmp_path):
     q = _int8(load_graph(ROOT / f"{name}.cdl"))
@@ -71,11 +80,7 @@ def test_int8_export_runs_integer_kernels_within_one_step(name, tmp_path):
     # and every int8 tensor inside is within one step (1 in the integer domain) of the simulation
     for n in q.nodes():
         if n.op in ("quantize", "qconv2d") and q.node(n.id).types[0].dtype in ("u8", "i8"):
-            h = _cut(q, n.id)
-            sess = session(export_graph(h))
-            got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
-            want = torch_runner(h)([x])[0].astype(np.int32)
-            assert np.abs(got - want).max() <= 1, n.id
+            assert _int_steps(q, n.id, x) <= 1, n.id
 
 
 def test_float_output_qconv_is_the_simulation_exactly(tmp_path):
@@ -135,11 +140,7 @@ def test_int8_transposed_conv_exports_as_an_integer_conv(tmp_path):
         assert np.abs(out - torch_runner(h)([x])[0]).max() <= q.node(reader).attrs["in_scale"]
     for nid in ("up.phases", "up.merge_phases", "up3.phases", "up3.crop_1"):  # the int8 tensors
         assert q.node(nid).types[0].dtype == "u8"
-        cut = _cut(q, nid)
-        sess = session(export_graph(cut))
-        got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
-        want = torch_runner(cut)([x])[0].astype(np.int32)
-        assert np.abs(got - want).max() <= 1, nid
+        assert _int_steps(q, nid, x) <= 1, nid
 
 
 RELU_ABOVE_QMIN = """
@@ -191,11 +192,7 @@ def test_int8_concat_exports_as_a_concat_of_integers(tmp_path):
     assert np.abs(out - torch_runner(h)([x])[0]).max() <= q.node("cj").attrs["in_scale"]
     for nid in ("j", "n"):
         assert q.node(nid).types[0].dtype == "u8"
-        cut = _cut(q, nid)
-        sess = session(export_graph(cut))
-        got = sess.run(None, {sess.get_inputs()[0].name: x})[0].astype(np.int32)
-        want = torch_runner(cut)([x])[0].astype(np.int32)
-        assert np.abs(got - want).max() <= 1, nid
+        assert _int_steps(q, nid, x) <= 1, nid
     ov = pytest.importorskip("openvino")
     f = tmp_path / "model.onnx"
     onnx.save(model, f)
