@@ -553,20 +553,12 @@ def _share_ranges(joins: list[str], sources: dict[str, list[Value]], ranges: dic
     """Give each int8 join and the values its producers write (``sources``; joins chain) one range: the union
     of their calibrated ranges (a concat's covers its inputs' under minmax calibration), so that they write one
     scale and the join moves int8 values as they are."""
-    parent: dict[Value, Value] = {}
+    from networkx.utils import UnionFind
 
-    def root(v: Value) -> Value:
-        while parent.setdefault(v, v) != v:
-            v = parent[v]
-        return v
-
+    groups = UnionFind()
     for c in joins:
-        for v in sources[c]:
-            parent[root(v)] = root(Value(c))
-    groups: dict[Value, list[Value]] = {}
-    for v in list(parent):
-        groups.setdefault(root(v), []).append(v)
-    for members in groups.values():
+        groups.union(Value(c), *sources[c])
+    for members in groups.to_sets():
         lo = min(ranges[v][0] for v in members)
         hi = max(ranges[v][1] for v in members)
         for v in members:
