@@ -83,18 +83,13 @@ def manifest_for(graph: Graph, backend: str, extra: dict[str, Any] | None = None
 def write_artifact(graph: Graph, out: str | os.PathLike, backend: str = "torch") -> list[str]:
     """Write the artifact folder ``out`` all at once (replacing an earlier artifact there); the
     names of its files."""
-    from safetensors import SafetensorError
-
     mod = backend_module(backend)
     load_key(create=True)  # before a long build: a key others can read is refused now, not after
     with staged_folder(out, replaceable=artifact_files) as tmp:
         files = mod.write_artifact(graph, tmp)  # backend-specific files (model.py, lib.so, ...)
         header = f"network {graph.name} as compiled by convdsl {__version__}"
         (tmp / "network.cdl").write_text(print_graph(graph, header=header), encoding="utf-8")
-        try:
-            save_weights(graph, tmp / "weights.safetensors")
-        except SafetensorError as e:
-            raise UsageError(f"cannot write {os.fspath(out)}/weights.safetensors: {e}") from None
+        save_weights(graph, tmp / "weights.safetensors")  # OSErrors: staged_folder's UsageError
         extra = getattr(mod, "manifest_extra", lambda g: {})(graph)
         manifest = manifest_for(graph, str(backend), extra)
         names = sorted(set(files) | set(COMMON_FILES))

@@ -1,8 +1,10 @@
 """Weights in and out of a graph's parameter store: safetensors only (no pickle)."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -162,13 +164,58 @@ def _grouped(items: list[str], what: str) -> list[str]:
 
 
 def save_weights(graph: Graph, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write all parameters and buffers; written to a temp file first, then renamed."""
-    from safetensors.numpy import save_file
-
+    """Write all parameters and buffers; written to a temp file first, then renamed.  The same
+    parameters and metadata give the same bytes in every process (artifact manifests list SHA-256s)."""
     path = Path(path)
+    arrays = {name: _storable(name, arr) for name, arr in graph.params.items()}  # bad dtypes fail here
+    meta = {"network": graph.name, **(metadata or {})}
+    header = _safetensors_header(arrays, {k: str(v) for k, v in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    arrays = {name: arr if arr.flags.c_contiguous else arr.copy() for name, arr in graph.params.items()}
-    meta = {"network": graph.name, **(metadata or {})}
-    save_file(arrays, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            for name in _layout(arrays):
+                f.write(arrays[name])
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# safetensors.numpy.save_file keeps the metadata in a Rust HashMap, whose order changes from one
+# process to the next, so the same weights gave files with other SHA-256s.  convdsl writes the format
+# itself, metadata keys sorted: the header's length (u64, little-endian), the JSON header padded with
+# spaces to a multiple of 8 bytes, the tensors' bytes.  NumPy dtype -> safetensors dtype, for what
+# safetensors.numpy reads back, in the order of safetensors' Dtype enum: its writer lays tensors out
+# from the last dtype in this order to the first (wider ones first, so each stays aligned), then by
+# name.  convdsl does the same, so with one metadata key the file is the library's, byte for byte.
+_SAFETENSORS_DTYPE = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16",
+                      "float16": "F16", "int32": "I32", "uint32": "U32", "float32": "F32",
+                      "complex64": "C64", "float64": "F64", "int64": "I64", "uint64": "U64"}
+_RANK = {name: i for i, name in enumerate(_SAFETENSORS_DTYPE)}
+
+
+def _storable(name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as the file holds it: C order, little-endian."""
+    if arr.dtype.name not in _SAFETENSORS_DTYPE:
+        raise WeightsError(f"cannot save parameter '{name}': dtype {arr.dtype.name}",
+                           hint="a weights file holds " + ", ".join(_SAFETENSORS_DTYPE))
+    return np.asarray(arr, dtype=arr.dtype.newbyteorder("<"), order="C")
+
+
+def _layout(arrays: dict[str, np.ndarray]) -> list[str]:
+    return sorted(arrays, key=lambda n: (-_RANK[arrays[n].dtype.name], n))
+
+
+def _safetensors_header(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    entries: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name in _layout(arrays):
+        a = arrays[name]
+        entries[name] = {"dtype": _SAFETENSORS_DTYPE[a.dtype.name], "shape": list(a.shape),
+                         "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text

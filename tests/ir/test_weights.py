@@ -1,3 +1,9 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -91,3 +97,77 @@ def test_a_derived_buffer_that_differs_is_refused_and_changes_nothing(tmp_path):
         fit_weights(g, tmp_path / "w.safetensors")
     assert "differ from what the network derives" in e.value.render()
     np.testing.assert_array_equal(g.params["attn.qkv.weight"], before)
+
+
+# ---- the file save_weights writes ------------------------------------------------------------------
+_META = {f"key{i}": f"value {i}" for i in range(8)}  # the safetensors writer's hash map ordered these per process
+
+
+def test_the_same_weights_give_the_same_bytes_in_another_process(tmp_path):
+    """Artifact manifests list SHA-256s: a save in a fresh process gives the same file."""
+    root = Path(__file__).resolve().parents[2]
+    code = ("import json, sys\n"
+            "from convdsl.ir.verify import verify\n"
+            "from convdsl.ir.weights import save_weights\n"
+            "from convdsl.lang.elaborate import Options, elaborate\n"
+            "text, out, meta = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])\n"
+            "save_weights(verify(elaborate(text, '<test>', options=Options(seed=3))), out, metadata=meta)\n")
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = tmp_path / "child.safetensors"
+    run = subprocess.run([sys.executable, "-c", code, RESNETISH, str(child), json.dumps(_META)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    save_weights(graph_of(RESNETISH, seed=3), tmp_path / "here.safetensors", metadata=_META)
+    assert child.read_bytes() == (tmp_path / "here.safetensors").read_bytes()
+
+
+DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "bool", "complex64"]  # all that safetensors.numpy reads back; convdsl stores bf16 in float32
+
+
+def _every_dtype():
+    """RESNETISH with its parameters in every dtype, one big-endian and one Fortran-ordered."""
+    g = graph_of(RESNETISH, seed=3)
+    for i, (name, a) in enumerate(list(g.params.items())):
+        g.params[name] = np.asarray(np.arange(a.size).reshape(a.shape) % 7 - 3, DTYPES[i % len(DTYPES)])
+    g.params["fc.bias"] = g.params["fc.bias"].astype(">f4")
+    g.params["stem.conv.weight"] = np.asfortranarray(g.params["stem.conv.weight"])
+    return g
+
+
+def test_every_dtype_round_trips_through_the_safetensors_readers(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    g = _every_dtype()
+    save_weights(g, tmp_path / "w.safetensors", metadata=_META)
+    back = load_file(str(tmp_path / "w.safetensors"))
+    assert set(back) == set(g.params.names())
+    for name, a in g.params.items():
+        assert back[name].dtype.name == a.dtype.name and back[name].shape == a.shape, name
+        np.testing.assert_array_equal(back[name], a)
+    with safe_open(str(tmp_path / "w.safetensors"), framework="np") as f:
+        assert f.metadata() == {"network": g.name, **_META}
+
+
+def test_with_one_metadata_key_the_file_is_the_safetensors_writers(tmp_path):
+    """Same layout as safetensors.numpy.save (widest dtype first, then by name, header padded to 8
+    bytes), so artifacts, whose metadata is the network's name alone, keep their digests."""
+    from safetensors.numpy import save
+
+    g = _every_dtype()
+    g.name = 'n\u00e9t "0"\n\x01\\'  # escapes as serde_json writes them
+    save_weights(g, tmp_path / "w.safetensors")
+    theirs = save({n: a.copy(order="C") for n, a in g.params.items()}, metadata={"network": g.name})
+    assert (tmp_path / "w.safetensors").read_bytes() == theirs
+
+
+def test_a_dtype_safetensors_cannot_hold_leaves_the_old_file(tmp_path):
+    g = graph_of(RESNETISH, seed=3)
+    save_weights(g, tmp_path / "w.safetensors")
+    before = (tmp_path / "w.safetensors").read_bytes()
+    g.params["fc.bias"] = g.params["fc.bias"].astype(np.complex128)
+    with pytest.raises(WeightsError, match="cannot save parameter 'fc.bias': dtype complex128"):
+        save_weights(g, tmp_path / "w.safetensors")
+    assert (tmp_path / "w.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
