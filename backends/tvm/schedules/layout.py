@@ -448,8 +448,8 @@ class _Blocker(PyExprMutator):
         a transpose in each conv's pack and requantization."""
         import functools
 
-        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, VPDPBUSD_YMM, int8_conv_from_spec,
-                                                      requantizes_in_block_loop, vnni_conv2d)
+        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD,
+                                                      int8_conv_from_spec, requantizes_in_block_loop, vnni_conv2d)
 
         gv = args[0]
         func = self.builder_.get()[gv] if isinstance(gv, relax.GlobalVar) else None
@@ -463,14 +463,17 @@ class _Blocker(PyExprMutator):
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
         wob = (static_shape(wt) or [0] * 5)[4]
+        avx2 = kw["instruction"] in (VPMADDUBSW, VPMADDWD)
         if kw.get("groups", 1) > 1:  # a grouped conv's blocks are its weights' (one group's channels or fewer)
             ob = wob
+        elif avx2:  # AVX2's blocks are one ymm of int32 accumulators, 8 channels: whole ones only (weights padded
+            ob = wob if o % wob == 0 else None  # to a multiple of 8, e.g. U-Net's 2-class head, stay NCHW)
         # VNNI: the kernel's accumulator rows become whole output blocks: weights [O/16, C/4, KH, KW, 16, 4], or
-        # [O/8, ..., 8, 4] (lower_quant's ymm layout for O % 16 == 8: MobileNet-V2's 24-channel projections; not
-        # AVX2's 8-channel layouts, which stay NCHW); AMX: 16-channel blocks, or 8 (the requantization reads its C
-        # tile rows by channel, and the next conv reads 8c)
+        # [O/8, ..., 8, 4] (lower_quant's ymm layout for O % 16 == 8: MobileNet-V2's 24-channel projections);
+        # AVX2: [O/8, ..., 8, 4] bytes or [O/8, ..., 8, 2] int16 pairs, 8c out; AMX: 16-channel blocks, or 8 (the
+        # requantization reads its C tile rows by channel, and the next conv reads 8c)
         if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2
-                                and kw["instruction"] == VPDPBUSD_YMM):
+                                and (kw["instruction"] == VPDPBUSD_YMM or avx2)):
             return None
         if geo is not None and ob not in (INT8_LANES, INT8_LANES // 2):
             return None
@@ -503,9 +506,12 @@ class _Blocker(PyExprMutator):
         packed = wt.value.numpy()
         if kind == "depthwise_nchw":  # one scalar per (channel, tap): [C, KH, KW] -> [C/16, KH, KW, 16]
             packed = int8_depthwise.pack_weight(packed[:, None])
-        xb = self.to_blocked(x, lanes)
+        # an input in 8-channel blocks (AVX2's int8 convs write them) is read as it is: two runs of 8 bytes per
+        # vector, no re-blocking copy
+        ib = self.lanes(x) if self.lanes(x) == lanes // 2 else lanes
+        xb = self.to_blocked(x, ib)
         self._lanes = lanes
-        kernel = functools.partial(int8_depthwise.depthwise_int8, in_block=lanes, out_block=lanes, **kw)
+        kernel = functools.partial(int8_depthwise.depthwise_int8, in_block=ib, out_block=lanes, **kw)
         new = self.builder_.call_te(kernel, xb, relax.const(np.ascontiguousarray(packed, np.float32)), bias, mult,
                                     primfunc_name_hint=gv.name_hint)
         return self._with_pattern(new, OUT_ELEMWISE_FUSABLE)

@@ -746,6 +746,77 @@ def test_int8_convs_on_a_blocked_input_copy_it_only_to_pad_it(net):
         assert len(packs[("blocked", "padded")]) >= 15 and set(packs[("blocked", "padded")]) == {16}, packs
 
 
+AVX2_TARGET = {"kind": "llvm", "mcpu": "haswell"}
+
+
+def _main_calls(mod) -> list:
+    from tvm import relax
+
+    return [b.value for b in mod["main"].body.blocks[0].bindings
+            if isinstance(b.value, relax.Call) and b.value.op.name == "relax.call_tir"]
+
+
+def test_avx2_int8_convs_stay_blocked():
+    """On AVX2 (7-bit weights: vpmaddubsw, 8 x 4 bytes) the int8 convs write 8-channel blocks, the next conv
+    reads them as they are and the depthwise convs over whole 16-channel vectors read them too (in_block 8,
+    out_block 16): no NCHW transpose (unpack_nchwc / pack_nchwc) from the stem through features.3 (the first
+    is where features.4's 72-channel depthwise conv needs NCHW), where NCHW convs needed one on each side of
+    every depthwise conv (MobileNet-V2 int8 on Zen 3: 5.66 -> 3.64 ms, docs/benchmarks.md)."""
+    from convdsl.backends.tvm.lower_quant import int8_instructions
+    from convdsl.backends.tvm.lowering import lower_graph
+    from convdsl.backends.tvm.schedules.layout import blocked_layout
+
+    _, q, _ = mbv2_int8(1.0, 7)
+    with tvm.target.Target(AVX2_TARGET):
+        assert int8_instructions(q).get("vpmaddubsw", 0) >= 10
+        mod = blocked_layout(lower_graph(q, "tvm-llvm", bind={"N": 2}), "int8")
+    calls = _main_calls(mod)
+    names = [c.args[0].name_hint for c in calls]
+    first_transpose = min(i for i, n in enumerate(names) if "pack_nchwc" in n)
+    shape = lambda e: [int(d) for d in e.ty.shape.values]  # noqa: E731
+    before = calls[:first_transpose]
+    convs = [c for c in before if (f := mod[c.args[0]]).attrs is not None and "convdsl.int8_conv" in f.attrs]
+    depthwise = [c for c in before if len(shape(c.args[1].fields[1])) == 4]  # [C/16, KH, KW, 16] f32 weights
+    assert len(convs) == 7 and len(depthwise) == 3, names  # the stem, features.1-3's 1x1 convs; their depthwise
+    assert all(shape(c)[-1] == 8 for c in convs), [shape(c) for c in convs]
+    assert all(shape(c.args[1].fields[0])[-1] == 8 and shape(c)[-1] == 16 for c in depthwise), \
+        [(shape(c.args[1].fields[0]), shape(c)) for c in depthwise]
+
+
+# output channels of each conv: 12 and 2 are no whole 8-channel block (weights padded to 16 and 8)
+AVX2_PARTIAL_BLOCKS = """
+network partial(x: f32[N, 8, 10, 10]) {
+    y = x | conv2d(16, 3, pad=1) as c1 | relu | conv2d(12, 1) as c2 | relu
+    z = y | conv2d(16, 3, pad=1) as c3 | relu | conv2d(2, 1) as c4
+    return z
+}
+"""
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="the CPU has no AVX2")
+def test_avx2_int8_convs_of_partial_blocks_match_torch_simulation(scheduled):
+    """A conv whose output channels are no whole number of AVX2's 8-channel blocks (12; U-Net's 2-class head)
+    writes NCHW, and the blocked convs around it read and write the right channels: every int8 tensor
+    equal to the torch simulation on the AVX2 kernels."""
+    from convdsl.api import load_graph
+    from convdsl.passes.quantize import quantize
+
+    g = load_graph(AVX2_PARTIAL_BLOCKS, seed=0)
+    rng = np.random.default_rng(0)
+    q = quantize(g, [rng.standard_normal((8, 8, 10, 10)).astype(np.float32) for _ in range(2)], build=torch_module,
+                 weight_bits=7)
+    with tvm.target.Target(AVX2_TARGET):
+        from convdsl.backends.tvm.lower_quant import int8_instructions
+
+        assert int8_instructions(q) == {"vpmaddubsw": 4}
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    haswell = lambda g: ctvm.backend("tvm-llvm", progress=False, use_db=False,  # noqa: E731
+                                     target_json=AVX2_TARGET).build_module(g)
+    steps, equal, total = _compare_network(haswell, q, x)
+    assert steps <= 1 and total > 0
+    assert equal == total  # measured: bit-exact
+
+
 MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
                 "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
 
