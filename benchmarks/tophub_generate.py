@@ -38,6 +38,8 @@ NETS = {
     "regnet_y_400mf": ("examples/regnet_y_400mf.cdl", ()),
     # transposed convs as one conv per phase over 4 x 4 to 32 x 32 maps, and their int8 phases' conv (17 columns)
     "dcgan": ("examples/dcgan.cdl", ()),
+    # 3x3 convs over 128 x 128 maps of 32-256 channels joined by int8 concats (peers.py's U-Net)
+    "unet": ("examples/unet.cdl", ()),
 }
 
 
