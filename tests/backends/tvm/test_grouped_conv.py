@@ -430,10 +430,11 @@ def test_narrow_groups_stay_on_the_float32_grouped_template():
 
 
 @pytest.mark.parametrize("seven_bit", [True, False], ids=["7-bit", "8-bit"])
-def test_grouped_qconv_on_avx2_stays_on_the_float32_template(seven_bit):
-    """Built for an AVX2 CPU (haswell), a grouped qconv2d keeps the exact float32 grouped conv (the int8 kernel
-    measured slower there: its 8-channel layouts go back to NCHW around it): no int8 conv block, the manifest says
-    ``grouped-f32``; run and equal to the simulation where this CPU can run the code."""
+def test_grouped_qconv_on_avx2(seven_bit):
+    """Built for an AVX2 CPU (haswell), a grouped qconv2d whose groups are whole 8-channel blocks takes the int8
+    kernel with 7-bit weights (vpmaddubsw, one int8 conv block carrying its groups; the blocked layout keeps the
+    8-channel blocks around it); 8-bit weights, which could saturate vpmaddubsw, keep the exact float32 grouped
+    conv (``grouped-f32``).  Run and equal to the simulation where this CPU can run the code."""
     import tvm
 
     import convdsl.backends.tvm as ctvm
@@ -446,19 +447,25 @@ def test_grouped_qconv_on_avx2_stays_on_the_float32_template(seven_bit):
     if seven_bit:
         key = next(k for k, _ in g.params.items() if k.endswith("weight"))
         g.params[key] = np.clip(g.params[key], -63, 63)
-    assert _int8_kernel_blocks(g, haswell) == []
+    blocks = _int8_kernel_blocks(g, haswell)
     with tvm.target.Target(haswell):
-        assert int8_instructions(g) == {"grouped-f32": 1}
+        used = int8_instructions(g)
+    if seven_bit:
+        assert used == {"vpmaddubsw": 1}
+        assert len(blocks) == 1 and int(blocks[0]["convdsl.groups"]) == groups, blocks
+    else:
+        assert used == {"grouped-f32": 1} and blocks == []
     if host_can_run(haswell) is not None:
         pytest.skip(f"built; not run: {host_can_run(haswell)}")
     x = (3 * np.random.default_rng(1).standard_normal((2, *shape))).astype(np.float32)
     got = ctvm.backend("tvm-llvm", target_json=haswell, progress=False, use_db=False).build_module(g)(x)
     with torch.no_grad():
         want = torch_module(g)(torch.from_numpy(x)).numpy()
+    assert len(np.unique(want)) > 3
     assert int(np.abs(np.asarray(got).astype(np.int64) - want.astype(np.int64)).max()) == 0
 
 
-def _regnet_int8():
+def _regnet_int8(bits: int = 8):
     """RegNetY-400MF's first two stages (widths 48 and 104: groups of 8, squeeze-and-excitation) at 32 x 32,
     batchnorm statistics from the calibration batch, quantized; and a test input."""
     from pathlib import Path
@@ -477,9 +484,29 @@ def _regnet_int8():
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
     g = run_passes(_bn_from_batch(g, calib), "O2")
-    q = quantize(g, [calib[:8], calib[8:]], build=torch_module)
+    q = quantize(g, [calib[:8], calib[8:]], build=torch_module, weight_bits=bits)
     return q, rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
 
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="the CPU has no AVX2")
+def test_regnet_int8_on_avx2_runs_every_conv_on_vpmaddubsw():
+    """RegNetY's int8 blocks built for AVX2 (haswell) with 7-bit weights: every conv, grouped ones included, on
+    vpmaddubsw (none on the float32 template or the generic int32 conv); equal to the torch int8 simulation."""
+    import tvm
+
+    import convdsl.backends.tvm as ctvm
+    from convdsl.backends.tvm.lower_quant import int8_instructions
+
+    haswell = {"kind": "llvm", "mcpu": "haswell"}
+    q, x = _regnet_int8(bits=7)
+    with tvm.target.Target(haswell):
+        used = int8_instructions(q)
+    assert set(used) == {"vpmaddubsw"} and used["vpmaddubsw"] >= 12, used
+    got = ctvm.backend("tvm-llvm", target_json=haswell, progress=False, use_db=False).build_module(q)(x)
+    with torch.no_grad():
+        want = torch_module(q)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 @needs_vnni
 def test_regnet_int8_blocks_stay_blocked_on_vpdpbusd():
