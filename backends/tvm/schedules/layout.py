@@ -463,7 +463,7 @@ class _Blocker(PyExprMutator):
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
         wob = (static_shape(wt) or [0] * 5)[4]
-        avx2 = kw["instruction"] in (VPMADDUBSW, VPMADDWD)
+        avx2 = kw.get("instruction") in (VPMADDUBSW, VPMADDWD)  # AMX specs name no instruction
         if kw.get("groups", 1) > 1:  # a grouped conv's blocks are its weights' (one group's channels or fewer)
             ob = wob
         elif avx2:  # AVX2's blocks are one ymm of int32 accumulators, 8 channels: whole ones only (weights padded
