@@ -448,8 +448,8 @@ class _Blocker(PyExprMutator):
         a transpose in each conv's pack and requantization."""
         import functools
 
-        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, VPDPBUSD_YMM, VPMADDUBSW, VPMADDWD,
-                                                      int8_conv_from_spec, requantizes_in_block_loop, vnni_conv2d)
+        from convdsl.backends.tvm.lower_quant import (INT8_CONV_ATTR, int8_conv_from_spec, requantizes_in_block_loop,
+                                                      vnni_conv2d)
 
         gv = args[0]
         func = self.builder_.get()[gv] if isinstance(gv, relax.GlobalVar) else None
@@ -462,20 +462,18 @@ class _Blocker(PyExprMutator):
             return self._int8_depthwise(gv, x, wt, bias, mult, c, kw, kind)
         o = kw["out_channels"]
         ib, ob = self.lanes(x) or channel_block(c), channel_block(o)
-        wob = (static_shape(wt) or [0] * 5)[4]
-        avx2 = kw.get("instruction") in (VPMADDUBSW, VPMADDWD)  # AMX specs name no instruction
-        if kw.get("groups", 1) > 1:  # a grouped conv's blocks are its weights' (one group's channels or fewer)
-            ob = wob
-        elif avx2:  # AVX2's blocks are one ymm of int32 accumulators, 8 channels: whole ones only (weights padded
-            ob = wob if o % wob == 0 else None  # to a multiple of 8, e.g. U-Net's 2-class head, stay NCHW)
-        # VNNI: the kernel's accumulator rows become whole output blocks: weights [O/16, C/4, KH, KW, 16, 4], or
-        # [O/8, ..., 8, 4] (lower_quant's ymm layout for O % 16 == 8: MobileNet-V2's 24-channel projections);
-        # AVX2: [O/8, ..., 8, 4] bytes or [O/8, ..., 8, 2] int16 pairs, 8c out; AMX: 16-channel blocks, or 8 (the
-        # requantization reads its C tile rows by channel, and the next conv reads 8c)
-        if geo is None and not (ob == wob == INT8_LANES or ob == wob == INT8_LANES // 2
-                                and (kw["instruction"] == VPDPBUSD_YMM or avx2)):
-            return None
-        if geo is not None and ob not in (INT8_LANES, INT8_LANES // 2):
+        if geo is None:
+            # VNNI / AVX2: the kernel's accumulator rows become whole output blocks, the weights' own (16: VNNI's
+            # [O/16, C/4, KH, KW, 16, 4]; 8: VNNI's ymm layout for O % 16 == 8, MobileNet-V2's 24-channel
+            # projections, and AVX2's [O/8, ..., 8, 4] bytes or [O/8, ..., 8, 2] int16 pairs; a grouped conv's
+            # blocks lie in one group). Weights padded past O (U-Net's 2-class head) leave the conv NCHW.
+            wob = (static_shape(wt) or [0] * 5)[4]
+            ob = wob if wob in (INT8_LANES, INT8_LANES // 2) and o % wob == 0 else None
+            if ob is None:
+                return None
+        elif ob not in (INT8_LANES, INT8_LANES // 2):
+            # AMX: 16-channel blocks, or 8 (the requantization reads its C tile rows by channel, and the next conv
+            # reads 8c)
             return None
         if ib is None or c % ib or ib < 4:  # e.g. an RGB stem: read in NCHW, write blocked
             ib, xb = None, self.to_nchw(x)
