@@ -196,14 +196,14 @@ def grouped_int8_layout(w: np.ndarray, groups: int) -> Int8Layout | None:
     from tvm.target import codegen
 
     og, cg = w.shape[0] // groups, w.shape[1]
-    if not codegen.target_has_features("avx512vnni", target):
-        if not (codegen.target_has_features("avx2", target) and maddubs_exact(w)):
-            return None
+    if codegen.target_has_features("avx512vnni", target):
+        layout = Int8Layout(VNNI_OC, VNNI_IC, "int8", VPDPBUSD)
+        if og % VNNI_OC:
+            layout = Int8Layout(VNNI8_OC, VNNI_IC, "int8", VPDPBUSD_YMM) if VNNI_YMM else None
+    elif codegen.target_has_features("avx2", target) and maddubs_exact(w):
         layout = Int8Layout(MADDUBS_OC, VNNI_IC, "int8", VPMADDUBSW)
-        return None if w.shape[0] % groups or og % layout.oc or cg % layout.ic else layout
-    layout = Int8Layout(VNNI_OC, VNNI_IC, "int8", VPDPBUSD)
-    if og % VNNI_OC:
-        layout = Int8Layout(VNNI8_OC, VNNI_IC, "int8", VPDPBUSD_YMM) if VNNI_YMM else None
+    else:
+        return None
     if layout is None or w.shape[0] % groups or og % layout.oc or cg % layout.ic:
         return None
     return layout
