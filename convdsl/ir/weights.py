@@ -169,13 +169,14 @@ def save_weights(graph: Graph, path: str | os.PathLike, metadata: dict[str, str]
     path = Path(path)
     arrays = {name: _storable(name, arr) for name, arr in graph.params.items()}  # bad dtypes fail here
     meta = {"network": graph.name, **(metadata or {})}
-    header = _safetensors_header(arrays, {k: str(v) for k, v in meta.items()})
+    order = _layout(arrays)
+    header = _safetensors_header(arrays, order, {k: str(v) for k, v in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(header)
-            for name in _layout(arrays):
+            for name in order:
                 f.write(arrays[name])
         os.replace(tmp, path)
     except BaseException:
@@ -208,10 +209,10 @@ def _layout(arrays: dict[str, np.ndarray]) -> list[str]:
     return sorted(arrays, key=lambda n: (-_RANK[arrays[n].dtype.name], n))
 
 
-def _safetensors_header(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+def _safetensors_header(arrays: dict[str, np.ndarray], order: list[str], metadata: dict[str, str]) -> bytes:
     entries: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
     offset = 0
-    for name in _layout(arrays):
+    for name in order:
         a = arrays[name]
         entries[name] = {"dtype": _SAFETENSORS_DTYPE[a.dtype.name], "shape": list(a.shape),
                          "data_offsets": [offset, offset + a.nbytes]}
