@@ -817,6 +817,59 @@ def test_avx2_int8_convs_of_partial_blocks_match_torch_simulation(scheduled):
     assert equal == total  # measured: bit-exact
 
 
+# a 3x3 conv writing two 8-channel blocks, then 1x1 convs reading blocks: 16 -> 64 (8 blocks), 64 -> 24 (3)
+AVX2_POINTWISE = """
+network pointwise(x: f32[N, 8, 10, 10]) {
+    return x | conv2d(16, 3, pad=1) as c1 | relu | conv2d(64, 1) as c2 | relu | conv2d(24, 1) as c3
+}
+"""
+
+
+def test_maddubs_pointwise_tile():
+    assert int8.maddubs_pointwise_tile(16, 64) == (1, 8)  # ResNet-50's 64 -> 128 1x1: 8 blocks (4 KiB of weights)
+    assert int8.maddubs_pointwise_tile(32, 256) == (1, 8)
+    assert int8.maddubs_pointwise_tile(64, 1024) == (1, 2)  # 8 KiB of weights per block: two fit in 24 KiB
+    assert int8.maddubs_pointwise_tile(13, 104) == (1, 13)  # a prime block count, all 13 accumulators
+    assert int8.maddubs_pointwise_tile(12, 576) == (1, 4)
+    assert int8.maddubs_pointwise_tile(64, 2048) is None  # one block's weights fill 16 KiB: the width-first tile
+    assert int8.maddubs_pointwise_tile(17, 64) is None  # 17 blocks, no divisor in 2..13
+    for ob in range(1, 70):
+        for channels in (4, 16, 64, 100, 256, 512, 1000, 1536):
+            tile = int8.maddubs_pointwise_tile(ob, channels)
+            if tile is not None:
+                assert tile[0] == 1 and ob % tile[1] == 0 and 2 <= tile[1] <= int8.MADDUBS_POINTWISE_ACCUMULATORS
+                assert tile[1] * channels * 8 <= int8.MADDUBS_POINTWISE_WEIGHT_BYTES
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="the CPU has no AVX2")
+def test_avx2_pointwise_convs_take_one_pixel_tiles_and_match_torch_simulation(scheduled):
+    """1x1 vpmaddubsw convs reading 8-channel blocks take the one-pixel tile (``maddubs_pointwise_tile``: 1 x 8
+    blocks for 16 -> 64 channels, 1 x 3 for 64 -> 24), the 3x3 conv its width-first register tile; every int8
+    tensor equal to the torch simulation."""
+    from convdsl.api import load_graph
+    from convdsl.backends.tvm.schedules import tophub
+    from convdsl.passes.quantize import quantize
+
+    g = load_graph(AVX2_POINTWISE, seed=0)
+    rng = np.random.default_rng(0)
+    q = quantize(g, [rng.standard_normal((8, 8, 10, 10)).astype(np.float32) for _ in range(2)], build=torch_module,
+                 weight_bits=7)
+    with tvm.target.Target(AVX2_TARGET):
+        from convdsl.backends.tvm.lower_quant import int8_instructions
+
+        assert int8_instructions(q) == {"vpmaddubsw": 3}
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    haswell = lambda g: ctvm.backend("tvm-llvm", progress=False, use_db=False,  # noqa: E731
+                                     target_json=AVX2_TARGET).build_module(g)
+    with tophub.recording() as seen:
+        haswell(q)
+    tiles = {(wl.spatial[1], wl.reduce[1]): chosen for wl, _, chosen, _ in seen if wl.kind == "int8_conv"}
+    assert tiles == {(2, 3): int8.maddubs_register_tile(2, 10), (8, 1): (1, 8), (3, 1): (1, 3)}, tiles
+    steps, equal, total = _compare_network(haswell, q, x)
+    assert steps <= 1 and total > 0
+    assert equal == total  # measured: bit-exact
+
+
 MBV2_TARGETS = {"host": None, "avx512-vnni": {"kind": "llvm", "mcpu": "icelake-server"},
                 "avx512-no-vnni": {"kind": "llvm", "mcpu": "skylake-avx512"}, "avx2": {"kind": "llvm", "mcpu": "haswell"}}
 
