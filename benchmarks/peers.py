@@ -1,13 +1,18 @@
 """convdsl against the runtimes people deploy with: OpenVINO, ONNX Runtime, torch.compile (and torch eager).
 
     pip install -e '.[bench]'        # onnxruntime, openvino, onnx, onnxscript: benchmark-only dependencies
-    python benchmarks/peers.py [--nets resnet18,...] [--threads 2] [--rounds 5] [--agreement 1000] [--doc]
+    python benchmarks/peers.py [--nets resnet18,...] [--threads 2] [--rounds 5] [--launches 3] [--agreement 1000] [--doc]
     python benchmarks/peers.py --nets unet,regnet_y_400mf   # transposed / grouped convs (not in the default run)
 
 Per network, every backend runs in its own process (thread pools spin against each other in one
 process), built once and then timed in alternating rounds: in each round the processes take
-turns (the others wait on a pipe, idle), each timing a block of calls; the table shows medians
-over all rounds and the ratio to the best peer of the same precision (> 1: convdsl is faster).
+turns (the others wait on a pipe, idle), each timing a block of calls.  That is one launch; ``--launches``
+starts every backend's process afresh that many times, since a process's speed depends on where its
+memory lands, which alternating rounds within one launch cannot cancel: on the 2-vCPU Zen 3 one ResNet-18
+int8 process ran 21.7 ms while the process it alternated with (the same network, another source tree)
+ran 13.6, and in the next launch the two ran 11.0 and 11.2.  The table shows the median
+of the launches' medians, each launch's median, and the ratio to the best peer of the same precision
+(> 1: convdsl is faster) with its range over the launches.
 
 Rows:
 - f32: torch eager, torch.compile, ONNX Runtime (CPU EP, ORT_ENABLE_ALL, N intra-op threads,
@@ -387,7 +392,7 @@ def bench_network(name: str, args, work: Path, log) -> dict:
         log(f"[{name}] ONNX Runtime quantization failed: {e}")
 
     rows = [r for r in ROWS if (not args.rows or r in args.rows) and args.rounds]
-    procs: list[Proc] = []
+    specs: dict[str, dict] = {}
     notes: dict[str, str] = {}
     for row in rows:
         why = refusal(row)
@@ -403,37 +408,58 @@ def bench_network(name: str, args, work: Path, log) -> dict:
         if why:
             notes[row] = why
             continue
-        log(f"[{name}] building {row} ...")
-        p = Proc(row, spec)
-        if p.ready():
-            procs.append(p)
-        else:
-            notes[row] = p.note
+        specs[row] = spec
+    launches: dict[str, list[list[float]]] = {row: [] for row in specs}
+    info: dict[str, dict] = {}
+    cpu_ms: dict[str, float] = {row: 0.0 for row in specs}
+    for launch in range(args.launches):
+        procs: list[Proc] = []
+        for row, spec in specs.items():
+            if row in notes:  # refused, or failed in an earlier launch
+                continue
+            log(f"[{name}] building {row}{f' (launch {launch + 1} of {args.launches})' if args.launches > 1 else ''} ...")
+            p = Proc(row, spec)
+            if p.ready():
+                procs.append(p)
+            else:
+                notes[row] = p.note
+                p.quit()
+        for r in range(args.rounds):
+            order = procs[r % len(procs):] + procs[:r % len(procs)] if procs else []
+            for p in order:
+                p.run()
+        for p in procs:
             p.quit()
-    for r in range(args.rounds):
-        order = procs[r % len(procs):] + procs[:r % len(procs)] if procs else []
-        for p in order:
-            p.run()
-    for p in procs:
-        p.quit()
+            launches[p.row].append(p.ms)
+            info.setdefault(p.row, p.info)
+            cpu_ms[p.row] += p.cpu_ms
     with torch.inference_mode():
         ref = build_module(g).eval()(torch.from_numpy(x)).numpy()
     result = {"network": name, "rows": {}, "exporter": exporter}
     for row in rows:
-        p = next((p for p in procs if p.row == row), None)
-        if p is None:
+        if not launches.get(row):
             result["rows"][row] = {"note": notes.get(row, "")}
             continue
-        out = np.load(p.spec["output"])
-        entry = {"median_ms": float(np.median(p.ms)), "p10_ms": float(np.percentile(p.ms, 10)),
-                 "p90_ms": float(np.percentile(p.ms, 90)), "calls": len(p.ms),
-                 "cores_busy": round(p.cpu_ms / sum(p.ms), 2), **p.info}
+        out = np.load(specs[row]["output"])
+        entry = {**launch_summary(launches[row]), "cores_busy": round(cpu_ms[row] / sum(map(sum, launches[row])), 2),
+                 **info[row]}
+        if row in notes:
+            entry["failed later"] = notes[row]
         if ROWS[row] != "f32" or row.startswith("openvino"):
             entry["max_rel_err_vs_f32"] = float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
         result["rows"][row] = entry
     if args.agreement and q_files:
         result["accuracy"] = accuracy(g, q_files, args.agreement, log, name)
     return result
+
+
+def launch_summary(launches: list[list[float]]) -> dict:
+    """A row's times over its launches (each launch's list of per-call ms): the median of the launches' medians
+    (a slow or fast process counts once), each launch's median, and p10 / p90 over every call."""
+    medians = [float(np.median(ms)) for ms in launches]
+    calls = np.concatenate([np.asarray(ms, dtype=np.float64) for ms in launches])
+    return {"median_ms": float(np.median(medians)), "launch_ms": medians, "p10_ms": float(np.percentile(calls, 10)),
+            "p90_ms": float(np.percentile(calls, 90)), "calls": int(calls.size)}
 
 
 def _torch_outputs(model, xs: np.ndarray, batch: int = 50) -> np.ndarray:
@@ -505,6 +531,16 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, family {cpu_family()}; flags: {' '.join(isa)}"
 
 
+def launch_range(peer: dict, own: dict) -> str:
+    """`` (launches a-bx)``: the ratio peer / convdsl within each launch (the two processes of one launch
+    alternated, so their ratio is the comparison that launch made), lowest to highest; "" for one launch."""
+    pairs = list(zip(peer.get("launch_ms", []), own.get("launch_ms", [])))
+    if len(pairs) < 2:
+        return ""
+    each = [p / o for p, o in pairs]
+    return f" (launches {min(each):.2f}-{max(each):.2f}x)"
+
+
 def ratios(rows: dict) -> dict[str, str]:
     """convdsl's rows against the best peer of the same precision (peer ms / convdsl ms: > 1 is faster)."""
     def ms(r):
@@ -522,14 +558,15 @@ def ratios(rows: dict) -> dict[str, str]:
     for row, peers in groups.items():
         b = best(peers)
         if ms(row) and b:
-            out[row] = f"{b[0] / ms(row):.2f}x vs {b[1]}"
+            out[row] = f"{b[0] / ms(row):.2f}x vs {b[1]}" + launch_range(rows[b[1]], rows[row])
     # convdsl at its fastest allowed precision: f32 counts too, since on a CPU without AVX512_BF16 or VNNI
     # (AVX2) the int8 build is slower than the f32 one and OpenVINO's default is f32 as well
     best_own = [r for r in ("convdsl f32", "convdsl bf16", "convdsl int8", "convdsl bf16 (AMX)", "convdsl int8 (AMX)")
                 if ms(r)]
     if best_own and ms("openvino default"):
         fastest = min(best_own, key=ms)
-        out["best precision"] = f"{fastest}: {ms('openvino default') / ms(fastest):.2f}x vs openvino default"
+        out["best precision"] = (f"{fastest}: {ms('openvino default') / ms(fastest):.2f}x vs openvino default"
+                                 + launch_range(rows["openvino default"], rows[fastest]))
     return out
 
 
@@ -543,9 +580,10 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
     rows = f' --rows "{",".join(args.rows)}"' if args.rows else ""
     lines = [HEADING, "",
              f"`python benchmarks/peers.py{nets}{rows} --threads {args.threads} --rounds {args.rounds} "
-             f"--agreement {args.agreement}`, "
+             f"--launches {args.launches} --agreement {args.agreement}`, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}. Batch 1, {args.threads} threads for every "
-             f"backend, each in its own process, {args.rounds} alternating rounds; load average {load[0]:.1f} before, "
+             f"backend, each in its own process, {args.rounds} alternating rounds per launch, {args.launches} launch"
+             f"{'es' if args.launches != 1 else ''} (fresh processes each); load average {load[0]:.1f} before, "
              f"{load[1]:.1f} after; whole run {seconds / 60:.0f} min. torch {torch.__version__}, onnxruntime "
              f"{onnxruntime.__version__}, openvino {openvino.__version__}, tvm {tvm.__version__}. Ratio = best peer of "
              "the same precision / convdsl (> 1: convdsl faster).", ""]
@@ -554,14 +592,17 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
                   "torch": "torch.onnx.export of convdsl's generated torch module"}.get(res.get("exporter"))
         ran = any("median_ms" in e for e in res["rows"].values())  # --rounds 0: no ONNX file was run
         lines += [f"### {res['network']}", ""] + ([f"The ONNX peers run {source}.", ""] if source and ran else []) + [
-            "| backend | median ms | p10-p90 ms | max rel err vs f32 | note |", "|---|---:|---:|---:|---|"]
+            "| backend | median ms | each launch's median ms | p10-p90 ms | max rel err vs f32 | note |",
+            "|---|---:|---:|---:|---:|---|"]
         for row, e in res["rows"].items():
             if "median_ms" not in e:
-                lines.append(f"| {row} | - | - | - | {e.get('note', '')} |")
+                lines.append(f"| {row} | - | - | - | - | {e.get('note', '')} |")
                 continue
             err = e.get("max_rel_err_vs_f32")
-            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "int8", "pool", "cores_busy", "build_s"))
-            lines.append(f"| {row} | {e['median_ms']:.2f} | {e['p10_ms']:.2f}-{e['p90_ms']:.2f} | "
+            note = ", ".join(f"{k} {v}" for k, v in e.items() if k in ("precision", "kernels", "int8", "pool", "cores_busy",
+                                                                        "build_s", "failed later"))
+            each = " / ".join(f"{m:.2f}" for m in e.get("launch_ms", []))
+            lines.append(f"| {row} | {e['median_ms']:.2f} | {each} | {e['p10_ms']:.2f}-{e['p90_ms']:.2f} | "
                          f"{'-' if err is None else f'{err:.1e}'} | {note} |")
         lines.append("")
         for row, text in ratios(res["rows"]).items():
@@ -598,7 +639,9 @@ def main() -> int:
     ap.add_argument("--nets", default=",".join(NETS))
     ap.add_argument("--rows", default="", help="only these rows (comma-separated names as in the table)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (0: no timing, only --agreement)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds per launch (0: no timing, only --agreement)")
+    ap.add_argument("--launches", type=int, default=3,
+                    help="fresh processes per backend, one after another, each timed --rounds rounds")
     ap.add_argument("--block-ms", type=float, default=200.0, help="time of one process's turn")
     ap.add_argument("--agreement", type=int, default=1000, help="inputs for top-1 agreement (0: skip)")
     ap.add_argument("--exporter", choices=("torch", "convdsl"), default=None,
