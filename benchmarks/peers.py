@@ -6,13 +6,13 @@
 
 Per network, every backend runs in its own process (thread pools spin against each other in one
 process), built once and then timed in alternating rounds: in each round the processes take
-turns (the others wait on a pipe, idle), each timing a block of calls.  That is one launch; ``--launches``
-starts every backend's process afresh that many times, since a process's speed depends on where its
-memory lands, which alternating rounds within one launch cannot cancel: on the 2-vCPU Zen 3 one ResNet-18
-int8 process ran 21.7 ms while the process it alternated with (the same network, another source tree)
-ran 13.6, and in the next launch the two ran 11.0 and 11.2.  The table shows the median
-of the launches' medians, each launch's median, and the ratio to the best peer of the same precision
-(> 1: convdsl is faster) with its range over the launches.
+turns (the others wait on a pipe, idle), each timing a block of calls.  That is one launch;
+``--launches`` starts every backend's process afresh that many times, since a process's speed varies
+from launch to launch (most likely with where its memory lands), which alternating rounds within one
+launch cannot cancel: on the 2-vCPU Zen 3 one ResNet-18 int8 process ran 21.7 ms while the process it
+alternated with (the same network, another source tree) ran 13.6, and in the next launch the two ran
+11.0 and 11.2.  The table shows the median of the launches' medians, each launch's median, and the
+ratio to the best peer of the same precision (> 1: convdsl is faster) with its range over the launches.
 
 Rows:
 - f32: torch eager, torch.compile, ONNX Runtime (CPU EP, ORT_ENABLE_ALL, N intra-op threads,
