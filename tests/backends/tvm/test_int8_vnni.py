@@ -783,6 +783,26 @@ def test_avx2_int8_convs_stay_blocked():
         [(shape(c.args[1].fields[0]), shape(c)) for c in depthwise]
 
 
+def _avx2_int8(source: str, convs: int):
+    """``source`` (input [N, 8, 10, 10]) quantized with 7-bit weights on two calibration batches, every conv on
+    vpmaddubsw for an AVX2 target, and an input batch of 2."""
+    from convdsl.api import load_graph
+    from convdsl.backends.tvm.lower_quant import int8_instructions
+    from convdsl.passes.quantize import quantize
+
+    rng = np.random.default_rng(0)
+    q = quantize(load_graph(source, seed=0), [rng.standard_normal((8, 8, 10, 10)).astype(np.float32) for _ in range(2)],
+                 build=torch_module, weight_bits=7)
+    with tvm.target.Target(AVX2_TARGET):
+        assert int8_instructions(q) == {"vpmaddubsw": convs}
+    return q, rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+
+
+def _haswell(g):
+    """``g`` built for an AVX2 CPU (haswell) with the analytic tiles (no database)."""
+    return ctvm.backend("tvm-llvm", progress=False, use_db=False, target_json=AVX2_TARGET).build_module(g)
+
+
 # output channels of each conv: 12 and 2 are no whole 8-channel block (weights padded to 16 and 8)
 AVX2_PARTIAL_BLOCKS = """
 network partial(x: f32[N, 8, 10, 10]) {
@@ -798,21 +818,8 @@ def test_avx2_int8_convs_of_partial_blocks_match_torch_simulation(scheduled):
     """A conv whose output channels are no whole number of AVX2's 8-channel blocks (12; U-Net's 2-class head)
     writes NCHW, and the blocked convs around it read and write the right channels: every int8 tensor
     equal to the torch simulation on the AVX2 kernels."""
-    from convdsl.api import load_graph
-    from convdsl.passes.quantize import quantize
-
-    g = load_graph(AVX2_PARTIAL_BLOCKS, seed=0)
-    rng = np.random.default_rng(0)
-    q = quantize(g, [rng.standard_normal((8, 8, 10, 10)).astype(np.float32) for _ in range(2)], build=torch_module,
-                 weight_bits=7)
-    with tvm.target.Target(AVX2_TARGET):
-        from convdsl.backends.tvm.lower_quant import int8_instructions
-
-        assert int8_instructions(q) == {"vpmaddubsw": 4}
-    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
-    haswell = lambda g: ctvm.backend("tvm-llvm", progress=False, use_db=False,  # noqa: E731
-                                     target_json=AVX2_TARGET).build_module(g)
-    steps, equal, total = _compare_network(haswell, q, x)
+    q, x = _avx2_int8(AVX2_PARTIAL_BLOCKS, convs=4)
+    steps, equal, total = _compare_network(_haswell, q, x)
     assert steps <= 1 and total > 0
     assert equal == total  # measured: bit-exact
 
@@ -846,26 +853,14 @@ def test_avx2_pointwise_convs_take_one_pixel_tiles_and_match_torch_simulation(sc
     """1x1 vpmaddubsw convs reading 8-channel blocks take the one-pixel tile (``maddubs_pointwise_tile``: 1 x 8
     blocks for 16 -> 64 channels, 1 x 3 for 64 -> 24), the 3x3 conv its width-first register tile; every int8
     tensor equal to the torch simulation."""
-    from convdsl.api import load_graph
     from convdsl.backends.tvm.schedules import tophub
-    from convdsl.passes.quantize import quantize
 
-    g = load_graph(AVX2_POINTWISE, seed=0)
-    rng = np.random.default_rng(0)
-    q = quantize(g, [rng.standard_normal((8, 8, 10, 10)).astype(np.float32) for _ in range(2)], build=torch_module,
-                 weight_bits=7)
-    with tvm.target.Target(AVX2_TARGET):
-        from convdsl.backends.tvm.lower_quant import int8_instructions
-
-        assert int8_instructions(q) == {"vpmaddubsw": 3}
-    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
-    haswell = lambda g: ctvm.backend("tvm-llvm", progress=False, use_db=False,  # noqa: E731
-                                     target_json=AVX2_TARGET).build_module(g)
+    q, x = _avx2_int8(AVX2_POINTWISE, convs=3)
     with tophub.recording() as seen:
-        haswell(q)
+        _haswell(q)
     tiles = {(wl.spatial[1], wl.reduce[1]): chosen for wl, _, chosen, _ in seen if wl.kind == "int8_conv"}
     assert tiles == {(2, 3): int8.maddubs_register_tile(2, 10), (8, 1): (1, 8), (3, 1): (1, 3)}, tiles
-    steps, equal, total = _compare_network(haswell, q, x)
+    steps, equal, total = _compare_network(_haswell, q, x)
     assert steps <= 1 and total > 0
     assert equal == total  # measured: bit-exact
 
