@@ -1,0 +1,103 @@
+"""A/B of two convdsl source trees on one network's tvm-llvm build: is a change faster?
+
+    python benchmarks/ab.py resnet50 int8 /path/to/tree-a /path/to/tree-b [--launches 6] [--rounds 6]
+    python benchmarks/ab.py mobilenet_v2 int8 /work/main@off /tmp/wt@off   # "@off": CONVDSL_TOPHUB=off (no database)
+
+Each launch starts one process per tree (``peers.py --child``, the tree first on PYTHONPATH), builds the same
+program (peers.py's network, batchnorm statistics from the calibration batch, quantized by convdsl for int8) and
+times alternating blocks; the order of the two trees swaps every launch.  A process's speed varies from launch to
+launch (docs/tvm.md, "Zen 3 (AVX2), eleventh session": one of two processes of the same build ran 21.7 ms while
+its partner ran 13.6), so one launch is no evidence for a few percent: the verdict is the median of the launches'
+B / A ratios, with their range.  The two builds' outputs are compared too (a schedule change should not move them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+
+def start(tree: str, spec: dict) -> subprocess.Popen:
+    """A ``peers.py --child`` process for ``tree`` (``path`` or ``path@off``), after it reported READY."""
+    path, _, flag = tree.partition("@")
+    env = dict(os.environ, PYTHONPATH=path)
+    if flag == "off":
+        env["CONVDSL_TOPHUB"] = "off"
+    p = subprocess.Popen([sys.executable, str(Path(peers.__file__).resolve()), "--child", json.dumps(spec)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in p.stdout:
+        if line.startswith("READY"):
+            return p
+    raise SystemExit(f"{tree}: the build failed:\n{p.stderr.read()[-3000:]}")
+
+
+def block(p: subprocess.Popen) -> list[float]:
+    p.stdin.write("RUN\n")
+    p.stdin.flush()
+    return json.loads(p.stdout.readline())["ms"]
+
+
+def launch(trees: list[str], spec: dict, work: Path, rounds: int) -> tuple[list[float], float]:
+    """One launch: both processes built, ``rounds`` alternating blocks; (median ms of A, of B), max |A - B|."""
+    procs = [start(t, {**spec, "output": str(work / f"out{i}.npy")}) for i, t in enumerate(trees)]
+    ms: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            ms[i].extend(block(procs[i]))
+    for p in procs:
+        p.stdin.write("QUIT\n")
+        p.stdin.close()
+        p.wait()
+    a, b = (np.load(work / f"out{i}.npy") for i in range(2))
+    return [float(np.median(m)) for m in ms], float(np.abs(a - b).max())
+
+
+def summary(ratios: list[float]) -> str:
+    return f"median B/A {statistics.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f} ({len(ratios)} launches)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("net", choices=sorted(peers.ALL_NETS))
+    ap.add_argument("precision", choices=("f32", "int8"))
+    ap.add_argument("tree_a")
+    ap.add_argument("tree_b")
+    ap.add_argument("--launches", type=int, default=6, help="fresh process pairs (the order swaps every launch)")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating blocks per process and launch")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-ms", type=float, default=400.0)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="convdsl-ab-"))
+    g = peers.load_graph(args.net)
+    calib = peers.calibration_inputs(g, peers.CALIB_SAMPLES)
+    g = peers.bn_from_calibration(g, calib)
+    program = peers.convdsl_int8(g, calib) if args.precision == "int8" else g
+    cdl, weights = peers.save_program(program, work / "program")
+    np.save(work / "x.npy", calib[0])
+    spec = {"row": f"convdsl {args.precision}", "threads": args.threads, "input": str(work / "x.npy"), "cdl": cdl,
+            "weights": weights, "block_ms": args.block_ms}
+    print(peers.machine(), flush=True)
+    ratios = []
+    for i in range(args.launches):
+        order = [args.tree_a, args.tree_b] if i % 2 == 0 else [args.tree_b, args.tree_a]
+        (first, second), diff = launch(order, spec, work, args.rounds)
+        a, b = (first, second) if i % 2 == 0 else (second, first)
+        ratios.append(b / a)
+        print(f"launch {i + 1}: A {a:.3f} ms, B {b:.3f} ms, B/A {b / a:.3f}, max |A - B| {diff:.3g}, "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"{args.net} {args.precision}: {summary(ratios)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
