@@ -13,10 +13,8 @@ B / A ratios, with their range.  The two builds' outputs are compared too (a sch
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,39 +25,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 
 
-def start(tree: str, spec: dict) -> subprocess.Popen:
-    """A ``peers.py --child`` process for ``tree`` (``path`` or ``path@off``), after it reported READY."""
+def start(tree: str, spec: dict) -> peers.Proc:
+    """peers.py's child process for ``tree`` (``path`` or ``path@off``: the tree first on PYTHONPATH, ``@off``
+    without the database), after it reported READY."""
     path, _, flag = tree.partition("@")
     env = dict(os.environ, PYTHONPATH=path)
     if flag == "off":
         env["CONVDSL_TOPHUB"] = "off"
-    p = subprocess.Popen([sys.executable, str(Path(peers.__file__).resolve()), "--child", json.dumps(spec)],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in p.stdout:
-        if line.startswith("READY"):
-            return p
-    raise SystemExit(f"{tree}: the build failed:\n{p.stderr.read()[-3000:]}")
-
-
-def block(p: subprocess.Popen) -> list[float]:
-    p.stdin.write("RUN\n")
-    p.stdin.flush()
-    return json.loads(p.stdout.readline())["ms"]
+    p = peers.Proc(spec["row"], spec, env)
+    if not p.ready():
+        raise SystemExit(f"{tree}: the build {p.note}")
+    return p
 
 
 def launch(trees: list[str], spec: dict, work: Path, rounds: int) -> tuple[list[float], float]:
     """One launch: both processes built, ``rounds`` alternating blocks; (median ms of A, of B), max |A - B|."""
     procs = [start(t, {**spec, "output": str(work / f"out{i}.npy")}) for i, t in enumerate(trees)]
-    ms: list[list[float]] = [[], []]
     for r in range(rounds):
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            ms[i].extend(block(procs[i]))
+            procs[i].run()
     for p in procs:
-        p.stdin.write("QUIT\n")
-        p.stdin.close()
-        p.wait()
+        p.quit()
     a, b = (np.load(work / f"out{i}.npy") for i in range(2))
-    return [float(np.median(m)) for m in ms], float(np.abs(a - b).max())
+    return [float(np.median(p.ms)) for p in procs], float(np.abs(a - b).max())
 
 
 def summary(ratios: list[float]) -> str:

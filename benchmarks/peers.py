@@ -330,10 +330,12 @@ def child(spec: dict) -> None:
 
 
 class Proc:
-    def __init__(self, row: str, spec: dict):
+    """One backend's ``--child`` process (``env``: its environment, e.g. another source tree on PYTHONPATH)."""
+
+    def __init__(self, row: str, spec: dict, env: dict | None = None):
         self.row, self.spec, self.ms, self.info, self.note, self.cpu_ms = row, spec, [], {}, "", 0.0
         self.p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def ready(self) -> bool:
         for line in self.p.stdout:
