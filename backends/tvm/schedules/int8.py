@@ -399,7 +399,8 @@ def _schedule_avx2(sch: s_tir.Schedule, conv, requant, pack, n_ob: int, n_ow: in
     u8 and a sign-extended s8, which LLVM's x86 backend multiplies with ``vpmaddwd`` (int16
     pairs to int32: exact); no ``vpmaddubsw``, whose int16 sums saturate."""
     ow_t, ob_t = tophub.choose("int8_conv", sch, conv, None, (AVX2_TILE[0] if n_ow % AVX2_TILE[0] == 0 else
-                                                             max(d for d in range(1, 5) if n_ow % d == 0), 1))
+                                                             max(d for d in range(1, 5) if n_ow % d == 0), 1),
+                               isa="avx2")
     tail = _inline_consumers(sch, requant) if requant is not None else []
     n, ob, oh, ow, o16, icb, kh, kw, c4 = sch.get_loops(conv)
     obo, obi = sch.split(ob, [None, ob_t])

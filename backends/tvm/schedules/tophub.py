@@ -67,7 +67,7 @@ class Workload:
     reduce: tuple[int, ...]  # extents of its reduction iterators
     access: str  # stride/dilation ("s2x2d1x1") for convs, "" otherwise
     pattern: str  # short hash of every read's index coefficients (the operand layouts)
-    isa: str  # "avx512", "avx512vnni", "v8r16", ...
+    isa: str  # "avx512", "v8r16" (f32: lanes, registers); "avx512vnni", "avx2-vpmaddubsw", ... (int8)
     lanes: int = 0  # gemm: the width of a column vector
     registers: int = 32
 
@@ -80,14 +80,23 @@ class Workload:
 
 
 # ---- workloads from a schedule block ------------------------------------------------------------
-def _isa(hw, kind: str) -> str:
+INT8_INSTRUCTION_ATTR = "convdsl.int8_instruction"  # schedules/int8.py's INSTRUCTION_ATTR: the conv block's layout
+# an int8 conv's tag: the instruction its layout was packed for (VNNI's two layouts share one: their keys differ
+# in the pattern); a block without the annotation is a VNNI one, as every int8 conv was before AVX2's layouts
+INT8_ISA = {"vpdpbusd": "avx512vnni", "vpdpbusd-ymm": "avx512vnni", "vpmaddubsw": "avx2-vpmaddubsw",
+            "vpmaddwd": "avx2-vpmaddwd"}
+
+
+def _isa(hw, kind: str, block=None) -> str:
     if kind == "int8_conv":
-        return "avx512vnni"
+        instruction = block.annotations.get(INT8_INSTRUCTION_ATTR) if block is not None else None
+        return INT8_ISA.get(str(instruction), "avx512vnni") if instruction is not None else "avx512vnni"
     return "avx512" if (hw.lanes, hw.registers) == (16, 32) else f"v{hw.lanes}r{hw.registers}"
 
 
-def workload_of(kind: str, sch, block, hw=None, lanes: int = 0) -> Workload:
-    """The workload of ``block`` (the template's main block) for template ``kind``."""
+def workload_of(kind: str, sch, block, hw=None, lanes: int = 0, isa: str | None = None) -> Workload:
+    """The workload of ``block`` (the template's main block) for template ``kind``; ``isa`` overrides the tag
+    (the instruction set the knobs were measured on) that the block and ``hw`` imply."""
     from tvm.sym.pattern import detect_linear_equation
 
     b = sch.get(block)
@@ -107,7 +116,7 @@ def workload_of(kind: str, sch, block, hw=None, lanes: int = 0) -> Workload:
     if GROUPS_ATTR in b.annotations:  # a grouped conv: the same extents as a dense one, another reduction
         access += f"g{int(b.annotations[GROUPS_ATTR])}"
     dtypes = sorted({str(r.source.dtype) for r in b.reads} | {str(w.source.dtype) for w in b.writes})
-    return Workload(kind, "-".join(dtypes), spatial, reduce, access, pattern, _isa(hw, kind) if hw else _isa(None, kind),
+    return Workload(kind, "-".join(dtypes), spatial, reduce, access, pattern, isa or _isa(hw, kind, b),
                     lanes, hw.registers if hw else 32)
 
 
@@ -305,11 +314,11 @@ def recording() -> Iterator[list]:
             outer.extend(seen)
 
 
-def choose(kind: str, sch, block, hw, default: tuple[int, ...], lanes: int = 0) -> tuple[int, ...]:
+def choose(kind: str, sch, block, hw, default: tuple[int, ...], lanes: int = 0, isa: str | None = None) -> tuple[int, ...]:
     """The knobs of template ``kind`` for ``block``: forced, user, shipped, else ``default``."""
     default = tuple(int(v) for v in default)
     try:
-        wl = workload_of(kind, sch, block, hw, lanes)
+        wl = workload_of(kind, sch, block, hw, lanes, isa)
     except Exception as e:  # noqa: BLE001 - a key we cannot compute: the model decides
         _warn(f"no workload key for a {kind} block ({type(e).__name__}: {e}); using the analytic choice")
         return default

@@ -215,6 +215,30 @@ def test_tuner_covers_the_int8_vnni_conv(dbs, tmp_path):
     assert tuple(rec["knobs"][n] for n in tophub.KNOBS["int8_conv"]) == r.best
 
 
+@pytest.mark.parametrize("mcpu, bits, tag", [("haswell", 7, "avx2-vpmaddubsw"), ("haswell", 8, "avx2-vpmaddwd"),
+                                              ("icelake-server", 8, "avx512vnni")])
+def test_an_int8_conv_key_names_the_instruction_its_layout_was_packed_for(mcpu, bits, tag):
+    """Knobs measured on one int8 instruction are no answer for another's kernel: the int8 conv's key ends with
+    the instruction its weights were packed for (AVX2 takes vpmaddubsw for 7-bit weights, vpmaddwd for 8-bit
+    ones; VNNI vpdpbusd for either), so a record made on an AVX2 CPU never reads as a VNNI one."""
+    import numpy as np
+
+    from convdsl.api import load_graph
+    from convdsl.backends.torch import build_module
+    from convdsl.backends.tvm.schedules import template_tuner as tt
+    from convdsl.backends.tvm.targets import make_target
+    from convdsl.passes.quantize import quantize
+
+    src = one_op("conv2d", [[1, 16, 14, 14]], 32, k=3, pad=1)
+    rng = np.random.default_rng(0)
+    q = quantize(load_graph(src, seed=0), [rng.standard_normal((4, 16, 14, 14)).astype(np.float32)],
+                 build=build_module, weight_bits=bits)
+    spec = make_target("tvm-llvm", target_json={"kind": "llvm", "mcpu": mcpu}, precision="int8")
+    ks = [k for k in tt.kernels(tt.optimized_module(q, spec, precision="int8"), spec.tvm_target()).values()
+          if k.workload.kind == "int8_conv"]
+    assert [k.workload.key.rsplit(":", 1)[1] for k in ks] == [tag]
+
+
 @pytest.mark.parametrize("family", ["avx512", "avx512-amx", "avx2"])
 def test_the_shipped_databases_are_well_formed(family):
     """Each family's shipped file (what a build on such a CPU reads): its header says where and how it
@@ -233,9 +257,10 @@ def test_the_shipped_databases_are_well_formed(family):
         assert set(rec["knobs"]) == set(tophub.KNOBS[kind]), key
         assert all(isinstance(v, int) and v >= 1 for v in rec["knobs"].values()), key
         assert rec["ms"] <= rec["analytic_ms"] * 1.0001, key
-        # the int8 template's tag is avx512vnni whatever its instruction (AVX2's vpmaddubsw keys differ in their
-        # 8 x 4 layout); the f32 templates' names the vector width and registers they were tiled for
-        assert key.endswith(":avx512vnni" if kind == "int8_conv" else (":v8r16" if family == "avx2" else ":avx512")), key
+        # the int8 template's tag names the instruction its records were measured on (AVX2: vpmaddubsw, 7-bit
+        # weights); the f32 templates' the vector width and registers they were tiled for
+        int8_tag = ":avx2-vpmaddubsw" if family == "avx2" else ":avx512vnni"
+        assert key.endswith(int8_tag if kind == "int8_conv" else (":v8r16" if family == "avx2" else ":avx512")), key
 
 
 def test_a_shipped_database_is_used_only_on_its_vendors_cores(dbs, monkeypatch):
