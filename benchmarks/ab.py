@@ -2,6 +2,11 @@
 
     python benchmarks/ab.py resnet50 int8 /path/to/tree-a /path/to/tree-b [--launches 6] [--rounds 6]
     python benchmarks/ab.py mobilenet_v2 int8 /work/main@off /tmp/wt@off   # "@off": CONVDSL_TOPHUB=off (no database)
+    python benchmarks/ab.py resnet50 int8 /work/main /work/main@GLIBC_TUNABLES=glibc.malloc.hugetlb=1  # one setting
+
+A tree is ``path[@setting,...]``: each setting ``off`` (no database) or ``NAME=VALUE``, an environment variable of
+that tree's processes (the same source against itself under another setting: transparent huge pages, the thread
+pool's ``TVM_THREAD_POOL_SPIN_COUNT``).
 
 Each launch starts one process per tree (``peers.py --child``, the tree first on PYTHONPATH), builds the same
 program (peers.py's network, batchnorm statistics from the calibration batch, quantized by convdsl for int8) and
@@ -25,14 +30,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 
 
+def tree_env(tree: str, base: dict[str, str]) -> dict[str, str]:
+    """The environment of ``tree``'s processes (``path[@setting,...]``): ``base`` with the tree first on PYTHONPATH,
+    ``off`` as CONVDSL_TOPHUB=off, each ``NAME=VALUE`` set (a value may hold "=": only the first one splits)."""
+    path, _, settings = tree.partition("@")
+    env = dict(base, PYTHONPATH=path)
+    for setting in filter(None, settings.split(",")):
+        if setting == "off":
+            env["CONVDSL_TOPHUB"] = "off"
+            continue
+        name, eq, value = setting.partition("=")
+        if not eq or not name.isidentifier():
+            raise SystemExit(f"{tree}: a setting is 'off' or NAME=VALUE, not {setting!r}")
+        env[name] = value
+    return env
+
+
 def start(tree: str, spec: dict) -> peers.Proc:
-    """peers.py's child process for ``tree`` (``path`` or ``path@off``: the tree first on PYTHONPATH, ``@off``
-    without the database), after it reported READY."""
-    path, _, flag = tree.partition("@")
-    env = dict(os.environ, PYTHONPATH=path)
-    if flag == "off":
-        env["CONVDSL_TOPHUB"] = "off"
-    p = peers.Proc(spec["row"], spec, env)
+    """peers.py's child process for ``tree`` (``tree_env``), after it reported READY."""
+    p = peers.Proc(spec["row"], spec, tree_env(tree, dict(os.environ)))
     if not p.ready():
         raise SystemExit(f"{tree}: the build {p.note}")
     return p
