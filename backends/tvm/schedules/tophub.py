@@ -90,7 +90,7 @@ INT8_ISA = {"vpdpbusd": "avx512vnni", "vpdpbusd-ymm": "avx512vnni", "vpmaddubsw"
 def _isa(hw, kind: str, block=None) -> str:
     if kind == "int8_conv":
         instruction = block.annotations.get(INT8_INSTRUCTION_ATTR) if block is not None else None
-        return INT8_ISA.get(str(instruction), "avx512vnni") if instruction is not None else "avx512vnni"
+        return "avx512vnni" if instruction is None else INT8_ISA.get(str(instruction), str(instruction))
     return "avx512" if (hw.lanes, hw.registers) == (16, 32) else f"v{hw.lanes}r{hw.registers}"
 
 

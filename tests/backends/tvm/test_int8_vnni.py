@@ -294,8 +294,13 @@ def test_the_lowering_and_the_schedule_name_the_instructions_alike():
     import the schedule): they must agree."""
     from convdsl.backends.tvm import lower_quant
 
+    from convdsl.backends.tvm.schedules import tophub
+
     names = ("INSTRUCTION_ATTR", "VPDPBUSD", "VPDPBUSD_YMM", "VPMADDUBSW", "VPMADDWD")
     assert [getattr(lower_quant, n) for n in names] == [getattr(int8, n) for n in names]
+    # the template database's keys tag each int8 conv by the same annotation (tophub stays free of TVM imports)
+    assert tophub.INT8_INSTRUCTION_ATTR == int8.INSTRUCTION_ATTR
+    assert set(tophub.INT8_ISA) == {getattr(int8, n) for n in names[1:]}
 
 
 def test_vnni_layout_of_outputs_a_multiple_of_8_and_not_16():
