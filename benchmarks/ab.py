@@ -29,6 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 
+from convdsl.backends.tvm.schedules.tophub import ENV as TOPHUB_ENV  # noqa: E402
+
 
 def tree_env(tree: str, base: dict[str, str]) -> dict[str, str]:
     """The environment of ``tree``'s processes (``path[@setting,...]``): ``base`` with the tree first on PYTHONPATH,
@@ -37,7 +39,7 @@ def tree_env(tree: str, base: dict[str, str]) -> dict[str, str]:
     env = dict(base, PYTHONPATH=path)
     for setting in filter(None, settings.split(",")):
         if setting == "off":
-            env["CONVDSL_TOPHUB"] = "off"
+            env[TOPHUB_ENV] = "off"
             continue
         name, eq, value = setting.partition("=")
         if not eq or not name.isidentifier():
@@ -55,7 +57,8 @@ def start(tree: str, spec: dict) -> peers.Proc:
 
 
 def launch(trees: list[str], spec: dict, work: Path, rounds: int) -> tuple[list[float], float]:
-    """One launch: both processes built, ``rounds`` alternating blocks; (median ms of A, of B), max |A - B|."""
+    """One launch: both processes built, ``rounds`` alternating blocks; (median ms of ``trees[0]``, of ``trees[1]``),
+    max |difference of their outputs|."""
     procs = [start(t, {**spec, "output": str(work / f"out{i}.npy")}) for i, t in enumerate(trees)]
     for r in range(rounds):
         for i in ((0, 1) if r % 2 == 0 else (1, 0)):

@@ -293,7 +293,6 @@ def test_the_lowering_and_the_schedule_name_the_instructions_alike():
     Each module spells the key and the names (the lowering tables load without TVM, so lower_quant cannot
     import the schedule): they must agree."""
     from convdsl.backends.tvm import lower_quant
-
     from convdsl.backends.tvm.schedules import tophub
 
     names = ("INSTRUCTION_ATTR", "VPDPBUSD", "VPDPBUSD_YMM", "VPMADDUBSW", "VPMADDWD")
