@@ -136,22 +136,25 @@ def _conv(cx: Ctx):
     w = cx.arg(1)
     if not isinstance(w, Const):
         raise located(cx.origin, "a convolution with a computed weight has no convdsl op")
-    nd = w.array.ndim - 2
+    pid, params = cx.owner(weight=w, bias=cx.arg(2))
+    return cx.add(f"conv{w.array.ndim - 2}d", [cx.tensor(0)], conv_attrs(cx, w.array.shape, cx.arg(2) is not None),
+                  params, id=pid)
+
+
+def conv_attrs(cx: Ctx, w_shape: tuple[int, ...], bias: bool) -> dict:
+    """convdsl conv attributes of the ONNX Conv ``cx`` whose weights have the shape ``w_shape`` [O, C/g, k...]."""
+    nd = len(w_shape) - 2
     a = cx.attrs
     pads = list(a.get("pads", [0] * 2 * nd))
     if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):  # timm's padding="same" (ConvMixer)
-        pads = _same_pads(cx, a, w.array.shape[2:], nd)
+        pads = _same_pads(cx, a, w_shape[2:], nd)
     elif a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise located(cx.origin, f"auto_pad={a['auto_pad']} is not supported; export with explicit pads")
     lo, hi = pads[:nd], pads[nd:]
     pad = _ints(lo) if lo == hi else tuple(p for pr in zip(lo, hi) for p in pr)
-    pid, params = cx.owner(weight=w, bias=cx.arg(2))
-    k = tuple(int(s) for s in w.array.shape[2:])
-    return cx.add(f"conv{nd}d", [cx.tensor(0)], {"out": int(w.array.shape[0]), "k": _ints(k),
-                                                 "stride": _ints(a.get("strides", [1] * nd)), "pad": pad,
-                                                 "dilation": _ints(a.get("dilations", [1] * nd)),
-                                                 "groups": int(a.get("group", 1)), "bias": cx.arg(2) is not None},
-                  params, id=pid)
+    k = tuple(int(s) for s in w_shape[2:])
+    return {"out": int(w_shape[0]), "k": _ints(k), "stride": _ints(a.get("strides", [1] * nd)), "pad": pad,
+            "dilation": _ints(a.get("dilations", [1] * nd)), "groups": int(a.get("group", 1)), "bias": bias}
 
 
 @onnx_op("ConvTranspose")
