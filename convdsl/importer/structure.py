@@ -278,13 +278,15 @@ class Writer:
         node = self.g.node(it.node)
         op = OPS[node.op]
         toks = [f"{node.op}("]
-        first = True
+        first, positional = True, True
         for a in op.attrs:
             v = node.attrs.get(a.name, a.default)
             body.values.append(v)
             hole = Hole(len(body.values) - 1, a.name, "sym" in a.kind.split("|"))
             body.hints.append(hole)
-            toks += ([] if first else [", "]) + ([] if first or a.default is REQUIRED else [f"{a.name}="]) + [hole]
+            # required attributes positionally while no keyword came before (qconv2d's in_scale follows k=...)
+            positional = positional and (first or a.default is REQUIRED)
+            toks += ([] if first else [", "]) + ([] if positional else [f"{a.name}="]) + [hole]
             first = False
         toks.append(")")
         if node.params:

@@ -40,3 +40,20 @@ def test_an_instance_nothing_reads_returns_its_unread_value():
         r = parse_back(_branches(dead))
         assert sorted(n.op for n in r.graph.nodes()) == ["input", "relu", "relu", "sigmoid", "sigmoid"]
         assert r.graph.output_types() == imp.graph.output_types()
+
+
+def test_a_required_attribute_after_keywords_is_written_as_a_keyword():
+    """qconv2d's in_scale (no default) follows k, stride... (defaults, written as keywords): written
+    positionally it would be a positional argument after keywords, a syntax error."""
+    import numpy as np
+
+    b = Builder("net")
+    x = b.input("x", TensorType(("N", 4, 8, 8), "u8"))
+    y = b.add("qconv2d", [x], {"out": 8, "k": 1, "in_scale": 0.05, "in_zp": 3}, id="conv", chain=[],
+              origin=Origin("conv/Conv", "Conv", ""),
+              params={"weight": np.ones((8, 4, 1, 1), np.int8), "w_scale": np.full(8, 0.01, np.float32),
+                      "bias": np.zeros(8, np.int32)})[0]
+    text = Writer(b.result([y], ["y"], "test")).build()
+    assert re.search(r"qconv2d\(8, k=1, in_scale=0\.05, in_zp=3\)", text), text
+    r = parse_back(b.result([y], ["y"], "test"))
+    assert next(n for n in r.graph.nodes() if n.op == "qconv2d").attrs["in_scale"] == 0.05
