@@ -950,6 +950,9 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             consumers.setdefault(i, []).append(n)
     skip: set[str] = set()
     file = str(path)
+    from convdsl.importer import onnx_quant  # registers QuantizeLinear / DequantizeLinear
+
+    quant = onnx_quant.State({o.name for o in graph.output})
     for node in graph.node:
         if node.op_type == "Constant":
             from onnx import helper
@@ -976,18 +979,20 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             b.modules.setdefault(c, "onnx." + _scope_class(c))
         origin = Origin(node.name or f"#{i}", node.op_type, chain[-1] if chain else "", Span(file, 1, 1))
         cx = Ctx(b, node, chain, origin, env, consumers)
-        cx.skip = skip
+        cx.skip, cx.quant = skip, quant
         out0 = node.output[0] if node.output else None
         if out0 in gelus:
             x, _ = gelus[out0]
-            env[out0] = b.add("gelu", [env[x]], {}, id=cx.default_id("gelu"), chain=chain, origin=origin)[0]
+            env[out0] = b.add("gelu", [quant.value(cx, x)], {}, id=cx.default_id("gelu"), chain=chain,
+                              origin=origin)[0]
             continue
         m = matches.get(out0)
-        if m is not None and len(m.nodes) == 1 and not any(isinstance(env.get(i), Value) for i in m.inputs):
+        if m is not None and len(m.nodes) == 1 and not any(isinstance(env.get(i), (Value, onnx_quant.Deq))
+                                                            for i in m.inputs):
             m = None  # one node over constants (a flip of a constant mask): evaluated below like any constant
         if m is not None:  # a composite pattern (onnx_patterns.PATTERNS) ends here
             pid, arrays = cx.owner(**m.params)
-            ins = [env[i] for i in m.inputs]
+            ins = [quant.value(cx, i) for i in m.inputs]
             if not all(isinstance(i, Value) for i in ins):
                 raise located(origin, f"the {m.op} pattern here reads a constant where convdsl needs a computed tensor")
             have = cx.type(ins[0]).shape
@@ -998,6 +1003,12 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             env[out0] = cx.add(m.op, ins, m.attrs, arrays, id=pid)
             continue
         if (node.name or id(node)) in replaced or (id(node) in matched and out0 not in matches):
+            continue
+        if node.op_type in onnx_quant.LAYERS and onnx_quant.layer(cx) is not None:
+            continue  # a quantized layer (qconv*d / qlinear) reading its int8 input itself
+        quant.read_inputs(cx, node.input)  # any other reader of a DequantizeLinear gets a dequantize
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # never folded: they keep their integers
+            env[out0] = ONNX[node.op_type](cx)
             continue
         if node.op_type in FOLDABLE and _foldable(node, env):
             try:
@@ -1023,6 +1034,12 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             raise located(origin, f"{node.op_type} (data-dependent or dynamic-shape computation) has no convdsl "
                                   "mapping", "export the model with static shapes and no control flow")
         fn = ONNX.get(node.op_type)
+        if node.op_type in onnx_quant.OPERATOR_FORMAT:
+            raise located(origin, f"{node.op_type} (an int8 model in ONNX Runtime's QOperator format or from dynamic "
+                                  "quantization) has no convdsl mapping",
+                          "quantize the float model in the QDQ format (onnxruntime.quantization.quantize_static with "
+                          "quant_format=QuantFormat.QDQ): its QuantizeLinear / DequantizeLinear pairs import as int8 "
+                          "layers")
         if fn is None:
             raise located(origin, f"ONNX op {node.op_type} has no convdsl mapping",
                           "supported ONNX ops: " + ", ".join(sorted(ONNX)))
@@ -1032,6 +1049,9 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             env[name_] = v
     values = []
     for o in graph.output:
+        if isinstance(env.get(o.name), onnx_quant.Deq):
+            last = Ctx(b, producer[o.name], [], Origin(o.name, "DequantizeLinear", "", Span(file, 1, 1)), env, consumers)
+            quant.value(last, o.name)
         v = env.get(o.name)
         if not isinstance(v, Value):
             raise ModelImportError(f"graph output {o.name} is a constant", Span(file, 1, 1))

@@ -1,0 +1,305 @@
+"""Import int8 ONNX models in the QDQ format onto convdsl's quantized ops.
+
+The QDQ format (ONNX Runtime's ``quantize_static``, NNCF, convdsl's own export of an int8 program)
+writes an int8 layer as a float op between a ``DequantizeLinear`` of its int8 input, a
+``DequantizeLinear`` of its int8 weights (and int32 bias) and a ``QuantizeLinear`` of its output.
+The importer maps:
+
+- ``QuantizeLinear`` (one scale) -> ``quantize(scale, zero_point, dtype)``;
+- ``DequantizeLinear`` of constants -> the float constant it computes, remembered with its integers
+  (``QConst``) for the layer that reads it;
+- ``DequantizeLinear`` of a computed int8 tensor -> nothing yet (``Deq``): a ``Conv``, ``Gemm`` or
+  ``MatMul`` with quantized weights reading it becomes ``qconv*d`` / ``qlinear`` on the int8 tensor
+  itself, and a ``QuantizeLinear`` after it (behind one ``Relu`` at most) becomes the layer's
+  requantization (``out_dtype``, ``out_scale``, ``out_zp``, ``relu``); any other reader gets a
+  ``dequantize(scale, zero_point)``, made once per tensor.
+
+The ONNX graph is defined in float (a float conv of dequantized values, then a rounding); convdsl's
+qconv sums the integers exactly and rounds once, as ONNX Runtime's own integer kernels do, so the two
+agree within one step of the output.  Scales are kept as the float32 values the file holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convdsl.importer.builder import located
+from convdsl.importer.onnx_import import ONNX_TO_DTYPE, Const, Ctx, _bias_after, conv_attrs, onnx_op
+from convdsl.ir.graph import Value
+
+LAYERS = ("Conv", "Gemm", "MatMul")  # the ops that may read a Deq as a quantized layer
+# integer ops of ONNX Runtime's QOperator format and of dynamic quantization: refused with the QDQ hint
+OPERATOR_FORMAT = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm",
+                   "DynamicQuantizeLinear", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearSigmoid")
+_INT8 = {"u8": (0, 255), "i8": (-128, 127)}
+_WIDTH = np.iinfo(np.int32)
+
+
+@dataclass(frozen=True)
+class Deq:
+    """A DequantizeLinear of a computed int8 tensor, left to its readers."""
+
+    q: Value
+    scale: float
+    zp: int
+
+
+@dataclass
+class QConst:
+    """A DequantizeLinear of constant integers: ``(q - zp) * scale``, per tensor or per slice along ``axis``."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zp: np.ndarray
+    axis: int
+    key: str | None
+
+    def integers(self, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(q - zp as int64, scale per slice along ``axis``), or None if quantized along another axis."""
+        n = self.q.shape[axis]
+        if self.scale.size > 1 and self.axis % self.q.ndim != axis:
+            return None
+        shape = [1] * self.q.ndim
+        if self.scale.size > 1:
+            shape[axis] = n
+        zp = self.zp.reshape(shape) if self.zp.size > 1 else self.zp.reshape(())
+        scale = np.broadcast_to(self.scale.reshape(-1), (n,)) if self.scale.size == 1 else self.scale.reshape(-1)
+        return self.q.astype(np.int64) - zp.astype(np.int64), scale.astype(np.float32)
+
+
+class State:
+    """What the importer knows about the quantized tensors of one file (``Ctx.quant``)."""
+
+    def __init__(self, graph_outputs: set[str]) -> None:
+        self.graph_outputs = graph_outputs  # names a fused layer must not hide
+        self.tensors: dict[str, Deq] = {}  # ONNX value name -> its pending DequantizeLinear
+        self.consts: dict[str, QConst] = {}  # ONNX value name -> the integers behind a dequantized constant
+        self._dequantized: dict[tuple, Value] = {}
+
+    def value(self, cx: Ctx, name: str) -> Any:
+        """``env[name]``, a Deq made into a ``dequantize`` (once per int8 tensor and parameters)."""
+        v = cx.env.get(name)
+        if not isinstance(v, Deq):
+            return v
+        made = self._dequantized.get((v.q, v.scale, v.zp))
+        if made is None:
+            made = cx.add("dequantize", [v.q], {"scale": v.scale, "zero_point": v.zp},
+                          id=cx.default_id("dequantize"))
+            self._dequantized[(v.q, v.scale, v.zp)] = made
+        cx.env[name] = made
+        return made
+
+    def read_inputs(self, cx: Ctx, names) -> None:
+        for name in names:
+            if name:
+                self.value(cx, name)
+
+
+def _dtype(cx: Ctx, v: Any, what: str) -> str:
+    if isinstance(v, Const):
+        dt = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}.get(v.array.dtype)
+    else:
+        dt = cx.type(v).dtype if isinstance(v, Value) else None
+    if dt is None:
+        raise located(cx.origin, f"{what} must be uint8 or int8 (int32 for a bias)")
+    return dt
+
+
+def _scalar_params(cx: Ctx, x_dtype: str) -> tuple[float, int]:
+    """(scale, zero point) of a per-tensor Quantize/DequantizeLinear; a located error for per-axis ones."""
+    scale = cx.const(1)
+    zp = cx.arg(2)
+    zp = zp.array if isinstance(zp, Const) else np.zeros((), np.uint8 if x_dtype == "f32" else np.int64)
+    if scale.size != 1 or zp.size != 1:
+        raise located(cx.origin, "a per-axis scale on a computed tensor has no convdsl op (quantize and dequantize "
+                                 "take one scale and zero point)", "quantize activations per tensor")
+    if int(cx.attrs.get("block_size", 0)):
+        raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
+    s = float(np.float32(scale.reshape(())))
+    if not (s > 0 and np.isfinite(s)):
+        raise located(cx.origin, f"scale {s} is not a positive finite number")
+    return s, int(zp.reshape(()))
+
+
+@onnx_op("QuantizeLinear")
+def _quantize(cx: Ctx):
+    zp = cx.arg(2)
+    dtype = _dtype(cx, zp, "the zero point") if zp is not None else "u8"
+    if int(cx.attrs.get("output_dtype", 0)):
+        dtype = ONNX_TO_DTYPE.get(int(cx.attrs["output_dtype"]), "?")
+    if dtype not in _INT8:
+        raise located(cx.origin, f"quantizing to {dtype} has no convdsl op (u8 or i8 only)")
+    if isinstance(cx.arg(0), Const):  # float weights quantized in the file (Q -> DQ on an initializer)
+        return _quantized_const(cx, cx.arg(0), dtype)
+    x = cx.tensor(0)
+    scale, z = _scalar_params(cx, "f32")
+    lo, hi = _INT8[dtype]
+    if not lo <= z <= hi:
+        raise located(cx.origin, f"zero point {z} is outside the {dtype} range")
+    return cx.add("quantize", [x], {"scale": scale, "zero_point": z, "dtype": dtype}, id=cx.default_id("quantize"))
+
+
+def _quantized_const(cx: Ctx, x: Const, dtype: str) -> Const:
+    """QuantizeLinear of a constant, as ONNX defines it: clamp(round(x / scale) + zp), per tensor or per
+    slice along ``axis``; the integers keep the float parameter's key."""
+    if int(cx.attrs.get("block_size", 0)):
+        raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
+    scale = np.asarray(cx.const(1), np.float32)
+    zp = cx.arg(2).array if isinstance(cx.arg(2), Const) else np.zeros((), np.int64)
+    shape = [1] * x.array.ndim
+    if scale.size > 1:
+        shape[int(cx.attrs.get("axis", 1))] = -1
+    per = (lambda a: a.reshape(shape) if a.size > 1 else a.reshape(()))
+    lo, hi = _INT8[dtype]
+    q = np.clip(np.rint(x.array.astype(np.float32) / per(scale)) + per(np.asarray(zp, np.float32)), lo, hi)
+    return Const(q.astype(np.uint8 if dtype == "u8" else np.int8), x.key, x.stored)
+
+
+@onnx_op("DequantizeLinear")
+def _dequantize(cx: Ctx):
+    x = cx.arg(0)
+    name = cx.node.output[0]
+    if isinstance(x, Const):
+        if x.array.dtype.kind not in "iu":
+            raise located(cx.origin, f"dequantizing {x.array.dtype} constants has no meaning")
+        if int(cx.attrs.get("block_size", 0)):
+            raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
+        scale = np.asarray(cx.const(1), np.float32)
+        zp = cx.arg(2).array if isinstance(cx.arg(2), Const) else np.zeros((), np.int64)
+        axis = int(cx.attrs.get("axis", 1))
+        shape = [1] * x.array.ndim
+        if scale.size > 1:
+            shape[axis] = -1
+        q = QConst(x.array, scale, np.asarray(zp), axis, _float_key(x.key))
+        real = (x.array.astype(np.float32) - np.asarray(zp, np.float32).reshape(shape if zp.size > 1 else ())) * \
+            scale.reshape(shape if scale.size > 1 else ())
+        cx.quant.consts[name] = q
+        return Const(real.astype(np.float32), q.key, x.stored)
+    dtype = _dtype(cx, x, "the input")
+    if dtype not in _INT8:
+        raise located(cx.origin, f"dequantizing a computed {dtype} tensor has no convdsl op (u8 or i8 only)")
+    scale, zp = _scalar_params(cx, dtype)
+    deq = Deq(x, scale, zp)
+    cx.quant.tensors[name] = deq
+    return deq
+
+
+def _float_key(key: str | None) -> str | None:
+    """The float parameter's key behind a quantized initializer: ONNX Runtime writes ``<key>_quantized``,
+    convdsl's exporter ``<key>.u8``."""
+    for suffix in ("_quantized", ".u8"):
+        if key and key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
+
+
+# ---- quantized layers ------------------------------------------------------------------------------
+def layer(cx: Ctx) -> Value | None:
+    """``qconv*d`` / ``qlinear`` for a Conv / Gemm / MatMul reading a Deq with int8 weights, or None
+    (the float mapping then runs on a ``dequantize``)."""
+    deq = cx.quant.tensors.get(cx.node.input[0])
+    if deq is None:
+        return None
+    op, add = cx.node.op_type, None
+    if op == "Conv":
+        wq = cx.quant.consts.get(cx.node.input[1])
+        got = wq and wq.integers(0)
+        if got is None:
+            return None
+        w, w_scale = got
+        attrs = conv_attrs(cx, wq.q.shape, False)
+        kind, end, bias = f"qconv{wq.q.ndim - 2}d", cx.node.output[0], _arg_name(cx, 2)
+    elif op == "Gemm":
+        a = cx.attrs
+        if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
+            return None
+        wq = cx.quant.consts.get(cx.node.input[1])
+        got = wq and wq.integers(0 if a.get("transB", 0) else 1)
+        if got is None:
+            return None
+        w, w_scale = got[0] if a.get("transB", 0) else got[0].T, got[1]
+        attrs, kind, end, bias = {"out": int(w.shape[0])}, "qlinear", cx.node.output[0], _arg_name(cx, 2)
+    else:  # MatMul(x, W) [+ bias]
+        wq = cx.quant.consts.get(cx.node.input[1])
+        got = wq and wq.q.ndim == 2 and wq.integers(1)
+        if not got:
+            return None
+        w, w_scale = got[0].T, got[1]
+        attrs, kind, end, bias = {"out": int(w.shape[0])}, "qlinear", cx.node.output[0], None
+        _, add = _bias_after(cx)
+        if add is not None and add.name:
+            bias, end = next(i for i in add.input if i != cx.node.output[0]), add.output[0]
+    if w.min() < -128 or w.max() > 127:
+        return None  # weights with a zero point whose differences leave int8: the float layer
+    params = {"weight": w.astype(np.int8), "w_scale": w_scale}
+    if bias is not None:
+        params["bias"] = _bias(cx, bias, deq.scale, w_scale)
+    attrs.update(bias=bias is not None, in_scale=deq.scale, in_zp=deq.zp)
+    fused = _requantization(cx, end)
+    if fused is not None:
+        attrs.update(fused[0])
+    key = wq.key
+    pid = key[: -len(".weight")] if key and key.endswith(".weight") else None
+    y = cx.add(kind, [deq.q], attrs, params, id=pid or cx.default_id(kind))
+    if end != cx.node.output[0]:  # MatMul's bias Add
+        cx.skip.add(add.name)
+    if fused is not None:
+        for n in fused[1]:
+            cx.skip.add(n.name)
+        cx.env[fused[1][-1].output[0]] = y
+    cx.env[end] = y
+    return y
+
+
+def _arg_name(cx: Ctx, i: int) -> str | None:
+    return cx.node.input[i] if len(cx.node.input) > i and cx.node.input[i] else None
+
+
+def _bias(cx: Ctx, name: str, in_scale: float, w_scale: np.ndarray) -> np.ndarray:
+    """The int32 bias in units of f32(in_scale * w_scale[c]) (qconv's): the file's integers where its bias
+    scale is that product (ONNX Runtime's and convdsl's QDQ bias), else the float bias rounded to them."""
+    unit = (np.float32(in_scale) * w_scale).astype(np.float32)
+    qb = cx.quant.consts.get(name)
+    if qb is not None and qb.q.dtype == np.int32 and not qb.zp.any():
+        scale = np.broadcast_to(qb.scale.reshape(-1), unit.shape)
+        if np.all(np.abs(scale - unit) <= 1e-6 * unit):
+            return qb.q.reshape(-1).astype(np.int32)
+    real = cx.env.get(name)
+    if not isinstance(real, Const):
+        raise located(cx.origin, "the layer's bias is computed; convdsl's quantized layers take a constant bias")
+    b = np.rint(real.array.reshape(-1).astype(np.float64) / unit.astype(np.float64))
+    if b.min(initial=0) < _WIDTH.min or b.max(initial=0) > _WIDTH.max:
+        raise located(cx.origin, "the bias does not fit int32 in units of in_scale * w_scale")
+    return b.astype(np.int32)
+
+
+def _requantization(cx: Ctx, out: str) -> tuple[dict, list] | None:
+    """The output QuantizeLinear the layer absorbs (its only reader, behind at most one Relu): qconv's
+    ``out_*`` / ``relu`` attributes and the nodes it replaces, or None (a float output)."""
+    graph_outputs = cx.quant.graph_outputs
+    chain = []
+    name = out
+    while True:
+        users = cx.consumers.get(name, [])
+        if name in graph_outputs or len(users) != 1 or not users[0].name:
+            return None
+        user = users[0]
+        chain.append(user)
+        if user.op_type == "Relu" and len(chain) == 1:
+            name = user.output[0]
+            continue
+        if user.op_type != "QuantizeLinear" or user.input[0] != name:
+            return None
+        break
+    scale, zp = cx.env.get(user.input[1]), cx.env.get(user.input[2]) if len(user.input) > 2 else None
+    if not isinstance(scale, Const) or scale.array.size != 1 or (zp is not None and not isinstance(zp, Const)) or \
+            any(a.name in ("output_dtype", "block_size") for a in user.attribute):
+        return None
+    dtype = "u8" if zp is None else {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8"}.get(zp.array.dtype)
+    s = float(np.float32(scale.array.reshape(())))
+    if dtype is None or not (s > 0 and np.isfinite(s)):
+        return None
+    z = 0 if zp is None else int(zp.array.reshape(()))
+    return {"out_dtype": dtype, "out_scale": s, "out_zp": z, "relu": chain[0].op_type == "Relu"}, chain
