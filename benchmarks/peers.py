@@ -21,7 +21,12 @@ Rows:
 - lower precision: OpenVINO with its default precision (what it picks for this CPU: printed),
   OpenVINO bf16 (where the CPU has AVX512_BF16), ONNX Runtime int8 (static QDQ quantization of the f32
   export, calibrated on the same inputs as convdsl's), OpenVINO on that QDQ model, convdsl tvm-llvm
-  bf16 and int8 (the program quantized by convdsl's own pass on the same calibration inputs);
+  bf16 and int8 (the program quantized by convdsl's own pass on the same calibration inputs), and
+  ``convdsl int8 (QDQ file)``: the very file the ONNX Runtime and OpenVINO int8 rows run, imported
+  (``convdsl import``, convdsl/importer/onnx_quant.py) and built by tvm-llvm, its scales and integers
+  unchanged.  On a CPU without VNNI the QDQ file has 7-bit weights (``reduce_range=True``, what ONNX
+  Runtime's documentation recommends there: its u8 x s8 kernels' int16 pair sums saturate with 8-bit
+  weights, and convdsl's exact AVX2 kernel, ``vpmaddubsw``, needs them too);
 - ``convdsl int8`` is the VNNI build (``amx=False``, ``--no-amx``), ``convdsl int8 (AMX)`` the same
   program with its convs and linears on AMX tiles (``tdpbusd``, backends/tvm/schedules/amx.py);
   ``convdsl bf16`` runs ``vdpbf16ps``, ``convdsl bf16 (AMX)`` its convs on tiles (``tdpbf16ps``); on a
@@ -91,6 +96,7 @@ ROWS = {
     "torch": "f32", "torch.compile": "f32", "onnxruntime": "f32", "openvino f32": "f32", "convdsl f32": "f32",
     "openvino default": "low", "openvino bf16": "low", "onnxruntime int8 (QDQ)": "int8", "openvino int8 (QDQ)": "int8",
     "convdsl bf16": "low", "convdsl int8": "int8", "convdsl bf16 (AMX)": "low", "convdsl int8 (AMX)": "int8",
+    "convdsl int8 (QDQ file)": "int8",
 }
 PEERS_F32 = ("torch.compile", "onnxruntime", "openvino f32")
 CALIB_SAMPLES = 32
@@ -165,8 +171,9 @@ def onnx_export(graph, path: Path, exporter: str = "torch") -> Path:
     return path
 
 
-def ort_qdq(f32: Path, out: Path, calib: np.ndarray) -> Path:
-    """ONNX Runtime static quantization (QDQ, per-channel s8 weights, u8 activations, minmax)."""
+def ort_qdq(f32: Path, out: Path, calib: np.ndarray, reduce_range: bool | None = None) -> Path:
+    """ONNX Runtime static quantization (QDQ, per-channel s8 weights, u8 activations, minmax); 7-bit weights
+    (``reduce_range``) by default on a CPU without VNNI (``qdq_reduce_range``)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -187,8 +194,16 @@ def ort_qdq(f32: Path, out: Path, calib: np.ndarray) -> Path:
     except Exception:  # noqa: BLE001 - pre-processing is an optimization
         pre = f32
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=qdq_reduce_range() if reduce_range is None else reduce_range,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
+
+
+def qdq_reduce_range() -> bool:
+    """7-bit weights in the QDQ file where the CPU has no VNNI (ONNX Runtime's advice for such CPUs)."""
+    from convdsl.backends.tvm.targets import cpu_flags
+
+    return not {"avx512_vnni", "avx_vnni"} & cpu_flags()
 
 
 def convdsl_int8(graph, calib: np.ndarray):
@@ -287,7 +302,12 @@ def child(spec: dict) -> None:
         from convdsl.backends.tvm.targets import thread_pool
 
         precision = row.split()[1]
-        g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
+        if row == "convdsl int8 (QDQ file)":  # the QDQ file the ONNX Runtime / OpenVINO int8 rows run
+            from convdsl.importer import import_onnx
+
+            g = import_onnx(spec["onnx"]).graph
+        else:
+            g = program_graph(spec["cdl"], None, (), (), (), None, 0, weights=spec["weights"])
         # "convdsl int8" / "convdsl bf16" are VNNI / vdpbf16ps; the "(AMX)" rows the same program on AMX tiles
         backend = ctvm.backend("tvm-llvm", precision=precision, progress=False, amx=row.endswith("(AMX)"))
         m = backend.build_module(g)
@@ -401,7 +421,10 @@ def bench_network(name: str, args, work: Path, log) -> dict:
         spec = {"row": row, "threads": args.threads, "input": str(folder / "x.npy"), "block_ms": args.block_ms,
                 "output": str(folder / f"out_{row.replace(' ', '_').replace('(', '').replace(')', '')}.npy"), **files}
         if "int8" in row:
-            if row.startswith("convdsl"):
+            if row == "convdsl int8 (QDQ file)":
+                spec["onnx"] = str(qdq) if qdq else None
+                why = why or (None if qdq else "failed: ONNX Runtime could not quantize it")
+            elif row.startswith("convdsl"):
                 spec.update(q_files or {})
                 why = why or (None if q_files else "failed: convdsl could not quantize it")
             else:
@@ -556,15 +579,16 @@ def ratios(rows: dict) -> dict[str, str]:
     groups = {"convdsl f32": PEERS_F32, "convdsl bf16": ("openvino default", "openvino bf16"),
               "convdsl bf16 (AMX)": ("openvino default", "openvino bf16"),
               "convdsl int8": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default"),
-              "convdsl int8 (AMX)": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")}
+              "convdsl int8 (AMX)": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default"),
+              "convdsl int8 (QDQ file)": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")}
     for row, peers in groups.items():
         b = best(peers)
         if ms(row) and b:
             out[row] = f"{b[0] / ms(row):.2f}x vs {b[1]}" + launch_range(rows[b[1]], rows[row])
     # convdsl at its fastest allowed precision: f32 counts too, since on a CPU without AVX512_BF16 or VNNI
     # (AVX2) the int8 build is slower than the f32 one and OpenVINO's default is f32 as well
-    best_own = [r for r in ("convdsl f32", "convdsl bf16", "convdsl int8", "convdsl bf16 (AMX)", "convdsl int8 (AMX)")
-                if ms(r)]
+    best_own = [r for r in ("convdsl f32", "convdsl bf16", "convdsl int8", "convdsl bf16 (AMX)", "convdsl int8 (AMX)",
+                            "convdsl int8 (QDQ file)") if ms(r)]
     if best_own and ms("openvino default"):
         fastest = min(best_own, key=ms)
         out["best precision"] = (f"{fastest}: {ms('openvino default') / ms(fastest):.2f}x vs openvino default"
@@ -588,7 +612,8 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
              f"{'es' if args.launches != 1 else ''} (fresh processes each); load average {load[0]:.1f} before, "
              f"{load[1]:.1f} after; whole run {seconds / 60:.0f} min. torch {torch.__version__}, onnxruntime "
              f"{onnxruntime.__version__}, openvino {openvino.__version__}, tvm {tvm.__version__}. Ratio = best peer of "
-             "the same precision / convdsl (> 1: convdsl faster).", ""]
+             "the same precision / convdsl (> 1: convdsl faster). The int8 QDQ file (ONNX Runtime's static quantization) "
+             f"has {7 if qdq_reduce_range() else 8}-bit weights on this CPU.", ""]
     for res in results:
         source = {"convdsl": "convdsl's ONNX export (`convdsl compile --backend onnx`)",
                   "torch": "torch.onnx.export of convdsl's generated torch module"}.get(res.get("exporter"))

@@ -42,3 +42,11 @@ def test_ratios_name_the_best_peer_and_the_range() -> None:
             "convdsl f32": launch_summary([[9.0], [10.0], [9.0]])}
     # best f32 peer by the median of launches: openvino f32 (9.5) over onnxruntime (11.0); 9.5 / 9.0
     assert ratios(rows)["convdsl f32"] == "1.06x vs openvino f32 (launches 0.95-3.33x)"
+
+
+def test_the_qdq_file_row_is_compared_with_the_runtimes_running_that_file() -> None:
+    rows = {"onnxruntime int8 (QDQ)": launch_summary([[12.0]]), "openvino int8 (QDQ)": launch_summary([[10.0]]),
+            "convdsl int8 (QDQ file)": launch_summary([[8.0]]), "openvino default": launch_summary([[20.0]])}
+    out = ratios(rows)
+    assert out["convdsl int8 (QDQ file)"] == "1.25x vs openvino int8 (QDQ)"
+    assert out["best precision"] == "convdsl int8 (QDQ file): 2.50x vs openvino default"
