@@ -1035,11 +1035,12 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
                                   "mapping", "export the model with static shapes and no control flow")
         fn = ONNX.get(node.op_type)
         if node.op_type in onnx_quant.OPERATOR_FORMAT:
-            raise located(origin, f"{node.op_type} (an int8 model in ONNX Runtime's QOperator format or from dynamic "
-                                  "quantization) has no convdsl mapping",
+            raise located(origin, f"{node.op_type} (an integer op of ONNX Runtime's QOperator format, of dynamic "
+                                  "quantization, or of convdsl's export of an int8 layer with a float output) has no "
+                                  "convdsl mapping",
                           "quantize the float model in the QDQ format (onnxruntime.quantization.quantize_static with "
                           "quant_format=QuantFormat.QDQ): its QuantizeLinear / DequantizeLinear pairs import as int8 "
-                          "layers")
+                          "layers; a program convdsl quantized is CDL already: use its .cdl file, not its ONNX export")
         if fn is None:
             raise located(origin, f"ONNX op {node.op_type} has no convdsl mapping",
                           "supported ONNX ops: " + ", ".join(sorted(ONNX)))

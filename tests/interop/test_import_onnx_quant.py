@@ -235,7 +235,7 @@ def test_operator_format_files_are_refused_with_the_format_to_use(tmp_path):
                                 opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(ModelImportError) as e:
         import_onnx(path)
-    assert "ConvInteger" in str(e.value) and "QDQ" in (e.value.hint or "")
+    assert "ConvInteger" in str(e.value) and "QDQ" in (e.value.hint or "") and ".cdl" in e.value.hint
 
 
 def test_float_weights_quantized_in_the_file_become_the_layers_int8_weights(tmp_path):
