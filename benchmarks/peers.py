@@ -612,8 +612,8 @@ def render(results: list[dict], args, seconds: float, load: tuple[float, float])
              f"{'es' if args.launches != 1 else ''} (fresh processes each); load average {load[0]:.1f} before, "
              f"{load[1]:.1f} after; whole run {seconds / 60:.0f} min. torch {torch.__version__}, onnxruntime "
              f"{onnxruntime.__version__}, openvino {openvino.__version__}, tvm {tvm.__version__}. Ratio = best peer of "
-             "the same precision / convdsl (> 1: convdsl faster). The int8 QDQ file (ONNX Runtime's static quantization) "
-             f"has {7 if qdq_reduce_range() else 8}-bit weights on this CPU.", ""]
+             "the same precision / convdsl (> 1: convdsl faster). The int8 QDQ file (ONNX Runtime's static "
+             f"quantization) has {7 if qdq_reduce_range() else 8}-bit weights on this CPU.", ""]
     for res in results:
         source = {"convdsl": "convdsl's ONNX export (`convdsl compile --backend onnx`)",
                   "torch": "torch.onnx.export of convdsl's generated torch module"}.get(res.get("exporter"))

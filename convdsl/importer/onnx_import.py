@@ -1051,8 +1051,8 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
     values = []
     for o in graph.output:
         if isinstance(env.get(o.name), onnx_quant.Deq):
-            last = Ctx(b, producer[o.name], [], Origin(o.name, "DequantizeLinear", "", Span(file, 1, 1)), env, consumers)
-            quant.value(last, o.name)
+            origin = Origin(o.name, "DequantizeLinear", "", Span(file, 1, 1))
+            quant.value(Ctx(b, producer[o.name], [], origin, env, consumers), o.name)
         v = env.get(o.name)
         if not isinstance(v, Value):
             raise ModelImportError(f"graph output {o.name} is a constant", Span(file, 1, 1))

@@ -166,7 +166,8 @@ def test_an_int32_bias_added_after_the_matmul_is_the_layers_bias(tmp_path):
     x_scale = np.float32(0.03)
     bias = rng.integers(-2000, 2000, 4).astype(np.int32)
     inits = [numpy_helper.from_array(a, n) for a, n in [
-        (x_scale, "xs"), (np.uint8(128), "xz"), (w, "fc.weight_quantized"), (w_scale, "ws"), (np.zeros(4, np.int8), "wz"),
+        (x_scale, "xs"), (np.uint8(128), "xz"), (w, "fc.weight_quantized"), (w_scale, "ws"),
+        (np.zeros(4, np.int8), "wz"),
         (bias, "fc.bias_quantized"), ((x_scale * w_scale).astype(np.float32), "bs"), (np.zeros(4, np.int32), "bz"),
         (np.float32(0.05), "ys"), (np.uint8(100), "yz")]]
     nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="x/Q"),
