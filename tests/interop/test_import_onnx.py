@@ -636,6 +636,26 @@ def test_vit_parameters_come_back_as_their_ops(tmp_path):
     assert "as param class_token" in r.text and "as param gamma" in r.text
 
 
+def test_a_class_token_folded_over_a_static_batch_is_a_class_token(tmp_path):
+    """ONNX Runtime's pre-processing (quant_pre_process) folds ``cls.expand(1, -1, -1)`` of a batch-1 export into
+    a [1, 1, C] initializer concatenated with the patches: still ViT's class token, its values the initializer's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    cls = np.random.default_rng(0).standard_normal((1, 1, 8)).astype(np.float32)
+    node = helper.make_node("Concat", ["/Expand_output_0", "x"], ["y"], name="/Concat", axis=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8])],
+                              [numpy_helper.from_array(cls, "/Expand_output_0")])
+    f = tmp_path / "cls.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(f))
+    r = import_onnx(f)
+    assert [n.op for n in r.graph.nodes() if n.op != "input"] == ["class_token"]
+    x = np.random.default_rng(1).standard_normal((1, 4, 8)).astype(np.float32)
+    from convdsl.verify.differential import torch_runner as run
+
+    assert np.array_equal(run(r.graph)([x])[0], np.concatenate([cls, x], axis=1))
+
+
 def test_opset_20_gelu(tmp_path):
     from onnx import TensorProto, helper
 
