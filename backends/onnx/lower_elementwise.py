@@ -69,6 +69,7 @@ for _op, _fn in {
     "silu": lambda cx, node, args, ins: silu(cx, args[0]),
     "sigmoid": _unary("Sigmoid"),
     "tanh": _unary("Tanh"),
+    "erf": _unary("Erf"),
     "hardswish": _unary("HardSwish"),
     "hardsigmoid": _hardsigmoid,
     "neg": _unary("Neg"),

@@ -39,7 +39,7 @@ def _drop_path_module(node: Node, ins: list[TensorType]) -> str:
 LOWERINGS.add("identity", TorchLowering(template("{x}"), alias=True))
 for _name, _text in (("relu", "torch.relu({x})"), ("relu6", "F.relu6({x})"),
                      ("leaky_relu", "F.leaky_relu({x}, {slope})"), ("silu", "F.silu({x})"),
-                     ("sigmoid", "torch.sigmoid({x})"), ("tanh", "torch.tanh({x})"),
+                     ("sigmoid", "torch.sigmoid({x})"), ("tanh", "torch.tanh({x})"), ("erf", "torch.erf({x})"),
                      ("hardswish", "F.hardswish({x})"), ("hardsigmoid", "F.hardsigmoid({x})"), ("neg", "-{x}"),
                      ("sub", "{a} - {b}"), ("mul", "{a} * {b}"), ("div", "{a} / {b}"),
                      ("matmul", "torch.matmul({a}, {b})"), ("softmax", "torch.softmax({x}, dim={dim})")):

@@ -265,8 +265,9 @@ def _simple(op: str, **fixed):
 
 
 for _name, _op in (("relu", "relu"), ("relu_", "relu"), ("silu", "silu"), ("silu_", "silu"), ("sigmoid", "sigmoid"),
-                   ("sigmoid_", "sigmoid"), ("tanh", "tanh"), ("hardswish", "hardswish"), ("hardswish_", "hardswish"),
-                   ("hardsigmoid", "hardsigmoid"), ("hardsigmoid_", "hardsigmoid"), ("neg", "neg"), ("relu6", "relu6")):
+                   ("sigmoid_", "sigmoid"), ("tanh", "tanh"), ("erf", "erf"), ("hardswish", "hardswish"),
+                   ("hardswish_", "hardswish"), ("hardsigmoid", "hardsigmoid"), ("hardsigmoid_", "hardsigmoid"),
+                   ("neg", "neg"), ("relu6", "relu6")):
     ATEN[_name] = _simple(_op)
 
 

@@ -76,24 +76,25 @@ def divisors(n: int) -> list[int]:
 
 # ---- elementwise ------------------------------------------------------------------
 def activation(d: Draw, kind: str, shape: Shape) -> Step:
-    i = d.int(0, 15)
-    simple = ["relu", "sigmoid", "tanh", "silu", "gelu", "relu6", "hardswish", "hardsigmoid", "neg", "identity"]
+    i = d.int(0, 16)
+    simple = ["relu", "sigmoid", "tanh", "silu", "gelu", "relu6", "hardswish", "hardsigmoid", "neg", "identity",
+              "erf"]
     if i < len(simple):
         op = simple[i]
         alt = {"relu": "leaky_relu(slope=0.0)", "identity": "dropout(0.3)"}.get(op)
         return Step(op, kind, shape, alt, (op,))
-    if i == 10:
-        return Step("gelu(approximate=tanh)", kind, shape, None, ("gelu",))
     if i == 11:
+        return Step("gelu(approximate=tanh)", kind, shape, None, ("gelu",))
+    if i == 12:
         slope = d.pick([0.01, 0.2, -0.5, 1.5])
         return Step(call("leaky_relu", slope), kind, shape, None, ("leaky_relu",))
-    if i == 12:
+    if i == 13:
         shared = d.flag()
         return Step(call("prelu", shared=shared or None), kind, shape, None, ("prelu",))
-    if i == 13:
+    if i == 14:
         p = d.pick([0.1, 0.5])
         return Step(call("dropout", p), kind, shape, "identity", ("dropout",))
-    if i == 14:
+    if i == 15:
         p = d.pick([0.1, 0.3])
         return Step(call("drop_path", p, mode=Word(d.pick(["row", "batch"]))), kind, shape, "identity", ("drop_path",))
     dim = d.int(-len(shape), len(shape) - 1)

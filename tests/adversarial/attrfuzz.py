@@ -44,9 +44,9 @@ for _n, _x in _X.items():
         f"adaptive_maxpool{_n}d": Base(_x, f"adaptive_maxpool{_n}d()"),
         f"qconv{_n}d": Base(_x, f"qconv{_n}d(out=4, in_scale=0.02, in_zp=128)", _QUANTIZED),
     })
-for _op in ("identity", "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-            "neg", "affine", "softmax", "dropout", "global_avgpool", "global_maxpool", "flatten", "rot90", "flip", "glu",
-            "prelu", "batchnorm", "layernorm2d"):
+for _op in ("identity", "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "erf", "hardswish",
+            "hardsigmoid", "neg", "affine", "softmax", "dropout", "global_avgpool", "global_maxpool", "flatten", "rot90",
+            "flip", "glu", "prelu", "batchnorm", "layernorm2d"):
     BASES[_op] = Base(X4, f"{_op}()")
 for _op in ("add", "sub", "mul", "div", "matmul", "concat"):
     BASES[_op] = Base(_AB, f"{_op}()", "{y} = ({a}, {b}) | {call}")

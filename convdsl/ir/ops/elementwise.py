@@ -148,6 +148,8 @@ OPS = [
     _activation("silu", "x * sigmoid(x) (swish)", flops_per=4, temporary=True),
     _activation("sigmoid", "1 / (1 + exp(-x))", flops_per=4),
     _activation("tanh", "hyperbolic tangent", flops_per=4),
+    _activation("erf", "the Gauss error function, 2/sqrt(pi) times the integral of exp(-t^2) from 0 to x (GELU's "
+                "parts where an imported file computes them one by one)", flops_per=8),
     _activation("hardswish", "x * relu6(x + 3) / 6", flops_per=4, temporary=True),
     _activation("hardsigmoid", "relu6(x + 3) / 6", flops_per=3, temporary=True),
     _activation("neg", "-x; also written `-x`"),

@@ -32,7 +32,7 @@ C = (
     ("linear", [(2, 7, 16)], (5,), {}),
     ("linear", [(3, 16)], (5,), dict(bias=False)),
     # activations and arithmetic
-    *((name, [(2, 5)], (), {}) for name in ("identity", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh",
+    *((name, [(2, 5)], (), {}) for name in ("identity", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "erf",
                                             "hardswish", "hardsigmoid", "neg")),
     ("leaky_relu", [(2, 5)], (0.2,), {}),
     ("gelu", [(2, 5)], (), dict(approximate="tanh")),
