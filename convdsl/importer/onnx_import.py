@@ -27,17 +27,10 @@ from convdsl.ir.types import TensorType
 
 from convdsl.importer.builder import Builder, Imported, Origin, einsum, index_buffer, located, take
 from convdsl.importer.onnx_patterns import View, find as find_patterns, simplest as _simplest, training_attrs, written
-from convdsl.importer.onnx_shapes import FOLDABLE, Dims, attr_value, evaluate, fold, lift, reshape_spec
-from convdsl.importer import onnx_window
+from convdsl.importer.onnx_shapes import FOLDABLE, Const, Dims, attr_value, evaluate, fold, lift, reshape_spec
+from convdsl.importer import onnx_quant, onnx_window
 
 ONNX_TO_DTYPE = {1: "f32", 10: "f16", 16: "bf16", 11: "f64", 3: "i8", 2: "u8", 6: "i32", 7: "i64", 9: "bool"}
-
-
-@dataclass
-class Const:
-    array: np.ndarray
-    key: str | None = None  # an initializer's name (a parameter key)
-    stored: tuple | None = None  # the initializer's own shape, when ``array`` is a reshaped view of it
 
 
 class Ctx:
@@ -750,6 +743,10 @@ def _gelu_op(cx: Ctx):  # opset 20's Gelu, which torch.onnx writes for nn.GELU a
     return cx.add("gelu", [cx.tensor(0)], {"approximate": cx.attrs.get("approximate", "none")})
 
 
+ONNX["QuantizeLinear"] = onnx_quant.quantize_linear
+ONNX["DequantizeLinear"] = onnx_quant.dequantize_linear
+
+
 @onnx_op("Erf")
 def _erf(cx: Ctx):  # GELU's whole erf form is matched first (_gelu_patterns); this is an Erf outside it
     return cx.add("erf", [cx.tensor(0)])
@@ -956,8 +953,6 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             consumers.setdefault(i, []).append(n)
     skip: set[str] = set()
     file = str(path)
-    from convdsl.importer import onnx_quant  # registers QuantizeLinear / DequantizeLinear
-
     quant = onnx_quant.State({o.name for o in graph.output})
     for node in graph.node:
         if node.op_type == "Constant":
@@ -1010,7 +1005,7 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             continue
         if (node.name or id(node)) in replaced or (id(node) in matched and out0 not in matches):
             continue
-        if node.op_type in onnx_quant.LAYERS and onnx_quant.layer(cx) is not None:
+        if node.op_type in onnx_quant.LAYERS and onnx_quant.layer(cx, conv_attrs, _bias_after) is not None:
             continue  # a quantized layer (qconv*d / qlinear) reading its int8 input itself
         quant.read_inputs(cx, node.input)  # any other reader of a DequantizeLinear gets a dequantize
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # never folded: they keep their integers

@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from convdsl.importer.builder import located
-from convdsl.importer.onnx_import import ONNX_TO_DTYPE, Const, Ctx, _bias_after, conv_attrs, onnx_op
+from convdsl.importer.onnx_shapes import Const
 from convdsl.ir.graph import Value
+
+Ctx = Any  # onnx_import.Ctx, the importer's view of one node (this module sits below onnx_import)
 
 LAYERS = ("Conv", "Gemm", "MatMul")  # the ops that may read a Deq as a quantized layer
 # integer ops of ONNX Runtime's QOperator format and of dynamic quantization: refused with the QDQ hint
@@ -123,12 +125,12 @@ def _scalar_params(cx: Ctx, x_dtype: str) -> tuple[float, int]:
     return s, int(zp.reshape(()))
 
 
-@onnx_op("QuantizeLinear")
-def _quantize(cx: Ctx):
+def quantize_linear(cx: Ctx):
+    """QuantizeLinear -> quantize (a computed tensor) or the integers (a constant)."""
     zp = cx.arg(2)
     dtype = _dtype(cx, zp, "the zero point") if zp is not None else "u8"
     if int(cx.attrs.get("output_dtype", 0)):
-        dtype = ONNX_TO_DTYPE.get(int(cx.attrs["output_dtype"]), "?")
+        dtype = {2: "u8", 3: "i8"}.get(int(cx.attrs["output_dtype"]), f"ONNX type {cx.attrs['output_dtype']}")
     if dtype not in _INT8:
         raise located(cx.origin, f"quantizing to {dtype} has no convdsl op (u8 or i8 only)")
     if isinstance(cx.arg(0), Const):  # float weights quantized in the file (Q -> DQ on an initializer)
@@ -157,8 +159,8 @@ def _quantized_const(cx: Ctx, x: Const, dtype: str) -> Const:
     return Const(q.astype(np.uint8 if dtype == "u8" else np.int8), x.key, x.stored)
 
 
-@onnx_op("DequantizeLinear")
-def _dequantize(cx: Ctx):
+def dequantize_linear(cx: Ctx):
+    """DequantizeLinear -> the float constant (remembered as a QConst) or a pending Deq."""
     x = cx.arg(0)
     name = cx.node.output[0]
     if isinstance(x, Const):
@@ -196,9 +198,10 @@ def _float_key(key: str | None) -> str | None:
 
 
 # ---- quantized layers ------------------------------------------------------------------------------
-def layer(cx: Ctx) -> Value | None:
+def layer(cx: Ctx, conv_attrs, bias_after) -> Value | None:
     """``qconv*d`` / ``qlinear`` for a Conv / Gemm / MatMul reading a Deq with int8 weights, or None
-    (the float mapping then runs on a ``dequantize``)."""
+    (the float mapping then runs on a ``dequantize``).  ``conv_attrs`` and ``bias_after`` are onnx_import's:
+    a Conv's convdsl attributes, and the Add of a 1-D constant after a MatMul."""
     deq = cx.quant.tensors.get(cx.node.input[0])
     if deq is None:
         return None
@@ -228,7 +231,7 @@ def layer(cx: Ctx) -> Value | None:
             return None
         w, w_scale = got[0].T, got[1]
         attrs, kind, end, bias = {"out": int(w.shape[0])}, "qlinear", cx.node.output[0], None
-        _, add = _bias_after(cx)
+        _, add = bias_after(cx)
         if add is not None and add.name:
             bias, end = next(i for i in add.input if i != cx.node.output[0]), add.output[0]
     if w.min() < -128 or w.max() > 127:

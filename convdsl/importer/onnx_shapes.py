@@ -14,11 +14,21 @@ still use once, as its ``-1``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 UNKNOWN = "?"
+
+
+@dataclass
+class Const:
+    """A tensor known at import time: an initializer (``key``: its name, a parameter key) or a folded value."""
+
+    array: np.ndarray
+    key: str | None = None  # an initializer's name (a parameter key)
+    stored: tuple | None = None  # the initializer's own shape, when ``array`` is a reshaped view of it
 
 
 class Dims:
