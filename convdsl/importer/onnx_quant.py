@@ -117,8 +117,7 @@ def _scalar_params(cx: Ctx, x_dtype: str) -> tuple[float, int]:
     if scale.size != 1 or zp.size != 1:
         raise located(cx.origin, "a per-axis scale on a computed tensor has no convdsl op (quantize and dequantize "
                                  "take one scale and zero point)", "quantize activations per tensor")
-    if int(cx.attrs.get("block_size", 0)):
-        raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
+    _no_blocks(cx)
     s = float(np.float32(scale.reshape(())))
     if not (s > 0 and np.isfinite(s)):
         raise located(cx.origin, f"scale {s} is not a positive finite number")
@@ -143,19 +142,29 @@ def quantize_linear(cx: Ctx):
     return cx.add("quantize", [x], {"scale": scale, "zero_point": z, "dtype": dtype}, id=cx.default_id("quantize"))
 
 
+def _no_blocks(cx: Ctx) -> None:
+    if int(cx.attrs.get("block_size", 0)):
+        raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
+
+
+def _per_axis(cx: Ctx, ndim: int):
+    """(scale, zero point, along) of a Quantize/DequantizeLinear of a constant with ``ndim`` dims: float32 scales,
+    the zero points, and a function shaping a per-tensor or per-axis array to broadcast against the constant."""
+    _no_blocks(cx)
+    scale = np.asarray(cx.const(1), np.float32)
+    zp = np.asarray(cx.arg(2).array if isinstance(cx.arg(2), Const) else np.zeros((), np.int64))
+    shape = [1] * ndim
+    if scale.size > 1:
+        shape[int(cx.attrs.get("axis", 1))] = -1
+    return scale, zp, (lambda a: a.reshape(shape) if a.size > 1 else a.reshape(()))
+
+
 def _quantized_const(cx: Ctx, x: Const, dtype: str) -> Const:
     """QuantizeLinear of a constant, as ONNX defines it: clamp(round(x / scale) + zp), per tensor or per
     slice along ``axis``; the integers keep the float parameter's key."""
-    if int(cx.attrs.get("block_size", 0)):
-        raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
-    scale = np.asarray(cx.const(1), np.float32)
-    zp = cx.arg(2).array if isinstance(cx.arg(2), Const) else np.zeros((), np.int64)
-    shape = [1] * x.array.ndim
-    if scale.size > 1:
-        shape[int(cx.attrs.get("axis", 1))] = -1
-    per = (lambda a: a.reshape(shape) if a.size > 1 else a.reshape(()))
+    scale, zp, along = _per_axis(cx, x.array.ndim)
     lo, hi = _INT8[dtype]
-    q = np.clip(np.rint(x.array.astype(np.float32) / per(scale)) + per(np.asarray(zp, np.float32)), lo, hi)
+    q = np.clip(np.rint(x.array.astype(np.float32) / along(scale)) + along(zp.astype(np.float32)), lo, hi)
     return Const(q.astype(np.uint8 if dtype == "u8" else np.int8), x.key, x.stored)
 
 
@@ -166,17 +175,9 @@ def dequantize_linear(cx: Ctx):
     if isinstance(x, Const):
         if x.array.dtype.kind not in "iu":
             raise located(cx.origin, f"dequantizing {x.array.dtype} constants has no meaning")
-        if int(cx.attrs.get("block_size", 0)):
-            raise located(cx.origin, "blocked quantization (block_size) has no convdsl op")
-        scale = np.asarray(cx.const(1), np.float32)
-        zp = cx.arg(2).array if isinstance(cx.arg(2), Const) else np.zeros((), np.int64)
-        axis = int(cx.attrs.get("axis", 1))
-        shape = [1] * x.array.ndim
-        if scale.size > 1:
-            shape[axis] = -1
-        q = QConst(x.array, scale, np.asarray(zp), axis, _float_key(x.key))
-        real = (x.array.astype(np.float32) - np.asarray(zp, np.float32).reshape(shape if zp.size > 1 else ())) * \
-            scale.reshape(shape if scale.size > 1 else ())
+        scale, zp, along = _per_axis(cx, x.array.ndim)
+        q = QConst(x.array, scale, zp, int(cx.attrs.get("axis", 1)), _float_key(x.key))
+        real = (x.array.astype(np.float32) - along(zp.astype(np.float32))) * along(scale)
         cx.quant.consts[name] = q
         return Const(real.astype(np.float32), q.key, x.stored)
     dtype = _dtype(cx, x, "the input")
