@@ -135,6 +135,12 @@ def test_the_program_text_keeps_every_scale_to_the_bit(tmp_path):
     digits = _digits()
     q = _qdq_file(tmp_path, SmallNet(), digits[:64], per_channel=True)
     r = import_onnx(q)
+
+    def scales(g):
+        return sorted((n.attrs["in_scale"], n.attrs["out_scale"], n.attrs["in_zp"], n.attrs["out_zp"])
+                      for n in g.nodes() if n.op in ("qconv2d", "qlinear"))
+
+    assert scales(r.graph) == scales(r.flat) and len(scales(r.flat)) == 5  # every value, to the last bit
     x = digits[1000:1032]
     assert np.array_equal(torch_runner(r.graph)([x])[0], torch_runner(r.flat)([x])[0])
     assert "qconv2d(" in r.text and "in_scale=" in r.text
