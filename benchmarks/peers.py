@@ -99,6 +99,7 @@ ROWS = {
     "convdsl int8 (QDQ file)": "int8",
 }
 PEERS_F32 = ("torch.compile", "onnxruntime", "openvino f32")
+PEERS_INT8 = ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")
 CALIB_SAMPLES = 32
 
 
@@ -421,13 +422,10 @@ def bench_network(name: str, args, work: Path, log) -> dict:
         spec = {"row": row, "threads": args.threads, "input": str(folder / "x.npy"), "block_ms": args.block_ms,
                 "output": str(folder / f"out_{row.replace(' ', '_').replace('(', '').replace(')', '')}.npy"), **files}
         if "int8" in row:
-            if row == "convdsl int8 (QDQ file)":
-                spec["onnx"] = str(qdq) if qdq else None
-                why = why or (None if qdq else "failed: ONNX Runtime could not quantize it")
-            elif row.startswith("convdsl"):
+            if row.startswith("convdsl") and row != "convdsl int8 (QDQ file)":  # convdsl's own quantization
                 spec.update(q_files or {})
                 why = why or (None if q_files else "failed: convdsl could not quantize it")
-            else:
+            else:  # ONNX Runtime's QDQ file (its peers, and convdsl importing it)
                 spec["onnx"] = str(qdq) if qdq else None
                 why = why or (None if qdq else "failed: ONNX Runtime could not quantize it")
         if why:
@@ -578,9 +576,7 @@ def ratios(rows: dict) -> dict[str, str]:
     out = {}
     groups = {"convdsl f32": PEERS_F32, "convdsl bf16": ("openvino default", "openvino bf16"),
               "convdsl bf16 (AMX)": ("openvino default", "openvino bf16"),
-              "convdsl int8": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default"),
-              "convdsl int8 (AMX)": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default"),
-              "convdsl int8 (QDQ file)": ("onnxruntime int8 (QDQ)", "openvino int8 (QDQ)", "openvino default")}
+              "convdsl int8": PEERS_INT8, "convdsl int8 (AMX)": PEERS_INT8, "convdsl int8 (QDQ file)": PEERS_INT8}
     for row, peers in groups.items():
         b = best(peers)
         if ms(row) and b:

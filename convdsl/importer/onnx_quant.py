@@ -36,6 +36,7 @@ LAYERS = ("Conv", "Gemm", "MatMul")  # the ops that may read a Deq as a quantize
 OPERATOR_FORMAT = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm",
                    "DynamicQuantizeLinear", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearSigmoid")
 _INT8 = {"u8": (0, 255), "i8": (-128, 127)}
+_INT_DTYPE = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}
 _WIDTH = np.iinfo(np.int32)
 
 
@@ -101,7 +102,7 @@ class State:
 
 def _dtype(cx: Ctx, v: Any, what: str) -> str:
     if isinstance(v, Const):
-        dt = {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.int32): "i32"}.get(v.array.dtype)
+        dt = _INT_DTYPE.get(v.array.dtype)
     else:
         dt = cx.type(v).dtype if isinstance(v, Value) else None
     if dt is None:
@@ -109,11 +110,10 @@ def _dtype(cx: Ctx, v: Any, what: str) -> str:
     return dt
 
 
-def _scalar_params(cx: Ctx, x_dtype: str) -> tuple[float, int]:
+def _scalar_params(cx: Ctx) -> tuple[float, int]:
     """(scale, zero point) of a per-tensor Quantize/DequantizeLinear; a located error for per-axis ones."""
     scale = cx.const(1)
-    zp = cx.arg(2)
-    zp = zp.array if isinstance(zp, Const) else np.zeros((), np.uint8 if x_dtype == "f32" else np.int64)
+    zp = cx.arg(2).array if isinstance(cx.arg(2), Const) else np.zeros((), np.int64)
     if scale.size != 1 or zp.size != 1:
         raise located(cx.origin, "a per-axis scale on a computed tensor has no convdsl op (quantize and dequantize "
                                  "take one scale and zero point)", "quantize activations per tensor")
@@ -135,7 +135,7 @@ def quantize_linear(cx: Ctx):
     if isinstance(cx.arg(0), Const):  # float weights quantized in the file (Q -> DQ on an initializer)
         return _quantized_const(cx, cx.arg(0), dtype)
     x = cx.tensor(0)
-    scale, z = _scalar_params(cx, "f32")
+    scale, z = _scalar_params(cx)
     lo, hi = _INT8[dtype]
     if not lo <= z <= hi:
         raise located(cx.origin, f"zero point {z} is outside the {dtype} range")
@@ -183,7 +183,7 @@ def dequantize_linear(cx: Ctx):
     dtype = _dtype(cx, x, "the input")
     if dtype not in _INT8:
         raise located(cx.origin, f"dequantizing a computed {dtype} tensor has no convdsl op (u8 or i8 only)")
-    scale, zp = _scalar_params(cx, dtype)
+    scale, zp = _scalar_params(cx)
     deq = Deq(x, scale, zp)
     cx.quant.tensors[name] = deq
     return deq
@@ -244,8 +244,7 @@ def layer(cx: Ctx, conv_attrs, bias_after) -> Value | None:
     fused = _requantization(cx, end)
     if fused is not None:
         attrs.update(fused[0])
-    key = wq.key
-    pid = key[: -len(".weight")] if key and key.endswith(".weight") else None
+    pid, _ = cx.owner(weight=Const(w, wq.key))  # <id>.weight names the layer, as for a float one
     y = cx.add(kind, [deq.q], attrs, params, id=pid or cx.default_id(kind))
     if end != cx.node.output[0]:  # MatMul's bias Add
         cx.skip.add(add.name)
@@ -301,9 +300,9 @@ def _requantization(cx: Ctx, out: str) -> tuple[dict, list] | None:
     if not isinstance(scale, Const) or scale.array.size != 1 or (zp is not None and not isinstance(zp, Const)) or \
             any(a.name in ("output_dtype", "block_size") for a in user.attribute):
         return None
-    dtype = "u8" if zp is None else {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8"}.get(zp.array.dtype)
+    dtype = "u8" if zp is None else _INT_DTYPE.get(zp.array.dtype)
     s = float(np.float32(scale.array.reshape(())))
-    if dtype is None or not (s > 0 and np.isfinite(s)):
+    if dtype not in _INT8 or not (s > 0 and np.isfinite(s)):
         return None
     z = 0 if zp is None else int(zp.array.reshape(()))
     return {"out_dtype": dtype, "out_scale": s, "out_zp": z, "relu": chain[0].op_type == "Relu"}, chain
