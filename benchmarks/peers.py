@@ -201,10 +201,12 @@ def ort_qdq(f32: Path, out: Path, calib: np.ndarray, reduce_range: bool | None =
 
 
 def qdq_reduce_range() -> bool:
-    """7-bit weights in the QDQ file where the CPU has no VNNI (ONNX Runtime's advice for such CPUs)."""
+    """7-bit weights in the QDQ file where convdsl's own quantization takes them (``weight_bits_for_cpu``: AVX2
+    without VNNI, where ONNX Runtime advises them too), so both int8 programs have the same weight range."""
     from convdsl.backends.tvm.targets import cpu_flags
+    from convdsl.passes.quantize import weight_bits_for_cpu
 
-    return not {"avx512_vnni", "avx_vnni"} & cpu_flags()
+    return weight_bits_for_cpu(cpu_flags())[0] == 7
 
 
 def convdsl_int8(graph, calib: np.ndarray):
