@@ -24,7 +24,7 @@ Rows:
   bf16 and int8 (the program quantized by convdsl's own pass on the same calibration inputs), and
   ``convdsl int8 (QDQ file)``: the very file the ONNX Runtime and OpenVINO int8 rows run, imported
   (``convdsl import``, convdsl/importer/onnx_quant.py) and built by tvm-llvm, its scales and integers
-  unchanged.  On a CPU without VNNI the QDQ file has 7-bit weights (``reduce_range=True``, what ONNX
+  unchanged.  On an AVX2 CPU without AVX-512 VNNI the QDQ file has 7-bit weights (``reduce_range=True``, what ONNX
   Runtime's documentation recommends there: its u8 x s8 kernels' int16 pair sums saturate with 8-bit
   weights, and convdsl's exact AVX2 kernel, ``vpmaddubsw``, needs them too);
 - ``convdsl int8`` is the VNNI build (``amx=False``, ``--no-amx``), ``convdsl int8 (AMX)`` the same
@@ -174,7 +174,7 @@ def onnx_export(graph, path: Path, exporter: str = "torch") -> Path:
 
 def ort_qdq(f32: Path, out: Path, calib: np.ndarray, reduce_range: bool | None = None) -> Path:
     """ONNX Runtime static quantization (QDQ, per-channel s8 weights, u8 activations, minmax); 7-bit weights
-    (``reduce_range``) by default on a CPU without VNNI (``qdq_reduce_range``)."""
+    (``reduce_range``) by default where convdsl's own int8 programs have them (``qdq_reduce_range``)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
