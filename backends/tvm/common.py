@@ -90,6 +90,9 @@ class Lowerer:
         self.dynamic = {s: tvm.tirx.Var(s, "int64") for s in dynamic}
         self.bb = relax.BlockBuilder()
         self.node: Node | None = None
+        # int8 layers lowered to their quantized value less its zero point, in float32 (lower_quant's
+        # ``on_grid``: every reader dequantizes): node id -> that zero point, for the readers' lowerings
+        self.on_grid: dict[str, int] = {}
 
     # -- helpers for entries ----------------------------------------------------------
     def shape(self, t: TensorType) -> tuple:

@@ -85,8 +85,31 @@ def _dequantize(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
     from convdsl.backends.tvm.schedules.kernels import LOWEST_F32
 
     a = node.attrs
-    y = cx.emit(R.subtract(R.astype(args[0], "float32"), cx.const(float(a["zero_point"]))))
+    src = cx.graph.inputs_of(node.id)[0].node
+    if src in cx.on_grid:  # an int8 layer's q - zq, in float32 already (``on_grid``): q - zp = (q - zq) + (zq - zp)
+        y, shift = args[0], cx.on_grid[src] - a["zero_point"]
+        y = cx.emit(R.add(y, cx.const(float(shift)))) if shift else y
+    else:
+        y = cx.emit(R.subtract(R.astype(args[0], "float32"), cx.const(float(a["zero_point"]))))
     return R.maximum(cx.emit(R.multiply(y, cx.const(f32(a["scale"])))), cx.const(LOWEST_F32))
+
+
+def on_grid(cx: Lowerer, node: Node) -> bool:
+    """Whether the int8 layer ``node`` (a requantizing qconv / qlinear) is lowered to ``q - out_zp`` in float32
+    rather than to ``q`` itself: where it is not an output and every reader dequantizes it (an imported QDQ
+    file's Conv -> QuantizeLinear -> DequantizeLinear -> Add, ResNet-50's block ends).  The value is the
+    same integer, ``clip(round(y), lo - zp, hi - zp)`` = ``clip(round(y) + zp, lo, hi) - zp`` (exact in
+    float32: both sides clamp wherever ``round(y) + zp`` could round), so the dequantize is one multiply:
+    the add of the zero point, the cast to u8 and back and the subtract are gone from the fused epilogue.
+    Marks ``node`` in ``cx.on_grid`` (its zero point) for ``_dequantize``."""
+    a = node.attrs
+    if a["out_dtype"] == "f32" or cx.graph.is_output(node.id):
+        return False
+    users = cx.graph.users(node.id)
+    if not users or any(cx.graph.node(u).op != "dequantize" for u, _ in users):
+        return False
+    cx.on_grid[node.id] = a["out_zp"]
+    return True
 
 
 def _cast(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) -> Expr:
@@ -106,6 +129,8 @@ def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ..
         return R.nn.relu(y) if a["relu"] else R.maximum(y, cx.const(LOWEST_F32))  # rounded(y)
     qmin, qmax = QRANGE[a["out_dtype"]]
     lo = max(qmin, a["out_zp"]) if a["relu"] else qmin
+    if on_grid(cx, node):  # q - out_zp, in float32
+        return R.clip(cx.emit(R.round(y)), lo - a["out_zp"], qmax - a["out_zp"])
     y = cx.emit(R.add(cx.emit(R.round(y)), cx.const(float(a["out_zp"]))))
     return R.astype(cx.emit(R.clip(y, lo, qmax)), TVM_DTYPE[a["out_dtype"]])
 
@@ -278,11 +303,12 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                 relu: bool = False, out_shape: tuple[int, ...] | None = None, amx=None,
                 offsets: te.Tensor | None = None, blocked: tuple[int | None, int] | None = None,
                 shortcut: te.Tensor | None = None, epilogue=None, instruction: str = VPDPBUSD,
-                groups: int = 1) -> te.Tensor:
+                groups: int = 1, grid: bool = False) -> te.Tensor:
     """TE: pack -> VNNI-shaped conv (int32) -> requantize, for x [N, C, H, W] u8 (i8 with ``shift``),
     w packed by ``pack_vnni_weight`` for ``instruction`` (``int8_layout``'s), which the conv block carries
     to the schedule, ``bias`` int32 [O] (zero point folded in), ``mult`` f32 [O].
-    ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi].
+    ``in_zp`` is the (shifted) u8 zero point; ``out_dtype`` float32 / uint8 / int8 with range [lo, hi];
+    float32 with ``grid``: the requantized value less ``out_zp``, in float32 (a layer ``on_grid``).
 
     With ``out_shape`` (qlinear) x [..., K] is a matrix product over its rows (the leading axes
     flattened): the 1x1 convolution of [1, K, 1, rows], rows along the width so that the register
@@ -392,6 +418,9 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
 
     def requant(n, c, i, j):
         y = (at(n, c, i, j) + bias[c]).astype("float32") * mult[c]
+        if out_dtype == "float32" and grid:
+            q, c = tvm.tirx.round(y), lambda v: tvm.tirx.const(float(v), "float32")
+            return tvm.tirx.max(tvm.tirx.min(q, c(hi - out_zp)), c(lo - out_zp))
         if out_dtype == "float32":
             return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else rounded(y)
         q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
@@ -446,13 +475,18 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
     m = requant_multiplier(a["in_scale"], cx.param("w_scale"), a["out_scale"] if to_int else None)
     kw = dict(out_channels=w.shape[0], pads=pads, stride=stride, dilation=dilation, in_zp=in_zp, shift=shift,
               out_dtype=TVM_DTYPE[a["out_dtype"]], relu=bool(a["relu"]), out_shape=out_shape)
+    amx_layer = groups == 1 and use_amx(w)
     if to_int:
         qmin, qmax = QRANGE[a["out_dtype"]]
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
+        # not on AMX: its u8 output is requantized in the micro-kernel's block loop (``requantizes_in_block_loop``),
+        # a float one from an int32 accumulator in memory
+        if not amx_layer and on_grid(cx, node):
+            kw.update(out_dtype="float32", grid=True)
     if groups > 1:
         kw["groups"] = groups
     bias = _int32_bias(cx, node, w, in_zp)
-    if groups == 1 and use_amx(w):
+    if amx_layer:
         from convdsl.backends.tvm.schedules import amx
 
         shape = [int(d) for d in in_shape]

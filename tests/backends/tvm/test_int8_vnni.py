@@ -1036,3 +1036,73 @@ def test_int8_concat_matches_torch_simulation(scheduled):
     steps, equal, total = _compare_network(scheduled, q, x)
     assert steps <= 1 and total > 0
     assert equal == total
+
+
+# ---- int8 layers that only dequantize reads (lower_quant.on_grid) --------------------------------------------------
+GRID_CASES = {
+    # name: (layer, its output dtype, its out_zp, relu, the dequantize's zero point)
+    "1x1-u8": ("qconv2d(24, 1", "u8", 7, False, 7),
+    "3x3-relu-other-zp": ("qconv2d(24, 3, pad=1", "u8", 7, True, 5),
+    "i8": ("qconv2d(24, 1", "i8", -5, False, -5),
+    "qlinear": ("qlinear(24", "u8", 100, False, 100),
+    "qconv3d-relax": ("qconv3d(24, 1", "u8", 7, False, 7),  # the Relax path (_requantize), not the int8 kernel
+}
+
+
+def _grid_program(case: str, also_int8_reader: bool = False):
+    """a -> quantize -> the layer (requantizing) -> dequantize -> + b: an imported QDQ file's residual block end;
+    ``also_int8_reader``: a second int8 layer reads the layer's output too."""
+    layer, dt, zq, relu, zd = GRID_CASES[case]
+    shape = {"qlinear": "2, 7, 16", "qconv3d-relax": "1, 16, 3, 6, 6"}.get(case, "2, 16, 10, 10")
+    out = {"qlinear": "2, 7, 24", "qconv3d-relax": "1, 24, 3, 6, 6"}.get(case, "2, 24, 10, 10")
+    extra = (f"\n    e = c | qconv2d(8, 1, in_scale=0.2, in_zp={zq}, out_dtype=f32)" if also_int8_reader else "")
+    src = f"""network t(a: f32[{shape}], b: f32[{out}]) {{
+    c = a | quantize(0.05, 125) | {layer}, in_scale=0.05, in_zp=125, out_dtype={dt}, out_scale=0.2, out_zp={zq},
+                                          relu={str(relu).lower()}){extra}
+    d = c | dequantize(0.2, zero_point={zd})
+    return {"(add(d, b), e)" if also_int8_reader else "add(d, b)"}
+}}
+"""
+    return _random_int_params(graph_of(src))
+
+
+def _int8_tensors(g) -> int:
+    """How many int8 (u8 / i8) tensors the lowered Relax ``main`` computes."""
+    from convdsl.backends.tvm.lowering import lower_graph
+
+    main = lower_graph(g)["main"]
+    return sum(str(b.var.ty.dtype) in ("uint8", "int8") for block in main.body.blocks for b in block.bindings
+               if hasattr(b.var.ty, "dtype"))
+
+
+@needs_int8_schedule
+@pytest.mark.parametrize("case", list(GRID_CASES), ids=list(GRID_CASES))
+def test_a_layer_only_dequantize_reads_computes_in_float_and_stays_exact(scheduled, case):
+    """An int8 layer whose only reader dequantizes it is lowered to q - out_zp in float32 (no u8 tensor, no cast
+    pair or zero-point subtract in the epilogue: ResNet-50's imported block ends): the float result equals the
+    torch simulation's, which requantizes to the int8 code and dequantizes it, bit for bit."""
+    g = _grid_program(case)
+    assert _int8_tensors(g) == 1  # the input's quantize only
+    x0 = (4 * np.random.default_rng(5).standard_normal(g.input_types()[0].shape)).astype(np.float32)
+    x1 = np.random.default_rng(6).standard_normal(g.input_types()[1].shape).astype(np.float32)
+    got, want = scheduled(g)(x0, x1), _torch(g, (x0, x1))
+    np.testing.assert_array_equal(got, want)
+    # the codes reach both clamps (and relu's zero point): the grid's bounds are exercised
+    codes = np.rint((want - x1) / np.float32(0.2)) + GRID_CASES[case][4]
+    lo, hi = (-128, 127) if GRID_CASES[case][1] == "i8" else (0, 255)
+    floor = GRID_CASES[case][2] if GRID_CASES[case][3] else lo
+    assert codes.min() == floor and codes.max() == hi and len(np.unique(codes)) > 20
+
+
+@needs_int8_schedule
+def test_a_layer_an_int8_layer_also_reads_keeps_its_int8_output(scheduled):
+    g = _grid_program("1x1-u8", also_int8_reader=True)
+    assert _int8_tensors(g) == 2  # the input's quantize and the layer
+    x0 = np.random.default_rng(5).standard_normal((2, 16, 10, 10)).astype(np.float32)
+    x1 = np.random.default_rng(6).standard_normal((2, 24, 10, 10)).astype(np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in torch_module(g)(torch.from_numpy(x0), torch.from_numpy(x1))]
+    got = scheduled(g)(x0, x1)
+    assert len(got) == len(want) == 2
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
