@@ -13,6 +13,9 @@ The importer maps:
   itself, and a ``QuantizeLinear`` after it (behind one ``Relu`` at most) becomes the layer's
   requantization (``out_dtype``, ``out_scale``, ``out_zp``, ``relu``); any other reader gets a
   ``dequantize(scale, zero_point)``, made once per tensor.
+- a ``ConvTranspose`` with quantized weights (groups 1) reading a Deq: the ``qconv*d`` of its stride phases
+  (``ir.ops.conv.phase_kernel``: the same integer products) and the reshape -> permute -> reshape -> crops
+  that interleave them, on the int8 output: the form convdsl's own quantize pass gives a transposed conv.
 
 The ONNX graph is defined in float (a float conv of dequantized values, then a rounding); convdsl's
 qconv sums the integers exactly and rounds once, as ONNX Runtime's own integer kernels do, so the two
@@ -31,7 +34,7 @@ from convdsl.ir.graph import Value
 
 Ctx = Any  # onnx_import.Ctx, the importer's view of one node (this module sits below onnx_import)
 
-LAYERS = ("Conv", "Gemm", "MatMul")  # the ops that may read a Deq as a quantized layer
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the ops that may read a Deq as a quantized layer
 # integer ops of ONNX Runtime's QOperator format and of dynamic quantization: refused with the QDQ hint
 OPERATOR_FORMAT = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm",
                    "DynamicQuantizeLinear", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearSigmoid")
@@ -207,6 +210,8 @@ def layer(cx: Ctx, conv_attrs, bias_after) -> Value | None:
     if deq is None:
         return None
     op, add = cx.node.op_type, None
+    if op == "ConvTranspose":
+        return _transposed(cx, deq)
     if op == "Conv":
         wq = cx.quant.consts.get(cx.node.input[1])
         got = wq and wq.integers(0)
@@ -253,6 +258,60 @@ def layer(cx: Ctx, conv_attrs, bias_after) -> Value | None:
             cx.skip.add(n.name)
         cx.env[fused[1][-1].output[0]] = y
     cx.env[end] = y
+    return y
+
+
+def _transposed(cx: Ctx, deq: Deq) -> Value | None:
+    """A ConvTranspose on int8 (module docstring), or None where it stays a float conv_transpose: groups, a
+    symbolic or 1x1 input, asymmetric pads, weights quantized along another axis, or a form the quantize pass
+    leaves float too (``output_pad`` past the last input, more than ``MAX_PHASE_WORK`` times the work)."""
+    from convdsl.ir.ops.conv import (MAX_PHASE_WORK, of_a_point, phase_kernel, phase_shuffle, phase_taps,
+                                     phase_window)
+
+    a = cx.attrs
+    wq = cx.quant.consts.get(cx.node.input[1])
+    got = wq and wq.integers(1)  # [C, O, *k]: per output channel along axis 1
+    if not got or int(a.get("group", 1)) != 1:
+        return None
+    w, w_scale = got
+    nd = w.ndim - 2
+    lengths = cx.type(deq.q).shape[2:]
+    pads = list(a.get("pads", [0] * 2 * nd))
+    k, s, d, opad = (tuple(int(v) for v in x) for x in (
+        w.shape[2:], a.get("strides", [1] * nd), a.get("dilations", [1] * nd), a.get("output_padding", [0] * nd)))
+    if w.min() < -128 or w.max() > 127 or pads[:nd] != pads[nd:] or not all(isinstance(n, int) for n in lengths) \
+            or of_a_point(lengths, pads[:nd], opad, d, 1):
+        return None
+    t = phase_taps(k, s, d)
+    q, short, window = phase_window(lengths, k, s, pads[:nd], d, opad)
+    if any(short) or np.prod([si * ti for si, ti in zip(s, t)]) > MAX_PHASE_WORK * np.prod(k):
+        return None
+    o, phases = int(w.shape[1]), int(np.prod(s))
+    bias = _arg_name(cx, 2)
+    params = {"weight": phase_kernel(w.astype(np.int8), s, d, 1), "w_scale": np.tile(w_scale, phases)}
+    if bias is not None:  # output channels phase-major, as the weights'
+        params["bias"] = np.tile(_bias(cx, bias, deq.scale, w_scale), phases)
+    attrs = {"out": o * phases, "k": list(t), "stride": 1, "pad": [ti - 1 for ti in t], "bias": bias is not None,
+             "in_scale": deq.scale, "in_zp": deq.zp}
+    fused = _requantization(cx, cx.node.output[0])
+    if fused is not None:
+        attrs.update(fused[0])
+    pid, _ = cx.owner(weight=Const(w, wq.key))
+    y = cx.add(f"qconv{nd}d", [deq.q], attrs, params, id=pid or cx.default_id(f"qconv{nd}d"))
+    if phases > 1:
+        split, dims, merged = phase_shuffle(o, 1, s, q)
+        y = cx.add("reshape", [y], {"shape": tuple(split)}, id=cx.default_id("split_phases"))
+        y = cx.add("permute", [y], {"dims": tuple(dims)}, id=cx.default_id("interleave"))
+        y = cx.add("reshape", [y], {"shape": tuple(merged)}, id=cx.default_id("merge_phases"))
+    for i, ((start, stop), qi, si) in enumerate(zip(window, q, s)):
+        if (start, stop) != (0, qi * si):
+            y = cx.add("index_select", [y], {"index": tuple(range(start, stop)), "dim": 2 + i},
+                       id=cx.default_id("crop"))
+    if fused is not None:
+        for n in fused[1]:
+            cx.skip.add(n.name)
+        cx.env[fused[1][-1].output[0]] = y
+    cx.env[cx.node.output[0]] = y
     return y
 
 

@@ -55,6 +55,21 @@ class TokenMLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
+class UpNet(nn.Module):
+    """An encoder conv, U-Net's up-conv (2x2, stride 2) behind a ReLU, an FCN-style one (3x3, stride 2, pad 1,
+    output_pad 1: its phases cropped) and a conv head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(16, 8, 2, stride=2)
+        self.up3 = nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.up3(torch.relu(self.up(self.enc(x)))))
+
+
 def _digits() -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -209,6 +224,31 @@ def test_tvm_llvm_runs_the_imported_int8_program_as_the_torch_simulation(tmp_pat
     x = digits[1000:1001]
     got = tvm_runner(g, precision="int8")([x])[0]
     assert np.array_equal(got, torch_runner(g)([x])[0])
+
+
+def test_transposed_convs_import_as_the_int8_conv_of_their_phases(tmp_path):
+    """A quantized ConvTranspose is the qconv2d of its stride phases (the form convdsl's quantize pass gives
+    one), interleaved and cropped on the int8 output: no float conv_transpose left; within one output step of
+    ONNX Runtime running the file, and
+    tvm-llvm's build bit-exact with the torch simulation."""
+    from convdsl.verify.differential import tvm_runner
+
+    digits = _digits()
+    q = _qdq_file(tmp_path, UpNet(), digits[:64], per_channel=True)
+    assert Counter(n.op_type for n in onnx.load(str(q)).graph.node)["ConvTranspose"] == 2
+    g = import_onnx(q).graph
+    ops = Counter(n.op for n in g.nodes())
+    assert ops["qconv2d"] == 4 and not ops["conv_transpose2d"] and ops["permute"] == 2 and ops["index_select"] == 2
+    up = [n for n in g.nodes() if n.op == "qconv2d" and n.attrs["out"] == 8 * 4]
+    # 4 phases x 8 channels; the quantizer folds the ReLU into its QuantizeLinear (u8, zero point 0: the clamp)
+    assert len(up) == 2 and up[0].attrs["out_dtype"] == "u8" and up[0].attrs["out_zp"] == 0
+    x = digits[1000:1064]
+    got, ref = torch_runner(g)([x])[0], _ort(q, x)
+    steps = _steps(got, ref, _output_step(q))
+    assert steps.max() <= 1 and (steps == 0).mean() >= 0.99, (steps.max(), (steps == 0).mean())
+    assert np.abs(ref).max() > 50 * _output_step(q)
+    pytest.importorskip("tvm")
+    assert np.array_equal(tvm_runner(g, precision="int8")([x[:1]])[0], torch_runner(g)([x[:1]])[0])
 
 
 def test_a_per_axis_scale_on_activations_is_a_located_error(tmp_path):
