@@ -1007,6 +1007,8 @@ def import_file(path: str | os.PathLike, name: str | None = None) -> Imported:
             continue
         if node.op_type in onnx_quant.LAYERS and onnx_quant.layer(cx, conv_attrs, _bias_after) is not None:
             continue  # a quantized layer (qconv*d / qlinear) reading its int8 input itself
+        if node.op_type in onnx_quant.PASSTHROUGH and onnx_quant.passthrough(cx, ONNX[node.op_type]) is not None:
+            continue  # max-pooling or moving the int8 values between a DequantizeLinear and its QuantizeLinear
         quant.read_inputs(cx, node.input)  # any other reader of a DequantizeLinear gets a dequantize
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # never folded: they keep their integers
             env[out0] = ONNX[node.op_type](cx)

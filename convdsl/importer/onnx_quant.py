@@ -16,6 +16,9 @@ The importer maps:
 - a ``ConvTranspose`` with quantized weights (groups 1) reading a Deq: the ``qconv*d`` of its stride phases
   (``ir.ops.conv.phase_kernel``: the same integer products) and the reshape -> permute -> reshape -> crops
   that interleave them, on the int8 output: the form convdsl's own quantize pass gives a transposed conv.
+- a ``MaxPool`` or a reshape / transpose between a Deq and a ``QuantizeLinear`` of the same scale, zero point
+  and type (ONNX Runtime's QDQ around them): the op on the int8 tensor itself (``passthrough``); the pair
+  is the identity on the integers, and max commutes with the increasing dequantization.
 
 The ONNX graph is defined in float (a float conv of dequantized values, then a rounding); convdsl's
 qconv sums the integers exactly and rounds once, as ONNX Runtime's own integer kernels do, so the two
@@ -35,6 +38,9 @@ from convdsl.ir.graph import Value
 Ctx = Any  # onnx_import.Ctx, the importer's view of one node (this module sits below onnx_import)
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the ops that may read a Deq as a quantized layer
+# ops whose convdsl mapping is an ``int8_passthrough`` op (max-pooling, moving values): between a Deq and a
+# QuantizeLinear of the same scale and zero point they run on the int8 tensor (``passthrough``)
+PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 # integer ops of ONNX Runtime's QOperator format and of dynamic quantization: refused with the QDQ hint
 OPERATOR_FORMAT = ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm",
                    "DynamicQuantizeLinear", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearSigmoid")
@@ -312,6 +318,36 @@ def _transposed(cx: Ctx, deq: Deq) -> Value | None:
             cx.skip.add(n.name)
         cx.env[fused[1][-1].output[0]] = y
     cx.env[cx.node.output[0]] = y
+    return y
+
+
+def passthrough(cx: Ctx, mapping) -> Value | None:
+    """A ``PASSTHROUGH`` op reading a Deq whose only reader quantizes it back to the same scale, zero point and
+    type: ``mapping`` (onnx_import's for the op) run on the int8 tensor, its result what that QuantizeLinear
+    gives; None otherwise (the op then reads a ``dequantize``)."""
+    name, out = cx.node.input[0], cx.node.output[0]
+    deq = cx.quant.tensors.get(name)
+    users = cx.consumers.get(out, [])
+    if deq is None or len(cx.node.output) != 1 or out in cx.quant.graph_outputs or len(users) != 1:
+        return None
+    q = users[0]
+    scale, zp = cx.env.get(q.input[1]), cx.env.get(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+    dtype = cx.type(deq.q).dtype
+    if not q.name or q.op_type != "QuantizeLinear" or q.input[0] != out or not isinstance(scale, Const) \
+            or scale.array.size != 1 or float(np.float32(scale.array.reshape(()))) != deq.scale \
+            or any(a.name in ("output_dtype", "block_size") for a in q.attribute) \
+            or (zp is None and (dtype, deq.zp) != ("u8", 0)) or (zp is not None and (
+                not isinstance(zp, Const) or _INT_DTYPE.get(zp.array.dtype) != dtype or int(zp.array.reshape(())) != deq.zp)):
+        return None
+    cx.env[name] = deq.q
+    try:
+        y = mapping(cx)
+    finally:
+        cx.env[name] = deq  # other readers of the DequantizeLinear still see it pending
+    if not isinstance(y, Value) or cx.type(y).dtype != dtype:  # pragma: no cover - a mapping that is not a passthrough
+        raise located(cx.origin, f"{cx.node.op_type} on the int8 tensor did not keep its type")
+    cx.skip.add(q.name)
+    cx.env[out] = cx.env[q.output[0]] = y
     return y
 
 

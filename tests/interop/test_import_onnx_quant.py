@@ -70,6 +70,19 @@ class UpNet(nn.Module):
         return self.head(self.up3(torch.relu(self.up(self.enc(x)))))
 
 
+class PoolNet(nn.Module):
+    """conv-relu, a max-pool, a conv, flatten and a classifier: the quantizer writes the pool and the flatten
+    between a DequantizeLinear and a QuantizeLinear of the same scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.c2(nn.functional.max_pool2d(torch.relu(self.c1(x)), 2))
+        return self.fc(torch.flatten(nn.functional.adaptive_max_pool2d(y, 1), 1))
+
+
 def _digits() -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -248,6 +261,30 @@ def test_transposed_convs_import_as_the_int8_conv_of_their_phases(tmp_path):
     assert steps.max() <= 1 and (steps == 0).mean() >= 0.99, (steps.max(), (steps == 0).mean())
     assert np.abs(ref).max() > 50 * _output_step(q)
     pytest.importorskip("tvm")
+    assert np.array_equal(tvm_runner(g, precision="int8")([x[:1]])[0], torch_runner(g)([x[:1]])[0])
+
+
+def test_max_pooling_and_flatten_between_equal_scales_run_on_the_int8_tensor(tmp_path):
+    """DQ -> MaxPool -> Q and DQ -> Flatten -> Q of one scale and zero point: the op on the int8 tensor (no
+    dequantize / quantize pair around it), computing what ONNX Runtime does; on tvm-llvm bit-exact with the
+    torch simulation."""
+    digits = _digits()
+    q = _qdq_file(tmp_path, PoolNet(), digits[:64], per_channel=True)
+    source = Counter(n.op_type for n in onnx.load(str(q)).graph.node)
+    assert source["MaxPool"] == 2 and source["Flatten"] == 1  # torch writes the adaptive 1x1 pool as a MaxPool
+    g = import_onnx(q).graph
+    ops = Counter(n.op for n in g.nodes())
+    pools = [n for n in g.nodes() if n.op == "maxpool2d"]
+    flat = next(n for n in g.nodes() if n.op == "flatten")
+    assert len(pools) == 2 and all(n.types[0].dtype == "u8" for n in pools) and flat.types[0].dtype == "u8"
+    assert [g.node(g.inputs_of(n.id)[0].node).op for n in pools] == ["qconv2d", "qconv2d"]
+    assert ops["quantize"] == ops["dequantize"] == 1 and ops["qlinear"] == 1, ops  # the input's, the output's
+    x = digits[1000:1064]
+    steps = _steps(torch_runner(g)([x])[0], _ort(q, x), _output_step(q))
+    assert steps.max() <= 1 and (steps == 0).mean() >= 0.99, (steps.max(), (steps == 0).mean())
+    pytest.importorskip("tvm")
+    from convdsl.verify.differential import tvm_runner
+
     assert np.array_equal(tvm_runner(g, precision="int8")([x[:1]])[0], torch_runner(g)([x[:1]])[0])
 
 
