@@ -74,9 +74,12 @@ def _quantize(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]) 
     # q = clamp(round(x * f32(1/scale)) + zp, qmin, qmax)
     a = node.attrs
     qmin, qmax = QRANGE[a["dtype"]]
+    zp = a["zero_point"]
     x = args[0] if ins[0].dtype == "f32" else cx.emit(R.astype(args[0], "float32"))
     y = cx.emit(R.round(R.multiply(x, cx.const(inverse_scale(a["scale"])))))
-    y = cx.emit(R.clip(R.add(y, cx.const(float(a["zero_point"]))), qmin, qmax))
+    if on_grid(cx, node, zp):  # q - zp, in float32 (an imported transformer's Q -> DQ between float ops)
+        return R.clip(y, qmin - zp, qmax - zp)
+    y = cx.emit(R.clip(R.add(y, cx.const(float(zp))), qmin, qmax))
     return R.astype(y, TVM_DTYPE[a["dtype"]])
 
 
@@ -94,21 +97,21 @@ def _dequantize(cx: Lowerer, node: Node, args: list[Expr], ins: list[TensorType]
     return R.maximum(cx.emit(R.multiply(y, cx.const(f32(a["scale"])))), cx.const(LOWEST_F32))
 
 
-def on_grid(cx: Lowerer, node: Node) -> bool:
-    """Whether the int8 layer ``node`` (a requantizing qconv / qlinear) is lowered to ``q - out_zp`` in float32
-    rather than to ``q`` itself: where it is not an output and every reader dequantizes it (an imported QDQ
-    file's Conv -> QuantizeLinear -> DequantizeLinear -> Add, ResNet-50's block ends).  The value is the
-    same integer, ``clip(round(y), lo - zp, hi - zp)`` = ``clip(round(y) + zp, lo, hi) - zp`` (exact in
-    float32: both sides clamp wherever ``round(y) + zp`` could round), so the dequantize is one multiply:
-    the add of the zero point, the cast to u8 and back and the subtract are gone from the fused epilogue.
-    Marks ``node`` in ``cx.on_grid`` (its zero point) for ``_dequantize``."""
-    a = node.attrs
-    if a["out_dtype"] == "f32" or cx.graph.is_output(node.id):
+def on_grid(cx: Lowerer, node: Node, zp: int) -> bool:
+    """Whether ``node``, a quantize or an int8 layer requantizing to zero point ``zp``, is lowered to ``q - zp``
+    in float32 rather than to ``q`` itself: where it is not an output and every reader dequantizes it (an
+    imported QDQ file's Conv -> QuantizeLinear -> DequantizeLinear -> Add, ResNet-50's block ends; the
+    QuantizeLinear -> DequantizeLinear pairs between a transformer's float ops).  The value is the same integer,
+    ``clip(round(y), lo - zp, hi - zp)`` = ``clip(round(y) + zp, lo, hi) - zp`` (exact in float32: both sides
+    clamp wherever ``round(y) + zp`` could round; only a NaN input, whose int8 code no arithmetic defines, now
+    stays NaN), so the dequantize is one multiply: the add of the zero point, the cast to int8 and back and the
+    subtract are gone from the fused kernel.  Marks ``node`` in ``cx.on_grid`` for ``_dequantize``."""
+    if cx.graph.is_output(node.id):
         return False
     users = cx.graph.users(node.id)
     if not users or any(cx.graph.node(u).op != "dequantize" for u, _ in users):
         return False
-    cx.on_grid[node.id] = a["out_zp"]
+    cx.on_grid[node.id] = zp
     return True
 
 
@@ -129,7 +132,7 @@ def _requantize(cx: Lowerer, node: Node, acc: Expr, channel_shape: tuple[int, ..
         return R.nn.relu(y) if a["relu"] else R.maximum(y, cx.const(LOWEST_F32))  # rounded(y)
     qmin, qmax = QRANGE[a["out_dtype"]]
     lo = max(qmin, a["out_zp"]) if a["relu"] else qmin
-    if on_grid(cx, node):  # q - out_zp, in float32
+    if on_grid(cx, node, a["out_zp"]):  # q - out_zp, in float32
         return R.clip(cx.emit(R.round(y)), lo - a["out_zp"], qmax - a["out_zp"])
     y = cx.emit(R.add(cx.emit(R.round(y)), cx.const(float(a["out_zp"]))))
     return R.astype(cx.emit(R.clip(y, lo, qmax)), TVM_DTYPE[a["out_dtype"]])
@@ -481,7 +484,7 @@ def _vnni_layer(cx: Lowerer, node: Node, x: Expr, x_dtype: str, w: np.ndarray, p
         kw.update(out_zp=a["out_zp"], lo=max(qmin, a["out_zp"]) if a["relu"] else qmin, hi=qmax)
         # not on AMX: its u8 output is requantized in the micro-kernel's block loop (``requantizes_in_block_loop``),
         # a float one from an int32 accumulator in memory
-        if not amx_layer and on_grid(cx, node):
+        if not amx_layer and on_grid(cx, node, a["out_zp"]):
             kw.update(out_dtype="float32", grid=True)
     if groups > 1:
         kw["groups"] = groups

@@ -1106,3 +1106,23 @@ def test_a_layer_an_int8_layer_also_reads_keeps_its_int8_output(scheduled):
     assert len(got) == len(want) == 2
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype,zq,zd", [("u8", 1, 1), ("u8", 1, 3), ("i8", -126, -126)])
+def test_a_quantize_only_dequantize_reads_stays_in_float_and_exact(scheduled, dtype, zq, zd):
+    """quantize -> dequantize between float ops (an imported transformer's QuantizeLinear -> DequantizeLinear):
+    no int8 tensor at all, and the same values as the torch simulation, both clamps reached (GELU's minimum,
+    -0.17, is three steps below a zero point one step above the lowest code)."""
+    src = f"""network t(a: f32[2, 3, 40], b: f32[2, 3, 40]) {{
+    d = a | gelu | quantize(0.05, {zq}, dtype={dtype}) | dequantize(0.05, zero_point={zd})
+    return add(d, b)
+}}
+"""
+    g = graph_of(src)
+    assert _int8_tensors(g) == 0
+    x0 = (8 * np.random.default_rng(7).standard_normal((2, 3, 40))).astype(np.float32)
+    x1 = np.random.default_rng(8).standard_normal((2, 3, 40)).astype(np.float32)
+    got, want = scheduled(g)(x0, x1), _torch(g, (x0, x1))
+    np.testing.assert_array_equal(got, want)
+    codes = np.rint((want - x1) / np.float32(0.05)) + zd
+    assert (codes.min(), codes.max()) == ((0, 255) if dtype == "u8" else (-128, 127)) and len(np.unique(codes)) > 50
