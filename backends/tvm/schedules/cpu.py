@@ -769,9 +769,10 @@ def schedule_window_pool(sch: s_tir.Schedule, hw: Hardware) -> None:
 def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
     """Row-wise reductions (softmax, layer norm, mean): every block shares the leading
     spatial axes (the rows); those are fused and parallel on the last block, the other
-    blocks computed inside one row, and injective inner loops vectorized when the lanes
-    divide them (else left whole for LLVM's loop vectorizer: a predicated vector loop
-    would be scalarized)."""
+    blocks computed inside one row, and injective inner loops vectorized: whole vectors, and
+    where the lanes do not divide a row longer than two vectors the rest after them as
+    scalars (``loop_partition``; a predicated vector loop would be scalarized, and LLVM's
+    loop vectorizer left ViT-S's 197-column softmax scalar: 0.35 -> 0.23 ms a call)."""
     blocks = _root_blocks(sch)
     if len(blocks) < 2:
         raise _Skip("one block")
@@ -811,6 +812,9 @@ def schedule_rows(sch: s_tir.Schedule, hw: Hardware) -> None:
         if n % hw.lanes == 0 and n > hw.lanes:
             inner = sch.split(inner, [None, hw.lanes])[1]
             sch.vectorize(inner)
+        elif n > 2 * hw.lanes:  # whole vectors, then the rest (ViT's 197 keys: 24 vectors and 5 scalars)
+            body, _ = sch.loop_partition(inner, [n - n % hw.lanes, None])
+            sch.vectorize(sch.split(body, [None, hw.lanes])[1])
         elif n <= hw.lanes and n in (4, 8, 16):
             sch.vectorize(inner)
 

@@ -154,6 +154,30 @@ network t(x: f32[1, 50, 32]) {
     assert_close(llvm_runner(g, "dense_epilogue")(xs), torch_outputs(g, xs))
 
 
+ODD_ROWS = """
+network t(x: f32[1, 6, 37, 197]) {
+    return x | softmax
+}
+"""
+
+
+def test_rows_of_an_odd_length_are_whole_vectors_and_a_scalar_rest(llvm_runner):
+    """A softmax over 197 columns (ViT-S's keys outside its attention kernel: an imported QDQ file's): every
+    elementwise step of a row is 24 vectors of 8 (AVX2) or 12 of 16 and the few columns left as scalars
+    (``loop_partition``), where the whole row ran scalar; equal to torch."""
+    import tvm
+
+    _, mod = _scheduled_module(ODD_ROWS)
+    text = next(f.script() for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)
+                and "softmax" in gv.name_hint)
+    lanes = 16 if "T.vectorized(T.int64(16))" in text else 8
+    assert f"T.vectorized(T.int64({lanes}))" in text
+    assert f"range(T.int64({197 - 197 % lanes}), T.int64(197))" in text  # the rest, after the whole vectors
+    g = graph_of(ODD_ROWS)
+    xs = random_inputs(g)
+    assert_close(llvm_runner(g, "odd_rows")(xs), torch_outputs(g, xs))
+
+
 BMM = [
     [(2, 3, 20, 24), (2, 3, 24, 32)],
     [(1, 6, 197, 64), (1, 6, 64, 197)],  # attention's Q K^T: rows and columns padded (AVX2: to 6 x 2 vectors)
