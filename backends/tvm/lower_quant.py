@@ -422,8 +422,8 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
     def requant(n, c, i, j):
         y = (at(n, c, i, j) + bias[c]).astype("float32") * mult[c]
         if out_dtype == "float32" and grid:
-            q, c = tvm.tirx.round(y), lambda v: tvm.tirx.const(float(v), "float32")
-            return tvm.tirx.max(tvm.tirx.min(q, c(hi - out_zp)), c(lo - out_zp))
+            top, bottom = (tvm.tirx.const(float(v - out_zp), "float32") for v in (hi, lo))
+            return tvm.tirx.max(tvm.tirx.min(tvm.tirx.round(y), top), bottom)
         if out_dtype == "float32":
             return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else rounded(y)
         q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")

@@ -259,11 +259,7 @@ def layer(cx: Ctx, conv_attrs, bias_after) -> Value | None:
     y = cx.add(kind, [deq.q], attrs, params, id=pid or cx.default_id(kind))
     if end != cx.node.output[0]:  # MatMul's bias Add
         cx.skip.add(add.name)
-    if fused is not None:
-        for n in fused[1]:
-            cx.skip.add(n.name)
-        cx.env[fused[1][-1].output[0]] = y
-    cx.env[end] = y
+    _absorb(cx, fused, end, y)
     return y
 
 
@@ -313,11 +309,7 @@ def _transposed(cx: Ctx, deq: Deq) -> Value | None:
         if (start, stop) != (0, qi * si):
             y = cx.add("index_select", [y], {"index": tuple(range(start, stop)), "dim": 2 + i},
                        id=cx.default_id("crop"))
-    if fused is not None:
-        for n in fused[1]:
-            cx.skip.add(n.name)
-        cx.env[fused[1][-1].output[0]] = y
-    cx.env[cx.node.output[0]] = y
+    _absorb(cx, fused, cx.node.output[0], y)
     return y
 
 
@@ -331,13 +323,9 @@ def passthrough(cx: Ctx, mapping) -> Value | None:
     if deq is None or len(cx.node.output) != 1 or out in cx.quant.graph_outputs or len(users) != 1:
         return None
     q = users[0]
-    scale, zp = cx.env.get(q.input[1]), cx.env.get(q.input[2]) if len(q.input) > 2 and q.input[2] else None
     dtype = cx.type(deq.q).dtype
-    if not q.name or q.op_type != "QuantizeLinear" or q.input[0] != out or not isinstance(scale, Const) \
-            or scale.array.size != 1 or float(np.float32(scale.array.reshape(()))) != deq.scale \
-            or any(a.name in ("output_dtype", "block_size") for a in q.attribute) \
-            or (zp is None and (dtype, deq.zp) != ("u8", 0)) or (zp is not None and (
-                not isinstance(zp, Const) or _INT_DTYPE.get(zp.array.dtype) != dtype or int(zp.array.reshape(())) != deq.zp)):
+    if not q.name or q.op_type != "QuantizeLinear" or q.input[0] != out or \
+            _q_params(cx, q) != (deq.scale, deq.zp, dtype):
         return None
     cx.env[name] = deq.q
     try:
@@ -391,13 +379,31 @@ def _requantization(cx: Ctx, out: str) -> tuple[dict, list] | None:
         if user.op_type != "QuantizeLinear" or user.input[0] != name:
             return None
         break
-    scale, zp = cx.env.get(user.input[1]), cx.env.get(user.input[2]) if len(user.input) > 2 else None
+    params = _q_params(cx, user)
+    if params is None:
+        return None
+    s, z, dtype = params
+    return {"out_dtype": dtype, "out_scale": s, "out_zp": z, "relu": chain[0].op_type == "Relu"}, chain
+
+
+def _q_params(cx: Ctx, q) -> tuple[float, int, str] | None:
+    """(scale, zero point, dtype) of the QuantizeLinear node ``q`` with one constant scale and zero point, or None."""
+    scale, zp = cx.env.get(q.input[1]), cx.env.get(q.input[2]) if len(q.input) > 2 and q.input[2] else None
     if not isinstance(scale, Const) or scale.array.size != 1 or (zp is not None and not isinstance(zp, Const)) or \
-            any(a.name in ("output_dtype", "block_size") for a in user.attribute):
+            any(a.name in ("output_dtype", "block_size") for a in q.attribute):
         return None
     dtype = "u8" if zp is None else _INT_DTYPE.get(zp.array.dtype)
     s = float(np.float32(scale.array.reshape(())))
     if dtype not in _INT8 or not (s > 0 and np.isfinite(s)):
         return None
-    z = 0 if zp is None else int(zp.array.reshape(()))
-    return {"out_dtype": dtype, "out_scale": s, "out_zp": z, "relu": chain[0].op_type == "Relu"}, chain
+    return s, 0 if zp is None else int(zp.array.reshape(())), dtype
+
+
+def _absorb(cx: Ctx, fused: tuple[dict, list] | None, end: str, y: Value) -> None:
+    """``y`` is the value of ``end`` and, with ``fused`` (``_requantization``'s), of the QuantizeLinear (and
+    Relu) the layer absorbed, which the importer then skips."""
+    if fused is not None:
+        for n in fused[1]:
+            cx.skip.add(n.name)
+        cx.env[fused[1][-1].output[0]] = y
+    cx.env[end] = y
