@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convdsl.ir.graph import Node
-from convdsl.ir.ops.conv import (MAX_PHASE_WORK, conv_padding, of_a_point, phase_convs, phase_kernel,
-                                 phase_shuffle, phase_taps, phase_window)
+from convdsl.ir.ops.conv import (conv_padding, of_a_point, phase_convs, phase_kernel, phase_shuffle, phase_taps,
+                                 phase_window, phase_work_too_big)
 from convdsl.ir.optable import tuple_n
 from convdsl.ir.types import TensorType
 
@@ -159,9 +159,9 @@ def _phase_transpose(cx: Lowerer, x: Expr, w: np.ndarray, in_shape, nd: int, str
     if not all(isinstance(v, int) for v in in_shape[1:]):
         return None
     k = w.shape[2:]
-    t = phase_taps(k, stride, dilation)
-    if np.prod([si * ti for si, ti in zip(stride, t)]) > MAX_PHASE_WORK * np.prod(k):
+    if phase_work_too_big(k, stride, dilation):
         return None
+    t = phase_taps(k, stride, dilation)
     o = w.shape[1] * groups
     q, short, window = phase_window(in_shape[2:], k, stride, pad, dilation, output_pad)
     per_phase = phase_convs(w, in_shape[2:], stride, pad, dilation, output_pad, groups)

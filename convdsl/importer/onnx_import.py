@@ -550,16 +550,18 @@ def _unsqueeze(cx: Ctx):
 @onnx_op("Concat")
 def _concat(cx: Ctx):
     first = cx.arg(0)
+    token = None
     if isinstance(first, Expanded) and len(cx.node.input) == 2 and int(cx.attrs["axis"]) == 1:
         # Concat([cls.expand(N, -1, -1), x], 1): ViT's class token (convdsl's own export names it <id>.class_token)
-        return _owned(cx, "class_token", "class_token", cx.tensor(1), first.param,
-                      {"tokens": int(first.param.array.shape[1])})
-    if isinstance(first, Const) and first.key and first.array.ndim == 3 and first.array.shape[0] == 1 and \
+        token = first.param
+    elif isinstance(first, Const) and first.key and first.array.ndim == 3 and first.array.shape[0] == 1 and \
             len(cx.node.input) == 2 and int(cx.attrs["axis"]) in (1, -2) and isinstance(cx.arg(1), Value) and \
             cx.type(cx.arg(1)).shape[0] == 1:
         # the same with the expand folded over a static batch of 1 (ONNX Runtime's pre-processing writes the
         # expanded [1, T, C] token as an initializer)
-        return _owned(cx, "class_token", "class_token", cx.tensor(1), first, {"tokens": int(first.array.shape[1])})
+        token = first
+    if token is not None:
+        return _owned(cx, "class_token", "class_token", cx.tensor(1), token, {"tokens": int(token.array.shape[1])})
     return cx.add("concat", [cx.tensor(i) for i in range(len(cx.node.input))], {"dim": int(cx.attrs["axis"])})
 
 

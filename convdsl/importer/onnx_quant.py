@@ -266,8 +266,8 @@ def layer(cx: Ctx, conv_attrs, bias_after) -> Value | None:
 def _transposed(cx: Ctx, deq: Deq) -> Value | None:
     """A ConvTranspose on int8 (module docstring), or None where it stays a float conv_transpose: groups, a
     symbolic or 1x1 input, asymmetric pads, weights quantized along another axis, or a form the quantize pass
-    leaves float too (``output_pad`` past the last input, more than ``MAX_PHASE_WORK`` times the work)."""
-    from convdsl.ir.ops.conv import (MAX_PHASE_WORK, of_a_point, phase_kernel, phase_shuffle, phase_taps,
+    leaves float too (``int8_phase_refusal``)."""
+    from convdsl.ir.ops.conv import (int8_phase_refusal, of_a_point, phase_kernel, phase_shuffle, phase_taps,
                                      phase_window)
 
     a = cx.attrs
@@ -284,10 +284,10 @@ def _transposed(cx: Ctx, deq: Deq) -> Value | None:
     if w.min() < -128 or w.max() > 127 or pads[:nd] != pads[nd:] or not all(isinstance(n, int) for n in lengths) \
             or of_a_point(lengths, pads[:nd], opad, d, 1):
         return None
-    t = phase_taps(k, s, d)
-    q, short, window = phase_window(lengths, k, s, pads[:nd], d, opad)
-    if any(short) or np.prod([si * ti for si, ti in zip(s, t)]) > MAX_PHASE_WORK * np.prod(k):
+    if int8_phase_refusal(lengths, k, s, pads[:nd], d, opad) is not None:
         return None
+    t = phase_taps(k, s, d)
+    q, _, window = phase_window(lengths, k, s, pads[:nd], d, opad)
     o, phases = int(w.shape[1]), int(np.prod(s))
     bias = _arg_name(cx, 2)
     params = {"weight": phase_kernel(w.astype(np.int8), s, d, 1), "w_scale": np.tile(w_scale, phases)}

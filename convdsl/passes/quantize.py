@@ -72,7 +72,8 @@ from convdsl.errors import UsageError
 from convdsl.ir.graph import Graph, ModuleBuilder, Node, Value
 from convdsl.ir.ops import OPS
 from convdsl.ir.ops.attention import mha_names
-from convdsl.ir.ops.conv import MAX_PHASE_WORK, of_a_point, phase_kernel, phase_shuffle, phase_taps, phase_window
+from convdsl.ir.ops.conv import (int8_phase_refusal, of_a_point, phase_kernel, phase_shuffle, phase_taps,
+                                 phase_window)
 from convdsl.ir.ops.quant import INT_DTYPES, LN_QMAX, QRANGE, f32, qparams_for_range, quantize_bias, quantize_weight
 from convdsl.ir.optable import Init, ParamSpec, bind_attrs, tuple_n
 from convdsl.ir.types import TensorType
@@ -435,14 +436,8 @@ def _conv_transpose_why_not(g: Graph, node: Node) -> str | None:
     x = g.in_types(node.id)[0]
     if not all(isinstance(n, int) for n in x.shape[2:]):
         return f"input {x} has a symbolic spatial size (the phases are interleaved by static reshapes)"
-    k, s, d = (tuple_n(a[n], nd) for n in ("k", "stride", "dilation"))
-    _, short, _ = phase_window(x.shape[2:], k, s, tuple_n(a["pad"], nd), d, tuple_n(a["output_pad"], nd))
-    if any(short):
-        return ("its output_pad reaches past the last position an input reaches: the phases would need zeros "
-                "appended, and an int8 tensor's zero is its zero point")
-    if np.prod([si * ti for si, ti in zip(s, phase_taps(k, s, d))]) > MAX_PHASE_WORK * np.prod(k):
-        return f"its stride-phase decomposition would do more than {MAX_PHASE_WORK:g}x its multiply-adds"
-    return None
+    return int8_phase_refusal(x.shape[2:], *(tuple_n(a[n], nd) for n in ("k", "stride", "pad", "dilation",
+                                                                         "output_pad")))
 
 
 def _split_conv_transpose(g: Graph, node: Node) -> None:

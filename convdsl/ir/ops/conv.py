@@ -261,6 +261,25 @@ def of_a_point(lengths, pad, output_pad, dilation, groups: int) -> bool:
         and all(d == 1 for d in dilation)
 
 
+def phase_work_too_big(k, stride, dilation) -> bool:
+    """Whether the phase decomposition (``phase_kernel``'s conv: s^nd T^nd taps per k^nd) would do more than
+    ``MAX_PHASE_WORK`` times the transposed conv's multiply-adds."""
+    return bool(np.prod([si * ti for si, ti in zip(stride, phase_taps(k, stride, dilation))])
+                > MAX_PHASE_WORK * np.prod(k))
+
+
+def int8_phase_refusal(lengths, k, stride, pad, dilation, output_pad) -> str | None:
+    """Why a transposed conv over static spatial ``lengths`` does not run on int8 as the conv of its stride
+    phases (passes/quantize.py's split, the QDQ importer's), or None."""
+    _, short, _ = phase_window(lengths, k, stride, pad, dilation, output_pad)
+    if any(short):
+        return ("its output_pad reaches past the last position an input reaches: the phases would need zeros "
+                "appended, and an int8 tensor's zero is its zero point")
+    if phase_work_too_big(k, stride, dilation):
+        return f"its stride-phase decomposition would do more than {MAX_PHASE_WORK:g}x its multiply-adds"
+    return None
+
+
 def phase_window(lengths, k, stride, pad, dilation, output_pad) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """Where a transposed conv's output lies in the interleaved output of its phases (``phase_kernel``'s conv on
     an input of spatial ``lengths``, interleaved by ``phase_shuffle``), per dim: (q, each phase's length; short,
