@@ -417,18 +417,9 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
                                      **({GROUPS_ATTR: groups} if groups > 1 else {})})
         at = lambda n, c, i, j: acc[n, c // oc_b, i, j, c % oc_b]  # noqa: E731
 
-    from convdsl.backends.tvm.schedules.kernels import rounded
-
     def requant(n, c, i, j):
-        y = (at(n, c, i, j) + bias[c]).astype("float32") * mult[c]
-        if out_dtype == "float32" and grid:
-            top, bottom = (tvm.tirx.const(float(v - out_zp), "float32") for v in (hi, lo))
-            return tvm.tirx.max(tvm.tirx.min(tvm.tirx.round(y), top), bottom)
-        if out_dtype == "float32":
-            return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else rounded(y)
-        q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
-        q = tvm.tirx.max(tvm.tirx.min(q, tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32"))
-        return q.astype(out_dtype)
+        return requantized(at(n, c, i, j), bias[c], mult[c], out_dtype=out_dtype, out_zp=out_zp, lo=lo, hi=hi,
+                           relu=relu, grid=grid)
 
     attrs = {VNNI_ATTR: "amx_requant" if amx is not None else "requant"}
     if dense:
@@ -445,6 +436,24 @@ def vnni_conv2d(x: te.Tensor, w: te.Tensor, bias: te.Tensor, mult: te.Tensor, *,
         return te.compute((n_, out_channels // ob_, oh_, ow_, ob_), lambda n, o, i, j, l: requant(n, o * ob_ + l, i, j),
                           name="vnni_requant", attrs=attrs)
     return te.compute((n_, out_channels, oh_, ow_), requant, name="vnni_requant", attrs=attrs)
+
+
+def requantized(acc, bias, mult, *, out_dtype: str, out_zp: int = 0, lo: int = 0, hi: int = 0, relu: bool = False,
+                grid: bool = False):
+    """The requantization of one int32 accumulator ``acc`` of an output channel with int32 ``bias`` (zero point
+    folded in) and float32 multiplier ``mult`` (TIR expressions): ``vnni_conv2d``'s epilogue, its arguments
+    as there."""
+    from convdsl.backends.tvm.schedules.kernels import rounded
+
+    y = (acc + bias).astype("float32") * mult
+    if out_dtype == "float32" and grid:
+        top, bottom = (tvm.tirx.const(float(v - out_zp), "float32") for v in (hi, lo))
+        return tvm.tirx.max(tvm.tirx.min(tvm.tirx.round(y), top), bottom)
+    if out_dtype == "float32":
+        return tvm.tirx.max(y, tvm.tirx.const(0.0, "float32")) if relu else rounded(y)
+    q = tvm.tirx.round(y) + tvm.tirx.const(float(out_zp), "float32")
+    q = tvm.tirx.max(tvm.tirx.min(q, tvm.tirx.const(float(hi), "float32")), tvm.tirx.const(float(lo), "float32"))
+    return q.astype(out_dtype)
 
 
 def requantizes_in_block_loop(amx, blocked: tuple[int | None, int] | None, out_dtype: str) -> bool:
