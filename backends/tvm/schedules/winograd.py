@@ -102,7 +102,7 @@ def tiles(oh: int, ow: int, m: int) -> tuple[int, int]:
     return -(-oh // m), -(-ow // m)
 
 
-def _combination(coeffs, terms):
+def combination(coeffs, terms):
     """sum_i coeffs[i] * terms[i] with zero coefficients dropped and +-1 as additions/subtractions."""
     out = None
     for c, t in zip(coeffs, terms):
@@ -122,7 +122,7 @@ def _combination(coeffs, terms):
     return out if out is not None else tirx.const(0.0, "float32")
 
 
-def _select(index, values):
+def select(index, values):
     """values[index] for a small constant list: a chain of Selects that folds to one value once the
     loop over ``index`` is unrolled."""
     out = values[-1]
@@ -154,10 +154,10 @@ def winograd_input(data: te.Tensor, m: int, padding, oh: int, ow: int, rows: int
 
     d = te.compute((n, rows, cb, a, a, ib), read, name="winograd_tile")
     bd = te.compute((n, rows, cb, a, a, ib),
-                    lambda b, t, c, u, x, k: _select(u, [_combination(bt[uu], [d[b, t, c, y, x, k] for y in range(a)])
+                    lambda b, t, c, u, x, k: select(u, [combination(bt[uu], [d[b, t, c, y, x, k] for y in range(a)])
                                                          for uu in range(a)]), name="winograd_rows")
     return te.compute((a * a, n, rows, cb * ib),
-                      lambda e, b, t, c: _select(e % a, [_combination(bt[vv], [bd[b, t, c // ib, e // a, x, c % ib]
+                      lambda e, b, t, c: select(e % a, [combination(bt[vv], [bd[b, t, c // ib, e // a, x, c % ib]
                                                                                for x in range(a)]) for vv in range(a)]),
                       name="winograd_input", attrs={KERNEL_ATTR: KERNEL_INPUT})
 
@@ -181,13 +181,13 @@ def winograd_output(mm: te.Tensor, m: int, oh: int, ow: int, ob: int) -> te.Tens
     _, tx = tiles(oh, ow, m)
     at, _, _ = matrices(m)
     ma = te.compute((n, rows, o // ob, a, m, ob),
-                    lambda b, t, oc, u, j, k: _select(j, [_combination(at[jj], [mm[u * a + v, b, t, oc * ob + k]
+                    lambda b, t, oc, u, j, k: select(j, [combination(at[jj], [mm[u * a + v, b, t, oc * ob + k]
                                                                                 for v in range(a)]) for jj in range(m)]),
                     name="winograd_cols")
 
     def fn(b, oc, y, x, k):
         t = (y // m) * tx + x // m
-        return _select(y % m, [_combination(at[ii], [ma[b, t, oc, u, x % m, k] for u in range(a)]) for ii in range(m)])
+        return select(y % m, [combination(at[ii], [ma[b, t, oc, u, x % m, k] for u in range(a)]) for ii in range(m)])
 
     return te.compute((n, o // ob, oh, ow, ob), fn, name="winograd_output", attrs={KERNEL_ATTR: KERNEL_OUTPUT})
 
