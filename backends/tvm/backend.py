@@ -82,7 +82,7 @@ class TVMBackend:
     # tvm-llvm: f32 | bf16 | int8 (targets.PRECISIONS); tvm-cuda: f32 | f16 | bf16 (CUDA_PRECISIONS).
     # None: f32 (tvm-cuda: $CONVDSL_GPU_PRECISION when set, the older way to ask for 16-bit compute)
     precision: str | None = None
-    winograd: bool = True  # f32 3x3 stride-1 convs as Winograd where schedules/winograd.py chooses it
+    winograd: bool = True  # 3x3 stride-1 convs as Winograd where schedules/winograd.py / winograd_int8.py choose it
     amx: bool = True  # int8 on AMX tiles (schedules/amx.py) where the CPU has AMX-INT8; False: VNNI
     # the batch symbol (N) kept symbolic, one library for every batch size: True insists, None
     # when nothing is lost by it (`convdsl compile`'s default), False never (static shapes)

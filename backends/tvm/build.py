@@ -73,7 +73,7 @@ class Built:
     own: int = 0  # TIR functions scheduled by convdsl's own CPU schedules (after the database)
     templates_from_db: int = 0  # template instances whose knobs came from the user's or the shipped database
     dynamic: tuple[str, ...] = ()  # the symbols the executable takes at any size
-    winograd: int = 0  # convs computed as Winograd F(m x m, 3x3) (schedules/winograd.py)
+    winograd: int = 0  # convs computed as Winograd F(m x m, 3x3) (schedules/winograd.py, winograd_int8.py)
 
 
 def _round_vectorizable(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -195,7 +195,8 @@ def _build(graph: Graph, spec: TargetSpec, opts: BuildOptions) -> Built:
 
 
 def count_winograd(mod: tvm.IRModule) -> int:
-    """Calls of a Winograd GEMM kernel in the module's Relax functions: one per conv computed as Winograd."""
+    """Calls of a Winograd GEMM kernel in the module's Relax functions: one per conv computed as Winograd (f32:
+    ``winograd_gemm``; int8, one kernel a conv: ``winograd_qconv2d``)."""
     from tvm import relax
 
     count = 0
@@ -203,7 +204,8 @@ def count_winograd(mod: tvm.IRModule) -> int:
     def visit(e) -> None:
         nonlocal count
         if isinstance(e, relax.Call) and e.op == tvm.ir.Op.get("relax.call_tir") \
-                and isinstance(e.args[0], tvm.ir.GlobalVar) and "winograd_gemm" in e.args[0].name_hint:
+                and isinstance(e.args[0], tvm.ir.GlobalVar) \
+                and any(k in e.args[0].name_hint for k in ("winograd_gemm", "winograd_qconv2d")):
             count += 1
 
     for _, func in mod.functions.items():

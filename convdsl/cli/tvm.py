@@ -39,8 +39,9 @@ TVM_OPTIONS = [
                       "tvm-cuda: f32 (default); f16 (f16 activations, f32 accumulation, tensor cores); bf16 "
                       "(conv/matmul on bf16 operands, sm_80+); no int8.  Recorded as tvm.precision."),
     click.Option(["--no-winograd", "no_winograd"], is_flag=True,
-                 help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3) "
-                      "where it is faster; the manifest's tvm.winograd_convs counts them)."),
+                 help="tvm-llvm: every conv direct (default: f32 3x3 stride-1 convs as Winograd F(4x4, 3x3), and on "
+                      "an AVX2 CPU without VNNI int8 ones as the exact integer Winograd F(2x2, 3x3), where it is "
+                      "faster; the manifest's tvm.winograd_convs counts them)."),
     click.Option(["--no-amx", "no_amx"], is_flag=True,
                  help="tvm-llvm: no AMX tiles: --precision int8 on VNNI, bf16 on vdpbf16ps (default: int8 convs and "
                       "linears with more than 32 input channels, bf16 convs with more than 16, on AMX tiles where the "

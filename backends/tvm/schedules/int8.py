@@ -77,6 +77,14 @@ def try_schedule(sch: s_tir.Schedule, target) -> bool:
 
         int8_depthwise.schedule_nchw(sch, dw)
         return True
+    from convdsl.backends.tvm.schedules import winograd_int8
+
+    wino = winograd_int8.annotated(sch)
+    if wino is not None:  # winograd_int8.qconv2d: the int16 GEMM is AVX2's vpmaddwd
+        if not target_has(target, "avx2"):
+            return False
+        winograd_int8.schedule(sch, wino, register_madd_intrinsic(), _inline_consumers, _parallel_outer)
+        return True
     blocks = _annotated_blocks(sch)
     if {"amx_batch_out", "amx_pack_p", "amx_pack_x"} & blocks.keys():  # amx_transformer's bf16 kernels
         from convdsl.backends.tvm.schedules import amx_transformer

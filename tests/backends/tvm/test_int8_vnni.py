@@ -35,23 +35,24 @@ VNNI_TARGET = {"kind": "llvm", "mcpu": "icelake-server"}
 
 @pytest.fixture
 def scheduled():
-    """tvm-llvm builds (build.py's ``ApplySchedules`` calls ``int8.try_schedule`` first)."""
+    """tvm-llvm builds (build.py's ``ApplySchedules`` calls ``int8.try_schedule`` first), every conv direct (AVX2's
+    3x3 stride-1 convs as Winograd: test_winograd_int8.py)."""
 
     def build(graph):
-        return ctvm.backend("tvm-llvm", progress=False, use_db=False).build_module(graph)
+        return ctvm.backend("tvm-llvm", progress=False, use_db=False, winograd=False).build_module(graph)
 
     return build
 
 
-def vnni_kernels(graph, intrinsic: str = "llvm.x86.avx512.vpdpbusd.") -> int:
+def vnni_kernels(graph, intrinsic: str = "llvm.x86.avx512.vpdpbusd.", winograd: bool = False) -> int:
     """How many PrimFuncs of the built module contain the tensorized vpdpbusd (zmm ``.512`` or ymm ``.256``;
-    or ``intrinsic``)."""
+    or ``intrinsic``); every conv direct unless ``winograd``."""
     from convdsl.backends.tvm.lowering import lower_graph
     from convdsl.backends.tvm.targets import make_target
 
     spec = make_target("tvm-llvm")
     with spec.tvm_target():
-        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec))(lower_graph(graph))
+        mod = tvm.transform.Sequential(tvm_build.optimize_passes(spec, winograd=winograd))(lower_graph(graph))
         mod = tvm_build.ApplySchedules(tvm.transform.Sequential(tvm_build.schedule_passes(spec, False))(mod))
     return sum(intrinsic in f.script() for _, f in mod.functions.items()
                if isinstance(f, tvm.tirx.PrimFunc))
@@ -802,9 +803,11 @@ def _avx2_int8(source: str, convs: int):
     return q, rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
 
 
-def _haswell(g):
-    """``g`` built for an AVX2 CPU (haswell) with the analytic tiles (no database)."""
-    return ctvm.backend("tvm-llvm", progress=False, use_db=False, target_json=AVX2_TARGET).build_module(g)
+def _haswell(g, winograd: bool = False):
+    """``g`` built for an AVX2 CPU (haswell) with the analytic tiles (no database); every conv direct unless
+    ``winograd`` (test_winograd_int8.py)."""
+    return ctvm.backend("tvm-llvm", progress=False, use_db=False, target_json=AVX2_TARGET,
+                        winograd=winograd).build_module(g)
 
 
 # output channels of each conv: 12 and 2 are no whole 8-channel block (weights padded to 16 and 8)
