@@ -12,9 +12,13 @@ It stays exact because F(2,3)'s transforms are small integers:
 - weights: ``U' = (2G) g (2G)^T = 4 U`` (2G's entries 0, +-1, 2), |U'| <= 9 * 128, int16, made at build time;
 - GEMM: ``M' = V U'`` summed over the input channels in int32 (``vpmaddwd``: each lane's pair of int16
   products summed exactly, then ``vpaddd``; ``int8.register_madd_intrinsic``);
-- output: ``A^T M' A = 4 y`` (A^T's entries 0 and +-1), y the int32 sum of ``(x - zp) * w`` of the direct
-  conv, recovered by an arithmetic shift by 2; integer adds wrap, and 4 y itself fits int32 (``exact``), so
-  y is exact even if a partial sum of the transform leaves int32.
+- output: ``A^T M' A = 4 y`` (A^T's entries 0 and +-1, three nonzeros a row), y the int32 sum of
+  ``(x - zp) * w`` of the direct conv, recovered by an arithmetic shift by 2.
+
+No sum may leave its type (TVM emits int32 arithmetic as LLVM's no-signed-wrap operations, so a wrapped partial
+sum would not be a defined value even where the end result fits): ``exact`` bounds every partial sum of a layer
+by its own weights, ``9 * 1020 * sum_c |U'[e, c, o]| <= 2^31 - 1``, which holds for any 7-bit weights up to 256
+input channels and for real 512-channel layers; a layer it refuses stays direct.
 
 y plus the bias (the zero point not folded in: the input was shifted by it) goes through
 ``lower_quant.requantized``, the direct kernel's requantization: the results are the same bits.
@@ -62,14 +66,17 @@ def chosen(c: int, o: int, oh: int, ow: int) -> bool:
     return min(c, o) >= MIN_CHANNELS and ty * tx >= MIN_TILES
 
 
+V_MAX = 4 * 255  # |B^T d B| for |x - zp| <= 255: two nonzeros (+-1) in each row of B^T
+OUT_TERMS = 9  # |A^T M' A| <= 9 max |M'|: three nonzeros (+-1) in each row of A^T
+
+
 def exact(w: np.ndarray) -> bool:
-    """Whether every sum the kernel forms fits its integer type for int8 weights ``w`` [O, C, 3, 3]: U' in int16,
-    a channel's GEMM sum M' in int32 (|V| <= 1020), and 4 y in int32 (|y| <= 255 * sum |w[o]|)."""
-    u = transform_weight(w)
-    c = w.shape[1]
-    w64 = np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(axis=1)
-    return (np.abs(u).max(initial=0) <= 32767 and c * 4 * 255 * int(np.abs(u).max(initial=0)) <= INT32_MAX
-            and (4 * 255 * w64).max(initial=0) <= INT32_MAX)
+    """Whether no sum the kernel forms for int8 weights ``w`` [O, C, 3, 3] can leave its type, whatever the input:
+    U' in int16, every partial GEMM sum of output channel o at position e within ``V_MAX * sum_c |U'[e, c, o]|``,
+    and the output transform's sums within ``OUT_TERMS`` times that, in int32."""
+    u = transform_weight(w)  # [16, C, O]
+    partial = V_MAX * np.abs(u).sum(axis=1).max(initial=0)
+    return bool(np.abs(u).max(initial=0) <= 32767 and OUT_TERMS * int(partial) <= INT32_MAX)
 
 
 def transform_weight(w: np.ndarray) -> np.ndarray:
