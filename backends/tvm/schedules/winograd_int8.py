@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from convdsl.backends.tvm.schedules import winograd
+from convdsl.backends.tvm.schedules import cpu, winograd
 from convdsl.backends.tvm.schedules.kernels import divisors
 
 VNNI_ATTR = "convdsl.vnni"  # int8.VNNI_ATTR: the blocks are wino8_tile | _rows | _v | _gemm | _cols | _out
@@ -62,7 +62,7 @@ def chosen(c: int, o: int, oh: int, ow: int) -> bool:
     profile, minimum of 10 runs): 64 ch at 56 x 56 0.64 -> 0.44 ms, 128 at 28 x 28 0.63 -> 0.51, 256 at
     14 x 14 (49 tiles) 0.62 -> 0.51, but 512 at 7 x 7 (16 tiles) 0.64 -> 0.91-1.10: there each of 4 chunks of
     4 tiles streams the 8 MB of transformed weights (the direct conv's are 2.4 MB)."""
-    ty, tx = tiles(oh, ow)
+    ty, tx = winograd.tiles(oh, ow, M)
     return min(c, o) >= MIN_CHANNELS and ty * tx >= MIN_TILES
 
 
@@ -106,10 +106,6 @@ def weight_from_packed(packed: np.ndarray, out_channels: int, in_channels: int) 
     return np.ascontiguousarray(w[:out_channels, :in_channels].astype(np.int8))
 
 
-def tiles(oh: int, ow: int) -> tuple[int, int]:
-    return -(-oh // M), -(-ow // M)
-
-
 def qconv2d(x: te.Tensor, u: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, pads, in_zp: int, shift: bool,
             out_channels: int, requant, ob: int = 8) -> te.Tensor:
     """x [N, C/ib, H, W, ib] (u8; i8 with ``shift``, +128), u ``pack_weight``'s, ``bias`` int32 [O] (the zero point
@@ -119,7 +115,7 @@ def qconv2d(x: te.Tensor, u: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, pad
     c2 = int(u.shape[2])
     pt, pb, pl, pr = pads
     oh, ow = h + pt + pb - 2, w_ + pl + pr - 2
-    ty, tx = tiles(oh, ow)
+    ty, tx = winograd.tiles(oh, ow, M)
     at, _, bt = winograd.matrices(M)
 
     def read(b, t, k, y, xx, r):  # (ib % 8 == 0, ``applies``: the channel pairs cover C exactly)
@@ -189,8 +185,8 @@ def schedule(sch, blocks: dict[str, object], madd: str, inline_consumers, parall
     are schedules/int8.py's (the readers inlined into the output block, the rest run in parallel)."""
     out = blocks["out"]
     tail = inline_consumers(sch, out)
-    tx = _extent(sch, blocks["gemm"], 2) // _extent_ty(sch, blocks)
-    ty = _extent_ty(sch, blocks)
+    oh, ow = (int(sch.get(out).iter_vars[axis].dom.extent) for axis in (2, 3))
+    ty, tx = winograd.tiles(oh, ow, M)
     n, o, y, x, l = sch.get_loops(out)
     yo, yi = sch.split(y, [None, M])
     xo, xi = sch.split(x, [None, M])
@@ -230,7 +226,7 @@ def schedule(sch, blocks: dict[str, object], madd: str, inline_consumers, parall
     # GEMM: for each of the 16 positions, register tiles of (tiles x 8-channel blocks), the input-channel pairs
     # outside them, the 8 x 2 dot product ``vpmaddwd``
     e, t, oc, lane, k2, r2 = sch.get_loops(gemm)[-6:]
-    rt, ot = gemm_tile(_extent_loop(sch, t), _extent_loop(sch, oc))
+    rt, ot = gemm_tile(cpu.extent(sch, t), cpu.extent(sch, oc))
     to, ti = sch.split(t, [None, rt])
     oo, oi = sch.split(oc, [None, ot])
     sch.reorder(e, to, oo, k2, ti, oi, lane, r2)
@@ -241,19 +237,6 @@ def schedule(sch, blocks: dict[str, object], madd: str, inline_consumers, parall
     sch.unroll(oi)
     for b in tail:
         parallel_outer(sch, b, 2)
-
-
-def _extent(sch, block, axis: int) -> int:
-    return int(sch.get(block).iter_vars[axis].dom.extent)
-
-
-def _extent_loop(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
-def _extent_ty(sch, blocks) -> int:
-    """Tile rows: the output's rows (axis 2 of ``out``) in pairs."""
-    return -(-_extent(sch, blocks["out"], 2) // M)
 
 
 def annotated(sch) -> dict[str, object] | None:
