@@ -156,8 +156,8 @@ def qconv2d(x: te.Tensor, u: te.Tensor, bias: te.Tensor, mult: te.Tensor, *, pad
 def chunk_rows(ty: int, tx: int) -> int:
     """Tile rows per parallel chunk: the fewest whose tiles (at least 16) give the GEMM rows to share each weight
     vector, keeping at least 4 chunks for the cores; 1 where none qualifies (a chunk of rows that does not divide
-    the tile rows would give the GEMM a ragged region).  Zen 3, 2 threads, 128 channels at 28 x 28 (14 x 14 tiles):
-    1 row 0.79 ms, 2 rows 0.54; 512 channels at 7 x 7: 1 row 0.58, 2 rows 1.09."""
+    the tile rows would give the GEMM a ragged region).  Zen 3, 2 threads, 128 channels at 28 x 28 (14 x 14 tiles),
+    the same 2 x 4 register tile: 1 row 0.79 ms, 2 rows 0.57; 512 channels at 7 x 7 (4 x 2): 1 row 0.58, 2 rows 1.09."""
     for r in divisors(ty):
         if r * tx >= 16 and ty // r >= 4:
             return r
