@@ -481,7 +481,7 @@ class _Blocker(PyExprMutator):
             xb = self.to_blocked(x, ib)
         self._lanes = ob
         if geo is None:
-            wino = self._int8_winograd(gv, xb, wt, bias, mult, c, ib, ob, kw)
+            wino = self._int8_winograd(xb, wt, bias, mult, c, ib, ob, kw)
             if wino is not None:
                 return wino
         amx = {"amx": geo} if geo is not None else {}
@@ -494,7 +494,7 @@ class _Blocker(PyExprMutator):
             return self._with_pattern(new, OPAQUE)
         return self._with_pattern(new, OUT_ELEMWISE_FUSABLE)  # its epilogue fuses after it, as before
 
-    def _int8_winograd(self, gv, xb, wt, bias, mult, c: int, ib: int | None, ob: int, kw: dict) -> relax.Expr | None:
+    def _int8_winograd(self, xb, wt, bias, mult, c: int, ib: int | None, ob: int, kw: dict) -> relax.Expr | None:
         """An AVX2 int8 3x3 stride-1 conv in the blocked layout as the exact int8 Winograd F(2,3) kernel
         (``winograd_int8.qconv2d``), or None: the direct kernel (its weights or bias not constants, other geometry,
         a VNNI CPU, ``--no-winograd``, weights whose transformed sums could leave int32)."""
@@ -503,10 +503,10 @@ class _Blocker(PyExprMutator):
         from convdsl.backends.tvm.lower_quant import VPMADDUBSW, VPMADDWD, requantized
         from convdsl.backends.tvm.schedules import winograd_int8
 
-        if not self.winograd or kw.get("instruction") not in (VPMADDUBSW, VPMADDWD) or "groups" in kw \
+        if not self.winograd or kw.get("instruction") not in (VPMADDUBSW, VPMADDWD) \
                 or not _is_const(wt) or not _is_const(bias) \
-                or not winograd_int8.applies((static_shape(wt) or [0] * 4)[2:4], kw["stride"], kw["dilation"], 1,
-                                             ib, ob):
+                or not winograd_int8.applies((static_shape(wt) or [0] * 4)[2:4], kw["stride"], kw["dilation"],
+                                             kw.get("groups", 1), ib, ob):
             return None
         xs = batch_shape(xb)
         if xs is None or not all(isinstance(d, int) for d in xs[2:4]):
@@ -515,7 +515,8 @@ class _Blocker(PyExprMutator):
         if not winograd_int8.chosen(c, kw["out_channels"], xs[2] + pt + pb - 2, xs[3] + pl + pr - 2):
             return None
         w = winograd_int8.weight_from_packed(wt.value.numpy(), kw["out_channels"], c)
-        if not winograd_int8.exact(w):
+        u = winograd_int8.transform_weight(w)
+        if not winograd_int8.exact(u):
             return None
         # the direct kernel's bias has - in_zp * sum(w) folded in (it multiplies the raw input, padded with the zero
         # point); this kernel multiplies x - in_zp (padded with 0)
@@ -526,10 +527,10 @@ class _Blocker(PyExprMutator):
                                     lo=kw.get("lo", 0), hi=kw.get("hi", 0), relu=kw.get("relu", False),
                                     grid=kw.get("grid", False))
         kernel = functools.partial(winograd_int8.qconv2d, requant=requant)
-        call = self.builder_.call_te(kernel, xb, relax.const(winograd_int8.pack_weight(w, ob)),
+        call = self.builder_.call_te(kernel, xb, relax.const(winograd_int8.pack_weight(u, ob)),
                                      relax.const(b.astype(np.int32)), mult, pads=kw["pads"], in_zp=kw["in_zp"],
                                      shift=kw["shift"], out_channels=kw["out_channels"], ob=ob,
-                                     primfunc_name_hint=f"winograd_{gv.name_hint}")
+                                     primfunc_name_hint="winograd_qconv2d")  # build.count_winograd's name
         return self._with_pattern(call, OUT_ELEMWISE_FUSABLE)  # its epilogue fuses after it, as the direct one's
 
     def _int8_depthwise(self, gv, x, wt, bias, mult, c: int, kw: dict, kind: str) -> relax.Expr | None:

@@ -70,11 +70,10 @@ V_MAX = 4 * 255  # |B^T d B| for |x - zp| <= 255: two nonzeros (+-1) in each row
 OUT_TERMS = 9  # |A^T M' A| <= 9 max |M'|: three nonzeros (+-1) in each row of A^T
 
 
-def exact(w: np.ndarray) -> bool:
-    """Whether no sum the kernel forms for int8 weights ``w`` [O, C, 3, 3] can leave its type, whatever the input:
-    U' in int16, every partial GEMM sum of output channel o at position e within ``V_MAX * sum_c |U'[e, c, o]|``,
-    and the output transform's sums within ``OUT_TERMS`` times that, in int32."""
-    u = transform_weight(w)  # [16, C, O]
+def exact(u: np.ndarray) -> bool:
+    """Whether no sum the kernel forms with transformed weights ``u`` (``transform_weight``'s, [16, C, O]) can leave
+    its type, whatever the input: U' in int16, every partial GEMM sum of output channel o at position e within
+    ``V_MAX * sum_c |U'[e, c, o]|``, and the output transform's sums within ``OUT_TERMS`` times that, in int32."""
     partial = V_MAX * np.abs(u).sum(axis=1).max(initial=0)
     return bool(np.abs(u).max(initial=0) <= 32767 and OUT_TERMS * int(partial) <= INT32_MAX)
 
@@ -87,10 +86,9 @@ def transform_weight(w: np.ndarray) -> np.ndarray:
     return np.einsum("ai,ocij,bj->abco", g2, w.astype(np.int64), g2).reshape(A * A, c, o)
 
 
-def pack_weight(w: np.ndarray, ob: int = 8) -> np.ndarray:
-    """U' packed for the GEMM's ``vpmaddwd``: [16, O/ob, C/2, ob, 2] int16 (input channels in pairs, zero-padded
-    to an even count)."""
-    u = transform_weight(w)
+def pack_weight(u: np.ndarray, ob: int = 8) -> np.ndarray:
+    """U' (``transform_weight``'s, [16, C, O]) packed for the GEMM's ``vpmaddwd``: [16, O/ob, C/2, ob, 2] int16
+    (input channels in pairs, zero-padded to an even count)."""
     aa, c, o = u.shape
     if c % 2:
         u = np.concatenate([u, np.zeros((aa, 1, o), u.dtype)], axis=1)
